@@ -1,0 +1,3 @@
+from sockgate.cli.main import entry
+
+entry()

@@ -1,0 +1,33 @@
+"""Arguments shared by every subcommand that takes a policy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from sockgate.errors import UsageError
+from sockgate.policy.ir import Policy
+
+
+def add_policy_args(p: argparse.ArgumentParser, positional: bool = False) -> None:
+    """``--policy P`` (repeatable) or positional POLICY files, and ``--hosts-allow``/``--hosts-deny``."""
+    if positional:
+        p.add_argument("policy_files", nargs="*", metavar="POLICY", help="native policy files")
+    p.add_argument("--policy", action="append", default=[], metavar="P", help="native policy file (repeatable)")
+    p.add_argument("--hosts-allow", metavar="PATH", help="a hosts.allow file (hosts_access(5))")
+    p.add_argument("--hosts-deny", metavar="PATH", help="a hosts.deny file (hosts_access(5))")
+
+
+def load_from_args(args: argparse.Namespace) -> Policy:
+    from sockgate.loading import load_policy
+
+    files = list(getattr(args, "policy_files", None) or []) + list(args.policy or [])
+    if not files and args.hosts_allow is None and args.hosts_deny is None:
+        raise UsageError("no policy: give POLICY files, --policy, or --hosts-allow/--hosts-deny")
+    return load_policy(files, args.hosts_allow, args.hosts_deny)
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, separators=(", ", ": ")) + "\n")

@@ -1,0 +1,105 @@
+"""``sockgate`` command line: parse arguments, call one library function, render the result.
+
+Each subcommand is a module of this package with ``add_parser(subparsers)`` and
+``run(args) -> int``; it is imported only when used. The one broad ``except SockgateError``
+lives here: a one-line reason on stderr (a policy error shows its ``file:line:col`` lines and
+carets), exit 2 for usage and policy errors, 1 for runtime failures; ``--debug`` shows the
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from sockgate.errors import PolicyError, SockgateError, UsageError
+
+# name -> one-line help; the module sockgate.cli.<name> implements it.
+COMMANDS: dict[str, str] = {
+    "check": "decide clients against a policy, like tcpdmatch",
+    "lint": "report errors and warnings in policies",
+    "explain": "show the BPF program for a service and a client's path through it",
+    "run": "bind guarded sockets and exec a service with them (socket activation or inetd)",
+    "attach": "guard the sockets of a running process in place",
+    "detach": "remove a sockgate filter from a running process's sockets",
+    "proxy": "guard proxy for what the kernel cannot decide (credentials, names, limits)",
+    "ls": "list sockets, who owns them, their exposure and their guard",
+    "probe": "what a source sees of a port: open, closed, filtered",
+    "export": "render a policy as nftables or pf rules",
+    "demo": "run a guarded echo service on loopback and probe it from two sources",
+}
+
+_MODULES = {"ls": "ls_cmd"}  # names that are not valid/clean module names
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = _Parser(prog="sockgate", description="Decide who may talk to a socket; the kernel enforces it.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=f"sockgate {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, help_text in COMMANDS.items():
+        if only is not None and name != only:
+            sub.add_parser(name, help=help_text, add_help=False)
+            continue
+        mod = _module(name)
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        mod.add_parser(p)
+    return parser
+
+
+def _module(name: str):  # type: ignore[no-untyped-def]
+    return importlib.import_module(f"sockgate.cli.{_MODULES.get(name, name)}")
+
+
+def _version() -> str:
+    from sockgate import __version__
+
+    return __version__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args_list
+    command = next((a for a in args_list if a in COMMANDS), None)
+    try:
+        parser = build_parser(only=command)
+        args = parser.parse_args(args_list)
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return 2
+        result: int = _module(args.command).run(args)
+        return result
+    except PolicyError as e:
+        print(e.render(caret=True), file=sys.stderr)
+        if debug:
+            raise
+        return 2
+    except UsageError as e:
+        print(f"sockgate: {e}", file=sys.stderr)
+        if debug:
+            raise
+        return 2
+    except SockgateError as e:
+        print(f"sockgate: {e}", file=sys.stderr)
+        if debug:
+            raise
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

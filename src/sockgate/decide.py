@@ -1,0 +1,171 @@
+"""The reference decision engine: ``(policy, service, peer) -> Decision``.
+
+Pure and total: every other enforcement path (the BPF compiler through its interpreter, the
+kernel, the proxy, the exporters) is tested against this function. Rules are tried in order
+and the first whose match holds decides; when none does the service default applies.
+
+Name lookups never happen here. A peer arrives with whatever the edge learned about it (its
+address, and maybe a verified host name, an ident user, Unix credentials); a rule that needs
+something the peer does not carry simply does not match, exactly as libwrap treats an
+unknown name.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+from dataclasses import dataclass, field
+
+from sockgate.errors import PeerError
+from sockgate.policy import hostmatch
+from sockgate.policy.daemons import daemon_matches
+from sockgate.policy.ir import (
+    Action,
+    AddrMatch,
+    AnyOf,
+    Except,
+    HostClass,
+    HostPattern,
+    IPAddress,
+    Match,
+    MatchAll,
+    MatchNone,
+    Policy,
+    Principal,
+    Rule,
+    Service,
+    UserAt,
+)
+
+
+@dataclass(frozen=True)
+class Peer:
+    """What is known about the other end of a connection.
+
+    ``address`` is normalised: an IPv4-mapped IPv6 address (``::ffff:a.b.c.d``) becomes the
+    IPv4 address, as a dual-stack socket reports it. ``name`` is the host name the edge
+    resolved (None: unknown); ``name_verified`` False means the forward lookup of that name did
+    not give back the address (hosts_access PARANOID)."""
+
+    address: IPAddress | None = None
+    port: int | None = None
+    name: str | None = None
+    name_verified: bool = True
+    user: str | None = None  # ident user name
+    uid: int | None = None
+    gid: int | None = None
+    groups: frozenset[int] = field(default_factory=frozenset)  # supplementary groups of uid
+    pid: int | None = None
+    exe: str | None = None
+    server_address: IPAddress | None = None  # the local address (daemon@host)
+    server_name: str | None = None
+
+    def __post_init__(self) -> None:
+        a = self.address
+        if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped is not None:
+            object.__setattr__(self, "address", a.ipv4_mapped)
+        s = self.server_address
+        if isinstance(s, ipaddress.IPv6Address) and s.ipv4_mapped is not None:
+            object.__setattr__(self, "server_address", s.ipv4_mapped)
+
+    @classmethod
+    def parse(cls, text: str, **kw: object) -> "Peer":
+        """A peer from an address literal (``192.0.2.1``, ``2001:db8::1``, ``[2001:db8::1]``).
+        Raises ``PeerError`` when ``text`` is not an address."""
+        t = text.strip()
+        if t.startswith("[") and t.endswith("]"):
+            t = t[1:-1]
+        try:
+            addr = ipaddress.ip_address(t.split("%", 1)[0])
+        except ValueError:
+            raise PeerError(f"not an IP address: {text!r}") from None
+        return cls(address=addr, **kw)  # type: ignore[arg-type]
+
+    def describe(self) -> str:
+        if self.address is not None:
+            out = str(self.address)
+            if self.name:
+                out = f"{self.name}[{out}]"
+            if self.user:
+                out = f"{self.user}@{out}"
+            return out
+        parts = []
+        if self.uid is not None:
+            parts.append(f"uid={self.uid}")
+        if self.gid is not None:
+            parts.append(f"gid={self.gid}")
+        if self.pid is not None:
+            parts.append(f"pid={self.pid}")
+        if self.exe:
+            parts.append(f"exe={self.exe}")
+        return " ".join(parts) or "unknown"
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    service: str
+    rule: Rule | None  # None: the default decided
+    reason: str
+
+    @property
+    def allowed(self) -> bool:
+        return self.action is Action.ALLOW
+
+
+def decide(policy: Policy, service: str, peer: Peer) -> Decision:
+    """Decide ``peer`` for ``service`` under ``policy``. Raises ``KeyError`` for a service the
+    policy neither declares nor covers with a default or global rules."""
+    return decide_service(policy.service(service), peer)
+
+
+def decide_service(service: Service, peer: Peer) -> Decision:
+    for rule in service.rules:
+        if rule.daemons is not None and not daemon_matches(rule.daemons, service.name, peer):
+            continue
+        if matches(rule.match, peer):
+            where = f"{rule.span.file}:{rule.span.line}"
+            return Decision(rule.action, service.name, rule, f"matched {where}: {rule.text}")
+    action = service.effective_default
+    said = "default" if service.default is not None else "implicit default (no default given)"
+    return Decision(action, service.name, None, f"no rule matched; {said} {action}")
+
+
+def matches(m: Match, peer: Peer) -> bool:
+    """Does ``m`` hold for ``peer``? Total over every Match node."""
+    if isinstance(m, MatchAll):
+        return True
+    if isinstance(m, MatchNone):
+        return False
+    if isinstance(m, AddrMatch):
+        a = peer.address
+        return a is not None and any(a.version == n.version and a in n for n in m.nets)
+    if isinstance(m, AnyOf):
+        return any(matches(i, peer) for i in m.items)
+    if isinstance(m, Except):
+        return matches(m.include, peer) and not matches(m.exclude, peer)
+    if isinstance(m, HostPattern):
+        return hostmatch.pattern_matches(m, peer.name if peer.name_verified else None, peer.address)
+    if isinstance(m, HostClass):
+        return hostmatch.class_matches(m.kind, peer.name, peer.name_verified, peer.address)
+    if isinstance(m, UserAt):
+        return hostmatch.user_matches(m.user, peer.user) and matches(m.host, peer)
+    if isinstance(m, Principal):
+        return _principal_matches(m, peer)
+    raise TypeError(f"not a Match: {m!r}")  # pragma: no cover - a bug, not a user error
+
+
+def _principal_matches(p: Principal, peer: Peer) -> bool:
+    if p.kind in ("uid", "user"):
+        want = p.value if p.kind == "uid" else p.ident
+        return peer.uid is not None and want is not None and peer.uid == want
+    if p.kind in ("gid", "group"):
+        want = p.value if p.kind == "gid" else p.ident
+        if want is None:
+            return False
+        return peer.gid == want or want in peer.groups
+    if p.kind == "pid":
+        return peer.pid is not None and peer.pid == p.value
+    if p.kind == "exe":
+        return peer.exe is not None and fnmatch.fnmatchcase(peer.exe, str(p.value))
+    raise TypeError(f"unknown principal kind {p.kind!r}")  # pragma: no cover

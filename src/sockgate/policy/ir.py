@@ -1,0 +1,343 @@
+"""The typed intermediate representation every part of sockgate shares.
+
+Both front ends — the native language (``parser.py``) and hosts_access files
+(``hostsaccess.py``) — produce a ``Policy``; the decision engine (``decide.py``), the BPF
+compiler (``bpf/``), the exporters (``export/``) and the proxy consume it. Everything here is a
+frozen dataclass: a policy is a value, compared and hashed by content, never mutated.
+
+Shape::
+
+    Policy
+      services: Service*          native `service NAME ... { rules; default }` blocks
+      rules:    Rule*             global rules selected by daemon pattern (hosts_access)
+      default:  Action | None     file-wide default
+      sets:     AddressSet*       named address sets (already inlined into AddrMatch)
+
+    Rule(action, match, span, text, daemons, options, limits)
+
+A ``Match`` is a small tree over the peer: ``MatchAll``, ``AddrMatch`` (CIDRs), ``HostPattern``
+(host names and hosts_access string patterns, needs a name lookup), ``HostClass`` (KNOWN,
+UNKNOWN, PARANOID, LOCAL), ``Principal`` (Unix credentials), ``UserAt`` (ident user@host),
+combined with ``AnyOf`` and ``Except``. ``Policy.service(name)`` specialises a policy to one
+service: its rules in order and its default, which is what the engine and compiler consume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Literal, Union
+
+from sockgate.policy.source import Span
+
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+
+class Action(str, Enum):
+    ALLOW = "allow"
+    DENY = "deny"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# ---------------------------------------------------------------------------------------------
+# Matches over the peer (the client side of a rule)
+
+
+@dataclass(frozen=True)
+class MatchAll:
+    """Matches every peer (`all`, hosts_access `ALL`)."""
+
+
+@dataclass(frozen=True)
+class MatchNone:
+    """Matches no peer (an empty list)."""
+
+
+@dataclass(frozen=True)
+class AddrMatch:
+    """Peer address inside any of ``nets``. ``label`` is how it was written (``@office``,
+    ``10.0.0.0/8``, ``192.168.``) for messages and printing; it does not affect matching."""
+
+    nets: tuple[IPNetwork, ...]
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class HostPattern:
+    """A host-name pattern: ``.example.com`` (suffix), ``host.example.com`` (exact), or a
+    hosts_access string pattern with ``*``/``?`` wildcards or a trailing-dot prefix. Matched
+    case-insensitively against the peer's verified host name and, for hosts_access patterns,
+    against the address text as libwrap does. Needs a name lookup: never in a kernel filter."""
+
+    pattern: str
+    hosts_access: bool = False
+
+
+@dataclass(frozen=True)
+class HostClass:
+    """hosts_access wildcards that depend on a name lookup."""
+
+    kind: Literal["KNOWN", "UNKNOWN", "PARANOID", "LOCAL"]
+
+
+PrincipalKind = Literal["user", "group", "uid", "gid", "exe", "pid"]
+
+
+@dataclass(frozen=True)
+class Principal:
+    """A Unix peer credential test. ``user``/``group`` keep the name written and the id it
+    resolved to when the policy was loaded (``ident``); ``uid``/``gid``/``pid`` are numbers;
+    ``exe`` is an absolute path (``*`` wildcards allowed)."""
+
+    kind: PrincipalKind
+    value: str | int
+    ident: int | None = None
+
+
+@dataclass(frozen=True)
+class UserAt:
+    """hosts_access ``user@host``: the ident (RFC 1413) user name pattern, and a host match."""
+
+    user: str
+    host: "Match"
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    items: tuple["Match", ...]
+
+
+@dataclass(frozen=True)
+class Except:
+    """``include EXCEPT exclude`` (right-nested in hosts_access: ``a EXCEPT b EXCEPT c`` is
+    ``a EXCEPT (b EXCEPT c)``)."""
+
+    include: "Match"
+    exclude: "Match"
+
+
+Match = Union[MatchAll, MatchNone, AddrMatch, HostPattern, HostClass, Principal, UserAt, AnyOf, Except]
+
+
+# ---------------------------------------------------------------------------------------------
+# Daemon selectors (hosts_access daemon lists; native rules live inside a service instead)
+
+
+@dataclass(frozen=True)
+class DaemonPattern:
+    """A daemon name pattern (``sshd``, ``ALL``, wildcards) with an optional server-side host
+    match (``daemon@host``: the local address the connection came in on)."""
+
+    name: str
+    server: Match | None = None
+
+
+DaemonMatch = Union[DaemonPattern, AnyOf, Except, MatchAll]
+
+
+# ---------------------------------------------------------------------------------------------
+# Limits (parsed and validated in the core, enforced by the proxy)
+
+
+@dataclass(frozen=True)
+class Rate:
+    count: int
+    seconds: float
+
+    def __str__(self) -> str:
+        return f"{self.count}/{_fmt_seconds(self.seconds)}"
+
+
+@dataclass(frozen=True)
+class Limits:
+    concurrent_per_source: int | None = None
+    rate_per_source: Rate | None = None
+    concurrent_total: int | None = None
+    rate_total: Rate | None = None
+    ban_seconds: float | None = None
+
+    def is_empty(self) -> bool:
+        return self == Limits()
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules, services, policies
+
+
+@dataclass(frozen=True)
+class Option:
+    """A hosts_options(5) option kept as written (``spawn``, ``twist``, ``banners``, ``setenv``,
+    ``severity``...). Options with side effects are reported, never executed by ``check``."""
+
+    name: str
+    value: str
+    span: Span | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    action: Action
+    match: Match
+    span: Span
+    text: str  # the rule as written, one line, for `file:line: text` output
+    daemons: DaemonMatch | None = None  # hosts_access daemon list; None inside a service block
+    options: tuple[Option, ...] = ()
+    limits: Limits | None = None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a service listens, as selected in its header: ``tcp/22``, ``udp/53,5353``,
+    ``tcp/8000-8099``, ``unix:/run/app.sock``."""
+
+    proto: Literal["tcp", "udp", "unix"]
+    ports: tuple[tuple[int, int], ...] = ()  # inclusive ranges; empty for unix
+    path: str | None = None
+
+    def __str__(self) -> str:
+        if self.proto == "unix":
+            return f"unix:{self.path}"
+        return f"{self.proto}/" + ",".join(str(a) if a == b else f"{a}-{b}" for a, b in self.ports)
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    rules: tuple[Rule, ...]
+    default: Action | None
+    endpoints: tuple[Endpoint, ...] = ()
+    span: Span | None = None
+    default_span: Span | None = None
+    limits: Limits | None = None
+    listen: tuple[str, ...] = ()  # proxy: URLs to listen on
+    forward: str | None = None  # proxy: URL to forward to
+    policy_digest: str = ""
+
+    @property
+    def effective_default(self) -> Action:
+        """The action when no rule matches (deny when nothing was said)."""
+        return self.default if self.default is not None else Action.DENY
+
+    def digest(self) -> str:
+        """A content digest of what this service decides (spans and texts excluded), stable
+        across runs; 16 hex digits."""
+        h = hashlib.sha256()
+        h.update(self.name.encode())
+        h.update(repr(self.effective_default).encode())
+        for r in self.rules:
+            h.update(repr((r.action, r.match, r.daemons, r.limits)).encode())
+        return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class AddressSet:
+    name: str
+    nets: tuple[IPNetwork, ...]
+    span: Span
+    path: str | None = None  # loaded from this file (`set NAME < "path"`)
+
+
+@dataclass(frozen=True)
+class Policy:
+    services: tuple[Service, ...] = ()
+    rules: tuple[Rule, ...] = ()
+    default: Action | None = None
+    default_span: Span | None = None
+    sets: tuple[AddressSet, ...] = ()
+    sources: tuple[str, ...] = ()  # every file read, includes too, in order
+    kind: Literal["native", "hosts_access", "mixed"] = "native"
+    # hosts_access: what applies when nothing matches (libwrap: allow)
+    fallback: Action = Action.DENY
+    texts: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
+
+    def service_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.services)
+
+    def has_service(self, name: str) -> bool:
+        return any(s.name == name for s in self.services) or bool(self.rules) or self.default is not None
+
+    def service(self, name: str) -> Service:
+        """The rules that apply to ``name`` in order, and its default.
+
+        A declared service block wins. Otherwise global (hosts_access) rules whose daemon
+        list may select ``name`` are kept (``daemon@host`` parts are decided per connection),
+        followed by the file default. Raises ``KeyError`` for a service the policy does not
+        know and gives no default for."""
+        for s in self.services:
+            if s.name == name:
+                return s
+        if not self.rules and self.default is None:
+            raise KeyError(name)
+        from sockgate.policy.daemons import may_select
+
+        rules = tuple(r for r in self.rules if r.daemons is None or may_select(r.daemons, name))
+        default = self.default if self.default is not None else self.fallback
+        return Service(
+            name=name,
+            rules=rules,
+            default=default,
+            default_span=self.default_span,
+            policy_digest=self.digest(),
+        )
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for s in self.services:
+            h.update(s.digest().encode())
+        for r in self.rules:
+            h.update(repr((r.action, r.match, r.daemons)).encode())
+        h.update(repr((self.default, self.fallback)).encode())
+        return h.hexdigest()[:16]
+
+    def text_of(self, file: str) -> str | None:
+        return dict(self.texts).get(file)
+
+    # Edge conveniences: implemented in sockgate.guard so this module stays pure.
+    def guard(self, sock: object, service: str) -> object:
+        from sockgate.guard import guard
+
+        return guard(self, sock, service)
+
+
+# ---------------------------------------------------------------------------------------------
+# What a rule needs beyond an address (the compiler refuses these; the proxy enforces them)
+
+
+def userspace_reason(match: Match | DaemonMatch) -> str | None:
+    """Why ``match`` cannot be decided from the packet's source address alone, or None."""
+    if isinstance(match, (HostPattern, HostClass)):
+        return "needs the client's host name (a DNS lookup)"
+    if isinstance(match, UserAt):
+        return "needs the client's ident user name"
+    if isinstance(match, Principal):
+        return f"needs Unix peer credentials ({match.kind})"
+    if isinstance(match, AnyOf):
+        for m in match.items:
+            if (r := userspace_reason(m)) is not None:
+                return r
+    if isinstance(match, Except):
+        return userspace_reason(match.include) or userspace_reason(match.exclude)
+    if isinstance(match, DaemonPattern) and match.server is not None:
+        return "needs the server address (daemon@host)"
+    return None
+
+
+def rule_userspace_reason(rule: Rule) -> str | None:
+    r = userspace_reason(rule.match)
+    if r is None and rule.daemons is not None:
+        r = userspace_reason(rule.daemons)
+    if r is None and rule.limits is not None and not rule.limits.is_empty():
+        r = "has connection limits"
+    return r
+
+
+def _fmt_seconds(s: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size and s % size == 0:
+            return f"{int(s // size)}{unit}"
+    return f"{int(s)}s" if s == int(s) else f"{s}s"
