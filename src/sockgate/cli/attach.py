@@ -1,0 +1,66 @@
+"""``sockgate attach``: guard the sockets of a running process in place.
+
+Targets are one fd of a process (``--pid PID --fd N``), a process's TCP listeners and UDP
+sockets (``--pid PID``), or every socket bound to a port (``--port PORT``, all the processes
+of an SO_REUSEPORT group). The policy is compiled completely first; then every socket is
+guarded, or none is (changes already made are undone). Running it again swaps the filter in
+place (a reload); a foreign filter is replaced only with ``--force``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from sockgate.cli.common import add_policy_args, load_from_args, print_json
+
+
+def add_target_args(p: argparse.ArgumentParser) -> None:
+    """``--pid PID [--fd N]`` or ``--port PORT``, ``--proto``, ``--force``, ``--json``."""
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--pid", type=int, help="the process whose sockets to change")
+    which.add_argument("--port", type=int, help="every socket bound to this local port")
+    p.add_argument("--fd", type=int, help="only this descriptor of --pid")
+    p.add_argument("--proto", choices=("tcp", "udp"), help="only sockets of this protocol (--port: default tcp)")
+    p.add_argument("--json", action="store_true", help="print what was done as JSON")
+
+
+def targets_from_args(args: argparse.Namespace) -> list[tuple[int, int]]:
+    from sockgate.errors import UsageError
+    from sockgate.linux import procsock
+
+    if args.fd is not None and args.pid is None:
+        raise UsageError("--fd needs --pid")
+    if args.port is not None and not 0 < args.port < 65536:
+        raise UsageError(f"expected a port 1-65535, found {args.port}")
+    return procsock.targets(pid=args.pid, fd=args.fd, port=args.port, proto=args.proto)
+
+
+def add_parser(p: argparse.ArgumentParser) -> None:
+    add_policy_args(p)
+    p.add_argument("--service", required=True, help="the service of the policy to enforce")
+    add_target_args(p)
+    p.add_argument("--force", action="store_true", help="replace a filter sockgate did not attach")
+
+
+def run(args: argparse.Namespace) -> int:
+    from sockgate.guard import compile_guard, guard_sockets
+
+    policy = load_from_args(args)
+    compile_guard(policy, args.service)  # refuse a bad policy before looking at any process
+    guarded, changes = guard_sockets(policy, args.service, targets_from_args(args), force=args.force)
+    if args.json:
+        print_json(
+            {
+                "command": "attach",
+                "service": guarded.service,
+                "digest": guarded.digest,
+                "instructions": guarded.instructions,
+                "sockets": [c.as_dict() for c in changes],
+            }
+        )
+        return 0
+    for c in changes:
+        was = "" if c.before.state == "none" else f" (was {c.before.describe()})"
+        print(f"{c.action} pid {c.pid} fd {c.fd} {c.proto} {c.local}: service {guarded.service}"
+              f" digest {guarded.digest}, {guarded.instructions} instructions{was}")
+    return 0

@@ -1,0 +1,126 @@
+"""``sockgate explain``: the BPF program for a service, and a client's path through it.
+
+Prints the program's size (instructions, disjoint ranges per family, bytes attached and the
+kernel's converted size), its listing, and for each ``--client`` the instruction indices the
+interpreter executes for a packet from that address, the verdict, and the decision engine's
+verdict and reason beside it. The two must agree; if they ever do not, the command says so
+and exits 1 (a compiler bug worth reporting).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from sockgate.cli.common import add_policy_args, load_from_args, print_json
+from sockgate.errors import PeerError, UsageError
+
+
+def add_parser(p: argparse.ArgumentParser) -> None:
+    add_policy_args(p, positional=True)
+    p.add_argument("--service", required=True, help="the service whose program to show")
+    p.add_argument("--client", action="append", default=[], metavar="ADDR",
+                   help="trace a packet from this address (repeatable; IPv4, IPv6, ::ffff:a.b.c.d)")
+    p.add_argument("--banned", action="append", default=[], metavar="CIDR",
+                   help="also deny this source before any rule, as the proxy's bans do (repeatable)")
+    p.add_argument("--no-listing", action="store_true", help="omit the program listing")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from sockgate.bpf import compile_service
+    from sockgate.bpf.program import parse_banned
+
+    policy = load_from_args(args)
+    try:
+        service = policy.service(args.service)
+    except KeyError:
+        known = ", ".join(policy.service_names()) or "none"
+        raise UsageError(f"the policy has no service {args.service!r} (services: {known})") from None
+    try:
+        banned = [parse_banned(b) for b in args.banned]
+    except ValueError as e:
+        raise UsageError(f"--banned: {e}") from None
+    program = compile_service(service, banned=banned)
+    clients = [_trace(program, service, c, banned) for c in args.client]
+    report = _report(program, clients, listing=not args.no_listing)
+    if args.json:
+        print_json(report)
+    else:
+        print(_render(report), end="")
+    return 0 if all(c["agree"] for c in clients) else 1
+
+
+def _trace(program: Any, service: Any, text: str, banned: list[Any]) -> dict[str, Any]:
+    from sockgate.bpf import interp
+    from sockgate.decide import Peer, decide_service
+    from sockgate.policy.ir import Action
+
+    try:
+        peer = Peer.parse(text)
+    except PeerError as e:
+        raise UsageError(f"--client: {e}") from None
+    assert peer.address is not None
+    t = interp.trace(program.insns, interp.Packet.from_address(peer.address))
+    ban = next((b for b in banned if peer.address.version == b.version and peer.address in b), None)
+    if ban is not None:
+        decision, rule, reason = Action.DENY, None, f"banned ({ban})"
+    else:
+        d = decide_service(service, peer)
+        decision, reason = d.action, d.reason
+        rule = f"{d.rule.span.file}:{d.rule.span.line}: {d.rule.text}" if d.rule is not None else None
+    verdict = Action.ALLOW if t.result else Action.DENY
+    return {
+        "client": text,
+        "address": str(peer.address),
+        "family": f"ipv{peer.address.version}",
+        "path": t.path,
+        "accept": t.result,
+        "verdict": verdict.value,
+        "decision": decision.value,
+        "rule": rule,
+        "reason": reason,
+        "agree": verdict is decision,
+    }
+
+
+def _report(program: Any, clients: list[dict[str, Any]], listing: bool) -> dict[str, Any]:
+    from sockgate.bpf import disasm, max_ranges
+
+    out: dict[str, Any] = {
+        "service": program.service,
+        "digest": program.digest,
+        "instructions": len(program),
+        "ranges": {"ipv4": program.ranges4, "ipv6": program.ranges6, "total": program.ranges},
+        "bytes": program.size_bytes,
+        "kernel_bytes": program.ebpf_bytes,
+        "capacity": {"ipv4": max_ranges(4), "ipv6_64": max_ranges(6, 64), "ipv6_128": max_ranges(6, 128)},
+        "clients": clients,
+    }
+    if listing:
+        out["listing"] = disasm.listing(program.insns).splitlines()
+    return out
+
+
+def _render(r: dict[str, Any]) -> str:
+    rg, cap = r["ranges"], r["capacity"]
+    lines = [
+        f"service {r['service']}  digest {r['digest']}",
+        f"program: {r['instructions']} instructions ({r['bytes']} bytes; ~{r['kernel_bytes']} bytes "
+        f"once converted by the kernel), {rg['ipv4']} IPv4 + {rg['ipv6']} IPv6 ranges",
+        f"capacity: {cap['ipv4']} IPv4 ranges, or {cap['ipv6_64']} IPv6 /64 ranges "
+        f"({cap['ipv6_128']} of /128 hosts), within 4096 instructions",
+    ]
+    if "listing" in r:
+        lines += ["", *r["listing"]]
+    for c in r["clients"]:
+        lines += [
+            "",
+            f"client {c['client']} ({c['family']}): {c['verdict']} "
+            f"(ret {c['accept']:#x}) after {len(c['path'])} instructions",
+            "  path: " + " ".join(map(str, c["path"])),
+            f"  decision engine: {c['decision']} — {c['reason']}",
+        ]
+        if not c["agree"]:
+            lines.append("  DISAGREEMENT between the program and the decision engine: please report this")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,90 @@
+"""``sockgate ls``: sockets, who holds them, who can reach them, and the guard on each.
+
+A readable table (rich) on a terminal, plain aligned columns when piped, JSON lines with
+``--json`` (fields documented in docs/ls.md). The work is ``sockgate.inspect.list_sockets``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from sockgate.inspect import Row, Selection, list_sockets, local_text, netid, peer_text
+
+HEADERS = ("Proto", "State", "Local", "Peer", "Process", "User", "Exposure", "Guard")
+
+
+def add_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-a", "--all", action="store_true", help="every socket, not only listening/bound ones")
+    p.add_argument("-t", "--tcp", action="append_const", dest="kinds", const="tcp", help="TCP sockets")
+    p.add_argument("-u", "--udp", action="append_const", dest="kinds", const="udp", help="UDP sockets")
+    p.add_argument("-x", "--unix", action="append_const", dest="kinds", const="unix", help="Unix domain sockets")
+    p.add_argument("-w", "--raw", action="append_const", dest="kinds", const="raw", help="raw and ICMP (ping) sockets")
+    p.add_argument("--port", type=int, metavar="N", help="only sockets whose local port is N")
+    p.add_argument("--pid", type=int, metavar="PID", help="only sockets PID holds")
+    p.add_argument("--user", metavar="USER", help="only sockets owned by USER (name or uid)")
+    p.add_argument("--unguarded", action="store_true", help="only sockets without a sockgate filter")
+    p.add_argument("--json", action="store_true", help="one JSON object per socket per line")
+
+
+def selection(args: argparse.Namespace) -> Selection:
+    kinds = set(args.kinds or ())
+    if "raw" in kinds:
+        kinds.add("icmp")
+    return Selection(frozenset(kinds), args.all, args.port, args.pid, args.user, args.unguarded)
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = list_sockets(selection(args))
+    out = sys.stdout
+    if args.json:
+        out.writelines(json.dumps(r.to_json(), separators=(",", ":")) + "\n" for r in rows)
+    elif out.isatty():
+        _rich(rows, args.all)
+    else:
+        out.write(plain(rows, args.all))
+    return 0
+
+
+def cells(row: Row, with_peer: bool) -> list[str]:
+    s = row.sock
+    c = [netid(s), s.state_name, local_text(s)]
+    if with_peer:
+        c.append(peer_text(s) or "*")
+    return c + [row.process_text(), row.user or "?", row.exposure.text, row.guard.text]
+
+
+def _headers(with_peer: bool) -> list[str]:
+    return [h for h in HEADERS if with_peer or h != "Peer"]
+
+
+def plain(rows: Sequence[Row], with_peer: bool) -> str:
+    """Columns aligned with spaces, one header line; the last column is not padded."""
+    table = [_headers(with_peer)] + [cells(r, with_peer) for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]) - 1)]
+    return "".join(
+        "  ".join(v.ljust(w) for v, w in zip(line, widths)) + "  " + line[-1] + "\n" for line in table
+    )
+
+
+def _rich(rows: Sequence[Row], with_peer: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for h in _headers(with_peer):
+        table.add_column(h, overflow="fold")
+    style = {"sockgate": "green", "foreign": "yellow", "none": "red", "unknown": "dim"}
+    for r in rows:
+        c = cells(r, with_peer)
+        c[-1] = f"[{style[r.guard.status]}]{_escape(c[-1])}[/]"
+        table.add_row(*[_escape(x) for x in c[:-1]], c[-1])
+    Console().print(table)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)

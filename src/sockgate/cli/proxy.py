@@ -1,0 +1,116 @@
+"""``sockgate proxy``: the guard proxy (see sockgate.proxy and docs/proxy.md).
+
+Two ways to say what to run:
+
+* ``sockgate proxy POLICY...`` — every service of the policy that has ``listen`` and
+  ``forward`` statements;
+* ``sockgate proxy --listen URL [--listen URL...] --forward URL [--policy P --service S]`` —
+  one service, like socat; without a policy every client is allowed (limits and logs still
+  apply), with one the service is ``--service`` (or the policy's only service).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+
+from sockgate.cli.common import add_policy_args
+from sockgate.errors import UsageError
+from sockgate.policy.ir import Action, Policy, Service
+from sockgate.proxy.service import Options, Plan
+
+
+def add_parser(p: argparse.ArgumentParser) -> None:
+    add_policy_args(p, positional=True)
+    p.add_argument("--listen", action="append", default=[], metavar="URL", help="listen here (repeatable): tcp://HOST:PORT, udp://..., unix:PATH, unix:@NAME")
+    p.add_argument("--forward", metavar="URL", help="forward to this tcp://, udp:// or unix: URL")
+    p.add_argument("--service", metavar="S", help="the policy service deciding --listen clients")
+    p.add_argument("--log-format", choices=("text", "json"), default="text", help="log records as text or JSON lines")
+    p.add_argument("--syslog", action="store_true", help="log to syslog (daemon facility) instead of stderr")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes sharing the listeners (default 1)")
+    p.add_argument("--no-uvloop", action="store_true", help="use the standard asyncio loop even if uvloop is installed")
+    p.add_argument("--idle-timeout", type=float, default=300.0, metavar="S", help="close connections idle this long (300)")
+    p.add_argument("--connect-timeout", type=float, default=5.0, metavar="S", help="give up connecting to the backend after S (5)")
+    p.add_argument("--drain-timeout", type=float, default=10.0, metavar="S", help="on SIGTERM wait this long for connections (10)")
+    p.add_argument("--udp-timeout", type=float, default=30.0, metavar="S", help="end a UDP flow idle this long (30)")
+    p.add_argument("--name-timeout", type=float, default=2.0, metavar="S", help="host-name lookup timeout (2)")
+    p.add_argument("--max-connections", type=int, default=20000, metavar="N", help="connections at once, all services (20000)")
+
+
+def _has_policy(args: argparse.Namespace) -> bool:
+    return bool(args.policy_files or args.policy or args.hosts_allow or args.hosts_deny)
+
+
+def _load(args: argparse.Namespace) -> Policy | None:
+    from sockgate.cli.common import load_from_args
+
+    return load_from_args(args) if _has_policy(args) else None
+
+
+def _one_off_service(args: argparse.Namespace, policy: Policy | None) -> Service:
+    if policy is None:
+        if args.service:
+            raise UsageError("--service needs a policy (POLICY, --policy or --hosts-allow/--hosts-deny)")
+        return Service(name="proxy", rules=(), default=Action.ALLOW)
+    name = args.service
+    if name is None:
+        names = policy.service_names()
+        if len(names) != 1 or policy.rules:
+            raise UsageError("say which policy service decides the clients: --service NAME")
+        name = names[0]
+    try:
+        return policy.service(name)
+    except KeyError:
+        known = ", ".join(policy.service_names()) or "none"
+        raise UsageError(f"the policy has no service {name!r} (services: {known})") from None
+
+
+def plans_from_args(args: argparse.Namespace) -> list[Plan]:
+    """What to run, from the command line (and the policy files it names)."""
+    from sockgate.urls import parse_url, parse_urls
+
+    policy = _load(args)
+    if args.listen or args.forward:
+        if not args.forward:
+            raise UsageError("--listen needs --forward URL")
+        svc = _one_off_service(args, policy)
+        return [Plan(replace(svc, listen=tuple(args.listen), forward=args.forward), parse_urls(args.listen), parse_url(args.forward))]
+    if policy is None:
+        raise UsageError("give a POLICY whose services have `listen` and `forward`, or --listen URL --forward URL")
+    plans = []
+    for s in policy.services:
+        if s.listen and s.forward:
+            plans.append(Plan(s, parse_urls(s.listen), parse_url(s.forward)))
+    if not plans:
+        raise UsageError("no service in the policy has both `listen` and `forward`")
+    return plans
+
+
+def run(args: argparse.Namespace) -> int:
+    from sockgate.proxy import resolver
+    from sockgate.proxy.log import Log
+    from sockgate.proxy.server import Proxy
+
+    if args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    plans = plans_from_args(args)
+    options = Options(
+        idle_timeout=args.idle_timeout,
+        connect_timeout=args.connect_timeout,
+        drain_timeout=args.drain_timeout,
+        udp_idle_timeout=args.udp_timeout,
+        name_timeout=args.name_timeout,
+        max_connections=args.max_connections,
+    )
+    log = Log(args.log_format, sys.stderr, use_syslog=args.syslog)
+    proxy = Proxy(
+        plans,
+        options,
+        log,
+        loader=lambda: plans_from_args(args),
+        workers=args.workers,
+        resolver=resolver(args.name_timeout),
+        use_uvloop=not args.no_uvloop,
+    )
+    return proxy.serve()

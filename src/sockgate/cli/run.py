@@ -1,0 +1,59 @@
+"""``sockgate run``: bind guarded sockets and run a service with them (see sockgate.launcher)."""
+
+from __future__ import annotations
+
+import argparse
+
+from sockgate.cli.common import add_policy_args, load_from_args
+from sockgate.errors import UsageError
+from sockgate.urls import parse_urls
+
+
+def add_parser(p: argparse.ArgumentParser) -> None:
+    p.usage = "sockgate run --policy P --service S --listen URL [--listen URL ...] [options] -- COMMAND ..."
+    add_policy_args(p)
+    p.add_argument("--service", "-s", required=True, metavar="S", help="the service (daemon name) to enforce")
+    p.add_argument(
+        "--listen",
+        "-l",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="tcp://HOST:PORT, tcp://[V6]:PORT, tcp://:PORT (all addresses), udp://..., unix:PATH, unix:@NAME"
+        " (repeatable; options ?name=&backlog=&reuseport=&mode=&owner=&group=)",
+    )
+    p.add_argument("--user", "-u", metavar="USER", help="run COMMAND as this user (after binding)")
+    p.add_argument("--group", "-g", metavar="GROUP", help="run COMMAND with this group (default: the user's)")
+    p.add_argument("--inetd", action="store_true", help="accept connections and run COMMAND per connection on stdin/stdout")
+    p.add_argument("--max-conns", type=int, default=40, metavar="N", help="--inetd: at most N commands at once (default 40)")
+    p.add_argument("--forward-hup", action="store_true", help="after reloading the policy on SIGHUP, pass SIGHUP to COMMAND")
+    p.add_argument("--notify", action="store_true", help="report READY/RELOADING/STOPPING to $NOTIFY_SOCKET (systemd)")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the service to run")
+
+
+def run(args: argparse.Namespace) -> int:
+    from sockgate.launcher import RunConfig
+    from sockgate.launcher import run as launch
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise UsageError("run: give the command to run after '--'")
+    if not args.listen:
+        raise UsageError("run: give at least one --listen URL")
+    if args.max_conns < 1:
+        raise UsageError("run: --max-conns must be at least 1")
+    cfg = RunConfig(
+        load=lambda: load_from_args(args),
+        service=args.service,
+        urls=parse_urls(args.listen),
+        command=tuple(command),
+        user=args.user,
+        group=args.group,
+        inetd=args.inetd,
+        max_conns=args.max_conns,
+        forward_hup=args.forward_hup,
+        notify=args.notify,
+    )
+    return launch(cfg)

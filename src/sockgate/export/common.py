@@ -1,0 +1,308 @@
+"""What every exporter needs: a policy planned as services with ports and address rules.
+
+``plan`` turns a ``Policy`` into ``Plan``: for each service, in policy order, the protocols and
+port ranges it listens on and its rules as ``(action, addresses)`` — each match already
+flattened to disjoint address intervals (``addrs.py``) — followed by its default. Renderers
+(``nft.py``, ``pf.py``) only print a plan; they decide nothing.
+
+Which services: native service blocks first, then the daemons hosts_access rules name
+literally (``sshd: ...``), then every daemon given with ``--map`` (so ``ALL: ...`` rules reach
+it). Ports come from the block's header, else ``--map``, else services(5); a service with
+neither is an error naming it, because a firewall export that silently leaves a service out
+guards less than the operator thinks.
+
+What a packet filter cannot decide — host names, ident users, Unix credentials, ``daemon@host``,
+connection limits, a Unix socket service with rules — fails the export with one diagnostic per
+rule (``file:line:col``, the rule and why). With ``skip_userspace`` such a rule is left out
+and is then *never matching*: packets fall through to the next rule, exactly as if the rule
+were deleted from the policy. That can widen access (a skipped ``deny``) or narrow it (a
+skipped ``allow``); each one is listed as a warning and as a comment in the output.
+
+Two services claiming the same port: the first in policy order judges it (later rules in the
+filter are not reached), and a warning says so.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Literal, Mapping, Union
+
+from sockgate.decide import Peer
+from sockgate.errors import Diagnostic, PolicyError, UsageError
+from sockgate.export.addrs import AddrSpace, flatten
+from sockgate.export.ports import PortRange, Proto, lookup, port_table
+from sockgate.policy.daemons import daemon_matches
+from sockgate.policy.ir import (
+    Action,
+    AddrMatch,
+    AnyOf,
+    DaemonMatch,
+    DaemonPattern,
+    Endpoint,
+    Except,
+    Policy,
+    Rule,
+    Service,
+    rule_userspace_reason,
+    userspace_reason,
+)
+from sockgate.policy.source import Span
+
+Target = Literal["nftables", "pf"]
+
+
+@dataclass(frozen=True)
+class PlannedRule:
+    action: Action
+    addrs: AddrSpace
+    rule: Rule
+
+
+@dataclass(frozen=True)
+class SkippedRule:
+    """A rule the target cannot express, left out (``skip_userspace``): never matches."""
+
+    rule: Rule
+    reason: str
+
+
+Item = Union[PlannedRule, SkippedRule]
+
+
+@dataclass(frozen=True)
+class PlannedService:
+    name: str
+    ports: tuple[tuple[Proto, tuple[PortRange, ...]], ...]
+    items: tuple[Item, ...]
+    default: Action
+    default_where: str  # "file:line" of the default, or "" when implicit
+    notes: tuple[str, ...] = ()  # comments for the output (unix endpoints, skipped limits)
+
+    def verdict(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Action:
+        """What the exported rules decide for a packet from ``address`` (first match)."""
+        for item in self.items:
+            if isinstance(item, PlannedRule) and item.addrs.contains(address):
+                return item.action
+        return self.default
+
+    def covers(self, proto: str, port: int) -> bool:
+        return any(p == proto and any(lo <= port <= hi for lo, hi in rs) for p, rs in self.ports)
+
+
+@dataclass(frozen=True)
+class SkippedService:
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    services: tuple[PlannedService, ...]
+    skipped: tuple[SkippedService, ...]
+    warnings: tuple[str, ...]
+    sources: tuple[str, ...]
+    digest: str
+
+    def owner(self, proto: str, port: int) -> PlannedService | None:
+        """The service whose rules judge packets to ``proto``/``port`` (first in order)."""
+        return next((s for s in self.services if s.covers(proto, port)), None)
+
+
+@dataclass
+class _Problems:
+    """Inexpressible things found while planning, reported together."""
+
+    target: Target
+    diagnostics: list[Diagnostic]
+    skip_warnings: list[str]  # shown only when the rules are skipped instead of refused
+    warnings: list[str]
+
+    def add(self, span: Span | None, text: str, reason: str, skipped: str = "treated as never matching") -> None:
+        self.diagnostics.append(
+            Diagnostic(
+                span,
+                f"{self.target} cannot express `{text}`: {reason}; enforce it with `sockgate proxy`, "
+                "or pass --skip-userspace to leave it out (it then never matches)",
+            )
+        )
+        where = f"{span.file}:{span.line}: " if span is not None else ""
+        self.skip_warnings.append(f"{where}left out of the {self.target} rules: `{text}`: {reason}; {skipped}")
+
+
+def plan(
+    policy: Policy,
+    *,
+    target: Target,
+    mapped: Mapping[str, tuple[Endpoint, ...]] | None = None,
+    services_db: Mapping[str, tuple[Endpoint, ...]] | None = None,
+    skip_userspace: bool = False,
+) -> Plan:
+    """Plan ``policy`` for a packet filter. Raises ``PolicyError`` naming every rule the
+    target cannot express (unless ``skip_userspace``) and ``UsageError`` for services without
+    ports or a bad ``--map``."""
+    mapped = dict(mapped or {})
+    services_db = services_db or {}
+    problems = _Problems(target, [], [], [])
+    planned: list[PlannedService] = []
+    skipped: list[SkippedService] = []
+    unmapped: list[str] = []
+    for svc in _services(policy, mapped):
+        if svc.endpoints and svc.name in mapped:
+            raise UsageError(f"--map {svc.name}: service {svc.name} already says where it listens ({_eps(svc.endpoints)})")
+        endpoints = svc.endpoints or lookup(svc.name, mapped, services_db)
+        if not endpoints:
+            unmapped.append(svc.name)
+            continue
+        one = _plan_service(svc, endpoints, problems)
+        if isinstance(one, SkippedService):
+            skipped.append(one)
+        else:
+            planned.append(one)
+    if unmapped:
+        raise UsageError(
+            "no port known for "
+            + ", ".join(unmapped)
+            + ": say where each listens with --map DAEMON=PROTO/PORT (e.g. --map "
+            + f"{unmapped[0]}=tcp/22); only services(5) names are looked up by themselves"
+        )
+    if problems.diagnostics and not skip_userspace:
+        raise PolicyError(problems.diagnostics, sources=dict(policy.texts))
+    if not planned and not skipped:
+        raise UsageError("nothing to export: the policy names no service (give --map DAEMON=PROTO/PORT for hosts_access rules)")
+    warnings = problems.skip_warnings + problems.warnings + _overlaps(planned)
+    return Plan(tuple(planned), tuple(skipped), tuple(warnings), policy.sources, policy.digest())
+
+
+def _services(policy: Policy, mapped: Mapping[str, tuple[Endpoint, ...]]) -> list[Service]:
+    """Native blocks, then literally named daemons, then mapped daemons; each once."""
+    out = list(policy.services)
+    seen = {s.name for s in out}
+    global_rules = bool(policy.rules) or policy.default is not None
+    names = [n for r in policy.rules if r.daemons is not None for n in _literal_daemons(r.daemons)]
+    for name in [*names, *mapped]:
+        if name in seen:
+            continue
+        if not global_rules:
+            raise UsageError(f"--map {name}: the policy has no service {name} and no hosts_access rules that could apply to it")
+        seen.add(name)
+        out.append(policy.service(name))
+    return out
+
+
+def _literal_daemons(d: DaemonMatch) -> list[str]:
+    """Daemon names a rule selects by name (not ``ALL``, wildcards or ``EXCEPT`` parts)."""
+    if isinstance(d, DaemonPattern):
+        n = d.name
+        literal = n.upper() != "ALL" and not any(c in n for c in "*?[") and not n.startswith(".") and not n.endswith(".")
+        return [n] if literal else []
+    if isinstance(d, AnyOf):
+        return [n for i in d.items for n in _literal_daemons(i)]  # type: ignore[arg-type]
+    if isinstance(d, Except):
+        return _literal_daemons(d.include)  # type: ignore[arg-type]
+    return []
+
+
+def _plan_service(svc: Service, endpoints: tuple[Endpoint, ...], problems: _Problems) -> PlannedService | SkippedService:
+    ports = port_table(endpoints)
+    unix = [e for e in endpoints if e.proto == "unix"]
+    if not ports:
+        reason = f"a Unix socket service ({_eps(tuple(unix))}): a packet filter has no port to guard"
+        if svc.rules:
+            problems.add(svc.span, f"service {svc.name}", reason, "the service is not exported")
+        return SkippedService(svc.name, reason)
+    notes = [f"{_eps(tuple(unix))}: a Unix socket, not filtered here"] if unix else []
+    if svc.limits is not None and not svc.limits.is_empty():
+        problems.add(svc.span, f"service {svc.name}", "has connection limits", "its rules are exported without them")
+        notes.append("connection limits are not enforced here")
+    items: list[Item] = []
+    for rule in svc.rules:
+        if rule.daemons is not None and userspace_reason(rule.daemons) is None:
+            if not daemon_matches(rule.daemons, svc.name, Peer()):
+                continue
+        why = rule_userspace_reason(rule)
+        if why is not None:
+            problems.add(rule.span, rule.text, why)
+            items.append(SkippedRule(rule, why))
+        else:
+            items.append(PlannedRule(rule.action, flatten(rule.match), rule))
+        if rule.options:
+            names = ", ".join(o.name for o in rule.options)
+            problems.warnings.append(f"{rule.span.file}:{rule.span.line}: options not enforced by a packet filter: {names}")
+    where = f"{svc.default_span.file}:{svc.default_span.line}" if svc.default_span is not None and svc.default is not None else ""
+    return PlannedService(svc.name, ports, tuple(items), svc.effective_default, where, tuple(notes))
+
+
+def _overlaps(services: list[PlannedService]) -> list[str]:
+    out = []
+    for i, later in enumerate(services):
+        for earlier in services[:i]:
+            for proto, ranges in later.ports:
+                hits = [(lo, hi) for lo, hi in ranges if any(_meets(lo, hi, e) for p, rs in earlier.ports if p == proto for e in rs)]
+                if hits:
+                    out.append(
+                        f"service {later.name} {proto}/{ranges_text(tuple(hits))} overlaps service {earlier.name}: "
+                        f"{earlier.name}, first in policy order, judges those ports"
+                    )
+    return out
+
+
+def _meets(lo: int, hi: int, other: PortRange) -> bool:
+    return lo <= other[1] and other[0] <= hi
+
+
+def ranges_text(ranges: tuple[PortRange, ...]) -> str:
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
+
+
+def _eps(endpoints: tuple[Endpoint, ...]) -> str:
+    return " ".join(str(e) for e in endpoints)
+
+
+class Names:
+    """Unique identifiers for the target: ``[A-Za-z0-9_]``, starting with a letter, at most
+    ``maxlen`` characters; a clash gets ``_2``, ``_3``..."""
+
+    def __init__(self, maxlen: int, prefix: str = "") -> None:
+        self.maxlen = maxlen
+        self.prefix = prefix
+        self.used: set[str] = set()
+
+    def make(self, wanted: str) -> str:
+        base = self.prefix + re.sub(r"[^A-Za-z0-9_]", "_", wanted)
+        if not base[:1].isalpha():
+            base = "s_" + base
+        base = base[: self.maxlen]
+        name, n = base, 1
+        while name in self.used:
+            n += 1
+            name = f"{base[: self.maxlen - len(str(n)) - 1]}_{n}"
+        self.used.add(name)
+        return name
+
+
+def comment(text: str) -> str:
+    """``text`` safe inside a ``#`` comment line: control characters become ``?``."""
+    return "".join("?" if ord(c) < 0x20 or ord(c) == 0x7F else c for c in text)
+
+
+def rule_where(rule: Rule) -> str:
+    return f"{rule.span.file}:{rule.span.line}"
+
+
+def set_label(rule: Rule) -> str | None:
+    """``office`` for a rule whose match is exactly ``@office``, else None."""
+    m = rule.match
+    if isinstance(m, AddrMatch) and m.label.startswith("@") and len(m.label) > 1:
+        return m.label[1:]
+    return None
+
+
+def header_lines(plan: Plan, fmt: str) -> list[str]:
+    sources = ", ".join(plan.sources) or "(no file)"
+    return [f"# sockgate export --format {fmt}: policy {plan.digest} from {comment(sources)}"]
+
+
+def skipped_lines(plan: Plan) -> list[str]:
+    return [f"# service {comment(s.name)} not exported: {comment(s.reason)}" for s in plan.skipped]

@@ -1,0 +1,122 @@
+"""A ``Plan`` rendered as a pf.conf(5) fragment for OpenBSD and FreeBSD, loaded into an anchor.
+
+pf evaluates rules top to bottom and the *last* match wins, unless a rule is ``quick``: then
+the first quick match ends evaluation. Every rule here is ``quick``, so the policy's
+first-match order carries over unchanged, and each service ends with its default as a quick
+rule for its ports, so a packet to a service port never falls through to the rules after the
+anchor. Packets to other ports match nothing here.
+
+Addresses: pf tables hold CIDRs (no ranges), so each rule's disjoint intervals are
+summarised into CIDRs (``addrs.summarize``); IPv4 and IPv6 entries may share a table. One
+CIDR is written inline; more go into a ``const`` table (shared when contents are equal; named
+after the policy set for ``@set`` rules). Tables are anchor-local, their names prefixed
+``sg_`` and kept within pf's 31 characters. ``--action reject`` is ``block return`` (TCP
+reset, ICMP unreachable for UDP). ``pass`` keeps state, as pf does by default, so replies to
+allowed connections pass.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from sockgate.export.addrs import summarize
+from sockgate.export.common import (
+    Names,
+    Plan,
+    PlannedRule,
+    PlannedService,
+    comment,
+    header_lines,
+    ranges_text,
+    rule_where,
+    set_label,
+    skipped_lines,
+)
+from sockgate.export.nft import check_table_name
+from sockgate.export.ports import PortRange
+from sockgate.policy.ir import Action, IPNetwork
+
+DenyAction = Literal["drop", "reject"]
+_PER_LINE = 4  # table entries per line
+_TABLE_NAME_MAX = 31  # PF_TABLE_NAME_SIZE (32) less the NUL, <net/pfvar.h>
+
+
+def render(plan: Plan, *, anchor: str = "sockgate", action: DenyAction = "drop") -> str:
+    """The fragment text for ``pfctl -a ANCHOR -f``."""
+    check_table_name(anchor)
+    r = _Renderer(action)
+    blocks = [_service_lines(r, svc) for svc in plan.services]
+    out = header_lines(plan, "pf")
+    out += [
+        f'# Put `anchor "{anchor}"` in pf.conf where these rules belong, then',
+        f"#   load (again to replace it): pfctl -a {anchor} -f FILE",
+        f"#   remove:                     pfctl -a {anchor} -F all",
+        "# Every rule is quick: the first match wins, in the policy's order.",
+    ]
+    out += skipped_lines(plan)
+    out += [_table(name, entries) for name, entries in r.tables]
+    for block in blocks:
+        out += ["", *block]
+    return "\n".join(out) + "\n"
+
+
+class _Renderer:
+    def __init__(self, action: DenyAction) -> None:
+        self.verbs = {Action.ALLOW: "pass in quick", Action.DENY: "block drop in quick" if action == "drop" else "block return in quick"}
+        self.names = Names(_TABLE_NAME_MAX, prefix="sg_")
+        self.tables: list[tuple[str, list[str]]] = []
+        self._by_content: dict[tuple[str, ...], str] = {}
+
+    def source(self, item: PlannedRule, wanted: str, named: bool) -> str | None:
+        """``any``, one inline CIDR, or ``<table>``; None when the rule matches nothing."""
+        a = item.addrs
+        if a.is_full(4) and a.is_full(6):
+            return "any"
+        entries = tuple(_cidr(n) for n in summarize(a.v4, 4) + summarize(a.v6, 6))
+        if not entries:
+            return None
+        if len(entries) == 1 and not named:
+            return entries[0]
+        if entries not in self._by_content:
+            name = self.names.make(wanted)
+            self._by_content[entries] = name
+            self.tables.append((name, list(entries)))
+        return f"<{self._by_content[entries]}>"
+
+
+def _service_lines(r: _Renderer, svc: PlannedService) -> list[str]:
+    ports = " ".join(f"{proto}/{ranges_text(ranges)}" for proto, ranges in svc.ports)
+    lines = [f"# service {comment(svc.name)}: {ports}"] + [f"# {comment(n)}" for n in svc.notes]
+    for k, item in enumerate(svc.items, 1):
+        where, text = rule_where(item.rule), comment(item.rule.text)
+        if not isinstance(item, PlannedRule):
+            lines.append(f"# left out, never matches: {where}: {text}; {comment(item.reason)}")
+            continue
+        lines.append(f"# {where}: {text}")
+        label = set_label(item.rule)
+        src = r.source(item, label or f"{svc.name}_{k}", label is not None)
+        if src is None:
+            lines.append("# (matches no address)")
+            continue
+        lines += [f"{r.verbs[item.action]} proto {proto} from {src} to any port {_ports(ranges)}" for proto, ranges in svc.ports]
+    said = f"{svc.default_where}: default {svc.default}" if svc.default_where else f"no rule matched: {svc.default}"
+    lines.append(f"# {said}")
+    lines += [f"{r.verbs[svc.default]} proto {proto} from any to any port {_ports(ranges)}" for proto, ranges in svc.ports]
+    return lines
+
+
+def _table(name: str, entries: list[str]) -> str:
+    """One line, or several joined by backslash-newline (pf.conf's line continuation)."""
+    if len(entries) <= _PER_LINE:
+        return f"table <{name}> const {{ {', '.join(entries)} }}"
+    rows = [", ".join(entries[i : i + _PER_LINE]) for i in range(0, len(entries), _PER_LINE)]
+    return f"table <{name}> const {{ \\\n\t" + ", \\\n\t".join(rows) + " }"
+
+
+def _ports(ranges: tuple[PortRange, ...]) -> str:
+    items = [str(lo) if lo == hi else f"{lo}:{hi}" for lo, hi in ranges]
+    return items[0] if len(items) == 1 else "{ " + " ".join(items) + " }"
+
+
+def _cidr(net: IPNetwork) -> str:
+    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)

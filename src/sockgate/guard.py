@@ -1,0 +1,322 @@
+"""Library entry points: put a compiled policy on a socket, read it back, take it off.
+
+``guard(policy, sock, service)`` first resolves the service and compiles it completely (every
+rule validated, the program sized against the kernel's limits); only then does it make one
+``setsockopt(SO_ATTACH_FILTER)``, which replaces any filter already there atomically (the
+kernel swaps the program under RCU: no packet ever sees the socket unfiltered). So a bad
+policy raises before the socket is touched, and guarding again with a new policy is a reload.
+
+``guard_of`` reads the filter back (``SO_GET_FILTER``) and recognises sockgate's programs by
+the marker the compiler puts in them: the service name and the policy digest.
+
+``guard_sockets`` / ``unguard_sockets`` do the same for sockets of running processes, reached
+through ``pidfd_getfd`` duplicates (``sockgate attach`` / ``detach``). They are transactions:
+every target is duplicated and checked (a socket, not locked, no foreign filter unless
+forced) before any is changed, and if a change fails the ones already made are undone by
+putting each socket's previous program back.
+
+Kernel enforcement is Linux-only: the platform is chosen once, at import. Elsewhere these
+functions raise ``UnsupportedPlatform``, and ``sockgate.check`` / the proxy still decide in user
+space.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import sys
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence, Union
+
+from sockgate.decide import Peer
+from sockgate.errors import AdapterError, SockgateError, UnsupportedPlatform, UsageError
+from sockgate.policy.ir import Policy
+
+if TYPE_CHECKING:
+    from sockgate.bpf import Program
+    from sockgate.linux.procsock import SockRef
+
+Sockish = Union[socket.socket, int]
+
+if sys.platform == "linux":
+    _UNSUPPORTED: str | None = None
+else:  # pragma: no cover - exercised by monkeypatching _UNSUPPORTED in tests
+    _UNSUPPORTED = (
+        f"kernel enforcement needs Linux (classic BPF socket filters); on {sys.platform} sockgate"
+        " still decides in user space: use sockgate.check() or `sockgate proxy`"
+    )
+
+GuardState = Literal["sockgate", "foreign", "none"]
+
+
+@dataclass(frozen=True)
+class Guarded:
+    """What ``guard`` attached."""
+
+    service: str
+    digest: str
+    instructions: int
+
+
+@dataclass(frozen=True)
+class GuardInfo:
+    """A socket's filter as read back: sockgate's (service + digest), foreign, or none."""
+
+    state: GuardState
+    instructions: int = 0
+    service: str | None = None
+    digest: str | None = None
+    locked: bool = False
+
+    def describe(self) -> str:
+        lock = ", locked" if self.locked else ""
+        if self.state == "sockgate":
+            return f"sockgate service {self.service} (digest {self.digest}, {self.instructions} instructions{lock})"
+        if self.state == "foreign":
+            return f"a foreign filter ({self.instructions} instructions{lock})"
+        return f"no filter{lock}"
+
+
+@dataclass(frozen=True)
+class Change:
+    """What ``guard_sockets`` / ``unguard_sockets`` did to one socket."""
+
+    pid: int
+    fd: int
+    proto: str
+    local: str
+    action: str  # "attached" | "reloaded" | "replaced" | "detached" | "unchanged"
+    before: GuardInfo
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["before"] = asdict(self.before)
+        return d
+
+
+def _require_kernel() -> None:
+    if _UNSUPPORTED is not None:
+        raise UnsupportedPlatform(_UNSUPPORTED)
+
+
+def _fd(s: Sockish) -> int:
+    if isinstance(s, int):
+        return s
+    fileno = getattr(s, "fileno", None)
+    if fileno is None:
+        raise UsageError(f"not a socket or file descriptor: {s!r}")
+    fd = fileno()
+    if not isinstance(fd, int) or fd < 0:
+        raise UsageError(f"socket is closed: {s!r}")
+    return fd
+
+
+# ---------------------------------------------------------------------------------------------
+# Compile completely before anything is touched
+
+
+def compile_guard(policy: Policy, service: str) -> "Program":
+    """The program for ``service``: raises (PolicyError, UnsupportedInKernel, CompileError,
+    UsageError for an unknown service) without touching any socket."""
+    from sockgate.bpf import compile_service
+
+    try:
+        svc = policy.service(service)
+    except KeyError:
+        known = ", ".join(policy.service_names()) or "none"
+        raise UsageError(f"the policy has no service {service!r} (services: {known})") from None
+    return compile_service(svc)
+
+
+def guard(policy: Policy, sock: Sockish, service: str) -> Guarded:
+    """Attach ``policy``'s filter for ``service`` to ``sock`` (a socket object or an fd).
+
+    Replaces whatever filter the socket had, in one atomic step; raises ``AdapterError`` when
+    the socket's filter is locked. Nothing is attached if compiling fails."""
+    _require_kernel()
+    program = compile_guard(policy, service)
+    fd = _fd(sock)
+    _refuse_locked(fd, f"fd {fd}")
+    return _install(fd, program, f"attach filter for {service} to fd {fd}")
+
+
+def unguard(sock: Sockish) -> bool:
+    """Remove the socket's filter (whoever put it there); False when it had none."""
+    _require_kernel()
+    from sockgate.linux import filter as kfilter
+
+    fd = _fd(sock)
+    _refuse_locked(fd, f"fd {fd}")
+    return kfilter.detach(fd)
+
+
+def guard_of(sock: Sockish) -> GuardInfo:
+    """Read the socket's filter back and say whose it is."""
+    _require_kernel()
+    return _read_guard(_fd(sock))
+
+
+def peer(conn: Sockish) -> Peer:
+    """The peer of a connected socket: Unix credentials (uid, gid, groups, pid, exe) through
+    SO_PEERCRED / SO_PEERGROUPS / SO_PEERPIDFD, or an IP peer's address and port."""
+    from sockgate.linux import peercred
+
+    fd = _fd(conn)
+    if _UNSUPPORTED is not None:
+        with peercred._as_socket(fd) as s:
+            if s.family == socket.AF_UNIX:
+                raise UnsupportedPlatform(f"Unix peer credentials: {_UNSUPPORTED}")
+    return peercred.peer_of(fd)
+
+
+def _install(fd: int, program: "Program", what: str) -> Guarded:
+    from sockgate.linux import filter as kfilter
+
+    kfilter.attach(fd, program.encode(), what)
+    return Guarded(program.service, program.digest, len(program.insns))
+
+
+def _read_guard(fd: int) -> GuardInfo:
+    from sockgate.bpf import decode, identify
+    from sockgate.linux import filter as kfilter
+
+    locked = kfilter.is_locked(fd)
+    raw = kfilter.get(fd)
+    if raw is None:
+        return GuardInfo("none", locked=locked)
+    insns = decode(raw)
+    marker = identify(insns)
+    if marker is None:
+        return GuardInfo("foreign", len(insns), locked=locked)
+    return GuardInfo("sockgate", len(insns), marker.service, marker.digest, locked)
+
+
+def _refuse_locked(fd: int, what: str) -> None:
+    from sockgate.linux import filter as kfilter
+
+    if kfilter.is_locked(fd):
+        raise AdapterError(
+            f"{what}: the socket's filter is locked (SO_LOCK_FILTER); it cannot be changed or"
+            " removed until the socket is closed",
+            errno=errno.EPERM,
+            target=what,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Sockets of running processes (sockgate attach / detach)
+
+
+@dataclass
+class _Held:
+    ref: "SockRef"
+    dup: int
+    before: GuardInfo
+    raw: bytes | None
+
+
+@contextlib.contextmanager
+def _borrow_all(targets: Sequence[tuple[int, int]]) -> Iterator[list[_Held]]:
+    """Duplicate every (pid, fd), check it is an IP socket, read its filter; one entry per
+    distinct socket. All duplicates are closed on exit."""
+    from sockgate.linux import filter as kfilter
+    from sockgate.linux import pidfd, procsock
+
+    held: list[_Held] = []
+    seen: set[tuple[int, int]] = set()
+    try:
+        for pid, fd in targets:
+            dup = pidfd.getfd(pid, fd)
+            ident = procsock.identity(dup)
+            if ident in seen:
+                os.close(dup)
+                continue
+            seen.add(ident)
+            held.append(_Held(procsock.inspect_dup(dup, pid, fd), dup, _read_guard(dup), None))
+            held[-1].raw = kfilter.get(dup)
+            if held[-1].ref.proto not in ("tcp", "udp"):
+                raise UsageError(
+                    f"{held[-1].ref.describe()}: a kernel address filter guards TCP and UDP sockets only"
+                    " (Unix peers are decided by credentials: use `sockgate proxy`)"
+                )
+        yield held
+    finally:
+        for h in held:
+            os.close(h.dup)
+
+
+def _check_changeable(held: Sequence[_Held], force: bool) -> None:
+    for h in held:
+        what = h.ref.describe()
+        if h.before.locked:
+            _refuse_locked(h.dup, what)
+        if h.before.state == "foreign" and not force:
+            raise AdapterError(
+                f"{what} already has a foreign filter ({h.before.instructions} instructions);"
+                " nothing was changed (use --force to replace it)",
+                target=what,
+            )
+
+
+def _rollback(done: Sequence[_Held]) -> None:
+    from sockgate.linux import filter as kfilter
+
+    for h in reversed(done):
+        with contextlib.suppress(SockgateError):
+            if h.raw is None:
+                kfilter.detach(h.dup)
+            else:
+                kfilter.attach(h.dup, h.raw)
+
+
+def guard_sockets(
+    policy: Policy, service: str, targets: Sequence[tuple[int, int]], force: bool = False
+) -> tuple[Guarded, list[Change]]:
+    """Guard every (pid, fd) in ``targets`` with ``service``'s program, or none of them."""
+    _require_kernel()
+    program = compile_guard(policy, service)
+    if not targets:
+        raise UsageError("no sockets to guard")
+    with _borrow_all(targets) as held:
+        _check_changeable(held, force)
+        done: list[_Held] = []
+        changes = []
+        result: Guarded | None = None
+        try:
+            for h in held:
+                result = _install(h.dup, program, f"attach filter for {service} to {h.ref.describe()}")
+                done.append(h)
+                action = {"none": "attached", "sockgate": "reloaded", "foreign": "replaced"}[h.before.state]
+                changes.append(Change(h.ref.pid, h.ref.fd, h.ref.proto, h.ref.local, action, h.before))
+        except SockgateError:
+            _rollback(done)
+            raise
+    assert result is not None
+    return result, changes
+
+
+def unguard_sockets(targets: Sequence[tuple[int, int]], force: bool = False) -> list[Change]:
+    """Remove sockgate's filter from every target (foreign ones too with ``force``), or none."""
+    _require_kernel()
+    from sockgate.linux import filter as kfilter
+
+    if not targets:
+        raise UsageError("no sockets to detach from")
+    with _borrow_all(targets) as held:
+        _check_changeable([h for h in held if h.before.state != "none"], force)
+        done: list[_Held] = []
+        changes = []
+        try:
+            for h in held:
+                action = "unchanged"
+                if h.before.state != "none":
+                    kfilter.detach(h.dup, f"detach filter from {h.ref.describe()}")
+                    done.append(h)
+                    action = "detached"
+                changes.append(Change(h.ref.pid, h.ref.fd, h.ref.proto, h.ref.local, action, h.before))
+        except SockgateError:
+            _rollback(done)
+            raise
+    return changes

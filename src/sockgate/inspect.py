@@ -1,0 +1,437 @@
+"""``sockgate ls``: every socket with its holders, its exposure and its guard, as rows.
+
+Three sources are joined by socket inode: the kernel's socket inventory
+(``linux.sockdiag.inventory``), the ``/proc/PID/fd`` links that say which processes hold each
+socket (``linux.sockdiag.holders``; names and users through psutil), and the classic BPF
+filter attached to each socket, read back through our own duplicate of one holder's
+descriptor (``pidfd_getfd`` + ``SO_GET_FILTER``) and recognised by ``bpf.identify``.
+
+Work is done in the order that keeps a big host fast: the kernel is asked only for the states
+wanted (listening/bound by default), rows are filtered by protocol, port, pid, user before any
+filter is read, and filters are read only for the rows that will be shown, with one pidfd per
+process reused for all its sockets.
+
+A socket held by several processes (a listener inherited across fork) is one row listing every
+holder; its filter is read through the first holder that lets us. The guard is never guessed:
+when the holder's descriptors cannot be read (another user's process, without root) it is
+``unknown (no permission)``; a socket no process holds (TIME-WAIT, a connection not yet
+accepted) is ``unknown (no holder found)``.
+
+The row-building functions (``exposure_of``, ``classify_filter``, ``wanted``, ``matches``,
+``Row.to_json``) are pure and tested without sockets; ``list_sockets`` does the I/O.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import pwd
+import grp
+import stat
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+from sockgate.errors import AdapterError, UsageError
+from sockgate.linux import sockdiag
+from sockgate.linux.sockdiag import TCP_CLOSE, TCP_LISTEN, Sock
+
+KINDS = ("tcp", "udp", "raw", "icmp", "unix")
+_NETID = {("unix", "stream"): "u_str", ("unix", "dgram"): "u_dgr", ("unix", "seqpacket"): "u_seq"}
+
+SOCKGATE, FOREIGN, NONE, UNKNOWN = "sockgate", "foreign", "none", "unknown"
+NO_PERMISSION = "no permission"
+NO_HOLDER = "no holder found"
+
+
+# --- pure: guard, exposure, selection -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Guard:
+    status: str  # SOCKGATE | FOREIGN | NONE | UNKNOWN
+    service: str | None = None
+    digest: str | None = None
+    insns: int | None = None
+    reason: str | None = None
+
+    @property
+    def text(self) -> str:
+        if self.status == SOCKGATE:
+            return f"sockgate {self.service} {self.digest}"
+        if self.status == FOREIGN:
+            return f"foreign filter ({self.insns} insns)" if self.insns is not None else f"foreign filter ({self.reason})"
+        if self.status == NONE:
+            return "none"
+        return f"unknown ({self.reason})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "service": self.service,
+            "digest": self.digest,
+            "insns": self.insns,
+            "reason": self.reason,
+            "text": self.text,
+        }
+
+
+Identify = Callable[[bytes], "tuple[str, str] | None"]
+
+
+def bpf_identify(raw: bytes) -> tuple[str, str] | None:
+    """``(service, digest)`` when ``raw`` is a sockgate program, else None."""
+    from sockgate import bpf
+
+    marker = bpf.identify(bpf.decode(raw))
+    return None if marker is None else (marker.service, marker.digest)
+
+
+def classify_filter(raw: bytes | None, identify: Identify = bpf_identify) -> Guard:
+    """The guard a read-back program (None: no filter) stands for."""
+    if raw is None:
+        return Guard(NONE)
+    found = identify(raw)
+    if found is not None:
+        return Guard(SOCKGATE, found[0], found[1], len(raw) // 8)
+    return Guard(FOREIGN, insns=len(raw) // 8)
+
+
+@dataclass(frozen=True)
+class PathInfo:
+    """What ``stat`` says about a Unix socket's path (None fields: not known)."""
+
+    exists: bool
+    inode: int | None = None
+    mode: int | None = None
+    owner: str | None = None
+    group: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Exposure:
+    kind: str  # loopback | address | any | connected | path | abstract | unnamed
+    text: str
+    mode: str | None = None
+    owner: str | None = None
+    group: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "text": self.text, "mode": self.mode, "owner": self.owner, "group": self.group}
+
+
+def is_bound_state(sock: Sock) -> bool:
+    """Listening (TCP, Unix stream/seqpacket) or bound and unconnected (UDP, raw, ICMP, Unix)."""
+    return sock.state == TCP_LISTEN or sock.state == TCP_CLOSE
+
+
+def exposure_of(sock: Sock, path: PathInfo | None = None, ifname: str | None = None) -> Exposure:
+    """Who can reach ``sock``: a pure function of the socket and what ``stat`` says of its path."""
+    if not is_bound_state(sock):
+        return Exposure("connected", f"connected to {peer_text(sock) or 'a peer'}")
+    if sock.family == "unix":
+        return _unix_exposure(sock, path)
+    on = f" on {ifname}" if ifname else ""
+    addr = ipaddress.ip_address(sock.local_addr or "0.0.0.0")
+    if addr.is_unspecified:
+        if sock.family == "ipv6" and sock.v6only is False:
+            return Exposure("any", f"every interface (IPv6 and IPv4){on}")
+        return Exposure("any", f"every {'IPv6 ' if sock.family == 'ipv6' else ''}interface{on}")
+    mapped = addr.ipv4_mapped if isinstance(addr, ipaddress.IPv6Address) else None
+    if addr.is_loopback or (mapped is not None and mapped.is_loopback):
+        return Exposure("loopback", f"loopback only{on}")
+    return Exposure("address", f"one address ({addr}){on}")
+
+
+def _unix_exposure(sock: Sock, path: PathInfo | None) -> Exposure:
+    name = sock.unix_name
+    if name is None:
+        return Exposure("unnamed", "unnamed (reachable only through a passed descriptor)")
+    if sock.unix_vfs is None:
+        return Exposure("abstract", "abstract (any process in this network namespace)")
+    if path is None or path.error is not None:
+        why = path.error if path is not None and path.error else "not checked"
+        return Exposure("path", f"path, mode unknown ({why})")
+    if not path.exists:
+        return Exposure("path", "path removed (unreachable by name)")
+    if sock.unix_vfs[1] and path.inode is not None and path.inode != sock.unix_vfs[1]:
+        return Exposure("path", "path now names another file (unreachable by name)")
+    mode = f"{stat.S_IMODE(path.mode or 0):04o}"
+    return Exposure("path", f"path mode {mode} {path.owner}:{path.group}", mode, path.owner, path.group)
+
+
+def netid(sock: Sock) -> str:
+    """ss-style protocol column: tcp, tcp6, udp, udp6, raw, raw6, icmp, icmp6, u_str, u_dgr, u_seq."""
+    if sock.family == "unix":
+        return _NETID.get(("unix", sock.type), "unix")
+    return sock.proto + ("6" if sock.family == "ipv6" else "")
+
+
+def _ip_port(addr: str | None, port: int | None) -> str:
+    host = addr or "*"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def local_text(sock: Sock) -> str:
+    if sock.family == "unix":
+        return sock.unix_name or "unnamed"
+    return _ip_port(sock.local_addr, sock.local_port)
+
+
+def peer_text(sock: Sock) -> str | None:
+    if sock.family == "unix":
+        return f"socket {sock.peer_inode}" if sock.peer_inode else None
+    if not sock.peer_port and sock.peer_addr in (None, "0.0.0.0", "::"):
+        return None
+    return _ip_port(sock.peer_addr, sock.peer_port)
+
+
+@dataclass(frozen=True)
+class Holder:
+    pid: int
+    name: str
+    user: str | None
+    fds: tuple[int, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pid": self.pid, "name": self.name, "user": self.user, "fds": list(self.fds)}
+
+
+@dataclass(frozen=True)
+class Row:
+    sock: Sock
+    holders: tuple[Holder, ...]
+    user: str | None
+    exposure: Exposure
+    guard: Guard
+
+    def to_json(self) -> dict[str, Any]:
+        s = self.sock
+        return {
+            "netid": netid(s),
+            "proto": s.proto,
+            "family": s.family,
+            "type": s.type,
+            "state": s.state_name,
+            "local": local_text(s),
+            "address": s.local_addr,
+            "port": s.local_port,
+            "path": s.unix_name,
+            "peer": peer_text(s),
+            "inode": s.inode,
+            "uid": s.uid,
+            "user": self.user,
+            "processes": [h.to_json() for h in self.holders],
+            "exposure": self.exposure.to_json(),
+            "guard": self.guard.to_json(),
+        }
+
+    def process_text(self, limit: int = 3) -> str:
+        shown = [f"{h.pid}/{h.name}" for h in self.holders[:limit]]
+        more = len(self.holders) - limit
+        return ",".join(shown) + (f" +{more}" if more > 0 else "") if shown else "-"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What ``sockgate ls`` was asked for. Empty ``kinds`` means every kind."""
+
+    kinds: frozenset[str] = frozenset()
+    all: bool = False
+    port: int | None = None
+    pid: int | None = None
+    user: str | None = None
+    unguarded: bool = False
+
+    @property
+    def effective_kinds(self) -> tuple[str, ...]:
+        return tuple(k for k in KINDS if not self.kinds or k in self.kinds)
+
+    def state_mask(self) -> int:
+        return sockdiag.ALL_STATES if self.all else (1 << TCP_LISTEN) | (1 << TCP_CLOSE)
+
+
+def wanted(sock: Sock, sel: Selection) -> bool:
+    """Kernel-side facts only: listening/bound unless ``-a``, and the port filter."""
+    if not sel.all:
+        if not is_bound_state(sock):
+            return False
+        if sock.family == "unix" and sock.state == TCP_CLOSE and sock.unix_name is None:
+            return False  # an unnamed, unconnected Unix socket is bound to nothing
+        if sock.proto == "tcp" and sock.state != TCP_LISTEN:
+            return False  # a TCP socket that is bound but neither listening nor connected
+    if sel.port is not None and sock.local_port != sel.port:
+        return False
+    return True
+
+
+def matches(sock: Sock, holders: Sequence[Holder], user: str | None, sel: Selection) -> bool:
+    """The process-side filters: ``--pid`` and ``--user`` (name or numeric uid)."""
+    if sel.pid is not None and all(h.pid != sel.pid for h in holders):
+        return False
+    if sel.user is not None:
+        uid = None if sock.uid is None else str(sock.uid)
+        if sel.user not in (user, uid):
+            return False
+    return True
+
+
+def sort_key(sock: Sock) -> tuple[int, int, str, int, str]:
+    return (KINDS.index(sock.proto), 0 if sock.family != "ipv6" else 1, sock.local_addr or "", sock.local_port or 0, sock.unix_name or "")
+
+
+# --- I/O: gather and join -----------------------------------------------------------------------
+
+
+@dataclass
+class _Context:
+    identify: Identify
+    proc: str
+    users: dict[int, str | None] = field(default_factory=dict)
+
+
+def list_sockets(sel: Selection, *, proc: str = sockdiag.PROC, identify: Identify = bpf_identify) -> list[Row]:
+    """The rows ``sockgate ls`` shows for ``sel``, sorted by protocol, address and port."""
+    if sel.port is not None and not 0 <= sel.port < 65536:
+        raise UsageError(f"--port must be 0-65535, got {sel.port}")
+    ctx = _Context(identify, proc)
+    kinds = sel.effective_kinds
+    socks = [s for s in sockdiag.inventory(kinds, dict.fromkeys(kinds, sel.state_mask()), proc) if wanted(s, sel)]
+    found = sockdiag.holders(proc)
+    procs: dict[int, tuple[str, str | None]] = {}
+    staged = []
+    for s in sorted(socks, key=sort_key):
+        hs = _holders_of(s, found.by_inode.get(s.inode, []) if s.inode else [], procs)
+        user = _user_name(ctx, s.uid) if s.uid is not None else (hs[0].user if hs else None)
+        if matches(s, hs, user, sel):
+            staged.append((s, hs, user))
+    guards = read_guards([(s, hs) for s, hs, _ in staged], bool(found.denied), ctx.identify)
+    rows = []
+    for s, hs, user in staged:
+        g = guards[id(s)]
+        if sel.unguarded and g.status == SOCKGATE:
+            continue
+        rows.append(Row(s, hs, user, exposure_of(s, _path_info(s), _ifname(s.ifindex)), g))
+    return rows
+
+
+def _holders_of(s: Sock, pairs: Sequence[tuple[int, int]], procs: dict[int, tuple[str, str | None]]) -> tuple[Holder, ...]:
+    by_pid: dict[int, list[int]] = {}
+    for pid, fd in pairs:
+        by_pid.setdefault(pid, []).append(fd)
+    out = []
+    for pid in sorted(by_pid):
+        if pid not in procs:
+            procs[pid] = _process_info(pid)
+        name, user = procs[pid]
+        out.append(Holder(pid, name, user, tuple(sorted(by_pid[pid]))))
+    return tuple(out)
+
+
+def _process_info(pid: int) -> tuple[str, str | None]:
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        with p.oneshot():
+            return p.name(), p.username()
+    except (psutil.Error, KeyError):
+        return "?", None
+
+
+def _user_name(ctx: _Context, uid: int) -> str | None:
+    if uid not in ctx.users:
+        try:
+            ctx.users[uid] = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            ctx.users[uid] = str(uid)
+    return ctx.users[uid]
+
+
+def _path_info(s: Sock) -> PathInfo | None:
+    if s.family != "unix" or s.unix_vfs is None or not s.unix_name:
+        return None
+    try:
+        st = os.stat(s.unix_name)
+    except FileNotFoundError:
+        return PathInfo(False)
+    except OSError as e:
+        return PathInfo(False, error=e.strerror)
+    return PathInfo(True, st.st_ino, st.st_mode, _name(pwd.getpwuid, st.st_uid), _name(grp.getgrgid, st.st_gid))
+
+
+def _name(lookup: Callable[[int], Any], num: int) -> str:
+    try:
+        return str(lookup(num)[0])
+    except KeyError:
+        return str(num)
+
+
+def _ifname(index: int) -> str | None:
+    if not index:
+        return None
+    try:
+        return socket.if_indextoname(index)
+    except OSError:
+        return f"if{index}"
+
+
+def read_guards(
+    items: Iterable[tuple[Sock, Sequence[Holder]]], some_denied: bool, identify: Identify = bpf_identify
+) -> dict[int, Guard]:
+    """The guard of each socket (keyed by ``id(sock)``); one pidfd per process, reused."""
+    from sockgate.linux import filter as sockfilter
+    from sockgate.linux import pidfd
+
+    pidfds: dict[int, int | AdapterError] = {}
+    out: dict[int, Guard] = {}
+    try:
+        for s, hs in items:
+            out[id(s)] = _guard_of(s, hs, some_denied, pidfds, identify, sockfilter, pidfd)
+    finally:
+        for v in pidfds.values():
+            if isinstance(v, int):
+                os.close(v)
+    return out
+
+
+def _guard_of(
+    s: Sock, hs: Sequence[Holder], some_denied: bool, pidfds: dict[int, int | AdapterError], identify: Identify, sockfilter: Any, pidfd: Any
+) -> Guard:
+    if not hs:
+        return Guard(UNKNOWN, reason=NO_PERMISSION if some_denied else NO_HOLDER)
+    errors: list[AdapterError] = []
+    for h in hs:
+        try:
+            dup = _borrow(h.pid, h.fds[0], pidfds, pidfd)
+        except AdapterError as e:
+            errors.append(e)
+            continue
+        try:
+            raw = sockfilter.get(dup)
+        except AdapterError as e:
+            if e.errno == 13:  # EACCES: an eBPF program (SO_ATTACH_BPF) cannot be read back
+                return Guard(FOREIGN, reason="eBPF program")
+            errors.append(e)
+            continue
+        finally:
+            os.close(dup)
+        return classify_filter(raw, identify)
+    if any(e.errno in (1, 13) for e in errors):  # EPERM, EACCES
+        return Guard(UNKNOWN, reason=NO_PERMISSION)
+    return Guard(UNKNOWN, reason=f"cannot read: {errors[-1]}" if errors else NO_HOLDER)
+
+
+def _borrow(pid: int, fd: int, pidfds: dict[int, int | AdapterError], pidfd: Any) -> int:
+    if pid == os.getpid():
+        return os.dup(fd)
+    if pid not in pidfds:
+        try:
+            pidfds[pid] = os.pidfd_open(pid)
+        except OSError as e:
+            pidfds[pid] = AdapterError(f"pidfd_open pid {pid}: {e.strerror}", errno=e.errno)
+    got = pidfds[pid]
+    if isinstance(got, AdapterError):
+        raise got
+    return int(pidfd.getfd_from(got, pid, fd))

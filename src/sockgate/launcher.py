@@ -1,0 +1,276 @@
+"""``sockgate run``: bind, guard, drop privileges, and run a service with its sockets.
+
+Order of work (each step fails before the next touches anything):
+
+1. load the policy and compile the service's program completely (``guard.compile_guard``);
+   resolve ``--user``/``--group``;
+2. open every listener (privileged ports work while still root); each TCP/UDP socket gets the
+   filter between ``bind`` and ``listen``, so no SYN is ever queued unguarded;
+3. run the command.
+
+Process model (socket activation, the default). ``run`` cannot simply ``exec``: a process that
+has exec'd the service is gone and cannot reload. So it forks once. The child moves the sockets
+to fds 3, 4, ... (``linux.activation.place_fds``), drops privileges for good, and execs the
+command with ``LISTEN_FDS``/``LISTEN_PID`` (its own pid, which exec keeps)/``LISTEN_FDNAMES``.
+The parent — the supervisor — keeps its own descriptors of the same listening sockets (a
+filter belongs to the socket, not the descriptor) and waits in ``sigwaitinfo`` with the
+interesting signals blocked:
+
+* SIGHUP re-reads the policy, compiles it, and swaps the filter on every socket in one
+  ``setsockopt`` each (atomic: the kernel replaces the program under RCU). Any error leaves the
+  old filters in place and is reported on stderr; ``--forward-hup`` also passes SIGHUP on;
+* SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT are forwarded to the command;
+* when the command exits, the supervisor exits with its status (128+N for a signal N).
+
+The supervisor keeps the privileges it started with so that it can read the policy again; it
+never accepts a connection and runs no other code. An exec failure (command not found, cannot
+drop privileges) travels back over a close-on-exec pipe and becomes an error message.
+
+``--inetd`` is the other model (``sockgate.inetd``): sockgate accepts each connection and runs the
+command per connection.
+
+Unix listeners get no address filter (a Unix peer has no address: a classic BPF filter would see
+no network header and drop everything); their file mode/owner/group protect them, and in
+``--inetd`` mode each connection is decided by its peer credentials.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, NoReturn
+
+from sockgate.errors import AdapterError, PolicyError, SockgateError, UsageError
+from sockgate.linux import activation, privileges
+from sockgate.linux.listen import Listener, open_listeners
+from sockgate.policy.ir import Policy
+from sockgate.urls import SocketURL
+
+FORWARDED = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGWINCH,
+    signal.SIGCONT,
+)
+
+
+def _say(msg: str) -> None:
+    print(f"sockgate run: {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class RunConfig:
+    load: Callable[[], Policy]  # reads the policy (again on every reload)
+    service: str
+    urls: tuple[SocketURL, ...]
+    command: tuple[str, ...]
+    user: str | None = None
+    group: str | None = None
+    inetd: bool = False
+    max_conns: int = 40
+    forward_hup: bool = False
+    notify: bool = False
+    say: Callable[[str], None] = field(default=_say)
+
+
+class Gate:
+    """The guarded listeners and the current policy; ``reload`` swaps filters atomically."""
+
+    def __init__(self, cfg: RunConfig, policy: Policy) -> None:
+        self.cfg = cfg
+        self.policy = policy
+        self.listeners: list[Listener] = []
+        self.digest = policy.digest()
+
+    def guard_socket(self, sock: socket.socket) -> None:
+        from sockgate.guard import guard
+
+        if sock.family != socket.AF_UNIX:
+            guard(self.policy, sock, self.cfg.service)
+
+    @property
+    def inet(self) -> list[Listener]:
+        return [lst for lst in self.listeners if not lst.url.is_unix]
+
+    def reload(self) -> bool:
+        """Re-read, compile, swap. On any error the old filters stay; False is returned."""
+        from sockgate.guard import compile_guard, guard
+
+        cfg = self.cfg
+        if cfg.notify:
+            activation.reloading()
+        try:
+            policy = cfg.load()
+            if self.inet:
+                compile_guard(policy, cfg.service)
+            else:
+                _service_of(policy, cfg.service)
+            for lst in self.inet:
+                guard(policy, lst.sock, cfg.service)
+        except PolicyError as e:
+            cfg.say(f"reload failed, the previous policy stays in force:\n{e.render(caret=True)}")
+            return False
+        except Exception as e:  # noqa: BLE001 - a supervisor must survive any failed reload
+            kind = "" if isinstance(e, SockgateError) else f"internal error {type(e).__name__}: "
+            cfg.say(f"reload failed, the previous policy stays in force: {kind}{e}")
+            return False
+        finally:
+            if cfg.notify:
+                activation.ready()
+        self.policy, self.digest = policy, policy.digest()
+        cfg.say(f"reloaded: policy {self.digest}, service {cfg.service}, {len(self.inet)} socket(s) guarded")
+        return True
+
+    def close(self) -> None:
+        for lst in self.listeners:
+            lst.close()
+        self.listeners = []
+
+
+def _service_of(policy: Policy, service: str) -> None:
+    try:
+        policy.service(service)
+    except KeyError:
+        known = ", ".join(policy.service_names()) or "none"
+        raise UsageError(f"the policy has no service {service!r} (services: {known})") from None
+
+
+def prepare(cfg: RunConfig) -> tuple[Gate, privileges.Credentials | None]:
+    """Steps 1 and 2 of the module docstring: everything checked, then every socket bound."""
+    from sockgate.guard import compile_guard
+
+    if not cfg.command:
+        raise UsageError("no command to run: give it after '--'")
+    if not cfg.urls:
+        raise UsageError("nothing to listen on: give at least one --listen URL")
+    if cfg.inetd:
+        bad = [u.text for u in cfg.urls if not u.is_stream]
+        if bad:
+            raise UsageError(f"--inetd accepts connections: stream sockets only (tcp:, unix:), not {', '.join(bad)}")
+    policy = cfg.load()
+    if any(not u.is_unix for u in cfg.urls):
+        compile_guard(policy, cfg.service)
+    else:
+        _service_of(policy, cfg.service)
+    creds = privileges.resolve(cfg.user, cfg.group)
+    gate = Gate(cfg, policy)
+    gate.listeners = open_listeners(cfg.urls, before_listen=gate.guard_socket)
+    for i, lst in enumerate(gate.listeners):
+        where = "" if cfg.inetd else f" as fd {activation.SD_LISTEN_FDS_START + i} ({lst.name})"
+        guard_text = "unfiltered Unix socket" if lst.url.is_unix else f"guarded by policy {gate.digest}"
+        cfg.say(f"listening on {lst.address()}{where}, {guard_text}, service {cfg.service}")
+    return gate, creds
+
+
+def run(cfg: RunConfig) -> int:
+    """``sockgate run``: prepare, then supervise the command or serve inetd-style."""
+    gate, creds = prepare(cfg)
+    try:
+        if cfg.inetd:
+            from sockgate.inetd import serve
+
+            return serve(gate, creds)
+        return supervise(gate, creds)
+    finally:
+        gate.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Socket activation: fork, exec in the child, supervise in the parent
+
+
+def supervise(gate: Gate, creds: privileges.Credentials | None) -> int:
+    cfg = gate.cfg
+    waited = {signal.SIGHUP, signal.SIGCHLD, *FORWARDED}
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # an inherited SIG_IGN would reap behind our back
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
+    try:
+        pid = _spawn(gate, creds, old_mask)
+        cfg.say(f"running {' '.join(cfg.command)} as pid {pid}")
+        if cfg.notify:
+            activation.ready()
+        return _wait_loop(gate, pid, waited)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+def _spawn(gate: Gate, creds: privileges.Credentials | None, child_mask: set[int | signal.Signals]) -> int:
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child execs or _exits; covered by kernel tests
+        os.close(read_end)
+        _exec_child(gate, creds, child_mask, write_end)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as r:
+        failure = r.read()
+    if failure:
+        os.waitpid(pid, 0)
+        raise AdapterError(failure.decode(errors="replace"))
+    return pid
+
+
+def _exec_child(gate: Gate, creds: privileges.Credentials | None, mask: set[int | signal.Signals], err: int) -> NoReturn:
+    fds = [lst.fileno() for lst in gate.listeners]
+    err = fcntl.fcntl(err, fcntl.F_DUPFD_CLOEXEC, max([err, *fds, 2 + len(fds)]) + 1)
+    try:
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)  # Python ignores SIGPIPE/SIGXFSZ; exec keeps SIG_IGN
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        activation.place_fds(fds)
+        if creds is not None:
+            privileges.drop(creds)
+        env = activation.child_env(os.environ, [lst.name for lst in gate.listeners], os.getpid())
+        env["SOCKGATE_SERVICE"] = gate.cfg.service
+        cmd = gate.cfg.command
+        try:
+            os.execvpe(cmd[0], list(cmd), env)
+        except OSError as e:
+            raise AdapterError(f"cannot run {cmd[0]!r}: {e.strerror}") from None
+    except BaseException as e:  # noqa: BLE001 - report anything to the parent, never return
+        msg = str(e) if isinstance(e, SockgateError) else f"{type(e).__name__}: {e}"
+        try:
+            os.write(err, msg.encode() or b"child failed")
+        finally:
+            os._exit(127)
+
+
+def _wait_loop(gate: Gate, pid: int, waited: set[signal.Signals]) -> int:
+    cfg = gate.cfg
+    while True:
+        info = signal.sigwaitinfo(waited)
+        sig = info.si_signo
+        if sig == signal.SIGCHLD:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done == pid:
+                if cfg.notify:
+                    activation.stopping()
+                return exit_code(status)
+        elif sig == signal.SIGHUP:
+            gate.reload()
+            if cfg.forward_hup:
+                _forward(pid, signal.SIGHUP)
+        else:
+            if sig in (signal.SIGTERM, signal.SIGINT) and cfg.notify:
+                activation.stopping()
+            _forward(pid, sig)
+
+
+def _forward(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass  # it exited; SIGCHLD is pending and ends the loop
+
+
+def exit_code(status: int) -> int:
+    """A wait status as a shell reports it: the exit code, or 128+N after signal N."""
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.waitstatus_to_exitcode(status)

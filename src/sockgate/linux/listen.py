@@ -1,0 +1,340 @@
+"""Open listening sockets from ``sockgate.urls.SocketURL`` values.
+
+``open_listener(url, before_listen=guard)`` creates, configures and binds the socket, calls
+``before_listen(sock)`` and only then ``listen()``s: a filter attached in the hook is on the
+socket before the first SYN can be queued, and a Unix socket file gets its mode and owner
+before anyone can connect (connecting needs ``listen``). ``open_listeners`` is
+all-or-nothing: on any failure the sockets already opened are closed (and their files
+removed) before the error propagates.
+
+Internet sockets: ``SO_REUSEADDR`` on stream sockets (a restart does not wait out TIME_WAIT);
+"every address" (``tcp://:P``, ``[::]``) is one AF_INET6 socket with ``IPV6_V6ONLY`` off, so
+IPv4 peers arrive as ``::ffff:a.b.c.d`` (the BPF compiler handles both headers); where IPv6 is
+unavailable it falls back to ``0.0.0.0``. Host names are resolved here with ``getaddrinfo``
+(first answer).
+
+Unix socket files:
+
+* A path already there is replaced only when it is a socket nobody listens on: a connect
+  answered by ``ECONNREFUSED`` means stale, anything that connects (or a socket of another
+  type: ``EPROTOTYPE``) means live and is refused, and a file that is not a socket is never
+  touched.
+* ``sun_path`` holds 108 bytes (107 and a NUL). Longer paths are bound through a short alias
+  of their directory, ``/proc/self/fd/<dirfd>/<basename>``: the kernel resolves the alias to
+  the real directory and creates the socket file there. When even the basename does not fit
+  behind that alias, a helper process (``python -c``, given the socket fd) ``chdir``\\s into
+  the directory and binds the bare basename; a helper rather than ``chdir`` here, because
+  the working directory is shared by every thread of this process. Connects (the stale test)
+  use the same two tricks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import pwd
+import socket
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Sequence
+
+from sockgate.errors import AdapterError, UsageError
+from sockgate.linux._errors import translated
+from sockgate.urls import SocketURL
+
+SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 for the NUL, <linux/un.h> UNIX_PATH_MAX 108
+BeforeListen = Callable[[socket.socket], object]
+
+
+@dataclass
+class Listener:
+    """An open socket and the URL it came from. ``path`` is the Unix socket file this listener
+    created (removed by ``close(unlink=True)``), else None."""
+
+    url: SocketURL
+    sock: socket.socket
+    path: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.url.fd_name
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def address(self) -> str:
+        """Where it listens, with the real port when the URL said port 0."""
+        if self.url.is_unix:
+            return self.url.display()
+        host, port = self.sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        return f"{self.url.scheme}://{shown}:{port}"
+
+    def close(self, unlink: bool = True) -> None:
+        self.sock.close()
+        if unlink and self.path is not None:
+            with contextlib.suppress(OSError):
+                if stat.S_ISSOCK(os.lstat(self.path).st_mode):
+                    os.unlink(self.path)
+            self.path = None
+
+
+def open_listeners(urls: Iterable[SocketURL], before_listen: BeforeListen | None = None) -> list[Listener]:
+    """Open every URL, or none: a failure closes what was opened and re-raises."""
+    opened: list[Listener] = []
+    try:
+        for url in urls:
+            opened.append(open_listener(url, before_listen))
+    except BaseException:
+        for lst in opened:
+            lst.close()
+        raise
+    return opened
+
+
+def open_listener(url: SocketURL, before_listen: BeforeListen | None = None) -> Listener:
+    """Create, bind, run ``before_listen`` and listen (stream) for one URL."""
+    if url.is_unix:
+        return _open_unix(url, before_listen)
+    return _open_inet(url, before_listen)
+
+
+# ---------------------------------------------------------------------------------------------
+# TCP and UDP
+
+
+def _open_inet(url: SocketURL, before_listen: BeforeListen | None) -> Listener:
+    kind = socket.SOCK_STREAM if url.scheme == "tcp" else socket.SOCK_DGRAM
+    family, sockaddr = _inet_target(url, kind)
+    with translated(f"create socket for {url.display()}"):
+        sock = socket.socket(family, kind)
+    try:
+        _inet_options(url, sock, family)
+        with translated(f"bind {url.display()}"):
+            sock.bind(sockaddr)
+        _finish(url, sock, before_listen)
+    except BaseException:
+        sock.close()
+        raise
+    return Listener(url, sock)
+
+
+def _inet_target(url: SocketURL, kind: int) -> tuple[socket.AddressFamily, tuple[object, ...]]:
+    port = url.port or 0
+    if url.host is None:
+        if socket.has_ipv6 and _ipv6_works():
+            return socket.AF_INET6, ("::", port, 0, 0)
+        return socket.AF_INET, ("0.0.0.0", port)
+    if url.address is not None and url.address.version == 4:
+        return socket.AF_INET, (str(url.address), port)
+    if url.address is not None:
+        scope = _scope_id(url) if url.zone else 0
+        return socket.AF_INET6, (str(url.address), port, 0, scope)
+    with translated(f"resolve {url.host}"):
+        try:
+            infos = socket.getaddrinfo(url.host, port, type=kind, flags=socket.AI_PASSIVE)
+        except socket.gaierror as e:
+            raise UsageError(f"{url.text!r}: cannot resolve {url.host!r}: {e.strerror}") from None
+    family, _, _, _, sockaddr = infos[0]
+    return family, sockaddr
+
+
+def _scope_id(url: SocketURL) -> int:
+    zone = url.zone or ""
+    if zone.isdigit():
+        return int(zone)
+    try:
+        return socket.if_nametoindex(zone)
+    except OSError:
+        raise UsageError(f"{url.text!r}: no network interface named {zone!r}") from None
+
+
+def _ipv6_works() -> bool:
+    try:
+        socket.socket(socket.AF_INET6, socket.SOCK_STREAM).close()
+    except OSError:
+        return False
+    return True
+
+
+def _inet_options(url: SocketURL, sock: socket.socket, family: int) -> None:
+    with translated(f"set socket options for {url.display()}"):
+        if url.scheme == "tcp":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if url.reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            v6only = url.v6only
+            if v6only is None:
+                v6only = not url.all_addresses
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
+
+
+def _finish(url: SocketURL, sock: socket.socket, before_listen: BeforeListen | None) -> None:
+    if before_listen is not None:
+        before_listen(sock)
+    if url.is_stream:
+        with translated(f"listen on {url.display()}"):
+            sock.listen(url.backlog)
+
+
+# ---------------------------------------------------------------------------------------------
+# Unix
+
+
+def _open_unix(url: SocketURL, before_listen: BeforeListen | None) -> Listener:
+    kind = socket.SOCK_STREAM if url.scheme == "unix" else socket.SOCK_DGRAM
+    assert url.path is not None
+    with translated(f"create socket for {url.display()}"):
+        sock = socket.socket(socket.AF_UNIX, kind)
+    created: str | None = None
+    try:
+        if url.abstract:
+            with translated(f"bind {url.display()}"):
+                sock.bind(b"\0" + url.path.encode())
+        else:
+            uid, gid = _owner_ids(url)
+            path = os.path.abspath(url.path)
+            _remove_if_stale(path, kind)
+            bind_unix(sock, path)
+            created = path
+            _apply_file_attrs(url, path, uid, gid)
+        _finish(url, sock, before_listen)
+    except BaseException:
+        sock.close()
+        if created is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(created)
+        raise
+    return Listener(url, sock, created)
+
+
+def _owner_ids(url: SocketURL) -> tuple[int, int]:
+    """-1 for "leave as is", as chown(2) takes it."""
+    uid = gid = -1
+    if url.owner is not None:
+        uid = _lookup(url.owner, pwd.getpwnam, "user", lambda e: e.pw_uid)
+    if url.group is not None:
+        gid = _lookup(url.group, grp.getgrnam, "group", lambda e: e.gr_gid)
+    return uid, gid
+
+
+def _lookup(name: str, getter: Callable[[str], object], what: str, field: Callable[..., int]) -> int:
+    if name.isdigit():
+        return int(name)
+    try:
+        return field(getter(name))
+    except KeyError:
+        raise UsageError(f"no such {what}: {name!r}") from None
+
+
+def _apply_file_attrs(url: SocketURL, path: str, uid: int, gid: int) -> None:
+    with translated(f"set owner/mode of {path}"):
+        if uid != -1 or gid != -1:
+            os.chown(path, uid, gid, follow_symlinks=False)
+        if url.mode is not None:
+            os.chmod(path, url.mode)
+
+
+def _remove_if_stale(path: str, kind: int) -> None:
+    """Remove ``path`` when it is a socket nobody listens on; refuse anything else."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise AdapterError(f"{path}: {e.strerror}", errno=e.errno, target=path) from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise AdapterError(f"{path} exists and is not a socket; not replacing it", target=path)
+    if is_live(path, kind):
+        raise AdapterError(f"{path}: another process is listening on this socket", target=path)
+    with translated(f"remove stale socket {path}"):
+        os.unlink(path)
+
+
+def is_live(path: str, kind: int = socket.SOCK_STREAM) -> bool:
+    """Does something listen on the Unix socket file ``path``? (A test connect.)"""
+    probe = socket.socket(socket.AF_UNIX, kind)
+    try:
+        probe.settimeout(1.0)
+        _with_short_path(path, probe.connect)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except OSError as e:
+        if e.errno == 36:  # ENAMETOOLONG: no short alias; cannot tell, so say so
+            raise AdapterError(f"{path}: cannot test whether this socket is in use (name too long)", target=path)
+        # EPROTOTYPE: bound by a socket of the other type, so in use; EAGAIN: backlog full.
+        return True
+    finally:
+        probe.close()
+    return True
+
+
+def bind_unix(sock: socket.socket, path: str) -> None:
+    """Bind ``sock`` to ``path`` whatever its length (see the module docstring)."""
+    target = f"bind {path}"
+    if len(os.fsencode(os.path.basename(path))) + len(b"/proc/self/fd/2147483647/") > SUN_PATH_MAX and len(
+        os.fsencode(path)
+    ) > SUN_PATH_MAX:
+        _bind_in_helper(sock, path)
+        return
+    with translated(target):
+        _with_short_path(path, sock.bind)
+
+
+def _with_short_path(path: str, call: Callable[[str], None]) -> None:
+    """``call(path)``, or ``call(/proc/self/fd/<dirfd>/<base>)`` when ``path`` is too long."""
+    if len(os.fsencode(path)) <= SUN_PATH_MAX:
+        call(path)
+        return
+    directory, base = os.path.split(path)
+    dirfd = os.open(directory or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        alias = f"/proc/self/fd/{dirfd}/{base}"
+        if len(os.fsencode(alias)) > SUN_PATH_MAX:
+            raise OSError(36, os.strerror(36), path)  # ENAMETOOLONG
+        call(alias)
+    finally:
+        os.close(dirfd)
+
+
+_HELPER = (
+    "import os,socket,sys\n"
+    "os.chdir(sys.argv[1])\n"
+    "s=socket.socket(fileno=int(sys.argv[3]))\n"
+    "try:\n s.bind(sys.argv[2])\n"
+    "except OSError as e:\n sys.stderr.write(e.strerror or str(e)); sys.exit(1)\n"
+    "finally:\n s.detach()\n"
+)
+
+
+def _bind_in_helper(sock: socket.socket, path: str) -> None:
+    directory, base = os.path.split(path)
+    if len(os.fsencode(base)) > SUN_PATH_MAX:
+        raise AdapterError(f"bind {path}: the file name alone exceeds {SUN_PATH_MAX} bytes", target=path)
+    fd = sock.fileno()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-I", "-c", _HELPER, directory or ".", base, str(fd)],
+            pass_fds=(fd,),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError) as e:
+        raise AdapterError(f"bind {path}: helper failed: {e}", target=path) from None
+    if done.returncode != 0:
+        raise AdapterError(f"bind {path}: {done.stderr.strip() or 'helper failed'}", target=path)
+
+
+@contextlib.contextmanager
+def closing_all(listeners: Sequence[Listener], unlink: bool = True) -> Iterator[Sequence[Listener]]:
+    """``with closing_all(open_listeners(urls)) as ls: ...`` closes (and unlinks) them all."""
+    try:
+        yield listeners
+    finally:
+        for lst in listeners:
+            lst.close(unlink=unlink)

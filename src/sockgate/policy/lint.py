@@ -1,0 +1,146 @@
+"""Warnings about a valid policy: what a careful administrator wants to know before applying it.
+
+Errors (what makes a policy invalid) belong to the parsers; lint looks at a parsed ``Policy``
+and reports, as ``Diagnostic(severity="warning")`` sorted by position:
+
+* a rule shadowed by earlier rules (their union covers every client it names, so it can
+  never decide) — pointing at the rule and at the earlier rules that cover it;
+* a rule that matches no client at all (everything it names is excepted, or an empty set);
+* a set that overlaps a rule of the opposite action in the direction that weakens a deny:
+  an earlier ``allow`` decides addresses a later ``deny`` names, so the deny does not hold
+  for them (the other direction, ``deny @blocklist`` before ``allow @office``, is the usual
+  way to carve exceptions and is not reported);
+* host-name rules, which the kernel filter cannot enforce (only ``sockgate proxy`` can);
+* credential rules in a service with only IP endpoints, address rules in a Unix-only one;
+* a service without a default.
+
+Coverage is computed by ``coverage.py`` (intervals over addresses, structural comparison for
+everything else); it never reports a shadow that is not one.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from sockgate.errors import Diagnostic
+from sockgate.policy.coverage import Cover, cover, describe_point, intersect
+from sockgate.policy.ir import (
+    Action,
+    AddrMatch,
+    AnyOf,
+    Except,
+    HostClass,
+    HostPattern,
+    Match,
+    Policy,
+    Principal,
+    Rule,
+    Service,
+)
+from sockgate.policy.source import Span
+
+
+def lint(policy: Policy) -> list[Diagnostic]:
+    out: list[Diagnostic] = []
+    for service in policy.services:
+        out += _rules(service.rules)
+        out += _kinds(service)
+        if service.default is None:
+            out.append(_warn(service.span, f"service {service.name} has no default: clients that no rule "
+                             "matches are denied; write 'default deny' (or 'default allow') to say so"))
+    groups: dict[object, list[Rule]] = {}
+    for rule in policy.rules:
+        groups.setdefault(repr(rule.daemons), []).append(rule)
+    for rules in groups.values():
+        out += _rules(tuple(rules))
+    return sorted(out, key=lambda d: (d.span.file, d.span.line, d.span.col) if d.span else ("", 0, 0))
+
+
+def _warn(span: Span | None, message: str, related: tuple[tuple[Span, str], ...] = ()) -> Diagnostic:
+    return Diagnostic(span, message, "warning", related)
+
+
+def _where(rule: Rule) -> str:
+    return f"{rule.span.file}:{rule.span.line}"
+
+
+def _rules(rules: tuple[Rule, ...]) -> Iterator[Diagnostic]:
+    covers = [cover(r.match) for r in rules]
+    for i, rule in enumerate(rules):
+        c = covers[i]
+        if c.is_empty():
+            yield _warn(rule.span, "rule matches no client: everything it names is excepted, or its set is empty")
+            continue
+        earlier = Cover()
+        for ec in covers[:i]:
+            earlier = earlier | ec
+        if earlier.covers(c):
+            yield _shadowed(rule, c, rules[:i], covers[:i])
+            continue
+        yield from _overlaps(rule, c, rules[:i], covers[:i])
+
+
+def _shadowed(rule: Rule, c: Cover, before: tuple[Rule, ...], covers: list[Cover]) -> Diagnostic:
+    culprits = [r for r, ec in zip(before, covers) if ec.everything or intersect(ec.spans, c.spans) or ec.atoms & c.atoms]
+    places = ", ".join(_where(r) for r in culprits)
+    who = f"the rule at {places} already decides" if len(culprits) == 1 else f"the rules at {places} already decide"
+    return _warn(
+        rule.span,
+        f"rule is shadowed and can never match: {who} every client it names",
+        tuple((r.span, f"shadowing rule: {r.text}") for r in culprits),
+    )
+
+
+def _overlaps(rule: Rule, c: Cover, before: tuple[Rule, ...], covers: list[Cover]) -> Iterator[Diagnostic]:
+    mine = _set_labels(rule.match)
+    for other, oc in zip(before, covers):
+        if not (other.action is Action.ALLOW and rule.action is Action.DENY) or oc.everything:
+            continue
+        theirs = _set_labels(other.match)
+        shared = intersect(oc.spans, c.spans)
+        if not (mine or theirs) or not shared:
+            continue
+        point = describe_point(shared)
+        subject = f"set {', '.join(mine)} of this {rule.action} rule" if mine else f"this {rule.action} rule"
+        obj = f"the {other.action} rule at {_where(other)}" + (f" (set {', '.join(theirs)})" if theirs else "")
+        yield _warn(
+            rule.span,
+            f"{subject} overlaps {obj} on {point}; that rule decides first, so {point} is allowed",
+            ((other.span, f"overlapping rule: {other.text}"),),
+        )
+
+
+def _set_labels(m: Match) -> list[str]:
+    if isinstance(m, AddrMatch):
+        return [m.label] if m.label.startswith("@") else []
+    if isinstance(m, AnyOf):
+        return [label for i in m.items for label in _set_labels(i)]
+    if isinstance(m, Except):
+        return _set_labels(m.include) + _set_labels(m.exclude)
+    return []
+
+
+def _has(m: Match, kinds: tuple[type, ...]) -> bool:
+    if isinstance(m, kinds):
+        return True
+    if isinstance(m, AnyOf):
+        return any(_has(i, kinds) for i in m.items)
+    if isinstance(m, Except):
+        return _has(m.include, kinds) or _has(m.exclude, kinds)
+    return False
+
+
+def _kinds(service: Service) -> Iterator[Diagnostic]:
+    protos = {e.proto for e in service.endpoints}
+    ip_only = bool(protos) and "unix" not in protos
+    unix_only = protos == {"unix"}
+    for rule in service.rules:
+        if _has(rule.match, (HostPattern, HostClass)):
+            yield _warn(rule.span, "host-name rule: a kernel filter cannot match host names (they need a DNS "
+                        "lookup); only `sockgate proxy` enforces this rule, and `sockgate run`/`attach` refuse it")
+        if ip_only and _has(rule.match, (Principal,)):
+            yield _warn(rule.span, f"user/group/uid/gid/exe rules need Unix peer credentials, but service "
+                        f"{service.name} has no unix: endpoint; this rule never matches an IP client")
+        if unix_only and _has(rule.match, (AddrMatch,)):
+            yield _warn(rule.span, f"address rules need an IP peer, but service {service.name} listens only "
+                        "on Unix sockets; this part of the rule never matches")

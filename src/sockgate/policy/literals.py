@@ -1,0 +1,167 @@
+"""Values written in a native policy: addresses, ports, numbers, durations, rates, names.
+
+Each function takes the text of one word and returns a value, or raises ``LiteralError`` with
+a message that says what was expected and what was found (the parser adds the position).
+Hand-written rather than left to ``ipaddress`` alone because its messages do not say what to
+do ("10.0.0.1/8 has host bits set" is what an operator needs, with the network they meant),
+and because IPv4-mapped IPv6 networks are folded to IPv4 here: a peer on a dual-stack socket
+arrives as IPv4, so ``::ffff:192.0.2.0/120`` must mean ``192.0.2.0/24`` to ever match.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from sockgate.policy.ir import IPNetwork, Rate
+
+MAX_PORT = 65535
+_DIGITS = re.compile(r"[0-9]+", re.ASCII)
+_HOSTNAME = re.compile(
+    r"\.?[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*",
+    re.ASCII,
+)
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*", re.ASCII)
+_ACCOUNT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?", re.ASCII)
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+RATE_UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+_V4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+class LiteralError(ValueError):
+    """``message`` explains the problem; the parser attaches the word's position."""
+
+
+def looks_like_address(text: str) -> bool:
+    """Is this word meant as an address or CIDR (so it gets address messages)?"""
+    return bool(re.fullmatch(r"[0-9A-Fa-f:.]+(/[^/]*)?", text)) and any(c.isdigit() for c in text)
+
+
+def network(text: str) -> IPNetwork:
+    """``192.0.2.1``, ``192.0.2.0/24``, ``2001:db8::/32``; host bits must be clear."""
+    addr_text, slash, prefix_text = text.partition("/")
+    try:
+        addr = ipaddress.ip_address(addr_text)
+    except ValueError:
+        raise LiteralError(f"expected an IPv4 or IPv6 address, found {addr_text!r}") from None
+    width: int = addr.max_prefixlen
+    if not slash:
+        prefix = width
+    elif not _DIGITS.fullmatch(prefix_text):
+        raise LiteralError(f"expected a prefix length 0-{width} after '/', found {prefix_text!r}")
+    else:
+        prefix = int(prefix_text)
+        if prefix > width:
+            raise LiteralError(f"prefix length /{prefix} is too long for IPv{addr.version} (at most /{width})")
+    net = ipaddress.ip_network((addr, prefix), strict=False)
+    if net.network_address != addr:
+        raise LiteralError(f"{text} has host bits set; did you mean {net}?")
+    return unmap(net)
+
+
+def unmap(net: IPNetwork) -> IPNetwork:
+    """Fold an IPv4-mapped IPv6 network (``::ffff:a.b.c.d/len``, len >= 96) to IPv4."""
+    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96 and net.subnet_of(_V4_MAPPED):
+        v4 = ipaddress.IPv4Address(int(net.network_address) & 0xFFFFFFFF)
+        return ipaddress.IPv4Network((v4, net.prefixlen - 96))
+    return net
+
+
+def port_range(text: str) -> tuple[int, int]:
+    """``22`` or ``8000-8099``: ports 1-65535, a non-empty range."""
+    lo_text, dash, hi_text = text.partition("-")
+    if not _DIGITS.fullmatch(lo_text) or (dash and not _DIGITS.fullmatch(hi_text)):
+        raise LiteralError(f"expected a port or port range, found {text!r}")
+    lo = int(lo_text)
+    hi = int(hi_text) if dash else lo
+    for p in (lo, hi):
+        if not 1 <= p <= MAX_PORT:
+            raise LiteralError(f"port {p} is out of range (1-{MAX_PORT})")
+    if hi < lo:
+        raise LiteralError(f"port range {lo}-{hi} is empty (the first port must not exceed the last)")
+    return lo, hi
+
+
+def positive(text: str, what: str) -> int:
+    if not _DIGITS.fullmatch(text):
+        raise LiteralError(f"expected {what} (a positive whole number), found {text!r}")
+    n = int(text)
+    if n < 1:
+        raise LiteralError(f"{what} must be at least 1, found {text!r}")
+    return n
+
+
+def ident(text: str, what: str) -> int:
+    """A uid or gid: 0 to 2^32-2 (2^32-1 is the kernel's "no id")."""
+    if not _DIGITS.fullmatch(text) or int(text) > 0xFFFFFFFE:
+        raise LiteralError(f"expected a numeric {what} (0-4294967294), found {text!r}")
+    return int(text)
+
+
+def duration(text: str) -> int:
+    """``30s``, ``10m``, ``2h``, ``1d``: a positive number of seconds."""
+    m = re.fullmatch(r"([0-9]+)([a-z]*)", text, re.ASCII)
+    if m is None or m.group(2) not in DURATION_UNITS:
+        raise LiteralError(f"expected a duration like 30s, 10m, 2h or 1d, found {text!r}")
+    n = int(m.group(1))
+    if n < 1:
+        raise LiteralError(f"a duration must be positive, found {text!r}")
+    return n * DURATION_UNITS[m.group(2)]
+
+
+def rate(text: str) -> Rate:
+    """``30/minute`` (per second, minute, hour, day) or ``30/10s`` (per duration)."""
+    count_text, slash, per = text.partition("/")
+    if not slash:
+        raise LiteralError(f"expected a rate like 30/minute, found {text!r}")
+    count = positive(count_text, "a connection count")
+    if per in RATE_UNITS:
+        return Rate(count, RATE_UNITS[per])
+    try:
+        return Rate(count, duration(per))
+    except LiteralError:
+        units = ", ".join(RATE_UNITS)
+        raise LiteralError(f"expected a rate unit ({units}) or a duration after '/', found {per!r}") from None
+
+
+def format_rate(r: Rate) -> str:
+    for unit, size in RATE_UNITS.items():
+        if r.seconds == size:
+            return f"{r.count}/{unit}"
+    return f"{r.count}/{format_duration(r.seconds)}"
+
+
+def format_duration(seconds: float) -> str:
+    for unit, size in reversed(DURATION_UNITS.items()):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def host_name(text: str) -> str:
+    """``www.example.com`` (one host) or ``.example.com`` (every host in the domain)."""
+    if not _HOSTNAME.fullmatch(text) or len(text) > 254 or text.lower() == "all":
+        raise LiteralError(f"expected a host name (www.example.com) or a domain (.example.com), found {text!r}")
+    return text
+
+
+def name(text: str, what: str) -> str:
+    """A set or service name: a letter or ``_``, then letters, digits, ``_``, ``.``, ``-``."""
+    if not _NAME.fullmatch(text):
+        raise LiteralError(f"expected {what} (letters, digits, '_', '.', '-'), found {text!r}")
+    return text
+
+
+def account(text: str, what: str) -> str:
+    if not _ACCOUNT.fullmatch(text):
+        raise LiteralError(f"expected a {what} name, found {text!r}")
+    return text
+
+
+def exe_path(text: str) -> str:
+    """An absolute executable path; ``*`` matches any run of characters."""
+    if not text.startswith("/"):
+        raise LiteralError(f"expected an absolute executable path (/usr/bin/prog), found {text!r}")
+    if "\0" in text:
+        raise LiteralError("an executable path cannot contain a NUL byte")
+    return text

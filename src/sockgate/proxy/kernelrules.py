@@ -1,0 +1,141 @@
+"""Which part of a service the proxy may hand to the kernel filter on its own listeners.
+
+The kernel sees only the source address. It may drop a packet only when the engine would
+deny that source *whatever* user space later learns about it (host name, ident user, Unix
+credentials, server address, limits). ``kernel_service(service)`` builds an address-only
+service with exactly that property, rule by rule, keeping the order:
+
+* an **allow** rule that needs user space becomes ``allow <over-approximation>``: every
+  address for which the rule *might* hold (a host-name or credential test may hold for any
+  address, so it becomes ``all``; ``10.0.0.0/8 except host .x`` becomes ``10.0.0.0/8``);
+* a **deny** rule that needs user space becomes ``deny <under-approximation>``: only the
+  addresses for which it *surely* holds (a name test surely holds for none, so it drops out;
+  ``10.0.0.0/8 except host .x`` surely holds for no address either);
+* limits are stripped (an allow rule with a limit may still refuse — user space does that);
+* the default stays.
+
+Why this is exact enough: take any source address ``a`` and any user-space facts. Walk the
+rules. While a rule surely does not match ``a`` both services skip it; if the real rule
+matches and is ``allow``, the kernel rule (a superset) also matches ``a`` first or an earlier
+kernel allow did — the kernel passes. If the kernel reaches a ``deny`` for ``a``, that deny
+surely holds, and every earlier real rule that could have matched ``a`` was a deny (allows
+were over-approximated) — so the engine denies ``a`` too. Hence kernel-deny ⇒ engine-deny for
+all facts, and address-only rules are kept unchanged, so a policy without user-space rules
+is enforced in the kernel in full. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from sockgate.policy.daemons import daemon_matches, may_select
+from sockgate.policy.ir import (
+    Action,
+    AddrMatch,
+    AnyOf,
+    Except,
+    HostClass,
+    HostPattern,
+    Match,
+    MatchAll,
+    MatchNone,
+    Principal,
+    Rule,
+    Service,
+    UserAt,
+    userspace_reason,
+)
+
+
+def over(m: Match) -> Match:
+    """A match that holds for every address for which ``m`` might hold."""
+    if isinstance(m, (MatchAll, MatchNone, AddrMatch)):
+        return m
+    if isinstance(m, (HostPattern, HostClass, Principal)):
+        return MatchAll()
+    if isinstance(m, UserAt):
+        return over(m.host)
+    if isinstance(m, AnyOf):
+        return _any(tuple(over(i) for i in m.items))
+    if isinstance(m, Except):
+        return _except(over(m.include), under(m.exclude))
+    raise TypeError(f"not a Match: {m!r}")  # pragma: no cover - a bug
+
+
+def under(m: Match) -> Match:
+    """A match that holds only for addresses for which ``m`` surely holds."""
+    if isinstance(m, (MatchAll, MatchNone, AddrMatch)):
+        return m
+    if isinstance(m, (HostPattern, HostClass, Principal, UserAt)):
+        return MatchNone()
+    if isinstance(m, AnyOf):
+        return _any(tuple(under(i) for i in m.items))
+    if isinstance(m, Except):
+        return _except(under(m.include), over(m.exclude))
+    raise TypeError(f"not a Match: {m!r}")  # pragma: no cover - a bug
+
+
+def _any(items: tuple[Match, ...]) -> Match:
+    if any(isinstance(i, MatchAll) for i in items):
+        return MatchAll()
+    kept = tuple(i for i in items if not isinstance(i, MatchNone))
+    if not kept:
+        return MatchNone()
+    return kept[0] if len(kept) == 1 else AnyOf(kept)
+
+
+def _except(include: Match, exclude: Match) -> Match:
+    if isinstance(include, MatchNone) or isinstance(exclude, MatchAll):
+        return MatchNone()
+    if isinstance(exclude, MatchNone):
+        return include
+    return Except(include, exclude)
+
+
+def _daemons_apply(rule: Rule, service: str) -> bool | None:
+    """Does the rule's daemon list select ``service``: True/False, or None when that depends on
+    the server address (``daemon@host``)."""
+    d = rule.daemons
+    if d is None:
+        return True
+    if not may_select(d, service):
+        return False
+    if userspace_reason(d) is None:
+        from sockgate.decide import Peer
+
+        return daemon_matches(d, service, Peer())
+    return None
+
+
+def kernel_rule(rule: Rule, service: str) -> Rule | None:
+    """The address-only stand-in of ``rule`` (None: the rule never applies in the kernel)."""
+    applies = _daemons_apply(rule, service)
+    if applies is False:
+        return None
+    if rule.action is Action.ALLOW:
+        m = over(rule.match)
+    else:
+        m = MatchNone() if applies is None else under(rule.match)
+    if isinstance(m, MatchNone):
+        return None
+    return replace(rule, match=m, daemons=None, limits=None, options=())
+
+
+def kernel_service(service: Service) -> Service:
+    """The service the kernel filter enforces (see the module docstring for why it is safe)."""
+    rules: list[Rule] = []
+    for r in service.rules:
+        k = kernel_rule(r, service.name)
+        if k is None:
+            continue
+        rules.append(k)
+        if k.action is Action.ALLOW and isinstance(k.match, MatchAll):
+            break  # nothing after an allow-all can be denied in the kernel
+    return replace(service, rules=tuple(rules), limits=None, listen=(), forward=None)
+
+
+def needs_userspace(service: Service) -> bool:
+    """Whether some rule of ``service`` needs more than the source address."""
+    from sockgate.policy.ir import rule_userspace_reason
+
+    return any(rule_userspace_reason(r) is not None for r in service.rules)

@@ -1,0 +1,114 @@
+"""The proxy's records: one per decision and one per finished connection.
+
+A record is a flat mapping (time, event, service, peer, decision, rule, reason, and for a
+finished connection bytes each way, duration and how it ended). ``Log`` renders it as a text
+line (``key=value``, values with spaces quoted) or a JSON line, and writes it to a stream
+(stderr by default) or to syslog (facility daemon, ``sockgate-proxy``; severity info for
+allowed and closed, notice for denied, warning for faults).
+
+Stream output is buffered and flushed at most ``flush_interval`` seconds after a record was
+written (the server calls ``tick`` from its housekeeping timer) or when the buffer passes
+64 KiB: a write(2) per record would cost the short-connection path a system call each.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import syslog
+import time
+from typing import Any, Literal, Mapping, TextIO
+
+Format = Literal["text", "json"]
+_SEVERITY = {"allow": syslog.LOG_INFO, "close": syslog.LOG_INFO, "deny": syslog.LOG_NOTICE}
+_ORDER = ("event", "service", "peer", "decision", "rule", "reason")
+
+
+def _quote(v: Any) -> str:
+    s = str(v)
+    if s == "" or any(c in s for c in ' "=\\\n'):
+        return json.dumps(s)
+    return s
+
+
+class Log:
+    def __init__(
+        self,
+        fmt: Format = "text",
+        stream: TextIO | None = None,
+        use_syslog: bool = False,
+        flush_interval: float = 0.2,
+    ) -> None:
+        self.fmt = fmt
+        self.stream = stream if stream is not None else sys.stderr
+        self.use_syslog = use_syslog
+        self.flush_interval = flush_interval
+        self._buf: list[str] = []
+        self._size = 0
+        self._first = 0.0
+        self._stamp_sec = -1
+        self._stamp = ""
+        if use_syslog:
+            syslog.openlog("sockgate-proxy", syslog.LOG_PID, syslog.LOG_DAEMON)
+
+    def _now(self) -> tuple[float, str]:
+        t = time.time()
+        sec = int(t)
+        if sec != self._stamp_sec:
+            self._stamp_sec = sec
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        return t, f"{self._stamp}.{int((t - sec) * 1000):03d}Z"
+
+    def record(self, event: str, **fields: Any) -> None:
+        """Write one record; ``event`` is ``decision``, ``close``, or ``notice``/``error``."""
+        t, stamp = self._now()
+        rec: dict[str, Any] = {"time": stamp, "event": event}
+        rec.update((k, v) for k, v in fields.items() if v is not None)
+        line = self.render(rec)
+        if self.use_syslog:
+            syslog.syslog(self._severity(rec), line)
+            return
+        self._buf.append(line + "\n")
+        self._size += len(line) + 1
+        if len(self._buf) == 1:
+            self._first = t
+        if self._size > 65536 or event in ("notice", "error") or t - self._first > self.flush_interval:
+            self.flush()
+
+    def render(self, rec: Mapping[str, Any]) -> str:
+        if self.fmt == "json":
+            return json.dumps(rec, separators=(",", ":"))
+        head = str(rec["time"])
+        keys = [k for k in _ORDER if k in rec] + [k for k in rec if k not in _ORDER and k != "time"]
+        return head + " " + " ".join(f"{k}={_quote(rec[k])}" for k in keys)
+
+    @staticmethod
+    def _severity(rec: Mapping[str, Any]) -> int:
+        if rec["event"] == "error":
+            return syslog.LOG_WARNING
+        if rec["event"] == "notice":
+            return syslog.LOG_NOTICE
+        return _SEVERITY.get(str(rec.get("decision", rec["event"])), syslog.LOG_INFO)
+
+    def tick(self) -> None:
+        """Called periodically: flush what has waited long enough."""
+        if self._buf and time.time() - self._first > self.flush_interval:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buf:
+            return
+        data = "".join(self._buf)
+        self._buf.clear()
+        self._size = 0
+        try:
+            self.stream.write(data)
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed or broken log stream must not take the proxy down
+
+    def notice(self, message: str, **fields: Any) -> None:
+        self.record("notice", message=message, **fields)
+
+    def error(self, message: str, **fields: Any) -> None:
+        self.record("error", message=message, **fields)

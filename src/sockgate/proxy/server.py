@@ -1,0 +1,360 @@
+"""The proxy process: open (or inherit) listeners, run the services, reload, drain, exit.
+
+Life cycle of ``Proxy.serve()``:
+
+1. **Compile everything first.** Each ``Plan`` becomes a ``service.Runner`` and its kernel
+   program is compiled before any socket is opened: a policy that does not compile changes
+   nothing.
+2. **Listeners.** Sockets passed by systemd (``LISTEN_FDS``/``LISTEN_FDNAMES``) are matched to
+   listen URLs by name (the URL's ``name=``, default its scheme), else taken in order; the rest
+   are opened (``sockgate.linux.listen``), with the filter attached *before* ``listen()`` so no
+   SYN is ever queued on an unguarded socket.
+3. **Serve** on one event loop per process (uvloop when installed). ``--workers N`` forks N
+   processes after the listeners exist; they share the listening sockets (and so the one
+   filter on each), and the kernel hands each connection to one of them. Limits count per
+   process, so services with limits or bans refuse ``--workers`` > 1.
+4. **SIGHUP**: ``RELOADING=1``; the policy is loaded and every program compiled again; only
+   if all of that succeeds are the services swapped and the filters replaced (atomically, on
+   the same sockets); services that appeared are opened and services that disappeared stop
+   accepting. Live connections are never touched. Then ``READY=1``.
+5. **SIGTERM/SIGINT**: ``STOPPING=1``, listeners closed, live connections drain for at most
+   ``drain_timeout`` seconds, the rest are reset; exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from typing import Any, Callable, Sequence
+
+from sockgate.errors import SockgateError, UsageError
+from sockgate.linux.listen import Listener
+from sockgate.proxy.log import Log
+from sockgate.proxy.relay import PipePool
+from sockgate.proxy.service import Options, Plan, Resolver, Runner
+from sockgate.urls import SocketURL, parse_url
+
+Loader = Callable[[], Sequence[Plan]]
+_TICK = 0.5
+
+
+def new_loop(use_uvloop: bool = True) -> asyncio.AbstractEventLoop:
+    if use_uvloop:
+        try:
+            import uvloop
+
+            return uvloop.new_event_loop()
+        except ImportError:
+            pass
+    return asyncio.new_event_loop()
+
+
+def _notify(state: str) -> None:
+    from sockgate.linux import activation
+
+    try:
+        if state == "RELOADING=1":
+            activation.reloading()
+        else:
+            activation.notify(state)
+    except SockgateError:
+        pass  # a broken NOTIFY_SOCKET must not stop the proxy
+
+
+class Proxy:
+    def __init__(
+        self,
+        plans: Sequence[Plan],
+        options: Options | None = None,
+        log: Log | None = None,
+        loader: Loader | None = None,
+        workers: int = 1,
+        resolver: Resolver | None = None,
+        use_uvloop: bool = True,
+        inherit: bool = True,
+    ) -> None:
+        if not plans:
+            raise UsageError("nothing to proxy: no service has both `listen` and `forward`")
+        self.options = options or Options()
+        self.log = log or Log()
+        self.loader = loader
+        self.workers = workers
+        self.resolver = resolver
+        self.use_uvloop = use_uvloop
+        self.inherit = inherit
+        self.pipes = PipePool()
+        self.runners: dict[tuple[str, tuple[str, ...]], Runner] = {}
+        self.retired: list[Runner] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stopping = False
+        self.done: asyncio.Future[int] | None = None
+        self.is_child = False
+        self._check_workers(plans)
+        self.plans = list(plans)
+
+    def _check_workers(self, plans: Sequence[Plan]) -> None:
+        if self.workers > 1 and any(Runner.has_limits(p.service) for p in plans):
+            raise UsageError("connection limits and bans need exact counts in one process: drop --workers")
+
+    # -- opening --------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Compile every service, then open or inherit every listener (all or nothing)."""
+        runners = [Runner(p, self.options, self.log, self.pipes, self.resolver) for p in self.plans]
+        programs = [r.program() for r in runners]
+        inherited = self._inherited() if self.inherit else []
+        opened: list[Listener] = []
+        try:
+            for r, prog in zip(runners, programs):
+                r.listeners = self._listeners_for(r, prog, inherited)
+                opened.extend(r.listeners)
+                self.runners[r.plan.key] = r
+            for fd_sock, name in inherited:
+                self.log.notice(f"passed socket {name!r} matches no listen URL; closed")
+                fd_sock.close()
+        except BaseException:
+            for lst in opened:
+                lst.close()
+            raise
+
+    def _inherited(self) -> list[tuple[socket.socket, str]]:
+        from sockgate.linux import activation
+
+        return [(socket.socket(fileno=fd), name) for fd, name in activation.listen_fds()]
+
+    def _listeners_for(self, r: Runner, program: bytes, inherited: list[tuple[socket.socket, str]]) -> list[Listener]:
+        from sockgate.linux import filter as kfilter
+        from sockgate.linux.listen import open_listener
+
+        def guard(sock: socket.socket) -> None:
+            if sock.family != socket.AF_UNIX:
+                kfilter.attach(sock, program, f"attach filter for {r.name}")
+
+        out: list[Listener] = []
+        urls = list(r.plan.listen)
+        try:
+            if not urls and inherited:  # one-off mode under a socket unit: take them all
+                while inherited:
+                    s, name = inherited.pop(0)
+                    guard(s)
+                    out.append(Listener(_url_of(s, name), s))
+            for url in urls:
+                match = next((i for i, (_, n) in enumerate(inherited) if n == url.fd_name), None)
+                if match is None and inherited and all(n == "unknown" for _, n in inherited):
+                    match = 0
+                if match is not None:
+                    s, _ = inherited.pop(match)
+                    guard(s)
+                    out.append(Listener(url, s))
+                else:
+                    out.append(open_listener(url, before_listen=guard))
+        except BaseException:
+            for lst in out:
+                lst.close()
+            raise
+        if not out:
+            raise UsageError(f"service {r.name}: no socket to listen on (give `listen` URLs or pass sockets)")
+        return out
+
+    # -- serving --------------------------------------------------------------------------
+
+    def serve(self) -> int:
+        self.open()
+        if self.workers <= 1:
+            return self.run_loop()
+        return self._fork_workers()
+
+    def addresses(self) -> list[str]:
+        return [lst.address() for r in self.runners.values() for lst in r.listeners]
+
+    def run_loop(self) -> int:
+        loop = new_loop(self.use_uvloop)
+        asyncio.set_event_loop(loop)
+        self.loop = loop
+        try:
+            self.done = loop.create_future()
+            for r in self.runners.values():
+                r.start(loop, r.listeners)
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
+            loop.add_signal_handler(signal.SIGTERM, self.shutdown)
+            loop.add_signal_handler(signal.SIGINT, self.shutdown)
+            loop.call_later(_TICK, self._tick)
+            if not self.is_child:
+                self.log.notice("listening", addresses=" ".join(self.addresses()), loop=type(loop).__module__)
+                self.log.flush()
+                _notify("READY=1")
+            return loop.run_until_complete(self.done)
+        finally:
+            self.log.flush()
+            for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            loop.close()
+            asyncio.set_event_loop(None)
+            self.pipes.close()
+
+    def _tick(self) -> None:
+        for r in list(self.runners.values()) + self.retired:
+            r.housekeeping()
+        self.retired = [r for r in self.retired if r.busy()]
+        self.log.tick()
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_later(_TICK, self._tick)
+
+    # -- reload ---------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        if self.stopping or self.loader is None:
+            return
+        if not self.is_child:
+            _notify("RELOADING=1")
+        try:
+            self._reload()
+        except SockgateError as e:
+            self.log.error(f"reload failed, the running policy stays: {e}")
+        finally:
+            if not self.is_child:
+                _notify("READY=1")
+            self.log.flush()
+
+    def _reload(self) -> None:
+        assert self.loader is not None and self.loop is not None
+        plans = list(self.loader())
+        self._check_workers(plans)
+        keep: list[tuple[Runner, Plan, bytes]] = []
+        fresh: list[tuple[Runner, bytes]] = []
+        for p in plans:
+            old = self.runners.get(p.key)
+            if old is not None:
+                keep.append((old, p, old.program(p.service)))
+            else:
+                r = Runner(p, self.options, self.log, self.pipes, self.resolver)
+                fresh.append((r, r.program()))
+        # Everything compiled: now swap.
+        wanted = {p.key for p in plans}
+        for key in [k for k in self.runners if k not in wanted]:
+            r = self.runners.pop(key)
+            r.stop_accepting(unlink=not self.is_child)
+            self.retired.append(r)
+        for r, p, prog in keep:
+            r.attach(prog)
+            r.install(p.service)
+            r.plan = p
+            from sockgate.proxy.service import Target
+
+            r.target = Target.of(p.forward)
+        for r, prog in fresh:
+            try:
+                r.listeners = self._listeners_for(r, prog, [])
+            except SockgateError as e:
+                self.log.error(f"service {r.name} not started: {e}")
+                continue
+            self.runners[r.plan.key] = r
+            r.start(self.loop, r.listeners)
+        self.log.notice("policy reloaded", services=" ".join(r.name for r in self.runners.values()))
+
+    # -- shutdown -------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        if self.stopping or self.loop is None:
+            return
+        self.stopping = True
+        if not self.is_child:
+            _notify("STOPPING=1")
+        for r in self.runners.values():
+            r.stop_accepting(unlink=not self.is_child)
+        self.log.notice("stopping: draining connections", drain_timeout=self.options.drain_timeout)
+        self._drain(time.monotonic() + self.options.drain_timeout)
+
+    def _all(self) -> list[Runner]:
+        return list(self.runners.values()) + self.retired
+
+    def _drain(self, deadline: float) -> None:
+        assert self.loop is not None and self.done is not None
+        runners = self._all()
+        for r in runners:
+            for u in r.udp:
+                u.close_all("shutdown")
+        if any(r.busy() for r in runners) and time.monotonic() < deadline:
+            self.loop.call_later(0.05, self._drain, deadline)
+            return
+        for r in runners:
+            r.abort_all("shutdown deadline")
+        self.log.notice("stopped")
+        if not self.done.done():
+            self.done.set_result(0)
+
+    # -- workers --------------------------------------------------------------------------
+
+    def _fork_workers(self) -> int:
+        pids: list[int] = []
+        for _ in range(self.workers):
+            pid = os.fork()
+            if pid == 0:
+                self.is_child = True
+                code = 1
+                try:
+                    code = self.run_loop()
+                finally:
+                    os._exit(code)
+            pids.append(pid)
+        for r in self.runners.values():
+            for lst in r.listeners:
+                lst.sock.close()  # only the workers accept; the files are unlinked at the end
+        return self._supervise(pids)
+
+    def _supervise(self, pids: list[int]) -> int:
+        stopping = False
+
+        def forward(sig: int, _frame: Any) -> None:
+            nonlocal stopping
+            if sig != signal.SIGHUP:
+                if not stopping:
+                    _notify("STOPPING=1")
+                stopping = True
+            elif not stopping:
+                _notify("RELOADING=1")
+            for p in pids:
+                try:
+                    os.kill(p, sig)
+                except ProcessLookupError:
+                    pass
+            if sig == signal.SIGHUP and not stopping:
+                _notify("READY=1")
+
+        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, forward)
+        self.log.notice("listening", addresses=" ".join(self.addresses()), workers=len(pids))
+        self.log.flush()
+        _notify("READY=1")
+        worst = 0
+        for p in pids:
+            while True:
+                try:
+                    _, status = os.waitpid(p, 0)
+                    break
+                except ChildProcessError:
+                    status = 0
+                    break
+            code = os.waitstatus_to_exitcode(status)
+            worst = max(worst, code if code >= 0 else 1)
+        for r in self.runners.values():
+            for lst in r.listeners:
+                lst.close()
+        return worst
+
+
+def _url_of(sock: socket.socket, name: str) -> SocketURL:
+    """A URL describing a passed socket (for logs and the listener record)."""
+    local = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        text = local.decode(errors="replace") if isinstance(local, bytes) else str(local)
+        body = "@" + text[1:] if text.startswith("\0") else text or "@unnamed"
+        scheme = "unix" if sock.type == socket.SOCK_STREAM else "unix+dgram"
+        return parse_url(f"{scheme}:{body}?name={name}") if name != "unknown" else parse_url(f"{scheme}:{body}")
+    scheme = "tcp" if sock.type == socket.SOCK_STREAM else "udp"
+    host = f"[{local[0]}]" if sock.family == socket.AF_INET6 else local[0]
+    return parse_url(f"{scheme}://{host}:{local[1]}")
+

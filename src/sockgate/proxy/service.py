@@ -1,0 +1,489 @@
+"""One proxied service: its listeners, its decisions, its limits and bans, its connections.
+
+A ``Runner`` is built from a ``Plan`` (a policy service, the URLs it listens on and the URL it
+forwards to). Per accepted connection it:
+
+1. learns the peer — the address for IP, the kernel's credentials for Unix
+   (``sockgate.linux.peercred``: SO_PEERCRED, SO_PEERGROUPS, SO_PEERPIDFD);
+2. when a rule needs it, looks the host name up (forward-confirmed, with a timeout and a cache)
+   on a slow path; every other connection is decided synchronously in the accept callback;
+3. asks the engine (``decide_service``) and then the limiters (``limits.Limiter``);
+4. logs the decision; a denied client is reset, an allowed one is connected to the backend
+   (non-blocking connect with a deadline) and handed to a ``relay.Relay``;
+5. logs the finished connection with its byte counts, duration and how it ended.
+
+Kernel filter. Every IP listener carries the program compiled from
+``kernelrules.kernel_service`` (the address-only part the kernel may enforce; see there) plus
+the sources currently banned. A ban recompiles that program and replaces it on every listener
+in one ``setsockopt`` each (atomic under RCU), so the banned source's SYNs and datagrams are
+dropped before the proxy wakes; when the ban ends the program is rebuilt without it. If a
+program cannot be built (too many bans for one filter) the previous one stays and the ban is
+still enforced here, in user space.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import os
+import socket
+import time
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Callable, Hashable
+
+from sockgate.decide import Decision, Peer, decide_service
+from sockgate.errors import CompileError, SockgateError, UsageError
+from sockgate.policy.ir import (
+    Action,
+    AnyOf,
+    Except,
+    HostClass,
+    HostPattern,
+    Limits,
+    Match,
+    Rule,
+    Service,
+    UserAt,
+    rule_userspace_reason,
+)
+from sockgate.proxy.kernelrules import kernel_service
+from sockgate.proxy.limits import Limiter, Verdict
+from sockgate.proxy.log import Log
+from sockgate.proxy.relay import PipePool, Relay, reset_close
+from sockgate.urls import SocketURL
+
+if TYPE_CHECKING:
+    from sockgate.linux.listen import Listener
+
+_ACCEPT_BURST = 64
+Resolver = Callable[[Any], "asyncio.Future[tuple[str | None, bool]]"]
+
+
+@dataclass(frozen=True)
+class Options:
+    idle_timeout: float = 300.0
+    connect_timeout: float = 5.0
+    drain_timeout: float = 10.0
+    udp_idle_timeout: float = 30.0
+    name_timeout: float = 2.0
+    max_connections: int = 20000
+    max_udp_flows: int = 4096
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to run: a service, where it listens, where it forwards."""
+
+    service: Service
+    listen: tuple[SocketURL, ...]
+    forward: SocketURL
+
+    @property
+    def key(self) -> tuple[str, tuple[str, ...]]:
+        return self.service.name, tuple(u.display() for u in self.listen)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A resolved forward address."""
+
+    family: int
+    kind: int
+    address: Any
+    text: str
+
+    @classmethod
+    def of(cls, url: SocketURL) -> "Target":
+        kind = socket.SOCK_STREAM if url.is_stream else socket.SOCK_DGRAM
+        if url.is_unix:
+            assert url.path is not None
+            addr: Any = b"\0" + url.path.encode() if url.abstract else url.path
+            return cls(socket.AF_UNIX, kind, addr, url.display())
+        if url.host is None:
+            raise UsageError(f"forward {url.text!r}: needs a host (e.g. tcp://127.0.0.1:{url.port})")
+        try:
+            info = socket.getaddrinfo(url.zone and f"{url.host}%{url.zone}" or url.host, url.port, type=kind)
+        except OSError as e:
+            raise UsageError(f"forward {url.text!r}: cannot resolve {url.host!r}: {e}") from None
+        family, _, _, _, sockaddr = info[0]
+        return cls(family, kind, sockaddr, url.display())
+
+
+@dataclass
+class Conn:
+    """Book-keeping for one client connection."""
+
+    peer: Peer
+    key: Hashable
+    decision: Decision
+    limiters: list[Limiter[Hashable]]
+    client: socket.socket
+    backend: socket.socket | None = None
+    timer: asyncio.TimerHandle | None = None
+    relay: Relay | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+def _needs_name(m: Match) -> bool:
+    if isinstance(m, (HostPattern, HostClass)):
+        return True
+    if isinstance(m, UserAt):
+        return _needs_name(m.host)
+    if isinstance(m, AnyOf):
+        return any(_needs_name(i) for i in m.items)
+    if isinstance(m, Except):
+        return _needs_name(m.include) or _needs_name(m.exclude)
+    return False
+
+
+def rule_label(rule: Rule | None) -> str:
+    return "default" if rule is None else f"{rule.span.file}:{rule.span.line}"
+
+
+def peer_label(peer: Peer) -> str:
+    if peer.address is not None:
+        a = f"[{peer.address}]" if peer.address.version == 6 else str(peer.address)
+        return f"{a}:{peer.port}" if peer.port is not None else a
+    return peer.describe()
+
+
+class Runner:
+    """Serves one ``Plan`` on an event loop."""
+
+    def __init__(self, plan: Plan, options: Options, log: Log, pipes: PipePool, resolver: Resolver | None) -> None:
+        self.plan = plan
+        self.options = options
+        self.log = log
+        self.pipes = pipes
+        self.resolver = resolver
+        self.target = Target.of(plan.forward)
+        self.listeners: list[Listener] = []
+        self.conns: dict[socket.socket, Conn] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.accepting = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.udp: list[Any] = []
+        self._ban_timer: asyncio.TimerHandle | None = None
+        self.install(plan.service)
+
+    # -- policy ---------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.service.name
+
+    def install(self, service: Service) -> None:
+        """Use ``service`` for new connections (limiter state is kept where limits are equal)."""
+        self.service = service
+        self.kservice = kernel_service(service)
+        self.needs_name = any(_needs_name(r.match) for r in service.rules)
+        self.needs_server = any(rule_userspace_reason(r) == "needs the server address (daemon@host)" for r in service.rules)
+        prev: dict[Rule | None, Limiter[Hashable]] = getattr(self, "limiters", {})
+        kept = {lim.limits: lim for lim in prev.values()}
+        self.limiters: dict[Rule | None, Limiter[Hashable]] = {}
+        if service.limits is not None and not service.limits.is_empty():
+            self.limiters[None] = kept.get(service.limits) or Limiter(service.limits)
+        for r in service.rules:
+            if r.limits is not None and not r.limits.is_empty() and r.action is Action.ALLOW:
+                self.limiters[r] = kept.get(r.limits) or Limiter(r.limits)
+
+    @staticmethod
+    def has_limits(service: Service) -> bool:
+        lims = [service.limits] + [r.limits for r in service.rules]
+        return any(lim is not None and not lim.is_empty() for lim in lims)
+
+    def banned(self) -> list[Hashable]:
+        now = time.monotonic()
+        out: set[Hashable] = set()
+        for lim in self.limiters.values():
+            out.update(lim.active_bans(now))
+        return sorted(out, key=str)
+
+    def program(self, service: Service | None = None) -> bytes:
+        """The kernel filter for the IP listeners, with the current bans."""
+        from sockgate.bpf import compile_service
+
+        svc = kernel_service(service) if service is not None else self.kservice
+        nets = [ipaddress.ip_network(a) for a in self.banned() if isinstance(a, (ipaddress.IPv4Address, ipaddress.IPv6Address))]
+        return bytes(compile_service(svc, banned=nets).encode())
+
+    def attach(self, program: bytes) -> None:
+        from sockgate.linux import filter as kfilter
+
+        for lst in self.listeners:
+            if not lst.url.is_unix:
+                kfilter.attach(lst.sock, program, f"attach filter for {self.name} to {lst.address()}")
+
+    def push_bans(self) -> None:
+        """Rebuild the kernel filter with the current bans and schedule the next lift."""
+        try:
+            self.attach(self.program())
+        except (CompileError, SockgateError) as e:
+            self.log.error(f"kernel filter not updated, bans enforced in user space: {e}", service=self.name)
+        self._schedule_lift()
+
+    def _schedule_lift(self) -> None:
+        if self._ban_timer is not None:
+            self._ban_timer.cancel()
+            self._ban_timer = None
+        ends = [t for lim in self.limiters.values() if (t := lim.next_expiry()) is not None]
+        if ends and self.loop is not None:
+            delay = max(0.0, min(ends) - time.monotonic()) + 0.01
+            self._ban_timer = self.loop.call_later(delay, self.housekeeping)
+
+    def housekeeping(self) -> None:
+        """Lift ended bans (rebuilding the filter), close idle connections."""
+        now = time.monotonic()
+        lifted = [s for lim in self.limiters.values() for s in lim.expire(now)]
+        if lifted:
+            for s in lifted:
+                self.log.record("unban", service=self.name, peer=str(s))
+            self.push_bans()
+        limit = self.options.idle_timeout
+        for c in [c for c in self.conns.values() if c.relay is not None and now - c.relay.last_activity > limit]:
+            assert c.relay is not None
+            c.relay.abort("idle timeout")
+        for u in self.udp:
+            u.sweep(now)
+
+    # -- listening ------------------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop, listeners: list["Listener"]) -> None:
+        self.loop = loop
+        self.listeners = listeners
+        from sockgate.proxy.udp import UdpListener
+
+        for lst in listeners:
+            lst.sock.setblocking(False)
+            if lst.sock.type == socket.SOCK_DGRAM:
+                self.udp.append(UdpListener(self, lst))
+        self.resume()
+
+    def resume(self) -> None:
+        assert self.loop is not None
+        self.accepting = True
+        for lst in self.listeners:
+            if lst.sock.type == socket.SOCK_STREAM:
+                self.loop.add_reader(lst.sock.fileno(), self._on_accept, lst.sock)
+        for u in self.udp:
+            u.start()
+
+    def stop_accepting(self, unlink: bool = True) -> None:
+        if self.loop is None:
+            return
+        self.accepting = False
+        for lst in self.listeners:
+            if lst.sock.fileno() >= 0:
+                self.loop.remove_reader(lst.sock.fileno())
+        for u in self.udp:
+            u.stop()
+        for lst in self.listeners:
+            lst.close(unlink=unlink)
+        if self._ban_timer is not None:
+            self._ban_timer.cancel()
+
+    def busy(self) -> int:
+        return len(self.conns) + len(self.tasks) + sum(len(u.flows) for u in self.udp)
+
+    def abort_all(self, reason: str) -> None:
+        for t in list(self.tasks):
+            t.cancel()
+        for c in list(self.conns.values()):
+            if c.relay is not None:
+                c.relay.abort(reason)
+            else:
+                self._drop(c, reason)
+        for u in self.udp:
+            u.close_all(reason)
+
+    def _on_accept(self, lsock: socket.socket) -> None:
+        for _ in range(_ACCEPT_BURST):
+            try:
+                conn, addr = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                self._accept_failed(lsock, e)
+                return
+            self.handle(conn, addr)
+
+    def _accept_failed(self, lsock: socket.socket, e: OSError) -> None:
+        if e.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+            return
+        self.log.error(f"accept: {e.strerror}", service=self.name)
+        if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM) and self.loop is not None:
+            # Out of descriptors: stop accepting for a moment instead of spinning.
+            self.loop.remove_reader(lsock.fileno())
+            self.loop.call_later(0.1, self._reaccept, lsock)
+
+    def _reaccept(self, lsock: socket.socket) -> None:
+        if self.accepting and self.loop is not None and lsock.fileno() >= 0:
+            self.loop.add_reader(lsock.fileno(), self._on_accept, lsock)
+
+    # -- deciding -------------------------------------------------------------------------
+
+    def handle(self, conn: socket.socket, addr: Any) -> None:
+        conn.setblocking(False)
+        try:
+            peer = self._peer(conn, addr)
+        except (SockgateError, OSError) as e:
+            self.log.record("decision", service=self.name, peer="unknown", decision="deny", reason=f"peer: {e}")
+            reset_close(conn)
+            return
+        if len(self.conns) >= self.options.max_connections:
+            self._refuse(conn, peer, None, f"over the proxy's limit of {self.options.max_connections} connections")
+            return
+        if self.needs_name and self.resolver is not None and peer.address is not None:
+            task = asyncio.ensure_future(self._slow(conn, peer))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+            return
+        self._admit(conn, peer)
+
+    def _peer(self, conn: socket.socket, addr: Any) -> Peer:
+        if conn.family == socket.AF_UNIX:
+            from sockgate.linux.peercred import unix_peer
+
+            return unix_peer(conn)
+        if conn.family == socket.AF_INET6 or conn.family == socket.AF_INET:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        server = None
+        if self.needs_server:
+            server = ipaddress.ip_address(conn.getsockname()[0].split("%", 1)[0])
+        return Peer(address=ipaddress.ip_address(addr[0].split("%", 1)[0]), port=addr[1], server_address=server)
+
+    async def _slow(self, conn: socket.socket, peer: Peer) -> None:
+        assert self.resolver is not None
+        try:
+            name, verified = await asyncio.wait_for(self.resolver(peer.address), self.options.name_timeout)
+        except (asyncio.TimeoutError, OSError, SockgateError):
+            name, verified = None, True
+        except asyncio.CancelledError:
+            reset_close(conn)
+            raise
+        if conn.fileno() < 0:
+            return
+        self._admit(conn, replace(peer, name=name, name_verified=verified))
+
+    def decide(self, peer: Peer) -> tuple[Decision, Verdict | None, list[Limiter[Hashable]], Hashable]:
+        """The engine's decision, then the limits of the service and of the matched rule."""
+        d = decide_service(self.service, peer)
+        key: Hashable = peer.address if peer.address is not None else ("uid", peer.uid)
+        if not d.allowed or not self.limiters:
+            return d, None, [], key
+        now = time.monotonic()
+        taken: list[Limiter[Hashable]] = []
+        for lim in (self.limiters.get(None), self.limiters.get(d.rule) if d.rule is not None else None):
+            if lim is None:
+                continue
+            v = lim.admit(key, now)
+            if not v.ok:
+                for t in taken:
+                    t.release(key)
+                if v.banned_until is not None:
+                    self.log.record("ban", service=self.name, peer=str(key), reason=v.reason)
+                    self.push_bans()
+                return d, v, [], key
+            taken.append(lim)
+        return d, None, taken, key
+
+    def _admit(self, conn: socket.socket, peer: Peer) -> None:
+        d, verdict, taken, key = self.decide(peer)
+        if verdict is not None:
+            self._refuse(conn, peer, d.rule, verdict.reason, limit=True)
+            return
+        if not d.allowed:
+            self._refuse(conn, peer, d.rule, d.reason)
+            return
+        self.log.record("decision", service=self.name, peer=peer_label(peer), decision="allow", rule=rule_label(d.rule), reason=d.reason)
+        c = Conn(peer, key, d, taken, conn)
+        self.conns[conn] = c
+        self._connect(c)
+
+    def _refuse(self, conn: socket.socket, peer: Peer, rule: Rule | None, reason: str, limit: bool = False) -> None:
+        self.log.record(
+            "decision",
+            service=self.name,
+            peer=peer_label(peer),
+            decision="deny",
+            rule="limit" if limit else rule_label(rule),
+            reason=reason,
+        )
+        reset_close(conn)
+
+    # -- connecting and relaying ------------------------------------------------------------
+
+    def _connect(self, c: Conn) -> None:
+        assert self.loop is not None
+        t = self.target
+        try:
+            b = socket.socket(t.family, socket.SOCK_STREAM)
+        except OSError as e:
+            self._backend_failed(c, f"socket: {e.strerror}")
+            return
+        c.backend = b
+        b.setblocking(False)
+        if t.family != socket.AF_UNIX:
+            b.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        err = b.connect_ex(t.address)
+        if err == 0:
+            self._relay(c)
+        elif err == errno.EINPROGRESS:
+            self.loop.add_writer(b.fileno(), self._connected, c)
+            c.timer = self.loop.call_later(self.options.connect_timeout, self._backend_failed, c, "connect timeout")
+        else:
+            self._backend_failed(c, os.strerror(err))
+
+    def _connected(self, c: Conn) -> None:
+        assert self.loop is not None and c.backend is not None
+        self.loop.remove_writer(c.backend.fileno())
+        if c.timer is not None:
+            c.timer.cancel()
+            c.timer = None
+        err = c.backend.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self._backend_failed(c, os.strerror(err))
+            return
+        self._relay(c)
+
+    def _backend_failed(self, c: Conn, why: str) -> None:
+        """Backend down: close the client at once (a plain close) and say so."""
+        self._drop(c, f"backend {self.target.text}: {why}")
+
+    def _drop(self, c: Conn, how: str) -> None:
+        if c.timer is not None:
+            c.timer.cancel()
+        if c.backend is not None:
+            if self.loop is not None and c.backend.fileno() >= 0:
+                self.loop.remove_writer(c.backend.fileno())
+            c.backend.close()
+        c.client.close()
+        self._finished(c, how, 0, 0)
+
+    def _relay(self, c: Conn) -> None:
+        assert self.loop is not None and c.backend is not None
+        relay = Relay(self.loop, c.client, c.backend, self.pipes, self._relay_closed)
+        relay.tag = c
+        c.relay = relay
+        relay.start()
+
+    def _relay_closed(self, relay: Relay, how: str) -> None:
+        c: Conn = relay.tag
+        self._finished(c, how, relay.up, relay.down)
+
+    def _finished(self, c: Conn, how: str, up: int, down: int) -> None:
+        self.conns.pop(c.client, None)
+        for lim in c.limiters:
+            lim.release(c.key)
+        self.log.record(
+            "close",
+            service=self.name,
+            peer=peer_label(c.peer),
+            decision="allow",
+            rule=rule_label(c.decision.rule),
+            bytes_up=up,
+            bytes_down=down,
+            duration=round(time.monotonic() - c.started, 6),
+            end=how,
+        )

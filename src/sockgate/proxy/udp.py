@@ -1,0 +1,212 @@
+"""UDP forwarding per client flow, with an idle timeout.
+
+A datagram from a new client address is decided like a connection (engine, then limits); an
+allowed client gets a *flow*: its own connected UDP socket towards the backend, so the
+backend's replies come back on that socket and are sent to the client from the listening
+socket (the client sees replies from the address it wrote to). A flow ends after
+``udp_idle_timeout`` seconds without a datagram either way, and is logged like a finished
+connection. Flows are capped (``max_udp_flows``); a denied address is remembered for a second
+so a burst from it costs one decision and one log record, not one per datagram. Denied
+sources that the kernel filter can judge never get here at all.
+
+Host-name rules are decided on a slow path (one lookup per new flow); datagrams from that
+client that arrive meanwhile are dropped, as a full socket buffer would drop them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import time
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Hashable
+
+from sockgate.decide import Peer
+from sockgate.errors import SockgateError
+from sockgate.proxy.limits import Limiter
+
+if TYPE_CHECKING:
+    from sockgate.decide import Decision
+    from sockgate.linux.listen import Listener
+    from sockgate.proxy.service import Runner
+
+_BURST = 64
+_MAX_DGRAM = 65535
+_DENY_MEMORY = 1.0
+
+
+@dataclass
+class Flow:
+    client: Any
+    peer: Peer
+    key: Hashable
+    decision: "Decision"
+    limiters: list[Limiter[Hashable]]
+    sock: socket.socket | None = None
+    up: int = 0
+    down: int = 0
+    started: float = field(default_factory=time.monotonic)
+    last: float = field(default_factory=time.monotonic)
+
+
+class UdpListener:
+    def __init__(self, runner: "Runner", listener: "Listener") -> None:
+        self.runner = runner
+        self.listener = listener
+        self.sock = listener.sock
+        self.flows: dict[Any, Flow] = {}
+        self.pending: set[Any] = set()
+        self.denied: dict[Any, float] = {}
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        assert self.runner.loop is not None
+        return self.runner.loop
+
+    def start(self) -> None:
+        self.loop.add_reader(self.sock.fileno(), self._on_datagram)
+
+    def stop(self) -> None:
+        if self.sock.fileno() >= 0:
+            self.loop.remove_reader(self.sock.fileno())
+
+    def _on_datagram(self) -> None:
+        now = time.monotonic()
+        for _ in range(_BURST):
+            try:
+                data, addr = self.sock.recvfrom(_MAX_DGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # ICMP errors surface here on some kernels; nothing to do for them
+            flow = self.flows.get(addr)
+            if flow is None:
+                flow = self._new_flow(addr, now, data)
+                if flow is None:
+                    continue
+            self._send_up(flow, data, now)
+
+    def _new_flow(self, addr: Any, now: float, data: bytes) -> Flow | None:
+        if addr in self.pending:
+            return None
+        until = self.denied.get(addr)
+        if until is not None and now < until:
+            return None
+        r = self.runner
+        peer = Peer(address=ipaddress.ip_address(addr[0].split("%", 1)[0]), port=addr[1])
+        if len(self.flows) >= r.options.max_udp_flows:
+            self._deny(addr, peer, None, f"over the proxy's limit of {r.options.max_udp_flows} UDP flows", now)
+            return None
+        if r.needs_name and r.resolver is not None:
+            self.pending.add(addr)
+            task = asyncio.ensure_future(self._slow(addr, peer, data))
+            r.tasks.add(task)
+            task.add_done_callback(r.tasks.discard)
+            return None
+        return self._open(addr, peer, now)
+
+    async def _slow(self, addr: Any, peer: Peer, data: bytes) -> None:
+        r = self.runner
+        assert r.resolver is not None
+        try:
+            name, verified = await asyncio.wait_for(r.resolver(peer.address), r.options.name_timeout)
+        except (asyncio.TimeoutError, OSError, SockgateError):
+            name, verified = None, True
+        finally:
+            self.pending.discard(addr)
+        now = time.monotonic()
+        flow = self._open(addr, replace(peer, name=name, name_verified=verified), now)
+        if flow is not None:
+            self._send_up(flow, data, now)
+
+    def _open(self, addr: Any, peer: Peer, now: float) -> Flow | None:
+        r = self.runner
+        d, verdict, taken, key = r.decide(peer)
+        if verdict is not None or not d.allowed:
+            self._deny(addr, peer, d.rule, verdict.reason if verdict is not None else d.reason, now)
+            return None
+        from sockgate.proxy.service import peer_label, rule_label
+
+        r.log.record("decision", service=r.name, peer=peer_label(peer), decision="allow", rule=rule_label(d.rule), reason=d.reason)
+        flow = Flow(addr, peer, key, d, taken)
+        t = r.target
+        try:
+            s = socket.socket(t.family, socket.SOCK_DGRAM)
+            s.setblocking(False)
+            s.connect(t.address)
+        except OSError as e:
+            r.log.error(f"backend {t.text}: {e.strerror}", service=r.name, peer=peer_label(peer))
+            for lim in taken:
+                lim.release(key)
+            return None
+        flow.sock = s
+        self.flows[addr] = flow
+        self.loop.add_reader(s.fileno(), self._on_reply, flow)
+        return flow
+
+    def _deny(self, addr: Any, peer: Peer, rule: Any, reason: str, now: float) -> None:
+        from sockgate.proxy.service import peer_label, rule_label
+
+        if len(self.denied) > 4096:
+            self.denied = {a: u for a, u in self.denied.items() if u > now}
+        self.denied[addr] = now + _DENY_MEMORY
+        r = self.runner
+        r.log.record("decision", service=r.name, peer=peer_label(peer), decision="deny", rule=rule_label(rule), reason=reason)
+
+    def _send_up(self, flow: Flow, data: bytes, now: float) -> None:
+        assert flow.sock is not None
+        flow.last = now
+        try:
+            flow.sock.send(data)
+            flow.up += len(data)
+        except OSError:
+            pass  # backend not there (ECONNREFUSED from an earlier ICMP) or buffer full: UDP drops
+
+    def _on_reply(self, flow: Flow) -> None:
+        assert flow.sock is not None
+        flow.last = time.monotonic()
+        for _ in range(_BURST):
+            try:
+                data = flow.sock.recv(_MAX_DGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # ECONNREFUSED: the backend port is closed; the flow idles out
+            try:
+                self.sock.sendto(data, flow.client)
+                flow.down += len(data)
+            except OSError:
+                return
+
+    def sweep(self, now: float) -> None:
+        limit = self.runner.options.udp_idle_timeout
+        for addr in [a for a, f in self.flows.items() if now - f.last > limit]:
+            self._close(addr, "idle timeout")
+
+    def close_all(self, reason: str) -> None:
+        for addr in list(self.flows):
+            self._close(addr, reason)
+
+    def _close(self, addr: Any, how: str) -> None:
+        from sockgate.proxy.service import peer_label, rule_label
+
+        flow = self.flows.pop(addr)
+        if flow.sock is not None:
+            if flow.sock.fileno() >= 0:
+                self.loop.remove_reader(flow.sock.fileno())
+            flow.sock.close()
+        for lim in flow.limiters:
+            lim.release(flow.key)
+        r = self.runner
+        r.log.record(
+            "close",
+            service=r.name,
+            peer=peer_label(flow.peer),
+            decision="allow",
+            rule=rule_label(flow.decision.rule),
+            bytes_up=flow.up,
+            bytes_down=flow.down,
+            duration=round(time.monotonic() - flow.started, 6),
+            end=how,
+        )

@@ -1,0 +1,258 @@
+"""The compiler tested by behaviour: the interpreter's verdict on the compiled program equals
+the decision engine's, for random services and addresses (v4, v6, v4-mapped, boundaries)."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Sequence
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sockgate.bpf import Packet, compile_service, identify, interp, verify
+from sockgate.decide import Peer, decide_service
+from sockgate.errors import UnsupportedInKernel
+from sockgate.policy.ir import (
+    Action,
+    AddrMatch,
+    AnyOf,
+    DaemonPattern,
+    Except,
+    HostPattern,
+    Limits,
+    MatchAll,
+    MatchNone,
+    Principal,
+    Rule,
+    Service,
+)
+from sockgate.policy.source import Span
+
+Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def rule(action: str, match: object, line: int = 1, **kw: object) -> Rule:
+    return Rule(Action(action), match, Span("t.conf", line, 1), f"{action} {match}", **kw)  # type: ignore[arg-type]
+
+
+def nets(*texts: str) -> AddrMatch:
+    return AddrMatch(tuple(ipaddress.ip_network(t) for t in texts))
+
+
+def verdict(svc: Service, addr: str, banned: Sequence[Net] = ()) -> Action:
+    a = ipaddress.ip_address(addr)
+    return run_on(svc, Packet.from_address(a), banned)
+
+
+def run_on(svc: Service, packet: Packet, banned: Sequence[Net] = ()) -> Action:
+    prog = compile_service(svc, banned=banned)
+    return Action.ALLOW if interp.run(prog.insns, packet) else Action.DENY
+
+
+def reference(svc: Service, addr: ipaddress.IPv4Address | ipaddress.IPv6Address | None,
+              banned: Sequence[Net] = ()) -> Action:
+    peer = Peer(address=addr)
+    a = peer.address
+    if a is not None and any(a.version == b.version and a in b for b in banned):
+        return Action.DENY
+    return decide_service(svc, peer).action
+
+
+# ------------------------------------------------------------------------------ strategies
+
+# Few bases so that networks overlap, nest and touch, and boundaries sit near 2**31.
+V4_BASES = [0x0A000000, 0x0A420000, 0x7F000000, 0x80000000, 0xC0A80100, 0xFFFFFF00, 0]
+V6_BASES = [0x20010DB8 << 96, (0x20010DB8 << 96) | (1 << 80), 0xFD5B5347 << 96, 0xFFFF << 32, 1, 0]
+
+
+@st.composite
+def v4_nets(draw: st.DrawFn) -> ipaddress.IPv4Network:
+    base = draw(st.sampled_from(V4_BASES)) + draw(st.integers(0, 255)) * draw(st.sampled_from([1, 256, 65536]))
+    plen = draw(st.integers(0, 32))
+    return ipaddress.IPv4Network((base & 0xFFFFFFFF, plen), strict=False)
+
+
+@st.composite
+def v6_nets(draw: st.DrawFn) -> ipaddress.IPv6Network:
+    base = draw(st.sampled_from(V6_BASES))
+    base += draw(st.integers(0, 255)) << draw(st.sampled_from([0, 16, 32, 64, 80, 96]))
+    plen = draw(st.sampled_from([0, 16, 32, 48, 64, 80, 96, 100, 112, 120, 127, 128]))
+    return ipaddress.IPv6Network((base % (1 << 128), plen), strict=False)
+
+
+any_net = st.one_of(v4_nets(), v6_nets())
+addr_match = st.lists(any_net, min_size=0, max_size=4).map(lambda ns: AddrMatch(tuple(ns)))
+leaf_match = st.one_of(addr_match, addr_match, st.just(MatchAll()), st.just(MatchNone()))
+matches = st.recursive(
+    leaf_match,
+    lambda inner: st.one_of(
+        st.builds(Except, inner, inner),
+        st.lists(inner, min_size=1, max_size=3).map(lambda ms: AnyOf(tuple(ms))),
+    ),
+    max_leaves=6,
+)
+daemons = st.sampled_from([None, None, None, MatchAll(), DaemonPattern("svc"), DaemonPattern("other")])
+
+
+@st.composite
+def services(draw: st.DrawFn) -> Service:
+    rules = []
+    for line in range(draw(st.integers(0, 6))):
+        act = draw(st.sampled_from(["allow", "deny"]))
+        rules.append(rule(act, draw(matches), line + 1, daemons=draw(daemons)))
+    default = draw(st.sampled_from([None, Action.ALLOW, Action.DENY]))
+    return Service("svc", tuple(rules), default)
+
+
+def _edges(svc: Service, banned: Sequence[Net]) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """Every network's first and last address and their neighbours (interval boundaries)."""
+    found: list[Net] = list(banned)
+
+    def walk(m: object) -> None:
+        if isinstance(m, AddrMatch):
+            found.extend(m.nets)
+        elif isinstance(m, Except):
+            walk(m.include), walk(m.exclude)
+        elif isinstance(m, AnyOf):
+            for i in m.items:
+                walk(i)
+
+    for r in svc.rules:
+        walk(r.match)
+    out = []
+    for n in found:
+        space = 1 << n.max_prefixlen
+        lo, hi = int(n.network_address), int(n.broadcast_address)
+        for v in (lo - 1, lo, hi, hi + 1):
+            if 0 <= v < space:
+                out.append(ipaddress.ip_address(v) if n.version == 4 else ipaddress.IPv6Address(v))
+    return out
+
+
+addresses = st.one_of(
+    st.integers(0, 2**32 - 1).map(ipaddress.IPv4Address),
+    st.integers(0, 2**128 - 1).map(ipaddress.IPv6Address),
+    st.integers(0, 2**32 - 1).map(lambda v: ipaddress.IPv6Address((0xFFFF << 32) | v)),
+    any_net.map(lambda n: n.network_address),
+)
+banned_lists = st.lists(st.one_of(v4_nets(), v6_nets()), max_size=3)
+
+PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+# ------------------------------------------------------------------------------ properties
+
+
+@PROPERTY
+@given(services(), banned_lists, st.lists(addresses, max_size=8))
+def test_program_decides_like_the_engine(svc: Service, banned: list[Net], extra: list[object]) -> None:
+    prog = compile_service(svc, banned=banned)
+    assert verify.problems(prog.insns) == []
+    assert identify(prog.insns) is not None
+    for a in _edges(svc, banned) + extra:  # type: ignore[operator]
+        got = interp.run(prog.insns, Packet.from_address(a))  # type: ignore[arg-type]
+        want = reference(svc, a, banned)  # type: ignore[arg-type]
+        assert (Action.ALLOW if got else Action.DENY) is want, f"{a}: program {got:#x}, engine {want}"
+
+
+@PROPERTY
+@given(services(), st.integers(0, 2**32 - 1))
+def test_ipv6_header_with_mapped_source_decides_as_ipv4(svc: Service, v: int) -> None:
+    """A genuine IPv6 packet from ::ffff:a.b.c.d: the engine sees a.b.c.d, so must the program."""
+    mapped = ipaddress.IPv6Address((0xFFFF << 32) | v)
+    assert run_on(svc, Packet.ipv6(mapped)) is reference(svc, mapped)
+
+
+@PROPERTY
+@given(services(), st.sampled_from([0x00, 0x50, 0x70, 0xF0]))
+def test_other_versions_decide_as_a_peer_without_address(svc: Service, first: int) -> None:
+    packet = Packet(bytes([first]) + bytes(39), b"\0" * 8, protocol=0)
+    assert run_on(svc, packet) is reference(svc, None)
+
+
+@PROPERTY
+@given(services())
+def test_packet_without_network_header_is_dropped(svc: Service) -> None:
+    prog = compile_service(svc)
+    assert interp.run(prog.insns, Packet(b"", b"")) == 0
+
+
+# ------------------------------------------------------------------------------ examples
+
+
+def test_first_match_with_except_and_default() -> None:
+    svc = Service("ssh", (
+        rule("deny", nets("10.66.0.0/16", "2001:db8:1:2::/64")),
+        rule("allow", Except(nets("10.0.0.0/8", "2001:db8::/32"), nets("10.1.2.3/32"))),
+    ), Action.DENY)
+    cases = {
+        "10.0.0.0": "allow", "9.255.255.255": "deny", "10.65.255.255": "allow", "10.66.0.0": "deny",
+        "10.66.255.255": "deny", "10.67.0.0": "allow", "10.1.2.3": "deny", "10.1.2.4": "allow",
+        "10.255.255.255": "allow", "11.0.0.0": "deny", "2001:db8::": "allow", "2001:db8:1:2::": "deny",
+        "2001:db8:1:3::": "allow", "2001:db9::": "deny", "::ffff:10.1.2.4": "allow", "::1": "deny",
+    }
+    for addr, want in cases.items():
+        assert verdict(svc, addr) is Action(want), addr
+
+
+def test_banned_sources_are_denied_before_any_rule() -> None:
+    svc = Service("web", (rule("allow", MatchAll()),), Action.DENY)
+    ban = [ipaddress.ip_network("198.51.100.7/32"), ipaddress.ip_network("2001:db8::/126")]
+    assert verdict(svc, "198.51.100.7", ban) is Action.DENY
+    assert verdict(svc, "198.51.100.8", ban) is Action.ALLOW
+    assert verdict(svc, "2001:db8::3", ban) is Action.DENY
+    assert verdict(svc, "2001:db8::4", ban) is Action.ALLOW
+
+
+def test_digest_combines_service_and_bans() -> None:
+    svc = Service("web", (rule("allow", nets("10.0.0.0/8")),), Action.DENY)
+    plain = compile_service(svc)
+    banned = compile_service(svc, banned=[ipaddress.ip_address("10.0.0.1")])
+    same = compile_service(svc, banned=[ipaddress.ip_network("10.0.0.1/32")])
+    assert plain.digest == svc.digest()
+    assert banned.digest != plain.digest and banned.digest == same.digest
+    assert identify(banned.insns) is not None and identify(banned.insns).digest == banned.digest  # type: ignore[union-attr]
+
+
+def test_merged_ranges_are_counted() -> None:
+    svc = Service("x", (rule("allow", nets("10.0.0.0/9", "10.128.0.0/9", "192.0.2.0/24")),), Action.DENY)
+    prog = compile_service(svc)
+    assert (prog.ranges4, prog.ranges6, prog.ranges) == (5, 1, 6)  # 10/8 merged; deny, allow, deny, allow, deny
+
+
+@pytest.mark.parametrize(
+    "match, why",
+    [
+        (HostPattern(".example.com"), "needs the client's host name (a DNS lookup)"),
+        (Principal("uid", 0), "needs Unix peer credentials (uid)"),
+        (AnyOf((nets("10.0.0.0/8"), Principal("group", "wheel", 10))), "needs Unix peer credentials (group)"),
+    ],
+)
+def test_rules_needing_user_space_are_refused(match: object, why: str) -> None:
+    svc = Service("ssh", (rule("allow", nets("10.0.0.0/8"), 3), rule("allow", match, 4)), Action.DENY)
+    with pytest.raises(UnsupportedInKernel) as e:
+        compile_service(svc)
+    assert str(e.value) == (
+        "service 'ssh': a kernel filter sees only the source address, and this rule needs more:\n"
+        f"  t.conf:4: allow {match}: {why}\n"
+        "enforce this service with `sockgate proxy` instead"
+    )
+
+
+def test_limits_and_server_parts_are_refused_with_every_rule_named() -> None:
+    svc = Service("ssh", (
+        rule("allow", nets("10.0.0.0/8"), 2, limits=Limits(concurrent_per_source=3)),
+        rule("deny", MatchAll(), 5, daemons=DaemonPattern("ssh", server=nets("127.0.0.1/32"))),
+    ), Action.DENY)
+    with pytest.raises(UnsupportedInKernel) as e:
+        compile_service(svc)
+    msg = str(e.value)
+    assert "these 2 rules" in msg and "t.conf:2:" in msg and "has connection limits" in msg
+    assert "t.conf:5:" in msg and "needs the server address (daemon@host)" in msg
+    assert msg.endswith("enforce this service with `sockgate proxy` instead")
+
+
+def test_compiling_is_deterministic() -> None:
+    svc = Service("x", (rule("deny", nets("10.66.0.0/16")), rule("allow", nets("10.0.0.0/8", "fd00::/8"))), None)
+    assert compile_service(svc).encode() == compile_service(svc).encode()

@@ -1,0 +1,202 @@
+"""proxy.limits (the sans-IO limiter) and proxy.kernelrules (what the kernel may drop)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sockgate.decide import Peer, decide_service
+from sockgate.policy.ir import (
+    Action,
+    AddrMatch,
+    AnyOf,
+    Except,
+    HostClass,
+    HostPattern,
+    Limits,
+    Match,
+    MatchAll,
+    Principal,
+    Rate,
+    Rule,
+    Service,
+    UserAt,
+    rule_userspace_reason,
+)
+from sockgate.policy.source import Span
+from sockgate.proxy.kernelrules import kernel_service, over, under
+from sockgate.proxy.limits import Limiter
+
+# -- limits -----------------------------------------------------------------------------------
+
+
+def test_rate_lets_a_burst_through_then_one_per_interval() -> None:
+    lim: Limiter[str] = Limiter(Limits(rate_per_source=Rate(3, 3.0)))
+    assert [lim.admit("a", 0.0).ok for _ in range(4)] == [True, True, True, False]
+    assert not lim.admit("a", 0.5).ok
+    assert lim.admit("a", 1.0).ok  # one interval (1 s) later a token is back
+    assert not lim.admit("a", 1.0).ok
+    assert lim.admit("b", 1.0).ok  # sources are counted apart
+
+
+def test_rate_refusal_without_ban_does_not_ban() -> None:
+    lim: Limiter[str] = Limiter(Limits(rate_per_source=Rate(1, 10.0)))
+    assert lim.admit("a", 0.0).ok
+    v = lim.admit("a", 0.0)
+    assert not v.ok and v.banned_until is None and "rate of 1/10s" in v.reason
+    assert lim.bans == {}
+
+
+def test_over_rate_bans_for_the_configured_time_and_the_ban_lifts() -> None:
+    lim: Limiter[str] = Limiter(Limits(rate_per_source=Rate(2, 10.0), ban_seconds=30.0))
+    assert lim.admit("a", 0.0).ok and lim.admit("a", 0.0).ok
+    v = lim.admit("a", 1.0)
+    assert not v.ok and v.banned_until == 31.0 and "banned for 30s" in v.reason
+    assert lim.banned("a", 20.0) and lim.active_bans(20.0) == ["a"]
+    assert lim.next_expiry() == 31.0
+    # while banned: refused, and the ban is not extended
+    v2 = lim.admit("a", 30.0)
+    assert not v2.ok and v2.banned_until is None and lim.bans["a"] == 31.0
+    assert lim.expire(30.9) == []
+    assert lim.expire(31.0) == ["a"]
+    assert not lim.banned("a", 31.0) and lim.next_expiry() is None
+    assert lim.admit("a", 31.0).ok
+
+
+def test_concurrency_per_source_and_release() -> None:
+    lim: Limiter[str] = Limiter(Limits(concurrent_per_source=2))
+    assert lim.admit("a", 0).ok and lim.admit("a", 0).ok
+    v = lim.admit("a", 0)
+    assert not v.ok and "per-source limit of 2" in v.reason and v.banned_until is None
+    assert lim.admit("b", 0).ok
+    lim.release("a")
+    assert lim.admit("a", 0).ok
+    lim.release("zzz")  # unknown sources are ignored
+    assert lim.active_total == 3
+
+
+def test_service_totals() -> None:
+    lim: Limiter[str] = Limiter(Limits(concurrent_total=2, rate_total=Rate(3, 1.0)))
+    assert lim.admit("a", 0).ok and lim.admit("b", 0).ok
+    assert "service limit of 2" in lim.admit("c", 0).reason
+    lim.release("a")
+    assert lim.admit("c", 0).ok
+    lim.release("b")
+    v = lim.admit("d", 0)
+    assert not v.ok and "service rate" in v.reason and v.banned_until is None
+
+
+def test_expire_forgets_idle_sources_only() -> None:
+    lim: Limiter[str] = Limiter(Limits(rate_per_source=Rate(10, 10.0)))
+    lim.admit("idle", 0)
+    lim.admit("busy", 0)
+    lim.release("idle")
+    lim.expire(100.0)
+    assert list(lim.sources) == ["busy"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.floats(0, 5), st.booleans()), max_size=60))
+def test_rate_never_exceeds_count_per_window(events: list[tuple[str, float, bool]]) -> None:
+    """In any window of `seconds`, a source gets at most `count` admissions (burst + refill)."""
+    rate = Rate(3, 2.0)
+    lim: Limiter[str] = Limiter(Limits(rate_per_source=rate))
+    t = 0.0
+    admitted: dict[str, list[float]] = {}
+    for src, dt, release in events:
+        t += dt
+        if lim.admit(src, t).ok:
+            admitted.setdefault(src, []).append(t)
+            if release:
+                lim.release(src)
+    for times in admitted.values():
+        for i, start in enumerate(times):
+            in_window = [x for x in times[i:] if x < start + rate.seconds - 1e-6]
+            assert len(in_window) <= rate.count
+
+
+# -- kernelrules ------------------------------------------------------------------------------
+
+SPAN = Span("t.conf", 1, 1, 1)
+NETS = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "10.1.0.0/16", "192.0.2.0/24", "2001:db8::/32", "0.0.0.0/0")]
+ADDRS = ["10.1.2.3", "10.9.9.9", "192.0.2.7", "198.51.100.1", "2001:db8::5", "2001:db9::1"]
+
+addr_match = st.sampled_from(NETS).map(lambda n: AddrMatch((n,), str(n)))
+leaf = st.one_of(
+    addr_match,
+    st.just(MatchAll()),
+    st.sampled_from([HostPattern(".example.com"), HostClass("PARANOID"), HostClass("KNOWN")]),
+    st.sampled_from([Principal("uid", 0), Principal("group", "g", 5)]),
+)
+matches = st.recursive(
+    leaf,
+    lambda inner: st.one_of(
+        st.lists(inner, min_size=1, max_size=3).map(lambda xs: AnyOf(tuple(xs))),
+        st.tuples(inner, inner).map(lambda t: Except(*t)),
+        inner.map(lambda h: UserAt("root", h)),
+    ),
+    max_leaves=6,
+)
+rules = st.lists(st.tuples(st.sampled_from([Action.ALLOW, Action.DENY]), matches), max_size=5)
+facts = st.tuples(
+    st.sampled_from([None, "a.example.com", "evil.org", "localhost"]),
+    st.booleans(),
+    st.sampled_from([None, "root"]),
+    st.sampled_from([None, 0, 1000]),
+)
+
+
+def _service(rs: list[tuple[Action, Match]], default: Action) -> Service:
+    return Service("s", tuple(Rule(a, m, SPAN, "r") for a, m in rs), default)
+
+
+@settings(max_examples=300, deadline=None)
+@given(rules, st.sampled_from([Action.ALLOW, Action.DENY]), st.sampled_from(ADDRS), facts)
+def test_kernel_drops_only_what_the_engine_surely_denies(
+    rs: list[tuple[Action, Match]], default: Action, addr: str, fact: tuple[str | None, bool, str | None, int | None]
+) -> None:
+    svc = _service(rs, default)
+    k = kernel_service(svc)
+    assert all(rule_userspace_reason(r) is None for r in k.rules)
+    a = ipaddress.ip_address(addr)
+    if decide_service(k, Peer(address=a)).action is Action.DENY:
+        name, verified, user, uid = fact
+        peer = Peer(address=a, name=name, name_verified=verified, user=user, uid=uid, gid=uid)
+        assert decide_service(svc, peer).action is Action.DENY
+
+
+def test_address_only_services_go_to_the_kernel_unchanged() -> None:
+    rs = [(Action.DENY, AddrMatch((NETS[1],))), (Action.ALLOW, AddrMatch((NETS[0],)))]
+    svc = _service(rs, Action.DENY)
+    assert kernel_service(svc).rules == svc.rules
+
+
+def test_a_userspace_allow_opens_what_it_may_match_and_stops_the_rest() -> None:
+    host = HostPattern(".example.com")
+    svc = _service(
+        [
+            (Action.DENY, AddrMatch((NETS[1],))),
+            (Action.DENY, host),  # surely matches nothing by address: dropped
+            (Action.ALLOW, Except(AddrMatch((NETS[0],)), host)),  # may allow all of 10/8
+            (Action.ALLOW, host),  # may allow anyone: everything after is user space
+            (Action.DENY, AddrMatch((NETS[2],))),
+        ],
+        Action.DENY,
+    )
+    k = kernel_service(svc)
+    assert [(r.action, r.match) for r in k.rules] == [
+        (Action.DENY, AddrMatch((NETS[1],))),
+        (Action.ALLOW, AddrMatch((NETS[0],))),
+        (Action.ALLOW, MatchAll()),
+    ]
+
+
+def test_over_and_under_of_except() -> None:
+    m = Except(AddrMatch((NETS[0],)), Principal("uid", 0))
+    assert over(m) == AddrMatch((NETS[0],))
+    from sockgate.policy.ir import MatchNone
+
+    assert under(m) == MatchNone()
+    assert under(Except(AddrMatch((NETS[0],)), AddrMatch((NETS[1],)))) == Except(AddrMatch((NETS[0],)), AddrMatch((NETS[1],)))

@@ -1,0 +1,304 @@
+"""``sockgate attach`` / ``detach`` on the sockets of other, running processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from sockgate import guard as guard_mod
+from sockgate.cli.main import main
+from sockgate.errors import AdapterError
+from sockgate.linux import filter as kfilter
+from sockgate.linux import pidfd
+from support.verdicts import local_sockets, tcp_reach
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="kernel enforcement is Linux-only")
+
+POLICY = """
+service web {
+    allow { 127.0.0.1, 127.0.0.3 }
+    default deny
+}
+service strict {
+    allow 127.0.0.1
+    default deny
+}
+service named {
+    allow host .example.com
+    default deny
+}
+"""
+
+# A stand-in service: makes the sockets named on its command line, reports them as JSON, then
+# obeys stdin: "accept" accepts what is queued and reports how many; EOF exits.
+CHILD = r"""
+import json, socket, sys
+specs, out = sys.argv[1:], {"socks": []}
+for spec in specs:
+    kind, *opts = spec.split(",")
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
+    if "reuseport" in opts:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    p = next((int(o[5:]) for o in opts if o.startswith("port=")), 0)
+    s.bind(("127.0.0.1", p))
+    if kind == "tcp":
+        s.listen(64)
+    out["socks"].append({"fd": s.fileno(), "port": s.getsockname()[1], "kind": kind, "opts": opts})
+    globals().setdefault("keep", []).append(s)
+print(json.dumps(out), flush=True)
+for line in sys.stdin:
+    if line.strip() == "accept":
+        n = 0
+        for s in keep:
+            if s.type == socket.SOCK_STREAM:
+                s.setblocking(False)
+                while True:
+                    try:
+                        c, _ = s.accept()
+                    except BlockingIOError:
+                        break
+                    c.close()
+                    n += 1
+        print(n, flush=True)
+"""
+
+Spawn = Callable[..., tuple[subprocess.Popen[str], list[dict[str, Any]]]]
+
+
+@pytest.fixture
+def policy_file() -> Iterator[str]:
+    # world-readable, so the test run as another user can read it
+    d = tempfile.mkdtemp(prefix="sgt-attach-")
+    os.chmod(d, 0o755)
+    path = os.path.join(d, "attach.policy")
+    with open(path, "w") as f:
+        f.write(POLICY)
+    os.chmod(path, 0o644)
+    yield path
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def spawn() -> Iterator[Spawn]:
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(*specs: str) -> tuple[subprocess.Popen[str], list[dict[str, Any]]]:
+        p = subprocess.Popen([sys.executable, "-c", CHILD, *specs], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        procs.append(p)
+        assert p.stdout is not None
+        return p, json.loads(p.stdout.readline())["socks"]
+
+    yield start
+    for p in procs:
+        p.kill()
+        p.wait()
+        for f in (p.stdin, p.stdout):
+            if f is not None:
+                f.close()
+
+
+def sockgate(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def state(pid: int, fd: int) -> guard_mod.GuardInfo:
+    with pidfd.borrowed(pid, fd) as dup:
+        return guard_mod.guard_of(dup)
+
+
+def reach(port: int, *sources: str) -> dict[str, bool]:
+    return tcp_reach({socket.AF_INET: ("127.0.0.1", port)}, sources, local_sockets(), wait=0.4)
+
+
+def accept_all(p: subprocess.Popen[str]) -> int:
+    assert p.stdin is not None and p.stdout is not None
+    p.stdin.write("accept\n")
+    p.stdin.flush()
+    return int(p.stdout.readline())
+
+
+def test_attach_by_pid_and_fd_then_reload_and_detach(capsys: Any, spawn: Spawn, policy_file: str) -> None:
+    p, (s,) = spawn("tcp")
+    pid, fd, port = str(p.pid), str(s["fd"]), s["port"]
+    rc, out, err = sockgate(capsys, "attach", "--policy", policy_file, "--service", "strict", "--pid", pid, "--fd", fd)
+    assert (rc, err) == (0, "")
+    assert out.startswith(f"attached pid {pid} fd {fd} tcp 127.0.0.1:{port}: service strict")
+    assert state(p.pid, s["fd"]).service == "strict"
+    assert reach(port, "127.0.0.1", "127.0.0.3") == {"127.0.0.1": True, "127.0.0.3": False}
+    assert accept_all(p) == 1
+
+    # reload in place: queued connections and the listener survive the swap
+    queued = [socket.create_connection(("127.0.0.1", port), timeout=2) for _ in range(3)]
+    rc, out, _ = sockgate(capsys, "attach", "--policy", policy_file, "--service", "web", "--pid", pid, "--fd", fd, "--json")
+    doc = json.loads(out)
+    assert rc == 0 and doc["service"] == "web" and doc["command"] == "attach"
+    assert [(x["action"], x["before"]["service"]) for x in doc["sockets"]] == [("reloaded", "strict")]
+    assert accept_all(p) == 3
+    for c in queued:
+        c.close()
+    assert reach(port, "127.0.0.3", "127.0.0.4") == {"127.0.0.3": True, "127.0.0.4": False}
+
+    rc, out, _ = sockgate(capsys, "detach", "--pid", pid, "--fd", fd)
+    assert rc == 0 and out.startswith(f"detached pid {pid} fd {fd}")
+    assert state(p.pid, s["fd"]).state == "none"
+    assert reach(port, "127.0.0.4") == {"127.0.0.4": True}
+    rc, out, _ = sockgate(capsys, "detach", "--pid", pid, "--fd", fd)
+    assert rc == 0 and out.startswith("unchanged")
+
+
+def test_attach_by_pid_guards_tcp_and_udp(capsys: Any, spawn: Spawn, policy_file: str) -> None:
+    p, socks = spawn("tcp", "udp")
+    rc, out, _ = sockgate(capsys, "attach", "--policy", policy_file, "--service", "web", "--pid", str(p.pid), "--json")
+    assert rc == 0
+    done = json.loads(out)["sockets"]
+    assert sorted((d["fd"], d["proto"], d["action"]) for d in done) == sorted(
+        (s["fd"], s["kind"], "attached") for s in socks
+    )
+    assert all(state(p.pid, s["fd"]).service == "web" for s in socks)
+    rc, out, _ = sockgate(capsys, "detach", "--pid", str(p.pid), "--proto", "udp")
+    assert rc == 0 and out.count("detached") == 1
+    assert [state(p.pid, s["fd"]).state for s in socks] == ["sockgate", "none"]
+
+
+def test_attach_by_port_reuseport_group(capsys: Any, spawn: Spawn, policy_file: str) -> None:
+    a, (sa,) = spawn("tcp,reuseport")
+    b, (sb,) = spawn(f"tcp,reuseport,port={sa['port']}")
+    port = sa["port"]
+    rc, out, _ = sockgate(capsys, "attach", "--policy", policy_file, "--service", "strict", "--port", str(port), "--json")
+    assert rc == 0
+    assert sorted(d["pid"] for d in json.loads(out)["sockets"]) == sorted([a.pid, b.pid])
+    assert state(a.pid, sa["fd"]).service == state(b.pid, sb["fd"]).service == "strict"
+    # the kernel spreads SYNs over the group by hash: from many sources, none gets through
+    denied = [f"127.0.1.{i}" for i in range(1, 40)]
+    got = reach(port, "127.0.0.1", *denied)
+    assert got.pop("127.0.0.1") and not any(got.values())
+    rc, out, _ = sockgate(capsys, "detach", "--port", str(port))
+    assert rc == 0 and out.count("detached") == 2
+
+
+def test_port_group_all_or_nothing(capsys: Any, spawn: Spawn, policy_file: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, (sa,) = spawn("tcp,reuseport")
+    b, (sb,) = spawn(f"tcp,reuseport,port={sa['port']}")
+    port = str(sa["port"])
+    with pidfd.borrowed(b.pid, sb["fd"]) as dup:
+        kfilter.attach(dup, kfilter.SOCK_FILTER.pack(0x06, 0, 0, 0xFFFFFFFF))
+    # refused before anything is touched
+    rc, _, err = sockgate(capsys, "attach", "--policy", policy_file, "--service", "strict", "--port", port)
+    assert rc == 1 and "foreign filter" in err and "--force" in err and err.count("\n") == 1
+    assert state(a.pid, sa["fd"]).state == "none" and state(b.pid, sb["fd"]).state == "foreign"
+
+    # a failure half-way is rolled back: every socket gets its previous program back
+    rc, _, _ = sockgate(capsys, "attach", "--policy", policy_file, "--service", "web", "--pid", str(a.pid))
+    assert rc == 0
+    real = guard_mod._install
+    calls = []
+
+    def flaky(fd: int, program: Any, what: str) -> guard_mod.Guarded:
+        calls.append(what)
+        if len(calls) == 2:
+            raise AdapterError(f"{what}: injected failure")
+        return real(fd, program, what)
+
+    monkeypatch.setattr(guard_mod, "_install", flaky)
+    rc, _, err = sockgate(capsys, "attach", "--policy", policy_file, "--service", "strict", "--port", port, "--force")
+    assert rc == 1 and "injected failure" in err and len(calls) == 2
+    assert state(a.pid, sa["fd"]).service == "web" and state(b.pid, sb["fd"]).state == "foreign"
+    monkeypatch.setattr(guard_mod, "_install", real)
+
+    rc, out, _ = sockgate(capsys, "attach", "--policy", policy_file, "--service", "strict", "--port", port, "--force")
+    assert rc == 0 and "replaced" in out and "reloaded" in out
+    # detach leaves foreign filters alone unless forced; ours is sockgate's now
+    rc, out, _ = sockgate(capsys, "detach", "--port", port)
+    assert rc == 0 and out.count("detached") == 2
+
+
+def test_detach_refuses_foreign_without_force(capsys: Any, spawn: Spawn) -> None:
+    p, (s,) = spawn("udp")
+    with pidfd.borrowed(p.pid, s["fd"]) as dup:
+        kfilter.attach(dup, kfilter.SOCK_FILTER.pack(0x06, 0, 0, 0xFFFFFFFF))
+    rc, _, err = sockgate(capsys, "detach", "--pid", str(p.pid), "--fd", str(s["fd"]))
+    assert rc == 1 and "foreign filter (1 instructions)" in err
+    assert state(p.pid, s["fd"]).state == "foreign"
+    rc, out, _ = sockgate(capsys, "detach", "--pid", str(p.pid), "--fd", str(s["fd"]), "--force")
+    assert rc == 0 and "detached" in out and state(p.pid, s["fd"]).state == "none"
+
+
+def test_locked_filter_refused(capsys: Any, spawn: Spawn, policy_file: str) -> None:
+    p, (s,) = spawn("tcp")
+    args = ["--policy", policy_file, "--service", "web", "--pid", str(p.pid), "--fd", str(s["fd"])]
+    assert sockgate(capsys, "attach", *args)[0] == 0
+    with pidfd.borrowed(p.pid, s["fd"]) as dup:
+        kfilter.lock(dup)
+    rc, _, err = sockgate(capsys, "attach", *args[:3], "strict", *args[4:], "--force")
+    assert rc == 1 and "locked (SO_LOCK_FILTER)" in err
+    rc, _, err = sockgate(capsys, "detach", *args[4:])
+    assert rc == 1 and "locked" in err
+    assert state(p.pid, s["fd"]).service == "web"
+
+
+def test_refusals(capsys: Any, spawn: Spawn, policy_file: str) -> None:
+    p, (s,) = spawn("tcp")
+    base = ["attach", "--policy", policy_file, "--service", "web"]
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    free_port = free.getsockname()[1]
+    free.close()
+    cases = {
+        ("--pid", str(dead.pid)): f"no such process: pid {dead.pid}",
+        ("--pid", str(p.pid), "--fd", "99"): f"process {p.pid} has no fd 99",
+        ("--pid", str(p.pid), "--fd", "0"): f"pid {p.pid} fd 0 is not a socket",
+        ("--port", str(free_port)): f"no TCP listener is bound to port {free_port}",
+        ("--port", str(free_port), "--proto", "udp"): f"no UDP socket is bound to port {free_port}",
+        ("--fd", "3"): "one of the arguments --pid --port is required",
+    }
+    for extra, message in cases.items():
+        rc, out, err = sockgate(capsys, *base, *extra)
+        assert (rc, out) != (0, "") and message in err, (extra, err)
+        assert err.count("\n") == 1, err
+    # a policy error: exit 2, nothing changes
+    rc, _, err = sockgate(capsys, *base[:4], "named", "--pid", str(p.pid))
+    assert rc == 1 and "host name" in err and "sockgate proxy" in err, err
+    rc, _, err = sockgate(capsys, *base[:4], "nope", "--pid", str(p.pid))
+    assert rc == 2 and "no service 'nope'" in err
+    assert state(p.pid, s["fd"]).state == "none"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run sockgate as another user")
+def test_permission_refused_for_another_user(spawn: Spawn, policy_file: str) -> None:
+    p, (s,) = spawn("tcp")
+    exe = shutil.which("sockgate") or str(Path(sys.executable).with_name("sockgate"))
+    argv = [exe, "attach", "--policy", policy_file, "--service", "web"]
+    for target in (["--pid", str(p.pid), "--fd", str(s["fd"])], ["--pid", str(p.pid)], ["--port", str(s["port"])]):
+        r = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv, *target],
+            capture_output=True, text=True, timeout=60, cwd="/",
+        )
+        assert r.returncode == 1, (target, r.stdout, r.stderr)
+        assert "permission denied" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert state(p.pid, s["fd"]).state == "none"
+
+
+def test_hosts_access_pair(capsys: Any, spawn: Spawn, tmp_path: Path) -> None:
+    allow, deny = tmp_path / "hosts.allow", tmp_path / "hosts.deny"
+    allow.write_text("echod: 127.0.0.1 127.0.0.7\n")
+    deny.write_text("ALL: ALL\n")
+    p, (s,) = spawn("tcp")
+    rc, out, err = sockgate(
+        capsys, "attach", "--hosts-allow", str(allow), "--hosts-deny", str(deny), "--service", "echod", "--pid", str(p.pid)
+    )
+    assert rc == 0, err
+    assert state(p.pid, s["fd"]).service == "echod"
+    assert reach(s["port"], "127.0.0.7", "127.0.0.8") == {"127.0.0.7": True, "127.0.0.8": False}

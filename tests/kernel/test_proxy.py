@@ -1,0 +1,397 @@
+"""`sockgate proxy` as a real process on loopback: relay semantics, kernel filter, bans,
+reload, drain, UDP, Unix credentials, systemd activation and notify."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from support.proxyproc import EchoServer, ProxyProc, connect, is_filtered, roundtrip, wait_for
+
+pytestmark = [
+    pytest.mark.skipif(sys.platform != "linux", reason="the proxy's kernel filter is Linux-only"),
+]
+
+
+@pytest.fixture
+def echo() -> Iterator[EchoServer]:
+    e = EchoServer()
+    yield e
+    e.close()
+
+
+@pytest.fixture
+def procs() -> Iterator[list[ProxyProc]]:
+    out: list[ProxyProc] = []
+    yield out
+    for p in out:
+        p.close()
+
+
+def start(procs: list[ProxyProc], tmp_path: Path, *args: str, **kw: object) -> ProxyProc:
+    p = ProxyProc(list(args), tmp_path / f"proxy{len(procs)}.log", **kw)  # type: ignore[arg-type]
+    procs.append(p)
+    p.ready()
+    return p
+
+
+def policy(tmp_path: Path, body: str, name: str = "p.conf") -> Path:
+    path = tmp_path / name
+    path.write_text(body)
+    return path
+
+
+def test_one_off_relays_bulk_and_logs_bytes(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc]) -> None:
+    p = start(procs, tmp_path, "--listen", "tcp://127.0.0.1:0", "--forward", f"tcp://127.0.0.1:{echo.port}")
+    data = os.urandom(3 << 20)
+    with connect(p.tcp_port()) as s:
+        assert roundtrip(s, data) == data
+        s.shutdown(socket.SHUT_WR)
+        assert s.recv(10) == b""  # half-close reached the backend, which closed
+    rec = p.wait_record(event="close")
+    assert rec["bytes_up"] == rec["bytes_down"] == len(data)
+    assert rec["end"] == "closed" and rec["decision"] == "allow" and rec["service"] == "proxy"
+    assert rec["peer"].startswith("127.0.0.1:") and rec["duration"] > 0
+    dec = p.find(event="decision")[0]
+    assert dec["decision"] == "allow" and dec["rule"] == "default"
+    assert p.stop() == 0
+
+
+def test_half_close_is_propagated_both_ways(tmp_path: Path, procs: list[ProxyProc]) -> None:
+    backend = EchoServer(on_eof=b"bye")  # answers EOF with a last word, then closes
+    try:
+        p = start(procs, tmp_path, "--listen", "tcp://127.0.0.1:0", "--forward", f"tcp://127.0.0.1:{backend.port}")
+        with connect(p.tcp_port()) as s:
+            s.sendall(b"ping")
+            assert s.recv(4) == b"ping"
+            s.shutdown(socket.SHUT_WR)
+            got = b""
+            while chunk := s.recv(16):
+                got += chunk
+            assert got == b"bye"
+    finally:
+        backend.close()
+
+
+def test_resets_are_propagated(tmp_path: Path, procs: list[ProxyProc]) -> None:
+    lsock = socket.create_server(("127.0.0.1", 0))
+    try:
+        port = lsock.getsockname()[1]
+        p = start(procs, tmp_path, "--listen", "tcp://127.0.0.1:0", "--forward", f"tcp://127.0.0.1:{port}")
+        # backend resets -> client sees a reset
+        with connect(p.tcp_port()) as s:
+            b, _ = lsock.accept()
+            s.sendall(b"go")
+            b.settimeout(3)
+            assert b.recv(2) == b"go"  # the relay runs
+            b.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+            b.close()
+            with pytest.raises(ConnectionResetError):
+                s.recv(10)
+        assert p.wait_record(event="close")["end"] == "reset by backend"
+        # client resets -> backend sees a reset
+        s = connect(p.tcp_port())
+        b, _ = lsock.accept()
+        b.settimeout(3)
+        s.sendall(b"go")
+        assert b.recv(2) == b"go"
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+        s.close()
+        with pytest.raises(ConnectionResetError):
+            b.recv(10)
+        b.close()
+        wait_for(lambda: len(p.find(event="close")) == 2)
+        assert p.find(event="close")[1]["end"] == "reset by client"
+    finally:
+        lsock.close()
+
+
+def test_backend_down_closes_the_client_promptly(tmp_path: Path, procs: list[ProxyProc]) -> None:
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()  # nothing listens there now
+    p = start(procs, tmp_path, "--listen", "tcp://127.0.0.1:0", "--forward", f"tcp://127.0.0.1:{port}")
+    t0 = time.monotonic()
+    with connect(p.tcp_port()) as s:
+        s.sendall(b"x")
+        try:
+            assert s.recv(10) == b""
+        except ConnectionResetError:
+            pass
+    assert time.monotonic() - t0 < 1.0
+    rec = p.wait_record(event="close")
+    assert "backend" in rec["end"] and "refused" in rec["end"].lower()
+
+
+def test_connect_and_idle_timeouts(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc]) -> None:
+    # A backend whose accept queue is full never answers a SYN: the connect must time out.
+    stuck = socket.socket()
+    stuck.bind(("127.0.0.1", 0))
+    stuck.listen(0)
+    fillers = []
+    try:
+        for _ in range(3):
+            f = socket.socket()
+            f.setblocking(False)
+            f.connect_ex(stuck.getsockname())
+            fillers.append(f)
+        time.sleep(0.1)
+        p = start(procs, tmp_path, "--listen", "tcp://127.0.0.1:0", "--forward", f"tcp://127.0.0.1:{stuck.getsockname()[1]}", "--connect-timeout", "0.5")
+        t0 = time.monotonic()
+        with connect(p.tcp_port(), timeout=5) as s:
+            assert s.recv(10) == b""
+        assert 0.4 < time.monotonic() - t0 < 3.0
+        assert "connect timeout" in p.wait_record(event="close")["end"]
+    finally:
+        for f in fillers:
+            f.close()
+        stuck.close()
+    q = start(procs, tmp_path, "--listen", "tcp://127.0.0.1:0", "--forward", f"tcp://127.0.0.1:{echo.port}", "--idle-timeout", "1")
+    with connect(q.tcp_port(), timeout=5) as s:
+        assert roundtrip(s, b"hi") == b"hi"
+        t0 = time.monotonic()
+        with pytest.raises(ConnectionResetError):
+            s.recv(10)
+        assert 0.9 < time.monotonic() - t0 < 3.5
+    assert q.wait_record(event="close")["end"] == "idle timeout"
+
+
+def test_denied_sources_are_dropped_in_the_kernel(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc]) -> None:
+    pol = policy(
+        tmp_path,
+        f"""
+        service web tcp/80 {{
+            listen tcp://127.0.0.1:0
+            forward tcp://127.0.0.1:{echo.port}
+            deny 127.0.0.2
+            allow 127.0.0.0/8
+            default deny
+        }}
+        """,
+    )
+    p = start(procs, tmp_path, str(pol))
+    port = p.tcp_port()
+    assert is_filtered(port, "127.0.0.2")  # no SYN-ACK: the kernel dropped it
+    with connect(port, "127.0.0.1") as s:
+        assert roundtrip(s, b"ok") == b"ok"
+    p.stop()
+    assert all(not r.get("peer", "").startswith("127.0.0.2") for r in p.records())
+    assert p.find(event="decision", decision="allow")
+
+
+def test_rate_ban_is_pushed_into_the_kernel_and_lifted(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc]) -> None:
+    pol = policy(
+        tmp_path,
+        f"""
+        service web tcp/80 {{
+            listen tcp://127.0.0.1:0
+            forward tcp://127.0.0.1:{echo.port}
+            allow 127.0.0.0/8 limit rate 3/2s per source ban 3s
+            default deny
+        }}
+        """,
+    )
+    p = start(procs, tmp_path, str(pol))
+    port = p.tcp_port()
+    for _ in range(3):
+        with connect(port, "127.0.0.3") as s:
+            assert roundtrip(s, b"a") == b"a"
+    with connect(port, "127.0.0.3") as s:  # the 4th is over the rate: refused and banned
+        with pytest.raises((ConnectionResetError, ConnectionAbortedError)):
+            s.sendall(b"x")
+            s.recv(1)
+    ban = p.wait_record(event="ban")
+    assert ban["peer"] == "127.0.0.3" and "banned for 3s" in ban["reason"]
+    t_ban = time.monotonic()
+    assert is_filtered(port, "127.0.0.3")  # SYNs now die in the kernel
+    with connect(port, "127.0.0.1") as s:  # others are still served
+        assert roundtrip(s, b"b") == b"b"
+    denied = p.find(event="decision", decision="deny")
+    assert len(denied) == 1 and denied[0]["rule"] == "limit"
+    p.wait_record(event="unban", timeout=6)
+    assert time.monotonic() - t_ban > 2.0
+    with connect(port, "127.0.0.3") as s:
+        assert roundtrip(s, b"c") == b"c"
+
+
+def test_sighup_swaps_policy_and_filter_keeping_live_connections(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc]) -> None:
+    text = """
+        service web tcp/80 {{
+            listen tcp://127.0.0.1:0
+            forward tcp://127.0.0.1:{port}
+            {rule} 127.0.0.4
+            allow 127.0.0.0/8
+            default deny
+        }}
+        """
+    pol = policy(tmp_path, text.format(port=echo.port, rule="allow"))
+    p = start(procs, tmp_path, str(pol))
+    port = p.tcp_port()
+    live = connect(port, "127.0.0.4")
+    try:
+        assert roundtrip(live, b"1") == b"1"
+        pol.write_text("service web tcp/80 { this does not parse")
+        p.signal(signal.SIGHUP)
+        assert "reload failed" in p.wait_record(event="error")["message"]
+        pol.write_text(text.format(port=echo.port, rule="deny"))
+        p.signal(signal.SIGHUP)
+        p.wait_record(event="notice", message="policy reloaded")
+        assert roundtrip(live, b"2") == b"2"  # the live connection goes on
+        assert is_filtered(port, "127.0.0.4")  # new ones are dropped by the new filter
+        with connect(port, "127.0.0.5") as s:
+            assert roundtrip(s, b"3") == b"3"
+    finally:
+        live.close()
+
+
+def test_sigterm_stops_accepting_drains_and_exits_0(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc]) -> None:
+    p = start(procs, tmp_path, "--listen", "tcp://127.0.0.1:0", "--forward", f"tcp://127.0.0.1:{echo.port}", "--drain-timeout", "5")
+    port = p.tcp_port()
+    live = connect(port)
+    assert roundtrip(live, b"x") == b"x"
+    p.signal(signal.SIGTERM)
+    p.wait_record(event="notice", message="stopping: draining connections")
+    with pytest.raises(ConnectionRefusedError):
+        connect(port)
+    assert roundtrip(live, b"still") == b"still"
+    live.close()
+    assert p.proc.wait(5) == 0
+    # and a connection that never ends is cut at the drain deadline
+    q = start(procs, tmp_path, "--listen", "tcp://127.0.0.1:0", "--forward", f"tcp://127.0.0.1:{echo.port}", "--drain-timeout", "0.5")
+    with connect(q.tcp_port()) as s:
+        assert roundtrip(s, b"y") == b"y"
+        q.signal(signal.SIGTERM)
+        assert q.proc.wait(5) == 0
+    assert q.find(event="close")[0]["end"] == "shutdown deadline"
+
+
+def test_udp_flows_with_idle_timeout(tmp_path: Path, procs: list[ProxyProc]) -> None:
+    backend = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    backend.bind(("127.0.0.1", 0))
+    backend.settimeout(3)
+    try:
+        p = start(procs, tmp_path, "--listen", "udp://127.0.0.1:0", "--forward", f"udp://127.0.0.1:{backend.getsockname()[1]}", "--udp-timeout", "0.6")
+        port = p.tcp_port()
+        clients = []
+        for src in ("127.0.0.1", "127.0.0.6"):
+            c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            c.bind((src, 0))
+            c.settimeout(3)
+            clients.append(c)
+            c.sendto(src.encode(), ("127.0.0.1", port))
+            data, flow = backend.recvfrom(100)
+            assert data == src.encode()
+            backend.sendto(b"re:" + data, flow)
+            assert c.recvfrom(100) == (b"re:" + src.encode(), ("127.0.0.1", port))
+        wait_for(lambda: len(p.find(event="close")) == 2, timeout=5)
+        assert {r["end"] for r in p.find(event="close")} == {"idle timeout"}
+        assert all(r["bytes_up"] == 9 or r["bytes_up"] == 10 for r in p.find(event="close"))
+        for c in clients:
+            c.close()
+    finally:
+        backend.close()
+
+
+_AS_USER = (
+    "import socket,sys\n"
+    "s=socket.socket(socket.AF_UNIX); s.settimeout(3); s.connect(sys.argv[1].encode().replace(b'@',b'\\0',1))\n"
+    "try:\n s.sendall(b'x'); d=s.recv(10)\nexcept OSError as e: d=type(e).__name__.encode()\n"
+    "print(d.decode() or 'EOF')\n"
+)
+
+
+def _as_user(user: str, address: str) -> str:
+    import pwd
+
+    # the system interpreter: the test's venv may not be readable by other users
+    gid = pwd.getpwnam(user).pw_gid
+    out = subprocess.run(
+        ["/usr/bin/python3", "-c", _AS_USER, address], user=user, group=gid, extra_groups=[], capture_output=True, text=True, timeout=10
+    )
+    return out.stdout.strip() or out.stderr
+
+
+@pytest.fixture
+def temp_user() -> Iterator[str]:
+    name = f"sgtpx{os.getpid() % 100000}"
+    subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True, capture_output=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["userdel", name], capture_output=True)
+        subprocess.run(["groupdel", name], capture_output=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/bin/python3"), reason="needs root and /usr/bin/python3 to connect as other users")
+def test_unix_service_guarded_by_uid_and_group(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc], temp_user: str) -> None:
+    import pwd
+
+    name = f"sgt-proxy-{os.getpid()}"
+    pol = policy(
+        tmp_path,
+        f"""
+        service app unix:@{name} {{
+            listen unix:@{name}
+            forward tcp://127.0.0.1:{echo.port}
+            allow uid 0
+            allow group {temp_user}
+            default deny
+        }}
+        """,
+    )
+    p = start(procs, tmp_path, str(pol))
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(3)
+    s.connect(b"\0" + name.encode())
+    assert roundtrip(s, b"root") == b"root"
+    s.close()
+    assert _as_user(temp_user, "@" + name) == "x"  # in the allowed group
+    assert _as_user("nobody", "@" + name) in ("EOF", "ConnectionResetError")
+    rec = p.wait_record(event="decision", decision="deny")
+    nobody = pwd.getpwnam("nobody").pw_uid
+    assert f"uid={nobody}" in rec["peer"] and "default deny" in rec["reason"]
+    allowed = p.find(event="decision", decision="allow")
+    assert "uid=0" in allowed[0]["peer"] and allowed[0]["rule"].endswith(":5")
+    assert f"uid={pwd.getpwnam(temp_user).pw_uid}" in allowed[1]["peer"] and allowed[1]["rule"].endswith(":6")
+
+
+def test_systemd_activation_and_notify(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc]) -> None:
+    lsock = socket.create_server(("127.0.0.1", 0))
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify_name = f"sgt-notify-{os.getpid()}"
+    notify.bind(b"\0" + notify_name.encode())
+    notify.settimeout(10)
+    try:
+        fd = lsock.fileno()
+        # fd 3 with LISTEN_PID = the exec'd process, as systemd passes them
+        prefix = ["sh", "-c", f'exec 3<&{fd}; LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=web exec "$@"', "sh"]
+        p = start(
+            procs,
+            tmp_path,
+            "--listen", "tcp://127.0.0.1:1?name=web",
+            "--forward", f"tcp://127.0.0.1:{echo.port}",
+            env={"NOTIFY_SOCKET": "@" + notify_name},
+            pass_fds=[fd],
+            prefix=prefix,
+        )
+        assert notify.recv(200) == b"READY=1"
+        with connect(lsock.getsockname()[1]) as s:
+            assert roundtrip(s, b"act") == b"act"
+        p.signal(signal.SIGHUP)
+        assert notify.recv(200).startswith(b"RELOADING=1\nMONOTONIC_USEC=")
+        assert notify.recv(200) == b"READY=1"
+        p.signal(signal.SIGTERM)
+        assert notify.recv(200) == b"STOPPING=1"
+        assert p.proc.wait(5) == 0
+    finally:
+        notify.close()
+        lsock.close()
