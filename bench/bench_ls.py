@@ -3,8 +3,9 @@
 A helper process raises RLIMIT_NOFILE and opens N sockets (default 10,000) on loopback and in
 the abstract Unix namespace: 40 % TCP listeners, 30 % bound UDP sockets, 20 % Unix stream
 listeners, 10 % Unix socket pairs. While it holds them, each command runs RUNS times
-(default 5) with its output piped, as a script would read it; the medians are printed, with
-the command that reproduces them.
+(default 5) with its output piped, as a script would read it; the medians of wall-clock and CPU
+time (user + system; steadier on a shared machine) are printed, with the command that
+reproduces them.
 
     python bench/bench_ls.py [--sockets 10000] [--runs 5]
 
@@ -56,15 +57,26 @@ def hold(n: int) -> None:
     sys.stdin.read()
 
 
-def timed(argv: list[str], runs: int) -> tuple[float, int]:
-    times = []
+def timed(argv: list[str], runs: int) -> tuple[float, float, int]:
+    """Median wall time, median CPU time (user + system) and output lines of ``argv``."""
+    times, cpu = [], []
     lines = 0
     for _ in range(runs):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         out = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=120).stdout
         times.append(time.perf_counter() - t0)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
         lines = out.count("\n")
-    return statistics.median(times), lines
+    return statistics.median(times), statistics.median(cpu), lines
+
+
+def _host_sockets() -> str:
+    if not shutil.which("ss"):
+        return "an unknown number of sockets"
+    out = subprocess.run(["ss", "-tuaxn"], capture_output=True, text=True, timeout=60).stdout
+    return f"{max(0, out.count(chr(10)) - 1)} sockets (ss -tuaxn)"
 
 
 def main() -> int:
@@ -76,6 +88,7 @@ def main() -> int:
     if args.hold is not None:
         hold(args.hold)
         return 0
+    before = _host_sockets()
     helper = subprocess.Popen(
         [sys.executable, __file__, "--hold", str(args.sockets)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
@@ -84,7 +97,8 @@ def main() -> int:
         ready = helper.stdout.readline().split()
         if not ready or ready[0] != "ready":
             raise SystemExit("helper failed to open its sockets")
-        print(f"helper pid {helper.pid} holds {ready[1]} sockets; medians of {args.runs} runs, output piped")
+        print(f"helper pid {helper.pid} holds {ready[1]} sockets; the host had {before} before;"
+              f" medians of {args.runs} runs, output piped")
         sg = [sys.executable, "-m", "sockgate"]
         results = [
             ("sockgate ls", timed(sg + ["ls"], args.runs)),
@@ -93,10 +107,11 @@ def main() -> int:
         ]
         if shutil.which("ss"):
             results.append(("ss -tuaxpn", timed(["ss", "-tuaxpn"], args.runs)))
-        for name, (median, lines) in results:
-            print(f"{name:24s} {median:7.3f} s   ({lines} lines)")
-        worst = max(m for n, (m, _) in results if n.startswith("sockgate"))
-        print(f"budget {BUDGET_S:.1f} s: {'met' if worst < BUDGET_S else 'MISSED'}")
+        print(f"{'command':24s} {'wall':>8s} {'cpu':>8s}   lines")
+        for name, (median, cpu, lines) in results:
+            mark = "" if not name.startswith("sockgate") else ("  within 2 s" if median < BUDGET_S else "  OVER 2 s")
+            print(f"{name:24s} {median:7.3f}s {cpu:7.3f}s   {lines}{mark}")
+        print("budget: 2 s for a host with 10,000 sockets (the lines column shows how many were listed)")
         print(f"reproduce: {os.path.relpath(sys.executable)} bench/bench_ls.py --sockets {args.sockets} --runs {args.runs}")
     finally:
         if helper.stdin is not None:

@@ -171,11 +171,32 @@ def peer(conn: Sockish) -> Peer:
     return peercred.peer_of(fd)
 
 
+# Linux commit 5d39580f68e6 (in 6.18 here) made SO_ATTACH_FILTER on TCP sockets require
+# CAP_NET_ADMIN; UDP sockets still take a filter from anybody.
+TCP_NEEDS_NET_ADMIN = (
+    "this kernel lets only CAP_NET_ADMIN attach a filter to a TCP socket (UDP needs no"
+    " privilege): guard it as root or with that capability, e.g. with `sockgate run`, which binds"
+    " and guards as root and then drops privileges"
+)
+
+
 def _install(fd: int, program: "Program", what: str) -> Guarded:
     from sockgate.linux import filter as kfilter
 
-    kfilter.attach(fd, program.encode(), what)
+    try:
+        kfilter.attach(fd, program.encode(), what)
+    except AdapterError as e:
+        if e.errno == errno.EPERM and _is_tcp(fd):
+            raise AdapterError(f"{e}: {TCP_NEEDS_NET_ADMIN}", errno=e.errno, target=e.target) from e
+        raise
     return Guarded(program.service, program.digest, len(program.insns))
+
+
+def _is_tcp(fd: int) -> bool:
+    try:
+        return socket.socket(fileno=os.dup(fd)).type == socket.SOCK_STREAM  # closed on return
+    except OSError:
+        return False
 
 
 def _read_guard(fd: int) -> GuardInfo:

@@ -23,17 +23,20 @@ The row-building functions (``exposure_of``, ``classify_filter``, ``wanted``, ``
 
 from __future__ import annotations
 
+import errno
+import functools
+import grp
 import ipaddress
 import os
 import pwd
-import grp
-import stat
 import socket
+import stat
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 from sockgate.errors import AdapterError, UsageError
-from sockgate.linux import sockdiag
+from sockgate.linux import filter as sockfilter
+from sockgate.linux import pidfd, sockdiag
 from sockgate.linux.sockdiag import TCP_CLOSE, TCP_LISTEN, Sock
 
 KINDS = ("tcp", "udp", "raw", "icmp", "unix")
@@ -132,12 +135,18 @@ def exposure_of(sock: Sock, path: PathInfo | None = None, ifname: str | None = N
         return Exposure("connected", f"connected to {peer_text(sock) or 'a peer'}")
     if sock.family == "unix":
         return _unix_exposure(sock, path)
+    return _inet_exposure(sock.family, sock.local_addr or "0.0.0.0", sock.v6only, ifname)
+
+
+@functools.lru_cache(maxsize=4096)
+def _inet_exposure(family: str, local: str, v6only: bool | None, ifname: str | None) -> Exposure:
+    # cached: a host's sockets share few local addresses, and parsing one costs microseconds
     on = f" on {ifname}" if ifname else ""
-    addr = ipaddress.ip_address(sock.local_addr or "0.0.0.0")
+    addr = ipaddress.ip_address(local)
     if addr.is_unspecified:
-        if sock.family == "ipv6" and sock.v6only is False:
+        if family == "ipv6" and v6only is False:
             return Exposure("any", f"every interface (IPv6 and IPv4){on}")
-        return Exposure("any", f"every {'IPv6 ' if sock.family == 'ipv6' else ''}interface{on}")
+        return Exposure("any", f"every {'IPv6 ' if family == 'ipv6' else ''}interface{on}")
     mapped = addr.ipv4_mapped if isinstance(addr, ipaddress.IPv6Address) else None
     if addr.is_loopback or (mapped is not None and mapped.is_loopback):
         return Exposure("loopback", f"loopback only{on}")
@@ -381,14 +390,11 @@ def read_guards(
     items: Iterable[tuple[Sock, Sequence[Holder]]], some_denied: bool, identify: Identify = bpf_identify
 ) -> dict[int, Guard]:
     """The guard of each socket (keyed by ``id(sock)``); one pidfd per process, reused."""
-    from sockgate.linux import filter as sockfilter
-    from sockgate.linux import pidfd
-
     pidfds: dict[int, int | AdapterError] = {}
     out: dict[int, Guard] = {}
     try:
         for s, hs in items:
-            out[id(s)] = _guard_of(s, hs, some_denied, pidfds, identify, sockfilter, pidfd)
+            out[id(s)] = _guard_of(hs, some_denied, pidfds, identify)
     finally:
         for v in pidfds.values():
             if isinstance(v, int):
@@ -396,34 +402,33 @@ def read_guards(
     return out
 
 
-def _guard_of(
-    s: Sock, hs: Sequence[Holder], some_denied: bool, pidfds: dict[int, int | AdapterError], identify: Identify, sockfilter: Any, pidfd: Any
-) -> Guard:
+def _guard_of(hs: Sequence[Holder], some_denied: bool, pidfds: dict[int, int | AdapterError], identify: Identify) -> Guard:
     if not hs:
         return Guard(UNKNOWN, reason=NO_PERMISSION if some_denied else NO_HOLDER)
     errors: list[AdapterError] = []
     for h in hs:
         try:
-            dup = _borrow(h.pid, h.fds[0], pidfds, pidfd)
+            dup = _borrow(h.pid, h.fds[0], pidfds)
         except AdapterError as e:
             errors.append(e)
             continue
         try:
             raw = sockfilter.get(dup)
         except AdapterError as e:
-            if e.errno == 13:  # EACCES: an eBPF program (SO_ATTACH_BPF) cannot be read back
+            if e.errno == errno.EACCES:  # an eBPF program (SO_ATTACH_BPF) is not returned
                 return Guard(FOREIGN, reason="eBPF program")
             errors.append(e)
             continue
         finally:
             os.close(dup)
         return classify_filter(raw, identify)
-    if any(e.errno in (1, 13) for e in errors):  # EPERM, EACCES
+    if any(e.errno in (errno.EPERM, errno.EACCES) for e in errors):
         return Guard(UNKNOWN, reason=NO_PERMISSION)
     return Guard(UNKNOWN, reason=f"cannot read: {errors[-1]}" if errors else NO_HOLDER)
 
 
-def _borrow(pid: int, fd: int, pidfds: dict[int, int | AdapterError], pidfd: Any) -> int:
+def _borrow(pid: int, fd: int, pidfds: dict[int, int | AdapterError]) -> int:
+    """Our duplicate of ``pid``'s ``fd`` (caller closes), through a pidfd opened once per pid."""
     if pid == os.getpid():
         return os.dup(fd)
     if pid not in pidfds:
@@ -434,4 +439,4 @@ def _borrow(pid: int, fd: int, pidfds: dict[int, int | AdapterError], pidfd: Any
     got = pidfds[pid]
     if isinstance(got, AdapterError):
         raise got
-    return int(pidfd.getfd_from(got, pid, fd))
+    return pidfd.getfd_from(got, pid, fd)

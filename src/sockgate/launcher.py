@@ -19,7 +19,8 @@ interesting signals blocked:
 * SIGHUP re-reads the policy, compiles it, and swaps the filter on every socket in one
   ``setsockopt`` each (atomic: the kernel replaces the program under RCU). Any error leaves the
   old filters in place and is reported on stderr; ``--forward-hup`` also passes SIGHUP on;
-* SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT are forwarded to the command;
+* SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT are forwarded to the command
+  (except those a terminal sent: it sent the command its own copy);
 * when the command exits, the supervisor exits with its status (128+N for a signal N).
 
 The supervisor keeps the privileges it started with so that it can read the policy again; it
@@ -36,6 +37,7 @@ no network header and drop everything); their file mode/owner/group protect them
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import signal
@@ -58,6 +60,11 @@ FORWARDED = (
     signal.SIGUSR2,
     signal.SIGWINCH,
     signal.SIGCONT,
+)
+# Linux 6.x kernels with commit 5d39580f68e6 refuse SO_ATTACH_FILTER on TCP sockets without it.
+NEEDS_NET_ADMIN = (
+    "this kernel lets only CAP_NET_ADMIN attach a filter to a TCP socket: start sockgate run as"
+    " root (with --user/--group for the service) or give it that capability"
 )
 
 
@@ -92,8 +99,14 @@ class Gate:
     def guard_socket(self, sock: socket.socket) -> None:
         from sockgate.guard import guard
 
-        if sock.family != socket.AF_UNIX:
+        if sock.family == socket.AF_UNIX:
+            return
+        try:
             guard(self.policy, sock, self.cfg.service)
+        except AdapterError as e:
+            if e.errno == errno.EPERM and sock.type == socket.SOCK_STREAM and os.geteuid() != 0:
+                raise AdapterError(f"{e}: {NEEDS_NET_ADMIN}", errno=e.errno, target=e.target) from e
+            raise
 
     @property
     def inet(self) -> list[Listener]:
@@ -259,7 +272,8 @@ def _wait_loop(gate: Gate, pid: int, waited: set[signal.Signals]) -> int:
         else:
             if sig in (signal.SIGTERM, signal.SIGINT) and cfg.notify:
                 activation.stopping()
-            _forward(pid, sig)
+            if not (info.si_code == SI_KERNEL and sig in TTY_SIGNALS):
+                _forward(pid, sig)
 
 
 def _forward(pid: int, sig: int) -> None:

@@ -32,7 +32,23 @@ from sockgate.policy.ir import (
 )
 from sockgate.policy.parser import parse_policy
 from sockgate.policy.source import Span
-from support.export_policies import DATA, PROBES_V4, PROBES_V6, addresses, check_golden, load_native, policies
+from support.export_policies import DATA, HOSTS_MAP, PROBES_V4, PROBES_V6, SERVICES, addresses, check_golden, load_hosts, load_native, policies
+
+
+def test_nft_golden_hosts_access() -> None:
+    out = export(
+        load_hosts("hosts.allow", "hosts.deny"),
+        "nft",
+        mapped=parse_map(HOSTS_MAP),
+        services_db=parse_services(SERVICES),
+        skip_userspace=True,
+    )
+    check_golden("hosts.nft.golden", out.text)
+    assert out.warnings == (
+        "hosts.allow:5: left out of the nftables rules: `portmap: .example.com`: needs the client's host name "
+        "(a DNS lookup); treated as never matching",
+        "hosts.allow:2: options not carried by a packet filter: severity",
+    )
 
 # --- goldens ----------------------------------------------------------------------------------
 
@@ -130,7 +146,7 @@ def test_daemons_need_a_port_and_the_error_names_them() -> None:
         export(pol, "nft")
     assert str(info.value) == (
         "no port known for sshd, in.telnetd: say where each listens with --map DAEMON=PROTO/PORT "
-        "(e.g. --map sshd=tcp/22); only services(5) names are looked up by themselves"
+        "(e.g. --map sshd=tcp/PORT); only services(5) names are looked up by themselves"
     )
 
 
@@ -148,6 +164,14 @@ def test_all_rules_reach_every_mapped_daemon_and_services_db_is_the_fallback() -
     # A daemon that is a services(5) name needs no --map.
     pol2 = _ha(("allow", "ntp: 10.0.0.0/8", DaemonPattern("ntp")))
     assert plan(pol2, target="pf", services_db=db).services[0].ports == (("udp", ((123, 123),)),)
+
+
+def test_native_service_without_endpoints_is_mapped_like_a_daemon() -> None:
+    pol = parse_policy("service web { allow 10.0.0.0/8 }\nservice ssh { default deny }\n", "w.policy")
+    with pytest.raises(UsageError, match=r"^no port known for web, ssh: "):
+        plan(pol, target="nftables")
+    p = plan(pol, target="nftables", mapped=parse_map(["web=tcp/80"]), services_db=parse_services("ssh 22/tcp\n"))
+    assert [(s.name, s.ports) for s in p.services] == [("web", (("tcp", ((80, 80),)),)), ("ssh", (("tcp", ((22, 22),)),))]
 
 
 def test_map_errors() -> None:
@@ -232,6 +256,10 @@ def test_cli_refuses_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFi
     assert not out.exists()
     assert cli_main(["export", "--format", "nft", str(src), "--map", "bad"]) == 2
     assert "expected DAEMON=PROTO/PORT" in capsys.readouterr().err
+    missing = tmp_path / "no" / "such.nft"
+    assert cli_main(["export", "--format", "nft", str(src), "--skip-userspace", "-o", str(missing)]) == 1
+    assert capsys.readouterr().err.endswith(f"sockgate: cannot write {missing}: No such file or directory\n")
+    assert list(tmp_path.iterdir()) == [src]
 
 
 def test_export_core_imports_no_io_modules() -> None:

@@ -16,9 +16,11 @@ from hypothesis import strategies as st
 
 from sockgate.decide import Peer, decide
 from sockgate.export import export
-from sockgate.policy.ir import IPAddress, Policy
+from sockgate.export.ports import parse_map, parse_services
+from sockgate.policy.ir import Action, AddrMatch, Endpoint, IPAddress, Policy, Rule, Service
 from sockgate.policy.parser import parse_policy
-from support.export_policies import PORTS, addresses, check_golden, load_native, policies
+from sockgate.policy.source import Span
+from support.export_policies import HOSTS_MAP, PORTS, SERVICES, addresses, check_golden, load_hosts, load_native, owner, policies
 
 
 
@@ -32,6 +34,22 @@ from support.export_policies import PORTS, addresses, check_golden, load_native,
 def test_pf_golden(policy: str, golden: str, options: dict[str, object]) -> None:
     check_golden(golden, export(load_native(policy), "pf", **options).text)  # type: ignore[arg-type]
 
+
+
+def test_pf_golden_hosts_access() -> None:
+    out = export(
+        load_hosts("hosts.allow", "hosts.deny"),
+        "pf",
+        mapped=parse_map(HOSTS_MAP),
+        services_db=parse_services(SERVICES),
+        skip_userspace=True,
+    )
+    check_golden("hosts.pf.golden", out.text)
+    assert out.warnings == (
+        "hosts.allow:5: left out of the pf rules: `portmap: .example.com`: needs the client's host name "
+        "(a DNS lookup); treated as never matching",
+        "hosts.allow:2: options not carried by a packet filter: severity",
+    )
 
 # --- a pf reader, just enough for what the exporter writes ------------------------------------
 
@@ -75,27 +93,19 @@ def _ports(text: str) -> list[tuple[int, int]]:
     return out
 
 
-def _owner(policy: Policy, proto: str, port: int) -> str | None:
-    for s in policy.services:
-        for ep in PORTS.get(s.name, ()):
-            if ep.proto == proto and any(lo <= port <= hi for lo, hi in ep.ports):
-                return s.name
-    return None
-
-
 @settings(max_examples=60, deadline=None)
 @given(policy=policies(userspace=False), action=st.sampled_from(["drop", "reject"]))
 def test_pf_fragment_decides_as_the_engine(policy: Policy, action: str) -> None:
     frag = PfFragment(export(policy, "pf", action=action).text)  # type: ignore[arg-type]
     ports = sorted({(ep.proto, lo) for eps in PORTS.values() for ep in eps for lo, _ in ep.ports} | {("tcp", 2299)})
     for proto, port in ports:
-        owner = _owner(policy, proto, port)
+        judge = owner(policy, proto, port)
         for addr in addresses(policy):
             got = frag.verdict(proto, port, addr)
-            if owner is None:
+            if judge is None:
                 assert got is None
                 continue
-            want = "pass" if decide(policy, owner, Peer(address=addr)).allowed else "block"
+            want = "pass" if decide(policy, judge, Peer(address=addr)).allowed else "block"
             assert got == want, (proto, port, str(addr))
 
 
@@ -120,3 +130,16 @@ def test_pf_table_names_fit_pf_limit() -> None:
     names = re.findall(r"^table <(\w+)>", out, re.M)
     assert len(names) == 2 and len(set(names)) == 2
     assert all(len(n) <= 31 for n in names)
+
+
+def test_comments_cannot_swallow_the_next_rule() -> None:
+    net = ipaddress.ip_network("10.0.0.0/8")
+    rules = (
+        Rule(Action.ALLOW, AddrMatch((net,)), Span("c.policy", 1, 1), "allow 10.0.0.0/8 \\\nsneaky \\"),
+        Rule(Action.DENY, AddrMatch((net,)), Span("c.policy", 2, 1), "deny 10.0.0.0/8"),
+    )
+    pol = Policy(services=(Service("c", rules, Action.DENY, (Endpoint("tcp", ((1, 1),)),)),))
+    out = export(pol, "pf").text
+    assert "# c.policy:1: allow 10.0.0.0/8 \\?sneaky ?\n" in out
+    assert "\\\n" not in out
+    assert PfFragment(out).verdict("tcp", 1, ipaddress.ip_address("10.1.2.3")) == "pass"

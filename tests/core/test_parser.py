@@ -256,6 +256,10 @@ ERRORS = [
     ("service s { default maybe }", "p.conf:1:21: expected 'allow' or 'deny' after 'default', found 'maybe'"),
     ("service s { allow { } }", "p.conf:1:19: an empty list matches nothing; name at least one client"),
     ("service s { allow all limit concurrent 0 }", "p.conf:1:40: a connection count must be at least 1, found '0'"),
+    ("service s { limit concurrent 2147483648 }", "p.conf:1:30: a connection count must be at most 2147483647, "
+     "found '2147483648'"),
+    ("service s { limit rate 1/minute per source ban 3651d }", "p.conf:1:48: a duration must be at most 3650d, "
+     "found '3651d'"),
     ("service s { limit rate 5/fortnight }", "p.conf:1:24: expected a rate unit (second, minute, hour, day) or a "
      "duration after '/', found 'fortnight'"),
     ("service s { limit rate 5 }", "p.conf:1:24: expected a rate like 30/minute, found '5'"),
@@ -320,6 +324,13 @@ def test_caret_rendering() -> None:
         "    service ssh tcp/ssh2 {\n"
         "                    ^~~~"
     )
+
+
+def test_deep_nesting_is_an_error_not_a_crash() -> None:
+    got = errors("service s { allow " + "{ " * 5000 + "all" + " }" * 5000 + " }")
+    assert got[0] == "p.conf:1:83: a match nests lists and excepts more than 32 deep"
+    got = errors("service s { allow " + "10.0.0.0/8 except " * 5000 + "all }")
+    assert got[0].endswith("a match nests lists and excepts more than 32 deep")
 
 
 def test_unreadable_top_level_file() -> None:

@@ -88,14 +88,12 @@ def match_text(draw: st.DrawFn, sets: list[str], depth: int = 0) -> str:
     return head
 
 
-limits_text = st.lists(
-    st.sampled_from([
-        "limit concurrent 10 per source", "limit rate 30/minute per source", "limit concurrent 500",
-        "limit rate 5/10s", "limit rate 100/hour", "limit rate 2/day per source",
-    ]),
-    unique=True,
-    max_size=3,
-)
+limits_text = st.tuples(
+    st.sampled_from(["", "limit concurrent 10 per source", "limit concurrent 1 per source"]),
+    st.sampled_from(["", "limit rate 30/minute per source", "limit rate 2/day per source"]),
+    st.sampled_from(["", "limit concurrent 500"]),
+    st.sampled_from(["", "limit rate 5/10s", "limit rate 100/hour", "limit rate 7/90s"]),
+).map(lambda parts: [p for p in parts if p])
 
 
 @st.composite

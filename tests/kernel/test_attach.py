@@ -41,7 +41,7 @@ service named {
 # A stand-in service: makes the sockets named on its command line, reports them as JSON, then
 # obeys stdin: "accept" accepts what is queued and reports how many; EOF exits.
 CHILD = r"""
-import json, socket, sys
+import json, socket, sys, threading
 specs, out = sys.argv[1:], {"socks": []}
 for spec in specs:
     kind, *opts = spec.split(",")
@@ -51,7 +51,14 @@ for spec in specs:
     p = next((int(o[5:]) for o in opts if o.startswith("port=")), 0)
     s.bind(("127.0.0.1", p))
     if kind == "tcp":
-        s.listen(64)
+        s.listen(1024)
+    if "connect" in opts:
+        s.connect(("127.0.0.1", 9))  # a client's UDP socket: not a service to guard
+    if "autoaccept" in opts:
+        def serve(lst=s):
+            while True:
+                lst.accept()[0].close()
+        threading.Thread(target=serve, daemon=True).start()
     out["socks"].append({"fd": s.fileno(), "port": s.getsockname()[1], "kind": kind, "opts": opts})
     globals().setdefault("keep", []).append(s)
 print(json.dumps(out), flush=True)
@@ -158,9 +165,10 @@ def test_attach_by_pid_and_fd_then_reload_and_detach(capsys: Any, spawn: Spawn, 
 
 
 def test_attach_by_pid_guards_tcp_and_udp(capsys: Any, spawn: Spawn, policy_file: str) -> None:
-    p, socks = spawn("tcp", "udp")
+    p, (*socks, client) = spawn("tcp", "udp", "udp,connect")
     rc, out, _ = sockgate(capsys, "attach", "--policy", policy_file, "--service", "web", "--pid", str(p.pid), "--json")
     assert rc == 0
+    assert state(p.pid, client["fd"]).state == "none"
     done = json.loads(out)["sockets"]
     assert sorted((d["fd"], d["proto"], d["action"]) for d in done) == sorted(
         (s["fd"], s["kind"], "attached") for s in socks
@@ -302,3 +310,45 @@ def test_hosts_access_pair(capsys: Any, spawn: Spawn, tmp_path: Path) -> None:
     assert rc == 0, err
     assert state(p.pid, s["fd"]).service == "echod"
     assert reach(s["port"], "127.0.0.7", "127.0.0.8") == {"127.0.0.7": True, "127.0.0.8": False}
+
+
+HAMMER = r"""
+import json, socket, sys, threading, time
+port, counts, errors = int(sys.argv[1]), {"ok": 0, "failed": 0}, []
+stop = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+print("ready", flush=True)
+while not stop.is_set():
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            counts["ok"] += 1
+    except OSError as e:
+        counts["failed"] += 1
+        errors.append(repr(e))
+print(json.dumps({**counts, "errors": errors[:5]}), flush=True)
+"""
+
+
+def test_fifty_reloads_under_load(capsys: Any, spawn: Spawn, policy_file: str) -> None:
+    """Connections from a source both policies allow never fail while the filter is swapped
+    50 times; the source only one of them allows is dropped from the next connection on."""
+    p, (s,) = spawn("tcp,autoaccept")
+    target = ["--pid", str(p.pid), "--fd", str(s["fd"])]
+    hammer = subprocess.Popen([sys.executable, "-c", HAMMER, str(s["port"])], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert hammer.stdin is not None and hammer.stdout is not None
+    try:
+        assert hammer.stdout.readline() == "ready\n"
+        for i in range(50):
+            service = "web" if i % 2 == 0 else "strict"
+            rc, out, err = sockgate(capsys, "attach", "--policy", policy_file, "--service", service, *target)
+            assert rc == 0, err
+            assert out.startswith("attached" if i == 0 else "reloaded")
+        hammer.stdin.close()
+        counts = json.loads(hammer.stdout.readline())
+    finally:
+        hammer.kill()
+        hammer.wait()
+        hammer.stdout.close()
+    assert counts["failed"] == 0 and counts["ok"] > 50, counts
+    assert state(p.pid, s["fd"]).service == "strict"
+    assert reach(s["port"], "127.0.0.3") == {"127.0.0.3": False}

@@ -37,7 +37,8 @@ LAB_CASES = 3
 V4_LOOP = ipaddress.ip_network("127.16.0.0/12")
 V4_LAB = ipaddress.ip_network("198.18.0.0/15")
 V6_LAB = ipaddress.ip_network("fd5b:5347::/64")
-LAB_RESERVED = {ipaddress.ip_address(a) for a in ("198.18.0.0", "198.18.0.1", "198.19.255.255", "fd5b:5347::", "fd5b:5347::1")}
+LAB_RESERVED = {ipaddress.ip_address(a) for a in (
+    "198.18.0.0", "198.18.0.1", "198.18.255.255", "198.19.0.0", "198.19.255.255", "fd5b:5347::", "fd5b:5347::1")}
 
 
 def expected(svc: Service, sources: list[str]) -> dict[str, bool]:

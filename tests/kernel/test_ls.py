@@ -242,6 +242,8 @@ def test_another_users_socket_is_read_as_root() -> None:
         assert row["user"] == "nobody" and row["uid"] == NOBODY
         assert [(p["pid"], p["fds"]) for p in row["processes"]] == [(child.pid, [fd])]
         assert row["guard"]["text"] == "foreign filter (1 insns)"
+        assert sockgate_ls("-u", "--port", str(port), "--user", str(NOBODY)) == [row]
+        assert sockgate_ls("-u", "--port", str(port), "--user", "root") == []
     finally:
         for stream in (child.stdin, child.stdout):
             if stream is not None:
@@ -276,3 +278,23 @@ def test_plain_columns_when_piped(zoo: dict[str, socket.socket]) -> None:
 def test_unknown_user_filter_shows_nothing() -> None:
     assert sockgate_ls("-a", "--user", f"no-such-user-{secrets.token_hex(3)}") == []
 
+
+
+def test_shared_socket_is_one_row_with_every_holder() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        fd = s.fileno()
+        child = subprocess.Popen(
+            [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE, pass_fds=(fd,)
+        )
+        try:
+            rows = sockgate_ls("-t", "--port", str(s.getsockname()[1]))
+            assert len(rows) == 1
+            holders = {(p["pid"], tuple(p["fds"])) for p in rows[0]["processes"]}
+            assert holders == {(os.getpid(), (fd,)), (child.pid, (fd,))}
+            assert rows[0]["guard"]["status"] == "none"
+        finally:
+            assert child.stdin is not None
+            child.stdin.close()
+            child.wait(timeout=10)

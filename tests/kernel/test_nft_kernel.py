@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import re
 import selectors
+import shutil
 import socket
 import subprocess
 import threading
@@ -25,13 +26,13 @@ from sockgate.decide import Peer, decide
 from sockgate.export import export
 from sockgate.policy.ir import Policy
 from support import netlab
-from support.export_policies import PROBES_V4, PROBES_V6, TCP_A, TCP_C, UDP_B, UNCOVERED, policies
+from support.export_policies import PROBES_V4, PROBES_V6, TCP_A, TCP_C, UDP_B, UNCOVERED, owner, policies
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.netns,
     pytest.mark.skipif(netlab.can_netns() is not None, reason=str(netlab.can_netns())),
-    pytest.mark.skipif(netlab._which("nft") is None, reason="needs nft (nftables)"),
+    pytest.mark.skipif(shutil.which("nft") is None, reason="needs nft (nftables)"),
 ]
 
 TCP_PORTS = (TCP_A, TCP_C, UNCOVERED)
@@ -134,10 +135,11 @@ def _probe_one(src: str, proto: str, port: int, lab: netlab.Lab, timeout: float)
             return f"error {errno.errorcode.get(e.errno or 0, e.errno)}"
 
 
-def expected(policy: Policy, plan_owner: str | None, src: str, deny: str) -> str:
-    if plan_owner is None:
+def expected(policy: Policy, service: str | None, src: str, deny: str) -> str:
+    """What the engine says a probe must see: ports of no service are never judged."""
+    if service is None:
         return ALLOWED
-    return ALLOWED if decide(policy, plan_owner, Peer.parse(src)).allowed else deny
+    return ALLOWED if decide(policy, service, Peer.parse(src)).allowed else deny
 
 
 TARGETS = [(src, "tcp", p) for src in PROBES_V4 + PROBES_V6 for p in TCP_PORTS] + [
@@ -145,16 +147,13 @@ TARGETS = [(src, "tcp", p) for src in PROBES_V4 + PROBES_V6 for p in TCP_PORTS] 
 ]
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture], database=None)
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture], database=None)
 @given(policy=policies())
 def test_random_policies_enforced_as_the_engine_decides(served: netlab.Lab, tmp_path: Path, policy: Policy) -> None:
     result = export(policy, "nft", action="reject")
     load(served.server, result.text, tmp_path)  # replaces the previous example's table
     got = probe(served, TARGETS, timeout=2.0)
-    want = []
-    for src, proto, port in TARGETS:
-        owner = result.plan.owner(proto, port)
-        want.append(expected(policy, owner.name if owner else None, src, DENIED))
+    want = [expected(policy, owner(policy, proto, port), src, DENIED) for src, proto, port in TARGETS]
     wrong = [(t, g, w) for t, g, w in zip(TARGETS, got, want) if g != w]
     assert not wrong, "\n".join(f"{t}: got {g}, engine says {w}" for t, g, w in wrong) + "\n" + result.text
 
@@ -198,9 +197,29 @@ def test_drop_action_makes_denied_probes_time_out(served: netlab.Lab, tmp_path: 
         ("fd5b:5347::2", "tcp", UNCOVERED),
     ]
     policy = _parse(POLICY)
-    want = [expected(policy, {TCP_A: "alpha", UDP_B: "bravo"}.get(port), src, DROPPED) for src, _, port in targets]
+    want = [expected(policy, owner(policy, proto, port), src, DROPPED) for src, proto, port in targets]
     assert set(want) == {ALLOWED, DROPPED}
     assert probe(served, targets, timeout=0.4) == want
+
+
+def test_hosts_access_with_mapped_daemons(served: netlab.Lab, tmp_path: Path) -> None:
+    allow, deny = tmp_path / "hosts.allow", tmp_path / "hosts.deny"
+    allow.write_text("alpha: [fd5b:5347::1:0]/112, 198.18.1.0/255.255.255.0 EXCEPT 198.18.1.130, [fd5b:5347::1:8001]\nbravo: ALL\n")
+    deny.write_text("ALL: ALL\n")
+    out = tmp_path / "hosts.nft"
+    argv = ["export", "-f", "nft", "--hosts-allow", str(allow), "--hosts-deny", str(deny), "--action", "reject"]
+    argv += ["--map", f"alpha=tcp/{TCP_A}", "--map", f"bravo=udp/{UDP_B}", "--map", f"charlie=tcp/{TCP_C}", "-o", str(out)]
+    assert cli_main(argv) == 0
+    load(served.server, out.read_text(), tmp_path)
+    from sockgate.loading import load_policy
+
+    policy = load_policy([], str(allow), str(deny))
+    owners = {TCP_A: "alpha", UDP_B: "bravo", TCP_C: "charlie"}
+    targets = [(src, "tcp", p) for src in PROBES_V4 + PROBES_V6 for p in (TCP_A, TCP_C, UNCOVERED)]
+    targets += [(src, "udp", UDP_B) for src in PROBES_V4[:3] + PROBES_V6[:3]]
+    want = [expected(policy, owners.get(port), src, DENIED) for src, _, port in targets]
+    assert set(want) == {ALLOWED, DENIED}
+    assert probe(served, targets, timeout=2.0) == want
 
 
 def _ruleset(ns: netlab.Netns) -> str:
@@ -265,3 +284,15 @@ def test_nft_check_accepts_every_generated_ruleset(policy: Policy) -> None:
     finally:
         ns.delete()
 
+
+
+def test_nft_check_accepts_the_goldens() -> None:
+    goldens = sorted((Path(__file__).parent.parent / "data" / "export").glob("*.nft.golden"))
+    assert goldens
+    ns = netlab.Netns()
+    try:
+        for path in goldens:
+            r = ns.run("nft", "-c", "-f", str(path), check=False)
+            assert r.returncode == 0, f"{path.name}: {r.stderr}"
+    finally:
+        ns.delete()

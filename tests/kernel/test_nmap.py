@@ -22,7 +22,9 @@ from support import netlab
 
 pytestmark = [pytest.mark.skipif(sys.platform != "linux", reason="kernel enforcement is Linux-only"), needs_tool("nmap")]
 
-ALLOWED = "198.18.7.7"  # an extra client address; the client's own 198.18.0.2 is denied
+# An extra client address outside 198.18.0.0/16, so that it does not become the preferred
+# source towards the server; the client's own 198.18.0.2 is denied.
+ALLOWED = "198.19.7.7"
 POLICY = parse_policy(
     f"""
 service scanme {{
@@ -35,9 +37,9 @@ service scanme {{
 )
 
 
-def nmap(lab: netlab.Lab, source: str | None, *args: str) -> dict[str, str]:
-    """port -> state, as nmap's XML report gives it."""
-    src = ["-S", source, "-e", "veth-c"] if source else []
+def nmap(lab: netlab.Lab, source: str, *args: str) -> dict[str, str]:
+    """port -> state, as nmap's XML report gives it, scanning from ``source``."""
+    src = ["-S", source, "-e", "veth-c"] if "-sT" not in args else []
     r = lab.client.run(
         "nmap", "-n", "-Pn", "-T4", "--max-retries", "1", "--host-timeout", "60s", *src, *args, "-oX", "-",
         lab.server_v4, timeout=120,
@@ -116,12 +118,12 @@ def servers(lab: netlab.Lab) -> Iterator[tuple[int, int, int]]:
 def test_tcp_scan(lab: netlab.Lab, servers: tuple[int, int, int]) -> None:
     guarded, tcpd, _ = servers
     ports = f"{guarded},{tcpd}"
-    denied = nmap(lab, None, "-sS", "-p", ports)
+    denied = nmap(lab, lab.client_v4, "-sS", "-p", ports)
     allowed = nmap(lab, ALLOWED, "-sS", "-p", ports)
     assert denied == {str(guarded): "filtered", str(tcpd): "open"}
     assert allowed == {str(guarded): "open", str(tcpd): "open"}
     # a connect scan (what an unprivileged scanner does) sees the same
-    assert nmap(lab, None, "-sT", "-p", str(guarded)) == {str(guarded): "filtered"}
+    assert nmap(lab, lab.client_v4, "-sT", "-p", str(guarded)) == {str(guarded): "filtered"}
 
 
 def test_udp(lab: netlab.Lab, servers: tuple[int, int, int]) -> None:
@@ -143,5 +145,5 @@ def test_udp(lab: netlab.Lab, servers: tuple[int, int, int]) -> None:
     assert ask(ALLOWED) == f"ping {ALLOWED}".encode()
     assert ask(lab.client_v4) is None
     assert nmap(lab, ALLOWED, "-sU", "-p", str(port)) == {str(port): "open"}
-    assert nmap(lab, None, "-sU", "-p", str(port)) == {str(port): "open|filtered"}
+    assert nmap(lab, lab.client_v4, "-sU", "-p", str(port)) == {str(port): "open|filtered"}
 

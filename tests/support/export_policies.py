@@ -125,6 +125,16 @@ def load_native(name: str) -> Policy:
     return parse_policy((DATA / name).read_text(), name, read=read, accounts=ACCOUNTS)
 
 
+def load_hosts(allow: str, deny: str) -> Policy:
+    from sockgate.policy.hostsaccess import parse_hosts_access
+
+    return parse_hosts_access(allow, deny, read=lambda path: (DATA / path).read_text())
+
+
+HOSTS_MAP = ("sshd=tcp/22", "in.ftpd=tcp/21", "portmap=tcp/111", "portmap=udp/111", "in.telnetd=tcp/23")
+SERVICES = "ntp\t\t123/udp\t\t\t# Network Time Protocol\nssh\t\t22/tcp\n"
+
+
 def check_golden(name: str, text: str) -> None:
     """Compare with ``tests/data/export/NAME``; SOCKGATE_UPDATE_GOLDEN=1 rewrites it."""
     path = DATA / name
@@ -147,3 +157,13 @@ def addresses(policy: Policy) -> list[IPAddress]:
                     out.add(ipaddress.IPv4Address(v) if n.version == 4 else ipaddress.IPv6Address(v))
         stack += list(getattr(m, "items", ())) + [x for x in (getattr(m, "include", None), getattr(m, "exclude", None)) if x]
     return sorted(out, key=lambda a: (a.version, int(a)))
+
+
+def owner(policy: Policy, proto: str, port: int) -> str | None:
+    """The service that must judge ``proto``/``port``: the first in policy order listening
+    there (computed from the policy, not from the exporter's plan)."""
+    for s in policy.services:
+        for ep in s.endpoints:
+            if ep.proto == proto and any(lo <= port <= hi for lo, hi in ep.ports):
+                return s.name
+    return None

@@ -73,7 +73,7 @@ while True:
             s.setblocking(False)
 '''
 
-LISTENING = re.compile(r"listening on (\S+?)(?: as fd (\d+))?,")
+LISTENING = re.compile(r"listening on (\S+?)(?: as fd \d+ \([^)]*\))?, ")
 RUNNING = re.compile(r"running .* as pid (\d+)")
 
 
@@ -156,11 +156,21 @@ def port_of(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
 
 
+IP_BIND_ADDRESS_NO_PORT = 24  # <linux/in.h>
+
+
+def _bind_source(c: socket.socket, source: str) -> None:
+    # Choose the port at connect time, by the whole 4-tuple: thousands of short connections
+    # from one source then never run out of ports because of TIME_WAIT.
+    c.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+    c.bind((source, 0))
+
+
 def tcp_echo(source: str, port: int, payload: bytes = b"ping\n", timeout: float = 2.0, host: str = "127.0.0.1") -> bytes:
     """Connect from ``source``, send, read the echo. Raises on failure (timeouts included)."""
     with socket.socket() as c:
         c.settimeout(timeout)
-        c.bind((source, 0))
+        _bind_source(c, source)
         c.connect((host, port))
         c.sendall(payload)
         got = b""
@@ -176,7 +186,7 @@ def tcp_filtered(source: str, port: int, timeout: float = 0.5, host: str = "127.
     """True when a connect from ``source`` gets no answer at all within ``timeout``."""
     with socket.socket() as c:
         c.settimeout(timeout)
-        c.bind((source, 0))
+        _bind_source(c, source)
         try:
             c.connect((host, port))
         except TimeoutError:
@@ -203,9 +213,9 @@ def write_atomic(path: Path, text: str) -> None:
     os.rename(tmp, path)
 
 
-def wait_for_file(path: Path, timeout: float = 15.0) -> None:
+def wait_for_file(path: Path, timeout: float = 15.0, lines: Sequence[str] = ()) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
         if time.monotonic() > deadline:
-            raise AssertionError(f"{path} did not appear in {timeout} s")
+            raise AssertionError(f"{path} did not appear in {timeout} s\n" + "\n".join(lines))
         time.sleep(0.02)

@@ -24,6 +24,7 @@ from sockgate.policy.source import Span
 
 SocketFactory = Callable[[int, int], list[socket.socket]]  # (family, count) -> sockets
 LINGER0 = struct.pack("ii", 1, 0)
+IP_BIND_ADDRESS_NO_PORT = 24  # <linux/in.h>; honoured by IPv6 sockets too
 
 
 def local_sockets(kind: int = socket.SOCK_STREAM) -> SocketFactory:
@@ -159,6 +160,9 @@ def tcp_reach(
                 s = by_family[fam].pop()
                 s.setblocking(False)
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER0)
+                # the port is picked at connect time, unique per 4-tuple: a busy machine's
+                # TIME_WAIT sockets on the same address cannot exhaust it
+                s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
                 s.bind((src, 0))
                 err = s.connect_ex(dest[fam])
                 if err not in (0, errno.EINPROGRESS):
@@ -230,4 +234,6 @@ def _drain_udp(server: socket.socket, result: dict[str, bool], quiet: float = 0.
 
 
 def loopback_usable(a: ipaddress._BaseAddress) -> bool:
-    return a.version == 4 and a in ipaddress.ip_network("127.0.0.0/8") and int(a) & 0xFF not in (0, 255)
+    """Every 127/8 address is a local source on lo, .0 and .255 ones included; only the
+    broadcast 127.255.255.255 is not."""
+    return a.version == 4 and a in ipaddress.ip_network("127.0.0.0/8") and str(a) != "127.255.255.255"

@@ -81,8 +81,9 @@ def identify(insns: Sequence[Insn]) -> Marker | None:
 
 
 def capacity() -> dict[str, int]:
-    """The largest number of disjoint ranges one program holds, by family and shape."""
-    return {"ipv4": max_ranges(4), "ipv6_64": max_ranges(6, 64), "ipv6_128": max_ranges(6, 128)}
+    """The largest number of disjoint ranges one program surely holds: IPv4; IPv6 networks of
+    any length (the worst, /120); IPv6 /64 networks; IPv6 /128 hosts."""
+    return {"ipv4": max_ranges(4), "ipv6": max_ranges(6), "ipv6_64": max_ranges(6, 64), "ipv6_128": max_ranges(6, 128)}
 
 
 __all__ = [

@@ -34,7 +34,9 @@ so a /64 boundary costs at most two words.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
+from typing import Sequence, Union
 
 from sockgate.bpf.asm import Assembler
 from sockgate.bpf.insn import (
@@ -43,7 +45,6 @@ from sockgate.bpf.insn import (
     BPF_B,
     BPF_JEQ,
     BPF_JGE,
-    BPF_JGT,
     BPF_JMP,
     BPF_K,
     BPF_LD,
@@ -61,10 +62,10 @@ from sockgate.policy.ir import Action
 
 RET_K = {Action.DENY: 0, Action.ALLOW: U32}
 HALF = 1 << 31
+SPLIT_MIN = 16  # upper-half boundaries worth a split (saves one eBPF instruction each)
 MAPPED = (0, 0, 0xFFFF)  # ::ffff:0:0/96, the first three words
 
 JGE = BPF_JMP | BPF_JGE | BPF_K
-JGT = BPF_JMP | BPF_JGT | BPF_K
 JEQ = BPF_JMP | BPF_JEQ | BPF_K
 
 
@@ -74,10 +75,35 @@ class _Seg:
     action: Action
 
 
+@dataclass(frozen=True)
+class _Sub:
+    """One value of a word whose addresses are not all decided alike: search the next word.
+    ``segs`` cover [base, base + 2**bits), the first starting at ``base``."""
+
+    word: int
+    segs: tuple[_Seg, ...]
+    base: int
+    bits: int
+
+
+Leaf = Union[Action, _Sub]
+
+
+@dataclass(frozen=True)
+class _WSeg:
+    """Word values ``lo`` up to the next _WSeg's ``lo`` lead to ``leaf``."""
+
+    lo: int
+    leaf: Leaf
+
+
 def generate(tables: Tables) -> tuple[Insn, ...]:
     """The program (without its marker) deciding like ``tables``."""
     asm = Assembler()
     acts = {iv.action for t in (tables.v4, tables.v6) for iv in t.intervals} | {tables.other}
+    if len(acts) == 1:  # one verdict for every packet: no need to look at it
+        asm.ret(RET_K[tables.other], tables.other.value)
+        return asm.program()
     for a in (Action.DENY, Action.ALLOW):
         if a in acts:
             asm.ret(RET_K[a], a.value)
@@ -96,59 +122,14 @@ def _segs(intervals: tuple[Interval, ...]) -> list[_Seg]:
     return [_Seg(iv.lo, iv.action) for iv in intervals]
 
 
-# ----------------------------------------------------------------------------------- IPv4
-
-
 def _v4(asm: Assembler, table: Table) -> tuple[str, str]:
     """Emit the IPv4 block; returns (entry, search) labels (search expects the address in A)."""
     segs = _segs(table.intervals)
     if len(segs) == 1:
         return segs[0].action.value, segs[0].action.value
-    upper = [s for s in segs if s.lo > HALF]
-    if len(upper) >= 2 and segs[1].lo < HALF:
-        root = _v4_split(asm, segs)
-    else:
-        root = _tree4(asm, segs, 0, len(segs) - 1, 0)
+    root = _search(asm, _word_level(segs, 0, 0, 0))
     asm.emit(Insn(BPF_LD | BPF_W | BPF_ABS, 0, 0, SKF_NET_OFF + 12))
     return asm.label(asm.fresh("v4_")), root
-
-
-def _v4_split(asm: Assembler, segs: list[_Seg]) -> str:
-    lower = [s for s in segs if s.lo < HALF]
-    upper = [s for s in segs if s.lo >= HALF]
-    if not upper or upper[0].lo != HALF:
-        upper.insert(0, _Seg(HALF, lower[-1].action))
-    hi_root = _tree4(asm, upper, 0, len(upper) - 1, HALF)
-    asm.emit(Insn(BPF_ALU | BPF_SUB | BPF_K, 0, 0, HALF))
-    hi_entry = asm.label(asm.fresh("hi_"))
-    lo_root = _tree4(asm, lower, 0, len(lower) - 1, 0)
-    asm.jump(JGE, HALF, hi_entry, lo_root)
-    return asm.label(asm.fresh("n"))
-
-
-def _tree4(asm: Assembler, segs: list[_Seg], i: int, j: int, bias: int) -> str:
-    if i == j:
-        return segs[i].action.value
-    mid = (i + j + 1) // 2
-    right = _tree4(asm, segs, mid, j, bias)
-    left = _tree4(asm, segs, i, mid - 1, bias)
-    asm.jump(JGE, segs[mid].lo - bias, right, left)
-    return asm.label(asm.fresh("n"))
-
-
-# ----------------------------------------------------------------------------------- IPv6
-
-
-def _words(v: int) -> tuple[int, int, int, int]:
-    return ((v >> 96) & U32, (v >> 64) & U32, (v >> 32) & U32, v & U32)
-
-
-def _needs_mapped_check(v6: Table, v4: Table) -> bool:
-    """Does a genuine IPv6 packet from ::ffff:a.b.c.d get another verdict from the IPv6 table
-    than the IPv4 address gets? (The kernel hands such packets to the filter.)"""
-    lo, hi = 0xFFFF << 32, 0x1_0000_0000_0000
-    in_mapped = {iv.action for iv in v6.intervals if iv.lo < hi and iv.hi > lo}
-    return len(v4.intervals) > 1 or in_mapped != {v4.intervals[0].action}
 
 
 def _v6(asm: Assembler, v6: Table, v4: Table, v4search: str) -> str:
@@ -156,13 +137,21 @@ def _v6(asm: Assembler, v6: Table, v4: Table, v4search: str) -> str:
     mapped = _needs_mapped_check(v6, v4)
     if len(segs) == 1 and not mapped:
         return segs[0].action.value
-    root = _tree6(asm, segs, 0, len(segs) - 1, 0, 1 << 128, None)
+    root = _leaf(asm, _Sub(0, tuple(segs), 0, 128))
     if mapped:
         root = _mapped_check(asm, root, v4search, len(v4.intervals) > 1)
     for w in (3, 2, 1, 0):
         asm.emit(Insn(BPF_ST, 0, 0, w))
         asm.emit(Insn(BPF_LD | BPF_W | BPF_ABS, 0, 0, SKF_NET_OFF + 8 + 4 * w))
     return asm.label(asm.fresh("v6_"))
+
+
+def _needs_mapped_check(v6: Table, v4: Table) -> bool:
+    """Would a genuine IPv6 packet from ::ffff:a.b.c.d get another verdict from the IPv6
+    table than a.b.c.d gets from the IPv4 table?"""
+    lo, hi = 0xFFFF << 32, 0x1_0000_0000_0000
+    in_mapped = {iv.action for iv in v6.intervals if iv.lo < hi and iv.hi > lo}
+    return len(v4.intervals) > 1 or in_mapped != {v4.intervals[0].action}
 
 
 def _mapped_check(asm: Assembler, v6root: str, v4search: str, load_v4: bool) -> str:
@@ -178,29 +167,87 @@ def _mapped_check(asm: Assembler, v6root: str, v4search: str, load_v4: bool) -> 
     return target
 
 
-def _tree6(asm: Assembler, segs: list[_Seg], i: int, j: int, lo: int, hi: int, in_a: int | None) -> str:
-    """Search segs[i..j]; every address reaching here is in [lo, hi); A holds word ``in_a``."""
+# ------------------------------------------------------------------- word-level search
+
+
+def _word_level(segs: Sequence[_Seg], base: int, shift: int, word: int) -> list[_WSeg]:
+    """The segments of word ``word`` (bits ``shift``.. ``shift + 31`` above ``base``) for
+    ``segs``, which cover [base, base + 2**(shift + 32)). A word value inside which some
+    boundary falls becomes a ``_Sub`` searched on the next word; adjacent values with the same
+    action merge."""
+    unit = 1 << shift
+    starts = [sg.lo for sg in segs]
+    points, mixed = {0}, set()
+    for b in starts[1:]:
+        v, rest = divmod(b - base, unit)
+        points.add(v)
+        if rest:
+            mixed.add(v)
+            if v + 1 <= U32:
+                points.add(v + 1)
+    out: list[_WSeg] = []
+    for v in sorted(points):
+        lo = base + v * unit
+        leaf: Leaf
+        if v in mixed:
+            leaf = _Sub(word + 1, _clip(segs, starts, lo, lo + unit), lo, shift)
+        else:
+            leaf = segs[bisect_right(starts, lo) - 1].action
+        if not (out and isinstance(leaf, Action) and out[-1].leaf is leaf):
+            out.append(_WSeg(v, leaf))
+    return out
+
+
+def _clip(segs: Sequence[_Seg], starts: list[int], lo: int, hi: int) -> tuple[_Seg, ...]:
+    i = bisect_right(starts, lo) - 1
+    out = [_Seg(lo, segs[i].action)]
+    for sg in segs[i + 1 :]:
+        if sg.lo >= hi:
+            break
+        out.append(sg)
+    return tuple(out)
+
+
+def _leaf(asm: Assembler, leaf: Leaf) -> str:
+    """The label deciding ``leaf``: a shared ``ret``, or a search of the next word."""
+    if isinstance(leaf, Action):
+        return leaf.value
+    root = _search(asm, _word_level(leaf.segs, leaf.base, leaf.bits - 32, leaf.word))
+    asm.emit(Insn(BPF_LD | BPF_MEM, 0, 0, leaf.word))
+    return asm.label(asm.fresh("w"))
+
+
+def _search(asm: Assembler, ws: list[_WSeg]) -> str:
+    """Search word segments; A holds the word."""
+    if len(ws) == 1:
+        return _leaf(asm, ws[0].leaf)
+    if len(ws) == 3 and isinstance(ws[0].leaf, Action) and ws[0].leaf is ws[2].leaf and ws[2].lo == ws[1].lo + 1:
+        one = _leaf(asm, ws[1].leaf)  # a single value (a host, or one /96's next word)
+        asm.jump(JEQ, ws[1].lo, one, ws[0].leaf.value)
+        return asm.label(asm.fresh("n"))
+    if sum(w.lo > HALF for w in ws) >= SPLIT_MIN and ws[1].lo < HALF:
+        return _split(asm, ws)
+    return _tree(asm, ws, 0, len(ws) - 1, 0)
+
+
+def _split(asm: Assembler, ws: list[_WSeg]) -> str:
+    lower = [w for w in ws if w.lo < HALF]
+    upper = [w for w in ws if w.lo >= HALF]
+    if upper[0].lo != HALF:  # the value range straddling 2**31 is one action (never a _Sub)
+        upper.insert(0, _WSeg(HALF, lower[-1].leaf))
+    hi_root = _tree(asm, upper, 0, len(upper) - 1, HALF)
+    asm.emit(Insn(BPF_ALU | BPF_SUB | BPF_K, 0, 0, HALF))
+    hi_entry = asm.label(asm.fresh("hi_"))
+    lo_root = _tree(asm, lower, 0, len(lower) - 1, 0)
+    asm.jump(JGE, HALF, hi_entry, lo_root)
+    return asm.label(asm.fresh("n"))
+
+
+def _tree(asm: Assembler, ws: list[_WSeg], i: int, j: int, bias: int) -> str:
     if i == j:
-        return segs[i].action.value
+        return _leaf(asm, ws[i].leaf)
     mid = (i + j + 1) // 2
-    b = segs[mid].lo
-    wl, wh, wb = _words(lo), _words(hi - 1), _words(b)
-    first = next(w for w in range(4) if wl[w] != wh[w])
-    last = max(w for w in range(4) if wb[w] != 0 or w == first)
-    after = first if first == last else None
-    right = _tree6(asm, segs, mid, j, b, hi, after)
-    left = _tree6(asm, segs, i, mid - 1, lo, b, after)
-    asm.jump(JGE, wb[last], right, left)
-    _load(asm, last, in_a if last == first else None)
-    nxt = asm.label(asm.fresh("w"))
-    for w in range(last - 1, first - 1, -1):
-        asm.jump(JEQ, wb[w], nxt, left)
-        asm.jump(JGT, wb[w], right, asm.label(asm.fresh("eq")))
-        _load(asm, w, in_a if w == first else None)
-        nxt = asm.label(asm.fresh("w"))
-    return nxt
-
-
-def _load(asm: Assembler, word: int, in_a: int | None) -> None:
-    if in_a != word:
-        asm.emit(Insn(BPF_LD | BPF_MEM, 0, 0, word))
+    right = _tree(asm, ws, mid, j, bias)
+    left = _tree(asm, ws, i, mid - 1, bias)
+    asm.jump(JGE, ws[mid].lo - bias, right, left)
+    return asm.label(asm.fresh("n"))

@@ -131,8 +131,8 @@ def _check_limits(name: str, insns: tuple[Insn, ...], n4: int, n6: int) -> None:
     )
     raise CompileError(
         f"service {name!r} does not fit in one BPF program: {n4} IPv4 and {n6} IPv6 ranges "
-        f"need {why}. At most {max_ranges(4)} IPv4 ranges, or {max_ranges(6)} IPv6 ranges of "
-        f"/64 networks ({max_ranges(6, 128)} of single /128 hosts), fit in one program; "
+        f"need {why}. At most {max_ranges(4)} IPv4 ranges, or {max_ranges(6)} IPv6 ranges "
+        f"({max_ranges(6, 64)} of /64 networks), fit in one program; "
         "merge networks or split the service"
     )
 
@@ -159,10 +159,15 @@ def ebpf_estimate(insns: Sequence[Insn]) -> int:
 
 # ------------------------------------------------------------------------------ capacity
 
+# The most expensive network length for an IPv6 list (measured over /1../128: a partial last
+# word costs a range search there, where a /128 host is one `jeq`).
+WORST_PREFIX = 120
 
-def synthetic_tables(family: int, n: int, prefix: int = 64) -> _ranges.Tables:
-    """``n`` alternating intervals spread evenly over the space of ``family`` (IPv6: each
-    boundary a /``prefix`` network boundary with every word above it non-zero)."""
+
+def synthetic_tables(family: int, n: int, prefix: int = WORST_PREFIX) -> _ranges.Tables:
+    """``n`` alternating intervals spread evenly over the space of ``family``. IPv4: any
+    boundaries. IPv6: networks of length /``prefix`` (as CIDR rules make them), no two
+    sharing a first word, the last word of each prefix non-zero."""
     if family == 4:
         step = (1 << 32) // (n + 1)
         bounds = [0] + [step * (i + 1) + (i % 7) for i in range(n - 1)]
@@ -170,30 +175,47 @@ def synthetic_tables(family: int, n: int, prefix: int = 64) -> _ranges.Tables:
         unit = 1 << (128 - prefix)
         top = (1 << prefix) - 1
         step = top // (n + 1)
-        bounds = [0] + [((step * (i + 1)) | 1) * unit for i in range(n - 1)]
+        starts = [((step * (i + 1)) | 1) * unit for i in range(n // 2 + 1)]
+        bounds = ([0] + [b for lo in starts for b in (lo, lo + unit)])[:n]
     acts = (Action.DENY, Action.ALLOW)
     space = _ranges.SPACE[family]
-    ivs = tuple(
-        _ranges.Interval(lo, (bounds + [space])[k + 1], acts[k % 2], None) for k, lo in enumerate(bounds)
-    )
+    ends = bounds[1:] + [space]
+    ivs = tuple(_ranges.Interval(lo, hi, acts[k % 2], None) for k, (lo, hi) in enumerate(zip(bounds, ends)))
     other = _ranges.Table(10 - family, (_ranges.Interval(0, _ranges.SPACE[10 - family], Action.DENY, None),))
     table = _ranges.Table(family, ivs)
     v4, v6 = (table, other) if family == 4 else (other, table)
     return _ranges.Tables(v4, v6, Action.DENY, None)
 
 
-def fits(tables: _ranges.Tables, name: str = "capacity-probe") -> bool:
-    insns = _marker.build(name, "0" * 16) + generate(tables)
-    return len(insns) <= BPF_MAXINSNS and ebpf_estimate(insns) * EBPF_INSN <= EBPF_BUDGET
+# The capacity promised is for service names up to 32 bytes, with room for the layout to
+# vary with the tree's shape (a few more `ja` trampolines or `ret` copies than the probe).
+PROBE_NAME = "capacity-probe-with-32-byte-name"
+LAYOUT_MARGIN = 32
+
+
+def fits(tables: _ranges.Tables) -> bool:
+    """Does a program for ``tables`` fit, with the margin ``max_ranges`` promises?"""
+    insns = _marker.build(PROBE_NAME, "0" * 16) + generate(tables)
+    size_ok = len(insns) <= BPF_MAXINSNS - LAYOUT_MARGIN
+    return size_ok and ebpf_estimate(insns) * EBPF_INSN <= EBPF_BUDGET - LAYOUT_MARGIN * 3 * EBPF_INSN
 
 
 @lru_cache(maxsize=None)
-def max_ranges(family: int, prefix: int = 64) -> int:
-    """The largest number of disjoint ranges of ``family`` (4 or 6) that fit in one program
-    (a synthetic worst-case layout; IPv6 with boundaries on /``prefix`` networks)."""
+def max_ranges(family: int, prefix: int = WORST_PREFIX) -> int:
+    """The largest number of disjoint ranges of ``family`` (4 or 6) that surely fit in one
+    program (boundaries spread over the whole space; IPv6 boundaries on /``prefix``
+    networks; service name up to 32 bytes)."""
     if family not in (4, 6):
         raise ValueError(f"family must be 4 or 6, not {family!r}")
-    lo, hi = 1, 2 * BPF_MAXINSNS
+    # The size grows about linearly with n: extrapolate from two probes, then bisect a window.
+    a, b = 256, 1024
+    size_a, size_b = (_probe_size(family, n, prefix) for n in (a, b))
+    guess = a + (b - a) * (BPF_MAXINSNS - size_a) // max(size_b - size_a, 1)
+    lo, hi = max(1, guess - 64), guess + 64
+    if not fits(synthetic_tables(family, lo, prefix)):
+        lo = 1
+    while fits(synthetic_tables(family, hi, prefix)):
+        hi *= 2
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if fits(synthetic_tables(family, mid, prefix)):
@@ -201,6 +223,12 @@ def max_ranges(family: int, prefix: int = 64) -> int:
         else:
             hi = mid
     return lo
+
+
+def _probe_size(family: int, n: int, prefix: int) -> int:
+    """The larger of the two limits, in classic instructions, for ``n`` ranges."""
+    insns = generate(synthetic_tables(family, n, prefix))
+    return max(len(insns), ebpf_estimate(insns) * EBPF_INSN * BPF_MAXINSNS // EBPF_BUDGET)
 
 
 def parse_banned(text: str) -> _ranges.Banned:

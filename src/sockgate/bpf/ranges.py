@@ -63,16 +63,6 @@ class Table:
     family: int
     intervals: tuple[Interval, ...]
 
-    def lookup(self, value: int) -> Interval:
-        lo, hi = 0, len(self.intervals)
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if self.intervals[mid].lo <= value:
-                lo = mid
-            else:
-                hi = mid
-        return self.intervals[lo]
-
     def __len__(self) -> int:
         return len(self.intervals)
 

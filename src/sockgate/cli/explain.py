@@ -85,7 +85,7 @@ def _trace(program: Any, service: Any, text: str, banned: list[Any]) -> dict[str
 
 
 def _report(program: Any, clients: list[dict[str, Any]], listing: bool) -> dict[str, Any]:
-    from sockgate.bpf import disasm, max_ranges
+    from sockgate.bpf import capacity, disasm
 
     out: dict[str, Any] = {
         "service": program.service,
@@ -94,7 +94,7 @@ def _report(program: Any, clients: list[dict[str, Any]], listing: bool) -> dict[
         "ranges": {"ipv4": program.ranges4, "ipv6": program.ranges6, "total": program.ranges},
         "bytes": program.size_bytes,
         "kernel_bytes": program.ebpf_bytes,
-        "capacity": {"ipv4": max_ranges(4), "ipv6_64": max_ranges(6, 64), "ipv6_128": max_ranges(6, 128)},
+        "capacity": capacity(),
         "clients": clients,
     }
     if listing:
@@ -108,8 +108,8 @@ def _render(r: dict[str, Any]) -> str:
         f"service {r['service']}  digest {r['digest']}",
         f"program: {r['instructions']} instructions ({r['bytes']} bytes; ~{r['kernel_bytes']} bytes "
         f"once converted by the kernel), {rg['ipv4']} IPv4 + {rg['ipv6']} IPv6 ranges",
-        f"capacity: {cap['ipv4']} IPv4 ranges, or {cap['ipv6_64']} IPv6 /64 ranges "
-        f"({cap['ipv6_128']} of /128 hosts), within 4096 instructions",
+        f"capacity: {cap['ipv4']} IPv4 ranges, or {cap['ipv6']} IPv6 ranges "
+        f"({cap['ipv6_64']} of /64 networks, {cap['ipv6_128']} of /128 hosts) in one program",
     ]
     if "listing" in r:
         lines += ["", *r["listing"]]

@@ -30,6 +30,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--syslog", action="store_true", help="log to syslog (daemon facility) instead of stderr")
     p.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes sharing the listeners (default 1)")
     p.add_argument("--no-uvloop", action="store_true", help="use the standard asyncio loop even if uvloop is installed")
+    p.add_argument("--no-splice", action="store_true", help="copy through user space instead of splice(2)")
     p.add_argument("--idle-timeout", type=float, default=300.0, metavar="S", help="close connections idle this long (300)")
     p.add_argument("--connect-timeout", type=float, default=5.0, metavar="S", help="give up connecting to the backend after S (5)")
     p.add_argument("--drain-timeout", type=float, default=10.0, metavar="S", help="on SIGTERM wait this long for connections (10)")
@@ -112,5 +113,6 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         resolver=resolver(args.name_timeout),
         use_uvloop=not args.no_uvloop,
+        splice=not args.no_splice,
     )
     return proxy.serve()

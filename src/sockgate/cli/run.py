@@ -28,14 +28,14 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-conns", type=int, default=40, metavar="N", help="--inetd: at most N commands at once (default 40)")
     p.add_argument("--forward-hup", action="store_true", help="after reloading the policy on SIGHUP, pass SIGHUP to COMMAND")
     p.add_argument("--notify", action="store_true", help="report READY/RELOADING/STOPPING to $NOTIFY_SOCKET (systemd)")
-    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the service to run")
+    p.add_argument("service_argv", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the service to run")
 
 
 def run(args: argparse.Namespace) -> int:
     from sockgate.launcher import RunConfig
     from sockgate.launcher import run as launch
 
-    command = list(args.command)
+    command = list(args.service_argv)
     if command and command[0] == "--":
         command = command[1:]
     if not command:

@@ -51,6 +51,7 @@ from sockgate.policy.ir import (
 from sockgate.policy.source import Span
 
 Target = Literal["nftables", "pf"]
+_VERDICT_OPTIONS = ("allow", "deny")  # hosts_options(5) verdicts: already the rule's action
 
 
 @dataclass(frozen=True)
@@ -164,8 +165,8 @@ def plan(
         raise UsageError(
             "no port known for "
             + ", ".join(unmapped)
-            + ": say where each listens with --map DAEMON=PROTO/PORT (e.g. --map "
-            + f"{unmapped[0]}=tcp/22); only services(5) names are looked up by themselves"
+            + f": say where each listens with --map DAEMON=PROTO/PORT (e.g. --map {unmapped[0]}=tcp/PORT);"
+            + " only services(5) names are looked up by themselves"
         )
     if problems.diagnostics and not skip_userspace:
         raise PolicyError(problems.diagnostics, sources=dict(policy.texts))
@@ -227,9 +228,10 @@ def _plan_service(svc: Service, endpoints: tuple[Endpoint, ...], problems: _Prob
             items.append(SkippedRule(rule, why))
         else:
             items.append(PlannedRule(rule.action, flatten(rule.match), rule))
-        if rule.options:
-            names = ", ".join(o.name for o in rule.options)
-            problems.warnings.append(f"{rule.span.file}:{rule.span.line}: options not enforced by a packet filter: {names}")
+        if carried := [o.name for o in rule.options if o.name not in _VERDICT_OPTIONS]:
+            problems.warnings.append(
+                f"{rule.span.file}:{rule.span.line}: options not carried by a packet filter: {', '.join(carried)}"
+            )
     where = f"{svc.default_span.file}:{svc.default_span.line}" if svc.default_span is not None and svc.default is not None else ""
     return PlannedService(svc.name, ports, tuple(items), svc.effective_default, where, tuple(notes))
 
@@ -283,8 +285,11 @@ class Names:
 
 
 def comment(text: str) -> str:
-    """``text`` safe inside a ``#`` comment line: control characters become ``?``."""
-    return "".join("?" if ord(c) < 0x20 or ord(c) == 0x7F else c for c in text)
+    """``text`` safe inside a ``#`` comment line: control characters become ``?``, and so
+    does a trailing backslash (pf.conf would join the next line, a rule, to the comment)."""
+    safe = "".join("?" if ord(c) < 0x20 or ord(c) == 0x7F else c for c in text)
+    stripped = safe.rstrip("\\")
+    return stripped + "?" * (len(safe) - len(stripped))
 
 
 def rule_where(rule: Rule) -> str:

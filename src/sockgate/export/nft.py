@@ -109,7 +109,8 @@ def _service_chain(r: _Renderer, svc: PlannedService) -> tuple[str, list[str]]:
             lines.append(f"# left out, never matches: {where}: {text}; {comment(item.reason)}")
             continue
         lines.append(f"# {where}: {text}")
-        lines += _rule_lines(r, item, f"{set_label(item.rule) or svc.name + '_' + str(k)}", set_label(item.rule) is not None)
+        label = set_label(item.rule)
+        lines += _rule_lines(r, item, label or f"{svc.name}_{k}", named=label is not None)
     said = f"{svc.default_where}: default {svc.default}" if svc.default_where else f"no rule matched: {svc.default}"
     lines += [f"# {said}", r.verdicts[svc.default]]
     return name, lines

@@ -2,8 +2,9 @@
 
 The inventory comes from psutil (``Process.net_connections`` and ``net_connections``), which
 joins ``/proc/net/{tcp,tcp6,udp,udp6}`` with every process's ``/proc/PID/fd`` links. Only
-sockets worth a filter are returned: TCP listeners and UDP sockets (a filter on an accepted
-TCP connection would guard one connection that is already allowed).
+sockets worth a filter are returned: TCP listeners and unconnected UDP sockets (a filter on
+an accepted TCP connection would guard one connection that is already allowed; a connected
+UDP socket is a client).
 
 What psutil cannot say is checked on the socket itself, through our duplicate of the
 descriptor (``pidfd_getfd``): that an fd really is a socket (``fstat``), its family, type,
@@ -73,8 +74,9 @@ def _fmt_addr(family: int, addr: object) -> str:
     return str(addr or "")
 
 
-def _guardable(proto: str, status: str) -> bool:
-    return proto == "udp" or (proto == "tcp" and status == psutil.CONN_LISTEN)
+def _guardable(proto: str, status: str, raddr: object) -> bool:
+    """TCP listeners, and UDP sockets that are not connected (a connected one is a client)."""
+    return (proto == "udp" and not raddr) or (proto == "tcp" and status == psutil.CONN_LISTEN)
 
 
 def _no_process(pid: int) -> AdapterError:
@@ -100,7 +102,7 @@ def of_process(pid: int, proto: str | None = None) -> list[SockRef]:
     out = []
     for c in conns:
         p = _proto(c.family, c.type)
-        if c.fd >= 0 and _guardable(p, c.status):
+        if c.fd >= 0 and _guardable(p, c.status, c.raddr):
             local = _fmt_addr(c.family, tuple(c.laddr) if c.laddr else "")
             out.append(SockRef(pid, c.fd, p, local, p == "tcp", _family(c.family)))
     return sorted(out, key=lambda r: r.fd)
@@ -118,9 +120,16 @@ def on_port(port: int, proto: str = "tcp") -> list[SockRef]:
     out = []
     for c in conns:
         p = _proto(c.family, c.type)
-        if not c.laddr or c.laddr.port != port or not _guardable(p, c.status):
+        if not c.laddr or c.laddr.port != port or not _guardable(p, c.status, c.raddr):
             continue
         if c.pid is None or c.fd < 0:
+            if os.geteuid() == 0:  # root sees every process: nobody holds this one
+                raise AdapterError(
+                    f"{proto} port {port}: a socket there belongs to no process (a kernel socket);"
+                    " nothing was changed",
+                    errno=errno.ENOENT,
+                    target=f"port {port}",
+                )
             raise _no_permission(f"{proto} port {port}: a socket's owner")
         out.append(SockRef(c.pid, c.fd, p, _fmt_addr(c.family, tuple(c.laddr)), p == "tcp", _family(c.family)))
     return sorted(out, key=lambda r: (r.pid, r.fd))

@@ -231,11 +231,26 @@ def masked_match(net_tok: str, mask_tok: str, text: str) -> bool:
     return (int(net6) >> shift) == (int(addr6) >> shift) if shift < 128 else True
 
 
+def split_at(s: str, delim: str, start: int = 0) -> int:
+    """Debian's ``split_at``: the index of the first ``delim`` outside ``[...]`` at or after
+    ``start``, or -1. Brackets are counted, not paired: a stray ``]`` hides later colons."""
+    depth = 0
+    for i in range(start, len(s)):
+        c = s[i]
+        if c == "[":
+            depth += 1
+        elif c == "]":
+            depth -= 1
+        elif depth == 0 and c == delim:
+            return i
+    return -1
+
+
 def host_match_text(tok: str, address: str, name: str) -> bool:
     """libwrap ``host_match`` for every pattern but KNOWN, LOCAL, ``/file`` and netgroups."""
-    if "/" in tok:
-        net, mask = tok.split("/", 1)
-        return masked_match(net, mask, address)
+    cut = split_at(tok, "/")
+    if cut >= 0:
+        return masked_match(tok[:cut], tok[cut + 1 :], address)
     return string_match(tok, address) or (not_inaddr(tok) and string_match(tok, name))
 
 

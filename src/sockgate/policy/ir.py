@@ -259,7 +259,12 @@ class Policy:
         return tuple(s.name for s in self.services)
 
     def has_service(self, name: str) -> bool:
-        return any(s.name == name for s in self.services) or bool(self.rules) or self.default is not None
+        return (
+            any(s.name == name for s in self.services)
+            or bool(self.rules)
+            or self.default is not None
+            or self.kind == "hosts_access"
+        )
 
     def service(self, name: str) -> Service:
         """The rules that apply to ``name`` in order, and its default.
@@ -271,8 +276,8 @@ class Policy:
         for s in self.services:
             if s.name == name:
                 return s
-        if not self.rules and self.default is None:
-            raise KeyError(name)
+        if not self.rules and self.default is None and self.kind != "hosts_access":
+            raise KeyError(name)  # (empty hosts_access tables still decide: libwrap grants)
         from sockgate.policy.daemons import may_select
 
         rules = tuple(r for r in self.rules if r.daemons is None or may_select(r.daemons, name))

@@ -16,6 +16,8 @@ import re
 from sockgate.policy.ir import IPNetwork, Rate
 
 MAX_PORT = 65535
+MAX_COUNT = 2**31 - 1  # connection counts: what a C int holds, far beyond any real limit
+MAX_SECONDS = 3650 * 86400  # durations: ten years
 _DIGITS = re.compile(r"[0-9]+", re.ASCII)
 _HOSTNAME = re.compile(
     r"\.?[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*",
@@ -88,6 +90,8 @@ def positive(text: str, what: str) -> int:
     n = int(text)
     if n < 1:
         raise LiteralError(f"{what} must be at least 1, found {text!r}")
+    if n > MAX_COUNT:
+        raise LiteralError(f"{what} must be at most {MAX_COUNT}, found {text!r}")
     return n
 
 
@@ -106,7 +110,10 @@ def duration(text: str) -> int:
     n = int(m.group(1))
     if n < 1:
         raise LiteralError(f"a duration must be positive, found {text!r}")
-    return n * DURATION_UNITS[m.group(2)]
+    seconds = n * DURATION_UNITS[m.group(2)]
+    if seconds > MAX_SECONDS:
+        raise LiteralError(f"a duration must be at most {MAX_SECONDS // 86400}d, found {text!r}")
+    return seconds
 
 
 def rate(text: str) -> Rate:

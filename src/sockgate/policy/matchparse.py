@@ -45,6 +45,7 @@ ErrorSink = Callable[..., None]
 # Words that start a statement: a match never swallows them, so a rule missing its client
 # list does not hide the statement after it.
 STATEMENT_KEYWORDS = ("allow", "ban", "default", "deny", "forward", "include", "limit", "listen", "service", "set")
+MAX_NESTING = 32  # keeps every recursive walk over a match far from Python's recursion limit
 ITEM_KEYWORDS = ("all", "host", "user", "group", "uid", "gid", "exe")
 EXPECTED_ITEM = "an address, CIDR, @set, all, host NAME, user NAME, group NAME, uid N, gid N or exe PATH"
 LIMIT_FIELDS = {
@@ -74,6 +75,7 @@ class MatchParser:
         self.tokens = tokens
         self.pos = 0
         self.depth = 0  # braces open at ``pos``
+        self.nesting = 0  # matches being parsed, one inside the other
         self.error = error
         self.sets = sets
         self.accounts = accounts
@@ -147,11 +149,17 @@ class MatchParser:
 
     # match := list [ 'except' match ]
     def match(self) -> Match:
-        include = self.list()
-        if self.peek().kind is Kind.WORD and self.peek().text == "except":
-            self.advance()
-            return Except(include, self.match())
-        return include
+        if self.nesting >= MAX_NESTING:
+            self.fail(self.peek(), f"a match nests lists and excepts more than {MAX_NESTING} deep")
+        self.nesting += 1
+        try:
+            include = self.list()
+            if self.peek().kind is Kind.WORD and self.peek().text == "except":
+                self.advance()
+                return Except(include, self.match())
+            return include
+        finally:
+            self.nesting -= 1
 
     # list := item | '{' match { ',' match } [ ',' ] '}'
     def list(self) -> Match:
@@ -170,6 +178,7 @@ class MatchParser:
             self.error(self.span(open_tok), "an empty list matches nothing; name at least one client")
         return AnyOf(tuple(items))
 
+    # item := 'all' | ADDRESS | CIDR | '@' SET | KEYWORD VALUE   (see the module docstring)
     def item(self) -> Match:
         tok = self.peek()
         if tok.kind is not Kind.WORD:
@@ -194,6 +203,7 @@ class MatchParser:
         self.error(self.span(tok), f"expected {EXPECTED_ITEM}, found {text!r}")
         return MatchNone()
 
+    # '@' SET  -- the set's networks, labelled '@SET' so messages and the printer keep the name
     def set_ref(self, tok: Token) -> Match:
         name = tok.text[1:]
         found = self.sets.get(name)
@@ -208,6 +218,7 @@ class MatchParser:
         self.error(self.span(tok), msg)
         return MatchNone()
 
+    # ('host' NAME | 'user' NAME | 'group' NAME | 'uid' N | 'gid' N | 'exe' PATH)
     def principal_or_host(self, kw: Token) -> Match:
         tok = self.peek()
         if tok.kind not in (Kind.WORD, Kind.STRING) or (tok.kind is Kind.STRING and kw.text != "exe"):
@@ -258,6 +269,7 @@ class MatchParser:
         spans[key] = span
         return limits if value is None else replace(limits, **{key: value})  # type: ignore[arg-type]
 
+    # [ 'per' 'source' ]
     def per_source(self) -> bool:
         if not (self.peek().kind is Kind.WORD and self.peek().text == "per"):
             return False

@@ -28,10 +28,11 @@ A file-wide ``default`` applies to every service that gives none.
 from __future__ import annotations
 
 import difflib
+import fnmatch
 from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
-from sockgate.errors import Diagnostic, PolicyError
+from sockgate.errors import Diagnostic, PolicyError, UsageError
 from sockgate.policy import literals
 from sockgate.policy.accounts import Accounts, StaticAccounts
 from sockgate.policy.coverage import Cover, cover
@@ -39,6 +40,7 @@ from sockgate.policy.ir import Action, AddressSet, Endpoint, IPNetwork, Limits, 
 from sockgate.policy.lexer import Kind, Token, tokenize
 from sockgate.policy.matchparse import MatchParser, Recover
 from sockgate.policy.source import Span
+from sockgate.urls import parse_url
 
 Reader = Callable[[str], str]
 Lister = Callable[[str], Sequence[str]]
@@ -135,7 +137,8 @@ class _Context:
 
     def finish(self) -> Policy:
         if self.diags:
-            raise PolicyError(sorted(self.diags, key=_diag_order), sources=self.texts)
+            order = {f: i for i, f in enumerate(self.sources)}
+            raise PolicyError(sorted(self.diags, key=lambda d: _diag_order(d, order)), sources=self.texts)
         services = tuple(
             s if s.default is not None else replace(s, default=self.default, default_span=self.default_span)
             for s in self.services.values()
@@ -153,8 +156,9 @@ class _Context:
         return replace(policy, services=tuple(replace(s, policy_digest=digest) for s in services))
 
 
-def _diag_order(d: Diagnostic) -> tuple[str, int, int]:
-    return (d.span.file, d.span.line, d.span.col) if d.span else ("", 0, 0)
+def _diag_order(d: Diagnostic, order: dict[str, int]) -> tuple[int, int, int]:
+    """Files in the order they were read, then by position; unplaced errors first."""
+    return (order.get(d.span.file, len(order)), d.span.line, d.span.col) if d.span else (-1, 0, 0)
 
 
 def resolve_path(base_file: str, path: str) -> str:
@@ -236,8 +240,6 @@ class _FileParser(MatchParser):
             self.ctx.parse_file(path, at)
 
     def expand(self, directory: str, base: str, at: Span) -> list[str]:
-        import fnmatch
-
         if self.ctx.listdir is None:
             self.ctx.error(at, "cannot list directories here: include a file by name, without wildcards")
             return []
@@ -377,6 +379,7 @@ class _FileParser(MatchParser):
             self.ctx.error(span, str(e))
             raise Recover() from None
 
+    # svc_stmt := rule | 'default' ('allow' | 'deny') | limit_clause | 'listen' URL | 'forward' URL
     def service_statement(self, body: "_ServiceBody") -> None:
         tok = self.peek()
         if tok.kind is Kind.WORD and tok.text in ("allow", "deny"):
@@ -415,9 +418,6 @@ class _FileParser(MatchParser):
 
     # 'listen' URL | 'forward' URL
     def url(self, kw: Token, body: "_ServiceBody") -> None:
-        from sockgate.errors import UsageError
-        from sockgate.urls import parse_url
-
         tok = self.advance()
         if tok.kind not in (Kind.WORD, Kind.STRING):
             self.fail(tok, f"expected a URL after {kw.text!r} (tcp://HOST:PORT, udp://HOST:PORT, unix:/PATH, unix:@NAME), found {tok.describe()}")
@@ -454,6 +454,8 @@ class _ServiceBody:
         """Append ``rule``; an exact duplicate of an earlier rule is an error. A rule with a
         bad value (``checked`` False) is kept out of the comparison: it is already reported."""
         c = cover(rule.match) if checked else None
+        if c is not None and c.is_empty():
+            c = None  # matches nobody: lint says so; it duplicates nothing
         for earlier, ec in zip(self.rules, self.covers):
             if c is not None and ec == c:
                 where = f"{earlier.span.file}:{earlier.span.line}"

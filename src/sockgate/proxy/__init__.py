@@ -11,20 +11,14 @@ every finished connection (``log``), and reloads, drains and cooperates with sys
 
 from __future__ import annotations
 
-from typing import Any
-
 from sockgate.proxy.service import Resolver
 
 
-def resolver(timeout: float) -> Resolver | None:
-    """The host-name lookup the proxy uses: forward-confirmed reverse DNS from
-    ``sockgate.resolve``, with its cache; ``timeout`` bounds each lookup."""
-    try:
-        from sockgate import resolve
-    except ImportError:
-        return None
-    return _adapt(resolve, timeout)
+def resolver(timeout: float) -> Resolver:
+    """The host-name lookup the proxy uses: ``sockgate.resolve.SystemResolver`` (reverse
+    lookup confirmed forward) behind ``names.NameLookup`` (thread pool, cache); each C
+    library call is bounded by ``timeout`` as well."""
+    from sockgate.proxy.names import NameLookup
+    from sockgate.resolve import SystemResolver
 
-
-def _adapt(resolve: Any, timeout: float) -> Resolver | None:
-    return None
+    return NameLookup(SystemResolver(timeout))

@@ -14,6 +14,7 @@ written (the server calls ``tick`` from its housekeeping timer) or when the buff
 from __future__ import annotations
 
 import json
+import re
 import sys
 import syslog
 import time
@@ -24,11 +25,14 @@ _SEVERITY = {"allow": syslog.LOG_INFO, "close": syslog.LOG_INFO, "deny": syslog.
 _ORDER = ("event", "service", "peer", "decision", "rule", "reason")
 
 
+_NEEDS_QUOTES = re.compile(r'[\s"=\\]|^$')
+
+
 def _quote(v: Any) -> str:
+    if type(v) is int or type(v) is float:
+        return str(v)
     s = str(v)
-    if s == "" or any(c in s for c in ' "=\\\n'):
-        return json.dumps(s)
-    return s
+    return json.dumps(s) if _NEEDS_QUOTES.search(s) else s
 
 
 class Log:

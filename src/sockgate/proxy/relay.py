@@ -50,11 +50,14 @@ _RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT, errno
 
 
 class PipePool:
-    """Non-blocking pipes of ``size`` bytes, reused; at most ``keep`` kept idle."""
+    """Non-blocking pipes of ``size`` bytes, reused; at most ``keep`` kept idle. With
+    ``splice=False`` the relays copy through a buffer instead (measuring, or a kernel whose
+    splice misbehaves)."""
 
-    def __init__(self, size: int = PIPE_SIZE, keep: int = 64) -> None:
+    def __init__(self, size: int = PIPE_SIZE, keep: int = 64, splice: bool = _SPLICE) -> None:
         self.size = size
         self.keep = keep
+        self.splice = splice and _SPLICE
         self.idle: list[tuple[int, int]] = []
 
     def acquire(self) -> tuple[int, int]:
@@ -100,7 +103,7 @@ class _Pump:
         self.eof = False
         self.done = False
         self.bytes = 0
-        self.splice = _SPLICE
+        self.splice = relay.pipes.splice
 
     def start(self) -> None:
         self.relay.loop.add_reader(self.sfd, self.on_readable)
@@ -113,6 +116,7 @@ class _Pump:
                 n = self._fill()
                 if n is None:
                     break
+                short = n < COPY_SIZE
                 if n == 0:
                     # splice reports a reset as end of file (tcp_splice_read checks SOCK_DONE
                     # before sk_err): the pending socket error tells them apart.
@@ -125,6 +129,9 @@ class _Pump:
                     relay.loop.remove_reader(self.sfd)
                     relay.loop.add_writer(self.dfd, self.on_writable)
                     return
+                if short:
+                    break  # a small read: the socket is most likely empty; skip the EAGAIN
+                    # read (epoll calls again if not). Bulk reads keep looping.
             if self.eof:
                 relay.loop.remove_reader(self.sfd)
                 self._finish()
@@ -203,10 +210,12 @@ class _Pump:
         if self.pipe is not None:
             self.relay.pipes.release(self.pipe)
             self.pipe = None
-        try:
-            self.dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass  # the other side is already gone; its own pump will notice
+        other = self.relay.downstream if self is self.relay.upstream else self.relay.upstream
+        if not other.done:  # when both are done, close() sends the FIN itself
+            try:
+                self.dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass  # the other side is already gone; its own pump will notice
         self.relay.pump_done()
 
     def stop(self) -> None:

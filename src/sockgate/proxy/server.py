@@ -28,6 +28,7 @@ import os
 import signal
 import socket
 import time
+from dataclasses import replace
 from typing import Any, Callable, Sequence
 
 from sockgate.errors import SockgateError, UsageError
@@ -75,6 +76,7 @@ class Proxy:
         resolver: Resolver | None = None,
         use_uvloop: bool = True,
         inherit: bool = True,
+        splice: bool = True,
     ) -> None:
         if not plans:
             raise UsageError("nothing to proxy: no service has both `listen` and `forward`")
@@ -85,7 +87,7 @@ class Proxy:
         self.resolver = resolver
         self.use_uvloop = use_uvloop
         self.inherit = inherit
-        self.pipes = PipePool()
+        self.pipes = PipePool(splice=splice)
         self.runners: dict[tuple[str, tuple[str, ...]], Runner] = {}
         self.retired: list[Runner] = []
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -150,6 +152,8 @@ class Proxy:
                     guard(s)
                     out.append(Listener(url, s))
                 else:
+                    if self.workers > 1 and not url.is_unix:
+                        url = replace(url, reuseport=True)  # the other workers join its group
                     out.append(open_listener(url, before_listen=guard))
         except BaseException:
             for lst in out:
@@ -289,23 +293,61 @@ class Proxy:
     # -- workers --------------------------------------------------------------------------
 
     def _fork_workers(self) -> int:
+        addresses = self.addresses()
         pids: list[int] = []
-        for _ in range(self.workers):
-            pid = os.fork()
-            if pid == 0:
-                self.is_child = True
-                code = 1
+        try:
+            for index in range(self.workers):
+                pid = os.fork()
+                if pid == 0:
+                    self._child(index)
+                pids.append(pid)
+            for r in self.runners.values():
+                for lst in r.listeners:
+                    lst.sock.close()  # only the workers accept; the files are unlinked at the end
+            return self._supervise(pids, addresses)
+        finally:
+            for p in pids:  # normally all reaped already; never leave a worker behind
                 try:
-                    code = self.run_loop()
-                finally:
-                    os._exit(code)
-            pids.append(pid)
-        for r in self.runners.values():
-            for lst in r.listeners:
-                lst.sock.close()  # only the workers accept; the files are unlinked at the end
-        return self._supervise(pids)
+                    os.kill(p, signal.SIGKILL)
+                    os.waitpid(p, 0)
+                except (ProcessLookupError, ChildProcessError):
+                    pass
 
-    def _supervise(self, pids: list[int]) -> int:
+    def _child(self, index: int) -> None:
+        """A worker: dies with its parent (PR_SET_PDEATHSIG), serves, never returns."""
+        code = 1
+        try:
+            self.is_child = True
+            _die_with_parent()
+            if index > 0:
+                self._own_listeners()
+            code = self.run_loop()
+        finally:
+            os._exit(code)
+
+    def _own_listeners(self) -> None:
+        """Workers after the first open their own SO_REUSEPORT socket for each TCP/UDP listener
+        the proxy opened (same address, same filter), so the kernel spreads connections over
+        the workers' accept queues instead of waking every worker for each one. The first
+        worker keeps the original; passed and Unix sockets stay shared."""
+        from sockgate.linux import filter as kfilter
+        from sockgate.linux.listen import open_listener
+
+        for r in self.runners.values():
+            program = r.program()
+            mine: list[Listener] = []
+            for lst in r.listeners:
+                if not lst.url.reuseport:
+                    mine.append(lst)
+                    continue
+                port = lst.sock.getsockname()[1]
+                url = replace(lst.url, port=port)
+                own = open_listener(url, before_listen=lambda s: kfilter.attach(s, program, f"attach filter for {r.name}"))
+                lst.sock.close()
+                mine.append(own)
+            r.listeners = mine
+
+    def _supervise(self, pids: list[int], addresses: list[str]) -> int:
         stopping = False
 
         def forward(sig: int, _frame: Any) -> None:
@@ -326,24 +368,32 @@ class Proxy:
 
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, forward)
-        self.log.notice("listening", addresses=" ".join(self.addresses()), workers=len(pids))
+        self.log.notice("listening", addresses=" ".join(addresses), workers=len(pids))
         self.log.flush()
         _notify("READY=1")
         worst = 0
-        for p in pids:
-            while True:
-                try:
-                    _, status = os.waitpid(p, 0)
-                    break
-                except ChildProcessError:
-                    status = 0
-                    break
+        while pids:
+            try:
+                _, status = os.waitpid(pids[0], 0)
+            except ChildProcessError:
+                status = 0
+            pids.pop(0)  # reaped: never signalled again (its pid may be reused)
             code = os.waitstatus_to_exitcode(status)
             worst = max(worst, code if code >= 0 else 1)
         for r in self.runners.values():
             for lst in r.listeners:
                 lst.close()
         return worst
+
+
+def _die_with_parent() -> None:
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() == 1:  # the parent died before the call
+        os._exit(1)
 
 
 def _url_of(sock: socket.socket, name: str) -> SocketURL:

@@ -1,0 +1,343 @@
+"""The guard proxy against what people use instead, measured the way PEERS.md measured them.
+
+    .venv/bin/python bench/bench_proxy.py [--runs 5] [--quick] [--only bulk,short,flood]
+
+* Bulk: ``iperf3 -c 127.0.0.1 -p PORT -t 4 -O 1 -P {1,4} -J`` (receiver-side bits/s) through
+  each path in front of ``iperf3 -s``: direct, sockgate proxy (1 and 2 workers, and 1 worker
+  without splice / without uvloop, to show what each gave), haproxy 2.6 ``mode tcp`` with no
+  tune settings, socat ``TCP-LISTEN,fork``.
+* Short connections: 4 client threads loop connect / 64-byte echo / close for 5 s against a
+  small C epoll echo server, directly or through each path (the same ones, plus xinetd
+  ``redirect`` and xinetd → tcpd → cat, the TCP Wrappers deployment); conn/s and p50/p99
+  latency, and the p50 added over direct.
+* Banned flood: the proxy with a per-source rate limit; 127.0.0.2 is made to exceed it and is
+  banned (pushed into the kernel filter); then the allowed clients' rate from 127.0.0.1 with and
+  without an unpaced connect flood from 127.0.0.2 (each attempt abandoned after 20 ms).
+
+The load tools (echo server, clients, flood) are C (bench/proxy_tools.c, compiled here with
+cc): Python clients saturate near the rates being measured and would compress every ratio.
+Every path of a run is measured back to back in the same order, runs repeat ``--runs``
+times, and ratios are computed per run and reported as medians. Traffic: 127.0.0.0/8 only;
+every loop is bounded by its duration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = int(s.getsockname()[1])
+    s.close()
+    return port
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+@dataclass
+class Proc:
+    argv: list[str]
+    port: int
+    env: dict[str, str] | None = None
+    p: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "Proc":
+        env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), **(self.env or {}))
+        self.p = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+        wait_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.p is not None and self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.p.pid, signal.SIGKILL)
+                self.p.wait()
+
+
+@dataclass
+class Bench:
+    tools: str
+    tmp: Path
+    backend: int  # port of the thing being relayed to
+    procs: list[Proc] = field(default_factory=list)
+
+    def sockgate(self, *extra: str) -> Proc:
+        port = free_port()
+        argv = [PY, "-m", "sockgate", "proxy", "--listen", f"tcp://127.0.0.1:{port}?backlog=4096", "--forward", f"tcp://127.0.0.1:{self.backend}", *extra]
+        return self._add(Proc(argv, port))
+
+    def policy_proxy(self, policy: str) -> Proc:
+        port = free_port()
+        path = self.tmp / f"p{port}.conf"
+        path.write_text(policy.format(port=port, backend=self.backend))
+        return self._add(Proc([PY, "-m", "sockgate", "proxy", str(path)], port))
+
+    def haproxy(self) -> Proc:
+        port = free_port()
+        cfg = self.tmp / f"haproxy{port}.cfg"
+        cfg.write_text(
+            "global\n    maxconn 4000\ndefaults\n    mode tcp\n    timeout connect 5s\n    timeout client 60s\n"
+            f"    timeout server 60s\nfrontend f\n    bind 127.0.0.1:{port}\n    default_backend b\n"
+            f"backend b\n    server s1 127.0.0.1:{self.backend}\n"
+        )
+        return self._add(Proc(["haproxy", "-f", str(cfg), "-db"], port))
+
+    def socat(self) -> Proc:
+        port = free_port()
+        argv = ["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,backlog=4096", f"TCP:127.0.0.1:{self.backend}"]
+        return self._add(Proc(argv, port))
+
+    def xinetd(self, tcpd: bool) -> Proc:
+        port = free_port()
+        cfg = self.tmp / f"xinetd{port}.conf"
+        if tcpd:
+            body = f"    server = {self.tools}\n    server_args = tcpd-cat\n"
+        else:
+            body = f"    redirect = 127.0.0.1 {self.backend}\n"
+        cfg.write_text(
+            "defaults\n{\n    instances = UNLIMITED\n    cps = 1000000 1\n    per_source = UNLIMITED\n"
+            f"    log_type = FILE {self.tmp}/xinetd.log\n}}\n"
+            f"service sgbench{port}\n{{\n    type = UNLISTED\n    socket_type = stream\n    protocol = tcp\n"
+            f"    port = {port}\n    bind = 127.0.0.1\n    wait = no\n    user = root\n    instances = UNLIMITED\n"
+            f"    cps = 1000000 1\n    per_source = UNLIMITED\n{body}}}\n"
+        )
+        argv = ["xinetd", "-dontfork", "-f", str(cfg), "-pidfile", str(self.tmp / f"x{port}.pid")]
+        return self._add(Proc(argv, port))
+
+    def _add(self, p: Proc) -> Proc:
+        self.procs.append(p.start())
+        return p
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.stop()
+
+
+def iperf(port: int, streams: int, seconds: int) -> float:
+    out = subprocess.run(
+        ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(seconds), "-O", "1", "-P", str(streams), "-J"],
+        capture_output=True, text=True, timeout=seconds + 30,
+    )
+    data = json.loads(out.stdout)
+    if "error" in data:
+        raise RuntimeError(data["error"])
+    return float(data["end"]["sum_received"]["bits_per_second"]) / 1e9
+
+
+def short(tools: str, port: int, seconds: float, threads: int = 4, src: str = "127.0.0.1") -> tuple[float, float, float, int]:
+    out = subprocess.run([tools, "short", str(port), str(seconds), str(threads), src], capture_output=True, text=True, timeout=seconds + 30)
+    count, fail, p50, p99 = out.stdout.split()
+    return int(count) / seconds, float(p50), float(p99), int(fail)
+
+
+def med(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def machine() -> str:
+    cpu = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return f"{os.cpu_count()} CPUs ({cpu}), Linux {os.uname().release}, Python {sys.version.split()[0]}"
+
+
+def build_tools(tmp: Path) -> str:
+    exe = tmp / "proxy_tools"
+    subprocess.run(["cc", "-O2", "-pthread", "-o", str(exe), str(HERE / "proxy_tools.c")], check=True)
+    return str(exe)
+
+
+def echo_server(tools: str) -> tuple[subprocess.Popen[str], int]:
+    p = subprocess.Popen([tools, "echo", "0"], stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None
+    port = int(p.stdout.readline())
+    return p, port
+
+
+SG = {
+    "sockgate proxy, 2 workers": ("--workers", "2"),
+    "sockgate proxy, 1 worker": (),
+    "sockgate, 1 worker, no splice": ("--no-splice",),
+    "sockgate, 1 worker, no uvloop": ("--no-uvloop",),
+}
+
+
+def bulk(args: argparse.Namespace, tools: str, tmp: Path) -> None:
+    srv_port = free_port()
+    srv = subprocess.Popen(["iperf3", "-s", "-p", str(srv_port), "-B", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    b = Bench(tools, tmp, srv_port)
+    try:
+        wait_port(srv_port)
+        paths: dict[str, int] = {"direct": srv_port}
+        for name, extra in SG.items():
+            paths[name] = b.sockgate(*extra, "--log-format", "json").port
+        paths["haproxy 2.6 mode tcp"] = b.haproxy().port
+        paths["socat fork"] = b.socat().port
+        res: dict[tuple[str, int], list[float]] = {}
+        for run in range(args.runs):
+            for streams in (1, 4):
+                for name, port in paths.items():
+                    g = iperf(port, streams, args.iperf_seconds)
+                    res.setdefault((name, streams), []).append(g)
+                    print(f"bulk run {run + 1} -P {streams} {name}: {g:.2f} Gbit/s", file=sys.stderr)
+        print(f"\n### Bulk (iperf3 -t {args.iperf_seconds} -O 1, Gbit/s; medians of {args.runs} runs; ratios per run)\n")
+        print("| path | 1 stream | ratio to direct | ratio to haproxy | 4 streams | ratio to direct | ratio to haproxy |")
+        print("|---|---|---|---|---|---|---|")
+        for name in paths:
+            cells = [name]
+            for streams in (1, 4):
+                xs = res[(name, streams)]
+                d = res[("direct", streams)]
+                h = res[("haproxy 2.6 mode tcp", streams)]
+                cells += [f"{med(xs):.2f}", f"{med([x / y for x, y in zip(xs, d)]):.2f}", f"{med([x / y for x, y in zip(xs, h)]):.2f}"]
+            print("| " + " | ".join(cells) + " |")
+    finally:
+        b.close()
+        srv.terminate()
+        srv.wait()
+
+
+def short_conns(args: argparse.Namespace, tools: str, tmp: Path) -> None:
+    echo, echo_port = echo_server(tools)
+    b = Bench(tools, tmp, echo_port)
+    try:
+        paths: dict[str, int] = {"direct": echo_port}
+        for name, extra in SG.items():
+            paths[name] = b.sockgate(*extra, "--log-format", "json").port
+        paths["haproxy 2.6 mode tcp"] = b.haproxy().port
+        paths["socat fork"] = b.socat().port
+        paths["xinetd redirect"] = b.xinetd(tcpd=False).port
+        paths["xinetd -> tcpd -> cat"] = b.xinetd(tcpd=True).port
+        res: dict[str, list[tuple[float, float, float, int]]] = {}
+        for run in range(args.runs):
+            for name, port in paths.items():
+                r = short(tools, port, args.seconds)
+                res.setdefault(name, []).append(r)
+                print(f"short run {run + 1} {name}: {r[0]:.0f} conn/s p50 {r[1]:.0f} us p99 {r[2]:.0f} us fail {r[3]}", file=sys.stderr)
+        rate = {n: [r[0] for r in rs] for n, rs in res.items()}
+        per_run = lambda n, m: med([x / y for x, y in zip(rate[n], rate[m])])  # noqa: E731
+        print(f"\n### Short connections (4 threads, connect / 64-byte echo / close, {args.seconds:g} s; medians of {args.runs} runs)\n")
+        print("| path | conn/s | ratio to direct | p50 µs | p99 µs | p50 added µs | failures |")
+        print("|---|---|---|---|---|---|---|")
+        p50d = med([r[1] for r in res["direct"]])
+        for n, rs in res.items():
+            p50 = med([r[1] for r in rs])
+            print(f"| {n} | {med(rate[n]):,.0f} | {per_run(n, 'direct'):.2f} | {p50:,.0f} | {med([r[2] for r in rs]):,.0f} |"
+                  f" {p50 - p50d:+,.0f} | {sum(r[3] for r in rs)} |")
+        best = "sockgate proxy, 2 workers"
+        print()
+        for peer, target in (("haproxy 2.6 mode tcp", 0.8), ("socat fork", 3), ("xinetd redirect", 3), ("xinetd -> tcpd -> cat", 8)):
+            for sg in (best, "sockgate proxy, 1 worker"):
+                print(f"- {sg} / {peer}: {per_run(sg, peer):.2f}x (target >= {target}x)")
+    finally:
+        b.close()
+        echo.terminate()
+        echo.wait()
+
+
+FLOOD_POLICY = """
+service bench tcp/1 {{
+    listen "tcp://127.0.0.1:{port}?backlog=4096"
+    forward tcp://127.0.0.1:{backend}
+    allow 127.0.0.2 limit rate 1/1m per source ban 1h
+    allow 127.0.0.1
+    default deny
+}}
+"""
+
+
+def flood(args: argparse.Namespace, tools: str, tmp: Path) -> None:
+    echo, echo_port = echo_server(tools)
+    b = Bench(tools, tmp, echo_port)
+    try:
+        port = b.policy_proxy(FLOOD_POLICY).port
+        for _ in range(3):  # the second connection from 127.0.0.2 is over its rate: banned
+            try:
+                s = socket.socket()
+                s.settimeout(1)
+                s.bind(("127.0.0.2", 0))
+                s.connect(("127.0.0.1", port))
+                s.close()
+            except OSError:
+                pass
+            time.sleep(0.2)
+        without: list[float] = []
+        with_: list[float] = []
+        for run in range(args.runs):
+            without.append(short(tools, port, args.seconds)[0])
+            fl = subprocess.Popen([tools, "flood", str(port), str(args.seconds + 1), "127.0.0.2"], stdout=subprocess.PIPE, text=True)
+            time.sleep(0.5)
+            with_.append(short(tools, port, args.seconds)[0])
+            attempts = fl.communicate(timeout=args.seconds + 30)[0].strip()
+            print(f"flood run {run + 1}: without {without[-1]:.0f} with {with_[-1]:.0f} conn/s ({attempts} flood connects)", file=sys.stderr)
+        ratio = med([w / o for w, o in zip(with_, without)])
+        print(f"\n### Allowed clients under a banned source's connect flood (sockgate proxy, 1 worker; medians of {args.runs} runs)\n")
+        print("| no flood conn/s | flood conn/s | ratio |")
+        print("|---|---|---|")
+        print(f"| {med(without):,.0f} | {med(with_):,.0f} | {ratio:.2f} (target >= 0.9) |")
+    finally:
+        b.close()
+        echo.terminate()
+        echo.wait()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=5.0, help="short-connection run length")
+    ap.add_argument("--iperf-seconds", type=int, default=4)
+    ap.add_argument("--quick", action="store_true", help="3 runs of 2 s (a smoke test, not a result)")
+    ap.add_argument("--only", default="bulk,short,flood")
+    args = ap.parse_args()
+    if args.quick:
+        args.runs, args.seconds, args.iperf_seconds = 3, 2.0, 2
+    missing = [t for t in ("cc", "iperf3", "haproxy", "socat", "xinetd") if shutil.which(t) is None]
+    if missing:
+        print(f"bench_proxy: missing tools: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    print(f"machine: {machine()}")
+    print(f"command: .venv/bin/python bench/bench_proxy.py --runs {args.runs} --seconds {args.seconds:g} --iperf-seconds {args.iperf_seconds} --only {args.only}")
+    with tempfile.TemporaryDirectory(prefix="sgbench") as d:
+        tmp = Path(d)
+        tools = build_tools(tmp)
+        parts: dict[str, Callable[[argparse.Namespace, str, Path], None]] = {"bulk": bulk, "short": short_conns, "flood": flood}
+        for name in args.only.split(","):
+            parts[name](args, tools, tmp)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""``sockgate check``: decide clients against a policy and say why, like tcpdmatch(8).
+
+Every client is validated (and resolved) before anything is printed, so a bad client gives
+exit 2 with its message on stderr and nothing on stdout. Each ``--client`` is decided on
+its own: an address as given (plus its verified host name when the service has name rules,
+unless ``--no-resolve``), a host name once per address it resolves to, as tcpdmatch does.
+Options of the matched hosts_access rule are listed and never executed. Exit 0 when every
+client is allowed, 1 when any is denied. docs/check.md documents the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from sockgate.cli.common import add_policy_args, load_from_args, print_json
+from sockgate.decide import Decision, Peer, decide_service
+from sockgate.errors import UsageError
+from sockgate.policy.ir import AnyOf, Except, HostClass, HostPattern, Match, Policy, Service, UserAt
+from sockgate.resolve import DEFAULT_TIMEOUT, SystemResolver, peers_for_client, unix_peer
+
+_SIDE_EFFECTS = {
+    "spawn": "not executed",
+    "twist": "not executed; libwrap hands the connection to this command",
+    "aclexec": "not executed; libwrap denies when it exits non-zero",
+    "banners": "not sent",
+    "setenv": "not applied",
+    "user": "not applied",
+    "group": "not applied",
+    "umask": "not applied",
+    "nice": "not applied",
+    "linger": "not applied",
+    "keepalive": "not applied",
+    "rfc931": "no ident lookup made",
+    "severity": "not logged",
+}
+
+
+def add_parser(p: argparse.ArgumentParser) -> None:
+    add_policy_args(p, positional=True)
+    p.add_argument("--service", required=True, metavar="NAME", help="service (daemon) name")
+    p.add_argument("--client", action="append", default=[], metavar="ADDR_OR_NAME",
+                   help="client address or host name, [user@]; repeatable")
+    p.add_argument("--uid", type=int, help="Unix peer: user id")
+    p.add_argument("--gid", type=int, help="Unix peer: group id (default: the user's group)")
+    p.add_argument("--exe", metavar="PATH", help="Unix peer: executable path")
+    p.add_argument("--pid", type=int, help="Unix peer: process id")
+    p.add_argument("--user", metavar="NAME", help="ident user name of the clients (user@host rules)")
+    p.add_argument("--server", metavar="ADDR", help="server address the clients connect to (daemon@host)")
+    p.add_argument("--no-resolve", action="store_true", help="no name lookups (addresses only)")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
+                   help=f"seconds per name lookup (default {DEFAULT_TIMEOUT:g})")
+    p.add_argument("--json", action="store_true", help="one JSON object per client per line")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    client: str
+    peers: tuple[Peer, ...]
+    decisions: tuple[Decision, ...]
+
+    @property
+    def allowed(self) -> bool:
+        return all(d.allowed for d in self.decisions)
+
+    @property
+    def deciding(self) -> int:
+        """The index of the decision reported at top level: the first denial, else the first."""
+        return next((i for i, d in enumerate(self.decisions) if not d.allowed), 0)
+
+
+def run(args: argparse.Namespace) -> int:
+    clients = _client_specs(args)
+    policy = load_from_args(args)
+    service = _service(policy, args.service)
+    peer_sets = [(text, peers) for text, peers in _peers(args, clients, service)]
+    verdicts = [
+        Verdict(text, peers, tuple(decide_service(service, p) for p in peers)) for text, peers in peer_sets
+    ]
+    out = [_json(v, service) for v in verdicts] if args.json else None
+    if out is not None:
+        for obj in out:
+            print_json(obj)
+    else:
+        sys.stdout.write("\n".join(_text(v, policy) for v in verdicts))
+    return 0 if all(v.allowed for v in verdicts) else 1
+
+
+def _client_specs(args: argparse.Namespace) -> list[str]:
+    unix = args.uid is not None
+    if args.client and unix:
+        raise UsageError("give --client or --uid, not both")
+    if not args.client and not unix:
+        raise UsageError("no client: give --client ADDR_OR_NAME (repeatable) or --uid N")
+    if not unix and (args.gid is not None or args.exe or args.pid is not None):
+        raise UsageError("--gid, --exe and --pid describe a Unix peer: give --uid too")
+    if args.timeout <= 0:
+        raise UsageError(f"--timeout must be positive, found {args.timeout:g}")
+    return list(args.client)
+
+
+def _service(policy: Policy, name: str) -> Service:
+    try:
+        return policy.service(name)
+    except KeyError:
+        known = ", ".join(policy.service_names()) or "none"
+        raise UsageError(f"unknown service {name!r}; the policy declares: {known}") from None
+
+
+def _peers(args: argparse.Namespace, clients: list[str], service: Service) -> list[tuple[str, tuple[Peer, ...]]]:
+    if args.uid is not None:
+        p = unix_peer(args.uid, args.gid, args.exe, args.pid)
+        return [(p.describe(), (p,))]
+    server = None
+    if args.server is not None:
+        try:
+            server = ipaddress.ip_address(args.server.strip("[]"))
+        except ValueError:
+            raise UsageError(f"--server: not an IP address: {args.server!r}") from None
+    resolver = None if args.no_resolve else SystemResolver(args.timeout)
+    names = _service_needs_names(service)
+    return [
+        (c, peers_for_client(c, resolver, names=names, user=args.user, server=server)) for c in clients
+    ]
+
+
+def _service_needs_names(service: Service) -> bool:
+    return any(_needs_names(r.match) for r in service.rules)
+
+
+def _needs_names(m: Match) -> bool:
+    if isinstance(m, (HostPattern, HostClass)):
+        return True
+    if isinstance(m, AnyOf):
+        return any(_needs_names(i) for i in m.items)
+    if isinstance(m, Except):
+        return _needs_names(m.include) or _needs_names(m.exclude)
+    if isinstance(m, UserAt):
+        return _needs_names(m.host)
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _text(v: Verdict, policy: Policy) -> str:
+    lines = []
+    for peer, d in zip(v.peers, v.decisions):
+        lines.append(f"client:   {v.client}")
+        if peer.address is not None:
+            lines.append(f"client:   address  {peer.address}")
+        if peer.name is not None or not peer.name_verified:
+            lines.append(f"client:   hostname {_name(peer)}")
+        if peer.user:
+            lines.append(f"client:   username {peer.user}")
+        lines.append(f"server:   service  {d.service}")
+        if d.rule is not None:
+            lines.append(f"matched:  {d.rule.span.file}:{d.rule.span.line}: {d.rule.text}")
+        else:
+            lines.append(f"matched:  default ({d.action})")
+        for o in d.rule.options if d.rule is not None else ():
+            lines.append(f"option:   {o.name}{' ' + o.value if o.value else ''}{_note(o.name)}")
+        lines.append(f"reason:   {d.reason}")
+        lines.append(f"access:   {'granted' if d.allowed else 'denied'}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _note(option: str) -> str:
+    note = _SIDE_EFFECTS.get(option)
+    return f" ({note})" if note else ""
+
+
+def _name(peer: Peer) -> str:
+    if not peer.name_verified:
+        return f"{peer.name or 'unknown'} (paranoid: does not verify)"
+    return peer.name or "unknown"
+
+
+def _json(v: Verdict, service: Service) -> dict[str, Any]:
+    per = [_decision_json(p, d) for p, d in zip(v.peers, v.decisions)]
+    top = dict(per[v.deciding])
+    top = {"service": service.name, "client": v.client, **top}
+    top["decision"] = "allow" if v.allowed else "deny"
+    if len(per) > 1:
+        top["addresses"] = per
+    return top
+
+
+def _decision_json(peer: Peer, d: Decision) -> dict[str, Any]:
+    matched = None
+    options: list[dict[str, str]] = []
+    if d.rule is not None:
+        matched = {"file": d.rule.span.file, "line": d.rule.span.line, "text": d.rule.text}
+        options = [{"name": o.name, "value": o.value, "note": _SIDE_EFFECTS.get(o.name, "")} for o in d.rule.options]
+    return {
+        "decision": str(d.action),
+        "matched": matched,
+        "reason": d.reason,
+        "options": options,
+        "address": str(peer.address) if peer.address is not None else None,
+        "name": peer.name,
+        "name_verified": peer.name_verified,
+        "user": peer.user,
+        "uid": peer.uid,
+        "gid": peer.gid,
+        "groups": sorted(peer.groups),
+        "pid": peer.pid,
+        "exe": peer.exe,
+    }

@@ -1,0 +1,562 @@
+"""hosts.allow / hosts.deny (hosts_access(5), hosts_options(5)) → the shared IR.
+
+libwrap reads ``hosts.allow`` then ``hosts.deny``; the first line whose daemon list and
+client list both match decides (allow in hosts.allow, deny in hosts.deny, unless its options
+end in ``allow``, ``deny`` or ``twist``), and when nothing matches access is granted. The
+Policy built here says the same: the rules of hosts.allow then hosts.deny, in order, each
+with its daemon list (``DaemonMatch``) and client list (``Match``), and ``fallback=ALLOW``.
+
+Lines follow libwrap's reader: a backslash before the newline continues the line, a line
+whose first character is ``#`` is a comment (``#`` elsewhere is an ordinary character), the
+fields are split at the first two colons, list items at commas and blanks, and ``EXCEPT``
+nests to the right (``a EXCEPT b EXCEPT c`` is ``a EXCEPT (b EXCEPT c)``).
+
+Patterns become ``AddrMatch`` wherever that is exactly what libwrap decides (canonical
+addresses and ``n.n.n.`` prefixes, ``net/mask`` with libwrap's ``(addr & mask) == net``, so a
+net with host bits set matches nothing, ``[v6]`` and ``[v6]/len``); patterns that libwrap
+compares as text with the host name or address stay ``HostPattern(hosts_access=True)`` or
+``HostClass`` and are matched by ``hostmatch`` with libwrap's own string rules.
+
+Where libwrap would log a complaint and skip a line, or fail only when the rule is used
+(a missing colon, an empty list, a bad option, a bad net/mask, no final newline), this
+module reports ``file:line:col: message`` and rejects the files: nothing is half-applied.
+Pattern files (``/path``) are read through the injected ``read``; a missing one matches
+nothing, as in libwrap. Options are kept as ``Option`` values and never executed.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from sockgate.errors import Diagnostic, PolicyError
+from sockgate.policy import hostmatch
+from sockgate.policy.ir import (
+    Action,
+    AddrMatch,
+    AnyOf,
+    DaemonMatch,
+    DaemonPattern,
+    Except,
+    HostClass,
+    HostPattern,
+    IPNetwork,
+    Match,
+    MatchAll,
+    MatchNone,
+    Option,
+    Policy,
+    Rule,
+    UserAt,
+)
+from sockgate.policy.source import Span
+
+_SEP = ", \t\r\n"
+_BLANK = " \t\r\n"
+_CLASSES = {"KNOWN": "KNOWN", "UNKNOWN": "UNKNOWN", "PARANOID": "PARANOID", "LOCAL": "LOCAL"}
+_MAX_MASK_NETS = 256  # non-contiguous masks expand to this many CIDRs at most
+
+
+@dataclass(frozen=True)
+class _Tok:
+    text: str
+    span: Span
+
+
+@dataclass
+class _Line:
+    """One logical line: its text and, per character, the physical (line, col) it came from."""
+
+    text: str
+    where: list[tuple[int, int]]
+    first: int
+
+    def span(self, start: int, length: int, file: str) -> Span:
+        if not self.where:
+            return Span(file, self.first, 1, 1)
+        line, col = self.where[min(start, len(self.where) - 1)]
+        return Span(file, line, col, max(1, length))
+
+
+@dataclass
+class _State:
+    read: Callable[[str], str]
+    diags: list[Diagnostic] = field(default_factory=list)
+    texts: dict[str, str] = field(default_factory=dict)
+    sources: list[str] = field(default_factory=list)
+    reading: list[str] = field(default_factory=list)  # pattern files being expanded (cycles)
+
+    def error(self, span: Span, message: str) -> None:
+        self.diags.append(Diagnostic(span, message))
+
+
+def parse_hosts_access(
+    allow_path: str | None, deny_path: str | None, *, read: Callable[[str], str]
+) -> Policy:
+    """Parse a hosts.allow / hosts.deny pair (either may be None; a missing file is empty, as
+    in libwrap). Raises ``PolicyError`` listing every problem found."""
+    st = _State(read)
+    rules: list[Rule] = []
+    for path, action in ((allow_path, Action.ALLOW), (deny_path, Action.DENY)):
+        if path is None:
+            continue
+        text = _read_table(st, path)
+        if text is not None:
+            rules.extend(_parse_table(st, path, text, action))
+    if st.diags:
+        order = {f: i for i, f in enumerate(st.texts)}
+        diags = sorted(st.diags, key=lambda d: (order.get(d.span.file, -1), d.span) if d.span else (-1,))
+        raise PolicyError(diags, sources=st.texts)
+    return Policy(
+        rules=tuple(rules),
+        sources=tuple(st.sources),
+        kind="hosts_access",
+        fallback=Action.ALLOW,
+        texts=tuple(st.texts.items()),
+    )
+
+
+def _read_table(st: _State, path: str) -> str | None:
+    try:
+        text = st.read(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        st.error(Span(path, 1, 1), f"cannot read {path}: {e.strerror or e}")
+        return None
+    st.sources.append(path)
+    st.texts[path] = text
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Lines
+
+
+def logical_lines(text: str, file: str, st: _State | None = None) -> list[_Line]:
+    """Physical lines joined at backslash-newline; a last line with no newline is an error."""
+    out: list[_Line] = []
+    chars: list[str] = []
+    where: list[tuple[int, int]] = []
+    first = 1
+    physical = text.split("\n")
+    for idx, raw in enumerate(physical):
+        lineno = idx + 1
+        last = idx == len(physical) - 1
+        if last and raw == "" and not chars:
+            break
+        if not chars:
+            first = lineno
+        body = raw
+        continued = not last and body.endswith("\\")
+        if continued:
+            body = body[:-1]
+        chars.extend(body)
+        where.extend((lineno, col + 1) for col in range(len(body)))
+        if last:
+            if st is not None:
+                st.error(Span(file, lineno, len(raw) + 1), "missing newline at end of file"
+                         " (libwrap rejects this line and stops reading the file)")
+            break
+        if not continued:
+            out.append(_Line("".join(chars), where, first))
+            chars, where = [], []
+    return out
+
+
+def _tokens(line: _Line, start: int, end: int, file: str) -> list[_Tok]:
+    toks: list[_Tok] = []
+    i = start
+    while i < end:
+        if line.text[i] in _SEP:
+            i += 1
+            continue
+        j = i
+        while j < end and line.text[j] not in _SEP:
+            j += 1
+        toks.append(_Tok(line.text[i:j], line.span(i, j - i, file)))
+        i = j
+    return toks
+
+
+def _parse_table(st: _State, file: str, text: str, action: Action) -> list[Rule]:
+    rules = []
+    for line in logical_lines(text, file, st):
+        t = line.text
+        if t.startswith("#") or not t.strip(_BLANK):
+            continue
+        rule = _parse_rule(st, file, line, action)
+        if rule is not None:
+            rules.append(rule)
+    return rules
+
+
+# rule := daemon_list ':' client_list [ ':' options ]
+def _parse_rule(st: _State, file: str, line: _Line, action: Action) -> Rule | None:
+    t = line.text
+    c1 = hostmatch.split_at(t, ":")
+    where = line.span(0, len(t.rstrip(_BLANK)), file)
+    if c1 < 0:
+        st.error(where, "missing ':' between the daemon list and the client list"
+                 " (libwrap skips this line)")
+        return None
+    c2 = hostmatch.split_at(t, ":", c1 + 1)
+    end_clients = c2 if c2 >= 0 else len(t)
+    daemons = _parse_list(st, file, _tokens(line, 0, c1, file), where, "daemon", _daemon_item)
+    clients = _parse_list(st, file, _tokens(line, c1 + 1, end_clients, file),
+                          line.span(c1, 1, file), "client", _client_item)
+    options: tuple[Option, ...] = ()
+    if c2 >= 0:
+        options, action = _parse_options(st, file, line, c2 + 1, action)
+    if daemons is None or clients is None:
+        return None
+    return Rule(
+        action=action,
+        match=clients,  # type: ignore[arg-type]
+        span=Span(file, line.first, 1, max(1, sum(1 for w in line.where if w[0] == line.first))),
+        text=" ".join(t.split()),
+        daemons=daemons,  # type: ignore[arg-type]
+        options=options,
+    )
+
+
+_Item = Callable[[_State, str, _Tok], "Match | DaemonMatch | None"]
+
+
+# list := item+ [ 'EXCEPT' list ]        (right-nested; libwrap list_match)
+def _parse_list(
+    st: _State, file: str, toks: Sequence[_Tok], where: Span, what: str, item: _Item
+) -> Match | DaemonMatch | None:
+    cut = next((i for i, tk in enumerate(toks) if hostmatch.fold(tk.text) == "except"), None)
+    head = toks if cut is None else toks[:cut]
+    if not head:
+        at = toks[0].span if toks else where
+        found = "EXCEPT" if toks else "nothing"
+        st.error(at, f"expected a {what} pattern, found {found}")
+        return None
+    items = [item(st, file, tk) for tk in head]
+    ok = all(i is not None for i in items)
+    include = items[0] if len(items) == 1 else AnyOf(tuple(items))  # type: ignore[arg-type]
+    if cut is None:
+        return include if ok else None
+    rest = toks[cut + 1 :]
+    if not rest:
+        st.error(toks[cut].span, f"expected a {what} pattern after EXCEPT, found nothing")
+        return None
+    exclude = _parse_list(st, file, rest, where, what, item)
+    if not ok or exclude is None:
+        return None
+    return Except(include, exclude)  # type: ignore[arg-type]
+
+
+# daemon := name | name '@' host
+def _daemon_item(st: _State, file: str, tok: _Tok) -> DaemonMatch | None:
+    at = hostmatch.split_at(tok.text, "@", 1)
+    if at < 0:
+        return MatchAll() if hostmatch.fold(tok.text) == "all" else DaemonPattern(tok.text)
+    host = _sub(tok, at + 1)
+    if not host.text:
+        st.error(tok.span, f"expected a host after '@' in {tok.text!r}")
+        return None
+    server = host_item(st, file, host)
+    return None if server is None else DaemonPattern(tok.text[:at], server)
+
+
+# client := host | user '@' host
+def _client_item(st: _State, file: str, tok: _Tok) -> Match | None:
+    at = hostmatch.split_at(tok.text, "@", 1)
+    if at < 0:
+        return host_item(st, file, tok)
+    host = _sub(tok, at + 1)
+    if not host.text:
+        st.error(tok.span, f"expected a host after '@' in {tok.text!r}")
+        return None
+    m = host_item(st, file, host)
+    return None if m is None else UserAt(tok.text[:at], m)
+
+
+def _sub(tok: _Tok, start: int) -> _Tok:
+    s = tok.span
+    return _Tok(tok.text[start:], Span(s.file, s.line, s.col + start, max(1, len(tok.text) - start)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Host patterns (client lists, daemon@host, user@host, pattern files)
+
+
+def host_item(st: _State, file: str, tok: _Tok) -> Match | None:
+    t = tok.text
+    up = t.upper()
+    if t.startswith("@"):
+        st.error(tok.span, f"NIS netgroups are not supported: {t!r}")
+        return None
+    if t.startswith("/"):
+        return _pattern_file(st, tok)
+    if up == "ALL":
+        return MatchAll()
+    if up in _CLASSES:
+        return HostClass(_CLASSES[up])  # type: ignore[arg-type]
+    if hostmatch.split_at(t, "/") >= 0:
+        return _net_mask(st, tok)
+    if "*" in t or "?" in t:
+        return HostPattern(t, hosts_access=True)
+    if t.startswith("[") and t.endswith("]"):
+        return _v6_exact(st, tok)
+    if hostmatch.not_inaddr(t) or t.startswith("."):
+        return HostPattern(t, hosts_access=True)
+    return _v4_text(t)
+
+
+def _v4_text(t: str) -> AddrMatch:
+    """Digits and dots only: libwrap compares them with the address text, exactly or as a
+    prefix; only canonical dotted decimal can ever be equal to that text."""
+    label = t
+    body = t[:-1] if t.endswith(".") else t
+    parts = body.split(".")
+    canonical = all(p.isdigit() and str(int(p)) == p and int(p) <= 255 for p in parts)
+    if t.endswith("."):
+        if canonical and 1 <= len(parts) <= 3:
+            ip = ".".join(parts + ["0"] * (4 - len(parts)))
+            return AddrMatch((ipaddress.ip_network(f"{ip}/{8 * len(parts)}"),), label)
+        return AddrMatch((), label)
+    if canonical and len(parts) == 4:
+        return AddrMatch((ipaddress.ip_network(f"{body}/32"),), label)
+    return AddrMatch((), label)
+
+
+def _v6_exact(st: _State, tok: _Tok) -> Match | None:
+    inner = tok.text[1:-1]
+    if "%" in inner:
+        st.error(tok.span, f"zone indexes are not supported in {tok.text!r}")
+        return None
+    a = hostmatch.bracketed_v6(tok.text)
+    if a is None:
+        st.error(tok.span, f"expected an IPv6 address inside [], found {inner!r}")
+        return None
+    return AddrMatch((ipaddress.IPv6Network(a),), tok.text)
+
+
+# net/mask := n.n.n.n '/' (m.m.m.m | len)  |  '[' v6 ']' '/' len
+def _net_mask(st: _State, tok: _Tok) -> Match | None:
+    cut = hostmatch.split_at(tok.text, "/")
+    net_tok, mask_tok = tok.text[:cut], tok.text[cut + 1 :]
+    net4 = hostmatch.dot_quad_addr(net_tok)
+    if net4 is not None:
+        mask = hostmatch.v4_mask(mask_tok)
+        if mask is None:
+            st.error(tok.span, f"bad netmask {mask_tok!r} in {tok.text!r}: expected a dotted-quad"
+                     " mask (not 255.255.255.255) or a prefix length 1-32")
+            return None
+        return _masked_v4(net4, mask, tok)
+    if net_tok.startswith("[") and net_tok.endswith("]"):
+        if "%" in net_tok:
+            st.error(tok.span, f"zone indexes are not supported in {tok.text!r}")
+            return None
+        net6 = hostmatch.bracketed_v6(net_tok)
+        plen = hostmatch.v6_prefix_len(mask_tok)
+        if net6 is None:
+            st.error(tok.span, f"expected an IPv6 address inside [], found {net_tok[1:-1]!r}")
+            return None
+        if plen is None:
+            st.error(tok.span, f"bad prefix length {mask_tok!r} in {tok.text!r}: expected 0-128")
+            return None
+        return AddrMatch((ipaddress.IPv6Network((net6, plen), strict=False),), tok.text)
+    st.error(tok.span, f"bad net/mask {tok.text!r}: expected n.n.n.n/m.m.m.m, n.n.n.n/len"
+             " or [ipv6]/len")
+    return None
+
+
+def _masked_v4(net: int, mask: int, tok: _Tok) -> Match:
+    """The addresses with ``(addr & mask) == net`` — none when ``net`` has bits outside the
+    mask — minus 255.255.255.255, which libwrap cannot parse as an address."""
+    if net & ~mask & 0xFFFFFFFF:
+        return AddrMatch((), tok.text)
+    low = (mask & -mask) & 0xFFFFFFFF if mask else 1 << 32
+    plen = 32 - (low.bit_length() - 1)
+    free = [b for b in range(32 - plen, 32) if not mask & (1 << b)]  # holes above the run
+    if len(free) > _MAX_MASK_NETS.bit_length() - 1:
+        return HostPattern(tok.text, hosts_access=True)
+    nets: list[IPNetwork] = []
+    for k in range(1 << len(free)):
+        base = net
+        for i, b in enumerate(free):
+            if k >> i & 1:
+                base |= 1 << b
+        nets.extend(_without_broadcast(ipaddress.IPv4Network((base, plen))))
+    return AddrMatch(tuple(nets), tok.text)
+
+
+def _without_broadcast(n: ipaddress.IPv4Network) -> list[IPNetwork]:
+    allones = ipaddress.IPv4Network("255.255.255.255/32")
+    if not n.supernet_of(allones):
+        return [n]
+    return sorted(n.address_exclude(allones))
+
+
+def _pattern_file(st: _State, tok: _Tok) -> Match | None:
+    """``/path``: every whitespace-separated word in the file is a host pattern."""
+    path = tok.text
+    if path in st.reading:
+        st.error(tok.span, f"pattern file {path} includes itself")
+        return None
+    try:
+        text = st.read(path)
+    except (FileNotFoundError, IsADirectoryError):
+        return MatchNone()
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.EISDIR):
+            return MatchNone()
+        st.error(tok.span, f"cannot read pattern file {path}: {e.strerror or e}")
+        return None
+    if path not in st.sources:
+        st.sources.append(path)
+        st.texts[path] = text
+    st.reading.append(path)
+    try:
+        items = []
+        for lineno, raw in enumerate(text.split("\n"), 1):
+            for word in _words(raw):
+                start, w = word
+                items.append(host_item(st, path, _Tok(w, Span(path, lineno, start + 1, len(w)))))
+    finally:
+        st.reading.pop()
+    if any(i is None for i in items):
+        return None
+    if not items:
+        return MatchNone()
+    return items[0] if len(items) == 1 else AnyOf(tuple(items))  # type: ignore[arg-type]
+
+
+def _words(raw: str) -> list[tuple[int, str]]:
+    out, i = [], 0
+    while i < len(raw):
+        if raw[i] in " \t\r\v\f":
+            i += 1
+            continue
+        j = i
+        while j < len(raw) and raw[j] not in " \t\r\v\f":
+            j += 1
+        out.append((i, raw[i:j]))
+        i = j
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Options (hosts_options(5)); validated as libwrap validates them when the rule is used
+
+# name -> (needs a value, may take a value, must be last)
+_OPTIONS: dict[str, tuple[bool, bool, bool]] = {
+    "user": (True, True, False),
+    "group": (True, True, False),
+    "umask": (True, True, False),
+    "linger": (True, True, False),
+    "keepalive": (False, False, False),
+    "spawn": (True, True, False),
+    "twist": (True, True, True),
+    "rfc931": (False, True, False),
+    "setenv": (True, True, False),
+    "nice": (False, True, False),
+    "severity": (True, True, False),
+    "allow": (False, False, True),
+    "deny": (False, False, True),
+    "banners": (True, True, False),
+    "aclexec": (True, True, False),
+}
+_FACILITIES = {"kern", "user", "mail", "daemon", "auth", "lpr", "news", "uucp", "cron"} | {
+    f"local{i}" for i in range(8)
+}
+_LEVELS = {"emerg", "alert", "crit", "err", "warning", "notice", "info", "debug"}
+
+
+# options := option ( ':' option )*      ("\:" is a colon inside an option)
+def _parse_options(
+    st: _State, file: str, line: _Line, start: int, action: Action
+) -> tuple[tuple[Option, ...], Action]:
+    fields = _option_fields(line.text, start)
+    out: list[Option] = []
+    for n, (fstart, ftext) in enumerate(fields):
+        lead = len(ftext) - len(ftext.lstrip(_BLANK))
+        span = line.span(fstart + lead, len(ftext.strip(_BLANK)), file)
+        opt = _option(st, span, ftext, last=n == len(fields) - 1)
+        if opt is None:
+            continue
+        out.append(opt)
+        if opt.name in ("allow", "deny", "twist"):
+            action = Action.ALLOW if opt.name == "allow" else Action.DENY
+    return tuple(out), action
+
+
+def _option_fields(text: str, start: int) -> list[tuple[int, str]]:
+    fields: list[tuple[int, str]] = []
+    buf: list[str] = []
+    i = fstart = start
+    while i < len(text):
+        c = text[i]
+        if c == ":":
+            fields.append((fstart, "".join(buf)))
+            buf, fstart = [], i + 1
+        elif c == "\\" and i + 1 < len(text) and text[i + 1] == ":":
+            buf.append(":")
+            i += 1
+        else:
+            buf.append(c)
+        i += 1
+    fields.append((fstart, "".join(buf)))
+    return fields
+
+
+def _option(st: _State, span: Span, raw: str, last: bool) -> Option | None:
+    body = raw.strip(_BLANK)
+    if not body:
+        st.error(span, "empty option (libwrap denies every client this rule matches)")
+        return None
+    k = 0
+    while k < len(body) and body[k] not in " \t\r\n=":
+        k += 1
+    key, rest = body[:k], body[k:].lstrip(" \t\r\n")
+    if rest.startswith("="):
+        rest = rest[1:].lstrip(" \t\r\n")
+    name = key.lower()
+    spec = _OPTIONS.get(name)
+    if spec is None:
+        choices = ", ".join(sorted(_OPTIONS))
+        st.error(span, f"unknown option {key!r}: expected one of {choices}")
+        return None
+    needs, may, use_last = spec
+    problem = None
+    if needs and not rest:
+        problem = f"option {name!r} needs a value"
+    elif rest and not may:
+        problem = f"option {name!r} takes no value, found {rest!r}"
+    elif use_last and not last:
+        problem = f"option {name!r} must be the last option"
+    elif rest:
+        problem = _bad_value(name, rest)
+    if problem is not None:
+        st.error(span, problem + " (libwrap denies every client this rule matches)")
+        return None
+    return Option(name, rest, span)
+
+
+def _bad_value(name: str, value: str) -> str | None:
+    if name == "umask":
+        if re.fullmatch(r"[+-]?[0-7]+", value) is None or int(value, 8) & ~0o777:
+            return f"bad umask value {value!r}: expected an octal mask up to 777"
+    elif name in ("nice", "linger", "rfc931"):
+        if re.fullmatch(r"[+-]?\d+", value) is None:
+            return f"bad {name} value {value!r}: expected a number"
+        if name == "linger" and int(value) < 0:
+            return f"bad linger value {value!r}: expected a number of seconds >= 0"
+        if name == "rfc931" and int(value) <= 0:
+            return f"bad rfc931 timeout {value!r}: expected a number of seconds > 0"
+    elif name == "severity":
+        fac, dot, lev = value.partition(".")
+        if not dot:
+            fac, lev = "", fac
+        if (dot and fac.lower() not in _FACILITIES) or lev.lower() not in _LEVELS:
+            return (f"bad severity {value!r}: expected [facility.]level, levels "
+                    + ", ".join(sorted(_LEVELS)))
+    return None

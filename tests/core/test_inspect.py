@@ -1,0 +1,203 @@
+"""The pure half of `sockgate ls`: exposure, guard classification, selection, JSON rows,
+plain columns, and the /proc/net table parsers. No sockets, no root."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sockgate import inspect as ins
+from sockgate.cli import ls_cmd
+from sockgate.linux.sockdiag import TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, TCP_TIME_WAIT, Sock, parse_proc_inet, parse_proc_unix
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "ls.md"
+
+
+def tcp(addr: str, port: int = 80, state: int = TCP_LISTEN, **kw: Any) -> Sock:
+    fam = "ipv6" if ":" in addr else "ipv4"
+    return Sock("tcp", fam, "stream", state, 1000, 0, addr, port, "::" if fam == "ipv6" else "0.0.0.0", 0, **kw)
+
+
+def unix(name: str | None, vfs: tuple[int, int] | None = None, state: int = TCP_LISTEN, **kw: Any) -> Sock:
+    return Sock("unix", "unix", "stream", state, 2000, 0, unix_name=name, unix_vfs=vfs, **kw)
+
+
+@pytest.mark.parametrize(
+    ("sock", "kind", "text"),
+    [
+        (tcp("0.0.0.0"), "any", "every interface"),
+        (tcp("::", v6only=False), "any", "every interface (IPv6 and IPv4)"),
+        (tcp("::", v6only=True), "any", "every IPv6 interface"),
+        (tcp("127.0.0.53"), "loopback", "loopback only"),
+        (tcp("::1"), "loopback", "loopback only"),
+        (tcp("::ffff:127.0.0.1"), "loopback", "loopback only"),
+        (tcp("192.0.2.7"), "address", "one address (192.0.2.7)"),
+        (tcp("2001:db8::7"), "address", "one address (2001:db8::7)"),
+    ],
+)
+def test_inet_exposure(sock: Sock, kind: str, text: str) -> None:
+    e = ins.exposure_of(sock)
+    assert (e.kind, e.text) == (kind, text)
+
+
+def test_bound_to_a_device_says_so() -> None:
+    assert ins.exposure_of(tcp("0.0.0.0", ifindex=3), ifname="eth0").text == "every interface on eth0"
+
+
+def test_connected_socket_exposure_names_the_peer() -> None:
+    s = Sock("tcp", "ipv4", "stream", TCP_ESTABLISHED, 1, 0, "127.0.0.1", 5000, "127.0.0.1", 40000)
+    assert ins.exposure_of(s).text == "connected to 127.0.0.1:40000"
+
+
+def test_unix_exposure() -> None:
+    info = ins.PathInfo(True, 42, stat.S_IFSOCK | 0o660, "root", "docker")
+    path = ins.exposure_of(unix("/run/docker.sock", (1, 42)), info)
+    assert (path.kind, path.text, path.mode, path.owner, path.group) == ("path", "path mode 0660 root:docker", "0660", "root", "docker")
+    assert ins.exposure_of(unix("@bus", None)).text == "abstract (any process in this network namespace)"
+    assert ins.exposure_of(unix(None, None, TCP_CLOSE)).kind == "unnamed"
+    assert ins.exposure_of(unix("/x", (1, 42)), ins.PathInfo(False)).text == "path removed (unreachable by name)"
+    replaced = ins.exposure_of(unix("/x", (1, 42)), ins.PathInfo(True, 43, 0o140777, "a", "b"))
+    assert replaced.text == "path now names another file (unreachable by name)"
+    denied = ins.exposure_of(unix("/x", (1, 42)), ins.PathInfo(False, error="Permission denied"))
+    assert denied.text == "path, mode unknown (Permission denied)" and denied.mode is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)))
+def test_exposure_kind_follows_the_address(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
+    kind = ins.exposure_of(tcp(str(addr), v6only=True)).kind
+    mapped = addr.ipv4_mapped if isinstance(addr, ipaddress.IPv6Address) else None
+    if addr.is_unspecified:
+        assert kind == "any"
+    elif addr.is_loopback or (mapped is not None and mapped.is_loopback):
+        assert kind == "loopback"
+    else:
+        assert kind == "address"
+
+
+def test_classify_filter() -> None:
+    ours = lambda raw: ("ssh", "0123456789abcdef") if raw.startswith(b"SG") else None  # noqa: E731
+    assert ins.classify_filter(None, ours).text == "none"
+    assert ins.classify_filter(b"SG" + b"\0" * 14, ours).text == "sockgate ssh 0123456789abcdef"
+    foreign = ins.classify_filter(b"\0" * 24, ours)
+    assert (foreign.status, foreign.insns, foreign.text) == ("foreign", 3, "foreign filter (3 insns)")
+    assert ins.Guard("unknown", reason="no permission").text == "unknown (no permission)"
+    assert ins.Guard("foreign", reason="eBPF program").text == "foreign filter (eBPF program)"
+
+
+def test_classify_a_real_sockgate_program() -> None:
+    from sockgate import bpf
+    from sockgate.bpf import marker
+
+    program = bpf.encode(marker.build("web", "00112233aabbccdd") + (bpf.stmt(bpf.BPF_RET | bpf.BPF_K, 0xFFFF),))
+    g = ins.classify_filter(program)
+    assert (g.status, g.service, g.digest, g.insns) == ("sockgate", "web", "00112233aabbccdd", 7)
+
+
+def test_default_selection_is_listening_and_bound() -> None:
+    sel = ins.Selection()
+    assert ins.wanted(tcp("0.0.0.0"), sel)
+    assert not ins.wanted(tcp("127.0.0.1", state=TCP_ESTABLISHED), sel)
+    assert not ins.wanted(tcp("127.0.0.1", state=TCP_TIME_WAIT), sel)
+    assert ins.wanted(unix("@x", None, TCP_CLOSE), sel)
+    assert not ins.wanted(unix(None, None, TCP_CLOSE), sel)
+    every = ins.Selection(all=True)
+    assert ins.wanted(tcp("127.0.0.1", state=TCP_TIME_WAIT), every)
+    assert ins.wanted(unix(None, None, TCP_CLOSE), every)
+    assert not ins.wanted(tcp("0.0.0.0", 80), ins.Selection(port=81))
+
+
+def test_process_filters() -> None:
+    s = tcp("0.0.0.0")
+    holders = (ins.Holder(10, "sshd", "root", (3,)), ins.Holder(11, "sshd", "root", (3,)))
+    assert ins.matches(s, holders, "root", ins.Selection(pid=11))
+    assert not ins.matches(s, holders, "root", ins.Selection(pid=12))
+    assert ins.matches(s, holders, "root", ins.Selection(user="root"))
+    assert ins.matches(s, holders, "root", ins.Selection(user="0"))
+    assert not ins.matches(s, holders, "root", ins.Selection(user="nobody"))
+
+
+def _row(**kw: Any) -> ins.Row:
+    holders = (ins.Holder(10, "sshd", "root", (3,)), ins.Holder(11, "sshd", "root", (3, 4)))
+    base = dict(sock=tcp("::", 22, v6only=False), holders=holders, user="root", exposure=ins.Exposure("any", "every interface"), guard=ins.Guard("none"))
+    base.update(kw)
+    return ins.Row(**base)  # type: ignore[arg-type]
+
+
+def _flat_keys(obj: Any, prefix: str = "") -> set[str]:
+    if isinstance(obj, dict):
+        return set().union(*(_flat_keys(v, f"{prefix}{k}.") | {f"{prefix}{k}"} for k, v in obj.items()))
+    if isinstance(obj, list) and obj:
+        return {k.replace(prefix, prefix[:-1] + "[].", 1) for k in _flat_keys(obj[0], prefix)}
+    return set()
+
+
+def test_json_fields_are_the_documented_ones() -> None:
+    doc = _row().to_json()
+    section = DOCS.read_text().split("## JSON fields", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `([a-z_.\[\]]+)` \|", section, re.M))
+    assert _flat_keys(doc) == documented
+    assert doc["processes"] == [
+        {"pid": 10, "name": "sshd", "user": "root", "fds": [3]},
+        {"pid": 11, "name": "sshd", "user": "root", "fds": [3, 4]},
+    ]
+    assert (doc["netid"], doc["local"], doc["peer"], doc["state"]) == ("tcp6", "[::]:22", None, "LISTEN")
+
+
+def test_process_column_lists_every_holder_up_to_a_limit() -> None:
+    assert _row().process_text() == "10/sshd,11/sshd"
+    many = tuple(ins.Holder(p, "w", None, (5,)) for p in range(20, 25))
+    assert _row(holders=many).process_text() == "20/w,21/w,22/w +2"
+    assert _row(holders=()).process_text() == "-"
+
+
+def test_plain_columns_align() -> None:
+    rows = [_row(), _row(sock=unix("/run/a-much-longer-socket-path.sock", (1, 2)), guard=ins.Guard("sockgate", "x", "0" * 16))]
+    text = ls_cmd.plain(rows, with_peer=False)
+    lines = text.splitlines()
+    assert lines[0].split() == ["Proto", "State", "Local", "Process", "User", "Exposure", "Guard"]
+    for col in ("State", "Local", "Process", "Guard"):
+        at = lines[0].index(col)
+        assert all(line[at - 2 : at] == "  " and line[at] != " " for line in lines), col
+    assert lines[2].endswith("sockgate x 0000000000000000")
+
+
+PROC_TCP = """\
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 4242 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:1F90 0100007F:9C40 01 00000000:00000000 00:00000000 00000000  1000        0 4243 1 0000000000000000 100 0 0 10 0
+"""
+PROC_TCP6 = """\
+  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000001000000:0016 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 77 1 0000000000000000 100 0 0 10 0
+"""
+PROC_UNIX = """\
+Num       RefCount Protocol Flags    Type St Inode Path
+0000000000000000: 00000002 00000000 00010000 0001 01 501 /run/docker.sock
+0000000000000000: 00000002 00000000 00000000 0002 01 502 @bus
+0000000000000000: 00000003 00000000 00000000 0001 03 503
+"""
+
+
+def test_parse_proc_inet() -> None:
+    listen, est = parse_proc_inet(PROC_TCP, "tcp", "ipv4", (1 << 13) - 1)
+    assert (listen.local_addr, listen.local_port, listen.state, listen.uid, listen.inode) == ("127.0.0.1", 8080, TCP_LISTEN, 1000, 4242)
+    assert (est.peer_addr, est.peer_port) == ("127.0.0.1", 40000)
+    assert parse_proc_inet(PROC_TCP, "tcp", "ipv4", 1 << TCP_LISTEN) == [listen]
+    [six] = parse_proc_inet(PROC_TCP6, "tcp", "ipv6", (1 << 13) - 1)
+    assert (six.local_addr, six.local_port) == ("::1", 22)
+
+
+def test_parse_proc_unix() -> None:
+    docker, bus, pair = parse_proc_unix(PROC_UNIX, (1 << 13) - 1)
+    assert (docker.unix_name, docker.state, docker.type, docker.inode) == ("/run/docker.sock", TCP_LISTEN, "stream", 501)
+    assert (bus.unix_name, bus.unix_vfs, bus.type, bus.state) == ("@bus", None, "dgram", TCP_CLOSE)
+    assert (pair.unix_name, pair.state) == (None, TCP_ESTABLISHED)
+    assert ins.exposure_of(bus).kind == "abstract"

@@ -1,0 +1,61 @@
+"""The pure core (policy/, decide, bpf/, export/) does no I/O: proved by importing it in a fresh
+interpreter and by reading its imports."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SRC = Path(__file__).parents[2] / "src"
+CORE_PACKAGES = ("sockgate.policy", "sockgate.bpf", "sockgate.export")
+CORE_MODULES = ("sockgate.decide",)
+FORBIDDEN_LOADED = ("socket", "_socket", "ctypes", "_ctypes", "asyncio", "select", "selectors", "subprocess")
+FORBIDDEN_IMPORTS = FORBIDDEN_LOADED + ("os", "pathlib", "shutil", "pwd", "grp", "io", "sockgate.linux", "sockgate.loading")
+
+
+def core_modules() -> list[str]:
+    names = list(CORE_MODULES)
+    for pkg in CORE_PACKAGES:
+        base = SRC / pkg.replace(".", "/")
+        for path in sorted(base.rglob("*.py")):
+            rel = path.relative_to(SRC).with_suffix("")
+            parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+            names.append(".".join(parts))
+    return names
+
+
+def test_importing_the_core_loads_no_io_module() -> None:
+    modules = core_modules()
+    assert "sockgate.policy.parser" in modules and "sockgate.policy.lint" in modules
+    code = (
+        "import importlib, json, sys\n"
+        f"for m in {modules!r}:\n"
+        "    importlib.import_module(m)\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={"PYTHONPATH": str(SRC)}, check=True)
+    loaded = set(json.loads(out.stdout))
+    bad = sorted(m for m in loaded if m in FORBIDDEN_LOADED or m.startswith("sockgate.linux"))
+    assert bad == []
+
+
+def test_core_sources_import_no_io_module() -> None:
+    offenders = []
+    for name in core_modules():
+        path = SRC / name.replace(".", "/")
+        file = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                targets = [node.module]
+            else:
+                continue
+            for t in targets:
+                if any(t == f or t.startswith(f + ".") for f in FORBIDDEN_IMPORTS):
+                    offenders.append(f"{name}: import {t}")
+    assert offenders == []

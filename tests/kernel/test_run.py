@@ -1,0 +1,366 @@
+"""`sockgate run` for real: socket activation contract, kernel filter on the passed sockets,
+privileged ports and privilege dropping, Unix sockets, inetd mode, and clear refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from support.launch import (
+    ECHO_SERVICE,
+    SRC,
+    Launched,
+    port_of,
+    tcp_echo,
+    tcp_filtered,
+    udp_echo,
+    wait_for_file,
+)
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="kernel enforcement is Linux-only")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (privileged port, other user)")
+# Newer kernels keep TCP filters for CAP_NET_ADMIN (see docs/run.md); CI runs as root.
+needs_tcp_filter = pytest.mark.skipif(os.geteuid() != 0, reason="needs CAP_NET_ADMIN to filter TCP sockets")
+
+POLICY = """\
+service echo {
+    allow 127.0.0.1
+    allow 127.0.0.4
+    allow ::1
+    default deny
+}
+"""
+
+Launch = Callable[..., Launched]
+
+
+@pytest.fixture
+def policy(tmp_path: Path) -> Path:
+    p = tmp_path / "policy.conf"
+    p.write_text(POLICY)
+    return p
+
+
+@pytest.fixture
+def launch() -> Iterator[Launch]:
+    started: list[Launched] = []
+
+    def start(*argv: str) -> Launched:
+        lr = Launched(list(argv))
+        started.append(lr)
+        return lr
+
+    yield start
+    for lr in started:
+        lr.stop()
+
+
+@pytest.fixture
+def public_dir() -> Iterator[Path]:
+    """A directory other users can reach (pytest's tmp_path lives under a 0700 directory)."""
+    d = Path(tempfile.mkdtemp(prefix="sgt-run-"))
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _service(tmp_path: Path) -> tuple[Path, Path]:
+    script = tmp_path / "echo_service.py"
+    script.write_text(ECHO_SERVICE)
+    return script, tmp_path / "report.json"
+
+
+@needs_tcp_filter
+def test_socket_activation_contract_and_filter(tmp_path: Path, policy: Path, launch: Launch) -> None:
+    script, report = _service(tmp_path)
+    sock_path = tmp_path / "ctl.sock"
+    lr = launch(
+        "--policy", str(policy), "--service", "echo",
+        "--listen", "tcp://127.0.0.1:0?name=web",
+        "--listen", f"unix:{sock_path}?name=ctl&mode=0600",
+        "--listen", "udp://127.0.0.1:0?name=dns",
+        "--", sys.executable, str(script), str(report),
+    )
+    addrs, pid = lr.started(3)
+    wait_for_file(report)
+    got = json.loads(report.read_text())
+    # the LISTEN_* contract: fds from 3 in order, names, and LISTEN_PID = the exec'd process
+    assert got["pid"] == pid
+    assert got["env"] == {"LISTEN_FDS": "3", "LISTEN_PID": str(pid), "LISTEN_FDNAMES": "web:ctl:dns", "SOCKGATE_SERVICE": "echo"}
+    fds = got["fds"]
+    assert [f["fd"] for f in fds] == [3, 4, 5]
+    assert [(f["family"], f["type"]) for f in fds] == [
+        (socket.AF_INET, socket.SOCK_STREAM),
+        (socket.AF_UNIX, socket.SOCK_STREAM),
+        (socket.AF_INET, socket.SOCK_DGRAM),
+    ]
+    tcp_port, udp_port = port_of(addrs[0]), port_of(addrs[2])
+    assert fds[0]["name"] == ["127.0.0.1", tcp_port] and fds[2]["name"] == ["127.0.0.1", udp_port]
+    assert fds[1]["name"] == str(sock_path) and stat.S_IMODE(os.stat(sock_path).st_mode) == 0o600
+    # the kernel filter is on the passed sockets
+    assert tcp_echo("127.0.0.1", tcp_port) == b"ping\n"
+    assert tcp_echo("127.0.0.4", tcp_port) == b"ping\n"
+    assert tcp_filtered("127.0.0.2", tcp_port)
+    assert udp_echo("127.0.0.1", udp_port) == b"dgram"
+    assert udp_echo("127.0.0.3", udp_port, timeout=0.5) is None
+    # the Unix socket is served (no address filter: its file mode protects it)
+    with socket.socket(socket.AF_UNIX) as c:
+        c.settimeout(5)
+        c.connect(str(sock_path))
+        c.sendall(b"unix")
+        assert c.recv(16) == b"unix"
+    # SIGTERM goes to the command; its death by SIGTERM is our exit status; files are removed
+    lr.signal(signal.SIGTERM)
+    assert lr.finish() == 128 + signal.SIGTERM
+    assert not sock_path.exists()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_exit_status_of_the_command_is_ours(policy: Path, launch: Launch) -> None:
+    lr = launch(
+        "--policy", str(policy), "--service", "echo", "--listen", "udp://127.0.0.1:0",
+        "--", sys.executable, "-c",
+        "import os,sys; sys.exit(7 if os.environ['LISTEN_PID'] == str(os.getpid()) else 1)",
+    )
+    assert lr.finish() == 7
+
+
+def _free_privileged_port() -> int:
+    for port in range(700, 1000):
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.skip("no free port in 700-999")
+
+
+def _python_for_nobody() -> str:
+    """An interpreter nobody may run (the test venv's may live under /root)."""
+    for cand in (sys.executable, "/usr/bin/python3"):
+        try:
+            ok = subprocess.run([cand, "-c", "pass"], user=65534, group=65534, extra_groups=[], timeout=30).returncode == 0
+        except OSError:
+            ok = False
+        if ok:
+            return cand
+    pytest.skip("no Python interpreter that nobody may run")
+
+
+@needs_root
+def test_privileged_port_then_drop_to_nobody(public_dir: Path, policy: Path, launch: Launch) -> None:
+    script, report = _service(public_dir)
+    os.chmod(script, 0o644)
+    out_dir = public_dir / "out"
+    out_dir.mkdir()
+    os.chown(out_dir, 65534, 65534)
+    report = out_dir / "report.json"
+    port = _free_privileged_port()
+    nobody = pwd.getpwnam("nobody")
+    lr = launch(
+        "--policy", str(policy), "--service", "echo", "--user", "nobody",
+        "--listen", f"tcp://127.0.0.1:{port}",
+        "--", _python_for_nobody(), str(script), str(report),
+    )
+    addrs, pid = lr.started(1)
+    assert addrs == [f"tcp://127.0.0.1:{port}"]
+    wait_for_file(report, lines=lr.lines)
+    got = json.loads(report.read_text())
+    assert (got["uid"], got["gid"]) == (nobody.pw_uid, nobody.pw_gid)
+    assert got["groups"] == sorted(set(os.getgrouplist("nobody", nobody.pw_gid)))
+    assert got["pid"] == pid and got["env"]["LISTEN_FDS"] == "1"
+    with open(f"/proc/{pid}/status") as f:
+        status = dict(line.split(":", 1) for line in f)
+    assert status["CapEff"].strip() == "0000000000000000"
+    assert status["Uid"].split() == [str(nobody.pw_uid)] * 4
+    assert tcp_echo("127.0.0.1", port) == b"ping\n"
+    assert tcp_filtered("127.0.0.2", port)
+
+
+INETD_CMD = (
+    "import json,os,sys;"
+    "keys=('PROTO','TCPREMOTEIP','TCPREMOTEPORT','TCPLOCALIP','TCPLOCALPORT','UNIXREMOTEPID',"
+    "'UNIXREMOTEEUID','UNIXREMOTEEGID','SOCKGATE_SERVICE','LISTEN_FDS');"
+    "line=sys.stdin.readline();"
+    "sys.stdout.write(json.dumps({'env':{k:os.environ.get(k) for k in keys},'line':line,'uid':os.getuid()})+'\\n');"
+    "sys.stdout.flush()"
+)
+
+
+def _ask(sock: socket.socket) -> dict[str, object]:
+    sock.settimeout(10)
+    sock.sendall(b"hello\n")
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        buf += chunk
+    result: dict[str, object] = json.loads(buf)
+    return result
+
+
+@needs_tcp_filter
+def test_inetd_tcp(tmp_path: Path, policy: Path, launch: Launch) -> None:
+    lr = launch(
+        "--policy", str(policy), "--service", "echo", "--inetd",
+        "--listen", "tcp://:0",
+        "--", sys.executable, "-c", INETD_CMD,
+    )
+    addrs, _ = lr.started(1, supervised=False)
+    lr.wait_line(r"per connection \(inetd mode, at most 40 at once\)")
+    port = port_of(addrs[0])
+    with socket.socket() as c:
+        c.settimeout(5)
+        c.bind(("127.0.0.1", 0))
+        c.connect(("127.0.0.1", port))
+        got = _ask(c)
+        env = got["env"]
+        assert env == {
+            "PROTO": "TCP",
+            "TCPREMOTEIP": "127.0.0.1",  # shown as IPv4 though the socket is dual-stack
+            "TCPREMOTEPORT": str(c.getsockname()[1]),
+            "TCPLOCALIP": "127.0.0.1",
+            "TCPLOCALPORT": str(port),
+            "UNIXREMOTEPID": None,
+            "UNIXREMOTEEUID": None,
+            "UNIXREMOTEEGID": None,
+            "SOCKGATE_SERVICE": "echo",
+            "LISTEN_FDS": None,
+        }
+        assert got["line"] == "hello\n"
+    with socket.socket(socket.AF_INET6) as c6:
+        c6.settimeout(5)
+        c6.connect(("::1", port))
+        assert _ask(c6)["env"]["TCPREMOTEIP"] == "::1"  # type: ignore[index]
+    assert tcp_filtered("127.0.0.2", port)
+    lr.signal(signal.SIGTERM)
+    assert lr.finish() == 0
+
+
+@needs_root
+def test_inetd_unix_peers_decided_by_credentials(public_dir: Path, launch: Launch) -> None:
+    policy = public_dir / "unix.conf"
+    policy.write_text("service ctl {\n    allow uid 0\n    default deny\n}\n")
+    sock_path = public_dir / "ctl.sock"
+    lr = launch(
+        "--policy", str(policy), "--service", "ctl", "--inetd",
+        "--listen", f"unix:{sock_path}?mode=0666",
+        "--", sys.executable, "-c", INETD_CMD,
+    )
+    lr.started(1, supervised=False)
+    with socket.socket(socket.AF_UNIX) as u:
+        u.settimeout(5)
+        u.connect(str(sock_path))
+        env = _ask(u)["env"]
+        assert env["PROTO"] == "UNIX"  # type: ignore[index]
+        assert env["UNIXREMOTEPID"] == str(os.getpid())  # type: ignore[index]
+        assert env["UNIXREMOTEEUID"] == "0"  # type: ignore[index]
+        assert env["UNIXREMOTEEGID"] == str(os.getegid())  # type: ignore[index]
+        assert env["SOCKGATE_SERVICE"] == "ctl"  # type: ignore[index]
+    # a client running as nobody is refused: closed without running the command
+    code = (
+        "import os,socket,sys;os.setgroups([]);os.setgid(65534);os.setuid(65534);"
+        "s=socket.socket(socket.AF_UNIX);s.settimeout(10);s.connect(sys.argv[1]);"
+        "s.sendall(b'hello\\n')\ntry:\n print(repr(s.recv(100)))\nexcept ConnectionResetError:\n print('reset')"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(sock_path)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() in ("b''", "reset")  # closed unread: the kernel may report a reset
+    lr.wait_line(r"denied Unix peer uid=65534 .*: no rule matched; default deny")
+    lr.signal(signal.SIGTERM)
+    assert lr.finish() == 0
+    assert not sock_path.exists()
+
+
+def test_inetd_max_conns_bounds_concurrency(tmp_path: Path, launch: Launch) -> None:
+    policy = tmp_path / "me.conf"
+    policy.write_text(f"service echo {{\n    allow uid {os.getuid()}\n    default deny\n}}\n")
+    sock_path = tmp_path / "one.sock"
+    hold = "import sys;sys.stdout.write('busy\\n');sys.stdout.flush();sys.stdin.read()"
+    lr = launch(
+        "--policy", str(policy), "--service", "echo", "--inetd", "--max-conns", "1",
+        "--listen", f"unix:{sock_path}", "--", sys.executable, "-c", hold,
+    )
+    lr.started(1, supervised=False)
+    lr.wait_line("at most 1 at once")
+    first = socket.socket(socket.AF_UNIX)
+    second = socket.socket(socket.AF_UNIX)
+    try:
+        first.settimeout(10)
+        first.connect(str(sock_path))
+        assert first.recv(5) == b"busy\n"
+        second.settimeout(1.0)
+        second.connect(str(sock_path))  # queued by the kernel, not yet served
+        with pytest.raises(TimeoutError):
+            second.recv(5)
+        first.close()  # the first command ends; the second is served
+        second.settimeout(10)
+        assert second.recv(5) == b"busy\n"
+    finally:
+        first.close()
+        second.close()
+
+
+def test_bad_policy_binds_nothing(tmp_path: Path, launch: Launch) -> None:
+    bad = tmp_path / "bad.conf"
+    bad.write_text("service echo {\n    allow 300.1.1.1\n}\n")
+    sock_path = tmp_path / "never.sock"
+    lr = launch("--policy", str(bad), "--service", "echo", "--listen", f"unix:{sock_path}", "--", "true")
+    assert lr.finish() == 2
+    assert any(f"{bad}:2:" in line for line in lr.lines), lr.lines
+    assert not sock_path.exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["--service", "nope", "--listen", "udp://127.0.0.1:0", "--", "true"], 2, "the policy has no service 'nope' (services: echo)"),
+        (["--service", "echo", "--listen", "tcp://127.0.0.1", "--", "true"], 2, "missing port"),
+        (["--service", "echo", "--listen", "udp://127.0.0.1:0", "--inetd", "--", "true"], 2, "--inetd accepts connections: stream sockets only"),
+        (["--service", "echo", "--listen", "udp://127.0.0.1:0"], 2, "give the command to run after '--'"),
+        (["--service", "echo", "--listen", "udp://127.0.0.1:0", "--user", "no-such-user-sgt", "--", "true"], 2, "no such user: 'no-such-user-sgt'"),
+        (["--service", "echo", "--listen", "udp://127.0.0.1:0", "--", "/no/such/command-sgt"], 1, "cannot run '/no/such/command-sgt': No such file or directory"),
+    ],
+)
+def test_refusals(policy: Path, launch: Launch, argv: list[str], code: int, message: str) -> None:
+    lr = launch("--policy", str(policy), *argv)
+    assert lr.finish() == code
+    assert any(message in line for line in lr.lines), lr.lines
+
+
+def test_help_shows_usage() -> None:
+    env = {**os.environ, "PYTHONPATH": SRC}
+    out = subprocess.run([sys.executable, "-m", "sockgate", "run", "--help"], capture_output=True, text=True, timeout=30, env=env)
+    assert out.returncode == 0 and "--listen URL" in out.stdout and "--inetd" in out.stdout
+
+
+def test_forward_signals(tmp_path: Path, policy: Path, launch: Launch) -> None:
+    marker = tmp_path / "usr1"
+    code = (
+        "import signal,sys,time,pathlib;"
+        f"signal.signal(signal.SIGUSR1, lambda *a: (pathlib.Path({str(marker)!r}).write_text('got'), sys.exit(3)));"
+        "[time.sleep(0.05) for _ in range(1000)]"
+    )
+    lr = launch("--policy", str(policy), "--service", "echo", "--listen", "udp://127.0.0.1:0", "--", sys.executable, "-c", code)
+    lr.started(1)
+    time.sleep(0.3)  # let the command install its handler
+    lr.signal(signal.SIGUSR1)
+    assert lr.finish() == 3
+    assert marker.read_text() == "got"

@@ -1,0 +1,314 @@
+"""Differential test: sockgate's hosts_access decisions against Debian's real ``tcpdmatch``.
+
+Hypothesis writes random hosts.allow / hosts.deny pairs (EXCEPT nesting in daemon and client
+lists, net/mask with canonical and non-canonical nets and non-contiguous masks, ``/len``,
+``n.n.n.`` prefixes, wildcards, ``[v6]`` and ``[v6]/len``, ``/file`` pattern files, KNOWN,
+UNKNOWN, LOCAL, PARANOID, ``user@host``, ``daemon@host``, options including ``allow`` /
+``deny`` / ``twist``, comments and continuations) and a few clients: IPv4, IPv6 and
+IPv4-mapped addresses, the name ``localhost`` and tcpdmatch's ``unknown`` / ``paranoid``,
+optionally with an ident user and a server address. Each case runs ``tcpdmatch -d`` for real
+in a temporary directory; the peer given to the engine is built from what tcpdmatch printed
+it saw (its own name lookups included), and the decisions must be equal.
+
+An address client gets no name lookup in tcpdmatch (it simulates a failed lookup), and
+``localhost`` is resolved through /etc/hosts, so the test needs no network.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sockgate.decide import Peer, decide
+from sockgate.loading import read_text
+from sockgate.policy.hostmatch import addr_text
+from sockgate.policy.hostsaccess import parse_hosts_access
+
+TCPDMATCH = shutil.which("tcpdmatch") or "/usr/sbin/tcpdmatch"
+pytestmark = [
+    pytest.mark.skipif(not os.access(TCPDMATCH, os.X_OK), reason="needs tcpdmatch (Debian tcpd)"),
+    pytest.mark.slow,
+]
+EXAMPLES = int(os.environ.get("SOCKGATE_TCPDMATCH_EXAMPLES", "400"))
+MIN_DECISIONS = 1000
+COMPARED: list[int] = []
+
+V4 = ["192.0.2.1", "192.0.2.7", "192.0.2.130", "198.51.100.1", "198.51.100.255", "10.0.0.1",
+      "10.1.2.3", "10.255.255.254", "127.0.0.1", "172.16.5.1", "255.255.255.255", "1.2.3.4"]
+V6 = ["2001:db8::1", "2001:db8::7", "2001:db8:1::1", "2001:db8:ffff::1", "fe80::1", "::1",
+      "fd5b:5347::2", "::102:304", "2001:db8:0:0:1::1"]
+MAPPED = ["::ffff:192.0.2.1", "::ffff:10.0.0.1"]
+NAMES = ["localhost", "LOCALHOST", "vm", ".localdomain", "local*", "*host", "loc.", "localhost.",
+         ".0.1", ".1", ".7", ".255", "unknown", "paranoid", "*", "?", "u*", "*n*", "p*"]
+DAEMONS = ["ALL", "sshd", "SSHD", "in.ftpd", "in.", "*d", "ssh?", "KNOWN", "vsftpd", ".ftpd",
+           "unknown", "s*"]
+SERVICES = ["sshd", "in.ftpd", "vsftpd", "unknown"]
+USERS = ["ALL", "KNOWN", "UNKNOWN", "bob", "b*", "BOB", "alice", "?ob"]
+OPTIONS = [[], [], [], ["allow"], ["deny"], ["ALLOW"], ["spawn echo %a"], ["severity auth.info", "deny"],
+           ["twist echo x"], ["banners /tmp", "allow"], ["setenv X y"], ["keepalive"],
+           ["rfc931 5", "deny"], ["nice 5", "allow"], ["spawn a\\: b", "deny"], ["umask 022"],
+           ["linger 0", "allow"], ["aclexec echo", "allow"]]
+
+
+def _case(s: str, draw: st.DrawFn) -> str:
+    return draw(st.sampled_from([s, s.upper(), s.lower(), s.title()]))
+
+
+@st.composite
+def v4_net(draw: st.DrawFn) -> str:
+    a = int(ipaddress.IPv4Address(draw(st.sampled_from(V4))))
+    plen = draw(st.integers(0, 32))
+    mask = (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF
+    kind = draw(st.sampled_from(["len", "dotted", "noncontig", "odd"]))
+    if kind == "noncontig":
+        mask = draw(st.integers(0, 0xFFFFFFFE)) | mask & 0xFF000000
+    canonical = draw(st.booleans())
+    net = a & mask if canonical else a
+    if net == 0xFFFFFFFF:  # libwrap cannot parse it as a net; sockgate rejects it
+        net = 0xFFFFFFFE
+    net_s = str(ipaddress.IPv4Address(net))
+    if draw(st.integers(0, 9)) == 0:
+        net_s = ".".join(f"0{int(p):o}" if i == 0 else p for i, p in enumerate(net_s.split(".")))
+    if kind == "len" and 1 <= plen <= 32:
+        return f"{net_s}/{plen}"
+    if kind == "odd" and 1 <= plen <= 32:
+        return f"{net_s}/" + draw(st.sampled_from([f"0{plen}", f"+{plen}", f"{plen}x", f"{plen}.0"]))
+    if mask == 0xFFFFFFFF:
+        mask = 0xFFFFFFFE
+    return f"{net_s}/{ipaddress.IPv4Address(mask)}"
+
+
+@st.composite
+def v6_pattern(draw: st.DrawFn) -> str:
+    a = draw(st.sampled_from(V6 + ["2001:db8::", "fe80::"]))
+    text = _case(a, draw)
+    if draw(st.booleans()):
+        return f"[{text}]"
+    return f"[{text}]/" + draw(st.sampled_from(["0", "1", "16", "32", "48", "64", "96", "112", "120",
+                                                "127", "128", "", "064", "64x"]))
+
+
+@st.composite
+def wildcard(draw: st.DrawFn) -> str:
+    base = draw(st.sampled_from(V4 + V6 + ["localhost", "unknown", "paranoid"]))
+    i = draw(st.integers(0, len(base)))
+    j = draw(st.integers(i, len(base)))
+    out = base[:i] + draw(st.sampled_from(["*", "?", "?*", "*?"])) + base[j:]
+    if ":" in out:
+        out = draw(st.sampled_from(["2001*", "*db8*", "fe80*", "*::1", "*1"])).replace("::", "*")
+    return _case(out, draw)
+
+
+@st.composite
+def v4_text(draw: st.DrawFn) -> str:
+    a = draw(st.sampled_from(V4)).split(".")
+    k = draw(st.integers(1, 4))
+    if draw(st.integers(0, 7)) == 0:
+        a[0] = "0" + a[0]
+    return ".".join(a) if k == 4 else ".".join(a[:k]) + "."
+
+
+def host_token(files: dict[str, list[str]], depth: int = 0) -> st.SearchStrategy[str]:
+    base = st.one_of(
+        st.sampled_from(["ALL", "KNOWN", "UNKNOWN", "LOCAL", "PARANOID", "all", "Known", "local"]),
+        v4_text(),
+        v4_net(),
+        v6_pattern(),
+        wildcard(),
+        st.sampled_from(NAMES),
+    )
+    if depth > 0:
+        return base
+    return st.one_of(base, base, base, base, pattern_file(files))
+
+
+@st.composite
+def pattern_file(draw: st.DrawFn, files: dict[str, list[str]]) -> str:
+    name = f"/PATTERNS/list{len(files)}"
+    if draw(st.integers(0, 5)) == 0:
+        return name + ".missing"
+    words = draw(st.lists(st.one_of(host_token(files, 1), st.sampled_from(V6 + V4)), min_size=0, max_size=4))
+    files[name] = words
+    return name
+
+
+@st.composite
+def client_item(draw: st.DrawFn, files: dict[str, list[str]]) -> str:
+    host = draw(host_token(files))
+    if draw(st.integers(0, 6)) == 0:
+        return draw(st.sampled_from(USERS)) + "@" + host
+    return host
+
+
+@st.composite
+def daemon_item(draw: st.DrawFn, files: dict[str, list[str]]) -> str:
+    name = _case(draw(st.sampled_from(DAEMONS)), draw)
+    if draw(st.integers(0, 8)) == 0:
+        return name + "@" + draw(host_token(files, 1))
+    return name
+
+
+@st.composite
+def pattern_list(draw: st.DrawFn, item: st.SearchStrategy[str], depth: int = 0) -> list[str]:
+    head = draw(st.lists(item, min_size=1, max_size=3))
+    if depth < 2 and draw(st.integers(0, 2)) == 0:
+        return head + [_case("EXCEPT", draw)] + draw(pattern_list(item, depth + 1))
+    return head
+
+
+@st.composite
+def rule_line(draw: st.DrawFn, files: dict[str, list[str]]) -> str:
+    daemons = draw(pattern_list(daemon_item(files)))
+    clients = draw(pattern_list(client_item(files)))
+
+    def join(items: list[str]) -> str:
+        out = items[0]
+        for it in items[1:]:
+            out += draw(st.sampled_from([", ", " ", ",", " \\\n  ", "\t"])) + it
+        return out
+
+    line = join(daemons) + draw(st.sampled_from([": ", ":", " : "])) + join(clients)
+    opts = draw(st.sampled_from(OPTIONS))
+    if opts:
+        line += " : " + ": ".join(opts)
+    return line
+
+
+@st.composite
+def table(draw: st.DrawFn, files: dict[str, list[str]]) -> str:
+    lines = []
+    for _ in range(draw(st.integers(0, 5))):
+        extra = draw(st.integers(0, 6))
+        if extra == 0:
+            lines.append("# " + draw(st.sampled_from(["comment", "ALL: ALL", "x: y: deny"])))
+        elif extra == 1:
+            lines.append("")
+        lines.append(draw(rule_line(files)))
+    return "".join(line + "\n" for line in lines)
+
+
+@st.composite
+def client(draw: st.DrawFn) -> str:
+    kind = draw(st.sampled_from(["v4", "v4", "v6", "v6", "mapped", "name", "unknown", "paranoid"]))
+    if kind == "v4":
+        c = draw(st.sampled_from(V4))
+    elif kind == "v6":
+        c = addr_text(ipaddress.IPv6Address(draw(st.sampled_from(V6))))
+    elif kind == "mapped":
+        c = draw(st.sampled_from(MAPPED))
+    else:
+        c = {"name": "localhost", "unknown": "unknown", "paranoid": "paranoid"}[kind]
+    if kind not in ("unknown", "paranoid") and draw(st.integers(0, 4)) == 0:
+        c = draw(st.sampled_from(["bob", "alice"])) + "@" + c
+    return c
+
+
+@st.composite
+def case(draw: st.DrawFn) -> tuple[str, str, dict[str, list[str]], list[str], list[str]]:
+    files: dict[str, list[str]] = {}
+    allow = draw(table(files))
+    deny = draw(table(files))
+    services = draw(st.lists(st.sampled_from(SERVICES), min_size=1, max_size=2, unique=True))
+    server = draw(st.sampled_from([None, None, None, "192.0.2.1", "10.0.0.1", "2001:db8::1"]))
+    if server is not None:
+        services = [f"{s}@{server}" for s in services]
+    clients = draw(st.lists(client(), min_size=2, max_size=3))
+    return allow, deny, files, services, clients
+
+
+@dataclass
+class Seen:
+    service: str
+    server: str | None
+    user: str | None
+    name: str | None
+    address: str | None
+    access: str
+
+
+def run_tcpdmatch(workdir: Path, services: list[str], clients: list[str]) -> list[list[Seen]]:
+    """One shell runs every (service, client) pair; '@@' lines separate the runs."""
+    script = "".join(f"echo @@; {TCPDMATCH} -d '{s}' '{c}' 2>&1\n" for s in services for c in clients)
+    out = subprocess.run(["sh", "-c", script], cwd=workdir, capture_output=True, text=True, timeout=60)
+    runs = out.stdout.split("@@\n")[1:]
+    pairs = [(s, c) for s in services for c in clients]
+    assert len(runs) == len(pairs), out.stdout + out.stderr
+    return [_parse_run(text, s, c) for text, (s, c) in zip(runs, pairs)]
+
+
+def _parse_run(text: str, service: str, client_arg: str) -> list[Seen]:
+    svc, _, server = service.partition("@")
+    user = client_arg.split("@", 1)[0] if "@" in client_arg else None
+    blocks, name, addr = [], None, None
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        words = rest.split()
+        if "warning" in line or "error" in line:
+            raise AssertionError(f"tcpdmatch complained: {line}\n{text}")
+        if key == "client" and words[0] == "hostname":
+            name = words[1]
+        elif key == "client" and words[0] == "address":
+            addr = words[1]
+        elif key == "access":
+            blocks.append(Seen(svc, server or None, user, name, addr, words[0]))
+            addr = None
+    assert blocks, text
+    return blocks
+
+
+def engine_peer(seen: Seen) -> Peer:
+    verified = seen.name is None or seen.name.lower() != "paranoid"
+    name = None if seen.name is None or seen.name.lower() in ("unknown", "paranoid") else seen.name
+    return Peer(
+        address=ipaddress.ip_address(seen.address) if seen.address else None,
+        name=name,
+        name_verified=verified,
+        user=seen.user,
+        server_address=ipaddress.ip_address(seen.server) if seen.server else None,
+    )
+
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
+@given(case())
+def test_decisions_agree_with_tcpdmatch(c: tuple[str, str, dict[str, list[str]], list[str], list[str]]) -> None:
+    allow, deny, files, services, clients = c
+    with tempfile.TemporaryDirectory(prefix="sgt-tcpd-") as tmp:
+        work = Path(tmp)
+        (work / "PATTERNS").mkdir()
+        fix = lambda s: s.replace("/PATTERNS/", f"{tmp}/PATTERNS/")  # noqa: E731
+        for name, words in files.items():
+            Path(fix(name)).write_text(" ".join(words) + "\n")
+        (work / "hosts.allow").write_text(fix(allow))
+        (work / "hosts.deny").write_text(fix(deny))
+        policy = parse_hosts_access(str(work / "hosts.allow"), str(work / "hosts.deny"), read=read_text)
+        results = run_tcpdmatch(work, services, clients)
+    n = 0
+    for blocks in results:
+        for seen in blocks:
+            d = decide(policy, seen.service, engine_peer(seen))
+            want = seen.access == "granted"
+            assert d.allowed == want, (
+                f"tcpdmatch: {seen.access} for {seen}\nsockgate: {d.action} ({d.reason})\n"
+                f"--- hosts.allow\n{allow}--- hosts.deny\n{deny}--- files {files}"
+            )
+            n += 1
+    COMPARED.append(n)
+
+
+def test_enough_decisions_were_compared() -> None:
+    if not COMPARED:
+        pytest.skip("the differential test did not run in this session")
+    assert sum(COMPARED) >= MIN_DECISIONS, f"only {sum(COMPARED)} decisions compared"
