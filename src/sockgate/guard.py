@@ -194,7 +194,8 @@ def _install(fd: int, program: "Program", what: str) -> Guarded:
 
 def _is_tcp(fd: int) -> bool:
     try:
-        return socket.socket(fileno=os.dup(fd)).type == socket.SOCK_STREAM  # closed on return
+        with socket.socket(fileno=os.dup(fd)) as s:
+            return s.type == socket.SOCK_STREAM and s.family in (socket.AF_INET, socket.AF_INET6)
     except OSError:
         return False
 
@@ -242,30 +243,42 @@ class _Held:
 def _borrow_all(targets: Sequence[tuple[int, int]]) -> Iterator[list[_Held]]:
     """Duplicate every (pid, fd), check it is an IP socket, read its filter; one entry per
     distinct socket. All duplicates are closed on exit."""
-    from sockgate.linux import filter as kfilter
-    from sockgate.linux import pidfd, procsock
-
     held: list[_Held] = []
     seen: set[tuple[int, int]] = set()
     try:
         for pid, fd in targets:
-            dup = pidfd.getfd(pid, fd)
-            ident = procsock.identity(dup)
-            if ident in seen:
-                os.close(dup)
-                continue
-            seen.add(ident)
-            held.append(_Held(procsock.inspect_dup(dup, pid, fd), dup, _read_guard(dup), None))
-            held[-1].raw = kfilter.get(dup)
-            if held[-1].ref.proto not in ("tcp", "udp"):
-                raise UsageError(
-                    f"{held[-1].ref.describe()}: a kernel address filter guards TCP and UDP sockets only"
-                    " (Unix peers are decided by credentials: use `sockgate proxy`)"
-                )
+            h = _hold(pid, fd, seen)
+            if h is not None:
+                held.append(h)
         yield held
     finally:
         for h in held:
             os.close(h.dup)
+
+
+def _hold(pid: int, fd: int, seen: set[tuple[int, int]]) -> _Held | None:
+    """Our duplicate of ``pid``'s ``fd`` with what it is; None for a socket already held."""
+    from sockgate.linux import filter as kfilter
+    from sockgate.linux import pidfd, procsock
+
+    dup = pidfd.getfd(pid, fd)
+    try:
+        ident = procsock.identity(dup)
+        if ident in seen:
+            os.close(dup)
+            return None
+        ref = procsock.inspect_dup(dup, pid, fd)
+        if ref.proto not in ("tcp", "udp"):
+            raise UsageError(
+                f"{ref.describe()}: a kernel address filter guards TCP and UDP sockets only"
+                " (Unix peers are decided by credentials: use `sockgate proxy`)"
+            )
+        h = _Held(ref, dup, _read_guard(dup), kfilter.get(dup))
+    except BaseException:
+        os.close(dup)
+        raise
+    seen.add(ident)
+    return h
 
 
 def _check_changeable(held: Sequence[_Held], force: bool) -> None:

@@ -37,7 +37,7 @@ import subprocess
 import time
 from types import FrameType
 
-from sockgate.decide import decide
+from sockgate.decide import Peer, decide
 from sockgate.launcher import Gate
 from sockgate.linux import activation, privileges
 from sockgate.linux.listen import Listener
@@ -45,13 +45,14 @@ from sockgate.linux.listen import Listener
 STOP_GRACE_SECONDS = 5.0
 
 
-def peer_env(conn: socket.socket, service: str) -> dict[str, str]:
-    """The tcpserver/unixserver environment for one accepted connection."""
+def peer_env(conn: socket.socket, service: str, peer: Peer | None = None) -> dict[str, str]:
+    """The tcpserver/unixserver environment for one accepted connection (``peer``: the Unix
+    peer's credentials when already read)."""
     env = {"SOCKGATE_SERVICE": service}
     if conn.family == socket.AF_UNIX:
         from sockgate.linux.peercred import peer_of
 
-        p = peer_of(conn.fileno())
+        p = peer if peer is not None else peer_of(conn.fileno())
         env.update(PROTO="UNIX", UNIXLOCALPATH=_unix_name(conn.getsockname()))
         if p.pid is not None:
             env["UNIXREMOTEPID"] = str(p.pid)
@@ -163,11 +164,18 @@ class _Server:
     def _start(self, conn: socket.socket) -> None:
         cfg = self.gate.cfg
         try:
-            env = {**_clean_env(), **peer_env(conn, cfg.service)}
-            if conn.family == socket.AF_UNIX and not self._unix_allowed(conn):
-                return
+            peer = None
+            if conn.family == socket.AF_UNIX:
+                peer = self._unix_peer_if_allowed(conn)
+                if peer is None:
+                    return
+            env = {**_clean_env(), **peer_env(conn, cfg.service, peer)}
             child = subprocess.Popen(
-                list(cfg.command), stdin=conn.fileno(), stdout=conn.fileno(), env=env, preexec_fn=self._become_user
+                list(cfg.command),
+                stdin=conn.fileno(),
+                stdout=conn.fileno(),
+                env=env,
+                preexec_fn=self._become_user if self.creds is not None else None,
             )
         except subprocess.SubprocessError as e:
             cfg.say(f"cannot run {cfg.command[0]!r} as {self.creds.describe() if self.creds else 'this user'}: {e}")
@@ -184,14 +192,15 @@ class _Server:
         if self.creds is not None:
             privileges.drop(self.creds)
 
-    def _unix_allowed(self, conn: socket.socket) -> bool:
+    def _unix_peer_if_allowed(self, conn: socket.socket) -> Peer | None:
         from sockgate.linux.peercred import peer_of
 
         peer = peer_of(conn.fileno())
         d = decide(self.gate.policy, self.gate.cfg.service, peer)
         if not d.allowed:
             self.gate.cfg.say(f"denied Unix peer {peer.describe()}: {d.reason}")
-        return d.allowed
+            return None
+        return peer
 
     def _reap(self) -> None:
         self.children = [c for c in self.children if c.poll() is None]

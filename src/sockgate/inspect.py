@@ -31,7 +31,7 @@ import os
 import pwd
 import socket
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 from sockgate.errors import AdapterError, UsageError
@@ -293,18 +293,11 @@ def sort_key(sock: Sock) -> tuple[int, int, str, int, str]:
 # --- I/O: gather and join -----------------------------------------------------------------------
 
 
-@dataclass
-class _Context:
-    identify: Identify
-    proc: str
-    users: dict[int, str | None] = field(default_factory=dict)
-
-
 def list_sockets(sel: Selection, *, proc: str = sockdiag.PROC, identify: Identify = bpf_identify) -> list[Row]:
     """The rows ``sockgate ls`` shows for ``sel``, sorted by protocol, address and port."""
     if sel.port is not None and not 0 <= sel.port < 65536:
         raise UsageError(f"--port must be 0-65535, got {sel.port}")
-    ctx = _Context(identify, proc)
+    users: dict[int, str] = {}
     kinds = sel.effective_kinds
     socks = [s for s in sockdiag.inventory(kinds, dict.fromkeys(kinds, sel.state_mask()), proc) if wanted(s, sel)]
     found = sockdiag.holders(proc)
@@ -312,10 +305,10 @@ def list_sockets(sel: Selection, *, proc: str = sockdiag.PROC, identify: Identif
     staged = []
     for s in sorted(socks, key=sort_key):
         hs = _holders_of(s, found.by_inode.get(s.inode, []) if s.inode else [], procs)
-        user = _user_name(ctx, s.uid) if s.uid is not None else (hs[0].user if hs else None)
+        user = _user_name(users, s.uid) if s.uid is not None else (hs[0].user if hs else None)
         if matches(s, hs, user, sel):
             staged.append((s, hs, user))
-    guards = read_guards([(s, hs) for s, hs, _ in staged], bool(found.denied), ctx.identify)
+    guards = read_guards([(s, hs) for s, hs, _ in staged], bool(found.denied), identify)
     rows = []
     for s, hs, user in staged:
         g = guards[id(s)]
@@ -349,13 +342,10 @@ def _process_info(pid: int) -> tuple[str, str | None]:
         return "?", None
 
 
-def _user_name(ctx: _Context, uid: int) -> str | None:
-    if uid not in ctx.users:
-        try:
-            ctx.users[uid] = pwd.getpwuid(uid).pw_name
-        except KeyError:
-            ctx.users[uid] = str(uid)
-    return ctx.users[uid]
+def _user_name(cache: dict[int, str], uid: int) -> str:
+    if uid not in cache:
+        cache[uid] = _name(pwd.getpwuid, uid)
+    return cache[uid]
 
 
 def _path_info(s: Sock) -> PathInfo | None:
@@ -394,7 +384,8 @@ def read_guards(
     out: dict[int, Guard] = {}
     try:
         for s, hs in items:
-            out[id(s)] = _guard_of(hs, some_denied, pidfds, identify)
+            # inode 0 (TIME-WAIT, a request socket): no descriptor exists for anyone to hold
+            out[id(s)] = _guard_of(hs, some_denied and s.inode != 0, pidfds, identify)
     finally:
         for v in pidfds.values():
             if isinstance(v, int):

@@ -37,20 +37,23 @@ no network header and drop everything); their file mode/owner/group protect them
 
 from __future__ import annotations
 
-import errno
+import contextlib
 import fcntl
 import os
 import signal
 import socket
 import sys
 from dataclasses import dataclass, field
-from typing import Callable, NoReturn
+from typing import TYPE_CHECKING, Callable, NoReturn
 
 from sockgate.errors import AdapterError, PolicyError, SockgateError, UsageError
 from sockgate.linux import activation, privileges
 from sockgate.linux.listen import Listener, open_listeners
 from sockgate.policy.ir import Policy
 from sockgate.urls import SocketURL
+
+if TYPE_CHECKING:
+    from sockgate.guard import Guarded
 
 FORWARDED = (
     signal.SIGTERM,
@@ -61,11 +64,10 @@ FORWARDED = (
     signal.SIGWINCH,
     signal.SIGCONT,
 )
-# Linux 6.x kernels with commit 5d39580f68e6 refuse SO_ATTACH_FILTER on TCP sockets without it.
-NEEDS_NET_ADMIN = (
-    "this kernel lets only CAP_NET_ADMIN attach a filter to a TCP socket: start sockgate run as"
-    " root (with --user/--group for the service) or give it that capability"
-)
+# A terminal sends these to its whole foreground process group (si_code SI_KERNEL, from
+# <asm-generic/siginfo.h>): the command got its own copy, so forwarding would double it.
+SI_KERNEL = 0x80
+TTY_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGWINCH)
 
 
 def _say(msg: str) -> None:
@@ -94,39 +96,31 @@ class Gate:
         self.cfg = cfg
         self.policy = policy
         self.listeners: list[Listener] = []
-        self.digest = policy.digest()
+        self.guarded: Guarded | None = None  # what the last attach put on the TCP/UDP sockets
 
     def guard_socket(self, sock: socket.socket) -> None:
         from sockgate.guard import guard
 
-        if sock.family == socket.AF_UNIX:
-            return
-        try:
-            guard(self.policy, sock, self.cfg.service)
-        except AdapterError as e:
-            if e.errno == errno.EPERM and sock.type == socket.SOCK_STREAM and os.geteuid() != 0:
-                raise AdapterError(f"{e}: {NEEDS_NET_ADMIN}", errno=e.errno, target=e.target) from e
-            raise
+        if sock.family != socket.AF_UNIX:
+            self.guarded = guard(self.policy, sock, self.cfg.service)
 
     @property
     def inet(self) -> list[Listener]:
         return [lst for lst in self.listeners if not lst.url.is_unix]
 
+    def describe(self) -> str:
+        g = self.guarded
+        if g is None:
+            return "no address filter (Unix sockets only)"
+        return f"service {g.service}, digest {g.digest}, {g.instructions} instructions"
+
     def reload(self) -> bool:
         """Re-read, compile, swap. On any error the old filters stay; False is returned."""
-        from sockgate.guard import compile_guard, guard
-
         cfg = self.cfg
         if cfg.notify:
             activation.reloading()
         try:
-            policy = cfg.load()
-            if self.inet:
-                compile_guard(policy, cfg.service)
-            else:
-                _service_of(policy, cfg.service)
-            for lst in self.inet:
-                guard(policy, lst.sock, cfg.service)
+            self._swap(cfg.load())
         except PolicyError as e:
             cfg.say(f"reload failed, the previous policy stays in force:\n{e.render(caret=True)}")
             return False
@@ -137,9 +131,32 @@ class Gate:
         finally:
             if cfg.notify:
                 activation.ready()
-        self.policy, self.digest = policy, policy.digest()
-        cfg.say(f"reloaded: policy {self.digest}, service {cfg.service}, {len(self.inet)} socket(s) guarded")
+        cfg.say(f"reloaded: {self.describe()}, on {len(self.inet)} socket(s)")
         return True
+
+    def _swap(self, policy: Policy) -> None:
+        """Compile, then attach to every socket; if an attach fails, put the old program back
+        on the sockets already changed, so they never disagree."""
+        from sockgate.guard import compile_guard, guard
+
+        service = self.cfg.service
+        if not self.inet:
+            _service_of(policy, service)
+        else:
+            compile_guard(policy, service)
+        done: list[Listener] = []
+        result = None
+        try:
+            for lst in self.inet:
+                result = guard(policy, lst.sock, service)
+                done.append(lst)
+        except BaseException:
+            for lst in done:
+                with contextlib.suppress(SockgateError):
+                    guard(self.policy, lst.sock, service)
+            raise
+        self.policy = policy
+        self.guarded = result or self.guarded
 
     def close(self) -> None:
         for lst in self.listeners:
@@ -177,8 +194,8 @@ def prepare(cfg: RunConfig) -> tuple[Gate, privileges.Credentials | None]:
     gate.listeners = open_listeners(cfg.urls, before_listen=gate.guard_socket)
     for i, lst in enumerate(gate.listeners):
         where = "" if cfg.inetd else f" as fd {activation.SD_LISTEN_FDS_START + i} ({lst.name})"
-        guard_text = "unfiltered Unix socket" if lst.url.is_unix else f"guarded by policy {gate.digest}"
-        cfg.say(f"listening on {lst.address()}{where}, {guard_text}, service {cfg.service}")
+        guard_text = "Unix socket, no address filter" if lst.url.is_unix else f"guarded: {gate.describe()}"
+        cfg.say(f"listening on {lst.address()}{where}, {guard_text}")
     return gate, creds
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import select
 import socket
+import struct
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -41,9 +42,9 @@ UDP_TRIES = 2
 
 # connect() errors that mean "something on the path answered no", not "the port said no".
 _FILTERED_ERRNOS = {
-    errno.EHOSTUNREACH: "icmp host unreachable",
-    errno.ENETUNREACH: "icmp net unreachable",
-    errno.EACCES: "icmp administratively prohibited",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ENETUNREACH: "network unreachable",
+    errno.EACCES: "administratively prohibited",
     errno.EPERM: "blocked locally (EPERM)",
     errno.ETIMEDOUT: "timeout",
     errno.EHOSTDOWN: "host down",
@@ -156,8 +157,8 @@ def probe_tcp(host: str, port: int, *, source: str | None = None, timeout: float
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         rtt = time.monotonic() - start
         if err == 0:
-            # Close with a reset (SO_LINGER 0) as nmap does: no TIME_WAIT left behind.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+            # close with a reset (SO_LINGER on, 0 s): a probe leaves no TIME-WAIT behind
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             return ProbeResult("tcp", host, addr[0], port, OPEN, "syn-ack", rtt, source)
         if err == errno.ECONNREFUSED:
             return ProbeResult("tcp", host, addr[0], port, CLOSED, "reset", rtt, source)
@@ -194,6 +195,8 @@ def probe_udp(
         try:
             sock.connect(addr)
         except OSError as e:
+            if e.errno in _FILTERED_ERRNOS:  # no route from here: nothing can answer
+                return ProbeResult("udp", host, addr[0], port, FILTERED, _FILTERED_ERRNOS[e.errno], None, source)
             raise AdapterError(f"connect UDP socket to {host} port {port}: {e.strerror}", errno=e.errno) from e
         return _udp_exchange(sock, host, addr[0], port, source, timeout, payload, max(1, tries))
 

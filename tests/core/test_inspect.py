@@ -201,3 +201,13 @@ def test_parse_proc_unix() -> None:
     assert (bus.unix_name, bus.unix_vfs, bus.type, bus.state) == ("@bus", None, "dgram", TCP_CLOSE)
     assert (pair.unix_name, pair.state) == (None, TCP_ESTABLISHED)
     assert ins.exposure_of(bus).kind == "abstract"
+
+
+def test_guard_without_a_visible_holder_is_unknown_never_a_guess() -> None:
+    held = tcp("0.0.0.0")  # inode 1000: some process holds a descriptor for it
+    time_wait = Sock("tcp", "ipv4", "stream", TCP_TIME_WAIT, 0, 0, "127.0.0.1", 5000, "127.0.0.1", 40000)
+    some_denied = ins.read_guards([(held, ()), (time_wait, ())], some_denied=True)
+    assert some_denied[id(held)].text == "unknown (no permission)"
+    assert some_denied[id(time_wait)].text == "unknown (no holder found)"
+    all_visible = ins.read_guards([(held, ())], some_denied=False)
+    assert all_visible[id(held)].text == "unknown (no holder found)"

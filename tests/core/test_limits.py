@@ -32,13 +32,13 @@ from sockgate.proxy.limits import Limiter
 # -- limits -----------------------------------------------------------------------------------
 
 
-def test_rate_lets_a_burst_through_then_one_per_interval() -> None:
+def test_rate_is_a_sliding_window() -> None:
     lim: Limiter[str] = Limiter(Limits(rate_per_source=Rate(3, 3.0)))
-    assert [lim.admit("a", 0.0).ok for _ in range(4)] == [True, True, True, False]
-    assert not lim.admit("a", 0.5).ok
-    assert lim.admit("a", 1.0).ok  # one interval (1 s) later a token is back
-    assert not lim.admit("a", 1.0).ok
-    assert lim.admit("b", 1.0).ok  # sources are counted apart
+    assert [lim.admit("a", t).ok for t in (0.0, 1.0, 2.0, 2.5)] == [True, True, True, False]
+    assert not lim.admit("a", 2.9).ok
+    assert lim.admit("a", 3.0).ok  # the admission at 0.0 left the window
+    assert not lim.admit("a", 3.5).ok
+    assert lim.admit("b", 3.5).ok  # sources are counted apart
 
 
 def test_rate_refusal_without_ban_does_not_ban() -> None:

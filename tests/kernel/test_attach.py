@@ -45,6 +45,15 @@ import json, socket, sys, threading
 specs, out = sys.argv[1:], {"socks": []}
 for spec in specs:
     kind, *opts = spec.split(",")
+    if kind == "fork":
+        continue
+    if kind == "unix":
+        s = socket.socket(socket.AF_UNIX)
+        s.bind("\0sgt-attach-%d" % id(s))
+        s.listen(8)
+        out["socks"].append({"fd": s.fileno(), "kind": kind})
+        globals().setdefault("keep", []).append(s)
+        continue
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
     if "reuseport" in opts:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -61,6 +70,12 @@ for spec in specs:
         threading.Thread(target=serve, daemon=True).start()
     out["socks"].append({"fd": s.fileno(), "port": s.getsockname()[1], "kind": kind, "opts": opts})
     globals().setdefault("keep", []).append(s)
+if "fork" in specs:  # a pre-forked worker sharing the listeners; dies with its parent
+    import ctypes, os, signal, time
+    if os.fork() == 0:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        time.sleep(300)
+        os._exit(0)
 print(json.dumps(out), flush=True)
 for line in sys.stdin:
     if line.strip() == "accept":
@@ -125,7 +140,7 @@ def state(pid: int, fd: int) -> guard_mod.GuardInfo:
 
 
 def reach(port: int, *sources: str) -> dict[str, bool]:
-    return tcp_reach({socket.AF_INET: ("127.0.0.1", port)}, sources, local_sockets(), wait=0.4)
+    return tcp_reach({socket.AF_INET: ("127.0.0.1", port)}, sources, local_sockets(), wait=0.8)
 
 
 def accept_all(p: subprocess.Popen[str]) -> int:
@@ -193,6 +208,14 @@ def test_attach_by_port_reuseport_group(capsys: Any, spawn: Spawn, policy_file: 
     assert got.pop("127.0.0.1") and not any(got.values())
     rc, out, _ = sockgate(capsys, "detach", "--port", str(port))
     assert rc == 0 and out.count("detached") == 2
+
+
+def test_listener_shared_by_forked_workers_counted_once(capsys: Any, spawn: Spawn, policy_file: str) -> None:
+    p, (s,) = spawn("tcp", "fork")
+    rc, out, _ = sockgate(capsys, "attach", "--policy", policy_file, "--service", "web", "--port", str(s["port"]), "--json")
+    assert rc == 0
+    assert len(json.loads(out)["sockets"]) == 1
+    assert state(p.pid, s["fd"]).service == "web"
 
 
 def test_port_group_all_or_nothing(capsys: Any, spawn: Spawn, policy_file: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -272,6 +295,8 @@ def test_refusals(capsys: Any, spawn: Spawn, policy_file: str) -> None:
         ("--port", str(free_port), "--proto", "udp"): f"no UDP socket is bound to port {free_port}",
         ("--fd", "3"): "one of the arguments --pid --port is required",
     }
+    u, (us,) = spawn("unix")
+    cases[("--pid", str(u.pid), "--fd", str(us["fd"]))] = "guards TCP and UDP sockets only"
     for extra, message in cases.items():
         rc, out, err = sockgate(capsys, *base, *extra)
         assert (rc, out) != (0, "") and message in err, (extra, err)

@@ -57,7 +57,7 @@ def listener() -> socket.socket:
 
 def reach(listener: socket.socket, *sources: str) -> dict[str, bool]:
     dest = {socket.AF_INET: listener.getsockname()[:2]}
-    return tcp_reach(dest, sources, local_sockets(), wait=0.4, listener=listener)
+    return tcp_reach(dest, sources, local_sockets(), wait=0.8, listener=listener)
 
 
 def test_guard_round_trip(policy: sockgate.Policy, listener: socket.socket) -> None:
@@ -92,7 +92,7 @@ def test_dual_stack_socket(policy: sockgate.Policy) -> None:
         s.listen(64)
         policy.guard(s, "strict")
         dest = {socket.AF_INET: ("127.0.0.1", s.getsockname()[1])}
-        got = tcp_reach(dest, ["127.0.0.1", "127.0.0.2"], local_sockets(), wait=0.4, listener=s)
+        got = tcp_reach(dest, ["127.0.0.1", "127.0.0.2"], local_sockets(), wait=0.8, listener=s)
         assert got == {"127.0.0.1": True, "127.0.0.2": False}
 
 
@@ -229,7 +229,7 @@ def test_asyncio_example(tmp_path: Path) -> None:
         with socket.create_connection(("127.0.0.1", port), timeout=3) as c:
             c.sendall(b"hello\n")
             assert c.recv(64) == b"hello\n"
-        got = tcp_reach({socket.AF_INET: ("127.0.0.1", port)}, ["127.0.0.2"], local_sockets(), wait=0.4)
+        got = tcp_reach({socket.AF_INET: ("127.0.0.1", port)}, ["127.0.0.2"], local_sockets(), wait=0.8)
         assert got == {"127.0.0.2": False}
     finally:
         proc.terminate()
@@ -238,3 +238,29 @@ def test_asyncio_example(tmp_path: Path) -> None:
         proc.stderr.close()
         proc.stdout.close()
 
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run as another user")
+def test_unprivileged_guard_udp_and_tcp_message() -> None:
+    """UDP sockets take a filter from anybody; where the kernel reserves TCP filters for
+    CAP_NET_ADMIN (Linux commit 5d39580f68e6) the refusal says so and what to do."""
+    code = (
+        "import socket, sockgate\n"
+        "from sockgate.policy.parser import parse_policy\n"
+        "p = parse_policy('service a {\\n allow 127.0.0.1\\n default deny\\n}\\n')\n"
+        "u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "print(p.guard(u, 'a').service)\n"
+        "t = socket.socket()\n"
+        "try:\n"
+        "    print(p.guard(t, 'a').service)\n"
+        "except sockgate.AdapterError as e:\n"
+        "    print(e)\n"
+    )
+    r = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
+        capture_output=True, text=True, timeout=60, cwd="/",
+    )
+    assert r.returncode == 0, r.stderr
+    udp, tcp = r.stdout.splitlines()
+    assert udp == "a"
+    assert tcp == "a" or ("operation not permitted" in tcp and "CAP_NET_ADMIN" in tcp and "sockgate run" in tcp), tcp

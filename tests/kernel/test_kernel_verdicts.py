@@ -22,10 +22,9 @@ from typing import Any
 import pytest
 
 from sockgate.decide import Peer, decide_service
-from sockgate.guard import guard_of
-from sockgate.linux import filter as kfilter
+from sockgate.guard import guard, guard_of
 from sockgate.bpf import compile_service
-from sockgate.policy.ir import Service
+from sockgate.policy.ir import Policy, Service
 from support import netlab
 from support.verdicts import boundary_sources, local_sockets, loopback_usable, random_service, tcp_reach, udp_reach
 
@@ -62,9 +61,8 @@ def diff(svc: Service, want: dict[str, bool], got: dict[str, bool], how: str, se
 
 
 def _attach(sock: socket.socket, svc: Service) -> None:
-    program = compile_service(svc)
-    kfilter.attach(sock, program.encode())
-    assert guard_of(sock).digest == program.digest
+    g = guard(Policy(services=(svc,)), sock, svc.name)  # the library path, reload included
+    assert g.digest == compile_service(svc).digest == guard_of(sock).digest
 
 
 @pytest.mark.parametrize("case", range(LOOPBACK_CASES))
@@ -81,7 +79,7 @@ def test_loopback_ipv4(case: int) -> None:
         u.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
         _attach(lst, svc)
         _attach(u, svc)
-        tcp = tcp_reach({socket.AF_INET: lst.getsockname()}, sources, local_sockets(), wait=0.4, listener=lst)
+        tcp = tcp_reach({socket.AF_INET: lst.getsockname()}, sources, local_sockets(), wait=1.0, listener=lst)
         udp = udp_reach(u, {socket.AF_INET: u.getsockname()}, sources, local_sockets(socket.SOCK_DGRAM))
     assert tcp == want, diff(svc, want, tcp, "TCP over loopback", case)
     assert udp == want, diff(svc, want, udp, "UDP over loopback", case)

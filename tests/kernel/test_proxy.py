@@ -14,6 +14,7 @@ from typing import Iterator
 
 import pytest
 
+from support import netlab
 from support.proxyproc import EchoServer, ProxyProc, connect, is_filtered, roundtrip, wait_for
 
 pytestmark = [
@@ -396,3 +397,149 @@ def test_systemd_activation_and_notify(tmp_path: Path, echo: EchoServer, procs: 
     finally:
         notify.close()
         lsock.close()
+
+
+def test_host_name_rules_use_confirmed_reverse_dns(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc]) -> None:
+    # /etc/hosts names 127.0.0.1 "localhost" both ways; 127.0.0.5 has no name at all.
+    import socket as s_
+
+    try:
+        verified = s_.getnameinfo(("127.0.0.1", 0), s_.NI_NAMEREQD)[0] == "localhost"
+    except OSError:
+        verified = False
+    if not verified:
+        pytest.skip("127.0.0.1 does not resolve to localhost here")
+    pol = policy(
+        tmp_path,
+        f"""
+        service web tcp/80 {{
+            listen tcp://127.0.0.1:0
+            forward tcp://127.0.0.1:{echo.port}
+            allow host localhost
+            default deny
+        }}
+        """,
+    )
+    p = start(procs, tmp_path, str(pol), "--name-timeout", "2")
+    port = p.tcp_port()
+    with connect(port, "127.0.0.1") as s:
+        assert roundtrip(s, b"named") == b"named"
+    with connect(port, "127.0.0.5", timeout=5) as s:  # the kernel lets it in: only a lookup can tell
+        try:
+            assert s.recv(10) == b""
+        except ConnectionResetError:
+            pass
+    p.stop()
+    allow = p.find(event="decision", decision="allow")[0]
+    deny = p.find(event="decision", decision="deny")[0]
+    assert allow["peer"].startswith("localhost[127.0.0.1:") and allow["rule"].endswith(":5")
+    assert deny["peer"].startswith("127.0.0.5:") and "default deny" in deny["reason"]
+
+
+def test_workers_share_the_port_and_limits_refuse_workers(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc]) -> None:
+    p = start(procs, tmp_path, "--listen", "tcp://127.0.0.1:0", "--forward", f"tcp://127.0.0.1:{echo.port}", "--workers", "2")
+    port = p.tcp_port()
+    for i in range(40):
+        with connect(port) as s:
+            assert roundtrip(s, b"w%d" % i) == b"w%d" % i
+    p.signal(signal.SIGHUP)  # forwarded to the workers
+    with connect(port) as s:
+        assert roundtrip(s, b"again") == b"again"
+    assert p.stop() == 0
+    wait_for(lambda: len(p.find(event="notice", message="stopped")) == 2)
+    pol = policy(tmp_path, f"service w tcp/1 {{\n listen tcp://127.0.0.1:0\n forward tcp://127.0.0.1:{echo.port}\n allow all limit concurrent 2\n}}\n", "l.conf")
+    out = subprocess.run([sys.executable, "-m", "sockgate", "proxy", str(pol), "--workers", "2"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "drop --workers" in out.stderr
+
+
+def test_unix_file_listener_to_unix_backend(tmp_path: Path, procs: list[ProxyProc]) -> None:
+    back = tmp_path / "back.sock"
+    backend = EchoServer(socket.AF_UNIX, str(back))
+    front = tmp_path / "front.sock"
+    front.write_bytes(b"")  # a regular file in the way is never replaced...
+    try:
+        bad = subprocess.run(
+            [sys.executable, "-m", "sockgate", "proxy", "--listen", f"unix:{front}", "--forward", f"unix:{back}"],
+            capture_output=True, text=True, timeout=30,
+        )
+        assert bad.returncode == 1 and "not a socket" in bad.stderr
+        front.unlink()
+        p = start(procs, tmp_path, "--listen", f"unix:{front}?mode=0600", "--forward", f"unix:{back}")
+        assert (front.stat().st_mode & 0o777) == 0o600
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(3)
+        s.connect(str(front))
+        assert roundtrip(s, b"unix to unix") == b"unix to unix"
+        s.close()
+        assert p.stop() == 0
+        assert not front.exists()  # removed on exit
+    finally:
+        backend.close()
+
+
+def test_dual_stack_listener_filters_both_families(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc]) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    pol = policy(
+        tmp_path,
+        f"""
+        service web tcp/80 {{
+            listen tcp://:0
+            forward tcp://127.0.0.1:{echo.port}
+            deny 127.0.0.2
+            allow all
+        }}
+        """,
+    )
+    p = start(procs, tmp_path, str(pol))
+    port = p.tcp_port()
+    with connect(port, "::1", host="::1") as s:
+        assert roundtrip(s, b"six") == b"six"
+    with connect(port, "127.0.0.1") as s:  # arrives as ::ffff:127.0.0.1, logged as IPv4
+        assert roundtrip(s, b"four") == b"four"
+    assert is_filtered(port, "127.0.0.2")  # the IPv4 header on an AF_INET6 socket is filtered too
+    p.stop()
+    peers = [r["peer"] for r in p.find(event="decision")]
+    assert peers[0].startswith("[::1]:") and peers[1].startswith("127.0.0.1:") and len(peers) == 2
+
+
+def test_another_host_over_ipv6_in_a_namespace(tmp_path: Path, lab: "netlab.Lab", procs: list[ProxyProc]) -> None:
+    """Clients on another host (a namespace behind veth) over IPv6: the denied one sees a
+    filtered port, the allowed one is relayed, and the log names the real source."""
+    lab.add_client_addresses(["fd5b:5347::3"])
+    echo = lab.server.call(lambda: EchoServer())
+    try:
+        pol = policy(
+            tmp_path,
+            f"""
+            service web tcp/80 {{
+                listen tcp://:0
+                forward tcp://127.0.0.1:{echo.port}
+                deny fd5b:5347::2
+                allow fd5b:5347::/64
+                default deny
+            }}
+            """,
+        )
+        p = start(procs, tmp_path, str(pol), prefix=lab.server.argv())
+        port = p.tcp_port()
+
+        def attempt(src: str) -> bytes | str:
+            s = lab.client.socket(socket.AF_INET6)
+            try:
+                s.settimeout(1.0)
+                s.bind((src, 0))
+                s.connect((lab.server_v6, port))
+                return roundtrip(s, b"v6")
+            except socket.timeout:
+                return "filtered"
+            finally:
+                s.close()
+
+        assert attempt("fd5b:5347::2") == "filtered"
+        assert attempt("fd5b:5347::3") == b"v6"
+        p.stop()
+        peers = [r["peer"] for r in p.find(event="decision")]
+        assert len(peers) == 1 and peers[0].startswith("[fd5b:5347::3]:")
+    finally:
+        echo.close()

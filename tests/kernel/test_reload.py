@@ -111,7 +111,7 @@ def test_fifty_reloads_under_load_then_a_removed_source_is_dropped(tmp_path: Pat
         for i in range(1, RELOADS + 1):
             write_atomic(policy, policy_text(i))
             lr.signal(signal.SIGHUP)
-            digests.add(lr.wait_line(r"reloaded: policy ([0-9a-f]+), service echo, 1 socket\(s\) guarded").group(1))
+            digests.add(lr.wait_line(r"reloaded: service echo, digest ([0-9a-f]+), \d+ instructions, on 1 socket\(s\)").group(1))
             before = hammer.ok
             deadline = time.monotonic() + 5
             while hammer.ok == before and time.monotonic() < deadline and not hammer.failures:
@@ -123,7 +123,7 @@ def test_fifty_reloads_under_load_then_a_removed_source_is_dropped(tmp_path: Pat
     # remove 127.0.0.5: from the very next connection on it gets nothing back
     write_atomic(policy, policy_text(0, with_five=False))
     lr.signal(signal.SIGHUP)
-    lr.wait_line(r"reloaded: policy")
+    lr.wait_line(r"reloaded: service")
     assert tcp_filtered("127.0.0.5", port)
     assert tcp_echo("127.0.0.1", port) == b"ping\n"
     assert not any("reload failed" in line for line in lr.lines)
@@ -152,7 +152,7 @@ def test_bad_policy_on_sighup_keeps_the_old_filter(tmp_path: Path, launch: Launc
     # and a good policy afterwards still reloads
     write_atomic(policy, policy_text(1, with_five=False))
     lr.signal(signal.SIGHUP)
-    lr.wait_line(r"reloaded: policy")
+    lr.wait_line(r"reloaded: service")
     assert tcp_filtered("127.0.0.5", port)
     assert lr.proc.poll() is None
 
@@ -181,7 +181,7 @@ def test_forward_hup_and_notify(tmp_path: Path, launch: Launch) -> None:
         time.sleep(0.3)  # let the command install its handler
         write_atomic(policy, policy_text(2))
         lr.signal(signal.SIGHUP)
-        lr.wait_line(r"reloaded: policy")
+        lr.wait_line(r"reloaded: service")
         assert rx.recv(4096).startswith(b"RELOADING=1\nMONOTONIC_USEC=")
         assert rx.recv(4096) == b"READY=1"
         wait_for_file(marker, lines=lr.lines)
@@ -205,6 +205,6 @@ def test_inetd_reload(tmp_path: Path, launch: Launch) -> None:
     assert tcp_echo("127.0.0.5", port) == b"ping\n"
     write_atomic(policy, policy_text(0, with_five=False))
     lr.signal(signal.SIGHUP)
-    lr.wait_line(r"reloaded: policy")
+    lr.wait_line(r"reloaded: service")
     assert tcp_filtered("127.0.0.5", port)
     assert tcp_echo("127.0.0.1", port) == b"ping\n"

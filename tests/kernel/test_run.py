@@ -276,13 +276,17 @@ def test_inetd_unix_peers_decided_by_credentials(public_dir: Path, launch: Launc
         assert env["SOCKGATE_SERVICE"] == "ctl"  # type: ignore[index]
     # a client running as nobody is refused: closed without running the command
     code = (
-        "import os,socket,sys;os.setgroups([]);os.setgid(65534);os.setuid(65534);"
-        "s=socket.socket(socket.AF_UNIX);s.settimeout(10);s.connect(sys.argv[1]);"
-        "s.sendall(b'hello\\n')\ntry:\n print(repr(s.recv(100)))\nexcept ConnectionResetError:\n print('reset')"
+        "import os,socket,sys\n"
+        "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
+        "s = socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect(sys.argv[1])\n"
+        "try:\n"
+        "    s.sendall(b'hello\\n'); print(repr(s.recv(100)))\n"
+        "except (BrokenPipeError, ConnectionResetError):\n"
+        "    print('closed')\n"
     )
     out = subprocess.run([sys.executable, "-c", code, str(sock_path)], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() in ("b''", "reset")  # closed unread: the kernel may report a reset
+    assert out.stdout.strip() in ("b''", "closed")  # closed unread, maybe before we wrote: EPIPE/ECONNRESET
     lr.wait_line(r"denied Unix peer uid=65534 .*: no rule matched; default deny")
     lr.signal(signal.SIGTERM)
     assert lr.finish() == 0
@@ -364,3 +368,52 @@ def test_forward_signals(tmp_path: Path, policy: Path, launch: Launch) -> None:
     lr.signal(signal.SIGUSR1)
     assert lr.finish() == 3
     assert marker.read_text() == "got"
+
+
+def test_resolve_credentials() -> None:
+    from sockgate.errors import UsageError
+    from sockgate.linux import privileges
+
+    nobody = pwd.getpwnam("nobody")
+    c = privileges.resolve("nobody", None)
+    assert c is not None
+    assert (c.uid, c.gid, c.user) == (nobody.pw_uid, nobody.pw_gid, "nobody")
+    assert set(c.groups) == set(os.getgrouplist("nobody", nobody.pw_gid))
+    n = privileges.resolve(str(nobody.pw_uid), "0")
+    assert n is not None and (n.uid, n.gid) == (nobody.pw_uid, 0)
+    g = privileges.resolve(None, "nogroup")
+    assert g is not None and (g.uid, g.groups) == (os.getuid(), (g.gid,))
+    assert privileges.resolve(None, None) is None
+    with pytest.raises(UsageError, match="no such group: 'no-such-group-sgt'"):
+        privileges.resolve(None, "no-such-group-sgt")
+
+
+@needs_root
+def test_drop_is_irrevocable() -> None:
+    code = (
+        "import os,sys;sys.path.insert(0,sys.argv[1]);from sockgate.linux import privileges as p;"
+        "c=p.resolve('nobody',None);p.drop(c);p.verify(c);"
+        "print(os.getresuid(),os.getresgid(),sorted(os.getgroups()))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, SRC], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    nobody = pwd.getpwnam("nobody")
+    u, g = nobody.pw_uid, nobody.pw_gid
+    assert out.stdout.strip() == f"({u}, {u}, {u}) ({g}, {g}, {g}) {sorted(set(os.getgrouplist('nobody', g)))}"
+
+
+def test_hosts_access_files_with_the_daemon_name(tmp_path: Path, launch: Launch) -> None:
+    allow = tmp_path / "hosts.allow"
+    deny = tmp_path / "hosts.deny"
+    allow.write_text("in.echod: 127.0.0.1\n")
+    deny.write_text("ALL: ALL\n")
+    script, report = _service(tmp_path)
+    lr = launch(
+        "--hosts-allow", str(allow), "--hosts-deny", str(deny), "--service", "in.echod",
+        "--listen", "udp://127.0.0.1:0", "--", sys.executable, str(script), str(report),
+    )
+    addrs, _ = lr.started(1)
+    wait_for_file(report, lines=lr.lines)
+    port = port_of(addrs[0])
+    assert udp_echo("127.0.0.1", port) == b"dgram"
+    assert udp_echo("127.0.0.3", port, timeout=0.5) is None

@@ -176,7 +176,8 @@ def rule_line(draw: st.DrawFn, files: dict[str, list[str]]) -> str:
             out += draw(st.sampled_from([", ", " ", ",", " \\\n  ", "\t"])) + it
         return out
 
-    line = join(daemons) + draw(st.sampled_from([": ", ":", " : "])) + join(clients)
+    indent = draw(st.sampled_from(["", "", "", " ", "\t"]))
+    line = indent + join(daemons) + draw(st.sampled_from([": ", ":", " : "])) + join(clients)
     opts = draw(st.sampled_from(OPTIONS))
     if opts:
         line += " : " + ": ".join(opts)
@@ -312,3 +313,33 @@ def test_enough_decisions_were_compared() -> None:
     if not COMPARED:
         pytest.skip("the differential test did not run in this session")
     assert sum(COMPARED) >= MIN_DECISIONS, f"only {sum(COMPARED)} decisions compared"
+
+
+DATA = Path(__file__).parent.parent / "data" / "hosts_access"
+
+
+def test_shipped_sample_agrees_with_tcpdmatch() -> None:
+    """The sample the core tests decide by hand, decided by tcpdmatch itself."""
+    import json
+
+    policy = parse_hosts_access(str(DATA / "hosts.allow"), str(DATA / "hosts.deny"), read=read_text)
+    for c in json.loads((DATA / "cases.json").read_text()):
+        service, client_text, allowed = c["service"], c["client"], c["allowed"]
+        (seen,) = run_tcpdmatch(DATA, [service], [client_text])[0]
+        assert (seen.access == "granted") is allowed, (service, client_text, seen)
+        assert decide(policy, service, engine_peer(seen)).allowed is allowed
+
+
+def test_system_resolver_names_localhost_as_tcpdmatch_does() -> None:
+    """tcpdmatch looks a host name up, then each address in reverse (libwrap's verified
+    name); resolve.SystemResolver must see the same name for the same address."""
+    from sockgate.resolve import SystemResolver
+
+    with tempfile.TemporaryDirectory(prefix="sgt-tcpd-") as tmp:
+        (seen_list,) = run_tcpdmatch(Path(tmp), ["sshd"], ["localhost"])
+    resolver = SystemResolver(timeout=5)
+    for seen in seen_list:
+        assert seen.address is not None
+        hn = resolver.host_name(ipaddress.ip_address(seen.address))
+        got = "paranoid" if not hn.verified else (hn.name or "unknown")
+        assert got.lower() == (seen.name or "unknown").lower(), seen

@@ -216,7 +216,7 @@ def udp_reach(
     return result
 
 
-def _drain_udp(server: socket.socket, result: dict[str, bool], quiet: float = 0.15) -> None:
+def _drain_udp(server: socket.socket, result: dict[str, bool], quiet: float = 0.4) -> None:
     while True:
         ready, _, _ = select.select([server], [], [], quiet)
         if not ready:

@@ -212,7 +212,10 @@ def _leaf(asm: Assembler, leaf: Leaf) -> str:
     """The label deciding ``leaf``: a shared ``ret``, or a search of the next word."""
     if isinstance(leaf, Action):
         return leaf.value
-    root = _search(asm, _word_level(leaf.segs, leaf.base, leaf.bits - 32, leaf.word))
+    ws = _word_level(leaf.segs, leaf.base, leaf.bits - 32, leaf.word)
+    if len(ws) == 1:  # this word does not matter here
+        return _leaf(asm, ws[0].leaf)
+    root = _search(asm, ws)
     asm.emit(Insn(BPF_LD | BPF_MEM, 0, 0, leaf.word))
     return asm.label(asm.fresh("w"))
 

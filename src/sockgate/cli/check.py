@@ -164,7 +164,8 @@ def _text(v: Verdict, policy: Policy) -> str:
             lines.append(f"matched:  default ({d.action})")
         for o in d.rule.options if d.rule is not None else ():
             lines.append(f"option:   {o.name}{' ' + o.value if o.value else ''}{_note(o.name)}")
-        lines.append(f"reason:   {d.reason}")
+        if d.rule is None:
+            lines.append(f"reason:   {d.reason}")
         lines.append(f"access:   {'granted' if d.allowed else 'denied'}")
         lines.append("")
     return "\n".join(lines)

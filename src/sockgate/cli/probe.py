@@ -73,6 +73,8 @@ def _payload(text: str | None) -> bytes:
 def _run_icmp(args: argparse.Namespace) -> int:
     if args.port is not None:
         raise UsageError("probe --icmp takes a HOST only, not a port")
+    if args.payload is not None or args.proto != "tcp":
+        raise UsageError("probe --icmp takes no --payload or --proto")
     timeout = 1.0 if args.timeout is None else args.timeout
     result = probe.probe_icmp(args.host, source=args.source, count=args.count, timeout=timeout)
     if args.json:

@@ -160,7 +160,8 @@ def inspect_dup(dup: int, pid: int, fd: int) -> SockRef:
 
 def identity(dup: int) -> tuple[int, int]:
     """(device, inode) of the socket behind ``dup``: equal for the same socket in any process."""
-    st = os.fstat(dup)
+    with translated(f"fstat fd {dup}"):
+        st = os.fstat(dup)
     return (st.st_dev, st.st_ino)
 
 

@@ -182,7 +182,9 @@ def _inet_dump(family: int, protocol: int, proto: str, states: int) -> list[Sock
             v6only = None if flag is None else bool(flag[0])
         local = socket.inet_ntop(fam, src[:width])
         peer = socket.inet_ntop(fam, dst[:width])
-        out.append(Sock(proto, fname, kind, state, inode, uid, local, sport, peer, dport, None, None, None, v6only, ifindex))
+        # TIME-WAIT and request sockets (inode 0) are no full sockets: the kernel reports uid 0
+        owner = uid if inode else None
+        out.append(Sock(proto, fname, kind, state, inode, owner, local, sport, peer, dport, None, None, None, v6only, ifindex))
     return out
 
 
@@ -235,7 +237,8 @@ def parse_proc_inet(text: str, proto: str, family: str, states: int) -> list[Soc
             continue
         (la, lp), (pa, pp) = _hex_addr(f[1]), _hex_addr(f[2])
         kind = {"tcp": "stream", "udp": "dgram", "icmp": "dgram"}.get(proto, "raw")
-        out.append(Sock(proto, family, kind, state, int(f[9]), int(f[7]), la, lp, pa, pp))
+        inode = int(f[9])
+        out.append(Sock(proto, family, kind, state, inode, int(f[7]) if inode else None, la, lp, pa, pp))
     return out
 
 

@@ -1,5 +1,11 @@
 """Daemon-list evaluation for hosts_access rules (``sshd, in.ftpd EXCEPT x : ...``).
 
+A daemon pattern is compared with the service name by libwrap's ``string_match`` (so
+``ALL``, ``KNOWN`` — every name but ``unknown`` —, ``in.`` prefixes, ``.suffix`` and
+case-insensitive wildcards all work there), and a ``daemon@host`` part with the server side
+of the connection, whose unknown address or name is the word ``unknown`` as on the client
+side (libwrap's ``server_match``).
+
 ``may_select`` answers statically, from the service name alone, whether a rule can apply
 (``daemon@host`` parts are left to per-connection evaluation); ``daemon_matches`` decides for
 one connection, given the peer's server address.

@@ -53,9 +53,11 @@ def addr_text(address: IPAddress | None) -> str:
     if isinstance(address, ipaddress.IPv6Address):
         packed = address.packed
         words = [int.from_bytes(packed[i : i + 2], "big") for i in range(0, 16, 2)]
-        # glibc prints a dotted tail when the longest zero run is exactly words 0-5.
+        # glibc prints a dotted tail for IPv4-compatible (zeros in words 0-5) and mapped forms.
         if words[:6] == [0] * 6 and words[6] != 0:
             return "::" + str(ipaddress.IPv4Address(packed[12:]))
+        if words[:5] == [0] * 5 and words[5] == 0xFFFF:
+            return "::ffff:" + str(ipaddress.IPv4Address(packed[12:]))
     return str(address)
 
 

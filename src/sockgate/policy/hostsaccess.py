@@ -77,7 +77,10 @@ class _Line:
     def span(self, start: int, length: int, file: str) -> Span:
         if not self.where:
             return Span(file, self.first, 1, 1)
-        line, col = self.where[min(start, len(self.where) - 1)]
+        if start >= len(self.where):  # just past the end of the line
+            line, col = self.where[-1]
+            return Span(file, line, col + 1 + start - len(self.where), 1)
+        line, col = self.where[start]
         return Span(file, line, col, max(1, length))
 
 
@@ -198,7 +201,8 @@ def _parse_table(st: _State, file: str, text: str, action: Action) -> list[Rule]
 def _parse_rule(st: _State, file: str, line: _Line, action: Action) -> Rule | None:
     t = line.text
     c1 = hostmatch.split_at(t, ":")
-    where = line.span(0, len(t.rstrip(_BLANK)), file)
+    lead = len(t) - len(t.lstrip(_BLANK))
+    where = line.span(lead, len(t.strip(_BLANK)), file)
     if c1 < 0:
         st.error(where, "missing ':' between the daemon list and the client list"
                  " (libwrap skips this line)")

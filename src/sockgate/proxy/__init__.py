@@ -11,10 +11,13 @@ every finished connection (``log``), and reloads, drains and cooperates with sys
 
 from __future__ import annotations
 
-from sockgate.proxy.service import Resolver
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # importing the package must stay cheap and free of I/O modules
+    from sockgate.proxy.service import Resolver
 
 
-def resolver(timeout: float) -> Resolver:
+def resolver(timeout: float) -> "Resolver":
     """The host-name lookup the proxy uses: ``sockgate.resolve.SystemResolver`` (reverse
     lookup confirmed forward) behind ``names.NameLookup`` (thread pool, cache); each C
     library call is bounded by ``timeout`` as well."""

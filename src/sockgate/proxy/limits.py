@@ -5,11 +5,12 @@ The proxy asks ``admit(source, now)`` before it connects a client to the backend
 forgets idle sources. Nothing here reads a clock, sleeps or touches a socket, so every rule
 is tested with plain numbers (``tests/core/test_limits.py``), in the manner of h11.
 
-Rates use GCRA (the generic cell rate algorithm, a token bucket held as one number per
-source: the "theoretical arrival time"). ``count/seconds`` lets ``count`` connections through
-back to back and then one every ``seconds/count``; memory is one float per recently seen
-source, and a source is forgotten once its bucket is full again and it holds no connection,
-so a scan from many addresses cannot grow the tables without bound past one rate window.
+Rates are sliding windows: ``count/seconds`` admits a connection when fewer than ``count``
+were admitted in the last ``seconds`` — exactly what "at most N per minute" says (a token
+bucket would let up to twice that through in a window: a full burst, then its refill). Each
+source keeps the times of its last ``count`` admissions (a deque, so memory per source is
+bounded by the rate's count), and a source is forgotten once its window is empty and it
+holds no connection, so a scan from many addresses cannot grow the tables past one window.
 
 A source that exceeds its *per-source* rate is banned for ``ban_seconds`` when the limits
 give one; exceeding a service-wide limit or a concurrency limit refuses the connection but
@@ -19,6 +20,7 @@ not extend the ban.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Generic, Hashable, TypeVar
 
@@ -39,24 +41,17 @@ class Verdict:
 OK = Verdict(True)
 
 
-class _Gcra:
-    """One rate: ``allow(tat, now)`` → new tat, or None when the rate is exceeded."""
-
-    def __init__(self, rate: Rate) -> None:
-        self.interval = rate.seconds / rate.count
-        self.tolerance = rate.seconds - self.interval
-
-    def allow(self, tat: float, now: float) -> float | None:
-        t = max(tat, now)
-        if t - now > self.tolerance + 1e-9:
-            return None
-        return t + self.interval
+def _room(window: deque[float], rate: Rate, now: float) -> bool:
+    """Drop admissions older than the window; is there room for one more?"""
+    while window and window[0] <= now - rate.seconds:
+        window.popleft()
+    return len(window) < rate.count
 
 
 @dataclass
 class _Source:
     active: int = 0
-    tat: float = 0.0
+    window: deque[float] = field(default_factory=deque)
 
 
 @dataclass
@@ -67,12 +62,7 @@ class Limiter(Generic[K]):
     sources: dict[K, _Source] = field(default_factory=dict)
     bans: dict[K, float] = field(default_factory=dict)  # source -> ban end
     active_total: int = 0
-    tat_total: float = 0.0
-
-    def __post_init__(self) -> None:
-        lim = self.limits
-        self._rate = _Gcra(lim.rate_per_source) if lim.rate_per_source else None
-        self._rate_total = _Gcra(lim.rate_total) if lim.rate_total else None
+    window_total: deque[float] = field(default_factory=deque)
 
     def banned(self, source: K, now: float) -> bool:
         until = self.bans.get(source)
@@ -88,18 +78,15 @@ class Limiter(Generic[K]):
             return Verdict(False, f"over the per-source limit of {lim.concurrent_per_source} connections")
         if lim.concurrent_total is not None and self.active_total >= lim.concurrent_total:
             return Verdict(False, f"over the service limit of {lim.concurrent_total} connections")
-        tat = st.tat
-        if self._rate is not None:
-            new = self._rate.allow(st.tat, now)
-            if new is None:
-                return self._over_rate(source, now)
-            tat = new
-        if self._rate_total is not None:
-            new_total = self._rate_total.allow(self.tat_total, now)
-            if new_total is None:
+        if lim.rate_per_source is not None and not _room(st.window, lim.rate_per_source, now):
+            self.sources[source] = st
+            return self._over_rate(source, now)
+        if lim.rate_total is not None:
+            if not _room(self.window_total, lim.rate_total, now):
                 return Verdict(False, f"over the service rate of {lim.rate_total}")
-            self.tat_total = new_total
-        st.tat = tat
+            self.window_total.append(now)
+        if lim.rate_per_source is not None:
+            st.window.append(now)
         st.active += 1
         self.sources[source] = st
         self.active_total += 1
@@ -128,7 +115,10 @@ class Limiter(Generic[K]):
         lifted = [s for s, until in self.bans.items() if until <= now]
         for s in lifted:
             del self.bans[s]
-        idle = [s for s, st in self.sources.items() if st.active == 0 and st.tat <= now]
+        rate = self.limits.rate_per_source
+        idle = [
+            s for s, st in self.sources.items() if st.active == 0 and (rate is None or not st.window or st.window[-1] <= now - rate.seconds)
+        ]
         for s in idle:
             del self.sources[s]
         return lifted

@@ -54,37 +54,44 @@ class PipePool:
     ``splice=False`` the relays copy through a buffer instead (measuring, or a kernel whose
     splice misbehaves)."""
 
-    def __init__(self, size: int = PIPE_SIZE, keep: int = 64, splice: bool = _SPLICE) -> None:
+    def __init__(self, size: int = PIPE_SIZE, keep: int = 64, splice: bool = _SPLICE, big: int = 256) -> None:
         self.size = size
         self.keep = keep
         self.splice = splice and _SPLICE
+        self.big = big  # at most this many large pipes in use: bounds the kernel memory pinned
+        self.in_use = 0  # by slow readers (a full pipe holds `size` bytes) to big * size
         self.idle: list[tuple[int, int]] = []
 
     def acquire(self) -> tuple[int, int]:
+        self.in_use += 1
         if self.idle:
             return self.idle.pop()
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            fcntl.fcntl(w, F_SETPIPE_SZ, self.size)
-        except OSError:
-            pass  # over fs.pipe-max-size or the per-user pipe quota: the default size works
+        if self.in_use <= self.big:
+            try:
+                fcntl.fcntl(w, F_SETPIPE_SZ, self.size)
+            except OSError:
+                pass  # over fs.pipe-max-size or the per-user pipe quota: the default size works
         return r, w
 
     def release(self, pipe: tuple[int, int]) -> None:
         """Give back an *empty* pipe."""
         if len(self.idle) < self.keep:
+            self.in_use -= 1
             self.idle.append(pipe)
         else:
             self.discard(pipe)
 
-    @staticmethod
-    def discard(pipe: tuple[int, int]) -> None:
+    def discard(self, pipe: tuple[int, int]) -> None:
+        self.in_use -= 1
         os.close(pipe[0])
         os.close(pipe[1])
 
     def close(self) -> None:
         while self.idle:
-            self.discard(self.idle.pop())
+            r, w = self.idle.pop()
+            os.close(r)
+            os.close(w)
 
 
 class _Pump:
@@ -224,7 +231,7 @@ class _Pump:
         loop.remove_writer(self.dfd)
         if self.pipe is not None:
             if self.pending:
-                PipePool.discard(self.pipe)
+                self.relay.pipes.discard(self.pipe)
             else:
                 self.relay.pipes.release(self.pipe)
             self.pipe = None

@@ -150,6 +150,23 @@ def _address(text: str) -> Any:
     return a
 
 
+def _limiter_key(rule: Rule | None, limits: Limits) -> Hashable:
+    """What identifies a limiter across a reload: the same limits on the same match."""
+    return (None if rule is None else (rule.action, rule.match), limits)
+
+
+def check_plan(plan: Plan) -> None:
+    """Listen and forward URLs that fit together; ``UsageError`` otherwise."""
+    fwd = plan.forward
+    for url in plan.listen:
+        if url.scheme == "unix+dgram":
+            raise UsageError(f"service {plan.service.name}: the proxy listens on tcp, udp and unix (stream) sockets, not {url.text!r}")
+        if url.is_stream and not fwd.is_stream:
+            raise UsageError(f"service {plan.service.name}: {url.text!r} is a stream socket; forward it to tcp:// or unix:, not {fwd.text!r}")
+        if not url.is_stream and fwd.scheme != "udp":
+            raise UsageError(f"service {plan.service.name}: {url.text!r} is UDP; forward it to udp://, not {fwd.text!r}")
+
+
 def _established(s: socket.socket) -> bool:
     """``getpeername`` fails with ENOTCONN until the handshake is done (inet_getname)."""
     try:
@@ -166,7 +183,10 @@ def rule_label(rule: Rule | None) -> str:
 def peer_label(peer: Peer) -> str:
     if peer.address is not None:
         a = f"[{peer.address}]" if peer.address.version == 6 else str(peer.address)
-        return f"{a}:{peer.port}" if peer.port is not None else a
+        a = f"{a}:{peer.port}" if peer.port is not None else a
+        if peer.name:  # as libwrap prints it: name[address]; a name that did not verify is marked
+            return f"{peer.name}{'' if peer.name_verified else '(unverified)'}[{a}]"
+        return a
     return peer.describe()
 
 
@@ -179,6 +199,7 @@ class Runner:
         self.log = log
         self.pipes = pipes
         self.resolver = resolver
+        check_plan(plan)
         self.target = Target.of(plan.forward)
         self.listeners: list[Listener] = []
         self.conns: dict[socket.socket, Conn] = {}
@@ -202,13 +223,13 @@ class Runner:
         self.needs_name = any(_needs_name(r.match) for r in service.rules)
         self.needs_server = any(rule_userspace_reason(r) == "needs the server address (daemon@host)" for r in service.rules)
         prev: dict[Rule | None, Limiter[Hashable]] = getattr(self, "limiters", {})
-        kept = {lim.limits: lim for lim in prev.values()}
+        kept = {_limiter_key(r, lim.limits): lim for r, lim in prev.items()}
         self.limiters: dict[Rule | None, Limiter[Hashable]] = {}
         if service.limits is not None and not service.limits.is_empty():
-            self.limiters[None] = kept.get(service.limits) or Limiter(service.limits)
+            self.limiters[None] = kept.get(_limiter_key(None, service.limits)) or Limiter(service.limits)
         for r in service.rules:
             if r.limits is not None and not r.limits.is_empty() and r.action is Action.ALLOW:
-                self.limiters[r] = kept.get(r.limits) or Limiter(r.limits)
+                self.limiters[r] = kept.get(_limiter_key(r, r.limits)) or Limiter(r.limits)
 
     @staticmethod
     def has_limits(service: Service) -> bool:
@@ -328,7 +349,12 @@ class Runner:
             except OSError as e:
                 self._accept_failed(lsock, e)
                 return
-            self.handle(conn, addr)
+            try:
+                self.handle(conn, addr)
+            except Exception as e:  # a bug must cost one connection, not the listener
+                self.log.error(f"internal error handling a connection: {e!r}", service=self.name)
+                self.conns.pop(conn, None)
+                reset_close(conn)
 
     def _accept_failed(self, lsock: socket.socket, e: OSError) -> None:
         if e.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
@@ -448,7 +474,10 @@ class Runner:
         b.setblocking(False)
         if t.family != socket.AF_UNIX:
             b.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        err = b.connect_ex(t.address)
+        try:
+            err = b.connect_ex(t.address)
+        except OSError as e:  # e.g. a Unix path longer than sun_path
+            err = e.errno or errno.EINVAL
         if err == errno.EINPROGRESS and t.family != socket.AF_UNIX and _established(b):
             err = 0  # loopback: the handshake completed inside connect(); skip a wakeup
         if err == 0:

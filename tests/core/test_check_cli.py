@@ -1,0 +1,213 @@
+"""``sockgate check``: output, JSON lines, exit codes, errors on stderr only.
+
+Run through ``cli.main.main(argv)`` (name lookups replaced by a StaticResolver) and, for the
+contract as scripts see it, through ``python -m sockgate`` in a subprocess."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sockgate.cli import check as check_cmd
+from sockgate.cli.main import main
+from sockgate.resolve import StaticResolver
+
+DATA = Path(__file__).parent.parent / "data" / "hosts_access"
+ALLOW, DENY = str(DATA / "hosts.allow"), str(DATA / "hosts.deny")
+EXAMPLE = Path(__file__).parents[2] / "src" / "sockgate" / "examples" / "example.conf"
+HA = ["--hosts-allow", ALLOW, "--hosts-deny", DENY]
+A = ipaddress.ip_address
+
+FAKE = StaticResolver(
+    forward={
+        "ws.example.com": (A("192.0.2.5"), A("2001:db8::5")),
+        "gw": (A("10.9.1.1"),),
+        "liar.example.net": (A("203.0.113.1"),),
+        "gw66": (A("192.0.2.66"),),
+    },
+    reverse={A("192.0.2.5"): "ws.example.com", A("2001:db8::5"): "ws.example.com", A("10.9.1.1"): "gw",
+             A("198.18.0.1"): "liar.example.net", A("192.0.2.66"): "gw66"},
+)
+
+
+@pytest.fixture(autouse=True)
+def fake_resolver(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(check_cmd, "SystemResolver", lambda timeout: FAKE)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(["check", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def lines(out: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_text_output_like_tcpdmatch(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, *HA, "--service", "in.ftpd", "--client", "10.1.1.1", "--client", "192.0.2.66",
+                         "--no-resolve")
+    assert code == 1 and err == ""
+    first, second = out.split("\n\n")
+    assert first.splitlines() == [
+        "client:   10.1.1.1",
+        "client:   address  10.1.1.1",
+        "server:   service  in.ftpd",
+        f"matched:  {ALLOW}:8: in.ftpd: 10.0.0.0/8 : spawn (/usr/bin/logger ftp %a) &",
+        "option:   spawn (/usr/bin/logger ftp %a) & (not executed)",
+        "access:   granted",
+    ]
+    assert second.splitlines()[-2:] == [f"matched:  {DENY}:3: ALL: ALL", "access:   denied"]
+
+
+def test_default_and_reason(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    empty = tmp_path / "hosts.allow"
+    empty.write_text("")
+    code, out, _ = run(capsys, "--hosts-allow", str(empty), "--service", "sshd", "--client", "192.0.2.1")
+    assert code == 0
+    assert "matched:  default (allow)" in out.splitlines()
+    assert "reason:   no rule matched; default allow" in out.splitlines()
+
+
+def test_json_one_object_per_client_in_order(capsys: pytest.CaptureFixture[str]) -> None:
+    clients = ["192.0.2.5", "10.9.1.1", "1.1.1.1", "vsftpd@203.0.113.9"]
+    argv = [*HA, "--service", "sshd", "--json", "--no-resolve"]
+    for c in clients:
+        argv += ["--client", c]
+    code, out, err = run(capsys, *argv)
+    assert code == 1 and err == ""
+    objs = lines(out)
+    assert [o["client"] for o in objs] == clients
+    for o in objs:
+        assert {"service", "client", "decision", "matched", "reason", "options"} <= set(o)
+        assert o["service"] == "sshd" and o["decision"] in ("allow", "deny")
+        assert o["matched"] is None or (set(o["matched"]) == {"file", "line", "text"} and o["matched"]["line"] > 0)
+    assert [o["decision"] for o in objs] == ["allow", "allow", "deny", "deny"]
+    assert objs[1]["matched"] == {"file": DENY, "line": 2, "text": "sshd: 10.9.0.0/16 : allow"}
+    assert objs[1]["options"] == [{"name": "allow", "value": "", "note": ""}]
+    assert objs[3]["user"] == "vsftpd"  # user@host form: an ident user
+
+
+def test_json_default_has_null_match(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, _ = run(capsys, "--hosts-deny", str(tmp_path / "none"), "--service", "x", "--client", "::1", "--json")
+    assert code == 0
+    (o,) = lines(out)
+    assert o["matched"] is None and o["decision"] == "allow" and o["address"] == "::1"
+
+
+def test_name_client_is_decided_per_address(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, *HA, "--service", "sshd", "--client", "ws.example.com", "--json")
+    assert code == 0
+    (o,) = lines(out)
+    assert [a["address"] for a in o["addresses"]] == ["192.0.2.5", "2001:db8::5"]
+    assert all(a["name"] == "ws.example.com" and a["decision"] == "allow" for a in o["addresses"])
+
+
+def test_address_client_gets_its_name_when_rules_need_names(capsys: pytest.CaptureFixture[str]) -> None:
+    # hosts.allow has LOCAL and .example.com rules: 192.0.2.66 resolves to "gw66" (no dot)
+    code, out, _ = run(capsys, *HA, "--service", "sshd", "--client", "192.0.2.66", "--json")
+    (o,) = lines(out)
+    assert (o["name"], o["decision"], o["matched"]["line"]) == ("gw66", "allow", 7)
+    code, out, _ = run(capsys, *HA, "--service", "sshd", "--client", "192.0.2.66", "--json", "--no-resolve")
+    assert lines(out)[0]["decision"] == "deny"
+
+
+def test_paranoid_name(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    deny = tmp_path / "hosts.deny"
+    deny.write_text("ALL: PARANOID\n")
+    code, out, _ = run(capsys, "--hosts-deny", str(deny), "--service", "sshd", "--client", "198.18.0.1",
+                       "--client", "10.9.1.1", "--json")
+    assert code == 1
+    a, b = lines(out)
+    assert (a["name"], a["name_verified"], a["decision"]) == ("liar.example.net", False, "deny")
+    assert (b["name"], b["name_verified"], b["decision"]) == ("gw", True, "allow")
+
+
+def test_twist_is_reported_not_run(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, *HA, "--service", "in.fingerd", "--client", "192.0.2.1")
+    assert code == 1
+    assert "option:   twist /bin/echo no fingers (not executed; libwrap hands the connection to this command)" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([*HA, "--service", "sshd", "--client", "192.0.2.1", "--client", "no such"],
+         "sockgate: not an address or host name: 'no such'"),
+        ([*HA, "--service", "sshd", "--client", "192.0.2.1", "--client", "nowhere.invalid"],
+         "sockgate: client 'nowhere.invalid': host name does not resolve"),
+        ([*HA, "--service", "sshd", "--client", "gw", "--no-resolve"],
+         "sockgate: client 'gw' is a host name, and name lookups are off (--no-resolve)"),
+        ([*HA, "--service", "sshd"], "sockgate: no client: give --client ADDR_OR_NAME (repeatable) or --uid N"),
+        ([*HA, "--service", "sshd", "--client", "1.2.3.4", "--uid", "0"], "sockgate: give --client or --uid, not both"),
+        ([*HA, "--service", "sshd", "--client", "1.2.3.4", "--gid", "0"],
+         "sockgate: --gid, --exe and --pid describe a Unix peer: give --uid too"),
+        (["--service", "sshd", "--client", "1.2.3.4"],
+         "sockgate: no policy: give POLICY files, --policy, or --hosts-allow/--hosts-deny"),
+        ([*HA, "--service", "sshd", "--client", "1.2.3.4", "--server", "x"], "sockgate: --server: not an IP address: 'x'"),
+    ],
+)
+def test_usage_errors_exit_2_with_nothing_on_stdout(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    code, out, err = run(capsys, *argv)
+    assert (code, out, err.strip()) == (2, "", message)
+
+
+def test_policy_error_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    bad = tmp_path / "hosts.deny"
+    bad.write_text("ALL: 1.2.3.0/33\n")
+    code, out, err = run(capsys, "--hosts-deny", str(bad), "--service", "sshd", "--client", "1.2.3.4", "--json")
+    assert (code, out) == (2, "")
+    assert err.splitlines()[0] == (f"{bad}:1:6: bad netmask '33' in '1.2.3.0/33': expected a dotted-quad mask"
+                                   " (not 255.255.255.255) or a prefix length 1-32")
+    assert err.splitlines()[2].strip() == "^~~~~~~~~~"
+
+
+def test_native_policy_and_unknown_service(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, _ = run(capsys, str(EXAMPLE), "--service", "ssh", "--client", "192.0.2.10", "--client", "10.66.1.1",
+                       "--json")
+    assert code == 1
+    assert [o["decision"] for o in lines(out)] == ["allow", "deny"]
+    native = tmp_path / "small.conf"
+    native.write_text("service ssh tcp/22 {\n    allow 10.0.0.0/8\n    default deny\n}\n")
+    code, out, err = run(capsys, str(native), "--service", "nosuch", "--client", "192.0.2.10")
+    assert (code, out, err.strip()) == (2, "", "sockgate: unknown service 'nosuch'; the policy declares: ssh")
+
+
+def test_unix_peer_credentials(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, str(EXAMPLE), "--service", "admin", "--uid", "0", "--json")
+    (o,) = lines(out)
+    assert code == 0 and o["uid"] == 0 and o["client"].startswith("uid=0")
+    assert o["gid"] == 0 and 0 in o["groups"]  # primary group from the passwd database
+    code, out, _ = run(capsys, str(EXAMPLE), "--service", "admin", "--uid", "4242", "--gid", "4242",
+                       "--exe", "/usr/lib/example/tool", "--json")
+    assert code == 0 and lines(out)[0]["matched"]["line"] > 0
+    code, out, _ = run(capsys, str(EXAMPLE), "--service", "admin", "--uid", "4242", "--gid", "4242", "--json")
+    assert code == 1 and lines(out)[0]["decision"] == "deny"
+
+
+def _sockgate(*argv: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2] / "src"))
+    return subprocess.run([sys.executable, "-m", "sockgate", "check", *argv], capture_output=True, text=True,
+                          timeout=60, env=env)
+
+
+def test_subprocess_contract() -> None:
+    ok = _sockgate(*HA, "--service", "sshd", "--client", "192.0.2.5", "--client", "2001:db8::5", "--json",
+                   "--no-resolve")
+    assert ok.returncode == 0 and ok.stderr == ""
+    assert [json.loads(x)["decision"] for x in ok.stdout.splitlines()] == ["allow", "allow"]
+    denied = _sockgate(*HA, "--service", "telnetd", "--client", "1.1.1.1", "--no-resolve")
+    assert denied.returncode == 1 and denied.stdout.splitlines()[-1] == "access:   denied"
+    bad = _sockgate(*HA, "--service", "sshd", "--client", "1.1.1.1", "--client", "a b")
+    assert (bad.returncode, bad.stdout) == (2, "")
+    assert bad.stderr.strip() == "sockgate: not an address or host name: 'a b'"
