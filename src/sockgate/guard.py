@@ -165,7 +165,7 @@ def peer(conn: Sockish) -> Peer:
 
     fd = _fd(conn)
     if _UNSUPPORTED is not None:
-        with peercred._as_socket(fd) as s:
+        with peercred.borrowed_socket(fd) as s:
             if s.family == socket.AF_UNIX:
                 raise UnsupportedPlatform(f"Unix peer credentials: {_UNSUPPORTED}")
     return peercred.peer_of(fd)
@@ -193,10 +193,12 @@ def _install(fd: int, program: "Program", what: str) -> Guarded:
 
 
 def _is_tcp(fd: int) -> bool:
+    from sockgate.linux import peercred
+
     try:
-        with socket.socket(fileno=os.dup(fd)) as s:
+        with peercred.borrowed_socket(fd) as s:
             return s.type == socket.SOCK_STREAM and s.family in (socket.AF_INET, socket.AF_INET6)
-    except OSError:
+    except SockgateError:
         return False
 
 

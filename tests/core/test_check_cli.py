@@ -211,3 +211,56 @@ def test_subprocess_contract() -> None:
     bad = _sockgate(*HA, "--service", "sshd", "--client", "1.1.1.1", "--client", "a b")
     assert (bad.returncode, bad.stdout) == (2, "")
     assert bad.stderr.strip() == "sockgate: not an address or host name: 'a b'"
+
+
+# --- the name-resolution edge (sockgate.resolve), with the C library calls replaced ---------
+
+
+@pytest.mark.parametrize(
+    "reverse, forward, want",
+    [
+        ("host.example", ("host.example", (A("192.0.2.1"),)), ("host.example", True)),
+        ("host.example", ("host.example", (A("192.0.2.9"),)), ("host.example", False)),  # address mismatch
+        ("host.example", ("other.example", (A("192.0.2.1"),)), ("host.example", False)),  # name mismatch
+        ("localhost", ("localhost.localdomain", (A("192.0.2.1"),)), ("localhost", True)),  # libwrap's exception
+        ("host.example", None, ("host.example", False)),  # forward lookup fails
+        ("192.0.2.1", None, ("192.0.2.1", False)),  # a numeric "name"
+        (None, None, (None, True)),  # no reverse name: unknown
+    ],
+)
+def test_system_resolver_verifies_like_libwrap(
+    monkeypatch: pytest.MonkeyPatch, reverse: str | None, forward: Any, want: tuple[str | None, bool]
+) -> None:
+    from sockgate import resolve
+
+    monkeypatch.setattr(resolve, "_getnameinfo", lambda a: reverse)
+    monkeypatch.setattr(resolve, "_getaddrinfo", lambda n: forward)
+    hn = resolve.SystemResolver(timeout=5).host_name(A("192.0.2.1"))
+    assert (hn.name, hn.verified) == want
+
+
+def test_system_resolver_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from sockgate import resolve
+
+    gate = threading.Event()
+    monkeypatch.setattr(resolve, "_getnameinfo", lambda a: gate.wait(5) and "late.example")
+    try:
+        assert resolve.SystemResolver(timeout=0.05).host_name(A("192.0.2.1")) == resolve.HostName(None)
+    finally:
+        gate.set()
+
+
+def test_peers_for_client_forms() -> None:
+    from sockgate.resolve import peers_for_client
+
+    (p,) = peers_for_client("bob@[2001:db8::5]", FAKE, names=True)
+    assert (p.user, str(p.address), p.name) == ("bob", "2001:db8::5", "ws.example.com")
+    (p,) = peers_for_client("192.0.2.5", FAKE, names=False)
+    assert p.name is None  # no name rules: no lookup
+    (p,) = peers_for_client("paranoid", FAKE, names=True)
+    assert (p.address, p.name_verified) == (None, False)
+    (p,) = peers_for_client("UNKNOWN", None, names=True)
+    assert (p.address, p.name, p.name_verified) == (None, None, True)
+    assert [str(p.address) for p in peers_for_client("WS.example.com", FAKE, names=True)] == ["192.0.2.5", "2001:db8::5"]

@@ -207,6 +207,8 @@ def max_ranges(family: int, prefix: int = WORST_PREFIX) -> int:
     networks; service name up to 32 bytes)."""
     if family not in (4, 6):
         raise ValueError(f"family must be 4 or 6, not {family!r}")
+    if family == 6 and not 16 <= prefix <= 128:
+        raise ValueError(f"IPv6 network length must be 16..128 (shorter ones are too few to fill a program), not {prefix}")
     # The size grows about linearly with n: extrapolate from two probes, then bisect a window.
     a, b = 256, 1024
     size_a, size_b = (_probe_size(family, n, prefix) for n in (a, b))
@@ -214,7 +216,7 @@ def max_ranges(family: int, prefix: int = WORST_PREFIX) -> int:
     lo, hi = max(1, guess - 64), guess + 64
     if not fits(synthetic_tables(family, lo, prefix)):
         lo = 1
-    while fits(synthetic_tables(family, hi, prefix)):
+    while hi < 4 * BPF_MAXINSNS and fits(synthetic_tables(family, hi, prefix)):
         hi *= 2
     while hi - lo > 1:
         mid = (lo + hi) // 2

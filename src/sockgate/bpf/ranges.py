@@ -11,7 +11,9 @@ number of CIDRs, whatever the number of rules.
 Semantics are those of ``decide.matches``: an address matches a network of its own family
 only. A peer's IPv4-mapped IPv6 address is its IPv4 address (the engine normalises it, and a
 dual-stack socket receives such a client's packets with an IPv4 header), so the IPv6 table is
-never consulted for ``::ffff:0:0/96``; the program sends those packets to the IPv4 search.
+never consulted for ``::ffff:0:0/96``; the program sends those packets to the IPv4 search. The
+parser folds a written ``::ffff:a.b.c.d/len`` into IPv4 (policy/literals.py); an IPv6 network
+inside ``::ffff:0:0/96`` that reaches the IR some other way matches no peer, as in the engine.
 
 ``banned`` sources are denied before any rule. A packet that is neither IPv4 nor IPv6 gets the
 decision of a peer without an address (``other``): only rules that need no address can

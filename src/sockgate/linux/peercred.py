@@ -52,7 +52,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 @contextlib.contextmanager
-def _as_socket(s: Sockish) -> Iterator[socket.socket]:
+def borrowed_socket(s: Sockish) -> Iterator[socket.socket]:
     """A socket object for ``s`` without taking ownership of a bare fd."""
     if isinstance(s, socket.socket):
         yield s
@@ -67,7 +67,7 @@ def _as_socket(s: Sockish) -> Iterator[socket.socket]:
 
 def peer_of(conn: Sockish) -> Peer:
     """The peer of a connected socket: credentials for AF_UNIX, address/port for IP."""
-    with _as_socket(conn) as s:
+    with borrowed_socket(conn) as s:
         if s.family == socket.AF_UNIX:
             return unix_peer(s)
         if s.family in (socket.AF_INET, socket.AF_INET6):
