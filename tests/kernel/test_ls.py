@@ -283,7 +283,7 @@ def ins_local(s: socket.socket) -> str:
 
 
 def test_unknown_user_filter_shows_nothing() -> None:
-    assert sockgate_ls("-a", "--user", f"no-such-user-{secrets.token_hex(3)}") == []
+    assert sockgate_ls("--user", f"no-such-user-{secrets.token_hex(3)}") == []
 
 
 
@@ -313,7 +313,8 @@ def test_proc_fallback_agrees_with_sock_diag(zoo: dict[str, socket.socket], monk
 
     inodes = {os.fstat(s.fileno()).st_ino for s in zoo.values()}
     kinds = ["tcp", "udp", "raw", "unix"]
-    masks = dict.fromkeys(kinds, sockdiag.ALL_STATES)
+    # every state but TIME-WAIT: the zoo has none, and a busy host may have tens of thousands
+    masks = dict.fromkeys(kinds, sockdiag.ALL_STATES & ~(1 << sockdiag.TCP_TIME_WAIT))
 
     def view() -> dict[int, tuple[Any, ...]]:
         return {

@@ -9,32 +9,32 @@ Program layout (emitted backwards by ``asm.Assembler``, so every jump goes forwa
     jeq #6, v6, other      other: the verdict of a peer with no address (ranges.py)
     v6:  ld [net+8] / st M[0] ... ld [net+20] / st M[3]      source address, loaded once
          ::ffff:0:0/96 ?  ld M[3], ja v4search               (only when it changes a verdict)
-         search over IPv6 boundaries
+         ld M[0]; search over the first word, then the next words where needed
     v4:  ld [net+12]                                         source address, loaded once
     v4search: search over IPv4 boundaries
     ret #0 / ret #-1       shared verdicts (copied every ~255 instructions by the assembler)
 
 A search is a balanced binary tree over the boundaries between intervals: a packet makes
-O(log n) comparisons. An IPv4 node is one ``jge #b`` whose false branch is the next
-instruction; a leaf is no instruction at all, just a jump to the shared ``ret`` of its action.
+O(log n) comparisons. A node is one ``jge #b`` whose false branch is the next instruction; a
+leaf is no instruction at all, just a jump to the shared ``ret`` of its action.
+
+IPv6 is searched a 32-bit word at a time (a trie of balanced trees): a value of word w inside
+which some boundary falls leads to a search of word w+1 (``ld M[w+1]``); other values lead
+to a verdict. A level of the form "one value, the same verdict on either side" (a /128 host,
+the next word of a /64) is a single ``jeq``. CIDR lists make exactly these shapes.
 
 Two costs shape the code besides the 4,096-instruction limit. Each load relative to
 ``SKF_NET_OFF`` expands into a helper call when the kernel converts the program to eBPF, and
 the converted program is charged against ``net.core.optmem_max``: so every address word is
 loaded once and compared from A or M[]. And the conversion needs an extra instruction for an
-immediate with its top bit set (eBPF immediates are signed): so when the IPv4 table has
-boundaries above 2**31, the root splits at 2**31 and the upper half subtracts 2**31 once,
+immediate with its top bit set (eBPF immediates are signed): so when a search has many
+values above 2**31, its root splits at 2**31 and the upper half subtracts 2**31 once,
 keeping every other immediate small.
-
-An IPv6 node compares 128-bit values word by word (``jgt``/``jeq`` on the leading words,
-``jge`` on the last non-zero word of the boundary), skipping the words every address in the
-node's range shares, and the load of a word already in A. CIDR boundaries end in zero words,
-so a /64 boundary costs at most two words.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from typing import Sequence, Union
 
@@ -200,12 +200,8 @@ def _word_level(segs: Sequence[_Seg], base: int, shift: int, word: int) -> list[
 
 def _clip(segs: Sequence[_Seg], starts: list[int], lo: int, hi: int) -> tuple[_Seg, ...]:
     i = bisect_right(starts, lo) - 1
-    out = [_Seg(lo, segs[i].action)]
-    for sg in segs[i + 1 :]:
-        if sg.lo >= hi:
-            break
-        out.append(sg)
-    return tuple(out)
+    j = bisect_left(starts, hi, lo=i + 1)
+    return (_Seg(lo, segs[i].action), *segs[i + 1 : j])
 
 
 def _leaf(asm: Assembler, leaf: Leaf) -> str:
