@@ -271,30 +271,13 @@ def phased_clients(port: int, seconds: float, threads: int, t0: float, period: f
 # The parent side: start roles as processes
 
 
-# --pin: the flood gets CPU 1 to itself, the server and the clients CPU 0. On loopback the
-# sender's CPU also does the receive processing of every flood packet (the softirq runs in
-# the sending syscall), so unpinned the flood's whole cost, sender side included, competes
-# with the server; pinned, the server's CPU pays only for what reaches user space, as it
-# would for a flood from another host (minus that host's receive softirq).
-PIN = {"flood": "1", "server": "0", "clients": "0"}
-
-
-def _cpu_env(role: str, pin: bool) -> dict[str, str]:
-    env = dict(os.environ)
-    if pin:
-        env["SGT_CPUS"] = PIN[role]
-    return env
-
-
-def _role(*args: str, pin: bool = False, **kw: Any) -> subprocess.Popen[str]:
-    kind = "flood" if args[0] == "flood" else "server"
-    return subprocess.Popen([sys.executable, os.path.join(HERE, "_kernel_bench.py"), *args], text=True,
-                            env=_cpu_env(kind, pin), **kw)
+def _role(*args: str, **kw: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, os.path.join(HERE, "_kernel_bench.py"), *args], text=True, **kw)
 
 
 class Server:
-    def __init__(self, mode: str, spec: dict[str, Any], pin: bool = False) -> None:
-        self.proc = _role("server", mode, json.dumps(spec), pin=pin, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    def __init__(self, mode: str, spec: dict[str, Any]) -> None:
+        self.proc = _role("server", mode, json.dumps(spec), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         assert self.proc.stdout is not None
         self.ports = [int(p) for p in self.proc.stdout.readline().split(",")]
         self.port = self.ports[0]
@@ -311,18 +294,16 @@ class Server:
             self.proc.stdout.close()
 
 
-def run_phased(
-    port: int, seconds: float, threads: int = 4, period: float = 1.0, guard: float = 0.2, pin: bool = False
-) -> dict[str, float]:
+def run_phased(port: int, seconds: float, threads: int = 4, period: float = 1.0, guard: float = 0.2) -> dict[str, float]:
     """Clients for ``seconds`` while a flood alternates on and off every ``period`` seconds:
     both kinds of phase in one run, so slow swings of the machine's load hit both alike."""
     t0 = time.monotonic() + 1.0  # both processes started and ready by then
     args = [str(port), str(seconds), str(threads), repr(t0), str(period), str(guard)]
-    fl = _role("flood", str(port), str(seconds), repr(t0), str(period), pin=pin, stdout=subprocess.PIPE)
+    fl = _role("flood", str(port), str(seconds), repr(t0), str(period), stdout=subprocess.PIPE)
     try:
         out = subprocess.run(
             [sys.executable, os.path.join(HERE, "_kernel_bench.py"), "phased", *args],
-            capture_output=True, text=True, check=True, timeout=seconds + 60, env=_cpu_env("clients", pin),
+            capture_output=True, text=True, check=True, timeout=seconds + 60,
         )
         result: dict[str, float] = json.loads(out.stdout)
         result["flood_attempts_per_s"] = json.loads(fl.communicate(timeout=60)[0])["rate"]
@@ -362,8 +343,6 @@ def machine() -> str:
 
 def main(argv: list[str]) -> None:
     role = argv[0]
-    if os.environ.get("SGT_CPUS"):
-        os.sched_setaffinity(0, {int(c) for c in os.environ["SGT_CPUS"].split(",")})
     if role == "server":
         serve(argv[1], json.loads(argv[2]))
     elif role == "alternate":

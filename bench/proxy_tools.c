@@ -6,8 +6,9 @@
  *   proxy_tools short PORT SECONDS THREADS SRC  THREADS loops of connect / 64-byte echo /
  *                                               close from SRC; prints "count fail p50 p99" (us)
  *   proxy_tools tcpd-cat                        exec tcpd as an inetd would for /bin/cat
- *   proxy_tools flood PORT SECONDS SRC          non-blocking connects from SRC, each abandoned
- *                                               (RST) after 20 ms, at most 4096 in flight
+ *   proxy_tools flood PORT SECONDS SRC [RATE]   non-blocking connects from SRC, each abandoned
+ *                                               (RST) after 20 ms, at most 4096 in flight;
+ *                                               RATE connects/s (default: unpaced)
  * Every loop is bounded by SECONDS. Traffic goes to 127.0.0.1 only. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -134,7 +135,7 @@ static int short_clients(int port, double secs, int threads, const char *src) {
     return 0;
 }
 
-static int flood(int port, double secs, const char *srcip) {
+static int flood(int port, double secs, const char *srcip, double rate) {
     struct sockaddr_in dst = addr_of("127.0.0.1", port), src = addr_of(srcip, 0);
     enum { CAP = 4096 };
     int fds[CAP];
@@ -142,8 +143,12 @@ static int flood(int port, double secs, const char *srcip) {
     int head = 0, n = 0;
     long made = 0;
     struct linger lg = {1, 0};
-    double until = now() + secs;
+    double until = now() + secs, start = now();
     while (now() < until) {
+        if (rate > 0 && made >= (now() - start) * rate) { /* paced: at most `rate` connects/s */
+            usleep(200);
+            continue;
+        }
         while (n > 0 && (n == CAP || now() - born[head] > 0.020)) {
             setsockopt(fds[head], SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
             close(fds[head]);
@@ -176,7 +181,7 @@ int main(int argc, char **argv) {
     }
     if (argc >= 3 && !strcmp(argv[1], "echo")) return echo_server(atoi(argv[2]));
     if (argc >= 6 && !strcmp(argv[1], "short")) return short_clients(atoi(argv[2]), atof(argv[3]), atoi(argv[4]), argv[5]);
-    if (argc >= 5 && !strcmp(argv[1], "flood")) return flood(atoi(argv[2]), atof(argv[3]), argv[4]);
-    fprintf(stderr, "usage: proxy_tools echo PORT | short PORT SECONDS THREADS SRC | flood PORT SECONDS SRC\n");
+    if (argc >= 5 && !strcmp(argv[1], "flood")) return flood(atoi(argv[2]), atof(argv[3]), argv[4], argc >= 6 ? atof(argv[5]) : 0);
+    fprintf(stderr, "usage: proxy_tools echo PORT | short PORT SECONDS THREADS SRC | flood PORT SECONDS SRC [RATE]\n");
     return 2;
 }

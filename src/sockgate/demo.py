@@ -1,19 +1,19 @@
-"""``sockgate demo``: the whole idea in two seconds, with no root and no files.
+"""``sockgate demo``: the whole idea in a second, with no files and (for UDP) no privilege.
 
 A built-in policy (``DEMO_POLICY``, parsed from this string: nothing is read from disk) allows
-127.0.0.1 and denies everyone else. The demo opens a TCP echo service on 127.0.0.1 (a free
-port), guards its listening socket with that policy (the filter goes on between ``bind`` and
-``listen``), and serves it from a thread. Then it looks at the service from two source
-addresses — binding a client to any 127/8 address needs no privilege on Linux — and for each
-shows two things side by side:
+127.0.0.1 and denies everyone else. The demo opens a TCP and a UDP echo service on 127.0.0.1
+(free ports), guards each socket with that policy (the filter goes on between ``bind`` and
+``listen``), and serves them from threads. Then it looks at each from two source addresses —
+binding a client to any 127/8 address needs no privilege on Linux — and shows side by side:
 
 * what the decision engine says (``decide``), with the rule that decided as ``file:line: text``;
-* what the kernel does: a TCP probe (``sockgate.probe.probe_tcp``: open / closed / filtered,
-  with the handshake's round trip or the time waited), and for an open port one echo.
+* what the kernel does: a probe (``sockgate.probe``: open / filtered for TCP, open /
+  open|filtered for UDP, with the round trip or the time waited) and, when open, one echo.
 
-It also reads the filter back from the socket (``guard_of``). The exit status is 0 when the
-kernel did what the engine said for both sources, 1 otherwise. Everything is closed on the way
-out, even on errors.
+It also reads each filter back from its socket (``guard_of``). Kernels with Linux commit
+5d39580f68e6 let only CAP_NET_ADMIN attach a filter to a TCP socket; without it the demo says
+so and shows UDP alone. The exit status is 0 when the kernel did what the engine said for every
+source, 1 otherwise. Everything is closed on the way out, even on errors.
 """
 
 from __future__ import annotations

@@ -57,11 +57,16 @@ def test_demo_command() -> None:
 # Import everything while privileged (the interpreter may live where nobody cannot read), then
 # become nobody and run the demo for real.
 AS_NOBODY = """
-import os, sys
+import contextlib, importlib, io, os, pkgutil, sys
+import sockgate
 from sockgate.cli.main import main
-import io, contextlib
 with contextlib.redirect_stdout(io.StringIO()):
     assert main(["demo"]) == 0
+for m in pkgutil.walk_packages(sockgate.__path__, "sockgate."):  # lazy imports on other paths
+    if m.name.endswith("__main__"):
+        continue
+    with contextlib.suppress(Exception):
+        importlib.import_module(m.name)
 os.setgroups([]); os.setgid(65534); os.setuid(65534)
 assert os.geteuid() == 65534
 sys.exit(main(["demo"]))
