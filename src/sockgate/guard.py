@@ -193,13 +193,14 @@ def _install(fd: int, program: "Program", what: str) -> Guarded:
 
 
 def _is_tcp(fd: int) -> bool:
-    from sockgate.linux import peercred
-
     try:
-        with peercred.borrowed_socket(fd) as s:
-            return s.type == socket.SOCK_STREAM and s.family in (socket.AF_INET, socket.AF_INET6)
-    except SockgateError:
+        s = socket.socket(fileno=fd)
+    except OSError:
         return False
+    try:
+        return s.type == socket.SOCK_STREAM and s.family in (socket.AF_INET, socket.AF_INET6)
+    finally:
+        s.detach()  # the fd stays the caller's
 
 
 def _read_guard(fd: int) -> GuardInfo:

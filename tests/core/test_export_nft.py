@@ -32,17 +32,21 @@ from sockgate.policy.ir import (
 )
 from sockgate.policy.parser import parse_policy
 from sockgate.policy.source import Span
-from support.export_policies import DATA, HOSTS_MAP, PROBES_V4, PROBES_V6, SERVICES, addresses, check_golden, load_hosts, load_native, policies
+from support.export_policies import (
+    DATA,
+    PROBES_V4,
+    PROBES_V6,
+    addresses,
+    check_golden,
+    export_hosts_access,
+    golden_cases,
+    load_native,
+    policies,
+)
 
 
 def test_nft_golden_hosts_access() -> None:
-    out = export(
-        load_hosts("hosts.allow", "hosts.deny"),
-        "nft",
-        mapped=parse_map(HOSTS_MAP),
-        services_db=parse_services(SERVICES),
-        skip_userspace=True,
-    )
+    out = export_hosts_access("nft")
     check_golden("hosts.nft.golden", out.text)
     assert out.warnings == (
         "hosts.allow:5: left out of the nftables rules: `portmap: .example.com`: needs the client's host name "
@@ -53,13 +57,7 @@ def test_nft_golden_hosts_access() -> None:
 # --- goldens ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("policy", "golden", "options"),
-    [
-        ("office.policy", "office.nft.golden", {"skip_userspace": True}),
-        ("ranges.policy", "ranges.nft.golden", {"skip_userspace": True, "action": "reject", "table": "edge"}),
-    ],
-)
+@pytest.mark.parametrize(("policy", "golden", "options"), golden_cases("nft"))
 def test_nft_golden(policy: str, golden: str, options: dict[str, object]) -> None:
     check_golden(golden, export(load_native(policy), "nft", **options).text)  # type: ignore[arg-type]
 

@@ -16,34 +16,21 @@ from hypothesis import strategies as st
 
 from sockgate.decide import Peer, decide
 from sockgate.export import export
-from sockgate.export.ports import parse_map, parse_services
 from sockgate.policy.ir import Action, AddrMatch, Endpoint, IPAddress, Policy, Rule, Service
 from sockgate.policy.parser import parse_policy
 from sockgate.policy.source import Span
-from support.export_policies import HOSTS_MAP, PORTS, SERVICES, addresses, check_golden, load_hosts, load_native, owner, policies
+from support.export_policies import PORTS, addresses, check_golden, export_hosts_access, golden_cases, load_native, owner, policies
 
 
 
-@pytest.mark.parametrize(
-    ("policy", "golden", "options"),
-    [
-        ("office.policy", "office.pf.golden", {"skip_userspace": True}),
-        ("ranges.policy", "ranges.pf.golden", {"skip_userspace": True, "action": "reject", "table": "edge"}),
-    ],
-)
+@pytest.mark.parametrize(("policy", "golden", "options"), golden_cases("pf"))
 def test_pf_golden(policy: str, golden: str, options: dict[str, object]) -> None:
     check_golden(golden, export(load_native(policy), "pf", **options).text)  # type: ignore[arg-type]
 
 
 
 def test_pf_golden_hosts_access() -> None:
-    out = export(
-        load_hosts("hosts.allow", "hosts.deny"),
-        "pf",
-        mapped=parse_map(HOSTS_MAP),
-        services_db=parse_services(SERVICES),
-        skip_userspace=True,
-    )
+    out = export_hosts_access("pf")
     check_golden("hosts.pf.golden", out.text)
     assert out.warnings == (
         "hosts.allow:5: left out of the pf rules: `portmap: .example.com`: needs the client's host name "

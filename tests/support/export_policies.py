@@ -15,6 +15,8 @@ from pathlib import Path
 
 from hypothesis import strategies as st
 
+from sockgate.export import Exported, Format, export
+from sockgate.export.ports import parse_map, parse_services
 from sockgate.policy.ir import (
     Action,
     AddrMatch,
@@ -133,6 +135,21 @@ def load_hosts(allow: str, deny: str) -> Policy:
 
 HOSTS_MAP = ("sshd=tcp/22", "in.ftpd=tcp/21", "portmap=tcp/111", "portmap=udp/111", "in.telnetd=tcp/23")
 SERVICES = "ntp\t\t123/udp\t\t\t# Network Time Protocol\nssh\t\t22/tcp\n"
+
+
+def export_hosts_access(fmt: Format) -> Exported:
+    """tests/data/export/hosts.{allow,deny} exported as ``fmt`` with ``HOSTS_MAP``, ``SERVICES``
+    and ``skip_userspace``."""
+    policy = load_hosts("hosts.allow", "hosts.deny")
+    return export(policy, fmt, mapped=parse_map(HOSTS_MAP), services_db=parse_services(SERVICES), skip_userspace=True)
+
+
+def golden_cases(fmt: Format) -> list[tuple[str, str, dict[str, object]]]:
+    """``(policy, golden, export options)`` for the native example policies in format ``fmt``."""
+    return [
+        ("office.policy", f"office.{fmt}.golden", {"skip_userspace": True}),
+        ("ranges.policy", f"ranges.{fmt}.golden", {"skip_userspace": True, "action": "reject", "table": "edge"}),
+    ]
 
 
 def check_golden(name: str, text: str) -> None:

@@ -58,14 +58,7 @@ _AD = {0: "proto", 4: "type", 8: "ifidx", 12: "nla", 16: "nlan", 20: "mark", 24:
 
 def targets(insns: Sequence[Insn]) -> set[int]:
     """Indices some jump lands on."""
-    out: set[int] = set()
-    for pc, i in enumerate(insns):
-        if bpf_class(i.code) == BPF_JMP:
-            if bpf_op(i.code) == BPF_JA:
-                out.add(pc + 1 + i.k)
-            else:
-                out.update((pc + 1 + i.jt, pc + 1 + i.jf))
-    return out
+    return {t for pc, i in enumerate(insns) for t in i.targets(pc)}
 
 
 def listing(insns: Sequence[Insn]) -> str:

@@ -156,6 +156,14 @@ class Insn:
     def signed_k(self) -> int:
         return self.k - (1 << 32) if self.k & 0x80000000 else self.k
 
+    def targets(self, pc: int) -> tuple[int, ...]:
+        """The indices this instruction, at index ``pc``, may jump to (none unless a jump)."""
+        if not self.is_jump:
+            return ()
+        if not self.is_cond_jump:
+            return (pc + 1 + self.k,)
+        return (pc + 1 + self.jt, pc + 1 + self.jf)
+
 
 def stmt(code: int, k: int = 0) -> Insn:
     """``BPF_STMT(code, k)``."""

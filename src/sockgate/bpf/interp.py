@@ -195,14 +195,22 @@ class _Machine:
             raise _Drop
         return int.from_bytes(data[off : off + size], "big")
 
-    def _load(self, i: Insn) -> int:
-        mode, size = bpf_mode(i.code), {0: 4, BPF_H: 2, BPF_B: 1}[bpf_size(i.code)]
+    def _common_load(self, i: Insn) -> int | None:
+        """The modes ``ld`` and ``ldx`` share (immediate, M[k], length), else None."""
+        mode = bpf_mode(i.code)
         if mode == BPF_IMM:
             return i.k
         if mode == BPF_MEM:
             return self.mem[i.k]
         if mode == BPF_LEN:
             return len(self.p.transport)
+        return None
+
+    def _load(self, i: Insn) -> int:
+        mode, size = bpf_mode(i.code), {0: 4, BPF_H: 2, BPF_B: 1}[bpf_size(i.code)]
+        common = self._common_load(i)
+        if common is not None:
+            return common
         if mode == BPF_ABS and SKF_AD_OFF <= i.signed_k < 0:
             return self._ancillary(i.signed_k - SKF_AD_OFF)
         off = i.signed_k if mode == BPF_ABS else (self.x + i.signed_k) if mode == BPF_IND else None
@@ -218,14 +226,10 @@ class _Machine:
         raise ValueError(f"ancillary load SKF_AD_OFF+{which} is not modelled")
 
     def _loadx(self, i: Insn) -> int:
-        mode = bpf_mode(i.code)
-        if mode == BPF_IMM:
-            return i.k
-        if mode == BPF_MEM:
-            return self.mem[i.k]
-        if mode == BPF_LEN:
-            return len(self.p.transport)
-        if mode == BPF_MSH:
+        common = self._common_load(i)
+        if common is not None:
+            return common
+        if bpf_mode(i.code) == BPF_MSH:
             return (self._bytes(i.signed_k, 1) & 0x0F) * 4
         raise ValueError(f"bad ldx mode in {i}")
 

@@ -46,6 +46,7 @@ from sockgate.bpf.insn import (
     encode,
 )
 from sockgate.errors import CompileError, UnsupportedInKernel
+from sockgate.policy.intervals import SPACE
 from sockgate.policy.ir import Action, Service, rule_userspace_reason
 
 OPTMEM_MAX = 131072  # net.core.optmem_max default (net/core/sock.c: sysctl_optmem_max)
@@ -101,7 +102,7 @@ def service_digest(service: Service, banned: Sequence[_ranges.Banned] = ()) -> s
     if not banned:
         return d
     h = hashlib.sha256(d.encode())
-    for b in sorted({str(_ranges._as_net(b)) for b in banned}):
+    for b in sorted({str(_ranges.as_net(b)) for b in banned}):
         h.update(b"\0" + b.encode())
     return h.hexdigest()[:16]
 
@@ -178,10 +179,9 @@ def synthetic_tables(family: int, n: int, prefix: int = WORST_PREFIX) -> _ranges
         starts = [((step * (i + 1)) | 1) * unit for i in range(n // 2 + 1)]
         bounds = ([0] + [b for lo in starts for b in (lo, lo + unit)])[:n]
     acts = (Action.DENY, Action.ALLOW)
-    space = _ranges.SPACE[family]
-    ends = bounds[1:] + [space]
+    ends = bounds[1:] + [SPACE[family]]
     ivs = tuple(_ranges.Interval(lo, hi, acts[k % 2], None) for k, (lo, hi) in enumerate(zip(bounds, ends)))
-    other = _ranges.Table(10 - family, (_ranges.Interval(0, _ranges.SPACE[10 - family], Action.DENY, None),))
+    other = _ranges.Table(10 - family, (_ranges.Interval(0, SPACE[10 - family], Action.DENY, None),))
     table = _ranges.Table(family, ivs)
     v4, v6 = (table, other) if family == 4 else (other, table)
     return _ranges.Tables(v4, v6, Action.DENY, None)

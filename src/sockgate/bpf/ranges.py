@@ -1,8 +1,8 @@
 """A service's address rules → disjoint labelled intervals, one table per address family.
 
 Each rule's match becomes a set of half-open integer intervals over the family's address
-space (IPv4: 0..2**32, IPv6: 0..2**128) by interval algebra (``AnyOf`` is a union, ``Except``
-a difference). First match wins: one sweep over every interval end point, keeping the rules
+space (IPv4: 0..2**32, IPv6: 0..2**128) by the interval algebra of ``policy.intervals``
+(``AnyOf`` is a union, ``Except`` a difference). First match wins: one sweep over every interval end point, keeping the rules
 active at each point in a heap, labels each elementary segment with the earliest active
 rule, or with the default where none is. Adjacent segments with the same action merge, so
 the labels of a table alternate between allow and deny. The sweep costs O(N log N) in the
@@ -25,24 +25,13 @@ from __future__ import annotations
 import heapq
 import ipaddress
 from dataclasses import dataclass
-from typing import Iterable, Sequence, Union
+from typing import Sequence, Union
 
-from sockgate.policy.ir import (
-    Action,
-    AddrMatch,
-    AnyOf,
-    Except,
-    IPNetwork,
-    Match,
-    MatchAll,
-    MatchNone,
-    Service,
-)
+from sockgate.policy.intervals import SPACE, Ranges, match_ranges, net_range, union
+from sockgate.policy.ir import Action, AnyOf, Except, IPNetwork, Match, MatchAll, MatchNone, Service
 
-Span = tuple[int, int]  # [lo, hi)
 Banned = Union[ipaddress.IPv4Network, ipaddress.IPv6Network, ipaddress.IPv4Address, ipaddress.IPv6Address]
 
-SPACE = {4: 1 << 32, 6: 1 << 128}
 BANNED = -1  # rule index of the banned list
 
 
@@ -93,21 +82,17 @@ def build(service: Service, banned: Sequence[Banned] = ()) -> Tables:
     actions = [r.action for r in service.rules]
     tables = []
     for fam in (4, 6):
-        sets = [_spans(m, fam) for m in matches]
-        ban = _union(_net_span(_as_net(b)) for b in banned if b.version == fam)
+        sets = [match_ranges(m, fam) for m in matches]
+        ban = union(net_range(as_net(b)) for b in banned if b.version == fam)
         tables.append(Table(fam, _first_match(ban, sets, actions, default, SPACE[fam])))
     return Tables(tables[0], tables[1], other, other_rule)
 
 
-def _as_net(b: Banned) -> IPNetwork:
+def as_net(b: Banned) -> IPNetwork:
+    """A banned source as a network (an address is its /32 or /128)."""
     if isinstance(b, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
         return b
     return ipaddress.ip_network(b)
-
-
-def _net_span(n: IPNetwork) -> Span:
-    lo = int(n.network_address)
-    return (lo, lo + n.num_addresses)
 
 
 def _matches_no_address(m: Match) -> bool:
@@ -120,50 +105,8 @@ def _matches_no_address(m: Match) -> bool:
     return False
 
 
-def _spans(m: Match, fam: int) -> list[Span]:
-    """The addresses of family ``fam`` that ``m`` matches, as sorted disjoint spans."""
-    if isinstance(m, MatchAll):
-        return [(0, SPACE[fam])]
-    if isinstance(m, AddrMatch):
-        return _union(_net_span(n) for n in m.nets if n.version == fam)
-    if isinstance(m, AnyOf):
-        return _union(s for i in m.items for s in _spans(i, fam))
-    if isinstance(m, Except):
-        return _difference(_spans(m.include, fam), _spans(m.exclude, fam))
-    # MatchNone, and (refused before compiling) matches that need more than an address.
-    return []
-
-
-def _union(spans: Iterable[Span]) -> list[Span]:
-    out: list[Span] = []
-    for lo, hi in sorted(spans):
-        if out and lo <= out[-1][1]:
-            if hi > out[-1][1]:
-                out[-1] = (out[-1][0], hi)
-        else:
-            out.append((lo, hi))
-    return out
-
-
-def _difference(a: list[Span], b: list[Span]) -> list[Span]:
-    out: list[Span] = []
-    j = 0
-    for lo, hi in a:
-        while j < len(b) and b[j][1] <= lo:
-            j += 1
-        k = j
-        while k < len(b) and b[k][0] < hi:
-            if b[k][0] > lo:
-                out.append((lo, b[k][0]))
-            lo = max(lo, b[k][1])
-            k += 1
-        if lo < hi:
-            out.append((lo, hi))
-    return out
-
-
 def _first_match(
-    ban: list[Span], sets: list[list[Span]], actions: list[Action], default: Action, space: int
+    ban: Ranges, sets: list[Ranges], actions: list[Action], default: Action, space: int
 ) -> tuple[Interval, ...]:
     # Events: at each point, rules starting and ending. Index 0 is the banned list.
     starts: dict[int, list[int]] = {}

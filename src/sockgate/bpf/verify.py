@@ -70,10 +70,7 @@ def _memory(insns: Sequence[Insn]) -> list[str]:
             if not valid & (1 << i.k):
                 return [f"{pc}: M[{i.k}] may be read before it is stored"]
         elif cls == BPF_JMP:
-            if bpf_op(i.code) == BPF_JA:
-                masks[pc + 1 + i.k] &= valid
-            else:
-                masks[pc + 1 + i.jt] &= valid
-                masks[pc + 1 + i.jf] &= valid
+            for target in i.targets(pc):
+                masks[target] &= valid
             valid = ALL
     return []

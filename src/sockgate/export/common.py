@@ -27,7 +27,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Literal, Mapping, Union
+from typing import Callable, Generic, Hashable, Literal, Mapping, TypeVar, Union
 
 from sockgate.decide import Peer
 from sockgate.errors import Diagnostic, PolicyError, UsageError
@@ -284,6 +284,27 @@ class Names:
         return name
 
 
+Content = TypeVar("Content", bound=Hashable)
+
+
+class NamedSets(Generic[Content]):
+    """The named address sets (nftables sets, pf tables) of one output: one per distinct
+    content, named after the first rule that wants it (``Names`` keeps names unique), in the
+    order they were first wanted."""
+
+    def __init__(self, maxlen: int, prefix: str = "") -> None:
+        self._names = Names(maxlen, prefix)
+        self._by_content: dict[Content, str] = {}
+
+    def name_for(self, content: Content, wanted: str) -> str:
+        if content not in self._by_content:
+            self._by_content[content] = self._names.make(wanted)
+        return self._by_content[content]
+
+    def items(self) -> list[tuple[str, Content]]:
+        return [(name, content) for content, name in self._by_content.items()]
+
+
 def comment(text: str) -> str:
     """``text`` safe inside a ``#`` comment line: control characters become ``?``, and so
     does a trailing backslash (pf.conf would join the next line, a rule, to the comment)."""
@@ -304,10 +325,34 @@ def set_label(rule: Rule) -> str | None:
     return None
 
 
-def header_lines(plan: Plan, fmt: str) -> list[str]:
+def header_lines(plan: Plan, fmt: str, usage: list[str]) -> list[str]:
+    """The comment lines every output starts with: what made it from which policy, the
+    ``usage`` lines (how to load and remove it), and each service not exported."""
     sources = ", ".join(plan.sources) or "(no file)"
-    return [f"# sockgate export --format {fmt}: policy {plan.digest} from {comment(sources)}"]
+    return [
+        f"# sockgate export --format {fmt}: policy {plan.digest} from {comment(sources)}",
+        *usage,
+        *(f"# service {comment(s.name)} not exported: {comment(s.reason)}" for s in plan.skipped),
+    ]
 
 
-def skipped_lines(plan: Plan) -> list[str]:
-    return [f"# service {comment(s.name)} not exported: {comment(s.reason)}" for s in plan.skipped]
+RuleLines = Callable[[PlannedRule, str, bool], list[str]]
+
+
+def service_lines(svc: PlannedService, rule_lines: RuleLines, heading: str = "") -> list[str]:
+    """The body every renderer writes for ``svc``: a ``# service NAME`` comment (``heading``
+    appended) and its notes, then each item under a comment naming its source line (a skipped rule is only a
+    comment), and last the comment saying where the default comes from. ``rule_lines(item,
+    wanted, named)`` renders a rule; ``wanted`` names its address set (the policy set of an
+    ``@set`` rule, ``named``, else ``SERVICE_K``). The default's verdict is the renderer's."""
+    lines = [f"# service {comment(svc.name)}{heading}"] + [f"# {comment(n)}" for n in svc.notes]
+    for k, item in enumerate(svc.items, 1):
+        where, text = rule_where(item.rule), comment(item.rule.text)
+        if not isinstance(item, PlannedRule):
+            lines.append(f"# left out, never matches: {where}: {text}; {comment(item.reason)}")
+            continue
+        lines.append(f"# {where}: {text}")
+        label = set_label(item.rule)
+        lines += rule_lines(item, label or f"{svc.name}_{k}", label is not None)
+    said = f"{svc.default_where}: default {svc.default}" if svc.default_where else f"no rule matched: {svc.default}"
+    return lines + [f"# {said}"]

@@ -33,16 +33,15 @@ from sockgate.errors import UsageError
 from sockgate.export.addrs import Intervals, as_cidr, to_address
 from sockgate.export.common import (
     Names,
+    NamedSets,
     Plan,
     PlannedRule,
     PlannedService,
-    comment,
     header_lines,
-    rule_where,
-    set_label,
-    skipped_lines,
+    service_lines,
 )
 from sockgate.export.ports import PortRange
+from sockgate.policy.intervals import Range
 from sockgate.policy.ir import Action
 
 DenyAction = Literal["drop", "reject"]
@@ -61,16 +60,18 @@ def render(plan: Plan, *, table: str = "sockgate", action: DenyAction = "drop") 
     check_table_name(table)
     r = _Renderer(action)
     chains = [_service_chain(r, svc) for svc in plan.services]
-    out = header_lines(plan, "nft")
-    out += [
-        "# Load atomically (again to replace it): nft -f FILE",
-        f"# Remove:                                nft delete table inet {table}",
-        "# Packets to the services' ports are judged by the policy's rules, first match wins;",
-        "# all other traffic is left alone.",
-    ]
-    out += skipped_lines(plan)
+    out = header_lines(
+        plan,
+        "nft",
+        [
+            "# Load atomically (again to replace it): nft -f FILE",
+            f"# Remove:                                nft delete table inet {table}",
+            "# Packets to the services' ports are judged by the policy's rules, first match wins;",
+            "# all other traffic is left alone.",
+        ],
+    )
     out += [f"table inet {table} {{}}", f"delete table inet {table}", f"table inet {table} {{"]
-    body: list[list[str]] = [_set_block(name, v, ivs) for name, v, ivs in r.sets]
+    body: list[list[str]] = [_set_block(name, v, ivs) for name, (v, ivs) in r.sets.items()]
     body.append(_base_chain(plan, chains))
     if action == "reject" and plan.services:
         body.append(_chain("deny_reject", ["meta l4proto tcp reject with tcp reset", "reject with icmpx type port-unreachable"]))
@@ -86,34 +87,17 @@ def render(plan: Plan, *, table: str = "sockgate", action: DenyAction = "drop") 
 class _Renderer:
     def __init__(self, action: DenyAction) -> None:
         self.verdicts = {Action.ALLOW: "accept", Action.DENY: "drop" if action == "drop" else "goto deny_reject"}
-        self.set_names = Names(64)
+        self.sets: NamedSets[tuple[int, Intervals]] = NamedSets(64)
         self.chain_names = Names(64, prefix="svc_")
-        self.sets: list[tuple[str, int, Intervals]] = []
-        self._by_content: dict[tuple[int, Intervals], str] = {}
 
     def set_for(self, wanted: str, version: int, intervals: Intervals) -> str:
-        key = (version, intervals)
-        if key not in self._by_content:
-            name = self.set_names.make(f"{wanted}_v{version}")
-            self._by_content[key] = name
-            self.sets.append((name, version, intervals))
-        return self._by_content[key]
+        return self.sets.name_for((version, intervals), f"{wanted}_v{version}")
 
 
 def _service_chain(r: _Renderer, svc: PlannedService) -> tuple[str, list[str]]:
     name = r.chain_names.make(svc.name)
-    lines = [f"# service {comment(svc.name)}"] + [f"# {comment(n)}" for n in svc.notes]
-    for k, item in enumerate(svc.items, 1):
-        where, text = rule_where(item.rule), comment(item.rule.text)
-        if not isinstance(item, PlannedRule):
-            lines.append(f"# left out, never matches: {where}: {text}; {comment(item.reason)}")
-            continue
-        lines.append(f"# {where}: {text}")
-        label = set_label(item.rule)
-        lines += _rule_lines(r, item, label or f"{svc.name}_{k}", named=label is not None)
-    said = f"{svc.default_where}: default {svc.default}" if svc.default_where else f"no rule matched: {svc.default}"
-    lines += [f"# {said}", r.verdicts[svc.default]]
-    return name, lines
+    lines = service_lines(svc, lambda item, wanted, named: _rule_lines(r, item, wanted, named))
+    return name, lines + [r.verdicts[svc.default]]
 
 
 def _rule_lines(r: _Renderer, item: PlannedRule, wanted: str, named: bool) -> list[str]:
@@ -136,12 +120,12 @@ def _rule_lines(r: _Renderer, item: PlannedRule, wanted: str, named: bool) -> li
     return out
 
 
-def _element(interval: tuple[int, int], version: int) -> str:
+def _element(interval: Range, version: int) -> str:
     lo, hi = interval
-    if lo == hi:
+    if hi - lo == 1:
         return str(to_address(lo, version))
     cidr = as_cidr(interval, version)
-    return str(cidr) if cidr is not None else f"{to_address(lo, version)}-{to_address(hi, version)}"
+    return str(cidr) if cidr is not None else f"{to_address(lo, version)}-{to_address(hi - 1, version)}"
 
 
 def _set_block(name: str, version: int, intervals: Intervals) -> list[str]:

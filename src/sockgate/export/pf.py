@@ -21,16 +21,13 @@ from typing import Literal
 
 from sockgate.export.addrs import summarize
 from sockgate.export.common import (
-    Names,
+    NamedSets,
     Plan,
     PlannedRule,
     PlannedService,
-    comment,
     header_lines,
     ranges_text,
-    rule_where,
-    set_label,
-    skipped_lines,
+    service_lines,
 )
 from sockgate.export.nft import check_table_name
 from sockgate.export.ports import PortRange
@@ -46,15 +43,17 @@ def render(plan: Plan, *, anchor: str = "sockgate", action: DenyAction = "drop")
     check_table_name(anchor)
     r = _Renderer(action)
     blocks = [_service_lines(r, svc) for svc in plan.services]
-    out = header_lines(plan, "pf")
-    out += [
-        f'# Put `anchor "{anchor}"` in pf.conf where these rules belong, then',
-        f"#   load (again to replace it): pfctl -a {anchor} -f FILE",
-        f"#   remove:                     pfctl -a {anchor} -F all",
-        "# Every rule is quick: the first match wins, in the policy's order.",
-    ]
-    out += skipped_lines(plan)
-    out += [_table(name, entries) for name, entries in r.tables]
+    out = header_lines(
+        plan,
+        "pf",
+        [
+            f'# Put `anchor "{anchor}"` in pf.conf where these rules belong, then',
+            f"#   load (again to replace it): pfctl -a {anchor} -f FILE",
+            f"#   remove:                     pfctl -a {anchor} -F all",
+            "# Every rule is quick: the first match wins, in the policy's order.",
+        ],
+    )
+    out += [_table(name, entries) for name, entries in r.tables.items()]
     for block in blocks:
         out += ["", *block]
     return "\n".join(out) + "\n"
@@ -63,9 +62,7 @@ def render(plan: Plan, *, anchor: str = "sockgate", action: DenyAction = "drop")
 class _Renderer:
     def __init__(self, action: DenyAction) -> None:
         self.verbs = {Action.ALLOW: "pass in quick", Action.DENY: "block drop in quick" if action == "drop" else "block return in quick"}
-        self.names = Names(_TABLE_NAME_MAX, prefix="sg_")
-        self.tables: list[tuple[str, list[str]]] = []
-        self._by_content: dict[tuple[str, ...], str] = {}
+        self.tables: NamedSets[tuple[str, ...]] = NamedSets(_TABLE_NAME_MAX, prefix="sg_")
 
     def source(self, item: PlannedRule, wanted: str, named: bool) -> str | None:
         """``any``, one inline CIDR, or ``<table>``; None when the rule matches nothing."""
@@ -77,35 +74,22 @@ class _Renderer:
             return None
         if len(entries) == 1 and not named:
             return entries[0]
-        if entries not in self._by_content:
-            name = self.names.make(wanted)
-            self._by_content[entries] = name
-            self.tables.append((name, list(entries)))
-        return f"<{self._by_content[entries]}>"
+        return f"<{self.tables.name_for(entries, wanted)}>"
 
 
 def _service_lines(r: _Renderer, svc: PlannedService) -> list[str]:
-    ports = " ".join(f"{proto}/{ranges_text(ranges)}" for proto, ranges in svc.ports)
-    lines = [f"# service {comment(svc.name)}: {ports}"] + [f"# {comment(n)}" for n in svc.notes]
-    for k, item in enumerate(svc.items, 1):
-        where, text = rule_where(item.rule), comment(item.rule.text)
-        if not isinstance(item, PlannedRule):
-            lines.append(f"# left out, never matches: {where}: {text}; {comment(item.reason)}")
-            continue
-        lines.append(f"# {where}: {text}")
-        label = set_label(item.rule)
-        src = r.source(item, label or f"{svc.name}_{k}", label is not None)
+    def rule_lines(item: PlannedRule, wanted: str, named: bool) -> list[str]:
+        src = r.source(item, wanted, named)
         if src is None:
-            lines.append("# (matches no address)")
-            continue
-        lines += [f"{r.verbs[item.action]} proto {proto} from {src} to any port {_ports(ranges)}" for proto, ranges in svc.ports]
-    said = f"{svc.default_where}: default {svc.default}" if svc.default_where else f"no rule matched: {svc.default}"
-    lines.append(f"# {said}")
-    lines += [f"{r.verbs[svc.default]} proto {proto} from any to any port {_ports(ranges)}" for proto, ranges in svc.ports]
-    return lines
+            return ["# (matches no address)"]
+        return [f"{r.verbs[item.action]} proto {proto} from {src} to any port {_ports(ranges)}" for proto, ranges in svc.ports]
+
+    ports = " ".join(f"{proto}/{ranges_text(ranges)}" for proto, ranges in svc.ports)
+    lines = service_lines(svc, rule_lines, f": {ports}")
+    return lines + [f"{r.verbs[svc.default]} proto {proto} from any to any port {_ports(ranges)}" for proto, ranges in svc.ports]
 
 
-def _table(name: str, entries: list[str]) -> str:
+def _table(name: str, entries: tuple[str, ...]) -> str:
     """One line, or several joined by backslash-newline (pf.conf's line continuation)."""
     if len(entries) <= _PER_LINE:
         return f"table <{name}> const {{ {', '.join(entries)} }}"

@@ -32,8 +32,6 @@ import socket
 import struct
 from typing import Iterator, Union
 
-import psutil
-
 from sockgate.decide import Peer
 from sockgate.errors import AdapterError, PeerError
 from sockgate.linux._errors import translated
@@ -170,6 +168,10 @@ def _pidfd_exited(pidfd: int) -> bool:
 
 
 def _exe(pid: int) -> str | None:
+    # psutil is imported here, not at the top: servers call peer() after dropping privileges,
+    # when modules they never imported may no longer be readable.
+    import psutil
+
     try:
         return psutil.Process(pid).exe() or None
     except (psutil.Error, OSError):

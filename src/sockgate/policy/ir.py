@@ -28,7 +28,7 @@ import hashlib
 import ipaddress
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
 from sockgate.policy.source import Span
 
@@ -303,7 +303,9 @@ class Policy:
         return dict(self.texts).get(file)
 
     # Edge conveniences: implemented in sockgate.guard so this module stays pure.
-    def guard(self, sock: object, service: str) -> object:
+    def guard(self, sock: Any, service: str) -> Any:
+        """Compile ``service`` and attach it to ``sock`` (a socket object or fd); Linux only.
+        Returns ``sockgate.guard.Guarded``."""
         from sockgate.guard import guard
 
         return guard(self, sock, service)

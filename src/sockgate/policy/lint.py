@@ -23,7 +23,8 @@ from __future__ import annotations
 from typing import Iterator
 
 from sockgate.errors import Diagnostic
-from sockgate.policy.coverage import Cover, cover, describe_point, intersect
+from sockgate.policy.coverage import Cover, cover, describe_point
+from sockgate.policy.intervals import intersection
 from sockgate.policy.ir import (
     Action,
     AddrMatch,
@@ -81,7 +82,7 @@ def _rules(rules: tuple[Rule, ...]) -> Iterator[Diagnostic]:
 
 
 def _shadowed(rule: Rule, c: Cover, before: tuple[Rule, ...], covers: list[Cover]) -> Diagnostic:
-    culprits = [r for r, ec in zip(before, covers) if ec.everything or intersect(ec.spans, c.spans) or ec.atoms & c.atoms]
+    culprits = [r for r, ec in zip(before, covers) if ec.everything or intersection(ec.spans, c.spans) or ec.atoms & c.atoms]
     places = ", ".join(_where(r) for r in culprits)
     who = f"the rule at {places} already decides" if len(culprits) == 1 else f"the rules at {places} already decide"
     return _warn(
@@ -97,7 +98,7 @@ def _overlaps(rule: Rule, c: Cover, before: tuple[Rule, ...], covers: list[Cover
         if not (other.action is Action.ALLOW and rule.action is Action.DENY) or oc.everything:
             continue
         theirs = _set_labels(other.match)
-        shared = intersect(oc.spans, c.spans)
+        shared = intersection(oc.spans, c.spans)
         if not (mine or theirs) or not shared:
             continue
         point = describe_point(shared)

@@ -1,0 +1,95 @@
+"""Sets of addresses as integer intervals: the arithmetic the BPF compiler (``bpf.ranges``),
+the firewall exporters (``export.addrs``) and the policy checks (``policy.coverage``) share.
+
+An address of family 4 or 6 is an integer in ``[0, SPACE[family])``; a set of addresses is a
+tuple of sorted, disjoint, non-adjacent half-open ranges ``(lo, hi)`` meaning ``lo .. hi - 1``
+(``union`` and ``difference`` keep that form). A match that needs no more than the source
+address becomes such a set per family by plain set algebra: ``AnyOf`` is a union, ``Except``
+a difference, ``all`` the whole space, a network its one range; a network of the other family
+adds nothing, as ``decide.matches`` compares an address only with networks of its own family.
+Anything that needs more than an address (names, credentials) is the empty set here: the
+callers refuse or handle such matches before asking.
+
+Hand-written because the standard library has no interval sets and ``ipaddress``'s
+``address_exclude`` and ``collapse_addresses`` work on CIDR lists, which an ``except`` chain
+can multiply far beyond the few ranges it really is. Pure: ``ipaddress`` only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Iterable, Sequence
+
+from sockgate.policy.ir import AddrMatch, AnyOf, Except, IPAddress, IPNetwork, Match, MatchAll
+
+Range = tuple[int, int]  # half-open: addresses lo .. hi - 1
+Ranges = tuple[Range, ...]
+
+SPACE = {4: 1 << 32, 6: 1 << 128}  # the size of each family's address space
+
+
+def net_range(net: IPNetwork) -> Range:
+    """The addresses of ``net``."""
+    lo = int(net.network_address)
+    return (lo, lo + net.num_addresses)
+
+
+def to_address(n: int, version: int) -> IPAddress:
+    """The address of family ``version`` whose integer is ``n``."""
+    return ipaddress.IPv4Address(n) if version == 4 else ipaddress.IPv6Address(n)
+
+
+def union(ranges: Iterable[Range]) -> Ranges:
+    """The addresses in any of ``ranges`` (in any order, overlapping or not)."""
+    out: list[Range] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1]:
+            if hi > out[-1][1]:
+                out[-1] = (out[-1][0], hi)
+        else:
+            out.append((lo, hi))
+    return tuple(out)
+
+
+def difference(a: Sequence[Range], b: Sequence[Range]) -> Ranges:
+    """The addresses of ``a`` not in ``b`` (both sorted and disjoint). Each range of ``a``
+    is cut separately, so the result is in the form of ``union`` when ``a`` is."""
+    out: list[Range] = []
+    j = 0
+    for lo, hi in a:
+        while j < len(b) and b[j][1] <= lo:
+            j += 1
+        k = j
+        while k < len(b) and b[k][0] < hi:
+            if b[k][0] > lo:
+                out.append((lo, b[k][0]))
+            lo = max(lo, b[k][1])
+            k += 1
+        if lo < hi:
+            out.append((lo, hi))
+    return tuple(out)
+
+
+def intersection(a: Sequence[Range], b: Sequence[Range]) -> Ranges:
+    """The addresses in both ``a`` and ``b`` (both sorted and disjoint)."""
+    return difference(a, difference(a, b))
+
+
+def match_ranges(m: Match, version: int) -> Ranges:
+    """The addresses of family ``version`` that ``m`` holds for (see the module docstring)."""
+    if isinstance(m, MatchAll):
+        return ((0, SPACE[version]),)
+    if isinstance(m, AddrMatch):
+        return union(net_range(n) for n in m.nets if n.version == version)
+    if isinstance(m, AnyOf):
+        return union(r for i in m.items for r in match_ranges(i, version))
+    if isinstance(m, Except):
+        return difference(match_ranges(m.include, version), match_ranges(m.exclude, version))
+    # MatchNone, and matches that need more than an address.
+    return ()
+
+
+def cidrs(r: Range, version: int) -> list[IPNetwork]:
+    """The fewest CIDR networks that together are exactly the non-empty range ``r``."""
+    first, last = to_address(r[0], version), to_address(r[1] - 1, version)
+    return list(ipaddress.summarize_address_range(first, last))
