@@ -3,7 +3,8 @@
 Each role runs in its own process, so the server, the allowed clients and the flood do not
 share an interpreter lock; the roles are this file's subcommands:
 
-    _kernel_bench.py server MODE POLICY_JSON   epoll echo server on 127.0.0.1; prints its port(s)
+    _kernel_bench.py server MODE POLICY_JSON [BACKLOG]   epoll echo server on 127.0.0.1,
+        listen(BACKLOG) (default 4096); prints its port(s)
         MODE plain         accept everything
              kernel        the listener carries the compiled sockgate filter
              pair          two listeners in one event loop, plain and guarded (prints both)
@@ -16,11 +17,10 @@ share an interpreter lock; the roles are this file's subcommands:
     _kernel_bench.py alternate PORT,PORT SECONDS THREADS   THREADS loops of connect / 64-byte
         echo / close from 127.0.0.1, each thread taking the servers in turn, connection by
         connection; prints per server the count and the seconds spent
-    _kernel_bench.py flood PORT SECONDS T0 PERIOD   unpaced non-blocking connects from
-        127.0.0.2, each abandoned (RST) after 20 ms, at most 4,096 in flight, during every
-        other PERIOD-long phase from T0 (CLOCK_MONOTONIC); prints {"attempts": n, "rate": ...}
-    _kernel_bench.py phased PORT SECONDS THREADS T0 PERIOD GUARD   the client loop, its
-        connections counted by the phase (quiet / flood) they finished in
+    _kernel_bench.py clients PORT SECONDS THREADS T0   the same loop against one server from
+        CLOCK_MONOTONIC time T0; prints rate, p50/p99 latency and failures
+    _kernel_bench.py flood PORT SRC START STOP MAX_ATTEMPTS ABANDON_MS WINDOW   the Python
+        fallback of flood.c (same arguments and output), used when there is no C compiler
 
 POLICY_JSON describes the policy as data ({"allow": [CIDR...], "default": "deny"}) so every
 process builds the same ``Service`` without a policy file. Traffic stays on 127.0.0.0/8.
@@ -34,6 +34,7 @@ import ipaddress
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import statistics
@@ -59,7 +60,7 @@ def service_from(spec: dict[str, Any]) -> Any:
     return Service("bench", (rule,), Action(spec.get("default", "deny")))
 
 
-def serve(mode: str, spec: dict[str, Any]) -> None:
+def serve(mode: str, spec: dict[str, Any], backlog: int = 4096) -> None:
     from sockgate.decide import Peer, decide_service
 
     svc = service_from(spec)
@@ -78,7 +79,7 @@ def serve(mode: str, spec: dict[str, Any]) -> None:
             from sockgate.linux import filter as kfilter
 
             kfilter.attach(lst, compile_service(svc).encode())
-        lst.listen(4096)
+        lst.listen(backlog)
         lst.setblocking(False)
         listeners[lst.fileno()] = lst
     print(",".join(str(x.getsockname()[1]) for x in listeners.values()), flush=True)
@@ -185,50 +186,56 @@ def alternate(ports: list[int], seconds: float, threads: int) -> dict[str, list[
     }
 
 
-def flood(port: int, seconds: float, t0: float, period: float, source: str = "127.0.0.2",
-          abandon: float = 0.020, cap: int = 4096) -> dict[str, float]:
-    """Unpaced connects from ``source`` during the odd ``period``-long phases counted from
-    ``t0`` (a CLOCK_MONOTONIC time shared with the clients), silence in the even ones; each
-    connect is closed with RST after ``abandon`` seconds."""
-    stop = t0 + seconds
+def flood(port: int, start: float, stop: float, max_attempts: int, abandon: float = 0.020,
+          window: int = 16384, source: str = "127.0.0.2") -> dict[str, float]:
+    """The Python stand-in for flood.c (same arguments, same JSON): unpaced connects from
+    ``source`` between the CLOCK_MONOTONIC times ``start`` and ``stop``, each closed with RST
+    ``abandon`` seconds after it started; when ``window`` are in flight, wait for the oldest."""
+    if stop - start > 120 or not source.startswith("127."):
+        raise ValueError("flood: at most 120 s, from 127.0.0.0/8")
     inflight: collections.deque[tuple[float, socket.socket]] = collections.deque()
-    attempts = 0
-    while (now := time.monotonic()) < stop:
-        if now < t0:
-            time.sleep(t0 - now)
-            continue
-        phase = int((now - t0) / period)
-        if phase % 2 == 0:  # quiet: nothing in flight, wait for the next phase
-            while inflight:
-                inflight.popleft()[1].close()
-            time.sleep(max(0.0, min(stop, t0 + (phase + 1) * period) - now))
-            continue
-        while inflight and (inflight[0][0] <= now or len(inflight) >= cap):
+    counts = {"attempts": 0, "eaddrnotavail": 0, "emfile": 0, "other_errors": 0, "window_full": 0}
+    time.sleep(max(0.0, start - time.monotonic()))
+    while (now := time.monotonic()) < stop and counts["attempts"] < max_attempts:
+        while inflight and inflight[0][0] <= now:
             inflight.popleft()[1].close()
-        s = socket.socket()
+        if len(inflight) >= window:
+            counts["window_full"] += 1
+            time.sleep(max(0.0, min(stop, inflight[0][0]) - now))
+            continue
+        try:
+            s = socket.socket()
+        except OSError:
+            counts["emfile"] += 1
+            continue
         s.setblocking(False)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER0)
         s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
         s.bind((source, 0))
         err = s.connect_ex(("127.0.0.1", port))
-        if err not in (0, errno.EINPROGRESS, errno.EAGAIN, errno.EADDRNOTAVAIL):
-            s.close()
-            raise OSError(err, os.strerror(err))
-        inflight.append((now + abandon, s))
-        attempts += 1
+        if err in (0, errno.EINPROGRESS):
+            inflight.append((time.monotonic() + abandon, s))
+            counts["attempts"] += 1
+            continue
+        s.close()
+        counts["eaddrnotavail" if err in (errno.EADDRNOTAVAIL, errno.EAGAIN) else "other_errors"] += 1
     for _, s in inflight:
         s.close()
-    return {"attempts": attempts, "rate": attempts / (seconds / 2)}
+    span = min(time.monotonic(), stop) - start
+    return {**counts, "rate": counts["attempts"] / span if span > 0 else 0.0, "window": window}
 
 
-def phased_clients(port: int, seconds: float, threads: int, t0: float, period: float, guard: float) -> dict[str, float]:
-    """The client loop from ``t0`` for ``seconds``; connections are counted by the phase they
-    finished in (even = quiet, odd = flood), leaving out the first ``guard`` seconds of each
-    phase (the server draining what the previous phase left)."""
-    while time.monotonic() < t0:
-        time.sleep(0.001)
+def clients(port: int, seconds: float, threads: int, t0: float) -> dict[str, float]:
+    """THREADS loops of connect / 64-byte echo / close from 127.0.0.1 between the
+    CLOCK_MONOTONIC times ``t0`` and ``t0 + seconds``; the rate counts the connections that
+    completed in that window, the latency percentiles are theirs. ``stalls`` counts those
+    that took >= 0.9 s: their SYN was dropped (a full accept queue drops SYNs) and resent
+    after the 1 s initial RTO; there are too few of them to move a p99, but each costs a
+    client thread a second. A connect still waiting when the window ends is not counted; one
+    that takes longer than 2 s (its SYN dropped twice) is a failure."""
+    time.sleep(max(0.0, t0 - time.monotonic()))
     stop = t0 + seconds
-    done: list[list[tuple[float, float]]] = [[] for _ in range(threads)]
+    lats: list[list[float]] = [[] for _ in range(threads)]
     fails = [0] * threads
 
     def loop(i: int) -> None:
@@ -245,26 +252,27 @@ def phased_clients(port: int, seconds: float, threads: int, t0: float, period: f
             except OSError:
                 fails[i] += 1
                 continue
-            t2 = time.monotonic()
-            done[i].append((t2, t2 - t1))
+            if (t2 := time.monotonic()) <= stop:
+                lats[i].append(t2 - t1)
 
     ts = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
     for t in ts:
         t.start()
     for t in ts:
         t.join()
-    phases: dict[int, list[float]] = {0: [], 1: []}
-    for t_end, lat in (x for d in done for x in d):
-        pos = (t_end - t0) / period
-        if pos - int(pos) >= guard / period and t_end < stop:
-            phases[int(pos) % 2].append(lat)
-    counted = (seconds / period / 2) * (period - guard)  # seconds of each kind counted
-    out: dict[str, float] = {"failures": sum(fails)}
-    for k, name in ((0, "quiet"), (1, "flood")):
-        lats = sorted(phases[k])
-        out[f"{name}_rate"] = len(lats) / counted
-        out[f"{name}_p99_us"] = lats[int(len(lats) * 0.99)] * 1e6 if lats else 0.0
-    return out
+    done = sorted(x for d in lats for x in d)
+    pct = (lambda q: done[min(len(done) - 1, int(len(done) * q))] * 1e6 if done else 0.0)
+    return {"count": len(done), "rate": len(done) / seconds, "p50_us": pct(0.50), "p99_us": pct(0.99),
+            "max_us": done[-1] * 1e6 if done else 0.0, "stalls": sum(x >= 0.9 for x in done),
+            "failures": sum(fails)}
+
+
+def tcp_ext(*names: str) -> dict[str, int]:
+    """Counters from /proc/net/netstat's TcpExt lines (this network namespace, all sockets)."""
+    with open("/proc/net/netstat") as f:
+        lines = [line.split() for line in f if line.startswith("TcpExt:")]
+    table = dict(zip(lines[0][1:], map(int, lines[1][1:])))
+    return {n: table.get(n, 0) for n in names}
 
 
 # ------------------------------------------------------------------------------------------
@@ -276,8 +284,8 @@ def _role(*args: str, **kw: Any) -> subprocess.Popen[str]:
 
 
 class Server:
-    def __init__(self, mode: str, spec: dict[str, Any]) -> None:
-        self.proc = _role("server", mode, json.dumps(spec), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    def __init__(self, mode: str, spec: dict[str, Any], backlog: int = 4096) -> None:
+        self.proc = _role("server", mode, json.dumps(spec), str(backlog), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         assert self.proc.stdout is not None
         self.ports = [int(p) for p in self.proc.stdout.readline().split(",")]
         self.port = self.ports[0]
@@ -294,25 +302,51 @@ class Server:
             self.proc.stdout.close()
 
 
-def run_phased(port: int, seconds: float, threads: int = 4, period: float = 1.0, guard: float = 0.2) -> dict[str, float]:
-    """Clients for ``seconds`` while a flood alternates on and off every ``period`` seconds:
-    both kinds of phase in one run, so slow swings of the machine's load hit both alike."""
-    t0 = time.monotonic() + 1.0  # both processes started and ready by then
-    args = [str(port), str(seconds), str(threads), repr(t0), str(period), str(guard)]
-    fl = _role("flood", str(port), str(seconds), repr(t0), str(period), stdout=subprocess.PIPE)
+def build_flood(tmpdir: str) -> list[str] | None:
+    """Compile flood.c with the machine's C compiler into ``tmpdir``; None if there is none."""
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        return None
+    exe = os.path.join(tmpdir, "flood")
+    subprocess.run([cc, "-O2", "-o", exe, os.path.join(HERE, "flood.c")], check=True, timeout=120)
+    return [exe]
+
+
+def python_flood() -> list[str]:
+    return [sys.executable, os.path.join(HERE, "_kernel_bench.py"), "flood"]
+
+
+def run_clients(port: int, seconds: float, threads: int = 4, flood_cmd: list[str] | None = None,
+                max_attempts: int = 20_000_000, window: int = 16384) -> dict[str, float]:
+    """The client loop for ``seconds`` against ``port``; with ``flood_cmd``, under a flood
+    that starts 0.5 s before the clients (so they meet it in its steady state) and stops
+    0.2 s after them. Returns the clients' numbers, the flood's, and the listen-queue
+    overflow counters of the namespace over the run."""
+    t0 = time.monotonic() + 1.0  # every process started and waiting by then
+    fl = None
+    if flood_cmd is not None:
+        fargs = [str(port), "127.0.0.2", repr(t0 - 0.5), repr(t0 + seconds + 0.2), str(max_attempts), "20", str(window)]
+        fl = subprocess.Popen([*flood_cmd, *fargs], stdout=subprocess.PIPE, text=True)
+    before = tcp_ext("ListenOverflows", "ListenDrops")
     try:
         out = subprocess.run(
-            [sys.executable, os.path.join(HERE, "_kernel_bench.py"), "phased", *args],
+            [sys.executable, os.path.join(HERE, "_kernel_bench.py"), "clients", str(port), str(seconds), str(threads), repr(t0)],
             capture_output=True, text=True, check=True, timeout=seconds + 60,
         )
         result: dict[str, float] = json.loads(out.stdout)
-        result["flood_attempts_per_s"] = json.loads(fl.communicate(timeout=60)[0])["rate"]
+        if fl is not None:
+            for k, v in json.loads(fl.communicate(timeout=30)[0]).items():
+                result[f"flood_{k}"] = v
     finally:
-        fl.kill()
-        fl.wait()
-        if fl.stdout is not None:
-            fl.stdout.close()
-    time.sleep(1.0)  # let the server drain before the next run
+        if fl is not None:
+            if fl.poll() is None:
+                fl.kill()
+            fl.wait()
+            if fl.stdout is not None:
+                fl.stdout.close()
+    after = tcp_ext("ListenOverflows", "ListenDrops")
+    result.update({k: float(after[k] - before[k]) for k in after})
+    time.sleep(1.0)  # let the server drain (and forked children exit) before the next run
     return result
 
 
@@ -344,14 +378,16 @@ def machine() -> str:
 def main(argv: list[str]) -> None:
     role = argv[0]
     if role == "server":
-        serve(argv[1], json.loads(argv[2]))
+        serve(argv[1], json.loads(argv[2]), int(argv[3]) if len(argv) > 3 else 4096)
     elif role == "alternate":
         print(json.dumps(alternate([int(p) for p in argv[1].split(",")], float(argv[2]), int(argv[3]))))
-    elif role == "phased":
+    elif role == "clients":
+        print(json.dumps(clients(int(argv[1]), float(argv[2]), int(argv[3]), float(argv[4]))))
+    elif role == "flood":  # the same arguments as flood.c; only 127.0.0.0/8 accepted
         a = argv[1:]
-        print(json.dumps(phased_clients(int(a[0]), float(a[1]), int(a[2]), float(a[3]), float(a[4]), float(a[5]))))
-    elif role == "flood":
-        print(json.dumps(flood(int(argv[1]), float(argv[2]), float(argv[3]), float(argv[4]))), flush=True)
+        if not (a[1].startswith("127.") and len(a) == 7):
+            sys.exit("flood: PORT SRC(127.x) START STOP MAX_ATTEMPTS ABANDON_MS WINDOW")
+        print(json.dumps(flood(int(a[0]), float(a[2]), float(a[3]), int(a[4]), float(a[5]) / 1000, int(a[6]), a[1])), flush=True)
     else:
         sys.exit(f"unknown role {role!r}")
 

@@ -76,6 +76,16 @@ def test_set_overlapping_an_earlier_allow_weakens_a_deny() -> None:
     ]
 
 
+def test_overlap_running_from_the_last_ipv6_address_into_ipv4_is_described() -> None:
+    # the top of the IPv6 space and the bottom of IPv4 meet inside the coverage number line
+    text = "set edge = { 8000::/1, 0.0.0.0/8 }\nservice s {\n allow @edge\n deny { ::/0, 0.0.0.0/0 }\n default deny\n}"
+    assert warnings(text) == [
+        "p.conf:4:2: warning: this deny rule overlaps the allow rule at p.conf:3 (set @edge) on 8000::/1; "
+        "that rule decides first, so 8000::/1 is allowed\n"
+        "p.conf:3:2: note: overlapping rule: allow @edge"
+    ]
+
+
 def test_deny_first_then_allow_is_the_usual_exception_and_not_reported() -> None:
     text = "set bad = { 192.0.2.66 }\nset office = { 192.0.2.0/24 }\nservice s {\n deny @bad\n allow @office\n default deny\n}"
     assert warnings(text) == []

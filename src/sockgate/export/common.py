@@ -254,8 +254,13 @@ def _meets(lo: int, hi: int, other: PortRange) -> bool:
     return lo <= other[1] and other[0] <= hi
 
 
+def port_items(ranges: tuple[PortRange, ...], dash: str = "-") -> list[str]:
+    """Each port range as ``22`` or ``8000{dash}8099``."""
+    return [str(lo) if lo == hi else f"{lo}{dash}{hi}" for lo, hi in ranges]
+
+
 def ranges_text(ranges: tuple[PortRange, ...]) -> str:
-    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
+    return ",".join(port_items(ranges))
 
 
 def _eps(endpoints: tuple[Endpoint, ...]) -> str:

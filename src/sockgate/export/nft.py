@@ -38,6 +38,7 @@ from sockgate.export.common import (
     PlannedRule,
     PlannedService,
     header_lines,
+    port_items,
     service_lines,
 )
 from sockgate.export.ports import PortRange
@@ -60,16 +61,13 @@ def render(plan: Plan, *, table: str = "sockgate", action: DenyAction = "drop") 
     check_table_name(table)
     r = _Renderer(action)
     chains = [_service_chain(r, svc) for svc in plan.services]
-    out = header_lines(
-        plan,
-        "nft",
-        [
-            "# Load atomically (again to replace it): nft -f FILE",
-            f"# Remove:                                nft delete table inet {table}",
-            "# Packets to the services' ports are judged by the policy's rules, first match wins;",
-            "# all other traffic is left alone.",
-        ],
-    )
+    usage = [
+        "# Load atomically (again to replace it): nft -f FILE",
+        f"# Remove:                                nft delete table inet {table}",
+        "# Packets to the services' ports are judged by the policy's rules, first match wins;",
+        "# all other traffic is left alone.",
+    ]
+    out = header_lines(plan, "nft", usage)
     out += [f"table inet {table} {{}}", f"delete table inet {table}", f"table inet {table} {{"]
     body: list[list[str]] = [_set_block(name, v, ivs) for name, (v, ivs) in r.sets.items()]
     body.append(_base_chain(plan, chains))
@@ -150,7 +148,7 @@ def _base_chain(plan: Plan, chains: list[tuple[str, list[str]]]) -> list[str]:
 
 
 def _ports(ranges: tuple[PortRange, ...]) -> str:
-    items = [str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in ranges]
+    items = port_items(ranges)
     return items[0] if len(items) == 1 else "{ " + ", ".join(items) + " }"
 
 

@@ -26,6 +26,7 @@ from sockgate.export.common import (
     PlannedRule,
     PlannedService,
     header_lines,
+    port_items,
     ranges_text,
     service_lines,
 )
@@ -43,16 +44,13 @@ def render(plan: Plan, *, anchor: str = "sockgate", action: DenyAction = "drop")
     check_table_name(anchor)
     r = _Renderer(action)
     blocks = [_service_lines(r, svc) for svc in plan.services]
-    out = header_lines(
-        plan,
-        "pf",
-        [
-            f'# Put `anchor "{anchor}"` in pf.conf where these rules belong, then',
-            f"#   load (again to replace it): pfctl -a {anchor} -f FILE",
-            f"#   remove:                     pfctl -a {anchor} -F all",
-            "# Every rule is quick: the first match wins, in the policy's order.",
-        ],
-    )
+    usage = [
+        f'# Put `anchor "{anchor}"` in pf.conf where these rules belong, then',
+        f"#   load (again to replace it): pfctl -a {anchor} -f FILE",
+        f"#   remove:                     pfctl -a {anchor} -F all",
+        "# Every rule is quick: the first match wins, in the policy's order.",
+    ]
+    out = header_lines(plan, "pf", usage)
     out += [_table(name, entries) for name, entries in r.tables.items()]
     for block in blocks:
         out += ["", *block]
@@ -98,7 +96,7 @@ def _table(name: str, entries: tuple[str, ...]) -> str:
 
 
 def _ports(ranges: tuple[PortRange, ...]) -> str:
-    items = [str(lo) if lo == hi else f"{lo}:{hi}" for lo, hi in ranges]
+    items = port_items(ranges, ":")
     return items[0] if len(items) == 1 else "{ " + " ".join(items) + " }"
 
 

@@ -16,6 +16,7 @@ import re
 from typing import Iterable, Literal, Mapping, cast
 
 from sockgate.errors import UsageError
+from sockgate.policy.intervals import union
 from sockgate.policy.ir import Endpoint
 
 PortRange = tuple[int, int]
@@ -25,14 +26,9 @@ _MAP_RE = re.compile(r"^(?P<daemon>[^=\s]+)=(?P<proto>[a-z]+)/(?P<ports>[0-9,\-]
 
 
 def merge_ranges(ranges: Iterable[PortRange]) -> tuple[PortRange, ...]:
-    """Sorted, overlapping or adjacent ranges joined: ``(22,22),(20,23),(24,30)`` → ``(20,30)``."""
-    out: list[list[int]] = []
-    for lo, hi in sorted(ranges):
-        if out and lo <= out[-1][1] + 1:
-            out[-1][1] = max(out[-1][1], hi)
-        else:
-            out.append([lo, hi])
-    return tuple((lo, hi) for lo, hi in out)
+    """Sorted, overlapping or adjacent ranges joined: ``(22,22),(20,23),(24,30)`` → ``(20,30)``
+    (inclusive ranges; the union is ``policy.intervals``'s, over half-open ones)."""
+    return tuple((lo, hi - 1) for lo, hi in union((lo, hi + 1) for lo, hi in ranges))
 
 
 def parse_ports(text: str, where: str) -> tuple[PortRange, ...]:
