@@ -46,10 +46,10 @@ import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, NoReturn
 
-from sockgate.errors import AdapterError, PolicyError, SockgateError, UsageError
+from sockgate.errors import AdapterError, PolicyError, SockgateError, UnsupportedInKernel, UsageError
 from sockgate.linux import activation, privileges
 from sockgate.linux.listen import Listener, open_listeners
-from sockgate.policy.ir import Policy
+from sockgate.policy.ir import Policy, Service
 from sockgate.urls import SocketURL
 
 if TYPE_CHECKING:
@@ -68,6 +68,13 @@ FORWARDED = (
 # <asm-generic/siginfo.h>): the command got its own copy, so forwarding would double it.
 SI_KERNEL = 0x80
 TTY_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGWINCH)
+
+
+UNIX_INETD = "no address filter: each connection is decided by its peer credentials"
+UNIX_ACTIVATION = (
+    "no address filter and the policy is not applied to it (its file mode/owner/group protect"
+    " it; --inetd or `sockgate proxy` decide Unix peers by their credentials)"
+)
 
 
 def _say(msg: str) -> None:
@@ -137,13 +144,10 @@ class Gate:
     def _swap(self, policy: Policy) -> None:
         """Compile, then attach to every socket; if an attach fails, put the old program back
         on the sockets already changed, so they never disagree."""
-        from sockgate.guard import compile_guard, guard
+        from sockgate.guard import guard
 
         service = self.cfg.service
-        if not self.inet:
-            _service_of(policy, service)
-        else:
-            compile_guard(policy, service)
+        check_service(policy, service, inet=bool(self.inet))
         done: list[Listener] = []
         result = None
         try:
@@ -164,18 +168,38 @@ class Gate:
         self.listeners = []
 
 
-def _service_of(policy: Policy, service: str) -> None:
+def _service_of(policy: Policy, service: str) -> Service:
     try:
-        policy.service(service)
+        return policy.service(service)
     except KeyError:
         known = ", ".join(policy.service_names()) or "none"
         raise UsageError(f"the policy has no service {service!r} (services: {known})") from None
 
 
-def prepare(cfg: RunConfig) -> tuple[Gate, privileges.Credentials | None]:
-    """Steps 1 and 2 of the module docstring: everything checked, then every socket bound."""
+def check_service(policy: Policy, service: str, inet: bool) -> None:
+    """Refuse what ``run`` cannot enforce, before any socket is touched: with TCP/UDP
+    listeners, anything the compiler refuses (host names, principals, limits); with Unix
+    listeners only, connection limits (``run`` counts no connections: the command accepts
+    them, or in ``--inetd`` mode each is decided alone)."""
     from sockgate.guard import compile_guard
 
+    if inet:
+        compile_guard(policy, service)
+        return
+    svc = _service_of(policy, service)
+    where = [f"{r.span.file}:{r.span.line}: {r.text}" for r in svc.rules if r.limits is not None and not r.limits.is_empty()]
+    if svc.limits is not None and not svc.limits.is_empty():
+        at = f"{svc.span.file}:{svc.span.line}: " if svc.span is not None else ""
+        where.append(f"{at}service {svc.name}: service-wide limits")
+    if where:
+        raise UnsupportedInKernel(
+            f"service {service!r} has connection limits, which `sockgate run` does not enforce:\n  "
+            + "\n  ".join(where) + "\nenforce this service with `sockgate proxy` instead"
+        )
+
+
+def prepare(cfg: RunConfig) -> tuple[Gate, privileges.Credentials | None]:
+    """Steps 1 and 2 of the module docstring: everything checked, then every socket bound."""
     if not cfg.command:
         raise UsageError("no command to run: give it after '--'")
     if not cfg.urls:
@@ -185,16 +209,15 @@ def prepare(cfg: RunConfig) -> tuple[Gate, privileges.Credentials | None]:
         if bad:
             raise UsageError(f"--inetd accepts connections: stream sockets only (tcp:, unix:), not {', '.join(bad)}")
     policy = cfg.load()
-    if any(not u.is_unix for u in cfg.urls):
-        compile_guard(policy, cfg.service)
-    else:
-        _service_of(policy, cfg.service)
+    check_service(policy, cfg.service, inet=any(not u.is_unix for u in cfg.urls))
     creds = privileges.resolve(cfg.user, cfg.group)
     gate = Gate(cfg, policy)
     gate.listeners = open_listeners(cfg.urls, before_listen=gate.guard_socket)
     for i, lst in enumerate(gate.listeners):
         where = "" if cfg.inetd else f" as fd {activation.SD_LISTEN_FDS_START + i} ({lst.name})"
-        guard_text = "Unix socket, no address filter" if lst.url.is_unix else f"guarded: {gate.describe()}"
+        guard_text = f"guarded: {gate.describe()}"
+        if lst.url.is_unix:
+            guard_text = "Unix socket, " + (UNIX_INETD if cfg.inetd else UNIX_ACTIVATION)
         cfg.say(f"listening on {lst.address()}{where}, {guard_text}")
     return gate, creds
 

@@ -276,6 +276,29 @@ def test_limits_and_server_parts_are_refused_with_every_rule_named() -> None:
     assert msg.endswith("enforce this service with `sockgate proxy` instead")
 
 
+def test_service_wide_limits_are_refused_not_ignored() -> None:
+    svc = Service("web", (rule("allow", nets("127.0.0.0/8"), 2),), Action.DENY,
+                  span=Span("t.conf", 1, 1), limits=Limits(concurrent_total=5, ban_seconds=600))
+    with pytest.raises(UnsupportedInKernel) as e:
+        compile_service(svc)
+    assert str(e.value) == (
+        "service 'web': a kernel filter sees only the source address, and the service-wide limits"
+        " need more:\n"
+        "  t.conf:1: service web: limit concurrent 5, ban 10m: service-wide connection limits\n"
+        "enforce this service with `sockgate proxy` instead"
+    )
+
+
+def test_a_rule_and_service_wide_limits_are_both_named() -> None:
+    svc = Service("web", (rule("allow", HostPattern(".example.com"), 2),), Action.DENY,
+                  span=Span("t.conf", 1, 1), limits=Limits(concurrent_total=5))
+    with pytest.raises(UnsupportedInKernel) as e:
+        compile_service(svc)
+    msg = str(e.value)
+    assert "and this rule and the service-wide limits need more:" in msg
+    assert "t.conf:2: allow " in msg and "host name" in msg and "t.conf:1: service web: limit concurrent 5" in msg
+
+
 def test_compiling_is_deterministic() -> None:
     svc = Service("x", (rule("deny", nets("10.66.0.0/16")), rule("allow", nets("10.0.0.0/8", "fd00::/8"))), None)
     assert compile_service(svc).encode() == compile_service(svc).encode()

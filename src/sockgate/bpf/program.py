@@ -48,6 +48,7 @@ from sockgate.bpf.insn import (
 from sockgate.errors import CompileError, UnsupportedInKernel
 from sockgate.policy.intervals import SPACE
 from sockgate.policy.ir import Action, Service, rule_userspace_reason
+from sockgate.policy.printer import format_limits
 
 OPTMEM_MAX = 131072  # net.core.optmem_max default (net/core/sock.c: sysctl_optmem_max)
 EBPF_BUDGET = OPTMEM_MAX // 2 - 4096  # bytes; two programs charged during a swap, plus slack
@@ -113,11 +114,22 @@ def _refuse_userspace(service: Service) -> None:
         reason = rule_userspace_reason(rule)
         if reason is not None:
             lines.append(f"{rule.span.file}:{rule.span.line}: {rule.text}: {reason}")
+    what = []
     if lines:
-        n = "this rule needs" if len(lines) == 1 else f"these {len(lines)} rules need"
+        what.append("this rule" if len(lines) == 1 else f"these {len(lines)} rules")
+    if service.limits is not None and not service.limits.is_empty():
+        # Service-wide limits count connections: a socket filter sees single packets, so
+        # attaching without them would silently enforce less than the policy says.
+        where = f"{service.span.file}:{service.span.line}: " if service.span is not None else ""
+        limits = ", ".join(format_limits(service.limits))
+        lines.append(f"{where}service {service.name}: {limits}: service-wide connection limits")
+        what.append("the service-wide limits")
+    if lines:
+        verb = "needs" if what == ["this rule"] else "need"
         raise UnsupportedInKernel(
-            f"service {service.name!r}: a kernel filter sees only the source address, and {n} "
-            "more:\n  " + "\n  ".join(lines) + "\nenforce this service with `sockgate proxy` instead"
+            f"service {service.name!r}: a kernel filter sees only the source address, and "
+            f"{' and '.join(what)} {verb} more:\n  " + "\n  ".join(lines)
+            + "\nenforce this service with `sockgate proxy` instead"
         )
 
 
