@@ -33,6 +33,7 @@ import errno
 import ipaddress
 import json
 import os
+import resource
 import select
 import shutil
 import signal
@@ -222,7 +223,9 @@ def flood(port: int, start: float, stop: float, max_attempts: int, abandon: floa
     for _, s in inflight:
         s.close()
     span = min(time.monotonic(), stop) - start
-    return {**counts, "rate": counts["attempts"] / span if span > 0 else 0.0, "window": window}
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return {**counts, "rate": counts["attempts"] / span if span > 0 else 0.0, "window": window,
+            "cpu_share": (ru.ru_utime + ru.ru_stime) / span if span > 0 else 0.0}
 
 
 def clients(port: int, seconds: float, threads: int, t0: float) -> dict[str, float]:
@@ -261,7 +264,10 @@ def clients(port: int, seconds: float, threads: int, t0: float) -> dict[str, flo
     for t in ts:
         t.join()
     done = sorted(x for d in lats for x in d)
-    pct = (lambda q: done[min(len(done) - 1, int(len(done) * q))] * 1e6 if done else 0.0)
+
+    def pct(q: float) -> float:
+        return done[min(len(done) - 1, int(len(done) * q))] * 1e6 if done else 0.0
+
     return {"count": len(done), "rate": len(done) / seconds, "p50_us": pct(0.50), "p99_us": pct(0.99),
             "max_us": done[-1] * 1e6 if done else 0.0, "stalls": sum(x >= 0.9 for x in done),
             "failures": sum(fails)}

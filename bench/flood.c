@@ -9,7 +9,8 @@
  * connects are in flight: when the window is full the flood waits for the oldest one's
  * deadline instead of abandoning it early, so every connect lives its full ABANDON_MS.
  * Prints one JSON line: attempts, attempts per second of [START, STOP], connect errors by
- * kind, and how often the window was full.
+ * kind, how often the window was full, and the CPU it used (user + system, which on loopback
+ * includes the kernel's receive path of its packets) as a share of one CPU.
  *
  * Written in C because a Python loop reaches only ~10-40k connects/s on a shared 2-core
  * machine, too slow to overflow the accept queue of a Python accept-then-close server, which
@@ -135,9 +136,13 @@ int main(int argc, char **argv) {
         head = (head + 1) % window;
         n--;
     }
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double cpu = ru.ru_utime.tv_sec + ru.ru_stime.tv_sec + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
     printf("{\"attempts\": %ld, \"rate\": %.1f, \"eaddrnotavail\": %ld, \"emfile\": %ld, \"other_errors\": %ld,"
-           " \"window_full\": %ld, \"window\": %d}\n",
-           c.attempts, span > 0 ? c.attempts / span : 0.0, c.eaddrnotavail, c.emfile, c.other, c.window_full, window);
+           " \"window_full\": %ld, \"window\": %d, \"cpu_share\": %.3f}\n",
+           c.attempts, span > 0 ? c.attempts / span : 0.0, c.eaddrnotavail, c.emfile, c.other, c.window_full, window,
+           span > 0 ? cpu / span : 0.0);
     free(fds);
     free(deadline);
     return 0;

@@ -40,7 +40,9 @@ def main(policy_path: str, service: str, host: str, port: int) -> None:
     sock.bind((host, port))
     policy.guard(sock, service)
     sock.listen(1024)
-    os.dup2(sock.fileno(), 3)  # dup2 makes fd 3 inheritable
+    if sock.fileno() != 3:
+        os.dup2(sock.fileno(), 3)
+    os.set_inheritable(3, True)  # dup2(3, 3) would leave the socket close-on-exec
     here = os.path.dirname(os.path.abspath(__file__))
     os.execvp("uvicorn", ["uvicorn", "--fd", "3", "--app-dir", here, "uvicorn_app:app"])
 

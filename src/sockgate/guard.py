@@ -138,6 +138,7 @@ def guard(policy: Policy, sock: Sockish, service: str) -> Guarded:
     _require_kernel()
     program = compile_guard(policy, service)
     fd = _fd(sock)
+    _refuse_not_ip(fd, f"fd {fd}")
     _refuse_locked(fd, f"fd {fd}")
     return _install(fd, program, f"attach filter for {service} to fd {fd}")
 
@@ -173,23 +174,58 @@ def peer(conn: Sockish) -> Peer:
 
 # Linux commit 5d39580f68e6 (in 6.18 here) made SO_ATTACH_FILTER on TCP sockets require
 # CAP_NET_ADMIN; UDP sockets still take a filter from anybody.
-TCP_NEEDS_NET_ADMIN = (
-    "this kernel lets only CAP_NET_ADMIN attach a filter to a TCP socket (UDP needs no"
-    " privilege): guard it as root or with that capability, e.g. with `sockgate run`, which binds"
-    " and guards as root and then drops privileges"
+# The refusal is worded once, here, with advice that depends on who asked (the library,
+# `sockgate run`, `sockgate attach`), so that no caller has to wrap and repeat it.
+TCP_NEEDS_NET_ADMIN = "this kernel lets only CAP_NET_ADMIN attach a filter to a TCP socket (UDP needs no privilege)"
+LIBRARY_ADVICE = (
+    "guard it as root or with that capability, e.g. with `sockgate run`, which binds and guards"
+    " as root and then drops privileges"
 )
+ATTACH_ADVICE = "run `sockgate attach` as root or with that capability"
 
 
-def _install(fd: int, program: "Program", what: str) -> Guarded:
+def _install(fd: int, program: "Program", what: str, advice: str = LIBRARY_ADVICE) -> Guarded:
     from sockgate.linux import filter as kfilter
 
     try:
         kfilter.attach(fd, program.encode(), what)
     except AdapterError as e:
         if e.errno == errno.EPERM and _is_tcp(fd):
-            raise AdapterError(f"{e}: {TCP_NEEDS_NET_ADMIN}", errno=e.errno, target=e.target) from e
+            raise AdapterError(f"{e}: {TCP_NEEDS_NET_ADMIN}: {advice}", errno=e.errno, target=e.target) from e
         raise
     return Guarded(program.service, program.digest, len(program.insns))
+
+
+def guard_listener(policy: Policy, sock: socket.socket, service: str, what: str, advice: str) -> Guarded:
+    """``guard`` for sockgate's own listeners: ``what`` names the socket in errors (its URL,
+    not an fd number of ours) and ``advice`` says what to do about a TCP refusal."""
+    _require_kernel()
+    program = compile_guard(policy, service)
+    fd = _fd(sock)
+    _refuse_not_ip(fd, what)
+    _refuse_locked(fd, what)
+    return _install(fd, program, f"attach filter for {service} to {what}", advice)
+
+
+def _refuse_not_ip(fd: int, what: str) -> None:
+    """A filter reads the IP header: on a Unix socket it would see none and drop every
+    message, so only IPv4/IPv6 sockets are guarded (``attach`` refuses the same way)."""
+    try:
+        s = socket.socket(fileno=fd)
+    except OSError as e:
+        why = "not an open file descriptor" if e.errno == errno.EBADF else "not a socket"
+        raise AdapterError(f"{what}: {why}", errno=e.errno, target=what) from None
+    try:
+        family = s.family
+    finally:
+        s.detach()  # the fd stays the caller's
+    if family not in (socket.AF_INET, socket.AF_INET6):
+        kind = "a Unix socket" if family == socket.AF_UNIX else f"a socket of family {int(family)}"
+        raise UsageError(
+            f"{what} is {kind}: a kernel address filter guards IPv4/IPv6 sockets only (it would drop"
+            " every message of a peer that has no IP address); decide Unix peers by their credentials"
+            " with sockgate.peer() and sockgate.check(), or put `sockgate proxy` in front"
+        )
 
 
 def _is_tcp(fd: int) -> bool:
@@ -297,6 +333,30 @@ def _check_changeable(held: Sequence[_Held], force: bool) -> None:
             )
 
 
+def _refuse_partial_groups(held: Sequence[_Held]) -> None:
+    """An SO_REUSEPORT group guarded in part lets through every client the kernel happens to
+    hand to an unguarded member: refuse unless every socket at the same address is a target."""
+    from sockgate.linux import pidfd, procsock
+
+    ours = {procsock.identity(h.dup) for h in held}
+    for h in held:
+        for other in procsock.same_address(h.ref):
+            try:
+                with pidfd.borrowed(other.pid, other.fd) as dup:
+                    if procsock.identity(dup) in ours:
+                        continue  # the same socket, shared by another process (fork)
+            except SockgateError:
+                pass  # cannot look: count it as another member
+            port = h.ref.local.rsplit(":", 1)[1]
+            raise AdapterError(
+                f"{h.ref.describe()} shares {h.ref.proto} {h.ref.local} with pid {other.pid} fd {other.fd}"
+                " (an SO_REUSEPORT group: the kernel spreads clients over all of its sockets);"
+                f" nothing was changed: guard the whole group with --port {port}"
+                + ("" if h.ref.proto == "tcp" else f" --proto {h.ref.proto}"),
+                target=h.ref.describe(),
+            )
+
+
 def _rollback(done: Sequence[_Held]) -> None:
     from sockgate.linux import filter as kfilter
 
@@ -318,12 +378,13 @@ def guard_sockets(
         raise UsageError("no sockets to guard")
     with _borrow_all(targets) as held:
         _check_changeable(held, force)
+        _refuse_partial_groups(held)
         done: list[_Held] = []
         changes = []
         result: Guarded | None = None
         try:
             for h in held:
-                result = _install(h.dup, program, f"attach filter for {service} to {h.ref.describe()}")
+                result = _install(h.dup, program, f"attach filter for {service} to {h.ref.describe()}", ATTACH_ADVICE)
                 done.append(h)
                 action = {"none": "attached", "sockgate": "reloaded", "foreign": "replaced"}[h.before.state]
                 changes.append(Change(h.ref.pid, h.ref.fd, h.ref.proto, h.ref.local, action, h.before))

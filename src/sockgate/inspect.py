@@ -237,9 +237,12 @@ class Row:
         }
 
     def process_text(self, limit: int = 3) -> str:
+        """``pid/name`` of each holder; ``?`` when holders may exist but we may not see them."""
+        if not self.holders:
+            return "?" if self.guard.reason == NO_PERMISSION else "-"
         shown = [f"{h.pid}/{h.name}" for h in self.holders[:limit]]
         more = len(self.holders) - limit
-        return ",".join(shown) + (f" +{more}" if more > 0 else "") if shown else "-"
+        return ",".join(shown) + (f" +{more}" if more > 0 else "")
 
 
 @dataclass(frozen=True)
@@ -286,6 +289,18 @@ def matches(sock: Sock, holders: Sequence[Holder], user: str | None, sel: Select
     return True
 
 
+def check_selection(sel: Selection, getpwnam: Callable[[str], Any] = pwd.getpwnam) -> None:
+    """Refuse what can only be a mistake: a port out of range, a user name nobody has (a typo
+    would otherwise list nothing, as if that user had no sockets)."""
+    if sel.port is not None and not 0 <= sel.port < 65536:
+        raise UsageError(f"--port must be 0-65535, got {sel.port}")
+    if sel.user is not None and not sel.user.isdigit():
+        try:
+            getpwnam(sel.user)
+        except KeyError:
+            raise UsageError(f"--user {sel.user!r}: no such user (give a user name or a numeric uid)") from None
+
+
 def sort_key(sock: Sock) -> tuple[int, int, str, int, str]:
     return (KINDS.index(sock.proto), 0 if sock.family != "ipv6" else 1, sock.local_addr or "", sock.local_port or 0, sock.unix_name or "")
 
@@ -295,8 +310,7 @@ def sort_key(sock: Sock) -> tuple[int, int, str, int, str]:
 
 def list_sockets(sel: Selection, *, proc: str = sockdiag.PROC, identify: Identify = bpf_identify) -> list[Row]:
     """The rows ``sockgate ls`` shows for ``sel``, sorted by protocol, address and port."""
-    if sel.port is not None and not 0 <= sel.port < 65536:
-        raise UsageError(f"--port must be 0-65535, got {sel.port}")
+    check_selection(sel)
     users: dict[int, str] = {}
     kinds = sel.effective_kinds
     socks = [s for s in sockdiag.inventory(kinds, dict.fromkeys(kinds, sel.state_mask()), proc) if wanted(s, sel)]

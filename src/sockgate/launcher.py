@@ -3,7 +3,8 @@
 Order of work (each step fails before the next touches anything):
 
 1. load the policy and compile the service's program completely (``guard.compile_guard``);
-   resolve ``--user``/``--group``;
+   refuse connection limits (``run`` counts no connections: only ``sockgate proxy`` enforces
+   them), even for Unix-only services; resolve ``--user``/``--group``;
 2. open every listener (privileged ports work while still root); each TCP/UDP socket gets the
    filter between ``bind`` and ``listen``, so no SYN is ever queued unguarded;
 3. run the command.
@@ -32,7 +33,8 @@ command per connection.
 
 Unix listeners get no address filter (a Unix peer has no address: a classic BPF filter would see
 no network header and drop everything); their file mode/owner/group protect them, and in
-``--inetd`` mode each connection is decided by its peer credentials.
+``--inetd`` mode each connection is decided by its peer credentials. In socket-activation mode
+the policy does not apply to them at all, and the startup line says so.
 """
 
 from __future__ import annotations
@@ -77,6 +79,12 @@ UNIX_ACTIVATION = (
 )
 
 
+RUN_ADVICE = (
+    "start `sockgate run` as root or with that capability, and give --user/--group for the"
+    " command (the supervisor keeps the capability for reloads; the command runs without it)"
+)
+
+
 def _say(msg: str) -> None:
     print(f"sockgate run: {msg}", file=sys.stderr, flush=True)
 
@@ -106,10 +114,10 @@ class Gate:
         self.guarded: Guarded | None = None  # what the last attach put on the TCP/UDP sockets
 
     def guard_socket(self, sock: socket.socket) -> None:
-        from sockgate.guard import guard
+        from sockgate.guard import guard_listener
 
         if sock.family != socket.AF_UNIX:
-            self.guarded = guard(self.policy, sock, self.cfg.service)
+            self.guarded = guard_listener(self.policy, sock, self.cfg.service, _where(sock), RUN_ADVICE)
 
     @property
     def inet(self) -> list[Listener]:
@@ -139,12 +147,13 @@ class Gate:
             if cfg.notify:
                 activation.ready()
         cfg.say(f"reloaded: {self.describe()}, on {len(self.inet)} socket(s)")
+        _say_notes(cfg, self.policy)
         return True
 
     def _swap(self, policy: Policy) -> None:
         """Compile, then attach to every socket; if an attach fails, put the old program back
         on the sockets already changed, so they never disagree."""
-        from sockgate.guard import guard
+        from sockgate.guard import guard_listener
 
         service = self.cfg.service
         check_service(policy, service, inet=bool(self.inet))
@@ -152,12 +161,12 @@ class Gate:
         result = None
         try:
             for lst in self.inet:
-                result = guard(policy, lst.sock, service)
+                result = guard_listener(policy, lst.sock, service, lst.address(), RUN_ADVICE)
                 done.append(lst)
         except BaseException:
             for lst in done:
                 with contextlib.suppress(SockgateError):
-                    guard(self.policy, lst.sock, service)
+                    guard_listener(self.policy, lst.sock, service, lst.address(), RUN_ADVICE)
             raise
         self.policy = policy
         self.guarded = result or self.guarded
@@ -166,6 +175,21 @@ class Gate:
         for lst in self.listeners:
             lst.close()
         self.listeners = []
+
+
+def _say_notes(cfg: RunConfig, policy: Policy) -> None:
+    """hosts_options(5) options of the service that ``run`` does not carry out (``spawn``...)."""
+    from sockgate.bpf import options_not_carried
+
+    for note in options_not_carried(policy.service(cfg.service)):
+        cfg.say(f"note: {note}")
+
+
+def _where(sock: socket.socket) -> str:
+    """A listener as its URL, for messages (before ``listen``: its bound address)."""
+    kind = "tcp" if sock.type == socket.SOCK_STREAM else "udp"
+    host, port = sock.getsockname()[:2]
+    return f"{kind}://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{kind}://{host}:{port}"
 
 
 def _service_of(policy: Policy, service: str) -> Service:
@@ -210,7 +234,9 @@ def prepare(cfg: RunConfig) -> tuple[Gate, privileges.Credentials | None]:
             raise UsageError(f"--inetd accepts connections: stream sockets only (tcp:, unix:), not {', '.join(bad)}")
     policy = cfg.load()
     check_service(policy, cfg.service, inet=any(not u.is_unix for u in cfg.urls))
+    _say_notes(cfg, policy)
     creds = privileges.resolve(cfg.user, cfg.group)
+    privileges.preflight(creds)
     gate = Gate(cfg, policy)
     gate.listeners = open_listeners(cfg.urls, before_listen=gate.guard_socket)
     for i, lst in enumerate(gate.listeners):

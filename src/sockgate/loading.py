@@ -7,12 +7,13 @@ system. ``load`` is ``sockgate.load``.
 
 from __future__ import annotations
 
+import errno
 import grp
 import os
 import pwd
-from typing import Sequence
+from typing import Callable, Sequence
 
-from sockgate.errors import UsageError
+from sockgate.errors import PolicyError, UsageError
 from sockgate.policy.ir import Policy
 
 
@@ -35,7 +36,7 @@ class SystemAccounts:
 def read_text(path: str) -> str:
     """Read a policy or list file (OSError propagates: the parser reports it at the include)."""
     if os.path.isdir(path):
-        raise IsADirectoryError(path)
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
     with open(path, encoding="utf-8", errors="surrogateescape") as f:
         return f.read()
 
@@ -60,16 +61,26 @@ def load_policy(
 
     Several native files are read as if concatenated in order. Native service blocks win for
     the services they declare; hosts_access rules cover the rest."""
+    from sockgate.policy.hostsaccess import parse_hosts_access
     from sockgate.policy.merge import merge
     from sockgate.policy.parser import parse_policy_files
 
     if not paths and hosts_allow is None and hosts_deny is None:
         raise UsageError("no policy given: name a policy file, or --hosts-allow/--hosts-deny")
-    parts: list[Policy] = []
+    loaders: list[Callable[[], Policy]] = []
     if paths:
-        parts.append(parse_policy_files(list(paths), read=read_text, accounts=SystemAccounts(), listdir=list_files))
+        loaders.append(lambda: parse_policy_files(list(paths), read=read_text, accounts=SystemAccounts(),
+                                                  listdir=list_files))
     if hosts_allow is not None or hosts_deny is not None:
-        from sockgate.policy.hostsaccess import parse_hosts_access
-
-        parts.append(parse_hosts_access(hosts_allow, hosts_deny, read=read_text))
+        loaders.append(lambda: parse_hosts_access(hosts_allow, hosts_deny, read=read_text))
+    parts: list[Policy] = []
+    failed: list[PolicyError] = []
+    for loader in loaders:  # every part is read, so the errors of all of them are reported
+        try:
+            parts.append(loader())
+        except PolicyError as e:
+            failed.append(e)
+    if failed:
+        sources = {f: t for e in failed for f, t in e.sources.items()}
+        raise PolicyError([d for e in failed for d in e.diagnostics], sources)
     return merge(parts)

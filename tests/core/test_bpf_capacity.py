@@ -96,6 +96,7 @@ def test_too_many_ranges_are_refused_with_the_numbers() -> None:
     msg = str(e.value)
     assert msg.startswith(f"service 'big' does not fit in one BPF program: {2 * n + 1} IPv4 and 1 IPv6 ranges need ")
     assert f"At most {max_ranges(4)} IPv4 ranges, or {max_ranges(6)} IPv6 ranges ({max_ranges(6, 64)} of /64" in msg
+    assert "a list of N separate networks makes about 2N" in msg
 
 
 def test_compile_time_for_3000_ranges() -> None:

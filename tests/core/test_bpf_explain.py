@@ -89,3 +89,19 @@ def test_hosts_access_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     out = json.loads(capsys.readouterr().out)
     assert [c["verdict"] for c in out["clients"]] == ["allow", "deny", "deny"]
     assert all(c["agree"] for c in out["clients"])
+
+
+def test_hosts_options_a_filter_cannot_carry_out_are_noted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    allow = tmp_path / "hosts.allow"
+    allow.write_text("sshd: 10.0.0.1 : spawn (echo hi) : banners /etc/banners\nsshd: 10.0.0.2 : twist /bin/echo no\n"
+                     "sshd: 10.0.0.3 : deny\n")
+    args = ["explain", "--hosts-allow", str(allow), "--service", "sshd", "--no-listing"]
+    assert main(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line for line in out if line.startswith("note: ")] == [
+        f"note: {allow}:1: options spawn, banners not carried out by a kernel filter; only the rule's verdict (allow) is enforced",
+        f"note: {allow}:2: option twist not carried out by a kernel filter; only the rule's verdict (deny) is enforced",
+    ]
+    assert main([*args, "--json", "--client", "10.0.0.2"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["notes"]) == 2 and report["clients"][0]["verdict"] == "deny"

@@ -153,6 +153,14 @@ def test_twist_is_reported_not_run(capsys: pytest.CaptureFixture[str]) -> None:
         (["--service", "sshd", "--client", "1.2.3.4"],
          "sockgate: no policy: give POLICY files, --policy, or --hosts-allow/--hosts-deny"),
         ([*HA, "--service", "sshd", "--client", "1.2.3.4", "--server", "x"], "sockgate: --server: not an IP address: 'x'"),
+        ([*HA, "--service", "@192.0.2.1", "--client", "1.2.3.4"],
+         "sockgate: --service: expected a service name, found '@192.0.2.1'"),
+        ([*HA, "--service", "sshd", "--uid", "-1"], "sockgate: --uid must be 0-4294967294, found -1"),
+        ([*HA, "--service", "sshd", "--uid", "4294967295"], "sockgate: --uid must be 0-4294967294, found 4294967295"),
+        ([*HA, "--service", "sshd", "--uid", "0", "--gid", "-5"], "sockgate: --gid must be 0-4294967294, found -5"),
+        ([*HA, "--service", "sshd", "--uid", "0", "--pid", "0"], "sockgate: --pid must be a process id >= 1, found 0"),
+        ([*HA, "--service", "sshd", "--uid", "0", "--exe", "bin/sh"],
+         "sockgate: --exe must be an absolute path (as /proc/PID/exe gives it), found 'bin/sh'"),
     ],
 )
 def test_usage_errors_exit_2_with_nothing_on_stdout(
@@ -264,3 +272,67 @@ def test_peers_for_client_forms() -> None:
     (p,) = peers_for_client("UNKNOWN", None, names=True)
     assert (p.address, p.name, p.name_verified) == (None, None, True)
     assert [str(p.address) for p in peers_for_client("WS.example.com", FAKE, names=True)] == ["192.0.2.5", "2001:db8::5"]
+
+
+def test_service_at_server_is_read_as_tcpdmatch_reads_it(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """tcpdmatch's ``daemon@server`` spelling selects the daemon and the server address; it
+    must not silently become an unknown daemon that the default allows."""
+    allow = tmp_path / "hosts.allow"
+    allow.write_text("sshd@192.0.2.1 : ALL : deny\nsshd : ALL\n")
+    base = ["--hosts-allow", str(allow), "--client", "1.2.3.4", "--no-resolve", "--json"]
+    code, out, _ = run(capsys, *base, "--service", "sshd@192.0.2.1")
+    (o,) = lines(out)
+    assert (code, o["service"], o["decision"], o["matched"]["line"]) == (1, "sshd", "deny", 1)
+    code, out, _ = run(capsys, *base, "--service", "sshd", "--server", "192.0.2.1")
+    assert (code, lines(out)[0]["matched"]["line"]) == (1, 1)
+    code, out, _ = run(capsys, *base, "--service", "sshd@192.0.2.2")
+    assert (code, lines(out)[0]["matched"]["line"]) == (0, 2)
+    code, out, err = run(capsys, *base, "--service", "sshd@192.0.2.1", "--server", "192.0.2.2")
+    assert (code, out, err.strip()) == (2, "", "sockgate: give the server either in --service NAME@ADDR or "
+                                                "with --server, not both")
+    code, out, err = run(capsys, *base, "--service", "sshd@host.example")
+    assert (code, out, err.strip()) == (2, "", "sockgate: --service sshd@host.example: the server must be an IP "
+                                                "address, found 'host.example'")
+
+
+def test_errors_of_native_and_hosts_access_files_are_reported_together(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    native = tmp_path / "p.conf"
+    native.write_text("service ssh tcp/22 {\n    allow 10.0.0.1/8\n}\n")
+    allow = tmp_path / "hosts.allow"
+    allow.write_text("sshd 10.0.0.1\n")
+    code, out, err = run(capsys, str(native), "--hosts-allow", str(allow), "--service", "ssh", "--client", "1.2.3.4")
+    assert (code, out) == (2, "")
+    heads = [line for line in err.splitlines() if line.startswith(str(tmp_path))]
+    assert heads == [
+        f"{native}:2:11: 10.0.0.1/8 has host bits set; did you mean 10.0.0.0/8?",
+        f"{allow}:1:1: missing ':' between the daemon list and the client list (libwrap skips this line)",
+    ]
+
+
+def test_a_service_the_native_policy_does_not_declare_says_so(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A mistyped --service falls to the file-wide default: the reason must say why."""
+    native = tmp_path / "p.conf"
+    native.write_text("default allow\nservice ssh tcp/22 {\n    allow 10.0.0.0/8\n    default deny\n}\n")
+    code, out, _ = run(capsys, str(native), "--service", "shh", "--client", "192.0.2.1", "--json")
+    (o,) = lines(out)
+    assert (code, o["decision"], o["matched"]) == (0, "allow", None)
+    assert o["reason"] == ("no rule matched; service shh is not declared (the policy declares: ssh), "
+                           "so the file-wide default allow applies")
+    code, out, _ = run(capsys, str(native), "--service", "ssh", "--client", "192.0.2.1", "--json")
+    assert lines(out)[0]["reason"] == "no rule matched; default deny"
+
+
+def test_undecodable_bytes_in_a_rule_are_shown_not_a_crash(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Files are read with surrogateescape; text output escapes such bytes (a strict UTF-8
+    stdout would otherwise raise in the middle of the output)."""
+    allow = tmp_path / "hosts.allow"
+    allow.write_bytes(b"sshd : caf\xe9, 1.2.3.4\n")
+    code, out, _ = run(capsys, "--hosts-allow", str(allow), "--service", "sshd", "--client", "1.2.3.4")
+    assert code == 0
+    assert f"matched:  {allow}:1: sshd : caf\\xe9, 1.2.3.4" in out.splitlines()
+    code = main(["lint", "--hosts-allow", str(allow)])
+    assert code == 1 and "    sshd : caf\\xe9, 1.2.3.4" in capsys.readouterr().out.splitlines()

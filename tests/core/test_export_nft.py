@@ -226,6 +226,20 @@ def test_idempotent_load_idiom_and_removal_named() -> None:
     assert lines[i : i + 3] == ["table inet guard {}", "delete table inet guard", "table inet guard {"]
 
 
+
+def test_table_names_nft_reads_as_keywords_are_refused() -> None:
+    pol = parse_policy("service a tcp/1 { default deny }\n", "x.policy")
+    for word in ("drop", "inet", "filter_", "table", "counter", "ip6"):
+        if word == "filter_":
+            assert "table inet filter_ {" in export(pol, "nft", table=word).text
+            continue
+        with pytest.raises(UsageError) as info:
+            export(pol, "nft", table=word)
+        assert str(info.value) == f"--table {word!r}: nft reads this word as a keyword, not a name; choose another (e.g. sg_{word})"
+    # pf anchors are quoted strings: the same words are fine there
+    assert 'anchor "drop"' in export(pol, "pf", table="drop").text
+
+
 # --- command line -------------------------------------------------------------------------------
 
 
@@ -273,3 +287,20 @@ def test_export_core_imports_no_io_modules() -> None:
 def test_probe_lists_are_inside_the_lab() -> None:
     assert all(ipaddress.ip_address(a) in ipaddress.ip_network("198.18.0.0/15") for a in PROBES_V4)
     assert all(ipaddress.ip_address(a) in ipaddress.ip_network("fd5b:5347::/64") for a in PROBES_V6)
+
+
+def test_a_services_file_named_on_the_command_line_must_be_readable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "hosts.allow"
+    src.write_text("ntp: 10.0.0.0/8\n")
+    missing = tmp_path / "services"
+    assert cli_main(["export", "-f", "nft", "--hosts-allow", str(src), "--services-file", str(missing)]) == 1
+    assert capsys.readouterr().err == f"sockgate: cannot read services file {missing}: No such file or directory\n"
+    missing.write_text("ntp 123/udp\n")
+    assert cli_main(["export", "-f", "nft", "--hosts-allow", str(src), "--services-file", str(missing)]) == 0
+    assert "udp dport 123 jump svc_ntp" in capsys.readouterr().out
+
+
+def test_missing_default_services_database_is_empty_not_an_error() -> None:
+    from sockgate.services_db import read_services
+
+    assert read_services("/nonexistent/services", required=False) == {}

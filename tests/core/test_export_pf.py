@@ -41,7 +41,7 @@ def test_pf_golden_hosts_access() -> None:
 # --- a pf reader, just enough for what the exporter writes ------------------------------------
 
 _TABLE = re.compile(r"^table <(\w+)> const \{ (.*) \}$")
-_RULE = re.compile(r"^(pass|block drop|block return) in quick proto (tcp|udp) from (\S+) to any port (\{ [^}]* \}|\S+)$")
+_RULE = re.compile(r"^(pass|block drop|block return) in quick proto (tcp|udp) from (\S+) to self port (\{ [^}]* \}|\S+)$")
 
 
 class PfFragment:
@@ -105,8 +105,8 @@ service b udp/53,5353 { allow @trusted }
 """
     out = export(parse_policy(text, "s.policy"), "pf", action="reject").text
     assert out.count("table <sg_trusted> const { 192.0.2.0/24, 2001:db8::/32 }") == 1
-    assert "pass in quick proto udp from <sg_trusted> to any port { 53 5353 }" in out
-    assert "block return in quick proto tcp from any to any port 22" in out
+    assert "pass in quick proto udp from <sg_trusted> to self port { 53 5353 }" in out
+    assert "block return in quick proto tcp from any to self port 22" in out
     assert "block drop" not in out
 
 
@@ -130,3 +130,12 @@ def test_comments_cannot_swallow_the_next_rule() -> None:
     assert "# c.policy:1: allow 10.0.0.0/8 \\?sneaky ?\n" in out
     assert "\\\n" not in out
     assert PfFragment(out).verdict("tcp", 1, ipaddress.ip_address("10.1.2.3")) == "pass"
+
+
+def test_pf_rules_judge_only_traffic_to_this_host() -> None:
+    # On a pf gateway `to any port 22` would also catch forwarded traffic to other hosts, and
+    # a quick `pass` default would let it bypass the rest of pf.conf. The nft export judges the
+    # input hook only; pf must match the same packets: those addressed to this host (`self`).
+    text = export(load_native("office.policy"), "pf", skip_userspace=True).text
+    rules = [line for line in text.splitlines() if line.startswith(("pass", "block"))]
+    assert rules and all(" to self port " in line for line in rules), rules

@@ -211,3 +211,47 @@ def test_guard_without_a_visible_holder_is_unknown_never_a_guess() -> None:
     assert some_denied[id(time_wait)].text == "unknown (no holder found)"
     all_visible = ins.read_guards([(held, ())], some_denied=False)
     assert all_visible[id(held)].text == "unknown (no holder found)"
+
+
+def test_unknown_user_name_is_a_usage_error_not_an_empty_list() -> None:
+    from sockgate.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"^--user 'no-such-user-sgt': no such user"):
+        ins.list_sockets(ins.Selection(user="no-such-user-sgt"))
+
+
+def test_process_column_does_not_say_none_when_holders_are_hidden() -> None:
+    hidden = _row(holders=(), guard=ins.Guard(ins.UNKNOWN, reason=ins.NO_PERMISSION))
+    assert hidden.process_text() == "?"
+    assert _row(holders=(), guard=ins.Guard(ins.UNKNOWN, reason=ins.NO_HOLDER)).process_text() == "-"
+
+
+def test_terminal_table_keeps_addresses_and_guards_whole_on_80_columns() -> None:
+    import io
+
+    from rich.console import Console
+
+    guard = ins.Guard(ins.SOCKGATE, "echod", "98eadde03fa46cb5")
+    one = (ins.Holder(2979, "python", "root", (3,)),)
+    rows = [_row(sock=tcp("127.0.0.1", 39913), holders=one, guard=guard), _row(sock=tcp("::", 22, v6only=False), holders=one)]
+    buf = io.StringIO()
+    ls_cmd.render_table(rows, False, Console(file=buf, width=80, color_system=None))
+    text = buf.getvalue()
+    assert "127.0.0.1:39913" in text and "[::]:22" in text and "2979/python" in text
+    assert "sockgate echod" in text and "98eadde03fa46cb5" in text  # may wrap between words, never inside one
+    assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_proc_net_tables_absent_are_empty_unreadable_is_an_error(tmp_path: Path) -> None:
+    from sockgate.errors import AdapterError
+    from sockgate.linux import sockdiag
+
+    # ICMP ping sockets come only from /proc/net/icmp{,6}: a missing table (IPv6 disabled)
+    # means no such sockets; one we cannot read must not pass for an empty one.
+    (tmp_path / "net").mkdir()
+    (tmp_path / "net" / "icmp").write_text(PROC_TCP.replace("0A 0000", "07 0000"))
+    socks = sockdiag.inventory(["icmp"], {"icmp": sockdiag.ALL_STATES}, str(tmp_path))
+    assert [(s.proto, s.family, s.local_port) for s in socks] == [("icmp", "ipv4", 8080), ("icmp", "ipv4", 8080)]
+    (tmp_path / "net" / "icmp6").mkdir()  # reading it fails with EISDIR
+    with pytest.raises(AdapterError, match=r"^read .*/net/icmp6: Is a directory$"):
+        sockdiag.inventory(["icmp"], {"icmp": sockdiag.ALL_STATES}, str(tmp_path))

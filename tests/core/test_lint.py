@@ -176,3 +176,55 @@ def test_shipped_example_loads_and_has_only_the_host_name_warnings(capsys: pytes
     out = capsys.readouterr().out
     heads = [line for line in out.splitlines() if ": warning: " in line]
     assert len(heads) == 2 and all("host-name rule" in h for h in heads)
+
+
+def test_cli_lint_on_drop_in_directory_mistakes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Real files: including a directory by name, and a drop-in including its parent."""
+    (tmp_path / "conf.d").mkdir()
+    main_conf = tmp_path / "main.conf"
+    main_conf.write_text('include "conf.d"\n')
+    assert main(["lint", str(main_conf)]) == 2
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"{main_conf}:1:9: cannot read policy file '{tmp_path}/conf.d': Is a directory; "
+        f'to include the files in it, write include "{tmp_path}/conf.d/*.conf"'
+    )
+    main_conf.write_text('include "conf.d/*.conf"\n')
+    (tmp_path / "conf.d" / "10-x.conf").write_text('include "../main.conf"\n')
+    assert main(["lint", str(main_conf)]) == 2
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"{tmp_path}/conf.d/10-x.conf:1:9: include cycle: {main_conf} -> {tmp_path}/conf.d/10-x.conf -> {main_conf}"
+    )
+
+
+def test_hosts_access_rules_the_kernel_cannot_enforce_are_reported() -> None:
+    from sockgate.policy.hostsaccess import parse_hosts_access
+
+    files = {
+        "hosts.allow": "sshd : 10.0.0.0/8\nsshd : .example.com\nALL : LOCAL\nftpd : bob@10.0.0.1\n"
+                       "ftpd@192.0.2.1 : 10.0.0.0/8\n",
+        "hosts.deny": "ALL : ALL\n",
+    }
+    policy = parse_hosts_access("hosts.allow", "hosts.deny", read=files.__getitem__)
+    tail = "; only `sockgate proxy` enforces it, and `sockgate run`/`attach` refuse it"
+    assert [str(d) for d in lint(policy)] == [
+        "hosts.allow:2:1: warning: a kernel filter cannot enforce this rule: it needs the client's host name "
+        "(a DNS lookup)" + tail,
+        "hosts.allow:3:1: warning: a kernel filter cannot enforce this rule: it needs the client's host name "
+        "(a DNS lookup)" + tail,
+        "hosts.allow:4:1: warning: a kernel filter cannot enforce this rule: it needs the client's ident user "
+        "name" + tail,
+        "hosts.allow:5:1: warning: a kernel filter cannot enforce this rule: it needs the server address "
+        "(daemon@host)" + tail,
+    ]
+
+
+def test_two_services_claiming_one_port_or_path() -> None:
+    text = ("service a tcp/20-30 unix:/run/a.sock {\n default deny\n}\n"
+            "service b udp/25 tcp/22,443 {\n default deny\n}\n"
+            "service c unix:/run/a.sock {\n default deny\n}\n")
+    assert warnings(text) == [
+        "p.conf:4:9: warning: service b claims tcp/22, which service a (p.conf:1) also claims: a socket there "
+        "would be guarded by whichever service is named for it\np.conf:1:9: note: service a is declared here",
+        "p.conf:7:9: warning: service c claims unix:/run/a.sock, which service a (p.conf:1) also claims: a socket "
+        "there would be guarded by whichever service is named for it\np.conf:1:9: note: service a is declared here",
+    ]

@@ -416,3 +416,63 @@ def test_every_error_kind_carries_its_line_and_column(case: tuple[str, int, int,
     with pytest.raises(PolicyError) as info:
         parse(text)
     assert [(d.span.line, d.span.col, d.message) for d in info.value.diagnostics if d.span] == [(line, col, message)]
+
+
+def test_include_cycle_through_dot_dot_is_found() -> None:
+    """A drop-in that includes its parent by a relative path is a cycle, however spelled."""
+    files = {"main.conf": 'include "conf.d/*.conf"\n', "conf.d/10-x.conf": 'include "../main.conf"\n'}
+    with pytest.raises(PolicyError) as info:
+        parse_policy_files(["main.conf"], read=lambda p: files[p], accounts=ACCOUNTS,
+                           listdir=lambda d: ["10-x.conf"] if d == "conf.d" else [])
+    assert [str(d) for d in info.value.diagnostics] == [
+        "conf.d/10-x.conf:1:9: include cycle: main.conf -> conf.d/10-x.conf -> main.conf"
+    ]
+
+
+def test_resolve_path_normalises_dot_segments() -> None:
+    assert resolve_path("conf.d/x.conf", "../main.conf") == "main.conf"
+    assert resolve_path("/etc/sg/conf.d/x.conf", "./../sets//a.txt") == "/etc/sg/sets/a.txt"
+    assert resolve_path("x.conf", "../up.conf") == "../up.conf"
+    assert resolve_path("/x.conf", "../../up.conf") == "/up.conf"
+
+
+def test_including_a_directory_says_how_to_include_its_files() -> None:
+    def read(path: str) -> str:
+        if path == "conf.d":
+            raise IsADirectoryError(21, "Is a directory", path)
+        return 'include "conf.d"\n'
+
+    with pytest.raises(PolicyError) as info:
+        parse_policy_files(["main.conf"], read=read, accounts=ACCOUNTS)
+    assert [str(d) for d in info.value.diagnostics] == [
+        "main.conf:1:9: cannot read policy file 'conf.d': Is a directory; "
+        "to include the files in it, write include \"conf.d/*.conf\""
+    ]
+
+
+def test_bad_ports_do_not_hide_the_rest_of_the_service() -> None:
+    got = errors("service web tcp/80-70,70000 udp/0 sctp/5 {\n default allow\n default deny\n}\nservce x { }")
+    assert [e.split(": ", 1)[0] for e in got] == ["p.conf:1:17", "p.conf:1:23", "p.conf:1:33", "p.conf:1:35",
+                                                  "p.conf:3:2", "p.conf:5:1"]
+
+
+def test_a_comma_list_without_braces_gets_a_hint() -> None:
+    assert errors("service s { allow 10.0.0.0/8, 192.168.0.0/16 }") == [
+        "p.conf:1:29: expected a statement in service s (allow, ban, default, deny, forward, limit, listen), "
+        "found ','; a list of clients goes in braces: allow { A, B }"
+    ]
+
+
+def test_group_by_number_gets_a_hint() -> None:
+    assert errors("service s { allow group 4242 }") == [
+        "p.conf:1:25: unknown group '4242' (not in the account database); for a group id write 'gid 4242'"
+    ]
+    assert errors("service s { allow user 4242 }") == [
+        "p.conf:1:24: unknown user '4242' (not in the account database); for a user id write 'uid 4242'"
+    ]
+
+
+def test_set_file_lines_are_counted_as_the_caret_renderer_counts_them() -> None:
+    """Only "\\n" ends a line (a form feed or U+2028 in a list file must not shift positions)."""
+    files = {"l.txt": "10.0.0.1\x0c\n192.0.2.1\u2028\nbogus\r\n"}
+    assert errors('set s < "l.txt"', read=files.__getitem__) == ["l.txt:3:1: expected an address or CIDR, found 'bogus'"]

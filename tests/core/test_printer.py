@@ -179,3 +179,10 @@ def test_canonical_form() -> None:
 def test_empty_policy_and_service() -> None:
     assert format_policy(parse("service s { }")) == "service s {\n}\n"
     assert strip(parse(format_policy(parse("")))) == strip(parse(""))
+
+
+def test_quoted_values_with_odd_characters_survive_printing() -> None:
+    """Only "\\n" separates printed lines; a quoted path keeps every other character."""
+    first = parse('service s {\n    allow exe "/opt/a\u2028b\\"c\\\\d"\n}\n')
+    assert first.services[0].rules[0].match.value == '/opt/a\u2028b"c\\d'  # type: ignore[union-attr]
+    assert strip(parse(format_policy(first), "printed.conf")) == strip(first)

@@ -210,6 +210,38 @@ def test_attach_by_port_reuseport_group(capsys: Any, spawn: Spawn, policy_file: 
     assert rc == 0 and out.count("detached") == 2
 
 
+def test_part_of_a_reuseport_group_is_refused(capsys: Any, spawn: Spawn, policy_file: str) -> None:
+    """Guarding one member would let through every client the kernel hands to the others."""
+    a, (sa,) = spawn("tcp,reuseport")
+    b, (sb,) = spawn(f"tcp,reuseport,port={sa['port']}")
+    port = sa["port"]
+    for target in (["--pid", str(a.pid)], ["--pid", str(a.pid), "--fd", str(sa["fd"])]):
+        rc, out, err = sockgate(capsys, "attach", "--policy", policy_file, "--service", "strict", *target)
+        assert rc == 1 and out == "", (target, out)
+        assert err == (
+            f"sockgate: pid {a.pid} fd {sa['fd']} (tcp 127.0.0.1:{port}) shares tcp 127.0.0.1:{port} with pid {b.pid}"
+            f" fd {sb['fd']} (an SO_REUSEPORT group: the kernel spreads clients over all of its sockets); nothing was"
+            f" changed: guard the whole group with --port {port}\n"
+        ), err
+        assert state(a.pid, sa["fd"]).state == state(b.pid, sb["fd"]).state == "none"
+    rc, out, _ = sockgate(capsys, "attach", "--policy", policy_file, "--service", "strict", "--port", str(port))
+    assert rc == 0 and out.count("attached") == 2
+
+
+def test_udp_group_hint_names_the_protocol(capsys: Any, spawn: Spawn, policy_file: str) -> None:
+    a, (sa,) = spawn("udp,reuseport")
+    spawn(f"udp,reuseport,port={sa['port']}")
+    rc, _, err = sockgate(capsys, "attach", "--policy", policy_file, "--service", "strict", "--pid", str(a.pid))
+    assert rc == 1 and err.rstrip().endswith(f"guard the whole group with --port {sa['port']} --proto udp"), err
+
+
+def test_listener_shared_by_forked_workers_attached_by_pid(capsys: Any, spawn: Spawn, policy_file: str) -> None:
+    """A listener inherited across fork is one socket, not a group: --pid of either is enough."""
+    p, (s,) = spawn("tcp", "fork")
+    rc, out, err = sockgate(capsys, "attach", "--policy", policy_file, "--service", "web", "--pid", str(p.pid))
+    assert rc == 0 and out.count("attached") == 1, err
+
+
 def test_listener_shared_by_forked_workers_counted_once(capsys: Any, spawn: Spawn, policy_file: str) -> None:
     p, (s,) = spawn("tcp", "fork")
     rc, out, _ = sockgate(capsys, "attach", "--policy", policy_file, "--service", "web", "--port", str(s["port"]), "--json")
@@ -235,11 +267,11 @@ def test_port_group_all_or_nothing(capsys: Any, spawn: Spawn, policy_file: str, 
     real = guard_mod._install
     calls = []
 
-    def flaky(fd: int, program: Any, what: str) -> guard_mod.Guarded:
+    def flaky(fd: int, program: Any, what: str, *advice: str) -> guard_mod.Guarded:
         calls.append(what)
         if len(calls) == 2:
             raise AdapterError(f"{what}: injected failure")
-        return real(fd, program, what)
+        return real(fd, program, what, *advice)
 
     monkeypatch.setattr(guard_mod, "_install", flaky)
     rc, _, err = sockgate(capsys, "attach", "--policy", policy_file, "--service", "strict", "--port", port, "--force")
@@ -322,6 +354,66 @@ def test_permission_refused_for_another_user(spawn: Spawn, policy_file: str) -> 
         assert r.returncode == 1, (target, r.stdout, r.stderr)
         assert "permission denied" in r.stderr and r.stderr.count("\n") == 1, r.stderr
     assert state(p.pid, s["fd"]).state == "none"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a process as another user")
+def test_port_owned_by_another_user_without_cap_sys_ptrace_is_a_permission_error(policy_file: str) -> None:
+    """Root without CAP_SYS_PTRACE (a container's root) cannot see another user's descriptors:
+    that is a permission problem, not "a socket that belongs to no process"."""
+    p = subprocess.Popen(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", CHILD, "tcp"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/",
+    )
+    try:
+        assert p.stdout is not None
+        (s,) = json.loads(p.stdout.readline())["socks"]
+        exe = shutil.which("sockgate") or str(Path(sys.executable).with_name("sockgate"))
+        r = subprocess.run(
+            ["setpriv", "--inh-caps=-sys_ptrace", "--bounding-set=-sys_ptrace", exe, "attach",
+             "--policy", policy_file, "--service", "web", "--port", str(s["port"])],
+            capture_output=True, text=True, timeout=60, cwd="/",
+        )
+        assert r.returncode == 1, (r.stdout, r.stderr)
+        assert "permission denied (needs root with CAP_SYS_PTRACE" in r.stderr, r.stderr
+        assert "belongs to no process" not in r.stderr
+    finally:
+        p.kill()
+        p.wait()
+        for f in (p.stdin, p.stdout):
+            if f is not None:
+                f.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv to drop CAP_NET_ADMIN")
+def test_attach_tcp_without_cap_net_admin_says_so_once(policy_file: str) -> None:
+    code = (
+        "import socket, subprocess, sys, os\n"
+        "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n"
+        "r = subprocess.run([sys.argv[1], 'attach', '--policy', sys.argv[2], '--service', 'web',"
+        " '--pid', str(os.getpid())], capture_output=True, text=True, timeout=60)\n"
+        "print(r.returncode); sys.stdout.write(r.stderr)\n"
+    )
+    exe = shutil.which("sockgate") or str(Path(sys.executable).with_name("sockgate"))
+    r = subprocess.run(
+        ["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin", sys.executable, "-c", code, exe, policy_file],
+        capture_output=True, text=True, timeout=60,
+    )
+    rc, *err = r.stdout.splitlines()
+    if rc == "0":
+        pytest.skip("this kernel lets anybody attach a filter to a TCP socket")
+    assert rc == "1" and len(err) == 1, r.stdout
+    assert err[0].count("CAP_NET_ADMIN") == 1 and "run `sockgate attach` as root or with that capability" in err[0], err
+
+
+def test_sees_every_process_reads_the_effective_capabilities(tmp_path: Path) -> None:
+    from sockgate.linux.procsock import sees_every_process
+
+    status = tmp_path / "status"
+    status.write_text("Name:\tx\nCapEff:\t000001ffffffffff\n")
+    assert sees_every_process(str(status))
+    status.write_text("Name:\tx\nCapEff:\t000001fffff7ffff\n")  # all but bit 19
+    assert not sees_every_process(str(status))
+    assert not sees_every_process(str(tmp_path / "missing"))
 
 
 def test_hosts_access_pair(capsys: Any, spawn: Spawn, tmp_path: Path) -> None:

@@ -153,6 +153,26 @@ def test_not_a_socket(policy: sockgate.Policy) -> None:
         os.close(w)
 
 
+def test_unix_socket_is_refused_not_silenced(policy: sockgate.Policy) -> None:
+    """A filter on a Unix socket sees no IP header and would drop every message."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        with pytest.raises(UsageError, match=r"is a Unix socket: a kernel address filter guards IPv4/IPv6 sockets only"):
+            policy.guard(a, "web")
+        assert sockgate.guard_of(a).state == "none"
+        b.send(b"still delivered")
+        a.settimeout(2)
+        assert a.recv(64) == b"still delivered"
+
+
+def test_closed_fd_is_refused(policy: sockgate.Policy) -> None:
+    r, w = os.pipe()
+    os.close(r)
+    os.close(w)
+    with pytest.raises(AdapterError, match="not an open file descriptor"):
+        policy.guard(r, "web")
+
+
 def test_unsupported_platform(policy: sockgate.Policy, listener: socket.socket, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(guard_mod, "_UNSUPPORTED", "kernel enforcement needs Linux; sockgate still decides in user space")
     with pytest.raises(UnsupportedPlatform, match="user space"):
@@ -238,6 +258,72 @@ def test_asyncio_example(tmp_path: Path) -> None:
         proc.stderr.close()
         proc.stdout.close()
 
+
+FAKE_UVICORN = """
+import socket, sys
+args = sys.argv[1:]
+assert args[:2] == ["--fd", "3"] and args[2] == "--app-dir" and args[-1] == "uvicorn_app:app", args
+s = socket.socket(fileno=3)  # what `uvicorn --fd 3` serves; EBADF if fd 3 was not inherited
+print("serving", s.getsockname()[1], flush=True)
+while True:
+    c, a = s.accept()
+    c.sendall(("hello %s\\n" % a[0]).encode())
+    c.close()
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs CAP_NET_ADMIN to filter TCP sockets")
+def test_uvicorn_example_hands_the_guarded_socket_over_on_fd_3(tmp_path: Path) -> None:
+    """uvicorn is not a dependency: a stand-in named `uvicorn` on PATH checks the command line
+    and serves fd 3 the way `uvicorn --fd 3` does."""
+    pol = tmp_path / "web.policy"
+    pol.write_text("service web {\n    allow 127.0.0.1\n    default deny\n}\n")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake = bindir / "uvicorn"
+    fake.write_text(f"#!{sys.executable}\n{FAKE_UVICORN}")
+    fake.chmod(0o755)
+    example = ROOT / "docs" / "examples" / "uvicorn_app.py"
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ.get('PATH', '')}"}
+    proc = subprocess.Popen(
+        [sys.executable, str(example), str(pol), "web", "127.0.0.1", "0"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        line = proc.stdout.readline()
+        assert line.startswith("serving "), (line, proc.stderr.read() if proc.poll() is not None else "")
+        port = int(line.split()[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as c:
+            assert c.recv(64) == b"hello 127.0.0.1\n"
+        got = tcp_reach({socket.AF_INET: ("127.0.0.1", port)}, ["127.0.0.2"], local_sockets(), wait=0.8)
+        assert got == {"127.0.0.2": False}
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        for f in (proc.stdout, proc.stderr):
+            if f is not None:
+                f.close()
+
+
+def test_uvicorn_example_app_answers_http() -> None:
+    import asyncio
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("uvicorn_app", ROOT / "docs" / "examples" / "uvicorn_app.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(msg: dict[str, object]) -> None:
+        sent.append(msg)
+
+    asyncio.run(mod.app({"type": "http", "client": ("127.0.0.1", 5555)}, receive, send))
+    assert sent[0]["status"] == 200 and sent[1]["body"] == b"hello 127.0.0.1\n"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run as another user")

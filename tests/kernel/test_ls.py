@@ -282,8 +282,12 @@ def ins_local(s: socket.socket) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def test_unknown_user_filter_shows_nothing() -> None:
-    assert sockgate_ls("--user", f"no-such-user-{secrets.token_hex(3)}") == []
+def test_unknown_user_name_is_refused_and_an_unused_uid_shows_nothing() -> None:
+    name = f"no-such-user-{secrets.token_hex(3)}"
+    out = subprocess.run(SG + ["ls", "--user", name], capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr == f"sockgate: --user {name!r}: no such user (give a user name or a numeric uid)\n"
+    assert sockgate_ls("--user", "4000000000") == []  # a uid is taken as given, like ss's uid filters
 
 
 

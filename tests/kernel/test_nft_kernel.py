@@ -296,3 +296,32 @@ def test_nft_check_accepts_the_goldens() -> None:
             assert r.returncode == 0, f"{path.name}: {r.stderr}"
     finally:
         ns.delete()
+
+
+# words an operator might pick for --table: nft keywords, chain types, hooks, plain names
+TABLE_NAMES = (
+    "drop accept reject inet ip ip6 arp bridge netdev table chain set map counter limit log ct meta tcp udp "
+    "icmp type hook policy priority flags elements interval timeout comment filter nat route input output "
+    "forward prerouting postrouting ingress sockgate firewall fw hosts ssh web DROP Inet my_table t1"
+).split()
+
+
+def test_nft_check_accepts_every_table_name_the_exporter_accepts() -> None:
+    from sockgate.errors import UsageError
+    from sockgate.policy.parser import parse_policy
+
+    pol = parse_policy("service a tcp/1 {\n    allow 198.18.0.0/24\n    default deny\n}\n", "t.policy")
+    ns = netlab.Netns()
+    try:
+        refused = []
+        for name in TABLE_NAMES:
+            try:
+                text = export(pol, "nft", table=name).text
+            except UsageError:
+                refused.append(name)
+                continue
+            r = subprocess.run(ns.argv("nft", "-c", "-f", "/dev/stdin"), input=text, capture_output=True, text=True, timeout=30)
+            assert r.returncode == 0, f"--table {name}: {r.stderr}"
+        assert "drop" in refused and "sockgate" not in refused
+    finally:
+        ns.delete()

@@ -272,3 +272,11 @@ def test_icmp_echo_loopback_cli() -> None:
         doc = json.loads(out.stdout)
         assert (doc["received"], doc["address"]) == (2, host)
         assert doc["rtt_min_ms"] <= doc["rtt_avg_ms"] <= doc["rtt_max_ms"]
+
+
+def test_count_is_refused_without_icmp(capsys: pytest.CaptureFixture[str]) -> None:
+    from sockgate.cli.main import main as cli_main
+
+    # a silently ignored --count would let `probe HOST PORT --count 5` look like five probes
+    assert cli_main(["probe", "127.0.0.1", "1", "--count", "5"]) == 2
+    assert capsys.readouterr().err == "sockgate: probe: --count is for --icmp (a port probe sends one connect or datagram exchange)\n"

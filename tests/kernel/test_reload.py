@@ -135,8 +135,10 @@ def test_fifty_reloads_under_load_then_a_removed_source_is_dropped(tmp_path: Pat
         ("service echo {\n    allow 999.1.1.1\n    default deny\n}\n", r"policy\.conf:2:\d+: "),
         ("service other {\n    allow 127.0.0.1\n}\n", r"the policy has no service 'echo' \(services: other\)"),
         ("service echo {\n    allow host .example.com\n    default deny\n}\n", r"host name"),
+        ("service echo {\n    allow 127.0.0.0/8\n    limit concurrent 5\n    default deny\n}\n",
+         r"service echo: limit concurrent 5: service-wide connection limits"),
     ],
-    ids=["syntax", "no-such-service", "needs-user-space"],
+    ids=["syntax", "no-such-service", "needs-user-space", "service-wide-limits"],
 )
 def test_bad_policy_on_sighup_keeps_the_old_filter(tmp_path: Path, launch: Launch, bad: str, message: str) -> None:
     lr, policy, port = _start_echo(tmp_path, launch)

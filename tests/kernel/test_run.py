@@ -349,6 +349,94 @@ def test_refusals(policy: Path, launch: Launch, argv: list[str], code: int, mess
     assert any(message in line for line in lr.lines), lr.lines
 
 
+LIMITED = "service echo {\n    allow uid 0\n    allow 127.0.0.1\n    limit concurrent 5\n    default deny\n}\n"
+
+
+@pytest.mark.parametrize(
+    ("listen", "extra", "message"),
+    [
+        ("udp://127.0.0.1:0", [], "service echo: limit concurrent 5: service-wide connection limits"),
+        ("unix:{dir}/lim.sock", ["--inetd"], "service echo: service-wide limits"),
+        ("unix:{dir}/lim.sock", [], "service echo: service-wide limits"),
+    ],
+    ids=["udp", "unix-inetd", "unix-activation"],
+)
+def test_limits_are_refused_not_silently_ignored(tmp_path: Path, launch: Launch, listen: str, extra: list[str], message: str) -> None:
+    """Only the proxy counts connections: `run` refuses a service with limits before binding."""
+    policy = tmp_path / "limited.conf"
+    policy.write_text(LIMITED.replace("allow uid 0\n", "") if listen.startswith("udp") else LIMITED)
+    url = listen.format(dir=tmp_path)
+    lr = launch("--policy", str(policy), "--service", "echo", "--listen", url, *extra, "--", "true")
+    assert lr.finish() == 1
+    assert any(message in line for line in lr.lines), lr.lines
+    assert any("enforce this service with `sockgate proxy` instead" in line for line in lr.lines), lr.lines
+    assert not (tmp_path / "lim.sock").exists()
+
+
+def test_unix_socket_without_inetd_says_the_policy_is_not_applied(tmp_path: Path, policy: Path, launch: Launch) -> None:
+    lr = launch("--policy", str(policy), "--service", "echo", "--listen", f"unix:{tmp_path}/a.sock", "--", "true")
+    assert lr.finish() == 0
+    line = next(line for line in lr.lines if "a.sock" in line)
+    assert "Unix socket, no address filter and the policy is not applied to it" in line, lr.lines
+    assert "--inetd or `sockgate proxy` decide Unix peers by their credentials" in line
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv to drop CAP_NET_ADMIN")
+def test_tcp_without_cap_net_admin_is_refused_once_with_the_url_and_what_to_do(policy: Path) -> None:
+    """Linux commit 5d39580f68e6: a TCP filter needs CAP_NET_ADMIN. The refusal names the
+    listener by its URL (not an fd of ours), says it once, and gives advice for `run`."""
+    env = {**os.environ, "PYTHONPATH": SRC}
+    r = subprocess.run(
+        ["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin", sys.executable, "-m", "sockgate", "run",
+         "--policy", str(policy), "--service", "echo", "--listen", "tcp://127.0.0.1:0", "--", "true"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )
+    if r.returncode == 0:
+        pytest.skip("this kernel lets anybody attach a filter to a TCP socket")
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("sockgate: attach filter for echo to tcp://127.0.0.1:"), lines
+    assert lines[0].count("CAP_NET_ADMIN") == 1, lines
+    assert "start `sockgate run` as root or with that capability, and give --user/--group" in lines[0]
+
+
+def test_hosts_options_not_carried_out_are_noted(tmp_path: Path, launch: Launch) -> None:
+    allow = tmp_path / "hosts.allow"
+    allow.write_text("in.echod: 127.0.0.1 : spawn (/usr/bin/logger echo %a)\n")
+    lr = launch("--hosts-allow", str(allow), "--service", "in.echod", "--listen", "udp://127.0.0.1:0", "--", "true")
+    assert lr.finish() == 0
+    want = f"sockgate run: note: {allow}:1: option spawn not carried out by a kernel filter; only the rule's verdict (allow) is enforced"
+    assert want in lr.lines, lr.lines
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv to run as another user")
+@pytest.mark.parametrize(
+    ("extra", "code", "message"),
+    [
+        (["--listen", "udp://127.0.0.1:0", "--user", "daemon"], 2,
+         "--user/--group: cannot become daemon (uid 1, gid 1, groups 1) as uid 65534: changing user or group needs root"
+         " (or CAP_SETUID and CAP_SETGID)"),
+        (["--listen", "udp://127.0.0.1:1"], 1,
+         "bind udp://127.0.0.1:1: permission denied (port 1 is privileged: bind it as root or with CAP_NET_BIND_SERVICE"),
+    ],
+    ids=["user", "privileged-port"],
+)
+def test_unprivileged_refusals_say_what_is_missing(public_dir: Path, extra: list[str], code: int, message: str) -> None:
+    policy = public_dir / "p.conf"
+    policy.write_text(POLICY)
+    policy.chmod(0o644)
+    env = {**os.environ, "PYTHONPATH": SRC}
+    r = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "sockgate", "run",
+         "--policy", str(policy), "--service", "echo", *extra, "--", "true"],
+        capture_output=True, text=True, timeout=60, env=env, cwd="/",
+    )
+    assert r.returncode == code, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"sockgate: {message}"), lines
+
+
 def test_help_shows_usage() -> None:
     env = {**os.environ, "PYTHONPATH": SRC}
     out = subprocess.run([sys.executable, "-m", "sockgate", "run", "--help"], capture_output=True, text=True, timeout=30, env=env)

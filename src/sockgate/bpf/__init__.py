@@ -69,7 +69,14 @@ from sockgate.bpf.insn import (
 )
 from sockgate.bpf.interp import Packet
 from sockgate.bpf.marker import Marker
-from sockgate.bpf.program import Program, compile_service, ebpf_estimate, max_ranges, service_digest
+from sockgate.bpf.program import (
+    Program,
+    compile_service,
+    ebpf_estimate,
+    max_ranges,
+    options_not_carried,
+    service_digest,
+)
 
 
 def identify(insns: Sequence[Insn]) -> Marker | None:
@@ -94,5 +101,6 @@ __all__ = [
     "BPF_ST", "BPF_STX", "BPF_SUB", "BPF_TAX", "BPF_TXA", "BPF_W", "BPF_X", "BPF_XOR",
     "SKF_AD_OFF", "SKF_AD_PKTTYPE", "SKF_AD_PROTOCOL", "SKF_LL_OFF", "SKF_NET_OFF",
     "Insn", "Marker", "Packet", "Program", "capacity", "compile_service", "decode", "disasm",
-    "ebpf_estimate", "encode", "identify", "interp", "jump", "max_ranges", "service_digest", "stmt",
+    "ebpf_estimate", "encode", "identify", "interp", "jump", "max_ranges", "options_not_carried",
+    "service_digest", "stmt",
 ]

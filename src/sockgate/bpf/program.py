@@ -133,6 +133,25 @@ def _refuse_userspace(service: Service) -> None:
         )
 
 
+VERDICT_OPTIONS = ("allow", "deny")  # hosts_options(5) verdicts: already the rule's action
+
+
+def options_not_carried(service: Service) -> tuple[str, ...]:
+    """One note per rule whose hosts_options(5) options (``spawn``, ``twist``, ``banners``,
+    ``setenv``, ``severity`` ...) a kernel filter cannot carry out: it enforces the rule's
+    verdict (``twist`` counts as deny, as for libwrap the real daemon never runs) and nothing
+    else. Not an error: TCP Wrappers users get the access control, and are told what is lost."""
+    notes = []
+    for r in service.rules:
+        names = [o.name for o in r.options if o.name not in VERDICT_OPTIONS]
+        if names:
+            notes.append(
+                f"{r.span.file}:{r.span.line}: option{'s' if len(names) > 1 else ''} {', '.join(names)} not carried"
+                f" out by a kernel filter; only the rule's verdict ({r.action.value}) is enforced"
+            )
+    return tuple(notes)
+
+
 def _check_limits(name: str, insns: tuple[Insn, ...], n4: int, n6: int) -> None:
     ebpf = ebpf_estimate(insns) * EBPF_INSN
     if len(insns) <= BPF_MAXINSNS and ebpf <= EBPF_BUDGET:
@@ -145,7 +164,8 @@ def _check_limits(name: str, insns: tuple[Insn, ...], n4: int, n6: int) -> None:
     raise CompileError(
         f"service {name!r} does not fit in one BPF program: {n4} IPv4 and {n6} IPv6 ranges "
         f"need {why}. At most {max_ranges(4)} IPv4 ranges, or {max_ranges(6)} IPv6 ranges "
-        f"({max_ranges(6, 64)} of /64 networks), fit in one program; "
+        f"({max_ranges(6, 64)} of /64 networks), fit in one program (a range is a run of addresses"
+        " with one verdict: a list of N separate networks makes about 2N); "
         "merge networks or split the service"
     )
 

@@ -10,6 +10,7 @@ place (a reload); a foreign filter is replaced only with ``--force``.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from sockgate.cli.common import add_policy_args, load_from_args, print_json
 
@@ -43,10 +44,13 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sockgate.bpf import options_not_carried
     from sockgate.guard import compile_guard, guard_sockets
 
     policy = load_from_args(args)
     compile_guard(policy, args.service)  # refuse a bad policy before looking at any process
+    for note in options_not_carried(policy.service(args.service)):
+        print(f"sockgate attach: note: {note}", file=sys.stderr)
     guarded, changes = guard_sockets(policy, args.service, targets_from_args(args), force=args.force)
     if args.json:
         print_json(

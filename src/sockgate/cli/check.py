@@ -13,15 +13,17 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sockgate.cli.common import add_policy_args, load_from_args, print_json
 from sockgate.decide import Decision, Peer, decide_service
 from sockgate.errors import UsageError
-from sockgate.policy.ir import AnyOf, Except, HostClass, HostPattern, Match, Policy, Service, UserAt
+from sockgate.policy.ir import AnyOf, Except, HostClass, HostPattern, IPAddress, Match, Policy, Service, UserAt
+from sockgate.policy.source import printable
 from sockgate.resolve import DEFAULT_TIMEOUT, SystemResolver, peers_for_client, unix_peer
 
+MAX_ID = 0xFFFFFFFE
 _SIDE_EFFECTS = {
     "spawn": "not executed",
     "twist": "not executed; libwrap hands the connection to this command",
@@ -41,7 +43,8 @@ _SIDE_EFFECTS = {
 
 def add_parser(p: argparse.ArgumentParser) -> None:
     add_policy_args(p, positional=True)
-    p.add_argument("--service", required=True, metavar="NAME", help="service (daemon) name")
+    p.add_argument("--service", required=True, metavar="NAME[@ADDR]",
+                   help="service (daemon) name; @ADDR: the server address, as tcpdmatch takes it")
     p.add_argument("--client", action="append", default=[], metavar="ADDR_OR_NAME",
                    help="client address or host name, [user@]; repeatable")
     p.add_argument("--uid", type=int, help="Unix peer: user id")
@@ -74,18 +77,20 @@ class Verdict:
 
 def run(args: argparse.Namespace) -> int:
     clients = _client_specs(args)
+    name, server = _service_and_server(args)
     policy = load_from_args(args)
-    service = _service(policy, args.service)
-    peer_sets = [(text, peers) for text, peers in _peers(args, clients, service)]
+    service = _service(policy, name)
+    peer_sets = [(text, peers) for text, peers in _peers(args, clients, service, server)]
     verdicts = [
-        Verdict(text, peers, tuple(decide_service(service, p) for p in peers)) for text, peers in peer_sets
+        Verdict(text, peers, tuple(_explained(policy, service, decide_service(service, p)) for p in peers))
+        for text, peers in peer_sets
     ]
     out = [_json(v, service) for v in verdicts] if args.json else None
     if out is not None:
         for obj in out:
             print_json(obj)
     else:
-        sys.stdout.write("\n".join(_text(v, policy) for v in verdicts))
+        sys.stdout.write(printable("\n".join(_text(v, policy) for v in verdicts)))
     return 0 if all(v.allowed for v in verdicts) else 1
 
 
@@ -99,7 +104,20 @@ def _client_specs(args: argparse.Namespace) -> list[str]:
         raise UsageError("--gid, --exe and --pid describe a Unix peer: give --uid too")
     if args.timeout <= 0:
         raise UsageError(f"--timeout must be positive, found {args.timeout:g}")
+    if unix:
+        _check_credentials(args)
     return list(args.client)
+
+
+def _check_credentials(args: argparse.Namespace) -> None:
+    """Values a kernel could report for a Unix peer (2^32-1 is its "no id")."""
+    for flag, value in (("--uid", args.uid), ("--gid", args.gid)):
+        if value is not None and not 0 <= value <= MAX_ID:
+            raise UsageError(f"{flag} must be 0-{MAX_ID}, found {value}")
+    if args.pid is not None and args.pid < 1:
+        raise UsageError(f"--pid must be a process id >= 1, found {args.pid}")
+    if args.exe is not None and not args.exe.startswith("/"):
+        raise UsageError(f"--exe must be an absolute path (as /proc/PID/exe gives it), found {args.exe!r}")
 
 
 def _service(policy: Policy, name: str) -> Service:
@@ -110,16 +128,42 @@ def _service(policy: Policy, name: str) -> Service:
         raise UsageError(f"unknown service {name!r}; the policy declares: {known}") from None
 
 
-def _peers(args: argparse.Namespace, clients: list[str], service: Service) -> list[tuple[str, tuple[Peer, ...]]]:
+def _service_and_server(args: argparse.Namespace) -> tuple[str, IPAddress | None]:
+    """``--service NAME`` and ``--server ADDR``, or tcpdmatch's ``--service NAME@ADDR``."""
+    name, at, server_text = args.service.partition("@")
+    if not name.strip():
+        raise UsageError(f"--service: expected a service name, found {args.service!r}")
+    if at and args.server is not None:
+        raise UsageError("give the server either in --service NAME@ADDR or with --server, not both")
+    if not at:
+        server_text = args.server
+    if server_text is None:
+        return name, None
+    try:
+        return name, ipaddress.ip_address(server_text.strip("[]"))
+    except ValueError:
+        if at:
+            raise UsageError(f"--service {args.service}: the server must be an IP address, "
+                             f"found {server_text!r}") from None
+        raise UsageError(f"--server: not an IP address: {server_text!r}") from None
+
+
+def _explained(policy: Policy, service: Service, d: Decision) -> Decision:
+    """A default decision for a service a native policy does not declare says so: a mistyped
+    ``--service`` must not pass for the decision of the service meant."""
+    if d.rule is not None or policy.kind != "native" or service.name in policy.service_names():
+        return d
+    known = ", ".join(policy.service_names()) or "none"
+    return replace(d, reason=f"no rule matched; service {service.name} is not declared (the policy declares: "
+                   f"{known}), so the file-wide default {d.action} applies")
+
+
+def _peers(
+    args: argparse.Namespace, clients: list[str], service: Service, server: IPAddress | None
+) -> list[tuple[str, tuple[Peer, ...]]]:
     if args.uid is not None:
         p = unix_peer(args.uid, args.gid, args.exe, args.pid)
         return [(p.describe(), (p,))]
-    server = None
-    if args.server is not None:
-        try:
-            server = ipaddress.ip_address(args.server.strip("[]"))
-        except ValueError:
-            raise UsageError(f"--server: not an IP address: {args.server!r}") from None
     resolver = None if args.no_resolve else SystemResolver(args.timeout)
     names = _service_needs_names(service)
     return [

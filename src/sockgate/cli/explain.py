@@ -1,7 +1,8 @@
 """``sockgate explain``: the BPF program for a service, and a client's path through it.
 
 Prints the program's size (instructions, disjoint ranges per family, bytes attached and the
-kernel's converted size), its listing, and for each ``--client`` the instruction indices the
+kernel's converted size), notes on hosts_options(5) options a kernel filter does not carry out
+(``spawn``, ``banners`` ...), its listing, and for each ``--client`` the instruction indices the
 interpreter executes for a packet from that address, the verdict, and the decision engine's
 verdict and reason beside it. The two must agree; if they ever do not, the command says so
 and exits 1 (a compiler bug worth reporting).
@@ -28,7 +29,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sockgate.bpf import compile_service
+    from sockgate.bpf import compile_service, options_not_carried
     from sockgate.bpf.program import parse_banned
 
     policy = load_from_args(args)
@@ -44,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     program = compile_service(service, banned=banned)
     clients = [_trace(program, service, c, banned) for c in args.client]
     report = _report(program, clients, listing=not args.no_listing)
+    report["notes"] = list(options_not_carried(service))
     if args.json:
         print_json(report)
     else:
@@ -111,6 +113,7 @@ def _render(r: dict[str, Any]) -> str:
         f"capacity: {cap['ipv4']} IPv4 ranges, or {cap['ipv6']} IPv6 ranges "
         f"({cap['ipv6_64']} of /64 networks, {cap['ipv6_128']} of /128 hosts) in one program",
     ]
+    lines += [f"note: {n}" for n in r.get("notes", ())]
     if "listing" in r:
         lines += ["", *r["listing"]]
     for c in r["clients"]:

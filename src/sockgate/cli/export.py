@@ -30,7 +30,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
         metavar="DAEMON=PROTO/PORT",
         help="where a daemon listens, e.g. sshd=tcp/22 (repeatable; services(5) names need none)",
     )
-    p.add_argument("--services-file", default=SERVICES_PATH, metavar="PATH", help=f"services(5) database (default {SERVICES_PATH})")
+    p.add_argument("--services-file", metavar="PATH", help=f"services(5) database (default {SERVICES_PATH}, skipped when missing)")
     p.add_argument(
         "--skip-userspace",
         action="store_true",
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         table=args.table,
         action=args.action,
         mapped=mapped,
-        services_db=read_services(args.services_file),
+        services_db=read_services(args.services_file or SERVICES_PATH, required=args.services_file is not None),
         skip_userspace=args.skip_userspace,
     )
     for w in result.warnings:

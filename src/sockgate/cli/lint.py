@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 from sockgate.cli.common import add_policy_args, load_from_args, print_json
 from sockgate.errors import Diagnostic, PolicyError
+from sockgate.policy.source import printable
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
@@ -39,7 +40,7 @@ def _report(diags: Sequence[Diagnostic], sources: dict[str, str], as_json: bool)
         if as_json:
             print_json(_to_json(d))
         else:
-            sys.stdout.write(d.render(sources.get(d.span.file) if d.span else None) + "\n")
+            sys.stdout.write(printable(d.render(sources.get(d.span.file) if d.span else None)) + "\n")
     if not as_json and diags:
         errors = sum(1 for d in diags if d.severity == "error")
         warnings = len(diags) - errors

@@ -9,11 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from sockgate.inspect import Row, Selection, list_sockets, local_text, netid, peer_text
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
 HEADERS = ("Proto", "State", "Local", "Peer", "Process", "User", "Exposure", "Guard")
+_WHOLE = frozenset({"Proto", "State", "Local", "Peer", "Process", "User"})
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
@@ -42,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         out.writelines(json.dumps(r.to_json(), separators=(",", ":")) + "\n" for r in rows)
     elif out.isatty():
-        _rich(rows, args.all)
+        render_table(rows, args.all)
     else:
         out.write(plain(rows, args.all))
     return 0
@@ -69,19 +73,23 @@ def plain(rows: Sequence[Row], with_peer: bool) -> str:
     )
 
 
-def _rich(rows: Sequence[Row], with_peer: bool) -> None:
+def render_table(rows: Sequence[Row], with_peer: bool, console: "Console | None" = None) -> None:
+    """The terminal table (rich), the guard coloured."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(box=None, header_style="bold", pad_edge=False)
+    table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 1, 0, 0))
+    # one space between columns, as ss; addresses, ports, states and processes stay on one
+    # line (a port split across lines misreads); exposure and guard wrap between words when
+    # the terminal is narrow
     for h in _headers(with_peer):
-        table.add_column(h, overflow="fold")
+        table.add_column(h, overflow="fold", no_wrap=h in _WHOLE)
     style = {"sockgate": "green", "foreign": "yellow", "none": "red", "unknown": "dim"}
     for r in rows:
         c = cells(r, with_peer)
         c[-1] = f"[{style[r.guard.status]}]{_escape(c[-1])}[/]"
         table.add_row(*[_escape(x) for x in c[:-1]], c[-1])
-    Console().print(table)
+    (console or Console()).print(table)
 
 
 def _escape(text: str) -> str:

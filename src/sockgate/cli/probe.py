@@ -24,7 +24,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="source", metavar="ADDR", help="source address to send from (bind)")
     p.add_argument("--timeout", type=float, metavar="S", help="seconds to wait (default 2; ICMP: per echo, 1)")
     p.add_argument("--payload", metavar="HEX", help="UDP payload as hex (default empty)")
-    p.add_argument("--count", type=int, default=3, metavar="N", help="ICMP echo requests to send (default 3)")
+    p.add_argument("--count", type=int, metavar="N", help="ICMP echo requests to send (default 3)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.epilog = "exit status: 0 open/reply, 3 closed, 4 filtered or open|filtered/no reply, 1 error, 2 usage"
 
@@ -44,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
         return _run_icmp(args)
     if args.port is None:
         raise UsageError("probe: give HOST PORT, or --icmp HOST")
+    if args.count is not None:
+        raise UsageError("probe: --count is for --icmp (a port probe sends one connect or datagram exchange)")
     timeout = probe.DEFAULT_TIMEOUT if args.timeout is None else args.timeout
     if args.proto == "udp":
         result = probe.probe_udp(args.host, args.port, source=args.source, timeout=timeout, payload=_payload(args.payload))
@@ -76,7 +78,8 @@ def _run_icmp(args: argparse.Namespace) -> int:
     if args.payload is not None or args.proto != "tcp":
         raise UsageError("probe --icmp takes no --payload or --proto")
     timeout = 1.0 if args.timeout is None else args.timeout
-    result = probe.probe_icmp(args.host, source=args.source, count=args.count, timeout=timeout)
+    count = 3 if args.count is None else args.count
+    result = probe.probe_icmp(args.host, source=args.source, count=count, timeout=timeout)
     if args.json:
         print_json(result.to_json())
     else:

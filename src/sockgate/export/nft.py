@@ -51,14 +51,40 @@ _INLINE_MAX = 1  # intervals written inline in a rule; more become a named set
 _FAMILY = {4: ("ip", "ipv4_addr", "ipv4"), 6: ("ip6", "ipv6_addr", "ipv6")}
 
 
+# Words nft(8)'s scanner reads as keywords: as a table name they are a syntax error (nft has
+# no quoting for names). Found by loading `table inet WORD {}` with `nft -c` (nftables 1.0.6)
+# for each word of its grammar and man page; "destroy" and "last" became keywords in 1.0.8.
+NFT_KEYWORDS = frozenset(
+    """
+    accept add ah all and arp auto-merge bridge cgroup chain comment comp constant continue
+    counter cpu create ct day dccp define delete describe destroy device devices dnat drop dst
+    dup dynamic ecn element elements esp ether exists export exthdr fib flags flowtable flush
+    frag fwd goto handle hbh hook hour ibriport ibrname icmp icmpv6 igmp iif iifname iiftype
+    import include index inet insert interval ip ip6 ipsec jhash jump last limit list log map
+    mark masquerade meta meter mh missing monitor netdev nftrace not notrack numgen obriport
+    obrname offload oif oifname oiftype or osf pkttype policy position priority queue quota
+    random redefine redirect reject rename replace reset return rt rt0 rule ruleset sctp
+    secmark set size skgid skuid snat socket symhash synproxy table tcp th time timeout tproxy
+    type typeof udp udplite undefine vlan vmap xor xt
+    """.split()
+)
+
+
 def check_table_name(table: str) -> None:
+    """A name both targets accept (nft identifiers, pf anchors): letters, digits, ``_``."""
     if not _TABLE_RE.match(table):
         raise UsageError(f"--table {table!r}: expected a letter then letters, digits or _ (at most 64)")
 
 
+def check_nft_table_name(table: str) -> None:
+    check_table_name(table)
+    if table in NFT_KEYWORDS:
+        raise UsageError(f"--table {table!r}: nft reads this word as a keyword, not a name; choose another (e.g. sg_{table})")
+
+
 def render(plan: Plan, *, table: str = "sockgate", action: DenyAction = "drop") -> str:
     """The ruleset text for ``nft -f``."""
-    check_table_name(table)
+    check_nft_table_name(table)
     r = _Renderer(action)
     chains = [_service_chain(r, svc) for svc in plan.services]
     usage = [

@@ -11,7 +11,10 @@ summarised into CIDRs (``addrs.summarize``); IPv4 and IPv6 entries may share a t
 CIDR is written inline; more go into a ``const`` table (shared when contents are equal; named
 after the policy set for ``@set`` rules). Tables are anchor-local, their names prefixed
 ``sg_`` and kept within pf's 31 characters. ``--action reject`` is ``block return`` (TCP
-reset, ICMP unreachable for UDP). ``pass`` keeps state, as pf does by default, so replies to
+reset, ICMP unreachable for UDP). Rules match packets *to this host* (``to self``: the
+addresses of its interfaces when the rules are loaded), as the nftables export judges only
+the input hook: on a gateway, ``to any`` would also judge forwarded traffic to other hosts, and
+a quick ``pass`` would let it skip the rest of pf.conf. Reload after an address changes. ``pass`` keeps state, as pf does by default, so replies to
 allowed connections pass.
 """
 
@@ -80,11 +83,11 @@ def _service_lines(r: _Renderer, svc: PlannedService) -> list[str]:
         src = r.source(item, wanted, named)
         if src is None:
             return ["# (matches no address)"]
-        return [f"{r.verbs[item.action]} proto {proto} from {src} to any port {_ports(ranges)}" for proto, ranges in svc.ports]
+        return [f"{r.verbs[item.action]} proto {proto} from {src} to self port {_ports(ranges)}" for proto, ranges in svc.ports]
 
     ports = " ".join(f"{proto}/{ranges_text(ranges)}" for proto, ranges in svc.ports)
     lines = service_lines(svc, rule_lines, f": {ports}")
-    return lines + [f"{r.verbs[svc.default]} proto {proto} from any to any port {_ports(ranges)}" for proto, ranges in svc.ports]
+    return lines + [f"{r.verbs[svc.default]} proto {proto} from any to self port {_ports(ranges)}" for proto, ranges in svc.ports]
 
 
 def _table(name: str, entries: tuple[str, ...]) -> str:

@@ -31,6 +31,7 @@ Unix socket files:
 from __future__ import annotations
 
 import contextlib
+import errno
 import grp
 import os
 import pwd
@@ -113,13 +114,37 @@ def _open_inet(url: SocketURL, before_listen: BeforeListen | None) -> Listener:
         sock = socket.socket(family, kind)
     try:
         _inet_options(url, sock, family)
-        with translated(f"bind {url.display()}"):
-            sock.bind(sockaddr)
+        _bind_inet(url, sock, sockaddr)
         _finish(url, sock, before_listen)
     except BaseException:
         sock.close()
         raise
     return Listener(url, sock)
+
+
+def _bind_inet(url: SocketURL, sock: socket.socket, sockaddr: tuple[object, ...]) -> None:
+    """bind, saying why a privileged port was refused (a bare EACCES tells nobody much)."""
+    try:
+        with translated(f"bind {url.display()}"):
+            sock.bind(sockaddr)
+    except AdapterError as e:
+        port = sockaddr[1]
+        if e.errno == errno.EACCES and isinstance(port, int) and 0 < port < _unprivileged_port_start():
+            raise AdapterError(
+                f"{e} (port {port} is privileged: bind it as root or with CAP_NET_BIND_SERVICE, and give"
+                " --user/--group for the command)",
+                errno=e.errno,
+                target=e.target,
+            ) from e
+        raise
+
+
+def _unprivileged_port_start(path: str = "/proc/sys/net/ipv4/ip_unprivileged_port_start") -> int:
+    try:
+        with open(path, encoding="ascii") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 1024
 
 
 def _inet_target(url: SocketURL, kind: int) -> tuple[socket.AddressFamily, tuple[object, ...]]:

@@ -65,6 +65,28 @@ def _group(name: str) -> int:
         raise UsageError(f"no such group: {name!r}") from None
 
 
+CAP_SETGID, CAP_SETUID = 6, 7  # <uapi/linux/capability.h>
+
+
+def preflight(creds: Credentials | None, status: str = "/proc/self/status") -> None:
+    """Refuse, before any socket is bound, a change of user/group this process cannot make
+    (only root, or a process with CAP_SETUID and CAP_SETGID, may)."""
+    if creds is None or not needs_change(creds) or os.geteuid() == 0:
+        return
+    try:
+        with open(status, encoding="ascii") as f:
+            eff = next((int(line.split()[1], 16) for line in f if line.startswith("CapEff:")), 0)
+    except (OSError, ValueError, IndexError):
+        eff = 0
+    if eff >> CAP_SETUID & 1 and eff >> CAP_SETGID & 1:
+        return
+    raise UsageError(
+        f"--user/--group: cannot become {creds.describe()} as uid {os.geteuid()}: changing user or"
+        " group needs root (or CAP_SETUID and CAP_SETGID); start sockgate run as root, or drop"
+        " --user/--group"
+    )
+
+
 def needs_change(creds: Credentials) -> bool:
     uids = set(os.getresuid())
     gids = set(os.getresgid())

@@ -83,9 +83,26 @@ def _no_process(pid: int) -> AdapterError:
     return AdapterError(f"no such process: pid {pid}", errno=errno.ESRCH, target=f"pid {pid}")
 
 
+CAP_SYS_PTRACE = 19  # <uapi/linux/capability.h>
+
+
+def sees_every_process(status: str = "/proc/self/status") -> bool:
+    """Whether we may read every process's descriptors: that takes CAP_SYS_PTRACE, not uid 0
+    (root in a container without the capability sees only its own uid's processes)."""
+    try:
+        with open(status, encoding="ascii") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_SYS_PTRACE & 1)
+    except (OSError, ValueError, IndexError):
+        return False
+    return False
+
+
 def _no_permission(what: str) -> AdapterError:
     return AdapterError(
-        f"{what}: permission denied (needs root, or the same user with ptrace rights over the process)",
+        f"{what}: permission denied (needs root with CAP_SYS_PTRACE, or the same user with ptrace"
+        " rights over the process)",
         errno=errno.EPERM,
         target=what,
     )
@@ -123,7 +140,7 @@ def on_port(port: int, proto: str = "tcp") -> list[SockRef]:
         if not c.laddr or c.laddr.port != port or not _guardable(p, c.status, c.raddr):
             continue
         if c.pid is None or c.fd < 0:
-            if os.geteuid() == 0:  # root sees every process: nobody holds this one
+            if sees_every_process():  # nobody holds this one
                 raise AdapterError(
                     f"{proto} port {port}: a socket there belongs to no process (a kernel socket);"
                     " nothing was changed",
@@ -133,6 +150,23 @@ def on_port(port: int, proto: str = "tcp") -> list[SockRef]:
             raise _no_permission(f"{proto} port {port}: a socket's owner")
         out.append(SockRef(c.pid, c.fd, p, _fmt_addr(c.family, tuple(c.laddr)), p == "tcp", _family(c.family)))
     return sorted(out, key=lambda r: (r.pid, r.fd))
+
+
+def same_address(ref: SockRef) -> list[SockRef]:
+    """The other sockets bound to exactly ``ref``'s protocol and local address: with ``ref``,
+    an SO_REUSEPORT group, over which the kernel spreads clients. Only our network namespace's
+    tables are read, so for a process in another namespace the answer is empty."""
+    if ref.proto not in _PROTO_KIND or ":" not in ref.local or _netns(ref.pid) != _netns(os.getpid()):
+        return []
+    port = int(ref.local.rsplit(":", 1)[1])
+    return [r for r in on_port(port, ref.proto) if r.local == ref.local and (r.pid, r.fd) != (ref.pid, ref.fd)]
+
+
+def _netns(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        return None
 
 
 def pid_exists(pid: int) -> bool:

@@ -7,8 +7,8 @@ kernel's ``sock_diag`` netlink interface (<linux/sock_diag.h>, <linux/inet_diag.
 Done by hand, and why:
 
 * the netlink dump and its decoding (``_dump``, ``_inet_dump``, ``_unix_dump``: a request struct,
-  a receive loop, ``struct.unpack_from`` over fixed layouts and attributes). pyroute2 (a
-  dependency, and the first implementation of this module) decodes each message through its
+  a receive loop, ``struct.unpack_from`` over fixed layouts and attributes). pyroute2 (the
+  first implementation of this module, no longer a dependency) decodes each message through its
   generic marshal and one asyncio loop iteration per message: about 85 µs per socket here,
   5.7 s for 66,000 sockets against 0.07 s with ``struct``, which broke the 2-second budget of
   `sockgate ls` on a busy host. pyroute2 also swallows the NLMSG_ERROR a kernel without a
@@ -260,11 +260,16 @@ def parse_proc_unix(text: str, states: int) -> list[Sock]:
 
 
 def _read_proc(name: str, proc: str) -> str:
+    """A /proc/net table; absent (the family is disabled, e.g. IPv6) means no sockets, but a
+    table we cannot read must not pass for an empty one."""
+    path = f"{proc}/net/{name}"
     try:
-        with open(f"{proc}/net/{name}") as fh:
+        with open(path) as fh:
             return fh.read()
-    except OSError:
+    except FileNotFoundError:
         return ""
+    except OSError as e:
+        raise AdapterError(f"read {path}: {e.strerror}", errno=e.errno, target=path) from e
 
 
 # --- the inventory -----------------------------------------------------------------------

@@ -10,8 +10,10 @@ and reports, as ``Diagnostic(severity="warning")`` sorted by position:
   an earlier ``allow`` decides addresses a later ``deny`` names, so the deny does not hold
   for them (the other direction, ``deny @blocklist`` before ``allow @office``, is the usual
   way to carve exceptions and is not reported);
-* host-name rules, which the kernel filter cannot enforce (only ``sockgate proxy`` can);
+* host-name rules, which the kernel filter cannot enforce (only ``sockgate proxy`` can), and
+  hosts_access rules that need a name, an ident user or the server address;
 * credential rules in a service with only IP endpoints, address rules in a Unix-only one;
+* two services that claim the same port or Unix path;
 * a service without a default.
 
 Coverage is computed by ``coverage.py`` (intervals over addresses, structural comparison for
@@ -29,6 +31,7 @@ from sockgate.policy.ir import (
     Action,
     AddrMatch,
     AnyOf,
+    Endpoint,
     Except,
     HostClass,
     HostPattern,
@@ -37,6 +40,7 @@ from sockgate.policy.ir import (
     Principal,
     Rule,
     Service,
+    rule_userspace_reason,
 )
 from sockgate.policy.source import Span
 
@@ -49,11 +53,13 @@ def lint(policy: Policy) -> list[Diagnostic]:
         if service.default is None:
             out.append(_warn(service.span, f"service {service.name} has no default: clients that no rule "
                              "matches are denied; write 'default deny' (or 'default allow') to say so"))
+    out += _shared_endpoints(policy.services)
     groups: dict[object, list[Rule]] = {}
     for rule in policy.rules:
         groups.setdefault(repr(rule.daemons), []).append(rule)
     for rules in groups.values():
         out += _rules(tuple(rules))
+    out += _userspace_only(policy.rules)
     return sorted(out, key=lambda d: (d.span.file, d.span.line, d.span.col) if d.span else ("", 0, 0))
 
 
@@ -129,6 +135,37 @@ def _has(m: Match, kinds: tuple[type, ...]) -> bool:
     if isinstance(m, Except):
         return _has(m.include, kinds) or _has(m.exclude, kinds)
     return False
+
+
+def _shared_endpoints(services: tuple[Service, ...]) -> Iterator[Diagnostic]:
+    """A port or Unix path claimed by two services: which rules guard it is ambiguous."""
+    for i, svc in enumerate(services):
+        for other in services[:i]:
+            clash = next((c for e in svc.endpoints for o in other.endpoints if (c := _clash(e, o))), None)
+            if clash is None or other.span is None:
+                continue
+            yield _warn(svc.span, f"service {svc.name} claims {clash}, which service {other.name} "
+                        f"({other.span.file}:{other.span.line}) also claims: a socket there would be guarded "
+                        "by whichever service is named for it", ((other.span, f"service {other.name} is declared here"),))
+
+
+def _clash(a: Endpoint, b: Endpoint) -> str | None:
+    """The first port (or the path) both endpoints select, or None."""
+    if a.proto != b.proto:
+        return None
+    if a.proto == "unix":
+        return str(a) if a.path == b.path else None
+    shared = [max(lo, blo) for lo, hi in a.ports for blo, bhi in b.ports if lo <= bhi and blo <= hi]
+    return f"{a.proto}/{min(shared)}" if shared else None
+
+
+def _userspace_only(rules: tuple[Rule, ...]) -> Iterator[Diagnostic]:
+    """hosts_access rules that need more than the source address (names, ident, server)."""
+    for rule in rules:
+        why = rule_userspace_reason(rule)
+        if why is not None:
+            yield _warn(rule.span, f"a kernel filter cannot enforce this rule: it {why}; only `sockgate proxy` "
+                        "enforces it, and `sockgate run`/`attach` refuse it")
 
 
 def _kinds(service: Service) -> Iterator[Diagnostic]:

@@ -240,7 +240,8 @@ class MatchParser:
             return MatchNone()
         ident = self.accounts.uid(name) if kind == "user" else self.accounts.gid(name)
         if ident is None:
-            self.error(self.span(tok), f"unknown {what} {name!r} (not in the account database)")
+            number = f"; for a {what} id write '{kind[0]}id {name}'" if name.isdigit() else ""
+            self.error(self.span(tok), f"unknown {what} {name!r} (not in the account database){number}")
         return Principal(kind, name, ident)  # type: ignore[arg-type]
 
     # -- limits ---------------------------------------------------------------------------

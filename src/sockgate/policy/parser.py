@@ -111,6 +111,8 @@ class _Context:
             text = self.read(path)
         except (OSError, UnicodeError) as e:
             reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+            if isinstance(e, IsADirectoryError) and what == "policy file":
+                reason += f'; to include the files in it, write include "{path.rstrip("/")}/*.conf"'
             self.error(at, f"cannot read {what} {path!r}: {reason}")
             return None
         if path not in self.texts:
@@ -119,8 +121,9 @@ class _Context:
         return text
 
     def parse_file(self, path: str, at: Span | None) -> None:
-        if path in self.stack:
-            chain = " -> ".join([*self.stack[self.stack.index(path) :], path])
+        keys = [normal_path(p) for p in self.stack]
+        if normal_path(path) in keys:
+            chain = " -> ".join([*self.stack[keys.index(normal_path(path)) :], path])
             self.error(at, f"include cycle: {chain}")
             return
         if len(self.stack) >= MAX_INCLUDE_DEPTH:
@@ -162,15 +165,33 @@ def _diag_order(d: Diagnostic, order: dict[str, int]) -> tuple[int, int, int]:
 
 
 def resolve_path(base_file: str, path: str) -> str:
-    """``path`` relative to the directory of ``base_file`` (pure string arithmetic)."""
+    """``path`` relative to the directory of ``base_file``, with ``.``, ``..`` and doubled
+    slashes folded (pure string arithmetic), so one file has one name and an include cycle
+    through ``../`` is seen."""
     if path.startswith("/"):
-        return path
+        return normal_path(path)
     directory = base_file.rpartition("/")[0] if "/" in base_file else ""
     if base_file.startswith("/") and not directory:
         directory = "/"
     if not directory:
-        return path
-    return f"{directory.rstrip('/')}/{path}" if directory != "/" else f"/{path}"
+        return normal_path(path)
+    return normal_path(f"{directory}/{path}")
+
+
+def normal_path(path: str) -> str:
+    """``path`` with ``.`` and empty parts dropped and ``name/..`` folded; a relative path keeps
+    its leading ``..``, an absolute one cannot climb above ``/``."""
+    absolute = path.startswith("/")
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == ".." and parts and parts[-1] != "..":
+            parts.pop()
+        elif part != ".." or not absolute:
+            parts.append(part)
+    joined = "/".join(parts)
+    return "/" + joined if absolute else joined or "."
 
 
 class _FileParser(MatchParser):
@@ -202,8 +223,10 @@ class _FileParser(MatchParser):
         self.unknown_keyword(tok, TOP_KEYWORDS, hint)
 
     def unknown_keyword(self, tok: Token, valid: Sequence[str], hint: str = "", where: str = "") -> None:
+        if tok.kind is Kind.COMMA and where:
+            hint = "; a list of clients goes in braces: allow { A, B }"
         if tok.kind is not Kind.WORD or not tok.text[:1].isalpha():
-            self.fail(tok, f"expected a statement{where} ({', '.join(valid)}), found {tok.describe()}")
+            self.fail(tok, f"expected a statement{where} ({', '.join(valid)}), found {tok.describe()}{hint}")
         close = difflib.get_close_matches(tok.text, valid, n=1)
         if close and not hint:
             hint = f"; did you mean {close[0]!r}?"
@@ -303,7 +326,7 @@ class _FileParser(MatchParser):
     def set_file(self, path: str, at: Span) -> tuple[IPNetwork, ...]:
         text = self.ctx.load(path, at, "address list")
         nets: list[IPNetwork] = []
-        for lineno, raw in enumerate((text or "").splitlines(), 1):
+        for lineno, raw in enumerate((text or "").split("\n"), 1):  # as the lexer counts lines
             body = raw.split("#", 1)[0]
             word = body.strip()
             if not word:
@@ -323,7 +346,8 @@ class _FileParser(MatchParser):
         endpoints: list[Endpoint] = []
         while self.peek().kind is Kind.WORD:
             try:
-                endpoints.append(self.endpoint())
+                if (ep := self.endpoint()) is not None:
+                    endpoints.append(ep)
             except Recover:
                 pass
         self.expect(Kind.LBRACE, f"'{{' to open service {name}")
@@ -352,7 +376,9 @@ class _FileParser(MatchParser):
         self.ctx.services[name] = body.build(span, tuple(endpoints), self.ctx.error)
 
     # endpoint := PROTO '/' PORTS {',' PORTS} | 'unix:' PATH
-    def endpoint(self) -> Endpoint:
+    # A bad protocol or port is reported and parsing goes on (None: nothing usable), so the
+    # errors of the service body are found too.
+    def endpoint(self) -> Endpoint | None:
         tok = self.advance()
         if tok.text.startswith("unix:"):
             path = tok.text[5:]
@@ -362,22 +388,26 @@ class _FileParser(MatchParser):
         proto, slash, first = tok.text.partition("/")
         if not slash:
             self.fail(tok, f"expected an endpoint (tcp/PORTS, udp/PORTS, unix:/PATH) or '{{', found {tok.text!r}")
-        if proto not in PROTOCOLS or proto == "unix":
-            self.fail(tok, f"unknown protocol {proto!r}; expected tcp or udp (or unix:/PATH)")
+        known = proto in PROTOCOLS and proto != "unix"
+        if not known:
+            self.ctx.error(self.span(tok), f"unknown protocol {proto!r}; expected tcp or udp (or unix:/PATH)")
         col = tok.col + len(proto) + 1
-        ports = [self.port_range(first, Span(self.file, tok.line, col, max(1, len(first))))]
+        ports = [self.port_range(first, Span(self.file, tok.line, col, max(1, len(first))), known)]
         while self.peek().kind is Kind.COMMA:
             self.advance()
             ptok = self.word("a port or port range after ','")
-            ports.append(self.port_range(ptok.text, self.span(ptok)))
-        return Endpoint(proto, ports=tuple(dict.fromkeys(ports)))  # type: ignore[arg-type]
+            ports.append(self.port_range(ptok.text, self.span(ptok), known))
+        if not known or None in ports:
+            return None
+        return Endpoint(proto, ports=tuple(dict.fromkeys(p for p in ports if p is not None)))  # type: ignore[arg-type]
 
-    def port_range(self, text: str, span: Span) -> tuple[int, int]:
+    def port_range(self, text: str, span: Span, report: bool = True) -> tuple[int, int] | None:
         try:
             return literals.port_range(text)
         except literals.LiteralError as e:
-            self.ctx.error(span, str(e))
-            raise Recover() from None
+            if report:
+                self.ctx.error(span, str(e))
+            return None
 
     # svc_stmt := rule | 'default' ('allow' | 'deny') | limit_clause | 'listen' URL | 'forward' URL
     def service_statement(self, body: "_ServiceBody") -> None:

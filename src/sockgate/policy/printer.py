@@ -70,7 +70,7 @@ def format_service(s: Service, sets: dict[str, AddressSet]) -> str:
         body.append(f"default {s.default}")
     if not body:
         return head + " {\n}"
-    return head + " {\n" + "\n".join(INDENT + line for line in "\n".join(body).splitlines()) + "\n}"
+    return head + " {\n" + "\n".join(INDENT + line for line in "\n".join(body).split("\n")) + "\n}"
 
 
 def format_rule(r: Rule, sets: dict[str, AddressSet] | None = None) -> str:

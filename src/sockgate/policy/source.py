@@ -44,3 +44,9 @@ def render_diagnostic(diag: "Diagnostic", source_text: str | None, caret: bool =
     for span, note in diag.related:
         lines.append(f"{span}: note: {note}")
     return "\n".join(lines)
+
+
+def printable(text: str) -> str:
+    """``text`` with the undecodable bytes of a policy file (kept as surrogates, since files
+    are read with ``surrogateescape``) written as ``\\xNN``, so any output stream can take it."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

@@ -28,11 +28,20 @@ _ORDER = ("event", "service", "peer", "decision", "rule", "reason")
 _NEEDS_QUOTES = re.compile(r'[\s"=\\]|^$')
 
 
+_QUOTED: dict[str, str] = {}  # service names, rules, reasons, ends repeat: render them once
+
+
 def _quote(v: Any) -> str:
     if type(v) is int or type(v) is float:
         return str(v)
     s = str(v)
-    return json.dumps(s) if _NEEDS_QUOTES.search(s) else s
+    q = _QUOTED.get(s)
+    if q is None:
+        q = json.dumps(s) if _NEEDS_QUOTES.search(s) else s
+        if len(_QUOTED) >= 1024:
+            _QUOTED.clear()
+        _QUOTED[s] = q
+    return q
 
 
 class Log:
@@ -68,7 +77,11 @@ class Log:
         t, stamp = self._now()
         if self.fmt == "text" and not self.use_syslog:
             # the hot path (two records per connection): no intermediate dict
-            line = f"{stamp} event={event} " + " ".join(f"{k}={_quote(v)}" for k, v in fields.items() if v is not None)
+            parts = [stamp, " event=", event]
+            for k, v in fields.items():
+                if v is not None:
+                    parts += (" ", k, "=", _quote(v))
+            line = "".join(parts)
         else:
             rec: dict[str, Any] = {"time": stamp, "event": event}
             rec.update((k, v) for k, v in fields.items() if v is not None)

@@ -24,6 +24,7 @@ Life cycle of ``Proxy.serve()``:
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import socket
@@ -40,6 +41,7 @@ from sockgate.urls import SocketURL, parse_url
 
 Loader = Callable[[], Sequence[Plan]]
 _TICK = 0.5
+_GC_THRESHOLD = 20000
 
 
 def new_loop(use_uvloop: bool = True) -> asyncio.AbstractEventLoop:
@@ -175,6 +177,11 @@ class Proxy:
         return [lst.address() for r in self.runners.values() for lst in r.listeners]
 
     def run_loop(self) -> int:
+        # What exists now (modules, the compiled policy) lives as long as the process: keep
+        # it out of every collection; and collect young objects less often (each connection
+        # leaves a few short-lived cycles, relay <-> pumps).
+        gc.freeze()
+        gc.set_threshold(_GC_THRESHOLD, 20, 20)
         loop = new_loop(self.use_uvloop)
         asyncio.set_event_loop(loop)
         self.loop = loop
@@ -195,9 +202,9 @@ class Proxy:
             self.log.flush()
             for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+            self.pipes.close()  # also the relays' epoll set, which the loop watches
             loop.close()
             asyncio.set_event_loop(None)
-            self.pipes.close()
 
     def _tick(self) -> None:
         for r in list(self.runners.values()) + self.retired:

@@ -23,6 +23,7 @@ still enforced here, in user space.
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import errno
 import ipaddress
@@ -123,6 +124,7 @@ class Conn:
     timer: asyncio.TimerHandle | None = None
     relay: Relay | None = None
     started: float = field(default_factory=time.monotonic)
+    label: str = ""  # peer_label(peer), rendered once for both records
 
 
 def _needs_name(m: Match) -> bool:
@@ -174,6 +176,12 @@ def _established(s: socket.socket) -> bool:
     except OSError:
         return False
     return True
+
+
+def _family(s: socket.socket) -> int:
+    """``s.family`` as a plain int: the ``socket.socket`` property converts it to an enum on
+    every call, which showed in the per-connection profile."""
+    return int(_socket.socket.family.__get__(s))
 
 
 def rule_label(rule: Rule | None) -> str:
@@ -341,14 +349,17 @@ class Runner:
             u.close_all(reason)
 
     def _on_accept(self, lsock: socket.socket) -> None:
+        family, kind = _family(lsock), socket.SOCK_STREAM
         for _ in range(_ACCEPT_BURST):
             try:
-                conn, addr = lsock.accept()
+                # socket.accept() without its per-call enum conversions of family and type
+                fd, addr = lsock._accept()  # type: ignore[attr-defined]
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
                 self._accept_failed(lsock, e)
                 return
+            conn = socket.socket(family, kind, 0, fd)
             try:
                 self.handle(conn, addr)
             except Exception as e:  # a bug must cost one connection, not the listener
@@ -387,15 +398,15 @@ class Runner:
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
             return
-        self._admit(conn, peer)
+        # an IPv4 peer's label is the accepted address as the kernel wrote it (canonical)
+        self._admit(conn, peer, f"{addr[0]}:{addr[1]}" if _family(conn) == socket.AF_INET else None)
 
     def _peer(self, conn: socket.socket, addr: Any) -> Peer:
-        if conn.family == socket.AF_UNIX:
+        if _family(conn) == socket.AF_UNIX:
             from sockgate.linux.peercred import unix_peer
 
             return unix_peer(conn)
-        if conn.family == socket.AF_INET6 or conn.family == socket.AF_INET:
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         server = None
         if self.needs_server:
             server = ipaddress.ip_address(conn.getsockname()[0].split("%", 1)[0])
@@ -436,7 +447,7 @@ class Runner:
             taken.append(lim)
         return d, None, taken, key
 
-    def _admit(self, conn: socket.socket, peer: Peer) -> None:
+    def _admit(self, conn: socket.socket, peer: Peer, label: str | None = None) -> None:
         d, verdict, taken, key = self.decide(peer)
         if verdict is not None:
             self._refuse(conn, peer, d.rule, verdict.reason, limit=True)
@@ -444,8 +455,9 @@ class Runner:
         if not d.allowed:
             self._refuse(conn, peer, d.rule, d.reason)
             return
-        self.log.record("decision", service=self.name, peer=peer_label(peer), decision="allow", rule=rule_label(d.rule), reason=d.reason)
-        c = Conn(peer, key, d, taken, conn)
+        label = label or peer_label(peer)
+        self.log.record("decision", service=self.name, peer=label, decision="allow", rule=rule_label(d.rule), reason=d.reason)
+        c = Conn(peer, key, d, taken, conn, label=label)
         self.conns[conn] = c
         self._connect(c)
 
@@ -532,7 +544,7 @@ class Runner:
         self.log.record(
             "close",
             service=self.name,
-            peer=peer_label(c.peer),
+            peer=c.label,
             decision="allow",
             rule=rule_label(c.decision.rule),
             bytes_up=up,
