@@ -12,7 +12,7 @@ the marker the compiler puts in them: the service name and the policy digest.
 ``guard_sockets`` / ``unguard_sockets`` do the same for sockets of running processes, reached
 through ``pidfd_getfd`` duplicates (``sockgate attach`` / ``detach``). They are transactions:
 every target is duplicated and checked (a socket, not locked, no foreign filter unless
-forced) before any is changed, and if a change fails the ones already made are undone by
+forced, no SO_REUSEPORT group left partly unguarded) before any is changed, and if a change fails the ones already made are undone by
 putting each socket's previous program back.
 
 Kernel enforcement is Linux-only: the platform is chosen once, at import. Elsewhere these
@@ -339,7 +339,11 @@ def _refuse_partial_groups(held: Sequence[_Held]) -> None:
     from sockgate.linux import pidfd, procsock
 
     ours = {procsock.identity(h.dup) for h in held}
+    checked: set[tuple[str, str]] = set()  # one table scan per address, not per member
     for h in held:
+        if (h.ref.proto, h.ref.local) in checked:
+            continue
+        checked.add((h.ref.proto, h.ref.local))
         for other in procsock.same_address(h.ref):
             try:
                 with pidfd.borrowed(other.pid, other.fd) as dup:

@@ -2,7 +2,8 @@
 
 Targets are one fd of a process (``--pid PID --fd N``), a process's TCP listeners and UDP
 sockets (``--pid PID``), or every socket bound to a port (``--port PORT``, all the processes
-of an SO_REUSEPORT group). The policy is compiled completely first; then every socket is
+of an SO_REUSEPORT group; naming only part of such a group is refused, as it would leave the
+rest open). The policy is compiled completely first; then every socket is
 guarded, or none is (changes already made are undone). Running it again swaps the filter in
 place (a reload); a foreign filter is replaced only with ``--force``.
 """

@@ -44,6 +44,7 @@ class SockRef:
     local: str  # "127.0.0.1:8080", "[::]:53", a Unix path, or ""
     listening: bool = False
     family: str = ""  # "inet" | "inet6" | "unix" | ...
+    shareable: bool = False  # SO_REUSEPORT (or, for UDP, SO_REUSEADDR): others may bind the same address
 
     def describe(self) -> str:
         where = f" {self.local}" if self.local else ""
@@ -154,9 +155,10 @@ def on_port(port: int, proto: str = "tcp") -> list[SockRef]:
 
 def same_address(ref: SockRef) -> list[SockRef]:
     """The other sockets bound to exactly ``ref``'s protocol and local address: with ``ref``,
-    an SO_REUSEPORT group, over which the kernel spreads clients. Only our network namespace's
-    tables are read, so for a process in another namespace the answer is empty."""
-    if ref.proto not in _PROTO_KIND or ":" not in ref.local or _netns(ref.pid) != _netns(os.getpid()):
+    an SO_REUSEPORT group, over which the kernel spreads clients. Empty at once for a socket
+    that lets nobody share its address (no table is read then); only our network namespace's
+    tables are read, so for a process in another namespace the answer is empty too."""
+    if not ref.shareable or ":" not in ref.local or _netns(ref.pid) != _netns(os.getpid()):
         return []
     port = int(ref.local.rsplit(":", 1)[1])
     return [r for r in on_port(port, ref.proto) if r.local == ref.local and (r.pid, r.fd) != (ref.pid, ref.fd)]
@@ -187,7 +189,11 @@ def inspect_dup(dup: int, pid: int, fd: int) -> SockRef:
         except OSError:
             local = ""
         listening = bool(s.getsockopt(socket.SOL_SOCKET, SO_ACCEPTCONN)) if p in ("tcp", "unix") else False
-        return SockRef(pid, fd, p, local, listening, _family(s.family))
+        shareable = p in _PROTO_KIND and bool(
+            s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
+            or (p == "udp" and s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR))
+        )
+        return SockRef(pid, fd, p, local, listening, _family(s.family), shareable)
     finally:
         s.detach()
 
