@@ -336,3 +336,16 @@ def test_undecodable_bytes_in_a_rule_are_shown_not_a_crash(capsys: pytest.Captur
     assert f"matched:  {allow}:1: sshd : caf\\xe9, 1.2.3.4" in out.splitlines()
     code = main(["lint", "--hosts-allow", str(allow)])
     assert code == 1 and "    sshd : caf\\xe9, 1.2.3.4" in capsys.readouterr().out.splitlines()
+
+
+def test_a_missing_hosts_file_is_read_as_empty_with_a_warning(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    missing = tmp_path / "hosts.allow"
+    deny = tmp_path / "hosts.deny"
+    deny.write_text("ALL: 10.0.0.0/8\n")
+    rc = main(["check", "--hosts-allow", str(missing), "--hosts-deny", str(deny),
+               "--service", "sshd", "--client", "10.1.2.3", "--no-resolve"])
+    out, err = capsys.readouterr()
+    assert rc == 1 and "access:   denied" in out
+    assert err == f"sockgate: warning: {missing} does not exist; read as an empty table, as libwrap does\n"

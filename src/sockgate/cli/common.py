@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -26,6 +27,10 @@ def load_from_args(args: argparse.Namespace) -> Policy:
     files = list(getattr(args, "policy_files", None) or []) + list(args.policy or [])
     if not files and args.hosts_allow is None and args.hosts_deny is None:
         raise UsageError("no policy: give POLICY files, --policy, or --hosts-allow/--hosts-deny")
+    for path in (args.hosts_allow, args.hosts_deny):
+        if path is not None and not os.path.exists(path):
+            # libwrap reads a missing table as empty (so a typo grants everyone): say so.
+            print(f"sockgate: warning: {path} does not exist; read as an empty table, as libwrap does", file=sys.stderr)
     return load_policy(files, args.hosts_allow, args.hosts_deny)
 
 
