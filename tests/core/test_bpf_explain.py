@@ -68,7 +68,7 @@ def test_banned_sources_are_shown(policy: str, capsys: pytest.CaptureFixture[str
 @pytest.mark.parametrize(
     "args, code, message",
     [
-        (["--service", "web"], 1, "sockgate: service 'web': a kernel filter sees only the source address"),
+        (["--service", "web"], 2, "sockgate: service 'web': a kernel filter sees only the source address"),
         (["--service", "nope"], 2, "sockgate: the policy has no service 'nope' (services: ssh, web)"),
         (["--service", "ssh", "--client", "bogus"], 2, "sockgate: --client: not an IP address: 'bogus'"),
         (["--service", "ssh", "--banned", "10.0.0.0/33"], 2, "sockgate: --banned: "),

@@ -367,7 +367,7 @@ def test_limits_are_refused_not_silently_ignored(tmp_path: Path, launch: Launch,
     policy.write_text(LIMITED.replace("allow uid 0\n", "") if listen.startswith("udp") else LIMITED)
     url = listen.format(dir=tmp_path)
     lr = launch("--policy", str(policy), "--service", "echo", "--listen", url, *extra, "--", "true")
-    assert lr.finish() == 1
+    assert lr.finish() == 2  # a policy this mode cannot enforce: a policy error
     assert any(message in line for line in lr.lines), lr.lines
     assert any("enforce this service with `sockgate proxy` instead" in line for line in lr.lines), lr.lines
     assert not (tmp_path / "lim.sock").exists()

@@ -3,7 +3,8 @@
 Each subcommand is a module of this package with ``add_parser(subparsers)`` and
 ``run(args) -> int``; it is imported only when used. The one broad ``except SockgateError``
 lives here: a one-line reason on stderr (a policy error shows its ``file:line:col`` lines and
-carets), exit 2 for usage and policy errors, 1 for runtime failures; ``--debug`` shows the
+carets), exit 2 for usage and policy errors (a policy this mode cannot enforce, or too large for
+one filter, included), 1 for runtime failures; ``--debug`` shows the
 traceback.
 """
 
@@ -14,7 +15,7 @@ import importlib
 import sys
 from typing import Sequence
 
-from sockgate.errors import PolicyError, SockgateError, UsageError
+from sockgate.errors import CompileError, PolicyError, SockgateError, UnsupportedInKernel, UsageError
 
 # name -> one-line help; the module sockgate.cli.<name> implements it.
 COMMANDS: dict[str, str] = {
@@ -81,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         return 2
-    except UsageError as e:
+    except (UsageError, CompileError, UnsupportedInKernel) as e:
+        # The operator asked for something this mode cannot do: a usage/policy error (2).
         print(f"sockgate: {e}", file=sys.stderr)
         if debug:
             raise
