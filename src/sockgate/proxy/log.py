@@ -78,9 +78,12 @@ class Log:
         if self.fmt == "text" and not self.use_syslog:
             # the hot path (two records per connection): no intermediate dict
             parts = [stamp, " event=", event]
+            quoted = _QUOTED
             for k, v in fields.items():
-                if v is not None:
-                    parts += (" ", k, "=", _quote(v))
+                if v is None:
+                    continue
+                q = quoted.get(v) if type(v) is str else None  # inlined _quote's cache hit
+                parts += (" ", k, "=", q if q is not None else _quote(v))
             line = "".join(parts)
         else:
             rec: dict[str, Any] = {"time": stamp, "event": event}

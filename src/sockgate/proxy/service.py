@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from sockgate.linux.listen import Listener
 
 _ACCEPT_BURST = 64
+_NONBLOCKING_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
 Resolver = Callable[[Any], Awaitable[tuple[Optional[str], bool]]]
 
 
@@ -478,12 +479,11 @@ class Runner:
         assert self.loop is not None
         t = self.target
         try:
-            b = socket.socket(t.family, socket.SOCK_STREAM)
+            b = socket.socket(t.family, _NONBLOCKING_STREAM)  # non-blocking from the start
         except OSError as e:
             self._backend_failed(c, f"socket: {e.strerror}")
             return
         c.backend = b
-        b.setblocking(False)
         if t.family != socket.AF_UNIX:
             b.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
@@ -535,6 +535,7 @@ class Runner:
 
     def _relay_closed(self, relay: Relay, how: str) -> None:
         c: Conn = relay.tag
+        relay.tag = None  # no cycle left behind: the connection's objects go by refcount
         self._finished(c, how, relay.up, relay.down)
 
     def _finished(self, c: Conn, how: str, up: int, down: int) -> None:
