@@ -21,10 +21,11 @@ while they carry bytes, so an idle connection holds no pipe and a short one cost
 Correctness rules the pumps keep:
 
 * edge-triggered reading — a pump reads until ``EAGAIN`` or end of file, except after a read
-  that provably emptied the socket: a TCP splice that filled fewer pipe slots than the pipe
+  that provably emptied a TCP socket: a splice that filled fewer pipe slots than the pipe
   has (``tcp_read_sock`` stops only when the queue is empty, the pipe is full or a FIN is
   reached) or a ``recv`` shorter than the buffer, and only when the event did not already
   report a hang-up (then the FIN may sit behind the data and no further edge would come);
+  Unix stream sockets are always read to ``EAGAIN``;
 * backpressure — when the destination would block, the pump stops reading its source and
   waits for the destination's next output edge; at most one pipe (1 MiB) is in flight;
 * half-close — end of file from one side becomes ``shutdown(SHUT_WR)`` on the other once the
@@ -252,9 +253,11 @@ class _Pump:
 
     def _empty_below(self) -> int:
         """A read of fewer bytes than this left the source empty (see the module doc)."""
+        if not self.tcp:
+            return 0  # Unix stream reads stop between writers of different credentials
         if not self.splice:
             return COPY_SIZE
-        if self.tcp and self.pipe is not None:
+        if self.pipe is not None:
             return self.pipe[2]  # fewer bytes than slots: the pipe was not full
         return 0
 
