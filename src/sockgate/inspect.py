@@ -394,26 +394,21 @@ def read_guards(
     items: Iterable[tuple[Sock, Sequence[Holder]]], some_denied: bool, identify: Identify = bpf_identify
 ) -> dict[int, Guard]:
     """The guard of each socket (keyed by ``id(sock)``); one pidfd per process, reused."""
-    pidfds: dict[int, int | AdapterError] = {}
     out: dict[int, Guard] = {}
-    try:
+    with pidfd.PidfdCache() as pidfds:
         for s, hs in items:
             # inode 0 (TIME-WAIT, a request socket): no descriptor exists for anyone to hold
             out[id(s)] = _guard_of(hs, some_denied and s.inode != 0, pidfds, identify)
-    finally:
-        for v in pidfds.values():
-            if isinstance(v, int):
-                os.close(v)
     return out
 
 
-def _guard_of(hs: Sequence[Holder], some_denied: bool, pidfds: dict[int, int | AdapterError], identify: Identify) -> Guard:
+def _guard_of(hs: Sequence[Holder], some_denied: bool, pidfds: pidfd.PidfdCache, identify: Identify) -> Guard:
     if not hs:
         return Guard(UNKNOWN, reason=NO_PERMISSION if some_denied else NO_HOLDER)
     errors: list[AdapterError] = []
     for h in hs:
         try:
-            dup = _borrow(h.pid, h.fds[0], pidfds)
+            dup = pidfds.dup(h.pid, h.fds[0])
         except AdapterError as e:
             errors.append(e)
             continue
@@ -430,18 +425,3 @@ def _guard_of(hs: Sequence[Holder], some_denied: bool, pidfds: dict[int, int | A
     if any(e.errno in (errno.EPERM, errno.EACCES) for e in errors):
         return Guard(UNKNOWN, reason=NO_PERMISSION)
     return Guard(UNKNOWN, reason=f"cannot read: {errors[-1]}" if errors else NO_HOLDER)
-
-
-def _borrow(pid: int, fd: int, pidfds: dict[int, int | AdapterError]) -> int:
-    """Our duplicate of ``pid``'s ``fd`` (caller closes), through a pidfd opened once per pid."""
-    if pid == os.getpid():
-        return os.dup(fd)
-    if pid not in pidfds:
-        try:
-            pidfds[pid] = os.pidfd_open(pid)
-        except OSError as e:
-            pidfds[pid] = AdapterError(f"pidfd_open pid {pid}: {e.strerror}", errno=e.errno)
-    got = pidfds[pid]
-    if isinstance(got, AdapterError):
-        raise got
-    return pidfd.getfd_from(got, pid, fd)

@@ -74,3 +74,42 @@ def borrowed(pid: int, target_fd: int) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
+
+
+class PidfdCache:
+    """Many descriptors of many processes through one pidfd per process.
+
+    ``dup(pid, fd)`` returns our duplicate (caller closes it); a process whose pidfd could not
+    be opened raises the same ``AdapterError`` for every later fd without asking again.
+    ``close()`` (or leaving the ``with`` block) closes the pidfds."""
+
+    def __init__(self) -> None:
+        self._pidfds: dict[int, int | AdapterError] = {}
+
+    def __enter__(self) -> "PidfdCache":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def dup(self, pid: int, target_fd: int) -> int:
+        if pid == os.getpid():
+            with translated(f"dup fd {target_fd}"):
+                return os.dup(target_fd)
+        got = self._pidfds.get(pid)
+        if got is None:
+            try:
+                with translated(f"pidfd_open pid {pid}"):
+                    got = os.pidfd_open(pid)
+            except AdapterError as e:
+                got = e
+            self._pidfds[pid] = got
+        if isinstance(got, AdapterError):
+            raise got
+        return getfd_from(got, pid, target_fd)
+
+    def close(self) -> None:
+        for v in self._pidfds.values():
+            if isinstance(v, int):
+                os.close(v)
+        self._pidfds.clear()
