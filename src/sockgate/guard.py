@@ -122,12 +122,7 @@ def compile_guard(policy: Policy, service: str) -> "Program":
     UsageError for an unknown service) without touching any socket."""
     from sockgate.bpf import compile_service
 
-    try:
-        svc = policy.service(service)
-    except KeyError:
-        known = ", ".join(policy.service_names()) or "none"
-        raise UsageError(f"the policy has no service {service!r} (services: {known})") from None
-    return compile_service(svc)
+    return compile_service(policy.require_service(service))
 
 
 def guard(policy: Policy, sock: Sockish, service: str) -> Guarded:

@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Callable, NoReturn
 from sockgate.errors import AdapterError, PolicyError, SockgateError, UnsupportedInKernel, UsageError
 from sockgate.linux import activation, privileges
 from sockgate.linux.listen import Listener, open_listeners
-from sockgate.policy.ir import Policy, Service
+from sockgate.policy.ir import Policy
 from sockgate.urls import SocketURL
 
 if TYPE_CHECKING:
@@ -192,14 +192,6 @@ def _where(sock: socket.socket) -> str:
     return f"{kind}://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{kind}://{host}:{port}"
 
 
-def _service_of(policy: Policy, service: str) -> Service:
-    try:
-        return policy.service(service)
-    except KeyError:
-        known = ", ".join(policy.service_names()) or "none"
-        raise UsageError(f"the policy has no service {service!r} (services: {known})") from None
-
-
 def check_service(policy: Policy, service: str, inet: bool) -> None:
     """Refuse what ``run`` cannot enforce, before any socket is touched: with TCP/UDP
     listeners, anything the compiler refuses (host names, principals, limits); with Unix
@@ -210,7 +202,7 @@ def check_service(policy: Policy, service: str, inet: bool) -> None:
     if inet:
         compile_guard(policy, service)
         return
-    svc = _service_of(policy, service)
+    svc = policy.require_service(service)
     where = [f"{r.span.file}:{r.span.line}: {r.text}" for r in svc.rules if r.limits is not None and not r.limits.is_empty()]
     if svc.limits is not None and not svc.limits.is_empty():
         at = f"{svc.span.file}:{svc.span.line}: " if svc.span is not None else ""

@@ -188,7 +188,7 @@ def test_native_policy_and_unknown_service(capsys: pytest.CaptureFixture[str], t
     native = tmp_path / "small.conf"
     native.write_text("service ssh tcp/22 {\n    allow 10.0.0.0/8\n    default deny\n}\n")
     code, out, err = run(capsys, str(native), "--service", "nosuch", "--client", "192.0.2.10")
-    assert (code, out, err.strip()) == (2, "", "sockgate: unknown service 'nosuch'; the policy declares: ssh")
+    assert (code, out, err.strip()) == (2, "", "sockgate: the policy has no service 'nosuch' (services: ssh)")
 
 
 def test_unix_peer_credentials(capsys: pytest.CaptureFixture[str]) -> None:

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     clients = _client_specs(args)
     name, server = _service_and_server(args)
     policy = load_from_args(args)
-    service = _service(policy, name)
+    service = policy.require_service(name)
     peer_sets = [(text, peers) for text, peers in _peers(args, clients, service, server)]
     verdicts = [
         Verdict(text, peers, tuple(_explained(policy, service, decide_service(service, p)) for p in peers))
@@ -118,14 +118,6 @@ def _check_credentials(args: argparse.Namespace) -> None:
         raise UsageError(f"--pid must be a process id >= 1, found {args.pid}")
     if args.exe is not None and not args.exe.startswith("/"):
         raise UsageError(f"--exe must be an absolute path (as /proc/PID/exe gives it), found {args.exe!r}")
-
-
-def _service(policy: Policy, name: str) -> Service:
-    try:
-        return policy.service(name)
-    except KeyError:
-        known = ", ".join(policy.service_names()) or "none"
-        raise UsageError(f"unknown service {name!r}; the policy declares: {known}") from None
 
 
 def _service_and_server(args: argparse.Namespace) -> tuple[str, IPAddress | None]:

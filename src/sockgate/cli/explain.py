@@ -33,11 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from sockgate.bpf.program import parse_banned
 
     policy = load_from_args(args)
-    try:
-        service = policy.service(args.service)
-    except KeyError:
-        known = ", ".join(policy.service_names()) or "none"
-        raise UsageError(f"the policy has no service {args.service!r} (services: {known})") from None
+    service = policy.require_service(args.service)
     try:
         banned = [parse_banned(b) for b in args.banned]
     except ValueError as e:

@@ -60,11 +60,7 @@ def _one_off_service(args: argparse.Namespace, policy: Policy | None) -> Service
         if len(names) != 1 or policy.rules:
             raise UsageError("say which policy service decides the clients: --service NAME")
         name = names[0]
-    try:
-        return policy.service(name)
-    except KeyError:
-        known = ", ".join(policy.service_names()) or "none"
-        raise UsageError(f"the policy has no service {name!r} (services: {known})") from None
+    return policy.require_service(name)
 
 
 def plans_from_args(args: argparse.Namespace) -> list[Plan]:

@@ -290,6 +290,16 @@ class Policy:
             policy_digest=self.digest(),
         )
 
+    def require_service(self, name: str) -> Service:
+        """``service(name)``, or a ``UsageError`` that lists the services the policy has."""
+        try:
+            return self.service(name)
+        except KeyError:
+            from sockgate.errors import UsageError
+
+            known = ", ".join(self.service_names()) or "none"
+            raise UsageError(f"the policy has no service {name!r} (services: {known})") from None
+
     def digest(self) -> str:
         h = hashlib.sha256()
         for s in self.services:
