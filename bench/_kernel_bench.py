@@ -152,6 +152,18 @@ def _echo(conns: dict[int, socket.socket], fd: int, ep: Any) -> None:
     c.close()
 
 
+def echo_once(port: int, timeout: float) -> None:
+    """One short connection: connect to 127.0.0.1:port, send PAYLOAD, read the echo, close."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(PAYLOAD)
+        got = 0
+        while got < len(PAYLOAD):
+            chunk = s.recv(4096)
+            if not chunk:
+                raise ConnectionError("closed early")
+            got += len(chunk)
+
+
 def alternate(ports: list[int], seconds: float, threads: int) -> dict[str, list[float]]:
     """Like ``clients``, but each thread's connections go to ``ports`` in turn, so every
     server sees the same machine load at the same moments; returns per port the number of
@@ -164,14 +176,7 @@ def alternate(ports: list[int], seconds: float, threads: int) -> dict[str, list[
         k = i % len(ports)
         while time.monotonic() < stop:
             t0 = time.perf_counter()
-            with socket.create_connection(("127.0.0.1", ports[k]), timeout=5) as s:
-                s.sendall(PAYLOAD)
-                got = 0
-                while got < len(PAYLOAD):
-                    chunk = s.recv(4096)
-                    if not chunk:
-                        raise ConnectionError("closed early")
-                    got += len(chunk)
+            echo_once(ports[k], timeout=5)
             spent[i][k] += time.perf_counter() - t0
             count[i][k] += 1
             k = (k + 1) % len(ports)
@@ -244,14 +249,7 @@ def clients(port: int, seconds: float, threads: int, t0: float) -> dict[str, flo
     def loop(i: int) -> None:
         while (t1 := time.monotonic()) < stop:
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-                    s.sendall(PAYLOAD)
-                    got = 0
-                    while got < len(PAYLOAD):
-                        chunk = s.recv(4096)
-                        if not chunk:
-                            raise ConnectionError("closed early")
-                        got += len(chunk)
+                echo_once(port, timeout=2)
             except OSError:
                 fails[i] += 1
                 continue
