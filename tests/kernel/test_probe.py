@@ -157,16 +157,22 @@ def ours(lab: Lab, proto: str, target: str, source: str, ports: list[int]) -> di
     return {p: lab.client.call(lambda p=p: fn(target, p, source=source, timeout=TIMEOUT)).state for p in ports}  # type: ignore[misc]
 
 
+def _agree_with_nmap(lab: Lab, proto: str, server: str, sources: tuple[str, ...], ports: list[int]) -> dict[str, Any]:
+    """probe's verdicts from each source; each must equal nmap's (-sT / -sU) from that source."""
+    seen = {}
+    for source in sources:
+        got = ours(lab, proto, server, source, ports)
+        assert got == nmap(lab, "-sT" if proto == "tcp" else "-sU", server, source, ports), source
+        seen[source] = got
+    return seen
+
+
 @pytest.mark.slow
 def test_tcp_verdicts_equal_nmap(site: dict[str, Any]) -> None:
     lab: Lab = site["lab"]
     p = site["ports"]
     ports = [p["tcp_open"], p["tcp_closed"], p["tcp_guarded"]]
-    seen = {}
-    for source in (ALLOWED_V4, DENIED_V4):
-        got = ours(lab, "tcp", lab.server_v4, source, ports)
-        assert got == nmap(lab, "-sT", lab.server_v4, source, ports), source
-        seen[source] = got
+    seen = _agree_with_nmap(lab, "tcp", lab.server_v4, (ALLOWED_V4, DENIED_V4), ports)
     # the guard decides by source: allowed sees the port open, denied sees it filtered
     assert seen[ALLOWED_V4][p["tcp_guarded"]] == "open"
     assert seen[DENIED_V4][p["tcp_guarded"]] == "filtered"
@@ -178,11 +184,8 @@ def test_tcp6_verdicts_equal_nmap(site: dict[str, Any]) -> None:
     lab: Lab = site["lab"]
     p = site["ports"]
     ports = [p["tcp6_open"], p["tcp6_closed"], p["tcp6_guarded"]]
-    states = set()
-    for source in (ALLOWED_V6, DENIED_V6):
-        got = ours(lab, "tcp", lab.server_v6, source, ports)
-        assert got == nmap(lab, "-sT", lab.server_v6, source, ports), source
-        states.add((source, got[p["tcp6_guarded"]]))
+    seen = _agree_with_nmap(lab, "tcp", lab.server_v6, (ALLOWED_V6, DENIED_V6), ports)
+    states = {(source, got[p["tcp6_guarded"]]) for source, got in seen.items()}
     assert states == {(ALLOWED_V6, "open"), (DENIED_V6, "filtered")}
 
 
@@ -191,11 +194,7 @@ def test_udp_verdicts_equal_nmap(site: dict[str, Any]) -> None:
     lab: Lab = site["lab"]
     p = site["ports"]
     ports = [p["udp_open"], p["udp_closed"], p["udp_guarded"]]
-    seen = {}
-    for source in (ALLOWED_V4, DENIED_V4):
-        got = ours(lab, "udp", lab.server_v4, source, ports)
-        assert got == nmap(lab, "-sU", lab.server_v4, source, ports), source
-        seen[source] = got
+    seen = _agree_with_nmap(lab, "udp", lab.server_v4, (ALLOWED_V4, DENIED_V4), ports)
     assert seen[ALLOWED_V4] == {p["udp_open"]: "open", p["udp_closed"]: "closed", p["udp_guarded"]: "open"}
     assert seen[DENIED_V4][p["udp_guarded"]] == "open|filtered"
 
