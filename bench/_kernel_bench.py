@@ -9,8 +9,12 @@ share an interpreter lock; the roles are this file's subcommands:
              kernel        the listener carries the compiled sockgate filter
              pair          two listeners in one event loop, plain and guarded (prints both)
              pair-control  the same with two plain listeners (an A/A check of the method)
-             accept-close  accept, decide the peer in user space, close the denied (libwrap
-                           linked into the daemon, the most charitable TCP Wrappers setup)
+             accept-close  accept, decide the peer with sockgate's engine in user space,
+                           close the denied (the most charitable accept-then-close)
+             libwrap       accept, ask the system's libwrap (hosts_ctl(3), which reads
+                           hosts.allow and hosts.deny files on every call, written from
+                           POLICY_JSON into a temporary directory), close the denied: a
+                           daemon with TCP Wrappers linked in, without logging refusals
              inetd-fork    accept, fork a child per connection that decides and then closes
                            or serves (inetd + tcpd, how TCP Wrappers is usually deployed;
                            without the exec, so still cheaper than the real thing)
@@ -44,7 +48,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LINGER0 = struct.pack("ii", 1, 0)
@@ -61,10 +65,52 @@ def service_from(spec: dict[str, Any]) -> Any:
     return Service("bench", (rule,), Action(spec.get("default", "deny")))
 
 
+class Libwrap:
+    """The system's TCP Wrappers library (libwrap.so.0, Debian package libwrap0, which tcpd
+    depends on) pointed at hosts.allow / hosts.deny files made from POLICY_JSON: the
+    ``hosts_ctl(daemon, name, addr, user)`` call a non-forking daemon makes per connection.
+    Only address patterns are written, so libwrap makes no DNS lookup."""
+
+    def __init__(self, spec: dict[str, Any], tmpdir: str) -> None:
+        import ctypes
+
+        self.lib = ctypes.CDLL("libwrap.so.0")
+        allow = " ".join(_libwrap_pattern(n) for n in spec["allow"])
+        tables = {"hosts_allow_table": f"bench: {allow}\n", "hosts_deny_table": "ALL: ALL\n"}
+        self.paths = []
+        for name, text in tables.items():
+            path = os.path.join(tmpdir, name)
+            with open(path, "w") as f:
+                f.write(text)
+            self.paths.append(path.encode())  # referenced from the library's globals: keep alive
+            ctypes.c_char_p.in_dll(self.lib, name).value = self.paths[-1]
+        self.lib.hosts_ctl.argtypes = [ctypes.c_char_p] * 4
+        self.lib.hosts_ctl.restype = ctypes.c_int
+
+    def allowed(self, addr: str) -> bool:
+        return bool(self.lib.hosts_ctl(b"bench", b"unknown", addr.encode(), b"unknown"))
+
+
+def _libwrap_pattern(cidr: str) -> str:
+    net = ipaddress.ip_network(cidr)
+    if net.prefixlen == net.max_prefixlen:
+        return str(net.network_address)
+    return f"{net.network_address}/{net.netmask}" if net.version == 4 else f"[{net.network_address}]/{net.prefixlen}"
+
+
 def serve(mode: str, spec: dict[str, Any], backlog: int = 4096) -> None:
+    import tempfile
+
     from sockgate.decide import Peer, decide_service
 
     svc = service_from(spec)
+    tmp = tempfile.TemporaryDirectory(prefix="sockgate-libwrap-")  # removed when serve returns
+
+    def allowed(addr: str) -> bool:  # the user-space check of accept-close and inetd-fork
+        return bool(decide_service(svc, Peer.parse(addr)).allowed)
+
+    if mode == "libwrap":
+        allowed = Libwrap(spec, tmp.name).allowed
     if mode == "inetd-fork":
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
     # "pair": one process, one event loop, two listeners (plain first, then guarded), so the
@@ -92,14 +138,15 @@ def serve(mode: str, spec: dict[str, Any], backlog: int = 4096) -> None:
     while True:
         for fd, _ in ep.poll():
             if fd in listeners:
-                _accept_all(listeners[fd], ep, conns, mode, svc, Peer, decide_service)
+                _accept_all(listeners[fd], ep, conns, mode, allowed)
             elif fd == sys.stdin.fileno():
                 return
             else:
                 _echo(conns, fd, ep)
 
 
-def _accept_all(lst: socket.socket, ep: Any, conns: dict[int, socket.socket], mode: str, svc: Any, Peer: Any, decide: Any) -> None:
+def _accept_all(lst: socket.socket, ep: Any, conns: dict[int, socket.socket], mode: str,
+                allowed: Callable[[str], bool]) -> None:
     while True:
         try:
             c, addr = lst.accept()
@@ -110,9 +157,9 @@ def _accept_all(lst: socket.socket, ep: Any, conns: dict[int, socket.socket], mo
                 return
             raise
         if mode == "inetd-fork":
-            _fork_serve(c, svc, Peer, decide)
+            _fork_serve(c, allowed)
             continue
-        if mode == "accept-close" and not decide(svc, Peer.parse(addr[0])).allowed:
+        if mode in ("accept-close", "libwrap") and not allowed(addr[0]):
             c.close()  # the TCP Wrappers way: the handshake has already happened
             continue
         c.setblocking(False)
@@ -120,12 +167,12 @@ def _accept_all(lst: socket.socket, ep: Any, conns: dict[int, socket.socket], mo
         ep.register(c.fileno(), select.EPOLLIN)
 
 
-def _fork_serve(c: socket.socket, svc: Any, Peer: Any, decide: Any) -> None:
+def _fork_serve(c: socket.socket, allowed: Callable[[str], bool]) -> None:
     if os.fork():
         c.close()
         return
     try:  # the child: tcpd's check, then the service (an echo) for an allowed peer
-        if decide(svc, Peer.parse(c.getpeername()[0])).allowed:
+        if allowed(c.getpeername()[0]):
             c.setblocking(True)
             while data := c.recv(4096):
                 c.sendall(data)

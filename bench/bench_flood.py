@@ -44,10 +44,11 @@ import tempfile
 from _kernel_bench import Server, build_flood, machine, median, python_flood, run_clients
 
 POLICY = {"allow": ["127.0.0.1/32"], "default": "deny"}
-MODES = ("kernel", "accept-close", "inetd-fork")
+MODES = ("kernel", "libwrap", "accept-close", "inetd-fork")
 NAMES = {
     "kernel": "sockgate kernel filter",
-    "accept-close": "accept-then-close in the daemon (libwrap)",
+    "libwrap": "accept-then-close in the daemon, libwrap's hosts_ctl",
+    "accept-close": "accept-then-close in the daemon, sockgate's engine",
     "inetd-fork": "fork per connection, then check (inetd + tcpd)",
 }
 Run = dict[str, dict[str, float]]  # "quiet" / "flood" -> the numbers of that run

@@ -5,7 +5,9 @@
 * Bulk: ``iperf3 -c 127.0.0.1 -p PORT -t 4 -O 1 -P {1,4} -J`` (receiver-side bits/s) through
   each path in front of ``iperf3 -s``: direct, sockgate proxy (1 and 2 workers, and 1 worker
   without splice / without uvloop, to show what each gave), haproxy 2.6 ``mode tcp`` with no
-  tune settings, socat ``TCP-LISTEN,fork``.
+  tune settings (and, as the ceiling of a splice relay in C, with ``option splice-request`` and
+  ``option splice-response``), the bare Python relay of PEERS.md (bench/splice_relay.py: a
+  thread per direction, blocking splice, nothing else), socat ``TCP-LISTEN,fork``.
 * Short connections: 4 client threads loop connect / 64-byte echo / close for 5 s against a
   small C epoll echo server, directly or through each path (the same ones, plus xinetd
   ``redirect`` and xinetd → tcpd → cat, the TCP Wrappers deployment); conn/s and p50/p99
@@ -105,15 +107,22 @@ class Bench:
         path.write_text(policy.format(port=port, backend=self.backend))
         return self._add(Proc([PY, "-m", "sockgate", "proxy", str(path)], port, log=self.tmp / f"p{port}.log"))
 
-    def haproxy(self) -> Proc:
+    def haproxy(self, splice: bool = False) -> Proc:
+        """haproxy 2.6 ``mode tcp`` with no tune settings; ``splice`` forces splice(2) both
+        ways (PEERS.md's "splice forced" row: the ceiling of a C splice relay here)."""
         port = free_port()
         cfg = self.tmp / f"haproxy{port}.cfg"
+        forced = "    option splice-request\n    option splice-response\n" if splice else ""
         cfg.write_text(
             "global\n    maxconn 4000\ndefaults\n    mode tcp\n    timeout connect 5s\n    timeout client 60s\n"
             f"    timeout server 60s\nfrontend f\n    bind 127.0.0.1:{port}\n    default_backend b\n"
-            f"backend b\n    server s1 127.0.0.1:{self.backend}\n"
+            f"backend b\n{forced}    server s1 127.0.0.1:{self.backend}\n"
         )
         return self._add(Proc(["haproxy", "-f", str(cfg), "-db"], port))
+
+    def splice_threads(self) -> Proc:
+        port = free_port()
+        return self._add(Proc([PY, str(HERE / "splice_relay.py"), str(port), str(self.backend)], port))
 
     def socat(self) -> Proc:
         port = free_port()
@@ -215,6 +224,8 @@ def bulk(args: argparse.Namespace, tools: str, tmp: Path) -> None:
         for name, extra in SG.items():
             paths[name] = b.sockgate(*extra).port
         paths["haproxy 2.6 mode tcp"] = b.haproxy().port
+        paths["haproxy 2.6 mode tcp, splice forced"] = b.haproxy(splice=True).port
+        paths["Python splice relay, a thread per direction"] = b.splice_threads().port
         paths["socat fork"] = b.socat().port
         res: dict[tuple[str, int], list[float]] = {}
         for run in range(args.runs):

@@ -30,6 +30,10 @@ Correctness rules the pumps keep:
   waits for the destination's next output edge; at most one pipe (1 MiB) is in flight;
 * half-close — end of file from one side becomes ``shutdown(SHUT_WR)`` on the other once the
   pipe is drained; the relay ends when both directions have ended;
+* urgent data — ``splice`` stops at a TCP urgent mark and makes no progress past it, and a
+  ``recv`` stops short before it; so the first ``EPOLLPRI`` switches that pump to copying
+  with ``SO_OOBINLINE`` and reading to ``EAGAIN``: the urgent byte is forwarded in line, in
+  order (its urgency is not re-created on the other side, as with most relays);
 * resets — a reset (or broken pipe) on one side is propagated as a reset on the other
   (``SO_LINGER`` 0 then close), and both sockets are closed at once;
 * timeouts — ``last_activity`` is updated on every event; the server sweeps relays and calls
@@ -67,9 +71,10 @@ _RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT, errno
 _EPOLLIN = select.EPOLLIN
 _EPOLLOUT = select.EPOLLOUT
 _HANGUP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
-_INPUT = _EPOLLIN | _HANGUP
+_URGENT = select.EPOLLPRI
+_INPUT = _EPOLLIN | _URGENT | _HANGUP
 _OUTPUT = _EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
-_WATCH = _EPOLLIN | _EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
+_WATCH = _EPOLLIN | _URGENT | _EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
 
 Pipe = tuple[int, int, int]  # read end, write end, buffer slots
 
@@ -188,6 +193,7 @@ class _Pump:
         self.queued = False  # a continuation is scheduled (burst used up)
         self.eof = False
         self.done = False
+        self.urgent = False  # TCP urgent data was seen: copy in line, read to EAGAIN
         self.bytes = 0
         self.splice = relay.pipes.splice
 
@@ -195,6 +201,12 @@ class _Pump:
         self.readable = True
         if ev & _HANGUP:
             self.hangup = True
+        if ev & _URGENT and not self.urgent:
+            self.urgent = True
+            try:
+                self.src.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+            except OSError:
+                pass  # the socket is failing; the read below reports it
         if not self.blocked:
             self.run()
 
@@ -253,8 +265,9 @@ class _Pump:
 
     def _empty_below(self) -> int:
         """A read of fewer bytes than this left the source empty (see the module doc)."""
-        if not self.tcp:
-            return 0  # Unix stream reads stop between writers of different credentials
+        if not self.tcp or self.urgent:
+            return 0  # Unix stream reads stop between writers of different credentials, and
+            # TCP reads at an urgent mark
         if not self.splice:
             return COPY_SIZE
         if self.pipe is not None:
@@ -263,6 +276,8 @@ class _Pump:
 
     def _fill(self) -> int | None:
         """Read once from src into the pipe/buffer: bytes read, 0 at EOF, None if it would block."""
+        if self.splice and self.urgent and not self.pending:
+            self._to_copy()  # splice cannot pass an urgent mark
         if self.splice:
             if self.pipe is None:
                 self.pipe = self.relay.pipes.acquire()
@@ -363,9 +378,15 @@ class Relay:
         self.poller: Poller | None = None
 
     def start(self) -> None:
+        """Watch both sockets, then read the client at once: most clients have sent their
+        first bytes by the time the proxy accepted and reached the backend (on loopback,
+        before ``accept`` even returned), and reading now saves a turn of the event loop.
+        The edge that registration queues for those bytes finds them read and does nothing;
+        if nothing was there, one ``EAGAIN`` is all it cost."""
         self.poller = self.pipes.poller(self.loop)
         self.poller.register(self.upstream.sfd, self._client_event)
         self.poller.register(self.downstream.sfd, self._backend_event)
+        self.upstream.on_input(_EPOLLIN)
 
     def _client_event(self, ev: int) -> None:
         """An edge on the client socket: upstream reads from it, downstream writes to it."""
