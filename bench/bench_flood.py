@@ -1,12 +1,15 @@
 """Allowed clients under a denied connect flood: the kernel filter vs accept-then-close.
 
-Three echo servers on 127.0.0.1 enforce the same policy (allow 127.0.0.1, default deny), all
-with the same listen backlog (BACKLOG, default 128: Python's default for listen(), sshd's,
-and the usual order of magnitude for daemons): one with sockgate's filter on its listener (a
-denied SYN is dropped in the kernel: no SYN-ACK, no accept-queue slot), and two the TCP
-Wrappers way, deciding only after the handshake: accept, decide in the daemon, close (libwrap
-linked in); and a fork per accepted connection whose child decides, then closes or serves
-(inetd + tcpd, without tcpd's exec).
+Four echo servers on 127.0.0.1 enforce the same policy (allow 127.0.0.1, default deny), all
+with the same listen backlog (BACKLOG, default 128: Python's default for listen(), sshd's;
+4096 is SOMAXCONN, a systemd socket unit's default): one with sockgate's filter on its
+listener (a denied SYN is dropped in the kernel: no SYN-ACK, no accept-queue slot), and three
+the TCP Wrappers way, deciding only after the handshake: accept, ask the system's libwrap
+(hosts_ctl(3) on a hosts.allow/hosts.deny pair), close — TCP Wrappers linked into the
+daemon; the same with sockgate's engine deciding in-process (the most charitable
+accept-then-close, about 60 % of libwrap's cost per call; the run
+measures both and prints them); and a fork per accepted
+connection whose child decides, then closes or serves (inetd + tcpd, without tcpd's exec).
 
 Method (PEERS.md): 4 client threads loop connect / 64-byte echo / close from 127.0.0.1 for
 SECONDS against one server — once alone ("no flood") and once while a single process floods
@@ -41,7 +44,7 @@ import os
 import sys
 import tempfile
 
-from _kernel_bench import Server, build_flood, machine, median, python_flood, run_clients
+from _kernel_bench import Libwrap, Server, build_flood, machine, median, python_flood, run_clients, service_from
 
 POLICY = {"allow": ["127.0.0.1/32"], "default": "deny"}
 MODES = ("kernel", "libwrap", "accept-close", "inetd-fork")
@@ -77,7 +80,28 @@ def main() -> int:
         runs = measure(args, modes, flood_cmd)
     load.append(os.getloadavg())
     report(args, modes, runs, "python" if flood_cmd[0] == sys.executable else "flood.c", load)
+    print(decision_costs())
     return 0
+
+
+def decision_costs(calls: int = 20_000, repeats: int = 7) -> str:
+    """What the two in-daemon checks cost per connection: libwrap's ``hosts_ctl`` and
+    sockgate's engine (with the peer parsed from text, as the accept loop does)."""
+    import statistics
+    import timeit
+
+    from sockgate.decide import Peer, decide_service
+
+    svc = service_from(POLICY)
+    with tempfile.TemporaryDirectory(prefix="sockgate-libwrap-") as tmp:
+        wrap = Libwrap(POLICY, tmp)
+        checks = {
+            "libwrap hosts_ctl": lambda: wrap.allowed("127.0.0.2"),
+            "sockgate engine": lambda: decide_service(svc, Peer.parse("127.0.0.2")).allowed,
+        }
+        cost = {k: statistics.median(timeit.repeat(f, number=calls, repeat=repeats)) / calls * 1e6 for k, f in checks.items()}
+    return "decision cost per denied connection (median of {} x {:,} calls): {}".format(
+        repeats, calls, ", ".join(f"{k} {v:.1f} us" for k, v in cost.items()))
 
 
 def measure(args: argparse.Namespace, modes: list[str], flood_cmd: list[str]) -> dict[str, list[Run]]:
