@@ -545,32 +545,49 @@ def test_another_host_over_ipv6_in_a_namespace(tmp_path: Path, lab: "netlab.Lab"
         echo.close()
 
 
-@pytest.mark.parametrize("splice", [True, False], ids=["splice", "copy"])
-def test_urgent_data_is_relayed_in_line_without_stalling(tmp_path: Path, procs: list[ProxyProc], splice: bool) -> None:
+@pytest.mark.parametrize("listen", ["tcp", "tcp-copy", "unix"])
+def test_urgent_data_is_relayed_in_line_without_stalling(tmp_path: Path, procs: list[ProxyProc], listen: str) -> None:
     """TCP urgent data (telnet's interrupt, FTP's ABOR) stops splice(2) at the urgent mark and
-    a short recv(2) before it: the relay must carry the byte on, in line, and keep going."""
+    a short recv(2) before it, and a Unix stream read skips an out-of-band byte: the relay
+    must carry the byte on, in line and in order, and keep going."""
     lsock = socket.create_server(("127.0.0.1", 0))
+    client: socket.socket | None = None
     try:
         port = lsock.getsockname()[1]
-        mode = () if splice else ("--no-splice",)
-        p = start(procs, tmp_path, "--listen", "tcp://127.0.0.1:0", "--forward", f"tcp://127.0.0.1:{port}", *mode)
-        with connect(p.tcp_port()) as s:
-            b, _ = lsock.accept()
-            with b:
-                b.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
-                b.settimeout(3)
-                got = b""
-                for i in range(3):  # more than once: the mark is passed each time
-                    s.sendall(b"before%d" % i)
-                    s.send(b"!", socket.MSG_OOB)
-                    s.sendall(b"after%d" % i)
-                    want = b"".join(b"before%d!after%d" % (k, k) for k in range(i + 1))
-                    while len(got) < len(want):
-                        chunk = b.recv(4096)
-                        assert chunk, "the relay closed the connection"
-                        got += chunk
-                    assert got == want
-                b.sendall(b"reply")  # the other direction still works
-                assert s.recv(16) == b"reply"
+        where = f"unix:{tmp_path / 'oob.sock'}" if listen == "unix" else "tcp://127.0.0.1:0"
+        mode = ("--no-splice",) if listen == "tcp-copy" else ()
+        p = start(procs, tmp_path, "--listen", where, "--forward", f"tcp://127.0.0.1:{port}", *mode)
+        if listen == "unix":
+            client = socket.socket(socket.AF_UNIX)
+            client.settimeout(3)
+            client.connect(str(tmp_path / "oob.sock"))
+        else:
+            client = connect(p.tcp_port())
+        s = client
+
+        def send_round(i: int) -> None:
+            s.sendall(b"before%d" % i)
+            s.send(b"!", socket.MSG_OOB)
+            s.sendall(b"after%d" % i)
+
+        send_round(0)  # before the relay starts: its first read meets the byte
+        b, _ = lsock.accept()
+        with b:
+            b.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+            b.settimeout(3)
+            got = b""
+            for i in range(20):  # many times: the mark is passed each time, and races vary
+                if i:
+                    send_round(i)
+                want = b"".join(b"before%d!after%d" % (k, k) for k in range(i + 1))
+                while len(got) < len(want):
+                    chunk = b.recv(4096)
+                    assert chunk, "the relay closed the connection"
+                    got += chunk
+                assert got == want
+            b.sendall(b"reply")  # the other direction still works
+            assert s.recv(16) == b"reply"
     finally:
+        if client is not None:
+            client.close()
         lsock.close()

@@ -33,7 +33,8 @@ Correctness rules the pumps keep:
 * urgent data — ``splice`` stops at a TCP urgent mark and makes no progress past it, and a
   ``recv`` stops short before it; so the first ``EPOLLPRI`` switches that pump to copying
   with ``SO_OOBINLINE`` and reading to ``EAGAIN``: the urgent byte is forwarded in line, in
-  order (its urgency is not re-created on the other side, as with most relays);
+  order (its urgency is not re-created on the other side, as with most relays). Unix stream
+  sockets, whose reads skip an out-of-band byte, are in line from the start;
 * resets — a reset (or broken pipe) on one side is propagated as a reset on the other
   (``SO_LINGER`` 0 then close), and both sockets are closed at once;
 * timeouts — ``last_activity`` is updated on every event; the server sweeps relays and calls
@@ -196,6 +197,10 @@ class _Pump:
         self.urgent = False  # TCP urgent data was seen: copy in line, read to EAGAIN
         self.bytes = 0
         self.splice = relay.pipes.splice
+        if not self.tcp:
+            # Unix stream out-of-band bytes (Linux 5.15+) are skipped by reads unless in line,
+            # and a read may pass one before its EPOLLPRI is seen: in line from the start.
+            src.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
 
     def on_input(self, ev: int) -> None:
         self.readable = True
