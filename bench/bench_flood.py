@@ -70,6 +70,9 @@ def main() -> int:
     modes = [m for m in args.modes.split(",") if m]
     if not 0 < args.seconds <= 60 or args.runs < 1 or any(m not in MODES for m in modes):
         ap.error("--seconds must be in (0, 60], --runs >= 1, --modes from " + ",".join(MODES))
+    if "libwrap" in modes and not has_libwrap():
+        ap.error("libwrap.so.0 is not installed (Debian: apt-get install libwrap0, which tcpd pulls in);"
+                 " or leave libwrap out of --modes")
     load = [os.getloadavg()]
     with tempfile.TemporaryDirectory(prefix="sockgate-flood-") as tmp:
         flood_cmd = None if args.python_flood else build_flood(tmp)
@@ -80,8 +83,19 @@ def main() -> int:
         runs = measure(args, modes, flood_cmd)
     load.append(os.getloadavg())
     report(args, modes, runs, "python" if flood_cmd[0] == sys.executable else "flood.c", load)
-    print(decision_costs())
+    if "libwrap" in modes:
+        print(decision_costs())
     return 0
+
+
+def has_libwrap() -> bool:
+    import ctypes
+
+    try:
+        ctypes.CDLL("libwrap.so.0")
+    except OSError:
+        return False
+    return True
 
 
 def decision_costs(calls: int = 20_000, repeats: int = 7) -> str:
