@@ -452,6 +452,29 @@ def test_workers_share_the_port_and_limits_refuse_workers(tmp_path: Path, echo: 
     assert out.returncode == 2 and "drop --workers" in out.stderr
 
 
+def test_workers_reload_adding_a_unix_listener(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc]) -> None:
+    """A Unix path can be bound once: a listener added by a reload is bound by the first
+    worker, the others say so (no error), and the file goes when the proxy stops."""
+    body = f"service t tcp/1 {{\n listen tcp://127.0.0.1:0\n forward tcp://127.0.0.1:{echo.port}\n allow all\n}}\n"
+    pol = policy(tmp_path, body, "w.conf")
+    p = start(procs, tmp_path, str(pol), "--workers", "2")
+    path = tmp_path / "added.sock"
+    pol.write_text(body + f"service u tcp/2 {{\n listen unix:{path}\n forward tcp://127.0.0.1:{echo.port}\n allow all\n}}\n")
+    p.signal(signal.SIGHUP)  # at once: the workers may still be starting
+    wait_for(lambda: len(p.find(event="notice", message="policy reloaded")) == 2)
+    assert [r["message"] for r in p.find(event="notice") if "first worker" in r["message"]] == [
+        "service u: its new Unix listeners are served by the first worker only"
+    ]
+    assert p.find(event="error") == []
+    for i in range(10):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(3)
+            s.connect(str(path))
+            assert roundtrip(s, b"u%d" % i) == b"u%d" % i
+    assert p.stop() == 0
+    assert not path.exists()
+
+
 def test_unix_file_listener_to_unix_backend(tmp_path: Path, procs: list[ProxyProc]) -> None:
     back = tmp_path / "back.sock"
     backend = EchoServer(socket.AF_UNIX, str(back))

@@ -40,6 +40,7 @@ from sockgate.proxy.service import Options, Plan, Resolver, Runner
 from sockgate.urls import SocketURL, parse_url
 
 Loader = Callable[[], Sequence[Plan]]
+_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 _TICK = 0.5
 _GC_THRESHOLD = 20000
 
@@ -96,6 +97,7 @@ class Proxy:
         self.stopping = False
         self.done: asyncio.Future[int] | None = None
         self.is_child = False
+        self.worker_index = 0  # in a worker: its number (0 is the first)
         self._check_workers(plans)
         self.plans = list(plans)
 
@@ -129,7 +131,8 @@ class Proxy:
 
         return [(socket.socket(fileno=fd), name) for fd, name in activation.listen_fds()]
 
-    def _listeners_for(self, r: Runner, program: bytes, inherited: list[tuple[socket.socket, str]]) -> list[Listener]:
+    def _listeners_for(self, r: Runner, program: bytes, inherited: list[tuple[socket.socket, str]],
+                       skip_unix: bool = False) -> list[Listener]:
         from sockgate.linux import filter as kfilter
         from sockgate.linux.listen import open_listener
 
@@ -146,6 +149,8 @@ class Proxy:
                     guard(s)
                     out.append(Listener(_url_of(s, name), s))
             for url in urls:
+                if skip_unix and url.is_unix:
+                    continue  # another worker binds the path (see _reload)
                 match = next((i for i, (_, n) in enumerate(inherited) if n == url.fd_name), None)
                 if match is None and inherited and all(n == "unknown" for _, n in inherited):
                     match = 0
@@ -161,7 +166,7 @@ class Proxy:
             for lst in out:
                 lst.close()
             raise
-        if not out:
+        if not out and not (skip_unix and urls):
             raise UsageError(f"service {r.name}: no socket to listen on (give `listen` URLs or pass sockets)")
         return out
 
@@ -189,9 +194,14 @@ class Proxy:
             self.done = loop.create_future()
             for r in self.runners.values():
                 r.start(loop, r.listeners)
+            # A signal that comes before the loop runs (a SIGHUP right after READY, or to a
+            # worker still starting) must wait: uvloop's handlers only take note of signals
+            # once the loop is running, and one caught before is lost. Held back until then.
+            signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
             loop.add_signal_handler(signal.SIGHUP, self.reload)
             loop.add_signal_handler(signal.SIGTERM, self.shutdown)
             loop.add_signal_handler(signal.SIGINT, self.shutdown)
+            loop.call_soon(signal.pthread_sigmask, signal.SIG_UNBLOCK, _SIGNALS)
             loop.call_later(_TICK, self._tick)
             if not self.is_child:
                 self.log.notice("listening", addresses=" ".join(self.addresses()), loop=type(loop).__module__)
@@ -247,7 +257,7 @@ class Proxy:
         wanted = {p.key for p in plans}
         for key in [k for k in self.runners if k not in wanted]:
             r = self.runners.pop(key)
-            r.stop_accepting(unlink=not self.is_child)
+            r.stop_accepting(unlink=self._owns_files(r))
             self.retired.append(r)
         for r, p, prog in keep:
             r.attach(prog)
@@ -256,15 +266,29 @@ class Proxy:
             from sockgate.proxy.service import Target
 
             r.target = Target.of(p.forward)
+        # A Unix path can be bound once: of the workers, only the first listens on a Unix
+        # listener added by a reload (those opened at start are shared by every worker).
+        skip_unix = self.is_child and self.worker_index > 0
         for r, prog in fresh:
             try:
-                r.listeners = self._listeners_for(r, prog, [])
+                r.listeners = self._listeners_for(r, prog, [], skip_unix)
             except SockgateError as e:
                 self.log.error(f"service {r.name} not started: {e}")
                 continue
+            if skip_unix and len(r.listeners) < len(r.plan.listen):
+                self.log.notice(f"service {r.name}: its new Unix listeners are served by the first worker only")
+            if not r.listeners:
+                continue
+            r.opened_by_reload = True
             self.runners[r.plan.key] = r
             r.start(self.loop, r.listeners)
         self.log.notice("policy reloaded", services=" ".join(r.name for r in self.runners.values()))
+
+    def _owns_files(self, r: Runner) -> bool:
+        """Whether this process removes ``r``'s Unix socket files when it stops listening: the
+        parent for what it opened before forking the workers, a worker for what it opened on
+        a reload."""
+        return not self.is_child or r.opened_by_reload
 
     # -- shutdown -------------------------------------------------------------------------
 
@@ -275,7 +299,7 @@ class Proxy:
         if not self.is_child:
             _notify("STOPPING=1")
         for r in self.runners.values():
-            r.stop_accepting(unlink=not self.is_child)
+            r.stop_accepting(unlink=self._owns_files(r))
         self.log.notice("stopping: draining connections", drain_timeout=self.options.drain_timeout)
         self._drain(time.monotonic() + self.options.drain_timeout)
 
@@ -302,6 +326,9 @@ class Proxy:
     def _fork_workers(self) -> int:
         addresses = self.addresses()
         pids: list[int] = []
+        # A signal that comes before a process has its handlers (a SIGHUP right after READY)
+        # must wait, not kill it: blocked here, unblocked by each once it can take them.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         try:
             for index in range(self.workers):
                 pid = os.fork()
@@ -313,6 +340,7 @@ class Proxy:
                     lst.sock.close()  # only the workers accept; the files are unlinked at the end
             return self._supervise(pids, addresses)
         finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
             for p in pids:  # normally all reaped already; never leave a worker behind
                 try:
                     os.kill(p, signal.SIGKILL)
@@ -325,6 +353,7 @@ class Proxy:
         code = 1
         try:
             self.is_child = True
+            self.worker_index = index
             _die_with_parent()
             if index > 0:
                 self._own_listeners()
@@ -373,8 +402,9 @@ class Proxy:
             if sig == signal.SIGHUP and not stopping:
                 _notify("READY=1")
 
-        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        for sig in _SIGNALS:
             signal.signal(sig, forward)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
         self.log.notice("listening", addresses=" ".join(addresses), workers=len(pids))
         self.log.flush()
         _notify("READY=1")

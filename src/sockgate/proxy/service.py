@@ -217,6 +217,7 @@ class Runner:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.udp: list[Any] = []
         self._ban_timer: asyncio.TimerHandle | None = None
+        self.opened_by_reload = False  # its listeners were opened by a reload (see Proxy._owns_files)
         self.install(plan.service)
 
     # -- policy ---------------------------------------------------------------------------
