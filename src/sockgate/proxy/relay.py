@@ -200,7 +200,7 @@ class _Pump:
         if not self.tcp:
             # Unix stream out-of-band bytes (Linux 5.15+) are skipped by reads unless in line,
             # and a read may pass one before its EPOLLPRI is seen: in line from the start.
-            src.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+            _inline(src)
 
     def on_input(self, ev: int) -> None:
         self.readable = True
@@ -208,10 +208,7 @@ class _Pump:
             self.hangup = True
         if ev & _URGENT and not self.urgent:
             self.urgent = True
-            try:
-                self.src.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
-            except OSError:
-                pass  # the socket is failing; the read below reports it
+            _inline(self.src)
         if not self.blocked:
             self.run()
 
@@ -449,6 +446,14 @@ class Relay:
                     pass
             s.close()
         self.on_close(self, how)
+
+
+def _inline(s: socket.socket) -> None:
+    """Deliver urgent (out-of-band) bytes in the stream: ``SO_OOBINLINE``."""
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+    except OSError:
+        pass  # the socket is failing; its next read reports it
 
 
 def reset_close(s: socket.socket) -> None:
