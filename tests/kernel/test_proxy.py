@@ -66,6 +66,33 @@ def test_one_off_relays_bulk_and_logs_bytes(tmp_path: Path, echo: EchoServer, pr
     assert p.stop() == 0
 
 
+def test_both_tcp_legs_have_nodelay(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc]) -> None:
+    """Small writes are not held back by Nagle on either leg: the client's socket inherits
+    TCP_NODELAY from the listener, the backend's gets it when created."""
+    from sockgate.linux.pidfd import borrowed
+
+    p = start(procs, tmp_path, "--listen", "tcp://127.0.0.1:0", "--forward", f"tcp://127.0.0.1:{echo.port}")
+    with connect(p.tcp_port()) as s:
+        assert roundtrip(s, b"x") == b"x"
+        mine = {s.getsockname()[1], echo.port}  # the proxy's sockets whose peer is one of these
+        legs = []
+        for fd in map(int, os.listdir(f"/proc/{p.pid}/fd")):
+            try:
+                with borrowed(p.pid, fd) as dup:
+                    t = socket.socket(fileno=os.dup(dup))
+            except OSError:
+                continue  # not a socket, or gone
+            with t:
+                if t.type == socket.SOCK_STREAM and t.family == socket.AF_INET:
+                    try:
+                        peer = t.getpeername()[1]
+                    except OSError:
+                        continue  # the listener
+                    if peer in mine:
+                        legs.append(t.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        assert sorted(legs) == [1, 1], legs
+
+
 def test_half_close_is_propagated_both_ways(tmp_path: Path, procs: list[ProxyProc]) -> None:
     backend = EchoServer(on_eof=b"bye")  # answers EOF with a last word, then closes
     try:

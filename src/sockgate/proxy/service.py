@@ -311,6 +311,9 @@ class Runner:
             lst.sock.setblocking(False)
             if lst.sock.type == socket.SOCK_DGRAM:
                 self.udp.append(UdpListener(self, lst))
+            elif _family(lst.sock) != socket.AF_UNIX:
+                # accepted sockets inherit it: no setsockopt per connection
+                lst.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.resume()
 
     def resume(self) -> None:
@@ -408,8 +411,7 @@ class Runner:
             from sockgate.linux.peercred import unix_peer
 
             return unix_peer(conn)
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        server = None
+        server = None  # (TCP_NODELAY comes from the listener, see start)
         if self.needs_server:
             server = ipaddress.ip_address(conn.getsockname()[0].split("%", 1)[0])
         return Peer(address=_address(addr[0]), port=addr[1], server_address=server)
