@@ -269,15 +269,18 @@ def short_conns(args: argparse.Namespace, tools: str, tmp: Path) -> None:
                 res.setdefault(name, []).append(r)
                 print(f"short run {run + 1} {name}: {r[0]:.0f} conn/s p50 {r[1]:.0f} us p99 {r[2]:.0f} us fail {r[3]}", file=sys.stderr)
         rate = {n: [r[0] for r in rs] for n, rs in res.items()}
-        per_run = lambda n, m: med([x / y for x, y in zip(rate[n], rate[m])])  # noqa: E731
+
+        def per_run(n: str, m: str) -> float:
+            return med([x / y for x, y in zip(rate[n], rate[m])])
+
         print(f"\n### Short connections (4 threads, connect / 64-byte echo / close, {args.seconds:g} s; medians of {args.runs} runs)\n")
-        print("| path | conn/s | ratio to direct | p50 µs | p99 µs | p50 added µs | failures |")
-        print("|---|---|---|---|---|---|---|")
-        p50d = med([r[1] for r in res["direct"]])
+        print("| path | conn/s | ratio to direct | p50 µs | p99 µs | p50 added µs | p99 added µs | failures |")
+        print("|---|---|---|---|---|---|---|---|")
+        p50d, p99d = (med([r[i] for r in res["direct"]]) for i in (1, 2))
         for n, rs in res.items():
-            p50 = med([r[1] for r in rs])
-            print(f"| {n} | {med(rate[n]):,.0f} | {per_run(n, 'direct'):.2f} | {p50:,.0f} | {med([r[2] for r in rs]):,.0f} |"
-                  f" {p50 - p50d:+,.0f} | {sum(r[3] for r in rs)} |")
+            p50, p99 = (med([r[i] for r in rs]) for i in (1, 2))
+            print(f"| {n} | {med(rate[n]):,.0f} | {per_run(n, 'direct'):.2f} | {p50:,.0f} | {p99:,.0f} |"
+                  f" {p50 - p50d:+,.0f} | {p99 - p99d:+,.0f} | {sum(r[3] for r in rs)} |")
         best = "sockgate proxy, 2 workers"
         print()
         for peer, target in (("haproxy 2.6 mode tcp", 0.8), ("socat fork", 3), ("xinetd redirect", 3), ("xinetd -> tcpd -> cat", 8)):
