@@ -93,6 +93,24 @@ def test_both_tcp_legs_have_nodelay(tmp_path: Path, echo: EchoServer, procs: lis
         assert sorted(legs) == [1, 1], legs
 
 
+def test_server_speaks_first(tmp_path: Path, procs: list[ProxyProc]) -> None:
+    """SMTP, SSH, FTP: the backend talks before the client sends anything; the relay's first
+    read of the client finds nothing and the banner still comes through at once."""
+    lsock = socket.create_server(("127.0.0.1", 0))
+    try:
+        p = start(procs, tmp_path, "--listen", "tcp://127.0.0.1:0", "--forward", f"tcp://127.0.0.1:{lsock.getsockname()[1]}")
+        with connect(p.tcp_port()) as s:
+            b, _ = lsock.accept()
+            with b:
+                b.sendall(b"220 ready\r\n")
+                assert s.recv(64) == b"220 ready\r\n"
+                s.sendall(b"QUIT\r\n")
+                b.settimeout(3)
+                assert b.recv(64) == b"QUIT\r\n"
+    finally:
+        lsock.close()
+
+
 def test_half_close_is_propagated_both_ways(tmp_path: Path, procs: list[ProxyProc]) -> None:
     backend = EchoServer(on_eof=b"bye")  # answers EOF with a last word, then closes
     try:
