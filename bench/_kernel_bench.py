@@ -74,6 +74,8 @@ class Libwrap:
     def __init__(self, spec: dict[str, Any], tmpdir: str) -> None:
         import ctypes
 
+        if spec.get("default", "deny") != "deny" or not spec["allow"]:
+            raise ValueError("libwrap mode: an allow list and default deny, as in bench_flood's POLICY")
         self.lib = ctypes.CDLL("libwrap.so.0")
         allow = " ".join(_libwrap_pattern(n) for n in spec["allow"])
         tables = {"hosts_allow_table": f"bench: {allow}\n", "hosts_deny_table": "ALL: ALL\n"}
@@ -82,7 +84,9 @@ class Libwrap:
             path = os.path.join(tmpdir, name)
             with open(path, "w") as f:
                 f.write(text)
-            self.paths.append(path.encode())  # referenced from the library's globals: keep alive
+            # the library's globals point into these bytes: they live as long as this object,
+            # which the accept loop holds until the server exits
+            self.paths.append(path.encode())
             ctypes.c_char_p.in_dll(self.lib, name).value = self.paths[-1]
         self.lib.hosts_ctl.argtypes = [ctypes.c_char_p] * 4
         self.lib.hosts_ctl.restype = ctypes.c_int
@@ -93,9 +97,11 @@ class Libwrap:
 
 def _libwrap_pattern(cidr: str) -> str:
     net = ipaddress.ip_network(cidr)
-    if net.prefixlen == net.max_prefixlen:
+    if net.version == 6:  # hosts_access(5): IPv6 addresses in brackets
+        return f"[{net.network_address}]" + ("" if net.prefixlen == 128 else f"/{net.prefixlen}")
+    if net.prefixlen == 32:
         return str(net.network_address)
-    return f"{net.network_address}/{net.netmask}" if net.version == 4 else f"[{net.network_address}]/{net.prefixlen}"
+    return f"{net.network_address}/{net.netmask}"
 
 
 def serve(mode: str, spec: dict[str, Any], backlog: int = 4096) -> None:

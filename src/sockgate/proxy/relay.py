@@ -30,11 +30,15 @@ Correctness rules the pumps keep:
   waits for the destination's next output edge; at most one pipe (1 MiB) is in flight;
 * half-close — end of file from one side becomes ``shutdown(SHUT_WR)`` on the other once the
   pipe is drained; the relay ends when both directions have ended;
-* urgent data — ``splice`` stops at a TCP urgent mark and makes no progress past it, and a
-  ``recv`` stops short before it; so the first ``EPOLLPRI`` switches that pump to copying
-  with ``SO_OOBINLINE`` and reading to ``EAGAIN``: the urgent byte is forwarded in line, in
-  order (its urgency is not re-created on the other side, as with most relays). Unix stream
-  sockets, whose reads skip an out-of-band byte, are in line from the start;
+* urgent data — ``splice`` stops at a TCP urgent mark and makes no progress past it (it
+  even returns 0 there once a FIN is queued behind the mark), a ``recv`` stops short before
+  it, and a ``recv`` that starts at it skips the byte unless ``SO_OOBINLINE`` is set. So the
+  first ``EPOLLPRI``, or a ``splice`` end of file that ``SIOCATMARK`` shows is the mark,
+  switches that pump to copying in line and reading to ``EAGAIN``: the urgent byte is
+  forwarded in line, in order (its urgency is not re-created on the other side, as with
+  most relays). Sockets that are copied from the start (``--no-splice``) are in line from
+  the start: accepted ones inherit it from the listener, backend ones are set when made;
+  so are Unix stream sockets, whose reads skip an out-of-band byte;
 * resets — a reset (or broken pipe) on one side is propagated as a reset on the other
   (``SO_LINGER`` 0 then close), and both sockets are closed at once;
 * timeouts — ``last_activity`` is updated on every event; the server sweeps relays and calls
@@ -58,6 +62,7 @@ import time
 from typing import Any, Callable
 
 F_SETPIPE_SZ = 1031  # <linux/fcntl.h> (F_LINUX_SPECIFIC_BASE + 7)
+SIOCATMARK = 0x8905  # <asm-generic/sockios.h>
 SPLICE_F_MOVE = 1  # <linux/splice.h>
 SPLICE_F_NONBLOCK = 2
 _SPLICE = hasattr(os, "splice")
@@ -239,6 +244,13 @@ class _Pump:
                     self.readable = False
                     break
                 if n == 0:
+                    if self.splice and self.tcp and _at_urgent_mark(self.sfd):
+                        # splice also returns 0 at an urgent mark once a FIN is queued
+                        # behind it: not the end; copy from here (see the module doc)
+                        self.urgent = True
+                        _inline(self.src)
+                        self._to_copy()
+                        continue
                     # splice reports a reset as end of file (tcp_splice_read checks SOCK_DONE
                     # before sk_err): the pending socket error tells them apart.
                     err = self.src.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -446,6 +458,12 @@ class Relay:
                     pass
             s.close()
         self.on_close(self, how)
+
+
+def _at_urgent_mark(fd: int) -> bool:
+    """``SIOCATMARK``: the next byte to read is TCP urgent data."""
+    (mark,) = struct.unpack("i", fcntl.ioctl(fd, SIOCATMARK, b"\0\0\0\0"))
+    return bool(mark)
 
 
 def _inline(s: socket.socket) -> None:

@@ -210,8 +210,9 @@ class Proxy:
             return loop.run_until_complete(self.done)
         finally:
             self.log.flush()
-            for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            for sig in _SIGNALS:
                 loop.remove_signal_handler(sig)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)  # if the loop never ran
             self.pipes.close()  # also the relays' epoll set, which the loop watches
             loop.close()
             asyncio.set_event_loop(None)
@@ -340,13 +341,13 @@ class Proxy:
                     lst.sock.close()  # only the workers accept; the files are unlinked at the end
             return self._supervise(pids, addresses)
         finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
             for p in pids:  # normally all reaped already; never leave a worker behind
                 try:
                     os.kill(p, signal.SIGKILL)
                     os.waitpid(p, 0)
                 except (ProcessLookupError, ChildProcessError):
                     pass
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)  # after the clean-up
 
     def _child(self, index: int) -> None:
         """A worker: dies with its parent (PR_SET_PDEATHSIG), serves, never returns."""

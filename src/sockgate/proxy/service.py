@@ -312,8 +312,13 @@ class Runner:
             if lst.sock.type == socket.SOCK_DGRAM:
                 self.udp.append(UdpListener(self, lst))
             elif _family(lst.sock) != socket.AF_UNIX:
-                # accepted sockets inherit it: no setsockopt per connection
-                lst.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                # Accepted sockets inherit these, so no setsockopt per connection: no Nagle
+                # delay, and urgent bytes in line (see relay.py).
+                try:
+                    lst.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    lst.sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+                except OSError as e:  # a passed stream socket that is not TCP
+                    self.log.notice(f"listener {lst.url.text}: {e.strerror}", service=self.name)
         self.resume()
 
     def resume(self) -> None:
@@ -489,6 +494,8 @@ class Runner:
         c.backend = b
         if t.family != socket.AF_UNIX:
             b.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if not self.pipes.splice:  # copied from the start: urgent bytes in line (relay.py)
+                b.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
         try:
             err = b.connect_ex(t.address)
         except OSError as e:  # e.g. a Unix path longer than sun_path
