@@ -200,6 +200,7 @@ class _Pump:
         self.eof = False
         self.done = False
         self.urgent = False  # TCP urgent data was seen: copy in line, read to EAGAIN
+        self.plain_end = False  # an event showed the peer's end and no urgent data before it
         self.bytes = 0
         self.splice = relay.pipes.splice
         if not self.tcp:
@@ -211,6 +212,8 @@ class _Pump:
         self.readable = True
         if ev & _HANGUP:
             self.hangup = True
+            if not ev & _URGENT:
+                self.plain_end = True
         if ev & _URGENT and not self.urgent:
             self.urgent = True
             _inline(self.src)
@@ -244,9 +247,11 @@ class _Pump:
                     self.readable = False
                     break
                 if n == 0:
-                    if self.splice and self.tcp and _at_urgent_mark(self.sfd):
+                    if self.splice and self.tcp and not self.plain_end and _at_urgent_mark(self.sfd):
                         # splice also returns 0 at an urgent mark once a FIN is queued
-                        # behind it: not the end; copy from here (see the module doc)
+                        # behind it: not the end; copy from here (see the module doc). An
+                        # event that showed the end without EPOLLPRI rules that out, and
+                        # saves the ioctl on the usual path.
                         self.urgent = True
                         _inline(self.src)
                         self._to_copy()
