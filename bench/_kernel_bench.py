@@ -95,6 +95,16 @@ class Libwrap:
         return bool(self.lib.hosts_ctl(b"bench", b"unknown", addr.encode(), b"unknown"))
 
 
+def has_libwrap() -> bool:
+    import ctypes
+
+    try:
+        ctypes.CDLL("libwrap.so.0")
+    except OSError:
+        return False
+    return True
+
+
 def _libwrap_pattern(cidr: str) -> str:
     net = ipaddress.ip_network(cidr)
     if net.version == 6:  # hosts_access(5): IPv6 addresses in brackets
@@ -110,12 +120,12 @@ def serve(mode: str, spec: dict[str, Any], backlog: int = 4096) -> None:
     from sockgate.decide import Peer, decide_service
 
     svc = service_from(spec)
-    tmp = tempfile.TemporaryDirectory(prefix="sockgate-libwrap-")  # removed when serve returns
 
     def allowed(addr: str) -> bool:  # the user-space check of accept-close and inetd-fork
         return bool(decide_service(svc, Peer.parse(addr)).allowed)
 
     if mode == "libwrap":
+        tmp = tempfile.TemporaryDirectory(prefix="sockgate-libwrap-")  # removed when serve returns
         allowed = Libwrap(spec, tmp.name).allowed
     if mode == "inetd-fork":
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel

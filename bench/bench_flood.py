@@ -44,7 +44,17 @@ import os
 import sys
 import tempfile
 
-from _kernel_bench import Libwrap, Server, build_flood, machine, median, python_flood, run_clients, service_from
+from _kernel_bench import (
+    Libwrap,
+    Server,
+    build_flood,
+    has_libwrap,
+    machine,
+    median,
+    python_flood,
+    run_clients,
+    service_from,
+)
 
 POLICY = {"allow": ["127.0.0.1/32"], "default": "deny"}
 MODES = ("kernel", "libwrap", "accept-close", "inetd-fork")
@@ -86,16 +96,6 @@ def main() -> int:
     if "libwrap" in modes:
         print(decision_costs())
     return 0
-
-
-def has_libwrap() -> bool:
-    import ctypes
-
-    try:
-        ctypes.CDLL("libwrap.so.0")
-    except OSError:
-        return False
-    return True
 
 
 def decision_costs(calls: int = 20_000, repeats: int = 7) -> str:

@@ -215,10 +215,15 @@ class _Pump:
             if not ev & _URGENT:
                 self.plain_end = True
         if ev & _URGENT and not self.urgent:
-            self.urgent = True
-            _inline(self.src)
+            self._urgent()
         if not self.blocked:
             self.run()
+
+    def _urgent(self) -> None:
+        """TCP urgent data is (or may be) ahead: from now on read in line, to EAGAIN, by
+        copying (``_fill`` switches once the pipe is empty)."""
+        self.urgent = True
+        _inline(self.src)
 
     def on_output(self) -> None:
         if self.blocked:
@@ -252,9 +257,7 @@ class _Pump:
                         # behind it: not the end; copy from here (see the module doc). An
                         # event that showed the end without EPOLLPRI rules that out, and
                         # saves the ioctl on the usual path.
-                        self.urgent = True
-                        _inline(self.src)
-                        self._to_copy()
+                        self._urgent()
                         continue
                     # splice reports a reset as end of file (tcp_splice_read checks SOCK_DONE
                     # before sk_err): the pending socket error tells them apart.
