@@ -254,3 +254,18 @@ def test_shipped_example_decides_as_its_comments_say() -> None:
     assert decide(example, "admin", Peer(uid=4242, gid=4242, exe="/usr/lib/example/helper")).action is Action.ALLOW
     assert decide(example, "admin", Peer(uid=4242, gid=4242, exe="/usr/bin/python3")).action is Action.DENY
     assert "blocklist.txt" in example.sources[1] and example.sources[-1].endswith("example-metrics.conf")
+
+
+_ip_addresses = st.one_of(
+    st.ip_addresses(v=4),
+    st.ip_addresses(v=6),
+    st.ip_addresses(v=4).map(lambda a: ipaddress.IPv6Address(f"::ffff:{a}")),  # dual-stack peers
+)
+
+
+@given(_ip_addresses, st.integers(0, 65535), st.one_of(st.none(), _ip_addresses))
+def test_peer_of_ip_is_the_dataclass_constructor(address, port, server) -> None:
+    fast = Peer.of_ip(address, port, server)
+    slow = Peer(address=address, port=port, server_address=server)
+    assert fast == slow and hash(fast) == hash(slow) and repr(fast) == repr(slow)
+    assert type(fast.address) is type(slow.address)

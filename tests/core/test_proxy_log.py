@@ -52,3 +52,33 @@ def test_limits_and_kernelrules_do_no_io() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+_values = st.text(max_size=12) | st.sampled_from(["", "a b", 'q"', "k=v", "back\\slash", "tab\there", "ünï"])
+
+
+@given(_values, _values, _values, _values, st.integers(0, 2**40), st.integers(0, 2**40),
+       st.floats(0, 1e6, allow_nan=False), _values, st.sampled_from(["text", "json"]))
+def test_the_per_connection_records_are_written_as_record_writes_them(
+    service: str, peer: str, rule: str, reason: str, up: int, down: int, duration: float, end: str, fmt: str
+) -> None:
+    def lines(fast: bool) -> list[str]:
+        out = io.StringIO()
+        log = Log(fmt, out)  # type: ignore[arg-type]
+        if fast:
+            log.allowed(service, peer, rule, reason)
+            log.closed(service, peer, rule, up, down, duration, end)
+        else:
+            log.record("decision", service=service, peer=peer, decision="allow", rule=rule, reason=reason)
+            log.record("close", service=service, peer=peer, decision="allow", rule=rule, bytes_up=up,
+                       bytes_down=down, duration=duration, end=end)
+        log.flush()
+        # the time differs between the calls: compare everything after it
+        if fmt == "json":
+            return [json.dumps({k: v for k, v in json.loads(x).items() if k != "time"}) for x in out.getvalue().splitlines()]
+        return [x.split(" ", 1)[1] for x in out.getvalue().splitlines()]
+
+    assert lines(fast=True) == lines(fast=False)

@@ -28,6 +28,7 @@ import errno
 import ipaddress
 import os
 import select
+import _socket
 import socket
 import struct
 from typing import Iterator, Union
@@ -89,7 +90,7 @@ def ip_peer(s: socket.socket) -> Peer:
     )
 
 
-def unix_peer(s: socket.socket) -> Peer:
+def unix_peer(s: _socket.socket) -> Peer:
     fd = s.fileno()
     with translated(f"SO_PEERCRED fd {fd}"):
         pid, uid, gid = UCRED.unpack(s.getsockopt(socket.SOL_SOCKET, SO_PEERCRED, UCRED.size))
@@ -126,7 +127,7 @@ def peer_groups(fd: int) -> tuple[int, ...]:
         raise AdapterError(f"SO_PEERGROUPS fd {fd}: {os.strerror(e)}", errno=e)
 
 
-def _peer_pidfd(s: socket.socket) -> int | None:
+def _peer_pidfd(s: _socket.socket) -> int | None:
     try:
         raw = s.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD, 4)
     except OSError as e:

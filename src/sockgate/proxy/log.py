@@ -99,6 +99,38 @@ class Log:
         if self._size > 65536 or event in ("notice", "error") or t - self._first > self.flush_interval:
             self.flush()
 
+    # The two records of every allowed connection, as ``record`` writes them, in one f-string
+    # each when the output is text to a stream: the generic path costs about twice as much,
+    # a visible share of a short connection's time in the proxy.
+
+    def allowed(self, service: str, peer: str, rule: str, reason: str) -> None:
+        if self.fmt != "text" or self.use_syslog:
+            self.record("decision", service=service, peer=peer, decision="allow", rule=rule, reason=reason)
+            return
+        t, stamp = self._now()
+        q = _QUOTED.get
+        self._add(t, f"{stamp} event=decision service={q(service) or _quote(service)} peer={q(peer) or _quote(peer)}"
+                     f" decision=allow rule={q(rule) or _quote(rule)} reason={q(reason) or _quote(reason)}\n")
+
+    def closed(self, service: str, peer: str, rule: str, up: int, down: int, duration: float, end: str) -> None:
+        if self.fmt != "text" or self.use_syslog:
+            self.record("close", service=service, peer=peer, decision="allow", rule=rule, bytes_up=up,
+                        bytes_down=down, duration=duration, end=end)
+            return
+        t, stamp = self._now()
+        q = _QUOTED.get
+        self._add(t, f"{stamp} event=close service={q(service) or _quote(service)} peer={q(peer) or _quote(peer)}"
+                     f" decision=allow rule={q(rule) or _quote(rule)} bytes_up={up} bytes_down={down}"
+                     f" duration={duration!r} end={q(end) or _quote(end)}\n")
+
+    def _add(self, t: float, line: str) -> None:
+        self._buf.append(line)
+        self._size += len(line)
+        if len(self._buf) == 1:
+            self._first = t
+        if self._size > 65536 or t - self._first > self.flush_interval:
+            self.flush()
+
     def render(self, rec: Mapping[str, Any]) -> str:
         if self.fmt == "json":
             return json.dumps(rec, separators=(",", ":"))

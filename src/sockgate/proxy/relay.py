@@ -182,7 +182,12 @@ class Poller:
 class _Pump:
     """One direction: ``src`` → ``dst``."""
 
-    def __init__(self, relay: "Relay", src: socket.socket, dst: socket.socket) -> None:
+    __slots__ = (
+        "relay", "src", "dst", "sfd", "dfd", "tcp", "pipe", "pending", "buf", "off", "readable", "hangup",
+        "blocked", "queued", "eof", "done", "urgent", "plain_end", "bytes", "splice",
+    )  # two per connection, their fields read on every event
+
+    def __init__(self, relay: "Relay", src: _socket.socket, dst: _socket.socket) -> None:
         self.relay = relay
         self.src = src
         self.dst = dst
@@ -378,11 +383,14 @@ class Relay:
     sides finished), ``"reset by client"``, ``"reset by backend"``, or the reason given to
     ``abort``. ``up``/``down`` are the byte counts client→backend and backend→client."""
 
+    __slots__ = ("loop", "client", "backend", "pipes", "on_close", "started", "last_activity", "closed", "tag",
+                 "upstream", "downstream", "poller")
+
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        client: socket.socket,
-        backend: socket.socket,
+        client: _socket.socket,
+        backend: _socket.socket,
         pipes: PipePool,
         on_close: Callable[["Relay", str], None],
     ) -> None:
@@ -474,7 +482,7 @@ def _at_urgent_mark(fd: int) -> bool:
     return bool(mark)
 
 
-def _inline(s: socket.socket) -> None:
+def _inline(s: _socket.socket) -> None:
     """Deliver urgent (out-of-band) bytes in the stream: ``SO_OOBINLINE``."""
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
@@ -482,7 +490,7 @@ def _inline(s: socket.socket) -> None:
         pass  # the socket is failing; its next read reports it
 
 
-def reset_close(s: socket.socket) -> None:
+def reset_close(s: _socket.socket) -> None:
     """Close ``s`` with a reset (SO_LINGER 0): no FIN, no TIME_WAIT; for refused clients."""
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER0)

@@ -120,8 +120,8 @@ class Conn:
     key: Hashable
     decision: Decision
     limiters: list[Limiter[Hashable]]
-    client: socket.socket
-    backend: socket.socket | None = None
+    client: _socket.socket
+    backend: _socket.socket | None = None
     timer: asyncio.TimerHandle | None = None
     relay: Relay | None = None
     started: float = field(default_factory=time.monotonic)
@@ -170,7 +170,7 @@ def check_plan(plan: Plan) -> None:
             raise UsageError(f"service {plan.service.name}: {url.text!r} is UDP; forward it to udp://, not {fwd.text!r}")
 
 
-def _established(s: socket.socket) -> bool:
+def _established(s: _socket.socket) -> bool:
     """``getpeername`` fails with ENOTCONN until the handshake is done (inet_getname)."""
     try:
         s.getpeername()
@@ -179,7 +179,7 @@ def _established(s: socket.socket) -> bool:
     return True
 
 
-def _family(s: socket.socket) -> int:
+def _family(s: _socket.socket) -> int:
     """``s.family`` as a plain int: the ``socket.socket`` property converts it to an enum on
     every call, which showed in the per-connection profile."""
     return int(_socket.socket.family.__get__(s))
@@ -211,7 +211,7 @@ class Runner:
         check_plan(plan)
         self.target = Target.of(plan.forward)
         self.listeners: list[Listener] = []
-        self.conns: dict[socket.socket, Conn] = {}
+        self.conns: dict[_socket.socket, Conn] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.accepting = False
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -369,7 +369,9 @@ class Runner:
             except OSError as e:
                 self._accept_failed(lsock, e)
                 return
-            conn = socket.socket(family, kind, 0, fd)
+            # the C socket type: socket.socket's Python wrapper adds frames to every
+            # creation and close, for a reference count this code does not use (makefile)
+            conn = _socket.socket(family, kind, 0, fd)
             try:
                 self.handle(conn, addr)
             except Exception as e:  # a bug must cost one connection, not the listener
@@ -392,7 +394,7 @@ class Runner:
 
     # -- deciding -------------------------------------------------------------------------
 
-    def handle(self, conn: socket.socket, addr: Any) -> None:
+    def handle(self, conn: _socket.socket, addr: Any) -> None:
         conn.setblocking(False)
         try:
             peer = self._peer(conn, addr)
@@ -411,7 +413,7 @@ class Runner:
         # an IPv4 peer's label is the accepted address as the kernel wrote it (canonical)
         self._admit(conn, peer, f"{addr[0]}:{addr[1]}" if _family(conn) == socket.AF_INET else None)
 
-    def _peer(self, conn: socket.socket, addr: Any) -> Peer:
+    def _peer(self, conn: _socket.socket, addr: Any) -> Peer:
         if _family(conn) == socket.AF_UNIX:
             from sockgate.linux.peercred import unix_peer
 
@@ -419,9 +421,9 @@ class Runner:
         server = None  # (TCP_NODELAY comes from the listener, see start)
         if self.needs_server:
             server = ipaddress.ip_address(conn.getsockname()[0].split("%", 1)[0])
-        return Peer(address=_address(addr[0]), port=addr[1], server_address=server)
+        return Peer.of_ip(_address(addr[0]), addr[1], server)
 
-    async def _slow(self, conn: socket.socket, peer: Peer) -> None:
+    async def _slow(self, conn: _socket.socket, peer: Peer) -> None:
         assert self.resolver is not None
         try:
             name, verified = await asyncio.wait_for(self.resolver(peer.address), self.options.name_timeout)
@@ -456,7 +458,7 @@ class Runner:
             taken.append(lim)
         return d, None, taken, key
 
-    def _admit(self, conn: socket.socket, peer: Peer, label: str | None = None) -> None:
+    def _admit(self, conn: _socket.socket, peer: Peer, label: str | None = None) -> None:
         d, verdict, taken, key = self.decide(peer)
         if verdict is not None:
             self._refuse(conn, peer, d.rule, verdict.reason, limit=True)
@@ -465,12 +467,12 @@ class Runner:
             self._refuse(conn, peer, d.rule, d.reason)
             return
         label = label or peer_label(peer)
-        self.log.record("decision", service=self.name, peer=label, decision="allow", rule=rule_label(d.rule), reason=d.reason)
+        self.log.allowed(self.name, label, rule_label(d.rule), d.reason)
         c = Conn(peer, key, d, taken, conn, label=label)
         self.conns[conn] = c
         self._connect(c)
 
-    def _refuse(self, conn: socket.socket, peer: Peer, rule: Rule | None, reason: str, limit: bool = False) -> None:
+    def _refuse(self, conn: _socket.socket, peer: Peer, rule: Rule | None, reason: str, limit: bool = False) -> None:
         self.log.record(
             "decision",
             service=self.name,
@@ -487,7 +489,7 @@ class Runner:
         assert self.loop is not None
         t = self.target
         try:
-            b = socket.socket(t.family, _NONBLOCKING_STREAM)  # non-blocking from the start
+            b = _socket.socket(t.family, _NONBLOCKING_STREAM)  # non-blocking from the start
         except OSError as e:
             self._backend_failed(c, f"socket: {e.strerror}")
             return
@@ -552,14 +554,5 @@ class Runner:
         self.conns.pop(c.client, None)
         for lim in c.limiters:
             lim.release(c.key)
-        self.log.record(
-            "close",
-            service=self.name,
-            peer=c.label,
-            decision="allow",
-            rule=rule_label(c.decision.rule),
-            bytes_up=up,
-            bytes_down=down,
-            duration=round(time.monotonic() - c.started, 6),
-            end=how,
-        )
+        duration = round(time.monotonic() - c.started, 6)
+        self.log.closed(self.name, c.label, rule_label(c.decision.rule), up, down, duration, how)
