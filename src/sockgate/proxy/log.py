@@ -61,16 +61,23 @@ class Log:
         self._first = 0.0
         self._stamp_sec = -1
         self._stamp = ""
+        self._stamp_ms = -1
+        self._stamp_text = ""
         if use_syslog:
             syslog.openlog("sockgate-proxy", syslog.LOG_PID, syslog.LOG_DAEMON)
 
     def _now(self) -> tuple[float, str]:
+        """The time, and its stamp (UTC, milliseconds): rendered once per millisecond."""
         t = time.time()
-        sec = int(t)
-        if sec != self._stamp_sec:
-            self._stamp_sec = sec
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        return t, f"{self._stamp}.{int((t - sec) * 1000):03d}Z"
+        ms = int(t * 1000)
+        if ms != self._stamp_ms:
+            self._stamp_ms = ms
+            sec = ms // 1000
+            if sec != self._stamp_sec:
+                self._stamp_sec = sec
+                self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+            self._stamp_text = f"{self._stamp}.{ms % 1000:03d}Z"
+        return t, self._stamp_text
 
     def record(self, event: str, **fields: Any) -> None:
         """Write one record; ``event`` is ``decision``, ``close``, or ``notice``/``error``."""

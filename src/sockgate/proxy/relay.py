@@ -66,6 +66,9 @@ SIOCATMARK = 0x8905  # <asm-generic/sockios.h>
 SPLICE_F_MOVE = 1  # <linux/splice.h>
 SPLICE_F_NONBLOCK = 2
 _SPLICE = hasattr(os, "splice")
+if _SPLICE:
+    _splice = os.splice  # (pumps splice only where it exists)
+_monotonic = time.monotonic
 _FLAGS = SPLICE_F_MOVE | SPLICE_F_NONBLOCK
 PIPE_SIZE = 1 << 20
 COPY_SIZE = 1 << 16
@@ -184,7 +187,7 @@ class _Pump:
 
     __slots__ = (
         "relay", "src", "dst", "sfd", "dfd", "tcp", "pipe", "pending", "buf", "off", "readable", "hangup",
-        "blocked", "queued", "eof", "done", "urgent", "plain_end", "bytes", "splice",
+        "blocked", "queued", "eof", "done", "urgent", "plain_end", "bytes", "splice", "chunk",
     )  # two per connection, their fields read on every event
 
     def __init__(self, relay: "Relay", src: _socket.socket, dst: _socket.socket) -> None:
@@ -208,6 +211,7 @@ class _Pump:
         self.plain_end = False  # an event showed the peer's end and no urgent data before it
         self.bytes = 0
         self.splice = relay.pipes.splice
+        self.chunk = relay.pipes.size
         if not self.tcp:
             # Unix stream out-of-band bytes (Linux 5.15+) are skipped by reads unless in line,
             # and a read may pass one before its EPOLLPRI is seen: in line from the start.
@@ -241,10 +245,12 @@ class _Pump:
             self.run()
 
     def run(self) -> None:
-        relay = self.relay
-        if self.done or relay.closed:
+        if self.done:  # (a stopped pump may have no relay left: see Relay._close)
             return
-        relay.last_activity = time.monotonic()
+        relay = self.relay
+        if relay.closed:
+            return
+        relay.last_activity = _monotonic()
         try:
             if self.pending and not self._drain():
                 self.blocked = True
@@ -306,10 +312,11 @@ class _Pump:
         if self.splice and self.urgent and not self.pending:
             self._to_copy()  # splice cannot pass an urgent mark
         if self.splice:
-            if self.pipe is None:
-                self.pipe = self.relay.pipes.acquire()
+            pipe = self.pipe
+            if pipe is None:
+                pipe = self.pipe = self.relay.pipes.acquire()
             try:
-                n = os.splice(self.sfd, self.pipe[1], self.relay.pipes.size, flags=_FLAGS)
+                n = _splice(self.sfd, pipe[1], self.chunk, None, None, _FLAGS)
             except BlockingIOError:
                 return None
             except OSError as e:
@@ -342,7 +349,7 @@ class _Pump:
             try:
                 if self.splice:
                     assert self.pipe is not None
-                    n = os.splice(self.pipe[0], self.dfd, self.pending, flags=_FLAGS)
+                    n = _splice(self.pipe[0], self.dfd, self.pending, None, None, _FLAGS)
                 else:
                     assert self.buf is not None
                     n = self.dst.send(self.buf[self.off : self.off + self.pending])
@@ -474,6 +481,9 @@ class Relay:
                     pass
             s.close()
         self.on_close(self, how)
+        # No cycle left behind (relay <-> pumps): the connection's objects go by refcount,
+        # not by a garbage collection. Stopped pumps do not touch their relay again.
+        del self.upstream.relay, self.downstream.relay
 
 
 def _at_urgent_mark(fd: int) -> bool:
