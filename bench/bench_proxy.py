@@ -155,6 +155,28 @@ class Bench:
             p.stop()
 
 
+def group_cpu(pgid: int) -> float:
+    """CPU seconds (user + system, and of reaped children) of every process in group ``pgid``:
+    a relay started in its own session, with its workers or forked children."""
+    total = 0
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            f = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(f[2]) == pgid:
+            total += sum(int(x) for x in f[11:15])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def idle_ticks() -> tuple[int, int]:
+    """(idle + iowait, all) jiffies of the machine (/proc/stat)."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return f[3] + f[4], sum(f)
+
+
 def iperf(port: int, streams: int, seconds: int) -> float:
     for attempt in range(10):  # "the server is busy": the previous test is still ending
         out = subprocess.run(
@@ -221,17 +243,29 @@ def bulk(args: argparse.Namespace, tools: str, tmp: Path) -> None:
     try:
         wait_port(srv_port)
         paths: dict[str, int] = {"direct": srv_port}
+        group: dict[str, int] = {}  # the relay's process group, for its CPU time
         for name, extra in SG.items():
-            paths[name] = b.sockgate(*extra).port
-        paths["haproxy 2.6 mode tcp"] = b.haproxy().port
-        paths["haproxy 2.6 mode tcp, splice forced"] = b.haproxy(splice=True).port
-        paths["Python splice relay, a thread per direction"] = b.splice_threads().port
-        paths["socat fork"] = b.socat().port
+            paths[name], group[name] = _port_and_group(b.sockgate(*extra))
+        paths["haproxy 2.6 mode tcp"], group["haproxy 2.6 mode tcp"] = _port_and_group(b.haproxy())
+        name = "haproxy 2.6 mode tcp, splice forced"
+        paths[name], group[name] = _port_and_group(b.haproxy(splice=True))
+        name = "Python splice relay, a thread per direction"
+        paths[name], group[name] = _port_and_group(b.splice_threads())
+        paths["socat fork"], group["socat fork"] = _port_and_group(b.socat())
         res: dict[tuple[str, int], list[float]] = {}
+        cpu: dict[tuple[str, int], list[float]] = {}  # relay CPU ms per GB moved
+        idle: dict[tuple[str, int], list[float]] = {}  # % of both CPUs idle during the run
         for run in range(args.runs):
             for streams in (1, 4):
                 for name, port in paths.items():
+                    c0 = group_cpu(group[name]) if name in group else 0.0
+                    i0, t0 = idle_ticks()
                     g = iperf(port, streams, args.iperf_seconds)
+                    i1, t1 = idle_ticks()
+                    gb = g / 8 * (args.iperf_seconds + 1)  # the rate over the run and its omitted first second
+                    if name in group:
+                        cpu.setdefault((name, streams), []).append((group_cpu(group[name]) - c0) * 1000 / gb)
+                    idle.setdefault((name, streams), []).append(100 * (i1 - i0) / max(1, t1 - t0))
                     res.setdefault((name, streams), []).append(g)
                     print(f"bulk run {run + 1} -P {streams} {name}: {g:.2f} Gbit/s", file=sys.stderr)
         print(f"\n### Bulk (iperf3 -t {args.iperf_seconds} -O 1, Gbit/s; medians of {args.runs} runs; ratios per run)\n")
@@ -245,10 +279,24 @@ def bulk(args: argparse.Namespace, tools: str, tmp: Path) -> None:
                 h = res[("haproxy 2.6 mode tcp", streams)]
                 cells += [f"{med(xs):.2f}", f"{med([x / y for x, y in zip(xs, d)]):.2f}", f"{med([x / y for x, y in zip(xs, h)]):.2f}"]
             print("| " + " | ".join(cells) + " |")
+        print("\nWhere the CPU went (medians): the relay's own CPU time (user + system, its workers and"
+              " children included) per GB moved, and how much of the two CPUs stayed idle during the run.\n")
+        print("| path | relay CPU ms/GB, 1 stream | idle %, 1 stream | relay CPU ms/GB, 4 streams | idle %, 4 streams |")
+        print("|---|---|---|---|---|")
+        for name in paths:
+            cells = [name]
+            for streams in (1, 4):
+                cells += [f"{med(cpu[(name, streams)]):.0f}" if (name, streams) in cpu else "–", f"{med(idle[(name, streams)]):.0f}"]
+            print("| " + " | ".join(cells) + " |")
     finally:
         b.close()
         srv.terminate()
         srv.wait()
+
+
+def _port_and_group(p: Proc) -> tuple[int, int]:
+    assert p.p is not None
+    return p.port, p.p.pid  # started in a session of its own: the pid is the group
 
 
 def short_conns(args: argparse.Namespace, tools: str, tmp: Path) -> None:
@@ -256,16 +304,21 @@ def short_conns(args: argparse.Namespace, tools: str, tmp: Path) -> None:
     b = Bench(tools, tmp, echo_port)
     try:
         paths: dict[str, int] = {"direct": echo_port}
+        group: dict[str, int] = {}
         for name, extra in SG.items():
-            paths[name] = b.sockgate(*extra).port
-        paths["haproxy 2.6 mode tcp"] = b.haproxy().port
-        paths["socat fork"] = b.socat().port
-        paths["xinetd redirect"] = b.xinetd(tcpd=False).port
-        paths["xinetd -> tcpd -> cat"] = b.xinetd(tcpd=True).port
+            paths[name], group[name] = _port_and_group(b.sockgate(*extra))
+        paths["haproxy 2.6 mode tcp"], group["haproxy 2.6 mode tcp"] = _port_and_group(b.haproxy())
+        paths["socat fork"], group["socat fork"] = _port_and_group(b.socat())
+        paths["xinetd redirect"], group["xinetd redirect"] = _port_and_group(b.xinetd(tcpd=False))
+        paths["xinetd -> tcpd -> cat"], group["xinetd -> tcpd -> cat"] = _port_and_group(b.xinetd(tcpd=True))
         res: dict[str, list[tuple[float, float, float, int]]] = {}
+        cpu: dict[str, list[float]] = {}  # relay CPU µs per connection
         for run in range(args.runs):
             for name, port in paths.items():
+                c0 = group_cpu(group[name]) if name in group else 0.0
                 r = short(tools, port, args.seconds)
+                if name in group:
+                    cpu.setdefault(name, []).append((group_cpu(group[name]) - c0) * 1e6 / max(1.0, r[0] * args.seconds))
                 res.setdefault(name, []).append(r)
                 print(f"short run {run + 1} {name}: {r[0]:.0f} conn/s p50 {r[1]:.0f} us p99 {r[2]:.0f} us fail {r[3]}", file=sys.stderr)
         rate = {n: [r[0] for r in rs] for n, rs in res.items()}
@@ -274,13 +327,14 @@ def short_conns(args: argparse.Namespace, tools: str, tmp: Path) -> None:
             return med([x / y for x, y in zip(rate[n], rate[m])])
 
         print(f"\n### Short connections (4 threads, connect / 64-byte echo / close, {args.seconds:g} s; medians of {args.runs} runs)\n")
-        print("| path | conn/s | ratio to direct | p50 µs | p99 µs | p50 added µs | p99 added µs | failures |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| path | conn/s | ratio to direct | p50 µs | p99 µs | p50 added µs | p99 added µs | failures | relay CPU µs/conn |")
+        print("|---|---|---|---|---|---|---|---|---|")
         p50d, p99d = (med([r[i] for r in res["direct"]]) for i in (1, 2))
         for n, rs in res.items():
             p50, p99 = (med([r[i] for r in rs]) for i in (1, 2))
             print(f"| {n} | {med(rate[n]):,.0f} | {per_run(n, 'direct'):.2f} | {p50:,.0f} | {p99:,.0f} |"
-                  f" {p50 - p50d:+,.0f} | {p99 - p99d:+,.0f} | {sum(r[3] for r in rs)} |")
+                  f" {p50 - p50d:+,.0f} | {p99 - p99d:+,.0f} | {sum(r[3] for r in rs)} |"
+                  f" {f'{med(cpu[n]):.0f}' if n in cpu else '–'} |")
         best = "sockgate proxy, 2 workers"
         print()
         for peer, target in (("haproxy 2.6 mode tcp", 0.8), ("socat fork", 3), ("xinetd redirect", 3), ("xinetd -> tcpd -> cat", 8)):

@@ -148,7 +148,7 @@ def decide_service(service: Service, peer: Peer) -> Decision:
             return Decision(rule.action, service.name, rule, f"matched {where}: {rule.text}")
     action = service.effective_default
     said = "default" if service.default is not None else "implicit default (no default given)"
-    return Decision(action, service.name, None, f"no rule matched; {said} {action}")
+    return Decision(action, service.name, None, f"no rule matched; {said} {action._value_}")  # (Enum.__format__ is slow)
 
 
 def matches(m: Match, peer: Peer) -> bool:
