@@ -73,7 +73,7 @@ class Proc:
     log: Path | None = None
 
     def start(self) -> "Proc":
-        env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), **(self.env or {}))
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), **(self.env or {})}
         err = open(self.log, "wb") if self.log is not None else subprocess.DEVNULL
         self.p = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=err, env=env, start_new_session=True)
         wait_port(self.port)
