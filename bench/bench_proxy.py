@@ -76,7 +76,12 @@ class Proc:
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), **(self.env or {})}
         err = open(self.log, "wb") if self.log is not None else subprocess.DEVNULL
         self.p = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=err, env=env, start_new_session=True)
-        wait_port(self.port)
+        try:
+            wait_port(self.port)
+        except BaseException:
+            os.killpg(self.p.pid, signal.SIGKILL)  # never listened: nothing else would stop it
+            self.p.wait()
+            raise
         return self
 
     def stop(self) -> None:
@@ -172,9 +177,9 @@ def group_cpu(pgid: int) -> float:
 
 
 def idle_ticks() -> tuple[int, int]:
-    """(idle + iowait, all) jiffies of the machine (/proc/stat)."""
+    """(idle + iowait, all) jiffies of the machine (/proc/stat; guest time is already in user)."""
     f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return f[3] + f[4], sum(f)
+    return f[3] + f[4], sum(f[:8])
 
 
 def iperf(port: int, streams: int, seconds: int) -> float:
@@ -263,7 +268,7 @@ def bulk(args: argparse.Namespace, tools: str, tmp: Path) -> None:
                     g = iperf(port, streams, args.iperf_seconds)
                     i1, t1 = idle_ticks()
                     gb = g / 8 * (args.iperf_seconds + 1)  # the rate over the run and its omitted first second
-                    if name in group:
+                    if name in group and gb > 0:
                         cpu.setdefault((name, streams), []).append((group_cpu(group[name]) - c0) * 1000 / gb)
                     idle.setdefault((name, streams), []).append(100 * (i1 - i0) / max(1, t1 - t0))
                     res.setdefault((name, streams), []).append(g)

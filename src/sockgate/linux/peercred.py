@@ -45,15 +45,15 @@ UCRED = struct.Struct("=iII")  # struct ucred { pid_t pid; uid_t uid; gid_t gid;
 GID_T = 4
 NGROUPS_MAX = 65536  # <linux/limits.h>
 
-Sockish = Union[socket.socket, int]
+Sockish = Union[_socket.socket, int]
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
 @contextlib.contextmanager
-def borrowed_socket(s: Sockish) -> Iterator[socket.socket]:
+def borrowed_socket(s: Sockish) -> Iterator[_socket.socket]:
     """A socket object for ``s`` without taking ownership of a bare fd."""
-    if isinstance(s, socket.socket):
+    if isinstance(s, _socket.socket):  # socket.socket too
         yield s
         return
     with translated(f"fd {s}"):
@@ -74,7 +74,7 @@ def peer_of(conn: Sockish) -> Peer:
         raise PeerError(f"fd {s.fileno()}: not a Unix or IP socket (family {s.family})")
 
 
-def ip_peer(s: socket.socket) -> Peer:
+def ip_peer(s: _socket.socket) -> Peer:
     try:
         remote = s.getpeername()
     except OSError as e:

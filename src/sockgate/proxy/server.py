@@ -183,8 +183,9 @@ class Proxy:
 
     def run_loop(self) -> int:
         # What exists now (modules, the compiled policy) lives as long as the process: keep
-        # it out of every collection; and collect young objects less often (each connection
-        # leaves a few short-lived cycles, relay <-> pumps).
+        # it out of every collection; and collect young objects less often (a connection's
+        # objects are freed by reference counts, but asyncio's tasks and futures, name
+        # lookups and exceptions still leave short-lived cycles).
         gc.freeze()
         gc.set_threshold(_GC_THRESHOLD, 20, 20)
         loop = new_loop(self.use_uvloop)
