@@ -82,3 +82,18 @@ def test_the_per_connection_records_are_written_as_record_writes_them(
         return [x.split(" ", 1)[1] for x in out.getvalue().splitlines()]
 
     assert lines(fast=True) == lines(fast=False)
+
+
+def test_a_clock_stepped_back_does_not_hold_records(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    from sockgate.proxy import log as logmod
+
+    out = io.StringIO()
+    log = Log("text", out, flush_interval=0.05)
+    log.record("close", service="s")
+    real = time.time
+    monkeypatch.setattr(logmod.time, "time", lambda: real() - 3600)  # NTP steps the clock back an hour
+    time.sleep(0.06)
+    log.tick()
+    assert out.getvalue().count("event=close") == 1

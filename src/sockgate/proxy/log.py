@@ -67,9 +67,9 @@ class Log:
             syslog.openlog("sockgate-proxy", syslog.LOG_PID, syslog.LOG_DAEMON)
 
     def _now(self) -> tuple[float, str]:
-        """The time, and its stamp (UTC, milliseconds): rendered once per millisecond."""
-        t = time.time()
-        ms = int(t * 1000)
+        """The monotonic time (for flushing: a clock step must not hold lines back), and the
+        wall-clock stamp (UTC, milliseconds), rendered once per millisecond."""
+        ms = int(time.time() * 1000)
         if ms != self._stamp_ms:
             self._stamp_ms = ms
             sec = ms // 1000
@@ -77,7 +77,7 @@ class Log:
                 self._stamp_sec = sec
                 self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
             self._stamp_text = f"{self._stamp}.{ms % 1000:03d}Z"
-        return t, self._stamp_text
+        return time.monotonic(), self._stamp_text
 
     def record(self, event: str, **fields: Any) -> None:
         """Write one record; ``event`` is ``decision``, ``close``, or ``notice``/``error``."""
@@ -155,7 +155,7 @@ class Log:
 
     def tick(self) -> None:
         """Called periodically: flush what has waited long enough."""
-        if self._buf and time.time() - self._first > self.flush_interval:
+        if self._buf and time.monotonic() - self._first > self.flush_interval:
             self.flush()
 
     def flush(self) -> None:
