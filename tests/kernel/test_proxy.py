@@ -523,6 +523,36 @@ def test_workers_reload_adding_a_unix_listener(tmp_path: Path, echo: EchoServer,
     assert not path.exists()
 
 
+def test_workers_reload_moving_a_unix_path_to_another_service(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc]) -> None:
+    """A reload that gives a Unix path to a new service: the first worker binds it once every
+    worker has let go of the old listener (they reload at the same time), with no error."""
+    path = tmp_path / "moved.sock"
+
+    def body(name: str) -> str:
+        return f"service {name} tcp/1 {{\n listen unix:{path}\n forward tcp://127.0.0.1:{echo.port}\n allow all\n}}\n"
+
+    def serves() -> bool:
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(3)
+                s.connect(str(path))
+                return roundtrip(s, b"moved") == b"moved"
+        except OSError:
+            return False
+
+    for attempt in range(4):  # the race is between the workers' reloads: give it a few chances
+        pol = policy(tmp_path, body("old"), f"m{attempt}.conf")
+        p = start(procs, tmp_path, str(pol), "--workers", "2")
+        assert serves()
+        pol.write_text(body("new"))
+        p.signal(signal.SIGHUP)
+        wait_for(lambda: len(p.find(event="notice", message="policy reloaded")) == 2)
+        wait_for(serves)
+        assert p.find(event="error") == []
+        assert p.stop() == 0
+        assert not path.exists()
+
+
 def test_unix_file_listener_to_unix_backend(tmp_path: Path, procs: list[ProxyProc]) -> None:
     back = tmp_path / "back.sock"
     backend = EchoServer(socket.AF_UNIX, str(back))

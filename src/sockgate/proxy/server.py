@@ -42,6 +42,7 @@ from sockgate.urls import SocketURL, parse_url
 Loader = Callable[[], Sequence[Plan]]
 _SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 _TICK = 0.5
+_MOVED_PATH_WAIT = 2.0  # how long the first worker waits for the others to let go of a Unix path
 _GC_THRESHOLD = 20000
 
 
@@ -98,6 +99,7 @@ class Proxy:
         self.done: asyncio.Future[int] | None = None
         self.is_child = False
         self.worker_index = 0  # in a worker: its number (0 is the first)
+        self.reloads = 0  # reloads done: a start postponed by one is dropped by the next
         self._check_workers(plans)
         self.plans = list(plans)
 
@@ -256,9 +258,12 @@ class Proxy:
                 r = Runner(p, self.options, self.log, self.pipes, self.resolver)
                 fresh.append((r, r.program()))
         # Everything compiled: now swap.
+        self.reloads += 1
         wanted = {p.key for p in plans}
+        released: set[tuple[bool, str | None]] = set()  # Unix names the removed services let go
         for key in [k for k in self.runners if k not in wanted]:
             r = self.runners.pop(key)
+            released |= _unix_names(r.listeners)
             r.stop_accepting(unlink=self._owns_files(r))
             self.retired.append(r)
         for r, p, prog in keep:
@@ -275,16 +280,48 @@ class Proxy:
             try:
                 r.listeners = self._listeners_for(r, prog, [], skip_unix)
             except SockgateError as e:
-                self.log.error(f"service {r.name} not started: {e}")
+                if self.is_child and released & {(u.abstract, u.path) for u in r.plan.listen if u.is_unix}:
+                    # The path was a removed service's, opened before the workers forked: the
+                    # other workers, reloading at the same time, may still hold that listener.
+                    self._start_when_free(r, prog, time.monotonic() + _MOVED_PATH_WAIT)
+                else:
+                    self.log.error(f"service {r.name} not started: {e}")
                 continue
             if skip_unix and len(r.listeners) < len(r.plan.listen):
                 self.log.notice(f"service {r.name}: its new Unix listeners are served by the first worker only")
-            if not r.listeners:
-                continue
-            r.opened_by_reload = True
-            self.runners[r.plan.key] = r
-            r.start(self.loop, r.listeners)
+            self._start_fresh(r)
         self.log.notice("policy reloaded", services=" ".join(r.name for r in self.runners.values()))
+
+    def _start_fresh(self, r: Runner) -> None:
+        """Serve a service a reload added, on the listeners opened for it."""
+        assert self.loop is not None
+        if not r.listeners:
+            return
+        r.opened_by_reload = True
+        self.runners[r.plan.key] = r
+        r.start(self.loop, r.listeners)
+
+    def _start_when_free(self, r: Runner, program: bytes, deadline: float) -> None:
+        """Try again shortly to open ``r``'s listeners, until ``deadline``; a newer reload or
+        the shutdown drops the attempt."""
+        assert self.loop is not None
+        reloads = self.reloads
+
+        def attempt() -> None:
+            if self.stopping or self.reloads != reloads:
+                return
+            try:
+                r.listeners = self._listeners_for(r, program, [], False)
+            except SockgateError as e:
+                if time.monotonic() < deadline and self.loop is not None:
+                    self.loop.call_later(0.05, attempt)
+                else:
+                    self.log.error(f"service {r.name} not started: {e}")
+                return
+            self._start_fresh(r)
+            self.log.notice(f"service {r.name}: started once the other workers let go of its Unix path")
+
+        self.loop.call_later(0.05, attempt)
 
     def _owns_files(self, r: Runner) -> bool:
         """Whether this process removes ``r``'s Unix socket files when it stops listening: the
@@ -433,6 +470,10 @@ def _die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() == 1:  # the parent died before the call
         os._exit(1)
+
+
+def _unix_names(listeners: Sequence[Listener]) -> set[tuple[bool, str | None]]:
+    return {(lst.url.abstract, lst.url.path) for lst in listeners if lst.url.is_unix}
 
 
 def _url_of(sock: socket.socket, name: str) -> SocketURL:
