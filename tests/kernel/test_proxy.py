@@ -510,6 +510,8 @@ def test_workers_reload_adding_a_unix_listener(tmp_path: Path, echo: EchoServer,
     pol.write_text(body + f"service u tcp/2 {{\n listen unix:{path}\n forward tcp://127.0.0.1:{echo.port}\n allow all\n}}\n")
     p.signal(signal.SIGHUP)  # at once: the workers may still be starting
     wait_for(lambda: len(p.find(event="notice", message="policy reloaded")) == 2)
+    p.signal(signal.SIGHUP)  # the same policy again: nothing new to say
+    wait_for(lambda: len(p.find(event="notice", message="policy reloaded")) == 4)
     assert [r["message"] for r in p.find(event="notice") if "first worker" in r["message"]] == [
         "service u: its new Unix listeners are served by the first worker only"
     ]

@@ -293,10 +293,10 @@ class Proxy:
         self.log.notice("policy reloaded", services=" ".join(r.name for r in self.runners.values()))
 
     def _start_fresh(self, r: Runner) -> None:
-        """Serve a service a reload added, on the listeners opened for it."""
+        """Serve a service a reload added, on the listeners opened for it. A worker after the
+        first may have none (all Unix, bound by the first): it keeps the service all the same,
+        so the next reload finds it and does not add it again."""
         assert self.loop is not None
-        if not r.listeners:
-            return
         r.opened_by_reload = True
         self.runners[r.plan.key] = r
         r.start(self.loop, r.listeners)
