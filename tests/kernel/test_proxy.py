@@ -525,31 +525,41 @@ def test_workers_reload_adding_a_unix_listener(tmp_path: Path, echo: EchoServer,
     assert not path.exists()
 
 
-def test_workers_reload_moving_a_unix_path_to_another_service(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc]) -> None:
-    """A reload that gives a Unix path to a new service: the first worker binds it once every
-    worker has let go of the old listener (they reload at the same time), with no error."""
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_reload_moving_a_unix_path_to_another_service(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc], workers: str) -> None:
+    """A reload that gives a Unix path to another service hands the listening socket over:
+    the path never disappears, every worker keeps serving it (with workers, binding it again
+    raced the other workers still holding it), and the new URL's mode applies."""
     path = tmp_path / "moved.sock"
 
-    def body(name: str) -> str:
-        return f"service {name} tcp/1 {{\n listen unix:{path}\n forward tcp://127.0.0.1:{echo.port}\n allow all\n}}\n"
+    def body(name: str, mode: str) -> str:
+        return f'service {name} tcp/1 {{\n listen "unix:{path}?mode={mode}"\n forward tcp://127.0.0.1:{echo.port}\n allow all\n}}\n'
 
     def serves() -> bool:
-        try:
-            with socket.socket(socket.AF_UNIX) as s:
-                s.settimeout(3)
-                s.connect(str(path))
-                return roundtrip(s, b"moved") == b"moved"
-        except OSError:
-            return False
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(3)
+            s.connect(str(path))
+            return roundtrip(s, b"moved") == b"moved"
 
-    for attempt in range(4):  # the race is between the workers' reloads: give it a few chances
-        pol = policy(tmp_path, body("old"), f"m{attempt}.conf")
-        p = start(procs, tmp_path, str(pol), "--workers", "2")
+    for attempt in range(3):
+        pol = policy(tmp_path, body("old", "0666"), f"m{attempt}.conf")
+        p = start(procs, tmp_path, str(pol), "--workers", workers)
         assert serves()
-        pol.write_text(body("new"))
+        pol.write_text(body("new", "0600"))
         p.signal(signal.SIGHUP)
-        wait_for(lambda: len(p.find(event="notice", message="policy reloaded")) == 2)
-        wait_for(serves)
+        deadline = time.monotonic() + 0.5  # connect all through the reload: never refused
+        while time.monotonic() < deadline:
+            assert serves()
+        wait_for(lambda: len(p.find(event="notice", message="policy reloaded")) == int(workers))
+        assert serves() and stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert {r.get("service") for r in p.find(event="decision")} == {"old", "new"}
+        if workers != "1":  # every worker still holds the listener, not the first alone
+            inode = next(ln.split()[6] for ln in Path("/proc/net/unix").read_text().splitlines()[1:]
+                         if ln.endswith(f" {path}") and ln.split()[5] == "01")
+            kids = Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()
+            assert len(kids) == 2 and all(
+                any(os.readlink(f) == f"socket:[{inode}]" for f in Path(f"/proc/{k}/fd").iterdir()) for k in kids
+            )
         assert p.find(event="error") == []
         assert p.stop() == 0
         assert not path.exists()

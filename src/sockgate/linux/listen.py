@@ -237,6 +237,19 @@ def _open_unix(url: SocketURL, before_listen: BeforeListen | None) -> Listener:
     return Listener(url, sock, created)
 
 
+def take_over(lst: Listener, url: SocketURL, owns_file: bool) -> Listener:
+    """``lst``'s socket, listening for ``url`` (the same Unix name, given to another service):
+    no close and bind again, so the name never disappears and the connections waiting in its
+    queue are kept. ``url``'s backlog, mode and owner apply; ``owns_file``: the new listener
+    removes the socket file when closed."""
+    with translated(f"listen on {url.display()}"):
+        lst.sock.listen(url.backlog)  # a listening socket takes a new backlog
+    if url.path is not None and not url.abstract:
+        uid, gid = _owner_ids(url)
+        _apply_file_attrs(url, url.path, uid, gid)
+    return Listener(url, lst.sock, lst.path if owns_file else None)
+
+
 def _owner_ids(url: SocketURL) -> tuple[int, int]:
     """-1 for "leave as is", as chown(2) takes it."""
     uid = gid = -1

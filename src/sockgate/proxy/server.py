@@ -42,7 +42,7 @@ from sockgate.urls import SocketURL, parse_url
 Loader = Callable[[], Sequence[Plan]]
 _SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 _TICK = 0.5
-_MOVED_PATH_WAIT = 2.0  # how long the first worker waits for the others to let go of a Unix path
+UnixName = tuple[bool, "str | None"]  # (abstract, path) of a Unix listen URL
 _GC_THRESHOLD = 20000
 
 
@@ -99,7 +99,6 @@ class Proxy:
         self.done: asyncio.Future[int] | None = None
         self.is_child = False
         self.worker_index = 0  # in a worker: its number (0 is the first)
-        self.reloads = 0  # reloads done: a start postponed by one is dropped by the next
         self._check_workers(plans)
         self.plans = list(plans)
 
@@ -134,7 +133,7 @@ class Proxy:
         return [(socket.socket(fileno=fd), name) for fd, name in activation.listen_fds()]
 
     def _listeners_for(self, r: Runner, program: bytes, inherited: list[tuple[socket.socket, str]],
-                       skip_unix: bool = False) -> list[Listener]:
+                       skip_unix: bool = False, taken: dict[UnixName, Listener] | None = None) -> list[Listener]:
         from sockgate.linux import filter as kfilter
         from sockgate.linux.listen import open_listener
 
@@ -151,6 +150,9 @@ class Proxy:
                     guard(s)
                     out.append(Listener(_url_of(s, name), s))
             for url in urls:
+                if taken and url.is_unix and (url.abstract, url.path) in taken:
+                    out.append(taken.pop((url.abstract, url.path)))  # a removed service's (_take_over)
+                    continue
                 if skip_unix and url.is_unix:
                     continue  # another worker binds the path (see _reload)
                 match = next((i for i, (_, n) in enumerate(inherited) if n == url.fd_name), None)
@@ -258,12 +260,10 @@ class Proxy:
                 r = Runner(p, self.options, self.log, self.pipes, self.resolver)
                 fresh.append((r, r.program()))
         # Everything compiled: now swap.
-        self.reloads += 1
         wanted = {p.key for p in plans}
-        released: set[tuple[bool, str | None]] = set()  # Unix names the removed services let go
-        for key in [k for k in self.runners if k not in wanted]:
-            r = self.runners.pop(key)
-            released |= _unix_names(r.listeners)
+        removed = [self.runners.pop(k) for k in [k for k in self.runners if k not in wanted]]
+        taken = self._take_over(removed, [r for r, _ in fresh])
+        for r in removed:
             r.stop_accepting(unlink=self._owns_files(r))
             self.retired.append(r)
         for r, p, prog in keep:
@@ -278,14 +278,9 @@ class Proxy:
         skip_unix = self.is_child and self.worker_index > 0
         for r, prog in fresh:
             try:
-                r.listeners = self._listeners_for(r, prog, [], skip_unix)
+                r.listeners = self._listeners_for(r, prog, [], skip_unix, taken.get(id(r), {}))
             except SockgateError as e:
-                if self.is_child and released & {(u.abstract, u.path) for u in r.plan.listen if u.is_unix}:
-                    # The path was a removed service's, opened before the workers forked: the
-                    # other workers, reloading at the same time, may still hold that listener.
-                    self._start_when_free(r, prog, time.monotonic() + _MOVED_PATH_WAIT)
-                else:
-                    self.log.error(f"service {r.name} not started: {e}")
+                self.log.error(f"service {r.name} not started: {e}")
                 continue
             if skip_unix and len(r.listeners) < len(r.plan.listen):
                 self.log.notice(f"service {r.name}: its new Unix listeners are served by the first worker only")
@@ -301,27 +296,35 @@ class Proxy:
         self.runners[r.plan.key] = r
         r.start(self.loop, r.listeners)
 
-    def _start_when_free(self, r: Runner, program: bytes, deadline: float) -> None:
-        """Try again shortly to open ``r``'s listeners, until ``deadline``; a newer reload or
-        the shutdown drops the attempt."""
-        assert self.loop is not None
-        reloads = self.reloads
+    def _take_over(self, removed: list[Runner], fresh: list[Runner]) -> dict[int, dict[UnixName, Listener]]:
+        """Unix listeners of removed services whose name a fresh service listens on: handed
+        over (see ``listen.take_over``) rather than closed and bound again. Besides keeping
+        the name and its queue, that spares the workers a race: a listener opened before they
+        forked is held by all of them, and the first worker could not bind its name again
+        until every other had closed it. Keyed by ``id`` of the fresh runner."""
+        from sockgate.linux.listen import take_over
 
-        def attempt() -> None:
-            if self.stopping or self.reloads != reloads:
-                return
-            try:
-                r.listeners = self._listeners_for(r, program, [], False)
-            except SockgateError as e:
-                if time.monotonic() < deadline and self.loop is not None:
-                    self.loop.call_later(0.05, attempt)
-                else:
-                    self.log.error(f"service {r.name} not started: {e}")
-                return
-            self._start_fresh(r)
-            self.log.notice(f"service {r.name}: started once the other workers let go of its Unix path")
-
-        self.loop.call_later(0.05, attempt)
+        spare: dict[UnixName, tuple[Runner, Listener]] = {}
+        for old in removed:
+            for lst in old.listeners:
+                if lst.url.is_unix:
+                    spare[(lst.url.abstract, lst.url.path)] = (old, lst)
+        out: dict[int, dict[UnixName, Listener]] = {}
+        for r in fresh:
+            for url in r.plan.listen:
+                name = (url.abstract, url.path)
+                if not url.is_unix or name not in spare or spare[name][1].url.scheme != url.scheme:
+                    continue
+                old, lst = spare.pop(name)
+                if self.loop is not None and old.accepting:
+                    self.loop.remove_reader(lst.sock.fileno())
+                old.listeners.remove(lst)
+                try:
+                    out.setdefault(id(r), {})[name] = take_over(lst, url, owns_file=self._owns_files(old))
+                except SockgateError as e:
+                    self.log.error(f"service {r.name}: {url.display()} not taken over: {e}")
+                    lst.close(unlink=False)  # its file goes with the service that made it
+        return out
 
     def _owns_files(self, r: Runner) -> bool:
         """Whether this process removes ``r``'s Unix socket files when it stops listening: the
@@ -470,10 +473,6 @@ def _die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() == 1:  # the parent died before the call
         os._exit(1)
-
-
-def _unix_names(listeners: Sequence[Listener]) -> set[tuple[bool, str | None]]:
-    return {(lst.url.abstract, lst.url.path) for lst in listeners if lst.url.is_unix}
 
 
 def _url_of(sock: socket.socket, name: str) -> SocketURL:
