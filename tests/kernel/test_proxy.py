@@ -525,6 +525,16 @@ def test_workers_reload_adding_a_unix_listener(tmp_path: Path, echo: EchoServer,
     assert not path.exists()
 
 
+def _fd_targets(pid: int) -> set[str]:
+    out = set()
+    for f in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            out.add(os.readlink(f))
+        except FileNotFoundError:
+            pass  # closed meanwhile
+    return out
+
+
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_reload_moving_a_unix_path_to_another_service(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc], workers: str) -> None:
     """A reload that gives a Unix path to another service hands the listening socket over:
@@ -547,22 +557,42 @@ def test_reload_moving_a_unix_path_to_another_service(tmp_path: Path, echo: Echo
         assert serves()
         pol.write_text(body("new", "0600"))
         p.signal(signal.SIGHUP)
-        deadline = time.monotonic() + 0.5  # connect all through the reload: never refused
-        while time.monotonic() < deadline:
-            assert serves()
-        wait_for(lambda: len(p.find(event="notice", message="policy reloaded")) == int(workers))
+        deadline = time.monotonic() + 10  # connect all through the reload: never refused
+        while len(p.find(event="notice", message="policy reloaded")) < int(workers):
+            assert serves() and time.monotonic() < deadline
         assert serves() and stat.S_IMODE(path.stat().st_mode) == 0o600
-        assert {r.get("service") for r in p.find(event="decision")} == {"old", "new"}
+        wait_for(lambda: {r.get("service") for r in p.find(event="decision")} == {"old", "new"})
         if workers != "1":  # every worker still holds the listener, not the first alone
             inode = next(ln.split()[6] for ln in Path("/proc/net/unix").read_text().splitlines()[1:]
                          if ln.endswith(f" {path}") and ln.split()[5] == "01")
             kids = Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()
-            assert len(kids) == 2 and all(
-                any(os.readlink(f) == f"socket:[{inode}]" for f in Path(f"/proc/{k}/fd").iterdir()) for k in kids
-            )
+            assert len(kids) == 2 and all(f"socket:[{inode}]" in _fd_targets(int(k)) for k in kids)
         assert p.find(event="error") == []
         assert p.stop() == 0
         assert not path.exists()
+
+
+@pytest.mark.parametrize("why", ["port in use", "unknown owner"])
+def test_a_moved_unix_path_whose_new_service_fails_leaves_no_file(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc], why: str) -> None:
+    path = tmp_path / "moved.sock"
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        pol = policy(tmp_path, f"service old tcp/1 {{\n listen unix:{path}\n forward tcp://127.0.0.1:{echo.port}\n allow all\n}}\n")
+        p = start(procs, tmp_path, str(pol))
+        if why == "port in use":  # the new service's first listener fails before the taken one is used
+            listen = f"listen tcp://127.0.0.1:{busy.getsockname()[1]}\n listen unix:{path}"
+        else:  # the hand-over itself fails
+            listen = f'listen "unix:{path}?owner=no-such-user-here"'
+        pol.write_text(f"service new tcp/1 {{\n {listen}\n forward tcp://127.0.0.1:{echo.port}\n allow all\n}}\n")
+        p.signal(signal.SIGHUP)
+        wait_for(lambda: p.find(event="notice", message="policy reloaded"))
+        assert [r for r in p.find(event="error") if "new" in r["message"]]
+        assert p.stop() == 0
+        assert not path.exists()
+    finally:
+        busy.close()
 
 
 def test_unix_file_listener_to_unix_backend(tmp_path: Path, procs: list[ProxyProc]) -> None:

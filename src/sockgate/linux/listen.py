@@ -240,12 +240,13 @@ def _open_unix(url: SocketURL, before_listen: BeforeListen | None) -> Listener:
 def take_over(lst: Listener, url: SocketURL, owns_file: bool) -> Listener:
     """``lst``'s socket, listening for ``url`` (the same Unix name, given to another service):
     no close and bind again, so the name never disappears and the connections waiting in its
-    queue are kept. ``url``'s backlog, mode and owner apply; ``owns_file``: the new listener
-    removes the socket file when closed."""
+    queue are kept. ``url``'s backlog applies, and its mode, owner and group where it gives
+    them (the file keeps what it had otherwise); ``owns_file``: the new listener removes the
+    socket file when closed. Raises before changing anything if an owner or group is unknown."""
+    uid, gid = _owner_ids(url)
     with translated(f"listen on {url.display()}"):
         lst.sock.listen(url.backlog)  # a listening socket takes a new backlog
     if url.path is not None and not url.abstract:
-        uid, gid = _owner_ids(url)
         _apply_file_attrs(url, url.path, uid, gid)
     return Listener(url, lst.sock, lst.path if owns_file else None)
 

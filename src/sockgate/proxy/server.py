@@ -43,6 +43,12 @@ Loader = Callable[[], Sequence[Plan]]
 _SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 _TICK = 0.5
 UnixName = tuple[bool, "str | None"]  # (abstract, path) of a Unix listen URL
+
+
+def unix_name(url: SocketURL) -> UnixName:
+    """What a Unix URL binds: an abstract name as written, a path made absolute."""
+    path = url.path if url.abstract or url.path is None else os.path.abspath(url.path)
+    return url.abstract, path
 _GC_THRESHOLD = 20000
 
 
@@ -150,8 +156,8 @@ class Proxy:
                     guard(s)
                     out.append(Listener(_url_of(s, name), s))
             for url in urls:
-                if taken and url.is_unix and (url.abstract, url.path) in taken:
-                    out.append(taken.pop((url.abstract, url.path)))  # a removed service's (_take_over)
+                if taken and url.is_unix and unix_name(url) in taken:
+                    out.append(taken.pop(unix_name(url)))  # a removed service's (_take_over)
                     continue
                 if skip_unix and url.is_unix:
                     continue  # another worker binds the path (see _reload)
@@ -263,28 +269,33 @@ class Proxy:
         wanted = {p.key for p in plans}
         removed = [self.runners.pop(k) for k in [k for k in self.runners if k not in wanted]]
         taken = self._take_over(removed, [r for r, _ in fresh])
-        for r in removed:
-            r.stop_accepting(unlink=self._owns_files(r))
-            self.retired.append(r)
-        for r, p, prog in keep:
-            r.attach(prog)
-            r.install(p.service)
-            r.plan = p
-            from sockgate.proxy.service import Target
+        try:
+            for r in removed:
+                r.stop_accepting(unlink=self._owns_files(r))
+                self.retired.append(r)
+            for r, p, prog in keep:
+                r.attach(prog)
+                r.install(p.service)
+                r.plan = p
+                from sockgate.proxy.service import Target
 
-            r.target = Target.of(p.forward)
-        # A Unix path can be bound once: of the workers, only the first listens on a Unix
-        # listener added by a reload (those opened at start are shared by every worker).
-        skip_unix = self.is_child and self.worker_index > 0
-        for r, prog in fresh:
-            try:
-                r.listeners = self._listeners_for(r, prog, [], skip_unix, taken.get(id(r), {}))
-            except SockgateError as e:
-                self.log.error(f"service {r.name} not started: {e}")
-                continue
-            if skip_unix and len(r.listeners) < len(r.plan.listen):
-                self.log.notice(f"service {r.name}: its new Unix listeners are served by the first worker only")
-            self._start_fresh(r)
+                r.target = Target.of(p.forward)
+            # A Unix path can be bound once: of the workers, only the first listens on a Unix
+            # listener added by a reload (those opened at start are shared by every worker).
+            skip_unix = self.is_child and self.worker_index > 0
+            for r, prog in fresh:
+                try:
+                    r.listeners = self._listeners_for(r, prog, [], skip_unix, taken.get(id(r), {}))
+                except SockgateError as e:
+                    self.log.error(f"service {r.name} not started: {e}")
+                    continue
+                if skip_unix and len(r.listeners) < len(r.plan.listen):
+                    self.log.notice(f"service {r.name}: its new Unix listeners are served by the first worker only")
+                self._start_fresh(r)
+        finally:
+            for left in taken.values():  # taken over for a service that did not start
+                for lst in left.values():
+                    lst.close()
         self.log.notice("policy reloaded", services=" ".join(r.name for r in self.runners.values()))
 
     def _start_fresh(self, r: Runner) -> None:
@@ -308,22 +319,23 @@ class Proxy:
         for old in removed:
             for lst in old.listeners:
                 if lst.url.is_unix:
-                    spare[(lst.url.abstract, lst.url.path)] = (old, lst)
+                    spare[unix_name(lst.url)] = (old, lst)
         out: dict[int, dict[UnixName, Listener]] = {}
         for r in fresh:
             for url in r.plan.listen:
-                name = (url.abstract, url.path)
+                name = unix_name(url)
                 if not url.is_unix or name not in spare or spare[name][1].url.scheme != url.scheme:
                     continue
                 old, lst = spare.pop(name)
+                try:
+                    new = take_over(lst, url, owns_file=self._owns_files(old))
+                except SockgateError as e:  # it stays with the removed service, which closes it
+                    self.log.error(f"service {r.name}: {url.display()} not taken over: {e}")
+                    continue
                 if self.loop is not None and old.accepting:
                     self.loop.remove_reader(lst.sock.fileno())
                 old.listeners.remove(lst)
-                try:
-                    out.setdefault(id(r), {})[name] = take_over(lst, url, owns_file=self._owns_files(old))
-                except SockgateError as e:
-                    self.log.error(f"service {r.name}: {url.display()} not taken over: {e}")
-                    lst.close(unlink=False)  # its file goes with the service that made it
+                out.setdefault(id(r), {})[name] = new
         return out
 
     def _owns_files(self, r: Runner) -> bool:
