@@ -42,6 +42,7 @@ from sockgate.urls import SocketURL, parse_url
 Loader = Callable[[], Sequence[Plan]]
 _SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 _TICK = 0.5
+_GC_THRESHOLD = 20000
 UnixName = tuple[bool, "str | None"]  # (abstract, path) of a Unix listen URL
 
 
@@ -49,7 +50,6 @@ def unix_name(url: SocketURL) -> UnixName:
     """What a Unix URL binds: an abstract name as written, a path made absolute."""
     path = url.path if url.abstract or url.path is None else os.path.abspath(url.path)
     return url.abstract, path
-_GC_THRESHOLD = 20000
 
 
 def new_loop(use_uvloop: bool = True) -> asyncio.AbstractEventLoop:
@@ -285,7 +285,7 @@ class Proxy:
             skip_unix = self.is_child and self.worker_index > 0
             for r, prog in fresh:
                 try:
-                    r.listeners = self._listeners_for(r, prog, [], skip_unix, taken.get(id(r), {}))
+                    r.listeners = self._listeners_for(r, prog, [], skip_unix, taken.get(r, {}))
                 except SockgateError as e:
                     self.log.error(f"service {r.name} not started: {e}")
                     continue
@@ -307,12 +307,12 @@ class Proxy:
         self.runners[r.plan.key] = r
         r.start(self.loop, r.listeners)
 
-    def _take_over(self, removed: list[Runner], fresh: list[Runner]) -> dict[int, dict[UnixName, Listener]]:
+    def _take_over(self, removed: list[Runner], fresh: list[Runner]) -> dict[Runner, dict[UnixName, Listener]]:
         """Unix listeners of removed services whose name a fresh service listens on: handed
         over (see ``listen.take_over``) rather than closed and bound again. Besides keeping
         the name and its queue, that spares the workers a race: a listener opened before they
         forked is held by all of them, and the first worker could not bind its name again
-        until every other had closed it. Keyed by ``id`` of the fresh runner."""
+        until every other had closed it. Keyed by the fresh runner."""
         from sockgate.linux.listen import take_over
 
         spare: dict[UnixName, tuple[Runner, Listener]] = {}
@@ -320,7 +320,7 @@ class Proxy:
             for lst in old.listeners:
                 if lst.url.is_unix:
                     spare[unix_name(lst.url)] = (old, lst)
-        out: dict[int, dict[UnixName, Listener]] = {}
+        out: dict[Runner, dict[UnixName, Listener]] = {}
         for r in fresh:
             for url in r.plan.listen:
                 name = unix_name(url)
@@ -335,7 +335,7 @@ class Proxy:
                 if self.loop is not None and old.accepting:
                     self.loop.remove_reader(lst.sock.fileno())
                 old.listeners.remove(lst)
-                out.setdefault(id(r), {})[name] = new
+                out.setdefault(r, {})[name] = new
         return out
 
     def _owns_files(self, r: Runner) -> bool:
