@@ -3,6 +3,15 @@
 Reads policy files (and what they include), hosts.allow/hosts.deny pairs, and resolves user
 and group names through the system database; the parsers themselves never touch the file
 system. ``load`` is ``sockgate.load``.
+
+Every file a policy names — policy files and their includes, set files, hosts.allow and
+hosts.deny and their ``/file`` patterns — is read through one ``FileReader`` per load, so
+each file is read once and all of them obey the same rules: regular files only (a FIFO would
+block the reader — and in ``run`` the supervisor — forever, ``/dev/zero`` never ends), opened
+with ``O_NONBLOCK`` so even a FIFO swapped in after the check cannot block the open, and at
+most ``MAX_FILE_BYTES`` each, ``MAX_TOTAL_BYTES`` together. Symbolic links are followed: the
+paths come from the policy's author, who is trusted, and configuration managers link files
+into place.
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ import errno
 import grp
 import os
 import pwd
+import stat
 from typing import Callable, Sequence
 
 from sockgate.errors import PolicyError, UsageError
@@ -33,12 +43,77 @@ class SystemAccounts:
             return None
 
 
-def read_text(path: str) -> str:
-    """Read a policy or list file (OSError propagates: the parser reports it at the include)."""
-    if os.path.isdir(path):
+MAX_FILE_BYTES = 64 << 20  # one file: a million IPv6 prefixes, one a line, fit
+MAX_TOTAL_BYTES = 256 << 20  # every file of one load together
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _mib(n: int) -> str:
+    return f"{n >> 20} MiB"
+
+
+def _check_regular(st: os.stat_result, path: str) -> None:
+    """Raise the ``OSError`` the parsers report when ``st`` is not a regular file."""
+    if stat.S_ISDIR(st.st_mode):
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:
-        return f.read()
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a file")
+        raise OSError(errno.EINVAL, f"{kind}, not a regular file; only regular files are read", path)
+
+
+def read_regular(path: str, limit: int = MAX_FILE_BYTES) -> str:
+    """The text of the regular file ``path``, at most ``limit`` bytes; never blocks on a FIFO
+    or device (checked before the open, and again on the descriptor, which cannot change)."""
+    _check_regular(os.stat(path), path)  # a device is not even opened (opening can act)
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        st = os.fstat(fd)
+        _check_regular(st, path)
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit and (chunk := os.read(fd, min(1 << 20, limit + 1 - size))):
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise OSError(errno.EFBIG, f"larger than {_mib(limit)}, the limit for one file", path)
+    return b"".join(chunks).decode("utf-8", "surrogateescape")
+
+
+class FileReader:
+    """Reads the files of one load: each once (an include or pattern file named again is the
+    same text), regular files only, within a budget for all of them together."""
+
+    def __init__(self, limit: int = MAX_FILE_BYTES, total: int = MAX_TOTAL_BYTES) -> None:
+        self.limit = limit
+        self.left = total
+        self.total = total
+        self.texts: dict[str, str] = {}
+
+    def __call__(self, path: str) -> str:
+        text = self.texts.get(path)
+        if text is not None:
+            return text
+        text = read_regular(path, self.limit)
+        if len(text) > self.left:
+            raise OSError(errno.EFBIG, f"the files of this policy are larger than {_mib(self.total)} together",
+                          path)
+        self.left -= len(text)
+        self.texts[path] = text
+        return text
+
+
+def read_text(path: str) -> str:
+    """Read one policy or list file by the rules of ``FileReader`` (OSError propagates: the
+    parser reports it at the include)."""
+    return read_regular(path)
 
 
 def list_files(directory: str) -> list[str]:
@@ -67,12 +142,13 @@ def load_policy(
 
     if not paths and hosts_allow is None and hosts_deny is None:
         raise UsageError("no policy given: name a policy file, or --hosts-allow/--hosts-deny")
+    read = FileReader()
     loaders: list[Callable[[], Policy]] = []
     if paths:
-        loaders.append(lambda: parse_policy_files(list(paths), read=read_text, accounts=SystemAccounts(),
+        loaders.append(lambda: parse_policy_files(list(paths), read=read, accounts=SystemAccounts(),
                                                   listdir=list_files))
     if hosts_allow is not None or hosts_deny is not None:
-        loaders.append(lambda: parse_hosts_access(hosts_allow, hosts_deny, read=read_text))
+        loaders.append(lambda: parse_hosts_access(hosts_allow, hosts_deny, read=read))
     parts: list[Policy] = []
     failed: list[PolicyError] = []
     for loader in loaders:  # every part is read, so the errors of all of them are reported

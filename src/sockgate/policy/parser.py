@@ -3,8 +3,10 @@
 Theory of operation. ``parse_policy_files`` reads each file through the injected ``read``
 (and lists include directories through ``listdir``), lexes it (``lexer.py``) and parses its
 statements in order into one shared ``_Context``: sets are defined before use, ``include``
-parses the named file right there (relative to the including file), services and defaults
-collect as they come. Values are checked by ``literals.py``; matches are built by
+parses the named file right there (relative to the including file) — once: a file included
+again adds nothing, as its sets and services are already defined — and a set file read for
+one set gives its addresses to any other set that names it; services and defaults collect as
+they come. Values are checked by ``literals.py``; matches are built by
 ``matchparse.py``. Every problem becomes a ``Diagnostic`` and the parser resynchronises at
 the next statement keyword, so one run reports every error it can find; if there is any,
 ``PolicyError`` is raised with all of them and the source texts, and nothing is returned.
@@ -39,7 +41,7 @@ from sockgate.policy.coverage import Cover, cover
 from sockgate.policy.ir import Action, AddressSet, Endpoint, IPNetwork, Limits, Policy, Rule, Service
 from sockgate.policy.lexer import Kind, Token, tokenize
 from sockgate.policy.matchparse import MatchParser, Recover
-from sockgate.policy.source import Span
+from sockgate.policy.source import Span, quote
 from sockgate.urls import parse_url
 
 Reader = Callable[[str], str]
@@ -49,6 +51,7 @@ TOP_KEYWORDS = ("default", "include", "service", "set")
 SERVICE_KEYWORDS = ("allow", "ban", "default", "deny", "forward", "limit", "listen")
 PROTOCOLS = ("tcp", "udp", "unix")
 MAX_INCLUDE_DEPTH = 16
+MAX_LIST_ERRORS = 5  # bad lines reported one by one per set file; the rest are counted
 
 
 def parse_policy(
@@ -101,6 +104,8 @@ class _Context:
     default: Action | None = None
     default_span: Span | None = None
     stack: list[str] = field(default_factory=list)
+    parsed: set[str] = field(default_factory=set)  # policy files, by normal path
+    lists: dict[str, tuple[IPNetwork, ...]] = field(default_factory=dict)  # set files, parsed
 
     def error(self, span: Span | None, message: str, related: tuple[tuple[Span, str], ...] = ()) -> None:
         self.diags.append(Diagnostic(span, message, "error", related))
@@ -129,6 +134,9 @@ class _Context:
         if len(self.stack) >= MAX_INCLUDE_DEPTH:
             self.error(at, f"includes nested more than {MAX_INCLUDE_DEPTH} deep")
             return
+        if normal_path(path) in self.parsed:
+            return
+        self.parsed.add(normal_path(path))
         text = self.load(path, at, "policy file")
         if text is None:
             return
@@ -324,20 +332,9 @@ class _FileParser(MatchParser):
         return tuple(dict.fromkeys(nets))
 
     def set_file(self, path: str, at: Span) -> tuple[IPNetwork, ...]:
-        text = self.ctx.load(path, at, "address list")
-        nets: list[IPNetwork] = []
-        for lineno, raw in enumerate((text or "").split("\n"), 1):  # as the lexer counts lines
-            body = raw.split("#", 1)[0]
-            word = body.strip()
-            if not word:
-                continue
-            col = body.index(word) + 1
-            try:
-                nets.append(literals.network(word))
-            except literals.LiteralError as e:
-                msg = str(e) if literals.looks_like_address(word) else f"expected an address or CIDR, found {word!r}"
-                self.ctx.error(Span(path, lineno, col, len(word)), msg)
-        return tuple(dict.fromkeys(nets))
+        if path not in self.ctx.lists:
+            self.ctx.lists[path] = _address_list(path, self.ctx.load(path, at, "address list") or "", self.ctx.error)
+        return self.ctx.lists[path]
 
     # 'service' NAME { endpoint } '{' { svc_stmt } '}'
     def service_stmt(self, kw: Token) -> None:
@@ -518,6 +515,35 @@ class _ServiceBody:
             listen=tuple(self.listen),
             forward=self.forward,
         )
+
+
+def _address_list(path: str, text: str, error: Callable[..., None]) -> tuple[IPNetwork, ...]:
+    """The addresses of a set file, one a line, ``#`` comments. A file that is not an address
+    list at all (someone else's file, named by mistake) gets its first few bad lines reported
+    and then one line that counts the rest, so its contents do not flood the output or a log."""
+    nets: list[IPNetwork] = []
+    bad = 0
+    hidden: Span | None = None  # where the first bad line not reported one by one is
+    for lineno, raw in enumerate(text.split("\n"), 1):  # as the lexer counts lines
+        body = raw.split("#", 1)[0]
+        word = body.strip()
+        if not word:
+            continue
+        try:
+            nets.append(literals.network(word))
+            continue
+        except literals.LiteralError as e:
+            bad += 1
+            msg = str(e) if literals.looks_like_address(word) else f"expected an address or CIDR, found {quote(word)}"
+            span = Span(path, lineno, body.index(word) + 1, len(word))
+            if bad <= MAX_LIST_ERRORS:
+                error(span, msg)
+            elif hidden is None:
+                hidden = replace(span, length=1)
+    if hidden is not None:
+        error(hidden, f"{bad - MAX_LIST_ERRORS} more lines of this address list are not addresses "
+              "or CIDRs (not shown)")
+    return tuple(dict.fromkeys(nets))
 
 
 _BAN_NEEDS_RATE = "a ban needs a per-source rate to trigger it (add 'limit rate N/minute per source')"

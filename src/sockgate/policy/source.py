@@ -4,15 +4,29 @@ A ``Span`` points at the text a diagnostic is about: file, 1-based line and colu
 length of the culprit (so a caret line can underline it). ``render_diagnostic`` produces the
 ``file:line:col: severity: message`` line, then the source line and ``^~~~`` under the culprit.
 Pure: the source text is passed in, never read here.
+
+What reaches a person's terminal or a log is made safe here, once: control and other invisible
+characters (ESC, BEL, bidirectional overrides, undecodable bytes) are written as escapes, so a
+policy line cannot move the cursor or recolour the screen; the caret is placed by the escaped
+text's display width, so it still points at the culprit. A file named by mistake (a set file
+that is ``/etc/shadow``) must not be echoed: a word quoted in a message (``quote``) and the
+culprit under the caret are cut at ``QUOTE_MAX`` characters, and the context around the culprit
+at a few dozen.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from sockgate.errors import Diagnostic
+
+QUOTE_MAX = 24  # a word quoted from a file: a name, a port, an address; little of a secret
+BEFORE_MAX = 48  # context shown before the culprit
+AFTER_MAX = 32  # and after it
+ELLIPSIS = "..."
 
 
 @dataclass(frozen=True, order=True)
@@ -32,21 +46,74 @@ def render_diagnostic(diag: "Diagnostic", source_text: str | None, caret: bool =
         head = f"{sev}{diag.message}"
     else:
         head = f"{diag.span}: {sev}{diag.message}"
-    lines = [head]
+    lines = [escape(head)]
     if caret and diag.span is not None and source_text is not None:
         # Lines end at "\n" only, as the lexers count them (splitlines would also break at
         # \f, \v, \x1c-\x1e, \x85, \u2028..., and the caret would land on the wrong line).
         src_lines = source_text.split("\n")
         if 1 <= diag.span.line <= len(src_lines):
-            text = src_lines[diag.span.line - 1].rstrip("\r").expandtabs(1)
+            text, col, width = excerpt(src_lines[diag.span.line - 1].rstrip("\r"), diag.span.col, diag.span.length)
             lines.append("    " + text)
-            lines.append("    " + " " * (diag.span.col - 1) + "^" + "~" * max(0, diag.span.length - 1))
+            lines.append("    " + " " * col + "^" + "~" * (width - 1))
     for span, note in diag.related:
-        lines.append(f"{span}: note: {note}")
+        lines.append(escape(f"{span}: note: {note}"))
     return "\n".join(lines)
 
 
+def excerpt(line: str, col: int, length: int) -> tuple[str, int, int]:
+    """The part of source ``line`` shown under a message, escaped, with the display column
+    (0-based) and width of the culprit at 1-based ``col``, ``length`` characters long."""
+    start = max(0, col - 1)
+    before, culprit, after = line[:start], line[start : start + length], line[start + length :]
+    if len(before) > BEFORE_MAX:
+        before = ELLIPSIS + before[-BEFORE_MAX:]
+    tail = ""
+    if len(culprit) > QUOTE_MAX:
+        culprit, after, tail = culprit[:QUOTE_MAX], "", ELLIPSIS
+    elif len(after) > AFTER_MAX:
+        after, tail = after[:AFTER_MAX], ELLIPSIS
+    shown_before, shown_culprit = escape(before), escape(culprit)
+    return shown_before + shown_culprit + escape(after) + tail, width(shown_before), max(1, width(shown_culprit))
+
+
+def quote(text: str) -> str:
+    """``text`` quoted for a message, as ``repr`` does (so control characters are escaped),
+    cut at ``QUOTE_MAX`` characters."""
+    if len(text) <= QUOTE_MAX:
+        return repr(text)
+    r = repr(text[:QUOTE_MAX])
+    return r[:-1] + ELLIPSIS + r[-1]
+
+
+def escape(text: str) -> str:
+    """One line of text safe for a terminal: a tab becomes a space (one column, as columns are
+    counted), an undecodable byte ``\\xNN``, every other invisible character ``\\xNN``,
+    ``\\uNNNN`` or ``\\UNNNNNNNN``; printable text is unchanged."""
+    if text.isprintable():
+        return text
+    return "".join(_escape_char(c) for c in text)
+
+
+def _escape_char(c: str) -> str:
+    if c.isprintable():
+        return c
+    if c == "\t":
+        return " "
+    n = ord(c)
+    if 0xDC80 <= n <= 0xDCFF:  # a byte surrogateescape could not decode
+        return f"\\x{n - 0xDC00:02x}"
+    if n < 0x100:
+        return f"\\x{n:02x}"
+    return f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
+
+
+def width(text: str) -> int:
+    """Terminal columns of printable ``text``: wide East Asian characters take two, combining
+    marks none."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
 def printable(text: str) -> str:
-    """``text`` with the undecodable bytes of a policy file (kept as surrogates, since files
-    are read with ``surrogateescape``) written as ``\\xNN``, so any output stream can take it."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    """Lines of ``text`` escaped as ``escape`` does (line breaks kept), so any output stream
+    and any terminal can take them."""
+    return "\n".join(escape(line) for line in text.split("\n"))

@@ -1,0 +1,119 @@
+"""The file edge: every file a policy names is read once, only if regular, within a size cap.
+
+Reads that would never end (``/dev/zero``) or never start (a FIFO with no writer) run in a
+child process with a memory limit and a timeout, so a regression fails the test instead of
+hanging or exhausting the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import sockgate
+from sockgate import loading
+from sockgate.errors import PolicyError
+from sockgate.loading import FileReader, load_policy, read_regular
+
+NOT_REGULAR = "a character device, not a regular file; only regular files are read"
+
+
+def sockgate_cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``sockgate ARGV`` in a child limited to 1 GiB of memory and 60 s."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    env = {**os.environ, "PYTHONPATH": str(Path(sockgate.__file__).parents[1])}
+    return subprocess.run([sys.executable, "-m", "sockgate", *argv], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=60, preexec_fn=limit)
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"p.conf": 'include "/dev/zero"\n'}, f"p.conf:1:9: cannot read policy file '/dev/zero': {NOT_REGULAR}"),
+        ({"p.conf": 'set z < "/dev/zero"\n'}, f"p.conf:1:9: cannot read address list '/dev/zero': {NOT_REGULAR}"),
+        ({"hosts.allow": "sshd: /dev/zero\n"},
+         f"hosts.allow:1:7: cannot read pattern file /dev/zero: {NOT_REGULAR}"),
+    ],
+    ids=["include", "set-file", "hosts-pattern-file"],
+)
+def test_a_device_is_refused_not_read_until_memory_runs_out(tmp_path: Path, files: dict[str, str],
+                                                              expected: str) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    args = ["--hosts-allow", "hosts.allow"] if "hosts.allow" in files else ["p.conf"]
+    done = sockgate_cli("lint", *args, cwd=tmp_path)
+    assert (done.returncode, done.stdout.splitlines()[0]) == (2, expected), done.stderr
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo.conf")
+    (tmp_path / "p.conf").write_text('include "fifo.conf"\nset s < "fifo.conf"\n')
+    done = sockgate_cli("lint", "p.conf", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stdout.splitlines()[::3] == [
+        "p.conf:1:9: cannot read policy file 'fifo.conf': a FIFO, not a regular file; only regular files are read",
+        "p.conf:2:9: cannot read address list 'fifo.conf': a FIFO, not a regular file; only regular files are read",
+    ]
+
+
+def test_a_fifo_given_on_the_command_line_is_refused(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "hosts.deny")
+    with pytest.raises(PolicyError) as info:
+        load_policy([], None, str(tmp_path / "hosts.deny"))
+    assert "a FIFO, not a regular file" in str(info.value)
+
+
+def test_a_file_over_the_cap_is_refused_and_the_cap_named(tmp_path: Path) -> None:
+    big = tmp_path / "big.txt"
+    with open(big, "wb") as f:
+        f.truncate(loading.MAX_FILE_BYTES + 1)  # sparse: costs no disk
+    (tmp_path / "p.conf").write_text('set s < "big.txt"\n')
+    with pytest.raises(PolicyError) as info:
+        load_policy([str(tmp_path / "p.conf")])
+    assert str(info.value) == (f"{tmp_path}/p.conf:1:9: cannot read address list '{tmp_path}/big.txt': "
+                               "larger than 64 MiB, the limit for one file")
+
+
+def test_a_file_growing_past_its_size_is_still_capped(tmp_path: Path) -> None:
+    """/proc files report size 0: the cap holds on what is read, not on what fstat says."""
+    path = tmp_path / "x"
+    path.write_bytes(b"a" * 11)
+    with pytest.raises(OSError, match="larger than 0 MiB"):
+        read_regular(str(path), limit=10)
+    assert read_regular("/proc/self/comm")  # size 0 in stat, text when read
+
+
+def test_the_files_of_one_load_have_a_total_budget(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        (tmp_path / name).write_text("x" * 600)
+    read = FileReader(limit=1000, total=1000)
+    read(str(tmp_path / "a"))
+    with pytest.raises(OSError, match="larger than 0 MiB together"):
+        read(str(tmp_path / "b"))
+
+
+def test_each_file_is_read_once_however_often_it_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "common.conf").write_text("set office = { 192.0.2.0/24 }\n")
+    (tmp_path / "list.txt").write_text("203.0.113.0/24\n")
+    (tmp_path / "p.conf").write_text('include "common.conf"\ninclude "common.conf"\nset a < "list.txt"\n'
+                                     'set b < "list.txt"\nservice s { allow @office\n deny @a\n default deny }\n')
+    (tmp_path / "hosts.allow").write_text(f"sshd: {tmp_path}/list.txt\nftpd: {tmp_path}/list.txt\n")
+    seen: list[str] = []
+    real = loading.read_regular
+
+    def counting(path: str, limit: int = loading.MAX_FILE_BYTES) -> str:
+        seen.append(os.path.basename(path))
+        return real(path, limit)
+
+    monkeypatch.setattr(loading, "read_regular", counting)
+    policy = load_policy([str(tmp_path / "p.conf")], str(tmp_path / "hosts.allow"))
+    assert sorted(seen) == ["common.conf", "hosts.allow", "list.txt", "p.conf"]
+    assert [s.name for s in policy.sets] == ["office", "a", "b"]
