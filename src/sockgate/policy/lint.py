@@ -25,8 +25,8 @@ from __future__ import annotations
 from typing import Iterator
 
 from sockgate.errors import Diagnostic
-from sockgate.policy.coverage import Cover, cover, describe_point
-from sockgate.policy.intervals import intersection
+from sockgate.policy.coverage import Deciders, Spans, cover, describe_point
+from sockgate.policy.intervals import union
 from sockgate.policy.ir import (
     Action,
     AddrMatch,
@@ -43,6 +43,10 @@ from sockgate.policy.ir import (
     rule_userspace_reason,
 )
 from sockgate.policy.source import Span
+
+
+MAX_LISTED = 8  # earlier rules named in one shadow warning
+_UDP = 1 << 16  # where UDP ports start on the line of ports
 
 
 def lint(policy: Policy) -> list[Diagnostic]:
@@ -73,39 +77,37 @@ def _where(rule: Rule) -> str:
 
 def _rules(rules: tuple[Rule, ...]) -> Iterator[Diagnostic]:
     covers = [cover(r.match) for r in rules]
+    deciders = Deciders([(c.spans, frozenset(c.atoms), c.everything) for c in covers])
     for i, rule in enumerate(rules):
         c = covers[i]
         if c.is_empty():
             yield _warn(rule.span, "rule matches no client: everything it names is excepted, or its set is empty")
-            continue
-        earlier = Cover()
-        for ec in covers[:i]:
-            earlier = earlier | ec
-        if earlier.covers(c):
-            yield _shadowed(rule, c, rules[:i], covers[:i])
-            continue
-        yield from _overlaps(rule, c, rules[:i], covers[:i])
+        elif deciders.covered(i):
+            yield _shadowed(rule, [rules[j] for j in deciders.culprits(i, c.spans, frozenset(c.atoms), c.everything)])
+        elif rule.action is Action.DENY:
+            yield from _overlaps(rule, [(rules[j], shared) for j, shared in sorted(deciders.owners(i, c.spans))])
 
 
-def _shadowed(rule: Rule, c: Cover, before: tuple[Rule, ...], covers: list[Cover]) -> Diagnostic:
-    culprits = [r for r, ec in zip(before, covers) if ec.everything or intersection(ec.spans, c.spans) or ec.atoms & c.atoms]
-    places = ", ".join(_where(r) for r in culprits)
+def _shadowed(rule: Rule, culprits: list[Rule]) -> Diagnostic:
+    listed = culprits[:MAX_LISTED]
+    places = ", ".join(_where(r) for r in listed) + (" and others" if len(culprits) > MAX_LISTED else "")
     who = f"the rule at {places} already decides" if len(culprits) == 1 else f"the rules at {places} already decide"
     return _warn(
         rule.span,
         f"rule is shadowed and can never match: {who} every client it names",
-        tuple((r.span, f"shadowing rule: {r.text}") for r in culprits),
+        tuple((r.span, f"shadowing rule: {r.text}") for r in listed),
     )
 
 
-def _overlaps(rule: Rule, c: Cover, before: tuple[Rule, ...], covers: list[Cover]) -> Iterator[Diagnostic]:
+def _overlaps(rule: Rule, deciders: list[tuple[Rule, Spans]]) -> Iterator[Diagnostic]:
+    """``deciders``: the earlier rules that decide some addresses of deny ``rule`` first, with
+    the first such addresses of each."""
     mine = _set_labels(rule.match)
-    for other, oc in zip(before, covers):
-        if not (other.action is Action.ALLOW and rule.action is Action.DENY) or oc.everything:
+    for other, shared in deciders:
+        if other.action is not Action.ALLOW:
             continue
         theirs = _set_labels(other.match)
-        shared = intersection(oc.spans, c.spans)
-        if not (mine or theirs) or not shared:
+        if not (mine or theirs):
             continue
         point = describe_point(shared)
         subject = f"set {', '.join(mine)} of this {rule.action} rule" if mine else f"this {rule.action} rule"
@@ -138,15 +140,27 @@ def _has(m: Match, kinds: tuple[type, ...]) -> bool:
 
 
 def _shared_endpoints(services: tuple[Service, ...]) -> Iterator[Diagnostic]:
-    """A port or Unix path claimed by two services: which rules guard it is ambiguous."""
+    """A port or Unix path claimed by two services: which rules guard it is ambiguous. Each
+    service is compared with the services that claimed its ports and paths first."""
+    claims = [(_port_spans(s), frozenset(e.path for e in s.endpoints if e.proto == "unix"), False) for s in services]
+    deciders = Deciders(claims)
     for i, svc in enumerate(services):
-        for other in services[:i]:
+        spans, paths, _ = claims[i]
+        earlier = {j for j, _ in deciders.owners(i, spans)} | {deciders.atom_owner[p] for p in paths}
+        for j in sorted(earlier - {i}):
+            other = services[j]
             clash = next((c for e in svc.endpoints for o in other.endpoints if (c := _clash(e, o))), None)
             if clash is None or other.span is None:
                 continue
             yield _warn(svc.span, f"service {svc.name} claims {clash}, which service {other.name} "
                         f"({other.span.file}:{other.span.line}) also claims: a socket there would be guarded "
                         "by whichever service is named for it", ((other.span, f"service {other.name} is declared here"),))
+
+
+def _port_spans(service: Service) -> Spans:
+    """The ports of ``service`` on one number line: TCP at 0, UDP at ``_UDP``."""
+    return union((lo + (_UDP if e.proto == "udp" else 0), hi + 1 + (_UDP if e.proto == "udp" else 0))
+                 for e in service.endpoints if e.proto != "unix" for lo, hi in e.ports)
 
 
 def _clash(a: Endpoint, b: Endpoint) -> str | None:

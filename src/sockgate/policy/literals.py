@@ -14,6 +14,7 @@ import ipaddress
 import re
 
 from sockgate.policy.ir import IPNetwork, Rate
+from sockgate.policy.source import quote
 
 MAX_PORT = 65535
 MAX_COUNT = 2**31 - 1  # connection counts: what a C int holds, far beyond any real limit
@@ -27,6 +28,8 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*", re.ASCII)
 _ACCOUNT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?", re.ASCII)
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 RATE_UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # as ipaddress takes it: no leading 0
+_V4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}(?:/([0-9]{{1,2}}))?", re.ASCII)
 _V4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
@@ -41,24 +44,32 @@ def looks_like_address(text: str) -> bool:
 
 def network(text: str) -> IPNetwork:
     """``192.0.2.1``, ``192.0.2.0/24``, ``2001:db8::/32``; host bits must be clear."""
+    if (m := _V4.fullmatch(text)) is not None:  # the common case, twice as fast
+        a, b, c, d, bits = m.groups()
+        n, prefix = (int(a) << 24) | (int(b) << 16) | (int(c) << 8) | int(d), 32 if bits is None else int(bits)
+        if prefix <= 32 and not n & ((1 << (32 - prefix)) - 1):
+            return ipaddress.IPv4Network((n, prefix))
     addr_text, slash, prefix_text = text.partition("/")
     try:
         addr = ipaddress.ip_address(addr_text)
     except ValueError:
-        raise LiteralError(f"expected an IPv4 or IPv6 address, found {addr_text!r}") from None
+        raise LiteralError(f"expected an IPv4 or IPv6 address, found {quote(addr_text)}") from None
     width: int = addr.max_prefixlen
     if not slash:
         prefix = width
     elif not _DIGITS.fullmatch(prefix_text):
-        raise LiteralError(f"expected a prefix length 0-{width} after '/', found {prefix_text!r}")
+        raise LiteralError(f"expected a prefix length 0-{width} after '/', found {quote(prefix_text)}")
     else:
         prefix = int(prefix_text)
         if prefix > width:
             raise LiteralError(f"prefix length /{prefix} is too long for IPv{addr.version} (at most /{width})")
-    net = ipaddress.ip_network((addr, prefix), strict=False)
-    if net.network_address != addr:
-        raise LiteralError(f"{text} has host bits set; did you mean {net}?")
-    return unmap(net)
+    # Built from the integer: a network built from the address object would parse its text
+    # again (set files of 100,000 lines go through here).
+    n = int(addr)
+    cls = ipaddress.IPv4Network if addr.version == 4 else ipaddress.IPv6Network
+    if n & ((1 << (width - prefix)) - 1):
+        raise LiteralError(f"{text} has host bits set; did you mean {cls((n, prefix), strict=False)}?")
+    return unmap(cls((n, prefix)))
 
 
 def unmap(net: IPNetwork) -> IPNetwork:

@@ -467,7 +467,7 @@ class _ServiceBody:
 
     name: str
     rules: list[Rule] = field(default_factory=list)
-    covers: list[Cover | None] = field(default_factory=list)
+    covers: dict[Cover, Rule] = field(default_factory=dict)  # the first rule of each cover
     default: Action | None = None
     default_span: Span | None = None
     limits: Limits = field(default_factory=Limits)
@@ -483,20 +483,21 @@ class _ServiceBody:
         c = cover(rule.match) if checked else None
         if c is not None and c.is_empty():
             c = None  # matches nobody: lint says so; it duplicates nothing
-        for earlier, ec in zip(self.rules, self.covers):
-            if c is not None and ec == c:
-                where = f"{earlier.span.file}:{earlier.span.line}"
-                error(
-                    rule.span,
-                    f"duplicate rule: it matches exactly the clients of the rule at {where}, "
-                    "which decides first, so it can never match",
-                    ((earlier.span, f"this rule matches the same clients: {earlier.text}"),),
-                )
-                return
+        earlier = self.covers.get(c) if c is not None else None
+        if earlier is not None:
+            where = f"{earlier.span.file}:{earlier.span.line}"
+            error(
+                rule.span,
+                f"duplicate rule: it matches exactly the clients of the rule at {where}, "
+                "which decides first, so it can never match",
+                ((earlier.span, f"this rule matches the same clients: {earlier.text}"),),
+            )
+            return
+        if c is not None:
+            self.covers[c] = rule
         if "ban_seconds" in limit_spans:
             self.rule_bans.append((rule, limit_spans["ban_seconds"]))
         self.rules.append(rule)
-        self.covers.append(c)
 
     def build(self, span: Span, endpoints: tuple[Endpoint, ...], error: Callable[..., None]) -> Service:
         for rule, ban_span in self.rule_bans:
