@@ -147,19 +147,23 @@ class Deciders:
 
     def owners(self, i: int, spans: Spans) -> Iterator[tuple[int, Spans]]:
         """The earlier rules that decide addresses of ``spans`` (rule ``i``'s), each once with
-        the first such addresses, in address order; at most ``SCAN_LIMIT`` runs are looked at."""
+        the first such addresses, in address order. Runs rule ``i`` decides itself cost one
+        step each (in all, as many as there are segments); of the others, at most
+        ``SCAN_LIMIT`` are looked at."""
         seen: set[int] = set()
         budget = SCAN_LIMIT
+        starts, owners = self.run_start, self.run_owner
         for lo, hi in spans:
             a, b = self._index[lo], self._index[hi]
-            r = bisect.bisect_right(self.run_start, a) - 1
-            while r < len(self.run_start) and self.run_start[r] < b and budget > 0:
-                budget -= 1
-                who = self.run_owner[r]
+            r = bisect.bisect_right(starts, a) - 1
+            while r < len(starts) and starts[r] < b and budget > 0:
+                who = owners[r]
+                if who != i:
+                    budget -= 1
                 if 0 <= who < i and who not in seen:
                     seen.add(who)
-                    end = self.run_start[r + 1] if r + 1 < len(self.run_start) else len(self.points) - 1
-                    yield who, ((self.points[max(a, self.run_start[r])], self.points[min(b, end)]),)
+                    end = starts[r + 1] if r + 1 < len(starts) else len(self.points) - 1
+                    yield who, ((self.points[max(a, starts[r])], self.points[min(b, end)]),)
                 r += 1
 
     def culprits(self, i: int, spans: Spans, atoms: frozenset[Hashable], everything: bool) -> list[int]:

@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
+from sockgate.policy.source import quote
+
 
 class Kind(str, Enum):
     WORD = "word"
@@ -63,7 +65,7 @@ class Token:
         return self.text
 
     def describe(self) -> str:
-        return "end of file" if self.kind is Kind.EOF else repr(self.text)
+        return "end of file" if self.kind is Kind.EOF else quote(self.text)
 
 
 def tokenize(text: str) -> list[Token]:

@@ -84,7 +84,7 @@ def port_range(text: str) -> tuple[int, int]:
     """``22`` or ``8000-8099``: ports 1-65535, a non-empty range."""
     lo_text, dash, hi_text = text.partition("-")
     if not _DIGITS.fullmatch(lo_text) or (dash and not _DIGITS.fullmatch(hi_text)):
-        raise LiteralError(f"expected a port or port range, found {text!r}")
+        raise LiteralError(f"expected a port or port range, found {quote(text)}")
     lo = int(lo_text)
     hi = int(hi_text) if dash else lo
     for p in (lo, hi):
@@ -97,19 +97,19 @@ def port_range(text: str) -> tuple[int, int]:
 
 def positive(text: str, what: str) -> int:
     if not _DIGITS.fullmatch(text):
-        raise LiteralError(f"expected {what} (a positive whole number), found {text!r}")
+        raise LiteralError(f"expected {what} (a positive whole number), found {quote(text)}")
     n = int(text)
     if n < 1:
-        raise LiteralError(f"{what} must be at least 1, found {text!r}")
+        raise LiteralError(f"{what} must be at least 1, found {quote(text)}")
     if n > MAX_COUNT:
-        raise LiteralError(f"{what} must be at most {MAX_COUNT}, found {text!r}")
+        raise LiteralError(f"{what} must be at most {MAX_COUNT}, found {quote(text)}")
     return n
 
 
 def ident(text: str, what: str) -> int:
     """A uid or gid: 0 to 2^32-2 (2^32-1 is the kernel's "no id")."""
     if not _DIGITS.fullmatch(text) or int(text) > 0xFFFFFFFE:
-        raise LiteralError(f"expected a numeric {what} (0-4294967294), found {text!r}")
+        raise LiteralError(f"expected a numeric {what} (0-4294967294), found {quote(text)}")
     return int(text)
 
 
@@ -117,13 +117,13 @@ def duration(text: str) -> int:
     """``30s``, ``10m``, ``2h``, ``1d``: a positive number of seconds."""
     m = re.fullmatch(r"([0-9]+)([a-z]*)", text, re.ASCII)
     if m is None or m.group(2) not in DURATION_UNITS:
-        raise LiteralError(f"expected a duration like 30s, 10m, 2h or 1d, found {text!r}")
+        raise LiteralError(f"expected a duration like 30s, 10m, 2h or 1d, found {quote(text)}")
     n = int(m.group(1))
     if n < 1:
-        raise LiteralError(f"a duration must be positive, found {text!r}")
+        raise LiteralError(f"a duration must be positive, found {quote(text)}")
     seconds = n * DURATION_UNITS[m.group(2)]
     if seconds > MAX_SECONDS:
-        raise LiteralError(f"a duration must be at most {MAX_SECONDS // 86400}d, found {text!r}")
+        raise LiteralError(f"a duration must be at most {MAX_SECONDS // 86400}d, found {quote(text)}")
     return seconds
 
 
@@ -131,7 +131,7 @@ def rate(text: str) -> Rate:
     """``30/minute`` (per second, minute, hour, day) or ``30/10s`` (per duration)."""
     count_text, slash, per = text.partition("/")
     if not slash:
-        raise LiteralError(f"expected a rate like 30/minute, found {text!r}")
+        raise LiteralError(f"expected a rate like 30/minute, found {quote(text)}")
     count = positive(count_text, "a connection count")
     if per in RATE_UNITS:
         return Rate(count, RATE_UNITS[per])
@@ -139,7 +139,7 @@ def rate(text: str) -> Rate:
         return Rate(count, duration(per))
     except LiteralError:
         units = ", ".join(RATE_UNITS)
-        raise LiteralError(f"expected a rate unit ({units}) or a duration after '/', found {per!r}") from None
+        raise LiteralError(f"expected a rate unit ({units}) or a duration after '/', found {quote(per)}") from None
 
 
 def format_rate(r: Rate) -> str:
@@ -159,27 +159,27 @@ def format_duration(seconds: float) -> str:
 def host_name(text: str) -> str:
     """``www.example.com`` (one host) or ``.example.com`` (every host in the domain)."""
     if not _HOSTNAME.fullmatch(text) or len(text) > 254 or text.lower() == "all":
-        raise LiteralError(f"expected a host name (www.example.com) or a domain (.example.com), found {text!r}")
+        raise LiteralError(f"expected a host name (www.example.com) or a domain (.example.com), found {quote(text)}")
     return text
 
 
 def name(text: str, what: str) -> str:
     """A set or service name: a letter or ``_``, then letters, digits, ``_``, ``.``, ``-``."""
     if not _NAME.fullmatch(text):
-        raise LiteralError(f"expected {what} (letters, digits, '_', '.', '-'), found {text!r}")
+        raise LiteralError(f"expected {what} (letters, digits, '_', '.', '-'), found {quote(text)}")
     return text
 
 
 def account(text: str, what: str) -> str:
     if not _ACCOUNT.fullmatch(text):
-        raise LiteralError(f"expected a {what} name, found {text!r}")
+        raise LiteralError(f"expected a {what} name, found {quote(text)}")
     return text
 
 
 def exe_path(text: str) -> str:
     """An absolute executable path; ``*`` matches any run of characters."""
     if not text.startswith("/"):
-        raise LiteralError(f"expected an absolute executable path (/usr/bin/prog), found {text!r}")
+        raise LiteralError(f"expected an absolute executable path (/usr/bin/prog), found {quote(text)}")
     if "\0" in text:
         raise LiteralError("an executable path cannot contain a NUL byte")
     return text

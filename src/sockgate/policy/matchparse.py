@@ -37,7 +37,7 @@ from sockgate.policy.ir import (
     Principal,
 )
 from sockgate.policy.lexer import Kind, Token
-from sockgate.policy.source import Span
+from sockgate.policy.source import Span, clip, quote
 
 T = TypeVar("T")
 ErrorSink = Callable[..., None]
@@ -104,7 +104,7 @@ class MatchParser:
 
     def fail(self, tok: Token, message: str) -> NoReturn:
         if tok.kind is Kind.ERROR:
-            message = f"unterminated string: {tok.text}" if tok.text.startswith('"') else f"unexpected character {tok.text!r}"
+            message = f"unterminated string: {clip(tok.text)}" if tok.text.startswith('"') else f"unexpected character {quote(tok.text)}"
         self.error(self.span(tok), message)
         raise Recover()
 
@@ -198,9 +198,9 @@ class MatchParser:
             net = self.soft(tok, literals.network)
             return AddrMatch((net,), text) if net is not None else MatchNone()
         if text in STATEMENT_KEYWORDS:
-            self.fail(tok, f"expected {EXPECTED_ITEM}, found {text!r}")
+            self.fail(tok, f"expected {EXPECTED_ITEM}, found {quote(text)}")
         self.advance()
-        self.error(self.span(tok), f"expected {EXPECTED_ITEM}, found {text!r}")
+        self.error(self.span(tok), f"expected {EXPECTED_ITEM}, found {quote(text)}")
         return MatchNone()
 
     # '@' SET  -- the set's networks, labelled '@SET' so messages and the printer keep the name
@@ -241,7 +241,7 @@ class MatchParser:
         ident = self.accounts.uid(name) if kind == "user" else self.accounts.gid(name)
         if ident is None:
             number = f"; for a {what} id write '{kind[0]}id {name}'" if name.isdigit() else ""
-            self.error(self.span(tok), f"unknown {what} {name!r} (not in the account database){number}")
+            self.error(self.span(tok), f"unknown {what} {quote(name)} (not in the account database){number}")
         return Principal(kind, name, ident)  # type: ignore[arg-type]
 
     # -- limits ---------------------------------------------------------------------------
@@ -256,7 +256,7 @@ class MatchParser:
         else:
             kind = self.word("'concurrent' or 'rate' after 'limit'")
             if kind.text not in ("concurrent", "rate"):
-                self.fail(kind, f"expected 'concurrent' or 'rate' after 'limit', found {kind.text!r}")
+                self.fail(kind, f"expected 'concurrent' or 'rate' after 'limit', found {quote(kind.text)}")
             tok = self.word(f"a value after 'limit {kind.text}'")
             if kind.text == "concurrent":
                 value = self.soft(tok, lambda t: literals.positive(t, "a connection count"))

@@ -238,7 +238,7 @@ class _FileParser(MatchParser):
         close = difflib.get_close_matches(tok.text, valid, n=1)
         if close and not hint:
             hint = f"; did you mean {close[0]!r}?"
-        self.fail(tok, f"unknown keyword {tok.text!r}{where}; expected one of: {', '.join(valid)}{hint}")
+        self.fail(tok, f"unknown keyword {quote(tok.text)}{where}; expected one of: {', '.join(valid)}{hint}")
 
     # 'default' ('allow' | 'deny')
     def file_default(self, kw: Token) -> None:
@@ -265,7 +265,7 @@ class _FileParser(MatchParser):
             self.ctx.parse_file(pattern, at)
             return
         if any(c in "*?[" for c in directory):
-            self.ctx.error(at, f"wildcards are allowed only in the last part of an include path, found {tok.value!r}")
+            self.ctx.error(at, f"wildcards are allowed only in the last part of an include path, found {quote(tok.value)}")
             return
         for path in self.expand(directory, base, at):
             self.ctx.parse_file(path, at)
@@ -352,7 +352,7 @@ class _FileParser(MatchParser):
         while self.peek().kind not in (Kind.RBRACE, Kind.EOF):
             if self.peek().text in ("service", "set", "include") and self.peek().kind is Kind.WORD:
                 self.ctx.error(self.span(self.peek()), f"expected '}}' to close service {name} (opened at line "
-                               f"{kw.line}) before this {self.peek().text!r}")
+                               f"{kw.line}) before this {quote(self.peek().text)}")
                 self.depth = depth - 1
                 self.services_add(name_tok, body, endpoints)
                 return
@@ -380,14 +380,14 @@ class _FileParser(MatchParser):
         if tok.text.startswith("unix:"):
             path = tok.text[5:]
             if not (path.startswith("/") or (path.startswith("@") and len(path) > 1)):
-                self.fail(tok, f"expected unix:/absolute/path or unix:@name, found {tok.text!r}")
+                self.fail(tok, f"expected unix:/absolute/path or unix:@name, found {quote(tok.text)}")
             return Endpoint("unix", path=path)
         proto, slash, first = tok.text.partition("/")
         if not slash:
-            self.fail(tok, f"expected an endpoint (tcp/PORTS, udp/PORTS, unix:/PATH) or '{{', found {tok.text!r}")
+            self.fail(tok, f"expected an endpoint (tcp/PORTS, udp/PORTS, unix:/PATH) or '{{', found {quote(tok.text)}")
         known = proto in PROTOCOLS and proto != "unix"
         if not known:
-            self.ctx.error(self.span(tok), f"unknown protocol {proto!r}; expected tcp or udp (or unix:/PATH)")
+            self.ctx.error(self.span(tok), f"unknown protocol {quote(proto)}; expected tcp or udp (or unix:/PATH)")
         col = tok.col + len(proto) + 1
         ports = [self.port_range(first, Span(self.file, tok.line, col, max(1, len(first))), known)]
         while self.peek().kind is Kind.COMMA:

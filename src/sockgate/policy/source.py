@@ -85,6 +85,11 @@ def quote(text: str) -> str:
     return r[:-1] + ELLIPSIS + r[-1]
 
 
+def clip(text: str) -> str:
+    """``text`` cut at ``QUOTE_MAX`` characters, for a message that shows it unquoted."""
+    return text if len(text) <= QUOTE_MAX else text[:QUOTE_MAX] + ELLIPSIS
+
+
 def escape(text: str) -> str:
     """One line of text safe for a terminal: a tab becomes a space (one column, as columns are
     counted), an undecodable byte ``\\xNN``, every other invisible character ``\\xNN``,
