@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -476,3 +477,72 @@ def test_set_file_lines_are_counted_as_the_caret_renderer_counts_them() -> None:
     """Only "\\n" ends a line (a form feed or U+2028 in a list file must not shift positions)."""
     files = {"l.txt": "10.0.0.1\x0c\n192.0.2.1\u2028\nbogus\r\n"}
     assert errors('set s < "l.txt"', read=files.__getitem__) == ["l.txt:3:1: expected an address or CIDR, found 'bogus'"]
+
+
+# -- someone else's file named by mistake ------------------------------------------------------
+
+SHADOW = "".join(f"user{i}:$6$SaltSaltSaltSalt$" + "S3cr3tHash" * 8 + ":19000:0:99999:7:::\n" for i in range(30))
+
+
+def test_a_set_file_that_is_not_an_address_list_is_not_echoed() -> None:
+    with pytest.raises(PolicyError) as info:
+        parse('set x < "/etc/shadow"', read={"/etc/shadow": SHADOW}.__getitem__)
+    got = [str(d) for d in info.value.diagnostics]
+    assert got == [
+        *(f"/etc/shadow:{i}:1: expected an address or CIDR, found 'user{i - 1}:$6$SaltSaltSaltSal...'"
+          for i in range(1, 6)),
+        "/etc/shadow:6:1: 25 more lines of this address list are not addresses or CIDRs (not shown)",
+    ]
+    rendered = info.value.render(caret=True)
+    assert "S3cr3tHash" not in rendered and ":19000:" not in rendered
+    assert rendered.splitlines()[1:3] == ["    user0:$6$SaltSaltSaltSal...", "    ^" + "~" * 23]
+
+
+def test_an_included_file_that_is_not_a_policy_is_not_echoed() -> None:
+    with pytest.raises(PolicyError) as info:
+        parse('include "/etc/shadow"', read={"/etc/shadow": 'x "' + SHADOW}.__getitem__)
+    rendered = info.value.render(caret=True)
+    assert "S3cr3tHash" not in rendered and ":19000:" not in rendered
+    assert rendered.splitlines()[:3] == [
+        "/etc/shadow:1:1: unknown keyword 'x'; expected one of: default, include, service, set",
+        '    x "user0:$6$SaltS...',
+        "    ^",
+    ]
+
+
+def test_long_words_are_cut_in_messages_and_under_the_caret() -> None:
+    word = "a" * 100
+    with pytest.raises(PolicyError) as info:
+        parse(f"service s {{ allow {word} }}")
+    assert info.value.render().splitlines() == [
+        f"p.conf:1:19: expected an address, CIDR, @set, all, host NAME, user NAME, group NAME, uid N, gid N "
+        f"or exe PATH, found '{'a' * 24}...'",
+        f"    service s {{ allow {'a' * 24}...",
+        "                      ^" + "~" * 23,
+    ]
+
+
+def test_a_file_included_twice_is_parsed_once() -> None:
+    reads: list[str] = []
+    files = {"sets.conf": "set office = { 192.0.2.0/24 }\n", "l.txt": "203.0.113.0/24\n"}
+
+    def read(path: str) -> str:
+        reads.append(path)
+        return files[path]
+
+    p = parse('include "sets.conf"\ninclude "./sets.conf"\nset a < "l.txt"\nset b < "l.txt"\n'
+              "service s { deny @a\n allow @office\n default deny }", read=read)
+    assert reads == ["sets.conf", "l.txt"]
+    assert [s.name for s in p.sets] == ["office", "a", "b"] and p.sets[1].nets == p.sets[2].nets
+
+
+def test_parsing_many_rules_is_not_quadratic() -> None:
+    """Each rule was compared with every earlier one for duplicates."""
+    rules = "".join(f" {'allow' if i % 2 else 'deny'} 10.{i >> 16}.{(i >> 8) & 255}.{i & 255}\n" for i in range(30_000))
+    t0 = time.perf_counter()
+    p = parse(f"service s {{\n{rules} allow 10.0.0.5\n default deny\n}}") if False else None
+    assert p is None
+    with pytest.raises(PolicyError) as info:
+        parse(f"service s {{\n{rules} allow 10.0.0.5\n default deny\n}}")
+    assert time.perf_counter() - t0 < 30
+    assert [d.message[:40] for d in info.value.diagnostics] == ["duplicate rule: it matches exactly the c"]

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 QUOTE_MAX = 24  # a word quoted from a file: a name, a port, an address; little of a secret
 BEFORE_MAX = 48  # context shown before the culprit
-AFTER_MAX = 32  # and after it
+AFTER_MAX = 16  # and after it
 ELLIPSIS = "..."
 
 
