@@ -349,3 +349,18 @@ def test_a_missing_hosts_file_is_read_as_empty_with_a_warning(
     out, err = capsys.readouterr()
     assert rc == 1 and "access:   denied" in out
     assert err == f"sockgate: warning: {missing} does not exist; read as an empty table, as libwrap does\n"
+
+
+def test_control_characters_in_rules_and_errors_reach_the_terminal_escaped(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    p = tmp_path / "p.conf"
+    p.write_text('service s unix:/run/s.sock {\n allow exe "/bin/\x1b]0;x\x07sh"\n default deny\n}\n')
+    assert main(["check", str(p), "--service", "s", "--uid", "0", "--exe", "/bin/\x1b]0;x\x07sh"]) == 0
+    out = capsys.readouterr().out
+    assert f"matched:  {p}:2: allow exe \"/bin/\\x1b]0;x\\x07sh\"" in out.splitlines()
+    p.write_text('service s tcp/22 {\n allow \x1b[2J\x07\n}\n')
+    assert main(["check", str(p), "--service", "s", "--client", "192.0.2.1"]) == 2
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err
+    assert err.splitlines()[1:] == ["     allow \\x1b[2J\\x07", "           ^" + "~" * 10]
