@@ -32,6 +32,9 @@ class Diagnostic:
     message: str
     severity: str = "error"  # "error" | "warning"
     related: "tuple[tuple[Span, str], ...]" = ()  # e.g. the earlier rule that shadows this one
+    # Show the source after the culprit under the message. A parse error may sit in a file
+    # that is no policy at all (named by mistake): the parsers show the culprit only.
+    context: bool = True
 
     def render(self, source_text: str | None = None, caret: bool = True) -> str:
         from sockgate.policy.source import render_diagnostic

@@ -322,7 +322,7 @@ def test_caret_rendering() -> None:
         parse("service ssh tcp/ssh2 {\n}")
     assert info.value.render() == (
         "p.conf:1:17: expected a port or port range, found 'ssh2'\n"
-        "    service ssh tcp/ssh2 {\n"
+        "    service ssh tcp/ssh2...\n"  # a parse error shows its culprit only, not what follows
         "                    ^~~~"
     )
 
@@ -505,9 +505,17 @@ def test_an_included_file_that_is_not_a_policy_is_not_echoed() -> None:
     assert "S3cr3tHash" not in rendered and ":19000:" not in rendered
     assert rendered.splitlines()[:3] == [
         "/etc/shadow:1:1: unknown keyword 'x'; expected one of: default, include, service, set",
-        '    x "user0:$6$SaltS...',
+        "    x...",
         "    ^",
     ]
+
+
+def test_a_parse_error_does_not_show_what_follows_its_culprit() -> None:
+    """A credentials file included by mistake: the error is at the key, the secret not shown."""
+    with pytest.raises(PolicyError) as info:
+        parse('include "creds"', read={"creds": "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG\n"}.__getitem__)
+    assert "wJalr" not in info.value.render()
+    assert info.value.render().splitlines()[1:] == ["    aws_secret_access_key...", "    ^" + "~" * 20]
 
 
 def test_long_words_are_cut_in_messages_and_under_the_caret() -> None:

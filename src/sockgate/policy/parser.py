@@ -108,7 +108,7 @@ class _Context:
     lists: dict[str, tuple[IPNetwork, ...]] = field(default_factory=dict)  # set files, parsed
 
     def error(self, span: Span | None, message: str, related: tuple[tuple[Span, str], ...] = ()) -> None:
-        self.diags.append(Diagnostic(span, message, "error", related))
+        self.diags.append(Diagnostic(span, message, "error", related, context=False))  # see Diagnostic
 
     def load(self, path: str, at: Span | None, what: str) -> str | None:
         """Read ``path``, reporting a failure at ``at``; None when it cannot be read."""

@@ -10,8 +10,11 @@ characters (ESC, BEL, bidirectional overrides, undecodable bytes) are written as
 policy line cannot move the cursor or recolour the screen; the caret is placed by the escaped
 text's display width, so it still points at the culprit. A file named by mistake (a set file
 that is ``/etc/shadow``) must not be echoed: a word quoted in a message (``quote``) and the
-culprit under the caret are cut at ``QUOTE_MAX`` characters, and the context around the culprit
-at a few dozen.
+culprit under the caret are cut at ``QUOTE_MAX`` characters, the context before the culprit at
+a few dozen, and a parse error (which may sit in a file that is no policy at all) shows nothing
+after its culprit: a credentials file included by mistake (``key = SECRET``) is reported at
+``key`` without ``SECRET``. Warnings and errors about a policy that parsed show the rest of the
+line.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ if TYPE_CHECKING:
 
 QUOTE_MAX = 24  # a word quoted from a file: a name, a port, an address; little of a secret
 BEFORE_MAX = 48  # context shown before the culprit
-AFTER_MAX = 16  # and after it
+AFTER_MAX = 48  # and after it, unless the diagnostic says to show the culprit only
 ELLIPSIS = "..."
 
 
@@ -52,7 +55,8 @@ def render_diagnostic(diag: "Diagnostic", source_text: str | None, caret: bool =
         # \f, \v, \x1c-\x1e, \x85, \u2028..., and the caret would land on the wrong line).
         src_lines = source_text.split("\n")
         if 1 <= diag.span.line <= len(src_lines):
-            text, col, width = excerpt(src_lines[diag.span.line - 1].rstrip("\r"), diag.span.col, diag.span.length)
+            line = src_lines[diag.span.line - 1].rstrip("\r")
+            text, col, width = excerpt(line, diag.span.col, diag.span.length, AFTER_MAX if diag.context else 0)
             lines.append("    " + text)
             lines.append("    " + " " * col + "^" + "~" * (width - 1))
     for span, note in diag.related:
@@ -60,9 +64,10 @@ def render_diagnostic(diag: "Diagnostic", source_text: str | None, caret: bool =
     return "\n".join(lines)
 
 
-def excerpt(line: str, col: int, length: int) -> tuple[str, int, int]:
+def excerpt(line: str, col: int, length: int, after_max: int = AFTER_MAX) -> tuple[str, int, int]:
     """The part of source ``line`` shown under a message, escaped, with the display column
-    (0-based) and width of the culprit at 1-based ``col``, ``length`` characters long."""
+    (0-based) and width of the culprit at 1-based ``col``, ``length`` characters long, and
+    at most ``after_max`` characters after it."""
     start = max(0, col - 1)
     before, culprit, after = line[:start], line[start : start + length], line[start + length :]
     if len(before) > BEFORE_MAX:
@@ -70,8 +75,8 @@ def excerpt(line: str, col: int, length: int) -> tuple[str, int, int]:
     tail = ""
     if len(culprit) > QUOTE_MAX:
         culprit, after, tail = culprit[:QUOTE_MAX], "", ELLIPSIS
-    elif len(after) > AFTER_MAX:
-        after, tail = after[:AFTER_MAX], ELLIPSIS
+    elif len(after) > after_max:
+        after, tail = after[:after_max], ELLIPSIS
     shown_before, shown_culprit = escape(before), escape(culprit)
     return shown_before + shown_culprit + escape(after) + tail, width(shown_before), max(1, width(shown_culprit))
 
