@@ -74,7 +74,27 @@ class Cover:
         return not self.spans and not self.atoms and not self.everything
 
 
-def cover(m: Match) -> Cover:
+_MEMO_NETS = 1024  # an address match this large is worth remembering
+_MEMO_SIZE = 16
+_memo: dict[int, tuple[Match, "Cover"]] = {}  # id(match) -> (match, its cover); the match is kept
+
+
+def cover(m: Match) -> "Cover":
+    """What ``m`` covers. The cover of a large address list (a set file of 100,000 lines) is
+    remembered for the same match object, which the parser and then lint both ask about."""
+    if not (isinstance(m, AddrMatch) and len(m.nets) >= _MEMO_NETS):
+        return _cover(m)
+    hit = _memo.get(id(m))
+    if hit is not None and hit[0] is m:
+        return hit[1]
+    c = _cover(m)
+    if len(_memo) >= _MEMO_SIZE:
+        del _memo[next(iter(_memo))]
+    _memo[id(m)] = (m, c)
+    return c
+
+
+def _cover(m: Match) -> Cover:
     if isinstance(m, MatchAll):
         return Cover(FULL, everything=True)
     if isinstance(m, MatchNone):
