@@ -159,6 +159,21 @@ def test_bad_policy_on_sighup_keeps_the_old_filter(tmp_path: Path, launch: Launc
     assert lr.proc.poll() is None
 
 
+def test_a_reload_that_meets_a_fifo_or_a_device_neither_blocks_nor_reads_it(tmp_path: Path, launch: Launch) -> None:
+    """Reading a FIFO blocked the supervisor (SIGTERM was no longer forwarded); /dev/zero
+    was read until memory ran out. Both are refused, the old filter stays, SIGTERM still works."""
+    lr, policy, port = _start_echo(tmp_path, launch)
+    os.mkfifo(tmp_path / "fifo.conf")
+    for bad, kind in (('include "fifo.conf"\n', "a FIFO"), ('set z < "/dev/zero"\n', "a character device")):
+        write_atomic(policy, bad + policy_text(1))
+        lr.signal(signal.SIGHUP)
+        lr.wait_line(r"reload failed, the previous policy stays in force")
+        lr.wait_line(rf"{kind}, not a regular file; only regular files are read")
+        assert tcp_echo("127.0.0.1", port) == b"ping\n"
+    lr.signal(signal.SIGTERM)
+    assert lr.finish() == 128 + signal.SIGTERM
+
+
 def test_forward_hup_and_notify(tmp_path: Path, launch: Launch) -> None:
     rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     name = f"sockgate-test-notify-{os.getpid()}"
