@@ -34,8 +34,9 @@ import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable
+from typing import Callable, Hashable
 
+from sockgate.policy.ir import IPAddress
 from sockgate.resolve import Resolver
 
 Answer = tuple[str | None, bool]
@@ -48,20 +49,19 @@ class LookupRefused(Exception):
     """A lookup over one of the name layer's bounds; the message says which."""
 
 
-def source_of(address: Any) -> Hashable:
+def source_of(address: IPAddress) -> Hashable:
     """Who one pending lookup is allowed per: the IPv4 address, or the IPv6 /64 (a host
     picks any address in its /64, RFC 4291 section 2.5.1's interface identifier)."""
-    a = ipaddress.ip_address(address)
-    if isinstance(a, ipaddress.IPv6Address):
-        if a.ipv4_mapped is not None:
-            return (4, int(a.ipv4_mapped))
-        return (6, int(a) >> 64)
-    return (4, int(a))
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return (4, int(address.ipv4_mapped))
+        return (6, int(address) >> 64)
+    return (4, int(address))
 
 
 @dataclass(eq=False)
 class _Pending:
-    address: Any
+    address: IPAddress
     source: Hashable
     future: "asyncio.Future[Answer | None]"
     waiters: int = 0
@@ -74,9 +74,9 @@ class _Lane:
 
     queue: deque[_Pending] = field(default_factory=deque)
     running: int = 0
-    pending: dict[Any, _Pending] = field(default_factory=dict)
+    pending: dict[IPAddress, _Pending] = field(default_factory=dict)
     sources: dict[Hashable, _Pending] = field(default_factory=dict)
-    cache: "OrderedDict[Any, tuple[float, Answer]]" = field(default_factory=OrderedDict)
+    cache: "OrderedDict[IPAddress, tuple[float, Answer]]" = field(default_factory=OrderedDict)
 
 
 class NameLookup:
@@ -106,7 +106,7 @@ class NameLookup:
         self.clock = clock
         self.lanes: dict[str, _Lane] = {}
 
-    async def __call__(self, service: str, address: Any) -> Answer:
+    async def __call__(self, service: str, address: IPAddress) -> Answer:
         lane = self.lanes.get(service)
         if lane is None:
             lane = self.lanes[service] = _Lane()
@@ -132,7 +132,7 @@ class NameLookup:
 
     # -- the lane ---------------------------------------------------------------------------
 
-    def _enqueue(self, lane: _Lane, address: Any) -> _Pending:
+    def _enqueue(self, lane: _Lane, address: IPAddress) -> _Pending:
         src = source_of(address)
         if src in lane.sources:
             raise LookupRefused("a host-name lookup for another address of this source is pending")
@@ -186,7 +186,7 @@ class NameLookup:
 
     # -- the cache --------------------------------------------------------------------------
 
-    def _cached(self, lane: _Lane, address: Any) -> Answer | None:
+    def _cached(self, lane: _Lane, address: IPAddress) -> Answer | None:
         hit = lane.cache.get(address)
         if hit is None:
             return None
@@ -196,7 +196,7 @@ class NameLookup:
         lane.cache.move_to_end(address)
         return hit[1]
 
-    def _store(self, lane: _Lane, address: Any, answer: Answer) -> None:
+    def _store(self, lane: _Lane, address: IPAddress, answer: Answer) -> None:
         ttl = self.ttl if answer[0] is not None else self.negative_ttl
         lane.cache[address] = (self.clock() + ttl, answer)
         lane.cache.move_to_end(address)

@@ -411,7 +411,7 @@ class Runner:
             self.log.record("decision", service=self.name, peer="unknown", decision="deny", reason=f"peer: {e}")
             reset_close(conn)
             return
-        if len(self.conns) >= self.options.max_connections:
+        if len(self.conns) + len(self.tasks) >= self.options.max_connections:  # waiting for a name too
             self._refuse(conn, peer, None, f"over the proxy's limit of {self.options.max_connections} connections")
             return
         if self.needs_name and self.resolver is not None and peer.address is not None:
