@@ -36,6 +36,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drain-timeout", type=float, default=10.0, metavar="S", help="on SIGTERM wait this long for connections (10)")
     p.add_argument("--udp-timeout", type=float, default=30.0, metavar="S", help="end a UDP flow idle this long (30)")
     p.add_argument("--name-timeout", type=float, default=2.0, metavar="S", help="host-name lookup timeout (2)")
+    p.add_argument("--name-queue", type=int, default=64, metavar="N",
+                   help="host-name lookups waiting per service behind the 4 running; beyond, clients are refused (64)")
     p.add_argument("--max-connections", type=int, default=20000, metavar="N", help="connections at once, all services (20000)")
 
 
@@ -91,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
+    if args.name_queue < 0:
+        raise UsageError("--name-queue must be 0 or more")
     plans = plans_from_args(args)
     options = Options(
         idle_timeout=args.idle_timeout,
@@ -107,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         log,
         loader=lambda: plans_from_args(args),
         workers=args.workers,
-        resolver=resolver(args.name_timeout),
+        resolver=resolver(args.name_timeout, args.name_queue),
         use_uvloop=not args.no_uvloop,
         splice=not args.no_splice,
     )

@@ -5,8 +5,9 @@ forwards to). Per accepted connection it:
 
 1. learns the peer — the address for IP, the kernel's credentials for Unix
    (``sockgate.linux.peercred``: SO_PEERCRED, SO_PEERGROUPS, SO_PEERPIDFD);
-2. when a rule needs it, looks the host name up (forward-confirmed, with a timeout and a cache)
-   on a slow path; every other connection is decided synchronously in the accept callback;
+2. when a rule needs it, looks the host name up (forward-confirmed, with a timeout and a cache,
+   in this service's own bounded lane: ``names``) on a slow path — a lookup over its bounds
+   refuses the client; every other connection is decided synchronously in the accept callback;
 3. asks the engine (``decide_service``) and then the limiters (``limits.Limiter``);
 4. logs the decision; a denied client is reset, an allowed one is connected to the backend
    (non-blocking connect with a deadline) and handed to a ``relay.Relay``;
@@ -51,6 +52,7 @@ from sockgate.policy.ir import (
 from sockgate.proxy.kernelrules import kernel_service
 from sockgate.proxy.limits import Limiter, Verdict
 from sockgate.proxy.log import Log
+from sockgate.proxy.names import LookupRefused
 from sockgate.proxy.relay import PipePool, Relay, reset_close
 from sockgate.urls import SocketURL
 
@@ -59,7 +61,7 @@ if TYPE_CHECKING:
 
 _ACCEPT_BURST = 64
 _NONBLOCKING_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
-Resolver = Callable[[Any], Awaitable[tuple[Optional[str], bool]]]
+Resolver = Callable[[str, Any], Awaitable[tuple[Optional[str], bool]]]  # (service, address)
 
 
 @dataclass(frozen=True)
@@ -185,7 +187,10 @@ def _family(s: _socket.socket) -> int:
     return int(_socket.socket.family.__get__(s))
 
 
-def rule_label(rule: Rule | None) -> str:
+def rule_label(rule: Rule | str | None) -> str:
+    """Where a decision came from: a rule's place, ``default``, or a label already (``limit``)."""
+    if isinstance(rule, str):
+        return rule
     return "default" if rule is None else f"{rule.span.file}:{rule.span.line}"
 
 
@@ -347,9 +352,13 @@ class Runner:
     def busy(self) -> int:
         return len(self.conns) + len(self.tasks) + sum(len(u.flows) for u in self.udp)
 
-    def abort_all(self, reason: str) -> None:
+    def cancel_lookups(self) -> None:
+        """Give up on the clients still waiting for a host-name lookup (TCP ones are reset)."""
         for t in list(self.tasks):
             t.cancel()
+
+    def abort_all(self, reason: str) -> None:
+        self.cancel_lookups()
         for c in list(self.conns.values()):
             if c.relay is not None:
                 c.relay.abort(reason)
@@ -402,7 +411,7 @@ class Runner:
             self.log.record("decision", service=self.name, peer="unknown", decision="deny", reason=f"peer: {e}")
             reset_close(conn)
             return
-        if len(self.conns) >= self.options.max_connections:
+        if len(self.conns) + len(self.tasks) >= self.options.max_connections:  # waiting for a name too
             self._refuse(conn, peer, None, f"over the proxy's limit of {self.options.max_connections} connections")
             return
         if self.needs_name and self.resolver is not None and peer.address is not None:
@@ -423,18 +432,31 @@ class Runner:
             server = ipaddress.ip_address(conn.getsockname()[0].split("%", 1)[0])
         return Peer.of_ip(_address(addr[0]), addr[1], server)
 
-    async def _slow(self, conn: _socket.socket, peer: Peer) -> None:
+    async def named(self, peer: Peer) -> Peer | str:
+        """``peer`` with its host name (none when the lookup failed or ran late, as libwrap
+        has none when its resolver gives up), or why the lookup was refused: over a bound
+        of the name layer, which refuses the client (fail closed)."""
         assert self.resolver is not None
         try:
-            name, verified = await asyncio.wait_for(self.resolver(peer.address), self.options.name_timeout)
+            name, verified = await asyncio.wait_for(self.resolver(self.name, peer.address), self.options.name_timeout)
+        except LookupRefused as e:
+            return str(e)
         except (asyncio.TimeoutError, OSError, SockgateError):
             name, verified = None, True
+        return replace(peer, name=name, name_verified=verified)
+
+    async def _slow(self, conn: _socket.socket, peer: Peer) -> None:
+        try:
+            named = await self.named(peer)
         except asyncio.CancelledError:
-            reset_close(conn)
+            self._refuse(conn, peer, "shutdown", "the proxy is stopping")
             raise
         if conn.fileno() < 0:
             return
-        self._admit(conn, replace(peer, name=name, name_verified=verified))
+        if isinstance(named, str):
+            self._refuse(conn, peer, None, named, limit=True)
+            return
+        self._admit(conn, named)
 
     def decide(self, peer: Peer) -> tuple[Decision, Verdict | None, list[Limiter[Hashable]], Hashable]:
         """The engine's decision, then the limits of the service and of the matched rule."""
@@ -472,7 +494,7 @@ class Runner:
         self.conns[conn] = c
         self._connect(c)
 
-    def _refuse(self, conn: _socket.socket, peer: Peer, rule: Rule | None, reason: str, limit: bool = False) -> None:
+    def _refuse(self, conn: _socket.socket, peer: Peer, rule: Rule | str | None, reason: str, limit: bool = False) -> None:
         self.log.record(
             "decision",
             service=self.name,

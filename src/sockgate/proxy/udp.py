@@ -19,11 +19,10 @@ import asyncio
 import ipaddress
 import socket
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Hashable
 
 from sockgate.decide import Peer
-from sockgate.errors import SockgateError
 from sockgate.proxy.limits import Limiter
 
 if TYPE_CHECKING:
@@ -107,16 +106,15 @@ class UdpListener:
         return self._open(addr, peer, now)
 
     async def _slow(self, addr: Any, peer: Peer, data: bytes) -> None:
-        r = self.runner
-        assert r.resolver is not None
         try:
-            name, verified = await asyncio.wait_for(r.resolver(peer.address), r.options.name_timeout)
-        except (asyncio.TimeoutError, OSError, SockgateError):
-            name, verified = None, True
+            named = await self.runner.named(peer)
         finally:
             self.pending.discard(addr)
         now = time.monotonic()
-        flow = self._open(addr, replace(peer, name=name, name_verified=verified), now)
+        if isinstance(named, str):  # over the name layer's bounds: dropped, and remembered
+            self._deny(addr, peer, "limit", named, now)
+            return
+        flow = self._open(addr, named, now)
         if flow is not None:
             self._send_up(flow, data, now)
 
