@@ -16,6 +16,9 @@ A source that exceeds its *per-source* rate is banned for ``ban_seconds`` when t
 give one; exceeding a service-wide limit or a concurrency limit refuses the connection but
 bans nobody (that is not one source's fault). While banned, every attempt is refused and does
 not extend the ban.
+
+``FlowTable`` is the UDP relay's table of flows: not a refusal but a choice of which flow a
+new one displaces, so a full table costs the source holding the most, not everyone.
 """
 
 from __future__ import annotations
