@@ -23,13 +23,14 @@ from typing import Iterator
 
 import pytest
 
+from conftest import needs_tool
 from support.proxyproc import EchoServer, ProxyProc, wait_for
 
 pytestmark = [
     pytest.mark.skipif(sys.platform != "linux", reason="Unix peer credentials through the proxy are Linux-only"),
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root: set-user-ID files and another user"),
     pytest.mark.skipif(not os.path.exists("/usr/bin/python3"), reason="needs /usr/bin/python3 to run as another user"),
-    pytest.mark.skipif(shutil.which("socat") is None, reason="needs socat (installed by .ci/run)"),
+    needs_tool("socat"),
 ]
 
 # connect to the proxy, keep the connection across exec, and exec argv[2:] at once
@@ -144,7 +145,7 @@ def test_connect_then_exec_is_refused_in_every_try(proxy: tuple[ProxyProc, str],
     assert verdicts == ["deny"] * TRIES
 
 
-@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare (util-linux)")
+@needs_tool("unshare")
 def test_a_lookalike_path_in_another_mount_namespace_is_refused(proxy: tuple[ProxyProc, str], allowed: Path) -> None:
     """/proc/PID/exe of a program on a private mount over the allowed directory reads as the
     allowed path; it is not the file at that path, so it has no known executable."""
