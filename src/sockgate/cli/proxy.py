@@ -39,6 +39,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name-queue", type=int, default=64, metavar="N",
                    help="host-name lookups waiting per service behind the 4 running; beyond, clients are refused (64)")
     p.add_argument("--max-connections", type=int, default=20000, metavar="N", help="connections at once, all services (20000)")
+    p.add_argument("--max-udp-flows", type=int, default=4096, metavar="N", help="UDP flows at once, per listener (4096)")
+    p.add_argument("--max-udp-flows-per-source", type=int, default=256, metavar="N", help="UDP flows at once from one address, per listener (256)")
 
 
 def _has_policy(args: argparse.Namespace) -> bool:
@@ -91,8 +93,9 @@ def run(args: argparse.Namespace) -> int:
     from sockgate.proxy.log import Log
     from sockgate.proxy.server import Proxy
 
-    if args.workers < 1:
-        raise UsageError("--workers must be at least 1")
+    for opt in ("workers", "max_udp_flows", "max_udp_flows_per_source"):
+        if getattr(args, opt) < 1:
+            raise UsageError(f"--{opt.replace('_', '-')} must be at least 1")
     if args.name_queue < 0:
         raise UsageError("--name-queue must be 0 or more")
     plans = plans_from_args(args)
@@ -103,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
         udp_idle_timeout=args.udp_timeout,
         name_timeout=args.name_timeout,
         max_connections=args.max_connections,
+        max_udp_flows=args.max_udp_flows,
+        max_udp_flows_per_source=args.max_udp_flows_per_source,
     )
     log = Log(args.log_format, sys.stderr, use_syslog=args.syslog)
     proxy = Proxy(

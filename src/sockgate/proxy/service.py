@@ -73,6 +73,7 @@ class Options:
     name_timeout: float = 2.0
     max_connections: int = 20000
     max_udp_flows: int = 4096
+    max_udp_flows_per_source: int = 256
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,13 @@ allowed client gets a *flow*: its own connected UDP socket towards the backend, 
 backend's replies come back on that socket and are sent to the client from the listening
 socket (the client sees replies from the address it wrote to). A flow ends after
 ``udp_idle_timeout`` seconds without a datagram either way, and is logged like a finished
-connection. Flows are capped (``max_udp_flows``); a denied address is remembered for a second
-so a burst from it costs one decision and one log record, not one per datagram. Denied
-sources that the kernel filter can judge never get here at all.
+connection. Flows are capped in total (``max_udp_flows``) and per source address
+(``max_udp_flows_per_source``); a new flow that meets a cap ends an old one rather than
+being refused, chosen by ``limits.FlowTable`` so that the source holding the most flows pays:
+one address cycling its source ports only recycles its own flows, and cannot lock other
+clients out. A denied address is remembered for a second so a burst from it costs one
+decision and one log record, not one per datagram. Denied sources that the kernel filter can
+judge never get here at all.
 
 Host-name rules are decided on a slow path (one lookup per new flow); datagrams from that
 client that arrive meanwhile are dropped, as a full socket buffer would drop them.
@@ -23,7 +27,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Hashable
 
 from sockgate.decide import Peer
-from sockgate.proxy.limits import Limiter
+from sockgate.errors import SockgateError
+from sockgate.proxy.limits import FlowTable, Limiter
 
 if TYPE_CHECKING:
     from sockgate.decide import Decision
@@ -55,6 +60,8 @@ class UdpListener:
         self.listener = listener
         self.sock = listener.sock
         self.flows: dict[Any, Flow] = {}
+        o = runner.options
+        self.table: FlowTable[Any, Any] = FlowTable(o.max_udp_flows, o.max_udp_flows_per_source)
         self.pending: set[Any] = set()
         self.denied: dict[Any, float] = {}
 
@@ -84,6 +91,8 @@ class UdpListener:
                 flow = self._new_flow(addr, now, data)
                 if flow is None:
                     continue
+            else:
+                self.table.touch(addr)
             self._send_up(flow, data, now)
 
     def _new_flow(self, addr: Any, now: float, data: bytes) -> Flow | None:
@@ -94,9 +103,6 @@ class UdpListener:
             return None
         r = self.runner
         peer = Peer(address=ipaddress.ip_address(addr[0].split("%", 1)[0]), port=addr[1])
-        if len(self.flows) >= r.options.max_udp_flows:
-            self._deny(addr, peer, None, f"over the proxy's limit of {r.options.max_udp_flows} UDP flows", now)
-            return None
         if r.needs_name and r.resolver is not None:
             self.pending.add(addr)
             task = asyncio.ensure_future(self._slow(addr, peer, data))
@@ -139,9 +145,19 @@ class UdpListener:
                 lim.release(key)
             return None
         flow.sock = s
+        self._make_room(peer)
         self.flows[addr] = flow
+        self.table.add(addr, peer.address)
         self.loop.add_reader(s.fileno(), self._on_reply, flow)
         return flow
+
+    def _make_room(self, peer: Peer) -> None:
+        """End the flows a new one from ``peer`` displaces (see ``limits.FlowTable``)."""
+        o = self.runner.options
+        mine = self.table.count(peer.address) >= o.max_udp_flows_per_source
+        why = f"{o.max_udp_flows_per_source} UDP flows per source" if mine else f"{o.max_udp_flows} UDP flows"
+        for victim in self.table.make_room(peer.address):
+            self._close(victim, f"evicted: over the proxy's limit of {why}")
 
     def _deny(self, addr: Any, peer: Peer, rule: Any, reason: str, now: float) -> None:
         from sockgate.proxy.service import peer_label, rule_label
@@ -190,6 +206,7 @@ class UdpListener:
         from sockgate.proxy.service import peer_label, rule_label
 
         flow = self.flows.pop(addr)
+        self.table.remove(addr)
         if flow.sock is not None:
             if flow.sock.fileno() >= 0:
                 self.loop.remove_reader(flow.sock.fileno())
