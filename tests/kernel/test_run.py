@@ -505,3 +505,42 @@ def test_hosts_access_files_with_the_daemon_name(tmp_path: Path, launch: Launch)
     port = port_of(addrs[0])
     assert udp_echo("127.0.0.1", port) == b"dgram"
     assert udp_echo("127.0.0.3", port, timeout=0.5) is None
+
+
+FD_REPORT = (
+    "import json,os\n"
+    "fds=[]\n"
+    "for fd in range(3,1024):\n"
+    "    try: os.fstat(fd)\n"
+    "    except OSError: continue\n"
+    "    fds.append(fd)\n"
+    "read=[]\n"
+    "for fd in fds:\n"
+    "    try: read.append(os.pread(fd,64,0).decode(errors='replace'))\n"
+    "    except OSError: pass\n"
+    "print(json.dumps({'fds':fds,'read':read,'listen_fds':os.environ.get('LISTEN_FDS')}))\n"
+)
+
+
+@needs_root
+def test_command_gets_no_inherited_descriptor(public_dir: Path, tmp_path: Path, policy: Path) -> None:
+    """A descriptor root holds on a root-only file when it starts `sockgate run` must not reach
+    the --user command: it gets stdio and its LISTEN_FDS, nothing else."""
+    secret = tmp_path / "secret"
+    secret.write_text("root only")
+    os.chmod(secret, 0o600)
+    fd = os.open(secret, os.O_RDONLY)  # inheritable, as a shell's `3<secret` would be
+    os.set_inheritable(fd, True)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "sockgate", "run", "--policy", str(policy), "--service", "echo",
+             "--user", "nobody", "--listen", f"unix:{public_dir}/fd.sock",
+             "--", _python_for_nobody(), "-c", FD_REPORT],
+            pass_fds=(fd,), capture_output=True, text=True, timeout=60,
+            env={**os.environ, "PYTHONPATH": SRC},
+        )
+    finally:
+        os.close(fd)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert got == {"fds": [3], "read": [], "listen_fds": "1"}
