@@ -121,7 +121,10 @@ def remove(path: str, file: FileId | None) -> bool:
 
 
 def remove_stale(path: str, kind: int) -> None:
-    """Remove ``path`` when it is a socket nobody listens on; refuse anything else."""
+    """Remove ``path`` when it is a socket nobody listens on; refuse anything else. (No
+    directory: nothing to remove; ``bind`` says so.)"""
+    if not os.path.isdir(os.path.dirname(path) or "."):
+        return
     try:
         with _directory(path) as (dirfd, base):
             try:
