@@ -119,3 +119,12 @@ def test_foreign_programs_are_not_identified() -> None:
     bad_opcode = good[:3] + (Insn(BPF_RET | BPF_K, 0, 0, good[3].k),) + good[4:]
     for prog in (bad_magic, bad_version, bad_length, bad_skip, bad_opcode):
         assert identify(prog) is None
+
+
+def test_listing_of_a_modified_program_says_so() -> None:
+    from sockgate.bpf import disasm
+
+    prog = compile_service(_service())
+    forged = prog.insns[: prog.insns[0].k + 1] + ALLOW_ALL
+    assert "(modified: the code below is not the code of that digest)" in disasm.listing(forged).splitlines()[0]
+    assert "modified" not in disasm.listing(prog.insns)
