@@ -252,8 +252,10 @@ def test_take_over_never_chmods_through_a_planted_symlink(nobody_dir: Path, secr
 
 
 @needs_root
-def test_bind_then_swap_is_refused(nobody_dir: Path, secret: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The race in `run`: the name is swapped between bind and the mode being applied."""
+@pytest.mark.parametrize("query", ["?mode=0666&owner=nobody&group=nogroup", ""])
+def test_bind_then_swap_is_refused(nobody_dir: Path, secret: Path, monkeypatch: pytest.MonkeyPatch, query: str) -> None:
+    """The race in `run`: the name is swapped between bind and the mode being applied (or,
+    with no mode to apply, before the listener is handed out as listening on that name)."""
     path = nobody_dir / "app.sock"
     real_bind = listen.bind_unix
 
@@ -263,7 +265,7 @@ def test_bind_then_swap_is_refused(nobody_dir: Path, secret: Path, monkeypatch: 
 
     monkeypatch.setattr(listen, "bind_unix", bind_then_swap)
     with pytest.raises(AdapterError, match="no longer the socket file bound here"):
-        open_listener(parse_url(f"unix:{path}?mode=0666&owner=nobody&group=nogroup"))
+        open_listener(parse_url(f"unix:{path}{query}"))
     _untouched(secret)
     assert path.is_symlink()  # the failed open removed nothing that was not its own
 

@@ -82,8 +82,9 @@ def _opened(path: str) -> Iterator[int]:
 
 def set_attrs(path: str, file: FileId | None, uid: int, gid: int, mode: int | None) -> None:
     """Owner/group (-1: unchanged) and mode of the socket file ``file``, found at ``path``;
-    refused, changing nothing, when ``path`` is no longer that file."""
-    if uid == -1 and gid == -1 and mode is None:
+    refused, changing nothing, when ``path`` is no longer that file (checked even with nothing
+    to change: a name that reaches another file is never used as this socket's)."""
+    if file is None and uid == -1 and gid == -1 and mode is None:
         return
     if file is None:
         raise AdapterError(
@@ -95,7 +96,7 @@ def set_attrs(path: str, file: FileId | None, uid: int, gid: int, mode: int | No
         if not _is(os.fstat(fd), file):
             raise AdapterError(
                 f"{path} is no longer the socket file bound here (replaced, or a symlink put in its"
-                " place): not changing its owner or mode",
+                " place): not using it, nor changing its owner or mode",
                 target=path,
             )
         alias = f"/proc/self/fd/{fd}"  # the inode itself, not a name
