@@ -544,3 +544,40 @@ def test_command_gets_no_inherited_descriptor(public_dir: Path, tmp_path: Path, 
     assert done.returncode == 0, done.stderr
     got = json.loads(done.stdout)
     assert got == {"fds": [3], "read": [], "listen_fds": "1"}
+
+
+@needs_root
+def test_inetd_command_gets_no_inherited_descriptor(public_dir: Path, tmp_path: Path) -> None:
+    """The same in --inetd mode: the command has the connection on 0 and 1, stderr, nothing else."""
+    policy = public_dir / "unix.conf"
+    policy.write_text("service ctl {\n    allow uid 0\n    default deny\n}\n")
+    secret = tmp_path / "secret"
+    secret.write_text("root only")
+    os.chmod(secret, 0o600)
+    sock_path = public_dir / "fd.sock"
+    fd = os.open(secret, os.O_RDONLY)
+    os.set_inheritable(fd, True)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sockgate", "run", "--policy", str(policy), "--service", "ctl", "--inetd",
+             "--user", "nobody", "--listen", f"unix:{sock_path}?mode=0666",
+             "--", _python_for_nobody(), "-c", FD_REPORT],
+            pass_fds=(fd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True, env={**os.environ, "PYTHONPATH": SRC},
+        )
+    finally:
+        os.close(fd)
+    try:
+        assert proc.stderr is not None
+        while "running" not in proc.stderr.readline():  # "... per connection (inetd mode ...)"
+            assert proc.poll() is None, "sockgate run exited early"
+        with socket.socket(socket.AF_UNIX) as u:
+            u.settimeout(10)
+            u.connect(str(sock_path))
+            got = json.loads(u.makefile().readline())
+        assert got == {"fds": [], "read": [], "listen_fds": None}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        if proc.stderr is not None:
+            proc.stderr.close()
