@@ -19,7 +19,6 @@ boundaries of a given prefix length) and bisecting.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 from dataclasses import dataclass
 from functools import lru_cache
@@ -87,25 +86,15 @@ def compile_service(service: Service, *, banned: Sequence[_ranges.Banned] = ()) 
     ``CompileError`` for a policy that does not fit."""
     _refuse_userspace(service)
     tables = _ranges.build(service, banned)
-    digest = service_digest(service, banned)
-    insns = _marker.build(service.name, digest) + generate(tables)
+    body = generate(tables)
+    digest = _marker.program_digest(service.name, body)
+    insns = _marker.build(service.name, digest) + body
     n4, n6 = len(tables.v4), len(tables.v6)
     _check_limits(service.name, insns, n4, n6)
     bad = verify.problems(insns)
     if bad:  # a compiler bug, never the operator's fault
         raise RuntimeError(f"sockgate compiled a program the kernel would refuse: {bad[0]}")
     return Program(insns, service.name, digest, n4 + n6, n4, n6)
-
-
-def service_digest(service: Service, banned: Sequence[_ranges.Banned] = ()) -> str:
-    """``Service.digest()``, combined with the banned sources when there are any."""
-    d = service.digest()
-    if not banned:
-        return d
-    h = hashlib.sha256(d.encode())
-    for b in sorted({str(_ranges.as_net(b)) for b in banned}):
-        h.update(b"\0" + b.encode())
-    return h.hexdigest()[:16]
 
 
 def _refuse_userspace(service: Service) -> None:
