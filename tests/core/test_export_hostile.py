@@ -11,8 +11,6 @@ parser checks the hostile output in tests/kernel/test_nft_kernel.py.
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -21,57 +19,9 @@ from hypothesis import strategies as st
 
 from sockgate.cli.main import main as cli_main
 from sockgate.export import Format, export
-from sockgate.policy.ir import AddrMatch, Match, Policy, Rule
+from sockgate.policy.ir import Policy
 from sockgate.policy.parser import parse_policy
-from support.export_policies import policies
-
-# What could end a comment line or confuse a reader: line ends of every kind, NUL and other
-# controls, pf's line continuation, quoting and nft/pf syntax, an undecodable byte
-# (surrogate-escaped), a bidirectional override, and rule words to inject.
-HOSTILE_CHARS = "\n\r\t\x00\x0b\x0c\x1b\x7f\x85\u2028\u2029\u202e\udcff\\\"';#{}$@<>/ é"
-_pieces = st.one_of(
-    st.sampled_from(list(HOSTILE_CHARS)),
-    st.sampled_from(["\naccept\n", "\\\npass in quick from any\n", "}\n", "\r\ndrop", "\ttable inet x {}"]),
-    st.characters(),
-)
-hostile = st.lists(_pieces, min_size=1, max_size=12).map("".join)
-
-
-def identifier(name: str) -> str:
-    """What the exporters make of a name in an identifier (``common.Names``)."""
-    return re.sub(r"[^A-Za-z0-9_]", "_", name)
-
-
-@dataclass(frozen=True)
-class Dress:
-    """The strings a policy carries: ``names``/``labels`` per service/rule, the rest shared."""
-
-    file: str
-    text: str
-    path: str
-    names: tuple[str, ...]
-    labels: tuple[str, ...]
-
-    def plain(self) -> Dress:
-        return Dress("x", "x", "/x", tuple(map(identifier, self.names)), tuple(map(identifier, self.labels)))
-
-
-def dress(policy: Policy, d: Dress) -> Policy:
-    labels = iter(d.labels * 100)
-    services = []
-    for svc, name in zip(policy.services, d.names):
-        rules = tuple(_dress_rule(r, d, next(labels)) for r in svc.rules)
-        eps = tuple(replace(e, path=d.path) if e.proto == "unix" else e for e in svc.endpoints)
-        span = svc.default_span and replace(svc.default_span, file=d.file)
-        services.append(replace(svc, name=name, rules=rules, endpoints=eps, default_span=span))
-    return replace(policy, services=tuple(services), sources=(d.file, d.text))
-
-
-def _dress_rule(rule: Rule, d: Dress, label: str) -> Rule:
-    match: Match = rule.match
-    if isinstance(match, AddrMatch) and match.label:
-        match = replace(match, label="@" + label)
-    return replace(rule, match=match, span=replace(rule.span, file=d.file), text=d.text)
+from support.export_policies import Dress, dress, dresses, policies
 
 
 def _split(text: str) -> tuple[list[str], int]:
@@ -79,14 +29,6 @@ def _split(text: str) -> tuple[list[str], int]:
     assert lines.pop() == ""
     comments = [line for line in lines if line.lstrip().startswith("#")]
     return [line for line in lines if not line.lstrip().startswith("#")], len(comments)
-
-
-@st.composite
-def dresses(draw: st.DrawFn) -> Dress:
-    # no surrogates in service names: no reader yields one (the native parser takes
-    # identifiers), and Policy.digest encodes names as UTF-8
-    names = draw(st.lists(hostile.map(lambda s: s.replace("\udcff", "?")), min_size=5, max_size=5, unique_by=identifier))
-    return Dress(draw(hostile), draw(hostile), draw(hostile), tuple(names), tuple(draw(st.lists(hostile, min_size=1, max_size=3))))
 
 
 def check_only_comments_differ(policy: Policy, d: Dress, fmt: Format, action: str) -> str:
