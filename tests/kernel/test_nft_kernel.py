@@ -295,7 +295,7 @@ def _send_udp6(lab: netlab.Lab, datagrams: list[tuple[str, bytes]], port: int) -
 def _received_until(sock: socket.socket, marker: bytes) -> list[tuple[bytes, str]]:
     """Datagrams up to ``marker``, sent last on the same path: whatever came before it and
     was not dropped has been queued by the time it arrives."""
-    out = []
+    out: list[tuple[bytes, str]] = []
     while True:
         data, addr = sock.recvfrom(512)
         if data == marker:
