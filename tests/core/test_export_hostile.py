@@ -33,9 +33,11 @@ def _split(text: str) -> tuple[list[str], int]:
 
 def check_only_comments_differ(policy: Policy, d: Dress, fmt: Format, action: str) -> str:
     """Export ``policy`` dressed hostile and plain; return the hostile text."""
-    bad = export(dress(policy, d), fmt, action=action, skip_userspace=True).text  # type: ignore[arg-type]
+    result = export(dress(policy, d), fmt, action=action, skip_userspace=True)  # type: ignore[arg-type]
+    bad = result.text
     good = export(dress(policy, d.plain()), fmt, action=action, skip_userspace=True).text  # type: ignore[arg-type]
     assert _split(bad) == _split(good), bad
+    assert all(w.isprintable() for w in result.warnings), result.warnings  # they reach a terminal
     for line in bad.split("\n"):
         assert line.replace("\t", " ").isprintable(), repr(line)
         assert not (line.lstrip().startswith("#") and line.endswith("\\")), repr(line)
@@ -96,3 +98,17 @@ def test_plain_dress_is_what_the_identifiers_say() -> None:
     text = check_only_comments_differ(pol, d, "nft", "drop")
     assert "\tchain svc_ss_h_ {" in text and "\t\tip saddr @l_an_v4 accept" in text
     assert "\t\t# f?f:3: t?t" in text
+
+
+def test_names_in_usage_errors_and_warnings_are_printable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # they reach a terminal: no escape sequence, no line break
+    allow = tmp_path / "hosts.allow"
+    allow.write_text("a\x1bb: 10.0.0.0/8\nportmap: .example.com\n")
+    assert cli_main(["export", "-f", "nft", "--hosts-allow", str(allow)]) == 2
+    assert capsys.readouterr().err.startswith("sockgate: no port known for a?b, portmap: ")
+    native = tmp_path / "n\x07.policy"
+    native.write_text("service a tcp/1 {\n    allow host .example.com\n}\n")
+    assert cli_main(["export", "-f", "pf", str(native), "--skip-userspace", "--map", "b\x1b=tcp/2"]) == 2
+    assert capsys.readouterr().err == "sockgate: --map b?: the policy has no service b? and no hosts_access rules that could apply to it\n"
+    assert cli_main(["export", "-f", "pf", str(native), "--skip-userspace"]) == 0
+    assert capsys.readouterr().err.startswith(f"sockgate: warning: {tmp_path}/n?.policy:2: left out of the pf rules")

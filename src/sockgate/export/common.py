@@ -154,7 +154,7 @@ def plan(
     unmapped: list[str] = []
     for svc in _services(policy, mapped):
         if svc.endpoints and svc.name in mapped:
-            raise UsageError(f"--map {svc.name}: service {svc.name} already says where it listens ({_eps(svc.endpoints)})")
+            raise UsageError(printable(f"--map {svc.name}: service {svc.name} already says where it listens ({_eps(svc.endpoints)})"))
         endpoints = svc.endpoints or lookup(svc.name, mapped, services_db)
         if not endpoints:
             unmapped.append(svc.name)
@@ -166,16 +166,17 @@ def plan(
             planned.append(one)
     if unmapped:
         raise UsageError(
-            "no port known for "
-            + ", ".join(unmapped)
-            + f": say where each listens with --map DAEMON=PROTO/PORT (e.g. --map {unmapped[0]}=tcp/PORT);"
-            + " only services(5) names are looked up by themselves"
+            printable(
+                f"no port known for {', '.join(unmapped)}: say where each listens with --map DAEMON=PROTO/PORT"
+                f" (e.g. --map {unmapped[0]}=tcp/PORT); only services(5) names are looked up by themselves"
+            )
         )
     if problems.diagnostics and not skip_userspace:
         raise PolicyError(problems.diagnostics, sources=dict(policy.texts))
     if not planned and not skipped:
         raise UsageError("nothing to export: the policy names no service (give --map DAEMON=PROTO/PORT for hosts_access rules)")
-    warnings = problems.skip_warnings + problems.warnings + _overlaps(planned)
+    # printable: warnings name files, rules and services, and end up on a terminal
+    warnings = [printable(w) for w in problems.skip_warnings + problems.warnings + _overlaps(planned)]
     return Plan(tuple(planned), tuple(skipped), tuple(warnings), policy.sources, policy.digest())
 
 
@@ -189,7 +190,7 @@ def _services(policy: Policy, mapped: Mapping[str, tuple[Endpoint, ...]]) -> lis
         if name in seen:
             continue
         if not global_rules:
-            raise UsageError(f"--map {name}: the policy has no service {name} and no hosts_access rules that could apply to it")
+            raise UsageError(printable(f"--map {name}: the policy has no service {name} and no hosts_access rules that could apply to it"))
         seen.add(name)
         out.append(policy.service(name))
     return out
@@ -313,14 +314,19 @@ class NamedSets(Generic[Content]):
         return [(name, content) for content, name in self._by_content.items()]
 
 
+def printable(text: str) -> str:
+    """``text`` with every character that is not printable — control characters, NUL, line
+    and paragraph separators, unpaired surrogates from undecodable file names, bidirectional
+    overrides — replaced by ``?``: one line that cannot move a terminal's cursor."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def comment(text: str) -> str:
     """``text`` as one ``#`` comment line, the only form in which policy strings (file names,
-    rule text, service names, reasons) reach the output. Every character that is not
-    printable — control characters, NUL, line and paragraph separators, unpaired surrogates
-    from undecodable file names, bidirectional overrides — becomes ``?``, so the text cannot
-    end the comment and start a rule; so does a trailing backslash (pf.conf joins the next
-    line, a rule, to a line ending in one, even a comment)."""
-    safe = "".join(c if c.isprintable() else "?" for c in text)
+    rule text, service names, reasons) reach the output: ``printable``, so it cannot end the
+    comment and start a rule, and a trailing backslash becomes ``?`` too (pf.conf joins the
+    next line, a rule, to a line ending in one, even a comment)."""
+    safe = printable(text)
     stripped = safe.rstrip("\\")
     return "# " + stripped + "?" * (len(safe) - len(stripped))
 
