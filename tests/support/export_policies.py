@@ -169,11 +169,15 @@ def _dress_rule(rule: Rule, d: Dress, label: str) -> Rule:
     return replace(rule, match=match, span=replace(rule.span, file=d.file), text=d.text)
 
 
+def _no_surrogates(text: str) -> str:
+    return "".join("?" if 0xD800 <= ord(c) <= 0xDFFF else c for c in text)
+
+
 @st.composite
 def dresses(draw: st.DrawFn) -> Dress:
     # no surrogates in service names: no reader yields one (the native parser takes
     # identifiers), and Policy.digest encodes names as UTF-8
-    names = draw(st.lists(hostile.map(lambda s: s.replace("\udcff", "?")), min_size=5, max_size=5, unique_by=identifier))
+    names = draw(st.lists(hostile.map(_no_surrogates), min_size=5, max_size=5, unique_by=identifier))
     return Dress(draw(hostile), draw(hostile), draw(hostile), tuple(names), tuple(draw(st.lists(hostile, min_size=1, max_size=3))))
 
 
