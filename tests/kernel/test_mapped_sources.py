@@ -1,0 +1,165 @@
+"""Forged IPv4-mapped sources from another host, against every enforcement point.
+
+A real IPv4 client of a dual-stack socket arrives with an IPv4 header; an IPv6 header whose
+source is ``::ffff:a.b.c.d`` is forged. Linux 6.18 delivers such UDP datagrams (the first test
+shows it, and where the reply goes), so the filter, ``run`` and the proxy must refuse them
+themselves; for TCP the kernel drops the SYN (``tcp_v6_conn_request``), and the tests check
+that it still does. Packets are written whole by scapy and sent from the lab's client
+namespace through a raw socket (support/forge.py).
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import sys
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+import sockgate
+from sockgate.policy.parser import parse_policy
+from support import netlab
+from support.forge import Wire, syn6, syn_received, udp6
+from support.launch import ECHO_SERVICE, Launched, port_of
+from support.proxyproc import ProxyProc, wait_for
+
+pytestmark = [pytest.mark.skipif(sys.platform != "linux", reason="kernel enforcement is Linux-only"), pytest.mark.netns]
+
+POLICY = """
+service dns {
+    allow 127.0.0.0/8
+    allow 198.18.0.0/15
+    allow fd5b:5347::/64
+    default deny
+}
+"""
+ANY = "service dns {\n    allow all\n}\n"
+CLIENT_PORT = 4444
+# Mapped sources the policy allows as IPv4: the server's own loopback and the client host.
+FORGED = ("::ffff:127.0.0.1", "::ffff:198.18.0.2")
+
+
+@pytest.fixture
+def wire(lab: netlab.Lab) -> Iterator[Wire]:
+    w = Wire(lab)
+    try:
+        w.ready()
+        yield w
+    finally:
+        w.close()
+
+
+def dual_stack(lab: netlab.Lab, kind: int) -> socket.socket:
+    def make() -> socket.socket:
+        s = socket.socket(socket.AF_INET6, kind)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.bind(("::", 0))
+        if kind == socket.SOCK_STREAM:
+            s.listen(16)
+        return s
+
+    return lab.server.call(make)
+
+
+def received(sock: socket.socket, until: bytes, timeout: float = 5.0) -> list[tuple[bytes, str]]:
+    """Datagrams (payload, source) read from ``sock`` up to the one carrying ``until``, then
+    whatever else is already queued."""
+    got: list[tuple[bytes, str]] = []
+    while not any(p == until for p, _ in got):
+        if not select.select([sock], [], [], timeout)[0]:
+            raise AssertionError(f"{until!r} never arrived; got {got}")
+        data, addr = sock.recvfrom(2048)
+        got.append((data, addr[0]))
+    while select.select([sock], [], [], 0.05)[0]:
+        data, addr = sock.recvfrom(2048)
+        got.append((data, addr[0]))
+    return got
+
+
+def send_forged_then(wire: Wire, lab: netlab.Lab, port: int, marker: bytes) -> None:
+    """Each FORGED source sends its own name; then a genuine IPv6 client sends ``marker``
+    (same path, after them: once it arrives, the forged ones were delivered or dropped)."""
+    packets = [udp6(src, lab.server_v6, CLIENT_PORT, port, src.encode()) for src in FORGED]
+    wire.send(packets + [udp6(lab.client_v6, lab.server_v6, CLIENT_PORT, port, marker)])
+
+
+# ------------------------------------------------------------------------------ the kernel
+
+
+def test_the_kernel_delivers_forged_mapped_udp_and_replies_go_to_the_ipv4_address(lab: netlab.Lab, wire: Wire) -> None:
+    """Why user space and the filter must care: an unguarded dual-stack socket gets the forged
+    datagrams as from ``::ffff:127.0.0.1``, and a reply to that goes to 127.0.0.1 itself."""
+    sock = dual_stack(lab, socket.SOCK_DGRAM)
+    local = lab.server.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        local.bind(("127.0.0.1", CLIENT_PORT))
+        send_forged_then(wire, lab, sock.getsockname()[1], b"end")
+        got = received(sock, b"end")
+        assert {(p.decode(), a) for p, a in got if p != b"end"} == {(s, s) for s in FORGED}
+        sock.sendto(b"reply", ("::ffff:127.0.0.1", CLIENT_PORT))
+        assert select.select([local], [], [], 5)[0]
+        assert local.recvfrom(64) == (b"reply", ("127.0.0.1", sock.getsockname()[1]))
+    finally:
+        local.close()
+        sock.close()
+
+
+def test_the_kernel_drops_tcp_syns_from_mapped_sources(lab: netlab.Lab, wire: Wire) -> None:
+    """tcp_v6_conn_request refuses them (counted in Ip6InHdrErrors): no SYN-RECV, no SYN-ACK.
+    A SYN from an ordinary IPv6 address nobody answers for stays half-open: the control."""
+    listener = dual_stack(lab, socket.SOCK_STREAM)
+    try:
+        errors = ip6_in_hdr_errors(lab.server)
+        assert_syns_refused(lab, wire, listener.getsockname()[1])
+        assert ip6_in_hdr_errors(lab.server) - errors == len(FORGED)
+    finally:
+        listener.close()
+
+
+def assert_syns_refused(lab: netlab.Lab, wire: Wire, port: int) -> None:
+    lost = "fd5b:5347::99"  # on the client's link, owned by nobody: its SYN-ACK is never answered
+    wire.send([syn6(src, lab.server_v6, CLIENT_PORT, port) for src in FORGED] + [syn6(lost, lab.server_v6, CLIENT_PORT, port)])
+    wait_for(lambda: lost in syn_received(lab.server, port), timeout=5)
+    assert syn_received(lab.server, port) == {lost}
+
+
+def ip6_in_hdr_errors(ns: netlab.Netns) -> int:
+    for line in ns.run("cat", "/proc/net/snmp6").stdout.splitlines():
+        name, _, value = line.partition(" ")
+        if name == "Ip6InHdrErrors":
+            return int(value)
+    raise AssertionError("no Ip6InHdrErrors in /proc/net/snmp6")
+
+
+# ------------------------------------------------------------------------------ the filter
+
+
+@pytest.mark.parametrize("text", [POLICY, ANY], ids=["allow-ipv4-nets", "allow-all"])
+def test_guarded_udp_socket_drops_forged_mapped_sources(lab: netlab.Lab, wire: Wire, text: str) -> None:
+    sock = dual_stack(lab, socket.SOCK_DGRAM)
+    client = lab.client.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        parse_policy(text, "mapped.conf").guard(sock, "dns")
+        port = sock.getsockname()[1]
+        send_forged_then(wire, lab, port, b"end")
+        assert received(sock, b"end") == [(b"end", lab.client_v6)]
+        client.bind((lab.client_v4, CLIENT_PORT))  # the real IPv4 client of those addresses
+        client.sendto(b"v4", (lab.server_v4, port))
+        assert received(sock, b"v4") == [(b"v4", f"::ffff:{lab.client_v4}")]
+    finally:
+        client.close()
+        sock.close()
+
+
+@pytest.mark.parametrize("text", [POLICY, ANY], ids=["allow-ipv4-nets", "allow-all"])
+def test_guarded_tcp_listener_drops_forged_mapped_syns(lab: netlab.Lab, wire: Wire, text: str) -> None:
+    listener = dual_stack(lab, socket.SOCK_STREAM)
+    try:
+        parse_policy(text, "mapped.conf").guard(listener, "dns")
+        errors = ip6_in_hdr_errors(lab.server)
+        assert_syns_refused(lab, wire, listener.getsockname()[1])
+        assert ip6_in_hdr_errors(lab.server) == errors  # dropped by the filter, before TCP looked
+    finally:
+        listener.close()
