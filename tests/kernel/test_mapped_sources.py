@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-import sockgate
+from sockgate.decide import FORGED_REASON
 from sockgate.policy.parser import parse_policy
 from support import netlab
 from support.forge import Wire, syn6, syn_received, udp6
@@ -118,11 +118,13 @@ def test_the_kernel_drops_tcp_syns_from_mapped_sources(lab: netlab.Lab, wire: Wi
         listener.close()
 
 
-def assert_syns_refused(lab: netlab.Lab, wire: Wire, port: int) -> None:
-    lost = "fd5b:5347::99"  # on the client's link, owned by nobody: its SYN-ACK is never answered
+def assert_syns_refused(lab: netlab.Lab, wire: Wire, port: int, lost: str = "fd5b:5347::99") -> None:
+    """SYNs from the FORGED sources, then one from ``lost`` (on the client's link, owned by
+    nobody: its SYN-ACK is never answered, so it stays half-open): only ``lost`` is."""
     wire.send([syn6(src, lab.server_v6, CLIENT_PORT, port) for src in FORGED] + [syn6(lost, lab.server_v6, CLIENT_PORT, port)])
     wait_for(lambda: lost in syn_received(lab.server, port), timeout=5)
-    assert syn_received(lab.server, port) == {lost}
+    half_open = syn_received(lab.server, port)
+    assert lost in half_open and not [a for a in half_open if a.startswith("::ffff:")], half_open
 
 
 def ip6_in_hdr_errors(ns: netlab.Netns) -> int:
@@ -163,3 +165,102 @@ def test_guarded_tcp_listener_drops_forged_mapped_syns(lab: netlab.Lab, wire: Wi
         assert ip6_in_hdr_errors(lab.server) == errors  # dropped by the filter, before TCP looked
     finally:
         listener.close()
+
+
+# ------------------------------------------------------------------------------ sockgate run
+
+
+def test_run_udp_service_never_answers_forged_mapped_sources(lab: netlab.Lab, wire: Wire, tmp_path: Path) -> None:
+    """The echo service behind `run` would send its answers to 127.0.0.1 (here) and to the
+    client host's IPv4 address; the filter on the passed socket keeps them from it."""
+    policy, script, report = tmp_path / "p.conf", tmp_path / "echo.py", tmp_path / "report.json"
+    policy.write_text(POLICY)
+    script.write_text(ECHO_SERVICE)
+    argv = ["--policy", str(policy), "--service", "dns", "--listen", "udp://:0", "--", sys.executable, str(script), str(report)]
+    lr = lab.server.call(lambda: Launched(argv))  # started from inside the server namespace
+    local = lab.server.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client = lab.client.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        port = port_of(lr.started(1)[0][0])
+        wait_for(report.exists)
+        local.bind(("127.0.0.1", CLIENT_PORT))  # where answers to ::ffff:127.0.0.1 would go
+        client.bind((lab.client_v4, CLIENT_PORT))  # ... and to ::ffff:198.18.0.2
+        wire.send([udp6(src, lab.server_v6, CLIENT_PORT, port, src.encode()) for src in FORGED])
+        client.sendto(b"v4", (lab.server_v4, port))  # the real IPv4 client, after them
+        assert received(client, b"v4") == [(b"v4", lab.server_v4)]
+        assert not select.select([local], [], [], 0.1)[0]
+    finally:
+        client.close()
+        local.close()
+        lr.stop()
+
+
+# ------------------------------------------------------------------------------ the proxy
+
+
+@pytest.fixture
+def procs() -> Iterator[list[ProxyProc]]:
+    out: list[ProxyProc] = []
+    yield out
+    for p in out:
+        p.close()
+
+
+def start_proxy(lab: netlab.Lab, tmp_path: Path, procs: list[ProxyProc], listen: str, forward: str) -> ProxyProc:
+    policy = tmp_path / "proxy.conf"
+    policy.write_text(POLICY.replace("service dns {", f"service dns {{\n    listen {listen}\n    forward {forward}"))
+    p = ProxyProc([str(policy)], tmp_path / "proxy.log", prefix=lab.server.argv())
+    procs.append(p)
+    p.ready()
+    return p
+
+
+def detach(lab: netlab.Lab, pid: int) -> None:
+    """Take the kernel filter off the proxy's listeners, leaving user space on its own."""
+    from support.proxyproc import SRC
+
+    out = lab.server.run(sys.executable, "-m", "sockgate", "detach", "--pid", str(pid), env={"PYTHONPATH": SRC})
+    assert "detached" in out.stdout, out.stdout + out.stderr
+
+
+def test_proxy_udp_refuses_forged_mapped_sources_in_the_filter_and_in_user_space(
+    lab: netlab.Lab, wire: Wire, tmp_path: Path, procs: list[ProxyProc]
+) -> None:
+    backend = lab.server.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client = lab.client.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        backend.bind(("127.0.0.1", 0))
+        p = start_proxy(lab, tmp_path, procs, "udp://:0", f"udp://127.0.0.1:{backend.getsockname()[1]}")
+        port = p.tcp_port()
+        client.bind((lab.client_v4, CLIENT_PORT))
+        client.sendto(b"v4", (lab.server_v4, port))  # a real IPv4 client: its flow is [::ffff:198.18.0.2]:4444
+        assert [d for d, _ in received(backend, b"v4")] == [b"v4"]
+        send_forged_then(wire, lab, port, b"end")  # one of them has that flow's very address
+        assert [d for d, _ in received(backend, b"end")] == [b"end"]
+        p.wait_record(event="decision", peer=f"[{lab.client_v6}]:{CLIENT_PORT}")  # logged after them
+        assert not p.find(event="decision", decision="deny")  # the kernel filter dropped them
+        detach(lab, p.pid)
+        send_forged_then(wire, lab, port, b"end again")
+        client.sendto(b"v4 again", (lab.server_v4, port))
+        assert sorted(d for d, _ in received(backend, b"v4 again")) == [b"end again", b"v4 again"]
+        wait_for(lambda: len(p.find(event="decision", decision="deny")) == len(FORGED))  # (the log is buffered)
+        denied = {r["peer"]: r for r in p.find(event="decision", decision="deny")}
+        assert sorted(denied) == [f"[{src}]:{CLIENT_PORT}" for src in FORGED]
+        for r in denied.values():
+            assert (r["rule"], r["reason"]) == ("forged", FORGED_REASON)
+        allowed = sorted(r["peer"] for r in p.find(event="decision", decision="allow"))
+        assert allowed == [f"198.18.0.2:{CLIENT_PORT}", f"[{lab.client_v6}]:{CLIENT_PORT}"]
+    finally:
+        client.close()
+        backend.close()
+
+
+def test_proxy_tcp_listener_never_sees_forged_mapped_syns(lab: netlab.Lab, wire: Wire, tmp_path: Path, procs: list[ProxyProc]) -> None:
+    p = start_proxy(lab, tmp_path, procs, "tcp://:0", "tcp://127.0.0.1:9")
+    port = p.tcp_port()
+    assert_syns_refused(lab, wire, port, lost="fd5b:5347::99")  # by the filter
+    detach(lab, p.pid)
+    errors = ip6_in_hdr_errors(lab.server)
+    assert_syns_refused(lab, wire, port, lost="fd5b:5347::98")  # by the kernel's TCP
+    assert ip6_in_hdr_errors(lab.server) - errors == len(FORGED)
+    assert not p.find(event="decision")
