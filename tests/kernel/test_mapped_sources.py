@@ -10,18 +10,25 @@ namespace through a raw socket (support/forge.py).
 
 from __future__ import annotations
 
+import ipaddress
+import os
+import random
 import select
 import socket
 import sys
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
 
-from sockgate.decide import FORGED_REASON
+from sockgate.decide import FORGED_REASON, Peer, decide_service
+from sockgate.guard import guard
+from sockgate.policy.ir import Action, Policy
 from sockgate.policy.parser import parse_policy
 from support import netlab
 from support.forge import Wire, syn6, syn_received, udp6
+from support.verdicts import boundary_sources, nets, random_service, rule
 from support.launch import ECHO_SERVICE, Launched, port_of
 from support.proxyproc import ProxyProc, wait_for
 
@@ -165,6 +172,33 @@ def test_guarded_tcp_listener_drops_forged_mapped_syns(lab: netlab.Lab, wire: Wi
         assert ip6_in_hdr_errors(lab.server) == errors  # dropped by the filter, before TCP looked
     finally:
         listener.close()
+
+
+SEED = int(os.environ.get("SOCKGATE_SEED", random.SystemRandom().randrange(1 << 32)))
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_random_policies_let_no_forged_mapped_source_in(lab: netlab.Lab, wire: Wire, case: int) -> None:
+    """Every edge of a random policy's IPv4 networks, mapped and sent in an IPv6 header: the
+    engine denies each (a forged peer) and so does the kernel, however the policy decides the
+    same address as IPv4. (SOCKGATE_SEED replays a run.)"""
+    rng = random.Random(SEED * 10 + case)
+    svc = random_service(rng, f"forged{case}", ipaddress.ip_network("198.18.0.0/15"), ipaddress.ip_network("fd5b:5347::/64"), n_rules=8)
+    marker = rule(Action.ALLOW, nets(f"{lab.client_v6}/128"))  # the closing datagram is let in
+    svc = replace(svc, rules=(marker, *svc.rules))
+    sources = [f"::ffff:{a}" for a in boundary_sources(svc, rng, lambda a: a.version == 4, extra=20)]
+    assert all(decide_service(svc, Peer.parse(s, header=6)).reason == FORGED_REASON for s in sources)
+    sock = dual_stack(lab, socket.SOCK_DGRAM)
+    try:
+        guard(Policy(services=(svc,)), sock, svc.name)
+        port = sock.getsockname()[1]
+        wire.send([udp6(src, lab.server_v6, CLIENT_PORT, port, src.encode()) for src in sources])
+        wire.send([udp6(lab.client_v6, lab.server_v6, CLIENT_PORT, port, b"end")])
+        got = received(sock, b"end")
+        allowed_as_ipv4 = sum(decide_service(svc, Peer.parse(s)).allowed for s in sources)
+        assert got == [(b"end", lab.client_v6)], f"seed {SEED} case {case}: {svc}; {allowed_as_ipv4} allowed as IPv4"
+    finally:
+        sock.close()
 
 
 # ------------------------------------------------------------------------------ sockgate run
