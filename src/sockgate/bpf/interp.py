@@ -11,6 +11,10 @@ Only the ancillary loads a socket filter could reasonably use are modelled
 (``SKF_AD_PROTOCOL``, ``SKF_AD_PKTTYPE``); others raise ``ValueError``, since the interpreter
 exists to check sockgate's own programs, and a disagreement must be loud.
 
+``Packet.peer()`` is the decision engine's view of the same packet (the header's source and IP
+version), so the compiler's tests state ``run(compile(p), packet) == decide(p, packet.peer())``
+for any header, an IPv6 one with a forged IPv4-mapped source included.
+
 Hand-written rather than borrowed: no maintained pure-Python cBPF interpreter exists, and
 the one behaviour that matters here (negative offsets, out-of-bounds reads) is a few lines.
 """
