@@ -45,7 +45,7 @@ from sockgate.bpf.insn import (
     encode,
 )
 from sockgate.errors import CompileError, UnsupportedInKernel
-from sockgate.policy.intervals import SPACE
+from sockgate.policy.intervals import SPACE, net_range
 from sockgate.policy.ir import Action, Service, rule_userspace_reason
 from sockgate.policy.printer import format_limits
 
@@ -203,6 +203,10 @@ def synthetic_tables(family: int, n: int, prefix: int = WORST_PREFIX) -> _ranges
     ends = bounds[1:] + [SPACE[family]]
     ivs = tuple(_ranges.Interval(lo, hi, acts[k % 2], None) for k, (lo, hi) in enumerate(zip(bounds, ends)))
     other = _ranges.Table(10 - family, (_ranges.Interval(0, SPACE[10 - family], Action.DENY, None),))
+    if family == 4:  # IPv6 allowed (a block list's default) but for ::ffff:0:0/96: the costlier shape
+        lo, hi = net_range(_ranges.MAPPED)
+        other = _ranges.Table(6, (_ranges.Interval(0, lo, Action.ALLOW, None), _ranges.Interval(lo, hi, Action.DENY, _ranges.FORGED),
+                                  _ranges.Interval(hi, SPACE[6], Action.ALLOW, None)))
     table = _ranges.Table(family, ivs)
     v4, v6 = (table, other) if family == 4 else (other, table)
     return _ranges.Tables(v4, v6, Action.DENY, None)

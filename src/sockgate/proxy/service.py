@@ -197,7 +197,8 @@ def rule_label(rule: Rule | str | None) -> str:
 
 def peer_label(peer: Peer) -> str:
     if peer.address is not None:
-        a = f"[{peer.address}]" if peer.address.version == 6 else str(peer.address)
+        a = peer.address_text()  # a forged ::ffff:a.b.c.d is never shown as a.b.c.d
+        a = f"[{a}]" if ":" in a else a
         a = f"{a}:{peer.port}" if peer.port is not None else a
         if peer.name:  # as libwrap prints it: name[address]; a name that did not verify is marked
             return f"{peer.name}{'' if peer.name_verified else '(unverified)'}[{a}]"

@@ -15,6 +15,13 @@ judge never get here at all.
 
 Host-name rules are decided on a slow path (one lookup per new flow); datagrams from that
 client that arrive meanwhile are dropped, as a full socket buffer would drop them.
+
+Forged sources. An AF_INET6 socket reports a real IPv4 client as ``::ffff:a.b.c.d``, and an
+IPv6 datagram whose header says ``::ffff:a.b.c.d`` (a forgery: decide.py) the same way; Linux
+6.18 delivers both. So each datagram's header is read from the ancillary data: ``IP_PKTINFO``
+(asked for on AF_INET6 sockets too) comes with IPv4 packets only (udpv6_recvmsg calls
+ip_cmsg_recv for them). The header goes into ``Peer.header``, and the engine denies a forged
+peer; its datagrams never join a real client's flow, and its refusal is remembered apart.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ if TYPE_CHECKING:
 _BURST = 64
 _MAX_DGRAM = 65535
 _DENY_MEMORY = 1.0
+IP_PKTINFO = 8  # <linux/in.h>; Python's socket module lacks it
+_ANCILLARY = socket.CMSG_SPACE(12) + socket.CMSG_SPACE(64)  # struct in_pktinfo, and room for others
 
 
 @dataclass
@@ -71,6 +80,12 @@ class UdpListener:
         return self.runner.loop
 
     def start(self) -> None:
+        if self.sock.family == socket.AF_INET6:
+            try:
+                self.sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            except OSError as e:  # then every ::ffff: source counts as forged: fail closed
+                self.runner.log.error(f"listener {self.listener.url.text}: IP_PKTINFO: {e.strerror}; "
+                                      "IPv4 clients of this dual-stack socket will be refused", service=self.runner.name)
         self.loop.add_reader(self.sock.fileno(), self._on_datagram)
 
     def stop(self) -> None:
@@ -79,30 +94,38 @@ class UdpListener:
 
     def _on_datagram(self) -> None:
         now = time.monotonic()
+        six = self.sock.family == socket.AF_INET6
         for _ in range(_BURST):
             try:
-                data, addr = self.sock.recvfrom(_MAX_DGRAM)
+                if six:
+                    data, anc, _flags, addr = self.sock.recvmsg(_MAX_DGRAM, _ANCILLARY)
+                    header = 4 if any(lvl == socket.IPPROTO_IP and kind == IP_PKTINFO for lvl, kind, _ in anc) else 6
+                else:
+                    (data, addr), header = self.sock.recvfrom(_MAX_DGRAM), 4
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 return  # ICMP errors surface here on some kernels; nothing to do for them
             flow = self.flows.get(addr)
-            if flow is None:
-                flow = self._new_flow(addr, now, data)
+            if flow is None or flow.peer.header != header:  # (the same address in the other header: forged)
+                flow = self._new_flow(addr, header, now, data)
                 if flow is None:
                     continue
             else:
                 self.table.touch(addr)
             self._send_up(flow, data, now)
 
-    def _new_flow(self, addr: Any, now: float, data: bytes) -> Flow | None:
-        if addr in self.pending:
+    def _new_flow(self, addr: Any, header: int, now: float, data: bytes) -> Flow | None:
+        peer = Peer(address=ipaddress.ip_address(addr[0].split("%", 1)[0]), port=addr[1], header=header)
+        key = ("forged", addr) if peer.forged else addr  # never the memory of a real client's refusal
+        if key in self.pending:
             return None
-        until = self.denied.get(addr)
+        until = self.denied.get(key)
         if until is not None and now < until:
             return None
         r = self.runner
-        peer = Peer(address=ipaddress.ip_address(addr[0].split("%", 1)[0]), port=addr[1])
+        if peer.forged:  # the engine refuses it whatever the policy: no flow slot, no name lookup
+            return self._open(key, peer, now)
         if r.needs_name and r.resolver is not None:
             self.pending.add(addr)
             task = asyncio.ensure_future(self._slow(addr, peer, data))
@@ -166,7 +189,8 @@ class UdpListener:
             self.denied = {a: u for a, u in self.denied.items() if u > now}
         self.denied[addr] = now + _DENY_MEMORY
         r = self.runner
-        r.log.record("decision", service=r.name, peer=peer_label(peer), decision="deny", rule=rule_label(rule), reason=reason)
+        label = "forged" if peer.forged else rule_label(rule)  # (no rule decided it, as "limit")
+        r.log.record("decision", service=r.name, peer=peer_label(peer), decision="deny", rule=label, reason=reason)
 
     def _send_up(self, flow: Flow, data: bytes, now: float) -> None:
         assert flow.sock is not None
