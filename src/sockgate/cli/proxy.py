@@ -39,6 +39,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name-queue", type=int, default=64, metavar="N",
                    help="host-name lookups waiting per service behind the 4 running; beyond, clients are refused (64)")
     p.add_argument("--max-connections", type=int, default=20000, metavar="N", help="connections at once, all services (20000)")
+    p.add_argument("--max-connections-per-source", type=int, default=1024, metavar="N",
+                   help="connections at once from one address (an IPv6 /64), per service (1024)")
     p.add_argument("--max-udp-flows", type=int, default=4096, metavar="N", help="UDP flows at once, per listener (4096)")
     p.add_argument("--max-udp-flows-per-source", type=int, default=256, metavar="N", help="UDP flows at once from one address, per listener (256)")
 
@@ -93,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     from sockgate.proxy.log import Log
     from sockgate.proxy.server import Proxy
 
-    for opt in ("workers", "max_udp_flows", "max_udp_flows_per_source"):
+    for opt in ("workers", "max_connections_per_source", "max_udp_flows", "max_udp_flows_per_source"):
         if getattr(args, opt) < 1:
             raise UsageError(f"--{opt.replace('_', '-')} must be at least 1")
     if args.name_queue < 0:
@@ -106,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         udp_idle_timeout=args.udp_timeout,
         name_timeout=args.name_timeout,
         max_connections=args.max_connections,
+        max_connections_per_source=args.max_connections_per_source,
         max_udp_flows=args.max_udp_flows,
         max_udp_flows_per_source=args.max_udp_flows_per_source,
     )

@@ -31,6 +31,7 @@ import ipaddress
 import os
 import socket
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Hashable, Optional
 
@@ -52,7 +53,7 @@ from sockgate.policy.ir import (
 from sockgate.proxy.kernelrules import kernel_service
 from sockgate.proxy.limits import Limiter, Verdict
 from sockgate.proxy.log import Log
-from sockgate.proxy.names import LookupRefused
+from sockgate.proxy.names import LookupRefused, source_of
 from sockgate.proxy.relay import PipePool, Relay, reset_close
 from sockgate.urls import SocketURL
 
@@ -72,6 +73,7 @@ class Options:
     udp_idle_timeout: float = 30.0
     name_timeout: float = 2.0
     max_connections: int = 20000
+    max_connections_per_source: int = 1024  # an IPv4 address or an IPv6 /64 (names.source_of)
     max_udp_flows: int = 4096
     max_udp_flows_per_source: int = 256
 
@@ -219,6 +221,7 @@ class Runner:
         self.target = Target.of(plan.forward)
         self.listeners: list[Listener] = []
         self.conns: dict[_socket.socket, Conn] = {}
+        self.per_source: Counter[Hashable] = Counter()  # open connections per names.source_of
         self.tasks: set[asyncio.Task[None]] = set()
         self.accepting = False
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -387,8 +390,17 @@ class Runner:
                 self.handle(conn, addr)
             except Exception as e:  # a bug must cost one connection, not the listener
                 self.log.error(f"internal error handling a connection: {e!r}", service=self.name)
-                self.conns.pop(conn, None)
+                self._forget(conn)
                 reset_close(conn)
+
+    def _forget(self, conn: _socket.socket) -> None:
+        """Drop a client from the table and from its source's count."""
+        c = self.conns.pop(conn, None)
+        if c is not None and c.peer.address is not None:
+            src = source_of(c.peer.address)
+            self.per_source[src] -= 1
+            if not self.per_source[src]:
+                del self.per_source[src]
 
     def _accept_failed(self, lsock: socket.socket, e: OSError) -> None:
         if e.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
@@ -415,6 +427,10 @@ class Runner:
             return
         if len(self.conns) + len(self.tasks) >= self.options.max_connections:  # waiting for a name too
             self._refuse(conn, peer, None, f"over the proxy's limit of {self.options.max_connections} connections")
+            return
+        if peer.address is not None and self.per_source[source_of(peer.address)] >= self.options.max_connections_per_source:
+            # one source cannot take the whole table from everybody else
+            self._refuse(conn, peer, None, f"over the limit of {self.options.max_connections_per_source} connections from one source", limit=True)
             return
         if self.needs_name and self.resolver is not None and peer.address is not None:
             task = asyncio.ensure_future(self._slow(conn, peer))
@@ -494,6 +510,8 @@ class Runner:
         self.log.allowed(self.name, label, rule_label(d.rule), d.reason)
         c = Conn(peer, key, d, taken, conn, label=label)
         self.conns[conn] = c
+        if peer.address is not None:
+            self.per_source[source_of(peer.address)] += 1
         self._connect(c)
 
     def _refuse(self, conn: _socket.socket, peer: Peer, rule: Rule | str | None, reason: str, limit: bool = False) -> None:
@@ -575,7 +593,7 @@ class Runner:
         self._finished(c, how, relay.up, relay.down)
 
     def _finished(self, c: Conn, how: str, up: int, down: int) -> None:
-        self.conns.pop(c.client, None)
+        self._forget(c.client)
         for lim in c.limiters:
             lim.release(c.key)
         duration = round(time.monotonic() - c.started, 6)
