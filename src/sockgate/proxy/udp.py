@@ -22,6 +22,13 @@ IPv6 datagram whose header says ``::ffff:a.b.c.d`` (a forgery: decide.py) the sa
 (asked for on AF_INET6 sockets too) comes with IPv4 packets only (udpv6_recvmsg calls
 ip_cmsg_recv for them). The header goes into ``Peer.header``, and the engine denies a forged
 peer; its datagrams never join a real client's flow, and its refusal is remembered apart.
+
+The server side. When a rule names the local address (hosts_access ``daemon@host``), each
+datagram's destination is read from the same ancillary data (``IP_PKTINFO``'s ``ipi_addr``,
+``IPV6_PKTINFO``'s ``ipi6_addr``): a socket bound to every address has no one local address
+to give, and a ``deny daemon@host`` rule that never saw one would never refuse. A flow is then
+the client *and* the address it wrote to, so a client allowed on one local address cannot
+reach the backend through another on the same flow.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Hashable
 
 from sockgate.decide import Peer
+from sockgate.policy.ir import IPAddress
 from sockgate.errors import SockgateError
 from sockgate.proxy.limits import FlowTable, Limiter
 
@@ -46,7 +54,22 @@ _BURST = 64
 _MAX_DGRAM = 65535
 _DENY_MEMORY = 1.0
 IP_PKTINFO = 8  # <linux/in.h>; Python's socket module lacks it
-_ANCILLARY = socket.CMSG_SPACE(12) + socket.CMSG_SPACE(64)  # struct in_pktinfo, and room for others
+IPV6_PKTINFO = 50  # <linux/in6.h> (the cmsg type; IPV6_RECVPKTINFO 49 turns it on)
+IPV6_RECVPKTINFO = 49
+_ANCILLARY = socket.CMSG_SPACE(12) + socket.CMSG_SPACE(20) + socket.CMSG_SPACE(64)  # in_pktinfo, in6_pktinfo, room
+
+
+def packet_info(anc: list[tuple[int, int, bytes]], six: bool) -> tuple[int, IPAddress | None]:
+    """The IP version of a datagram's header and its destination address, from recvmsg's
+    ancillary data. ``IP_PKTINFO`` comes with IPv4 packets only, also on an AF_INET6 socket."""
+    header, dest = (6 if six else 4), None
+    dest6: IPAddress | None = None
+    for level, kind, blob in anc:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(blob) >= 12:
+            header, dest = 4, ipaddress.IPv4Address(blob[8:12])  # struct in_pktinfo: ifindex, spec_dst, addr
+        elif level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO and len(blob) >= 16:
+            dest6 = ipaddress.IPv6Address(blob[:16])  # struct in6_pktinfo: addr, ifindex
+    return header, dest if dest is not None else dest6
 
 
 @dataclass
@@ -73,6 +96,8 @@ class UdpListener:
         self.table: FlowTable[Any, Any] = FlowTable(o.max_udp_flows, o.max_udp_flows_per_source)
         self.pending: set[Any] = set()
         self.denied: dict[Any, float] = {}
+        self.by_dest = runner.needs_server  # a flow per client and local address (daemon@host)
+        self.ancillary = self.sock.family == socket.AF_INET6 or self.by_dest  # recvmsg, for packet_info
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -80,12 +105,15 @@ class UdpListener:
         return self.runner.loop
 
     def start(self) -> None:
-        if self.sock.family == socket.AF_INET6:
+        six = self.sock.family == socket.AF_INET6
+        if self.ancillary:
             try:
                 self.sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
             except OSError as e:  # then every ::ffff: source counts as forged: fail closed
                 self.runner.log.error(f"listener {self.listener.url.text}: IP_PKTINFO: {e.strerror}; "
                                       "IPv4 clients of this dual-stack socket will be refused", service=self.runner.name)
+        if six and self.by_dest:  # without it the local address is unknown: daemon@host rules see "unknown"
+            self.sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
         self.loop.add_reader(self.sock.fileno(), self._on_datagram)
 
     def stop(self) -> None:
@@ -97,27 +125,30 @@ class UdpListener:
         six = self.sock.family == socket.AF_INET6
         for _ in range(_BURST):
             try:
-                if six:
+                if self.ancillary:
                     data, anc, _flags, addr = self.sock.recvmsg(_MAX_DGRAM, _ANCILLARY)
-                    header = 4 if any(lvl == socket.IPPROTO_IP and kind == IP_PKTINFO for lvl, kind, _ in anc) else 6
+                    header, dest = packet_info(anc, six)
                 else:
-                    (data, addr), header = self.sock.recvfrom(_MAX_DGRAM), 4
+                    (data, addr), header, dest = self.sock.recvfrom(_MAX_DGRAM), 4, None
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 return  # ICMP errors surface here on some kernels; nothing to do for them
-            flow = self.flows.get(addr)
+            fkey = (addr, dest) if self.by_dest else addr
+            flow = self.flows.get(fkey)
             if flow is None or flow.peer.header != header:  # (the same address in the other header: forged)
-                flow = self._new_flow(addr, header, now, data)
+                flow = self._new_flow(fkey, addr, header, dest, now, data)
                 if flow is None:
                     continue
             else:
-                self.table.touch(addr)
+                self.table.touch(fkey)
             self._send_up(flow, data, now)
 
-    def _new_flow(self, addr: Any, header: int, now: float, data: bytes) -> Flow | None:
-        peer = Peer(address=ipaddress.ip_address(addr[0].split("%", 1)[0]), port=addr[1], header=header)
-        key = ("forged", addr) if peer.forged else addr  # never the memory of a real client's refusal
+    def _new_flow(self, fkey: Any, addr: Any, header: int, dest: IPAddress | None, now: float, data: bytes) -> Flow | None:
+        """``fkey`` names the flow (the client, and the local address when rules need it);
+        ``addr`` is the client's address, where replies go."""
+        peer = Peer(address=ipaddress.ip_address(addr[0].split("%", 1)[0]), port=addr[1], header=header, server_address=dest)
+        key = ("forged", fkey) if peer.forged else fkey  # never the memory of a real client's refusal
         if key in self.pending:
             return None
         until = self.denied.get(key)
@@ -125,33 +156,33 @@ class UdpListener:
             return None
         r = self.runner
         if peer.forged:  # the engine refuses it whatever the policy: no flow slot, no name lookup
-            return self._open(key, peer, now)
+            return self._open(key, addr, peer, now)
         if r.needs_name and r.resolver is not None:
-            self.pending.add(addr)
-            task = asyncio.ensure_future(self._slow(addr, peer, data))
+            self.pending.add(fkey)
+            task = asyncio.ensure_future(self._slow(fkey, addr, peer, data))
             r.tasks.add(task)
             task.add_done_callback(r.tasks.discard)
             return None
-        return self._open(addr, peer, now)
+        return self._open(fkey, addr, peer, now)
 
-    async def _slow(self, addr: Any, peer: Peer, data: bytes) -> None:
+    async def _slow(self, fkey: Any, addr: Any, peer: Peer, data: bytes) -> None:
         try:
             named = await self.runner.named(peer)
         finally:
-            self.pending.discard(addr)
+            self.pending.discard(fkey)
         now = time.monotonic()
         if isinstance(named, str):  # over the name layer's bounds: dropped, and remembered
-            self._deny(addr, peer, "limit", named, now)
+            self._deny(fkey, peer, "limit", named, now)
             return
-        flow = self._open(addr, named, now)
+        flow = self._open(fkey, addr, named, now)
         if flow is not None:
             self._send_up(flow, data, now)
 
-    def _open(self, addr: Any, peer: Peer, now: float) -> Flow | None:
+    def _open(self, fkey: Any, addr: Any, peer: Peer, now: float) -> Flow | None:
         r = self.runner
         d, verdict, taken, key = r.decide(peer)
         if verdict is not None or not d.allowed:
-            self._deny(addr, peer, d.rule, verdict.reason if verdict is not None else d.reason, now)
+            self._deny(fkey, peer, d.rule, verdict.reason if verdict is not None else d.reason, now)
             return None
         from sockgate.proxy.service import peer_label, rule_label
 
@@ -169,8 +200,8 @@ class UdpListener:
             return None
         flow.sock = s
         self._make_room(peer)
-        self.flows[addr] = flow
-        self.table.add(addr, peer.address)
+        self.flows[fkey] = flow
+        self.table.add(fkey, peer.address)
         self.loop.add_reader(s.fileno(), self._on_reply, flow)
         return flow
 
