@@ -427,3 +427,14 @@ def test_deepest_accepted_policy_goes_through_every_consumer() -> None:
     _with_headroom(250, lambda: format_policy(p))
     _with_headroom(250, lambda: compile_service(service))
     _with_headroom(250, lambda: export(p, "nft", mapped={"vsftpd": (Endpoint("tcp", ((21, 21),)),)}))
+
+
+def test_nul_in_a_pattern_file_name_is_reported_not_opened() -> None:
+    def read(path: str) -> str:
+        if "\0" in path:
+            raise ValueError("embedded null byte")  # what open() and os.stat() raise
+        return {"hosts.allow": "", "hosts.deny": "ALL: /p\0x\n"}[path]
+
+    with pytest.raises(PolicyError) as e:
+        parse_hosts_access("hosts.allow", "hosts.deny", read=read)
+    assert str(e.value).startswith("hosts.deny:1:8: NUL byte in the line")

@@ -62,6 +62,7 @@ from sockgate.policy.wraplines import Line, logical_lines, pattern_words
 
 _SEP = ", \t\r\n"
 _BLANK = " \t\r\n"
+_CHOP = " \t\n\v\f\r"  # options.c chop_string trims isspace(), the C locale's white space
 _CLASSES = {"known": "KNOWN", "unknown": "UNKNOWN", "paranoid": "PARANOID", "local": "LOCAL"}
 _MAX_FILE_NESTING = 16  # /file lists naming /file lists, as deep as native includes may go
 _MAX_MASK_NETS = 256  # non-contiguous masks expand to this many CIDRs at most
@@ -372,6 +373,8 @@ def _without_broadcast(n: ipaddress.IPv4Network) -> list[IPNetwork]:
 def _pattern_file(st: _State, tok: _Tok) -> Match | None:
     """``/path``: every whitespace-separated word in the file is a host pattern."""
     path = tok.text
+    if "\0" in path:  # already reported where the NUL is; no file system takes the name
+        return None
     if path in st.reading:
         st.error(tok.span, f"pattern file {path} includes itself")
         return None
@@ -436,8 +439,8 @@ def _parse_options(
     fields = _option_fields(line.text, start)
     out: list[Option] = []
     for n, (fstart, ftext) in enumerate(fields):
-        lead = len(ftext) - len(ftext.lstrip(_BLANK))
-        span = line.span(fstart + lead, len(ftext.strip(_BLANK)), file)
+        lead = len(ftext) - len(ftext.lstrip(_CHOP))
+        span = line.span(fstart + lead, len(ftext.strip(_CHOP)), file)
         opt = _option(st, span, ftext, last=n == len(fields) - 1)
         if opt is None:
             continue
@@ -467,7 +470,7 @@ def _option_fields(text: str, start: int) -> list[tuple[int, str]]:
 
 
 def _option(st: _State, span: Span, raw: str, last: bool) -> Option | None:
-    body = raw.strip(_BLANK)
+    body = raw.strip(_CHOP)
     if not body:
         st.error(span, "empty option (libwrap denies every client this rule matches)")
         return None
@@ -500,15 +503,16 @@ def _option(st: _State, span: Span, raw: str, last: bool) -> Option | None:
 
 
 def _bad_value(name: str, value: str) -> str | None:
+    number = value.lstrip(_CHOP)  # sscanf's %d and %o skip leading white space
     if name == "umask":
-        if re.fullmatch(r"[+-]?[0-7]+", value) is None or int(value, 8) & ~0o777:
+        if re.fullmatch(r"[+-]?[0-7]+", number) is None or int(number, 8) & ~0o777:
             return f"bad umask value {value!r}: expected an octal mask up to 777"
     elif name in ("nice", "linger", "rfc931"):
-        if re.fullmatch(r"[+-]?[0-9]+", value) is None:
+        if re.fullmatch(r"[+-]?[0-9]+", number) is None:
             return f"bad {name} value {value!r}: expected a number"
-        if name == "linger" and int(value) < 0:
+        if name == "linger" and int(number) < 0:
             return f"bad linger value {value!r}: expected a number of seconds >= 0"
-        if name == "rfc931" and int(value) <= 0:
+        if name == "rfc931" and int(number) <= 0:
             return f"bad rfc931 timeout {value!r}: expected a number of seconds > 0"
     elif name == "severity":
         fac, dot, lev = value.partition(".")
