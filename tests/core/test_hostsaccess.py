@@ -438,3 +438,10 @@ def test_nul_in_a_pattern_file_name_is_reported_not_opened() -> None:
     with pytest.raises(PolicyError) as e:
         parse_hosts_access("hosts.allow", "hosts.deny", read=read)
     assert str(e.value).startswith("hosts.deny:1:8: NUL byte in the line")
+
+
+def test_options_are_trimmed_as_chop_string_trims() -> None:
+    """libwrap trims each option with isspace(), so \\v and \\f around it are white space
+    (tcpdmatch grants all three), and sscanf skips them before a number."""
+    for deny in ("ALL: 10.0.0.1 : allow\v\n", "ALL: 10.0.0.1 : \fallow\n", "ALL: 10.0.0.1 : nice \v5 : allow\n"):
+        assert ok(parse("", deny), "10.0.0.1")
