@@ -406,10 +406,10 @@ def test_line_length_limit_agrees_with_tcpdmatch(line: tuple[str, int], in_allow
 
 
 def test_loader_keeps_every_byte() -> None:
-    """The loader the CLI uses must hand the parser the file's bytes: a CR that Python's
-    universal newlines turned into a line break made "sshd: 10.0.0.9\\rsshd: 10.0.0.1" two
-    rules (libwrap reads one, with a CR in it), and "\\\\\\r\\n" a continuation."""
-    cases = ["sshd: 10.0.0.9\rsshd: 10.0.0.1\n", "sshd: 10.0.0.9 \\\r\n 10.0.0.1\n", "sshd: 10.0.0.1\r\n"]
+    """The loader the CLI uses must hand the parser the file's bytes. With Python's universal
+    newlines a CR ended a line: "#\\rsshd: ALL" (one comment to libwrap) allowed everyone, and
+    "\\\\\\r\\n" (no continuation to libwrap) continued a line into the comment after it."""
+    cases = ["#\rsshd: ALL\n", "sshd: 10.0.0.9 \\\r\n#, 10.0.0.1\n", "sshd: 10.0.0.1\r\n"]
     with tempfile.TemporaryDirectory(prefix="sgt-tcpd-") as tmp:
         work = Path(tmp)
         (work / "hosts.deny").write_bytes(b"ALL: ALL\n")
