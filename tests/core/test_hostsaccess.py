@@ -445,3 +445,15 @@ def test_options_are_trimmed_as_chop_string_trims() -> None:
     (tcpdmatch grants all three), and sscanf skips them before a number."""
     for deny in ("ALL: 10.0.0.1 : allow\v\n", "ALL: 10.0.0.1 : \fallow\n", "ALL: 10.0.0.1 : nice \v5 : allow\n"):
         assert ok(parse("", deny), "10.0.0.1")
+
+
+@pytest.mark.timeout(30)
+def test_pattern_file_expansion_is_bounded() -> None:
+    """Files naming files many times grow as a power of the nesting: bounded, with the place
+    where the bound was passed, and no file's problems repeated for each time it is named."""
+    a, b = " ".join(["/b"] * 1000) + "\n", " ".join(["/c"] * 1000) + "\n"
+    got = errors("", "ALL: /a\n", a=a, b=b, c="10.0.0.1 10.0.0.2\n")
+    assert len(got) == 1 and got[0].endswith("pattern files expand to more than 1,000,000 patterns in all"
+                                             " (a file named n times counts n times)")
+    assert errors("", "ALL: /p /p /p\n", p="1.2.3/24\n") == [
+        "/p:1:1: bad net/mask '1.2.3/24': expected n.n.n.n/m.m.m.m, n.n.n.n/len or [ipv6]/len"]

@@ -65,6 +65,7 @@ _BLANK = " \t\r\n"
 _CHOP = " \t\n\v\f\r"  # options.c chop_string trims isspace(), the C locale's white space
 _CLASSES = {"known": "KNOWN", "unknown": "UNKNOWN", "paranoid": "PARANOID", "local": "LOCAL"}
 _MAX_FILE_NESTING = 16  # /file lists naming /file lists, as deep as native includes may go
+_MAX_FILE_WORDS = 1_000_000  # all /file expansions together: "/a /a /a" naming "/b /b /b"...
 _MAX_MASK_NETS = 256  # non-contiguous masks expand to this many CIDRs at most
 
 
@@ -74,6 +75,16 @@ class _Tok:
     span: Span
 
 
+@dataclass(frozen=True)
+class _Expansion:
+    """A parsed pattern file: its match (None after errors, already reported), how many
+    words it stands for with the files it names expanded, and how deep those files go."""
+
+    match: Match | None
+    words: int
+    height: int
+
+
 @dataclass
 class _State:
     read: Callable[[str], str]
@@ -81,9 +92,14 @@ class _State:
     texts: dict[str, str] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
     reading: list[str] = field(default_factory=list)  # pattern files being expanded (cycles)
+    files: dict[str, _Expansion] = field(default_factory=dict)  # pattern files parsed so far
+    expanded: int = 0  # words taken from pattern files, a file named n times counted n times
+    deepest: int = 0  # the most pattern files open at once so far
 
     def error(self, span: Span, message: str) -> None:
-        self.diags.append(Diagnostic(span, message))
+        d = Diagnostic(span, message)
+        if d not in self.diags:  # a pattern file named twice has its problems once
+            self.diags.append(d)
 
 
 def parse_hosts_access(
@@ -371,33 +387,64 @@ def _without_broadcast(n: ipaddress.IPv4Network) -> list[IPNetwork]:
 
 
 def _pattern_file(st: _State, tok: _Tok) -> Match | None:
-    """``/path``: every whitespace-separated word in the file is a host pattern."""
+    """``/path``: every whitespace-separated word in the file is a host pattern. Each file is
+    parsed once and its match shared where it is named again; what it stands for, counted
+    each time it is named, is bounded (files naming files many times grow as a power of the
+    nesting), and so is how deep files name files."""
     path = tok.text
-    if "\0" in path:  # already reported where the NUL is; no file system takes the name
+    if "\0" in path or st.expanded > _MAX_FILE_WORDS:  # already reported
         return None
     if path in st.reading:
         st.error(tok.span, f"pattern file {path} includes itself")
         return None
-    if len(st.reading) >= _MAX_FILE_NESTING:
+    got = st.files.get(path)
+    depth = len(st.reading) + (got.height if got is not None else 1)
+    if depth > _MAX_FILE_NESTING:  # checked before a new file is parsed: no deep recursion
         st.error(tok.span, f"pattern files nest more than {_MAX_FILE_NESTING} deep")
         return None
+    got = got or _parse_pattern_file(st, tok)
+    if got is None:
+        return MatchNone()  # missing: matches nothing, as in libwrap
+    if got.match is None:
+        return None  # its errors are reported
+    st.expanded += got.words
+    st.deepest = max(st.deepest, len(st.reading) + got.height)
+    if st.expanded > _MAX_FILE_WORDS:
+        st.error(tok.span, f"pattern files expand to more than {_MAX_FILE_WORDS:,} patterns in all"
+                 " (a file named n times counts n times)")
+        return None
+    return got.match
+
+
+def _parse_pattern_file(st: _State, tok: _Tok) -> _Expansion | None:
+    """Read and parse pattern file ``tok.text`` (None when it is missing)."""
+    path = tok.text
     try:
         text = st.read(path)
     except (FileNotFoundError, IsADirectoryError):
-        return MatchNone()
+        return None
     except OSError as e:
         if e.errno in (errno.ENOENT, errno.EISDIR):
-            return MatchNone()
+            return None
         st.error(tok.span, f"cannot read pattern file {path}: {e.strerror or e}")
-        return None
-    if path not in st.sources:
+        return _Expansion(None, 0, 1)
+    if path not in st.texts:
         st.sources.append(path)
         st.texts[path] = text
+    words = pattern_words(text, path, st.error)
+    outer, start, st.deepest = st.deepest, st.expanded, len(st.reading) + 1
     st.reading.append(path)
     try:
-        items = [host_item(st, path, _Tok(w, span)) for w, span in pattern_words(text, path, st.error)]
+        items = [host_item(st, path, _Tok(w, span)) for w, span in words]
     finally:
         st.reading.pop()
+    got = _Expansion(_any(items), len(words) + st.expanded - start, st.deepest - len(st.reading))
+    st.expanded, st.deepest = start, max(outer, st.deepest)  # the caller counts it as named
+    st.files[path] = got
+    return got
+
+
+def _any(items: list[Match | None]) -> Match | None:
     if any(i is None for i in items):
         return None
     if not items:
