@@ -96,9 +96,12 @@ class _State:
     expanded: int = 0  # words taken from pattern files, a file named n times counted n times
     deepest: int = 0  # the most pattern files open at once so far
 
+    seen: set[Diagnostic] = field(default_factory=set)
+
     def error(self, span: Span, message: str) -> None:
         d = Diagnostic(span, message)
-        if d not in self.diags:  # a pattern file named twice has its problems once
+        if d not in self.seen:  # a pattern file named twice has its problems once
+            self.seen.add(d)
             self.diags.append(d)
 
 
