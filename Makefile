@@ -14,14 +14,16 @@ setup: $(PY) system-packages
 	$(PY) -m pip install -q -e '.[test]'
 
 # Debian packages the kernel tests use as oracles and peers (tcpdmatch, nmap, ss, nft...).
-# Installed only when missing, and only when we may (root with apt-get).
+# Installed only when missing, and only when we may (root with apt-get); under CI a package
+# that cannot be installed stops the run, and tests/support/strict_ci.py fails any skip.
 system-packages:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	  else echo "missing Debian packages:$$missing (kernel tests that need them will skip)"; fi; \
+	  elif [ -n "$$CI" ]; then echo "missing Debian packages:$$missing, and no root with apt-get to install them" >&2; exit 1; \
+	  else echo "missing Debian packages:$$missing (kernel tests that need them will skip; under CI they fail)"; fi; \
 	fi
 
 demo: setup

@@ -14,6 +14,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from support import netlab  # noqa: E402
 
+pytest_plugins = ["support.strict_ci"]
+
 DATA = Path(__file__).parent / "data"
 
 

@@ -8,6 +8,15 @@ Name lookups never happen here. A peer arrives with whatever the edge learned ab
 address, and maybe a verified host name, an ident user, Unix credentials); a rule that needs
 something the peer does not carry simply does not match, exactly as libwrap treats an
 unknown name.
+
+One verdict comes before every rule: a *forged* peer is denied whatever the policy says. A
+dual-stack socket shows a real IPv4 client as ``::ffff:a.b.c.d`` but receives its packets with
+an IPv4 header; an IPv6 header whose source is IPv4-mapped (``::ffff:0:0/96``) is never sent
+by a real stack (RFC 4291 2.5.5.2 reserves those addresses for the API), yet Linux 6.18
+delivers such UDP datagrams, and answering one sends the reply as IPv4 to ``a.b.c.d`` — to
+127.0.0.1 itself, for ``::ffff:127.0.0.1``. An edge that saw the packet's header says so in
+``Peer.header``; one that did not (a TCP connection: the kernel drops those SYNs itself,
+``tcp_v6_conn_request``) leaves it None.
 """
 
 from __future__ import annotations
@@ -45,7 +54,9 @@ class Peer:
     ``address`` is normalised: an IPv4-mapped IPv6 address (``::ffff:a.b.c.d``) becomes the
     IPv4 address, as a dual-stack socket reports it. ``name`` is the host name the edge
     resolved (None: unknown); ``name_verified`` False means the forward lookup of that name did
-    not give back the address (hosts_access PARANOID)."""
+    not give back the address (hosts_access PARANOID). ``header`` is the IP version of the
+    packet's header when the edge saw it (None: not known); an address that header cannot
+    carry genuinely (an IPv4-mapped source in an IPv6 header) makes the peer ``forged``."""
 
     address: IPAddress | None = None
     port: int | None = None
@@ -59,6 +70,7 @@ class Peer:
     exe: str | None = None
     server_address: IPAddress | None = None  # the local address (daemon@host)
     server_name: str | None = None
+    header: int | None = None  # 4 or 6: the IP header the packet arrived with, when known
 
     def __post_init__(self) -> None:
         a = self.address
@@ -98,9 +110,22 @@ class Peer:
             raise PeerError(f"not an IP address: {text!r}") from None
         return cls(address=addr, **kw)  # type: ignore[arg-type]
 
+    @property
+    def forged(self) -> bool:
+        """The source address cannot have come in the packet's header: an IPv4 address (an
+        IPv4-mapped one, normalised) in an IPv6 header, or an IPv6 one in an IPv4 header."""
+        return self.header is not None and self.address is not None and self.header != self.address.version
+
+    def address_text(self) -> str:
+        """The source as the packet's header wrote it: ``::ffff:a.b.c.d`` for a forged peer
+        (a log must never show a forged packet as coming from ``a.b.c.d``), else the address."""
+        if self.header == 6 and isinstance(self.address, ipaddress.IPv4Address):
+            return f"::ffff:{self.address}"
+        return str(self.address)
+
     def describe(self) -> str:
         if self.address is not None:
-            out = str(self.address)
+            out = self.address_text()
             if self.name:
                 out = f"{self.name}[{out}]"
             if self.user:
@@ -139,7 +164,12 @@ def decide(policy: Policy, service: str, peer: Peer) -> Decision:
     return decide_service(policy.service(service), peer)
 
 
+FORGED_REASON = "forged: an IPv6 packet from an IPv4-mapped address (::ffff:0:0/96); a real IPv4 client arrives with an IPv4 header"
+
+
 def decide_service(service: Service, peer: Peer) -> Decision:
+    if peer.header is not None and peer.forged:  # (header first: one attribute read for most peers)
+        return Decision(Action.DENY, service.name, None, FORGED_REASON)
     for rule in service.rules:
         if rule.daemons is not None and not daemon_matches(rule.daemons, service.name, peer):
             continue

@@ -7,7 +7,9 @@ kernel swaps the program under RCU: no packet ever sees the socket unfiltered). 
 policy raises before the socket is touched, and guarding again with a new policy is a reload.
 
 ``guard_of`` reads the filter back (``SO_GET_FILTER``) and recognises sockgate's programs by
-the marker the compiler puts in them: the service name and the policy digest.
+the marker the compiler puts in them: the service name and the program's digest, recomputed
+from the code read back (``bpf.classify``, the one reading ``ls`` shares): a marker in front of
+other code is *modified*, and ``attach``/``detach`` treat it as foreign.
 
 ``guard_sockets`` / ``unguard_sockets`` do the same for sockets of running processes, reached
 through ``pidfd_getfd`` duplicates (``sockgate attach`` / ``detach``). They are transactions:
@@ -28,7 +30,7 @@ import os
 import socket
 import sys
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterator, Sequence, Union
 
 from sockgate.decide import Peer
 from sockgate.errors import AdapterError, SockgateError, UnsupportedPlatform, UsageError
@@ -36,6 +38,7 @@ from sockgate.policy.ir import Policy
 
 if TYPE_CHECKING:
     from sockgate.bpf import Program
+    from sockgate.bpf.marker import FilterState as GuardState
     from sockgate.linux.procsock import SockRef
 
 Sockish = Union[socket.socket, int]
@@ -47,8 +50,6 @@ else:  # pragma: no cover - exercised by monkeypatching _UNSUPPORTED in tests
         f"kernel enforcement needs Linux (classic BPF socket filters); on {sys.platform} sockgate"
         " still decides in user space: use sockgate.check() or `sockgate proxy`"
     )
-
-GuardState = Literal["sockgate", "foreign", "none"]
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,8 @@ class Guarded:
 
 @dataclass(frozen=True)
 class GuardInfo:
-    """A socket's filter as read back: sockgate's (service + digest), foreign, or none."""
+    """A socket's filter as read back: sockgate's (service + digest), modified (a sockgate
+    marker in front of other code: service and digest are only claimed), foreign, or none."""
 
     state: GuardState
     instructions: int = 0
@@ -74,6 +76,11 @@ class GuardInfo:
         lock = ", locked" if self.locked else ""
         if self.state == "sockgate":
             return f"sockgate service {self.service} (digest {self.digest}, {self.instructions} instructions{lock})"
+        if self.state == "modified":
+            return (
+                f"a modified sockgate filter (its marker claims service {self.service}, digest"
+                f" {self.digest}, but the code differs; {self.instructions} instructions{lock})"
+            )
         if self.state == "foreign":
             return f"a foreign filter ({self.instructions} instructions{lock})"
         return f"no filter{lock}"
@@ -235,18 +242,12 @@ def _is_tcp(fd: int) -> bool:
 
 
 def _read_guard(fd: int) -> GuardInfo:
-    from sockgate.bpf import decode, identify
+    from sockgate.bpf import classify
     from sockgate.linux import filter as kfilter
 
     locked = kfilter.is_locked(fd)
-    raw = kfilter.get(fd)
-    if raw is None:
-        return GuardInfo("none", locked=locked)
-    insns = decode(raw)
-    marker = identify(insns)
-    if marker is None:
-        return GuardInfo("foreign", len(insns), locked=locked)
-    return GuardInfo("sockgate", len(insns), marker.service, marker.digest, locked)
+    r = classify(kfilter.get(fd))
+    return GuardInfo(r.state, r.instructions, r.service, r.digest, locked)
 
 
 def _refuse_locked(fd: int, what: str) -> None:
@@ -320,10 +321,9 @@ def _check_changeable(held: Sequence[_Held], force: bool) -> None:
         what = h.ref.describe()
         if h.before.locked:
             _refuse_locked(h.dup, what)
-        if h.before.state == "foreign" and not force:
+        if h.before.state in ("foreign", "modified") and not force:
             raise AdapterError(
-                f"{what} already has a foreign filter ({h.before.instructions} instructions);"
-                " nothing was changed (use --force to replace it)",
+                f"{what} already has {h.before.describe()}; nothing was changed (use --force to replace it)",
                 target=what,
             )
 
@@ -385,7 +385,9 @@ def guard_sockets(
             for h in held:
                 result = _install(h.dup, program, f"attach filter for {service} to {h.ref.describe()}", ATTACH_ADVICE)
                 done.append(h)
-                action = {"none": "attached", "sockgate": "reloaded", "foreign": "replaced"}[h.before.state]
+                action = {"none": "attached", "sockgate": "reloaded", "foreign": "replaced", "modified": "replaced"}[
+                    h.before.state
+                ]
                 changes.append(Change(h.ref.pid, h.ref.fd, h.ref.proto, h.ref.local, action, h.before))
         except SockgateError:
             _rollback(done)

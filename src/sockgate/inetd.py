@@ -175,6 +175,7 @@ class _Server:
                 stdin=conn.fileno(),
                 stdout=conn.fileno(),
                 env=env,
+                close_fds=True,  # stdio only: as activation.close_inherited in socket-activation mode
                 preexec_fn=self._become_user if self.creds is not None else None,
             )
         except subprocess.SubprocessError as e:

@@ -4,7 +4,9 @@ Three sources are joined by socket inode: the kernel's socket inventory
 (``linux.sockdiag.inventory``), the ``/proc/PID/fd`` links that say which processes hold each
 socket (``linux.sockdiag.holders``; names and users through psutil), and the classic BPF
 filter attached to each socket, read back through our own duplicate of one holder's
-descriptor (``pidfd_getfd`` + ``SO_GET_FILTER``) and recognised by ``bpf.identify``.
+descriptor (``pidfd_getfd`` + ``SO_GET_FILTER``) and recognised by ``bpf.classify`` (the
+reading ``guard_of`` uses too): a sockgate marker whose digest is not the digest of the code
+read back is shown as *modified*, never as the service it names.
 
 Work is done in the order that keeps a big host fast: the kernel is asked only for the states
 wanted (listening/bound by default), rows are filtered by protocol, port, pid, user before any
@@ -42,7 +44,7 @@ from sockgate.linux.sockdiag import TCP_CLOSE, TCP_LISTEN, Sock
 KINDS = ("tcp", "udp", "raw", "icmp", "unix")
 _NETID = {("unix", "stream"): "u_str", ("unix", "dgram"): "u_dgr", ("unix", "seqpacket"): "u_seq"}
 
-SOCKGATE, FOREIGN, NONE, UNKNOWN = "sockgate", "foreign", "none", "unknown"
+SOCKGATE, MODIFIED, FOREIGN, NONE, UNKNOWN = "sockgate", "modified", "foreign", "none", "unknown"
 NO_PERMISSION = "no permission"
 NO_HOLDER = "no holder found"
 
@@ -52,7 +54,7 @@ NO_HOLDER = "no holder found"
 
 @dataclass(frozen=True)
 class Guard:
-    status: str  # SOCKGATE | FOREIGN | NONE | UNKNOWN
+    status: str  # SOCKGATE | MODIFIED | FOREIGN | NONE | UNKNOWN
     service: str | None = None
     digest: str | None = None
     insns: int | None = None
@@ -62,6 +64,8 @@ class Guard:
     def text(self) -> str:
         if self.status == SOCKGATE:
             return f"sockgate {self.service} {self.digest}"
+        if self.status == MODIFIED:
+            return f"modified (marker claims {self.service} {self.digest}; {self.insns} insns)"
         if self.status == FOREIGN:
             return f"foreign filter ({self.insns} insns)" if self.insns is not None else f"foreign filter ({self.reason})"
         if self.status == NONE:
@@ -79,25 +83,14 @@ class Guard:
         }
 
 
-Identify = Callable[[bytes], "tuple[str, str] | None"]
-
-
-def bpf_identify(raw: bytes) -> tuple[str, str] | None:
-    """``(service, digest)`` when ``raw`` is a sockgate program, else None."""
+def classify_filter(raw: bytes | None) -> Guard:
+    """The guard a read-back program (None: no filter) stands for."""
     from sockgate import bpf
 
-    marker = bpf.identify(bpf.decode(raw))
-    return None if marker is None else (marker.service, marker.digest)
-
-
-def classify_filter(raw: bytes | None, identify: Identify = bpf_identify) -> Guard:
-    """The guard a read-back program (None: no filter) stands for."""
-    if raw is None:
+    r = bpf.classify(raw)
+    if r.state == "none":
         return Guard(NONE)
-    found = identify(raw)
-    if found is not None:
-        return Guard(SOCKGATE, found[0], found[1], len(raw) // 8)
-    return Guard(FOREIGN, insns=len(raw) // 8)
+    return Guard(r.state, r.service, r.digest, r.instructions)
 
 
 @dataclass(frozen=True)
@@ -308,7 +301,7 @@ def sort_key(sock: Sock) -> tuple[int, int, str, int, str]:
 # --- I/O: gather and join -----------------------------------------------------------------------
 
 
-def list_sockets(sel: Selection, *, proc: str = sockdiag.PROC, identify: Identify = bpf_identify) -> list[Row]:
+def list_sockets(sel: Selection, *, proc: str = sockdiag.PROC) -> list[Row]:
     """The rows ``sockgate ls`` shows for ``sel``, sorted by protocol, address and port."""
     check_selection(sel)
     users: dict[int, str] = {}
@@ -322,7 +315,7 @@ def list_sockets(sel: Selection, *, proc: str = sockdiag.PROC, identify: Identif
         user = _user_name(users, s.uid) if s.uid is not None else (hs[0].user if hs else None)
         if matches(s, hs, user, sel):
             staged.append((s, hs, user))
-    guards = read_guards([(s, hs) for s, hs, _ in staged], bool(found.denied), identify)
+    guards = read_guards([(s, hs) for s, hs, _ in staged], bool(found.denied))
     rows = []
     for s, hs, user in staged:
         g = guards[id(s)]
@@ -391,18 +384,18 @@ def _ifname(index: int) -> str | None:
 
 
 def read_guards(
-    items: Iterable[tuple[Sock, Sequence[Holder]]], some_denied: bool, identify: Identify = bpf_identify
+    items: Iterable[tuple[Sock, Sequence[Holder]]], some_denied: bool
 ) -> dict[int, Guard]:
     """The guard of each socket (keyed by ``id(sock)``); one pidfd per process, reused."""
     out: dict[int, Guard] = {}
     with pidfd.PidfdCache() as pidfds:
         for s, hs in items:
             # inode 0 (TIME-WAIT, a request socket): no descriptor exists for anyone to hold
-            out[id(s)] = _guard_of(hs, some_denied and s.inode != 0, pidfds, identify)
+            out[id(s)] = _guard_of(hs, some_denied and s.inode != 0, pidfds)
     return out
 
 
-def _guard_of(hs: Sequence[Holder], some_denied: bool, pidfds: pidfd.PidfdCache, identify: Identify) -> Guard:
+def _guard_of(hs: Sequence[Holder], some_denied: bool, pidfds: pidfd.PidfdCache) -> Guard:
     if not hs:
         return Guard(UNKNOWN, reason=NO_PERMISSION if some_denied else NO_HOLDER)
     errors: list[AdapterError] = []
@@ -421,7 +414,7 @@ def _guard_of(hs: Sequence[Holder], some_denied: bool, pidfds: pidfd.PidfdCache,
             continue
         finally:
             os.close(dup)
-        return classify_filter(raw, identify)
+        return classify_filter(raw)
     if any(e.errno in (errno.EPERM, errno.EACCES) for e in errors):
         return Guard(UNKNOWN, reason=NO_PERMISSION)
     return Guard(UNKNOWN, reason=f"cannot read: {errors[-1]}" if errors else NO_HOLDER)

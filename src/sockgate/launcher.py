@@ -13,6 +13,8 @@ Process model (socket activation, the default). ``run`` cannot simply ``exec``: 
 has exec'd the service is gone and cannot reload. So it forks once. The child moves the sockets
 to fds 3, 4, ... (``linux.activation.place_fds``), drops privileges for good, and execs the
 command with ``LISTEN_FDS``/``LISTEN_PID`` (its own pid, which exec keeps)/``LISTEN_FDNAMES``.
+Every other descriptor is closed before exec (``activation.close_inherited``): one the
+caller of ``run`` left open on a root-only file must not reach a ``--user`` command.
 The parent — the supervisor — keeps its own descriptors of the same listening sockets (a
 filter belongs to the socket, not the descriptor) and waits in ``sigwaitinfo`` with the
 interesting signals blocked:
@@ -295,6 +297,7 @@ def _exec_child(gate: Gate, creds: privileges.Credentials | None, mask: set[int 
             signal.signal(sig, signal.SIG_DFL)  # Python ignores SIGPIPE/SIGXFSZ; exec keeps SIG_IGN
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         activation.place_fds(fds)
+        activation.close_inherited(activation.SD_LISTEN_FDS_START + len(fds), keep=err)
         if creds is not None:
             privileges.drop(creds)
         env = activation.child_env(os.environ, [lst.name for lst in gate.listeners], os.getpid())

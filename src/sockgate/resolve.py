@@ -4,7 +4,9 @@ The engine never resolves names (``decide.py``); whoever builds a ``Peer`` does 
 through a ``Resolver`` that tests replace with a ``StaticResolver``. The default
 ``SystemResolver`` asks the C library (``getaddrinfo``/``getnameinfo``: /etc/hosts, DNS...),
 each lookup bounded by a timeout (a lookup that times out counts as failed, which is what
-libwrap sees when its resolver gives up).
+libwrap sees when its resolver gives up). The bound is a thread per call that is abandoned
+when it runs late, since libc cannot be interrupted; a caller that bounds its own threads (the
+proxy's ``names.NameLookup``) passes ``timeout=None`` and the calls are made directly.
 
 A host name is trusted the way libwrap's ``sock_hostname`` trusts it: the reverse lookup of
 the address gives a name, the forward lookup of that name must give the same canonical name
@@ -78,9 +80,10 @@ class StaticResolver:
 
 
 class SystemResolver:
-    """The C library's resolver, each call bounded by ``timeout`` seconds."""
+    """The C library's resolver, each call bounded by ``timeout`` seconds (None: unbounded,
+    made in the caller's thread)."""
 
-    def __init__(self, timeout: float = DEFAULT_TIMEOUT):
+    def __init__(self, timeout: float | None = DEFAULT_TIMEOUT):
         self.timeout = timeout
 
     def addresses(self, name: str) -> tuple[IPAddress, ...]:
@@ -134,8 +137,11 @@ def _getnameinfo(address: IPAddress) -> str | None:
     return host
 
 
-def _bounded(fn: Callable[[], T], timeout: float) -> T | None:
-    """``fn()`` in a daemon thread; None when it does not finish within ``timeout``."""
+def _bounded(fn: Callable[[], T], timeout: float | None) -> T | None:
+    """``fn()`` in a daemon thread; None when it does not finish within ``timeout``. With no
+    timeout, ``fn()`` here."""
+    if timeout is None:
+        return fn()
     box: queue.Queue[T] = queue.Queue(maxsize=1)
     t = threading.Thread(target=lambda: box.put(fn()), name="sockgate-resolve", daemon=True)
     t.start()

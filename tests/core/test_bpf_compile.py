@@ -1,5 +1,8 @@
 """The compiler tested by behaviour: the interpreter's verdict on the compiled program equals
-the decision engine's, for random services and addresses (v4, v6, v4-mapped, boundaries)."""
+the decision engine's, for random services and packets: IPv4 and IPv6 headers from any
+address (boundaries, v4-mapped), the peer the engine is asked being the packet's own
+(``Packet.peer``: header version and source), so an IPv6 header with a v4-mapped source is a
+forged peer, denied whatever the policy says."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sockgate.bpf import BPF_ABS, BPF_B, BPF_LD, Packet, compile_service, identify, interp, verify
+from sockgate.bpf import BPF_ABS, BPF_B, BPF_LD, Packet, compile_service, identify, interp, program_digest, verify
 from sockgate.decide import Peer, decide_service
 from sockgate.errors import UnsupportedInKernel
 from sockgate.policy.ir import (
@@ -50,13 +53,20 @@ def run_on(svc: Service, packet: Packet, banned: Sequence[Net] = ()) -> Action:
     return Action.ALLOW if interp.run(prog.insns, packet) else Action.DENY
 
 
-def reference(svc: Service, addr: ipaddress.IPv4Address | ipaddress.IPv6Address | None,
-              banned: Sequence[Net] = ()) -> Action:
-    peer = Peer(address=addr)
+def reference(svc: Service, packet: Packet, banned: Sequence[Net] = ()) -> Action:
+    """The engine's verdict on the packet's peer, with ``banned`` denied first."""
+    peer = packet.peer()
+    assert peer is not None
     a = peer.address
-    if a is not None and any(a.version == b.version and a in b for b in banned):
+    if a is not None and not peer.forged and any(a.version == b.version and a in b for b in banned):
         return Action.DENY
     return decide_service(svc, peer).action
+
+
+def packets(a: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[Packet]:
+    """A genuine client's packet from ``a``, and for an IPv6 address the same source in an
+    IPv6 header (for a v4-mapped one, a forged packet)."""
+    return [Packet.from_address(a)] + ([Packet.ipv6(a)] if a.version == 6 else [])
 
 
 # ------------------------------------------------------------------------------ strategies
@@ -153,24 +163,31 @@ def test_program_decides_like_the_engine(svc: Service, banned: list[Net], extra:
     assert verify.problems(prog.insns) == []
     assert identify(prog.insns) is not None
     for a in _edges(svc, banned) + extra:  # type: ignore[operator]
-        got = interp.run(prog.insns, Packet.from_address(a))  # type: ignore[arg-type]
-        want = reference(svc, a, banned)  # type: ignore[arg-type]
-        assert (Action.ALLOW if got else Action.DENY) is want, f"{a}: program {got:#x}, engine {want}"
+        for packet in packets(a):  # type: ignore[arg-type]
+            got = interp.run(prog.insns, packet)
+            want = reference(svc, packet, banned)
+            assert (Action.ALLOW if got else Action.DENY) is want, f"{a} ({packet.peer()}): program {got:#x}, engine {want}"
 
 
 @SECONDARY
-@given(services(), st.integers(0, 2**32 - 1))
-def test_ipv6_header_with_mapped_source_decides_as_ipv4(svc: Service, v: int) -> None:
-    """A genuine IPv6 packet from ::ffff:a.b.c.d: the engine sees a.b.c.d, so must the program."""
+@given(services(), banned_lists, st.integers(0, 2**32 - 1))
+def test_ipv6_header_with_mapped_source_is_denied(svc: Service, banned: list[Net], v: int) -> None:
+    """Forged: a real IPv4 client arrives with an IPv4 header. Denied by the engine and by the
+    program whatever the rules, while the same address in an IPv4 header is decided by them."""
     mapped = ipaddress.IPv6Address((0xFFFF << 32) | v)
-    assert run_on(svc, Packet.ipv6(mapped)) is reference(svc, mapped)
+    forged, genuine = Packet.ipv6(mapped), Packet.from_address(mapped)
+    assert forged.peer() == Peer(address=mapped, header=6) and forged.peer().forged  # type: ignore[union-attr]
+    assert reference(svc, forged, banned) is Action.DENY
+    assert run_on(svc, forged, banned) is Action.DENY
+    assert run_on(svc, genuine, banned) is reference(svc, genuine, banned)
 
 
 @SECONDARY
 @given(services(), st.sampled_from([0x00, 0x50, 0x70, 0xF0]))
 def test_other_versions_decide_as_a_peer_without_address(svc: Service, first: int) -> None:
     packet = Packet(bytes([first]) + bytes(39), b"\0" * 8, protocol=0)
-    assert run_on(svc, packet) is reference(svc, None)
+    assert packet.peer() == Peer()
+    assert run_on(svc, packet) is reference(svc, packet)
 
 
 @SECONDARY
@@ -181,7 +198,7 @@ def test_packet_without_network_header_is_dropped(svc: Service) -> None:
     prog = compile_service(svc)
     reads = any(i.code == BPF_LD | BPF_B | BPF_ABS for i in prog.insns)
     got = interp.run(prog.insns, Packet(b"", b""))
-    assert got == 0 if reads else bool(got) == (reference(svc, None) is Action.ALLOW)
+    assert got == 0 if reads else bool(got) == (decide_service(svc, Peer()).action is Action.ALLOW)
 
 
 # ------------------------------------------------------------------------------ examples
@@ -228,12 +245,12 @@ def test_banned_sources_are_denied_before_any_rule() -> None:
     assert verdict(svc, "2001:db8::4", ban) is Action.ALLOW
 
 
-def test_digest_combines_service_and_bans() -> None:
+def test_digest_is_the_programs_and_covers_bans() -> None:
     svc = Service("web", (rule("allow", nets("10.0.0.0/8")),), Action.DENY)
     plain = compile_service(svc)
     banned = compile_service(svc, banned=[ipaddress.ip_address("10.0.0.1")])
     same = compile_service(svc, banned=[ipaddress.ip_network("10.0.0.1/32")])
-    assert plain.digest == svc.digest()
+    assert plain.digest == program_digest("web", plain.insns[plain.insns[0].k + 1 :])
     assert banned.digest != plain.digest and banned.digest == same.digest
     assert identify(banned.insns) is not None and identify(banned.insns).digest == banned.digest  # type: ignore[union-attr]
 
@@ -302,3 +319,17 @@ def test_a_rule_and_service_wide_limits_are_both_named() -> None:
 def test_compiling_is_deterministic() -> None:
     svc = Service("x", (rule("deny", nets("10.66.0.0/16")), rule("allow", nets("10.0.0.0/8", "fd00::/8"))), None)
     assert compile_service(svc).encode() == compile_service(svc).encode()
+
+
+@pytest.mark.parametrize("allow", [MatchAll(), nets("127.0.0.0/8", "198.18.0.0/15"), nets("::/0", "0.0.0.0/0")])
+def test_forged_mapped_sources_are_denied_whatever_the_rules(allow: object) -> None:
+    for default in (Action.ALLOW, Action.DENY, None):
+        svc = Service("dns", (rule("allow", allow),), default)
+        for src in ("::ffff:127.0.0.1", "::ffff:198.18.0.2", "::ffff:0.0.0.0", "::ffff:255.255.255.255"):
+            assert run_on(svc, Packet.ipv6(src)) is Action.DENY, (allow, default, src)
+            genuine = Packet.from_address(src)
+            assert run_on(svc, genuine) is reference(svc, genuine), (allow, default, src)
+        assert run_on(svc, Packet.from_address("::ffff:127.0.0.1")) is Action.ALLOW
+        # the /96's neighbours are ordinary IPv6 addresses
+        for src in ("::fffe:ffff:ffff", "::1:0:0:0"):
+            assert run_on(svc, Packet.ipv6(src)) is reference(svc, Packet.ipv6(src))

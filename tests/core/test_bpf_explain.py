@@ -39,14 +39,26 @@ def test_json_paths_and_verdicts_agree_with_the_engine(policy: str, capsys: pyte
     assert out["service"] == "ssh" and out["instructions"] == len(out["listing"])
     assert out["ranges"] == {"ipv4": 7, "ipv6": 3, "total": 10}
     assert out["bytes"] == 8 * out["instructions"]
-    verdicts = {c["client"]: c["verdict"] for c in out["clients"]}
-    assert verdicts == {"10.1.2.3": "allow", "10.66.1.1": "deny", "::ffff:192.0.2.9": "allow",
-                        "2001:db8:1::5": "allow", "2001:db8:2::1": "deny", "203.0.113.1": "deny"}
+    verdicts = [(c["client"], c["header"], c["verdict"]) for c in out["clients"]]
+    assert verdicts == [("10.1.2.3", "ipv4", "allow"), ("10.66.1.1", "ipv4", "deny"),
+                        ("::ffff:192.0.2.9", "ipv4", "allow"), ("::ffff:192.0.2.9", "ipv6", "deny"),
+                        ("2001:db8:1::5", "ipv6", "allow"), ("2001:db8:2::1", "ipv6", "deny"), ("203.0.113.1", "ipv4", "deny")]
     for c in out["clients"]:
         assert c["agree"] and c["decision"] == c["verdict"]
         assert c["path"][0] == 0 and "ret" in out["listing"][c["path"][-1]]
-    mapped = next(c for c in out["clients"] if c["client"] == "::ffff:192.0.2.9")
-    assert mapped["family"] == "ipv4" and mapped["rule"].endswith(":4: allow @office")
+    genuine, forged = (c for c in out["clients"] if c["client"] == "::ffff:192.0.2.9")
+    assert (genuine["family"], genuine["address"], genuine["forged"]) == ("ipv4", "192.0.2.9", False)
+    assert genuine["rule"].endswith(":4: allow @office")
+    assert (forged["family"], forged["address"], forged["forged"], forged["rule"]) == ("ipv4", "::ffff:192.0.2.9", True, None)
+    assert forged["reason"].startswith("forged: an IPv6 packet from an IPv4-mapped address")
+
+
+def test_mapped_client_shows_the_ipv4_packet_and_the_forged_ipv6_one(policy: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explain", policy, "--service", "ssh", "--no-listing", "--client", "::ffff:10.1.2.3"]) == 0
+    out = capsys.readouterr().out
+    assert "client ::ffff:10.1.2.3 (ipv4): allow (ret 0xffffffff) after " in out
+    assert "client ::ffff:10.1.2.3 (in an IPv6 header: forged): deny (ret 0x0) after " in out
+    assert "decision engine: deny — forged: an IPv6 packet from an IPv4-mapped address (::ffff:0:0/96)" in out
 
 
 def test_text_output(policy: str, capsys: pytest.CaptureFixture[str]) -> None:

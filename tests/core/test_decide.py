@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Union
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sockgate.decide import Peer, decide, decide_service
+from sockgate.decide import FORGED_REASON, Peer, decide, decide_service
 from sockgate.policy.accounts import StaticAccounts
 from sockgate.policy.ir import (
     Action,
@@ -151,6 +151,14 @@ def test_first_match_wins_else_default(rules: list, default: str, peer: MPeer) -
     if peer.version == 4:  # an IPv4-mapped IPv6 peer is decided as the IPv4 address
         mapped = decide_service(service, to_peer(peer, mapped=True))
         assert (mapped.action, mapped.rule) == (got.action, got.rule)
+        # ... when it came with an IPv4 header (or the edge did not say); in an IPv6 header it is forged
+        genuine = decide_service(service, replace(to_peer(peer, mapped=True), header=4))
+        assert (genuine.action, genuine.rule) == (got.action, got.rule)
+        forged = decide_service(service, replace(to_peer(peer, mapped=True), header=6))
+        assert (forged.action, forged.rule, forged.reason) == (Action.DENY, None, FORGED_REASON)
+    elif peer.version == 6:
+        six = decide_service(service, replace(to_peer(peer), header=6))
+        assert (six.action, six.rule) == (got.action, got.rule)
 
 
 @settings(max_examples=100, deadline=None)
@@ -269,3 +277,18 @@ def test_peer_of_ip_is_the_dataclass_constructor(address, port, server) -> None:
     slow = Peer(address=address, port=port, server_address=server)
     assert fast == slow and hash(fast) == hash(slow) and repr(fast) == repr(slow)
     assert type(fast.address) is type(slow.address)
+
+
+def test_forged_peer_is_denied_before_any_rule_and_shown_as_it_came() -> None:
+    svc = Service("dns", (Rule(Action.ALLOW, MatchAll(), SPAN, "allow all"),), Action.ALLOW)
+    forged = Peer.parse("::ffff:127.0.0.1", port=53, header=6)
+    assert forged.address == ipaddress.IPv4Address("127.0.0.1") and forged.forged
+    assert forged.address_text() == "::ffff:127.0.0.1" and forged.describe() == "::ffff:127.0.0.1"
+    d = decide_service(svc, forged)
+    assert (d.action, d.rule, d.reason) == (Action.DENY, None, FORGED_REASON)
+    assert FORGED_REASON.startswith("forged: an IPv6 packet from an IPv4-mapped address")
+    for genuine in (Peer.parse("::ffff:127.0.0.1", header=4), Peer.parse("::ffff:127.0.0.1"), Peer.parse("::1", header=6)):
+        assert not genuine.forged and decide_service(svc, genuine).allowed
+        assert genuine.describe() == str(genuine.address)
+    # an IPv6 source in an IPv4 header cannot happen; if an edge ever said so, it is denied too
+    assert decide_service(svc, Peer.parse("2001:db8::1", header=4)).reason == FORGED_REASON

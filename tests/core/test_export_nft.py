@@ -7,12 +7,14 @@ the plan's verdicts are compared with the decision engine, and the text with gol
 from __future__ import annotations
 
 import ipaddress
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sockgate.cli.main import main as cli_main
 from sockgate.decide import Peer, decide
@@ -91,6 +93,33 @@ def test_plan_first_service_owns_a_shared_port_and_warns() -> None:
     owner = p.owner("tcp", 22)
     assert owner is not None and owner.name == "a"
     assert p.warnings == ("service b tcp/20-30 overlaps service a: a, first in policy order, judges those ports",)
+
+
+# --- IPv4-mapped sources -----------------------------------------------------------------------
+
+
+def _chains(text: str) -> dict[str, list[str]]:
+    """Chain name → its lines without comments (the exporter's own layout)."""
+    out: dict[str, list[str]] = {}
+    for block in re.findall(r"^\tchain (\w+) \{\n(.*?)^\t\}$", text, re.M | re.S):
+        out[block[0]] = [line.strip() for line in block[1].splitlines() if not line.strip().startswith("#")]
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(policy=policies(userspace=True), action=st.sampled_from(["drop", "reject"]))
+def test_every_service_drops_mapped_sources_before_any_rule(policy: Policy, action: str) -> None:
+    # A real IPv4 client arrives with an IPv4 header even on a dual-stack socket: an IPv6
+    # header with a source in ::ffff:0:0/96 is forged, whatever the policy allows.
+    p = plan(policy, target="nftables", skip_userspace=True)
+    chains = _chains(export(policy, "nft", action=action, skip_userspace=True).text)  # type: ignore[arg-type]
+    services = [c for name, c in chains.items() if name.startswith("svc_")]
+    assert len(services) == len(p.services) > 0
+    assert all(lines[0] == "ip6 saddr ::ffff:0:0/96 drop" for lines in services), chains
+    for svc in p.services:
+        for v4 in PROBES_V4 + ("0.0.0.0", "255.255.255.255"):
+            assert svc.verdict(ipaddress.ip_address(f"::ffff:{v4}")) is Action.DENY
+    assert "ffff" not in " ".join(chains["input"])  # other ports are left alone
 
 
 # --- what a packet filter cannot express --------------------------------------------------------

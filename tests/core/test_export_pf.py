@@ -19,7 +19,7 @@ from sockgate.export import export
 from sockgate.policy.ir import Action, AddrMatch, Endpoint, IPAddress, Policy, Rule, Service
 from sockgate.policy.parser import parse_policy
 from sockgate.policy.source import Span
-from support.export_policies import PORTS, addresses, check_golden, export_hosts_access, golden_cases, load_native, owner, policies
+from support.export_policies import PORTS, PROBES_V4, addresses, check_golden, export_hosts_access, golden_cases, load_native, owner, policies
 
 
 
@@ -87,13 +87,29 @@ def test_pf_fragment_decides_as_the_engine(policy: Policy, action: str) -> None:
     ports = sorted({(ep.proto, lo) for eps in PORTS.values() for ep in eps for lo, _ in ep.ports} | {("tcp", 2299)})
     for proto, port in ports:
         judge = owner(policy, proto, port)
-        for addr in addresses(policy):
+        for addr in addresses(policy) + MAPPED:
             got = frag.verdict(proto, port, addr)
             if judge is None:
                 assert got is None
                 continue
-            want = "pass" if decide(policy, judge, Peer(address=addr)).allowed else "block"
+            want = "pass" if addr not in MAPPED and decide(policy, judge, Peer(address=addr)).allowed else "block"
             assert got == want, (proto, port, str(addr))
+
+
+# An IPv6 packet from an IPv4-mapped source is forged (a real IPv4 client sends an IPv4
+# header): blocked for every service, whatever the engine says of the IPv4 address.
+MAPPED: list[IPAddress] = [ipaddress.ip_address(f"::ffff:{a}") for a in PROBES_V4 + ("0.0.0.0", "255.255.255.255")]
+
+
+def test_pf_blocks_mapped_sources_before_any_pass() -> None:
+    text = "service a tcp/22,80 udp/53 {\n    allow all\n}\n"
+    frag = PfFragment(export(parse_policy(text, "m.policy"), "pf", action="reject").text)
+    assert frag.rules[:2] == [
+        ("block drop", "tcp", "::ffff:0:0/96", [(22, 22), (80, 80)]),
+        ("block drop", "udp", "::ffff:0:0/96", [(53, 53)]),
+    ]
+    assert all(frag.verdict(p, port, a) == "block" for a in MAPPED for p, port in (("tcp", 22), ("udp", 53)))
+    assert frag.verdict("tcp", 22, ipaddress.ip_address("::fffe:0:1")) == "pass"
 
 
 def test_pf_reject_is_block_return_and_tables_are_shared() -> None:
@@ -107,7 +123,11 @@ service b udp/53,5353 { allow @trusted }
     assert out.count("table <sg_trusted> const { 192.0.2.0/24, 2001:db8::/32 }") == 1
     assert "pass in quick proto udp from <sg_trusted> to self port { 53 5353 }" in out
     assert "block return in quick proto tcp from any to self port 22" in out
-    assert "block drop" not in out
+    # only forged sources are dropped silently: they get no answer
+    assert [line for line in out.splitlines() if line.startswith("block drop")] == [
+        "block drop in quick proto tcp from ::ffff:0:0/96 to self port 22",
+        "block drop in quick proto udp from ::ffff:0:0/96 to self port { 53 5353 }",
+    ]
 
 
 def test_pf_table_names_fit_pf_limit() -> None:

@@ -190,3 +190,49 @@ def test_masked_match_with_canonical_net_is_cidr_membership(a: int, plen: int, n
     addr = ipaddress.IPv4Address(a)
     want = addr in net and a != 0xFFFFFFFF
     assert hm.masked_match(str(net.network_address), str(plen), str(addr)) is want
+
+
+@pytest.mark.parametrize("text", ["\u0662\u0664", "\uff12\uff14", " \u0663"])
+def test_prefix_lengths_read_ascii_digits_only(text: str) -> None:
+    """sscanf("%u") and atoi read ASCII digits; Python's int() would take ARABIC-INDIC ones."""
+    assert hm.cidr_mask_addr(text) is None
+    assert hm.v6_prefix_len(text) == 0
+    assert not hm.masked_match("10.0.0.0", text, "10.0.0.1")
+
+
+def _glob(t: bytes, p: bytes) -> bool:
+    """The textbook recursive definition, on bytes (tests only: exponential)."""
+    if not p:
+        return not t
+    if p[:1] == b"*":
+        return any(_glob(t[i:], p[1:]) for i in range(len(t) + 1))
+    return bool(t) and (p[:1] in (b"?", t[:1])) and _glob(t[1:], p[1:])
+
+
+@settings(max_examples=500)
+@given(st.text(alphabet="ab*?\u00e9A", max_size=8), st.text(alphabet="abAB\u00e9.", max_size=10))
+def test_wildcard_match_is_glob_on_bytes(pattern: str, text: str) -> None:
+    want = _glob(hm.fold(text).encode(), hm.fold(pattern).encode())
+    assert hm.wildcard_match(text, pattern) is want
+
+
+def test_wildcard_question_mark_is_one_byte() -> None:
+    assert hm.wildcard_match("\u00e9", "??") and not hm.wildcard_match("\u00e9", "?")
+    assert hm.string_match("h?st", "h\u00e9st") is False and hm.string_match("h??st", "h\u00e9st")
+
+
+@pytest.mark.timeout(10)
+def test_wildcards_take_linear_time_on_hostile_names() -> None:
+    """A peer picks its own host name (and ident user): 'a' * 250 against '*a' * 30 + '*b'
+    must not backtrack (a regular expression took ~9 s here with just 4 stars)."""
+    name = "a" * 250
+    for _ in range(20):
+        assert not hm.string_match("*a" * 30 + "*b", name)
+        assert hm.native_name_matches("*a" * 30 + "*", name)
+
+
+def test_subjects_are_c_strings() -> None:
+    """libwrap compares C strings: a NUL ends the host name or ident user it is in."""
+    assert hm.user_matches("bob", "bob\0evil")
+    assert hm.string_match("host.example", "host.example\0.evil")
+    assert hm.daemon_name_matches("sshd", "sshd\0x")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -15,8 +16,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sockgate.bpf.program import compile_service
 from sockgate.decide import Peer, decide
 from sockgate.errors import PolicyError
+from sockgate.export import export
 from sockgate.policy import hostmatch
 from sockgate.policy.hostsaccess import parse_hosts_access
 from sockgate.policy.ir import (
@@ -24,6 +27,7 @@ from sockgate.policy.ir import (
     AddrMatch,
     AnyOf,
     DaemonPattern,
+    Endpoint,
     Except,
     HostClass,
     HostPattern,
@@ -32,6 +36,8 @@ from sockgate.policy.ir import (
     Policy,
     UserAt,
 )
+from sockgate.policy.lint import lint
+from sockgate.policy.printer import format_policy
 
 DATA = Path(__file__).parent.parent / "data" / "hosts_access"
 
@@ -281,3 +287,173 @@ def test_parser_raises_nothing_but_policy_error(text: str) -> None:
         parse(text, "")
     except PolicyError:
         pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Bytes libwrap's reader mangles (wraplines.py): refused with their place, never decided
+
+
+@pytest.mark.parametrize(
+    "deny, message",
+    [
+        ("ALL: ALL\0\n", "hosts.deny:1:9: NUL byte in the line (libwrap ends the line there and runs the"
+         " next line into it)"),
+        ("ALL: 10.0.0.2\0\nALL: ALL\n", "hosts.deny:1:14: NUL byte in the line (libwrap ends the line"
+         " there and runs the next line into it)"),
+        ("#\0\nALL: ALL\n", "hosts.deny:1:2: NUL byte in the line (libwrap ends the line there and runs the"
+         " next line into it)"),
+        ("ALL:" + " " * 2040 + "ALL\n" + "ALL: ALL\n", "hosts.deny:1:2048: line longer than libwrap's"
+         " 2047-byte line buffer (libwrap rejects this line and stops reading the file)"),
+        ("ALL: \\\n" + " " * 2039 + "ALL\n", "hosts.deny:2:2043: line longer than libwrap's 2047-byte"
+         " line buffer (libwrap rejects this line and stops reading the file)"),
+        ("# " + "\u00e9" * 1023 + "\n", "hosts.deny:1:1025: line longer than libwrap's 2047-byte line buffer"
+         " (libwrap rejects this line and stops reading the file)"),
+    ],
+)
+def test_nul_and_overlong_lines_are_refused(deny: str, message: str) -> None:
+    assert errors("", deny) == [message]
+
+
+def test_longest_line_libwrap_reads_is_accepted() -> None:
+    """2,047 bytes with the newline (tcpdmatch: 2,048 is "line too long"), counted in bytes."""
+    assert not ok(parse("", "ALL:" + " " * 2039 + "ALL\n"), "10.0.0.1")
+    assert not ok(parse("", "ALL: \\\n" + " " * 2038 + "ALL\n"), "10.0.0.1")
+    assert not ok(parse("", "ALL: ALL  # " + "\u00e9" * 1017 + "\n"), "10.0.0.1")
+
+
+def test_nul_in_a_pattern_file_and_overlong_words_are_refused() -> None:
+    assert errors("", "ALL: /p\n", p="10.0.0.1\0x 10.0.0.2\n") == [
+        "/p:1:9: NUL byte in a pattern file (libwrap compares the word only up to it)"]
+    assert errors("", "ALL: /p\n", p="10.0.0.1\n  " + "a" * 8192 + "\n") == [
+        "/p:2:3: word longer than libwrap's 8191-byte buffer for pattern file words"]
+    assert not ok(parse("", "ALL: /p\n", p="a" * 8191 + "\n10.0.0.1\n"), "10.0.0.1")
+
+
+@pytest.mark.parametrize(
+    "deny, client, denied",
+    [
+        ("ALL:\t10.0.0.1\n", "10.0.0.1", True),  # tab and CR separate list items (strtok)
+        ("ALL: 10.0.0.9\r10.0.0.1\r\n", "10.0.0.1", True),
+        ("ALL\r: 10.0.0.1\n", "10.0.0.1", True),
+        ("ALL: 10.0.0.1 \\\r\n", "10.0.0.1", True),  # "\\\r" is no continuation
+        ("ALL:\v10.0.0.1\n", "10.0.0.1", False),  # \v and \f are ordinary characters
+        ("ALL:\f10.0.0.1\n", "10.0.0.1", False),
+        ("ALL: \u00e9, 10.0.0.1\n", "10.0.0.1", True),
+        ("ALL: \udcff10.0.0.1\n", "10.0.0.1", False),
+    ],
+)
+def test_cr_tab_and_high_bytes_are_ordinary(deny: str, client: str, denied: bool) -> None:
+    assert (not ok(parse("", deny), client)) is denied
+
+
+@pytest.mark.parametrize("token", ["parano\u0131d", "PARANO\u0131D", "\u212anown", "a\u212a\u212a"])
+def test_keywords_compare_ascii_only(token: str) -> None:
+    """strcasecmp folds ASCII letters only: dotless i is no 'I', KELVIN SIGN no 'k'."""
+    m = parse("", f"ALL: {token}\n").rules[0].match
+    assert m == HostPattern(token, True)
+    p = parse(f"sshd: {token}\n", "ALL: ALL\n")
+    assert not ok(p, "10.0.0.1", name="host.example", name_verified=False)  # a PARANOID client
+
+
+@pytest.mark.parametrize(
+    "deny",
+    ["ALL: ALL: \u212aeepalive\n", "ALL: ALL: nice \u0665\n", "ALL: ALL: severity \u212aern.info\n",
+     "ALL: 10.0.0.0/\u0662\u0664\n"],
+)
+def test_options_and_numbers_are_ascii_only(deny: str) -> None:
+    """Non-ASCII letters and digits are what libwrap rejects (options) or cannot parse (a /len
+    matches nothing then, and sockgate refuses it); they never pass for ASCII ones."""
+    assert len(errors("", deny)) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Nesting: bounded, as the native parser bounds it, and reported where it goes too deep
+
+
+def _excepts(n: int) -> str:
+    return " EXCEPT ".join(f"10.0.{i // 250}.{i % 250}" for i in range(n + 1))
+
+
+def test_except_nesting_is_capped_with_its_place() -> None:
+    assert len(parse("", f"ALL: {_excepts(32)}\n").rules) == 1
+    line = f"ALL: {_excepts(33)}\n"
+    col = line.index("EXCEPT", line.index("10.0.0.32")) + 1
+    assert errors("", line) == [f"hosts.deny:1:{col}: a list nests EXCEPT more than 32 deep"]
+    daemons = " EXCEPT ".join(["sshd"] * 34)
+    assert errors("", f"{daemons}: ALL\n")[0].endswith("a list nests EXCEPT more than 32 deep")
+
+
+def test_five_hundred_excepts_are_an_error_not_a_crash() -> None:
+    """The reported case: ~500 chained EXCEPTs (continued over many lines) raised
+    RecursionError; now they are refused with the place of the first EXCEPT too many."""
+    body = " \\\n".join(f"x{i} EXCEPT" for i in range(500)) + " y\n"
+    got = errors("", "ALL: " + body)
+    assert "hosts.deny:33:5: a list nests EXCEPT more than 32 deep" in got
+
+
+def test_pattern_file_nesting_is_capped() -> None:
+    files = {f"f{i}": f"/f{i + 1}\n" for i in range(40)}
+    got = errors("", "ALL: /f0\n", **files)
+    assert got == ["/f15:1:1: pattern files nest more than 16 deep"]
+    files = {f"f{i}": f"/f{i + 1}\n" for i in range(15)}
+    assert parse("", "ALL: /f0\n", **files).rules[0].match == MatchNone()
+
+
+def _frames() -> int:
+    f, n = sys._getframe(), 0
+    while f is not None:
+        f, n = f.f_back, n + 1
+    return n
+
+
+def _with_headroom(frames: int, fn: Callable[[], object]) -> object:
+    """Call ``fn`` with only ``frames`` stack frames left before RecursionError."""
+    if sys.getrecursionlimit() - _frames() <= frames:
+        return fn()
+    return _with_headroom(frames, fn)
+
+
+def test_deepest_accepted_policy_goes_through_every_consumer() -> None:
+    """32 EXCEPTs in both lists, lists of two at each level, /file lists nested 16 deep: the
+    deepest tree the parser lets through; every pure walk over it needs < 250 frames."""
+    files = {f"f{i}": f"10.9.{i}.0/24 /f{i + 1}\n" for i in range(15)}
+    daemons = " EXCEPT ".join(["ALL", "sshd x"] + ["in.ftpd y", "sshd z"] * 15)
+    clients = " EXCEPT ".join([f"10.0.0.0/8 10.{i}.1.0/24" for i in range(32)] + ["/f0 10.99.0.1"])
+    p = parse(f"{daemons}: {clients}\n", "ALL: ALL\n", **files)
+    service = p.service("vsftpd")
+    peer = Peer.parse("10.9.3.1")
+    _with_headroom(250, lambda: decide(p, "vsftpd", peer))
+    _with_headroom(250, lambda: lint(p))
+    _with_headroom(250, lambda: format_policy(p))
+    _with_headroom(250, lambda: compile_service(service))
+    _with_headroom(250, lambda: export(p, "nft", mapped={"vsftpd": (Endpoint("tcp", ((21, 21),)),)}))
+
+
+def test_nul_in_a_pattern_file_name_is_reported_not_opened() -> None:
+    def read(path: str) -> str:
+        if "\0" in path:
+            raise ValueError("embedded null byte")  # what open() and os.stat() raise
+        return {"hosts.allow": "", "hosts.deny": "ALL: /p\0x\n"}[path]
+
+    with pytest.raises(PolicyError) as e:
+        parse_hosts_access("hosts.allow", "hosts.deny", read=read)
+    assert str(e.value).startswith("hosts.deny:1:8: NUL byte in the line")
+
+
+def test_options_are_trimmed_as_chop_string_trims() -> None:
+    """libwrap trims each option with isspace(), so \\v and \\f around it are white space
+    (tcpdmatch grants all three), and sscanf skips them before a number."""
+    for deny in ("ALL: 10.0.0.1 : allow\v\n", "ALL: 10.0.0.1 : \fallow\n", "ALL: 10.0.0.1 : nice \v5 : allow\n"):
+        assert ok(parse("", deny), "10.0.0.1")
+
+
+@pytest.mark.timeout(30)
+def test_pattern_file_expansion_is_bounded() -> None:
+    """Files naming files many times grow as a power of the nesting: bounded, with the place
+    where the bound was passed, and no file's problems repeated for each time it is named."""
+    a, b = " ".join(["/b"] * 1000) + "\n", " ".join(["/c"] * 1000) + "\n"
+    got = errors("", "ALL: /a\n", a=a, b=b, c="10.0.0.1 10.0.0.2\n")
+    assert len(got) == 1 and got[0].endswith("pattern files expand to more than 1,000,000 patterns in all"
+                                             " (a file named n times counts n times)")
+    assert errors("", "ALL: /p /p /p\n", p="1.2.3/24\n") == [
+        "/p:1:1: bad net/mask '1.2.3/24': expected n.n.n.n/m.m.m.m, n.n.n.n/len or [ipv6]/len"]

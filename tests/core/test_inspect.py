@@ -83,22 +83,37 @@ def test_exposure_kind_follows_the_address(addr: ipaddress.IPv4Address | ipaddre
 
 
 def test_classify_filter() -> None:
-    ours = lambda raw: ("ssh", "0123456789abcdef") if raw.startswith(b"SG") else None  # noqa: E731
-    assert ins.classify_filter(None, ours).text == "none"
-    assert ins.classify_filter(b"SG" + b"\0" * 14, ours).text == "sockgate ssh 0123456789abcdef"
-    foreign = ins.classify_filter(b"\0" * 24, ours)
+    from sockgate import bpf
+
+    assert ins.classify_filter(None).text == "none"
+    foreign = ins.classify_filter(b"\0" * 24)
     assert (foreign.status, foreign.insns, foreign.text) == ("foreign", 3, "foreign filter (3 insns)")
     assert ins.Guard("unknown", reason="no permission").text == "unknown (no permission)"
     assert ins.Guard("foreign", reason="eBPF program").text == "foreign filter (eBPF program)"
+    allow_all = (bpf.stmt(bpf.BPF_RET | bpf.BPF_K, 0xFFFF),)
+    assert ins.classify_filter(bpf.encode(allow_all)).status == "foreign"
 
 
 def test_classify_a_real_sockgate_program() -> None:
     from sockgate import bpf
     from sockgate.bpf import marker
 
-    program = bpf.encode(marker.build("web", "00112233aabbccdd") + (bpf.stmt(bpf.BPF_RET | bpf.BPF_K, 0xFFFF),))
-    g = ins.classify_filter(program)
-    assert (g.status, g.service, g.digest, g.insns) == ("sockgate", "web", "00112233aabbccdd", 7)
+    body = (bpf.stmt(bpf.BPF_RET | bpf.BPF_K, 0),)
+    digest = marker.program_digest("web", body)
+    g = ins.classify_filter(bpf.encode(marker.build("web", digest) + body))
+    assert (g.status, g.service, g.digest, g.insns, g.text) == ("sockgate", "web", digest, 7, f"sockgate web {digest}")
+
+
+def test_a_genuine_marker_with_other_code_is_modified_not_the_service() -> None:
+    from sockgate import bpf
+    from sockgate.bpf import marker
+
+    deny = (bpf.stmt(bpf.BPF_RET | bpf.BPF_K, 0),)
+    genuine = marker.build("web", marker.program_digest("web", deny))
+    forged = ins.classify_filter(bpf.encode(genuine + (bpf.stmt(bpf.BPF_RET | bpf.BPF_K, 0xFFFF),)))
+    assert forged.status == "modified"
+    assert forged.text == f"modified (marker claims web {marker.program_digest('web', deny)}; 7 insns)"
+    assert forged.to_json()["status"] == "modified"
 
 
 def test_default_selection_is_listening_and_bound() -> None:

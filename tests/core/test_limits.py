@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,7 +28,98 @@ from sockgate.policy.ir import (
 )
 from sockgate.policy.source import Span
 from sockgate.proxy.kernelrules import kernel_service, over, under
-from sockgate.proxy.limits import Limiter
+from sockgate.proxy.limits import FlowTable, Limiter
+
+# -- UDP flow table ---------------------------------------------------------------------------
+
+
+def test_a_source_at_its_cap_recycles_its_own_oldest_flow() -> None:
+    t: FlowTable[tuple[str, int], str] = FlowTable(total=10, per_source=3)
+    for port in (1, 2, 3):
+        assert t.make_room("a") == []
+        t.add(("a", port), "a")
+    t.touch(("a", 1))
+    assert t.make_room("a") == [("a", 2)]  # least recently used, not first added
+    assert t.make_room("b") == []
+
+
+def test_a_full_table_evicts_from_the_largest_holder_not_from_a_newcomer() -> None:
+    t: FlowTable[tuple[str, int], str] = FlowTable(total=4, per_source=3)
+    for key in (("a", 1), ("a", 2), ("a", 3), ("b", 1)):
+        t.add(key, key[0])
+    assert t.make_room("c") == [("a", 1)]
+    assert t.make_room("b") == [("a", 1)]
+    assert t.make_room("a") == [("a", 1)]  # nobody holds more than "a": it pays itself
+
+
+def test_ties_evict_the_least_recently_active_source() -> None:
+    t: FlowTable[tuple[str, int], str] = FlowTable(total=3, per_source=3)
+    for key in (("a", 1), ("b", 1), ("c", 1)):
+        t.add(key, key[0])
+    t.touch(("a", 1))
+    assert t.make_room("d") == [("b", 1)]
+    t.remove(("b", 1))
+    t.add(("d", 1), "d")
+    assert t.make_room("e") == [("c", 1)]
+
+
+def test_flow_limits_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        FlowTable(total=0, per_source=1)
+
+
+_ops = st.lists(
+    st.tuples(st.sampled_from(["add", "touch", "remove"]), st.integers(0, 4), st.integers(0, 5)),
+    max_size=80,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(total=st.integers(1, 8), per_source=st.integers(1, 4), ops=_ops)
+def test_flow_table_against_a_naive_model(total: int, per_source: int, ops: list[tuple[str, int, int]]) -> None:
+    """Adding through ``make_room`` never exceeds either cap, and every victim is what the
+    naive rule (scan everything) picks."""
+    t: FlowTable[tuple[int, int], int] = FlowTable(total=total, per_source=per_source)
+    used: list[tuple[int, int]] = []  # keys, least recently used first
+    stirred: dict[int, int] = {}  # source -> when it last added, used or lost a flow
+
+    def naive(source: int) -> list[tuple[int, int]]:
+        mine = [k for k in used if k[0] == source]
+        if len(mine) >= per_source:
+            return mine[: len(mine) - per_source + 1]
+        if len(used) < total:
+            return []
+        counts = {k[0]: sum(1 for u in used if u[0] == k[0]) for k in used}
+        top = max(counts.values())
+        if len(mine) >= top:
+            return [mine[0]]
+        victim = min((s for s in counts if counts[s] == top), key=stirred.__getitem__)
+        return [next(k for k in used if k[0] == victim)]
+
+    for now, (op, source, port) in enumerate(ops):
+        key = (source, port)
+        if op == "add" and key not in t:
+            victims = t.make_room(source)
+            assert victims == naive(source)
+            for v in victims:
+                t.remove(v)
+                used.remove(v)
+                stirred[v[0]] = now
+            t.add(key, source)
+            used.append(key)
+        elif op == "touch" and key in t:
+            t.touch(key)
+            used.remove(key)
+            used.append(key)
+        elif op == "remove" and key in t:
+            t.remove(key)
+            used.remove(key)
+        else:
+            continue
+        stirred[source] = now
+        assert len(t) == len(used) <= total
+        assert all(t.count(s) <= per_source for s in range(5))
+
 
 # -- limits -----------------------------------------------------------------------------------
 

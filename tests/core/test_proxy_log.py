@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 
@@ -97,3 +98,66 @@ def test_a_clock_stepped_back_does_not_hold_records(monkeypatch) -> None:  # typ
     time.sleep(0.06)
     log.tick()
     assert out.getvalue().count("event=close") == 1
+
+
+# Any value — a host name from the client's own PTR record, an executable path a local user
+# chose — becomes exactly one line of printable ASCII that parses back to the same value.
+
+_PAIR = re.compile(r' ([a-z_]+)=("(?:[^"\\]|\\.)*"|[^ "]+)')
+_hostile = st.text() | st.sampled_from([
+    "evil\x1b[2J\x07", "a\nb", "a\rb", "x\x00y", "\u2028", "\x85", "\u202eevil", "\x7f", "\udcff",
+    "ok peer=forged decision=allow", 'x" decision="allow', "\\", "",
+])
+
+
+def parse_text(line: str) -> dict[str, str]:
+    """A text record back into its fields: bare words, or JSON strings."""
+    stamp, _, rest = line.partition(" ")
+    out = {"time": stamp}
+    pos = 0
+    for m in _PAIR.finditer(" " + rest):
+        assert m.start() == pos, f"unparseable at {pos}: {line!r}"
+        v = m.group(2)
+        out[m.group(1)] = json.loads(v) if v.startswith('"') else v
+        pos = m.end()
+    assert pos == len(rest) + 1, f"trailing text: {line!r}"
+    return out
+
+
+def _one_line(out: io.StringIO) -> str:
+    text = out.getvalue()
+    assert text.count("\n") == 1 and text.endswith("\n"), repr(text)
+    line = text[:-1]
+    assert all(" " <= c <= "~" for c in line), repr(line)  # printable ASCII: nothing for a terminal
+    return line
+
+
+@given(_hostile, _hostile, _hostile, _hostile, st.sampled_from(["text", "json"]), st.sampled_from(["record", "allowed", "closed"]))
+def test_any_string_is_one_line_that_parses_back(service: str, peer: str, rule: str, reason: str, fmt: str, how: str) -> None:
+    out = io.StringIO()
+    log = Log(fmt, out)  # type: ignore[arg-type]
+    want = {"service": service, "peer": peer, "rule": rule}
+    if how == "record":
+        log.record("decision", service=service, peer=peer, decision="deny", rule=rule, reason=reason)
+        want |= {"event": "decision", "decision": "deny", "reason": reason}
+    elif how == "allowed":
+        log.allowed(service, peer, rule, reason)
+        want |= {"event": "decision", "decision": "allow", "reason": reason}
+    else:
+        log.closed(service, peer, rule, 1, 2, 0.5, reason)
+        want |= {"event": "close", "decision": "allow", "end": reason}
+    log.flush()
+    line = _one_line(out)
+    got = json.loads(line) if fmt == "json" else parse_text(line)
+    got.pop("time")
+    for k in ("bytes_up", "bytes_down", "duration"):
+        got.pop(k, None)
+    assert got == want
+
+
+@given(_hostile)
+def test_notices_and_errors_escape_their_message_too(message: str) -> None:
+    out = io.StringIO()
+    Log("text", out).error(f"internal error: {message}", service=message)
+    got = parse_text(_one_line(out))
+    assert got["message"] == f"internal error: {message}" and got["service"] == message

@@ -299,6 +299,25 @@ def test_detach_refuses_foreign_without_force(capsys: Any, spawn: Spawn) -> None
     assert rc == 0 and "detached" in out and state(p.pid, s["fd"]).state == "none"
 
 
+def test_modified_sockgate_filter_is_treated_as_foreign(capsys: Any, spawn: Spawn, policy_file: str) -> None:
+    """A genuine marker in front of an allow-all body: neither reloaded nor detached as ours."""
+    from sockgate.bpf import BPF_K, BPF_RET, compile_service, encode, stmt
+
+    program = compile_service(sockgate_load(policy_file).service("web"))
+    forged = encode(program.insns[: program.insns[0].k + 1] + (stmt(BPF_RET | BPF_K, 0xFFFFFFFF),))
+    p, (s,) = spawn("udp")
+    with pidfd.borrowed(p.pid, s["fd"]) as dup:
+        kfilter.attach(dup, forged)
+    assert state(p.pid, s["fd"]).state == "modified"
+    target = ["--pid", str(p.pid), "--fd", str(s["fd"])]
+    rc, _, err = sockgate(capsys, "attach", "--policy", policy_file, "--service", "web", *target)
+    assert rc == 1 and "modified sockgate filter" in err and "--force" in err
+    rc, _, err = sockgate(capsys, "detach", *target)
+    assert rc == 1 and "modified sockgate filter" in err
+    rc, out, _ = sockgate(capsys, "attach", "--policy", policy_file, "--service", "web", *target, "--force")
+    assert rc == 0 and "replaced" in out and state(p.pid, s["fd"]).state == "sockgate"
+
+
 def test_locked_filter_refused(capsys: Any, spawn: Spawn, policy_file: str) -> None:
     p, (s,) = spawn("tcp")
     args = ["--policy", policy_file, "--service", "web", "--pid", str(p.pid), "--fd", str(s["fd"])]

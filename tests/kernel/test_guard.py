@@ -15,6 +15,7 @@ import pytest
 
 import sockgate
 from sockgate import guard as guard_mod
+from sockgate.bpf import compile_service
 from sockgate.errors import AdapterError, UnsupportedInKernel, UnsupportedPlatform, UsageError
 from sockgate.linux import filter as kfilter
 from sockgate.policy.parser import parse_policy
@@ -64,7 +65,7 @@ def test_guard_round_trip(policy: sockgate.Policy, listener: socket.socket) -> N
     assert sockgate.guard_of(listener).state == "none"
     g = policy.guard(listener, "web")
     assert isinstance(g, guard_mod.Guarded)
-    assert (g.service, g.digest) == ("web", policy.service("web").digest())
+    assert (g.service, g.digest) == ("web", compile_service(policy.service("web")).digest)
     info = sockgate.guard_of(listener.fileno())  # a bare fd works too
     assert (info.state, info.service, info.digest, info.instructions) == ("sockgate", "web", g.digest, g.instructions)
     assert reach(listener, "127.0.0.1", "127.0.0.2", "127.0.0.3", "127.1.2.3") == {

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
+import shutil
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from sockgate.errors import AdapterError, UsageError
-from sockgate.linux.listen import SUN_PATH_MAX, Listener, is_live, open_listener, open_listeners
+from sockgate.linux import listen, sockfile
+from sockgate.linux.listen import SUN_PATH_MAX, Listener, open_listener, open_listeners, take_over
+from sockgate.linux.sockfile import is_live
 from sockgate.urls import parse_url
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux sockets")
@@ -151,11 +156,7 @@ def test_long_unix_paths(opened: list[Listener], tmp_path: Path, base: str) -> N
     conn, _ = lst.sock.accept()
     with conn:
         assert conn.recv(2) == b"hi"
-    if len(base) < 80:  # the stale/live test connects through the short alias
-        assert is_live(str(path))
-    else:
-        with pytest.raises(AdapterError, match="cannot test whether this socket is in use"):
-            is_live(str(path))
+    assert is_live(str(path))  # through the file's descriptor, whatever the name's length
     lst.close()
     assert not path.exists()
 
@@ -197,3 +198,144 @@ def test_abstract_socket(opened: list[Listener]) -> None:
     with socket.socket(socket.AF_UNIX) as c:
         c.connect("\0" + name)
     assert lst.path is None and lst.address() == f"unix:@{name}"
+
+
+# --- a local user who can write the socket's directory -------------------------------------
+# Root binds in a directory user `nobody` owns; `nobody` swaps names there (a real process of
+# that user, through the real kernel), and root must never act on what the swapped name reaches.
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def nobody_dir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="sgt-listen-"))  # under /tmp: reachable by nobody
+    os.chmod(d, 0o755)
+    os.chown(d, NOBODY, NOBODY)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def secret(tmp_path: Path) -> Path:
+    f = tmp_path / "secret"
+    f.write_text("root only")
+    os.chmod(f, 0o600)
+    return f
+
+
+def _as_nobody(*argv: str) -> None:
+    subprocess.run(list(argv), user=NOBODY, group=NOBODY, extra_groups=[], check=True, timeout=30)
+
+
+def _untouched(secret: Path) -> None:
+    st = os.stat(secret)
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o600, 0, 0)
+    assert secret.read_text() == "root only"
+
+
+@needs_root
+def test_take_over_never_chmods_through_a_planted_symlink(nobody_dir: Path, secret: Path) -> None:
+    """A proxy reload hands the name to another service: no race needed, the symlink is there."""
+    path = nobody_dir / "app.sock"
+    lst = open_listener(parse_url(f"unix:{path}?mode=0600"))
+    try:
+        _as_nobody("ln", "-sfn", str(secret), str(path))
+        with pytest.raises(AdapterError, match="no longer the socket file bound here"):
+            take_over(lst, parse_url(f"unix:{path}?mode=0666&owner=nobody"), owns_file=True)
+        _untouched(secret)
+    finally:
+        lst.close()
+    assert path.is_symlink()  # not ours: left alone
+
+
+@needs_root
+@pytest.mark.parametrize("query", ["?mode=0666&owner=nobody&group=nogroup", ""])
+def test_bind_then_swap_is_refused(nobody_dir: Path, secret: Path, monkeypatch: pytest.MonkeyPatch, query: str) -> None:
+    """The race in `run`: the name is swapped between bind and the mode being applied (or,
+    with no mode to apply, before the listener is handed out as listening on that name)."""
+    path = nobody_dir / "app.sock"
+    real_bind = listen.bind_unix
+
+    def bind_then_swap(sock: socket.socket, where: str) -> None:
+        real_bind(sock, where)
+        _as_nobody("ln", "-sfn", str(secret), where)
+
+    monkeypatch.setattr(listen, "bind_unix", bind_then_swap)
+    with pytest.raises(AdapterError, match="no longer the socket file bound here"):
+        open_listener(parse_url(f"unix:{path}{query}"))
+    _untouched(secret)
+    assert path.is_symlink()  # the failed open removed nothing that was not its own
+
+
+@needs_root
+def test_file_is_born_with_no_more_than_the_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before owner and mode are applied, the new file already allows no more than asked."""
+    seen: list[int] = []
+    real_bind = listen.bind_unix
+
+    def bind_and_look(sock: socket.socket, where: str) -> None:
+        real_bind(sock, where)
+        seen.append(stat.S_IMODE(os.lstat(where).st_mode))
+
+    monkeypatch.setattr(listen, "bind_unix", bind_and_look)
+    old = os.umask(0)
+    try:
+        lst = open_listener(parse_url(f"unix:{tmp_path}/m.sock?mode=0600"))
+    finally:
+        os.umask(old)
+    lst.close()
+    assert seen == [0o600]
+
+
+@needs_root
+def test_close_never_removes_another_socket_through_a_swapped_directory(nobody_dir: Path, tmp_path: Path) -> None:
+    """`nobody` swaps a directory on the path for a symlink to where another service's socket
+    has the same name: closing must not remove that socket."""
+    _as_nobody("mkdir", str(nobody_dir / "sub"))
+    lst = open_listener(parse_url(f"unix:{nobody_dir}/sub/app.sock"))
+    victim_dir = tmp_path / "run"
+    victim_dir.mkdir()
+    victim = socket.socket(socket.AF_UNIX)
+    victim.bind(str(victim_dir / "app.sock"))
+    victim.listen()
+    try:
+        _as_nobody("mv", str(nobody_dir / "sub"), str(nobody_dir / "old"))
+        _as_nobody("ln", "-s", str(victim_dir), str(nobody_dir / "sub"))
+        lst.close()
+        assert stat.S_ISSOCK(os.lstat(victim_dir / "app.sock").st_mode)
+        assert is_live(str(victim_dir / "app.sock"))
+    finally:
+        victim.close()
+
+
+@needs_root
+def test_stale_removal_stays_in_the_directory_it_checked(nobody_dir: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The directory is swapped while the stale socket is being tested: the unlink happens in
+    the directory that was checked, never in the one the name now reaches."""
+    _as_nobody("mkdir", str(nobody_dir / "sub"))
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(nobody_dir / "sub" / "app.sock"))
+    stale.close()
+    victim_dir = tmp_path / "run"
+    victim_dir.mkdir()
+    victim = socket.socket(socket.AF_UNIX)
+    victim.bind(str(victim_dir / "app.sock"))  # not listening: looks stale too
+    real_answers = sockfile._answers
+
+    def answers_then_swap(fd: int, kind: int) -> bool:
+        _as_nobody("mv", str(nobody_dir / "sub"), str(nobody_dir / "old"))
+        _as_nobody("ln", "-s", str(victim_dir), str(nobody_dir / "sub"))
+        return real_answers(fd, kind)
+
+    monkeypatch.setattr(sockfile, "_answers", answers_then_swap)
+    try:
+        with contextlib.suppress(AdapterError):
+            open_listener(parse_url(f"unix:{nobody_dir}/sub/app.sock")).close()
+        assert not (nobody_dir / "old" / "app.sock").exists()  # the stale file it checked
+        assert stat.S_ISSOCK(os.lstat(victim_dir / "app.sock").st_mode)  # not the other one
+    finally:
+        victim.close()

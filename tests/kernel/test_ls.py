@@ -349,3 +349,30 @@ def test_ping_socket_listed_inside_a_namespace(lab: Any) -> None:
         assert (row["netid"], row["address"], row["port"], row["state"]) == ("icmp", lab.client_v4, ident, "UNCONN")
         assert row["exposure"]["kind"] == "address"
         assert [p["pid"] for p in row["processes"]] == [os.getpid()]
+
+
+def test_a_genuine_marker_in_front_of_allow_all_is_modified(tmp_path: Path) -> None:
+    """The forgery, in the kernel: a real program's marker, then an allow-all body, attached
+    with SO_ATTACH_FILTER and read back by `sockgate ls --json` and by `guard_of`."""
+    from sockgate import bpf
+    from sockgate.guard import guard_of
+    from sockgate.linux import filter as sockfilter
+
+    program = bpf.compile_service(_policy(tmp_path).service("web"))
+    marker_len = program.insns[0].k + 1
+    forged = bpf.encode(program.insns[:marker_len] + (bpf.stmt(bpf.BPF_RET | bpf.BPF_K, 0xFFFF),))
+    pid = os.getpid()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # UDP: any process may filter it
+        s.bind(("127.0.0.1", 0))
+        sockfilter.attach(s, forged)
+        assert sockfilter.get(s.fileno()) == forged  # the kernel keeps it as given
+        info = guard_of(s)
+        assert (info.state, info.service, info.digest) == ("modified", "web", program.digest)
+        assert "modified sockgate filter" in info.describe()
+        row = by_holder(sockgate_ls("-u", "--pid", str(pid)), pid)[(pid, s.fileno())]
+        assert row["guard"]["status"] == "modified"
+        assert row["guard"]["text"] == f"modified (marker claims web {program.digest}; {marker_len + 1} insns)"
+        assert (pid, s.fileno()) in by_holder(sockgate_ls("-u", "--unguarded", "--pid", str(pid)), pid)
+        sockfilter.attach(s, program.encode())  # the genuine program is recognised as such
+        assert guard_of(s).state == "sockgate"
+        assert by_holder(sockgate_ls("-u", "--pid", str(pid)), pid)[(pid, s.fileno())]["guard"]["status"] == "sockgate"

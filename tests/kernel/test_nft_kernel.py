@@ -9,7 +9,9 @@ that owns the port. ``nft -c`` must accept every generated ruleset.
 from __future__ import annotations
 
 import errno
+import json
 import re
+import select
 import selectors
 import shutil
 import socket
@@ -20,13 +22,16 @@ from typing import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from scapy.layers.inet import UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
 
 from sockgate.cli.main import main as cli_main
 from sockgate.decide import Peer, decide
 from sockgate.export import export
 from sockgate.policy.ir import Policy
 from support import netlab
-from support.export_policies import PROBES_V4, PROBES_V6, TCP_A, TCP_C, UDP_B, UNCOVERED, owner, policies
+from support.export_policies import PROBES_V4, PROBES_V6, Dress, dress, dresses, TCP_A, TCP_C, UDP_B, UNCOVERED, owner, policies
 
 pytestmark = [
     pytest.mark.root,
@@ -266,6 +271,73 @@ def test_replies_to_the_hosts_own_connections_are_not_judged(served: netlab.Lab,
     assert probe(served, [("198.18.0.2", "tcp", TCP_C)], timeout=0.4) == [DROPPED]
 
 
+# --- forged IPv4-mapped sources ---------------------------------------------------------------
+
+
+def _mac(ns: netlab.Netns, dev: str) -> str:
+    return str(json.loads(ns.ip("-j", "link", "show", dev).stdout)[0]["address"])
+
+
+def _send_udp6(lab: netlab.Lab, datagrams: list[tuple[str, bytes]], port: int) -> None:
+    """Each ``(source, payload)`` as an IPv6/UDP frame written on the client's veth (AF_PACKET:
+    no source check by the sending stack), in order."""
+    eth = Ether(src=_mac(lab.client, "veth-c"), dst=_mac(lab.server, "veth-s"))
+    frames = [bytes(eth / IPv6(src=src, dst=lab.server_v6) / UDP(sport=40000, dport=port) / data) for src, data in datagrams]
+
+    def send() -> None:
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+            s.bind(("veth-c", 0))
+            for frame in frames:
+                s.send(frame)
+
+    lab.client.call(send)
+
+
+def _received_until(sock: socket.socket, marker: bytes) -> list[tuple[bytes, str]]:
+    """Datagrams up to ``marker``, sent last on the same path: whatever came before it and
+    was not dropped has been queued by the time it arrives (late ``ready`` copies ignored)."""
+    out: list[tuple[bytes, str]] = []
+    while True:
+        data, addr = sock.recvfrom(512)
+        if data == marker:
+            return out
+        if data != b"ready":
+            out.append((data, addr[0]))
+
+
+MAPPED_POLICIES = (
+    f"service bravo udp/{UDP_B} {{\n    deny 198.18.0.0/15\n    default allow\n}}\n",  # the engine denies the IPv4 peer
+    f"service bravo udp/{UDP_B} {{\n    allow all\n}}\n",  # forged even where everyone is allowed
+)
+
+
+def _wait_for_the_wire(lab: netlab.Lab, sock: socket.socket) -> None:
+    """A fresh veth pair may lose the first frames while its carrier comes up: send a genuine
+    datagram until one arrives (``_received_until`` skips any later copy)."""
+    for _ in range(100):
+        _send_udp6(lab, [(lab.client_v6, b"ready")], UDP_B)
+        if select.select([sock], [], [], 0.1)[0]:
+            sock.settimeout(10)
+            return
+    raise AssertionError("no datagram crossed the veth pair")
+
+
+@pytest.mark.parametrize("text", MAPPED_POLICIES)
+def test_forged_ipv4_mapped_sources_are_dropped(lab: netlab.Lab, tmp_path: Path, text: str) -> None:
+    forged = "::ffff:198.18.1.1"
+    sock = lab.server.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    with sock:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(("::", UDP_B))
+        _wait_for_the_wire(lab, sock)
+        # Without rules this kernel delivers the forged datagram (else this test proves nothing).
+        _send_udp6(lab, [(forged, b"forged"), (lab.client_v6, b"marker")], UDP_B)
+        assert _received_until(sock, b"marker") == [(b"forged", forged)]
+        load(lab.server, export(_parse(text), "nft", action="reject").text, tmp_path)
+        _send_udp6(lab, [(forged, b"forged"), (lab.client_v6, b"genuine"), (lab.client_v6, b"marker")], UDP_B)
+        assert _received_until(sock, b"marker") == [(b"genuine", lab.client_v6)]
+
+
 def _parse(text: str) -> Policy:
     from sockgate.policy.parser import parse_policy
 
@@ -284,6 +356,21 @@ def test_nft_check_accepts_every_generated_ruleset(policy: Policy) -> None:
     finally:
         ns.delete()
 
+
+
+@settings(max_examples=40, deadline=None, database=None)
+@given(policy=policies(userspace=True), d=dresses())
+def test_nft_check_accepts_rulesets_from_hostile_names(policy: Policy, d: Dress) -> None:
+    # Newlines, quotes, braces, `;`, `#`, backslashes, NUL and other controls in file paths,
+    # rule text, service, set and Unix socket names: nft's own parser must still read the
+    # ruleset (tests/core/test_export_hostile.py proves only comments change).
+    ns = netlab.Netns()
+    try:
+        text = export(dress(policy, d), "nft", action="reject", skip_userspace=True).text
+        r = subprocess.run(ns.argv("nft", "-c", "-f", "/dev/stdin"), input=text, capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr + "\n" + text
+    finally:
+        ns.delete()
 
 
 def test_nft_check_accepts_the_goldens() -> None:

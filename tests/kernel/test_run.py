@@ -505,3 +505,79 @@ def test_hosts_access_files_with_the_daemon_name(tmp_path: Path, launch: Launch)
     port = port_of(addrs[0])
     assert udp_echo("127.0.0.1", port) == b"dgram"
     assert udp_echo("127.0.0.3", port, timeout=0.5) is None
+
+
+FD_REPORT = (
+    "import json,os\n"
+    "fds=[]\n"
+    "for fd in range(3,1024):\n"
+    "    try: os.fstat(fd)\n"
+    "    except OSError: continue\n"
+    "    fds.append(fd)\n"
+    "read=[]\n"
+    "for fd in fds:\n"
+    "    try: read.append(os.pread(fd,64,0).decode(errors='replace'))\n"
+    "    except OSError: pass\n"
+    "print(json.dumps({'fds':fds,'read':read,'listen_fds':os.environ.get('LISTEN_FDS')}))\n"
+)
+
+
+@needs_root
+def test_command_gets_no_inherited_descriptor(public_dir: Path, tmp_path: Path, policy: Path) -> None:
+    """A descriptor root holds on a root-only file when it starts `sockgate run` must not reach
+    the --user command: it gets stdio and its LISTEN_FDS, nothing else."""
+    secret = tmp_path / "secret"
+    secret.write_text("root only")
+    os.chmod(secret, 0o600)
+    fd = os.open(secret, os.O_RDONLY)  # inheritable, as a shell's `3<secret` would be
+    os.set_inheritable(fd, True)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "sockgate", "run", "--policy", str(policy), "--service", "echo",
+             "--user", "nobody", "--listen", f"unix:{public_dir}/fd.sock",
+             "--", _python_for_nobody(), "-c", FD_REPORT],
+            pass_fds=(fd,), capture_output=True, text=True, timeout=60,
+            env={**os.environ, "PYTHONPATH": SRC},
+        )
+    finally:
+        os.close(fd)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert got == {"fds": [3], "read": [], "listen_fds": "1"}
+
+
+@needs_root
+def test_inetd_command_gets_no_inherited_descriptor(public_dir: Path, tmp_path: Path) -> None:
+    """The same in --inetd mode: the command has the connection on 0 and 1, stderr, nothing else."""
+    policy = public_dir / "unix.conf"
+    policy.write_text("service ctl {\n    allow uid 0\n    default deny\n}\n")
+    secret = tmp_path / "secret"
+    secret.write_text("root only")
+    os.chmod(secret, 0o600)
+    sock_path = public_dir / "fd.sock"
+    fd = os.open(secret, os.O_RDONLY)
+    os.set_inheritable(fd, True)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sockgate", "run", "--policy", str(policy), "--service", "ctl", "--inetd",
+             "--user", "nobody", "--listen", f"unix:{sock_path}?mode=0666",
+             "--", _python_for_nobody(), "-c", FD_REPORT],
+            pass_fds=(fd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True, env={**os.environ, "PYTHONPATH": SRC},
+        )
+    finally:
+        os.close(fd)
+    try:
+        assert proc.stderr is not None
+        while "running" not in proc.stderr.readline():  # "... per connection (inetd mode ...)"
+            assert proc.poll() is None, "sockgate run exited early"
+        with socket.socket(socket.AF_UNIX) as u:
+            u.settimeout(10)
+            u.connect(str(sock_path))
+            got = json.loads(u.makefile().readline())
+        assert got == {"fds": [], "read": [], "listen_fds": None}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        if proc.stderr is not None:
+            proc.stderr.close()

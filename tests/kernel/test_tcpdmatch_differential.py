@@ -4,14 +4,21 @@ Hypothesis writes random hosts.allow / hosts.deny pairs (EXCEPT nesting in daemo
 lists, net/mask with canonical and non-canonical nets and non-contiguous masks, ``/len``,
 ``n.n.n.`` prefixes, wildcards, ``[v6]`` and ``[v6]/len``, ``/file`` pattern files, KNOWN,
 UNKNOWN, LOCAL, PARANOID, ``user@host``, ``daemon@host``, options including ``allow`` /
-``deny`` / ``twist``, comments and continuations) and a few clients: IPv4, IPv6 and
+``deny`` / ``twist``, comments and continuations, and the bytes libwrap's reader treats
+specially or not at all: tabs and CRs (as separators, before the newline, after a backslash),
+``\\v`` and ``\\f``, bytes >= 0x80 (valid UTF-8 or not, Kelvin signs and dotless i that
+Unicode would fold to ASCII), and NUL bytes, which must be refused with their place) and a
+few clients: IPv4, IPv6 and
 IPv4-mapped addresses, the name ``localhost`` and tcpdmatch's ``unknown`` / ``paranoid``,
 optionally with an ident user and a server address. Each case runs ``tcpdmatch -d`` for real
 in a temporary directory; the peer given to the engine is built from what tcpdmatch printed
 it saw (its own name lookups included), and the decisions must be equal.
 
 An address client gets no name lookup in tcpdmatch (it simulates a failed lookup), and
-``localhost`` is resolved through /etc/hosts, so the test needs no network.
+``localhost`` is resolved through /etc/hosts, so the test needs no network. Files are written
+and read back as bytes (``read_exact``), so what is compared is the parser's reading of every
+byte; ``test_loader_keeps_every_byte`` checks that the loader the CLI uses hands it those bytes.
+Line length is checked on its own against tcpdmatch, where its effect can be observed.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sockgate.decide import Peer, decide
-from sockgate.loading import read_text
+from sockgate.errors import PolicyError
+from sockgate.loading import load_policy, read_text
 from sockgate.policy.hostmatch import addr_text
 from sockgate.policy.hostsaccess import parse_hosts_access
 
@@ -49,8 +57,17 @@ V6 = ["2001:db8::1", "2001:db8::7", "2001:db8:1::1", "2001:db8:ffff::1", "fe80::
 MAPPED = ["::ffff:192.0.2.1", "::ffff:10.0.0.1"]
 NAMES = ["localhost", "LOCALHOST", "vm", ".localdomain", "local*", "*host", "loc.", "localhost.",
          ".0.1", ".1", ".7", ".255", "unknown", "paranoid", "*", "?", "u*", "*n*", "p*"]
+# Bytes >= 0x80 (as read with surrogateescape: \udcXX is an undecodable byte) and C white space
+# that is no list separator; \u0131 and \u212a fold to ASCII in Unicode, never in strcasecmp.
+ODD = ["h\u00e9st", "\u00e9*", "*\u00e9", "\udcff", "loc\udcffalhost", "\u212anown", "parano\u0131d",
+       "PARANO\u0131D", "LOCAL\u00e9", "10.0.0.\u0661", "\u00e9.", ".\u00e9", "local\vhost", "\f10.0.0.1",
+       "localhost\udcc3", "*\udcc3*", "\u00e9@ALL", "ALL@\u00e9"]
 DAEMONS = ["ALL", "sshd", "SSHD", "in.ftpd", "in.", "*d", "ssh?", "KNOWN", "vsftpd", ".ftpd",
-           "unknown", "s*"]
+           "unknown", "s*", "ssh\u00e9", "\u212aNOWN", "sshd\udcff", "\u00e9*"]
+ITEM_SEPS = [", ", " ", ",", " \\\n  ", "\t", "\r", " \r", "\t,", ",\r\t", "\t\\\n\t"]
+COLONS = [": ", ":", " : ", ":\t", "\t:", ":\r ", "\r:\t"]
+INDENTS = ["", "", "", " ", "\t", "\r", "\t\t", "\v"]
+COMMENTS = ["comment", "ALL: ALL", "x: y: deny", "caf\u00e9\r", "\udcff\udcfe", "\t\\"]
 SERVICES = ["sshd", "in.ftpd", "vsftpd", "unknown"]
 USERS = ["ALL", "KNOWN", "UNKNOWN", "bob", "b*", "BOB", "alice", "?ob"]
 OPTIONS = [[], [], [], ["allow"], ["deny"], ["ALLOW"], ["spawn echo %a"], ["severity auth.info", "deny"],
@@ -117,7 +134,7 @@ def v4_text(draw: st.DrawFn) -> str:
     return ".".join(a) if k == 4 else ".".join(a[:k]) + "."
 
 
-def host_token(files: dict[str, list[str]], depth: int = 0) -> st.SearchStrategy[str]:
+def host_token(files: dict[str, str], depth: int = 0) -> st.SearchStrategy[str]:
     base = st.one_of(
         st.sampled_from(["ALL", "KNOWN", "UNKNOWN", "LOCAL", "PARANOID", "all", "Known", "local"]),
         v4_text(),
@@ -125,6 +142,7 @@ def host_token(files: dict[str, list[str]], depth: int = 0) -> st.SearchStrategy
         v6_pattern(),
         wildcard(),
         st.sampled_from(NAMES),
+        st.sampled_from(ODD),
     )
     if depth > 0:
         return base
@@ -132,17 +150,20 @@ def host_token(files: dict[str, list[str]], depth: int = 0) -> st.SearchStrategy
 
 
 @st.composite
-def pattern_file(draw: st.DrawFn, files: dict[str, list[str]]) -> str:
+def pattern_file(draw: st.DrawFn, files: dict[str, str]) -> str:
     name = f"/PATTERNS/list{len(files)}"
     if draw(st.integers(0, 5)) == 0:
         return name + ".missing"
     words = draw(st.lists(st.one_of(host_token(files, 1), st.sampled_from(V6 + V4)), min_size=0, max_size=4))
-    files[name] = words
+    text = ""
+    for w in words:  # fscanf("%s") words: every C white space separates, CR and \v too
+        text += w + draw(st.sampled_from([" ", "\n", "\t", "\r\n", " \v ", "\f"]))
+    files[name] = text + "\n"
     return name
 
 
 @st.composite
-def client_item(draw: st.DrawFn, files: dict[str, list[str]]) -> str:
+def client_item(draw: st.DrawFn, files: dict[str, str]) -> str:
     host = draw(host_token(files))
     if draw(st.integers(0, 6)) == 0:
         return draw(st.sampled_from(USERS)) + "@" + host
@@ -150,7 +171,7 @@ def client_item(draw: st.DrawFn, files: dict[str, list[str]]) -> str:
 
 
 @st.composite
-def daemon_item(draw: st.DrawFn, files: dict[str, list[str]]) -> str:
+def daemon_item(draw: st.DrawFn, files: dict[str, str]) -> str:
     name = _case(draw(st.sampled_from(DAEMONS)), draw)
     if draw(st.integers(0, 8)) == 0:
         return name + "@" + draw(host_token(files, 1))
@@ -166,31 +187,33 @@ def pattern_list(draw: st.DrawFn, item: st.SearchStrategy[str], depth: int = 0) 
 
 
 @st.composite
-def rule_line(draw: st.DrawFn, files: dict[str, list[str]]) -> str:
+def rule_line(draw: st.DrawFn, files: dict[str, str]) -> str:
     daemons = draw(pattern_list(daemon_item(files)))
     clients = draw(pattern_list(client_item(files)))
 
     def join(items: list[str]) -> str:
         out = items[0]
         for it in items[1:]:
-            out += draw(st.sampled_from([", ", " ", ",", " \\\n  ", "\t"])) + it
+            out += draw(st.sampled_from(ITEM_SEPS)) + it
         return out
 
-    indent = draw(st.sampled_from(["", "", "", " ", "\t"]))
-    line = indent + join(daemons) + draw(st.sampled_from([": ", ":", " : "])) + join(clients)
+    indent = draw(st.sampled_from(INDENTS))
+    line = indent + join(daemons) + draw(st.sampled_from(COLONS)) + join(clients)
     opts = draw(st.sampled_from(OPTIONS))
     if opts:
-        line += " : " + ": ".join(opts)
-    return line
+        line += draw(st.sampled_from([" : ", "\t:\t", ":\r"])) + ": ".join(opts)
+    # the line's end: "\\\r" before the newline is no continuation, so only where a lone
+    # backslash is a harmless client word
+    return line + draw(st.sampled_from(["", "", "\r", " \t"] + ([] if opts else [" \\\r"])))
 
 
 @st.composite
-def table(draw: st.DrawFn, files: dict[str, list[str]]) -> str:
+def table(draw: st.DrawFn, files: dict[str, str]) -> str:
     lines = []
     for _ in range(draw(st.integers(0, 5))):
         extra = draw(st.integers(0, 6))
         if extra == 0:
-            lines.append("# " + draw(st.sampled_from(["comment", "ALL: ALL", "x: y: deny"])))
+            lines.append("#" + draw(st.sampled_from(COMMENTS)))
         elif extra == 1:
             lines.append("")
         lines.append(draw(rule_line(files)))
@@ -214,10 +237,17 @@ def client(draw: st.DrawFn) -> str:
 
 
 @st.composite
-def case(draw: st.DrawFn) -> tuple[str, str, dict[str, list[str]], list[str], list[str]]:
-    files: dict[str, list[str]] = {}
+def case(draw: st.DrawFn) -> tuple[str, str, dict[str, str], list[str], list[str]]:
+    files: dict[str, str] = {}
     allow = draw(table(files))
     deny = draw(table(files))
+    if draw(st.integers(0, 11)) == 0:  # now and then a NUL byte somewhere in one of the files
+        texts = [allow, deny] + list(files.values())
+        k = draw(st.integers(0, len(texts) - 1))
+        at = draw(st.integers(0, len(texts[k])))
+        texts[k] = texts[k][:at] + "\0" + texts[k][at:]
+        allow, deny = texts[:2]
+        files = dict(zip(files, texts[2:]))
     services = draw(st.lists(st.sampled_from(SERVICES), min_size=1, max_size=2, unique=True))
     server = draw(st.sampled_from([None, None, None, "192.0.2.1", "10.0.0.1", "2001:db8::1"]))
     if server is not None:
@@ -239,7 +269,8 @@ class Seen:
 def run_tcpdmatch(workdir: Path, services: list[str], clients: list[str]) -> list[list[Seen]]:
     """One shell runs every (service, client) pair; '@@' lines separate the runs."""
     script = "".join(f"echo @@; {TCPDMATCH} -d '{s}' '{c}' 2>&1\n" for s in services for c in clients)
-    out = subprocess.run(["sh", "-c", script], cwd=workdir, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(["sh", "-c", script], cwd=workdir, capture_output=True, text=True,
+                         errors="surrogateescape", timeout=60)
     runs = out.stdout.split("@@\n")[1:]
     pairs = [(s, c) for s in services for c in clients]
     assert len(runs) == len(pairs), out.stdout + out.stderr
@@ -284,17 +315,22 @@ def engine_peer(seen: Seen) -> Peer:
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
 @given(case())
-def test_decisions_agree_with_tcpdmatch(c: tuple[str, str, dict[str, list[str]], list[str], list[str]]) -> None:
+def test_decisions_agree_with_tcpdmatch(c: tuple[str, str, dict[str, str], list[str], list[str]]) -> None:
     allow, deny, files, services, clients = c
     with tempfile.TemporaryDirectory(prefix="sgt-tcpd-") as tmp:
         work = Path(tmp)
         (work / "PATTERNS").mkdir()
         fix = lambda s: s.replace("/PATTERNS/", f"{tmp}/PATTERNS/")  # noqa: E731
-        for name, words in files.items():
-            Path(fix(name)).write_text(" ".join(words) + "\n")
-        (work / "hosts.allow").write_text(fix(allow))
-        (work / "hosts.deny").write_text(fix(deny))
-        policy = parse_hosts_access(str(work / "hosts.allow"), str(work / "hosts.deny"), read=read_text)
+        texts = {fix(name): fix(text) for name, text in files.items()}
+        texts |= {str(work / "hosts.allow"): fix(allow), str(work / "hosts.deny"): fix(deny)}
+        for path, text in texts.items():
+            Path(path).write_bytes(text.encode("utf-8", "surrogateescape"))
+        try:
+            policy = parse_hosts_access(str(work / "hosts.allow"), str(work / "hosts.deny"), read=read_exact)
+        except PolicyError as e:
+            assert_refused_for_nul(e, texts)
+            return
+        assert not any("\0" in t for t in texts.values()), "a NUL byte was not refused"
         results = run_tcpdmatch(work, services, clients)
     n = 0
     for blocks in results:
@@ -303,10 +339,86 @@ def test_decisions_agree_with_tcpdmatch(c: tuple[str, str, dict[str, list[str]],
             want = seen.access == "granted"
             assert d.allowed == want, (
                 f"tcpdmatch: {seen.access} for {seen}\nsockgate: {d.action} ({d.reason})\n"
-                f"--- hosts.allow\n{allow}--- hosts.deny\n{deny}--- files {files}"
+                f"--- hosts.allow\n{allow!r}\n--- hosts.deny\n{deny!r}\n--- files {files}"
             )
             n += 1
     COMPARED.append(n)
+
+
+def read_exact(path: str) -> str:
+    """The file's bytes, undecodable ones kept as surrogates, newlines untranslated."""
+    return Path(path).read_bytes().decode("utf-8", "surrogateescape")
+
+
+def assert_refused_for_nul(e: PolicyError, texts: dict[str, str]) -> None:
+    """Only a file with a NUL byte is refused, and the first NUL of each line it is in is
+    reported at its line and column (a NUL may break the line in other ways too)."""
+    reported = {(str(d.span), d.message.split(" (")[0]) for d in e.diagnostics if d.span is not None}
+    want = set()
+    for path, text in texts.items():
+        for lineno, line in enumerate(text.split("\n"), 1):
+            if "\0" in line:
+                where = "the line" if path.endswith(("hosts.allow", "hosts.deny")) else "a pattern file"
+                want.add((f"{path}:{lineno}:{line.index(chr(0)) + 1}", f"NUL byte in {where}"))
+    assert want, f"refused without a NUL byte:\n{e}"
+    # a pattern file is only read when the line naming it was parsed and it was found
+    missing = {w for w in want - reported if not w[1].endswith("pattern file")}
+    assert not missing, f"NUL bytes not reported: {missing}\n{e}"
+
+
+@st.composite
+def long_line(draw: st.DrawFn) -> tuple[str, int]:
+    """A rule that matches nothing, padded with 1- to 3-byte characters to about libwrap's
+    limit and perhaps split by continuations; and its size in bytes without them."""
+    unit = "".join(draw(st.lists(st.sampled_from([" ", "\t", "\r", "x", "\u00e9", "\udcff", "\u20ac"]),
+                                 min_size=1, max_size=6)))
+    target = draw(st.integers(2036, 2052))
+    text = "ALL: 10.0.0.X "  # X: 1 (the client) in hosts.allow, 2 in hosts.deny
+    while len(text.encode("utf-8", "surrogateescape")) + len(unit.encode("utf-8", "surrogateescape")) < target:
+        text += unit
+    text += " " * (target - len(text.encode("utf-8", "surrogateescape")))
+    for at in sorted(draw(st.lists(st.integers(14, len(text)), max_size=2)), reverse=True):
+        text = text[:at] + "\\\n" + text[at:]
+    return text + "\n", target + 1
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(long_line(), st.booleans())
+def test_line_length_limit_agrees_with_tcpdmatch(line: tuple[str, int], in_allow: bool) -> None:
+    """tcpdmatch denies when a line is too long (Debian stops reading the table: in
+    hosts.deny that denies, and hosts.deny ends in ALL: ALL when the line is in hosts.allow);
+    sockgate must refuse exactly those files, at the line."""
+    text, size = line
+    allow, deny = (text.replace("X", "1"), "ALL: ALL\n") if in_allow else ("", text.replace("X", "2"))
+    with tempfile.TemporaryDirectory(prefix="sgt-tcpd-") as tmp:
+        work = Path(tmp)
+        (work / "hosts.allow").write_bytes(allow.encode("utf-8", "surrogateescape"))
+        (work / "hosts.deny").write_bytes(deny.encode("utf-8", "surrogateescape"))
+        ((seen,),) = run_tcpdmatch(work, ["sshd"], ["10.0.0.1"])
+        try:
+            policy = parse_hosts_access(str(work / "hosts.allow"), str(work / "hosts.deny"), read=read_exact)
+        except PolicyError as e:
+            assert seen.access == "denied", f"refused a {size}-byte line tcpdmatch reads:\n{e}"
+            assert all("line longer than libwrap's 2047-byte line buffer" in d.message for d in e.diagnostics)
+            return
+    assert seen.access == "granted", f"accepted a {size}-byte line tcpdmatch does not read"
+    assert decide(policy, "sshd", engine_peer(seen)).allowed
+
+
+def test_loader_keeps_every_byte() -> None:
+    """The loader the CLI uses must hand the parser the file's bytes. With Python's universal
+    newlines a CR ended a line: "#\\rsshd: ALL" (one comment to libwrap) allowed everyone, and
+    "\\\\\\r\\n" (no continuation to libwrap) continued a line into the comment after it."""
+    cases = ["#\rsshd: ALL\n", "sshd: 10.0.0.9 \\\r\n#, 10.0.0.1\n", "sshd: 10.0.0.1\r\n"]
+    with tempfile.TemporaryDirectory(prefix="sgt-tcpd-") as tmp:
+        work = Path(tmp)
+        (work / "hosts.deny").write_bytes(b"ALL: ALL\n")
+        for text in cases:
+            (work / "hosts.allow").write_bytes(text.encode())
+            assert read_text(str(work / "hosts.allow")) == text
+            policy = load_policy(hosts_allow=str(work / "hosts.allow"), hosts_deny=str(work / "hosts.deny"))
+            ((seen,),) = run_tcpdmatch(work, ["sshd"], ["10.0.0.1"])
+            assert decide(policy, "sshd", engine_peer(seen)).allowed is (seen.access == "granted"), text
 
 
 def test_enough_decisions_were_compared() -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from hypothesis import strategies as st
@@ -114,6 +116,70 @@ def policies(draw: st.DrawFn, userspace: bool = False) -> Policy:
     if userspace:
         services.append(Service("sock", (Rule(Action.ALLOW, Principal("uid", 0), _span(line), "allow uid 0"),), Action.DENY, (Endpoint("unix", path="/run/x.sock"),)))
     return Policy(services=tuple(services), sources=("gen.policy",))
+
+
+# --- hostile strings: what a policy's author or its file's name can put in the output ------------
+
+# What could end a comment line or confuse a reader: line ends of every kind, NUL and other
+# controls, pf's line continuation, quoting and nft/pf syntax, an undecodable byte
+# (surrogate-escaped), a bidirectional override, and rule words to inject.
+HOSTILE_CHARS = "\n\r\t\x00\x0b\x0c\x1b\x7f\x85\u2028\u2029\u202e\udcff\\\"';#{}$@<>/ é"
+_pieces = st.one_of(
+    st.sampled_from(list(HOSTILE_CHARS)),
+    st.sampled_from(["\naccept\n", "\\\npass in quick from any\n", "}\n", "\r\ndrop", "\ttable inet x {}"]),
+    st.characters(),
+)
+hostile = st.lists(_pieces, min_size=1, max_size=12).map("".join)
+
+
+def identifier(name: str) -> str:
+    """What the exporters make of a name in an identifier (``common.Names``)."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
+@dataclass(frozen=True)
+class Dress:
+    """The strings a policy carries: ``names``/``labels`` per service/rule, the rest shared."""
+
+    file: str
+    text: str
+    path: str
+    names: tuple[str, ...]
+    labels: tuple[str, ...]
+
+    def plain(self) -> Dress:
+        return Dress("x", "x", "/x", tuple(map(identifier, self.names)), tuple(map(identifier, self.labels)))
+
+
+def dress(policy: Policy, d: Dress) -> Policy:
+    labels = iter(d.labels * 100)
+    services = []
+    for svc, name in zip(policy.services, d.names):
+        rules = tuple(_dress_rule(r, d, next(labels)) for r in svc.rules)
+        eps = tuple(replace(e, path=d.path) if e.proto == "unix" else e for e in svc.endpoints)
+        span = svc.default_span and replace(svc.default_span, file=d.file)
+        services.append(replace(svc, name=name, rules=rules, endpoints=eps, default_span=span))
+    return replace(policy, services=tuple(services), sources=(d.file, d.text))
+
+
+def _dress_rule(rule: Rule, d: Dress, label: str) -> Rule:
+    match: Match = rule.match
+    if isinstance(match, AddrMatch) and match.label:
+        match = replace(match, label="@" + label)
+    return replace(rule, match=match, span=replace(rule.span, file=d.file), text=d.text)
+
+
+def _no_surrogates(text: str) -> str:
+    return "".join("?" if 0xD800 <= ord(c) <= 0xDFFF else c for c in text)
+
+
+@st.composite
+def dresses(draw: st.DrawFn) -> Dress:
+    # no surrogates in service names: no reader yields one (the native parser takes
+    # identifiers), and Policy.digest encodes names as UTF-8
+    names = draw(st.lists(hostile.map(_no_surrogates), min_size=5, max_size=5, unique_by=identifier))
+    return Dress(draw(hostile), draw(hostile), draw(hostile), tuple(names), tuple(draw(st.lists(hostile, min_size=1, max_size=3))))
+
 
 
 DATA = Path(__file__).parent.parent / "data" / "export"

@@ -68,14 +68,13 @@ from sockgate.bpf.insn import (
     stmt,
 )
 from sockgate.bpf.interp import Packet
-from sockgate.bpf.marker import Marker
+from sockgate.bpf.marker import FilterState, Marker, Reading, classify, program_digest
 from sockgate.bpf.program import (
     Program,
     compile_service,
     ebpf_estimate,
     max_ranges,
     options_not_carried,
-    service_digest,
 )
 
 
@@ -100,7 +99,7 @@ __all__ = [
     "BPF_MISC", "BPF_MOD", "BPF_MSH", "BPF_MUL", "BPF_NEG", "BPF_OR", "BPF_RET", "BPF_RSH",
     "BPF_ST", "BPF_STX", "BPF_SUB", "BPF_TAX", "BPF_TXA", "BPF_W", "BPF_X", "BPF_XOR",
     "SKF_AD_OFF", "SKF_AD_PKTTYPE", "SKF_AD_PROTOCOL", "SKF_LL_OFF", "SKF_NET_OFF",
-    "Insn", "Marker", "Packet", "Program", "capacity", "compile_service", "decode", "disasm",
-    "ebpf_estimate", "encode", "identify", "interp", "jump", "max_ranges", "options_not_carried",
-    "service_digest", "stmt",
+    "FilterState", "Insn", "Marker", "Packet", "Program", "Reading", "capacity", "classify",
+    "compile_service", "decode", "disasm", "ebpf_estimate", "encode", "identify", "interp", "jump",
+    "max_ranges", "options_not_carried", "program_digest", "stmt",
 ]

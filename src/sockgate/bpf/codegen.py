@@ -8,11 +8,13 @@ Program layout (emitted backwards by ``asm.Assembler``, so every jump goes forwa
     jeq #4, v4, +0
     jeq #6, v6, other      other: the verdict of a peer with no address (ranges.py)
     v6:  ld [net+8] / st M[0] ... ld [net+20] / st M[3]      source address, loaded once
-         ::ffff:0:0/96 ?  ld M[3], ja v4search               (only when it changes a verdict)
          ld M[0]; search over the first word, then the next words where needed
     v4:  ld [net+12]                                         source address, loaded once
-    v4search: search over IPv4 boundaries
+         search over IPv4 boundaries
     ret #0 / ret #-1       shared verdicts (copied every ~255 instructions by the assembler)
+
+IPv4-mapped sources in an IPv6 header need no code of their own: ranges.py denies
+``::ffff:0:0/96`` in the IPv6 table, so the IPv6 search drops them like any denied range.
 
 A search is a balanced binary tree over the boundaries between intervals: a packet makes
 O(log n) comparisons. A node is one ``jge #b`` whose false branch is the next instruction; a
@@ -63,7 +65,6 @@ from sockgate.policy.ir import Action
 RET_K = {Action.DENY: 0, Action.ALLOW: U32}
 HALF = 1 << 31
 SPLIT_MIN = 16  # upper-half boundaries worth a split (saves one eBPF instruction each)
-MAPPED = (0, 0, 0xFFFF)  # ::ffff:0:0/96, the first three words
 
 JGE = BPF_JMP | BPF_JGE | BPF_K
 JEQ = BPF_JMP | BPF_JEQ | BPF_K
@@ -107,12 +108,14 @@ def generate(tables: Tables) -> tuple[Insn, ...]:
     for a in (Action.DENY, Action.ALLOW):
         if a in acts:
             asm.ret(RET_K[a], a.value)
-    v4entry, v4search = _v4(asm, tables.v4)
-    v6entry = _v6(asm, tables.v6, tables.v4, v4search)
+    v4entry = _v4(asm, tables.v4)
+    v6entry = _v6(asm, tables.v6)
     asm.forget_copies()
-    asm.jump(JEQ, 6, v6entry, tables.other.value)
-    is6 = asm.label(asm.fresh("is6_"))
-    asm.jump(JEQ, 4, v4entry, is6)
+    not4 = tables.other.value
+    if v6entry != not4:  # (a /96 of IPv6 is always denied, so often all of it is, like `other`)
+        asm.jump(JEQ, 6, v6entry, not4)
+        not4 = asm.label(asm.fresh("is6_"))
+    asm.jump(JEQ, 4, v4entry, not4)
     asm.emit(Insn(BPF_ALU | BPF_RSH | BPF_K, 0, 0, 4))
     asm.emit(Insn(BPF_LD | BPF_B | BPF_ABS, 0, 0, SKF_NET_OFF))
     return asm.program()
@@ -122,49 +125,25 @@ def _segs(intervals: tuple[Interval, ...]) -> list[_Seg]:
     return [_Seg(iv.lo, iv.action) for iv in intervals]
 
 
-def _v4(asm: Assembler, table: Table) -> tuple[str, str]:
-    """Emit the IPv4 block; returns (entry, search) labels (search expects the address in A)."""
+def _v4(asm: Assembler, table: Table) -> str:
+    """Emit the IPv4 block; returns its entry label."""
     segs = _segs(table.intervals)
     if len(segs) == 1:
-        return segs[0].action.value, segs[0].action.value
-    root = _search(asm, _word_level(segs, 0, 0, 0))
-    asm.emit(Insn(BPF_LD | BPF_W | BPF_ABS, 0, 0, SKF_NET_OFF + 12))
-    return asm.label(asm.fresh("v4_")), root
-
-
-def _v6(asm: Assembler, v6: Table, v4: Table, v4search: str) -> str:
-    segs = _segs(v6.intervals)
-    mapped = _needs_mapped_check(v6, v4)
-    if len(segs) == 1 and not mapped:
         return segs[0].action.value
-    root = _leaf(asm, _Sub(0, tuple(segs), 0, 128))
-    if mapped:
-        root = _mapped_check(asm, root, v4search, len(v4.intervals) > 1)
+    _search(asm, _word_level(segs, 0, 0, 0))
+    asm.emit(Insn(BPF_LD | BPF_W | BPF_ABS, 0, 0, SKF_NET_OFF + 12))
+    return asm.label(asm.fresh("v4_"))
+
+
+def _v6(asm: Assembler, table: Table) -> str:
+    segs = _segs(table.intervals)
+    if len(segs) == 1:
+        return segs[0].action.value
+    _leaf(asm, _Sub(0, tuple(segs), 0, 128))
     for w in (3, 2, 1, 0):
         asm.emit(Insn(BPF_ST, 0, 0, w))
         asm.emit(Insn(BPF_LD | BPF_W | BPF_ABS, 0, 0, SKF_NET_OFF + 8 + 4 * w))
     return asm.label(asm.fresh("v6_"))
-
-
-def _needs_mapped_check(v6: Table, v4: Table) -> bool:
-    """Would a genuine IPv6 packet from ::ffff:a.b.c.d get another verdict from the IPv6
-    table than a.b.c.d gets from the IPv4 table?"""
-    lo, hi = 0xFFFF << 32, 0x1_0000_0000_0000
-    in_mapped = {iv.action for iv in v6.intervals if iv.lo < hi and iv.hi > lo}
-    return len(v4.intervals) > 1 or in_mapped != {v4.intervals[0].action}
-
-
-def _mapped_check(asm: Assembler, v6root: str, v4search: str, load_v4: bool) -> str:
-    target = v4search
-    if load_v4:
-        asm.ja(v4search)
-        asm.emit(Insn(BPF_LD | BPF_MEM, 0, 0, 3))
-        target = asm.label(asm.fresh("mapped_"))
-    for w in (2, 1, 0):
-        asm.jump(JEQ, MAPPED[w], target, v6root)
-        asm.emit(Insn(BPF_LD | BPF_MEM, 0, 0, w))
-        target = asm.label(asm.fresh("m"))
-    return target
 
 
 # ------------------------------------------------------------------- word-level search

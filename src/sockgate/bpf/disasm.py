@@ -73,6 +73,8 @@ def listing(insns: Sequence[Insn]) -> str:
         text = insn_text(i, pc)
         if mark is not None and pc == 0:
             text += f"  ; sockgate marker v{mark.version}: service {mark.service!r}, digest {mark.digest}"
+            if not mark.intact:
+                text += " (modified: the code below is not the code of that digest)"
         elif pc in data:
             text += "  ; marker data"
         lines.append(f"{pc:>{width}}  {label:<{width + 3}}{text}")

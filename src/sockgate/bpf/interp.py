@@ -11,6 +11,10 @@ Only the ancillary loads a socket filter could reasonably use are modelled
 (``SKF_AD_PROTOCOL``, ``SKF_AD_PKTTYPE``); others raise ``ValueError``, since the interpreter
 exists to check sockgate's own programs, and a disagreement must be loud.
 
+``Packet.peer()`` is the decision engine's view of the same packet (the header's source and IP
+version), so the compiler's tests state ``run(compile(p), packet) == decide(p, packet.peer())``
+for any header, an IPv6 one with a forged IPv4-mapped source included.
+
 Hand-written rather than borrowed: no maintained pure-Python cBPF interpreter exists, and
 the one behaviour that matters here (negative offsets, out-of-bounds reads) is a few lines.
 """
@@ -72,6 +76,7 @@ from sockgate.bpf.insn import (
     bpf_size,
     bpf_src,
 )
+from sockgate.decide import Peer
 
 ETH_P_IP = 0x0800  # <linux/if_ether.h>
 ETH_P_IPV6 = 0x86DD
@@ -105,12 +110,27 @@ class Packet:
 
     @classmethod
     def from_address(cls, addr: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> "Packet":
-        """The packet a socket receives from ``addr``: an IPv4-mapped IPv6 address arrives
-        as IPv4 (a dual-stack socket gets the client's IPv4 header)."""
+        """The packet a socket receives from a genuine client at ``addr``: an IPv4-mapped IPv6
+        address arrives as IPv4 (a dual-stack socket gets the client's IPv4 header). The
+        same address in an IPv6 header is ``Packet.ipv6(addr)``: a forged packet."""
         a = ipaddress.ip_address(addr) if isinstance(addr, str) else addr
         if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped is not None:
             a = a.ipv4_mapped
         return cls.ipv4(a) if a.version == 4 else cls.ipv6(a)
+
+    def peer(self) -> Peer | None:
+        """What the decision engine is asked about this packet: its header's source address
+        and IP version (``Peer.header``: an IPv4-mapped source in an IPv6 header is a forged
+        peer), or a peer without an address when the version is neither 4 nor 6. None for a
+        header too short to hold what the program reads: no decision, it is dropped."""
+        if not self.network:
+            return None
+        version = self.network[0] >> 4
+        if version == 4:
+            return Peer(address=ipaddress.IPv4Address(self.network[12:16]), header=4) if len(self.network) >= 16 else None
+        if version == 6:
+            return Peer(address=ipaddress.IPv6Address(self.network[8:24]), header=6) if len(self.network) >= 24 else None
+        return Peer()
 
 
 class _Drop(Exception):

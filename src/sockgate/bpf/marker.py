@@ -6,7 +6,7 @@ Layout (instruction 0 is the only one a packet executes; the rest is data it jum
     0      ja +N                   skip the N data instructions
     1      ld #0x53474154          magic "SGAT"
     2      ld #0x0001LLLL          version (high 16 bits) and the name's length in bytes
-    3      ld #digest[0:8]         the 16-hex-digit digest as two words
+    3      ld #digest[0:8]         the 16-hex-digit program digest as two words
     4      ld #digest[8:16]
     5..    ld #name[4i:4i+4]       the service name, UTF-8, 4 bytes a word, zero padded
 
@@ -14,14 +14,23 @@ Every data instruction is a valid ``ld #k`` (``BPF_LD|BPF_W|BPF_IMM``), so the k
 checker accepts the prefix and ``SO_GET_FILTER`` returns it unchanged. A packet pays one
 ``ja``. ``read`` checks every field, so another program that happens to start with a ``ja``
 is reported as foreign (None).
+
+The digest is ``program_digest``: SHA-256 over the service name and the code after the
+marker. A marker is no signature — anyone who can attach a filter can write one — but as the
+digest is recomputed from the program read back, a genuine marker in front of other code (an
+allow-all body) is told apart (``Marker.intact`` False: *modified*), and a forger who
+recomputes the digest for their code shows a digest that is not the one the service's
+policy compiles to. ``classify`` is the one reading of a read-back filter that ``guard_of``,
+``attach`` and ``ls`` share.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Literal, Sequence
 
-from sockgate.bpf.insn import BPF_IMM, BPF_JA, BPF_JMP, BPF_LD, BPF_W, Insn
+from sockgate.bpf.insn import BPF_IMM, BPF_JA, BPF_JMP, BPF_LD, BPF_W, Insn, decode, encode
 
 MAGIC = 0x53474154  # "SGAT"
 VERSION = 1
@@ -29,11 +38,34 @@ MAX_NAME = 255  # bytes of UTF-8
 _LD_IMM = BPF_LD | BPF_W | BPF_IMM
 
 
+FilterState = Literal["sockgate", "modified", "foreign", "none"]
+
+
 @dataclass(frozen=True)
 class Marker:
     service: str
     digest: str
     version: int = VERSION
+    intact: bool = True  # the code after the marker is the code its digest was made from
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A socket's filter as read back (``SO_GET_FILTER``), classified: ``sockgate`` (an intact
+    sockgate program), ``modified`` (a sockgate marker in front of other code: service and
+    digest are only what the marker claims), ``foreign`` or ``none``."""
+
+    state: FilterState
+    instructions: int = 0
+    service: str | None = None
+    digest: str | None = None
+
+
+def program_digest(service: str, body: Sequence[Insn]) -> str:
+    """16 hex digits of SHA-256 over the service name and ``body``, the code after the marker."""
+    h = hashlib.sha256(service.encode() + b"\0")
+    h.update(encode(body))
+    return h.hexdigest()[:16]
 
 
 def build(service: str, digest: str) -> tuple[Insn, ...]:
@@ -72,4 +104,19 @@ def read(insns: Sequence[Insn]) -> Marker | None:
         name = raw[:length].decode()
     except UnicodeDecodeError:
         return None
-    return Marker(name, f"{words[2]:08x}{words[3]:08x}", VERSION)
+    digest = f"{words[2]:08x}{words[3]:08x}"
+    return Marker(name, digest, VERSION, program_digest(name, insns[1 + head.k :]) == digest)
+
+
+def classify(raw: bytes | None) -> Reading:
+    """What a filter read back with ``SO_GET_FILTER`` is (None: the socket has none)."""
+    if raw is None:
+        return Reading("none")
+    try:
+        insns = decode(raw)
+    except ValueError:  # never from the kernel, which returns whole instructions
+        return Reading("foreign", len(raw) // 8)
+    mark = read(insns)
+    if mark is None:
+        return Reading("foreign", len(insns))
+    return Reading("sockgate" if mark.intact else "modified", len(insns), mark.service, mark.digest)

@@ -19,7 +19,6 @@ boundaries of a given prefix length) and bisecting.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 from dataclasses import dataclass
 from functools import lru_cache
@@ -46,7 +45,7 @@ from sockgate.bpf.insn import (
     encode,
 )
 from sockgate.errors import CompileError, UnsupportedInKernel
-from sockgate.policy.intervals import SPACE
+from sockgate.policy.intervals import SPACE, net_range
 from sockgate.policy.ir import Action, Service, rule_userspace_reason
 from sockgate.policy.printer import format_limits
 
@@ -87,25 +86,15 @@ def compile_service(service: Service, *, banned: Sequence[_ranges.Banned] = ()) 
     ``CompileError`` for a policy that does not fit."""
     _refuse_userspace(service)
     tables = _ranges.build(service, banned)
-    digest = service_digest(service, banned)
-    insns = _marker.build(service.name, digest) + generate(tables)
+    body = generate(tables)
+    digest = _marker.program_digest(service.name, body)
+    insns = _marker.build(service.name, digest) + body
     n4, n6 = len(tables.v4), len(tables.v6)
     _check_limits(service.name, insns, n4, n6)
     bad = verify.problems(insns)
     if bad:  # a compiler bug, never the operator's fault
         raise RuntimeError(f"sockgate compiled a program the kernel would refuse: {bad[0]}")
     return Program(insns, service.name, digest, n4 + n6, n4, n6)
-
-
-def service_digest(service: Service, banned: Sequence[_ranges.Banned] = ()) -> str:
-    """``Service.digest()``, combined with the banned sources when there are any."""
-    d = service.digest()
-    if not banned:
-        return d
-    h = hashlib.sha256(d.encode())
-    for b in sorted({str(_ranges.as_net(b)) for b in banned}):
-        h.update(b"\0" + b.encode())
-    return h.hexdigest()[:16]
 
 
 def _refuse_userspace(service: Service) -> None:
@@ -214,6 +203,10 @@ def synthetic_tables(family: int, n: int, prefix: int = WORST_PREFIX) -> _ranges
     ends = bounds[1:] + [SPACE[family]]
     ivs = tuple(_ranges.Interval(lo, hi, acts[k % 2], None) for k, (lo, hi) in enumerate(zip(bounds, ends)))
     other = _ranges.Table(10 - family, (_ranges.Interval(0, SPACE[10 - family], Action.DENY, None),))
+    if family == 4:  # IPv6 allowed (a block list's default) but for ::ffff:0:0/96: the costlier shape
+        lo, hi = net_range(_ranges.MAPPED)
+        other = _ranges.Table(6, (_ranges.Interval(0, lo, Action.ALLOW, None), _ranges.Interval(lo, hi, Action.DENY, _ranges.FORGED),
+                                  _ranges.Interval(hi, SPACE[6], Action.ALLOW, None)))
     table = _ranges.Table(family, ivs)
     v4, v6 = (table, other) if family == 4 else (other, table)
     return _ranges.Tables(v4, v6, Action.DENY, None)

@@ -8,14 +8,15 @@ rule, or with the default where none is. Adjacent segments with the same action 
 the labels of a table alternate between allow and deny. The sweep costs O(N log N) in the
 number of CIDRs, whatever the number of rules.
 
-Semantics are those of ``decide.matches``: an address matches a network of its own family
-only. A peer's IPv4-mapped IPv6 address is its IPv4 address (the engine normalises it, and a
-dual-stack socket receives such a client's packets with an IPv4 header), so the IPv6 table is
-never consulted for ``::ffff:0:0/96``; the program sends those packets to the IPv4 search. The
-parser folds a written ``::ffff:a.b.c.d/len`` into IPv4 (policy/literals.py); an IPv6 network
-inside ``::ffff:0:0/96`` that reaches the IR some other way matches no peer, as in the engine.
+Semantics are those of ``decide``: an address matches a network of its own family only, and
+a forged source is denied before any rule. A real IPv4 client of a dual-stack socket arrives
+with an IPv4 header, and is decided by the IPv4 table (the engine normalises its
+``::ffff:a.b.c.d`` to ``a.b.c.d``); an IPv6 header whose source lies in ``::ffff:0:0/96`` is
+forged (decide.py says why), so the IPv6 table denies that whole /96 (``FORGED``), whatever the
+rules say. The parser folds a written ``::ffff:a.b.c.d/len`` into IPv4 (policy/literals.py),
+so no rule can allow it back.
 
-``banned`` sources are denied before any rule. A packet that is neither IPv4 nor IPv6 gets the
+``banned`` sources are denied before any rule (after ``FORGED``). A packet that is neither IPv4 nor IPv6 gets the
 decision of a peer without an address (``other``): only rules that need no address can
 match it, else the default applies.
 """
@@ -32,13 +33,17 @@ from sockgate.policy.ir import Action, AnyOf, Except, IPNetwork, Match, MatchAll
 
 Banned = Union[ipaddress.IPv4Network, ipaddress.IPv6Network, ipaddress.IPv4Address, ipaddress.IPv6Address]
 
+Labelled = tuple[Ranges, Action, Union[int, None]]  # addresses, their action, the rule index
+
 BANNED = -1  # rule index of the banned list
+FORGED = -2  # rule index of the IPv4-mapped sources in the IPv6 table
+MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")  # RFC 4291 2.5.5.2
 
 
 @dataclass(frozen=True)
 class Interval:
     """Addresses ``lo`` .. ``hi - 1`` get ``action``; ``rule`` is the index of the rule that
-    decided (``BANNED`` for the banned list, None for the default)."""
+    decided (``FORGED``, ``BANNED`` for the banned list, None for the default)."""
 
     lo: int
     hi: int
@@ -79,12 +84,14 @@ def build(service: Service, banned: Sequence[Banned] = ()) -> Tables:
     default = service.effective_default
     other_rule = next((i for i, m in enumerate(matches) if _matches_no_address(m)), None)
     other = default if other_rule is None else service.rules[other_rule].action
-    actions = [r.action for r in service.rules]
     tables = []
     for fam in (4, 6):
-        sets = [match_ranges(m, fam) for m in matches]
         ban = union(net_range(as_net(b)) for b in banned if b.version == fam)
-        tables.append(Table(fam, _first_match(ban, sets, actions, default, SPACE[fam])))
+        # in order of precedence: forged sources, banned ones, then the rules
+        sets: list[Labelled] = [((net_range(MAPPED),), Action.DENY, FORGED)] if fam == 6 else []
+        sets.append((ban, Action.DENY, BANNED))
+        sets += [(match_ranges(m, fam), r.action, i) for i, (m, r) in enumerate(zip(matches, service.rules))]
+        tables.append(Table(fam, _first_match(sets, default, SPACE[fam])))
     return Tables(tables[0], tables[1], other, other_rule)
 
 
@@ -106,17 +113,18 @@ def _matches_no_address(m: Match) -> bool:
 
 
 def _first_match(
-    ban: Ranges, sets: list[Ranges], actions: list[Action], default: Action, space: int
+    sets: list[Labelled], default: Action, space: int
 ) -> tuple[Interval, ...]:
-    # Events: at each point, rules starting and ending. Index 0 is the banned list.
+    """Label the space by the first of ``sets`` (ranges, action, rule index) holding at each
+    point, or ``default``."""
     starts: dict[int, list[int]] = {}
     ends: dict[int, list[int]] = {}
-    for idx, spans in enumerate([ban, *sets]):
+    for idx, (spans, _, _) in enumerate(sets):
         for lo, hi in spans:
             starts.setdefault(lo, []).append(idx)
             ends.setdefault(hi, []).append(idx)
     points = sorted(set(starts) | set(ends) | {0})
-    active = [False] * (len(sets) + 1)
+    active = [False] * len(sets)
     heap: list[int] = []
     out: list[Interval] = []
     for i, p in enumerate(points):
@@ -130,11 +138,7 @@ def _first_match(
         while heap and not active[heap[0]]:
             heapq.heappop(heap)
         hi = points[i + 1] if i + 1 < len(points) else space
-        if heap:
-            top = heap[0]
-            action, rule = (Action.DENY, BANNED) if top == 0 else (actions[top - 1], top - 1)
-        else:
-            action, rule = default, None
+        action, rule = sets[heap[0]][1:] if heap else (default, None)
         if out and out[-1].action is action:
             prev = out[-1]
             out[-1] = Interval(prev.lo, hi, action, prev.rule if prev.rule == rule else _mixed(prev.rule, rule))

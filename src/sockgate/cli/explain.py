@@ -6,6 +6,10 @@ kernel's converted size), notes on hosts_options(5) options a kernel filter does
 interpreter executes for a packet from that address, the verdict, and the decision engine's
 verdict and reason beside it. The two must agree; if they ever do not, the command says so
 and exits 1 (a compiler bug worth reporting).
+
+A client written ``::ffff:a.b.c.d`` is traced twice: as the packet a real IPv4 client of a
+dual-stack socket sends (an IPv4 header from ``a.b.c.d``), and as an IPv6 header with that
+source, which only a forger sends and every program denies (decide.py says why).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(f"--banned: {e}") from None
     program = compile_service(service, banned=banned)
-    clients = [_trace(program, service, c, banned) for c in args.client]
+    clients = [t for c in args.client for t in _traces(program, service, c, banned)]
     report = _report(program, clients, listing=not args.no_listing)
     report["notes"] = list(options_not_carried(service))
     if args.json:
@@ -49,18 +53,31 @@ def run(args: argparse.Namespace) -> int:
     return 0 if all(c["agree"] for c in clients) else 1
 
 
-def _trace(program: Any, service: Any, text: str, banned: list[Any]) -> dict[str, Any]:
-    from sockgate.bpf import interp
-    from sockgate.decide import Peer, decide_service
-    from sockgate.policy.ir import Action
+def _traces(program: Any, service: Any, text: str, banned: list[Any]) -> list[dict[str, Any]]:
+    """One trace per packet a client written ``text`` can send: an IPv4-mapped address has two."""
+    from sockgate.bpf.interp import Packet
+    from sockgate.decide import Peer
 
     try:
         peer = Peer.parse(text)
     except PeerError as e:
         raise UsageError(f"--client: {e}") from None
     assert peer.address is not None
-    t = interp.trace(program.insns, interp.Packet.from_address(peer.address))
-    ban = next((b for b in banned if peer.address.version == b.version and peer.address in b), None)
+    genuine = Packet.from_address(peer.address)
+    if peer.address.version == 4 and ":" in text:  # written ::ffff:a.b.c.d
+        return [_trace(program, service, text, genuine, banned), _trace(program, service, text, Packet.ipv6(f"::ffff:{peer.address}"), banned)]
+    return [_trace(program, service, text, genuine, banned)]
+
+
+def _trace(program: Any, service: Any, text: str, packet: Any, banned: list[Any]) -> dict[str, Any]:
+    from sockgate.bpf import interp
+    from sockgate.decide import decide_service
+    from sockgate.policy.ir import Action
+
+    peer = packet.peer()
+    t = interp.trace(program.insns, packet)
+    a = peer.address
+    ban = None if peer.forged else next((b for b in banned if a.version == b.version and a in b), None)
     if ban is not None:
         decision, rule, reason = Action.DENY, None, f"banned ({ban})"
     else:
@@ -70,8 +87,10 @@ def _trace(program: Any, service: Any, text: str, banned: list[Any]) -> dict[str
     verdict = Action.ALLOW if t.result else Action.DENY
     return {
         "client": text,
-        "address": str(peer.address),
-        "family": f"ipv{peer.address.version}",
+        "address": peer.address_text(),
+        "family": f"ipv{a.version}",
+        "header": f"ipv{peer.header}",
+        "forged": peer.forged,
         "path": t.path,
         "accept": t.result,
         "verdict": verdict.value,
@@ -113,9 +132,10 @@ def _render(r: dict[str, Any]) -> str:
     if "listing" in r:
         lines += ["", *r["listing"]]
     for c in r["clients"]:
+        how = "in an IPv6 header: forged" if c["forged"] else c["family"]
         lines += [
             "",
-            f"client {c['client']} ({c['family']}): {c['verdict']} "
+            f"client {c['client']} ({how}): {c['verdict']} "
             f"(ret {c['accept']:#x}) after {len(c['path'])} instructions",
             "  path: " + " ".join(map(str, c["path"])),
             f"  decision engine: {c['decision']} — {c['reason']}",

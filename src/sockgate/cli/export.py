@@ -8,11 +8,14 @@ cannot carry, services sharing a port) go to stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+import tempfile
 
 from sockgate.cli.common import add_policy_args, load_from_args
 from sockgate.errors import AdapterError
+from sockgate.policy.source import printable
 from sockgate.export import FORMATS, export
 from sockgate.export.ports import parse_map
 from sockgate.services_db import SERVICES_PATH, read_services
@@ -61,13 +64,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _write(path: str, text: str) -> None:
-    """Replace ``path`` whole (a temporary file renamed over it)."""
-    tmp = f"{path}.tmp{os.getpid()}"
+    """Replace ``path`` whole: a new file made in its directory with ``O_EXCL`` under a name
+    nobody can guess (``mkstemp``), then renamed over it. A predictable temporary name would
+    let anyone who can write the directory plant a symlink there and have root write through
+    it; ``rename`` replaces a symlink at ``path`` itself, never its target."""
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp: str | None = None
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
+        fd, tmp = tempfile.mkstemp(prefix=".sockgate-export-", dir=directory)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o644)
             f.write(text)
         os.replace(tmp, path)
     except OSError as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise AdapterError(f"cannot write {path}: {e.strerror}", errno=e.errno, target=path) from None
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise AdapterError(f"cannot write {printable(path)}: {e.strerror}", errno=e.errno, target=path) from None

@@ -84,7 +84,7 @@ def render_table(rows: Sequence[Row], with_peer: bool, console: "Console | None"
     # the terminal is narrow
     for h in _headers(with_peer):
         table.add_column(h, overflow="fold", no_wrap=h in _WHOLE)
-    style = {"sockgate": "green", "foreign": "yellow", "none": "red", "unknown": "dim"}
+    style = {"sockgate": "green", "modified": "bold red", "foreign": "yellow", "none": "red", "unknown": "dim"}
     for r in rows:
         c = cells(r, with_peer)
         c[-1] = f"[{style[r.guard.status]}]{_escape(c[-1])}[/]"

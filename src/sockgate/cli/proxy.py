@@ -36,7 +36,13 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drain-timeout", type=float, default=10.0, metavar="S", help="on SIGTERM wait this long for connections (10)")
     p.add_argument("--udp-timeout", type=float, default=30.0, metavar="S", help="end a UDP flow idle this long (30)")
     p.add_argument("--name-timeout", type=float, default=2.0, metavar="S", help="host-name lookup timeout (2)")
+    p.add_argument("--name-queue", type=int, default=64, metavar="N",
+                   help="host-name lookups waiting per service behind the 4 running; beyond, clients are refused (64)")
     p.add_argument("--max-connections", type=int, default=20000, metavar="N", help="connections at once, all services (20000)")
+    p.add_argument("--max-connections-per-source", type=int, default=1024, metavar="N",
+                   help="connections at once from one address (an IPv6 /64), per service (1024)")
+    p.add_argument("--max-udp-flows", type=int, default=4096, metavar="N", help="UDP flows at once, per listener (4096)")
+    p.add_argument("--max-udp-flows-per-source", type=int, default=256, metavar="N", help="UDP flows at once from one address, per listener (256)")
 
 
 def _has_policy(args: argparse.Namespace) -> bool:
@@ -89,8 +95,11 @@ def run(args: argparse.Namespace) -> int:
     from sockgate.proxy.log import Log
     from sockgate.proxy.server import Proxy
 
-    if args.workers < 1:
-        raise UsageError("--workers must be at least 1")
+    for opt in ("workers", "max_connections_per_source", "max_udp_flows", "max_udp_flows_per_source"):
+        if getattr(args, opt) < 1:
+            raise UsageError(f"--{opt.replace('_', '-')} must be at least 1")
+    if args.name_queue < 0:
+        raise UsageError("--name-queue must be 0 or more")
     plans = plans_from_args(args)
     options = Options(
         idle_timeout=args.idle_timeout,
@@ -99,6 +108,9 @@ def run(args: argparse.Namespace) -> int:
         udp_idle_timeout=args.udp_timeout,
         name_timeout=args.name_timeout,
         max_connections=args.max_connections,
+        max_connections_per_source=args.max_connections_per_source,
+        max_udp_flows=args.max_udp_flows,
+        max_udp_flows_per_source=args.max_udp_flows_per_source,
     )
     log = Log(args.log_format, sys.stderr, use_syslog=args.syslog)
     proxy = Proxy(
@@ -107,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         log,
         loader=lambda: plans_from_args(args),
         workers=args.workers,
-        resolver=resolver(args.name_timeout),
+        resolver=resolver(args.name_timeout, args.name_queue),
         use_uvloop=not args.no_uvloop,
         splice=not args.no_splice,
     )

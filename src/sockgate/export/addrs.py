@@ -8,22 +8,28 @@ half-open intervals of addresses it holds for. Those render as nftables interval
 elements (``a-b`` ranges or CIDRs) or as pf table entries (CIDRs only, via ``summarize``).
 
 An IPv4 address is never in an IPv6 set: the engine compares a peer only with networks of
-its own family (and turns ``::ffff:a.b.c.d`` into IPv4), and Linux drops IPv6 packets whose
-source is IPv4-mapped before any hook sees them. The set algebra is the BPF compiler's
-(``policy.intervals``, which ``bpf.ranges`` uses too), so the kernel filter and the firewall
-rules agree by construction.
+its own family. The engine turns a peer address ``::ffff:a.b.c.d`` into IPv4, because that is
+how a dual-stack socket names a real IPv4 client; but such a client's packets carry an IPv4
+header, so on the wire an IPv6 header with a source in ``MAPPED_V6`` is forged (RFC 4291
+2.5.5.2). Linux does not drop it before netfilter (TCP refuses it in ``tcp_v6_conn_request``;
+UDP delivers it, seen on 6.18), so every exported service drops it before its rules.
+
+The set algebra is the BPF compiler's (``policy.intervals``, which ``bpf.ranges`` uses too),
+so the kernel filter and the firewall rules agree by construction.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from sockgate.policy.intervals import SPACE, Range, Ranges, cidrs, match_ranges, to_address
 from sockgate.policy.ir import IPAddress, IPNetwork, Match, userspace_reason
 
 Intervals = Ranges  # half-open (lo, hi): addresses lo .. hi - 1
+MAPPED_V6 = ipaddress.IPv6Network("::ffff:0:0/96")  # IPv4-mapped IPv6 addresses, RFC 4291 2.5.5.2
 
-__all__ = ["AddrSpace", "Intervals", "as_cidr", "flatten", "summarize", "to_address"]
+__all__ = ["MAPPED_V6", "AddrSpace", "Intervals", "as_cidr", "flatten", "summarize", "to_address"]
 
 
 @dataclass(frozen=True)

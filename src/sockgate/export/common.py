@@ -31,7 +31,7 @@ from typing import Callable, Generic, Hashable, Literal, Mapping, TypeVar, Union
 
 from sockgate.decide import Peer
 from sockgate.errors import Diagnostic, PolicyError, UsageError
-from sockgate.export.addrs import AddrSpace, flatten
+from sockgate.export.addrs import MAPPED_V6, AddrSpace, flatten
 from sockgate.export.ports import PortRange, Proto, lookup, port_table
 from sockgate.policy.daemons import daemon_matches
 from sockgate.policy.ir import (
@@ -82,7 +82,10 @@ class PlannedService:
     notes: tuple[str, ...] = ()  # comments for the output (unix endpoints, skipped limits)
 
     def verdict(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Action:
-        """What the exported rules decide for a packet from ``address`` (first match)."""
+        """What the exported rules decide for a packet from ``address`` (first match): an
+        IPv6 source in ``MAPPED_V6`` is forged and denied before any rule."""
+        if address.version == 6 and address in MAPPED_V6:
+            return Action.DENY
         for item in self.items:
             if isinstance(item, PlannedRule) and item.addrs.contains(address):
                 return item.action
@@ -151,7 +154,7 @@ def plan(
     unmapped: list[str] = []
     for svc in _services(policy, mapped):
         if svc.endpoints and svc.name in mapped:
-            raise UsageError(f"--map {svc.name}: service {svc.name} already says where it listens ({_eps(svc.endpoints)})")
+            raise UsageError(printable(f"--map {svc.name}: service {svc.name} already says where it listens ({_eps(svc.endpoints)})"))
         endpoints = svc.endpoints or lookup(svc.name, mapped, services_db)
         if not endpoints:
             unmapped.append(svc.name)
@@ -163,16 +166,17 @@ def plan(
             planned.append(one)
     if unmapped:
         raise UsageError(
-            "no port known for "
-            + ", ".join(unmapped)
-            + f": say where each listens with --map DAEMON=PROTO/PORT (e.g. --map {unmapped[0]}=tcp/PORT);"
-            + " only services(5) names are looked up by themselves"
+            printable(
+                f"no port known for {', '.join(unmapped)}: say where each listens with --map DAEMON=PROTO/PORT"
+                f" (e.g. --map {unmapped[0]}=tcp/PORT); only services(5) names are looked up by themselves"
+            )
         )
     if problems.diagnostics and not skip_userspace:
         raise PolicyError(problems.diagnostics, sources=dict(policy.texts))
     if not planned and not skipped:
         raise UsageError("nothing to export: the policy names no service (give --map DAEMON=PROTO/PORT for hosts_access rules)")
-    warnings = problems.skip_warnings + problems.warnings + _overlaps(planned)
+    # printable: warnings name files, rules and services, and end up on a terminal
+    warnings = [printable(w) for w in problems.skip_warnings + problems.warnings + _overlaps(planned)]
     return Plan(tuple(planned), tuple(skipped), tuple(warnings), policy.sources, policy.digest())
 
 
@@ -186,7 +190,7 @@ def _services(policy: Policy, mapped: Mapping[str, tuple[Endpoint, ...]]) -> lis
         if name in seen:
             continue
         if not global_rules:
-            raise UsageError(f"--map {name}: the policy has no service {name} and no hosts_access rules that could apply to it")
+            raise UsageError(printable(f"--map {name}: the policy has no service {name} and no hosts_access rules that could apply to it"))
         seen.add(name)
         out.append(policy.service(name))
     return out
@@ -310,12 +314,31 @@ class NamedSets(Generic[Content]):
         return [(name, content) for content, name in self._by_content.items()]
 
 
+def printable(text: str) -> str:
+    """``text`` with every character that is not printable — control characters, NUL, line
+    and paragraph separators, unpaired surrogates from undecodable file names, bidirectional
+    overrides — replaced by ``?``: one line that cannot move a terminal's cursor."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def comment(text: str) -> str:
-    """``text`` safe inside a ``#`` comment line: control characters become ``?``, and so
-    does a trailing backslash (pf.conf would join the next line, a rule, to the comment)."""
-    safe = "".join("?" if ord(c) < 0x20 or ord(c) == 0x7F else c for c in text)
+    """``text`` as one ``#`` comment line, the only form in which policy strings (file names,
+    rule text, service names, reasons) reach the output: ``printable``, so it cannot end the
+    comment and start a rule, and a trailing backslash becomes ``?`` too (pf.conf joins the
+    next line, a rule, to a line ending in one, even a comment)."""
+    safe = printable(text)
     stripped = safe.rstrip("\\")
-    return stripped + "?" * (len(safe) - len(stripped))
+    return "# " + stripped + "?" * (len(safe) - len(stripped))
+
+
+def finish(lines: list[str]) -> str:
+    """The output text, after checking what ``comment`` promises holds for every line: one
+    line per element, nothing unprintable but tabs, no comment continued by a backslash.
+    A failure is a bug in a renderer (``ValueError``), never a policy's fault."""
+    for n, line in enumerate(lines, 1):
+        if not line.replace("\t", " ").isprintable() or (line.lstrip().startswith("#") and line.endswith("\\")):
+            raise ValueError(f"renderer bug: output line {n} would not stay one line: {line!r}")
+    return "\n".join(lines) + "\n"
 
 
 def rule_where(rule: Rule) -> str:
@@ -335,29 +358,32 @@ def header_lines(plan: Plan, fmt: str, usage: list[str]) -> list[str]:
     ``usage`` lines (how to load and remove it), and each service not exported."""
     sources = ", ".join(plan.sources) or "(no file)"
     return [
-        f"# sockgate export --format {fmt}: policy {plan.digest} from {comment(sources)}",
-        *usage,
-        *(f"# service {comment(s.name)} not exported: {comment(s.reason)}" for s in plan.skipped),
+        comment(f"sockgate export --format {fmt}: policy {plan.digest} from {sources}"),
+        *map(comment, usage),
+        *(comment(f"service {s.name} not exported: {s.reason}") for s in plan.skipped),
     ]
 
 
 RuleLines = Callable[[PlannedRule, str, bool], list[str]]
+FORGED_NOTE = f"IPv6 packets from IPv4-mapped sources ({MAPPED_V6}) are forged: dropped before any rule"
 
 
-def service_lines(svc: PlannedService, rule_lines: RuleLines, heading: str = "") -> list[str]:
+def service_lines(svc: PlannedService, rule_lines: RuleLines, forged: list[str], heading: str = "") -> list[str]:
     """The body every renderer writes for ``svc``: a ``# service NAME`` comment (``heading``
-    appended) and its notes, then each item under a comment naming its source line (a skipped rule is only a
-    comment), and last the comment saying where the default comes from. ``rule_lines(item,
-    wanted, named)`` renders a rule; ``wanted`` names its address set (the policy set of an
-    ``@set`` rule, ``named``, else ``SERVICE_K``). The default's verdict is the renderer's."""
-    lines = [f"# service {comment(svc.name)}{heading}"] + [f"# {comment(n)}" for n in svc.notes]
+    appended) and its notes; the ``forged`` lines that drop IPv6 packets from IPv4-mapped
+    sources (``MAPPED_V6``), ahead of every rule; then each item under a comment naming its
+    source line (a skipped rule is only a comment), and last the comment saying where the
+    default comes from. ``rule_lines(item, wanted, named)`` renders a rule; ``wanted`` names
+    its address set (the policy set of an ``@set`` rule, ``named``, else ``SERVICE_K``). The
+    default's verdict is the renderer's."""
+    lines = [comment(f"service {svc.name}{heading}"), *map(comment, svc.notes), comment(FORGED_NOTE), *forged]
     for k, item in enumerate(svc.items, 1):
-        where, text = rule_where(item.rule), comment(item.rule.text)
+        where = rule_where(item.rule)
         if not isinstance(item, PlannedRule):
-            lines.append(f"# left out, never matches: {where}: {text}; {comment(item.reason)}")
+            lines.append(comment(f"left out, never matches: {where}: {item.rule.text}; {item.reason}"))
             continue
-        lines.append(f"# {where}: {text}")
+        lines.append(comment(f"{where}: {item.rule.text}"))
         label = set_label(item.rule)
         lines += rule_lines(item, label or f"{svc.name}_{k}", label is not None)
     said = f"{svc.default_where}: default {svc.default}" if svc.default_where else f"no rule matched: {svc.default}"
-    return lines + [f"# {said}"]
+    return lines + [comment(said)]

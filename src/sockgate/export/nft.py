@@ -30,13 +30,15 @@ import re
 from typing import Literal
 
 from sockgate.errors import UsageError
-from sockgate.export.addrs import Intervals, as_cidr, to_address
+from sockgate.export.addrs import MAPPED_V6, Intervals, as_cidr, to_address
 from sockgate.export.common import (
     Names,
     NamedSets,
     Plan,
     PlannedRule,
     PlannedService,
+    comment,
+    finish,
     header_lines,
     port_items,
     service_lines,
@@ -88,10 +90,10 @@ def render(plan: Plan, *, table: str = "sockgate", action: DenyAction = "drop") 
     r = _Renderer(action)
     chains = [_service_chain(r, svc) for svc in plan.services]
     usage = [
-        "# Load atomically (again to replace it): nft -f FILE",
-        f"# Remove:                                nft delete table inet {table}",
-        "# Packets to the services' ports are judged by the policy's rules, first match wins;",
-        "# all other traffic is left alone.",
+        "Load atomically (again to replace it): nft -f FILE",
+        f"Remove:                                nft delete table inet {table}",
+        "Packets to the services' ports are judged by the policy's rules, first match wins;",
+        "all other traffic is left alone.",
     ]
     out = header_lines(plan, "nft", usage)
     out += [f"table inet {table} {{}}", f"delete table inet {table}", f"table inet {table} {{"]
@@ -105,7 +107,7 @@ def render(plan: Plan, *, table: str = "sockgate", action: DenyAction = "drop") 
             out.append("")
         out += ["\t" + line for line in block]
     out.append("}")
-    return "\n".join(out) + "\n"
+    return finish(out)
 
 
 class _Renderer:
@@ -120,7 +122,8 @@ class _Renderer:
 
 def _service_chain(r: _Renderer, svc: PlannedService) -> tuple[str, list[str]]:
     name = r.chain_names.make(svc.name)
-    lines = service_lines(svc, lambda item, wanted, named: _rule_lines(r, item, wanted, named))
+    forged = [f"ip6 saddr {MAPPED_V6} drop"]  # drop, not reject: no answer to a forged source
+    lines = service_lines(svc, lambda item, wanted, named: _rule_lines(r, item, wanted, named), forged)
     return name, lines + [r.verdicts[svc.default]]
 
 
@@ -130,7 +133,7 @@ def _rule_lines(r: _Renderer, item: PlannedRule, wanted: str, named: bool) -> li
     if a.is_full(4) and a.is_full(6):
         return [verdict]
     if a.is_empty():
-        return ["# (matches no address)"]
+        return [comment("(matches no address)")]
     out = []
     for version in (4, 6):
         ivs = a.family(version)
@@ -164,7 +167,7 @@ def _set_block(name: str, version: int, intervals: Intervals) -> list[str]:
 def _base_chain(plan: Plan, chains: list[tuple[str, list[str]]]) -> list[str]:
     lines = [
         "type filter hook input priority filter; policy accept;",
-        "# replies to connections this host opened are not judged",
+        comment("replies to connections this host opened are not judged"),
         "ct direction reply accept",
     ]
     for svc, (chain, _) in zip(plan.services, chains):

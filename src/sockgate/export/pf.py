@@ -22,12 +22,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from sockgate.export.addrs import summarize
+from sockgate.export.addrs import MAPPED_V6, summarize
 from sockgate.export.common import (
     NamedSets,
     Plan,
     PlannedRule,
     PlannedService,
+    comment,
+    finish,
     header_lines,
     port_items,
     ranges_text,
@@ -48,16 +50,16 @@ def render(plan: Plan, *, anchor: str = "sockgate", action: DenyAction = "drop")
     r = _Renderer(action)
     blocks = [_service_lines(r, svc) for svc in plan.services]
     usage = [
-        f'# Put `anchor "{anchor}"` in pf.conf where these rules belong, then',
-        f"#   load (again to replace it): pfctl -a {anchor} -f FILE",
-        f"#   remove:                     pfctl -a {anchor} -F all",
-        "# Every rule is quick: the first match wins, in the policy's order.",
+        f'Put `anchor "{anchor}"` in pf.conf where these rules belong, then',
+        f"  load (again to replace it): pfctl -a {anchor} -f FILE",
+        f"  remove:                     pfctl -a {anchor} -F all",
+        "Every rule is quick: the first match wins, in the policy's order.",
     ]
     out = header_lines(plan, "pf", usage)
-    out += [_table(name, entries) for name, entries in r.tables.items()]
+    out += [line for name, entries in r.tables.items() for line in _table(name, entries)]
     for block in blocks:
         out += ["", *block]
-    return "\n".join(out) + "\n"
+    return finish(out)
 
 
 class _Renderer:
@@ -79,23 +81,25 @@ class _Renderer:
 
 
 def _service_lines(r: _Renderer, svc: PlannedService) -> list[str]:
+    def every_port(verb: str, src: str) -> list[str]:
+        return [f"{verb} proto {proto} from {src} to self port {_ports(ranges)}" for proto, ranges in svc.ports]
+
     def rule_lines(item: PlannedRule, wanted: str, named: bool) -> list[str]:
         src = r.source(item, wanted, named)
-        if src is None:
-            return ["# (matches no address)"]
-        return [f"{r.verbs[item.action]} proto {proto} from {src} to self port {_ports(ranges)}" for proto, ranges in svc.ports]
+        return [comment("(matches no address)")] if src is None else every_port(r.verbs[item.action], src)
 
     ports = " ".join(f"{proto}/{ranges_text(ranges)}" for proto, ranges in svc.ports)
-    lines = service_lines(svc, rule_lines, f": {ports}")
-    return lines + [f"{r.verbs[svc.default]} proto {proto} from any to self port {_ports(ranges)}" for proto, ranges in svc.ports]
+    # block drop, not return: no answer to a forged source
+    lines = service_lines(svc, rule_lines, every_port("block drop in quick", _cidr(MAPPED_V6)), f": {ports}")
+    return lines + every_port(r.verbs[svc.default], "any")
 
 
-def _table(name: str, entries: tuple[str, ...]) -> str:
-    """One line, or several joined by backslash-newline (pf.conf's line continuation)."""
+def _table(name: str, entries: tuple[str, ...]) -> list[str]:
+    """One line, or several continued by a trailing backslash (pf.conf's line continuation)."""
     if len(entries) <= _PER_LINE:
-        return f"table <{name}> const {{ {', '.join(entries)} }}"
+        return [f"table <{name}> const {{ {', '.join(entries)} }}"]
     rows = [", ".join(entries[i : i + _PER_LINE]) for i in range(0, len(entries), _PER_LINE)]
-    return f"table <{name}> const {{ \\\n\t" + ", \\\n\t".join(rows) + " }"
+    return [f"table <{name}> const {{ \\", *(f"\t{row}, \\" for row in rows[:-1]), f"\t{rows[-1]} }}"]
 
 
 def _ports(ranges: tuple[PortRange, ...]) -> str:

@@ -5,7 +5,8 @@ Passing (what ``sockgate run`` and the proxy do before ``exec``): the sockets be
 ``LISTEN_FDS=n``, ``LISTEN_PID=<pid of the process that will exec>`` and
 ``LISTEN_FDNAMES=a:b:...`` (sd_listen_fds(3)). ``place_fds`` does the renumbering in the
 child between ``fork`` and ``exec``: every source is first duplicated above the highest fd
-involved, so moving one fd into place never overwrites another source.
+involved, so moving one fd into place never overwrites another source; ``close_inherited``
+then closes every other descriptor, so the command gets stdio and its sockets only.
 
 Receiving (``listen_fds``): the same checks as libsystemd's ``sd_listen_fds``: nothing unless
 ``LISTEN_PID`` is this process; the fds get ``FD_CLOEXEC`` so they do not leak into further
@@ -29,6 +30,7 @@ from sockgate.errors import UsageError
 from sockgate.linux._errors import translated
 
 SD_LISTEN_FDS_START = 3  # <systemd/sd-daemon.h>
+MAX_FD = 2**31 - 1  # close_range(2) takes ~0U; descriptors are ints
 ENV_VARS = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
 
 
@@ -60,6 +62,21 @@ def place_fds(fds: Sequence[int], start: int = SD_LISTEN_FDS_START) -> None:
     for i, tmp in enumerate(temps):
         os.dup2(tmp, start + i, inheritable=True)
         os.close(tmp)
+
+
+def close_inherited(keep_below: int, keep: int | None = None) -> None:
+    """Close every descriptor from ``keep_below`` up, but ``keep`` (one the caller still needs
+    until exec, close-on-exec itself). For a freshly forked child just before exec: what this
+    process inherited from whoever started it (a shell's ``3<file``, a parent's leak) is not
+    close-on-exec and would reach the command, which may run as a less privileged user; only
+    stdio and the sockets ``place_fds`` put at 3, 4, ... are meant for it. (``subprocess``
+    does the same with its default ``close_fds=True``; ``os.closerange`` uses close_range(2),
+    Linux 5.9, where it exists.)"""
+    if keep is None or keep < keep_below:
+        os.closerange(keep_below, MAX_FD)
+        return
+    os.closerange(keep_below, keep)
+    os.closerange(keep + 1, MAX_FD)
 
 
 def listen_fds(unset_environment: bool = True, environ: MutableMapping[str, str] | None = None) -> list[tuple[int, str]]:

@@ -13,19 +13,24 @@ IPv4 peers arrive as ``::ffff:a.b.c.d`` (the BPF compiler handles both headers);
 unavailable it falls back to ``0.0.0.0``. Host names are resolved here with ``getaddrinfo``
 (first answer).
 
-Unix socket files:
+Unix socket files (``sockgate.linux.sockfile``: every step after ``bind`` goes through a
+descriptor checked to be the file the kernel bound, never through a name another user may
+swap):
 
 * A path already there is replaced only when it is a socket nobody listens on: a connect
   answered by ``ECONNREFUSED`` means stale, anything that connects (or a socket of another
-  type: ``EPROTOTYPE``) means live and is refused, and a file that is not a socket is never
-  touched.
+  type: ``EPROTOTYPE``) means live and is refused, and a file that is not a socket (a symlink
+  included) is never touched.
+* The mode is set on the socket before ``bind`` and again, exactly, through the verified
+  descriptor with the owner; a name that no longer is the bound socket is refused. ``close``
+  removes the file only while its name still is that socket file.
 * ``sun_path`` holds 108 bytes (107 and a NUL). Longer paths are bound through a short alias
   of their directory, ``/proc/self/fd/<dirfd>/<basename>``: the kernel resolves the alias to
   the real directory and creates the socket file there. When even the basename does not fit
   behind that alias, a helper process (``python -c``, given the socket fd) ``chdir``\\s into
   the directory and binds the bare basename; a helper rather than ``chdir`` here, because
-  the working directory is shared by every thread of this process. Connects (the stale test)
-  use the same two tricks.
+  the working directory is shared by every thread of this process. The stale test connects
+  through the file's descriptor, whatever the length of its name.
 """
 
 from __future__ import annotations
@@ -36,14 +41,15 @@ import grp
 import os
 import pwd
 import socket
-import stat
 import subprocess
 import sys
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
 from sockgate.errors import AdapterError, UsageError
+from sockgate.linux import sockfile
 from sockgate.linux._errors import translated
+from sockgate.linux.sockfile import FileId
 from sockgate.urls import SocketURL
 
 SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 for the NUL, <linux/un.h> UNIX_PATH_MAX 108
@@ -53,11 +59,13 @@ BeforeListen = Callable[[socket.socket], object]
 @dataclass
 class Listener:
     """An open socket and the URL it came from. ``path`` is the Unix socket file this listener
-    created (removed by ``close(unlink=True)``), else None."""
+    created (removed by ``close(unlink=True)``), else None; ``file`` that file's identity, as
+    the kernel gave it at ``bind`` (see ``sockgate.linux.sockfile``)."""
 
     url: SocketURL
     sock: socket.socket
     path: str | None = None
+    file: FileId | None = None
 
     @property
     def name(self) -> str:
@@ -77,9 +85,7 @@ class Listener:
     def close(self, unlink: bool = True) -> None:
         self.sock.close()
         if unlink and self.path is not None:
-            with contextlib.suppress(OSError):
-                if stat.S_ISSOCK(os.lstat(self.path).st_mode):
-                    os.unlink(self.path)
+            sockfile.remove(self.path, self.file)
             self.path = None
 
 
@@ -216,6 +222,7 @@ def _open_unix(url: SocketURL, before_listen: BeforeListen | None) -> Listener:
     with translated(f"create socket for {url.display()}"):
         sock = socket.socket(socket.AF_UNIX, kind)
     created: str | None = None
+    file: FileId | None = None
     try:
         if url.abstract:
             with translated(f"bind {url.display()}"):
@@ -223,18 +230,21 @@ def _open_unix(url: SocketURL, before_listen: BeforeListen | None) -> Listener:
         else:
             uid, gid = _owner_ids(url)
             path = os.path.abspath(url.path)
-            _remove_if_stale(path, kind)
+            sockfile.remove_stale(path, kind)
+            if url.mode is not None:  # the file is born with no more than this mode
+                with translated(f"set mode of the socket for {url.display()}"):
+                    os.fchmod(sock.fileno(), url.mode)
             bind_unix(sock, path)
             created = path
-            _apply_file_attrs(url, path, uid, gid)
+            file = sockfile.bound_file(sock)
+            sockfile.set_attrs(path, file, uid, gid, url.mode)
         _finish(url, sock, before_listen)
     except BaseException:
         sock.close()
         if created is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(created)
+            sockfile.remove(created, file)
         raise
-    return Listener(url, sock, created)
+    return Listener(url, sock, created, file)
 
 
 def take_over(lst: Listener, url: SocketURL, owns_file: bool) -> Listener:
@@ -244,11 +254,12 @@ def take_over(lst: Listener, url: SocketURL, owns_file: bool) -> Listener:
     them (the file keeps what it had otherwise); ``owns_file``: the new listener removes the
     socket file when closed. Raises before changing anything if an owner or group is unknown."""
     uid, gid = _owner_ids(url)
+    file = lst.file if lst.file is not None else sockfile.bound_file(lst.sock)
+    if url.path is not None and not url.abstract:
+        sockfile.set_attrs(os.path.abspath(url.path), file, uid, gid, url.mode)
     with translated(f"listen on {url.display()}"):
         lst.sock.listen(url.backlog)  # a listening socket takes a new backlog
-    if url.path is not None and not url.abstract:
-        _apply_file_attrs(url, url.path, uid, gid)
-    return Listener(url, lst.sock, lst.path if owns_file else None)
+    return Listener(url, lst.sock, lst.path if owns_file else None, file)
 
 
 def _owner_ids(url: SocketURL) -> tuple[int, int]:
@@ -268,48 +279,6 @@ def _lookup(name: str, getter: Callable[[str], object], what: str, field: Callab
         return field(getter(name))
     except KeyError:
         raise UsageError(f"no such {what}: {name!r}") from None
-
-
-def _apply_file_attrs(url: SocketURL, path: str, uid: int, gid: int) -> None:
-    with translated(f"set owner/mode of {path}"):
-        if uid != -1 or gid != -1:
-            os.chown(path, uid, gid, follow_symlinks=False)
-        if url.mode is not None:
-            os.chmod(path, url.mode)
-
-
-def _remove_if_stale(path: str, kind: int) -> None:
-    """Remove ``path`` when it is a socket nobody listens on; refuse anything else."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    except OSError as e:
-        raise AdapterError(f"{path}: {e.strerror}", errno=e.errno, target=path) from None
-    if not stat.S_ISSOCK(st.st_mode):
-        raise AdapterError(f"{path} exists and is not a socket; not replacing it", target=path)
-    if is_live(path, kind):
-        raise AdapterError(f"{path}: another process is listening on this socket", target=path)
-    with translated(f"remove stale socket {path}"):
-        os.unlink(path)
-
-
-def is_live(path: str, kind: int = socket.SOCK_STREAM) -> bool:
-    """Does something listen on the Unix socket file ``path``? (A test connect.)"""
-    probe = socket.socket(socket.AF_UNIX, kind)
-    try:
-        probe.settimeout(1.0)
-        _with_short_path(path, probe.connect)
-    except (ConnectionRefusedError, FileNotFoundError):
-        return False
-    except OSError as e:
-        if e.errno == 36:  # ENAMETOOLONG: no short alias; cannot tell, so say so
-            raise AdapterError(f"{path}: cannot test whether this socket is in use (name too long)", target=path)
-        # EPROTOTYPE: bound by a socket of the other type, so in use; EAGAIN: backlog full.
-        return True
-    finally:
-        probe.close()
-    return True
 
 
 def bind_unix(sock: socket.socket, path: str) -> None:

@@ -11,13 +11,35 @@ time (or ``socketpair``):
   belongs to the peer and not to a process that took its pid. Without it (older kernels) the
   pid from ``SO_PEERCRED`` is used as is.
 
+The executable is the one thing here the kernel did *not* record at ``connect``: it is read
+from the process as it is now, and the process may have called ``execve`` since. Nothing the
+kernel exposes says whether it has (``/proc/PID/stat`` start time survives an exec, and so do
+the pid and the pidfd). What can be seen is an exec that *gained privilege*: ``SO_PEERCRED``
+holds the effective uid and gid of ``connect`` time, and a set-user-ID or set-group-ID exec
+changes the process's effective ids. So ``exe`` is reported only when
+
+1. ``/proc/PID/exe`` is the very file found at its path from here (same device and inode): a
+   replaced or deleted program, or one in another mount namespace that only *looks* like the
+   path (a private mount over ``/usr/bin``), has no known executable;
+2. the process's effective uid and gid (``/proc/PID/status``) are still those of ``connect``;
+3. the executable read after that is the one read before it.
+
+Between 1 and 2 the reader opens ``/proc/PID/auxv``, which takes the process's
+``exec_update_lock`` (``mm_access``, kernel/fork.c) even when the open is refused. ``execve``
+holds that lock for writing from the moment the new program becomes visible (``exec_mmap``)
+until its credentials are committed (``setup_new_exec``; fs/exec.c, Linux 5.11, and
+``cred_guard_mutex`` before): so an exec that was half done when the executable was read has
+its new credentials in place when they are read, and is caught by 2. Otherwise ``exe`` is
+None — unknown — and no ``exe`` rule matches. What remains (an exec of a program with no
+privilege over the caller's own) is stated in docs/proxy.md.
+
 IP sockets give the peer's address and port (``getpeername``) and the local address the
 connection came in on (``getsockname``, for ``daemon@host`` rules).
 
 By hand, and why: the pid a pidfd names is only published in ``/proc/self/fdinfo/<pidfd>``
 (its ``Pid:`` line; ``-1`` once the process has exited), which psutil does not read; and
 Python's ``getsockopt`` caps its buffer at 1024 bytes, too small for a full group list, so
-``SO_PEERGROUPS`` goes through ``ctypes``. The executable path is read with psutil.
+``SO_PEERGROUPS`` goes through ``ctypes``.
 """
 
 from __future__ import annotations
@@ -100,10 +122,10 @@ def unix_peer(s: _socket.socket) -> Peer:
     exe: str | None = None
     pidfd = _peer_pidfd(s)
     if pidfd is None:
-        exe = _exe(pid) if pid > 0 else None
+        exe = _program(pid, uid, gid) if pid > 0 else None
     else:
         try:
-            pid, exe = _pid_and_exe(pidfd, pid)
+            pid, exe = _pid_and_exe(pidfd, pid, uid, gid)
         finally:
             os.close(pidfd)
     return Peer(uid=uid, gid=gid, groups=frozenset(groups), pid=pid if pid > 0 else None, exe=exe)
@@ -138,13 +160,13 @@ def _peer_pidfd(s: _socket.socket) -> int | None:
     return fd if fd >= 0 else None
 
 
-def _pid_and_exe(pidfd: int, fallback_pid: int) -> tuple[int, str | None]:
+def _pid_and_exe(pidfd: int, fallback_pid: int, uid: int, gid: int) -> tuple[int, str | None]:
     pid = _pidfd_pid(pidfd)
     if pid is None:
         pid = fallback_pid
     if pid <= 0:
         return fallback_pid, None  # the peer has exited; its pid may be anyone's now
-    exe = _exe(pid)
+    exe = _program(pid, uid, gid)
     if _pidfd_exited(pidfd):
         return pid, None
     return pid, exe
@@ -168,12 +190,54 @@ def _pidfd_exited(pidfd: int) -> bool:
     return bool(poller.poll(0))
 
 
-def _exe(pid: int) -> str | None:
-    # psutil is imported here, not at the top: servers call peer() after dropping privileges,
-    # when modules they never imported may no longer be readable.
-    import psutil
-
-    try:
-        return psutil.Process(pid).exe() or None
-    except (psutil.Error, OSError):
+def _program(pid: int, uid: int, gid: int) -> str | None:
+    """The executable of ``pid`` if it can stand for the process that connected with effective
+    ``uid`` and ``gid`` (see the module docstring); None otherwise."""
+    first = _image(pid)
+    if first is None:
         return None
+    _exec_barrier(pid)
+    if _effective_ids(pid) != (uid, gid):
+        return None  # a set-user-ID/set-group-ID exec (or setuid()) since connect
+    if _image(pid) != first:
+        return None  # it exec'd while being read
+    return first[0]
+
+
+def _image(pid: int) -> tuple[str, int, int] | None:
+    """``/proc/PID/exe`` as (path, st_dev, st_ino), when that path names that very file here."""
+    link = f"/proc/{pid}/exe"
+    try:
+        path = os.readlink(link)
+        running = os.stat(link)
+        there = os.stat(path)
+    except (OSError, ValueError):
+        return None  # gone, a kernel thread, no permission, or the path leads nowhere
+    if (running.st_dev, running.st_ino) != (there.st_dev, there.st_ino):
+        return None  # replaced, deleted (" (deleted)"), or another mount namespace's file
+    return path, running.st_dev, running.st_ino
+
+
+def _exec_barrier(pid: int) -> None:
+    """Wait for an ``execve`` of ``pid`` that is under way to commit its credentials: opening
+    ``auxv`` takes its ``exec_update_lock`` (``mm_access``), refused or not."""
+    try:
+        os.close(os.open(f"/proc/{pid}/auxv", os.O_RDONLY | os.O_CLOEXEC))
+    except OSError:
+        pass
+
+
+def _effective_ids(pid: int) -> tuple[int, int] | None:
+    """The effective uid and gid in ``/proc/PID/status`` (``Uid:``/``Gid:`` real, effective,
+    saved, filesystem; proc(5)), as this process's user namespace sees them."""
+    ids: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith(("Uid:", "Gid:")):
+                    ids[line[:3]] = int(line.split()[2])
+    except (OSError, ValueError, IndexError):
+        return None
+    if len(ids) != 2:
+        return None
+    return ids["Uid"], ids["Gid"]

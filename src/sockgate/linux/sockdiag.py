@@ -131,14 +131,18 @@ _PORTS = struct.Struct("!HH")
 DUMP_TIMEOUT = 10.0
 
 
-def _dump(family: int, request: bytes) -> Iterator[tuple[memoryview, int, int]]:
-    """Send one SOCK_DIAG_BY_FAMILY dump request; yield (buffer, offset, length) per answer.
+def _dump(family: int, request: bytes, dump: bool = True) -> Iterator[tuple[memoryview, int, int]]:
+    """Send one SOCK_DIAG_BY_FAMILY request (a dump, or ``dump=False``: one exact socket, which
+    the kernel answers with one message and no NLMSG_DONE); yield (buffer, offset, length) per
+    answer.
 
-    Raises OSError with the kernel's errno (ENOENT: no diag handler for this family)."""
+    Raises OSError with the kernel's errno (ENOENT: no diag handler for this family, or no
+    such socket)."""
+    flags = NLM_F_REQUEST | (NLM_F_DUMP if dump else 0)
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG) as nl:
         nl.settimeout(DUMP_TIMEOUT)
         nl.bind((0, 0))
-        nl.send(NLMSGHDR.pack(NLMSGHDR.size + len(request), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + request)
+        nl.send(NLMSGHDR.pack(NLMSGHDR.size + len(request), SOCK_DIAG_BY_FAMILY, flags, 1, 0) + request)
         while True:
             data = memoryview(nl.recv(1 << 17))
             off = 0
@@ -152,6 +156,8 @@ def _dump(family: int, request: bytes) -> Iterator[tuple[memoryview, int, int]]:
                         raise OSError(code, os.strerror(code))
                     return
                 yield data, off + NLMSGHDR.size, length - NLMSGHDR.size
+                if not dump:
+                    return
                 off += (length + 3) & ~3
             if not data:
                 return
@@ -202,6 +208,26 @@ def _unix_dump(states: int) -> list[Sock]:
         typ = UNIX_TYPES.get(kind, str(kind))
         out.append(Sock("unix", "unix", typ, state, inode, uid, unix_name=name, unix_vfs=vfs_pair, peer_inode=peer or None))
     return out
+
+
+def unix_socket_file(sock_inode: int) -> tuple[int, int] | None:
+    """The ``(st_dev, st_ino)`` of the file a Unix socket is bound to, found by the socket's
+    own inode (``fstat(sock).st_ino``, a sockfs inode); None when it has no file (unbound,
+    abstract). This is the kernel's word on which file a socket made at ``bind``, the one link
+    between a socket and its file that nobody can swap. The kernel gives the inode as 32 bits
+    (<linux/unix_diag.h> struct unix_diag_vfs) and the device as its internal dev_t
+    (MINORBITS 20, <linux/kdev_t.h>), converted here to what stat(2) returns.
+
+    Raises OSError (ENOENT: no such socket, or no unix_diag in this kernel)."""
+    # the cookie, all ones (INET_DIAG_NOCOOKIE, <linux/inet_diag.h>): look the socket up by inode alone
+    request = UNIX_DIAG_REQ.pack(socket.AF_UNIX, 0, ALL_STATES, sock_inode, UDIAG_SHOW_VFS)[:-8] + b"\xff" * 8
+    for data, off, length in _dump(socket.AF_UNIX, request, dump=False):
+        vfs = _attrs(data, off + UNIX_DIAG_MSG.size, off + length).get(UNIX_DIAG_VFS)
+        if vfs is None:
+            return None
+        ino, kdev = struct.unpack("=II", vfs)
+        return os.makedev(kdev >> 20, kdev & 0xFFFFF), ino
+    return None
 
 
 def _unix_name(raw: memoryview | None) -> str | None:

@@ -35,11 +35,17 @@ PARANOID = "paranoid"
 _INADDR_CHARS = frozenset("01234567890./")
 _SPACE = " \t\n\v\f\r"
 _U64 = (1 << 64) - 1
+_STAR, _QUESTION = ord("*"), ord("?")
 
 
 def fold(s: str) -> str:
     """strcasecmp's view of a string: ASCII letters folded, nothing else."""
     return s.encode("utf-8", "surrogateescape").lower().decode("utf-8", "surrogateescape")
+
+
+def c_string(s: str) -> str:
+    """``s`` as C sees it: up to its first NUL."""
+    return s.partition("\0")[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,7 +140,7 @@ def dot_quad_addr(s: str) -> int | None:
 
 def _c_integer(s: str) -> tuple[int, bool] | None:
     """Leading whitespace, a sign, decimal digits (strtol/strtoul); None without digits."""
-    m = re.match(r"[ \t\n\v\f\r]*([+-]?)(\d+)", s)
+    m = re.match(r"[ \t\n\v\f\r]*([+-]?)([0-9]+)", s)
     if m is None:
         return None
     return int(m.group(2)), m.group(1) == "-"
@@ -193,13 +199,32 @@ def _v6(text: str) -> ipaddress.IPv6Address | None:
 
 
 def wildcard_match(text: str, pattern: str) -> bool:
-    """``*`` any run, ``?`` one character; nothing else is special; case-insensitive."""
-    rx = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in fold(pattern))
-    return re.fullmatch(rx, fold(text), re.DOTALL) is not None
+    """``*`` any run of bytes, ``?`` one byte; nothing else is special; case-insensitive.
+
+    The greedy matcher that only ever backtracks to the last ``*``: O(len(text) * len(pattern))
+    at worst. A regular expression (or libwrap's recursive matcher) tries every way to split
+    the text between the stars, len(text) to the power of their number: ``*a*a*a*a*b`` took
+    seconds per 250-byte name, and the name (or ident user) is the peer's to choose."""
+    t = fold(text).encode("utf-8", "surrogateescape")
+    p = fold(pattern).encode("utf-8", "surrogateescape")
+    ti = pi = 0
+    star, resume = -1, 0  # the last '*' seen, and where in t its run ends so far
+    while ti < len(t):
+        if pi < len(p) and p[pi] == _STAR:
+            star, resume, pi = pi, ti, pi + 1
+        elif pi < len(p) and (p[pi] == _QUESTION or p[pi] == t[ti]):
+            ti, pi = ti + 1, pi + 1
+        elif star >= 0:
+            resume += 1
+            ti, pi = resume, star + 1
+        else:
+            return False
+    return all(c == _STAR for c in p[pi:])
 
 
 def string_match(tok: str, text: str) -> bool:
-    """libwrap ``string_match(tok, string)``."""
+    """libwrap ``string_match(tok, string)``, on C strings."""
+    tok, text = c_string(tok), c_string(text)
     if fold(text).startswith("::ffff:") and dot_quad_addr(text[7:]) is not None:
         text = text[7:]
     if "*" in tok or "?" in tok:

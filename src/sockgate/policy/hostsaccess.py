@@ -6,10 +6,13 @@ end in ``allow``, ``deny`` or ``twist``), and when nothing matches access is gra
 Policy built here says the same: the rules of hosts.allow then hosts.deny, in order, each
 with its daemon list (``DaemonMatch``) and client list (``Match``), and ``fallback=ALLOW``.
 
-Lines follow libwrap's reader: a backslash before the newline continues the line, a line
-whose first character is ``#`` is a comment (``#`` elsewhere is an ordinary character), the
-fields are split at the first two colons, list items at commas and blanks, and ``EXCEPT``
-nests to the right (``a EXCEPT b EXCEPT c`` is ``a EXCEPT (b EXCEPT c)``).
+Lines follow libwrap's reader (``wraplines``: a backslash before the newline continues the
+line; NUL bytes and lines too long for its buffer are refused), a line whose first character
+is ``#`` is a comment (``#`` elsewhere is an ordinary character), the fields are split at the
+first two colons, list items at commas, blanks, tabs and CRs (libwrap's ``strtok`` set; every
+other byte is part of a word), and ``EXCEPT`` nests to the right (``a EXCEPT b EXCEPT c`` is
+``a EXCEPT (b EXCEPT c)``), at most ``MAX_NESTING`` deep as in the native language. Words are
+compared as libwrap's ``strcasecmp`` compares them: ASCII letters fold, nothing else does.
 
 Patterns become ``AddrMatch`` wherever that is exactly what libwrap decides (canonical
 addresses and ``n.n.n.`` prefixes, ``net/mask`` with libwrap's ``(addr & mask) == net``, so a
@@ -18,7 +21,8 @@ compares as text with the host name or address stay ``HostPattern(hosts_access=T
 ``HostClass`` and are matched by ``hostmatch`` with libwrap's own string rules.
 
 Where libwrap would log a complaint and skip a line, or fail only when the rule is used
-(a missing colon, an empty list, a bad option, a bad net/mask, no final newline), this
+(a missing colon, an empty list, a bad option, a bad net/mask, no final newline), or reads
+something other than what the file shows (a NUL byte, an overlong line or word), this
 module reports ``file:line:col: message`` and rejects the files: nothing is half-applied.
 Pattern files (``/path``) are read through the injected ``read``; a missing one matches
 nothing, as in libwrap. Options are kept as ``Option`` values and never executed.
@@ -52,11 +56,16 @@ from sockgate.policy.ir import (
     Rule,
     UserAt,
 )
+from sockgate.policy.matchparse import MAX_NESTING
 from sockgate.policy.source import Span
+from sockgate.policy.wraplines import Line, logical_lines, pattern_words
 
 _SEP = ", \t\r\n"
 _BLANK = " \t\r\n"
-_CLASSES = {"KNOWN": "KNOWN", "UNKNOWN": "UNKNOWN", "PARANOID": "PARANOID", "LOCAL": "LOCAL"}
+_CHOP = " \t\n\v\f\r"  # options.c chop_string trims isspace(), the C locale's white space
+_CLASSES = {"known": "KNOWN", "unknown": "UNKNOWN", "paranoid": "PARANOID", "local": "LOCAL"}
+_MAX_FILE_NESTING = 16  # /file lists naming /file lists, as deep as native includes may go
+_MAX_FILE_WORDS = 1_000_000  # all /file expansions together: "/a /a /a" naming "/b /b /b"...
 _MAX_MASK_NETS = 256  # non-contiguous masks expand to this many CIDRs at most
 
 
@@ -66,22 +75,14 @@ class _Tok:
     span: Span
 
 
-@dataclass
-class _Line:
-    """One logical line: its text and, per character, the physical (line, col) it came from."""
+@dataclass(frozen=True)
+class _Expansion:
+    """A parsed pattern file: its match (None after errors, already reported), how many
+    words it stands for with the files it names expanded, and how deep those files go."""
 
-    text: str
-    where: list[tuple[int, int]]
-    first: int
-
-    def span(self, start: int, length: int, file: str) -> Span:
-        if not self.where:
-            return Span(file, self.first, 1, 1)
-        if start >= len(self.where):  # just past the end of the line
-            line, col = self.where[-1]
-            return Span(file, line, col + 1 + start - len(self.where), 1)
-        line, col = self.where[start]
-        return Span(file, line, col, max(1, length))
+    match: Match | None
+    words: int
+    height: int
 
 
 @dataclass
@@ -91,9 +92,17 @@ class _State:
     texts: dict[str, str] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
     reading: list[str] = field(default_factory=list)  # pattern files being expanded (cycles)
+    files: dict[str, _Expansion] = field(default_factory=dict)  # pattern files parsed so far
+    expanded: int = 0  # words taken from pattern files, a file named n times counted n times
+    deepest: int = 0  # the most pattern files open at once so far
+
+    seen: set[Diagnostic] = field(default_factory=set)
 
     def error(self, span: Span, message: str) -> None:
-        self.diags.append(Diagnostic(span, message))
+        d = Diagnostic(span, message)
+        if d not in self.seen:  # a pattern file named twice has its problems once
+            self.seen.add(d)
+            self.diags.append(d)
 
 
 def parse_hosts_access(
@@ -139,38 +148,7 @@ def _read_table(st: _State, path: str) -> str | None:
 # Lines
 
 
-def logical_lines(text: str, file: str, st: _State | None = None) -> list[_Line]:
-    """Physical lines joined at backslash-newline; a last line with no newline is an error."""
-    out: list[_Line] = []
-    chars: list[str] = []
-    where: list[tuple[int, int]] = []
-    first = 1
-    physical = text.split("\n")
-    for idx, raw in enumerate(physical):
-        lineno = idx + 1
-        last = idx == len(physical) - 1
-        if last and raw == "" and not chars:
-            break
-        if not chars:
-            first = lineno
-        body = raw
-        continued = not last and body.endswith("\\")
-        if continued:
-            body = body[:-1]
-        chars.extend(body)
-        where.extend((lineno, col + 1) for col in range(len(body)))
-        if last:
-            if st is not None:
-                st.error(Span(file, lineno, len(raw) + 1), "missing newline at end of file"
-                         " (libwrap rejects this line and stops reading the file)")
-            break
-        if not continued:
-            out.append(_Line("".join(chars), where, first))
-            chars, where = [], []
-    return out
-
-
-def _tokens(line: _Line, start: int, end: int, file: str) -> list[_Tok]:
+def _tokens(line: Line, start: int, end: int, file: str) -> list[_Tok]:
     toks: list[_Tok] = []
     i = start
     while i < end:
@@ -187,7 +165,7 @@ def _tokens(line: _Line, start: int, end: int, file: str) -> list[_Tok]:
 
 def _parse_table(st: _State, file: str, text: str, action: Action) -> list[Rule]:
     rules = []
-    for line in logical_lines(text, file, st):
+    for line in logical_lines(text, file, st.error):
         t = line.text
         if t.startswith("#") or not t.strip(_BLANK):
             continue
@@ -198,7 +176,7 @@ def _parse_table(st: _State, file: str, text: str, action: Action) -> list[Rule]
 
 
 # rule := daemon_list ':' client_list [ ':' options ]
-def _parse_rule(st: _State, file: str, line: _Line, action: Action) -> Rule | None:
+def _parse_rule(st: _State, file: str, line: Line, action: Action) -> Rule | None:
     t = line.text
     c1 = hostmatch.split_at(t, ":")
     lead = len(t) - len(t.lstrip(_BLANK))
@@ -234,26 +212,37 @@ _Item = Callable[[_State, str, _Tok], "Match | DaemonMatch | None"]
 def _parse_list(
     st: _State, file: str, toks: Sequence[_Tok], where: Span, what: str, item: _Item
 ) -> Match | DaemonMatch | None:
-    cut = next((i for i, tk in enumerate(toks) if hostmatch.fold(tk.text) == "except"), None)
-    head = toks if cut is None else toks[:cut]
-    if not head:
-        at = toks[0].span if toks else where
-        found = "EXCEPT" if toks else "nothing"
-        st.error(at, f"expected a {what} pattern, found {found}")
+    """Built from the right without recursion; EXCEPT nests at most ``MAX_NESTING`` deep, as
+    the native parser's matches do, so no walk over the tree nears Python's recursion limit."""
+    cuts = [i for i, tk in enumerate(toks) if hostmatch.fold(tk.text) == "except"]
+    if len(cuts) > MAX_NESTING:
+        st.error(toks[cuts[MAX_NESTING]].span, f"a list nests EXCEPT more than {MAX_NESTING} deep")
         return None
-    items = [item(st, file, tk) for tk in head]
-    ok = all(i is not None for i in items)
-    include = items[0] if len(items) == 1 else AnyOf(tuple(items))  # type: ignore[arg-type]
-    if cut is None:
-        return include if ok else None
-    rest = toks[cut + 1 :]
-    if not rest:
-        st.error(toks[cut].span, f"expected a {what} pattern after EXCEPT, found nothing")
+    parts: list[Match | DaemonMatch] = []
+    ok = True
+    for n, (lo, hi) in enumerate(zip([-1] + cuts, cuts + [len(toks)])):
+        head = toks[lo + 1 : hi]
+        if not head:
+            _empty_list(st, toks, cuts, n, where, what)
+            return None
+        items = [item(st, file, tk) for tk in head]
+        ok = ok and all(i is not None for i in items)
+        parts.append(items[0] if len(items) == 1 else AnyOf(tuple(items)))  # type: ignore[arg-type]
+    if not ok:
         return None
-    exclude = _parse_list(st, file, rest, where, what, item)
-    if not ok or exclude is None:
-        return None
-    return Except(include, exclude)  # type: ignore[arg-type]
+    out = parts[-1]
+    for include in reversed(parts[:-1]):
+        out = Except(include, out)  # type: ignore[arg-type]
+    return out
+
+
+def _empty_list(st: _State, toks: Sequence[_Tok], cuts: list[int], n: int, where: Span, what: str) -> None:
+    """Report the ``n``-th part of a list (between EXCEPTs) as empty."""
+    if n == 0 or n < len(cuts):
+        at = toks[cuts[n]].span if cuts else (toks[0].span if toks else where)
+        st.error(at, f"expected a {what} pattern, found {'EXCEPT' if cuts else 'nothing'}")
+    else:
+        st.error(toks[cuts[n - 1]].span, f"expected a {what} pattern after EXCEPT, found nothing")
 
 
 # daemon := name | name '@' host
@@ -293,16 +282,16 @@ def _sub(tok: _Tok, start: int) -> _Tok:
 
 def host_item(st: _State, file: str, tok: _Tok) -> Match | None:
     t = tok.text
-    up = t.upper()
+    low = hostmatch.fold(t)  # libwrap's STR_EQ is strcasecmp: ASCII letters only
     if t.startswith("@"):
         st.error(tok.span, f"NIS netgroups are not supported: {t!r}")
         return None
     if t.startswith("/"):
         return _pattern_file(st, tok)
-    if up == "ALL":
+    if low == "all":
         return MatchAll()
-    if up in _CLASSES:
-        return HostClass(_CLASSES[up])  # type: ignore[arg-type]
+    if low in _CLASSES:
+        return HostClass(_CLASSES[low])  # type: ignore[arg-type]
     if hostmatch.split_at(t, "/") >= 0:
         return _net_mask(st, tok)
     if "*" in t or "?" in t:
@@ -401,51 +390,69 @@ def _without_broadcast(n: ipaddress.IPv4Network) -> list[IPNetwork]:
 
 
 def _pattern_file(st: _State, tok: _Tok) -> Match | None:
-    """``/path``: every whitespace-separated word in the file is a host pattern."""
+    """``/path``: every whitespace-separated word in the file is a host pattern. Each file is
+    parsed once and its match shared where it is named again; what it stands for, counted
+    each time it is named, is bounded (files naming files many times grow as a power of the
+    nesting), and so is how deep files name files."""
     path = tok.text
+    if "\0" in path or st.expanded > _MAX_FILE_WORDS:  # already reported
+        return None
     if path in st.reading:
         st.error(tok.span, f"pattern file {path} includes itself")
         return None
+    got = st.files.get(path)
+    depth = len(st.reading) + (got.height if got is not None else 1)
+    if depth > _MAX_FILE_NESTING:  # checked before a new file is parsed: no deep recursion
+        st.error(tok.span, f"pattern files nest more than {_MAX_FILE_NESTING} deep")
+        return None
+    got = got or _parse_pattern_file(st, tok)
+    if got is None:
+        return MatchNone()  # missing: matches nothing, as in libwrap
+    if got.match is None:
+        return None  # its errors are reported
+    st.expanded += got.words
+    st.deepest = max(st.deepest, len(st.reading) + got.height)
+    if st.expanded > _MAX_FILE_WORDS:
+        st.error(tok.span, f"pattern files expand to more than {_MAX_FILE_WORDS:,} patterns in all"
+                 " (a file named n times counts n times)")
+        return None
+    return got.match
+
+
+def _parse_pattern_file(st: _State, tok: _Tok) -> _Expansion | None:
+    """Read and parse pattern file ``tok.text`` (None when it is missing)."""
+    path = tok.text
     try:
         text = st.read(path)
     except (FileNotFoundError, IsADirectoryError):
-        return MatchNone()
+        return None
     except OSError as e:
         if e.errno in (errno.ENOENT, errno.EISDIR):
-            return MatchNone()
+            return None
         st.error(tok.span, f"cannot read pattern file {path}: {e.strerror or e}")
-        return None
-    if path not in st.sources:
+        return _Expansion(None, 0, 1)
+    if path not in st.texts:
         st.sources.append(path)
         st.texts[path] = text
+    words = pattern_words(text, path, st.error)
+    outer, start, st.deepest = st.deepest, st.expanded, len(st.reading) + 1
     st.reading.append(path)
     try:
-        items = []
-        for lineno, raw in enumerate(text.split("\n"), 1):
-            for word in _words(raw):
-                start, w = word
-                items.append(host_item(st, path, _Tok(w, Span(path, lineno, start + 1, len(w)))))
+        items = [host_item(st, path, _Tok(w, span)) for w, span in words]
     finally:
         st.reading.pop()
+    got = _Expansion(_any(items), len(words) + st.expanded - start, st.deepest - len(st.reading))
+    st.expanded, st.deepest = start, max(outer, st.deepest)  # the caller counts it as named
+    st.files[path] = got
+    return got
+
+
+def _any(items: list[Match | None]) -> Match | None:
     if any(i is None for i in items):
         return None
     if not items:
         return MatchNone()
     return items[0] if len(items) == 1 else AnyOf(tuple(items))  # type: ignore[arg-type]
-
-
-def _words(raw: str) -> list[tuple[int, str]]:
-    out, i = [], 0
-    while i < len(raw):
-        if raw[i] in " \t\r\v\f":
-            i += 1
-            continue
-        j = i
-        while j < len(raw) and raw[j] not in " \t\r\v\f":
-            j += 1
-        out.append((i, raw[i:j]))
-        i = j
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -477,13 +484,13 @@ _LEVELS = {"emerg", "alert", "crit", "err", "warning", "notice", "info", "debug"
 
 # options := option ( ':' option )*      ("\:" is a colon inside an option)
 def _parse_options(
-    st: _State, file: str, line: _Line, start: int, action: Action
+    st: _State, file: str, line: Line, start: int, action: Action
 ) -> tuple[tuple[Option, ...], Action]:
     fields = _option_fields(line.text, start)
     out: list[Option] = []
     for n, (fstart, ftext) in enumerate(fields):
-        lead = len(ftext) - len(ftext.lstrip(_BLANK))
-        span = line.span(fstart + lead, len(ftext.strip(_BLANK)), file)
+        lead = len(ftext) - len(ftext.lstrip(_CHOP))
+        span = line.span(fstart + lead, len(ftext.strip(_CHOP)), file)
         opt = _option(st, span, ftext, last=n == len(fields) - 1)
         if opt is None:
             continue
@@ -513,7 +520,7 @@ def _option_fields(text: str, start: int) -> list[tuple[int, str]]:
 
 
 def _option(st: _State, span: Span, raw: str, last: bool) -> Option | None:
-    body = raw.strip(_BLANK)
+    body = raw.strip(_CHOP)
     if not body:
         st.error(span, "empty option (libwrap denies every client this rule matches)")
         return None
@@ -523,7 +530,7 @@ def _option(st: _State, span: Span, raw: str, last: bool) -> Option | None:
     key, rest = body[:k], body[k:].lstrip(" \t\r\n")
     if rest.startswith("="):
         rest = rest[1:].lstrip(" \t\r\n")
-    name = key.lower()
+    name = hostmatch.fold(key)
     spec = _OPTIONS.get(name)
     if spec is None:
         choices = ", ".join(sorted(_OPTIONS))
@@ -546,21 +553,22 @@ def _option(st: _State, span: Span, raw: str, last: bool) -> Option | None:
 
 
 def _bad_value(name: str, value: str) -> str | None:
+    number = value.lstrip(_CHOP)  # sscanf's %d and %o skip leading white space
     if name == "umask":
-        if re.fullmatch(r"[+-]?[0-7]+", value) is None or int(value, 8) & ~0o777:
+        if re.fullmatch(r"[+-]?[0-7]+", number) is None or int(number, 8) & ~0o777:
             return f"bad umask value {value!r}: expected an octal mask up to 777"
     elif name in ("nice", "linger", "rfc931"):
-        if re.fullmatch(r"[+-]?\d+", value) is None:
+        if re.fullmatch(r"[+-]?[0-9]+", number) is None:
             return f"bad {name} value {value!r}: expected a number"
-        if name == "linger" and int(value) < 0:
+        if name == "linger" and int(number) < 0:
             return f"bad linger value {value!r}: expected a number of seconds >= 0"
-        if name == "rfc931" and int(value) <= 0:
+        if name == "rfc931" and int(number) <= 0:
             return f"bad rfc931 timeout {value!r}: expected a number of seconds > 0"
     elif name == "severity":
         fac, dot, lev = value.partition(".")
         if not dot:
             fac, lev = "", fac
-        if (dot and fac.lower() not in _FACILITIES) or lev.lower() not in _LEVELS:
+        if (dot and hostmatch.fold(fac) not in _FACILITIES) or hostmatch.fold(lev) not in _LEVELS:
             return (f"bad severity {value!r}: expected [facility.]level, levels "
                     + ", ".join(sorted(_LEVELS)))
     return None

@@ -17,11 +17,12 @@ if TYPE_CHECKING:  # importing the package must stay cheap and free of I/O modul
     from sockgate.proxy.service import Resolver
 
 
-def resolver(timeout: float) -> "Resolver":
+def resolver(timeout: float, queue: int = 64) -> "Resolver":
     """The host-name lookup the proxy uses: ``sockgate.resolve.SystemResolver`` (reverse
-    lookup confirmed forward) behind ``names.NameLookup`` (thread pool, cache); each C
-    library call is bounded by ``timeout`` as well."""
+    lookup confirmed forward) behind ``names.NameLookup`` (a bounded lane per service, a
+    cache, a caller's wait bounded by ``timeout``). Its calls are made in the lane's own
+    threads, so that a slow lookup holds its lane's slot and no thread is left behind."""
     from sockgate.proxy.names import NameLookup
     from sockgate.resolve import SystemResolver
 
-    return NameLookup(SystemResolver(timeout))
+    return NameLookup(SystemResolver(None), timeout, queue=queue)

@@ -16,6 +16,9 @@ A source that exceeds its *per-source* rate is banned for ``ban_seconds`` when t
 give one; exceeding a service-wide limit or a concurrency limit refuses the connection but
 bans nobody (that is not one source's fault). While banned, every attempt is refused and does
 not extend the ban.
+
+``FlowTable`` is the UDP relay's table of flows: not a refusal but a choice of which flow a
+new one displaces, so a full table costs the source holding the most, not everyone.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Generic, Hashable, TypeVar
 from sockgate.policy.ir import Limits, Rate
 
 K = TypeVar("K", bound=Hashable)
+S = TypeVar("S", bound=Hashable)
 
 
 @dataclass(frozen=True)
@@ -129,3 +133,98 @@ class Limiter(Generic[K]):
 
     def active_bans(self, now: float) -> list[K]:
         return [s for s, until in self.bans.items() if until > now]
+
+
+@dataclass
+class FlowTable(Generic[K, S]):
+    """Which UDP flows to keep when a new one arrives: a cap per source and a fair choice of
+    victim when the table is full, so no one source can lock the others out.
+
+    A flow is keyed by the client's address and port (``K``) and belongs to a source (``S``:
+    its address). Before a flow is added, ``make_room`` names the flows to end first:
+
+    * a source already at ``per_source`` flows gives up its own least recently used flow
+      (cycling source ports only recycles the cycler's own flows);
+    * a full table gives up the least recently used flow of the source holding the most
+      flows; a source holding as many as anyone gives up its own, so nobody is evicted for a
+      source that already has its share. Among sources holding equally many, the one that
+      least recently added, used or lost a flow pays: an active client stays, and
+      evictions go round the idle ones.
+
+    ``touch`` on every datagram keeps the recency order. Every operation is O(1): sources are
+    kept in buckets by how many flows they hold, each bucket ordered by activity.
+    """
+
+    total: int
+    per_source: int
+    owner: dict[K, S] = field(default_factory=dict)
+    flows: dict[S, dict[K, None]] = field(default_factory=dict)  # insertion order = recency
+    buckets: dict[int, dict[S, None]] = field(default_factory=dict)  # flow count -> sources
+    top: int = 0
+
+    def __post_init__(self) -> None:
+        if self.total < 1 or self.per_source < 1:
+            raise ValueError("flow limits must be at least 1")
+
+    def __len__(self) -> int:
+        return len(self.owner)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.owner
+
+    def make_room(self, source: S) -> list[K]:
+        """The flows to end (oldest first) before ``source`` may add one."""
+        mine = self.flows.get(source, {})
+        if len(mine) >= self.per_source:
+            return list(mine)[: len(mine) - self.per_source + 1]
+        if len(self.owner) < self.total:
+            return []
+        victim_source = source if len(mine) >= self.top else next(iter(self.buckets[self.top]))
+        return [next(iter(self.flows[victim_source]))]
+
+    def add(self, key: K, source: S) -> None:
+        if key in self.owner:
+            self.touch(key)
+            return
+        mine = self.flows.setdefault(source, {})
+        self._move(source, len(mine), len(mine) + 1)
+        mine[key] = None
+        self.owner[key] = source
+
+    def touch(self, key: K) -> None:
+        """``key`` saw a datagram: it and its source become the most recently used."""
+        source = self.owner[key]
+        mine = self.flows[source]
+        del mine[key]
+        mine[key] = None
+        bucket = self.buckets[len(mine)]
+        del bucket[source]
+        bucket[source] = None
+
+    def remove(self, key: K) -> None:
+        source = self.owner.pop(key, None)
+        if source is None:
+            return
+        mine = self.flows[source]
+        del mine[key]
+        self._move(source, len(mine) + 1, len(mine))
+        if not mine:
+            del self.flows[source]
+
+    def count(self, source: S) -> int:
+        return len(self.flows.get(source, ()))
+
+    def _move(self, source: S, old: int, new: int) -> None:
+        if old:
+            bucket = self.buckets[old]
+            del bucket[source]
+            if not bucket:
+                del self.buckets[old]
+        if new:
+            self.buckets.setdefault(new, {})[source] = None
+        # counts change by one at a time: when the largest bucket empties, the source that
+        # left it holds one less, so that is the largest now (or the table is empty)
+        if new > self.top:
+            self.top = new
+        elif old == self.top and old not in self.buckets:
+            self.top = new

@@ -2,9 +2,17 @@
 
 A record is a flat mapping (time, event, service, peer, decision, rule, reason, and for a
 finished connection bytes each way, duration and how it ended). ``Log`` renders it as a text
-line (``key=value``, values with spaces quoted) or a JSON line, and writes it to a stream
-(stderr by default) or to syslog (facility daemon, ``sockgate-proxy``; severity info for
-allowed and closed, notice for denied, warning for faults).
+line (``key=value``) or a JSON line, and writes it to a stream (stderr by default) or to
+syslog (facility daemon, ``sockgate-proxy``; severity info for allowed and closed, notice
+for denied, warning for faults).
+
+Values are not trusted: a host name comes from the client's own PTR record, a Unix peer's
+executable path from whoever named the file. A text value is written bare only when it is
+printable ASCII without a space, ``"``, ``=`` or ``\\``; anything else is written as a JSON
+string (``ensure_ascii``: control characters, DEL and every non-ASCII character escaped), so
+each record is exactly one line of printable ASCII that parses back to the same values — no
+value can end the line, forge a ``key=value`` pair, or reach a terminal as an escape
+sequence. JSON lines are escaped the same way by ``json.dumps``.
 
 Stream output is buffered and flushed at most ``flush_interval`` seconds after a record was
 written (the server calls ``tick`` from its housekeeping timer) or when the buffer passes
@@ -25,7 +33,7 @@ _SEVERITY = {"allow": syslog.LOG_INFO, "close": syslog.LOG_INFO, "deny": syslog.
 _ORDER = ("event", "service", "peer", "decision", "rule", "reason")
 
 
-_NEEDS_QUOTES = re.compile(r'[\s"=\\]|^$')
+_NEEDS_QUOTES = re.compile(r'[^!-~]|["=\\]|^$')  # outside printable ASCII (0x21-0x7e), or " = \
 
 
 _QUOTED: dict[str, str] = {}  # service names, rules, reasons, ends repeat: render them once

@@ -1,55 +1,204 @@
-"""Host names for the proxy: ``sockgate.resolve`` lookups off the event loop, cached.
+"""Host names for the proxy: reverse lookups off the event loop, bounded, fair between services.
 
-``NameLookup(resolver)`` is an async callable ``address -> (name, verified)``. The lookup
-itself is ``resolve.Resolver.host_name`` (reverse lookup confirmed forward, as libwrap and
-PARANOID define it), run on a small thread pool because the C library's resolver blocks.
-Answers, failures included, are cached for ``ttl`` seconds (at most ``max_entries``, the
-oldest dropped first), and concurrent lookups of one address share one query, so a burst
-of connections from one client costs one lookup. The caller bounds the wait
-(``Options.name_timeout``); a lookup that outlives it still fills the cache.
+A peer controls how slowly its own reverse DNS answers, and the C library's resolver cannot be
+interrupted: a lookup holds its thread until libc gives up (resolv.conf ``timeout`` times
+``attempts``, per server). So the work is bounded where the peer cannot reach past it:
+
+* **per service, a lane.** At most ``threads`` lookups of a service run at once, each in its
+  own daemon thread; at most ``queue`` more wait, first come first served. A service whose
+  clients have slow names fills its own lane only: another service's lookups never wait
+  behind it.
+* **per source, one lookup.** A source (an IPv4 address, an IPv6 /64: one host's worth of
+  addresses) has at most one lookup pending in a lane; connections from the same address
+  share it (at most ``waiters`` of them).
+* **per lookup, a deadline.** A caller waits ``timeout`` seconds at most and then has no name
+  (what libwrap sees when its resolver gives up); a queued lookup nobody waits for any more
+  leaves the queue; a running one still fills the cache.
+* **over a bound, fail closed.** ``LookupRefused`` says which bound; the caller refuses the
+  client and logs why.
+
+Answers are cached per lane — names for ``ttl`` seconds, failures for ``negative_ttl`` (nscd's
+defaults are 3600 s and 20 s) — least recently used dropped first past ``max_entries``: a
+cached answer never waits, and a flood of new sources evicts only its own service's names.
+
+The threads are daemon threads and nothing joins them: SIGTERM ends the process within
+``--drain-timeout`` even while lookups hang. (A ``ThreadPoolExecutor`` is joined at
+interpreter exit, after its workers have run everything still queued.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Callable, Hashable
 
-from sockgate.resolve import HostName, Resolver
+from sockgate.policy.ir import IPAddress
+from sockgate.resolve import Resolver
 
 Answer = tuple[str | None, bool]
+_UNKNOWN: Answer = (None, True)  # no name: the lookup failed or took too long
+POSITIVE_TTL = 60.0
+NEGATIVE_TTL = 20.0
+
+
+class LookupRefused(Exception):
+    """A lookup over one of the name layer's bounds; the message says which."""
+
+
+def source_of(address: IPAddress) -> Hashable:
+    """Who one pending lookup is allowed per: the IPv4 address, or the IPv6 /64 (a host
+    picks any address in its /64, RFC 4291 section 2.5.1's interface identifier)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return (4, int(address.ipv4_mapped))
+        return (6, int(address) >> 64)
+    return (4, int(address))
+
+
+@dataclass(eq=False)
+class _Pending:
+    address: IPAddress
+    source: Hashable
+    future: "asyncio.Future[Answer | None]"
+    waiters: int = 0
+    running: bool = False
+
+
+@dataclass
+class _Lane:
+    """One service's lookups: queue, running count, pending by address and by source, cache."""
+
+    queue: deque[_Pending] = field(default_factory=deque)
+    running: int = 0
+    pending: dict[IPAddress, _Pending] = field(default_factory=dict)
+    sources: dict[Hashable, _Pending] = field(default_factory=dict)
+    cache: "OrderedDict[IPAddress, tuple[float, Answer]]" = field(default_factory=OrderedDict)
 
 
 class NameLookup:
-    def __init__(self, resolver: Resolver, ttl: float = 60.0, max_entries: int = 4096, threads: int = 4) -> None:
+    """``await lookup(service, address) -> (name, verified)``; raises ``LookupRefused``."""
+
+    def __init__(
+        self,
+        resolver: Resolver,
+        timeout: float = 2.0,
+        *,
+        threads: int = 4,
+        queue: int = 64,
+        waiters: int = 64,
+        ttl: float = POSITIVE_TTL,
+        negative_ttl: float = NEGATIVE_TTL,
+        max_entries: int = 4096,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.resolver = resolver
+        self.timeout = timeout
+        self.threads = threads
+        self.queue = queue
+        self.waiters = waiters
         self.ttl = ttl
+        self.negative_ttl = negative_ttl
         self.max_entries = max_entries
-        self.cache: dict[Any, tuple[float, Answer]] = {}
-        self.inflight: dict[Any, asyncio.Future[HostName]] = {}
-        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sockgate-names")
+        self.clock = clock
+        self.lanes: dict[str, _Lane] = {}
 
-    async def __call__(self, address: Any) -> Answer:
-        now = time.monotonic()
-        hit = self.cache.get(address)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        fut = self.inflight.get(address)
-        if fut is None:
-            loop = asyncio.get_running_loop()
-            fut = asyncio.ensure_future(loop.run_in_executor(self.pool, self.resolver.host_name, address))
-            self.inflight[address] = fut
-            fut.add_done_callback(lambda f: self._store(address, f))
-        hn = await asyncio.shield(fut)
-        return hn.name, hn.verified
+    async def __call__(self, service: str, address: IPAddress) -> Answer:
+        lane = self.lanes.get(service)
+        if lane is None:
+            lane = self.lanes[service] = _Lane()
+        hit = self._cached(lane, address)
+        if hit is not None:
+            return hit
+        p = lane.pending.get(address) or self._enqueue(lane, address)
+        if p.waiters >= self.waiters:
+            raise LookupRefused(f"{p.waiters} connections already wait for this address's host name")
+        p.waiters += 1
+        try:
+            answer = await asyncio.wait_for(asyncio.shield(p.future), self.timeout)
+        except asyncio.TimeoutError:
+            return _UNKNOWN
+        finally:
+            p.waiters -= 1
+            if p.waiters == 0 and not p.running and not p.future.done():
+                self._forget(lane, p)  # nobody waits for it: it leaves the queue
+                lane.queue.remove(p)
+        if answer is None:
+            raise LookupRefused("host-name lookup could not be started")
+        return answer
 
-    def _store(self, address: Any, fut: "asyncio.Future[HostName]") -> None:
-        self.inflight.pop(address, None)
-        if fut.cancelled() or fut.exception() is not None:
-            return
-        hn = fut.result()
-        if len(self.cache) >= self.max_entries:
-            for key in list(self.cache)[: self.max_entries // 4]:
-                del self.cache[key]
-        self.cache[address] = (time.monotonic() + self.ttl, (hn.name, hn.verified))
+    # -- the lane ---------------------------------------------------------------------------
+
+    def _enqueue(self, lane: _Lane, address: IPAddress) -> _Pending:
+        src = source_of(address)
+        if src in lane.sources:
+            raise LookupRefused("a host-name lookup for another address of this source is pending")
+        if lane.running >= self.threads and len(lane.queue) >= self.queue:
+            raise LookupRefused(f"host-name lookups of this service are at their bound ({self.threads} running, {self.queue} waiting)")
+        p = _Pending(address, src, asyncio.get_running_loop().create_future())
+        lane.pending[address] = lane.sources[src] = p
+        lane.queue.append(p)
+        self._pump(lane)
+        return p
+
+    def _pump(self, lane: _Lane) -> None:
+        loop = asyncio.get_running_loop()
+        while lane.running < self.threads and lane.queue:
+            p = lane.queue.popleft()
+            p.running = True
+            lane.running += 1
+            t = threading.Thread(target=self._work, args=(loop, lane, p), name="sockgate-names", daemon=True)
+            try:
+                t.start()
+            except RuntimeError:  # no thread to be had: fail this one, closed
+                self._done(lane, p, None)
+
+    def _work(self, loop: asyncio.AbstractEventLoop, lane: _Lane, p: _Pending) -> None:
+        """In the lookup's thread: the blocking call, then the answer back to the loop."""
+        try:
+            hn = self.resolver.host_name(p.address)
+            answer: Answer = (hn.name, hn.verified)
+        except Exception:  # a resolver that fails has not named the client
+            answer = _UNKNOWN
+        try:
+            loop.call_soon_threadsafe(self._done, lane, p, answer)
+        except RuntimeError:
+            pass  # the loop is closed: the proxy is exiting, nobody waits
+
+    def _done(self, lane: _Lane, p: _Pending, answer: Answer | None) -> None:
+        lane.running -= 1
+        self._forget(lane, p)
+        if answer is not None:
+            self._store(lane, p.address, answer)
+        if not p.future.done():
+            p.future.set_result(answer)
+        self._pump(lane)
+
+    @staticmethod
+    def _forget(lane: _Lane, p: _Pending) -> None:
+        if lane.pending.get(p.address) is p:
+            del lane.pending[p.address]
+        if lane.sources.get(p.source) is p:
+            del lane.sources[p.source]
+
+    # -- the cache --------------------------------------------------------------------------
+
+    def _cached(self, lane: _Lane, address: IPAddress) -> Answer | None:
+        hit = lane.cache.get(address)
+        if hit is None:
+            return None
+        if hit[0] <= self.clock():
+            del lane.cache[address]
+            return None
+        lane.cache.move_to_end(address)
+        return hit[1]
+
+    def _store(self, lane: _Lane, address: IPAddress, answer: Answer) -> None:
+        ttl = self.ttl if answer[0] is not None else self.negative_ttl
+        lane.cache[address] = (self.clock() + ttl, answer)
+        lane.cache.move_to_end(address)
+        while len(lane.cache) > self.max_entries:
+            lane.cache.popitem(last=False)

@@ -17,8 +17,10 @@ Life cycle of ``Proxy.serve()``:
    if all of that succeeds are the services swapped and the filters replaced (atomically, on
    the same sockets); services that appeared are opened and services that disappeared stop
    accepting. Live connections are never touched. Then ``READY=1``.
-5. **SIGTERM/SIGINT**: ``STOPPING=1``, listeners closed, live connections drain for at most
-   ``drain_timeout`` seconds, the rest are reset; exit 0.
+5. **SIGTERM/SIGINT**: ``STOPPING=1``, listeners closed, clients still waiting for a host-name
+   lookup refused, live connections drain for at most ``drain_timeout`` seconds, the rest are
+   reset; exit 0. Lookups still hanging in the C library are left to their daemon threads
+   (``names``): nothing waits for them.
 """
 
 from __future__ import annotations
@@ -354,6 +356,8 @@ class Proxy:
             _notify("STOPPING=1")
         for r in self.runners.values():
             r.stop_accepting(unlink=self._owns_files(r))
+        for r in self._all():
+            r.cancel_lookups()  # not admitted yet: they go with the listeners
         self.log.notice("stopping: draining connections", drain_timeout=self.options.drain_timeout)
         self._drain(time.monotonic() + self.options.drain_timeout)
 

@@ -5,8 +5,9 @@ forwards to). Per accepted connection it:
 
 1. learns the peer — the address for IP, the kernel's credentials for Unix
    (``sockgate.linux.peercred``: SO_PEERCRED, SO_PEERGROUPS, SO_PEERPIDFD);
-2. when a rule needs it, looks the host name up (forward-confirmed, with a timeout and a cache)
-   on a slow path; every other connection is decided synchronously in the accept callback;
+2. when a rule needs it, looks the host name up (forward-confirmed, with a timeout and a cache,
+   in this service's own bounded lane: ``names``) on a slow path — a lookup over its bounds
+   refuses the client; every other connection is decided synchronously in the accept callback;
 3. asks the engine (``decide_service``) and then the limiters (``limits.Limiter``);
 4. logs the decision; a denied client is reset, an allowed one is connected to the backend
    (non-blocking connect with a deadline) and handed to a ``relay.Relay``;
@@ -30,6 +31,7 @@ import ipaddress
 import os
 import socket
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Hashable, Optional
 
@@ -51,6 +53,7 @@ from sockgate.policy.ir import (
 from sockgate.proxy.kernelrules import kernel_service
 from sockgate.proxy.limits import Limiter, Verdict
 from sockgate.proxy.log import Log
+from sockgate.proxy.names import LookupRefused, source_of
 from sockgate.proxy.relay import PipePool, Relay, reset_close
 from sockgate.urls import SocketURL
 
@@ -59,7 +62,7 @@ if TYPE_CHECKING:
 
 _ACCEPT_BURST = 64
 _NONBLOCKING_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
-Resolver = Callable[[Any], Awaitable[tuple[Optional[str], bool]]]
+Resolver = Callable[[str, Any], Awaitable[tuple[Optional[str], bool]]]  # (service, address)
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,9 @@ class Options:
     udp_idle_timeout: float = 30.0
     name_timeout: float = 2.0
     max_connections: int = 20000
+    max_connections_per_source: int = 1024  # an IPv4 address or an IPv6 /64 (names.source_of)
     max_udp_flows: int = 4096
+    max_udp_flows_per_source: int = 256
 
 
 @dataclass(frozen=True)
@@ -185,13 +190,17 @@ def _family(s: _socket.socket) -> int:
     return int(_socket.socket.family.__get__(s))
 
 
-def rule_label(rule: Rule | None) -> str:
+def rule_label(rule: Rule | str | None) -> str:
+    """Where a decision came from: a rule's place, ``default``, or a label already (``limit``)."""
+    if isinstance(rule, str):
+        return rule
     return "default" if rule is None else f"{rule.span.file}:{rule.span.line}"
 
 
 def peer_label(peer: Peer) -> str:
     if peer.address is not None:
-        a = f"[{peer.address}]" if peer.address.version == 6 else str(peer.address)
+        a = peer.address_text()  # a forged ::ffff:a.b.c.d is never shown as a.b.c.d
+        a = f"[{a}]" if ":" in a else a
         a = f"{a}:{peer.port}" if peer.port is not None else a
         if peer.name:  # as libwrap prints it: name[address]; a name that did not verify is marked
             return f"{peer.name}{'' if peer.name_verified else '(unverified)'}[{a}]"
@@ -212,6 +221,7 @@ class Runner:
         self.target = Target.of(plan.forward)
         self.listeners: list[Listener] = []
         self.conns: dict[_socket.socket, Conn] = {}
+        self.per_source: Counter[Hashable] = Counter()  # open connections per names.source_of
         self.tasks: set[asyncio.Task[None]] = set()
         self.accepting = False
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -347,9 +357,13 @@ class Runner:
     def busy(self) -> int:
         return len(self.conns) + len(self.tasks) + sum(len(u.flows) for u in self.udp)
 
-    def abort_all(self, reason: str) -> None:
+    def cancel_lookups(self) -> None:
+        """Give up on the clients still waiting for a host-name lookup (TCP ones are reset)."""
         for t in list(self.tasks):
             t.cancel()
+
+    def abort_all(self, reason: str) -> None:
+        self.cancel_lookups()
         for c in list(self.conns.values()):
             if c.relay is not None:
                 c.relay.abort(reason)
@@ -376,8 +390,17 @@ class Runner:
                 self.handle(conn, addr)
             except Exception as e:  # a bug must cost one connection, not the listener
                 self.log.error(f"internal error handling a connection: {e!r}", service=self.name)
-                self.conns.pop(conn, None)
+                self._forget(conn)
                 reset_close(conn)
+
+    def _forget(self, conn: _socket.socket) -> None:
+        """Drop a client from the table and from its source's count."""
+        c = self.conns.pop(conn, None)
+        if c is not None and c.peer.address is not None:
+            src = source_of(c.peer.address)
+            self.per_source[src] -= 1
+            if not self.per_source[src]:
+                del self.per_source[src]
 
     def _accept_failed(self, lsock: socket.socket, e: OSError) -> None:
         if e.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
@@ -402,8 +425,12 @@ class Runner:
             self.log.record("decision", service=self.name, peer="unknown", decision="deny", reason=f"peer: {e}")
             reset_close(conn)
             return
-        if len(self.conns) >= self.options.max_connections:
+        if len(self.conns) + len(self.tasks) >= self.options.max_connections:  # waiting for a name too
             self._refuse(conn, peer, None, f"over the proxy's limit of {self.options.max_connections} connections")
+            return
+        if peer.address is not None and self.per_source[source_of(peer.address)] >= self.options.max_connections_per_source:
+            # one source cannot take the whole table from everybody else
+            self._refuse(conn, peer, None, f"over the limit of {self.options.max_connections_per_source} connections from one source", limit=True)
             return
         if self.needs_name and self.resolver is not None and peer.address is not None:
             task = asyncio.ensure_future(self._slow(conn, peer))
@@ -423,18 +450,31 @@ class Runner:
             server = ipaddress.ip_address(conn.getsockname()[0].split("%", 1)[0])
         return Peer.of_ip(_address(addr[0]), addr[1], server)
 
-    async def _slow(self, conn: _socket.socket, peer: Peer) -> None:
+    async def named(self, peer: Peer) -> Peer | str:
+        """``peer`` with its host name (none when the lookup failed or ran late, as libwrap
+        has none when its resolver gives up), or why the lookup was refused: over a bound
+        of the name layer, which refuses the client (fail closed)."""
         assert self.resolver is not None
         try:
-            name, verified = await asyncio.wait_for(self.resolver(peer.address), self.options.name_timeout)
+            name, verified = await asyncio.wait_for(self.resolver(self.name, peer.address), self.options.name_timeout)
+        except LookupRefused as e:
+            return str(e)
         except (asyncio.TimeoutError, OSError, SockgateError):
             name, verified = None, True
+        return replace(peer, name=name, name_verified=verified)
+
+    async def _slow(self, conn: _socket.socket, peer: Peer) -> None:
+        try:
+            named = await self.named(peer)
         except asyncio.CancelledError:
-            reset_close(conn)
+            self._refuse(conn, peer, "shutdown", "the proxy is stopping")
             raise
         if conn.fileno() < 0:
             return
-        self._admit(conn, replace(peer, name=name, name_verified=verified))
+        if isinstance(named, str):
+            self._refuse(conn, peer, None, named, limit=True)
+            return
+        self._admit(conn, named)
 
     def decide(self, peer: Peer) -> tuple[Decision, Verdict | None, list[Limiter[Hashable]], Hashable]:
         """The engine's decision, then the limits of the service and of the matched rule."""
@@ -470,9 +510,11 @@ class Runner:
         self.log.allowed(self.name, label, rule_label(d.rule), d.reason)
         c = Conn(peer, key, d, taken, conn, label=label)
         self.conns[conn] = c
+        if peer.address is not None:
+            self.per_source[source_of(peer.address)] += 1
         self._connect(c)
 
-    def _refuse(self, conn: _socket.socket, peer: Peer, rule: Rule | None, reason: str, limit: bool = False) -> None:
+    def _refuse(self, conn: _socket.socket, peer: Peer, rule: Rule | str | None, reason: str, limit: bool = False) -> None:
         self.log.record(
             "decision",
             service=self.name,
@@ -551,7 +593,7 @@ class Runner:
         self._finished(c, how, relay.up, relay.down)
 
     def _finished(self, c: Conn, how: str, up: int, down: int) -> None:
-        self.conns.pop(c.client, None)
+        self._forget(c.client)
         for lim in c.limiters:
             lim.release(c.key)
         duration = round(time.monotonic() - c.started, 6)

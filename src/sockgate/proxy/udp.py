@@ -5,12 +5,30 @@ allowed client gets a *flow*: its own connected UDP socket towards the backend, 
 backend's replies come back on that socket and are sent to the client from the listening
 socket (the client sees replies from the address it wrote to). A flow ends after
 ``udp_idle_timeout`` seconds without a datagram either way, and is logged like a finished
-connection. Flows are capped (``max_udp_flows``); a denied address is remembered for a second
-so a burst from it costs one decision and one log record, not one per datagram. Denied
-sources that the kernel filter can judge never get here at all.
+connection. Flows are capped in total (``max_udp_flows``) and per source address
+(``max_udp_flows_per_source``); a new flow that meets a cap ends an old one rather than
+being refused, chosen by ``limits.FlowTable`` so that the source holding the most flows pays:
+one address cycling its source ports only recycles its own flows, and cannot lock other
+clients out. A denied address is remembered for a second so a burst from it costs one
+decision and one log record, not one per datagram. Denied sources that the kernel filter can
+judge never get here at all.
 
 Host-name rules are decided on a slow path (one lookup per new flow); datagrams from that
 client that arrive meanwhile are dropped, as a full socket buffer would drop them.
+
+Forged sources. An AF_INET6 socket reports a real IPv4 client as ``::ffff:a.b.c.d``, and an
+IPv6 datagram whose header says ``::ffff:a.b.c.d`` (a forgery: decide.py) the same way; Linux
+6.18 delivers both. So each datagram's header is read from the ancillary data: ``IP_PKTINFO``
+(asked for on AF_INET6 sockets too) comes with IPv4 packets only (udpv6_recvmsg calls
+ip_cmsg_recv for them). The header goes into ``Peer.header``, and the engine denies a forged
+peer; its datagrams never join a real client's flow, and its refusal is remembered apart.
+
+The server side. When a rule names the local address (hosts_access ``daemon@host``), each
+datagram's destination is read from the same ancillary data (``IP_PKTINFO``'s ``ipi_addr``,
+``IPV6_PKTINFO``'s ``ipi6_addr``): a socket bound to every address has no one local address
+to give, and a ``deny daemon@host`` rule that never saw one would never refuse. A flow is then
+the client *and* the address it wrote to, so a client allowed on one local address cannot
+reach the backend through another on the same flow.
 """
 
 from __future__ import annotations
@@ -19,12 +37,13 @@ import asyncio
 import ipaddress
 import socket
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Hashable
 
 from sockgate.decide import Peer
+from sockgate.policy.ir import IPAddress
 from sockgate.errors import SockgateError
-from sockgate.proxy.limits import Limiter
+from sockgate.proxy.limits import FlowTable, Limiter
 
 if TYPE_CHECKING:
     from sockgate.decide import Decision
@@ -34,6 +53,23 @@ if TYPE_CHECKING:
 _BURST = 64
 _MAX_DGRAM = 65535
 _DENY_MEMORY = 1.0
+IP_PKTINFO = 8  # <linux/in.h>; Python's socket module lacks it
+IPV6_PKTINFO = 50  # <linux/in6.h> (the cmsg type; IPV6_RECVPKTINFO 49 turns it on)
+IPV6_RECVPKTINFO = 49
+_ANCILLARY = socket.CMSG_SPACE(12) + socket.CMSG_SPACE(20) + socket.CMSG_SPACE(64)  # in_pktinfo, in6_pktinfo, room
+
+
+def packet_info(anc: list[tuple[int, int, bytes]], six: bool) -> tuple[int, IPAddress | None]:
+    """The IP version of a datagram's header and its destination address, from recvmsg's
+    ancillary data. ``IP_PKTINFO`` comes with IPv4 packets only, also on an AF_INET6 socket."""
+    header, dest = (6 if six else 4), None
+    dest6: IPAddress | None = None
+    for level, kind, blob in anc:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(blob) >= 12:
+            header, dest = 4, ipaddress.IPv4Address(blob[8:12])  # struct in_pktinfo: ifindex, spec_dst, addr
+        elif level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO and len(blob) >= 16:
+            dest6 = ipaddress.IPv6Address(blob[:16])  # struct in6_pktinfo: addr, ifindex
+    return header, dest if dest is not None else dest6
 
 
 @dataclass
@@ -56,8 +92,12 @@ class UdpListener:
         self.listener = listener
         self.sock = listener.sock
         self.flows: dict[Any, Flow] = {}
+        o = runner.options
+        self.table: FlowTable[Any, Any] = FlowTable(o.max_udp_flows, o.max_udp_flows_per_source)
         self.pending: set[Any] = set()
         self.denied: dict[Any, float] = {}
+        self.by_dest = runner.needs_server  # a flow per client and local address (daemon@host)
+        self.ancillary = self.sock.family == socket.AF_INET6 or self.by_dest  # recvmsg, for packet_info
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -65,6 +105,15 @@ class UdpListener:
         return self.runner.loop
 
     def start(self) -> None:
+        six = self.sock.family == socket.AF_INET6
+        if self.ancillary:
+            try:
+                self.sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            except OSError as e:  # then every ::ffff: source counts as forged: fail closed
+                self.runner.log.error(f"listener {self.listener.url.text}: IP_PKTINFO: {e.strerror}; "
+                                      "IPv4 clients of this dual-stack socket will be refused", service=self.runner.name)
+        if six and self.by_dest:  # without it the local address is unknown: daemon@host rules see "unknown"
+            self.sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
         self.loop.add_reader(self.sock.fileno(), self._on_datagram)
 
     def stop(self) -> None:
@@ -73,58 +122,67 @@ class UdpListener:
 
     def _on_datagram(self) -> None:
         now = time.monotonic()
+        six = self.sock.family == socket.AF_INET6
         for _ in range(_BURST):
             try:
-                data, addr = self.sock.recvfrom(_MAX_DGRAM)
+                if self.ancillary:
+                    data, anc, _flags, addr = self.sock.recvmsg(_MAX_DGRAM, _ANCILLARY)
+                    header, dest = packet_info(anc, six)
+                else:
+                    (data, addr), header, dest = self.sock.recvfrom(_MAX_DGRAM), 4, None
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 return  # ICMP errors surface here on some kernels; nothing to do for them
-            flow = self.flows.get(addr)
-            if flow is None:
-                flow = self._new_flow(addr, now, data)
+            fkey = (addr, dest) if self.by_dest else addr
+            flow = self.flows.get(fkey)
+            if flow is None or flow.peer.header != header:  # (the same address in the other header: forged)
+                flow = self._new_flow(fkey, addr, header, dest, now, data)
                 if flow is None:
                     continue
+            else:
+                self.table.touch(fkey)
             self._send_up(flow, data, now)
 
-    def _new_flow(self, addr: Any, now: float, data: bytes) -> Flow | None:
-        if addr in self.pending:
+    def _new_flow(self, fkey: Any, addr: Any, header: int, dest: IPAddress | None, now: float, data: bytes) -> Flow | None:
+        """``fkey`` names the flow (the client, and the local address when rules need it);
+        ``addr`` is the client's address, where replies go."""
+        peer = Peer(address=ipaddress.ip_address(addr[0].split("%", 1)[0]), port=addr[1], header=header, server_address=dest)
+        key = ("forged", fkey) if peer.forged else fkey  # never the memory of a real client's refusal
+        if key in self.pending:
             return None
-        until = self.denied.get(addr)
+        until = self.denied.get(key)
         if until is not None and now < until:
             return None
         r = self.runner
-        peer = Peer(address=ipaddress.ip_address(addr[0].split("%", 1)[0]), port=addr[1])
-        if len(self.flows) >= r.options.max_udp_flows:
-            self._deny(addr, peer, None, f"over the proxy's limit of {r.options.max_udp_flows} UDP flows", now)
-            return None
+        if peer.forged:  # the engine refuses it whatever the policy: no flow slot, no name lookup
+            return self._open(key, addr, peer, now)
         if r.needs_name and r.resolver is not None:
-            self.pending.add(addr)
-            task = asyncio.ensure_future(self._slow(addr, peer, data))
+            self.pending.add(fkey)
+            task = asyncio.ensure_future(self._slow(fkey, addr, peer, data))
             r.tasks.add(task)
             task.add_done_callback(r.tasks.discard)
             return None
-        return self._open(addr, peer, now)
+        return self._open(fkey, addr, peer, now)
 
-    async def _slow(self, addr: Any, peer: Peer, data: bytes) -> None:
-        r = self.runner
-        assert r.resolver is not None
+    async def _slow(self, fkey: Any, addr: Any, peer: Peer, data: bytes) -> None:
         try:
-            name, verified = await asyncio.wait_for(r.resolver(peer.address), r.options.name_timeout)
-        except (asyncio.TimeoutError, OSError, SockgateError):
-            name, verified = None, True
+            named = await self.runner.named(peer)
         finally:
-            self.pending.discard(addr)
+            self.pending.discard(fkey)
         now = time.monotonic()
-        flow = self._open(addr, replace(peer, name=name, name_verified=verified), now)
+        if isinstance(named, str):  # over the name layer's bounds: dropped, and remembered
+            self._deny(fkey, peer, "limit", named, now)
+            return
+        flow = self._open(fkey, addr, named, now)
         if flow is not None:
             self._send_up(flow, data, now)
 
-    def _open(self, addr: Any, peer: Peer, now: float) -> Flow | None:
+    def _open(self, fkey: Any, addr: Any, peer: Peer, now: float) -> Flow | None:
         r = self.runner
         d, verdict, taken, key = r.decide(peer)
         if verdict is not None or not d.allowed:
-            self._deny(addr, peer, d.rule, verdict.reason if verdict is not None else d.reason, now)
+            self._deny(fkey, peer, d.rule, verdict.reason if verdict is not None else d.reason, now)
             return None
         from sockgate.proxy.service import peer_label, rule_label
 
@@ -141,9 +199,19 @@ class UdpListener:
                 lim.release(key)
             return None
         flow.sock = s
-        self.flows[addr] = flow
+        self._make_room(peer)
+        self.flows[fkey] = flow
+        self.table.add(fkey, peer.address)
         self.loop.add_reader(s.fileno(), self._on_reply, flow)
         return flow
+
+    def _make_room(self, peer: Peer) -> None:
+        """End the flows a new one from ``peer`` displaces (see ``limits.FlowTable``)."""
+        o = self.runner.options
+        mine = self.table.count(peer.address) >= o.max_udp_flows_per_source
+        why = f"{o.max_udp_flows_per_source} UDP flows per source" if mine else f"{o.max_udp_flows} UDP flows"
+        for victim in self.table.make_room(peer.address):
+            self._close(victim, f"evicted: over the proxy's limit of {why}")
 
     def _deny(self, addr: Any, peer: Peer, rule: Any, reason: str, now: float) -> None:
         from sockgate.proxy.service import peer_label, rule_label
@@ -152,7 +220,8 @@ class UdpListener:
             self.denied = {a: u for a, u in self.denied.items() if u > now}
         self.denied[addr] = now + _DENY_MEMORY
         r = self.runner
-        r.log.record("decision", service=r.name, peer=peer_label(peer), decision="deny", rule=rule_label(rule), reason=reason)
+        label = "forged" if peer.forged else rule_label(rule)  # (no rule decided it, as "limit")
+        r.log.record("decision", service=r.name, peer=peer_label(peer), decision="deny", rule=label, reason=reason)
 
     def _send_up(self, flow: Flow, data: bytes, now: float) -> None:
         assert flow.sock is not None
@@ -192,6 +261,7 @@ class UdpListener:
         from sockgate.proxy.service import peer_label, rule_label
 
         flow = self.flows.pop(addr)
+        self.table.remove(addr)
         if flow.sock is not None:
             if flow.sock.fileno() >= 0:
                 self.loop.remove_reader(flow.sock.fileno())

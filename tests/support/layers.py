@@ -1,0 +1,184 @@
+"""The layers of sockgate, and every import read from the sources (tests/core/test_layers.py).
+
+Imports point down: a module may import its own layer or a lower one. The table maps module
+prefixes to layers, the longest prefix winning. Every import counts — top level, inside a
+function, under ``if TYPE_CHECKING`` — since an import moved into a function to dodge a cycle
+still is the dependency. ``KNOWN_CYCLES`` and ``KNOWN_UPWARD`` list what the code still does
+wrong while the layout moves to this table; they may only shrink (the test fails on an entry
+that no longer occurs), and each says what removes it.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+BASE, POLICY, RESOLVE, CORE, EDGE, SEAM, ENFORCE, ENTRY = range(8)
+LAYER_NAMES = ("base", "policy", "resolve", "engine/compilers/exporters", "adapters/edge", "kernel seam", "enforcement", "API/CLI")
+
+LAYERS: dict[str, int] = {
+    "sockgate.errors": BASE,
+    "sockgate.policy.source": BASE,
+    "sockgate.urls": BASE,
+    "sockgate.policy": POLICY,
+    "sockgate.peer": POLICY,
+    "sockgate.resolved": RESOLVE,
+    "sockgate.proxy.kernelrules": RESOLVE,
+    "sockgate.bpf.ranges": RESOLVE,
+    "sockgate.decide": CORE,
+    "sockgate.bpf": CORE,
+    "sockgate.export": CORE,
+    "sockgate.proxy.limits": CORE,
+    "sockgate.proxy.admission": CORE,
+    "sockgate.linux": EDGE,
+    "sockgate.loading": EDGE,
+    "sockgate.resolve": EDGE,  # host-name lookups at the edge
+    "sockgate.lookup": EDGE,
+    "sockgate.proxy.log": EDGE,
+    "sockgate.log": EDGE,
+    "sockgate.services_db": EDGE,
+    "sockgate.inventory": EDGE,
+    "sockgate.kernel": SEAM,
+    "sockgate.guard": ENFORCE,
+    "sockgate.attach": ENFORCE,
+    "sockgate.launcher": ENFORCE,
+    "sockgate.inetd": ENFORCE,
+    "sockgate.supervisor": ENFORCE,
+    "sockgate.inspect": ENFORCE,
+    "sockgate.socktable": ENFORCE,
+    "sockgate.probe": ENFORCE,
+    "sockgate.demo": ENFORCE,
+    "sockgate.proxy": ENFORCE,
+    "sockgate": ENTRY,
+    "sockgate.__main__": ENTRY,
+    "sockgate.cli": ENTRY,
+}
+
+# Adapters are thin: one kernel facility each, no policy logic.
+THIN = "sockgate.linux"
+THIN_MAY_IMPORT = ("sockgate.errors", "sockgate.urls", "sockgate.peer", "sockgate.linux")
+
+# The migration ratchet (issue: one resolved policy, one kernel seam). Only shrinks.
+KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset({
+    # Peer in decide, Policy.guard in ir, daemons <-> decide: cut by peer.py, the guard port
+    # and static daemon selection
+    frozenset({
+        "sockgate.bpf", "sockgate.bpf.codegen", "sockgate.bpf.interp", "sockgate.bpf.program", "sockgate.bpf.ranges",
+        "sockgate.decide", "sockgate.guard", "sockgate.linux.peercred", "sockgate.policy.daemons",
+        "sockgate.policy.hostmatch", "sockgate.policy.intervals", "sockgate.policy.ir",
+        "sockgate.policy.literals", "sockgate.policy.printer",
+    }),
+    frozenset({"sockgate.errors", "sockgate.policy.source"}),  # render_diagnostic takes fields
+    frozenset({"sockgate.inetd", "sockgate.launcher"}),  # the run dispatch moves to cli/run
+    frozenset({"sockgate.proxy.service", "sockgate.proxy.udp"}),  # labels to proxy/admission
+})
+KNOWN_UPWARD: frozenset[tuple[str, str]] = frozenset({
+    ("sockgate.policy.ir", "sockgate.guard"),  # Policy.guard: a port bound by sockgate/__init__
+    ("sockgate.policy.daemons", "sockgate.decide"),  # Peer -> peer.py; matches -> static selection
+    ("sockgate.bpf.ranges", "sockgate.decide"),  # Peer -> peer.py
+    ("sockgate.proxy.kernelrules", "sockgate.decide"),  # Peer -> peer.py
+})
+KNOWN_THIN_BREACHES: frozenset[tuple[str, str]] = frozenset({
+    ("sockgate.linux.peercred", "sockgate.decide"),  # Peer -> peer.py
+})
+
+
+@dataclass(frozen=True)
+class Import:
+    source: str
+    target: str
+    line: int
+
+
+def modules(src: Path = SRC) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for path in sorted((src / "sockgate").rglob("*.py")):
+        rel = path.relative_to(src).with_suffix("")
+        parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+        out[".".join(parts)] = path
+    return out
+
+
+def layer_of(module: str) -> int:
+    best = max((p for p in LAYERS if module == p or module.startswith(p + ".")), key=len, default=None)
+    if best is None:
+        raise KeyError(module)
+    return LAYERS[best]
+
+
+def _targets(module: str, path: Path, node: ast.Import | ast.ImportFrom, known: dict[str, Path]) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    base = node.module or ""
+    if node.level:
+        parts = module.split(".")
+        if path.name != "__init__.py":
+            parts = parts[:-1]
+        parts = parts[: len(parts) - (node.level - 1)]
+        base = ".".join(parts + ([base] if base else []))
+    return [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
+
+
+def imports(src: Path = SRC) -> list[Import]:
+    """Every import of a sockgate module by a sockgate module, wherever it is written."""
+    known = modules(src)
+    out: list[Import] = []
+    for module, path in known.items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            for t in _targets(module, path, node, known):
+                while t not in known and "." in t:
+                    t = t.rsplit(".", 1)[0]
+                if t in known and t != module:
+                    out.append(Import(module, t, node.lineno))
+    return out
+
+
+def cycles(edges: list[Import]) -> list[frozenset[str]]:
+    """Strongly connected components of more than one module (Tarjan, iterative)."""
+    graph: dict[str, set[str]] = {}
+    for e in edges:
+        graph.setdefault(e.source, set()).add(e.target)
+        graph.setdefault(e.target, set())
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    found: list[frozenset[str]] = []
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on.add(root)
+        while work:
+            v, it = work[-1]
+            w = next(it, None)
+            if w is not None:
+                if w not in index:
+                    index[w] = low[w] = len(index)
+                    stack.append(w)
+                    on.add(w)
+                    work.append((w, iter(sorted(graph[w]))))
+                elif w in on:
+                    low[v] = min(low[v], index[w])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                comp = set()
+                while True:
+                    x = stack.pop()
+                    on.discard(x)
+                    comp.add(x)
+                    if x == v:
+                        break
+                if len(comp) > 1:
+                    found.append(frozenset(comp))
+    return found
