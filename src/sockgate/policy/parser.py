@@ -526,7 +526,7 @@ def _address_list(path: str, text: str, error: Callable[..., None]) -> tuple[IPN
     bad = 0
     hidden: Span | None = None  # where the first bad line not reported one by one is
     for lineno, raw in enumerate(text.split("\n"), 1):  # as the lexer counts lines
-        body = raw.split("#", 1)[0]
+        body = raw.split("#", 1)[0] if "#" in raw else raw
         word = body.strip()
         if not word:
             continue
