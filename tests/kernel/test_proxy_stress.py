@@ -85,7 +85,8 @@ def test_hostile_load_from_one_source(tmp_path: Path, many_fds: int) -> None:
         }}
         """
     )
-    p = ProxyProc([str(pol), "--idle-timeout", "60"], tmp_path / "proxy.log")
+    # thousands of connections from one source on purpose: lift the per-source cap (1024)
+    p = ProxyProc([str(pol), "--idle-timeout", "60", "--max-connections-per-source", "20000"], tmp_path / "proxy.log")
     held: list[socket.socket] = []
     try:
         p.ready()
