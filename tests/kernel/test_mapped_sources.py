@@ -232,14 +232,6 @@ def test_run_udp_service_never_answers_forged_mapped_sources(lab: netlab.Lab, wi
 # ------------------------------------------------------------------------------ the proxy
 
 
-@pytest.fixture
-def procs() -> Iterator[list[ProxyProc]]:
-    out: list[ProxyProc] = []
-    yield out
-    for p in out:
-        p.close()
-
-
 def start_proxy(lab: netlab.Lab, tmp_path: Path, procs: list[ProxyProc], listen: str, forward: str) -> ProxyProc:
     policy = tmp_path / "proxy.conf"
     policy.write_text(POLICY.replace("service dns {", f"service dns {{\n    listen {listen}\n    forward {forward}"))

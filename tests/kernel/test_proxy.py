@@ -23,21 +23,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def echo() -> Iterator[EchoServer]:
-    e = EchoServer()
-    yield e
-    e.close()
-
-
-@pytest.fixture
-def procs() -> Iterator[list[ProxyProc]]:
-    out: list[ProxyProc] = []
-    yield out
-    for p in out:
-        p.close()
-
-
 def start(procs: list[ProxyProc], tmp_path: Path, *args: str, **kw: object) -> ProxyProc:
     p = ProxyProc(list(args), tmp_path / f"proxy{len(procs)}.log", **kw)  # type: ignore[arg-type]
     procs.append(p)

@@ -27,14 +27,6 @@ def backend() -> Iterator[socket.socket]:
     b.close()
 
 
-@pytest.fixture
-def procs() -> Iterator[list[ProxyProc]]:
-    out: list[ProxyProc] = []
-    yield out
-    for p in out:
-        p.close()
-
-
 def _start(procs: list[ProxyProc], tmp_path: Path, backend: socket.socket, *extra: str) -> int:
     fwd = f"udp://127.0.0.1:{backend.getsockname()[1]}"
     p = ProxyProc(["--listen", "udp://127.0.0.1:0", "--forward", fwd, *extra], tmp_path / "proxy.log")
