@@ -219,6 +219,22 @@ def test_hosts_access_rules_the_kernel_cannot_enforce_are_reported() -> None:
     ]
 
 
+def test_hosts_access_rules_a_declared_service_never_consults() -> None:
+    """A hosts.deny ban (sshguard, DenyHosts) naming a daemon that a native block declares does
+    not apply to it: the block alone decides; lint says so at the rule."""
+    from sockgate.policy.hostsaccess import parse_hosts_access
+    from sockgate.policy.merge import merge
+
+    native = parse_policy("service sshd tcp/22 {\n allow all\n default deny\n}\n", "p.conf")
+    files = {"hosts.allow": "", "hosts.deny": "sshd: 10.66.0.1\nALL: 10.66.0.2\nftpd: 10.0.0.1\n"}
+    wrap = parse_hosts_access("hosts.allow", "hosts.deny", read=files.__getitem__)
+    said = "does not apply to service sshd: the service block at p.conf:1 alone decides it (declared services win "
+    assert [str(d) for d in lint(merge([native, wrap]))] == [
+        f"hosts.deny:1:1: warning: this rule {said}over hosts_access rules)\np.conf:1:9: note: service sshd is declared here",
+        f"hosts.deny:2:1: warning: this rule {said}over hosts_access rules)\np.conf:1:9: note: service sshd is declared here",
+    ]
+
+
 def test_two_services_claiming_one_port_or_path() -> None:
     text = ("service a tcp/20-30 unix:/run/a.sock {\n default deny\n}\n"
             "service b udp/25 tcp/22,443 {\n default deny\n}\n"

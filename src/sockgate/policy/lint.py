@@ -14,6 +14,9 @@ and reports, as ``Diagnostic(severity="warning")`` sorted by position:
   hosts_access rules that need a name, an ident user or the server address;
 * credential rules in a service with only IP endpoints, address rules in a Unix-only one;
 * two services that claim the same port or Unix path;
+* a hosts_access rule whose daemon list names a service a native block declares: the block
+  decides that service alone, so a hosts.deny ban written for it (sshguard, DenyHosts) does
+  not apply to it;
 * a service without a default.
 
 Coverage is computed by ``coverage.py`` (intervals over addresses, structural comparison for
@@ -26,6 +29,7 @@ from typing import Iterator
 
 from sockgate.errors import Diagnostic
 from sockgate.policy.coverage import Deciders, Spans, cover, describe_point
+from sockgate.policy.daemons import may_select
 from sockgate.policy.intervals import union
 from sockgate.policy.ir import (
     Action,
@@ -64,7 +68,22 @@ def lint(policy: Policy) -> list[Diagnostic]:
     for rules in groups.values():
         out += _rules(tuple(rules))
     out += _userspace_only(policy.rules)
+    out += _hidden_by_services(policy)
     return sorted(out, key=lambda d: (d.span.file, d.span.line, d.span.col) if d.span else ("", 0, 0))
+
+
+def _hidden_by_services(policy: Policy) -> Iterator[Diagnostic]:
+    """hosts_access rules that a declared service never consults (``merge``: declared
+    services win)."""
+    for rule in policy.rules:
+        if rule.daemons is None:
+            continue
+        for service in policy.services:
+            if may_select(rule.daemons, service.name):
+                where = f" at {service.span.file}:{service.span.line}" if service.span else ""
+                related = ((service.span, f"service {service.name} is declared here"),) if service.span else ()
+                yield _warn(rule.span, f"this rule does not apply to service {service.name}: the service block{where} "
+                            "alone decides it (declared services win over hosts_access rules)", related)
 
 
 def _warn(span: Span | None, message: str, related: tuple[tuple[Span, str], ...] = ()) -> Diagnostic:
