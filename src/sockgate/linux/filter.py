@@ -16,10 +16,10 @@ import errno
 import os
 import socket
 import struct
-from typing import Union
 
 from sockgate.errors import AdapterError
 from sockgate.linux._errors import translated
+from sockgate.linux.fd import Sockish, fileno
 
 # <asm-generic/socket.h>
 SO_ATTACH_FILTER = 26
@@ -31,18 +31,12 @@ SOL_SOCKET = socket.SOL_SOCKET
 SOCK_FILTER = struct.Struct("=HBBI")  # struct sock_filter { __u16 code; __u8 jt, jf; __u32 k; }
 BPF_MAXINSNS = 4096  # <linux/bpf_common.h>
 
-Sockish = Union[socket.socket, int]
-
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
 class _SockFprog(ctypes.Structure):
     # struct sock_fprog { unsigned short len; struct sock_filter *filter; }  <linux/filter.h>
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-
-def fileno(s: Sockish) -> int:
-    return s if isinstance(s, int) else s.fileno()
 
 
 def attach(s: Sockish, program: bytes, what: str = "") -> None:

@@ -53,11 +53,12 @@ import select
 import _socket
 import socket
 import struct
-from typing import Iterator, Union
+from typing import Iterator
 
 from sockgate.decide import Peer
 from sockgate.errors import AdapterError, PeerError
 from sockgate.linux._errors import translated
+from sockgate.linux.fd import Sockish
 
 # <asm-generic/socket.h>
 SO_PEERCRED = 17
@@ -66,8 +67,6 @@ SO_PEERPIDFD = 77
 UCRED = struct.Struct("=iII")  # struct ucred { pid_t pid; uid_t uid; gid_t gid; }
 GID_T = 4
 NGROUPS_MAX = 65536  # <linux/limits.h>
-
-Sockish = Union[_socket.socket, int]
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
