@@ -45,12 +45,26 @@ def test_adapters_are_thin() -> None:
     assert breaches <= layers.KNOWN_THIN_BREACHES
 
 
+def _filter_users() -> set[tuple[str, str]]:
+    return {
+        (e.source, e.target)
+        for e in EDGES
+        for adapter, seam in layers.SEAM_ONLY.items()
+        if e.target == adapter and not (e.source == seam or e.source.startswith(seam + "."))
+    }
+
+
+def test_only_the_seam_touches_filters() -> None:
+    assert _filter_users() <= layers.KNOWN_FILTER_USERS
+
+
 def test_the_ratchet_lists_only_what_still_occurs() -> None:
     """A known cycle, upward import or breach that is gone must leave the lists too."""
     found = layers.cycles(EDGES)
     assert [sorted(k) for k in layers.KNOWN_CYCLES if not any(c <= k for c in found)] == []
     assert layers.KNOWN_UPWARD <= _upward()
     assert layers.KNOWN_THIN_BREACHES <= {(e.source, e.target) for e in EDGES}
+    assert layers.KNOWN_FILTER_USERS <= _filter_users()
 
 
 def test_an_import_inside_a_function_is_seen() -> None:

@@ -61,6 +61,9 @@ LAYERS: dict[str, int] = {
 THIN = "sockgate.linux"
 THIN_MAY_IMPORT = ("sockgate.errors", "sockgate.urls", "sockgate.peer", "sockgate.linux")
 
+# One seam: only the kernel package puts filters on sockets or reads them back.
+SEAM_ONLY = {"sockgate.linux.filter": "sockgate.kernel"}
+
 # The migration ratchet (issue: one resolved policy, one kernel seam). Only shrinks.
 KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset({
     # Peer in decide, Policy.guard in ir, daemons <-> decide: cut by peer.py, the guard port
@@ -83,6 +86,12 @@ KNOWN_UPWARD: frozenset[tuple[str, str]] = frozenset({
 })
 KNOWN_THIN_BREACHES: frozenset[tuple[str, str]] = frozenset({
     ("sockgate.linux.peercred", "sockgate.decide"),  # Peer -> peer.py
+})
+KNOWN_FILTER_USERS: frozenset[tuple[str, str]] = frozenset({
+    ("sockgate.guard", "sockgate.linux.filter"),  # library and attach on the seam
+    ("sockgate.inspect", "sockgate.linux.filter"),  # ls reads through the seam
+    ("sockgate.proxy.service", "sockgate.linux.filter"),  # proxy on the seam
+    ("sockgate.proxy.server", "sockgate.linux.filter"),  # proxy on the seam
 })
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Sequence
+from typing import Literal, Sequence
 
 from sockgate.bpf import marker as _marker
 from sockgate.bpf import ranges as _ranges
@@ -64,6 +64,15 @@ class Program:
     ranges: int
     ranges4: int = 0
     ranges6: int = 0
+
+    @property
+    def backend(self) -> Literal["cbpf"]:
+        """The kernel backend that runs it (``sockgate.kernel``)."""
+        return "cbpf"
+
+    @property
+    def instructions(self) -> int:
+        return len(self.insns)
 
     def encode(self) -> bytes:
         return encode(self.insns)

@@ -1,0 +1,87 @@
+"""The seam's two ports: a ``Backend`` (one way of putting a compiled policy into the
+kernel: classic BPF today, eBPF next) and ``FilterOps`` (the socket side: what is attached,
+detach, the socket's family and type).
+
+A program goes through three forms. ``compile`` is pure and may refuse (UnsupportedInKernel,
+CompileError) before anything exists in the kernel. ``load`` makes the kernel objects without
+attaching them — for eBPF, where the verifier runs and maps are created and pinned; for
+classic BPF the encoded bytes — so a program the kernel refuses fails before any socket is
+touched. ``attach`` puts a loaded program on one socket, replacing what was there in one
+step. The transaction (``transaction.apply``) drives many attaches and, on failure, asks the
+backend that owns each previous program to ``restore`` it.
+
+What a backend holds between ``load`` and the sockets (an eBPF program fd, map fds, bpffs
+pins) lives inside its ``Loaded`` value; callers only ever pass it back.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+from sockgate.bpf.ranges import Banned
+from sockgate.kernel.reading import Attached, BackendName, GuardInfo
+from sockgate.policy.ir import Service
+
+
+class Compiled(Protocol):
+    """A program compiled for one service (``bpf.Program`` for classic BPF); no kernel object."""
+
+    @property
+    def backend(self) -> BackendName: ...
+    @property
+    def service(self) -> str: ...
+    @property
+    def digest(self) -> str: ...
+    @property
+    def instructions(self) -> int: ...
+
+
+class Loaded(Protocol):
+    """A compiled program made ready for sockets by its backend's ``load``."""
+
+    @property
+    def compiled(self) -> Compiled: ...
+
+
+class Backend(Protocol):
+    @property
+    def name(self) -> BackendName: ...
+
+    def unavailable(self) -> str | None:
+        """Why this process cannot use the backend (platform, privileges), or None."""
+
+    def compile(self, service: Service, bans: Sequence[Banned] = ()) -> Compiled:
+        """Pure: the program for ``service``, ``bans`` denied before any rule."""
+
+    def load(self, program: Compiled) -> Loaded:
+        """Kernel objects made, nothing attached; raises when the kernel refuses them."""
+
+    def attach(self, fd: int, program: Loaded, label: str) -> None:
+        """Put ``program`` on socket ``fd``, replacing its filter atomically; ``label`` names
+        the socket in errors."""
+
+    def recognise(self, attached: Attached) -> GuardInfo | None:
+        """What ``attached`` is if it is this backend's kind of program (one it can
+        ``restore``), else None."""
+
+    def restore(self, fd: int, previous: Attached, label: str) -> None:
+        """Put ``previous`` back on ``fd``: a program this backend's ``recognise`` claimed
+        (claiming one is promising this)."""
+
+
+class FilterOps(Protocol):
+    """The socket side of the seam, a port so that the transaction runs without sockets in
+    tests. Every method takes an fd and a label naming the socket for errors."""
+
+    def read(self, fd: int) -> tuple[Attached, bool]:
+        """What is attached, and whether the filter is locked (SO_LOCK_FILTER)."""
+
+    def family(self, fd: int, label: str) -> int:
+        """The socket's address family; AdapterError when ``fd`` is no open socket."""
+
+    def is_tcp(self, fd: int) -> bool: ...
+
+    def attach_classic(self, fd: int, raw: bytes, label: str) -> None: ...
+
+    def detach(self, fd: int, label: str) -> bool:
+        """Remove the filter; False when there was none."""
