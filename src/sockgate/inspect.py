@@ -4,9 +4,9 @@ Three sources are joined by socket inode: the kernel's socket inventory
 (``linux.sockdiag.inventory``), the ``/proc/PID/fd`` links that say which processes hold each
 socket (``linux.sockdiag.holders``; names and users through psutil), and the classic BPF
 filter attached to each socket, read back through our own duplicate of one holder's
-descriptor (``pidfd_getfd`` + ``SO_GET_FILTER``) and recognised by ``bpf.classify`` (the
-reading ``guard_of`` uses too): a sockgate marker whose digest is not the digest of the code
-read back is shown as *modified*, never as the service it names.
+descriptor (``pidfd_getfd``) and recognised by the kernel seam (``Kernel.read``, the reading
+``guard_of`` uses too): a sockgate marker whose digest is not the digest of the code read back
+is shown as *modified*, never as the service it names.
 
 Work is done in the order that keeps a big host fast: the kernel is asked only for the states
 wanted (listening/bound by default), rows are filtered by protocol, port, pid, user before any
@@ -19,7 +19,7 @@ when the holder's descriptors cannot be read (another user's process, without ro
 ``unknown (no permission)``; a socket no process holds (TIME-WAIT, a connection not yet
 accepted) is ``unknown (no holder found)``.
 
-The row-building functions (``exposure_of``, ``classify_filter``, ``wanted``, ``matches``,
+The row-building functions (``exposure_of``, ``wanted``, ``matches``,
 ``Row.to_json``) are pure and tested without sockets; ``list_sockets`` does the I/O.
 """
 
@@ -34,63 +34,23 @@ import pwd
 import socket
 import stat
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Final, Iterable, Sequence
 
 from sockgate.errors import AdapterError, UsageError
-from sockgate.linux import filter as sockfilter
+from sockgate.kernel import GuardInfo, Kernel, default_kernel
 from sockgate.linux import pidfd, sockdiag
 from sockgate.linux.sockdiag import TCP_CLOSE, TCP_LISTEN, Sock
 
 KINDS = ("tcp", "udp", "raw", "icmp", "unix")
 _NETID = {("unix", "stream"): "u_str", ("unix", "dgram"): "u_dgr", ("unix", "seqpacket"): "u_seq"}
 
-SOCKGATE, MODIFIED, FOREIGN, NONE, UNKNOWN = "sockgate", "modified", "foreign", "none", "unknown"
+SOCKGATE: Final = "sockgate"
+UNKNOWN: Final = "unknown"
 NO_PERMISSION = "no permission"
 NO_HOLDER = "no holder found"
 
 
 # --- pure: guard, exposure, selection -------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Guard:
-    status: str  # SOCKGATE | MODIFIED | FOREIGN | NONE | UNKNOWN
-    service: str | None = None
-    digest: str | None = None
-    insns: int | None = None
-    reason: str | None = None
-
-    @property
-    def text(self) -> str:
-        if self.status == SOCKGATE:
-            return f"sockgate {self.service} {self.digest}"
-        if self.status == MODIFIED:
-            return f"modified (marker claims {self.service} {self.digest}; {self.insns} insns)"
-        if self.status == FOREIGN:
-            return f"foreign filter ({self.insns} insns)" if self.insns is not None else f"foreign filter ({self.reason})"
-        if self.status == NONE:
-            return "none"
-        return f"unknown ({self.reason})"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "status": self.status,
-            "service": self.service,
-            "digest": self.digest,
-            "insns": self.insns,
-            "reason": self.reason,
-            "text": self.text,
-        }
-
-
-def classify_filter(raw: bytes | None) -> Guard:
-    """The guard a read-back program (None: no filter) stands for."""
-    from sockgate import bpf
-
-    r = bpf.classify(raw)
-    if r.state == "none":
-        return Guard(NONE)
-    return Guard(r.state, r.service, r.digest, r.instructions)
 
 
 @dataclass(frozen=True)
@@ -206,7 +166,7 @@ class Row:
     holders: tuple[Holder, ...]
     user: str | None
     exposure: Exposure
-    guard: Guard
+    guard: GuardInfo
 
     def to_json(self) -> dict[str, Any]:
         s = self.sock
@@ -319,7 +279,7 @@ def list_sockets(sel: Selection, *, proc: str = sockdiag.PROC) -> list[Row]:
     rows = []
     for s, hs, user in staged:
         g = guards[id(s)]
-        if sel.unguarded and g.status == SOCKGATE:
+        if sel.unguarded and g.state == SOCKGATE:
             continue
         rows.append(Row(s, hs, user, exposure_of(s, _path_info(s), _ifname(s.ifindex)), g))
     return rows
@@ -385,19 +345,20 @@ def _ifname(index: int) -> str | None:
 
 def read_guards(
     items: Iterable[tuple[Sock, Sequence[Holder]]], some_denied: bool
-) -> dict[int, Guard]:
+) -> dict[int, GuardInfo]:
     """The guard of each socket (keyed by ``id(sock)``); one pidfd per process, reused."""
-    out: dict[int, Guard] = {}
+    out: dict[int, GuardInfo] = {}
+    kernel = default_kernel()
     with pidfd.PidfdCache() as pidfds:
         for s, hs in items:
             # inode 0 (TIME-WAIT, a request socket): no descriptor exists for anyone to hold
-            out[id(s)] = _guard_of(hs, some_denied and s.inode != 0, pidfds)
+            out[id(s)] = _guard_of(kernel, hs, some_denied and s.inode != 0, pidfds)
     return out
 
 
-def _guard_of(hs: Sequence[Holder], some_denied: bool, pidfds: pidfd.PidfdCache) -> Guard:
+def _guard_of(kernel: Kernel, hs: Sequence[Holder], some_denied: bool, pidfds: pidfd.PidfdCache) -> GuardInfo:
     if not hs:
-        return Guard(UNKNOWN, reason=NO_PERMISSION if some_denied else NO_HOLDER)
+        return GuardInfo(UNKNOWN, reason=NO_PERMISSION if some_denied else NO_HOLDER)
     errors: list[AdapterError] = []
     for h in hs:
         try:
@@ -406,15 +367,11 @@ def _guard_of(hs: Sequence[Holder], some_denied: bool, pidfds: pidfd.PidfdCache)
             errors.append(e)
             continue
         try:
-            raw = sockfilter.get(dup)
+            return kernel.read(dup)
         except AdapterError as e:
-            if e.errno == errno.EACCES:  # an eBPF program (SO_ATTACH_BPF) is not returned
-                return Guard(FOREIGN, reason="eBPF program")
             errors.append(e)
-            continue
         finally:
             os.close(dup)
-        return classify_filter(raw)
     if any(e.errno in (errno.EPERM, errno.EACCES) for e in errors):
-        return Guard(UNKNOWN, reason=NO_PERMISSION)
-    return Guard(UNKNOWN, reason=f"cannot read: {errors[-1]}" if errors else NO_HOLDER)
+        return GuardInfo(UNKNOWN, reason=NO_PERMISSION)
+    return GuardInfo(UNKNOWN, reason=f"cannot read: {errors[-1]}" if errors else NO_HOLDER)

@@ -1,4 +1,4 @@
-"""The pure half of `sockgate ls`: exposure, guard classification, selection, JSON rows,
+"""The pure half of `sockgate ls`: exposure, selection, JSON rows,
 plain columns, and the /proc/net table parsers. No sockets, no root."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from sockgate import inspect as ins
 from sockgate.cli import ls_cmd
+from sockgate.kernel import GuardInfo
 from sockgate.linux.sockdiag import TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, TCP_TIME_WAIT, Sock, parse_proc_inet, parse_proc_unix
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "ls.md"
@@ -82,40 +83,6 @@ def test_exposure_kind_follows_the_address(addr: ipaddress.IPv4Address | ipaddre
         assert kind == "address"
 
 
-def test_classify_filter() -> None:
-    from sockgate import bpf
-
-    assert ins.classify_filter(None).text == "none"
-    foreign = ins.classify_filter(b"\0" * 24)
-    assert (foreign.status, foreign.insns, foreign.text) == ("foreign", 3, "foreign filter (3 insns)")
-    assert ins.Guard("unknown", reason="no permission").text == "unknown (no permission)"
-    assert ins.Guard("foreign", reason="eBPF program").text == "foreign filter (eBPF program)"
-    allow_all = (bpf.stmt(bpf.BPF_RET | bpf.BPF_K, 0xFFFF),)
-    assert ins.classify_filter(bpf.encode(allow_all)).status == "foreign"
-
-
-def test_classify_a_real_sockgate_program() -> None:
-    from sockgate import bpf
-    from sockgate.bpf import marker
-
-    body = (bpf.stmt(bpf.BPF_RET | bpf.BPF_K, 0),)
-    digest = marker.program_digest("web", body)
-    g = ins.classify_filter(bpf.encode(marker.build("web", digest) + body))
-    assert (g.status, g.service, g.digest, g.insns, g.text) == ("sockgate", "web", digest, 7, f"sockgate web {digest}")
-
-
-def test_a_genuine_marker_with_other_code_is_modified_not_the_service() -> None:
-    from sockgate import bpf
-    from sockgate.bpf import marker
-
-    deny = (bpf.stmt(bpf.BPF_RET | bpf.BPF_K, 0),)
-    genuine = marker.build("web", marker.program_digest("web", deny))
-    forged = ins.classify_filter(bpf.encode(genuine + (bpf.stmt(bpf.BPF_RET | bpf.BPF_K, 0xFFFF),)))
-    assert forged.status == "modified"
-    assert forged.text == f"modified (marker claims web {marker.program_digest('web', deny)}; 7 insns)"
-    assert forged.to_json()["status"] == "modified"
-
-
 def test_default_selection_is_listening_and_bound() -> None:
     sel = ins.Selection()
     assert ins.wanted(tcp("0.0.0.0"), sel)
@@ -141,7 +108,7 @@ def test_process_filters() -> None:
 
 def _row(**kw: Any) -> ins.Row:
     holders = (ins.Holder(10, "sshd", "root", (3,)), ins.Holder(11, "sshd", "root", (3, 4)))
-    base = dict(sock=tcp("::", 22, v6only=False), holders=holders, user="root", exposure=ins.Exposure("any", "every interface"), guard=ins.Guard("none"))
+    base = dict(sock=tcp("::", 22, v6only=False), holders=holders, user="root", exposure=ins.Exposure("any", "every interface"), guard=GuardInfo("none"))
     base.update(kw)
     return ins.Row(**base)  # type: ignore[arg-type]
 
@@ -174,7 +141,7 @@ def test_process_column_lists_every_holder_up_to_a_limit() -> None:
 
 
 def test_plain_columns_align() -> None:
-    rows = [_row(), _row(sock=unix("/run/a-much-longer-socket-path.sock", (1, 2)), guard=ins.Guard("sockgate", "x", "0" * 16))]
+    rows = [_row(), _row(sock=unix("/run/a-much-longer-socket-path.sock", (1, 2)), guard=GuardInfo("sockgate", service="x", digest="0" * 16))]
     text = ls_cmd.plain(rows, with_peer=False)
     lines = text.splitlines()
     assert lines[0].split() == ["Proto", "State", "Local", "Process", "User", "Exposure", "Guard"]
@@ -236,9 +203,9 @@ def test_unknown_user_name_is_a_usage_error_not_an_empty_list() -> None:
 
 
 def test_process_column_does_not_say_none_when_holders_are_hidden() -> None:
-    hidden = _row(holders=(), guard=ins.Guard(ins.UNKNOWN, reason=ins.NO_PERMISSION))
+    hidden = _row(holders=(), guard=GuardInfo(ins.UNKNOWN, reason=ins.NO_PERMISSION))
     assert hidden.process_text() == "?"
-    assert _row(holders=(), guard=ins.Guard(ins.UNKNOWN, reason=ins.NO_HOLDER)).process_text() == "-"
+    assert _row(holders=(), guard=GuardInfo(ins.UNKNOWN, reason=ins.NO_HOLDER)).process_text() == "-"
 
 
 def test_terminal_table_keeps_addresses_and_guards_whole_on_80_columns() -> None:
@@ -246,7 +213,7 @@ def test_terminal_table_keeps_addresses_and_guards_whole_on_80_columns() -> None
 
     from rich.console import Console
 
-    guard = ins.Guard(ins.SOCKGATE, "echod", "98eadde03fa46cb5")
+    guard = GuardInfo(ins.SOCKGATE, service="echod", digest="98eadde03fa46cb5")
     one = (ins.Holder(2979, "python", "root", (3,)),)
     rows = [_row(sock=tcp("127.0.0.1", 39913), holders=one, guard=guard), _row(sock=tcp("::", 22, v6only=False), holders=one)]
     buf = io.StringIO()

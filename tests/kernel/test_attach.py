@@ -18,6 +18,7 @@ from sockgate import guard as guard_mod
 from sockgate import load as sockgate_load
 from sockgate.cli.main import main
 from sockgate.errors import AdapterError
+from sockgate.kernel.cbpf import ClassicBackend
 from sockgate.linux import filter as kfilter
 from sockgate.linux import pidfd
 from support.verdicts import local_sockets, tcp_reach
@@ -266,20 +267,20 @@ def test_port_group_all_or_nothing(capsys: Any, spawn: Spawn, policy_file: str, 
     # (a's "web" filter is put on through the library: attach refuses part of a group)
     with pidfd.borrowed(a.pid, sa["fd"]) as dup:
         guard_mod.guard(sockgate_load(policy_file), dup, "web")
-    real = guard_mod._install
+    real = ClassicBackend.attach
     calls = []
 
-    def flaky(fd: int, program: Any, what: str, *advice: str) -> guard_mod.Guarded:
+    def flaky(self: ClassicBackend, fd: int, program: Any, what: str) -> None:
         calls.append(what)
         if len(calls) == 2:
             raise AdapterError(f"{what}: injected failure")
-        return real(fd, program, what, *advice)
+        real(self, fd, program, what)
 
-    monkeypatch.setattr(guard_mod, "_install", flaky)
+    monkeypatch.setattr(ClassicBackend, "attach", flaky)
     rc, _, err = sockgate(capsys, "attach", "--policy", policy_file, "--service", "strict", "--port", port, "--force")
     assert rc == 1 and "injected failure" in err and len(calls) == 2
     assert state(a.pid, sa["fd"]).service == "web" and state(b.pid, sb["fd"]).state == "foreign"
-    monkeypatch.setattr(guard_mod, "_install", real)
+    monkeypatch.setattr(ClassicBackend, "attach", real)
 
     rc, out, _ = sockgate(capsys, "attach", "--policy", policy_file, "--service", "strict", "--port", port, "--force")
     assert rc == 0 and "replaced" in out and "reloaded" in out

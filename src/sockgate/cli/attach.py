@@ -45,8 +45,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sockgate.attach import guard_sockets
     from sockgate.bpf import options_not_carried
-    from sockgate.guard import compile_guard, guard_sockets
+    from sockgate.guard import compile_guard
 
     policy = load_from_args(args)
     compile_guard(policy, args.service)  # refuse a bad policy before looking at any process

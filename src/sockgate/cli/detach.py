@@ -18,7 +18,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sockgate.guard import unguard_sockets
+    from sockgate.attach import unguard_sockets
 
     changes = unguard_sockets(targets_from_args(args), force=args.force)
     if args.json:

@@ -87,7 +87,7 @@ def render_table(rows: Sequence[Row], with_peer: bool, console: "Console | None"
     style = {"sockgate": "green", "modified": "bold red", "foreign": "yellow", "none": "red", "unknown": "dim"}
     for r in rows:
         c = cells(r, with_peer)
-        c[-1] = f"[{style[r.guard.status]}]{_escape(c[-1])}[/]"
+        c[-1] = f"[{style[r.guard.state]}]{_escape(c[-1])}[/]"
         table.add_row(*[_escape(x) for x in c[:-1]], c[-1])
     (console or Console()).print(table)
 

@@ -1,0 +1,163 @@
+"""``sockgate attach`` / ``detach``: guard the sockets of running processes in place.
+
+The sockets are reached through ``pidfd_getfd`` duplicates. Every target is duplicated and
+checked — a TCP or UDP socket, not locked, no foreign or modified filter unless forced, no
+SO_REUSEPORT group left partly guarded — before any is changed; the change itself is one
+all-or-nothing transaction of the kernel seam (``Kernel.apply``), which puts each socket's
+previous program back if a later one fails. The checks whose messages carry command-line
+advice (``--force``, ``--port``) are made here; the seam refuses what no caller may do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+from sockgate.errors import AdapterError, SockgateError, UsageError
+from sockgate.guard import Guarded, compile_guard, require_kernel
+from sockgate.kernel import Applied, GuardInfo, Kernel, Loaded, Slot, Step, default_kernel
+from sockgate.kernel.transaction import locked_error
+from sockgate.linux import pidfd, procsock
+from sockgate.linux.procsock import SockRef
+from sockgate.policy.ir import Policy
+
+ATTACH_ADVICE = "run `sockgate attach` as root or with that capability"
+
+
+@dataclass(frozen=True)
+class Change:
+    """What ``guard_sockets`` / ``unguard_sockets`` did to one socket."""
+
+    pid: int
+    fd: int
+    proto: str
+    local: str
+    action: str  # "attached" | "reloaded" | "replaced" | "detached" | "unchanged"
+    before: GuardInfo
+
+    def as_dict(self) -> dict[str, Any]:
+        b = self.before
+        before = {"state": b.state, "instructions": b.instructions, "service": b.service, "digest": b.digest, "locked": b.locked}
+        return {"pid": self.pid, "fd": self.fd, "proto": self.proto, "local": self.local, "action": self.action, "before": before}
+
+
+@dataclass(frozen=True)
+class _Held:
+    ref: SockRef
+    dup: int
+    before: GuardInfo
+
+
+def guard_sockets(
+    policy: Policy, service: str, targets: Sequence[tuple[int, int]], force: bool = False
+) -> tuple[Guarded, list[Change]]:
+    """Guard every (pid, fd) in ``targets`` with ``service``'s program, or none of them."""
+    require_kernel()
+    kernel = default_kernel()
+    program = kernel.load(compile_guard(policy, service))
+    if not targets:
+        raise UsageError("no sockets to guard")
+    with _borrow_all(kernel, targets) as held:
+        _check_changeable(held, force)
+        _refuse_partial_groups(held)
+        applied = _apply(kernel, held, program)
+    return Guarded.of(program.compiled), applied
+
+
+def unguard_sockets(targets: Sequence[tuple[int, int]], force: bool = False) -> list[Change]:
+    """Remove sockgate's filter from every target (foreign ones too with ``force``), or none."""
+    require_kernel()
+    kernel = default_kernel()
+    if not targets:
+        raise UsageError("no sockets to detach from")
+    with _borrow_all(kernel, targets) as held:
+        _check_changeable([h for h in held if h.before.state != "none"], force)
+        return _apply(kernel, held, None)
+
+
+def _apply(kernel: Kernel, held: Sequence[_Held], program: Loaded | None) -> list[Change]:
+    applied = kernel.apply([Step(Slot(h.dup, h.ref.describe(), ATTACH_ADVICE), program) for h in held])
+    return [_change(h.ref, a) for h, a in zip(held, applied)]
+
+
+def _change(ref: SockRef, a: Applied) -> Change:
+    return Change(ref.pid, ref.fd, ref.proto, ref.local, a.change.value, a.before)
+
+
+@contextlib.contextmanager
+def _borrow_all(kernel: Kernel, targets: Sequence[tuple[int, int]]) -> Iterator[list[_Held]]:
+    """Duplicate every (pid, fd), check it is an IP socket, read its filter; one entry per
+    distinct socket. All duplicates are closed on exit."""
+    held: list[_Held] = []
+    seen: set[tuple[int, int]] = set()
+    try:
+        for pid, fd in targets:
+            h = _hold(kernel, pid, fd, seen)
+            if h is not None:
+                held.append(h)
+        yield held
+    finally:
+        for h in held:
+            os.close(h.dup)
+
+
+def _hold(kernel: Kernel, pid: int, fd: int, seen: set[tuple[int, int]]) -> _Held | None:
+    """Our duplicate of ``pid``'s ``fd`` with what it is; None for a socket already held."""
+    dup = pidfd.getfd(pid, fd)
+    try:
+        ident = procsock.identity(dup)
+        if ident in seen:
+            os.close(dup)
+            return None
+        ref = procsock.inspect_dup(dup, pid, fd)
+        if ref.proto not in ("tcp", "udp"):
+            raise UsageError(
+                f"{ref.describe()}: a kernel address filter guards TCP and UDP sockets only"
+                " (Unix peers are decided by credentials: use `sockgate proxy`)"
+            )
+        h = _Held(ref, dup, kernel.read(dup))
+    except BaseException:
+        os.close(dup)
+        raise
+    seen.add(ident)
+    return h
+
+
+def _check_changeable(held: Sequence[_Held], force: bool) -> None:
+    for h in held:
+        what = h.ref.describe()
+        if h.before.locked:
+            raise locked_error(what)
+        if h.before.state in ("foreign", "modified") and not force:
+            raise AdapterError(
+                f"{what} already has {h.before.describe()}; nothing was changed (use --force to replace it)",
+                target=what,
+            )
+
+
+def _refuse_partial_groups(held: Sequence[_Held]) -> None:
+    """An SO_REUSEPORT group guarded in part lets through every client the kernel happens to
+    hand to an unguarded member: refuse unless every socket at the same address is a target."""
+    ours = {procsock.identity(h.dup) for h in held}
+    checked: set[tuple[str, str]] = set()  # one table scan per address, not per member
+    for h in held:
+        if (h.ref.proto, h.ref.local) in checked:
+            continue
+        checked.add((h.ref.proto, h.ref.local))
+        for other in procsock.same_address(h.ref):
+            try:
+                with pidfd.borrowed(other.pid, other.fd) as dup:
+                    if procsock.identity(dup) in ours:
+                        continue  # the same socket, shared by another process (fork)
+            except SockgateError:
+                pass  # cannot look: count it as another member
+            port = h.ref.local.rsplit(":", 1)[1]
+            raise AdapterError(
+                f"{h.ref.describe()} shares {h.ref.proto} {h.ref.local} with pid {other.pid} fd {other.fd}"
+                " (an SO_REUSEPORT group: the kernel spreads clients over all of its sockets);"
+                f" nothing was changed: guard the whole group with --port {port}"
+                + ("" if h.ref.proto == "tcp" else f" --proto {h.ref.proto}"),
+                target=h.ref.describe(),
+            )
