@@ -101,12 +101,3 @@ def peer(conn: Sockish) -> Peer:
                 raise UnsupportedPlatform(f"Unix peer credentials: {_UNSUPPORTED}")
     return peercred.peer_of(fd)
 
-
-def guard_listener(policy: Policy, sock: socket.socket, service: str, what: str, advice: str) -> Guarded:
-    """``guard`` for sockgate's own listeners: ``what`` names the socket in errors (its URL,
-    not an fd number of ours) and ``advice`` says what to do about a TCP refusal."""
-    require_kernel()
-    kernel = default_kernel()
-    program = kernel.load(compile_guard(policy, service))
-    kernel.apply([Step(Slot(fileno(sock), what, advice), program)])
-    return Guarded.of(program.compiled)

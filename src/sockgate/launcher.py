@@ -2,7 +2,7 @@
 
 Order of work (each step fails before the next touches anything):
 
-1. load the policy and compile the service's program completely (``guard.compile_guard``);
+1. load the policy and compile the service's program completely (through the kernel seam);
    refuse connection limits (``run`` counts no connections: only ``sockgate proxy`` enforces
    them), even for Unix-only services; resolve ``--user``/``--group``;
 2. open every listener (privileged ports work while still root); each TCP/UDP socket gets the
@@ -20,8 +20,10 @@ filter belongs to the socket, not the descriptor) and waits in ``sigwaitinfo`` w
 interesting signals blocked:
 
 * SIGHUP re-reads the policy, compiles it, and swaps the filter on every socket in one
-  ``setsockopt`` each (atomic: the kernel replaces the program under RCU). Any error leaves the
-  old filters in place and is reported on stderr; ``--forward-hup`` also passes SIGHUP on;
+  transaction of the kernel seam (``Kernel.apply``): one ``setsockopt`` each, atomic (the
+  kernel replaces the program under RCU), and if one fails the sockets already changed get
+  their previous program back. Any error leaves the old filters in place and is reported on
+  stderr; ``--forward-hup`` also passes SIGHUP on;
 * SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT are forwarded to the command
   (except those a terminal sent: it sent the command its own copy);
 * when the command exits, the supervisor exits with its status (128+N for a signal N).
@@ -41,23 +43,20 @@ the policy does not apply to them at all, and the startup line says so.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import signal
 import socket
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, NoReturn
+from typing import Callable, NoReturn
 
 from sockgate.errors import AdapterError, PolicyError, SockgateError, UnsupportedInKernel, UsageError
+from sockgate.kernel import Kernel, Loaded, Slot, Step, default_kernel
 from sockgate.linux import activation, privileges
 from sockgate.linux.listen import Listener, open_listeners
 from sockgate.policy.ir import Policy
 from sockgate.urls import SocketURL
-
-if TYPE_CHECKING:
-    from sockgate.guard import Guarded
 
 FORWARDED = (
     signal.SIGTERM,
@@ -107,29 +106,32 @@ class RunConfig:
 
 
 class Gate:
-    """The guarded listeners and the current policy; ``reload`` swaps filters atomically."""
+    """The guarded listeners and the current policy; ``reload`` swaps the filter of every
+    TCP/UDP listener in one transaction of the kernel seam (all of them, or none)."""
 
-    def __init__(self, cfg: RunConfig, policy: Policy) -> None:
+    def __init__(self, cfg: RunConfig, policy: Policy, kernel: Kernel | None = None) -> None:
         self.cfg = cfg
         self.policy = policy
+        self.kernel = kernel or default_kernel()
         self.listeners: list[Listener] = []
-        self.guarded: Guarded | None = None  # what the last attach put on the TCP/UDP sockets
+        self.loaded: Loaded | None = None  # the program on the TCP/UDP sockets
 
     def guard_socket(self, sock: socket.socket) -> None:
-        from sockgate.guard import guard_listener
-
+        """Before ``listen``: the current program on one fresh TCP/UDP socket."""
         if sock.family != socket.AF_UNIX:
-            self.guarded = guard_listener(self.policy, sock, self.cfg.service, _where(sock), RUN_ADVICE)
+            if self.loaded is None:
+                self.loaded = self._load(self.policy)
+            self.kernel.apply([Step(Slot(sock.fileno(), _where(sock), RUN_ADVICE), self.loaded)])
 
     @property
     def inet(self) -> list[Listener]:
         return [lst for lst in self.listeners if not lst.url.is_unix]
 
     def describe(self) -> str:
-        g = self.guarded
-        if g is None:
+        if self.loaded is None:
             return "no address filter (Unix sockets only)"
-        return f"service {g.service}, digest {g.digest}, {g.instructions} instructions"
+        p = self.loaded.compiled
+        return f"service {p.service}, digest {p.digest}, {p.instructions} instructions"
 
     def reload(self) -> bool:
         """Re-read, compile, swap. On any error the old filters stay; False is returned."""
@@ -153,25 +155,18 @@ class Gate:
         return True
 
     def _swap(self, policy: Policy) -> None:
-        """Compile, then attach to every socket; if an attach fails, put the old program back
-        on the sockets already changed, so they never disagree."""
-        from sockgate.guard import guard_listener
+        """Compile and load, then one ``Kernel.apply`` over the TCP/UDP listeners: if one
+        attach fails, the seam puts the previous program back on those already changed."""
+        if not self.inet:
+            check_service(policy, self.cfg.service, inet=False)
+            self.policy = policy
+            return
+        loaded = self._load(policy)
+        self.kernel.apply([Step(Slot(lst.sock.fileno(), lst.address(), RUN_ADVICE), loaded) for lst in self.inet])
+        self.policy, self.loaded = policy, loaded
 
-        service = self.cfg.service
-        check_service(policy, service, inet=bool(self.inet))
-        done: list[Listener] = []
-        result = None
-        try:
-            for lst in self.inet:
-                result = guard_listener(policy, lst.sock, service, lst.address(), RUN_ADVICE)
-                done.append(lst)
-        except BaseException:
-            for lst in done:
-                with contextlib.suppress(SockgateError):
-                    guard_listener(self.policy, lst.sock, service, lst.address(), RUN_ADVICE)
-            raise
-        self.policy = policy
-        self.guarded = result or self.guarded
+    def _load(self, policy: Policy) -> Loaded:
+        return self.kernel.load(self.kernel.compile(policy.require_service(self.cfg.service)))
 
     def close(self) -> None:
         for lst in self.listeners:
@@ -199,10 +194,8 @@ def check_service(policy: Policy, service: str, inet: bool) -> None:
     listeners, anything the compiler refuses (host names, principals, limits); with Unix
     listeners only, connection limits (``run`` counts no connections: the command accepts
     them, or in ``--inetd`` mode each is decided alone)."""
-    from sockgate.guard import compile_guard
-
     if inet:
-        compile_guard(policy, service)
+        default_kernel().compile(policy.require_service(service))
         return
     svc = policy.require_service(service)
     where = [f"{r.span.file}:{r.span.line}: {r.text}" for r in svc.rules if r.limits is not None and not r.limits.is_empty()]
