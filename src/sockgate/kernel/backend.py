@@ -70,8 +70,9 @@ class Backend(Protocol):
 
 
 class FilterOps(Protocol):
-    """The socket side of the seam, a port so that the transaction runs without sockets in
-    tests. Every method takes an fd and a label naming the socket for errors."""
+    """The socket side of the seam, whatever the backend: a port so that the transaction
+    runs without sockets in tests. Putting a program on is each backend's own call (its
+    adapter: ``cbpf.ClassicOps``), since each kind of program goes on its own way."""
 
     def read(self, fd: int) -> tuple[Attached, bool]:
         """What is attached, and whether the filter is locked (SO_LOCK_FILTER)."""
@@ -80,8 +81,6 @@ class FilterOps(Protocol):
         """The socket's address family; AdapterError when ``fd`` is no open socket."""
 
     def is_tcp(self, fd: int) -> bool: ...
-
-    def attach_classic(self, fd: int, raw: bytes, label: str) -> None: ...
 
     def detach(self, fd: int, label: str) -> bool:
         """Remove the filter; False when there was none."""

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal, Protocol, Sequence
 
 from sockgate.bpf.marker import classify
 from sockgate.bpf.program import Program, compile_service
 from sockgate.bpf.ranges import Banned
-from sockgate.kernel.backend import Compiled, FilterOps, Loaded
+from sockgate.kernel.backend import Compiled, Loaded
 from sockgate.kernel.reading import Attached, ClassicFilter, GuardInfo
 from sockgate.policy.ir import Service
 
@@ -29,6 +29,12 @@ UNSUPPORTED: str | None = (
 )
 
 
+class ClassicOps(Protocol):
+    """What the backend needs of the socket side: SO_ATTACH_FILTER (``kernel.sockets``)."""
+
+    def attach_classic(self, fd: int, raw: bytes, label: str) -> None: ...
+
+
 @dataclass(frozen=True)
 class ClassicLoaded:
     compiled: Program
@@ -36,7 +42,7 @@ class ClassicLoaded:
 
 
 class ClassicBackend:
-    def __init__(self, ops: FilterOps) -> None:
+    def __init__(self, ops: ClassicOps) -> None:
         self.ops = ops
 
     @property
