@@ -3,8 +3,8 @@
 ``apply`` works in three phases:
 
 1. read every socket, change none: refuse a non-IP socket (a filter reads the IP header and
-   would drop every message of a Unix peer), a locked filter, and — on every socket but the
-   last — a previous program no backend can put back. If anything is refused, no socket has
+   would drop every message of a Unix peer), a locked filter, and — on every socket changed
+   but the last — a previous program no backend can put back. If anything is refused, no socket has
    been touched.
 2. change them in order. One change is one ``setsockopt``, which the kernel applies
    atomically, so a failed change leaves that socket as it was.
@@ -100,7 +100,8 @@ def locked_error(label: str) -> AdapterError:
 
 def apply(backends: Sequence[Backend], ops: FilterOps, steps: Sequence[Step]) -> tuple[Applied, ...]:
     """Apply every step or none (module docstring); one ``Applied`` per step, in order."""
-    checked = [_check(backends, ops, s, last=i == len(steps) - 1) for i, s in enumerate(steps)]
+    checked = [_check(backends, ops, s) for s in steps]
+    _refuse_unrestorable([c for c in checked if c.change is not ChangeKind.UNCHANGED][:-1])
     done: list[_Checked] = []
     try:
         for c in checked:
@@ -117,23 +118,28 @@ def apply(backends: Sequence[Backend], ops: FilterOps, steps: Sequence[Step]) ->
     return tuple(Applied(c.step.slot, c.info, c.change) for c in checked)
 
 
-def _check(backends: Sequence[Backend], ops: FilterOps, step: Step, last: bool) -> _Checked:
+def _check(backends: Sequence[Backend], ops: FilterOps, step: Step) -> _Checked:
     slot = step.slot
     if step.program is not None:
         _refuse_not_ip(ops.family(slot.fd, slot.label), slot.label)
     attached, locked = ops.read(slot.fd)
     info, owner = identify(backends, attached, locked)
     change = _change_kind(step, info)
-    if change is not ChangeKind.UNCHANGED:
-        if locked:
-            raise locked_error(slot.label)
-        if not last and owner is None and not isinstance(attached, NoFilter):
-            raise AdapterError(
-                f"{slot.label} has {info.describe()}, which could not be put back if a later socket"
-                " failed; nothing was changed",
-                target=slot.label,
-            )
+    if change is not ChangeKind.UNCHANGED and locked:
+        raise locked_error(slot.label)
     return _Checked(step, attached, info, owner, change)
+
+
+def _refuse_unrestorable(before_last: Sequence[_Checked]) -> None:
+    """Every change but the last may have to be undone: its previous program must be one a
+    backend claimed (and so can put back), or none."""
+    for c in before_last:
+        if c.owner is None and not isinstance(c.before, NoFilter):
+            raise AdapterError(
+                f"{c.step.slot.label} has {c.info.describe()}, which could not be put back if a later"
+                " socket failed; nothing was changed",
+                target=c.step.slot.label,
+            )
 
 
 def _change_kind(step: Step, before: GuardInfo) -> ChangeKind:
@@ -186,7 +192,7 @@ def _rollback(ops: FilterOps, done: Sequence[_Checked]) -> list[tuple[str, Sockg
                 ops.detach(c.step.slot.fd, label)
             elif c.owner is not None:
                 c.owner.restore(c.step.slot.fd, c.before, label)
-            else:  # phase 1 lets this through only on the last socket, which never needs it
+            else:  # phase 1 lets this through only on the last change, which is never undone
                 raise AdapterError(f"{label}: no backend can put back {c.info.describe()}")
         except SockgateError as e:
             failures.append((c.step.slot.label, e))
