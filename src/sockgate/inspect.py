@@ -367,7 +367,7 @@ def _guard_of(kernel: Kernel, hs: Sequence[Holder], some_denied: bool, pidfds: p
             errors.append(e)
             continue
         try:
-            return kernel.read(dup)
+            return kernel.read(dup, lock=False)
         except AdapterError as e:
             errors.append(e)
         finally:

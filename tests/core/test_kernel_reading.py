@@ -71,3 +71,11 @@ def test_ls_json_keys_and_sizes() -> None:
 def test_guard_info_keeps_its_positional_order() -> None:
     g = GuardInfo("sockgate", 7, "web", "0" * 16, True)
     assert (g.state, g.instructions, g.service, g.digest, g.locked) == ("sockgate", 7, "web", "0" * 16, True)
+
+
+def test_ls_reads_without_the_lock() -> None:
+    ops = FakeOps()
+    ops.locked.add(4)
+    kernel = fake_kernel(ops)
+    assert kernel.read(4).locked and not kernel.read(4, lock=False).locked
+    assert kernel.read(4, lock=False).state == "none"

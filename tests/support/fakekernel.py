@@ -21,8 +21,11 @@ class FakeOps:
     errno: int | None = None  # of the injected failures
     log: list[tuple[str, int, str]] = field(default_factory=list)  # (op, fd, label) of each change tried
 
-    def read(self, fd: int) -> tuple[Attached, bool]:
-        return self.attached.get(fd, NoFilter()), fd in self.locked
+    def read(self, fd: int) -> Attached:
+        return self.attached.get(fd, NoFilter())
+
+    def is_locked(self, fd: int) -> bool:
+        return fd in self.locked
 
     def family(self, fd: int, label: str) -> int:
         return self.families.get(fd, socket.AF_INET)

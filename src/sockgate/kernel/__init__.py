@@ -47,9 +47,10 @@ class Kernel:
     def load(self, program: Compiled) -> Loaded:
         return transaction.named(self.backends, program.backend).load(program)
 
-    def read(self, fd: int) -> GuardInfo:
-        """What socket ``fd`` carries, and whose it is."""
-        return transaction.read(self.backends, self.ops, fd)
+    def read(self, fd: int, *, lock: bool = True) -> GuardInfo:
+        """What socket ``fd`` carries, and whose it is; whether it is locked too unless
+        ``lock`` is False (one system call fewer, for ``ls``, which does not show it)."""
+        return transaction.read(self.backends, self.ops, fd, lock)
 
     def apply(self, steps: Sequence[Step]) -> tuple[Applied, ...]:
         """Every step or none (``transaction.apply``)."""

@@ -74,8 +74,11 @@ class FilterOps(Protocol):
     runs without sockets in tests. Putting a program on is each backend's own call (its
     adapter: ``cbpf.ClassicOps``), since each kind of program goes on its own way."""
 
-    def read(self, fd: int) -> tuple[Attached, bool]:
-        """What is attached, and whether the filter is locked (SO_LOCK_FILTER)."""
+    def read(self, fd: int) -> Attached:
+        """What is attached."""
+
+    def is_locked(self, fd: int) -> bool:
+        """Whether the filter is locked (SO_LOCK_FILTER): it cannot be changed or removed."""
 
     def family(self, fd: int, label: str) -> int:
         """The socket's address family; AdapterError when ``fd`` is no open socket."""

@@ -13,15 +13,17 @@ from sockgate.linux import filter as kfilter
 
 
 class LinuxFilterOps:
-    def read(self, fd: int) -> tuple[Attached, bool]:
-        locked = kfilter.is_locked(fd)
+    def read(self, fd: int) -> Attached:
         try:
             raw = kfilter.get(fd)
         except AdapterError as e:
             if e.errno == errno.EACCES:
-                return BpfFilter(), locked
+                return BpfFilter()
             raise
-        return (NoFilter() if raw is None else ClassicFilter(raw)), locked
+        return NoFilter() if raw is None else ClassicFilter(raw)
+
+    def is_locked(self, fd: int) -> bool:
+        return kfilter.is_locked(fd)
 
     def family(self, fd: int, label: str) -> int:
         try:

@@ -84,9 +84,9 @@ def identify(backends: Sequence[Backend], attached: Attached, locked: bool) -> t
     return replace(unclaimed(attached), locked=locked), None
 
 
-def read(backends: Sequence[Backend], ops: FilterOps, fd: int) -> GuardInfo:
-    attached, locked = ops.read(fd)
-    return identify(backends, attached, locked)[0]
+def read(backends: Sequence[Backend], ops: FilterOps, fd: int, lock: bool = True) -> GuardInfo:
+    locked = ops.is_locked(fd) if lock else False
+    return identify(backends, ops.read(fd), locked)[0]
 
 
 def locked_error(label: str) -> AdapterError:
@@ -122,7 +122,8 @@ def _check(backends: Sequence[Backend], ops: FilterOps, step: Step) -> _Checked:
     slot = step.slot
     if step.program is not None:
         _refuse_not_ip(ops.family(slot.fd, slot.label), slot.label)
-    attached, locked = ops.read(slot.fd)
+    locked = ops.is_locked(slot.fd)
+    attached = ops.read(slot.fd)
     info, owner = identify(backends, attached, locked)
     change = _change_kind(step, info)
     if change is not ChangeKind.UNCHANGED and locked:
