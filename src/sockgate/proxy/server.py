@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 
 from sockgate.errors import SockgateError, UsageError
 from sockgate.linux.listen import Listener
-from sockgate.proxy.log import Log
+from sockgate.log import Log
 from sockgate.proxy.relay import PipePool
 from sockgate.proxy.service import Options, Plan, Resolver, Runner
 from sockgate.urls import SocketURL, parse_url
