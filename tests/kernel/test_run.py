@@ -448,11 +448,12 @@ def test_forward_signals(tmp_path: Path, policy: Path, launch: Launch) -> None:
     code = (
         "import signal,sys,time,pathlib;"
         f"signal.signal(signal.SIGUSR1, lambda *a: (pathlib.Path({str(marker)!r}).write_text('got'), sys.exit(3)));"
+        "print('command ready', file=sys.stderr, flush=True);"
         "[time.sleep(0.05) for _ in range(1000)]"
     )
     lr = launch("--policy", str(policy), "--service", "echo", "--listen", "udp://127.0.0.1:0", "--", sys.executable, "-c", code)
     lr.started(1)
-    time.sleep(0.3)  # let the command install its handler
+    lr.seen_line("^command ready$")  # its handler is installed
     lr.signal(signal.SIGUSR1)
     assert lr.finish() == 3
     assert marker.read_text() == "got"
