@@ -55,7 +55,7 @@ from sockgate.linux import activation, privileges
 from sockgate.linux.listen import Listener, open_listeners
 from sockgate.linux.signalfd import SigInfo
 from sockgate.policy.ir import Policy
-from sockgate.supervisor import Notifier, SelectorLoop, Supervisor
+from sockgate.supervisor import Notifier, SelectorLoop, Supervisor, failure_text
 from sockgate.urls import SocketURL
 
 if TYPE_CHECKING:
@@ -142,8 +142,7 @@ class Gate:
             cfg.say(f"reload failed, the previous policy stays in force:\n{e.render(caret=True)}")
             return False
         except Exception as e:  # noqa: BLE001 - a supervisor must survive any failed reload
-            kind = "" if isinstance(e, SockgateError) else f"internal error {type(e).__name__}: "
-            cfg.say(f"reload failed, the previous policy stays in force: {kind}{e}")
+            cfg.say(f"reload failed, the previous policy stays in force: {failure_text(e)}")
             return False
         cfg.say(f"reloaded: {self.describe()}, on {len(self.inet)} socket(s)")
         _say_notes(cfg, self.policy)

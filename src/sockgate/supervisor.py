@@ -50,6 +50,11 @@ DRAIN_POLL = 0.05  # seconds between busy() checks while draining with a deadlin
 Cancel = Callable[[], None]
 
 
+def failure_text(e: BaseException) -> str:
+    """An error for a one-line report: ours as they are, anything else named as internal."""
+    return str(e) if isinstance(e, SockgateError) else f"internal error {type(e).__name__}: {e}"
+
+
 class Loop(Protocol):
     """The command's event loop, as far as the supervisor needs it."""
 
@@ -226,8 +231,7 @@ class Supervisor:
         try:
             self.lifecycle.reload()
         except Exception as e:  # noqa: BLE001 - a failed reload never stops the command
-            kind = "" if isinstance(e, SockgateError) else f"internal error {type(e).__name__}: "
-            self.notifier.say(f"reload failed, the previous state stays in force: {kind}{e}")
+            self.notifier.say(f"reload failed, the previous state stays in force: {failure_text(e)}")
         finally:
             self.notifier.ready()
 

@@ -39,6 +39,7 @@ from sockgate.linux.listen import Listener
 from sockgate.log import Log
 from sockgate.proxy.relay import PipePool
 from sockgate.proxy.service import Options, Plan, Resolver, Runner
+from sockgate.supervisor import Notifier
 from sockgate.urls import SocketURL, parse_url
 
 Loader = Callable[[], Sequence[Plan]]
@@ -65,18 +66,6 @@ def new_loop(use_uvloop: bool = True) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def _notify(state: str) -> None:
-    from sockgate.linux import activation
-
-    try:
-        if state == "RELOADING=1":
-            activation.reloading()
-        else:
-            activation.notify(state)
-    except SockgateError:
-        pass  # a broken NOTIFY_SOCKET must not stop the proxy
-
-
 class Proxy:
     def __init__(
         self,
@@ -94,6 +83,7 @@ class Proxy:
             raise UsageError("nothing to proxy: no service has both `listen` and `forward`")
         self.options = options or Options()
         self.log = log or Log()
+        self.notifier = Notifier(True, self.log.error)  # a broken NOTIFY_SOCKET never stops the proxy
         self.loader = loader
         self.workers = workers
         self.resolver = resolver
@@ -219,7 +209,7 @@ class Proxy:
             if not self.is_child:
                 self.log.notice("listening", addresses=" ".join(self.addresses()), loop=type(loop).__module__)
                 self.log.flush()
-                _notify("READY=1")
+                self.notifier.ready()
             return loop.run_until_complete(self.done)
         finally:
             self.log.flush()
@@ -244,14 +234,14 @@ class Proxy:
         if self.stopping or self.loader is None:
             return
         if not self.is_child:
-            _notify("RELOADING=1")
+            self.notifier.reloading()
         try:
             self._reload()
         except SockgateError as e:
             self.log.error(f"reload failed, the running policy stays: {e}")
         finally:
             if not self.is_child:
-                _notify("READY=1")
+                self.notifier.ready()
             self.log.flush()
 
     def _reload(self) -> None:
@@ -353,7 +343,7 @@ class Proxy:
             return
         self.stopping = True
         if not self.is_child:
-            _notify("STOPPING=1")
+            self.notifier.stopping()
         for r in self.runners.values():
             r.stop_accepting(unlink=self._owns_files(r))
         for r in self._all():
@@ -448,24 +438,24 @@ class Proxy:
             nonlocal stopping
             if sig != signal.SIGHUP:
                 if not stopping:
-                    _notify("STOPPING=1")
+                    self.notifier.stopping()
                 stopping = True
             elif not stopping:
-                _notify("RELOADING=1")
+                self.notifier.reloading()
             for p in pids:
                 try:
                     os.kill(p, sig)
                 except ProcessLookupError:
                     pass
             if sig == signal.SIGHUP and not stopping:
-                _notify("READY=1")
+                self.notifier.ready()
 
         for sig in _SIGNALS:
             signal.signal(sig, forward)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
         self.log.notice("listening", addresses=" ".join(addresses), workers=len(pids))
         self.log.flush()
-        _notify("READY=1")
+        self.notifier.ready()
         worst = 0
         while pids:
             try:
