@@ -201,6 +201,13 @@ class Supervisor:
         """The signal mask every exec'd child must get back."""
         return self.source.child_mask()
 
+    def forget(self) -> None:
+        """In a forked child: drop what came from the parent's supervisor; the signals stay
+        blocked until the child's own supervisor reads them."""
+        if self.fd >= 0:
+            os.close(self.fd)
+        self.fd = -1
+
     def close(self) -> None:
         if self.loop is not None and self.fd >= 0:
             self.loop.unwatch(self.fd)
@@ -285,6 +292,54 @@ class Supervisor:
         self.status = status
         if self.loop is not None:
             self.loop.stop()
+
+
+class ForwardingLifecycle:
+    """A parent whose children do the work (the proxy's workers): SIGHUP and the stop
+    signals go on to every child, each child drains by itself, and the parent ends once all
+    are reaped, with the worst exit status (1 for a child killed by a signal)."""
+
+    drain_timeout: float | None = None
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids  # shared with the caller: only children not reaped yet
+        self.worst = 0
+
+    def _forward(self, sig: int) -> None:
+        for pid in self.pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass  # exited; SIGCHLD reaps it
+
+    def reload(self) -> None:
+        self._forward(signal.SIGHUP)
+
+    def stop(self) -> None:
+        pass  # the signal itself is forwarded in on_signal
+
+    def busy(self) -> bool:
+        return bool(self.pids)
+
+    def abort(self) -> None:
+        pass  # never called: no drain deadline
+
+    def on_signal(self, info: SigInfo) -> None:
+        if info.signo in STOP_SIGNALS:
+            self._forward(info.signo)
+        elif info.signo == signal.SIGCHLD:
+            for pid in list(self.pids):
+                try:
+                    done, status = os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    done, status = pid, 0
+                if done == pid:
+                    self.pids.remove(pid)  # reaped: never signalled again (its pid may be reused)
+                    code = os.waitstatus_to_exitcode(status)
+                    self.worst = max(self.worst, code if code >= 0 else 1)
+
+    def ended(self) -> int | None:
+        return None if self.pids else self.worst
 
 
 # -- loops ---------------------------------------------------------------------------------

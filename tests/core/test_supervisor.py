@@ -266,3 +266,48 @@ def test_close_unwatches_and_restores(sent: list[str]) -> None:
     assert sup.child_mask() == {int(signal.SIGUSR1)}
     sup.close()
     assert loop.watched == {} and source.closed
+
+
+def test_forwarding_lifecycle_forwards_and_ends_with_the_worst_child(monkeypatch: pytest.MonkeyPatch, sent: list[str]) -> None:
+    from sockgate import supervisor as sv
+
+    kills: list[tuple[int, int]] = []
+    exits = {11: [(0, 0), (11, 0)], 12: [(12, 3 << 8)]}
+    monkeypatch.setattr(sv.os, "kill", lambda pid, sig: kills.append((pid, sig)))
+    monkeypatch.setattr(sv.os, "waitpid", lambda pid, flags: exits[pid].pop(0))
+    pids = [11, 12]
+    sup, loop, source = started(sv.ForwardingLifecycle(pids))  # type: ignore[arg-type]
+    deliver(loop, source, HUP)
+    assert kills == [(11, signal.SIGHUP), (12, signal.SIGHUP)] and sent[-1] == "READY=1"
+    deliver(loop, source, TERM)
+    assert kills[-2:] == [(11, signal.SIGTERM), (12, signal.SIGTERM)] and sent[-1] == "STOPPING=1"
+    deliver(loop, source, CHLD)
+    assert pids == [11] and sup.state is State.DRAINING
+    deliver(loop, source, CHLD)
+    assert pids == [] and sup.status == 3 and loop.stopped
+
+
+def test_selector_loop_runs_timers_and_watched_descriptors() -> None:
+    import os
+
+    from sockgate.supervisor import SelectorLoop
+
+    loop = SelectorLoop()
+    r, w = os.pipe()
+    seen: list[str] = []
+    try:
+        def readable() -> None:
+            seen.append(os.read(r, 10).decode())
+            loop.stop()
+
+        loop.watch(r, readable)
+        loop.call_later(0.01, lambda: os.write(w, b"x"))
+        cancel = loop.call_later(0.005, lambda: seen.append("cancelled"))
+        cancel()
+        loop.run()
+        assert seen == ["x"]
+        loop.unwatch(r)
+    finally:
+        loop.close()
+        os.close(r)
+        os.close(w)
