@@ -122,6 +122,7 @@ class SignalFd:
 
     def close(self) -> None:
         if self.fd >= 0:
+            read_pending(self.fd)  # the command is over: a late SIGHUP must not kill it on unblock
             os.close(self.fd)
             self.fd = -1
             signal.pthread_sigmask(signal.SIG_SETMASK, self.saved)

@@ -54,3 +54,46 @@ def test_sigchld_carries_the_exit_status(sfd: int) -> None:
 def test_descriptor_is_close_on_exec_and_non_blocking(sfd: int) -> None:
     assert not os.get_inheritable(sfd)
     assert not os.get_blocking(sfd)
+
+
+def test_supervisor_on_a_real_signalfd_and_selector_loop() -> None:
+    """kill(self): SIGHUP reloads, SIGTERM drains and ends the loop; the mask comes back."""
+    from sockgate.supervisor import Notifier, SelectorLoop, Supervisor
+
+    events: list[str] = []
+
+    class Command:
+        drain_timeout = 1.0
+
+        def reload(self) -> None:
+            events.append("reload")
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        def stop(self) -> None:
+            events.append("stop")
+
+        def busy(self) -> bool:
+            return False
+
+        def abort(self) -> None:
+            events.append("abort")
+
+        def on_signal(self, info: object) -> None:
+            pass
+
+        def ended(self) -> int | None:
+            return None
+
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    loop = SelectorLoop()
+    sup = Supervisor(Command(), Notifier(False, events.append))
+    sup.start(loop)
+    try:
+        assert signal.SIGHUP in signal.pthread_sigmask(signal.SIG_BLOCK, set())
+        os.kill(os.getpid(), signal.SIGHUP)
+        loop.run()
+    finally:
+        sup.close()
+        loop.close()
+    assert events == ["reload", "stop"] and sup.status == 0
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == before
