@@ -18,9 +18,10 @@ Each command is started as ``--user``/``--group`` (``privileges.drop`` between f
 verified). The acceptor itself keeps the privileges it started with, for the same reason the
 supervisor does: a reload must read the policy again and, on kernels that keep TCP filters for
 CAP_NET_ADMIN (Linux 6.x, commit 5d39580f68e6), swap the filter. It only accepts, reads peer
-credentials and spawns; it never reads from a connection. One event loop (``selectors``) watches the listeners and a
-signal wake-up pipe (``signal.set_wakeup_fd``): SIGCHLD reaps, SIGHUP reloads, SIGTERM/SIGINT
-stop accepting, pass SIGTERM to the running children and wait for them a short while. At most
+credentials and spawns; it never reads from a connection. One event loop
+(``supervisor.SelectorLoop``) watches the listeners and the supervisor's signal descriptor:
+SIGCHLD reaps, SIGHUP reloads, SIGTERM/SIGINT stop accepting, pass SIGTERM to the running
+children and wait for them a short while. At most
 ``--max-conns`` commands run at once; at the limit the listeners are set aside and further
 clients wait in the kernel's accept queue, which is what tcpserver ``-c`` does.
 """
@@ -28,19 +29,19 @@ clients wait in the kernel's accept queue, which is what tcpserver ``-c`` does.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import os
-import selectors
 import signal
 import socket
 import subprocess
-import time
-from types import FrameType
 
 from sockgate.decide import Peer, decide
 from sockgate.launcher import Gate
 from sockgate.linux import activation, privileges
 from sockgate.linux.listen import Listener
+from sockgate.linux.signalfd import SigInfo
+from sockgate.supervisor import Notifier, SelectorLoop, Supervisor
 
 STOP_GRACE_SECONDS = 5.0
 
@@ -87,69 +88,78 @@ def _unix_name(name: str | bytes) -> str:
 
 
 class _Server:
-    def __init__(self, gate: Gate, creds: privileges.Credentials | None) -> None:
+    """The accept loop as the supervisor's ``Lifecycle``: SIGCHLD reaps (and may let the
+    listeners back in), SIGTERM/SIGINT stop accepting and pass SIGTERM to the children, which
+    get ``STOP_GRACE_SECONDS`` before they are killed."""
+
+    drain_timeout: float | None = STOP_GRACE_SECONDS
+
+    def __init__(self, gate: Gate, creds: privileges.Credentials | None, loop: SelectorLoop) -> None:
         self.gate = gate
         self.creds = creds
+        self.loop = loop
         self.children: list[subprocess.Popen[bytes]] = []
-        self.sel = selectors.DefaultSelector()
-        self.wake_r, self.wake_w = socket.socketpair()
+        self.child_mask: set[int] = set()  # the signal mask each command gets back
         self.accepting = False
         self.stopping = False
 
-    # -- setup -----------------------------------------------------------------------------
-
-    def install(self) -> None:
-        for s in (self.wake_r, self.wake_w):
-            s.setblocking(False)
-        signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
-        for sig in (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, _noop)
-        self.sel.register(self.wake_r, selectors.EVENT_READ, None)
+    def open(self) -> None:
         for lst in self.gate.listeners:
             lst.sock.setblocking(False)
-        self._accepting(True)
+        self._update()
 
-    def uninstall(self) -> None:
-        signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, signal.SIG_DFL if sig != signal.SIGINT else signal.default_int_handler)
-        self.sel.close()
-        self.wake_r.close()
-        self.wake_w.close()
+    def close(self) -> None:
+        self._accepting(False)
 
     def _accepting(self, on: bool) -> None:
         if on == self.accepting:
             return
         for lst in self.gate.listeners:
             if on:
-                self.sel.register(lst.sock, selectors.EVENT_READ, lst)
+                self.loop.watch(lst.sock.fileno(), functools.partial(self._accept, lst))
             else:
-                self.sel.unregister(lst.sock)
+                self.loop.unwatch(lst.sock.fileno())
         self.accepting = on
 
-    # -- the loop --------------------------------------------------------------------------
+    def _update(self) -> None:
+        """At most ``--max-conns`` commands at once: beyond, clients wait in the accept queue."""
+        self._accepting(not self.stopping and len(self.children) < self.gate.cfg.max_conns)
 
-    def loop(self) -> int:
-        while not self.stopping:
-            for key, _ in self.sel.select(timeout=1.0):
-                if key.data is None:
-                    self._signals()
-                elif self.accepting:
-                    self._accept(key.data)
+    # -- Lifecycle -------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        self.gate.reload()
+
+    def on_signal(self, info: SigInfo) -> None:
+        if info.signo == signal.SIGCHLD:
             self._reap()
-            self._accepting(not self.stopping and len(self.children) < self.gate.cfg.max_conns)
-        return self._stop()
+            self._update()
 
-    def _signals(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            data = self.wake_r.recv(512)
-            for signo in data:
-                if signo == signal.SIGHUP:
-                    self.gate.reload()
-                elif signo in (signal.SIGTERM, signal.SIGINT):
-                    self.stopping = True
+    def stop(self) -> None:
+        self.stopping = True
+        self._accepting(False)
+        for c in self.children:
+            with contextlib.suppress(ProcessLookupError):
+                c.send_signal(signal.SIGTERM)
+
+    def busy(self) -> bool:
+        self._reap()
+        return bool(self.children)
+
+    def abort(self) -> None:
+        for c in self.children:
+            c.kill()
+            c.wait()
+        self.children = []
+
+    def ended(self) -> int | None:
+        return None
+
+    # -- connections -----------------------------------------------------------------------
 
     def _accept(self, lst: Listener) -> None:
+        if not self.accepting:  # set aside earlier in the same round of events
+            return
         try:
             conn, _ = lst.sock.accept()
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
@@ -160,6 +170,7 @@ class _Server:
         with conn:
             conn.setblocking(True)
             self._start(conn)
+        self._update()
 
     def _start(self, conn: socket.socket) -> None:
         cfg = self.gate.cfg
@@ -176,7 +187,7 @@ class _Server:
                 stdout=conn.fileno(),
                 env=env,
                 close_fds=True,  # stdio only: as activation.close_inherited in socket-activation mode
-                preexec_fn=self._become_user if self.creds is not None else None,
+                preexec_fn=self._in_child,
             )
         except subprocess.SubprocessError as e:
             cfg.say(f"cannot run {cfg.command[0]!r} as {self.creds.describe() if self.creds else 'this user'}: {e}")
@@ -189,7 +200,9 @@ class _Server:
             return
         self.children.append(child)
 
-    def _become_user(self) -> None:
+    def _in_child(self) -> None:
+        """Between fork and exec: the signals the supervisor blocks are the command's again."""
+        signal.pthread_sigmask(signal.SIG_SETMASK, self.child_mask)
         if self.creds is not None:
             privileges.drop(self.creds)
 
@@ -206,24 +219,6 @@ class _Server:
     def _reap(self) -> None:
         self.children = [c for c in self.children if c.poll() is None]
 
-    def _stop(self) -> int:
-        self._accepting(False)
-        for c in self.children:
-            with contextlib.suppress(ProcessLookupError):
-                c.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_SECONDS
-        for c in self.children:
-            try:
-                c.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                c.kill()
-                c.wait()
-        return 0
-
-
-def _noop(signum: int, frame: FrameType | None) -> None:
-    """Signals only wake the loop (through the wake-up fd); the loop does the work."""
-
 
 def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in activation.ENV_VARS}
@@ -231,15 +226,19 @@ def _clean_env() -> dict[str, str]:
 
 def serve(gate: Gate, creds: privileges.Credentials | None) -> int:
     """Accept and spawn until SIGTERM/SIGINT; returns the exit status (0)."""
-    server = _Server(gate, creds)
-    server.install()
     cfg = gate.cfg
-    cfg.say(f"running {' '.join(cfg.command)} per connection (inetd mode, at most {cfg.max_conns} at once)")
-    if gate.cfg.notify:
-        activation.ready()
+    loop = SelectorLoop()
+    server = _Server(gate, creds, loop)
+    sup = Supervisor(server, Notifier(cfg.notify, cfg.say))
+    sup.start(loop)
     try:
-        return server.loop()
+        server.child_mask = sup.child_mask()
+        server.open()
+        cfg.say(f"running {' '.join(cfg.command)} per connection (inetd mode, at most {cfg.max_conns} at once)")
+        sup.ready()
+        loop.run()
+        return sup.status or 0
     finally:
-        if gate.cfg.notify:
-            activation.stopping()
-        server.uninstall()
+        server.close()
+        sup.close()
+        loop.close()

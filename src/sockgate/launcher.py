@@ -16,8 +16,8 @@ command with ``LISTEN_FDS``/``LISTEN_PID`` (its own pid, which exec keeps)/``LIS
 Every other descriptor is closed before exec (``activation.close_inherited``): one the
 caller of ``run`` left open on a root-only file must not reach a ``--user`` command.
 The parent — the supervisor — keeps its own descriptors of the same listening sockets (a
-filter belongs to the socket, not the descriptor) and waits in ``sigwaitinfo`` with the
-interesting signals blocked:
+filter belongs to the socket, not the descriptor) and waits in ``sockgate.supervisor``
+(a blocking loop on a signalfd, the interesting signals blocked):
 
 * SIGHUP re-reads the policy, compiles it, and swaps the filter on every socket in one
   transaction of the kernel seam (``Kernel.apply``): one ``setsockopt`` each, atomic (the
@@ -55,7 +55,9 @@ from sockgate.errors import AdapterError, PolicyError, SockgateError, Unsupporte
 from sockgate.kernel import Kernel, Loaded, Slot, Step, default_kernel
 from sockgate.linux import activation, privileges
 from sockgate.linux.listen import Listener, open_listeners
+from sockgate.linux.signalfd import SigInfo
 from sockgate.policy.ir import Policy
+from sockgate.supervisor import Notifier, SelectorLoop, Supervisor, failure_text
 from sockgate.urls import SocketURL
 
 FORWARDED = (
@@ -136,20 +138,14 @@ class Gate:
     def reload(self) -> bool:
         """Re-read, compile, swap. On any error the old filters stay; False is returned."""
         cfg = self.cfg
-        if cfg.notify:
-            activation.reloading()
         try:
             self._swap(cfg.load())
         except PolicyError as e:
             cfg.say(f"reload failed, the previous policy stays in force:\n{e.render(caret=True)}")
             return False
         except Exception as e:  # noqa: BLE001 - a supervisor must survive any failed reload
-            kind = "" if isinstance(e, SockgateError) else f"internal error {type(e).__name__}: "
-            cfg.say(f"reload failed, the previous policy stays in force: {kind}{e}")
+            cfg.say(f"reload failed, the previous policy stays in force: {failure_text(e)}")
             return False
-        finally:
-            if cfg.notify:
-                activation.ready()
         cfg.say(f"reloaded: {self.describe()}, on {len(self.inet)} socket(s)")
         _say_notes(cfg, self.policy)
         return True
@@ -252,22 +248,68 @@ def run(cfg: RunConfig) -> int:
 # Socket activation: fork, exec in the child, supervise in the parent
 
 
+RUN_SIGNALS = frozenset({signal.SIGHUP, signal.SIGCHLD, *FORWARDED})
+
+
+class RunLifecycle:
+    """The command as the supervisor sees it: SIGHUP reloads the gate (and with
+    ``--forward-hup`` reaches the command too), the other signals are forwarded, SIGCHLD
+    reaps; ``sockgate run`` ends with the command, whenever it exits."""
+
+    drain_timeout: float | None = None  # a stopping command takes the time it needs
+
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+        self.pid = 0
+        self.status: int | None = None
+
+    def reload(self) -> None:
+        self.gate.reload()
+
+    def stop(self) -> None:
+        pass  # the signal itself is forwarded in on_signal
+
+    def busy(self) -> bool:
+        return self.status is None
+
+    def abort(self) -> None:
+        pass  # never called: no drain deadline
+
+    def ended(self) -> int | None:
+        return self.status
+
+    def on_signal(self, info: SigInfo) -> None:
+        sig = info.signo
+        if sig == signal.SIGCHLD:
+            done, status = os.waitpid(self.pid, os.WNOHANG)
+            if done == self.pid:
+                self.status = exit_code(status)
+        elif sig == signal.SIGHUP:
+            if self.gate.cfg.forward_hup:
+                _forward(self.pid, sig)
+        elif not (info.code == SI_KERNEL and sig in TTY_SIGNALS):
+            _forward(self.pid, sig)
+
+
 def supervise(gate: Gate, creds: privileges.Credentials | None) -> int:
     cfg = gate.cfg
-    waited = {signal.SIGHUP, signal.SIGCHLD, *FORWARDED}
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # an inherited SIG_IGN would reap behind our back
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
+    life = RunLifecycle(gate)
+    sup = Supervisor(life, Notifier(cfg.notify, cfg.say), RUN_SIGNALS)
+    loop = SelectorLoop()
+    sup.start(loop)
     try:
-        pid = _spawn(gate, creds, old_mask)
-        cfg.say(f"running {' '.join(cfg.command)} as pid {pid}")
-        if cfg.notify:
-            activation.ready()
-        return _wait_loop(gate, pid, waited)
+        life.pid = _spawn(gate, creds, sup.child_mask())
+        cfg.say(f"running {' '.join(cfg.command)} as pid {life.pid}")
+        sup.ready()
+        loop.run()
+        assert sup.status is not None
+        return sup.status
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        sup.close()
+        loop.close()
 
 
-def _spawn(gate: Gate, creds: privileges.Credentials | None, child_mask: set[int | signal.Signals]) -> int:
+def _spawn(gate: Gate, creds: privileges.Credentials | None, child_mask: set[int]) -> int:
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child execs or _exits; covered by kernel tests
@@ -282,7 +324,7 @@ def _spawn(gate: Gate, creds: privileges.Credentials | None, child_mask: set[int
     return pid
 
 
-def _exec_child(gate: Gate, creds: privileges.Credentials | None, mask: set[int | signal.Signals], err: int) -> NoReturn:
+def _exec_child(gate: Gate, creds: privileges.Credentials | None, mask: set[int], err: int) -> NoReturn:
     fds = [lst.fileno() for lst in gate.listeners]
     err = fcntl.fcntl(err, fcntl.F_DUPFD_CLOEXEC, max([err, *fds, 2 + len(fds)]) + 1)
     try:
@@ -308,33 +350,11 @@ def _exec_child(gate: Gate, creds: privileges.Credentials | None, mask: set[int 
             os._exit(127)
 
 
-def _wait_loop(gate: Gate, pid: int, waited: set[signal.Signals]) -> int:
-    cfg = gate.cfg
-    while True:
-        info = signal.sigwaitinfo(waited)
-        sig = info.si_signo
-        if sig == signal.SIGCHLD:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done == pid:
-                if cfg.notify:
-                    activation.stopping()
-                return exit_code(status)
-        elif sig == signal.SIGHUP:
-            gate.reload()
-            if cfg.forward_hup:
-                _forward(pid, signal.SIGHUP)
-        else:
-            if sig in (signal.SIGTERM, signal.SIGINT) and cfg.notify:
-                activation.stopping()
-            if not (info.si_code == SI_KERNEL and sig in TTY_SIGNALS):
-                _forward(pid, sig)
-
-
 def _forward(pid: int, sig: int) -> None:
     try:
         os.kill(pid, sig)
     except ProcessLookupError:
-        pass  # it exited; SIGCHLD is pending and ends the loop
+        pass  # it exited; SIGCHLD is pending and ends the supervisor
 
 
 def exit_code(status: int) -> int:

@@ -166,6 +166,11 @@ def test_backend_down_closes_the_client_promptly(tmp_path: Path, procs: list[Pro
     assert "backend" in rec["end"] and "refused" in rec["end"].lower()
 
 
+def _established(s: socket.socket) -> bool:
+    """tcp_info's first byte is the state: 1 is ESTABLISHED (the handshake was answered)."""
+    return s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == 1
+
+
 def test_connect_and_idle_timeouts(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc]) -> None:
     # A backend whose accept queue is full never answers a SYN: the connect must time out.
     stuck = socket.socket()
@@ -178,7 +183,7 @@ def test_connect_and_idle_timeouts(tmp_path: Path, echo: EchoServer, procs: list
             f.setblocking(False)
             f.connect_ex(stuck.getsockname())
             fillers.append(f)
-        time.sleep(0.1)
+        wait_for(lambda: any(_established(f) for f in fillers))  # the accept queue is full
         p = start(procs, tmp_path, "--listen", "tcp://127.0.0.1:0", "--forward", f"tcp://127.0.0.1:{stuck.getsockname()[1]}", "--connect-timeout", "0.5")
         t0 = time.monotonic()
         with connect(p.tcp_port(), timeout=5) as s:

@@ -181,8 +181,9 @@ def test_forward_hup_and_notify(tmp_path: Path, launch: Launch) -> None:
     rx.settimeout(10)
     marker = tmp_path / "hup"
     code = (
-        "import signal,time,pathlib;"
+        "import signal,sys,time,pathlib;"
         f"signal.signal(signal.SIGHUP, lambda *a: pathlib.Path({str(marker)!r}).write_text('hup'));"
+        "print('command ready', file=sys.stderr, flush=True);"
         "[time.sleep(0.05) for _ in range(2000)]"
     )
     policy = tmp_path / "policy.conf"
@@ -195,7 +196,7 @@ def test_forward_hup_and_notify(tmp_path: Path, launch: Launch) -> None:
         )
         lr.started(1)
         assert rx.recv(4096) == b"READY=1"
-        time.sleep(0.3)  # let the command install its handler
+        lr.seen_line("^command ready$")  # its handler is installed
         write_atomic(policy, policy_text(2))
         lr.signal(signal.SIGHUP)
         lr.wait_line(r"reloaded: service")

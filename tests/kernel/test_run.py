@@ -322,6 +322,31 @@ def test_inetd_max_conns_bounds_concurrency(tmp_path: Path, launch: Launch) -> N
         second.close()
 
 
+def test_inetd_command_gets_signals_back_and_sigterm_on_stop(tmp_path: Path, launch: Launch) -> None:
+    """The acceptor blocks its signals (they come through its signalfd); a command must not
+    inherit that mask, and a stop passes SIGTERM to it."""
+    policy = tmp_path / "me.conf"
+    policy.write_text(f"service echo {{\n    allow uid {os.getuid()}\n    default deny\n}}\n")
+    sock_path = tmp_path / "mask.sock"
+    hold = (
+        "import sys;blk=[l for l in open('/proc/self/status') if l.startswith('SigBlk:')][0].split()[1];"
+        "sys.stdout.write(blk+'\\n');sys.stdout.flush();sys.stdin.read()"
+    )
+    lr = launch(
+        "--policy", str(policy), "--service", "echo", "--inetd",
+        "--listen", f"unix:{sock_path}", "--", sys.executable, "-c", hold,
+    )
+    lr.started(1, supervised=False)
+    lr.wait_line("inetd mode")
+    with socket.socket(socket.AF_UNIX) as c:
+        c.settimeout(10)
+        c.connect(str(sock_path))
+        assert int(c.makefile().readline(), 16) == 0
+        lr.signal(signal.SIGTERM)
+        assert lr.finish() == 0  # the command died of SIGTERM at once, not after the grace
+        assert c.recv(10) == b""
+
+
 def test_bad_policy_binds_nothing(tmp_path: Path, launch: Launch) -> None:
     bad = tmp_path / "bad.conf"
     bad.write_text("service echo {\n    allow 300.1.1.1\n}\n")
@@ -448,11 +473,12 @@ def test_forward_signals(tmp_path: Path, policy: Path, launch: Launch) -> None:
     code = (
         "import signal,sys,time,pathlib;"
         f"signal.signal(signal.SIGUSR1, lambda *a: (pathlib.Path({str(marker)!r}).write_text('got'), sys.exit(3)));"
+        "print('command ready', file=sys.stderr, flush=True);"
         "[time.sleep(0.05) for _ in range(1000)]"
     )
     lr = launch("--policy", str(policy), "--service", "echo", "--listen", "udp://127.0.0.1:0", "--", sys.executable, "-c", code)
     lr.started(1)
-    time.sleep(0.3)  # let the command install its handler
+    lr.seen_line("^command ready$")  # its handler is installed
     lr.signal(signal.SIGUSR1)
     assert lr.finish() == 3
     assert marker.read_text() == "got"

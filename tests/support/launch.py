@@ -119,6 +119,12 @@ class Launched:
             if m:
                 return m
 
+    def seen_line(self, pattern: str, timeout: float = 15.0) -> None:
+        """A stderr line matching ``pattern``, already consumed or still to come (a line the
+        command prints may come before sockgate's own)."""
+        if not any(re.search(pattern, line) for line in self.lines):
+            self.wait_line(pattern, timeout)
+
     def started(self, count: int, supervised: bool = True) -> tuple[list[str], int | None]:
         """Wait for ``count`` listening lines (and the running line); their addresses, the pid."""
         addrs = [self.wait_line(LISTENING.pattern).group(1) for _ in range(count)]

@@ -37,7 +37,6 @@ LAYERS: dict[str, int] = {
     "sockgate.loading": EDGE,
     "sockgate.resolve": EDGE,  # host-name lookups at the edge
     "sockgate.lookup": EDGE,
-    "sockgate.proxy.log": EDGE,
     "sockgate.log": EDGE,
     "sockgate.services_db": EDGE,
     "sockgate.inventory": EDGE,

@@ -92,7 +92,7 @@ def plans_from_args(args: argparse.Namespace) -> list[Plan]:
 
 def run(args: argparse.Namespace) -> int:
     from sockgate.proxy import resolver
-    from sockgate.proxy.log import Log
+    from sockgate.log import Log
     from sockgate.proxy.server import Proxy
 
     for opt in ("workers", "max_connections_per_source", "max_udp_flows", "max_udp_flows_per_source"):

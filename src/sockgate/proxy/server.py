@@ -19,7 +19,9 @@ Life cycle of ``Proxy.serve()``:
    accepting. Live connections are never touched. Then ``READY=1``.
 5. **SIGTERM/SIGINT**: ``STOPPING=1``, listeners closed, clients still waiting for a host-name
    lookup refused, live connections drain for at most ``drain_timeout`` seconds, the rest are
-   reset; exit 0. Lookups still hanging in the C library are left to their daemon threads
+   reset; exit 0. Signals, notifications and the drain are ``sockgate.supervisor``'s: the
+   ``Proxy`` is its ``Lifecycle`` in each serving process; with ``--workers`` the parent
+   forwards (``ForwardingLifecycle``). Lookups still hanging in the C library are left to their daemon threads
    (``names``): nothing waits for them.
 """
 
@@ -30,19 +32,20 @@ import gc
 import os
 import signal
 import socket
-import time
 from dataclasses import replace
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from sockgate.errors import SockgateError, UsageError
 from sockgate.linux.listen import Listener
-from sockgate.proxy.log import Log
+from sockgate.linux.signalfd import SigInfo
+from sockgate.log import Log
 from sockgate.proxy.relay import PipePool
 from sockgate.proxy.service import Options, Plan, Resolver, Runner
+from sockgate.supervisor import AsyncioLoop, ForwardingLifecycle, Notifier, SelectorLoop, Supervisor
 from sockgate.urls import SocketURL, parse_url
 
 Loader = Callable[[], Sequence[Plan]]
-_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+_SIGNALS = frozenset({signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
 _TICK = 0.5
 _GC_THRESHOLD = 20000
 UnixName = tuple[bool, "str | None"]  # (abstract, path) of a Unix listen URL
@@ -63,18 +66,6 @@ def new_loop(use_uvloop: bool = True) -> asyncio.AbstractEventLoop:
         except ImportError:
             pass
     return asyncio.new_event_loop()
-
-
-def _notify(state: str) -> None:
-    from sockgate.linux import activation
-
-    try:
-        if state == "RELOADING=1":
-            activation.reloading()
-        else:
-            activation.notify(state)
-    except SockgateError:
-        pass  # a broken NOTIFY_SOCKET must not stop the proxy
 
 
 class Proxy:
@@ -104,7 +95,6 @@ class Proxy:
         self.retired: list[Runner] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stopping = False
-        self.done: asyncio.Future[int] | None = None
         self.is_child = False
         self.worker_index = 0  # in a worker: its number (0 is the first)
         self._check_workers(plans)
@@ -203,29 +193,26 @@ class Proxy:
         loop = new_loop(self.use_uvloop)
         asyncio.set_event_loop(loop)
         self.loop = loop
+        done: asyncio.Future[None] = loop.create_future()
+        # Signals are read from a descriptor the loop watches, so one that comes before the
+        # loop runs (a SIGHUP right after READY, or to a worker still starting) waits in it.
+        # The supervisor starts before any thread (name lookups): threads inherit the mask.
+        sup = Supervisor(self, Notifier(not self.is_child, self.log.error), _SIGNALS)
+        sup.start(AsyncioLoop(loop, done))
         try:
-            self.done = loop.create_future()
             for r in self.runners.values():
                 r.start(loop, r.listeners)
-            # A signal that comes before the loop runs (a SIGHUP right after READY, or to a
-            # worker still starting) must wait: uvloop's handlers only take note of signals
-            # once the loop is running, and one caught before is lost. Held back until then.
-            signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-            loop.add_signal_handler(signal.SIGHUP, self.reload)
-            loop.add_signal_handler(signal.SIGTERM, self.shutdown)
-            loop.add_signal_handler(signal.SIGINT, self.shutdown)
-            loop.call_soon(signal.pthread_sigmask, signal.SIG_UNBLOCK, _SIGNALS)
             loop.call_later(_TICK, self._tick)
             if not self.is_child:
                 self.log.notice("listening", addresses=" ".join(self.addresses()), loop=type(loop).__module__)
                 self.log.flush()
-                _notify("READY=1")
-            return loop.run_until_complete(self.done)
+                sup.ready()
+            loop.run_until_complete(done)
+            self.log.notice("stopped")
+            return sup.status or 0
         finally:
             self.log.flush()
-            for sig in _SIGNALS:
-                loop.remove_signal_handler(sig)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)  # if the loop never ran
+            sup.close()
             self.pipes.close()  # also the relays' epoll set, which the loop watches
             loop.close()
             asyncio.set_event_loop(None)
@@ -240,18 +227,26 @@ class Proxy:
 
     # -- reload ---------------------------------------------------------------------------
 
+    # The supervisor's Lifecycle: reload, stop, busy, abort (drain_timeout, on_signal, ended).
+
+    @property
+    def drain_timeout(self) -> float:
+        return self.options.drain_timeout
+
+    def on_signal(self, info: SigInfo) -> None:
+        pass  # HUP, TERM and INT are the supervisor's
+
+    def ended(self) -> int | None:
+        return None  # the proxy ends only when stopped
+
     def reload(self) -> None:
-        if self.stopping or self.loader is None:
+        if self.loader is None:
             return
-        if not self.is_child:
-            _notify("RELOADING=1")
         try:
             self._reload()
         except SockgateError as e:
             self.log.error(f"reload failed, the running policy stays: {e}")
         finally:
-            if not self.is_child:
-                _notify("READY=1")
             self.log.flush()
 
     def _reload(self) -> None:
@@ -348,55 +343,57 @@ class Proxy:
 
     # -- shutdown -------------------------------------------------------------------------
 
-    def shutdown(self) -> None:
-        if self.stopping or self.loop is None:
-            return
+    def stop(self) -> None:
+        """Stop accepting; clients still waiting for a name lookup go with the listeners."""
         self.stopping = True
-        if not self.is_child:
-            _notify("STOPPING=1")
         for r in self.runners.values():
             r.stop_accepting(unlink=self._owns_files(r))
         for r in self._all():
-            r.cancel_lookups()  # not admitted yet: they go with the listeners
+            r.cancel_lookups()
         self.log.notice("stopping: draining connections", drain_timeout=self.options.drain_timeout)
-        self._drain(time.monotonic() + self.options.drain_timeout)
 
     def _all(self) -> list[Runner]:
         return list(self.runners.values()) + self.retired
 
-    def _drain(self, deadline: float) -> None:
-        assert self.loop is not None and self.done is not None
+    def busy(self) -> bool:
         runners = self._all()
         for r in runners:
             for u in r.udp:
                 u.close_all("shutdown")
-        if any(r.busy() for r in runners) and time.monotonic() < deadline:
-            self.loop.call_later(0.05, self._drain, deadline)
-            return
-        for r in runners:
+        return any(r.busy() for r in runners)
+
+    def abort(self) -> None:
+        for r in self._all():
             r.abort_all("shutdown deadline")
-        self.log.notice("stopped")
-        if not self.done.done():
-            self.done.set_result(0)
 
     # -- workers --------------------------------------------------------------------------
 
     def _fork_workers(self) -> int:
         addresses = self.addresses()
         pids: list[int] = []
-        # A signal that comes before a process has its handlers (a SIGHUP right after READY)
-        # must wait, not kill it: blocked here, unblocked by each once it can take them.
-        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        sup = Supervisor(ForwardingLifecycle(pids), Notifier(True, self.log.error), _SIGNALS | {signal.SIGCHLD})
+        loop = SelectorLoop()
+        # Started before the fork: a signal to a worker that has no supervisor yet waits.
+        sup.start(loop)
         try:
             for index in range(self.workers):
                 pid = os.fork()
                 if pid == 0:
+                    sup.forget()
+                    loop.close()
                     self._child(index)
                 pids.append(pid)
             for r in self.runners.values():
                 for lst in r.listeners:
                     lst.sock.close()  # only the workers accept; the files are unlinked at the end
-            return self._supervise(pids, addresses)
+            self.log.notice("listening", addresses=" ".join(addresses), workers=len(pids))
+            self.log.flush()
+            sup.ready()
+            loop.run()
+            for r in self.runners.values():
+                for lst in r.listeners:
+                    lst.close()
+            return sup.status or 0
         finally:
             for p in pids:  # normally all reaped already; never leave a worker behind
                 try:
@@ -404,7 +401,8 @@ class Proxy:
                     os.waitpid(p, 0)
                 except (ProcessLookupError, ChildProcessError):
                     pass
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)  # after the clean-up
+            sup.close()  # after the clean-up
+            loop.close()
 
     def _child(self, index: int) -> None:
         """A worker: dies with its parent (PR_SET_PDEATHSIG), serves, never returns."""
@@ -440,45 +438,6 @@ class Proxy:
                 lst.sock.close()
                 mine.append(own)
             r.listeners = mine
-
-    def _supervise(self, pids: list[int], addresses: list[str]) -> int:
-        stopping = False
-
-        def forward(sig: int, _frame: Any) -> None:
-            nonlocal stopping
-            if sig != signal.SIGHUP:
-                if not stopping:
-                    _notify("STOPPING=1")
-                stopping = True
-            elif not stopping:
-                _notify("RELOADING=1")
-            for p in pids:
-                try:
-                    os.kill(p, sig)
-                except ProcessLookupError:
-                    pass
-            if sig == signal.SIGHUP and not stopping:
-                _notify("READY=1")
-
-        for sig in _SIGNALS:
-            signal.signal(sig, forward)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-        self.log.notice("listening", addresses=" ".join(addresses), workers=len(pids))
-        self.log.flush()
-        _notify("READY=1")
-        worst = 0
-        while pids:
-            try:
-                _, status = os.waitpid(pids[0], 0)
-            except ChildProcessError:
-                status = 0
-            pids.pop(0)  # reaped: never signalled again (its pid may be reused)
-            code = os.waitstatus_to_exitcode(status)
-            worst = max(worst, code if code >= 0 else 1)
-        for r in self.runners.values():
-            for lst in r.listeners:
-                lst.close()
-        return worst
 
 
 def _die_with_parent() -> None:

@@ -52,7 +52,7 @@ from sockgate.policy.ir import (
 )
 from sockgate.proxy.kernelrules import kernel_service
 from sockgate.proxy.limits import Limiter, Verdict
-from sockgate.proxy.log import Log
+from sockgate.log import Log
 from sockgate.proxy.names import LookupRefused, source_of
 from sockgate.proxy.relay import PipePool, Relay, reset_close
 from sockgate.urls import SocketURL

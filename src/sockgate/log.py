@@ -1,4 +1,4 @@
-"""The proxy's records: one per decision and one per finished connection.
+"""Records of the long-running commands: one per decision, one per finished connection.
 
 A record is a flat mapping (time, event, service, peer, decision, rule, reason, and for a
 finished connection bytes each way, duration and how it ended). ``Log`` renders it as a text
@@ -28,7 +28,7 @@ import syslog
 import time
 from typing import Any, Literal, Mapping, TextIO
 
-Format = Literal["text", "json"]
+LogFormat = Literal["text", "json"]
 _SEVERITY = {"allow": syslog.LOG_INFO, "close": syslog.LOG_INFO, "deny": syslog.LOG_NOTICE}
 _ORDER = ("event", "service", "peer", "decision", "rule", "reason")
 
@@ -55,7 +55,7 @@ def _quote(v: Any) -> str:
 class Log:
     def __init__(
         self,
-        fmt: Format = "text",
+        fmt: LogFormat = "text",
         stream: TextIO | None = None,
         use_syslog: bool = False,
         flush_interval: float = 0.2,

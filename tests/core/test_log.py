@@ -1,4 +1,4 @@
-"""proxy.log: the record formats, and proxy.limits staying free of I/O."""
+"""log: the record formats, and proxy.limits staying free of I/O."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 
-from sockgate.proxy.log import Log
+from sockgate.log import Log
 
 
 def test_text_records_quote_only_what_needs_it() -> None:
@@ -88,7 +88,7 @@ def test_the_per_connection_records_are_written_as_record_writes_them(
 def test_a_clock_stepped_back_does_not_hold_records(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import time
 
-    from sockgate.proxy import log as logmod
+    from sockgate import log as logmod
 
     out = io.StringIO()
     log = Log("text", out, flush_interval=0.05)
