@@ -17,6 +17,7 @@ from sockgate.errors import PolicyError
 from sockgate.policy.accounts import StaticAccounts
 from sockgate.policy.hostsaccess import parse_hosts_access
 from sockgate.policy.ir import Policy
+from sockgate.policy.lint import lint
 from sockgate.policy.wrapoptions import scanf_int
 
 ACCOUNTS = StaticAccounts(users={"root": 0, "toor": 0, "nobody": 65534, "zed": 1234},
@@ -148,3 +149,11 @@ def test_scanf_int_is_c_truncation_of_the_saturated_long(n: int) -> None:
     long_ = max(-(1 << 63), min((1 << 63) - 1, n))
     want = (long_ & 0xFFFFFFFF) - ((long_ & 0x80000000) << 1)
     assert scanf_int(str(n), 10, True) == want
+
+
+def test_lint_warns_of_an_option_that_always_fails() -> None:
+    p = parse("sshd: 10.0.0.1: user nobody: allow\n")
+    assert [str(d) for d in lint(p)] == [
+        "hosts.allow:1:17: warning: libwrap always fails on option 'user nobody', so this rule denies every"
+        " client it matches: Debian's libwrap gives up root before initgroups(3), which then fails with EPERM"
+        " (user.group keeps it working)"]
