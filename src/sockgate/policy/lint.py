@@ -208,8 +208,9 @@ def _failing_options(rules: tuple[Rule, ...]) -> Iterator[Diagnostic]:
     for rule in rules:
         for o in rule.options:
             if o.fails:
-                yield _warn(o.span or rule.span, f"libwrap always fails on option {quote(o.name + ' ' + o.value)}, so this "
-                            f"rule denies every client it matches: {o.fails}")
+                option = quote(f"{o.name} {o.value}")
+                yield _warn(o.span or rule.span, f"libwrap always fails on option {option}, so this rule denies"
+                            f" every client it matches: {o.fails}")
 
 
 def _kinds(service: Service) -> Iterator[Diagnostic]:
