@@ -76,6 +76,12 @@ def test_options_that_always_fail_are_refused_with_their_place(allow: str, deny:
     assert errors(allow, deny) == [message + DENIES]
 
 
+def test_aclexec_is_refused_for_its_command_decides() -> None:
+    assert errors("ALL: ALL: aclexec checkdnsbl %a: allow\n") == [
+        "hosts.allow:1:11: option 'aclexec' is not supported: libwrap allows or refuses by the exit status"
+        " of its command, which sockgate does not run"]
+
+
 def test_every_unknown_account_of_a_rule_is_reported() -> None:
     assert errors("ALL: ALL: user nouser.nogrp: group nogrp2\n") == [
         "hosts.allow:1:11: unknown group 'nogrp'" + DENIES,

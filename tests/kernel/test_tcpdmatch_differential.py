@@ -74,7 +74,7 @@ USERS = ["ALL", "KNOWN", "UNKNOWN", "bob", "b*", "BOB", "alice", "?ob"]
 OPTIONS = [[], [], [], ["allow"], ["deny"], ["ALLOW"], ["spawn echo %a"], ["severity auth.info", "deny"],
            ["twist echo x"], ["banners /tmp", "allow"], ["setenv X y"], ["keepalive"],
            ["rfc931 5", "deny"], ["nice 5", "allow"], ["spawn a\\: b", "deny"], ["umask 022"],
-           ["linger 0", "allow"], ["aclexec echo", "allow"],
+           ["linger 0", "allow"],
            # user/group run for real in tcpdmatch (as root here): Debian's "user U" gives up
            # root before initgroups and fails unless U is uid 0; "user U.G" drops root for good
            ["user root"], ["user nobody"], ["user daemon", "allow"], ["user nobody.nogroup", "allow"],

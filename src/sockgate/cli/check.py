@@ -27,7 +27,6 @@ MAX_ID = 0xFFFFFFFE
 _SIDE_EFFECTS = {
     "spawn": "not executed",
     "twist": "not executed; libwrap hands the connection to this command",
-    "aclexec": "not executed; libwrap denies when it exits non-zero",
     "banners": "not sent",
     "setenv": "not applied",
     "user": "not applied",

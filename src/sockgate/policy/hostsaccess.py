@@ -60,7 +60,7 @@ from sockgate.policy.ir import (
 from sockgate.policy.matchparse import MAX_NESTING
 from sockgate.policy.source import Span
 from sockgate.policy.wraplines import Line, logical_lines, pattern_words
-from sockgate.policy.wrapoptions import run_credentials, scanf_int, setenv_problem
+from sockgate.policy.wrapoptions import run_options, scanf_int, setenv_problem
 
 _SEP = ", \t\r\n"
 _BLANK = " \t\r\n"
@@ -486,7 +486,6 @@ _FACILITIES = {"kern", "user", "mail", "daemon", "auth", "lpr", "news", "uucp", 
     f"local{i}" for i in range(8)
 }
 _LEVELS = {"emerg", "alert", "crit", "err", "warning", "notice", "info", "debug"}
-_DENIES = " (libwrap denies every client this rule matches)"
 
 
 # options := option ( ':' option )*      ("\:" is a colon inside an option)
@@ -510,11 +509,11 @@ def _parse_options(
 def _credentials(
     st: _State, options: tuple[Option, ...], action: Action, where: Span
 ) -> tuple[tuple[Option, ...], Action]:
-    """Report the accounts ``user``/``group`` name that do not exist; a rule with an option
-    that always fails when libwrap runs it denies (see ``wrapoptions``)."""
-    out = run_credentials(options, st.accounts)
-    for o, message in out.unknown:
-        st.error(o.span or where, message + _DENIES)
+    """Report the options refused at load (accounts that do not exist, ``aclexec``); a rule
+    with an option that always fails when libwrap runs it denies (see ``wrapoptions``)."""
+    out = run_options(options, st.accounts)
+    for o, message in out.refused:
+        st.error(o.span or where, message)
     if out.fails is None:
         return options, action
     return tuple(replace(o, fails=out.why) if o is out.fails else o for o in options), Action.DENY

@@ -23,6 +23,9 @@ an unknown user or group always fails (it is reported when the files are loaded)
 without a group always fails unless U's uid is 0 (it drops root before ``initgroups``); and
 once a ``user U.G`` has dropped root, every later ``user`` or ``group`` of the rule fails.
 Those rules deny every client they match.
+
+``aclexec`` (Debian) runs a command and allows or refuses by its exit status; tcpdmatch does
+not run it and neither does sockgate, so a rule with it is refused rather than decided.
 """
 
 from __future__ import annotations
@@ -71,19 +74,25 @@ def setenv_problem(value: str) -> str | None:
     return None
 
 
+DENIES = " (libwrap denies every client this rule matches)"
+ACLEXEC = ("option 'aclexec' is not supported: libwrap allows or refuses by the exit status of its"
+           " command, which sockgate does not run")
+
+
 @dataclass(frozen=True)
 class Outcome:
-    """What the options of one rule do when it is used: accounts that do not exist (each
-    with the option's place), and the first option that always fails, if any."""
+    """What the options of one rule do when it is used: options refused at load (unknown
+    accounts, ``aclexec``), each with its message, and the first option that always fails."""
 
-    unknown: tuple[tuple[Option, str], ...] = ()
+    refused: tuple[tuple[Option, str], ...] = ()
     fails: Option | None = None
     why: str = ""
 
 
-def run_credentials(options: Sequence[Option], accounts: Accounts) -> Outcome:
-    """Walk the ``user``/``group`` options of one rule as libwrap, started as root, runs them."""
-    unknown: list[tuple[Option, str]] = []
+def run_options(options: Sequence[Option], accounts: Accounts) -> Outcome:
+    """Walk the options of one rule as libwrap, started as root, runs them. ``aclexec`` is
+    refused: libwrap denies when its command exits non-zero, which no load can foresee."""
+    refused: list[tuple[Option, str]] = [(o, ACLEXEC) for o in options if o.name == "aclexec"]
     root = True
     fails: tuple[Option, str] | None = None
     for o in options:
@@ -91,10 +100,10 @@ def run_credentials(options: Sequence[Option], accounts: Accounts) -> Outcome:
             continue
         user, dot, group = o.value.partition(".") if o.name == "user" else ("", ".", o.value)
         if dot and accounts.gid(group) is None:
-            unknown.append((o, f"unknown group {quote(group)}"))
+            refused.append((o, f"unknown group {quote(group)}{DENIES}"))
         uid = accounts.uid(user) if o.name == "user" else 0
         if o.name == "user" and uid is None:
-            unknown.append((o, f"unknown user {quote(user)}"))
+            refused.append((o, f"unknown user {quote(user)}{DENIES}"))
         if fails is None and not root:
             fails = (o, "root was given up by an earlier user option, so setgroups(2) fails with EPERM")
         elif fails is None and o.name == "user" and not dot and uid not in (0, None):
@@ -102,5 +111,5 @@ def run_credentials(options: Sequence[Option], accounts: Accounts) -> Outcome:
                         " (user.group keeps it working)")
         root = root and (o.name == "group" or uid in (0, None))
     if fails is None:
-        return Outcome(tuple(unknown))
-    return Outcome(tuple(unknown), fails[0], fails[1])
+        return Outcome(tuple(refused))
+    return Outcome(tuple(refused), fails[0], fails[1])
