@@ -148,7 +148,7 @@ def load_policy(
         loaders.append(lambda: parse_policy_files(list(paths), read=read, accounts=SystemAccounts(),
                                                   listdir=list_files))
     if hosts_allow is not None or hosts_deny is not None:
-        loaders.append(lambda: parse_hosts_access(hosts_allow, hosts_deny, read=read))
+        loaders.append(lambda: parse_hosts_access(hosts_allow, hosts_deny, read=read, accounts=SystemAccounts()))
     parts: list[Policy] = []
     failed: list[PolicyError] = []
     for loader in loaders:  # every part is read, so the errors of all of them are reported

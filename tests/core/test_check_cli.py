@@ -364,3 +364,26 @@ def test_control_characters_in_rules_and_errors_reach_the_terminal_escaped(
     err = capsys.readouterr().err
     assert "\x1b" not in err and "\x07" not in err
     assert err.splitlines()[1:] == ["     allow \\x1b[2J\\x07", "           ^" + "~" * 10]
+
+
+def test_user_options_decide_as_libwrap_run_as_root(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """The system's accounts: nosuchuserxx exists nowhere, root is uid 0 everywhere, and
+    Debian's libwrap fails on ``user U`` without a group for any other uid."""
+    import pwd
+
+    other = next(p.pw_name for p in pwd.getpwall() if p.pw_uid != 0 and "." not in p.pw_name)
+    allow, deny = tmp_path / "hosts.allow", tmp_path / "hosts.deny"
+    deny.write_text("")
+    argv = ("--hosts-allow", str(allow), "--hosts-deny", str(deny), "--service", "sshd", "--client", "10.0.0.1",
+            "--no-resolve")
+    allow.write_text("sshd: 10.0.0.1: user nosuchuserxx\n")
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == ""
+    assert err.splitlines()[0].endswith("hosts.allow:1:17: unknown user 'nosuchuserxx' (libwrap denies every client"
+                                        " this rule matches)")
+    allow.write_text(f"sshd: 10.0.0.1: user {other}\n")
+    code, out, _ = run(capsys, *argv)
+    assert code == 1 and out.splitlines()[-1] == "access:   denied"
+    assert f"option:   user {other} (fails when libwrap runs it, so the rule denies: Debian's libwrap" in out
+    allow.write_text("sshd: 10.0.0.1: user root\n")
+    assert run(capsys, *argv)[0] == 0

@@ -19,7 +19,7 @@ from typing import Any
 from sockgate.cli.common import add_policy_args, load_from_args, print_json
 from sockgate.decide import Decision, Peer, decide_service
 from sockgate.errors import UsageError
-from sockgate.policy.ir import AnyOf, Except, HostClass, HostPattern, IPAddress, Match, Policy, Service, UserAt
+from sockgate.policy.ir import AnyOf, Except, HostClass, HostPattern, IPAddress, Match, Option, Policy, Service, UserAt
 from sockgate.policy.source import printable
 from sockgate.resolve import DEFAULT_TIMEOUT, SystemResolver, peers_for_client, unix_peer
 
@@ -27,7 +27,6 @@ MAX_ID = 0xFFFFFFFE
 _SIDE_EFFECTS = {
     "spawn": "not executed",
     "twist": "not executed; libwrap hands the connection to this command",
-    "aclexec": "not executed; libwrap denies when it exits non-zero",
     "banners": "not sent",
     "setenv": "not applied",
     "user": "not applied",
@@ -199,7 +198,7 @@ def _text(v: Verdict, policy: Policy) -> str:
         else:
             lines.append(f"matched:  default ({d.action})")
         for o in d.rule.options if d.rule is not None else ():
-            lines.append(f"option:   {o.name}{' ' + o.value if o.value else ''}{_note(o.name)}")
+            lines.append(f"option:   {o.name}{' ' + o.value if o.value else ''}{_note(o)}")
         if d.rule is None:
             lines.append(f"reason:   {d.reason}")
         lines.append(f"access:   {'granted' if d.allowed else 'denied'}")
@@ -207,9 +206,13 @@ def _text(v: Verdict, policy: Policy) -> str:
     return "\n".join(lines)
 
 
-def _note(option: str) -> str:
-    note = _SIDE_EFFECTS.get(option)
+def _note(option: Option) -> str:
+    note = _failing(option) or _SIDE_EFFECTS.get(option.name)
     return f" ({note})" if note else ""
+
+
+def _failing(option: Option) -> str:
+    return f"fails when libwrap runs it, so the rule denies: {option.fails}" if option.fails else ""
 
 
 def _name(peer: Peer) -> str:
@@ -233,7 +236,8 @@ def _decision_json(peer: Peer, d: Decision) -> dict[str, Any]:
     options: list[dict[str, str]] = []
     if d.rule is not None:
         matched = {"file": d.rule.span.file, "line": d.rule.span.line, "text": d.rule.text}
-        options = [{"name": o.name, "value": o.value, "note": _SIDE_EFFECTS.get(o.name, "")} for o in d.rule.options]
+        options = [{"name": o.name, "value": o.value, "note": _failing(o) or _SIDE_EFFECTS.get(o.name, "")}
+                   for o in d.rule.options]
     return {
         "decision": str(d.action),
         "matched": matched,

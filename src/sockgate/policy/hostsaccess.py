@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import re
+from dataclasses import replace
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from sockgate.errors import Diagnostic, PolicyError
 from sockgate.policy import hostmatch
+from sockgate.policy.accounts import Accounts, StaticAccounts
 from sockgate.policy.ir import (
     Action,
     AddrMatch,
@@ -59,6 +60,7 @@ from sockgate.policy.ir import (
 from sockgate.policy.matchparse import MAX_NESTING
 from sockgate.policy.source import Span
 from sockgate.policy.wraplines import Line, logical_lines, pattern_words
+from sockgate.policy.wrapoptions import run_options, scanf_int, setenv_problem
 
 _SEP = ", \t\r\n"
 _BLANK = " \t\r\n"
@@ -88,6 +90,7 @@ class _Expansion:
 @dataclass
 class _State:
     read: Callable[[str], str]
+    accounts: Accounts
     diags: list[Diagnostic] = field(default_factory=list)
     texts: dict[str, str] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
@@ -106,11 +109,13 @@ class _State:
 
 
 def parse_hosts_access(
-    allow_path: str | None, deny_path: str | None, *, read: Callable[[str], str]
+    allow_path: str | None, deny_path: str | None, *, read: Callable[[str], str],
+    accounts: Accounts | None = None,
 ) -> Policy:
     """Parse a hosts.allow / hosts.deny pair (either may be None; a missing file is empty, as
-    in libwrap). Raises ``PolicyError`` listing every problem found."""
-    st = _State(read)
+    in libwrap). ``accounts`` answers for ``user``/``group`` options (none: every account is
+    unknown). Raises ``PolicyError`` listing every problem found."""
+    st = _State(read, accounts or StaticAccounts())
     rules: list[Rule] = []
     for path, action in ((allow_path, Action.ALLOW), (deny_path, Action.DENY)):
         if path is None:
@@ -193,6 +198,7 @@ def _parse_rule(st: _State, file: str, line: Line, action: Action) -> Rule | Non
     options: tuple[Option, ...] = ()
     if c2 >= 0:
         options, action = _parse_options(st, file, line, c2 + 1, action)
+        options, action = _credentials(st, options, action, where)
     if daemons is None or clients is None:
         return None
     return Rule(
@@ -500,6 +506,19 @@ def _parse_options(
     return tuple(out), action
 
 
+def _credentials(
+    st: _State, options: tuple[Option, ...], action: Action, where: Span
+) -> tuple[tuple[Option, ...], Action]:
+    """Report the options refused at load (accounts that do not exist, ``aclexec``); a rule
+    with an option that always fails when libwrap runs it denies (see ``wrapoptions``)."""
+    out = run_options(options, st.accounts)
+    for o, message in out.refused:
+        st.error(o.span or where, message)
+    if out.fails is None:
+        return options, action
+    return tuple(replace(o, fails=out.why) if o is out.fails else o for o in options), Action.DENY
+
+
 def _option_fields(text: str, start: int) -> list[tuple[int, str]]:
     fields: list[tuple[int, str]] = []
     buf: list[str] = []
@@ -553,17 +572,20 @@ def _option(st: _State, span: Span, raw: str, last: bool) -> Option | None:
 
 
 def _bad_value(name: str, value: str) -> str | None:
-    number = value.lstrip(_CHOP)  # sscanf's %d and %o skip leading white space
     if name == "umask":
-        if re.fullmatch(r"[+-]?[0-7]+", number) is None or int(number, 8) & ~0o777:
+        mask = scanf_int(value, 8, signed=False)  # sscanf "%o" into an unsigned
+        if mask is None or mask & ~0o777:
             return f"bad umask value {value!r}: expected an octal mask up to 777"
     elif name in ("nice", "linger", "rfc931"):
-        if re.fullmatch(r"[+-]?[0-9]+", number) is None:
+        number = scanf_int(value, 10, signed=True)  # sscanf "%d" into an int
+        if number is None:
             return f"bad {name} value {value!r}: expected a number"
-        if name == "linger" and int(number) < 0:
-            return f"bad linger value {value!r}: expected a number of seconds >= 0"
-        if name == "rfc931" and int(number) <= 0:
-            return f"bad rfc931 timeout {value!r}: expected a number of seconds > 0"
+        if name == "linger" and number < 0:
+            return f"bad linger value {value!r}: expected a number of seconds >= 0 (as a C int)"
+        if name == "rfc931" and number <= 0:
+            return f"bad rfc931 timeout {value!r}: expected a number of seconds > 0 (as a C int)"
+    elif name == "setenv":
+        return setenv_problem(value)
     elif name == "severity":
         fac, dot, lev = value.partition(".")
         if not dot:

@@ -177,6 +177,7 @@ class Option:
     name: str
     value: str
     span: Span | None = None
+    fails: str = ""  # why libwrap fails on it when the rule is used, so the rule denies
 
 
 @dataclass(frozen=True)

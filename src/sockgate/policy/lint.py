@@ -17,7 +17,9 @@ and reports, as ``Diagnostic(severity="warning")`` sorted by position:
 * a hosts_access rule whose daemon list names a service a native block declares: the block
   decides that service alone, so a hosts.deny ban written for it (sshguard, DenyHosts) does
   not apply to it;
-* a service without a default.
+* a service without a default;
+* a hosts_access option libwrap always fails on when the rule is used (``user U`` without a
+  group on Debian), which makes the rule deny every client it matches.
 
 Coverage is computed by ``coverage.py`` (intervals over addresses, structural comparison for
 everything else); it never reports a shadow that is not one.
@@ -46,7 +48,7 @@ from sockgate.policy.ir import (
     Service,
     rule_userspace_reason,
 )
-from sockgate.policy.source import Span
+from sockgate.policy.source import Span, quote
 
 
 MAX_LISTED = 8  # earlier rules named in one shadow warning
@@ -69,6 +71,7 @@ def lint(policy: Policy) -> list[Diagnostic]:
         out += _rules(tuple(rules))
     out += _userspace_only(policy.rules)
     out += _hidden_by_services(policy)
+    out += _failing_options(policy.rules)
     return sorted(out, key=lambda d: (d.span.file, d.span.line, d.span.col) if d.span else ("", 0, 0))
 
 
@@ -199,6 +202,15 @@ def _userspace_only(rules: tuple[Rule, ...]) -> Iterator[Diagnostic]:
         if why is not None:
             yield _warn(rule.span, f"a kernel filter cannot enforce this rule: it {why}; only `sockgate proxy` "
                         "enforces it, and `sockgate run`/`attach` refuse it")
+
+
+def _failing_options(rules: tuple[Rule, ...]) -> Iterator[Diagnostic]:
+    for rule in rules:
+        for o in rule.options:
+            if o.fails:
+                option = quote(f"{o.name} {o.value}")
+                yield _warn(o.span or rule.span, f"libwrap always fails on option {option}, so this rule denies"
+                            f" every client it matches: {o.fails}")
 
 
 def _kinds(service: Service) -> Iterator[Diagnostic]:
