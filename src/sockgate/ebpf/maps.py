@@ -45,7 +45,8 @@ class LpmKey:
 
     @property
     def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-        return ipaddress.ip_network((self.addr, self.prefixlen))
+        cls = ipaddress.IPv4Network if self.family == 4 else ipaddress.IPv6Network
+        return cls((self.addr, self.prefixlen))  # (ip_network would read a small int as IPv4)
 
     def pack(self) -> bytes:
         return _PREFIXLEN.pack(self.prefixlen) + self.addr.to_bytes(ADDR_BYTES[self.family], "big")

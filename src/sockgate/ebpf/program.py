@@ -24,7 +24,7 @@ from sockgate.ebpf import prefixes
 from sockgate.ebpf.codegen import Shape, generate
 from sockgate.ebpf.insn import BPF_OBJ_NAME_LEN, BPF_PSEUDO_MAP_FD, Insn, ProgType, encode, ld_map_fd
 from sockgate.ebpf.maps import MapContents, lpm_spec
-from sockgate.policy.ir import Service
+from sockgate.policy.ir import Action, Service
 
 LICENSE = "GPL"  # socket filters need no GPL-only helper; any string works, this one always does
 
@@ -38,6 +38,8 @@ class EbpfProgram:
     insns: tuple[Insn, ...]
     relocations: tuple[tuple[int, str], ...]  # (slot of an ld_imm64, map name)
     maps: tuple[MapContents, ...]
+    default: Action  # the verdict when no prefix matches
+    other: Action  # the verdict of a packet neither IPv4 nor IPv6
     prog_type: ProgType = ProgType.SOCKET_FILTER
 
     @property
@@ -78,7 +80,7 @@ def compile_service(service: Service, *, banned: Sequence[_ranges.Banned] = (), 
         maps.append(MapContents(lpm_spec(table.family, len(content) + spare), content))
     gen = generate(Shape(default, tables.other), maps[0].spec.name, maps[1].spec.name)
     digest = _digest(service.name, gen.insns, maps)
-    return EbpfProgram(service.name, digest, gen.insns, gen.relocations, tuple(maps))
+    return EbpfProgram(service.name, digest, gen.insns, gen.relocations, tuple(maps), default, tables.other)
 
 
 def _digest(service: str, insns: Sequence[Insn], maps: Sequence[MapContents]) -> str:
