@@ -36,8 +36,8 @@ def test_listing_of_a_deny_by_default_filter() -> None:
     # IPv6: the forged check comes before the lookup
     mapped = text.index("if r1 == 0xffff goto")
     assert text.index("v6:") < mapped < text.index("lookup6:")
-    assert lines[-8:] == ["if r0 == 0x0 goto pc+2 <deny>", "r1 = *(u32 *)(r0 +0)", "if r1 == 0x1 goto pc+2 <allow>",
-                          "deny:", "w0 = 0", "exit", "allow:", "w0 = -1"]
+    assert lines[-9:] == ["if r0 == 0x0 goto pc+2 <deny>", "r1 = *(u32 *)(r0 +0)", "if r1 == 0x1 goto pc+2 <allow>",
+                          "deny:", "w0 = 0", "exit", "allow:", "w0 = -1", "exit"]
     assert text.endswith("58: exit")
 
 
