@@ -80,7 +80,7 @@ def model(prog: EbpfProgram, packet: Packet) -> Action:
 @given(services(), st.lists(addresses, max_size=6))
 def test_entries_decide_like_the_engine(svc: Service, extra: list[object]) -> None:
     prog = compile_service(svc)
-    for a in _edges(svc, []) + extra:  # type: ignore[operator]
+    for a in _edges(svc, []) + extra:
         for packet in packets(a):  # type: ignore[arg-type]
             peer = packet.peer()
             assert peer is not None

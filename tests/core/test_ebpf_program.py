@@ -70,6 +70,6 @@ def test_spare_entries_size_the_maps() -> None:
 
 
 def test_rules_needing_user_space_are_refused_as_by_the_classic_compiler() -> None:
-    r = Rule(Action.ALLOW, Principal("user", "alice"), Span("t.conf", 3, 1), "allow user alice")  # type: ignore[call-arg]
+    r = Rule(Action.ALLOW, Principal("user", "alice"), Span("t.conf", 3, 1), "allow user alice")
     with pytest.raises(UnsupportedInKernel, match="t.conf:3"):
         compile_service(Service("svc", (r,), Action.DENY))

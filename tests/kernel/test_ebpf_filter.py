@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 
 from sockgate.decide import Peer, decide_service
 from sockgate.ebpf import EbpfProgram, LpmKey, Verdict, compile_service
+from sockgate.errors import AdapterError
 from sockgate.ebpf.insn import BPF_REG_0, BPF_REG_2, ProgType, encode, exit_, mov64
 from sockgate.linux import bpfsys
 from sockgate.policy.ir import Action, AddrMatch, Service
@@ -226,9 +227,9 @@ def test_a_pinned_program_and_map_outlive_their_fds() -> None:
 
 
 def test_errors_keep_errno_and_say_what_failed() -> None:
-    with pytest.raises(bpfsys.AdapterError, match="open pinned BPF object /nonexistent/x") as info:
+    with pytest.raises(AdapterError, match="open pinned BPF object /nonexistent/x") as info:
         bpfsys.get_pinned("/nonexistent/x")
     assert info.value.errno is not None
-    with pytest.raises(bpfsys.AdapterError, match="attach BPF program fd .* to fd"):
+    with pytest.raises(AdapterError, match="attach BPF program fd .* to fd"):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
             bpfsys.attach(u, u.fileno())  # not a program
