@@ -47,7 +47,7 @@ V4_LAB = ipaddress.ip_network("198.18.0.0/15")
 V6_LAB = ipaddress.ip_network("fd5b:5347::/64")
 LAB_RESERVED = {ipaddress.ip_address(a) for a in (
     "198.18.0.0", "198.18.0.1", "198.18.255.255", "198.19.0.0", "198.19.255.255", "fd5b:5347::", "fd5b:5347::1")}
-FEW = settings(max_examples=3, deadline=None, derandomize=False,
+FEW = settings(max_examples=3, deadline=None,
                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 

@@ -20,50 +20,60 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Iterable
 
-# <linux/bpf_common.h>: instruction classes
-BPF_LD = 0x00
-BPF_LDX = 0x01
-BPF_ST = 0x02
-BPF_STX = 0x03
-BPF_ALU = 0x04
-BPF_JMP = 0x05
+# <linux/bpf_common.h>: the fields eBPF shares with classic BPF (sockgate.bpf.insn names them)
+from sockgate.bpf.insn import (  # re-exported: `X as X`
+    # noqa: E402     BPF_ABS as # noqa: E402     BPF_ABS,
+    BPF_ADD as BPF_ADD,
+    BPF_ALU as BPF_ALU,
+    BPF_AND as BPF_AND,
+    BPF_B as BPF_B,
+    BPF_DIV as BPF_DIV,
+    BPF_H as BPF_H,
+    BPF_IMM as BPF_IMM,
+    BPF_IND as BPF_IND,
+    BPF_JA as BPF_JA,
+    BPF_JEQ as BPF_JEQ,
+    BPF_JGE as BPF_JGE,
+    BPF_JGT as BPF_JGT,
+    BPF_JMP as BPF_JMP,
+    BPF_JSET as BPF_JSET,
+    BPF_K as BPF_K,
+    BPF_LD as BPF_LD,
+    BPF_LDX as BPF_LDX,
+    BPF_LSH as BPF_LSH,
+    BPF_MEM as BPF_MEM,
+    BPF_MOD as BPF_MOD,
+    BPF_MUL as BPF_MUL,
+    BPF_NEG as BPF_NEG,
+    BPF_OR as BPF_OR,
+    BPF_RSH as BPF_RSH,
+    BPF_ST as BPF_ST,
+    BPF_STX as BPF_STX,
+    BPF_SUB as BPF_SUB,
+    BPF_W as BPF_W,
+    BPF_X as BPF_X,
+    BPF_XOR as BPF_XOR,
+    bpf_class as bpf_class,
+    bpf_mode as bpf_mode,
+    bpf_op as bpf_op,
+    bpf_size as bpf_size,
+    bpf_src as bpf_src,
+)
+
 BPF_JMP32 = 0x06  # <linux/bpf.h>, Linux 5.1: jumps comparing the low 32 bits
 BPF_ALU64 = 0x07  # <linux/bpf.h>
 
 # size
-BPF_W = 0x00
-BPF_H = 0x08
-BPF_B = 0x10
 BPF_DW = 0x18  # <linux/bpf.h>
 # mode
-BPF_IMM = 0x00
-BPF_ABS = 0x20
-BPF_IND = 0x40
-BPF_MEM = 0x60
 BPF_ATOMIC = 0xC0  # <linux/bpf.h> (was BPF_XADD)
 
 # alu operations
-BPF_ADD = 0x00
-BPF_SUB = 0x10
-BPF_MUL = 0x20
-BPF_DIV = 0x30
-BPF_OR = 0x40
-BPF_AND = 0x50
-BPF_LSH = 0x60
-BPF_RSH = 0x70
-BPF_NEG = 0x80
-BPF_MOD = 0x90
-BPF_XOR = 0xA0
 BPF_MOV = 0xB0  # <linux/bpf.h>
 BPF_ARSH = 0xC0
 BPF_END = 0xD0
 
 # jump operations
-BPF_JA = 0x00
-BPF_JEQ = 0x10
-BPF_JGT = 0x20
-BPF_JGE = 0x30
-BPF_JSET = 0x40
 BPF_JNE = 0x50  # <linux/bpf.h> from here
 BPF_JSGT = 0x60
 BPF_JSGE = 0x70
@@ -75,8 +85,6 @@ BPF_JSLT = 0xC0
 BPF_JSLE = 0xD0
 
 # source operand
-BPF_K = 0x00
-BPF_X = 0x08
 BPF_TO_LE = 0x00  # BPF_END: the source bit chooses the byte order
 BPF_TO_BE = 0x08
 
@@ -141,26 +149,6 @@ S32 = (-(1 << 31), (1 << 31) - 1)
 _STRUCT = struct.Struct("=BBhi")  # struct bpf_insn { u8 code; u8 dst:4, src:4; s16 off; s32 imm; }
 INSN_SIZE = _STRUCT.size
 _LITTLE = sys.byteorder == "little"
-
-
-def bpf_class(code: int) -> int:
-    return code & 0x07
-
-
-def bpf_size(code: int) -> int:
-    return code & 0x18
-
-
-def bpf_mode(code: int) -> int:
-    return code & 0xE0
-
-
-def bpf_op(code: int) -> int:
-    return code & 0xF0
-
-
-def bpf_src(code: int) -> int:
-    return code & 0x08
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,12 @@ import errno
 import os
 import platform
 import socket
-from typing import Sequence, Union
+from typing import Sequence
 
 from sockgate.errors import AdapterError
 from sockgate.linux._errors import translated
+from sockgate.linux.filter import SO_GET_FILTER, Sockish, _setsockopt, fileno
+from sockgate.linux.filter import detach as detach  # SO_DETACH_BPF is SO_DETACH_FILTER: one detach for both
 
 # <linux/bpf.h> enum bpf_cmd
 BPF_MAP_CREATE = 0
@@ -46,21 +48,17 @@ BPF_NOEXIST = 1
 BPF_OBJ_NAME_LEN = 16
 BPF_TAG_SIZE = 8
 
-# <asm-generic/socket.h>
-SO_ATTACH_FILTER = 26
-SO_DETACH_FILTER = 27
-SO_GET_FILTER = SO_ATTACH_FILTER
-SO_ATTACH_BPF = 50
-SO_DETACH_BPF = SO_DETACH_FILTER
+SO_ATTACH_BPF = 50  # <asm-generic/socket.h>
 
 # bpf(2) syscall numbers (arch/*/entry/syscalls, include/uapi/asm-generic/unistd.h)
 _SYS_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "ppc64le": 361, "s390x": 351, "riscv64": 280, "i686": 357}
 SYS_bpf = _SYS_BPF.get(platform.machine())
 
+ENOTSUPP = 524  # <linux/errno.h>: the kernel-internal "operation not supported" bpf(2) leaks
+
 LOG_SIZE = 1 << 20  # verifier log buffer for the retry after a refusal
 LOG_LINES = 12  # how many of its last lines the error shows
 
-Sockish = Union[socket.socket, int]
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
@@ -162,7 +160,7 @@ def map_update_many(fd: int, keys: Sequence[bytes], values: Sequence[bytes], fla
         _bpf(BPF_MAP_UPDATE_BATCH, attr)
         return
     except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, 524):  # 524: ENOTSUPP
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, ENOTSUPP):
             with translated(f"update {len(keys)} entries of BPF map fd {fd}"):
                 raise
     for k, v in zip(keys, values):
@@ -254,29 +252,13 @@ def get_pinned(path: str) -> int:
 # ------------------------------------------------------------------------------- sockets
 
 
-def fileno(s: Sockish) -> int:
-    return s if isinstance(s, int) else s.fileno()
-
-
 def attach(s: Sockish, prog_fd: int) -> None:
     """Attach (or atomically replace, under RCU as for a classic filter) eBPF program
     ``prog_fd`` as the socket filter of ``s``; the socket holds its own reference."""
     fd = fileno(s)
     with translated(f"attach BPF program fd {prog_fd} to fd {fd}"):
-        _setsockopt(fd, SO_ATTACH_BPF, prog_fd)
-
-
-def detach(s: Sockish) -> bool:
-    """Remove the socket filter, classic or eBPF; False when there was none."""
-    fd = fileno(s)
-    try:
-        with translated(f"detach filter from fd {fd}"):
-            _setsockopt(fd, SO_DETACH_BPF, 0)
-    except AdapterError as e:
-        if e.errno == errno.ENOENT:
-            return False
-        raise
-    return True
+        v = ctypes.c_int(prog_fd)
+        _setsockopt(fd, SO_ATTACH_BPF, ctypes.byref(v), ctypes.sizeof(v))
 
 
 def filter_kind(s: Sockish) -> str:
@@ -293,12 +275,4 @@ def filter_kind(s: Sockish) -> str:
         return "ebpf"
     with translated(f"read the filter of fd {fd}"):
         raise OSError(e, os.strerror(e))
-
-
-def _setsockopt(fd: int, opt: int, value: int) -> None:
-    v = ctypes.c_int(value)
-    if _libc.setsockopt(fd, socket.SOL_SOCKET, opt, ctypes.byref(v), ctypes.sizeof(v)) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
-
 
