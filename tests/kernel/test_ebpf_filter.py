@@ -161,6 +161,37 @@ def test_lab_dual_stack_agrees_with_the_engine(lab: netlab.Lab, seed: int) -> No
     assert mismatches(want, udp) == [], f"UDP, seed {seed}: {svc}"
 
 
+def _frame(version: int, src: bytes) -> bytes:
+    """An Ethernet frame whose network header has ``version`` and source ``src``."""
+    if version == 4:
+        return bytes(12) + b"\x08\x00" + bytes([0x45]) + bytes(11) + src + bytes(4)
+    if version == 6:
+        return bytes(12) + b"\x86\xdd" + bytes([0x60]) + bytes(7) + src + bytes(16)
+    return bytes(12) + b"\x08\x00" + bytes([version << 4 | 5]) + bytes(19)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 2**32 - 1))
+def test_every_boundary_agrees_with_the_engine_in_test_runs(seed: int) -> None:
+    """The loaded program run by BPF_PROG_TEST_RUN on frames from every network edge (IPv4,
+    IPv6, the IPv4 ones also forged as ::ffff:a.b.c.d in an IPv6 header, and other versions):
+    no namespaces, so many more policies and addresses than the socket tests."""
+    rng = random.Random(seed)
+    svc = random_service(rng, "tr", ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8::/32"), n_rules=10)
+    cases: list[tuple[bytes, Peer]] = [(_frame(v, b""), Peer()) for v in (0, 5, 7, 15)]
+    for src in boundary_sources(svc, rng, lambda a: True, extra=40):
+        a = ipaddress.ip_address(src)
+        cases.append((_frame(a.version, a.packed), Peer(address=a, header=a.version)))
+        if a.version == 4:
+            m = ipaddress.IPv6Address((0xFFFF << 32) | int(a))
+            cases.append((_frame(6, m.packed), Peer(address=m, header=6)))
+    with loaded(svc) as lo:
+        bad = [f"{peer.address} (header {peer.header}): engine {want}"
+               for frame, peer in cases
+               if (bpfsys.prog_test_run(lo.fd, frame)[0] == 0xFFFFFFFF) != (want := decide_service(svc, peer).action is Action.ALLOW)]
+    assert bad == [], f"seed {seed}: {svc}"
+
+
 # -------------------------------------------------------------------------- the adapter
 
 
@@ -233,3 +264,74 @@ def test_errors_keep_errno_and_say_what_failed() -> None:
     with pytest.raises(AdapterError, match="attach BPF program fd .* to fd"):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
             bpfsys.attach(u, u.fileno())  # not a program
+
+
+# ------------------------------------------------------------------- forged and long jumps
+
+
+def test_forged_mapped_sources_are_denied_by_the_program_itself(lab: netlab.Lab) -> None:
+    """An IPv6 header with a source in ::ffff:0:0/96 is forged (decide.py). Allow-by-default,
+    with the /96 entry taken out of the map: only the program's own check stands between the
+    forged datagrams and the socket, while genuine IPv6 and IPv4 clients get through."""
+    from support.forge import Wire, udp6
+
+    svc = service("dns", [], Action.ALLOW)
+    forged = ("::ffff:127.0.0.1", "::ffff:198.18.0.2")
+    wire = Wire(lab)
+    u = lab.server.call(lambda: _dual_stack(socket.SOCK_DGRAM))
+    client = lab.client.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        wire.ready()
+        with loaded(svc) as lo:
+            fd6 = lo.maps["sg_lpm6"]
+            assert bpfsys.map_delete(fd6, LpmKey(6, 96, 0xFFFF << 32).pack())
+            assert bpfsys.map_lookup(fd6, LpmKey.host(ipaddress.IPv6Address(forged[0])).pack(), 8) is None
+            bpfsys.attach(u, lo.fd)
+        port = u.getsockname()[1]
+        wire.send([udp6(src, lab.server_v6, 4444, port, src.encode()) for src in forged]
+                  + [udp6(lab.client_v6, lab.server_v6, 4444, port, b"end")])
+        client.bind((lab.client_v4, 0))
+        client.sendto(b"v4", (lab.server_v4, port))
+        got = []
+        u.settimeout(5)
+        while len(got) < 2:
+            data, addr = u.recvfrom(64)
+            got.append(data)
+        u.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            got.append(u.recvfrom(64)[0])
+        assert sorted(got) == [b"end", b"v4"]
+    finally:
+        client.close()
+        u.close()
+        wire.close()
+
+
+def _far_jump_program(op: int, imm: int) -> bytes:
+    """``r2 = 5; if r2 op imm goto far`` over 40,000 instructions (the assembler's long form);
+    the program returns 0xffffffff when the jump is taken, else 0."""
+    from sockgate.ebpf.asm import Assembler
+    from sockgate.ebpf.insn import BPF_REG_2, mov32
+
+    a = Assembler()
+    a.emit(mov64(BPF_REG_2, imm=5))
+    a.jump(op, BPF_REG_2, "far", imm=imm)
+    a.emit(*[mov32(BPF_REG_0, 0)] * 40_000, exit_())
+    a.label("far")
+    a.emit(mov32(BPF_REG_0, -1), exit_())
+    return encode(a.program())
+
+
+FRAME = bytes(12) + b"\x08\x00" + bytes([0x45]) + bytes(19)  # Ethernet, then an IPv4 header
+
+
+@pytest.mark.parametrize("op, imm, taken", [("jeq", 5, True), ("jeq", 4, False), ("jset", 4, True), ("jset", 2, False)])
+def test_long_jumps_pass_the_verifier_and_land(op: str, imm: int, taken: bool) -> None:
+    from sockgate.ebpf.insn import BPF_JEQ, BPF_JSET
+
+    prog = _far_jump_program({"jeq": BPF_JEQ, "jset": BPF_JSET}[op], imm)
+    fd = bpfsys.prog_load(ProgType.SOCKET_FILTER, prog, "sg_far")
+    try:
+        assert bpfsys.prog_test_run(fd, FRAME)[0] == (0xFFFFFFFF if taken else 0)
+    finally:
+        os.close(fd)

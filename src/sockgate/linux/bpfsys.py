@@ -40,6 +40,7 @@ BPF_MAP_DELETE_ELEM = 3
 BPF_PROG_LOAD = 5
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
+BPF_PROG_TEST_RUN = 10
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_MAP_UPDATE_BATCH = 26  # Linux 5.6
 
@@ -96,6 +97,12 @@ class _ProgLoad(ctypes.Structure):
                 ("license", ctypes.c_uint64), ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32),
                 ("log_buf", ctypes.c_uint64), ("kern_version", ctypes.c_uint32), ("prog_flags", ctypes.c_uint32),
                 ("prog_name", ctypes.c_char * BPF_OBJ_NAME_LEN)]
+
+
+class _TestRun(ctypes.Structure):
+    _fields_ = [("prog_fd", ctypes.c_uint32), ("retval", ctypes.c_uint32), ("data_size_in", ctypes.c_uint32),
+                ("data_size_out", ctypes.c_uint32), ("data_in", ctypes.c_uint64), ("data_out", ctypes.c_uint64),
+                ("repeat", ctypes.c_uint32), ("duration", ctypes.c_uint32)]
 
 
 class _Obj(ctypes.Structure):
@@ -222,6 +229,17 @@ def prog_load(prog_type: int, insns: bytes, name: str = "", license: str = "GPL"
         tail = [ln for ln in text.splitlines() if ln.strip()][-LOG_LINES:]
         raise VerifierError(f"{what}: refused by the kernel's verifier ({os.strerror(e.errno or 0)}):\n  "
                             + "\n  ".join(tail or ["(no log)"]), "\n".join(tail), errno=e.errno, target=what) from None
+
+
+def prog_test_run(fd: int, frame: bytes, repeat: int = 1) -> tuple[int, int]:
+    """Run a loaded program on ``frame`` (an Ethernet frame: the kernel builds an skb whose
+    network header follows the 14-byte Ethernet header, net/bpf/test_run.c) ``repeat`` times;
+    returns (the program's return value, mean nanoseconds per run). Nothing is attached."""
+    data = ctypes.create_string_buffer(frame, len(frame))
+    attr = _TestRun(fd, 0, len(frame), 0, _addr(data), 0, repeat, 0)
+    with translated(f"test-run BPF program fd {fd}"):
+        _bpf(BPF_PROG_TEST_RUN, attr)
+    return attr.retval, attr.duration
 
 
 def prog_info(fd: int) -> ProgInfo:
