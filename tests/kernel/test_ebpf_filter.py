@@ -142,7 +142,7 @@ def test_lab_dual_stack_agrees_with_the_engine(lab: netlab.Lab, seed: int) -> No
     rng = random.Random(seed)
     svc = random_service(rng, "lab", V4_LAB, V6_LAB, n_rules=8)
     sources = sorted(set(boundary_sources(svc, rng, _lab_usable, extra=30)) - {lab.client_v4, lab.client_v6})
-    lab.add_client_addresses(sources)
+    lab.add_client_addresses([s for s in sources if s not in lab.extra])  # (the lab outlives one example)
     want = expected(svc, sources)
     lst, u = lab.server.call(lambda: (_dual_stack(socket.SOCK_STREAM), _dual_stack(socket.SOCK_DGRAM)))
 
