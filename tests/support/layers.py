@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     "sockgate.decide": CORE,
     "sockgate.bpf": CORE,
     "sockgate.export": CORE,
+    "sockgate.ebpf": CORE,
     "sockgate.proxy.limits": CORE,
     "sockgate.proxy.admission": CORE,
     "sockgate.linux": EDGE,

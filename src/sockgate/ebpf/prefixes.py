@@ -1,0 +1,45 @@
+"""Disjoint labelled intervals → disjoint CIDR prefixes carrying the same labels.
+
+An LPM trie answers the longest stored prefix containing an address, not the first rule in
+policy order; so first-match semantics is settled before the trie sees anything. ranges.py
+already turns the ordered rules into disjoint intervals, each labelled with the action (and
+rule) of the first rule holding there. Here each interval is split into the fewest aligned
+blocks covering it exactly — the classic range-to-CIDR walk: from the low end, take the
+largest power-of-two block that is aligned there and does not pass the high end. An interval
+of a b-bit space needs at most 2(b-1) prefixes. Since the prefixes are disjoint, any lookup
+hits at most one of them, and longest-prefix match equals first match.
+"""
+
+from __future__ import annotations
+
+from sockgate.bpf.ranges import Table
+from sockgate.ebpf.maps import PREFIX_BITS, LpmKey, Verdict
+from sockgate.policy.ir import Action
+
+
+def split(lo: int, hi: int, bits: int) -> list[tuple[int, int]]:
+    """``(network, prefixlen)`` blocks covering ``lo`` .. ``hi - 1`` of a ``bits``-bit space
+    exactly, in address order."""
+    if not 0 <= lo <= hi <= 1 << bits:
+        raise ValueError(f"not an interval of the {bits}-bit space: [{lo}, {hi})")
+    out = []
+    while lo < hi:
+        size = lo & -lo if lo else 1 << bits
+        while size > hi - lo:
+            size >>= 1
+        out.append((lo, bits - size.bit_length() + 1))
+        lo += size
+    return out
+
+
+def entries(table: Table, default: Action) -> tuple[tuple[LpmKey, Verdict], ...]:
+    """The trie entries of ``table``: every interval whose action is not ``default`` (a
+    lookup that finds nothing returns the default), split into prefixes."""
+    bits = PREFIX_BITS[table.family]
+    out = []
+    for iv in table.intervals:
+        if iv.action is default:
+            continue
+        verdict = Verdict(iv.action, iv.rule)
+        out += [(LpmKey(table.family, plen, net), verdict) for net, plen in split(iv.lo, iv.hi, bits)]
+    return tuple(out)

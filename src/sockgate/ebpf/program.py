@@ -1,0 +1,95 @@
+"""``compile_service``: a service → an eBPF program and the contents of its maps, or an error.
+
+Passes: refuse rules that need user space (as the classic compiler does) → interval tables
+(bpf/ranges.py, shared with the classic compiler, so both decide alike) → prefixes
+(prefixes.py) → code (codegen.py). The program does not depend on the address rules, only
+on the default and the verdict for non-IP packets: rules live in the maps, so a new rule set
+is a map update, not a new program.
+
+Map file descriptors exist only once the maps are created, so the program carries
+relocations — the slots of its map loads — and ``link`` patches the fds in, as libbpf does
+for an object file. The digest covers the service name, the program and every map entry, so
+equal digests mean equal enforcement.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from sockgate.bpf import ranges as _ranges
+from sockgate.bpf.program import _refuse_userspace  # the resolve pass (issue 12) will own this
+from sockgate.ebpf import prefixes
+from sockgate.ebpf.codegen import Shape, generate
+from sockgate.ebpf.insn import BPF_OBJ_NAME_LEN, BPF_PSEUDO_MAP_FD, Insn, ProgType, encode, ld_map_fd
+from sockgate.ebpf.maps import MapContents, lpm_spec
+from sockgate.policy.ir import Action, Service
+
+LICENSE = "GPL"  # socket filters need no GPL-only helper; any string works, this one always does
+
+
+@dataclass(frozen=True)
+class EbpfProgram:
+    """A compiled eBPF filter: the program, its map relocations and the maps' contents."""
+
+    service: str
+    digest: str
+    insns: tuple[Insn, ...]
+    relocations: tuple[tuple[int, str], ...]  # (slot of an ld_imm64, map name)
+    maps: tuple[MapContents, ...]
+    default: Action  # the verdict when no prefix matches
+    other: Action  # the verdict of a packet neither IPv4 nor IPv6
+    prog_type: ProgType = ProgType.SOCKET_FILTER
+
+    @property
+    def name(self) -> str:
+        """The kernel object name (``BPF_OBJ_NAME_LEN``): ``sg_`` and the digest's start."""
+        return ("sg_" + self.digest)[: BPF_OBJ_NAME_LEN - 1]
+
+    def link(self, fds: Mapping[str, int]) -> bytes:
+        """The encoded program with each map load pointing at ``fds[map name]``."""
+        insns = list(self.insns)
+        for slot, name in self.relocations:
+            if name not in fds:
+                raise ValueError(f"no file descriptor for map {name!r}")
+            first, second = ld_map_fd(insns[slot].dst, fds[name])
+            if insns[slot].src != BPF_PSEUDO_MAP_FD:
+                raise ValueError(f"slot {slot} is not a map load")
+            insns[slot : slot + 2] = [first, second]
+        return encode(insns)
+
+    def __len__(self) -> int:
+        return len(self.insns)
+
+    @property
+    def prefixes(self) -> int:
+        return sum(len(m.entries) for m in self.maps)
+
+
+def compile_service(service: Service, *, banned: Sequence[_ranges.Banned] = (), spare: int = 0) -> EbpfProgram:
+    """Compile ``service`` (``banned`` sources denied before any rule). The maps hold the
+    prefixes plus ``spare`` free entries each, for later updates. Raises
+    ``UnsupportedInKernel`` for rules that need user space."""
+    _refuse_userspace(service)
+    tables = _ranges.build(service, banned)
+    default = service.effective_default
+    maps = []
+    for table in (tables.v4, tables.v6):
+        content = prefixes.entries(table, default)
+        maps.append(MapContents(lpm_spec(table.family, len(content) + spare), content))
+    gen = generate(Shape(default, tables.other), maps[0].spec.name, maps[1].spec.name)
+    digest = _digest(service.name, gen.insns, maps)
+    return EbpfProgram(service.name, digest, gen.insns, gen.relocations, tuple(maps), default, tables.other)
+
+
+def _digest(service: str, insns: Sequence[Insn], maps: Sequence[MapContents]) -> str:
+    """16 hex digits of SHA-256 over the service name, the program and the map entries."""
+    h = hashlib.sha256(service.encode() + b"\0")
+    h.update(encode(insns))
+    for m in maps:
+        h.update(m.spec.name.encode() + b"\0")
+        keys, values = m.packed()
+        for k, v in zip(keys, values):
+            h.update(k + v)
+    return h.hexdigest()[:16]

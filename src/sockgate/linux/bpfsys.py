@@ -1,0 +1,296 @@
+"""bpf(2) and SO_ATTACH_BPF: create maps, load programs, pin them, attach them to sockets.
+
+Thin adapter: it takes sizes, flags, encoded programs and packed keys/values (sockgate.ebpf
+makes them) and returns file descriptors and bytes; it knows no policy. The ``union bpf_attr``
+layouts below follow <linux/bpf.h>; the kernel accepts an attr shorter than its own union
+(the rest reads as zero), so each command passes only the fields it uses.
+
+A program the verifier refuses raises ``VerifierError`` carrying the end of the verifier's
+log: the load is retried once with a log buffer, so a successful load pays nothing for it.
+Since Linux 6.4 the log is kept in rotating mode, so a log longer than the buffer keeps its
+end — the part that says why.
+
+Identifying an eBPF program on a socket: ``SO_GET_FILTER`` copies back only a *classic*
+program (``sk_get_filter`` in net/core/filter.c returns EACCES when the attached program has
+no ``orig_prog``, i.e. was attached with SO_ATTACH_BPF), and no socket option, sock_diag
+attribute or ``bpftool net`` listing names the socket filter's program id. ``filter_kind``
+tells "none", "cbpf" and "ebpf" apart from that answer; which eBPF program it is must be
+recorded by whoever attaches it (see docs/ebpf.md).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+import socket
+from typing import Sequence
+
+from sockgate.errors import AdapterError
+from sockgate.linux._errors import translated
+from sockgate.linux.filter import SO_GET_FILTER, Sockish, _setsockopt, fileno
+from sockgate.linux.filter import detach as detach  # SO_DETACH_BPF is SO_DETACH_FILTER: one detach for both
+
+# <linux/bpf.h> enum bpf_cmd
+BPF_MAP_CREATE = 0
+BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_UPDATE_ELEM = 2
+BPF_MAP_DELETE_ELEM = 3
+BPF_PROG_LOAD = 5
+BPF_OBJ_PIN = 6
+BPF_OBJ_GET = 7
+BPF_PROG_TEST_RUN = 10
+BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_MAP_UPDATE_BATCH = 26  # Linux 5.6
+
+BPF_ANY = 0  # <linux/bpf.h> map update flags
+BPF_NOEXIST = 1
+BPF_OBJ_NAME_LEN = 16
+BPF_TAG_SIZE = 8
+
+SO_ATTACH_BPF = 50  # <asm-generic/socket.h>
+
+# bpf(2) syscall numbers (arch/*/entry/syscalls, include/uapi/asm-generic/unistd.h)
+_SYS_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "ppc64le": 361, "s390x": 351, "riscv64": 280, "i686": 357}
+SYS_bpf = _SYS_BPF.get(platform.machine())
+
+ENOTSUPP = 524  # <linux/errno.h>: the kernel-internal "operation not supported" bpf(2) leaks
+
+LOG_SIZE = 1 << 20  # verifier log buffer for the retry after a refusal
+LOG_LINES = 12  # how many of its last lines the error shows
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+class VerifierError(AdapterError):
+    """The kernel's verifier refused a program; ``log`` is the end of its log."""
+
+    def __init__(self, message: str, log: str, errno: int | None = None, target: str | None = None):
+        self.log = log
+        super().__init__(message, errno=errno, target=target)
+
+
+# --------------------------------------------------------------------- union bpf_attr parts
+
+
+class _MapCreate(ctypes.Structure):
+    _fields_ = [("map_type", ctypes.c_uint32), ("key_size", ctypes.c_uint32), ("value_size", ctypes.c_uint32),
+                ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32), ("inner_map_fd", ctypes.c_uint32),
+                ("numa_node", ctypes.c_uint32), ("map_name", ctypes.c_char * BPF_OBJ_NAME_LEN)]
+
+
+class _MapElem(ctypes.Structure):
+    _fields_ = [("map_fd", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("key", ctypes.c_uint64),
+                ("value", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+
+
+class _MapBatch(ctypes.Structure):
+    _fields_ = [("in_batch", ctypes.c_uint64), ("out_batch", ctypes.c_uint64), ("keys", ctypes.c_uint64),
+                ("values", ctypes.c_uint64), ("count", ctypes.c_uint32), ("map_fd", ctypes.c_uint32),
+                ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+
+
+class _ProgLoad(ctypes.Structure):
+    _fields_ = [("prog_type", ctypes.c_uint32), ("insn_cnt", ctypes.c_uint32), ("insns", ctypes.c_uint64),
+                ("license", ctypes.c_uint64), ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32),
+                ("log_buf", ctypes.c_uint64), ("kern_version", ctypes.c_uint32), ("prog_flags", ctypes.c_uint32),
+                ("prog_name", ctypes.c_char * BPF_OBJ_NAME_LEN)]
+
+
+class _TestRun(ctypes.Structure):
+    _fields_ = [("prog_fd", ctypes.c_uint32), ("retval", ctypes.c_uint32), ("data_size_in", ctypes.c_uint32),
+                ("data_size_out", ctypes.c_uint32), ("data_in", ctypes.c_uint64), ("data_out", ctypes.c_uint64),
+                ("repeat", ctypes.c_uint32), ("duration", ctypes.c_uint32)]
+
+
+class _Obj(ctypes.Structure):
+    _fields_ = [("pathname", ctypes.c_uint64), ("bpf_fd", ctypes.c_uint32), ("file_flags", ctypes.c_uint32)]
+
+
+class _Info(ctypes.Structure):
+    _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32), ("info", ctypes.c_uint64)]
+
+
+class ProgInfo(ctypes.Structure):
+    """The head of ``struct bpf_prog_info`` (<linux/bpf.h>): enough to name a program."""
+
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("tag", ctypes.c_uint8 * BPF_TAG_SIZE),
+                ("jited_prog_len", ctypes.c_uint32), ("xlated_prog_len", ctypes.c_uint32),
+                ("jited_prog_insns", ctypes.c_uint64), ("xlated_prog_insns", ctypes.c_uint64),
+                ("load_time", ctypes.c_uint64), ("created_by_uid", ctypes.c_uint32), ("nr_map_ids", ctypes.c_uint32),
+                ("map_ids", ctypes.c_uint64), ("name", ctypes.c_char * BPF_OBJ_NAME_LEN)]
+
+
+def _addr(buf: ctypes.Array[ctypes.c_char] | None) -> int:
+    return ctypes.addressof(buf) if buf is not None else 0
+
+
+def _bpf(cmd: int, attr: ctypes.Structure) -> int:
+    """bpf(cmd, &attr, sizeof attr); raises OSError (errno kept)."""
+    if SYS_bpf is None:
+        raise OSError(errno.ENOSYS, f"bpf(2) number unknown for {platform.machine()}")
+    r = _libc.syscall(SYS_bpf, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
+    if r < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return int(r)
+
+
+# ---------------------------------------------------------------------------------- maps
+
+
+def map_create(map_type: int, key_size: int, value_size: int, max_entries: int, flags: int = 0, name: str = "") -> int:
+    """A new map; returns its fd (the caller closes it)."""
+    attr = _MapCreate(map_type, key_size, value_size, max_entries, flags, 0, 0, name.encode()[: BPF_OBJ_NAME_LEN - 1])
+    with translated(f"create BPF map {name or map_type} ({max_entries} entries)"):
+        return _bpf(BPF_MAP_CREATE, attr)
+
+
+def map_update(fd: int, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
+    k, v = ctypes.create_string_buffer(key, len(key)), ctypes.create_string_buffer(value, len(value))
+    with translated(f"update BPF map fd {fd}"):
+        _bpf(BPF_MAP_UPDATE_ELEM, _MapElem(fd, 0, _addr(k), _addr(v), flags))
+
+
+def map_update_many(fd: int, keys: Sequence[bytes], values: Sequence[bytes], flags: int = BPF_ANY) -> None:
+    """Put every ``keys[i] → values[i]``: one BPF_MAP_UPDATE_BATCH (Linux 5.6) when the map
+    supports it, else one update per entry. Not atomic: on failure some entries may be in."""
+    if len(keys) != len(values):
+        raise ValueError("as many values as keys")
+    if not keys:
+        return
+    kb, vb = ctypes.create_string_buffer(b"".join(keys)), ctypes.create_string_buffer(b"".join(values))
+    attr = _MapBatch(0, 0, _addr(kb), _addr(vb), len(keys), fd, flags, 0)
+    try:
+        _bpf(BPF_MAP_UPDATE_BATCH, attr)
+        return
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, ENOTSUPP):
+            with translated(f"update {len(keys)} entries of BPF map fd {fd}"):
+                raise
+    for k, v in zip(keys, values):
+        map_update(fd, k, v, flags)
+
+
+def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
+    """The value stored under ``key`` (for an LPM trie: under the longest matching prefix)."""
+    k, v = ctypes.create_string_buffer(key, len(key)), ctypes.create_string_buffer(value_size)
+    try:
+        _bpf(BPF_MAP_LOOKUP_ELEM, _MapElem(fd, 0, _addr(k), _addr(v), 0))
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return None
+        with translated(f"look up in BPF map fd {fd}"):
+            raise
+    return v.raw
+
+
+def map_delete(fd: int, key: bytes) -> bool:
+    """Remove ``key``; False when it was not there."""
+    k = ctypes.create_string_buffer(key, len(key))
+    try:
+        _bpf(BPF_MAP_DELETE_ELEM, _MapElem(fd, 0, _addr(k), 0, 0))
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return False
+        with translated(f"delete from BPF map fd {fd}"):
+            raise
+    return True
+
+
+# ------------------------------------------------------------------------------ programs
+
+
+def prog_load(prog_type: int, insns: bytes, name: str = "", license: str = "GPL") -> int:
+    """Load (verify) a program; returns its fd. A refusal raises ``VerifierError``."""
+    if not insns or len(insns) % 8:
+        raise AdapterError("an eBPF program is a non-empty array of 8-byte instructions")
+    code = ctypes.create_string_buffer(insns, len(insns))
+    lic = ctypes.create_string_buffer(license.encode())
+    what = f"load BPF program {name or '(unnamed)'} ({len(insns) // 8} instructions)"
+
+    def attr(log: ctypes.Array[ctypes.c_char] | None) -> _ProgLoad:
+        return _ProgLoad(prog_type, len(insns) // 8, _addr(code), _addr(lic), 1 if log is not None else 0,
+                         len(log) if log is not None else 0, _addr(log), 0, 0, name.encode()[: BPF_OBJ_NAME_LEN - 1])
+
+    try:
+        return _bpf(BPF_PROG_LOAD, attr(None))
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EINVAL):
+            with translated(what):
+                raise
+    log = ctypes.create_string_buffer(LOG_SIZE)
+    try:
+        return _bpf(BPF_PROG_LOAD, attr(log))  # (a refusal that does not repeat: take the fd)
+    except OSError as e:
+        text = log.value.decode(errors="replace")
+        tail = [ln for ln in text.splitlines() if ln.strip()][-LOG_LINES:]
+        raise VerifierError(f"{what}: refused by the kernel's verifier ({os.strerror(e.errno or 0)}):\n  "
+                            + "\n  ".join(tail or ["(no log)"]), "\n".join(tail), errno=e.errno, target=what) from None
+
+
+def prog_test_run(fd: int, frame: bytes, repeat: int = 1) -> tuple[int, int]:
+    """Run a loaded program on ``frame`` (an Ethernet frame: the kernel builds an skb whose
+    network header follows the 14-byte Ethernet header, net/bpf/test_run.c) ``repeat`` times;
+    returns (the program's return value, mean nanoseconds per run). Nothing is attached."""
+    data = ctypes.create_string_buffer(frame, len(frame))
+    attr = _TestRun(fd, 0, len(frame), 0, _addr(data), 0, repeat, 0)
+    with translated(f"test-run BPF program fd {fd}"):
+        _bpf(BPF_PROG_TEST_RUN, attr)
+    return attr.retval, attr.duration
+
+
+def prog_info(fd: int) -> ProgInfo:
+    """The id, tag, name and type of a loaded program."""
+    info = ProgInfo()
+    with translated(f"read BPF program info of fd {fd}"):
+        _bpf(BPF_OBJ_GET_INFO_BY_FD, _Info(fd, ctypes.sizeof(info), ctypes.addressof(info)))
+    return info
+
+
+# ---------------------------------------------------------------------------- bpffs pins
+
+
+def pin(fd: int, path: str) -> None:
+    """Pin a map or program at ``path`` on a bpf filesystem: it lives until unlinked."""
+    p = ctypes.create_string_buffer(os.fsencode(path))
+    with translated(f"pin BPF object fd {fd} at {path}"):
+        _bpf(BPF_OBJ_PIN, _Obj(_addr(p), fd, 0))
+
+
+def get_pinned(path: str) -> int:
+    """A new fd for the object pinned at ``path``."""
+    p = ctypes.create_string_buffer(os.fsencode(path))
+    with translated(f"open pinned BPF object {path}"):
+        return _bpf(BPF_OBJ_GET, _Obj(_addr(p), 0, 0))
+
+
+# ------------------------------------------------------------------------------- sockets
+
+
+def attach(s: Sockish, prog_fd: int) -> None:
+    """Attach (or atomically replace, under RCU as for a classic filter) eBPF program
+    ``prog_fd`` as the socket filter of ``s``; the socket holds its own reference."""
+    fd = fileno(s)
+    with translated(f"attach BPF program fd {prog_fd} to fd {fd}"):
+        v = ctypes.c_int(prog_fd)
+        _setsockopt(fd, SO_ATTACH_BPF, ctypes.byref(v), ctypes.sizeof(v))
+
+
+def filter_kind(s: Sockish) -> str:
+    """``"none"``, ``"cbpf"`` or ``"ebpf"``: what kind of filter the socket has. SO_GET_FILTER
+    with a zero length answers the classic program's length, 0 for none, and EACCES for a
+    program attached with SO_ATTACH_BPF (net/core/filter.c: ``sk_get_filter``)."""
+    fd = fileno(s)
+    n = ctypes.c_uint32(0)
+    r = _libc.getsockopt(fd, socket.SOL_SOCKET, SO_GET_FILTER, None, ctypes.byref(n))
+    if r == 0:
+        return "cbpf" if n.value else "none"
+    e = ctypes.get_errno()
+    if e == errno.EACCES:
+        return "ebpf"
+    with translated(f"read the filter of fd {fd}"):
+        raise OSError(e, os.strerror(e))
+
