@@ -9,7 +9,7 @@ import ipaddress
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_bpf_compile import _edges, addresses, packets, services  # the classic compiler's strategies
+from support.bpfcases import _edges, addresses, packets, services
 
 from sockgate.bpf import Packet
 from sockgate.bpf.ranges import MAPPED

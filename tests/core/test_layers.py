@@ -50,7 +50,9 @@ def _filter_users() -> set[tuple[str, str]]:
         (e.source, e.target)
         for e in EDGES
         for adapter, seam in layers.SEAM_ONLY.items()
-        if e.target == adapter and not (e.source == seam or e.source.startswith(seam + "."))
+        if e.target == adapter
+        and not (e.source == seam or e.source.startswith(seam + "."))
+        and not e.source.startswith(layers.THIN + ".")  # adapters build on each other (bpfsys on filter)
     }
 
 

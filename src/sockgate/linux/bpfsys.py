@@ -29,7 +29,8 @@ from typing import Sequence
 
 from sockgate.errors import AdapterError
 from sockgate.linux._errors import translated
-from sockgate.linux.filter import SO_GET_FILTER, Sockish, _setsockopt, fileno
+from sockgate.linux.fd import Sockish, fileno
+from sockgate.linux.filter import SO_GET_FILTER, _setsockopt
 from sockgate.linux.filter import detach as detach  # SO_DETACH_BPF is SO_DETACH_FILTER: one detach for both
 
 # <linux/bpf.h> enum bpf_cmd
