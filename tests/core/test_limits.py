@@ -28,7 +28,7 @@ from sockgate.policy.ir import (
 )
 from sockgate.policy.source import Span
 from sockgate.proxy.kernelrules import kernel_service, over, under
-from sockgate.proxy.limits import FlowTable, Limiter
+from sockgate.proxy.limits import FlowTable, Limiter, as_network, source_of
 
 # -- UDP flow table ---------------------------------------------------------------------------
 
@@ -292,3 +292,41 @@ def test_over_and_under_of_except() -> None:
 
     assert under(m) == MatchNone()
     assert under(Except(AddrMatch((NETS[0],)), AddrMatch((NETS[1],)))) == Except(AddrMatch((NETS[0],)), AddrMatch((NETS[1],)))
+
+
+# -- what one source is --------------------------------------------------------------------
+
+v6_addresses = st.integers(0, 2**128 - 1).map(ipaddress.IPv6Address)
+
+
+@given(v6_addresses, v6_addresses)
+def test_ipv6_addresses_are_one_source_exactly_when_they_share_a_64(a: ipaddress.IPv6Address, b: ipaddress.IPv6Address) -> None:
+    if a.ipv4_mapped is None and b.ipv4_mapped is None:
+        assert (source_of(a) == source_of(b)) == (int(a) >> 64 == int(b) >> 64)
+
+
+@given(st.integers(0, 2**32 - 1).map(ipaddress.IPv4Address))
+def test_an_ipv4_source_is_its_address_however_written(a: ipaddress.IPv4Address) -> None:
+    assert source_of(a) == a == source_of(ipaddress.IPv6Address(f"::ffff:{a}"))
+
+
+@given(v6_addresses, st.integers(0, 2**64 - 1))
+def test_a_banned_ipv6_source_is_dropped_in_the_kernel_across_its_64(a: ipaddress.IPv6Address, iid: int) -> None:
+    """The ban list the proxy compiles (``as_network(source_of(...))``) drops every address of
+    the banned host's /64, and keeps the rest of the policy."""
+    from sockgate.bpf import Packet, compile_service, interp
+
+    if a.ipv4_mapped is not None:
+        return
+    svc = Service("s", (Rule(Action.ALLOW, MatchAll(), Span("t", 1, 1), "allow all"),), Action.DENY)
+    net = as_network(source_of(a))
+    assert net is not None and net.prefixlen == 64
+    prog = compile_service(svc, banned=[net]).insns
+    sibling = ipaddress.IPv6Address((int(a) >> 64 << 64) | iid)
+    neighbour = ipaddress.IPv6Address(int(a) ^ (1 << 64))
+    assert not interp.run(prog, Packet.from_address(sibling))
+    assert neighbour.ipv4_mapped is not None or interp.run(prog, Packet.from_address(neighbour))
+
+
+def test_a_unix_peer_is_not_a_network() -> None:
+    assert as_network(("uid", 1000)) is None

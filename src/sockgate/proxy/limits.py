@@ -19,18 +19,44 @@ not extend the ban.
 
 ``FlowTable`` is the UDP relay's table of flows: not a refusal but a choice of which flow a
 new one displaces, so a full table costs the source holding the most, not everyone.
+
+What a *source* is, for every per-source count and ban of the proxy (limits, bans and the
+kernel filter's ban list, UDP flow caps, connections per source, name lookups):
+``source_of``. An IPv4 address is one; an IPv6 host picks any address of its /64 (the
+interface identifier, RFC 4291 section 2.5.1), so there the /64 is one source — counted per
+/128, one host would get a limit, a ban and a flow quota for each of its 2^64 addresses.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Generic, Hashable, TypeVar
 
-from sockgate.policy.ir import Limits, Rate
+from sockgate.policy.ir import IPAddress, Limits, Rate
 
 K = TypeVar("K", bound=Hashable)
 S = TypeVar("S", bound=Hashable)
+Source = ipaddress.IPv4Address | ipaddress.IPv6Network
+
+
+def source_of(address: IPAddress) -> Source:
+    """The source ``address`` belongs to: an IPv4 address (also when written IPv4-mapped), or
+    an IPv6 address's /64. A ban of it is a network the kernel filter can drop as a whole."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return address.ipv4_mapped
+        return ipaddress.IPv6Network((int(address) >> 64 << 64, 64))
+    return address
+
+
+def as_network(source: Hashable) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """A banned ``source_of`` value as the network the kernel filter drops (None: not an IP
+    source, e.g. a Unix peer's uid)."""
+    if isinstance(source, (ipaddress.IPv4Address, ipaddress.IPv6Network)):
+        return ipaddress.ip_network(source)
+    return None
 
 
 @dataclass(frozen=True)

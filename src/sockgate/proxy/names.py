@@ -8,9 +8,9 @@ interrupted: a lookup holds its thread until libc gives up (resolv.conf ``timeou
   own daemon thread; at most ``queue`` more wait, first come first served. A service whose
   clients have slow names fills its own lane only: another service's lookups never wait
   behind it.
-* **per source, one lookup.** A source (an IPv4 address, an IPv6 /64: one host's worth of
-  addresses) has at most one lookup pending in a lane; connections from the same address
-  share it (at most ``waiters`` of them).
+* **per source, one lookup.** A source (``limits.source_of``: an IPv4 address, an IPv6 /64,
+  one host's worth of addresses) has at most one lookup pending in a lane; connections from
+  the same address share it (at most ``waiters`` of them).
 * **per lookup, a deadline.** A caller waits ``timeout`` seconds at most and then has no name
   (what libwrap sees when its resolver gives up); a queued lookup nobody waits for any more
   leaves the queue; a running one still fills the cache.
@@ -29,7 +29,6 @@ interpreter exit, after its workers have run everything still queued.)
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import threading
 import time
 from collections import OrderedDict, deque
@@ -37,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Hashable
 
 from sockgate.policy.ir import IPAddress
+from sockgate.proxy.limits import source_of
 from sockgate.resolve import Resolver
 
 Answer = tuple[str | None, bool]
@@ -48,15 +48,6 @@ NEGATIVE_TTL = 20.0
 class LookupRefused(Exception):
     """A lookup over one of the name layer's bounds; the message says which."""
 
-
-def source_of(address: IPAddress) -> Hashable:
-    """Who one pending lookup is allowed per: the IPv4 address, or the IPv6 /64 (a host
-    picks any address in its /64, RFC 4291 section 2.5.1's interface identifier)."""
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return (4, int(address.ipv4_mapped))
-        return (6, int(address) >> 64)
-    return (4, int(address))
 
 
 @dataclass(eq=False)

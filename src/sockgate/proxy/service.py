@@ -51,9 +51,9 @@ from sockgate.policy.ir import (
     rule_userspace_reason,
 )
 from sockgate.proxy.kernelrules import kernel_service
-from sockgate.proxy.limits import Limiter, Verdict
+from sockgate.proxy.limits import Limiter, Verdict, as_network, source_of
 from sockgate.log import Log
-from sockgate.proxy.names import LookupRefused, source_of
+from sockgate.proxy.names import LookupRefused
 from sockgate.proxy.relay import PipePool, Relay, reset_close
 from sockgate.urls import SocketURL
 
@@ -73,7 +73,7 @@ class Options:
     udp_idle_timeout: float = 30.0
     name_timeout: float = 2.0
     max_connections: int = 20000
-    max_connections_per_source: int = 1024  # an IPv4 address or an IPv6 /64 (names.source_of)
+    max_connections_per_source: int = 1024  # an IPv4 address or an IPv6 /64 (limits.source_of)
     max_udp_flows: int = 4096
     max_udp_flows_per_source: int = 256
 
@@ -221,7 +221,7 @@ class Runner:
         self.target = Target.of(plan.forward)
         self.listeners: list[Listener] = []
         self.conns: dict[_socket.socket, Conn] = {}
-        self.per_source: Counter[Hashable] = Counter()  # open connections per names.source_of
+        self.per_source: Counter[Hashable] = Counter()  # open connections per limits.source_of
         self.tasks: set[asyncio.Task[None]] = set()
         self.accepting = False
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -268,7 +268,7 @@ class Runner:
         from sockgate.bpf import compile_service
 
         svc = kernel_service(service) if service is not None else self.kservice
-        nets = [ipaddress.ip_network(a) for a in self.banned() if isinstance(a, (ipaddress.IPv4Address, ipaddress.IPv6Address))]
+        nets = [n for n in map(as_network, self.banned()) if n is not None]
         return bytes(compile_service(svc, banned=nets).encode())
 
     def attach(self, program: bytes) -> None:
@@ -479,7 +479,7 @@ class Runner:
     def decide(self, peer: Peer) -> tuple[Decision, Verdict | None, list[Limiter[Hashable]], Hashable]:
         """The engine's decision, then the limits of the service and of the matched rule."""
         d = decide_service(self.service, peer)
-        key: Hashable = peer.address if peer.address is not None else ("uid", peer.uid)
+        key: Hashable = source_of(peer.address) if peer.address is not None else ("uid", peer.uid)
         if not d.allowed or not self.limiters:
             return d, None, [], key
         now = time.monotonic()

@@ -5,8 +5,8 @@ allowed client gets a *flow*: its own connected UDP socket towards the backend, 
 backend's replies come back on that socket and are sent to the client from the listening
 socket (the client sees replies from the address it wrote to). A flow ends after
 ``udp_idle_timeout`` seconds without a datagram either way, and is logged like a finished
-connection. Flows are capped in total (``max_udp_flows``) and per source address
-(``max_udp_flows_per_source``); a new flow that meets a cap ends an old one rather than
+connection. Flows are capped in total (``max_udp_flows``) and per source
+(``max_udp_flows_per_source``; ``limits.source_of``: an IPv4 address or an IPv6 /64); a new flow that meets a cap ends an old one rather than
 being refused, chosen by ``limits.FlowTable`` so that the source holding the most flows pays:
 one address cycling its source ports only recycles its own flows, and cannot lock other
 clients out. A denied address is remembered for a second so a burst from it costs one
@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Hashable
 from sockgate.decide import Peer
 from sockgate.policy.ir import IPAddress
 from sockgate.errors import SockgateError
-from sockgate.proxy.limits import FlowTable, Limiter
+from sockgate.proxy.limits import FlowTable, Limiter, source_of
 
 if TYPE_CHECKING:
     from sockgate.decide import Decision
@@ -199,18 +199,19 @@ class UdpListener:
                 lim.release(key)
             return None
         flow.sock = s
-        self._make_room(peer)
+        assert peer.address is not None
+        self._make_room(source_of(peer.address))
         self.flows[fkey] = flow
-        self.table.add(fkey, peer.address)
+        self.table.add(fkey, source_of(peer.address))
         self.loop.add_reader(s.fileno(), self._on_reply, flow)
         return flow
 
-    def _make_room(self, peer: Peer) -> None:
-        """End the flows a new one from ``peer`` displaces (see ``limits.FlowTable``)."""
+    def _make_room(self, source: Hashable) -> None:
+        """End the flows a new one from ``source`` displaces (see ``limits.FlowTable``)."""
         o = self.runner.options
-        mine = self.table.count(peer.address) >= o.max_udp_flows_per_source
+        mine = self.table.count(source) >= o.max_udp_flows_per_source
         why = f"{o.max_udp_flows_per_source} UDP flows per source" if mine else f"{o.max_udp_flows} UDP flows"
-        for victim in self.table.make_room(peer.address):
+        for victim in self.table.make_room(source):
             self._close(victim, f"evicted: over the proxy's limit of {why}")
 
     def _deny(self, addr: Any, peer: Peer, rule: Any, reason: str, now: float) -> None:
