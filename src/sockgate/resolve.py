@@ -3,8 +3,11 @@
 The engine never resolves names (``decide.py``); whoever builds a ``Peer`` does it here,
 through a ``Resolver`` that tests replace with a ``StaticResolver``. The default
 ``SystemResolver`` asks the C library (``getaddrinfo``/``getnameinfo``: /etc/hosts, DNS...),
-each lookup bounded by a timeout (a lookup that times out counts as failed, which is what
-libwrap sees when its resolver gives up). The bound is a thread per call that is abandoned
+each lookup bounded by a timeout. A lookup that times out raises ``LookupTimedOut``: it is
+*not* a lookup that found no name. libwrap waits for its resolver (resolv.conf ``timeout``
+times ``attempts``) and decides with the name that comes back, so a caller must not decide
+such a peer as nameless — ``sockgate check`` grants it only where every name would be let in
+(``proxy.kernelrules.decide_unnamed``). The bound is a thread per call that is abandoned
 when it runs late, since libc cannot be interrupted; a caller that bounds its own threads (the
 proxy's ``names.NameLookup``) passes ``timeout=None`` and the calls are made directly.
 
@@ -33,11 +36,19 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol, TypeVar
 
 from sockgate.decide import Peer
-from sockgate.errors import UsageError
+from sockgate.errors import SockgateError, UsageError
 from sockgate.policy.ir import IPAddress
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 5.0
+
+
+class LookupTimedOut(SockgateError):
+    """A lookup sockgate stopped waiting for; the resolver had not answered yet."""
+
+
+# A peer, and why its host-name lookup was cut short (None: it finished, with or without a name)
+Looked = tuple[Peer, "str | None"]
 
 
 @dataclass(frozen=True)
@@ -137,9 +148,9 @@ def _getnameinfo(address: IPAddress) -> str | None:
     return host
 
 
-def _bounded(fn: Callable[[], T], timeout: float | None) -> T | None:
-    """``fn()`` in a daemon thread; None when it does not finish within ``timeout``. With no
-    timeout, ``fn()`` here."""
+def _bounded(fn: Callable[[], T], timeout: float | None) -> T:
+    """``fn()`` in a daemon thread; ``LookupTimedOut`` when it does not finish within
+    ``timeout``. With no timeout, ``fn()`` here."""
     if timeout is None:
         return fn()
     box: queue.Queue[T] = queue.Queue(maxsize=1)
@@ -148,7 +159,7 @@ def _bounded(fn: Callable[[], T], timeout: float | None) -> T | None:
     try:
         return box.get(timeout=timeout)
     except queue.Empty:
-        return None
+        raise LookupTimedOut(f"the name lookup did not finish within {timeout:g}s") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,11 +183,11 @@ def peers_for_client(
     names: bool,
     user: str | None = None,
     server: IPAddress | None = None,
-) -> tuple[Peer, ...]:
-    """The peers ``text`` stands for (several when a host name has several addresses).
-    ``resolver`` None means no lookups at all; ``names`` says whether an address client needs
-    its host name. Raises ``UsageError`` for a client that is neither an address nor a name
-    that resolves."""
+) -> tuple[Looked, ...]:
+    """The peers ``text`` stands for (several when a host name has several addresses), each
+    with why its host-name lookup was cut short (None: it was not). ``resolver`` None means no
+    lookups at all; ``names`` says whether an address client needs its host name. Raises
+    ``UsageError`` for a client that is neither an address nor a name that resolves."""
     kw: dict[str, object] = {"user": user, "server_address": server}
     if "@" in text[1:]:
         at = text.index("@", 1)
@@ -184,27 +195,33 @@ def peers_for_client(
         text = text[at + 1 :]
     low = text.lower()
     if low == "unknown":
-        return (Peer(**kw),)  # type: ignore[arg-type]
+        return ((Peer(**kw), None),)  # type: ignore[arg-type]
     if low == "paranoid":
-        return (Peer(name_verified=False, **kw),)  # type: ignore[arg-type]
+        return ((Peer(name_verified=False, **kw), None),)  # type: ignore[arg-type]
     addr = parse_address(text)
     if addr is not None:
         if names and resolver is not None:
             return (_named(addr, resolver, kw),)
-        return (Peer(address=addr, **kw),)  # type: ignore[arg-type]
+        return ((Peer(address=addr, **kw), None),)  # type: ignore[arg-type]
     if not text or any(c.isspace() for c in text):
         raise UsageError(f"not an address or host name: {text!r}")
     if resolver is None:
         raise UsageError(f"client {text!r} is a host name, and name lookups are off (--no-resolve)")
-    addrs = resolver.addresses(text)
+    try:
+        addrs = resolver.addresses(text)
+    except LookupTimedOut as e:
+        raise UsageError(f"client {text!r}: {e}") from None
     if not addrs:
         raise UsageError(f"client {text!r}: host name does not resolve")
     return tuple(_named(a, resolver, kw) for a in addrs)
 
 
-def _named(addr: IPAddress, resolver: Resolver, kw: dict[str, object]) -> Peer:
-    hn = resolver.host_name(addr)
-    return Peer(address=addr, name=hn.name, name_verified=hn.verified, **kw)  # type: ignore[arg-type]
+def _named(addr: IPAddress, resolver: Resolver, kw: dict[str, object]) -> Looked:
+    try:
+        hn = resolver.host_name(addr)
+    except LookupTimedOut as e:
+        return Peer(address=addr, **kw), str(e)  # type: ignore[arg-type]
+    return Peer(address=addr, name=hn.name, name_verified=hn.verified, **kw), None  # type: ignore[arg-type]
 
 
 def unix_peer(uid: int, gid: int | None = None, exe: str | None = None, pid: int | None = None) -> Peer:

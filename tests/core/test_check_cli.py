@@ -17,6 +17,8 @@ import pytest
 
 from sockgate.cli import check as check_cmd
 from sockgate.cli.main import main
+from sockgate import resolve
+from sockgate.policy.ir import IPAddress
 from sockgate.resolve import StaticResolver
 
 DATA = Path(__file__).parent.parent / "data" / "hosts_access"
@@ -254,8 +256,9 @@ def test_system_resolver_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
 
     gate = threading.Event()
     monkeypatch.setattr(resolve, "_getnameinfo", lambda a: gate.wait(5) and "late.example")
-    try:
-        assert resolve.SystemResolver(timeout=0.05).host_name(A("192.0.2.1")) == resolve.HostName(None)
+    try:  # late is not "no name": the caller hears that the lookup was cut short
+        with pytest.raises(resolve.LookupTimedOut, match="did not finish within 0.05s"):
+            resolve.SystemResolver(timeout=0.05).host_name(A("192.0.2.1"))
     finally:
         gate.set()
 
@@ -263,15 +266,44 @@ def test_system_resolver_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_peers_for_client_forms() -> None:
     from sockgate.resolve import peers_for_client
 
-    (p,) = peers_for_client("bob@[2001:db8::5]", FAKE, names=True)
+    ((p, why),) = peers_for_client("bob@[2001:db8::5]", FAKE, names=True)
+    assert why is None
     assert (p.user, str(p.address), p.name) == ("bob", "2001:db8::5", "ws.example.com")
-    (p,) = peers_for_client("192.0.2.5", FAKE, names=False)
+    ((p, _),) = peers_for_client("192.0.2.5", FAKE, names=False)
     assert p.name is None  # no name rules: no lookup
-    (p,) = peers_for_client("paranoid", FAKE, names=True)
+    ((p, _),) = peers_for_client("paranoid", FAKE, names=True)
     assert (p.address, p.name_verified) == (None, False)
-    (p,) = peers_for_client("UNKNOWN", None, names=True)
+    ((p, _),) = peers_for_client("UNKNOWN", None, names=True)
     assert (p.address, p.name, p.name_verified) == (None, None, True)
-    assert [str(p.address) for p in peers_for_client("WS.example.com", FAKE, names=True)] == ["192.0.2.5", "2001:db8::5"]
+    assert [str(p.address) for p, _ in peers_for_client("WS.example.com", FAKE, names=True)] == ["192.0.2.5", "2001:db8::5"]
+
+
+class LateResolver(StaticResolver):
+    """Reverse lookups that ``--timeout`` cut short."""
+
+    def host_name(self, address: IPAddress) -> resolve.HostName:
+        raise resolve.LookupTimedOut("the name lookup did not finish within 5s")
+
+
+@pytest.mark.parametrize(("allow", "deny", "granted"), [
+    ("", "sshd: .evil.com\n", False),  # some name is denied: not granted
+    ("sshd: 192.0.2.7\n", "sshd: .evil.com\n", True),  # allowed whatever the name
+    ("sshd: .good.test\n", "sshd: ALL\n", False),  # only some names are allowed
+])
+def test_check_grants_a_timed_out_lookup_only_where_every_name_is_granted(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, allow: str, deny: str, granted: bool
+) -> None:
+    monkeypatch.setattr(check_cmd, "SystemResolver", lambda timeout: LateResolver())
+    (tmp_path / "a").write_text(allow)
+    (tmp_path / "d").write_text(deny)
+    ha = ["--hosts-allow", str(tmp_path / "a"), "--hosts-deny", str(tmp_path / "d"), "--service", "sshd", "--client", "192.0.2.7"]
+    code, out, _ = run(capsys, *ha)
+    assert code == (0 if granted else 1)
+    assert "hostname not known: the lookup timed out" in out
+    assert ("access:   granted" in out) == granted
+    code, out, _ = run(capsys, *ha, "--json")
+    (obj,) = lines(out)
+    assert obj["name_lookup"] == "timed out" and obj["decision"] == ("allow" if granted else "deny")
 
 
 def test_service_at_server_is_read_as_tcpdmatch_reads_it(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from sockgate.policy.ir import (
     rule_userspace_reason,
 )
 from sockgate.policy.source import Span
-from sockgate.proxy.kernelrules import kernel_service, over, under
+from sockgate.proxy.kernelrules import decide_unnamed, kernel_service, over, surely_allowed_service, under
 from sockgate.proxy.limits import FlowTable, Limiter, as_network, source_of
 
 # -- UDP flow table ---------------------------------------------------------------------------
@@ -330,3 +330,56 @@ def test_a_banned_ipv6_source_is_dropped_in_the_kernel_across_its_64(a: ipaddres
 
 def test_a_unix_peer_is_not_a_network() -> None:
     assert as_network(("uid", 1000)) is None
+
+
+# -- a peer whose host-name lookup was cut short -------------------------------------------
+
+name_leaf = st.one_of(
+    addr_match,
+    st.just(MatchAll()),
+    st.sampled_from([HostPattern(".evil.com"), HostPattern("attacker.evil.com"), HostPattern(".example.com"),
+                     HostClass("KNOWN"), HostClass("UNKNOWN"), HostClass("PARANOID"), HostClass("LOCAL")]),
+)
+name_matches = st.recursive(
+    name_leaf,
+    lambda inner: st.one_of(
+        st.lists(inner, min_size=1, max_size=3).map(lambda xs: AnyOf(tuple(xs))),
+        st.tuples(inner, inner).map(lambda t: Except(*t)),
+    ),
+    max_leaves=6,
+)
+name_rules = st.lists(st.tuples(st.sampled_from([Action.ALLOW, Action.DENY]), name_matches), max_size=5)
+label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,6}[a-z0-9])?", fullmatch=True)
+names = st.one_of(
+    st.none(),  # unknown
+    st.sampled_from(["attacker.evil.com", "evil.com", "a.example.com", "localhost", "10.1.2.3"]),
+    st.lists(label, min_size=1, max_size=4).map(".".join),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(name_rules, st.sampled_from([Action.ALLOW, Action.DENY]), st.sampled_from(ADDRS),
+       st.lists(st.tuples(names, st.booleans()), min_size=1, max_size=8))
+def test_surely_allowed_means_allowed_under_every_name(
+    rs: list[tuple[Action, Match]], default: Action, addr: str, named: list[tuple[str | None, bool]]
+) -> None:
+    """What the proxy and ``check`` let in after a cut-short lookup, libwrap lets in whatever
+    name its resolver would have returned (unknown and paranoid included)."""
+    svc = _service(rs, default)
+    a = ipaddress.ip_address(addr)
+    d = decide_unnamed(svc, surely_allowed_service(svc), Peer(address=a), "cut short")
+    if d.allowed:
+        for name, verified in named:
+            assert decide_service(svc, Peer(address=a, name=name, name_verified=verified)).allowed
+
+
+def test_a_name_deny_refuses_a_client_whose_lookup_was_cut_short() -> None:
+    """The reported hole: ``deny .evil.com`` then allow-by-default; a peer whose PTR came too
+    late was let in as nameless. Now it is refused; an address-only deny still decides."""
+    a = ipaddress.ip_address("10.1.2.3")
+    svc = _service([(Action.DENY, HostPattern(".evil.com"))], Action.ALLOW)
+    assert decide_service(svc, Peer(address=a)).allowed  # what a nameless peer got before
+    d = decide_unnamed(svc, surely_allowed_service(svc), Peer(address=a), "timed out")
+    assert not d.allowed and d.reason == "timed out"
+    trusted = _service([(Action.ALLOW, AddrMatch((NETS[0],), "10.0.0.0/8")), (Action.DENY, HostPattern(".evil.com"))], Action.ALLOW)
+    assert decide_unnamed(trusted, surely_allowed_service(trusted), Peer(address=a), "x").allowed

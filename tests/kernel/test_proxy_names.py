@@ -15,6 +15,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Iterator
 
 import pytest
 
-from support.proxyproc import EchoServer, ProxyProc, connect, roundtrip, wait_for
+from support.proxyproc import SRC, EchoServer, ProxyProc, connect, roundtrip, wait_for
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (a mount namespace for resolv.conf)"),
@@ -53,6 +54,10 @@ class SlowDNS:
         end += 1 + 4  # the root label, QTYPE and QCLASS
         return struct.pack("!HHHHHH", qid, 0x8000 | (flags & 0x7900) | 0x0080 | 3, 1, 0, 0, 0) + query[12:end]
 
+    def answer(self, query: bytes) -> tuple[float, bytes]:
+        """How late, and what, to answer ``query``."""
+        return self.delay, self.nxdomain(query)
+
     def _run(self) -> None:
         due: list[tuple[float, int, bytes, tuple[str, int]]] = []
         while not self.stopping:
@@ -60,7 +65,8 @@ class SlowDNS:
             if select.select([self.sock], [], [], wait)[0]:
                 query, client = self.sock.recvfrom(4096)
                 self.queries += 1
-                heapq.heappush(due, (time.monotonic() + self.delay, self.queries, self.nxdomain(query), client))
+                delay, answer = self.answer(query)
+                heapq.heappush(due, (time.monotonic() + delay, self.queries, answer, client))
                 self.most_outstanding = max(self.most_outstanding, len(due))
             while due and due[0][0] <= time.monotonic():
                 _, _, answer, to = heapq.heappop(due)
@@ -70,6 +76,41 @@ class SlowDNS:
     def close(self) -> None:
         self.stopping = True
         self.thread.join(5)
+
+
+class ZoneDNS(SlowDNS):
+    """A DNS server with a zone of its own: ``records`` maps (name, QTYPE) to (RDATA, delay);
+    a name it has answers NODATA for other types, any other name NXDOMAIN, at once."""
+
+    def __init__(self, address: str, records: dict[tuple[str, int], tuple[bytes, float]]) -> None:
+        self.records = records
+        super().__init__(address, 0.0)
+
+    @staticmethod
+    def encode(name: str) -> bytes:
+        return b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+
+    def answer(self, query: bytes) -> tuple[float, bytes]:
+        labels, end = [], 12
+        while query[end]:
+            labels.append(query[end + 1 : end + 1 + query[end]].decode().lower())
+            end += 1 + query[end]
+        qtype = struct.unpack("!H", query[end + 1 : end + 3])[0]
+        name = ".".join(labels)
+        found = self.records.get((name, qtype))
+        if found is None:
+            known = any(n == name for n, _ in self.records)
+            reply = self.nxdomain(query)
+            return 0.0, reply if not known else reply[:3] + bytes([reply[3] & 0xF0]) + reply[4:]  # NODATA: RCODE 0
+        rdata, delay = found
+        qid, flags = struct.unpack("!HH", query[:4])
+        head = struct.pack("!HHHHHH", qid, 0x8000 | (flags & 0x7900) | 0x0080, 1, 1, 0, 0)
+        rr = struct.pack("!HHHIH", 0xC00C, qtype, 1, 60, len(rdata)) + rdata  # the name: a pointer to the question's
+        return delay, head + query[12 : end + 5] + rr
+
+
+def _ptr(address: str) -> str:
+    return ".".join(reversed(address.split("."))) + ".in-addr.arpa"
 
 
 def _rx_queue(port: int) -> int:
@@ -205,5 +246,70 @@ def test_tcp_clients_over_the_name_queue_are_refused_and_waiting_ones_go_at_sigt
     finally:
         for c in clients:
             c.close()
+        p.close()
+        echo.close()
+
+
+LATE = 2.5  # the PTR answer's delay: past --name-timeout 1, within resolv.conf's timeout 4
+
+
+@pytest.fixture
+def evil_zone() -> Iterator[ZoneDNS]:
+    """The attacker's reverse zone answers 127.0.0.5 and 127.0.0.8 late, 127.0.0.6 at once;
+    its forward names answer at once; 127.0.0.7 has no PTR record (NXDOMAIN, at once)."""
+    ptr, a = 12, 1
+    records: dict[tuple[str, int], tuple[bytes, float]] = {}
+    for host, name, delay in (("127.0.0.5", "attacker.evil.com", LATE), ("127.0.0.6", "mallory.evil.com", 0.0),
+                              ("127.0.0.8", "trusted.evil.com", LATE)):
+        records[(_ptr(host), ptr)] = (ZoneDNS.encode(name), delay)
+        records[(name, a)] = (socket.inet_aton(host), 0.0)
+    d = ZoneDNS(f"127.53.{os.getpid() % 250}.2", records)
+    yield d
+    d.close()
+
+
+def _served(port: int, src: str) -> bool:
+    try:
+        with connect(port, src, timeout=10) as c:
+            return roundtrip(c, b"hi") == b"hi"
+    except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError):
+        return False
+
+
+def test_a_late_reverse_lookup_does_not_turn_off_a_deny_by_name(tmp_path: Path, evil_zone: ZoneDNS) -> None:
+    """libwrap waits for the resolver, gets attacker.evil.com and denies; the proxy, which
+    stops waiting at --name-timeout, must not let the client in as nameless."""
+    echo = EchoServer()
+    pol = tmp_path / "p.conf"
+    pol.write_text(f"""
+        service sshd tcp/22 {{
+            listen tcp://127.0.0.1:0
+            forward tcp://127.0.0.1:{echo.port}
+            allow 127.0.0.8
+            deny host .evil.com
+            default allow
+        }}
+        """)
+    prefix = _resolver_namespace(tmp_path, evil_zone, "127.0.0.1 localhost\n")
+    p = ProxyProc([str(pol), "--name-timeout", "1"], tmp_path / "proxy.log", prefix=prefix)
+    try:
+        port = int(p.ready()[0].rsplit(":", 1)[1])
+        assert not _served(port, "127.0.0.5")  # PTR past the timeout: refused, fail closed
+        late = p.wait_record(decision="deny", rule="limit")
+        assert late["peer"].startswith("127.0.0.5:") and "did not finish in time" in late["reason"]
+        assert not _served(port, "127.0.0.6")  # PTR in time: refused by the rule
+        assert p.wait_record(decision="deny", rule=f"{pol}:6")["peer"].startswith("mallory.evil.com[127.0.0.6:")
+        assert _served(port, "127.0.0.7")  # no PTR at all: unknown, which the policy allows
+        assert _served(port, "127.0.0.8")  # late too, but allowed whatever its name
+        wait_for(lambda: len(p.find(event="decision", decision="allow")) == 2)  # (the log is written in batches)
+        allowed = [r["peer"].rsplit(":", 1)[0] for r in p.find(event="decision", decision="allow")]
+        assert allowed == ["127.0.0.7", "127.0.0.8"]
+        # `sockgate check` gives up at --timeout too: it says so and does not grant
+        check = subprocess.run([*prefix, sys.executable, "-m", "sockgate", "check", str(pol), "--service", "sshd",
+                                "--client", "127.0.0.5", "--timeout", "1"], capture_output=True, text=True, timeout=60,
+                               env={**os.environ, "PYTHONPATH": SRC})
+        assert check.returncode == 1, check.stderr
+        assert "access:   denied" in check.stdout and "timed out" in check.stdout
+    finally:
         p.close()
         echo.close()

@@ -4,8 +4,10 @@ Every client is validated (and resolved) before anything is printed, so a bad cl
 exit 2 with its message on stderr and nothing on stdout. Each ``--client`` is decided on
 its own: an address as given (plus its verified host name when the service has name rules,
 unless ``--no-resolve``), a host name once per address it resolves to, as tcpdmatch does.
-Options of the matched hosts_access rule are listed and never executed. Exit 0 when every
-client is allowed, 1 when any is denied. docs/check.md documents the output.
+Options of the matched hosts_access rule are listed and never executed. A reverse lookup that
+``--timeout`` cut short is not "no name" (libwrap would have waited for it): such a client is
+granted only where every name would be, else denied with the timeout as the reason. Exit 0
+when every client is allowed, 1 when any is denied. docs/check.md documents the output.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from sockgate.decide import Decision, Peer, decide_service
 from sockgate.errors import UsageError
 from sockgate.policy.ir import AnyOf, Except, HostClass, HostPattern, IPAddress, Match, Option, Policy, Service, UserAt
 from sockgate.policy.source import printable
-from sockgate.resolve import DEFAULT_TIMEOUT, SystemResolver, peers_for_client, unix_peer
+from sockgate.proxy.kernelrules import decide_unnamed, surely_allowed_service
+from sockgate.resolve import DEFAULT_TIMEOUT, Looked, SystemResolver, peers_for_client, unix_peer
 
 MAX_ID = 0xFFFFFFFE
 _SIDE_EFFECTS = {
@@ -63,6 +66,7 @@ class Verdict:
     client: str
     peers: tuple[Peer, ...]
     decisions: tuple[Decision, ...]
+    cut_short: tuple[str | None, ...]  # per peer: why its name lookup was cut short, or None
 
     @property
     def allowed(self) -> bool:
@@ -79,11 +83,7 @@ def run(args: argparse.Namespace) -> int:
     name, server = _service_and_server(args)
     policy = load_from_args(args)
     service = policy.require_service(name)
-    peer_sets = [(text, peers) for text, peers in _peers(args, clients, service, server)]
-    verdicts = [
-        Verdict(text, peers, tuple(_explained(policy, service, decide_service(service, p)) for p in peers))
-        for text, peers in peer_sets
-    ]
+    verdicts = [_verdict(policy, service, text, looked) for text, looked in _peers(args, clients, service, server)]
     out = [_json(v, service) for v in verdicts] if args.json else None
     if out is not None:
         for obj in out:
@@ -91,6 +91,18 @@ def run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(printable("\n".join(_text(v, policy) for v in verdicts)))
     return 0 if all(v.allowed for v in verdicts) else 1
+
+
+def _verdict(policy: Policy, service: Service, text: str, looked: tuple[Looked, ...]) -> Verdict:
+    decisions = []
+    for peer, why in looked:
+        if why is None:
+            d = decide_service(service, peer)
+        else:
+            d = decide_unnamed(service, surely_allowed_service(service), peer,
+                               f"host-name lookup timed out ({why}); libwrap would wait for the name, and some name is denied")
+        decisions.append(_explained(policy, service, d))
+    return Verdict(text, tuple(p for p, _ in looked), tuple(decisions), tuple(w for _, w in looked))
 
 
 def _client_specs(args: argparse.Namespace) -> list[str]:
@@ -151,10 +163,10 @@ def _explained(policy: Policy, service: Service, d: Decision) -> Decision:
 
 def _peers(
     args: argparse.Namespace, clients: list[str], service: Service, server: IPAddress | None
-) -> list[tuple[str, tuple[Peer, ...]]]:
+) -> list[tuple[str, tuple[Looked, ...]]]:
     if args.uid is not None:
         p = unix_peer(args.uid, args.gid, args.exe, args.pid)
-        return [(p.describe(), (p,))]
+        return [(p.describe(), ((p, None),))]
     resolver = None if args.no_resolve else SystemResolver(args.timeout)
     names = _service_needs_names(service)
     return [
@@ -184,17 +196,21 @@ def _needs_names(m: Match) -> bool:
 
 def _text(v: Verdict, policy: Policy) -> str:
     lines = []
-    for peer, d in zip(v.peers, v.decisions):
+    for peer, d, why in zip(v.peers, v.decisions, v.cut_short):
         lines.append(f"client:   {v.client}")
         if peer.address is not None:
             lines.append(f"client:   address  {peer.address}")
-        if peer.name is not None or not peer.name_verified:
+        if why is not None:
+            lines.append(f"client:   hostname not known: the lookup timed out ({why})")
+        elif peer.name is not None or not peer.name_verified:
             lines.append(f"client:   hostname {_name(peer)}")
         if peer.user:
             lines.append(f"client:   username {peer.user}")
         lines.append(f"server:   service  {d.service}")
         if d.rule is not None:
             lines.append(f"matched:  {d.rule.span.file}:{d.rule.span.line}: {d.rule.text}")
+        elif why is not None and not d.allowed:
+            lines.append("matched:  none (the host name is needed and its lookup timed out)")
         else:
             lines.append(f"matched:  default ({d.action})")
         for o in d.rule.options if d.rule is not None else ():
@@ -222,7 +238,8 @@ def _name(peer: Peer) -> str:
 
 
 def _json(v: Verdict, service: Service) -> dict[str, Any]:
-    per = [_decision_json(p, d) for p, d in zip(v.peers, v.decisions)]
+    per = [{**_decision_json(p, d), "name_lookup": "timed out" if why else "done"}
+           for p, d, why in zip(v.peers, v.decisions, v.cut_short)]
     top = dict(per[v.deciding])
     top = {"service": service.name, "client": v.client, **top}
     top["decision"] = "allow" if v.allowed else "deny"

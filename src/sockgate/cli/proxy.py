@@ -42,7 +42,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-connections-per-source", type=int, default=1024, metavar="N",
                    help="connections at once from one address (an IPv6 /64), per service (1024)")
     p.add_argument("--max-udp-flows", type=int, default=4096, metavar="N", help="UDP flows at once, per listener (4096)")
-    p.add_argument("--max-udp-flows-per-source", type=int, default=256, metavar="N", help="UDP flows at once from one address, per listener (256)")
+    p.add_argument("--max-udp-flows-per-source", type=int, default=256, metavar="N", help="UDP flows at once from one source (an IPv4 address, an IPv6 /64), per listener (256)")
 
 
 def _has_policy(args: argparse.Namespace) -> bool:

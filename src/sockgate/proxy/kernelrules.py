@@ -21,12 +21,23 @@ kernel allow did — the kernel passes. If the kernel reaches a ``deny`` for ``a
 surely holds, and every earlier real rule that could have matched ``a`` was a deny (allows
 were over-approximated) — so the engine denies ``a`` too. Hence kernel-deny ⇒ engine-deny for
 all facts, and address-only rules are kept unchanged, so a policy without user-space rules
-is enforced in the kernel in full. Pure: no I/O.
+is enforced in the kernel in full.
+
+The dual, ``surely_allowed_service(service)``, decides a peer whose host-name lookup sockgate
+cut short (its own timeout, a bound of the name layer, an error): libwrap would have waited
+for the resolver and decided with whatever name came back, so such a peer may be let in only
+where *every* name would let it in. Allow rules keep ``under`` their match (only what surely
+holds), deny rules deny ``over`` theirs (wherever they might hold); by the walk above with the
+roles swapped, surely-allowed ⇒ engine-allowed under every name (``decide_unnamed``). A lookup
+that finished without a name (no PTR, NXDOMAIN, a forward mismatch) is not cut short: that is
+libwrap's unknown or paranoid, decided normally. Pure: no I/O.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+
+from typing import TYPE_CHECKING
 
 from sockgate.policy.daemons import daemon_matches, may_select
 from sockgate.policy.ir import (
@@ -45,6 +56,9 @@ from sockgate.policy.ir import (
     UserAt,
     userspace_reason,
 )
+
+if TYPE_CHECKING:
+    from sockgate.decide import Decision, Peer
 
 
 def over(m: Match) -> Match:
@@ -132,6 +146,24 @@ def kernel_service(service: Service) -> Service:
         if k.action is Action.ALLOW and isinstance(k.match, MatchAll):
             break  # nothing after an allow-all can be denied in the kernel
     return replace(service, rules=tuple(rules), limits=None, listen=(), forward=None)
+
+
+def surely_allowed_service(service: Service) -> Service:
+    """The service that allows only where ``service`` allows whatever user space would learn
+    (a host name above all); see the module docstring."""
+    rules = tuple(replace(r, match=under(r.match) if r.action is Action.ALLOW else over(r.match)) for r in service.rules)
+    return replace(service, rules=rules)
+
+
+def decide_unnamed(service: Service, surely: Service, peer: "Peer", why: str) -> "Decision":
+    """The decision for ``peer`` (no name) whose host-name lookup was cut short: the engine's
+    when ``surely`` (``surely_allowed_service(service)``) allows it, else a denial saying
+    ``why`` — never an allow that some name could have turned into a deny."""
+    from sockgate.decide import Decision, decide_service
+
+    if decide_service(surely, peer).allowed:
+        return decide_service(service, peer)
+    return Decision(Action.DENY, service.name, None, why)
 
 
 def needs_userspace(service: Service) -> bool:

@@ -11,11 +11,14 @@ interrupted: a lookup holds its thread until libc gives up (resolv.conf ``timeou
 * **per source, one lookup.** A source (``limits.source_of``: an IPv4 address, an IPv6 /64,
   one host's worth of addresses) has at most one lookup pending in a lane; connections from
   the same address share it (at most ``waiters`` of them).
-* **per lookup, a deadline.** A caller waits ``timeout`` seconds at most and then has no name
-  (what libwrap sees when its resolver gives up); a queued lookup nobody waits for any more
-  leaves the queue; a running one still fills the cache.
-* **over a bound, fail closed.** ``LookupRefused`` says which bound; the caller refuses the
-  client and logs why.
+* **per lookup, a deadline.** A caller waits ``timeout`` seconds at most; a queued lookup
+  nobody waits for any more leaves the queue; a running one still fills the cache.
+* **cut short, fail closed.** A lookup sockgate did not let finish — over a bound, past the
+  deadline, or failed in sockgate itself — raises ``LookupRefused`` saying why. That is *not*
+  "no name": libwrap waits for its resolver and decides with the name that comes back, which
+  a ``deny`` by name may match. So the caller lets the client in only where every name would
+  (``kernelrules.surely_allowed_service``) and refuses it otherwise. A lookup that finished
+  without a name (no PTR record, NXDOMAIN, the resolver's own give-up) is libwrap's unknown.
 
 Answers are cached per lane — names for ``ttl`` seconds, failures for ``negative_ttl`` (nscd's
 defaults are 3600 s and 20 s) — least recently used dropped first past ``max_entries``: a
@@ -40,13 +43,14 @@ from sockgate.proxy.limits import source_of
 from sockgate.resolve import Resolver
 
 Answer = tuple[str | None, bool]
-_UNKNOWN: Answer = (None, True)  # no name: the lookup failed or took too long
+LATE = "host-name lookup did not finish in time"
 POSITIVE_TTL = 60.0
 NEGATIVE_TTL = 20.0
 
 
 class LookupRefused(Exception):
-    """A lookup over one of the name layer's bounds; the message says which."""
+    """A lookup cut short: over one of the name layer's bounds, late, or failed; the message
+    says which."""
 
 
 
@@ -54,7 +58,7 @@ class LookupRefused(Exception):
 class _Pending:
     address: IPAddress
     source: Hashable
-    future: "asyncio.Future[Answer | None]"
+    future: "asyncio.Future[Answer | str]"  # the answer, or why the lookup was cut short
     waiters: int = 0
     running: bool = False
 
@@ -111,14 +115,14 @@ class NameLookup:
         try:
             answer = await asyncio.wait_for(asyncio.shield(p.future), self.timeout)
         except asyncio.TimeoutError:
-            return _UNKNOWN
+            raise LookupRefused(f"{LATE} ({self.timeout:g}s)") from None
         finally:
             p.waiters -= 1
             if p.waiters == 0 and not p.running and not p.future.done():
                 self._forget(lane, p)  # nobody waits for it: it leaves the queue
                 lane.queue.remove(p)
-        if answer is None:
-            raise LookupRefused("host-name lookup could not be started")
+        if isinstance(answer, str):
+            raise LookupRefused(answer)
         return answer
 
     # -- the lane ---------------------------------------------------------------------------
@@ -145,24 +149,24 @@ class NameLookup:
             try:
                 t.start()
             except RuntimeError:  # no thread to be had: fail this one, closed
-                self._done(lane, p, None)
+                self._done(lane, p, "host-name lookup could not be started")
 
     def _work(self, loop: asyncio.AbstractEventLoop, lane: _Lane, p: _Pending) -> None:
         """In the lookup's thread: the blocking call, then the answer back to the loop."""
         try:
             hn = self.resolver.host_name(p.address)
-            answer: Answer = (hn.name, hn.verified)
-        except Exception:  # a resolver that fails has not named the client
-            answer = _UNKNOWN
+            answer: Answer | str = (hn.name, hn.verified)
+        except Exception as e:  # a failure of ours, not the resolver's answer: cut short
+            answer = f"host-name lookup failed: {e}"
         try:
             loop.call_soon_threadsafe(self._done, lane, p, answer)
         except RuntimeError:
             pass  # the loop is closed: the proxy is exiting, nobody waits
 
-    def _done(self, lane: _Lane, p: _Pending, answer: Answer | None) -> None:
+    def _done(self, lane: _Lane, p: _Pending, answer: Answer | str) -> None:
         lane.running -= 1
         self._forget(lane, p)
-        if answer is not None:
+        if not isinstance(answer, str):  # a lookup cut short is not an answer to cache
             self._store(lane, p.address, answer)
         if not p.future.done():
             p.future.set_result(answer)

@@ -6,8 +6,9 @@ forwards to). Per accepted connection it:
 1. learns the peer — the address for IP, the kernel's credentials for Unix
    (``sockgate.linux.peercred``: SO_PEERCRED, SO_PEERGROUPS, SO_PEERPIDFD);
 2. when a rule needs it, looks the host name up (forward-confirmed, with a timeout and a cache,
-   in this service's own bounded lane: ``names``) on a slow path — a lookup over its bounds
-   refuses the client; every other connection is decided synchronously in the accept callback;
+   in this service's own bounded lane: ``names``) on a slow path — a lookup cut short (late,
+   over its bounds) refuses the client unless every name would let it in; every other
+   connection is decided synchronously in the accept callback;
 3. asks the engine (``decide_service``) and then the limiters (``limits.Limiter``);
 4. logs the decision; a denied client is reset, an allowed one is connected to the backend
    (non-blocking connect with a deadline) and handed to a ``relay.Relay``;
@@ -50,10 +51,10 @@ from sockgate.policy.ir import (
     UserAt,
     rule_userspace_reason,
 )
-from sockgate.proxy.kernelrules import kernel_service
+from sockgate.proxy.kernelrules import decide_unnamed, kernel_service, surely_allowed_service
 from sockgate.proxy.limits import Limiter, Verdict, as_network, source_of
 from sockgate.log import Log
-from sockgate.proxy.names import LookupRefused
+from sockgate.proxy.names import LATE, LookupRefused
 from sockgate.proxy.relay import PipePool, Relay, reset_close
 from sockgate.urls import SocketURL
 
@@ -240,6 +241,7 @@ class Runner:
         """Use ``service`` for new connections (limiter state is kept where limits are equal)."""
         self.service = service
         self.kservice = kernel_service(service)
+        self.surely = surely_allowed_service(service)  # for a peer whose name lookup was cut short
         self.needs_name = any(_needs_name(r.match) for r in service.rules)
         self.needs_server = any(rule_userspace_reason(r) == "needs the server address (daemon@host)" for r in service.rules)
         prev: dict[Rule | None, Limiter[Hashable]] = getattr(self, "limiters", {})
@@ -451,17 +453,23 @@ class Runner:
         return Peer.of_ip(_address(addr[0]), addr[1], server)
 
     async def named(self, peer: Peer) -> Peer | str:
-        """``peer`` with its host name (none when the lookup failed or ran late, as libwrap
-        has none when its resolver gives up), or why the lookup was refused: over a bound
-        of the name layer, which refuses the client (fail closed)."""
+        """``peer`` with the host name its lookup found (None: it has none), or why it is
+        refused. A lookup cut short (late, over a bound of the name layer, failed) is not "no
+        name": libwrap would have waited and matched the name, so the client passes only if
+        every name would let it in (``kernelrules.decide_unnamed``; fail closed)."""
         assert self.resolver is not None
         try:
             name, verified = await asyncio.wait_for(self.resolver(self.name, peer.address), self.options.name_timeout)
         except LookupRefused as e:
-            return str(e)
-        except (asyncio.TimeoutError, OSError, SockgateError):
-            name, verified = None, True
-        return replace(peer, name=name, name_verified=verified)
+            why = str(e)
+        except asyncio.TimeoutError:
+            why = f"{LATE} ({self.options.name_timeout:g}s)"
+        except (OSError, SockgateError) as e:
+            why = f"host-name lookup failed: {e}"
+        else:
+            return replace(peer, name=name, name_verified=verified)
+        d = decide_unnamed(self.service, self.surely, peer, why)
+        return peer if d.allowed else f"{why}, and some host name would be denied"
 
     async def _slow(self, conn: _socket.socket, peer: Peer) -> None:
         try:

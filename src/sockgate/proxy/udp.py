@@ -171,7 +171,7 @@ class UdpListener:
         finally:
             self.pending.discard(fkey)
         now = time.monotonic()
-        if isinstance(named, str):  # over the name layer's bounds: dropped, and remembered
+        if isinstance(named, str):  # a lookup cut short that some name would deny: dropped, remembered
             self._deny(fkey, peer, "limit", named, now)
             return
         flow = self._open(fkey, addr, named, now)
