@@ -21,9 +21,9 @@ from typing import Any
 from sockgate.cli.common import add_policy_args, load_from_args, print_json
 from sockgate.decide import Decision, Peer, decide_service
 from sockgate.errors import UsageError
-from sockgate.policy.ir import AnyOf, Except, HostClass, HostPattern, IPAddress, Match, Option, Policy, Service, UserAt
+from sockgate.policy.ir import IPAddress, Option, Policy, Service
 from sockgate.policy.source import printable
-from sockgate.proxy.kernelrules import decide_unnamed, surely_allowed_service
+from sockgate.proxy.kernelrules import decide_unnamed, needs_name, surely_allowed_service
 from sockgate.resolve import DEFAULT_TIMEOUT, Looked, SystemResolver, peers_for_client, unix_peer
 
 MAX_ID = 0xFFFFFFFE
@@ -175,19 +175,7 @@ def _peers(
 
 
 def _service_needs_names(service: Service) -> bool:
-    return any(_needs_names(r.match) for r in service.rules)
-
-
-def _needs_names(m: Match) -> bool:
-    if isinstance(m, (HostPattern, HostClass)):
-        return True
-    if isinstance(m, AnyOf):
-        return any(_needs_names(i) for i in m.items)
-    if isinstance(m, Except):
-        return _needs_names(m.include) or _needs_names(m.exclude)
-    if isinstance(m, UserAt):
-        return _needs_names(m.host)
-    return False
+    return any(needs_name(r.match) for r in service.rules)
 
 
 # ---------------------------------------------------------------------------------------------

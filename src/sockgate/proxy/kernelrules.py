@@ -148,6 +148,19 @@ def kernel_service(service: Service) -> Service:
     return replace(service, rules=tuple(rules), limits=None, listen=(), forward=None)
 
 
+def needs_name(m: Match) -> bool:
+    """Whether ``m`` may depend on the peer's host name (and so on a lookup)."""
+    if isinstance(m, (HostPattern, HostClass)):
+        return True
+    if isinstance(m, UserAt):
+        return needs_name(m.host)
+    if isinstance(m, AnyOf):
+        return any(needs_name(i) for i in m.items)
+    if isinstance(m, Except):
+        return needs_name(m.include) or needs_name(m.exclude)
+    return False
+
+
 def surely_allowed_service(service: Service) -> Service:
     """The service that allows only where ``service`` allows whatever user space would learn
     (a host name above all); see the module docstring."""

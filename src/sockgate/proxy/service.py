@@ -38,20 +38,8 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Hashable, Optional
 
 from sockgate.decide import Decision, Peer, decide_service
 from sockgate.errors import CompileError, SockgateError, UsageError
-from sockgate.policy.ir import (
-    Action,
-    AnyOf,
-    Except,
-    HostClass,
-    HostPattern,
-    Limits,
-    Match,
-    Rule,
-    Service,
-    UserAt,
-    rule_userspace_reason,
-)
-from sockgate.proxy.kernelrules import decide_unnamed, kernel_service, surely_allowed_service
+from sockgate.policy.ir import Action, Limits, Rule, Service, rule_userspace_reason
+from sockgate.proxy.kernelrules import decide_unnamed, kernel_service, needs_name, surely_allowed_service
 from sockgate.proxy.limits import Limiter, Verdict, as_network, source_of
 from sockgate.log import Log
 from sockgate.proxy.names import LATE, LookupRefused
@@ -132,18 +120,6 @@ class Conn:
     relay: Relay | None = None
     started: float = field(default_factory=time.monotonic)
     label: str = ""  # peer_label(peer), rendered once for both records
-
-
-def _needs_name(m: Match) -> bool:
-    if isinstance(m, (HostPattern, HostClass)):
-        return True
-    if isinstance(m, UserAt):
-        return _needs_name(m.host)
-    if isinstance(m, AnyOf):
-        return any(_needs_name(i) for i in m.items)
-    if isinstance(m, Except):
-        return _needs_name(m.include) or _needs_name(m.exclude)
-    return False
 
 
 _ADDRESSES: dict[str, Any] = {}
@@ -242,7 +218,7 @@ class Runner:
         self.service = service
         self.kservice = kernel_service(service)
         self.surely = surely_allowed_service(service)  # for a peer whose name lookup was cut short
-        self.needs_name = any(_needs_name(r.match) for r in service.rules)
+        self.needs_name = any(needs_name(r.match) for r in service.rules)
         self.needs_server = any(rule_userspace_reason(r) == "needs the server address (daemon@host)" for r in service.rules)
         prev: dict[Rule | None, Limiter[Hashable]] = getattr(self, "limiters", {})
         kept = {_limiter_key(r, lim.limits): lim for r, lim in prev.items()}
