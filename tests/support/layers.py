@@ -76,7 +76,6 @@ KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset({
         "sockgate.policy.literals", "sockgate.policy.printer",
         "sockgate.kernel", "sockgate.kernel.backend", "sockgate.kernel.cbpf", "sockgate.kernel.transaction",
     }),
-    frozenset({"sockgate.errors", "sockgate.policy.source"}),  # render_diagnostic takes fields
     frozenset({"sockgate.inetd", "sockgate.launcher"}),  # the run dispatch moves to cli/run
     frozenset({"sockgate.proxy.service", "sockgate.proxy.udp"}),  # labels to proxy/admission
 })
