@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sockgate.decide import Decision, Peer, decide
+from sockgate.decide import Decision, decide
 from sockgate.errors import (
     AdapterError,
     CompileError,
@@ -25,6 +25,7 @@ from sockgate.errors import (
     UsageError,
 )
 from sockgate.loading import load, load_policy
+from sockgate.peers import Peer
 from sockgate.policy.ir import Action, Policy
 
 __version__ = "0.1.0"

@@ -32,8 +32,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, TypeVar
 
-from sockgate.decide import Peer
 from sockgate.errors import UsageError
+from sockgate.peers import Peer
 from sockgate.policy.ir import IPAddress
 
 T = TypeVar("T")

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sockgate.decide import Peer, decide_service
+from sockgate.decide import decide_service
+from sockgate.peers import Peer
 from sockgate.policy.ir import (
     Action,
     AddrMatch,

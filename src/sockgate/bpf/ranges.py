@@ -28,6 +28,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Sequence, Union
 
+from sockgate.peers import Peer
 from sockgate.policy.intervals import SPACE, Ranges, match_ranges, net_range, union
 from sockgate.policy.ir import Action, AnyOf, Except, IPNetwork, Match, MatchAll, MatchNone, Service
 
@@ -73,7 +74,6 @@ class Tables:
 
 def build(service: Service, banned: Sequence[Banned] = ()) -> Tables:
     """The interval tables for ``service`` (rules needing user space must be refused before)."""
-    from sockgate.decide import Peer
     from sockgate.policy.daemons import daemon_matches
 
     nobody = Peer()

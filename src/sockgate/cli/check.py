@@ -17,8 +17,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from sockgate.cli.common import add_policy_args, load_from_args, print_json
-from sockgate.decide import Decision, Peer, decide_service
+from sockgate.decide import Decision, decide_service
 from sockgate.errors import UsageError
+from sockgate.peers import Peer
 from sockgate.policy.ir import AnyOf, Except, HostClass, HostPattern, IPAddress, Match, Option, Policy, Service, UserAt
 from sockgate.policy.source import printable
 from sockgate.resolve import DEFAULT_TIMEOUT, SystemResolver, peers_for_client, unix_peer

@@ -29,10 +29,10 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Generic, Hashable, Literal, Mapping, TypeVar, Union
 
-from sockgate.decide import Peer
 from sockgate.errors import Diagnostic, PolicyError, UsageError
 from sockgate.export.addrs import MAPPED_V6, AddrSpace, flatten
 from sockgate.export.ports import PortRange, Proto, lookup, port_table
+from sockgate.peers import Peer
 from sockgate.policy.daemons import daemon_matches
 from sockgate.policy.ir import (
     Action,

@@ -13,13 +13,9 @@ one connection, given the peer's server address.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from sockgate.peers import Peer
 from sockgate.policy import hostmatch
 from sockgate.policy.ir import AnyOf, DaemonMatch, DaemonPattern, Except, MatchAll
-
-if TYPE_CHECKING:
-    from sockgate.decide import Peer
 
 
 def may_select(d: DaemonMatch, service: str) -> bool:
@@ -50,8 +46,8 @@ def _surely_selects(d: DaemonMatch, service: str) -> bool:
     return False
 
 
-def daemon_matches(d: DaemonMatch, service: str, peer: "Peer") -> bool:
-    from sockgate.decide import Peer, matches
+def daemon_matches(d: DaemonMatch, service: str, peer: Peer) -> bool:
+    from sockgate.decide import matches
 
     if isinstance(d, MatchAll):
         return True

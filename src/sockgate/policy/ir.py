@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Literal, Union
 
+from sockgate.errors import UsageError
 from sockgate.policy.source import Span
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -296,8 +297,6 @@ class Policy:
         try:
             return self.service(name)
         except KeyError:
-            from sockgate.errors import UsageError
-
             known = ", ".join(self.service_names()) or "none"
             raise UsageError(f"the policy has no service {name!r} (services: {known})") from None
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from sockgate.peers import Peer
 from sockgate.policy.daemons import daemon_matches, may_select
 from sockgate.policy.ir import (
     Action,
@@ -101,8 +102,6 @@ def _daemons_apply(rule: Rule, service: str) -> bool | None:
     if not may_select(d, service):
         return False
     if userspace_reason(d) is None:
-        from sockgate.decide import Peer
-
         return daemon_matches(d, service, Peer())
     return None
 

@@ -35,20 +35,11 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Hashable, Optional
 
-from sockgate.decide import Decision, Peer, decide_service
+from sockgate.decide import Decision, decide_service
 from sockgate.errors import CompileError, SockgateError, UsageError
+from sockgate.peers import Peer
 from sockgate.policy.ir import (
-    Action,
-    AnyOf,
-    Except,
-    HostClass,
-    HostPattern,
-    Limits,
-    Match,
-    Rule,
-    Service,
-    UserAt,
-    rule_userspace_reason,
+    Action, AnyOf, Except, HostClass, HostPattern, Limits, Match, Rule, Service, UserAt, rule_userspace_reason,
 )
 from sockgate.proxy.kernelrules import kernel_service
 from sockgate.proxy.limits import Limiter, Verdict

@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Hashable
 
-from sockgate.decide import Peer
+from sockgate.peers import Peer
 from sockgate.policy.ir import IPAddress
 from sockgate.errors import SockgateError
 from sockgate.proxy.limits import FlowTable, Limiter
