@@ -66,21 +66,12 @@ SEAM_ONLY = {"sockgate.linux.filter": "sockgate.kernel"}
 
 # The migration ratchet (issue: one resolved policy, one kernel seam). Only shrinks.
 KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset({
-    # Policy.guard in ir, daemons <-> decide: cut by the guard port and static daemon selection.
-    # The kernel seam is in it only through ir -> guard -> kernel (guard reaches the compiler
-    # through the seam now, no longer through sockgate.bpf).
-    frozenset({
-        "sockgate.bpf.codegen", "sockgate.bpf.program", "sockgate.bpf.ranges",
-        "sockgate.decide", "sockgate.guard", "sockgate.policy.daemons",
-        "sockgate.policy.hostmatch", "sockgate.policy.intervals", "sockgate.policy.ir",
-        "sockgate.policy.literals", "sockgate.policy.printer",
-        "sockgate.kernel", "sockgate.kernel.backend", "sockgate.kernel.cbpf", "sockgate.kernel.transaction",
-    }),
+    # daemons <-> decide, ir <-> daemons: cut by static daemon selection
+    frozenset({"sockgate.decide", "sockgate.policy.daemons", "sockgate.policy.hostmatch", "sockgate.policy.ir"}),
     frozenset({"sockgate.inetd", "sockgate.launcher"}),  # the run dispatch moves to cli/run
     frozenset({"sockgate.proxy.service", "sockgate.proxy.udp"}),  # labels to proxy/admission
 })
 KNOWN_UPWARD: frozenset[tuple[str, str]] = frozenset({
-    ("sockgate.policy.ir", "sockgate.guard"),  # Policy.guard: a port bound by sockgate/__init__
     ("sockgate.policy.daemons", "sockgate.decide"),  # matches -> static selection
 })
 KNOWN_THIN_BREACHES: frozenset[tuple[str, str]] = frozenset()

@@ -28,7 +28,7 @@ import hashlib
 import ipaddress
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Literal, Union
+from typing import Any, Literal, Protocol, Union
 
 from sockgate.errors import UsageError
 from sockgate.policy.source import Span
@@ -312,13 +312,26 @@ class Policy:
     def text_of(self, file: str) -> str | None:
         return dict(self.texts).get(file)
 
-    # Edge conveniences: implemented in sockgate.guard so this module stays pure.
     def guard(self, sock: Any, service: str) -> Any:
         """Compile ``service`` and attach it to ``sock`` (a socket object or fd); Linux only.
-        Returns ``sockgate.guard.Guarded``."""
-        from sockgate.guard import guard
+        Returns ``sockgate.guard.Guarded``. Delegates to the bound ``GuardPort``."""
+        return _guard_port[0](self, sock, service)
 
-        return guard(self, sock, service)
+
+class GuardPort(Protocol):
+    """What ``Policy.guard`` delegates to: ``sockgate.guard.guard``. The policy is pure and
+    imports no enforcement point; the package (``sockgate/__init__.py``) binds the port, and it
+    runs before any submodule, so a ``Policy`` can always ``.guard``."""
+
+    def __call__(self, policy: Policy, sock: Any, service: str) -> Any: ...
+
+
+_guard_port: list[GuardPort] = []  # one entry once the package is imported
+
+
+def bind_guard(port: GuardPort) -> None:
+    """Make ``Policy.guard`` call ``port`` (the last one bound wins)."""
+    _guard_port[:] = [port]
 
 
 # ---------------------------------------------------------------------------------------------
