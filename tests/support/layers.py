@@ -68,7 +68,6 @@ SEAM_ONLY = {"sockgate.linux.filter": "sockgate.kernel"}
 KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset({
     # daemons <-> decide, ir <-> daemons: cut by static daemon selection
     frozenset({"sockgate.decide", "sockgate.policy.daemons", "sockgate.policy.hostmatch", "sockgate.policy.ir"}),
-    frozenset({"sockgate.proxy.service", "sockgate.proxy.udp"}),  # labels to proxy/admission
 })
 KNOWN_UPWARD: frozenset[tuple[str, str]] = frozenset({
     ("sockgate.policy.daemons", "sockgate.decide"),  # matches -> static selection

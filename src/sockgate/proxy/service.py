@@ -41,11 +41,13 @@ from sockgate.peers import Peer
 from sockgate.policy.ir import (
     Action, AnyOf, Except, HostClass, HostPattern, Limits, Match, Rule, Service, UserAt, rule_userspace_reason,
 )
+from sockgate.proxy.admission import peer_label, rule_label
 from sockgate.proxy.kernelrules import kernel_service
 from sockgate.proxy.limits import Limiter, Verdict
 from sockgate.log import Log
 from sockgate.proxy.names import LookupRefused, source_of
 from sockgate.proxy.relay import PipePool, Relay, reset_close
+from sockgate.proxy.udp import UdpListener
 from sockgate.urls import SocketURL
 
 if TYPE_CHECKING:
@@ -181,24 +183,6 @@ def _family(s: _socket.socket) -> int:
     return int(_socket.socket.family.__get__(s))
 
 
-def rule_label(rule: Rule | str | None) -> str:
-    """Where a decision came from: a rule's place, ``default``, or a label already (``limit``)."""
-    if isinstance(rule, str):
-        return rule
-    return "default" if rule is None else f"{rule.span.file}:{rule.span.line}"
-
-
-def peer_label(peer: Peer) -> str:
-    if peer.address is not None:
-        a = peer.address_text()  # a forged ::ffff:a.b.c.d is never shown as a.b.c.d
-        a = f"[{a}]" if ":" in a else a
-        a = f"{a}:{peer.port}" if peer.port is not None else a
-        if peer.name:  # as libwrap prints it: name[address]; a name that did not verify is marked
-            return f"{peer.name}{'' if peer.name_verified else '(unverified)'}[{a}]"
-        return a
-    return peer.describe()
-
-
 class Runner:
     """Serves one ``Plan`` on an event loop."""
 
@@ -216,7 +200,7 @@ class Runner:
         self.tasks: set[asyncio.Task[None]] = set()
         self.accepting = False
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.udp: list[Any] = []
+        self.udp: list[UdpListener] = []
         self._ban_timer: asyncio.TimerHandle | None = None
         self.opened_by_reload = False  # its listeners were opened by a reload (see Proxy._owns_files)
         self.install(plan.service)
@@ -306,8 +290,6 @@ class Runner:
     def start(self, loop: asyncio.AbstractEventLoop, listeners: list["Listener"]) -> None:
         self.loop = loop
         self.listeners = listeners
-        from sockgate.proxy.udp import UdpListener
-
         for lst in listeners:
             lst.sock.setblocking(False)
             if lst.sock.type == socket.SOCK_DGRAM:
