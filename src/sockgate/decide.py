@@ -26,11 +26,12 @@ from dataclasses import dataclass
 
 from sockgate.peers import Peer
 from sockgate.policy import hostmatch
-from sockgate.policy.daemons import daemon_matches
 from sockgate.policy.ir import (
     Action,
     AddrMatch,
     AnyOf,
+    DaemonMatch,
+    DaemonPattern,
     Except,
     HostClass,
     HostPattern,
@@ -70,7 +71,7 @@ def decide_service(service: Service, peer: Peer) -> Decision:
     if peer.header is not None and peer.forged:  # (header first: one attribute read for most peers)
         return Decision(Action.DENY, service.name, None, FORGED_REASON)
     for rule in service.rules:
-        if rule.daemons is not None and not daemon_matches(rule.daemons, service.name, peer):
+        if rule.daemons is not None and not server_matches(rule.daemons, service.name, peer):
             continue
         if matches(rule.match, peer):
             where = f"{rule.span.file}:{rule.span.line}"
@@ -78,6 +79,28 @@ def decide_service(service: Service, peer: Peer) -> Decision:
     action = service.effective_default
     said = "default" if service.default is not None else "implicit default (no default given)"
     return Decision(action, service.name, None, f"no rule matched; {said} {action._value_}")  # (Enum.__format__ is slow)
+
+
+def server_matches(d: DaemonMatch, service: str, peer: Peer) -> bool:
+    """Does daemon list ``d`` select ``service`` for this connection? A ``daemon@host`` part
+    matches the server side of it (``peer.server_address``/``server_name``), whose unknown
+    address or name is the word ``unknown`` as on the client side (libwrap's ``server_match``).
+    ``policy.ir.applies`` answers the same from the service name alone, where it can."""
+    if isinstance(d, MatchAll):
+        return True
+    if isinstance(d, DaemonPattern):
+        if not hostmatch.daemon_name_matches(d.name, service):
+            return False
+        if d.server is None:
+            return True
+        return matches(d.server, Peer(address=peer.server_address, name=peer.server_name))
+    if isinstance(d, AnyOf):
+        return any(server_matches(i, service, peer) for i in d.items)  # type: ignore[arg-type]
+    if isinstance(d, Except):
+        return server_matches(d.include, service, peer) and not server_matches(  # type: ignore[arg-type]
+            d.exclude, service, peer  # type: ignore[arg-type]
+        )
+    raise TypeError(f"not a daemon match: {d!r}")  # pragma: no cover
 
 
 def matches(m: Match, peer: Peer) -> bool:

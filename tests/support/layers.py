@@ -65,13 +65,8 @@ THIN_MAY_IMPORT = ("sockgate.errors", "sockgate.urls", "sockgate.peers", "sockga
 SEAM_ONLY = {"sockgate.linux.filter": "sockgate.kernel"}
 
 # The migration ratchet (issue: one resolved policy, one kernel seam). Only shrinks.
-KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset({
-    # daemons <-> decide, ir <-> daemons: cut by static daemon selection
-    frozenset({"sockgate.decide", "sockgate.policy.daemons", "sockgate.policy.hostmatch", "sockgate.policy.ir"}),
-})
-KNOWN_UPWARD: frozenset[tuple[str, str]] = frozenset({
-    ("sockgate.policy.daemons", "sockgate.decide"),  # matches -> static selection
-})
+KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset()
+KNOWN_UPWARD: frozenset[tuple[str, str]] = frozenset()
 KNOWN_THIN_BREACHES: frozenset[tuple[str, str]] = frozenset()
 KNOWN_FILTER_USERS: frozenset[tuple[str, str]] = frozenset({
     ("sockgate.proxy.service", "sockgate.linux.filter"),  # proxy on the seam

@@ -28,12 +28,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from sockgate.peers import Peer
-from sockgate.policy.daemons import daemon_matches, may_select
 from sockgate.policy.ir import (
     Action,
     AddrMatch,
     AnyOf,
+    Applies,
     Except,
     HostClass,
     HostPattern,
@@ -44,6 +43,7 @@ from sockgate.policy.ir import (
     Rule,
     Service,
     UserAt,
+    applies,
     userspace_reason,
 )
 
@@ -97,13 +97,11 @@ def _daemons_apply(rule: Rule, service: str) -> bool | None:
     """Does the rule's daemon list select ``service``: True/False, or None when that depends on
     the server address (``daemon@host``)."""
     d = rule.daemons
-    if d is None:
-        return True
-    if not may_select(d, service):
+    if applies(d, service) is Applies.NEVER:
         return False
-    if userspace_reason(d) is None:
-        return daemon_matches(d, service, Peer())
-    return None
+    if d is not None and userspace_reason(d) is not None:
+        return None  # a daemon@host part: decided per connection, even where the name alone would do
+    return True
 
 
 def kernel_rule(rule: Rule, service: str) -> Rule | None:
