@@ -117,7 +117,8 @@ def _libwrap_pattern(cidr: str) -> str:
 def serve(mode: str, spec: dict[str, Any], backlog: int = 4096) -> None:
     import tempfile
 
-    from sockgate.decide import Peer, decide_service
+    from sockgate.decide import decide_service
+    from sockgate.peers import Peer
 
     svc = service_from(spec)
 

@@ -104,7 +104,8 @@ def decision_costs(calls: int = 20_000, repeats: int = 7) -> str:
     import statistics
     import timeit
 
-    from sockgate.decide import Peer, decide_service
+    from sockgate.decide import decide_service
+    from sockgate.peers import Peer
 
     svc = service_from(POLICY)
     with tempfile.TemporaryDirectory(prefix="sockgate-libwrap-") as tmp:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sockgate.decide import Decision, Peer, decide
+from sockgate.decide import Decision, decide
 from sockgate.errors import (
     AdapterError,
     CompileError,
@@ -25,7 +25,8 @@ from sockgate.errors import (
     UsageError,
 )
 from sockgate.loading import load, load_policy
-from sockgate.policy.ir import Action, Policy
+from sockgate.peers import Peer
+from sockgate.policy.ir import Action, Policy, bind_guard
 
 __version__ = "0.1.0"
 
@@ -55,6 +56,17 @@ def check(policy: Policy, service: str, client: str | Peer) -> Decision:
     """Decide one client (an address literal or a Peer) for ``service``; no name lookups."""
     p = client if isinstance(client, Peer) else Peer.parse(client)
     return decide(policy, service, p)
+
+
+def _guard(policy: Policy, sock: Any, service: str) -> Any:
+    """``Policy.guard``: the kernel-facing module is imported when first used, so that
+    ``import sockgate`` stays cheap and works on every platform."""
+    from sockgate.guard import guard
+
+    return guard(policy, sock, service)
+
+
+bind_guard(_guard)
 
 
 def __getattr__(name: str) -> Any:

@@ -21,21 +21,20 @@ delivers such UDP datagrams, and answering one sends the reply as IPv4 to ``a.b.
 
 from __future__ import annotations
 
-import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from sockgate.errors import PeerError
+from sockgate.peers import Peer
 from sockgate.policy import hostmatch
-from sockgate.policy.daemons import daemon_matches
 from sockgate.policy.ir import (
     Action,
     AddrMatch,
     AnyOf,
+    DaemonMatch,
+    DaemonPattern,
     Except,
     HostClass,
     HostPattern,
-    IPAddress,
     Match,
     MatchAll,
     MatchNone,
@@ -45,105 +44,6 @@ from sockgate.policy.ir import (
     Service,
     UserAt,
 )
-
-
-@dataclass(frozen=True)
-class Peer:
-    """What is known about the other end of a connection.
-
-    ``address`` is normalised: an IPv4-mapped IPv6 address (``::ffff:a.b.c.d``) becomes the
-    IPv4 address, as a dual-stack socket reports it. ``name`` is the host name the edge
-    resolved (None: unknown); ``name_verified`` False means the forward lookup of that name did
-    not give back the address (hosts_access PARANOID). ``header`` is the IP version of the
-    packet's header when the edge saw it (None: not known); an address that header cannot
-    carry genuinely (an IPv4-mapped source in an IPv6 header) makes the peer ``forged``."""
-
-    address: IPAddress | None = None
-    port: int | None = None
-    name: str | None = None
-    name_verified: bool = True
-    user: str | None = None  # ident user name
-    uid: int | None = None
-    gid: int | None = None
-    groups: frozenset[int] = field(default_factory=frozenset)  # supplementary groups of uid
-    pid: int | None = None
-    exe: str | None = None
-    server_address: IPAddress | None = None  # the local address (daemon@host)
-    server_name: str | None = None
-    header: int | None = None  # 4 or 6: the IP header the packet arrived with, when known
-
-    def __post_init__(self) -> None:
-        a = self.address
-        if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped is not None:
-            object.__setattr__(self, "address", a.ipv4_mapped)
-        s = self.server_address
-        if isinstance(s, ipaddress.IPv6Address) and s.ipv4_mapped is not None:
-            object.__setattr__(self, "server_address", s.ipv4_mapped)
-
-    @classmethod
-    def of_ip(cls, address: IPAddress, port: int, server_address: IPAddress | None = None) -> "Peer":
-        """``Peer(address=..., port=..., server_address=...)`` at a third of the cost, for a
-        proxy's accept path: the frozen dataclass ``__init__`` sets all twelve fields through
-        ``object.__setattr__``. The addresses are normalised as ``__post_init__`` does."""
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        if isinstance(server_address, ipaddress.IPv6Address) and server_address.ipv4_mapped is not None:
-            server_address = server_address.ipv4_mapped
-        p = object.__new__(cls)
-        d = p.__dict__
-        d.update(_PEER_DEFAULTS)
-        d["address"] = address
-        d["port"] = port
-        d["server_address"] = server_address
-        return p
-
-    @classmethod
-    def parse(cls, text: str, **kw: object) -> "Peer":
-        """A peer from an address literal (``192.0.2.1``, ``2001:db8::1``, ``[2001:db8::1]``).
-        Raises ``PeerError`` when ``text`` is not an address."""
-        t = text.strip()
-        if t.startswith("[") and t.endswith("]"):
-            t = t[1:-1]
-        try:
-            addr = ipaddress.ip_address(t.split("%", 1)[0])
-        except ValueError:
-            raise PeerError(f"not an IP address: {text!r}") from None
-        return cls(address=addr, **kw)  # type: ignore[arg-type]
-
-    @property
-    def forged(self) -> bool:
-        """The source address cannot have come in the packet's header: an IPv4 address (an
-        IPv4-mapped one, normalised) in an IPv6 header, or an IPv6 one in an IPv4 header."""
-        return self.header is not None and self.address is not None and self.header != self.address.version
-
-    def address_text(self) -> str:
-        """The source as the packet's header wrote it: ``::ffff:a.b.c.d`` for a forged peer
-        (a log must never show a forged packet as coming from ``a.b.c.d``), else the address."""
-        if self.header == 6 and isinstance(self.address, ipaddress.IPv4Address):
-            return f"::ffff:{self.address}"
-        return str(self.address)
-
-    def describe(self) -> str:
-        if self.address is not None:
-            out = self.address_text()
-            if self.name:
-                out = f"{self.name}[{out}]"
-            if self.user:
-                out = f"{self.user}@{out}"
-            return out
-        parts = []
-        if self.uid is not None:
-            parts.append(f"uid={self.uid}")
-        if self.gid is not None:
-            parts.append(f"gid={self.gid}")
-        if self.pid is not None:
-            parts.append(f"pid={self.pid}")
-        if self.exe:
-            parts.append(f"exe={self.exe}")
-        return " ".join(parts) or "unknown"
-
-
-_PEER_DEFAULTS = dict(Peer().__dict__)
 
 
 @dataclass(frozen=True)
@@ -171,7 +71,7 @@ def decide_service(service: Service, peer: Peer) -> Decision:
     if peer.header is not None and peer.forged:  # (header first: one attribute read for most peers)
         return Decision(Action.DENY, service.name, None, FORGED_REASON)
     for rule in service.rules:
-        if rule.daemons is not None and not daemon_matches(rule.daemons, service.name, peer):
+        if rule.daemons is not None and not server_matches(rule.daemons, service.name, peer):
             continue
         if matches(rule.match, peer):
             where = f"{rule.span.file}:{rule.span.line}"
@@ -179,6 +79,28 @@ def decide_service(service: Service, peer: Peer) -> Decision:
     action = service.effective_default
     said = "default" if service.default is not None else "implicit default (no default given)"
     return Decision(action, service.name, None, f"no rule matched; {said} {action._value_}")  # (Enum.__format__ is slow)
+
+
+def server_matches(d: DaemonMatch, service: str, peer: Peer) -> bool:
+    """Does daemon list ``d`` select ``service`` for this connection? A ``daemon@host`` part
+    matches the server side of it (``peer.server_address``/``server_name``), whose unknown
+    address or name is the word ``unknown`` as on the client side (libwrap's ``server_match``).
+    ``policy.ir.applies`` answers the same from the service name alone, where it can."""
+    if isinstance(d, MatchAll):
+        return True
+    if isinstance(d, DaemonPattern):
+        if not hostmatch.daemon_name_matches(d.name, service):
+            return False
+        if d.server is None:
+            return True
+        return matches(d.server, Peer(address=peer.server_address, name=peer.server_name))
+    if isinstance(d, AnyOf):
+        return any(server_matches(i, service, peer) for i in d.items)  # type: ignore[arg-type]
+    if isinstance(d, Except):
+        return server_matches(d.include, service, peer) and not server_matches(  # type: ignore[arg-type]
+            d.exclude, service, peer  # type: ignore[arg-type]
+        )
+    raise TypeError(f"not a daemon match: {d!r}")  # pragma: no cover
 
 
 def matches(m: Match, peer: Peer) -> bool:
@@ -227,3 +149,12 @@ def _exe_pattern(pattern: str) -> "re.Pattern[str]":
     """``exe`` paths: ``*`` matches any run of characters; everything else is literal (an
     fnmatch ``[`` or ``?`` in a real path must not turn into a character class)."""
     return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
+
+
+def decide_unnamed(service: Service, surely: Service, peer: Peer, why: str) -> Decision:
+    """The decision for ``peer`` (no name) whose host-name lookup was cut short: the engine's
+    when ``surely`` (``kernelrules.surely_allowed_service(service)``) allows it, else a denial saying
+    ``why`` — never an allow that some name could have turned into a deny."""
+    if decide_service(surely, peer).allowed:
+        return decide_service(service, peer)
+    return Decision(Action.DENY, service.name, None, why)

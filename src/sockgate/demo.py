@@ -26,7 +26,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from sockgate.decide import Decision, Peer, decide
+from sockgate.decide import Decision, decide
+from sockgate.peers import Peer
 from sockgate.policy.ir import Policy
 
 DEMO_FILE = "demo.policy"

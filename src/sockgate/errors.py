@@ -14,10 +14,9 @@ Anything else escaping the core is a bug.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
-if TYPE_CHECKING:
-    from sockgate.policy.source import Span
+from sockgate.policy.source import Span, render_diagnostic
 
 
 class SockgateError(Exception):
@@ -28,18 +27,19 @@ class SockgateError(Exception):
 class Diagnostic:
     """One message tied to a place in a policy source."""
 
-    span: "Span | None"
+    span: Span | None
     message: str
     severity: str = "error"  # "error" | "warning"
-    related: "tuple[tuple[Span, str], ...]" = ()  # e.g. the earlier rule that shadows this one
+    related: tuple[tuple[Span, str], ...] = ()  # e.g. the earlier rule that shadows this one
     # Show the source after the culprit under the message. A parse error may sit in a file
     # that is no policy at all (named by mistake): the parsers show the culprit only.
     context: bool = True
 
     def render(self, source_text: str | None = None, caret: bool = True) -> str:
-        from sockgate.policy.source import render_diagnostic
-
-        return render_diagnostic(self, source_text, caret=caret)
+        return render_diagnostic(
+            self.span, self.message, severity=self.severity, related=self.related,
+            context=self.context, source_text=source_text, caret=caret,
+        )
 
     def __str__(self) -> str:
         return self.render(caret=False)

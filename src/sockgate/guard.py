@@ -22,12 +22,12 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
-from sockgate.decide import Peer
 from sockgate.errors import UnsupportedPlatform
 from sockgate.kernel import ChangeKind, Compiled, GuardInfo, Slot, Step, default_kernel
 from sockgate.kernel.cbpf import UNSUPPORTED
 from sockgate.linux import peercred
 from sockgate.linux.fd import Sockish, fileno
+from sockgate.peers import Peer
 from sockgate.policy.ir import Policy
 
 _UNSUPPORTED: str | None = UNSUPPORTED

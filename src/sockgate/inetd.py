@@ -36,11 +36,12 @@ import signal
 import socket
 import subprocess
 
-from sockgate.decide import Peer, decide
+from sockgate.decide import decide
 from sockgate.launcher import Gate
 from sockgate.linux import activation, privileges
 from sockgate.linux.listen import Listener
 from sockgate.linux.signalfd import SigInfo
+from sockgate.peers import Peer
 from sockgate.supervisor import Notifier, SelectorLoop, Supervisor
 
 STOP_GRACE_SECONDS = 5.0

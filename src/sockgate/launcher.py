@@ -33,7 +33,8 @@ never accepts a connection and runs no other code. An exec failure (command not 
 drop privileges) travels back over a close-on-exec pipe and becomes an error message.
 
 ``--inetd`` is the other model (``sockgate.inetd``): sockgate accepts each connection and runs the
-command per connection.
+command per connection. ``cli/run.py`` chooses between the two after ``prepare``, so this module
+and ``inetd`` (which builds on ``Gate``) do not import each other.
 
 Unix listeners get no address filter (a Unix peer has no address: a classic BPF filter would see
 no network header and drop everything); their file mode/owner/group protect them, and in
@@ -229,19 +230,6 @@ def prepare(cfg: RunConfig) -> tuple[Gate, privileges.Credentials | None]:
             guard_text = "Unix socket, " + (UNIX_INETD if cfg.inetd else UNIX_ACTIVATION)
         cfg.say(f"listening on {lst.address()}{where}, {guard_text}")
     return gate, creds
-
-
-def run(cfg: RunConfig) -> int:
-    """``sockgate run``: prepare, then supervise the command or serve inetd-style."""
-    gate, creds = prepare(cfg)
-    try:
-        if cfg.inetd:
-            from sockgate.inetd import serve
-
-            return serve(gate, creds)
-        return supervise(gate, creds)
-    finally:
-        gate.close()
 
 
 # ---------------------------------------------------------------------------------------------

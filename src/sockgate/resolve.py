@@ -7,7 +7,7 @@ each lookup bounded by a timeout. A lookup that times out raises ``LookupTimedOu
 *not* a lookup that found no name. libwrap waits for its resolver (resolv.conf ``timeout``
 times ``attempts``) and decides with the name that comes back, so a caller must not decide
 such a peer as nameless — ``sockgate check`` grants it only where every name would be let in
-(``proxy.kernelrules.decide_unnamed``). The bound is a thread per call that is abandoned
+(``decide.decide_unnamed``). The bound is a thread per call that is abandoned
 when it runs late, since libc cannot be interrupted; a caller that bounds its own threads (the
 proxy's ``names.NameLookup``) passes ``timeout=None`` and the calls are made directly.
 
@@ -35,8 +35,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, TypeVar
 
-from sockgate.decide import Peer
 from sockgate.errors import SockgateError, UsageError
+from sockgate.peers import Peer
 from sockgate.policy.ir import IPAddress
 
 T = TypeVar("T")

@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 
 from sockgate.bpf import BPF_MAXINSNS, Packet, compile_service, interp, max_ranges, verify
 from sockgate.bpf.program import EBPF_BUDGET
-from sockgate.decide import Peer, decide_service
+from sockgate.decide import decide_service
 from sockgate.errors import CompileError
+from sockgate.peers import Peer
 from sockgate.policy.ir import Action, AddrMatch, Except, Rule, Service
 from sockgate.policy.source import Span
 

@@ -13,8 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sockgate.bpf import BPF_ABS, BPF_B, BPF_LD, Packet, compile_service, identify, interp, program_digest, verify
-from sockgate.decide import Peer, decide_service
+from sockgate.decide import decide_service
 from sockgate.errors import UnsupportedInKernel
+from sockgate.peers import Peer
 from sockgate.policy.ir import (
     Action,
     AnyOf,

@@ -9,7 +9,8 @@ from typing import Union
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sockgate.decide import FORGED_REASON, Peer, decide, decide_service
+from sockgate.decide import FORGED_REASON, decide, decide_service
+from sockgate.peers import Peer
 from sockgate.policy.accounts import StaticAccounts
 from sockgate.policy.ir import (
     Action,
@@ -262,21 +263,6 @@ def test_shipped_example_decides_as_its_comments_say() -> None:
     assert decide(example, "admin", Peer(uid=4242, gid=4242, exe="/usr/lib/example/helper")).action is Action.ALLOW
     assert decide(example, "admin", Peer(uid=4242, gid=4242, exe="/usr/bin/python3")).action is Action.DENY
     assert "blocklist.txt" in example.sources[1] and example.sources[-1].endswith("example-metrics.conf")
-
-
-_ip_addresses = st.one_of(
-    st.ip_addresses(v=4),
-    st.ip_addresses(v=6),
-    st.ip_addresses(v=4).map(lambda a: ipaddress.IPv6Address(f"::ffff:{a}")),  # dual-stack peers
-)
-
-
-@given(_ip_addresses, st.integers(0, 65535), st.one_of(st.none(), _ip_addresses))
-def test_peer_of_ip_is_the_dataclass_constructor(address, port, server) -> None:
-    fast = Peer.of_ip(address, port, server)
-    slow = Peer(address=address, port=port, server_address=server)
-    assert fast == slow and hash(fast) == hash(slow) and repr(fast) == repr(slow)
-    assert type(fast.address) is type(slow.address)
 
 
 def test_forged_peer_is_denied_before_any_rule_and_shown_as_it_came() -> None:

@@ -17,11 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sockgate.cli.main import main as cli_main
-from sockgate.decide import Peer, decide
+from sockgate.decide import decide
 from sockgate.errors import PolicyError, UsageError
 from sockgate.export import export, plan
 from sockgate.export.common import SkippedRule
 from sockgate.export.ports import merge_ranges, parse_map, parse_services
+from sockgate.peers import Peer
 from sockgate.policy.ir import (
     Action,
     AddrMatch,

@@ -14,8 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sockgate.decide import Peer, decide
+from sockgate.decide import decide
 from sockgate.export import export
+from sockgate.peers import Peer
 from sockgate.policy.ir import Action, AddrMatch, Endpoint, IPAddress, Policy, Rule, Service
 from sockgate.policy.parser import parse_policy
 from sockgate.policy.source import Span

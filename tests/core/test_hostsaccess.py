@@ -17,9 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sockgate.bpf.program import compile_service
-from sockgate.decide import Peer, decide
+from sockgate.decide import decide
 from sockgate.errors import PolicyError
 from sockgate.export import export
+from sockgate.peers import Peer
 from sockgate.policy import hostmatch
 from sockgate.policy.hostsaccess import parse_hosts_access
 from sockgate.policy.ir import (

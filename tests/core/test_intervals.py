@@ -8,7 +8,8 @@ import ipaddress
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sockgate.decide import Peer, matches
+from sockgate.decide import matches
+from sockgate.peers import Peer
 from sockgate.policy.intervals import (
     SPACE,
     Ranges,

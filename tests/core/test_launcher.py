@@ -1,6 +1,8 @@
 """launcher: ``run``'s reload over the kernel seam (fake sockets: a failure on the second of
 three listeners leaves the previous program on all of them, and says so), and
-``RunLifecycle``, what ``run`` does with each signal (fakes for the child)."""
+``RunLifecycle``, what ``run`` does with each signal (fakes for the child); and ``run``'s checks
+before any socket is opened: what it refuses, word for word, the usage errors of ``prepare``
+(raised before the policy is even read), and the exit code."""
 
 from __future__ import annotations
 
@@ -15,12 +17,13 @@ import pytest
 
 from sockgate import launcher
 from sockgate.kernel import ClassicFilter
-from sockgate.launcher import SI_KERNEL, Gate, RunConfig, RunLifecycle
+from sockgate.errors import UnsupportedInKernel, UsageError
+from sockgate.launcher import SI_KERNEL, Gate, RunConfig, RunLifecycle, check_service, exit_code, prepare
 from sockgate.linux.listen import Listener
 from sockgate.linux.signalfd import SigInfo
 from sockgate.policy.ir import Policy
 from sockgate.policy.parser import parse_policy
-from sockgate.urls import parse_url
+from sockgate.urls import parse_url, parse_urls
 from support.fakekernel import FakeOps, fake_kernel
 
 OLD = parse_policy("service web {\n allow 10.0.0.0/8\n default deny\n}\n")
@@ -117,3 +120,100 @@ def test_sigchld_reaps_and_ends_with_the_status(monkeypatch: pytest.MonkeyPatch)
 def test_exit_code_after_a_signal() -> None:
     assert launcher.exit_code(signal.SIGTERM) == 128 + signal.SIGTERM
     assert os.WIFSIGNALED(signal.SIGTERM)
+
+
+POLICY = parse_policy(
+    "service web {\n"
+    "  limit concurrent 5\n"
+    "  allow 10.0.0.0/8 limit rate 3/second\n"
+    "  allow host .example.com\n"
+    "  default deny\n"
+    "}\n"
+    "service plain {\n"
+    "  allow 10.0.0.0/8\n"
+    "  default deny\n"
+    "}\n"
+    "service lim {\n"
+    "  allow 10.0.0.0/8 limit concurrent 2 per source\n"
+    "  default deny\n"
+    "}\n",
+    "p.conf",
+)
+
+
+def test_with_tcp_or_udp_listeners_what_the_kernel_cannot_enforce_is_refused() -> None:
+    with pytest.raises(UnsupportedInKernel) as e:
+        check_service(POLICY, "web", inet=True)
+    assert str(e.value) == (
+        "service 'web': a kernel filter sees only the source address, and these 2 rules and the"
+        " service-wide limits need more:\n"
+        "  p.conf:3: allow 10.0.0.0/8 limit rate 3/second: has connection limits\n"
+        "  p.conf:4: allow host .example.com: needs the client's host name (a DNS lookup)\n"
+        "  p.conf:1: service web: limit concurrent 5: service-wide connection limits\n"
+        "enforce this service with `sockgate proxy` instead"
+    )
+
+
+def test_with_unix_listeners_only_limits_are_refused() -> None:
+    with pytest.raises(UnsupportedInKernel) as e:
+        check_service(POLICY, "web", inet=False)
+    assert str(e.value) == (
+        "service 'web' has connection limits, which `sockgate run` does not enforce:\n"
+        "  p.conf:3: allow 10.0.0.0/8 limit rate 3/second\n"
+        "  p.conf:1: service web: service-wide limits\n"
+        "enforce this service with `sockgate proxy` instead"
+    )
+    with pytest.raises(UnsupportedInKernel) as e:
+        check_service(POLICY, "lim", inet=False)
+    assert str(e.value) == (
+        "service 'lim' has connection limits, which `sockgate run` does not enforce:\n"
+        "  p.conf:12: allow 10.0.0.0/8 limit concurrent 2 per source\n"
+        "enforce this service with `sockgate proxy` instead"
+    )
+
+
+def test_what_run_enforces_passes_and_an_unknown_service_is_named() -> None:
+    check_service(POLICY, "plain", inet=True)
+    check_service(POLICY, "plain", inet=False)
+    with pytest.raises(UsageError, match=r"^the policy has no service 'nope' \(services: web, plain, lim\)$"):
+        check_service(POLICY, "nope", inet=False)
+
+
+def _unread() -> Policy:
+    raise AssertionError("the policy is read only after the command line is checked")
+
+
+@pytest.mark.parametrize(
+    ("urls", "command", "inetd", "message"),
+    [
+        (("tcp://127.0.0.1:8000",), (), False, "no command to run: give it after '--'"),
+        ((), ("true",), False, "nothing to listen on: give at least one --listen URL"),
+        (
+            ("tcp://127.0.0.1:8000", "udp://127.0.0.1:53"), ("true",), True,
+            "--inetd accepts connections: stream sockets only (tcp:, unix:), not udp://127.0.0.1:53",
+        ),
+    ],
+)
+def test_prepare_refuses_a_wrong_command_line_before_reading_the_policy(
+    urls: tuple[str, ...], command: tuple[str, ...], inetd: bool, message: str
+) -> None:
+    cfg = RunConfig(load=_unread, service="web", urls=parse_urls(list(urls)), command=command, inetd=inetd)
+    with pytest.raises(UsageError) as e:
+        prepare(cfg)
+    assert str(e.value) == message
+
+
+def test_prepare_refuses_the_service_before_binding() -> None:
+    said: list[str] = []
+    cfg = RunConfig(load=lambda: POLICY, service="lim", urls=parse_urls(["unix:@sockgate-test-never-bound"]),
+                    command=("true",), say=said.append)
+    with pytest.raises(UnsupportedInKernel, match="^service 'lim' has connection limits"):
+        prepare(cfg)
+    assert said == []
+
+
+def test_exit_code_is_the_shells() -> None:
+    assert exit_code(0) == 0
+    assert exit_code(3 << 8) == 3
+    assert exit_code(signal.SIGTERM) == 128 + signal.SIGTERM
+    assert os.WIFSIGNALED(signal.SIGKILL) and exit_code(signal.SIGKILL) == 128 + signal.SIGKILL

@@ -70,10 +70,8 @@ def test_the_ratchet_lists_only_what_still_occurs() -> None:
 
 
 def test_an_import_inside_a_function_is_seen() -> None:
-    # the guard port is still an import inside Policy.guard: the reader must find it
-    assert any(e.source == "sockgate.policy.ir" and e.target == "sockgate.guard" for e in EDGES) == (
-        ("sockgate.policy.ir", "sockgate.guard") in layers.KNOWN_UPWARD
-    )
+    # the package binds Policy.guard to a function that imports sockgate.guard when first called
+    assert any(e.source == "sockgate" and e.target == "sockgate.guard" for e in EDGES)
 
 
 def test_modules_stay_under_600_lines() -> None:

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sockgate.decide import Peer, decide_service
+from sockgate.decide import decide_service
+from sockgate.peers import Peer
 from sockgate.policy.ir import (
     Action,
     AddrMatch,
@@ -27,7 +28,8 @@ from sockgate.policy.ir import (
     rule_userspace_reason,
 )
 from sockgate.policy.source import Span
-from sockgate.proxy.kernelrules import decide_unnamed, kernel_service, over, surely_allowed_service, under
+from sockgate.decide import decide_unnamed
+from sockgate.proxy.kernelrules import kernel_service, over, surely_allowed_service, under
 from sockgate.proxy.limits import FlowTable, Limiter, as_network, source_of
 
 # -- UDP flow table ---------------------------------------------------------------------------

@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sockgate.cli.main import main
-from sockgate.decide import Peer, decide
+from sockgate.decide import decide
+from sockgate.peers import Peer
 from sockgate.policy.accounts import StaticAccounts
 from sockgate.policy.lint import lint
 from sockgate.policy.parser import parse_policy

@@ -11,9 +11,9 @@ from pathlib import Path
 
 SRC = Path(__file__).parents[2] / "src"
 CORE_PACKAGES = ("sockgate.policy", "sockgate.bpf", "sockgate.ebpf", "sockgate.export")
-CORE_MODULES = ("sockgate.decide",)
+CORE_MODULES = ("sockgate.decide", "sockgate.peers", "sockgate.proxy.admission")
 FORBIDDEN_LOADED = ("socket", "_socket", "ctypes", "_ctypes", "asyncio", "select", "selectors", "subprocess")
-FORBIDDEN_IMPORTS = FORBIDDEN_LOADED + ("os", "pathlib", "shutil", "pwd", "grp", "io", "sockgate.linux", "sockgate.loading")
+FORBIDDEN_IMPORTS = FORBIDDEN_LOADED + ("os", "pathlib", "shutil", "pwd", "grp", "io", "sockgate.linux", "sockgate.loading", "sockgate.guard")
 
 
 def core_modules() -> list[str]:

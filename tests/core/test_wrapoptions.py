@@ -12,8 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sockgate.bpf import Packet, compile_service, interp
-from sockgate.decide import Peer, decide
+from sockgate.decide import decide
 from sockgate.errors import PolicyError
+from sockgate.peers import Peer
 from sockgate.policy.accounts import StaticAccounts
 from sockgate.policy.hostsaccess import parse_hosts_access
 from sockgate.policy.ir import Policy

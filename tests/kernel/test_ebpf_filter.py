@@ -27,11 +27,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sockgate.decide import Peer, decide_service
+from sockgate.decide import decide_service
 from sockgate.ebpf import EbpfProgram, LpmKey, Verdict, compile_service
 from sockgate.errors import AdapterError
 from sockgate.ebpf.insn import BPF_REG_0, BPF_REG_2, ProgType, encode, exit_, mov64
 from sockgate.linux import bpfsys
+from sockgate.peers import Peer
 from sockgate.policy.ir import Action, AddrMatch, Service
 from support import netlab
 from support.verdicts import boundary_sources, local_sockets, loopback_usable, nets, random_service, service, tcp_reach, udp_reach

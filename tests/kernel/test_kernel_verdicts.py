@@ -21,9 +21,10 @@ from typing import Any
 
 import pytest
 
-from sockgate.decide import Peer, decide_service
+from sockgate.decide import decide_service
 from sockgate.guard import guard, guard_of
 from sockgate.bpf import compile_service
+from sockgate.peers import Peer
 from sockgate.policy.ir import Policy, Service
 from support import netlab
 from support.verdicts import boundary_sources, local_sockets, loopback_usable, random_service, tcp_reach, udp_reach

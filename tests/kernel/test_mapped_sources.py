@@ -22,8 +22,9 @@ from typing import Iterator
 
 import pytest
 
-from sockgate.decide import FORGED_REASON, Peer, decide_service
+from sockgate.decide import FORGED_REASON, decide_service
 from sockgate.guard import guard
+from sockgate.peers import Peer
 from sockgate.policy.ir import Action, Policy
 from sockgate.policy.parser import parse_policy
 from support import netlab

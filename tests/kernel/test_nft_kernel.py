@@ -27,8 +27,9 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
 from sockgate.cli.main import main as cli_main
-from sockgate.decide import Peer, decide
+from sockgate.decide import decide
 from sockgate.export import export
+from sockgate.peers import Peer
 from sockgate.policy.ir import Policy
 from support import netlab
 from support.export_policies import PROBES_V4, PROBES_V6, Dress, dress, dresses, TCP_A, TCP_C, UDP_B, UNCOVERED, owner, policies

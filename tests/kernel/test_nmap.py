@@ -15,8 +15,9 @@ from typing import Callable, Iterator
 import pytest
 
 from conftest import needs_tool
-from sockgate.decide import Peer, decide
+from sockgate.decide import decide
 from sockgate.guard import guard
+from sockgate.peers import Peer
 from sockgate.policy.parser import parse_policy
 from support import netlab
 

@@ -35,9 +35,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sockgate.decide import Peer, decide
+from sockgate.decide import decide
 from sockgate.errors import PolicyError
 from sockgate.loading import SystemAccounts, load_policy, read_text
+from sockgate.peers import Peer
 from sockgate.policy.hostmatch import addr_text
 from sockgate.policy.hostsaccess import parse_hosts_access
 from sockgate.policy.ir import Policy

@@ -24,7 +24,7 @@ LAYERS: dict[str, int] = {
     "sockgate.policy.source": BASE,
     "sockgate.urls": BASE,
     "sockgate.policy": POLICY,
-    "sockgate.peer": POLICY,
+    "sockgate.peers": POLICY,
     "sockgate.resolved": RESOLVE,
     "sockgate.proxy.kernelrules": RESOLVE,
     "sockgate.bpf.ranges": RESOLVE,
@@ -59,36 +59,15 @@ LAYERS: dict[str, int] = {
 
 # Adapters are thin: one kernel facility each, no policy logic.
 THIN = "sockgate.linux"
-THIN_MAY_IMPORT = ("sockgate.errors", "sockgate.urls", "sockgate.peer", "sockgate.linux")
+THIN_MAY_IMPORT = ("sockgate.errors", "sockgate.urls", "sockgate.peers", "sockgate.linux")
 
 # One seam: only the kernel package puts filters on sockets or reads them back.
 SEAM_ONLY = {"sockgate.linux.filter": "sockgate.kernel"}
 
 # The migration ratchet (issue: one resolved policy, one kernel seam). Only shrinks.
-KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset({
-    # Peer in decide, Policy.guard in ir, daemons <-> decide: cut by peer.py, the guard port
-    # and static daemon selection. The kernel seam is in it only through ir -> guard -> kernel
-    # (guard reaches the compiler through the seam now, no longer through sockgate.bpf).
-    frozenset({
-        "sockgate.bpf.codegen", "sockgate.bpf.program", "sockgate.bpf.ranges",
-        "sockgate.decide", "sockgate.guard", "sockgate.linux.peercred", "sockgate.policy.daemons",
-        "sockgate.policy.hostmatch", "sockgate.policy.intervals", "sockgate.policy.ir",
-        "sockgate.policy.literals", "sockgate.policy.printer",
-        "sockgate.kernel", "sockgate.kernel.backend", "sockgate.kernel.cbpf", "sockgate.kernel.transaction",
-    }),
-    frozenset({"sockgate.errors", "sockgate.policy.source"}),  # render_diagnostic takes fields
-    frozenset({"sockgate.inetd", "sockgate.launcher"}),  # the run dispatch moves to cli/run
-    frozenset({"sockgate.proxy.service", "sockgate.proxy.udp"}),  # labels to proxy/admission
-})
-KNOWN_UPWARD: frozenset[tuple[str, str]] = frozenset({
-    ("sockgate.policy.ir", "sockgate.guard"),  # Policy.guard: a port bound by sockgate/__init__
-    ("sockgate.policy.daemons", "sockgate.decide"),  # Peer -> peer.py; matches -> static selection
-    ("sockgate.bpf.ranges", "sockgate.decide"),  # Peer -> peer.py
-    ("sockgate.proxy.kernelrules", "sockgate.decide"),  # Peer -> peer.py
-})
-KNOWN_THIN_BREACHES: frozenset[tuple[str, str]] = frozenset({
-    ("sockgate.linux.peercred", "sockgate.decide"),  # Peer -> peer.py
-})
+KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset()
+KNOWN_UPWARD: frozenset[tuple[str, str]] = frozenset()
+KNOWN_THIN_BREACHES: frozenset[tuple[str, str]] = frozenset()
 KNOWN_FILTER_USERS: frozenset[tuple[str, str]] = frozenset({
     ("sockgate.proxy.service", "sockgate.linux.filter"),  # proxy on the seam
     ("sockgate.proxy.server", "sockgate.linux.filter"),  # proxy on the seam

@@ -76,7 +76,7 @@ from sockgate.bpf.insn import (
     bpf_size,
     bpf_src,
 )
-from sockgate.decide import Peer
+from sockgate.peers import Peer
 
 ETH_P_IP = 0x0800  # <linux/if_ether.h>
 ETH_P_IPV6 = 0x86DD

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Sequence, Union
 
 from sockgate.policy.intervals import SPACE, Ranges, match_ranges, net_range, union
-from sockgate.policy.ir import Action, AnyOf, Except, IPNetwork, Match, MatchAll, MatchNone, Service
+from sockgate.policy.ir import Action, AnyOf, Applies, Except, IPNetwork, Match, MatchAll, MatchNone, Service, applies
 
 Banned = Union[ipaddress.IPv4Network, ipaddress.IPv6Network, ipaddress.IPv4Address, ipaddress.IPv6Address]
 
@@ -73,13 +73,9 @@ class Tables:
 
 def build(service: Service, banned: Sequence[Banned] = ()) -> Tables:
     """The interval tables for ``service`` (rules needing user space must be refused before)."""
-    from sockgate.decide import Peer
-    from sockgate.policy.daemons import daemon_matches
-
-    nobody = Peer()
     matches: list[Match] = []
     for rule in service.rules:
-        selected = rule.daemons is None or daemon_matches(rule.daemons, service.name, nobody)
+        selected = applies(rule.daemons, service.name) is Applies.ALWAYS  # (BY_SERVER is refused before)
         matches.append(rule.match if selected else MatchNone())
     default = service.effective_default
     other_rule = next((i for i, m in enumerate(matches) if _matches_no_address(m)), None)

@@ -19,11 +19,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from sockgate.cli.common import add_policy_args, load_from_args, print_json
-from sockgate.decide import Decision, Peer, decide_service
+from sockgate.decide import Decision, decide_service, decide_unnamed
 from sockgate.errors import UsageError
+from sockgate.peers import Peer
 from sockgate.policy.ir import IPAddress, Option, Policy, Service
 from sockgate.policy.source import printable
-from sockgate.proxy.kernelrules import decide_unnamed, needs_name, surely_allowed_service
+from sockgate.proxy.kernelrules import needs_name, surely_allowed_service
 from sockgate.resolve import DEFAULT_TIMEOUT, Looked, SystemResolver, peers_for_client, unix_peer
 
 MAX_ID = 0xFFFFFFFE

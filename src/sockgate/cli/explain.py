@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 def _traces(program: Any, service: Any, text: str, banned: list[Any]) -> list[dict[str, Any]]:
     """One trace per packet a client written ``text`` can send: an IPv4-mapped address has two."""
     from sockgate.bpf.interp import Packet
-    from sockgate.decide import Peer
+    from sockgate.peers import Peer
 
     try:
         peer = Peer.parse(text)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from sockgate.cli.common import add_policy_args, load_from_args
 from sockgate.errors import UsageError
 from sockgate.urls import parse_urls
+
+if TYPE_CHECKING:
+    from sockgate.launcher import RunConfig
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
@@ -33,7 +37,6 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sockgate.launcher import RunConfig
-    from sockgate.launcher import run as launch
 
     command = list(args.service_argv)
     if command and command[0] == "--":
@@ -57,3 +60,17 @@ def run(args: argparse.Namespace) -> int:
         notify=args.notify,
     )
     return launch(cfg)
+
+
+def launch(cfg: "RunConfig") -> int:
+    """Prepare (load, check, bind, guard), then supervise the command or serve inetd-style;
+    the listeners are closed however that ends."""
+    from sockgate import inetd, launcher
+
+    gate, creds = launcher.prepare(cfg)
+    try:
+        if cfg.inetd:
+            return inetd.serve(gate, creds)
+        return launcher.supervise(gate, creds)
+    finally:
+        gate.close()

@@ -29,15 +29,14 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Generic, Hashable, Literal, Mapping, TypeVar, Union
 
-from sockgate.decide import Peer
 from sockgate.errors import Diagnostic, PolicyError, UsageError
 from sockgate.export.addrs import MAPPED_V6, AddrSpace, flatten
 from sockgate.export.ports import PortRange, Proto, lookup, port_table
-from sockgate.policy.daemons import daemon_matches
 from sockgate.policy.ir import (
     Action,
     AddrMatch,
     AnyOf,
+    Applies,
     DaemonMatch,
     DaemonPattern,
     Endpoint,
@@ -45,6 +44,7 @@ from sockgate.policy.ir import (
     Policy,
     Rule,
     Service,
+    applies,
     rule_userspace_reason,
     userspace_reason,
 )
@@ -224,7 +224,7 @@ def _plan_service(svc: Service, endpoints: tuple[Endpoint, ...], problems: _Prob
     items: list[Item] = []
     for rule in svc.rules:
         if rule.daemons is not None and userspace_reason(rule.daemons) is None:
-            if not daemon_matches(rule.daemons, svc.name, Peer()):
+            if applies(rule.daemons, svc.name) is Applies.NEVER:
                 continue
         why = rule_userspace_reason(rule)
         if why is not None:

@@ -1,4 +1,4 @@
-"""Who is on the other end of a connected socket, as a ``decide.Peer``.
+"""Who is on the other end of a connected socket, as a ``peers.Peer``.
 
 Unix domain sockets carry the peer's credentials as the kernel recorded them at ``connect``
 time (or ``socketpair``):
@@ -55,10 +55,10 @@ import socket
 import struct
 from typing import Iterator
 
-from sockgate.decide import Peer
 from sockgate.errors import AdapterError, PeerError
 from sockgate.linux._errors import translated
 from sockgate.linux.fd import Sockish
+from sockgate.peers import Peer
 
 # <asm-generic/socket.h>
 SO_PEERCRED = 17

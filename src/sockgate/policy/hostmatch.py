@@ -26,8 +26,19 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from typing import Protocol, Union
 
-from sockgate.policy.ir import HostPattern, IPAddress
+# This module imports nothing of sockgate: the policy IR selects daemons with it. The address
+# alias is policy.ir's, and a host pattern is what policy.ir.HostPattern holds.
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+
+class HostPatternLike(Protocol):
+    @property
+    def pattern(self) -> str: ...
+    @property
+    def hosts_access(self) -> bool: ...
+
 
 UNKNOWN = "unknown"
 PARANOID = "paranoid"
@@ -291,7 +302,7 @@ def native_name_matches(pattern: str, name: str) -> bool:
 
 
 def pattern_matches(
-    m: HostPattern, name: str | None, address: IPAddress | None, paranoid: bool = False
+    m: HostPatternLike, name: str | None, address: IPAddress | None, paranoid: bool = False
 ) -> bool:
     """Does host pattern ``m`` hold? ``name`` is the verified name (None: unknown or not
     verified); ``paranoid`` says a name was found but did not verify."""

@@ -28,8 +28,10 @@ import hashlib
 import ipaddress
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Literal, Union
+from typing import Any, Literal, Protocol, Union, assert_never
 
+from sockgate.errors import UsageError
+from sockgate.policy import hostmatch
 from sockgate.policy.source import Span
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -138,6 +140,41 @@ class DaemonPattern:
 
 
 DaemonMatch = Union[DaemonPattern, AnyOf, Except, MatchAll]
+
+
+class Applies(str, Enum):
+    """Does a daemon list select a service, known from the service name alone?"""
+
+    ALWAYS = "always"
+    NEVER = "never"
+    BY_SERVER = "by_server"  # it depends on the server side (daemon@host): decided per connection
+
+
+def applies(d: DaemonMatch | None, service: str) -> Applies:
+    """Whether daemon list ``d`` selects ``service``, as libwrap's ``list_match`` over
+    ``string_match`` decides (``ALL``, ``KNOWN``, ``in.`` prefixes, ``.suffix``, wildcards,
+    ``EXCEPT``), in three-valued logic: a ``daemon@host`` part whose name matches is
+    ``BY_SERVER``, and an ``EXCEPT`` or a list over such parts stays ``BY_SERVER`` unless the
+    name alone settles it. None (a rule without a daemon list) is ``ALWAYS``."""
+    match d:
+        case None | MatchAll():
+            return Applies.ALWAYS
+        case DaemonPattern(name=name, server=server):
+            if not hostmatch.daemon_name_matches(name, service):
+                return Applies.NEVER
+            return Applies.ALWAYS if server is None else Applies.BY_SERVER
+        case AnyOf(items=items):
+            found = {applies(i, service) for i in items}  # type: ignore[arg-type]
+            return next((a for a in (Applies.ALWAYS, Applies.BY_SERVER) if a in found), Applies.NEVER)
+        case Except(include=include, exclude=exclude):
+            inc, exc = applies(include, service), applies(exclude, service)  # type: ignore[arg-type]
+            if inc is Applies.NEVER or exc is Applies.ALWAYS:
+                return Applies.NEVER
+            if inc is Applies.ALWAYS and exc is Applies.NEVER:
+                return Applies.ALWAYS
+            return Applies.BY_SERVER
+        case _:
+            assert_never(d)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,9 +316,7 @@ class Policy:
                 return s
         if not self.rules and self.default is None and self.kind != "hosts_access":
             raise KeyError(name)  # (empty hosts_access tables still decide: libwrap grants)
-        from sockgate.policy.daemons import may_select
-
-        rules = tuple(r for r in self.rules if r.daemons is None or may_select(r.daemons, name))
+        rules = tuple(r for r in self.rules if applies(r.daemons, name) is not Applies.NEVER)
         default = self.default if self.default is not None else self.fallback
         return Service(
             name=name,
@@ -296,8 +331,6 @@ class Policy:
         try:
             return self.service(name)
         except KeyError:
-            from sockgate.errors import UsageError
-
             known = ", ".join(self.service_names()) or "none"
             raise UsageError(f"the policy has no service {name!r} (services: {known})") from None
 
@@ -313,13 +346,26 @@ class Policy:
     def text_of(self, file: str) -> str | None:
         return dict(self.texts).get(file)
 
-    # Edge conveniences: implemented in sockgate.guard so this module stays pure.
     def guard(self, sock: Any, service: str) -> Any:
         """Compile ``service`` and attach it to ``sock`` (a socket object or fd); Linux only.
-        Returns ``sockgate.guard.Guarded``."""
-        from sockgate.guard import guard
+        Returns ``sockgate.guard.Guarded``. Delegates to the bound ``GuardPort``."""
+        return _guard_port[0](self, sock, service)
 
-        return guard(self, sock, service)
+
+class GuardPort(Protocol):
+    """What ``Policy.guard`` delegates to: ``sockgate.guard.guard``. The policy is pure and
+    imports no enforcement point; the package (``sockgate/__init__.py``) binds the port, and it
+    runs before any submodule, so a ``Policy`` can always ``.guard``."""
+
+    def __call__(self, policy: Policy, sock: Any, service: str) -> Any: ...
+
+
+_guard_port: list[GuardPort] = []  # one entry once the package is imported
+
+
+def bind_guard(port: GuardPort) -> None:
+    """Make ``Policy.guard`` call ``port`` (the last one bound wins)."""
+    _guard_port[:] = [port]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,12 +31,12 @@ from typing import Iterator
 
 from sockgate.errors import Diagnostic
 from sockgate.policy.coverage import Deciders, Spans, cover, describe_point
-from sockgate.policy.daemons import may_select
 from sockgate.policy.intervals import union
 from sockgate.policy.ir import (
     Action,
     AddrMatch,
     AnyOf,
+    Applies,
     Endpoint,
     Except,
     HostClass,
@@ -46,6 +46,7 @@ from sockgate.policy.ir import (
     Principal,
     Rule,
     Service,
+    applies,
     rule_userspace_reason,
 )
 from sockgate.policy.source import Span, quote
@@ -82,7 +83,7 @@ def _hidden_by_services(policy: Policy) -> Iterator[Diagnostic]:
         if rule.daemons is None:
             continue
         for service in policy.services:
-            if may_select(rule.daemons, service.name):
+            if applies(rule.daemons, service.name) is not Applies.NEVER:
                 where = f" at {service.span.file}:{service.span.line}" if service.span else ""
                 related = ((service.span, f"service {service.name} is declared here"),) if service.span else ()
                 yield _warn(rule.span, f"this rule does not apply to service {service.name}: the service block{where} "

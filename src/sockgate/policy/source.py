@@ -21,10 +21,6 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from sockgate.errors import Diagnostic
 
 QUOTE_MAX = 24  # a word quoted from a file: a name, a port, an address; little of a secret
 BEFORE_MAX = 48  # context shown before the culprit
@@ -43,24 +39,32 @@ class Span:
         return f"{self.file}:{self.line}:{self.col}"
 
 
-def render_diagnostic(diag: "Diagnostic", source_text: str | None, caret: bool = True) -> str:
-    sev = "" if diag.severity == "error" else f"{diag.severity}: "
-    if diag.span is None:
-        head = f"{sev}{diag.message}"
-    else:
-        head = f"{diag.span}: {sev}{diag.message}"
+def render_diagnostic(
+    span: Span | None,
+    message: str,
+    *,
+    severity: str = "error",
+    related: tuple[tuple[Span, str], ...] = (),
+    context: bool = True,
+    source_text: str | None = None,
+    caret: bool = True,
+) -> str:
+    """A diagnostic's fields as text. It takes fields, not an ``errors.Diagnostic``, so this
+    module depends on nothing and ``errors`` can build on ``Span``."""
+    sev = "" if severity == "error" else f"{severity}: "
+    head = f"{sev}{message}" if span is None else f"{span}: {sev}{message}"
     lines = [escape(head)]
-    if caret and diag.span is not None and source_text is not None:
+    if caret and span is not None and source_text is not None:
         # Lines end at "\n" only, as the lexers count them (splitlines would also break at
         # \f, \v, \x1c-\x1e, \x85, \u2028..., and the caret would land on the wrong line).
         src_lines = source_text.split("\n")
-        if 1 <= diag.span.line <= len(src_lines):
-            line = src_lines[diag.span.line - 1].rstrip("\r")
-            text, col, width = excerpt(line, diag.span.col, diag.span.length, AFTER_MAX if diag.context else 0)
+        if 1 <= span.line <= len(src_lines):
+            line = src_lines[span.line - 1].rstrip("\r")
+            text, col, width = excerpt(line, span.col, span.length, AFTER_MAX if context else 0)
             lines.append("    " + text)
             lines.append("    " + " " * col + "^" + "~" * (width - 1))
-    for span, note in diag.related:
-        lines.append(escape(f"{span}: note: {note}"))
+    for at, note in related:
+        lines.append(escape(f"{at}: note: {note}"))
     return "\n".join(lines)
 
 

@@ -28,7 +28,7 @@ cut short (its own timeout, a bound of the name layer, an error): libwrap would 
 for the resolver and decided with whatever name came back, so such a peer may be let in only
 where *every* name would let it in. Allow rules keep ``under`` their match (only what surely
 holds), deny rules deny ``over`` theirs (wherever they might hold); by the walk above with the
-roles swapped, surely-allowed ⇒ engine-allowed under every name (``decide_unnamed``). A lookup
+roles swapped, surely-allowed ⇒ engine-allowed under every name (``decide.decide_unnamed``). A lookup
 that finished without a name (no PTR, NXDOMAIN, a forward mismatch) is not cut short: that is
 libwrap's unknown or paranoid, decided normally. Pure: no I/O.
 """
@@ -37,13 +37,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from typing import TYPE_CHECKING
-
-from sockgate.policy.daemons import daemon_matches, may_select
 from sockgate.policy.ir import (
     Action,
     AddrMatch,
     AnyOf,
+    Applies,
     Except,
     HostClass,
     HostPattern,
@@ -54,11 +52,9 @@ from sockgate.policy.ir import (
     Rule,
     Service,
     UserAt,
+    applies,
     userspace_reason,
 )
-
-if TYPE_CHECKING:
-    from sockgate.decide import Decision, Peer
 
 
 def over(m: Match) -> Match:
@@ -110,15 +106,11 @@ def _daemons_apply(rule: Rule, service: str) -> bool | None:
     """Does the rule's daemon list select ``service``: True/False, or None when that depends on
     the server address (``daemon@host``)."""
     d = rule.daemons
-    if d is None:
-        return True
-    if not may_select(d, service):
+    if applies(d, service) is Applies.NEVER:
         return False
-    if userspace_reason(d) is None:
-        from sockgate.decide import Peer
-
-        return daemon_matches(d, service, Peer())
-    return None
+    if d is not None and userspace_reason(d) is not None:
+        return None  # a daemon@host part: decided per connection, even where the name alone would do
+    return True
 
 
 def kernel_rule(rule: Rule, service: str) -> Rule | None:
@@ -166,21 +158,3 @@ def surely_allowed_service(service: Service) -> Service:
     (a host name above all); see the module docstring."""
     rules = tuple(replace(r, match=under(r.match) if r.action is Action.ALLOW else over(r.match)) for r in service.rules)
     return replace(service, rules=rules)
-
-
-def decide_unnamed(service: Service, surely: Service, peer: "Peer", why: str) -> "Decision":
-    """The decision for ``peer`` (no name) whose host-name lookup was cut short: the engine's
-    when ``surely`` (``surely_allowed_service(service)``) allows it, else a denial saying
-    ``why`` — never an allow that some name could have turned into a deny."""
-    from sockgate.decide import Decision, decide_service
-
-    if decide_service(surely, peer).allowed:
-        return decide_service(service, peer)
-    return Decision(Action.DENY, service.name, None, why)
-
-
-def needs_userspace(service: Service) -> bool:
-    """Whether some rule of ``service`` needs more than the source address."""
-    from sockgate.policy.ir import rule_userspace_reason
-
-    return any(rule_userspace_reason(r) is not None for r in service.rules)

@@ -36,14 +36,17 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Hashable, Optional
 
-from sockgate.decide import Decision, Peer, decide_service
+from sockgate.decide import Decision, decide_service, decide_unnamed
 from sockgate.errors import CompileError, SockgateError, UsageError
+from sockgate.peers import Peer
 from sockgate.policy.ir import Action, Limits, Rule, Service, rule_userspace_reason
-from sockgate.proxy.kernelrules import decide_unnamed, kernel_service, needs_name, surely_allowed_service
+from sockgate.proxy.admission import peer_label, rule_label
+from sockgate.proxy.kernelrules import kernel_service, needs_name, surely_allowed_service
 from sockgate.proxy.limits import Limiter, Verdict, as_network, source_of
 from sockgate.log import Log
 from sockgate.proxy.names import LATE, LookupRefused
 from sockgate.proxy.relay import PipePool, Relay, reset_close
+from sockgate.proxy.udp import UdpListener
 from sockgate.urls import SocketURL
 
 if TYPE_CHECKING:
@@ -167,24 +170,6 @@ def _family(s: _socket.socket) -> int:
     return int(_socket.socket.family.__get__(s))
 
 
-def rule_label(rule: Rule | str | None) -> str:
-    """Where a decision came from: a rule's place, ``default``, or a label already (``limit``)."""
-    if isinstance(rule, str):
-        return rule
-    return "default" if rule is None else f"{rule.span.file}:{rule.span.line}"
-
-
-def peer_label(peer: Peer) -> str:
-    if peer.address is not None:
-        a = peer.address_text()  # a forged ::ffff:a.b.c.d is never shown as a.b.c.d
-        a = f"[{a}]" if ":" in a else a
-        a = f"{a}:{peer.port}" if peer.port is not None else a
-        if peer.name:  # as libwrap prints it: name[address]; a name that did not verify is marked
-            return f"{peer.name}{'' if peer.name_verified else '(unverified)'}[{a}]"
-        return a
-    return peer.describe()
-
-
 class Runner:
     """Serves one ``Plan`` on an event loop."""
 
@@ -202,7 +187,7 @@ class Runner:
         self.tasks: set[asyncio.Task[None]] = set()
         self.accepting = False
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.udp: list[Any] = []
+        self.udp: list[UdpListener] = []
         self._ban_timer: asyncio.TimerHandle | None = None
         self.opened_by_reload = False  # its listeners were opened by a reload (see Proxy._owns_files)
         self.install(plan.service)
@@ -293,8 +278,6 @@ class Runner:
     def start(self, loop: asyncio.AbstractEventLoop, listeners: list["Listener"]) -> None:
         self.loop = loop
         self.listeners = listeners
-        from sockgate.proxy.udp import UdpListener
-
         for lst in listeners:
             lst.sock.setblocking(False)
             if lst.sock.type == socket.SOCK_DGRAM:
@@ -432,7 +415,7 @@ class Runner:
         """``peer`` with the host name its lookup found (None: it has none), or why it is
         refused. A lookup cut short (late, over a bound of the name layer, failed) is not "no
         name": libwrap would have waited and matched the name, so the client passes only if
-        every name would let it in (``kernelrules.decide_unnamed``; fail closed)."""
+        every name would let it in (``decide.decide_unnamed``; fail closed)."""
         assert self.resolver is not None
         try:
             name, verified = await asyncio.wait_for(self.resolver(self.name, peer.address), self.options.name_timeout)

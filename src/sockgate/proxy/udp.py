@@ -38,17 +38,16 @@ import ipaddress
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Hashable
+from typing import TYPE_CHECKING, Any, Hashable, Protocol
 
-from sockgate.decide import Peer
+from sockgate.peers import Peer
 from sockgate.policy.ir import IPAddress
-from sockgate.errors import SockgateError
-from sockgate.proxy.limits import FlowTable, Limiter, source_of
+from sockgate.proxy.admission import peer_label, rule_label
+from sockgate.proxy.limits import FlowTable, Limiter, Verdict, source_of
 
 if TYPE_CHECKING:
     from sockgate.decide import Decision
     from sockgate.linux.listen import Listener
-    from sockgate.proxy.service import Runner
 
 _BURST = 64
 _MAX_DGRAM = 65535
@@ -86,8 +85,57 @@ class Flow:
     last: float = field(default_factory=time.monotonic)
 
 
+class FlowOwner(Protocol):
+    """What a ``UdpListener`` uses of the runner that serves its service
+    (``proxy.service.Runner``): declared here, so this module needs nothing from the TCP side."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None: ...
+    @property
+    def options(self) -> _FlowOptions: ...
+    @property
+    def log(self) -> _FlowLog: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def needs_name(self) -> bool: ...
+    @property
+    def needs_server(self) -> bool: ...
+    @property
+    def resolver(self) -> object: ...  # None: no name lookups configured
+    @property
+    def tasks(self) -> set[asyncio.Task[None]]: ...
+    @property
+    def target(self) -> _FlowTarget: ...
+    async def named(self, peer: Peer) -> Peer | str: ...
+    def decide(self, peer: Peer) -> tuple[Decision, Verdict | None, list[Limiter[Hashable]], Hashable]: ...
+
+
+class _FlowOptions(Protocol):
+    @property
+    def max_udp_flows(self) -> int: ...
+    @property
+    def max_udp_flows_per_source(self) -> int: ...
+    @property
+    def udp_idle_timeout(self) -> float: ...
+
+
+class _FlowLog(Protocol):
+    def record(self, event: str, **fields: Any) -> None: ...
+    def error(self, message: str, **fields: Any) -> None: ...
+
+
+class _FlowTarget(Protocol):
+    @property
+    def family(self) -> int: ...
+    @property
+    def address(self) -> Any: ...
+    @property
+    def text(self) -> str: ...
+
+
 class UdpListener:
-    def __init__(self, runner: "Runner", listener: "Listener") -> None:
+    def __init__(self, runner: FlowOwner, listener: "Listener") -> None:
         self.runner = runner
         self.listener = listener
         self.sock = listener.sock
@@ -184,8 +232,6 @@ class UdpListener:
         if verdict is not None or not d.allowed:
             self._deny(fkey, peer, d.rule, verdict.reason if verdict is not None else d.reason, now)
             return None
-        from sockgate.proxy.service import peer_label, rule_label
-
         r.log.record("decision", service=r.name, peer=peer_label(peer), decision="allow", rule=rule_label(d.rule), reason=d.reason)
         flow = Flow(addr, peer, key, d, taken)
         t = r.target
@@ -215,8 +261,6 @@ class UdpListener:
             self._close(victim, f"evicted: over the proxy's limit of {why}")
 
     def _deny(self, addr: Any, peer: Peer, rule: Any, reason: str, now: float) -> None:
-        from sockgate.proxy.service import peer_label, rule_label
-
         if len(self.denied) > 4096:
             self.denied = {a: u for a, u in self.denied.items() if u > now}
         self.denied[addr] = now + _DENY_MEMORY
@@ -259,8 +303,6 @@ class UdpListener:
             self._close(addr, reason)
 
     def _close(self, addr: Any, how: str) -> None:
-        from sockgate.proxy.service import peer_label, rule_label
-
         flow = self.flows.pop(addr)
         self.table.remove(addr)
         if flow.sock is not None:
