@@ -42,6 +42,7 @@ from sockgate.linux import activation, privileges
 from sockgate.linux.listen import Listener
 from sockgate.linux.signalfd import SigInfo
 from sockgate.peers import Peer
+from sockgate.policy.source import escape
 from sockgate.supervisor import Notifier, SelectorLoop, Supervisor
 
 STOP_GRACE_SECONDS = 5.0
@@ -213,7 +214,7 @@ class _Server:
         peer = peer_of(conn.fileno())
         d = decide(self.gate.policy, self.gate.cfg.service, peer)
         if not d.allowed:
-            self.gate.cfg.say(f"denied Unix peer {peer.describe()}: {d.reason}")
+            self.gate.cfg.say(f"denied Unix peer {escape(peer.describe())}: {d.reason}")  # exe: the peer's choice
             return None
         return peer
 

@@ -58,6 +58,7 @@ from sockgate.linux import activation, privileges
 from sockgate.linux.listen import Listener, open_listeners
 from sockgate.linux.signalfd import SigInfo
 from sockgate.policy.ir import Policy
+from sockgate.policy.source import printable
 from sockgate.supervisor import Notifier, SelectorLoop, Supervisor, failure_text
 from sockgate.urls import SocketURL
 
@@ -90,7 +91,7 @@ RUN_ADVICE = (
 
 
 def _say(msg: str) -> None:
-    print(f"sockgate run: {msg}", file=sys.stderr, flush=True)
+    print(printable(f"sockgate run: {msg}"), file=sys.stderr, flush=True)  # rule texts, peers' executables
 
 
 @dataclass

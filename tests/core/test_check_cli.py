@@ -419,3 +419,34 @@ def test_user_options_decide_as_libwrap_run_as_root(capsys: pytest.CaptureFixtur
     assert f"option:   user {other} (fails when libwrap runs it, so the rule denies: Debian's libwrap" in out
     allow.write_text("sshd: 10.0.0.1: user root\n")
     assert run(capsys, *argv)[0] == 0
+
+
+def test_errors_the_cli_prints_are_escaped(capsys: pytest.CaptureFixture[str]) -> None:
+    # the one broad handler in cli/main.py: a message may quote a peer's executable, a
+    # process name or a filter's marker read back from someone else's socket
+    from sockgate.cli import lint as lint_cmd
+    from sockgate.errors import AdapterError
+
+    def boom(args: object) -> int:
+        raise AdapterError("pid 1 (\x1b]0;x\x07sh\nfake: line)")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(lint_cmd, "run", boom)
+        assert main(["lint", "/dev/null"]) == 1
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err
+    assert "\\x1b]0;x\\x07sh" in err
+
+
+def test_explain_and_run_notes_print_rule_texts_escaped(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    allow = tmp_path / "hosts.allow"
+    allow.write_bytes(b"sshd: 192.0.2.0/24 : spawn /bin/echo \x1b]0;x\x07\n")
+    assert main(["explain", "--hosts-allow", str(allow), "--service", "sshd", "--client", "192.0.2.1"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "spawn /bin/echo \\x1b]0;x\\x07" in out
+    from sockgate import launcher
+
+    launcher._say("note: spawn \x1b]0;x\x07")  # run's notes and messages, on stderr
+    err = capsys.readouterr().err
+    assert err == "sockgate run: note: spawn \\x1b]0;x\\x07\n"

@@ -237,3 +237,20 @@ def test_proc_net_tables_absent_are_empty_unreadable_is_an_error(tmp_path: Path)
     (tmp_path / "net" / "icmp6").mkdir()  # reading it fails with EISDIR
     with pytest.raises(AdapterError, match=r"^read .*/net/icmp6: Is a directory$"):
         sockdiag.inventory(["icmp"], {"icmp": sockdiag.ALL_STATES}, str(tmp_path))
+
+
+def test_process_names_paths_and_markers_reach_the_terminal_escaped() -> None:
+    # any local user chooses a process's name and a Unix socket's path; a filter's marker
+    # names whatever its author wrote
+    evil = "\x1b]0;pwned\x07\x1b[2J\nfake"
+    holders = (ins.Holder(10, evil, "root", (3,)),)
+    row = _row(sock=unix(f"/tmp/{evil}", (1, 2)), holders=holders, guard=ins.Guard("modified", evil, "0" * 16))
+    from io import StringIO
+
+    from rich.console import Console
+
+    screen = StringIO()
+    ls_cmd.render_table([row], with_peer=False, console=Console(file=screen, force_terminal=True, width=400))
+    for text in (ls_cmd.plain([row], with_peer=False), screen.getvalue().replace("\x1b[", "CSI")):
+        assert "\x07" not in text and "\x1b]" not in text and "CSI2J" not in text and "\nfake" not in text
+        assert "\\x1b]0;pwned\\x07\\x1b[2J\\x0afake" in text

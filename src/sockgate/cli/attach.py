@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from sockgate.cli.common import add_policy_args, load_from_args, print_json
+from sockgate.policy.source import escape, printable
 
 
 def add_target_args(p: argparse.ArgumentParser) -> None:
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     policy = load_from_args(args)
     compile_guard(policy, args.service)  # refuse a bad policy before looking at any process
     for note in options_not_carried(policy.service(args.service)):
-        print(f"sockgate attach: note: {note}", file=sys.stderr)
+        print(printable(f"sockgate attach: note: {note}"), file=sys.stderr)
     guarded, changes = guard_sockets(policy, args.service, targets_from_args(args), force=args.force)
     if args.json:
         print_json(
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for c in changes:
         was = "" if c.before.state == "none" else f" (was {c.before.describe()})"
-        print(f"{c.action} pid {c.pid} fd {c.fd} {c.proto} {c.local}: service {guarded.service}"
-              f" digest {guarded.digest}, {guarded.instructions} instructions{was}")
+        # was: a filter read back from someone else's socket, its marker's name theirs
+        print(escape(f"{c.action} pid {c.pid} fd {c.fd} {c.proto} {c.local}: service {guarded.service}"
+                     f" digest {guarded.digest}, {guarded.instructions} instructions{was}"))
     return 0

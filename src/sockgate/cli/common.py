@@ -10,6 +10,7 @@ from typing import Any
 
 from sockgate.errors import UsageError
 from sockgate.policy.ir import Policy
+from sockgate.policy.source import printable
 
 
 def add_policy_args(p: argparse.ArgumentParser, positional: bool = False) -> None:
@@ -30,7 +31,7 @@ def load_from_args(args: argparse.Namespace) -> Policy:
     for path in (args.hosts_allow, args.hosts_deny):
         if path is not None and not os.path.exists(path):
             # libwrap reads a missing table as empty (so a typo grants everyone): say so.
-            print(f"sockgate: warning: {path} does not exist; read as an empty table, as libwrap does", file=sys.stderr)
+            print(printable(f"sockgate: warning: {path} does not exist; read as an empty table, as libwrap does"), file=sys.stderr)
     return load_policy(files, args.hosts_allow, args.hosts_deny)
 
 

@@ -10,6 +10,7 @@ import argparse
 
 from sockgate.cli.attach import add_target_args, targets_from_args
 from sockgate.cli.common import print_json
+from sockgate.policy.source import escape
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
@@ -26,5 +27,5 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for c in changes:
         what = "no filter" if c.action == "unchanged" else c.before.describe()
-        print(f"{c.action} pid {c.pid} fd {c.fd} {c.proto} {c.local}: {what}")
+        print(escape(f"{c.action} pid {c.pid} fd {c.fd} {c.proto} {c.local}: {what}"))  # a marker read back: its name is theirs
     return 0

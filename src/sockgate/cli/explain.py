@@ -19,6 +19,7 @@ from typing import Any
 
 from sockgate.cli.common import add_policy_args, load_from_args, print_json
 from sockgate.errors import PeerError, UsageError
+from sockgate.policy.source import printable
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report)
     else:
-        print(_render(report), end="")
+        print(printable(_render(report)), end="")  # rule texts, reasons: policy text
     return 0 if all(c["agree"] for c in clients) else 1
 
 

@@ -12,6 +12,7 @@ import sys
 from typing import TYPE_CHECKING, Sequence
 
 from sockgate.inspect import Row, Selection, list_sockets, local_text, netid, peer_text
+from sockgate.policy.source import escape
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -53,11 +54,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def cells(row: Row, with_peer: bool) -> list[str]:
+    """The row's columns, escaped: a process's name and a Unix socket's path are whatever a
+    local user chose, and a filter's marker names whatever its author wrote."""
     s = row.sock
     c = [netid(s), s.state_name, local_text(s)]
     if with_peer:
         c.append(peer_text(s) or "*")
-    return c + [row.process_text(), row.user or "?", row.exposure.text, row.guard.text]
+    return [escape(x) for x in c + [row.process_text(), row.user or "?", row.exposure.text, row.guard.text]]
 
 
 def _headers(with_peer: bool) -> list[str]:

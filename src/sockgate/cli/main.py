@@ -2,7 +2,8 @@
 
 Each subcommand is a module of this package with ``add_parser(subparsers)`` and
 ``run(args) -> int``; it is imported only when used. The one broad ``except SockgateError``
-lives here: a one-line reason on stderr (a policy error shows its ``file:line:col`` lines and
+lives here: a one-line reason on stderr, escaped (it may quote a peer's executable, a process
+name or a filter read back from someone else's socket) (a policy error shows its ``file:line:col`` lines and
 carets), exit 2 for usage and policy errors (a policy this mode cannot enforce, or too large for
 one filter, included), 1 for runtime failures; ``--debug`` shows the
 traceback.
@@ -16,6 +17,7 @@ import sys
 from typing import Sequence
 
 from sockgate.errors import CompileError, PolicyError, SockgateError, UnsupportedInKernel, UsageError
+from sockgate.policy.source import printable
 
 # name -> one-line help; the module sockgate.cli.<name> implements it.
 COMMANDS: dict[str, str] = {
@@ -84,12 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (UsageError, CompileError, UnsupportedInKernel) as e:
         # The operator asked for something this mode cannot do: a usage/policy error (2).
-        print(f"sockgate: {e}", file=sys.stderr)
+        print(printable(f"sockgate: {e}"), file=sys.stderr)
         if debug:
             raise
         return 2
     except SockgateError as e:
-        print(f"sockgate: {e}", file=sys.stderr)
+        print(printable(f"sockgate: {e}"), file=sys.stderr)
         if debug:
             raise
         return 1
