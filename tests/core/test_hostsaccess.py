@@ -458,3 +458,23 @@ def test_pattern_file_expansion_is_bounded() -> None:
                                              " (a file named n times counts n times)")
     assert errors("", "ALL: /p /p /p\n", p="1.2.3/24\n") == [
         "/p:1:1: bad net/mask '1.2.3/24': expected n.n.n.n/m.m.m.m, n.n.n.n/len or [ipv6]/len"]
+
+
+@pytest.mark.parametrize(
+    ("deny", "extra"),
+    [
+        ("ALL: 1.2.3.4/" + "x" * 24 + "SECRET\n", {}),  # a long word is cut
+        ("ALL: 1.2.3.4/33 SECRET\n", {}),  # nothing after the culprit
+        ("ALL: ALL: umask " + "7" * 24 + "SECRET\n", {}),
+        ("ALL: ALL: nice xx : spawn SECRET\n", {}),
+        ("ALL: /shadow\n", {"shadow": "[::1%x] SECRET\nroot:$6$" + "x" * 24 + "SECRET:19000:0:99999:7:::\n"}),
+    ],
+)
+def test_errors_quote_the_culprit_only_never_the_rest_of_a_foreign_line(deny: str, extra: dict[str, str]) -> None:
+    files = {"hosts.allow": "", "hosts.deny": deny, **{"/" + k: v for k, v in extra.items()}}
+    with pytest.raises(PolicyError) as e:
+        parse_hosts_access("hosts.allow", "hosts.deny", read=reader(files))
+    for d in e.value.diagnostics:
+        assert d.span is not None
+        shown = d.render(files[d.span.file])
+        assert "SECRET" not in shown, shown

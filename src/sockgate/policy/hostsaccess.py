@@ -58,7 +58,7 @@ from sockgate.policy.ir import (
     UserAt,
 )
 from sockgate.policy.matchparse import MAX_NESTING
-from sockgate.policy.source import Span
+from sockgate.policy.source import Span, quote
 from sockgate.policy.wraplines import Line, logical_lines, pattern_words
 from sockgate.policy.wrapoptions import run_options, scanf_int, setenv_problem
 
@@ -102,7 +102,9 @@ class _State:
     seen: set[Diagnostic] = field(default_factory=set)
 
     def error(self, span: Span, message: str) -> None:
-        d = Diagnostic(span, message)
+        # context=False: the culprit and what precedes it only — a pattern file or a
+        # hosts.allow named by mistake may be anything (/etc/shadow), as with the native parser
+        d = Diagnostic(span, message, context=False)
         if d not in self.seen:  # a pattern file named twice has its problems once
             self.seen.add(d)
             self.diags.append(d)
@@ -258,7 +260,7 @@ def _daemon_item(st: _State, file: str, tok: _Tok) -> DaemonMatch | None:
         return MatchAll() if hostmatch.fold(tok.text) == "all" else DaemonPattern(tok.text)
     host = _sub(tok, at + 1)
     if not host.text:
-        st.error(tok.span, f"expected a host after '@' in {tok.text!r}")
+        st.error(tok.span, f"expected a host after '@' in {quote(tok.text)}")
         return None
     server = host_item(st, file, host)
     return None if server is None else DaemonPattern(tok.text[:at], server)
@@ -271,7 +273,7 @@ def _client_item(st: _State, file: str, tok: _Tok) -> Match | None:
         return host_item(st, file, tok)
     host = _sub(tok, at + 1)
     if not host.text:
-        st.error(tok.span, f"expected a host after '@' in {tok.text!r}")
+        st.error(tok.span, f"expected a host after '@' in {quote(tok.text)}")
         return None
     m = host_item(st, file, host)
     return None if m is None else UserAt(tok.text[:at], m)
@@ -290,7 +292,7 @@ def host_item(st: _State, file: str, tok: _Tok) -> Match | None:
     t = tok.text
     low = hostmatch.fold(t)  # libwrap's STR_EQ is strcasecmp: ASCII letters only
     if t.startswith("@"):
-        st.error(tok.span, f"NIS netgroups are not supported: {t!r}")
+        st.error(tok.span, f"NIS netgroups are not supported: {quote(t)}")
         return None
     if t.startswith("/"):
         return _pattern_file(st, tok)
@@ -329,11 +331,11 @@ def _v4_text(t: str) -> AddrMatch:
 def _v6_exact(st: _State, tok: _Tok) -> Match | None:
     inner = tok.text[1:-1]
     if "%" in inner:
-        st.error(tok.span, f"zone indexes are not supported in {tok.text!r}")
+        st.error(tok.span, f"zone indexes are not supported in {quote(tok.text)}")
         return None
     a = hostmatch.bracketed_v6(tok.text)
     if a is None:
-        st.error(tok.span, f"expected an IPv6 address inside [], found {inner!r}")
+        st.error(tok.span, f"expected an IPv6 address inside [], found {quote(inner)}")
         return None
     return AddrMatch((ipaddress.IPv6Network(a),), tok.text)
 
@@ -346,24 +348,24 @@ def _net_mask(st: _State, tok: _Tok) -> Match | None:
     if net4 is not None:
         mask = hostmatch.v4_mask(mask_tok)
         if mask is None:
-            st.error(tok.span, f"bad netmask {mask_tok!r} in {tok.text!r}: expected a dotted-quad"
+            st.error(tok.span, f"bad netmask {quote(mask_tok)} in {quote(tok.text)}: expected a dotted-quad"
                      " mask (not 255.255.255.255) or a prefix length 1-32")
             return None
         return _masked_v4(net4, mask, tok)
     if net_tok.startswith("[") and net_tok.endswith("]"):
         if "%" in net_tok:
-            st.error(tok.span, f"zone indexes are not supported in {tok.text!r}")
+            st.error(tok.span, f"zone indexes are not supported in {quote(tok.text)}")
             return None
         net6 = hostmatch.bracketed_v6(net_tok)
         plen = hostmatch.v6_prefix_len(mask_tok)
         if net6 is None:
-            st.error(tok.span, f"expected an IPv6 address inside [], found {net_tok[1:-1]!r}")
+            st.error(tok.span, f"expected an IPv6 address inside [], found {quote(net_tok[1:-1])}")
             return None
         if plen is None:
-            st.error(tok.span, f"bad prefix length {mask_tok!r} in {tok.text!r}: expected 0-128")
+            st.error(tok.span, f"bad prefix length {quote(mask_tok)} in {quote(tok.text)}: expected 0-128")
             return None
         return AddrMatch((ipaddress.IPv6Network((net6, plen), strict=False),), tok.text)
-    st.error(tok.span, f"bad net/mask {tok.text!r}: expected n.n.n.n/m.m.m.m, n.n.n.n/len"
+    st.error(tok.span, f"bad net/mask {quote(tok.text)}: expected n.n.n.n/m.m.m.m, n.n.n.n/len"
              " or [ipv6]/len")
     return None
 
@@ -553,16 +555,16 @@ def _option(st: _State, span: Span, raw: str, last: bool) -> Option | None:
     spec = _OPTIONS.get(name)
     if spec is None:
         choices = ", ".join(sorted(_OPTIONS))
-        st.error(span, f"unknown option {key!r}: expected one of {choices}")
+        st.error(span, f"unknown option {quote(key)}: expected one of {choices}")
         return None
     needs, may, use_last = spec
     problem = None
     if needs and not rest:
-        problem = f"option {name!r} needs a value"
+        problem = f"option {quote(name)} needs a value"
     elif rest and not may:
-        problem = f"option {name!r} takes no value, found {rest!r}"
+        problem = f"option {quote(name)} takes no value, found {quote(rest)}"
     elif use_last and not last:
-        problem = f"option {name!r} must be the last option"
+        problem = f"option {quote(name)} must be the last option"
     elif rest:
         problem = _bad_value(name, rest)
     if problem is not None:
@@ -575,15 +577,15 @@ def _bad_value(name: str, value: str) -> str | None:
     if name == "umask":
         mask = scanf_int(value, 8, signed=False)  # sscanf "%o" into an unsigned
         if mask is None or mask & ~0o777:
-            return f"bad umask value {value!r}: expected an octal mask up to 777"
+            return f"bad umask value {quote(value)}: expected an octal mask up to 777"
     elif name in ("nice", "linger", "rfc931"):
         number = scanf_int(value, 10, signed=True)  # sscanf "%d" into an int
         if number is None:
-            return f"bad {name} value {value!r}: expected a number"
+            return f"bad {name} value {quote(value)}: expected a number"
         if name == "linger" and number < 0:
-            return f"bad linger value {value!r}: expected a number of seconds >= 0 (as a C int)"
+            return f"bad linger value {quote(value)}: expected a number of seconds >= 0 (as a C int)"
         if name == "rfc931" and number <= 0:
-            return f"bad rfc931 timeout {value!r}: expected a number of seconds > 0 (as a C int)"
+            return f"bad rfc931 timeout {quote(value)}: expected a number of seconds > 0 (as a C int)"
     elif name == "setenv":
         return setenv_problem(value)
     elif name == "severity":
@@ -591,6 +593,6 @@ def _bad_value(name: str, value: str) -> str | None:
         if not dot:
             fac, lev = "", fac
         if (dot and hostmatch.fold(fac) not in _FACILITIES) or hostmatch.fold(lev) not in _LEVELS:
-            return (f"bad severity {value!r}: expected [facility.]level, levels "
+            return (f"bad severity {quote(value)}: expected [facility.]level, levels "
                     + ", ".join(sorted(_LEVELS)))
     return None
