@@ -67,9 +67,17 @@ def _check_regular(st: os.stat_result, path: str) -> None:
         raise OSError(errno.EINVAL, f"{kind}, not a regular file; only regular files are read", path)
 
 
+def _check_name(path: str) -> None:
+    """Raise the ``OSError`` the parsers report for a name no file can have (``os`` would
+    raise ValueError, a traceback): a policy's string may hold a NUL byte."""
+    if "\0" in path:
+        raise OSError(errno.EINVAL, "a file name cannot contain a NUL byte", path)
+
+
 def read_regular(path: str, limit: int = MAX_FILE_BYTES) -> str:
     """The text of the regular file ``path``, at most ``limit`` bytes; never blocks on a FIFO
     or device (checked before the open, and again on the descriptor, which cannot change)."""
+    _check_name(path)
     _check_regular(os.stat(path), path)  # a device is not even opened (opening can act)
     fd = os.open(path, _OPEN_FLAGS)
     try:
@@ -118,6 +126,7 @@ def read_text(path: str) -> str:
 
 def list_files(directory: str) -> list[str]:
     """Names of the regular files in ``directory`` (for ``include "dir/*.conf"``)."""
+    _check_name(directory)
     with os.scandir(directory) as it:
         return [e.name for e in it if e.is_file()]
 

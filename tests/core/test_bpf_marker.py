@@ -55,6 +55,12 @@ def test_compiled_program_identifies_after_encode_decode() -> None:
     assert classify(prog.encode()) == Reading("sockgate", len(prog.insns), "ssh-ünïcode", prog.digest)
 
 
+def test_a_name_with_an_undecodable_byte_compiles_and_identifies() -> None:
+    # a hosts_access daemon name comes from argv or a file: an undecodable byte is a lone surrogate
+    prog = compile_service(_service("sshd\udcff"))
+    assert identify(decode(prog.encode())) == Marker("sshd\udcff", prog.digest)
+
+
 ALLOW_ALL = (stmt(BPF_RET | BPF_K, 0xFFFFFFFF),)
 
 

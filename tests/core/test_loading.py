@@ -117,3 +117,29 @@ def test_each_file_is_read_once_however_often_it_is_named(tmp_path: Path, monkey
     policy = load_policy([str(tmp_path / "p.conf")], str(tmp_path / "hosts.allow"))
     assert sorted(seen) == ["common.conf", "hosts.allow", "list.txt", "p.conf"]
     assert [s.name for s in policy.sets] == ["office", "a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        ("p.conf", 'set x < "a\0b"\n', "p.conf:1:9: cannot read address list 'a\\x00b': a file name cannot contain a NUL byte"),
+        ("p.conf", 'include "a\0b"\n', "p.conf:1:9: cannot read policy file 'a\\x00b': a file name cannot contain a NUL byte"),
+        ("p.conf", 'include "a\0b/*.conf"\n', "p.conf:1:9: cannot list directory 'a\\x00b': a file name cannot contain a NUL byte"),
+        ("hosts.deny", "ALL: /a\0b\n", "hosts.deny:1:8: NUL byte in the line"),
+        ("hosts.deny", "ALL: /pf\n", "pf:1:3: NUL byte in a pattern file"),
+    ],
+    ids=["set-file", "include", "include-glob", "hosts-pattern", "hosts-pattern-in-pattern-file"],
+)
+def test_a_nul_byte_in_a_file_name_is_a_located_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str,
+                                                      text: str, expected: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / name).write_text(text)
+    (tmp_path / "pf").write_text("/a\0b\n")
+    (tmp_path / "hosts.deny").write_text(text.replace("/pf", str(tmp_path / "pf")))
+    with pytest.raises(PolicyError) as e:
+        load_policy(hosts_deny="hosts.deny") if name == "hosts.deny" else load_policy([name])
+    assert str(e.value.diagnostics[0]).replace(str(tmp_path) + "/", "").startswith(expected)
+    with pytest.raises(OSError):
+        read_regular("a\0b")
+    with pytest.raises(OSError):
+        loading.list_files("a\0b")

@@ -186,3 +186,48 @@ def test_quoted_values_with_odd_characters_survive_printing() -> None:
     first = parse('service s {\n    allow exe "/opt/a\u2028b\\"c\\\\d"\n}\n')
     assert first.services[0].rules[0].match.value == '/opt/a\u2028b"c\\d'  # type: ignore[union-attr]
     assert strip(parse(format_policy(first), "printed.conf")) == strip(first)
+
+
+# -- digests ---------------------------------------------------------------------------------
+
+
+def _content(p: Policy) -> object:
+    """What a policy's digest covers, as values (the digest is a hash of a text of them)."""
+    services = [(s.name, s.effective_default, [(r.action, r.match, r.daemons, r.limits) for r in s.rules])
+                for s in p.services]
+    return services, [(r.action, r.match, r.daemons) for r in p.rules], p.default, p.fallback
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(policy_text(), policy_text())
+def test_digests_are_equal_exactly_when_what_they_cover_is(a_text: str, b_text: str) -> None:
+    try:
+        a, b = parse(a_text), parse(b_text)
+    except PolicyError:
+        assume(False)
+        raise
+    assert (a.digest() == b.digest()) == (_content(a) == _content(b))
+
+
+def test_digests_are_stable_across_runs_and_take_any_name() -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import sockgate
+    from sockgate.policy.ir import Action, AddrMatch, Principal, Rule, Service
+
+    text = "set s = { 10.0.0.0/8, 2001:db8::/32 }\nservice a tcp/22 {\n allow @s except 10.1.0.0/16\n default deny\n}\n"
+    code = f"from sockgate.policy.parser import parse_policy; print(parse_policy({text!r}, 'p.conf').digest())"
+    runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60,
+                           env={**os.environ, "PYTHONHASHSEED": seed,
+                                "PYTHONPATH": str(Path(sockgate.__file__).parents[1])}).stdout
+            for seed in ("1", "2")}
+    assert runs == {parse(text).digest() + "\n"}
+    # a name or value with a lone surrogate (an undecodable byte of a hosts_access file or argv)
+    odd = "sshd\udcff"
+    rule = Rule(Action.ALLOW, Principal("exe", "/bin/\ud800"), Span("f", 1, 1), "allow")
+    service = Service(odd, (rule, Rule(Action.DENY, AddrMatch((ipaddress.ip_network("10.0.0.0/8"),)), Span("f", 2, 1), "deny")), None)
+    assert service.digest() != Service("sshd", service.rules, None).digest()
+    assert Policy(services=(service,), rules=(rule,)).digest() != Policy(services=(service,)).digest()

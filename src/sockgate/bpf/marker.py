@@ -63,14 +63,14 @@ class Reading:
 
 def program_digest(service: str, body: Sequence[Insn]) -> str:
     """16 hex digits of SHA-256 over the service name and ``body``, the code after the marker."""
-    h = hashlib.sha256(service.encode() + b"\0")
+    h = hashlib.sha256(service.encode("utf-8", "surrogatepass") + b"\0")
     h.update(encode(body))
     return h.hexdigest()[:16]
 
 
 def build(service: str, digest: str) -> tuple[Insn, ...]:
     """The marker instructions for ``service`` and a 16-hex-digit ``digest``."""
-    name = service.encode()
+    name = service.encode("utf-8", "surrogatepass")  # a hosts_access name may hold an undecodable byte
     if len(name) > MAX_NAME:
         raise ValueError(f"service name longer than {MAX_NAME} bytes: {service[:40]!r}...")
     if len(digest) != 16 or any(c not in "0123456789abcdef" for c in digest):
@@ -101,7 +101,7 @@ def read(insns: Sequence[Insn]) -> Marker | None:
     if any(raw[length:]):
         return None
     try:
-        name = raw[:length].decode()
+        name = raw[:length].decode("utf-8", "surrogatepass")
     except UnicodeDecodeError:
         return None
     digest = f"{words[2]:08x}{words[3]:08x}"

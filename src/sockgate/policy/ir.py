@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from typing import Any, Literal, Protocol, Union, assert_never
 
@@ -265,10 +265,9 @@ class Service:
         """A content digest of what this service decides (spans and texts excluded), stable
         across runs; 16 hex digits."""
         h = hashlib.sha256()
-        h.update(self.name.encode())
-        h.update(repr(self.effective_default).encode())
+        _feed(h, (self.name, self.effective_default))
         for r in self.rules:
-            h.update(repr((r.action, r.match, r.daemons, r.limits)).encode())
+            _feed(h, (r.action, r.match, r.daemons, r.limits))
         return h.hexdigest()[:16]
 
 
@@ -339,8 +338,8 @@ class Policy:
         for s in self.services:
             h.update(s.digest().encode())
         for r in self.rules:
-            h.update(repr((r.action, r.match, r.daemons)).encode())
-        h.update(repr((self.default, self.fallback)).encode())
+            _feed(h, (r.action, r.match, r.daemons))
+        _feed(h, (self.default, self.fallback))
         return h.hexdigest()[:16]
 
     def text_of(self, file: str) -> str | None:
@@ -366,6 +365,30 @@ _guard_port: list[GuardPort] = []  # one entry once the package is imported
 def bind_guard(port: GuardPort) -> None:
     """Make ``Policy.guard`` call ``port`` (the last one bound wins)."""
     _guard_port[:] = [port]
+
+
+def _feed(h: Any, value: object) -> None:
+    """Feed ``value`` to hash ``h`` as an unambiguous text of its content: a tuple as its length
+    and items, a dataclass (a match tree, limits) as its type and fields, a list of networks as
+    version, number and prefix length each (a set file has 100,000, and ``repr`` of each costs
+    more than the rest of loading it), anything else as its ``repr`` (a name with a lone
+    surrogate, from an undecodable byte, is content like any other)."""
+    if type(value) is tuple:
+        if value and isinstance(value[0], (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+            text = ",".join([f"{n.version}{int(n.network_address):x}/{n.prefixlen}" for n in value])
+            h.update(b"N%d:%s;" % (len(value), text.encode()))
+            return
+        h.update(b"(%d:" % len(value))
+        for item in value:
+            _feed(h, item)
+        h.update(b")")
+    elif is_dataclass(value) and not isinstance(value, type):
+        h.update(type(value).__name__.encode() + b"(")
+        for f in fields(value):
+            _feed(h, getattr(value, f.name))
+        h.update(b")")
+    else:
+        h.update(repr(value).encode("utf-8", "surrogatepass") + b",")
 
 
 # ---------------------------------------------------------------------------------------------
