@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Literal, Protocol, Union, assert_never
 
@@ -264,11 +264,12 @@ class Service:
     def digest(self) -> str:
         """A content digest of what this service decides (spans and texts excluded), stable
         across runs; 16 hex digits."""
-        h = hashlib.sha256()
-        _feed(h, (self.name, self.effective_default))
+        parts = [repr((self.name, self.effective_default))]
         for r in self.rules:
-            _feed(h, (r.action, r.match, r.daemons, r.limits))
-        return h.hexdigest()[:16]
+            parts.append(repr((r.action, r.limits)))
+            _content(parts, r.match)
+            _content(parts, r.daemons)
+        return _hash(parts)
 
 
 @dataclass(frozen=True)
@@ -334,13 +335,13 @@ class Policy:
             raise UsageError(f"the policy has no service {name!r} (services: {known})") from None
 
     def digest(self) -> str:
-        h = hashlib.sha256()
-        for s in self.services:
-            h.update(s.digest().encode())
+        parts = [s.digest() for s in self.services]
         for r in self.rules:
-            _feed(h, (r.action, r.match, r.daemons))
-        _feed(h, (self.default, self.fallback))
-        return h.hexdigest()[:16]
+            parts.append(repr(r.action))
+            _content(parts, r.match)
+            _content(parts, r.daemons)
+        parts.append(repr((self.default, self.fallback)))
+        return _hash(parts)
 
     def text_of(self, file: str) -> str | None:
         return dict(self.texts).get(file)
@@ -367,28 +368,40 @@ def bind_guard(port: GuardPort) -> None:
     _guard_port[:] = [port]
 
 
-def _feed(h: Any, value: object) -> None:
-    """Feed ``value`` to hash ``h`` as an unambiguous text of its content: a tuple as its length
-    and items, a dataclass (a match tree, limits) as its type and fields, a list of networks as
-    version, number and prefix length each (a set file has 100,000, and ``repr`` of each costs
-    more than the rest of loading it), anything else as its ``repr`` (a name with a lone
-    surrogate, from an undecodable byte, is content like any other)."""
-    if type(value) is tuple:
-        if value and isinstance(value[0], (ipaddress.IPv4Network, ipaddress.IPv6Network)):
-            text = ",".join([f"{n.version}{int(n.network_address):x}/{n.prefixlen}" for n in value])
-            h.update(b"N%d:%s;" % (len(value), text.encode()))
-            return
-        h.update(b"(%d:" % len(value))
-        for item in value:
-            _feed(h, item)
-        h.update(b")")
-    elif is_dataclass(value) and not isinstance(value, type):
-        h.update(type(value).__name__.encode() + b"(")
-        for f in fields(value):
-            _feed(h, getattr(value, f.name))
-        h.update(b")")
+def _content(parts: list[str], m: object) -> None:
+    """Append to ``parts`` an unambiguous text of ``m``, a match or daemon tree (or anything
+    else whose ``repr`` is its content): an address list as version, number and prefix length
+    of each network — a set file has 100,000, and ``repr`` of each costs more than the rest of
+    loading it — the rest as ``repr``."""
+    if isinstance(m, AddrMatch):
+        nets = ",".join([f"{n.version}{int(n.network_address):x}/{n.prefixlen}" for n in m.nets])
+        parts.append(f"A({m.label!r},{len(m.nets)}:{nets})")
+    elif isinstance(m, AnyOf):
+        parts.append(f"O({len(m.items)}:")
+        for item in m.items:
+            _content(parts, item)
+        parts.append(")")
+    elif isinstance(m, Except):
+        parts.append("E(")
+        _content(parts, m.include)
+        _content(parts, m.exclude)
+        parts.append(")")
+    elif isinstance(m, UserAt):
+        parts.append(f"U({m.user!r},")
+        _content(parts, m.host)
+        parts.append(")")
+    elif isinstance(m, DaemonPattern):
+        parts.append(f"D({m.name!r},")
+        _content(parts, m.server)
+        parts.append(")")
     else:
-        h.update(repr(value).encode("utf-8", "surrogatepass") + b",")
+        parts.append(repr(m) + ",")
+
+
+def _hash(parts: list[str]) -> str:
+    """16 hex digits of SHA-256 over ``parts`` (a name with a lone surrogate, from an
+    undecodable byte, is content like any other)."""
+    return hashlib.sha256("".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------
