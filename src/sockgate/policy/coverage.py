@@ -100,6 +100,8 @@ def _cover(m: Match) -> Cover:
     if isinstance(m, MatchNone):
         return Cover()
     if isinstance(m, AddrMatch):
+        if len(m.nets) == 1:  # most rules: nothing to sort or merge
+            return Cover((_line_range(m.nets[0]),))
         return Cover(union(_line_range(n) for n in m.nets))
     if isinstance(m, AnyOf):
         out = Cover()

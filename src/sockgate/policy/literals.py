@@ -31,6 +31,7 @@ RATE_UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 _OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # as ipaddress takes it: no leading 0
 _V4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}(?:/([0-9]{{1,2}}))?", re.ASCII)
 _V4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+_ADDRESS_LIKE = re.compile(r"[0-9A-Fa-f:.]+(/[^/]*)?")
 
 
 class LiteralError(ValueError):
@@ -39,7 +40,7 @@ class LiteralError(ValueError):
 
 def looks_like_address(text: str) -> bool:
     """Is this word meant as an address or CIDR (so it gets address messages)?"""
-    return bool(re.fullmatch(r"[0-9A-Fa-f:.]+(/[^/]*)?", text)) and any(c.isdigit() for c in text)
+    return _ADDRESS_LIKE.fullmatch(text) is not None and any(c.isdigit() for c in text)
 
 
 def network(text: str) -> IPNetwork:
