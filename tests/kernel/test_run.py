@@ -293,6 +293,36 @@ def test_inetd_unix_peers_decided_by_credentials(public_dir: Path, launch: Launc
     assert not sock_path.exists()
 
 
+def test_inetd_writes_a_denied_peers_executable_escaped(public_dir: Path, launch: Launch) -> None:
+    """A peer's executable path is any local user's choice: ESC, BEL and a line break in it
+    reach the log escaped, on the one line of the refusal."""
+    policy = public_dir / "unix.conf"
+    policy.write_text('service ctl {\n    allow exe "/nowhere/at/all"\n    default deny\n}\n')
+    sock_path = public_dir / "ctl.sock"
+    odd = public_dir / "a\x1b]0;x\x07\nfake"
+    odd.mkdir()
+    client = odd / "py"
+    real = os.path.realpath(sys.executable)
+    try:
+        os.link(real, client)  # /proc/PID/exe names the link it was run through
+    except OSError:
+        shutil.copy2(real, client)
+    lr = launch(
+        "--policy", str(policy), "--service", "ctl", "--inetd",
+        "--listen", f"unix:{sock_path}",
+        "--", sys.executable, "-c", INETD_CMD,
+    )
+    lr.started(1, supervised=False)
+    code = "import socket,sys\ns = socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect(sys.argv[1]); s.recv(1)\n"
+    subprocess.run([str(client), "-c", code, str(sock_path)], capture_output=True, timeout=30)
+    line = lr.wait_line(r"denied Unix peer").string
+    assert "\x1b" not in line and "\x07" not in line
+    assert "exe=" + str(public_dir) + "/a\\x1b]0;x\\x07\\x0afake/py: no rule matched" in line, line
+    lr.signal(signal.SIGTERM)
+    assert lr.finish() == 0
+
+
+@needs_root
 def test_inetd_max_conns_bounds_concurrency(tmp_path: Path, launch: Launch) -> None:
     policy = tmp_path / "me.conf"
     policy.write_text(f"service echo {{\n    allow uid {os.getuid()}\n    default deny\n}}\n")
