@@ -244,7 +244,7 @@ def test_process_names_paths_and_markers_reach_the_terminal_escaped() -> None:
     # names whatever its author wrote
     evil = "\x1b]0;pwned\x07\x1b[2J\nfake"
     holders = (ins.Holder(10, evil, "root", (3,)),)
-    row = _row(sock=unix(f"/tmp/{evil}", (1, 2)), holders=holders, guard=ins.Guard("modified", evil, "0" * 16))
+    row = _row(sock=unix(f"/tmp/{evil}", (1, 2)), holders=holders, guard=GuardInfo("modified", service=evil, digest="0" * 16))
     from io import StringIO
 
     from rich.console import Console
