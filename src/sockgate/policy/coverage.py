@@ -156,11 +156,14 @@ class Deciders:
 
     def _claim_segments(self, i: int, spans: Spans, owner: list[int], nxt: list[int]) -> bool:
         claimed = False
+        index = self._index
         for lo, hi in spans:
-            k, end = _find(nxt, self._index[lo]), self._index[hi]
+            k, end = _find(nxt, index[lo]), index[hi]
             while k < end:
                 owner[k], nxt[k], claimed = i, k + 1, True
-                k = _find(nxt, k + 1)
+                k += 1
+                if k < end and nxt[k] != k:  # claimed before: jump (an unclaimed one needs no call)
+                    k = _find(nxt, k)
         return claimed
 
     def covered(self, i: int) -> bool:

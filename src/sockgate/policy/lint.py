@@ -107,7 +107,7 @@ def _rules(rules: tuple[Rule, ...]) -> Iterator[Diagnostic]:
             yield _warn(rule.span, "rule matches no client: everything it names is excepted, or its set is empty")
         elif deciders.covered(i):
             yield _shadowed(rule, [rules[j] for j in deciders.culprits(i, c.spans, frozenset(c.atoms), c.everything)])
-        elif rule.action is Action.DENY:
+        elif rule.action is Action.DENY and i > 0:  # the first rule has no earlier one to overlap
             yield from _overlaps(rule, [(rules[j], shared) for j, shared in sorted(deciders.owners(i, c.spans))])
 
 
