@@ -111,7 +111,7 @@ def matches(m: Match, peer: Peer) -> bool:
         return False
     if isinstance(m, AddrMatch):
         a = peer.address
-        return a is not None and any(a.version == n.version and a in n for n in m.nets)
+        return a is not None and any(a in n for n in m.nets)  # `in` is False across families
     if isinstance(m, AnyOf):
         return any(matches(i, peer) for i in m.items)
     if isinstance(m, Except):
