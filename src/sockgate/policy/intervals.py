@@ -18,6 +18,7 @@ can multiply far beyond the few ranges it really is. Pure: ``ipaddress`` only.
 from __future__ import annotations
 
 import ipaddress
+from operator import itemgetter
 from typing import Iterable, Sequence
 
 from sockgate.policy.ir import AddrMatch, AnyOf, Except, IPAddress, IPNetwork, Match, MatchAll
@@ -42,7 +43,9 @@ def to_address(n: int, version: int) -> IPAddress:
 def union(ranges: Iterable[Range]) -> Ranges:
     """The addresses in any of ``ranges`` (in any order, overlapping or not)."""
     out: list[Range] = []
-    for lo, hi in sorted(ranges):
+    # by start only: ranges with one start merge to the longest whatever their order, and a
+    # key of one int sorts several times faster than pairs of 129-bit ints (100,000-line sets)
+    for lo, hi in sorted(ranges, key=itemgetter(0)):
         if out and lo <= out[-1][1]:
             if hi > out[-1][1]:
                 out[-1] = (out[-1][0], hi)
