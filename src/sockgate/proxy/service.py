@@ -357,11 +357,10 @@ class Runner:
     def _forget(self, conn: _socket.socket) -> None:
         """Drop a client from the table and from its source's count."""
         c = self.conns.pop(conn, None)
-        if c is not None and c.peer.address is not None:
-            src = source_of(c.peer.address)
-            self.per_source[src] -= 1
-            if not self.per_source[src]:
-                del self.per_source[src]
+        if c is not None and c.peer.address is not None:  # c.key is its limits.source_of
+            self.per_source[c.key] -= 1
+            if not self.per_source[c.key]:
+                del self.per_source[c.key]
 
     def _accept_failed(self, lsock: socket.socket, e: OSError) -> None:
         if e.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
@@ -478,7 +477,7 @@ class Runner:
         c = Conn(peer, key, d, taken, conn, label=label)
         self.conns[conn] = c
         if peer.address is not None:
-            self.per_source[source_of(peer.address)] += 1
+            self.per_source[key] += 1  # (decide's key: limits.source_of of the address)
         self._connect(c)
 
     def _refuse(self, conn: _socket.socket, peer: Peer, rule: Rule | str | None, reason: str, limit: bool = False) -> None:
