@@ -53,3 +53,45 @@ def test_deny_on_one_local_address_refuses_there_only(tmp_path: Path, backend: s
     finally:
         client.close()
         p.close()
+
+
+@pytest.mark.parametrize("listen", ["tcp", "udp"])
+def test_daemon_at_host_with_a_name_dependent_client_list_sees_the_server(tmp_path: Path, backend: socket.socket, listen: str) -> None:
+    """A rule needing both the client's name and the server address (its reason names the
+    client side first) still gets the local address: ``myd@127.0.0.1 : ALL EXCEPT .x``."""
+    (tmp_path / "hosts.allow").write_text("")
+    (tmp_path / "hosts.deny").write_text("myd@127.0.0.1 : ALL EXCEPT .nonexist.invalid\n")
+    echo = None
+    if listen == "tcp":
+        from support.proxyproc import EchoServer
+
+        echo = EchoServer()
+        fwd = f"tcp://127.0.0.1:{echo.port}"
+    else:
+        fwd = f"udp://127.0.0.1:{backend.getsockname()[1]}"
+    p = ProxyProc(
+        ["--listen", f"{listen}://127.0.0.1:0", "--forward", fwd, "--name-timeout", "5",
+         "--hosts-allow", str(tmp_path / "hosts.allow"), "--hosts-deny", str(tmp_path / "hosts.deny"),
+         "--service", "myd"],
+        tmp_path / "proxy.log",
+    )
+    try:
+        p.ready()
+        port = p.tcp_port()
+        if listen == "tcp":
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+                c.sendall(b"x")
+                try:
+                    got = c.recv(16)
+                except ConnectionResetError:
+                    got = b""
+            assert got == b""
+        else:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+                c.sendto(b"x", ("127.0.0.1", port))
+        rec = p.wait_record(event="decision")
+        assert rec["decision"] == "deny" and "hosts.deny:1" in rec["reason"], rec
+    finally:
+        p.close()
+        if echo is not None:
+            echo.close()

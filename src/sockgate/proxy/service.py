@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Hashable, Optional
 from sockgate.decide import Decision, decide_service, decide_unnamed
 from sockgate.errors import CompileError, SockgateError, UsageError
 from sockgate.peers import Peer
-from sockgate.policy.ir import Action, Limits, Rule, Service, rule_userspace_reason
+from sockgate.policy.ir import Action, Limits, Rule, Service, userspace_reason
 from sockgate.proxy.admission import peer_label, rule_label
 from sockgate.proxy.kernelrules import kernel_service, needs_name, surely_allowed_service
 from sockgate.proxy.limits import Limiter, Verdict, as_network, source_of
@@ -204,7 +204,9 @@ class Runner:
         self.kservice = kernel_service(service)
         self.surely = surely_allowed_service(service)  # for a peer whose name lookup was cut short
         self.needs_name = any(needs_name(r.match) for r in service.rules)
-        self.needs_server = any(rule_userspace_reason(r) == "needs the server address (daemon@host)" for r in service.rules)
+        # a daemon list with a daemon@host part, whatever the client side needs too (read off
+        # the daemon lists themselves, never off a reason's wording)
+        self.needs_server = any(r.daemons is not None and userspace_reason(r.daemons) is not None for r in service.rules)
         prev: dict[Rule | None, Limiter[Hashable]] = getattr(self, "limiters", {})
         kept = {_limiter_key(r, lim.limits): lim for r, lim in prev.items()}
         self.limiters: dict[Rule | None, Limiter[Hashable]] = {}
