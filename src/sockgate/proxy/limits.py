@@ -25,6 +25,10 @@ kernel filter's ban list, UDP flow caps, connections per source, name lookups):
 ``source_of``. An IPv4 address is one; an IPv6 host picks any address of its /64 (the
 interface identifier, RFC 4291 section 2.5.1), so there the /64 is one source — counted per
 /128, one host would get a limit, a ban and a flow quota for each of its 2^64 addresses.
+Except where a /64 is not one host's: link-local fe80::/10 (every neighbour on every link
+shares fe80::/64, and the scope is gone by then), ::/64 (loopback ::1 and the IPv4-compatible
+::a.b.c.d) and NAT64's 64:ff9b::/96 (every IPv4 client behind the translator): there each
+address is its own source, so one neighbour's ban is not everybody's.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from sockgate.policy.ir import IPAddress, Limits, Rate
 K = TypeVar("K", bound=Hashable)
 S = TypeVar("S", bound=Hashable)
 Source = ipaddress.IPv4Address | ipaddress.IPv6Network
+_NAT64 = int(ipaddress.IPv6Address("64:ff9b::"))  # RFC 6052 well-known prefix, a /96
 
 
 def source_of(address: IPAddress) -> Source:
@@ -47,7 +52,10 @@ def source_of(address: IPAddress) -> Source:
     if isinstance(address, ipaddress.IPv6Address):
         if address.ipv4_mapped is not None:
             return address.ipv4_mapped
-        return ipaddress.IPv6Network((int(address) >> 64 << 64, 64))
+        value = int(address)
+        if address.is_link_local or value >> 64 == 0 or value >> 32 == _NAT64 >> 32:
+            return ipaddress.IPv6Network((value, 128))  # a /64 here is many hosts' (module docstring)
+        return ipaddress.IPv6Network((value >> 64 << 64, 64))
     return address
 
 
