@@ -18,9 +18,11 @@ Kernel filter. Every IP listener carries the program compiled from
 ``kernelrules.kernel_service`` (the address-only part the kernel may enforce; see there) plus
 the sources currently banned. A ban recompiles that program and replaces it on every listener
 in one ``setsockopt`` each (atomic under RCU), so the banned source's SYNs and datagrams are
-dropped before the proxy wakes; when the ban ends the program is rebuilt without it. If a
-program cannot be built (too many bans for one filter) the previous one stays and the ban is
-still enforced here, in user space.
+dropped before the proxy wakes; when the ban ends the program is rebuilt without it. Bans never
+keep a policy out of the kernel: when the policy and its bans do not fit in one program
+together, the program carries the policy alone and every ban is enforced here, in user space
+(a ban lives in its ``Limiter``, which refuses the banned source in ``decide``), exactly as
+before the kernel knew of it. Only a policy that does not fit by itself is an error.
 """
 
 from __future__ import annotations
@@ -189,6 +191,7 @@ class Runner:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.udp: list[UdpListener] = []
         self._ban_timer: asyncio.TimerHandle | None = None
+        self._bans_in_user_space = False  # the last program left the bans out (logged once)
         self.opened_by_reload = False  # its listeners were opened by a reload (see Proxy._owns_files)
         self.install(plan.service)
 
@@ -229,12 +232,25 @@ class Runner:
         return sorted(out, key=str)
 
     def program(self, service: Service | None = None) -> bytes:
-        """The kernel filter for the IP listeners, with the current bans."""
+        """The kernel filter for the IP listeners of ``service`` (default: the running one),
+        with the current bans when they fit, else without any (see the module docstring).
+        Raises ``CompileError`` only for a policy that does not fit even without bans."""
         from sockgate.bpf import compile_service
 
         svc = kernel_service(service) if service is not None else self.kservice
         nets = [n for n in map(as_network, self.banned()) if n is not None]
-        return bytes(compile_service(svc, banned=nets).encode())
+        try:
+            prog = compile_service(svc, banned=nets)
+        except CompileError as e:
+            if not nets:
+                raise
+            prog = compile_service(svc)  # a CompileError here is the policy's own
+            if not self._bans_in_user_space:
+                self.log.error(f"{len(nets)} bans do not fit in the kernel filter, bans enforced in user space: {e}", service=self.name)
+            self._bans_in_user_space = True
+        else:
+            self._bans_in_user_space = False
+        return bytes(prog.encode())
 
     def attach(self, program: bytes) -> None:
         from sockgate.linux import filter as kfilter
