@@ -6,7 +6,11 @@ its own: an address as given (plus its verified host name when the service has n
 unless ``--no-resolve``), a host name once per address it resolves to, as tcpdmatch does.
 Options of the matched hosts_access rule are listed and never executed. A reverse lookup that
 ``--timeout`` cut short is not "no name" (libwrap would have waited for it): such a client is
-granted only where every name would be, else denied with the timeout as the reason. Exit 0
+granted only where every name would be, else denied with the timeout as the reason. Facts
+sockgate never learns — the server's host name (``daemon@host`` rules) and, when no user is
+given, the client's ident user (``user@host`` rules) — are assumed to be whatever denies
+(``kernelrules.assume_unlearned``, as the proxy decides); a client libwrap would grant with
+them known is denied with a ``note:`` saying so. Exit 0
 when every client is allowed, 1 when any is denied. docs/check.md documents the output.
 """
 
@@ -24,7 +28,7 @@ from sockgate.errors import UsageError
 from sockgate.peers import Peer
 from sockgate.policy.ir import IPAddress, Option, Policy, Service
 from sockgate.policy.source import printable
-from sockgate.proxy.kernelrules import needs_name, surely_allowed_service
+from sockgate.proxy.kernelrules import assume_unlearned, needs_name, needs_unlearned, surely_allowed_service
 from sockgate.resolve import DEFAULT_TIMEOUT, Looked, SystemResolver, peers_for_client, unix_peer
 
 MAX_ID = 0xFFFFFFFE
@@ -68,6 +72,7 @@ class Verdict:
     peers: tuple[Peer, ...]
     decisions: tuple[Decision, ...]
     cut_short: tuple[str | None, ...]  # per peer: why its name lookup was cut short, or None
+    notes: tuple[str | None, ...]  # per peer: why it was denied conservatively, or None
 
     @property
     def allowed(self) -> bool:
@@ -95,15 +100,34 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _verdict(policy: Policy, service: Service, text: str, looked: tuple[Looked, ...]) -> Verdict:
-    decisions = []
+    decisions, notes = [], []
     for peer, why in looked:
-        if why is None:
-            d = decide_service(service, peer)
-        else:
-            d = decide_unnamed(service, surely_allowed_service(service), peer,
-                               f"host-name lookup timed out ({why}); libwrap would wait for the name, and some name is denied")
+        decided = assume_unlearned(service, ident=peer.user is None, server_name=True)
+        d = _decide(decided, peer, why)
+        plain = _decide(service, peer, why) if decided is not service else d
+        if d.rule is not None and decided is not service:
+            d = replace(d, rule=service.rules[decided.rules.index(d.rule)])
+        notes.append(_conservative(service, peer) if plain.allowed and not d.allowed else None)
         decisions.append(_explained(policy, service, d))
-    return Verdict(text, tuple(p for p, _ in looked), tuple(decisions), tuple(w for _, w in looked))
+    return Verdict(text, tuple(p for p, _ in looked), tuple(decisions), tuple(w for _, w in looked), tuple(notes))
+
+
+def _decide(service: Service, peer: Peer, why: str | None) -> Decision:
+    if why is None:
+        return decide_service(service, peer)
+    return decide_unnamed(service, surely_allowed_service(service), peer,
+                          f"host-name lookup timed out ({why}); libwrap would wait for the name, and some name is denied")
+
+
+def _conservative(service: Service, peer: Peer) -> str:
+    """Why a client libwrap would grant (ident user "unknown", server name unknown) is denied."""
+    unlearned = []
+    if peer.user is None and any(needs_unlearned(r, ident=True, server_name=False) for r in service.rules):
+        unlearned.append("the client's ident user (sockgate does not query RFC 1413 ident; give [user@]client or --user)")
+    if any(needs_unlearned(r, ident=False, server_name=True) for r in service.rules):
+        unlearned.append("the server's host name (sockgate does not look it up; daemon@host rules)")
+    return (f"decided conservatively: a rule needs {' and '.join(unlearned)}, "
+            "so sockgate assumes the answer that denies, as its proxy does")
 
 
 def _client_specs(args: argparse.Namespace) -> list[str]:
@@ -185,7 +209,7 @@ def _service_needs_names(service: Service) -> bool:
 
 def _text(v: Verdict, policy: Policy) -> str:
     lines = []
-    for peer, d, why in zip(v.peers, v.decisions, v.cut_short):
+    for peer, d, why, note in zip(v.peers, v.decisions, v.cut_short, v.notes):
         lines.append(f"client:   {v.client}")
         if peer.address is not None:
             lines.append(f"client:   address  {peer.address}")
@@ -206,6 +230,8 @@ def _text(v: Verdict, policy: Policy) -> str:
             lines.append(f"option:   {o.name}{' ' + o.value if o.value else ''}{_note(o)}")
         if d.rule is None:
             lines.append(f"reason:   {d.reason}")
+        if note is not None:
+            lines.append(f"note:     {note}")
         lines.append(f"access:   {'granted' if d.allowed else 'denied'}")
         lines.append("")
     return "\n".join(lines)
@@ -227,8 +253,8 @@ def _name(peer: Peer) -> str:
 
 
 def _json(v: Verdict, service: Service) -> dict[str, Any]:
-    per = [{**_decision_json(p, d), "name_lookup": "timed out" if why else "done"}
-           for p, d, why in zip(v.peers, v.decisions, v.cut_short)]
+    per = [{**_decision_json(p, d), "name_lookup": "timed out" if why else "done", "conservative": note}
+           for p, d, why, note in zip(v.peers, v.decisions, v.cut_short, v.notes)]
     top = dict(per[v.deciding])
     top = {"service": service.name, "client": v.client, **top}
     top["decision"] = "allow" if v.allowed else "deny"

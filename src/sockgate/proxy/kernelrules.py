@@ -30,11 +30,21 @@ where *every* name would let it in. Allow rules keep ``under`` their match (only
 holds), deny rules deny ``over`` theirs (wherever they might hold); by the walk above with the
 roles swapped, surely-allowed ⇒ engine-allowed under every name (``decide.decide_unnamed``). A lookup
 that finished without a name (no PTR, NXDOMAIN, a forward mismatch) is not cut short: that is
-libwrap's unknown or paranoid, decided normally. Pure: no I/O.
+libwrap's unknown or paranoid, decided normally.
+
+``assume_unlearned(service, ident=, server_name=)`` is the same idea for facts sockgate never
+learns at all: the client's ident user (RFC 1413 is not queried) and the server's host name
+(not looked up). libwrap would learn them, so a rule that needs one is rewritten by the
+polarity of its place: where a match makes the rule deny (a deny rule, or an allow rule's
+EXCEPT part) it is assumed to hold (``user@host`` becomes ``host``; a name test on the server
+side of ``daemon@host`` becomes ``all``), where it makes the rule admit it is assumed not to
+(``none``). Every EXCEPT flips the polarity. Address parts stay exact. By the walk above:
+rewritten-allows ⇒ engine-allows for every user and server name. Pure: no I/O.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 from sockgate.policy.ir import (
@@ -42,6 +52,7 @@ from sockgate.policy.ir import (
     AddrMatch,
     AnyOf,
     Applies,
+    DaemonPattern,
     Except,
     HostClass,
     HostPattern,
@@ -157,4 +168,67 @@ def surely_allowed_service(service: Service) -> Service:
     """The service that allows only where ``service`` allows whatever user space would learn
     (a host name above all); see the module docstring."""
     rules = tuple(replace(r, match=under(r.match) if r.action is Action.ALLOW else over(r.match)) for r in service.rules)
+    return replace(service, rules=rules)
+
+
+Node = Match | DaemonPattern  # (AnyOf and Except hold either)
+Leaf = Callable[[Node, bool], Node]
+
+
+def _rewrite(m: Node, deny: bool, leaf: Leaf) -> Node:
+    """``m`` with ``leaf(node, deny)`` applied to every leaf; ``deny``: whether a match here
+    makes the rule deny (flipped under every EXCEPT)."""
+    if isinstance(m, AnyOf):
+        return AnyOf(tuple(_rewrite(i, deny, leaf) for i in m.items))  # type: ignore[misc]
+    if isinstance(m, Except):
+        return Except(_rewrite(m.include, deny, leaf), _rewrite(m.exclude, not deny, leaf))  # type: ignore[arg-type]
+    return leaf(m, deny)
+
+
+def _assumed(holds: bool) -> Match:
+    return MatchAll() if holds else MatchNone()
+
+
+def _no_ident(m: Node, deny: bool) -> Node:
+    """``user@host`` without an ident answer: the user matches where that denies, else not."""
+    if isinstance(m, UserAt):
+        return _rewrite(m.host, deny, _no_ident) if deny else MatchNone()
+    return m
+
+
+def _no_server_name(m: Node, deny: bool) -> Node:
+    """A name test on the server side: holds where that denies, else not (addresses exact)."""
+    return _assumed(deny) if isinstance(m, (HostPattern, HostClass)) else m
+
+
+def _daemon_no_server_name(d: Node, deny: bool) -> Node:
+    if isinstance(d, DaemonPattern) and d.server is not None:
+        return replace(d, server=_rewrite(d.server, deny, _no_server_name))  # type: ignore[arg-type]
+    return d
+
+
+def needs_unlearned(rule: Rule, *, ident: bool, server_name: bool) -> bool:
+    """Whether ``assume_unlearned`` rewrites ``rule``."""
+    return assume_rule(rule, ident=ident, server_name=server_name) is not rule
+
+
+def assume_rule(rule: Rule, *, ident: bool, server_name: bool) -> Rule:
+    """``rule`` decided without the facts the caller never learns (``rule`` itself if none)."""
+    deny = rule.action is Action.DENY
+    match: Match = _rewrite(rule.match, deny, _no_ident) if ident else rule.match  # type: ignore[assignment]
+    daemons = rule.daemons
+    if server_name and daemons is not None:
+        daemons = _rewrite(daemons, deny, _daemon_no_server_name)  # type: ignore[assignment]
+    if match == rule.match and daemons == rule.daemons:
+        return rule
+    return replace(rule, match=match, daemons=daemons)
+
+
+def assume_unlearned(service: Service, *, ident: bool, server_name: bool) -> Service:
+    """``service`` for a caller that never learns the client's ident user (``ident``) or the
+    server's host name (``server_name``): it allows a peer only where ``service`` allows it
+    for every user and every server name (see the module docstring)."""
+    rules = tuple(assume_rule(r, ident=ident, server_name=server_name) for r in service.rules)
+    if all(a is b for a, b in zip(rules, service.rules)):
+        return service
     return replace(service, rules=rules)

@@ -43,7 +43,7 @@ from sockgate.errors import CompileError, SockgateError, UsageError
 from sockgate.peers import Peer
 from sockgate.policy.ir import Action, Limits, Rule, Service, userspace_reason
 from sockgate.proxy.admission import peer_label, rule_label
-from sockgate.proxy.kernelrules import kernel_service, needs_name, surely_allowed_service
+from sockgate.proxy.kernelrules import assume_unlearned, kernel_service, needs_name, surely_allowed_service
 from sockgate.proxy.limits import Limiter, Verdict, as_network, source_of
 from sockgate.log import Log
 from sockgate.proxy.names import LATE, LookupRefused
@@ -205,7 +205,11 @@ class Runner:
         """Use ``service`` for new connections (limiter state is kept where limits are equal)."""
         self.service = service
         self.kservice = kernel_service(service)
-        self.surely = surely_allowed_service(service)  # for a peer whose name lookup was cut short
+        # The proxy never queries ident nor looks up its own host name: decided as if every
+        # answer libwrap could get were the worst one (kernelrules.assume_unlearned).
+        self.decided = assume_unlearned(service, ident=True, server_name=True)
+        self.origin = {d: r for d, r in reversed(list(zip(self.decided.rules, service.rules)))}
+        self.surely = surely_allowed_service(self.decided)  # for a peer whose name lookup was cut short
         self.needs_name = any(needs_name(r.match) for r in service.rules)
         # a daemon list with a daemon@host part, whatever the client side needs too (read off
         # the daemon lists themselves, never off a reason's wording)
@@ -444,7 +448,7 @@ class Runner:
             why = f"host-name lookup failed: {e}"
         else:
             return replace(peer, name=name, name_verified=verified)
-        d = decide_unnamed(self.service, self.surely, peer, why)
+        d = decide_unnamed(self.decided, self.surely, peer, why)
         return peer if d.allowed else f"{why}, and some host name would be denied"
 
     async def _slow(self, conn: _socket.socket, peer: Peer) -> None:
@@ -460,9 +464,14 @@ class Runner:
             return
         self._admit(conn, named)
 
+    def _decide(self, peer: Peer) -> Decision:
+        """The engine's decision on the decided service, naming the rule as written."""
+        d = decide_service(self.decided, peer)
+        return d if d.rule is None else replace(d, rule=self.origin.get(d.rule, d.rule))
+
     def decide(self, peer: Peer) -> tuple[Decision, Verdict | None, list[Limiter[Hashable]], Hashable]:
         """The engine's decision, then the limits of the service and of the matched rule."""
-        d = decide_service(self.service, peer)
+        d = self._decide(peer)
         key: Hashable = source_of(peer.address) if peer.address is not None else ("uid", peer.uid)
         if not d.allowed or not self.limiters:
             return d, None, [], key
