@@ -36,7 +36,8 @@ import signal
 import socket
 import subprocess
 
-from sockgate.decide import decide
+from sockgate.decide import decide_service
+from sockgate.proxy.kernelrules import assume_unlearned
 from sockgate.launcher import Gate
 from sockgate.linux import activation, privileges
 from sockgate.linux.listen import Listener
@@ -212,7 +213,9 @@ class _Server:
         from sockgate.linux.peercred import peer_of
 
         peer = peer_of(conn.fileno())
-        d = decide(self.gate.policy, self.gate.cfg.service, peer)
+        # ident and the server's name are never learned here: assumed as the answer that denies
+        service = assume_unlearned(self.gate.policy.service(self.gate.cfg.service), ident=True, server_name=True)
+        d = decide_service(service, peer)
         if not d.allowed:
             self.gate.cfg.say(f"denied Unix peer {escape(peer.describe())}: {d.reason}")  # exe: the peer's choice
             return None

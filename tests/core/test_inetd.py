@@ -84,3 +84,20 @@ def test_stop_terms_children_then_abort_kills() -> None:
     assert loop.watched == {}  # stopping: never accepting again
     s.abort()
     assert child.signals[-1] == signal.SIGKILL and not s.busy() and s.ended() is None
+
+
+def test_a_unix_peer_is_decided_with_ident_and_server_names_assumed_against_it(monkeypatch: Any) -> None:
+    """inetd learns neither the ident user nor the server's name: a deny that needs either
+    holds (``kernelrules.assume_unlearned``), as the proxy and ``check`` decide."""
+    import sockgate.linux.peercred as peercred
+    from sockgate.peers import Peer
+    from sockgate.policy.hostsaccess import parse_hosts_access
+
+    files = {"hosts.allow": "", "hosts.deny": "myd : mallory@ALL\n"}
+    policy = parse_hosts_access("hosts.allow", "hosts.deny", read=files.__getitem__)
+    said: list[str] = []
+    gate: Any = SimpleNamespace(policy=policy, cfg=SimpleNamespace(service="myd", say=said.append))
+    s = _Server(gate, None, Loop())  # type: ignore[arg-type]
+    monkeypatch.setattr(peercred, "peer_of", lambda fd: Peer(uid=1000, gid=1000))
+    assert s._unix_peer_if_allowed(SimpleNamespace(fileno=lambda: 9)) is None  # type: ignore[arg-type]
+    assert said and said[0].startswith("denied Unix peer uid=1000 gid=1000: matched hosts.deny:1")
