@@ -47,7 +47,7 @@ LAYERS: dict[str, int] = {
     "sockgate.launcher": ENFORCE,
     "sockgate.inetd": ENFORCE,
     "sockgate.supervisor": ENFORCE,
-    "sockgate.inspect": ENFORCE,
+    "sockgate.socktable": ENFORCE,
     "sockgate.socktable": ENFORCE,
     "sockgate.probe": ENFORCE,
     "sockgate.demo": ENFORCE,

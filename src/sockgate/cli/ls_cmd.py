@@ -1,7 +1,7 @@
 """``sockgate ls``: sockets, who holds them, who can reach them, and the guard on each.
 
 A readable table (rich) on a terminal, plain aligned columns when piped, JSON lines with
-``--json`` (fields documented in docs/ls.md). The work is ``sockgate.inspect.list_sockets``.
+``--json`` (fields documented in docs/ls.md). The work is ``sockgate.socktable.list_sockets``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Sequence
 
-from sockgate.inspect import Row, Selection, list_sockets, local_text, netid, peer_text
+from sockgate.socktable import Row, Selection, list_sockets, local_text, netid, peer_text
 from sockgate.policy.source import escape
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ Done by hand, and why:
 * holders: which process holds which socket is found by reading the ``/proc/PID/fd`` links
   (``socket:[INODE]``), one ``readlink`` per descriptor. psutil's ``net_connections`` does
   the same walk but also re-parses every connection table and drops the inode and the Unix
-  socket type, which the inventory needs; psutil is used (in ``sockgate.inspect``) for
+  socket type, which the inventory needs; psutil is used (in ``sockgate.socktable``) for
   process names and owners.
 
 Processes whose ``/proc/PID/fd`` we may not read (another user's, without root) are returned

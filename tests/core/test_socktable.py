@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sockgate import inspect as ins
+from sockgate import socktable
 from sockgate.cli import ls_cmd
 from sockgate.kernel import GuardInfo
 from sockgate.linux.sockdiag import TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, TCP_TIME_WAIT, Sock, parse_proc_inet, parse_proc_unix
@@ -44,36 +44,36 @@ def unix(name: str | None, vfs: tuple[int, int] | None = None, state: int = TCP_
     ],
 )
 def test_inet_exposure(sock: Sock, kind: str, text: str) -> None:
-    e = ins.exposure_of(sock)
+    e = socktable.exposure_of(sock)
     assert (e.kind, e.text) == (kind, text)
 
 
 def test_bound_to_a_device_says_so() -> None:
-    assert ins.exposure_of(tcp("0.0.0.0", ifindex=3), ifname="eth0").text == "every interface on eth0"
+    assert socktable.exposure_of(tcp("0.0.0.0", ifindex=3), ifname="eth0").text == "every interface on eth0"
 
 
 def test_connected_socket_exposure_names_the_peer() -> None:
     s = Sock("tcp", "ipv4", "stream", TCP_ESTABLISHED, 1, 0, "127.0.0.1", 5000, "127.0.0.1", 40000)
-    assert ins.exposure_of(s).text == "connected to 127.0.0.1:40000"
+    assert socktable.exposure_of(s).text == "connected to 127.0.0.1:40000"
 
 
 def test_unix_exposure() -> None:
-    info = ins.PathInfo(True, 42, stat.S_IFSOCK | 0o660, "root", "docker")
-    path = ins.exposure_of(unix("/run/docker.sock", (1, 42)), info)
+    info = socktable.PathInfo(True, 42, stat.S_IFSOCK | 0o660, "root", "docker")
+    path = socktable.exposure_of(unix("/run/docker.sock", (1, 42)), info)
     assert (path.kind, path.text, path.mode, path.owner, path.group) == ("path", "path mode 0660 root:docker", "0660", "root", "docker")
-    assert ins.exposure_of(unix("@bus", None)).text == "abstract (any process in this network namespace)"
-    assert ins.exposure_of(unix(None, None, TCP_CLOSE)).kind == "unnamed"
-    assert ins.exposure_of(unix("/x", (1, 42)), ins.PathInfo(False)).text == "path removed (unreachable by name)"
-    replaced = ins.exposure_of(unix("/x", (1, 42)), ins.PathInfo(True, 43, 0o140777, "a", "b"))
+    assert socktable.exposure_of(unix("@bus", None)).text == "abstract (any process in this network namespace)"
+    assert socktable.exposure_of(unix(None, None, TCP_CLOSE)).kind == "unnamed"
+    assert socktable.exposure_of(unix("/x", (1, 42)), socktable.PathInfo(False)).text == "path removed (unreachable by name)"
+    replaced = socktable.exposure_of(unix("/x", (1, 42)), socktable.PathInfo(True, 43, 0o140777, "a", "b"))
     assert replaced.text == "path now names another file (unreachable by name)"
-    denied = ins.exposure_of(unix("/x", (1, 42)), ins.PathInfo(False, error="Permission denied"))
+    denied = socktable.exposure_of(unix("/x", (1, 42)), socktable.PathInfo(False, error="Permission denied"))
     assert denied.text == "path, mode unknown (Permission denied)" and denied.mode is None
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)))
 def test_exposure_kind_follows_the_address(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
-    kind = ins.exposure_of(tcp(str(addr), v6only=True)).kind
+    kind = socktable.exposure_of(tcp(str(addr), v6only=True)).kind
     mapped = addr.ipv4_mapped if isinstance(addr, ipaddress.IPv6Address) else None
     if addr.is_unspecified:
         assert kind == "any"
@@ -84,33 +84,33 @@ def test_exposure_kind_follows_the_address(addr: ipaddress.IPv4Address | ipaddre
 
 
 def test_default_selection_is_listening_and_bound() -> None:
-    sel = ins.Selection()
-    assert ins.wanted(tcp("0.0.0.0"), sel)
-    assert not ins.wanted(tcp("127.0.0.1", state=TCP_ESTABLISHED), sel)
-    assert not ins.wanted(tcp("127.0.0.1", state=TCP_TIME_WAIT), sel)
-    assert ins.wanted(unix("@x", None, TCP_CLOSE), sel)
-    assert not ins.wanted(unix(None, None, TCP_CLOSE), sel)
-    every = ins.Selection(all=True)
-    assert ins.wanted(tcp("127.0.0.1", state=TCP_TIME_WAIT), every)
-    assert ins.wanted(unix(None, None, TCP_CLOSE), every)
-    assert not ins.wanted(tcp("0.0.0.0", 80), ins.Selection(port=81))
+    sel = socktable.Selection()
+    assert socktable.wanted(tcp("0.0.0.0"), sel)
+    assert not socktable.wanted(tcp("127.0.0.1", state=TCP_ESTABLISHED), sel)
+    assert not socktable.wanted(tcp("127.0.0.1", state=TCP_TIME_WAIT), sel)
+    assert socktable.wanted(unix("@x", None, TCP_CLOSE), sel)
+    assert not socktable.wanted(unix(None, None, TCP_CLOSE), sel)
+    every = socktable.Selection(all=True)
+    assert socktable.wanted(tcp("127.0.0.1", state=TCP_TIME_WAIT), every)
+    assert socktable.wanted(unix(None, None, TCP_CLOSE), every)
+    assert not socktable.wanted(tcp("0.0.0.0", 80), socktable.Selection(port=81))
 
 
 def test_process_filters() -> None:
     s = tcp("0.0.0.0")
-    holders = (ins.Holder(10, "sshd", "root", (3,)), ins.Holder(11, "sshd", "root", (3,)))
-    assert ins.matches(s, holders, "root", ins.Selection(pid=11))
-    assert not ins.matches(s, holders, "root", ins.Selection(pid=12))
-    assert ins.matches(s, holders, "root", ins.Selection(user="root"))
-    assert ins.matches(s, holders, "root", ins.Selection(user="0"))
-    assert not ins.matches(s, holders, "root", ins.Selection(user="nobody"))
+    holders = (socktable.Holder(10, "sshd", "root", (3,)), socktable.Holder(11, "sshd", "root", (3,)))
+    assert socktable.matches(s, holders, "root", socktable.Selection(pid=11))
+    assert not socktable.matches(s, holders, "root", socktable.Selection(pid=12))
+    assert socktable.matches(s, holders, "root", socktable.Selection(user="root"))
+    assert socktable.matches(s, holders, "root", socktable.Selection(user="0"))
+    assert not socktable.matches(s, holders, "root", socktable.Selection(user="nobody"))
 
 
-def _row(**kw: Any) -> ins.Row:
-    holders = (ins.Holder(10, "sshd", "root", (3,)), ins.Holder(11, "sshd", "root", (3, 4)))
-    base = dict(sock=tcp("::", 22, v6only=False), holders=holders, user="root", exposure=ins.Exposure("any", "every interface"), guard=GuardInfo("none"))
+def _row(**kw: Any) -> socktable.Row:
+    holders = (socktable.Holder(10, "sshd", "root", (3,)), socktable.Holder(11, "sshd", "root", (3, 4)))
+    base = dict(sock=tcp("::", 22, v6only=False), holders=holders, user="root", exposure=socktable.Exposure("any", "every interface"), guard=GuardInfo("none"))
     base.update(kw)
-    return ins.Row(**base)  # type: ignore[arg-type]
+    return socktable.Row(**base)  # type: ignore[arg-type]
 
 
 def _flat_keys(obj: Any, prefix: str = "") -> set[str]:
@@ -135,7 +135,7 @@ def test_json_fields_are_the_documented_ones() -> None:
 
 def test_process_column_lists_every_holder_up_to_a_limit() -> None:
     assert _row().process_text() == "10/sshd,11/sshd"
-    many = tuple(ins.Holder(p, "w", None, (5,)) for p in range(20, 25))
+    many = tuple(socktable.Holder(p, "w", None, (5,)) for p in range(20, 25))
     assert _row(holders=many).process_text() == "20/w,21/w,22/w +2"
     assert _row(holders=()).process_text() == "-"
 
@@ -182,16 +182,16 @@ def test_parse_proc_unix() -> None:
     assert (docker.unix_name, docker.state, docker.type, docker.inode) == ("/run/docker.sock", TCP_LISTEN, "stream", 501)
     assert (bus.unix_name, bus.unix_vfs, bus.type, bus.state) == ("@bus", None, "dgram", TCP_CLOSE)
     assert (pair.unix_name, pair.state) == (None, TCP_ESTABLISHED)
-    assert ins.exposure_of(bus).kind == "abstract"
+    assert socktable.exposure_of(bus).kind == "abstract"
 
 
 def test_guard_without_a_visible_holder_is_unknown_never_a_guess() -> None:
     held = tcp("0.0.0.0")  # inode 1000: some process holds a descriptor for it
     time_wait = Sock("tcp", "ipv4", "stream", TCP_TIME_WAIT, 0, 0, "127.0.0.1", 5000, "127.0.0.1", 40000)
-    some_denied = ins.read_guards([(held, ()), (time_wait, ())], some_denied=True)
+    some_denied = socktable.read_guards([(held, ()), (time_wait, ())], some_denied=True)
     assert some_denied[id(held)].text == "unknown (no permission)"
     assert some_denied[id(time_wait)].text == "unknown (no holder found)"
-    all_visible = ins.read_guards([(held, ())], some_denied=False)
+    all_visible = socktable.read_guards([(held, ())], some_denied=False)
     assert all_visible[id(held)].text == "unknown (no holder found)"
 
 
@@ -199,13 +199,13 @@ def test_unknown_user_name_is_a_usage_error_not_an_empty_list() -> None:
     from sockgate.errors import UsageError
 
     with pytest.raises(UsageError, match=r"^--user 'no-such-user-sgt': no such user"):
-        ins.list_sockets(ins.Selection(user="no-such-user-sgt"))
+        socktable.list_sockets(socktable.Selection(user="no-such-user-sgt"))
 
 
 def test_process_column_does_not_say_none_when_holders_are_hidden() -> None:
-    hidden = _row(holders=(), guard=GuardInfo(ins.UNKNOWN, reason=ins.NO_PERMISSION))
+    hidden = _row(holders=(), guard=GuardInfo(socktable.UNKNOWN, reason=socktable.NO_PERMISSION))
     assert hidden.process_text() == "?"
-    assert _row(holders=(), guard=GuardInfo(ins.UNKNOWN, reason=ins.NO_HOLDER)).process_text() == "-"
+    assert _row(holders=(), guard=GuardInfo(socktable.UNKNOWN, reason=socktable.NO_HOLDER)).process_text() == "-"
 
 
 def test_terminal_table_keeps_addresses_and_guards_whole_on_80_columns() -> None:
@@ -213,8 +213,8 @@ def test_terminal_table_keeps_addresses_and_guards_whole_on_80_columns() -> None
 
     from rich.console import Console
 
-    guard = GuardInfo(ins.SOCKGATE, service="echod", digest="98eadde03fa46cb5")
-    one = (ins.Holder(2979, "python", "root", (3,)),)
+    guard = GuardInfo(socktable.SOCKGATE, service="echod", digest="98eadde03fa46cb5")
+    one = (socktable.Holder(2979, "python", "root", (3,)),)
     rows = [_row(sock=tcp("127.0.0.1", 39913), holders=one, guard=guard), _row(sock=tcp("::", 22, v6only=False), holders=one)]
     buf = io.StringIO()
     ls_cmd.render_table(rows, False, Console(file=buf, width=80, color_system=None))
@@ -243,7 +243,7 @@ def test_process_names_paths_and_markers_reach_the_terminal_escaped() -> None:
     # any local user chooses a process's name and a Unix socket's path; a filter's marker
     # names whatever its author wrote
     evil = "\x1b]0;pwned\x07\x1b[2J\nfake"
-    holders = (ins.Holder(10, evil, "root", (3,)),)
+    holders = (socktable.Holder(10, evil, "root", (3,)),)
     row = _row(sock=unix(f"/tmp/{evil}", (1, 2)), holders=holders, guard=GuardInfo("modified", service=evil, digest="0" * 16))
     from io import StringIO
 
