@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sockgate import socktable
-from sockgate.cli import ls_cmd
+from sockgate.cli import ls as ls_cli
 from sockgate.kernel import GuardInfo
 from sockgate.linux.sockdiag import TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, TCP_TIME_WAIT, Sock, parse_proc_inet, parse_proc_unix
 
@@ -142,7 +142,7 @@ def test_process_column_lists_every_holder_up_to_a_limit() -> None:
 
 def test_plain_columns_align() -> None:
     rows = [_row(), _row(sock=unix("/run/a-much-longer-socket-path.sock", (1, 2)), guard=GuardInfo("sockgate", service="x", digest="0" * 16))]
-    text = ls_cmd.plain(rows, with_peer=False)
+    text = ls_cli.plain(rows, with_peer=False)
     lines = text.splitlines()
     assert lines[0].split() == ["Proto", "State", "Local", "Process", "User", "Exposure", "Guard"]
     for col in ("State", "Local", "Process", "Guard"):
@@ -217,7 +217,7 @@ def test_terminal_table_keeps_addresses_and_guards_whole_on_80_columns() -> None
     one = (socktable.Holder(2979, "python", "root", (3,)),)
     rows = [_row(sock=tcp("127.0.0.1", 39913), holders=one, guard=guard), _row(sock=tcp("::", 22, v6only=False), holders=one)]
     buf = io.StringIO()
-    ls_cmd.render_table(rows, False, Console(file=buf, width=80, color_system=None))
+    ls_cli.render_table(rows, False, Console(file=buf, width=80, color_system=None))
     text = buf.getvalue()
     assert "127.0.0.1:39913" in text and "[::]:22" in text and "2979/python" in text
     assert "sockgate echod" in text and "98eadde03fa46cb5" in text  # may wrap between words, never inside one
@@ -250,7 +250,7 @@ def test_process_names_paths_and_markers_reach_the_terminal_escaped() -> None:
     from rich.console import Console
 
     screen = StringIO()
-    ls_cmd.render_table([row], with_peer=False, console=Console(file=screen, force_terminal=True, width=400))
-    for text in (ls_cmd.plain([row], with_peer=False), screen.getvalue().replace("\x1b[", "CSI")):
+    ls_cli.render_table([row], with_peer=False, console=Console(file=screen, force_terminal=True, width=400))
+    for text in (ls_cli.plain([row], with_peer=False), screen.getvalue().replace("\x1b[", "CSI")):
         assert "\x07" not in text and "\x1b]" not in text and "CSI2J" not in text and "\nfake" not in text
         assert "\\x1b]0;pwned\\x07\\x1b[2J\\x0afake" in text

@@ -34,9 +34,6 @@ COMMANDS: dict[str, str] = {
     "demo": "run a guarded echo service on loopback and probe it from two sources",
 }
 
-_MODULES = {"ls": "ls_cmd"}  # names that are not valid/clean module names
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
         raise UsageError(f"{self.prog}: {message}")
@@ -58,7 +55,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def _module(name: str):  # type: ignore[no-untyped-def]
-    return importlib.import_module(f"sockgate.cli.{_MODULES.get(name, name)}")
+    return importlib.import_module(f"sockgate.cli.{name}")
 
 
 def _version() -> str:
