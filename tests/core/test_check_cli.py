@@ -1,6 +1,6 @@
 """``sockgate check``: output, JSON lines, exit codes, errors on stderr only.
 
-Run through ``cli.main.main(argv)`` (name lookups replaced by a StaticResolver) and, for the
+Run through ``cli.main.main(argv)`` (name lookups replaced by a StaticNameService) and, for the
 contract as scripts see it, through ``python -m sockgate`` in a subprocess."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import pytest
 
 from sockgate.cli import check as check_cmd
 from sockgate.cli.main import main
-from sockgate import resolve
+from sockgate import lookup
 from sockgate.policy.ir import IPAddress
-from sockgate.resolve import StaticResolver
+from sockgate.lookup import StaticNameService
 
 DATA = Path(__file__).parent.parent / "data" / "hosts_access"
 ALLOW, DENY = str(DATA / "hosts.allow"), str(DATA / "hosts.deny")
@@ -27,7 +27,7 @@ EXAMPLE = Path(__file__).parents[2] / "src" / "sockgate" / "examples" / "example
 HA = ["--hosts-allow", ALLOW, "--hosts-deny", DENY]
 A = ipaddress.ip_address
 
-FAKE = StaticResolver(
+FAKE = StaticNameService(
     forward={
         "ws.example.com": (A("192.0.2.5"), A("2001:db8::5")),
         "gw": (A("10.9.1.1"),),
@@ -41,7 +41,7 @@ FAKE = StaticResolver(
 
 @pytest.fixture(autouse=True)
 def fake_resolver(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(check_cmd, "SystemResolver", lambda timeout: FAKE)
+    monkeypatch.setattr(check_cmd, "SystemNameService", lambda timeout: FAKE)
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -223,7 +223,7 @@ def test_subprocess_contract() -> None:
     assert bad.stderr.strip() == "sockgate: not an address or host name: 'a b'"
 
 
-# --- the name-resolution edge (sockgate.resolve), with the C library calls replaced ---------
+# --- the name-resolution edge (sockgate.lookup), with the C library calls replaced ---------
 
 
 @pytest.mark.parametrize(
@@ -241,30 +241,30 @@ def test_subprocess_contract() -> None:
 def test_system_resolver_verifies_like_libwrap(
     monkeypatch: pytest.MonkeyPatch, reverse: str | None, forward: Any, want: tuple[str | None, bool]
 ) -> None:
-    from sockgate import resolve
+    from sockgate import lookup
 
-    monkeypatch.setattr(resolve, "_getnameinfo", lambda a: reverse)
-    monkeypatch.setattr(resolve, "_getaddrinfo", lambda n: forward)
-    hn = resolve.SystemResolver(timeout=5).host_name(A("192.0.2.1"))
+    monkeypatch.setattr(lookup, "_getnameinfo", lambda a: reverse)
+    monkeypatch.setattr(lookup, "_getaddrinfo", lambda n: forward)
+    hn = lookup.SystemNameService(timeout=5).host_name(A("192.0.2.1"))
     assert (hn.name, hn.verified) == want
 
 
 def test_system_resolver_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
-    from sockgate import resolve
+    from sockgate import lookup
 
     gate = threading.Event()
-    monkeypatch.setattr(resolve, "_getnameinfo", lambda a: gate.wait(5) and "late.example")
+    monkeypatch.setattr(lookup, "_getnameinfo", lambda a: gate.wait(5) and "late.example")
     try:  # late is not "no name": the caller hears that the lookup was cut short
-        with pytest.raises(resolve.LookupTimedOut, match="did not finish within 0.05s"):
-            resolve.SystemResolver(timeout=0.05).host_name(A("192.0.2.1"))
+        with pytest.raises(lookup.LookupTimedOut, match="did not finish within 0.05s"):
+            lookup.SystemNameService(timeout=0.05).host_name(A("192.0.2.1"))
     finally:
         gate.set()
 
 
 def test_peers_for_client_forms() -> None:
-    from sockgate.resolve import peers_for_client
+    from sockgate.lookup import peers_for_client
 
     ((p, why),) = peers_for_client("bob@[2001:db8::5]", FAKE, names=True)
     assert why is None
@@ -278,11 +278,11 @@ def test_peers_for_client_forms() -> None:
     assert [str(p.address) for p, _ in peers_for_client("WS.example.com", FAKE, names=True)] == ["192.0.2.5", "2001:db8::5"]
 
 
-class LateResolver(StaticResolver):
+class LateNameService(StaticNameService):
     """Reverse lookups that ``--timeout`` cut short."""
 
-    def host_name(self, address: IPAddress) -> resolve.HostName:
-        raise resolve.LookupTimedOut("the name lookup did not finish within 5s")
+    def host_name(self, address: IPAddress) -> lookup.HostName:
+        raise lookup.LookupTimedOut("the name lookup did not finish within 5s")
 
 
 @pytest.mark.parametrize(("allow", "deny", "granted"), [
@@ -293,7 +293,7 @@ class LateResolver(StaticResolver):
 def test_check_grants_a_timed_out_lookup_only_where_every_name_is_granted(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, allow: str, deny: str, granted: bool
 ) -> None:
-    monkeypatch.setattr(check_cmd, "SystemResolver", lambda timeout: LateResolver())
+    monkeypatch.setattr(check_cmd, "SystemNameService", lambda timeout: LateNameService())
     (tmp_path / "a").write_text(allow)
     (tmp_path / "d").write_text(deny)
     ha = ["--hosts-allow", str(tmp_path / "a"), "--hosts-deny", str(tmp_path / "d"), "--service", "sshd", "--client", "192.0.2.7"]

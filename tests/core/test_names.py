@@ -18,7 +18,7 @@ from typing import Any, Awaitable, Callable
 import pytest
 
 from sockgate.proxy.names import LookupRefused, NameLookup
-from sockgate.resolve import HostName
+from sockgate.lookup import HostName
 from sockgate.policy.ir import IPAddress
 
 

@@ -490,12 +490,12 @@ def test_shipped_sample_agrees_with_tcpdmatch() -> None:
 
 def test_system_resolver_names_localhost_as_tcpdmatch_does() -> None:
     """tcpdmatch looks a host name up, then each address in reverse (libwrap's verified
-    name); resolve.SystemResolver must see the same name for the same address."""
-    from sockgate.resolve import SystemResolver
+    name); lookup.SystemNameService must see the same name for the same address."""
+    from sockgate.lookup import SystemNameService
 
     with tempfile.TemporaryDirectory(prefix="sgt-tcpd-") as tmp:
         (seen_list,) = run_tcpdmatch(Path(tmp), ["sshd"], ["localhost"])
-    resolver = SystemResolver(timeout=5)
+    resolver = SystemNameService(timeout=5)
     for seen in seen_list:
         assert seen.address is not None
         hn = resolver.host_name(ipaddress.ip_address(seen.address))

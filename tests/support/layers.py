@@ -36,7 +36,7 @@ LAYERS: dict[str, int] = {
     "sockgate.proxy.admission": CORE,
     "sockgate.linux": EDGE,
     "sockgate.loading": EDGE,
-    "sockgate.resolve": EDGE,  # host-name lookups at the edge
+    "sockgate.lookup": EDGE,  # host-name lookups at the edge
     "sockgate.lookup": EDGE,
     "sockgate.log": EDGE,
     "sockgate.services_db": EDGE,

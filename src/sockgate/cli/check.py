@@ -29,7 +29,7 @@ from sockgate.peers import Peer
 from sockgate.policy.ir import IPAddress, Option, Policy, Service
 from sockgate.policy.source import printable
 from sockgate.proxy.kernelrules import assume_unlearned, needs_name, needs_unlearned, surely_allowed_service
-from sockgate.resolve import DEFAULT_TIMEOUT, Looked, SystemResolver, peers_for_client, unix_peer
+from sockgate.lookup import DEFAULT_TIMEOUT, Looked, SystemNameService, peers_for_client, credentials_peer
 
 MAX_ID = 0xFFFFFFFE
 _SIDE_EFFECTS = {
@@ -190,9 +190,9 @@ def _peers(
     args: argparse.Namespace, clients: list[str], service: Service, server: IPAddress | None
 ) -> list[tuple[str, tuple[Looked, ...]]]:
     if args.uid is not None:
-        p = unix_peer(args.uid, args.gid, args.exe, args.pid)
+        p = credentials_peer(args.uid, args.gid, args.exe, args.pid)
         return [(p.describe(), ((p, None),))]
-    resolver = None if args.no_resolve else SystemResolver(args.timeout)
+    resolver = None if args.no_resolve else SystemNameService(args.timeout)
     names = _service_needs_names(service)
     return [
         (c, peers_for_client(c, resolver, names=names, user=args.user, server=server)) for c in clients

@@ -18,11 +18,11 @@ if TYPE_CHECKING:  # importing the package must stay cheap and free of I/O modul
 
 
 def resolver(timeout: float, queue: int = 64) -> "Resolver":
-    """The host-name lookup the proxy uses: ``sockgate.resolve.SystemResolver`` (reverse
+    """The host-name lookup the proxy uses: ``sockgate.lookup.SystemNameService`` (reverse
     lookup confirmed forward) behind ``names.NameLookup`` (a bounded lane per service, a
     cache, a caller's wait bounded by ``timeout``). Its calls are made in the lane's own
     threads, so that a slow lookup holds its lane's slot and no thread is left behind."""
     from sockgate.proxy.names import NameLookup
-    from sockgate.resolve import SystemResolver
+    from sockgate.lookup import SystemNameService
 
-    return NameLookup(SystemResolver(None), timeout, queue=queue)
+    return NameLookup(SystemNameService(None), timeout, queue=queue)

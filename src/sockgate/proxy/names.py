@@ -40,7 +40,7 @@ from typing import Callable, Hashable
 
 from sockgate.policy.ir import IPAddress
 from sockgate.proxy.limits import source_of
-from sockgate.resolve import Resolver
+from sockgate.lookup import NameService
 
 Answer = tuple[str | None, bool]
 LATE = "host-name lookup did not finish in time"
@@ -79,7 +79,7 @@ class NameLookup:
 
     def __init__(
         self,
-        resolver: Resolver,
+        resolver: NameService,
         timeout: float = 2.0,
         *,
         threads: int = 4,

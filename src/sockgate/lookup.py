@@ -1,8 +1,8 @@
 """Name lookups at the edge: client text → ``Peer`` values for the pure engine.
 
 The engine never resolves names (``decide.py``); whoever builds a ``Peer`` does it here,
-through a ``Resolver`` that tests replace with a ``StaticResolver``. The default
-``SystemResolver`` asks the C library (``getaddrinfo``/``getnameinfo``: /etc/hosts, DNS...),
+through a ``NameService`` that tests replace with a ``StaticNameService``. The default
+``SystemNameService`` asks the C library (``getaddrinfo``/``getnameinfo``: /etc/hosts, DNS...),
 each lookup bounded by a timeout. A lookup that times out raises ``LookupTimedOut``: it is
 *not* a lookup that found no name. libwrap waits for its resolver (resolv.conf ``timeout``
 times ``attempts``) and decides with the name that comes back, so a caller must not decide
@@ -59,7 +59,7 @@ class HostName:
     verified: bool = True
 
 
-class Resolver(Protocol):
+class NameService(Protocol):
     def addresses(self, name: str) -> tuple[IPAddress, ...]:
         """Forward lookup: the addresses of ``name`` (empty when it does not resolve)."""
         ...
@@ -70,7 +70,7 @@ class Resolver(Protocol):
 
 
 @dataclass(frozen=True)
-class StaticResolver:
+class StaticNameService:
     """A resolver from dictionaries (tests): ``forward`` name → addresses, ``reverse``
     address → name. Names compare case-insensitively."""
 
@@ -90,7 +90,7 @@ class StaticResolver:
         return HostName(name, address in self.addresses(name))
 
 
-class SystemResolver:
+class SystemNameService:
     """The C library's resolver, each call bounded by ``timeout`` seconds (None: unbounded,
     made in the caller's thread)."""
 
@@ -154,7 +154,7 @@ def _bounded(fn: Callable[[], T], timeout: float | None) -> T:
     if timeout is None:
         return fn()
     box: queue.Queue[T] = queue.Queue(maxsize=1)
-    t = threading.Thread(target=lambda: box.put(fn()), name="sockgate-resolve", daemon=True)
+    t = threading.Thread(target=lambda: box.put(fn()), name="sockgate-lookup", daemon=True)
     t.start()
     try:
         return box.get(timeout=timeout)
@@ -178,7 +178,7 @@ def parse_address(text: str) -> IPAddress | None:
 
 def peers_for_client(
     text: str,
-    resolver: Resolver | None,
+    resolver: NameService | None,
     *,
     names: bool,
     user: str | None = None,
@@ -216,7 +216,7 @@ def peers_for_client(
     return tuple(_named(a, resolver, kw) for a in addrs)
 
 
-def _named(addr: IPAddress, resolver: Resolver, kw: dict[str, object]) -> Looked:
+def _named(addr: IPAddress, resolver: NameService, kw: dict[str, object]) -> Looked:
     try:
         hn = resolver.host_name(addr)
     except LookupTimedOut as e:
@@ -224,7 +224,7 @@ def _named(addr: IPAddress, resolver: Resolver, kw: dict[str, object]) -> Looked
     return Peer(address=addr, name=hn.name, name_verified=hn.verified, **kw), None  # type: ignore[arg-type]
 
 
-def unix_peer(uid: int, gid: int | None = None, exe: str | None = None, pid: int | None = None) -> Peer:
+def credentials_peer(uid: int, gid: int | None = None, exe: str | None = None, pid: int | None = None) -> Peer:
     """A Unix-socket peer with these credentials; its supplementary groups (and its primary
     group when ``gid`` is not given) come from the passwd/group database."""
     groups: frozenset[int] = frozenset()
