@@ -37,7 +37,6 @@ LAYERS: dict[str, int] = {
     "sockgate.linux": EDGE,
     "sockgate.loading": EDGE,
     "sockgate.lookup": EDGE,  # host-name lookups at the edge
-    "sockgate.lookup": EDGE,
     "sockgate.log": EDGE,
     "sockgate.services_db": EDGE,
     "sockgate.inventory": EDGE,

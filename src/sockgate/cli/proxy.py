@@ -91,7 +91,7 @@ def plans_from_args(args: argparse.Namespace) -> list[Plan]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sockgate.proxy import resolver
+    from sockgate.proxy import reverse_lookup
     from sockgate.log import Log
     from sockgate.proxy.server import Proxy
 
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         log,
         loader=lambda: plans_from_args(args),
         workers=args.workers,
-        resolver=resolver(args.name_timeout, args.name_queue),
+        reverse_lookup=reverse_lookup(args.name_timeout, args.name_queue),
         use_uvloop=not args.no_uvloop,
         splice=not args.no_splice,
     )

@@ -14,15 +14,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # importing the package must stay cheap and free of I/O modules
-    from sockgate.proxy.service import Resolver
+    from sockgate.proxy.namecache import ReverseLookup
 
 
-def resolver(timeout: float, queue: int = 64) -> "Resolver":
+def reverse_lookup(timeout: float, queue: int = 64) -> "ReverseLookup":
     """The host-name lookup the proxy uses: ``sockgate.lookup.SystemNameService`` (reverse
-    lookup confirmed forward) behind ``names.NameLookup`` (a bounded lane per service, a
+    lookup confirmed forward) behind ``namecache.NameCache`` (a bounded lane per service, a
     cache, a caller's wait bounded by ``timeout``). Its calls are made in the lane's own
     threads, so that a slow lookup holds its lane's slot and no thread is left behind."""
-    from sockgate.proxy.names import NameLookup
     from sockgate.lookup import SystemNameService
+    from sockgate.proxy.namecache import NameCache
 
-    return NameLookup(SystemNameService(None), timeout, queue=queue)
+    return NameCache(SystemNameService(None), timeout, queue=queue)

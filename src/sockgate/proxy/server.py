@@ -40,7 +40,8 @@ from sockgate.linux.listen import Listener
 from sockgate.linux.signalfd import SigInfo
 from sockgate.log import Log
 from sockgate.proxy.relay import PipePool
-from sockgate.proxy.service import Options, Plan, Resolver, Runner
+from sockgate.proxy.namecache import ReverseLookup
+from sockgate.proxy.service import Options, Plan, Runner
 from sockgate.supervisor import AsyncioLoop, ForwardingLifecycle, Notifier, SelectorLoop, Supervisor
 from sockgate.urls import SocketURL, parse_url
 
@@ -76,7 +77,7 @@ class Proxy:
         log: Log | None = None,
         loader: Loader | None = None,
         workers: int = 1,
-        resolver: Resolver | None = None,
+        reverse_lookup: ReverseLookup | None = None,
         use_uvloop: bool = True,
         inherit: bool = True,
         splice: bool = True,
@@ -87,7 +88,7 @@ class Proxy:
         self.log = log or Log()
         self.loader = loader
         self.workers = workers
-        self.resolver = resolver
+        self.reverse_lookup = reverse_lookup
         self.use_uvloop = use_uvloop
         self.inherit = inherit
         self.pipes = PipePool(splice=splice)
@@ -108,7 +109,7 @@ class Proxy:
 
     def open(self) -> None:
         """Compile every service, then open or inherit every listener (all or nothing)."""
-        runners = [Runner(p, self.options, self.log, self.pipes, self.resolver) for p in self.plans]
+        runners = [Runner(p, self.options, self.log, self.pipes, self.reverse_lookup) for p in self.plans]
         programs = [r.program() for r in runners]
         inherited = self._inherited() if self.inherit else []
         opened: list[Listener] = []
@@ -260,7 +261,7 @@ class Proxy:
             if old is not None:
                 keep.append((old, p, old.program(p.service)))
             else:
-                r = Runner(p, self.options, self.log, self.pipes, self.resolver)
+                r = Runner(p, self.options, self.log, self.pipes, self.reverse_lookup)
                 fresh.append((r, r.program()))
         # Everything compiled: now swap.
         wanted = {p.key for p in plans}

@@ -36,7 +36,7 @@ import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Hashable, Optional
+from typing import TYPE_CHECKING, Any, Hashable
 
 from sockgate.decide import Decision, decide_service, decide_unnamed
 from sockgate.errors import CompileError, SockgateError, UsageError
@@ -46,7 +46,7 @@ from sockgate.proxy.admission import peer_label, rule_label
 from sockgate.proxy.kernelrules import assume_unlearned, kernel_service, needs_name, surely_allowed_service
 from sockgate.proxy.limits import Limiter, Verdict, as_network, source_of
 from sockgate.log import Log
-from sockgate.proxy.names import LATE, LookupRefused
+from sockgate.proxy.namecache import LATE, LookupRefused, ReverseLookup
 from sockgate.proxy.relay import PipePool, Relay, reset_close
 from sockgate.proxy.udp import UdpListener
 from sockgate.urls import SocketURL
@@ -56,7 +56,6 @@ if TYPE_CHECKING:
 
 _ACCEPT_BURST = 64
 _NONBLOCKING_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
-Resolver = Callable[[str, Any], Awaitable[tuple[Optional[str], bool]]]  # (service, address)
 
 
 @dataclass(frozen=True)
@@ -175,12 +174,12 @@ def _family(s: _socket.socket) -> int:
 class Runner:
     """Serves one ``Plan`` on an event loop."""
 
-    def __init__(self, plan: Plan, options: Options, log: Log, pipes: PipePool, resolver: Resolver | None) -> None:
+    def __init__(self, plan: Plan, options: Options, log: Log, pipes: PipePool, reverse_lookup: ReverseLookup | None) -> None:
         self.plan = plan
         self.options = options
         self.log = log
         self.pipes = pipes
-        self.resolver = resolver
+        self.reverse_lookup = reverse_lookup
         check_plan(plan)
         self.target = Target.of(plan.forward)
         self.listeners: list[Listener] = []
@@ -414,7 +413,7 @@ class Runner:
             # one source cannot take the whole table from everybody else
             self._refuse(conn, peer, None, f"over the limit of {self.options.max_connections_per_source} connections from one source", limit=True)
             return
-        if self.needs_name and self.resolver is not None and peer.address is not None:
+        if self.needs_name and self.reverse_lookup is not None and peer.address is not None:
             task = asyncio.ensure_future(self._slow(conn, peer))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
@@ -437,9 +436,9 @@ class Runner:
         refused. A lookup cut short (late, over a bound of the name layer, failed) is not "no
         name": libwrap would have waited and matched the name, so the client passes only if
         every name would let it in (``decide.decide_unnamed``; fail closed)."""
-        assert self.resolver is not None
+        assert self.reverse_lookup is not None
         try:
-            name, verified = await asyncio.wait_for(self.resolver(self.name, peer.address), self.options.name_timeout)
+            name, verified = await asyncio.wait_for(self.reverse_lookup(self.name, peer.address), self.options.name_timeout)
         except LookupRefused as e:
             why = str(e)
         except asyncio.TimeoutError:

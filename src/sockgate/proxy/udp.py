@@ -102,7 +102,7 @@ class FlowOwner(Protocol):
     @property
     def needs_server(self) -> bool: ...
     @property
-    def resolver(self) -> object: ...  # None: no name lookups configured
+    def reverse_lookup(self) -> object: ...  # None: no name lookups configured
     @property
     def tasks(self) -> set[asyncio.Task[None]]: ...
     @property
@@ -205,7 +205,7 @@ class UdpListener:
         r = self.runner
         if peer.forged:  # the engine refuses it whatever the policy: no flow slot, no name lookup
             return self._open(key, addr, peer, now)
-        if r.needs_name and r.resolver is not None:
+        if r.needs_name and r.reverse_lookup is not None:
             self.pending.add(fkey)
             task = asyncio.ensure_future(self._slow(fkey, addr, peer, data))
             r.tasks.add(task)

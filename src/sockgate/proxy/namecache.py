@@ -36,13 +36,15 @@ import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Callable, Hashable
+from typing import Any, Awaitable, Callable, Hashable
 
+from sockgate.lookup import NameService
 from sockgate.policy.ir import IPAddress
 from sockgate.proxy.limits import source_of
-from sockgate.lookup import NameService
 
 Answer = tuple[str | None, bool]
+# what the proxy awaits for a client's host name: (service, address) → (name, verified)
+ReverseLookup = Callable[[str, Any], Awaitable[Answer]]
 LATE = "host-name lookup did not finish in time"
 POSITIVE_TTL = 60.0
 NEGATIVE_TTL = 20.0
@@ -74,12 +76,12 @@ class _Lane:
     cache: "OrderedDict[IPAddress, tuple[float, Answer]]" = field(default_factory=OrderedDict)
 
 
-class NameLookup:
+class NameCache:
     """``await lookup(service, address) -> (name, verified)``; raises ``LookupRefused``."""
 
     def __init__(
         self,
-        resolver: NameService,
+        name_service: NameService,
         timeout: float = 2.0,
         *,
         threads: int = 4,
@@ -90,7 +92,7 @@ class NameLookup:
         max_entries: int = 4096,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.resolver = resolver
+        self.name_service = name_service
         self.timeout = timeout
         self.threads = threads
         self.queue = queue
@@ -154,7 +156,7 @@ class NameLookup:
     def _work(self, loop: asyncio.AbstractEventLoop, lane: _Lane, p: _Pending) -> None:
         """In the lookup's thread: the blocking call, then the answer back to the loop."""
         try:
-            hn = self.resolver.host_name(p.address)
+            hn = self.name_service.host_name(p.address)
             answer: Answer | str = (hn.name, hn.verified)
         except Exception as e:  # a failure of ours, not the resolver's answer: cut short
             answer = f"host-name lookup failed: {e}"

@@ -1,4 +1,4 @@
-"""proxy.names: host-name lookups bounded per service, per source and per lookup, cached.
+"""proxy.namecache: host-name lookups bounded per service, per source and per lookup, cached.
 
 The resolver here is a fake whose lookups of "slow" addresses block until the test opens a
 gate — a client that controls how slowly its own reverse DNS answers. The real thing (the C
@@ -17,7 +17,7 @@ from typing import Any, Awaitable, Callable
 
 import pytest
 
-from sockgate.proxy.names import LookupRefused, NameLookup
+from sockgate.proxy.namecache import LookupRefused, NameCache
 from sockgate.lookup import HostName
 from sockgate.policy.ir import IPAddress
 
@@ -74,7 +74,7 @@ async def outcome(fut: Awaitable[Any]) -> Any:
 
 def test_a_service_flooded_with_slow_names_does_not_starve_another() -> None:
     res = Gated({"127.0.0.9": "fast.test"}, slow_127_1)
-    look = NameLookup(res, timeout=5, threads=2, queue=4)
+    look = NameCache(res, timeout=5, threads=2, queue=4)
 
     async def body() -> None:
         flood = [asyncio.ensure_future(outcome(look("slow", ip(f"127.1.0.{i}")))) for i in range(1, 51)]
@@ -96,7 +96,7 @@ def test_a_service_flooded_with_slow_names_does_not_starve_another() -> None:
 
 def test_cached_names_are_answered_while_the_lane_is_full() -> None:
     res = Gated({"127.0.0.9": "fast.test"}, slow_127_1)
-    look = NameLookup(res, timeout=5, threads=1, queue=1)
+    look = NameCache(res, timeout=5, threads=1, queue=1)
 
     async def body() -> None:
         assert await look("svc", ip("127.0.0.9")) == ("fast.test", True)
@@ -112,7 +112,7 @@ def test_cached_names_are_answered_while_the_lane_is_full() -> None:
 
 def test_one_lookup_per_source_shared_by_its_connections() -> None:
     res = Gated({}, lambda a: True)
-    look = NameLookup(res, timeout=5, threads=4, queue=4, waiters=3)
+    look = NameCache(res, timeout=5, threads=4, queue=4, waiters=3)
 
     async def body() -> None:
         same = [asyncio.ensure_future(look("svc", ip("2001:db8::1"))) for _ in range(3)]
@@ -135,7 +135,7 @@ def test_a_late_lookup_is_cut_short_not_nameless_and_leaves_the_queue() -> None:
     """Late is not "no name": libwrap would have waited for the name, which a deny rule may
     match, so the caller hears that the lookup was cut short (and decides fail-closed)."""
     res = Gated({}, slow_127_1)
-    look = NameLookup(res, timeout=0.2, threads=1, queue=8)
+    look = NameCache(res, timeout=0.2, threads=1, queue=8)
 
     async def body() -> None:
         answers = await asyncio.gather(*(look("svc", ip(f"127.1.0.{i}")) for i in range(1, 5)), return_exceptions=True)
@@ -152,7 +152,7 @@ def test_a_late_lookup_is_cut_short_not_nameless_and_leaves_the_queue() -> None:
 def test_answers_and_failures_are_cached_for_their_ttl() -> None:
     now = [1000.0]
     res = Gated({"192.0.2.1": "a.test"})
-    look = NameLookup(res, ttl=60, negative_ttl=20, clock=lambda: now[0])
+    look = NameCache(res, ttl=60, negative_ttl=20, clock=lambda: now[0])
 
     async def body() -> None:
         for _ in range(3):
@@ -172,7 +172,7 @@ def test_answers_and_failures_are_cached_for_their_ttl() -> None:
 
 def test_the_cache_drops_the_least_recently_used() -> None:
     res = Gated({})
-    look = NameLookup(res, max_entries=2)
+    look = NameCache(res, max_entries=2)
 
     async def body() -> None:
         for a in ("192.0.2.1", "192.0.2.2", "192.0.2.1", "192.0.2.3", "192.0.2.1", "192.0.2.2"):
@@ -188,7 +188,7 @@ def test_a_failing_resolver_cuts_the_lookup_short_and_caches_nothing() -> None:
             raise UnicodeError("label too long")
 
     async def body() -> None:
-        look = NameLookup(Broken({}))
+        look = NameCache(Broken({}))
         with pytest.raises(LookupRefused, match="host-name lookup failed: label too long"):
             await look("s", ip("192.0.2.1"))
         assert not look.lanes["s"].cache
@@ -200,11 +200,11 @@ def test_hanging_lookups_do_not_hold_the_process_at_exit() -> None:
     """The lookup threads are never joined: the process ends while libc still hangs."""
     code = (
         "import asyncio, ipaddress, threading, time\n"
-        "from sockgate.proxy.names import NameLookup\n"
+        "from sockgate.proxy.namecache import NameCache\n"
         "class Hang:\n"
         "    def host_name(self, a): threading.Event().wait()\n"
         "    def addresses(self, n): return ()\n"
-        "look = NameLookup(Hang(), timeout=0.1, threads=4, queue=64)\n"
+        "look = NameCache(Hang(), timeout=0.1, threads=4, queue=64)\n"
         "async def main():\n"
         "    await asyncio.gather(*(look('s', ipaddress.ip_address(f'127.1.0.{i}')) for i in range(1, 60)),\n"
         "                         return_exceptions=True)\n"
