@@ -18,7 +18,7 @@ from sockgate.peers import Peer
 from sockgate.policy.ir import Service
 from sockgate.policy.parser import parse_policy
 from sockgate.proxy.relay import PipePool
-from sockgate.proxy.service import Options, Plan, Runner
+from sockgate.proxy.service import ProxySettings, ProxySpec, Runner
 from sockgate.urls import parse_url
 
 BANNED = 2100  # non-adjacent /64s: 4,200 IPv6 ranges, over the 1,999 /64s one program holds
@@ -31,8 +31,8 @@ def _service(text: str) -> Service:
 
 
 def _runner(out: io.StringIO) -> Runner:
-    plan = Plan(_service(OLD), (parse_url("tcp://127.0.0.1:0"),), parse_url("tcp://127.0.0.1:9"))
-    r = Runner(plan, Options(), Log("json", out), PipePool(), None)
+    plan = ProxySpec(_service(OLD), (parse_url("tcp://127.0.0.1:0"),), parse_url("tcp://127.0.0.1:9"))
+    r = Runner(plan, ProxySettings(), Log("json", out), PipePool(), None)
     now_plus = 1e12  # far in the future: every ban is active
     for i in range(BANNED):
         peer = ipaddress.IPv6Address((0x20010DB8 << 96) | ((2 * i) << 64) | 1)

@@ -67,7 +67,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class ClientReport:
     client: str
     peers: tuple[Peer, ...]
     decisions: tuple[Decision, ...]
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     return 0 if all(v.allowed for v in verdicts) else 1
 
 
-def _verdict(policy: Policy, service: Service, text: str, looked: tuple[Looked, ...]) -> Verdict:
+def _verdict(policy: Policy, service: Service, text: str, looked: tuple[Looked, ...]) -> ClientReport:
     decisions, notes = [], []
     for peer, why in looked:
         decided = assume_unlearned(service, ident=peer.user is None, server_name=True)
@@ -109,7 +109,7 @@ def _verdict(policy: Policy, service: Service, text: str, looked: tuple[Looked, 
             d = replace(d, rule=service.rules[decided.rules.index(d.rule)])
         notes.append(_conservative(service, peer) if plain.allowed and not d.allowed else None)
         decisions.append(_explained(policy, service, d))
-    return Verdict(text, tuple(p for p, _ in looked), tuple(decisions), tuple(w for _, w in looked), tuple(notes))
+    return ClientReport(text, tuple(p for p, _ in looked), tuple(decisions), tuple(w for _, w in looked), tuple(notes))
 
 
 def _decide(service: Service, peer: Peer, why: str | None) -> Decision:
@@ -207,7 +207,7 @@ def _service_needs_names(service: Service) -> bool:
 # Rendering
 
 
-def _text(v: Verdict, policy: Policy) -> str:
+def _text(v: ClientReport, policy: Policy) -> str:
     lines = []
     for peer, d, why, note in zip(v.peers, v.decisions, v.cut_short, v.notes):
         lines.append(f"client:   {v.client}")
@@ -252,7 +252,7 @@ def _name(peer: Peer) -> str:
     return peer.name or "unknown"
 
 
-def _json(v: Verdict, service: Service) -> dict[str, Any]:
+def _json(v: ClientReport, service: Service) -> dict[str, Any]:
     per = [{**_decision_json(p, d), "name_lookup": "timed out" if why else "done", "conservative": note}
            for p, d, why, note in zip(v.peers, v.decisions, v.cut_short, v.notes)]
     top = dict(per[v.deciding])

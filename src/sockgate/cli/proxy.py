@@ -18,7 +18,7 @@ from dataclasses import replace
 from sockgate.cli.common import add_policy_args
 from sockgate.errors import UsageError
 from sockgate.policy.ir import Action, Policy, Service
-from sockgate.proxy.service import Options, Plan
+from sockgate.proxy.service import ProxySettings, ProxySpec
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
@@ -69,7 +69,7 @@ def _one_off_service(args: argparse.Namespace, policy: Policy | None) -> Service
     return policy.require_service(name)
 
 
-def plans_from_args(args: argparse.Namespace) -> list[Plan]:
+def plans_from_args(args: argparse.Namespace) -> list[ProxySpec]:
     """What to run, from the command line (and the policy files it names)."""
     from sockgate.urls import parse_url, parse_urls
 
@@ -78,13 +78,14 @@ def plans_from_args(args: argparse.Namespace) -> list[Plan]:
         if not args.forward:
             raise UsageError("--listen needs --forward URL")
         svc = _one_off_service(args, policy)
-        return [Plan(replace(svc, listen=tuple(args.listen), forward=args.forward), parse_urls(args.listen), parse_url(args.forward))]
+        one_off = replace(svc, listen=tuple(args.listen), forward=args.forward)
+        return [ProxySpec(one_off, parse_urls(args.listen), parse_url(args.forward))]
     if policy is None:
         raise UsageError("give a POLICY whose services have `listen` and `forward`, or --listen URL --forward URL")
     plans = []
     for s in policy.services:
         if s.listen and s.forward:
-            plans.append(Plan(s, parse_urls(s.listen), parse_url(s.forward)))
+            plans.append(ProxySpec(s, parse_urls(s.listen), parse_url(s.forward)))
     if not plans:
         raise UsageError("no service in the policy has both `listen` and `forward`")
     return plans
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     if args.name_queue < 0:
         raise UsageError("--name-queue must be 0 or more")
     plans = plans_from_args(args)
-    options = Options(
+    options = ProxySettings(
         idle_timeout=args.idle_timeout,
         connect_timeout=args.connect_timeout,
         drain_timeout=args.drain_timeout,

@@ -68,7 +68,7 @@ def as_network(source: Hashable) -> ipaddress.IPv4Network | ipaddress.IPv6Networ
 
 
 @dataclass(frozen=True)
-class Verdict:
+class LimitOutcome:
     """The outcome of ``admit``. ``banned_until`` is set when this attempt started a ban."""
 
     ok: bool
@@ -76,7 +76,7 @@ class Verdict:
     banned_until: float | None = None
 
 
-OK = Verdict(True)
+OK = LimitOutcome(True)
 
 
 def _room(window: deque[float], rate: Rate, now: float) -> bool:
@@ -106,22 +106,22 @@ class Limiter(Generic[K]):
         until = self.bans.get(source)
         return until is not None and now < until
 
-    def admit(self, source: K, now: float) -> Verdict:
+    def admit(self, source: K, now: float) -> LimitOutcome:
         """May ``source`` open one more connection at ``now``? Counts it when it may."""
         lim = self.limits
         if self.banned(source, now):
-            return Verdict(False, f"banned until +{self.bans[source] - now:.1f}s")
+            return LimitOutcome(False, f"banned until +{self.bans[source] - now:.1f}s")
         st = self.sources.get(source) or _Source()
         if lim.concurrent_per_source is not None and st.active >= lim.concurrent_per_source:
-            return Verdict(False, f"over the per-source limit of {lim.concurrent_per_source} connections")
+            return LimitOutcome(False, f"over the per-source limit of {lim.concurrent_per_source} connections")
         if lim.concurrent_total is not None and self.active_total >= lim.concurrent_total:
-            return Verdict(False, f"over the service limit of {lim.concurrent_total} connections")
+            return LimitOutcome(False, f"over the service limit of {lim.concurrent_total} connections")
         if lim.rate_per_source is not None and not _room(st.window, lim.rate_per_source, now):
             self.sources[source] = st
             return self._over_rate(source, now)
         if lim.rate_total is not None:
             if not _room(self.window_total, lim.rate_total, now):
-                return Verdict(False, f"over the service rate of {lim.rate_total}")
+                return LimitOutcome(False, f"over the service rate of {lim.rate_total}")
             self.window_total.append(now)
         if lim.rate_per_source is not None:
             st.window.append(now)
@@ -130,14 +130,14 @@ class Limiter(Generic[K]):
         self.active_total += 1
         return OK
 
-    def _over_rate(self, source: K, now: float) -> Verdict:
+    def _over_rate(self, source: K, now: float) -> LimitOutcome:
         lim = self.limits
         why = f"over the per-source rate of {lim.rate_per_source}"
         if lim.ban_seconds:
             until = now + lim.ban_seconds
             self.bans[source] = until
-            return Verdict(False, f"{why}; banned for {lim.ban_seconds:g}s", banned_until=until)
-        return Verdict(False, why)
+            return LimitOutcome(False, f"{why}; banned for {lim.ban_seconds:g}s", banned_until=until)
+        return LimitOutcome(False, why)
 
     def release(self, source: K) -> None:
         """A connection admitted for ``source`` has ended."""

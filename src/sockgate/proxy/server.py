@@ -2,7 +2,7 @@
 
 Life cycle of ``Proxy.serve()``:
 
-1. **Compile everything first.** Each ``Plan`` becomes a ``service.Runner`` and its kernel
+1. **Compile everything first.** Each ``ProxySpec`` becomes a ``service.Runner`` and its kernel
    program is compiled before any socket is opened: a policy that does not compile changes
    nothing.
 2. **Listeners.** Sockets passed by systemd (``LISTEN_FDS``/``LISTEN_FDNAMES``) are matched to
@@ -41,11 +41,11 @@ from sockgate.linux.signalfd import SigInfo
 from sockgate.log import Log
 from sockgate.proxy.relay import PipePool
 from sockgate.proxy.namecache import ReverseLookup
-from sockgate.proxy.service import Options, Plan, Runner
+from sockgate.proxy.service import ProxySettings, ProxySpec, Runner
 from sockgate.supervisor import AsyncioLoop, ForwardingLifecycle, Notifier, SelectorLoop, Supervisor
 from sockgate.urls import SocketURL, parse_url
 
-Loader = Callable[[], Sequence[Plan]]
+Loader = Callable[[], Sequence[ProxySpec]]
 _SIGNALS = frozenset({signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
 _TICK = 0.5
 _GC_THRESHOLD = 20000
@@ -72,8 +72,8 @@ def new_loop(use_uvloop: bool = True) -> asyncio.AbstractEventLoop:
 class Proxy:
     def __init__(
         self,
-        plans: Sequence[Plan],
-        options: Options | None = None,
+        plans: Sequence[ProxySpec],
+        options: ProxySettings | None = None,
         log: Log | None = None,
         loader: Loader | None = None,
         workers: int = 1,
@@ -84,7 +84,7 @@ class Proxy:
     ) -> None:
         if not plans:
             raise UsageError("nothing to proxy: no service has both `listen` and `forward`")
-        self.options = options or Options()
+        self.options = options or ProxySettings()
         self.log = log or Log()
         self.loader = loader
         self.workers = workers
@@ -101,7 +101,7 @@ class Proxy:
         self._check_workers(plans)
         self.plans = list(plans)
 
-    def _check_workers(self, plans: Sequence[Plan]) -> None:
+    def _check_workers(self, plans: Sequence[ProxySpec]) -> None:
         if self.workers > 1 and any(Runner.has_limits(p.service) for p in plans):
             raise UsageError("connection limits and bans need exact counts in one process: drop --workers")
 
@@ -254,7 +254,7 @@ class Proxy:
         assert self.loader is not None and self.loop is not None
         plans = list(self.loader())
         self._check_workers(plans)
-        keep: list[tuple[Runner, Plan, bytes]] = []
+        keep: list[tuple[Runner, ProxySpec, bytes]] = []
         fresh: list[tuple[Runner, bytes]] = []
         for p in plans:
             old = self.runners.get(p.key)
@@ -275,9 +275,9 @@ class Proxy:
                 r.attach(prog)
                 r.install(p.service)
                 r.plan = p
-                from sockgate.proxy.service import Target
+                from sockgate.proxy.service import Upstream
 
-                r.target = Target.of(p.forward)
+                r.target = Upstream.of(p.forward)
             # A Unix path can be bound once: of the workers, only the first listens on a Unix
             # listener added by a reload (those opened at start are shared by every worker).
             skip_unix = self.is_child and self.worker_index > 0

@@ -1,6 +1,6 @@
 """One proxied service: its listeners, its decisions, its limits and bans, its connections.
 
-A ``Runner`` is built from a ``Plan`` (a policy service, the URLs it listens on and the URL it
+A ``Runner`` is built from a ``ProxySpec`` (a policy service, the URLs it listens on and the URL it
 forwards to). Per accepted connection it:
 
 1. learns the peer — the address for IP, the kernel's credentials for Unix
@@ -44,11 +44,11 @@ from sockgate.peers import Peer
 from sockgate.policy.ir import Action, Limits, Rule, Service, userspace_reason
 from sockgate.proxy.admission import peer_label, rule_label
 from sockgate.proxy.kernelrules import assume_unlearned, kernel_service, needs_name, surely_allowed_service
-from sockgate.proxy.limits import Limiter, Verdict, as_network, source_of
+from sockgate.proxy.limits import Limiter, LimitOutcome, as_network, source_of
 from sockgate.log import Log
 from sockgate.proxy.namecache import LATE, LookupRefused, ReverseLookup
 from sockgate.proxy.relay import PipePool, Relay, reset_close
-from sockgate.proxy.udp import UdpListener
+from sockgate.proxy.udp import UdpRelay
 from sockgate.urls import SocketURL
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ _NONBLOCKING_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
 
 
 @dataclass(frozen=True)
-class Options:
+class ProxySettings:
     idle_timeout: float = 300.0
     connect_timeout: float = 5.0
     drain_timeout: float = 10.0
@@ -72,7 +72,7 @@ class Options:
 
 
 @dataclass(frozen=True)
-class Plan:
+class ProxySpec:
     """What to run: a service, where it listens, where it forwards."""
 
     service: Service
@@ -85,7 +85,7 @@ class Plan:
 
 
 @dataclass(frozen=True)
-class Target:
+class Upstream:
     """A resolved forward address."""
 
     family: int
@@ -94,7 +94,7 @@ class Target:
     text: str
 
     @classmethod
-    def of(cls, url: SocketURL) -> "Target":
+    def of(cls, url: SocketURL) -> "Upstream":
         kind = socket.SOCK_STREAM if url.is_stream else socket.SOCK_DGRAM
         if url.is_unix:
             assert url.path is not None
@@ -144,7 +144,7 @@ def _limiter_key(rule: Rule | None, limits: Limits) -> Hashable:
     return (None if rule is None else (rule.action, rule.match), limits)
 
 
-def check_plan(plan: Plan) -> None:
+def check_plan(plan: ProxySpec) -> None:
     """Listen and forward URLs that fit together; ``UsageError`` otherwise."""
     fwd = plan.forward
     for url in plan.listen:
@@ -172,23 +172,25 @@ def _family(s: _socket.socket) -> int:
 
 
 class Runner:
-    """Serves one ``Plan`` on an event loop."""
+    """Serves one ``ProxySpec`` on an event loop."""
 
-    def __init__(self, plan: Plan, options: Options, log: Log, pipes: PipePool, reverse_lookup: ReverseLookup | None) -> None:
+    def __init__(
+        self, plan: ProxySpec, options: ProxySettings, log: Log, pipes: PipePool, reverse_lookup: ReverseLookup | None
+    ) -> None:
         self.plan = plan
         self.options = options
         self.log = log
         self.pipes = pipes
         self.reverse_lookup = reverse_lookup
         check_plan(plan)
-        self.target = Target.of(plan.forward)
+        self.target = Upstream.of(plan.forward)
         self.listeners: list[Listener] = []
         self.conns: dict[_socket.socket, Conn] = {}
         self.per_source: Counter[Hashable] = Counter()  # open connections per limits.source_of
         self.tasks: set[asyncio.Task[None]] = set()
         self.accepting = False
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.udp: list[UdpListener] = []
+        self.udp: list[UdpRelay] = []
         self._ban_timer: asyncio.TimerHandle | None = None
         self._bans_in_user_space = False  # the last program left the bans out (logged once)
         self.opened_by_reload = False  # its listeners were opened by a reload (see Proxy._owns_files)
@@ -302,7 +304,7 @@ class Runner:
         for lst in listeners:
             lst.sock.setblocking(False)
             if lst.sock.type == socket.SOCK_DGRAM:
-                self.udp.append(UdpListener(self, lst))
+                self.udp.append(UdpRelay(self, lst))
             elif _family(lst.sock) != socket.AF_UNIX:
                 # Accepted sockets inherit these, so no setsockopt per connection: no Nagle
                 # delay, and urgent bytes in line (see relay.py).
@@ -468,7 +470,7 @@ class Runner:
         d = decide_service(self.decided, peer)
         return d if d.rule is None else replace(d, rule=self.origin.get(d.rule, d.rule))
 
-    def decide(self, peer: Peer) -> tuple[Decision, Verdict | None, list[Limiter[Hashable]], Hashable]:
+    def decide(self, peer: Peer) -> tuple[Decision, LimitOutcome | None, list[Limiter[Hashable]], Hashable]:
         """The engine's decision, then the limits of the service and of the matched rule."""
         d = self._decide(peer)
         key: Hashable = source_of(peer.address) if peer.address is not None else ("uid", peer.uid)

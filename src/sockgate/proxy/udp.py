@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Hashable, Protocol
 from sockgate.peers import Peer
 from sockgate.policy.ir import IPAddress
 from sockgate.proxy.admission import peer_label, rule_label
-from sockgate.proxy.limits import FlowTable, Limiter, Verdict, source_of
+from sockgate.proxy.limits import FlowTable, Limiter, LimitOutcome, source_of
 
 if TYPE_CHECKING:
     from sockgate.decide import Decision
@@ -86,7 +86,7 @@ class Flow:
 
 
 class FlowOwner(Protocol):
-    """What a ``UdpListener`` uses of the runner that serves its service
+    """What a ``UdpRelay`` uses of the runner that serves its service
     (``proxy.service.Runner``): declared here, so this module needs nothing from the TCP side."""
 
     @property
@@ -108,7 +108,7 @@ class FlowOwner(Protocol):
     @property
     def target(self) -> _FlowTarget: ...
     async def named(self, peer: Peer) -> Peer | str: ...
-    def decide(self, peer: Peer) -> tuple[Decision, Verdict | None, list[Limiter[Hashable]], Hashable]: ...
+    def decide(self, peer: Peer) -> tuple[Decision, LimitOutcome | None, list[Limiter[Hashable]], Hashable]: ...
 
 
 class _FlowOptions(Protocol):
@@ -134,7 +134,7 @@ class _FlowTarget(Protocol):
     def text(self) -> str: ...
 
 
-class UdpListener:
+class UdpRelay:
     def __init__(self, runner: FlowOwner, listener: "Listener") -> None:
         self.runner = runner
         self.listener = listener
