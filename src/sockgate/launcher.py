@@ -220,7 +220,7 @@ def prepare(cfg: RunConfig) -> tuple[Gate, privileges.Credentials | None]:
     policy = cfg.load()
     check_service(policy, cfg.service, inet=any(not u.is_unix for u in cfg.urls))
     _say_notes(cfg, policy)
-    creds = privileges.resolve(cfg.user, cfg.group)
+    creds = privileges.credentials(cfg.user, cfg.group)
     privileges.preflight(creds)
     gate = Gate(cfg, policy)
     gate.listeners = open_listeners(cfg.urls, before_listen=gate.guard_socket)

@@ -9,7 +9,7 @@ times ``attempts``) and decides with the name that comes back, so a caller must 
 such a peer as nameless — ``sockgate check`` grants it only where every name would be let in
 (``decide.decide_unnamed``). The bound is a thread per call that is abandoned
 when it runs late, since libc cannot be interrupted; a caller that bounds its own threads (the
-proxy's ``names.NameLookup``) passes ``timeout=None`` and the calls are made directly.
+proxy's ``namecache.NameCache``) passes ``timeout=None`` and the calls are made directly.
 
 A host name is trusted the way libwrap's ``sock_hostname`` trusts it: the reverse lookup of
 the address gives a name, the forward lookup of that name must give the same canonical name

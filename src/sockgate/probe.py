@@ -108,7 +108,7 @@ class IcmpResult:
         }
 
 
-def resolve(host: str, port: int, kind: int, source: str | None = None) -> tuple[int, tuple[Any, ...]]:
+def target_address(host: str, port: int, kind: int, source: str | None = None) -> tuple[int, tuple[Any, ...]]:
     """``(family, sockaddr)`` for ``host``; with a source, the family the source belongs to."""
     want = socket.AF_UNSPEC
     if source is not None:
@@ -143,7 +143,7 @@ def _bind(sock: socket.socket, source: str | None) -> None:
 def probe_tcp(host: str, port: int, *, source: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> ProbeResult:
     """Connect to ``host``:``port`` (from ``source``) and report open / closed / filtered."""
     _check(port, timeout)
-    family, addr = resolve(host, port, socket.SOCK_STREAM, source)
+    family, addr = target_address(host, port, socket.SOCK_STREAM, source)
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setblocking(False)
         _bind(sock, source)
@@ -187,7 +187,7 @@ def probe_udp(
     """Send ``payload`` to ``host``:``port`` (from ``source``) ``tries`` times within ``timeout``;
     report open / closed / filtered / open|filtered."""
     _check(port, timeout)
-    family, addr = resolve(host, port, socket.SOCK_DGRAM, source)
+    family, addr = target_address(host, port, socket.SOCK_DGRAM, source)
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.setblocking(False)
         _bind(sock, source)
@@ -254,5 +254,5 @@ def probe_icmp(
         raise UsageError(f"timeout must be > 0 and <= {MAX_TIMEOUT:g} seconds, got {timeout:g}")
     if not 1 <= count <= icmp.MAX_COUNT:
         raise UsageError(f"count must be between 1 and {icmp.MAX_COUNT}, got {count}")
-    _family, addr = resolve(host, 0, socket.SOCK_DGRAM, source)
+    _family, addr = target_address(host, 0, socket.SOCK_DGRAM, source)
     return IcmpResult(host, icmp.ping(addr[0], source=source, count=count, timeout=timeout, interval=interval))

@@ -231,7 +231,7 @@ def wanted(sock: Sock, sel: Selection) -> bool:
     return True
 
 
-def matches(sock: Sock, holders: Sequence[Holder], user: str | None, sel: Selection) -> bool:
+def selected_by_process(sock: Sock, holders: Sequence[Holder], user: str | None, sel: Selection) -> bool:
     """The process-side filters: ``--pid`` and ``--user`` (name or numeric uid)."""
     if sel.pid is not None and all(h.pid != sel.pid for h in holders):
         return False
@@ -273,7 +273,7 @@ def list_sockets(sel: Selection, *, proc: str = sockdiag.PROC) -> list[Row]:
     for s in sorted(socks, key=sort_key):
         hs = _holders_of(s, found.by_inode.get(s.inode, []) if s.inode else [], procs)
         user = _user_name(users, s.uid) if s.uid is not None else (hs[0].user if hs else None)
-        if matches(s, hs, user, sel):
+        if selected_by_process(s, hs, user, sel):
             staged.append((s, hs, user))
     guards = read_guards([(s, hs) for s, hs, _ in staged], bool(found.denied))
     rows = []

@@ -99,11 +99,11 @@ def test_default_selection_is_listening_and_bound() -> None:
 def test_process_filters() -> None:
     s = tcp("0.0.0.0")
     holders = (socktable.Holder(10, "sshd", "root", (3,)), socktable.Holder(11, "sshd", "root", (3,)))
-    assert socktable.matches(s, holders, "root", socktable.Selection(pid=11))
-    assert not socktable.matches(s, holders, "root", socktable.Selection(pid=12))
-    assert socktable.matches(s, holders, "root", socktable.Selection(user="root"))
-    assert socktable.matches(s, holders, "root", socktable.Selection(user="0"))
-    assert not socktable.matches(s, holders, "root", socktable.Selection(user="nobody"))
+    assert socktable.selected_by_process(s, holders, "root", socktable.Selection(pid=11))
+    assert not socktable.selected_by_process(s, holders, "root", socktable.Selection(pid=12))
+    assert socktable.selected_by_process(s, holders, "root", socktable.Selection(user="root"))
+    assert socktable.selected_by_process(s, holders, "root", socktable.Selection(user="0"))
+    assert not socktable.selected_by_process(s, holders, "root", socktable.Selection(user="nobody"))
 
 
 def _row(**kw: Any) -> socktable.Row:

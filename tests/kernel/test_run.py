@@ -519,17 +519,17 @@ def test_resolve_credentials() -> None:
     from sockgate.linux import privileges
 
     nobody = pwd.getpwnam("nobody")
-    c = privileges.resolve("nobody", None)
+    c = privileges.credentials("nobody", None)
     assert c is not None
     assert (c.uid, c.gid, c.user) == (nobody.pw_uid, nobody.pw_gid, "nobody")
     assert set(c.groups) == set(os.getgrouplist("nobody", nobody.pw_gid))
-    n = privileges.resolve(str(nobody.pw_uid), "0")
+    n = privileges.credentials(str(nobody.pw_uid), "0")
     assert n is not None and (n.uid, n.gid) == (nobody.pw_uid, 0)
-    g = privileges.resolve(None, "nogroup")
+    g = privileges.credentials(None, "nogroup")
     assert g is not None and (g.uid, g.groups) == (os.getuid(), (g.gid,))
-    assert privileges.resolve(None, None) is None
+    assert privileges.credentials(None, None) is None
     with pytest.raises(UsageError, match="no such group: 'no-such-group-sgt'"):
-        privileges.resolve(None, "no-such-group-sgt")
+        privileges.credentials(None, "no-such-group-sgt")
 
 
 @needs_root

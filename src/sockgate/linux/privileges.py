@@ -1,6 +1,6 @@
 """Dropping root for good: resolve ``--user``/``--group``, then setgroups, setgid, setuid.
 
-``resolve(user, group)`` happens early (before any socket is bound) so a typo is an error
+``credentials(user, group)`` happens early (before any socket is bound) so a typo is an error
 before anything is done. The user's supplementary groups come from the group database
 (``initgroups(3)`` semantics via ``os.getgrouplist``); ``--group`` alone keeps the uid and
 replaces the gids.
@@ -37,7 +37,7 @@ class Credentials:
         return f"{who} (uid {self.uid}, gid {self.gid}, groups {','.join(map(str, self.groups)) or '-'})"
 
 
-def resolve(user: str | None, group: str | None) -> Credentials | None:
+def credentials(user: str | None, group: str | None) -> Credentials | None:
     """The credentials for ``--user``/``--group``; None when neither is given."""
     if user is None and group is None:
         return None
