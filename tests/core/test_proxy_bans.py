@@ -50,13 +50,13 @@ def test_too_many_bans_leave_the_new_policy_in_the_kernel_and_log_once() -> None
     out = io.StringIO()
     r = _runner(out)
     assert len(r.banned()) == BANNED
-    prog = r.program(_service(NEW))  # as a reload compiles it: the new policy, the old bans
+    prog = r.kernel_program(_service(NEW))  # as a reload compiles it: the new policy, the old bans
     assert not _allows(prog, "2001:db8:0:fff1::1")  # the reload's new deny is in the filter
     assert _allows(prog, "2001:db8:1::1")
     assert _allows(prog, "2001:db8::1")  # banned, but left to user space
     verdict = r.decide(Peer(address=ipaddress.ip_address("2001:db8::1")))[1]
     assert verdict is not None and "banned" in verdict.reason  # ... which refuses it
-    r.program()
+    r.kernel_program()
     r.log.flush()
     errors = [json.loads(line) for line in out.getvalue().splitlines() if '"error"' in line]
     assert len(errors) == 1 and "bans enforced in user space" in errors[0]["message"]
@@ -66,4 +66,4 @@ def test_a_policy_too_large_by_itself_is_still_an_error() -> None:
     r = _runner(io.StringIO())
     nets = "\n".join(f" deny 10.{i >> 8}.{i & 255}.0/25" for i in range(2100))
     with pytest.raises(CompileError, match="does not fit in one BPF program"):
-        r.program(_service(f"service web {{\n{nets}\n allow all\n}}\n"))
+        r.kernel_program(_service(f"service web {{\n{nets}\n allow all\n}}\n"))

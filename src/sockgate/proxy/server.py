@@ -110,7 +110,7 @@ class Proxy:
     def open(self) -> None:
         """Compile every service, then open or inherit every listener (all or nothing)."""
         runners = [Runner(p, self.options, self.log, self.pipes, self.reverse_lookup) for p in self.plans]
-        programs = [r.program() for r in runners]
+        programs = [r.kernel_program() for r in runners]
         inherited = self._inherited() if self.inherit else []
         opened: list[Listener] = []
         try:
@@ -259,10 +259,10 @@ class Proxy:
         for p in plans:
             old = self.runners.get(p.key)
             if old is not None:
-                keep.append((old, p, old.program(p.service)))
+                keep.append((old, p, old.kernel_program(p.service)))
             else:
                 r = Runner(p, self.options, self.log, self.pipes, self.reverse_lookup)
-                fresh.append((r, r.program()))
+                fresh.append((r, r.kernel_program()))
         # Everything compiled: now swap.
         wanted = {p.key for p in plans}
         removed = [self.runners.pop(k) for k in [k for k in self.runners if k not in wanted]]
@@ -427,7 +427,7 @@ class Proxy:
         from sockgate.linux.listen import open_listener
 
         for r in self.runners.values():
-            program = r.program()
+            program = r.kernel_program()
             mine: list[Listener] = []
             for lst in r.listeners:
                 if not lst.url.reuseport:

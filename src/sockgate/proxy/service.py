@@ -236,7 +236,7 @@ class Runner:
             out.update(lim.active_bans(now))
         return sorted(out, key=str)
 
-    def program(self, service: Service | None = None) -> bytes:
+    def kernel_program(self, service: Service | None = None) -> bytes:
         """The kernel filter for the IP listeners of ``service`` (default: the running one),
         with the current bans when they fit, else without any (see the module docstring).
         Raises ``CompileError`` only for a policy that does not fit even without bans."""
@@ -267,7 +267,7 @@ class Runner:
     def push_bans(self) -> None:
         """Rebuild the kernel filter with the current bans and schedule the next lift."""
         try:
-            self.attach(self.program())
+            self.attach(self.kernel_program())
         except (CompileError, SockgateError) as e:
             self.log.error(f"kernel filter not updated, bans enforced in user space: {e}", service=self.name)
         self._schedule_lift()
