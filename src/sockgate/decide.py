@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import assert_never
 
 from sockgate.peers import Peer
 from sockgate.policy import hostmatch
@@ -86,63 +87,67 @@ def server_matches(d: DaemonMatch, service: str, peer: Peer) -> bool:
     matches the server side of it (``peer.server_address``/``server_name``), whose unknown
     address or name is the word ``unknown`` as on the client side (libwrap's ``server_match``).
     ``policy.ir.applies`` answers the same from the service name alone, where it can."""
-    if isinstance(d, MatchAll):
-        return True
-    if isinstance(d, DaemonPattern):
-        if not hostmatch.daemon_name_matches(d.name, service):
-            return False
-        if d.server is None:
+    match d:
+        case MatchAll():
             return True
-        return matches(d.server, Peer(address=peer.server_address, name=peer.server_name))
-    if isinstance(d, AnyOf):
-        return any(server_matches(i, service, peer) for i in d.items)  # type: ignore[arg-type]
-    if isinstance(d, Except):
-        return server_matches(d.include, service, peer) and not server_matches(  # type: ignore[arg-type]
-            d.exclude, service, peer  # type: ignore[arg-type]
-        )
-    raise TypeError(f"not a daemon match: {d!r}")  # pragma: no cover
+        case DaemonPattern(name=name, server=server):
+            if not hostmatch.daemon_name_matches(name, service):
+                return False
+            if server is None:
+                return True
+            return matches(server, Peer(address=peer.server_address, name=peer.server_name))
+        case AnyOf(items=items):
+            return any(server_matches(i, service, peer) for i in items)
+        case Except(include=include, exclude=exclude):
+            return server_matches(include, service, peer) and not server_matches(exclude, service, peer)
+        case _:
+            assert_never(d)
 
 
 def matches(m: Match, peer: Peer) -> bool:
     """Does ``m`` hold for ``peer``? Total over every Match node."""
-    if isinstance(m, MatchAll):
-        return True
-    if isinstance(m, MatchNone):
-        return False
-    if isinstance(m, AddrMatch):
-        a = peer.address
-        return a is not None and any(a in n for n in m.nets)  # `in` is False across families
-    if isinstance(m, AnyOf):
-        return any(matches(i, peer) for i in m.items)
-    if isinstance(m, Except):
-        return matches(m.include, peer) and not matches(m.exclude, peer)
-    if isinstance(m, HostPattern):
-        return hostmatch.pattern_matches(
-            m, peer.name if peer.name_verified else None, peer.address, paranoid=not peer.name_verified
-        )
-    if isinstance(m, HostClass):
-        return hostmatch.class_matches(m.kind, peer.name, peer.name_verified, peer.address)
-    if isinstance(m, UserAt):
-        return hostmatch.user_matches(m.user, peer.user) and matches(m.host, peer)
-    if isinstance(m, Principal):
-        return _principal_matches(m, peer)
-    raise TypeError(f"not a Match: {m!r}")  # pragma: no cover - a bug, not a user error
+    match m:
+        case MatchAll():
+            return True
+        case MatchNone():
+            return False
+        case AddrMatch(nets=nets):
+            a = peer.address
+            return a is not None and any(a in n for n in nets)  # `in` is False across families
+        case AnyOf(items=items):
+            return any(matches(i, peer) for i in items)
+        case Except(include=include, exclude=exclude):
+            return matches(include, peer) and not matches(exclude, peer)
+        case HostPattern():
+            return hostmatch.pattern_matches(
+                m, peer.name if peer.name_verified else None, peer.address, paranoid=not peer.name_verified
+            )
+        case HostClass(kind=kind):
+            return hostmatch.class_matches(kind, peer.name, peer.name_verified, peer.address)
+        case UserAt(user=user, host=host):
+            return hostmatch.user_matches(user, peer.user) and matches(host, peer)
+        case Principal():
+            return _principal_matches(m, peer)
+        case _:
+            assert_never(m)
 
 
 def _principal_matches(p: Principal, peer: Peer) -> bool:
-    if p.kind in ("uid", "user"):
-        want = p.value if p.kind == "uid" else p.ident
-        return peer.uid is not None and want is not None and peer.uid == want
-    if p.kind in ("gid", "group"):
-        want = p.value if p.kind == "gid" else p.ident
-        if want is None:
-            return False
-        return peer.gid == want or want in peer.groups
-    if p.kind == "pid":
-        return peer.pid is not None and peer.pid == p.value
-    if p.kind == "exe":
-        return peer.exe is not None and _exe_pattern(str(p.value)).fullmatch(peer.exe) is not None
-    raise TypeError(f"unknown principal kind {p.kind!r}")  # pragma: no cover
+    match p.kind:
+        case "uid" | "user":
+            want = p.value if p.kind == "uid" else p.ident
+            return peer.uid is not None and want is not None and peer.uid == want
+        case "gid" | "group":
+            want = p.value if p.kind == "gid" else p.ident
+            if want is None:
+                return False
+            return peer.gid == want or want in peer.groups
+        case "pid":
+            return peer.pid is not None and peer.pid == p.value
+        case "exe":
+            return peer.exe is not None and _exe_pattern(str(p.value)).fullmatch(peer.exe) is not None
+        case _:
+            assert_never(p.kind)
 
 
 def _exe_pattern(pattern: str) -> "re.Pattern[str]":

@@ -203,9 +203,9 @@ def _literal_daemons(d: DaemonMatch) -> list[str]:
         literal = n.upper() != "ALL" and not any(c in n for c in "*?[") and not n.startswith(".") and not n.endswith(".")
         return [n] if literal else []
     if isinstance(d, AnyOf):
-        return [n for i in d.items for n in _literal_daemons(i)]  # type: ignore[arg-type]
+        return [n for i in d.items for n in _literal_daemons(i)]
     if isinstance(d, Except):
-        return _literal_daemons(d.include)  # type: ignore[arg-type]
+        return _literal_daemons(d.include)
     return []
 
 

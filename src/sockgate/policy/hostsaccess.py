@@ -240,7 +240,7 @@ def _parse_list(
         return None
     out = parts[-1]
     for include in reversed(parts[:-1]):
-        out = Except(include, out)  # type: ignore[arg-type]
+        out = Except(include, out)  # type: ignore[assignment]  # one builder for both trees
     return out
 
 

@@ -28,7 +28,7 @@ import hashlib
 import ipaddress
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Literal, Protocol, Union, assert_never
+from typing import Any, Generic, Literal, Protocol, TypeVar, Union, assert_never
 
 from sockgate.errors import UsageError
 from sockgate.policy import hostmatch
@@ -109,21 +109,28 @@ class UserAt:
     host: "Match"
 
 
-@dataclass(frozen=True)
-class AnyOf:
-    items: tuple["Match", ...]
+# AnyOf and Except are generic over the tree they sit in, so a walker over ``Match`` sees
+# ``Match`` children and one over ``DaemonMatch`` sees ``DaemonMatch`` children.
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
-class Except:
+class AnyOf(Generic[_T]):
+    items: tuple[_T, ...]
+
+
+@dataclass(frozen=True)
+class Except(Generic[_T]):
     """``include EXCEPT exclude`` (right-nested in hosts_access: ``a EXCEPT b EXCEPT c`` is
     ``a EXCEPT (b EXCEPT c)``)."""
 
-    include: "Match"
-    exclude: "Match"
+    include: _T
+    exclude: _T
 
 
-Match = Union[MatchAll, MatchNone, AddrMatch, HostPattern, HostClass, Principal, UserAt, AnyOf, Except]
+Match = Union[
+    MatchAll, MatchNone, AddrMatch, HostPattern, HostClass, Principal, UserAt, "AnyOf[Match]", "Except[Match]"
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,7 +146,7 @@ class DaemonPattern:
     server: Match | None = None
 
 
-DaemonMatch = Union[DaemonPattern, AnyOf, Except, MatchAll]
+DaemonMatch = Union[DaemonPattern, "AnyOf[DaemonMatch]", "Except[DaemonMatch]", MatchAll]
 
 
 class Applies(str, Enum):
@@ -164,10 +171,10 @@ def applies(d: DaemonMatch | None, service: str) -> Applies:
                 return Applies.NEVER
             return Applies.ALWAYS if server is None else Applies.BY_SERVER
         case AnyOf(items=items):
-            found = {applies(i, service) for i in items}  # type: ignore[arg-type]
+            found = {applies(i, service) for i in items}
             return next((a for a in (Applies.ALWAYS, Applies.BY_SERVER) if a in found), Applies.NEVER)
         case Except(include=include, exclude=exclude):
-            inc, exc = applies(include, service), applies(exclude, service)  # type: ignore[arg-type]
+            inc, exc = applies(include, service), applies(exclude, service)
             if inc is Applies.NEVER or exc is Applies.ALWAYS:
                 return Applies.NEVER
             if inc is Applies.ALWAYS and exc is Applies.NEVER:

@@ -52,6 +52,7 @@ from sockgate.policy.ir import (
     AddrMatch,
     AnyOf,
     Applies,
+    DaemonMatch,
     DaemonPattern,
     Except,
     HostClass,
@@ -171,7 +172,7 @@ def surely_allowed_service(service: Service) -> Service:
     return replace(service, rules=rules)
 
 
-Node = Match | DaemonPattern  # (AnyOf and Except hold either)
+Node = Match | DaemonMatch  # one rewriter for both trees
 Leaf = Callable[[Node, bool], Node]
 
 
@@ -179,9 +180,9 @@ def _rewrite(m: Node, deny: bool, leaf: Leaf) -> Node:
     """``m`` with ``leaf(node, deny)`` applied to every leaf; ``deny``: whether a match here
     makes the rule deny (flipped under every EXCEPT)."""
     if isinstance(m, AnyOf):
-        return AnyOf(tuple(_rewrite(i, deny, leaf) for i in m.items))  # type: ignore[misc]
+        return AnyOf(tuple(_rewrite(i, deny, leaf) for i in m.items))  # type: ignore[return-value]
     if isinstance(m, Except):
-        return Except(_rewrite(m.include, deny, leaf), _rewrite(m.exclude, not deny, leaf))  # type: ignore[arg-type]
+        return Except(_rewrite(m.include, deny, leaf), _rewrite(m.exclude, not deny, leaf))  # type: ignore[return-value]
     return leaf(m, deny)
 
 
