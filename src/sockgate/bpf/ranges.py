@@ -26,10 +26,26 @@ from __future__ import annotations
 import heapq
 import ipaddress
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Sequence, Union, assert_never
 
 from sockgate.policy.intervals import SPACE, Ranges, match_ranges, net_range, union
-from sockgate.policy.ir import Action, AnyOf, Applies, Except, IPNetwork, Match, MatchAll, MatchNone, Service, applies
+from sockgate.policy.ir import (
+    Action,
+    AddrMatch,
+    AnyOf,
+    Applies,
+    Except,
+    HostClass,
+    HostPattern,
+    IPNetwork,
+    Match,
+    MatchAll,
+    MatchNone,
+    Principal,
+    Service,
+    UserAt,
+    applies,
+)
 
 Banned = Union[ipaddress.IPv4Network, ipaddress.IPv6Network, ipaddress.IPv4Address, ipaddress.IPv6Address]
 
@@ -99,13 +115,17 @@ def as_net(b: Banned) -> IPNetwork:
 
 
 def _matches_no_address(m: Match) -> bool:
-    if isinstance(m, MatchAll):
-        return True
-    if isinstance(m, AnyOf):
-        return any(_matches_no_address(i) for i in m.items)
-    if isinstance(m, Except):
-        return _matches_no_address(m.include) and not _matches_no_address(m.exclude)
-    return False
+    match m:
+        case MatchAll():
+            return True
+        case AnyOf(items=items):
+            return any(_matches_no_address(i) for i in items)
+        case Except(include=include, exclude=exclude):
+            return _matches_no_address(include) and not _matches_no_address(exclude)
+        case MatchNone() | AddrMatch() | HostPattern() | HostClass() | Principal() | UserAt():
+            return False
+        case _:
+            assert_never(m)
 
 
 def _first_match(

@@ -27,7 +27,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Callable, Generic, Hashable, Literal, Mapping, TypeVar, Union
+from typing import Callable, Generic, Hashable, Literal, Mapping, TypeVar, Union, assert_never
 
 from sockgate.errors import Diagnostic, PolicyError, UsageError
 from sockgate.export.addrs import MAPPED_V6, AddrSpace, flatten
@@ -41,6 +41,7 @@ from sockgate.policy.ir import (
     DaemonPattern,
     Endpoint,
     Except,
+    MatchAll,
     Policy,
     Rule,
     Service,
@@ -198,15 +199,18 @@ def _services(policy: Policy, mapped: Mapping[str, tuple[Endpoint, ...]]) -> lis
 
 def _literal_daemons(d: DaemonMatch) -> list[str]:
     """Daemon names a rule selects by name (not ``ALL``, wildcards or ``EXCEPT`` parts)."""
-    if isinstance(d, DaemonPattern):
-        n = d.name
-        literal = n.upper() != "ALL" and not any(c in n for c in "*?[") and not n.startswith(".") and not n.endswith(".")
-        return [n] if literal else []
-    if isinstance(d, AnyOf):
-        return [n for i in d.items for n in _literal_daemons(i)]
-    if isinstance(d, Except):
-        return _literal_daemons(d.include)
-    return []
+    match d:
+        case DaemonPattern(name=n):
+            literal = n.upper() != "ALL" and not any(c in n for c in "*?[") and not n.startswith(".") and not n.endswith(".")
+            return [n] if literal else []
+        case AnyOf(items=items):
+            return [n for i in items for n in _literal_daemons(i)]
+        case Except(include=include):
+            return _literal_daemons(include)
+        case MatchAll():
+            return []
+        case _:
+            assert_never(d)
 
 
 def _plan_service(svc: Service, endpoints: tuple[Endpoint, ...], problems: _Problems) -> PlannedService | SkippedService:

@@ -28,10 +28,22 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from typing import Hashable, Iterator, Sequence
+from typing import Hashable, Iterator, Sequence, assert_never
 
 from sockgate.policy.intervals import Ranges, cidrs, difference, union
-from sockgate.policy.ir import AddrMatch, AnyOf, Except, IPNetwork, Match, MatchAll, MatchNone
+from sockgate.policy.ir import (
+    AddrMatch,
+    AnyOf,
+    Except,
+    HostClass,
+    HostPattern,
+    IPNetwork,
+    Match,
+    MatchAll,
+    MatchNone,
+    Principal,
+    UserAt,
+)
 
 V4_BASE = 1 << 128
 NO_ADDRESS = -1
@@ -95,38 +107,46 @@ def cover(m: Match) -> "Cover":
 
 
 def _cover(m: Match) -> Cover:
-    if isinstance(m, MatchAll):
-        return Cover(FULL, everything=True)
-    if isinstance(m, MatchNone):
-        return Cover()
-    if isinstance(m, AddrMatch):
-        if len(m.nets) == 1:  # most rules: nothing to sort or merge
-            return Cover((_line_range(m.nets[0]),))
-        return Cover(union(_line_range(n) for n in m.nets))
-    if isinstance(m, AnyOf):
-        out = Cover()
-        for item in m.items:
-            out = out | cover(item)
-        return out
-    if isinstance(m, Except):
-        inc, exc = cover(m.include), cover(m.exclude)
-        if exc.everything:
-            return Cover()  # everything is excepted: the rule matches nobody
-        if inc.atoms or exc.atoms:
-            return Cover(atoms=frozenset([_unlabel(m)]))
-        return Cover(difference(inc.spans, exc.spans))
-    return Cover(atoms=frozenset([m]))
+    match m:
+        case MatchAll():
+            return Cover(FULL, everything=True)
+        case MatchNone():
+            return Cover()
+        case AddrMatch(nets=nets):
+            if len(nets) == 1:  # most rules: nothing to sort or merge
+                return Cover((_line_range(nets[0]),))
+            return Cover(union(_line_range(n) for n in nets))
+        case AnyOf(items=items):
+            out = Cover()
+            for item in items:
+                out = out | cover(item)
+            return out
+        case Except(include=include, exclude=exclude):
+            inc, exc = cover(include), cover(exclude)
+            if exc.everything:
+                return Cover()  # everything is excepted: the rule matches nobody
+            if inc.atoms or exc.atoms:
+                return Cover(atoms=frozenset([_unlabel(m)]))
+            return Cover(difference(inc.spans, exc.spans))
+        case HostPattern() | HostClass() | Principal() | UserAt():
+            return Cover(atoms=frozenset([m]))
+        case _:
+            assert_never(m)
 
 
 def _unlabel(m: Match) -> Match:
     """``m`` with address labels dropped, so ``10.0.0.1`` and ``10.0.0.1/32`` compare equal."""
-    if isinstance(m, AddrMatch):
-        return AddrMatch(tuple(sorted(m.nets, key=_line_range)))
-    if isinstance(m, AnyOf):
-        return AnyOf(tuple(_unlabel(i) for i in m.items))
-    if isinstance(m, Except):
-        return Except(_unlabel(m.include), _unlabel(m.exclude))
-    return m
+    match m:
+        case AddrMatch(nets=nets):
+            return AddrMatch(tuple(sorted(nets, key=_line_range)))
+        case AnyOf(items=items):
+            return AnyOf(tuple(_unlabel(i) for i in items))
+        case Except(include=include, exclude=exclude):
+            return Except(_unlabel(include), _unlabel(exclude))
+        case MatchAll() | MatchNone() | HostPattern() | HostClass() | Principal() | UserAt():
+            return m
+        case _:
+            assert_never(m)
 
 
 SCAN_LIMIT = 4096  # runs of segments looked at per question: bounds the work on hostile input

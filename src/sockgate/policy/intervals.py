@@ -19,9 +19,22 @@ from __future__ import annotations
 
 import ipaddress
 from operator import itemgetter
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, assert_never
 
-from sockgate.policy.ir import AddrMatch, AnyOf, Except, IPAddress, IPNetwork, Match, MatchAll
+from sockgate.policy.ir import (
+    AddrMatch,
+    AnyOf,
+    Except,
+    HostClass,
+    HostPattern,
+    IPAddress,
+    IPNetwork,
+    Match,
+    MatchAll,
+    MatchNone,
+    Principal,
+    UserAt,
+)
 
 Range = tuple[int, int]  # half-open: addresses lo .. hi - 1
 Ranges = tuple[Range, ...]
@@ -80,16 +93,19 @@ def intersection(a: Sequence[Range], b: Sequence[Range]) -> Ranges:
 
 def match_ranges(m: Match, version: int) -> Ranges:
     """The addresses of family ``version`` that ``m`` holds for (see the module docstring)."""
-    if isinstance(m, MatchAll):
-        return ((0, SPACE[version]),)
-    if isinstance(m, AddrMatch):
-        return union(net_range(n) for n in m.nets if n.version == version)
-    if isinstance(m, AnyOf):
-        return union(r for i in m.items for r in match_ranges(i, version))
-    if isinstance(m, Except):
-        return difference(match_ranges(m.include, version), match_ranges(m.exclude, version))
-    # MatchNone, and matches that need more than an address.
-    return ()
+    match m:
+        case MatchAll():
+            return ((0, SPACE[version]),)
+        case AddrMatch(nets=nets):
+            return union(net_range(n) for n in nets if n.version == version)
+        case AnyOf(items=items):
+            return union(r for i in items for r in match_ranges(i, version))
+        case Except(include=include, exclude=exclude):
+            return difference(match_ranges(include, version), match_ranges(exclude, version))
+        case MatchNone() | HostPattern() | HostClass() | Principal() | UserAt():
+            return ()  # nobody, or a match that needs more than an address
+        case _:
+            assert_never(m)
 
 
 def cidrs(r: Range, version: int) -> list[IPNetwork]:

@@ -27,7 +27,7 @@ everything else); it never reports a shadow that is not one.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, assert_never
 
 from sockgate.errors import Diagnostic
 from sockgate.policy.coverage import Deciders, Spans, cover, describe_point
@@ -42,10 +42,13 @@ from sockgate.policy.ir import (
     HostClass,
     HostPattern,
     Match,
+    MatchAll,
+    MatchNone,
     Policy,
     Principal,
     Rule,
     Service,
+    UserAt,
     applies,
     rule_userspace_reason,
 )
@@ -143,13 +146,17 @@ def _overlaps(rule: Rule, deciders: list[tuple[Rule, Spans]]) -> Iterator[Diagno
 
 
 def _set_labels(m: Match) -> list[str]:
-    if isinstance(m, AddrMatch):
-        return [m.label] if m.label.startswith("@") else []
-    if isinstance(m, AnyOf):
-        return [label for i in m.items for label in _set_labels(i)]
-    if isinstance(m, Except):
-        return _set_labels(m.include) + _set_labels(m.exclude)
-    return []
+    match m:
+        case AddrMatch(label=label):
+            return [label] if label.startswith("@") else []
+        case AnyOf(items=items):
+            return [label for i in items for label in _set_labels(i)]
+        case Except(include=include, exclude=exclude):
+            return _set_labels(include) + _set_labels(exclude)
+        case MatchAll() | MatchNone() | HostPattern() | HostClass() | Principal() | UserAt():
+            return []
+        case _:
+            assert_never(m)
 
 
 def _has(m: Match, kinds: tuple[type, ...]) -> bool:

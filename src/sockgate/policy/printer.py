@@ -12,6 +12,7 @@ comments, so the output is still a valid policy that says what it leaves out.
 from __future__ import annotations
 
 import re
+from typing import assert_never
 
 from sockgate.policy import literals
 from sockgate.policy.ir import (
@@ -95,29 +96,31 @@ def format_limits(limits: Limits | None, sep: str = " ") -> list[str]:
 
 
 def format_match(m: Match, sets: dict[str, AddressSet]) -> str:
-    if isinstance(m, MatchAll):
-        return "all"
-    if isinstance(m, MatchNone):
-        return "{ }"
-    if isinstance(m, AddrMatch):
-        return _format_addr(m, sets)
-    if isinstance(m, AnyOf):
-        return "{ " + ", ".join(format_match(i, sets) for i in m.items) + " }" if m.items else "{ }"
-    if isinstance(m, Except):
-        inc = format_match(m.include, sets)
-        if isinstance(m.include, Except):
-            inc = "{ " + inc + " }"
-        return f"{inc} except {format_match(m.exclude, sets)}"
-    if isinstance(m, HostPattern):
-        return f"host {m.pattern}"
-    if isinstance(m, Principal):
-        value = quote(str(m.value)) if m.kind == "exe" and not _BARE.fullmatch(str(m.value)) else str(m.value)
-        return f"{m.kind} {value}"
-    if isinstance(m, HostClass):
-        return f"host {m.kind}"
-    if isinstance(m, UserAt):
-        return f"user {m.user}"
-    raise TypeError(f"not a Match: {m!r}")  # pragma: no cover - a bug, not a user error
+    match m:
+        case MatchAll():
+            return "all"
+        case MatchNone():
+            return "{ }"
+        case AddrMatch():
+            return _format_addr(m, sets)
+        case AnyOf(items=items):
+            return "{ " + ", ".join(format_match(i, sets) for i in items) + " }" if items else "{ }"
+        case Except(include=include, exclude=exclude):
+            inc = format_match(include, sets)
+            if isinstance(include, Except):
+                inc = "{ " + inc + " }"
+            return f"{inc} except {format_match(exclude, sets)}"
+        case HostPattern(pattern=pattern):
+            return f"host {pattern}"
+        case Principal(kind=kind, value=value):
+            text = quote(str(value)) if kind == "exe" and not _BARE.fullmatch(str(value)) else str(value)
+            return f"{kind} {text}"
+        case HostClass(kind=kind):
+            return f"host {kind}"
+        case UserAt(user=user):
+            return f"user {user}"
+        case _:
+            assert_never(m)
 
 
 def _format_addr(m: AddrMatch, sets: dict[str, AddressSet]) -> str:

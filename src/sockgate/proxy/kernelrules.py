@@ -46,6 +46,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from typing import assert_never
 
 from sockgate.policy.ir import (
     Action,
@@ -71,30 +72,34 @@ from sockgate.policy.ir import (
 
 def over(m: Match) -> Match:
     """A match that holds for every address for which ``m`` might hold."""
-    if isinstance(m, (MatchAll, MatchNone, AddrMatch)):
-        return m
-    if isinstance(m, (HostPattern, HostClass, Principal)):
-        return MatchAll()
-    if isinstance(m, UserAt):
-        return over(m.host)
-    if isinstance(m, AnyOf):
-        return _any(tuple(over(i) for i in m.items))
-    if isinstance(m, Except):
-        return _except(over(m.include), under(m.exclude))
-    raise TypeError(f"not a Match: {m!r}")  # pragma: no cover - a bug
+    match m:
+        case MatchAll() | MatchNone() | AddrMatch():
+            return m
+        case HostPattern() | HostClass() | Principal():
+            return MatchAll()
+        case UserAt(host=host):
+            return over(host)
+        case AnyOf(items=items):
+            return _any(tuple(over(i) for i in items))
+        case Except(include=include, exclude=exclude):
+            return _except(over(include), under(exclude))
+        case _:
+            assert_never(m)
 
 
 def under(m: Match) -> Match:
     """A match that holds only for addresses for which ``m`` surely holds."""
-    if isinstance(m, (MatchAll, MatchNone, AddrMatch)):
-        return m
-    if isinstance(m, (HostPattern, HostClass, Principal, UserAt)):
-        return MatchNone()
-    if isinstance(m, AnyOf):
-        return _any(tuple(under(i) for i in m.items))
-    if isinstance(m, Except):
-        return _except(under(m.include), over(m.exclude))
-    raise TypeError(f"not a Match: {m!r}")  # pragma: no cover - a bug
+    match m:
+        case MatchAll() | MatchNone() | AddrMatch():
+            return m
+        case HostPattern() | HostClass() | Principal() | UserAt():
+            return MatchNone()
+        case AnyOf(items=items):
+            return _any(tuple(under(i) for i in items))
+        case Except(include=include, exclude=exclude):
+            return _except(under(include), over(exclude))
+        case _:
+            assert_never(m)
 
 
 def _any(items: tuple[Match, ...]) -> Match:
@@ -154,15 +159,19 @@ def kernel_service(service: Service) -> Service:
 
 def needs_name(m: Match) -> bool:
     """Whether ``m`` may depend on the peer's host name (and so on a lookup)."""
-    if isinstance(m, (HostPattern, HostClass)):
-        return True
-    if isinstance(m, UserAt):
-        return needs_name(m.host)
-    if isinstance(m, AnyOf):
-        return any(needs_name(i) for i in m.items)
-    if isinstance(m, Except):
-        return needs_name(m.include) or needs_name(m.exclude)
-    return False
+    match m:
+        case HostPattern() | HostClass():
+            return True
+        case UserAt(host=host):
+            return needs_name(host)
+        case AnyOf(items=items):
+            return any(needs_name(i) for i in items)
+        case Except(include=include, exclude=exclude):
+            return needs_name(include) or needs_name(exclude)
+        case MatchAll() | MatchNone() | AddrMatch() | Principal():
+            return False
+        case _:
+            assert_never(m)
 
 
 def surely_allowed_service(service: Service) -> Service:
