@@ -117,6 +117,12 @@ EXPECTED = {
          Principal: frozenset([ONE[Principal]]), UserAt: frozenset([ONE[UserAt]]), AnyOf: frozenset(),
          Except: frozenset()},
     ),
+    "ir.userspace_reason": (
+        ir.userspace_reason,
+        {MatchAll: None, MatchNone: None, AddrMatch: None, HostPattern: "needs the client's host name (a DNS lookup)",
+         HostClass: "needs the client's host name (a DNS lookup)", Principal: "needs Unix peer credentials (uid)",
+         UserAt: "needs the client's ident user name", AnyOf: None, Except: None},
+    ),
     "coverage._unlabel": (
         coverage._unlabel,
         {MatchAll: MatchAll(), MatchNone: MatchNone(), AddrMatch: AddrMatch((NET,)),
@@ -140,6 +146,10 @@ DAEMON_EXPECTED = {
     "decide.server_matches": (
         lambda d: decide.server_matches(d, "sshd", PEER),
         {DaemonPattern: True, MatchAll: True, AnyOf: True, Except: True},
+    ),
+    "ir.userspace_reason": (
+        ir.userspace_reason,
+        {DaemonPattern: None, MatchAll: None, AnyOf: None, Except: None},
     ),
     "common._literal_daemons": (
         common._literal_daemons,

@@ -417,21 +417,23 @@ def _hash(parts: list[str]) -> str:
 
 def userspace_reason(match: Match | DaemonMatch) -> str | None:
     """Why ``match`` cannot be decided from the packet's source address alone, or None."""
-    if isinstance(match, (HostPattern, HostClass)):
-        return "needs the client's host name (a DNS lookup)"
-    if isinstance(match, UserAt):
-        return "needs the client's ident user name"
-    if isinstance(match, Principal):
-        return f"needs Unix peer credentials ({match.kind})"
-    if isinstance(match, AnyOf):
-        for m in match.items:
-            if (r := userspace_reason(m)) is not None:
-                return r
-    if isinstance(match, Except):
-        return userspace_reason(match.include) or userspace_reason(match.exclude)
-    if isinstance(match, DaemonPattern) and match.server is not None:
-        return "needs the server address (daemon@host)"
-    return None
+    match match:
+        case HostPattern() | HostClass():
+            return "needs the client's host name (a DNS lookup)"
+        case UserAt():
+            return "needs the client's ident user name"
+        case Principal(kind=kind):
+            return f"needs Unix peer credentials ({kind})"
+        case AnyOf(items=items):
+            return next((r for m in items if (r := userspace_reason(m)) is not None), None)
+        case Except(include=include, exclude=exclude):
+            return userspace_reason(include) or userspace_reason(exclude)
+        case DaemonPattern(server=server):
+            return None if server is None else "needs the server address (daemon@host)"
+        case MatchAll() | MatchNone() | AddrMatch():
+            return None
+        case _:
+            assert_never(match)
 
 
 def rule_userspace_reason(rule: Rule) -> str | None:
