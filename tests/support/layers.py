@@ -47,7 +47,6 @@ LAYERS: dict[str, int] = {
     "sockgate.inetd": ENFORCE,
     "sockgate.supervisor": ENFORCE,
     "sockgate.socktable": ENFORCE,
-    "sockgate.socktable": ENFORCE,
     "sockgate.probe": ENFORCE,
     "sockgate.demo": ENFORCE,
     "sockgate.proxy": ENFORCE,
