@@ -33,13 +33,13 @@ class SystemAccounts:
     def uid(self, name: str) -> int | None:
         try:
             return pwd.getpwnam(name).pw_uid
-        except KeyError:
+        except (KeyError, ValueError):  # ValueError: a NUL byte, which no account name holds
             return None
 
     def gid(self, name: str) -> int | None:
         try:
             return grp.getgrnam(name).gr_gid
-        except KeyError:
+        except (KeyError, ValueError):
             return None
 
 

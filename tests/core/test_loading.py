@@ -143,3 +143,9 @@ def test_a_nul_byte_in_a_file_name_is_a_located_error(tmp_path: Path, monkeypatc
         read_regular("a\0b")
     with pytest.raises(OSError):
         loading.list_files("a\0b")
+
+
+def test_an_account_name_with_a_nul_byte_is_unknown_not_a_traceback() -> None:
+    from sockgate.loading import SystemAccounts
+
+    assert SystemAccounts().uid("root\0x") is None and SystemAccounts().gid("root\0x") is None

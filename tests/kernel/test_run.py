@@ -536,7 +536,7 @@ def test_resolve_credentials() -> None:
 def test_drop_is_irrevocable() -> None:
     code = (
         "import os,sys;sys.path.insert(0,sys.argv[1]);from sockgate.linux import privileges as p;"
-        "c=p.resolve('nobody',None);p.drop(c);p.verify(c);"
+        "c=p.credentials('nobody',None);p.drop(c);p.verify(c);"
         "print(os.getresuid(),os.getresgid(),sorted(os.getgroups()))"
     )
     out = subprocess.run([sys.executable, "-c", code, SRC], capture_output=True, text=True, timeout=30)
