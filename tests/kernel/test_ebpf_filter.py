@@ -125,17 +125,6 @@ def _lab_usable(a: Any) -> bool:
     return a not in LAB_RESERVED and ((a.version == 4 and a in V4_LAB) or (a.version == 6 and a in V6_LAB))
 
 
-def _dual_stack(kind: int) -> socket.socket:
-    s = socket.socket(socket.AF_INET6, kind)
-    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    s.bind(("::", 0))
-    if kind == socket.SOCK_STREAM:
-        s.listen(1024)
-    else:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
-    return s
-
-
 @FEW
 @given(seed=st.integers(0, 2**32 - 1))
 def test_lab_dual_stack_agrees_with_the_engine(lab: netlab.Lab, seed: int) -> None:
@@ -145,7 +134,7 @@ def test_lab_dual_stack_agrees_with_the_engine(lab: netlab.Lab, seed: int) -> No
     sources = sorted(set(boundary_sources(svc, rng, _lab_usable, extra=30)) - {lab.client_v4, lab.client_v6})
     lab.add_client_addresses([s for s in sources if s not in lab.extra])  # (the lab outlives one example)
     want = expected(svc, sources)
-    lst, u = lab.server.call(lambda: (_dual_stack(socket.SOCK_STREAM), _dual_stack(socket.SOCK_DGRAM)))
+    lst, u = lab.server.call(lambda: (netlab.dual_stack_server(socket.SOCK_STREAM), netlab.dual_stack_server(socket.SOCK_DGRAM)))
 
     def client(kind: int) -> Any:
         return lambda fam, n: lab.client.call(lambda: [socket.socket(fam, kind) for _ in range(n)])
@@ -279,7 +268,7 @@ def test_forged_mapped_sources_are_denied_by_the_program_itself(lab: netlab.Lab)
     svc = service("dns", [], Action.ALLOW)
     forged = ("::ffff:127.0.0.1", "::ffff:198.18.0.2")
     wire = Wire(lab)
-    u = lab.server.call(lambda: _dual_stack(socket.SOCK_DGRAM))
+    u = lab.server.call(lambda: netlab.dual_stack_server(socket.SOCK_DGRAM))
     client = lab.client.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         wire.ready()

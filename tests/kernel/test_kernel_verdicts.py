@@ -102,16 +102,7 @@ def test_lab_dual_stack(lab: netlab.Lab) -> None:
     every = sorted({s for srcs in per_case for s in srcs} - {lab.client_v4, lab.client_v6})
     lab.add_client_addresses(every)
 
-    def server(kind: int) -> socket.socket:
-        s = socket.socket(socket.AF_INET6, kind)
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        s.bind(("::", 0))
-        if kind == socket.SOCK_STREAM:
-            s.listen(1024)
-        else:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
-        return s
-
+    server = netlab.dual_stack_server
     lst, u = lab.server.call(lambda: (server(socket.SOCK_STREAM), server(socket.SOCK_DGRAM)))
 
     def make_client(kind: int) -> Any:

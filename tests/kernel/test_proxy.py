@@ -16,7 +16,7 @@ from typing import Iterator
 import pytest
 
 from support import netlab
-from support.proxyproc import EchoServer, ProxyProc, connect, is_filtered, roundtrip, wait_for
+from support.proxyproc import EchoServer, ProxyProc, connect, is_filtered, lab_round_trip, roundtrip, wait_for
 
 pytestmark = [
     pytest.mark.skipif(sys.platform != "linux", reason="the proxy's kernel filter is Linux-only"),
@@ -657,20 +657,8 @@ def test_another_host_over_ipv6_in_a_namespace(tmp_path: Path, lab: "netlab.Lab"
         p = start(procs, tmp_path, str(pol), prefix=lab.server.argv())
         port = p.tcp_port()
 
-        def attempt(src: str) -> bytes | str:
-            s = lab.client.socket(socket.AF_INET6)
-            try:
-                s.settimeout(1.0)
-                s.bind((src, 0))
-                s.connect((lab.server_v6, port))
-                return roundtrip(s, b"v6")
-            except socket.timeout:
-                return "filtered"
-            finally:
-                s.close()
-
-        assert attempt("fd5b:5347::2") == "filtered"
-        assert attempt("fd5b:5347::3") == b"v6"
+        assert lab_round_trip(lab, "fd5b:5347::2", port) == "filtered"
+        assert lab_round_trip(lab, "fd5b:5347::3", port) == b"v6"
         p.stop()
         peers = [r["peer"] for r in p.find(event="decision")]
         assert len(peers) == 1 and peers[0].startswith("[fd5b:5347::3]:")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from support import netlab
-from support.proxyproc import EchoServer, ProxyProc, roundtrip
+from support.proxyproc import EchoServer, ProxyProc, lab_round_trip
 
 pytestmark = [pytest.mark.skipif(sys.platform != "linux", reason="the proxy's kernel tests are Linux-only")]
 
@@ -27,22 +27,6 @@ def _start(procs: list[ProxyProc], tmp_path: Path, lab: netlab.Lab, body: str, *
     return p
 
 
-def _tcp(lab: netlab.Lab, src: str, port: int) -> bytes | str:
-    """A round trip from ``src``; "filtered" when no SYN-ACK comes, "reset" when refused."""
-    s = lab.client.socket(socket.AF_INET6)
-    try:
-        s.settimeout(1.0)
-        s.bind((src, 0))
-        s.connect((lab.server_v6, port))
-        return roundtrip(s, b"v6")
-    except socket.timeout:
-        return "filtered"
-    except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError):
-        return "reset"
-    finally:
-        s.close()
-
-
 def test_a_rate_ban_covers_the_sources_whole_64(tmp_path: Path, lab: netlab.Lab, procs: list[ProxyProc]) -> None:
     lab.add_client_addresses(NEXT)
     echo = lab.server.call(lambda: EchoServer())
@@ -56,12 +40,12 @@ def test_a_rate_ban_covers_the_sources_whole_64(tmp_path: Path, lab: netlab.Lab,
         }}
         """)
         port = p.tcp_port()
-        assert _tcp(lab, lab.client_v6, port) == b"v6"
-        assert _tcp(lab, NEXT[0], port) == b"v6"  # the same source: its second in the window
-        assert _tcp(lab, NEXT[1], port) == "reset"  # its third: over the rate, banned
+        assert lab_round_trip(lab, lab.client_v6, port) == b"v6"
+        assert lab_round_trip(lab, NEXT[0], port) == b"v6"  # the same source: its second in the window
+        assert lab_round_trip(lab, NEXT[1], port) == "reset"  # its third: over the rate, banned
         ban = p.wait_record(event="ban")
         assert ban["peer"] == "fd5b:5347::/64"
-        assert _tcp(lab, NEXT[2], port) == "filtered"  # the next address: dropped in the kernel
+        assert lab_round_trip(lab, NEXT[2], port) == "filtered"  # the next address: dropped in the kernel
         assert [r["rule"] for r in p.find(event="decision", decision="deny")] == ["limit"]
     finally:
         echo.close()

@@ -154,3 +154,16 @@ def lab() -> Iterator[Lab]:
         if cli is not None:
             cli.delete()
         srv.delete()
+
+
+def dual_stack_server(kind: int) -> socket.socket:
+    """An AF_INET6 socket on every address, IPv4 clients too (``IPV6_V6ONLY`` off): a listener
+    for TCP, a UDP socket with room for a burst of datagrams."""
+    s = socket.socket(socket.AF_INET6, kind)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", 0))
+    if kind == socket.SOCK_STREAM:
+        s.listen(1024)
+    else:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    return s

@@ -198,3 +198,20 @@ def is_filtered(port: int, source: str, timeout: float = 0.7) -> bool:
         return False
     s.close()
     return False
+
+
+def lab_round_trip(lab: Any, src: str, port: int) -> bytes | str:
+    """A round trip from ``src`` in the lab's client namespace to its server's IPv6 address:
+    the echo, "filtered" when no SYN-ACK comes, "reset" when refused."""
+    s = lab.client.socket(socket.AF_INET6)
+    try:
+        s.settimeout(1.0)
+        s.bind((src, 0))
+        s.connect((lab.server_v6, port))
+        return roundtrip(s, b"v6")
+    except socket.timeout:
+        return "filtered"
+    except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError):
+        return "reset"
+    finally:
+        s.close()
