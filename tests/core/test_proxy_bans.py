@@ -12,7 +12,9 @@ import pytest
 
 from sockgate.bpf import Packet, interp
 from sockgate.bpf.insn import decode
+from sockgate.bpf.program import Program
 from sockgate.errors import CompileError
+from sockgate.kernel import Compiled
 from sockgate.log import Log
 from sockgate.peers import Peer
 from sockgate.policy.ir import Service
@@ -42,6 +44,11 @@ def _runner(out: io.StringIO) -> Runner:
     return r
 
 
+def _encoded(program: Compiled) -> bytes:
+    assert isinstance(program, Program)
+    return program.encode()
+
+
 def _allows(program: bytes, address: str) -> bool:
     return bool(interp.run(decode(program), Packet.from_address(ipaddress.ip_address(address))))
 
@@ -50,13 +57,13 @@ def test_too_many_bans_leave_the_new_policy_in_the_kernel_and_log_once() -> None
     out = io.StringIO()
     r = _runner(out)
     assert len(r.banned()) == BANNED
-    prog = r.kernel_program(_service(NEW))  # as a reload compiles it: the new policy, the old bans
+    prog = _encoded(r.compile(_service(NEW)))  # as a reload compiles it: the new policy, the old bans
     assert not _allows(prog, "2001:db8:0:fff1::1")  # the reload's new deny is in the filter
     assert _allows(prog, "2001:db8:1::1")
     assert _allows(prog, "2001:db8::1")  # banned, but left to user space
     verdict = r.decide(Peer(address=ipaddress.ip_address("2001:db8::1")))[1]
     assert verdict is not None and "banned" in verdict.reason  # ... which refuses it
-    r.kernel_program()
+    r.compile()
     r.log.flush()
     errors = [json.loads(line) for line in out.getvalue().splitlines() if '"error"' in line]
     assert len(errors) == 1 and "bans enforced in user space" in errors[0]["message"]
@@ -66,4 +73,4 @@ def test_a_policy_too_large_by_itself_is_still_an_error() -> None:
     r = _runner(io.StringIO())
     nets = "\n".join(f" deny 10.{i >> 8}.{i & 255}.0/25" for i in range(2100))
     with pytest.raises(CompileError, match="does not fit in one BPF program"):
-        r.kernel_program(_service(f"service web {{\n{nets}\n allow all\n}}\n"))
+        r.compile(_service(f"service web {{\n{nets}\n allow all\n}}\n"))

@@ -66,10 +66,7 @@ SEAM_ONLY = {"sockgate.linux.filter": "sockgate.kernel"}
 KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset()
 KNOWN_UPWARD: frozenset[tuple[str, str]] = frozenset()
 KNOWN_THIN_BREACHES: frozenset[tuple[str, str]] = frozenset()
-KNOWN_FILTER_USERS: frozenset[tuple[str, str]] = frozenset({
-    ("sockgate.proxy.service", "sockgate.linux.filter"),  # proxy on the seam
-    ("sockgate.proxy.server", "sockgate.linux.filter"),  # proxy on the seam
-})
+KNOWN_FILTER_USERS: frozenset[tuple[str, str]] = frozenset()
 
 
 @dataclass(frozen=True)

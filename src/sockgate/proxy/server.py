@@ -13,10 +13,11 @@ Life cycle of ``Proxy.serve()``:
    processes after the listeners exist; they share the listening sockets (and so the one
    filter on each), and the kernel hands each connection to one of them. Limits count per
    process, so services with limits or bans refuse ``--workers`` > 1.
-4. **SIGHUP**: ``RELOADING=1``; the policy is loaded and every program compiled again; only
-   if all of that succeeds are the services swapped and the filters replaced (atomically, on
-   the same sockets); services that appeared are opened and services that disappeared stop
-   accepting. Live connections are never touched. Then ``READY=1``.
+4. **SIGHUP**: ``RELOADING=1``; the policy is loaded and every program compiled and loaded
+   again; only if all of that succeeds are the filters replaced, on the same sockets, in one
+   transaction of the kernel seam (all of them or none); only then are the services swapped,
+   services that appeared opened and services that disappeared stopped accepting
+   (``proxy.reload``). Live connections are never touched. Then ``READY=1``.
 5. **SIGTERM/SIGINT**: ``STOPPING=1``, listeners closed, clients still waiting for a host-name
    lookup refused, live connections drain for at most ``drain_timeout`` seconds, the rest are
    reset; exit 0. Signals, notifications and the drain are ``sockgate.supervisor``'s: the
@@ -33,15 +34,18 @@ import os
 import signal
 import socket
 from dataclasses import replace
+from functools import partial
 from typing import Callable, Sequence
 
 from sockgate.errors import SockgateError, UsageError
-from sockgate.linux.listen import Listener
+from sockgate.kernel import Kernel, Loaded, Slot, Step, default_kernel
+from sockgate.linux.listen import Listener, open_listener, take_over
 from sockgate.linux.signalfd import SigInfo
 from sockgate.log import Log
 from sockgate.proxy.relay import PipePool
 from sockgate.proxy.namecache import ReverseLookup
-from sockgate.proxy.service import ProxySettings, ProxySpec, Runner
+from sockgate.proxy.reload import Handover, Key, UnixName, run as run_reload, unix_name
+from sockgate.proxy.service import PROXY_ADVICE, ProxySettings, ProxySpec, Runner
 from sockgate.supervisor import AsyncioLoop, ForwardingLifecycle, Notifier, SelectorLoop, Supervisor
 from sockgate.urls import SocketURL, parse_url
 
@@ -49,13 +53,6 @@ Loader = Callable[[], Sequence[ProxySpec]]
 _SIGNALS = frozenset({signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
 _TICK = 0.5
 _GC_THRESHOLD = 20000
-UnixName = tuple[bool, "str | None"]  # (abstract, path) of a Unix listen URL
-
-
-def unix_name(url: SocketURL) -> UnixName:
-    """What a Unix URL binds: an abstract name as written, a path made absolute."""
-    path = url.path if url.abstract or url.path is None else os.path.abspath(url.path)
-    return url.abstract, path
 
 
 def new_loop(use_uvloop: bool = True) -> asyncio.AbstractEventLoop:
@@ -81,6 +78,7 @@ class Proxy:
         use_uvloop: bool = True,
         inherit: bool = True,
         splice: bool = True,
+        kernel: Kernel | None = None,
     ) -> None:
         if not plans:
             raise UsageError("nothing to proxy: no service has both `listen` and `forward`")
@@ -92,7 +90,8 @@ class Proxy:
         self.use_uvloop = use_uvloop
         self.inherit = inherit
         self.pipes = PipePool(splice=splice)
-        self.runners: dict[tuple[str, tuple[str, ...]], Runner] = {}
+        self.kernel = kernel or default_kernel()
+        self.runners: dict[Key, Runner] = {}
         self.retired: list[Runner] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stopping = False
@@ -108,14 +107,16 @@ class Proxy:
     # -- opening --------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Compile every service, then open or inherit every listener (all or nothing)."""
-        runners = [Runner(p, self.options, self.log, self.pipes, self.reverse_lookup) for p in self.plans]
-        programs = [r.kernel_program() for r in runners]
+        """Compile and load every service's program, then open or inherit every listener (all
+        or nothing)."""
+        runners = [self.new_runner(p) for p in self.plans]
+        for r in runners:
+            r.loaded = self.kernel.load(r.compile())
         inherited = self._inherited() if self.inherit else []
         opened: list[Listener] = []
         try:
-            for r, prog in zip(runners, programs):
-                r.listeners = self._listeners_for(r, prog, inherited)
+            for r in runners:
+                r.listeners = self._listeners_for(r, inherited)
                 opened.extend(r.listeners)
                 self.runners[r.plan.key] = r
             for fd_sock, name in inherited:
@@ -131,15 +132,18 @@ class Proxy:
 
         return [(socket.socket(fileno=fd), name) for fd, name in activation.listen_fds()]
 
-    def _listeners_for(self, r: Runner, program: bytes, inherited: list[tuple[socket.socket, str]],
+    def new_runner(self, spec: ProxySpec) -> Runner:
+        return Runner(spec, self.options, self.log, self.pipes, self.reverse_lookup, self.kernel)
+
+    def _guard(self, r: Runner, sock: socket.socket) -> None:
+        """Put ``r``'s loaded program on a fresh IP socket (before ``listen``)."""
+        if sock.family != socket.AF_UNIX:
+            assert r.loaded is not None
+            self.kernel.apply([Step(Slot(sock.fileno(), _url_of(sock, "unknown").display(), PROXY_ADVICE), r.loaded)])
+
+    def _listeners_for(self, r: Runner, inherited: list[tuple[socket.socket, str]],
                        skip_unix: bool = False, taken: dict[UnixName, Listener] | None = None) -> list[Listener]:
-        from sockgate.linux import filter as kfilter
-        from sockgate.linux.listen import open_listener
-
-        def guard(sock: socket.socket) -> None:
-            if sock.family != socket.AF_UNIX:
-                kfilter.attach(sock, program, f"attach filter for {r.name}")
-
+        guard = partial(self._guard, r)
         out: list[Listener] = []
         urls = list(r.plan.listen)
         try:
@@ -150,10 +154,10 @@ class Proxy:
                     out.append(Listener(_url_of(s, name), s))
             for url in urls:
                 if taken and url.is_unix and unix_name(url) in taken:
-                    out.append(taken.pop(unix_name(url)))  # a removed service's (_take_over)
+                    out.append(taken.pop(unix_name(url)))  # a removed service's (hand_over)
                     continue
                 if skip_unix and url.is_unix:
-                    continue  # another worker binds the path (see _reload)
+                    continue  # another worker binds the path (see start_fresh)
                 match = next((i for i, (_, n) in enumerate(inherited) if n == url.fd_name), None)
                 if match is None and inherited and all(n == "unknown" for _, n in inherited):
                     match = 0
@@ -241,100 +245,64 @@ class Proxy:
         return None  # the proxy ends only when stopped
 
     def reload(self) -> None:
-        if self.loader is None:
-            return
-        try:
-            self._reload()
-        except SockgateError as e:
-            self.log.error(f"reload failed, the running policy stays: {e}")
-        finally:
-            self.log.flush()
+        if self.loader is not None:
+            run_reload(self, self.kernel, self._wanted)
 
-    def _reload(self) -> None:
-        assert self.loader is not None and self.loop is not None
+    def _wanted(self) -> Sequence[ProxySpec]:
+        assert self.loader is not None
         plans = list(self.loader())
         self._check_workers(plans)
-        keep: list[tuple[Runner, ProxySpec, bytes]] = []
-        fresh: list[tuple[Runner, bytes]] = []
-        for p in plans:
-            old = self.runners.get(p.key)
-            if old is not None:
-                keep.append((old, p, old.kernel_program(p.service)))
-            else:
-                r = Runner(p, self.options, self.log, self.pipes, self.reverse_lookup)
-                fresh.append((r, r.kernel_program()))
-        # Everything compiled: now swap.
-        wanted = {p.key for p in plans}
-        removed = [self.runners.pop(k) for k in [k for k in self.runners if k not in wanted]]
-        taken = self._take_over(removed, [r for r, _ in fresh])
-        try:
-            for r in removed:
-                r.stop_accepting(unlink=self._owns_files(r))
-                self.retired.append(r)
-            for r, p, prog in keep:
-                r.attach(prog)
-                r.install(p.service)
-                r.plan = p
-                from sockgate.proxy.service import Upstream
+        return plans
 
-                r.target = Upstream.of(p.forward)
-            # A Unix path can be bound once: of the workers, only the first listens on a Unix
-            # listener added by a reload (those opened at start are shared by every worker).
-            skip_unix = self.is_child and self.worker_index > 0
-            for r, prog in fresh:
-                try:
-                    r.listeners = self._listeners_for(r, prog, [], skip_unix, taken.get(r, {}))
-                except SockgateError as e:
-                    self.log.error(f"service {r.name} not started: {e}")
-                    continue
-                if skip_unix and len(r.listeners) < len(r.plan.listen):
-                    self.log.notice(f"service {r.name}: its new Unix listeners are served by the first worker only")
-                self._start_fresh(r)
-        finally:
-            for left in taken.values():  # taken over for a service that did not start
-                for lst in left.values():
-                    lst.close()
-        self.log.notice("policy reloaded", services=" ".join(r.name for r in self.runners.values()))
+    # The commit of a reload (proxy.reload): what it asks of the proxy.
 
-    def _start_fresh(self, r: Runner) -> None:
-        """Serve a service a reload added, on the listeners opened for it. A worker after the
-        first may have none (all Unix, bound by the first): it keeps the service all the same,
-        so the next reload finds it and does not add it again."""
+    def hand_over(self, handovers: Sequence[Handover]) -> dict[Key, dict[UnixName, Listener]]:
+        """Unix listeners of removed services given to fresh services on the same name
+        (``listen.take_over``) rather than closed and bound again. Besides keeping the name
+        and its queue, that spares the workers a race: a listener opened before they forked is
+        held by all of them, and the first worker could not bind its name again until every
+        other had closed it. Keyed by the fresh service."""
+        out: dict[Key, dict[UnixName, Listener]] = {}
+        for h in handovers:
+            old = self.runners[h.source]
+            lst = next((x for x in old.listeners if x.url.is_unix and unix_name(x.url) == h.name), None)
+            if lst is None:
+                continue
+            try:
+                new = take_over(lst, h.url, owns_file=self._owns_files(old))
+            except SockgateError as e:  # it stays with the removed service, which closes it
+                self.log.error(f"service {h.to.service.name}: {h.url.display()} not taken over: {e}")
+                continue
+            if self.loop is not None and old.accepting:
+                self.loop.remove_reader(lst.sock.fileno())
+            old.listeners.remove(lst)
+            out.setdefault(h.to.key, {})[h.name] = new
+        return out
+
+    def retire(self, key: Key) -> None:
+        r = self.runners.pop(key)
+        r.stop_accepting(unlink=self._owns_files(r))
+        self.retired.append(r)
+
+    def start_fresh(self, r: Runner, loaded: Loaded, taken: dict[UnixName, Listener]) -> None:
+        """Open and serve a service a reload added. A Unix path can be bound once: of the
+        workers, only the first listens on a Unix listener added by a reload (those opened at
+        start are shared by every worker). A worker after the first may so have no listener:
+        it keeps the service all the same, so the next reload finds it and does not add it
+        again."""
         assert self.loop is not None
+        skip_unix = self.is_child and self.worker_index > 0
+        r.loaded = loaded
+        try:
+            r.listeners = self._listeners_for(r, [], skip_unix, taken)
+        except SockgateError as e:
+            self.log.error(f"service {r.name} not started: {e}")
+            return
+        if skip_unix and len(r.listeners) < len(r.plan.listen):
+            self.log.notice(f"service {r.name}: its new Unix listeners are served by the first worker only")
         r.opened_by_reload = True
         self.runners[r.plan.key] = r
         r.start(self.loop, r.listeners)
-
-    def _take_over(self, removed: list[Runner], fresh: list[Runner]) -> dict[Runner, dict[UnixName, Listener]]:
-        """Unix listeners of removed services whose name a fresh service listens on: handed
-        over (see ``listen.take_over``) rather than closed and bound again. Besides keeping
-        the name and its queue, that spares the workers a race: a listener opened before they
-        forked is held by all of them, and the first worker could not bind its name again
-        until every other had closed it. Keyed by the fresh runner."""
-        from sockgate.linux.listen import take_over
-
-        spare: dict[UnixName, tuple[Runner, Listener]] = {}
-        for old in removed:
-            for lst in old.listeners:
-                if lst.url.is_unix:
-                    spare[unix_name(lst.url)] = (old, lst)
-        out: dict[Runner, dict[UnixName, Listener]] = {}
-        for r in fresh:
-            for url in r.plan.listen:
-                name = unix_name(url)
-                if not url.is_unix or name not in spare or spare[name][1].url.scheme != url.scheme:
-                    continue
-                old, lst = spare.pop(name)
-                try:
-                    new = take_over(lst, url, owns_file=self._owns_files(old))
-                except SockgateError as e:  # it stays with the removed service, which closes it
-                    self.log.error(f"service {r.name}: {url.display()} not taken over: {e}")
-                    continue
-                if self.loop is not None and old.accepting:
-                    self.loop.remove_reader(lst.sock.fileno())
-                old.listeners.remove(lst)
-                out.setdefault(r, {})[name] = new
-        return out
 
     def _owns_files(self, r: Runner) -> bool:
         """Whether this process removes ``r``'s Unix socket files when it stops listening: the
@@ -423,11 +391,7 @@ class Proxy:
         the proxy opened (same address, same filter), so the kernel spreads connections over
         the workers' accept queues instead of waking every worker for each one. The first
         worker keeps the original; passed and Unix sockets stay shared."""
-        from sockgate.linux import filter as kfilter
-        from sockgate.linux.listen import open_listener
-
         for r in self.runners.values():
-            program = r.kernel_program()
             mine: list[Listener] = []
             for lst in r.listeners:
                 if not lst.url.reuseport:
@@ -435,7 +399,7 @@ class Proxy:
                     continue
                 port = lst.sock.getsockname()[1]
                 url = replace(lst.url, port=port)
-                own = open_listener(url, before_listen=lambda s: kfilter.attach(s, program, f"attach filter for {r.name}"))
+                own = open_listener(url, before_listen=partial(self._guard, r))
                 lst.sock.close()
                 mine.append(own)
             r.listeners = mine

@@ -14,12 +14,12 @@ forwards to). Per accepted connection it:
    (non-blocking connect with a deadline) and handed to a ``relay.Relay``;
 5. logs the finished connection with its byte counts, duration and how it ended.
 
-Kernel filter. Every IP listener carries the program compiled from
-``kernelrules.kernel_service`` (the address-only part the kernel may enforce; see there) plus
-the sources currently banned. A ban recompiles that program and replaces it on every listener
-in one ``setsockopt`` each (atomic under RCU), so the banned source's SYNs and datagrams are
-dropped before the proxy wakes; when the ban ends the program is rebuilt without it. Bans never
-keep a policy out of the kernel: when the policy and its bans do not fit in one program
+Kernel filter. Every IP listener carries the program compiled from ``kernelrules.kernel_service``
+(the address-only part the kernel may enforce; see there) plus the sources currently banned.
+A ban recompiles it and replaces it on every listener in one transaction of the kernel seam
+(``sockgate.kernel``: a ``setsockopt`` each, atomic under RCU), so the banned source's SYNs and
+datagrams are dropped before the proxy wakes; when the ban ends the program is rebuilt without
+it. Bans never keep a policy out of the kernel: when the policy and its bans do not fit in one program
 together, the program carries the policy alone and every ban is enforced here, in user space
 (a ban lives in its ``Limiter``, which refuses the banned source in ``decide``), exactly as
 before the kernel knew of it. Only a policy that does not fit by itself is an error.
@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Hashable
 
 from sockgate.decide import Decision, decide_service, decide_unnamed
 from sockgate.errors import CompileError, SockgateError, UsageError
+from sockgate.kernel import Compiled, Kernel, Loaded, Slot, Step, default_kernel
 from sockgate.peers import Peer
 from sockgate.policy.ir import Action, Limits, Rule, Service, userspace_reason
 from sockgate.proxy.admission import peer_label, rule_label
@@ -55,6 +56,8 @@ if TYPE_CHECKING:
     from sockgate.linux.listen import Listener
 
 _ACCEPT_BURST = 64
+# What to do when the kernel lets only CAP_NET_ADMIN filter a TCP socket (kernel.transaction).
+PROXY_ADVICE = "start `sockgate proxy` as root or with that capability"
 _NONBLOCKING_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
 
 
@@ -175,9 +178,12 @@ class Runner:
     """Serves one ``ProxySpec`` on an event loop."""
 
     def __init__(
-        self, plan: ProxySpec, options: ProxySettings, log: Log, pipes: PipePool, reverse_lookup: ReverseLookup | None
+        self, plan: ProxySpec, options: ProxySettings, log: Log, pipes: PipePool,
+        reverse_lookup: ReverseLookup | None, kernel: Kernel | None = None,
     ) -> None:
         self.plan = plan
+        self.kernel = kernel or default_kernel()
+        self.loaded: Loaded | None = None  # the program on the IP listeners (None: none yet)
         self.options = options
         self.log = log
         self.pipes = pipes
@@ -236,39 +242,39 @@ class Runner:
             out.update(lim.active_bans(now))
         return sorted(out, key=str)
 
-    def kernel_program(self, service: Service | None = None) -> bytes:
-        """The kernel filter for the IP listeners of ``service`` (default: the running one),
-        with the current bans when they fit, else without any (see the module docstring).
-        Raises ``CompileError`` only for a policy that does not fit even without bans."""
-        from sockgate.bpf import compile_service
-
+    def compile(self, service: Service | None = None) -> Compiled:
+        """The kernel filter for the IP listeners of ``service`` (default: the running one), with
+        the bans when they fit, else none (module docstring); CompileError: the policy does not."""
         svc = kernel_service(service) if service is not None else self.kservice
         nets = [n for n in map(as_network, self.banned()) if n is not None]
         try:
-            prog = compile_service(svc, banned=nets)
+            prog = self.kernel.compile(svc, nets)
         except CompileError as e:
             if not nets:
                 raise
-            prog = compile_service(svc)  # a CompileError here is the policy's own
+            prog = self.kernel.compile(svc)  # a CompileError here is the policy's own
             if not self._bans_in_user_space:
                 self.log.error(f"{len(nets)} bans do not fit in the kernel filter, bans enforced in user space: {e}", service=self.name)
             self._bans_in_user_space = True
         else:
             self._bans_in_user_space = False
-        return bytes(prog.encode())
+        return prog
 
-    def attach(self, program: bytes) -> None:
-        from sockgate.linux import filter as kfilter
+    def ip_slots(self) -> list[Slot]:  # where a kernel filter goes (a Unix peer has no address)
+        return [Slot(lst.sock.fileno(), lst.address(), PROXY_ADVICE) for lst in self.listeners if not lst.url.is_unix]
 
-        for lst in self.listeners:
-            if not lst.url.is_unix:
-                kfilter.attach(lst.sock, program, f"attach filter for {self.name} to {lst.address()}")
+    def adopt(self, plan: ProxySpec, loaded: Loaded, target: Upstream) -> None:
+        """A reload's new ``plan`` (same key), whose program ``loaded`` is on the listeners."""
+        self.install(plan.service)
+        self.plan, self.loaded, self.target = plan, loaded, target
 
     def push_bans(self) -> None:
         """Rebuild the kernel filter with the current bans and schedule the next lift."""
         try:
-            self.attach(self.kernel_program())
-        except (CompileError, SockgateError) as e:
+            loaded = self.kernel.load(self.compile())
+            self.kernel.apply([Step(slot, loaded) for slot in self.ip_slots()])
+            self.loaded = loaded
+        except SockgateError as e:
             self.log.error(f"kernel filter not updated, bans enforced in user space: {e}", service=self.name)
         self._schedule_lift()
 
