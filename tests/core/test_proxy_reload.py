@@ -248,3 +248,19 @@ def test_a_success_runs_the_phases_in_order() -> None:
     new = [ClassicFilter(k.load(k.compile(p.service)).raw) for p in NEW]  # type: ignore[attr-defined]
     assert [ops.attached[fd] for fd in (0, 1, 10, 20)] == [new[0], new[0], new[1], new[2]]
     assert proxy.messages() == ["policy reloaded"]
+
+
+class Closing:
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_handed_over_listener_the_fresh_service_did_not_use_is_closed() -> None:
+    ops = FakeOps()
+    proxy = running(ops)
+    left = Closing()
+    proxy.hand_over = lambda handovers: {ADDED.key: {(True, "n"): left}}  # type: ignore[method-assign, assignment, return-value]
+    assert run(proxy, fake_kernel(ops), lambda: OLD + [ADDED]) is True
+    assert proxy.started and left.closed  # the fake start_fresh took nothing

@@ -158,7 +158,7 @@ def _commit(plan: ReloadPlan, proxy: ProxyState[R], prepared: _Prepared, fresh: 
         for key in plan.removed:
             proxy.retire(key)
         for r, (_, loaded) in zip(fresh, prepared.fresh):
-            proxy.start_fresh(r, loaded, taken.pop(r.plan.key, {}))
+            proxy.start_fresh(r, loaded, taken.get(r.plan.key, {}))  # what it does not use stays in taken
     finally:
         for left in taken.values():  # taken over for a service that did not start
             for lst in left.values():
