@@ -1,11 +1,15 @@
-"""How the proxy's log records name a client and the rule that decided (TCP and UDP alike)."""
+"""The proxy's admission of a client: the decision, limits and bans (``Admission``), and how
+the log records name the client and the rule that decided (TCP and UDP alike)."""
 
 from __future__ import annotations
 
+import ipaddress
+
 from sockgate.peers import Peer
-from sockgate.policy.ir import Action, MatchAll, Rule
+from sockgate.policy.ir import Action, MatchAll, Rule, Service
+from sockgate.policy.parser import parse_policy
 from sockgate.policy.source import Span
-from sockgate.proxy.admission import peer_label, rule_label
+from sockgate.proxy.admission import Admission, Admitted, Refused, peer_label, rule_label
 
 
 def test_peer_label_ipv4_and_ipv6_in_brackets() -> None:
@@ -36,3 +40,81 @@ def test_rule_label() -> None:
     assert rule_label(rule) == "/etc/sockgate/p.conf:12"
     assert rule_label(None) == "default"
     assert rule_label("limit") == "limit"
+
+
+# -- Admission: the decision, then the limits and bans (sans-IO: the clock is passed in) ---------
+
+A, B = ipaddress.ip_address("192.0.2.7"), ipaddress.ip_address("192.0.2.8")
+
+
+def _service(body: str) -> Service:
+    return parse_policy(f"service web {{\n{body}\n}}\n", "p.conf").services[0]
+
+
+def test_a_denied_client_takes_no_limit() -> None:
+    adm = Admission(_service(" deny 192.0.2.7\n allow all limit concurrent 1\n"))
+    refused = adm.admit(Peer(address=A), 0.0)
+    assert isinstance(refused, Refused) and refused.rule == "p.conf:2" and not refused.ban_started
+    assert isinstance(adm.admit(Peer(address=B), 0.0), Admitted)  # the one slot was still free
+
+
+def test_the_service_and_the_rule_limits_are_taken_together() -> None:
+    adm = Admission(_service(" allow 192.0.2.7 limit concurrent 1\n allow all\n limit concurrent 2\n"))
+    first = adm.admit(Peer(address=A), 0.0)
+    assert isinstance(first, Admitted) and len(first.limiters) == 2
+    refused = adm.admit(Peer(address=A), 0.0)  # the service has room, the rule has none ...
+    assert isinstance(refused, Refused) and refused.rule == "limit" and "1 connections" in refused.reason
+    assert isinstance(adm.admit(Peer(address=B), 0.0), Admitted)  # ... and gave back what it took
+    assert isinstance(adm.admit(Peer(address=B), 0.0), Refused)  # the service's 2 are taken now
+    Admission.release(first)
+    assert isinstance(adm.admit(Peer(address=A), 0.0), Admitted)
+
+
+def test_a_ban_starts_on_the_per_source_rate_only() -> None:
+    adm = Admission(_service(" allow all\n limit rate 1/minute per source ban 10m\n limit rate 5/minute\n"))
+    assert isinstance(adm.admit(Peer(address=A), 0.0), Admitted)
+    banned = adm.admit(Peer(address=A), 1.0)
+    assert isinstance(banned, Refused) and banned.ban_started and banned.key == A
+    assert adm.bans(2.0) == [A] and adm.next_expiry() == 601.0
+    again = adm.admit(Peer(address=A), 2.0)
+    assert isinstance(again, Refused) and not again.ban_started and "banned" in again.reason
+    for i in range(4):  # the service's 5 a minute: A's first, then these
+        assert isinstance(adm.admit(Peer(address=ipaddress.ip_address(f"198.51.100.{i}")), 3.0), Admitted)
+    total = adm.admit(Peer(address=B), 3.0)  # over the service's rate: refused, nobody banned
+    assert isinstance(total, Refused) and not total.ban_started and adm.bans(3.0) == [A]
+    assert adm.expire(700.0) == [A] and adm.bans(700.0) == [] and adm.next_expiry() is None
+
+
+def test_a_unix_peer_is_limited_by_its_uid() -> None:
+    adm = Admission(_service(" allow all limit concurrent 1 per source\n"))
+    first = adm.admit(Peer(uid=1000, gid=1000), 0.0)
+    assert isinstance(first, Admitted) and first.key == ("uid", 1000)
+    assert isinstance(adm.admit(Peer(uid=1000, gid=5), 0.0), Refused)
+    assert isinstance(adm.admit(Peer(uid=1001, gid=1000), 0.0), Admitted)
+
+
+def test_an_ipv6_source_is_its_64() -> None:
+    adm = Admission(_service(" allow all limit concurrent 1 per source\n"))
+    assert isinstance(adm.admit(Peer.parse("2001:db8::1"), 0.0), Admitted)
+    assert isinstance(adm.admit(Peer.parse("2001:db8::ffff:2"), 0.0), Refused)
+
+
+def test_limiter_state_is_kept_across_a_reload_where_limits_are_equal() -> None:
+    old = Admission(_service(" allow 192.0.2.0/24 limit concurrent 1 per source\n allow all limit concurrent 1\n"))
+    held = old.admit(Peer(address=A), 0.0)
+    assert isinstance(held, Admitted)
+    new = Admission(_service(" deny 203.0.113.1\n allow 192.0.2.0/24 limit concurrent 1 per source\n allow all limit concurrent 5\n"), old)
+    assert new.limiters[new.decide(Peer(address=A)).rule] is held.limiters[0]  # same match, same limits: kept
+    assert isinstance(new.admit(Peer(address=A), 1.0), Refused)  # A's connection still counts
+    Admission.release(held)  # the old connection ends, after the reload
+    assert isinstance(new.admit(Peer(address=A), 2.0), Admitted)
+    other = [lim for r, lim in new.limiters.items() if r is not None and r.limits is not None and r.limits.concurrent_total == 5]
+    assert other and other[0] not in old.limiters.values()  # changed limits: a fresh limiter
+
+
+def test_the_decision_names_the_rule_as_written_and_a_cut_short_lookup_fails_closed() -> None:
+    adm = Admission(_service(" deny host .evil.example\n allow 192.0.2.0/24\n"))
+    d = adm.decide(Peer(address=A))
+    assert d.allowed and d.rule is not None and d.rule.span.line == 3
+    assert not adm.decide(Peer(address=A, name="x.evil.example")).allowed
+    assert not adm.unnamed(Peer(address=A), "late").allowed  # some name would be denied

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import ipaddress
 import json
+import time
 
 import pytest
 
@@ -19,6 +20,7 @@ from sockgate.log import Log
 from sockgate.peers import Peer
 from sockgate.policy.ir import Service
 from sockgate.policy.parser import parse_policy
+from sockgate.proxy.admission import Refused
 from sockgate.proxy.relay import PipePool
 from sockgate.proxy.service import ProxySettings, ProxySpec, Runner
 from sockgate.urls import parse_url
@@ -38,8 +40,8 @@ def _runner(out: io.StringIO) -> Runner:
     now_plus = 1e12  # far in the future: every ban is active
     for i in range(BANNED):
         peer = ipaddress.IPv6Address((0x20010DB8 << 96) | ((2 * i) << 64) | 1)
-        src = r.decide(Peer(address=peer))[3]
-        for lim in r.limiters.values():
+        src = r.admission.admit(Peer(address=peer), 0.0).key
+        for lim in r.admission.limiters.values():
             lim.bans[src] = now_plus
     return r
 
@@ -56,13 +58,13 @@ def _allows(program: bytes, address: str) -> bool:
 def test_too_many_bans_leave_the_new_policy_in_the_kernel_and_log_once() -> None:
     out = io.StringIO()
     r = _runner(out)
-    assert len(r.banned()) == BANNED
+    assert len(r.admission.bans(time.monotonic())) == BANNED
     prog = _encoded(r.compile(_service(NEW)))  # as a reload compiles it: the new policy, the old bans
     assert not _allows(prog, "2001:db8:0:fff1::1")  # the reload's new deny is in the filter
     assert _allows(prog, "2001:db8:1::1")
     assert _allows(prog, "2001:db8::1")  # banned, but left to user space
-    verdict = r.decide(Peer(address=ipaddress.ip_address("2001:db8::1")))[1]
-    assert verdict is not None and "banned" in verdict.reason  # ... which refuses it
+    verdict = r.admission.admit(Peer(address=ipaddress.ip_address("2001:db8::1")), time.monotonic())
+    assert isinstance(verdict, Refused) and "banned" in verdict.reason  # ... which refuses it
     r.compile()
     r.log.flush()
     errors = [json.loads(line) for line in out.getvalue().splitlines() if '"error"' in line]

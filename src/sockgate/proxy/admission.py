@@ -1,15 +1,119 @@
-"""The proxy's admission of a client, as its log records name it.
+"""The proxy's admission of a client: the decision, the limits, the bans, and how the log
+names them.
 
-A decision record names the client and the rule that decided. TCP connections
-(``proxy.service``) and UDP flows (``proxy.udp``) write the same labels, so they live here,
-beneath both, and neither listener imports the other for them. Pure: strings from a ``Peer``
-and a ``Rule``.
+``Admission`` is one service's: the engine's decision (on the service with every fact the
+proxy does not learn assumed the worst, ``kernelrules.assume_unlearned``), then the limits of
+the service and of the matched rule, taken together — if a later one refuses, those already
+taken are released — and the bans a per-source rate limit starts. TCP connections
+(``proxy.service``) and UDP flows (``proxy.udp``) are admitted alike, so this lives beneath
+both. Sans-IO: the clock is passed in, nothing is logged, no filter is touched; the runner
+logs a ban and pushes it into the kernel filter. A reload builds a new ``Admission`` from the
+previous one, which keeps the state (counts, windows, bans) of every limiter whose limits on
+the same match are unchanged.
+
+A decision record names the client and the rule that decided (``peer_label``,
+``rule_label``), the same for TCP and UDP.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+from typing import Hashable
+
+from sockgate.decide import Decision, decide_service, decide_unnamed
 from sockgate.peers import Peer
-from sockgate.policy.ir import Rule
+from sockgate.policy.ir import Action, Limits, Rule, Service
+from sockgate.proxy.kernelrules import assume_unlearned, surely_allowed_service
+from sockgate.proxy.limits import Limiter, source_of
+
+LimiterKey = tuple[object, Limits]  # what identifies a limiter across a reload: the same limits on the same match
+
+
+@dataclass(frozen=True)
+class Admitted:
+    decision: Decision
+    key: Hashable  # the source: ``limits.source_of`` an address, ("uid", uid) for a Unix peer
+    limiters: tuple[Limiter[Hashable], ...]  # taken: released when the client goes
+
+
+@dataclass(frozen=True)
+class Refused:
+    decision: Decision
+    key: Hashable
+    reason: str
+    rule: str  # the deciding rule's label, or "limit"
+    ban_started: bool  # this attempt started a ban of ``key``
+
+
+class Admission:
+    """One service's admission (module docstring)."""
+
+    def __init__(self, service: Service, previous: Admission | None = None) -> None:
+        # The proxy never queries ident nor looks up its own host name: decided as if every
+        # answer libwrap could get were the worst one (kernelrules.assume_unlearned).
+        self.decided = assume_unlearned(service, ident=True, server_name=True)
+        self.origin = {d: r for d, r in reversed(list(zip(self.decided.rules, service.rules)))}
+        self.surely = surely_allowed_service(self.decided)  # for a peer whose name lookup was cut short
+        kept = {} if previous is None else {_key(r, lim.limits): lim for r, lim in previous.limiters.items()}
+        self.limiters: dict[Rule | None, Limiter[Hashable]] = {}
+        if service.limits is not None and not service.limits.is_empty():
+            self.limiters[None] = kept.get(_key(None, service.limits)) or Limiter(service.limits)
+        for r in service.rules:
+            if r.limits is not None and not r.limits.is_empty() and r.action is Action.ALLOW:
+                self.limiters[r] = kept.get(_key(r, r.limits)) or Limiter(r.limits)
+
+    def decide(self, peer: Peer) -> Decision:
+        """The engine's decision, naming the rule as written."""
+        d = decide_service(self.decided, peer)
+        return d if d.rule is None else replace(d, rule=self.origin.get(d.rule, d.rule))
+
+    def unnamed(self, peer: Peer, why: str) -> Decision:
+        """The decision for a peer whose host-name lookup was cut short (``decide_unnamed``)."""
+        return decide_unnamed(self.decided, self.surely, peer, why)
+
+    def admit(self, peer: Peer, now: float) -> Admitted | Refused:
+        """The decision, then the limits of the service and of the matched rule (a denied
+        client takes none)."""
+        d = self.decide(peer)
+        key: Hashable = source_of(peer.address) if peer.address is not None else ("uid", peer.uid)
+        if not d.allowed:
+            return Refused(d, key, d.reason, rule_label(d.rule), False)
+        if not self.limiters:
+            return Admitted(d, key, ())
+        taken: list[Limiter[Hashable]] = []
+        for lim in (self.limiters.get(None), self.limiters.get(d.rule) if d.rule is not None else None):
+            if lim is None:
+                continue
+            v = lim.admit(key, now)
+            if not v.ok:
+                for t in taken:
+                    t.release(key)
+                return Refused(d, key, v.reason, "limit", v.banned_until is not None)
+            taken.append(lim)
+        return Admitted(d, key, tuple(taken))
+
+    @staticmethod
+    def release(admitted: Admitted) -> None:
+        """A client admitted (by this admission or a previous one) has gone."""
+        for lim in admitted.limiters:
+            lim.release(admitted.key)
+
+    def expire(self, now: float) -> list[Hashable]:
+        """Lift the bans that are over (returned: the kernel filter is rebuilt without them)
+        and forget idle sources."""
+        return [s for lim in self.limiters.values() for s in lim.expire(now)]
+
+    def bans(self, now: float) -> list[Hashable]:
+        """The sources banned at ``now``, in a stable order."""
+        return sorted({s for lim in self.limiters.values() for s in lim.active_bans(now)}, key=str)
+
+    def next_expiry(self) -> float | None:
+        """When the earliest ban ends (None: no ban)."""
+        return min((t for lim in self.limiters.values() if (t := lim.next_expiry()) is not None), default=None)
+
+
+def _key(rule: Rule | None, limits: Limits) -> LimiterKey:
+    return (None if rule is None else (rule.action, rule.match), limits)
 
 
 def rule_label(rule: Rule | str | None) -> str:

@@ -9,7 +9,7 @@ forwards to). Per accepted connection it:
    in this service's own bounded lane: ``names``) on a slow path — a lookup cut short (late,
    over its bounds) refuses the client unless every name would let it in; every other
    connection is decided synchronously in the accept callback;
-3. asks the engine (``decide_service``) and then the limiters (``limits.Limiter``);
+3. asks its ``admission.Admission``: the engine's decision, then the limits and bans;
 4. logs the decision; a denied client is reset, an allowed one is connected to the backend
    (non-blocking connect with a deadline) and handed to a ``relay.Relay``;
 5. logs the finished connection with its byte counts, duration and how it ended.
@@ -21,7 +21,7 @@ A ban recompiles it and replaces it on every listener in one transaction of the 
 datagrams are dropped before the proxy wakes; when the ban ends the program is rebuilt without
 it. Bans never keep a policy out of the kernel: when the policy and its bans do not fit in one program
 together, the program carries the policy alone and every ban is enforced here, in user space
-(a ban lives in its ``Limiter``, which refuses the banned source in ``decide``), exactly as
+(a ban lives in its ``Limiter``, which refuses the banned source on admission), exactly as
 before the kernel knew of it. Only a policy that does not fit by itself is an error.
 """
 
@@ -38,14 +38,13 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Hashable
 
-from sockgate.decide import Decision, decide_service, decide_unnamed
 from sockgate.errors import CompileError, SockgateError, UsageError
 from sockgate.kernel import Compiled, Kernel, Loaded, Slot, Step, default_kernel
 from sockgate.peers import Peer
-from sockgate.policy.ir import Action, Limits, Rule, Service, userspace_reason
-from sockgate.proxy.admission import peer_label, rule_label
-from sockgate.proxy.kernelrules import assume_unlearned, kernel_service, needs_name, surely_allowed_service
-from sockgate.proxy.limits import Limiter, LimitOutcome, as_network, source_of
+from sockgate.policy.ir import Rule, Service, userspace_reason
+from sockgate.proxy.admission import Admission, Admitted, Refused, peer_label, rule_label
+from sockgate.proxy.kernelrules import kernel_service, needs_name
+from sockgate.proxy.limits import as_network, source_of
 from sockgate.log import Log
 from sockgate.proxy.namecache import LATE, LookupRefused, ReverseLookup
 from sockgate.proxy.relay import PipePool, Relay, reset_close
@@ -118,9 +117,7 @@ class Conn:
     """Book-keeping for one client connection."""
 
     peer: Peer
-    key: Hashable
-    decision: Decision
-    limiters: list[Limiter[Hashable]]
+    admitted: Admitted
     client: _socket.socket
     backend: _socket.socket | None = None
     timer: asyncio.TimerHandle | None = None
@@ -140,11 +137,6 @@ def _address(text: str) -> Any:
             _ADDRESSES.clear()
         a = _ADDRESSES[text] = ipaddress.ip_address(text.split("%", 1)[0])
     return a
-
-
-def _limiter_key(rule: Rule | None, limits: Limits) -> Hashable:
-    """What identifies a limiter across a reload: the same limits on the same match."""
-    return (None if rule is None else (rule.action, rule.match), limits)
 
 
 def check_plan(plan: ProxySpec) -> None:
@@ -212,41 +204,22 @@ class Runner:
         """Use ``service`` for new connections (limiter state is kept where limits are equal)."""
         self.service = service
         self.kservice = kernel_service(service)
-        # The proxy never queries ident nor looks up its own host name: decided as if every
-        # answer libwrap could get were the worst one (kernelrules.assume_unlearned).
-        self.decided = assume_unlearned(service, ident=True, server_name=True)
-        self.origin = {d: r for d, r in reversed(list(zip(self.decided.rules, service.rules)))}
-        self.surely = surely_allowed_service(self.decided)  # for a peer whose name lookup was cut short
+        self.admission = Admission(service, getattr(self, "admission", None))
         self.needs_name = any(needs_name(r.match) for r in service.rules)
         # a daemon list with a daemon@host part, whatever the client side needs too (read off
         # the daemon lists themselves, never off a reason's wording)
         self.needs_server = any(r.daemons is not None and userspace_reason(r.daemons) is not None for r in service.rules)
-        prev: dict[Rule | None, Limiter[Hashable]] = getattr(self, "limiters", {})
-        kept = {_limiter_key(r, lim.limits): lim for r, lim in prev.items()}
-        self.limiters: dict[Rule | None, Limiter[Hashable]] = {}
-        if service.limits is not None and not service.limits.is_empty():
-            self.limiters[None] = kept.get(_limiter_key(None, service.limits)) or Limiter(service.limits)
-        for r in service.rules:
-            if r.limits is not None and not r.limits.is_empty() and r.action is Action.ALLOW:
-                self.limiters[r] = kept.get(_limiter_key(r, r.limits)) or Limiter(r.limits)
 
     @staticmethod
     def has_limits(service: Service) -> bool:
         lims = [service.limits] + [r.limits for r in service.rules]
         return any(lim is not None and not lim.is_empty() for lim in lims)
 
-    def banned(self) -> list[Hashable]:
-        now = time.monotonic()
-        out: set[Hashable] = set()
-        for lim in self.limiters.values():
-            out.update(lim.active_bans(now))
-        return sorted(out, key=str)
-
     def compile(self, service: Service | None = None) -> Compiled:
         """The kernel filter for the IP listeners of ``service`` (default: the running one), with
         the bans when they fit, else none (module docstring); CompileError: the policy does not."""
         svc = kernel_service(service) if service is not None else self.kservice
-        nets = [n for n in map(as_network, self.banned()) if n is not None]
+        nets = [n for n in map(as_network, self.admission.bans(time.monotonic())) if n is not None]
         try:
             prog = self.kernel.compile(svc, nets)
         except CompileError as e:
@@ -282,15 +255,15 @@ class Runner:
         if self._ban_timer is not None:
             self._ban_timer.cancel()
             self._ban_timer = None
-        ends = [t for lim in self.limiters.values() if (t := lim.next_expiry()) is not None]
-        if ends and self.loop is not None:
-            delay = max(0.0, min(ends) - time.monotonic()) + 0.01
+        end = self.admission.next_expiry()
+        if end is not None and self.loop is not None:
+            delay = max(0.0, end - time.monotonic()) + 0.01
             self._ban_timer = self.loop.call_later(delay, self.housekeeping)
 
     def housekeeping(self) -> None:
         """Lift ended bans (rebuilding the filter), close idle connections."""
         now = time.monotonic()
-        lifted = [s for lim in self.limiters.values() for s in lim.expire(now)]
+        lifted = self.admission.expire(now)
         if lifted:
             for s in lifted:
                 self.log.record("unban", service=self.name, peer=str(s))
@@ -386,10 +359,11 @@ class Runner:
     def _forget(self, conn: _socket.socket) -> None:
         """Drop a client from the table and from its source's count."""
         c = self.conns.pop(conn, None)
-        if c is not None and c.peer.address is not None:  # c.key is its limits.source_of
-            self.per_source[c.key] -= 1
-            if not self.per_source[c.key]:
-                del self.per_source[c.key]
+        if c is not None and c.peer.address is not None:  # the key is its limits.source_of
+            key = c.admitted.key
+            self.per_source[key] -= 1
+            if not self.per_source[key]:
+                del self.per_source[key]
 
     def _accept_failed(self, lsock: socket.socket, e: OSError) -> None:
         if e.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
@@ -455,7 +429,7 @@ class Runner:
             why = f"host-name lookup failed: {e}"
         else:
             return replace(peer, name=name, name_verified=verified)
-        d = decide_unnamed(self.decided, self.surely, peer, why)
+        d = self.admission.unnamed(peer, why)
         return peer if d.allowed else f"{why}, and some host name would be denied"
 
     async def _slow(self, conn: _socket.socket, peer: Peer) -> None:
@@ -471,47 +445,26 @@ class Runner:
             return
         self._admit(conn, named)
 
-    def _decide(self, peer: Peer) -> Decision:
-        """The engine's decision on the decided service, naming the rule as written."""
-        d = decide_service(self.decided, peer)
-        return d if d.rule is None else replace(d, rule=self.origin.get(d.rule, d.rule))
-
-    def decide(self, peer: Peer) -> tuple[Decision, LimitOutcome | None, list[Limiter[Hashable]], Hashable]:
-        """The engine's decision, then the limits of the service and of the matched rule."""
-        d = self._decide(peer)
-        key: Hashable = source_of(peer.address) if peer.address is not None else ("uid", peer.uid)
-        if not d.allowed or not self.limiters:
-            return d, None, [], key
-        now = time.monotonic()
-        taken: list[Limiter[Hashable]] = []
-        for lim in (self.limiters.get(None), self.limiters.get(d.rule) if d.rule is not None else None):
-            if lim is None:
-                continue
-            v = lim.admit(key, now)
-            if not v.ok:
-                for t in taken:
-                    t.release(key)
-                if v.banned_until is not None:
-                    self.log.record("ban", service=self.name, peer=str(key), reason=v.reason)
-                    self.push_bans()
-                return d, v, [], key
-            taken.append(lim)
-        return d, None, taken, key
+    def admit(self, peer: Peer) -> Admitted | Refused:
+        """``Admission.admit`` now; a ban it starts is logged and put into the kernel filter."""
+        a = self.admission.admit(peer, time.monotonic())
+        if isinstance(a, Refused) and a.ban_started:
+            self.log.record("ban", service=self.name, peer=str(a.key), reason=a.reason)
+            self.push_bans()
+        return a
 
     def _admit(self, conn: _socket.socket, peer: Peer, label: str | None = None) -> None:
-        d, verdict, taken, key = self.decide(peer)
-        if verdict is not None:
-            self._refuse(conn, peer, d.rule, verdict.reason, limit=True)
+        a = self.admit(peer)
+        if isinstance(a, Refused):
+            self._refuse(conn, peer, a.rule, a.reason)
             return
-        if not d.allowed:
-            self._refuse(conn, peer, d.rule, d.reason)
-            return
+        d = a.decision
         label = label or peer_label(peer)
         self.log.allowed(self.name, label, rule_label(d.rule), d.reason)
-        c = Conn(peer, key, d, taken, conn, label=label)
+        c = Conn(peer, a, conn, label=label)
         self.conns[conn] = c
         if peer.address is not None:
-            self.per_source[key] += 1  # (decide's key: limits.source_of of the address)
+            self.per_source[a.key] += 1  # (the admission's key: limits.source_of of the address)
         self._connect(c)
 
     def _refuse(self, conn: _socket.socket, peer: Peer, rule: Rule | str | None, reason: str, limit: bool = False) -> None:
@@ -594,7 +547,6 @@ class Runner:
 
     def _finished(self, c: Conn, how: str, up: int, down: int) -> None:
         self._forget(c.client)
-        for lim in c.limiters:
-            lim.release(c.key)
+        Admission.release(c.admitted)
         duration = round(time.monotonic() - c.started, 6)
-        self.log.closed(self.name, c.label, rule_label(c.decision.rule), up, down, duration, how)
+        self.log.closed(self.name, c.label, rule_label(c.admitted.decision.rule), up, down, duration, how)

@@ -42,11 +42,10 @@ from typing import TYPE_CHECKING, Any, Hashable, Protocol
 
 from sockgate.peers import Peer
 from sockgate.policy.ir import IPAddress
-from sockgate.proxy.admission import peer_label, rule_label
-from sockgate.proxy.limits import FlowTable, Limiter, LimitOutcome, source_of
+from sockgate.proxy.admission import Admission, Admitted, Refused, peer_label, rule_label
+from sockgate.proxy.limits import FlowTable, source_of
 
 if TYPE_CHECKING:
-    from sockgate.decide import Decision
     from sockgate.linux.listen import Listener
 
 _BURST = 64
@@ -75,9 +74,7 @@ def packet_info(anc: list[tuple[int, int, bytes]], six: bool) -> tuple[int, IPAd
 class Flow:
     client: Any
     peer: Peer
-    key: Hashable
-    decision: "Decision"
-    limiters: list[Limiter[Hashable]]
+    admitted: Admitted
     sock: socket.socket | None = None
     up: int = 0
     down: int = 0
@@ -108,7 +105,7 @@ class FlowOwner(Protocol):
     @property
     def target(self) -> _FlowTarget: ...
     async def named(self, peer: Peer) -> Peer | str: ...
-    def decide(self, peer: Peer) -> tuple[Decision, LimitOutcome | None, list[Limiter[Hashable]], Hashable]: ...
+    def admit(self, peer: Peer) -> Admitted | Refused: ...
 
 
 class _FlowOptions(Protocol):
@@ -228,12 +225,13 @@ class UdpRelay:
 
     def _open(self, fkey: Any, addr: Any, peer: Peer, now: float) -> Flow | None:
         r = self.runner
-        d, verdict, taken, key = r.decide(peer)
-        if verdict is not None or not d.allowed:
-            self._deny(fkey, peer, d.rule, verdict.reason if verdict is not None else d.reason, now)
+        a = r.admit(peer)
+        if isinstance(a, Refused):
+            self._deny(fkey, peer, a.decision.rule, a.reason, now)
             return None
+        d = a.decision
         r.log.record("decision", service=r.name, peer=peer_label(peer), decision="allow", rule=rule_label(d.rule), reason=d.reason)
-        flow = Flow(addr, peer, key, d, taken)
+        flow = Flow(addr, peer, a)
         t = r.target
         try:
             s = socket.socket(t.family, socket.SOCK_DGRAM)
@@ -241,8 +239,7 @@ class UdpRelay:
             s.connect(t.address)
         except OSError as e:
             r.log.error(f"backend {t.text}: {e.strerror}", service=r.name, peer=peer_label(peer))
-            for lim in taken:
-                lim.release(key)
+            Admission.release(a)
             return None
         flow.sock = s
         assert peer.address is not None
@@ -309,15 +306,14 @@ class UdpRelay:
             if flow.sock.fileno() >= 0:
                 self.loop.remove_reader(flow.sock.fileno())
             flow.sock.close()
-        for lim in flow.limiters:
-            lim.release(flow.key)
+        Admission.release(flow.admitted)
         r = self.runner
         r.log.record(
             "close",
             service=r.name,
             peer=peer_label(flow.peer),
             decision="allow",
-            rule=rule_label(flow.decision.rule),
+            rule=rule_label(flow.admitted.decision.rule),
             bytes_up=flow.up,
             bytes_down=flow.down,
             duration=round(time.monotonic() - flow.started, 6),
