@@ -19,8 +19,8 @@ from sockgate.errors import AdapterError, SockgateError, UsageError
 from sockgate.guard import Guarded, compile_guard, require_kernel
 from sockgate.kernel import Applied, GuardInfo, Kernel, Loaded, Slot, Step, default_kernel
 from sockgate.kernel.transaction import locked_error
-from sockgate.linux import pidfd, procsock
-from sockgate.linux.procsock import SockRef
+from sockgate.inventory import Target, same_address
+from sockgate.linux import fdinfo, pidfd
 from sockgate.policy.ir import Policy
 
 ATTACH_ADVICE = "run `sockgate attach` as root or with that capability"
@@ -45,7 +45,7 @@ class Change:
 
 @dataclass(frozen=True)
 class _Held:
-    ref: SockRef
+    ref: Target
     dup: int
     before: GuardInfo
 
@@ -82,8 +82,8 @@ def _apply(kernel: Kernel, held: Sequence[_Held], program: Loaded | None) -> lis
     return [_change(h.ref, a) for h, a in zip(held, applied)]
 
 
-def _change(ref: SockRef, a: Applied) -> Change:
-    return Change(ref.pid, ref.fd, ref.proto, ref.local, a.change.value, a.before)
+def _change(ref: Target, a: Applied) -> Change:
+    return Change(ref.pid, ref.fd, ref.sock.proto, ref.sock.local_text(), a.change.value, a.before)
 
 
 @contextlib.contextmanager
@@ -107,12 +107,12 @@ def _hold(kernel: Kernel, pid: int, fd: int, seen: set[tuple[int, int]]) -> _Hel
     """Our duplicate of ``pid``'s ``fd`` with what it is; None for a socket already held."""
     dup = pidfd.getfd(pid, fd)
     try:
-        ident = procsock.identity(dup)
+        ident = fdinfo.identity(dup)
         if ident in seen:
             os.close(dup)
             return None
-        ref = procsock.inspect_dup(dup, pid, fd)
-        if ref.proto not in ("tcp", "udp"):
+        ref = Target(pid, fd, fdinfo.describe_fd(dup, pid, fd))
+        if ref.sock.proto not in ("tcp", "udp"):
             raise UsageError(
                 f"{ref.describe()}: a kernel address filter guards TCP and UDP sockets only"
                 " (Unix peers are decided by credentials: use `sockgate proxy`)"
@@ -140,24 +140,31 @@ def _check_changeable(held: Sequence[_Held], force: bool) -> None:
 def _refuse_partial_groups(held: Sequence[_Held]) -> None:
     """An SO_REUSEPORT group guarded in part lets through every client the kernel happens to
     hand to an unguarded member: refuse unless every socket at the same address is a target."""
-    ours = {procsock.identity(h.dup) for h in held}
+    ours = {fdinfo.identity(h.dup) for h in held}
+    inodes = {ino for _, ino in ours}  # the dump's inode is the socket's: held, so not reused
     checked: set[tuple[str, str]] = set()  # one table scan per address, not per member
     for h in held:
-        if (h.ref.proto, h.ref.local) in checked:
+        s = h.ref.sock
+        if (s.proto, s.local_text()) in checked:
             continue
-        checked.add((h.ref.proto, h.ref.local))
-        for other in procsock.same_address(h.ref):
-            try:
-                with pidfd.borrowed(other.pid, other.fd) as dup:
-                    if procsock.identity(dup) in ours:
-                        continue  # the same socket, shared by another process (fork)
-            except SockgateError:
-                pass  # cannot look: count it as another member
-            port = h.ref.local.rsplit(":", 1)[1]
+        checked.add((s.proto, s.local_text()))
+        for other in same_address(h.ref):
+            if other.sock.inode in inodes or _same_socket(other, ours):
+                continue  # the same socket, shared by another process (fork)
             raise AdapterError(
-                f"{h.ref.describe()} shares {h.ref.proto} {h.ref.local} with pid {other.pid} fd {other.fd}"
+                f"{h.ref.describe()} shares {s.proto} {s.local_text()} with pid {other.pid} fd {other.fd}"
                 " (an SO_REUSEPORT group: the kernel spreads clients over all of its sockets);"
-                f" nothing was changed: guard the whole group with --port {port}"
-                + ("" if h.ref.proto == "tcp" else f" --proto {h.ref.proto}"),
+                f" nothing was changed: guard the whole group with --port {s.local_port}"
+                + ("" if s.proto == "tcp" else f" --proto {s.proto}"),
                 target=h.ref.describe(),
             )
+
+
+def _same_socket(other: Target, ours: set[tuple[int, int]]) -> bool:
+    """Whether ``other`` is one of the sockets held (looked at through a duplicate; one we
+    cannot look at counts as another member)."""
+    try:
+        with pidfd.borrowed(other.pid, other.fd) as dup:
+            return fdinfo.identity(dup) in ours
+    except SockgateError:
+        return False

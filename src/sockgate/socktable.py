@@ -1,12 +1,12 @@
 """``sockgate ls``: every socket with its holders, its exposure and its guard, as rows.
 
-Three sources are joined by socket inode: the kernel's socket inventory
-(``linux.sockdiag.inventory``), the ``/proc/PID/fd`` links that say which processes hold each
-socket (``linux.sockdiag.holders``; names and users through psutil), and the classic BPF
-filter attached to each socket, read back through our own duplicate of one holder's
-descriptor (``pidfd_getfd``) and recognised by the kernel seam (``Kernel.read``, the reading
-``guard_of`` uses too): a sockgate marker whose digest is not the digest of the code read back
-is shown as *modified*, never as the service it names.
+The sockets and their holders come from the one inventory (``sockgate.inventory.sockets``:
+the kernel's socket dump joined by inode with the ``/proc/PID/fd`` links), the one ``attach``
+selects from too; process names and users are added here, through psutil. Each socket's
+classic BPF filter is read back through our own duplicate of one holder's descriptor
+(``pidfd_getfd``) and recognised by the kernel seam (``Kernel.read``, the reading ``guard_of``
+uses too): a sockgate marker whose digest is not the digest of the code read back is shown as
+*modified*, never as the service it names.
 
 Work is done in the order that keeps a big host fast: the kernel is asked only for the states
 wanted (listening/bound by default), rows are filtered by protocol, port, pid, user before any
@@ -25,6 +25,7 @@ The row-building functions (``exposure_of``, ``wanted``, ``matches``,
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import grp
@@ -36,10 +37,12 @@ import stat
 from dataclasses import dataclass
 from typing import Any, Callable, Final, Iterable, Sequence
 
+from sockgate import inventory
 from sockgate.errors import AdapterError, UsageError
+from sockgate.inventory import Holder
 from sockgate.kernel import GuardInfo, Kernel, default_kernel
 from sockgate.linux import pidfd, sockdiag
-from sockgate.linux.sockdiag import TCP_CLOSE, TCP_LISTEN, Sock
+from sockgate.linux.sockdiag import TCP_CLOSE, TCP_LISTEN, Sock, ip_port
 
 KINDS = ("tcp", "udp", "raw", "icmp", "unix")
 _NETID = {("unix", "stream"): "u_str", ("unix", "dgram"): "u_dgr", ("unix", "seqpacket"): "u_seq"}
@@ -130,34 +133,16 @@ def netid(sock: Sock) -> str:
     return sock.proto + ("6" if sock.family == "ipv6" else "")
 
 
-def _ip_port(addr: str | None, port: int | None) -> str:
-    host = addr or "*"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def local_text(sock: Sock) -> str:
-    if sock.family == "unix":
-        return sock.unix_name or "unnamed"
-    return _ip_port(sock.local_addr, sock.local_port)
-
-
 def peer_text(sock: Sock) -> str | None:
     if sock.family == "unix":
         return f"socket {sock.peer_inode}" if sock.peer_inode else None
     if not sock.peer_port and sock.peer_addr in (None, "0.0.0.0", "::"):
         return None
-    return _ip_port(sock.peer_addr, sock.peer_port)
+    return ip_port(sock.peer_addr, sock.peer_port)
 
 
-@dataclass(frozen=True)
-class Holder:
-    pid: int
-    name: str
-    user: str | None
-    fds: tuple[int, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"pid": self.pid, "name": self.name, "user": self.user, "fds": list(self.fds)}
+def holder_json(h: Holder) -> dict[str, Any]:
+    return {"pid": h.pid, "name": h.name, "user": h.user, "fds": list(h.fds)}
 
 
 @dataclass(frozen=True)
@@ -176,7 +161,7 @@ class Row:
             "family": s.family,
             "type": s.type,
             "state": s.state_name,
-            "local": local_text(s),
+            "local": s.local_text(),
             "address": s.local_addr,
             "port": s.local_port,
             "path": s.unix_name,
@@ -184,7 +169,7 @@ class Row:
             "inode": s.inode,
             "uid": s.uid,
             "user": self.user,
-            "processes": [h.to_json() for h in self.holders],
+            "processes": [holder_json(h) for h in self.holders],
             "exposure": self.exposure.to_json(),
             "guard": self.guard.to_json(),
         }
@@ -261,21 +246,20 @@ def sort_key(sock: Sock) -> tuple[int, int, str, int, str]:
 # --- I/O: gather and join -----------------------------------------------------------------------
 
 
-def list_sockets(sel: Selection, *, proc: str = sockdiag.PROC) -> list[Row]:
+def list_sockets(sel: Selection, *, proc: str = inventory.PROC) -> list[Row]:
     """The rows ``sockgate ls`` shows for ``sel``, sorted by protocol, address and port."""
     check_selection(sel)
     users: dict[int, str] = {}
     kinds = sel.effective_kinds
-    socks = [s for s in sockdiag.inventory(kinds, dict.fromkeys(kinds, sel.state_mask()), proc) if wanted(s, sel)]
-    found = sockdiag.holders(proc)
+    scan = inventory.sockets(kinds, dict.fromkeys(kinds, sel.state_mask()), proc=proc)
     procs: dict[int, tuple[str, str | None]] = {}
     staged = []
-    for s in sorted(socks, key=sort_key):
-        hs = _holders_of(s, found.by_inode.get(s.inode, []) if s.inode else [], procs)
+    for f in sorted((f for f in scan.found if wanted(f.sock, sel)), key=lambda f: sort_key(f.sock)):
+        s, hs = f.sock, tuple(_named(h, procs) for h in f.holders)
         user = _user_name(users, s.uid) if s.uid is not None else (hs[0].user if hs else None)
         if selected_by_process(s, hs, user, sel):
             staged.append((s, hs, user))
-    guards = read_guards([(s, hs) for s, hs, _ in staged], bool(found.denied))
+    guards = read_guards([(s, hs) for s, hs, _ in staged], bool(scan.denied))
     rows = []
     for s, hs, user in staged:
         g = guards[id(s)]
@@ -285,17 +269,11 @@ def list_sockets(sel: Selection, *, proc: str = sockdiag.PROC) -> list[Row]:
     return rows
 
 
-def _holders_of(s: Sock, pairs: Sequence[tuple[int, int]], procs: dict[int, tuple[str, str | None]]) -> tuple[Holder, ...]:
-    by_pid: dict[int, list[int]] = {}
-    for pid, fd in pairs:
-        by_pid.setdefault(pid, []).append(fd)
-    out = []
-    for pid in sorted(by_pid):
-        if pid not in procs:
-            procs[pid] = _process_info(pid)
-        name, user = procs[pid]
-        out.append(Holder(pid, name, user, tuple(sorted(by_pid[pid]))))
-    return tuple(out)
+def _named(h: Holder, procs: dict[int, tuple[str, str | None]]) -> Holder:
+    if h.pid not in procs:
+        procs[h.pid] = _process_info(h.pid)
+    name, user = procs[h.pid]
+    return dataclasses.replace(h, name=name, user=user)
 
 
 def _process_info(pid: int) -> tuple[str, str | None]:

@@ -7,11 +7,13 @@ import pytest
 from sockgate import attach
 from sockgate.errors import AdapterError
 from sockgate.kernel import GuardInfo
-from sockgate.linux.procsock import SockRef
+from sockgate.inventory import Target
+from sockgate.linux.sockdiag import TCP_LISTEN, Sock
 
 
 def held(before: GuardInfo) -> attach._Held:
-    return attach._Held(SockRef(812, 6, "tcp", "0.0.0.0:80", True, "inet", True), 9, before)
+    sock = Sock("tcp", "ipv4", "stream", TCP_LISTEN, 4242, None, "0.0.0.0", 80, reuse=True)
+    return attach._Held(Target(812, 6, sock), 9, before)
 
 
 def test_a_foreign_or_modified_filter_needs_force() -> None:

@@ -428,7 +428,7 @@ def test_attach_tcp_without_cap_net_admin_says_so_once(policy_file: str) -> None
 
 
 def test_sees_every_process_reads_the_effective_capabilities(tmp_path: Path) -> None:
-    from sockgate.linux.procsock import sees_every_process
+    from sockgate.linux.procfs import sees_every_process
 
     status = tmp_path / "status"
     status.write_text("Name:\tx\nCapEff:\t000001ffffffffff\n")

@@ -29,13 +29,13 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
 
 def targets_from_args(args: argparse.Namespace) -> list[tuple[int, int]]:
     from sockgate.errors import UsageError
-    from sockgate.linux import procsock
+    from sockgate import inventory
 
     if args.fd is not None and args.pid is None:
         raise UsageError("--fd needs --pid")
     if args.port is not None and not 0 < args.port < 65536:
         raise UsageError(f"expected a port 1-65535, found {args.port}")
-    return procsock.targets(pid=args.pid, fd=args.fd, port=args.port, proto=args.proto)
+    return inventory.attach_targets(pid=args.pid, fd=args.fd, port=args.port, proto=args.proto)
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:

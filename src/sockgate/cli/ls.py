@@ -11,7 +11,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Sequence
 
-from sockgate.socktable import Row, Selection, list_sockets, local_text, netid, peer_text
+from sockgate.socktable import Row, Selection, list_sockets, netid, peer_text
 from sockgate.policy.source import escape
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ def cells(row: Row, with_peer: bool) -> list[str]:
     """The row's columns, escaped: a process's name and a Unix socket's path are whatever a
     local user chose, and a filter's marker names whatever its author wrote."""
     s = row.sock
-    c = [netid(s), s.state_name, local_text(s)]
+    c = [netid(s), s.state_name, s.local_text()]
     if with_peer:
         c.append(peer_text(s) or "*")
     return [escape(x) for x in c + [row.process_text(), row.user or "?", row.exposure.text, row.guard.text]]

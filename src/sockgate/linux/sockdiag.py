@@ -1,4 +1,4 @@
-"""The host's sockets (this network namespace) and the processes holding them.
+"""The host's sockets (this network namespace), and the one socket record, ``Sock``.
 
 Inventory. TCP, UDP and raw sockets (IPv4, IPv6) and Unix domain sockets come from the
 kernel's ``sock_diag`` netlink interface (<linux/sock_diag.h>, <linux/inet_diag.h>,
@@ -17,14 +17,14 @@ Done by hand, and why:
 * raw sockets on kernels without CONFIG_INET_RAW_DIAG (this one), any family whose diag module
   is missing, and ICMP ping sockets (no sock_diag family exists for them): the
   ``/proc/net/{tcp,udp,raw,icmp}[6]`` and ``/proc/net/unix`` tables.
-* holders: which process holds which socket is found by reading the ``/proc/PID/fd`` links
-  (``socket:[INODE]``), one ``readlink`` per descriptor. psutil's ``net_connections`` does
-  the same walk but also re-parses every connection table and drops the inode and the Unix
-  socket type, which the inventory needs; psutil is used (in ``sockgate.socktable``) for
-  process names and owners.
 
-Processes whose ``/proc/PID/fd`` we may not read (another user's, without root) are returned
-as *denied*: their sockets have unknown holders, and callers must say so rather than guess.
+Which process holds which socket is not asked here: ``linux.procfs.holders`` reads the
+``/proc/PID/fd`` links, and ``sockgate.inventory`` joins the two by inode. ``Sock`` is also
+what ``linux.fdinfo.describe_fd`` says of one descriptor, so a socket found in the tables and a
+socket named by ``--pid --fd`` are the same kind of value. The kernel's socket cookie
+(``idiag_cookie``; ``SO_COOKIE`` on a descriptor; ``bpf_get_socket_cookie`` in a program) is
+kept: it names one socket for its whole life, in any process and across namespaces, where an
+inode names a file that may be reused.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import errno
 import os
 import socket
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from sockgate.errors import AdapterError
@@ -89,18 +89,36 @@ class Sock:
     peer_inode: int | None = None
     v6only: bool | None = None
     ifindex: int = 0
+    reuse: bool | None = None  # SO_REUSEPORT (UDP: or SO_REUSEADDR); known only from a descriptor
+    cookie: int | None = None  # the kernel's socket cookie; None from the /proc/net tables
 
     @property
     def state_name(self) -> str:
         return STATE_NAMES.get(self.state, str(self.state))
 
+    @property
+    def listening(self) -> bool:
+        return self.state == TCP_LISTEN
 
-@dataclass
-class Holders:
-    """inode → [(pid, fd)], and the pids whose descriptors we were not allowed to read."""
+    def local_text(self) -> str:
+        """The local address as ss prints it: ``127.0.0.1:80``, ``[::]:53``, a Unix path or
+        ``@name``, ``unnamed``; empty when not known (a descriptor whose name could not be read)."""
+        if self.family == "unix":
+            return self.unix_name or "unnamed"
+        if self.local_port is None:
+            return ""
+        return ip_port(self.local_addr, self.local_port)
 
-    by_inode: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
-    denied: set[int] = field(default_factory=set)
+    def describe_at(self, pid: int, fd: int) -> str:
+        """``pid 812 fd 6 (tcp 0.0.0.0:80)``: the socket as the holder ``pid`` reaches it."""
+        local = self.local_text() if self.family != "unix" or self.unix_name else ""
+        where = f" {local}" if local else ""
+        return f"pid {pid} fd {fd} ({self.proto}{where})"
+
+
+def ip_port(addr: str | None, port: int | None) -> str:
+    host = addr or "*"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 # --- sock_diag netlink ---------------------------------------------------------------------
@@ -118,12 +136,12 @@ SOCK_DIAG_BY_FAMILY = 20
 INET_DIAG_REQ_V2 = struct.Struct("=BBBxI48x")
 # struct inet_diag_msg {u8 family, state, timer, retrans; be16 sport, dport; be32 src[4], dst[4];
 # u32 if; u32 cookie[2]; u32 expires, rqueue, wqueue, uid, inode}
-INET_DIAG_MSG = struct.Struct("=BBxx4s16s16sI8xIIIII")
+INET_DIAG_MSG = struct.Struct("=BBxx4s16s16sIIIIIIII")
 INET_DIAG_SKV6ONLY = 11
 # <linux/unix_diag.h>: struct unix_diag_req {u8 family, protocol; u16 pad; u32 states, ino, show;
 # u32 cookie[2]}; struct unix_diag_msg {u8 family, type, state, pad; u32 ino; u32 cookie[2]}
 UNIX_DIAG_REQ = struct.Struct("=BBxxIII8x")
-UNIX_DIAG_MSG = struct.Struct("=BBBxI8x")
+UNIX_DIAG_MSG = struct.Struct("=BBBxIII")
 UNIX_DIAG_NAME, UNIX_DIAG_VFS, UNIX_DIAG_PEER, UNIX_DIAG_UID = 0, 1, 2, 7
 IPPROTO_RAW = 255
 _U32 = struct.Struct("=I")
@@ -180,7 +198,7 @@ def _inet_dump(family: int, protocol: int, proto: str, states: int) -> list[Sock
     kind = {"tcp": "stream", "udp": "dgram"}.get(proto, "raw")
     out = []
     for data, off, length in _dump(family, INET_DIAG_REQ_V2.pack(family, protocol, 0, states)):
-        fam, state, ports, src, dst, ifindex, _exp, _rq, _wq, uid, inode = INET_DIAG_MSG.unpack_from(data, off)
+        fam, state, ports, src, dst, ifindex, c0, c1, _exp, _rq, _wq, uid, inode = INET_DIAG_MSG.unpack_from(data, off)
         sport, dport = _PORTS.unpack(ports)
         v6only = None
         if fam == socket.AF_INET6:
@@ -190,7 +208,8 @@ def _inet_dump(family: int, protocol: int, proto: str, states: int) -> list[Sock
         peer = socket.inet_ntop(fam, dst[:width])
         # TIME-WAIT and request sockets (inode 0) are no full sockets: the kernel reports uid 0
         owner = uid if inode else None
-        out.append(Sock(proto, fname, kind, state, inode, owner, local, sport, peer, dport, None, None, None, v6only, ifindex))
+        out.append(Sock(proto, fname, kind, state, inode, owner, local, sport, peer, dport, None, None, None, v6only, ifindex,
+                        cookie=_cookie(c0, c1)))
     return out
 
 
@@ -198,7 +217,7 @@ def _unix_dump(states: int) -> list[Sock]:
     show = UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_UID
     out = []
     for data, off, length in _dump(socket.AF_UNIX, UNIX_DIAG_REQ.pack(socket.AF_UNIX, 0, states, 0, show)):
-        _fam, kind, state, inode = UNIX_DIAG_MSG.unpack_from(data, off)
+        _fam, kind, state, inode, c0, c1 = UNIX_DIAG_MSG.unpack_from(data, off)
         a = _attrs(data, off + UNIX_DIAG_MSG.size, off + length)
         name = _unix_name(a.get(UNIX_DIAG_NAME))
         vfs = a.get(UNIX_DIAG_VFS)
@@ -206,8 +225,15 @@ def _unix_dump(states: int) -> list[Sock]:
         peer = _U32.unpack(a[UNIX_DIAG_PEER])[0] if UNIX_DIAG_PEER in a else None
         uid = _U32.unpack(a[UNIX_DIAG_UID])[0] if UNIX_DIAG_UID in a else None
         typ = UNIX_TYPES.get(kind, str(kind))
-        out.append(Sock("unix", "unix", typ, state, inode, uid, unix_name=name, unix_vfs=vfs_pair, peer_inode=peer or None))
+        out.append(Sock("unix", "unix", typ, state, inode, uid, unix_name=name, unix_vfs=vfs_pair, peer_inode=peer or None,
+                        cookie=_cookie(c0, c1)))
     return out
+
+
+def _cookie(low: int, high: int) -> int:
+    """idiag_cookie[2] as the one 64-bit number SO_COOKIE and BPF see (sock_diag_save_cookie:
+    the low word first)."""
+    return low | high << 32
 
 
 def unix_socket_file(sock_inode: int) -> tuple[int, int] | None:
@@ -328,31 +354,3 @@ def _one_kind(kind: str, mask: int, proc: str) -> list[Sock]:
             out.extend(parse_proc_inet(_read_proc(kind + suffix, proc), kind, fname, mask))
     return out
 
-
-def holders(proc: str = PROC, only_pids: Iterable[int] | None = None) -> Holders:
-    """Who holds which socket: ``/proc/PID/fd/N → socket:[INODE]`` for every process."""
-    result = Holders()
-    pids = list(only_pids) if only_pids is not None else _all_pids(proc)
-    for pid in pids:
-        try:
-            entries = list(os.scandir(f"{proc}/{pid}/fd"))
-        except PermissionError:
-            result.denied.add(pid)
-            continue
-        except OSError:  # exited meanwhile
-            continue
-        for entry in entries:
-            try:
-                link = os.readlink(entry.path)
-            except OSError:
-                continue
-            if link.startswith("socket:["):
-                result.by_inode.setdefault(int(link[8:-1]), []).append((pid, int(entry.name)))
-    return result
-
-
-def _all_pids(proc: str) -> list[int]:
-    try:
-        return [int(n) for n in os.listdir(proc) if n.isdigit()]
-    except OSError as e:
-        raise AdapterError(f"list processes in {proc}: {e.strerror}", errno=e.errno, target=proc) from e

@@ -1,0 +1,167 @@
+"""What ``/proc`` says about processes: who holds which socket, their names, their namespace.
+
+Done by hand, and why: each answer is one ``readlink``, ``stat`` or short ``read`` under
+``/proc/PID``. psutil's ``net_connections`` does the holder walk too, but re-parses every
+connection table on each call and drops the inode and the Unix socket type the inventory needs;
+its ``name()`` completes a truncated comm from the command line, which is not the pair (comm,
+argv[0]) libwrap and the agent match on.
+
+Everything here reads files any process can rewrite or remove: a process may exit between two
+reads (its directory vanishes: the reader answers "nothing", never raises), its pid may be
+reused, and its names are bytes chosen by whoever started it (a newline, a terminal escape,
+bytes that are not UTF-8). Names are decoded with ``os.fsdecode`` so they round-trip to the
+exact bytes (``os.fsencode``); callers escape them before printing.
+
+Processes whose ``/proc/PID/fd`` we may not read (another user's, without CAP_SYS_PTRACE) are
+returned as *denied*: their sockets have unknown holders, and callers must say so rather than
+guess.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+from sockgate.errors import AdapterError
+
+PROC = "/proc"
+CAP_SYS_PTRACE = 19  # <uapi/linux/capability.h>
+MAX_ARG_STRLEN = 32 * 4096  # <uapi/linux/binfmts.h>: the longest one argument may be
+_SOCKET_LINK = "socket:["
+
+
+@dataclass(frozen=True)
+class HolderIndex:
+    """socket inode → ((pid, fd), ...), and the pids whose descriptors we may not read."""
+
+    by_inode: Mapping[int, tuple[tuple[int, int], ...]] = field(default_factory=dict)
+    denied: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True)
+class Names:
+    """A process's names: ``comm`` (/proc/PID/comm, at most 15 bytes, settable by the process)
+    and the basename of ``argv[0]`` (None when the command line is empty: a kernel thread, a
+    zombie, or a process that cleared it)."""
+
+    comm: str | None
+    argv0: str | None
+
+
+def holders(proc: str = PROC, only_pids: Iterable[int] | None = None) -> HolderIndex:
+    """Who holds which socket: ``/proc/PID/fd/N → socket:[INODE]`` for every process."""
+    by_inode: dict[int, list[tuple[int, int]]] = {}
+    denied: set[int] = set()
+    pids = list(only_pids) if only_pids is not None else all_pids(proc)
+    for pid in pids:
+        try:
+            entries = list(os.scandir(f"{proc}/{pid}/fd"))
+        except PermissionError:
+            denied.add(pid)
+            continue
+        except OSError:  # exited meanwhile
+            continue
+        for entry in entries:
+            inode = _socket_inode(entry.path)
+            if inode is not None and entry.name.isdigit():
+                by_inode.setdefault(inode, []).append((pid, int(entry.name)))
+    return HolderIndex({k: tuple(v) for k, v in by_inode.items()}, frozenset(denied))
+
+
+def still_holds(pid: int, fd: int, inode: int, proc: str = PROC) -> bool:
+    """Whether ``pid``'s ``fd`` still is socket ``inode`` (the process may have closed it,
+    exited, or its pid may name another process by now)."""
+    return _socket_inode(f"{proc}/{pid}/fd/{fd}") == inode
+
+
+def _socket_inode(link: str) -> int | None:
+    try:
+        target = os.readlink(link)
+    except OSError:
+        return None
+    if not target.startswith(_SOCKET_LINK) or not target.endswith("]"):
+        return None
+    digits = target[len(_SOCKET_LINK) : -1]
+    return int(digits) if digits.isdigit() else None
+
+
+def all_pids(proc: str = PROC) -> list[int]:
+    try:
+        return [int(n) for n in os.listdir(proc) if n.isdigit()]
+    except OSError as e:
+        raise AdapterError(f"list processes in {proc}: {e.strerror}", errno=e.errno, target=proc) from e
+
+
+def names(pid: int, proc: str = PROC) -> Names | None:
+    """``pid``'s comm and argv[0] basename; None when the process is gone."""
+    comm = _read(f"{proc}/{pid}/comm", 64)
+    cmdline = _read(f"{proc}/{pid}/cmdline", MAX_ARG_STRLEN, until=b"\0")
+    if comm is None and cmdline is None:
+        return None
+    if comm is not None and comm.endswith(b"\n"):  # the kernel's line end; a name may hold others
+        comm = comm[:-1]
+    argv0 = cmdline.split(b"\0", 1)[0].rsplit(b"/", 1)[-1] if cmdline else b""
+    return Names(os.fsdecode(comm) if comm is not None else None, os.fsdecode(argv0) if argv0 else None)
+
+
+def _read(path: str, limit: int, until: bytes | None = None) -> bytes | None:
+    """Up to ``limit`` bytes of a /proc file, stopping early once ``until`` was read; None when
+    it cannot be read (the process is gone, or hidden from us)."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        with open(path, "rb", buffering=0) as f:
+            while size < limit:
+                chunk = f.read(min(4096, limit - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+                if until is not None and until in chunk:
+                    break
+    except OSError:
+        return None
+    return b"".join(chunks)
+
+
+def sees_every_process(status: str = "/proc/self/status") -> bool:
+    """Whether we may read every process's descriptors: that takes CAP_SYS_PTRACE, not uid 0
+    (root in a container without the capability sees only its own uid's processes)."""
+    try:
+        with open(status, encoding="ascii") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_SYS_PTRACE & 1)
+    except (OSError, ValueError, IndexError):
+        return False
+    return False
+
+
+def netns_of(pid: int, proc: str = PROC) -> int | None:
+    """The inode of ``pid``'s network namespace; None when it cannot be read."""
+    try:
+        return os.stat(f"{proc}/{pid}/ns/net").st_ino
+    except OSError:
+        return None
+
+
+def pid_exists(pid: int, proc: str = PROC) -> bool:
+    """Whether ``pid`` is a process (a thread id is not, though /proc answers for it too)."""
+    if pid <= 0:
+        return False
+    try:
+        with open(f"{proc}/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Tgid:"):
+                    return int(line.split()[1]) == pid
+    except PermissionError:
+        return True
+    except (OSError, ValueError, IndexError):
+        return False
+    return False
+
+
+def no_process(pid: int) -> AdapterError:
+    return AdapterError(f"no such process: pid {pid}", errno=errno.ESRCH, target=f"pid {pid}")
