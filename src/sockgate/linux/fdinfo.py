@@ -2,7 +2,7 @@
 
 The tables (``linux.sockdiag``) list the sockets of our network namespace; a descriptor
 duplicated with ``pidfd_getfd`` answers for itself, in any namespace: that it really is a socket
-(``fstat``), its family, type and protocol (``SO_PROTOCOL``), local and peer address, whether it
+(``fstat``, which also gives its owner), its family, type and protocol (``SO_PROTOCOL``), local and peer address, whether it
 listens (``SO_ACCEPTCONN``), whether others may bind the same address (``SO_REUSEPORT``, or
 ``SO_REUSEADDR`` for UDP), its cookie (``SO_COOKIE``), and its identity (device and inode of
 the socket), so a socket shared by several processes — a listener inherited across ``fork``,
@@ -39,12 +39,12 @@ def describe_fd(dup: int, pid: int, fd: int) -> Sock:
         raise AdapterError(f"pid {pid} fd {fd} is not a socket", errno=errno.ENOTSOCK, target=f"pid {pid} fd {fd}")
     s = socket.socket(fileno=dup)
     try:
-        return _describe(s, st.st_ino)
+        return _describe(s, st.st_ino, st.st_uid)
     finally:
         s.detach()
 
 
-def _describe(s: socket.socket, inode: int) -> Sock:
+def _describe(s: socket.socket, inode: int, uid: int) -> Sock:
     fam = int(s.family)
     family = _FAMILIES.get(fam, f"family {fam}")
     proto = _proto(fam, int(s.type), s.proto)
@@ -58,11 +58,12 @@ def _describe(s: socket.socket, inode: int) -> Sock:
     )
     if family == "unix":
         name = _unix_name(local)
-        return Sock("unix", family, kind, state, inode, unix_name=name, reuse=False, cookie=_cookie(s))
+        return Sock("unix", family, kind, state, inode, uid, unix_name=name, reuse=False, cookie=_cookie(s))
     (laddr, lport, ifindex), (paddr, pport, _) = _inet(local), _inet(peer)
+    v6only = bool(s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)) if family == "ipv6" else None
     return Sock(
-        proto, family, kind, state, inode, None, laddr, lport, paddr, pport,
-        ifindex=ifindex, reuse=reuse, cookie=_cookie(s),
+        proto, family, kind, state, inode, uid, laddr, lport, paddr, pport,
+        v6only=v6only, ifindex=ifindex, reuse=reuse, cookie=_cookie(s),
     )
 
 
