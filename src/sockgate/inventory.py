@@ -26,7 +26,7 @@ import dataclasses
 import errno
 import os
 from dataclasses import dataclass
-from typing import Container, Iterable, Mapping, Sequence
+from typing import Callable, Container, Iterable, Mapping, Sequence
 
 from sockgate.errors import AdapterError
 from sockgate.linux import procfs, sockdiag
@@ -91,12 +91,18 @@ def holders_of(s: Sock, index: HolderIndex) -> tuple[Holder, ...]:
 
 
 def sockets(
-    kinds: Iterable[str], states: Mapping[str, int], *, proc: str = PROC, only_pids: Iterable[int] | None = None
+    kinds: Iterable[str],
+    states: Mapping[str, int],
+    *,
+    proc: str = PROC,
+    only_pids: Iterable[int] | None = None,
+    where: Callable[[Sock], bool] | None = None,
 ) -> Scan:
-    """Sockets of ``kinds`` (tcp, udp, raw, icmp, unix), each in the state mask given for it,
-    with their holders (among ``only_pids`` when given)."""
+    """Sockets of ``kinds`` (tcp, udp, raw, icmp, unix), each in the state mask given for it
+    and, when given, passing ``where`` (tested before the join: a busy host lists tens of
+    thousands), with their holders (among ``only_pids`` when given)."""
     socks = sockdiag.inventory(kinds, dict(states), proc)
-    return join(socks, procfs.holders(proc, only_pids))
+    return join(socks if where is None else filter(where, socks), procfs.holders(proc, only_pids))
 
 
 # --- what the agent guards -------------------------------------------------------------------

@@ -251,10 +251,10 @@ def list_sockets(sel: Selection, *, proc: str = inventory.PROC) -> list[Row]:
     check_selection(sel)
     users: dict[int, str] = {}
     kinds = sel.effective_kinds
-    scan = inventory.sockets(kinds, dict.fromkeys(kinds, sel.state_mask()), proc=proc)
+    scan = inventory.sockets(kinds, dict.fromkeys(kinds, sel.state_mask()), proc=proc, where=lambda s: wanted(s, sel))
     procs: dict[int, tuple[str, str | None]] = {}
     staged = []
-    for f in sorted((f for f in scan.found if wanted(f.sock, sel)), key=lambda f: sort_key(f.sock)):
+    for f in sorted(scan.found, key=lambda f: sort_key(f.sock)):
         s, hs = f.sock, tuple(_named(h, procs) for h in f.holders)
         user = _user_name(users, s.uid) if s.uid is not None else (hs[0].user if hs else None)
         if selected_by_process(s, hs, user, sel):

@@ -21,6 +21,7 @@ from sockgate.errors import AdapterError
 from sockgate.kernel.cbpf import ClassicBackend
 from sockgate.linux import filter as kfilter
 from sockgate.linux import pidfd
+from support.children import reap
 from support.verdicts import local_sockets, tcp_reach
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="kernel enforcement is Linux-only")
@@ -122,12 +123,7 @@ def spawn() -> Iterator[Spawn]:
         return p, json.loads(p.stdout.readline())["socks"]
 
     yield start
-    for p in procs:
-        p.kill()
-        p.wait()
-        for f in (p.stdin, p.stdout):
-            if f is not None:
-                f.close()
+    reap(procs)
 
 
 def sockgate(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

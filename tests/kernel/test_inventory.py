@@ -14,6 +14,7 @@ import pytest
 
 from sockgate import inventory
 from sockgate.linux import procfs
+from support.children import reap
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="/proc and sock_diag are Linux-only")
 
@@ -59,12 +60,7 @@ def spawn() -> Iterator[Spawn]:
         return p, json.loads(p.stdout.readline())
 
     yield start
-    for p in procs:
-        p.kill()
-        p.wait()
-        for f in (p.stdin, p.stdout):
-            if f is not None:
-                f.close()
+    reap(procs)
 
 
 def holders_by_port(scan: inventory.Scan) -> dict[tuple[str, int], tuple[inventory.Holder, ...]]:

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from sockgate.errors import AdapterError
+from sockgate.linux.procfs import PROC
 
 # <net/tcp_states.h>
 TCP_ESTABLISHED, TCP_SYN_SENT, TCP_SYN_RECV, TCP_FIN_WAIT1, TCP_FIN_WAIT2 = 1, 2, 3, 4, 5
@@ -65,8 +66,6 @@ UNIX_TYPES: dict[int, str] = {1: "stream", 2: "dgram", 5: "seqpacket"}  # SOCK_S
 # /proc/net/unix columns: <net/af_unix.h> __SO_ACCEPTCON flag, SS_CONNECTED state
 _SO_ACCEPTCON = 0x10000
 _SS_CONNECTED = 3
-
-PROC = "/proc"
 
 
 @dataclass(frozen=True)
