@@ -25,7 +25,6 @@ The row-building functions (``exposure_of``, ``wanted``, ``matches``,
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import functools
 import grp
@@ -273,7 +272,7 @@ def _named(h: Holder, procs: dict[int, tuple[str, str | None]]) -> Holder:
     if h.pid not in procs:
         procs[h.pid] = _process_info(h.pid)
     name, user = procs[h.pid]
-    return dataclasses.replace(h, name=name, user=user)
+    return Holder(h.pid, name, user, h.fds, h.argv0)  # not dataclasses.replace: 3 µs a row
 
 
 def _process_info(pid: int) -> tuple[str, str | None]:

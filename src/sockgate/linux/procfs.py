@@ -63,10 +63,16 @@ def holders(proc: str = PROC, only_pids: Iterable[int] | None = None) -> HolderI
             continue
         except OSError:  # exited meanwhile
             continue
-        for entry in entries:
-            inode = _socket_inode(entry.path)
-            if inode is not None and entry.name.isdigit():
-                by_inode.setdefault(inode, []).append((pid, int(entry.name)))
+        for entry in entries:  # the hot loop of `ls` on a busy host: kept inline
+            try:
+                link = os.readlink(entry.path)
+            except OSError:  # closed meanwhile
+                continue
+            if link.startswith(_SOCKET_LINK):  # the kernel writes "socket:[INODE]"
+                try:
+                    by_inode.setdefault(int(link[8:-1]), []).append((pid, int(entry.name)))
+                except ValueError:  # not the kernel's words (a /proc that is not procfs)
+                    continue
     return HolderIndex({k: tuple(v) for k, v in by_inode.items()}, frozenset(denied))
 
 
