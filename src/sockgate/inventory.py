@@ -117,12 +117,12 @@ def listeners(ports: Container[int], protos: Iterable[str] = ("tcp", "udp"), *, 
     to a socket it does not hold. A socket may so end with no holder: it is kept, for the
     caller to look again or report, as it is when its holder is among ``denied``."""
     kinds = _kinds(protos)
-    scan = sockets(kinds, {k: GUARDABLE_STATES[k] for k in kinds}, proc=proc)
+    states = {k: GUARDABLE_STATES[k] for k in kinds}
+    scan = sockets(kinds, states, proc=proc, where=lambda s: guardable(s) and s.local_port in ports)
     found = []
     for f in scan.found:
-        if guardable(f.sock) and f.sock.local_port in ports:
-            named = (_named(h, f.sock.inode, proc) for h in f.holders)
-            found.append(Found(f.sock, tuple(h for h in named if h is not None)))
+        named = (_named(h, f.sock.inode, proc) for h in f.holders)
+        found.append(Found(f.sock, tuple(h for h in named if h is not None)))
     found.sort(key=lambda f: (f.sock.proto, f.sock.local_port or 0, f.sock.family, f.sock.local_addr or "", f.sock.inode))
     return Scan(tuple(found), scan.denied)
 
@@ -145,6 +145,7 @@ def _kinds(protos: Iterable[str]) -> tuple[str, ...]:
 
 # --- what attach and detach name -----------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Target:
     """A socket as one holder reaches it: ``pid``'s descriptor ``fd``."""
@@ -160,10 +161,10 @@ class Target:
 def of_process(pid: int, proto: str | None = None) -> list[Target]:
     """The TCP listeners and UDP sockets of process ``pid`` (optionally one protocol)."""
     kinds = _kinds((proto,) if proto else GUARDABLE_STATES)
-    scan = sockets(kinds, {k: GUARDABLE_STATES[k] for k in kinds}, only_pids=[pid])
+    scan = sockets(kinds, {k: GUARDABLE_STATES[k] for k in kinds}, only_pids=[pid], where=guardable)
     if pid in scan.denied:
         raise _no_permission(f"list the sockets of pid {pid}")
-    return sorted(_targets(f for f in scan.found if guardable(f.sock)), key=lambda t: t.fd)
+    return sorted(_targets(scan.found), key=lambda t: t.fd)
 
 
 def on_port(port: int, proto: str = "tcp") -> list[Target]:
@@ -172,11 +173,10 @@ def on_port(port: int, proto: str = "tcp") -> list[Target]:
     Raises ``AdapterError`` when a socket is bound there but its owner cannot be seen (we are
     not allowed to read that process's descriptors), so no socket of a group is missed."""
     kinds = _kinds((proto,))
-    scan = sockets(kinds, {proto: GUARDABLE_STATES[proto]})
-    there = [f for f in scan.found if f.sock.local_port == port and guardable(f.sock)]
-    if any(not f.holders for f in there):
+    scan = sockets(kinds, {proto: GUARDABLE_STATES[proto]}, where=lambda s: s.local_port == port and guardable(s))
+    if any(not f.holders for f in scan.found):
         raise _owner_unseen(proto, port, bool(scan.denied))
-    return sorted(_targets(there), key=lambda t: (t.pid, t.fd))
+    return sorted(_targets(scan.found), key=lambda t: (t.pid, t.fd))
 
 
 def _targets(found: Iterable[Found]) -> list[Target]:
