@@ -12,6 +12,6 @@ attaching are the adapter's (sockgate.linux.bpfsys). See docs/ebpf.md.
 from __future__ import annotations
 
 from sockgate.ebpf.maps import LpmKey, MapContents, MapSpec, Verdict
-from sockgate.ebpf.program import EbpfProgram, compile_service
+from sockgate.ebpf.program import EbpfProgram, Options, compile_service
 
-__all__ = ["EbpfProgram", "LpmKey", "MapContents", "MapSpec", "Verdict", "compile_service"]
+__all__ = ["EbpfProgram", "LpmKey", "MapContents", "MapSpec", "Options", "Verdict", "compile_service"]

@@ -1,18 +1,23 @@
 """The socket filter (``BPF_PROG_TYPE_SOCKET_FILTER``) that decides a packet by its source.
 
-Layout (``fp`` is R10, the frame pointer; ``key`` a ``struct bpf_lpm_trie_key`` at fp-24)::
+Layout (``fp`` is R10, the frame pointer; the stack frame and registers are in frame.py)::
 
     r6 = r1                                   the skb, kept across helper calls
     skb_load_bytes_relative(skb, 0, fp-32, 1, BPF_HDR_START_NET); fail → deny
     r7 = version nibble
     r7 == 4 → v4;  r7 == 6 → v6;  else → other    (the verdict of a peer without an address)
     v4: key = {32, source}        skb_load_bytes_relative(skb, 12, key.data, 4, NET)
-        r0 = map_lookup_elem(lpm4, key) → found
     v6: key = {128, source}       skb_load_bytes_relative(skb, 8, key.data, 16, NET)
-        source in ::ffff:0:0/96 → deny           (forged: before any lookup, as ranges.py says)
-        r0 = map_lookup_elem(lpm6, key)
-    found: r0 == NULL → default;  r0->action == allow → allow
+    [state] source = {family, 0, scope 0, address}                   (layout.SOURCE_KEY)
+    v6: source in ::ffff:0:0/96 → forged     (before any lookup, as ranges.py says)
+    [state] r0 = map_lookup_elem(bans4/6, key); a ban that has not expired → banned
+    lookup: r0 = map_lookup_elem(lpm4/6, key)
+    found: r0 == NULL → the default;  r0->action == allow → allowed;  else refused (rule r0->rule)
     deny: w0 = 0;  allow: w0 = 0xffffffff      (a socket filter returns the bytes to keep)
+
+Without service state (``Shape.state`` None) ``refused`` is ``deny`` and ``allowed`` is
+``allow``: the program is the rules and nothing else. With it, ``refused`` counts and reports
+the refusal (refusals.py) and ``allowed`` applies the rate limits (rates.py).
 
 Why ``bpf_skb_load_bytes_relative`` (Linux 4.18) and not the legacy ``LD_ABS`` with
 ``SKF_NET_OFF`` that the classic compiler uses: the trie key must hold the address bytes in
@@ -31,13 +36,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sockgate.ebpf.asm import Assembler
+from sockgate.bpf.ranges import BANNED, FORGED
+from sockgate.ebpf import frame, rates, refusals
+from sockgate.ebpf.frame import KEY, SRC, VERSION, Emitter
 from sockgate.ebpf.insn import (
+    BPF_ADD,
+    BPF_ARSH,
     BPF_B,
+    BPF_DW,
     BPF_H,
     BPF_HDR_START_NET,
     BPF_JEQ,
+    BPF_JGT,
     BPF_JNE,
+    BPF_LSH,
     BPF_REG_0,
     BPF_REG_1,
     BPF_REG_2,
@@ -46,39 +58,51 @@ from sockgate.ebpf.insn import (
     BPF_REG_5,
     BPF_REG_6,
     BPF_REG_7,
+    BPF_REG_8,
+    BPF_REG_9,
     BPF_REG_10,
     BPF_RSH,
-    BPF_ADD,
     BPF_W,
-    Insn,
     Helper,
+    Insn,
     alu64,
     call,
     exit_,
-    ld_map_fd,
     ldx,
     mov32,
     mov64,
     st,
+    stx,
 )
-from sockgate.ebpf.maps import ACTION_CODE, PREFIX_BITS
+from sockgate.ebpf.layout import Reason, bans_spec
+from sockgate.ebpf.maps import ACTION_CODE, DEFAULT_RULE, PREFIX_BITS
 from sockgate.policy.ir import Action
 
-KEY = -24  # struct bpf_lpm_trie_key: prefixlen at fp-24, address at fp-20 .. fp-5
-VERSION = -32  # the first byte of the network header
 SRC_OFFSET = {4: 12, 6: 8}  # RFC 791, RFC 8200: the source address in the network header
 ADDR_LEN = {4: 4, 6: 16}
 RETURN = {Action.DENY: 0, Action.ALLOW: -1}  # as w0: 0 or 0xffffffff
-MAP_FD_PLACEHOLDER = 0  # replaced by each map's fd at load time (program.link)
+MAP_FD_PLACEHOLDER = frame.MAP_FD_PLACEHOLDER
+
+
+@dataclass(frozen=True)
+class State:
+    """What the program does beyond the rules, with the service's maps (layout.py): bans,
+    refusal counters and events, rate limits. ``tcp``: the socket's protocol is TCP, so only
+    a SYN is a new connection (counted, rate-limited); every UDP datagram is one."""
+
+    tcp: bool
+    event_interval_ns: int
+    limits: tuple[rates.Limit, ...] = ()
 
 
 @dataclass(frozen=True)
 class Shape:
     """What the program decides without a lookup: the default when no prefix matches, and the
-    verdict of a packet that is neither IPv4 nor IPv6."""
+    verdict of a packet that is neither IPv4 nor IPv6; and its service state, if any."""
 
     default: Action
     other: Action
+    state: State | None = None
 
 
 @dataclass(frozen=True)
@@ -88,57 +112,120 @@ class Generated:
     insns: tuple[Insn, ...]
     relocations: tuple[tuple[int, str], ...]
     labels: dict[str, int]
+    maps: tuple[str, ...] = ()  # every map the program loads, in order of first use
 
 
 def generate(shape: Shape, map4: str, map6: str) -> Generated:
     """The filter for ``shape``, looking IPv4 sources up in ``map4`` and IPv6 ones in ``map6``."""
-    asm = Assembler()
-    asm.emit(mov64(BPF_REG_6, BPF_REG_1))
-    _load(asm, 0, VERSION, 1)
-    asm.emit(ldx(BPF_B, BPF_REG_7, BPF_REG_10, VERSION), alu64(BPF_RSH, BPF_REG_7, imm=4))
+    em = Emitter()
+    asm = em.asm
+    state = shape.state
+    em.emit(mov64(BPF_REG_6, BPF_REG_1))
+    _load(em, 0, VERSION, 1)
+    em.emit(ldx(BPF_B, BPF_REG_7, BPF_REG_10, VERSION), alu64(BPF_RSH, BPF_REG_7, imm=4))
     asm.jump(BPF_JEQ, BPF_REG_7, "v4", imm=4)
     asm.jump(BPF_JEQ, BPF_REG_7, "v6", imm=6)
     asm.ja(shape.other.value)
     maps = {4: map4, 6: map6}
-    relocs: dict[str, str] = {}
     for fam in (4, 6):
         asm.label(f"v{fam}")
-        asm.emit(st(BPF_W, BPF_REG_10, KEY, PREFIX_BITS[fam]))
-        _load(asm, SRC_OFFSET[fam], KEY + 4, ADDR_LEN[fam])
+        em.emit(st(BPF_W, BPF_REG_10, KEY, PREFIX_BITS[fam]))
+        _load(em, SRC_OFFSET[fam], KEY + 4, ADDR_LEN[fam])
+        if state is not None:
+            _source(em, fam)
         if fam == 6:
-            _deny_mapped(asm)
-        relocs[f"lookup{fam}"] = maps[fam]
+            _check_mapped(em, "forged" if state else Action.DENY.value)
+        if state is not None:
+            _bans(em, fam)
         asm.label(f"lookup{fam}")
-        asm.emit(*ld_map_fd(BPF_REG_1, MAP_FD_PLACEHOLDER), mov64(BPF_REG_2, BPF_REG_10), alu64(BPF_ADD, BPF_REG_2, imm=KEY))
-        asm.emit(call(Helper.map_lookup_elem))
+        em.load_map(BPF_REG_1, maps[fam])
+        em.emit(mov64(BPF_REG_2, BPF_REG_10), alu64(BPF_ADD, BPF_REG_2, imm=KEY))
+        em.emit(call(Helper.map_lookup_elem))
         asm.ja("found")
     asm.label("found")
-    asm.jump(BPF_JEQ, BPF_REG_0, shape.default.value, imm=0)
-    asm.emit(ldx(BPF_W, BPF_REG_1, BPF_REG_0, 0))
-    asm.jump(BPF_JEQ, BPF_REG_1, Action.ALLOW.value, imm=ACTION_CODE[Action.ALLOW])
+    if state is None:
+        asm.jump(BPF_JEQ, BPF_REG_0, shape.default.value, imm=0)
+        em.emit(ldx(BPF_W, BPF_REG_1, BPF_REG_0, 0))
+        asm.jump(BPF_JEQ, BPF_REG_1, Action.ALLOW.value, imm=ACTION_CODE[Action.ALLOW])
+    else:
+        _verdict(em, shape.default)
     for action in (Action.DENY, Action.ALLOW):
         asm.label(action.value)
-        asm.emit(mov32(BPF_REG_0, RETURN[action]), exit_())
+        em.emit(mov32(BPF_REG_0, RETURN[action]), exit_())
+    if state is not None:
+        refusals.refused(em, state.tcp, state.event_interval_ns)
+        rates.allowed(em, state.tcp, state.limits)
     out = asm.assemble()
-    return Generated(out.insns, tuple((out.labels[k], name) for k, name in relocs.items()), out.labels)
+    relocs = tuple((out.labels[k], name) for k, name in em.relocs)
+    return Generated(out.insns, relocs, out.labels, tuple(em.used))
 
 
-def _load(asm: Assembler, offset: int, to: int, length: int) -> None:
+def _load(em: Emitter, offset: int, to: int, length: int) -> None:
     """Copy ``length`` bytes at ``offset`` in the network header to ``fp + to``; deny when the
     packet is too short."""
-    asm.emit(
+    em.emit(
         mov64(BPF_REG_1, BPF_REG_6), mov64(BPF_REG_2, imm=offset), mov64(BPF_REG_3, BPF_REG_10),
         alu64(BPF_ADD, BPF_REG_3, imm=to), mov64(BPF_REG_4, imm=length), mov64(BPF_REG_5, imm=BPF_HDR_START_NET),
         call(Helper.skb_load_bytes_relative),
     )
-    asm.jump(BPF_JNE, BPF_REG_0, Action.DENY.value, imm=0)
+    em.asm.jump(BPF_JNE, BPF_REG_0, Action.DENY.value, imm=0)
 
 
-def _deny_mapped(asm: Assembler) -> None:
-    """Deny a source in ::ffff:0:0/96: bytes 0-9 zero, bytes 10-11 ``ff ff`` (RFC 4291)."""
+def _check_mapped(em: Emitter, forged: str) -> None:
+    """Go to ``forged`` for a source in ::ffff:0:0/96: bytes 0-9 zero, bytes 10-11 ``ff ff``
+    (RFC 4291)."""
     addr = KEY + 4
+    ok = em.asm.fresh("unmapped")
     for size, off in ((BPF_W, 0), (BPF_W, 4), (BPF_H, 8)):
-        asm.emit(ldx(size, BPF_REG_1, BPF_REG_10, addr + off))
-        asm.jump(BPF_JNE, BPF_REG_1, "lookup6", imm=0)
-    asm.emit(ldx(BPF_H, BPF_REG_1, BPF_REG_10, addr + 10))
-    asm.jump(BPF_JEQ, BPF_REG_1, Action.DENY.value, imm=0xFFFF)
+        em.emit(ldx(size, BPF_REG_1, BPF_REG_10, addr + off))
+        em.asm.jump(BPF_JNE, BPF_REG_1, ok, imm=0)
+    em.emit(ldx(BPF_H, BPF_REG_1, BPF_REG_10, addr + 10))
+    em.asm.jump(BPF_JEQ, BPF_REG_1, forged, imm=0xFFFF)
+    em.asm.label(ok)
+
+
+def _source(em: Emitter, fam: int) -> None:
+    """``struct sg_source`` of the packet at ``fp + SRC``: family, zero, scope 0, address."""
+    em.emit(st(BPF_B, BPF_REG_10, SRC, fam), st(BPF_B, BPF_REG_10, SRC + 1, 0), st(BPF_H, BPF_REG_10, SRC + 2, 0))
+    words = ADDR_LEN[fam] // 4
+    for w in range(4):
+        if w < words:
+            em.emit(ldx(BPF_W, BPF_REG_1, BPF_REG_10, KEY + 4 + 4 * w), stx(BPF_W, BPF_REG_10, SRC + 4 + 4 * w, BPF_REG_1))
+        else:
+            em.emit(st(BPF_W, BPF_REG_10, SRC + 4 + 4 * w, 0))
+
+
+def _bans(em: Emitter, fam: int) -> None:
+    """A source in ``sg_bans<fam>`` whose ban has not expired (``expires_ns`` 0, or later
+    than now) is banned; an expired entry is passed over (user space sweeps it)."""
+    em.load_map(BPF_REG_1, bans_spec(fam).name)
+    em.emit(mov64(BPF_REG_2, BPF_REG_10), alu64(BPF_ADD, BPF_REG_2, imm=KEY), call(Helper.map_lookup_elem))
+    em.asm.jump(BPF_JEQ, BPF_REG_0, f"lookup{fam}", imm=0)
+    em.emit(ldx(BPF_DW, BPF_REG_9, BPF_REG_0, 0))
+    em.asm.jump(BPF_JEQ, BPF_REG_9, "banned", imm=0)
+    em.emit(call(Helper.ktime_get_ns))
+    em.asm.jump(BPF_JGT, BPF_REG_9, "banned", src=BPF_REG_0)
+
+
+def _verdict(em: Emitter, default: Action) -> None:
+    """From a rule-trie lookup in R0 to ``allowed`` or ``refused``, with R7 the rule (the
+    stored ``s32``, sign-extended) and R8 the reason."""
+    asm = em.asm
+    asm.jump(BPF_JEQ, BPF_REG_0, "no_rule", imm=0)
+    em.emit(ldx(BPF_W, BPF_REG_7, BPF_REG_0, 4), alu64(BPF_LSH, BPF_REG_7, imm=32), alu64(BPF_ARSH, BPF_REG_7, imm=32))
+    em.emit(ldx(BPF_W, BPF_REG_1, BPF_REG_0, 0))
+    asm.jump(BPF_JEQ, BPF_REG_1, "allowed", imm=ACTION_CODE[Action.ALLOW])
+    em.emit(mov64(BPF_REG_8, imm=Reason.RULE))
+    asm.jump(BPF_JNE, BPF_REG_7, "reason_forged", imm=BANNED)
+    em.emit(mov64(BPF_REG_8, imm=Reason.BAN))
+    asm.label("reason_forged")
+    asm.jump(BPF_JNE, BPF_REG_7, "refused", imm=FORGED)
+    em.emit(mov64(BPF_REG_8, imm=Reason.FORGED))
+    asm.ja("refused")
+    asm.label("no_rule")
+    em.emit(mov64(BPF_REG_7, imm=DEFAULT_RULE), mov64(BPF_REG_8, imm=Reason.RULE))
+    asm.ja("allowed" if default is Action.ALLOW else "refused")
+    for label, rule, reason in (("banned", BANNED, Reason.BAN), ("forged", FORGED, Reason.FORGED)):
+        asm.label(label)
+        em.emit(mov64(BPF_REG_7, imm=rule), mov64(BPF_REG_8, imm=reason))
+        asm.ja("refused")

@@ -9,7 +9,9 @@ from typing import Mapping, Sequence
 from sockgate.ebpf.insn import (
     BPF_ALU,
     BPF_ALU64,
+    BPF_ATOMIC,
     BPF_CALL,
+    BPF_CMPXCHG,
     BPF_END,
     BPF_EXIT,
     BPF_JA,
@@ -25,6 +27,7 @@ from sockgate.ebpf.insn import (
     Helper,
     Insn,
     bpf_class,
+    bpf_mode,
     bpf_op,
     bpf_size,
     bpf_src,
@@ -70,6 +73,8 @@ def _insn(pc: int, i: Insn, insns: Sequence[Insn]) -> str:
         return f"r{i.dst} = *({SIZES[bpf_size(i.code)]} *)(r{i.src} {i.off:+d})"
     if cls == BPF_ST:
         return f"*({SIZES[bpf_size(i.code)]} *)(r{i.dst} {i.off:+d}) = {i.imm}"
+    if cls == BPF_STX and bpf_mode(i.code) == BPF_ATOMIC:
+        return _atomic(i)
     if cls == BPF_STX:
         return f"*({SIZES[bpf_size(i.code)]} *)(r{i.dst} {i.off:+d}) = r{i.src}"
     if cls in (BPF_ALU, BPF_ALU64):
@@ -79,6 +84,14 @@ def _insn(pc: int, i: Insn, insns: Sequence[Insn]) -> str:
     if cls == BPF_LD:
         return f"(legacy load) code={i.code:#04x} imm={i.imm}"
     return f"(unknown) code={i.code:#04x}"
+
+
+def _atomic(i: Insn) -> str:
+    size = SIZES[bpf_size(i.code)]
+    if i.imm == BPF_CMPXCHG:
+        return f"r0 = cmpxchg_{size[1:]}(r{i.dst} {i.off:+d}, r0, r{i.src})"
+    op = ALU_OPS.get(i.imm & 0xF0, f"op{i.imm:#x}")
+    return f"lock *({size} *)(r{i.dst} {i.off:+d}) {op} r{i.src}"
 
 
 def _alu(i: Insn, r: str) -> str:

@@ -67,6 +67,8 @@ BPF_ALU64 = 0x07  # <linux/bpf.h>
 BPF_DW = 0x18  # <linux/bpf.h>
 # mode
 BPF_ATOMIC = 0xC0  # <linux/bpf.h> (was BPF_XADD)
+BPF_FETCH = 0x01  # <linux/bpf.h>: an atomic operation that also returns the old value
+BPF_CMPXCHG = 0xF0 | BPF_FETCH  # <linux/bpf.h>, Linux 5.12: R0 = cmpxchg(dst + off, R0, src)
 
 # alu operations
 BPF_MOV = 0xB0  # <linux/bpf.h>
@@ -181,7 +183,7 @@ def ld_imm64(dst: int, value: int, src: int = 0) -> tuple[Insn, Insn]:
     """``BPF_LD_IMM64_RAW``: ``dst = value`` in two slots (the upper half in the second)."""
     value &= (1 << 64) - 1
     lo, hi = value & 0xFFFFFFFF, value >> 32
-    return (Insn(BPF_LD | BPF_IMM | BPF_DW, dst, src, 0, _s32(lo)), Insn(0, 0, 0, 0, _s32(hi)))
+    return (Insn(BPF_LD | BPF_IMM | BPF_DW, dst, src, 0, s32(lo)), Insn(0, 0, 0, 0, s32(hi)))
 
 
 def ld_map_fd(dst: int, fd: int) -> tuple[Insn, Insn]:
@@ -189,7 +191,9 @@ def ld_map_fd(dst: int, fd: int) -> tuple[Insn, Insn]:
     return ld_imm64(dst, fd, BPF_PSEUDO_MAP_FD)
 
 
-def _s32(v: int) -> int:
+def s32(v: int) -> int:
+    """A 32-bit pattern as the signed ``imm`` that holds it."""
+    v &= 0xFFFFFFFF
     return v - (1 << 32) if v & 0x80000000 else v
 
 
@@ -244,6 +248,12 @@ def st(size: int, dst: int, off: int, imm: int) -> Insn:
 def stx(size: int, dst: int, off: int, src: int) -> Insn:
     """``BPF_STX_MEM``: ``*(size *)(dst + off) = src``."""
     return Insn(BPF_STX | size | BPF_MEM, dst, src, off, 0)
+
+
+def atomic(size: int, dst: int, off: int, src: int, op: int) -> Insn:
+    """``BPF_ATOMIC_OP``: ``op`` (``BPF_ADD``: ``lock *(size *)(dst + off) += src``;
+    ``BPF_CMPXCHG``) on memory, atomically across CPUs."""
+    return Insn(BPF_STX | size | BPF_ATOMIC, dst, src, off, op)
 
 
 def call(helper: Helper) -> Insn:

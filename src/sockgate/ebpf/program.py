@@ -1,6 +1,7 @@
 """``compile_service``: a service → an eBPF program and the contents of its maps, or an error.
 
-Passes: refuse rules that need user space (as the classic compiler does) → interval tables
+Passes: refuse rules that need user space (as the classic compiler does; with ``Options``,
+the rate limits the program enforces are not among them, concurrent limits are) → interval tables
 (bpf/ranges.py, shared with the classic compiler, so both decide alike) → prefixes
 (prefixes.py) → code (codegen.py). The program does not depend on the address rules, only
 on the default and the verdict for non-IP packets: rules live in the maps, so a new rule set
@@ -10,23 +11,54 @@ Map file descriptors exist only once the maps are created, so the program carrie
 relocations — the slots of its map loads — and ``link`` patches the fds in, as libbpf does
 for an object file. The digest covers the service name, the program and every map entry, so
 equal digests mean equal enforcement.
+
+Without ``Options`` the program is the rules alone: no map but the two rule tries. With
+them it uses the service's state maps (layout.py) — bans, refusal counters, refusal events,
+and token buckets when the policy has rate limits — listed in ``service_maps`` (only those the
+program loads) and relocated like the tries: the loader creates or reopens them under the
+service's bpffs directory and passes their fds to ``link`` with the tries'.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Literal, Mapping, Sequence
 
 from sockgate.bpf import ranges as _ranges
 from sockgate.bpf.program import _refuse_userspace  # the resolve pass (issue 12) will own this
-from sockgate.ebpf import prefixes
-from sockgate.ebpf.codegen import Shape, generate
+from sockgate.ebpf import layout, prefixes, rates
+from sockgate.ebpf.codegen import Shape, State, generate
 from sockgate.ebpf.insn import BPF_OBJ_NAME_LEN, BPF_PSEUDO_MAP_FD, Insn, ProgType, encode, ld_map_fd
-from sockgate.ebpf.maps import MapContents, lpm_spec
+from sockgate.ebpf.maps import MapContents, MapSpec, lpm_spec
 from sockgate.policy.ir import Action, Service
 
 LICENSE = "GPL"  # socket filters need no GPL-only helper; any string works, this one always does
+
+
+@dataclass(frozen=True)
+class Options:
+    """The service state a program keeps, sized by configuration (layout.py's defaults).
+    ``protocol`` is the guarded socket's: for TCP only a SYN is a new connection."""
+
+    protocol: Literal["tcp", "udp"] = "tcp"
+    counters: int = layout.DEFAULT_COUNTERS
+    buckets: int = layout.DEFAULT_BUCKETS
+    bans: int = layout.DEFAULT_BANS
+    event_interval_ns: int = layout.DEFAULT_EVENT_INTERVAL_NS
+    ring_bytes: int = layout.RING_BYTES
+
+    def __post_init__(self) -> None:
+        if self.protocol not in ("tcp", "udp"):
+            raise ValueError(f"protocol {self.protocol!r}: tcp or udp")
+        if self.event_interval_ns < 0:
+            raise ValueError("the event interval is not negative")
+
+    def specs(self) -> dict[str, MapSpec]:
+        """Every service map by name, sized by these options."""
+        specs = (layout.bans_spec(4, self.bans), layout.bans_spec(6, self.bans), layout.counts_spec(self.counters),
+                 layout.events_spec(self.ring_bytes), layout.buckets_spec(self.buckets))
+        return {s.name: s for s in specs}
 
 
 @dataclass(frozen=True)
@@ -41,6 +73,7 @@ class EbpfProgram:
     default: Action  # the verdict when no prefix matches
     other: Action  # the verdict of a packet neither IPv4 nor IPv6
     prog_type: ProgType = ProgType.SOCKET_FILTER
+    service_maps: tuple[MapSpec, ...] = ()  # the service-scope maps it loads (layout.py)
 
     @property
     def name(self) -> str:
@@ -67,26 +100,37 @@ class EbpfProgram:
         return sum(len(m.entries) for m in self.maps)
 
 
-def compile_service(service: Service, *, banned: Sequence[_ranges.Banned] = (), spare: int = 0) -> EbpfProgram:
+def compile_service(service: Service, *, banned: Sequence[_ranges.Banned] = (), spare: int = 0,
+                    options: Options | None = None) -> EbpfProgram:
     """Compile ``service`` (``banned`` sources denied before any rule). The maps hold the
-    prefixes plus ``spare`` free entries each, for later updates. Raises
+    prefixes plus ``spare`` free entries each, for later updates. With ``options`` the
+    program keeps the service's state (bans, counters, events, rate limits). Raises
     ``UnsupportedInKernel`` for rules that need user space."""
-    _refuse_userspace(service)
+    _refuse_userspace(service if options is None else rates.without_rates(service))
+    state = None
+    if options is not None:
+        state = State(options.protocol == "tcp", options.event_interval_ns, rates.limits_of(service))
     tables = _ranges.build(service, banned)
     default = service.effective_default
     maps = []
     for table in (tables.v4, tables.v6):
         content = prefixes.entries(table, default)
         maps.append(MapContents(lpm_spec(table.family, len(content) + spare), content))
-    gen = generate(Shape(default, tables.other), maps[0].spec.name, maps[1].spec.name)
-    digest = _digest(service.name, gen.insns, maps)
-    return EbpfProgram(service.name, digest, gen.insns, gen.relocations, tuple(maps), default, tables.other)
+    gen = generate(Shape(default, tables.other, state), maps[0].spec.name, maps[1].spec.name)
+    specs = options.specs() if options is not None else {}
+    service_maps = tuple(specs[name] for name in gen.maps if name in specs)
+    digest = _digest(service.name, gen.insns, maps, service_maps)
+    return EbpfProgram(service.name, digest, gen.insns, gen.relocations, tuple(maps), default, tables.other,
+                       service_maps=service_maps)
 
 
-def _digest(service: str, insns: Sequence[Insn], maps: Sequence[MapContents]) -> str:
-    """16 hex digits of SHA-256 over the service name, the program and the map entries."""
+def _digest(service: str, insns: Sequence[Insn], maps: Sequence[MapContents], service_maps: Sequence[MapSpec] = ()) -> str:
+    """16 hex digits of SHA-256 over the service name, the program, the map entries and the
+    service maps' shapes."""
     h = hashlib.sha256(service.encode() + b"\0")
     h.update(encode(insns))
+    for s in service_maps:
+        h.update(f"{s.name}:{s.map_type}:{s.key_size}:{s.value_size}:{s.max_entries}:{s.flags}\0".encode())
     for m in maps:
         h.update(m.spec.name.encode() + b"\0")
         keys, values = m.packed()

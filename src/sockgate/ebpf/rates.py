@@ -1,0 +1,270 @@
+"""``limit rate`` in the program: the generic cell rate algorithm on ``sg_buckets``, and the
+``ban`` that follows a source over its rate.
+
+A rate ``N/UNIT`` lets a source open N new connections at once and then one every UNIT/N,
+as the proxy's limiter does for a burst and in the long run (proxy/limits.py). The state is
+one word per bucket (layout.BUCKET_VALUE): GCRA's theoretical arrival time ``tat``. A new
+connection at ``now`` conforms when ``tat <= now + burst``; then ``tat = max(tat, now) +
+interval``, with ``interval = UNIT/N`` (rounded up: never more than N per UNIT in the long
+run) and ``burst = (N - 1) * interval``. ``Gcra.admit`` is the same rule in Python, for tests.
+
+Where the two limiters differ: the proxy keeps a sliding window of the last N admission
+times, the program one word. After a full burst the proxy admits nothing for a whole UNIT,
+while the bucket refills one connection per UNIT/N: across that first UNIT a source gets up
+to 2N - 1 connections through the kernel, N through the proxy. A window of N times per
+source in a preallocated LRU map would cost 8N bytes per source; one word keeps 65,536
+sources in half a megabyte. tests/core/test_ebpf_state.py states both facts against
+``Limiter``.
+
+What a *source* is matches ``limits.source_of``: an IPv4 address; an IPv6 address's /64,
+except in fe80::/10, ::/64 and 64:ff9b::/96, where it is the /128. A service-wide rate
+(``limit rate N/UNIT`` without ``per source``) keys its bucket with family 0. Buckets of the
+service's limits use scope 0, those of rule i scope i + 1; the service's limits are checked
+first, then the matched rule's (proxy/service.py does the same). Within one set of limits, a
+source over its own rate is refused without touching the service-wide bucket, and only a
+connection both allow advances both. A source over its per-source rate, when the limits say
+``ban DURATION``, is put in ``sg_bans4``/``sg_bans6`` (its source prefix, origin LIMIT,
+expiring DURATION later): from the next packet on it is refused as banned, before any rule.
+
+Updates of ``tat`` are plain stores: two CPUs admitting the same source in the same
+instant may both pass. Concurrent limits (``limit concurrent``) count open connections,
+which a socket filter cannot see end: they stay with the proxy, and ``limits_of`` refuses a
+service that has them.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, replace
+
+from sockgate.ebpf.frame import BAN_PLEN, BUCKET_KEY, BUCKET_PTR, KEY, SRC, TOTAL_KEY, VALUE, Emitter
+from sockgate.ebpf.insn import (
+    BPF_ADD,
+    BPF_AND,
+    BPF_B,
+    BPF_DW,
+    BPF_H,
+    BPF_JEQ,
+    BPF_JGE,
+    BPF_JGT,
+    BPF_JNE,
+    BPF_REG_0,
+    BPF_REG_1,
+    BPF_REG_2,
+    BPF_REG_3,
+    BPF_REG_4,
+    BPF_REG_7,
+    BPF_REG_8,
+    BPF_REG_9,
+    BPF_REG_10,
+    BPF_W,
+    Helper,
+    alu64,
+    call,
+    ld_imm64,
+    ldx,
+    mov64,
+    s32,
+    st,
+    stx,
+)
+from sockgate.ebpf.layout import Origin, Reason, bans_spec, buckets_spec
+from sockgate.ebpf.refusals import BPF_NOEXIST, syn_check
+from sockgate.errors import UnsupportedInKernel
+from sockgate.policy.ir import Action, Limits, Rate, Service
+
+NS = 1_000_000_000
+_NAT64_WORD = int.from_bytes(bytes([0x00, 0x64, 0xFF, 0x9B]), sys.byteorder)  # 64:ff9b::/96, first word
+
+
+@dataclass(frozen=True)
+class Gcra:
+    """One rate as the program enforces it (nanoseconds)."""
+
+    interval_ns: int
+    burst_ns: int
+
+    @classmethod
+    def of(cls, rate: Rate) -> Gcra:
+        interval = -(-math.ceil(rate.seconds * NS) // rate.count)
+        return cls(interval, interval * (rate.count - 1))
+
+    def admit(self, tat: int, now: int) -> tuple[bool, int]:
+        """Does a connection at ``now`` conform, and the bucket's ``tat`` after it."""
+        if tat > now + self.burst_ns:
+            return False, tat
+        return True, max(tat, now) + self.interval_ns
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The rate limits of the service (``rule`` None, scope 0) or of rule ``rule``."""
+
+    scope: int
+    rule: int | None
+    per_source: Gcra | None
+    total: Gcra | None
+    ban_ns: int | None
+
+
+def limits_of(service: Service) -> tuple[Limit, ...]:
+    """The rate limits of ``service`` and of its allow rules, the service's first. Raises
+    ``UnsupportedInKernel`` for concurrent limits, which only the proxy can count."""
+    out, where = [], []
+    sets = [(None, service.limits)] + [(i, r.limits) for i, r in enumerate(service.rules) if r.action is Action.ALLOW]
+    for index, lim in sets:
+        if lim is None or lim.is_empty():
+            continue
+        if lim.concurrent_per_source is not None or lim.concurrent_total is not None:
+            where.append("the service" if index is None else f"rule {index + 1} ({service.rules[index].text})")
+            continue
+        out.append(_limit(index, lim))
+    if where:
+        raise UnsupportedInKernel(
+            f"service {service.name!r}: concurrent connection limits ({', '.join(where)}) count open connections, "
+            "which an eBPF socket filter cannot see end; enforce this service with `sockgate proxy` instead"
+        )
+    return tuple(out)
+
+
+def _limit(index: int | None, lim: Limits) -> Limit:
+    per = Gcra.of(lim.rate_per_source) if lim.rate_per_source is not None else None
+    total = Gcra.of(lim.rate_total) if lim.rate_total is not None else None
+    ban = math.ceil(lim.ban_seconds * NS) if lim.ban_seconds and per is not None else None
+    return Limit(0 if index is None else index + 1, index, per, total, ban)
+
+
+def without_rates(service: Service) -> Service:
+    """``service`` without the limits ``limits_of`` takes (for the user-space refusal check)."""
+    rules = tuple(replace(r, limits=None) if r.limits is not None else r for r in service.rules)
+    return replace(service, rules=rules, limits=None)
+
+
+def allowed(em: Emitter, tcp: bool, limits: tuple[Limit, ...]) -> None:
+    """The ``allowed`` path (R7 the rule), ending at ``allow`` or, over a rate, at
+    ``refused_new`` with reason RATE."""
+    asm = em.asm
+    asm.label("allowed")
+    if not limits:
+        asm.ja("allow")
+        return
+    if tcp:
+        syn_check(em, "allow")
+    em.emit(call(Helper.ktime_get_ns), mov64(BPF_REG_9, BPF_REG_0))
+    if any(lim.per_source for lim in limits):
+        _source_key(em)
+    if any(lim.total for lim in limits):
+        em.emit(*[st(BPF_W, BPF_REG_10, TOTAL_KEY + 4 * w, 0) for w in range(5)])
+    overs = []
+    for lim in limits:
+        skip = asm.fresh("limits_done")
+        if lim.rule is not None:
+            asm.jump(BPF_JNE, BPF_REG_7, skip, imm=lim.rule)
+        overs.append(_block(em, lim))
+        asm.label(skip)
+    asm.ja("allow")
+    for lim, (over_source, over_total) in zip(limits, overs):
+        asm.label(over_source)
+        if lim.ban_ns is not None:
+            _ban(em, lim.ban_ns)
+        asm.label(over_total)
+        em.emit(mov64(BPF_REG_8, imm=Reason.RATE))
+        asm.ja("refused_new")
+
+
+def _source_key(em: Emitter) -> None:
+    """``struct sg_source`` of ``limits.source_of(address)`` at ``fp + BUCKET_KEY``, and its
+    prefix length at ``fp + BAN_PLEN``."""
+    asm = em.asm
+    for w in range(5):
+        em.emit(ldx(BPF_W, BPF_REG_1, BPF_REG_10, SRC + 4 * w), stx(BPF_W, BPF_REG_10, BUCKET_KEY + 4 * w, BPF_REG_1))
+    em.emit(st(BPF_W, BPF_REG_10, BAN_PLEN, 32), ldx(BPF_B, BPF_REG_1, BPF_REG_10, SRC))
+    asm.jump(BPF_JNE, BPF_REG_1, "source_done", imm=6)
+    addr = BUCKET_KEY + 4
+    em.emit(st(BPF_W, BPF_REG_10, BAN_PLEN, 128), ldx(BPF_B, BPF_REG_1, BPF_REG_10, addr))
+    asm.jump(BPF_JNE, BPF_REG_1, "source_not_ll", imm=0xFE)
+    em.emit(ldx(BPF_B, BPF_REG_1, BPF_REG_10, addr + 1), alu64(BPF_AND, BPF_REG_1, imm=0xC0))
+    asm.jump(BPF_JEQ, BPF_REG_1, "source_done", imm=0x80)  # fe80::/10: the address itself
+    asm.label("source_not_ll")
+    em.emit(ldx(BPF_W, BPF_REG_1, BPF_REG_10, addr), ldx(BPF_W, BPF_REG_2, BPF_REG_10, addr + 4))
+    asm.jump(BPF_JNE, BPF_REG_1, "source_not_zero", imm=0)
+    asm.jump(BPF_JEQ, BPF_REG_2, "source_done", imm=0)  # ::/64
+    asm.label("source_not_zero")
+    asm.jump(BPF_JNE, BPF_REG_1, "source_mask", imm=s32(_NAT64_WORD), jmp32=True)
+    asm.jump(BPF_JNE, BPF_REG_2, "source_mask", imm=0)
+    em.emit(ldx(BPF_W, BPF_REG_1, BPF_REG_10, addr + 8))
+    asm.jump(BPF_JEQ, BPF_REG_1, "source_done", imm=0)  # 64:ff9b::/96
+    asm.label("source_mask")
+    em.emit(st(BPF_W, BPF_REG_10, addr + 8, 0), st(BPF_W, BPF_REG_10, addr + 12, 0), st(BPF_W, BPF_REG_10, BAN_PLEN, 64))
+    asm.label("source_done")
+
+
+def _block(em: Emitter, lim: Limit) -> tuple[str, str]:
+    """Check (then advance) the buckets of ``lim``; returns the labels of its two refusals."""
+    over_source, over_total = em.asm.fresh("over_source"), em.asm.fresh("over_total")
+    if lim.per_source is not None:
+        em.emit(st(BPF_H, BPF_REG_10, BUCKET_KEY + 2, lim.scope))
+        _bucket(em, BUCKET_KEY, over_source, lim.per_source)
+        em.emit(stx(BPF_DW, BPF_REG_10, BUCKET_PTR, BPF_REG_0))
+    if lim.total is not None:
+        em.emit(st(BPF_H, BPF_REG_10, TOTAL_KEY + 2, lim.scope))
+        _bucket(em, TOTAL_KEY, over_total, lim.total)
+        _advance(em, lim.total)
+    if lim.per_source is not None:
+        em.emit(ldx(BPF_DW, BPF_REG_0, BPF_REG_10, BUCKET_PTR), ldx(BPF_DW, BPF_REG_1, BPF_REG_0, 0))
+        _advance(em, lim.per_source)
+    return over_source, over_total
+
+
+def _bucket(em: Emitter, key: int, over: str, rate: Gcra) -> None:
+    """R0 = the bucket under ``fp + key`` (created empty), R1 its ``tat``; to ``over`` when
+    a connection now does not conform (or no bucket could be had: fail closed)."""
+    asm, name = em.asm, buckets_spec().name
+    have = asm.fresh("bucket")
+    _lookup(em, name, key)
+    asm.jump(BPF_JNE, BPF_REG_0, have, imm=0)
+    em.emit(st(BPF_DW, BPF_REG_10, VALUE, 0))
+    em.load_map(BPF_REG_1, name)
+    em.emit(mov64(BPF_REG_2, BPF_REG_10), alu64(BPF_ADD, BPF_REG_2, imm=key), mov64(BPF_REG_3, BPF_REG_10),
+            alu64(BPF_ADD, BPF_REG_3, imm=VALUE), mov64(BPF_REG_4, imm=BPF_NOEXIST), call(Helper.map_update_elem))
+    _lookup(em, name, key)
+    asm.jump(BPF_JEQ, BPF_REG_0, over, imm=0)
+    asm.label(have)
+    em.emit(ldx(BPF_DW, BPF_REG_1, BPF_REG_0, 0), mov64(BPF_REG_2, BPF_REG_9), *ld_imm64(BPF_REG_3, rate.burst_ns),
+            alu64(BPF_ADD, BPF_REG_2, BPF_REG_3))
+    asm.jump(BPF_JGT, BPF_REG_1, over, src=BPF_REG_2)
+
+
+def _advance(em: Emitter, rate: Gcra) -> None:
+    """``*R0 = max(R1, now) + interval``."""
+    keep = em.asm.fresh("tat")
+    em.asm.jump(BPF_JGE, BPF_REG_1, keep, src=BPF_REG_9)
+    em.emit(mov64(BPF_REG_1, BPF_REG_9))
+    em.asm.label(keep)
+    em.emit(*ld_imm64(BPF_REG_2, rate.interval_ns), alu64(BPF_ADD, BPF_REG_1, BPF_REG_2), stx(BPF_DW, BPF_REG_0, 0, BPF_REG_1))
+
+
+def _lookup(em: Emitter, name: str, key: int) -> None:
+    em.load_map(BPF_REG_1, name)
+    em.emit(mov64(BPF_REG_2, BPF_REG_10), alu64(BPF_ADD, BPF_REG_2, imm=key), call(Helper.map_lookup_elem))
+
+
+def _ban(em: Emitter, ban_ns: int) -> None:
+    """Put the source's prefix in its family's ban trie: expires ``ban_ns`` from now, LIMIT."""
+    asm = em.asm
+    v6, update = asm.fresh("ban6_"), asm.fresh("ban_update")
+    em.emit(ldx(BPF_W, BPF_REG_1, BPF_REG_10, BAN_PLEN), stx(BPF_W, BPF_REG_10, KEY, BPF_REG_1))
+    for w in range(4):
+        em.emit(ldx(BPF_W, BPF_REG_1, BPF_REG_10, BUCKET_KEY + 4 + 4 * w), stx(BPF_W, BPF_REG_10, KEY + 4 + 4 * w, BPF_REG_1))
+    em.emit(mov64(BPF_REG_1, BPF_REG_9), *ld_imm64(BPF_REG_2, ban_ns), alu64(BPF_ADD, BPF_REG_1, BPF_REG_2),
+            stx(BPF_DW, BPF_REG_10, VALUE, BPF_REG_1), st(BPF_W, BPF_REG_10, VALUE + 8, int(Origin.LIMIT)),
+            st(BPF_W, BPF_REG_10, VALUE + 12, 0), ldx(BPF_B, BPF_REG_1, BPF_REG_10, SRC))
+    asm.jump(BPF_JEQ, BPF_REG_1, v6, imm=6)
+    em.load_map(BPF_REG_1, bans_spec(4).name)
+    asm.ja(update)
+    asm.label(v6)
+    em.load_map(BPF_REG_1, bans_spec(6).name)
+    asm.label(update)
+    em.emit(mov64(BPF_REG_2, BPF_REG_10), alu64(BPF_ADD, BPF_REG_2, imm=KEY), mov64(BPF_REG_3, BPF_REG_10),
+            alu64(BPF_ADD, BPF_REG_3, imm=VALUE), mov64(BPF_REG_4, imm=0), call(Helper.map_update_elem))

@@ -1,0 +1,248 @@
+"""The eBPF program with its service state, in the real kernel: bans looked up before the
+rules, refused new connections counted per source, refusal events rate-limited per source,
+and ``limit rate`` (with ``ban``) enforced by token buckets.
+
+Most cases run the loaded program with BPF_PROG_TEST_RUN on crafted Ethernet frames (no
+namespaces, exact control of TCP flags and headers); the last ones attach it to real
+loopback sockets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import socket
+import sys
+from dataclasses import replace
+from typing import Iterator
+
+import pytest
+
+from sockgate.ebpf import Options, compile_service
+from sockgate.ebpf.layout import BAN_VALUE, Ban, Origin, Reason
+from sockgate.ebpf.maps import DEFAULT_RULE, LpmKey
+from sockgate.errors import UnsupportedInKernel
+from sockgate.linux import bpfsys
+from sockgate.policy.ir import Action, Limits, Rate, Service
+from support.ebpfstate import Loaded, Ring, frame, now_ns
+from support.verdicts import local_sockets, nets, rule, service, tcp_reach, udp_reach
+
+pytestmark = [
+    pytest.mark.skipif(sys.platform != "linux", reason="kernel enforcement is Linux-only"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="loading eBPF socket filters needs root (CAP_BPF)"),
+    pytest.mark.root,
+]
+
+SYN, ACK, SYNACK, RST = 0x02, 0x10, 0x12, 0x04
+HOUR = 3600 * 10**9
+
+
+@contextlib.contextmanager
+def loaded(svc: Service, **options: object) -> Iterator[Loaded]:
+    lo = Loaded(compile_service(svc, options=Options(**options)))  # type: ignore[arg-type]
+    try:
+        yield lo
+    finally:
+        lo.close()
+
+
+@contextlib.contextmanager
+def ring(lo: Loaded) -> Iterator[Ring]:
+    spec = next(s for s in lo.prog.service_maps if s.name == "sg_events")
+    r = Ring(lo.maps["sg_events"], spec.max_entries)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def with_limits(svc: Service, limits: Limits, index: int | None = None) -> Service:
+    if index is None:
+        return replace(svc, limits=limits)
+    rules = list(svc.rules)
+    rules[index] = replace(rules[index], limits=limits)
+    return replace(svc, rules=tuple(rules))
+
+
+ALLOW_ALL = service("open", [], Action.ALLOW)
+LAB = service("lab", [(Action.DENY, nets("10.1.0.0/16", "2001:db8:1::/48")), (Action.ALLOW, nets("10.0.0.0/8", "2001:db8::/32"))],
+              Action.DENY)
+
+
+# ----------------------------------------------------------------------------------- bans
+
+
+def test_a_ban_denies_until_it_expires_and_an_expired_one_is_ignored() -> None:
+    with loaded(ALLOW_ALL) as lo:
+        assert lo.run(frame("10.0.0.5")) and lo.run(frame("2001:db8::5"))
+        lo.ban("10.0.0.0/24", Ban(0, Origin.MANUAL).pack())  # never expires
+        lo.ban("2001:db8::/64", Ban(now_ns() + HOUR, Origin.FAIL2BAN).pack())
+        assert not lo.run(frame("10.0.0.5")) and not lo.run(frame("10.0.0.5", tcp_flags=ACK))
+        assert not lo.run(frame("2001:db8::5")) and lo.run(frame("2001:db8:0:1::5"))
+        assert lo.run(frame("10.0.1.5"))
+        lo.ban("10.0.0.0/24", Ban(now_ns() - 1, Origin.MANUAL).pack())  # expired: user space sweeps it
+        assert lo.run(frame("10.0.0.5"))
+        assert lo.count("2001:db8::5") is not None and lo.count("2001:db8::5").refused == 1  # type: ignore[union-attr]
+
+
+def test_a_ban_comes_before_an_allow_rule() -> None:
+    with loaded(LAB) as lo, ring(lo) as r:
+        assert lo.run(frame("10.2.0.1"))
+        lo.ban("10.2.0.1/32", Ban(0, Origin.CROWDSEC).pack())
+        assert not lo.run(frame("10.2.0.1"))
+        [ev] = r.events()
+        assert (ev.reason, ev.rule, str(ev.address)) == (Reason.BAN, -1, "10.2.0.1")
+
+
+# ------------------------------------------------------------------------------ counting
+
+
+def test_refused_syns_are_counted_and_other_tcp_segments_only_dropped() -> None:
+    with loaded(LAB) as lo:
+        before = now_ns()
+        for flags in [SYN] * 5 + [ACK] * 3 + [SYNACK] * 2 + [RST]:
+            assert not lo.run(frame("10.1.2.3", tcp_flags=flags))
+        for _ in range(4):
+            assert not lo.run(frame("10.1.2.3", tcp_flags=SYN, ihl=7))  # IPv4 options: the IHL is read
+        c = lo.count("10.1.2.3")
+        assert c is not None and c.refused == 9 and before <= c.first_ns <= c.last_ns <= now_ns()
+        for _ in range(3):
+            assert not lo.run(frame("2001:db8:1::7"))
+        assert not lo.run(frame("2001:db8:1::7", tcp_flags=ACK))
+        assert not lo.run(frame("2001:db8:1::7", next_header=0))  # hop-by-hop first: not taken for a SYN
+        assert lo.count("2001:db8:1::7").refused == 3  # type: ignore[union-attr]
+        assert lo.run(frame("10.2.3.4")) and lo.count("10.2.3.4") is None  # allowed: not counted
+
+
+def test_every_refused_udp_datagram_is_counted_and_first_seen_stays() -> None:
+    with loaded(LAB, protocol="udp") as lo:
+        assert not lo.run(frame("192.0.2.9", tcp_flags=None))
+        first = lo.count("192.0.2.9")
+        for _ in range(6):
+            assert not lo.run(frame("192.0.2.9", tcp_flags=None))
+        c = lo.count("192.0.2.9")
+        assert first is not None and c is not None
+        assert c.refused == 7 and c.first_ns == first.first_ns and c.last_ns >= first.last_ns
+
+
+# -------------------------------------------------------------------------------- events
+
+
+def test_events_are_rate_limited_per_source() -> None:
+    """(A deny rule of a deny-by-default service is not stored in the trie: its refusals
+    name the default, DEFAULT_RULE.)"""
+    with loaded(LAB, event_interval_ns=HOUR) as lo, ring(lo) as r:
+        for _ in range(50):
+            for src in ("10.1.0.1", "192.0.2.1", "2001:db8:1::1"):
+                lo.run(frame(src))
+        events = r.events()
+        assert sorted((str(e.address), e.family, e.reason, e.rule) for e in events) == [
+            ("10.1.0.1", 4, Reason.RULE, DEFAULT_RULE), ("192.0.2.1", 4, Reason.RULE, DEFAULT_RULE),
+            ("2001:db8:1::1", 6, Reason.RULE, DEFAULT_RULE)]
+        assert lo.count("10.1.0.1").refused == 50 and lo.count("10.1.0.1").event_ns == events[0].ts_ns  # type: ignore[union-attr]
+
+
+def test_with_no_interval_every_refusal_is_an_event() -> None:
+    svc = service("open", [(Action.DENY, nets("10.1.0.0/16"))], Action.ALLOW)  # a stored deny rule
+    with loaded(svc, event_interval_ns=0) as lo, ring(lo) as r:
+        for _ in range(5):
+            lo.run(frame("10.1.0.1"))
+        lo.run(frame("::ffff:10.2.0.1"))  # forged
+        events = r.events()
+        assert [(e.reason, e.rule) for e in events] == [(Reason.RULE, 0)] * 5 + [(Reason.FORGED, -2)]
+        assert events[-1].rule == -2 and events[-1].family == 6
+        assert [e.ts_ns for e in events] == sorted(e.ts_ns for e in events)
+
+
+# --------------------------------------------------------------------------- rate limits
+
+
+def test_a_per_source_rate_then_a_ban() -> None:
+    svc = with_limits(LAB, Limits(rate_per_source=Rate(3, 60), ban_seconds=600), index=1)
+    with loaded(svc) as lo, ring(lo) as r:
+        got = [lo.run(frame("10.2.0.1")) for _ in range(3)]
+        assert lo.run(frame("10.2.0.1", tcp_flags=ACK))  # not a new connection: not limited
+        assert lo.run(frame("10.3.0.1"))  # another source, its own bucket
+        before = now_ns()
+        got.append(lo.run(frame("10.2.0.1")))
+        assert got == [True, True, True, False]
+        raw = bpfsys.map_lookup(lo.maps["sg_bans4"], LpmKey.host(ipaddress.IPv4Address("10.2.0.1")).pack(), BAN_VALUE.size)
+        assert raw is not None
+        ban = Ban.unpack(raw)
+        assert ban.origin is Origin.LIMIT and before + 600 * 10**9 <= ban.expires_ns <= now_ns() + 600 * 10**9
+        assert not lo.run(frame("10.2.0.1", tcp_flags=ACK))  # banned: even its open flows
+        assert [(e.reason, e.rule) for e in r.events()] == [(Reason.RATE, 1)]
+        assert lo.count("10.2.0.1").refused == 1  # type: ignore[union-attr]
+        assert lo.run(frame("10.0.0.1"))  # a source in the same /24: IPv4 sources are addresses
+
+
+def test_an_ipv6_source_is_its_slash_64_except_where_that_is_many_hosts() -> None:
+    svc = with_limits(ALLOW_ALL, Limits(rate_per_source=Rate(1, 60), ban_seconds=60))
+    with loaded(svc) as lo:
+        assert lo.run(frame("2001:db8:5::1")) and not lo.run(frame("2001:db8:5::2"))
+        assert bpfsys.map_lookup(lo.maps["sg_bans6"], LpmKey(6, 64, int(ipaddress.IPv6Address("2001:db8:5::"))).pack(),
+                                 BAN_VALUE.size) is not None
+        assert not lo.run(frame("2001:db8:5::3", tcp_flags=ACK)) and lo.run(frame("2001:db8:6::1"))
+        for a, b in (("fe80::1", "fe80::2"), ("::5", "::6"), ("64:ff9b::c000:201", "64:ff9b::c000:202")):
+            assert lo.run(frame(a)) and lo.run(frame(b)), (a, b)  # each address its own source
+            assert not lo.run(frame(a))
+
+
+def test_a_service_wide_rate_counts_every_source() -> None:
+    svc = with_limits(ALLOW_ALL, Limits(rate_total=Rate(4, 60), ban_seconds=60))
+    with loaded(svc, protocol="udp") as lo:
+        got = [lo.run(frame(f"10.0.0.{i}", tcp_flags=None)) for i in range(1, 7)]
+        assert got == [True] * 4 + [False] * 2
+        assert lo.count("10.0.0.5").refused == 1  # type: ignore[union-attr]
+        assert bpfsys.map_lookup(lo.maps["sg_bans4"], LpmKey(4, 32, int(ipaddress.IPv4Address("10.0.0.5"))).pack(), 16) is None
+
+
+def test_rule_limits_apply_to_their_rule_only_and_service_limits_first() -> None:
+    svc = with_limits(with_limits(LAB, Limits(rate_per_source=Rate(1, 60)), index=1), Limits(rate_per_source=Rate(2, 60)))
+    svc = Service(svc.name, svc.rules + (rule(Action.ALLOW, nets("192.0.2.0/24"), line=3),), Action.DENY, limits=svc.limits)
+    with loaded(svc) as lo:
+        assert [lo.run(frame("10.2.0.1")) for _ in range(2)] == [True, False]  # rule 1: 1/60s
+        assert [lo.run(frame("192.0.2.1")) for _ in range(3)] == [True, True, False]  # the service's 2/60s
+
+
+def test_concurrent_limits_are_refused_with_a_reason() -> None:
+    with pytest.raises(UnsupportedInKernel, match="concurrent connection limits.*sockgate proxy"):
+        compile_service(with_limits(LAB, Limits(concurrent_per_source=3)), options=Options())
+
+
+# -------------------------------------------------------------------------- real sockets
+
+
+def test_real_udp_refusals_are_counted_and_reported() -> None:
+    svc = service("dns", [(Action.ALLOW, nets("127.0.0.1/32"))], Action.DENY)
+    with loaded(svc, protocol="udp", event_interval_ns=HOUR) as lo, ring(lo) as r, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        u.bind(("127.0.0.1", 0))
+        bpfsys.attach(u, lo.fd)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+            c.bind(("127.0.0.9", 0))
+            for _ in range(7):
+                c.sendto(b"x", u.getsockname())
+        got = udp_reach(u, {socket.AF_INET: u.getsockname()}, ["127.0.0.1"], local_sockets(socket.SOCK_DGRAM))
+        assert got == {"127.0.0.1": True}
+        assert lo.count("127.0.0.9").refused == 7  # type: ignore[union-attr]
+        assert [(str(e.address), e.reason) for e in r.events()] == [("127.0.0.9", Reason.RULE)]
+
+
+def test_real_tcp_rate_limit_bans_the_source() -> None:
+    svc = with_limits(service("web", [(Action.ALLOW, nets("127.0.0.0/8"))], Action.DENY),
+                      Limits(rate_per_source=Rate(2, 60), ban_seconds=60), index=0)
+    with loaded(svc) as lo, socket.socket(socket.AF_INET, socket.SOCK_STREAM) as lst:
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(64)
+        bpfsys.attach(lst, lo.fd)
+        addr = {socket.AF_INET: lst.getsockname()}
+        first = tcp_reach(addr, ["127.0.0.7", "127.0.0.8"], local_sockets(), wait=1.0, listener=lst)
+        second = tcp_reach(addr, ["127.0.0.7"], local_sockets(), wait=1.0, listener=lst)
+        third = tcp_reach(addr, ["127.0.0.7", "127.0.0.8"], local_sockets(), wait=1.0, listener=lst)
+        assert first == {"127.0.0.7": True, "127.0.0.8": True} and second == {"127.0.0.7": True}
+        assert third == {"127.0.0.7": False, "127.0.0.8": True}
+        raw = bpfsys.map_lookup(lo.maps["sg_bans4"], LpmKey.host(ipaddress.IPv4Address("127.0.0.7")).pack(), 16)
+        assert raw is not None and Ban.unpack(raw).origin is Origin.LIMIT
+        assert lo.count("127.0.0.7").refused >= 1  # type: ignore[union-attr]
