@@ -144,3 +144,19 @@ def test_under_any_arrivals_both_keep_the_long_run_rate_the_window_is_stricter(s
         window = [j for j in range(i + 1) if times[j] > t - rate.seconds]
         assert sum(p[j] for j in window) <= rate.count
         assert sum(k[j] for j in window) <= 2 * rate.count - 1
+
+
+# ------------------------------------------------------- limited rules keep their regions
+
+
+def test_a_limited_rule_is_not_merged_into_a_neighbour_of_the_same_action() -> None:
+    limited = Limits(rate_per_source=Rate(3, 60))
+    svc = Service("svc", (rule("allow", "10.1.0.0/16"), rule("allow", "10.0.0.0/8", line=2, limits=limited),
+                          rule("deny", "10.2.0.0/16", line=3)), Action.ALLOW)
+    prog = compile_service(svc, options=Options())
+    v4 = {str(k.network): (v.action, v.rule) for k, v in prog.maps[0].entries}
+    assert "10.1.0.0/16" not in v4 and v4["10.2.0.0/15"] == (Action.ALLOW, 1)  # rule 0: like the default
+    assert v4["10.0.0.0/16"] == (Action.ALLOW, 1) and "0.0.0.0/5" not in v4  # the default is not stored
+    assert sum(1 for a, r in v4.values() if r == 1) == 8  # 10/8 minus 10.1/16, as prefixes
+    plain = replace(svc, rules=tuple(replace(r, limits=None) for r in svc.rules))
+    assert compile_service(plain, options=Options()).maps[0].entries == ()  # no limits: all like the default

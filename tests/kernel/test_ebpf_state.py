@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import random
 import socket
 import sys
 from dataclasses import replace
@@ -19,14 +20,17 @@ from typing import Iterator
 
 import pytest
 
+from sockgate.decide import decide_service
 from sockgate.ebpf import Options, compile_service
 from sockgate.ebpf.layout import BAN_VALUE, Ban, Origin, Reason
 from sockgate.ebpf.maps import DEFAULT_RULE, LpmKey
 from sockgate.errors import UnsupportedInKernel
 from sockgate.linux import bpfsys
+from sockgate.peers import Peer
 from sockgate.policy.ir import Action, Limits, Rate, Service
+from sockgate.proxy.limits import source_of
 from support.ebpfstate import Loaded, Ring, frame, now_ns
-from support.verdicts import local_sockets, nets, rule, service, tcp_reach, udp_reach
+from support.verdicts import boundary_sources, local_sockets, nets, random_service, rule, service, tcp_reach, udp_reach
 
 pytestmark = [
     pytest.mark.skipif(sys.platform != "linux", reason="kernel enforcement is Linux-only"),
@@ -206,6 +210,15 @@ def test_rule_limits_apply_to_their_rule_only_and_service_limits_first() -> None
         assert [lo.run(frame("192.0.2.1")) for _ in range(3)] == [True, True, False]  # the service's 2/60s
 
 
+def test_a_limited_rule_of_an_allow_by_default_service_is_limited() -> None:
+    """Its matches are allowed like the default, yet must reach the trie with their rule."""
+    svc = service("open", [(Action.ALLOW, nets("10.2.0.0/16"))], Action.ALLOW)
+    svc = with_limits(svc, Limits(rate_per_source=Rate(2, 60)), index=0)
+    with loaded(svc, protocol="udp") as lo:
+        assert [lo.run(frame("10.2.0.1", tcp_flags=None)) for _ in range(3)] == [True, True, False]
+        assert all(lo.run(frame("10.3.0.1", tcp_flags=None)) for _ in range(5))
+
+
 def test_concurrent_limits_are_refused_with_a_reason() -> None:
     with pytest.raises(UnsupportedInKernel, match="concurrent connection limits.*sockgate proxy"):
         compile_service(with_limits(LAB, Limits(concurrent_per_source=3)), options=Options())
@@ -246,3 +259,31 @@ def test_real_tcp_rate_limit_bans_the_source() -> None:
         raw = bpfsys.map_lookup(lo.maps["sg_bans4"], LpmKey.host(ipaddress.IPv4Address("127.0.0.7")).pack(), 16)
         assert raw is not None and Ban.unpack(raw).origin is Origin.LIMIT
         assert lo.count("127.0.0.7").refused >= 1  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_policies_limit_exactly_the_limited_rules_matches(seed: int) -> None:
+    """Random rules, some allow rules limited to one connection per source per hour: from
+    every network edge, two datagrams; the engine says which rule decides, and the second
+    datagram is refused exactly when that rule is limited (per limits.source_of)."""
+    rng = random.Random(seed)
+    svc = random_service(rng, "lim", ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8::/32"), n_rules=8)
+    one = Limits(rate_per_source=Rate(1, 3600))
+    svc = replace(svc, rules=tuple(replace(r, limits=one) if r.action is Action.ALLOW and rng.random() < 0.6 else r
+                                   for r in svc.rules))
+    seen: set[tuple[int, object]] = set()
+    bad = []
+    with loaded(svc, protocol="udp") as lo:
+        for src in boundary_sources(svc, rng, lambda a: True, extra=30):
+            a = ipaddress.ip_address(src)
+            d = decide_service(svc, Peer(address=a, header=a.version))
+            index = next((i for i, r in enumerate(svc.rules) if r is d.rule), None)
+            for n in range(2):
+                want = d.allowed
+                if want and index is not None and svc.rules[index].limits is not None:
+                    key = (index, source_of(a))
+                    want = key not in seen
+                    seen.add(key)
+                if lo.run(frame(src, tcp_flags=None)) != want:
+                    bad.append(f"{src} #{n + 1}: engine rule {index}, want {'allow' if want else 'deny'}")
+    assert bad == [], f"seed {seed}: {svc}"

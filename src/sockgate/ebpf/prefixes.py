@@ -32,13 +32,15 @@ def split(lo: int, hi: int, bits: int) -> list[tuple[int, int]]:
     return out
 
 
-def entries(table: Table, default: Action) -> tuple[tuple[LpmKey, Verdict], ...]:
+def entries(table: Table, default: Action, keep: frozenset[int] = frozenset()) -> tuple[tuple[LpmKey, Verdict], ...]:
     """The trie entries of ``table``: every interval whose action is not ``default`` (a
-    lookup that finds nothing returns the default), split into prefixes."""
+    lookup that finds nothing returns the default), split into prefixes; and those decided
+    by a rule in ``keep`` whatever their action (the program must know the rule: its rate
+    limits apply to its matches)."""
     bits = PREFIX_BITS[table.family]
     out = []
     for iv in table.intervals:
-        if iv.action is default:
+        if iv.action is default and iv.rule not in keep:
             continue
         verdict = Verdict(iv.action, iv.rule)
         out += [(LpmKey(table.family, plen, net), verdict) for net, plen in split(iv.lo, iv.hi, bits)]

@@ -27,7 +27,7 @@ from typing import Literal, Mapping, Sequence
 
 from sockgate.bpf import ranges as _ranges
 from sockgate.bpf.program import _refuse_userspace  # the resolve pass (issue 12) will own this
-from sockgate.ebpf import layout, prefixes, rates
+from sockgate.ebpf import labels, layout, prefixes, rates
 from sockgate.ebpf.codegen import Shape, State, generate
 from sockgate.ebpf.insn import BPF_OBJ_NAME_LEN, BPF_PSEUDO_MAP_FD, Insn, ProgType, encode, ld_map_fd
 from sockgate.ebpf.maps import MapContents, MapSpec, lpm_spec
@@ -110,11 +110,12 @@ def compile_service(service: Service, *, banned: Sequence[_ranges.Banned] = (), 
     state = None
     if options is not None:
         state = State(options.protocol == "tcp", options.event_interval_ns, rates.limits_of(service))
-    tables = _ranges.build(service, banned)
+    limited = frozenset(lim.rule for lim in state.limits if lim.rule is not None) if state else frozenset()
+    tables = labels.separate(service, _ranges.build(service, banned), sorted(limited), banned)
     default = service.effective_default
     maps = []
     for table in (tables.v4, tables.v6):
-        content = prefixes.entries(table, default)
+        content = prefixes.entries(table, default, limited)
         maps.append(MapContents(lpm_spec(table.family, len(content) + spare), content))
     gen = generate(Shape(default, tables.other, state), maps[0].spec.name, maps[1].spec.name)
     specs = options.specs() if options is not None else {}
