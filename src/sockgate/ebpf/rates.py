@@ -12,9 +12,9 @@ Where the two limiters differ: the proxy keeps a sliding window of the last N ad
 times, the program one word. After a full burst the proxy admits nothing for a whole UNIT,
 while the bucket refills one connection per UNIT/N: across that first UNIT a source gets up
 to 2N - 1 connections through the kernel, N through the proxy. A window of N times per
-source in a preallocated LRU map would cost 8N bytes per source; one word keeps 65,536
-sources in half a megabyte. tests/core/test_ebpf_state.py states both facts against
-``Limiter``.
+source in a preallocated LRU map would cost 8N bytes per source, whatever the traffic (a
+rate of 1000/s: 8 KB for each of 65,536 sources); the bucket is 8. tests/core/test_ebpf_state.py
+states both facts against ``Limiter``.
 
 What a *source* is matches ``limits.source_of``: an IPv4 address; an IPv6 address's /64,
 except in fe80::/10, ::/64 and 64:ff9b::/96, where it is the /128. A service-wide rate
