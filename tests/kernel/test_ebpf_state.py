@@ -287,3 +287,17 @@ def test_random_policies_limit_exactly_the_limited_rules_matches(seed: int) -> N
                 if lo.run(frame(src, tcp_flags=None)) != want:
                     bad.append(f"{src} #{n + 1}: engine rule {index}, want {'allow' if want else 'deny'}")
     assert bad == [], f"seed {seed}: {svc}"
+
+
+def test_real_tcp_a_ban_is_a_map_update_that_drops_the_next_connect() -> None:
+    with loaded(ALLOW_ALL) as lo, socket.socket(socket.AF_INET, socket.SOCK_STREAM) as lst:
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(64)
+        bpfsys.attach(lst, lo.fd)
+        addr = {socket.AF_INET: lst.getsockname()}
+        assert tcp_reach(addr, ["127.0.0.5", "127.0.0.6"], local_sockets(), wait=1.0, listener=lst) == {
+            "127.0.0.5": True, "127.0.0.6": True}
+        lo.ban("127.0.0.5/32", Ban(now_ns() + HOUR, Origin.MANUAL).pack())
+        assert tcp_reach(addr, ["127.0.0.5", "127.0.0.6"], local_sockets(), wait=1.0, listener=lst) == {
+            "127.0.0.5": False, "127.0.0.6": True}
+        assert lo.count("127.0.0.5").refused >= 1 and lo.count("127.0.0.6") is None  # type: ignore[union-attr]
