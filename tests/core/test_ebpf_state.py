@@ -160,3 +160,14 @@ def test_a_limited_rule_is_not_merged_into_a_neighbour_of_the_same_action() -> N
     assert sum(1 for a, r in v4.values() if r == 1) == 8  # 10/8 minus 10.1/16, as prefixes
     plain = replace(svc, rules=tuple(replace(r, limits=None) for r in svc.rules))
     assert compile_service(plain, options=Options()).maps[0].entries == ()  # no limits: all like the default
+
+
+def test_options_are_checked_before_anything_is_made() -> None:
+    with pytest.raises(ValueError, match="tcp or udp"):
+        Options(protocol="sctp")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="power of two"):
+        Options(ring_bytes=5000)
+    with pytest.raises(ValueError, match="not negative"):
+        Options(event_interval_ns=-1)
+    with pytest.raises(ValueError, match="at least one entry"):
+        compile_service(SVC, options=Options(counters=0))

@@ -53,6 +53,8 @@ class Options:
             raise ValueError(f"protocol {self.protocol!r}: tcp or udp")
         if self.event_interval_ns < 0:
             raise ValueError("the event interval is not negative")
+        if self.ring_bytes < 4096 or self.ring_bytes & (self.ring_bytes - 1):
+            raise ValueError(f"ring of {self.ring_bytes} bytes: a power of two of at least one page (4096)")
 
     def specs(self) -> dict[str, MapSpec]:
         """Every service map by name, sized by these options."""
