@@ -28,6 +28,7 @@ from sockgate.errors import UnsupportedInKernel
 from sockgate.linux import bpfsys
 from sockgate.peers import Peer
 from sockgate.policy.ir import Action, Limits, Rate, Service
+from sockgate.proxy.admission import Admission, Admitted, Refused
 from sockgate.proxy.limits import source_of
 from support.ebpfstate import Loaded, Ring, frame, now_ns
 from support.verdicts import boundary_sources, local_sockets, nets, random_service, rule, service, tcp_reach, udp_reach
@@ -301,3 +302,44 @@ def test_real_tcp_a_ban_is_a_map_update_that_drops_the_next_connect() -> None:
         assert tcp_reach(addr, ["127.0.0.5", "127.0.0.6"], local_sockets(), wait=1.0, listener=lst) == {
             "127.0.0.5": False, "127.0.0.6": True}
         assert lo.count("127.0.0.5").refused >= 1 and lo.count("127.0.0.6") is None  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_bursts_are_admitted_as_by_the_proxy(seed: int) -> None:
+    """Random per-source and service-wide rates (with and without a ban) on the service and
+    its allow rules, and a burst of new connections from a few sources (some IPv6 ones
+    sharing a /64): well within one connection's share of a rate, so the bucket refills
+    nothing, the kernel admits exactly what the proxy's Admission admits (a ban the proxy
+    starts is pushed to its kernel filter: service-wide, as the program's)."""
+    rng = random.Random(seed)
+
+    def limits() -> Limits | None:
+        if rng.random() < 0.3:
+            return None
+        per = Rate(rng.randint(1, 4), 3600) if rng.random() < 0.8 else None
+        total = Rate(rng.randint(2, 12), 3600) if rng.random() < 0.4 else None
+        return Limits(rate_per_source=per, rate_total=total, ban_seconds=600 if per and rng.random() < 0.5 else None) \
+            if per or total else None
+
+    svc = random_service(rng, "burst", ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8::/32"), n_rules=5)
+    svc = replace(svc, limits=limits(), rules=tuple(replace(r, limits=limits()) if r.action is Action.ALLOW else r
+                                                     for r in svc.rules))
+    pool = [s for s in boundary_sources(svc, rng, lambda a: True, extra=10)]
+    pool = rng.sample(pool, min(8, len(pool)))
+    pool += [str(ipaddress.ip_address(p) + 1) for p in pool if ":" in p][:2]  # same /64
+    admission, banned = Admission(svc), set()
+    want, got = [], []
+    with loaded(svc, protocol="udp") as lo:
+        for _ in range(60):
+            src = rng.choice(pool)
+            a = ipaddress.ip_address(src)
+            key = source_of(a)
+            if key in banned:
+                want.append(False)
+            else:
+                v = admission.admit(Peer(address=a, header=a.version), 1000.0)
+                want.append(isinstance(v, Admitted))
+                if isinstance(v, Refused) and v.ban_started:
+                    banned.add(key)
+            got.append(lo.run(frame(src, tcp_flags=None)))
+    assert got == want, f"seed {seed}: {svc}"

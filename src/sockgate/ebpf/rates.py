@@ -20,7 +20,7 @@ What a *source* is matches ``limits.source_of``: an IPv4 address; an IPv6 addres
 except in fe80::/10, ::/64 and 64:ff9b::/96, where it is the /128. A service-wide rate
 (``limit rate N/UNIT`` without ``per source``) keys its bucket with family 0. Buckets of the
 service's limits use scope 0, those of rule i scope i + 1; the service's limits are checked
-first, then the matched rule's (proxy/service.py does the same). Within one set of limits, a
+first, then the matched rule's (proxy/admission.py does the same). Within one set of limits, a
 source over its own rate is refused without touching the service-wide bucket, and only a
 connection both allow advances both. A source over its per-source rate, when the limits say
 ``ban DURATION``, is put in ``sg_bans4``/``sg_bans6`` (its source prefix, origin LIMIT,
