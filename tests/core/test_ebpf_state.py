@@ -84,6 +84,7 @@ def test_rate_limits_are_enforced_in_the_kernel_concurrent_ones_are_not() -> Non
     t = text(prog)
     assert f"r2 = {600 * 10**9:#x} ll" in t  # the ban's duration
     assert "if r7 != 0x1 goto" in t  # rule 1's limits apply to rule 1's matches
+    assert "r0 = cmpxchg_64(r3 +0, r0, r2)" in t  # a bucket is taken atomically
     conc = replace(SVC, limits=Limits(concurrent_total=10))
     with pytest.raises(UnsupportedInKernel, match=r"concurrent connection limits \(the service\).*sockgate proxy"):
         compile_service(conc, options=Options())

@@ -15,6 +15,7 @@ import os
 import random
 import socket
 import sys
+import threading
 from dataclasses import replace
 from typing import Iterator
 
@@ -343,3 +344,26 @@ def test_bursts_are_admitted_as_by_the_proxy(seed: int) -> None:
                     banned.add(key)
             got.append(lo.run(frame(src, tcp_flags=None)))
     assert got == want, f"seed {seed}: {svc}"
+
+
+def test_two_cpus_never_take_more_than_the_rate() -> None:
+    """Two threads (the two CPUs of a test machine) run the program on one source's
+    datagrams at once: with buckets taken by compare-and-exchange, exactly N pass and none is
+    lost to a retry. (The race the exchange closes — a read and a store a few nanoseconds
+    apart — is too narrow to make this test fail reliably with plain stores.)"""
+    svc = with_limits(ALLOW_ALL, Limits(rate_per_source=Rate(300, 3600), rate_total=Rate(400, 3600)))
+    with loaded(svc, protocol="udp") as lo:
+        passed = [0, 0]
+        start = threading.Barrier(2)
+
+        def flood(k: int) -> None:
+            start.wait()
+            passed[k] = sum(lo.run(frame("10.9.9.9", tcp_flags=None)) for _ in range(600))
+
+        threads = [threading.Thread(target=flood, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert sum(passed) == 300, passed
+        assert lo.count("10.9.9.9").refused == 900  # type: ignore[union-attr]

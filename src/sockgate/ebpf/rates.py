@@ -26,8 +26,11 @@ connection both allow advances both. A source over its per-source rate, when the
 ``ban DURATION``, is put in ``sg_bans4``/``sg_bans6`` (its source prefix, origin LIMIT,
 expiring DURATION later): from the next packet on it is refused as banned, before any rule.
 
-Updates of ``tat`` are plain stores: two CPUs admitting the same source in the same
-instant may both pass. Concurrent limits (``limit concurrent``) count open connections,
+A bucket is taken with a compare-and-exchange (``BPF_CMPXCHG``) of ``tat``, re-checked
+against the value another CPU left when it lost (at most ``CLAIMS`` tries, then refused: fail
+closed), so two CPUs never both take a bucket's last connection. The service-wide bucket is
+taken before the per-source one; a per-source bucket lost to another CPU in between refuses
+the connection with the service-wide one already taken (stricter, never looser). Concurrent limits (``limit concurrent``) count open connections,
 which a socket filter cannot see end: they stay with the proxy, and ``limits_of`` refuses a
 service that has them.
 """
@@ -43,6 +46,7 @@ from sockgate.ebpf.insn import (
     BPF_ADD,
     BPF_AND,
     BPF_B,
+    BPF_CMPXCHG,
     BPF_DW,
     BPF_H,
     BPF_JEQ,
@@ -61,6 +65,7 @@ from sockgate.ebpf.insn import (
     BPF_W,
     Helper,
     alu64,
+    atomic,
     call,
     ld_imm64,
     ldx,
@@ -75,6 +80,7 @@ from sockgate.errors import UnsupportedInKernel
 from sockgate.policy.ir import Action, Limits, Rate, Service
 
 NS = 1_000_000_000
+CLAIMS = 3  # compare-and-exchange tries on one bucket before refusing
 _NAT64_WORD = int.from_bytes(bytes([0x00, 0x64, 0xFF, 0x9B]), sys.byteorder)  # 64:ff9b::/96, first word
 
 
@@ -201,19 +207,23 @@ def _source_key(em: Emitter) -> None:
 
 
 def _block(em: Emitter, lim: Limit) -> tuple[str, str]:
-    """Check (then advance) the buckets of ``lim``; returns the labels of its two refusals."""
+    """Check both buckets of ``lim``, then take the service-wide one and the per-source one;
+    returns the labels of its two refusals."""
     over_source, over_total = em.asm.fresh("over_source"), em.asm.fresh("over_total")
     if lim.per_source is not None:
         em.emit(st(BPF_H, BPF_REG_10, BUCKET_KEY + 2, lim.scope))
         _bucket(em, BUCKET_KEY, over_source, lim.per_source)
+        if lim.total is None:
+            _claim(em, lim.per_source, over_source)
+            return over_source, over_total
         em.emit(stx(BPF_DW, BPF_REG_10, BUCKET_PTR, BPF_REG_0))
     if lim.total is not None:
         em.emit(st(BPF_H, BPF_REG_10, TOTAL_KEY + 2, lim.scope))
         _bucket(em, TOTAL_KEY, over_total, lim.total)
-        _advance(em, lim.total)
+        _claim(em, lim.total, over_total)
     if lim.per_source is not None:
         em.emit(ldx(BPF_DW, BPF_REG_0, BPF_REG_10, BUCKET_PTR), ldx(BPF_DW, BPF_REG_1, BPF_REG_0, 0))
-        _advance(em, lim.per_source)
+        _claim(em, lim.per_source, over_source, check_first=True)
     return over_source, over_total
 
 
@@ -231,18 +241,36 @@ def _bucket(em: Emitter, key: int, over: str, rate: Gcra) -> None:
     _lookup(em, name, key)
     asm.jump(BPF_JEQ, BPF_REG_0, over, imm=0)
     asm.label(have)
-    em.emit(ldx(BPF_DW, BPF_REG_1, BPF_REG_0, 0), mov64(BPF_REG_2, BPF_REG_9), *ld_imm64(BPF_REG_3, rate.burst_ns),
-            alu64(BPF_ADD, BPF_REG_2, BPF_REG_3))
-    asm.jump(BPF_JGT, BPF_REG_1, over, src=BPF_REG_2)
+    em.emit(ldx(BPF_DW, BPF_REG_1, BPF_REG_0, 0))
+    _conforms(em, rate, over)
 
 
-def _advance(em: Emitter, rate: Gcra) -> None:
-    """``*R0 = max(R1, now) + interval``."""
-    keep = em.asm.fresh("tat")
-    em.asm.jump(BPF_JGE, BPF_REG_1, keep, src=BPF_REG_9)
-    em.emit(mov64(BPF_REG_1, BPF_REG_9))
-    em.asm.label(keep)
-    em.emit(*ld_imm64(BPF_REG_2, rate.interval_ns), alu64(BPF_ADD, BPF_REG_1, BPF_REG_2), stx(BPF_DW, BPF_REG_0, 0, BPF_REG_1))
+def _claim(em: Emitter, rate: Gcra, over: str, check_first: bool = False) -> None:
+    """Take the bucket at R0 whose ``tat`` was read into R1: ``tat = max(tat, now) +
+    interval`` by compare-and-exchange, re-checked on the value another CPU wrote; to
+    ``over`` when it no longer conforms or after ``CLAIMS`` lost exchanges."""
+    asm = em.asm
+    done = asm.fresh("claimed")
+    for attempt in range(CLAIMS):
+        if attempt or check_first:
+            _conforms(em, rate, over)
+        keep = asm.fresh("tat")
+        em.emit(mov64(BPF_REG_2, BPF_REG_1))
+        asm.jump(BPF_JGE, BPF_REG_2, keep, src=BPF_REG_9)
+        em.emit(mov64(BPF_REG_2, BPF_REG_9))
+        asm.label(keep)
+        em.emit(*ld_imm64(BPF_REG_3, rate.interval_ns), alu64(BPF_ADD, BPF_REG_2, BPF_REG_3),
+                mov64(BPF_REG_3, BPF_REG_0), mov64(BPF_REG_0, BPF_REG_1), atomic(BPF_DW, BPF_REG_3, 0, BPF_REG_2, BPF_CMPXCHG))
+        asm.jump(BPF_JEQ, BPF_REG_0, done, src=BPF_REG_1)
+        em.emit(mov64(BPF_REG_1, BPF_REG_0), mov64(BPF_REG_0, BPF_REG_3))  # lost: the new tat, the bucket
+    asm.ja(over)
+    asm.label(done)
+
+
+def _conforms(em: Emitter, rate: Gcra, over: str) -> None:
+    """To ``over`` unless ``R1 <= now + burst`` (R2, R3 clobbered)."""
+    em.emit(mov64(BPF_REG_2, BPF_REG_9), *ld_imm64(BPF_REG_3, rate.burst_ns), alu64(BPF_ADD, BPF_REG_2, BPF_REG_3))
+    em.asm.jump(BPF_JGT, BPF_REG_1, over, src=BPF_REG_2)
 
 
 def _lookup(em: Emitter, name: str, key: int) -> None:
