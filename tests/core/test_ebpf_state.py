@@ -82,7 +82,7 @@ def test_rate_limits_are_enforced_in_the_kernel_concurrent_ones_are_not() -> Non
         compile_service(LIMITED)  # the stateless program cannot
     prog = compile_service(LIMITED, options=Options())
     t = text(prog)
-    assert f"r2 = {600 * 10**9:#x} ll" in t  # the ban's duration
+    assert f"r1 = {600 * 10**9:#x} ll" in t  # the ban's duration
     assert "if r7 != 0x1 goto" in t  # rule 1's limits apply to rule 1's matches
     assert "r0 = cmpxchg_64(r3 +0, r0, r2)" in t  # a bucket is taken atomically
     conc = replace(SVC, limits=Limits(concurrent_total=10))

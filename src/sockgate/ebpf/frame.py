@@ -15,10 +15,13 @@ verifier wants every access aligned to its size and inside the 512-byte frame)::
     fp-128            a spilled pointer to a bucket value
     fp-136            the prefix length of that source, for a ban (32, 64 or 128)
     fp-160 .. fp-141  struct sg_source of a service-wide token bucket (family 0, address 0)
+    fp-208 .. fp-168  the limits being applied (u64 each): scope, per-source interval and
+                      burst, service-wide interval and burst, ban (ns; 0: none)
 
 Registers: R6 the skb; after the verdict R7 the deciding rule (sign-extended ``s32``, see
-ranges.BANNED, ranges.FORGED, maps.DEFAULT_RULE), R8 the reason (layout.Reason), R9 the time
-(``bpf_ktime_get_ns``). R0-R5 are clobbered by every call.
+ranges.BANNED, ranges.FORGED, maps.DEFAULT_RULE), R8 the reason (layout.Reason; while rate
+limits are applied, which set comes next), R9 the time (``bpf_ktime_get_ns``). R0-R5 are
+clobbered by every call.
 """
 
 from __future__ import annotations
@@ -37,6 +40,12 @@ BUCKET_KEY = -120
 BUCKET_PTR = -128
 BAN_PLEN = -136
 TOTAL_KEY = -160
+P_SCOPE = -168
+P_PER_INTERVAL = -176
+P_PER_BURST = -184
+P_TOTAL_INTERVAL = -192
+P_TOTAL_BURST = -200
+P_BAN = -208
 
 MAP_FD_PLACEHOLDER = 0  # replaced by each map's fd at load time (program.link)
 

@@ -41,7 +41,22 @@ import math
 import sys
 from dataclasses import dataclass, replace
 
-from sockgate.ebpf.frame import BAN_PLEN, BUCKET_KEY, BUCKET_PTR, KEY, SRC, TOTAL_KEY, VALUE, Emitter
+from sockgate.ebpf.frame import (
+    BAN_PLEN,
+    BUCKET_KEY,
+    BUCKET_PTR,
+    KEY,
+    P_BAN,
+    P_PER_BURST,
+    P_PER_INTERVAL,
+    P_SCOPE,
+    P_TOTAL_BURST,
+    P_TOTAL_INTERVAL,
+    SRC,
+    TOTAL_KEY,
+    VALUE,
+    Emitter,
+)
 from sockgate.ebpf.insn import (
     BPF_ADD,
     BPF_AND,
@@ -63,6 +78,7 @@ from sockgate.ebpf.insn import (
     BPF_REG_9,
     BPF_REG_10,
     BPF_W,
+    S32,
     Helper,
     alu64,
     atomic,
@@ -147,9 +163,23 @@ def without_rates(service: Service) -> Service:
     return replace(service, rules=rules, limits=None)
 
 
+@dataclass(frozen=True)
+class _Slots:
+    """Where a rate's interval and burst are on the stack (frame.py)."""
+
+    interval: int
+    burst: int
+
+
+PER, TOTAL = _Slots(P_PER_INTERVAL, P_PER_BURST), _Slots(P_TOTAL_INTERVAL, P_TOTAL_BURST)
+
+
 def allowed(em: Emitter, tcp: bool, limits: tuple[Limit, ...]) -> None:
     """The ``allowed`` path (R7 the rule), ending at ``allow`` or, over a rate, at
-    ``refused_new`` with reason RATE."""
+    ``refused_new`` with reason RATE. One copy of the bucket code serves every set of limits:
+    each set writes its numbers to the stack and jumps to ``limit_block``, with R8 saying
+    where to go after it (1: the matched rule's limits, 0: allow), so a rule's limits cost a
+    dozen instructions, not a block of their own."""
     asm = em.asm
     asm.label("allowed")
     if not limits:
@@ -158,25 +188,33 @@ def allowed(em: Emitter, tcp: bool, limits: tuple[Limit, ...]) -> None:
     if tcp:
         syn_check(em, "allow")
     em.emit(call(Helper.ktime_get_ns), mov64(BPF_REG_9, BPF_REG_0))
-    if any(lim.per_source for lim in limits):
-        _source_key(em)
-    if any(lim.total for lim in limits):
-        em.emit(*[st(BPF_W, BPF_REG_10, TOTAL_KEY + 4 * w, 0) for w in range(5)])
-    overs = []
+    _source_key(em)
+    em.emit(*[st(BPF_W, BPF_REG_10, TOTAL_KEY + 4 * w, 0) for w in range(5)])
+    rules = [lim for lim in limits if lim.rule is not None]
     for lim in limits:
-        skip = asm.fresh("limits_done")
-        if lim.rule is not None:
-            asm.jump(BPF_JNE, BPF_REG_7, skip, imm=lim.rule)
-        overs.append(_block(em, lim))
+        if lim.rule is None:
+            _params(em, lim)
+            em.emit(mov64(BPF_REG_8, imm=1 if rules else 0))
+            asm.ja("limit_block")
+    asm.label("limit_rules")
+    for lim in rules:
+        skip = asm.fresh("limit_skip")
+        asm.jump(BPF_JNE, BPF_REG_7, skip, imm=lim.rule or 0)
+        _params(em, lim)
+        em.emit(mov64(BPF_REG_8, imm=0))
+        asm.ja("limit_block")
         asm.label(skip)
     asm.ja("allow")
-    for lim, (over_source, over_total) in zip(limits, overs):
-        asm.label(over_source)
-        if lim.ban_ns is not None:
-            _ban(em, lim.ban_ns)
-        asm.label(over_total)
-        em.emit(mov64(BPF_REG_8, imm=Reason.RATE))
-        asm.ja("refused_new")
+    _block(em)
+
+
+def _params(em: Emitter, lim: Limit) -> None:
+    """The numbers of ``lim`` to the stack (a register each, so the verifier knows them)."""
+    per, total = lim.per_source or Gcra(0, 0), lim.total or Gcra(0, 0)
+    for slot, value in ((P_SCOPE, lim.scope), (P_PER_INTERVAL, per.interval_ns), (P_PER_BURST, per.burst_ns),
+                        (P_TOTAL_INTERVAL, total.interval_ns), (P_TOTAL_BURST, total.burst_ns), (P_BAN, lim.ban_ns or 0)):
+        em.emit(*ld_imm64(BPF_REG_1, value) if value > S32[1] else (mov64(BPF_REG_1, imm=value),),
+                stx(BPF_DW, BPF_REG_10, slot, BPF_REG_1))
 
 
 def _source_key(em: Emitter) -> None:
@@ -206,28 +244,43 @@ def _source_key(em: Emitter) -> None:
     asm.label("source_done")
 
 
-def _block(em: Emitter, lim: Limit) -> tuple[str, str]:
-    """Check both buckets of ``lim``, then take the service-wide one and the per-source one;
-    returns the labels of its two refusals."""
-    over_source, over_total = em.asm.fresh("over_source"), em.asm.fresh("over_total")
-    if lim.per_source is not None:
-        em.emit(st(BPF_H, BPF_REG_10, BUCKET_KEY + 2, lim.scope))
-        _bucket(em, BUCKET_KEY, over_source, lim.per_source)
-        if lim.total is None:
-            _claim(em, lim.per_source, over_source)
-            return over_source, over_total
-        em.emit(stx(BPF_DW, BPF_REG_10, BUCKET_PTR, BPF_REG_0))
-    if lim.total is not None:
-        em.emit(st(BPF_H, BPF_REG_10, TOTAL_KEY + 2, lim.scope))
-        _bucket(em, TOTAL_KEY, over_total, lim.total)
-        _claim(em, lim.total, over_total)
-    if lim.per_source is not None:
-        em.emit(ldx(BPF_DW, BPF_REG_0, BPF_REG_10, BUCKET_PTR), ldx(BPF_DW, BPF_REG_1, BPF_REG_0, 0))
-        _claim(em, lim.per_source, over_source, check_first=True)
-    return over_source, over_total
+def _block(em: Emitter) -> None:
+    """The limits on the stack: check the per-source bucket, then the service-wide one, then
+    take the service-wide one and the per-source one (a rate absent has interval 0). Three
+    paths, so that no path reads a bucket pointer it did not store."""
+    asm = em.asm
+    asm.label("limit_block")
+    em.emit(ldx(BPF_DW, BPF_REG_1, BPF_REG_10, P_SCOPE), stx(BPF_H, BPF_REG_10, BUCKET_KEY + 2, BPF_REG_1),
+            stx(BPF_H, BPF_REG_10, TOTAL_KEY + 2, BPF_REG_1), ldx(BPF_DW, BPF_REG_1, BPF_REG_10, P_PER_INTERVAL))
+    asm.jump(BPF_JEQ, BPF_REG_1, "limit_total_only", imm=0)
+    _bucket(em, BUCKET_KEY, "limit_over_source", PER)
+    em.emit(ldx(BPF_DW, BPF_REG_2, BPF_REG_10, P_TOTAL_INTERVAL))
+    asm.jump(BPF_JNE, BPF_REG_2, "limit_both", imm=0)
+    _claim(em, PER, "limit_over_source")
+    asm.ja("limit_passed")
+    asm.label("limit_both")
+    em.emit(stx(BPF_DW, BPF_REG_10, BUCKET_PTR, BPF_REG_0))
+    _bucket(em, TOTAL_KEY, "limit_over_total", TOTAL)
+    _claim(em, TOTAL, "limit_over_total")
+    em.emit(ldx(BPF_DW, BPF_REG_0, BPF_REG_10, BUCKET_PTR), ldx(BPF_DW, BPF_REG_1, BPF_REG_0, 0))
+    _claim(em, PER, "limit_over_source", check_first=True)
+    asm.ja("limit_passed")
+    asm.label("limit_total_only")
+    _bucket(em, TOTAL_KEY, "limit_over_total", TOTAL)
+    _claim(em, TOTAL, "limit_over_total")
+    asm.label("limit_passed")
+    asm.jump(BPF_JEQ, BPF_REG_8, "limit_rules", imm=1)
+    asm.ja("allow")
+    asm.label("limit_over_source")
+    em.emit(ldx(BPF_DW, BPF_REG_1, BPF_REG_10, P_BAN))
+    asm.jump(BPF_JEQ, BPF_REG_1, "limit_over_total", imm=0)
+    _ban(em)
+    asm.label("limit_over_total")
+    em.emit(mov64(BPF_REG_8, imm=Reason.RATE))
+    asm.ja("refused_new")
 
 
-def _bucket(em: Emitter, key: int, over: str, rate: Gcra) -> None:
+def _bucket(em: Emitter, key: int, over: str, rate: _Slots) -> None:
     """R0 = the bucket under ``fp + key`` (created empty), R1 its ``tat``; to ``over`` when
     a connection now does not conform (or no bucket could be had: fail closed)."""
     asm, name = em.asm, buckets_spec().name
@@ -245,7 +298,7 @@ def _bucket(em: Emitter, key: int, over: str, rate: Gcra) -> None:
     _conforms(em, rate, over)
 
 
-def _claim(em: Emitter, rate: Gcra, over: str, check_first: bool = False) -> None:
+def _claim(em: Emitter, rate: _Slots, over: str, check_first: bool = False) -> None:
     """Take the bucket at R0 whose ``tat`` was read into R1: ``tat = max(tat, now) +
     interval`` by compare-and-exchange, re-checked on the value another CPU wrote; to
     ``over`` when it no longer conforms or after ``CLAIMS`` lost exchanges."""
@@ -259,7 +312,7 @@ def _claim(em: Emitter, rate: Gcra, over: str, check_first: bool = False) -> Non
         asm.jump(BPF_JGE, BPF_REG_2, keep, src=BPF_REG_9)
         em.emit(mov64(BPF_REG_2, BPF_REG_9))
         asm.label(keep)
-        em.emit(*ld_imm64(BPF_REG_3, rate.interval_ns), alu64(BPF_ADD, BPF_REG_2, BPF_REG_3),
+        em.emit(ldx(BPF_DW, BPF_REG_3, BPF_REG_10, rate.interval), alu64(BPF_ADD, BPF_REG_2, BPF_REG_3),
                 mov64(BPF_REG_3, BPF_REG_0), mov64(BPF_REG_0, BPF_REG_1), atomic(BPF_DW, BPF_REG_3, 0, BPF_REG_2, BPF_CMPXCHG))
         asm.jump(BPF_JEQ, BPF_REG_0, done, src=BPF_REG_1)
         em.emit(mov64(BPF_REG_1, BPF_REG_0), mov64(BPF_REG_0, BPF_REG_3))  # lost: the new tat, the bucket
@@ -267,9 +320,9 @@ def _claim(em: Emitter, rate: Gcra, over: str, check_first: bool = False) -> Non
     asm.label(done)
 
 
-def _conforms(em: Emitter, rate: Gcra, over: str) -> None:
+def _conforms(em: Emitter, rate: _Slots, over: str) -> None:
     """To ``over`` unless ``R1 <= now + burst`` (R2, R3 clobbered)."""
-    em.emit(mov64(BPF_REG_2, BPF_REG_9), *ld_imm64(BPF_REG_3, rate.burst_ns), alu64(BPF_ADD, BPF_REG_2, BPF_REG_3))
+    em.emit(mov64(BPF_REG_2, BPF_REG_9), ldx(BPF_DW, BPF_REG_3, BPF_REG_10, rate.burst), alu64(BPF_ADD, BPF_REG_2, BPF_REG_3))
     em.asm.jump(BPF_JGT, BPF_REG_1, over, src=BPF_REG_2)
 
 
@@ -278,14 +331,15 @@ def _lookup(em: Emitter, name: str, key: int) -> None:
     em.emit(mov64(BPF_REG_2, BPF_REG_10), alu64(BPF_ADD, BPF_REG_2, imm=key), call(Helper.map_lookup_elem))
 
 
-def _ban(em: Emitter, ban_ns: int) -> None:
-    """Put the source's prefix in its family's ban trie: expires ``ban_ns`` from now, LIMIT."""
+def _ban(em: Emitter) -> None:
+    """Put the source's prefix in its family's ban trie: expires the limits' ban (ns) from
+    now, origin LIMIT."""
     asm = em.asm
     v6, update = asm.fresh("ban6_"), asm.fresh("ban_update")
     em.emit(ldx(BPF_W, BPF_REG_1, BPF_REG_10, BAN_PLEN), stx(BPF_W, BPF_REG_10, KEY, BPF_REG_1))
     for w in range(4):
         em.emit(ldx(BPF_W, BPF_REG_1, BPF_REG_10, BUCKET_KEY + 4 + 4 * w), stx(BPF_W, BPF_REG_10, KEY + 4 + 4 * w, BPF_REG_1))
-    em.emit(mov64(BPF_REG_1, BPF_REG_9), *ld_imm64(BPF_REG_2, ban_ns), alu64(BPF_ADD, BPF_REG_1, BPF_REG_2),
+    em.emit(mov64(BPF_REG_1, BPF_REG_9), ldx(BPF_DW, BPF_REG_2, BPF_REG_10, P_BAN), alu64(BPF_ADD, BPF_REG_1, BPF_REG_2),
             stx(BPF_DW, BPF_REG_10, VALUE, BPF_REG_1), st(BPF_W, BPF_REG_10, VALUE + 8, int(Origin.LIMIT)),
             st(BPF_W, BPF_REG_10, VALUE + 12, 0), ldx(BPF_B, BPF_REG_1, BPF_REG_10, SRC))
     asm.jump(BPF_JEQ, BPF_REG_1, v6, imm=6)
