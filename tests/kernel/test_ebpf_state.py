@@ -367,3 +367,17 @@ def test_two_cpus_never_take_more_than_the_rate() -> None:
             t.join(timeout=60)
         assert sum(passed) == 300, passed
         assert lo.count("10.9.9.9").refused == 900  # type: ignore[union-attr]
+
+
+def test_two_hundred_limited_rules_share_one_bucket_block() -> None:
+    rules = [(Action.ALLOW, nets(f"10.{i}.0.0/16")) for i in range(200)]
+    svc = service("many", rules, Action.DENY)
+    svc = replace(svc, rules=tuple(replace(r, limits=Limits(rate_per_source=Rate(i % 5 + 1, 3600), ban_seconds=60))
+                                   for i, r in enumerate(svc.rules)))
+    with loaded(svc, protocol="udp") as lo:
+        assert len(lo.prog) < 5000  # about 18 per rule, plus one bucket block
+        for i in (0, 7, 123, 199):
+            n = i % 5 + 1
+            assert [lo.run(frame(f"10.{i}.0.1", tcp_flags=None)) for _ in range(n + 1)] == [True] * n + [False], i
+            assert Ban.unpack(bpfsys.map_lookup(lo.maps["sg_bans4"], LpmKey.host(ipaddress.IPv4Address(f"10.{i}.0.1")).pack(),
+                                                BAN_VALUE.size) or b"").origin is Origin.LIMIT
