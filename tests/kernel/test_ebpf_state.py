@@ -14,6 +14,7 @@ import ipaddress
 import os
 import random
 import socket
+import subprocess
 import sys
 import threading
 from dataclasses import replace
@@ -381,3 +382,34 @@ def test_two_hundred_limited_rules_share_one_bucket_block() -> None:
             assert [lo.run(frame(f"10.{i}.0.1", tcp_flags=None)) for _ in range(n + 1)] == [True] * n + [False], i
             assert Ban.unpack(bpfsys.map_lookup(lo.maps["sg_bans4"], LpmKey.host(ipaddress.IPv4Address(f"10.{i}.0.1")).pack(),
                                                 BAN_VALUE.size) or b"").origin is Origin.LIMIT
+
+
+LOAD_WITHOUT_PERFMON = """
+import sys
+from dataclasses import replace
+from support.ebpfstate import Loaded, frame
+from support.verdicts import nets, service
+from sockgate.ebpf import Options, compile_service
+from sockgate.policy.ir import Action, Limits, Rate
+svc = service("s", [(Action.DENY, nets("10.1.0.0/16")), (Action.ALLOW, nets("10.0.0.0/8", "2001:db8::/32"))], Action.DENY)
+svc = replace(svc, limits=Limits(rate_per_source=Rate(3, 60), rate_total=Rate(10, 1), ban_seconds=60))
+for proto in ("tcp", "udp"):
+    lo = Loaded(compile_service(svc, options=Options(protocol=proto)))
+    flags = 2 if proto == "tcp" else None
+    print(proto, [lo.run(frame(s, tcp_flags=flags)) for s in ("10.2.0.1", "10.1.0.1", "2001:db8::1")])
+    lo.close()
+"""
+
+
+def test_the_program_loads_with_cap_bpf_alone() -> None:
+    """Without CAP_SYS_ADMIN and CAP_PERFMON the verifier refuses reads of uninitialised
+    stack and pointer leaks: the program must not need them (a loader may run with CAP_BPF
+    and CAP_NET_ADMIN only)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(__file__)), *sys.path]))
+    out = subprocess.run(["capsh", "--drop=cap_sys_admin,cap_perfmon", "--", "-c",
+                          f"grep CapEff /proc/self/status; exec {sys.executable} -c '{LOAD_WITHOUT_PERFMON}'"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    cap_eff = int(out.stdout.split()[1], 16)
+    assert not cap_eff & (1 << 21) and not cap_eff & (1 << 38)  # CAP_SYS_ADMIN, CAP_PERFMON gone
+    assert out.stdout.splitlines()[1:] == ["tcp [True, False, True]", "udp [True, False, True]"]
