@@ -413,3 +413,19 @@ def test_the_program_loads_with_cap_bpf_alone() -> None:
     cap_eff = int(out.stdout.split()[1], 16)
     assert not cap_eff & (1 << 21) and not cap_eff & (1 << 38)  # CAP_SYS_ADMIN, CAP_PERFMON gone
     assert out.stdout.splitlines()[1:] == ["tcp [True, False, True]", "udp [True, False, True]"]
+
+
+def test_a_steady_flood_yields_one_event_per_interval() -> None:
+    interval = 50_000_000  # 50 ms
+    with loaded(LAB, protocol="udp", event_interval_ns=interval) as lo, ring(lo) as r:
+        start = now_ns()
+        sent = 0
+        while now_ns() - start < 6 * interval:
+            lo.run(frame("10.1.0.1", tcp_flags=None))
+            sent += 1
+        took = now_ns() - start
+        events = r.events()
+        assert 2 <= len(events) <= took // interval + 1, (len(events), took)  # (fewer when the loop is starved)
+        gaps = [b.ts_ns - a.ts_ns for a, b in zip(events, events[1:])]
+        assert min(gaps) >= interval
+        assert lo.count("10.1.0.1").refused == sent  # type: ignore[union-attr]
