@@ -30,9 +30,10 @@ A bucket is taken with a compare-and-exchange (``BPF_CMPXCHG``) of ``tat``, re-c
 against the value another CPU left when it lost (at most ``CLAIMS`` tries, then refused: fail
 closed), so two CPUs never both take a bucket's last connection. The service-wide bucket is
 taken before the per-source one; a per-source bucket lost to another CPU in between refuses
-the connection with the service-wide one already taken (stricter, never looser). Concurrent limits (``limit concurrent``) count open connections,
-which a socket filter cannot see end: they stay with the proxy, and ``limits_of`` refuses a
-service that has them.
+the connection with the service-wide one already taken (stricter, never looser).
+
+Concurrent limits (``limit concurrent``) count open connections, which a socket filter
+cannot see end: they stay with the proxy, and ``limits_of`` refuses a service that has them.
 """
 
 from __future__ import annotations
