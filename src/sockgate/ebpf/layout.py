@@ -202,13 +202,13 @@ def events_spec(size: int = RING_BYTES) -> MapSpec:
 SERVICE_MAPS = ("counts", "buckets", "bans4", "bans6", "events")  # file names in a service's directory
 REGISTRY = ROOT + "/sockets"  # hash: socket cookie → what sockgate attached (kernel/ebpf.py)
 
-_PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+_PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,127}")  # no ".": bpffs refuses names holding one (bpf_lookup)
 
 
 def service_dir(service: str, root: str = ROOT) -> str:
     """The directory of ``service``'s objects: its name when that is a safe file name, else
     ``x-`` and the name's UTF-8 in hex (a daemon name is any word, and a name like ``..`` or
-    one holding ``/`` must not escape the root)."""
+    one holding ``/`` must not escape the root; bpffs refuses any name with a dot)."""
     name = service if _PLAIN.fullmatch(service) else "x-" + service.encode().hex()
     return f"{root}/services/{name}"
 

@@ -25,7 +25,7 @@ import errno
 import os
 import platform
 import socket
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from sockgate.errors import AdapterError
 from sockgate.linux._errors import translated
@@ -38,10 +38,12 @@ BPF_MAP_CREATE = 0
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
+BPF_MAP_GET_NEXT_KEY = 4
 BPF_PROG_LOAD = 5
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_PROG_TEST_RUN = 10
+BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_MAP_UPDATE_BATCH = 26  # Linux 5.6
 
@@ -51,6 +53,8 @@ BPF_OBJ_NAME_LEN = 16
 BPF_TAG_SIZE = 8
 
 SO_ATTACH_BPF = 50  # <asm-generic/socket.h>
+SO_COOKIE = 57  # Linux 4.12: a socket's u64 id, never reused within a boot (sock_gen_cookie)
+SO_NETNS_COOKIE = 71  # Linux 5.14: the cookie of the socket's network namespace
 
 # bpf(2) syscall numbers (arch/*/entry/syscalls, include/uapi/asm-generic/unistd.h)
 _SYS_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "ppc64le": 361, "s390x": 351, "riscv64": 280, "i686": 357}
@@ -112,6 +116,18 @@ class _Obj(ctypes.Structure):
 
 class _Info(ctypes.Structure):
     _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32), ("info", ctypes.c_uint64)]
+
+
+class _GetId(ctypes.Structure):
+    _fields_ = [("id", ctypes.c_uint32), ("next_id", ctypes.c_uint32), ("open_flags", ctypes.c_uint32)]
+
+
+class MapInfo(ctypes.Structure):
+    """The head of ``struct bpf_map_info`` (<linux/bpf.h>): what a pinned map was made as."""
+
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
+                ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32),
+                ("name", ctypes.c_char * BPF_OBJ_NAME_LEN)]
 
 
 class ProgInfo(ctypes.Structure):
@@ -201,6 +217,42 @@ def map_delete(fd: int, key: bytes) -> bool:
     return True
 
 
+def map_next_key(fd: int, key: bytes | None, key_size: int) -> bytes | None:
+    """The key after ``key`` (the first key for None), or None past the last
+    (BPF_MAP_GET_NEXT_KEY; a key deleted meanwhile restarts at the first, as in the kernel)."""
+    k = ctypes.create_string_buffer(key, len(key)) if key is not None else None
+    nk = ctypes.create_string_buffer(key_size)
+    try:
+        _bpf(BPF_MAP_GET_NEXT_KEY, _MapElem(fd, 0, _addr(k), _addr(nk), 0))
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return None
+        with translated(f"iterate BPF map fd {fd}"):
+            raise
+    return nk.raw
+
+
+def map_items(fd: int, key_size: int, value_size: int, limit: int = 1 << 24) -> Iterator[tuple[bytes, bytes]]:
+    """Every (key, value) of a hash-like map, at most ``limit`` (a bound on a map that others
+    fill while it is read). An entry deleted between the two calls is skipped."""
+    key: bytes | None = None
+    for _ in range(limit):
+        key = map_next_key(fd, key, key_size)
+        if key is None:
+            return
+        value = map_lookup(fd, key, value_size)
+        if value is not None:
+            yield key, value
+
+
+def map_info(fd: int) -> MapInfo:
+    """The type, sizes, flags and name of a map (BPF_OBJ_GET_INFO_BY_FD)."""
+    info = MapInfo()
+    with translated(f"read BPF map info of fd {fd}"):
+        _bpf(BPF_OBJ_GET_INFO_BY_FD, _Info(fd, ctypes.sizeof(info), ctypes.addressof(info)))
+    return info
+
+
 # ------------------------------------------------------------------------------ programs
 
 
@@ -251,6 +303,18 @@ def prog_info(fd: int) -> ProgInfo:
     return info
 
 
+def prog_by_id(prog_id: int) -> int | None:
+    """A new fd for the loaded program ``prog_id`` (BPF_PROG_GET_FD_BY_ID, CAP_SYS_ADMIN);
+    None when no such program is loaded any more."""
+    try:
+        return _bpf(BPF_PROG_GET_FD_BY_ID, _GetId(prog_id, 0, 0))
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return None
+        with translated(f"open BPF program id {prog_id}"):
+            raise
+
+
 # ---------------------------------------------------------------------------- bpffs pins
 
 
@@ -278,6 +342,30 @@ def attach(s: Sockish, prog_fd: int) -> None:
     with translated(f"attach BPF program fd {prog_fd} to fd {fd}"):
         v = ctypes.c_int(prog_fd)
         _setsockopt(fd, SO_ATTACH_BPF, ctypes.byref(v), ctypes.sizeof(v))
+
+
+def socket_cookie(s: Sockish) -> int:
+    """The socket's cookie (SO_COOKIE): what sock_diag reports as ``idiag_cookie``."""
+    return _u64_option(fileno(s), SO_COOKIE, "SO_COOKIE")
+
+
+def netns_cookie(s: Sockish) -> int | None:
+    """The cookie of the socket's network namespace (SO_NETNS_COOKIE); None before Linux 5.14."""
+    try:
+        return _u64_option(fileno(s), SO_NETNS_COOKIE, "SO_NETNS_COOKIE")
+    except AdapterError as e:
+        if e.errno in (errno.ENOPROTOOPT, errno.EINVAL):
+            return None
+        raise
+
+
+def _u64_option(fd: int, opt: int, name: str) -> int:
+    v, n = ctypes.c_uint64(0), ctypes.c_uint32(8)
+    with translated(f"read {name} of fd {fd}"):
+        if _libc.getsockopt(fd, socket.SOL_SOCKET, opt, ctypes.byref(v), ctypes.byref(n)) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+    return int(v.value)
 
 
 def filter_kind(s: Sockish) -> str:

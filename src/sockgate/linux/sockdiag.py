@@ -353,3 +353,15 @@ def _one_kind(kind: str, mask: int, proc: str) -> list[Sock]:
             out.extend(parse_proc_inet(_read_proc(kind + suffix, proc), kind, fname, mask))
     return out
 
+# --- socket cookies ------------------------------------------------------------------------
+
+
+def inet_cookies() -> set[int]:
+    """The cookie (``SO_COOKIE``) of every TCP and UDP socket, IPv4 and IPv6, in any state, of
+    this network namespace: what a record keyed by cookie may still refer to. Raises OSError
+    where there is no tcp_diag/udp_diag (no /proc fallback: /proc/net shows no cookies)."""
+    out: set[int] = set()
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for proto, protocol in (("tcp", socket.IPPROTO_TCP), ("udp", socket.IPPROTO_UDP)):
+            out.update(s.cookie for s in _inet_dump(family, protocol, proto, ALL_STATES) if s.cookie is not None)
+    return out
