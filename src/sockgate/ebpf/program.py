@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Literal, Mapping, Sequence
 
 from sockgate.bpf import ranges as _ranges
 from sockgate.bpf.program import _refuse_userspace  # the resolve pass (issue 12) will own this
 from sockgate.ebpf import prefixes
 from sockgate.ebpf.codegen import Shape, generate
 from sockgate.ebpf.insn import BPF_OBJ_NAME_LEN, BPF_PSEUDO_MAP_FD, Insn, ProgType, encode, ld_map_fd
-from sockgate.ebpf.maps import MapContents, lpm_spec
+from sockgate.ebpf.maps import MapContents, MapSpec, lpm_spec
 from sockgate.policy.ir import Action, Service
 
 LICENSE = "GPL"  # socket filters need no GPL-only helper; any string works, this one always does
@@ -41,6 +41,15 @@ class EbpfProgram:
     default: Action  # the verdict when no prefix matches
     other: Action  # the verdict of a packet neither IPv4 nor IPv6
     prog_type: ProgType = ProgType.SOCKET_FILTER
+    service_maps: tuple[MapSpec, ...] = ()  # service-scope maps (layout.py) the relocations also name
+
+    @property
+    def backend(self) -> Literal["ebpf"]:
+        return "ebpf"
+
+    @property
+    def instructions(self) -> int:
+        return len(self.insns)
 
     @property
     def name(self) -> str:
