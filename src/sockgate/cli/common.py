@@ -22,6 +22,16 @@ def add_policy_args(p: argparse.ArgumentParser, positional: bool = False) -> Non
     p.add_argument("--hosts-deny", metavar="PATH", help="a hosts.deny file (hosts_access(5))")
 
 
+def add_backend_arg(p: argparse.ArgumentParser) -> None:
+    """``--backend auto|cbpf|ebpf`` (docs/ebpf.md: which kernel backend enforces the service)."""
+    p.add_argument(
+        "--backend",
+        choices=("auto", "cbpf", "ebpf"),
+        default="auto",
+        help="kernel backend: classic BPF, eBPF, or auto (classic unless the service needs eBPF; default)",
+    )
+
+
 def load_from_args(args: argparse.Namespace) -> Policy:
     from sockgate.loading import load_policy
 

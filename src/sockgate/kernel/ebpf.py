@@ -135,11 +135,14 @@ def default_mount() -> str:
 class EbpfBackend:
     def __init__(self, ops: BpfOps, mount: str | None = None, grace: float = GRACE) -> None:
         self.ops = ops
-        self.paths = Paths(mount or default_mount())
+        self.mount = mount  # None: $SOCKGATE_BPFFS or /sys/fs/bpf, read when used
         self.grace = grace
-        self._why: str | None = None
-        self._checked = False
+        self._why: dict[str, str | None] = {}  # mount → why unusable (probed once each)
         self._seen: dict[int, registry.Record] = {}  # cookie → record, as recognise read it
+
+    @property
+    def paths(self) -> Paths:
+        return Paths(self.mount or default_mount())
 
     @property
     def name(self) -> Literal["ebpf"]:
@@ -148,10 +151,10 @@ class EbpfBackend:
     def unavailable(self) -> str | None:
         if sys.platform != "linux":
             return f"eBPF socket filters need Linux, not {sys.platform}"
-        if not self._checked:
-            self._why = self._probe()
-            self._checked = True
-        return self._why
+        mount = self.paths.mount
+        if mount not in self._why:
+            self._why[mount] = self._probe()
+        return self._why[mount]
 
     def _probe(self) -> str | None:
         try:
