@@ -63,7 +63,7 @@ def _guard(policy: Policy, sock: Any, service: str, backend: str = "auto") -> An
     ``import sockgate`` stays cheap and works on every platform."""
     from sockgate.guard import guard
 
-    return guard(policy, sock, service, backend=backend)
+    return guard(policy, sock, service) if backend == "auto" else guard(policy, sock, service, backend=backend)
 
 
 bind_guard(_guard)

@@ -32,15 +32,19 @@ LAYERS: dict[str, int] = {
     "sockgate.bpf": CORE,
     "sockgate.export": CORE,
     "sockgate.ebpf": CORE,
+    "sockgate.ebpf.registry": CORE,  # the cookie registry's record layout (pure)
     "sockgate.proxy.limits": CORE,
     "sockgate.proxy.admission": CORE,
     "sockgate.linux": EDGE,
+    "sockgate.linux.bpffs": EDGE,  # the bpf filesystem: mount, trusted directories, pins
     "sockgate.loading": EDGE,
     "sockgate.lookup": EDGE,  # host-name lookups at the edge
     "sockgate.log": EDGE,
     "sockgate.services_db": EDGE,
     "sockgate.inventory": EDGE,
     "sockgate.kernel": SEAM,
+    "sockgate.kernel.ebpf": SEAM,  # the eBPF backend (loads, pins, recognises by cookie)
+    "sockgate.kernel.bpfops": SEAM,  # its port to bpffs/bpf(2)/sock_diag (a fake in tests/core)
     "sockgate.guard": ENFORCE,
     "sockgate.attach": ENFORCE,
     "sockgate.launcher": ENFORCE,

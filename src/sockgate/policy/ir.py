@@ -357,6 +357,8 @@ class Policy:
         """Compile ``service`` and attach it to ``sock`` (a socket object or fd); Linux only.
         ``backend``: ``"auto"``, ``"cbpf"`` or ``"ebpf"`` (docs/ebpf.md). Returns
         ``sockgate.guard.Guarded``. Delegates to the bound ``GuardPort``."""
+        if backend == "auto":
+            return _guard_port[0](self, sock, service)  # (a port written before backends takes three)
         return _guard_port[0](self, sock, service, backend)
 
 
