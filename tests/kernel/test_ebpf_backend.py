@@ -126,6 +126,33 @@ def test_run_backend_ebpf_guards_reloads_and_ls_names_it(bpffs: str, tmp_path: P
     assert udp_echo("127.0.0.2", udp) == b"dgram" and udp_echo("127.0.0.1", udp, timeout=0.5) is None
 
 
+def test_the_guard_outlives_a_killed_run(bpffs: str, tmp_path: Path, launch: Callable[..., Launched]) -> None:
+    """``run`` (the loader) killed outright: the command keeps the sockets, the program stays
+    on them, and ls in another process still names it."""
+    policy = tmp_path / "p.conf"
+    policy.write_text(POLICY)
+    script, report = tmp_path / "echo.py", tmp_path / "report.json"
+    script.write_text(ECHO_SERVICE)
+    lr = launch("--policy", str(policy), "--service", "echo", "--backend", "ebpf",
+                "--listen", "tcp://127.0.0.1:0", "--", sys.executable, str(script), str(report))
+    (addr,), pid = lr.started(1)
+    assert pid is not None
+    try:
+        wait_for_file(report)
+        port = port_of(addr)
+        digest = ls_guard(port)["digest"]
+        lr.proc.kill()
+        lr.proc.wait(timeout=10)
+        g = ls_guard(port)
+        assert (g["status"], g["service"], g["digest"], g["backend"]) == ("sockgate", "echo", digest, "ebpf")
+        assert tcp_echo("127.0.0.1", port) == b"ping\n" and tcp_filtered("127.0.0.2", port)
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def test_backend_ebpf_unavailable_is_one_line(tmp_path: Path) -> None:
     d = Path(tempfile.mkdtemp(prefix="sgt-nobody-"))
     try:
