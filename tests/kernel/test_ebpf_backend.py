@@ -19,12 +19,14 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from sockgate.ebpf import layout
 from sockgate.errors import AdapterError
 from sockgate.kernel import Kernel, Slot, Step
 from sockgate.kernel.bpfops import LinuxBpf
 from sockgate.kernel.cbpf import ClassicBackend
 from sockgate.kernel.ebpf import BPFFS_ENV, EbpfBackend
 from sockgate.kernel.sockets import LINUX_OPS
+from sockgate.linux import bpfsys
 from sockgate.policy.parser import parse_policy
 from support.launch import ECHO_SERVICE, SRC, Launched, port_of, tcp_echo, tcp_filtered, udp_echo, wait_for_file
 
@@ -316,3 +318,24 @@ def test_planted_root_is_refused(bpffs: str) -> None:
     os.symlink("/tmp", f"{bpffs}/sockgate")
     why = EbpfBackend(LinuxBpf(), bpffs).unavailable()
     assert why is not None and "a symlink or not a directory" in why
+
+
+def test_refused_sums_the_services_pinned_counters(bpffs: str) -> None:
+    """``guard.refused`` reads the whole LRU map (batched lookups: thousands of sources)."""
+    backend = EbpfBackend(LinuxBpf(), bpffs)
+    kernel = Kernel([ClassicBackend(LINUX_OPS), backend], LINUX_OPS)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        kernel.apply([Step(Slot(s.fileno(), "s"), kernel.load(kernel.compile(parse_policy(POLICY).require_service("echo"), backend="ebpf")))])
+        assert kernel.read(s.fileno()).refused is None  # no counters pinned: nothing counted
+        spec = layout.counts_spec(10_000)
+        fd = bpfsys.map_create(spec.map_type, spec.key_size, spec.value_size, spec.max_entries, spec.flags, spec.name)
+        try:
+            n = 6000
+            bpfsys.map_update_many(fd, [layout.SourceKey(4, i).pack() for i in range(n)],
+                                   [layout.Count(i % 5, 1, 2).pack() for i in range(n)])
+            bpfsys.pin(fd, f"{bpffs}/sockgate/services/echo/counts")
+        finally:
+            os.close(fd)
+        info = kernel.read(s.fileno())
+        assert (info.refused, info.backend) == (sum(i % 5 for i in range(6000)), "ebpf")

@@ -45,6 +45,7 @@ BPF_OBJ_GET = 7
 BPF_PROG_TEST_RUN = 10
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_MAP_LOOKUP_BATCH = 24  # Linux 5.6
 BPF_MAP_UPDATE_BATCH = 26  # Linux 5.6
 
 BPF_ANY = 0  # <linux/bpf.h> map update flags
@@ -234,7 +235,14 @@ def map_next_key(fd: int, key: bytes | None, key_size: int) -> bytes | None:
 
 def map_items(fd: int, key_size: int, value_size: int, limit: int = 1 << 24) -> Iterator[tuple[bytes, bytes]]:
     """Every (key, value) of a hash-like map, at most ``limit`` (a bound on a map that others
-    fill while it is read). An entry deleted between the two calls is skipped."""
+    fill while it is read): BPF_MAP_LOOKUP_BATCH (Linux 5.6; hash and LRU maps) a chunk at a
+    time, else GET_NEXT_KEY and a lookup per entry (tries), where an entry deleted between
+    the two calls is skipped."""
+    try:
+        yield from _items_batched(fd, key_size, value_size, limit)
+        return
+    except _NoBatch:
+        pass
     key: bytes | None = None
     for _ in range(limit):
         key = map_next_key(fd, key, key_size)
@@ -243,6 +251,36 @@ def map_items(fd: int, key_size: int, value_size: int, limit: int = 1 << 24) -> 
         value = map_lookup(fd, key, value_size)
         if value is not None:
             yield key, value
+
+
+class _NoBatch(Exception):
+    """The map type has no batch lookup."""
+
+
+BATCH = 4096
+
+
+def _items_batched(fd: int, key_size: int, value_size: int, limit: int) -> Iterator[tuple[bytes, bytes]]:
+    keys, values = ctypes.create_string_buffer(key_size * BATCH), ctypes.create_string_buffer(value_size * BATCH)
+    tokens = [ctypes.create_string_buffer(max(key_size, 8)) for _ in range(2)]  # in_batch, out_batch
+    first, done, seen = True, False, 0
+    while not done and seen < limit:
+        attr = _MapBatch(0 if first else _addr(tokens[0]), _addr(tokens[1]), _addr(keys), _addr(values), BATCH, fd, 0, 0)
+        try:
+            _bpf(BPF_MAP_LOOKUP_BATCH, attr)
+        except OSError as e:
+            if e.errno != errno.ENOENT:  # ENOENT: the last chunk (attr.count may still be > 0)
+                if first and e.errno in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, ENOTSUPP):
+                    raise _NoBatch() from None
+                with translated(f"read BPF map fd {fd}"):
+                    raise
+            done = True
+        k, v = keys.raw, values.raw
+        for i in range(min(attr.count, limit - seen)):
+            yield k[i * key_size:(i + 1) * key_size], v[i * value_size:(i + 1) * value_size]
+        seen += attr.count
+        ctypes.memmove(tokens[0], tokens[1], len(tokens[0]))
+        first = False
 
 
 def map_info(fd: int) -> MapInfo:
