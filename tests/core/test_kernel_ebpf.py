@@ -274,3 +274,19 @@ def test_probe_names_missing_privileges() -> None:
 def test_guardinfo_describes_an_ebpf_guard() -> None:
     g = GuardInfo("sockgate", 59, "web", "0" * 16, backend="ebpf")
     assert g.describe() == f"sockgate service web (digest {'0' * 16}, 59 instructions, eBPF)"
+
+
+def test_a_full_registry_makes_room_from_sockets_that_are_gone_or_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    two = registry.spec(2)
+    monkeypatch.setattr(registry, "spec", lambda capacity=2: two)  # a registry of two sockets
+    ops, bpf, backend, kernel = setup()
+    lo = load(kernel, A)
+    backend.grace = 0
+    kernel.apply([Step(Slot(fd, f"fd {fd}"), lo) for fd in (1, 2)])
+    bpf.live = {bpf.socket_cookie(2)}  # fd 1's socket is gone
+    kernel.apply([Step(Slot(3, "fd 3"), lo)])
+    assert kernel.read(3).state == "sockgate"
+    bpf.live = {bpf.socket_cookie(2), bpf.socket_cookie(3)}
+    with pytest.raises(AdapterError, match="registry of eBPF guards is full .* nothing was attached"):
+        kernel.apply([Step(Slot(4, "fd 4"), lo)])
+    assert 4 not in bpf.on_socket

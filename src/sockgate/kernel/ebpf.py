@@ -317,11 +317,18 @@ class EbpfBackend:
     def _record(self, reg: int, key: bytes, value: bytes) -> None:
         try:
             self.ops.map_update_many(reg, [key], [value])
+            return
         except AdapterError as e:
             if e.errno != errno.E2BIG:
                 raise
-            self.collect()  # full: make room from sockets that are gone, once
+        self.collect()  # full: make room from sockets that are gone, once
+        try:
             self.ops.map_update_many(reg, [key], [value])
+        except AdapterError as e:
+            if e.errno != errno.E2BIG:
+                raise
+            raise AdapterError(f"{self.paths.registry}: the registry of eBPF guards is full ({registry.spec().max_entries}"
+                               " sockets, none of them gone); nothing was attached", errno=e.errno) from None
 
     def recognise(self, attached: Attached) -> GuardInfo | None:
         if not isinstance(attached, BpfFilter) or attached.cookie is None:
