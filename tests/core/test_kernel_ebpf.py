@@ -218,6 +218,8 @@ def test_service_directories_never_hold_a_dot_or_escape() -> None:
     assert layout.service_dir("web", "/r") == "/r/services/web"
     for name in ("..", "a.b", "a/b", "é"):
         assert layout.service_dir(name, "/r") == "/r/services/x-" + name.encode().hex()
+    long = layout.service_dir("é" * 100, "/r").rsplit("/", 1)[1]
+    assert long.startswith("h-") and len(long) == 66 and layout.service_dir("a" * 128, "/r").endswith("/" + "a" * 128)
 
 
 # ------------------------------------------------------------------- choice of backend
