@@ -16,7 +16,8 @@ Which backend compiles a service (``compile(..., backend=)``): ``cbpf`` or ``ebp
 service, and the next backend only when classic refuses a service that backend compiles (more
 ranges than one classic program holds; in-kernel rate limits): the pure compile is tried
 first, so a policy no backend takes never touches bpf(2) or bpffs. A service too large for
-classic BPF says that eBPF would take it.
+classic BPF says that eBPF would take it. No choice (None, the proxy's) is the first usable
+backend, classic BPF.
 """
 
 from __future__ import annotations
@@ -62,9 +63,12 @@ class Kernel:
             raise UnsupportedPlatform(f"--backend {name}: {why}")
         return b
 
-    def compile(self, service: Service, bans: Sequence[Banned] = (), backend: BackendChoice = "auto") -> Compiled:
-        """The program for ``service`` from the backend ``backend`` names (module docstring)."""
+    def compile(self, service: Service, bans: Sequence[Banned] = (), backend: BackendChoice | None = None) -> Compiled:
+        """The program for ``service`` from the backend ``backend`` names (module docstring);
+        None: the first usable backend, for callers that offer no choice (the proxy)."""
         match backend:
+            case None:
+                return self.backend().compile(service, bans)
             case "auto":
                 return self._compile_auto(service, bans)
             case "cbpf" | "ebpf":
