@@ -353,6 +353,7 @@ def _one_kind(kind: str, mask: int, proc: str) -> list[Sock]:
             out.extend(parse_proc_inet(_read_proc(kind + suffix, proc), kind, fname, mask))
     return out
 
+
 # --- socket cookies ------------------------------------------------------------------------
 
 
