@@ -38,6 +38,7 @@ BPF_MAP_CREATE = 0
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
+BPF_MAP_GET_NEXT_KEY = 4
 BPF_PROG_LOAD = 5
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
@@ -47,6 +48,7 @@ BPF_MAP_UPDATE_BATCH = 26  # Linux 5.6
 
 BPF_ANY = 0  # <linux/bpf.h> map update flags
 BPF_NOEXIST = 1
+BPF_F_RDONLY = 1 << 3  # <linux/bpf.h> BPF_OBJ_GET file_flags: a read-only map fd
 BPF_OBJ_NAME_LEN = 16
 BPF_TAG_SIZE = 8
 
@@ -122,6 +124,15 @@ class ProgInfo(ctypes.Structure):
                 ("jited_prog_insns", ctypes.c_uint64), ("xlated_prog_insns", ctypes.c_uint64),
                 ("load_time", ctypes.c_uint64), ("created_by_uid", ctypes.c_uint32), ("nr_map_ids", ctypes.c_uint32),
                 ("map_ids", ctypes.c_uint64), ("name", ctypes.c_char * BPF_OBJ_NAME_LEN)]
+
+
+class MapInfo(ctypes.Structure):
+    """The head of ``struct bpf_map_info`` (<linux/bpf.h>): what a reader checks before trusting
+    a pinned map's layout."""
+
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
+                ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32),
+                ("name", ctypes.c_char * BPF_OBJ_NAME_LEN)]
 
 
 def _addr(buf: ctypes.Array[ctypes.c_char] | None) -> int:
@@ -201,6 +212,41 @@ def map_delete(fd: int, key: bytes) -> bool:
     return True
 
 
+def map_next_key(fd: int, key: bytes | None, key_size: int) -> bytes | None:
+    """The key after ``key`` (the first key for None), or None past the last
+    (``BPF_MAP_GET_NEXT_KEY``). A key deleted meanwhile restarts a hash map's walk from its
+    start, so a caller bounds its walk."""
+    k = ctypes.create_string_buffer(key, len(key)) if key is not None else None
+    nxt = ctypes.create_string_buffer(key_size)
+    try:
+        _bpf(BPF_MAP_GET_NEXT_KEY, _MapElem(fd, 0, _addr(k), _addr(nxt), 0))
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return None
+        with translated(f"walk BPF map fd {fd}"):
+            raise
+    return nxt.raw
+
+
+def map_info(fd: int) -> MapInfo:
+    """Type, sizes and name of the map open as ``fd``. Check ``object_kind`` first: the kernel
+    answers ``BPF_OBJ_GET_INFO_BY_FD`` for a program or a link too, with their own struct."""
+    info = MapInfo()
+    with translated(f"read BPF map info of fd {fd}"):
+        _bpf(BPF_OBJ_GET_INFO_BY_FD, _Info(fd, ctypes.sizeof(info), ctypes.addressof(info)))
+    return info
+
+
+def object_kind(fd: int) -> str:
+    """``"map"``, ``"prog"``, ``"link"`` … for a bpf(2) fd, from its anon inode's name
+    (``anon_inode:bpf-map``), else ``"other"``."""
+    try:
+        link = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return "other"
+    return link.removeprefix("anon_inode:bpf-") if link.startswith("anon_inode:bpf-") else "other"
+
+
 # ------------------------------------------------------------------------------ programs
 
 
@@ -261,11 +307,12 @@ def pin(fd: int, path: str) -> None:
         _bpf(BPF_OBJ_PIN, _Obj(_addr(p), fd, 0))
 
 
-def get_pinned(path: str) -> int:
-    """A new fd for the object pinned at ``path``."""
+def get_pinned(path: str, flags: int = 0) -> int:
+    """A new fd for the object pinned at ``path`` (``flags``: ``BPF_F_RDONLY`` for a map
+    only read)."""
     p = ctypes.create_string_buffer(os.fsencode(path))
     with translated(f"open pinned BPF object {path}"):
-        return _bpf(BPF_OBJ_GET, _Obj(_addr(p), 0, 0))
+        return _bpf(BPF_OBJ_GET, _Obj(_addr(p), 0, flags))
 
 
 # ------------------------------------------------------------------------------- sockets
