@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
+from typing import Any, Sequence
 
 from sockgate.errors import UsageError
 from sockgate.policy.ir import Policy
@@ -37,3 +37,9 @@ def load_from_args(args: argparse.Namespace) -> Policy:
 
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, separators=(", ", ": ")) + "\n")
+
+
+def columns(table: Sequence[Sequence[str]]) -> str:
+    """Rows aligned with spaces (the first row is the header); the last column is not padded."""
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]) - 1)]
+    return "".join("  ".join(v.ljust(w) for v, w in zip(line, widths)) + "  " + line[-1] + "\n" for line in table)
