@@ -60,6 +60,7 @@ class RefusalMonitor:
         self._mono, self._wall = mono_ns, wall_ns
         self._agg = Aggregator(max(1, int(interval * 1e9)), mono_ns())
         self._by_fd: dict[int, _Service] = {}
+        self._counts: dict[str, int] = {}  # service → its counter map's fd
         self._malformed = 0
         self._cancel: Cancel | None = None
 
@@ -90,6 +91,8 @@ class RefusalMonitor:
         """Watch ``ring`` for ``service``; ``counts_fd`` (its counter map) gives exact counts.
         The monitor owns both."""
         self._by_fd[ring.fileno()] = _Service(service, ring, counts_fd)
+        if counts_fd is not None:
+            self._counts[service] = counts_fd
 
     # -- what an event loop drives ---------------------------------------------------------
 
@@ -158,11 +161,12 @@ class RefusalMonitor:
             if s.counts is not None:
                 os.close(s.counts)
         self._by_fd.clear()
+        self._counts.clear()
 
     # -- inside ----------------------------------------------------------------------------
 
     def _totals(self, service: str, key: layout.SourceKey) -> layout.Count | None:
-        fd = next((s.counts for s in self._by_fd.values() if s.name == service), None)
+        fd = self._counts.get(service)
         if fd is None:
             return None
         try:

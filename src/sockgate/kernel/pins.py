@@ -13,6 +13,7 @@ reported escaped, never printed raw).
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from typing import Iterator
@@ -97,7 +98,7 @@ def services(root: str = layout.ROOT) -> tuple[list[ServiceDir], list[str]]:
     try:
         names = sorted(os.listdir(base))
     except OSError as e:
-        reason = "nothing pinned there" if e.errno == 2 else e.strerror
+        reason = "nothing pinned there" if e.errno == errno.ENOENT else e.strerror
         raise PinError(f"{escape(base)}: {reason}", errno=e.errno, target=base) from None
     found, problems = [], []
     for name in names:

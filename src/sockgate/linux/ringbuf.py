@@ -114,12 +114,7 @@ class RingBuffer:
     @classmethod
     def pinned(cls, path: str) -> RingBuffer:
         """The ring pinned at ``path`` (read-write: the reader writes its consumer position)."""
-        fd = bpfsys.get_pinned(path)
-        try:
-            return cls(fd, path)
-        except BaseException:
-            os.close(fd)
-            raise
+        return cls(bpfsys.get_pinned(path), path)  # (the ring owns the fd, and closes it on failure)
 
     def _check(self, fd: int) -> int:
         kind = bpfsys.object_kind(fd)
