@@ -113,3 +113,25 @@ def test_without_cap_net_admin_it_is_one_clear_error() -> None:
         finally:
             c.close()
             s.close()
+
+
+def test_a_service_on_one_address_leaves_the_same_port_on_another_alone() -> None:
+    with service(socket.AF_INET) as (srv, port):
+        other = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        other.bind(("127.0.0.3", port))  # another service, same port, another address
+        other.listen(8)
+        other.settimeout(TIMEOUT)
+        c1, s1 = connect(srv, port, "127.0.0.2")
+        c2 = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        c2.settimeout(TIMEOUT)
+        c2.bind(("127.0.0.2", 0))
+        c2.connect(("127.0.0.3", port))
+        s2, _ = other.accept()
+        s2.settimeout(TIMEOUT)
+        try:
+            banned = [ipaddress.ip_network("127.0.0.2/32")]
+            assert destroy_tcp({port}, banned, addresses=[ipaddress.ip_address("::ffff:127.0.0.1")]) == 1
+            assert not alive(c1, s1) and alive(c2, s2)
+        finally:
+            for sock in (c1, s1, c2, s2, other):
+                sock.close()

@@ -279,23 +279,33 @@ _SOCKID = slice(4, 52)  # struct inet_diag_sockid inside struct inet_diag_msg
 _REQ_HEAD = struct.Struct("=BBBxI")  # inet_diag_req_v2 up to its sockid
 
 
-def destroy_tcp(ports: Iterable[int], prefixes: Iterable[Network], states: int = 1 << TCP_ESTABLISHED) -> int:
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def destroy_tcp(ports: Iterable[int], prefixes: Iterable[Network], states: int = 1 << TCP_ESTABLISHED,
+                addresses: Iterable[Address] | None = None) -> int:
     """End every TCP connection in ``states`` (established by default) whose local port is in
-    ``ports`` and whose peer is in one of ``prefixes`` — a ban that lands must also end the
-    banned source's open connections, which a filter on new packets never does. Each socket
-    is aborted as ``ss -K`` does (``tcp_abort``: the local side sees ECONNABORTED, the peer a
-    reset). A peer ``::ffff:a.b.c.d`` on a dual-stack socket is the IPv4 client ``a.b.c.d``.
-    Returns how many were ended; one that ended meanwhile is not an error.
+    ``ports`` (and local address in ``addresses``, when given: a service bound to one address
+    shares its port with others) and whose peer is in one of ``prefixes`` — a ban that lands
+    must also end the banned source's open connections, which a filter on new packets never
+    does. Each socket is aborted as ``ss -K`` does (``tcp_abort``: the local side sees
+    ECONNABORTED, the peer a reset). ``::ffff:a.b.c.d`` on a dual-stack socket is the IPv4
+    address ``a.b.c.d``. Returns how many were ended; one that ended meanwhile is not an error.
 
     Raises ``AdapterError``: EPERM without CAP_NET_ADMIN, EOPNOTSUPP on a kernel built
     without CONFIG_INET_DIAG_DESTROY."""
     wanted = frozenset(ports)
     banned = _by_length(prefixes)
+    local = None if addresses is None else frozenset(_unmapped(a) for a in addresses)
     ended = 0
     for family in (socket.AF_INET, socket.AF_INET6):
-        for sockid in _victims(family, wanted, banned, states):
+        for sockid in _victims(family, wanted, local, banned, states):
             ended += _destroy(family, sockid)
     return ended
+
+
+def _unmapped(a: Address) -> Address:
+    return a.ipv4_mapped if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped is not None else a
 
 
 def _by_length(prefixes: Iterable[Network]) -> dict[tuple[int, int], set[int]]:
@@ -306,22 +316,26 @@ def _by_length(prefixes: Iterable[Network]) -> dict[tuple[int, int], set[int]]:
     return out
 
 
-def _banned(peer: ipaddress.IPv4Address | ipaddress.IPv6Address, banned: dict[tuple[int, int], set[int]]) -> bool:
-    if isinstance(peer, ipaddress.IPv6Address) and peer.ipv4_mapped is not None:
-        peer = peer.ipv4_mapped
+def _banned(peer: Address, banned: dict[tuple[int, int], set[int]]) -> bool:
+    peer = _unmapped(peer)
     bits = 32 if peer.version == 4 else 128
     a = int(peer)
     return any(a >> (bits - length) << (bits - length) in nets for (v, length), nets in banned.items() if v == peer.version)
 
 
-def _victims(family: int, ports: frozenset[int], banned: dict[tuple[int, int], set[int]], states: int) -> list[bytes]:
+def _victims(family: int, ports: frozenset[int], local: frozenset[Address] | None,
+             banned: dict[tuple[int, int], set[int]], states: int) -> list[bytes]:
     width = 16 if family == socket.AF_INET6 else 4
     out = []
     try:
         for data, off, _length in _dump(family, INET_DIAG_REQ_V2.pack(family, socket.IPPROTO_TCP, 0, states)):
-            fam, _state, raw_ports, _src, dst = INET_DIAG_MSG.unpack_from(data, off)[:5]
+            fam, _state, raw_ports, src, dst = INET_DIAG_MSG.unpack_from(data, off)[:5]
             sport, _dport = _PORTS.unpack(raw_ports)
-            if sport in ports and fam == family and _banned(ipaddress.ip_address(dst[:width]), banned):
+            if sport not in ports or fam != family:
+                continue
+            if local is not None and _unmapped(ipaddress.ip_address(src[:width])) not in local:
+                continue
+            if _banned(ipaddress.ip_address(dst[:width]), banned):
                 out.append(bytes(data[off + _SOCKID.start : off + _SOCKID.stop]))
     except OSError as e:
         if e.errno == errno.ENOENT:  # no tcp_diag for this family (IPv6 disabled): no sockets
