@@ -47,11 +47,21 @@ class Clock:
         return iso_utc(self.wall_ns - self.mono_ns + mono_ns)
 
 
+_ISO: dict[int, str] = {}  # second → text: a listing's rows share few distinct seconds
+
+
 def iso_utc(wall_ns: int) -> str:
-    try:
-        return datetime.fromtimestamp(wall_ns // 1_000_000_000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    except (OverflowError, OSError, ValueError):  # a hostile time far outside the calendar
-        return "9999-12-31T23:59:59Z" if wall_ns > 0 else "1970-01-01T00:00:00Z"
+    sec = wall_ns // 1_000_000_000
+    text = _ISO.get(sec)
+    if text is None:
+        try:
+            text = datetime.fromtimestamp(sec, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        except (OverflowError, OSError, ValueError):  # a hostile time far outside the calendar
+            text = "9999-12-31T23:59:59Z" if sec > 0 else "1970-01-01T00:00:00Z"
+        if len(_ISO) >= 4096:
+            _ISO.clear()
+        _ISO[sec] = text
+    return text
 
 
 def decode_event(raw: bytes) -> Event | None:

@@ -69,9 +69,14 @@ def _check(fd: int, path: str, spec: MapSpec) -> None:
 
 
 def walk(fd: int, spec: MapSpec, bound: int | None = None) -> Iterator[tuple[bytes, bytes]]:
-    """``(key, value)`` of every entry, each key once, at most ``bound`` (by default twice
-    the pinned map's capacity) keys looked at: a map written while it is walked may restart
-    the walk, and a reader must end."""
+    """``(key, value)`` of every entry: in batches where the map type has them (hash maps),
+    else key by key, each key once, at most ``bound`` (by default twice the pinned map's
+    capacity) keys looked at: a map written while it is walked may restart the walk, and a
+    reader must end."""
+    dumped = bpfsys.map_dump(fd, spec.key_size, spec.value_size)
+    if dumped is not None:
+        yield from dumped
+        return
     seen: set[bytes] = set()
     key: bytes | None = None
     for _ in range(bound if bound is not None else 2 * capacity(fd) + 16):

@@ -44,6 +44,7 @@ BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_PROG_TEST_RUN = 10
 BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_MAP_LOOKUP_BATCH = 24  # Linux 5.6
 BPF_MAP_UPDATE_BATCH = 26  # Linux 5.6
 
 BPF_ANY = 0  # <linux/bpf.h> map update flags
@@ -226,6 +227,34 @@ def map_next_key(fd: int, key: bytes | None, key_size: int) -> bytes | None:
         with translated(f"walk BPF map fd {fd}"):
             raise
     return nxt.raw
+
+
+def map_dump(fd: int, key_size: int, value_size: int, chunk: int = 4096, rounds: int = 1 << 16) -> list[tuple[bytes, bytes]] | None:
+    """Every ``(key, value)`` in ``chunk``-sized ``BPF_MAP_LOOKUP_BATCH`` calls (Linux 5.6:
+    one system call per chunk instead of two per entry); None for a map type without batch
+    operations (an LPM trie: walk it with ``map_next_key``). At most ``rounds`` calls."""
+    keys, values = ctypes.create_string_buffer(key_size * chunk), ctypes.create_string_buffer(value_size * chunk)
+    token = [ctypes.create_string_buffer(max(key_size, 8)) for _ in range(2)]  # opaque batch positions, in and out
+    out: list[tuple[bytes, bytes]] = []
+    for n in range(rounds):
+        attr = _MapBatch(_addr(token[0]) if n else 0, _addr(token[1]), _addr(keys), _addr(values), chunk, fd, 0, 0)
+        try:
+            _bpf(BPF_MAP_LOOKUP_BATCH, attr)
+            done = False
+        except OSError as e:
+            if n == 0 and e.errno in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, ENOTSUPP):
+                return None
+            if e.errno != errno.ENOENT:
+                with translated(f"read BPF map fd {fd}"):
+                    raise
+            done = True  # (the last chunk may still hold entries)
+        kr, vr = keys.raw, values.raw
+        out += [(kr[i * key_size : (i + 1) * key_size], vr[i * value_size : (i + 1) * value_size])
+                for i in range(min(attr.count, chunk))]
+        if done:
+            break
+        ctypes.memmove(token[0], token[1], len(token[1]))
+    return out
 
 
 def map_info(fd: int) -> MapInfo:
