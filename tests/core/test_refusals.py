@@ -144,3 +144,17 @@ def test_random_map_entries_decode_or_are_refused(key: bytes, value: bytes, fami
     assert row is None or row.source.version in (4, 6)
     ban = ban_row("s", family, key, value)
     assert ban is None or ban.network.version == family
+
+
+@given(st.lists(st.tuples(st.sampled_from(["ssh", "web"]), st.integers(0, 7), st.integers(0, 10**12),
+                          st.sampled_from(list(Reason)), st.integers(-(2**31), 2**31 - 1)), max_size=60),
+       st.integers(1, 10))
+def test_every_event_is_counted_once_in_one_line_per_source(events: list[tuple[str, int, int, Reason, int]], memory: int) -> None:
+    agg = Aggregator(60 * S, 0, memory=memory)
+    for service, host, ts, reason, rule in events:
+        agg.add(service, Event(ts, 4, reason, rule, 0xC0000200 + host))
+    out = agg.flush(61 * S, _no_totals)
+    named = [r for r in out if isinstance(r, Refusal)]
+    assert len({(r.service, r.source) for r in named}) == len(named) <= memory
+    assert sum(r.count for r in named) + sum(o.events for o in out if isinstance(o, Overflow)) == len(events)
+    assert all(r.first_ns <= r.last_ns and describe(r).count("refused connect from") == 1 for r in named)
