@@ -11,6 +11,9 @@ import sys
 
 import pytest
 
+from sockgate.cli.common import log_sink
+from sockgate.cli.main import build_parser
+from sockgate.errors import UsageError
 from sockgate.linux.journal import encode, field_name
 from sockgate.log import Log
 
@@ -188,3 +191,10 @@ def test_journal_entries_encode_as_the_native_protocol() -> None:
     assert field_name("peer-addr") == "PEER_ADDR" and field_name("_x") == "X" and field_name("é") == "FIELD"
     with pytest.raises(ValueError):
         encode([("_TRUSTED", "x")])
+
+
+def test_the_sink_is_chosen_on_the_command_line() -> None:
+    parse = build_parser(only="proxy").parse_args
+    assert [log_sink(parse(["proxy", *a])) for a in ([], ["--syslog"], ["--journal"])] == ["stderr", "syslog", "journal"]
+    with pytest.raises(UsageError, match="not allowed with argument"):
+        parse(["proxy", "--syslog", "--journal"])
