@@ -12,8 +12,9 @@ tcpd logs refusals) or the journal (``refusal_log``). contrib/fail2ban matches t
 Any event loop hosts it: ``fds`` to watch, ``on_readable(fd)`` when one is readable,
 ``next_deadline`` (monotonic seconds) and ``on_deadline`` for the timer; ``start(loop)`` does
 all of it on a ``supervisor.Loop`` (the selectors loop of ``run`` and inetd, or asyncio's in
-the proxy) in one call. A corrupt ring is an error record and a resynchronisation, never the
-end of the host; ``close`` writes what is pending.
+the proxy), and ``start_refusal_log`` opens the pins and the log and starts, in one call. A
+corrupt ring is an error record and a resynchronisation, never the end of the host; ``close``
+writes what is pending.
 """
 
 from __future__ import annotations
@@ -181,6 +182,17 @@ class RefusalMonitor:
             return
         label = _label(self.labels.get(item.service, ()), item.rule)
         self.log.message("refused", describe(item, label), SEVERITY, **fields(item, clock))
+
+
+def start_refusal_log(loop: Loop, services: Iterable[str], fmt: LogFormat = "text", sink: LogSink = "stderr", *,
+                      root: str = layout.ROOT, interval: float = DEFAULT_INTERVAL,
+                      labels: Mapping[str, Sequence[str]] | None = None, stream: TextIO | None = None) -> RefusalMonitor:
+    """The refusal log of ``services`` running on ``loop``: what ``run``, the proxy and the
+    agent call once their eBPF guards are loaded (``close`` the result when they stop).
+    Raises ``PinError`` when a service has no pinned ring or counters."""
+    monitor = RefusalMonitor.pinned(services, refusal_log(fmt, sink, stream), root=root, interval=interval, labels=labels)
+    monitor.start(loop)
+    return monitor
 
 
 def _label(labels: Sequence[str], rule: int | None) -> str | None:

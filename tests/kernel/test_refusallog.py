@@ -1,6 +1,6 @@
 """The refusal log over real pinned maps: events a real program wrote to a service's ring
 become one line per source per interval, counted from the service's counter; the monitor runs
-on the supervisor's selectors loop through one ``start`` call; JSON lines carry the fields;
+on the supervisor's selectors loop, started in one call; JSON lines carry the fields;
 records that are no events are reported, not fatal; the journal sink speaks the native
 protocol to a socket."""
 
@@ -24,7 +24,7 @@ from sockgate.ebpf.layout import Count, Reason, SourceKey
 from sockgate.linux import bpfsys
 from sockgate.linux.journal import Journal
 from sockgate.log import Log
-from sockgate.refusallog import RefusalMonitor, refusal_log
+from sockgate.refusallog import RefusalMonitor, refusal_log, start_refusal_log
 from sockgate.supervisor import SelectorLoop
 from support.pinned import PinnedService, private_bpffs
 from support.ringwriter import RingWriter
@@ -85,10 +85,9 @@ def test_one_line_per_source_counted_from_the_counter(lab: Lab) -> None:
 
 def test_the_monitor_runs_on_the_supervisor_loop(lab: Lab) -> None:
     out = io.StringIO()
-    mon = RefusalMonitor.pinned(["ssh"], refusal_log("json", stream=out), root=lab.root, interval=0.2)
     loop = SelectorLoop()
+    mon = start_refusal_log(loop, ["ssh"], "json", root=lab.root, interval=0.2, stream=out)
     try:
-        mon.start(loop)
         lab.refuse("198.51.100.9", Reason.BAN, -1)
         lab.writer.write(bytes(layout.EVENT.size))  # family 0: no event
         loop.call_later(5.0, loop.stop)  # a bound, should the line never come
