@@ -51,6 +51,8 @@ LAYERS: dict[str, int] = {
     "sockgate.inetd": ENFORCE,
     "sockgate.supervisor": ENFORCE,
     "sockgate.socktable": ENFORCE,
+    "sockgate.refused": ENFORCE,  # `sockgate refused`: the pinned counters and bans
+    "sockgate.refusallog": ENFORCE,  # the refusal log a long-running command hosts
     "sockgate.probe": ENFORCE,
     "sockgate.demo": ENFORCE,
     "sockgate.proxy": ENFORCE,

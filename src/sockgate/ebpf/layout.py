@@ -210,9 +210,10 @@ def service_dir(service: str, root: str = ROOT) -> str:
     """The directory of ``service``'s objects: its name when that is a safe file name, else
     ``x-`` and the name's UTF-8 in hex (a daemon name is any word, and a name like ``..`` or
     one holding ``/`` must not escape the root; bpffs refuses any name with a dot); a name
-    longer than 120 bytes is ``h-`` and its SHA-256 in hex."""
+    longer than 120 bytes is ``h-`` and its SHA-256 in hex. A plain name that itself starts
+    with ``x-`` or ``h-`` is encoded too, so no two services share a directory."""
     raw = service.encode()
-    if _PLAIN.fullmatch(service):
+    if _PLAIN.fullmatch(service) and not service.startswith(("x-", "h-")):
         name = service
     elif len(raw) <= 120:  # NAME_MAX is 255: the hex of a longer name would not fit
         name = "x-" + raw.hex()

@@ -50,6 +50,7 @@ BPF_MAP_UPDATE_BATCH = 26  # Linux 5.6
 
 BPF_ANY = 0  # <linux/bpf.h> map update flags
 BPF_NOEXIST = 1
+BPF_F_RDONLY = 1 << 3  # <linux/bpf.h> BPF_OBJ_GET file_flags: a read-only map fd
 BPF_OBJ_NAME_LEN = 16
 BPF_TAG_SIZE = 8
 
@@ -243,11 +244,15 @@ def map_items(fd: int, key_size: int, value_size: int, limit: int = 1 << 24) -> 
         return
     except _NoBatch:
         pass
+    seen: set[bytes] = set()  # a walk restarted by a concurrent delete yields each key once
     key: bytes | None = None
     for _ in range(limit):
         key = map_next_key(fd, key, key_size)
         if key is None:
             return
+        if key in seen:
+            continue
+        seen.add(key)
         value = map_lookup(fd, key, value_size)
         if value is not None:
             yield key, value
@@ -289,6 +294,16 @@ def map_info(fd: int) -> MapInfo:
     with translated(f"read BPF map info of fd {fd}"):
         _bpf(BPF_OBJ_GET_INFO_BY_FD, _Info(fd, ctypes.sizeof(info), ctypes.addressof(info)))
     return info
+
+
+def object_kind(fd: int) -> str:
+    """``"map"``, ``"prog"``, ``"link"`` … for a bpf(2) fd, from its anon inode's name
+    (``anon_inode:bpf-map``), else ``"other"``."""
+    try:
+        link = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return "other"
+    return link.removeprefix("anon_inode:bpf-") if link.startswith("anon_inode:bpf-") else "other"
 
 
 # ------------------------------------------------------------------------------ programs
@@ -363,11 +378,12 @@ def pin(fd: int, path: str) -> None:
         _bpf(BPF_OBJ_PIN, _Obj(_addr(p), fd, 0))
 
 
-def get_pinned(path: str) -> int:
-    """A new fd for the object pinned at ``path``."""
+def get_pinned(path: str, flags: int = 0) -> int:
+    """A new fd for the object pinned at ``path`` (``flags``: ``BPF_F_RDONLY`` for a map
+    only read)."""
     p = ctypes.create_string_buffer(os.fsencode(path))
     with translated(f"open pinned BPF object {path}"):
-        return _bpf(BPF_OBJ_GET, _Obj(_addr(p), 0, 0))
+        return _bpf(BPF_OBJ_GET, _Obj(_addr(p), 0, flags))
 
 
 # ------------------------------------------------------------------------------- sockets
