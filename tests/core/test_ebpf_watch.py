@@ -85,9 +85,21 @@ def test_listen_listing_acts_on_listen_cb_only_and_can_do_without_pid() -> None:
 
 
 def test_every_program_returns_1_and_counts_lost_records_atomically() -> None:
-    for prog in (watch.bind_program(3, 4, 5, 6, 7, 6), watch.listen_program(3, 7)):
+    for prog in (watch.bind_program(3, 4, 5, 6, 7, 6), watch.listen_program(3, 7), watch.release_program(3, 8, 7)):
         exits = [k for k, i in enumerate(prog) if i.code == 0x95]
         assert len(exits) == 1 and (prog[exits[0] - 1].code, prog[exits[0] - 1].imm) == (0xB7, 1)
         atomics = [i for i in prog if i.code == BPF_STX | 0x18 | BPF_ATOMIC]
         assert len(atomics) == 1 and atomics[0].imm == 0  # BPF_ADD, no fetch
 
+
+
+def test_release_listing_reports_tracked_sockets_once() -> None:
+    text = watch.listings()["sg_wrelease"]
+    # the cookie is looked up first; nothing is recorded for an untracked socket
+    assert text.index("call bpf_get_socket_cookie#46") < text.index("call bpf_map_lookup_elem#1") < text.index("call bpf_ktime_get_ns#5")
+    # the entry is deleted before the output: a close is reported once
+    assert text.index("call bpf_map_delete_elem#3") < text.index("call bpf_ringbuf_output#130")
+    assert "*(u32 *)(r10 -20) = 98" in _lines(text)
+    assert watch.tracked_entry(5, 53) == (struct.pack("=Q", 5), struct.pack("=I", 53))
+    with pytest.raises(ValueError):
+        watch.tracked_entry(0, 53)

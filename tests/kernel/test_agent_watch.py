@@ -238,6 +238,26 @@ def test_each_bind_and_listen_arrives_with_pid_comm_cookie_and_port(lab: Lab, wa
     assert not [e for e in seen if e.kind in ("lost", "resync")]
 
 
+def test_the_close_of_a_tracked_socket_is_reported_once(lab: Lab, watcher: CgroupWatcher) -> None:
+    assert watcher.releases, "the release hook (Linux 5.9) was not taken"
+    port, other = BASE + 11, BASE + 12
+    watcher.watch(WatchSet.of([("udp", port), ("udp", other)], []))
+    c = lab.child()
+    a = c.do("udp", port)
+    b = c.do("udp", other)
+    seen = collect(watcher, lambda s: len([e for e in s if e.kind == "bind"]) == 2, [])
+    watcher.track(int(str(a["cookie"])), port)
+    c.do("close", other)  # not tracked: its close is not reported
+    c.do("close", port)
+    seen = collect(watcher, lambda s: any(e.kind == "release" for e in s), [])
+    assert [(e.kind, e.cookie, e.port, e.proto, e.family, e.pid, e.comm) for e in seen] == [
+        ("release", a["cookie"], port, "udp", 4, c.proc.pid, NAME)]
+    assert b["cookie"] != a["cookie"]
+    c.do("udp", port)
+    c.do("close", port)  # a new socket on the same port: its cookie is not tracked
+    assert [e for e in watcher.drain() if e.kind == "release"] == []
+
+
 def test_client_connects_are_not_reported(lab: Lab, watcher: CgroupWatcher) -> None:
     watcher.watch(WatchSet(all=True))  # every UDP bind reported: a connect's autobind would show
     server = lab.child()

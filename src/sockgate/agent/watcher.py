@@ -51,11 +51,13 @@ class HookSpec:
     name: str  # pins: prog-NAME, link-NAME
     prog_type: ProgType
     attach_type: AttachType
+    optional: bool = False  # watching works without it (an older kernel refuses it)
 
 
 HOOKS = (HookSpec("bind4", ProgType.CGROUP_SOCK, AttachType.CGROUP_INET4_POST_BIND),
          HookSpec("bind6", ProgType.CGROUP_SOCK, AttachType.CGROUP_INET6_POST_BIND),
-         HookSpec("listen", ProgType.SOCK_OPS, AttachType.CGROUP_SOCK_OPS))
+         HookSpec("listen", ProgType.SOCK_OPS, AttachType.CGROUP_SOCK_OPS),
+         HookSpec("release", ProgType.CGROUP_SOCK, AttachType.CGROUP_INET_SOCK_RELEASE, optional=True))
 
 
 class WatchUnavailable(AdapterError):
@@ -65,6 +67,7 @@ class WatchUnavailable(AdapterError):
 class Watcher(Protocol):
     mode: WatchMode
     reason: str  # one line for the status: how sockets are noticed, and any limit of that
+    releases: bool  # whether tracked sockets' closes are reported
 
     def fileno(self) -> int | None: ...  # pollable; None: call drain every interval()
 
@@ -73,6 +76,10 @@ class Watcher(Protocol):
     def drain(self) -> list[SocketEvent]: ...
 
     def watch(self, ws: w.WatchSet) -> None: ...  # replace what is reported
+
+    def track(self, cookie: int, port: int) -> None: ...  # report this socket's close (if releases)
+
+    def untrack(self, cookie: int) -> None: ...
 
     @property
     def lost(self) -> int: ...  # events lost since this watcher opened
@@ -110,26 +117,28 @@ class _Opened:
 
     maps: dict[str, int] = field(default_factory=dict)
     progs: dict[str, int] = field(default_factory=dict)
-    links: list[int] = field(default_factory=list)
+    links: dict[str, int] = field(default_factory=dict)
 
     def close(self) -> None:
-        for fd in (*self.maps.values(), *self.progs.values(), *self.links):
+        for fd in (*self.maps.values(), *self.progs.values(), *self.links.values()):
             os.close(fd)
-        self.maps, self.progs, self.links = {}, {}, []
+        self.maps, self.progs, self.links = {}, {}, {}
 
 
 class CgroupWatcher:
     mode: WatchMode = "cgroup-bpf"
 
-    def __init__(self, ring: RingBuffer, maps: dict[str, int], links: list[int], cgroup: str, pin_dir: str | None,
-                 reused: bool, with_pid: bool, now: Callable[[], int] = time.monotonic_ns) -> None:
-        self.ring, self._maps, self._links = ring, maps, links
+    def __init__(self, ring: RingBuffer, maps: dict[str, int], links: dict[str, int], cgroup: str, pin_dir: str | None,
+                 reused: bool, with_pid: bool, releases: bool, now: Callable[[], int] = time.monotonic_ns) -> None:
+        self.ring, self._maps, self._links, self.releases = ring, maps, links, releases
         self.cgroup, self.pin_dir, self.reused, self.with_pid = cgroup, pin_dir, reused, with_pid
         self._now = now
         self.malformed = 0
         self._lost_base = self._lost_seen = self._read_lost()
         self._ports, self._comms = (set(self._keys("ports")), set(self._keys("comms"))) if reused else (set(), set())
-        self.reason = f"cgroup BPF hooks on {cgroup}" + ("" if with_pid else " (listen events without pid)")
+        limits = [] if with_pid else ["listen events without pid"]
+        limits += [] if releases else ["closes not reported"]
+        self.reason = f"cgroup BPF hooks on {cgroup}" + (f" ({', '.join(limits)})" if limits else "")
 
     @classmethod
     def open(cls, cgroup: str | None = None, bpffs: str | None = None, ring_bytes: int = w.RING_BYTES) -> CgroupWatcher:
@@ -145,11 +154,12 @@ class CgroupWatcher:
             pinned = _pinned_maps(pin_dir) if pin_dir else None
             got.maps = pinned or {n: _create(w.ring_spec(ring_bytes) if n == "ring" else s) for n, s in w.MAPS.items()}
             with_pid = _load(got)
+            releases = "release" in got.progs
             cg = cgroupbpf.open_cgroup(path)
             try:
                 reused = pinned is not None and pin_dir is not None and _same_links(pin_dir, got.progs, cg)
                 if not reused:
-                    got.links = [cgroupbpf.link(got.progs[h.name], cg, h.attach_type) for h in HOOKS]
+                    got.links = {h.name: cgroupbpf.link(got.progs[h.name], cg, h.attach_type) for h in HOOKS if h.name in got.progs}
             finally:
                 os.close(cg)
             if pin_dir and not reused:
@@ -161,7 +171,7 @@ class CgroupWatcher:
         except BaseException:
             got.close()
             raise
-        return cls(ring, got.maps, got.links, path, pin_dir, reused, with_pid)
+        return cls(ring, got.maps, got.links, path, pin_dir, reused, with_pid, releases)
 
     # -- what an event loop drives -------------------------------------------------------------
 
@@ -213,13 +223,23 @@ class CgroupWatcher:
                 bpfsys.map_delete(self._maps[name], key)
                 now.discard(key)
 
+    def track(self, cookie: int, port: int) -> None:
+        """Report the close of this socket (once), when ``releases``."""
+        if self.releases:
+            key, value = w.tracked_entry(cookie, port)
+            bpfsys.map_update(self._maps["tracked"], key, value)
+
+    def untrack(self, cookie: int) -> None:
+        if self.releases and 0 < cookie < 1 << 64:
+            bpfsys.map_delete(self._maps["tracked"], w.U64.pack(cookie))
+
     def close(self, unpin: bool = False) -> None:
         """Close every descriptor; with ``unpin`` also remove the pins, which detaches the
         hooks (without pins they detach when the descriptors close)."""
         self.ring.close()
-        for fd in (*self._maps.values(), *self._links):
+        for fd in (*self._maps.values(), *self._links.values()):
             os.close(fd)
-        self._maps, self._links = {}, []
+        self._maps, self._links = {}, {}
         if unpin and self.pin_dir:
             unpin_all(self.pin_dir)
 
@@ -238,9 +258,16 @@ def _create(spec: MapSpec) -> int:
 
 
 def _load(got: _Opened) -> bool:
-    """Load the three programs into ``got.progs``; False when the verifier refused pid and comm
-    in the listen program (older kernels) and it was loaded without them."""
+    """Load the programs into ``got.progs`` (the optional release program when the kernel
+    takes it); False when the verifier refused pid and comm in the listen program (older
+    kernels) and it was loaded without them."""
     m = got.maps
+    h = HOOKS[3]
+    try:
+        code = encode(w.release_program(m["ring"], m["tracked"], m["lost"]))
+        got.progs[h.name] = cgroupbpf.load(h.prog_type, h.attach_type, code, "sg_wrelease")
+    except AdapterError:
+        pass  # before Linux 5.9: no release hook; the agent's sweep finds closed sockets
     for fam, h in ((4, HOOKS[0]), (6, HOOKS[1])):
         code = encode(w.bind_program(m["ring"], m["ports"], m["comms"], m["conf"], m["lost"], fam))
         got.progs[h.name] = cgroupbpf.load(h.prog_type, h.attach_type, code, f"sg_wbind{fam}")
@@ -272,7 +299,7 @@ def _same_links(pin_dir: str, fresh: dict[str, int], cgroup_fd: int) -> bool:
     """Whether every pinned link holds the pinned program of its hook, on this cgroup, with the
     tag of the program this agent would load."""
     cgroup_id = os.fstat(cgroup_fd).st_ino
-    for h in HOOKS:
+    for h in (h for h in HOOKS if h.name in fresh):
         fds: list[int] = []
         try:
             fds.append(link := bpfsys.get_pinned(f"{pin_dir}/link-{h.name}"))
@@ -294,10 +321,14 @@ def _pin(pin_dir: str, got: _Opened, maps_too: bool) -> None:
     """Pin the new programs and links (and maps) over whatever was pinned: the new links are
     attached already, so the old ones detach only once their replacements run."""
     os.makedirs(pin_dir, mode=0o700, exist_ok=True)
-    objects = {**{f"prog-{h.name}": got.progs[h.name] for h in HOOKS},
-               **{f"link-{h.name}": fd for h, fd in zip(HOOKS, got.links)}}
+    objects = {**{f"prog-{name}": fd for name, fd in got.progs.items()},
+               **{f"link-{name}": fd for name, fd in got.links.items()}}
     if maps_too:
         objects.update(got.maps)
+    for h in HOOKS:
+        if h.name not in got.links:  # a hook this kernel did not take: no old one stays behind
+            _unlink(f"{pin_dir}/link-{h.name}")
+            _unlink(f"{pin_dir}/prog-{h.name}")
     for name, fd in objects.items():
         _unlink(f"{pin_dir}/{name}")
         bpfsys.pin(fd, f"{pin_dir}/{name}")
@@ -329,6 +360,7 @@ Inventory = Callable[[list[str], dict[str, int]], list[sockdiag.Sock]]
 
 class PollWatcher:
     mode: WatchMode = "poll"
+    releases = False
 
     def __init__(self, reason: str, period: float = DEFAULT_POLL_INTERVAL, inventory: Inventory = sockdiag.inventory,
                  now: Callable[[], int] = time.monotonic_ns) -> None:
@@ -349,6 +381,12 @@ class PollWatcher:
 
     def watch(self, ws: w.WatchSet) -> None:
         self._ws = ws
+
+    def track(self, cookie: int, port: int) -> None:
+        pass  # the poll reports no closes: the agent's sweep finds them
+
+    def untrack(self, cookie: int) -> None:
+        pass
 
     def drain(self) -> list[SocketEvent]:
         """New listeners and new bound UDP sockets since the last call (TCP always; UDP when

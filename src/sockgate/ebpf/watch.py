@@ -31,7 +31,7 @@ The record, ``struct sg_watch`` (host byte order, 64 bytes, ``WATCH_EVENT``)::
     u32 family       AF_INET / AF_INET6
     u32 type_proto   sock type << 16 | IP protocol
     u32 port         the local port, host order
-    u32 hook         BIND4 / BIND6 / LISTEN (RELEASE reserved)
+    u32 hook         BIND4 / BIND6 / LISTEN / RELEASE
     char comm[16]    bpf_get_current_comm(), NUL-padded
 
 A record whose ``bpf_ringbuf_output`` fails (ring full) adds one to ``sg_wlost[0]`` (an array,
@@ -127,13 +127,22 @@ PORTS = MapSpec("sg_wports", MapType.HASH, PORT_KEY.size, 1, PORTS_MAX)
 COMMS = MapSpec("sg_wcomms", MapType.HASH, COMM_SIZE, 1, COMMS_MAX)
 CONF = MapSpec("sg_wconf", MapType.ARRAY, U32.size, U32.size, 1)
 LOST = MapSpec("sg_wlost", MapType.ARRAY, U32.size, U64.size, 1)
-MAPS = {"ring": RING, "ports": PORTS, "comms": COMMS, "conf": CONF, "lost": LOST}  # pin name → spec
+TRACKED_MAX = 65536
+TRACKED = MapSpec("sg_wtracked", MapType.HASH, U64.size, U32.size, TRACKED_MAX)  # cookie → port
+MAPS = {"ring": RING, "ports": PORTS, "comms": COMMS, "conf": CONF, "lost": LOST, "tracked": TRACKED}  # pin name → spec
 PRESENT = b"\x01"  # the value of a filter-map entry
 ZERO_KEY = U32.pack(0)
 
 
 def ring_spec(size: int = RING_BYTES) -> MapSpec:
     return MapSpec(RING.name, MapType.RINGBUF, 0, 0, size)
+
+
+def tracked_entry(cookie: int, port: int) -> tuple[bytes, bytes]:
+    """The ``sg_wtracked`` key and value of a socket whose close should be reported."""
+    if not 0 < cookie < 1 << 64 or not 0 < port <= 0xFFFF:
+        raise ValueError(f"not a trackable socket: cookie {cookie}, port {port}")
+    return U64.pack(cookie), U32.pack(port)
 
 
 def port_key(proto: str, port: int) -> bytes:
@@ -208,6 +217,7 @@ REC = -WATCH_EVENT.size  # the record on the stack: fp-64 .. fp-1
 COMM_AT = REC + 48
 PORT_AT = REC - 8  # the port key, fp-72
 ZERO_AT = REC - 16  # a u32 0, the key of sg_wconf and sg_wlost, fp-80
+COOKIE_AT = REC - 8  # the sg_wtracked key (the release program has no port key), fp-72
 
 
 def bind_program(ring_fd: int, ports_fd: int, comms_fd: int, conf_fd: int, lost_fd: int, family: int) -> tuple[Insn, ...]:
@@ -235,9 +245,7 @@ def _bind(ring_fd: int, ports_fd: int, comms_fd: int, conf_fd: int, lost_fd: int
     a.label("emit")
     _head(a)
     a.emit(call(Helper.get_current_pid_tgid), stx(BPF_DW, FP, REC + 24, R0))
-    a.emit(ldx(BPF_W, R0, R6, SOCK_FAMILY), stx(BPF_W, FP, REC + 32, R0))
-    a.emit(ldx(BPF_W, R0, R6, SOCK_TYPE), alu64(BPF_LSH, R0, imm=16), ldx(BPF_W, R1, R6, SOCK_PROTOCOL),
-           alu64(BPF_OR, R0, R1), stx(BPF_W, FP, REC + 36, R0))
+    _sock_fields(a)
     a.emit(stx(BPF_W, FP, REC + 40, R7), st(BPF_W, FP, REC + 44, int(hook)))
     _output(a, ring_fd, lost_fd)
     return a
@@ -267,15 +275,48 @@ def _listen(ring_fd: int, lost_fd: int, with_pid: bool) -> Assembler:
     return a
 
 
+def release_program(ring_fd: int, tracked_fd: int, lost_fd: int) -> tuple[Insn, ...]:
+    """``sg_wrelease``: report (once) the close of a socket whose cookie is in ``sg_wtracked``."""
+    return _release(ring_fd, tracked_fd, lost_fd).program()
+
+
+def _release(ring_fd: int, tracked_fd: int, lost_fd: int) -> Assembler:
+    a = Assembler()
+    a.emit(mov64(R6, R1), st(BPF_W, FP, ZERO_AT, 0))
+    a.emit(mov64(R1, R6), call(Helper.get_socket_cookie), stx(BPF_DW, FP, COOKIE_AT, R0), stx(BPF_DW, FP, REC + 8, R0))
+    _lookup(a, tracked_fd, COOKIE_AT)
+    a.jump(BPF_JEQ, R0, "out", imm=0)
+    a.emit(ldx(BPF_W, R7, R0, 0))
+    a.emit(*ld_map_fd(R1, tracked_fd), mov64(R2, FP), alu64(BPF_ADD, R2, imm=COOKIE_AT), call(Helper.map_delete_elem))
+    a.emit(call(Helper.ktime_get_ns), stx(BPF_DW, FP, REC, R0))
+    a.emit(mov64(R1, R6), call(Helper.get_netns_cookie), stx(BPF_DW, FP, REC + 16, R0))
+    a.emit(call(Helper.get_current_pid_tgid), stx(BPF_DW, FP, REC + 24, R0))
+    a.emit(mov64(R1, FP), alu64(BPF_ADD, R1, imm=COMM_AT), mov64(R2, imm=COMM_SIZE), call(Helper.get_current_comm))
+    _sock_fields(a)
+    a.emit(stx(BPF_W, FP, REC + 40, R7), st(BPF_W, FP, REC + 44, int(Hook.RELEASE)))
+    _output(a, ring_fd, lost_fd)
+    return a
+
+
 def listings(fds: tuple[int, int, int, int, int] = (3, 4, 5, 6, 7)) -> dict[str, str]:
     """Readable listings of the programs (``sockgate.ebpf.disasm`` notation), for docs and tests;
-    ``fds`` stand for the ring, ports, comms, conf and lost maps."""
+    ``fds`` stand for the ring, ports, comms, conf and lost maps (the release listing shows the
+    comms fd for sg_wtracked)."""
     ring, ports, comms, conf, lost = fds
     out = {}
-    for name, asm in (("sg_wbind4", _bind(ring, ports, comms, conf, lost, 4)), ("sg_wlisten", _listen(ring, lost, True))):
+    programs = (("sg_wbind4", _bind(ring, ports, comms, conf, lost, 4)), ("sg_wlisten", _listen(ring, lost, True)),
+                ("sg_wrelease", _release(ring, comms, lost)))
+    for name, asm in programs:
         done = asm.assemble()
         out[name] = listing(done.insns, done.labels)
     return out
+
+
+def _sock_fields(a: Assembler) -> None:
+    """family and type << 16 | protocol from ``struct bpf_sock`` (R6) into the record."""
+    a.emit(ldx(BPF_W, R0, R6, SOCK_FAMILY), stx(BPF_W, FP, REC + 32, R0))
+    a.emit(ldx(BPF_W, R0, R6, SOCK_TYPE), alu64(BPF_LSH, R0, imm=16), ldx(BPF_W, R1, R6, SOCK_PROTOCOL),
+           alu64(BPF_OR, R0, R1), stx(BPF_W, FP, REC + 36, R0))
 
 
 def _head(a: Assembler) -> None:
