@@ -13,6 +13,7 @@ from sockgate.agent.model import SocketEvent
 from sockgate.agent.watcher import PollWatcher, open_watcher, start, to_event
 from sockgate.ebpf.watch import Hook, WatchRecord, WatchSet
 from sockgate.errors import AdapterError
+from sockgate.linux import bpfsys, cgroupbpf
 from sockgate.linux.sockdiag import Sock
 
 
@@ -138,3 +139,21 @@ def test_start_polls_on_a_timer_and_stops() -> None:
     assert [d for d, _ in loop.timers] == [0.0, 3.0, 3.0]
     stop()
     assert loop.cancelled == 1
+
+
+def test_a_listen_program_refused_with_pid_is_loaded_without(monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded: list[str] = []
+
+    def load(prog_type: int, attach_type: int, insns: bytes, name: str) -> int:
+        if name == "sg_wlisten" and "sg_wlisten" not in loaded:
+            loaded.append(name)
+            raise bpfsys.VerifierError("refused", "R1 helper not allowed")
+        if name == "sg_wrelease":
+            raise AdapterError("load BPF program sg_wrelease: Invalid argument")
+        loaded.append(name)
+        return 100 + len(loaded)
+
+    monkeypatch.setattr(cgroupbpf, "load", load)
+    got = wmod._Opened(maps={"ring": 3, "ports": 4, "comms": 5, "conf": 6, "lost": 7, "tracked": 8})
+    assert wmod._load(got) is False
+    assert sorted(got.progs) == ["bind4", "bind6", "listen"] and loaded.count("sg_wlisten") == 2

@@ -27,6 +27,7 @@ import pytest
 from sockgate.agent.model import SocketEvent
 from sockgate.agent.watcher import HOOKS, CgroupWatcher, PollWatcher
 from sockgate.ebpf.watch import WatchSet
+from sockgate.errors import AdapterError
 from sockgate.linux import cgroupbpf
 from support import netlab
 from support.pinned import private_bpffs
@@ -225,7 +226,7 @@ def test_each_bind_and_listen_arrives_with_pid_comm_cookie_and_port(lab: Lab, wa
 
     ns = netlab.Netns()
     try:
-        n = lab.child(ns.argv())
+        n = lab.child(ns.argv())  # (closed by the lab, before the namespace goes)
         got = n.do("tcpbind", netns_port)
         n.do("listen", netns_port)
         collect(watcher, lambda s: any(map(on(netns_port, "listen"), s)), seen)
@@ -233,7 +234,9 @@ def test_each_bind_and_listen_arrives_with_pid_comm_cookie_and_port(lab: Lab, wa
         assert (ev.pid, ev.comm, ev.cookie) == (n.proc.pid, NAME, got["cookie"])
         assert ev.netns_cookie != next(e for e in seen if on(tcp, "listen")(e)).netns_cookie
     finally:
-        n.close()
+        for child in lab.children:
+            child.close()
+        lab.children.clear()
         ns.delete()
     assert not [e for e in seen if e.kind in ("lost", "resync")]
 
@@ -256,6 +259,14 @@ def test_the_close_of_a_tracked_socket_is_reported_once(lab: Lab, watcher: Cgrou
     c.do("udp", port)
     c.do("close", port)  # a new socket on the same port: its cookie is not tracked
     assert [e for e in watcher.drain() if e.kind == "release"] == []
+
+
+def test_a_failed_open_leaves_nothing_open_or_attached(lab: Lab) -> None:
+    before = sorted(os.listdir("/proc/self/fd"))
+    with pytest.raises(AdapterError):
+        CgroupWatcher.open(f"{lab.cgroup}/missing", lab.bpffs)
+    assert sorted(os.listdir("/proc/self/fd")) == before
+    assert not os.path.exists(f"{lab.bpffs}/watch")
 
 
 def test_client_connects_are_not_reported(lab: Lab, watcher: CgroupWatcher) -> None:

@@ -123,7 +123,7 @@ class SocketEvent:
     cookie: int  # 0: not known
     netns_cookie: int  # 0: not known
     pid: int  # the process (thread group) id in the host's pid namespace; 0: not known
-    comm: str
+    comm: str  # as the process named itself: any characters, escape before showing it
     family: Family
     proto: Proto
     port: int

@@ -446,8 +446,8 @@ def start(watcher: Watcher, loop: Loop, deliver: Callable[[list[SocketEvent]], N
     cancel: list[Cancel] = []
 
     def tick() -> None:
+        cancel[:] = [loop.call_later(period, tick)]  # first: a failing pass must not end the polling
         events = watcher.drain()
-        cancel[:] = [loop.call_later(period, tick)]
         if events:
             deliver(events)
 
