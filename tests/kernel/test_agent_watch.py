@@ -25,10 +25,11 @@ from typing import Callable, Iterator
 import pytest
 
 from sockgate.agent.model import SocketEvent
-from sockgate.agent.watcher import HOOKS, CgroupWatcher, PollWatcher
+from sockgate.agent.watcher import HOOKS, CgroupWatcher, PollWatcher, start
 from sockgate.ebpf.watch import WatchSet
 from sockgate.errors import AdapterError
-from sockgate.linux import cgroupbpf
+from sockgate.linux import bpfsys, cgroupbpf
+from sockgate.supervisor import SelectorLoop
 from support import netlab
 from support.pinned import private_bpffs
 
@@ -267,6 +268,58 @@ def test_a_failed_open_leaves_nothing_open_or_attached(lab: Lab) -> None:
         CgroupWatcher.open(f"{lab.cgroup}/missing", lab.bpffs)
     assert sorted(os.listdir("/proc/self/fd")) == before
     assert not os.path.exists(f"{lab.bpffs}/watch")
+
+
+def test_the_supervisor_loop_drives_the_watcher(lab: Lab, watcher: CgroupWatcher) -> None:
+    port = BASE + 13
+    watcher.watch(WatchSet.of([("udp", port)], []))
+    c = lab.child()
+    loop, got = SelectorLoop(), []
+
+    def deliver(events: list[SocketEvent]) -> None:
+        got.extend(events)
+        if any(map(on(port, "bind"), got)):
+            loop.stop()
+
+    try:
+        stop = start(watcher, loop, deliver)
+        loop.call_later(0.0, lambda: c.do("udp", port))
+        loop.call_later(WAIT, loop.stop)
+        loop.run()
+        stop()
+    finally:
+        loop.close()
+    assert [(e.kind, e.pid) for e in got if e.port == port] == [("bind", c.proc.pid)]
+
+
+def test_stale_pins_are_replaced_without_a_gap_or_a_second_program(lab: Lab) -> None:
+    first = CgroupWatcher.open(lab.cgroup, lab.bpffs)
+    first.close(unpin=False)
+    # the pinned bind4 program is no longer the one its link holds: the pins are not trusted
+    os.unlink(f"{lab.bpffs}/watch/prog-bind4")
+    other = bpfsys.get_pinned(f"{lab.bpffs}/watch/prog-listen")
+    try:
+        bpfsys.pin(other, f"{lab.bpffs}/watch/prog-bind4")
+    finally:
+        os.close(other)
+    second = CgroupWatcher.open(lab.cgroup, lab.bpffs)
+    try:
+        assert not second.reused
+        cg = cgroupbpf.open_cgroup(lab.cgroup)
+        try:
+            end = time.monotonic() + WAIT
+            while any(len(cgroupbpf.attached(cg, h.attach_type)) != 1 for h in HOOKS):
+                assert time.monotonic() < end, {h.name: cgroupbpf.attached(cg, h.attach_type) for h in HOOKS}
+                time.sleep(0.01)
+        finally:
+            os.close(cg)
+        second.watch(WatchSet.of([("udp", BASE + 14)], []))
+        c = lab.child()
+        a = c.do("udp", BASE + 14)
+        seen = collect(second, lambda s: any(map(on(BASE + 14, "bind"), s)), [])
+        assert [e.cookie for e in seen if on(BASE + 14, "bind")(e)] == [a["cookie"]]
+    finally:
+        second.close(unpin=True)
 
 
 def test_client_connects_are_not_reported(lab: Lab, watcher: CgroupWatcher) -> None:
