@@ -25,7 +25,7 @@ def test_records_become_events() -> None:
 
 def sock(proto: str, port: int, inode: int, family: str = "ipv4") -> Sock:
     return Sock(proto, family, "stream" if proto == "tcp" else "dgram", 10 if proto == "tcp" else 7, inode,
-                local_addr="0.0.0.0", local_port=port)
+                local_addr="0.0.0.0", local_port=port, cookie=1000 + inode if inode % 2 else None)
 
 
 class Table:
@@ -46,7 +46,7 @@ def test_poll_learns_first_then_reports_each_new_socket_once() -> None:
     assert [e.kind for e in p.drain()] == ["resync"]
     assert table.asked[0] == (["tcp", "udp"], {"tcp": 1 << 10, "udp": 1 << 7})
     table.socks += [sock("tcp", 80, 2, "ipv6"), sock("udp", 53, 3), sock("udp", 5353, 4)]
-    assert p.drain() == [SocketEvent("listen", 0, 0, 0, "", 6, "tcp", 80, 9), SocketEvent("bind", 0, 0, 0, "", 4, "udp", 53, 9)]
+    assert p.drain() == [SocketEvent("listen", 0, 0, 0, "", 6, "tcp", 80, 9), SocketEvent("bind", 1003, 0, 0, "", 4, "udp", 53, 9)]
     assert p.drain() == []
     table.socks.append(sock("udp", 5353, 5))  # a new socket on an unwatched port: only when names are watched
     p.watch(WatchSet.of([], ["avahi-daemon"]))

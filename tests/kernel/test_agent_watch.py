@@ -15,6 +15,7 @@ import os
 import select
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -393,6 +394,8 @@ def test_poll_fallback_finds_new_listeners_and_watched_udp_binds() -> None:
         t.listen()
         events = wt.drain()
         assert sorted((e.kind, e.port) for e in events) == sorted([("bind", BASE + 9), ("listen", t.getsockname()[1])])
+        cookie = struct.unpack("=Q", u.getsockopt(socket.SOL_SOCKET, 57, 8))[0]  # SO_COOKIE
+        assert [e.cookie for e in events if e.kind == "bind"] == [cookie]
         assert wt.drain() == []
     finally:
         for s in (u, other, t):

@@ -8,7 +8,7 @@ imports this module in a fresh interpreter and checks that).
 Identity of a socket is its *cookie* (``SO_COOKIE``, ``idiag_cookie``,
 ``bpf_get_socket_cookie``): a 64-bit number the kernel never reuses within a boot, so a
 service restarted on the same port is a new socket, never mistaken for the old one. 0 means
-"not known" (the poll fallback reads no cookies).
+"not known" (the poll fallback reading the /proc tables has none).
 """
 
 from __future__ import annotations

@@ -17,8 +17,9 @@ is no moment without a hook (a socket seen twice is harmless, one not seen is no
 
 ``PollWatcher`` is the fallback when cgroup BPF is unavailable (no CAP_BPF, no cgroup2, an old
 kernel): a sock_diag dump of TCP listeners and bound UDP sockets at a modest interval, new
-sockets by inode. It reads no cookie, pid or comm, sees only its own network namespace, and
-costs tens of milliseconds per pass on a busy host; its ``reason`` says so for the status.
+sockets by inode. It reads no pid or comm (and no cookie from the /proc tables sock_diag falls
+back to), sees only its own network namespace, and costs tens of milliseconds per pass on a
+busy host; its ``reason`` says so for the status.
 
 Any event loop drives either: ``fileno()`` (None for the poll), ``interval()`` (None for
 events), ``drain()``; ``start(watcher, loop, deliver)`` wires one to a ``supervisor.Loop``.
@@ -403,7 +404,8 @@ class PollWatcher:
             if (s.proto, s.family, s.inode) in seen or not self._wanted(s):
                 continue
             kind: Literal["bind", "listen"] = "listen" if s.proto == "tcp" else "bind"
-            out.append(SocketEvent(kind, 0, 0, 0, "", 6 if s.family == "ipv6" else 4, _proto(s.proto), s.local_port or 0, now))
+            family: Family = 6 if s.family == "ipv6" else 4
+            out.append(SocketEvent(kind, s.cookie or 0, 0, 0, "", family, _proto(s.proto), s.local_port or 0, now))
         return out
 
     def _wanted(self, s: sockdiag.Sock) -> bool:
