@@ -172,7 +172,12 @@ class CgroupWatcher:
         except BaseException:
             got.close()
             raise
-        return cls(ring, got.maps, got.links, path, pin_dir, reused, with_pid, releases)
+        try:
+            return cls(ring, got.maps, got.links, path, pin_dir, reused, with_pid, releases)
+        except BaseException:
+            ring.close()
+            got.close()
+            raise
 
     # -- what an event loop drives -------------------------------------------------------------
 
