@@ -66,6 +66,11 @@ for line in sys.stdin:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("0.0.0.0", int(args[0]))); keep[args[0]] = s
         out(cookie=cookie(s), netns=netns(s))
+    elif cmd == "udp6":
+        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.bind(("::", int(args[0]))); keep[args[0]] = s
+        out(cookie=cookie(s), netns=netns(s))
     elif cmd == "tcpbind":
         s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("0.0.0.0", int(args[0]))); keep[args[0]] = s
@@ -241,6 +246,19 @@ def test_each_bind_and_listen_arrives_with_pid_comm_cookie_and_port(lab: Lab, wa
         lab.children.clear()
         ns.delete()
     assert not [e for e in seen if e.kind in ("lost", "resync")]
+
+
+def test_dual_stack_binds_and_a_user_namespace_are_seen(lab: Lab, watcher: CgroupWatcher) -> None:
+    v6, userns = BASE + 15, BASE + 16
+    watcher.watch(WatchSet.of([("udp", v6), ("udp", userns)], []))
+    a = lab.child().do("udp6", v6)
+    u = lab.child(["unshare", "--user", "--map-root-user", "--net"])
+    b = u.do("udp", userns)
+    seen = collect(watcher, lambda s: any(map(on(v6, "bind"), s)) and any(map(on(userns, "bind"), s)), [])
+    ev6 = next(e for e in seen if on(v6, "bind")(e))
+    assert (ev6.family, ev6.cookie) == (6, a["cookie"])
+    evu = next(e for e in seen if on(userns, "bind")(e))
+    assert (evu.cookie, evu.pid, evu.comm) == (b["cookie"], u.proc.pid, NAME)  # the pid as the host sees it
 
 
 def test_the_close_of_a_tracked_socket_is_reported_once(lab: Lab, watcher: CgroupWatcher) -> None:
