@@ -54,12 +54,21 @@ LAYERS: dict[str, int] = {
     "sockgate.refused": ENFORCE,  # `sockgate refused`: the pinned counters and bans
     "sockgate.refusallog": ENFORCE,  # the refusal log a long-running command hosts
     "sockgate.probe": ENFORCE,
+    "sockgate.agent": ENFORCE,  # `sockgate agent`: pure planners (model …) and edges (watcher …)
     "sockgate.demo": ENFORCE,
     "sockgate.proxy": ENFORCE,
     "sockgate": ENTRY,
     "sockgate.__main__": ENTRY,
     "sockgate.cli": ENTRY,
 }
+
+# The agent's modules that talk to the system; every other sockgate.agent module is pure
+# (tests/core/test_agent_pure.py: no socket, ctypes, selectors, sockgate.linux or .kernel).
+AGENT_EDGES = frozenset({
+    "sockgate.agent.watcher", "sockgate.agent.observe", "sockgate.agent.applier", "sockgate.agent.control",
+    "sockgate.agent.client", "sockgate.agent.names", "sockgate.agent.files", "sockgate.agent.sources",
+    "sockgate.agent.runtime",
+})
 
 # Adapters are thin: one kernel facility each, no policy logic.
 THIN = "sockgate.linux"

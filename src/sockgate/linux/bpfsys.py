@@ -103,7 +103,8 @@ class _ProgLoad(ctypes.Structure):
     _fields_ = [("prog_type", ctypes.c_uint32), ("insn_cnt", ctypes.c_uint32), ("insns", ctypes.c_uint64),
                 ("license", ctypes.c_uint64), ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32),
                 ("log_buf", ctypes.c_uint64), ("kern_version", ctypes.c_uint32), ("prog_flags", ctypes.c_uint32),
-                ("prog_name", ctypes.c_char * BPF_OBJ_NAME_LEN)]
+                ("prog_name", ctypes.c_char * BPF_OBJ_NAME_LEN), ("prog_ifindex", ctypes.c_uint32),
+                ("expected_attach_type", ctypes.c_uint32)]
 
 
 class _TestRun(ctypes.Structure):
@@ -309,8 +310,10 @@ def object_kind(fd: int) -> str:
 # ------------------------------------------------------------------------------ programs
 
 
-def prog_load(prog_type: int, insns: bytes, name: str = "", license: str = "GPL") -> int:
-    """Load (verify) a program; returns its fd. A refusal raises ``VerifierError``."""
+def prog_load(prog_type: int, insns: bytes, name: str = "", license: str = "GPL", expected_attach_type: int = 0) -> int:
+    """Load (verify) a program; returns its fd. A refusal raises ``VerifierError``.
+    ``expected_attach_type`` (a cgroup program's hook) lets the verifier allow what that hook
+    may read, and the kernel then attaches the program there only."""
     if not insns or len(insns) % 8:
         raise AdapterError("an eBPF program is a non-empty array of 8-byte instructions")
     code = ctypes.create_string_buffer(insns, len(insns))
@@ -319,7 +322,8 @@ def prog_load(prog_type: int, insns: bytes, name: str = "", license: str = "GPL"
 
     def attr(log: ctypes.Array[ctypes.c_char] | None) -> _ProgLoad:
         return _ProgLoad(prog_type, len(insns) // 8, _addr(code), _addr(lic), 1 if log is not None else 0,
-                         len(log) if log is not None else 0, _addr(log), 0, 0, name.encode()[: BPF_OBJ_NAME_LEN - 1])
+                         len(log) if log is not None else 0, _addr(log), 0, 0, name.encode()[: BPF_OBJ_NAME_LEN - 1],
+                         0, expected_attach_type)
 
     try:
         return _bpf(BPF_PROG_LOAD, attr(None))
@@ -437,3 +441,57 @@ def filter_kind(s: Sockish) -> str:
     with translated(f"read the filter of fd {fd}"):
         raise OSError(e, os.strerror(e))
 
+
+
+# ------------------------------------------------------------------- links (cgroup hooks)
+
+BPF_LINK_CREATE = 28  # <linux/bpf.h> enum bpf_cmd, Linux 5.7 for cgroups
+BPF_LINK_TYPE_CGROUP = 3  # <linux/bpf.h> enum bpf_link_type
+
+
+class _LinkCreate(ctypes.Structure):
+    _fields_ = [("prog_fd", ctypes.c_uint32), ("target_fd", ctypes.c_uint32), ("attach_type", ctypes.c_uint32),
+                ("flags", ctypes.c_uint32)]
+
+
+class LinkInfo(ctypes.Structure):
+    """The head of ``struct bpf_link_info`` (<linux/bpf.h>) with its cgroup member."""
+
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("prog_id", ctypes.c_uint32),
+                ("cgroup_id", ctypes.c_uint64), ("attach_type", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+
+
+def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
+    """Attach ``prog_fd`` to ``target_fd`` (a cgroup directory) at ``attach_type`` as a
+    ``bpf_link``; returns the link's fd. The program stays attached while the link lives: an
+    open fd or a pin. Cgroup links are multi-attach: other programs at the same hook stay."""
+    what = f"attach BPF program fd {prog_fd} to fd {target_fd} (attach type {attach_type})"
+    with translated(what):
+        return _bpf(BPF_LINK_CREATE, _LinkCreate(prog_fd, target_fd, attach_type, 0))
+
+
+def link_info(fd: int) -> LinkInfo:
+    """Type, id, program id and (for a cgroup link) cgroup id and hook of a link."""
+    info = LinkInfo()
+    with translated(f"read BPF link info of fd {fd}"):
+        _bpf(BPF_OBJ_GET_INFO_BY_FD, _Info(fd, ctypes.sizeof(info), ctypes.addressof(info)))
+    return info
+
+
+BPF_PROG_QUERY = 16  # <linux/bpf.h> enum bpf_cmd
+
+
+class _Query(ctypes.Structure):
+    _fields_ = [("target_fd", ctypes.c_uint32), ("attach_type", ctypes.c_uint32), ("query_flags", ctypes.c_uint32),
+                ("attach_flags", ctypes.c_uint32), ("prog_ids", ctypes.c_uint64), ("prog_cnt", ctypes.c_uint32),
+                ("pad", ctypes.c_uint32)]
+
+
+def prog_query(target_fd: int, attach_type: int, limit: int = 256) -> list[int]:
+    """The ids of the programs attached to ``target_fd`` (a cgroup) at ``attach_type`` — its
+    own, not those inherited from its parents (``BPF_PROG_QUERY``, at most ``limit``)."""
+    ids = (ctypes.c_uint32 * limit)()
+    attr = _Query(target_fd, attach_type, 0, 0, ctypes.addressof(ids), limit, 0)
+    with translated(f"list the BPF programs of fd {target_fd} (attach type {attach_type})"):
+        _bpf(BPF_PROG_QUERY, attr)
+    return [int(ids[k]) for k in range(min(attr.prog_cnt, limit))]
