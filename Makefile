@@ -1,7 +1,7 @@
 # sockgate: `make demo` and `make test` do all the set-up on a fresh machine.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-APT_PACKAGES := tcpd nmap iproute2 nftables socat haproxy xinetd iperf3 procps
+APT_PACKAGES := tcpd nmap iproute2 nftables socat haproxy xinetd iperf3 procps fail2ban
 
 .PHONY: setup system-packages demo test lint bench clean
 
@@ -13,7 +13,7 @@ $(PY):
 setup: $(PY) system-packages
 	$(PY) -m pip install -q -e '.[test]'
 
-# Debian packages the kernel tests use as oracles and peers (tcpdmatch, nmap, ss, nft...).
+# Debian packages the kernel tests use as oracles and peers (tcpdmatch, nmap, ss, nft, fail2ban-regex...).
 # Installed only when missing, and only when we may (root with apt-get); under CI a package
 # that cannot be installed stops the run, and tests/support/strict_ci.py fails any skip.
 system-packages:

@@ -58,12 +58,12 @@ def check(policy: Policy, service: str, client: str | Peer) -> Decision:
     return decide(policy, service, p)
 
 
-def _guard(policy: Policy, sock: Any, service: str) -> Any:
+def _guard(policy: Policy, sock: Any, service: str, backend: str = "auto") -> Any:
     """``Policy.guard``: the kernel-facing module is imported when first used, so that
     ``import sockgate`` stays cheap and works on every platform."""
     from sockgate.guard import guard
 
-    return guard(policy, sock, service)
+    return guard(policy, sock, service) if backend == "auto" else guard(policy, sock, service, backend=backend)
 
 
 bind_guard(_guard)

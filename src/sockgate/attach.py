@@ -51,12 +51,13 @@ class _Held:
 
 
 def guard_sockets(
-    policy: Policy, service: str, targets: Sequence[tuple[int, int]], force: bool = False
+    policy: Policy, service: str, targets: Sequence[tuple[int, int]], force: bool = False, backend: str = "auto"
 ) -> tuple[Guarded, list[Change]]:
-    """Guard every (pid, fd) in ``targets`` with ``service``'s program, or none of them."""
+    """Guard every (pid, fd) in ``targets`` with ``service``'s program from ``backend``, or
+    none of them."""
     require_kernel()
     kernel = default_kernel()
-    program = kernel.load(compile_guard(policy, service))
+    program = kernel.load(compile_guard(policy, service, backend))
     if not targets:
         raise UsageError("no sockets to guard")
     with _borrow_all(kernel, targets) as held:

@@ -22,8 +22,8 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
-from sockgate.errors import UnsupportedPlatform
-from sockgate.kernel import ChangeKind, Compiled, GuardInfo, Slot, Step, default_kernel
+from sockgate.errors import UnsupportedPlatform, UsageError
+from sockgate.kernel import BACKEND_CHOICES, BackendChoice, ChangeKind, Compiled, GuardInfo, Slot, Step, default_kernel
 from sockgate.kernel.cbpf import UNSUPPORTED
 from sockgate.linux import peercred
 from sockgate.linux.fd import Sockish, fileno
@@ -47,10 +47,11 @@ class Guarded:
     service: str
     digest: str
     instructions: int
+    backend: str = "cbpf"  # "cbpf" or "ebpf"
 
     @classmethod
     def of(cls, program: Compiled) -> Guarded:
-        return cls(program.service, program.digest, program.instructions)
+        return cls(program.service, program.digest, program.instructions, program.backend)
 
 
 def require_kernel() -> None:
@@ -58,20 +59,30 @@ def require_kernel() -> None:
         raise UnsupportedPlatform(_UNSUPPORTED)
 
 
-def compile_guard(policy: Policy, service: str) -> Compiled:
-    """The program for ``service``: raises (PolicyError, UnsupportedInKernel, CompileError,
-    UsageError for an unknown service) without touching any socket."""
-    return default_kernel().compile(policy.require_service(service))
+def backend_choice(name: str) -> BackendChoice:
+    """``name`` as a backend choice, or a UsageError listing the choices."""
+    for choice in BACKEND_CHOICES:
+        if name == choice:
+            return choice
+    raise UsageError(f"expected a backend ({', '.join(BACKEND_CHOICES)}), found {name[:24]!r}")
 
 
-def guard(policy: Policy, sock: Sockish, service: str) -> Guarded:
+def compile_guard(policy: Policy, service: str, backend: str = "auto") -> Compiled:
+    """The program for ``service`` from ``backend`` (auto, cbpf, ebpf: docs/ebpf.md): raises
+    (PolicyError, UnsupportedInKernel, CompileError, UsageError for an unknown service,
+    UnsupportedPlatform for a backend this process cannot use) without touching any socket."""
+    return default_kernel().compile(policy.require_service(service), backend=backend_choice(backend))
+
+
+def guard(policy: Policy, sock: Sockish, service: str, backend: str = "auto") -> Guarded:
     """Attach ``policy``'s filter for ``service`` to ``sock`` (a socket object or an fd).
 
     Replaces whatever filter the socket had, in one atomic step; raises ``AdapterError`` when
-    the socket's filter is locked. Nothing is attached if compiling fails."""
+    the socket's filter is locked. Nothing is attached if compiling fails. ``backend``
+    chooses classic BPF or eBPF (``"auto"``: classic unless the service needs eBPF)."""
     require_kernel()
     kernel = default_kernel()
-    program = kernel.load(compile_guard(policy, service))
+    program = kernel.load(compile_guard(policy, service, backend))
     fd = fileno(sock)
     kernel.apply([Step(Slot(fd, f"fd {fd}", LIBRARY_ADVICE), program)])
     return Guarded.of(program.compiled)

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from typing import Callable, NoReturn
 
 from sockgate.errors import AdapterError, PolicyError, SockgateError, UnsupportedInKernel, UsageError
-from sockgate.kernel import Kernel, Loaded, Slot, Step, default_kernel
+from sockgate.kernel import BackendChoice, Kernel, Loaded, Slot, Step, default_kernel
 from sockgate.linux import activation, privileges
 from sockgate.linux.listen import Listener, open_listeners
 from sockgate.linux.signalfd import SigInfo
@@ -107,6 +107,7 @@ class RunConfig:
     forward_hup: bool = False
     notify: bool = False
     say: Callable[[str], None] = field(default=_say)
+    backend: BackendChoice = "auto"  # which kernel backend compiles the service (docs/ebpf.md)
 
 
 class Gate:
@@ -135,7 +136,8 @@ class Gate:
         if self.loaded is None:
             return "no address filter (Unix sockets only)"
         p = self.loaded.compiled
-        return f"service {p.service}, digest {p.digest}, {p.instructions} instructions"
+        via = ", backend ebpf" if p.backend == "ebpf" else ""
+        return f"service {p.service}, digest {p.digest}, {p.instructions} instructions{via}"
 
     def reload(self) -> bool:
         """Re-read, compile, swap. On any error the old filters stay; False is returned."""
@@ -156,7 +158,7 @@ class Gate:
         """Compile and load, then one ``Kernel.apply`` over the TCP/UDP listeners: if one
         attach fails, the seam puts the previous program back on those already changed."""
         if not self.inet:
-            check_service(policy, self.cfg.service, inet=False)
+            check_service(policy, self.cfg.service, inet=False, backend=self.cfg.backend)
             self.policy = policy
             return
         loaded = self._load(policy)
@@ -164,7 +166,7 @@ class Gate:
         self.policy, self.loaded = policy, loaded
 
     def _load(self, policy: Policy) -> Loaded:
-        return self.kernel.load(self.kernel.compile(policy.require_service(self.cfg.service)))
+        return self.kernel.load(self.kernel.compile(policy.require_service(self.cfg.service), backend=self.cfg.backend))
 
     def close(self) -> None:
         for lst in self.listeners:
@@ -187,13 +189,13 @@ def _where(sock: socket.socket) -> str:
     return f"{kind}://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{kind}://{host}:{port}"
 
 
-def check_service(policy: Policy, service: str, inet: bool) -> None:
+def check_service(policy: Policy, service: str, inet: bool, backend: BackendChoice = "auto") -> None:
     """Refuse what ``run`` cannot enforce, before any socket is touched: with TCP/UDP
     listeners, anything the compiler refuses (host names, principals, limits); with Unix
     listeners only, connection limits (``run`` counts no connections: the command accepts
     them, or in ``--inetd`` mode each is decided alone)."""
     if inet:
-        default_kernel().compile(policy.require_service(service))
+        default_kernel().compile(policy.require_service(service), backend=backend)
         return
     svc = policy.require_service(service)
     where = [f"{r.span.file}:{r.span.line}: {r.text}" for r in svc.rules if r.limits is not None and not r.limits.is_empty()]
@@ -218,7 +220,7 @@ def prepare(cfg: RunConfig) -> tuple[Gate, privileges.Credentials | None]:
         if bad:
             raise UsageError(f"--inetd accepts connections: stream sockets only (tcp:, unix:), not {', '.join(bad)}")
     policy = cfg.load()
-    check_service(policy, cfg.service, inet=any(not u.is_unix for u in cfg.urls))
+    check_service(policy, cfg.service, inet=any(not u.is_unix for u in cfg.urls), backend=cfg.backend)
     _say_notes(cfg, policy)
     creds = privileges.credentials(cfg.user, cfg.group)
     privileges.preflight(creds)

@@ -1,10 +1,18 @@
-"""Records of the long-running commands: one per decision, one per finished connection.
+"""Records of the long-running commands: one per decision, one per finished connection, one
+per refused source per interval.
 
 A record is a flat mapping (time, event, service, peer, decision, rule, reason, and for a
 finished connection bytes each way, duration and how it ended). ``Log`` renders it as a text
-line (``key=value``) or a JSON line, and writes it to a stream (stderr by default) or to
-syslog (facility daemon, ``sockgate-proxy``; severity info for allowed and closed, notice
-for denied, warning for faults).
+line (``key=value``) or a JSON line, and writes it to one sink: a stream (stderr by default),
+syslog (``ident`` and ``facility`` chosen by the command: the proxy's ``sockgate-proxy`` on
+daemon; severity info for allowed and closed, notice for denied, warning for faults), or the
+systemd journal (``linux/journal.py``, native protocol: the message plus each field as
+``SOCKGATE_<KEY>``). ``message`` writes a record that has a sentence for people — the
+refusal log's ``refused connect from HOST`` lines (refusallog.py) — as that sentence after
+``ident[pid]:`` in text, as the fields in JSON.
+
+Python's ``syslog.openlog`` is per process: the facility is given with each message, but the
+ident is the last one opened, so two logs to syslog in one process share it.
 
 Values are not trusted: a host name comes from the client's own PTR record, a Unix peer's
 executable path from whoever named the file. A text value is written bare only when it is
@@ -22,13 +30,20 @@ written (the server calls ``tick`` from its housekeeping timer) or when the buff
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import syslog
 import time
 from typing import Any, Literal, Mapping, TextIO
 
+from sockgate.errors import SockgateError
+from sockgate.linux.journal import Journal, field_name
+from sockgate.policy.source import escape
+
 LogFormat = Literal["text", "json"]
+LogSink = Literal["stderr", "syslog", "journal"]
+SINKS: tuple[LogSink, ...] = ("stderr", "syslog", "journal")
 _SEVERITY = {"allow": syslog.LOG_INFO, "close": syslog.LOG_INFO, "deny": syslog.LOG_NOTICE}
 _ORDER = ("event", "service", "peer", "decision", "rule", "reason")
 
@@ -59,11 +74,20 @@ class Log:
         stream: TextIO | None = None,
         use_syslog: bool = False,
         flush_interval: float = 0.2,
+        *,
+        sink: LogSink | None = None,
+        ident: str = "sockgate-proxy",
+        facility: int = syslog.LOG_DAEMON,
+        journal: Journal | None = None,
     ) -> None:
         self.fmt = fmt
         self.stream = stream if stream is not None else sys.stderr
-        self.use_syslog = use_syslog
+        self.sink: LogSink = sink or ("syslog" if use_syslog else "stderr")
+        self.use_syslog = self.sink != "stderr"  # a sink that stamps and frames records itself
+        self.ident = ident
+        self.facility = facility
         self.flush_interval = flush_interval
+        self._journal = journal if journal is not None or self.sink != "journal" else Journal()
         self._buf: list[str] = []
         self._size = 0
         self._first = 0.0
@@ -71,8 +95,8 @@ class Log:
         self._stamp = ""
         self._stamp_ms = -1
         self._stamp_text = ""
-        if use_syslog:
-            syslog.openlog("sockgate-proxy", syslog.LOG_PID, syslog.LOG_DAEMON)
+        if self.sink == "syslog":
+            syslog.openlog(ident, syslog.LOG_PID, facility)
 
     def _now(self) -> tuple[float, str]:
         """The monotonic time (for flushing: a clock step must not hold lines back), and the
@@ -105,7 +129,7 @@ class Log:
             rec.update((k, v) for k, v in fields.items() if v is not None)
             line = self.render(rec)
         if self.use_syslog:
-            syslog.syslog(self._severity(rec), line)
+            self._emit(self._severity(rec), line, rec)
             return
         self._buf.append(line + "\n")
         self._size += len(line) + 1
@@ -146,6 +170,34 @@ class Log:
         if self._size > 65536 or t - self._first > self.flush_interval:
             self.flush()
 
+    def message(self, event: str, text: str, severity: int, **fields: Any) -> None:
+        """A record with a sentence for people: text sinks get ``text`` (escaped to one
+        printable line; on a stream after the stamp and ``ident[pid]:`` as syslog would write
+        it), JSON sinks the fields; the journal gets both."""
+        t, stamp = self._now()
+        rec: dict[str, Any] = {"time": stamp, "event": event, **fields}  # (None kept: JSON null)
+        line = escape(text) if self.fmt == "text" else self.render(rec)
+        if self.use_syslog:
+            self._emit(severity, line, rec)
+            return
+        self._add(t, f"{stamp} {self.ident}[{os.getpid()}]: {line}\n" if self.fmt == "text" else line + "\n")
+
+    def _emit(self, severity: int, line: str, rec: Mapping[str, Any]) -> None:
+        """One record to syslog or the journal; a journal that went away loses the record, as
+        a broken stream does, rather than take the command down."""
+        if self.sink == "syslog":
+            syslog.syslog(self.facility | severity, line)
+            return
+        if self._journal is None:  # closed
+            return
+        entry = [("MESSAGE", line), ("PRIORITY", str(severity)), ("SYSLOG_IDENTIFIER", self.ident),
+                 ("SYSLOG_FACILITY", str(self.facility >> 3)), ("SYSLOG_PID", str(os.getpid()))]
+        entry += [("SOCKGATE_" + field_name(k), str(v)) for k, v in rec.items() if k != "time" and v is not None]
+        try:
+            self._journal.send(entry)
+        except SockgateError:
+            pass
+
     def render(self, rec: Mapping[str, Any]) -> str:
         if self.fmt == "json":
             return json.dumps(rec, separators=(",", ":"))
@@ -177,6 +229,13 @@ class Log:
             self.stream.flush()
         except (OSError, ValueError):
             pass  # a closed or broken log stream must not take the proxy down
+
+    def close(self) -> None:
+        """Flush, and close the journal socket if there is one."""
+        self.flush()
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
 
     def notice(self, message: str, **fields: Any) -> None:
         self.record("notice", message=message, **fields)

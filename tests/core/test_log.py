@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import subprocess
 import sys
 
+import pytest
+
+from sockgate.cli.common import log_sink
+from sockgate.cli.main import build_parser
+from sockgate.errors import UsageError
+from sockgate.linux.journal import encode, field_name
 from sockgate.log import Log
 
 
@@ -161,3 +168,33 @@ def test_notices_and_errors_escape_their_message_too(message: str) -> None:
     Log("text", out).error(f"internal error: {message}", service=message)
     got = parse_text(_one_line(out))
     assert got["message"] == f"internal error: {message}" and got["service"] == message
+
+
+def test_a_message_record_reads_as_a_syslog_line_in_text_and_as_fields_in_json() -> None:
+    out = io.StringIO()
+    log = Log("text", out, sink="stderr", ident="sockgate")
+    log.message("refused", "we\nb: refused connect from 192.0.2.1 (1 time in 60 s, default)", 4, service="we\nb", rule=None)
+    log.flush()
+    line = out.getvalue()
+    assert line.endswith(f" sockgate[{os.getpid()}]: we\\x0ab: refused connect from 192.0.2.1 (1 time in 60 s, default)\n")
+    assert line.count("\n") == 1 and line[:-1].isprintable()
+    out = io.StringIO()
+    log = Log("json", out, ident="sockgate")
+    log.message("refused", "ignored in JSON", 4, service="ssh", count=3, rule=None)
+    log.flush()
+    rec = json.loads(out.getvalue())
+    assert rec == {"time": rec["time"], "event": "refused", "service": "ssh", "count": 3, "rule": None}
+
+
+def test_journal_entries_encode_as_the_native_protocol() -> None:
+    assert encode([("MESSAGE", "hi"), ("SOCKGATE_NOTE", "a\nb")]) == b"MESSAGE=hi\nSOCKGATE_NOTE\n\x03\0\0\0\0\0\0\0a\nb\n"
+    assert field_name("peer-addr") == "PEER_ADDR" and field_name("_x") == "X" and field_name("é") == "FIELD"
+    with pytest.raises(ValueError):
+        encode([("_TRUSTED", "x")])
+
+
+def test_the_sink_is_chosen_on_the_command_line() -> None:
+    parse = build_parser(only="proxy").parse_args
+    assert [log_sink(parse(["proxy", *a])) for a in ([], ["--syslog"], ["--journal"])] == ["stderr", "syslog", "journal"]
+    with pytest.raises(UsageError, match="not allowed with argument"):
+        parse(["proxy", "--syslog", "--journal"])

@@ -17,6 +17,7 @@ from sockgate import socktable
 from sockgate.cli import ls as ls_cli
 from sockgate.kernel import GuardInfo
 from sockgate.linux.sockdiag import TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, TCP_TIME_WAIT, Sock, parse_proc_inet, parse_proc_unix
+from sockgate.linux.sockdiag import _banned, _by_length
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "ls.md"
 
@@ -254,3 +255,12 @@ def test_process_names_paths_and_markers_reach_the_terminal_escaped() -> None:
     for text in (ls_cli.plain([row], with_peer=False), screen.getvalue().replace("\x1b[", "CSI")):
         assert "\x07" not in text and "\x1b]" not in text and "CSI2J" not in text and "\nfake" not in text
         assert "\\x1b]0;pwned\\x07\\x1b[2J\\x0afake" in text
+
+
+def test_destroy_matches_peers_by_prefix_and_mapped_ipv4() -> None:
+    banned = _by_length([ipaddress.ip_network("203.0.113.0/24"), ipaddress.ip_network("2001:db8::/32"),
+                         ipaddress.ip_network("198.51.100.7/32")])
+    yes = ["203.0.113.9", "::ffff:203.0.113.9", "2001:db8:5::1", "198.51.100.7"]
+    no = ["203.0.114.1", "2001:db9::1", "198.51.100.8", "::203.0.113.9", "::ffff:198.51.100.8"]
+    assert [_banned(ipaddress.ip_address(a), banned) for a in yes] == [True] * 4
+    assert [_banned(ipaddress.ip_address(a), banned) for a in no] == [False] * 5

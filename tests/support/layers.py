@@ -32,28 +32,43 @@ LAYERS: dict[str, int] = {
     "sockgate.bpf": CORE,
     "sockgate.export": CORE,
     "sockgate.ebpf": CORE,
+    "sockgate.ebpf.registry": CORE,  # the cookie registry's record layout (pure)
     "sockgate.proxy.limits": CORE,
     "sockgate.proxy.admission": CORE,
     "sockgate.linux": EDGE,
+    "sockgate.linux.bpffs": EDGE,  # the bpf filesystem: mount, trusted directories, pins
     "sockgate.loading": EDGE,
     "sockgate.lookup": EDGE,  # host-name lookups at the edge
     "sockgate.log": EDGE,
     "sockgate.services_db": EDGE,
     "sockgate.inventory": EDGE,
     "sockgate.kernel": SEAM,
+    "sockgate.kernel.ebpf": SEAM,  # the eBPF backend (loads, pins, recognises by cookie)
+    "sockgate.kernel.bpfops": SEAM,  # its port to bpffs/bpf(2)/sock_diag (a fake in tests/core)
     "sockgate.guard": ENFORCE,
     "sockgate.attach": ENFORCE,
     "sockgate.launcher": ENFORCE,
     "sockgate.inetd": ENFORCE,
     "sockgate.supervisor": ENFORCE,
     "sockgate.socktable": ENFORCE,
+    "sockgate.refused": ENFORCE,  # `sockgate refused`: the pinned counters and bans
+    "sockgate.refusallog": ENFORCE,  # the refusal log a long-running command hosts
     "sockgate.probe": ENFORCE,
+    "sockgate.agent": ENFORCE,  # `sockgate agent`: pure planners (model …) and edges (watcher …)
     "sockgate.demo": ENFORCE,
     "sockgate.proxy": ENFORCE,
     "sockgate": ENTRY,
     "sockgate.__main__": ENTRY,
     "sockgate.cli": ENTRY,
 }
+
+# The agent's modules that talk to the system; every other sockgate.agent module is pure
+# (tests/core/test_agent_pure.py: no socket, ctypes, selectors, sockgate.linux or .kernel).
+AGENT_EDGES = frozenset({
+    "sockgate.agent.watcher", "sockgate.agent.observe", "sockgate.agent.applier", "sockgate.agent.control",
+    "sockgate.agent.client", "sockgate.agent.names", "sockgate.agent.files", "sockgate.agent.sources",
+    "sockgate.agent.runtime",
+})
 
 # Adapters are thin: one kernel facility each, no policy logic.
 THIN = "sockgate.linux"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sockgate.cli.common import add_policy_args, load_from_args, print_json
+from sockgate.cli.common import add_backend_arg, add_policy_args, load_from_args, print_json
 from sockgate.policy.source import escape, printable
 
 
@@ -43,6 +43,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--service", required=True, help="the service of the policy to enforce")
     add_target_args(p)
     p.add_argument("--force", action="store_true", help="replace a filter sockgate did not attach")
+    add_backend_arg(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,10 +52,10 @@ def run(args: argparse.Namespace) -> int:
     from sockgate.guard import compile_guard
 
     policy = load_from_args(args)
-    compile_guard(policy, args.service)  # refuse a bad policy before looking at any process
+    compile_guard(policy, args.service, args.backend)  # refuse a bad policy (or backend) before looking at any process
     for note in options_not_carried(policy.service(args.service)):
         print(printable(f"sockgate attach: note: {note}"), file=sys.stderr)
-    guarded, changes = guard_sockets(policy, args.service, targets_from_args(args), force=args.force)
+    guarded, changes = guard_sockets(policy, args.service, targets_from_args(args), force=args.force, backend=args.backend)
     if args.json:
         print_json(
             {
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
                 "service": guarded.service,
                 "digest": guarded.digest,
                 "instructions": guarded.instructions,
+                "backend": guarded.backend,
                 "sockets": [c.as_dict() for c in changes],
             }
         )
@@ -70,5 +72,9 @@ def run(args: argparse.Namespace) -> int:
         was = "" if c.before.state == "none" else f" (was {c.before.describe()})"
         # was: a filter read back from someone else's socket, its marker's name theirs
         print(escape(f"{c.action} pid {c.pid} fd {c.fd} {c.proto} {c.local}: service {guarded.service}"
-                     f" digest {guarded.digest}, {guarded.instructions} instructions{was}"))
+                     f" digest {guarded.digest}, {guarded.instructions} instructions{_via(guarded.backend)}{was}"))
     return 0
+
+
+def _via(backend: str) -> str:
+    return ", backend ebpf" if backend == "ebpf" else ""

@@ -11,6 +11,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Sequence
 
+from sockgate.cli.common import columns
 from sockgate.socktable import Row, Selection, list_sockets, netid, peer_text
 from sockgate.policy.source import escape
 
@@ -69,11 +70,7 @@ def _headers(with_peer: bool) -> list[str]:
 
 def plain(rows: Sequence[Row], with_peer: bool) -> str:
     """Columns aligned with spaces, one header line; the last column is not padded."""
-    table = [_headers(with_peer)] + [cells(r, with_peer) for r in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]) - 1)]
-    return "".join(
-        "  ".join(v.ljust(w) for v, w in zip(line, widths)) + "  " + line[-1] + "\n" for line in table
-    )
+    return columns([_headers(with_peer)] + [cells(r, with_peer) for r in rows])
 
 
 def render_table(rows: Sequence[Row], with_peer: bool, console: "Console | None" = None) -> None:

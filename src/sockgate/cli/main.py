@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "detach": "remove a sockgate filter from a running process's sockets",
     "proxy": "guard proxy for what the kernel cannot decide (credentials, names, limits)",
     "ls": "list sockets, who owns them, their exposure and their guard",
+    "refused": "list whom each eBPF-guarded service refused, and its active bans",
     "probe": "what a source sees of a port: open, closed, filtered",
     "export": "render a policy as nftables or pf rules",
     "demo": "run a guarded echo service on loopback and probe it from two sources",

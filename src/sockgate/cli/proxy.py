@@ -15,7 +15,7 @@ import argparse
 import sys
 from dataclasses import replace
 
-from sockgate.cli.common import add_policy_args
+from sockgate.cli.common import add_log_args, add_policy_args, log_sink
 from sockgate.errors import UsageError
 from sockgate.policy.ir import Action, Policy, Service
 from sockgate.proxy.service import ProxySettings, ProxySpec
@@ -26,8 +26,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--listen", action="append", default=[], metavar="URL", help="listen here (repeatable): tcp://HOST:PORT, udp://..., unix:PATH, unix:@NAME")
     p.add_argument("--forward", metavar="URL", help="forward to this tcp://, udp:// or unix: URL")
     p.add_argument("--service", metavar="S", help="the policy service deciding --listen clients")
-    p.add_argument("--log-format", choices=("text", "json"), default="text", help="log records as text or JSON lines")
-    p.add_argument("--syslog", action="store_true", help="log to syslog (daemon facility) instead of stderr")
+    add_log_args(p, "log to syslog (daemon facility) instead of stderr")
     p.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes sharing the listeners (default 1)")
     p.add_argument("--no-uvloop", action="store_true", help="use the standard asyncio loop even if uvloop is installed")
     p.add_argument("--no-splice", action="store_true", help="copy through user space instead of splice(2)")
@@ -113,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         max_udp_flows=args.max_udp_flows,
         max_udp_flows_per_source=args.max_udp_flows_per_source,
     )
-    log = Log(args.log_format, sys.stderr, use_syslog=args.syslog)
+    log = Log(args.log_format, sys.stderr, sink=log_sink(args))
     proxy = Proxy(
         plans,
         options,

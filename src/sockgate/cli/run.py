@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from sockgate.cli.common import add_policy_args, load_from_args
+from sockgate.cli.common import add_backend_arg, add_policy_args, load_from_args
 from sockgate.errors import UsageError
 from sockgate.urls import parse_urls
 
 if TYPE_CHECKING:
+    from sockgate.guard import backend_choice
     from sockgate.launcher import RunConfig
 
 
@@ -32,10 +33,12 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-conns", type=int, default=40, metavar="N", help="--inetd: at most N commands at once (default 40)")
     p.add_argument("--forward-hup", action="store_true", help="after reloading the policy on SIGHUP, pass SIGHUP to COMMAND")
     p.add_argument("--notify", action="store_true", help="report READY/RELOADING/STOPPING to $NOTIFY_SOCKET (systemd)")
+    add_backend_arg(p)
     p.add_argument("service_argv", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the service to run")
 
 
 def run(args: argparse.Namespace) -> int:
+    from sockgate.guard import backend_choice
     from sockgate.launcher import RunConfig
 
     command = list(args.service_argv)
@@ -58,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         max_conns=args.max_conns,
         forward_hup=args.forward_hup,
         notify=args.notify,
+        backend=backend_choice(args.backend),
     )
     return launch(cfg)
 

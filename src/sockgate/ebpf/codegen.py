@@ -17,7 +17,7 @@ Layout (``fp`` is R10, the frame pointer; the stack frame and registers are in f
 
 Without service state (``Shape.state`` None) ``refused`` is ``deny`` and ``allowed`` is
 ``allow``: the program is the rules and nothing else. With it, ``refused`` counts and reports
-the refusal (refusals.py) and ``allowed`` applies the rate limits (rates.py).
+the refusal (counting.py) and ``allowed`` applies the rate limits (rates.py).
 
 Why ``bpf_skb_load_bytes_relative`` (Linux 4.18) and not the legacy ``LD_ABS`` with
 ``SKF_NET_OFF`` that the classic compiler uses: the trie key must hold the address bytes in
@@ -37,7 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sockgate.bpf.ranges import BANNED, FORGED
-from sockgate.ebpf import frame, rates, refusals
+from sockgate.ebpf import counting, frame, rates
 from sockgate.ebpf.frame import KEY, SRC, VERSION, Emitter
 from sockgate.ebpf.insn import (
     BPF_ADD,
@@ -153,7 +153,7 @@ def generate(shape: Shape, map4: str, map6: str) -> Generated:
         asm.label(action.value)
         em.emit(mov32(BPF_REG_0, RETURN[action]), exit_())
     if state is not None:
-        refusals.refused(em, state.tcp, state.event_interval_ns)
+        counting.refused(em, state.tcp, state.event_interval_ns)
         rates.allowed(em, state.tcp, state.limits)
     out = asm.assemble()
     relocs = tuple((out.labels[k], name) for k, name in em.relocs)

@@ -1,6 +1,6 @@
 """The generated program's stack frame and registers, and the emitter its parts share.
 
-The program is written by three modules (codegen.py: the decision; refusals.py: counters and
+The program is written by three modules (codegen.py: the decision; counting.py: counters and
 events; rates.py: rate limits and bans), which must agree on where each record lives on the
 stack and what each callee-saved register holds across helper calls; that agreement is
 written here once. Offsets are from the frame pointer R10 (the stack grows down; the

@@ -109,12 +109,15 @@ class Helper(IntEnum):
     map_update_elem = 2
     map_delete_elem = 3
     ktime_get_ns = 5
+    get_current_pid_tgid = 14
+    get_current_comm = 16
     get_prandom_u32 = 7
     perf_event_output = 25
     skb_load_bytes = 26
     get_socket_cookie = 46
     get_socket_uid = 47
     skb_load_bytes_relative = 68  # Linux 4.18
+    get_netns_cookie = 122  # Linux 5.7 (cgroup sock), 5.8 (sock_ops)
     ringbuf_output = 130  # Linux 5.8
 
 
@@ -140,6 +143,17 @@ class ProgType(IntEnum):
     """``enum bpf_prog_type`` (<linux/bpf.h>)."""
 
     SOCKET_FILTER = 1
+    CGROUP_SOCK = 9
+    SOCK_OPS = 13
+
+
+class AttachType(IntEnum):
+    """``enum bpf_attach_type`` (<linux/bpf.h>): where a cgroup program runs."""
+
+    CGROUP_SOCK_OPS = 3
+    CGROUP_INET4_POST_BIND = 12  # Linux 4.17
+    CGROUP_INET6_POST_BIND = 13
+    CGROUP_INET_SOCK_RELEASE = 34  # Linux 5.9
 
 
 BPF_F_NO_PREALLOC = 1 << 0  # <linux/bpf.h> map_flags: required for LPM tries

@@ -20,6 +20,7 @@ host byte order, addresses in network order.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 import struct
@@ -202,14 +203,22 @@ def events_spec(size: int = RING_BYTES) -> MapSpec:
 SERVICE_MAPS = ("counts", "buckets", "bans4", "bans6", "events")  # file names in a service's directory
 REGISTRY = ROOT + "/sockets"  # hash: socket cookie → what sockgate attached (kernel/ebpf.py)
 
-_PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+_PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,127}")  # no ".": bpffs refuses names holding one (bpf_lookup)
 
 
 def service_dir(service: str, root: str = ROOT) -> str:
     """The directory of ``service``'s objects: its name when that is a safe file name, else
     ``x-`` and the name's UTF-8 in hex (a daemon name is any word, and a name like ``..`` or
-    one holding ``/`` must not escape the root)."""
-    name = service if _PLAIN.fullmatch(service) else "x-" + service.encode().hex()
+    one holding ``/`` must not escape the root; bpffs refuses any name with a dot); a name
+    longer than 120 bytes is ``h-`` and its SHA-256 in hex. A plain name that itself starts
+    with ``x-`` or ``h-`` is encoded too, so no two services share a directory."""
+    raw = service.encode()
+    if _PLAIN.fullmatch(service) and not service.startswith(("x-", "h-")):
+        name = service
+    elif len(raw) <= 120:  # NAME_MAX is 255: the hex of a longer name would not fit
+        name = "x-" + raw.hex()
+    else:
+        name = "h-" + hashlib.sha256(raw).hexdigest()
     return f"{root}/services/{name}"
 
 

@@ -75,7 +75,15 @@ class EbpfProgram:
     default: Action  # the verdict when no prefix matches
     other: Action  # the verdict of a packet neither IPv4 nor IPv6
     prog_type: ProgType = ProgType.SOCKET_FILTER
-    service_maps: tuple[MapSpec, ...] = ()  # the service-scope maps it loads (layout.py)
+    service_maps: tuple[MapSpec, ...] = ()  # service-scope maps (layout.py) the relocations also name
+
+    @property
+    def backend(self) -> Literal["ebpf"]:
+        return "ebpf"
+
+    @property
+    def instructions(self) -> int:
+        return len(self.insns)
 
     @property
     def name(self) -> str:

@@ -92,7 +92,7 @@ from sockgate.ebpf.insn import (
     stx,
 )
 from sockgate.ebpf.layout import Origin, Reason, bans_spec, buckets_spec
-from sockgate.ebpf.refusals import BPF_NOEXIST, syn_check
+from sockgate.ebpf.counting import BPF_NOEXIST, syn_check
 from sockgate.errors import UnsupportedInKernel
 from sockgate.policy.ir import Action, Limits, Rate, Service
 

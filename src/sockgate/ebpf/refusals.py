@@ -1,160 +1,313 @@
-"""The program's refused path: count the refusal per source and report it, rate-limited.
+"""Refusals as people and log readers see them: the eBPF backend's counters and events turned
+into one line per source per interval, and into the rows of ``sockgate refused``.
 
-TCP Wrappers logged every refused connection, and the tools that ban attackers (fail2ban,
-sshguard, CrowdSec) are built on such logs; a filter that drops silently loses that. So a
-refused *new connection* — a TCP SYN (SYN set, ACK clear), or any UDP datagram — is counted
-in ``sg_counts`` under its source (layout.SourceKey, scope 0)::
+TCP Wrappers logged ``refused connect from HOST`` for every refused connection, and fail2ban,
+sshguard and DenyHosts were built to read that line. A kernel filter refuses silently and
+could refuse millions of packets a second, so sockgate logs differently: the program counts
+every refusal per source (``layout.Count``) and sends at most one event per source per event
+interval to a ring (``layout.Event``); the ``Aggregator`` here gathers events for an interval
+(a minute by default) and yields one ``Refusal`` per service and source, counted from the
+kernel's own counter when it can tell how many of that counter's refusals fell inside the
+interval, else from the events. A flood of distinct (spoofed) sources is bounded: past
+``memory`` sources in one interval the rest are only counted, in one ``Overflow``.
 
-    refused:      [TCP] not a SYN → deny        (the rest of a refused flow: dropped, not counted)
-    refused_new:  r9 = ktime_get_ns()
-                  r0 = lookup(counts, source)
-                  NULL → update(counts, source, {0, now, now, 0}, BPF_NOEXIST); r0 = lookup again
-                  NULL → deny                  (cannot happen with an LRU map; fail closed)
-                  lock r0->refused += 1;  r0->last_ns = now      (first_ns was set by the insert)
-                  r0->event_ns == 0 or now - r0->event_ns >= interval:
-                      cmpxchg(r0->event_ns, old, now) won → ringbuf_output(events, sg_event)
-                  deny
-
-The count is an atomic add (``BPF_ATOMIC | BPF_ADD``, ``lock xadd``), so refusals counted on
-several CPUs at once are all counted; two CPUs inserting the same new source race only on
-the insert, whose loser finds the winner's entry. The event is claimed by a compare-and-
-exchange on ``event_ns``, so a flood from one source on every CPU still yields at most one
-event per interval. ``bpf_ringbuf_output`` (Linux 5.8) is in ``bpf_base_func_proto``
-(kernel/bpf/helpers.c), offered to socket filters; a full ring drops the event, never the
-verdict.
+Times: the program stamps ``bpf_ktime_get_ns()`` (CLOCK_MONOTONIC); a ``Clock`` — one reading
+of the wall clock and the monotonic clock taken together — converts them to wall-clock UTC.
+Pure: the caller passes every clock reading and the counter look-up; no I/O.
 """
 
 from __future__ import annotations
 
-from sockgate.ebpf.frame import SRC, TCP_FLAGS, VALUE, VERSION, Emitter
-from sockgate.ebpf.insn import (
-    BPF_ADD,
-    BPF_AND,
-    BPF_B,
-    BPF_CMPXCHG,
-    BPF_DW,
-    BPF_H,
-    BPF_HDR_START_NET,
-    BPF_JEQ,
-    BPF_JLT,
-    BPF_JNE,
-    BPF_LSH,
-    BPF_REG_0,
-    BPF_REG_1,
-    BPF_REG_2,
-    BPF_REG_3,
-    BPF_REG_4,
-    BPF_REG_5,
-    BPF_REG_6,
-    BPF_REG_7,
-    BPF_REG_8,
-    BPF_REG_9,
-    BPF_REG_10,
-    BPF_SUB,
-    BPF_W,
-    Helper,
-    alu64,
-    atomic,
-    call,
-    ld_imm64,
-    ldx,
-    mov64,
-    st,
-    stx,
-)
-from sockgate.ebpf.layout import COUNT_VALUE, EVENT, counts_spec, events_spec
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable, assert_never
 
-BPF_NOEXIST = 1  # <linux/bpf.h> map update flags
-IPPROTO_TCP = 6
-TCP_SYN, TCP_ACK = 0x02, 0x10  # RFC 9293 control bits, in the 14th byte of the header
-TCP_FLAGS_AT = 13
-IPV6_NEXT_HEADER = 6
-IPV6_HEADER = 40
+from sockgate.bpf.ranges import BANNED, FORGED
+from sockgate.ebpf import layout
+from sockgate.ebpf.layout import Count, Event, Origin, Reason, SourceKey
+from sockgate.ebpf.maps import ADDR_BYTES, LpmKey
 
-# struct sg_count and struct sg_event field offsets (layout.COUNT_VALUE, layout.EVENT)
-REFUSED, FIRST_NS, LAST_NS, EVENT_NS = 0, 8, 16, 24
-EV_TS, EV_FAMILY, EV_REASON, EV_ZERO, EV_RULE, EV_ADDR = 0, 8, 9, 10, 12, 16
-assert COUNT_VALUE.size == 32 and EVENT.size == 32
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Totals = Callable[[str, SourceKey], "Count | None"]  # (service, source) → the kernel's counter
 
 
-def refused(em: Emitter, tcp: bool, interval_ns: int) -> None:
-    """The ``refused`` path (R7 rule, R8 reason), ending at ``deny``."""
-    asm = em.asm
-    counts = counts_spec().name
-    asm.label("refused")
-    if tcp:
-        syn_check(em, "deny")
-    asm.label("refused_new")
-    em.emit(call(Helper.ktime_get_ns), mov64(BPF_REG_9, BPF_REG_0))
-    _lookup_source(em, counts)
-    asm.jump(BPF_JNE, BPF_REG_0, "count", imm=0)
-    em.emit(st(BPF_DW, BPF_REG_10, VALUE + REFUSED, 0), stx(BPF_DW, BPF_REG_10, VALUE + FIRST_NS, BPF_REG_9),
-            stx(BPF_DW, BPF_REG_10, VALUE + LAST_NS, BPF_REG_9), st(BPF_DW, BPF_REG_10, VALUE + EVENT_NS, 0))
-    em.load_map(BPF_REG_1, counts)
-    em.emit(mov64(BPF_REG_2, BPF_REG_10), alu64(BPF_ADD, BPF_REG_2, imm=SRC), mov64(BPF_REG_3, BPF_REG_10),
-            alu64(BPF_ADD, BPF_REG_3, imm=VALUE), mov64(BPF_REG_4, imm=BPF_NOEXIST), call(Helper.map_update_elem))
-    _lookup_source(em, counts)
-    asm.jump(BPF_JEQ, BPF_REG_0, "deny", imm=0)
-    asm.label("count")
-    em.emit(mov64(BPF_REG_1, imm=1), atomic(BPF_DW, BPF_REG_0, REFUSED, BPF_REG_1, BPF_ADD),
-            stx(BPF_DW, BPF_REG_0, LAST_NS, BPF_REG_9), ldx(BPF_DW, BPF_REG_1, BPF_REG_0, EVENT_NS))
-    asm.jump(BPF_JEQ, BPF_REG_1, "claim_event", imm=0)
-    em.emit(mov64(BPF_REG_2, BPF_REG_9), alu64(BPF_SUB, BPF_REG_2, BPF_REG_1), *ld_imm64(BPF_REG_3, interval_ns))
-    asm.jump(BPF_JLT, BPF_REG_2, "deny", src=BPF_REG_3)
-    asm.label("claim_event")
-    em.emit(mov64(BPF_REG_3, BPF_REG_0), mov64(BPF_REG_0, BPF_REG_1), mov64(BPF_REG_2, BPF_REG_9),
-            atomic(BPF_DW, BPF_REG_3, EVENT_NS, BPF_REG_2, BPF_CMPXCHG))
-    asm.jump(BPF_JNE, BPF_REG_0, "deny", src=BPF_REG_1)
-    _event(em)
-    asm.ja("deny")
+@dataclass(frozen=True)
+class Clock:
+    """The wall clock and CLOCK_MONOTONIC read together, in nanoseconds."""
+
+    wall_ns: int
+    mono_ns: int
+
+    def iso(self, mono_ns: int) -> str | None:
+        """``mono_ns`` as ISO 8601 UTC to the second (``2026-01-02T03:04:05Z``); None for 0,
+        which the kernel's records use for "never"."""
+        if mono_ns <= 0:
+            return None
+        return iso_utc(self.wall_ns - self.mono_ns + mono_ns)
 
 
-def _lookup_source(em: Emitter, name: str) -> None:
-    em.load_map(BPF_REG_1, name)
-    em.emit(mov64(BPF_REG_2, BPF_REG_10), alu64(BPF_ADD, BPF_REG_2, imm=SRC), call(Helper.map_lookup_elem))
+_ISO: dict[int, str] = {}  # second → text: a listing's rows share few distinct seconds
 
 
-def _event(em: Emitter) -> None:
-    """``struct sg_event {now, family, reason, 0, rule, address}`` at ``fp + VALUE``, out to
-    the ring (flags 0: the kernel decides when to wake the reader)."""
-    em.emit(stx(BPF_DW, BPF_REG_10, VALUE + EV_TS, BPF_REG_9), ldx(BPF_B, BPF_REG_1, BPF_REG_10, SRC),
-            stx(BPF_B, BPF_REG_10, VALUE + EV_FAMILY, BPF_REG_1), stx(BPF_B, BPF_REG_10, VALUE + EV_REASON, BPF_REG_8),
-            st(BPF_H, BPF_REG_10, VALUE + EV_ZERO, 0), stx(BPF_W, BPF_REG_10, VALUE + EV_RULE, BPF_REG_7))
-    for w in range(4):
-        em.emit(ldx(BPF_W, BPF_REG_1, BPF_REG_10, SRC + 4 + 4 * w), stx(BPF_W, BPF_REG_10, VALUE + EV_ADDR + 4 * w, BPF_REG_1))
-    em.load_map(BPF_REG_1, events_spec().name)
-    em.emit(mov64(BPF_REG_2, BPF_REG_10), alu64(BPF_ADD, BPF_REG_2, imm=VALUE), mov64(BPF_REG_3, imm=EVENT.size),
-            mov64(BPF_REG_4, imm=0), call(Helper.ringbuf_output))
+def iso_utc(wall_ns: int) -> str:
+    sec = wall_ns // 1_000_000_000
+    text = _ISO.get(sec)
+    if text is None:
+        try:
+            text = datetime.fromtimestamp(sec, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        except (OverflowError, OSError, ValueError):  # a hostile time far outside the calendar
+            text = "9999-12-31T23:59:59Z" if sec > 0 else "1970-01-01T00:00:00Z"
+        if len(_ISO) >= 4096:
+            _ISO.clear()
+        _ISO[sec] = text
+    return text
 
 
-def syn_check(em: Emitter, not_syn: str) -> None:
-    """Go to ``not_syn`` unless the packet is a TCP SYN without ACK: for IPv4 the flags byte
-    is at IHL * 4 + 13 (the socket is a TCP socket, so the protocol is TCP); for IPv6 the next
-    header must be TCP (a packet with extension headers counts as not a SYN). Needs the
-    source key's family (``fp + SRC``) and the first header byte (``fp + VERSION``)."""
-    asm = em.asm
-    v6, load = asm.fresh("syn_v6_"), asm.fresh("syn_load_")
-    em.emit(ldx(BPF_B, BPF_REG_1, BPF_REG_10, SRC))
-    asm.jump(BPF_JEQ, BPF_REG_1, v6, imm=6)
-    em.emit(ldx(BPF_B, BPF_REG_2, BPF_REG_10, VERSION), alu64(BPF_AND, BPF_REG_2, imm=0x0F),
-            alu64(BPF_LSH, BPF_REG_2, imm=2), alu64(BPF_ADD, BPF_REG_2, imm=TCP_FLAGS_AT))
-    asm.ja(load)
-    asm.label(v6)
-    _load_byte(em, IPV6_NEXT_HEADER, not_syn)
-    em.emit(ldx(BPF_B, BPF_REG_1, BPF_REG_10, TCP_FLAGS))
-    asm.jump(BPF_JNE, BPF_REG_1, not_syn, imm=IPPROTO_TCP)
-    em.emit(mov64(BPF_REG_2, imm=IPV6_HEADER + TCP_FLAGS_AT))
-    asm.label(load)
-    _load_byte(em, None, not_syn)
-    em.emit(ldx(BPF_B, BPF_REG_1, BPF_REG_10, TCP_FLAGS), alu64(BPF_AND, BPF_REG_1, imm=TCP_SYN | TCP_ACK))
-    asm.jump(BPF_JNE, BPF_REG_1, not_syn, imm=TCP_SYN)
+def decode_event(raw: bytes) -> Event | None:
+    """A ring record as an ``Event``, or None when it is not one (short, or neither IPv4 nor
+    IPv6): a record is read from memory other processes can write, so any bytes may arrive."""
+    if len(raw) < layout.EVENT.size:
+        return None
+    event = Event.unpack(raw)
+    return event if event.family in (4, 6) else None
 
 
-def _load_byte(em: Emitter, offset: int | None, fail: str) -> None:
-    """One byte of the network header at ``offset`` (None: at R2) to ``fp + TCP_FLAGS``."""
-    if offset is not None:
-        em.emit(mov64(BPF_REG_2, imm=offset))
-    em.emit(mov64(BPF_REG_1, BPF_REG_6), mov64(BPF_REG_3, BPF_REG_10), alu64(BPF_ADD, BPF_REG_3, imm=TCP_FLAGS),
-            mov64(BPF_REG_4, imm=1), mov64(BPF_REG_5, imm=BPF_HDR_START_NET), call(Helper.skb_load_bytes_relative))
-    em.asm.jump(BPF_JNE, BPF_REG_0, fail, imm=0)
+# -- one line per source per interval -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A source refused by a service in one interval."""
+
+    service: str
+    source: Address
+    count: int
+    first_ns: int  # CLOCK_MONOTONIC
+    last_ns: int
+    reason: Reason
+    rule: int | None  # the rule's index for Reason.RULE, None for the default
+    window_ns: int  # the interval's length
+
+
+@dataclass(frozen=True)
+class Overflow:
+    """Sources past the aggregator's memory in one interval: counted, not named."""
+
+    service: str
+    sources: int
+    events: int
+    window_ns: int
+
+
+@dataclass
+class _Pending:
+    events: int
+    first_ns: int
+    last_ns: int
+    reason: Reason
+    rule: int
+
+
+@dataclass
+class Aggregator:
+    """Events in, one ``Refusal`` per (service, source) per interval out."""
+
+    interval_ns: int
+    window_start: int  # CLOCK_MONOTONIC ns
+    memory: int = layout.DEFAULT_COUNTERS
+    _pending: dict[tuple[str, SourceKey], _Pending] = field(default_factory=dict)
+    _overflow: dict[str, list[int]] = field(default_factory=dict)  # service → [sources, events]
+    _reported: dict[tuple[str, SourceKey], int] = field(default_factory=dict)  # counter at the last report
+
+    @property
+    def deadline(self) -> int:
+        return self.window_start + self.interval_ns
+
+    def add(self, service: str, event: Event) -> None:
+        key = (service, SourceKey(event.family, event.addr))
+        p = self._pending.get(key)
+        if p is not None:
+            p.events += 1
+            p.first_ns, p.last_ns = min(p.first_ns, event.ts_ns), max(p.last_ns, event.ts_ns)
+            p.reason, p.rule = event.reason, event.rule
+        elif len(self._pending) < self.memory:
+            self._pending[key] = _Pending(1, event.ts_ns, event.ts_ns, event.reason, event.rule)
+        else:
+            tally = self._overflow.setdefault(service, [0, 0])
+            tally[0] += 1  # (a source seen twice past the memory counts twice: only a bound)
+            tally[1] += 1
+
+    def flush(self, now_ns: int, totals: Totals) -> list[Refusal | Overflow]:
+        """The interval's lines, and a new interval from ``now_ns``."""
+        window = max(now_ns - self.window_start, 0)
+        out: list[Refusal | Overflow] = []
+        for (service, key), p in self._pending.items():
+            count, last = self._count(service, key, p, totals(service, key))
+            reason, rule = _classify(p.reason, p.rule)
+            address = key.address
+            assert address is not None  # add() keys only IPv4 and IPv6 events
+            out.append(Refusal(service, address, count, p.first_ns, last, reason, rule, window))
+        out += [Overflow(s, n, e, window) for s, (n, e) in self._overflow.items()]
+        self._pending, self._overflow = {}, {}
+        self.window_start = now_ns
+        return out
+
+    def _count(self, service: str, key: SourceKey, p: _Pending, c: Count | None) -> tuple[int, int]:
+        """Refusals in this interval: the counter's growth since the last report, or the whole
+        counter when the source was first refused in this interval; the events otherwise."""
+        if c is None:
+            return p.events, p.last_ns
+        k = (service, key)
+        before = self._reported.pop(k, None)
+        if c.first_ns >= self.window_start:
+            delta = c.refused
+        elif before is not None and c.refused >= before:
+            delta = c.refused - before
+        else:
+            delta = 0  # counted before this reader started, or the LRU forgot it: unknown
+        self._reported[k] = c.refused
+        while len(self._reported) > self.memory:
+            del self._reported[next(iter(self._reported))]
+        return max(p.events, delta), max(p.last_ns, c.last_ns)
+
+
+def _classify(reason: Reason, rule: int) -> tuple[Reason, int | None]:
+    """The reason as the log names it: the program reports a ban or a forged source found in
+    its rule tries as ``RULE`` with the lists' rule indexes (bpf.ranges)."""
+    if reason is Reason.RULE and rule == BANNED:
+        return Reason.BAN, None
+    if reason is Reason.RULE and rule == FORGED:
+        return Reason.FORGED, None
+    if reason is Reason.RULE and rule >= 0:
+        return reason, rule
+    return reason, None
+
+
+def cause(reason: Reason, rule: int | None, label: str | None = None) -> str:
+    """``rule 2`` (or the rule's label), ``default``, ``banned``, ``rate limit``, ``forged source``."""
+    match reason:
+        case Reason.RULE:
+            return "default" if rule is None else f"rule {label or rule + 1}"
+        case Reason.BAN:
+            return "banned"
+        case Reason.RATE:
+            return "rate limit"
+        case Reason.FORGED:
+            return "forged source"
+        case _:
+            assert_never(reason)
+
+
+def describe(r: Refusal, label: str | None = None) -> str:
+    """The line's message, in the TCP Wrappers spirit (``refused connect from HOST``):
+    ``ssh: refused connect from 203.0.113.5 (3 times in 60 s, rule 2)``. ``service`` is
+    written as given: the caller escapes it for its sink."""
+    times = "1 time" if r.count == 1 else f"{r.count} times"
+    return f"{r.service}: refused connect from {r.source} ({times} in {_seconds(r.window_ns)} s, {cause(r.reason, r.rule, label)})"
+
+
+def describe_overflow(o: Overflow) -> str:
+    return (f"{o.service}: refused connect from {o.sources} more sources ({o.events} events in "
+            f"{_seconds(o.window_ns)} s, not named: more sources than the log remembers)")
+
+
+def _seconds(ns: int) -> int:
+    return max(1, round(ns / 1e9))
+
+
+def fields(r: Refusal, clock: Clock) -> dict[str, object]:
+    """The JSON object of one line (``first_seen``/``last_seen`` wall-clock UTC)."""
+    return {"service": r.service, "source": str(r.source), "count": r.count, "first_seen": clock.iso(r.first_ns),
+            "last_seen": clock.iso(r.last_ns), "reason": r.reason.name.lower(),
+            "rule": None if r.rule is None else r.rule + 1, "interval": _seconds(r.window_ns)}
+
+
+def overflow_fields(o: Overflow) -> dict[str, object]:
+    return {"service": o.service, "unnamed_sources": o.sources, "events": o.events, "interval": _seconds(o.window_ns)}
+
+
+# -- sockgate refused: the pinned counters and bans -----------------------------------------
+
+
+def service_of(dirname: str) -> str | None:
+    """The service whose objects ``layout.service_dir`` put in ``dirname``, or None for a name
+    it would not have made. ``x-`` and hex encodes a name unsafe as a file name (or one that
+    starts with ``x-``/``h-`` itself); ``h-`` and a SHA-256 stands for a name too long to
+    encode, and is shown as it is.)"""
+    if dirname.startswith("x-"):
+        try:
+            name: str | None = bytes.fromhex(dirname[2:]).decode()
+        except ValueError:
+            name = None
+        return name if name is not None and layout.service_dir(name, "") == "/services/" + dirname else None
+    if dirname.startswith("h-"):
+        return dirname if re.fullmatch(r"h-[0-9a-f]{64}", dirname) else None
+    return dirname if layout.service_dir(dirname, "") == "/services/" + dirname else None
+
+
+@dataclass(frozen=True)
+class CountRow:
+    service: str
+    source: Address
+    count: Count
+
+
+@dataclass(frozen=True)
+class BanRow:
+    service: str
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+    ban: layout.Ban
+
+
+def count_row(service: str, key: bytes, value: bytes) -> CountRow | None:
+    """A counter entry as a row; None for a key that names no address (hostile or foreign)."""
+    if len(key) != layout.SOURCE_KEY.size or len(value) != layout.COUNT_VALUE.size:
+        return None
+    source = SourceKey.unpack(key)
+    address = source.address
+    if address is None or source.scope != layout.SERVICE_SCOPE:
+        return None
+    return CountRow(service, address, Count.unpack(value))
+
+
+def ban_row(service: str, family: int, key: bytes, value: bytes) -> BanRow | None:
+    if len(value) != layout.BAN_VALUE.size:
+        return None
+    try:
+        network = lpm_network(family, key)
+    except ValueError:
+        return None
+    return BanRow(service, network, layout.Ban.unpack(value))
+
+
+def lpm_network(family: int, key: bytes) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A ban trie's key as a network; ValueError for a key no trie of ``family`` holds."""
+    if len(key) != 4 + ADDR_BYTES[family]:
+        raise ValueError("wrong key size")
+    return LpmKey.unpack(family, key).network
+
+
+def active(row: BanRow, now_ns: int) -> bool:
+    return row.ban.expires_ns == 0 or row.ban.expires_ns > now_ns
+
+
+def sort_counts(rows: list[CountRow]) -> list[CountRow]:
+    """Most refused first; then by service and address, so equal counts keep one order."""
+    return sorted(rows, key=lambda r: (-r.count.refused, r.service, r.source.version, int(r.source)))
+
+
+def count_json(r: CountRow, clock: Clock) -> dict[str, object]:
+    return {"type": "refused", "service": r.service, "source": str(r.source), "count": r.count.refused,
+            "first_seen": clock.iso(r.count.first_ns), "last_seen": clock.iso(r.count.last_ns)}
+
+
+def ban_json(r: BanRow, clock: Clock) -> dict[str, object]:
+    return {"type": "ban", "service": r.service, "source": str(r.network), "origin": origin_name(r.ban.origin),
+            "expires": clock.iso(r.ban.expires_ns)}
+
+
+def origin_name(origin: Origin) -> str:
+    return origin.name.lower().replace("_", "-")
 

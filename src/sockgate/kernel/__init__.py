@@ -8,22 +8,36 @@ many sockets all-or-nothing (``transaction.apply``), ``read`` what a socket carr
 (``FilterOps``); a new backend (eBPF) is one more ``Backend`` in the list, and tests build a
 ``Kernel`` over fake operations.
 
-``default_kernel()`` is the real one, chosen once at import: classic BPF over ``linux.filter``.
+``default_kernel()`` is the real one, chosen once at import: classic BPF over ``linux.filter``,
+then eBPF (``kernel.ebpf``) over ``linux.bpfsys``/``linux.bpffs``.
+
+Which backend compiles a service (``compile(..., backend=)``): ``cbpf`` or ``ebpf`` as asked
+(an unusable one is an error naming why); ``auto`` takes classic BPF when it can carry the
+service, and the next backend only when classic refuses a service that backend compiles (more
+ranges than one classic program holds; in-kernel rate limits): the pure compile is tried
+first, so a policy no backend takes never touches bpf(2) or bpffs. A service too large for
+classic BPF says that eBPF would take it. No choice (None, the proxy's) is the first usable
+backend, classic BPF.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Literal, Sequence, assert_never
 
 from sockgate.bpf.ranges import Banned
-from sockgate.errors import UnsupportedPlatform
+from sockgate.errors import CompileError, SockgateError, UnsupportedInKernel, UnsupportedPlatform
 from sockgate.kernel import transaction
 from sockgate.kernel.backend import Backend, Compiled, FilterOps, Loaded
+from sockgate.kernel.bpfops import LinuxBpf
 from sockgate.kernel.cbpf import ClassicBackend
+from sockgate.kernel.ebpf import EbpfBackend
 from sockgate.kernel.reading import Attached, BackendName, BpfFilter, ClassicFilter, GuardInfo, GuardState, NoFilter
 from sockgate.kernel.sockets import LINUX_OPS
 from sockgate.kernel.transaction import Applied, ChangeKind, Slot, Step
 from sockgate.policy.ir import Service
+
+BackendChoice = Literal["auto", "cbpf", "ebpf"]
+BACKEND_CHOICES: tuple[BackendChoice, ...] = ("auto", "cbpf", "ebpf")
 
 
 class Kernel:
@@ -41,8 +55,51 @@ class Kernel:
             reasons.append(why)
         raise UnsupportedPlatform("; ".join(reasons) or "no kernel backend")
 
-    def compile(self, service: Service, bans: Sequence[Banned] = ()) -> Compiled:
-        return self.backend().compile(service, bans)
+    def usable(self, name: str) -> Backend:
+        """Backend ``name``, or UnsupportedPlatform saying why this process cannot use it."""
+        b = transaction.named(self.backends, name)
+        why = b.unavailable()
+        if why is not None:
+            raise UnsupportedPlatform(f"--backend {name}: {why}")
+        return b
+
+    def compile(self, service: Service, bans: Sequence[Banned] = (), backend: BackendChoice | None = None) -> Compiled:
+        """The program for ``service`` from the backend ``backend`` names (module docstring);
+        None: the first usable backend, for callers that offer no choice (the proxy)."""
+        match backend:
+            case None:
+                return self.backend().compile(service, bans)
+            case "auto":
+                return self._compile_auto(service, bans)
+            case "cbpf" | "ebpf":
+                b = self.usable(backend)
+                try:
+                    return b.compile(service, bans)
+                except CompileError as e:
+                    raise CompileError(f"{e}{self._others_would_take(b, service, bans)}") from None
+            case _:
+                assert_never(backend)
+
+    def _compile_auto(self, service: Service, bans: Sequence[Banned]) -> Compiled:
+        first = self.backend()
+        try:
+            return first.compile(service, bans)
+        except (CompileError, UnsupportedInKernel) as e:
+            refused = e
+        for b in self.backends:
+            program = None if b is first else _try_compile(b, service, bans)
+            if program is None:
+                continue
+            why = b.unavailable()
+            if why is None:
+                return program
+            if isinstance(refused, CompileError):
+                raise CompileError(f"{refused}; {b.name} would take it, but not here: {why}") from None
+        raise refused
+
+    def _others_would_take(self, tried: Backend, service: Service, bans: Sequence[Banned]) -> str:
+        takers = [b.name for b in self.backends if b is not tried and _try_compile(b, service, bans) is not None]
+        return f"; {takers[0]} would take it (--backend {takers[0]} or auto)" if takers else ""
 
     def load(self, program: Compiled) -> Loaded:
         return transaction.named(self.backends, program.backend).load(program)
@@ -57,7 +114,15 @@ class Kernel:
         return transaction.apply(self.backends, self.ops, steps)
 
 
-_DEFAULT = Kernel([ClassicBackend(LINUX_OPS)], LINUX_OPS)
+def _try_compile(backend: Backend, service: Service, bans: Sequence[Banned]) -> Compiled | None:
+    """``backend``'s (pure) program for ``service``, or None when it refuses it."""
+    try:
+        return backend.compile(service, bans)
+    except SockgateError:
+        return None
+
+
+_DEFAULT = Kernel([ClassicBackend(LINUX_OPS), EbpfBackend(LinuxBpf())], LINUX_OPS)
 
 
 def default_kernel() -> Kernel:
@@ -65,7 +130,7 @@ def default_kernel() -> Kernel:
 
 
 __all__ = [
-    "Applied", "Attached", "Backend", "BackendName", "BpfFilter", "ChangeKind", "ClassicFilter",
+    "BACKEND_CHOICES", "Applied", "Attached", "Backend", "BackendChoice", "BackendName", "BpfFilter", "ChangeKind", "ClassicFilter",
     "Compiled", "FilterOps", "GuardInfo", "GuardState", "Kernel", "Loaded", "NoFilter", "Slot",
     "Step", "default_kernel",
 ]

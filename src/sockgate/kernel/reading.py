@@ -35,9 +35,11 @@ class ClassicFilter:
 @dataclass(frozen=True)
 class BpfFilter:
     """An eBPF program (``SO_ATTACH_BPF``): ``SO_GET_FILTER`` answers EACCES, so only its
-    presence is known here; ``prog_id`` when the socket side could learn it."""
+    presence is known here; ``prog_id`` when the socket side could learn it, and the socket's
+    ``cookie`` (``SO_COOKIE``), under which the eBPF backend records what it attached."""
 
     prog_id: int | None = None
+    cookie: int | None = None
 
 
 Attached = Union[NoFilter, ClassicFilter, BpfFilter]
@@ -49,7 +51,8 @@ GuardState = Literal["sockgate", "modified", "foreign", "none", "unknown"]
 class GuardInfo:
     """A socket's filter: sockgate's (service + digest), modified (a sockgate marker in front
     of other code: service and digest are only claimed), foreign, none, or unknown (could not
-    be read: ``reason`` says why). ``backend`` names the backend of a filter it recognised."""
+    be read: ``reason`` says why). ``backend`` names the backend of a filter it recognised;
+    ``refused`` is what an eBPF guard counted (None where nothing counts)."""
 
     state: GuardState
     instructions: int = 0
@@ -58,11 +61,13 @@ class GuardInfo:
     locked: bool = False
     reason: str | None = None
     backend: BackendName | None = None
+    refused: int | None = None
 
     def describe(self) -> str:
         lock = ", locked" if self.locked else ""
         if self.state == "sockgate":
-            return f"sockgate service {self.service} (digest {self.digest}, {self.instructions} instructions{lock})"
+            via = ", eBPF" if self.backend == "ebpf" else ""
+            return f"sockgate service {self.service} (digest {self.digest}, {self.instructions} instructions{via}{lock})"
         if self.state == "modified":
             return (
                 f"a modified sockgate filter (its marker claims service {self.service}, digest"
@@ -84,6 +89,9 @@ class GuardInfo:
     @property
     def text(self) -> str:
         """The ``ls`` cell."""
+        if self.state == "sockgate" and self.backend == "ebpf":
+            counted = "" if self.refused is None else f", {self.refused} refused"
+            return f"sockgate {self.service} {self.digest} (ebpf{counted})"
         if self.state == "sockgate":
             return f"sockgate {self.service} {self.digest}"
         if self.state == "modified":
@@ -95,8 +103,9 @@ class GuardInfo:
         return f"unknown ({self.reason})"
 
     def to_json(self) -> dict[str, Any]:
-        """The ``ls --json`` object."""
-        return {
+        """The ``ls --json`` object; ``backend`` for a filter a backend recognised as
+        sockgate's, ``refused`` where it counts refusals (eBPF)."""
+        out: dict[str, Any] = {
             "status": self.state,
             "service": self.service,
             "digest": self.digest,
@@ -104,6 +113,11 @@ class GuardInfo:
             "reason": self.reason,
             "text": self.text,
         }
+        if self.backend is not None:
+            out["backend"] = self.backend
+        if self.refused is not None:
+            out["refused"] = self.refused
+        return out
 
 
 def unclaimed(attached: Attached) -> GuardInfo:

@@ -9,6 +9,7 @@ import socket
 
 from sockgate.errors import AdapterError
 from sockgate.kernel.reading import Attached, BpfFilter, ClassicFilter, NoFilter
+from sockgate.linux import bpfsys
 from sockgate.linux import filter as kfilter
 
 
@@ -17,8 +18,8 @@ class LinuxFilterOps:
         try:
             raw = kfilter.get(fd)
         except AdapterError as e:
-            if e.errno == errno.EACCES:
-                return BpfFilter()
+            if e.errno == errno.EACCES:  # an eBPF program: its cookie lets the backend recognise it
+                return BpfFilter(cookie=bpfsys.socket_cookie(fd))
             raise
         return NoFilter() if raw is None else ClassicFilter(raw)
 

@@ -25,7 +25,7 @@ import errno
 import os
 import platform
 import socket
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from sockgate.errors import AdapterError
 from sockgate.linux._errors import translated
@@ -38,19 +38,25 @@ BPF_MAP_CREATE = 0
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
+BPF_MAP_GET_NEXT_KEY = 4
 BPF_PROG_LOAD = 5
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_PROG_TEST_RUN = 10
+BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_MAP_LOOKUP_BATCH = 24  # Linux 5.6
 BPF_MAP_UPDATE_BATCH = 26  # Linux 5.6
 
 BPF_ANY = 0  # <linux/bpf.h> map update flags
 BPF_NOEXIST = 1
+BPF_F_RDONLY = 1 << 3  # <linux/bpf.h> BPF_OBJ_GET file_flags: a read-only map fd
 BPF_OBJ_NAME_LEN = 16
 BPF_TAG_SIZE = 8
 
 SO_ATTACH_BPF = 50  # <asm-generic/socket.h>
+SO_COOKIE = 57  # Linux 4.12: a socket's u64 id, never reused within a boot (sock_gen_cookie)
+SO_NETNS_COOKIE = 71  # Linux 5.14: the cookie of the socket's network namespace
 
 # bpf(2) syscall numbers (arch/*/entry/syscalls, include/uapi/asm-generic/unistd.h)
 _SYS_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "ppc64le": 361, "s390x": 351, "riscv64": 280, "i686": 357}
@@ -97,7 +103,8 @@ class _ProgLoad(ctypes.Structure):
     _fields_ = [("prog_type", ctypes.c_uint32), ("insn_cnt", ctypes.c_uint32), ("insns", ctypes.c_uint64),
                 ("license", ctypes.c_uint64), ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32),
                 ("log_buf", ctypes.c_uint64), ("kern_version", ctypes.c_uint32), ("prog_flags", ctypes.c_uint32),
-                ("prog_name", ctypes.c_char * BPF_OBJ_NAME_LEN)]
+                ("prog_name", ctypes.c_char * BPF_OBJ_NAME_LEN), ("prog_ifindex", ctypes.c_uint32),
+                ("expected_attach_type", ctypes.c_uint32)]
 
 
 class _TestRun(ctypes.Structure):
@@ -112,6 +119,18 @@ class _Obj(ctypes.Structure):
 
 class _Info(ctypes.Structure):
     _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32), ("info", ctypes.c_uint64)]
+
+
+class _GetId(ctypes.Structure):
+    _fields_ = [("id", ctypes.c_uint32), ("next_id", ctypes.c_uint32), ("open_flags", ctypes.c_uint32)]
+
+
+class MapInfo(ctypes.Structure):
+    """The head of ``struct bpf_map_info`` (<linux/bpf.h>): what a pinned map was made as."""
+
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
+                ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32),
+                ("name", ctypes.c_char * BPF_OBJ_NAME_LEN)]
 
 
 class ProgInfo(ctypes.Structure):
@@ -201,11 +220,100 @@ def map_delete(fd: int, key: bytes) -> bool:
     return True
 
 
+def map_next_key(fd: int, key: bytes | None, key_size: int) -> bytes | None:
+    """The key after ``key`` (the first key for None), or None past the last
+    (BPF_MAP_GET_NEXT_KEY; a key deleted meanwhile restarts at the first, as in the kernel)."""
+    k = ctypes.create_string_buffer(key, len(key)) if key is not None else None
+    nk = ctypes.create_string_buffer(key_size)
+    try:
+        _bpf(BPF_MAP_GET_NEXT_KEY, _MapElem(fd, 0, _addr(k), _addr(nk), 0))
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return None
+        with translated(f"iterate BPF map fd {fd}"):
+            raise
+    return nk.raw
+
+
+def map_items(fd: int, key_size: int, value_size: int, limit: int = 1 << 24) -> Iterator[tuple[bytes, bytes]]:
+    """Every (key, value) of a hash-like map, at most ``limit`` (a bound on a map that others
+    fill while it is read): BPF_MAP_LOOKUP_BATCH (Linux 5.6; hash and LRU maps) a chunk at a
+    time, else GET_NEXT_KEY and a lookup per entry (tries), where an entry deleted between
+    the two calls is skipped."""
+    try:
+        yield from _items_batched(fd, key_size, value_size, limit)
+        return
+    except _NoBatch:
+        pass
+    seen: set[bytes] = set()  # a walk restarted by a concurrent delete yields each key once
+    key: bytes | None = None
+    for _ in range(limit):
+        key = map_next_key(fd, key, key_size)
+        if key is None:
+            return
+        if key in seen:
+            continue
+        seen.add(key)
+        value = map_lookup(fd, key, value_size)
+        if value is not None:
+            yield key, value
+
+
+class _NoBatch(Exception):
+    """The map type has no batch lookup."""
+
+
+BATCH = 4096
+
+
+def _items_batched(fd: int, key_size: int, value_size: int, limit: int) -> Iterator[tuple[bytes, bytes]]:
+    keys, values = ctypes.create_string_buffer(key_size * BATCH), ctypes.create_string_buffer(value_size * BATCH)
+    tokens = [ctypes.create_string_buffer(max(key_size, 8)) for _ in range(2)]  # in_batch, out_batch
+    first, done, seen = True, False, 0
+    while not done and seen < limit:
+        attr = _MapBatch(0 if first else _addr(tokens[0]), _addr(tokens[1]), _addr(keys), _addr(values), BATCH, fd, 0, 0)
+        try:
+            _bpf(BPF_MAP_LOOKUP_BATCH, attr)
+        except OSError as e:
+            if e.errno != errno.ENOENT:  # ENOENT: the last chunk (attr.count may still be > 0)
+                if first and e.errno in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, ENOTSUPP):
+                    raise _NoBatch() from None
+                with translated(f"read BPF map fd {fd}"):
+                    raise
+            done = True
+        k, v = keys.raw, values.raw
+        for i in range(min(attr.count, limit - seen)):
+            yield k[i * key_size:(i + 1) * key_size], v[i * value_size:(i + 1) * value_size]
+        seen += attr.count
+        ctypes.memmove(tokens[0], tokens[1], len(tokens[0]))
+        first = False
+
+
+def map_info(fd: int) -> MapInfo:
+    """The type, sizes, flags and name of a map (BPF_OBJ_GET_INFO_BY_FD)."""
+    info = MapInfo()
+    with translated(f"read BPF map info of fd {fd}"):
+        _bpf(BPF_OBJ_GET_INFO_BY_FD, _Info(fd, ctypes.sizeof(info), ctypes.addressof(info)))
+    return info
+
+
+def object_kind(fd: int) -> str:
+    """``"map"``, ``"prog"``, ``"link"`` … for a bpf(2) fd, from its anon inode's name
+    (``anon_inode:bpf-map``), else ``"other"``."""
+    try:
+        link = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return "other"
+    return link.removeprefix("anon_inode:bpf-") if link.startswith("anon_inode:bpf-") else "other"
+
+
 # ------------------------------------------------------------------------------ programs
 
 
-def prog_load(prog_type: int, insns: bytes, name: str = "", license: str = "GPL") -> int:
-    """Load (verify) a program; returns its fd. A refusal raises ``VerifierError``."""
+def prog_load(prog_type: int, insns: bytes, name: str = "", license: str = "GPL", expected_attach_type: int = 0) -> int:
+    """Load (verify) a program; returns its fd. A refusal raises ``VerifierError``.
+    ``expected_attach_type`` (a cgroup program's hook) lets the verifier allow what that hook
+    may read, and the kernel then attaches the program there only."""
     if not insns or len(insns) % 8:
         raise AdapterError("an eBPF program is a non-empty array of 8-byte instructions")
     code = ctypes.create_string_buffer(insns, len(insns))
@@ -214,7 +322,8 @@ def prog_load(prog_type: int, insns: bytes, name: str = "", license: str = "GPL"
 
     def attr(log: ctypes.Array[ctypes.c_char] | None) -> _ProgLoad:
         return _ProgLoad(prog_type, len(insns) // 8, _addr(code), _addr(lic), 1 if log is not None else 0,
-                         len(log) if log is not None else 0, _addr(log), 0, 0, name.encode()[: BPF_OBJ_NAME_LEN - 1])
+                         len(log) if log is not None else 0, _addr(log), 0, 0, name.encode()[: BPF_OBJ_NAME_LEN - 1],
+                         0, expected_attach_type)
 
     try:
         return _bpf(BPF_PROG_LOAD, attr(None))
@@ -251,6 +360,18 @@ def prog_info(fd: int) -> ProgInfo:
     return info
 
 
+def prog_by_id(prog_id: int) -> int | None:
+    """A new fd for the loaded program ``prog_id`` (BPF_PROG_GET_FD_BY_ID, CAP_SYS_ADMIN);
+    None when no such program is loaded any more."""
+    try:
+        return _bpf(BPF_PROG_GET_FD_BY_ID, _GetId(prog_id, 0, 0))
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return None
+        with translated(f"open BPF program id {prog_id}"):
+            raise
+
+
 # ---------------------------------------------------------------------------- bpffs pins
 
 
@@ -261,11 +382,12 @@ def pin(fd: int, path: str) -> None:
         _bpf(BPF_OBJ_PIN, _Obj(_addr(p), fd, 0))
 
 
-def get_pinned(path: str) -> int:
-    """A new fd for the object pinned at ``path``."""
+def get_pinned(path: str, flags: int = 0) -> int:
+    """A new fd for the object pinned at ``path`` (``flags``: ``BPF_F_RDONLY`` for a map
+    only read)."""
     p = ctypes.create_string_buffer(os.fsencode(path))
     with translated(f"open pinned BPF object {path}"):
-        return _bpf(BPF_OBJ_GET, _Obj(_addr(p), 0, 0))
+        return _bpf(BPF_OBJ_GET, _Obj(_addr(p), 0, flags))
 
 
 # ------------------------------------------------------------------------------- sockets
@@ -278,6 +400,30 @@ def attach(s: Sockish, prog_fd: int) -> None:
     with translated(f"attach BPF program fd {prog_fd} to fd {fd}"):
         v = ctypes.c_int(prog_fd)
         _setsockopt(fd, SO_ATTACH_BPF, ctypes.byref(v), ctypes.sizeof(v))
+
+
+def socket_cookie(s: Sockish) -> int:
+    """The socket's cookie (SO_COOKIE): what sock_diag reports as ``idiag_cookie``."""
+    return _u64_option(fileno(s), SO_COOKIE, "SO_COOKIE")
+
+
+def netns_cookie(s: Sockish) -> int | None:
+    """The cookie of the socket's network namespace (SO_NETNS_COOKIE); None before Linux 5.14."""
+    try:
+        return _u64_option(fileno(s), SO_NETNS_COOKIE, "SO_NETNS_COOKIE")
+    except AdapterError as e:
+        if e.errno in (errno.ENOPROTOOPT, errno.EINVAL):
+            return None
+        raise
+
+
+def _u64_option(fd: int, opt: int, name: str) -> int:
+    v, n = ctypes.c_uint64(0), ctypes.c_uint32(8)
+    with translated(f"read {name} of fd {fd}"):
+        if _libc.getsockopt(fd, socket.SOL_SOCKET, opt, ctypes.byref(v), ctypes.byref(n)) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+    return int(v.value)
 
 
 def filter_kind(s: Sockish) -> str:
@@ -295,3 +441,57 @@ def filter_kind(s: Sockish) -> str:
     with translated(f"read the filter of fd {fd}"):
         raise OSError(e, os.strerror(e))
 
+
+
+# ------------------------------------------------------------------- links (cgroup hooks)
+
+BPF_LINK_CREATE = 28  # <linux/bpf.h> enum bpf_cmd, Linux 5.7 for cgroups
+BPF_LINK_TYPE_CGROUP = 3  # <linux/bpf.h> enum bpf_link_type
+
+
+class _LinkCreate(ctypes.Structure):
+    _fields_ = [("prog_fd", ctypes.c_uint32), ("target_fd", ctypes.c_uint32), ("attach_type", ctypes.c_uint32),
+                ("flags", ctypes.c_uint32)]
+
+
+class LinkInfo(ctypes.Structure):
+    """The head of ``struct bpf_link_info`` (<linux/bpf.h>) with its cgroup member."""
+
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("prog_id", ctypes.c_uint32),
+                ("cgroup_id", ctypes.c_uint64), ("attach_type", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+
+
+def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
+    """Attach ``prog_fd`` to ``target_fd`` (a cgroup directory) at ``attach_type`` as a
+    ``bpf_link``; returns the link's fd. The program stays attached while the link lives: an
+    open fd or a pin. Cgroup links are multi-attach: other programs at the same hook stay."""
+    what = f"attach BPF program fd {prog_fd} to fd {target_fd} (attach type {attach_type})"
+    with translated(what):
+        return _bpf(BPF_LINK_CREATE, _LinkCreate(prog_fd, target_fd, attach_type, 0))
+
+
+def link_info(fd: int) -> LinkInfo:
+    """Type, id, program id and (for a cgroup link) cgroup id and hook of a link."""
+    info = LinkInfo()
+    with translated(f"read BPF link info of fd {fd}"):
+        _bpf(BPF_OBJ_GET_INFO_BY_FD, _Info(fd, ctypes.sizeof(info), ctypes.addressof(info)))
+    return info
+
+
+BPF_PROG_QUERY = 16  # <linux/bpf.h> enum bpf_cmd
+
+
+class _Query(ctypes.Structure):
+    _fields_ = [("target_fd", ctypes.c_uint32), ("attach_type", ctypes.c_uint32), ("query_flags", ctypes.c_uint32),
+                ("attach_flags", ctypes.c_uint32), ("prog_ids", ctypes.c_uint64), ("prog_cnt", ctypes.c_uint32),
+                ("pad", ctypes.c_uint32)]
+
+
+def prog_query(target_fd: int, attach_type: int, limit: int = 256) -> list[int]:
+    """The ids of the programs attached to ``target_fd`` (a cgroup) at ``attach_type`` — its
+    own, not those inherited from its parents (``BPF_PROG_QUERY``, at most ``limit``)."""
+    ids = (ctypes.c_uint32 * limit)()
+    attr = _Query(target_fd, attach_type, 0, 0, ctypes.addressof(ids), limit, 0)
+    with translated(f"list the BPF programs of fd {target_fd} (attach type {attach_type})"):
+        _bpf(BPF_PROG_QUERY, attr)
+    return [int(ids[k]) for k in range(min(attr.prog_cnt, limit))]

@@ -25,11 +25,17 @@ socket named by ``--pid --fd`` are the same kind of value. The kernel's socket c
 (``idiag_cookie``; ``SO_COOKIE`` on a descriptor; ``bpf_get_socket_cookie`` in a program) is
 kept: it names one socket for its whole life, in any process and across namespaces, where an
 inode names a file that may be reused.
+
+Ending connections. ``destroy_tcp`` aborts the established TCP connections of given local
+ports whose peer lies in given prefixes (``SOCK_DESTROY``, Linux 4.5, CONFIG_INET_DIAG_DESTROY,
+as ``ss -K``): when a ban lands, the banned source's open connections end too — a filter sees
+only new packets, and firewall-based banning famously leaves them open.
 """
 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import socket
 import struct
@@ -125,11 +131,12 @@ def ip_port(addr: str | None, port: int | None) -> str:
 # <linux/netlink.h>
 NETLINK_SOCK_DIAG = 4
 NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
 NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 NLATTR = struct.Struct("=HH")  # len, type
 # <linux/sock_diag.h>
 SOCK_DIAG_BY_FAMILY = 20
+SOCK_DESTROY = 21  # Linux 4.5, CONFIG_INET_DIAG_DESTROY; needs CAP_NET_ADMIN
 # <linux/inet_diag.h>: struct inet_diag_req_v2 {u8 family, protocol, ext, pad; u32 states;
 # struct inet_diag_sockid id (48 bytes, zero: no filter)}
 INET_DIAG_REQ_V2 = struct.Struct("=BBBxI48x")
@@ -148,18 +155,18 @@ _PORTS = struct.Struct("!HH")
 DUMP_TIMEOUT = 10.0
 
 
-def _dump(family: int, request: bytes, dump: bool = True) -> Iterator[tuple[memoryview, int, int]]:
+def _dump(family: int, request: bytes, dump: bool = True, kind: int = SOCK_DIAG_BY_FAMILY) -> Iterator[tuple[memoryview, int, int]]:
     """Send one SOCK_DIAG_BY_FAMILY request (a dump, or ``dump=False``: one exact socket, which
     the kernel answers with one message and no NLMSG_DONE); yield (buffer, offset, length) per
-    answer.
+    answer. Another ``kind`` (SOCK_DESTROY) asks for an acknowledgement and yields nothing.
 
     Raises OSError with the kernel's errno (ENOENT: no diag handler for this family, or no
     such socket)."""
-    flags = NLM_F_REQUEST | (NLM_F_DUMP if dump else 0)
+    flags = NLM_F_REQUEST | (NLM_F_DUMP if dump else 0) | (NLM_F_ACK if kind != SOCK_DIAG_BY_FAMILY else 0)
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG) as nl:
         nl.settimeout(DUMP_TIMEOUT)
         nl.bind((0, 0))
-        nl.send(NLMSGHDR.pack(NLMSGHDR.size + len(request), SOCK_DIAG_BY_FAMILY, flags, 1, 0) + request)
+        nl.send(NLMSGHDR.pack(NLMSGHDR.size + len(request), kind, flags, 1, 0) + request)
         while True:
             data = memoryview(nl.recv(1 << 17))
             off = 0
@@ -265,6 +272,94 @@ def _unix_name(raw: memoryview | None) -> str | None:
     return b.split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
 
 
+# --- ending connections (SOCK_DESTROY) ---------------------------------------------------
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_SOCKID = slice(4, 52)  # struct inet_diag_sockid inside struct inet_diag_msg
+_REQ_HEAD = struct.Struct("=BBBxI")  # inet_diag_req_v2 up to its sockid
+
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def destroy_tcp(ports: Iterable[int], prefixes: Iterable[Network], states: int = 1 << TCP_ESTABLISHED,
+                addresses: Iterable[Address] | None = None) -> int:
+    """End every TCP connection in ``states`` (established by default) whose local port is in
+    ``ports`` (and local address in ``addresses``, when given: a service bound to one address
+    shares its port with others) and whose peer is in one of ``prefixes`` — a ban that lands
+    must also end the banned source's open connections, which a filter on new packets never
+    does. Each socket is aborted as ``ss -K`` does (``tcp_abort``: the local side sees
+    ECONNABORTED, the peer a reset). ``::ffff:a.b.c.d`` on a dual-stack socket is the IPv4
+    address ``a.b.c.d``. Returns how many were ended; one that ended meanwhile is not an error.
+
+    Raises ``AdapterError``: EPERM without CAP_NET_ADMIN, EOPNOTSUPP on a kernel built
+    without CONFIG_INET_DIAG_DESTROY."""
+    wanted = frozenset(ports)
+    banned = _by_length(prefixes)
+    local = None if addresses is None else frozenset(_unmapped(a) for a in addresses)
+    ended = 0
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for sockid in _victims(family, wanted, local, banned, states):
+            ended += _destroy(family, sockid)
+    return ended
+
+
+def _unmapped(a: Address) -> Address:
+    return a.ipv4_mapped if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped is not None else a
+
+
+def _by_length(prefixes: Iterable[Network]) -> dict[tuple[int, int], set[int]]:
+    """(version, prefix length) → network addresses: a peer is looked up once per length."""
+    out: dict[tuple[int, int], set[int]] = {}
+    for n in prefixes:
+        out.setdefault((n.version, n.prefixlen), set()).add(int(n.network_address))
+    return out
+
+
+def _banned(peer: Address, banned: dict[tuple[int, int], set[int]]) -> bool:
+    peer = _unmapped(peer)
+    bits = 32 if peer.version == 4 else 128
+    a = int(peer)
+    return any(a >> (bits - length) << (bits - length) in nets for (v, length), nets in banned.items() if v == peer.version)
+
+
+def _victims(family: int, ports: frozenset[int], local: frozenset[Address] | None,
+             banned: dict[tuple[int, int], set[int]], states: int) -> list[bytes]:
+    width = 16 if family == socket.AF_INET6 else 4
+    out = []
+    try:
+        for data, off, _length in _dump(family, INET_DIAG_REQ_V2.pack(family, socket.IPPROTO_TCP, 0, states)):
+            fam, _state, raw_ports, src, dst = INET_DIAG_MSG.unpack_from(data, off)[:5]
+            sport, _dport = _PORTS.unpack(raw_ports)
+            if sport not in ports or fam != family:
+                continue
+            if local is not None and _unmapped(ipaddress.ip_address(src[:width])) not in local:
+                continue
+            if _banned(ipaddress.ip_address(dst[:width]), banned):
+                out.append(bytes(data[off + _SOCKID.start : off + _SOCKID.stop]))
+    except OSError as e:
+        if e.errno == errno.ENOENT:  # no tcp_diag for this family (IPv6 disabled): no sockets
+            return []
+        raise AdapterError(f"list TCP connections: {os.strerror(e.errno or 0)}", errno=e.errno) from e
+    return out
+
+
+def _destroy(family: int, sockid: bytes) -> int:
+    """Abort the one socket ``sockid`` names (its cookie included, so never a newer socket
+    that took its addresses); 1 when ended, 0 when it was gone already."""
+    request = _REQ_HEAD.pack(family, socket.IPPROTO_TCP, 0, ALL_STATES) + sockid
+    try:
+        for _ in _dump(family, request, dump=False, kind=SOCK_DESTROY):
+            pass
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return 0
+        hint = {errno.EOPNOTSUPP: "this kernel was built without CONFIG_INET_DIAG_DESTROY",
+                errno.EPERM: "operation not permitted (needs CAP_NET_ADMIN)"}.get(e.errno or 0, os.strerror(e.errno or 0))
+        raise AdapterError(f"end a TCP connection (SOCK_DESTROY): {hint}", errno=e.errno) from e
+    return 1
+
+
 # --- /proc/net tables --------------------------------------------------------------------
 
 
@@ -353,3 +448,16 @@ def _one_kind(kind: str, mask: int, proc: str) -> list[Sock]:
             out.extend(parse_proc_inet(_read_proc(kind + suffix, proc), kind, fname, mask))
     return out
 
+
+# --- socket cookies ------------------------------------------------------------------------
+
+
+def inet_cookies() -> set[int]:
+    """The cookie (``SO_COOKIE``) of every TCP and UDP socket, IPv4 and IPv6, in any state, of
+    this network namespace: what a record keyed by cookie may still refer to. Raises OSError
+    where there is no tcp_diag/udp_diag (no /proc fallback: /proc/net shows no cookies)."""
+    out: set[int] = set()
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for proto, protocol in (("tcp", socket.IPPROTO_TCP), ("udp", socket.IPPROTO_UDP)):
+            out.update(s.cookie for s in _inet_dump(family, protocol, proto, ALL_STATES) if s.cookie is not None)
+    return out

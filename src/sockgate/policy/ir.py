@@ -353,10 +353,13 @@ class Policy:
     def text_of(self, file: str) -> str | None:
         return dict(self.texts).get(file)
 
-    def guard(self, sock: Any, service: str) -> Any:
+    def guard(self, sock: Any, service: str, backend: str = "auto") -> Any:
         """Compile ``service`` and attach it to ``sock`` (a socket object or fd); Linux only.
-        Returns ``sockgate.guard.Guarded``. Delegates to the bound ``GuardPort``."""
-        return _guard_port[0](self, sock, service)
+        ``backend``: ``"auto"``, ``"cbpf"`` or ``"ebpf"`` (docs/ebpf.md). Returns
+        ``sockgate.guard.Guarded``. Delegates to the bound ``GuardPort``."""
+        if backend == "auto":
+            return _guard_port[0](self, sock, service)  # (a port written before backends takes three)
+        return _guard_port[0](self, sock, service, backend)
 
 
 class GuardPort(Protocol):
@@ -364,7 +367,7 @@ class GuardPort(Protocol):
     imports no enforcement point; the package (``sockgate/__init__.py``) binds the port, and it
     runs before any submodule, so a ``Policy`` can always ``.guard``."""
 
-    def __call__(self, policy: Policy, sock: Any, service: str) -> Any: ...
+    def __call__(self, policy: Policy, sock: Any, service: str, backend: str = "auto") -> Any: ...
 
 
 _guard_port: list[GuardPort] = []  # one entry once the package is imported

@@ -1,0 +1,434 @@
+"""The eBPF backend: a service compiled by ``sockgate.ebpf``, its maps and program pinned in
+bpffs, attached with ``SO_ATTACH_BPF``, and recognised again through a registry of cookies.
+
+Loading (``load``) is generic over what the program names:
+
+* every program-scope map of ``program.maps`` (the rule tries) is created and filled in one
+  batch; with the program they are pinned under ``layout.program_dir(service, digest)``
+  (``prog`` and each map's name without ``sg_``), first in a temporary directory that is then
+  renamed into place, so a reader never finds half a program;
+* every service-scope map the program names (``program.service_maps``: counters, buckets,
+  bans, events) is opened from ``layout.service_dir(service)`` when one is pinned with the
+  same type, key, value, flags and capacity; otherwise a new one is made and pinned in its
+  place (renamed over the old pin), carrying the old entries over where key and value sizes
+  are equal (a ring buffer carries nothing) — so a reload keeps counts and bans;
+* the program is linked to every map's fd and loaded; the verifier's refusal is a
+  ``VerifierError`` naming the end of its log.
+
+Attaching records socket cookie → (program id, digest, service, namespace) in the pinned
+registry (``ebpf/registry.py``) before the ``setsockopt``, and puts the old record back if the
+kernel refuses. ``recognise`` answers for an eBPF filter whose cookie is recorded and whose
+program id is still loaded under the recorded digest's name; anything else eBPF stays foreign
+(never unknown). ``restore`` puts a recognised program back by its id (the socket it came off
+may hold the last reference, so the id is tried first), else from its pin.
+
+``collect`` removes registry entries whose socket is gone (its cookie absent from this
+namespace's sock_diag; entries of other namespaces are left alone) and then program
+directories no remaining entry names; both only after ``grace`` seconds, so a program
+loaded but not yet attached, or a socket guarded before it is bound, is not collected. Pins
+are only names: a socket keeps its program whatever is unpinned.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+from sockgate.bpf.ranges import Banned
+from sockgate.ebpf import layout, registry
+from sockgate.ebpf.insn import MapType
+from sockgate.ebpf.maps import MapSpec
+from sockgate.ebpf.program import EbpfProgram, compile_service
+from sockgate.errors import AdapterError, UsageError
+from sockgate.kernel.backend import Compiled, Loaded
+from sockgate.kernel.bpfops import BpfOps
+from sockgate.kernel.reading import Attached, BpfFilter, GuardInfo
+from sockgate.policy.ir import Service
+
+GRACE = 60.0  # seconds a fresh registry entry or program directory is safe from ``collect``
+BPFFS_ENV = "SOCKGATE_BPFFS"  # where the bpf filesystem is (default layout.BPFFS)
+_ITERABLE = frozenset({MapType.HASH, MapType.LRU_HASH, MapType.LPM_TRIE, MapType.PERCPU_HASH, MapType.LRU_PERCPU_HASH})
+
+
+# -------------------------------------------------------------------- pure decisions
+
+
+def pin_name(spec: MapSpec) -> str:
+    """A map's file name in its directory: its name without ``sg_``."""
+    return spec.name.removeprefix("sg_")
+
+
+def same_shape(pinned: MapSpec, wanted: MapSpec) -> bool:
+    """Whether a pinned map can serve as ``wanted`` (its name aside)."""
+    return (pinned.map_type, pinned.key_size, pinned.value_size, pinned.flags, pinned.max_entries) == (
+        wanted.map_type, wanted.key_size, wanted.value_size, wanted.flags, wanted.max_entries)
+
+
+def can_carry(pinned: MapSpec, wanted: MapSpec) -> bool:
+    """Whether the entries of ``pinned`` may be copied into a new ``wanted`` map."""
+    return (pinned.map_type == wanted.map_type and pinned.map_type in _ITERABLE
+            and (pinned.key_size, pinned.value_size) == (wanted.key_size, wanted.value_size))
+
+
+def program_name(digest: str) -> str:
+    """The kernel object name of the program of ``digest`` (``EbpfProgram.name``)."""
+    return ("sg_" + digest)[:15]
+
+
+def stale(record: registry.Record, cookie: int, live: set[int] | None, here: int | None, now_ns: int,
+          grace: float) -> bool:
+    """Whether a registry entry names a socket that is gone: seen from this namespace, old
+    enough, and its cookie absent from this namespace's sockets."""
+    if live is None or here is None or record.netns != here:
+        return False
+    return cookie not in live and now_ns - record.written_ns >= grace * 1e9
+
+
+# ------------------------------------------------------------------------------ values
+
+
+class EbpfLoaded:
+    """A loaded program: its fd (closed when this is dropped), id and pinned directory."""
+
+    def __init__(self, compiled: EbpfProgram, prog_fd: int, prog_id: int, directory: str, ops: BpfOps) -> None:
+        self.compiled = compiled
+        self.prog_fd = prog_fd
+        self.prog_id = prog_id
+        self.directory = directory
+        self._finalizer = weakref.finalize(self, ops.close, prog_fd)
+
+
+@dataclass(frozen=True)
+class Paths:
+    mount: str
+
+    @property
+    def root(self) -> str:
+        return self.mount + "/sockgate"
+
+    @property
+    def registry(self) -> str:
+        return self.root + "/sockets"
+
+    def service(self, service: str) -> str:
+        return layout.service_dir(service, self.root)
+
+    def program(self, service: str, digest: str) -> str:
+        return layout.program_dir(service, digest, self.root)
+
+    def relative(self, path: str) -> str:
+        return path.removeprefix(self.mount + "/")
+
+
+def default_mount() -> str:
+    return os.environ.get(BPFFS_ENV) or layout.BPFFS
+
+
+# ------------------------------------------------------------------------------ backend
+
+
+class EbpfBackend:
+    def __init__(self, ops: BpfOps, mount: str | None = None, grace: float = GRACE) -> None:
+        self.ops = ops
+        self.mount = mount  # None: $SOCKGATE_BPFFS or /sys/fs/bpf, read when used
+        self.grace = grace
+        self._why: dict[str, str | None] = {}  # mount → why unusable (probed once each)
+        self._seen: dict[int, registry.Record] = {}  # cookie → record, as recognise read it
+
+    @property
+    def paths(self) -> Paths:
+        return Paths(self.mount or default_mount())
+
+    @property
+    def name(self) -> Literal["ebpf"]:
+        return "ebpf"
+
+    def unavailable(self) -> str | None:
+        if sys.platform != "linux":
+            return f"eBPF socket filters need Linux, not {sys.platform}"
+        mount = self.paths.mount
+        if mount not in self._why:
+            self._why[mount] = self._probe()
+        return self._why[mount]
+
+    def _probe(self) -> str | None:
+        try:
+            self.ops.close(self.ops.map_create(MapSpec("sg_probe", MapType.ARRAY, 4, 4, 1)))
+        except AdapterError as e:
+            if e.errno == errno.ENOSYS:
+                return "this kernel has no bpf(2) system call"
+            if e.errno in (errno.EPERM, errno.EACCES):
+                return "loading eBPF needs root or CAP_BPF (bpf(2): operation not permitted)"
+            return f"bpf(2) does not work here: {e}"
+        try:
+            self.ops.ensure_dirs(self.paths.mount, self.paths.relative(self.paths.root))
+        except AdapterError as e:
+            return f"no usable bpf filesystem at {self.paths.mount}: {e}"
+        return None
+
+    def compile(self, service: Service, bans: Sequence[Banned] = ()) -> EbpfProgram:
+        return compile_service(service, banned=bans)
+
+    # --- load
+
+    def load(self, program: Compiled) -> EbpfLoaded:
+        if not isinstance(program, EbpfProgram):
+            raise TypeError(f"not an eBPF program: {program!r}")
+        try:
+            registry.Record(0, 0, program.service, program.digest).pack()
+        except ValueError as e:
+            raise UsageError(f"service {program.service[:40]!r}: {e}") from None
+        self.ops.ensure_dirs(self.paths.mount, self.paths.relative(self.paths.root))
+        self._collect_quietly()
+        svc_dir = self.ops.ensure_dirs(self.paths.mount, self.paths.relative(self.paths.service(program.service)))
+        fds: dict[str, int] = {}
+        try:
+            for spec in program.service_maps:
+                fds[spec.name] = self._open_or_create(f"{svc_dir}/{pin_name(spec)}", spec)
+            for m in program.maps:
+                fds[m.spec.name] = self.ops.map_create(m.spec)
+                self.ops.map_update_many(fds[m.spec.name], *m.packed())
+            prog_fd = self.ops.prog_load(program.prog_type, program.link(fds), program.name)
+            try:
+                directory = self._pin_program(program, prog_fd, {m.spec.name: fds[m.spec.name] for m in program.maps})
+                prog_id, _ = self.ops.prog_id_name(prog_fd)
+            except BaseException:
+                self.ops.close(prog_fd)
+                raise
+        finally:
+            for fd in fds.values():
+                self.ops.close(fd)
+        return EbpfLoaded(program, prog_fd, prog_id, directory, self.ops)
+
+    def _pin_program(self, program: EbpfProgram, prog_fd: int, maps: dict[str, int]) -> str:
+        """Pin into a fresh directory, then rename it into place (replacing an older copy of
+        the same digest, whose objects live on as long as sockets hold them)."""
+        final = self.paths.program(program.service, program.digest)
+        tmp = f"{final}-new-{os.getpid()}-{time.monotonic_ns()}"
+        self.ops.ensure_dirs(self.paths.mount, self.paths.relative(tmp))
+        try:
+            for m in program.maps:
+                self.ops.pin(maps[m.spec.name], f"{tmp}/{pin_name(m.spec)}")
+            self.ops.pin(prog_fd, f"{tmp}/prog")
+            self._swap_dir(tmp, final)
+        except BaseException:
+            self.ops.remove_tree(tmp)
+            raise
+        return final
+
+    def _swap_dir(self, tmp: str, final: str) -> None:
+        try:
+            self.ops.rename(tmp, final)
+            return
+        except AdapterError as e:
+            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+        old = f"{final}-old-{os.getpid()}-{time.monotonic_ns()}"
+        self.ops.rename(final, old)
+        self.ops.rename(tmp, final)
+        self.ops.remove_tree(old)
+
+    def _open_or_create(self, path: str, spec: MapSpec) -> int:
+        """The map pinned at ``path`` if it has ``spec``'s shape; else a new one pinned there
+        (the old one's entries carried over where they fit)."""
+        old = self.ops.get(path)
+        shape: MapSpec | None = None
+        if old is not None:
+            try:
+                shape = self.ops.map_shape(old)
+            except AdapterError:
+                shape = None
+            if shape is not None and same_shape(shape, spec):
+                return old
+        fd = self.ops.map_create(spec)
+        try:
+            if old is None:
+                return self._pin_new(fd, path, spec)
+            if shape is not None and can_carry(shape, spec):
+                self._carry(old, fd, spec)
+            tmp = f"{path}-new-{os.getpid()}"
+            self.ops.pin(fd, tmp)
+            self.ops.rename(tmp, path)
+            return fd
+        except BaseException:
+            self.ops.close(fd)
+            raise
+        finally:
+            if old is not None:
+                self.ops.close(old)
+
+    def _pin_new(self, fd: int, path: str, spec: MapSpec) -> int:
+        """Pin a new map where none was; if another loader pinned one meanwhile, use theirs."""
+        try:
+            self.ops.pin(fd, path)
+            return fd
+        except AdapterError as e:
+            if e.errno != errno.EEXIST:
+                raise
+        theirs = self.ops.get(path)
+        if theirs is None:
+            raise AdapterError(f"{path}: pinned by another process and gone again", target=path)
+        self.ops.close(fd)
+        return theirs
+
+    def _carry(self, old: int, new: int, spec: MapSpec) -> None:
+        items: list[tuple[bytes, bytes]] = []
+        for item in self.ops.map_items(old, spec.key_size, spec.value_size):
+            if len(items) >= spec.max_entries:
+                break
+            items.append(item)
+        if items:
+            self.ops.map_update_many(new, [k for k, _ in items], [v for _, v in items])
+
+    # --- attach, recognise, restore
+
+    def attach(self, fd: int, program: Loaded, label: str) -> None:
+        if not isinstance(program, EbpfLoaded):
+            raise TypeError(f"not a loaded eBPF program: {program!r}")
+        p = program.compiled
+        record = registry.Record(program.prog_id, p.instructions, p.service, p.digest)
+        self._attach_recorded(fd, program.prog_fd, record, label)
+
+    def _attach_recorded(self, fd: int, prog_fd: int, record: registry.Record, label: str) -> None:
+        """Record, then attach; the old record back if the kernel refuses the attach."""
+        key = registry.key(self.ops.socket_cookie(fd))
+        netns = self.ops.netns_cookie(fd) or 0
+        rec = registry.Record(record.prog_id, record.insns, record.service, record.digest, netns, time.monotonic_ns())
+        reg = self._open_or_create(self.paths.registry, registry.spec())
+        try:
+            before = self.ops.map_lookup(reg, key, registry.RECORD.size)
+            self._record(reg, key, rec.pack())
+            try:
+                self.ops.attach(fd, prog_fd, label)
+            except BaseException:
+                if before is None:
+                    self.ops.map_delete(reg, key)
+                else:
+                    self.ops.map_update_many(reg, [key], [before])
+                raise
+        finally:
+            self.ops.close(reg)
+
+    def _record(self, reg: int, key: bytes, value: bytes) -> None:
+        try:
+            self.ops.map_update_many(reg, [key], [value])
+            return
+        except AdapterError as e:
+            if e.errno != errno.E2BIG:
+                raise
+        self.collect()  # full: make room from sockets that are gone, once
+        try:
+            self.ops.map_update_many(reg, [key], [value])
+        except AdapterError as e:
+            if e.errno != errno.E2BIG:
+                raise
+            raise AdapterError(f"{self.paths.registry}: the registry of eBPF guards is full ({registry.spec().max_entries}"
+                               " sockets, none of them gone); nothing was attached", errno=e.errno) from None
+
+    def recognise(self, attached: Attached) -> GuardInfo | None:
+        if not isinstance(attached, BpfFilter) or attached.cookie is None:
+            return None
+        rec = self._lookup(attached.cookie)
+        if rec is None or not self._still_loaded(rec):
+            return None
+        self._seen[attached.cookie] = rec
+        return GuardInfo("sockgate", rec.insns, rec.service, rec.digest, backend="ebpf", refused=self.refused(rec.service))
+
+    def _lookup(self, cookie: int) -> registry.Record | None:
+        reg = self.ops.get(self.paths.registry)
+        if reg is None:
+            return None
+        try:
+            raw = self.ops.map_lookup(reg, registry.key(cookie), registry.RECORD.size)
+        finally:
+            self.ops.close(reg)
+        return None if raw is None else registry.Record.unpack(raw)
+
+    def _still_loaded(self, rec: registry.Record) -> bool:
+        fd = self.ops.prog_by_id(rec.prog_id)
+        if fd is None:
+            return False
+        try:
+            return self.ops.prog_id_name(fd)[1] == program_name(rec.digest)
+        finally:
+            self.ops.close(fd)
+
+    def refused(self, service: str) -> int | None:
+        """Refusals counted for ``service`` (the sum of its pinned counts map), or None."""
+        spec = layout.counts_spec()
+        fd = self.ops.get(f"{self.paths.service(service)}/{pin_name(spec)}")
+        if fd is None:
+            return None
+        try:
+            return sum(layout.Count.unpack(v).refused for _, v in self.ops.map_items(fd, spec.key_size, spec.value_size))
+        finally:
+            self.ops.close(fd)
+
+    def restore(self, fd: int, previous: Attached, label: str) -> None:
+        assert isinstance(previous, BpfFilter) and previous.cookie is not None, previous  # only what recognise claimed
+        rec = self._seen.get(previous.cookie)
+        if rec is None:
+            raise AdapterError(f"{label}: the eBPF program it had was never read", target=label)
+        prog_fd = self.ops.prog_by_id(rec.prog_id)
+        if prog_fd is None:
+            prog_fd = self.ops.get(f"{self.paths.program(rec.service, rec.digest)}/prog")
+        if prog_fd is None:
+            raise AdapterError(f"{label}: eBPF program {rec.prog_id} ({rec.service} {rec.digest}) is gone", target=label)
+        try:
+            self._attach_recorded(fd, prog_fd, rec, label)
+        finally:
+            self.ops.close(prog_fd)
+
+    # --- clean-up
+
+    def _collect_quietly(self) -> None:
+        try:
+            self.collect()
+        except AdapterError:
+            pass  # a clean-up that failed leaves pins behind; it never blocks a guard
+
+    def collect(self) -> tuple[int, int]:
+        """Remove stale registry entries, then unreferenced program directories; how many of each."""
+        now_ns = time.monotonic_ns()
+        keep: set[str] = set()
+        gone = 0
+        reg = self.ops.get(self.paths.registry)
+        if reg is not None:
+            try:
+                gone, keep = self._collect_registry(reg, now_ns)
+            finally:
+                self.ops.close(reg)
+        return gone, self._collect_programs(keep)
+
+    def _collect_registry(self, reg: int, now_ns: int) -> tuple[int, set[str]]:
+        live, here = self.ops.live_cookies(), self.ops.here()
+        keep: set[str] = set()
+        dead = []
+        for k, v in list(self.ops.map_items(reg, registry.KEY.size, registry.RECORD.size)):
+            rec = registry.Record.unpack(v)
+            if stale(rec, registry.cookie(k), live, here, now_ns, self.grace):
+                dead.append(k)
+            else:
+                keep.add(self.paths.program(rec.service, rec.digest))
+        for k in dead:
+            self.ops.map_delete(reg, k)
+        return len(dead), keep
+
+    def _collect_programs(self, keep: set[str]) -> int:
+        services = f"{self.paths.root}/services"
+        removed = 0
+        for svc in self.ops.listdir(services):
+            for name in self.ops.listdir(f"{services}/{svc}"):
+                path = f"{services}/{svc}/{name}"
+                if not name.startswith("prog-") or path in keep:
+                    continue
+                age = self.ops.age(path)
+                if age is not None and age >= self.grace:
+                    self.ops.remove_tree(path)
+                    removed += 1
+        return removed

@@ -1,0 +1,199 @@
+"""The refusal log: the eBPF filters' refusal events, one line per source per interval.
+
+TCP Wrappers logged ``refused connect from HOST`` and fail2ban, sshguard and DenyHosts ban on
+it; a kernel filter refuses silently. The ``RefusalMonitor`` reads each service's event ring
+(linux/ringbuf.py), gathers the events of an interval (ebpf/refusals.Aggregator, counted from
+the service's refusal counters where they tell), and at the end of each interval writes one
+record per refused source through a ``Log``: in text ``ssh: refused connect from 203.0.113.5
+(3 times in 60 s, rule 2)``, in JSON one object with service, source, count, first_seen,
+last_seen, reason, rule; to stderr, syslog (``sockgate`` on LOG_AUTH at LOG_WARNING, as
+tcpd logs refusals) or the journal (``refusal_log``). contrib/fail2ban matches the lines.
+
+Any event loop hosts it: ``fds`` to watch, ``on_readable(fd)`` when one is readable,
+``next_deadline`` (monotonic seconds) and ``on_deadline`` for the timer; ``start(loop)`` does
+all of it on a ``supervisor.Loop`` (the selectors loop of ``run`` and inetd, or asyncio's in
+the proxy), and ``start_refusal_log`` opens the pins and the log and starts, in one call. A
+corrupt ring is an error record and a resynchronisation, never the end of the host; ``close``
+writes what is pending.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import syslog
+import time
+from typing import Callable, Iterable, Mapping, Sequence, TextIO
+
+from sockgate.ebpf import layout
+from sockgate.ebpf.refusals import (
+    Aggregator, Clock, Overflow, Refusal, decode_event, describe, describe_overflow, fields, overflow_fields,
+)
+from sockgate.errors import SockgateError
+from sockgate.kernel import pins
+from sockgate.linux import bpfsys
+from sockgate.linux.ringbuf import RingBuffer, RingError
+from sockgate.log import Log, LogFormat, LogSink
+from sockgate.supervisor import Cancel, Loop
+
+DEFAULT_INTERVAL = 60.0  # seconds per line per source, as fail2ban's findtime thinks in minutes
+SEVERITY = syslog.LOG_WARNING  # libwrap's deny_severity
+
+
+def refusal_log(fmt: LogFormat = "text", sink: LogSink = "stderr", stream: TextIO | None = None) -> Log:
+    """The ``Log`` the refusal lines go to: ident ``sockgate``, facility LOG_AUTH."""
+    return Log(fmt, stream, sink=sink, ident="sockgate", facility=syslog.LOG_AUTH, flush_interval=0.0)
+
+
+class _Service:
+    def __init__(self, name: str, ring: RingBuffer, counts: int | None) -> None:
+        self.name, self.ring, self.counts = name, ring, counts
+
+
+class RefusalMonitor:
+    """Watches the event rings of services, and writes their refusal lines to ``log``."""
+
+    def __init__(self, log: Log, interval: float = DEFAULT_INTERVAL, *, labels: Mapping[str, Sequence[str]] | None = None,
+                 mono_ns: Callable[[], int] = time.monotonic_ns, wall_ns: Callable[[], int] = time.time_ns) -> None:
+        self.log = log
+        self.interval = interval
+        self.labels = dict(labels or {})  # service → its rules' labels (``file:line``), by index
+        self._mono, self._wall = mono_ns, wall_ns
+        self._agg = Aggregator(max(1, int(interval * 1e9)), mono_ns())
+        self._by_fd: dict[int, _Service] = {}
+        self._counts: dict[str, int] = {}  # service → its counter map's fd
+        self._malformed = 0
+        self._cancel: Cancel | None = None
+
+    @classmethod
+    def pinned(cls, services: Iterable[str], log: Log, *, root: str = layout.ROOT, interval: float = DEFAULT_INTERVAL,
+               labels: Mapping[str, Sequence[str]] | None = None) -> RefusalMonitor:
+        """A monitor of ``services``' pinned rings and counters (all or none: an error closes
+        what was opened). Raises ``PinError``."""
+        monitor = cls(log, interval, labels=labels)
+        events, counts = layout.events_spec(), layout.counts_spec()
+        try:
+            for name in services:
+                d = layout.service_dir(name, root)
+                path = f"{d}/{pins.map_name(events)}"
+                ring = RingBuffer(pins.open_map(path, events, readonly=False), path)
+                try:
+                    counts_fd = pins.open_map(f"{d}/{pins.map_name(counts)}", counts)
+                except BaseException:
+                    ring.close()
+                    raise
+                monitor.add(name, ring, counts_fd)
+        except BaseException:
+            monitor.close(flush=False)
+            raise
+        return monitor
+
+    def add(self, service: str, ring: RingBuffer, counts_fd: int | None = None) -> None:
+        """Watch ``ring`` for ``service``; ``counts_fd`` (its counter map) gives exact counts.
+        The monitor owns both."""
+        self._by_fd[ring.fileno()] = _Service(service, ring, counts_fd)
+        if counts_fd is not None:
+            self._counts[service] = counts_fd
+
+    # -- what an event loop drives ---------------------------------------------------------
+
+    def fds(self) -> list[int]:
+        return list(self._by_fd)
+
+    def on_readable(self, fd: int) -> None:
+        """Drain the ring of ``fd`` into the interval."""
+        s = self._by_fd.get(fd)
+        if s is None:
+            return
+        try:
+            records = s.ring.read()
+        except RingError as e:
+            self.log.error(f"refusal events lost: {e}", service=s.name)
+            s.ring.skip()
+            return
+        for raw in records:
+            event = decode_event(raw)
+            if event is None:
+                self._malformed += 1
+            else:
+                self._agg.add(s.name, event)
+
+    def next_deadline(self) -> float:
+        """When ``on_deadline`` is due, in ``time.monotonic()`` seconds."""
+        return self._agg.deadline / 1e9
+
+    def on_deadline(self) -> None:
+        if self._mono() >= self._agg.deadline:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the lines of the interval so far, and start a new one."""
+        now = self._mono()
+        clock = Clock(self._wall(), now)
+        for item in self._agg.flush(now, self._totals):
+            self._write(item, clock)
+        if self._malformed:
+            self.log.error(f"{self._malformed} ring records were not refusal events, skipped")
+            self._malformed = 0
+        self.log.flush()
+
+    def start(self, loop: Loop) -> None:
+        """Everything, on ``loop``: each ring watched, the interval's timer armed."""
+        for fd in self._by_fd:
+            loop.watch(fd, functools.partial(self.on_readable, fd))
+
+        def tick() -> None:
+            self.on_deadline()
+            self._cancel = loop.call_later(max(0.0, self.next_deadline() - self._mono() / 1e9), tick)
+
+        self._cancel = loop.call_later(self.interval, tick)
+
+    def close(self, flush: bool = True) -> None:
+        """Write what is pending (unless ``flush`` is False), stop the timer, close the maps."""
+        if self._cancel is not None:
+            self._cancel()
+            self._cancel = None
+        if flush:
+            for fd in self._by_fd:
+                self.on_readable(fd)
+            self.flush()
+        for s in self._by_fd.values():
+            s.ring.close()
+            if s.counts is not None:
+                os.close(s.counts)
+        self._by_fd.clear()
+        self._counts.clear()
+
+    # -- inside ----------------------------------------------------------------------------
+
+    def _totals(self, service: str, key: layout.SourceKey) -> layout.Count | None:
+        fd = self._counts.get(service)
+        if fd is None:
+            return None
+        try:
+            raw = bpfsys.map_lookup(fd, key.pack(), layout.COUNT_VALUE.size)
+        except SockgateError:
+            return None
+        return layout.Count.unpack(raw) if raw is not None else None
+
+    def _write(self, item: Refusal | Overflow, clock: Clock) -> None:
+        if isinstance(item, Overflow):
+            self.log.message("refused", describe_overflow(item), SEVERITY, **overflow_fields(item))
+            return
+        label = _label(self.labels.get(item.service, ()), item.rule)
+        self.log.message("refused", describe(item, label), SEVERITY, **fields(item, clock))
+
+
+def start_refusal_log(loop: Loop, services: Iterable[str], fmt: LogFormat = "text", sink: LogSink = "stderr", *,
+                      root: str = layout.ROOT, interval: float = DEFAULT_INTERVAL,
+                      labels: Mapping[str, Sequence[str]] | None = None, stream: TextIO | None = None) -> RefusalMonitor:
+    """The refusal log of ``services`` running on ``loop``: what ``run``, the proxy and the
+    agent call once their eBPF guards are loaded (``close`` the result when they stop).
+    Raises ``PinError`` when a service has no pinned ring or counters."""
+    monitor = RefusalMonitor.pinned(services, refusal_log(fmt, sink, stream), root=root, interval=interval, labels=labels)
+    monitor.start(loop)
+    return monitor
+
+
+def _label(labels: Sequence[str], rule: int | None) -> str | None:
+    return labels[rule] if rule is not None and 0 <= rule < len(labels) else None

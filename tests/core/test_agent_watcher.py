@@ -1,0 +1,159 @@
+"""agent/watcher without a kernel: records become events; the poll fallback learns first,
+then reports new listeners and watched UDP binds once; the fallback says why in its reason;
+``start`` drives either kind on a supervisor loop."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pytest
+
+from sockgate.agent import watcher as wmod
+from sockgate.agent.model import SocketEvent
+from sockgate.agent.watcher import PollWatcher, open_watcher, start, to_event
+from sockgate.ebpf.watch import Hook, WatchRecord, WatchSet
+from sockgate.errors import AdapterError
+from sockgate.linux import bpfsys, cgroupbpf
+from sockgate.linux.sockdiag import Sock
+
+
+def test_records_become_events() -> None:
+    r = WatchRecord(Hook.BIND6, 5, 77, 3, 42, 43, 6, "udp", 53, "named")
+    assert to_event(r) == SocketEvent("bind", 77, 3, 42, "named", 6, "udp", 53, 5)
+    assert to_event(WatchRecord(Hook.LISTEN, 5, 78, 3, 0, 0, 4, "tcp", 22, "")).kind == "listen"
+
+
+def sock(proto: str, port: int, inode: int, family: str = "ipv4") -> Sock:
+    return Sock(proto, family, "stream" if proto == "tcp" else "dgram", 10 if proto == "tcp" else 7, inode,
+                local_addr="0.0.0.0", local_port=port, cookie=1000 + inode if inode % 2 else None)
+
+
+class Table:
+    def __init__(self) -> None:
+        self.socks: list[Sock] = []
+        self.asked: list[tuple[list[str], dict[str, int]]] = []
+
+    def __call__(self, kinds: list[str], states: dict[str, int]) -> list[Sock]:
+        self.asked.append((kinds, states))
+        return list(self.socks)
+
+
+def test_poll_learns_first_then_reports_each_new_socket_once() -> None:
+    table = Table()
+    table.socks = [sock("tcp", 22, 1)]
+    p = PollWatcher("cgroup BPF unavailable (x)", 2.0, table, now=lambda: 9)
+    p.watch(WatchSet.of([("udp", 53)], []))
+    assert [e.kind for e in p.drain()] == ["resync"]
+    assert table.asked[0] == (["tcp", "udp"], {"tcp": 1 << 10, "udp": 1 << 7})
+    table.socks += [sock("tcp", 80, 2, "ipv6"), sock("udp", 53, 3), sock("udp", 5353, 4)]
+    assert p.drain() == [SocketEvent("listen", 0, 0, 0, "", 6, "tcp", 80, 9), SocketEvent("bind", 1003, 0, 0, "", 4, "udp", 53, 9)]
+    assert p.drain() == []
+    table.socks.append(sock("udp", 5353, 5))  # a new socket on an unwatched port: only when names are watched
+    p.watch(WatchSet.of([], ["avahi-daemon"]))
+    assert [e.port for e in p.drain()] == [5353]
+    assert p.fileno() is None and p.interval() == 2.0 and p.lost == 0
+    assert p.reason == "cgroup BPF unavailable (x): polling sock_diag every 2 s, in this network namespace only"
+
+
+def test_open_watcher_falls_back_to_the_poll_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*a: object, **k: object) -> object:
+        raise AdapterError("load BPF program sg_wbind4 (69 instructions): operation not permitted")
+
+    monkeypatch.setattr(wmod.CgroupWatcher, "open", refuse)
+    w = open_watcher(period=5)
+    assert w.mode == "poll" and w.reason.startswith("cgroup BPF unavailable (load BPF program sg_wbind4")
+    with pytest.raises(AdapterError):
+        open_watcher("cgroup-bpf")
+    assert open_watcher("poll").mode == "poll"
+
+
+class FakeLoop:
+    def __init__(self) -> None:
+        self.watched: dict[int, Callable[[], None]] = {}
+        self.timers: list[tuple[float, Callable[[], None]]] = []
+        self.cancelled = 0
+
+    def watch(self, fd: int, callback: Callable[[], None]) -> None:
+        self.watched[fd] = callback
+
+    def unwatch(self, fd: int) -> None:
+        del self.watched[fd]
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Callable[[], None]:
+        self.timers.append((delay, callback))
+
+        def cancel() -> None:
+            self.cancelled += 1
+
+        return cancel
+
+    def stop(self) -> None:
+        pass
+
+
+class FakeRing:
+    mode = "cgroup-bpf"
+    reason = "fake"
+    lost = 0
+
+    def __init__(self) -> None:
+        self.batches: list[list[SocketEvent]] = []
+
+    def fileno(self) -> int:
+        return 7
+
+    def interval(self) -> None:
+        return None
+
+    def drain(self) -> list[SocketEvent]:
+        return self.batches.pop(0) if self.batches else []
+
+    def watch(self, ws: WatchSet) -> None:
+        pass
+
+    def close(self, unpin: bool = False) -> None:
+        pass
+
+
+def test_start_watches_the_ring_and_delivers_non_empty_drains() -> None:
+    loop, ring, got = FakeLoop(), FakeRing(), []
+    ev = SocketEvent("bind", 1, 2, 3, "x", 4, "udp", 53, 0)
+    ring.batches = [[ev], []]
+    stop = start(ring, loop, got.append)
+    loop.watched[7]()
+    loop.watched[7]()
+    assert got == [[ev]]
+    stop()
+    assert loop.watched == {}
+
+
+def test_start_polls_on_a_timer_and_stops() -> None:
+    loop, table, got = FakeLoop(), Table(), []
+    p = PollWatcher("r", 3.0, table)
+    stop = start(p, loop, got.append)
+    assert loop.timers[0][0] == 0.0
+    loop.timers[0][1]()  # first pass: a resync
+    table.socks = [sock("tcp", 22, 1)]
+    loop.timers[1][1]()
+    assert [[e.kind for e in batch] for batch in got] == [["resync"], ["listen"]]
+    assert [d for d, _ in loop.timers] == [0.0, 3.0, 3.0]
+    stop()
+    assert loop.cancelled == 1
+
+
+def test_a_listen_program_refused_with_pid_is_loaded_without(monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded: list[str] = []
+
+    def load(prog_type: int, attach_type: int, insns: bytes, name: str) -> int:
+        if name == "sg_wlisten" and "sg_wlisten" not in loaded:
+            loaded.append(name)
+            raise bpfsys.VerifierError("refused", "R1 helper not allowed")
+        if name == "sg_wrelease":
+            raise AdapterError("load BPF program sg_wrelease: Invalid argument")
+        loaded.append(name)
+        return 100 + len(loaded)
+
+    monkeypatch.setattr(cgroupbpf, "load", load)
+    got = wmod._Opened(maps={"ring": 3, "ports": 4, "comms": 5, "conf": 6, "lost": 7, "tracked": 8})
+    assert wmod._load(got) is False
+    assert sorted(got.progs) == ["bind4", "bind6", "listen"] and loaded.count("sg_wlisten") == 2

@@ -1,0 +1,341 @@
+"""The eBPF backend for real: ``run --backend ebpf`` and ``attach --backend ebpf`` on real
+sockets, ``ls`` naming the guard after its loader exited, a reload and a failed transaction
+on every socket, ``--backend auto`` for a policy classic BPF cannot hold, and the clean-up of
+pins. Each test has its own bpf filesystem (a directory sockgate mounts itself, through
+``$SOCKGATE_BPFFS``), unmounted afterwards whatever happened."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from sockgate.ebpf import layout
+from sockgate.errors import AdapterError
+from sockgate.kernel import Kernel, Slot, Step
+from sockgate.kernel.bpfops import LinuxBpf
+from sockgate.kernel.cbpf import ClassicBackend
+from sockgate.kernel.ebpf import BPFFS_ENV, EbpfBackend
+from sockgate.kernel.sockets import LINUX_OPS
+from sockgate.linux import bpfsys
+from sockgate.policy.parser import parse_policy
+from support.launch import ECHO_SERVICE, SRC, Launched, port_of, tcp_echo, tcp_filtered, udp_echo, wait_for_file
+
+pytestmark = [
+    pytest.mark.skipif(sys.platform != "linux", reason="kernel enforcement is Linux-only"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="loading eBPF and mounting bpffs need root"),
+    pytest.mark.root,
+]
+
+POLICY = "service echo {\n    allow 127.0.0.1\n    default deny\n}\n"
+SWAPPED = "service echo {\n    allow 127.0.0.2\n    default deny\n}\n"
+NOBODY = 65534
+
+
+def _mounted(path: str) -> bool:
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == path for line in f)
+
+
+@pytest.fixture
+def bpffs(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """An empty directory that sockgate mounts a bpffs on (as it would /sys/fs/bpf)."""
+    d = tempfile.mkdtemp(prefix="sgt-bpffs-")
+    monkeypatch.setenv(BPFFS_ENV, d)
+    try:
+        yield d
+    finally:
+        for _ in range(4):  # bounded: a mount stacked twice needs two
+            if not _mounted(d):
+                break
+            subprocess.run(["umount", "-l", d], check=False)
+        os.rmdir(d)
+
+
+def sockgate_cli(*argv: str, user: int | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=SRC)
+    prefix = [] if user is None else ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"]
+    return subprocess.run([*prefix, sys.executable, "-m", "sockgate", *argv], capture_output=True, text=True,
+                          timeout=60, env=env, cwd="/")
+
+
+def ls_guard(port: int, proto: str = "-t") -> dict[str, Any]:
+    r = sockgate_cli("ls", "--json", proto, "--port", str(port))
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(rows) == 1, rows
+    guard: dict[str, Any] = rows[0]["guard"]
+    return guard
+
+
+def pins(root: str) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in Path(root).rglob("*") if "debug" not in p.name)
+
+
+@pytest.fixture
+def launch() -> Iterator[Callable[..., Launched]]:
+    started: list[Launched] = []
+
+    def start(*argv: str) -> Launched:
+        lr = Launched(list(argv))
+        started.append(lr)
+        return lr
+
+    yield start
+    for lr in started:
+        lr.stop()
+
+
+# ------------------------------------------------------------------------------- run
+
+
+def test_run_backend_ebpf_guards_reloads_and_ls_names_it(bpffs: str, tmp_path: Path, launch: Callable[..., Launched]) -> None:
+    policy = tmp_path / "p.conf"
+    policy.write_text(POLICY)
+    script, report = tmp_path / "echo.py", tmp_path / "report.json"
+    script.write_text(ECHO_SERVICE)
+    lr = launch("--policy", str(policy), "--service", "echo", "--backend", "ebpf",
+                "--listen", "tcp://127.0.0.1:0", "--listen", "udp://127.0.0.1:0",
+                "--", sys.executable, str(script), str(report))
+    addrs, _ = lr.started(2)
+    assert all("backend ebpf" in line for line in lr.lines if "listening on" in line), lr.lines
+    wait_for_file(report)
+    tcp, udp = port_of(addrs[0]), port_of(addrs[1])
+    assert tcp_echo("127.0.0.1", tcp) == b"ping\n"
+    assert tcp_filtered("127.0.0.2", tcp)
+    assert udp_echo("127.0.0.1", udp) == b"dgram" and udp_echo("127.0.0.2", udp, timeout=0.5) is None
+    g = ls_guard(tcp)
+    assert (g["status"], g["service"], g["backend"]) == ("sockgate", "echo", "ebpf")
+    assert g["text"].startswith(f"sockgate echo {g['digest']} (ebpf")
+    assert ls_guard(udp, "-u")["digest"] == g["digest"]
+    assert any(p.startswith(f"sockgate/services/echo/prog-{g['digest']}") for p in pins(bpffs))
+
+    # a reload swaps the program on every socket: both now enforce the new policy
+    policy.write_text(SWAPPED)
+    lr.signal(signal.SIGHUP)
+    new = lr.wait_line(r"reloaded: service echo, digest ([0-9a-f]+), \d+ instructions, backend ebpf, on 2 socket").group(1)
+    assert new != g["digest"] and ls_guard(tcp)["digest"] == new and ls_guard(udp, "-u")["digest"] == new
+    assert tcp_echo("127.0.0.2", tcp) == b"ping\n" and tcp_filtered("127.0.0.1", tcp)
+    assert udp_echo("127.0.0.2", udp) == b"dgram" and udp_echo("127.0.0.1", udp, timeout=0.5) is None
+
+
+def test_the_guard_outlives_a_killed_run(bpffs: str, tmp_path: Path, launch: Callable[..., Launched]) -> None:
+    """``run`` (the loader) killed outright: the command keeps the sockets, the program stays
+    on them, and ls in another process still names it."""
+    policy = tmp_path / "p.conf"
+    policy.write_text(POLICY)
+    script, report = tmp_path / "echo.py", tmp_path / "report.json"
+    script.write_text(ECHO_SERVICE)
+    lr = launch("--policy", str(policy), "--service", "echo", "--backend", "ebpf",
+                "--listen", "tcp://127.0.0.1:0", "--", sys.executable, str(script), str(report))
+    (addr,), pid = lr.started(1)
+    assert pid is not None
+    try:
+        wait_for_file(report)
+        port = port_of(addr)
+        digest = ls_guard(port)["digest"]
+        lr.proc.kill()
+        lr.proc.wait(timeout=10)
+        g = ls_guard(port)
+        assert (g["status"], g["service"], g["digest"], g["backend"]) == ("sockgate", "echo", digest, "ebpf")
+        assert tcp_echo("127.0.0.1", port) == b"ping\n" and tcp_filtered("127.0.0.2", port)
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_backend_ebpf_unavailable_is_one_line(tmp_path: Path) -> None:
+    d = Path(tempfile.mkdtemp(prefix="sgt-nobody-"))
+    try:
+        os.chmod(d, 0o755)
+        policy = d / "p.conf"
+        policy.write_text(POLICY)
+        os.chmod(policy, 0o644)
+        r = sockgate_cli("run", "--policy", str(policy), "--service", "echo", "--backend", "ebpf",
+                         "--listen", "udp://127.0.0.1:0", "--", "true", user=NOBODY)
+        assert r.returncode != 0 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+        assert "--backend ebpf" in r.stderr and "CAP_BPF" in r.stderr
+    finally:
+        shutil.rmtree(d)
+
+
+def test_auto_takes_ebpf_for_what_classic_cannot_hold(bpffs: str, tmp_path: Path, launch: Callable[..., Launched]) -> None:
+    hosts = "\n".join(f"    allow 10.{i >> 8}.{i & 255}.1" for i in range(6000))
+    policy = tmp_path / "big.conf"
+    policy.write_text(f"service echo {{\n    allow 127.0.0.1\n{hosts}\n    default deny\n}}\n")
+    r = sockgate_cli("run", "--policy", str(policy), "--service", "echo", "--backend", "cbpf",
+                     "--listen", "udp://127.0.0.1:0", "--", "true")
+    assert r.returncode != 0 and "ebpf would take it (--backend ebpf or auto)" in r.stderr, r.stderr
+    lr = launch("--policy", str(policy), "--service", "echo", "--listen", "udp://127.0.0.1:0", "--", "sleep", "30")
+    (addr,), _ = lr.started(1)
+    assert "backend ebpf" in lr.lines[-2] or any("backend ebpf" in line for line in lr.lines)
+    assert ls_guard(port_of(addr), "-u")["backend"] == "ebpf"
+
+
+# ----------------------------------------------------------------------------- attach
+
+
+CHILD = "import socket,sys\ns=socket.socket()\ns.bind(('127.0.0.1',0))\ns.listen(64)\nprint(s.fileno(),s.getsockname()[1],flush=True)\nsys.stdin.read()\n"
+
+
+@pytest.fixture
+def holder() -> Iterator[tuple[int, int, int]]:
+    """A process holding a TCP listener: (pid, fd, port); killed afterwards."""
+    p = subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None
+        fd, port = map(int, p.stdout.readline().split())
+        yield p.pid, fd, port
+    finally:
+        p.kill()
+        p.wait()
+        for f in (p.stdin, p.stdout):
+            if f is not None:
+                f.close()
+
+
+def test_attach_ebpf_outlives_its_loader(bpffs: str, tmp_path: Path, holder: tuple[int, int, int]) -> None:
+    pid, fd, port = holder
+    policy = tmp_path / "p.conf"
+    policy.write_text(POLICY + SWAPPED.replace("echo", "other"))
+    r = sockgate_cli("attach", "--policy", str(policy), "--service", "echo", "--backend", "ebpf",
+                     "--pid", str(pid), "--fd", str(fd), "--json")
+    assert r.returncode == 0, r.stderr
+    done = json.loads(r.stdout)
+    assert done["backend"] == "ebpf" and done["sockets"][0]["action"] == "attached"
+    # the loader has exited: the guard stays, and ls (another process) still names it
+    assert tcp_echo_or_accept(port, "127.0.0.1") and tcp_filtered("127.0.0.2", port)
+    g = ls_guard(port)
+    assert (g["status"], g["service"], g["digest"], g["backend"]) == ("sockgate", "echo", done["digest"], "ebpf")
+    # a second loader recognises it as ours: a reload, no --force needed
+    r = sockgate_cli("attach", "--policy", str(policy), "--service", "other", "--backend", "ebpf",
+                     "--pid", str(pid), "--fd", str(fd), "--json")
+    assert r.returncode == 0, r.stderr
+    again = json.loads(r.stdout)["sockets"][0]
+    assert again["action"] == "reloaded" and again["before"]["service"] == "echo"
+    assert ls_guard(port)["service"] == "other"
+    assert sockgate_cli("detach", "--pid", str(pid), "--fd", str(fd)).returncode == 0
+    assert ls_guard(port)["status"] == "none"
+
+
+def tcp_echo_or_accept(port: int, source: str) -> bool:
+    """A connect from ``source`` completes (the holder never accepts: the handshake is enough)."""
+    with socket.socket() as c:
+        c.settimeout(2)
+        c.bind((source, 0))
+        c.connect(("127.0.0.1", port))
+        return True
+
+
+# ------------------------------------------------------------------------ transaction
+
+
+def test_a_failed_transaction_puts_the_ebpf_programs_back(bpffs: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = EbpfBackend(LinuxBpf(), bpffs)
+    kernel = Kernel([ClassicBackend(LINUX_OPS), backend], LINUX_OPS)
+    old = kernel.load(kernel.compile(parse_policy(POLICY).require_service("echo"), backend="ebpf"))
+    new = kernel.load(kernel.compile(parse_policy(SWAPPED).require_service("echo"), backend="ebpf"))
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        kernel.apply([Step(Slot(s.fileno(), f"sock {i}"), old) for i, s in enumerate(socks)])
+        real, calls = EbpfBackend.attach, []
+
+        def flaky(self: EbpfBackend, fd: int, program: Any, label: str) -> None:
+            calls.append(label)
+            if len(calls) == 3:
+                raise AdapterError(f"{label}: injected failure")
+            real(self, fd, program, label)
+
+        monkeypatch.setattr(EbpfBackend, "attach", flaky)
+        with pytest.raises(AdapterError, match="injected failure"):
+            kernel.apply([Step(Slot(s.fileno(), f"sock {i}"), new) for i, s in enumerate(socks)])
+        monkeypatch.setattr(EbpfBackend, "attach", real)
+        assert len(calls) == 3
+        assert [kernel.read(s.fileno()).digest for s in socks] == [old.compiled.digest] * 3
+        for s in socks:  # the old program decides again: 127.0.0.1 in, 127.0.0.2 out
+            assert udp_echo_to(s, "127.0.0.1") and not udp_echo_to(s, "127.0.0.2")
+    finally:
+        for s in socks:
+            s.close()
+
+
+def udp_echo_to(server: socket.socket, source: str) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+        c.bind((source, 0))
+        c.sendto(b"x", server.getsockname())
+        server.settimeout(0.3)
+        try:
+            return server.recvfrom(16)[1][0] == source
+        except TimeoutError:
+            return False
+
+
+# ---------------------------------------------------------------------------- clean-up
+
+
+def test_pins_of_closed_sockets_are_collected(bpffs: str) -> None:
+    kernel = Kernel([ClassicBackend(LINUX_OPS), EbpfBackend(LinuxBpf(), bpffs)], LINUX_OPS)
+    collector = EbpfBackend(LinuxBpf(), bpffs, grace=0)
+    kept, dropped = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
+    with kept, dropped:
+        kept.bind(("127.0.0.1", 0))
+        dropped.bind(("127.0.0.1", 0))
+        a = kernel.load(kernel.compile(parse_policy(POLICY).require_service("echo"), backend="ebpf"))
+        b = kernel.load(kernel.compile(parse_policy(SWAPPED).require_service("echo"), backend="ebpf"))
+        kernel.apply([Step(Slot(kept.fileno(), "kept"), a)])
+        kernel.apply([Step(Slot(dropped.fileno(), "dropped"), b)])
+        root = f"{bpffs}/sockgate/services/echo"
+        assert sorted(os.listdir(root)) == sorted([f"prog-{a.compiled.digest}", f"prog-{b.compiled.digest}"])
+        dropped.close()
+        assert collector.collect() == (1, 1)
+        assert os.listdir(root) == [f"prog-{a.compiled.digest}"]
+        info = kernel.read(kept.fileno())
+        assert (info.state, info.digest, info.backend) == ("sockgate", a.compiled.digest, "ebpf")
+    assert collector.collect() == (1, 1) and os.listdir(root) == []
+
+
+def test_planted_root_is_refused(bpffs: str) -> None:
+    backend = EbpfBackend(LinuxBpf(), bpffs)
+    assert backend.unavailable() is None and _mounted(bpffs)
+    os.chown(f"{bpffs}/sockgate", NOBODY, NOBODY)
+    why = EbpfBackend(LinuxBpf(), bpffs).unavailable()
+    assert why is not None and "owned by uid 65534, not root" in why
+    os.chown(f"{bpffs}/sockgate", 0, 0)
+    os.rmdir(f"{bpffs}/sockgate")
+    os.symlink("/tmp", f"{bpffs}/sockgate")
+    why = EbpfBackend(LinuxBpf(), bpffs).unavailable()
+    assert why is not None and "a symlink or not a directory" in why
+
+
+def test_refused_sums_the_services_pinned_counters(bpffs: str) -> None:
+    """``guard.refused`` reads the whole LRU map (batched lookups: thousands of sources)."""
+    backend = EbpfBackend(LinuxBpf(), bpffs)
+    kernel = Kernel([ClassicBackend(LINUX_OPS), backend], LINUX_OPS)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        kernel.apply([Step(Slot(s.fileno(), "s"), kernel.load(kernel.compile(parse_policy(POLICY).require_service("echo"), backend="ebpf")))])
+        assert kernel.read(s.fileno()).refused is None  # no counters pinned: nothing counted
+        spec = layout.counts_spec(10_000)
+        fd = bpfsys.map_create(spec.map_type, spec.key_size, spec.value_size, spec.max_entries, spec.flags, spec.name)
+        try:
+            n = 6000
+            bpfsys.map_update_many(fd, [layout.SourceKey(4, i).pack() for i in range(n)],
+                                   [layout.Count(i % 5, 1, 2).pack() for i in range(n)])
+            bpfsys.pin(fd, f"{bpffs}/sockgate/services/echo/counts")
+        finally:
+            os.close(fd)
+        info = kernel.read(s.fileno())
+        assert (info.refused, info.backend) == (sum(i % 5 for i in range(6000)), "ebpf")

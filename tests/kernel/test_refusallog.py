@@ -1,0 +1,155 @@
+"""The refusal log over real pinned maps: events a real program wrote to a service's ring
+become one line per source per interval, counted from the service's counter; the monitor runs
+on the supervisor's selectors loop, started in one call; JSON lines carry the fields;
+records that are no events are reported, not fatal; the journal sink speaks the native
+protocol to a socket."""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import json
+import os
+import socket
+import struct
+import sys
+import tempfile
+import time
+from typing import Iterator
+
+import pytest
+
+from sockgate.ebpf import layout
+from sockgate.ebpf.layout import Count, Reason, SourceKey
+from sockgate.linux import bpfsys
+from sockgate.linux.journal import Journal
+from sockgate.log import Log
+from sockgate.refusallog import RefusalMonitor, refusal_log, start_refusal_log
+from sockgate.supervisor import SelectorLoop
+from support.pinned import PinnedService, private_bpffs
+from support.ringwriter import RingWriter
+
+pytestmark = [
+    pytest.mark.skipif(sys.platform != "linux", reason="BPF rings are Linux-only"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="mounting bpffs and loading BPF programs needs root"),
+    pytest.mark.root,
+]
+
+
+class Lab:
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.ssh = PinnedService(root, "ssh")
+        self.writer = RingWriter(self.ssh.events, layout.EVENT.size)
+
+    def refuse(self, source: str, reason: Reason = Reason.RULE, rule: int = 1, counted: int | None = None) -> None:
+        a = ipaddress.ip_address(source)
+        now = time.monotonic_ns()
+        self.writer.write(layout.EVENT.pack(now, a.version, int(reason), 0, rule, a.packed.ljust(16, b"\0")))
+        if counted is not None:
+            bpfsys.map_update(self.ssh.counts, SourceKey.of(a).pack(), Count(counted, now, now).pack())
+
+    def close(self) -> None:
+        self.writer.close()
+        self.ssh.close()
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    with private_bpffs() as root:
+        lab = Lab(root)
+        try:
+            yield lab
+        finally:
+            lab.close()
+
+
+def test_one_line_per_source_counted_from_the_counter(lab: Lab) -> None:
+    out = io.StringIO()
+    mon = RefusalMonitor.pinned(["ssh"], refusal_log("text", stream=out), root=lab.root, labels={"ssh": ["a.conf:3", "a.conf:4"]})
+    try:
+        for _ in range(3):
+            lab.refuse("203.0.113.5")
+        lab.refuse("203.0.113.5", counted=17)
+        lab.refuse("2001:db8::7", Reason.RULE, -3)
+        [fd] = mon.fds()
+        mon.on_readable(fd)
+        mon.flush()
+        lines = out.getvalue().splitlines()
+        assert len(lines) == 2
+        assert lines[0].endswith(f" sockgate[{os.getpid()}]: ssh: refused connect from 203.0.113.5 (17 times in 1 s, rule a.conf:4)")
+        assert lines[1].endswith(": ssh: refused connect from 2001:db8::7 (1 time in 1 s, default)")
+    finally:
+        mon.close()
+
+
+def test_the_monitor_runs_on_the_supervisor_loop(lab: Lab) -> None:
+    out = io.StringIO()
+    loop = SelectorLoop()
+    mon = start_refusal_log(loop, ["ssh"], "json", root=lab.root, interval=0.2, stream=out)
+    try:
+        lab.refuse("198.51.100.9", Reason.BAN, -1)
+        lab.writer.write(bytes(layout.EVENT.size))  # family 0: no event
+        loop.call_later(5.0, loop.stop)  # a bound, should the line never come
+        deadline = time.monotonic() + 5
+
+        def check() -> None:
+            if '"refused"' in out.getvalue() or time.monotonic() > deadline:
+                loop.stop()
+            else:
+                loop.call_later(0.05, check)
+
+        loop.call_later(0.05, check)
+        loop.run()
+        recs = [json.loads(x) for x in out.getvalue().splitlines()]
+        refused = [r for r in recs if r["event"] == "refused"]
+        assert len(refused) == 1
+        r = refused[0]
+        assert {k: r[k] for k in ("service", "source", "count", "reason", "rule")} == {
+            "service": "ssh", "source": "198.51.100.9", "count": 1, "reason": "ban", "rule": None}
+        assert r["first_seen"].endswith("Z") and r["last_seen"] >= r["first_seen"]
+        assert any(x["event"] == "error" and "1 ring records were not refusal events" in x["message"] for x in recs)
+    finally:
+        mon.close()
+        loop.close()
+
+
+def test_missing_pins_open_nothing(lab: Lab) -> None:
+    before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(Exception, match="nope"):
+        RefusalMonitor.pinned(["ssh", "nope"], refusal_log(stream=io.StringIO()), root=lab.root)
+    assert set(os.listdir("/proc/self/fd")) <= before | {str(n) for n in range(3)}
+
+
+def _journal_fields(datagram: bytes) -> dict[str, str]:
+    out, rest = {}, datagram
+    while rest:
+        line, sep, tail = rest.partition(b"\n")
+        if b"=" in line:
+            k, v = line.split(b"=", 1)
+            out[k.decode()] = v.decode()
+            rest = tail
+        else:
+            (n,) = struct.unpack("<Q", tail[:8])
+            out[line.decode()] = tail[8 : 8 + n].decode()
+            rest = tail[8 + n + 1 :]
+    return out
+
+
+def test_the_journal_sink_speaks_the_native_protocol() -> None:
+    with tempfile.TemporaryDirectory() as d:
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        server.bind(f"{d}/socket")
+        server.settimeout(5)
+        try:
+            log = Log("text", sink="journal", ident="sockgate", facility=32, journal=Journal(f"{d}/socket"))
+            log.message("refused", "ssh: refused connect from 203.0.113.5 (2 times in 60 s, rule 1)", 4,
+                        service="ssh", source="203.0.113.5", count=2, note="two\nlines")
+            log.close()
+            got = _journal_fields(server.recv(65536))
+        finally:
+            server.close()
+    assert got["MESSAGE"] == "ssh: refused connect from 203.0.113.5 (2 times in 60 s, rule 1)"
+    assert (got["PRIORITY"], got["SYSLOG_IDENTIFIER"], got["SYSLOG_FACILITY"]) == ("4", "sockgate", "4")
+    assert (got["SOCKGATE_SOURCE"], got["SOCKGATE_COUNT"], got["SOCKGATE_NOTE"]) == ("203.0.113.5", "2", "two\nlines")
+    assert got["SOCKGATE_EVENT"] == "refused"
