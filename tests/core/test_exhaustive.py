@@ -14,7 +14,7 @@ import pytest
 from sockgate.bpf import ranges
 from sockgate.export import common
 from sockgate.peers import Peer
-from sockgate.policy import coverage, intervals, ir, lint, printer
+from sockgate.policy import coverage, intervals, ir, lint, needs, printer
 from sockgate.policy.ir import (
     AddrMatch,
     AnyOf,
@@ -105,8 +105,8 @@ EXPECTED = {
         {MatchAll: MatchAll(), MatchNone: MatchNone(), AddrMatch: ADDR, HostPattern: MatchNone(),
          HostClass: MatchNone(), Principal: MatchNone(), UserAt: MatchNone()},
     ),
-    "kernelrules.needs_name": (
-        kernelrules.needs_name,
+    "needs.match_facts host name": (
+        lambda m: needs.Need.HOST_NAME in needs.match_facts(m).needs,
         {MatchAll: False, MatchNone: False, AddrMatch: False, HostPattern: True, HostClass: True,
          Principal: False, UserAt: False, AnyOf: False, Except: False},
     ),
@@ -117,8 +117,8 @@ EXPECTED = {
          Principal: frozenset([ONE[Principal]]), UserAt: frozenset([ONE[UserAt]]), AnyOf: frozenset(),
          Except: frozenset()},
     ),
-    "ir.userspace_reason": (
-        ir.userspace_reason,
+    "needs.match_facts reason": (
+        lambda m: (lambda f: needs.need_text(f.needs[0], f.principal) if f.needs else None)(needs.match_facts(m)),
         {MatchAll: None, MatchNone: None, AddrMatch: None, HostPattern: "needs the client's host name (a DNS lookup)",
          HostClass: "needs the client's host name (a DNS lookup)", Principal: "needs Unix peer credentials (uid)",
          UserAt: "needs the client's ident user name", AnyOf: None, Except: None},
@@ -147,9 +147,9 @@ DAEMON_EXPECTED = {
         lambda d: decide.server_matches(d, "sshd", PEER),
         {DaemonPattern: True, MatchAll: True, AnyOf: True, Except: True},
     ),
-    "ir.userspace_reason": (
-        ir.userspace_reason,
-        {DaemonPattern: None, MatchAll: None, AnyOf: None, Except: None},
+    "needs.daemon_needs": (
+        needs.daemon_needs,
+        {DaemonPattern: (), MatchAll: (), AnyOf: (), Except: ()},
     ),
     "common._literal_daemons": (
         common._literal_daemons,

@@ -25,8 +25,8 @@ from sockgate.policy.ir import (
     Rule,
     Service,
     UserAt,
-    rule_userspace_reason,
 )
+from sockgate.policy.needs import rule_reason
 from sockgate.policy.source import Span
 from sockgate.decide import decide_unnamed
 from sockgate.proxy.kernelrules import kernel_service, over, surely_allowed_service, under
@@ -253,7 +253,7 @@ def test_kernel_drops_only_what_the_engine_surely_denies(
 ) -> None:
     svc = _service(rs, default)
     k = kernel_service(svc)
-    assert all(rule_userspace_reason(r) is None for r in k.rules)
+    assert all(rule_reason(r) is None for r in k.rules)
     a = ipaddress.ip_address(addr)
     if decide_service(k, Peer(address=a)).action is Action.DENY:
         name, verified, user, uid = fact

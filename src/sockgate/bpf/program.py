@@ -46,7 +46,8 @@ from sockgate.bpf.insn import (
 )
 from sockgate.errors import CompileError, UnsupportedInKernel
 from sockgate.policy.intervals import SPACE, net_range
-from sockgate.policy.ir import Action, Service, rule_userspace_reason
+from sockgate.policy.ir import Action, Service
+from sockgate.policy.needs import rule_reason
 from sockgate.policy.printer import format_limits
 
 OPTMEM_MAX = 131072  # net.core.optmem_max default (net/core/sock.c: sysctl_optmem_max)
@@ -109,7 +110,7 @@ def compile_service(service: Service, *, banned: Sequence[_ranges.Banned] = ()) 
 def _refuse_userspace(service: Service) -> None:
     lines = []
     for rule in service.rules:
-        reason = rule_userspace_reason(rule)
+        reason = rule_reason(rule)
         if reason is not None:
             lines.append(f"{rule.span.file}:{rule.span.line}: {rule.text}: {reason}")
     what = []

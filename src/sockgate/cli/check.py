@@ -28,7 +28,8 @@ from sockgate.errors import UsageError
 from sockgate.peers import Peer
 from sockgate.policy.ir import IPAddress, Option, Policy, Service
 from sockgate.policy.source import printable
-from sockgate.proxy.kernelrules import assume_unlearned, needs_name, needs_unlearned, surely_allowed_service
+from sockgate.policy.needs import Need, rule_needs
+from sockgate.proxy.kernelrules import assume_unlearned, needs_unlearned, surely_allowed_service
 from sockgate.lookup import DEFAULT_TIMEOUT, Looked, SystemNameService, peers_for_client, credentials_peer
 
 MAX_ID = 0xFFFFFFFE
@@ -193,14 +194,10 @@ def _peers(
         p = credentials_peer(args.uid, args.gid, args.exe, args.pid)
         return [(p.describe(), ((p, None),))]
     resolver = None if args.no_resolve else SystemNameService(args.timeout)
-    names = _service_needs_names(service)
+    names = any(Need.HOST_NAME in rule_needs(r) for r in service.rules)
     return [
         (c, peers_for_client(c, resolver, names=names, user=args.user, server=server)) for c in clients
     ]
-
-
-def _service_needs_names(service: Service) -> bool:
-    return any(needs_name(r.match) for r in service.rules)
 
 
 # ---------------------------------------------------------------------------------------------

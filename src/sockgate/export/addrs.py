@@ -24,7 +24,8 @@ import ipaddress
 from dataclasses import dataclass
 
 from sockgate.policy.intervals import SPACE, Range, Ranges, cidrs, match_ranges, to_address
-from sockgate.policy.ir import IPAddress, IPNetwork, Match, userspace_reason
+from sockgate.policy.ir import IPAddress, IPNetwork, Match
+from sockgate.policy.needs import match_facts, need_text
 
 Intervals = Ranges  # half-open (lo, hi): addresses lo .. hi - 1
 MAPPED_V6 = ipaddress.IPv6Network("::ffff:0:0/96")  # IPv4-mapped IPv6 addresses, RFC 4291 2.5.5.2
@@ -55,10 +56,10 @@ class AddrSpace:
 
 def flatten(match: Match) -> AddrSpace:
     """The addresses ``match`` holds for. Only for matches a packet filter can decide
-    (``userspace_reason(match) is None``); anything else raises ``ValueError`` (a bug)."""
-    reason = userspace_reason(match)
-    if reason is not None:
-        raise ValueError(f"not decidable from an address: {match!r} ({reason})")
+    (``match_facts(match).needs == ()``); anything else raises ``ValueError`` (a bug)."""
+    facts = match_facts(match)
+    if facts.needs:
+        raise ValueError(f"not decidable from an address: {match!r} ({need_text(facts.needs[0], facts.principal)})")
     return AddrSpace(v4=match_ranges(match, 4), v6=match_ranges(match, 6))
 
 

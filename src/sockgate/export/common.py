@@ -46,9 +46,8 @@ from sockgate.policy.ir import (
     Rule,
     Service,
     applies,
-    rule_userspace_reason,
-    userspace_reason,
 )
+from sockgate.policy.needs import daemon_needs, rule_reason
 from sockgate.policy.source import Span
 
 Target = Literal["nftables", "pf"]
@@ -227,10 +226,10 @@ def _plan_service(svc: Service, endpoints: tuple[Endpoint, ...], problems: _Prob
         notes.append("connection limits are not enforced here")
     items: list[Item] = []
     for rule in svc.rules:
-        if rule.daemons is not None and userspace_reason(rule.daemons) is None:
+        if rule.daemons is not None and not daemon_needs(rule.daemons):
             if applies(rule.daemons, svc.name) is Applies.NEVER:
                 continue
-        why = rule_userspace_reason(rule)
+        why = rule_reason(rule)
         if why is not None:
             problems.add(rule.span, rule.text, why)
             items.append(SkippedRule(rule, why))

@@ -414,40 +414,6 @@ def _hash(parts: list[str]) -> str:
     return hashlib.sha256("".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
-# ---------------------------------------------------------------------------------------------
-# What a rule needs beyond an address (the compiler refuses these; the proxy enforces them)
-
-
-def userspace_reason(match: Match | DaemonMatch) -> str | None:
-    """Why ``match`` cannot be decided from the packet's source address alone, or None."""
-    match match:
-        case HostPattern() | HostClass():
-            return "needs the client's host name (a DNS lookup)"
-        case UserAt():
-            return "needs the client's ident user name"
-        case Principal(kind=kind):
-            return f"needs Unix peer credentials ({kind})"
-        case AnyOf(items=items):
-            return next((r for m in items if (r := userspace_reason(m)) is not None), None)
-        case Except(include=include, exclude=exclude):
-            return userspace_reason(include) or userspace_reason(exclude)
-        case DaemonPattern(server=server):
-            return None if server is None else "needs the server address (daemon@host)"
-        case MatchAll() | MatchNone() | AddrMatch():
-            return None
-        case _:
-            assert_never(match)
-
-
-def rule_userspace_reason(rule: Rule) -> str | None:
-    r = userspace_reason(rule.match)
-    if r is None and rule.daemons is not None:
-        r = userspace_reason(rule.daemons)
-    if r is None and rule.limits is not None and not rule.limits.is_empty():
-        r = "has connection limits"
-    return r
-
-
 def _fmt_seconds(s: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if s >= size and s % size == 0:

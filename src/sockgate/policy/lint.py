@@ -50,8 +50,8 @@ from sockgate.policy.ir import (
     Service,
     UserAt,
     applies,
-    rule_userspace_reason,
 )
+from sockgate.policy.needs import Need, match_facts, rule_reason
 from sockgate.policy.source import Span, quote
 
 
@@ -159,16 +159,6 @@ def _set_labels(m: Match) -> list[str]:
             assert_never(m)
 
 
-def _has(m: Match, kinds: tuple[type, ...]) -> bool:
-    if isinstance(m, kinds):
-        return True
-    if isinstance(m, AnyOf):
-        return any(_has(i, kinds) for i in m.items)
-    if isinstance(m, Except):
-        return _has(m.include, kinds) or _has(m.exclude, kinds)
-    return False
-
-
 def _shared_endpoints(services: tuple[Service, ...]) -> Iterator[Diagnostic]:
     """A port or Unix path claimed by two services: which rules guard it is ambiguous. Each
     service is compared with the services that claimed its ports and paths first."""
@@ -206,7 +196,7 @@ def _clash(a: Endpoint, b: Endpoint) -> str | None:
 def _userspace_only(rules: tuple[Rule, ...]) -> Iterator[Diagnostic]:
     """hosts_access rules that need more than the source address (names, ident, server)."""
     for rule in rules:
-        why = rule_userspace_reason(rule)
+        why = rule_reason(rule)
         if why is not None:
             yield _warn(rule.span, f"a kernel filter cannot enforce this rule: it {why}; only `sockgate proxy` "
                         "enforces it, and `sockgate run`/`attach` refuse it")
@@ -226,12 +216,13 @@ def _kinds(service: Service) -> Iterator[Diagnostic]:
     ip_only = bool(protos) and "unix" not in protos
     unix_only = protos == {"unix"}
     for rule in service.rules:
-        if _has(rule.match, (HostPattern, HostClass)):
+        facts = match_facts(rule.match)
+        if Need.HOST_NAME in facts.needs:
             yield _warn(rule.span, "host-name rule: a kernel filter cannot match host names (they need a DNS "
                         "lookup); only `sockgate proxy` enforces this rule, and `sockgate run`/`attach` refuse it")
-        if ip_only and _has(rule.match, (Principal,)):
+        if ip_only and Need.CREDENTIALS in facts.needs:
             yield _warn(rule.span, f"user/group/uid/gid/exe rules need Unix peer credentials, but service "
                         f"{service.name} has no unix: endpoint; this rule never matches an IP client")
-        if unix_only and _has(rule.match, (AddrMatch,)):
+        if unix_only and facts.uses_address:
             yield _warn(rule.span, f"address rules need an IP peer, but service {service.name} listens only "
                         "on Unix sockets; this part of the rule never matches")

@@ -66,8 +66,8 @@ from sockgate.policy.ir import (
     Service,
     UserAt,
     applies,
-    userspace_reason,
 )
+from sockgate.policy.needs import daemon_needs
 
 
 def over(m: Match) -> Match:
@@ -125,7 +125,7 @@ def _daemons_apply(rule: Rule, service: str) -> bool | None:
     d = rule.daemons
     if applies(d, service) is Applies.NEVER:
         return False
-    if d is not None and userspace_reason(d) is not None:
+    if daemon_needs(d):
         return None  # a daemon@host part: decided per connection, even where the name alone would do
     return True
 
@@ -155,23 +155,6 @@ def kernel_service(service: Service) -> Service:
         if k.action is Action.ALLOW and isinstance(k.match, MatchAll):
             break  # nothing after an allow-all can be denied in the kernel
     return replace(service, rules=tuple(rules), limits=None, listen=(), forward=None)
-
-
-def needs_name(m: Match) -> bool:
-    """Whether ``m`` may depend on the peer's host name (and so on a lookup)."""
-    match m:
-        case HostPattern() | HostClass():
-            return True
-        case UserAt(host=host):
-            return needs_name(host)
-        case AnyOf(items=items):
-            return any(needs_name(i) for i in items)
-        case Except(include=include, exclude=exclude):
-            return needs_name(include) or needs_name(exclude)
-        case MatchAll() | MatchNone() | AddrMatch() | Principal():
-            return False
-        case _:
-            assert_never(m)
 
 
 def surely_allowed_service(service: Service) -> Service:

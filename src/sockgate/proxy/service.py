@@ -41,9 +41,10 @@ from typing import TYPE_CHECKING, Any, Hashable
 from sockgate.errors import CompileError, SockgateError, UsageError
 from sockgate.kernel import Compiled, Kernel, Loaded, Slot, Step, default_kernel
 from sockgate.peers import Peer
-from sockgate.policy.ir import Rule, Service, userspace_reason
+from sockgate.policy.ir import Rule, Service
+from sockgate.policy.needs import Need, rule_needs
 from sockgate.proxy.admission import Admission, Admitted, Refused, peer_label, rule_label
-from sockgate.proxy.kernelrules import kernel_service, needs_name
+from sockgate.proxy.kernelrules import kernel_service
 from sockgate.proxy.limits import as_network, source_of
 from sockgate.log import Log
 from sockgate.proxy.namecache import LATE, LookupRefused, ReverseLookup
@@ -205,10 +206,9 @@ class Runner:
         self.service = service
         self.kservice = kernel_service(service)
         self.admission = Admission(service, getattr(self, "admission", None))
-        self.needs_name = any(needs_name(r.match) for r in service.rules)
-        # a daemon list with a daemon@host part, whatever the client side needs too (read off
-        # the daemon lists themselves, never off a reason's wording)
-        self.needs_server = any(r.daemons is not None and userspace_reason(r.daemons) is not None for r in service.rules)
+        needs = {n for r in service.rules for n in rule_needs(r)}
+        self.needs_name = Need.HOST_NAME in needs
+        self.needs_server = Need.SERVER_ADDRESS in needs  # a daemon@host part, whatever the client side needs
 
     @staticmethod
     def has_limits(service: Service) -> bool:
