@@ -158,7 +158,7 @@ def _exe_pattern(pattern: str) -> "re.Pattern[str]":
 
 def decide_unnamed(service: Service, surely: Service, peer: Peer, why: str) -> Decision:
     """The decision for ``peer`` (no name) whose host-name lookup was cut short: the engine's
-    when ``surely`` (``kernelrules.surely_allowed_service(service)``) allows it, else a denial saying
+    when ``surely`` (``kernelpart.surely_allowed_service(service)``) allows it, else a denial saying
     ``why`` — never an allow that some name could have turned into a deny."""
     if decide_service(surely, peer).allowed:
         return decide_service(service, peer)

@@ -37,7 +37,7 @@ import socket
 import subprocess
 
 from sockgate.decide import decide_service
-from sockgate.proxy.kernelrules import assume_unlearned
+from sockgate.resolve.kernelpart import assume_unlearned
 from sockgate.launcher import Gate
 from sockgate.linux import activation, privileges
 from sockgate.linux.listen import Listener

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from support.bpfcases import _edges, addresses, packets, services
 
 from sockgate.bpf import Packet
-from sockgate.bpf.ranges import MAPPED
+from sockgate.resolve.ranges import MAPPED
 from sockgate.decide import decide_service
 from sockgate.ebpf import EbpfProgram, LpmKey, compile_service
 from sockgate.ebpf.prefixes import split

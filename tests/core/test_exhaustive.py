@@ -11,7 +11,7 @@ import typing
 
 import pytest
 
-from sockgate.bpf import ranges
+from sockgate.resolve import ranges
 from sockgate.export import common
 from sockgate.peers import Peer
 from sockgate.policy import coverage, intervals, ir, lint, needs, printer
@@ -30,7 +30,7 @@ from sockgate.policy.ir import (
     PrincipalKind,
     UserAt,
 )
-from sockgate.proxy import kernelrules
+from sockgate.resolve import kernelpart as kernelrules
 
 decide = importlib.import_module("sockgate.decide")  # the module (the package exports a function of that name)
 

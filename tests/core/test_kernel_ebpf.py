@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import pytest
 
-from sockgate.bpf.ranges import Banned
+from sockgate.resolve.ranges import Banned
 from sockgate.ebpf import layout, registry
 from sockgate.ebpf.insn import MapType
 from sockgate.ebpf.program import EbpfProgram

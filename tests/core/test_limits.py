@@ -29,7 +29,7 @@ from sockgate.policy.ir import (
 from sockgate.policy.needs import rule_reason
 from sockgate.policy.source import Span
 from sockgate.decide import decide_unnamed
-from sockgate.proxy.kernelrules import kernel_service, over, surely_allowed_service, under
+from sockgate.resolve.kernelpart import kernel_service, over, surely_allowed_service, under
 from sockgate.proxy.limits import FlowTable, Limiter, as_network, source_of
 
 # -- UDP flow table ---------------------------------------------------------------------------

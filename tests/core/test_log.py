@@ -54,7 +54,7 @@ def test_records_wait_in_the_buffer_until_flushed() -> None:
 
 def test_limits_and_kernelrules_do_no_io() -> None:
     code = (
-        "import sys; import sockgate.proxy.limits, sockgate.proxy.kernelrules\n"
+        "import sys; import sockgate.proxy.limits, sockgate.resolve.kernelpart\n"
         "bad = [m for m in ('socket', 'asyncio', 'ctypes', 'sockgate.linux') if m in sys.modules]\n"
         "print(bad)"
     )

@@ -10,7 +10,7 @@ import struct
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sockgate.bpf.ranges import BANNED, FORGED
+from sockgate.resolve.ranges import BANNED, FORGED
 from sockgate.ebpf import layout
 from sockgate.ebpf.layout import Ban, Count, Event, Origin, Reason, SourceKey
 from sockgate.ebpf.maps import DEFAULT_RULE, LpmKey

@@ -28,7 +28,7 @@ from sockgate.policy.ir import (
     UserAt,
 )
 from sockgate.policy.source import Span
-from sockgate.proxy.kernelrules import assume_unlearned
+from sockgate.resolve.kernelpart import assume_unlearned
 
 A = ipaddress.ip_address
 N = ipaddress.ip_network

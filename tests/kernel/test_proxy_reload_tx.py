@@ -22,7 +22,7 @@ from sockgate.kernel.sockets import LINUX_OPS
 from sockgate.linux import filter as kfilter
 from sockgate.log import Log
 from sockgate.policy.parser import parse_policy
-from sockgate.proxy.kernelrules import kernel_service
+from sockgate.resolve.kernelpart import kernel_service
 from sockgate.proxy.server import Proxy, new_loop
 from sockgate.proxy.service import ProxySpec
 from sockgate.urls import parse_url

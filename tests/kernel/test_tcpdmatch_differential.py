@@ -42,7 +42,7 @@ from sockgate.peers import Peer
 from sockgate.policy.hostmatch import addr_text
 from sockgate.policy.hostsaccess import parse_hosts_access
 from sockgate.policy.ir import Policy
-from sockgate.proxy.kernelrules import assume_unlearned
+from sockgate.resolve.kernelpart import assume_unlearned
 
 TCPDMATCH = shutil.which("tcpdmatch") or "/usr/sbin/tcpdmatch"
 pytestmark = [

@@ -25,9 +25,7 @@ LAYERS: dict[str, int] = {
     "sockgate.urls": BASE,
     "sockgate.policy": POLICY,
     "sockgate.peers": POLICY,
-    "sockgate.resolved": RESOLVE,
-    "sockgate.proxy.kernelrules": RESOLVE,
-    "sockgate.bpf.ranges": RESOLVE,
+    "sockgate.resolve": RESOLVE,  # the resolve pass: model, kernelpart, ranges
     "sockgate.decide": CORE,
     "sockgate.bpf": CORE,
     "sockgate.export": CORE,

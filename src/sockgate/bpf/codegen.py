@@ -59,7 +59,7 @@ from sockgate.bpf.insn import (
     U32,
     Insn,
 )
-from sockgate.bpf.ranges import Interval, Table, Tables
+from sockgate.resolve.ranges import Interval, Table, Tables
 from sockgate.policy.ir import Action
 
 RET_K = {Action.DENY: 0, Action.ALLOW: U32}

@@ -25,7 +25,7 @@ from functools import lru_cache
 from typing import Literal, Sequence
 
 from sockgate.bpf import marker as _marker
-from sockgate.bpf import ranges as _ranges
+from sockgate.resolve import ranges as _ranges
 from sockgate.bpf import verify
 from sockgate.bpf.codegen import generate
 from sockgate.bpf.insn import (

@@ -9,7 +9,7 @@ Options of the matched hosts_access rule are listed and never executed. A revers
 granted only where every name would be, else denied with the timeout as the reason. Facts
 sockgate never learns — the server's host name (``daemon@host`` rules) and, when no user is
 given, the client's ident user (``user@host`` rules) — are assumed to be whatever denies
-(``kernelrules.assume_unlearned``, as the proxy decides); a client libwrap would grant with
+(``kernelpart.assume_unlearned``, as the proxy decides); a client libwrap would grant with
 them known is denied with a ``note:`` saying so. Exit 0
 when every client is allowed, 1 when any is denied. docs/check.md documents the output.
 """
@@ -29,7 +29,7 @@ from sockgate.peers import Peer
 from sockgate.policy.ir import IPAddress, Option, Policy, Service
 from sockgate.policy.source import printable
 from sockgate.policy.needs import Need, rule_needs
-from sockgate.proxy.kernelrules import assume_unlearned, needs_unlearned, surely_allowed_service
+from sockgate.resolve.kernelpart import assume_unlearned, needs_unlearned, surely_allowed_service
 from sockgate.lookup import DEFAULT_TIMEOUT, Looked, SystemNameService, peers_for_client, credentials_peer
 
 MAX_ID = 0xFFFFFFFE

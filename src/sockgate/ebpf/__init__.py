@@ -2,8 +2,8 @@
 
 Passes (each a module with one entry function)::
 
-    Service ──bpf.ranges.build──▶ Tables ──prefixes.entries──▶ trie entries (maps.py)
-                                       └──codegen.generate──▶ insns (asm.py) ──program──▶ EbpfProgram
+    ResolvedService ──resolve.ranges.first_match_tables──▶ Tables ──prefixes.entries──▶ trie entries (maps.py)
+                                                            └──codegen.generate──▶ insns (asm.py) ──program──▶ EbpfProgram
 
 ``compile_service`` is the entry point; ``disasm.listing`` prints a program. Loading and
 attaching are the adapter's (sockgate.linux.bpfsys). See docs/ebpf.md.

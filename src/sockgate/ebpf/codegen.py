@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sockgate.bpf.ranges import BANNED, FORGED
+from sockgate.resolve.ranges import BANNED, FORGED
 from sockgate.ebpf import counting, frame, rates
 from sockgate.ebpf.frame import KEY, SRC, VERSION, Emitter
 from sockgate.ebpf.insn import (

@@ -19,8 +19,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Sequence
 
-from sockgate.bpf import ranges as _ranges
-from sockgate.bpf.ranges import Interval, Table, Tables
+from sockgate.resolve import ranges as _ranges
+from sockgate.resolve.ranges import Interval, Table, Tables
 from sockgate.policy.ir import Action, Service
 
 

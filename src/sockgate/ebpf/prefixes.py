@@ -12,7 +12,7 @@ hits at most one of them, and longest-prefix match equals first match.
 
 from __future__ import annotations
 
-from sockgate.bpf.ranges import Table
+from sockgate.resolve.ranges import Table
 from sockgate.ebpf.maps import PREFIX_BITS, LpmKey, Verdict
 from sockgate.policy.ir import Action
 

@@ -25,7 +25,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Literal, Mapping, Sequence
 
-from sockgate.bpf import ranges as _ranges
+from sockgate.resolve import ranges as _ranges
 from sockgate.bpf.program import _refuse_userspace  # the resolve pass (issue 12) will own this
 from sockgate.ebpf import labels, layout, prefixes, rates
 from sockgate.ebpf.codegen import Shape, State, generate

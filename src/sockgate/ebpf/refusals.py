@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, assert_never
 
-from sockgate.bpf.ranges import BANNED, FORGED
+from sockgate.resolve.ranges import BANNED, FORGED
 from sockgate.ebpf import layout
 from sockgate.ebpf.layout import Count, Event, Origin, Reason, SourceKey
 from sockgate.ebpf.maps import ADDR_BYTES, LpmKey

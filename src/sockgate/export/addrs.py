@@ -14,7 +14,7 @@ header, so on the wire an IPv6 header with a source in ``MAPPED_V6`` is forged (
 2.5.5.2). Linux does not drop it before netfilter (TCP refuses it in ``tcp_v6_conn_request``;
 UDP delivers it, seen on 6.18), so every exported service drops it before its rules.
 
-The set algebra is the BPF compiler's (``policy.intervals``, which ``bpf.ranges`` uses too),
+The set algebra is the BPF compiler's (``policy.intervals``, which ``resolve.ranges`` uses too),
 so the kernel filter and the firewall rules agree by construction.
 """
 

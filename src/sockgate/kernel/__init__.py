@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Literal, Sequence, assert_never
 
-from sockgate.bpf.ranges import Banned
+from sockgate.resolve.ranges import Banned
 from sockgate.errors import CompileError, SockgateError, UnsupportedInKernel, UnsupportedPlatform
 from sockgate.kernel import transaction
 from sockgate.kernel.backend import Backend, Compiled, FilterOps, Loaded

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Protocol, Sequence
 
-from sockgate.bpf.ranges import Banned
+from sockgate.resolve.ranges import Banned
 from sockgate.kernel.reading import Attached, BackendName, GuardInfo
 from sockgate.policy.ir import Service
 

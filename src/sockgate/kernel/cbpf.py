@@ -15,7 +15,7 @@ from typing import Literal, Protocol, Sequence
 
 from sockgate.bpf.marker import classify
 from sockgate.bpf.program import Program, compile_service
-from sockgate.bpf.ranges import Banned
+from sockgate.resolve.ranges import Banned
 from sockgate.kernel.backend import Compiled, Loaded
 from sockgate.kernel.reading import Attached, ClassicFilter, GuardInfo
 from sockgate.policy.ir import Service

@@ -39,7 +39,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-from sockgate.bpf.ranges import Banned
+from sockgate.resolve.ranges import Banned
 from sockgate.ebpf import layout, registry
 from sockgate.ebpf.insn import MapType
 from sockgate.ebpf.maps import MapSpec

@@ -1,4 +1,4 @@
-"""Sets of addresses as integer intervals: the arithmetic the BPF compiler (``bpf.ranges``),
+"""Sets of addresses as integer intervals: the arithmetic the BPF compiler (``resolve.ranges``),
 the firewall exporters (``export.addrs``) and the policy checks (``policy.coverage``) share.
 
 An address of family 4 or 6 is an integer in ``[0, SPACE[family])``; a set of addresses is a

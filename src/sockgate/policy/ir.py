@@ -223,6 +223,12 @@ class Option:
     span: Span | None = None
     fails: str = ""  # why libwrap fails on it when the rule is used, so the rule denies
 
+    @property
+    def is_verdict(self) -> bool:
+        """hosts_options(5) ``allow``/``deny``: already the rule's action, so any filter
+        carries it out."""
+        return self.name in ("allow", "deny")
+
 
 @dataclass(frozen=True)
 class Rule:

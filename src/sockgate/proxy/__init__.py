@@ -1,7 +1,7 @@
 """The guard proxy: what the kernel cannot decide, decided in user space, at line rate.
 
 ``sockgate proxy`` sits in front of an unmodified service. Its own listening sockets carry
-the kernel filter for everything the source address decides (``kernelrules``), so denied
+the kernel filter for everything the source address decides (``resolve.kernelpart``), so denied
 sources never wake it; it decides the rest — Unix peer credentials, host names, connection
 limits and rate bans (``limits``, pushed back into the kernel filter) — per connection
 (``service``), relays bytes with ``splice(2)`` (``relay``, ``udp``), logs every decision and

@@ -2,7 +2,7 @@
 names them.
 
 ``Admission`` is one service's: the engine's decision (on the service with every fact the
-proxy does not learn assumed the worst, ``kernelrules.assume_unlearned``), then the limits of
+proxy does not learn assumed the worst, ``kernelpart.assume_unlearned``), then the limits of
 the service and of the matched rule, taken together — if a later one refuses, those already
 taken are released — and the bans a per-source rate limit starts. TCP connections
 (``proxy.service``) and UDP flows (``proxy.udp``) are admitted alike, so this lives beneath
@@ -23,7 +23,7 @@ from typing import Hashable
 from sockgate.decide import Decision, decide_service, decide_unnamed
 from sockgate.peers import Peer
 from sockgate.policy.ir import Action, Limits, Rule, Service
-from sockgate.proxy.kernelrules import assume_unlearned, surely_allowed_service
+from sockgate.resolve.kernelpart import assume_unlearned, surely_allowed_service
 from sockgate.proxy.limits import Limiter, source_of
 
 LimiterKey = tuple[object, Limits]  # what identifies a limiter across a reload: the same limits on the same match
@@ -50,7 +50,7 @@ class Admission:
 
     def __init__(self, service: Service, previous: Admission | None = None) -> None:
         # The proxy never queries ident nor looks up its own host name: decided as if every
-        # answer libwrap could get were the worst one (kernelrules.assume_unlearned).
+        # answer libwrap could get were the worst one (kernelpart.assume_unlearned).
         self.decided = assume_unlearned(service, ident=True, server_name=True)
         self.origin = {d: r for d, r in reversed(list(zip(self.decided.rules, service.rules)))}
         self.surely = surely_allowed_service(self.decided)  # for a peer whose name lookup was cut short

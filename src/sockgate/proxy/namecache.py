@@ -17,7 +17,7 @@ interrupted: a lookup holds its thread until libc gives up (resolv.conf ``timeou
   deadline, or failed in sockgate itself — raises ``LookupRefused`` saying why. That is *not*
   "no name": libwrap waits for its resolver and decides with the name that comes back, which
   a ``deny`` by name may match. So the caller lets the client in only where every name would
-  (``kernelrules.surely_allowed_service``) and refuses it otherwise. A lookup that finished
+  (``kernelpart.surely_allowed_service``) and refuses it otherwise. A lookup that finished
   without a name (no PTR record, NXDOMAIN, the resolver's own give-up) is libwrap's unknown.
 
 Answers are cached per lane — names for ``ttl`` seconds, failures for ``negative_ttl`` (nscd's

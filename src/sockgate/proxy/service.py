@@ -14,7 +14,7 @@ forwards to). Per accepted connection it:
    (non-blocking connect with a deadline) and handed to a ``relay.Relay``;
 5. logs the finished connection with its byte counts, duration and how it ended.
 
-Kernel filter. Every IP listener carries the program compiled from ``kernelrules.kernel_service``
+Kernel filter. Every IP listener carries the program compiled from ``kernelpart.kernel_service``
 (the address-only part the kernel may enforce; see there) plus the sources currently banned.
 A ban recompiles it and replaces it on every listener in one transaction of the kernel seam
 (``sockgate.kernel``: a ``setsockopt`` each, atomic under RCU), so the banned source's SYNs and
@@ -44,7 +44,7 @@ from sockgate.peers import Peer
 from sockgate.policy.ir import Rule, Service
 from sockgate.policy.needs import Need, rule_needs
 from sockgate.proxy.admission import Admission, Admitted, Refused, peer_label, rule_label
-from sockgate.proxy.kernelrules import kernel_service
+from sockgate.resolve.kernelpart import kernel_service
 from sockgate.proxy.limits import as_network, source_of
 from sockgate.log import Log
 from sockgate.proxy.namecache import LATE, LookupRefused, ReverseLookup

@@ -1,4 +1,4 @@
-"""A service's address rules → disjoint labelled intervals, one table per address family.
+"""A resolved service's address rules → disjoint labelled intervals, one table per address family.
 
 Each rule's match becomes a set of half-open integer intervals over the family's address
 space (IPv4: 0..2**32, IPv6: 0..2**128) by the interval algebra of ``policy.intervals``
@@ -44,8 +44,8 @@ from sockgate.policy.ir import (
     Principal,
     Service,
     UserAt,
-    applies,
 )
+from sockgate.resolve.model import ResolvedService, resolve_service
 
 Banned = Union[ipaddress.IPv4Network, ipaddress.IPv6Network, ipaddress.IPv4Address, ipaddress.IPv6Address]
 
@@ -87,24 +87,27 @@ class Tables:
     other_rule: int | None
 
 
-def build(service: Service, banned: Sequence[Banned] = ()) -> Tables:
-    """The interval tables for ``service`` (rules needing user space must be refused before)."""
-    matches: list[Match] = []
-    for rule in service.rules:
-        selected = applies(rule.daemons, service.name) is Applies.ALWAYS  # (BY_SERVER is refused before)
-        matches.append(rule.match if selected else MatchNone())
-    default = service.effective_default
-    other_rule = next((i for i, m in enumerate(matches) if _matches_no_address(m)), None)
-    other = default if other_rule is None else service.rules[other_rule].action
+def first_match_tables(service: ResolvedService, banned: Sequence[Banned] = ()) -> Tables:
+    """The interval tables for ``service`` (rules needing user space must be refused before:
+    ``ResolvedService.refusal``). A rule's label is its index in ``Service.rules``."""
+    rules = [(r.rule.match if r.selection is Applies.ALWAYS else MatchNone(), r) for r in service.rules]  # (BY_SERVER is refused before)
+    default = service.default
+    other_by = next((r for m, r in rules if _matches_no_address(m)), None)
+    other, other_rule = (default, None) if other_by is None else (other_by.rule.action, other_by.index)
     tables = []
     for fam in (4, 6):
         ban = union(net_range(as_net(b)) for b in banned if b.version == fam)
         # in order of precedence: forged sources, banned ones, then the rules
         sets: list[Labelled] = [((net_range(MAPPED),), Action.DENY, FORGED)] if fam == 6 else []
         sets.append((ban, Action.DENY, BANNED))
-        sets += [(match_ranges(m, fam), r.action, i) for i, (m, r) in enumerate(zip(matches, service.rules))]
+        sets += [(match_ranges(m, fam), r.rule.action, r.index) for m, r in rules]
         tables.append(Table(fam, _first_match(sets, default, SPACE[fam])))
     return Tables(tables[0], tables[1], other, other_rule)
+
+
+def build(service: Service, banned: Sequence[Banned] = ()) -> Tables:
+    """``first_match_tables`` of ``service`` resolved (until the compilers take a resolved service)."""
+    return first_match_tables(resolve_service(service), banned)
 
 
 def as_net(b: Banned) -> IPNetwork:

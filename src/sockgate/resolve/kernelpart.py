@@ -1,4 +1,7 @@
-"""Which part of a service the proxy may hand to the kernel filter on its own listeners.
+"""Which part of a service a kernel filter may enforce, when user space enforces the rest.
+
+The proxy puts this part on its own listeners (``ResolvedService.kernel_part``); ``check``,
+``inetd`` and the proxy decide with ``assume_unlearned`` and ``surely_allowed_service``.
 
 The kernel sees only the source address. It may drop a packet only when the engine would
 deny that source *whatever* user space later learns about it (host name, ident user, Unix
