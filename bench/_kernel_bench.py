@@ -117,13 +117,14 @@ def _libwrap_pattern(cidr: str) -> str:
 def serve(mode: str, spec: dict[str, Any], backlog: int = 4096) -> None:
     import tempfile
 
-    from sockgate.decide import decide_service
+    from sockgate.decide import decide_resolved
     from sockgate.peers import Peer
+    from sockgate.resolve import resolve_service
 
-    svc = service_from(spec)
+    svc = resolve_service(service_from(spec))  # resolved once, as a daemon would
 
     def allowed(addr: str) -> bool:  # the user-space check of accept-close and inetd-fork
-        return bool(decide_service(svc, Peer.parse(addr)).allowed)
+        return bool(decide_resolved(svc, Peer.parse(addr)).allowed)
 
     if mode == "libwrap":
         tmp = tempfile.TemporaryDirectory(prefix="sockgate-libwrap-")  # removed when serve returns

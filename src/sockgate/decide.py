@@ -1,8 +1,10 @@
-"""The reference decision engine: ``(policy, service, peer) -> Decision``.
+"""The reference decision engine: ``(resolved service, peer) -> Decision``.
 
 Pure and total: every other enforcement path (the BPF compiler through its interpreter, the
 kernel, the proxy, the exporters) is tested against this function. Rules are tried in order
-and the first whose match holds decides; when none does the service default applies.
+and the first whose match holds decides; when none does the service default applies. The
+service arrives resolved (``sockgate.resolve``): rules a daemon list never selects are gone,
+and a ``daemon@host`` list is tested per connection (``server_matches``).
 
 Name lookups never happen here. A peer arrives with whatever the edge learned about it (its
 address, and maybe a verified host name, an ident user, Unix credentials); a rule that needs
@@ -45,6 +47,7 @@ from sockgate.policy.ir import (
     Service,
     UserAt,
 )
+from sockgate.resolve import ResolvedService, resolve_service
 
 
 @dataclass(frozen=True)
@@ -62,24 +65,41 @@ class Decision:
 def decide(policy: Policy, service: str, peer: Peer) -> Decision:
     """Decide ``peer`` for ``service`` under ``policy``. Raises ``KeyError`` for a service the
     policy neither declares nor covers with a default or global rules."""
-    return decide_service(policy.service(service), peer)
+    return decide_resolved(resolve_service(policy.service(service)), peer)
 
 
 FORGED_REASON = "forged: an IPv6 packet from an IPv4-mapped address (::ffff:0:0/96); a real IPv4 client arrives with an IPv4 header"
 
+# The service decided last and its resolved form: a caller that decides many peers against one
+# ``Service`` value (an accept loop) resolves it once. One slot, replaced whole (one store).
+_last: list[ResolvedService] = [resolve_service(Service("", (), None))]
+
 
 def decide_service(service: Service, peer: Peer) -> Decision:
+    """``decide_resolved`` for a ``Service`` (resolved once while the same value is decided)."""
+    resolved = _last[0]
+    if resolved.service is not service:
+        resolved = _last[0] = resolve_service(service)
+    return decide_resolved(resolved, peer)
+
+
+def decide_resolved(service: ResolvedService, peer: Peer) -> Decision:
+    """The first rule whose daemon list selects this connection (``daemon@host`` parts: its
+    server side) and whose match holds decides; else the default."""
+    name = service.name
     if peer.header is not None and peer.forged:  # (header first: one attribute read for most peers)
-        return Decision(Action.DENY, service.name, None, FORGED_REASON)
-    for rule in service.rules:
-        if rule.daemons is not None and not server_matches(rule.daemons, service.name, peer):
+        return Decision(Action.DENY, name, None, FORGED_REASON)
+    for r in service.rules:
+        if r.server_test is not None and not server_matches(r.server_test, name, peer):
             continue
+        rule = r.rule
         if matches(rule.match, peer):
             where = f"{rule.span.file}:{rule.span.line}"
-            return Decision(rule.action, service.name, rule, f"matched {where}: {rule.text}")
-    action = service.effective_default
-    said = "default" if service.default is not None else "implicit default (no default given)"
-    return Decision(action, service.name, None, f"no rule matched; {said} {action._value_}")  # (Enum.__format__ is slow)
+            return Decision(rule.action, name, rule, f"matched {where}: {rule.text}")
+    svc = service.service
+    action = svc.effective_default
+    said = "default" if svc.default is not None else "implicit default (no default given)"
+    return Decision(action, name, None, f"no rule matched; {said} {action._value_}")  # (Enum.__format__ is slow)
 
 
 def server_matches(d: DaemonMatch, service: str, peer: Peer) -> bool:
@@ -156,10 +176,16 @@ def _exe_pattern(pattern: str) -> "re.Pattern[str]":
     return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
 
 
-def decide_unnamed(service: Service, surely: Service, peer: Peer, why: str) -> Decision:
+def decide_unnamed(
+    service: Service | ResolvedService, surely: Service | ResolvedService, peer: Peer, why: str
+) -> Decision:
     """The decision for ``peer`` (no name) whose host-name lookup was cut short: the engine's
     when ``surely`` (``kernelpart.surely_allowed_service(service)``) allows it, else a denial saying
     ``why`` — never an allow that some name could have turned into a deny."""
-    if decide_service(surely, peer).allowed:
-        return decide_service(service, peer)
+    if _decide_either(surely, peer).allowed:
+        return _decide_either(service, peer)
     return Decision(Action.DENY, service.name, None, why)
+
+
+def _decide_either(service: Service | ResolvedService, peer: Peer) -> Decision:
+    return decide_resolved(service, peer) if isinstance(service, ResolvedService) else decide_service(service, peer)

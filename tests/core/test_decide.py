@@ -9,13 +9,15 @@ from typing import Union
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sockgate.decide import FORGED_REASON, decide, decide_service
+from sockgate.decide import FORGED_REASON, decide, decide_resolved, decide_service, server_matches
 from sockgate.peers import Peer
 from sockgate.policy.accounts import StaticAccounts
 from sockgate.policy.ir import (
     Action,
     AddrMatch,
     AnyOf,
+    DaemonMatch,
+    DaemonPattern,
     Except,
     HostPattern,
     Match,
@@ -27,6 +29,7 @@ from sockgate.policy.ir import (
 )
 from sockgate.policy.parser import parse_policy
 from sockgate.policy.source import Span
+from sockgate.resolve import resolve_service
 
 SPAN = Span("gen.conf", 1, 1)
 
@@ -278,3 +281,37 @@ def test_forged_peer_is_denied_before_any_rule_and_shown_as_it_came() -> None:
         assert genuine.describe() == str(genuine.address)
     # an IPv6 source in an IPv4 header cannot happen; if an edge ever said so, it is denied too
     assert decide_service(svc, Peer.parse("2001:db8::1", header=4)).reason == FORGED_REASON
+
+
+# -- daemon lists: the resolved service decides as the rules' daemon lists, tested per connection -
+
+SERVERS = [ipaddress.ip_address(a) for a in ("192.0.2.1", "192.0.2.2")]
+daemon_leaf = st.one_of(
+    st.just(MatchAll()),
+    st.builds(
+        DaemonPattern,
+        st.sampled_from(["sshd", "ftpd", "ALL", "ssh*", "KNOWN"]),
+        st.one_of(st.none(), st.sampled_from([AddrMatch((ipaddress.ip_network("192.0.2.1/32"),)), MatchAll()])),
+    ),
+)
+daemon_lists: st.SearchStrategy[DaemonMatch] = st.recursive(
+    daemon_leaf,
+    lambda inner: st.one_of(
+        st.lists(inner, min_size=1, max_size=3).map(lambda xs: AnyOf(tuple(xs))), st.builds(Except, inner, inner)
+    ),
+    max_leaves=5,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(list(Action)), daemon_lists), max_size=5), st.sampled_from(SERVERS),
+       st.sampled_from(list(Action)))
+def test_resolved_daemon_lists_decide_per_connection(
+    rules: list[tuple[Action, DaemonMatch]], server: ipaddress.IPv4Address, default: Action
+) -> None:
+    service = Service("sshd", tuple(Rule(a, MatchAll(), SPAN, f"r{i}", d) for i, (a, d) in enumerate(rules)), default)
+    peer = Peer(address=ipaddress.ip_address("10.0.0.1"), server_address=server)
+    first = next((r for r in service.rules if r.daemons is None or server_matches(r.daemons, "sshd", peer)), None)
+    got = decide_resolved(resolve_service(service), peer)
+    assert got.rule is first and got.action is (default if first is None else first.action)
+    assert decide_service(service, peer) == got

@@ -55,10 +55,7 @@ class ResolvedService:
     rules: tuple[ResolvedRule, ...]  # in order; rules whose daemon list never selects it are gone
     limits: Limits | None  # service-wide; None when empty
     needs: frozenset[Need]  # over every rule, and the service-wide limits
-
-    @property
-    def name(self) -> str:
-        return self.service.name
+    name: str  # service.name (a field: the engine reads it per decision)
 
     @property
     def default(self) -> Action:
@@ -159,7 +156,7 @@ def resolve_service(service: Service) -> ResolvedService:
     rules = tuple(r for i, rule in enumerate(service.rules) if (r := resolve_rule(i, rule, service.name)) is not None)
     limits = _real(service.limits)
     needs = frozenset(n for r in rules for n in r.needs) | frozenset(limit_needs(limits))
-    return ResolvedService(service, rules, limits, needs)
+    return ResolvedService(service, rules, limits, needs, service.name)
 
 
 def _real(limits: Limits | None) -> Limits | None:
