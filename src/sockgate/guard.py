@@ -29,6 +29,7 @@ from sockgate.linux import peercred
 from sockgate.linux.fd import Sockish, fileno
 from sockgate.peers import Peer
 from sockgate.policy.ir import Policy
+from sockgate.resolve import resolve
 
 _UNSUPPORTED: str | None = UNSUPPORTED
 
@@ -71,7 +72,7 @@ def compile_guard(policy: Policy, service: str, backend: str = "auto") -> Compil
     """The program for ``service`` from ``backend`` (auto, cbpf, ebpf: docs/ebpf.md): raises
     (PolicyError, UnsupportedInKernel, CompileError, UsageError for an unknown service,
     UnsupportedPlatform for a backend this process cannot use) without touching any socket."""
-    return default_kernel().compile(policy.require_service(service), backend=backend_choice(backend))
+    return default_kernel().compile(resolve(policy, service), backend=backend_choice(backend))
 
 
 def guard(policy: Policy, sock: Sockish, service: str, backend: str = "auto") -> Guarded:

@@ -36,7 +36,7 @@ import signal
 import socket
 import subprocess
 
-from sockgate.decide import decide_service
+from sockgate.decide import decide_resolved
 from sockgate.resolve.kernelpart import assume_unlearned
 from sockgate.launcher import Gate
 from sockgate.linux import activation, privileges
@@ -44,6 +44,8 @@ from sockgate.linux.listen import Listener
 from sockgate.linux.signalfd import SigInfo
 from sockgate.peers import Peer
 from sockgate.policy.source import escape
+from sockgate.policy.ir import Policy
+from sockgate.resolve import ResolvedService, resolve_service
 from sockgate.supervisor import Notifier, SelectorLoop, Supervisor
 
 STOP_GRACE_SECONDS = 5.0
@@ -105,6 +107,7 @@ class _Server:
         self.child_mask: set[int] = set()  # the signal mask each command gets back
         self.accepting = False
         self.stopping = False
+        self._decided: tuple[Policy, ResolvedService] | None = None  # (the gate's policy, its service decided)
 
     def open(self) -> None:
         for lst in self.gate.listeners:
@@ -213,13 +216,20 @@ class _Server:
         from sockgate.linux.peercred import peer_of
 
         peer = peer_of(conn.fileno())
-        # ident and the server's name are never learned here: assumed as the answer that denies
-        service = assume_unlearned(self.gate.policy.service(self.gate.cfg.service), ident=True, server_name=True)
-        d = decide_service(service, peer)
+        d = decide_resolved(self._unlearned(), peer)
         if not d.allowed:
             self.gate.cfg.say(f"denied Unix peer {escape(peer.describe())}: {d.reason}")  # exe: the peer's choice
             return None
         return peer
+
+    def _unlearned(self) -> ResolvedService:
+        """The gate's service with ident and the server's name assumed as the answer that
+        denies (never learned here), resolved once per policy the gate holds."""
+        policy = self.gate.policy
+        if self._decided is None or self._decided[0] is not policy:
+            service = assume_unlearned(policy.service(self.gate.cfg.service), ident=True, server_name=True)
+            self._decided = (policy, resolve_service(service))
+        return self._decided[1]
 
     def _reap(self) -> None:
         self.children = [c for c in self.children if c.poll() is None]

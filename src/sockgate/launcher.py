@@ -58,6 +58,7 @@ from sockgate.linux import activation, privileges
 from sockgate.linux.listen import Listener, open_listeners
 from sockgate.linux.signalfd import SigInfo
 from sockgate.policy.ir import Policy
+from sockgate.resolve import ResolvedService, resolve
 from sockgate.policy.source import printable
 from sockgate.supervisor import Notifier, SelectorLoop, Supervisor, failure_text
 from sockgate.urls import SocketURL
@@ -117,6 +118,7 @@ class Gate:
     def __init__(self, cfg: RunConfig, policy: Policy, kernel: Kernel | None = None) -> None:
         self.cfg = cfg
         self.policy = policy
+        self.resolved = resolve(policy, cfg.service)  # the service the sockets enforce
         self.kernel = kernel or default_kernel()
         self.listeners: list[Listener] = []
         self.loaded: Loaded | None = None  # the program on the TCP/UDP sockets
@@ -125,7 +127,7 @@ class Gate:
         """Before ``listen``: the current program on one fresh TCP/UDP socket."""
         if sock.family != socket.AF_UNIX:
             if self.loaded is None:
-                self.loaded = self._load(self.policy)
+                self.loaded = self._load(self.resolved)
             self.kernel.apply([Step(Slot(sock.fileno(), _where(sock), RUN_ADVICE), self.loaded)])
 
     @property
@@ -151,22 +153,23 @@ class Gate:
             cfg.say(f"reload failed, the previous policy stays in force: {failure_text(e)}")
             return False
         cfg.say(f"reloaded: {self.describe()}, on {len(self.inet)} socket(s)")
-        _say_notes(cfg, self.policy)
+        _say_notes(cfg, self.resolved)
         return True
 
     def _swap(self, policy: Policy) -> None:
         """Compile and load, then one ``Kernel.apply`` over the TCP/UDP listeners: if one
         attach fails, the seam puts the previous program back on those already changed."""
+        resolved = resolve(policy, self.cfg.service)
         if not self.inet:
-            check_service(policy, self.cfg.service, inet=False, backend=self.cfg.backend)
-            self.policy = policy
+            check_resolved(resolved, inet=False, backend=self.cfg.backend)
+            self.policy, self.resolved = policy, resolved
             return
-        loaded = self._load(policy)
+        loaded = self._load(resolved)
         self.kernel.apply([Step(Slot(lst.sock.fileno(), lst.address(), RUN_ADVICE), loaded) for lst in self.inet])
-        self.policy, self.loaded = policy, loaded
+        self.policy, self.resolved, self.loaded = policy, resolved, loaded
 
-    def _load(self, policy: Policy) -> Loaded:
-        return self.kernel.load(self.kernel.compile(policy.require_service(self.cfg.service), backend=self.cfg.backend))
+    def _load(self, resolved: ResolvedService) -> Loaded:
+        return self.kernel.load(self.kernel.compile(resolved, backend=self.cfg.backend))
 
     def close(self) -> None:
         for lst in self.listeners:
@@ -174,11 +177,9 @@ class Gate:
         self.listeners = []
 
 
-def _say_notes(cfg: RunConfig, policy: Policy) -> None:
+def _say_notes(cfg: RunConfig, resolved: ResolvedService) -> None:
     """hosts_options(5) options of the service that ``run`` does not carry out (``spawn``...)."""
-    from sockgate.bpf import options_not_carried
-
-    for note in options_not_carried(policy.service(cfg.service)):
+    for note in resolved.option_notes:
         cfg.say(f"note: {note}")
 
 
@@ -194,19 +195,25 @@ def check_service(policy: Policy, service: str, inet: bool, backend: BackendChoi
     listeners, anything the compiler refuses (host names, principals, limits); with Unix
     listeners only, connection limits (``run`` counts no connections: the command accepts
     them, or in ``--inetd`` mode each is decided alone)."""
+    check_resolved(resolve(policy, service), inet, backend)
+
+
+def check_resolved(resolved: ResolvedService, inet: bool, backend: BackendChoice = "auto") -> None:
+    """``check_service`` for a service already resolved."""
     if inet:
-        default_kernel().compile(policy.require_service(service), backend=backend)
+        default_kernel().compile(resolved, backend=backend)
         return
-    svc = policy.require_service(service)
-    where = [f"{r.span.file}:{r.span.line}: {r.text}" for r in svc.rules if r.limits is not None and not r.limits.is_empty()]
-    if svc.limits is not None and not svc.limits.is_empty():
+    if not resolved.has_limits:
+        return
+    where = [f"{r.rule.span.file}:{r.rule.span.line}: {r.rule.text}" for r in resolved.rules if r.limits is not None]
+    svc = resolved.service
+    if resolved.limits is not None:
         at = f"{svc.span.file}:{svc.span.line}: " if svc.span is not None else ""
         where.append(f"{at}service {svc.name}: service-wide limits")
-    if where:
-        raise UnsupportedInKernel(
-            f"service {service!r} has connection limits, which `sockgate run` does not enforce:\n  "
-            + "\n  ".join(where) + "\nenforce this service with `sockgate proxy` instead"
-        )
+    raise UnsupportedInKernel(
+        f"service {svc.name!r} has connection limits, which `sockgate run` does not enforce:\n  "
+        + "\n  ".join(where) + "\nenforce this service with `sockgate proxy` instead"
+    )
 
 
 def prepare(cfg: RunConfig) -> tuple[Gate, privileges.Credentials | None]:
@@ -220,8 +227,9 @@ def prepare(cfg: RunConfig) -> tuple[Gate, privileges.Credentials | None]:
         if bad:
             raise UsageError(f"--inetd accepts connections: stream sockets only (tcp:, unix:), not {', '.join(bad)}")
     policy = cfg.load()
-    check_service(policy, cfg.service, inet=any(not u.is_unix for u in cfg.urls), backend=cfg.backend)
-    _say_notes(cfg, policy)
+    resolved = resolve(policy, cfg.service)
+    check_resolved(resolved, inet=any(not u.is_unix for u in cfg.urls), backend=cfg.backend)
+    _say_notes(cfg, resolved)
     creds = privileges.credentials(cfg.user, cfg.group)
     privileges.preflight(creds)
     gate = Gate(cfg, policy)

@@ -23,6 +23,7 @@ from sockgate.kernel.reading import BpfFilter, GuardInfo
 from sockgate.linux.bpffs import components, trust_problem
 from sockgate.policy.ir import Service
 from sockgate.policy.parser import parse_policy
+from sockgate.resolve import resolve_service
 from support.fakebpf import FakeBpf, FakeProg
 from support.fakekernel import FakeOps
 
@@ -39,7 +40,7 @@ def setup(**kw: Any) -> tuple[FakeOps, FakeBpf, EbpfBackend, Kernel]:
 
 
 def load(kernel: Kernel, svc: Service) -> EbpfLoaded:
-    loaded = kernel.load(kernel.compile(svc, backend="ebpf"))
+    loaded = kernel.load(kernel.compile(resolve_service(svc), backend="ebpf"))
     assert isinstance(loaded, EbpfLoaded)
     return loaded
 
@@ -93,7 +94,7 @@ def test_registry_record_round_trip_and_limits() -> None:
     long = parse_policy(f"service {'s' * 230} {{\n allow 10.0.0.0/8\n default deny\n}}\n").require_service("s" * 230)
     _, _, _, kernel = setup()
     with pytest.raises(UsageError, match="longer than 216 bytes"):
-        kernel.load(kernel.compile(long, backend="ebpf"))
+        kernel.load(kernel.compile(resolve_service(long), backend="ebpf"))
 
 
 # -------------------------------------------------------------------------- rollback
@@ -138,7 +139,7 @@ def test_a_refused_attach_puts_the_old_record_back() -> None:
 
 
 def _with_service_maps(svc: Service, *specs: Any) -> EbpfProgram:
-    p = EbpfBackend(FakeBpf(FakeOps()), MOUNT).compile(svc)
+    p = EbpfBackend(FakeBpf(FakeOps()), MOUNT).compile(resolve_service(svc))
     return replace(p, service_maps=specs)
 
 

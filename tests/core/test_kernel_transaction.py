@@ -15,12 +15,13 @@ from sockgate.errors import AdapterError, UsageError
 from sockgate.kernel import Attached, BpfFilter, ChangeKind, ClassicFilter, NoFilter, Slot, Step
 from sockgate.kernel.cbpf import ClassicLoaded
 from sockgate.policy.parser import parse_policy
+from sockgate.resolve import resolve
 from support.fakekernel import FakeOps, fake_kernel
 
 POLICY = parse_policy("service old {\n allow 10.0.0.0/8\n default deny\n}\nservice new {\n allow 10.1.0.0/16\n default deny\n}\n")
 KERNEL = fake_kernel(FakeOps())
-OLD = KERNEL.load(KERNEL.compile(POLICY.service("old")))
-NEW = KERNEL.load(KERNEL.compile(POLICY.service("new")))
+OLD = KERNEL.load(KERNEL.compile(resolve(POLICY, "old")))
+NEW = KERNEL.load(KERNEL.compile(resolve(POLICY, "new")))
 assert isinstance(OLD, ClassicLoaded)
 FOREIGN = encode((stmt(BPF_RET | BPF_K, 0xFFFFFFFF),))
 

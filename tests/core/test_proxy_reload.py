@@ -17,6 +17,7 @@ from sockgate.policy.ir import Service
 from sockgate.policy.parser import parse_policy
 from sockgate.proxy.reload import FAILED, Handover, Key, ReloadPlan, UnixName, plan_reload, run
 from sockgate.proxy.service import ProxySpec, Upstream
+from sockgate.resolve import resolve_service
 from sockgate.urls import SocketURL, parse_url
 from support.fakekernel import FakeOps, fake_kernel
 
@@ -108,7 +109,7 @@ class FakeRunner:
 
     def compile(self, svc: Service | None = None) -> Compiled:
         self._event("compile")
-        return fake_kernel(self.ops).compile(svc or self.plan.service)
+        return fake_kernel(self.ops).compile(resolve_service(svc or self.plan.service))
 
     def ip_slots(self) -> list[Slot]:
         return [Slot(fd, f"tcp://0.0.0.0:{9000 + fd}") for fd in self.fds]
@@ -245,7 +246,7 @@ def test_a_success_runs_the_phases_in_order() -> None:
     assert all(r.service is p.service for r, p in zip((proxy.runners[p.key] for p in NEW), NEW))
     assert [r.plan for r in proxy.retired] == [GONE] and [r.plan for r in proxy.started] == [ADDED]
     k = fake_kernel(ops)
-    new = [ClassicFilter(k.load(k.compile(p.service)).raw) for p in NEW]  # type: ignore[attr-defined]
+    new = [ClassicFilter(k.load(k.compile(resolve_service(p.service))).raw) for p in NEW]  # type: ignore[attr-defined]
     assert [ops.attached[fd] for fd in (0, 1, 10, 20)] == [new[0], new[0], new[1], new[2]]
     assert proxy.messages() == ["policy reloaded"]
 

@@ -28,6 +28,7 @@ from sockgate.kernel.ebpf import BPFFS_ENV, EbpfBackend
 from sockgate.kernel.sockets import LINUX_OPS
 from sockgate.linux import bpfsys
 from sockgate.policy.parser import parse_policy
+from sockgate.resolve import resolve
 from support.launch import ECHO_SERVICE, SRC, Launched, port_of, tcp_echo, tcp_filtered, udp_echo, wait_for_file
 
 pytestmark = [
@@ -244,8 +245,8 @@ def tcp_echo_or_accept(port: int, source: str) -> bool:
 def test_a_failed_transaction_puts_the_ebpf_programs_back(bpffs: str, monkeypatch: pytest.MonkeyPatch) -> None:
     backend = EbpfBackend(LinuxBpf(), bpffs)
     kernel = Kernel([ClassicBackend(LINUX_OPS), backend], LINUX_OPS)
-    old = kernel.load(kernel.compile(parse_policy(POLICY).require_service("echo"), backend="ebpf"))
-    new = kernel.load(kernel.compile(parse_policy(SWAPPED).require_service("echo"), backend="ebpf"))
+    old = kernel.load(kernel.compile(resolve(parse_policy(POLICY), "echo"), backend="ebpf"))
+    new = kernel.load(kernel.compile(resolve(parse_policy(SWAPPED), "echo"), backend="ebpf"))
     socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
     try:
         for s in socks:
@@ -293,8 +294,8 @@ def test_pins_of_closed_sockets_are_collected(bpffs: str) -> None:
     with kept, dropped:
         kept.bind(("127.0.0.1", 0))
         dropped.bind(("127.0.0.1", 0))
-        a = kernel.load(kernel.compile(parse_policy(POLICY).require_service("echo"), backend="ebpf"))
-        b = kernel.load(kernel.compile(parse_policy(SWAPPED).require_service("echo"), backend="ebpf"))
+        a = kernel.load(kernel.compile(resolve(parse_policy(POLICY), "echo"), backend="ebpf"))
+        b = kernel.load(kernel.compile(resolve(parse_policy(SWAPPED), "echo"), backend="ebpf"))
         kernel.apply([Step(Slot(kept.fileno(), "kept"), a)])
         kernel.apply([Step(Slot(dropped.fileno(), "dropped"), b)])
         root = f"{bpffs}/sockgate/services/echo"
@@ -326,7 +327,7 @@ def test_refused_sums_the_services_pinned_counters(bpffs: str) -> None:
     kernel = Kernel([ClassicBackend(LINUX_OPS), backend], LINUX_OPS)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
-        kernel.apply([Step(Slot(s.fileno(), "s"), kernel.load(kernel.compile(parse_policy(POLICY).require_service("echo"), backend="ebpf")))])
+        kernel.apply([Step(Slot(s.fileno(), "s"), kernel.load(kernel.compile(resolve(parse_policy(POLICY), "echo"), backend="ebpf")))])
         assert kernel.read(s.fileno()).refused is None  # no counters pinned: nothing counted
         spec = layout.counts_spec(10_000)
         fd = bpfsys.map_create(spec.map_type, spec.key_size, spec.value_size, spec.max_entries, spec.flags, spec.name)

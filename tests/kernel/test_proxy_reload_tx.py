@@ -22,9 +22,9 @@ from sockgate.kernel.sockets import LINUX_OPS
 from sockgate.linux import filter as kfilter
 from sockgate.log import Log
 from sockgate.policy.parser import parse_policy
-from sockgate.resolve.kernelpart import kernel_service
 from sockgate.proxy.server import Proxy, new_loop
 from sockgate.proxy.service import ProxySpec
+from sockgate.resolve import resolve_service
 from sockgate.urls import parse_url
 
 NAMES = ("a", "b", "c")
@@ -106,7 +106,7 @@ def connects(port: int, source: str) -> bool:
 
 
 def digest_of(spec: ProxySpec) -> str:
-    return default_kernel().compile(kernel_service(spec.service)).digest
+    return default_kernel().compile(resolve_service(spec.service).kernel_part).digest
 
 
 def errors(r: Running) -> list[str]:

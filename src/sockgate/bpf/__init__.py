@@ -2,11 +2,11 @@
 
 Passes (each a module with one entry function)::
 
-    Service ──ranges.build──▶ Tables ──codegen.generate──▶ insns ──program──▶ Program
-                                   (disjoint intervals)     (balanced search, marker, limits)
+    ResolvedService ──resolve.ranges.first_match_tables──▶ Tables ──codegen.generate──▶ insns ──program──▶ Program
+                                                           (disjoint intervals)     (balanced search, marker, limits)
 
-``compile_service`` is the entry point; ``identify`` recognises a sockgate program read back
-from a socket; ``interp.run``/``interp.trace`` execute a program on a modelled packet and
+``compile_resolved`` is the entry point (``compile_service`` resolves a ``Service`` first);
+``identify`` recognises a sockgate program read back from a socket; ``interp.run``/``interp.trace`` execute a program on a modelled packet and
 ``disasm.listing`` prints one. See docs/bpf.md for the program layout and the limits.
 """
 
@@ -71,10 +71,10 @@ from sockgate.bpf.interp import Packet
 from sockgate.bpf.marker import FilterState, Marker, Reading, classify, program_digest
 from sockgate.bpf.program import (
     Program,
+    compile_resolved,
     compile_service,
     ebpf_estimate,
     max_ranges,
-    options_not_carried,
 )
 
 
@@ -100,6 +100,6 @@ __all__ = [
     "BPF_ST", "BPF_STX", "BPF_SUB", "BPF_TAX", "BPF_TXA", "BPF_W", "BPF_X", "BPF_XOR",
     "SKF_AD_OFF", "SKF_AD_PKTTYPE", "SKF_AD_PROTOCOL", "SKF_LL_OFF", "SKF_NET_OFF",
     "FilterState", "Insn", "Marker", "Packet", "Program", "Reading", "capacity", "classify",
-    "compile_service", "decode", "disasm", "ebpf_estimate", "encode", "identify", "interp", "jump",
-    "max_ranges", "options_not_carried", "program_digest", "stmt",
+    "compile_resolved", "compile_service", "decode", "disasm", "ebpf_estimate", "encode", "identify", "interp", "jump",
+    "max_ranges", "program_digest", "stmt",
 ]

@@ -1,8 +1,8 @@
-"""``compile_service``: a service → a complete, checked ``Program``, or an error; never a
-truncated program.
+"""``compile_resolved``: a resolved service → a complete, checked ``Program``, or an error;
+never a truncated program.
 
-Passes: refuse rules that need user space → interval tables (ranges.py) → code (codegen.py)
-→ marker (marker.py) → limits. Two limits apply, both checked here so that ``attach`` can
+Passes: refuse rules that need user space (``ResolvedService.refusal``) → interval tables
+(``resolve.ranges``) → code (codegen.py) → marker (marker.py) → limits. Two limits apply, both checked here so that ``attach`` can
 only fail for reasons outside the program:
 
 * at most ``BPF_MAXINSNS`` (4,096) classic instructions;
@@ -44,11 +44,10 @@ from sockgate.bpf.insn import (
     bpf_op,
     encode,
 )
-from sockgate.errors import CompileError, UnsupportedInKernel
+from sockgate.errors import CompileError
 from sockgate.policy.intervals import SPACE, net_range
 from sockgate.policy.ir import Action, Service
-from sockgate.policy.needs import rule_reason
-from sockgate.policy.printer import format_limits
+from sockgate.resolve import ResolvedService, resolve_service
 
 OPTMEM_MAX = 131072  # net.core.optmem_max default (net/core/sock.c: sysctl_optmem_max)
 EBPF_BUDGET = OPTMEM_MAX // 2 - 4096  # bytes; two programs charged during a swap, plus slack
@@ -90,12 +89,14 @@ class Program:
         return ebpf_estimate(self.insns) * EBPF_INSN
 
 
-def compile_service(service: Service, *, banned: Sequence[_ranges.Banned] = ()) -> Program:
+def compile_resolved(service: ResolvedService, *, banned: Sequence[_ranges.Banned] = ()) -> Program:
     """Compile ``service`` (and the ``banned`` sources, denied before any rule) to one
-    program. Raises ``UnsupportedInKernel`` for rules that need user space and
-    ``CompileError`` for a policy that does not fit."""
-    _refuse_userspace(service)
-    tables = _ranges.build(service, banned)
+    program. Raises ``UnsupportedInKernel`` for rules that need user space
+    (``ResolvedService.refusal``) and ``CompileError`` for a policy that does not fit."""
+    refused = service.refusal()
+    if refused is not None:
+        raise refused
+    tables = _ranges.first_match_tables(service, banned)
     body = generate(tables)
     digest = _marker.program_digest(service.name, body)
     insns = _marker.build(service.name, digest) + body
@@ -107,48 +108,9 @@ def compile_service(service: Service, *, banned: Sequence[_ranges.Banned] = ()) 
     return Program(insns, service.name, digest, n4 + n6, n4, n6)
 
 
-def _refuse_userspace(service: Service) -> None:
-    lines = []
-    for rule in service.rules:
-        reason = rule_reason(rule)
-        if reason is not None:
-            lines.append(f"{rule.span.file}:{rule.span.line}: {rule.text}: {reason}")
-    what = []
-    if lines:
-        what.append("this rule" if len(lines) == 1 else f"these {len(lines)} rules")
-    if service.limits is not None and not service.limits.is_empty():
-        # Service-wide limits count connections: a socket filter sees single packets, so
-        # attaching without them would silently enforce less than the policy says.
-        where = f"{service.span.file}:{service.span.line}: " if service.span is not None else ""
-        limits = ", ".join(format_limits(service.limits))
-        lines.append(f"{where}service {service.name}: {limits}: service-wide connection limits")
-        what.append("the service-wide limits")
-    if lines:
-        verb = "needs" if what == ["this rule"] else "need"
-        raise UnsupportedInKernel(
-            f"service {service.name!r}: a kernel filter sees only the source address, and "
-            f"{' and '.join(what)} {verb} more:\n  " + "\n  ".join(lines)
-            + "\nenforce this service with `sockgate proxy` instead"
-        )
-
-
-VERDICT_OPTIONS = ("allow", "deny")  # hosts_options(5) verdicts: already the rule's action
-
-
-def options_not_carried(service: Service) -> tuple[str, ...]:
-    """One note per rule whose hosts_options(5) options (``spawn``, ``twist``, ``banners``,
-    ``setenv``, ``severity`` ...) a kernel filter cannot carry out: it enforces the rule's
-    verdict (``twist`` counts as deny, as for libwrap the real daemon never runs) and nothing
-    else. Not an error: TCP Wrappers users get the access control, and are told what is lost."""
-    notes = []
-    for r in service.rules:
-        names = [o.name for o in r.options if o.name not in VERDICT_OPTIONS]
-        if names:
-            notes.append(
-                f"{r.span.file}:{r.span.line}: option{'s' if len(names) > 1 else ''} {', '.join(names)} not carried"
-                f" out by a kernel filter; only the rule's verdict ({r.action.value}) is enforced"
-            )
-    return tuple(notes)
+def compile_service(service: Service, *, banned: Sequence[_ranges.Banned] = ()) -> Program:
+    """``compile_resolved`` of ``service`` resolved."""
+    return compile_resolved(resolve_service(service), banned=banned)
 
 
 def _check_limits(name: str, insns: tuple[Insn, ...], n4: int, n6: int) -> None:

@@ -48,12 +48,12 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sockgate.attach import guard_sockets
-    from sockgate.bpf import options_not_carried
     from sockgate.guard import compile_guard
+    from sockgate.resolve import resolve
 
     policy = load_from_args(args)
     compile_guard(policy, args.service, args.backend)  # refuse a bad policy (or backend) before looking at any process
-    for note in options_not_carried(policy.service(args.service)):
+    for note in resolve(policy, args.service).option_notes:
         print(printable(f"sockgate attach: note: {note}"), file=sys.stderr)
     guarded, changes = guard_sockets(policy, args.service, targets_from_args(args), force=args.force, backend=args.backend)
     if args.json:

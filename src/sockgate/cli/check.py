@@ -28,7 +28,7 @@ from sockgate.errors import UsageError
 from sockgate.peers import Peer
 from sockgate.policy.ir import IPAddress, Option, Policy, Service
 from sockgate.policy.source import printable
-from sockgate.policy.needs import Need, rule_needs
+from sockgate.resolve import resolve_service
 from sockgate.resolve.kernelpart import assume_unlearned, needs_unlearned, surely_allowed_service
 from sockgate.lookup import DEFAULT_TIMEOUT, Looked, SystemNameService, peers_for_client, credentials_peer
 
@@ -194,7 +194,7 @@ def _peers(
         p = credentials_peer(args.uid, args.gid, args.exe, args.pid)
         return [(p.describe(), ((p, None),))]
     resolver = None if args.no_resolve else SystemNameService(args.timeout)
-    names = any(Need.HOST_NAME in rule_needs(r) for r in service.rules)
+    names = resolve_service(service).needs_host_name
     return [
         (c, peers_for_client(c, resolver, names=names, user=args.user, server=server)) for c in clients
     ]

@@ -34,19 +34,20 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sockgate.bpf import compile_service, options_not_carried
+    from sockgate.bpf import compile_resolved
     from sockgate.bpf.program import parse_banned
+    from sockgate.resolve import resolve
 
     policy = load_from_args(args)
-    service = policy.require_service(args.service)
+    service = resolve(policy, args.service)
     try:
         banned = [parse_banned(b) for b in args.banned]
     except ValueError as e:
         raise UsageError(f"--banned: {e}") from None
-    program = compile_service(service, banned=banned)
+    program = compile_resolved(service, banned=banned)
     clients = [t for c in args.client for t in _traces(program, service, c, banned)]
     report = _report(program, clients, listing=not args.no_listing)
-    report["notes"] = list(options_not_carried(service))
+    report["notes"] = list(service.option_notes)
     if args.json:
         print_json(report)
     else:
@@ -72,7 +73,7 @@ def _traces(program: Any, service: Any, text: str, banned: list[Any]) -> list[di
 
 def _trace(program: Any, service: Any, text: str, packet: Any, banned: list[Any]) -> dict[str, Any]:
     from sockgate.bpf import interp
-    from sockgate.decide import decide_service
+    from sockgate.decide import decide_resolved
     from sockgate.policy.ir import Action
 
     peer = packet.peer()
@@ -82,7 +83,7 @@ def _trace(program: Any, service: Any, text: str, packet: Any, banned: list[Any]
     if ban is not None:
         decision, rule, reason = Action.DENY, None, f"banned ({ban})"
     else:
-        d = decide_service(service, peer)
+        d = decide_resolved(service, peer)
         decision, reason = d.action, d.reason
         rule = f"{d.rule.span.file}:{d.rule.span.line}: {d.rule.text}" if d.rule is not None else None
     verdict = Action.ALLOW if t.result else Action.DENY

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Literal, Mapping, Sequence
 
 from sockgate.resolve import ranges as _ranges
-from sockgate.bpf.program import _refuse_userspace  # the resolve pass (issue 12) will own this
+from sockgate.resolve import resolve_service
 from sockgate.ebpf import labels, layout, prefixes, rates
 from sockgate.ebpf.codegen import Shape, State, generate
 from sockgate.ebpf.insn import BPF_OBJ_NAME_LEN, BPF_PSEUDO_MAP_FD, Insn, ProgType, encode, ld_map_fd
@@ -116,7 +116,9 @@ def compile_service(service: Service, *, banned: Sequence[_ranges.Banned] = (), 
     prefixes plus ``spare`` free entries each, for later updates. With ``options`` the
     program keeps the service's state (bans, counters, events, rate limits). Raises
     ``UnsupportedInKernel`` for rules that need user space."""
-    _refuse_userspace(service if options is None else rates.without_rates(service))
+    refused = resolve_service(service if options is None else rates.without_rates(service)).refusal()
+    if refused is not None:
+        raise refused
     state = None
     if options is not None:
         state = State(options.protocol == "tcp", options.event_interval_ns, rates.limits_of(service))

@@ -34,7 +34,7 @@ from sockgate.kernel.ebpf import EbpfBackend
 from sockgate.kernel.reading import Attached, BackendName, BpfFilter, ClassicFilter, GuardInfo, GuardState, NoFilter
 from sockgate.kernel.sockets import LINUX_OPS
 from sockgate.kernel.transaction import Applied, ChangeKind, Slot, Step
-from sockgate.policy.ir import Service
+from sockgate.resolve import ResolvedService
 
 BackendChoice = Literal["auto", "cbpf", "ebpf"]
 BACKEND_CHOICES: tuple[BackendChoice, ...] = ("auto", "cbpf", "ebpf")
@@ -63,7 +63,7 @@ class Kernel:
             raise UnsupportedPlatform(f"--backend {name}: {why}")
         return b
 
-    def compile(self, service: Service, bans: Sequence[Banned] = (), backend: BackendChoice | None = None) -> Compiled:
+    def compile(self, service: ResolvedService, bans: Sequence[Banned] = (), backend: BackendChoice | None = None) -> Compiled:
         """The program for ``service`` from the backend ``backend`` names (module docstring);
         None: the first usable backend, for callers that offer no choice (the proxy)."""
         match backend:
@@ -80,7 +80,7 @@ class Kernel:
             case _:
                 assert_never(backend)
 
-    def _compile_auto(self, service: Service, bans: Sequence[Banned]) -> Compiled:
+    def _compile_auto(self, service: ResolvedService, bans: Sequence[Banned]) -> Compiled:
         first = self.backend()
         try:
             return first.compile(service, bans)
@@ -97,7 +97,7 @@ class Kernel:
                 raise CompileError(f"{refused}; {b.name} would take it, but not here: {why}") from None
         raise refused
 
-    def _others_would_take(self, tried: Backend, service: Service, bans: Sequence[Banned]) -> str:
+    def _others_would_take(self, tried: Backend, service: ResolvedService, bans: Sequence[Banned]) -> str:
         takers = [b.name for b in self.backends if b is not tried and _try_compile(b, service, bans) is not None]
         return f"; {takers[0]} would take it (--backend {takers[0]} or auto)" if takers else ""
 
@@ -114,7 +114,7 @@ class Kernel:
         return transaction.apply(self.backends, self.ops, steps)
 
 
-def _try_compile(backend: Backend, service: Service, bans: Sequence[Banned]) -> Compiled | None:
+def _try_compile(backend: Backend, service: ResolvedService, bans: Sequence[Banned]) -> Compiled | None:
     """``backend``'s (pure) program for ``service``, or None when it refuses it."""
     try:
         return backend.compile(service, bans)

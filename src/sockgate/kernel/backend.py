@@ -20,7 +20,7 @@ from typing import Protocol, Sequence
 
 from sockgate.resolve.ranges import Banned
 from sockgate.kernel.reading import Attached, BackendName, GuardInfo
-from sockgate.policy.ir import Service
+from sockgate.resolve import ResolvedService
 
 
 class Compiled(Protocol):
@@ -50,7 +50,7 @@ class Backend(Protocol):
     def unavailable(self) -> str | None:
         """Why this process cannot use the backend (platform, privileges), or None."""
 
-    def compile(self, service: Service, bans: Sequence[Banned] = ()) -> Compiled:
+    def compile(self, service: ResolvedService, bans: Sequence[Banned] = ()) -> Compiled:
         """Pure: the program for ``service``, ``bans`` denied before any rule."""
 
     def load(self, program: Compiled) -> Loaded:

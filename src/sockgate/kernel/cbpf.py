@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from typing import Literal, Protocol, Sequence
 
 from sockgate.bpf.marker import classify
-from sockgate.bpf.program import Program, compile_service
+from sockgate.bpf.program import Program, compile_resolved
 from sockgate.resolve.ranges import Banned
 from sockgate.kernel.backend import Compiled, Loaded
 from sockgate.kernel.reading import Attached, ClassicFilter, GuardInfo
-from sockgate.policy.ir import Service
+from sockgate.resolve import ResolvedService
 
 # Chosen once, at import: elsewhere sockgate still decides in user space.
 UNSUPPORTED: str | None = (
@@ -52,8 +52,8 @@ class ClassicBackend:
     def unavailable(self) -> str | None:
         return UNSUPPORTED
 
-    def compile(self, service: Service, bans: Sequence[Banned] = ()) -> Program:
-        return compile_service(service, banned=bans)
+    def compile(self, service: ResolvedService, bans: Sequence[Banned] = ()) -> Program:
+        return compile_resolved(service, banned=bans)
 
     def load(self, program: Compiled) -> ClassicLoaded:
         if not isinstance(program, Program):

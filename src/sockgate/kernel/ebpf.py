@@ -48,7 +48,7 @@ from sockgate.errors import AdapterError, UsageError
 from sockgate.kernel.backend import Compiled, Loaded
 from sockgate.kernel.bpfops import BpfOps
 from sockgate.kernel.reading import Attached, BpfFilter, GuardInfo
-from sockgate.policy.ir import Service
+from sockgate.resolve import ResolvedService
 
 GRACE = 60.0  # seconds a fresh registry entry or program directory is safe from ``collect``
 BPFFS_ENV = "SOCKGATE_BPFFS"  # where the bpf filesystem is (default layout.BPFFS)
@@ -171,8 +171,8 @@ class EbpfBackend:
             return f"no usable bpf filesystem at {self.paths.mount}: {e}"
         return None
 
-    def compile(self, service: Service, bans: Sequence[Banned] = ()) -> EbpfProgram:
-        return compile_service(service, banned=bans)
+    def compile(self, service: ResolvedService, bans: Sequence[Banned] = ()) -> EbpfProgram:
+        return compile_service(service.service, banned=bans)
 
     # --- load
 

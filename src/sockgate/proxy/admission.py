@@ -20,9 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Hashable
 
-from sockgate.decide import Decision, decide_service, decide_unnamed
+from sockgate.decide import Decision, decide_resolved, decide_unnamed
 from sockgate.peers import Peer
 from sockgate.policy.ir import Action, Limits, Rule, Service
+from sockgate.resolve import ResolvedService, resolve_service
 from sockgate.resolve.kernelpart import assume_unlearned, surely_allowed_service
 from sockgate.proxy.limits import Limiter, source_of
 
@@ -48,23 +49,25 @@ class Refused:
 class Admission:
     """One service's admission (module docstring)."""
 
-    def __init__(self, service: Service, previous: Admission | None = None) -> None:
+    def __init__(self, service: Service | ResolvedService, previous: Admission | None = None) -> None:
+        resolved = service if isinstance(service, ResolvedService) else resolve_service(service)
         # The proxy never queries ident nor looks up its own host name: decided as if every
         # answer libwrap could get were the worst one (kernelpart.assume_unlearned).
-        self.decided = assume_unlearned(service, ident=True, server_name=True)
-        self.origin = {d: r for d, r in reversed(list(zip(self.decided.rules, service.rules)))}
-        self.surely = surely_allowed_service(self.decided)  # for a peer whose name lookup was cut short
+        decided = assume_unlearned(resolved.service, ident=True, server_name=True)
+        self.origin = {d: r for d, r in reversed(list(zip(decided.rules, resolved.service.rules)))}
+        self.decided = resolve_service(decided)  # resolved once: decided per connection
+        self.surely = resolve_service(surely_allowed_service(decided))  # for a peer whose name lookup was cut short
         kept = {} if previous is None else {_key(r, lim.limits): lim for r, lim in previous.limiters.items()}
         self.limiters: dict[Rule | None, Limiter[Hashable]] = {}
-        if service.limits is not None and not service.limits.is_empty():
-            self.limiters[None] = kept.get(_key(None, service.limits)) or Limiter(service.limits)
-        for r in service.rules:
-            if r.limits is not None and not r.limits.is_empty() and r.action is Action.ALLOW:
-                self.limiters[r] = kept.get(_key(r, r.limits)) or Limiter(r.limits)
+        if resolved.limits is not None:
+            self.limiters[None] = kept.get(_key(None, resolved.limits)) or Limiter(resolved.limits)
+        for r in resolved.rules:
+            if r.limits is not None and r.rule.action is Action.ALLOW:
+                self.limiters[r.rule] = kept.get(_key(r.rule, r.limits)) or Limiter(r.limits)
 
     def decide(self, peer: Peer) -> Decision:
         """The engine's decision, naming the rule as written."""
-        d = decide_service(self.decided, peer)
+        d = decide_resolved(self.decided, peer)
         return d if d.rule is None else replace(d, rule=self.origin.get(d.rule, d.rule))
 
     def unnamed(self, peer: Peer, why: str) -> Decision:

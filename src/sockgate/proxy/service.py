@@ -14,8 +14,9 @@ forwards to). Per accepted connection it:
    (non-blocking connect with a deadline) and handed to a ``relay.Relay``;
 5. logs the finished connection with its byte counts, duration and how it ended.
 
-Kernel filter. Every IP listener carries the program compiled from ``kernelpart.kernel_service``
-(the address-only part the kernel may enforce; see there) plus the sources currently banned.
+Kernel filter. Every IP listener carries the program compiled from the resolved service's
+``kernel_part`` (``resolve.kernelpart``: the address-only part the kernel may enforce) plus the
+sources currently banned.
 A ban recompiles it and replaces it on every listener in one transaction of the kernel seam
 (``sockgate.kernel``: a ``setsockopt`` each, atomic under RCU), so the banned source's SYNs and
 datagrams are dropped before the proxy wakes; when the ban ends the program is rebuilt without
@@ -42,9 +43,8 @@ from sockgate.errors import CompileError, SockgateError, UsageError
 from sockgate.kernel import Compiled, Kernel, Loaded, Slot, Step, default_kernel
 from sockgate.peers import Peer
 from sockgate.policy.ir import Rule, Service
-from sockgate.policy.needs import Need, rule_needs
+from sockgate.resolve import resolve_service
 from sockgate.proxy.admission import Admission, Admitted, Refused, peer_label, rule_label
-from sockgate.resolve.kernelpart import kernel_service
 from sockgate.proxy.limits import as_network, source_of
 from sockgate.log import Log
 from sockgate.proxy.namecache import LATE, LookupRefused, ReverseLookup
@@ -204,21 +204,19 @@ class Runner:
     def install(self, service: Service) -> None:
         """Use ``service`` for new connections (limiter state is kept where limits are equal)."""
         self.service = service
-        self.kservice = kernel_service(service)
-        self.admission = Admission(service, getattr(self, "admission", None))
-        needs = {n for r in service.rules for n in rule_needs(r)}
-        self.needs_name = Need.HOST_NAME in needs
-        self.needs_server = Need.SERVER_ADDRESS in needs  # a daemon@host part, whatever the client side needs
+        self.resolved = resolve_service(service)
+        self.admission = Admission(self.resolved, getattr(self, "admission", None))
+        self.needs_name = self.resolved.needs_host_name  # (plain attributes: read per connection)
+        self.needs_server = self.resolved.needs_server_address  # a daemon@host part, whatever the client side needs
 
     @staticmethod
     def has_limits(service: Service) -> bool:
-        lims = [service.limits] + [r.limits for r in service.rules]
-        return any(lim is not None and not lim.is_empty() for lim in lims)
+        return resolve_service(service).has_limits
 
     def compile(self, service: Service | None = None) -> Compiled:
         """The kernel filter for the IP listeners of ``service`` (default: the running one), with
         the bans when they fit, else none (module docstring); CompileError: the policy does not."""
-        svc = kernel_service(service) if service is not None else self.kservice
+        svc = (resolve_service(service) if service is not None else self.resolved).kernel_part
         nets = [n for n in map(as_network, self.admission.bans(time.monotonic())) if n is not None]
         try:
             prog = self.kernel.compile(svc, nets)

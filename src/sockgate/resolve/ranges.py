@@ -106,7 +106,8 @@ def first_match_tables(service: ResolvedService, banned: Sequence[Banned] = ()) 
 
 
 def build(service: Service, banned: Sequence[Banned] = ()) -> Tables:
-    """``first_match_tables`` of ``service`` resolved (until the compilers take a resolved service)."""
+    """``first_match_tables`` of ``service`` resolved (for the eBPF compiler, until it takes a
+    resolved service)."""
     return first_match_tables(resolve_service(service), banned)
 
 
