@@ -12,7 +12,7 @@ import typing
 import pytest
 
 from sockgate.resolve import ranges
-from sockgate.export import common
+import sockgate.resolve as resolve
 from sockgate.peers import Peer
 from sockgate.policy import coverage, intervals, ir, lint, needs, printer
 from sockgate.policy.ir import (
@@ -151,8 +151,8 @@ DAEMON_EXPECTED = {
         needs.daemon_needs,
         {DaemonPattern: (), MatchAll: (), AnyOf: (), Except: ()},
     ),
-    "common._literal_daemons": (
-        common._literal_daemons,
+    "resolve.literal_daemons": (
+        resolve.literal_daemons,
         {DaemonPattern: ["sshd"], MatchAll: [], AnyOf: ["ftpd", "sshd"], Except: []},
     ),
 }

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sockgate.cli.main import main as cli_main
-from sockgate.export import Format, export
+from sockgate.export import ExportFormat as Format, export
 from sockgate.policy.ir import Policy
 from sockgate.policy.parser import parse_policy
 from support.export_policies import Dress, dress, dresses, policies

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from hypothesis import strategies as st
 
-from sockgate.export import Exported, Format, export
+from sockgate.export import ExportFormat as Format, Exported, export
 from sockgate.export.ports import parse_map, parse_services
 from sockgate.policy.ir import (
     Action,
@@ -133,7 +133,7 @@ hostile = st.lists(_pieces, min_size=1, max_size=12).map("".join)
 
 
 def identifier(name: str) -> str:
-    """What the exporters make of a name in an identifier (``common.Names``)."""
+    """What the exporters make of a name in an identifier (``common.IdentifierPool``)."""
     return re.sub(r"[^A-Za-z0-9_]", "_", name)
 
 

@@ -12,26 +12,26 @@ from dataclasses import dataclass
 from typing import Literal, Mapping
 
 from sockgate.export import nft, pf
-from sockgate.export.common import Plan, plan
+from sockgate.export.common import DenyAction, ExportPlan, Firewall, plan
 from sockgate.policy.ir import Endpoint, Policy
 
-Format = Literal["nft", "pf"]
-FORMATS: tuple[Format, ...] = ("nft", "pf")
+ExportFormat = Literal["nft", "pf"]
+FORMATS: tuple[ExportFormat, ...] = ("nft", "pf")
 
 
 @dataclass(frozen=True)
 class Exported:
     text: str
     warnings: tuple[str, ...]
-    plan: Plan
+    plan: ExportPlan
 
 
 def export(
     policy: Policy,
-    fmt: Format,
+    fmt: ExportFormat,
     *,
     table: str = "sockgate",
-    action: Literal["drop", "reject"] = "drop",
+    action: DenyAction = "drop",
     mapped: Mapping[str, tuple[Endpoint, ...]] | None = None,
     services_db: Mapping[str, tuple[Endpoint, ...]] | None = None,
     skip_userspace: bool = False,
@@ -39,7 +39,7 @@ def export(
     """Render ``policy`` as ``fmt``. ``table`` names the nftables table or the pf anchor.
     Raises ``PolicyError`` for rules the target cannot express (unless ``skip_userspace``) and
     ``UsageError`` for services without a known port or a bad name."""
-    target: Literal["nftables", "pf"] = "nftables" if fmt == "nft" else "pf"
+    target: Firewall = "nftables" if fmt == "nft" else "pf"
     p = plan(policy, target=target, mapped=mapped, services_db=services_db, skip_userspace=skip_userspace)
     if fmt == "nft":
         text = nft.render(p, table=table, action=action)
@@ -48,4 +48,4 @@ def export(
     return Exported(text, p.warnings, p)
 
 
-__all__ = ["Exported", "FORMATS", "Format", "Plan", "export", "plan"]
+__all__ = ["DenyAction", "ExportFormat", "ExportPlan", "Exported", "FORMATS", "Firewall", "export", "plan"]

@@ -24,8 +24,8 @@ import ipaddress
 from dataclasses import dataclass
 
 from sockgate.policy.intervals import SPACE, Range, Ranges, cidrs, match_ranges, to_address
-from sockgate.policy.ir import IPAddress, IPNetwork, Match
-from sockgate.policy.needs import match_facts, need_text
+from sockgate.policy.ir import IPAddress, IPNetwork
+from sockgate.resolve import ResolvedRule
 
 Intervals = Ranges  # half-open (lo, hi): addresses lo .. hi - 1
 MAPPED_V6 = ipaddress.IPv6Network("::ffff:0:0/96")  # IPv4-mapped IPv6 addresses, RFC 4291 2.5.5.2
@@ -54,12 +54,12 @@ class AddrSpace:
         return any(lo <= n < hi for lo, hi in self.family(address.version))
 
 
-def flatten(match: Match) -> AddrSpace:
-    """The addresses ``match`` holds for. Only for matches a packet filter can decide
-    (``match_facts(match).needs == ()``); anything else raises ``ValueError`` (a bug)."""
-    facts = match_facts(match)
-    if facts.needs:
-        raise ValueError(f"not decidable from an address: {match!r} ({need_text(facts.needs[0], facts.principal)})")
+def flatten(rule: ResolvedRule) -> AddrSpace:
+    """The addresses ``rule``'s match holds for. Only for rules a packet filter can decide
+    (``rule.address_only``); anything else raises ``ValueError`` (a bug)."""
+    if not rule.address_only:
+        raise ValueError(f"not decidable from an address: {rule.rule.text!r} ({rule.reason()})")
+    match = rule.rule.match
     return AddrSpace(v4=match_ranges(match, 4), v6=match_ranges(match, 6))
 
 

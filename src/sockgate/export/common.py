@@ -1,13 +1,14 @@
 """What every exporter needs: a policy planned as services with ports and address rules.
 
-``plan`` turns a ``Policy`` into ``Plan``: for each service, in policy order, the protocols and
-port ranges it listens on and its rules as ``(action, addresses)`` — each match already
-flattened to disjoint address intervals (``addrs.py``) — followed by its default. Renderers
-(``nft.py``, ``pf.py``) only print a plan; they decide nothing.
+``plan`` turns a ``Policy`` into an ``ExportPlan``: for each service, in policy order, the
+protocols and port ranges it listens on and its rules as ``(action, addresses)`` — each match
+already flattened to disjoint address intervals (``addrs.py``) — followed by its default.
+Renderers (``nft.py``, ``pf.py``) only print a plan; they decide nothing.
 
 Which services: native service blocks first, then the daemons hosts_access rules name
 literally (``sshd: ...``), then every daemon given with ``--map`` (so ``ALL: ...`` rules reach
-it). Ports come from the block's header, else ``--map``, else services(5); a service with
+it). Each service is resolved (``sockgate.resolve``): what a rule needs beyond the source
+address, its limits and its dropped options are read off the resolved rules. Ports come from the block's header, else ``--map``, else services(5); a service with
 neither is an error naming it, because a firewall export that silently leaves a service out
 guards less than the operator thinks.
 
@@ -27,31 +28,17 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Callable, Generic, Hashable, Literal, Mapping, TypeVar, Union, assert_never
+from typing import Callable, Generic, Hashable, Literal, Mapping, TypeVar, Union
 
 from sockgate.errors import Diagnostic, PolicyError, UsageError
 from sockgate.export.addrs import MAPPED_V6, AddrSpace, flatten
 from sockgate.export.ports import PortRange, Proto, lookup, port_table
-from sockgate.policy.ir import (
-    Action,
-    AddrMatch,
-    AnyOf,
-    Applies,
-    DaemonMatch,
-    DaemonPattern,
-    Endpoint,
-    Except,
-    MatchAll,
-    Policy,
-    Rule,
-    Service,
-    applies,
-)
-from sockgate.policy.needs import daemon_needs, rule_reason
+from sockgate.policy.ir import Action, AddrMatch, Endpoint, Policy, Rule, Service
 from sockgate.policy.source import Span
+from sockgate.resolve import ResolvedService, named_daemons, resolve_service
 
-Target = Literal["nftables", "pf"]
-_VERDICT_OPTIONS = ("allow", "deny")  # hosts_options(5) verdicts: already the rule's action
+Firewall = Literal["nftables", "pf"]
+DenyAction = Literal["drop", "reject"]  # what a firewall does with a denied packet
 
 
 @dataclass(frozen=True)
@@ -102,7 +89,7 @@ class SkippedService:
 
 
 @dataclass(frozen=True)
-class Plan:
+class ExportPlan:
     services: tuple[PlannedService, ...]
     skipped: tuple[SkippedService, ...]
     warnings: tuple[str, ...]
@@ -118,7 +105,7 @@ class Plan:
 class _Problems:
     """Inexpressible things found while planning, reported together."""
 
-    target: Target
+    target: Firewall
     diagnostics: list[Diagnostic]
     skip_warnings: list[str]  # shown only when the rules are skipped instead of refused
     warnings: list[str]
@@ -138,11 +125,11 @@ class _Problems:
 def plan(
     policy: Policy,
     *,
-    target: Target,
+    target: Firewall,
     mapped: Mapping[str, tuple[Endpoint, ...]] | None = None,
     services_db: Mapping[str, tuple[Endpoint, ...]] | None = None,
     skip_userspace: bool = False,
-) -> Plan:
+) -> ExportPlan:
     """Plan ``policy`` for a packet filter. Raises ``PolicyError`` naming every rule the
     target cannot express (unless ``skip_userspace``) and ``UsageError`` for services without
     ports or a bad ``--map``."""
@@ -159,7 +146,7 @@ def plan(
         if not endpoints:
             unmapped.append(svc.name)
             continue
-        one = _plan_service(svc, endpoints, problems)
+        one = _plan_service(resolve_service(svc), endpoints, problems)
         if isinstance(one, SkippedService):
             skipped.append(one)
         else:
@@ -177,7 +164,7 @@ def plan(
         raise UsageError("nothing to export: the policy names no service (give --map DAEMON=PROTO/PORT for hosts_access rules)")
     # printable: warnings name files, rules and services, and end up on a terminal
     warnings = [printable(w) for w in problems.skip_warnings + problems.warnings + _overlaps(planned)]
-    return Plan(tuple(planned), tuple(skipped), tuple(warnings), policy.sources, policy.digest())
+    return ExportPlan(tuple(planned), tuple(skipped), tuple(warnings), policy.sources, policy.digest())
 
 
 def _services(policy: Policy, mapped: Mapping[str, tuple[Endpoint, ...]]) -> list[Service]:
@@ -185,8 +172,7 @@ def _services(policy: Policy, mapped: Mapping[str, tuple[Endpoint, ...]]) -> lis
     out = list(policy.services)
     seen = {s.name for s in out}
     global_rules = bool(policy.rules) or policy.default is not None
-    names = [n for r in policy.rules if r.daemons is not None for n in _literal_daemons(r.daemons)]
-    for name in [*names, *mapped]:
+    for name in [*named_daemons(policy), *mapped]:
         if name in seen:
             continue
         if not global_rules:
@@ -196,51 +182,35 @@ def _services(policy: Policy, mapped: Mapping[str, tuple[Endpoint, ...]]) -> lis
     return out
 
 
-def _literal_daemons(d: DaemonMatch) -> list[str]:
-    """Daemon names a rule selects by name (not ``ALL``, wildcards or ``EXCEPT`` parts)."""
-    match d:
-        case DaemonPattern(name=n):
-            literal = n.upper() != "ALL" and not any(c in n for c in "*?[") and not n.startswith(".") and not n.endswith(".")
-            return [n] if literal else []
-        case AnyOf(items=items):
-            return [n for i in items for n in _literal_daemons(i)]
-        case Except(include=include):
-            return _literal_daemons(include)
-        case MatchAll():
-            return []
-        case _:
-            assert_never(d)
-
-
-def _plan_service(svc: Service, endpoints: tuple[Endpoint, ...], problems: _Problems) -> PlannedService | SkippedService:
+def _plan_service(svc: ResolvedService, endpoints: tuple[Endpoint, ...], problems: _Problems) -> PlannedService | SkippedService:
     ports = port_table(endpoints)
     unix = [e for e in endpoints if e.proto == "unix"]
+    span = svc.service.span
     if not ports:
         reason = f"a Unix socket service ({_eps(tuple(unix))}): a packet filter has no port to guard"
         if svc.rules:
-            problems.add(svc.span, f"service {svc.name}", reason, "the service is not exported")
+            problems.add(span, f"service {svc.name}", reason, "the service is not exported")
         return SkippedService(svc.name, reason)
     notes = [f"{_eps(tuple(unix))}: a Unix socket, not filtered here"] if unix else []
-    if svc.limits is not None and not svc.limits.is_empty():
-        problems.add(svc.span, f"service {svc.name}", "has connection limits", "its rules are exported without them")
+    if svc.limits is not None:
+        problems.add(span, f"service {svc.name}", "has connection limits", "its rules are exported without them")
         notes.append("connection limits are not enforced here")
     items: list[Item] = []
-    for rule in svc.rules:
-        if rule.daemons is not None and not daemon_needs(rule.daemons):
-            if applies(rule.daemons, svc.name) is Applies.NEVER:
-                continue
-        why = rule_reason(rule)
+    for r in svc.rules:
+        rule = r.rule
+        why = r.reason()
         if why is not None:
             problems.add(rule.span, rule.text, why)
             items.append(SkippedRule(rule, why))
         else:
-            items.append(PlannedRule(rule.action, flatten(rule.match), rule))
-        if carried := [o.name for o in rule.options if o.name not in _VERDICT_OPTIONS]:
+            items.append(PlannedRule(rule.action, flatten(r), rule))
+        if r.dropped_options:
             problems.warnings.append(
-                f"{rule.span.file}:{rule.span.line}: options not carried by a packet filter: {', '.join(carried)}"
+                f"{rule.span.file}:{rule.span.line}: options not carried by a packet filter: {', '.join(r.dropped_options)}"
             )
-    where = f"{svc.default_span.file}:{svc.default_span.line}" if svc.default_span is not None and svc.default is not None else ""
-    return PlannedService(svc.name, ports, tuple(items), svc.effective_default, where, tuple(notes))
+    default = svc.service
+    where = f"{default.default_span.file}:{default.default_span.line}" if default.default_span is not None and default.default is not None else ""
+    return PlannedService(svc.name, ports, tuple(items), svc.default, where, tuple(notes))
 
 
 def _overlaps(services: list[PlannedService]) -> list[str]:
@@ -274,7 +244,7 @@ def _eps(endpoints: tuple[Endpoint, ...]) -> str:
     return " ".join(str(e) for e in endpoints)
 
 
-class Names:
+class IdentifierPool:
     """Unique identifiers for the target: ``[A-Za-z0-9_]``, starting with a letter, at most
     ``maxlen`` characters; a clash gets ``_2``, ``_3``..."""
 
@@ -301,11 +271,11 @@ Content = TypeVar("Content", bound=Hashable)
 
 class NamedSets(Generic[Content]):
     """The named address sets (nftables sets, pf tables) of one output: one per distinct
-    content, named after the first rule that wants it (``Names`` keeps names unique), in the
+    content, named after the first rule that wants it (``IdentifierPool`` keeps names unique), in the
     order they were first wanted."""
 
     def __init__(self, maxlen: int, prefix: str = "") -> None:
-        self._names = Names(maxlen, prefix)
+        self._names = IdentifierPool(maxlen, prefix)
         self._by_content: dict[Content, str] = {}
 
     def name_for(self, content: Content, wanted: str) -> str:
@@ -356,7 +326,7 @@ def set_label(rule: Rule) -> str | None:
     return None
 
 
-def header_lines(plan: Plan, fmt: str, usage: list[str]) -> list[str]:
+def header_lines(plan: ExportPlan, fmt: str, usage: list[str]) -> list[str]:
     """The comment lines every output starts with: what made it from which policy, the
     ``usage`` lines (how to load and remove it), and each service not exported."""
     sources = ", ".join(plan.sources) or "(no file)"

@@ -1,4 +1,4 @@
-"""A ``Plan`` rendered as a complete nftables ruleset (nft(8) syntax, nftables >= 1.0.6).
+"""An ``ExportPlan`` rendered as a complete nftables ruleset (nft(8) syntax, nftables >= 1.0.6).
 
 Shape::
 
@@ -27,14 +27,14 @@ or ICMP port unreachable for UDP, through a shared ``deny_reject`` chain.
 from __future__ import annotations
 
 import re
-from typing import Literal
 
 from sockgate.errors import UsageError
 from sockgate.export.addrs import MAPPED_V6, Intervals, as_cidr, to_address
 from sockgate.export.common import (
-    Names,
+    DenyAction,
+    ExportPlan,
+    IdentifierPool,
     NamedSets,
-    Plan,
     PlannedRule,
     PlannedService,
     comment,
@@ -47,7 +47,6 @@ from sockgate.export.ports import PortRange
 from sockgate.policy.intervals import Range
 from sockgate.policy.ir import Action
 
-DenyAction = Literal["drop", "reject"]
 _TABLE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 _INLINE_MAX = 1  # intervals written inline in a rule; more become a named set
 _FAMILY = {4: ("ip", "ipv4_addr", "ipv4"), 6: ("ip6", "ipv6_addr", "ipv6")}
@@ -84,7 +83,7 @@ def check_nft_table_name(table: str) -> None:
         raise UsageError(f"--table {table!r}: nft reads this word as a keyword, not a name; choose another (e.g. sg_{table})")
 
 
-def render(plan: Plan, *, table: str = "sockgate", action: DenyAction = "drop") -> str:
+def render(plan: ExportPlan, *, table: str = "sockgate", action: DenyAction = "drop") -> str:
     """The ruleset text for ``nft -f``."""
     check_nft_table_name(table)
     r = _Renderer(action)
@@ -114,7 +113,7 @@ class _Renderer:
     def __init__(self, action: DenyAction) -> None:
         self.verdicts = {Action.ALLOW: "accept", Action.DENY: "drop" if action == "drop" else "goto deny_reject"}
         self.sets: NamedSets[tuple[int, Intervals]] = NamedSets(64)
-        self.chain_names = Names(64, prefix="svc_")
+        self.chain_names = IdentifierPool(64, prefix="svc_")
 
     def set_for(self, wanted: str, version: int, intervals: Intervals) -> str:
         return self.sets.name_for((version, intervals), f"{wanted}_v{version}")
@@ -164,7 +163,7 @@ def _set_block(name: str, version: int, intervals: Intervals) -> list[str]:
     return [f"set {name} {{", f"\ttype {_FAMILY[version][1]}", "\tflags interval", *elems, "}"]
 
 
-def _base_chain(plan: Plan, chains: list[tuple[str, list[str]]]) -> list[str]:
+def _base_chain(plan: ExportPlan, chains: list[tuple[str, list[str]]]) -> list[str]:
     lines = [
         "type filter hook input priority filter; policy accept;",
         comment("replies to connections this host opened are not judged"),

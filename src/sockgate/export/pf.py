@@ -1,4 +1,4 @@
-"""A ``Plan`` rendered as a pf.conf(5) fragment for OpenBSD and FreeBSD, loaded into an anchor.
+"""An ``ExportPlan`` rendered as a pf.conf(5) fragment for OpenBSD and FreeBSD, loaded into an anchor.
 
 pf evaluates rules top to bottom and the *last* match wins, unless a rule is ``quick``: then
 the first quick match ends evaluation. Every rule here is ``quick``, so the policy's
@@ -20,12 +20,11 @@ allowed connections pass.
 
 from __future__ import annotations
 
-from typing import Literal
-
 from sockgate.export.addrs import MAPPED_V6, summarize
 from sockgate.export.common import (
+    DenyAction,
+    ExportPlan,
     NamedSets,
-    Plan,
     PlannedRule,
     PlannedService,
     comment,
@@ -39,12 +38,11 @@ from sockgate.export.nft import check_table_name
 from sockgate.export.ports import PortRange
 from sockgate.policy.ir import Action, IPNetwork
 
-DenyAction = Literal["drop", "reject"]
 _PER_LINE = 4  # table entries per line
 _TABLE_NAME_MAX = 31  # PF_TABLE_NAME_SIZE (32) less the NUL, <net/pfvar.h>
 
 
-def render(plan: Plan, *, anchor: str = "sockgate", action: DenyAction = "drop") -> str:
+def render(plan: ExportPlan, *, anchor: str = "sockgate", action: DenyAction = "drop") -> str:
     """The fragment text for ``pfctl -a ANCHOR -f``."""
     check_table_name(anchor)
     r = _Renderer(action)

@@ -14,7 +14,7 @@ from typing import assert_never
 from sockgate.policy.ir import AnyOf, DaemonMatch, DaemonPattern, Except, MatchAll, Policy
 from sockgate.resolve.model import ResolvedRule, ResolvedService, resolve_rule, resolve_service
 
-__all__ = ["ResolvedRule", "ResolvedService", "named_daemons", "resolve", "resolve_rule", "resolve_service"]
+__all__ = ["ResolvedRule", "ResolvedService", "literal_daemons", "named_daemons", "resolve", "resolve_rule", "resolve_service"]
 
 
 def resolve(policy: Policy, name: str) -> ResolvedService:
@@ -26,18 +26,19 @@ def resolve(policy: Policy, name: str) -> ResolvedService:
 def named_daemons(policy: Policy) -> tuple[str, ...]:
     """The daemon names hosts_access rules select by name (not ``ALL``, wildcards or
     ``EXCEPT`` parts), in policy order, each once."""
-    return tuple(dict.fromkeys(n for r in policy.rules if r.daemons is not None for n in _literal(r.daemons)))
+    return tuple(dict.fromkeys(n for r in policy.rules if r.daemons is not None for n in literal_daemons(r.daemons)))
 
 
-def _literal(d: DaemonMatch) -> list[str]:
+def literal_daemons(d: DaemonMatch) -> list[str]:
+    """The daemon names one daemon list selects by name."""
     match d:
         case DaemonPattern(name=n):
             literal = n.upper() != "ALL" and not any(c in n for c in "*?[") and not n.startswith(".") and not n.endswith(".")
             return [n] if literal else []
         case AnyOf(items=items):
-            return [n for i in items for n in _literal(i)]
+            return [n for i in items for n in literal_daemons(i)]
         case Except(include=include):
-            return _literal(include)
+            return literal_daemons(include)
         case MatchAll():
             return []
         case _:
