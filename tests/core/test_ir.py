@@ -1,6 +1,5 @@
 """Daemon lists decided from the service name alone (``ir.applies``): the libwrap truth table,
-and, over random lists, agreement with the per-connection decision (``decide.server_matches``)
-and with the two-valued selection the policy used before (kept here as the oracle)."""
+and, over random lists, agreement with the per-connection decision (``decide.server_matches``)."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ from hypothesis import strategies as st
 
 from sockgate.decide import server_matches
 from sockgate.peers import Peer
-from sockgate.policy import hostmatch
+from sockgate.policy.needs import daemon_needs
 from sockgate.policy.ir import (
     AddrMatch,
     AnyOf,
@@ -85,39 +84,6 @@ def test_daemon_at_host_is_decided_per_connection() -> None:
 # -- the property ------------------------------------------------------------------------------
 
 
-def _may_select(dm: DaemonMatch, service: str) -> bool:
-    """The two-valued static selection ``Policy.service`` used before ``applies`` (oracle)."""
-    if isinstance(dm, MatchAll):
-        return True
-    if isinstance(dm, DaemonPattern):
-        return hostmatch.daemon_name_matches(dm.name, service)
-    if isinstance(dm, AnyOf):
-        return any(_may_select(i, service) for i in dm.items)  # type: ignore[arg-type]
-    assert isinstance(dm, Except)
-    return _may_select(dm.include, service) and not _surely_selects(dm.exclude, service)  # type: ignore[arg-type]
-
-
-def _surely_selects(dm: DaemonMatch, service: str) -> bool:
-    if isinstance(dm, MatchAll):
-        return True
-    if isinstance(dm, DaemonPattern):
-        return dm.server is None and hostmatch.daemon_name_matches(dm.name, service)
-    if isinstance(dm, AnyOf):
-        return any(_surely_selects(i, service) for i in dm.items)  # type: ignore[arg-type]
-    assert isinstance(dm, Except)
-    return _surely_selects(dm.include, service) and not _may_select(dm.exclude, service)  # type: ignore[arg-type]
-
-
-def _has_server_part(dm: DaemonMatch) -> bool:
-    if isinstance(dm, DaemonPattern):
-        return dm.server is not None
-    if isinstance(dm, AnyOf):
-        return any(_has_server_part(i) for i in dm.items)  # type: ignore[arg-type]
-    if isinstance(dm, Except):
-        return _has_server_part(dm.include) or _has_server_part(dm.exclude)  # type: ignore[arg-type]
-    return False
-
-
 NAMES = ["sshd", "SSHD", "ALL", "KNOWN", "in.", ".ftpd", "ss*", "s?hd", "ftpd", "unknown", "x"]
 SERVICES = ["sshd", "in.ftpd", "ftpd", "unknown", "x", "smtpd"]
 SERVERS: list[Match] = [MatchAll(), HERE, HostPattern("unknown", hosts_access=True), HostPattern("*.example", hosts_access=True)]
@@ -144,7 +110,7 @@ daemon_lists = st.recursive(
 
 @settings(max_examples=500, deadline=None)
 @given(daemon_lists, st.sampled_from(SERVICES))
-def test_applies_agrees_with_every_connection_and_with_the_old_selection(dm: DaemonMatch, service: str) -> None:
+def test_applies_agrees_with_every_connection(dm: DaemonMatch, service: str) -> None:
     a = applies(dm, service)
     per_connection = {server_matches(dm, service, p) for p in SERVER_PEERS}
     if a is ALWAYS:
@@ -152,6 +118,4 @@ def test_applies_agrees_with_every_connection_and_with_the_old_selection(dm: Dae
     elif a is NEVER:
         assert per_connection == {False}
     else:
-        assert _has_server_part(dm)
-    assert (a is not NEVER) == _may_select(dm, service)
-    assert (a is ALWAYS) == _surely_selects(dm, service)
+        assert daemon_needs(dm)  # only a daemon@host part leaves it to the connection

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
-import typing
-from typing import assert_never
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from sockgate.policy.ir import (
     Action,
     AddrMatch,
     AnyOf,
-    DaemonMatch,
     DaemonPattern,
     Except,
     HostClass,
@@ -24,7 +19,6 @@ from sockgate.policy.ir import (
     MatchAll,
     MatchNone,
     Principal,
-    PrincipalKind,
     Rate,
     Rule,
     UserAt,
@@ -113,85 +107,3 @@ def test_need_text(need: Need, text: str) -> None:
 
 def test_every_need_has_a_text() -> None:
     assert {n: need_text(n, "pid") for n in Need}.keys() == set(Need)
-
-
-# -- the oracle: the reasons as they were computed before the needs existed ------------------------
-# A frozen copy of policy/ir.py's userspace_reason / rule_userspace_reason; it goes once the
-# resolve pass's consumers have switched (the property below then has nothing left to compare).
-
-def _old_reason(m: Match | DaemonMatch) -> str | None:
-    match m:
-        case HostPattern() | HostClass():
-            return "needs the client's host name (a DNS lookup)"
-        case UserAt():
-            return "needs the client's ident user name"
-        case Principal(kind=kind):
-            return f"needs Unix peer credentials ({kind})"
-        case AnyOf(items=items):
-            return next((r for i in items if (r := _old_reason(i)) is not None), None)
-        case Except(include=include, exclude=exclude):
-            return _old_reason(include) or _old_reason(exclude)
-        case DaemonPattern(server=server):
-            return None if server is None else "needs the server address (daemon@host)"
-        case MatchAll() | MatchNone() | AddrMatch():
-            return None
-        case _:
-            assert_never(m)
-
-
-def _old_rule_reason(rule: Rule) -> str | None:
-    r = _old_reason(rule.match)
-    if r is None and rule.daemons is not None:
-        r = _old_reason(rule.daemons)
-    if r is None and rule.limits is not None and not rule.limits.is_empty():
-        r = "has connection limits"
-    return r
-
-
-leaves: st.SearchStrategy[Match] = st.one_of(
-    st.just(MatchAll()),
-    st.just(MatchNone()),
-    st.just(NET),
-    st.sampled_from([HostPattern(".x.org"), HostClass("KNOWN"), HostClass("LOCAL")]),
-    st.builds(Principal, st.sampled_from(typing.get_args(PrincipalKind)), st.just(1)),
-)
-matches: st.SearchStrategy[Match] = st.recursive(
-    leaves,
-    lambda inner: st.one_of(
-        st.builds(lambda items: AnyOf(tuple(items)), st.lists(inner, min_size=1, max_size=3)),
-        st.builds(Except, inner, inner),
-        st.builds(UserAt, st.just("u"), inner),
-    ),
-    max_leaves=8,
-)
-daemon_leaves: st.SearchStrategy[DaemonMatch] = st.one_of(
-    st.just(MatchAll()),
-    st.builds(DaemonPattern, st.sampled_from(["sshd", "ALL"]), st.one_of(st.none(), matches)),
-)
-daemons: st.SearchStrategy[DaemonMatch] = st.recursive(
-    daemon_leaves,
-    lambda inner: st.one_of(
-        st.builds(lambda items: AnyOf(tuple(items)), st.lists(inner, min_size=1, max_size=3)),
-        st.builds(Except, inner, inner),
-    ),
-    max_leaves=4,
-)
-limits = st.one_of(
-    st.none(),
-    st.builds(
-        Limits,
-        st.one_of(st.none(), st.just(2)),
-        st.one_of(st.none(), st.just(Rate(3, 60))),
-        st.one_of(st.none(), st.just(9)),
-        st.one_of(st.none(), st.just(Rate(9, 1))),
-        st.one_of(st.none(), st.just(60.0)),
-    ),
-)
-
-
-@settings(max_examples=500, deadline=None)
-@given(matches, st.one_of(st.none(), daemons), limits)
-def test_rule_reason_is_the_old_reason(m: Match, d: DaemonMatch | None, lim: Limits | None) -> None:
-    rule = Rule(Action.DENY, m, SPAN, "r", d, (), lim)
-    assert rule_reason(rule) == _old_rule_reason(rule)
-    assert (rule_needs(rule) == ()) == (_old_rule_reason(rule) is None)
