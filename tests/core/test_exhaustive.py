@@ -30,7 +30,7 @@ from sockgate.policy.ir import (
     PrincipalKind,
     UserAt,
 )
-from sockgate.resolve import kernelpart as kernelrules
+from sockgate.resolve import kernelpart
 
 decide = importlib.import_module("sockgate.decide")  # the module (the package exports a function of that name)
 
@@ -95,13 +95,13 @@ EXPECTED = {
         {MatchAll: True, MatchNone: False, AddrMatch: False, HostPattern: False, HostClass: False,
          Principal: False, UserAt: False, AnyOf: False, Except: True},
     ),
-    "kernelrules.over": (
-        kernelrules.over,
+    "kernelpart.over": (
+        kernelpart.over,
         {MatchAll: MatchAll(), MatchNone: MatchNone(), AddrMatch: ADDR, HostPattern: MatchAll(),
          HostClass: MatchAll(), Principal: MatchAll(), UserAt: MatchAll()},
     ),
-    "kernelrules.under": (
-        kernelrules.under,
+    "kernelpart.under": (
+        kernelpart.under,
         {MatchAll: MatchAll(), MatchNone: MatchNone(), AddrMatch: ADDR, HostPattern: MatchNone(),
          HostClass: MatchNone(), Principal: MatchNone(), UserAt: MatchNone()},
     ),

@@ -88,7 +88,7 @@ def test_stop_terms_children_then_abort_kills() -> None:
 
 def test_a_unix_peer_is_decided_with_ident_and_server_names_assumed_against_it(monkeypatch: Any) -> None:
     """inetd learns neither the ident user nor the server's name: a deny that needs either
-    holds (``kernelrules.assume_unlearned``), as the proxy and ``check`` decide."""
+    holds (``kernelpart.assume_unlearned``), as the proxy and ``check`` decide."""
     import sockgate.linux.peercred as peercred
     from sockgate.peers import Peer
     from sockgate.policy.hostsaccess import parse_hosts_access

@@ -1,4 +1,4 @@
-"""proxy.limits (the sans-IO limiter) and proxy.kernelrules (what the kernel may drop)."""
+"""proxy.limits (the sans-IO limiter) and resolve.kernelpart (what the kernel may drop)."""
 
 from __future__ import annotations
 
@@ -211,7 +211,7 @@ def test_rate_never_exceeds_count_per_window(events: list[tuple[str, float, bool
             assert len(in_window) <= rate.count
 
 
-# -- kernelrules ------------------------------------------------------------------------------
+# -- kernelpart -------------------------------------------------------------------------------
 
 SPAN = Span("t.conf", 1, 1, 1)
 NETS = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "10.1.0.0/16", "192.0.2.0/24", "2001:db8::/32", "0.0.0.0/0")]

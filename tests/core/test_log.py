@@ -52,7 +52,7 @@ def test_records_wait_in_the_buffer_until_flushed() -> None:
     assert "event=close" in out.getvalue()
 
 
-def test_limits_and_kernelrules_do_no_io() -> None:
+def test_limits_and_kernelpart_do_no_io() -> None:
     code = (
         "import sys; import sockgate.proxy.limits, sockgate.resolve.kernelpart\n"
         "bad = [m for m in ('socket', 'asyncio', 'ctypes', 'sockgate.linux') if m in sys.modules]\n"

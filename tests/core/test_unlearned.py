@@ -1,5 +1,5 @@
 """Facts sockgate never learns (the client's ident user, the server's host name) are assumed
-to be whatever denies (``kernelrules.assume_unlearned``): the proxy and ``check`` never grant
+to be whatever denies (``kernelpart.assume_unlearned``): the proxy and ``check`` never grant
 what libwrap, learning them, could refuse."""
 
 from __future__ import annotations

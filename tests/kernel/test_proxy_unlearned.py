@@ -1,5 +1,5 @@
 """The proxy never queries ident (RFC 1413) nor looks up its own host name; a hosts_access
-deny that needs either must still refuse (``kernelrules.assume_unlearned``), as tcpdmatch
+deny that needs either must still refuse (``kernelpart.assume_unlearned``), as tcpdmatch
 says libwrap does: ``tcpdmatch -d myd@127.0.0.1 127.0.0.1`` and ``tcpdmatch -d myd
 mallory@127.0.0.1`` both deny under the rules below."""
 
