@@ -175,7 +175,7 @@ class Aggregator:
 
 def _classify(reason: Reason, rule: int) -> tuple[Reason, int | None]:
     """The reason as the log names it: the program reports a ban or a forged source found in
-    its rule tries as ``RULE`` with the lists' rule indexes (bpf.ranges)."""
+    its rule tries as ``RULE`` with the lists' rule indexes (resolve.ranges)."""
     if reason is Reason.RULE and rule == BANNED:
         return Reason.BAN, None
     if reason is Reason.RULE and rule == FORGED:
