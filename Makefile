@@ -1,7 +1,10 @@
 # sockgate: `make demo` and `make test` do all the set-up on a fresh machine.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-APT_PACKAGES := tcpd nmap iproute2 nftables socat haproxy xinetd iperf3 procps fail2ban
+APT_PACKAGES := tcpd nmap iproute2 nftables socat haproxy xinetd iperf3 procps openssl crowdsec fail2ban sshguard
+# crowdsec's postinst registers with CrowdSec's online API unless this file exists and is not
+# empty before the install; only the package registries are reachable, so it must exist first.
+CROWDSEC_CAPI := /etc/crowdsec/online_api_credentials.yaml
 
 .PHONY: setup system-packages demo test lint bench clean
 
@@ -21,9 +24,18 @@ system-packages:
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing:$$missing"; \
+	    case " $$missing " in *" crowdsec "*) \
+	      if [ ! -s $(CROWDSEC_CAPI) ]; then mkdir -p $$(dirname $(CROWDSEC_CAPI)); \
+	        echo "# no online API: sockgate's tests run their own Local API offline" > $(CROWDSEC_CAPI); fi;; \
+	    esac; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  elif [ -n "$$CI" ]; then echo "missing Debian packages:$$missing, and no root with apt-get to install them" >&2; exit 1; \
 	  else echo "missing Debian packages:$$missing (kernel tests that need them will skip; under CI they fail)"; fi; \
+	fi
+	@# The packaged daemons are not part of the tests (they start their own, on ports of their own):
+	@# where systemd runs, stop them and keep them from starting at boot.
+	@if [ "$$(id -u)" = 0 ] && [ -d /run/systemd/system ]; then \
+	  for u in crowdsec fail2ban sshguard; do systemctl disable --now $$u.service >/dev/null 2>&1 || true; done; \
 	fi
 
 demo: setup
