@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     "sockgate.policy": POLICY,
     "sockgate.peers": POLICY,
     "sockgate.resolve": RESOLVE,  # the resolve pass: model, kernelpart, ranges
+    "sockgate.bans": RESOLVE,  # the backend-neutral ban every source and backend shares
     "sockgate.decide": CORE,
     "sockgate.bpf": CORE,
     "sockgate.export": CORE,
@@ -33,11 +34,13 @@ LAYERS: dict[str, int] = {
     "sockgate.ebpf.registry": CORE,  # the cookie registry's record layout (pure)
     "sockgate.proxy.limits": CORE,
     "sockgate.proxy.admission": CORE,
+    "sockgate.crowdsec": CORE,  # the decision stream, sans I/O
     "sockgate.linux": EDGE,
     "sockgate.linux.bpffs": EDGE,  # the bpf filesystem: mount, trusted directories, pins
     "sockgate.loading": EDGE,
     "sockgate.lookup": EDGE,  # host-name lookups at the edge
     "sockgate.log": EDGE,
+    "sockgate.crowdsec.lapi": EDGE,  # the bouncer's HTTP client
     "sockgate.services_db": EDGE,
     "sockgate.inventory": EDGE,
     "sockgate.kernel": SEAM,

@@ -27,6 +27,7 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
+from sockgate.bans import Origin as Origin  # re-exported: readers of the map decode it from here
 from sockgate.ebpf.insn import BPF_F_NO_PREALLOC, MapType
 from sockgate.ebpf.maps import ADDR_BYTES, MapSpec, PREFIX_BITS
 
@@ -121,17 +122,8 @@ def buckets_spec(capacity: int = DEFAULT_BUCKETS) -> MapSpec:
 
 BAN_VALUE = struct.Struct("=QII")
 """``struct sg_ban { __u64 expires_ns; __u32 origin; __u32 zero; }``; ``expires_ns`` 0 never
-expires. The key is ``struct bpf_lpm_trie_key`` as for the rules (ebpf/maps.LpmKey)."""
-
-
-class Origin(IntEnum):
-    """Who banned a source (status, ``top``, the log)."""
-
-    LIMIT = 0  # the policy's ``ban DURATION`` after a per-source rate was exceeded (set by the program)
-    MANUAL = 1  # sockgate ban
-    FAIL2BAN = 2
-    CROWDSEC = 3
-    HOSTS_DENY = 4  # sshguard, DenyHosts: a line they wrote in hosts.deny
+expires; ``origin`` is ``sockgate.bans.Origin`` (backend-neutral: every source of bans names
+it). The key is ``struct bpf_lpm_trie_key`` as for the rules (ebpf/maps.LpmKey)."""
 
 
 @dataclass(frozen=True)

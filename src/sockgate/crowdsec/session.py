@@ -1,0 +1,112 @@
+"""The bouncer's schedule, sans I/O: which request comes next, when, and what ``status`` says.
+
+The edge (``sockgate.crowdsec.lapi``) asks ``request()`` whether to pull with ``startup=true``,
+performs it, and reports back ``received(body)`` or ``failed(reason)``; ``delay(u)`` says how
+long to wait (``u`` a uniform draw in [0, 1) the edge supplies, so tests choose it). While the
+LAPI answers, the wait is the configured interval. After a failure it grows exponentially
+(1 s, 2 s, 4 s... up to a cap) with "equal jitter" — half the step fixed, half drawn — so a
+fleet whose LAPI came back does not return in one wave, and no bouncer polls a dead LAPI faster
+than half a step. During an outage the decisions held stay enforced (they still expire on
+their own clock: a ban the LAPI would have lifted ends no later than its duration said), and
+the next successful pull is a startup pull (stream.py says why).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sockgate.crowdsec.stream import (
+    DEFAULT_CAPACITY,
+    DEFAULT_MAX_ENTRIES,
+    Report,
+    StreamError,
+    StreamState,
+    parse,
+)
+from sockgate.policy.source import escape
+
+DEFAULT_INTERVAL_S = 10.0  # crowdsec-firewall-bouncer's default update_frequency
+MAX_REASON = 200  # characters of a failure kept for status
+
+
+@dataclass(frozen=True)
+class Backoff:
+    first_s: float = 1.0
+    cap_s: float = 60.0
+
+    def delay(self, failures: int, u: float) -> float:
+        """The wait after ``failures`` (>= 1) failures in a row: half fixed, half jitter."""
+        step = min(self.cap_s, self.first_s * 2.0 ** min(max(failures, 1) - 1, 62))
+        return step / 2 + min(max(u, 0.0), 1.0) * step / 2
+
+
+@dataclass(frozen=True)
+class Status:
+    """What ``sockgate status`` shows of the bouncer."""
+
+    up: bool  # the last pull succeeded
+    since_ns: int | None  # when the LAPI last changed from up to down or back (None: never asked)
+    failures: int  # failed pulls in a row
+    last_error: str | None
+    last_success_ns: int | None
+    decisions: int
+    last_report: Report | None
+
+
+class Session:
+    def __init__(self, *, interval_s: float = DEFAULT_INTERVAL_S, backoff: Backoff = Backoff(),
+                 capacity: int = DEFAULT_CAPACITY, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+        if not interval_s > 0:
+            raise ValueError(f"the stream interval must be positive, not {interval_s}")
+        self.interval_s = interval_s
+        self.backoff = backoff
+        self.max_entries = max_entries
+        self.state = StreamState(capacity)
+        self._startup = True
+        self._failures = 0
+        self._up: bool | None = None
+        self._since: int | None = None
+        self._error: str | None = None
+        self._success: int | None = None
+        self._report: Report | None = None
+
+    def request(self) -> bool:
+        """Whether the next pull is ``startup=true``."""
+        return self._startup
+
+    def received(self, body: bytes, now_ns: int, *, startup: bool) -> Report:
+        """An answer to a pull made with ``startup``. A body that is no stream answer counts as
+        a failed pull (``StreamError`` is raised after it is recorded)."""
+        try:
+            batch = parse(body, now_ns, startup=startup, max_entries=self.max_entries)
+        except StreamError as e:
+            self.failed(now_ns, str(e))
+            raise
+        self.state.expire(now_ns)
+        report = self.state.apply(batch)
+        self._startup = False
+        self._failures = 0
+        self._error = None
+        self._success = now_ns
+        self._report = report
+        self._mark(True, now_ns)
+        return report
+
+    def failed(self, now_ns: int, reason: str) -> None:
+        """A pull that got no usable answer: keep the decisions, resync at the next one."""
+        self._startup = True
+        self._failures += 1
+        self._error = escape(reason[:MAX_REASON])
+        self._mark(False, now_ns)
+
+    def delay(self, u: float) -> float:
+        """Seconds until the next pull."""
+        return self.interval_s if self._failures == 0 else self.backoff.delay(self._failures, u)
+
+    def status(self) -> Status:
+        return Status(bool(self._up), self._since, self._failures, self._error, self._success,
+                      len(self.state), self._report)
+
+    def _mark(self, up: bool, now_ns: int) -> None:
+        if self._up is not up:
+            self._up, self._since = up, now_ns
