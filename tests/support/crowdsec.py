@@ -140,10 +140,10 @@ on_success: break
 class Lapi:
     """One LAPI process and the cscli that manages it. Use ``lapi()``, which always cleans up."""
 
-    def __init__(self, root: Path, tls: Tls | None = None) -> None:
+    def __init__(self, root: Path, tls: Tls | None = None, port: int | None = None) -> None:
         self.root = root
         self.tls = tls
-        self.port = free_port()
+        self.port = port or free_port()
         self.config = root / "config.yaml"
         self.log = root / "lapi.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -257,9 +257,10 @@ class Lapi:
             raise RuntimeError(f"cscli {' '.join(args)} failed ({out.returncode}): {out.stderr.strip()[-2000:]}")
         return out.stdout
 
-    def bouncer_key(self, name: str) -> str:
-        """Register a bouncer and return its API key (``cscli bouncers add NAME -o raw``)."""
-        key = self.cscli("bouncers", "add", name, "-o", "raw").strip()
+    def bouncer_key(self, name: str, key: str | None = None) -> str:
+        """Register a bouncer and return its API key (``cscli bouncers add NAME -o raw``);
+        ``key`` registers that key (``-k``), as a second LAPI of a fleet would."""
+        key = self.cscli("bouncers", "add", name, "-o", "raw", *(("-k", key) if key else ())).strip()
         assert key and "\n" not in key, key
         return key
 
@@ -283,9 +284,9 @@ def _flag(target: str) -> str:
 
 
 @contextlib.contextmanager
-def lapi(root: Path, tls: Tls | None = None, start: bool = True) -> Iterator[Lapi]:
+def lapi(root: Path, tls: Tls | None = None, start: bool = True, port: int | None = None) -> Iterator[Lapi]:
     """A LAPI in ``root``, started (unless ``start`` is False) and always stopped."""
-    the_lapi = Lapi(root, tls)
+    the_lapi = Lapi(root, tls, port)
     try:
         if start:
             the_lapi.start()

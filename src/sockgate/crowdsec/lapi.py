@@ -20,9 +20,11 @@ CAs when none is given).
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import random
+import socket
 import ssl
 import stat
 import threading
@@ -124,7 +126,15 @@ class LapiClient:
         target = f"{self.endpoint.base}{STREAM_PATH}?startup={'true' if startup else 'false'}&scopes=ip,range"
         deadline = time.monotonic() + self.timeout_s
         conn = self._connection()
+        # Each receive has the timeout, and so does the whole answer: a LAPI that dribbles its
+        # headers a byte at a time would otherwise hold the pull for ever. At the deadline the
+        # socket is shut down from a timer thread, which ends any receive under way.
+        cut = threading.Event()
+        timer = threading.Timer(self.timeout_s, _cut, args=(conn, cut))
+        timer.daemon = True
         try:
+            conn.connect()
+            timer.start()
             conn.request("GET", target, headers={"X-Api-Key": self._key, "User-Agent": USER_AGENT,
                                                  "Accept": "application/json", "Connection": "close"})
             resp = conn.getresponse()
@@ -133,21 +143,30 @@ class LapiClient:
             length = resp.getheader("Content-Length")
             if length is not None and length.isdigit() and int(length) > self.max_body:
                 raise LapiError(f"the LAPI's answer is {length} bytes, over the bound of {self.max_body}", target=self.url)
-            return self._read(resp, deadline)
+            return self._read(resp, deadline, cut)
         except (OSError, http.client.HTTPException) as e:
+            if cut.is_set():
+                raise LapiError(f"the LAPI's answer took longer than {self.timeout_s:g} s", target=self.url) from None
             raise LapiError(f"cannot pull decisions from {self.url}: {escape(str(e)) or type(e).__name__}",
                             errno=getattr(e, "errno", None), target=self.url) from None
         finally:
+            timer.cancel()
             conn.close()
 
-    def _read(self, resp: http.client.HTTPResponse, deadline: float) -> bytes:
+    def _read(self, resp: http.client.HTTPResponse, deadline: float, cut: threading.Event) -> bytes:
         parts: list[bytes] = []
         size = 0
         while True:
             if time.monotonic() > deadline:
                 raise LapiError(f"the LAPI's answer took longer than {self.timeout_s:g} s", target=self.url)
-            chunk = resp.read(_CHUNK)
+            # read1: one receive at most, so a LAPI dribbling a byte at a time meets the
+            # deadline (read(n) would wait for n bytes, each receive within the timeout)
+            chunk = resp.read1(_CHUNK)
             if not chunk:
+                if cut.is_set():
+                    raise LapiError(f"the LAPI's answer took longer than {self.timeout_s:g} s", target=self.url)
+                if resp.length:  # read1 returns b"" at an early end instead of raising IncompleteRead
+                    raise LapiError(f"the LAPI's answer was cut short ({resp.length} bytes missing)", target=self.url)
                 return b"".join(parts)
             size += len(chunk)
             if size > self.max_body:
@@ -159,6 +178,14 @@ class LapiClient:
         e = self.endpoint
         host = f"[{e.host}]" if ":" in e.host else e.host
         return f"{e.scheme}://{host}:{e.port}{e.base}"
+
+
+def _cut(conn: http.client.HTTPConnection, cut: threading.Event) -> None:
+    cut.set()
+    sock = conn.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _status_message(status: int, reason: str) -> str:
