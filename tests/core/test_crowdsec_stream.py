@@ -45,14 +45,14 @@ def net(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     ("-4.66872791s", -4_668_727_910),
     ("15.662844ms", 15_662_844),
     ("1µs", 1_000), ("1us", 1_000), ("7ns", 7), ("0s", 0), ("0", 0), (".5s", S // 2), ("1h", 3600 * S),
-    ("2562047h47m16.854775807s", 2**63 - 1),
+    ("2562047h47m16.854775807s", 2**63 - 1), ("1h0m0s", 3600 * S), ("1m0s", 60 * S), ("+1.5h", 5400 * S),
 ])
 def test_go_durations(text: str, ns: int) -> None:
     assert duration_ns(text) == ns
 
 
 @pytest.mark.parametrize("text", ["", "1", "1d", "h", "1h 2m", "1.2.3s", "--1s", "1e3s", "９s",
-                                  "2562047h47m16.854775808s", "9" * 80 + "s", "1s\n"])
+                                  "2562047h47m16.854775808s", "9999999h", "9999999h1s", "9" * 80 + "s", "1s\n"])
 def test_not_go_durations(text: str) -> None:
     with pytest.raises(ValueError):
         duration_ns(text)

@@ -72,11 +72,18 @@ _UNITS_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "μs": 1_000, "ms": 1_000_000, 
 _PIECE = re.compile(r"([0-9]*)(?:\.([0-9]*))?(ns|us|µs|μs|ms|s|m|h)")
 _DURATION = re.compile(r"[-+]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:ns|us|µs|μs|ms|s|m|h))+|[-+]?0")
 _MAX_DURATION_TEXT = 64
+_USUAL = re.compile(r"(-?)(?:([0-9]{1,7})h)?(?:([0-9]{1,2})m)?([0-9]{1,2})(?:\.([0-9]{1,9}))?s")
 
 
 def duration_ns(text: str) -> int:
     """Go's ``time.Duration`` text in nanoseconds (negative for an expired decision).
     ``ValueError`` for anything else, or beyond what an int64 of nanoseconds holds."""
+    if (m := _USUAL.fullmatch(text)) is not None:  # what time.Duration.String() writes for >= 1 s
+        sign, h, mins, secs, frac = m.groups()
+        ns = ((int(h or 0) * 60 + int(mins or 0)) * 60 + int(secs)) * 10**9 + int((frac or "0").ljust(9, "0"))
+        if ns > _MAX_DURATION_NS:
+            raise ValueError(f"duration {quote(text)} is longer than a time.Duration holds")
+        return -ns if sign else ns
     if len(text) > _MAX_DURATION_TEXT or not _DURATION.fullmatch(text):
         raise ValueError(f"expected a duration such as '3h59m58.1s', found {quote(text)}")
     sign = -1 if text.startswith("-") else 1
@@ -174,7 +181,7 @@ def _fields(item: Any, part: str, index: int, tally: Tally) -> tuple[int, IPNetw
     if not isinstance(item, dict):
         tally.reject(part, index, f"expected an object, found a JSON {type(item).__name__}")
         return None
-    ident, kind, scope, value = (item.get(k) for k in ("id", "type", "scope", "value"))
+    ident, kind, scope, value = item.get("id"), item.get("type"), item.get("scope"), item.get("value")
     if type(ident) is not int or not 0 < ident <= MAX_ID:
         tally.reject(part, index, f"expected a positive integer id, found {quote(repr(ident))}")
         return None
@@ -267,6 +274,7 @@ class StreamState:
         self.capacity = capacity
         self._by_id: dict[int, Decision] = {}
         self._by_net: dict[IPNetwork, dict[int, int]] = {}  # network → {id: expires_ns}
+        self._end_of: dict[IPNetwork, int] = {}  # network → the latest expires_ns of its decisions
         self._heap: list[tuple[int, int]] = []  # (expires_ns, id), stale entries skipped
 
     def __len__(self) -> int:
@@ -278,10 +286,11 @@ class StreamState:
         touched |= {self._by_id[d.id].network for d in batch.new if d.id in self._by_id}  # an id re-sent elsewhere
         if batch.startup:
             touched |= self._by_net.keys()
-        before = {n: self._end(n) for n in touched}
+        before = {n: self._end(n) for n in touched if n in self._by_net}  # the others had none
         if batch.startup:
             self._by_id.clear()
             self._by_net.clear()
+            self._end_of.clear()
             self._heap.clear()
         added = over = deleted = unknown = 0
         for d in batch.new:
@@ -303,7 +312,7 @@ class StreamState:
             else:
                 self._drop(gone.id)
                 deleted += 1
-        changed = frozenset(n for n in touched if self._end(n) != before[n])
+        changed = frozenset(n for n in touched if self._end(n) != before.get(n))
         return Report(batch.startup, added, deleted, unknown, over, rejected, tuple(problems),
                       tuple(sorted(batch.tally.ignored.items())), batch.tally.expired, changed)
 
@@ -320,12 +329,8 @@ class StreamState:
 
     def bans(self, now_ns: int) -> dict[IPNetwork, BannedPrefix]:
         """The desired set: each network banned until its latest decision ends."""
-        out: dict[IPNetwork, BannedPrefix] = {}
-        for net, ends in self._by_net.items():
-            end = max(ends.values())
-            if end > now_ns:
-                out[net] = BannedPrefix(net, end, Origin.CROWDSEC)
-        return out
+        crowdsec = Origin.CROWDSEC
+        return {net: BannedPrefix(net, end, crowdsec) for net, end in self._end_of.items() if end > now_ns}
 
     def ban(self, net: IPNetwork, now_ns: int) -> BannedPrefix | None:
         end = self._end(net)
@@ -335,14 +340,15 @@ class StreamState:
         return tuple(self._by_id.values())
 
     def _end(self, net: IPNetwork) -> int | None:
-        ends = self._by_net.get(net)
-        return max(ends.values()) if ends else None
+        return self._end_of.get(net)
 
     def _put(self, d: Decision) -> None:
         if d.id in self._by_id:
             self._drop(d.id)
         self._by_id[d.id] = d
         self._by_net.setdefault(d.network, {})[d.id] = d.expires_ns
+        if d.expires_ns > self._end_of.get(d.network, -1):
+            self._end_of[d.network] = d.expires_ns
         heapq.heappush(self._heap, (d.expires_ns, d.id))
         if len(self._heap) > 2 * len(self._by_id) + 1024:  # replaced decisions left stale entries
             self._heap = [(x.expires_ns, x.id) for x in self._by_id.values()]
@@ -354,3 +360,6 @@ class StreamState:
         del ends[ident]
         if not ends:
             del self._by_net[d.network]
+            del self._end_of[d.network]
+        elif d.expires_ns == self._end_of[d.network]:
+            self._end_of[d.network] = max(ends.values())

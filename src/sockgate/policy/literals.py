@@ -48,7 +48,9 @@ def network(text: str) -> IPNetwork:
     if (m := _V4.fullmatch(text)) is not None:  # the common case, twice as fast
         a, b, c, d, bits = m.groups()
         n, prefix = (int(a) << 24) | (int(b) << 16) | (int(c) << 8) | int(d), 32 if bits is None else int(bits)
-        if prefix <= 32 and not n & ((1 << (32 - prefix)) - 1):
+        if prefix == 32:  # a host: from the integer alone, 2.5 times faster than from (n, 32)
+            return ipaddress.IPv4Network(n)
+        if prefix < 32 and not n & ((1 << (32 - prefix)) - 1):
             return ipaddress.IPv4Network((n, prefix))
     addr_text, slash, prefix_text = text.partition("/")
     try:
