@@ -273,10 +273,49 @@ class Lapi:
         """``cscli decisions delete --ip|--range TARGET``: every decision on it."""
         self.cscli("decisions", "delete", _flag(target), target)
 
+    def alerts(self) -> list[dict[str, object]]:
+        raw = self.cscli("alerts", "list", "-o", "json")
+        found = json.loads(raw) if raw.strip() else None
+        return [self.alert(int(a["id"])) for a in found or []]
+
+    def alert(self, ident: int) -> dict[str, object]:
+        out: dict[str, object] = json.loads(self.cscli("alerts", "inspect", str(ident), "-o", "json"))
+        return out
+
     def decisions(self) -> list[dict[str, object]]:
         raw = self.cscli("decisions", "list", "-o", "json")
         alerts = json.loads(raw) if raw.strip() else None
         return [d for a in alerts or [] for d in a.get("decisions") or []]
+
+
+HUB = Path("/usr/share/crowdsec/hub")  # Debian's offline hub
+HUB_PARSERS = ("parsers/s00-raw/crowdsecurity/syslog-logs.yaml", "parsers/s02-enrich/crowdsecurity/dateparse-enrich.yaml")
+PATTERNS = Path("/etc/crowdsec/patterns")
+
+
+def install_items(lapi: Lapi, contrib: Path) -> None:
+    """Put the syslog and date parsers of Debian's offline hub, the grok patterns, and
+    ``contrib``'s parsers and scenarios into the LAPI's config directory (copies: local items,
+    no hub download)."""
+    for rel in HUB_PARSERS:
+        stage = rel.split("/")[1]
+        (lapi.root / "parsers" / stage).mkdir(parents=True, exist_ok=True)
+        shutil.copy(HUB / rel, lapi.root / "parsers" / stage / Path(rel).name)
+    shutil.copytree(PATTERNS, lapi.root / "patterns", dirs_exist_ok=True)
+    shutil.copytree(contrib, lapi.root, dirs_exist_ok=True, ignore=shutil.ignore_patterns("acquis.d"))
+    index = lapi.root / "hub" / ".index.json"
+    if not index.exists():
+        index.symlink_to(HUB / ".index.json")
+
+
+def replay(lapi: Lapi, log: Path, kind: str = "syslog") -> str:
+    """Run the CrowdSec agent once over ``log`` (``crowdsec -dsn file://LOG -type KIND -no-api``,
+    its time-machine mode), sending its alerts to ``lapi``; returns its output."""
+    out = subprocess.run([CROWDSEC, "-c", str(lapi.config), "-dsn", f"file://{log}", "-type", kind, "-no-api", "-info"],
+                         capture_output=True, text=True, timeout=CSCLI_TIMEOUT, cwd=lapi.root)
+    if out.returncode != 0:
+        raise RuntimeError(f"crowdsec replay failed ({out.returncode}): {(out.stdout + out.stderr)[-3000:]}")
+    return out.stdout + out.stderr
 
 
 def _flag(target: str) -> str:
