@@ -244,7 +244,7 @@ def _naive(ops: list[tuple[bool, list[Any], list[Any], int]]) -> tuple[dict[Any,
     return out, now
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(_answers)
 def test_any_sequence_of_answers_matches_a_naive_model(ops: list[tuple[bool, list[Any], list[Any], int]]) -> None:
     state = StreamState()

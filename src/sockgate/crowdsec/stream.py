@@ -292,29 +292,40 @@ class StreamState:
             self._by_net.clear()
             self._end_of.clear()
             self._heap.clear()
-        added = over = deleted = unknown = 0
-        for d in batch.new:
+        added, over = self._add(batch.new)
+        deleted, unknown, mismatched = self._delete(batch.deleted)
+        problems = (list(batch.tally.problems) + mismatched)[:MAX_PROBLEMS]
+        rejected = batch.tally.rejected + len(mismatched)
+        changed = frozenset(n for n in touched if self._end(n) != before.get(n))
+        return Report(batch.startup, added, deleted, unknown, over, rejected, tuple(problems),
+                      tuple(sorted(batch.tally.ignored.items())), batch.tally.expired, changed)
+
+    def _add(self, new: tuple[Decision, ...]) -> tuple[int, int]:
+        """Hold ``new``: how many were added, how many did not fit."""
+        added = over = 0
+        for d in new:
             if d.id not in self._by_id and len(self._by_id) >= self.capacity:
                 over += 1
                 continue
             self._put(d)
             added += 1
-        problems = list(batch.tally.problems)
-        rejected = batch.tally.rejected
-        for gone in batch.deleted:
+        return added, over
+
+    def _delete(self, deleted: tuple[Deletion, ...]) -> tuple[int, int, list[str]]:
+        """Lift ``deleted``: how many were lifted, how many were not held, and why the ones
+        naming another network than their decision's were refused."""
+        done = unknown = 0
+        mismatched: list[str] = []
+        for gone in deleted:
             held = self._by_id.get(gone.id)
             if held is None:
                 unknown += 1
             elif held.network != gone.network:
-                rejected += 1
-                if len(problems) < MAX_PROBLEMS:
-                    problems.append(f"deleted: decision {gone.id} names {gone.network}, held for {held.network}; kept")
+                mismatched.append(f"deleted: decision {gone.id} names {gone.network}, held for {held.network}; kept")
             else:
                 self._drop(gone.id)
-                deleted += 1
-        changed = frozenset(n for n in touched if self._end(n) != before.get(n))
-        return Report(batch.startup, added, deleted, unknown, over, rejected, tuple(problems),
-                      tuple(sorted(batch.tally.ignored.items())), batch.tally.expired, changed)
+                done += 1
+        return done, unknown, mismatched
 
     def expire(self, now_ns: int) -> frozenset[IPNetwork]:
         """Drop the decisions whose end has come; the networks whose ban changed."""
