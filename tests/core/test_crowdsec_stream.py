@@ -119,7 +119,8 @@ def test_malformed_entries_are_rejected_one_by_one() -> None:
 
 
 @pytest.mark.parametrize("raw", [b"", b"nope", b"[]", b'"x"', b'{"new": {}}', b'{"deleted": 3}',
-                                 b"[" * 100_000 + b"]" * 100_000, b'{"new": [' + b"9" * 5000 + b"]}",
+                                 b"[" * 100_000 + b"]" * 100_000,
+                                 b'{"new": [' + b'{"aaaaaaaaaaaaaaaa": ' * 100_000 + b"1" + b"}" * 100_000 + b"]}", b'{"new": [' + b"9" * 5000 + b"]}",
                                  b"\xff\xfe"])
 def test_an_answer_that_is_no_stream_changes_nothing(raw: bytes) -> None:
     session = Session()
@@ -128,6 +129,15 @@ def test_an_answer_that_is_no_stream_changes_nothing(raw: bytes) -> None:
         session.received(raw, NOW + S, startup=False)
     assert set(session.state.bans(NOW + S)) == {net("192.0.2.1/32")}
     assert session.request() is True and not session.status().up
+
+
+def test_an_answer_of_too_many_json_values_is_refused_before_decoding() -> None:
+    for bomb in (b"{}," * 5000, b"[]," * 5000, b'"",' * 5000, b"1," * 5000):
+        with pytest.raises(StreamError, match="decisions are not that small"):
+            parse(b'{"new": [' + bomb + b"{}]}", NOW, startup=True)
+    # real answers of any size pass, even of short entries
+    short = [{"id": i, "type": "ban", "scope": "Ip", "value": "::1", "duration": "1s"} for i in range(1, 2000)]
+    assert len(parse(body(short), NOW, startup=True).new) == 1999
 
 
 def test_the_entries_read_from_one_answer_are_bounded() -> None:

@@ -50,7 +50,12 @@ from sockgate.policy.literals import LiteralError, network, unmap
 from sockgate.policy.source import quote
 
 DEFAULT_CAPACITY = 262_144  # decisions held; the eBPF ban tries hold 131,072 per family
-DEFAULT_MAX_ENTRIES = 1_048_576  # entries read from one answer (new and deleted together)
+DEFAULT_MAX_ENTRIES = 2 * DEFAULT_CAPACITY  # entries read from one answer (new and deleted together)
+# Bytes per JSON value, at least: a decision is one object of 8 to 10 fields in about 170 bytes,
+# some 18 bytes per ',', '{' or '['. Counting those (one C-level pass) before decoding bounds the
+# objects json.loads would build from a body of a given size: 64 MiB of "{}," alone would be 22
+# million dicts, over a gigabyte; at 8 bytes a value it is at most 8 million small ones.
+MIN_BYTES_PER_VALUE = 8
 MAX_PROBLEMS = 16  # rejected entries described in a report; the rest are only counted
 MAX_KINDS = 32  # distinct ignored types/scopes named in a report; the rest are "other"
 MAX_ID = 2**63 - 1  # the LAPI's ids are int64
@@ -144,6 +149,9 @@ class Batch:
 
 def parse(body: bytes, now_ns: int, *, startup: bool, max_entries: int = DEFAULT_MAX_ENTRIES) -> Batch:
     """A stream answer → a ``Batch``. ``StreamError`` when the body is not a stream answer."""
+    values = body.count(b",") + body.count(b"{") + body.count(b"[")
+    if values * MIN_BYTES_PER_VALUE > len(body) + 4096:
+        raise StreamError(f"the LAPI's answer packs {values} JSON values in {len(body)} bytes; decisions are not that small")
     try:
         doc = json.loads(body)
     except (ValueError, RecursionError) as e:
