@@ -71,7 +71,9 @@ class StreamError(PeerError):
 
 # -- Go durations ----------------------------------------------------------------------------
 
-# time.ParseDuration's units; time.Duration.String() writes "1h2m3.5s", "4.66ms", "-1.5s", "0s".
+# Hand-written: the standard library has no reader of Go's durations, and the PyPI ones read
+# other syntaxes ("1 hour", ISO 8601) or lack "µs". time.ParseDuration's units;
+# time.Duration.String() writes "1h2m3.5s", "4.66ms", "-1.5s", "0s".
 _UNITS_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "μs": 1_000, "ms": 1_000_000, "s": 10**9,
              "m": 60 * 10**9, "h": 3600 * 10**9}
 _PIECE = re.compile(r"([0-9]*)(?:\.([0-9]*))?(ns|us|µs|μs|ms|s|m|h)")
