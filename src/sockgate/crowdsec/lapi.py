@@ -146,7 +146,7 @@ class LapiClient:
             return self._read(resp, deadline, cut)
         except (OSError, http.client.HTTPException) as e:
             if cut.is_set():
-                raise LapiError(f"the LAPI's answer took longer than {self.timeout_s:g} s", target=self.url) from None
+                raise self._late() from None
             raise LapiError(f"cannot pull decisions from {self.url}: {escape(str(e)) or type(e).__name__}",
                             errno=getattr(e, "errno", None), target=self.url) from None
         finally:
@@ -158,13 +158,13 @@ class LapiClient:
         size = 0
         while True:
             if time.monotonic() > deadline:
-                raise LapiError(f"the LAPI's answer took longer than {self.timeout_s:g} s", target=self.url)
+                raise self._late()
             # read1: one receive at most, so a LAPI dribbling a byte at a time meets the
             # deadline (read(n) would wait for n bytes, each receive within the timeout)
             chunk = resp.read1(_CHUNK)
             if not chunk:
                 if cut.is_set():
-                    raise LapiError(f"the LAPI's answer took longer than {self.timeout_s:g} s", target=self.url)
+                    raise self._late()
                 if resp.length:  # read1 returns b"" at an early end instead of raising IncompleteRead
                     raise LapiError(f"the LAPI's answer was cut short ({resp.length} bytes missing)", target=self.url)
                 return b"".join(parts)
@@ -172,6 +172,9 @@ class LapiClient:
             if size > self.max_body:
                 raise LapiError(f"the LAPI's answer is over the bound of {self.max_body} bytes", target=self.url)
             parts.append(chunk)
+
+    def _late(self) -> LapiError:
+        return LapiError(f"the LAPI's answer took longer than {self.timeout_s:g} s", target=self.url)
 
     @property
     def url(self) -> str:
