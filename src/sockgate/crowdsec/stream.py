@@ -164,26 +164,26 @@ def parse(body: bytes, now_ns: int, *, startup: bool, max_entries: int = DEFAULT
     for part, items in lists.items():
         if not isinstance(items, list):
             raise StreamError(f"the LAPI's answer has {part!r} as a {type(items).__name__}, not a list")
-    tally = Tally()
-    budget = max_entries
+    tally, budget = Tally(), max_entries
     new: list[Decision] = []
     deleted: list[Deletion] = []
     for part, items in lists.items():
-        if len(items) > budget:
-            tally.rejected += len(items) - budget
-            tally.problems.append(f"{part}: {len(items)} entries, only {budget} read (the bound of one answer)")
-            items = items[:budget]
+        items = _bounded(part, items, budget, tally)
         budget -= len(items)
-        for i, item in enumerate(items):
-            if part == "new":
-                d = _decision(item, now_ns, i, tally)
-                if d is not None:
-                    new.append(d)
-            else:
-                gone = _deletion(item, i, tally)
-                if gone is not None:
-                    deleted.append(gone)
+        if part == "new":
+            new.extend(d for i, item in enumerate(items) if (d := _decision(item, now_ns, i, tally)) is not None)
+        else:
+            deleted.extend(g for i, item in enumerate(items) if (g := _deletion(item, i, tally)) is not None)
     return Batch(startup, tuple(new), tuple(deleted), tally)
+
+
+def _bounded(part: str, items: list[Any], budget: int, tally: Tally) -> list[Any]:
+    """The entries of ``part`` within what is left of the bound of one answer; the rest counted."""
+    if len(items) <= budget:
+        return items
+    tally.rejected += len(items) - budget
+    tally.problems.append(f"{part}: {len(items)} entries, only {budget} read (the bound of one answer)")
+    return items[:budget]
 
 
 def _fields(item: Any, part: str, index: int, tally: Tally) -> tuple[int, IPNetwork] | None:
