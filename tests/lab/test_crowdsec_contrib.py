@@ -1,5 +1,6 @@
-"""contrib/crowdsec: sockgate's refusal log as a CrowdSec source. The real agent replays a log
-through the shipped parser and scenarios into a real LAPI, and the bouncer then holds the bans —
+"""contrib/crowdsec: sockgate's refusal log as a CrowdSec source. The lines are written by the
+refusal log's own formatter (ebpf/refusals.describe), the real agent replays them through the
+shipped parser and scenarios into a real LAPI, and the bouncer then holds the bans —
 refusals on one host become bans on every host."""
 
 from __future__ import annotations
@@ -9,50 +10,57 @@ import time
 from pathlib import Path
 
 from sockgate.crowdsec.lapi import Bouncer, LapiClient
+from sockgate.ebpf.layout import Reason
+from sockgate.ebpf.refusals import Refusal, describe
 from support import crowdsec
 
 CONTRIB = Path(__file__).resolve().parents[2] / "contrib" / "crowdsec"
+MINUTE = 60 * 10**9
 
 
-def line(second: int, service: str, addr: str, count: int = 3, rule: str = "default", pid: int = 4242) -> str:
-    return (f"Dec  3 10:00:{second:02d} gate sockgate[{pid}]: {service}: refused connect from {addr} "
-            f"({count} times in 1 s, rule {rule})")
+def line(minute: int, service: str, addr: str, count: int, reason: Reason = Reason.RULE, rule: int | None = 1,
+         label: str | None = None, program: str = "sockgate") -> str:
+    r = Refusal(service, ipaddress.ip_address(addr), count, 0, 0, reason, rule, MINUTE)
+    return f"Dec  3 10:{minute:02d}:00 gate {program}[4242]: {describe(r, label)}"
 
 
 def test_refusals_become_bans_the_bouncer_holds(lapi: crowdsec.Lapi, tmp_path: Path) -> None:
     crowdsec.install_items(lapi, CONTRIB)
-    lines = [line(s, "ssh", "192.0.2.66", rule="2") for s in range(6)]  # knocks on and on
-    lines += [line(10 + s, svc, "2001:db8::66", count=1) for s, svc in enumerate(["ssh", "smtp", "imap"])]  # a scan
-    lines += [line(20 + s, "ssh", "198.51.100.1", count=1) for s in range(2)]  # two refusals: no ban
-    # not sockgate's refusal lines, however many: another format, another program
-    lines += [f"Dec  3 10:00:{30 + s} gate sockgate[4242]: ssh: refused connect from 203.0.113.9 (many times, rule 1)"
-              for s in range(6)]
-    lines += [f"Dec  3 10:00:{40 + s} gate other[1]: ssh: refused connect from 203.0.113.8 (9 times in 1 s, rule 1)"
-              for s in range(6)]
+    lines = [
+        line(0, "ssh", "192.0.2.66", 25),  # a flood in one interval
+        line(0, "smtp", "203.0.113.20", 30, Reason.RATE, None),  # over a rate limit: a flood too
+        *(line(m, "ssh", "198.51.100.7", 2, rule=None) for m in (0, 1, 2)),  # back every minute
+        *(line(3, svc, "2001:db8::66", 1) for svc in ("ssh", "smtp", "imap")),  # a scan
+        *(line(m, "ssh", "198.51.100.1", 3) for m in (0, 1)),  # twice, a few times: no ban
+        # never counted: already banned, forged, another program
+        *(line(m, "ssh", "203.0.113.9", 50, Reason.BAN, None) for m in range(4)),
+        *(line(m, "ssh", "::ffff:203.0.113.10", 50, Reason.FORGED, None) for m in range(4)),
+        *(line(m, "ssh", "203.0.113.8", 50, program="other") for m in range(4)),
+    ]
     log = tmp_path / "sockgate.log"
     log.write_text("\n".join(lines) + "\n")
     crowdsec.replay(lapi, log)
 
-    banned = {str(d["value"]): str(d["type"]) for d in lapi.decisions()}
-    assert banned == {"192.0.2.66": "ban", "2001:db8::66": "ban"}
-    scenarios = {str(a["scenario"]) for a in lapi.alerts()}
-    assert scenarios == {"sockgate/refused-bf", "sockgate/refused-scan"}
+    by_source = {str(a["source"]["value"]): str(a["scenario"]) for a in lapi.alerts()}  # type: ignore[index]
+    assert by_source == {"192.0.2.66": "sockgate/refused-flood", "203.0.113.20": "sockgate/refused-flood",
+                         "198.51.100.7": "sockgate/refused-repeat", "2001:db8::66": "sockgate/refused-scan"}
+    assert {str(d["value"]): str(d["type"]) for d in lapi.decisions()} == dict.fromkeys(by_source, "ban")
 
     b = Bouncer(LapiClient(lapi.url, lapi.bouncer_key("fleet-host"), timeout_s=5))
     report, _ = b.poll()
     assert report is not None
-    assert set(b.session.state.bans(time.monotonic_ns())) == {
-        ipaddress.ip_network("192.0.2.66/32"), ipaddress.ip_network("2001:db8::66/128")}
+    assert set(b.session.state.bans(time.monotonic_ns())) == {ipaddress.ip_network(a) for a in by_source}
 
 
 def test_the_parser_reads_every_field(lapi: crowdsec.Lapi, tmp_path: Path) -> None:
     crowdsec.install_items(lapi, CONTRIB)
     log = tmp_path / "one.log"
-    log.write_text("\n".join(line(s, "web-8080", "2001:db8:0:1::2", count=12, rule="7") for s in range(5)) + "\n")
+    log.write_text(line(0, "web-8080", "2001:db8:0:1::2", 40, rule=6, label="policy.conf:12") + "\n")
+    assert "(40 times in 60 s, rule policy.conf:12)" in log.read_text()
     crowdsec.replay(lapi, log)
     [alert] = lapi.alerts()
-    assert alert["scenario"] == "sockgate/refused-bf"
-    events = alert.get("events") or []
-    metas = {m["key"]: m["value"] for e in events for m in e.get("meta") or []}
+    assert alert["scenario"] == "sockgate/refused-flood"
+    metas = {m["key"]: m["value"] for e in alert.get("events") or [] for m in e.get("meta") or []}  # type: ignore[attr-defined]
     assert metas.get("service") == "web-8080" and metas.get("source_ip") == "2001:db8:0:1::2"
-    assert metas.get("sockgate_rule") == "7" and metas.get("log_type") == "sockgate_refused"
+    assert metas.get("sockgate_count") == "40" and metas.get("sockgate_cause") == "rule policy.conf:12"
+    assert metas.get("log_type") == "sockgate_refused"
