@@ -5,7 +5,7 @@ Backend-neutral on purpose. The sources — the policy's own ``ban DURATION`` af
 ``sockgate ban``, fail2ban, CrowdSec, a hosts.deny that sshguard writes — decide *who*; the
 enforcement points carry it out differently: the eBPF backend writes one map entry per ban
 (``ebpf/layout.Ban``, which packs this ``Origin`` into the map value), the classic backend
-compiles the networks into the program (``bpf/ranges.Banned``), the proxy refuses in user
+compiles the networks into the program (``resolve/ranges.Banned``), the proxy refuses in user
 space. So the bouncer and the agent speak this type, not one backend's record, and the type sits
 below every backend (resolve layer): a backend may import it, it imports no backend.
 
