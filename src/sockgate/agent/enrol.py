@@ -1,0 +1,111 @@
+"""Which service a socket belongs to: by its port, or by the process holding it.
+
+A native service names endpoints (``tcp/22``) and takes every socket on them, whoever holds
+it. A hosts_access rule names a daemon, and libwrap knew a daemon by the name tcpd or the
+daemon itself gave it: the basename of ``argv[0]``, compared as ``strcasecmp`` does
+(``hostmatch.fold``). A process that rewrote its argv (setproctitle: ``sshd: /usr/sbin/sshd -D
+[listener]``) or whose command line cannot be read is still known by its ``comm``, the first
+15 bytes of its name, so the daemon name is cut the same way before that comparison.
+
+Enrolment is only ever by a literal name — one a hosts_access file names (the caller passes
+what the resolve pass found) or a ``--map DAEMON=PROTO/PORT``. ``ALL``, a wildcard or a
+``.suffix`` in a daemon list applies its rule to the enrolled daemons but never enrols a
+process: otherwise one ``ALL: ALL`` line would put every process on the host under guard.
+Pure: names and values in, names and values out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Protocol, Sequence, Union
+
+from sockgate.agent.model import COMM_LEN, Endpoint, HolderInfo, Observed, Selector, Want
+from sockgate.policy.hostmatch import fold
+
+_KEYWORDS = frozenset({"all", "local", "known", "unknown", "paranoid"})
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """A socket two services claim at the same precedence (say, held by two processes of two
+    enrolled daemons): neither program goes on it; it is reported."""
+
+    services: tuple[str, ...]
+
+    @property
+    def reason(self) -> str:
+        return f"claimed by services {', '.join(self.services)}: not guarded until one of them lets go"
+
+
+Selected = Union[Want, Conflict, None]
+
+
+class Claimant(Protocol):
+    """A service as selection sees it (``desired.ServiceSpec``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def selector(self) -> Selector: ...
+    @property
+    def want(self) -> Want: ...
+
+
+class Services(Protocol):
+    """The desired state as selection sees it (``desired.Desired``)."""
+
+    @property
+    def services(self) -> Sequence[Claimant]: ...
+
+
+def enrollable(name: str) -> bool:
+    """A literal daemon name: not a keyword, wildcard, ``.suffix``/``prefix.`` or ``@host``
+    form, not empty, no NUL or white space."""
+    if not name or fold(name) in _KEYWORDS or name.startswith(".") or name.endswith("."):
+        return False
+    return not any(c in name for c in "*?[@\0") and not any(c.isspace() for c in name)
+
+
+def daemon_names(literal: Iterable[str], maps: Mapping[str, tuple[Endpoint, ...]]) -> tuple[str, ...]:
+    """The daemons to enrol: the literal names the policy's daemon lists give (``literal``,
+    from the resolve pass) and the ``--map`` names, each once (by libwrap's case-folded
+    comparison; the first spelling wins), in that order. Anything not a literal name is
+    dropped here again, so an ``ALL`` that slipped through still enrols nothing."""
+    out: dict[str, str] = {}
+    for name in (*literal, *maps):
+        if enrollable(name):
+            out.setdefault(fold(name), name)
+    return tuple(out.values())
+
+
+def comm_name(daemon: str) -> str:
+    """``daemon`` as the kernel keeps a process name: its first ``COMM_LEN`` bytes."""
+    raw = daemon.encode("utf-8", "surrogateescape")[:COMM_LEN]
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def process_matches(daemon: str, h: HolderInfo) -> bool:
+    """Whether the process ``h`` is ``daemon`` as libwrap named it: its argv[0]'s basename,
+    else its comm (setproctitle'd or unreadable command lines)."""
+    if h.argv0 is not None and fold(h.argv0) == fold(daemon):
+        return True
+    return fold(h.comm) == fold(comm_name(daemon))
+
+
+def select(desired: Services, sock: Observed) -> Selected:
+    """The service ``sock`` belongs to. Precedence: a native service's endpoint, then a
+    ``--map`` endpoint, then a holder that is an enrolled daemon; two claims at the first
+    level that has any are a ``Conflict``. (The build refuses two native services or two maps
+    on one port, so in practice only holders conflict.)"""
+    levels = (
+        [s for s in desired.services if any(e.covers(sock.proto, sock.port) for e in s.selector.endpoints)],
+        [s for s in desired.services if any(e.covers(sock.proto, sock.port) for e in s.selector.mapped)],
+        [s for s in desired.services if s.selector.daemon is not None
+         and any(process_matches(s.selector.daemon, h) for h in sock.holders)],
+    )
+    for claims in levels:
+        if len(claims) == 1:
+            return claims[0].want
+        if claims:
+            return Conflict(tuple(sorted(s.name for s in claims)))
+    return None
