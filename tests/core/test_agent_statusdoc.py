@@ -1,0 +1,96 @@
+"""agent/statusdoc: the built document is schema 1 (and the checker refuses what is not), the
+text fits 80 columns with hostile names escaped, exit code 3 while a socket is unguarded."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from sockgate.agent.model import GuardState
+from sockgate.agent.statusdoc import (AgentInfo, BanRow, NameRow, PolicyInfo, Refusals, ServiceRow, SocketRow, StatusError, build,
+                                      check, exit_code, render)
+from support.agentcore import DNS, NGINX, SSH, holder, ours, sock
+
+T = 1_764_750_000.0  # 2025-12-03T08:20:00Z
+
+AGENT = AgentInfo(pid=42, version="0.9", started=T, backend="cbpf", watch_mode="cgroup-bpf", control_path="/run/sockgate/agent.sock",
+                  control_group="sockgate", watch_cgroup="/sys/fs/cgroup", counters={"adopted": 2, "attached": 1})
+POLICY = PolicyInfo("0123456789abcdef", T, ("/etc/hosts.allow", "/etc/hosts.deny"), T + 5, False, "file",
+                    "/etc/hosts.allow:3:7: expected a daemon list")
+
+
+def _doc(**over: Any) -> dict[str, Any]:
+    rows = (
+        ServiceRow(SSH, T, (SocketRow(sock(1, 22, guard=ours(SSH), holders=(holder("sshd", "sshd", 812, 3),)), "adopted", T),),
+                   Refusals(9, 2, (("192.0.2.66", 8, T, T + 1),)), bans=1),
+        ServiceRow(DNS, T, (SocketRow(sock(2, 53, "udp", guard=GuardState("foreign", locked=True),
+                                          holders=(holder("evil", "evil\x1b[2J" + "x" * 300, 9, 4),)),
+                                      "unguarded", None, "carries a filter sockgate did not put there and locked (SO_LOCK_FILTER); left as it is", 1),
+                            SocketRow(sock(3, 53, "udp"), "retrying", None, "EPERM: needs CAP_SYS_PTRACE", 3, T + 0.4))),
+        ServiceRow(NGINX, T, names=(NameRow("web.example.com", ("192.0.2.10",), T + 60),)),
+    )
+    bans = [BanRow("192.0.2.66/32", "manual", None, T + 3600, T, "scanner"), BanRow("2001:db8::/64", "crowdsec", ("ssh",), None, T)]
+    kw: dict[str, Any] = {"sources": {"crowdsec": {"url": "http://127.0.0.1:8080", "state": "ok"}}, "errors": ["one"]} | over
+    return build(AGENT, POLICY, rows, bans, **kw)
+
+
+def test_the_document_is_schema_1_and_json() -> None:
+    doc = _doc()
+    assert json.loads(json.dumps(doc)) == doc
+    assert doc["schema"] == 1 and doc["unguarded"] == 2 and doc["agent"]["started"] == "2025-12-03T08:20:00Z"
+    ssh = doc["services"][0]
+    assert ssh["sockets"][0]["local"] == "0.0.0.0:22" and ssh["sockets"][0]["netns"] == "net:[4026531840]"
+    assert ssh["refusals"] == {"counted": True, "total": 9, "sources": 2,
+                               "top": [{"source": "192.0.2.66", "count": 8, "first": "2025-12-03T08:20:00Z", "last": "2025-12-03T08:20:01Z"}]}
+    assert doc["services"][1]["refusals"] == {"counted": False}
+    assert doc["bans"]["by_origin"] == {"manual": 1, "crowdsec": 1} and doc["bans"]["items"][0]["services"] == ["*"]
+    assert doc["agent"]["counters"] == {"adopted": 2, "attached": 1, "reloaded": 0, "replaced": 0, "detached": 0, "destroyed": 0}
+
+
+@pytest.mark.parametrize("path, value, message", [
+    (("schema",), 2, "status.schema: expected one of 1, found 2"),
+    (("unguarded",), "0", "status.unguarded: expected int, found str"),
+    (("unguarded",), True, "status.unguarded: expected int, found bool"),
+    (("services", 0, "sockets", 0, "state"), "fine", "status.services[0].sockets[0].state: expected one of guarded, adopted, unguarded, retrying"),
+    (("services", 0, "sockets", 0, "family"), True, "status.services[0].sockets[0].family: expected one of 4, 6, found True"),
+    (("agent", "watch"), {}, "status.agent.watch: expected an object with keys cgroup, events, last_resync, lost, mode"),
+    (("services", 1, "refusals"), {"counted": False, "total": 3}, "status.services[1].refusals: expected an object with keys counted"),
+    (("bans", "by_origin", "manual"), "1", "status.bans.by_origin.manual: expected int, found str"),
+])
+def test_the_checker_refuses_what_is_not_schema_1(path: tuple[Any, ...], value: object, message: str) -> None:
+    doc = copy.deepcopy(_doc())
+    target: Any = doc
+    for k in path[:-1]:
+        target = target[k]
+    target[path[-1]] = value
+    with pytest.raises(StatusError) as e:
+        check(doc)
+    assert str(e.value).startswith(message)
+
+
+def test_an_extra_key_is_refused() -> None:
+    doc = _doc()
+    doc["extra"] = 1
+    with pytest.raises(StatusError, match="status: expected an object with keys"):
+        check(doc)
+
+
+def test_exit_code_three_while_anything_is_unguarded() -> None:
+    assert exit_code(_doc()) == 3
+    good = build(AGENT, POLICY, (ServiceRow(SSH, T, (SocketRow(sock(1, 22, guard=ours(SSH)), "guarded", T),)),), [])
+    assert exit_code(good) == 0 and render(good).endswith("every selected socket is guarded\n")
+
+
+def test_text_fits_80_columns_and_escapes_what_processes_chose() -> None:
+    text = render(_doc())
+    assert all(len(line) <= 80 for line in text.splitlines())
+    assert "\x1b" not in text and "evil\\x1b[2J" in text
+    assert "last reload (file, 2025-12-03T08:20:05Z) FAILED, old policy kept:\n  /etc/hosts.allow:3:7: expected a daemon list\n" in text
+    assert "ssh (native, tcp/22): cbpf ssh-1, 1 socket, 9 refused\n" in text
+    assert "  adopted   tcp 0.0.0.0:22 812/sshd:3\n" in text
+    assert "  RETRYING  udp 0.0.0.0:53 no holder\n    EPERM: needs CAP_SYS_PTRACE (attempt 3, next 2025-12-03T08:20:00Z)\n" in text
+    assert text.endswith("2 sockets NOT guarded\n")
+    assert "bans: 2 (crowdsec 1, manual 1)\n" in text
