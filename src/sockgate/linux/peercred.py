@@ -111,13 +111,19 @@ def ip_peer(s: _socket.socket) -> Peer:
     )
 
 
-def unix_peer(s: _socket.socket) -> Peer:
+def credentials(s: _socket.socket) -> tuple[int, int, int, tuple[int, ...]]:
+    """pid, uid, gid and supplementary groups the kernel recorded at ``connect`` (no ``/proc``
+    read: nothing about the process as it is now)."""
     fd = s.fileno()
     with translated(f"SO_PEERCRED fd {fd}"):
         pid, uid, gid = UCRED.unpack(s.getsockopt(socket.SOL_SOCKET, SO_PEERCRED, UCRED.size))
     if pid == 0 and uid == 0xFFFFFFFF:
         raise PeerError(f"fd {fd}: no peer credentials (not connected)")
-    groups = peer_groups(fd)
+    return pid, uid, gid, peer_groups(fd)
+
+
+def unix_peer(s: _socket.socket) -> Peer:
+    pid, uid, gid, groups = credentials(s)
     exe: str | None = None
     pidfd = _peer_pidfd(s)
     if pidfd is None:
