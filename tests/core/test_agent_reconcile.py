@@ -4,6 +4,7 @@ socket lands in exactly one place, an adopted socket is never touched, retry tim
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -159,3 +160,10 @@ def test_retry_times_are_monotone_and_bounded(gaps: list[float]) -> None:
         assert 0.1 - 1e-9 <= delay <= 30.0 and delay >= last_delay - 1e-9
         last_delay = delay
     assert book.entries[1].attempts == len(gaps)
+
+
+def test_the_retry_book_cannot_be_changed_in_place() -> None:
+    book = RetryBook().failed(1, "permission", "x", 0.0)
+    with pytest.raises(TypeError):
+        book.entries[2] = book.entries[1]  # type: ignore[index]
+    assert RetryBook({1: book.entries[1]}) == book

@@ -299,3 +299,15 @@ def test_ban_and_unban_from_the_command_line(agent: tuple[str, FakeRuntime, Runn
     assert isinstance(body, Ban) and (str(body.net), body.seconds, body.service, body.origin) == ("192.0.2.0/24", 600, "ssh", "manual")
     assert main(["unban", "192.0.2.9", "--control", path]) == 2
     assert capsys.readouterr().err == "sockgate: 192.0.2.9/32 is not banned by manual\n"
+
+
+def test_a_client_that_asks_without_reading_holds_neither_the_server_nor_memory(agent: tuple[str, FakeRuntime, Running]) -> None:
+    path, runtime, _ = agent
+    n = 600  # status answers of about 2 KB: more than the socket buffers hold
+    with raw(path) as greedy:
+        greedy.sendall(b"".join(b'{"v":1,"id":%d,"op":"status"}\n' % i for i in range(n)))
+        assert call(path, Ping()).ok  # another client is served meanwhile
+        assert len(runtime.asked) < n + 1  # the greedy one's requests wait for it to read
+        with greedy.makefile("rb") as f:
+            ids = [json.loads(f.readline())["id"] for _ in range(n)]
+    assert ids == list(range(n))

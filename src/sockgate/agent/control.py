@@ -35,10 +35,11 @@ import selectors
 import socket
 import stat
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-from sockgate.agent.protocol import (MAX_REQUEST, ErrorKind, LineBuffer, ProtocolError, Request, Response, encode, failure,
+from sockgate.agent.protocol import (MAX_REQUEST, MAX_RESPONSE, ErrorKind, LineBuffer, ProtocolError, Request, Response, encode, failure,
                                      parse_request)
 from sockgate.errors import AdapterError, PeerError, SockgateError, UsageError
 from sockgate.linux.peercred import credentials
@@ -47,7 +48,7 @@ from sockgate.supervisor import failure_text
 DEFAULT_PATH = "/run/sockgate/agent.sock"
 IDLE = 10.0
 MAX_CLIENTS = 32
-MAX_OUTPUT = 32 * 1024 * 1024  # one status answer and then some
+BATCH = 64  # requests answered for one client in one round of the loop
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,7 @@ class _Client:
     peer: PeerCred
     deadline: float
     lines: LineBuffer = field(default_factory=LineBuffer)
+    waiting: deque[bytes] = field(default_factory=deque)  # request lines read, not yet answered
     out: bytearray = field(default_factory=bytearray)
     closing: bool = False  # close once ``out`` is sent
 
@@ -227,8 +229,9 @@ class ControlServer:
             if client is None:
                 continue
             if mask & selectors.EVENT_WRITE:
-                self._flush(client)
-            if mask & selectors.EVENT_READ and key.fd in self._clients:
+                if self._flush(client):
+                    self._serve(client)
+            elif mask & selectors.EVENT_READ:
                 self._read(client)
         self.on_timer()
 
@@ -279,26 +282,25 @@ class ControlServer:
             except OSError:
                 return  # EMFILE, ECONNABORTED: the next round tries again
             conn.setblocking(False)
-            refusal = self._refusal(conn)
-            if refusal is not None:
-                self._refuse(conn, "denied", refusal)
+            peer = self._admit(conn)
+            if isinstance(peer, str):
+                self._refuse(conn, "denied", peer)
                 continue
             if len(self._clients) >= self.max_clients:
                 self._refuse(conn, "runtime", f"too many control connections (at most {self.max_clients})")
                 continue
-            peer = self._peer(conn)
             self._clients[conn.fileno()] = _Client(conn, peer, self.clock() + self.idle)
             self._sel.register(conn, selectors.EVENT_READ)
 
-    def _peer(self, conn: socket.socket) -> PeerCred:
-        pid, uid, gid, groups = credentials(conn)
-        return PeerCred(pid, uid, gid, groups)
-
-    def _refusal(self, conn: socket.socket) -> str | None:
+    def _admit(self, conn: socket.socket) -> PeerCred | str:
+        """The peer, when it may talk to the agent; else the one-line reason it may not."""
         try:
-            return allowed(self._peer(conn), self._gid, self.group)
+            pid, uid, gid, groups = credentials(conn)
         except (AdapterError, PeerError) as e:
             return f"cannot tell who is connecting: {e}"
+        peer = PeerCred(pid, uid, gid, groups)
+        refusal = allowed(peer, self._gid, self.group)
+        return peer if refusal is None else refusal
 
     def _refuse(self, conn: socket.socket, kind: ErrorKind, message: str) -> None:
         try:
@@ -320,14 +322,27 @@ class ControlServer:
             return
         c.deadline = self.clock() + self.idle
         try:
-            lines = c.lines.feed(data)
+            c.waiting.extend(c.lines.feed(data))
         except ProtocolError as e:
-            self._answer(c, failure(0, e.kind, e.message), last=True)
-            return
-        for line in lines:
-            self._answer(c, self._respond(line, c.peer), last=False)
-            if c.closing:
+            c.waiting.clear()
+            c.out += encode(failure(0, e.kind, e.message))
+            c.closing = True
+        if self._flush(c):
+            self._serve(c)
+
+    def _serve(self, c: _Client) -> None:
+        """Answer the requests read, in turn: the next only once the last answer is sent, at
+        most ``BATCH`` in one round (the rest on the next, so one client cannot hold the loop).
+        While anything waits, the client's socket is watched for room to write, not for more
+        input: what a client can make the agent hold is one line buffer and one answer."""
+        assert self._sel is not None
+        for _ in range(BATCH):
+            if not c.waiting or c.out or c.closing:
+                break
+            c.out += self._encoded(self._respond(c.waiting.popleft(), c.peer))
+            if not self._flush(c):
                 return
+        self._sel.modify(c.sock, selectors.EVENT_WRITE if c.out or c.waiting else selectors.EVENT_READ)
 
     def _respond(self, line: bytes, peer: PeerCred) -> Response:
         try:
@@ -343,17 +358,14 @@ class ControlServer:
         except Exception as e:  # a bug in a handler must not take the agent's loop down
             return failure(request.id, "runtime", failure_text(e))
 
-    def _answer(self, c: _Client, response: Response, last: bool) -> None:
+    def _encoded(self, response: Response) -> bytes:
         data = encode(response)
-        if len(c.out) + len(data) > MAX_OUTPUT:
-            self._drop(c)
-            return
-        c.out += data
-        c.closing = c.closing or last
-        self._flush(c)
+        if len(data) > MAX_RESPONSE:
+            data = encode(failure(response.id, "runtime", f"the answer is larger than {MAX_RESPONSE} bytes"))
+        return data
 
-    def _flush(self, c: _Client) -> None:
-        assert self._sel is not None
+    def _flush(self, c: _Client) -> bool:
+        """Send what the socket takes; False when the client is gone (or done and closed)."""
         while c.out:
             try:
                 n = c.sock.send(c.out)
@@ -361,14 +373,13 @@ class ControlServer:
                 break
             except OSError:
                 self._drop(c)
-                return
+                return False
             del c.out[:n]
             c.deadline = self.clock() + self.idle
         if not c.out and c.closing:
             self._drop(c)
-            return
-        # Strict turns: while an answer waits to be sent, the client's next request waits too.
-        self._sel.modify(c.sock, selectors.EVENT_WRITE if c.out else selectors.EVENT_READ)
+            return False
+        return True
 
     def _drop(self, c: _Client) -> None:
         if self._clients.pop(c.sock.fileno(), None) is None:

@@ -16,6 +16,7 @@ a plan is a function of its arguments and tests run on a fake clock. Pure.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Collection, Literal, Mapping, Sequence, Union, assert_never
 
 from sockgate.agent.desired import Desired
@@ -62,11 +63,19 @@ class Attempt:
     tried: Change | None  # what was tried; a different change now is "something changed"
 
 
+def _frozen(d: dict[int, Attempt]) -> Mapping[int, Attempt]:
+    return MappingProxyType(d)
+
+
 @dataclass(frozen=True)
 class RetryBook:
     """Failures by socket cookie. Every method returns a new book."""
 
-    entries: Mapping[int, Attempt] = field(default_factory=dict)
+    entries: Mapping[int, Attempt] = field(default_factory=lambda: _frozen({}))
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.entries, MappingProxyType):
+            object.__setattr__(self, "entries", _frozen(dict(self.entries)))
 
     def failed(self, cookie: int, kind: UnguardedKind, reason: str, now: float, tried: Change | None = None) -> RetryBook:
         """One more failure of ``cookie``. ``gone`` forgets it (the socket closed)."""
