@@ -139,3 +139,23 @@ def test_a_ban_whose_wall_time_passed_is_expired_on_load() -> None:
     doc = {"version": 1, "bans": [{"net": A, "origin": "manual", "added": 1.0, "expires": 10.0}]}
     book = BanBook.from_json(doc, lambda wall: int((wall - 100.0) * 1e9), make)
     assert book.entries[0].ban.expires_ns == 1 and book.expire(2).entries == ()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(ENTRIES, max_size=12), st.sampled_from(["ssh", "web", "dns"]), st.sampled_from([0, 6_000_000_000, 8_000_000_000]),
+       st.frozensets(st.sampled_from(list(Origin)), max_size=2))
+def test_effective_is_the_longest_applicable_ban_of_each_network(entries: list[BanEntry[Banned]], service: str, now: int,
+                                                               exempt: frozenset[Origin]) -> None:
+    book: BanBook[Banned] = BanBook()
+    for e in entries:
+        book = book.add(e)
+    got = book.effective(service, now, exempt)
+    assert len({b.network for b in got}) == len(got)
+    applicable = [e.ban for e in book.entries if e.applies_to(service) and e.active(now) and e.ban.origin not in exempt]
+    assert {b.network for b in got} == {b.network for b in applicable}
+    for b in got:
+        ends = [x.expires_ns for x in applicable if x.network == b.network]
+        assert b.expires_ns == (0 if 0 in ends else max(ends))
+    put, gone = book.diff(BanBook(), service, now, exempt)
+    assert put == got and gone == ()
+    assert book.diff(book, service, now, exempt) == ((), ())

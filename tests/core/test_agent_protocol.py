@@ -152,3 +152,14 @@ def test_hostile_bytes_raise_protocol_error_only(line: bytes) -> None:
 
 def test_every_request_kind_is_named() -> None:
     assert set(p.OPS) == {"ping", "status", "ban", "unban", "reload", "bans"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), max_size=10), st.lists(st.integers(1, 30), max_size=20))
+def test_line_buffer_gives_the_same_lines_however_the_bytes_are_cut(lines: list[bytes], cuts: list[int]) -> None:
+    data = b"".join(line + b"\n" for line in lines)
+    buf, got, at = LineBuffer(64), [], 0
+    for n in cuts + [len(data)]:
+        got += buf.feed(data[at:at + n])
+        at += n
+    assert got == lines and buf.pending == 0
