@@ -167,3 +167,27 @@ def test_the_retry_book_cannot_be_changed_in_place() -> None:
     with pytest.raises(TypeError):
         book.entries[2] = book.entries[1]  # type: ignore[index]
     assert RetryBook({1: book.entries[1]}) == book
+
+
+def _applied(socks: list[Observed], changes: tuple[Change, ...]) -> list[Observed]:
+    """The sockets as they are once every change succeeded."""
+    done = {c.cookie: c for c in changes}
+    out = []
+    for s in socks:
+        c = done.get(s.cookie)
+        if c is None:
+            out.append(s)
+            continue
+        guard = GuardState("none") if c.want is None else GuardState("sockgate", c.want.service, c.want.digest, c.want.backend)
+        out.append(sock(s.cookie, s.port, s.proto, guard, s.holders, s.unreadable))
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(observed())
+def test_a_plan_carried_out_leaves_nothing_to_do(socks: list[Observed]) -> None:
+    first = plan(D, socks, RetryBook(), 0.0)
+    second = plan(D, _applied(socks, first.changes), first.retry, 1e6)
+    assert second.changes == ()
+    assert {u.cookie for u in second.unguarded} == {u.cookie for u in first.unguarded}
+    assert set(second.adopted) == set(first.adopted) | {c.cookie for c in first.changes if c.want is not None}

@@ -171,12 +171,14 @@ def _one(desired: Desired, sock: Observed, book: RetryBook, now: float, ours: Co
 
 def _unselected(desired: Desired, sock: Observed, book: RetryBook, now: float,
                 ours: Collection[str]) -> tuple[Outcome, RetryBook]:
+    if sock.unreadable is not None:
+        if not sock.holders and any(s.selector.daemon for s in desired.services):
+            # Whose it is cannot be told, and it may be an enrolled daemon's: say so.
+            return _unreadable(sock, book, now, f"its holders cannot be read ({sock.unreadable}): it may belong to an enrolled daemon")
+        return "ignored", book.succeeded(sock.cookie)  # nothing read can be trusted, nor acted on
     g = sock.guard
     if g.state == "sockgate" and g.service in ours:
         return _attempt(Change(sock.cookie, None, g), book, now)
-    if sock.unreadable is not None and not sock.holders and any(s.selector.daemon for s in desired.services):
-        # Whose it is cannot be told, and it may be an enrolled daemon's: say so.
-        return _unreadable(sock, book, now, f"its holders cannot be read ({sock.unreadable}): it may belong to an enrolled daemon")
     return "ignored", book.succeeded(sock.cookie)
 
 
