@@ -5,14 +5,13 @@ check (one line, kind denied); a member of the group, by primary or supplementar
 answered; a symlink planted at the socket path is replaced, not followed; a symlinked or
 group-writable directory is refused; a second server on the path is refused while the first
 runs, a stale socket file is replaced; oversized, garbage and NUL requests are answered with an
-error and the server still serves; idle and surplus clients are closed; a failing handler
-answers an error. The CLI (status, ban, unban) goes through the same socket."""
+error and the server still serves; idle and surplus clients are closed (the idle timer armed on
+the supervisor's loop by ``control.start``); a failing handler answers an error. The CLI (status, ban, unban) goes through the same socket."""
 
 from __future__ import annotations
 
 import json
 import os
-import select
 import socket
 import stat
 import subprocess
@@ -25,11 +24,12 @@ import pytest
 
 from sockgate.agent import statusdoc
 from sockgate.agent.client import AgentError, call
-from sockgate.agent.control import ControlServer, PeerCred
+from sockgate.agent.control import ControlServer, PeerCred, start
 from sockgate.agent.model import GuardState
 from sockgate.agent.protocol import Ban, Ping, Reload, Request, Response, Status, Unban, failure, ok
 from sockgate.cli.main import main
 from sockgate.errors import AdapterError
+from sockgate.supervisor import SelectorLoop
 from support.agentcore import SSH, holder, ours, sock
 from support.layers import SRC
 
@@ -76,28 +76,25 @@ def _status() -> dict[str, Any]:
 
 
 class Running:
-    """A control server pumped by a thread until ``stop``."""
+    """A control server on the supervisor's ``SelectorLoop`` (``control.start``), run by a thread
+    until ``stop``."""
 
     def __init__(self, server: ControlServer) -> None:
         self.server = server
-        self.fd = server.open()
-        self._stop = threading.Event()
+        server.open()
+        self.loop = SelectorLoop()
         self._r, self._w = os.pipe()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.loop.watch(self._r, self.loop.stop)
+        self._cancel = start(server, self.loop)
+        self._thread = threading.Thread(target=self.loop.run, daemon=True)
         self._thread.start()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            ready, _, _ = select.select([self.fd, self._r], [], [], min(self.server.timeout() or 0.2, 0.2))
-            if self.fd in ready:
-                self.server.on_readable()
-            self.server.on_timer()
-
     def stop(self) -> None:
-        self._stop.set()
         os.write(self._w, b"x")
         self._thread.join(10)
         assert not self._thread.is_alive()
+        self._cancel()
+        self.loop.close()
         self.server.close()
         os.close(self._r)
         os.close(self._w)

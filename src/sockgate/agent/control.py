@@ -43,7 +43,7 @@ from sockgate.agent.protocol import (MAX_REQUEST, MAX_RESPONSE, ErrorKind, LineB
                                      parse_request)
 from sockgate.errors import AdapterError, PeerError, SockgateError, UsageError
 from sockgate.linux.peercred import credentials
-from sockgate.supervisor import failure_text
+from sockgate.supervisor import Cancel, Loop, failure_text
 
 DEFAULT_PATH = "/run/sockgate/agent.sock"
 IDLE = 10.0
@@ -390,3 +390,37 @@ class ControlServer:
             except (KeyError, ValueError):
                 pass
         c.sock.close()
+
+
+def start(server: ControlServer, loop: Loop) -> Cancel:
+    """Drive an opened ``server`` on ``loop``: its descriptor watched, and a timer armed for the
+    next idle client only while there are clients (an idle agent has no wakeups). The returned
+    function stops it (the server stays open: ``close`` it after)."""
+    fd = server.fileno()
+    timer: list[Cancel] = []
+
+    def arm() -> None:
+        for cancel in timer:
+            cancel()
+        timer.clear()
+        delay = server.timeout()
+        if delay is not None:
+            timer.append(loop.call_later(delay, expire))
+
+    def expire() -> None:
+        timer.clear()
+        server.on_timer()
+        arm()
+
+    def readable() -> None:
+        server.on_readable()
+        arm()
+
+    def stop() -> None:
+        loop.unwatch(fd)
+        for cancel in timer:
+            cancel()
+        timer.clear()
+
+    loop.watch(fd, readable)
+    return stop
