@@ -349,6 +349,8 @@ class ControlServer:
             request = parse_request(line)
         except ProtocolError as e:
             return failure(e.id, e.kind, e.message)
+        except Exception as e:  # a bug in the parser must not take the agent's loop down either
+            return failure(0, "runtime", failure_text(e))
         try:
             return self.handler(request, peer)
         except ProtocolError as e:

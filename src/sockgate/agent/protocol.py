@@ -32,6 +32,8 @@ MAX_ID = 2**53  # what every JSON reader keeps exact
 MAX_REASON = 200
 MAX_LIMIT = 100_000
 MAX_DURATION = 10 * 365 * 86400
+MAX_DEPTH = 4  # in a request; an object of scalars is depth 1
+MAX_RESPONSE_DEPTH = 16  # the status document is 6 deep
 Op = Literal["ping", "status", "ban", "unban", "reload", "bans"]
 ErrorKind = Literal["usage", "denied", "policy", "runtime", "unsupported"]
 BanOrigin = Literal["manual", "fail2ban", "hosts_deny"]  # what a client may say it is
@@ -269,7 +271,7 @@ def parse_response(line: bytes) -> Response:
     """One response line, as strictly (a client trusts no more than the agent does)."""
     if len(line) >= MAX_RESPONSE:
         raise ProtocolError(f"a response is longer than {MAX_RESPONSE} bytes", "runtime")
-    doc = _object(line, "response")
+    doc = _object(line, "response", MAX_RESPONSE_DEPTH)
     rid = _id(doc)
     if type(doc.get("v")) is not int or doc.get("v") != VERSION:
         raise ProtocolError(f"the agent speaks protocol version {_show(doc.get('v'))}, this client {VERSION}", "runtime", rid)
@@ -282,7 +284,7 @@ def parse_response(line: bytes) -> Response:
     raise ProtocolError("not a response: expected ok with a result object, or an error with kind and message", "runtime", rid)
 
 
-def _object(line: bytes, what: str) -> dict[str, Any]:
+def _object(line: bytes, what: str, depth: int = MAX_DEPTH) -> dict[str, Any]:
     if b"\0" in line:
         raise ProtocolError(f"a {what} may not contain NUL")
     try:
@@ -297,22 +299,24 @@ def _object(line: bytes, what: str) -> dict[str, Any]:
         raise ProtocolError(f"not JSON: {one_line(str(e))[:120]}") from None
     if not isinstance(doc, dict):
         raise ProtocolError(f"a {what} is one JSON object, not {type(doc).__name__}")
-    if _has_nul(doc):  # "\u0000" inside a string
-        raise ProtocolError(f"a {what} may not contain NUL")
+    _check_values(doc, what, depth)
     return doc
 
 
-def _has_nul(doc: object) -> bool:
-    todo = [doc]
+def _check_values(doc: object, what: str, max_depth: int) -> None:
+    """No NUL in any string or key (``"\\u0000"`` decodes to one) and no nesting deeper than
+    ``max_depth`` (no request needs any; a status answer some): walked without recursion."""
+    todo: list[tuple[object, int]] = [(doc, 0)]
     while todo:
-        v = todo.pop()
+        v, depth = todo.pop()
+        if depth > max_depth:
+            raise ProtocolError(f"a {what} nested deeper than {max_depth} levels")
         if isinstance(v, str) and "\0" in v:
-            return True
+            raise ProtocolError(f"a {what} may not contain NUL")
         if isinstance(v, dict):
-            todo += [*v.keys(), *v.values()]
+            todo += [(k, depth + 1) for k in v] + [(x, depth + 1) for x in v.values()]
         elif isinstance(v, list):
-            todo += v
-    return False
+            todo += [(x, depth + 1) for x in v]
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -336,7 +340,7 @@ def _id(doc: dict[str, Any]) -> int:
 
 
 def _show(v: object) -> str:
-    text = json.dumps(v, ensure_ascii=True) if isinstance(v, (str, int, float, bool, type(None), list)) else type(v).__name__
+    text = json.dumps(v, ensure_ascii=True) if isinstance(v, (str, int, float, bool, type(None))) else type(v).__name__
     return text if len(text) <= 40 else text[:37] + "..."
 
 
