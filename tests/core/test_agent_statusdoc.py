@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sockgate.agent.model import GuardState
 from sockgate.agent.statusdoc import (AgentInfo, BanRow, NameRow, PolicyInfo, Refusals, ServiceRow, SocketRow, StatusError, build,
-                                      check, exit_code, render)
+                                      check, exit_code, json_schema, render)
 from support.agentcore import DNS, NGINX, SSH, holder, ours, sock
 
 T = 1_764_750_000.0  # 2025-12-03T08:20:00Z
@@ -94,3 +95,9 @@ def test_text_fits_80_columns_and_escapes_what_processes_chose() -> None:
     assert "  RETRYING  udp 0.0.0.0:53 no holder\n    EPERM: needs CAP_SYS_PTRACE (attempt 3, next 2025-12-03T08:20:00Z)\n" in text
     assert text.endswith("2 sockets NOT guarded\n")
     assert "bans: 2 (crowdsec 1, manual 1)\n" in text
+
+
+def test_the_shipped_json_schema_is_the_schema_table() -> None:
+    shipped = json.loads((Path(__file__).resolve().parents[2] / "docs" / "status.schema.json").read_text())
+    assert shipped == json_schema()
+    assert shipped["properties"]["services"]["items"]["properties"]["sockets"]["items"]["required"][:3] == ["cookie", "proto", "family"]

@@ -265,6 +265,33 @@ def _special(v: object, spec: tuple[Any, ...], where: str) -> None:
                 raise StatusError(f"{where}: expected one of {', '.join(map(str, spec))}, found {v!r:.40}")
 
 
+def json_schema() -> dict[str, Any]:
+    """``SCHEMA`` as a JSON Schema (draft 2020-12), for tools outside sockgate
+    (docs/status.schema.json is this, checked by a test)."""
+    doc = _json_schema(SCHEMA)
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "sockgate agent status, schema 1", **doc}
+
+
+def _json_schema(spec: Any) -> dict[str, Any]:
+    if spec in (int, str, bool):
+        return {"type": {int: "integer", str: "string", bool: "boolean"}[spec]}
+    if isinstance(spec, dict):
+        return {"type": "object", "properties": {k: _json_schema(v) for k, v in spec.items()},
+                "required": list(spec), "additionalProperties": False}
+    if isinstance(spec, list):
+        return {"type": "array", "items": _json_schema(spec[0])}
+    match spec:
+        case ("any",):
+            return {}
+        case ("?", sub):
+            return {"anyOf": [_json_schema(sub), {"type": "null"}]}
+        case ("map", sub):
+            return {"type": "object", "additionalProperties": _json_schema(sub)}
+        case ("refusals",):
+            return {"anyOf": [_json_schema(_REFUSALS), _json_schema({"counted": (False,)})]}
+    return {"enum": list(spec)}
+
+
 # -- text ------------------------------------------------------------------------------------------
 
 
