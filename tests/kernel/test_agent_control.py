@@ -308,3 +308,15 @@ def test_a_client_that_asks_without_reading_holds_neither_the_server_nor_memory(
         with greedy.makefile("rb") as f:
             ids = [json.loads(f.readline())["id"] for _ in range(n)]
     assert ids == list(range(n))
+
+
+def test_a_missing_directory_is_made_for_the_group(rundir: str) -> None:
+    path = os.path.join(rundir, "run", "agent.sock")
+    running = Running(ControlServer(path, str(GID), FakeRuntime()))
+    try:
+        st = os.lstat(os.path.dirname(path))
+        assert stat.S_IMODE(st.st_mode) == 0o750 and (st.st_uid, st.st_gid) == (0, GID)
+        assert as_user(path, NOBODY, NOBODY, [GID]) == {"ok": True}
+        assert as_user(path, NOBODY, NOBODY, []) == {"unreachable": f"no access to the agent at {path}: root or the control group only"}
+    finally:
+        running.stop()

@@ -94,12 +94,15 @@ def check_directory(dir_fd: int, path: str) -> None:
         raise AdapterError(f"{path}: writable by group or others (mode {stat.S_IMODE(st.st_mode):o}): refusing to put the control socket there", target=path)
 
 
-def open_directory(path: str) -> int:
-    """The directory, made (0750) if missing; opened without following a symlink."""
+def open_directory(path: str, gid: int | None = None) -> int:
+    """The directory, opened without following a symlink. Made if missing: mode 0750, and the
+    control group's, so that its members can reach the socket (a directory that exists keeps
+    its owner and mode: with 0750 it must be the group's, else 0755)."""
+    made = True
     try:
         os.mkdir(path, 0o750)
     except FileExistsError:
-        pass
+        made = False
     except OSError as e:
         raise AdapterError(f"{path}: {e.strerror}", errno=e.errno, target=path) from None
     try:
@@ -109,6 +112,8 @@ def open_directory(path: str) -> int:
         raise AdapterError(f"{path}: {why}: refusing to put the control socket there", errno=e.errno, target=path) from None
     try:
         check_directory(fd, path)
+        if made and gid is not None:
+            os.fchown(fd, -1, gid)
     except BaseException:
         os.close(fd)
         raise
@@ -197,7 +202,7 @@ class ControlServer:
         """Make the socket (see the module docstring); the descriptor to watch."""
         directory, name = os.path.split(os.path.abspath(self.path))
         try:
-            self._dir_fd = open_directory(directory)
+            self._dir_fd = open_directory(directory, self._gid)
             self._lock_fd = lock(self._dir_fd, directory)
             self._listener, self._ino = bind_socket(self._dir_fd, name, self._gid)
             self._sel = selectors.EpollSelector()
