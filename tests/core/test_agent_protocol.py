@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from sockgate.agent import protocol as p
 from sockgate.agent.protocol import (Ban, Bans, LineBuffer, Ping, ProtocolError, Reload, Request, Status, Unban, encode, failure, ok,
-                                     parse_duration, parse_request, parse_response)
+                                     parse_duration, parse_network, parse_request, parse_response)
 
 
 def req(**doc: object) -> bytes:
@@ -165,3 +165,9 @@ def test_line_buffer_gives_the_same_lines_however_the_bytes_are_cut(lines: list[
         got += buf.feed(data[at:at + n])
         at += n
     assert got == lines and buf.pending == 0
+
+
+@pytest.mark.parametrize("text", ["::ffff:192.0.2.1", "::ffff:192.0.2.0/120", "::ffff:0:0/96"])
+def test_an_ipv4_mapped_ban_is_refused(text: str) -> None:
+    with pytest.raises(ProtocolError, match="IPv4-mapped"):
+        parse_network(text)

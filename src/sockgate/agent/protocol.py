@@ -365,7 +365,15 @@ def parse_network(text: str) -> IPNetwork:
         raise ProtocolError(f"{text} has host bits set: did you mean {loose}?") from None
     if net.prefixlen == 0:
         raise ProtocolError(f"{net} would ban every address; give a narrower network")
+    if isinstance(net, ipaddress.IPv6Network) and net.subnet_of(_MAPPED):
+        # a packet with such a source is forged and always refused; a log line naming one must
+        # not become a ban on the IPv4 address it embeds (anyone could get any address banned)
+        raise ProtocolError(f"{net} is IPv4-mapped: no real client has such a source (sockgate always refuses it);"
+                            " ban the IPv4 address itself if you mean it")
     return net
+
+
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
 def parse_duration(text: object) -> int:
