@@ -167,6 +167,12 @@ def host_name(text: str) -> str:
     return text
 
 
+def is_exact_host_name(text: str) -> bool:
+    """Whether ``text`` names one host in DNS syntax (``www.example.com``: labels of letters,
+    digits, ``_`` and ``-``, no leading dot, no wildcard, at most 253 characters)."""
+    return not text.startswith(".") and len(text) <= 253 and _HOSTNAME.fullmatch(text) is not None
+
+
 def name(text: str, what: str) -> str:
     """A set or service name: a letter or ``_``, then letters, digits, ``_``, ``.``, ``-``."""
     if not _NAME.fullmatch(text):
