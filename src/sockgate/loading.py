@@ -140,22 +140,26 @@ def load_policy(
     paths: Sequence[str] = (),
     hosts_allow: str | None = None,
     hosts_deny: str | None = None,
+    *,
+    reader: FileReader | None = None,
+    listdir: Callable[[str], list[str]] = list_files,
 ) -> Policy:
     """Load native policy files and/or a hosts.allow/hosts.deny pair into one Policy.
 
     Several native files are read as if concatenated in order. Native service blocks win for
-    the services they declare; hosts_access rules cover the rest."""
+    the services they declare; hosts_access rules cover the rest. ``reader`` and ``listdir``
+    let a caller see every file read and directory listed (the agent watches them)."""
     from sockgate.policy.hostsaccess import parse_hosts_access
     from sockgate.policy.merge import merge
     from sockgate.policy.parser import parse_policy_files
 
     if not paths and hosts_allow is None and hosts_deny is None:
         raise UsageError("no policy given: name a policy file, or --hosts-allow/--hosts-deny")
-    read = FileReader()
+    read = reader if reader is not None else FileReader()
     loaders: list[Callable[[], Policy]] = []
     if paths:
         loaders.append(lambda: parse_policy_files(list(paths), read=read, accounts=SystemAccounts(),
-                                                  listdir=list_files))
+                                                  listdir=listdir))
     if hosts_allow is not None or hosts_deny is not None:
         loaders.append(lambda: parse_hosts_access(hosts_allow, hosts_deny, read=read, accounts=SystemAccounts()))
     parts: list[Policy] = []

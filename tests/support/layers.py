@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "sockgate.urls": BASE,
     "sockgate.policy": POLICY,
     "sockgate.peers": POLICY,
+    "sockgate.policy.forward": POLICY,  # exact host names → their confirmed address sets (pure)
     "sockgate.resolve": RESOLVE,  # the resolve pass: model, kernelpart, ranges
     "sockgate.bans": RESOLVE,  # the backend-neutral ban every source and backend shares
     "sockgate.decide": CORE,
@@ -37,6 +38,7 @@ LAYERS: dict[str, int] = {
     "sockgate.crowdsec": CORE,  # the decision stream, sans I/O
     "sockgate.linux": EDGE,
     "sockgate.linux.bpffs": EDGE,  # the bpf filesystem: mount, trusted directories, pins
+    "sockgate.linux.inotify": EDGE,  # inotify on directories: the agent's file watch
     "sockgate.loading": EDGE,
     "sockgate.lookup": EDGE,  # host-name lookups at the edge
     "sockgate.log": EDGE,
