@@ -103,3 +103,15 @@ def test_a_missing_directory_is_a_problem_not_a_crash(tmp_path: Path, watcher: F
     watcher.swap(watch_list([str(tmp_path / "nope" / "hosts.deny")]))
     assert list(watcher.problems) == [str(tmp_path / "nope")]
     assert "No such file" in watcher.problems[str(tmp_path / "nope")] or "no such" in watcher.problems[str(tmp_path / "nope")].lower()
+
+
+def test_a_directory_watched_under_two_names_reports_both(tmp_path: Path, watcher: FileWatcher) -> None:
+    real = tmp_path / "srv"
+    real.mkdir()
+    os.symlink(real, tmp_path / "etc")
+    watcher.swap(watch_list([str(tmp_path / "etc" / "p.conf")]))  # watched as etc/ and srv/
+    assert watcher.inotify.watched() == {str(tmp_path / "etc"), str(real)}
+    watcher.swap(watch_list([str(real / "q.conf")]))
+    assert watcher.inotify.watched() == {str(real)}  # the shared watch stays for the other name
+    (real / "q.conf").write_text("x")
+    assert settle(watcher)

@@ -203,19 +203,28 @@ class NameResolver:
         return out
 
     def close(self) -> None:
-        """Stop the worker (after the lookup it is in, bounded by ``timeout``) and the eventfd."""
+        """Stop the worker (after the lookup it is in, bounded by ``timeout``) and the eventfd.
+        A worker still running then never writes again: the descriptor number may be reused."""
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join(self.timeout + 1)
             self._thread = None
-        os.close(self._event)
+        with self._lock:
+            if self._event >= 0:
+                os.close(self._event)
+                self._event = -1
 
     def _work(self) -> None:
         while (name := self._queue.get()) is not None:
-            answer = self.lookup(name)
+            try:
+                answer = self.lookup(name)
+            except Exception as e:  # a bug must not leave a name unanswered forever: it failed
+                answer = Answer(key(name), None, 0.0, self.clock(), f"lookup failed: {type(e).__name__}: {e}")
             with self._lock:
+                if self._event < 0:
+                    return
                 self._done.append(answer)
-            os.eventfd_write(self._event, 1)
+                os.eventfd_write(self._event, 1)
 
 
 def _ask(res: dns.resolver.Resolver, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType,

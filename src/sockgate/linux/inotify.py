@@ -73,7 +73,7 @@ class Inotify:
 
     def __init__(self) -> None:
         self.fd = _check(_libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC), "inotify_init1")
-        self._dirs: dict[int, str] = {}
+        self._dirs: dict[int, set[str]] = {}  # one watch, every name it was added by
 
     def fileno(self) -> int:
         return self.fd
@@ -82,16 +82,17 @@ class Inotify:
         """Watch ``directory`` (idempotent; the kernel returns the same descriptor)."""
         wd = _check(_libc.inotify_add_watch(self.fd, os.fsencode(directory), DIRECTORY_MASK),
                     f"inotify_add_watch {directory}")
-        self._dirs[wd] = directory
+        self._dirs.setdefault(wd, set()).add(directory)  # (a symbolic link to a watched directory: same wd)
 
     def unwatch(self, directory: str) -> None:
-        for wd, d in list(self._dirs.items()):
-            if d == directory:
+        for wd, names in list(self._dirs.items()):
+            names.discard(directory)
+            if not names:
                 del self._dirs[wd]
                 _libc.inotify_rm_watch(self.fd, wd)  # (EINVAL when already gone: nothing to do)
 
     def watched(self) -> frozenset[str]:
-        return frozenset(self._dirs.values())
+        return frozenset(d for names in self._dirs.values() for d in names)
 
     def read(self) -> list[Change]:
         out: list[Change] = []
@@ -117,12 +118,12 @@ class Inotify:
             if mask & IN_Q_OVERFLOW:
                 out.append(Change("", "", mask, overflow=True))
                 continue
-            directory = self._dirs.get(wd)
-            if directory is None:
+            names = self._dirs.get(wd)
+            if names is None:
                 continue
             if mask & IN_IGNORED:  # the directory was removed or unwatched
                 del self._dirs[wd]
-            out.append(Change(directory, name, mask))
+            out.extend(Change(d, name, mask) for d in sorted(names))
         return out
 
     def close(self) -> None:
