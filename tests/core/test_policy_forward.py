@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from sockgate.decide import decide_service
 from sockgate.peers import Peer
-from sockgate.policy.forward import Lookup, Reverse, admitted, exact_name, forward_names, matched, substitute
+from sockgate.policy.forward import Lookup, Reverse, admitted, exact_name, forward_names, matched, rule_names, substitute
 from sockgate.policy.hostsaccess import parse_hosts_access
 from sockgate.policy.ir import (
     Action,
@@ -57,6 +57,8 @@ def test_forward_names_by_polarity_through_except() -> None:
     assert forward_names(p) == {"a.test": {Action.ALLOW}, "b.test": {Action.DENY}, "c.test": {Action.DENY}}
     h = parse_hosts_access("a", "d", read={"a": "sshd: web.test EXCEPT Bad.Test\n", "d": "ALL: web.test\n"}.__getitem__)
     assert forward_names(h) == {"web.test": {Action.ALLOW, Action.DENY}, "bad.test": {Action.DENY}}
+    assert rule_names(h.service("sshd").rules) == forward_names(h)
+    assert rule_names(parse_policy("service s tcp/1 {\n allow 10.0.0.1\n}\n").service("s").rules) == {}
 
 
 def test_admitted_needs_every_ptr_to_name_it_and_no_cname() -> None:

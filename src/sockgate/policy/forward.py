@@ -101,14 +101,16 @@ def exact_name(m: HostPattern) -> str | None:
 
 def forward_names(policy: Policy) -> dict[str, frozenset[Action]]:
     """Every exact name the policy's rules use, with the polarities it is used in."""
+    return rule_names([r for s in policy.services for r in s.rules] + list(policy.rules))
+
+
+def rule_names(rules: Iterable[Rule]) -> dict[str, frozenset[Action]]:
+    """The exact names ``rules`` use (one service's: ``Policy.service(name).rules``, so that a
+    changed answer recompiles only the services that use the name)."""
     found: dict[str, set[Action]] = {}
-    for rule in _rules(policy):
+    for rule in rules:
         _names(rule.match, rule.action is Action.DENY, found)
     return {n: frozenset(a) for n, a in found.items()}
-
-
-def _rules(policy: Policy) -> list[Rule]:
-    return [r for s in policy.services for r in s.rules] + list(policy.rules)
 
 
 def _names(m: Match, deny: bool, found: dict[str, set[Action]]) -> None:
