@@ -9,8 +9,8 @@ follows CNAME chains, giving the chain's smallest TTL. A home-written client wou
 300 lines of security-sensitive parsing whose answers become kernel allow rules.
 
 The sources are asked in the order of the usual ``hosts: files dns``: a name or address found
-in ``hosts`` is answered from it (the file is the answer; its TTL is ``HOSTS_TTL``, and the
-agent re-reads it when it changes), else DNS. Other NSS sources (mDNS, LDAP) are not
+in ``hosts`` is answered from it (the file is read at every lookup; its answers are asked
+again after ``HOSTS_TTL``, at once when the caller watches the file and asks), else DNS. Other NSS sources (mDNS, LDAP) are not
 consulted for kernel rules. Per name:
 
 * A and AAAA of the name, as an absolute name (no search list: a rule's name is what libwrap
@@ -49,7 +49,7 @@ from sockgate.lookup import parse_address
 from sockgate.policy.forward import Lookup, Reverse, key
 from sockgate.policy.ir import IPAddress
 
-HOSTS_TTL = 3600.0  # an /etc/hosts answer: re-read on change, refreshed hourly anyway
+HOSTS_TTL = 3600.0  # an /etc/hosts answer: asked again hourly, or when the file changes
 NEGATIVE_TTL = 10.0  # NXDOMAIN, or a name or address without records of the type asked
 MAX_ADDRESSES = 64
 HOSTS_LIMIT = 4 << 20  # bytes of /etc/hosts read at most
