@@ -81,3 +81,12 @@ def test_untracked_and_older_answers_are_ignored() -> None:
     assert book.update(Answer("other.test", None, 0, 60)) == (book, False)
     assert book.track(["other.test"]).in_force(50) == {}
     assert book.track(["web.test", "other.test"]).in_force(50) == {"web.test": lk("10.0.0.1")}
+
+
+def test_ask_again_makes_every_name_due_and_keeps_the_answers() -> None:
+    book, _ = NameBook().track(["web.test"]).update(ok(0, "10.0.0.1"))
+    assert book.due(1) == ()
+    book = book.ask_again(1)
+    assert book.due(1) == ("web.test",) and book.in_force(1) == {"web.test": lk("10.0.0.1")}
+    book, _ = book.update(ok(1.1, "10.0.0.1"))
+    assert book.due(2) == ()

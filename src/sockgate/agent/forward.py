@@ -43,7 +43,7 @@ class Entry:
     good: Answer | None = None  # the last answer that succeeded
     failures: int = 0  # failed lookups since then
     error: str | None = None  # the last failure's reason
-    retry_at: float = float("-inf")  # when a failed (or never made) lookup is due
+    retry_at: float = float("-inf")  # when a failed, never made or forced lookup is due
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class NameBook:
         if old is None or (old.good is not None and a.fetched < old.good.fetched):
             return self, False
         if a.lookup is not None:
-            new = Entry(good=a)
+            new = Entry(good=a, retry_at=float("inf"))
         else:
             delay = min(self.retry * 2**min(old.failures, 30), self.retry_max)
             new = Entry(old.good, old.failures + 1, a.error or "lookup failed", a.fetched + delay)
@@ -99,7 +99,12 @@ class NameBook:
     def _next(self, e: Entry) -> float:
         if e.good is None or e.failures:
             return e.retry_at
-        return self._refresh_at(e.good)
+        return min(self._refresh_at(e.good), e.retry_at)
+
+    def ask_again(self, now: float) -> NameBook:
+        """Every name due at ``now`` (the hosts file or resolv.conf changed, SIGHUP); the
+        answers in force stay until replaced or expired."""
+        return replace(self, entries={n: replace(e, retry_at=min(e.retry_at, now)) for n, e in self.entries.items()})
 
     def due(self, now: float) -> tuple[str, ...]:
         """The names to look up now."""
