@@ -152,6 +152,16 @@ def check_plan(plan: ProxySpec) -> None:
             raise UsageError(f"service {plan.service.name}: {url.text!r} is UDP; forward it to udp://, not {fwd.text!r}")
 
 
+def tune_listener(sock: socket.socket) -> None:
+    """What accepted TCP sockets inherit, so that no connection pays a ``setsockopt`` for it:
+    urgent bytes in line (``relay.Relay``'s ``client_inline``) and no Nagle delay. Done before
+    ``listen`` on the sockets the proxy opens (a connection queued before would lack them),
+    and again when a runner starts (passed sockets). OSError: not TCP."""
+    if sock.type == socket.SOCK_STREAM and _family(sock) != socket.AF_UNIX:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def _established(s: _socket.socket) -> bool:
     """``getpeername`` fails with ENOTCONN until the handshake is done (inet_getname)."""
     try:
@@ -282,12 +292,9 @@ class Runner:
             lst.sock.setblocking(False)
             if lst.sock.type == socket.SOCK_DGRAM:
                 self.udp.append(UdpRelay(self, lst))
-            elif _family(lst.sock) != socket.AF_UNIX:
-                # Accepted sockets inherit these, so no setsockopt per connection: no Nagle
-                # delay, and urgent bytes in line (see relay.py).
+            else:
                 try:
-                    lst.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    lst.sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+                    tune_listener(lst.sock)  # again: a passed socket did not go through open
                 except OSError as e:  # a passed stream socket that is not TCP
                     self.log.notice(f"listener {lst.url.text}: {e.strerror}", service=self.name)
         self.resume()
@@ -379,7 +386,7 @@ class Runner:
     # -- deciding -------------------------------------------------------------------------
 
     def handle(self, conn: _socket.socket, addr: Any) -> None:
-        conn.setblocking(False)
+        # conn stays blocking: the relay reads and writes it with MSG_DONTWAIT (relay.py)
         try:
             peer = self._peer(conn, addr)
         except (SockgateError, OSError) as e:
@@ -487,10 +494,8 @@ class Runner:
             self._backend_failed(c, f"socket: {e.strerror}")
             return
         c.backend = b
-        if t.family != socket.AF_UNIX:
+        if t.family != socket.AF_UNIX:  # (SO_OOBINLINE only if needed: relay.py)
             b.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if not self.pipes.splice:  # copied from the start: urgent bytes in line (relay.py)
-                b.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
         try:
             err = b.connect_ex(t.address)
         except OSError as e:  # e.g. a Unix path longer than sun_path
@@ -533,7 +538,8 @@ class Runner:
 
     def _relay(self, c: Conn) -> None:
         assert self.loop is not None and c.backend is not None
-        relay = Relay(self.loop, c.client, c.backend, self.pipes, self._relay_closed)
+        # a TCP client has SO_OOBINLINE from the listener (start)
+        relay = Relay(self.loop, c.client, c.backend, self.pipes, self._relay_closed, _family(c.client) != socket.AF_UNIX)
         relay.tag = c
         c.relay = relay
         relay.start()
