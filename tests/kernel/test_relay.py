@@ -166,3 +166,29 @@ def test_bulk_switches_to_splice_with_a_blocking_accepted_socket(loop: asyncio.A
         for s in (client_peer, backend_peer, client, backend):
             s.close()
         pipes.close()
+
+
+@pytest.mark.parametrize("splice", [True, False], ids=["splice", "copy"])
+def test_a_reset_after_the_fin_is_a_reset(loop: asyncio.AbstractEventLoop, splice: bool) -> None:
+    """A FIN then a reset reads as end of file (recv and splice alike); the event shows
+    EPOLLERR and the socket error tells the reset apart, so it is propagated as one."""
+    pipes = PipePool(splice=splice)
+    ends: list[str] = []
+    client_peer, client = _tcp_pair()
+    backend_peer, backend = _tcp_pair()
+    backend.setblocking(False)
+    relay = Relay(loop, client, backend, pipes, lambda r, how: ends.append(how), client_inline=True)
+    try:
+        relay.start()
+        client_peer.shutdown(socket.SHUT_WR)
+        client_peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+        client_peer.close()
+        _pump_until(loop, lambda: bool(ends))
+        assert ends == ["reset by client"]
+        backend_peer.settimeout(3)
+        with pytest.raises(ConnectionResetError):
+            backend_peer.recv(10)
+    finally:
+        for s in (client_peer, backend_peer, client, backend):
+            s.close()
+        pipes.close()

@@ -101,6 +101,7 @@ _EPOLLIN = select.EPOLLIN
 _EPOLLOUT = select.EPOLLOUT
 _HANGUP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 _URGENT = select.EPOLLPRI
+_ERROR = select.EPOLLERR
 _INPUT = _EPOLLIN | _URGENT | _HANGUP
 _OUTPUT = _EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
 _WATCH = _EPOLLIN | _URGENT | _EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
@@ -211,7 +212,7 @@ class _Pump:
     __slots__ = (
         "relay", "src", "dst", "sfd", "dfd", "tcp", "pipe", "pending", "buf", "off", "readable", "hangup",
         "blocked", "queued", "eof", "done", "urgent", "plain_end", "bytes", "splice", "may_splice", "chunk",
-        "inline",
+        "inline", "clean_end",
     )  # two per connection, their fields read on every event
 
     def __init__(self, relay: "Relay", src: _socket.socket, dst: _socket.socket, inline: bool = False) -> None:
@@ -233,6 +234,7 @@ class _Pump:
         self.done = False
         self.urgent = False  # TCP urgent data was seen: copy in line, read to EAGAIN
         self.plain_end = False  # an event showed the peer's end and no urgent data before it
+        self.clean_end = False  # the last event showing the peer's end showed no error
         self.bytes = 0
         self.splice = False  # copy first (module doc)
         self.may_splice = relay.pipes.splice
@@ -253,6 +255,7 @@ class _Pump:
             self.hangup = True
             if not ev & _URGENT:
                 self.plain_end = True
+            self.clean_end = not ev & _ERROR
         if ev & _URGENT and not self.urgent:
             self._urgent()
         if not self.blocked:
@@ -302,10 +305,13 @@ class _Pump:
                         self._urgent()
                         continue
                     # a reset after the peer's FIN reads as end of file (recv and splice
-                    # check SOCK_DONE before sk_err): the pending socket error tells them apart.
-                    err = self.src.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                    if err:
-                        raise OSError(err, os.strerror(err))
+                    # check SOCK_DONE before sk_err): the pending socket error tells them
+                    # apart. An event that showed the end without EPOLLERR saw no such reset
+                    # (one that comes later is as late as one after this check would be).
+                    if not self.clean_end:
+                        err = self.src.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                        if err:
+                            raise OSError(err, os.strerror(err))
                     self.eof = True
                     break
                 if not self._drain():
