@@ -113,7 +113,7 @@ class Upstream:
         return cls(family, kind, sockaddr, url.display())
 
 
-@dataclass
+@dataclass(slots=True)
 class Conn:
     """Book-keeping for one client connection."""
 
