@@ -162,10 +162,10 @@ class Bench:
             p.stop()
 
 
-def group_cpu(pgid: int) -> float:
-    """CPU seconds (user + system, and of reaped children) of every process in group ``pgid``:
-    a relay started in its own session, with its workers or forked children."""
-    total = 0
+def _group_stats(pgid: int) -> list[list[str]]:
+    """The /proc/PID/stat fields (after the command) of every process in group ``pgid``: a
+    relay started in its own session, with its workers or forked children."""
+    out = []
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
@@ -174,8 +174,18 @@ def group_cpu(pgid: int) -> float:
         except OSError:
             continue
         if int(f[2]) == pgid:
-            total += sum(int(x) for x in f[11:15])
-    return total / os.sysconf("SC_CLK_TCK")
+            out.append([d, *f])
+    return out
+
+
+def group_cpu(pgid: int) -> float:
+    """CPU seconds (user + system, and of reaped children) of every process in group ``pgid``."""
+    return sum(int(x) for f in _group_stats(pgid) for x in f[12:16]) / os.sysconf("SC_CLK_TCK")
+
+
+def group_pids(pgid: int) -> list[int]:
+    """The processes of group ``pgid`` (a relay and its workers)."""
+    return [int(f[0]) for f in _group_stats(pgid)]
 
 
 def idle_ticks() -> tuple[int, int]:
@@ -201,20 +211,6 @@ def short(tools: str, port: int, seconds: float, threads: int = 4, src: str = "1
     out = subprocess.run([tools, "short", str(port), str(seconds), str(threads), src], capture_output=True, text=True, timeout=seconds + 30)
     count, fail, p50, p99 = out.stdout.split()
     return int(count) / seconds, float(p50), float(p99), int(fail)
-
-
-def group_pids(pgid: int) -> list[int]:
-    """The processes of group ``pgid`` (a relay and its workers)."""
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                f = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(f[2]) == pgid:
-                out.append(int(d))
-    return out
 
 
 def kernel_counts(tools: str, port: int, pgid: int, seconds: float) -> dict[str, float] | None:

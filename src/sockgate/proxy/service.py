@@ -203,6 +203,7 @@ class Runner:
         self._ban_timer: asyncio.TimerHandle | None = None
         self._bans_in_user_space = False  # the last program left the bans out (logged once)
         self.opened_by_reload = False  # its listeners were opened by a reload (see Proxy._owns_files)
+        self.clients_inline = True  # accepted IP sockets have SO_OOBINLINE (tune_listener)
         self.install(plan.service)
 
     # -- policy ---------------------------------------------------------------------------
@@ -296,6 +297,7 @@ class Runner:
                 try:
                     tune_listener(lst.sock)  # again: a passed socket did not go through open
                 except OSError as e:  # a passed stream socket that is not TCP
+                    self.clients_inline = False  # the relays set it themselves
                     self.log.notice(f"listener {lst.url.text}: {e.strerror}", service=self.name)
         self.resume()
 
@@ -539,7 +541,8 @@ class Runner:
     def _relay(self, c: Conn) -> None:
         assert self.loop is not None and c.backend is not None
         # a TCP client has SO_OOBINLINE from the listener (start)
-        relay = Relay(self.loop, c.client, c.backend, self.pipes, self._relay_closed, _family(c.client) != socket.AF_UNIX)
+        inline = self.clients_inline and _family(c.client) != socket.AF_UNIX
+        relay = Relay(self.loop, c.client, c.backend, self.pipes, self._relay_closed, inline)
         relay.tag = c
         c.relay = relay
         relay.start()
