@@ -80,3 +80,115 @@ def test_a_finished_relay_is_freed_without_the_collector(loop: asyncio.AbstractE
         if was_enabled:
             gc.enable()
         pipes.close()
+
+
+def _tcp_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as ls:
+        a = socket.create_connection(ls.getsockname())
+        b, _ = ls.accept()
+    return a, b
+
+
+def _pump_until(loop: asyncio.AbstractEventLoop, done: Any, limit: float = 5.0) -> None:
+    end = loop.time() + limit
+    while not done() and loop.time() < end:
+        loop.run_until_complete(asyncio.sleep(0.005))
+    assert done()
+
+
+def test_a_short_exchange_is_copied_and_takes_no_pipe(loop: asyncio.AbstractEventLoop) -> None:
+    """Copy first: 64 bytes each way never cost a pipe; the accepted socket is left blocking
+    (copies pass MSG_DONTWAIT) and the backend is not set in line."""
+    pipes = PipePool()
+    ends: list[str] = []
+    client_peer, client = _tcp_pair()  # client: as accepted, blocking
+    backend_peer, backend = _tcp_pair()
+    backend.setblocking(False)
+    relay = Relay(loop, client, backend, pipes, lambda r, how: ends.append(how), client_inline=True)
+    try:
+        client_peer.sendall(b"q" * 64)
+        relay.start()
+        backend_peer.settimeout(3)
+        assert backend_peer.recv(100) == b"q" * 64
+        backend_peer.sendall(b"r" * 64)
+        client_peer.settimeout(3)
+        _pump_until(loop, lambda: relay.downstream.bytes == 64)
+        assert client_peer.recv(100) == b"r" * 64
+        client_peer.shutdown(socket.SHUT_WR)
+        backend_peer.shutdown(socket.SHUT_WR)
+        _pump_until(loop, lambda: ends == ["closed"])
+        assert not relay.upstream.splice and not relay.downstream.splice
+        assert pipes.in_use == 0 and pipes.idle == []  # no pipe was ever made
+    finally:
+        for s in (client_peer, backend_peer, client, backend):
+            s.close()
+        pipes.close()
+
+
+@pytest.mark.parametrize("splice", [True, False], ids=["splice", "copy"])
+def test_bulk_switches_to_splice_with_a_blocking_accepted_socket(loop: asyncio.AbstractEventLoop, splice: bool) -> None:
+    """Past a full copy buffer the pumps splice (when allowed); the accepted socket, left
+    blocking by the proxy, is made non-blocking first — a splice from a blocking socket
+    waits whatever SPLICE_F_NONBLOCK says, which would stall the whole loop."""
+    pipes = PipePool(splice=splice)
+    ends: list[str] = []
+    client_peer, client = _tcp_pair()
+    backend_peer, backend = _tcp_pair()
+    backend.setblocking(False)
+    relay = Relay(loop, client, backend, pipes, lambda r, how: ends.append(how), client_inline=True)
+    data = bytes(range(256)) * 4096  # 1 MiB
+    try:
+        relay.start()
+        for peer in (client_peer, backend_peer):
+            peer.setblocking(False)
+        sent = {client_peer: 0, backend_peer: 0}
+        got = {client_peer: b"", backend_peer: b""}
+
+        def step() -> bool:
+            for peer in (client_peer, backend_peer):
+                if sent[peer] < len(data):
+                    try:
+                        sent[peer] += peer.send(data[sent[peer] : sent[peer] + 65536])
+                    except BlockingIOError:
+                        pass
+                try:
+                    got[peer] += peer.recv(1 << 20)
+                except BlockingIOError:
+                    pass
+            return all(len(g) == len(data) for g in got.values())
+
+        _pump_until(loop, step, limit=20.0)
+        assert got[client_peer] == data and got[backend_peer] == data
+        assert relay.upstream.splice is splice and relay.downstream.splice is splice
+        assert ends == []
+    finally:
+        relay.abort("test over")
+        for s in (client_peer, backend_peer, client, backend):
+            s.close()
+        pipes.close()
+
+
+@pytest.mark.parametrize("splice", [True, False], ids=["splice", "copy"])
+def test_a_reset_after_the_fin_is_a_reset(loop: asyncio.AbstractEventLoop, splice: bool) -> None:
+    """A FIN then a reset reads as end of file (recv and splice alike); the event shows
+    EPOLLERR and the socket error tells the reset apart, so it is propagated as one."""
+    pipes = PipePool(splice=splice)
+    ends: list[str] = []
+    client_peer, client = _tcp_pair()
+    backend_peer, backend = _tcp_pair()
+    backend.setblocking(False)
+    relay = Relay(loop, client, backend, pipes, lambda r, how: ends.append(how), client_inline=True)
+    try:
+        relay.start()
+        client_peer.shutdown(socket.SHUT_WR)
+        client_peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+        client_peer.close()
+        _pump_until(loop, lambda: bool(ends))
+        assert ends == ["reset by client"]
+        backend_peer.settimeout(3)
+        with pytest.raises(ConnectionResetError):
+            backend_peer.recv(10)
+    finally:
+        for s in (client_peer, backend_peer, client, backend):
+            s.close()
+        pipes.close()

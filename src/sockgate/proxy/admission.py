@@ -17,7 +17,7 @@ A decision record names the client and the rule that decided (``peer_label``,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Hashable
 
 from sockgate.decide import Decision, decide_resolved, decide_unnamed
@@ -68,7 +68,10 @@ class Admission:
     def decide(self, peer: Peer) -> Decision:
         """The engine's decision, naming the rule as written."""
         d = decide_resolved(self.decided, peer)
-        return d if d.rule is None else replace(d, rule=self.origin.get(d.rule, d.rule))
+        if d.rule is None:
+            return d
+        # built directly: dataclasses.replace walks the fields, about 2.5x the cost, per connection
+        return Decision(d.action, d.service, self.origin.get(d.rule, d.rule), d.reason)
 
     def unnamed(self, peer: Peer, why: str) -> Decision:
         """The decision for a peer whose host-name lookup was cut short (``decide_unnamed``)."""

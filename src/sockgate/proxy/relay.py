@@ -12,11 +12,23 @@ path's system calls. Edge-triggered readiness also means a pump never has to swi
 registration between "read the source" and "wait for the destination": it remembers that
 the source is readable and that it waits for the destination, and events only set flags.
 
-On Linux each pump moves data with ``splice(2)``: socket → pipe → socket, so the bytes stay
-in the kernel (zero copy; ``SPLICE_F_MOVE`` only — ``SPLICE_F_MORE`` acts like ``MSG_MORE``
-and held small replies back by ~200 ms). Pipes come from a ``PipePool`` and are held only
-while they carry bytes, so an idle connection holds no pipe and a short one costs no
-``pipe2``. Elsewhere (or if a socket type refuses splice) the pump copies through one buffer.
+Copy first, splice later (haproxy's splice-auto). A pump starts by copying: ``recv`` into one
+scratch buffer shared by every pump of the loop, ``send`` from it at once (only bytes the
+destination would not take are copied out, into the pump's own buffer). Once a read fills
+the scratch buffer the connection carries enough to pay for a pipe, and the pump switches to
+``splice(2)``: socket → pipe → socket, so the bytes stay in the kernel (zero copy;
+``SPLICE_F_MOVE`` only — ``SPLICE_F_MORE`` acts like ``MSG_MORE`` and held small replies back
+by ~200 ms). On a 64-byte exchange a splice costs more than the copy it saves (two pipe
+operations per direction, and a pipe to take from the pool), so a short connection never
+touches a pipe. Pipes come from a ``PipePool`` and are held only while they carry bytes, so
+an idle connection holds none. Without splice (other systems, ``--no-splice``, a socket
+type that refuses it) a pump keeps copying.
+
+Copying reads and writes pass ``MSG_DONTWAIT``, so an accepted socket needs no ``O_NONBLOCK``
+(one ``ioctl`` per connection saved); a pump that switches to splice makes both sockets
+non-blocking first: ``SPLICE_F_NONBLOCK`` makes only the pipe end non-blocking, and a splice
+from or into a blocking socket waits for it (``tcp_splice_read`` looks at the file's
+``O_NONBLOCK`` alone).
 
 Correctness rules the pumps keep:
 
@@ -36,9 +48,16 @@ Correctness rules the pumps keep:
   first ``EPOLLPRI``, or a ``splice`` end of file that ``SIOCATMARK`` shows is the mark,
   switches that pump to copying in line and reading to ``EAGAIN``: the urgent byte is
   forwarded in line, in order (its urgency is not re-created on the other side, as with
-  most relays). Sockets that are copied from the start (``--no-splice``) are in line from
-  the start: accepted ones inherit it from the listener, backend ones are set when made;
-  so are Unix stream sockets, whose reads skip an out-of-band byte;
+  most relays). A copying read must never *start* at a mark of a socket that is not in line.
+  Accepted sockets inherit ``SO_OOBINLINE`` from the listener (``client_inline``), Unix
+  stream sockets are set in line when the relay starts; a backend socket is set in line
+  before its second read only: its first read comes from an event seen before any of its
+  bytes was consumed, so if the stream starts with an urgent byte that event carries
+  ``EPOLLPRI``, and otherwise the read stops short before any mark (it copied bytes first).
+  A later read could meet a mark that arrived after the event (an edge queued for bytes an
+  earlier read already took), unless the event showed the peer's end without ``EPOLLPRI``:
+  then every byte, urgent or not, came before it and the event saw them. So a short
+  exchange pays no ``setsockopt`` for it;
 * resets — a reset (or broken pipe) on one side is propagated as a reset on the other
   (``SO_LINGER`` 0 then close), and both sockets are closed at once;
 * timeouts — ``last_activity`` is updated on every event; the server sweeps relays and calls
@@ -75,12 +94,14 @@ COPY_SIZE = 1 << 16
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _DEFAULT_SLOTS = 16  # a pipe the kernel did not let us grow: 16 buffers (pipe_def_buffers)
 _BURST = 16
+_DONTWAIT = socket.MSG_DONTWAIT
 _LINGER0 = struct.pack("ii", 1, 0)
 _RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH})
 _EPOLLIN = select.EPOLLIN
 _EPOLLOUT = select.EPOLLOUT
 _HANGUP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 _URGENT = select.EPOLLPRI
+_ERROR = select.EPOLLERR
 _INPUT = _EPOLLIN | _URGENT | _HANGUP
 _OUTPUT = _EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
 _WATCH = _EPOLLIN | _URGENT | _EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
@@ -90,8 +111,10 @@ Pipe = tuple[int, int, int]  # read end, write end, buffer slots
 
 class PipePool:
     """Non-blocking pipes of ``size`` bytes, reused; at most ``keep`` kept idle. With
-    ``splice=False`` the relays copy through a buffer instead (measuring, or a kernel whose
-    splice misbehaves). Also holds the ``Poller`` of the process's event loop."""
+    ``splice=False`` the relays only copy (measuring, or a kernel whose splice misbehaves).
+    Also holds the ``Poller`` of the process's event loop and the scratch buffer its pumps
+    copy through (one loop, one thread: a pump uses it only between a read and the write
+    that follows it)."""
 
     def __init__(self, size: int = PIPE_SIZE, keep: int = 64, splice: bool = _SPLICE, big: int = 256) -> None:
         self.size = size
@@ -101,6 +124,7 @@ class PipePool:
         self.in_use = 0  # by slow readers (a full pipe holds `size` bytes) to big * size
         self.idle: list[Pipe] = []
         self._poller: Poller | None = None
+        self.scratch = memoryview(bytearray(COPY_SIZE))
 
     def poller(self, loop: asyncio.AbstractEventLoop) -> "Poller":
         if self._poller is None or self._poller.loop is not loop:
@@ -187,10 +211,11 @@ class _Pump:
 
     __slots__ = (
         "relay", "src", "dst", "sfd", "dfd", "tcp", "pipe", "pending", "buf", "off", "readable", "hangup",
-        "blocked", "queued", "eof", "done", "urgent", "plain_end", "bytes", "splice", "chunk",
+        "blocked", "queued", "eof", "done", "urgent", "plain_end", "bytes", "splice", "may_splice", "chunk",
+        "inline", "clean_end",
     )  # two per connection, their fields read on every event
 
-    def __init__(self, relay: "Relay", src: _socket.socket, dst: _socket.socket) -> None:
+    def __init__(self, relay: "Relay", src: _socket.socket, dst: _socket.socket, inline: bool = False) -> None:
         self.relay = relay
         self.src = src
         self.dst = dst
@@ -199,7 +224,7 @@ class _Pump:
         self.tcp = _socket.socket.family.__get__(src) != socket.AF_UNIX
         self.pipe: Pipe | None = None
         self.pending = 0  # bytes in the pipe (splice) or in buf (copy)
-        self.buf: memoryview | None = None
+        self.buf: memoryview | None = None  # copy: the pending bytes (the pool's scratch or our own)
         self.off = 0
         self.readable = False  # an input edge came and the source was not read empty since
         self.hangup = False  # that edge reported a hang-up or error: read to EAGAIN/EOF
@@ -209,13 +234,20 @@ class _Pump:
         self.done = False
         self.urgent = False  # TCP urgent data was seen: copy in line, read to EAGAIN
         self.plain_end = False  # an event showed the peer's end and no urgent data before it
+        self.clean_end = False  # the last event showing the peer's end showed no error
         self.bytes = 0
-        self.splice = relay.pipes.splice
+        self.splice = False  # copy first (module doc)
+        self.may_splice = relay.pipes.splice
         self.chunk = relay.pipes.size
-        if not self.tcp:
+        self.inline = inline  # src delivers urgent bytes in line (SO_OOBINLINE)
+        if not self.tcp and not inline:
             # Unix stream out-of-band bytes (Linux 5.15+) are skipped by reads unless in line,
             # and a read may pass one before its EPOLLPRI is seen: in line from the start.
-            _inline(src)
+            self._inline()
+
+    def _inline(self) -> None:
+        _inline(self.src)
+        self.inline = True
 
     def on_input(self, ev: int) -> None:
         self.readable = True
@@ -223,6 +255,7 @@ class _Pump:
             self.hangup = True
             if not ev & _URGENT:
                 self.plain_end = True
+            self.clean_end = not ev & _ERROR
         if ev & _URGENT and not self.urgent:
             self._urgent()
         if not self.blocked:
@@ -232,7 +265,8 @@ class _Pump:
         """TCP urgent data is (or may be) ahead: from now on read in line, to EAGAIN, by
         copying (``_fill`` switches once the pipe is empty)."""
         self.urgent = True
-        _inline(self.src)
+        if not self.inline:
+            self._inline()
 
     def on_output(self) -> None:
         if self.blocked:
@@ -270,16 +304,21 @@ class _Pump:
                         # saves the ioctl on the usual path.
                         self._urgent()
                         continue
-                    # splice reports a reset as end of file (tcp_splice_read checks SOCK_DONE
-                    # before sk_err): the pending socket error tells them apart.
-                    err = self.src.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                    if err:
-                        raise OSError(err, os.strerror(err))
+                    # a reset after the peer's FIN reads as end of file (recv and splice
+                    # check SOCK_DONE before sk_err): the pending socket error tells them
+                    # apart. An event that showed the end without EPOLLERR saw no such reset
+                    # (one that comes later is as late as one after this check would be).
+                    if not self.clean_end:
+                        err = self.src.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                        if err:
+                            raise OSError(err, os.strerror(err))
                     self.eof = True
                     break
                 if not self._drain():
                     self.blocked = True
                     return
+                if n == COPY_SIZE and not self.splice and self.may_splice and not self.urgent:
+                    self._to_splice()  # a full buffer: enough traffic to pay for a pipe
                 if not self.hangup and n < self._empty_below():
                     self.readable = False  # the read emptied the socket: skip the EAGAIN read
                     break
@@ -325,10 +364,11 @@ class _Pump:
                 self._to_copy()
                 return self._fill()
         else:
-            if self.buf is None:
-                self.buf = memoryview(bytearray(COPY_SIZE))
+            if not self.inline and self.bytes and not self.plain_end:
+                self._inline()  # not the first read: it might start at a mark (module doc)
+            buf = self.buf = self.relay.pipes.scratch
             try:
-                n = self.src.recv_into(self.buf)
+                n = self.src.recv_into(buf, COPY_SIZE, _DONTWAIT)
             except BlockingIOError:
                 return None
             self.off = 0
@@ -336,12 +376,20 @@ class _Pump:
         self.bytes += n
         return n
 
+    def _to_splice(self) -> None:
+        """Splice from now on, with both sockets non-blocking (module doc)."""
+        for s in (self.src, self.dst):
+            if s.getblocking():  # (no system call: Python's own record)
+                s.setblocking(False)
+        self.splice = True
+
     def _to_copy(self) -> None:
-        """This socket pair cannot splice: fall back to copying (EINVAL from splice)."""
+        """Copy from now on: an urgent mark ahead, or a socket pair that cannot splice (EINVAL)."""
         if self.pipe is not None:
             self.relay.pipes.release(self.pipe)
             self.pipe = None
         self.splice = False
+        self.may_splice = False
 
     def _drain(self) -> bool:
         """Write what is pending to dst; False when dst would block first."""
@@ -351,10 +399,16 @@ class _Pump:
                     assert self.pipe is not None
                     n = _splice(self.pipe[0], self.dfd, self.pending, None, None, _FLAGS)
                 else:
-                    assert self.buf is not None
-                    n = self.dst.send(self.buf[self.off : self.off + self.pending])
-                    self.off += n
+                    buf = self.buf
+                    assert buf is not None
+                    off = self.off
+                    n = self.dst.send(buf[off : off + self.pending], _DONTWAIT)
+                    self.off = off + n
             except BlockingIOError:
+                if not self.splice and self.buf is self.relay.pipes.scratch:
+                    # the scratch buffer is the next read's: keep what is left in our own
+                    self.buf = memoryview(bytes(self.buf[self.off : self.off + self.pending]))
+                    self.off = 0
                 return False
             self.pending -= n
         return True
@@ -362,6 +416,7 @@ class _Pump:
     def _finish(self) -> None:
         """Source ended and everything was delivered: half-close the destination."""
         self.done = True
+        self.buf = None
         if self.pipe is not None:
             self.relay.pipes.release(self.pipe)
             self.pipe = None
@@ -375,6 +430,7 @@ class _Pump:
 
     def stop(self) -> None:
         self.done = True
+        self.buf = None
         if self.pipe is not None:
             if self.pending:
                 self.relay.pipes.discard(self.pipe)
@@ -388,7 +444,9 @@ class Relay:
 
     ``on_close(relay, how)`` is called exactly once with ``how`` one of ``"closed"`` (both
     sides finished), ``"reset by client"``, ``"reset by backend"``, or the reason given to
-    ``abort``. ``up``/``down`` are the byte counts client→backend and backend→client."""
+    ``abort``. ``up``/``down`` are the byte counts client→backend and backend→client.
+    ``client_inline``: the client socket already has ``SO_OOBINLINE`` (inherited from a
+    listener that has it); otherwise the relay sets it before its first read."""
 
     __slots__ = ("loop", "client", "backend", "pipes", "on_close", "started", "last_activity", "closed", "tag",
                  "upstream", "downstream", "poller")
@@ -400,6 +458,7 @@ class Relay:
         backend: _socket.socket,
         pipes: PipePool,
         on_close: Callable[["Relay", str], None],
+        client_inline: bool = False,
     ) -> None:
         self.loop = loop
         self.client = client
@@ -410,7 +469,7 @@ class Relay:
         self.last_activity = self.started
         self.closed = False
         self.tag: Any = None  # the owner's book-keeping for this connection
-        self.upstream = _Pump(self, client, backend)
+        self.upstream = _Pump(self, client, backend, client_inline)
         self.downstream = _Pump(self, backend, client)
         self.poller: Poller | None = None
 
@@ -423,6 +482,8 @@ class Relay:
         self.poller = self.pipes.poller(self.loop)
         self.poller.register(self.upstream.sfd, self._client_event)
         self.poller.register(self.downstream.sfd, self._backend_event)
+        if not self.upstream.inline:
+            self.upstream._inline()  # this first read comes from no event (the module doc)
         self.upstream.on_input(_EPOLLIN)
 
     def _client_event(self, ev: int) -> None:

@@ -45,7 +45,7 @@ from sockgate.log import Log
 from sockgate.proxy.relay import PipePool
 from sockgate.proxy.namecache import ReverseLookup
 from sockgate.proxy.reload import Handover, Key, UnixName, run as run_reload, unix_name
-from sockgate.proxy.service import PROXY_ADVICE, ProxySettings, ProxySpec, Runner
+from sockgate.proxy.service import PROXY_ADVICE, ProxySettings, ProxySpec, Runner, tune_listener
 from sockgate.supervisor import AsyncioLoop, ForwardingLifecycle, Notifier, SelectorLoop, Supervisor
 from sockgate.urls import SocketURL, parse_url
 
@@ -136,10 +136,15 @@ class Proxy:
         return Runner(spec, self.options, self.log, self.pipes, self.reverse_lookup, self.kernel)
 
     def _guard(self, r: Runner, sock: socket.socket) -> None:
-        """Put ``r``'s loaded program on a fresh IP socket (before ``listen``)."""
+        """Put ``r``'s loaded program on a fresh IP socket (before ``listen``), and what its
+        accepted sockets inherit (``service.tune_listener``)."""
         if sock.family != socket.AF_UNIX:
             assert r.loaded is not None
             self.kernel.apply([Step(Slot(sock.fileno(), _url_of(sock, "unknown").display(), PROXY_ADVICE), r.loaded)])
+            try:
+                tune_listener(sock)
+            except OSError:
+                pass  # not TCP: said once the runner starts
 
     def _listeners_for(self, r: Runner, inherited: list[tuple[socket.socket, str]],
                        skip_unix: bool = False, taken: dict[UnixName, Listener] | None = None) -> list[Listener]:

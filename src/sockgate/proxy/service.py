@@ -113,7 +113,7 @@ class Upstream:
         return cls(family, kind, sockaddr, url.display())
 
 
-@dataclass
+@dataclass(slots=True)
 class Conn:
     """Book-keeping for one client connection."""
 
@@ -150,6 +150,16 @@ def check_plan(plan: ProxySpec) -> None:
             raise UsageError(f"service {plan.service.name}: {url.text!r} is a stream socket; forward it to tcp:// or unix:, not {fwd.text!r}")
         if not url.is_stream and fwd.scheme != "udp":
             raise UsageError(f"service {plan.service.name}: {url.text!r} is UDP; forward it to udp://, not {fwd.text!r}")
+
+
+def tune_listener(sock: socket.socket) -> None:
+    """What accepted TCP sockets inherit, so that no connection pays a ``setsockopt`` for it:
+    urgent bytes in line (``relay.Relay``'s ``client_inline``) and no Nagle delay. Done before
+    ``listen`` on the sockets the proxy opens (a connection queued before would lack them),
+    and again when a runner starts (passed sockets). OSError: not TCP."""
+    if sock.type == socket.SOCK_STREAM and _family(sock) != socket.AF_UNIX:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _established(s: _socket.socket) -> bool:
@@ -193,6 +203,7 @@ class Runner:
         self._ban_timer: asyncio.TimerHandle | None = None
         self._bans_in_user_space = False  # the last program left the bans out (logged once)
         self.opened_by_reload = False  # its listeners were opened by a reload (see Proxy._owns_files)
+        self.clients_inline = True  # accepted IP sockets have SO_OOBINLINE (tune_listener)
         self.install(plan.service)
 
     # -- policy ---------------------------------------------------------------------------
@@ -282,13 +293,11 @@ class Runner:
             lst.sock.setblocking(False)
             if lst.sock.type == socket.SOCK_DGRAM:
                 self.udp.append(UdpRelay(self, lst))
-            elif _family(lst.sock) != socket.AF_UNIX:
-                # Accepted sockets inherit these, so no setsockopt per connection: no Nagle
-                # delay, and urgent bytes in line (see relay.py).
+            else:
                 try:
-                    lst.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    lst.sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+                    tune_listener(lst.sock)  # again: a passed socket did not go through open
                 except OSError as e:  # a passed stream socket that is not TCP
+                    self.clients_inline = False  # the relays set it themselves
                     self.log.notice(f"listener {lst.url.text}: {e.strerror}", service=self.name)
         self.resume()
 
@@ -379,7 +388,7 @@ class Runner:
     # -- deciding -------------------------------------------------------------------------
 
     def handle(self, conn: _socket.socket, addr: Any) -> None:
-        conn.setblocking(False)
+        # conn stays blocking: the relay reads and writes it with MSG_DONTWAIT (relay.py)
         try:
             peer = self._peer(conn, addr)
         except (SockgateError, OSError) as e:
@@ -487,10 +496,8 @@ class Runner:
             self._backend_failed(c, f"socket: {e.strerror}")
             return
         c.backend = b
-        if t.family != socket.AF_UNIX:
+        if t.family != socket.AF_UNIX:  # (SO_OOBINLINE only if needed: relay.py)
             b.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if not self.pipes.splice:  # copied from the start: urgent bytes in line (relay.py)
-                b.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
         try:
             err = b.connect_ex(t.address)
         except OSError as e:  # e.g. a Unix path longer than sun_path
@@ -533,7 +540,9 @@ class Runner:
 
     def _relay(self, c: Conn) -> None:
         assert self.loop is not None and c.backend is not None
-        relay = Relay(self.loop, c.client, c.backend, self.pipes, self._relay_closed)
+        # a TCP client has SO_OOBINLINE from the listener (start)
+        inline = self.clients_inline and _family(c.client) != socket.AF_UNIX
+        relay = Relay(self.loop, c.client, c.backend, self.pipes, self._relay_closed, inline)
         relay.tag = c
         c.relay = relay
         relay.start()
