@@ -48,6 +48,7 @@ LAYERS: dict[str, int] = {
     "sockgate.kernel": SEAM,
     "sockgate.kernel.ebpf": SEAM,  # the eBPF backend (loads, pins, recognises by cookie)
     "sockgate.kernel.bpfops": SEAM,  # its port to bpffs/bpf(2)/sock_diag (a fake in tests/core)
+    "sockgate.kernel.banmaps": SEAM,  # a service's pinned ban tries: put, sweep, apply a wanted set
     "sockgate.guard": ENFORCE,
     "sockgate.attach": ENFORCE,
     "sockgate.launcher": ENFORCE,

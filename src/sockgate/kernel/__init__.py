@@ -22,12 +22,12 @@ backend, classic BPF.
 
 from __future__ import annotations
 
-from typing import Literal, Sequence, assert_never
+from typing import Collection, Literal, Sequence, assert_never
 
 from sockgate.resolve.ranges import Banned
 from sockgate.errors import CompileError, SockgateError, UnsupportedInKernel, UnsupportedPlatform
 from sockgate.kernel import transaction
-from sockgate.kernel.backend import Backend, Compiled, FilterOps, Loaded
+from sockgate.kernel.backend import Backend, BanLike, Compiled, FilterOps, Loaded
 from sockgate.kernel.bpfops import LinuxBpf
 from sockgate.kernel.cbpf import ClassicBackend
 from sockgate.kernel.ebpf import EbpfBackend
@@ -104,6 +104,14 @@ class Kernel:
     def load(self, program: Compiled) -> Loaded:
         return transaction.named(self.backends, program.backend).load(program)
 
+    def update_bans(self, target: Loaded | str, bans: Sequence[BanLike], ports: Collection[int] = (),
+                    backend: BackendName = "ebpf") -> bool:
+        """``bans`` made the bans of ``target`` in place (a loaded program: its own backend;
+        a service name: ``backend``'s); False when that backend must recompile instead
+        (``Backend.update_bans``)."""
+        name = backend if isinstance(target, str) else target.compiled.backend
+        return transaction.named(self.backends, name).update_bans(target, bans, ports)
+
     def read(self, fd: int, *, lock: bool = True) -> GuardInfo:
         """What socket ``fd`` carries, and whose it is; whether it is locked too unless
         ``lock`` is False (one system call fewer, for ``ls``, which does not show it)."""
@@ -122,7 +130,7 @@ def _try_compile(backend: Backend, service: ResolvedService, bans: Sequence[Bann
         return None
 
 
-_DEFAULT = Kernel([ClassicBackend(LINUX_OPS), EbpfBackend(LinuxBpf())], LINUX_OPS)
+_DEFAULT = Kernel([ClassicBackend(LINUX_OPS), EbpfBackend(LinuxBpf(), state=True)], LINUX_OPS)
 
 
 def default_kernel() -> Kernel:
@@ -130,7 +138,7 @@ def default_kernel() -> Kernel:
 
 
 __all__ = [
-    "BACKEND_CHOICES", "Applied", "Attached", "Backend", "BackendChoice", "BackendName", "BpfFilter", "ChangeKind", "ClassicFilter",
+    "BACKEND_CHOICES", "Applied", "Attached", "Backend", "BackendChoice", "BanLike", "BackendName", "BpfFilter", "ChangeKind", "ClassicFilter",
     "Compiled", "FilterOps", "GuardInfo", "GuardState", "Kernel", "Loaded", "NoFilter", "Slot",
     "Step", "default_kernel",
 ]

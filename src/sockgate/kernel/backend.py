@@ -16,11 +16,25 @@ pins) lives inside its ``Loaded`` value; callers only ever pass it back.
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+import ipaddress
+from typing import Collection, Protocol, Sequence
 
 from sockgate.resolve.ranges import Banned
 from sockgate.kernel.reading import Attached, BackendName, GuardInfo
 from sockgate.resolve import ResolvedService
+
+
+class BanLike(Protocol):
+    """A ban as a backend takes it: a network refused until ``expires_ns`` (CLOCK_MONOTONIC
+    ns, 0 never) on ``origin``'s word (the numbers of ``ebpf.layout.Origin``). The agent's and
+    the ban sources' own types fit as they are."""
+
+    @property
+    def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network: ...
+    @property
+    def expires_ns(self) -> int: ...
+    @property
+    def origin(self) -> int: ...
 
 
 class Compiled(Protocol):
@@ -67,6 +81,12 @@ class Backend(Protocol):
     def restore(self, fd: int, previous: Attached, label: str) -> None:
         """Put ``previous`` back on ``fd``: a program this backend's ``recognise`` claimed
         (claiming one is promising this)."""
+
+    def update_bans(self, target: Loaded | str, bans: Sequence[BanLike], ports: Collection[int] = ()) -> bool:
+        """Make ``bans`` the bans of ``target`` (a loaded program, or a service by name) in
+        place, ending the newly banned sources' established TCP connections on ``ports``;
+        True when done. False when this backend compiles bans into the program: the caller
+        must recompile with them and apply the program to the service's sockets."""
 
 
 class FilterOps(Protocol):

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Literal, Protocol, Sequence
+from typing import Collection, Literal, Protocol, Sequence
 
 from sockgate.bpf.marker import classify
 from sockgate.bpf.program import Program, compile_resolved
 from sockgate.resolve.ranges import Banned
-from sockgate.kernel.backend import Compiled, Loaded
+from sockgate.kernel.backend import BanLike, Compiled, Loaded
 from sockgate.kernel.reading import Attached, ClassicFilter, GuardInfo
 from sockgate.resolve import ResolvedService
 
@@ -75,3 +75,7 @@ class ClassicBackend:
     def restore(self, fd: int, previous: Attached, label: str) -> None:
         assert isinstance(previous, ClassicFilter), previous  # only what recognise claimed
         self.ops.attach_classic(fd, previous.raw, label)
+
+    def update_bans(self, target: Loaded | str, bans: Sequence[BanLike], ports: Collection[int] = ()) -> bool:
+        """Never in place: a classic program holds its bans as compiled ranges."""
+        return False

@@ -37,15 +37,16 @@ import sys
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Collection, Literal, Sequence
 
 from sockgate.resolve.ranges import Banned
-from sockgate.ebpf import layout, registry
+from sockgate.ebpf import layout, rates, registry
 from sockgate.ebpf.insn import MapType
 from sockgate.ebpf.maps import MapSpec
-from sockgate.ebpf.program import EbpfProgram, compile_service
+from sockgate.ebpf.program import EbpfProgram, Options, compile_service
 from sockgate.errors import AdapterError, UsageError
-from sockgate.kernel.backend import Compiled, Loaded
+from sockgate.kernel.backend import BanLike, Compiled, Loaded
+from sockgate.kernel.banmaps import BanMaps
 from sockgate.kernel.bpfops import BpfOps
 from sockgate.kernel.reading import Attached, BpfFilter, GuardInfo
 from sockgate.resolve import ResolvedService
@@ -73,6 +74,18 @@ def can_carry(pinned: MapSpec, wanted: MapSpec) -> bool:
     """Whether the entries of ``pinned`` may be copied into a new ``wanted`` map."""
     return (pinned.map_type == wanted.map_type and pinned.map_type in _ITERABLE
             and (pinned.key_size, pinned.value_size) == (wanted.key_size, wanted.value_size))
+
+
+def options_for(service: ResolvedService) -> Options | None:
+    """The service state the program keeps (bans, counters, events, rate limits), sized by
+    layout.py's defaults; its protocol from the service's endpoints (TCP: only a SYN is a new
+    connection). A service naming no single protocol is taken as TCP for counting — a
+    verdict never depends on it — unless it has rate limits, which would then be wrong for
+    UDP: those get no state, so the compile refuses them as before (user space enforces)."""
+    protos = {e.proto for e in service.endpoints} - {"unix"}
+    if len(protos) == 1:
+        return Options(protocol="udp" if protos == {"udp"} else "tcp")
+    return None if rates.limits_of(service.service) else Options(protocol="tcp")
 
 
 def program_name(digest: str) -> str:
@@ -133,8 +146,9 @@ def default_mount() -> str:
 
 
 class EbpfBackend:
-    def __init__(self, ops: BpfOps, mount: str | None = None, grace: float = GRACE) -> None:
+    def __init__(self, ops: BpfOps, mount: str | None = None, grace: float = GRACE, state: bool = False) -> None:
         self.ops = ops
+        self.state = state  # programs keep the service's state (``options_for``): bans, counters, events
         self.mount = mount  # None: $SOCKGATE_BPFFS or /sys/fs/bpf, read when used
         self.grace = grace
         self._why: dict[str, str | None] = {}  # mount → why unusable (probed once each)
@@ -172,7 +186,7 @@ class EbpfBackend:
         return None
 
     def compile(self, service: ResolvedService, bans: Sequence[Banned] = ()) -> EbpfProgram:
-        return compile_service(service.service, banned=bans)
+        return compile_service(service.service, banned=bans, options=options_for(service) if self.state else None)
 
     # --- load
 
@@ -383,6 +397,24 @@ class EbpfBackend:
             self._attach_recorded(fd, prog_fd, rec, label)
         finally:
             self.ops.close(prog_fd)
+
+    # --- bans
+
+    def update_bans(self, target: Loaded | str, bans: Sequence[BanLike], ports: Collection[int] = ()) -> bool:
+        """The service's pinned ban tries brought to ``bans`` (``BanMaps.apply``): the
+        program reads them on every packet, so nothing is recompiled or re-attached."""
+        if isinstance(target, str):
+            service = target
+        elif isinstance(target, EbpfLoaded):
+            service = target.compiled.service
+        else:
+            raise TypeError(f"not a loaded eBPF program: {target!r}")
+        self.bans(service).apply(bans, ports)
+        return True
+
+    def bans(self, service: str) -> BanMaps:
+        """The ban maps pinned for ``service``."""
+        return BanMaps(self.ops, self.paths.service(service))
 
     # --- clean-up
 

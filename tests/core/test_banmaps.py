@@ -1,0 +1,174 @@
+"""The ban maps of a service without a kernel (tests/support/fakebpf.py): what ``apply`` plans
+against what is in the maps, the expiry that every entry under a covering ban carries (an LPM
+lookup reads only the longest prefix), the program's own bans left alone, sweep, the room
+check, and ``update_bans`` through both backends."""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+from dataclasses import dataclass
+from typing import Iterable
+
+import pytest
+
+from sockgate.ebpf import layout
+from sockgate.ebpf.layout import Ban, Origin
+from sockgate.kernel import Kernel
+from sockgate.kernel.banmaps import BanMapError, BanMaps, Network, active, entries_of, newly_banned, normalise, plan
+from sockgate.kernel.cbpf import ClassicBackend
+from sockgate.kernel.ebpf import EbpfBackend, EbpfLoaded
+from sockgate.policy.parser import parse_policy
+from sockgate.resolve import resolve_service
+from support.fakebpf import FakeBpf
+from support.fakekernel import FakeOps
+
+MOUNT = "/fake/bpf"
+WEB = resolve_service(parse_policy("service web {\n allow 10.0.0.0/8\n default deny\n}\n").require_service("web"))
+NOW = 1_000_000_000_000
+
+
+def net(text: str) -> Network:
+    return ipaddress.ip_network(text)
+
+
+@dataclass(frozen=True)
+class B:  # what the agent's BannedPrefix looks like: network, expires_ns, origin
+    network: Network
+    expires_ns: int
+    origin: int = Origin.MANUAL
+
+
+def bans(*items: tuple[str, int] | tuple[str, int, int]) -> list[B]:
+    return [B(net(i[0]), i[1], *(i[2:])) for i in items]
+
+
+# ------------------------------------------------------------------------------ pure
+
+
+def test_two_bans_of_one_network_keep_the_longer() -> None:
+    e = entries_of(bans(("192.0.2.7/32", NOW + 5), ("192.0.2.7/32", 0, Origin.FAIL2BAN), ("192.0.2.7/32", NOW + 9)))
+    assert e == {net("192.0.2.7/32"): Ban(0, Origin.FAIL2BAN)}
+    with pytest.raises(ValueError, match="not a ban origin"):
+        entries_of([B(net("192.0.2.7/32"), 0, 77)])
+
+
+def test_an_entry_under_a_longer_lasting_ban_carries_its_expiry() -> None:
+    got = normalise({net("192.0.2.0/24"): Ban(NOW + 100, Origin.CROWDSEC), net("192.0.2.7/32"): Ban(NOW + 5, Origin.FAIL2BAN),
+                     net("192.0.2.0/25"): Ban(0, Origin.MANUAL), net("192.0.2.200/32"): Ban(NOW + 500, Origin.MANUAL),
+                     net("2001:db8::/32"): Ban(0, Origin.MANUAL), net("2001:db8::1/128"): Ban(NOW, Origin.LIMIT)})
+    assert got[net("192.0.2.7/32")] == Ban(0, Origin.FAIL2BAN)  # under the /25 that never ends
+    assert got[net("192.0.2.200/32")] == Ban(NOW + 500, Origin.MANUAL)  # outside the /25, later than the /24
+    assert got[net("192.0.2.0/24")] == Ban(NOW + 100, Origin.CROWDSEC)
+    assert got[net("2001:db8::1/128")] == Ban(0, Origin.LIMIT)
+
+
+def test_normalised_entries_refuse_exactly_while_some_covering_ban_lasts() -> None:
+    """An LPM trie answers the longest stored prefix: its expiry alone decides."""
+    raw = {net("10.0.0.0/8"): Ban(NOW + 50, Origin.MANUAL), net("10.1.0.0/16"): Ban(NOW + 10, Origin.MANUAL),
+           net("10.1.2.3/32"): Ban(NOW + 30, Origin.LIMIT), net("10.9.0.0/16"): Ban(NOW + 90, Origin.MANUAL)}
+    stored = normalise(raw)
+    for addr in ("10.1.2.3", "10.1.9.9", "10.9.1.1", "10.200.0.1", "11.0.0.1"):
+        a = ipaddress.ip_address(addr)
+        longest = max((n for n in stored if a in n), key=lambda n: n.prefixlen, default=None)
+        for t in (NOW, NOW + 20, NOW + 40, NOW + 60, NOW + 100):
+            truth = any(a in n and active(b, t) for n, b in raw.items())
+            assert (longest is not None and active(stored[longest], t)) == truth, (addr, t)
+
+
+def test_plan_deletes_what_is_not_wanted_but_never_the_programs_own_bans() -> None:
+    current = {net("192.0.2.1/32"): Ban(0, Origin.MANUAL), net("192.0.2.2/32"): Ban(NOW + 9, Origin.LIMIT),
+               net("192.0.2.3/32"): Ban(NOW + 9, Origin.FAIL2BAN)}
+    wanted = {net("192.0.2.3/32"): Ban(NOW + 9, Origin.FAIL2BAN), net("198.51.100.0/24"): Ban(0, Origin.CROWDSEC)}
+    p = plan(current, wanted)
+    assert p.deletes == (net("192.0.2.1/32"),)
+    assert p.puts == {net("198.51.100.0/24"): Ban(0, Origin.CROWDSEC)}  # the unchanged one is not rewritten
+
+
+def test_a_new_covering_ban_lengthens_the_programs_ban_under_it() -> None:
+    current = {net("192.0.2.2/32"): Ban(NOW + 9, Origin.LIMIT)}
+    p = plan(current, {net("192.0.2.0/24"): Ban(0, Origin.MANUAL)})
+    assert p.puts == {net("192.0.2.0/24"): Ban(0, Origin.MANUAL), net("192.0.2.2/32"): Ban(0, Origin.LIMIT)}
+    assert p.deletes == ()
+
+
+def test_newly_banned_is_active_now_and_was_not_before() -> None:
+    current = {net("192.0.2.1/32"): Ban(0, Origin.MANUAL), net("192.0.2.2/32"): Ban(NOW - 1, Origin.MANUAL)}
+    puts = {net("192.0.2.1/32"): Ban(NOW + 5, Origin.MANUAL), net("192.0.2.2/32"): Ban(NOW + 5, Origin.MANUAL),
+            net("192.0.2.3/32"): Ban(NOW - 5, Origin.MANUAL), net("2001:db8::/64"): Ban(0, Origin.MANUAL)}
+    assert newly_banned(current, puts, NOW) == [net("192.0.2.2/32"), net("2001:db8::/64")]
+
+
+# ------------------------------------------------------------------ the maps (fake bpf)
+
+
+class Ends:
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[int], list[Network]]] = []
+
+    def __call__(self, ports: Iterable[int], prefixes: Iterable[Network]) -> int:
+        self.calls.append((sorted(ports), list(prefixes)))
+        return 1
+
+
+def setup() -> tuple[FakeBpf, EbpfBackend, Kernel, EbpfLoaded, BanMaps, Ends]:
+    ops = FakeOps()
+    bpf = FakeBpf(ops)
+    backend = EbpfBackend(bpf, MOUNT, state=True)
+    kernel = Kernel([ClassicBackend(ops), backend], ops)
+    loaded = kernel.load(kernel.compile(WEB, backend="ebpf"))
+    assert isinstance(loaded, EbpfLoaded)
+    ends = Ends()
+    maps = BanMaps(bpf, backend.paths.service("web"), destroy=ends, clock=lambda: NOW)
+    return bpf, backend, kernel, loaded, maps, ends
+
+
+def test_put_list_delete_and_sweep() -> None:
+    _, _, _, _, maps, ends = setup()
+    maps.put(net("192.0.2.7/32"), NOW + 10, Origin.FAIL2BAN, ports=[22])
+    maps.put(net("2001:db8::/64"), 0, Origin.MANUAL)
+    maps.put(net("198.51.100.0/24"), NOW - 1, Origin.MANUAL, ports=[22])  # already over: nothing to end
+    assert maps.list() == [(net("192.0.2.7/32"), Ban(NOW + 10, Origin.FAIL2BAN)),
+                           (net("198.51.100.0/24"), Ban(NOW - 1, Origin.MANUAL)),
+                           (net("2001:db8::/64"), Ban(0, Origin.MANUAL))]
+    assert ends.calls == [([22], [net("192.0.2.7/32")])]
+    assert maps.sweep() == 1 and maps.sweep(NOW + 10) == 1  # expires_ns == now is over (the program: expires > now)
+    assert maps.list() == [(net("2001:db8::/64"), Ban(0, Origin.MANUAL))]
+    assert maps.delete(net("2001:db8::/64")) and not maps.delete(net("2001:db8::/64"))
+
+
+def test_apply_brings_the_maps_to_the_wanted_set_and_ends_only_the_new() -> None:
+    _, _, kernel, loaded, maps, ends = setup()
+    maps.put(net("192.0.2.2/32"), NOW + 9, Origin.LIMIT)
+    assert kernel.update_bans(loaded, bans(("192.0.2.1/32", 0), ("2001:db8::/64", NOW + 5))) is True
+    assert kernel.update_bans("web", bans(("2001:db8::/64", NOW + 5), ("192.0.2.9/32", 0))) is True
+    assert [n for n, _ in maps.list()] == [net("192.0.2.2/32"), net("192.0.2.9/32"), net("2001:db8::/64")]
+    r = maps.apply(bans(("192.0.2.9/32", 0), ("203.0.113.0/24", 0)), ports=[80])
+    assert (r.put, r.deleted, r.ended) == (1, 1, 1) and ends.calls == [([80], [net("203.0.113.0/24")])]
+    assert [n for n, _ in maps.list()] == [net("192.0.2.2/32"), net("192.0.2.9/32"), net("203.0.113.0/24")]
+
+
+def test_classic_bpf_asks_for_a_recompile() -> None:
+    _, _, kernel, _, _, _ = setup()
+    assert kernel.update_bans("web", bans(("192.0.2.1/32", 0)), backend="cbpf") is False
+
+
+def test_apply_refuses_a_set_larger_than_the_map_before_writing() -> None:
+    bpf, _, _, _, maps, _ = setup()
+    maps.put(net("192.0.2.1/32"), 0, Origin.MANUAL)
+    bpf.pins[f"{maps.directory}/bans4"].spec = layout.bans_spec(4, 2)
+    with pytest.raises(BanMapError, match="3 IPv4 bans wanted, the map holds 2; nothing was changed") as e:
+        maps.apply(bans(("192.0.2.1/32", 0), ("192.0.2.2/32", 0), ("192.0.2.3/32", 0)))
+    assert e.value.errno == errno.E2BIG and [n for n, _ in maps.list()] == [net("192.0.2.1/32")]
+    maps.apply(bans(("192.0.2.2/32", 0), ("192.0.2.3/32", 0)))  # one deleted first: it fits
+    assert [n for n, _ in maps.list()] == [net("192.0.2.2/32"), net("192.0.2.3/32")]
+
+
+def test_missing_or_foreign_maps_are_one_line_errors() -> None:
+    bpf, backend, _, _, maps, _ = setup()
+    with pytest.raises(BanMapError, match="no ban map pinned .*--backend ebpf"):
+        backend.bans("other").list()
+    bpf.pins[f"{maps.directory}/bans6"].spec = layout.counts_spec()
+    with pytest.raises(BanMapError, match="bans6: not a sockgate ban map"):
+        maps.list()
+    assert not [o for o in bpf.fds.values() if type(o).__name__ == "FakeMap"]  # every map fd was closed
