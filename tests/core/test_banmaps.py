@@ -15,7 +15,8 @@ import pytest
 from sockgate.ebpf import layout
 from sockgate.ebpf.layout import Ban, Origin
 from sockgate.kernel import Kernel
-from sockgate.kernel.banmaps import BanMapError, BanMaps, Network, active, entries_of, newly_banned, normalise, plan
+from sockgate.kernel.banmaps import (BanMapError, BanMaps, Held, Key, Network, active, entries_of, key_of, network_of, newly_banned,
+                                     normalise, plan)
 from sockgate.kernel.cbpf import ClassicBackend
 from sockgate.kernel.ebpf import EbpfBackend, EbpfLoaded
 from sockgate.policy.parser import parse_policy
@@ -30,6 +31,14 @@ NOW = 1_000_000_000_000
 
 def net(text: str) -> Network:
     return ipaddress.ip_network(text)
+
+
+def H(expires_ns: int, origin: Origin) -> Held:
+    return Held(expires_ns, int(origin))
+
+
+def k(text: str) -> Key:
+    return key_of(net(text))
 
 
 @dataclass(frozen=True)
@@ -48,55 +57,55 @@ def bans(*items: tuple[str, int] | tuple[str, int, int]) -> list[B]:
 
 def test_two_bans_of_one_network_keep_the_longer() -> None:
     e = entries_of(bans(("192.0.2.7/32", NOW + 5), ("192.0.2.7/32", 0, Origin.FAIL2BAN), ("192.0.2.7/32", NOW + 9)))
-    assert e == {net("192.0.2.7/32"): Ban(0, Origin.FAIL2BAN)}
+    assert e == {k("192.0.2.7/32"): H(0, Origin.FAIL2BAN)}
     with pytest.raises(ValueError, match="not a ban origin"):
         entries_of([B(net("192.0.2.7/32"), 0, 77)])
 
 
 def test_an_entry_under_a_longer_lasting_ban_carries_its_expiry() -> None:
-    got = normalise({net("192.0.2.0/24"): Ban(NOW + 100, Origin.CROWDSEC), net("192.0.2.7/32"): Ban(NOW + 5, Origin.FAIL2BAN),
-                     net("192.0.2.0/25"): Ban(0, Origin.MANUAL), net("192.0.2.200/32"): Ban(NOW + 500, Origin.MANUAL),
-                     net("2001:db8::/32"): Ban(0, Origin.MANUAL), net("2001:db8::1/128"): Ban(NOW, Origin.LIMIT)})
-    assert got[net("192.0.2.7/32")] == Ban(0, Origin.FAIL2BAN)  # under the /25 that never ends
-    assert got[net("192.0.2.200/32")] == Ban(NOW + 500, Origin.MANUAL)  # outside the /25, later than the /24
-    assert got[net("192.0.2.0/24")] == Ban(NOW + 100, Origin.CROWDSEC)
-    assert got[net("2001:db8::1/128")] == Ban(0, Origin.LIMIT)
+    got = normalise({k("192.0.2.0/24"): H(NOW + 100, Origin.CROWDSEC), k("192.0.2.7/32"): H(NOW + 5, Origin.FAIL2BAN),
+                     k("192.0.2.0/25"): H(0, Origin.MANUAL), k("192.0.2.200/32"): H(NOW + 500, Origin.MANUAL),
+                     k("2001:db8::/32"): H(0, Origin.MANUAL), k("2001:db8::1/128"): H(NOW, Origin.LIMIT)})
+    assert got[k("192.0.2.7/32")] == H(0, Origin.FAIL2BAN)  # under the /25 that never ends
+    assert got[k("192.0.2.200/32")] == H(NOW + 500, Origin.MANUAL)  # outside the /25, later than the /24
+    assert got[k("192.0.2.0/24")] == H(NOW + 100, Origin.CROWDSEC)
+    assert got[k("2001:db8::1/128")] == H(0, Origin.LIMIT)
 
 
 def test_normalised_entries_refuse_exactly_while_some_covering_ban_lasts() -> None:
     """An LPM trie answers the longest stored prefix: its expiry alone decides."""
-    raw = {net("10.0.0.0/8"): Ban(NOW + 50, Origin.MANUAL), net("10.1.0.0/16"): Ban(NOW + 10, Origin.MANUAL),
-           net("10.1.2.3/32"): Ban(NOW + 30, Origin.LIMIT), net("10.9.0.0/16"): Ban(NOW + 90, Origin.MANUAL)}
+    raw = {k("10.0.0.0/8"): H(NOW + 50, Origin.MANUAL), k("10.1.0.0/16"): H(NOW + 10, Origin.MANUAL),
+           k("10.1.2.3/32"): H(NOW + 30, Origin.LIMIT), k("10.9.0.0/16"): H(NOW + 90, Origin.MANUAL)}
     stored = normalise(raw)
     for addr in ("10.1.2.3", "10.1.9.9", "10.9.1.1", "10.200.0.1", "11.0.0.1"):
         a = ipaddress.ip_address(addr)
-        longest = max((n for n in stored if a in n), key=lambda n: n.prefixlen, default=None)
+        longest = max((x for x in stored if a in network_of(x)), key=lambda x: x[2], default=None)
         for t in (NOW, NOW + 20, NOW + 40, NOW + 60, NOW + 100):
-            truth = any(a in n and active(b, t) for n, b in raw.items())
+            truth = any(a in network_of(x) and active(b, t) for x, b in raw.items())
             assert (longest is not None and active(stored[longest], t)) == truth, (addr, t)
 
 
 def test_plan_deletes_what_is_not_wanted_but_never_the_programs_own_bans() -> None:
-    current = {net("192.0.2.1/32"): Ban(0, Origin.MANUAL), net("192.0.2.2/32"): Ban(NOW + 9, Origin.LIMIT),
-               net("192.0.2.3/32"): Ban(NOW + 9, Origin.FAIL2BAN)}
-    wanted = {net("192.0.2.3/32"): Ban(NOW + 9, Origin.FAIL2BAN), net("198.51.100.0/24"): Ban(0, Origin.CROWDSEC)}
+    current = {k("192.0.2.1/32"): H(0, Origin.MANUAL), k("192.0.2.2/32"): H(NOW + 9, Origin.LIMIT),
+               k("192.0.2.3/32"): H(NOW + 9, Origin.FAIL2BAN)}
+    wanted = {k("192.0.2.3/32"): H(NOW + 9, Origin.FAIL2BAN), k("198.51.100.0/24"): H(0, Origin.CROWDSEC)}
     p = plan(current, wanted)
-    assert p.deletes == (net("192.0.2.1/32"),)
-    assert p.puts == {net("198.51.100.0/24"): Ban(0, Origin.CROWDSEC)}  # the unchanged one is not rewritten
+    assert p.deletes == (k("192.0.2.1/32"),)
+    assert p.puts == {k("198.51.100.0/24"): H(0, Origin.CROWDSEC)}  # the unchanged one is not rewritten
 
 
 def test_a_new_covering_ban_lengthens_the_programs_ban_under_it() -> None:
-    current = {net("192.0.2.2/32"): Ban(NOW + 9, Origin.LIMIT)}
-    p = plan(current, {net("192.0.2.0/24"): Ban(0, Origin.MANUAL)})
-    assert p.puts == {net("192.0.2.0/24"): Ban(0, Origin.MANUAL), net("192.0.2.2/32"): Ban(0, Origin.LIMIT)}
+    current = {k("192.0.2.2/32"): H(NOW + 9, Origin.LIMIT)}
+    p = plan(current, {k("192.0.2.0/24"): H(0, Origin.MANUAL)})
+    assert p.puts == {k("192.0.2.0/24"): H(0, Origin.MANUAL), k("192.0.2.2/32"): H(0, Origin.LIMIT)}
     assert p.deletes == ()
 
 
 def test_newly_banned_is_active_now_and_was_not_before() -> None:
-    current = {net("192.0.2.1/32"): Ban(0, Origin.MANUAL), net("192.0.2.2/32"): Ban(NOW - 1, Origin.MANUAL)}
-    puts = {net("192.0.2.1/32"): Ban(NOW + 5, Origin.MANUAL), net("192.0.2.2/32"): Ban(NOW + 5, Origin.MANUAL),
-            net("192.0.2.3/32"): Ban(NOW - 5, Origin.MANUAL), net("2001:db8::/64"): Ban(0, Origin.MANUAL)}
-    assert newly_banned(current, puts, NOW) == [net("192.0.2.2/32"), net("2001:db8::/64")]
+    current = {k("192.0.2.1/32"): H(0, Origin.MANUAL), k("192.0.2.2/32"): H(NOW - 1, Origin.MANUAL)}
+    puts = {k("192.0.2.1/32"): H(NOW + 5, Origin.MANUAL), k("192.0.2.2/32"): H(NOW + 5, Origin.MANUAL),
+            k("192.0.2.3/32"): H(NOW - 5, Origin.MANUAL), k("2001:db8::/64"): H(0, Origin.MANUAL)}
+    assert newly_banned(current, puts, NOW) == [k("192.0.2.2/32"), k("2001:db8::/64")]
 
 
 # ------------------------------------------------------------------ the maps (fake bpf)

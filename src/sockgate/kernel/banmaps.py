@@ -20,15 +20,20 @@ Bans come in as anything with ``network``, ``expires_ns`` (CLOCK_MONOTONIC ns, 0
 of this module. A ban that lands also ends the established TCP connections from the banned
 networks on the ports the caller names (``sockdiag.destroy_tcp``): a filter only sees new
 connections.
+
+Inside, a prefix is the tuple ``(family, address as int, prefix length)``: hashing and
+ordering 100,000 of them as ``ipaddress`` networks cost seconds, as tuples milliseconds
+(bench/bench_bans.py); networks appear only at the edges (``list``, ``destroy_tcp``).
 """
 
 from __future__ import annotations
 
 import errno
 import ipaddress
+import struct
 import time
 from dataclasses import dataclass
-from typing import Callable, Collection, Iterable, Mapping, Sequence
+from typing import Callable, Collection, Iterable, Mapping, NamedTuple, Sequence
 
 from sockgate.ebpf import layout
 from sockgate.ebpf.maps import PREFIX_BITS, LpmKey, MapSpec
@@ -39,10 +44,32 @@ from sockgate.linux import sockdiag
 from sockgate.policy.source import escape
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Entries = dict[Network, layout.Ban]
+Key = tuple[int, int, int]  # (family 4 or 6, network address, prefix length)
+
+
+class Held(NamedTuple):
+    """A map value as ``layout.Ban`` packs it, as a tuple: compared and hashed cheaply."""
+
+    expires_ns: int
+    origin: int  # layout.Origin's number
+
+    def pack(self) -> bytes:
+        return layout.BAN_VALUE.pack(self.expires_ns, self.origin, 0)
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> Held:
+        expires, origin, _ = layout.BAN_VALUE.unpack(raw)
+        return cls(expires, origin)
+
+    def ban(self) -> layout.Ban:
+        return layout.Ban.unpack(self.pack())
+
+
+Entries = dict[Key, Held]
 Destroy = Callable[[Iterable[int], Iterable[Network]], int]
 BATCH = 16384  # entries per BPF_MAP_UPDATE_BATCH: bounded buffers, few system calls
 FOREVER = 1 << 64  # how ``expires_ns == 0`` (never) sorts against real expiries
+_PREFIXLEN = struct.Struct("=I")  # struct bpf_lpm_trie_key's prefixlen (ebpf/maps.LpmKey)
 
 
 class BanMapError(AdapterError):
@@ -52,17 +79,41 @@ class BanMapError(AdapterError):
 # ------------------------------------------------------------------------ pure decisions
 
 
+def key_of(network: Network) -> Key:
+    return network.version, int(network.network_address), network.prefixlen
+
+
+def network_of(key: Key) -> Network:
+    family, addr, length = key
+    return ipaddress.IPv4Network((addr, length)) if family == 4 else ipaddress.IPv6Network((addr, length))
+
+
+def pack_key(key: Key) -> bytes:
+    """The trie key (``ebpf.maps.LpmKey.pack``, without its per-key checks: ``key_of`` keys
+    come from valid networks)."""
+    family, addr, length = key
+    return _PREFIXLEN.pack(length) + addr.to_bytes(4 if family == 4 else 16, "big")
+
+
+def unpack_key(family: int, raw: bytes) -> Key:
+    """A trie key read back; a prefix length past the family's bits is refused (``LpmKey``)."""
+    (length,) = _PREFIXLEN.unpack_from(raw)
+    if length > PREFIX_BITS[family]:
+        LpmKey.unpack(family, raw)  # raises, naming the key
+    return family, int.from_bytes(raw[_PREFIXLEN.size:], "big"), length
+
+
 def until(expires_ns: int) -> int:
     """A sort key for expiries: 0 (never) last."""
     return FOREVER if expires_ns == 0 else expires_ns
 
 
-def later(a: layout.Ban, b: layout.Ban) -> layout.Ban:
+def later(a: Held, b: Held) -> Held:
     """The one of ``a``, ``b`` that lasts longer (``a`` on a tie)."""
     return b if until(b.expires_ns) > until(a.expires_ns) else a
 
 
-def active(ban: layout.Ban, now_ns: int) -> bool:
+def active(ban: Held, now_ns: int) -> bool:
     """Whether the program refuses with ``ban`` at ``now_ns`` (codegen: ``expires > now``)."""
     return ban.expires_ns == 0 or ban.expires_ns > now_ns
 
@@ -71,76 +122,73 @@ def entries_of(bans: Iterable[BanLike]) -> Entries:
     """One map entry per network; two bans of one network keep the longer one's expiry and
     origin."""
     out: Entries = {}
+    origins: set[int] = set()
     for b in bans:
         if b.expires_ns < 0:
             raise ValueError(f"{b.network}: a negative expiry")
-        ban = layout.Ban(b.expires_ns, _origin(b.origin))
-        old = out.get(b.network)
-        out[b.network] = ban if old is None else later(old, ban)
+        if b.origin not in origins:
+            origins.add(_origin(b.origin))
+        ban = Held(b.expires_ns, int(b.origin))
+        k = key_of(b.network)
+        old = out.get(k)
+        out[k] = ban if old is None else later(old, ban)
     return out
 
 
-def _origin(origin: int) -> layout.Origin:
+def _origin(origin: int) -> int:
+    """``origin`` when it is one of ``layout.Origin``'s numbers."""
     try:
-        return layout.Origin(int(origin))
+        return int(layout.Origin(int(origin)))
     except ValueError:
         raise ValueError(f"not a ban origin: {origin!r}") from None
 
 
-def normalise(entries: Mapping[Network, layout.Ban]) -> Entries:
+def normalise(entries: Mapping[Key, Held]) -> Entries:
     """Each entry with the latest expiry of itself and every entry covering it (its origin
     kept), so the entry longest-prefix match answers is never shorter than a ban holding the
-    same address (module docstring). Linear in entries × distinct prefix lengths."""
+    same address (module docstring). Linear in entries × distinct shorter prefix lengths."""
     out: Entries = dict(entries)
     for family in (4, 6):
         bits = PREFIX_BITS[family]
-        mine = {n: b for n, b in entries.items() if n.version == family}
-        lengths = sorted({n.prefixlen for n in mine})
-        for net in sorted(mine, key=lambda n: n.prefixlen):  # ancestors first: they are final when read
-            addr = int(net.network_address)
-            best = out[net]
-            for length in lengths:
-                if length >= net.prefixlen:
+        lengths = sorted({k[2] for k in entries if k[0] == family})
+        if len(lengths) < 2:
+            continue  # one length: no entry covers another
+        mine = sorted((k for k in entries if k[0] == family), key=lambda k: k[2])  # ancestors first: final when read
+        for k in mine:
+            _, addr, length = k
+            best = out[k]
+            for up_len in lengths:
+                if up_len >= length:
                     break
-                up = _net(family, addr >> (bits - length) << (bits - length), length)
-                if up in out:
-                    best = later(best, layout.Ban(out[up].expires_ns, best.origin))
-            out[net] = best
+                up = out.get((family, addr >> (bits - up_len) << (bits - up_len), up_len))
+                if up is not None and until(up.expires_ns) > until(best.expires_ns):
+                    best = Held(up.expires_ns, best.origin)
+            out[k] = best
     return out
-
-
-def _net(family: int, addr: int, length: int) -> Network:
-    return ipaddress.IPv4Network((addr, length)) if family == 4 else ipaddress.IPv6Network((addr, length))
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What ``apply`` writes: entries to put (new or changed) and networks to delete."""
+    """What ``apply`` writes: entries to put (new or changed) and prefixes to delete."""
 
     puts: Entries
-    deletes: tuple[Network, ...]
+    deletes: tuple[Key, ...]
 
 
-def plan(current: Mapping[Network, layout.Ban], wanted: Mapping[Network, layout.Ban]) -> Plan:
+def plan(current: Mapping[Key, Held], wanted: Mapping[Key, Held]) -> Plan:
     """From the map's entries to ``wanted`` plus the program's own (``Origin.LIMIT``) entries."""
     target: Entries = dict(wanted)
-    for net, ban in current.items():
-        if ban.origin is layout.Origin.LIMIT:
-            target[net] = ban if net not in target else later(target[net], ban)
+    for k, ban in current.items():
+        if ban.origin == layout.Origin.LIMIT:
+            target[k] = ban if k not in target else later(target[k], ban)
     target = normalise(target)
-    puts = {n: b for n, b in target.items() if current.get(n) != b}
-    deletes = tuple(sorted((n for n in current if n not in target), key=_order))
-    return Plan(puts, deletes)
+    puts = {k: b for k, b in target.items() if current.get(k) != b}
+    return Plan(puts, tuple(sorted(k for k in current if k not in target)))
 
 
-def _order(n: Network) -> tuple[int, int, int]:
-    return n.version, int(n.network_address), n.prefixlen
-
-
-def newly_banned(current: Mapping[Network, layout.Ban], puts: Mapping[Network, layout.Ban], now_ns: int) -> list[Network]:
-    """The networks a write starts refusing: active after it and not active before."""
-    return sorted((n for n, b in puts.items() if active(b, now_ns) and not (n in current and active(current[n], now_ns))),
-                  key=_order)
+def newly_banned(current: Mapping[Key, Held], puts: Mapping[Key, Held], now_ns: int) -> list[Key]:
+    """The prefixes a write starts refusing: active after it and not active before."""
+    return sorted(k for k, b in puts.items() if active(b, now_ns) and not (k in current and active(current[k], now_ns)))
 
 
 # --------------------------------------------------------------------------- the maps
@@ -167,7 +215,7 @@ class BanMaps:
 
     def list(self) -> list[tuple[Network, layout.Ban]]:
         """Every entry, decoded, in address order."""
-        return sorted(self._current().items(), key=lambda item: _order(item[0]))
+        return [(network_of(k), b.ban()) for k, b in sorted(self._current().items())]
 
     def _current(self) -> Entries:
         out: Entries = {}
@@ -175,7 +223,7 @@ class BanMaps:
             fd, spec = self._open(family)
             try:
                 for k, v in self.ops.map_items(fd, spec.key_size, spec.value_size):
-                    out[LpmKey.unpack(family, k).network] = layout.Ban.unpack(v)
+                    out[unpack_key(family, k)] = Held.unpack(v)
             finally:
                 self.ops.close(fd)
         return out
@@ -205,53 +253,52 @@ class BanMaps:
         connections on ``ports``. A full-length prefix (one address) is one lookup and one
         update: nothing lies inside it, and the entry answering for it now already carries the
         latest expiry of everything covering it."""
-        ban = layout.Ban(expires_ns, _origin(origin))
+        if expires_ns < 0:
+            raise ValueError(f"{network}: a negative expiry")
+        ban = Held(expires_ns, _origin(origin))
+        k = key_of(network)
         if network.prefixlen == PREFIX_BITS[network.version]:
-            before = self._answering(network)
-            current: Entries = {} if before is None else {network: before}
-            puts = {network: ban if before is None else layout.Ban(later(ban, before).expires_ns, ban.origin)}
+            before = self._answering(k)
+            current: Entries = {} if before is None else {k: before}
+            puts = {k: ban if before is None else Held(later(ban, before).expires_ns, ban.origin)}
         else:
             current = self._current()
             merged = dict(current)
-            merged[network] = ban if network not in current else later(ban, current[network])
+            merged[k] = ban if k not in current else later(ban, current[k])
             puts = {n: b for n, b in normalise(merged).items() if current.get(n) != b}
         return self._write(current, Plan(puts, ()), ports)
 
-    def _answering(self, network: Network) -> layout.Ban | None:
-        """The entry a lookup of ``network`` finds: its own or the nearest covering one."""
-        fd, spec = self._open(network.version)
+    def _answering(self, k: Key) -> Held | None:
+        """The entry a lookup of ``k`` finds: its own or the nearest covering one."""
+        fd, spec = self._open(k[0])
         try:
-            raw = self.ops.map_lookup(fd, _key(network), spec.value_size)
+            raw = self.ops.map_lookup(fd, pack_key(k), spec.value_size)
         finally:
             self.ops.close(fd)
-        return None if raw is None else layout.Ban.unpack(raw)
+        return None if raw is None else Held.unpack(raw)
 
     def delete(self, network: Network) -> bool:
         """Lift the entry for exactly ``network``; False when there was none."""
-        fd, _ = self._open(network.version)
-        try:
-            return self.ops.map_delete(fd, _key(network))
-        finally:
-            self.ops.close(fd)
+        return self._delete_all([key_of(network)]) == 1
 
     def sweep(self, now_ns: int | None = None) -> int:
         """Delete every entry expired at ``now_ns`` (the program already ignores them); how
         many."""
         now = self.clock() if now_ns is None else now_ns
-        gone = [n for n, b in self._current().items() if not active(b, now)]
-        return self._delete_all(gone)
+        return self._delete_all(sorted(k for k, b in self._current().items() if not active(b, now)))
 
     def apply(self, bans: Iterable[BanLike], ports: Collection[int] = ()) -> Applied:
         """Bring the maps to exactly ``bans`` (and the program's own entries): deletes first
         (nothing deleted is wanted, and the room is needed), then the changed entries in
         batches; then end the newly banned networks' connections on ``ports``. A set larger
         than the maps hold is refused before anything is written."""
+        wanted = entries_of(bans)
         current = self._current()
-        p = plan(current, entries_of(bans))
+        p = plan(current, wanted)
         gone = set(p.deletes)
         for family in (4, 6):
-            self._check_room(family, sum(1 for n in current if n.version == family and n not in gone)
-                             + sum(1 for n in p.puts if n.version == family and n not in current))
+            self._check_room(family, sum(1 for k in current if k[0] == family and k not in gone)
+                             + sum(1 for k in p.puts if k[0] == family and k not in current))
         deleted = self._delete_all(p.deletes)
         done = self._write(current, p, ports)
         return Applied(done.put, deleted, done.ended)
@@ -263,39 +310,36 @@ class BanMaps:
             raise BanMapError(f"{escape(self.directory)}/bans{family}: {needed} IPv{family} bans wanted, the map holds"
                               f" {shape.max_entries}; nothing was changed", errno=errno.E2BIG)
 
-    def _write(self, current: Mapping[Network, layout.Ban], p: Plan, ports: Collection[int]) -> Applied:
+    def _write(self, current: Mapping[Key, Held], p: Plan, ports: Collection[int]) -> Applied:
         for family in (4, 6):
-            items = [(n, b) for n, b in p.puts.items() if n.version == family]
+            items = [(k, b) for k, b in p.puts.items() if k[0] == family]
             if items:
                 self._put_batches(family, items)
         ended = 0
-        fresh = newly_banned(current, p.puts, self.clock())
-        if ports and fresh:
-            ended = self.destroy(ports, fresh)
+        if ports:
+            fresh = newly_banned(current, p.puts, self.clock())
+            if fresh:
+                ended = self.destroy(ports, [network_of(k) for k in fresh])
         return Applied(len(p.puts), 0, ended)
 
-    def _put_batches(self, family: int, items: Sequence[tuple[Network, layout.Ban]]) -> None:
+    def _put_batches(self, family: int, items: Sequence[tuple[Key, Held]]) -> None:
         fd, _ = self._open(family)
         try:
             for i in range(0, len(items), BATCH):
                 chunk = items[i:i + BATCH]
-                self.ops.map_update_many(fd, [_key(n) for n, _ in chunk], [b.pack() for _, b in chunk])
+                self.ops.map_update_many(fd, [pack_key(k) for k, _ in chunk], [b.pack() for _, b in chunk])
         finally:
             self.ops.close(fd)
 
-    def _delete_all(self, networks: Sequence[Network]) -> int:
+    def _delete_all(self, keys: Sequence[Key]) -> int:
         deleted = 0
         for family in (4, 6):
-            mine = [n for n in networks if n.version == family]
+            mine = [k for k in keys if k[0] == family]
             if not mine:
                 continue
             fd, _ = self._open(family)
             try:
-                deleted += sum(1 for n in mine if self.ops.map_delete(fd, _key(n)))
+                deleted += sum(1 for k in mine if self.ops.map_delete(fd, pack_key(k)))
             finally:
                 self.ops.close(fd)
         return deleted
-
-
-def _key(network: Network) -> bytes:
-    return LpmKey(network.version, network.prefixlen, int(network.network_address)).pack()
