@@ -11,6 +11,7 @@ complete. Each test has its own bpf filesystem, unmounted afterwards whatever ha
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import os
@@ -132,6 +133,37 @@ def attempt(srv: socket.socket, source: str, wait: float = TIMEOUT,
         c.close()
 
 
+@contextlib.contextmanager
+def realtime() -> Iterator[None]:
+    """SCHED_FIFO for a bounded measurement (100 short iterations), the old policy after."""
+    old = os.sched_getscheduler(0), os.sched_getparam(0)
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+    try:
+        yield
+    finally:
+        os.sched_setscheduler(0, old[0], old[1])
+
+
+def ban_to_drop(bpffs: str, maps: BanMaps, srv: socket.socket) -> int:
+    """ns from the start of a ban of 127.0.0.2 to its next SYN counted as refused by the
+    program; the ban is lifted again and a connection from 127.0.0.2 completes."""
+    port = srv.getsockname()[1]
+    counted = refused(bpffs, "127.0.0.2")
+    t0 = time.monotonic_ns()
+    maps.put(ipaddress.ip_network("127.0.0.2/32"), 0, Origin.FAIL2BAN)
+    c = start("127.0.0.2", "127.0.0.1", port)
+    seen = refused(bpffs, "127.0.0.2")
+    took = time.monotonic_ns() - t0
+    try:
+        assert seen == counted + 1, "the SYN after the ban was not refused"
+        assert not connects(c, 0.0)
+    finally:
+        c.close()
+    assert maps.delete(ipaddress.ip_network("127.0.0.2/32"))
+    assert attempt(srv, "127.0.0.2")
+    return took
+
+
 def test_a_ban_drops_new_syns_within_10ms_and_ends_established_connections(bpffs: str) -> None:
     with guarded_listener() as srv:
         port = srv.getsockname()[1]
@@ -151,21 +183,8 @@ def test_a_ban_drops_new_syns_within_10ms_and_ends_established_connections(bpffs
             assert not attempt(srv, "127.0.0.2", NOT_CONNECTED) and attempt(srv, "127.0.0.1")
             assert maps.delete(ipaddress.ip_network("127.0.0.2/32")) and attempt(srv, "127.0.0.2")
 
-            latencies = []
-            for _ in range(100):
-                counted = refused(bpffs, "127.0.0.2")
-                t0 = time.monotonic_ns()
-                maps.put(ipaddress.ip_network("127.0.0.2/32"), 0, Origin.FAIL2BAN)
-                c = start("127.0.0.2", "127.0.0.1", port)
-                seen = refused(bpffs, "127.0.0.2")
-                latencies.append(time.monotonic_ns() - t0)
-                try:
-                    assert seen == counted + 1, "the SYN after the ban was not refused"
-                    assert not connects(c, 0.0)
-                finally:
-                    c.close()
-                assert maps.delete(ipaddress.ip_network("127.0.0.2/32"))
-                assert attempt(srv, "127.0.0.2")
+            with realtime():  # the kernel's latency is measured, not other processes' turns on the CPU
+                latencies = [ban_to_drop(bpffs, maps, srv) for _ in range(100)]
             ms = sorted(x / 1e6 for x in latencies)
             p50, p99 = statistics.median(ms), ms[98]
             print(f"ban → SYN dropped: p50 {p50:.3f} ms, p99 {p99:.3f} ms, max {ms[-1]:.3f} ms")
