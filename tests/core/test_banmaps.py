@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Iterable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sockgate.ebpf import layout
 from sockgate.ebpf.layout import Ban, Origin
@@ -83,6 +85,31 @@ def test_normalised_entries_refuse_exactly_while_some_covering_ban_lasts() -> No
         for t in (NOW, NOW + 20, NOW + 40, NOW + 60, NOW + 100):
             truth = any(a in network_of(x) and active(b, t) for x, b in raw.items())
             assert (longest is not None and active(stored[longest], t)) == truth, (addr, t)
+
+
+PREFIX = st.tuples(st.integers(0, 255), st.sampled_from([8, 16, 24, 28, 32]))
+EXPIRY = st.sampled_from([0, NOW - 1, NOW + 10, NOW + 20, NOW + 30])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(PREFIX, st.tuples(EXPIRY, st.sampled_from(list(Origin))), max_size=12),
+       st.lists(st.integers(0, 255), min_size=1, max_size=8), st.sampled_from([NOW, NOW + 15, NOW + 25, NOW + 40]))
+def test_property_the_longest_match_is_active_exactly_when_a_covering_ban_is(
+        raw: dict[tuple[int, int], tuple[int, Origin]], lows: list[int], t: int) -> None:
+    """Prefixes of 10.x.y.z with nesting at every length: after ``normalise`` the one entry a
+    trie lookup finds refuses exactly when some stored ban holding the address is active."""
+    entries = {}
+    for (byte, length), (expires, origin) in raw.items():
+        n = ipaddress.ip_network((0x0A000000 | byte << 8 | byte, length), strict=False)
+        entries[key_of(n)] = H(expires, origin)
+    stored = normalise(entries)
+    assert {x: b.origin for x, b in stored.items()} == {x: b.origin for x, b in entries.items()}
+    for low in lows:
+        a = ipaddress.ip_address(0x0A000000 | low << 8 | low)
+        holding = [x for x in stored if a in network_of(x)]
+        longest = max(holding, key=lambda x: x[2], default=None)
+        truth = any(active(entries[x], t) for x in holding)
+        assert (longest is not None and active(stored[longest], t)) == truth
 
 
 def test_plan_deletes_what_is_not_wanted_but_never_the_programs_own_bans() -> None:
