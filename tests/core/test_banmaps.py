@@ -14,6 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sockgate.bans import BannedPrefix
+from sockgate.bans import Origin as BanOrigin
 from sockgate.ebpf import layout
 from sockgate.ebpf.layout import Ban, Origin
 from sockgate.kernel import Kernel
@@ -182,6 +184,12 @@ def test_apply_brings_the_maps_to_the_wanted_set_and_ends_only_the_new() -> None
     r = maps.apply(bans(("192.0.2.9/32", 0), ("203.0.113.0/24", 0)), ports=[80])
     assert (r.put, r.deleted, r.ended) == (1, 1, 1) and ends.calls == [([80], [net("203.0.113.0/24")])]
     assert [n for n, _ in maps.list()] == [net("192.0.2.2/32"), net("192.0.2.9/32"), net("203.0.113.0/24")]
+
+
+def test_the_shared_ban_type_goes_in_as_it_is() -> None:
+    _, _, kernel, _, maps, _ = setup()
+    assert kernel.update_bans("web", [BannedPrefix(net("192.0.2.0/24"), NOW + 5, BanOrigin.CROWDSEC)]) is True
+    assert maps.list() == [(net("192.0.2.0/24"), Ban(NOW + 5, Origin.CROWDSEC))]
 
 
 def test_classic_bpf_asks_for_a_recompile() -> None:

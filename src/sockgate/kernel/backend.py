@@ -26,8 +26,8 @@ from sockgate.resolve import ResolvedService
 
 class BanLike(Protocol):
     """A ban as a backend takes it: a network refused until ``expires_ns`` (CLOCK_MONOTONIC
-    ns, 0 never) on ``origin``'s word (the numbers of ``ebpf.layout.Origin``). The agent's and
-    the ban sources' own types fit as they are."""
+    ns, 0 never) on ``origin``'s word (the numbers of ``sockgate.bans.Origin``).
+    ``sockgate.bans.BannedPrefix`` fits as it is, and so does any source's own type."""
 
     @property
     def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network: ...

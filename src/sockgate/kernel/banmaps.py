@@ -16,8 +16,8 @@ lasts, whichever entry the trie answers. The entries the program writes itself
 user space's to lift — though they may be lengthened under a covering ban.
 
 Bans come in as anything with ``network``, ``expires_ns`` (CLOCK_MONOTONIC ns, 0 never) and
-``origin`` (``kernel.backend.BanLike``), so the agent's book and the ban sources need no type
-of this module. A ban that lands also ends the established TCP connections from the banned
+``origin`` (``kernel.backend.BanLike``: ``sockgate.bans.BannedPrefix`` as it is), so the
+agent's book and the ban sources need no type of this module. A ban that lands also ends the established TCP connections from the banned
 networks on the ports the caller names (``sockdiag.destroy_tcp``): a filter only sees new
 connections.
 
