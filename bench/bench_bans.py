@@ -44,6 +44,7 @@ from sockgate.kernel.cbpf import ClassicBackend
 from sockgate.kernel.ebpf import EbpfBackend
 from sockgate.kernel.sockets import LINUX_OPS
 from sockgate.policy.parser import parse_policy
+from sockgate.resolve import resolve_service
 
 POLICY = "service bench {\n    allow 0.0.0.0/0\n    default deny\n}\n"
 HOUR_NS = 3600 * 10**9
@@ -79,7 +80,7 @@ def ebpf(addrs: list[ipaddress.IPv4Address], runs: int) -> dict[str, float]:
     backend = EbpfBackend(LinuxBpf(), mount, state=True)
     kernel = Kernel([ClassicBackend(LINUX_OPS), backend], LINUX_OPS)
     try:
-        kernel.load(kernel.compile(parse_policy(POLICY).require_service("bench"), backend="ebpf"))
+        kernel.load(kernel.compile(resolve_service(parse_policy(POLICY).require_service("bench")), backend="ebpf"))
         maps = backend.bans("bench")
         now = time.monotonic_ns()
         bans = [Ban(ipaddress.IPv4Network(a), now + HOUR_NS) for a in addrs]
