@@ -123,11 +123,20 @@ def test_plan_deletes_what_is_not_wanted_but_never_the_programs_own_bans() -> No
     assert p.puts == {k("198.51.100.0/24"): H(0, Origin.CROWDSEC)}  # the unchanged one is not rewritten
 
 
-def test_a_new_covering_ban_lengthens_the_programs_ban_under_it() -> None:
-    current = {k("192.0.2.2/32"): H(NOW + 9, Origin.LIMIT)}
-    p = plan(current, {k("192.0.2.0/24"): H(0, Origin.MANUAL)})
-    assert p.puts == {k("192.0.2.0/24"): H(0, Origin.MANUAL), k("192.0.2.2/32"): H(0, Origin.LIMIT)}
-    assert p.deletes == ()
+def test_a_programs_ban_under_a_longer_ban_is_dropped_not_lengthened() -> None:
+    """Lengthened, it would outlive the covering ban's unban."""
+    current = {k("192.0.2.2/32"): H(NOW + 9, Origin.LIMIT), k("192.0.2.3/32"): H(0, Origin.LIMIT)}
+    p = plan(current, {k("192.0.2.0/24"): H(NOW + 50, Origin.MANUAL)})
+    assert p.puts == {k("192.0.2.0/24"): H(NOW + 50, Origin.MANUAL)}
+    assert p.deletes == (k("192.0.2.2/32"),)  # the one that never ends outlasts the /24: kept
+
+
+def test_put_of_a_network_drops_the_programs_bans_it_outlasts() -> None:
+    _, _, _, _, maps, _ = setup()
+    maps.put(net("192.0.2.2/32"), NOW + 9, Origin.LIMIT)
+    maps.put(net("192.0.2.0/24"), 0, Origin.MANUAL)
+    assert maps.list() == [(net("192.0.2.0/24"), Ban(0, Origin.MANUAL))]
+    assert maps.delete(net("192.0.2.0/24")) and maps.list() == []
 
 
 def test_newly_banned_is_active_now_and_was_not_before() -> None:

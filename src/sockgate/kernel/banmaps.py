@@ -12,8 +12,9 @@ expired ``192.0.2.7/32`` inside an active ``192.0.2.0/24`` would therefore let `
 through until it is swept. So every stored entry carries the latest expiry of itself and every
 entry covering it (``normalise``): an address is refused exactly while some ban holding it
 lasts, whichever entry the trie answers. The entries the program writes itself
-(``Origin.LIMIT``, the policy's ``ban DURATION``) are never deleted by ``apply`` — they are not
-user space's to lift — though they may be lengthened under a covering ban.
+(``Origin.LIMIT``, the policy's ``ban DURATION``) are not deleted by ``apply`` — they are not
+user space's to lift — except where a longer-lasting ban covers one: then it adds nothing, and
+lengthening it instead would make it outlive that ban's unban, so it goes.
 
 Bans come in as anything with ``network``, ``expires_ns`` (CLOCK_MONOTONIC ns, 0 never) and
 ``origin`` (``kernel.backend.BanLike``: ``sockgate.bans.BannedPrefix`` as it is), so the
@@ -192,13 +193,21 @@ class Plan:
 
 def plan(current: Mapping[Key, Held], wanted: Mapping[Key, Held]) -> Plan:
     """From the map's entries to ``wanted`` plus the program's own (``Origin.LIMIT``) entries."""
-    target: Entries = dict(wanted)
-    for k, ban in current.items():
-        if ban.origin == layout.Origin.LIMIT:
-            target[k] = ban if k not in target else later(target[k], ban)
-    target = normalise(target)
+    target = settle(current, dict(wanted))
     puts = {k: b for k, b in target.items() if current.get(k) != b}
     return Plan(puts, tuple(sorted(k for k in current if k not in target)))
+
+
+def settle(current: Mapping[Key, Held], wanted: Entries) -> Entries:
+    """``wanted`` plus the program's own entries of ``current``, normalised; a program entry a
+    longer-lasting ban covers is dropped rather than lengthened — it adds nothing while the
+    cover lasts, and lengthened it would outlive the cover's unban."""
+    own = {k: b for k, b in current.items() if b.origin == layout.Origin.LIMIT and k not in wanted}
+    target = normalise({**wanted, **own})
+    for k, ban in own.items():
+        if target[k] != ban:
+            del target[k]
+    return target
 
 
 def newly_banned(current: Mapping[Key, Held], puts: Mapping[Key, Held], now_ns: int) -> list[Key]:
@@ -277,9 +286,11 @@ class BanMaps:
             puts = {k: ban if before is None else Held(later(ban, before).expires_ns, ban.origin)}
         else:
             current = self._current()
-            merged = dict(current)
-            merged[k] = ban if k not in current else later(ban, current[k])
-            puts = {n: b for n, b in normalise(merged).items() if current.get(n) != b}
+            mine = {n: b for n, b in current.items() if b.origin != layout.Origin.LIMIT}
+            mine[k] = ban if k not in current else later(ban, current[k])
+            target = settle(current, mine)
+            puts = {n: b for n, b in target.items() if current.get(n) != b}
+            return self._write(current, Plan(puts, ()), ports, drop=[n for n in current if n not in target])
         return self._write(current, Plan(puts, ()), ports)
 
     def _answering(self, k: Key) -> Held | None:
@@ -329,7 +340,8 @@ class BanMaps:
             raise BanMapError(f"{escape(self.directory)}/bans{family}: {needed} IPv{family} bans wanted, the map holds"
                               f" {shape.max_entries}; nothing was changed", errno=errno.E2BIG)
 
-    def _write(self, current: Mapping[Key, Held], p: Plan, ports: Collection[int]) -> Applied:
+    def _write(self, current: Mapping[Key, Held], p: Plan, ports: Collection[int], drop: Sequence[Key] = ()) -> Applied:
+        self._delete_all(drop)
         for family in (4, 6):
             items = [(k, b) for k, b in p.puts.items() if k[0] == family]
             if items:
