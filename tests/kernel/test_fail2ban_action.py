@@ -4,7 +4,8 @@ and command runner turn a ban and an unban into the ``sockgate ban``/``unban`` c
 the agent's CLI contract — ``--for Ns`` from the ticket's bantime (none for a permanent ban),
 ``--origin fail2ban``, ``--service`` only when the jail names one, ``--control`` — run against a
 stand-in ``sockgate`` that records its arguments. Debian's fail2ban is a package of the system
-Python, so its part runs in ``/usr/bin/python3``."""
+Python, so its part runs in ``/usr/bin/python3``. The command lines are then given to the real
+``sockgate ban``/``unban``, which take them (no agent answers: exit 1, not a usage error)."""
 
 from __future__ import annotations
 
@@ -111,3 +112,15 @@ def test_a_jail_may_name_the_service_and_the_control_socket(tmp_path: Path) -> N
          "--reason", "fail2ban jail web"],
         ["unban", "198.51.100.9", "--origin", "fail2ban", "--service", "my web", "--control", "/tmp/a b.sock"],
     ]
+
+
+def test_the_real_cli_takes_every_command_line(tmp_path: Path) -> None:
+    """Each line the action produced, given to ``sockgate`` itself with no agent listening:
+    "no agent" (exit 1), never a usage error (exit 2)."""
+    got = calls(tmp_path, "web", {"service": "my web", "control": str(tmp_path / "none.sock")},
+                [("198.51.100.9", 3), ("2001:db8::7", -1)])
+    assert len(got) == 4
+    for argv in got:
+        r = subprocess.run([sys.executable, "-m", "sockgate", *argv], capture_output=True, text=True, timeout=60,
+                           env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
+        assert (r.returncode, r.stderr.strip()) == (1, f"sockgate: no agent at {tmp_path / 'none.sock'}"), (argv, r.stderr)
