@@ -429,3 +429,40 @@ def test_a_steady_flood_yields_one_event_per_interval() -> None:
         gaps = [b.ts_ns - a.ts_ns for a, b in zip(events, events[1:])]
         assert min(gaps) >= interval
         assert lo.count("10.1.0.1").refused == sent  # type: ignore[union-attr]
+
+
+# ------------------------------------------------- the protocol read from each packet
+
+
+def test_protocol_any_counts_like_the_socket_would_and_fails_closed() -> None:
+    """The backend's program (``protocol="any"``) on TCP and UDP frames alike: a refused TCP
+    flow counts its SYNs only, every datagram counts, and a packet whose kind cannot be read
+    (an IPv6 extension header) or another protocol counts as a new connection."""
+    with loaded(LAB, protocol="any") as lo:
+        for flags in [SYN] * 3 + [ACK, SYNACK, RST]:
+            assert not lo.run(frame("10.1.0.1", tcp_flags=flags))
+        assert lo.count("10.1.0.1").refused == 3  # type: ignore[union-attr]
+        for _ in range(4):
+            assert not lo.run(frame("10.1.0.2", tcp_flags=None))
+        assert lo.count("10.1.0.2").refused == 4  # type: ignore[union-attr]
+        assert not lo.run(frame("2001:db8:1::7", tcp_flags=ACK))
+        assert not lo.run(frame("2001:db8:1::7", tcp_flags=None))
+        assert not lo.run(frame("2001:db8:1::7", next_header=0))  # hop-by-hop first: new (fail closed)
+        assert lo.count("2001:db8:1::7").refused == 2  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("protocol", ["tcp", "any"])
+def test_an_extension_header_does_not_skip_a_rate_limit(protocol: str) -> None:
+    svc = with_limits(LAB, Limits(rate_per_source=Rate(2, 60)), index=1)
+    with loaded(svc, protocol=protocol) as lo:
+        got = [lo.run(frame("2001:db8:5::1", next_header=0)) for _ in range(3)]
+        assert got == [True, True, False]
+        assert lo.run(frame("2001:db8:5::1", tcp_flags=ACK))  # a TCP segment of an open flow: not limited
+
+
+def test_protocol_any_limits_tcp_syns_and_every_datagram() -> None:
+    svc = with_limits(LAB, Limits(rate_per_source=Rate(2, 60)), index=1)
+    with loaded(svc, protocol="any") as lo:
+        assert [lo.run(frame("10.2.0.1")) for _ in range(3)] == [True, True, False]
+        assert lo.run(frame("10.2.0.1", tcp_flags=ACK))
+        assert [lo.run(frame("10.2.0.2", tcp_flags=None)) for _ in range(3)] == [True, True, False]

@@ -43,15 +43,17 @@ from sockgate.resolve.ranges import Banned
 from sockgate.ebpf import layout, registry
 from sockgate.ebpf.insn import MapType
 from sockgate.ebpf.maps import MapSpec
-from sockgate.ebpf.program import EbpfProgram, compile_service
+from sockgate.ebpf.program import ENFORCES, EbpfProgram, Options, compile_resolved
 from sockgate.errors import AdapterError, UsageError
 from sockgate.kernel.backend import Compiled, Loaded
 from sockgate.kernel.bpfops import BpfOps
 from sockgate.kernel.reading import Attached, BpfFilter, GuardInfo
+from sockgate.policy.needs import Need
 from sockgate.resolve import ResolvedService
 
 GRACE = 60.0  # seconds a fresh registry entry or program directory is safe from ``collect``
 BPFFS_ENV = "SOCKGATE_BPFFS"  # where the bpf filesystem is (default layout.BPFFS)
+OPTIONS = Options(protocol="any")  # layout.py's sizes; the protocol of each packet
 _ITERABLE = frozenset({MapType.HASH, MapType.LRU_HASH, MapType.LPM_TRIE, MapType.PERCPU_HASH, MapType.LRU_PERCPU_HASH})
 
 
@@ -148,6 +150,10 @@ class EbpfBackend:
     def name(self) -> Literal["ebpf"]:
         return "ebpf"
 
+    @property
+    def enforces(self) -> frozenset[Need]:
+        return ENFORCES  # rate limits (and their bans), in the program's buckets
+
     def unavailable(self) -> str | None:
         if sys.platform != "linux":
             return f"eBPF socket filters need Linux, not {sys.platform}"
@@ -172,7 +178,9 @@ class EbpfBackend:
         return None
 
     def compile(self, service: ResolvedService, bans: Sequence[Banned] = ()) -> EbpfProgram:
-        return compile_service(service.service, banned=bans)
+        """With service state (counters, events, bans, rate limits), the protocol read from
+        each packet: one program for the service's TCP and UDP sockets."""
+        return compile_resolved(service, banned=bans, options=OPTIONS)
 
     # --- load
 
