@@ -287,6 +287,11 @@ def udp_echo_to(server: socket.socket, source: str) -> bool:
 # ---------------------------------------------------------------------------- clean-up
 
 
+def programs(service_dir: str) -> list[str]:
+    """The program directories of a service (its state maps beside them stay for good)."""
+    return sorted(n for n in os.listdir(service_dir) if n.startswith("prog-"))
+
+
 def test_pins_of_closed_sockets_are_collected(bpffs: str) -> None:
     kernel = Kernel([ClassicBackend(LINUX_OPS), EbpfBackend(LinuxBpf(), bpffs)], LINUX_OPS)
     collector = EbpfBackend(LinuxBpf(), bpffs, grace=0)
@@ -299,13 +304,13 @@ def test_pins_of_closed_sockets_are_collected(bpffs: str) -> None:
         kernel.apply([Step(Slot(kept.fileno(), "kept"), a)])
         kernel.apply([Step(Slot(dropped.fileno(), "dropped"), b)])
         root = f"{bpffs}/sockgate/services/echo"
-        assert sorted(os.listdir(root)) == sorted([f"prog-{a.compiled.digest}", f"prog-{b.compiled.digest}"])
+        assert programs(root) == sorted([f"prog-{a.compiled.digest}", f"prog-{b.compiled.digest}"])
         dropped.close()
         assert collector.collect() == (1, 1)
-        assert os.listdir(root) == [f"prog-{a.compiled.digest}"]
+        assert programs(root) == [f"prog-{a.compiled.digest}"]
         info = kernel.read(kept.fileno())
         assert (info.state, info.digest, info.backend) == ("sockgate", a.compiled.digest, "ebpf")
-    assert collector.collect() == (1, 1) and os.listdir(root) == []
+    assert collector.collect() == (1, 1) and programs(root) == []
 
 
 def test_planted_root_is_refused(bpffs: str) -> None:
@@ -328,6 +333,8 @@ def test_refused_sums_the_services_pinned_counters(bpffs: str) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         kernel.apply([Step(Slot(s.fileno(), "s"), kernel.load(kernel.compile(resolve(parse_policy(POLICY), "echo"), backend="ebpf")))])
+        assert kernel.read(s.fileno()).refused == 0  # the load pinned the service's empty counters
+        os.unlink(f"{bpffs}/sockgate/services/echo/counts")
         assert kernel.read(s.fileno()).refused is None  # no counters pinned: nothing counted
         spec = layout.counts_spec(10_000)
         fd = bpfsys.map_create(spec.map_type, spec.key_size, spec.value_size, spec.max_entries, spec.flags, spec.name)
@@ -340,3 +347,108 @@ def test_refused_sums_the_services_pinned_counters(bpffs: str) -> None:
             os.close(fd)
         info = kernel.read(s.fileno())
         assert (info.refused, info.backend) == (sum(i % 5 for i in range(6000)), "ebpf")
+
+
+# ------------------------------------------- run: rate limits in the kernel, the refusal log
+
+
+RATED = """\
+service echo {
+    allow 127.0.0.1
+    allow 127.0.0.2
+    limit rate 4/minute per source ban 10m
+    default deny
+}
+"""
+
+
+def refused_json(service: str) -> list[dict[str, Any]]:
+    r = sockgate_cli("refused", "--service", service, "--json")
+    assert r.returncode == 0, r.stderr
+    return [json.loads(line) for line in r.stdout.splitlines()]
+
+
+def test_run_enforces_rate_limits_and_bans_in_the_kernel(bpffs: str, tmp_path: Path, launch: Callable[..., Launched]) -> None:
+    """``auto`` takes eBPF for a rate-limited service; one program guards the TCP and the UDP
+    socket. A burst from 127.0.0.2 past its rate is dropped and bans it (TCP and UDP alike);
+    127.0.0.1 keeps its own bucket; ``ls`` and ``refused`` show the guard's counts and the ban."""
+    policy = tmp_path / "p.conf"
+    policy.write_text(RATED)
+    script, report = tmp_path / "echo.py", tmp_path / "report.json"
+    script.write_text(ECHO_SERVICE)
+    lr = launch("--policy", str(policy), "--service", "echo", "--listen", "tcp://127.0.0.1:0",
+                "--listen", "udp://127.0.0.1:0", "--", sys.executable, str(script), str(report))
+    addrs, _ = lr.started(2)
+    assert all("backend ebpf" in line for line in lr.lines if "listening on" in line), lr.lines
+    wait_for_file(report)
+    tcp, udp = port_of(addrs[0]), port_of(addrs[1])
+    assert [tcp_echo("127.0.0.2", tcp) for _ in range(3)] == [b"ping\n"] * 3
+    assert udp_echo("127.0.0.2", udp) == b"dgram"  # the fourth new connection: the same bucket
+    assert tcp_filtered("127.0.0.2", tcp)  # the fifth: over the rate, and banned
+    assert udp_echo("127.0.0.2", udp, timeout=0.5) is None  # banned: every packet
+    assert tcp_echo("127.0.0.1", tcp) == b"ping\n" and udp_echo("127.0.0.1", udp) == b"dgram"
+    rows = refused_json("echo")
+    bans = [r for r in rows if r["type"] == "ban"]
+    assert [(b["source"], b["origin"]) for b in bans] == [("127.0.0.2/32", "limit")], rows
+    counted = {r["source"]: r["count"] for r in rows if r["type"] == "refused"}
+    assert counted.get("127.0.0.2", 0) >= 2 and "127.0.0.1" not in counted, rows  # the SYN, its retries, the datagram
+    g = ls_guard(tcp)
+    assert (g["backend"], g["refused"]) == ("ebpf", sum(counted.values()))
+    assert ls_guard(udp, "-u")["refused"] == g["refused"]  # one service, one set of counters
+
+
+def knock(source: str, port: int) -> None:
+    """One SYN from ``source``, and nothing more (closing a connecting socket sends nothing)."""
+    with socket.socket() as c:
+        c.setblocking(False)
+        c.bind((source, 0))
+        try:
+            c.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+
+
+COMMON = Path("/etc/fail2ban/filter.d/common.conf")
+FILTER = Path(__file__).resolve().parents[2] / "contrib/fail2ban/filter.d/sockgate.conf"
+
+
+def fail2ban_finds(line: str, tmp_path: Path) -> list[str]:
+    """The hosts ``fail2ban-regex`` finds in ``line`` with contrib's filter (the oracle)."""
+    conf = tmp_path / "filter.d"
+    conf.mkdir()
+    shutil.copy(COMMON, conf / "common.conf")
+    shutil.copy(FILTER, conf / "sockgate.conf")
+    log = tmp_path / "refusals.log"
+    log.write_text(line + "\n")
+    r = subprocess.run(["fail2ban-regex", "--out", "ip", str(log), str(conf / "sockgate.conf")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_run_writes_the_refusal_log(fmt: str, bpffs: str, tmp_path: Path, launch: Callable[..., Launched]) -> None:
+    """A denied client knocks five times: one line with its count arrives on stderr, which
+    fail2ban's filter matches (text) or which parses with the documented keys (JSON)."""
+    policy = tmp_path / "p.conf"
+    policy.write_text(POLICY)
+    lr = launch("--policy", str(policy), "--service", "echo", "--backend", "ebpf", "--refusal-interval", "2",
+                "--log-format", fmt, "--listen", "tcp://127.0.0.1:0", "--", "sleep", "60")
+    (addr,), _ = lr.started(1)
+    port = port_of(addr)
+    for _ in range(5):
+        knock("127.0.0.3", port)
+    if fmt == "json":
+        line = lr.wait_line(r'"source": ?"127\.0\.0\.3"').string
+        record = json.loads(line)
+        assert {"service", "source", "count", "first_seen", "last_seen"} <= set(record), record
+        assert (record["service"], record["count"], record["reason"], record["rule"]) == ("echo", 5, "rule", None)
+        assert record["first_seen"].endswith("Z") and record["first_seen"] <= record["last_seen"]
+        return
+    m = lr.wait_line(r"echo: refused connect from 127\.0\.0\.3 \((\d+) times in \d+ s, default\)")
+    assert m.group(1) == "5", m.string
+    assert "sockgate[" in m.string
+    if shutil.which("fail2ban-regex") is not None and COMMON.exists():
+        assert fail2ban_finds(m.string, tmp_path) == ["127.0.0.3"]
+    elif os.environ.get("CI") == "true":
+        pytest.fail("fail2ban-regex (Debian package fail2ban) is not installed")

@@ -14,8 +14,8 @@ import json
 import sys
 
 from sockgate.cli.common import columns
-from sockgate.ebpf import layout
 from sockgate.ebpf.refusals import ban_json, count_json, origin_name
+from sockgate.kernel.ebpf import Paths, default_mount
 from sockgate.policy.source import escape, printable
 from sockgate.refused import Listing, read_refused
 
@@ -23,11 +23,12 @@ from sockgate.refused import Listing, read_refused
 def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--service", metavar="S", help="only service S")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument("--root", default=layout.ROOT, help=argparse.SUPPRESS)  # a private bpffs (tests)
+    p.add_argument("--root", default=None, help=argparse.SUPPRESS)  # a private bpffs (tests)
 
 
 def run(args: argparse.Namespace) -> int:
-    listing = read_refused(args.root, args.service)
+    root = args.root or Paths(default_mount()).root  # where the eBPF backend pins ($SOCKGATE_BPFFS)
+    listing = read_refused(root, args.service)
     for problem in listing.problems:
         print(printable(f"sockgate: warning: {problem}"), file=sys.stderr)
     sys.stdout.write(as_json(listing) if args.json else as_table(listing))

@@ -95,13 +95,17 @@ def stale(record: registry.Record, cookie: int, live: set[int] | None, here: int
 
 
 class EbpfLoaded:
-    """A loaded program: its fd (closed when this is dropped), id and pinned directory."""
+    """A loaded program: its fd (closed when this is dropped), id and pinned directory, and
+    the root its service's state is pinned under (``layout.service_dir(service, root)``: the
+    refusal log's rings and counters)."""
 
-    def __init__(self, compiled: EbpfProgram, prog_fd: int, prog_id: int, directory: str, ops: BpfOps) -> None:
+    def __init__(self, compiled: EbpfProgram, prog_fd: int, prog_id: int, directory: str, ops: BpfOps,
+                 root: str = layout.ROOT) -> None:
         self.compiled = compiled
         self.prog_fd = prog_fd
         self.prog_id = prog_id
         self.directory = directory
+        self.root = root
         self._finalizer = weakref.finalize(self, ops.close, prog_fd)
 
 
@@ -211,7 +215,7 @@ class EbpfBackend:
         finally:
             for fd in fds.values():
                 self.ops.close(fd)
-        return EbpfLoaded(program, prog_fd, prog_id, directory, self.ops)
+        return EbpfLoaded(program, prog_fd, prog_id, directory, self.ops, self.paths.root)
 
     def _pin_program(self, program: EbpfProgram, prog_fd: int, maps: dict[str, int]) -> str:
         """Pin into a fresh directory, then rename it into place (replacing an older copy of
