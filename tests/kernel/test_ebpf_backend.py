@@ -230,6 +230,23 @@ def test_attach_ebpf_outlives_its_loader(bpffs: str, tmp_path: Path, holder: tup
     assert ls_guard(port)["status"] == "none"
 
 
+def test_attach_auto_takes_ebpf_for_a_rate_limited_service(bpffs: str, tmp_path: Path, holder: tuple[int, int, int]) -> None:
+    """Rate limits were refused (and sent to the proxy); with eBPF usable ``attach`` enforces
+    them in the kernel; concurrent limits are still refused, naming the proxy."""
+    pid, fd, port = holder
+    policy = tmp_path / "p.conf"
+    policy.write_text(POLICY.replace("    default", "    limit rate 2/minute per source\n    default"))
+    r = sockgate_cli("attach", "--policy", str(policy), "--service", "echo", "--pid", str(pid), "--fd", str(fd), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["backend"] == "ebpf"
+    assert tcp_echo_or_accept(port, "127.0.0.1") and tcp_echo_or_accept(port, "127.0.0.1")
+    assert tcp_filtered("127.0.0.1", port)  # the third new connection in a minute
+    policy.write_text(POLICY.replace("    default", "    limit concurrent 2\n    default"))
+    r = sockgate_cli("attach", "--policy", str(policy), "--service", "echo", "--pid", str(pid), "--fd", str(fd))
+    assert r.returncode == 2 and "`sockgate proxy`" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert ls_guard(port)["backend"] == "ebpf"  # the refused policy changed nothing
+
+
 def tcp_echo_or_accept(port: int, source: str) -> bool:
     """A connect from ``source`` completes (the holder never accepts: the handshake is enough)."""
     with socket.socket() as c:

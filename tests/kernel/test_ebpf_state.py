@@ -264,8 +264,15 @@ def test_real_tcp_rate_limit_bans_the_source() -> None:
         assert lo.count("127.0.0.7").refused >= 1  # type: ignore[union-attr]
 
 
+def new_frame(src: str, protocol: str, rng: random.Random) -> bytes:
+    """A new connection from ``src``: a datagram, or with ``protocol`` "any" (the backend's
+    program, which reads the protocol from the packet) a TCP SYN or a datagram at random."""
+    return frame(src, tcp_flags=None if protocol == "udp" or rng.random() < 0.5 else SYN)
+
+
+@pytest.mark.parametrize("protocol", ["udp", "any"])
 @pytest.mark.parametrize("seed", range(6))
-def test_random_policies_limit_exactly_the_limited_rules_matches(seed: int) -> None:
+def test_random_policies_limit_exactly_the_limited_rules_matches(seed: int, protocol: str) -> None:
     """Random rules, some allow rules limited to one connection per source per hour: from
     every network edge, two datagrams; the engine says which rule decides, and the second
     datagram is refused exactly when that rule is limited (per limits.source_of)."""
@@ -276,7 +283,7 @@ def test_random_policies_limit_exactly_the_limited_rules_matches(seed: int) -> N
                                    for r in svc.rules))
     seen: set[tuple[int, object]] = set()
     bad = []
-    with loaded(svc, protocol="udp") as lo:
+    with loaded(svc, protocol=protocol) as lo:
         for src in boundary_sources(svc, rng, lambda a: True, extra=30):
             a = ipaddress.ip_address(src)
             d = decide_service(svc, Peer(address=a, header=a.version))
@@ -287,7 +294,7 @@ def test_random_policies_limit_exactly_the_limited_rules_matches(seed: int) -> N
                     key = (index, source_of(a))
                     want = key not in seen
                     seen.add(key)
-                if lo.run(frame(src, tcp_flags=None)) != want:
+                if lo.run(new_frame(src, protocol, rng)) != want:
                     bad.append(f"{src} #{n + 1}: engine rule {index}, want {'allow' if want else 'deny'}")
     assert bad == [], f"seed {seed}: {svc}"
 
@@ -306,8 +313,9 @@ def test_real_tcp_a_ban_is_a_map_update_that_drops_the_next_connect() -> None:
         assert lo.count("127.0.0.5").refused >= 1 and lo.count("127.0.0.6") is None  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("protocol", ["udp", "any"])
 @pytest.mark.parametrize("seed", range(8))
-def test_bursts_are_admitted_as_by_the_proxy(seed: int) -> None:
+def test_bursts_are_admitted_as_by_the_proxy(seed: int, protocol: str) -> None:
     """Random per-source and service-wide rates (with and without a ban) on the service and
     its allow rules, and a burst of new connections from a few sources (some IPv6 ones
     sharing a /64): well within one connection's share of a rate, so the bucket refills
@@ -331,7 +339,7 @@ def test_bursts_are_admitted_as_by_the_proxy(seed: int) -> None:
     pool += [str(ipaddress.ip_address(p) + 1) for p in pool if ":" in p][:2]  # same /64
     admission, banned = Admission(svc), set()
     want, got = [], []
-    with loaded(svc, protocol="udp") as lo:
+    with loaded(svc, protocol=protocol) as lo:
         for _ in range(60):
             src = rng.choice(pool)
             a = ipaddress.ip_address(src)
@@ -343,7 +351,7 @@ def test_bursts_are_admitted_as_by_the_proxy(seed: int) -> None:
                 want.append(isinstance(v, Admitted))
                 if isinstance(v, Refused) and v.ban_started:
                     banned.add(key)
-            got.append(lo.run(frame(src, tcp_flags=None)))
+            got.append(lo.run(new_frame(src, protocol, rng)))
     assert got == want, f"seed {seed}: {svc}"
 
 
