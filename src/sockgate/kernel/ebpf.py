@@ -1,6 +1,10 @@
 """The eBPF backend: a service compiled by ``sockgate.ebpf``, its maps and program pinned in
 bpffs, attached with ``SO_ATTACH_BPF``, and recognised again through a registry of cookies.
 
+Every service is compiled with its state (``OPTIONS``: bans, refusal counters and events, rate
+limits — ``ENFORCES``) and with the protocol read from each packet, so one program guards a
+service's TCP and UDP sockets alike.
+
 Loading (``load``) is generic over what the program names:
 
 * every program-scope map of ``program.maps`` (the rule tries) is created and filled in one
