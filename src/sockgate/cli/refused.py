@@ -23,12 +23,12 @@ from sockgate.refused import Listing, read_refused
 def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--service", metavar="S", help="only service S")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument("--root", default=None, help=argparse.SUPPRESS)  # a private bpffs (tests)
+    # where the eBPF backend pins ($SOCKGATE_BPFFS, else /sys/fs/bpf); --root: a private bpffs (tests)
+    p.add_argument("--root", default=Paths(default_mount()).root, help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
-    root = args.root or Paths(default_mount()).root  # where the eBPF backend pins ($SOCKGATE_BPFFS)
-    listing = read_refused(root, args.service)
+    listing = read_refused(args.root, args.service)
     for problem in listing.problems:
         print(printable(f"sockgate: warning: {problem}"), file=sys.stderr)
     sys.stdout.write(as_json(listing) if args.json else as_table(listing))
