@@ -213,6 +213,8 @@ class RefusalHost:
                                              interval=cfg.refusal_interval, labels=labels)
         except SockgateError as e:
             cfg.say(f"no refusal log: {e}")
+            return
+        cfg.say(f"refusal log: {cfg.log_format} to {cfg.log_sink}, one line per refused source per {cfg.refusal_interval:g} s")
 
     def close(self) -> None:
         """Write what is pending and stop."""

@@ -469,3 +469,27 @@ def test_run_writes_the_refusal_log(fmt: str, bpffs: str, tmp_path: Path, launch
         assert fail2ban_finds(m.string, tmp_path) == ["127.0.0.3"]
     elif os.environ.get("CI") == "true":
         pytest.fail("fail2ban-regex (Debian package fail2ban) is not installed")
+
+
+@pytest.mark.parametrize("inetd", [False, True], ids=["activation", "inetd"])
+def test_a_reload_that_takes_ebpf_starts_the_refusal_log(inetd: bool, bpffs: str, tmp_path: Path,
+                                                        launch: Callable[..., Launched]) -> None:
+    """Classic first (``auto``, no limits: silent), then a reload adds a rate limit: the guard
+    becomes eBPF and the refusal log starts, in both process models."""
+    policy = tmp_path / "p.conf"
+    policy.write_text(POLICY)
+    lr = launch("--policy", str(policy), "--service", "echo", "--refusal-interval", "1", "--listen", "tcp://127.0.0.1:0",
+                *(["--inetd", "--", "cat"] if inetd else ["--", "sleep", "60"]))
+    (addr,), _ = lr.started(1, supervised=not inetd)
+    if inetd:
+        lr.wait_line(r"running cat per connection")  # the server's signals are set up
+    assert not any("backend ebpf" in line for line in lr.lines), lr.lines
+    port = port_of(addr)
+    policy.write_text(POLICY.replace("    default", "    limit rate 100/minute per source\n    default"))
+    lr.signal(signal.SIGHUP)
+    lr.wait_line(r"reloaded: service echo, digest [0-9a-f]+, \d+ instructions, backend ebpf, on 1 socket")
+    lr.wait_line(r"refusal log: text to stderr, one line per refused source per 1 s")  # the reader is there
+    for _ in range(3):
+        knock("127.0.0.3", port)
+    m = lr.wait_line(r"echo: refused connect from 127\.0\.0\.3 \((\d+) times? in \d+ s, default\)")
+    assert m.group(1) == "3", m.string
