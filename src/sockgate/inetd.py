@@ -38,7 +38,7 @@ import subprocess
 
 from sockgate.decide import decide_resolved
 from sockgate.resolve.kernelpart import assume_unlearned
-from sockgate.launcher import Gate
+from sockgate.launcher import Gate, RefusalHost
 from sockgate.linux import activation, privileges
 from sockgate.linux.listen import Listener
 from sockgate.linux.signalfd import SigInfo
@@ -108,6 +108,7 @@ class _Server:
         self.accepting = False
         self.stopping = False
         self._decided: tuple[Policy, ResolvedService] | None = None  # (the gate's policy, its service decided)
+        self.refusals = RefusalHost(gate.cfg, loop)  # the refusal log, with an eBPF guard
 
     def open(self) -> None:
         for lst in self.gate.listeners:
@@ -116,6 +117,7 @@ class _Server:
 
     def close(self) -> None:
         self._accepting(False)
+        self.refusals.close()
 
     def _accepting(self, on: bool) -> None:
         if on == self.accepting:
@@ -135,6 +137,7 @@ class _Server:
 
     def reload(self) -> None:
         self.gate.reload()
+        self.refusals.update(self.gate)
 
     def on_signal(self, info: SigInfo) -> None:
         if info.signo == signal.SIGCHLD:
@@ -249,6 +252,7 @@ def serve(gate: Gate, creds: privileges.Credentials | None) -> int:
     try:
         server.child_mask = sup.child_mask()
         server.open()
+        server.refusals.update(gate)
         cfg.say(f"running {' '.join(cfg.command)} per connection (inetd mode, at most {cfg.max_conns} at once)")
         sup.ready()
         loop.run()

@@ -3,8 +3,10 @@
 Order of work (each step fails before the next touches anything):
 
 1. load the policy and compile the service's program completely (through the kernel seam);
-   refuse connection limits (``run`` counts no connections: only ``sockgate proxy`` enforces
-   them), even for Unix-only services; resolve ``--user``/``--group``;
+   refuse what the backend cannot enforce: concurrent limits always (``run`` counts no open
+   connections: only ``sockgate proxy`` enforces them), rate limits unless the program is
+   eBPF (its buckets enforce them), any limit for Unix-only services; resolve
+   ``--user``/``--group``;
 2. open every listener (privileged ports work while still root); each TCP/UDP socket gets the
    filter between ``bind`` and ``listen``, so no SYN is ever queued unguarded;
 3. run the command.
@@ -29,7 +31,9 @@ filter belongs to the socket, not the descriptor) and waits in ``sockgate.superv
 * when the command exits, the supervisor exits with its status (128+N for a signal N).
 
 The supervisor keeps the privileges it started with so that it can read the policy again; it
-never accepts a connection and runs no other code. An exec failure (command not found, cannot
+never accepts a connection. With an eBPF guard it also hosts the refusal log (``RefusalHost``,
+``refusallog.start_refusal_log`` on its loop): one line per refused source per interval, text
+or JSON, to stderr, syslog or the journal. An exec failure (command not found, cannot
 drop privileges) travels back over a close-on-exec pipe and becomes an error message.
 
 ``--inetd`` is the other model (``sockgate.inetd``): sockgate accepts each connection and runs the
@@ -50,17 +54,20 @@ import signal
 import socket
 import sys
 from dataclasses import dataclass, field
-from typing import Callable, NoReturn
+from typing import Callable, NoReturn, Sequence
 
 from sockgate.errors import AdapterError, PolicyError, SockgateError, UnsupportedInKernel, UsageError
 from sockgate.kernel import BackendChoice, Kernel, Loaded, Slot, Step, default_kernel
+from sockgate.kernel.ebpf import EbpfLoaded
 from sockgate.linux import activation, privileges
 from sockgate.linux.listen import Listener, open_listeners
 from sockgate.linux.signalfd import SigInfo
 from sockgate.policy.ir import Policy
 from sockgate.resolve import ResolvedService, resolve
 from sockgate.policy.source import printable
-from sockgate.supervisor import Notifier, SelectorLoop, Supervisor, failure_text
+from sockgate.log import LogFormat, LogSink
+from sockgate.refusallog import DEFAULT_INTERVAL, RefusalMonitor, start_refusal_log
+from sockgate.supervisor import Loop, Notifier, SelectorLoop, Supervisor, failure_text
 from sockgate.urls import SocketURL
 
 FORWARDED = (
@@ -109,6 +116,9 @@ class RunConfig:
     notify: bool = False
     say: Callable[[str], None] = field(default=_say)
     backend: BackendChoice = "auto"  # which kernel backend compiles the service (docs/ebpf.md)
+    log_format: LogFormat = "text"  # the refusal log of an eBPF guard (refusallog.py)
+    log_sink: LogSink = "stderr"
+    refusal_interval: float = DEFAULT_INTERVAL  # seconds: one line per source per interval
 
 
 class Gate:
@@ -177,6 +187,47 @@ class Gate:
         self.listeners = []
 
 
+class RefusalHost:
+    """The refusal log of the guard, on the supervisor's loop: running while the sockets
+    carry an eBPF program (a classic filter counts nothing), started or stopped when a reload
+    changes the backend. It reads the service's pinned ring; a log that cannot start is said,
+    and the guard stays (the log is what is lost, never the filter)."""
+
+    def __init__(self, cfg: RunConfig, loop: Loop) -> None:
+        self.cfg = cfg
+        self.loop = loop
+        self.monitor: RefusalMonitor | None = None
+
+    def update(self, gate: Gate) -> None:
+        loaded = gate.loaded
+        if not isinstance(loaded, EbpfLoaded):
+            self.close()
+            return
+        labels: dict[str, Sequence[str]] = {self.cfg.service: rule_labels(gate.resolved)}
+        if self.monitor is not None:
+            self.monitor.labels = labels
+            return
+        cfg = self.cfg
+        try:
+            self.monitor = start_refusal_log(self.loop, [cfg.service], cfg.log_format, cfg.log_sink, root=loaded.root,
+                                             interval=cfg.refusal_interval, labels=labels)
+        except SockgateError as e:
+            cfg.say(f"no refusal log: {e}")
+            return
+        cfg.say(f"refusal log: {cfg.log_format} to {cfg.log_sink}, one line per refused source per {cfg.refusal_interval:g} s")
+
+    def close(self) -> None:
+        """Write what is pending and stop."""
+        if self.monitor is not None:
+            self.monitor.close()
+            self.monitor = None
+
+
+def rule_labels(resolved: ResolvedService) -> tuple[str, ...]:
+    """Each rule's ``file:line``, by its index in ``Service.rules`` (the refusal log's cause)."""
+    return tuple(f"{r.span.file}:{r.span.line}" for r in resolved.service.rules)
+
+
 def _say_notes(cfg: RunConfig, resolved: ResolvedService) -> None:
     """hosts_options(5) options of the service that ``run`` does not carry out (``spawn``...)."""
     for note in resolved.option_notes:
@@ -192,7 +243,8 @@ def _where(sock: socket.socket) -> str:
 
 def check_service(policy: Policy, service: str, inet: bool, backend: BackendChoice = "auto") -> None:
     """Refuse what ``run`` cannot enforce, before any socket is touched: with TCP/UDP
-    listeners, anything the compiler refuses (host names, principals, limits); with Unix
+    listeners, anything the backend's compiler refuses (host names, principals, concurrent
+    limits; rate limits unless eBPF enforces them); with Unix
     listeners only, connection limits (``run`` counts no connections: the command accepts
     them, or in ``--inetd`` mode each is decided alone)."""
     check_resolved(resolve(policy, service), inet, backend)
@@ -257,13 +309,16 @@ class RunLifecycle:
 
     drain_timeout: float | None = None  # a stopping command takes the time it needs
 
-    def __init__(self, gate: Gate) -> None:
+    def __init__(self, gate: Gate, refusals: RefusalHost | None = None) -> None:
         self.gate = gate
+        self.refusals = refusals
         self.pid = 0
         self.status: int | None = None
 
     def reload(self) -> None:
         self.gate.reload()
+        if self.refusals is not None:
+            self.refusals.update(self.gate)
 
     def stop(self) -> None:
         pass  # the signal itself is forwarded in on_signal
@@ -292,18 +347,21 @@ class RunLifecycle:
 
 def supervise(gate: Gate, creds: privileges.Credentials | None) -> int:
     cfg = gate.cfg
-    life = RunLifecycle(gate)
-    sup = Supervisor(life, Notifier(cfg.notify, cfg.say), RUN_SIGNALS)
     loop = SelectorLoop()
+    refusals = RefusalHost(cfg, loop)
+    life = RunLifecycle(gate, refusals)
+    sup = Supervisor(life, Notifier(cfg.notify, cfg.say), RUN_SIGNALS)
     sup.start(loop)
     try:
         life.pid = _spawn(gate, creds, sup.child_mask())
+        refusals.update(gate)
         cfg.say(f"running {' '.join(cfg.command)} as pid {life.pid}")
         sup.ready()
         loop.run()
         assert sup.status is not None
         return sup.status
     finally:
+        refusals.close()
         sup.close()
         loop.close()
 

@@ -161,7 +161,7 @@ class Ends:
 def setup() -> tuple[FakeBpf, EbpfBackend, Kernel, EbpfLoaded, BanMaps, Ends]:
     ops = FakeOps()
     bpf = FakeBpf(ops)
-    backend = EbpfBackend(bpf, MOUNT, state=True)
+    backend = EbpfBackend(bpf, MOUNT)
     kernel = Kernel([ClassicBackend(ops), backend], ops)
     loaded = kernel.load(kernel.compile(WEB, backend="ebpf"))
     assert isinstance(loaded, EbpfLoaded)

@@ -16,9 +16,13 @@ from sockgate.ebpf.layout import DEFAULT_COUNTERS, DEFAULT_EVENT_INTERVAL_NS, EV
 from sockgate.ebpf.program import EbpfProgram
 from sockgate.ebpf.rates import Gcra, limits_of
 from sockgate.errors import UnsupportedInKernel
+from sockgate.kernel.cbpf import ClassicBackend
+from sockgate.kernel.ebpf import EbpfBackend
+from sockgate.policy.needs import Need
 from sockgate.policy.ir import Action, AddrMatch, Limits, Rate, Rule, Service
 from sockgate.policy.source import Span
 from sockgate.proxy.limits import Limiter
+from sockgate.resolve import resolve_service
 
 
 def rule(action: str, *nets: str, line: int = 1, limits: Limits | None = None) -> Rule:
@@ -92,7 +96,7 @@ def test_rate_limits_are_enforced_in_the_kernel_concurrent_ones_are_not() -> Non
 
 def test_limits_of_scopes_and_rates() -> None:
     svc = replace(LIMITED, limits=Limits(rate_total=Rate(100, 1)))
-    service_limit, rule_limit = limits_of(svc)
+    service_limit, rule_limit = limits_of(resolve_service(svc))
     assert (service_limit.scope, service_limit.rule, service_limit.per_source) == (0, None, None)
     assert service_limit.total == Gcra(10_000_000, 990_000_000)
     assert (rule_limit.scope, rule_limit.rule, rule_limit.ban_ns) == (2, 1, 600 * 10**9)
@@ -172,3 +176,25 @@ def test_options_are_checked_before_anything_is_made() -> None:
         Options(event_interval_ns=-1)
     with pytest.raises(ValueError, match="at least one entry"):
         compile_service(SVC, options=Options(counters=0))
+
+
+def test_protocol_any_reads_it_from_the_packet() -> None:
+    """One program for a service's TCP and UDP sockets: the IPv4 protocol byte (offset 9) and
+    the IPv6 next header decide whether the TCP flags are read at all."""
+    anyp = compile_service(LIMITED, options=Options(protocol="any"))
+    t = text(anyp)
+    assert "r2 = 9" in t and "if r1 == 0x11 goto" in t  # IPv4 protocol; IPv6 next header UDP: new
+    assert "r1 &= 18" in t and "r2 = 53" in t  # TCP: SYN without ACK
+    tcp = compile_service(LIMITED, options=Options())
+    assert anyp.digest != tcp.digest and "r2 = 9" not in text(tcp)
+
+
+def test_backend_compiles_with_state_and_enforces_rate_limits() -> None:
+    assert ClassicBackend(None).enforces == frozenset()  # type: ignore[arg-type]
+    backend = EbpfBackend(None)  # type: ignore[arg-type]
+    assert backend.enforces == {Need.SOURCE_RATE_LIMIT, Need.TOTAL_RATE_LIMIT}
+    prog = backend.compile(resolve_service(LIMITED))
+    assert [s.name for s in prog.service_maps] == ["sg_bans4", "sg_bans6", "sg_counts", "sg_events", "sg_buckets"]
+    assert prog.digest == compile_service(LIMITED, options=Options(protocol="any")).digest
+    with pytest.raises(UnsupportedInKernel, match="concurrent connection limits"):
+        backend.compile(resolve_service(replace(SVC, limits=Limits(concurrent_per_source=2))))

@@ -14,7 +14,7 @@ import pytest
 from sockgate.resolve.ranges import Banned
 from sockgate.ebpf import layout, registry
 from sockgate.ebpf.insn import MapType
-from sockgate.ebpf.program import EbpfProgram
+from sockgate.ebpf.program import EbpfProgram, compile_service
 from sockgate.errors import AdapterError, CompileError, UnsupportedInKernel, UnsupportedPlatform, UsageError
 from sockgate.kernel import Kernel, Slot, Step
 from sockgate.kernel.cbpf import ClassicBackend
@@ -61,6 +61,8 @@ def test_an_attached_program_is_recognised_by_its_cookie() -> None:
     ops, bpf, backend, kernel = setup()
     lo = load(kernel, A)
     kernel.apply([Step(Slot(5, "fd 5"), lo)])
+    assert kernel.read(5).refused == 0  # the load pinned the service's (empty) counts map
+    assert bpf.unpin(f"{MOUNT}/sockgate/services/web/counts")  # without one: nothing to say
     info = kernel.read(5)
     assert (info.state, info.service, info.digest, info.backend, info.refused) == ("sockgate", "web", lo.compiled.digest, "ebpf", None)
     assert info.text == f"sockgate web {lo.compiled.digest} (ebpf)"
@@ -139,7 +141,7 @@ def test_a_refused_attach_puts_the_old_record_back() -> None:
 
 
 def _with_service_maps(svc: Service, *specs: Any) -> EbpfProgram:
-    p = EbpfBackend(FakeBpf(FakeOps()), MOUNT).compile(resolve_service(svc))
+    p = compile_service(svc)  # the rules alone: no service map but those given
     return replace(p, service_maps=specs)
 
 

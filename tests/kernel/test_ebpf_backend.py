@@ -230,6 +230,23 @@ def test_attach_ebpf_outlives_its_loader(bpffs: str, tmp_path: Path, holder: tup
     assert ls_guard(port)["status"] == "none"
 
 
+def test_attach_auto_takes_ebpf_for_a_rate_limited_service(bpffs: str, tmp_path: Path, holder: tuple[int, int, int]) -> None:
+    """Rate limits were refused (and sent to the proxy); with eBPF usable ``attach`` enforces
+    them in the kernel; concurrent limits are still refused, naming the proxy."""
+    pid, fd, port = holder
+    policy = tmp_path / "p.conf"
+    policy.write_text(POLICY.replace("    default", "    limit rate 2/minute per source\n    default"))
+    r = sockgate_cli("attach", "--policy", str(policy), "--service", "echo", "--pid", str(pid), "--fd", str(fd), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["backend"] == "ebpf"
+    assert tcp_echo_or_accept(port, "127.0.0.1") and tcp_echo_or_accept(port, "127.0.0.1")
+    assert tcp_filtered("127.0.0.1", port)  # the third new connection in a minute
+    policy.write_text(POLICY.replace("    default", "    limit concurrent 2\n    default"))
+    r = sockgate_cli("attach", "--policy", str(policy), "--service", "echo", "--pid", str(pid), "--fd", str(fd))
+    assert r.returncode == 2 and "`sockgate proxy`" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert ls_guard(port)["backend"] == "ebpf"  # the refused policy changed nothing
+
+
 def tcp_echo_or_accept(port: int, source: str) -> bool:
     """A connect from ``source`` completes (the holder never accepts: the handshake is enough)."""
     with socket.socket() as c:
@@ -287,6 +304,11 @@ def udp_echo_to(server: socket.socket, source: str) -> bool:
 # ---------------------------------------------------------------------------- clean-up
 
 
+def programs(service_dir: str) -> list[str]:
+    """The program directories of a service (its state maps beside them stay for good)."""
+    return sorted(n for n in os.listdir(service_dir) if n.startswith("prog-"))
+
+
 def test_pins_of_closed_sockets_are_collected(bpffs: str) -> None:
     kernel = Kernel([ClassicBackend(LINUX_OPS), EbpfBackend(LinuxBpf(), bpffs)], LINUX_OPS)
     collector = EbpfBackend(LinuxBpf(), bpffs, grace=0)
@@ -299,13 +321,13 @@ def test_pins_of_closed_sockets_are_collected(bpffs: str) -> None:
         kernel.apply([Step(Slot(kept.fileno(), "kept"), a)])
         kernel.apply([Step(Slot(dropped.fileno(), "dropped"), b)])
         root = f"{bpffs}/sockgate/services/echo"
-        assert sorted(os.listdir(root)) == sorted([f"prog-{a.compiled.digest}", f"prog-{b.compiled.digest}"])
+        assert programs(root) == sorted([f"prog-{a.compiled.digest}", f"prog-{b.compiled.digest}"])
         dropped.close()
         assert collector.collect() == (1, 1)
-        assert os.listdir(root) == [f"prog-{a.compiled.digest}"]
+        assert programs(root) == [f"prog-{a.compiled.digest}"]
         info = kernel.read(kept.fileno())
         assert (info.state, info.digest, info.backend) == ("sockgate", a.compiled.digest, "ebpf")
-    assert collector.collect() == (1, 1) and os.listdir(root) == []
+    assert collector.collect() == (1, 1) and programs(root) == []
 
 
 def test_planted_root_is_refused(bpffs: str) -> None:
@@ -328,6 +350,8 @@ def test_refused_sums_the_services_pinned_counters(bpffs: str) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         kernel.apply([Step(Slot(s.fileno(), "s"), kernel.load(kernel.compile(resolve(parse_policy(POLICY), "echo"), backend="ebpf")))])
+        assert kernel.read(s.fileno()).refused == 0  # the load pinned the service's empty counters
+        os.unlink(f"{bpffs}/sockgate/services/echo/counts")
         assert kernel.read(s.fileno()).refused is None  # no counters pinned: nothing counted
         spec = layout.counts_spec(10_000)
         fd = bpfsys.map_create(spec.map_type, spec.key_size, spec.value_size, spec.max_entries, spec.flags, spec.name)
@@ -340,3 +364,132 @@ def test_refused_sums_the_services_pinned_counters(bpffs: str) -> None:
             os.close(fd)
         info = kernel.read(s.fileno())
         assert (info.refused, info.backend) == (sum(i % 5 for i in range(6000)), "ebpf")
+
+
+# ------------------------------------------- run: rate limits in the kernel, the refusal log
+
+
+RATED = """\
+service echo {
+    allow 127.0.0.1
+    allow 127.0.0.2
+    limit rate 4/minute per source ban 10m
+    default deny
+}
+"""
+
+
+def refused_json(service: str) -> list[dict[str, Any]]:
+    r = sockgate_cli("refused", "--service", service, "--json")
+    assert r.returncode == 0, r.stderr
+    return [json.loads(line) for line in r.stdout.splitlines()]
+
+
+def test_run_enforces_rate_limits_and_bans_in_the_kernel(bpffs: str, tmp_path: Path, launch: Callable[..., Launched]) -> None:
+    """``auto`` takes eBPF for a rate-limited service; one program guards the TCP and the UDP
+    socket. A burst from 127.0.0.2 past its rate is dropped and bans it (TCP and UDP alike);
+    127.0.0.1 keeps its own bucket; ``ls`` and ``refused`` show the guard's counts and the ban."""
+    policy = tmp_path / "p.conf"
+    policy.write_text(RATED)
+    script, report = tmp_path / "echo.py", tmp_path / "report.json"
+    script.write_text(ECHO_SERVICE)
+    lr = launch("--policy", str(policy), "--service", "echo", "--listen", "tcp://127.0.0.1:0",
+                "--listen", "udp://127.0.0.1:0", "--", sys.executable, str(script), str(report))
+    addrs, _ = lr.started(2)
+    assert all("backend ebpf" in line for line in lr.lines if "listening on" in line), lr.lines
+    wait_for_file(report)
+    tcp, udp = port_of(addrs[0]), port_of(addrs[1])
+    assert [tcp_echo("127.0.0.2", tcp) for _ in range(3)] == [b"ping\n"] * 3
+    assert udp_echo("127.0.0.2", udp) == b"dgram"  # the fourth new connection: the same bucket
+    assert tcp_filtered("127.0.0.2", tcp)  # the fifth: over the rate, and banned
+    assert udp_echo("127.0.0.2", udp, timeout=0.5) is None  # banned: every packet
+    assert tcp_echo("127.0.0.1", tcp) == b"ping\n" and udp_echo("127.0.0.1", udp) == b"dgram"
+    rows = refused_json("echo")
+    bans = [r for r in rows if r["type"] == "ban"]
+    assert [(b["source"], b["origin"]) for b in bans] == [("127.0.0.2/32", "limit")], rows
+    counted = {r["source"]: r["count"] for r in rows if r["type"] == "refused"}
+    assert counted.get("127.0.0.2", 0) >= 2 and "127.0.0.1" not in counted, rows  # the SYN, its retries, the datagram
+    g = ls_guard(tcp)
+    assert (g["backend"], g["refused"]) == ("ebpf", sum(counted.values()))
+    assert ls_guard(udp, "-u")["refused"] == g["refused"]  # one service, one set of counters
+
+
+def knock(source: str, port: int) -> None:
+    """One SYN from ``source``, and nothing more (closing a connecting socket sends nothing)."""
+    with socket.socket() as c:
+        c.setblocking(False)
+        c.bind((source, 0))
+        try:
+            c.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+
+
+COMMON = Path("/etc/fail2ban/filter.d/common.conf")
+FILTER = Path(__file__).resolve().parents[2] / "contrib/fail2ban/filter.d/sockgate.conf"
+
+
+def fail2ban_finds(line: str, tmp_path: Path) -> list[str]:
+    """The hosts ``fail2ban-regex`` finds in ``line`` with contrib's filter (the oracle)."""
+    conf = tmp_path / "filter.d"
+    conf.mkdir()
+    shutil.copy(COMMON, conf / "common.conf")
+    shutil.copy(FILTER, conf / "sockgate.conf")
+    log = tmp_path / "refusals.log"
+    log.write_text(line + "\n")
+    r = subprocess.run(["fail2ban-regex", "--out", "ip", str(log), str(conf / "sockgate.conf")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_run_writes_the_refusal_log(fmt: str, bpffs: str, tmp_path: Path, launch: Callable[..., Launched]) -> None:
+    """A denied client knocks five times: one line with its count arrives on stderr, which
+    fail2ban's filter matches (text) or which parses with the documented keys (JSON)."""
+    policy = tmp_path / "p.conf"
+    policy.write_text(POLICY)
+    lr = launch("--policy", str(policy), "--service", "echo", "--backend", "ebpf", "--refusal-interval", "2",
+                "--log-format", fmt, "--listen", "tcp://127.0.0.1:0", "--", "sleep", "60")
+    (addr,), _ = lr.started(1)
+    port = port_of(addr)
+    for _ in range(5):
+        knock("127.0.0.3", port)
+    if fmt == "json":
+        line = lr.wait_line(r'"source": ?"127\.0\.0\.3"').string
+        record = json.loads(line)
+        assert {"service", "source", "count", "first_seen", "last_seen"} <= set(record), record
+        assert (record["service"], record["count"], record["reason"], record["rule"]) == ("echo", 5, "rule", None)
+        assert record["first_seen"].endswith("Z") and record["first_seen"] <= record["last_seen"]
+        return
+    m = lr.wait_line(r"echo: refused connect from 127\.0\.0\.3 \((\d+) times in \d+ s, default\)")
+    assert m.group(1) == "5", m.string
+    assert "sockgate[" in m.string
+    if shutil.which("fail2ban-regex") is not None and COMMON.exists():
+        assert fail2ban_finds(m.string, tmp_path) == ["127.0.0.3"]
+    elif os.environ.get("CI") == "true":
+        pytest.fail("fail2ban-regex (Debian package fail2ban) is not installed")
+
+
+@pytest.mark.parametrize("inetd", [False, True], ids=["activation", "inetd"])
+def test_a_reload_that_takes_ebpf_starts_the_refusal_log(inetd: bool, bpffs: str, tmp_path: Path,
+                                                        launch: Callable[..., Launched]) -> None:
+    """Classic first (``auto``, no limits: silent), then a reload adds a rate limit: the guard
+    becomes eBPF and the refusal log starts, in both process models."""
+    policy = tmp_path / "p.conf"
+    policy.write_text(POLICY)
+    lr = launch("--policy", str(policy), "--service", "echo", "--refusal-interval", "1", "--listen", "tcp://127.0.0.1:0",
+                *(["--inetd", "--", "cat"] if inetd else ["--", "sleep", "60"]))
+    (addr,), _ = lr.started(1, supervised=not inetd)
+    if inetd:
+        lr.wait_line(r"running cat per connection")  # the server's signals are set up
+    assert not any("backend ebpf" in line for line in lr.lines), lr.lines
+    port = port_of(addr)
+    policy.write_text(POLICY.replace("    default", "    limit rate 100/minute per source\n    default"))
+    lr.signal(signal.SIGHUP)
+    lr.wait_line(r"reloaded: service echo, digest [0-9a-f]+, \d+ instructions, backend ebpf, on 1 socket")
+    lr.wait_line(r"refusal log: text to stderr, one line per refused source per 1 s")  # the reader is there
+    for _ in range(3):
+        knock("127.0.0.3", port)
+    m = lr.wait_line(r"echo: refused connect from 127\.0\.0\.3 \((\d+) times? in \d+ s, default\)")
+    assert m.group(1) == "3", m.string

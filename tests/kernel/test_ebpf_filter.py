@@ -29,12 +29,14 @@ from hypothesis import strategies as st
 
 from sockgate.decide import decide_service
 from sockgate.ebpf import EbpfProgram, LpmKey, Verdict, compile_service
+from sockgate.kernel.ebpf import OPTIONS
 from sockgate.errors import AdapterError
 from sockgate.ebpf.insn import BPF_REG_0, BPF_REG_2, ProgType, encode, exit_, mov64
 from sockgate.linux import bpfsys
 from sockgate.peers import Peer
 from sockgate.policy.ir import Action, AddrMatch, Service
 from support import netlab
+from support.ebpfstate import Loaded as StateLoaded
 from support.verdicts import boundary_sources, local_sockets, loopback_usable, nets, random_service, service, tcp_reach, udp_reach
 
 pytestmark = [
@@ -117,6 +119,32 @@ def test_loopback_ipv4_agrees_with_the_engine(seed: int) -> None:
             assert bpfsys.filter_kind(s) == "ebpf"
         tcp = tcp_reach({socket.AF_INET: lst.getsockname()}, sources, local_sockets(), wait=1.0, listener=lst)
         udp = udp_reach(u, {socket.AF_INET: u.getsockname()}, sources, local_sockets(socket.SOCK_DGRAM))
+    assert mismatches(want, tcp) == [], f"TCP, seed {seed}: {svc}"
+    assert mismatches(want, udp) == [], f"UDP, seed {seed}: {svc}"
+
+
+@FEW
+@given(st.integers(0, 2**32 - 1))
+def test_the_backends_program_agrees_with_the_engine_on_tcp_and_udp(seed: int) -> None:
+    """The program the backend loads (service state, the protocol read from each packet:
+    ``kernel.ebpf.OPTIONS``) on a TCP and a UDP socket at once decides as the engine."""
+    rng = random.Random(seed)
+    svc = random_service(rng, "loop", V4_LOOP, None, n_rules=10)
+    sources = sorted(set(boundary_sources(svc, rng, loopback_usable, extra=20)))
+    want = expected(svc, sources)
+    lo = StateLoaded(compile_service(svc, options=OPTIONS))
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as lst, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            lst.bind(("127.0.0.1", 0))
+            lst.listen(1024)
+            u.bind(("127.0.0.1", 0))
+            u.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+            for s in (lst, u):
+                bpfsys.attach(s, lo.fd)
+            tcp = tcp_reach({socket.AF_INET: lst.getsockname()}, sources, local_sockets(), wait=1.0, listener=lst)
+            udp = udp_reach(u, {socket.AF_INET: u.getsockname()}, sources, local_sockets(socket.SOCK_DGRAM))
+    finally:
+        lo.close()
     assert mismatches(want, tcp) == [], f"TCP, seed {seed}: {svc}"
     assert mismatches(want, udp) == [], f"UDP, seed {seed}: {svc}"
 

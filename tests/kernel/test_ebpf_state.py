@@ -264,8 +264,15 @@ def test_real_tcp_rate_limit_bans_the_source() -> None:
         assert lo.count("127.0.0.7").refused >= 1  # type: ignore[union-attr]
 
 
+def new_frame(src: str, protocol: str, rng: random.Random) -> bytes:
+    """A new connection from ``src``: a datagram, or with ``protocol`` "any" (the backend's
+    program, which reads the protocol from the packet) a TCP SYN or a datagram at random."""
+    return frame(src, tcp_flags=None if protocol == "udp" or rng.random() < 0.5 else SYN)
+
+
+@pytest.mark.parametrize("protocol", ["udp", "any"])
 @pytest.mark.parametrize("seed", range(6))
-def test_random_policies_limit_exactly_the_limited_rules_matches(seed: int) -> None:
+def test_random_policies_limit_exactly_the_limited_rules_matches(seed: int, protocol: str) -> None:
     """Random rules, some allow rules limited to one connection per source per hour: from
     every network edge, two datagrams; the engine says which rule decides, and the second
     datagram is refused exactly when that rule is limited (per limits.source_of)."""
@@ -276,7 +283,7 @@ def test_random_policies_limit_exactly_the_limited_rules_matches(seed: int) -> N
                                    for r in svc.rules))
     seen: set[tuple[int, object]] = set()
     bad = []
-    with loaded(svc, protocol="udp") as lo:
+    with loaded(svc, protocol=protocol) as lo:
         for src in boundary_sources(svc, rng, lambda a: True, extra=30):
             a = ipaddress.ip_address(src)
             d = decide_service(svc, Peer(address=a, header=a.version))
@@ -287,7 +294,7 @@ def test_random_policies_limit_exactly_the_limited_rules_matches(seed: int) -> N
                     key = (index, source_of(a))
                     want = key not in seen
                     seen.add(key)
-                if lo.run(frame(src, tcp_flags=None)) != want:
+                if lo.run(new_frame(src, protocol, rng)) != want:
                     bad.append(f"{src} #{n + 1}: engine rule {index}, want {'allow' if want else 'deny'}")
     assert bad == [], f"seed {seed}: {svc}"
 
@@ -306,8 +313,9 @@ def test_real_tcp_a_ban_is_a_map_update_that_drops_the_next_connect() -> None:
         assert lo.count("127.0.0.5").refused >= 1 and lo.count("127.0.0.6") is None  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("protocol", ["udp", "any"])
 @pytest.mark.parametrize("seed", range(8))
-def test_bursts_are_admitted_as_by_the_proxy(seed: int) -> None:
+def test_bursts_are_admitted_as_by_the_proxy(seed: int, protocol: str) -> None:
     """Random per-source and service-wide rates (with and without a ban) on the service and
     its allow rules, and a burst of new connections from a few sources (some IPv6 ones
     sharing a /64): well within one connection's share of a rate, so the bucket refills
@@ -331,7 +339,7 @@ def test_bursts_are_admitted_as_by_the_proxy(seed: int) -> None:
     pool += [str(ipaddress.ip_address(p) + 1) for p in pool if ":" in p][:2]  # same /64
     admission, banned = Admission(svc), set()
     want, got = [], []
-    with loaded(svc, protocol="udp") as lo:
+    with loaded(svc, protocol=protocol) as lo:
         for _ in range(60):
             src = rng.choice(pool)
             a = ipaddress.ip_address(src)
@@ -343,7 +351,7 @@ def test_bursts_are_admitted_as_by_the_proxy(seed: int) -> None:
                 want.append(isinstance(v, Admitted))
                 if isinstance(v, Refused) and v.ban_started:
                     banned.add(key)
-            got.append(lo.run(frame(src, tcp_flags=None)))
+            got.append(lo.run(new_frame(src, protocol, rng)))
     assert got == want, f"seed {seed}: {svc}"
 
 
@@ -429,3 +437,40 @@ def test_a_steady_flood_yields_one_event_per_interval() -> None:
         gaps = [b.ts_ns - a.ts_ns for a, b in zip(events, events[1:])]
         assert min(gaps) >= interval
         assert lo.count("10.1.0.1").refused == sent  # type: ignore[union-attr]
+
+
+# ------------------------------------------------- the protocol read from each packet
+
+
+def test_protocol_any_counts_like_the_socket_would_and_fails_closed() -> None:
+    """The backend's program (``protocol="any"``) on TCP and UDP frames alike: a refused TCP
+    flow counts its SYNs only, every datagram counts, and a packet whose kind cannot be read
+    (an IPv6 extension header) or another protocol counts as a new connection."""
+    with loaded(LAB, protocol="any") as lo:
+        for flags in [SYN] * 3 + [ACK, SYNACK, RST]:
+            assert not lo.run(frame("10.1.0.1", tcp_flags=flags))
+        assert lo.count("10.1.0.1").refused == 3  # type: ignore[union-attr]
+        for _ in range(4):
+            assert not lo.run(frame("10.1.0.2", tcp_flags=None))
+        assert lo.count("10.1.0.2").refused == 4  # type: ignore[union-attr]
+        assert not lo.run(frame("2001:db8:1::7", tcp_flags=ACK))
+        assert not lo.run(frame("2001:db8:1::7", tcp_flags=None))
+        assert not lo.run(frame("2001:db8:1::7", next_header=0))  # hop-by-hop first: new (fail closed)
+        assert lo.count("2001:db8:1::7").refused == 2  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("protocol", ["tcp", "any"])
+def test_an_extension_header_does_not_skip_a_rate_limit(protocol: str) -> None:
+    svc = with_limits(LAB, Limits(rate_per_source=Rate(2, 60)), index=1)
+    with loaded(svc, protocol=protocol) as lo:
+        got = [lo.run(frame("2001:db8:5::1", next_header=0)) for _ in range(3)]
+        assert got == [True, True, False]
+        assert lo.run(frame("2001:db8:5::1", tcp_flags=ACK))  # a TCP segment of an open flow: not limited
+
+
+def test_protocol_any_limits_tcp_syns_and_every_datagram() -> None:
+    svc = with_limits(LAB, Limits(rate_per_source=Rate(2, 60)), index=1)
+    with loaded(svc, protocol="any") as lo:
+        assert [lo.run(frame("10.2.0.1")) for _ in range(3)] == [True, True, False]
+        assert lo.run(frame("10.2.0.1", tcp_flags=ACK))
+        assert [lo.run(frame("10.2.0.2", tcp_flags=None)) for _ in range(3)] == [True, True, False]

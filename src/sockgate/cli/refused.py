@@ -14,8 +14,8 @@ import json
 import sys
 
 from sockgate.cli.common import columns
-from sockgate.ebpf import layout
 from sockgate.ebpf.refusals import ban_json, count_json, origin_name
+from sockgate.kernel.ebpf import Paths, default_mount
 from sockgate.policy.source import escape, printable
 from sockgate.refused import Listing, read_refused
 
@@ -23,7 +23,8 @@ from sockgate.refused import Listing, read_refused
 def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--service", metavar="S", help="only service S")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument("--root", default=layout.ROOT, help=argparse.SUPPRESS)  # a private bpffs (tests)
+    # where the eBPF backend pins ($SOCKGATE_BPFFS, else /sys/fs/bpf); --root: a private bpffs (tests)
+    p.add_argument("--root", default=Paths(default_mount()).root, help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from sockgate.cli.common import add_backend_arg, add_policy_args, load_from_args
+from sockgate.cli.common import add_backend_arg, add_log_args, add_policy_args, load_from_args, log_sink
 from sockgate.errors import UsageError
 from sockgate.urls import parse_urls
 
@@ -34,6 +34,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--forward-hup", action="store_true", help="after reloading the policy on SIGHUP, pass SIGHUP to COMMAND")
     p.add_argument("--notify", action="store_true", help="report READY/RELOADING/STOPPING to $NOTIFY_SOCKET (systemd)")
     add_backend_arg(p)
+    add_log_args(p, "write the refusal log to syslog (ident sockgate, facility auth) instead of stderr")
+    p.add_argument("--refusal-interval", type=float, default=60.0, metavar="SECONDS",
+                   help="eBPF guard: one refusal line per source per SECONDS (default 60)")
     p.add_argument("service_argv", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the service to run")
 
 
@@ -50,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("run: give at least one --listen URL")
     if args.max_conns < 1:
         raise UsageError("run: --max-conns must be at least 1")
+    if not 0.1 <= args.refusal_interval <= 86400:
+        raise UsageError("run: --refusal-interval must be between 0.1 and 86400 seconds")
     cfg = RunConfig(
         load=lambda: load_from_args(args),
         service=args.service,
@@ -62,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
         forward_hup=args.forward_hup,
         notify=args.notify,
         backend=backend_choice(args.backend),
+        log_format=args.log_format,
+        log_sink=log_sink(args),
+        refusal_interval=args.refusal_interval,
     )
     return launch(cfg)
 

@@ -87,10 +87,11 @@ MAP_FD_PLACEHOLDER = frame.MAP_FD_PLACEHOLDER
 @dataclass(frozen=True)
 class State:
     """What the program does beyond the rules, with the service's maps (layout.py): bans,
-    refusal counters and events, rate limits. ``tcp``: the socket's protocol is TCP, so only
-    a SYN is a new connection (counted, rate-limited); every UDP datagram is one."""
+    refusal counters and events, rate limits. ``protocol``: the socket's, "tcp" (only a SYN is
+    a new connection, counted and rate-limited) or "udp" (every datagram is one); "any" reads
+    it from each packet, so one program serves TCP and UDP sockets (counting.syn_check)."""
 
-    tcp: bool
+    protocol: counting.Protocol
     event_interval_ns: int
     limits: tuple[rates.Limit, ...] = ()
 
@@ -153,8 +154,8 @@ def generate(shape: Shape, map4: str, map6: str) -> Generated:
         asm.label(action.value)
         em.emit(mov32(BPF_REG_0, RETURN[action]), exit_())
     if state is not None:
-        counting.refused(em, state.tcp, state.event_interval_ns)
-        rates.allowed(em, state.tcp, state.limits)
+        counting.refused(em, state.protocol, state.event_interval_ns)
+        rates.allowed(em, state.protocol, state.limits)
     out = asm.assemble()
     relocs = tuple((out.labels[k], name) for k, name in em.relocs)
     return Generated(out.insns, relocs, out.labels, tuple(em.used))

@@ -6,6 +6,8 @@ refused *new connection* — a TCP SYN (SYN set, ACK clear), or any UDP datagram
 in ``sg_counts`` under its source (layout.SourceKey, scope 0)::
 
     refused:      [TCP] not a SYN → deny        (the rest of a refused flow: dropped, not counted)
+                  (the protocol: the socket's, or with "any" the packet's own; there an
+                  IPv6 extension header or another protocol counts as new)
     refused_new:  r9 = ktime_get_ns()
                   r0 = lookup(counts, source)
                   NULL → update(counts, source, {0, now, now, 0}, BPF_NOEXIST); r0 = lookup again
@@ -25,6 +27,8 @@ verdict.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 from sockgate.ebpf.frame import SRC, TCP_FLAGS, VALUE, VERSION, Emitter
 from sockgate.ebpf.insn import (
@@ -64,11 +68,13 @@ from sockgate.ebpf.insn import (
 )
 from sockgate.ebpf.layout import COUNT_VALUE, EVENT, counts_spec, events_spec
 
+Protocol = Literal["tcp", "udp", "any"]  # the socket's protocol; "any": read from each packet
 BPF_NOEXIST = 1  # <linux/bpf.h> map update flags
-IPPROTO_TCP = 6
+IPPROTO_TCP, IPPROTO_UDP = 6, 17
 TCP_SYN, TCP_ACK = 0x02, 0x10  # RFC 9293 control bits, in the 14th byte of the header
 TCP_FLAGS_AT = 13
 IPV6_NEXT_HEADER = 6
+IPV4_PROTOCOL = 9  # RFC 791: the protocol byte of the IPv4 header
 IPV6_HEADER = 40
 
 # struct sg_count and struct sg_event field offsets (layout.COUNT_VALUE, layout.EVENT)
@@ -77,13 +83,13 @@ EV_TS, EV_FAMILY, EV_REASON, EV_ZERO, EV_RULE, EV_ADDR = 0, 8, 9, 10, 12, 16
 assert COUNT_VALUE.size == 32 and EVENT.size == 32
 
 
-def refused(em: Emitter, tcp: bool, interval_ns: int) -> None:
+def refused(em: Emitter, protocol: Protocol, interval_ns: int) -> None:
     """The ``refused`` path (R7 rule, R8 reason), ending at ``deny``."""
     asm = em.asm
     counts = counts_spec().name
     asm.label("refused")
-    if tcp:
-        syn_check(em, "deny")
+    if protocol != "udp":
+        syn_check(em, "deny", protocol, unsure_new=protocol == "any")
     asm.label("refused_new")
     em.emit(call(Helper.ktime_get_ns), mov64(BPF_REG_9, BPF_REG_0))
     _lookup_source(em, counts)
@@ -127,27 +133,41 @@ def _event(em: Emitter) -> None:
             mov64(BPF_REG_4, imm=0), call(Helper.ringbuf_output))
 
 
-def syn_check(em: Emitter, not_syn: str) -> None:
-    """Go to ``not_syn`` unless the packet is a TCP SYN without ACK: for IPv4 the flags byte
-    is at IHL * 4 + 13 (the socket is a TCP socket, so the protocol is TCP); for IPv6 the next
-    header must be TCP (a packet with extension headers counts as not a SYN). Needs the
-    source key's family (``fp + SRC``) and the first header byte (``fp + VERSION``)."""
+def syn_check(em: Emitter, not_syn: str, protocol: Protocol = "tcp", unsure_new: bool = True) -> None:
+    """Go to ``not_syn`` when the packet is a TCP segment that opens nothing (not a SYN
+    without ACK); fall through for a new connection. For IPv4 the flags byte is at IHL * 4 +
+    13; for IPv6 at 40 + 13 when the fixed header's next header is TCP. With ``protocol``
+    "tcp" the socket is a TCP socket, so an IPv4 packet is TCP; with "any" the IPv4 protocol
+    byte must say TCP, and any other protocol (UDP) is new. A packet whose kind cannot be
+    read — an IPv6 packet with extension headers (its next header is not TCP or, with "any",
+    UDP), a header too short — is new when ``unsure_new`` (rate limits: fail closed, so no
+    header trick skips a limit; with "any" it may be a datagram), else taken as not a SYN (a
+    refused TCP socket's: dropped either way, only not counted). Needs the source key's
+    family (``fp + SRC``) and the first header byte (``fp + VERSION``)."""
     asm = em.asm
-    v6, load = asm.fresh("syn_v6_"), asm.fresh("syn_load_")
+    v6, load, new = asm.fresh("syn_v6_"), asm.fresh("syn_load_"), asm.fresh("syn_new_")
+    unsure = new if unsure_new else not_syn
     em.emit(ldx(BPF_B, BPF_REG_1, BPF_REG_10, SRC))
     asm.jump(BPF_JEQ, BPF_REG_1, v6, imm=6)
+    if protocol == "any":
+        _load_byte(em, IPV4_PROTOCOL, unsure)
+        em.emit(ldx(BPF_B, BPF_REG_1, BPF_REG_10, TCP_FLAGS))
+        asm.jump(BPF_JNE, BPF_REG_1, new, imm=IPPROTO_TCP)
     em.emit(ldx(BPF_B, BPF_REG_2, BPF_REG_10, VERSION), alu64(BPF_AND, BPF_REG_2, imm=0x0F),
             alu64(BPF_LSH, BPF_REG_2, imm=2), alu64(BPF_ADD, BPF_REG_2, imm=TCP_FLAGS_AT))
     asm.ja(load)
     asm.label(v6)
-    _load_byte(em, IPV6_NEXT_HEADER, not_syn)
+    _load_byte(em, IPV6_NEXT_HEADER, unsure)
     em.emit(ldx(BPF_B, BPF_REG_1, BPF_REG_10, TCP_FLAGS))
-    asm.jump(BPF_JNE, BPF_REG_1, not_syn, imm=IPPROTO_TCP)
+    if protocol == "any":
+        asm.jump(BPF_JEQ, BPF_REG_1, new, imm=IPPROTO_UDP)
+    asm.jump(BPF_JNE, BPF_REG_1, unsure, imm=IPPROTO_TCP)
     em.emit(mov64(BPF_REG_2, imm=IPV6_HEADER + TCP_FLAGS_AT))
     asm.label(load)
-    _load_byte(em, None, not_syn)
+    _load_byte(em, None, unsure)
     em.emit(ldx(BPF_B, BPF_REG_1, BPF_REG_10, TCP_FLAGS), alu64(BPF_AND, BPF_REG_1, imm=TCP_SYN | TCP_ACK))
     asm.jump(BPF_JNE, BPF_REG_1, not_syn, imm=TCP_SYN)
+    asm.label(new)
 
 
 def _load_byte(em: Emitter, offset: int | None, fail: str) -> None:

@@ -21,18 +21,20 @@ from typing import Sequence
 
 from sockgate.resolve import ranges as _ranges
 from sockgate.resolve.ranges import Interval, Table, Tables
-from sockgate.policy.ir import Action, Service
+from sockgate.policy.ir import Action
+from sockgate.resolve import ResolvedService, resolve_service
 
 
-def separate(service: Service, tables: Tables, rules: Sequence[int], banned: Sequence[_ranges.Banned] = ()) -> Tables:
+def separate(service: ResolvedService, tables: Tables, rules: Sequence[int], banned: Sequence[_ranges.Banned] = ()) -> Tables:
     """``tables`` with the region of each rule in ``rules`` (indices of allow rules) an
     interval (or several) labelled with that rule alone."""
     if not rules:
         return tables
     regions: dict[int, list[tuple[int, int, int]]] = {4: [], 6: []}
+    svc = service.service
     for i in rules:
-        earlier = tuple(replace(r, action=Action.DENY) for r in service.rules[:i])
-        alone = _ranges.build(replace(service, rules=earlier + (service.rules[i],), default=Action.DENY), banned)
+        earlier = tuple(replace(r, action=Action.DENY) for r in svc.rules[:i])
+        alone = _ranges.first_match_tables(resolve_service(replace(svc, rules=earlier + (svc.rules[i],), default=Action.DENY)), banned)
         for table in (alone.v4, alone.v6):
             regions[table.family] += [(iv.lo, iv.hi, i) for iv in table.intervals if iv.action is Action.ALLOW]
     limited = frozenset(rules)

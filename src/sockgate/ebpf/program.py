@@ -1,8 +1,8 @@
 """``compile_service``: a service → an eBPF program and the contents of its maps, or an error.
 
-Passes: refuse rules that need user space (as the classic compiler does; with ``Options``,
-the rate limits the program enforces are not among them, concurrent limits are) → interval tables
-(bpf/ranges.py, shared with the classic compiler, so both decide alike) → prefixes
+Passes: refuse rules that need user space (``ResolvedService.refusal``, as the classic
+compiler does; with ``Options`` the program enforces rate limits, ``ENFORCES``, concurrent
+limits stay refused) → interval tables (resolve/ranges.py, shared with the classic compiler, so both decide alike) → prefixes
 (prefixes.py) → code (codegen.py). The program does not depend on the address rules, only
 on the default and the verdict for non-IP packets: rules live in the maps, so a new rule set
 is a map update, not a new program.
@@ -26,12 +26,13 @@ from dataclasses import dataclass
 from typing import Literal, Mapping, Sequence
 
 from sockgate.resolve import ranges as _ranges
-from sockgate.resolve import resolve_service
+from sockgate.resolve import ResolvedService, resolve_service
 from sockgate.ebpf import labels, layout, prefixes, rates
 from sockgate.ebpf.codegen import Shape, State, generate
 from sockgate.ebpf.insn import BPF_OBJ_NAME_LEN, BPF_PSEUDO_MAP_FD, Insn, ProgType, encode, ld_map_fd
 from sockgate.ebpf.maps import MapContents, MapSpec, lpm_spec
 from sockgate.policy.ir import Action, Service
+from sockgate.policy.needs import Need
 
 LICENSE = "GPL"  # socket filters need no GPL-only helper; any string works, this one always does
 
@@ -39,9 +40,11 @@ LICENSE = "GPL"  # socket filters need no GPL-only helper; any string works, thi
 @dataclass(frozen=True)
 class Options:
     """The service state a program keeps, sized by configuration (layout.py's defaults).
-    ``protocol`` is the guarded socket's: for TCP only a SYN is a new connection."""
+    ``protocol`` is the guarded socket's: for TCP only a SYN is a new connection, for UDP every
+    datagram; "any" reads it from each packet (one program for a service's TCP and UDP
+    sockets; counting.syn_check)."""
 
-    protocol: Literal["tcp", "udp"] = "tcp"
+    protocol: Literal["tcp", "udp", "any"] = "tcp"
     counters: int = layout.DEFAULT_COUNTERS
     buckets: int = layout.DEFAULT_BUCKETS
     bans: int = layout.DEFAULT_BANS
@@ -49,8 +52,8 @@ class Options:
     ring_bytes: int = layout.RING_BYTES
 
     def __post_init__(self) -> None:
-        if self.protocol not in ("tcp", "udp"):
-            raise ValueError(f"protocol {self.protocol!r}: tcp or udp")
+        if self.protocol not in ("tcp", "udp", "any"):
+            raise ValueError(f"protocol {self.protocol!r}: tcp or udp, or any (read from each packet)")
         if self.event_interval_ns < 0:
             raise ValueError("the event interval is not negative")
         if self.ring_bytes < 4096 or self.ring_bytes & (self.ring_bytes - 1):
@@ -110,21 +113,25 @@ class EbpfProgram:
         return sum(len(m.entries) for m in self.maps)
 
 
-def compile_service(service: Service, *, banned: Sequence[_ranges.Banned] = (), spare: int = 0,
-                    options: Options | None = None) -> EbpfProgram:
+ENFORCES = frozenset({Need.SOURCE_RATE_LIMIT, Need.TOTAL_RATE_LIMIT})  # beyond the address, with ``Options``
+
+
+def compile_resolved(service: ResolvedService, *, banned: Sequence[_ranges.Banned] = (), spare: int = 0,
+                     options: Options | None = None) -> EbpfProgram:
     """Compile ``service`` (``banned`` sources denied before any rule). The maps hold the
     prefixes plus ``spare`` free entries each, for later updates. With ``options`` the
-    program keeps the service's state (bans, counters, events, rate limits). Raises
-    ``UnsupportedInKernel`` for rules that need user space."""
-    refused = resolve_service(service if options is None else rates.without_rates(service)).refusal()
-    if refused is not None:
-        raise refused
+    program keeps the service's state (bans, counters, events, rate limits: ``ENFORCES``).
+    Raises ``UnsupportedInKernel`` for rules that need user space, concurrent limits first
+    (they stay with the proxy, and ``rates.limits_of`` says so)."""
     state = None
     if options is not None:
-        state = State(options.protocol == "tcp", options.event_interval_ns, rates.limits_of(service))
+        state = State(options.protocol, options.event_interval_ns, rates.limits_of(service))
+    refused = service.refusal(ENFORCES if options is not None else frozenset())
+    if refused is not None:
+        raise refused
     limited = frozenset(lim.rule for lim in state.limits if lim.rule is not None) if state else frozenset()
-    tables = labels.separate(service, _ranges.build(service, banned), sorted(limited), banned)
-    default = service.effective_default
+    tables = labels.separate(service, _ranges.first_match_tables(service, banned), sorted(limited), banned)
+    default = service.default
     maps = []
     for table in (tables.v4, tables.v6):
         content = prefixes.entries(table, default, limited)
@@ -135,6 +142,12 @@ def compile_service(service: Service, *, banned: Sequence[_ranges.Banned] = (), 
     digest = _digest(service.name, gen.insns, maps, service_maps)
     return EbpfProgram(service.name, digest, gen.insns, gen.relocations, tuple(maps), default, tables.other,
                        service_maps=service_maps)
+
+
+def compile_service(service: Service, *, banned: Sequence[_ranges.Banned] = (), spare: int = 0,
+                    options: Options | None = None) -> EbpfProgram:
+    """``compile_resolved`` of ``service`` resolved."""
+    return compile_resolved(resolve_service(service), banned=banned, spare=spare, options=options)
 
 
 def _digest(service: str, insns: Sequence[Insn], maps: Sequence[MapContents], service_maps: Sequence[MapSpec] = ()) -> str:

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from sockgate.ebpf.frame import (
     BAN_PLEN,
@@ -92,9 +92,10 @@ from sockgate.ebpf.insn import (
     stx,
 )
 from sockgate.ebpf.layout import Origin, Reason, bans_spec, buckets_spec
-from sockgate.ebpf.counting import BPF_NOEXIST, syn_check
+from sockgate.ebpf.counting import BPF_NOEXIST, Protocol, syn_check
 from sockgate.errors import UnsupportedInKernel
-from sockgate.policy.ir import Action, Limits, Rate, Service
+from sockgate.policy.ir import Action, Limits, Rate
+from sockgate.resolve import ResolvedService
 
 NS = 1_000_000_000
 CLAIMS = 3  # compare-and-exchange tries on one bucket before refusing
@@ -131,16 +132,16 @@ class Limit:
     ban_ns: int | None
 
 
-def limits_of(service: Service) -> tuple[Limit, ...]:
+def limits_of(service: ResolvedService) -> tuple[Limit, ...]:
     """The rate limits of ``service`` and of its allow rules, the service's first. Raises
     ``UnsupportedInKernel`` for concurrent limits, which only the proxy can count."""
     out, where = [], []
-    sets = [(None, service.limits)] + [(i, r.limits) for i, r in enumerate(service.rules) if r.action is Action.ALLOW]
+    sets = [(None, service.limits)] + [(r.index, r.limits) for r in service.rules if r.rule.action is Action.ALLOW]
     for index, lim in sets:
         if lim is None or lim.is_empty():
             continue
         if lim.concurrent_per_source is not None or lim.concurrent_total is not None:
-            where.append("the service" if index is None else f"rule {index + 1} ({service.rules[index].text})")
+            where.append("the service" if index is None else f"rule {index + 1} ({service.service.rules[index].text})")
             continue
         out.append(_limit(index, lim))
     if where:
@@ -158,12 +159,6 @@ def _limit(index: int | None, lim: Limits) -> Limit:
     return Limit(0 if index is None else index + 1, index, per, total, ban)
 
 
-def without_rates(service: Service) -> Service:
-    """``service`` without the limits ``limits_of`` takes (for the user-space refusal check)."""
-    rules = tuple(replace(r, limits=None) if r.limits is not None else r for r in service.rules)
-    return replace(service, rules=rules, limits=None)
-
-
 @dataclass(frozen=True)
 class _Slots:
     """Where a rate's interval and burst are on the stack (frame.py)."""
@@ -175,7 +170,7 @@ class _Slots:
 PER, TOTAL = _Slots(P_PER_INTERVAL, P_PER_BURST), _Slots(P_TOTAL_INTERVAL, P_TOTAL_BURST)
 
 
-def allowed(em: Emitter, tcp: bool, limits: tuple[Limit, ...]) -> None:
+def allowed(em: Emitter, protocol: Protocol, limits: tuple[Limit, ...]) -> None:
     """The ``allowed`` path (R7 the rule), ending at ``allow`` or, over a rate, at
     ``refused_new`` with reason RATE. One copy of the bucket code serves every set of limits:
     each set writes its numbers to the stack and jumps to ``limit_block``, with R8 saying
@@ -186,8 +181,8 @@ def allowed(em: Emitter, tcp: bool, limits: tuple[Limit, ...]) -> None:
     if not limits:
         asm.ja("allow")
         return
-    if tcp:
-        syn_check(em, "allow")
+    if protocol != "udp":
+        syn_check(em, "allow", protocol)
     em.emit(call(Helper.ktime_get_ns), mov64(BPF_REG_9, BPF_REG_0))
     _source_key(em)
     em.emit(*[st(BPF_W, BPF_REG_10, TOTAL_KEY + 4 * w, 0) for w in range(5)])

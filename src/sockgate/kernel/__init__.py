@@ -14,9 +14,10 @@ then eBPF (``kernel.ebpf``) over ``linux.bpfsys``/``linux.bpffs``.
 Which backend compiles a service (``compile(..., backend=)``): ``cbpf`` or ``ebpf`` as asked
 (an unusable one is an error naming why); ``auto`` takes classic BPF when it can carry the
 service, and the next backend only when classic refuses a service that backend compiles (more
-ranges than one classic program holds; in-kernel rate limits): the pure compile is tried
-first, so a policy no backend takes never touches bpf(2) or bpffs. A service too large for
-classic BPF says that eBPF would take it. No choice (None, the proxy's) is the first usable
+ranges than one classic program holds; rate limits, which only eBPF enforces:
+``Backend.enforces``): the pure compile is tried first, so a policy no backend takes never
+touches bpf(2) or bpffs. A service too large for classic BPF, or with rate limits, says that
+eBPF would take it (and, when this process cannot load eBPF, why not). No choice (None, the proxy's) is the first usable
 backend, classic BPF.
 """
 
@@ -77,6 +78,8 @@ class Kernel:
                     return b.compile(service, bans)
                 except CompileError as e:
                     raise CompileError(f"{e}{self._others_would_take(b, service, bans)}") from None
+                except UnsupportedInKernel as e:
+                    raise UnsupportedInKernel(f"{e}{self._others_would_take(b, service, bans, chr(10))}") from None
             case _:
                 assert_never(backend)
 
@@ -95,11 +98,12 @@ class Kernel:
                 return program
             if isinstance(refused, CompileError):
                 raise CompileError(f"{refused}; {b.name} would take it, but not here: {why}") from None
+            raise UnsupportedInKernel(f"{refused}\n{b.name} would take it, but not here: {why}") from None
         raise refused
 
-    def _others_would_take(self, tried: Backend, service: ResolvedService, bans: Sequence[Banned]) -> str:
+    def _others_would_take(self, tried: Backend, service: ResolvedService, bans: Sequence[Banned], sep: str = "; ") -> str:
         takers = [b.name for b in self.backends if b is not tried and _try_compile(b, service, bans) is not None]
-        return f"; {takers[0]} would take it (--backend {takers[0]} or auto)" if takers else ""
+        return f"{sep}{takers[0]} would take it (--backend {takers[0]} or auto)" if takers else ""
 
     def load(self, program: Compiled) -> Loaded:
         return transaction.named(self.backends, program.backend).load(program)
@@ -130,7 +134,7 @@ def _try_compile(backend: Backend, service: ResolvedService, bans: Sequence[Bann
         return None
 
 
-_DEFAULT = Kernel([ClassicBackend(LINUX_OPS), EbpfBackend(LinuxBpf(), state=True)], LINUX_OPS)
+_DEFAULT = Kernel([ClassicBackend(LINUX_OPS), EbpfBackend(LinuxBpf())], LINUX_OPS)
 
 
 def default_kernel() -> Kernel:

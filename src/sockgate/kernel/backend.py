@@ -21,6 +21,7 @@ from typing import Collection, Protocol, Sequence
 
 from sockgate.resolve.ranges import Banned
 from sockgate.kernel.reading import Attached, BackendName, GuardInfo
+from sockgate.policy.needs import Need
 from sockgate.resolve import ResolvedService
 
 
@@ -60,6 +61,11 @@ class Loaded(Protocol):
 class Backend(Protocol):
     @property
     def name(self) -> BackendName: ...
+
+    @property
+    def enforces(self) -> frozenset[Need]:
+        """What its programs enforce beyond the source address (``ResolvedService.refusal``
+        refuses the rest)."""
 
     def unavailable(self) -> str | None:
         """Why this process cannot use the backend (platform, privileges), or None."""

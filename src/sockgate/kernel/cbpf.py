@@ -18,6 +18,7 @@ from sockgate.bpf.program import Program, compile_resolved
 from sockgate.resolve.ranges import Banned
 from sockgate.kernel.backend import BanLike, Compiled, Loaded
 from sockgate.kernel.reading import Attached, ClassicFilter, GuardInfo
+from sockgate.policy.needs import Need
 from sockgate.resolve import ResolvedService
 
 # Chosen once, at import: elsewhere sockgate still decides in user space.
@@ -48,6 +49,10 @@ class ClassicBackend:
     @property
     def name(self) -> Literal["cbpf"]:
         return "cbpf"
+
+    @property
+    def enforces(self) -> frozenset[Need]:
+        return frozenset()  # the address alone: no state, so no limit
 
     def unavailable(self) -> str | None:
         return UNSUPPORTED

@@ -1,6 +1,10 @@
 """The eBPF backend: a service compiled by ``sockgate.ebpf``, its maps and program pinned in
 bpffs, attached with ``SO_ATTACH_BPF``, and recognised again through a registry of cookies.
 
+Every service is compiled with its state (``OPTIONS``: bans, refusal counters and events, rate
+limits — ``ENFORCES``) and with the protocol read from each packet, so one program guards a
+service's TCP and UDP sockets alike.
+
 Loading (``load``) is generic over what the program names:
 
 * every program-scope map of ``program.maps`` (the rule tries) is created and filled in one
@@ -40,19 +44,21 @@ from dataclasses import dataclass
 from typing import Collection, Literal, Sequence
 
 from sockgate.resolve.ranges import Banned
-from sockgate.ebpf import layout, rates, registry
+from sockgate.ebpf import layout, registry
 from sockgate.ebpf.insn import MapType
 from sockgate.ebpf.maps import MapSpec
-from sockgate.ebpf.program import EbpfProgram, Options, compile_service
+from sockgate.ebpf.program import ENFORCES, EbpfProgram, Options, compile_resolved
 from sockgate.errors import AdapterError, UsageError
 from sockgate.kernel.backend import BanLike, Compiled, Loaded
 from sockgate.kernel.banmaps import BanMaps
 from sockgate.kernel.bpfops import BpfOps
 from sockgate.kernel.reading import Attached, BpfFilter, GuardInfo
+from sockgate.policy.needs import Need
 from sockgate.resolve import ResolvedService
 
 GRACE = 60.0  # seconds a fresh registry entry or program directory is safe from ``collect``
 BPFFS_ENV = "SOCKGATE_BPFFS"  # where the bpf filesystem is (default layout.BPFFS)
+OPTIONS = Options(protocol="any")  # layout.py's sizes; the protocol of each packet
 _ITERABLE = frozenset({MapType.HASH, MapType.LRU_HASH, MapType.LPM_TRIE, MapType.PERCPU_HASH, MapType.LRU_PERCPU_HASH})
 
 
@@ -76,18 +82,6 @@ def can_carry(pinned: MapSpec, wanted: MapSpec) -> bool:
             and (pinned.key_size, pinned.value_size) == (wanted.key_size, wanted.value_size))
 
 
-def options_for(service: ResolvedService) -> Options | None:
-    """The service state the program keeps (bans, counters, events, rate limits), sized by
-    layout.py's defaults; its protocol from the service's endpoints (TCP: only a SYN is a new
-    connection). A service naming no single protocol is taken as TCP for counting — a
-    verdict never depends on it — unless it has rate limits, which would then be wrong for
-    UDP: those get no state, so the compile refuses them as before (user space enforces)."""
-    protos = {e.proto for e in service.endpoints} - {"unix"}
-    if len(protos) == 1:
-        return Options(protocol="udp" if protos == {"udp"} else "tcp")
-    return None if rates.limits_of(service.service) else Options(protocol="tcp")
-
-
 def program_name(digest: str) -> str:
     """The kernel object name of the program of ``digest`` (``EbpfProgram.name``)."""
     return ("sg_" + digest)[:15]
@@ -106,13 +100,17 @@ def stale(record: registry.Record, cookie: int, live: set[int] | None, here: int
 
 
 class EbpfLoaded:
-    """A loaded program: its fd (closed when this is dropped), id and pinned directory."""
+    """A loaded program: its fd (closed when this is dropped), id and pinned directory, and
+    the root its service's state is pinned under (``layout.service_dir(service, root)``: the
+    refusal log's rings and counters)."""
 
-    def __init__(self, compiled: EbpfProgram, prog_fd: int, prog_id: int, directory: str, ops: BpfOps) -> None:
+    def __init__(self, compiled: EbpfProgram, prog_fd: int, prog_id: int, directory: str, ops: BpfOps,
+                 root: str = layout.ROOT) -> None:
         self.compiled = compiled
         self.prog_fd = prog_fd
         self.prog_id = prog_id
         self.directory = directory
+        self.root = root
         self._finalizer = weakref.finalize(self, ops.close, prog_fd)
 
 
@@ -146,9 +144,8 @@ def default_mount() -> str:
 
 
 class EbpfBackend:
-    def __init__(self, ops: BpfOps, mount: str | None = None, grace: float = GRACE, state: bool = False) -> None:
+    def __init__(self, ops: BpfOps, mount: str | None = None, grace: float = GRACE) -> None:
         self.ops = ops
-        self.state = state  # programs keep the service's state (``options_for``): bans, counters, events
         self.mount = mount  # None: $SOCKGATE_BPFFS or /sys/fs/bpf, read when used
         self.grace = grace
         self._why: dict[str, str | None] = {}  # mount → why unusable (probed once each)
@@ -161,6 +158,10 @@ class EbpfBackend:
     @property
     def name(self) -> Literal["ebpf"]:
         return "ebpf"
+
+    @property
+    def enforces(self) -> frozenset[Need]:
+        return ENFORCES  # rate limits (and their bans), in the program's buckets
 
     def unavailable(self) -> str | None:
         if sys.platform != "linux":
@@ -186,7 +187,9 @@ class EbpfBackend:
         return None
 
     def compile(self, service: ResolvedService, bans: Sequence[Banned] = ()) -> EbpfProgram:
-        return compile_service(service.service, banned=bans, options=options_for(service) if self.state else None)
+        """With service state (counters, events, bans, rate limits), the protocol read from
+        each packet: one program for the service's TCP and UDP sockets."""
+        return compile_resolved(service, banned=bans, options=OPTIONS)
 
     # --- load
 
@@ -217,7 +220,7 @@ class EbpfBackend:
         finally:
             for fd in fds.values():
                 self.ops.close(fd)
-        return EbpfLoaded(program, prog_fd, prog_id, directory, self.ops)
+        return EbpfLoaded(program, prog_fd, prog_id, directory, self.ops, self.paths.root)
 
     def _pin_program(self, program: EbpfProgram, prog_fd: int, maps: dict[str, int]) -> str:
         """Pin into a fresh directory, then rename it into place (replacing an older copy of

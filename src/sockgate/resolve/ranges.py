@@ -42,10 +42,9 @@ from sockgate.policy.ir import (
     MatchAll,
     MatchNone,
     Principal,
-    Service,
     UserAt,
 )
-from sockgate.resolve.model import ResolvedService, resolve_service
+from sockgate.resolve.model import ResolvedService
 
 Banned = Union[ipaddress.IPv4Network, ipaddress.IPv6Network, ipaddress.IPv4Address, ipaddress.IPv6Address]
 
@@ -103,12 +102,6 @@ def first_match_tables(service: ResolvedService, banned: Sequence[Banned] = ()) 
         sets += [(match_ranges(m, fam), r.rule.action, r.index) for m, r in rules]
         tables.append(Table(fam, _first_match(sets, default, SPACE[fam])))
     return Tables(tables[0], tables[1], other, other_rule)
-
-
-def build(service: Service, banned: Sequence[Banned] = ()) -> Tables:
-    """``first_match_tables`` of ``service`` resolved (for the eBPF compiler, until it takes a
-    resolved service)."""
-    return first_match_tables(resolve_service(service), banned)
 
 
 def as_net(b: Banned) -> IPNetwork:
