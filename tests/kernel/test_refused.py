@@ -161,3 +161,17 @@ def test_not_permitted_is_one_line(two: str, target: str) -> None:
                        env={**os.environ, "PYTHONPATH": SRC}, capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and r.stdout == "" and r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith("sockgate: ") and "permission denied" in r.stderr.lower()
+
+
+def test_default_root_honours_sockgate_bpffs(root: str, capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --root, refused reads where the backend pins: $SOCKGATE_BPFFS/sockgate."""
+    svc = PinnedService(f"{root}/sockgate", "ssh")
+    try:
+        svc.count("203.0.113.5", Count(3, _ns_ago(60), _ns_ago(1)))
+        monkeypatch.setenv("SOCKGATE_BPFFS", root)
+        code, out, err = _cli(capsys, "--json")
+    finally:
+        svc.close()
+    assert (code, err) == (0, "")
+    assert [(r["service"], r["source"], r["count"]) for r in map(json.loads, out.splitlines())] == [("ssh", "203.0.113.5", 3)]
