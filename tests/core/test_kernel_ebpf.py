@@ -5,7 +5,9 @@ the clean-up, the choice of backend, and the pure checks of bpffs paths."""
 from __future__ import annotations
 
 import errno
+import ipaddress
 import stat
+import time
 from dataclasses import replace
 from typing import Any, Sequence
 
@@ -14,6 +16,7 @@ import pytest
 from sockgate.resolve.ranges import Banned
 from sockgate.ebpf import layout, registry
 from sockgate.ebpf.insn import MapType
+from sockgate.ebpf.maps import LpmKey
 from sockgate.ebpf.program import EbpfProgram, compile_service
 from sockgate.errors import AdapterError, CompileError, UnsupportedInKernel, UnsupportedPlatform, UsageError
 from sockgate.kernel import Kernel, Slot, Step
@@ -166,6 +169,29 @@ def test_shapes_and_carrying() -> None:
     assert can_carry(c8, c16) and not can_carry(layout.events_spec(4096), layout.events_spec(8192))
     assert not can_carry(c8, layout.buckets_spec(8))  # value sizes differ
     assert can_carry(layout.bans_spec(4), layout.bans_spec(4, 10)) and not can_carry(layout.bans_spec(4), layout.bans_spec(6))
+
+
+def _ban_key(i: int) -> bytes:
+    return LpmKey.host(ipaddress.IPv4Address(f"10.0.0.{i}")).pack()
+
+
+def test_a_shrinking_reload_keeps_every_active_ban_and_drops_expired_ones() -> None:
+    _, bpf, backend, _ = setup()
+    path = f"{MOUNT}/sockgate/services/web/bans4"
+    backend.load(_with_service_maps(A, layout.bans_spec(4, 16)))
+    first = bpf.pins[path]
+    now = time.monotonic_ns()
+    for i in range(8):  # expired, written first: a walk in insertion order meets them first
+        first.entries[_ban_key(i)] = layout.Ban(now - 10**9, layout.Origin.LIMIT).pack()
+    for i in range(8, 16):
+        first.entries[_ban_key(i)] = layout.Ban(0, layout.Origin.FAIL2BAN).pack()
+    backend.load(_with_service_maps(B, layout.bans_spec(4, 8)))
+    second = bpf.pins[path]
+    assert second.spec.max_entries == 8 and set(second.entries) == {_ban_key(i) for i in range(8, 16)}
+    second.entries[_ban_key(20)] = layout.Ban(now + 3600 * 10**9, layout.Origin.MANUAL).pack()  # 9 active now
+    with pytest.raises(UsageError, match="9 active bans do not fit the new capacity of 7"):
+        backend.load(_with_service_maps(B, layout.bans_spec(4, 7)))
+    assert bpf.pins[path] is second and len(second.entries) == 9  # nothing replaced, nothing lifted
 
 
 # ---------------------------------------------------------------------------- clean-up

@@ -134,6 +134,10 @@ class Ban:
     def pack(self) -> bytes:
         return BAN_VALUE.pack(self.expires_ns, int(self.origin), 0)
 
+    def active(self, now_ns: int) -> bool:
+        """Whether the ban still holds at ``now_ns`` (0: until lifted)."""
+        return self.expires_ns == 0 or now_ns < self.expires_ns
+
     @classmethod
     def unpack(cls, raw: bytes) -> Ban:
         expires, origin, _ = BAN_VALUE.unpack(raw)

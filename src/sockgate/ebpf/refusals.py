@@ -290,7 +290,7 @@ def lpm_network(family: int, key: bytes) -> ipaddress.IPv4Network | ipaddress.IP
 
 
 def active(row: BanRow, now_ns: int) -> bool:
-    return row.ban.expires_ns == 0 or row.ban.expires_ns > now_ns
+    return row.ban.active(now_ns)
 
 
 def sort_counts(rows: list[CountRow]) -> list[CountRow]:

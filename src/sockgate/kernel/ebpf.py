@@ -15,7 +15,9 @@ Loading (``load``) is generic over what the program names:
   bans, events) is opened from ``layout.service_dir(service)`` when one is pinned with the
   same type, key, value, flags and capacity; otherwise a new one is made and pinned in its
   place (renamed over the old pin), carrying the old entries over where key and value sizes
-  are equal (a ring buffer carries nothing) — so a reload keeps counts and bans;
+  are equal (a ring buffer carries nothing) — so a reload keeps counts and bans. Expired bans
+  are not carried; active ones always are, and a capacity too small for them is refused
+  before anything is replaced;
 * the program is linked to every map's fd and loaded; the verifier's refusal is a
   ``VerifierError`` naming the end of its log.
 
@@ -80,6 +82,23 @@ def can_carry(pinned: MapSpec, wanted: MapSpec) -> bool:
     """Whether the entries of ``pinned`` may be copied into a new ``wanted`` map."""
     return (pinned.map_type == wanted.map_type and pinned.map_type in _ITERABLE
             and (pinned.key_size, pinned.value_size) == (wanted.key_size, wanted.value_size))
+
+
+_BAN_MAPS = frozenset(layout.bans_spec(f).name for f in (4, 6))
+
+
+def carried(spec: MapSpec, items: Sequence[tuple[bytes, bytes]], now_ns: int) -> list[tuple[bytes, bytes]]:
+    """The entries of an old map to copy into a new ``spec`` map. Bans: the expired ones are
+    left behind and every active one is kept — a new capacity they do not fit is refused
+    (``UsageError``), never a ban silently lifted. Other maps (counters, buckets): the first
+    that fit."""
+    if spec.name not in _BAN_MAPS:
+        return list(items[: spec.max_entries])
+    active = [(k, v) for k, v in items if layout.Ban.unpack(v).active(now_ns)]
+    if len(active) > spec.max_entries:
+        raise UsageError(f"{spec.name}: {len(active)} active bans do not fit the new capacity of {spec.max_entries};"
+                         " nothing was changed (raise the capacity, or lift bans first)")
+    return active
 
 
 def program_name(digest: str) -> str:
@@ -294,11 +313,7 @@ class EbpfBackend:
         return theirs
 
     def _carry(self, old: int, new: int, spec: MapSpec) -> None:
-        items: list[tuple[bytes, bytes]] = []
-        for item in self.ops.map_items(old, spec.key_size, spec.value_size):
-            if len(items) >= spec.max_entries:
-                break
-            items.append(item)
+        items = carried(spec, list(self.ops.map_items(old, spec.key_size, spec.value_size)), time.monotonic_ns())
         if items:
             self.ops.map_update_many(new, [k for k, _ in items], [v for _, v in items])
 
