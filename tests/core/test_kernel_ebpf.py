@@ -219,6 +219,33 @@ def test_stale_needs_this_namespace_an_absent_cookie_and_age() -> None:
     assert not stale(rec, 5, set(), 7, 10**9, 60)  # too young
 
 
+def test_stale_collects_another_namespace_only_once_it_is_gone() -> None:
+    rec = registry.Record(1, 1, "web", "0" * 16, netns=8, written_ns=0, netns_ino=4026532999)
+    assert stale(rec, 5, set(), 7, 10**12, 60, {4026531840})  # its namespace no longer exists
+    assert not stale(rec, 5, set(), 7, 10**12, 60, {4026531840, 4026532999})  # still exists
+    assert not stale(rec, 5, set(), 7, 10**12, 60, None)  # cannot tell
+    assert not stale(rec, 5, set(), 7, 10**9, 60, {4026531840})  # too young
+    assert not stale(replace(rec, netns_ino=0), 5, set(), 7, 10**12, 60, set())  # recorded before inodes were
+
+
+def test_a_full_registry_collects_gone_namespaces_first_then_says_what_fills_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    two = registry.spec(2)
+    monkeypatch.setattr(registry, "spec", lambda capacity=2: two)  # a registry of two sockets
+    ops, bpf, backend, kernel = setup()
+    bpf.netns_ino, bpf.namespaces = 4026532999, {4026532999}
+    a = load(kernel, A)
+    bpf.netns = 8  # two sockets guarded from another namespace
+    kernel.apply([Step(Slot(1, "fd 1"), a)])
+    kernel.apply([Step(Slot(2, "fd 2"), a)])
+    bpf.netns, bpf.live = 7, set()
+    backend.grace = 0
+    with pytest.raises(AdapterError, match=r"full \(2 of 2 entries, 0 for sockets of this network namespace still open, 2 of other"):
+        kernel.apply([Step(Slot(3, "fd 3"), a)])
+    bpf.namespaces = {4026531840}  # that namespace is gone: its entries make room
+    kernel.apply([Step(Slot(3, "fd 3"), a)])
+    assert kernel.read(3).state == "sockgate"
+
+
 # ---------------------------------------------------------------------------- bpffs
 
 

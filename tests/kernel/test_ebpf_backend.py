@@ -330,6 +330,27 @@ def test_pins_of_closed_sockets_are_collected(bpffs: str) -> None:
     assert collector.collect() == (1, 1) and programs(root) == []
 
 
+def test_entries_of_a_namespace_that_is_gone_are_collected(bpffs: str, tmp_path: Path) -> None:
+    """A guard recorded from another network namespace stays while that namespace lives and is
+    collected (entry and program pins) once it is gone."""
+    policy = tmp_path / "p.conf"
+    policy.write_text(POLICY)
+    ns = f"sgt-reg-{os.getpid()}"
+    collector = EbpfBackend(LinuxBpf(), bpffs, grace=0)
+    assert collector.unavailable() is None and _mounted(bpffs)  # mounted here, seen in the namespace
+    subprocess.run(["ip", "netns", "add", ns], check=True, timeout=30)
+    try:
+        r = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "sockgate", "run", "--backend", "ebpf",
+                            "--policy", str(policy), "-s", "echo", "-l", "tcp://127.0.0.1:0", "--", "true"],
+                           capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=SRC), cwd="/")
+        assert r.returncode == 0, r.stderr
+        assert collector.collect() == (0, 0)  # its namespace still exists (ip netns holds it)
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False, timeout=30)
+    assert collector.collect() == (1, 1)
+    assert os.listdir(f"{bpffs}/sockgate/services/echo") == []
+
+
 def test_planted_root_is_refused(bpffs: str) -> None:
     backend = EbpfBackend(LinuxBpf(), bpffs)
     assert backend.unavailable() is None and _mounted(bpffs)

@@ -38,6 +38,8 @@ class FakeBpf:
     sockets: FakeOps
     netns: int = 7  # the namespace of every fake socket, and of this process
     live: set[int] | None = None  # cookies sock_diag lists (None: cannot list)
+    netns_ino: int = 0  # the nsfs inode of every fake socket's namespace (0: unknown)
+    namespaces: set[int] | None = None  # nsfs inodes of live namespaces (None: cannot tell)
     fds: dict[int, Any] = field(default_factory=dict)
     pins: dict[str, Any] = field(default_factory=dict)
     dirs: set[str] = field(default_factory=set)
@@ -153,6 +155,12 @@ class FakeBpf:
 
     def netns_cookie(self, fd: int) -> int | None:
         return self.netns
+
+    def netns_inode(self, fd: int) -> int | None:
+        return self.netns_ino
+
+    def live_netns(self) -> set[int] | None:
+        return self.namespaces
 
     def here(self) -> int | None:
         return self.netns

@@ -13,7 +13,7 @@ from typing import Iterator, Protocol, Sequence
 from sockgate.ebpf.insn import MapType
 from sockgate.ebpf.maps import MapSpec
 from sockgate.errors import AdapterError
-from sockgate.linux import bpffs, bpfsys, sockdiag
+from sockgate.linux import bpffs, bpfsys, procfs, sockdiag
 
 
 class BpfOps(Protocol):
@@ -42,6 +42,8 @@ class BpfOps(Protocol):
     def attach(self, sock_fd: int, prog_fd: int, label: str) -> None: ...
     def socket_cookie(self, fd: int) -> int: ...
     def netns_cookie(self, fd: int) -> int | None: ...
+    def netns_inode(self, fd: int) -> int | None: ...
+    def live_netns(self) -> set[int] | None: ...
     def here(self) -> int | None:
         """The cookie of this process's network namespace."""
 
@@ -121,6 +123,15 @@ class LinuxBpf:
 
     def netns_cookie(self, fd: int) -> int | None:
         return bpfsys.netns_cookie(fd)
+
+    def netns_inode(self, fd: int) -> int | None:
+        return bpfsys.netns_inode(fd)
+
+    def live_netns(self) -> set[int] | None:
+        try:
+            return procfs.live_netns()
+        except AdapterError:
+            return None
 
     def here(self) -> int | None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:

@@ -29,7 +29,8 @@ program id is still loaded under the recorded digest's name; anything else eBPF 
 may hold the last reference, so the id is tried first), else from its pin.
 
 ``collect`` removes registry entries whose socket is gone (its cookie absent from this
-namespace's sock_diag; entries of other namespaces are left alone) and then program
+namespace's sock_diag; an entry of another namespace once that namespace no longer exists —
+its nsfs inode held by no process, descriptor or ``ip netns`` mount) and then program
 directories no remaining entry names; both only after ``grace`` seconds, so a program
 loaded but not yet attached, or a socket guarded before it is bound, is not collected. Pins
 are only names: a socket keeps its program whatever is unpinned.
@@ -107,12 +108,16 @@ def program_name(digest: str) -> str:
 
 
 def stale(record: registry.Record, cookie: int, live: set[int] | None, here: int | None, now_ns: int,
-          grace: float) -> bool:
-    """Whether a registry entry names a socket that is gone: seen from this namespace, old
-    enough, and its cookie absent from this namespace's sockets."""
-    if live is None or here is None or record.netns != here:
+          grace: float, namespaces: set[int] | None = None) -> bool:
+    """Whether a registry entry names a socket that is gone, once it is old enough: a socket
+    of this namespace whose cookie sock_diag no longer lists, or a socket of another namespace
+    that no longer exists (its recorded nsfs inode among no live namespace's, ``namespaces``).
+    An inode a new namespace reuses keeps the entry: a leak, never a live guard forgotten."""
+    if now_ns - record.written_ns < grace * 1e9:
         return False
-    return cookie not in live and now_ns - record.written_ns >= grace * 1e9
+    if here is not None and record.netns == here:
+        return live is not None and cookie not in live
+    return namespaces is not None and record.netns_ino != 0 and record.netns_ino not in namespaces
 
 
 # ------------------------------------------------------------------------------ values
@@ -329,8 +334,8 @@ class EbpfBackend:
     def _attach_recorded(self, fd: int, prog_fd: int, record: registry.Record, label: str) -> None:
         """Record, then attach; the old record back if the kernel refuses the attach."""
         key = registry.key(self.ops.socket_cookie(fd))
-        netns = self.ops.netns_cookie(fd) or 0
-        rec = registry.Record(record.prog_id, record.insns, record.service, record.digest, netns, time.monotonic_ns())
+        netns, ino = self.ops.netns_cookie(fd) or 0, self.ops.netns_inode(fd) or 0
+        rec = registry.Record(record.prog_id, record.insns, record.service, record.digest, netns, time.monotonic_ns(), ino)
         reg = self._open_or_create(self.paths.registry, registry.spec())
         try:
             before = self.ops.map_lookup(reg, key, registry.RECORD.size)
@@ -353,14 +358,22 @@ class EbpfBackend:
         except AdapterError as e:
             if e.errno != errno.E2BIG:
                 raise
-        self.collect()  # full: make room from sockets that are gone, once
+        self.collect()  # full: make room from sockets that are gone (and namespaces), once
         try:
             self.ops.map_update_many(reg, [key], [value])
         except AdapterError as e:
             if e.errno != errno.E2BIG:
                 raise
-            raise AdapterError(f"{self.paths.registry}: the registry of eBPF guards is full ({registry.spec().max_entries}"
-                               " sockets, none of them gone); nothing was attached", errno=e.errno) from None
+            raise AdapterError(f"{self.paths.registry}: the registry of eBPF guards is full ({self._census(reg)});"
+                               " nothing was attached", errno=e.errno) from None
+
+    def _census(self, reg: int) -> str:
+        """What fills the registry, for the message that says it is full."""
+        here = self.ops.here()
+        records = [registry.Record.unpack(v) for _, v in self.ops.map_items(reg, registry.KEY.size, registry.RECORD.size)]
+        foreign = sum(1 for r in records if here is None or r.netns != here)
+        return (f"{len(records)} of {self.ops.map_shape(reg).max_entries} entries, {len(records) - foreign} for sockets of this"
+                f" network namespace still open, {foreign} of other namespaces still alive (or unknown)")
 
     def recognise(self, attached: Attached) -> GuardInfo | None:
         if not isinstance(attached, BpfFilter) or attached.cookie is None:
@@ -456,12 +469,12 @@ class EbpfBackend:
         return gone, self._collect_programs(keep)
 
     def _collect_registry(self, reg: int, now_ns: int) -> tuple[int, set[str]]:
-        live, here = self.ops.live_cookies(), self.ops.here()
+        live, here, namespaces = self.ops.live_cookies(), self.ops.here(), self.ops.live_netns()
         keep: set[str] = set()
         dead = []
         for k, v in list(self.ops.map_items(reg, registry.KEY.size, registry.RECORD.size)):
             rec = registry.Record.unpack(v)
-            if stale(rec, registry.cookie(k), live, here, now_ns, self.grace):
+            if stale(rec, registry.cookie(k), live, here, now_ns, self.grace, namespaces):
                 dead.append(k)
             else:
                 keep.add(self.paths.program(rec.service, rec.digest))

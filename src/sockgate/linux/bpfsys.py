@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import platform
 import socket
@@ -57,6 +58,7 @@ BPF_TAG_SIZE = 8
 SO_ATTACH_BPF = 50  # <asm-generic/socket.h>
 SO_COOKIE = 57  # Linux 4.12: a socket's u64 id, never reused within a boot (sock_gen_cookie)
 SO_NETNS_COOKIE = 71  # Linux 5.14: the cookie of the socket's network namespace
+SIOCGSKNS = 0x894C  # <linux/sockios.h>: an fd of the socket's network namespace
 
 # bpf(2) syscall numbers (arch/*/entry/syscalls, include/uapi/asm-generic/unistd.h)
 _SYS_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "ppc64le": 361, "s390x": 351, "riscv64": 280, "i686": 357}
@@ -415,6 +417,21 @@ def netns_cookie(s: Sockish) -> int | None:
         if e.errno in (errno.ENOPROTOOPT, errno.EINVAL):
             return None
         raise
+
+
+def netns_inode(s: Sockish) -> int | None:
+    """The nsfs inode of the socket's network namespace (``SIOCGSKNS`` hands an fd of it; the
+    inode is what ``/proc/PID/ns/net`` names); None when the kernel will not say."""
+    try:
+        ns = fcntl.ioctl(fileno(s), SIOCGSKNS)
+    except OSError as e:
+        if e.errno in (errno.ENOTTY, errno.EINVAL, errno.EPERM, errno.EOPNOTSUPP):
+            return None
+        raise AdapterError(f"SIOCGSKNS on fd {fileno(s)}: {e.strerror}", errno=e.errno) from None
+    try:
+        return os.fstat(ns).st_ino
+    finally:
+        os.close(ns)
 
 
 def _u64_option(fd: int, opt: int, name: str) -> int:

@@ -153,6 +153,48 @@ def netns_of(pid: int, proc: str = PROC) -> int | None:
         return None
 
 
+_NET_LINK = "net:["
+NETNS_MOUNTS = ("/run/netns", "/var/run/netns")  # where ``ip netns`` keeps namespaces alive
+
+
+def live_netns(proc: str = PROC, mounts: Iterable[str] = NETNS_MOUNTS) -> set[int] | None:
+    """The nsfs inodes of every network namespace something holds: a thread's namespace, a
+    descriptor open on one, a bind mount ``ip netns`` made. None when we may not see every
+    process (then no namespace can be called gone). A namespace held only by a socket another
+    namespace's process keeps is not seen."""
+    if not sees_every_process(f"{proc}/self/status"):
+        return None
+    inodes: set[int] = set()
+    for pid in all_pids(proc):
+        for tid in _listdir(f"{proc}/{pid}/task"):
+            _stat_into(inodes, f"{proc}/{pid}/task/{tid}/ns/net")
+        for fd in _listdir(f"{proc}/{pid}/fd"):
+            try:
+                link = os.readlink(f"{proc}/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith(_NET_LINK) and link.endswith("]") and link[len(_NET_LINK):-1].isdigit():
+                inodes.add(int(link[len(_NET_LINK):-1]))
+    for d in mounts:
+        for name in _listdir(d):
+            _stat_into(inodes, f"{d}/{name}")
+    return inodes
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
+def _stat_into(inodes: set[int], path: str) -> None:
+    try:
+        inodes.add(os.stat(path).st_ino)
+    except OSError:
+        pass
+
+
 def pid_exists(pid: int, proc: str = PROC) -> bool:
     """Whether ``pid`` is a process (a thread id is not, though /proc answers for it too)."""
     if pid <= 0:
