@@ -25,7 +25,10 @@ filter belongs to the socket, not the descriptor) and waits in ``sockgate.superv
   transaction of the kernel seam (``Kernel.apply``): one ``setsockopt`` each, atomic (the
   kernel replaces the program under RCU), and if one fails the sockets already changed get
   their previous program back. Any error leaves the old filters in place and is reported on
-  stderr; ``--forward-hup`` also passes SIGHUP on;
+  stderr; ``--forward-hup`` also passes SIGHUP on. With ``--lock`` each TCP/UDP filter is
+  locked right after it is attached (``SO_LOCK_FILTER``): the command, which holds the same
+  sockets and needs no capability to detach a filter, can no longer remove or replace its
+  guard — and neither can a reload, so SIGHUP is refused with that reason;
 * SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT are forwarded to the command
   (except those a terminal sent: it sent the command its own copy);
 * when the command exits, the supervisor exits with its status (128+N for a signal N).
@@ -119,6 +122,7 @@ class RunConfig:
     log_format: LogFormat = "text"  # the refusal log of an eBPF guard (refusallog.py)
     log_sink: LogSink = "stderr"
     refusal_interval: float = DEFAULT_INTERVAL  # seconds: one line per source per interval
+    lock: bool = False  # SO_LOCK_FILTER after the attach: the command cannot remove its guard; no reloads
 
 
 class Gate:
@@ -139,6 +143,8 @@ class Gate:
             if self.loaded is None:
                 self.loaded = self._load(self.resolved)
             self.kernel.apply([Step(Slot(sock.fileno(), _where(sock), RUN_ADVICE), self.loaded)])
+            if self.cfg.lock:
+                self.kernel.lock(sock.fileno(), _where(sock))
 
     @property
     def inet(self) -> list[Listener]:
@@ -154,6 +160,10 @@ class Gate:
     def reload(self) -> bool:
         """Re-read, compile, swap. On any error the old filters stay; False is returned."""
         cfg = self.cfg
+        if cfg.lock and self.inet:
+            cfg.say(f"reload refused: the sockets' filters are locked (--lock), the policy they started with stays;"
+                    " restart sockgate run to change it")
+            return False
         try:
             self._swap(cfg.load())
         except PolicyError as e:
@@ -288,7 +298,7 @@ def prepare(cfg: RunConfig) -> tuple[Gate, privileges.Credentials | None]:
     gate.listeners = open_listeners(cfg.urls, before_listen=gate.guard_socket)
     for i, lst in enumerate(gate.listeners):
         where = "" if cfg.inetd else f" as fd {activation.SD_LISTEN_FDS_START + i} ({lst.name})"
-        guard_text = f"guarded: {gate.describe()}"
+        guard_text = f"guarded: {gate.describe()}" + (", locked" if cfg.lock else "")
         if lst.url.is_unix:
             guard_text = "Unix socket, " + (UNIX_INETD if cfg.inetd else UNIX_ACTIVATION)
         cfg.say(f"listening on {lst.address()}{where}, {guard_text}")

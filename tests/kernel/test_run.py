@@ -3,6 +3,7 @@ privileged ports and privilege dropping, Unix sockets, inetd mode, and clear ref
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pwd
@@ -512,6 +513,43 @@ def test_forward_signals(tmp_path: Path, policy: Path, launch: Launch) -> None:
     lr.signal(signal.SIGUSR1)
     assert lr.finish() == 3
     assert marker.read_text() == "got"
+
+
+DETACH_AS_SERVICE = (
+    "import ctypes,socket,sys,pathlib;"
+    "libc=ctypes.CDLL(None,use_errno=True);"
+    "s=socket.socket(fileno=3);"
+    "one=ctypes.c_int(0);"
+    "rc=libc.setsockopt(3,socket.SOL_SOCKET,27,ctypes.byref(one),4);"  # SO_DETACH_FILTER
+    "pathlib.Path(sys.argv[1]).write_text(str(0 if rc==0 else ctypes.get_errno()));"
+    "print('command ready',file=sys.stderr,flush=True);"
+    "s.detach();"
+    "import time;[time.sleep(0.05) for _ in range(600)]"
+)
+
+
+@needs_tcp_filter
+@pytest.mark.parametrize("lock", [False, True])
+def test_lock_keeps_the_command_from_detaching_its_guard(public_dir: Path, policy: Path, launch: Launch,
+                                                         lock: bool) -> None:
+    """The command (as nobody, no capability) tries SO_DETACH_FILTER on its listener: without
+    --lock it succeeds and the denied source gets in; with --lock it fails (EPERM), the guard
+    holds, and a reload is refused with the reason."""
+    out = public_dir / "detached"
+    os.chmod(public_dir, 0o777)
+    lr = launch("--policy", str(policy), "--service", "echo", "--user", "nobody", *(["--lock"] if lock else []),
+                "--listen", "tcp://127.0.0.1:0", "--", _python_for_nobody(), "-c", DETACH_AS_SERVICE, str(out))
+    addrs, _ = lr.started(1)
+    assert any("guarded:" in line and line.endswith(", locked") == lock for line in lr.lines), lr.lines
+    lr.seen_line("^command ready$")
+    port = port_of(addrs[0])
+    if not lock:
+        assert out.read_text() == "0" and not tcp_filtered("127.0.0.2", port)
+        return
+    assert out.read_text() == str(errno.EPERM) and tcp_filtered("127.0.0.2", port)
+    lr.signal(signal.SIGHUP)
+    lr.wait_line(r"reload refused: the sockets' filters are locked \(--lock\)")
+    assert tcp_filtered("127.0.0.2", port)
 
 
 def test_resolve_credentials() -> None:

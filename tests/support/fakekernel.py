@@ -27,6 +27,10 @@ class FakeOps:
     def is_locked(self, fd: int) -> bool:
         return fd in self.locked
 
+    def lock(self, fd: int, label: str) -> None:
+        self._tried("lock", fd, label)
+        self.locked.add(fd)
+
     def family(self, fd: int, label: str) -> int:
         return self.families.get(fd, socket.AF_INET)
 

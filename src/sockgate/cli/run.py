@@ -33,6 +33,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-conns", type=int, default=40, metavar="N", help="--inetd: at most N commands at once (default 40)")
     p.add_argument("--forward-hup", action="store_true", help="after reloading the policy on SIGHUP, pass SIGHUP to COMMAND")
     p.add_argument("--notify", action="store_true", help="report READY/RELOADING/STOPPING to $NOTIFY_SOCKET (systemd)")
+    p.add_argument("--lock", action="store_true",
+                   help="lock each filter (SO_LOCK_FILTER): COMMAND cannot detach it; reloads then need a restart")
     add_backend_arg(p)
     add_log_args(p, "write the refusal log to syslog (ident sockgate, facility auth) instead of stderr")
     p.add_argument("--refusal-interval", type=float, default=60.0, metavar="SECONDS",
@@ -70,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         log_format=args.log_format,
         log_sink=log_sink(args),
         refusal_interval=args.refusal_interval,
+        lock=args.lock,
     )
     return launch(cfg)
 

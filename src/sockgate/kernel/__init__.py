@@ -125,6 +125,11 @@ class Kernel:
         """Every step or none (``transaction.apply``)."""
         return transaction.apply(self.backends, self.ops, steps)
 
+    def lock(self, fd: int, label: str) -> None:
+        """Lock socket ``fd``'s filter for its life (``SO_LOCK_FILTER``): the process holding
+        it can no longer detach or replace it — nor can a reload."""
+        self.ops.lock(fd, label)
+
 
 def _try_compile(backend: Backend, service: ResolvedService, bans: Sequence[Banned]) -> Compiled | None:
     """``backend``'s (pure) program for ``service``, or None when it refuses it."""

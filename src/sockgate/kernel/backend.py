@@ -113,3 +113,7 @@ class FilterOps(Protocol):
 
     def detach(self, fd: int, label: str) -> bool:
         """Remove the filter; False when there was none."""
+
+    def lock(self, fd: int, label: str) -> None:
+        """Lock the filter (SO_LOCK_FILTER): from then on nobody — the process holding the
+        socket included — can change or remove it, for the socket's life."""

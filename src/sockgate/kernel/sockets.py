@@ -53,5 +53,11 @@ class LinuxFilterOps:
     def detach(self, fd: int, label: str) -> bool:
         return kfilter.detach(fd, label)
 
+    def lock(self, fd: int, label: str) -> None:
+        try:
+            kfilter.lock(fd)
+        except AdapterError as e:
+            raise AdapterError(f"{label}: {str(e).split(': ', 1)[-1]}", errno=e.errno, target=label) from e
+
 
 LINUX_OPS = LinuxFilterOps()
