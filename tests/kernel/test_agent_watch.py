@@ -27,7 +27,8 @@ import pytest
 
 from sockgate.agent.model import SocketEvent
 from sockgate.agent.watcher import HOOKS, CgroupWatcher, PollWatcher, start
-from sockgate.ebpf.watch import WatchSet
+from sockgate.ebpf.insn import MapType
+from sockgate.ebpf.watch import RING_BYTES, WatchSet
 from sockgate.errors import AdapterError
 from sockgate.linux import bpfsys, cgroupbpf
 from sockgate.supervisor import SelectorLoop
@@ -156,7 +157,7 @@ def lab() -> Iterator[Lab]:
                 for c in lab.children:
                     c.close()
                 _assert_detached(cgroup)
-                assert not os.path.exists(f"{bpffs}/watch"), "pins left behind"
+                assert not os.path.exists(f"{bpffs}/sockgate/watch"), "pins left behind"
     finally:
         os.rmdir(cgroup)
 
@@ -286,7 +287,7 @@ def test_a_failed_open_leaves_nothing_open_or_attached(lab: Lab) -> None:
     with pytest.raises(AdapterError):
         CgroupWatcher.open(f"{lab.cgroup}/missing", lab.bpffs)
     assert sorted(os.listdir("/proc/self/fd")) == before
-    assert not os.path.exists(f"{lab.bpffs}/watch")
+    assert not os.path.exists(f"{lab.bpffs}/sockgate/watch")
 
 
 def test_the_supervisor_loop_drives_the_watcher(lab: Lab, watcher: CgroupWatcher) -> None:
@@ -315,10 +316,10 @@ def test_stale_pins_are_replaced_without_a_gap_or_a_second_program(lab: Lab) -> 
     first = CgroupWatcher.open(lab.cgroup, lab.bpffs)
     first.close(unpin=False)
     # the pinned bind4 program is no longer the one its link holds: the pins are not trusted
-    os.unlink(f"{lab.bpffs}/watch/prog-bind4")
-    other = bpfsys.get_pinned(f"{lab.bpffs}/watch/prog-listen")
+    os.unlink(f"{lab.bpffs}/sockgate/watch/prog-bind4")
+    other = bpfsys.get_pinned(f"{lab.bpffs}/sockgate/watch/prog-listen")
     try:
-        bpfsys.pin(other, f"{lab.bpffs}/watch/prog-bind4")
+        bpfsys.pin(other, f"{lab.bpffs}/sockgate/watch/prog-bind4")
     finally:
         os.close(other)
     second = CgroupWatcher.open(lab.cgroup, lab.bpffs)
@@ -339,6 +340,67 @@ def test_stale_pins_are_replaced_without_a_gap_or_a_second_program(lab: Lab) -> 
         assert [e.cookie for e in seen if on(BASE + 14, "bind")(e)] == [a["cookie"]]
     finally:
         second.close(unpin=True)
+
+
+NOBODY = 65534
+
+
+def test_a_watch_directory_another_user_planted_is_refused(lab: Lab) -> None:
+    """A local user who made the pin directory first (a bpffs mounted 1777) would own what the
+    agent pins: the open refuses it, nothing is attached or pinned."""
+    os.mkdir(f"{lab.bpffs}/sockgate", 0o700)
+    os.mkdir(f"{lab.bpffs}/sockgate/watch", 0o777)
+    os.chown(f"{lab.bpffs}/sockgate/watch", NOBODY, NOBODY)
+    try:
+        with pytest.raises(AdapterError, match="owned by uid 65534, not root"):
+            CgroupWatcher.open(lab.cgroup, lab.bpffs)
+        assert os.listdir(f"{lab.bpffs}/sockgate/watch") == []
+        os.rmdir(f"{lab.bpffs}/sockgate/watch")
+        os.symlink("/tmp", f"{lab.bpffs}/sockgate/watch")
+        with pytest.raises(AdapterError, match="a symlink or not a directory"):
+            CgroupWatcher.open(lab.cgroup, lab.bpffs)
+    finally:
+        if os.path.islink(f"{lab.bpffs}/sockgate/watch"):
+            os.unlink(f"{lab.bpffs}/sockgate/watch")
+        elif os.path.isdir(f"{lab.bpffs}/sockgate/watch"):
+            os.rmdir(f"{lab.bpffs}/sockgate/watch")
+
+
+@pytest.mark.parametrize("plant", ["symlink", "foreign ring"])
+def test_a_pinned_ring_that_is_not_ours_is_never_reused(lab: Lab, plant: str) -> None:
+    """``ring`` replaced by a symlink to, or a pin of, another ring of the same type (another
+    service's events ring): the next watcher makes and links its own, never reads that one."""
+    first = CgroupWatcher.open(lab.cgroup, lab.bpffs)
+    first.close(unpin=False)
+    d = f"{lab.bpffs}/sockgate/watch"
+    other_dir = f"{lab.bpffs}/sockgate/other"
+    os.mkdir(other_dir, 0o700)
+    foreign = bpfsys.map_create(MapType.RINGBUF, 0, 0, RING_BYTES, 0, "sg_events")  # the watch ring's shape
+    try:
+        bpfsys.pin(foreign, f"{other_dir}/events")
+        os.unlink(f"{d}/ring")
+        if plant == "symlink":
+            os.symlink(f"{other_dir}/events", f"{d}/ring")
+        else:
+            bpfsys.pin(foreign, f"{d}/ring")
+        second = CgroupWatcher.open(lab.cgroup, lab.bpffs)
+        try:
+            assert not second.reused
+            ring = bpfsys.get_pinned(f"{d}/ring")
+            try:
+                ours, theirs = bpfsys.map_info(ring).id, bpfsys.map_info(foreign).id
+                assert ours != theirs and not os.path.islink(f"{d}/ring")
+            finally:
+                os.close(ring)
+            second.watch(WatchSet.of([("udp", BASE + 15)], []))
+            a = lab.child().do("udp", BASE + 15)
+            seen = collect(second, lambda s: any(map(on(BASE + 15, "bind"), s)), [])
+            assert [e.cookie for e in seen if on(BASE + 15, "bind")(e)] == [a["cookie"]]
+        finally:
+            second.close(unpin=True)
+    finally:
+        os.close(foreign)
+        shutil.rmtree(other_dir, ignore_errors=True)
 
 
 def test_client_connects_are_not_reported(lab: Lab, watcher: CgroupWatcher) -> None:
@@ -368,7 +430,7 @@ def test_a_full_ring_counts_what_it_lost_and_asks_for_a_resync(lab: Lab) -> None
         assert wt.drain() == []
     finally:
         wt.close()
-    assert not os.path.exists(f"{lab.bpffs}/watch")
+    assert not os.path.exists(f"{lab.bpffs}/sockgate/watch")
 
 
 def test_pinned_hooks_outlive_the_watcher_and_are_reused(lab: Lab) -> None:

@@ -10,10 +10,16 @@ room for is counted by the program (``sg_wlost``), and a grown count, a corrupt 
 undecodable record yields a ``resync`` event — the consumer then rescans everything.
 
 With a bpf filesystem directory (``bpffs``) the ring, the maps, the programs and the links are
-pinned under ``{bpffs}/watch/``: the hooks stay attached and events queue while no agent runs,
-and the next agent reuses them when the pinned programs are the ones it would load (same tag,
-same cgroup, same hook) — else it links its own first and only then unpins the old, so there
-is no moment without a hook (a socket seen twice is harmless, one not seen is not).
+pinned under ``{bpffs}/sockgate/watch/``: the hooks stay attached and events queue while no
+agent runs, and the next agent reuses them when the pinned programs are the ones it would load
+(same tag, same cgroup, same hook, using only the pinned maps) and the pinned maps are exactly
+the ones it would make (type, sizes, capacity, flags, name) — else it links its own first and
+only then unpins the old, so there is no moment without a hook (a socket seen twice is
+harmless, one not seen is not). The directory goes through linux/bpffs's trusted-directory
+walk, as the guards' tree does: each component opened without following links, root's and
+writable by nobody else, else refused — and every pin is checked to be a pin, not a symlink,
+before it is opened. A directory another user planted would otherwise let them remove the
+link pins (the hooks then die with the agent) or point ``ring`` at another service's ring.
 
 ``PollWatcher`` is the fallback when cgroup BPF is unavailable (no CAP_BPF, no cgroup2, an old
 kernel): a sock_diag dump of TCP listeners and bound UDP sockets at a modest interval, new
@@ -38,13 +44,13 @@ from sockgate.ebpf.insn import AttachType, ProgType, encode
 from sockgate.ebpf.maps import MapSpec
 from sockgate.errors import AdapterError
 from sockgate.kernel import pins
-from sockgate.linux import bpfsys, cgroupbpf, sockdiag
+from sockgate.linux import bpffs as trusted, bpfsys, cgroupbpf, sockdiag
 from sockgate.linux.ringbuf import RingBuffer, RingError
 from sockgate.supervisor import Cancel, Loop
 
 WatchMode = Literal["cgroup-bpf", "poll"]
 DEFAULT_POLL_INTERVAL = 2.0
-PIN_DIR = "watch"
+PIN_DIR = "sockgate/watch"  # below the bpffs mount, beside the guards' tree (ebpf/layout.ROOT)
 
 
 @dataclass(frozen=True)
@@ -150,21 +156,23 @@ class CgroupWatcher:
         if path is None:
             raise WatchUnavailable("no cgroup2 hierarchy is mounted (see /proc/self/mountinfo)")
         pin_dir = f"{bpffs}/{PIN_DIR}" if bpffs else None
+        specs = {n: w.ring_spec(ring_bytes) if n == "ring" else s for n, s in w.MAPS.items()}
         got = _Opened()
         try:
-            pinned = _pinned_maps(pin_dir) if pin_dir else None
-            got.maps = pinned or {n: _create(w.ring_spec(ring_bytes) if n == "ring" else s) for n, s in w.MAPS.items()}
+            found = trusted.trusted_dir(bpffs, PIN_DIR) if bpffs else None  # a planted directory raises
+            pinned = _pinned_maps(found, specs) if found else None
+            got.maps = pinned or {n: _create(s) for n, s in specs.items()}
             with_pid = _load(got)
             releases = "release" in got.progs
             cg = cgroupbpf.open_cgroup(path)
             try:
-                reused = pinned is not None and pin_dir is not None and _same_links(pin_dir, got.progs, cg)
+                reused = pinned is not None and found is not None and _same_links(found, got.progs, got.maps, cg)
                 if not reused:
                     got.links = {h.name: cgroupbpf.link(got.progs[h.name], cg, h.attach_type) for h in HOOKS if h.name in got.progs}
             finally:
                 os.close(cg)
-            if pin_dir and not reused:
-                _pin(pin_dir, got, maps_too=pinned is None)
+            if bpffs and not reused:
+                _pin(trusted.ensure_dirs(bpffs, PIN_DIR), got, maps_too=pinned is None)
             for fd in got.progs.values():
                 os.close(fd)
             got.progs = {}
@@ -287,13 +295,15 @@ def _load(got: _Opened) -> bool:
         return False
 
 
-def _pinned_maps(pin_dir: str) -> dict[str, int] | None:
-    """The maps an earlier agent pinned, each checked against its layout; None when any is
-    missing or not what the layout says (then everything is made anew)."""
+def _pinned_maps(pin_dir: str, specs: dict[str, MapSpec]) -> dict[str, int] | None:
+    """The maps an earlier agent pinned in the trusted ``pin_dir``, each a pin itself (no
+    symlink) and exactly the map ``specs`` names (type, sizes, capacity, flags, name); None
+    when any is missing or not that (then everything is made anew)."""
     out: dict[str, int] = {}
     try:
-        for name, spec in w.MAPS.items():
-            out[name] = pins.open_map(f"{pin_dir}/{name}", spec, readonly=False)
+        for name, spec in specs.items():
+            trusted.check_pin(f"{pin_dir}/{name}")
+            out[name] = pins.open_map(f"{pin_dir}/{name}", spec, readonly=False, exact=True)
     except AdapterError:
         for fd in out.values():
             os.close(fd)
@@ -301,19 +311,25 @@ def _pinned_maps(pin_dir: str) -> dict[str, int] | None:
     return out
 
 
-def _same_links(pin_dir: str, fresh: dict[str, int], cgroup_fd: int) -> bool:
+def _same_links(pin_dir: str, fresh: dict[str, int], maps: dict[str, int], cgroup_fd: int) -> bool:
     """Whether every pinned link holds the pinned program of its hook, on this cgroup, with the
-    tag of the program this agent would load."""
+    tag of the program this agent would load, using only the pinned ``maps`` (so the hooks
+    write to the ring this agent reads)."""
     cgroup_id = os.fstat(cgroup_fd).st_ino
+    map_ids = {int(bpfsys.map_info(fd).id) for fd in maps.values()}
     for h in (h for h in HOOKS if h.name in fresh):
         fds: list[int] = []
         try:
+            for kind in ("link", "prog"):
+                trusted.check_pin(f"{pin_dir}/{kind}-{h.name}")
             fds.append(link := bpfsys.get_pinned(f"{pin_dir}/link-{h.name}"))
             fds.append(prog := bpfsys.get_pinned(f"{pin_dir}/prog-{h.name}"))
             if (bpfsys.object_kind(link), bpfsys.object_kind(prog)) != ("link", "prog"):
                 return False
             li, pi, new = bpfsys.link_info(link), bpfsys.prog_info(prog), bpfsys.prog_info(fresh[h.name])
             if (li.prog_id, li.cgroup_id, li.attach_type) != (pi.id, cgroup_id, h.attach_type) or bytes(pi.tag) != bytes(new.tag):
+                return False
+            if not set(bpfsys.prog_map_ids(prog)) <= map_ids:
                 return False
         except AdapterError:
             return False
@@ -325,8 +341,8 @@ def _same_links(pin_dir: str, fresh: dict[str, int], cgroup_fd: int) -> bool:
 
 def _pin(pin_dir: str, got: _Opened, maps_too: bool) -> None:
     """Pin the new programs and links (and maps) over whatever was pinned: the new links are
-    attached already, so the old ones detach only once their replacements run."""
-    os.makedirs(pin_dir, mode=0o700, exist_ok=True)
+    attached already, so the old ones detach only once their replacements run. ``pin_dir``
+    is a trusted directory (``bpffs.ensure_dirs``): root's, closed to others."""
     objects = {**{f"prog-{name}": fd for name, fd in got.progs.items()},
                **{f"link-{name}": fd for name, fd in got.links.items()}}
     if maps_too:

@@ -41,15 +41,19 @@ def map_name(spec: MapSpec) -> str:
     return spec.name.removeprefix("sg_")
 
 
-def open_map(path: str, spec: MapSpec, readonly: bool = True) -> int:
+def open_map(path: str, spec: MapSpec, readonly: bool = True, exact: bool = False) -> int:
     """An fd for the map pinned at ``path`` after checking it against ``spec`` (type, key and
-    value size); the caller closes it. Raises ``PinError`` (errno kept)."""
+    value size; with ``exact`` also capacity, flags and name: a map this layout made, not one
+    of the same shape made for something else); the caller closes it. Raises ``PinError``
+    (errno kept)."""
     try:
         fd = bpfsys.get_pinned(path, bpfsys.BPF_F_RDONLY if readonly else 0)
     except AdapterError as e:
         raise PinError(str(e), errno=e.errno, target=path) from None
     try:
         _check(fd, path, spec)
+        if exact:
+            _check_exact(fd, path, spec)
     except BaseException:
         os.close(fd)
         raise
@@ -66,6 +70,16 @@ def _check(fd: int, path: str, spec: MapSpec) -> None:
     if got != want:
         raise PinError(f"{escape(path)}: not a sockgate {map_name(spec)} map (type {got[0]}, key {got[1]} bytes,"
                        f" value {got[2]} bytes; expected type {want[0]}, key {want[1]}, value {want[2]})", target=path)
+
+
+def _check_exact(fd: int, path: str, spec: MapSpec) -> None:
+    info = bpfsys.map_info(fd)
+    got = (int(info.max_entries), int(info.map_flags), bytes(info.name).rstrip(b"\0"))
+    want = (spec.max_entries, spec.flags, spec.name.encode()[: bpfsys.BPF_OBJ_NAME_LEN - 1])
+    if got != want:
+        raise PinError(f"{escape(path)}: not the {map_name(spec)} map sockgate makes (capacity {got[0]}, flags"
+                       f" {got[1]:#x}, name {escape(got[2].decode(errors='replace'))!r}; expected {want[0]},"
+                       f" {want[1]:#x}, {spec.name!r})", target=path)
 
 
 def walk(fd: int, spec: MapSpec, bound: int | None = None) -> Iterator[tuple[bytes, bytes]]:

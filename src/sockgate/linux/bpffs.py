@@ -106,25 +106,55 @@ def ensure_mounted(path: str) -> None:
 def ensure_dirs(mountpoint: str, relative: str) -> str:
     """Make (0700) or open each directory of ``relative`` below ``mountpoint``, refusing a
     symlink, a non-directory, or a directory not root's or writable by others; the path."""
+    path = _walk(mountpoint, relative, create=True)
+    assert path is not None  # made when missing
+    return path
+
+
+def trusted_dir(mountpoint: str, relative: str) -> str | None:
+    """``ensure_dirs`` without making anything: the path when every directory of ``relative``
+    exists and is trusted, None when one is missing; a planted one raises ``AdapterError``."""
+    return _walk(mountpoint, relative, create=False)
+
+
+def _walk(mountpoint: str, relative: str, create: bool) -> str | None:
     ensure_mounted(mountpoint)
     fd = _open_dir(mountpoint, mountpoint)
     path = mountpoint
     try:
         for name in components(relative):
             path = f"{path}/{name}"
+            if create:
+                try:
+                    os.mkdir(name, 0o700, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                except OSError as e:
+                    raise AdapterError(f"create {path}: {e.strerror}", errno=e.errno, target=path) from None
             try:
-                os.mkdir(name, 0o700, dir_fd=fd)
-            except FileExistsError:
-                pass
-            except OSError as e:
-                raise AdapterError(f"create {path}: {e.strerror}", errno=e.errno, target=path) from None
-            child = _open_dir(name, path, dir_fd=fd)
+                child = _open_dir(name, path, dir_fd=fd)
+            except AdapterError as e:
+                if not create and e.errno == errno.ENOENT:
+                    return None
+                raise
             os.close(fd)
             fd = child
             _check(fd, path)
     finally:
         os.close(fd)
     return path
+
+
+def check_pin(path: str) -> None:
+    """Refuse ``path`` unless it is a pin itself (a regular file on bpffs, root's): a symlink
+    there would make ``BPF_OBJ_GET`` open whatever it points to."""
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        raise AdapterError(f"{path}: {e.strerror}", errno=e.errno, target=path) from None
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != 0:
+        what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a pin" if not stat.S_ISREG(st.st_mode) else f"owned by uid {st.st_uid}"
+        raise AdapterError(f"refusing {path}: {what}", errno=errno.EPERM, target=path)
 
 
 def _open_dir(name: str, path: str, dir_fd: int | None = None) -> int:

@@ -384,6 +384,17 @@ def pin(fd: int, path: str) -> None:
         _bpf(BPF_OBJ_PIN, _Obj(_addr(p), fd, 0))
 
 
+def prog_map_ids(fd: int) -> list[int]:
+    """The ids of the maps a loaded program uses."""
+    n = int(prog_info(fd).nr_map_ids)
+    ids = (ctypes.c_uint32 * max(n, 1))()
+    info = ProgInfo()
+    info.nr_map_ids, info.map_ids = n, ctypes.addressof(ids)
+    with translated(f"read the maps of BPF program fd {fd}"):
+        _bpf(BPF_OBJ_GET_INFO_BY_FD, _Info(fd, ctypes.sizeof(info), ctypes.addressof(info)))
+    return [int(ids[i]) for i in range(min(n, int(info.nr_map_ids)))]
+
+
 def get_pinned(path: str, flags: int = 0) -> int:
     """A new fd for the object pinned at ``path`` (``flags``: ``BPF_F_RDONLY`` for a map
     only read)."""
