@@ -9,7 +9,7 @@ from typing import Callable
 import pytest
 
 from sockgate.agent import watcher as wmod
-from sockgate.agent.model import SocketEvent
+from sockgate.agent.model import ResyncPacer, SocketEvent, resync
 from sockgate.agent.watcher import PollWatcher, open_watcher, start, to_event
 from sockgate.ebpf.watch import Hook, WatchRecord, WatchSet
 from sockgate.errors import AdapterError
@@ -98,12 +98,16 @@ class FakeRing:
 
     def __init__(self) -> None:
         self.batches: list[list[SocketEvent]] = []
+        self.due_s: list[float | None] = []
 
     def fileno(self) -> int:
         return 7
 
     def interval(self) -> None:
         return None
+
+    def due(self) -> float | None:
+        return self.due_s.pop(0) if self.due_s else None
 
     def drain(self) -> list[SocketEvent]:
         return self.batches.pop(0) if self.batches else []
@@ -157,3 +161,33 @@ def test_a_listen_program_refused_with_pid_is_loaded_without(monkeypatch: pytest
     got = wmod._Opened(maps={"ring": 3, "ports": 4, "comms": 5, "conf": 6, "lost": 7, "tracked": 8})
     assert wmod._load(got) is False
     assert sorted(got.progs) == ["bind4", "bind6", "listen"] and loaded.count("sg_wlisten") == 2
+
+
+def test_a_deferred_resync_is_drained_by_a_timer_when_due() -> None:
+    loop, ring, got = FakeLoop(), FakeRing(), []
+    later = resync(5)
+    ring.batches, ring.due_s = [[], [later]], [2.5, 2.5, None]
+    stop = start(ring, loop, got.append)
+    loop.watched[7]()  # a drain that left a resync pending: one timer, when it is due
+    loop.watched[7]()  # still pending: no second timer
+    assert [d for d, _ in loop.timers] == [2.5]
+    loop.timers[0][1]()
+    assert got == [[later]] and len(loop.timers) == 1
+    stop()
+
+
+def test_the_pacer_coalesces_spaces_with_backoff_and_never_drops() -> None:
+    p, s = ResyncPacer(min_s=1.0, max_s=4.0), 10**9
+    p.ask()
+    assert p.take(0) and not p.pending  # the first goes out at once
+    for t in (1, 2, 3):  # a flood asks again and again: one pending, spaced
+        p.ask()
+    assert not p.take(s // 2) and p.due_in(s // 2) == 0.5
+    assert p.take(1 * s) and p.spacing == 2.0  # followed the last closely: spacing doubled
+    p.ask()
+    assert not p.take(2 * s) and p.take(3 * s) and p.spacing == 4.0
+    p.ask()
+    assert p.take(7 * s) and p.spacing == 4.0  # capped
+    p.ask()
+    assert p.take(100 * s) and p.spacing == 1.0  # after a quiet time: back to the start
+    assert p.due_in(200 * s) is None and not p.take(200 * s)  # nothing asked: nothing due

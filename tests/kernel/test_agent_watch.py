@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from sockgate.agent.model import SocketEvent
+from sockgate.agent.model import ResyncPacer, SocketEvent
 from sockgate.agent.watcher import HOOKS, CgroupWatcher, PollWatcher, start
 from sockgate.ebpf.insn import MapType
 from sockgate.ebpf.watch import RING_BYTES, WatchSet
@@ -431,6 +431,34 @@ def test_a_full_ring_counts_what_it_lost_and_asks_for_a_resync(lab: Lab) -> None
     finally:
         wt.close()
     assert not os.path.exists(f"{lab.bpffs}/sockgate/watch")
+
+
+def test_repeated_overflows_coalesce_into_paced_resyncs_that_still_come(lab: Lab) -> None:
+    """A flood that overflows the ring again and again (any user's listen() loop would) asks
+    for one rescan at once, then at most one per spacing; the deferred one is due later and
+    goes out from a drain with nothing new."""
+    wt = CgroupWatcher.open(lab.cgroup, None, ring_bytes=4096)
+    try:
+        wt.pacer = ResyncPacer(min_s=0.3, max_s=0.6)
+        wt.watch(WatchSet(all=True))
+        c = lab.child()
+        c.do("binds", BASE + 16, 200)
+        assert [e.kind for e in wt.drain()][-2:] == ["lost", "resync"]
+        kinds: list[str] = []
+        for _ in range(3):  # overflowing again at once: losses reported, no rescan yet
+            c.do("binds", BASE + 16, 200)
+            kinds += [e.kind for e in wt.drain()]
+        assert "lost" in kinds and "resync" not in kinds
+        due = wt.due()
+        assert due is not None and 0 < due <= 0.3
+        end = time.monotonic() + WAIT
+        while (wt.due() or 0) > 0:
+            assert time.monotonic() < end
+            time.sleep(0.02)
+        assert [e.kind for e in wt.drain()] == ["resync"]
+        assert wt.due() is None and wt.drain() == []
+    finally:
+        wt.close()
 
 
 def test_pinned_hooks_outlive_the_watcher_and_are_reused(lab: Lab) -> None:

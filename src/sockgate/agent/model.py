@@ -140,6 +140,49 @@ def resync(ts_ns: int, lost: int = 0) -> SocketEvent:
     return SocketEvent("resync", lost, 0, 0, "", 4, "tcp", 0, ts_ns)
 
 
+RESYNC_MIN = 1.0  # seconds: the least time between two full rescans the watcher asks for
+RESYNC_MAX = 30.0  # seconds: the longest a needed rescan waits while they keep being needed
+
+
+@dataclass
+class ResyncPacer:
+    """When a needed full rescan may go out. Any local user can overflow the watch ring (a
+    ``listen()`` loop needs no privilege), and every overflow needs a rescan: without a pace
+    the agent would rescan back to back. So rescans are coalesced — one pending stands for
+    any number — and spaced: ``min_s`` apart at first, the spacing doubled (up to ``max_s``)
+    each time one follows the last within twice the spacing, back to ``min_s`` after a quiet
+    one. A pending rescan is never dropped: it goes out at most ``max_s`` after it was
+    asked for (the consumer calls ``take`` again after ``due_in``), so the agent stays
+    eventually consistent."""
+
+    min_s: float = RESYNC_MIN
+    max_s: float = RESYNC_MAX
+    spacing: float = RESYNC_MIN
+    last_ns: int | None = None
+    pending: bool = False
+
+    def ask(self) -> None:
+        self.pending = True
+
+    def due_in(self, now_ns: int) -> float | None:
+        """Seconds until the pending rescan may go out (0 or less: now); None if none is."""
+        if not self.pending:
+            return None
+        return 0.0 if self.last_ns is None else self.spacing - (now_ns - self.last_ns) / 1e9
+
+    def take(self, now_ns: int) -> bool:
+        """Whether the pending rescan goes out now (then it is no longer pending)."""
+        left = self.due_in(now_ns)
+        if left is None or left > 0:
+            return False
+        if self.last_ns is not None and (now_ns - self.last_ns) / 1e9 < 2 * self.spacing:
+            self.spacing = min(self.spacing * 2, self.max_s)
+        else:
+            self.spacing = self.min_s
+        self.last_ns, self.pending = now_ns, False
+        return True
+
+
 @dataclass(frozen=True)
 class Unguarded:
     """A socket the agent could not guard, and why; reported, never silently skipped."""

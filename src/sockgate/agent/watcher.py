@@ -7,7 +7,12 @@ port, microseconds after the system call (docs/agent.md, "How sockets are notice
 binds are reported is set in the kernel (``watch``: ports and process names), so a bind storm
 elsewhere costs the agent nothing. Nothing is ever silently missed: a record the ring had no
 room for is counted by the program (``sg_wlost``), and a grown count, a corrupt ring or an
-undecodable record yields a ``resync`` event — the consumer then rescans everything.
+undecodable record yields a ``resync`` event — the consumer then rescans everything. Listens
+are not filtered in the kernel (the agent enrols daemons by the listeners they open, on any
+port), so any local user can overflow the ring with a ``listen()`` loop: the rescans that
+costs are paced (``model.ResyncPacer``: coalesced, spaced by a backoff from 1 s to 30 s, and
+the one pending always goes out), so a flood delays convergence but never forces rescans back
+to back.
 
 With a bpf filesystem directory (``bpffs``) the ring, the maps, the programs and the links are
 pinned under ``{bpffs}/sockgate/watch/``: the hooks stay attached and events queue while no
@@ -38,7 +43,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Protocol, assert_never
 
-from sockgate.agent.model import Family, Proto, SocketEvent, resync
+from sockgate.agent.model import Family, Proto, ResyncPacer, SocketEvent, resync
 from sockgate.ebpf import watch as w
 from sockgate.ebpf.insn import AttachType, ProgType, encode
 from sockgate.ebpf.maps import MapSpec
@@ -79,6 +84,8 @@ class Watcher(Protocol):
     def fileno(self) -> int | None: ...  # pollable; None: call drain every interval()
 
     def interval(self) -> float | None: ...
+
+    def due(self) -> float | None: ...  # seconds until drain must run even if fileno() stays quiet
 
     def drain(self) -> list[SocketEvent]: ...
 
@@ -140,6 +147,7 @@ class CgroupWatcher:
         self.ring, self._maps, self._links, self.releases = ring, maps, links, releases
         self.cgroup, self.pin_dir, self.reused, self.with_pid = cgroup, pin_dir, reused, with_pid
         self._now = now
+        self.pacer = ResyncPacer()  # rescans coalesced and spaced: a listen() flood must not force them back to back
         self.malformed = 0
         self._lost_base = self._lost_seen = self._read_lost()
         self._ports, self._comms = (set(self._keys("ports")), set(self._keys("comms"))) if reused else (set(), set())
@@ -195,8 +203,15 @@ class CgroupWatcher:
     def interval(self) -> float | None:
         return None
 
+    def due(self) -> float | None:
+        """Seconds until a deferred ``resync`` is due (``drain`` then emits it); None if none."""
+        left = self.pacer.due_in(self._now())
+        return None if left is None else max(left, 0.0)
+
     def drain(self) -> list[SocketEvent]:
-        """The events since the last drain; a ``resync`` at the end when any were lost."""
+        """The events since the last drain; a ``resync`` at the end when any were lost — at
+        once the first time, then paced (``ResyncPacer``): one deferred stands for all asked
+        meanwhile, and goes out from the drain ``due`` calls for."""
         out: list[SocketEvent] = []
         need_resync = False
         try:
@@ -216,7 +231,10 @@ class CgroupWatcher:
             out.append(SocketEvent("lost", (lost - self._lost_seen) % (1 << 64), 0, 0, "", 4, "tcp", 0, self._now()))
             self._lost_seen, need_resync = lost, True
         if need_resync:
-            out.append(resync(self._now(), self.lost))
+            self.pacer.ask()
+        now = self._now()
+        if self.pacer.take(now):
+            out.append(resync(now, self.lost))
         return out
 
     @property
@@ -397,6 +415,9 @@ class PollWatcher:
     def interval(self) -> float:
         return self.period
 
+    def due(self) -> None:
+        return None  # drained on its own timer
+
     @property
     def lost(self) -> int:
         return 0
@@ -453,18 +474,38 @@ def open_watcher(mode: Literal["auto", "cgroup-bpf", "poll"] = "auto", cgroup: s
         return PollWatcher(f"cgroup BPF unavailable ({e})", period)
 
 
+def _start_ring(watcher: Watcher, fd: int, loop: Loop, deliver: Callable[[list[SocketEvent]], None]) -> Cancel:
+    """The ring watched; when a drain leaves a deferred resync, a timer drains again when it
+    is due (one timer at a time), so it goes out even if the ring stays quiet."""
+    timer: list[Cancel] = []
+
+    def drain() -> None:
+        events = watcher.drain()
+        if events:
+            deliver(events)
+        left = watcher.due()
+        if left is not None and not timer:
+            timer.append(loop.call_later(left, fire))
+
+    def fire() -> None:
+        timer.clear()
+        drain()
+
+    def stop() -> None:
+        loop.unwatch(fd)
+        for cancel in timer:
+            cancel()
+
+    loop.watch(fd, drain)
+    return stop
+
+
 def start(watcher: Watcher, loop: Loop, deliver: Callable[[list[SocketEvent]], None]) -> Cancel:
     """Drive ``watcher`` on ``loop``: its ring watched, or its poll on a timer; every non-empty
     drain goes to ``deliver``. The returned function stops it."""
     fd = watcher.fileno()
     if fd is not None:
-        def readable() -> None:
-            events = watcher.drain()
-            if events:
-                deliver(events)
-
-        loop.watch(fd, readable)
-        return lambda: loop.unwatch(fd)
+        return _start_ring(watcher, fd, loop, deliver)
     period = watcher.interval() or DEFAULT_POLL_INTERVAL
     cancel: list[Cancel] = []
 
