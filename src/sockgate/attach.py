@@ -11,17 +11,20 @@ advice (``--force``, ``--port``) are made here; the seam refuses what no caller 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
+from sockgate import cutoff
 from sockgate.errors import AdapterError, SockgateError, UsageError
 from sockgate.guard import Guarded, compile_guard, require_kernel
 from sockgate.kernel import Applied, GuardInfo, Kernel, Loaded, Slot, Step, default_kernel
 from sockgate.kernel.transaction import locked_error
 from sockgate.inventory import Target, same_address
-from sockgate.linux import fdinfo, pidfd
+from sockgate.linux import fdinfo, pidfd, sockdiag
 from sockgate.policy.ir import Policy
+from sockgate.resolve import ResolvedService, resolve
 
 ATTACH_ADVICE = "run `sockgate attach` as root or with that capability"
 
@@ -50,11 +53,21 @@ class _Held:
     before: GuardInfo
 
 
+@dataclass(frozen=True)
+class Ended:
+    """The established connections an attach ended because the policy denies their peer."""
+
+    count: int = 0
+    problems: tuple[str, ...] = ()  # listeners not checked, and why
+
+
 def guard_sockets(
-    policy: Policy, service: str, targets: Sequence[tuple[int, int]], force: bool = False, backend: str = "auto"
-) -> tuple[Guarded, list[Change]]:
+    policy: Policy, service: str, targets: Sequence[tuple[int, int]], force: bool = False, backend: str = "auto",
+    keep_established: bool = False,
+) -> tuple[Guarded, list[Change], Ended]:
     """Guard every (pid, fd) in ``targets`` with ``service``'s program from ``backend``, or
-    none of them."""
+    none of them; then (unless ``keep_established``) end the established connections on the
+    TCP listeners among them whose peer the policy denies (sockgate.cutoff)."""
     require_kernel()
     kernel = default_kernel()
     program = kernel.load(compile_guard(policy, service, backend))
@@ -64,7 +77,24 @@ def guard_sockets(
         _check_changeable(held, force)
         _refuse_partial_groups(held)
         applied = _apply(kernel, held, program)
-    return Guarded.of(program.compiled), applied
+        ended = Ended() if keep_established else _end_denied(resolve(policy, service), held)
+    return Guarded.of(program.compiled), applied, ended
+
+
+def _end_denied(service: ResolvedService, held: Sequence[_Held]) -> Ended:
+    listeners, problems = [], []
+    for h in held:
+        s = h.ref.sock
+        if s.proto != "tcp" or s.state != sockdiag.TCP_LISTEN or s.local_addr is None or s.local_port is None:
+            continue
+        if not cutoff.in_this_netns(h.dup):
+            problems.append(f"{h.ref.describe()}: in another network namespace, its established connections were not checked")
+            continue
+        listeners.append(cutoff.TcpListener(ipaddress.ip_address(s.local_addr), s.local_port))
+    try:
+        return Ended(cutoff.end_denied(service, listeners), tuple(problems))
+    except SockgateError as e:
+        return Ended(0, (*problems, f"established connections the policy denies were not ended: {e}"))
 
 
 def unguard_sockets(targets: Sequence[tuple[int, int]], force: bool = False) -> list[Change]:

@@ -52,6 +52,7 @@ the policy does not apply to them at all, and the startup line says so.
 from __future__ import annotations
 
 import fcntl
+import ipaddress
 import os
 import signal
 import socket
@@ -59,6 +60,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable, NoReturn, Sequence
 
+from sockgate import cutoff
 from sockgate.errors import AdapterError, PolicyError, SockgateError, UnsupportedInKernel, UsageError
 from sockgate.kernel import BackendChoice, Kernel, Loaded, Slot, Step, default_kernel
 from sockgate.kernel.ebpf import EbpfLoaded
@@ -123,6 +125,7 @@ class RunConfig:
     log_sink: LogSink = "stderr"
     refusal_interval: float = DEFAULT_INTERVAL  # seconds: one line per source per interval
     lock: bool = False  # SO_LOCK_FILTER after the attach: the command cannot remove its guard; no reloads
+    keep_established: bool = False  # a reload leaves the connections it newly denies open (cutoff.py)
 
 
 class Gate:
@@ -174,7 +177,21 @@ class Gate:
             return False
         cfg.say(f"reloaded: {self.describe()}, on {len(self.inet)} socket(s)")
         _say_notes(cfg, self.resolved)
+        if not cfg.keep_established:
+            self._end_denied()
         return True
+
+    def _end_denied(self) -> None:
+        """Abort the established connections the new policy denies (accepted ones keep the
+        filter they were accepted under); said on stderr, a failure too."""
+        listeners = [tcp_listener(lst.sock) for lst in self.inet if lst.sock.type == socket.SOCK_STREAM]
+        try:
+            ended = cutoff.end_denied(self.resolved, listeners)
+        except SockgateError as e:
+            self.cfg.say(f"established connections the new policy denies were not ended: {failure_text(e)}")
+            return
+        if ended:
+            self.cfg.say(f"ended {ended} established connection(s) the new policy denies")
 
     def _swap(self, policy: Policy) -> None:
         """Compile and load, then one ``Kernel.apply`` over the TCP/UDP listeners: if one
@@ -236,6 +253,9 @@ class RefusalHost:
 def rule_labels(resolved: ResolvedService) -> tuple[str, ...]:
     """Each rule's ``file:line``, by its index in ``Service.rules`` (the refusal log's cause)."""
     return tuple(f"{r.span.file}:{r.span.line}" for r in resolved.service.rules)
+def tcp_listener(sock: socket.socket) -> cutoff.TcpListener:
+    host, port = sock.getsockname()[:2]
+    return cutoff.TcpListener(ipaddress.ip_address(host.split("%", 1)[0]), port)
 
 
 def _say_notes(cfg: RunConfig, resolved: ResolvedService) -> None:

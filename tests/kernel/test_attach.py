@@ -22,6 +22,7 @@ from sockgate.kernel.cbpf import ClassicBackend
 from sockgate.linux import filter as kfilter
 from sockgate.linux import pidfd
 from support.children import reap
+from support.pinned import private_bpffs
 from support.verdicts import local_sockets, tcp_reach
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="kernel enforcement is Linux-only")
@@ -489,3 +490,65 @@ def test_fifty_reloads_under_load(capsys: Any, spawn: Spawn, policy_file: str) -
     assert counts["failed"] == 0 and counts["ok"] > 50, counts
     assert state(p.pid, s["fd"]).service == "strict"
     assert reach(s["port"], "127.0.0.3") == {"127.0.0.3": False}
+
+
+# A service that keeps each accepted connection and echoes lines on it until the peer goes.
+ECHO_KEEPER = r"""
+import socket, sys, threading
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(16)
+print(s.fileno(), s.getsockname()[1], flush=True)
+def echo(c):
+    with c:
+        while (data := c.recv(100)):
+            c.sendall(data)
+while True:
+    threading.Thread(target=echo, args=(s.accept()[0],), daemon=True).start()
+"""
+
+
+def _connect(source: str, port: int) -> socket.socket:
+    c = socket.socket()
+    c.bind((source, 0))
+    c.settimeout(3)
+    c.connect(("127.0.0.1", port))
+    return c
+
+
+def _echoes(c: socket.socket) -> bool:
+    try:
+        c.sendall(b"ping")
+        return c.recv(10) == b"ping"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("keep", [False, True])
+@pytest.mark.parametrize("backend", ["cbpf", "ebpf"])
+def test_a_reload_that_denies_a_source_ends_its_established_connections(
+        capsys: Any, policy_file: str, monkeypatch: pytest.MonkeyPatch, backend: str, keep: bool) -> None:
+    """Accepted connections keep the filter they were accepted with: a reload denying
+    127.0.0.3 must end .3's open connection (and only that), unless --keep-established."""
+    with private_bpffs() as bpffs:
+        monkeypatch.setenv("SOCKGATE_BPFFS", bpffs)
+        p = subprocess.Popen([sys.executable, "-c", ECHO_KEEPER], stdout=subprocess.PIPE, text=True)
+        try:
+            assert p.stdout is not None
+            fd, port = p.stdout.readline().split()
+            base = ["attach", "--policy", policy_file, "--pid", str(p.pid), "--fd", fd, "--backend", backend]
+            assert sockgate(capsys, *base, "--service", "web")[0] == 0
+            one, three = _connect("127.0.0.1", int(port)), _connect("127.0.0.3", int(port))
+            with one, three:
+                assert _echoes(one) and _echoes(three)
+                rc, out, err = sockgate(capsys, *base, "--service", "strict", *(["--keep-established"] if keep else []))
+                assert (rc, err) == (0, "")
+                assert ("ended 1 established connection(s) the policy denies" in out) != keep
+                assert _echoes(three) == keep
+                assert _echoes(one)
+                assert reach(int(port), "127.0.0.3") == {"127.0.0.3": False}
+        finally:
+            p.kill()
+            p.wait(10)
+            if p.stdout is not None:
+                p.stdout.close()

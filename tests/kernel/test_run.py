@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 
 import pytest
 
+from support.pinned import private_bpffs
 from support.launch import (
     ECHO_SERVICE,
     SRC,
@@ -550,6 +551,53 @@ def test_lock_keeps_the_command_from_detaching_its_guard(public_dir: Path, polic
     lr.signal(signal.SIGHUP)
     lr.wait_line(r"reload refused: the sockets' filters are locked \(--lock\)")
     assert tcp_filtered("127.0.0.2", port)
+
+
+def _open_echo(source: str, port: int) -> socket.socket:
+    c = socket.socket()
+    c.bind((source, 0))
+    c.settimeout(3)
+    c.connect(("127.0.0.1", port))
+    return c
+
+
+def _echoes(c: socket.socket) -> bool:
+    try:
+        c.sendall(b"ping\n")
+        return c.recv(16) == b"ping\n"
+    except OSError:
+        return False
+
+
+@needs_tcp_filter
+@pytest.mark.parametrize("keep", [False, True])
+@pytest.mark.parametrize("backend", ["cbpf", "ebpf"])
+def test_a_reload_that_denies_a_source_ends_its_established_connections(tmp_path: Path, policy: Path, backend: str,
+                                                                        keep: bool) -> None:
+    """Accepted connections keep the filter they were accepted under, so a reload denying
+    127.0.0.4 ends .4's open connection (only that one) — unless --keep-established."""
+    script, report = _service(tmp_path)
+    with private_bpffs() as bpffs:
+        lr = Launched(["--policy", str(policy), "--service", "echo", "--backend", backend,
+                       *(["--keep-established"] if keep else []), "--listen", "tcp://127.0.0.1:0",
+                       "--", sys.executable, str(script), str(report)], env=dict(os.environ, SOCKGATE_BPFFS=bpffs))
+        try:
+            addrs, _ = lr.started(1)
+            wait_for_file(report, lines=lr.lines)
+            port = port_of(addrs[0])
+            one, four = _open_echo("127.0.0.1", port), _open_echo("127.0.0.4", port)
+            with one, four:
+                assert _echoes(one) and _echoes(four)
+                policy.write_text(POLICY.replace("    allow 127.0.0.4\n", ""))
+                lr.signal(signal.SIGHUP)
+                lr.wait_line(r"reloaded: service echo")
+                if not keep:
+                    lr.wait_line(r"ended 1 established connection\(s\) the new policy denies")
+                assert _echoes(four) == keep
+                assert _echoes(one)
+                assert tcp_filtered("127.0.0.4", port)
+        finally:
+            lr.stop()
 
 
 def test_resolve_credentials() -> None:

@@ -55,6 +55,7 @@ LAYERS: dict[str, int] = {
     "sockgate.inetd": ENFORCE,
     "sockgate.supervisor": ENFORCE,
     "sockgate.socktable": ENFORCE,
+    "sockgate.cutoff": ENFORCE,  # ending the established connections a reload newly denies
     "sockgate.refused": ENFORCE,  # `sockgate refused`: the pinned counters and bans
     "sockgate.refusallog": ENFORCE,  # the refusal log a long-running command hosts
     "sockgate.probe": ENFORCE,

@@ -43,6 +43,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--service", required=True, help="the service of the policy to enforce")
     add_target_args(p)
     p.add_argument("--force", action="store_true", help="replace a filter sockgate did not attach")
+    p.add_argument("--keep-established", action="store_true",
+                   help="leave open the established TCP connections whose peer the policy denies")
     add_backend_arg(p)
 
 
@@ -55,7 +57,10 @@ def run(args: argparse.Namespace) -> int:
     compile_guard(policy, args.service, args.backend)  # refuse a bad policy (or backend) before looking at any process
     for note in resolve(policy, args.service).option_notes:
         print(printable(f"sockgate attach: note: {note}"), file=sys.stderr)
-    guarded, changes = guard_sockets(policy, args.service, targets_from_args(args), force=args.force, backend=args.backend)
+    guarded, changes, ended = guard_sockets(policy, args.service, targets_from_args(args), force=args.force,
+                                            backend=args.backend, keep_established=args.keep_established)
+    for problem in ended.problems:
+        print(printable(f"sockgate attach: warning: {problem}"), file=sys.stderr)
     if args.json:
         print_json(
             {
@@ -65,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
                 "instructions": guarded.instructions,
                 "backend": guarded.backend,
                 "sockets": [c.as_dict() for c in changes],
+                "ended_connections": ended.count,
             }
         )
         return 0
@@ -73,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
         # was: a filter read back from someone else's socket, its marker's name theirs
         print(escape(f"{c.action} pid {c.pid} fd {c.fd} {c.proto} {c.local}: service {guarded.service}"
                      f" digest {guarded.digest}, {guarded.instructions} instructions{_via(guarded.backend)}{was}"))
+    if ended.count:
+        print(f"ended {ended.count} established connection(s) the policy denies")
     return 0
 
 

@@ -35,6 +35,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--notify", action="store_true", help="report READY/RELOADING/STOPPING to $NOTIFY_SOCKET (systemd)")
     p.add_argument("--lock", action="store_true",
                    help="lock each filter (SO_LOCK_FILTER): COMMAND cannot detach it; reloads then need a restart")
+    p.add_argument("--keep-established", action="store_true",
+                   help="a reload leaves open the established TCP connections the new policy denies")
     add_backend_arg(p)
     add_log_args(p, "write the refusal log to syslog (ident sockgate, facility auth) instead of stderr")
     p.add_argument("--refusal-interval", type=float, default=60.0, metavar="SECONDS",
@@ -73,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         log_sink=log_sink(args),
         refusal_interval=args.refusal_interval,
         lock=args.lock,
+        keep_established=args.keep_established,
     )
     return launch(cfg)
 
