@@ -31,7 +31,10 @@ filter belongs to the socket, not the descriptor) and waits in ``sockgate.superv
   guard — and neither can a reload, so SIGHUP is refused with that reason;
 * SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT are forwarded to the command
   (except those a terminal sent: it sent the command its own copy);
-* when the command exits, the supervisor exits with its status (128+N for a signal N).
+* when the command exits, the supervisor exits with its status (128+N for a signal N);
+* every ``--guard-check`` seconds (10) it re-reads each TCP/UDP socket's filter: the command
+  can detach it (``SO_DETACH_FILTER`` needs no capability), so a guard that vanished or was
+  replaced is reported and put back (``--lock`` prevents the removal in the first place).
 
 The supervisor keeps the privileges it started with so that it can read the policy again; it
 never accepts a connection. With an eBPF guard it also hosts the refusal log (``RefusalHost``,
@@ -107,6 +110,9 @@ def _say(msg: str) -> None:
     print(printable(f"sockgate run: {msg}"), file=sys.stderr, flush=True)  # rule texts, peers' executables
 
 
+GUARD_CHECK = 10.0
+
+
 @dataclass
 class RunConfig:
     load: Callable[[], Policy]  # reads the policy (again on every reload)
@@ -126,6 +132,7 @@ class RunConfig:
     refusal_interval: float = DEFAULT_INTERVAL  # seconds: one line per source per interval
     lock: bool = False  # SO_LOCK_FILTER after the attach: the command cannot remove its guard; no reloads
     keep_established: bool = False  # a reload leaves the connections it newly denies open (cutoff.py)
+    guard_check: float = GUARD_CHECK  # seconds between checks that each socket still has its guard
 
 
 class Gate:
@@ -204,6 +211,24 @@ class Gate:
         loaded = self._load(resolved)
         self.kernel.apply([Step(Slot(lst.sock.fileno(), lst.address(), RUN_ADVICE), loaded) for lst in self.inet])
         self.policy, self.resolved, self.loaded = policy, resolved, loaded
+
+    def check_guards(self) -> None:
+        """Re-read each TCP/UDP socket's filter: one that is no longer the program this gate
+        attached — the command, which holds the same sockets, may detach it without any
+        capability — is reported and put back (a filter the command locked cannot be: said)."""
+        loaded = self.loaded
+        if loaded is None:
+            return
+        for lst in self.inet:
+            slot = Slot(lst.sock.fileno(), lst.address(), RUN_ADVICE)
+            try:
+                info = self.kernel.read(slot.fd, lock=False)
+                if info.state == "sockgate" and info.digest == loaded.compiled.digest:
+                    continue
+                self.cfg.say(f"the guard of {lst.address()} was removed or replaced (now {info.describe()}); putting it back")
+                self.kernel.apply([Step(slot, loaded)])
+            except SockgateError as e:
+                self.cfg.say(f"the guard of {lst.address()} could not be put back: {failure_text(e)}")
 
     def _load(self, resolved: ResolvedService) -> Loaded:
         return self.kernel.load(self.kernel.compile(resolved, backend=self.cfg.backend))
@@ -386,6 +411,7 @@ def supervise(gate: Gate, creds: privileges.Credentials | None) -> int:
         life.pid = _spawn(gate, creds, sup.child_mask())
         refusals.update(gate)
         cfg.say(f"running {' '.join(cfg.command)} as pid {life.pid}")
+        _every(loop, cfg.guard_check, gate.check_guards)
         sup.ready()
         loop.run()
         assert sup.status is not None
@@ -394,6 +420,14 @@ def supervise(gate: Gate, creds: privileges.Credentials | None) -> int:
         refusals.close()
         sup.close()
         loop.close()
+
+
+def _every(loop: SelectorLoop, period: float, work: Callable[[], None]) -> None:
+    def tick() -> None:
+        loop.call_later(period, tick)  # first: a failing pass must not end the checks
+        work()
+
+    loop.call_later(period, tick)
 
 
 def _spawn(gate: Gate, creds: privileges.Credentials | None, child_mask: set[int]) -> int:

@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -551,6 +552,31 @@ def test_lock_keeps_the_command_from_detaching_its_guard(public_dir: Path, polic
     lr.signal(signal.SIGHUP)
     lr.wait_line(r"reload refused: the sockets' filters are locked \(--lock\)")
     assert tcp_filtered("127.0.0.2", port)
+
+
+@needs_tcp_filter
+def test_a_guard_the_command_removed_is_reported_and_put_back(public_dir: Path, policy: Path, launch: Launch) -> None:
+    out = public_dir / "detached"
+    os.chmod(public_dir, 0o777)
+    lr = launch("--policy", str(policy), "--service", "echo", "--user", "nobody", "--guard-check", "0.2",
+                "--listen", "tcp://127.0.0.1:0", "--", _python_for_nobody(), "-c", DETACH_AS_SERVICE, str(out))
+    addrs, _ = lr.started(1)
+    lr.seen_line("^command ready$")
+    assert out.read_text() == "0"  # the command detached its guard
+    lr.wait_line(rf"the guard of {re.escape(addrs[0])} was removed or replaced \(now .*\); putting it back")
+    assert tcp_filtered("127.0.0.2", port_of(addrs[0]))
+    assert tcp_echo_ok("127.0.0.1", port_of(addrs[0]))
+
+
+def tcp_echo_ok(source: str, port: int) -> bool:
+    with socket.socket() as c:
+        c.bind((source, 0))
+        c.settimeout(2)
+        try:
+            c.connect(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def _open_echo(source: str, port: int) -> socket.socket:

@@ -37,6 +37,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help="lock each filter (SO_LOCK_FILTER): COMMAND cannot detach it; reloads then need a restart")
     p.add_argument("--keep-established", action="store_true",
                    help="a reload leaves open the established TCP connections the new policy denies")
+    p.add_argument("--guard-check", type=float, default=10.0, metavar="SECONDS", help=argparse.SUPPRESS)  # tests
     add_backend_arg(p)
     add_log_args(p, "write the refusal log to syslog (ident sockgate, facility auth) instead of stderr")
     p.add_argument("--refusal-interval", type=float, default=60.0, metavar="SECONDS",
@@ -55,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("run: give the command to run after '--'")
     if not args.listen:
         raise UsageError("run: give at least one --listen URL")
+    if not args.guard_check > 0:
+        raise UsageError("run: --guard-check must be more than 0 seconds")
     if args.max_conns < 1:
         raise UsageError("run: --max-conns must be at least 1")
     if not 0.1 <= args.refusal_interval <= 86400:
@@ -76,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         refusal_interval=args.refusal_interval,
         lock=args.lock,
         keep_established=args.keep_established,
+        guard_check=args.guard_check,
     )
     return launch(cfg)
 
