@@ -129,35 +129,55 @@ def _first_match(
     sets: list[Labelled], default: Action, space: int
 ) -> tuple[Interval, ...]:
     """Label the space by the first of ``sets`` (ranges, action, rule index) holding at each
-    point, or ``default``."""
-    starts: dict[int, list[int]] = {}
-    ends: dict[int, list[int]] = {}
+    point, or ``default``.
+
+    Every end point is one integer event, ``point << shift | kind | index`` (an end sorts
+    before a start at the same point), so the events sort as plain ints, in C, and the sweep
+    allocates nothing per point but the output columns: with 1,000,000 ranges, dicts of
+    per-point lists and an ``Interval`` per elementary segment spent most of the time in
+    allocation and the garbage collector."""
+    shift = len(sets).bit_length() + 1
+    start_bit = 1 << (shift - 1)
+    mask = start_bit - 1
+    events: list[int] = []
     for idx, (spans, _, _) in enumerate(sets):
+        start = idx | start_bit
         for lo, hi in spans:
-            starts.setdefault(lo, []).append(idx)
-            ends.setdefault(hi, []).append(idx)
-    points = sorted(set(starts) | set(ends) | {0})
+            events.append(lo << shift | start)
+            events.append(hi << shift | idx)
+    events.sort()
+    labels = [(action, rule) for _, action, rule in sets]
     active = [False] * len(sets)
     heap: list[int] = []
-    out: list[Interval] = []
-    for i, p in enumerate(points):
-        if p >= space:
-            break
-        for idx in ends.get(p, ()):
-            active[idx] = False
-        for idx in starts.get(p, ()):
-            active[idx] = True
-            heapq.heappush(heap, idx)
+    los: list[int] = []
+    actions: list[Action] = []
+    rules: list[int | None] = []
+    k, count, p = 0, len(events), 0
+    while True:
+        while k < count and events[k] >> shift == p:
+            e = events[k]
+            if e & start_bit:
+                active[e & mask] = True
+                heapq.heappush(heap, e & mask)
+            else:
+                active[e & mask] = False
+            k += 1
         while heap and not active[heap[0]]:
             heapq.heappop(heap)
-        hi = points[i + 1] if i + 1 < len(points) else space
-        action, rule = sets[heap[0]][1:] if heap else (default, None)
-        if out and out[-1].action is action:
-            prev = out[-1]
-            out[-1] = Interval(prev.lo, hi, action, prev.rule if prev.rule == rule else _mixed(prev.rule, rule))
+        action, rule = labels[heap[0]] if heap else (default, None)
+        if actions and actions[-1] is action:
+            if rules[-1] != rule:
+                rules[-1] = _mixed(rules[-1], rule)
         else:
-            out.append(Interval(p, hi, action, rule))
-    return tuple(out)
+            los.append(p)
+            actions.append(action)
+            rules.append(rule)
+        if k == count:
+            break
+        p = events[k] >> shift
+        if p >= space:
+            break
+    return tuple(map(Interval, los, los[1:] + [space], actions, rules))
 
 
 def _mixed(a: int | None, b: int | None) -> int | None:
