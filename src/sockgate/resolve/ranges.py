@@ -55,10 +55,12 @@ FORGED = -2  # rule index of the IPv4-mapped sources in the IPv6 table
 MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")  # RFC 4291 2.5.5.2
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Interval:
     """Addresses ``lo`` .. ``hi - 1`` get ``action``; ``rule`` is the index of the rule that
-    decided (``FORGED``, ``BANNED`` for the banned list, None for the default)."""
+    decided (``FORGED``, ``BANNED`` for the banned list, None for the default). Slotted: a
+    million-prefix set makes a million of them, each without a ``__dict__`` for the garbage
+    collector to walk."""
 
     lo: int
     hi: int
