@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import heapq
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sockgate.policy.intervals import union
 from sockgate.policy.ir import Action
-from sockgate.resolve.ranges import Interval, Labelled, _first_match, _mixed
+from sockgate.resolve.ranges import Interval, IntervalColumns, Labelled, Table, _first_match, _mixed, rows
 
 SPACE = 64
 
@@ -61,3 +62,14 @@ def test_sweep_equals_the_reference(raw: list[tuple[list[tuple[int, int]], Actio
 def test_sweep_of_nothing_is_the_default() -> None:
     assert _first_match([], Action.DENY, SPACE) == (Interval(0, SPACE, Action.DENY, None),)
     assert _first_match([((), Action.ALLOW, 0)], Action.ALLOW, SPACE) == (Interval(0, SPACE, Action.ALLOW, None),)
+
+
+def test_columns_read_as_intervals_and_rows() -> None:
+    cols = IntervalColumns([0, 5], [5, SPACE], [Action.ALLOW, Action.DENY], [0, None])
+    ivs = (Interval(0, 5, Action.ALLOW, 0), Interval(5, SPACE, Action.DENY, None))
+    assert cols == ivs and tuple(cols) == ivs and cols[1] == ivs[1] and len(cols) == 2
+    assert Table(4, cols) == Table(4, ivs) and hash(Table(4, cols)) == hash(Table(4, ivs))
+    assert list(rows(Table(4, cols))) == list(rows(Table(4, ivs))) == [(0, 5, Action.ALLOW, 0), (5, SPACE, Action.DENY, None)]
+    assert cols != ivs[:1]
+    with pytest.raises(ValueError):
+        IntervalColumns([0], [], [], [])

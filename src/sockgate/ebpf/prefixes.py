@@ -12,7 +12,7 @@ hits at most one of them, and longest-prefix match equals first match.
 
 from __future__ import annotations
 
-from sockgate.resolve.ranges import Table
+from sockgate.resolve.ranges import Table, rows
 from sockgate.ebpf.maps import PREFIX_BITS, pack_keys, pack_verdict
 from sockgate.policy.ir import Action
 
@@ -40,10 +40,10 @@ def entries(table: Table, default: Action, keep: frozenset[int] = frozenset()) -
     bits = PREFIX_BITS[table.family]
     blocks: list[tuple[int, int]] = []
     values: list[bytes] = []
-    for iv in table.intervals:
-        if iv.action is default and iv.rule not in keep:
+    for lo, hi, action, rule in rows(table):
+        if action is default and rule not in keep:
             continue
-        more = split(iv.lo, iv.hi, bits)
+        more = split(lo, hi, bits)
         blocks += more
-        values += [pack_verdict(iv.action, iv.rule)] * len(more)
+        values += [pack_verdict(action, rule)] * len(more)
     return tuple(pack_keys(table.family, blocks)), tuple(values)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import heapq
 import ipaddress
 from dataclasses import dataclass
-from typing import Sequence, Union, assert_never
+from typing import Iterator, Sequence, Union, assert_never
 
 from sockgate.policy.intervals import SPACE, Ranges, match_ranges, net_range, union
 from sockgate.policy.ir import (
@@ -68,16 +68,63 @@ class Interval:
     rule: int | None
 
 
+Row = tuple[int, int, Action, Union[int, None]]  # an interval's lo, hi, action, rule
+
+
+class IntervalColumns(Sequence[Interval]):
+    """Intervals kept as four parallel tuples, an ``Interval`` made only when one is read:
+    the sweep of a million-prefix set yields a million intervals, and the eBPF compiler reads
+    them as ``rows`` without ever needing the objects. Equal to any sequence of the same
+    intervals (a tuple of ``Interval`` included)."""
+
+    __slots__ = ("los", "his", "actions", "rules")
+
+    def __init__(self, los: Sequence[int], his: Sequence[int], actions: Sequence[Action],
+                 rules: Sequence[int | None]) -> None:
+        if not len(los) == len(his) == len(actions) == len(rules):
+            raise ValueError("columns of one length")
+        self.los, self.his, self.actions, self.rules = tuple(los), tuple(his), tuple(actions), tuple(rules)
+
+    def __len__(self) -> int:
+        return len(self.los)
+
+    def __getitem__(self, i: int) -> Interval:  # type: ignore[override]  # (no slices)
+        return Interval(self.los[i], self.his[i], self.actions[i], self.rules[i])
+
+    def __iter__(self) -> Iterator[Interval]:
+        return map(Interval, self.los, self.his, self.actions, self.rules)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, IntervalColumns):
+            return (self.los, self.his, self.actions, self.rules) == (other.los, other.his, other.actions, other.rules)
+        return isinstance(other, Sequence) and len(other) == len(self) and all(a == b for a, b in zip(self, other))
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
+
+
 @dataclass(frozen=True)
 class Table:
     """The intervals of one family: sorted, disjoint, covering the whole space, adjacent
     intervals of different actions."""
 
     family: int
-    intervals: tuple[Interval, ...]
+    intervals: Sequence[Interval]
 
     def __len__(self) -> int:
         return len(self.intervals)
+
+
+def rows(table: Table) -> Iterator[Row]:
+    """``(lo, hi, action, rule)`` of each interval of ``table``, without making ``Interval``s
+    of columns."""
+    ivs = table.intervals
+    if isinstance(ivs, IntervalColumns):
+        return zip(ivs.los, ivs.his, ivs.actions, ivs.rules)
+    return ((iv.lo, iv.hi, iv.action, iv.rule) for iv in ivs)
 
 
 @dataclass(frozen=True)
@@ -129,7 +176,7 @@ def _matches_no_address(m: Match) -> bool:
 
 def _first_match(
     sets: list[Labelled], default: Action, space: int
-) -> tuple[Interval, ...]:
+) -> IntervalColumns:
     """Label the space by the first of ``sets`` (ranges, action, rule index) holding at each
     point, or ``default``.
 
@@ -179,7 +226,7 @@ def _first_match(
         p = events[k] >> shift
         if p >= space:
             break
-    return tuple(map(Interval, los, los[1:] + [space], actions, rules))
+    return IntervalColumns(los, los[1:] + [space], actions, rules)
 
 
 def _mixed(a: int | None, b: int | None) -> int | None:
