@@ -28,6 +28,7 @@ import json
 import os
 import random
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -123,6 +124,7 @@ def main() -> None:
     if a.child:
         child(a.child)
         return
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("bench_ebpf_load: terminated"))  # cleanups run
     print(f"kernel {os.uname().release}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
           f"medians of {a.runs} runs")
     with tempfile.TemporaryDirectory() as d:
