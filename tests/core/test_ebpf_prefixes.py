@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from support.bpfcases import _edges, addresses, packets, services
 
 from sockgate.bpf import Packet
-from sockgate.resolve.ranges import MAPPED, Table, build
+from sockgate.resolve import resolve_service
+from sockgate.resolve.ranges import MAPPED, Table, first_match_tables
 from sockgate.decide import decide_service
 from sockgate.ebpf import EbpfProgram, LpmKey, Verdict, compile_service
 from sockgate.ebpf.prefixes import entries, split
@@ -125,7 +126,8 @@ def test_split_equals_the_reference_walk(iv: tuple[int, int, int]) -> None:
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(services(), st.sets(st.integers(0, 5)))
 def test_packed_entries_equal_the_typed_reference(svc: Service, keep: set[int]) -> None:
-    tables = build(svc)
+    resolved = resolve_service(svc)
+    tables = first_match_tables(resolved)
     for table in (tables.v4, tables.v6):
-        keys, values = entries(table, svc.effective_default, frozenset(keep))
-        assert (list(keys), list(values)) == reference_entries(table, svc.effective_default, frozenset(keep))
+        keys, values = entries(table, resolved.default, frozenset(keep))
+        assert (list(keys), list(values)) == reference_entries(table, resolved.default, frozenset(keep))
