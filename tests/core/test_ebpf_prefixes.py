@@ -12,10 +12,11 @@ from hypothesis import strategies as st
 from support.bpfcases import _edges, addresses, packets, services
 
 from sockgate.bpf import Packet
-from sockgate.resolve.ranges import MAPPED
+from sockgate.resolve import resolve_service
+from sockgate.resolve.ranges import MAPPED, Table, first_match_tables
 from sockgate.decide import decide_service
-from sockgate.ebpf import EbpfProgram, LpmKey, compile_service
-from sockgate.ebpf.prefixes import split
+from sockgate.ebpf import EbpfProgram, LpmKey, Verdict, compile_service
+from sockgate.ebpf.prefixes import entries, split
 from sockgate.policy.ir import Action, Service
 
 
@@ -93,3 +94,40 @@ def test_lpm_key_packs_prefixlen_then_network_order_bytes() -> None:
     assert str(LpmKey(6, 0, 0).network) == "::/0"
     with pytest.raises(ValueError, match="host bits"):
         LpmKey(4, 8, int(ipaddress.IPv4Address("10.1.0.0")))
+
+
+def reference_split(lo: int, hi: int, bits: int) -> list[tuple[int, int]]:
+    """The walk ``split`` replaced: halve the aligned block until it fits."""
+    out = []
+    while lo < hi:
+        size = lo & -lo if lo else 1 << bits
+        while size > hi - lo:
+            size >>= 1
+        out.append((lo, bits - size.bit_length() + 1))
+        lo += size
+    return out
+
+
+def reference_entries(table: Table, default: Action, keep: frozenset[int]) -> tuple[list[bytes], list[bytes]]:
+    """The typed path the packed one replaced: an ``LpmKey`` and a ``Verdict`` per prefix."""
+    bits = 32 if table.family == 4 else 128
+    out = [(LpmKey(table.family, plen, net), Verdict(iv.action, iv.rule))
+           for iv in table.intervals if iv.action is not default or iv.rule in keep
+           for net, plen in reference_split(iv.lo, iv.hi, bits)]
+    return [k.pack() for k, _ in out], [v.pack() for _, v in out]
+
+
+@settings(max_examples=400, deadline=None)
+@given(intervals())
+def test_split_equals_the_reference_walk(iv: tuple[int, int, int]) -> None:
+    assert split(*iv) == reference_split(*iv)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(services(), st.sets(st.integers(0, 5)))
+def test_packed_entries_equal_the_typed_reference(svc: Service, keep: set[int]) -> None:
+    resolved = resolve_service(svc)
+    tables = first_match_tables(resolved)
+    for table in (tables.v4, tables.v6):
+        keys, values = entries(table, resolved.default, frozenset(keep))
+        assert (list(keys), list(values)) == reference_entries(table, resolved.default, frozenset(keep))

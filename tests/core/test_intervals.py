@@ -45,6 +45,19 @@ def test_union_difference_intersection_are_the_set_operations(a: list[tuple[int,
         assert canonical(got) and points(got) == want
 
 
+networks = st.one_of(
+    st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 32)).map(lambda t: ipaddress.IPv4Network(t, strict=False)),
+    st.tuples(st.integers(0, 2**128 - 1), st.integers(0, 128)).map(lambda t: ipaddress.IPv6Network(t, strict=False)),
+)
+
+
+@given(networks)
+def test_net_range_is_the_network_address_and_num_addresses(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
+    # the reference: ipaddress's own (cached, slower) properties
+    assert net_range(net) == (int(net.network_address), int(net.broadcast_address) + 1)
+    assert net_range(net)[1] - net_range(net)[0] == net.num_addresses
+
+
 def test_net_range_cidrs_and_addresses() -> None:
     net = ipaddress.ip_network("192.0.2.0/24")
     assert net_range(net) == (0xC0000200, 0xC0000300)

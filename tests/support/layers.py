@@ -23,6 +23,7 @@ LAYERS: dict[str, int] = {
     "sockgate.errors": BASE,
     "sockgate.policy.source": BASE,
     "sockgate.urls": BASE,
+    "sockgate.bulk": BASE,  # a pause of the cycle collector for passes over a million values
     "sockgate.policy": POLICY,
     "sockgate.peers": POLICY,
     "sockgate.policy.forward": POLICY,  # exact host names → their confirmed address sets (pure)

@@ -121,7 +121,7 @@ def generate(tables: Tables) -> tuple[Insn, ...]:
     return asm.program()
 
 
-def _segs(intervals: tuple[Interval, ...]) -> list[_Seg]:
+def _segs(intervals: Sequence[Interval]) -> list[_Seg]:
     return [_Seg(iv.lo, iv.action) for iv in intervals]
 
 

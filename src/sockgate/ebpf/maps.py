@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from dataclasses import dataclass
+from typing import Iterable
 
 from sockgate.ebpf.insn import BPF_F_NO_PREALLOC, BPF_OBJ_NAME_LEN, MapType
 from sockgate.policy.ir import Action
@@ -49,7 +50,7 @@ class LpmKey:
         return cls((self.addr, self.prefixlen))  # (ip_network would read a small int as IPv4)
 
     def pack(self) -> bytes:
-        return _PREFIXLEN.pack(self.prefixlen) + self.addr.to_bytes(ADDR_BYTES[self.family], "big")
+        return pack_keys(self.family, ((self.addr, self.prefixlen),))[0]
 
     @classmethod
     def unpack(cls, family: int, raw: bytes) -> LpmKey:
@@ -70,7 +71,7 @@ class Verdict:
     rule: int | None
 
     def pack(self) -> bytes:
-        return _VERDICT.pack(ACTION_CODE[self.action], DEFAULT_RULE if self.rule is None else self.rule)
+        return pack_verdict(self.action, self.rule)
 
     @classmethod
     def unpack(cls, raw: bytes) -> Verdict:
@@ -79,6 +80,20 @@ class Verdict:
 
 
 VERDICT_SIZE = _VERDICT.size
+_KEY_HEADS = {fam: [_PREFIXLEN.pack(n) for n in range(bits + 1)] for fam, bits in PREFIX_BITS.items()}
+
+
+def pack_keys(family: int, blocks: Iterable[tuple[int, int]]) -> list[bytes]:
+    """The packed ``LpmKey`` of each ``(network, prefixlen)`` block, in bulk: no ``LpmKey`` per
+    entry on the path of a million prefixes (the blocks come from ``prefixes.split``, aligned
+    by construction; ``LpmKey`` checks one it is given)."""
+    heads, size = _KEY_HEADS[family], ADDR_BYTES[family]
+    return [heads[plen] + net.to_bytes(size, "big") for net, plen in blocks]
+
+
+def pack_verdict(action: Action, rule: int | None) -> bytes:
+    """The packed ``Verdict(action, rule)``."""
+    return _VERDICT.pack(ACTION_CODE[action], DEFAULT_RULE if rule is None else rule)
 
 
 @dataclass(frozen=True)
@@ -107,10 +122,25 @@ def lpm_spec(family: int, capacity: int) -> MapSpec:
 
 @dataclass(frozen=True)
 class MapContents:
-    """A map to create and the entries to put in it, packed."""
+    """An address trie to create and the entries to put in it, packed once: ``keys[i]`` →
+    ``values[i]``, as ``BPF_MAP_UPDATE_BATCH`` takes them."""
 
     spec: MapSpec
-    entries: tuple[tuple[LpmKey, Verdict], ...]
+    keys: tuple[bytes, ...]
+    values: tuple[bytes, ...]
 
-    def packed(self) -> tuple[list[bytes], list[bytes]]:
-        return [k.pack() for k, _ in self.entries], [v.pack() for _, v in self.entries]
+    def __post_init__(self) -> None:
+        if len(self.keys) != len(self.values):
+            raise ValueError("as many values as keys")
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def entries(self) -> tuple[tuple[LpmKey, Verdict], ...]:
+        """The entries as typed values (tests, listings; decoded on demand)."""
+        family = 4 if self.spec.key_size == _PREFIXLEN.size + ADDR_BYTES[4] else 6
+        return tuple((LpmKey.unpack(family, k), Verdict.unpack(v)) for k, v in zip(self.keys, self.values))
+
+    def packed(self) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+        return self.keys, self.values

@@ -12,8 +12,8 @@ hits at most one of them, and longest-prefix match equals first match.
 
 from __future__ import annotations
 
-from sockgate.resolve.ranges import Table
-from sockgate.ebpf.maps import PREFIX_BITS, LpmKey, Verdict
+from sockgate.resolve.ranges import Table, rows
+from sockgate.ebpf.maps import PREFIX_BITS, pack_keys, pack_verdict
 from sockgate.policy.ir import Action
 
 
@@ -24,24 +24,26 @@ def split(lo: int, hi: int, bits: int) -> list[tuple[int, int]]:
         raise ValueError(f"not an interval of the {bits}-bit space: [{lo}, {hi})")
     out = []
     while lo < hi:
-        size = lo & -lo if lo else 1 << bits
-        while size > hi - lo:
-            size >>= 1
+        # the alignment of lo, capped by the largest power of two that fits in what is left
+        size = min(lo & -lo if lo else 1 << bits, 1 << ((hi - lo).bit_length() - 1))
         out.append((lo, bits - size.bit_length() + 1))
         lo += size
     return out
 
 
-def entries(table: Table, default: Action, keep: frozenset[int] = frozenset()) -> tuple[tuple[LpmKey, Verdict], ...]:
-    """The trie entries of ``table``: every interval whose action is not ``default`` (a
-    lookup that finds nothing returns the default), split into prefixes; and those decided
-    by a rule in ``keep`` whatever their action (the program must know the rule: its rate
-    limits apply to its matches)."""
+def entries(table: Table, default: Action, keep: frozenset[int] = frozenset()) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+    """The trie entries of ``table``, packed (keys, values): every interval whose action is
+    not ``default`` (a lookup that finds nothing returns the default), split into prefixes;
+    and those decided by a rule in ``keep`` whatever their action (the program must know the
+    rule: its rate limits apply to its matches). One packed verdict per interval, shared by
+    its prefixes."""
     bits = PREFIX_BITS[table.family]
-    out = []
-    for iv in table.intervals:
-        if iv.action is default and iv.rule not in keep:
+    blocks: list[tuple[int, int]] = []
+    values: list[bytes] = []
+    for lo, hi, action, rule in rows(table):
+        if action is default and rule not in keep:
             continue
-        verdict = Verdict(iv.action, iv.rule)
-        out += [(LpmKey(table.family, plen, net), verdict) for net, plen in split(iv.lo, iv.hi, bits)]
-    return tuple(out)
+        more = split(lo, hi, bits)
+        blocks += more
+        values += [pack_verdict(action, rule)] * len(more)
+    return tuple(pack_keys(table.family, blocks)), tuple(values)

@@ -25,6 +25,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Literal, Mapping, Sequence
 
+from sockgate.bulk import no_cycle_collection
 from sockgate.resolve import ranges as _ranges
 from sockgate.resolve import ResolvedService, resolve_service
 from sockgate.ebpf import labels, layout, prefixes, rates
@@ -110,7 +111,7 @@ class EbpfProgram:
 
     @property
     def prefixes(self) -> int:
-        return sum(len(m.entries) for m in self.maps)
+        return sum(len(m) for m in self.maps)
 
 
 ENFORCES = frozenset({Need.SOURCE_RATE_LIMIT, Need.TOTAL_RATE_LIMIT})  # beyond the address, with ``Options``
@@ -123,6 +124,11 @@ def compile_resolved(service: ResolvedService, *, banned: Sequence[_ranges.Banne
     program keeps the service's state (bans, counters, events, rate limits: ``ENFORCES``).
     Raises ``UnsupportedInKernel`` for rules that need user space, concurrent limits first
     (they stay with the proxy, and ``rates.limits_of`` says so)."""
+    with no_cycle_collection():  # (bulk.py: millions of acyclic values, nothing to collect)
+        return _compile(service, banned, spare, options)
+
+
+def _compile(service: ResolvedService, banned: Sequence[_ranges.Banned], spare: int, options: Options | None) -> EbpfProgram:
     state = None
     if options is not None:
         state = State(options.protocol, options.event_interval_ns, rates.limits_of(service))
@@ -134,8 +140,8 @@ def compile_resolved(service: ResolvedService, *, banned: Sequence[_ranges.Banne
     default = service.default
     maps = []
     for table in (tables.v4, tables.v6):
-        content = prefixes.entries(table, default, limited)
-        maps.append(MapContents(lpm_spec(table.family, len(content) + spare), content))
+        keys, values = prefixes.entries(table, default, limited)
+        maps.append(MapContents(lpm_spec(table.family, len(keys) + spare), keys, values))
     gen = generate(Shape(default, tables.other, state), maps[0].spec.name, maps[1].spec.name)
     specs = options.specs() if options is not None else {}
     service_maps = tuple(specs[name] for name in gen.maps if name in specs)
@@ -159,7 +165,5 @@ def _digest(service: str, insns: Sequence[Insn], maps: Sequence[MapContents], se
         h.update(f"{s.name}:{s.map_type}:{s.key_size}:{s.value_size}:{s.max_entries}:{s.flags}\0".encode())
     for m in maps:
         h.update(m.spec.name.encode() + b"\0")
-        keys, values = m.packed()
-        for k, v in zip(keys, values):
-            h.update(k + v)
+        h.update(b"".join(map(bytes.__add__, m.keys, m.values)))  # as k + v one entry at a time
     return h.hexdigest()[:16]

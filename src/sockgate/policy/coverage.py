@@ -30,7 +30,7 @@ import bisect
 from dataclasses import dataclass
 from typing import Hashable, Iterator, Sequence, assert_never
 
-from sockgate.policy.intervals import Ranges, cidrs, difference, union
+from sockgate.policy.intervals import Ranges, cidrs, difference, net_range, union
 from sockgate.policy.ir import (
     AddrMatch,
     AnyOf,
@@ -53,8 +53,8 @@ FULL: Spans = ((NO_ADDRESS, NO_ADDRESS + 1), (0, V4_BASE + (1 << 32)))
 
 def _line_range(net: IPNetwork) -> tuple[int, int]:
     base = V4_BASE if net.version == 4 else 0
-    lo = base + int(net.network_address)
-    return lo, lo + (1 << (net.max_prefixlen - net.prefixlen))  # num_addresses is slow
+    lo, hi = net_range(net)
+    return base + lo, base + hi
 
 
 def describe_point(spans: Spans) -> str:
