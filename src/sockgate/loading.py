@@ -23,6 +23,7 @@ import pwd
 import stat
 from typing import Callable, Sequence
 
+from sockgate.bulk import no_cycle_collection
 from sockgate.errors import PolicyError, UsageError
 from sockgate.policy.ir import Policy
 
@@ -164,11 +165,12 @@ def load_policy(
         loaders.append(lambda: parse_hosts_access(hosts_allow, hosts_deny, read=read, accounts=SystemAccounts()))
     parts: list[Policy] = []
     failed: list[PolicyError] = []
-    for loader in loaders:  # every part is read, so the errors of all of them are reported
-        try:
-            parts.append(loader())
-        except PolicyError as e:
-            failed.append(e)
+    with no_cycle_collection():  # a big set file is a million acyclic values (bulk.py)
+        for loader in loaders:  # every part is read, so the errors of all of them are reported
+            try:
+                parts.append(loader())
+            except PolicyError as e:
+                failed.append(e)
     if failed:
         sources = {f: t for e in failed for f, t in e.sources.items()}
         raise PolicyError([d for e in failed for d in e.diagnostics], sources)
