@@ -1,0 +1,446 @@
+"""``sockgate agent`` for real: the agent runs as its own process (private bpffs, watching a
+child cgroup the test makes, control socket in a temporary directory), services are real
+processes the test starts in that cgroup, and what is checked is the kernel's truth — the
+filter read back through ``pidfd_getfd`` + ``Kernel.read`` — and real loopback traffic:
+127.0.0.1 allowed, 127.0.0.2 denied.
+
+Readiness is ``READY=1`` on the test's NOTIFY_SOCKET and the control socket answering
+``status``; every wait is a bounded poll of a condition. Processes, pins (the bpffs is
+unmounted) and the watch hooks on the cgroup are cleaned up even on failure, and the hooks are
+checked gone.
+
+Guard latency (printed with -s): a service's ``listen()`` → the filter readable on its socket,
+over LATENCY_RUNS restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from sockgate.agent.client import call
+from sockgate.agent.protocol import Ban, Reload, Status, Unban, parse_network
+from sockgate.agent.watcher import HOOKS
+from sockgate.errors import SockgateError
+from sockgate.kernel import default_kernel
+from sockgate.kernel.reading import GuardInfo
+from sockgate.linux import cgroupbpf, pidfd
+from support.pinned import private_bpffs
+
+pytestmark = [
+    pytest.mark.skipif(sys.platform != "linux", reason="cgroup BPF is Linux-only"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="the agent needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_PTRACE)"),
+    pytest.mark.root,
+]
+
+WAIT = 5.0  # seconds: the bound on any wait for the agent to act
+START = 15.0  # seconds: the bound on the agent's start (imports, compile, hooks)
+BASE = 21000 + (os.getpid() % 400) * 5  # ports of this run
+ALLOWED, DENIED = "127.0.0.1", "127.0.0.2"
+LATENCY_RUNS = 30
+
+# A service: listens (tcp) or binds (udp) on 0.0.0.0:PORT, prints {"pid","fd","t"} (t: the
+# CLOCK_MONOTONIC time right after listen), echoes; "fork PORT" on stdin makes a child that
+# listens on PORT too (and prints its own line).
+SERVER = r"""
+import json, os, select, socket, sys, time
+proto, port = sys.argv[1], int(sys.argv[2])
+def listen(port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port))
+    if proto == "tcp":
+        s.listen(64)
+    print(json.dumps({"pid": os.getpid(), "fd": s.fileno(), "t": time.monotonic()}), flush=True)
+    return s
+def serve(s, commands=True):
+    conns = []
+    while True:
+        r, _, _ = select.select([sys.stdin, s, *conns] if commands else [s, *conns], [], [])
+        for x in r:
+            if x is sys.stdin:
+                line = sys.stdin.readline()
+                if not line:
+                    return
+                cmd = line.split()
+                if cmd[0] == "fork" and os.fork() == 0:
+                    serve(listen(int(cmd[1])), False)
+            elif x is s and proto == "tcp":
+                conns.append(s.accept()[0])
+            elif x is s:
+                data, addr = s.recvfrom(2048)
+                s.sendto(data, addr)
+            else:
+                try:
+                    data = x.recv(2048)
+                except OSError:
+                    data = b""
+                if data:
+                    x.sendall(data)
+                else:
+                    conns.remove(x)
+                    x.close()
+serve(listen(port))
+"""
+
+
+def until(what: str, check: Callable[[], Any], timeout: float = WAIT, every: float = 0.005) -> Any:
+    """``check()``'s first true value, polled until ``timeout``; fails naming the last one."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(every)
+    pytest.fail(f"{what}: not within {timeout} s (last: {last!r})")
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[str]
+    info: dict[str, Any]
+
+    def line(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], WAIT)
+        assert ready, "the service did not say it listens"
+        got: dict[str, Any] = json.loads(self.proc.stdout.readline())
+        return got
+
+    def fork(self, port: int) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"fork {port}\n")
+        self.proc.stdin.flush()
+        return self.line()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(WAIT)
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+@dataclass
+class AgentProc:
+    proc: subprocess.Popen[bytes]
+    control: str
+    log: str
+
+    def status(self) -> dict[str, Any]:
+        return dict(call(self.control, Status()).result or {})
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(WAIT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(WAIT)
+
+    def stderr(self) -> str:
+        with open(self.log, errors="replace") as f:
+            return f.read()[-3000:]
+
+
+@dataclass
+class Lab:
+    tmp: str
+    cgroup: str
+    bpffs: str
+    servers: list[Server] = field(default_factory=list)
+    agents: list[AgentProc] = field(default_factory=list)
+
+    def path(self, name: str, text: str | None = None) -> str:
+        p = os.path.join(self.tmp, name)
+        if text is not None:
+            with open(p, "w") as f:
+                f.write(text)
+        return p
+
+    def server(self, proto: str, port: int, argv0: str | None = None) -> Server:
+        """A service in the lab's cgroup; ``argv0``: run through a link of that name (so its
+        comm and argv[0] are that name, as a daemon's are)."""
+        exe = sys.executable
+        if argv0 is not None:
+            exe = self.path(argv0)
+            if not os.path.exists(exe):
+                os.symlink(os.path.realpath(sys.executable), exe)
+        procs = f"{self.cgroup}/cgroup.procs"
+
+        def enter() -> None:
+            with open(procs, "w") as f:
+                f.write(str(os.getpid()))
+
+        proc = subprocess.Popen([exe, "-I", "-c", SERVER, proto, str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True, preexec_fn=enter, start_new_session=True)
+        s = Server(proc, {})
+        self.servers.append(s)
+        s.info = s.line()
+        return s
+
+    def agent(self, *args: str, ready: bool = True) -> AgentProc:
+        control = os.path.join(self.tmp, "run", "agent.sock")
+        notify_path = self.path(f"notify-{uuid.uuid4().hex[:6]}")
+        log = self.path(f"agent-{len(self.agents)}.log")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify, open(log, "wb") as err:
+            notify.bind(notify_path)
+            env = {**os.environ, "NOTIFY_SOCKET": notify_path}
+            proc = subprocess.Popen([sys.executable, "-m", "sockgate", "agent", *args, "--control", control,
+                                     "--bpffs", self.bpffs, "--cgroup", self.cgroup, "--notify"],
+                                    stdout=subprocess.DEVNULL, stderr=err, env=env)
+            a = AgentProc(proc, control, log)
+            self.agents.append(a)
+            if not ready:
+                return a
+            deadline = time.monotonic() + START
+            got = b""
+            while b"READY=1" not in got:
+                left = deadline - time.monotonic()
+                assert left > 0 and proc.poll() is None, f"agent not ready (status {proc.poll()}): {a.stderr()}"
+                r, _, _ = select.select([notify], [], [], min(left, 0.2))
+                if r:
+                    got += notify.recv(4096) + b"\n"
+        until("the control socket answers", lambda: _answers(a))
+        return a
+
+
+def _answers(a: AgentProc) -> bool:
+    try:
+        a.status()
+    except SockgateError:
+        return False
+    return True
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    root = cgroupbpf.cgroup2_root()
+    assert root is not None, "no cgroup2 mounted"
+    cgroup = f"{root}/sg-agent-{uuid.uuid4().hex[:8]}"
+    os.mkdir(cgroup)
+    try:
+        with tempfile.TemporaryDirectory(prefix="sg-agent-") as tmp, private_bpffs() as bpffs:
+            lab = Lab(tmp, cgroup, bpffs)
+            try:
+                yield lab
+            finally:
+                for s in lab.servers:
+                    s.stop()
+                for a in lab.agents:
+                    a.stop(signal.SIGKILL)
+        _assert_detached(cgroup)
+    finally:
+        os.rmdir(cgroup)
+
+
+def _assert_detached(cgroup: str) -> None:
+    """The bpffs is gone with its pins, so the links are released (asynchronously)."""
+    fd = cgroupbpf.open_cgroup(cgroup)
+    try:
+        until("the watch hooks released", lambda: all(not cgroupbpf.attached(fd, h.attach_type) for h in HOOKS))
+    finally:
+        os.close(fd)
+
+
+def guard(pid: int, fd: int) -> GuardInfo:
+    with pidfd.borrowed(pid, fd) as dup:
+        return default_kernel().read(dup)
+
+
+def guarded_by(s: dict[str, Any], service: str) -> GuardInfo | None:
+    g = guard(s["pid"], s["fd"])
+    return g if g.state == "sockgate" and g.service == service else None
+
+
+def connects(src: str, port: int, timeout: float = 0.4) -> bool:
+    """A TCP connection from ``src`` completes (a filtered SYN is dropped: it times out)."""
+    with socket.socket() as c:
+        c.bind((src, 0))
+        c.settimeout(timeout)
+        try:
+            c.connect((ALLOWED, port))
+        except (TimeoutError, socket.timeout):
+            return False
+        c.sendall(b"x")
+        return c.recv(1) == b"x"
+
+
+def answers_udp(src: str, port: int, timeout: float = 0.3) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+        c.bind((src, 0))
+        c.settimeout(timeout)
+        c.sendto(b"ping", (ALLOWED, port))
+        try:
+            return c.recvfrom(16)[0] == b"ping"
+        except (TimeoutError, socket.timeout):
+            return False
+
+
+def native(lab: Lab, port: int, proto: str = "tcp", allow: str = ALLOWED, last: int | None = None) -> str:
+    ports = f"{port}-{last}" if last else str(port)
+    return lab.path("agent.conf", f"service web {proto}/{ports} {{\n    allow {allow}\n    default deny\n}}\n")
+
+
+def test_a_service_started_after_the_agent_is_guarded_again_after_restarts_and_forks(lab: Lab) -> None:
+    port = BASE
+    agent = lab.agent(native(lab, port, last=port + 1))
+    s = lab.server("tcp", port)
+    until("the new listener guarded", lambda: guarded_by(s.info, "web"))
+    assert connects(ALLOWED, port)
+    assert not connects(DENIED, port)
+    s.stop()
+    s2 = lab.server("tcp", port)  # a new process, a new socket on the same port
+    until("the restarted listener guarded", lambda: guarded_by(s2.info, "web"))
+    assert not connects(DENIED, port)
+    child = s2.fork(port + 1)
+    assert child["pid"] != s2.info["pid"]
+    until("the forked listener guarded", lambda: guarded_by(child, "web"))
+    assert connects(ALLOWED, port + 1)
+    assert not connects(DENIED, port + 1)
+    st = agent.status()
+    assert st["agent"]["watch"]["mode"] == "cgroup-bpf"
+    assert st["agent"]["counters"]["attached"] >= 3
+    assert st["unguarded"] == 0
+
+
+def test_an_agent_killed_and_restarted_adopts_without_attaching(lab: Lab) -> None:
+    port = BASE + 2
+    policy = native(lab, port)
+    s = lab.server("tcp", port)  # before the agent: found by the scan
+    first = lab.agent(policy)
+    before = until("guarded by the first agent", lambda: guarded_by(s.info, "web"))
+    assert first.status()["agent"]["counters"]["attached"] == 1
+    first.stop(signal.SIGKILL)
+    assert guarded_by(s.info, "web") == before  # guards never depend on the agent
+    second = lab.agent(policy)  # the stale control socket of the first is replaced
+    counters = second.status()["agent"]["counters"]
+    assert counters["adopted"] == 1
+    assert counters["attached"] == counters["reloaded"] == counters["replaced"] == 0
+    assert guarded_by(s.info, "web") == before
+    assert not connects(DENIED, port)
+
+
+def test_hosts_access_enrols_the_daemon_by_name_and_nothing_else(lab: Lab) -> None:
+    port = BASE + 3
+    daemon = lab.server("tcp", port, argv0="sgdaemond")
+    other = lab.server("tcp", port + 1, argv0="sgotherd")
+    allow = lab.path("hosts.allow", f"sgdaemond: {ALLOWED}\n")
+    deny = lab.path("hosts.deny", "ALL: ALL\n")
+    agent = lab.agent("--hosts-allow", allow, "--hosts-deny", deny)
+    until("the daemon's listener guarded", lambda: guarded_by(daemon.info, "sgdaemond"))
+    assert guard(other.info["pid"], other.info["fd"]).state == "none"
+    assert connects(ALLOWED, port) and not connects(DENIED, port)
+    assert connects(DENIED, port + 1)
+    late = lab.server("tcp", port + 2, argv0="sgdaemond")  # a second daemon process, by event
+    until("the daemon's new listener guarded", lambda: guarded_by(late.info, "sgdaemond"))
+    assert [s["name"] for s in agent.status()["services"]] == ["sgdaemond"]
+
+
+def test_all_as_the_daemon_list_enrols_nothing(lab: Lab) -> None:
+    port = BASE + 3
+    s = lab.server("tcp", port, argv0="sgdaemond")
+    allow = lab.path("hosts.allow", f"ALL: {ALLOWED}\n")
+    deny = lab.path("hosts.deny", "ALL: ALL\n")
+    agent = lab.agent("--hosts-allow", allow, "--hosts-deny", deny)
+    assert agent.status()["services"] == []
+    assert guard(s.info["pid"], s.info["fd"]).state == "none"
+
+
+def test_sighup_with_a_broken_policy_keeps_the_old_and_says_why(lab: Lab) -> None:
+    port = BASE + 4
+    policy = native(lab, port)
+    agent = lab.agent(policy)
+    s = lab.server("tcp", port)
+    before = until("guarded", lambda: guarded_by(s.info, "web"))
+    with open(policy, "w") as f:
+        f.write("service web tcp/%d {\n    allow 127.0.0.1 frobnicate\n}\n" % port)
+    agent.proc.send_signal(signal.SIGHUP)
+    def failed() -> dict[str, Any] | None:
+        r: dict[str, Any] = agent.status()["policy"]["last_reload"]
+        return r if r["ok"] is False else None
+
+    reload = until("the failed reload in status", failed)
+    assert reload["trigger"] == "signal"
+    assert f"{policy}:2" in reload["error"]
+    assert guarded_by(s.info, "web") == before
+    assert not connects(DENIED, port) and connects(ALLOWED, port)
+    assert "reload failed" in agent.stderr()
+    with pytest.raises(SockgateError, match="agent.conf:2"):
+        call(agent.control, Reload())
+
+
+def test_ban_drops_new_connections_ends_established_ones_and_unban_restores(lab: Lab) -> None:
+    port = BASE + 5
+    agent = lab.agent(native(lab, port, allow="127.0.0.0/8"))
+    s = lab.server("tcp", port)
+    until("guarded", lambda: guarded_by(s.info, "web"))
+    assert connects(DENIED, port)
+    held = socket.create_connection((ALLOWED, port), timeout=WAIT, source_address=(DENIED, 0))
+    with held:
+        held.sendall(b"y")
+        assert held.recv(1) == b"y"
+        call(agent.control, Ban(parse_network(DENIED)))
+        ended = until("the banned source's connection ended", lambda: _ended(held))
+        assert ended
+    assert not connects(DENIED, port)
+    assert connects(ALLOWED, port)
+    st = agent.status()
+    assert st["agent"]["counters"]["destroyed"] >= 1
+    assert [b["net"] for b in st["bans"]["items"]] == ["127.0.0.2/32"]
+    call(agent.control, Unban(parse_network(DENIED)))
+    until("the unbanned source connects again", lambda: connects(DENIED, port))
+
+
+def _ended(s: socket.socket) -> bool:
+    s.settimeout(0.05)
+    try:
+        return s.recv(1) == b""
+    except (TimeoutError, socket.timeout):
+        return False
+    except OSError:  # ECONNRESET / ECONNABORTED
+        return True
+
+
+def test_a_udp_service_is_guarded(lab: Lab) -> None:
+    port = BASE + 6
+    lab.agent(native(lab, port, proto="udp"))
+    s = lab.server("udp", port)
+    until("the UDP socket guarded", lambda: guarded_by(s.info, "web"))
+    assert answers_udp(ALLOWED, port)
+    assert not answers_udp(DENIED, port)
+
+
+def test_guard_latency(lab: Lab) -> None:
+    port = BASE + 7
+    lab.agent(native(lab, port))
+    gaps = []
+    for _ in range(LATENCY_RUNS):
+        s = lab.server("tcp", port)
+        until("guarded", lambda: guarded_by(s.info, "web"), every=0.0005)
+        gaps.append(time.monotonic() - s.info["t"])
+        s.stop()
+        lab.servers.remove(s)
+    gaps.sort()
+    p50, p99 = gaps[len(gaps) // 2], gaps[min(len(gaps) - 1, int(len(gaps) * 0.99))]
+    print(f"\nguard latency listen -> guarded over {len(gaps)} restarts: p50 {p50 * 1000:.1f} ms, "
+          f"p99 {p99 * 1000:.1f} ms, max {gaps[-1] * 1000:.1f} ms")
+    assert p99 < 1.0
