@@ -337,6 +337,67 @@ def test_an_agent_killed_and_restarted_adopts_without_attaching(lab: Lab) -> Non
     assert counters["attached"] == counters["reloaded"] == counters["replaced"] == 0
     assert guarded_by(s.info, "web") == before
     assert not connects(DENIED, port)
+    second.stop(signal.SIGTERM)
+    assert second.proc.returncode == 0
+    assert guarded_by(s.info, "web") == before  # a clean stop leaves the guards too
+
+
+def test_connections_a_new_guard_denies_are_ended_and_allowed_ones_kept(lab: Lab) -> None:
+    port = BASE + 8
+    s = lab.server("tcp", port)
+    denied = socket.create_connection((ALLOWED, port), timeout=WAIT, source_address=(DENIED, 0))
+    allowed = socket.create_connection((ALLOWED, port), timeout=WAIT, source_address=(ALLOWED, 0))
+    with denied, allowed:
+        for c in (denied, allowed):
+            c.sendall(b"z")
+            assert c.recv(1) == b"z"
+        agent = lab.agent(native(lab, port))
+        until("guarded", lambda: guarded_by(s.info, "web"))
+        until("the denied peer's connection ended", lambda: _ended(denied))
+        allowed.sendall(b"w")
+        allowed.settimeout(WAIT)
+        assert allowed.recv(1) == b"w"
+    assert agent.status()["agent"]["counters"]["destroyed"] == 1
+
+
+def test_a_reload_applies_the_new_policy_and_ends_what_it_now_denies(lab: Lab) -> None:
+    port = BASE + 9
+    policy = native(lab, port)
+    agent = lab.agent(policy)
+    s = lab.server("tcp", port)
+    before = until("guarded", lambda: guarded_by(s.info, "web"))
+    held = socket.create_connection((ALLOWED, port), timeout=WAIT, source_address=(ALLOWED, 0))
+    with held:
+        native(lab, port, allow=DENIED)
+        call(agent.control, Reload())
+        after = until("the new program on the socket", lambda: (g := guarded_by(s.info, "web")) and g != before and g)
+        assert after.digest != before.digest
+        until("the now-denied connection ended", lambda: _ended(held))
+    assert connects(DENIED, port) and not connects(ALLOWED, port)
+    st = agent.status()
+    assert st["agent"]["counters"]["reloaded"] == 1
+    assert st["policy"]["last_reload"] == {**st["policy"]["last_reload"], "ok": True, "trigger": "request"}
+
+
+def test_the_poll_fallback_guards_a_later_service(lab: Lab) -> None:
+    port = BASE + 10
+    agent = lab.agent(native(lab, port), "--watch", "poll")
+    s = lab.server("tcp", port)
+    until("guarded by polling", lambda: guarded_by(s.info, "web"))
+    st = agent.status()
+    assert st["agent"]["watch"]["mode"] == "poll"
+    assert any("polling" in e for e in st["errors"])
+
+
+def test_a_bad_policy_at_start_is_an_error_and_touches_nothing(lab: Lab) -> None:
+    port = BASE + 11
+    s = lab.server("tcp", port)
+    policy = lab.path("bad.conf", "service web tcp/%d {\n    allow 127.0.0.1 frobnicate\n}\n" % port)
+    a = lab.agent(policy, ready=False)
+    assert a.proc.wait(START) == 2
+    assert f"{policy}:2" in a.stderr()
+    assert "Traceback" not in a.stderr()
+    assert guard(s.info["pid"], s.info["fd"]).state == "none"
 
 
 def test_hosts_access_enrols_the_daemon_by_name_and_nothing_else(lab: Lab) -> None:

@@ -110,16 +110,18 @@ class Observer:
         return look
 
     def one(self, ev: SocketEvent) -> Look:
-        """The socket of ``ev``: in the event's process first, else wherever it is held."""
+        """The socket of ``ev``: in the event's process first, else wherever it is held (an
+        event without a cookie: every socket on its port)."""
         look = Look()
         try:
-            found = self._in_process(ev) if ev.pid > 0 else None
-            if found is None:
-                found = next((f for f in listeners({ev.port}, (ev.proto,), proc=self.proc).found
-                              if f.sock.cookie == ev.cookie), None)
-            held = None if found is None else self._hold(found)
-            if held is not None:
-                look.held[held.observed.cookie] = held
+            found = self._in_process(ev) if ev.pid > 0 and ev.cookie else None
+            candidates = [found] if found is not None else [
+                f for f in listeners({ev.port}, (ev.proto,), proc=self.proc).found
+                if f.sock.cookie == ev.cookie or not ev.cookie]  # no cookie: every socket on the port
+            for f in candidates:
+                held = self._hold(f)
+                if held is not None:
+                    look.held[held.observed.cookie] = held
         except BaseException:
             look.close()
             raise
