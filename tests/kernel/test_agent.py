@@ -490,6 +490,19 @@ def test_a_udp_service_is_guarded(lab: Lab) -> None:
     assert not answers_udp(DENIED, port)
 
 
+def test_an_ebpf_service_is_guarded_and_banned(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOCKGATE_BPFFS", lab.bpffs)  # where this process recognises eBPF guards
+    port = BASE + 12
+    agent = lab.agent(native(lab, port, allow="127.0.0.0/8"), "--backend", "ebpf")
+    s = lab.server("tcp", port)
+    g = until("guarded by eBPF", lambda: guarded_by(s.info, "web"))
+    assert g.backend == "ebpf"
+    assert connects(DENIED, port)
+    call(agent.control, Ban(parse_network(DENIED)))
+    until("the banned source dropped", lambda: not connects(DENIED, port))
+    assert connects(ALLOWED, port)
+
+
 def test_guard_latency(lab: Lab) -> None:
     port = BASE + 7
     lab.agent(native(lab, port))

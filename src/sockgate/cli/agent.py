@@ -34,7 +34,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--watch", choices=("auto", "cgroup-bpf", "poll"), default="auto",
                    help="how new sockets are noticed: cgroup BPF hooks, polling, or the first that works (default)")
     p.add_argument("--cgroup", metavar="PATH", help="watch this cgroup2 directory (default: the cgroup2 root)")
-    p.add_argument("--bpffs", metavar="DIR", help="pin the watch hooks under this bpf filesystem (default $SOCKGATE_BPFFS)")
+    p.add_argument("--bpffs", metavar="DIR", help="the bpf filesystem for the watch hooks and eBPF guards (default $SOCKGATE_BPFFS, else /sys/fs/bpf for eBPF)")
     p.add_argument("--sweep", type=float, default=300.0, metavar="SECONDS", help="full rescan interval (default 300)")
 
 
@@ -60,7 +60,11 @@ def run(args: argparse.Namespace) -> int:
     from sockgate.agent.applier import Applier
     from sockgate.agent.runtime import Agent, Options
     from sockgate.guard import backend_choice, require_kernel
-    from sockgate.kernel import default_kernel
+    from sockgate.kernel import Kernel, default_kernel
+    from sockgate.kernel.bpfops import LinuxBpf
+    from sockgate.kernel.cbpf import ClassicBackend
+    from sockgate.kernel.ebpf import EbpfBackend
+    from sockgate.kernel.sockets import LINUX_OPS
     from sockgate.linux.sockdiag import destroy_tcp
     from sockgate.log import Log
     from sockgate.supervisor import Notifier, SelectorLoop, Supervisor
@@ -80,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
         log.flush()
 
     notifier = Notifier(args.notify, say)
-    kernel = default_kernel()
+    kernel = default_kernel() if args.bpffs is None else Kernel(
+        [ClassicBackend(LINUX_OPS), EbpfBackend(LinuxBpf(), args.bpffs)], LINUX_OPS)  # eBPF guards pinned there too
     agent = Agent(opts, kernel, Applier(kernel, destroy_tcp), log, notifier)
     sup = Supervisor(agent, notifier)
     loop = SelectorLoop()
