@@ -379,6 +379,23 @@ def test_a_reload_applies_the_new_policy_and_ends_what_it_now_denies(lab: Lab) -
     assert st["policy"]["last_reload"] == {**st["policy"]["last_reload"], "ok": True, "trigger": "request"}
 
 
+def test_a_service_the_reload_drops_is_detached_and_an_unselected_socket_never_touched(lab: Lab) -> None:
+    port = BASE + 13
+    policy = lab.path("two.conf", f"service web tcp/{port} {{ allow {ALLOWED} }}\nservice old tcp/{port + 1} {{ allow {ALLOWED} }}\n")
+    agent = lab.agent(policy)
+    web, old = lab.server("tcp", port), lab.server("tcp", port + 1)
+    bystander = lab.server("tcp", port + 2)
+    until("both guarded", lambda: guarded_by(web.info, "web") and guarded_by(old.info, "old"))
+    with open(policy, "w") as f:
+        f.write(f"service web tcp/{port} {{ allow {ALLOWED} }}\n")
+    agent.proc.send_signal(signal.SIGHUP)
+    until("the dropped service's filter removed", lambda: guard(old.info["pid"], old.info["fd"]).state == "none")
+    assert guarded_by(web.info, "web")
+    assert agent.status()["agent"]["counters"]["detached"] == 1
+    assert guard(bystander.info["pid"], bystander.info["fd"]).state == "none"
+    assert connects(DENIED, port + 1)
+
+
 def test_the_poll_fallback_guards_a_later_service(lab: Lab) -> None:
     port = BASE + 10
     agent = lab.agent(native(lab, port), "--watch", "poll")

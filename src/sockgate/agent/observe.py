@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Container, Literal, Sequence
+from typing import Callable, Container, Literal, Sequence
 
 from sockgate.agent.model import Family, GuardState, HolderInfo, Observed, Proto, SocketEvent
 from sockgate.errors import SockgateError
@@ -90,9 +90,13 @@ def guard_state(info: GuardInfo) -> GuardState:
 
 
 class Observer:
-    def __init__(self, kernel: Kernel, proc: str = procfs.PROC) -> None:
+    def __init__(self, kernel: Kernel, proc: str = procfs.PROC, keep: Callable[[Observed], bool] = lambda o: True) -> None:
+        """``keep``: whether a socket (its address and holders, before anything is read from it)
+        is worth borrowing — the policy selects it, or it carries our program — so that a
+        daemon's scan of every port does not reach into every other process's sockets."""
         self.kernel = kernel
         self.proc = proc
+        self.keep = keep
 
     def scan(self, ports: Container[int], only: Container[int] | None = None) -> Look:
         """Every listener on ``ports`` (``only``: of these cookies), borrowed."""
@@ -147,6 +151,8 @@ class Observer:
         proto: Proto = "tcp" if s.proto == "tcp" else "udp"
         base = Observed(s.cookie, proto, family, s.local_addr or "", s.local_port,
                         _netns(holders, self.proc), holders, GuardState("none"))
+        if not self.keep(base):
+            return None
         label = f"{proto} {_addr(base)} (cookie {s.cookie})"
         reasons: list[str] = []
         for h in holders:

@@ -102,7 +102,7 @@ class Agent:
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
         self.opts, self.kernel, self.applier, self.log, self.notifier = opts, kernel, applier, log, notifier
         self.clock, self.wall = clock, wall
-        self.observer = Observer(kernel)
+        self.observer = Observer(kernel, keep=self._wanted)
         self.bans: BanBook[BannedPrefix] = BanBook()
         self.retry = reconcile.RetryBook()
         self.counters: dict[str, int] = {k: 0 for k in statusdoc.COUNTERS}
@@ -194,6 +194,7 @@ class Agent:
             return why
         self._swap(built, trigger)
         self.policy_info = self._policy_info(trigger, True, None)
+        self.notifier.status(self.summary())
         self.log.record("notice", message=f"policy loaded ({trigger}): {len(built.desired.services)} services")
         return None
 
@@ -215,12 +216,17 @@ class Agent:
 
     # -- scanning and applying -----------------------------------------------------------------
 
+    def _wanted(self, sock: Observed) -> bool:
+        """A socket the policy selects, or one this agent guarded (to detach it)."""
+        return self.built is not None and (select(self.built.desired, sock) is not None or sock.cookie in self.rows)
+
     def _ports(self) -> Container[int]:
         assert self.built is not None
         d = self.built.desired
         if any(s.selector.daemon is not None for s in d.services):
             return AllPorts()
-        return {p for _, p in d.watch_sets()[0]}
+        # and the ports of what this agent guards: a service a reload dropped is detached there
+        return {p for _, p in d.watch_sets()[0]} | {r.row.sock.port for r in self.rows.values()}
 
     def sweep(self, trigger: Trigger | Literal["sweep", "retry", "resync"], retired: tuple[str, ...] = (),
               only: Container[int] | None = None) -> None:
