@@ -41,6 +41,7 @@ from sockgate.agent.applier import Applier, Outcome
 from sockgate.agent.banbook import BanBook, BanEntry
 from sockgate.agent.desired import Desired, build
 from sockgate.agent.enrol import select
+from sockgate.agent.files import FileWatcher, WatchingReader, WatchList
 from sockgate.agent.model import Endpoint, Observed, SocketEvent, Want
 from sockgate.agent.observe import AllPorts, Look, Observer, describe
 from sockgate.agent.protocol import Ban, Bans, Ping, Reload, Request, Response, Status, Unban, failure, ok, one_line
@@ -116,6 +117,9 @@ class Agent:
         self.loop: Loop | None = None
         self.watcher: watcher_mod.Watcher | None = None
         self.server: control_mod.ControlServer | None = None
+        self.files: FileWatcher | None = None
+        self.read_files: tuple[str, ...] = ()  # what the last load asked for
+        self.watch_list: WatchList | None = None  # and the files and directories it depends on
         self._stops: list[Cancel] = []
         self._timers: dict[str, Cancel] = {}
 
@@ -133,6 +137,7 @@ class Agent:
         self.watcher.watch(self._watch_set(self.built.desired))
         self._stops.append(watcher_mod.start(self.watcher, loop, self._on_events))
         self.log.record("notice", message=f"watching: {self.watcher.reason}")
+        self._watch_files(loop)
         self.sweep("start")
         self._arm("sweep", self.opts.sweep, self._on_sweep)
 
@@ -148,6 +153,8 @@ class Agent:
             self.server.close()
         if self.watcher is not None:
             self.watcher.close(unpin=False)  # the hooks stay, queueing events for the next agent
+        if self.files is not None:
+            self.files.close()
         self.log.flush()
 
     def busy(self) -> bool:
@@ -167,7 +174,15 @@ class Agent:
     def _build(self, bans: BanBook[BannedPrefix], policy: Policy | None = None) -> Built:
         """Read (unless ``policy`` is given), compile and load everything, or raise."""
         if policy is None:
-            policy = load_policy(list(self.opts.files), self.opts.hosts_allow, self.opts.hosts_deny)
+            reader = WatchingReader()
+            try:
+                policy = load_policy(list(self.opts.files), self.opts.hosts_allow, self.opts.hosts_deny,
+                                     reader=reader, listdir=reader.listdir)
+            finally:  # a failed load is watched too: fixing the file is the next reload
+                self.read_files = tuple(dict.fromkeys(reader.asked))
+                self.watch_list = reader.watch_list()
+                if self.files is not None:
+                    self.files.swap(self.watch_list)
         now_ns = time.monotonic_ns()
         resolved: dict[str, ResolvedService] = {}
         compiled: dict[str, Compiled] = {}
@@ -211,7 +226,7 @@ class Agent:
         assert self.built is not None
         prev = self.policy_info
         loaded = self.built.desired.loaded_at if ok_ or prev is None else prev.loaded
-        files = tuple(f for f in (*self.opts.files, self.opts.hosts_allow, self.opts.hosts_deny) if f)
+        files = self.read_files or tuple(f for f in (*self.opts.files, self.opts.hosts_allow, self.opts.hosts_deny) if f)
         return statusdoc.PolicyInfo(self.built.desired.policy_digest, loaded, files, self.wall(), ok_, trigger, error)
 
     # -- scanning and applying -----------------------------------------------------------------
@@ -340,6 +355,35 @@ class Agent:
                 except SockgateError as e:
                     self.log.record("error", message=f"{ev.proto}/{ev.port} (pid {ev.pid}): {e}; rescanning")
                     self.sweep("resync")
+
+    def _watch_files(self, loop: Loop) -> None:
+        """Reload when a file the policy was read from changes (debounced: agent/files.py)."""
+        self.files = FileWatcher()
+        if self.watch_list is not None:
+            self.files.swap(self.watch_list)
+        fd = self.files.fileno()
+        loop.watch(fd, self._on_files)
+        self._stops.append(lambda: loop.unwatch(fd))
+
+    def _on_files(self) -> None:
+        if self.files is not None and self.files.readable(self.clock()):
+            self._arm_files()
+
+    def _arm_files(self) -> None:
+        at = None if self.files is None else self.files.fire_at()
+        if at is not None:
+            self._arm("files", at - self.clock(), self._on_files_due)
+
+    def _on_files_due(self) -> None:
+        self._timers.pop("files", None)
+        if self.files is None:
+            return
+        if self.files.due(self.clock()):
+            self.notifier.reloading()
+            self.reload_now("file")
+            self.notifier.ready()
+        else:
+            self._arm_files()
 
     def _arm(self, name: str, delay: float, callback: Callable[[], None]) -> None:
         old = self._timers.pop(name, None)
@@ -472,6 +516,8 @@ class Agent:
                                  self.wall() - (now_ns - e.added_ns) / 1e9, e.reason)
                 for e in self.bans.entries if e.active(now_ns)]
         errors = [] if w is None or w.mode == "cgroup-bpf" else [f"watching by polling: {w.reason}"]
+        if self.files is not None:
+            errors += [f"{d}: not watched for changes: {why}" for d, why in sorted(self.files.problems.items())]
         return statusdoc.build(agent, self.policy_info, services, bans, errors=errors)
 
     # -- helpers -------------------------------------------------------------------------------
