@@ -60,6 +60,11 @@ proto, port = sys.argv[1], int(sys.argv[2])
 def listen(port):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if sys.argv[3:] == ["lock"]:  # a foreign filter (accept all), locked
+        import ctypes, struct
+        code = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, 0xFFFFFFFF))
+        s.setsockopt(socket.SOL_SOCKET, 26, struct.pack("HL", 1, ctypes.addressof(code)))
+        s.setsockopt(socket.SOL_SOCKET, 44, 1)
     s.bind(("0.0.0.0", port))
     if proto == "tcp":
         s.listen(64)
@@ -176,7 +181,7 @@ class Lab:
                 f.write(text)
         return p
 
-    def server(self, proto: str, port: int, argv0: str | None = None) -> Server:
+    def server(self, proto: str, port: int, argv0: str | None = None, lock: bool = False) -> Server:
         """A service in the lab's cgroup; ``argv0``: run through a link of that name (so its
         comm and argv[0] are that name, as a daemon's are)."""
         exe = sys.executable
@@ -190,7 +195,7 @@ class Lab:
             with open(procs, "w") as f:
                 f.write(str(os.getpid()))
 
-        proc = subprocess.Popen([exe, "-I", "-c", SERVER, proto, str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        proc = subprocess.Popen([exe, "-I", "-c", SERVER, proto, str(port), *(["lock"] if lock else [])], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 text=True, preexec_fn=enter, start_new_session=True)
         s = Server(proc, {})
         self.servers.append(s)
@@ -512,6 +517,26 @@ def _ended(s: socket.socket) -> bool:
         return False
     except OSError:  # ECONNRESET / ECONNABORTED
         return True
+
+
+def test_a_socket_with_a_locked_foreign_filter_is_reported_never_silently_skipped(lab: Lab) -> None:
+    port = BASE + 15
+    agent = lab.agent(native(lab, port, last=port + 1))
+    locked = lab.server("tcp", port, lock=True)
+    fine = lab.server("tcp", port + 1)
+    until("the other socket guarded", lambda: guarded_by(fine.info, "web"))
+
+    def reported() -> dict[str, Any] | None:
+        rows = [r for svc in agent.status()["services"] for r in svc["sockets"] if r["state"] == "unguarded"]
+        return rows[0] if rows else None
+
+    row = until("the locked socket reported", reported)
+    assert row["guard"]["state"] == "foreign" and row["guard"]["locked"]
+    assert row["error"]
+    assert guard(locked.info["pid"], locked.info["fd"]).state == "foreign"
+    status = subprocess.run([sys.executable, "-m", "sockgate", "status", "--control", agent.control],
+                            capture_output=True, text=True, timeout=START)
+    assert status.returncode == 3, status.stdout + status.stderr
 
 
 def test_a_udp_service_is_guarded(lab: Lab) -> None:
