@@ -202,14 +202,14 @@ class Lab:
         s.info = s.line()
         return s
 
-    def agent(self, *args: str, ready: bool = True) -> AgentProc:
+    def agent(self, *args: str, ready: bool = True, prefix: tuple[str, ...] = ()) -> AgentProc:
         control = os.path.join(self.tmp, "run", "agent.sock")
         notify_path = self.path(f"notify-{uuid.uuid4().hex[:6]}")
         log = self.path(f"agent-{len(self.agents)}.log")
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify, open(log, "wb") as err:
             notify.bind(notify_path)
             env = {**os.environ, "NOTIFY_SOCKET": notify_path}
-            proc = subprocess.Popen([sys.executable, "-m", "sockgate", "agent", *args, "--control", control,
+            proc = subprocess.Popen([*prefix, sys.executable, "-m", "sockgate", "agent", *args, "--control", control,
                                      "--bpffs", self.bpffs, "--cgroup", self.cgroup, "--notify"],
                                     stdout=subprocess.DEVNULL, stderr=err, env=env)
             a = AgentProc(proc, control, log)
@@ -537,6 +537,23 @@ def test_a_socket_with_a_locked_foreign_filter_is_reported_never_silently_skippe
     status = subprocess.run([sys.executable, "-m", "sockgate", "status", "--control", agent.control],
                             capture_output=True, text=True, timeout=START)
     assert status.returncode == 3, status.stdout + status.stderr
+
+
+UNIT_CAPS = ("setpriv", "--bounding-set=-all,+net_admin,+bpf,+perfmon,+sys_ptrace,+chown", "--")  # the unit's set
+
+
+def test_the_units_capabilities_are_enough(lab: Lab) -> None:
+    port = BASE + 16
+    agent = lab.agent(native(lab, port, allow="127.0.0.0/8"), prefix=UNIT_CAPS)
+    s = lab.server("tcp", port)
+    until("guarded under the unit's capabilities", lambda: guarded_by(s.info, "web"))
+    held = socket.create_connection((ALLOWED, port), timeout=WAIT, source_address=(DENIED, 0))
+    with held:
+        call(agent.control, Ban(parse_network(DENIED)))
+        until("the banned source's connection ended", lambda: _ended(held))
+    assert not connects(DENIED, port)
+    st = agent.status()
+    assert st["agent"]["watch"]["mode"] == "cgroup-bpf", st["errors"]
 
 
 def test_a_udp_service_is_guarded(lab: Lab) -> None:
