@@ -181,7 +181,8 @@ class Lab:
                 f.write(text)
         return p
 
-    def server(self, proto: str, port: int, argv0: str | None = None, lock: bool = False) -> Server:
+    def server(self, proto: str, port: int, argv0: str | None = None, lock: bool = False,
+               prefix: tuple[str, ...] = ()) -> Server:
         """A service in the lab's cgroup; ``argv0``: run through a link of that name (so its
         comm and argv[0] are that name, as a daemon's are)."""
         exe = sys.executable
@@ -195,7 +196,7 @@ class Lab:
             with open(procs, "w") as f:
                 f.write(str(os.getpid()))
 
-        proc = subprocess.Popen([exe, "-I", "-c", SERVER, proto, str(port), *(["lock"] if lock else [])], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        proc = subprocess.Popen([*prefix, exe, "-I", "-c", SERVER, proto, str(port), *(["lock"] if lock else [])], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 text=True, preexec_fn=enter, start_new_session=True)
         s = Server(proc, {})
         self.servers.append(s)
@@ -554,6 +555,15 @@ def test_the_units_capabilities_are_enough(lab: Lab) -> None:
     assert not connects(DENIED, port)
     st = agent.status()
     assert st["agent"]["watch"]["mode"] == "cgroup-bpf", st["errors"]
+
+
+def test_a_service_in_another_network_namespace_is_guarded_by_its_event(lab: Lab) -> None:
+    port = BASE + 17
+    agent = lab.agent(native(lab, port))
+    s = lab.server("tcp", port, prefix=("unshare", "--net", "--"))
+    assert os.stat(f"/proc/{s.info['pid']}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino
+    until("the listener in the other namespace guarded", lambda: guarded_by(s.info, "web"))
+    assert agent.status()["unguarded"] == 0
 
 
 def test_a_udp_service_is_guarded(lab: Lab) -> None:

@@ -14,8 +14,9 @@ name. Its filter is read through the kernel seam (``Kernel.read``) — what the 
 never what we remember having attached. A socket we may not borrow is kept, with the reason,
 so the planner reports and retries it rather than forgetting it.
 
-Sockets of other network namespaces are seen through their watcher events only: sock_diag
-answers for the reader's namespace (a per-namespace scan is the inventory's to add).
+Sockets of other network namespaces are seen through their watcher events only (the event's
+process's descriptors are searched by cookie, which works in any namespace): the full scan's
+sock_diag answers for the reader's namespace (a per-namespace scan is the inventory's to add).
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from typing import Callable, Container, Literal, Sequence
 
 from sockgate.agent.model import Family, GuardState, HolderInfo, Observed, Proto, SocketEvent
 from sockgate.errors import SockgateError
-from sockgate.inventory import GUARDABLE_STATES, Found, Holder, guardable, listeners, sockets
+from sockgate.inventory import Found, Holder, guardable, listeners
 from sockgate.kernel import Kernel
 from sockgate.kernel.reading import GuardInfo
-from sockgate.linux import bpfsys, pidfd, procfs
+from sockgate.linux import bpfsys, fdinfo, pidfd, procfs
 
 PROTOS: tuple[Proto, ...] = ("tcp", "udp")
 
@@ -132,14 +133,24 @@ class Observer:
         return look
 
     def _in_process(self, ev: SocketEvent) -> Found | None:
-        kinds = (ev.proto,)
-        states: dict[str, int] = {k: GUARDABLE_STATES[k] for k in kinds}
-        scan = sockets(kinds, states, proc=self.proc, only_pids=[ev.pid],
-                       where=lambda s: s.cookie == ev.cookie and guardable(s))
-        for f in scan.found:
-            named = tuple(_named(h, self.proc) for h in f.holders)
-            if any(h is not None for h in named):
-                return Found(f.sock, tuple(h for h in named if h is not None))
+        """The event's socket among its process's descriptors, by cookie — borrowed and asked
+        itself, so in any network namespace (sock_diag answers for ours only)."""
+        for pairs in procfs.holders(self.proc, [ev.pid]).by_inode.values():
+            for pid, fd in pairs:
+                try:
+                    dup = pidfd.getfd(pid, fd)
+                except SockgateError:
+                    return None  # (the host-wide look reports it when it is ours to see)
+                try:
+                    if bpfsys.socket_cookie(dup) != ev.cookie:
+                        continue
+                    sock = fdinfo.describe_fd(dup, pid, fd)
+                except SockgateError:
+                    continue
+                finally:
+                    os.close(dup)
+                named = _named(Holder(pid, None, None, (fd,)), self.proc)
+                return Found(sock, (named,)) if named is not None and guardable(sock) else None
         return None
 
     def _hold(self, f: Found) -> Held | None:
