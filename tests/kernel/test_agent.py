@@ -36,6 +36,7 @@ from sockgate.agent.watcher import HOOKS
 from sockgate.errors import SockgateError
 from sockgate.kernel import default_kernel
 from sockgate.kernel.reading import GuardInfo
+from sockgate.kernel.transaction import Slot, Step
 from sockgate.linux import cgroupbpf, pidfd
 from support.pinned import private_bpffs
 
@@ -364,6 +365,42 @@ def test_connections_a_new_guard_denies_are_ended_and_allowed_ones_kept(lab: Lab
         allowed.settimeout(WAIT)
         assert allowed.recv(1) == b"w"
     assert agent.status()["agent"]["counters"]["destroyed"] == 1
+
+
+def test_keep_established_leaves_them(lab: Lab) -> None:
+    port = BASE + 18
+    s = lab.server("tcp", port)
+    denied = socket.create_connection((ALLOWED, port), timeout=WAIT, source_address=(DENIED, 0))
+    with denied:
+        agent = lab.agent(native(lab, port), "--keep-established")
+        until("guarded", lambda: guarded_by(s.info, "web"))
+        denied.sendall(b"k")
+        denied.settimeout(WAIT)
+        assert denied.recv(1) == b"k"
+    assert not connects(DENIED, port)
+    assert agent.status()["agent"]["counters"]["destroyed"] == 0
+
+
+def test_a_filter_removed_behind_the_agents_back_is_put_back_by_the_sweep(lab: Lab) -> None:
+    port = BASE + 19
+    agent = lab.agent(native(lab, port), "--sweep", "0.5")
+    s = lab.server("tcp", port)
+    until("guarded", lambda: guarded_by(s.info, "web"))
+    with pidfd.borrowed(s.info["pid"], s.info["fd"]) as dup:
+        default_kernel().apply([Step(Slot(dup, "the test's detach"), None)])
+    assert guard(s.info["pid"], s.info["fd"]).state == "none"
+    until("guarded again by the sweep", lambda: guarded_by(s.info, "web"), timeout=WAIT)
+    assert agent.status()["agent"]["counters"]["attached"] == 2
+
+
+def test_map_guards_a_port_as_the_daemons_whoever_holds_it(lab: Lab) -> None:
+    port = BASE + 20
+    allow = lab.path("hosts.allow", f"sgmapd: {ALLOWED}\n")
+    deny = lab.path("hosts.deny", "ALL: ALL\n")
+    lab.agent("--hosts-allow", allow, "--hosts-deny", deny, "--map", f"sgmapd=tcp/{port}")
+    s = lab.server("tcp", port, argv0="sgsomeone")
+    until("the mapped port guarded as the daemon's", lambda: guarded_by(s.info, "sgmapd"))
+    assert connects(ALLOWED, port) and not connects(DENIED, port)
 
 
 def test_a_reload_applies_the_new_policy_and_ends_what_it_now_denies(lab: Lab) -> None:
