@@ -547,6 +547,28 @@ def test_ban_drops_new_connections_ends_established_ones_and_unban_restores(lab:
     until("the unbanned source connects again", lambda: connects(DENIED, port))
 
 
+def test_bans_outlive_the_agent_in_the_state_file_and_a_bad_one_stops_the_start(lab: Lab) -> None:
+    port = BASE + 21
+    policy, state = native(lab, port, allow="127.0.0.0/8"), lab.path("bans.json")
+    first = lab.agent(policy, "--state", state)
+    s = lab.server("tcp", port)
+    until("guarded", lambda: guarded_by(s.info, "web"))
+    call(first.control, Ban(parse_network(DENIED), 3600, reason="test"))
+    assert os.stat(state).st_mode & 0o777 == 0o600
+    first.stop(signal.SIGKILL)
+    second = lab.agent(policy, "--state", state)
+    st = second.status()
+    assert [(b["net"], b["reason"]) for b in st["bans"]["items"]] == [("127.0.0.2/32", "test")]
+    assert st["agent"]["counters"]["attached"] == 0  # the banned program was adopted as it is
+    assert not connects(DENIED, port) and connects(ALLOWED, port)
+    second.stop()
+    with open(state, "w") as f:
+        f.write('{"version": 1, "bans": [{"net": "127.0.0.2/24"}]}')
+    bad = lab.agent(policy, "--state", state, ready=False)
+    assert bad.proc.wait(START) == 1
+    assert f"{state}: ban 0" in bad.stderr() and "Traceback" not in bad.stderr()
+
+
 def _ended(s: socket.socket) -> bool:
     s.settimeout(0.05)
     try:

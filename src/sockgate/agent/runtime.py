@@ -29,6 +29,7 @@ status) and a substitution of their answers before ``_build`` compiles.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -38,7 +39,7 @@ from sockgate.agent import control as control_mod
 from sockgate.agent import reconcile, statusdoc
 from sockgate.agent import watcher as watcher_mod
 from sockgate.agent.applier import Applier, Outcome
-from sockgate.agent.banbook import BanBook, BanEntry
+from sockgate.agent.banbook import BanBook, BanEntry, BanStateError
 from sockgate.agent.desired import Desired, build
 from sockgate.agent.enrol import select
 from sockgate.agent.files import FileWatcher, WatchingReader, WatchList
@@ -50,9 +51,9 @@ from sockgate.ebpf.watch import WatchSet
 from sockgate.errors import PolicyError, SockgateError
 from sockgate.kernel import BackendChoice, Kernel
 from sockgate.kernel.backend import Compiled, Loaded
-from sockgate.loading import load_policy
+from sockgate.loading import load_policy, read_regular
 from sockgate.log import Log
-from sockgate.policy.ir import Policy
+from sockgate.policy.ir import IPNetwork, Policy
 from sockgate.resolve import named_daemons, resolve
 from sockgate.resolve.model import ResolvedService
 from sockgate.linux.signalfd import SigInfo
@@ -78,6 +79,7 @@ class Options:
     bpffs: str | None = None
     sweep: float = SWEEP
     version: str = ""  # for status (the package's, from the command line)
+    state: str | None = None  # the ban state file (bans outlive the agent); None: kept in memory only
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,7 @@ class Agent:
     def start(self, loop: Loop) -> None:
         """Everything up to the first transaction; raises (nothing touched) on a bad policy."""
         self.loop = loop
+        self.bans = self._load_bans()
         self.built = self._build(self.bans)
         self.policy_info = self._policy_info("start", True, None)
         self.server = control_mod.ControlServer(self.opts.control, self.opts.control_group, self._handle)
@@ -140,6 +143,7 @@ class Agent:
         self._watch_files(loop)
         self.sweep("start")
         self._arm("sweep", self.opts.sweep, self._on_sweep)
+        self._arm_expiry()
 
     def reload(self) -> None:
         self.reload_now("signal")
@@ -445,7 +449,38 @@ class Agent:
         self.bans = book
         self._swap(built, "bans")
         self._arm_expiry()
+        self._save_bans()
         return None
+
+    def _load_bans(self) -> BanBook[BannedPrefix]:
+        """The bans the state file holds (an agent restarted keeps them); a file that is not
+        what the agent writes stops the start, naming the entry."""
+        path = self.opts.state
+        if path is None or not os.path.lexists(path):
+            return BanBook()
+        try:
+            doc = json.loads(read_regular(path))
+            return BanBook.from_json(doc, _wall_to_mono, _ban).expire(time.monotonic_ns())
+        except ValueError as e:
+            raise BanStateError(f"{path}: {e}") from None
+        except SockgateError as e:
+            raise BanStateError(f"{path}: {e}") from None
+
+    def _save_bans(self) -> None:
+        """The book to the state file: a new file renamed over the old (never half written)."""
+        path = self.opts.state
+        if path is None:
+            return
+        tmp = f"{path}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.bans.to_json(_mono_to_wall), f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as e:
+            self.log.record("error", message=f"ban state {path}: {e.strerror}; the bans stay in force but not saved")
 
     def _ban(self, body: Ban) -> str | None:
         assert self.built is not None
@@ -534,6 +569,18 @@ class Agent:
         bad = sum(1 for s in states if s in ("unguarded", "retrying"))
         n = 0 if self.built is None else len(self.built.desired.services)
         return f"{n} services, {len(states)} sockets, {bad} unguarded"
+
+
+def _mono_to_wall(ns: int) -> float:
+    return time.time() + (ns - time.monotonic_ns()) / 1e9
+
+
+def _wall_to_mono(t: float) -> int:
+    return time.monotonic_ns() + int((t - time.time()) * 1e9)
+
+
+def _ban(net: IPNetwork, expires_ns: int, origin: str) -> BannedPrefix:
+    return BannedPrefix(net, expires_ns, Origin[origin.upper()])
 
 
 def _why(e: SockgateError) -> str:

@@ -35,6 +35,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help="how new sockets are noticed: cgroup BPF hooks, polling, or the first that works (default)")
     p.add_argument("--cgroup", metavar="PATH", help="watch this cgroup2 directory (default: the cgroup2 root)")
     p.add_argument("--bpffs", metavar="DIR", help="the bpf filesystem for the watch hooks and eBPF guards (default $SOCKGATE_BPFFS, else /sys/fs/bpf for eBPF)")
+    p.add_argument("--state", metavar="PATH",
+                   help="keep the bans in this file, so they outlive the agent (the unit: /var/lib/sockgate/bans.json)")
     p.add_argument("--sweep", type=float, default=300.0, metavar="SECONDS", help="full rescan interval (default 300)")
 
 
@@ -76,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     require_kernel()
     opts = Options(tuple(args.policy_files), args.hosts_allow, args.hosts_deny, parse_maps(args.map),
                    backend_choice(args.backend), args.control, args.control_group, args.keep_established,
-                   args.watch, args.cgroup, args.bpffs, args.sweep, __version__)
+                   args.watch, args.cgroup, args.bpffs, args.sweep, __version__, args.state)
     log = Log(args.log_format, sys.stderr, sink=log_sink(args), ident="sockgate-agent")
 
     def say(text: str) -> None:
