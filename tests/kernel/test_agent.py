@@ -625,6 +625,23 @@ def test_a_service_in_another_network_namespace_is_guarded_by_its_event(lab: Lab
     assert agent.status()["unguarded"] == 0
 
 
+def test_a_socket_the_agent_may_not_reach_is_reported_and_retried(lab: Lab) -> None:
+    port = BASE + 22
+    no_ptrace = ("setpriv", "--bounding-set=-all,+net_admin,+bpf,+perfmon,+chown", "--")
+    agent = lab.agent(native(lab, port), prefix=no_ptrace)
+    s = lab.server("tcp", port, prefix=("setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups", "--"))
+
+    def retrying(at_least: int) -> dict[str, Any] | None:
+        rows = [r for svc in agent.status()["services"] for r in svc["sockets"]]
+        return rows[0] if rows and rows[0]["state"] == "retrying" and rows[0]["attempts"] >= at_least else None
+
+    first = until("the unreachable socket reported", lambda: retrying(1))
+    assert first["error"]
+    until("retried", lambda: retrying(first["attempts"] + 2))
+    assert agent.status()["unguarded"] == 1
+    assert guard(s.info["pid"], s.info["fd"]).state == "none"
+
+
 def test_a_udp_service_is_guarded(lab: Lab) -> None:
     port = BASE + 6
     lab.agent(native(lab, port, proto="udp"))

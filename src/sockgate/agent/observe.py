@@ -120,27 +120,39 @@ class Observer:
         look = Look()
         try:
             found = self._in_process(ev) if ev.pid > 0 and ev.cookie else None
-            candidates = [found] if found is not None else [
+            candidates = [found] if isinstance(found, Found) else [
                 f for f in listeners({ev.port}, (ev.proto,), proc=self.proc).found
                 if f.sock.cookie == ev.cookie or not ev.cookie]  # no cookie: every socket on the port
             for f in candidates:
                 held = self._hold(f)
                 if held is not None:
                     look.held[held.observed.cookie] = held
+            if not look.held and isinstance(found, str):
+                self._denied(ev, found, look)
         except BaseException:
             look.close()
             raise
         return look
 
-    def _in_process(self, ev: SocketEvent) -> Found | None:
+    def _denied(self, ev: SocketEvent, why: str, look: Look) -> None:
+        """The event's socket as the event tells it, unreadable (the planner reports and retries
+        it): its process may not be looked into, and no scan of ours sees it either."""
+        holders = tuple(h for h in [_holder_info(ev.pid, self.proc)] if h is not None)
+        o = Observed(ev.cookie, ev.proto, ev.family, "", ev.port, _netns(holders, self.proc), holders,
+                     GuardState("none"), why)
+        if self.keep(o):
+            look.held[o.cookie] = Held(o, None, f"{ev.proto} port {ev.port} (cookie {ev.cookie})")
+
+    def _in_process(self, ev: SocketEvent) -> Found | str | None:
         """The event's socket among its process's descriptors, by cookie — borrowed and asked
-        itself, so in any network namespace (sock_diag answers for ours only)."""
+        itself, so in any network namespace (sock_diag answers for ours only). A text: why the
+        process's descriptors may not be borrowed."""
         for pairs in procfs.holders(self.proc, [ev.pid]).by_inode.values():
             for pid, fd in pairs:
                 try:
                     dup = pidfd.getfd(pid, fd)
-                except SockgateError:
-                    return None  # (the host-wide look reports it when it is ours to see)
+                except SockgateError as e:
+                    return str(e)
                 try:
                     if bpfsys.socket_cookie(dup) != ev.cookie:
                         continue
@@ -192,6 +204,11 @@ class Observer:
 def _named(h: Holder, proc: str) -> Holder | None:
     n = procfs.names(h.pid, proc)
     return None if n is None else Holder(h.pid, n.comm, None, h.fds, n.argv0)
+
+
+def _holder_info(pid: int, proc: str) -> HolderInfo | None:
+    n = procfs.names(pid, proc)
+    return None if n is None else HolderInfo(pid, -1, n.comm or "", n.argv0)
 
 
 def _borrow(h: HolderInfo, cookie: int) -> int | None:

@@ -248,10 +248,18 @@ class Agent:
         return {p for _, p in d.watch_sets()[0]} | {r.row.sock.port for r in self.rows.values()}
 
     def sweep(self, trigger: Trigger | Literal["sweep", "retry", "resync"], retired: tuple[str, ...] = (),
-              only: Container[int] | None = None) -> None:
+              only: frozenset[int] | None = None) -> None:
         """A full scan (of ``only``'s cookies when given) planned and applied in one transaction."""
         with self.observer.scan(self._ports(), only) as look:
             self._cycle(look, full=only is None, retired=retired, trigger=trigger)
+            unseen = set() if only is None else only - set(look.held)
+        if unseen:  # not seen by this scan (another namespace, or closed: the next full sweep tells)
+            now = self.clock()
+            for cookie in unseen:
+                a = self.retry.entries.get(cookie)
+                if a is not None:
+                    self.retry = self.retry.failed(cookie, a.kind, a.reason, now, a.tried)
+            self._arm_retry()
 
     def _cycle(self, look: Look, full: bool, retired: tuple[str, ...] = (), trigger: str = "event") -> None:
         assert self.built is not None
