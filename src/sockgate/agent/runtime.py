@@ -526,7 +526,9 @@ class Agent:
             case Status():
                 return ok(req.id, self.status())
             case Reload():
+                self.notifier.reloading()
                 error = self.reload_now("request")
+                self.notifier.ready()
                 return failure(req.id, "policy", error) if error else ok(req.id, {"message": "reloaded"})
             case Ban():
                 error = self._ban(body)
