@@ -66,7 +66,14 @@ def listen(port):
         code = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, 0xFFFFFFFF))
         s.setsockopt(socket.SOL_SOCKET, 26, struct.pack("HL", 1, ctypes.addressof(code)))
         s.setsockopt(socket.SOL_SOCKET, 44, 1)
-    s.bind(("0.0.0.0", port))
+    for _ in range(200):  # the agent may hold its duplicate of the old socket for a moment
+        try:
+            s.bind(("0.0.0.0", port))
+            break
+        except OSError as e:
+            if e.errno != 98:
+                raise
+            time.sleep(0.01)
     if proto == "tcp":
         s.listen(64)
     print(json.dumps({"pid": os.getpid(), "fd": s.fileno(), "t": time.monotonic()}), flush=True)
@@ -118,12 +125,16 @@ def until(what: str, check: Callable[[], Any], timeout: float = WAIT, every: flo
 class Server:
     proc: subprocess.Popen[str]
     info: dict[str, Any]
+    log: str = ""
 
     def line(self) -> dict[str, Any]:
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], WAIT)
-        assert ready, "the service did not say it listens"
-        got: dict[str, Any] = json.loads(self.proc.stdout.readline())
+        line = self.proc.stdout.readline() if ready else ""
+        if not line:
+            with open(self.log, errors="replace") as f:
+                pytest.fail(f"the service did not say it listens (status {self.proc.poll()}): {f.read()[-2000:]}")
+        got: dict[str, Any] = json.loads(line)
         return got
 
     def fork(self, port: int) -> dict[str, Any]:
@@ -197,9 +208,12 @@ class Lab:
             with open(procs, "w") as f:
                 f.write(str(os.getpid()))
 
-        proc = subprocess.Popen([*prefix, exe, "-I", "-c", SERVER, proto, str(port), *(["lock"] if lock else [])], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                text=True, preexec_fn=enter, start_new_session=True)
-        s = Server(proc, {})
+        log = self.path(f"server-{len(self.servers)}.log")
+        with open(log, "wb") as err:
+            proc = subprocess.Popen([*prefix, exe, "-I", "-c", SERVER, proto, str(port), *(["lock"] if lock else [])],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
+                                    preexec_fn=enter, start_new_session=True)
+        s = Server(proc, {}, log)
         self.servers.append(s)
         s.info = s.line()
         return s
