@@ -636,7 +636,10 @@ def test_a_service_in_another_network_namespace_is_guarded_by_its_event(lab: Lab
     s = lab.server("tcp", port, prefix=("unshare", "--net", "--"))
     assert os.stat(f"/proc/{s.info['pid']}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino
     until("the listener in the other namespace guarded", lambda: guarded_by(s.info, "web"))
-    assert agent.status()["unguarded"] == 0
+    call(agent.control, Reload())  # a full scan (of this namespace): it must not drop the other's socket
+    st = agent.status()
+    assert st["unguarded"] == 0
+    assert [r["cookie"] for svc in st["services"] for r in svc["sockets"]], "the other namespace's socket left status"
 
 
 def test_a_socket_the_agent_may_not_reach_is_reported_and_retried(lab: Lab) -> None:

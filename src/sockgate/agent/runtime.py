@@ -56,6 +56,7 @@ from sockgate.log import Log
 from sockgate.policy.ir import IPNetwork, Policy
 from sockgate.resolve import named_daemons, resolve
 from sockgate.resolve.model import ResolvedService
+from sockgate.linux import procfs
 from sockgate.linux.signalfd import SigInfo
 from sockgate.supervisor import Cancel, Loop, Notifier
 
@@ -293,8 +294,9 @@ class Agent:
         applied = dict(outcome.applied)
         adopted = set(plan.adopted)
         now_wall = self.wall()
-        if full:
-            for gone in [c for c in self.rows if c not in look.held]:
+        if full:  # (a scan sees this namespace only: another's sockets leave by their close event)
+            ours = (0, procfs.netns_of(os.getpid()))
+            for gone in [c for c, r in self.rows.items() if c not in look.held and r.row.sock.netns in ours]:
                 self._forget(gone)
         for cookie, h in look.held.items():
             sel = select(self.built.desired, h.observed)
@@ -504,17 +506,13 @@ class Agent:
         return error
 
     def _end_banned(self, net: object, service: str | None) -> None:
-        socks = [self._observed(c) for c, r in self.rows.items() if service is None or r.service == service]
+        socks = [r.row.sock for r in self.rows.values() if service is None or r.service == service]
         try:
-            n = self.applier.end_banned([s for s in socks if s is not None], [net])  # type: ignore[list-item]
+            n = self.applier.end_banned(socks, [net])  # type: ignore[list-item]
         except SockgateError as e:
             self.log.record("error", message=f"could not end the banned source's connections: {e}")
             return
         self.counters["destroyed"] += n
-
-    def _observed(self, cookie: int) -> Observed | None:
-        r = self.rows.get(cookie)
-        return None if r is None else r.row.sock
 
     # -- control -------------------------------------------------------------------------------
 
