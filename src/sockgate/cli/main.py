@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "probe": "what a source sees of a port: open, closed, filtered",
     "export": "render a policy as nftables or pf rules",
     "demo": "run a guarded echo service on loopback and probe it from two sources",
+    "agent": "guard every socket the policy selects, as services start and stop",
     "status": "what the running agent guards, and what it could not",
     "ban": "refuse a source on the agent's services, for a while or until unbanned",
     "unban": "lift a ban set with sockgate ban",

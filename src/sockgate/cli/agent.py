@@ -1,0 +1,106 @@
+"""``sockgate agent``: guard every socket the policy selects, as services come and go (docs/agent.md).
+
+Parses the options into ``runtime.Options``, starts the ``Agent`` under the supervisor (SIGHUP
+reloads, TERM/INT stop and leave the guards in the kernel), sends ``READY=1`` with ``--notify``
+once the first transaction is in, and runs the loop. A policy that fails at start is a one-line
+error (a policy error with its ``file:line:col``) and a non-zero exit; no socket is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sockgate.agent.control import DEFAULT_PATH
+from sockgate.agent.model import Endpoint
+from sockgate.cli.common import add_backend_arg, add_log_args, log_sink
+from sockgate.errors import UsageError
+
+MAP_HELP = "guard PROTO/PORT (or PORT-PORT) as DAEMON's, whoever holds it (repeatable)"
+
+
+def add_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("policy_files", nargs="*", metavar="POLICY", help="native policy files")
+    p.add_argument("--hosts-allow", metavar="PATH", help="a hosts.allow file (hosts_access(5))")
+    p.add_argument("--hosts-deny", metavar="PATH", help="a hosts.deny file (hosts_access(5))")
+    p.add_argument("--map", action="append", default=[], metavar="DAEMON=PROTO/PORT", help=MAP_HELP)
+    add_backend_arg(p)
+    p.add_argument("--control", metavar="PATH", default=DEFAULT_PATH, help=f"the control socket (default {DEFAULT_PATH})")
+    p.add_argument("--control-group", metavar="GROUP", help="the group that may use the control socket (default: root only)")
+    p.add_argument("--notify", action="store_true", help="report READY/RELOADING/STOPPING to $NOTIFY_SOCKET (systemd)")
+    add_log_args(p, "log to syslog (daemon facility) instead of stderr")
+    p.add_argument("--keep-established", action="store_true",
+                   help="do not end established connections a new or reloaded guard denies (bans still end them)")
+    p.add_argument("--watch", choices=("auto", "cgroup-bpf", "poll"), default="auto",
+                   help="how new sockets are noticed: cgroup BPF hooks, polling, or the first that works (default)")
+    p.add_argument("--cgroup", metavar="PATH", help="watch this cgroup2 directory (default: the cgroup2 root)")
+    p.add_argument("--bpffs", metavar="DIR", help="the bpf filesystem for the watch hooks and eBPF guards (default $SOCKGATE_BPFFS, else /sys/fs/bpf for eBPF)")
+    p.add_argument("--state", metavar="PATH",
+                   help="keep the bans in this file, so they outlive the agent (the unit: /var/lib/sockgate/bans.json)")
+    p.add_argument("--sweep", type=float, default=300.0, metavar="SECONDS", help="full rescan interval (default 300)")
+
+
+def parse_maps(items: list[str]) -> dict[str, tuple[Endpoint, ...]]:
+    """``--map DAEMON=PROTO/PORT[-PORT]`` values by daemon; a UsageError naming a bad one."""
+    maps: dict[str, list[Endpoint]] = {}
+    for item in items:
+        daemon, sep, spec = item.partition("=")
+        proto, slash, ports = spec.partition("/")
+        first, dash, last = ports.partition("-")
+        try:
+            if not (sep and slash and daemon) or proto not in ("tcp", "udp"):
+                raise ValueError
+            endpoint = Endpoint("tcp" if proto == "tcp" else "udp", int(first), int(last if dash else first))
+        except ValueError:
+            raise UsageError(f"--map {item[:60]!r}: expected DAEMON=PROTO/PORT, as sshd=tcp/22 or ntpd=udp/123") from None
+        maps.setdefault(daemon, []).append(endpoint)
+    return {d: tuple(eps) for d, eps in maps.items()}
+
+
+def run(args: argparse.Namespace) -> int:
+    from sockgate import __version__
+    from sockgate.agent.applier import Applier
+    from sockgate.agent.runtime import Agent, Options
+    from sockgate.guard import backend_choice, require_kernel
+    from sockgate.kernel import Kernel, default_kernel
+    from sockgate.kernel.bpfops import LinuxBpf
+    from sockgate.kernel.cbpf import ClassicBackend
+    from sockgate.kernel.ebpf import EbpfBackend
+    from sockgate.kernel.sockets import LINUX_OPS
+    from sockgate.linux.sockdiag import destroy_tcp
+    from sockgate.log import Log
+    from sockgate.supervisor import Notifier, SelectorLoop, Supervisor
+
+    if not args.policy_files and args.hosts_allow is None and args.hosts_deny is None:
+        raise UsageError("agent: no policy: give POLICY files or --hosts-allow/--hosts-deny")
+    if args.sweep <= 0:
+        raise UsageError("agent: --sweep must be more than 0 seconds")
+    require_kernel()
+    opts = Options(tuple(args.policy_files), args.hosts_allow, args.hosts_deny, parse_maps(args.map),
+                   backend_choice(args.backend), args.control, args.control_group, args.keep_established,
+                   args.watch, args.cgroup, args.bpffs, args.sweep, __version__, args.state)
+    log = Log(args.log_format, sys.stderr, sink=log_sink(args), ident="sockgate-agent")
+
+    def say(text: str) -> None:
+        log.record("error", message=text)
+        log.flush()
+
+    notifier = Notifier(args.notify, say)
+    kernel = default_kernel() if args.bpffs is None else Kernel(
+        [ClassicBackend(LINUX_OPS), EbpfBackend(LinuxBpf(), args.bpffs)], LINUX_OPS)  # eBPF guards pinned there too
+    agent = Agent(opts, kernel, Applier(kernel, destroy_tcp), log, notifier)
+    sup = Supervisor(agent, notifier)
+    loop = SelectorLoop()
+    try:
+        sup.start(loop)  # signals first: a SIGHUP while starting waits, it does not kill
+        agent.start(loop)
+        sup.ready()
+        notifier.status(agent.summary())
+        loop.run()
+        return sup.status or 0
+    finally:
+        if sup.status is None:
+            agent.stop()
+        sup.close()
+        loop.close()
+        log.close()

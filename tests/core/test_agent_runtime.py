@@ -1,0 +1,89 @@
+"""agent/runtime without a kernel, sockets or loop: a reload is all or nothing — a policy that
+does not parse, or whose second service does not compile, leaves the running state (the same
+``Built``) in force and says why in status, the log and to systemd; a good one swaps it whole
+and sweeps once. (The whole agent runs for real in tests/kernel/test_agent.py.)"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sockgate.agent.applier import Applier
+from sockgate.agent.protocol import Ban, Request, parse_network
+from sockgate.agent.runtime import Agent, Options
+from sockgate.log import Log
+from support.fakekernel import FakeOps, fake_kernel
+
+GOOD = "service web tcp/80 {\n    allow 127.0.0.1\n}\nservice mail tcp/25 {\n    allow 10.0.0.0/8\n}\n"
+
+
+class Notes:
+    def __init__(self) -> None:
+        self.said: list[str] = []
+
+    def status(self, text: str) -> None:
+        self.said.append(text)
+
+    def reloading(self) -> None:
+        self.said.append("RELOADING")
+
+    def ready(self) -> None:
+        self.said.append("READY")
+
+
+def agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str = GOOD) -> tuple[Agent, Path, list[Any], io.StringIO]:
+    policy = tmp_path / "agent.conf"
+    policy.write_text(text)
+    kernel = fake_kernel(FakeOps())
+    out = io.StringIO()
+    a = Agent(Options(files=(str(policy),), backend="cbpf"), kernel, Applier(kernel, lambda *a, **k: 0),  # type: ignore[arg-type]
+              Log("text", out, flush_interval=0), Notes())  # type: ignore[arg-type]
+    sweeps: list[Any] = []
+    monkeypatch.setattr(a, "sweep", lambda trigger, retired=(), only=None: sweeps.append((trigger, retired)))
+    a.built = a._build(a.bans)
+    a.policy_info = a._policy_info("start", True, None)
+    return a, policy, sweeps, out
+
+
+def test_a_policy_that_does_not_parse_keeps_the_running_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, policy, sweeps, out = agent(tmp_path, monkeypatch)
+    before = a.built
+    policy.write_text("service web tcp/80 {\n    allow 127.0.0.1 frobnicate\n}\n")
+    error = a.reload_now("signal")
+    assert error is not None and f"{policy}:2" in error
+    assert a.built is before and sweeps == []
+    assert a.policy_info is not None and not a.policy_info.reload_ok and a.policy_info.reload_error == error
+    assert "reload failed, the previous policy stays in force" in out.getvalue()
+    notes = a.notifier.said  # type: ignore[attr-defined]
+    assert any(n.startswith("reload failed:") for n in notes)
+
+
+def test_a_policy_whose_second_service_does_not_compile_keeps_the_running_state(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, policy, sweeps, _ = agent(tmp_path, monkeypatch)
+    before = a.built
+    policy.write_text(GOOD.replace("allow 10.0.0.0/8", "allow host mail.example.com"))
+    error = a.reload_now("request")
+    assert error is not None
+    assert a.built is before and sweeps == []
+
+
+def test_a_good_reload_swaps_everything_and_sweeps_once_naming_the_dropped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, policy, sweeps, _ = agent(tmp_path, monkeypatch)
+    policy.write_text("service web tcp/80 {\n    allow 127.0.0.2\n}\n")
+    assert a.reload_now("file") is None
+    assert a.built is not None and [s.name for s in a.built.desired.services] == ["web"]
+    assert sweeps == [("file", ("mail",))]
+    assert a.policy_info is not None and a.policy_info.reload_ok and a.policy_info.trigger == "file"
+
+
+def test_a_ban_on_a_service_the_policy_lacks_is_refused_and_changes_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, _, sweeps, _ = agent(tmp_path, monkeypatch)
+    answer = a._handle(Request(7, Ban(parse_network("192.0.2.1"), service="nope")), None)  # type: ignore[arg-type]
+    assert answer.error is not None and "no service nope" in answer.error.message
+    assert a.bans.entries == () and sweeps == []
