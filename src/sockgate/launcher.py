@@ -66,16 +66,16 @@ from typing import Callable, NoReturn, Sequence
 from sockgate import cutoff
 from sockgate.errors import AdapterError, PolicyError, SockgateError, UnsupportedInKernel, UsageError
 from sockgate.kernel import BackendChoice, Kernel, Loaded, Slot, Step, default_kernel
-from sockgate.kernel.ebpf import EbpfLoaded
+from sockgate.kernel.ebpf import EbpfBackend, EbpfLoaded
 from sockgate.linux import activation, privileges
-from sockgate.linux.listen import Listener, open_listeners
+from sockgate.linux.listen import Listener, open_listeners, tcp_syncookies
 from sockgate.linux.signalfd import SigInfo
 from sockgate.policy.ir import Policy
 from sockgate.resolve import ResolvedService, resolve
 from sockgate.policy.source import printable
 from sockgate.log import LogFormat, LogSink
 from sockgate.refusallog import DEFAULT_INTERVAL, RefusalMonitor, start_refusal_log
-from sockgate.supervisor import Loop, Notifier, SelectorLoop, Supervisor, failure_text
+from sockgate.supervisor import Cancel, Loop, Notifier, SelectorLoop, Supervisor, failure_text
 from sockgate.urls import SocketURL
 
 FORWARDED = (
@@ -92,6 +92,8 @@ FORWARDED = (
 SI_KERNEL = 0x80
 TTY_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGWINCH)
 
+
+SWEEP_INTERVAL = 60.0  # seconds between sweeps of expired bans (BanSweeper)
 
 UNIX_INETD = "no address filter: each connection is decided by its peer credentials"
 UNIX_ACTIVATION = (
@@ -183,7 +185,7 @@ class Gate:
             cfg.say(f"reload failed, the previous policy stays in force: {failure_text(e)}")
             return False
         cfg.say(f"reloaded: {self.describe()}, on {len(self.inet)} socket(s)")
-        _say_notes(cfg, self.resolved)
+        _say_notes(cfg, self.resolved, self)
         if not cfg.keep_established:
             self._end_denied()
         return True
@@ -240,8 +242,8 @@ class Gate:
 
 
 class RefusalHost:
-    """The refusal log of the guard, on the supervisor's loop: running while the sockets
-    carry an eBPF program (a classic filter counts nothing), started or stopped when a reload
+    """The refusal log of the guard and its ban sweeps (``BanSweeper``), on the supervisor's
+    loop: running while the sockets carry an eBPF program (a classic filter counts nothing), started or stopped when a reload
     changes the backend. It reads the service's pinned ring; a log that cannot start is said,
     and the guard stays (the log is what is lost, never the filter)."""
 
@@ -249,9 +251,11 @@ class RefusalHost:
         self.cfg = cfg
         self.loop = loop
         self.monitor: RefusalMonitor | None = None
+        self.sweeper = BanSweeper(loop)
 
     def update(self, gate: Gate) -> None:
         loaded = gate.loaded
+        self.sweeper.update(gate)
         if not isinstance(loaded, EbpfLoaded):
             self.close()
             return
@@ -269,24 +273,87 @@ class RefusalHost:
         cfg.say(f"refusal log: {cfg.log_format} to {cfg.log_sink}, one line per refused source per {cfg.refusal_interval:g} s")
 
     def close(self) -> None:
-        """Write what is pending and stop."""
+        """Write what is pending and stop (the log and the ban sweeps)."""
+        self.sweeper.stop()
         if self.monitor is not None:
             self.monitor.close()
             self.monitor = None
 
 
+class BanSweeper:
+    """Every ``SWEEP_INTERVAL`` seconds while the guard is eBPF, the service's expired bans
+    deleted (``EbpfBackend.sweep_bans``): the ban tries are not LRU, and expired entries
+    left in them would fill them until every new ban failed. A put that finds them full
+    sweeps at once by itself (``BanMaps.put``); this keeps them from getting there."""
+
+    def __init__(self, loop: Loop, interval: float = SWEEP_INTERVAL) -> None:
+        self.loop = loop
+        self.interval = interval
+        self.gate: Gate | None = None
+        self.cancel: Cancel | None = None
+
+    def update(self, gate: Gate) -> None:
+        if not isinstance(gate.loaded, EbpfLoaded):
+            self.stop()
+            return
+        self.gate = gate
+        if self.cancel is None:
+            self.cancel = self.loop.call_later(self.interval, self._tick)
+
+    def _tick(self) -> None:
+        self.cancel = None
+        gate = self.gate
+        if gate is None or not isinstance(gate.loaded, EbpfLoaded):
+            return
+        for backend in gate.kernel.backends:
+            if isinstance(backend, EbpfBackend):
+                backend.sweep_bans(gate.loaded.compiled.service)
+        self.cancel = self.loop.call_later(self.interval, self._tick)
+
+    def stop(self) -> None:
+        self.gate = None
+        if self.cancel is not None:
+            self.cancel()
+            self.cancel = None
+
+
 def rule_labels(resolved: ResolvedService) -> tuple[str, ...]:
     """Each rule's ``file:line``, by its index in ``Service.rules`` (the refusal log's cause)."""
     return tuple(f"{r.span.file}:{r.span.line}" for r in resolved.service.rules)
+
+
 def tcp_listener(sock: socket.socket) -> cutoff.TcpListener:
     host, port = sock.getsockname()[:2]
     return cutoff.TcpListener(ipaddress.ip_address(host.split("%", 1)[0]), port)
 
 
-def _say_notes(cfg: RunConfig, resolved: ResolvedService) -> None:
-    """hosts_options(5) options of the service that ``run`` does not carry out (``spawn``...)."""
+def _say_notes(cfg: RunConfig, resolved: ResolvedService, gate: Gate | None = None) -> None:
+    """hosts_options(5) options of the service that ``run`` does not carry out (``spawn``...),
+    and what an eBPF guard of TCP sockets leaves to the proxy (``ebpf_notes``)."""
     for note in resolved.option_notes:
         cfg.say(f"note: {note}")
+    if gate is not None and isinstance(gate.loaded, EbpfLoaded):
+        tcp = any(not lst.url.is_unix and lst.url.is_stream for lst in gate.listeners)
+        for note in ebpf_notes(resolved, tcp, tcp_syncookies() if tcp else None):
+            cfg.say(f"note: {note}")
+
+
+def ebpf_notes(resolved: ResolvedService, tcp: bool, syncookies: int | None) -> list[str]:
+    """What the kernel does not do for a TCP service's rate limits (docs/ebpf.md): ``ban``
+    after a per-source rate is not set from a SYN, whose source can be forged; and with
+    ``net.ipv4.tcp_syncookies=2`` a replayed cookie ACK opens a connection without a SYN."""
+    if not tcp:
+        return []
+    svc = resolved.service
+    limited = [(f"{svc.span.file}:{svc.span.line}" if svc.span is not None else f"service {svc.name}", resolved.limits)]
+    limited += [(f"{r.rule.span.file}:{r.rule.span.line}", r.limits) for r in resolved.rules]
+    notes = [f"{where}: `ban` after a per-source rate is not set by the kernel for TCP (a SYN's source can be forged);"
+             " such sources are refused by the rate, not banned — `sockgate proxy` bans after completed handshakes"
+             for where, lim in limited if lim is not None and lim.ban_seconds and lim.rate_per_source is not None]
+    if syncookies == 2 and any(lim is not None and (lim.rate_per_source or lim.rate_total) for _, lim in limited):
+        notes.append("net.ipv4.tcp_syncookies=2: a replayed SYN-cookie ACK opens a connection without a SYN, past"
+                     " the kernel's `limit rate`; strict per-source connection limits belong to `sockgate proxy`")
+    return notes
 
 
 def _where(sock: socket.socket) -> str:
@@ -336,7 +403,6 @@ def prepare(cfg: RunConfig) -> tuple[Gate, privileges.Credentials | None]:
     policy = cfg.load()
     resolved = resolve(policy, cfg.service)
     check_resolved(resolved, inet=any(not u.is_unix for u in cfg.urls), backend=cfg.backend)
-    _say_notes(cfg, resolved)
     creds = privileges.credentials(cfg.user, cfg.group)
     privileges.preflight(creds)
     gate = Gate(cfg, policy)
@@ -347,6 +413,7 @@ def prepare(cfg: RunConfig) -> tuple[Gate, privileges.Credentials | None]:
         if lst.url.is_unix:
             guard_text = "Unix socket, " + (UNIX_INETD if cfg.inetd else UNIX_ACTIVATION)
         cfg.say(f"listening on {lst.address()}{where}, {guard_text}")
+    _say_notes(cfg, resolved, gate)
     return gate, creds
 
 

@@ -46,8 +46,10 @@ def refusal_log(fmt: LogFormat = "text", sink: LogSink = "stderr", stream: TextI
 
 
 class _Service:
-    def __init__(self, name: str, ring: RingBuffer, counts: int | None) -> None:
+    def __init__(self, name: str, ring: RingBuffer, counts: int | None, stats: int | None = None) -> None:
         self.name, self.ring, self.counts = name, ring, counts
+        self.stats = stats  # its sg_stats map's fd (events lost)
+        self.lost = 0  # events lost as of the last flush
 
 
 class RefusalMonitor:
@@ -77,21 +79,28 @@ class RefusalMonitor:
                 d = layout.service_dir(name, root)
                 path = f"{d}/{pins.map_name(events)}"
                 ring = RingBuffer(pins.open_map(path, events, readonly=False), path)
+                counts_fd: int | None = None
                 try:
                     counts_fd = pins.open_map(f"{d}/{pins.map_name(counts)}", counts)
+                    stats_fd = pins.open_stats(d)
                 except BaseException:
                     ring.close()
+                    if counts_fd is not None:
+                        os.close(counts_fd)
                     raise
-                monitor.add(name, ring, counts_fd)
+                monitor.add(name, ring, counts_fd, stats_fd)
         except BaseException:
             monitor.close(flush=False)
             raise
         return monitor
 
-    def add(self, service: str, ring: RingBuffer, counts_fd: int | None = None) -> None:
-        """Watch ``ring`` for ``service``; ``counts_fd`` (its counter map) gives exact counts.
-        The monitor owns both."""
-        self._by_fd[ring.fileno()] = _Service(service, ring, counts_fd)
+    def add(self, service: str, ring: RingBuffer, counts_fd: int | None = None, stats_fd: int | None = None) -> None:
+        """Watch ``ring`` for ``service``; ``counts_fd`` (its counter map) gives exact counts
+        and names the sources whose events were lost; ``stats_fd`` (its ``sg_stats``) says
+        how many were. The monitor owns the fds."""
+        s = _Service(service, ring, counts_fd, stats_fd)
+        s.lost = self._lost(s)
+        self._by_fd[ring.fileno()] = s
         if counts_fd is not None:
             self._counts[service] = counts_fd
 
@@ -130,6 +139,8 @@ class RefusalMonitor:
         """Write the lines of the interval so far, and start a new one."""
         now = self._mono()
         clock = Clock(self._wall(), now)
+        for s in self._by_fd.values():
+            self._recover(s)
         for item in self._agg.flush(now, self._totals):
             self._write(item, clock)
         if self._malformed:
@@ -159,8 +170,9 @@ class RefusalMonitor:
             self.flush()
         for s in self._by_fd.values():
             s.ring.close()
-            if s.counts is not None:
-                os.close(s.counts)
+            for owned in (s.counts, s.stats):
+                if owned is not None:
+                    os.close(owned)
         self._by_fd.clear()
         self._counts.clear()
 
@@ -175,6 +187,36 @@ class RefusalMonitor:
         except SockgateError:
             return None
         return layout.Count.unpack(raw) if raw is not None else None
+
+    def _lost(self, s: _Service) -> int:
+        if s.stats is None:
+            return 0
+        try:
+            return pins.read_stats(s.stats).get(layout.Stat.EVENTS_LOST, 0)
+        except SockgateError:
+            return 0
+
+    def _recover(self, s: _Service) -> None:
+        """Say how many of ``s``'s events the full ring dropped since the last flush, and
+        add the sources its counters show refused in this interval that no event named
+        (``Aggregator.recover``). The counters are walked at every flush, lost events or
+        not: a source refused again within its event interval after a flush has no event
+        either."""
+        lost = self._lost(s)
+        if lost > s.lost:
+            self.log.error(f"{lost - s.lost} refusal events lost (the event ring was full); sources are named from the"
+                           " counters, without a cause", service=s.name)
+        s.lost = max(lost, s.lost)
+        if s.counts is None:
+            return
+        spec = layout.counts_spec()
+        try:
+            rows = [(layout.SourceKey.unpack(k), layout.Count.unpack(v)) for k, v in pins.walk(s.counts, spec)
+                    if len(k) == layout.SOURCE_KEY.size and len(v) == layout.COUNT_VALUE.size]
+        except SockgateError as e:
+            self.log.error(f"refusal counters not read: {e}", service=s.name)
+            return
+        self._agg.recover(s.name, [(k, c) for k, c in rows if k.scope == layout.SERVICE_SCOPE])
 
     def _write(self, item: Refusal | Overflow, clock: Clock) -> None:
         if isinstance(item, Overflow):

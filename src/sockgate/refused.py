@@ -8,7 +8,8 @@ changed; the maps live on whether or not their loader runs.
 A service whose maps are missing or malformed is reported and skipped, the others are still
 listed; when no service could be read at all the whole command fails with the first reason
 (``nothing pinned``, ``operation not permitted``). Expired bans are not listed: the program no
-longer enforces them.
+longer enforces them. What the program failed to do (``sg_stats``: refusal events the full
+ring dropped, ``limit rate ... ban`` inserts a full ban trie refused) is said as warnings.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Mapping
 
 from sockgate.ebpf import layout
 from sockgate.ebpf.refusals import BanRow, Clock, CountRow, active, ban_row, count_row, sort_counts
@@ -89,5 +91,28 @@ def _service(d: pins.ServiceDir) -> tuple[list[CountRow], list[BanRow], list[str
         bans += [b for b in found if b is not None]
         if None in found:
             problems.append(f"{escape(path)}: {found.count(None)} entries that are no ban, skipped")
-    return [r for r in rows if r is not None], bans, problems
+    return [r for r in rows if r is not None], bans, problems + losses(d.service, _stats(d.path))
+
+
+def _stats(directory: str) -> dict[layout.Stat, int]:
+    fd = pins.open_stats(directory)
+    if fd is None:
+        return {}
+    try:
+        return pins.read_stats(fd)
+    finally:
+        os.close(fd)
+
+
+def losses(service: str, stats: Mapping[layout.Stat, int]) -> list[str]:
+    """Warning lines for what the program failed to do (layout.Stat), if anything."""
+    out = []
+    lost, failed = stats.get(layout.Stat.EVENTS_LOST, 0), stats.get(layout.Stat.BANS_FAILED, 0)
+    if lost:
+        out.append(f"{escape(service)}: {lost} refusal events lost (the event ring was full); the counters keep every"
+                   " refusal, the refusal log may have missed sources")
+    if failed:
+        out.append(f"{escape(service)}: {failed} bans by `limit rate ... ban` failed (the ban trie was full); those"
+                   " sources were refused by the rate, not banned")
+    return out
 

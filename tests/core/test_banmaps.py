@@ -18,6 +18,7 @@ from sockgate.bans import BannedPrefix
 from sockgate.bans import Origin as BanOrigin
 from sockgate.ebpf import layout
 from sockgate.ebpf.layout import Ban, Origin
+from sockgate.errors import AdapterError
 from sockgate.kernel import Kernel
 from sockgate.kernel.banmaps import (BanMapError, BanMaps, Held, Key, Network, active, entries_of, key_of, network_of, newly_banned,
                                      normalise, plan)
@@ -225,3 +226,68 @@ def test_missing_or_foreign_maps_are_one_line_errors() -> None:
     with pytest.raises(BanMapError, match="bans6: not a sockgate ban map"):
         maps.list()
     assert not [o for o in bpf.fds.values() if type(o).__name__ == "FakeMap"]  # every map fd was closed
+
+
+# ------------------------------------------------------ sweeping, races, a full trie (F2)
+
+
+def test_sweep_keeps_an_entry_refreshed_since_it_was_read() -> None:
+    """Lookup-compare-delete: a ban the program set again between the walk and the delete
+    stays."""
+    bpf, _, _, _, maps, _ = setup()
+    maps.put(net("192.0.2.7/32"), NOW - 5, Origin.LIMIT)
+    maps.put(net("192.0.2.8/32"), NOW - 5, Origin.LIMIT)
+    real_lookup = bpf.map_lookup
+
+    def refreshing(fd: int, key: bytes, value_size: int) -> bytes | None:
+        if key.endswith(ipaddress.IPv4Address("192.0.2.7").packed):  # the program bans it again meanwhile
+            bpf.fds[fd].entries[key] = H(NOW + 60, Origin.LIMIT).pack()
+        return real_lookup(fd, key, value_size)
+
+    bpf.map_lookup = refreshing  # type: ignore[method-assign]
+    assert maps.sweep() == 1
+    assert maps.list() == [(net("192.0.2.7/32"), Ban(NOW + 60, Origin.LIMIT))]
+
+
+def test_a_manual_ban_over_a_programs_longer_ban_keeps_it_across_apply() -> None:
+    _, _, _, _, maps, _ = setup()
+    maps.put(net("192.0.2.2/32"), NOW + 90, Origin.LIMIT)
+    maps.put(net("192.0.2.2/32"), NOW + 10, Origin.MANUAL)
+    assert maps.list() == [(net("192.0.2.2/32"), Ban(NOW + 90, Origin.LIMIT))]  # the later expiry
+    maps.apply([])  # the manual ban no longer wanted: the program's stays
+    assert maps.list() == [(net("192.0.2.2/32"), Ban(NOW + 90, Origin.LIMIT))]
+    maps.apply(bans(("192.0.2.2/32", NOW + 10)))  # wanted with a shorter expiry: not shortened
+    assert maps.list() == [(net("192.0.2.2/32"), Ban(NOW + 90, Origin.LIMIT))]
+    maps.apply(bans(("192.0.2.2/32", 0)))  # one that outlasts it takes over
+    assert maps.list() == [(net("192.0.2.2/32"), Ban(0, Origin.MANUAL))]
+
+
+def test_a_put_into_a_full_trie_sweeps_and_retries_once() -> None:
+    bpf, _, _, _, maps, _ = setup()
+    bpf.pins[f"{maps.directory}/bans4"].spec = layout.bans_spec(4, 2)
+    maps.put(net("192.0.2.1/32"), NOW - 1, Origin.LIMIT)
+    maps.put(net("192.0.2.2/32"), NOW - 1, Origin.LIMIT)
+    maps.put(net("192.0.2.3/32"), 0, Origin.MANUAL)  # full of expired entries: swept, then written
+    assert maps.list() == [(net("192.0.2.3/32"), Ban(0, Origin.MANUAL))]
+    maps.put(net("192.0.2.4/32"), 0, Origin.MANUAL)
+    with pytest.raises(AdapterError) as e:  # full of active bans: the error stands
+        maps.put(net("192.0.2.5/32"), 0, Origin.MANUAL)
+    assert e.value.errno == errno.E2BIG
+
+
+def test_loading_a_service_sweeps_its_expired_bans() -> None:
+    _, backend, kernel, _, maps, _ = setup()
+    maps.put(net("192.0.2.1/32"), 1, Origin.LIMIT)  # long over (CLOCK_MONOTONIC ns)
+    maps.put(net("192.0.2.2/32"), 0, Origin.MANUAL)
+    kernel.load(kernel.compile(WEB, backend="ebpf"))
+    assert maps.list() == [(net("192.0.2.2/32"), Ban(0, Origin.MANUAL))]
+    assert backend.sweep_bans("web") == 0 and backend.sweep_bans("nothing-here") == 0
+
+
+def test_apply_sweeps_the_programs_expired_bans_when_they_take_the_room() -> None:
+    bpf, _, _, _, maps, _ = setup()
+    bpf.pins[f"{maps.directory}/bans4"].spec = layout.bans_spec(4, 2)
+    maps.put(net("192.0.2.1/32"), NOW - 1, Origin.LIMIT)  # the program's, expired: apply keeps it, a sweep does not
+    maps.put(net("192.0.2.2/32"), NOW - 1, Origin.LIMIT)
+    maps.apply(bans(("198.51.100.1/32", 0), ("198.51.100.2/32", 0)))
+    assert [n for n, _ in maps.list()] == [net("198.51.100.1/32"), net("198.51.100.2/32")]

@@ -41,8 +41,9 @@ def text(prog: EbpfProgram) -> str:
 
 def test_service_maps_are_the_ones_the_program_loads() -> None:
     plain, limited = compile_service(SVC, options=Options()), compile_service(LIMITED, options=Options())
-    assert [s.name for s in plain.service_maps] == ["sg_bans4", "sg_bans6", "sg_counts", "sg_events"]
-    assert [s.name for s in limited.service_maps] == ["sg_bans4", "sg_bans6", "sg_counts", "sg_events", "sg_buckets"]
+    assert [s.name for s in plain.service_maps] == ["sg_bans4", "sg_bans6", "sg_counts", "sg_events", "sg_stats"]
+    assert [s.name for s in limited.service_maps] == ["sg_bans4", "sg_bans6", "sg_counts", "sg_events", "sg_stats",
+                                                      "sg_buckets"]
     assert {name for _, name in limited.relocations} == {"sg_lpm4", "sg_lpm6"} | {s.name for s in limited.service_maps}
     counts = next(s for s in plain.service_maps if s.name == "sg_counts")
     assert counts.max_entries == DEFAULT_COUNTERS and counts.key_size == 20 and counts.value_size == 32
@@ -194,7 +195,8 @@ def test_backend_compiles_with_state_and_enforces_rate_limits() -> None:
     backend = EbpfBackend(None)  # type: ignore[arg-type]
     assert backend.enforces == {Need.SOURCE_RATE_LIMIT, Need.TOTAL_RATE_LIMIT}
     prog = backend.compile(resolve_service(LIMITED))
-    assert [s.name for s in prog.service_maps] == ["sg_bans4", "sg_bans6", "sg_counts", "sg_events", "sg_buckets"]
+    assert [s.name for s in prog.service_maps] == ["sg_bans4", "sg_bans6", "sg_counts", "sg_events", "sg_stats",
+                                                    "sg_buckets"]
     assert prog.digest == compile_service(LIMITED, options=Options(protocol="any")).digest
     with pytest.raises(UnsupportedInKernel, match="concurrent connection limits"):
         backend.compile(resolve_service(replace(SVC, limits=Limits(concurrent_per_source=2))))

@@ -6,6 +6,7 @@ before any socket is opened: what it refuses, word for word, the usage errors of
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import socket
@@ -16,7 +17,10 @@ from typing import Any
 import pytest
 
 from sockgate import launcher
-from sockgate.kernel import ClassicFilter
+from sockgate.ebpf.layout import Origin
+from sockgate.kernel import ClassicFilter, Kernel
+from sockgate.kernel.cbpf import ClassicBackend
+from sockgate.kernel.ebpf import EbpfBackend
 from sockgate.errors import UnsupportedInKernel, UsageError
 from sockgate.launcher import SI_KERNEL, Gate, RunConfig, RunLifecycle, check_service, exit_code, prepare
 from sockgate.linux.listen import Listener
@@ -24,6 +28,7 @@ from sockgate.linux.signalfd import SigInfo
 from sockgate.policy.ir import Policy
 from sockgate.policy.parser import parse_policy
 from sockgate.urls import parse_url, parse_urls
+from support.fakebpf import FakeBpf
 from support.fakekernel import FakeOps, fake_kernel
 
 OLD = parse_policy("service web {\n allow 10.0.0.0/8\n default deny\n}\n")
@@ -217,3 +222,52 @@ def test_exit_code_is_the_shells() -> None:
     assert exit_code(3 << 8) == 3
     assert exit_code(signal.SIGTERM) == 128 + signal.SIGTERM
     assert os.WIFSIGNALED(signal.SIGKILL) and exit_code(signal.SIGKILL) == 128 + signal.SIGKILL
+
+
+class TimerLoop:
+    """call_later recorded: the test fires the timers itself."""
+
+    def __init__(self) -> None:
+        self.timers: list[tuple[float, Any]] = []
+
+    def call_later(self, delay: float, callback: Any) -> Any:
+        entry = (delay, callback)
+        self.timers.append(entry)
+        return lambda: self.timers.remove(entry)
+
+
+def test_run_sweeps_expired_bans_on_a_timer_while_the_guard_is_ebpf() -> None:
+    """The ban tries are not LRU: without a sweep, expired bans fill them (F2)."""
+    ops = FakeOps()
+    backend = EbpfBackend(FakeBpf(ops), "/fake/bpf")
+    kernel = Kernel([ClassicBackend(ops), backend], ops)
+    cfg = RunConfig(load=lambda: OLD, service="web", urls=(), command=("true",), backend="ebpf")
+    gate = Gate(cfg, OLD, kernel)
+    gate.loaded = kernel.load(kernel.compile(gate.resolved, backend="ebpf"))
+    maps = backend.bans("web")
+    maps.put(ipaddress.ip_network("192.0.2.1/32"), 1, Origin.LIMIT)  # long expired
+    loop = TimerLoop()
+    sweeper = launcher.BanSweeper(loop)  # type: ignore[arg-type]
+    sweeper.update(gate)
+    sweeper.update(gate)  # a reload: still one timer
+    assert [d for d, _ in loop.timers] == [launcher.SWEEP_INTERVAL]
+    loop.timers.pop(0)[1]()  # the timer fires (and is gone)
+    assert maps.list() == [] and len(loop.timers) == 1  # swept, and the next sweep scheduled
+    gate.loaded = kernel.load(kernel.compile(gate.resolved, backend="cbpf"))
+    sweeper.update(gate)  # no eBPF guard any more: no timer
+    assert loop.timers == []
+
+
+def test_ebpf_notes_say_what_the_kernel_leaves_to_the_proxy_for_tcp() -> None:
+    """F4: no `ban` from a (forgeable) SYN; F3: cookie ACKs bypass the kernel's rate."""
+    pol = parse_policy("service web {\n allow 10.0.0.0/8 limit rate 3/1m per source ban 1h\n"
+                       " allow 192.0.2.0/24 limit rate 5/1m\n default deny\n}\n", "p.conf")
+    resolved = launcher.resolve(pol, "web")
+    notes = launcher.ebpf_notes(resolved, tcp=True, syncookies=1)
+    assert notes == ["p.conf:2: `ban` after a per-source rate is not set by the kernel for TCP (a SYN's source can be"
+                     " forged); such sources are refused by the rate, not banned — `sockgate proxy` bans after"
+                     " completed handshakes"]
+    assert launcher.ebpf_notes(resolved, tcp=True, syncookies=2)[1].startswith(
+        "net.ipv4.tcp_syncookies=2: a replayed SYN-cookie ACK opens a connection without a SYN")
+    assert launcher.ebpf_notes(resolved, tcp=False, syncookies=2) == []
+    assert launcher.ebpf_notes(launcher.resolve(OLD, "web"), tcp=True, syncookies=2) == []

@@ -35,7 +35,9 @@ from sockgate.kernel.bpfops import LinuxBpf
 from sockgate.kernel.ebpf import BPFFS_ENV, EbpfBackend
 from sockgate.linux import bpfsys
 from sockgate.policy.parser import parse_policy
+from sockgate.errors import AdapterError
 from support.netlab import can_netns, lab
+from support.pinned import pin_map, private_bpffs
 
 pytestmark = [
     pytest.mark.skipif(sys.platform != "linux", reason="kernel enforcement is Linux-only"),
@@ -247,3 +249,25 @@ def test_ipv6_across_a_veth_pair(bpffs: str) -> None:
             maps.delete(ipaddress.ip_network("fd5b:5347::/64"))
             assert maps.delete(ipaddress.ip_network(f"{net.client_v6}/128")) and tries(net.client_v6)
             assert record(bpffs, srv) == before
+
+
+def test_a_ban_into_a_trie_full_of_expired_bans_sweeps_and_lands() -> None:
+    """The real LPM trie answers ENOSPC when full (F2): the put sweeps, then writes; a trie
+    full of active bans still refuses."""
+    with private_bpffs() as root:
+        d = layout.service_dir("echo", root)
+        fds = [pin_map(d, layout.bans_spec(family, 2)) for family in (4, 6)]
+        try:
+            maps = BanMaps(LinuxBpf(), d)
+            past = time.monotonic_ns() - 1
+            maps.put(ipaddress.ip_network("192.0.2.1/32"), past, Origin.LIMIT)
+            maps.put(ipaddress.ip_network("192.0.2.2/32"), past, Origin.LIMIT)
+            maps.put(ipaddress.ip_network("192.0.2.3/32"), 0, Origin.MANUAL)
+            assert [str(n) for n, _ in maps.list()] == ["192.0.2.3/32"]
+            maps.put(ipaddress.ip_network("192.0.2.4/32"), 0, Origin.MANUAL)
+            with pytest.raises(AdapterError) as e:
+                maps.put(ipaddress.ip_network("192.0.2.5/32"), 0, Origin.MANUAL)
+            assert e.value.errno == errno.ENOSPC
+        finally:
+            for fd in fds:
+                os.close(fd)

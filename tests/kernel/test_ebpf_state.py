@@ -24,7 +24,7 @@ import pytest
 
 from sockgate.decide import decide_service
 from sockgate.ebpf import Options, compile_service
-from sockgate.ebpf.layout import BAN_VALUE, Ban, Origin, Reason
+from sockgate.ebpf.layout import BAN_VALUE, STAT_VALUE, Ban, Origin, Reason, Stat
 from sockgate.ebpf.maps import DEFAULT_RULE, LpmKey
 from sockgate.errors import UnsupportedInKernel
 from sockgate.linux import bpfsys
@@ -162,12 +162,62 @@ def test_with_no_interval_every_refusal_is_an_event() -> None:
         assert [e.ts_ns for e in events] == sorted(e.ts_ns for e in events)
 
 
+def stat(lo: Loaded, which: Stat) -> int:
+    raw = bpfsys.map_lookup(lo.maps["sg_stats"], int(which).to_bytes(4, sys.byteorder), STAT_VALUE.size)
+    assert raw is not None
+    return int(STAT_VALUE.unpack(raw)[0])
+
+
+def test_events_the_full_ring_drops_are_counted() -> None:
+    """A full ring drops the event, never the verdict — and the loss shows in sg_stats."""
+    svc = service("open", [(Action.DENY, nets("10.1.0.0/16"))], Action.ALLOW)
+    with loaded(svc, event_interval_ns=0, ring_bytes=4096) as lo, ring(lo) as r:
+        sent = 400  # 4 KiB holds ~100 events of 32 bytes and their 8-byte headers
+        assert not any(lo.run(frame(f"10.1.{i // 250}.{i % 250 + 1}")) for i in range(sent))
+        kept = len(r.events())
+        assert 0 < kept < sent and stat(lo, Stat.EVENTS_LOST) == sent - kept
+        assert stat(lo, Stat.BANS_FAILED) == 0
+
+
+def test_a_ban_the_full_trie_refuses_is_counted() -> None:
+    svc = with_limits(ALLOW_ALL, Limits(rate_per_source=Rate(1, 3600), ban_seconds=600))
+    with loaded(svc, bans=2, tcp_bans=True) as lo:
+        for src in ("10.2.0.1", "10.2.0.2", "10.2.0.3"):
+            assert [lo.run(frame(src)) for _ in range(2)] == [True, False]
+        assert stat(lo, Stat.BANS_FAILED) == 1  # the third ban found the trie full: still rate-refused
+        assert not lo.run(frame("10.2.0.3"))
+
+
 # --------------------------------------------------------------------------- rate limits
+
+
+@pytest.mark.parametrize("protocol", ["tcp", "any"])
+def test_forged_syns_over_a_rate_ban_nobody_unless_opted_in(protocol: str) -> None:
+    """Two SYNs "from" an admin, no handshake, must not get the admin banned (F4): over the
+    rate they are refused, but the ban follows only a provably UDP datagram, or with
+    ``tcp_bans``."""
+    svc = with_limits(ALLOW_ALL, Limits(rate_per_source=Rate(1, 3600), ban_seconds=600))
+    admin = LpmKey.host(ipaddress.IPv4Address("10.9.0.1")).pack()
+    with loaded(svc, protocol=protocol) as lo:
+        assert [lo.run(frame("10.9.0.1")) for _ in range(2)] == [True, False]
+        assert bpfsys.map_lookup(lo.maps["sg_bans4"], admin, BAN_VALUE.size) is None
+        assert lo.run(frame("10.9.0.1", tcp_flags=ACK))  # not banned: its flows go on
+        if protocol == "any":  # a datagram over its rate still bans
+            assert [lo.run(frame("10.9.0.2", tcp_flags=None)) for _ in range(2)] == [True, False]
+            raw = bpfsys.map_lookup(lo.maps["sg_bans4"], LpmKey.host(ipaddress.IPv4Address("10.9.0.2")).pack(), BAN_VALUE.size)
+            assert raw is not None and Ban.unpack(raw).origin is Origin.LIMIT
+            ext = frame("2001:db8:9::1", next_header=0)  # an extension header: not provably UDP, no ban
+            assert [lo.run(ext) for _ in range(2)] == [True, False]
+            assert bpfsys.map_lookup(lo.maps["sg_bans6"], LpmKey(6, 64, int(ipaddress.IPv6Address("2001:db8:9::"))).pack(),
+                                     BAN_VALUE.size) is None
+    with loaded(svc, protocol=protocol, tcp_bans=True) as lo:
+        assert [lo.run(frame("10.9.0.1")) for _ in range(2)] == [True, False]
+        assert bpfsys.map_lookup(lo.maps["sg_bans4"], admin, BAN_VALUE.size) is not None
 
 
 def test_a_per_source_rate_then_a_ban() -> None:
     svc = with_limits(LAB, Limits(rate_per_source=Rate(3, 60), ban_seconds=600), index=1)
-    with loaded(svc) as lo, ring(lo) as r:
+    with loaded(svc, tcp_bans=True) as lo, ring(lo) as r:
         got = [lo.run(frame("10.2.0.1")) for _ in range(3)]
         assert lo.run(frame("10.2.0.1", tcp_flags=ACK))  # not a new connection: not limited
         assert lo.run(frame("10.3.0.1"))  # another source, its own bucket
@@ -186,7 +236,7 @@ def test_a_per_source_rate_then_a_ban() -> None:
 
 def test_an_ipv6_source_is_its_slash_64_except_where_that_is_many_hosts() -> None:
     svc = with_limits(ALLOW_ALL, Limits(rate_per_source=Rate(1, 60), ban_seconds=60))
-    with loaded(svc) as lo:
+    with loaded(svc, tcp_bans=True) as lo:
         assert lo.run(frame("2001:db8:5::1")) and not lo.run(frame("2001:db8:5::2"))
         assert bpfsys.map_lookup(lo.maps["sg_bans6"], LpmKey(6, 64, int(ipaddress.IPv6Address("2001:db8:5::"))).pack(),
                                  BAN_VALUE.size) is not None
@@ -249,7 +299,7 @@ def test_real_udp_refusals_are_counted_and_reported() -> None:
 def test_real_tcp_rate_limit_bans_the_source() -> None:
     svc = with_limits(service("web", [(Action.ALLOW, nets("127.0.0.0/8"))], Action.DENY),
                       Limits(rate_per_source=Rate(2, 60), ban_seconds=60), index=0)
-    with loaded(svc) as lo, socket.socket(socket.AF_INET, socket.SOCK_STREAM) as lst:
+    with loaded(svc, tcp_bans=True) as lo, socket.socket(socket.AF_INET, socket.SOCK_STREAM) as lst:
         lst.bind(("127.0.0.1", 0))
         lst.listen(64)
         bpfsys.attach(lst, lo.fd)

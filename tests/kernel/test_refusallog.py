@@ -19,13 +19,16 @@ from typing import Iterator
 
 import pytest
 
-from sockgate.ebpf import layout
+from sockgate.ebpf import Options, compile_service, layout
 from sockgate.ebpf.layout import Count, Reason, SourceKey
 from sockgate.linux import bpfsys
 from sockgate.linux.journal import Journal
+from sockgate.linux.ringbuf import RingBuffer
+from sockgate.policy.parser import parse_policy
 from sockgate.log import Log
 from sockgate.refusallog import RefusalMonitor, refusal_log, start_refusal_log
 from sockgate.supervisor import SelectorLoop
+from support.ebpfstate import Loaded, frame
 from support.pinned import PinnedService, private_bpffs
 from support.ringwriter import RingWriter
 
@@ -153,3 +156,29 @@ def test_the_journal_sink_speaks_the_native_protocol() -> None:
     assert (got["PRIORITY"], got["SYSLOG_IDENTIFIER"], got["SYSLOG_FACILITY"]) == ("4", "sockgate", "4")
     assert (got["SOCKGATE_SOURCE"], got["SOCKGATE_COUNT"], got["SOCKGATE_NOTE"]) == ("203.0.113.5", "2", "two\nlines")
     assert got["SOCKGATE_EVENT"] == "refused"
+
+
+def test_a_source_whose_events_the_full_ring_dropped_is_still_logged() -> None:
+    """An attacker hiding among a flood of spoofed sources that keeps the ring full is named
+    from the counters, with its count, and the loss is said (F7)."""
+    svc = parse_policy("service ssh tcp/22 {\n allow 10.0.0.0/8\n default deny\n}\n", "p.conf").require_service("ssh")
+    lo = Loaded(compile_service(svc, options=Options(protocol="tcp", ring_bytes=4096)))
+    out = io.StringIO()
+    mon = RefusalMonitor(refusal_log("text", stream=out), interval=1.0)
+    try:
+        mon.add("ssh", RingBuffer(os.dup(lo.maps["sg_events"])), os.dup(lo.maps["sg_counts"]), os.dup(lo.maps["sg_stats"]))
+        for i in range(300):  # spoofed noise from 300 sources: the ring is full
+            lo.run(frame(f"198.18.{i // 250}.{i % 250 + 1}"))
+        for _ in range(20):  # the attacker's probes: their events are lost
+            lo.run(frame("203.0.113.99"))
+        for fd in mon.fds():
+            mon.on_readable(fd)
+        mon.flush()
+        lines = out.getvalue().splitlines()
+        assert any(line.endswith("ssh: refused connect from 203.0.113.99 (20 times in 1 s, cause unknown: its events were"
+                                 " lost)") for line in lines), lines[-3:]
+        assert any("refusal events lost (the event ring was full)" in line for line in lines)
+        assert sum("refused connect from" in line for line in lines) == 301  # every source, once
+    finally:
+        mon.close()
+        lo.close()

@@ -175,3 +175,19 @@ def test_default_root_honours_sockgate_bpffs(root: str, capsys: pytest.CaptureFi
         svc.close()
     assert (code, err) == (0, "")
     assert [(r["service"], r["source"], r["count"]) for r in map(json.loads, out.splitlines())] == [("ssh", "203.0.113.5", 3)]
+
+
+def test_lost_events_and_failed_bans_are_warnings(two: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """What the program could not do (layout.Stat) is said, never hidden (a full ring, a
+    full ban trie)."""
+    fd = pin_map(layout.service_dir("ssh", two), layout.stats_spec())
+    try:
+        for stat, n in ((layout.Stat.EVENTS_LOST, 12), (layout.Stat.BANS_FAILED, 3)):
+            bpfsys.map_update(fd, int(stat).to_bytes(4, sys.byteorder), layout.STAT_VALUE.pack(n))
+        code, _, err = _cli(capsys, "--root", two)
+        assert code == 0
+        assert "sockgate: warning: ssh: 12 refusal events lost (the event ring was full)" in err
+        assert "sockgate: warning: ssh: 3 bans by `limit rate ... ban` failed (the ban trie was full)" in err
+        assert "we b" not in err  # no stats pinned for it: nothing to say
+    finally:
+        os.close(fd)

@@ -94,6 +94,7 @@ class State:
     protocol: counting.Protocol
     event_interval_ns: int
     limits: tuple[rates.Limit, ...] = ()
+    tcp_bans: bool = False  # ``ban`` after a rate excess on TCP SYNs too (rates.allowed: opt-in)
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ def generate(shape: Shape, map4: str, map6: str) -> Generated:
         em.emit(mov32(BPF_REG_0, RETURN[action]), exit_())
     if state is not None:
         counting.refused(em, state.protocol, state.event_interval_ns)
-        rates.allowed(em, state.protocol, state.limits)
+        rates.allowed(em, state.protocol, state.limits, state.tcp_bans)
     out = asm.assemble()
     relocs = tuple((out.labels[k], name) for k, name in em.relocs)
     return Generated(out.insns, relocs, out.labels, tuple(em.used))

@@ -23,14 +23,15 @@ the insert, whose loser finds the winner's entry. The event is claimed by a comp
 exchange on ``event_ns``, so a flood from one source on every CPU still yields at most one
 event per interval. ``bpf_ringbuf_output`` (Linux 5.8) is in ``bpf_base_func_proto``
 (kernel/bpf/helpers.c), offered to socket filters; a full ring drops the event, never the
-verdict.
+verdict — and counts it (``stat``: ``sg_stats[Stat.EVENTS_LOST]`` += 1), so the refusal log
+can say events were lost and recover the sources from the counters.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from sockgate.ebpf.frame import SRC, TCP_FLAGS, VALUE, VERSION, Emitter
+from sockgate.ebpf.frame import SRC, STAT_KEY, TCP_FLAGS, VALUE, VERSION, Emitter
 from sockgate.ebpf.insn import (
     BPF_ADD,
     BPF_AND,
@@ -66,7 +67,7 @@ from sockgate.ebpf.insn import (
     st,
     stx,
 )
-from sockgate.ebpf.layout import COUNT_VALUE, EVENT, counts_spec, events_spec
+from sockgate.ebpf.layout import COUNT_VALUE, EVENT, Stat, counts_spec, events_spec, stats_spec
 
 Protocol = Literal["tcp", "udp", "any"]  # the socket's protocol; "any": read from each packet
 BPF_NOEXIST = 1  # <linux/bpf.h> map update flags
@@ -131,6 +132,21 @@ def _event(em: Emitter) -> None:
     em.load_map(BPF_REG_1, events_spec().name)
     em.emit(mov64(BPF_REG_2, BPF_REG_10), alu64(BPF_ADD, BPF_REG_2, imm=VALUE), mov64(BPF_REG_3, imm=EVENT.size),
             mov64(BPF_REG_4, imm=0), call(Helper.ringbuf_output))
+    sent = em.asm.fresh("event_sent_")
+    em.asm.jump(BPF_JEQ, BPF_REG_0, sent, imm=0)
+    stat(em, Stat.EVENTS_LOST)
+    em.asm.label(sent)
+
+
+def stat(em: Emitter, which: Stat) -> None:
+    """``sg_stats[which]`` += 1, atomically (layout.Stat). Clobbers R0-R5."""
+    done = em.asm.fresh("stat_done_")
+    em.emit(st(BPF_W, BPF_REG_10, STAT_KEY, int(which)))
+    em.load_map(BPF_REG_1, stats_spec().name)
+    em.emit(mov64(BPF_REG_2, BPF_REG_10), alu64(BPF_ADD, BPF_REG_2, imm=STAT_KEY), call(Helper.map_lookup_elem))
+    em.asm.jump(BPF_JEQ, BPF_REG_0, done, imm=0)
+    em.emit(mov64(BPF_REG_1, imm=1), atomic(BPF_DW, BPF_REG_0, 0, BPF_REG_1, BPF_ADD))
+    em.asm.label(done)
 
 
 def syn_check(em: Emitter, not_syn: str, protocol: Protocol = "tcp", unsure_new: bool = True) -> None:
@@ -150,27 +166,27 @@ def syn_check(em: Emitter, not_syn: str, protocol: Protocol = "tcp", unsure_new:
     em.emit(ldx(BPF_B, BPF_REG_1, BPF_REG_10, SRC))
     asm.jump(BPF_JEQ, BPF_REG_1, v6, imm=6)
     if protocol == "any":
-        _load_byte(em, IPV4_PROTOCOL, unsure)
+        load_byte(em, IPV4_PROTOCOL, unsure)
         em.emit(ldx(BPF_B, BPF_REG_1, BPF_REG_10, TCP_FLAGS))
         asm.jump(BPF_JNE, BPF_REG_1, new, imm=IPPROTO_TCP)
     em.emit(ldx(BPF_B, BPF_REG_2, BPF_REG_10, VERSION), alu64(BPF_AND, BPF_REG_2, imm=0x0F),
             alu64(BPF_LSH, BPF_REG_2, imm=2), alu64(BPF_ADD, BPF_REG_2, imm=TCP_FLAGS_AT))
     asm.ja(load)
     asm.label(v6)
-    _load_byte(em, IPV6_NEXT_HEADER, unsure)
+    load_byte(em, IPV6_NEXT_HEADER, unsure)
     em.emit(ldx(BPF_B, BPF_REG_1, BPF_REG_10, TCP_FLAGS))
     if protocol == "any":
         asm.jump(BPF_JEQ, BPF_REG_1, new, imm=IPPROTO_UDP)
     asm.jump(BPF_JNE, BPF_REG_1, unsure, imm=IPPROTO_TCP)
     em.emit(mov64(BPF_REG_2, imm=IPV6_HEADER + TCP_FLAGS_AT))
     asm.label(load)
-    _load_byte(em, None, unsure)
+    load_byte(em, None, unsure)
     em.emit(ldx(BPF_B, BPF_REG_1, BPF_REG_10, TCP_FLAGS), alu64(BPF_AND, BPF_REG_1, imm=TCP_SYN | TCP_ACK))
     asm.jump(BPF_JNE, BPF_REG_1, not_syn, imm=TCP_SYN)
     asm.label(new)
 
 
-def _load_byte(em: Emitter, offset: int | None, fail: str) -> None:
+def load_byte(em: Emitter, offset: int | None, fail: str) -> None:
     """One byte of the network header at ``offset`` (None: at R2) to ``fp + TCP_FLAGS``."""
     if offset is not None:
         em.emit(mov64(BPF_REG_2, imm=offset))

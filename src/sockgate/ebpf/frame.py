@@ -17,6 +17,7 @@ verifier wants every access aligned to its size and inside the 512-byte frame)::
     fp-160 .. fp-141  struct sg_source of a service-wide token bucket (family 0, address 0)
     fp-208 .. fp-168  the limits being applied (u64 each): scope, per-source interval and
                       burst, service-wide interval and burst, ban (ns; 0: none)
+    fp-216            the u32 index of a ``sg_stats`` counter (layout.Stat)
 
 Registers: R6 the skb; after the verdict R7 the deciding rule (sign-extended ``s32``, see
 ranges.BANNED, ranges.FORGED, maps.DEFAULT_RULE), R8 the reason (layout.Reason; while rate
@@ -46,6 +47,7 @@ P_PER_BURST = -184
 P_TOTAL_INTERVAL = -192
 P_TOTAL_BURST = -200
 P_BAN = -208
+STAT_KEY = -216
 
 MAP_FD_PLACEHOLDER = 0  # replaced by each map's fd at load time (program.link)
 

@@ -111,7 +111,10 @@ BUCKET_VALUE = struct.Struct("=Q")
 connection at ``now`` conforms when ``tat - now <= burst_ns``; then ``tat = max(tat, now) +
 interval_ns``. One word per source, so a bucket is a single map value."""
 
-DEFAULT_BUCKETS = 65536
+DEFAULT_BUCKETS = 262144
+"""Generous on purpose: an LRU bucket evicted by SYNs from other (forgeable) sources comes
+back with a full burst, so a fresh burst should cost a flooder a quarter of a million SYNs
+(about 20 MiB of kernel memory per rate-limited service; docs/ebpf.md, *Bucket eviction*)."""
 
 
 def buckets_spec(capacity: int = DEFAULT_BUCKETS) -> MapSpec:
@@ -194,9 +197,26 @@ def events_spec(size: int = RING_BYTES) -> MapSpec:
     return MapSpec("sg_events", MapType.RINGBUF, 0, 0, size)
 
 
+# -- service statistics: an array of counters, service scope --------------------------------
+
+STAT_VALUE = struct.Struct("=Q")
+"""``__u64``, indexed by ``Stat``: what the program failed to do and would otherwise lose
+without a trace. Atomic adds in the program; an array, so no flood can evict a counter (the
+LRU ``counts`` map could evict a special key exactly under the pressure it measures)."""
+
+
+class Stat(IntEnum):
+    EVENTS_LOST = 0  # refusal events the ring had no room for (``bpf_ringbuf_output`` < 0)
+    BANS_FAILED = 1  # ``ban DURATION`` inserts that failed (the ban trie full)
+
+
+def stats_spec() -> MapSpec:
+    return MapSpec("sg_stats", MapType.ARRAY, 4, STAT_VALUE.size, len(Stat))
+
+
 # -- where things are pinned -----------------------------------------------------------------
 
-SERVICE_MAPS = ("counts", "buckets", "bans4", "bans6", "events")  # file names in a service's directory
+SERVICE_MAPS = ("counts", "buckets", "bans4", "bans6", "events", "stats")  # file names in a service's directory
 REGISTRY = ROOT + "/sockets"  # hash: socket cookie → what sockgate attached (kernel/ebpf.py)
 
 _PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,127}")  # no ".": bpffs refuses names holding one (bpf_lookup)

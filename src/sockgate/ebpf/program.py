@@ -51,6 +51,7 @@ class Options:
     bans: int = layout.DEFAULT_BANS
     event_interval_ns: int = layout.DEFAULT_EVENT_INTERVAL_NS
     ring_bytes: int = layout.RING_BYTES
+    tcp_bans: bool = False  # let a TCP SYN over its rate ban its (unverified) source: docs/ebpf.md
 
     def __post_init__(self) -> None:
         if self.protocol not in ("tcp", "udp", "any"):
@@ -63,7 +64,7 @@ class Options:
     def specs(self) -> dict[str, MapSpec]:
         """Every service map by name, sized by these options."""
         specs = (layout.bans_spec(4, self.bans), layout.bans_spec(6, self.bans), layout.counts_spec(self.counters),
-                 layout.events_spec(self.ring_bytes), layout.buckets_spec(self.buckets))
+                 layout.events_spec(self.ring_bytes), layout.buckets_spec(self.buckets), layout.stats_spec())
         return {s.name: s for s in specs}
 
 
@@ -131,7 +132,7 @@ def compile_resolved(service: ResolvedService, *, banned: Sequence[_ranges.Banne
 def _compile(service: ResolvedService, banned: Sequence[_ranges.Banned], spare: int, options: Options | None) -> EbpfProgram:
     state = None
     if options is not None:
-        state = State(options.protocol, options.event_interval_ns, rates.limits_of(service))
+        state = State(options.protocol, options.event_interval_ns, rates.limits_of(service), options.tcp_bans)
     refused = service.refusal(ENFORCES if options is not None else frozenset())
     if refused is not None:
         raise refused

@@ -25,6 +25,9 @@ source over its own rate is refused without touching the service-wide bucket, an
 connection both allow advances both. A source over its per-source rate, when the limits say
 ``ban DURATION``, is put in ``sg_bans4``/``sg_bans6`` (its source prefix, origin LIMIT,
 expiring DURATION later): from the next packet on it is refused as banned, before any rule.
+Only for a packet that is provably UDP, unless ``tcp_bans``: a TCP SYN's source is not
+verified (no handshake yet), and two forged SYNs must not ban an address of the forger's
+choosing; over its rate a SYN is refused, never a ban (docs/ebpf.md).
 
 A bucket is taken with a compare-and-exchange (``BPF_CMPXCHG``) of ``tat``, re-checked
 against the value another CPU left when it lost (at most ``CLAIMS`` tries, then refused: fail
@@ -54,6 +57,7 @@ from sockgate.ebpf.frame import (
     P_TOTAL_BURST,
     P_TOTAL_INTERVAL,
     SRC,
+    TCP_FLAGS,
     TOTAL_KEY,
     VALUE,
     Emitter,
@@ -91,8 +95,10 @@ from sockgate.ebpf.insn import (
     st,
     stx,
 )
-from sockgate.ebpf.layout import Origin, Reason, bans_spec, buckets_spec
-from sockgate.ebpf.counting import BPF_NOEXIST, Protocol, syn_check
+from sockgate.ebpf.layout import Origin, Reason, Stat, bans_spec, buckets_spec
+from sockgate.ebpf.counting import (
+    BPF_NOEXIST, IPPROTO_UDP, IPV4_PROTOCOL, IPV6_NEXT_HEADER, Protocol, load_byte, stat, syn_check,
+)
 from sockgate.errors import UnsupportedInKernel
 from sockgate.policy.ir import Action, Limits, Rate
 from sockgate.resolve import ResolvedService
@@ -170,9 +176,10 @@ class _Slots:
 PER, TOTAL = _Slots(P_PER_INTERVAL, P_PER_BURST), _Slots(P_TOTAL_INTERVAL, P_TOTAL_BURST)
 
 
-def allowed(em: Emitter, protocol: Protocol, limits: tuple[Limit, ...]) -> None:
+def allowed(em: Emitter, protocol: Protocol, limits: tuple[Limit, ...], tcp_bans: bool = False) -> None:
     """The ``allowed`` path (R7 the rule), ending at ``allow`` or, over a rate, at
-    ``refused_new`` with reason RATE. One copy of the bucket code serves every set of limits:
+    ``refused_new`` with reason RATE. ``ban`` follows an excess only of a packet that is
+    provably UDP, unless ``tcp_bans`` (module docstring: a SYN's source is unverified). One copy of the bucket code serves every set of limits:
     each set writes its numbers to the stack and jumps to ``limit_block``, with R8 saying
     where to go after it (1: the matched rule's limits, 0: allow), so a rule's limits cost a
     dozen instructions, not a block of their own."""
@@ -201,7 +208,7 @@ def allowed(em: Emitter, protocol: Protocol, limits: tuple[Limit, ...]) -> None:
         asm.ja("limit_block")
         asm.label(skip)
     asm.ja("allow")
-    _block(em)
+    _block(em, protocol, tcp_bans)
 
 
 def _params(em: Emitter, lim: Limit) -> None:
@@ -240,7 +247,7 @@ def _source_key(em: Emitter) -> None:
     asm.label("source_done")
 
 
-def _block(em: Emitter) -> None:
+def _block(em: Emitter, protocol: Protocol, tcp_bans: bool) -> None:
     """The limits on the stack: check the per-source bucket, then the service-wide one, then
     take the service-wide one and the per-source one (a rate absent has interval 0). Three
     paths, so that no path reads a bucket pointer it did not store."""
@@ -270,7 +277,11 @@ def _block(em: Emitter) -> None:
     asm.label("limit_over_source")
     em.emit(ldx(BPF_DW, BPF_REG_1, BPF_REG_10, P_BAN))
     asm.jump(BPF_JEQ, BPF_REG_1, "limit_over_total", imm=0)
-    _ban(em)
+    if tcp_bans or protocol == "udp":
+        _ban(em)
+    elif protocol == "any":
+        _only_udp(em, "limit_over_total")
+        _ban(em)
     asm.label("limit_over_total")
     em.emit(mov64(BPF_REG_8, imm=Reason.RATE))
     asm.ja("refused_new")
@@ -327,9 +338,27 @@ def _lookup(em: Emitter, name: str, key: int) -> None:
     em.emit(mov64(BPF_REG_2, BPF_REG_10), alu64(BPF_ADD, BPF_REG_2, imm=key), call(Helper.map_lookup_elem))
 
 
+def _only_udp(em: Emitter, otherwise: str) -> None:
+    """Go on only when the packet is provably UDP (the IPv4 protocol byte, or the IPv6 fixed
+    header's next header, is 17); TCP, an extension header or an unreadable header go to
+    ``otherwise`` — failing towards no ban, the safe side of a spoofable trigger."""
+    asm = em.asm
+    v6, check = asm.fresh("udp6_"), asm.fresh("udp_check_")
+    em.emit(ldx(BPF_B, BPF_REG_1, BPF_REG_10, SRC))
+    asm.jump(BPF_JEQ, BPF_REG_1, v6, imm=6)
+    load_byte(em, IPV4_PROTOCOL, otherwise)
+    asm.ja(check)
+    asm.label(v6)
+    load_byte(em, IPV6_NEXT_HEADER, otherwise)
+    asm.label(check)
+    em.emit(ldx(BPF_B, BPF_REG_1, BPF_REG_10, TCP_FLAGS))
+    asm.jump(BPF_JNE, BPF_REG_1, otherwise, imm=IPPROTO_UDP)
+
+
 def _ban(em: Emitter) -> None:
     """Put the source's prefix in its family's ban trie: expires the limits' ban (ns) from
-    now, origin LIMIT."""
+    now, origin LIMIT. A failed insert (the trie full) is counted in ``sg_stats``
+    (``Stat.BANS_FAILED``), which ``sockgate refused`` reports."""
     asm = em.asm
     v6, update = asm.fresh("ban6_"), asm.fresh("ban_update")
     em.emit(ldx(BPF_W, BPF_REG_1, BPF_REG_10, BAN_PLEN), stx(BPF_W, BPF_REG_10, KEY, BPF_REG_1))
@@ -346,3 +375,7 @@ def _ban(em: Emitter) -> None:
     asm.label(update)
     em.emit(mov64(BPF_REG_2, BPF_REG_10), alu64(BPF_ADD, BPF_REG_2, imm=KEY), mov64(BPF_REG_3, BPF_REG_10),
             alu64(BPF_ADD, BPF_REG_3, imm=VALUE), mov64(BPF_REG_4, imm=0), call(Helper.map_update_elem))
+    done = asm.fresh("ban_done_")
+    asm.jump(BPF_JEQ, BPF_REG_0, done, imm=0)
+    stat(em, Stat.BANS_FAILED)  # the trie full: the source is still rate-refused, and it shows
+    asm.label(done)

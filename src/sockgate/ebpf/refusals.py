@@ -22,7 +22,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, assert_never
+from typing import Callable, Iterable, assert_never
 
 from sockgate.resolve.ranges import BANNED, FORGED
 from sockgate.ebpf import layout
@@ -89,6 +89,7 @@ class Refusal:
     reason: Reason
     rule: int | None  # the rule's index for Reason.RULE, None for the default
     window_ns: int  # the interval's length
+    recovered: bool = False  # found in the counters, its events lost: the cause is not known
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ class _Pending:
     last_ns: int
     reason: Reason
     rule: int
+    recovered: bool = False
 
 
 @dataclass
@@ -139,6 +141,21 @@ class Aggregator:
             tally[0] += 1  # (a source seen twice past the memory counts twice: only a bound)
             tally[1] += 1
 
+    def recover(self, service: str, counters: Iterable[tuple[SourceKey, Count]]) -> None:
+        """Sources the kernel's counters show refused in this interval but no event named
+        (the ring was full: an attacker hiding among a flood of spoofed sources): added
+        without a cause, so ``flush`` logs them with their count too. The counters are the
+        truth; the ring is only the wake-up."""
+        for key, c in counters:
+            k = (service, key)
+            if c.last_ns < self.window_start or k in self._pending or key.address is None:
+                continue
+            if len(self._pending) >= self.memory:
+                tally = self._overflow.setdefault(service, [0, 0])
+                tally[0] += 1
+                continue
+            self._pending[k] = _Pending(0, max(c.first_ns, self.window_start), c.last_ns, Reason.RULE, -1, recovered=True)
+
     def flush(self, now_ns: int, totals: Totals) -> list[Refusal | Overflow]:
         """The interval's lines, and a new interval from ``now_ns``."""
         window = max(now_ns - self.window_start, 0)
@@ -147,8 +164,10 @@ class Aggregator:
             count, last = self._count(service, key, p, totals(service, key))
             reason, rule = _classify(p.reason, p.rule)
             address = key.address
-            assert address is not None  # add() keys only IPv4 and IPv6 events
-            out.append(Refusal(service, address, count, p.first_ns, last, reason, rule, window))
+            assert address is not None  # add() and recover() key only IPv4 and IPv6 sources
+            if p.recovered and count == 0:
+                continue  # its counter did not grow after all (the last report had it)
+            out.append(Refusal(service, address, count, p.first_ns, last, reason, rule, window, p.recovered))
         out += [Overflow(s, n, e, window) for s, (n, e) in self._overflow.items()]
         self._pending, self._overflow = {}, {}
         self.window_start = now_ns
@@ -166,7 +185,8 @@ class Aggregator:
         elif before is not None and c.refused >= before:
             delta = c.refused - before
         else:
-            delta = 0  # counted before this reader started, or the LRU forgot it: unknown
+            delta = int(p.recovered)  # counted before this reader started, or the LRU forgot it: unknown
+            # (a recovered source was refused in this interval: at least once)
         self._reported[k] = c.refused
         while len(self._reported) > self.memory:
             del self._reported[next(iter(self._reported))]
@@ -205,7 +225,8 @@ def describe(r: Refusal, label: str | None = None) -> str:
     ``ssh: refused connect from 203.0.113.5 (3 times in 60 s, rule 2)``. ``service`` is
     written as given: the caller escapes it for its sink."""
     times = "1 time" if r.count == 1 else f"{r.count} times"
-    return f"{r.service}: refused connect from {r.source} ({times} in {_seconds(r.window_ns)} s, {cause(r.reason, r.rule, label)})"
+    why = "cause unknown: its events were lost" if r.recovered else cause(r.reason, r.rule, label)
+    return f"{r.service}: refused connect from {r.source} ({times} in {_seconds(r.window_ns)} s, {why})"
 
 
 def describe_overflow(o: Overflow) -> str:
@@ -220,7 +241,7 @@ def _seconds(ns: int) -> int:
 def fields(r: Refusal, clock: Clock) -> dict[str, object]:
     """The JSON object of one line (``first_seen``/``last_seen`` wall-clock UTC)."""
     return {"service": r.service, "source": str(r.source), "count": r.count, "first_seen": clock.iso(r.first_ns),
-            "last_seen": clock.iso(r.last_ns), "reason": r.reason.name.lower(),
+            "last_seen": clock.iso(r.last_ns), "reason": "unknown" if r.recovered else r.reason.name.lower(),
             "rule": None if r.rule is None else r.rule + 1, "interval": _seconds(r.window_ns)}
 
 

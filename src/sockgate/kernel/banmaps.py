@@ -70,6 +70,7 @@ Entries = dict[Key, Held]
 Destroy = Callable[[Iterable[int], Iterable[Network]], int]
 BATCH = 16384  # entries per BPF_MAP_UPDATE_BATCH: bounded buffers, few system calls
 FOREVER = 1 << 64  # how ``expires_ns == 0`` (never) sorts against real expiries
+FULL = (errno.ENOSPC, errno.E2BIG)  # a full LPM trie answers ENOSPC (hash maps E2BIG)
 _PREFIXLEN = struct.Struct("=I")  # struct bpf_lpm_trie_key's prefixlen (ebpf/maps.LpmKey)
 
 
@@ -126,6 +127,16 @@ def until(expires_ns: int) -> int:
 def later(a: Held, b: Held) -> Held:
     """The one of ``a``, ``b`` that lasts longer (``a`` on a tie)."""
     return b if until(b.expires_ns) > until(a.expires_ns) else a
+
+
+def _over(ban: Held, before: Held) -> Held:
+    """What a single-address ``put`` of ``ban`` stores where ``before`` answers: the later
+    expiry, with the origin of the ban that gives it — a program's (``Origin.LIMIT``) ban
+    that outlasts the new one stays the program's, so a later ``apply`` that no longer
+    wants the new ban leaves the program's in place instead of lifting it."""
+    if before.origin == layout.Origin.LIMIT and until(before.expires_ns) > until(ban.expires_ns):
+        return before
+    return Held(later(ban, before).expires_ns, ban.origin)
 
 
 def active(ban: Held, now_ns: int) -> bool:
@@ -199,13 +210,19 @@ def plan(current: Mapping[Key, Held], wanted: Mapping[Key, Held]) -> Plan:
 
 
 def settle(current: Mapping[Key, Held], wanted: Entries) -> Entries:
-    """``wanted`` plus the program's own entries of ``current``, normalised; a program entry a
+    """``wanted`` plus the program's own entries of ``current``, normalised (a program entry
+    that outlasts a wanted ban of the same prefix stays, with its later expiry); a program entry a
     longer-lasting ban covers is dropped rather than lengthened — it adds nothing while the
     cover lasts, and lengthened it would outlive the cover's unban."""
-    own = {k: b for k, b in current.items() if b.origin == layout.Origin.LIMIT and k not in wanted}
+    own = {k: b for k, b in current.items()
+           if b.origin == layout.Origin.LIMIT and (k not in wanted or until(b.expires_ns) > until(wanted[k].expires_ns))}
     target = normalise({**wanted, **own})
     for k, ban in own.items():
-        if target[k] != ban:
+        if target[k] == ban:
+            continue
+        if k in wanted:  # a cover outlasts both: the wanted ban, under the cover's expiry
+            target[k] = Held(target[k].expires_ns, wanted[k].origin)
+        else:
             del target[k]
     return target
 
@@ -283,7 +300,7 @@ class BanMaps:
         if network.prefixlen == PREFIX_BITS[network.version]:
             before = self._answering(k)
             current: Entries = {} if before is None else {k: before}
-            puts = {k: ban if before is None else Held(later(ban, before).expires_ns, ban.origin)}
+            puts = {k: ban if before is None else _over(ban, before)}
         else:
             current = self._current()
             mine = {n: b for n, b in current.items() if b.origin != layout.Origin.LIMIT}
@@ -308,18 +325,51 @@ class BanMaps:
 
     def sweep(self, now_ns: int | None = None) -> int:
         """Delete every entry expired at ``now_ns`` (the program already ignores them); how
-        many."""
+        many. The trie is not LRU: without a sweep, expired entries fill it and every new ban
+        fails. Each entry is read again just before its delete and kept if it changed since
+        the walk (the program or another writer refreshed it): a lookup-compare-delete. A
+        refresh between that lookup and the delete is still lost — the kernel has no
+        compare-and-delete for maps; the window is one system call wide, and the program
+        bans the source again on its next excess."""
         now = self.clock() if now_ns is None else now_ns
-        return self._delete_all(sorted(k for k, b in self._current().items() if not active(b, now)))
+        gone = 0
+        for family in (4, 6):
+            expired = sorted((k, b) for k, b in self._current().items() if k[0] == family and not active(b, now))
+            if not expired:
+                continue
+            fd, spec = self._open(family)
+            try:
+                for k, b in expired:
+                    key = pack_key(k)
+                    raw = self.ops.map_lookup(fd, key, spec.value_size)
+                    if raw is not None and Held.unpack(raw) == b:
+                        gone += self.ops.map_delete(fd, key)
+            finally:
+                self.ops.close(fd)
+        return gone
 
     def apply(self, bans: Iterable[BanLike], ports: Collection[int] = ()) -> Applied:
         """Bring the maps to exactly ``bans`` (and the program's own entries): deletes first
         (nothing deleted is wanted, and the room is needed), then the changed entries in
         batches; then end the newly banned networks' connections on ``ports``. A set larger
-        than the maps hold is refused before anything is written."""
+        than the maps hold is refused before anything is written — after a sweep, when the
+        program's expired bans are what takes the room."""
         wanted = entries_of(bans)
         current = self._current()
         p = plan(current, wanted)
+        try:
+            self._check_plan(current, p)
+        except BanMapError as e:
+            if e.errno != errno.E2BIG or not self.sweep():
+                raise
+            current = self._current()
+            p = plan(current, wanted)
+            self._check_plan(current, p)
+        deleted = self._delete_all(p.deletes)
+        done = self._write(current, p, ports)
+        return Applied(done.put, deleted, done.ended)
+
+    def _check_plan(self, current: Mapping[Key, Held], p: Plan) -> None:
         after = {4: 0, 6: 0}  # entries each trie holds once the plan is written
         for k in current:
             after[k[0]] += 1
@@ -329,9 +379,6 @@ class BanMaps:
             after[k[0]] += k not in current
         for family in (4, 6):
             self._check_room(family, after[family])
-        deleted = self._delete_all(p.deletes)
-        done = self._write(current, p, ports)
-        return Applied(done.put, deleted, done.ended)
 
     def _check_room(self, family: int, needed: int) -> None:
         fd, shape = self._open(family)
@@ -354,6 +401,17 @@ class BanMaps:
         return Applied(len(p.puts), 0, ended)
 
     def _put_batches(self, family: int, items: Sequence[tuple[Key, Held]]) -> None:
+        """Write ``items``; a trie found full (expired entries not swept yet) is swept and
+        the write tried once more."""
+        try:
+            self._put_batches_once(family, items)
+        except AdapterError as e:
+            if e.errno not in FULL:
+                raise
+            self.sweep()
+            self._put_batches_once(family, items)
+
+    def _put_batches_once(self, family: int, items: Sequence[tuple[Key, Held]]) -> None:
         fd, _ = self._open(family)
         try:
             for i in range(0, len(items), BATCH):

@@ -51,7 +51,7 @@ from sockgate.ebpf import layout, registry
 from sockgate.ebpf.insn import MapType
 from sockgate.ebpf.maps import MapSpec
 from sockgate.ebpf.program import ENFORCES, EbpfProgram, Options, compile_resolved
-from sockgate.errors import AdapterError, UsageError
+from sockgate.errors import AdapterError, SockgateError, UsageError
 from sockgate.kernel.backend import BanLike, Compiled, Loaded
 from sockgate.kernel.banmaps import BanMaps
 from sockgate.kernel.bpfops import BpfOps
@@ -231,6 +231,7 @@ class EbpfBackend:
         try:
             for spec in program.service_maps:
                 fds[spec.name] = self._open_or_create(f"{svc_dir}/{pin_name(spec)}", spec)
+            self.sweep_bans(program.service)
             for m in program.maps:
                 fds[m.spec.name] = self.ops.map_create(m.spec)
                 self.ops.map_update_many(fds[m.spec.name], *m.packed())
@@ -446,6 +447,14 @@ class EbpfBackend:
     def bans(self, service: str) -> BanMaps:
         """The ban maps pinned for ``service``."""
         return BanMaps(self.ops, self.paths.service(service))
+
+    def sweep_bans(self, service: str) -> int:
+        """Free the room ``service``'s expired bans take (``BanMaps.sweep``); best effort —
+        a sweep that fails costs room, never a ban — so 0 when the maps cannot be read."""
+        try:
+            return self.bans(service).sweep()
+        except (SockgateError, ValueError):
+            return 0
 
     # --- clean-up
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -24,6 +25,8 @@ from sockgate.ebpf.refusals import service_of
 from sockgate.errors import AdapterError
 from sockgate.linux import bpfsys
 from sockgate.policy.source import escape
+
+_U32 = struct.Struct("=I")  # an array map's key
 
 
 class PinError(AdapterError):
@@ -80,6 +83,23 @@ def _check_exact(fd: int, path: str, spec: MapSpec) -> None:
         raise PinError(f"{escape(path)}: not the {map_name(spec)} map sockgate makes (capacity {got[0]}, flags"
                        f" {got[1]:#x}, name {escape(got[2].decode(errors='replace'))!r}; expected {want[0]},"
                        f" {want[1]:#x}, {spec.name!r})", target=path)
+
+
+def open_stats(directory: str) -> int | None:
+    """An fd for a service's ``sg_stats`` (checked as ``open_map``); None when none is pinned
+    (a service loaded before it existed)."""
+    spec = layout.stats_spec()
+    path = f"{directory}/{map_name(spec)}"
+    return open_map(path, spec) if os.path.lexists(path) else None
+
+
+def read_stats(fd: int) -> dict[layout.Stat, int]:
+    """The counters of an ``sg_stats`` map (layout.Stat: events lost, program bans failed)."""
+    out: dict[layout.Stat, int] = {}
+    for stat in layout.Stat:
+        raw = bpfsys.map_lookup(fd, _U32.pack(stat), layout.STAT_VALUE.size)
+        out[stat] = 0 if raw is None else int(layout.STAT_VALUE.unpack(raw)[0])
+    return out
 
 
 def walk(fd: int, spec: MapSpec, bound: int | None = None) -> Iterator[tuple[bytes, bytes]]:

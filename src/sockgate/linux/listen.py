@@ -145,6 +145,16 @@ def _bind_inet(url: SocketURL, sock: socket.socket, sockaddr: tuple[object, ...]
         raise
 
 
+def tcp_syncookies(path: str = "/proc/sys/net/ipv4/tcp_syncookies") -> int | None:
+    """``net.ipv4.tcp_syncookies`` (0 off, 1 on a full SYN queue, 2 always); None when
+    unreadable."""
+    try:
+        with open(path, encoding="ascii") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
 def _unprivileged_port_start(path: str = "/proc/sys/net/ipv4/ip_unprivileged_port_start") -> int:
     try:
         with open(path, encoding="ascii") as f:
