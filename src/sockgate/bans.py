@@ -45,5 +45,38 @@ class BannedPrefix:
     expires_ns: int
     origin: Origin
 
+    def __post_init__(self) -> None:
+        check_width(self.network)
+
     def active(self, now_ns: int) -> bool:
         return self.expires_ns == NEVER or now_ns < self.expires_ns
+
+
+# The widest network any ban may name, whoever asks: a ban is a statement about attackers, and
+# one wide enough to cover a large part of the Internet (a CrowdSec ``Range`` of /1, two /1s
+# from a misfiring fail2ban action, an IPv4-mapped ::ffff:0:0/96 that folds to 0.0.0.0/0) cuts
+# off everyone, the operator included. Wider bans are refused on every path (control socket,
+# CrowdSec, state file), not clipped.
+MIN_PREFIX = {4: 8, 6: 16}
+
+
+class BanTooWide(ValueError):
+    pass
+
+
+def check_width(net: IPNetwork) -> None:
+    """Refuse ``net`` as a ban when it is wider than ``MIN_PREFIX`` allows."""
+    least = MIN_PREFIX[net.version]
+    if net.prefixlen < least:
+        raise BanTooWide(f"{net} is too wide to ban: at most a /{least} for IPv{net.version}"
+                         " (ban narrower networks one by one if you mean it)")
+
+
+LOOPBACK = (ipaddress.IPv4Address("127.0.0.1"), ipaddress.IPv6Address("::1"))
+
+
+def touches_loopback(net: IPNetwork) -> bool:
+    """Whether ``net`` holds this host's own loopback address (127.0.0.1 or ::1): no remote
+    source of bans may cut the host off from itself. (Other 127.x addresses cannot come from
+    outside — the kernel drops them as martians — so a ban on one harms nothing.)"""
+    return any(lo.version == net.version and lo in net for lo in LOOPBACK)

@@ -167,7 +167,12 @@ def test_line_buffer_gives_the_same_lines_however_the_bytes_are_cut(lines: list[
     assert got == lines and buf.pending == 0
 
 
-@pytest.mark.parametrize("text", ["::ffff:192.0.2.1", "::ffff:192.0.2.0/120", "::ffff:0:0/96"])
-def test_an_ipv4_mapped_ban_is_refused(text: str) -> None:
-    with pytest.raises(ProtocolError, match="IPv4-mapped"):
+@pytest.mark.parametrize("text", ["0.0.0.0/1", "128.0.0.0/7", "::ffff:0:0/96", "::ffff:0:0/100", "2000::/3", "::/15"])
+def test_a_ban_wider_than_the_limit_is_refused(text: str) -> None:
+    with pytest.raises(ProtocolError, match="too wide to ban"):
         parse_network(text)
+
+
+def test_an_ipv4_mapped_ban_means_the_ipv4_client() -> None:
+    assert str(parse_network("::ffff:192.0.2.1")) == "192.0.2.1/32"
+    assert str(parse_network("::ffff:192.0.2.0/120")) == "192.0.2.0/24"

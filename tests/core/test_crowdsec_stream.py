@@ -136,7 +136,7 @@ def test_an_answer_of_too_many_json_values_is_refused_before_decoding() -> None:
         with pytest.raises(StreamError, match="decisions are not that small"):
             parse(b'{"new": [' + bomb + b"{}]}", NOW, startup=True)
     # real answers of any size pass, even of short entries
-    short = [{"id": i, "type": "ban", "scope": "Ip", "value": "::1", "duration": "1s"} for i in range(1, 2000)]
+    short = [{"id": i, "type": "ban", "scope": "Ip", "value": "2001:db8::1", "duration": "1s"} for i in range(1, 2000)]
     assert len(parse(body(short), NOW, startup=True).new) == 1999
 
 
@@ -285,3 +285,13 @@ def test_reported_changes_are_exactly_the_networks_whose_ban_changed(ops: list[t
 
 def test_batch_is_a_value() -> None:
     assert isinstance(parse(body(), NOW, startup=False), Batch)
+
+
+@pytest.mark.parametrize("scope, value, why", [("Range", "0.0.0.0/1", "too wide"), ("Range", "::ffff:0:0/96", "too wide"),
+                                               ("Range", "2000::/3", "too wide"), ("Ip", "127.0.0.1", "loopback"),
+                                               ("Range", "127.0.0.0/8", "loopback"), ("Ip", "::1", "loopback")])
+def test_a_decision_too_wide_or_on_loopback_is_rejected(scope: str, value: str, why: str) -> None:
+    got = parse(body([{"id": 1, "type": "ban", "scope": scope, "value": value, "duration": "1h"},
+                      {"id": 2, "type": "ban", "scope": "Ip", "value": "192.0.2.9", "duration": "1h"}]), NOW, startup=True)
+    assert [str(d.network) for d in got.new] == ["192.0.2.9/32"]
+    assert got.tally.rejected == 1 and why in got.tally.problems[0]

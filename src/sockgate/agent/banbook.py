@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Collection, Generic, Hashable, Iterable, Mapping, Protocol, TypeVar
 
+from sockgate.bans import check_width
 from sockgate.errors import SockgateError
 from sockgate.policy.ir import IPNetwork
 
@@ -191,6 +192,7 @@ def _entry_from(item: object, wall_to_mono: Callable[[float], int], make: Callab
     if not isinstance(item, Mapping):
         raise TypeError("not an object")
     net = ipaddress.ip_network(_typed(item, "net", str), strict=True)
+    check_width(net)  # a state file edited by hand is refused like a request
     expires = item.get("expires")
     if expires is not None and (not isinstance(expires, (int, float)) or isinstance(expires, bool) or not math.isfinite(expires)):
         raise TypeError("expires: not a time")

@@ -22,8 +22,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Union, assert_never, cast, get_args
 
+from sockgate.bans import BanTooWide, check_width
 from sockgate.errors import SockgateError
 from sockgate.policy.ir import IPNetwork
+from sockgate.policy.literals import unmap
 
 VERSION = 1
 MAX_REQUEST = 64 * 1024  # bytes in one request line, its newline included
@@ -365,15 +367,12 @@ def parse_network(text: str) -> IPNetwork:
         raise ProtocolError(f"{text} has host bits set: did you mean {loose}?") from None
     if net.prefixlen == 0:
         raise ProtocolError(f"{net} would ban every address; give a narrower network")
-    if isinstance(net, ipaddress.IPv6Network) and net.subnet_of(_MAPPED):
-        # a packet with such a source is forged and always refused; a log line naming one must
-        # not become a ban on the IPv4 address it embeds (anyone could get any address banned)
-        raise ProtocolError(f"{net} is IPv4-mapped: no real client has such a source (sockgate always refuses it);"
-                            " ban the IPv4 address itself if you mean it")
+    net = unmap(net)  # an IPv4-mapped source is that IPv4 client, as everywhere in sockgate
+    try:
+        check_width(net)
+    except BanTooWide as e:
+        raise ProtocolError(str(e)) from None
     return net
-
-
-_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
 def parse_duration(text: object) -> int:

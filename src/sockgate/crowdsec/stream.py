@@ -44,7 +44,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from sockgate.bans import BannedPrefix, IPNetwork, Origin
+from sockgate.bans import BannedPrefix, IPNetwork, Origin, check_width, touches_loopback
 from sockgate.errors import PeerError
 from sockgate.policy.literals import LiteralError, network, unmap
 from sockgate.policy.source import quote
@@ -205,7 +205,11 @@ def _fields(item: Any, part: str, index: int, tally: Tally) -> tuple[int, IPNetw
         tally.ignore(f"scope {quote(scope)}")
         return None
     try:
-        return ident, prefix(scope.lower(), value)
+        net = prefix(scope.lower(), value)
+        check_width(net)
+        if touches_loopback(net):
+            raise ValueError(f"{net} covers this host's loopback: a remote decision never bans it")
+        return ident, net
     except ValueError as e:
         tally.reject(part, index, f"decision {ident}: {e}")
         return None
