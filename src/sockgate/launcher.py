@@ -227,8 +227,8 @@ class Gate:
                 info = self.kernel.read(slot.fd, lock=False)
                 if info.state == "sockgate" and info.digest == loaded.compiled.digest:
                     continue
-                self.cfg.say(f"the guard of {lst.address()} was removed or replaced (now {info.describe()}); putting it back")
-                self.kernel.apply([Step(slot, loaded)])
+                self.kernel.apply([Step(slot, loaded)])  # before saying so: the line is the news that it is back
+                self.cfg.say(f"the guard of {lst.address()} was removed or replaced (found {info.describe()}); put back")
             except SockgateError as e:
                 self.cfg.say(f"the guard of {lst.address()} could not be put back: {failure_text(e)}")
 

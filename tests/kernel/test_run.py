@@ -563,7 +563,7 @@ def test_a_guard_the_command_removed_is_reported_and_put_back(public_dir: Path, 
     addrs, _ = lr.started(1)
     lr.seen_line("^command ready$")
     assert out.read_text() == "0"  # the command detached its guard
-    lr.wait_line(rf"the guard of {re.escape(addrs[0])} was removed or replaced \(now .*\); putting it back")
+    lr.wait_line(rf"the guard of {re.escape(addrs[0])} was removed or replaced \(found .*\); put back")
     assert tcp_filtered("127.0.0.2", port_of(addrs[0]))
     assert tcp_echo_ok("127.0.0.1", port_of(addrs[0]))
 
