@@ -29,7 +29,10 @@ system-packages:
 	      if [ ! -s $(CROWDSEC_CAPI) ]; then mkdir -p $$(dirname $(CROWDSEC_CAPI)); \
 	        echo "# no online API: sockgate's tests run their own Local API offline" > $(CROWDSEC_CAPI); fi;; \
 	    esac; \
+	    rcd=""; if [ ! -e /usr/sbin/policy-rc.d ]; then rcd=/usr/sbin/policy-rc.d; \
+	      printf '#!/bin/sh\n# sockgate setup: packaged daemons are not started by their install\nexit 101\n' > $$rcd; chmod 755 $$rcd; fi; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	    rc=$$?; [ -z "$$rcd" ] || rm -f $$rcd; [ $$rc = 0 ] || exit $$rc; \
 	  elif [ -n "$$CI" ]; then echo "missing Debian packages:$$missing, and no root with apt-get to install them" >&2; exit 1; \
 	  else echo "missing Debian packages:$$missing (kernel tests that need them will skip; under CI they fail)"; fi; \
 	fi
