@@ -101,3 +101,11 @@ def test_the_shipped_json_schema_is_the_schema_table() -> None:
     shipped = json.loads((Path(__file__).resolve().parents[2] / "docs" / "status.schema.json").read_text())
     assert shipped == json_schema()
     assert shipped["properties"]["services"]["items"]["properties"]["sockets"]["items"]["required"][:3] == ["cookie", "proto", "family"]
+
+
+def test_polling_says_what_it_cannot_see() -> None:
+    import dataclasses
+
+    polling = dataclasses.replace(AGENT, watch_mode="poll")
+    good = build(polling, POLICY, (ServiceRow(SSH, T, (SocketRow(sock(1, 22, guard=ours(SSH)), "guarded", T),)),), [])
+    assert render(good).endswith("every selected socket is guarded (polling: this network namespace only)\n")

@@ -317,7 +317,8 @@ def render(doc: Mapping[str, Any], width: int = WIDTH) -> str:
         lines.append(f"source {name}: {src.get('state', '?')}" + (f" ({src['error']})" if src.get("error") else ""))
     lines += [f"error: {e}" for e in doc["errors"]]
     n = doc["unguarded"]
-    lines.append(f"{_count(n, 'socket')} NOT guarded" if n else "every selected socket is guarded")
+    seen = "" if a["watch"]["mode"] != "poll" else " (polling: this network namespace only)"
+    lines.append(f"{_count(n, 'socket')} NOT guarded" if n else f"every selected socket is guarded{seen}")
     return "".join(_fit(escape(line), width) for line in lines)
 
 
