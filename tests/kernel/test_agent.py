@@ -681,6 +681,39 @@ def test_an_ebpf_service_is_guarded_and_banned(lab: Lab, monkeypatch: pytest.Mon
     assert connects(ALLOWED, port)
 
 
+def test_an_ebpf_ban_is_a_map_update_no_recompile_no_reattach(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOCKGATE_BPFFS", lab.bpffs)
+    port = BASE + 23
+    agent = lab.agent(native(lab, port, allow="127.0.0.0/8"), "--backend", "ebpf")
+    s = lab.server("tcp", port)
+    before = until("guarded by eBPF", lambda: guarded_by(s.info, "web"))
+    st = agent.status()
+    assert st["services"][0]["bans_in"] == "maps"
+    counters = {k: st["agent"]["counters"][k] for k in ("attached", "reloaded", "replaced")}
+    assert connects(DENIED, port)
+    call(agent.control, Ban(parse_network(DENIED)))
+    assert not connects(DENIED, port) and connects(ALLOWED, port)  # in force when the answer came
+    after = guard(s.info["pid"], s.info["fd"])
+    assert (after.state, after.digest, after.instructions) == (before.state, before.digest, before.instructions)
+    st = agent.status()
+    assert st["services"][0]["digest"] == before.digest and st["services"][0]["bans"] == 1
+    assert {k: st["agent"]["counters"][k] for k in counters} == counters  # nothing attached again
+    call(agent.control, Unban(parse_network(DENIED)))
+    assert connects(DENIED, port)
+    assert guard(s.info["pid"], s.info["fd"]).digest == before.digest
+
+
+def test_a_classic_ban_is_a_recompile_and_says_so(lab: Lab) -> None:
+    port = BASE + 24
+    agent = lab.agent(native(lab, port, allow="127.0.0.0/8"), "--backend", "cbpf")
+    s = lab.server("tcp", port)
+    before = until("guarded", lambda: guarded_by(s.info, "web"))
+    assert agent.status()["services"][0]["bans_in"] == "program"
+    call(agent.control, Ban(parse_network(DENIED)))
+    assert not connects(DENIED, port)
+    assert guard(s.info["pid"], s.info["fd"]).digest != before.digest
+
+
 def test_guard_latency(lab: Lab) -> None:
     port = BASE + 7
     lab.agent(native(lab, port))

@@ -15,9 +15,9 @@ The sequences, and why each step is where it is (docs/agent.md):
 * reload (SIGHUP, ``reload`` request) — all or nothing: a policy that does not load, compile or
   load into the kernel leaves the previous one in force, and says why in the log, the status
   and to systemd. Then a full scan and one transaction over every service.
-* bans — the book changes, every service is compiled again with its effective bans (until the
-  eBPF ban maps take them without a recompile), applied, and the banned sources' established
-  connections are ended.
+* bans — the book changes (agent/bansink.py): eBPF services take it in their ban maps in place
+  (no compile, no re-attach); classic services are compiled again with their effective bans
+  and applied; then the banned sources' established connections are ended.
 * timers — the drift sweep (a full scan every ``sweep`` seconds: what the watcher cannot see,
   such as a filter someone removed), due retries, ban expiry.
 * stop — the control socket closes, the watcher's pins stay: guards never depend on the agent.
@@ -29,31 +29,30 @@ status) and a substitution of their answers before ``_build`` compiles.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Container, Literal, Mapping
 
 from sockgate.agent import control as control_mod
-from sockgate.agent import reconcile, statusdoc
+from sockgate.agent import bansink, reconcile, statusdoc
 from sockgate.agent import watcher as watcher_mod
 from sockgate.agent.applier import Applier, Outcome
-from sockgate.agent.banbook import BanBook, BanEntry, BanStateError
+from sockgate.agent.banbook import BanBook
 from sockgate.agent.desired import Desired, build
 from sockgate.agent.enrol import select
 from sockgate.agent.files import FileWatcher, WatchingReader, WatchList
 from sockgate.agent.model import Endpoint, Observed, SocketEvent, Want
 from sockgate.agent.observe import AllPorts, Look, Observer, describe
 from sockgate.agent.protocol import Ban, Bans, Ping, Reload, Request, Response, Status, Unban, failure, ok, one_line
-from sockgate.bans import NEVER, BannedPrefix, Origin
+from sockgate.bans import NEVER, BannedPrefix
 from sockgate.ebpf.watch import WatchSet
 from sockgate.errors import PolicyError, SockgateError
 from sockgate.kernel import BackendChoice, Kernel
 from sockgate.kernel.backend import Compiled, Loaded
-from sockgate.loading import load_policy, read_regular
+from sockgate.loading import load_policy
 from sockgate.log import Log
-from sockgate.policy.ir import IPNetwork, Policy
+from sockgate.policy.ir import Policy
 from sockgate.resolve import named_daemons, resolve
 from sockgate.resolve.model import ResolvedService
 from sockgate.linux import procfs
@@ -62,7 +61,7 @@ from sockgate.supervisor import Cancel, Loop, Notifier
 
 SWEEP = 300.0
 Trigger = Literal["start", "signal", "file", "request", "names", "bans"]
-ORIGINS: Mapping[str, Origin] = {"manual": Origin.MANUAL, "fail2ban": Origin.FAIL2BAN, "hosts_deny": Origin.HOSTS_DENY}
+ORIGINS = bansink.ORIGINS
 
 
 @dataclass(frozen=True)
@@ -176,8 +175,10 @@ class Agent:
 
     # -- policy --------------------------------------------------------------------------------
 
-    def _build(self, bans: BanBook[BannedPrefix], policy: Policy | None = None) -> Built:
-        """Read (unless ``policy`` is given), compile and load everything, or raise."""
+    def _build(self, bans: BanBook[BannedPrefix], policy: Policy | None = None,
+               keep: Mapping[str, Loaded] | None = None) -> Built:
+        """Read (unless ``policy`` is given), compile and load everything (but the programs
+        ``keep`` names, loaded as they are), bring the eBPF ban maps to ``bans``, or raise."""
         if policy is None:
             reader = WatchingReader()
             try:
@@ -191,15 +192,19 @@ class Agent:
         now_ns = time.monotonic_ns()
         resolved: dict[str, ResolvedService] = {}
         compiled: dict[str, Compiled] = {}
+        kept = dict(keep or {})
 
         def compile_one(name: str) -> Compiled:
             resolved[name] = r = resolve(policy, name)
-            effective = [b.network for b in bans.effective(name, now_ns)]
-            compiled[name] = c = self.kernel.compile(r, bans=effective, backend=self.opts.backend)
+            if name in kept:
+                return kept[name].compiled
+            compiled[name] = c = bansink.compile_for(self.kernel, r, bans.effective(name, now_ns), self.opts.backend)
             return c
 
         desired = build(policy, named_daemons(policy), self.opts.maps, compile_one, self.wall(), names=self.names)
-        return Built(policy, desired, resolved, self.applier.load(compiled))
+        loaded = {**{n: p for n, p in kept.items() if desired.service(n) is not None}, **self.applier.load(compiled)}
+        bansink.push(self.kernel, loaded, bans, now_ns)
+        return Built(policy, desired, resolved, loaded)
 
     def reload_now(self, trigger: Trigger) -> str | None:
         """Load the policy again, all or nothing; the error (one line) when the old one stays."""
@@ -450,57 +455,35 @@ class Agent:
     # -- bans ----------------------------------------------------------------------------------
 
     def _set_bans(self, book: BanBook[BannedPrefix]) -> str | None:
-        """Compile every service with ``book``'s bans and apply; the error when nothing changed."""
+        """``book`` in force: eBPF services' maps in place, classic services compiled again
+        and applied (bansink.py); the error when nothing changed."""
         assert self.built is not None
+        old = self.built
         try:
-            built = self._build(book, self.built.policy)
+            if bansink.needs_program(old.loaded):
+                maps = {n: p for n, p in old.loaded.items() if bansink.bans_in(p) == "maps"}
+                built = self._build(book, old.policy, keep=maps)
+            else:
+                bansink.push(self.kernel, old.loaded, book, time.monotonic_ns())
+                built = old
         except SockgateError as e:
             return _why(e)
         self.bans = book
-        self._swap(built, "bans")
+        if built is not old:
+            self._swap(built, "bans")
         self._arm_expiry()
-        self._save_bans()
+        bansink.save_book(self.opts.state, book, self.log)
         return None
 
     def _load_bans(self) -> BanBook[BannedPrefix]:
-        """The bans the state file holds (an agent restarted keeps them); a file that is not
-        what the agent writes stops the start, naming the entry."""
-        path = self.opts.state
-        if path is None or not os.path.lexists(path):
-            return BanBook()
-        try:
-            doc = json.loads(read_regular(path))
-            return BanBook.from_json(doc, _wall_to_mono, _ban).expire(time.monotonic_ns())
-        except ValueError as e:
-            raise BanStateError(f"{path}: {e}") from None
-        except SockgateError as e:
-            raise BanStateError(f"{path}: {e}") from None
-
-    def _save_bans(self) -> None:
-        """The book to the state file: a new file renamed over the old (never half written)."""
-        path = self.opts.state
-        if path is None:
-            return
-        tmp = f"{path}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.bans.to_json(_mono_to_wall), f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except OSError as e:
-            self.log.record("error", message=f"ban state {path}: {e.strerror}; the bans stay in force but not saved")
+        return bansink.load_book(self.opts.state)
 
     def _ban(self, body: Ban) -> str | None:
         assert self.built is not None
         if body.service is not None and self.built.desired.service(body.service) is None:
             return f"no service {body.service} in the agent's policy"
-        now_ns = time.monotonic_ns()
-        expires = NEVER if body.seconds is None else now_ns + body.seconds * 1_000_000_000
-        entry = BanEntry(BannedPrefix(body.net, expires, ORIGINS[body.origin]),
-                         None if body.service is None else frozenset({body.service}), now_ns, body.reason)
-        error = self._set_bans(self.bans.add(entry))
+        error = self._set_bans(self.bans.add(bansink.entry(body.net, body.seconds, body.origin, body.service,
+                                                            body.reason, time.monotonic_ns())))
         if error is None:
             self._end_banned(body.net, body.service)
         return error
@@ -551,7 +534,8 @@ class Agent:
         now_ns = time.monotonic_ns()
         services = [statusdoc.ServiceRow(s, self.built.desired.loaded_at,
                                          tuple(r.row for r in self.rows.values() if r.service == s.name),
-                                         None, len(self.bans.effective(s.name, now_ns)))
+                                         None, len(self.bans.effective(s.name, now_ns)),
+                                         bans_in=self._bans_in(s.name))
                     for s in self.built.desired.services]
         bans = [statusdoc.BanRow(str(e.ban.network), e.ban.origin.name.lower(),
                                  None if e.services is None else tuple(sorted(e.services)),
@@ -569,6 +553,11 @@ class Agent:
         ports, comms = d.watch_sets()
         return WatchSet.of(ports, comms)
 
+    def _bans_in(self, service: str) -> Literal["maps", "program"]:
+        assert self.built is not None
+        program = self.built.loaded.get(service)
+        return "program" if program is None else bansink.bans_in(program)
+
     def _bpffs(self) -> str | None:
         return self.opts.bpffs or os.environ.get("SOCKGATE_BPFFS") or None
 
@@ -577,18 +566,6 @@ class Agent:
         bad = sum(1 for s in states if s in ("unguarded", "retrying"))
         n = 0 if self.built is None else len(self.built.desired.services)
         return f"{n} services, {len(states)} sockets, {bad} unguarded"
-
-
-def _mono_to_wall(ns: int) -> float:
-    return time.time() + (ns - time.monotonic_ns()) / 1e9
-
-
-def _wall_to_mono(t: float) -> int:
-    return time.monotonic_ns() + int((t - time.time()) * 1e9)
-
-
-def _ban(net: IPNetwork, expires_ns: int, origin: str) -> BannedPrefix:
-    return BannedPrefix(net, expires_ns, Origin[origin.upper()])
 
 
 def _why(e: SockgateError) -> str:

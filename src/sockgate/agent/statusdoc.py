@@ -78,6 +78,7 @@ class ServiceRow:
     refusals: Refusals | None = None  # None: the backend does not count
     bans: int = 0
     names: tuple[NameRow, ...] = ()
+    bans_in: Literal["maps", "program"] = "program"  # eBPF ban maps (in place) or compiled in (a recompile)
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,7 @@ def _service(s: ServiceRow) -> dict[str, Any]:
         "names": [{"name": n.name, "addresses": list(n.addresses), "expires": rfc3339(n.expires), "stale": n.stale,
                    "error": n.error} for n in s.names],
         "sockets": [_socket(r) for r in s.sockets],
-        "refusals": refusals, "bans": s.bans,
+        "refusals": refusals, "bans": s.bans, "bans_in": s.bans_in,
     }
 
 
@@ -203,7 +204,8 @@ _SOCKET = {"cookie": int, "proto": ("tcp", "udp"), "family": (4, 6), "local": st
 _SERVICE = {"name": str, "origin": ("native", "hosts_access"), "daemon": ("?", str), "endpoints": [str], "backend": str,
             "digest": str, "loaded": _TIME, "instructions": int, "kernel_refusal": ("?", str),
             "names": [{"name": str, "addresses": [str], "expires": _TIME, "stale": bool, "error": ("?", str)}],
-            "sockets": [_SOCKET], "refusals": ("refusals",), "bans": int}
+            "sockets": [_SOCKET], "refusals": ("refusals",), "bans": int,
+            "bans_in": ("maps", "program")}
 _REFUSALS = {"counted": bool, "total": int, "sources": int,
              "top": [{"source": str, "count": int, "first": _TIME, "last": _TIME}]}
 SCHEMA: dict[str, Any] = {
@@ -327,7 +329,8 @@ def _service_text(s: Mapping[str, Any]) -> list[str]:
     eps = f", {' '.join(s['endpoints'])}" if s["endpoints"] else ""
     count = s["refusals"]["total"] if s["refusals"]["counted"] else None
     refused = f", {count} refused" if count is not None else ""
-    out = [f"{s['name']} ({what}{eps}): {s['backend']} {s['digest']}, {_count(len(s['sockets']), 'socket')}{refused}"]
+    maps = ", bans in maps" if s["bans_in"] == "maps" else ""
+    out = [f"{s['name']} ({what}{eps}): {s['backend']} {s['digest']}, {_count(len(s['sockets']), 'socket')}{refused}{maps}"]
     if s["kernel_refusal"]:
         out.append(f"  in user space only: {s['kernel_refusal']}")
     for k in s["sockets"]:

@@ -1,0 +1,116 @@
+"""Where the agent's bans go: into the eBPF ban maps of a service in place, or compiled into a
+classic program; and the ban state file they outlive the agent in.
+
+Why two paths: an eBPF program looks every source up in its service's pinned ``bans4``/``bans6``
+tries before any rule (kernel/banmaps.py), so a ban there is a map update that the next packet
+sees — no compile, no load, no socket touched, and expiry is the program's own comparison. A
+classic program has no maps: its bans are ranges compiled into it, so a ban is a recompile of
+the service and a replace on each of its sockets (``Kernel.update_bans`` answers False). eBPF
+services are therefore always compiled *without* bans (their digest does not move with the
+book) and brought to the book with ``push``; classic ones are compiled with them
+(``compile_for``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Literal, Mapping
+
+from sockgate.agent.banbook import BanBook, BanEntry, BanStateError
+from sockgate.bans import NEVER, BannedPrefix, Origin
+from sockgate.errors import CompileError, SockgateError, UnsupportedInKernel
+from sockgate.kernel import BackendChoice, Kernel
+from sockgate.kernel.backend import Compiled, Loaded
+from sockgate.loading import read_regular
+from sockgate.log import Log
+from sockgate.policy.ir import IPNetwork
+from sockgate.resolve.model import ResolvedService
+
+ORIGINS: Mapping[str, Origin] = {"manual": Origin.MANUAL, "fail2ban": Origin.FAIL2BAN, "hosts_deny": Origin.HOSTS_DENY,
+                                 "crowdsec": Origin.CROWDSEC}
+BansIn = Literal["maps", "program"]
+
+
+def bans_in(loaded: Loaded) -> BansIn:
+    """Where ``loaded``'s bans live (status: ``bans_in``)."""
+    return "maps" if loaded.compiled.backend == "ebpf" else "program"
+
+
+def compile_for(kernel: Kernel, r: ResolvedService, bans: tuple[BannedPrefix, ...], backend: BackendChoice) -> Compiled:
+    """``r``'s program: without bans when it lands on eBPF (they go to its maps: ``push``),
+    with them compiled in otherwise. Under ``auto``, a classic program the bans make too big
+    is an eBPF one without them."""
+    bare = kernel.compile(r, bans=(), backend=backend)
+    if bare.backend == "ebpf" or not bans:
+        return bare
+    try:
+        return kernel.compile(r, bans=[b.network for b in bans], backend=bare.backend)
+    except (CompileError, UnsupportedInKernel):
+        if backend != "auto":
+            raise
+        return kernel.compile(r, bans=(), backend="ebpf")
+
+
+def push(kernel: Kernel, loaded: Mapping[str, Loaded], book: BanBook[BannedPrefix], now_ns: int) -> None:
+    """Every eBPF service's ban maps made ``book``'s effective bans for it (in place)."""
+    for name, program in loaded.items():
+        if bans_in(program) == "maps":
+            kernel.update_bans(program, book.effective(name, now_ns))
+
+
+def needs_program(loaded: Mapping[str, Loaded]) -> bool:
+    """Whether some service holds its bans in its program (a ban change recompiles it)."""
+    return any(bans_in(p) == "program" for p in loaded.values())
+
+
+def entry(net: IPNetwork, seconds: int | None, origin: str, service: str | None, reason: str | None,
+          now_ns: int) -> BanEntry[BannedPrefix]:
+    expires = NEVER if seconds is None else now_ns + seconds * 1_000_000_000
+    return BanEntry(BannedPrefix(net, expires, ORIGINS[origin]), None if service is None else frozenset({service}),
+                    now_ns, reason)
+
+
+def load_book(path: str | None) -> BanBook[BannedPrefix]:
+    """The bans the state file holds (an agent restarted keeps them); a file that is not
+    what the agent writes stops the start, naming the entry."""
+    if path is None or not os.path.lexists(path):
+        return BanBook()
+    try:
+        doc = json.loads(read_regular(path))
+        return BanBook.from_json(doc, wall_to_mono, _ban).expire(time.monotonic_ns())
+    except ValueError as e:
+        raise BanStateError(f"{path}: {e}") from None
+    except SockgateError as e:
+        raise BanStateError(f"{path}: {e}") from None
+
+
+def save_book(path: str | None, book: BanBook[BannedPrefix], log: Log) -> None:
+    """The book to the state file: a new file renamed over the old (never half written).
+    CrowdSec's decisions are not saved: the LAPI gives them again at start-up."""
+    if path is None:
+        return
+    tmp = f"{path}.tmp"
+    kept = BanBook(tuple(e for e in book.entries if e.ban.origin != Origin.CROWDSEC))
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(kept.to_json(mono_to_wall), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        log.record("error", message=f"ban state {path}: {e.strerror}; the bans stay in force but not saved")
+
+
+def mono_to_wall(ns: int) -> float:
+    return time.time() + (ns - time.monotonic_ns()) / 1e9
+
+
+def wall_to_mono(t: float) -> int:
+    return time.monotonic_ns() + int((t - time.time()) * 1e9)
+
+
+def _ban(net: IPNetwork, expires_ns: int, origin: str) -> BannedPrefix:
+    return BannedPrefix(net, expires_ns, Origin[origin.upper()])
