@@ -112,12 +112,13 @@ class BanBook(Generic[B]):
 
     def replace_origin(self, origin: Hashable, entries: Iterable[BanEntry[B]]) -> BanBook[B]:
         """Every entry of ``origin`` replaced by ``entries`` (a source's full snapshot)."""
-        book = BanBook(tuple(x for x in self.entries if x.ban.origin != origin))
+        kept = {x.key: x for x in self.entries if x.ban.origin != origin}  # (one pass: 100,000 decisions)
         for e in entries:
             if e.ban.origin != origin:
                 raise ValueError(f"an entry of origin {e.ban.origin.name} in a snapshot of {_name(origin)}")
-            book = book.add(e)
-        return book
+            kept.pop(e.key, None)  # as ``add``: the renewed entry goes last
+            kept[e.key] = e
+        return BanBook(tuple(kept.values()))
 
     def expire(self, now_ns: int) -> BanBook[B]:
         kept = tuple(x for x in self.entries if x.active(now_ns))

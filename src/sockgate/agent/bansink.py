@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Literal, Mapping
+from typing import Callable, Literal, Mapping
 
 from sockgate.agent.banbook import BanBook, BanEntry, BanStateError
 from sockgate.bans import NEVER, BannedPrefix, Origin
@@ -53,11 +53,11 @@ def compile_for(kernel: Kernel, r: ResolvedService, bans: tuple[BannedPrefix, ..
         return kernel.compile(r, bans=(), backend="ebpf")
 
 
-def push(kernel: Kernel, loaded: Mapping[str, Loaded], book: BanBook[BannedPrefix], now_ns: int) -> None:
-    """Every eBPF service's ban maps made ``book``'s effective bans for it (in place)."""
+def push(kernel: Kernel, loaded: Mapping[str, Loaded], effective: Callable[[str], tuple[BannedPrefix, ...]]) -> None:
+    """Every eBPF service's ban maps made its ``effective`` bans (in place)."""
     for name, program in loaded.items():
         if bans_in(program) == "maps":
-            kernel.update_bans(program, book.effective(name, now_ns))
+            kernel.update_bans(program, effective(name))
 
 
 def needs_program(loaded: Mapping[str, Loaded]) -> bool:
@@ -88,15 +88,15 @@ def load_book(path: str | None) -> BanBook[BannedPrefix]:
 
 def save_book(path: str | None, book: BanBook[BannedPrefix], log: Log) -> None:
     """The book to the state file: a new file renamed over the old (never half written).
-    CrowdSec's decisions are not saved: the LAPI gives them again at start-up."""
+    CrowdSec's decisions are saved too: an agent restarted while the LAPI is down keeps them
+    (the first answer replaces them)."""
     if path is None:
         return
     tmp = f"{path}.tmp"
-    kept = BanBook(tuple(e for e in book.entries if e.ban.origin != Origin.CROWDSEC))
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump(kept.to_json(mono_to_wall), f)
+            json.dump(book.to_json(mono_to_wall), f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -38,21 +38,23 @@ from sockgate.agent import control as control_mod
 from sockgate.agent import bansink, reconcile, statusdoc
 from sockgate.agent import watcher as watcher_mod
 from sockgate.agent.applier import Applier, Outcome
-from sockgate.agent.banbook import BanBook
+from sockgate.agent.banbook import BanBook, BanEntry
+from sockgate.agent.crowdfeed import CrowdsecFeed
 from sockgate.agent.desired import Desired, build
 from sockgate.agent.enrol import select
 from sockgate.agent.files import FileWatcher, WatchingReader, WatchList
 from sockgate.agent.model import Endpoint, Observed, SocketEvent, Want
 from sockgate.agent.observe import AllPorts, Look, Observer, describe
 from sockgate.agent.protocol import Ban, Bans, Ping, Reload, Request, Response, Status, Unban, failure, ok, one_line
-from sockgate.bans import NEVER, BannedPrefix
+from sockgate.bans import NEVER, BannedPrefix, Origin
 from sockgate.ebpf.watch import WatchSet
 from sockgate.errors import PolicyError, SockgateError
 from sockgate.kernel import BackendChoice, Kernel
 from sockgate.kernel.backend import Compiled, Loaded
 from sockgate.loading import load_policy
 from sockgate.log import Log
-from sockgate.policy.ir import Policy
+from sockgate.crowdsec.stream import Report
+from sockgate.policy.ir import IPNetwork, Policy
 from sockgate.resolve import named_daemons, resolve
 from sockgate.resolve.model import ResolvedService
 from sockgate.linux import procfs
@@ -80,6 +82,7 @@ class Options:
     sweep: float = SWEEP
     version: str = ""  # for status (the package's, from the command line)
     state: str | None = None  # the ban state file (bans outlive the agent); None: kept in memory only
+    crowdsec_exempt: tuple[str, ...] = ()  # services CrowdSec's decisions do not apply to
 
 
 @dataclass(frozen=True)
@@ -102,8 +105,10 @@ class Agent:
     drain_timeout: float | None = 0.0
 
     def __init__(self, opts: Options, kernel: Kernel, applier: Applier, log: Log, notifier: Notifier,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 crowdsec: CrowdsecFeed | None = None) -> None:
         self.opts, self.kernel, self.applier, self.log, self.notifier = opts, kernel, applier, log, notifier
+        self.crowdsec = crowdsec
         self.clock, self.wall = clock, wall
         self.observer = Observer(kernel, keep=self._wanted)
         self.bans: BanBook[BannedPrefix] = BanBook()
@@ -144,6 +149,8 @@ class Agent:
         self.sweep("start")
         self._arm("sweep", self.opts.sweep, self._on_sweep)
         self._arm_expiry()
+        if self.crowdsec is not None:  # after the guards: the LAPI's state never delays them
+            self._stops.append(self.crowdsec.start(loop, self._on_crowdsec))
 
     def reload(self) -> None:
         self.reload_now("signal")
@@ -198,12 +205,12 @@ class Agent:
             resolved[name] = r = resolve(policy, name)
             if name in kept:
                 return kept[name].compiled
-            compiled[name] = c = bansink.compile_for(self.kernel, r, bans.effective(name, now_ns), self.opts.backend)
+            compiled[name] = c = bansink.compile_for(self.kernel, r, self._effective(bans, name, now_ns), self.opts.backend)
             return c
 
         desired = build(policy, named_daemons(policy), self.opts.maps, compile_one, self.wall(), names=self.names)
         loaded = {**{n: p for n, p in kept.items() if desired.service(n) is not None}, **self.applier.load(compiled)}
-        bansink.push(self.kernel, loaded, bans, now_ns)
+        bansink.push(self.kernel, loaded, lambda n: self._effective(bans, n, now_ns))
         return Built(policy, desired, resolved, loaded)
 
     def reload_now(self, trigger: Trigger) -> str | None:
@@ -345,7 +352,7 @@ class Agent:
             if r is None:
                 continue
             try:
-                n = self.applier.end_denied(socks, r, [b.network for b in self.bans.effective(name, now_ns)])
+                n = self.applier.end_denied(socks, r, [b.network for b in self._effective(self.bans, name, now_ns)])
             except SockgateError as e:
                 self.log.record("error", message=f"could not end denied connections of {name}: {e}")
                 continue
@@ -459,12 +466,13 @@ class Agent:
         and applied (bansink.py); the error when nothing changed."""
         assert self.built is not None
         old = self.built
+        now_ns = time.monotonic_ns()
         try:
             if bansink.needs_program(old.loaded):
                 maps = {n: p for n, p in old.loaded.items() if bansink.bans_in(p) == "maps"}
                 built = self._build(book, old.policy, keep=maps)
             else:
-                bansink.push(self.kernel, old.loaded, book, time.monotonic_ns())
+                bansink.push(self.kernel, old.loaded, lambda n: self._effective(book, n, now_ns))
                 built = old
         except SockgateError as e:
             return _why(e)
@@ -485,13 +493,39 @@ class Agent:
         error = self._set_bans(self.bans.add(bansink.entry(body.net, body.seconds, body.origin, body.service,
                                                             body.reason, time.monotonic_ns())))
         if error is None:
-            self._end_banned(body.net, body.service)
+            self._end_banned([body.net], body.service)
         return error
 
-    def _end_banned(self, net: object, service: str | None) -> None:
-        socks = [r.row.sock for r in self.rows.values() if service is None or r.service == service]
+    def _effective(self, book: BanBook[BannedPrefix], service: str, now_ns: int) -> tuple[BannedPrefix, ...]:
+        """``service``'s bans: the book's, but CrowdSec's where ``--crowdsec-exempt`` names it."""
+        exempt = (Origin.CROWDSEC,) if service in self.opts.crowdsec_exempt else ()
+        return book.effective(service, now_ns, exempt)
+
+    def _on_crowdsec(self, report: Report) -> None:
+        """A pull that changed CrowdSec's bans: the origin's entries replaced by the decisions
+        held, in force on every service but the exempt ones, their connections ended."""
+        if not (report.changed or report.startup) or self.crowdsec is None:
+            return
+        now_ns = time.monotonic_ns()
+        held = self.crowdsec.session.state.bans(now_ns)
+        book = self.bans.replace_origin(Origin.CROWDSEC, (BanEntry(b, None, now_ns, "crowdsec") for b in held.values()))
+        if book == self.bans:
+            return
+        error = self._set_bans(book)
+        if error is not None:
+            self.log.record("error", message=f"CrowdSec decisions not applied, the previous bans stay: {error}")
+        else:
+            new = [n for n in report.changed if n in held]
+            if new:
+                self._end_banned(new, lambda s: s not in self.opts.crowdsec_exempt)
+            self.log.record("notice", message=f"CrowdSec: {len(held)} decisions held, {len(report.changed)} changed")
+        self.log.flush()
+
+    def _end_banned(self, nets: list[IPNetwork], service: str | None | Callable[[str], bool]) -> None:
+        wanted = service if callable(service) else (lambda s: service is None or s == service)
+        socks = [r.row.sock for r in self.rows.values() if wanted(r.service)]
         try:
-            n = self.applier.end_banned(socks, [net])  # type: ignore[list-item]
+            n = self.applier.end_banned(socks, nets)
         except SockgateError as e:
             self.log.record("error", message=f"could not end the banned source's connections: {e}")
             return
@@ -534,7 +568,7 @@ class Agent:
         now_ns = time.monotonic_ns()
         services = [statusdoc.ServiceRow(s, self.built.desired.loaded_at,
                                          tuple(r.row for r in self.rows.values() if r.service == s.name),
-                                         None, len(self.bans.effective(s.name, now_ns)),
+                                         None, len(self._effective(self.bans, s.name, now_ns)),
                                          bans_in=self._bans_in(s.name))
                     for s in self.built.desired.services]
         bans = [statusdoc.BanRow(str(e.ban.network), e.ban.origin.name.lower(),
@@ -545,7 +579,13 @@ class Agent:
         errors = [] if w is None or w.mode == "cgroup-bpf" else [f"watching by polling: {w.reason}"]
         if self.files is not None:
             errors += [f"{d}: not watched for changes: {why}" for d, why in sorted(self.files.problems.items())]
-        return statusdoc.build(agent, self.policy_info, services, bans, errors=errors)
+        sources: dict[str, Mapping[str, object]] = {}
+        if self.crowdsec is not None:
+            sources["crowdsec"] = cs = self.crowdsec.status(bansink.mono_to_wall)
+            if cs["state"] == "down":
+                errors.append(f"CrowdSec LAPI down since {cs['since']} ({cs['failures']} failed pulls, retrying with backoff),"
+                              f" its {cs['decisions']} last decisions kept: {cs['error']}")
+        return statusdoc.build(agent, self.policy_info, services, bans, sources, errors=errors)
 
     # -- helpers -------------------------------------------------------------------------------
 

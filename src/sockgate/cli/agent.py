@@ -12,7 +12,10 @@ import argparse
 import sys
 
 from sockgate.agent.control import DEFAULT_PATH
+from sockgate.agent.crowdfeed import CrowdsecFeed
 from sockgate.agent.model import Endpoint
+from sockgate.crowdsec.lapi import LapiClient, read_key
+from sockgate.crowdsec.session import Session
 from sockgate.cli.common import add_backend_arg, add_log_args, log_sink
 from sockgate.errors import UsageError
 
@@ -38,6 +41,13 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state", metavar="PATH",
                    help="keep the bans in this file, so they outlive the agent (the unit: /var/lib/sockgate/bans.json)")
     p.add_argument("--sweep", type=float, default=300.0, metavar="SECONDS", help="full rescan interval (default 300)")
+    p.add_argument("--crowdsec", metavar="URL", help="enforce the decisions of this CrowdSec LAPI (http(s)://host:port)")
+    p.add_argument("--crowdsec-key-file", metavar="PATH", help="the bouncer's API key (cscli bouncers add NAME -o raw)")
+    p.add_argument("--crowdsec-interval", type=float, default=10.0, metavar="SECONDS",
+                   help="seconds between pulls of the decision stream (default 10)")
+    p.add_argument("--crowdsec-ca-file", metavar="PATH", help="the CA that signed an https LAPI's certificate")
+    p.add_argument("--crowdsec-exempt", action="append", default=[], metavar="SERVICE",
+                   help="a service CrowdSec's decisions do not apply to (repeatable)")
 
 
 def parse_maps(items: list[str]) -> dict[str, tuple[Endpoint, ...]]:
@@ -55,6 +65,22 @@ def parse_maps(items: list[str]) -> dict[str, tuple[Endpoint, ...]]:
             raise UsageError(f"--map {item[:60]!r}: expected DAEMON=PROTO/PORT, as sshd=tcp/22 or ntpd=udp/123") from None
         maps.setdefault(daemon, []).append(endpoint)
     return {d: tuple(eps) for d, eps in maps.items()}
+
+
+def crowdsec_feed(args: argparse.Namespace) -> CrowdsecFeed | None:
+    """The CrowdSec bouncer the options ask for (the key read now: a bad one stops the start)."""
+    given = [o for o, v in (("--crowdsec-key-file", args.crowdsec_key_file), ("--crowdsec-ca-file", args.crowdsec_ca_file),
+                            ("--crowdsec-exempt", args.crowdsec_exempt)) if v]
+    if args.crowdsec is None:
+        if given:
+            raise UsageError(f"agent: {given[0]} is for --crowdsec URL")
+        return None
+    if args.crowdsec_key_file is None:
+        raise UsageError("agent: --crowdsec needs --crowdsec-key-file PATH (cscli bouncers add NAME -o raw > PATH)")
+    if not 0.1 <= args.crowdsec_interval <= 86400:
+        raise UsageError("agent: --crowdsec-interval must be between 0.1 and 86400 seconds")
+    client = LapiClient(args.crowdsec, read_key(args.crowdsec_key_file), ca_file=args.crowdsec_ca_file)
+    return CrowdsecFeed(client, Session(interval_s=args.crowdsec_interval), tuple(args.crowdsec_exempt))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,10 +101,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("agent: no policy: give POLICY files or --hosts-allow/--hosts-deny")
     if args.sweep <= 0:
         raise UsageError("agent: --sweep must be more than 0 seconds")
+    crowdsec = crowdsec_feed(args)
     require_kernel()
     opts = Options(tuple(args.policy_files), args.hosts_allow, args.hosts_deny, parse_maps(args.map),
                    backend_choice(args.backend), args.control, args.control_group, args.keep_established,
-                   args.watch, args.cgroup, args.bpffs, args.sweep, __version__, args.state)
+                   args.watch, args.cgroup, args.bpffs, args.sweep, __version__, args.state,
+                   tuple(args.crowdsec_exempt))
     log = Log(args.log_format, sys.stderr, sink=log_sink(args), ident="sockgate-agent")
 
     def say(text: str) -> None:
@@ -88,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     notifier = Notifier(args.notify, say)
     kernel = default_kernel() if args.bpffs is None else Kernel(
         [ClassicBackend(LINUX_OPS), EbpfBackend(LinuxBpf(), args.bpffs)], LINUX_OPS)  # eBPF guards pinned there too
-    agent = Agent(opts, kernel, Applier(kernel, destroy_tcp), log, notifier)
+    agent = Agent(opts, kernel, Applier(kernel, destroy_tcp), log, notifier, crowdsec=crowdsec)
     sup = Supervisor(agent, notifier)
     loop = SelectorLoop()
     try:
