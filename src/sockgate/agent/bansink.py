@@ -33,9 +33,9 @@ ORIGINS: Mapping[str, Origin] = {"manual": Origin.MANUAL, "fail2ban": Origin.FAI
 BansIn = Literal["maps", "program"]
 
 
-def bans_in(loaded: Loaded) -> BansIn:
+def bans_in(loaded: Loaded | None) -> BansIn:
     """Where ``loaded``'s bans live (status: ``bans_in``)."""
-    return "maps" if loaded.compiled.backend == "ebpf" else "program"
+    return "maps" if loaded is not None and loaded.compiled.backend == "ebpf" else "program"
 
 
 def compile_for(kernel: Kernel, r: ResolvedService, bans: tuple[BannedPrefix, ...], backend: BackendChoice) -> Compiled:

@@ -21,10 +21,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from sockgate.agent.banbook import BanBook, BanEntry
 from sockgate.agent.statusdoc import rfc3339
+from sockgate.bans import BannedPrefix, Origin
 from sockgate.crowdsec.lapi import LapiClient, LapiError
 from sockgate.crowdsec.session import Session
 from sockgate.crowdsec.stream import Report, StreamError
+from sockgate.policy.ir import IPNetwork
 from sockgate.supervisor import Cancel, Loop
 
 
@@ -114,6 +117,21 @@ class CrowdsecFeed:
     def _ask(self) -> None:
         self._timer = None
         self._asks.put(self.session.request())
+
+    def book(self, book: BanBook[BannedPrefix], report: Report, now_ns: int) -> tuple[BanBook[BannedPrefix], list[IPNetwork]]:
+        """``book`` with its CrowdSec entries replaced by the decisions held (each network for
+        every service, until its latest decision ends), and the networks ``report`` newly banned."""
+        held = self.session.state.bans(now_ns)
+        entries = (BanEntry(b, None, now_ns, "crowdsec") for b in held.values())
+        return book.replace_origin(Origin.CROWDSEC, entries), [n for n in report.changed if n in held]
+
+    def errors(self) -> list[str]:
+        """``status``'s error line while the LAPI is down."""
+        s = self.session.status()
+        if s.up or s.since_ns is None:
+            return []
+        return [f"CrowdSec LAPI {self.client.url} down ({s.failures} failed pulls, retrying with backoff),"
+                f" its {s.decisions} last decisions kept: {s.last_error}"]
 
     def status(self, mono_to_wall: Callable[[int], float]) -> dict[str, Any]:
         """``status``'s ``sources.crowdsec``."""

@@ -38,7 +38,7 @@ from sockgate.agent import control as control_mod
 from sockgate.agent import bansink, reconcile, statusdoc
 from sockgate.agent import watcher as watcher_mod
 from sockgate.agent.applier import Applier, Outcome
-from sockgate.agent.banbook import BanBook, BanEntry
+from sockgate.agent.banbook import BanBook
 from sockgate.agent.crowdfeed import CrowdsecFeed
 from sockgate.agent.desired import Desired, build
 from sockgate.agent.enrol import select
@@ -135,7 +135,7 @@ class Agent:
     def start(self, loop: Loop) -> None:
         """Everything up to the first transaction; raises (nothing touched) on a bad policy."""
         self.loop = loop
-        self.bans = self._load_bans()
+        self.bans = bansink.load_book(self.opts.state)
         self.built = self._build(self.bans)
         self.policy_info = self._policy_info("start", True, None)
         self.server = control_mod.ControlServer(self.opts.control, self.opts.control_group, self._handle)
@@ -483,9 +483,6 @@ class Agent:
         bansink.save_book(self.opts.state, book, self.log)
         return None
 
-    def _load_bans(self) -> BanBook[BannedPrefix]:
-        return bansink.load_book(self.opts.state)
-
     def _ban(self, body: Ban) -> str | None:
         assert self.built is not None
         if body.service is not None and self.built.desired.service(body.service) is None:
@@ -506,19 +503,12 @@ class Agent:
         held, in force on every service but the exempt ones, their connections ended."""
         if not (report.changed or report.startup) or self.crowdsec is None:
             return
-        now_ns = time.monotonic_ns()
-        held = self.crowdsec.session.state.bans(now_ns)
-        book = self.bans.replace_origin(Origin.CROWDSEC, (BanEntry(b, None, now_ns, "crowdsec") for b in held.values()))
-        if book == self.bans:
-            return
-        error = self._set_bans(book)
+        book, new = self.crowdsec.book(self.bans, report, time.monotonic_ns())
+        error = None if book == self.bans else self._set_bans(book)
         if error is not None:
             self.log.record("error", message=f"CrowdSec decisions not applied, the previous bans stay: {error}")
-        else:
-            new = [n for n in report.changed if n in held]
-            if new:
-                self._end_banned(new, lambda s: s not in self.opts.crowdsec_exempt)
-            self.log.record("notice", message=f"CrowdSec: {len(held)} decisions held, {len(report.changed)} changed")
+        elif new:
+            self._end_banned(new, lambda s: s not in self.opts.crowdsec_exempt)
         self.log.flush()
 
     def _end_banned(self, nets: list[IPNetwork], service: str | None | Callable[[str], bool]) -> None:
@@ -569,7 +559,7 @@ class Agent:
         services = [statusdoc.ServiceRow(s, self.built.desired.loaded_at,
                                          tuple(r.row for r in self.rows.values() if r.service == s.name),
                                          None, len(self._effective(self.bans, s.name, now_ns)),
-                                         bans_in=self._bans_in(s.name))
+                                         bans_in=bansink.bans_in(self.built.loaded.get(s.name)))
                     for s in self.built.desired.services]
         bans = [statusdoc.BanRow(str(e.ban.network), e.ban.origin.name.lower(),
                                  None if e.services is None else tuple(sorted(e.services)),
@@ -579,12 +569,8 @@ class Agent:
         errors = [] if w is None or w.mode == "cgroup-bpf" else [f"watching by polling: {w.reason}"]
         if self.files is not None:
             errors += [f"{d}: not watched for changes: {why}" for d, why in sorted(self.files.problems.items())]
-        sources: dict[str, Mapping[str, object]] = {}
-        if self.crowdsec is not None:
-            sources["crowdsec"] = cs = self.crowdsec.status(bansink.mono_to_wall)
-            if cs["state"] == "down":
-                errors.append(f"CrowdSec LAPI down since {cs['since']} ({cs['failures']} failed pulls, retrying with backoff),"
-                              f" its {cs['decisions']} last decisions kept: {cs['error']}")
+        sources = {} if self.crowdsec is None else {"crowdsec": self.crowdsec.status(bansink.mono_to_wall)}
+        errors += [] if self.crowdsec is None else self.crowdsec.errors()
         return statusdoc.build(agent, self.policy_info, services, bans, sources, errors=errors)
 
     # -- helpers -------------------------------------------------------------------------------
@@ -592,11 +578,6 @@ class Agent:
     def _watch_set(self, d: Desired) -> WatchSet:
         ports, comms = d.watch_sets()
         return WatchSet.of(ports, comms)
-
-    def _bans_in(self, service: str) -> Literal["maps", "program"]:
-        assert self.built is not None
-        program = self.built.loaded.get(service)
-        return "program" if program is None else bansink.bans_in(program)
 
     def _bpffs(self) -> str | None:
         return self.opts.bpffs or os.environ.get("SOCKGATE_BPFFS") or None
