@@ -729,3 +729,30 @@ def test_guard_latency(lab: Lab) -> None:
     print(f"\nguard latency listen -> guarded over {len(gaps)} restarts: p50 {p50 * 1000:.1f} ms, "
           f"p99 {p99 * 1000:.1f} ms, max {gaps[-1] * 1000:.1f} ms")
     assert p99 < 1.0
+
+
+@pytest.mark.parametrize("line", ["sgsshd: 127.0.0.2", "ALL : 127.0.0.2"])  # DenyHosts's, and ALL as some writers use
+def test_a_line_a_ban_tool_appends_to_hosts_deny_is_enforced_within_a_second_and_its_removal_too(lab: Lab, line: str) -> None:
+    port = BASE + 28
+    daemon = lab.server("tcp", port, argv0="sgsshd")
+    allow = lab.path("hosts.allow", f"sgsshd: {ALLOWED}\n")
+    header = "# DenyHosts: Thu Dec  3 10:00:00 2026 | sgsshd: 192.0.2.1\nsgsshd: 192.0.2.1\n"
+    deny = lab.path("hosts.deny", header)
+    lab.agent("--hosts-allow", allow, "--hosts-deny", deny)
+    until("the daemon's listener guarded", lambda: guarded_by(daemon.info, "sgsshd"))
+    assert connects(DENIED, port)
+    before = guarded_by(daemon.info, "sgsshd")
+    with open(deny, "a") as f:  # appended in place, as DenyHosts does
+        f.write(f"{line}\n")
+    t0 = time.monotonic()
+    until("the appended line enforced", lambda: not connects(DENIED, port, timeout=0.1), timeout=WAIT)
+    took = time.monotonic() - t0
+    print(f"\nhosts.deny line appended -> enforced: {took * 1000:.0f} ms")
+    assert connects(ALLOWED, port)
+    assert took < 1.0, f"{took:.2f} s"
+    assert guarded_by(daemon.info, "sgsshd") != before  # a new program, the line compiled in
+    with open(deny, "w") as f:
+        f.write(header)
+    t0 = time.monotonic()
+    until("the removal enforced", lambda: connects(DENIED, port), timeout=WAIT)
+    assert time.monotonic() - t0 < 1.0
