@@ -6,14 +6,19 @@ and sweeps once. (The whole agent runs for real in tests/kernel/test_agent.py.)"
 from __future__ import annotations
 
 import io
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sockgate.agent.applier import Applier
+from sockgate.agent.crowdfeed import CrowdsecFeed
 from sockgate.agent.protocol import Ban, Request, parse_network
 from sockgate.agent.runtime import Agent, Options
+from sockgate.crowdsec.lapi import LapiClient
+from sockgate.crowdsec.session import Session
 from sockgate.log import Log
 from support.fakekernel import FakeOps, fake_kernel
 
@@ -87,3 +92,21 @@ def test_a_ban_on_a_service_the_policy_lacks_is_refused_and_changes_nothing(
     answer = a._handle(Request(7, Ban(parse_network("192.0.2.1"), service="nope")), None)  # type: ignore[arg-type]
     assert answer.error is not None and "no service nope" in answer.error.message
     assert a.bans.entries == () and sweeps == []
+
+
+def test_crowdsec_decisions_reach_every_service_but_the_exempt_and_a_deletion_lifts_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, _, sweeps, _ = agent(tmp_path, monkeypatch)
+    feed = CrowdsecFeed(LapiClient("http://127.0.0.1:8080", "k"), Session(interval_s=1), ("mail",))
+    a.crowdsec = feed
+    a.opts = replace(a.opts, crowdsec_exempt=("mail",))
+    body = b'{"new": [{"id": 1, "type": "ban", "scope": "Ip", "value": "192.0.2.7", "duration": "1h"}], "deleted": []}'
+    a._on_crowdsec(feed.session.received(body, time.monotonic_ns(), startup=True))
+    now = time.monotonic_ns()
+    assert [str(b.network) for b in a._effective(a.bans, "web", now)] == ["192.0.2.7/32"]
+    assert a._effective(a.bans, "mail", now) == ()
+    assert [s for s, _ in sweeps] == ["bans"]  # classic services: compiled again
+    assert a.status()["sources"]["crowdsec"]["decisions"] == 1
+    gone = b'{"new": [], "deleted": [{"id": 1, "type": "ban", "scope": "Ip", "value": "192.0.2.7", "duration": "1h"}]}'
+    a._on_crowdsec(feed.session.received(gone, time.monotonic_ns(), startup=False))
+    assert a.bans.entries == ()
