@@ -4,22 +4,40 @@ The proxy must stay up, keep serving allowed clients, keep its memory bounded an
 
 from __future__ import annotations
 
+import fcntl
 import os
 import resource
 import signal
 import socket
 import subprocess
 import sys
+import termios
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
 from support.proxyproc import EchoServer, ProxyProc, connect, roundtrip, wait_for
 
 pytestmark = [pytest.mark.skipif(sys.platform != "linux", reason="Linux proxy"), pytest.mark.slow]
+
+def _settled(read: Callable[[], object], polls: int = 5) -> Callable[[], bool]:
+    """A condition true once ``read()`` has given the same value ``polls`` times in a row."""
+    seen: list[object] = []
+
+    def cond() -> bool:
+        seen.append(read())
+        return len(seen) >= polls and all(v == seen[-1] for v in seen[-polls:])
+
+    return cond
+
+
+def _unread(s: socket.socket) -> int:
+    """Bytes waiting in ``s``'s receive queue (FIONREAD)."""
+    return int.from_bytes(fcntl.ioctl(s.fileno(), termios.FIONREAD, b"\0\0\0\0"), sys.byteorder)
+
 
 FIREHOSE = """
 import socket, sys, threading
@@ -93,7 +111,7 @@ def test_hostile_load_from_one_source(tmp_path: Path, many_fds: int) -> None:
         echo_port, hose_port_p = p.tcp_port(0), p.tcp_port(1)
         with connect(echo_port) as s:
             assert roundtrip(s, b"warm") == b"warm"
-        time.sleep(0.3)
+        wait_for(_settled(p.fds))  # the warm-up connection's descriptors are gone
         fds0, rss0 = p.fds(), p.rss_kib()
 
         # slow readers: the backend floods, the client never reads (backpressure)
@@ -124,7 +142,7 @@ def test_hostile_load_from_one_source(tmp_path: Path, many_fds: int) -> None:
             with connect(echo_port, "127.0.0.1") as s:
                 assert roundtrip(s, b"hello") == b"hello"
             assert time.monotonic() - t < 1.0
-        time.sleep(1.0)  # let the slow readers' pipes fill
+        wait_for(_settled(lambda: [_unread(s) for s in held[:10]]))  # the slow readers' queues are full
         rss1 = p.rss_kib()
         assert rss1 - rss0 < 120 * 1024, (rss0, rss1)  # < ~40 KiB per connection, flood included
         assert p.proc.poll() is None
