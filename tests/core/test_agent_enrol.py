@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from sockgate.agent.enrol import Conflict, comm_name, daemon_names, enrollable, process_matches, select
+from hypothesis import given, strategies as st
+
+from sockgate.agent.enrol import (Conflict, comm_name, daemon_names, enrollable, impostor, plausible,
+                                  process_matches, select)
 from sockgate.agent.model import Endpoint, Selector
 from support.agentcore import DNS, NGINX, SSH, desired, holder, sock, spec
 
@@ -69,3 +72,40 @@ def test_two_daemons_holding_one_socket_conflict() -> None:
     got = select(desired(NGINX, other), sock(1, 9999, holders=(holder("nginx", "nginx"), holder("dropbear", "dropbear", pid=7))))
     assert got == Conflict(("dropbear", "nginx"))
     assert got.reason == "claimed by services dropbear, nginx: not guarded until one of them lets go"
+
+
+# -- a name alone is not the daemon (any user may write it into /proc/self/comm or argv[0]) --------
+
+
+def test_a_user_process_that_took_the_name_is_an_impostor_not_enrolled() -> None:
+    fake = holder("sshd", "sshd", euid=65534, exe="/usr/bin/python3.11", exe_root_owned=True)
+    assert not process_matches("sshd", fake)
+    assert impostor("sshd", fake)
+    assert select(desired(spec("sshd", Selector(daemon="sshd"), origin="hosts_access")),
+                  sock(1, 2310, holders=(fake,))) is None
+
+
+def test_root_or_a_root_owned_executable_of_that_name_is_the_daemon() -> None:
+    assert process_matches("sshd", holder("sshd", euid=0))
+    dropped = holder("sshd", euid=105, exe="/usr/sbin/sshd", exe_root_owned=True)
+    assert process_matches("sshd", dropped) and not impostor("sshd", dropped)
+
+
+@pytest.mark.parametrize("exe,owned", [("/home/u/sshd", False), (None, True), ("/usr/sbin/sshd-not", True),
+                                       ("/usr/sbin/sshd (deleted)", True)])
+def test_an_unprivileged_holder_without_a_trusted_executable_is_not_enrolled(exe: str | None, owned: bool) -> None:
+    h = holder("sshd", "sshd", euid=1000, exe=exe, exe_root_owned=owned)
+    assert not plausible("sshd", h) and impostor("sshd", h)
+
+
+@given(st.integers(min_value=1, max_value=2**32 - 1), st.one_of(st.none(), st.text(max_size=40)), st.booleans())
+def test_no_unprivileged_holder_is_enrolled_unless_root_owns_an_executable_of_that_name(
+        euid: int, exe: str | None, owned: bool) -> None:
+    h = holder("sshd", "sshd", euid=euid, exe=exe, exe_root_owned=owned)
+    trusted = owned and exe is not None and exe.rsplit("/", 1)[-1].lower() == "sshd"
+    assert process_matches("sshd", h) == trusted
+    assert impostor("sshd", h) == (not trusted)
+
+
+def test_an_unreadable_uid_is_not_root() -> None:
+    assert not process_matches("sshd", holder("sshd", euid=None))

@@ -506,6 +506,27 @@ def test_hosts_access_enrols_the_daemon_by_name_and_nothing_else(lab: Lab) -> No
     assert [s["name"] for s in agent.status()["services"]] == ["sgdaemond"]
 
 
+# an interpreter an unprivileged user may run (the test's own may sit under a private home)
+USER_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else os.path.realpath(sys.executable)
+
+
+def test_a_user_process_that_takes_the_daemons_name_is_not_enrolled(lab: Lab) -> None:
+    port = BASE + 3
+    daemon = lab.server("tcp", port, argv0="sgdaemond")
+    as_nobody = ("setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups", "--")
+    fake = lab.server("tcp", port + 1, prefix=(*as_nobody, "bash", "-c", 'exec -a sgdaemond "$0" "${@:2}"', USER_PYTHON))
+    with open(f"/proc/{fake.info['pid']}/cmdline", "rb") as f:
+        assert f.read().split(b"\0")[0] == b"sgdaemond"
+    allow = lab.path("hosts.allow", f"sgdaemond: {ALLOWED}\n")
+    deny = lab.path("hosts.deny", "ALL: ALL\n")
+    agent = lab.agent("--hosts-allow", allow, "--hosts-deny", deny)
+    until("the root daemon's listener guarded", lambda: guarded_by(daemon.info, "sgdaemond"))
+    assert guard(fake.info["pid"], fake.info["fd"]).state == "none"
+    rows = [r for svc in agent.status()["services"] for r in svc["sockets"]]
+    assert [r["local"].rsplit(":", 1)[1] for r in rows] == [str(port)]
+    assert agent.status()["unguarded"] == 0
+
+
 def test_all_as_the_daemon_list_enrols_nothing(lab: Lab) -> None:
     port = BASE + 3
     s = lab.server("tcp", port, argv0="sgdaemond")

@@ -46,8 +46,9 @@ NGINX = spec("nginx", Selector(daemon="nginx", mapped=(Endpoint("tcp", 8080, 808
 NONE = GuardState("none")
 
 
-def holder(comm: str, argv0: str | None = None, pid: int = 100, fd: int = 3) -> HolderInfo:
-    return HolderInfo(pid, fd, comm, argv0)
+def holder(comm: str, argv0: str | None = None, pid: int = 100, fd: int = 3, euid: int | None = 0,
+           exe: str | None = None, exe_root_owned: bool = False) -> HolderInfo:
+    return HolderInfo(pid, fd, comm, argv0, euid, exe, exe_root_owned)
 
 
 def sock(cookie: int, port: int, proto: Literal["tcp", "udp"] = "tcp", guard: GuardState = NONE,

@@ -11,6 +11,11 @@ Enrolment is only ever by a literal name — one a hosts_access file names (the 
 what the resolve pass found) or a ``--map DAEMON=PROTO/PORT``. ``ALL``, a wildcard or a
 ``.suffix`` in a daemon list applies its rule to the enrolled daemons but never enrols a
 process: otherwise one ``ALL: ALL`` line would put every process on the host under guard.
+A name is something any process may take (``/proc/self/comm``, ``argv[0]``), so a name alone
+does not make a process the daemon: a holder is enrolled only when it plausibly is — it runs
+with effective uid 0, or the file it executes has the daemon's name and only root may change
+it. A holder that has the name and neither of those is an impostor (``impostor``): its sockets
+are never borrowed or guarded under the daemon's name, only reported.
 Pure: names and values in, names and values out.
 """
 
@@ -85,11 +90,32 @@ def comm_name(daemon: str) -> str:
 
 
 def process_matches(daemon: str, h: HolderInfo) -> bool:
-    """Whether the process ``h`` is ``daemon`` as libwrap named it: its argv[0]'s basename,
-    else its comm (setproctitle'd or unreadable command lines)."""
+    """Whether the process ``h`` is ``daemon`` as libwrap named it (``name_matches``) and
+    plausibly is that daemon (``plausible``)."""
+    return name_matches(daemon, h) and plausible(daemon, h)
+
+
+def name_matches(daemon: str, h: HolderInfo) -> bool:
+    """Whether ``h`` carries ``daemon``'s name as libwrap knew it: its argv[0]'s basename, else
+    its comm (setproctitle'd or unreadable command lines). Anyone may choose these."""
     if h.argv0 is not None and fold(h.argv0) == fold(daemon):
         return True
     return fold(h.comm) == fold(comm_name(daemon))
+
+
+def plausible(daemon: str, h: HolderInfo) -> bool:
+    """Whether ``h`` could be ``daemon`` and not a user's process that took its name: effective
+    uid 0, or its executable is a root-owned file, writable by root only, of that basename."""
+    if h.euid == 0:
+        return True
+    if h.exe is None or not h.exe_root_owned:
+        return False
+    return fold(h.exe.rsplit("/", 1)[-1]) == fold(daemon)
+
+
+def impostor(daemon: str, h: HolderInfo) -> bool:
+    """``h`` has ``daemon``'s name but is not plausibly it (reported, never enrolled)."""
+    return name_matches(daemon, h) and not plausible(daemon, h)
 
 
 def select(desired: Services, sock: Observed) -> Selected:

@@ -81,6 +81,9 @@ class HolderInfo:
     fd: int
     comm: str  # /proc/PID/comm of the group leader, at most COMM_LEN characters
     argv0: str | None  # basename of argv[0]; None when unreadable (zombie, kernel thread)
+    euid: int | None = None  # effective uid; None when unreadable
+    exe: str | None = None  # /proc/PID/exe's target; None when unreadable
+    exe_root_owned: bool = False  # that file is root's and not group/other-writable
 
 
 @dataclass(frozen=True)

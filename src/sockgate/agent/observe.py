@@ -169,7 +169,7 @@ class Observer:
         s = f.sock
         if s.cookie is None or s.local_port is None or s.proto not in PROTOS:
             return None
-        holders = tuple(HolderInfo(h.pid, h.fds[0], h.name or "", h.argv0) for h in f.holders if h.fds)
+        holders = tuple(_info(h.pid, h.fds[0], h.name or "", h.argv0, self.proc) for h in f.holders if h.fds)
         family: Family = 6 if s.family == "ipv6" else 4
         proto: Proto = "tcp" if s.proto == "tcp" else "udp"
         base = Observed(s.cookie, proto, family, s.local_addr or "", s.local_port,
@@ -208,7 +208,13 @@ def _named(h: Holder, proc: str) -> Holder | None:
 
 def _holder_info(pid: int, proc: str) -> HolderInfo | None:
     n = procfs.names(pid, proc)
-    return None if n is None else HolderInfo(pid, -1, n.comm or "", n.argv0)
+    return None if n is None else _info(pid, -1, n.comm or "", n.argv0, proc)
+
+
+def _info(pid: int, fd: int, comm: str, argv0: str | None, proc: str) -> HolderInfo:
+    """A holder with the facts that tell the daemon from a process that took its name."""
+    i = procfs.identity(pid, proc)
+    return HolderInfo(pid, fd, comm, argv0, i.euid, i.exe, i.exe_root_owned)
 
 
 def _borrow(h: HolderInfo, cookie: int) -> int | None:

@@ -112,6 +112,48 @@ def names(pid: int, proc: str = PROC) -> Names | None:
     return Names(os.fsdecode(comm) if comm is not None else None, os.fsdecode(argv0) if argv0 else None)
 
 
+@dataclass(frozen=True)
+class Identity:
+    """Who a process runs as and what it executes, the facts a name cannot fake: its effective
+    uid (/proc/PID/status), the target of /proc/PID/exe (read as a link, never resolved as a
+    path) and whether the file it executes — stat'ed through that link, so the very inode, not
+    whatever the path names now — is root's and writable by root only."""
+
+    euid: int | None
+    exe: str | None
+    exe_root_owned: bool
+
+
+def identity(pid: int, proc: str = PROC) -> Identity:
+    """``pid``'s ``Identity``; unreadable parts are None / False (never trusted)."""
+    return Identity(_euid(pid, proc), _exe(pid, proc), _exe_root_owned(pid, proc))
+
+
+def _euid(pid: int, proc: str) -> int | None:
+    status = _read(f"{proc}/{pid}/status", 1 << 16)
+    for line in (status or b"").splitlines():
+        if line.startswith(b"Uid:"):
+            fields = line.split()
+            if len(fields) >= 3 and fields[2].isdigit():
+                return int(fields[2])
+    return None
+
+
+def _exe(pid: int, proc: str) -> str | None:
+    try:
+        return os.readlink(f"{proc}/{pid}/exe")
+    except OSError:
+        return None
+
+
+def _exe_root_owned(pid: int, proc: str) -> bool:
+    try:
+        st = os.stat(f"{proc}/{pid}/exe")
+    except OSError:
+        return False
+    return st.st_uid == 0 and not st.st_mode & 0o022
+
+
 def _read(path: str, limit: int, until: bytes | None = None) -> bytes | None:
     """Up to ``limit`` bytes of a /proc file, stopping early once ``until`` was read; None when
     it cannot be read (the process is gone, or hidden from us)."""
