@@ -15,7 +15,7 @@ import pytest
 
 from sockgate.agent.applier import Applier
 from sockgate.agent.crowdfeed import CrowdsecFeed
-from sockgate.agent.protocol import Ban, Request, parse_network
+from sockgate.agent.protocol import Ban, Request, Unban, parse_network
 from sockgate.agent.runtime import Agent, Options
 from sockgate.crowdsec.lapi import LapiClient
 from sockgate.crowdsec.session import Session
@@ -110,3 +110,29 @@ def test_crowdsec_decisions_reach_every_service_but_the_exempt_and_a_deletion_li
     gone = b'{"new": [], "deleted": [{"id": 1, "type": "ban", "scope": "Ip", "value": "192.0.2.7", "duration": "1h"}]}'
     a._on_crowdsec(feed.session.received(gone, time.monotonic_ns(), startup=False))
     assert a.bans.entries == ()
+
+
+def test_a_ban_state_file_that_cannot_be_saved_is_an_error_line_in_status(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, _, _, out = agent(tmp_path, monkeypatch)
+    a.opts = replace(a.opts, state=str(tmp_path / "gone" / "bans.json"))  # its directory does not exist
+    assert a._handle(Request(1, Ban(parse_network("192.0.2.1"))), None).ok  # type: ignore[arg-type]
+    errors = a.status()["errors"]
+    assert any("bans not persisted" in e and "bans.json" in e for e in errors)  # type: ignore[attr-defined]
+    a.opts = replace(a.opts, state=str(tmp_path / "bans.json"))
+    assert a._handle(Request(2, Ban(parse_network("192.0.2.2"))), None).ok  # type: ignore[arg-type]
+    assert not any("bans not persisted" in e for e in a.status()["errors"])  # type: ignore[attr-defined]
+
+
+def test_unban_of_a_network_another_origin_holds_names_that_origin(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, _, _, _ = agent(tmp_path, monkeypatch)
+    net = parse_network("198.51.100.0/24")
+    assert a._handle(Request(1, Ban(net, origin="fail2ban")), None).ok  # type: ignore[arg-type]
+    answer = a._handle(Request(2, Unban(net)), None)  # type: ignore[arg-type]
+    assert answer.result is not None
+    assert answer.result["message"] == (
+        "198.51.100.0/24 is not banned by manual; banned by fail2ban (unban with --origin fail2ban, or --origin any)")
+    assert len(a.bans.entries) == 1
+    other = a._handle(Request(3, Unban(parse_network("203.0.113.7"))), None)  # type: ignore[arg-type]
+    assert other.result is not None and other.result["message"] == "203.0.113.7/32 was not banned"

@@ -13,8 +13,10 @@ book) and brought to the book with ``push``; classic ones are compiled with them
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 import time
 from typing import Callable, Literal, Mapping
 
@@ -86,22 +88,47 @@ def load_book(path: str | None) -> BanBook[BannedPrefix]:
         raise BanStateError(f"{path}: {e}") from None
 
 
-def save_book(path: str | None, book: BanBook[BannedPrefix], log: Log) -> None:
-    """The book to the state file: a new file renamed over the old (never half written).
-    CrowdSec's decisions are saved too: an agent restarted while the LAPI is down keeps them
-    (the first answer replaces them)."""
+def save_book(path: str | None, book: BanBook[BannedPrefix], log: Log) -> str | None:
+    """The book to the state file: a new file renamed over the old (never half written), the
+    directory synced after the rename (a ban acknowledged is on disk). CrowdSec's decisions are
+    saved too: an agent restarted while the LAPI is down keeps them (the first answer replaces
+    them). The temporary file is a fresh name made with ``O_EXCL|O_NOFOLLOW`` (``mkstemp``):
+    nothing planted at a predictable name is truncated or followed. Returns why it failed
+    (shown by ``status``), None when saved."""
     if path is None:
-        return
-    tmp = f"{path}.tmp"
+        return None
+    directory = os.path.dirname(path) or "."
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(book.to_json(mono_to_wall), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(book.to_json(mono_to_wall), f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
     except OSError as e:
-        log.record("error", message=f"ban state {path}: {e.strerror}; the bans stay in force but not saved")
+        why = f"bans not persisted: {path}: {e.strerror}"
+        log.record("error", message=f"{why}; the bans stay in force but not saved")
+        return why
+    return None
+
+
+def not_banned(book: BanBook[BannedPrefix], net: IPNetwork, origin: str) -> str:
+    """The answer to an unban that lifted nothing: which origins hold ``net``, if any."""
+    held = sorted({e.ban.origin.name.lower() for e in book.entries if e.ban.network == net})
+    if not held:
+        return f"{net} was not banned"
+    return (f"{net} is not banned by {origin}; banned by {', '.join(held)} "
+            f"(unban with --origin {held[0]}, or --origin any)")
 
 
 def mono_to_wall(ns: int) -> float:

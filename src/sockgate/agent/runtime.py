@@ -112,6 +112,7 @@ class Agent:
         self.clock, self.wall = clock, wall
         self.observer = Observer(kernel, keep=self._wanted)
         self.bans: BanBook[BannedPrefix] = BanBook()
+        self.save_error: str | None = None  # why the last ban state save failed
         self.retry = reconcile.RetryBook()
         self.counters: dict[str, int] = {k: 0 for k in statusdoc.COUNTERS}
         self.rows: dict[int, Row] = {}
@@ -480,7 +481,7 @@ class Agent:
         if built is not old:
             self._swap(built, "bans")
         self._arm_expiry()
-        bansink.save_book(self.opts.state, book, self.log)
+        self.save_error = bansink.save_book(self.opts.state, book, self.log)
         return None
 
     def _ban(self, body: Ban) -> str | None:
@@ -541,7 +542,7 @@ class Agent:
             case Unban():
                 book = self.bans.remove(body.net, None if body.origin == "any" else ORIGINS.get(body.origin), body.service)
                 if book == self.bans:
-                    return ok(req.id, {"message": f"{body.net} was not banned"})
+                    return ok(req.id, {"message": bansink.not_banned(self.bans, body.net, body.origin)})
                 error = self._set_bans(book)
                 return failure(req.id, "runtime", error) if error else ok(req.id, {"message": f"unbanned {body.net}"})
             case Bans():
@@ -570,7 +571,7 @@ class Agent:
         if self.files is not None:
             errors += [f"{d}: not watched for changes: {why}" for d, why in sorted(self.files.problems.items())]
         sources = {} if self.crowdsec is None else {"crowdsec": self.crowdsec.status(bansink.mono_to_wall)}
-        errors += [] if self.crowdsec is None else self.crowdsec.errors()
+        errors += ([] if self.crowdsec is None else self.crowdsec.errors()) + ([self.save_error] if self.save_error else [])
         return statusdoc.build(agent, self.policy_info, services, bans, sources, errors=errors)
 
     # -- helpers -------------------------------------------------------------------------------
