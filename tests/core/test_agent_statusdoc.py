@@ -13,7 +13,8 @@ import pytest
 from sockgate.agent.model import GuardState
 from sockgate.agent.statusdoc import (AgentInfo, BanRow, NameRow, PolicyInfo, Refusals, ServiceRow, SocketRow, StatusError, build,
                                       check, exit_code, json_schema, render)
-from support.agentcore import DNS, NGINX, SSH, holder, ours, sock
+from sockgate.agent.model import Selector
+from support.agentcore import DNS, NGINX, SSH, holder, ours, sock, spec
 
 T = 1_764_750_000.0  # 2025-12-03T08:20:00Z
 
@@ -109,3 +110,18 @@ def test_polling_says_what_it_cannot_see() -> None:
     polling = dataclasses.replace(AGENT, watch_mode="poll")
     good = build(polling, POLICY, (ServiceRow(SSH, T, (SocketRow(sock(1, 22, guard=ours(SSH)), "guarded", T),)),), [])
     assert render(good).endswith("every selected socket is guarded (polling: this network namespace only)\n")
+
+
+def test_an_enrolled_daemon_without_a_listener_is_flagged_with_the_map_advice_but_not_in_the_exit_code() -> None:
+    """inetd, xinetd or systemd socket activation hold the listener of the daemon they start:
+    the daemon's own process never holds one, and status must not read as all guarded."""
+    sshd = spec("sshd", Selector(daemon="sshd"), origin="hosts_access")
+    held = ServiceRow(NGINX, T, (SocketRow(sock(1, 8080, guard=ours(NGINX)), "guarded", T),))
+    doc = build(AGENT, POLICY, (ServiceRow(sshd, T), held, ServiceRow(SSH, T)), [])
+    assert [s["no_listener"] for s in doc["services"]] == [True, False, False]  # a native service is not a daemon
+    assert exit_code(doc) == 0
+    text = render(doc)
+    assert all(len(line) <= 80 for line in text.splitlines())
+    words = " ".join(text.split())  # the line is wrapped to 80 columns
+    assert "sshd (daemon sshd): cbpf sshd-1, 0 sockets no listening socket seen:" in words
+    assert "map its port: --map sshd=tcp/PORT" in words and words.count("no listening socket seen") == 1

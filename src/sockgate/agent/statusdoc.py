@@ -6,7 +6,10 @@ sockets (held by whom, guarded or not and why), bans and their origins, the ban 
 here from typed values (``build``), checked against the schema (``check``: the client trusts an
 answer no more than the agent trusts a request), rendered for a terminal of 80 columns
 (``render``) and turned into the exit code monitoring wants (``exit_code``: 3 while any
-selected socket is not guarded). The schema is the ``SCHEMA`` table below, checked by a small
+selected socket is not guarded). An enrolled daemon none of whose listeners is seen is flagged
+(``no_listener``, and a line with the ``--map`` advice) but does not change the exit code: a
+daemon simply not running is not a fault, while a listener a super-server (inetd, xinetd,
+systemd socket activation) holds for it is one only the operator can tell apart. The schema is the ``SCHEMA`` table below, checked by a small
 hand-written walker: the document is one fixed shape, and a dependency for that is not worth
 its weight. Times are RFC 3339 in UTC; anything a process or a peer chose (comm, argv[0],
 reasons) is escaped before it reaches a terminal. Pure.
@@ -165,6 +168,7 @@ def _service(s: ServiceRow) -> dict[str, Any]:
                    "error": n.error} for n in s.names],
         "sockets": [_socket(r) for r in s.sockets],
         "refusals": refusals, "bans": s.bans, "bans_in": s.bans_in,
+        "no_listener": sel.daemon is not None and not s.sockets,
     }
 
 
@@ -205,7 +209,7 @@ _SERVICE = {"name": str, "origin": ("native", "hosts_access"), "daemon": ("?", s
             "digest": str, "loaded": _TIME, "instructions": int, "kernel_refusal": ("?", str),
             "names": [{"name": str, "addresses": [str], "expires": _TIME, "stale": bool, "error": ("?", str)}],
             "sockets": [_SOCKET], "refusals": ("refusals",), "bans": int,
-            "bans_in": ("maps", "program")}
+            "bans_in": ("maps", "program"), "no_listener": bool}
 _REFUSALS = {"counted": bool, "total": int, "sources": int,
              "top": [{"source": str, "count": int, "first": _TIME, "last": _TIME}]}
 SCHEMA: dict[str, Any] = {
@@ -333,6 +337,9 @@ def _service_text(s: Mapping[str, Any]) -> list[str]:
     out = [f"{s['name']} ({what}{eps}): {s['backend']} {s['digest']}, {_count(len(s['sockets']), 'socket')}{refused}{maps}"]
     if s["kernel_refusal"]:
         out.append(f"  in user space only: {s['kernel_refusal']}")
+    if s["no_listener"]:
+        out.append(f"  no listening socket seen: if inetd, xinetd or systemd socket activation holds its listener, "
+                   f"that listener is NOT guarded; map its port: --map {s['daemon']}=tcp/PORT")
     for k in s["sockets"]:
         holders = " ".join(f"{h['pid']}/{h['argv0'] or h['comm']}:{h['fd']}" for h in k["holders"]) or "no holder"
         state = k["state"] if k["state"] in ("guarded", "adopted") else k["state"].upper()
