@@ -7,7 +7,7 @@ import pytest
 
 from hypothesis import given, strategies as st
 
-from sockgate.agent.enrol import (Conflict, comm_name, daemon_names, enrollable, impostor, plausible,
+from sockgate.agent.enrol import (Conflict, comm_name, daemon_names, enrollable, impostor, impostor_of, plausible,
                                   process_matches, select)
 from sockgate.agent.model import Endpoint, Selector
 from support.agentcore import DNS, NGINX, SSH, desired, holder, sock, spec
@@ -109,3 +109,12 @@ def test_no_unprivileged_holder_is_enrolled_unless_root_owns_an_executable_of_th
 
 def test_an_unreadable_uid_is_not_root() -> None:
     assert not process_matches("sshd", holder("sshd", euid=None))
+
+
+def test_impostor_of_names_the_daemon_whose_name_was_taken_only_when_nothing_selects_the_socket() -> None:
+    sshd = spec("sshd", Selector(daemon="sshd"), origin="hosts_access")
+    fake = holder("sshd", "sshd", euid=1000, exe="/usr/bin/python3")
+    assert impostor_of(desired(sshd), sock(1, 2310, holders=(fake,))) == "sshd"
+    assert impostor_of(desired(sshd), sock(1, 2310, holders=(holder("sshd", euid=0),))) is None
+    assert impostor_of(desired(sshd, SSH), sock(1, 22, holders=(fake,))) is None  # selected by its port: guarded
+    assert impostor_of(desired(sshd), sock(1, 2310, holders=(holder("nginx", euid=1000),))) is None

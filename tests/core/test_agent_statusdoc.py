@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from sockgate.agent.model import GuardState
-from sockgate.agent.statusdoc import (AgentInfo, BanRow, NameRow, PolicyInfo, Refusals, ServiceRow, SocketRow, StatusError, build,
+from sockgate.agent.statusdoc import (AgentInfo, BanRow, ImpostorRow, NameRow, PolicyInfo, Refusals, ServiceRow, SocketRow, StatusError, build,
                                       check, exit_code, json_schema, render)
 from sockgate.agent.model import Selector
 from support.agentcore import DNS, NGINX, SSH, holder, ours, sock, spec
@@ -125,3 +125,16 @@ def test_an_enrolled_daemon_without_a_listener_is_flagged_with_the_map_advice_bu
     words = " ".join(text.split())  # the line is wrapped to 80 columns
     assert "sshd (daemon sshd): cbpf sshd-1, 0 sockets no listening socket seen:" in words
     assert "map its port: --map sshd=tcp/PORT" in words and words.count("no listening socket seen") == 1
+
+
+def test_an_impostor_is_listed_apart_and_not_in_the_exit_code() -> None:
+    fake = holder("sshd", "sshd", 15285, 3, euid=65534, exe="/usr/bin/python3.11")
+    doc = build(AGENT, POLICY, (ServiceRow(SSH, T, (SocketRow(sock(1, 22, guard=ours(SSH)), "guarded", T),)),), [],
+                impostors=(ImpostorRow("sshd", sock(7, 2310, holders=(fake,))),))
+    check(json.loads(json.dumps(doc)))
+    assert doc["impostors"] == [{"service": "sshd", "proto": "tcp", "local": "0.0.0.0:2310", "holders": [
+        {"pid": 15285, "comm": "sshd", "argv0": "sshd", "uid": 65534, "exe": "/usr/bin/python3.11"}]}]
+    assert exit_code(doc) == 0 and doc["unguarded"] == 0
+    words = " ".join(render(doc).split())
+    assert "impostor (name only, not sshd, left alone): tcp 0.0.0.0:2310 15285/sshd uid 65534 exe /usr/bin/python3.11" in words
+    assert words.endswith("every selected socket is guarded")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import select
 import signal
 import socket
@@ -524,7 +525,10 @@ def test_a_user_process_that_takes_the_daemons_name_is_not_enrolled(lab: Lab) ->
     assert guard(fake.info["pid"], fake.info["fd"]).state == "none"
     rows = [r for svc in agent.status()["services"] for r in svc["sockets"]]
     assert [r["local"].rsplit(":", 1)[1] for r in rows] == [str(port)]
-    assert agent.status()["unguarded"] == 0
+    status = agent.status()
+    assert status["unguarded"] == 0
+    assert [(i["service"], i["local"].rsplit(":", 1)[1], [h["pid"] for h in i["holders"]], i["holders"][0]["uid"])
+            for i in status["impostors"]] == [("sgdaemond", str(port + 1), [fake.info["pid"]], pwd.getpwnam("nobody").pw_uid)]
 
 
 def test_all_as_the_daemon_list_enrols_nothing(lab: Lab) -> None:

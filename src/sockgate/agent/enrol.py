@@ -135,3 +135,14 @@ def select(desired: Services, sock: Observed) -> Selected:
         if claims:
             return Conflict(tuple(sorted(s.name for s in claims)))
     return None
+
+
+def impostor_of(desired: Services, sock: Observed) -> str | None:
+    """The enrolled daemon whose name a holder of ``sock`` took without plausibly being it,
+    when nothing selects ``sock`` (status lists it apart; it is never touched)."""
+    if select(desired, sock) is not None:
+        return None
+    for s in desired.services:
+        if s.selector.daemon is not None and any(impostor(s.selector.daemon, h) for h in sock.holders):
+            return s.name
+    return None

@@ -41,7 +41,7 @@ from sockgate.agent.applier import Applier, Outcome
 from sockgate.agent.banbook import BanBook
 from sockgate.agent.crowdfeed import CrowdsecFeed
 from sockgate.agent.desired import Desired, build
-from sockgate.agent.enrol import select
+from sockgate.agent.enrol import impostor_of, select
 from sockgate.agent.files import FileWatcher, WatchingReader, WatchList
 from sockgate.agent.model import Endpoint, Observed, SocketEvent, Want
 from sockgate.agent.observe import AllPorts, Look, Observer, describe
@@ -116,6 +116,7 @@ class Agent:
         self.retry = reconcile.RetryBook()
         self.counters: dict[str, int] = {k: 0 for k in statusdoc.COUNTERS}
         self.rows: dict[int, Row] = {}
+        self.impostors: dict[int, statusdoc.ImpostorRow] = {}  # by cookie, as the last full scan saw them
         self.names: Mapping[str, tuple[str, ...]] = {}
         self.started = wall()
         self.events = 0
@@ -250,7 +251,9 @@ class Agent:
     # -- scanning and applying -----------------------------------------------------------------
 
     def _wanted(self, sock: Observed) -> bool:
-        """A socket the policy selects, or one this agent guarded (to detach it)."""
+        """Selected, or guarded by us (to detach it); an impostor's is noted for status only."""
+        if self.built is not None and (fake := impostor_of(self.built.desired, sock)) is not None:
+            self.impostors[sock.cookie] = statusdoc.ImpostorRow(fake, sock)
         return self.built is not None and (select(self.built.desired, sock) is not None or sock.cookie in self.rows)
 
     def _ports(self) -> Container[int]:
@@ -264,6 +267,7 @@ class Agent:
     def sweep(self, trigger: Trigger | Literal["sweep", "retry", "resync"], retired: tuple[str, ...] = (),
               only: frozenset[int] | None = None) -> None:
         """A full scan (of ``only``'s cookies when given) planned and applied in one transaction."""
+        self.impostors = {} if only is None else self.impostors
         with self.observer.scan(self._ports(), only) as look:
             self._cycle(look, full=only is None, retired=retired, trigger=trigger)
             unseen = set() if only is None else only - set(look.held)
@@ -572,7 +576,7 @@ class Agent:
             errors += [f"{d}: not watched for changes: {why}" for d, why in sorted(self.files.problems.items())]
         sources = {} if self.crowdsec is None else {"crowdsec": self.crowdsec.status(bansink.mono_to_wall)}
         errors += ([] if self.crowdsec is None else self.crowdsec.errors()) + ([self.save_error] if self.save_error else [])
-        return statusdoc.build(agent, self.policy_info, services, bans, sources, errors=errors)
+        return statusdoc.build(agent, self.policy_info, services, bans, sources, errors, tuple(self.impostors.values()))
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -584,10 +588,9 @@ class Agent:
         return self.opts.bpffs or os.environ.get("SOCKGATE_BPFFS") or None
 
     def summary(self) -> str:
-        states = [r.row.state for r in self.rows.values()]
-        bad = sum(1 for s in states if s in ("unguarded", "retrying"))
+        bad = sum(1 for r in self.rows.values() if r.row.state in ("unguarded", "retrying"))
         n = 0 if self.built is None else len(self.built.desired.services)
-        return f"{n} services, {len(states)} sockets, {bad} unguarded"
+        return f"{n} services, {len(self.rows)} sockets, {bad} unguarded"
 
 
 def _why(e: SockgateError) -> str:

@@ -58,6 +58,15 @@ class SocketRow:
 
 
 @dataclass(frozen=True)
+class ImpostorRow:
+    """A socket held by a process that took an enrolled daemon's name (``service``) without
+    plausibly being it: listed apart, never guarded, never in the exit code."""
+
+    service: str
+    sock: Observed
+
+
+@dataclass(frozen=True)
 class Refusals:
     total: int
     sources: int
@@ -128,7 +137,8 @@ COUNTERS = ("adopted", "attached", "reloaded", "replaced", "detached", "destroye
 
 
 def build(agent: AgentInfo, policy: PolicyInfo, services: Sequence[ServiceRow], bans: Sequence[BanRow],
-          sources: Mapping[str, Mapping[str, Any]] | None = None, errors: Sequence[str] = ()) -> dict[str, Any]:
+          sources: Mapping[str, Mapping[str, Any]] | None = None, errors: Sequence[str] = (),
+          impostors: Sequence[ImpostorRow] = ()) -> dict[str, Any]:
     doc = {
         "schema": SCHEMA_VERSION,
         "agent": _agent(agent),
@@ -140,6 +150,7 @@ def build(agent: AgentInfo, policy: PolicyInfo, services: Sequence[ServiceRow], 
         "sources": {k: dict(v) for k, v in (sources or {}).items()},
         "unguarded": sum(1 for s in services for r in s.sockets if r.state in ("unguarded", "retrying")),
         "errors": list(errors),
+        "impostors": [_impostor(i) for i in impostors],
     }
     check(doc)
     return doc
@@ -184,6 +195,13 @@ def _socket(r: SocketRow) -> dict[str, Any]:
     }
 
 
+def _impostor(i: ImpostorRow) -> dict[str, Any]:
+    o = i.sock
+    host = f"[{o.local_addr}]" if o.family == 6 else o.local_addr
+    return {"service": i.service, "proto": o.proto, "local": f"{host}:{o.port}",
+            "holders": [{"pid": h.pid, "comm": h.comm, "argv0": h.argv0, "uid": h.euid, "exe": h.exe} for h in o.holders]}
+
+
 def _bans(rows: Sequence[BanRow]) -> dict[str, Any]:
     by: dict[str, int] = {}
     for b in rows:
@@ -226,6 +244,8 @@ SCHEMA: dict[str, Any] = {
     "sources": ("map", ("map", ("any",))),
     "unguarded": int,
     "errors": [str],
+    "impostors": [{"service": str, "proto": ("tcp", "udp"), "local": str,
+                   "holders": [{"pid": int, "comm": str, "argv0": ("?", str), "uid": ("?", int), "exe": ("?", str)}]}],
 }
 
 
@@ -322,6 +342,9 @@ def render(doc: Mapping[str, Any], width: int = WIDTH) -> str:
     for name, src in sorted(doc["sources"].items()):
         lines.append(f"source {name}: {src.get('state', '?')}" + (f" ({src['error']})" if src.get("error") else ""))
     lines += [f"error: {e}" for e in doc["errors"]]
+    for i in doc["impostors"]:
+        who = " ".join(_who(h) for h in i["holders"])
+        lines.append(f"impostor (name only, not {i['service']}, left alone): {i['proto']} {i['local']} {who}")
     n = doc["unguarded"]
     seen = "" if a["watch"]["mode"] != "poll" else " (polling: this network namespace only)"
     lines.append(f"{_count(n, 'socket')} NOT guarded" if n else f"every selected socket is guarded{seen}")
@@ -348,6 +371,11 @@ def _service_text(s: Mapping[str, Any]) -> list[str]:
             retry = f" (attempt {k['attempts']}, next {k['retry_at']})" if k["retry_at"] else ""
             out.append(f"    {k['error']}{retry}")
     return out
+
+
+def _who(h: Mapping[str, Any]) -> str:
+    uid = "?" if h["uid"] is None else h["uid"]
+    return f"{h['pid']}/{h['argv0'] or h['comm']} uid {uid} exe {h['exe'] or '?'}"
 
 
 def _count(n: int, what: str) -> str:
