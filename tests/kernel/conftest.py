@@ -3,10 +3,15 @@ always stopped, even when the test fails."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import tempfile
 from typing import Iterator
 
 import pytest
 
+from sockgate.kernel.ebpf import BPFFS_ENV
+from support.pinned import mounted
 from support.proxyproc import EchoServer, ProxyProc
 
 
@@ -23,3 +28,19 @@ def procs() -> Iterator[list[ProxyProc]]:
     yield out
     for p in out:
         p.close()
+
+
+@pytest.fixture
+def bpffs(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """An empty directory that sockgate mounts a bpffs on (as it would /sys/fs/bpf), named by
+    $SOCKGATE_BPFFS; unmounted and removed after the test, even when it fails."""
+    d = tempfile.mkdtemp(prefix="sgt-bpffs-")
+    monkeypatch.setenv(BPFFS_ENV, d)
+    try:
+        yield d
+    finally:
+        for _ in range(4):  # bounded: a mount stacked twice needs two
+            if not mounted(d):
+                break
+            subprocess.run(["umount", "-l", d], check=False)
+        os.rmdir(d)

@@ -24,12 +24,13 @@ from sockgate.errors import AdapterError
 from sockgate.kernel import Kernel, Slot, Step
 from sockgate.kernel.bpfops import LinuxBpf
 from sockgate.kernel.cbpf import ClassicBackend
-from sockgate.kernel.ebpf import BPFFS_ENV, EbpfBackend
+from sockgate.kernel.ebpf import EbpfBackend
 from sockgate.kernel.sockets import LINUX_OPS
 from sockgate.linux import bpfsys
 from sockgate.policy.parser import parse_policy
 from sockgate.resolve import resolve
 from support.launch import ECHO_SERVICE, SRC, Launched, port_of, tcp_echo, tcp_filtered, udp_echo, wait_for_file
+from support.pinned import mounted
 
 pytestmark = [
     pytest.mark.skipif(sys.platform != "linux", reason="kernel enforcement is Linux-only"),
@@ -40,26 +41,6 @@ pytestmark = [
 POLICY = "service echo {\n    allow 127.0.0.1\n    default deny\n}\n"
 SWAPPED = "service echo {\n    allow 127.0.0.2\n    default deny\n}\n"
 NOBODY = 65534
-
-
-def _mounted(path: str) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == path for line in f)
-
-
-@pytest.fixture
-def bpffs(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """An empty directory that sockgate mounts a bpffs on (as it would /sys/fs/bpf)."""
-    d = tempfile.mkdtemp(prefix="sgt-bpffs-")
-    monkeypatch.setenv(BPFFS_ENV, d)
-    try:
-        yield d
-    finally:
-        for _ in range(4):  # bounded: a mount stacked twice needs two
-            if not _mounted(d):
-                break
-            subprocess.run(["umount", "-l", d], check=False)
-        os.rmdir(d)
 
 
 def sockgate_cli(*argv: str, user: int | None = None) -> subprocess.CompletedProcess[str]:
@@ -337,7 +318,7 @@ def test_entries_of_a_namespace_that_is_gone_are_collected(bpffs: str, tmp_path:
     policy.write_text(POLICY)
     ns = f"sgt-reg-{os.getpid()}"
     collector = EbpfBackend(LinuxBpf(), bpffs, grace=0)
-    assert collector.unavailable() is None and _mounted(bpffs)  # mounted here, seen in the namespace
+    assert collector.unavailable() is None and mounted(bpffs)  # mounted here, seen in the namespace
     subprocess.run(["ip", "netns", "add", ns], check=True, timeout=30)
     try:
         r = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "sockgate", "run", "--backend", "ebpf",
@@ -353,7 +334,7 @@ def test_entries_of_a_namespace_that_is_gone_are_collected(bpffs: str, tmp_path:
 
 def test_planted_root_is_refused(bpffs: str) -> None:
     backend = EbpfBackend(LinuxBpf(), bpffs)
-    assert backend.unavailable() is None and _mounted(bpffs)
+    assert backend.unavailable() is None and mounted(bpffs)
     os.chown(f"{bpffs}/sockgate", NOBODY, NOBODY)
     why = EbpfBackend(LinuxBpf(), bpffs).unavailable()
     assert why is not None and "owned by uid 65534, not root" in why

@@ -18,9 +18,7 @@ import os
 import select
 import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from typing import Callable, Iterator
 
@@ -32,7 +30,7 @@ from sockgate.ebpf.layout import Origin
 from sockgate.kernel import default_kernel
 from sockgate.kernel.banmaps import BanMaps
 from sockgate.kernel.bpfops import LinuxBpf
-from sockgate.kernel.ebpf import BPFFS_ENV, EbpfBackend
+from sockgate.kernel.ebpf import EbpfBackend
 from sockgate.linux import bpfsys
 from sockgate.policy.parser import parse_policy
 from sockgate.errors import AdapterError
@@ -48,25 +46,6 @@ pytestmark = [
 POLICY = ("service echo {\n    allow 127.0.0.0/8\n    allow fd5b:5347::/64\n    default deny\n}\n")
 TIMEOUT = 5.0
 NOT_CONNECTED = 0.3  # seconds a dropped SYN's connect is watched (the retransmit comes after 1 s)
-
-
-def _mounted(path: str) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == path for line in f)
-
-
-@pytest.fixture
-def bpffs(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    d = tempfile.mkdtemp(prefix="sgt-bpffs-")
-    monkeypatch.setenv(BPFFS_ENV, d)
-    try:
-        yield d
-    finally:
-        for _ in range(4):
-            if not _mounted(d):
-                break
-            subprocess.run(["umount", "-l", d], check=False)
-        os.rmdir(d)
 
 
 def maps_of(bpffs: str) -> BanMaps:

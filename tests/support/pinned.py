@@ -21,6 +21,12 @@ _libc = ctypes.CDLL(None, use_errno=True)
 MNT_DETACH = 2
 
 
+def mounted(path: str) -> bool:
+    """Whether a filesystem is mounted on ``path``."""
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == path for line in f)
+
+
 @contextlib.contextmanager
 def private_bpffs() -> Iterator[str]:
     """A bpf filesystem mounted on a fresh temporary directory, unmounted (with whatever was
