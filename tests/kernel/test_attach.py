@@ -22,6 +22,7 @@ from sockgate.kernel.cbpf import ClassicBackend
 from sockgate.linux import filter as kfilter
 from sockgate.linux import pidfd
 from support.children import reap
+from support.launch import open_from, still_echoes
 from support.pinned import private_bpffs
 from support.verdicts import local_sockets, tcp_reach
 
@@ -508,22 +509,6 @@ while True:
 """
 
 
-def _connect(source: str, port: int) -> socket.socket:
-    c = socket.socket()
-    c.bind((source, 0))
-    c.settimeout(3)
-    c.connect(("127.0.0.1", port))
-    return c
-
-
-def _echoes(c: socket.socket) -> bool:
-    try:
-        c.sendall(b"ping")
-        return c.recv(10) == b"ping"
-    except OSError:
-        return False
-
-
 @pytest.mark.parametrize("keep", [False, True])
 @pytest.mark.parametrize("backend", ["cbpf", "ebpf"])
 def test_a_reload_that_denies_a_source_ends_its_established_connections(
@@ -538,14 +523,14 @@ def test_a_reload_that_denies_a_source_ends_its_established_connections(
             fd, port = p.stdout.readline().split()
             base = ["attach", "--policy", policy_file, "--pid", str(p.pid), "--fd", fd, "--backend", backend]
             assert sockgate(capsys, *base, "--service", "web")[0] == 0
-            one, three = _connect("127.0.0.1", int(port)), _connect("127.0.0.3", int(port))
+            one, three = open_from("127.0.0.1", int(port)), open_from("127.0.0.3", int(port))
             with one, three:
-                assert _echoes(one) and _echoes(three)
+                assert still_echoes(one) and still_echoes(three)
                 rc, out, err = sockgate(capsys, *base, "--service", "strict", *(["--keep-established"] if keep else []))
                 assert (rc, err) == (0, "")
                 assert ("ended 1 established connection(s) the policy denies" in out) != keep
-                assert _echoes(three) == keep
-                assert _echoes(one)
+                assert still_echoes(three) == keep
+                assert still_echoes(one)
                 assert reach(int(port), "127.0.0.3") == {"127.0.0.3": False}
         finally:
             p.kill()

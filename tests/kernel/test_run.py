@@ -27,6 +27,8 @@ from support.launch import (
     SRC,
     Launched,
     port_of,
+    open_from,
+    still_echoes,
     tcp_echo,
     tcp_filtered,
     udp_echo,
@@ -579,22 +581,6 @@ def tcp_echo_ok(source: str, port: int) -> bool:
         return True
 
 
-def _open_echo(source: str, port: int) -> socket.socket:
-    c = socket.socket()
-    c.bind((source, 0))
-    c.settimeout(3)
-    c.connect(("127.0.0.1", port))
-    return c
-
-
-def _echoes(c: socket.socket) -> bool:
-    try:
-        c.sendall(b"ping\n")
-        return c.recv(16) == b"ping\n"
-    except OSError:
-        return False
-
-
 @needs_tcp_filter
 @pytest.mark.parametrize("keep", [False, True])
 @pytest.mark.parametrize("backend", ["cbpf", "ebpf"])
@@ -611,16 +597,16 @@ def test_a_reload_that_denies_a_source_ends_its_established_connections(tmp_path
             addrs, _ = lr.started(1)
             wait_for_file(report, lines=lr.lines)
             port = port_of(addrs[0])
-            one, four = _open_echo("127.0.0.1", port), _open_echo("127.0.0.4", port)
+            one, four = open_from("127.0.0.1", port), open_from("127.0.0.4", port)
             with one, four:
-                assert _echoes(one) and _echoes(four)
+                assert still_echoes(one) and still_echoes(four)
                 policy.write_text(POLICY.replace("    allow 127.0.0.4\n", ""))
                 lr.signal(signal.SIGHUP)
                 lr.wait_line(r"reloaded: service echo")
                 if not keep:
                     lr.wait_line(r"ended 1 established connection\(s\) the new policy denies")
-                assert _echoes(four) == keep
-                assert _echoes(one)
+                assert still_echoes(four) == keep
+                assert still_echoes(one)
                 assert tcp_filtered("127.0.0.4", port)
         finally:
             lr.stop()

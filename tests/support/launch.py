@@ -172,6 +172,24 @@ def _bind_source(c: socket.socket, source: str) -> None:
     c.bind((source, 0))
 
 
+def open_from(source: str, port: int, timeout: float = 3.0) -> socket.socket:
+    """A TCP connection from ``source`` to 127.0.0.1:``port``, left open for the caller."""
+    c = socket.socket()
+    c.bind((source, 0))
+    c.settimeout(timeout)
+    c.connect(("127.0.0.1", port))
+    return c
+
+
+def still_echoes(c: socket.socket, payload: bytes = b"ping\n") -> bool:
+    """Whether an open connection still carries an echo (False once it was ended)."""
+    try:
+        c.sendall(payload)
+        return c.recv(len(payload) + 8) == payload
+    except OSError:
+        return False
+
+
 def tcp_echo(source: str, port: int, payload: bytes = b"ping\n", timeout: float = 2.0, host: str = "127.0.0.1") -> bytes:
     """Connect from ``source``, send, read the echo. Raises on failure (timeouts included)."""
     with socket.socket() as c:
