@@ -199,27 +199,14 @@ def map_update_many(fd: int, keys: Sequence[bytes], values: Sequence[bytes], fla
 def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
     """The value stored under ``key`` (for an LPM trie: under the longest matching prefix)."""
     k, v = ctypes.create_string_buffer(key, len(key)), ctypes.create_string_buffer(value_size)
-    try:
-        _bpf(BPF_MAP_LOOKUP_ELEM, _MapElem(fd, 0, _addr(k), _addr(v), 0))
-    except OSError as e:
-        if e.errno == errno.ENOENT:
-            return None
-        with translated(f"look up in BPF map fd {fd}"):
-            raise
-    return v.raw
+    found = _elem(BPF_MAP_LOOKUP_ELEM, _MapElem(fd, 0, _addr(k), _addr(v), 0), f"look up in BPF map fd {fd}")
+    return v.raw if found else None
 
 
 def map_delete(fd: int, key: bytes) -> bool:
     """Remove ``key``; False when it was not there."""
     k = ctypes.create_string_buffer(key, len(key))
-    try:
-        _bpf(BPF_MAP_DELETE_ELEM, _MapElem(fd, 0, _addr(k), 0, 0))
-    except OSError as e:
-        if e.errno == errno.ENOENT:
-            return False
-        with translated(f"delete from BPF map fd {fd}"):
-            raise
-    return True
+    return _elem(BPF_MAP_DELETE_ELEM, _MapElem(fd, 0, _addr(k), 0, 0), f"delete from BPF map fd {fd}")
 
 
 def map_next_key(fd: int, key: bytes | None, key_size: int) -> bytes | None:
@@ -227,14 +214,21 @@ def map_next_key(fd: int, key: bytes | None, key_size: int) -> bytes | None:
     (BPF_MAP_GET_NEXT_KEY; a key deleted meanwhile restarts at the first, as in the kernel)."""
     k = ctypes.create_string_buffer(key, len(key)) if key is not None else None
     nk = ctypes.create_string_buffer(key_size)
+    found = _elem(BPF_MAP_GET_NEXT_KEY, _MapElem(fd, 0, _addr(k), _addr(nk), 0), f"iterate BPF map fd {fd}")
+    return nk.raw if found else None
+
+
+def _elem(cmd: int, attr: _MapElem, what: str) -> bool:
+    """One element command; False where the kernel answers ENOENT (no such key, or past the
+    last), any other failure an AdapterError saying ``what`` failed."""
     try:
-        _bpf(BPF_MAP_GET_NEXT_KEY, _MapElem(fd, 0, _addr(k), _addr(nk), 0))
+        _bpf(cmd, attr)
     except OSError as e:
         if e.errno == errno.ENOENT:
-            return None
-        with translated(f"iterate BPF map fd {fd}"):
+            return False
+        with translated(what):
             raise
-    return nk.raw
+    return True
 
 
 def map_items(fd: int, key_size: int, value_size: int, limit: int = 1 << 24) -> Iterator[tuple[bytes, bytes]]:
