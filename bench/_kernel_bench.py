@@ -318,7 +318,8 @@ def loopback_sources(cidr: str | None) -> list[str]:
     if not cidr:
         return []
     net = ipaddress.ip_network(cidr)
-    if not net.subnet_of(ipaddress.ip_network("127.0.0.0/8")) or net.num_addresses > 65536:
+    if not isinstance(net, ipaddress.IPv4Network) or not net.subnet_of(ipaddress.IPv4Network("127.0.0.0/8")) \
+            or net.num_addresses > 65536:
         raise ValueError(f"client sources: a loopback network of at most 65,536 addresses, not {cidr}")
     return [str(a) for a in (net.hosts() if net.num_addresses > 2 else net)]
 
