@@ -67,7 +67,7 @@ def expected(svc: Service, sources: list[str]) -> Verdicts:
 
 def fill(rng: random.Random, base: Any, n: int, usable: Any, have: set[str]) -> list[str]:
     """``n`` more addresses drawn uniformly from ``base`` (a policy may have few edges)."""
-    out = []
+    out: list[str] = []
     while len(out) < n:
         a = base[rng.randrange(base.num_addresses)]
         if usable(a) and str(a) not in have:
