@@ -19,6 +19,7 @@ count it in Ip6InHdrErrors).
 from __future__ import annotations
 
 import ipaddress
+import os
 import random
 import socket
 import sys
@@ -48,6 +49,7 @@ from support.verdicts import (
 )
 
 pytestmark = [pytest.mark.skipif(sys.platform != "linux", reason="kernel enforcement is Linux-only"),
+              pytest.mark.skipif(os.geteuid() != 0, reason="loading eBPF and mounting bpffs need root"),
               pytest.mark.slow, pytest.mark.root]
 
 T = TypeVar("T")
