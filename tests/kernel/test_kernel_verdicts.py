@@ -121,12 +121,17 @@ def side_by_side(jobs: dict[str, Callable[[], T]]) -> dict[str, T]:
 
 def loopback_pair(svc: Service, backend: str) -> tuple[socket.socket, socket.socket]:
     lst, u = socket.socket(socket.AF_INET, socket.SOCK_STREAM), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    lst.bind(("127.0.0.1", 0))
-    lst.listen(1024)
-    u.bind(("127.0.0.1", 0))
-    u.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
-    _attach(lst, svc, backend)
-    _attach(u, svc, backend)
+    try:
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(1024)
+        u.bind(("127.0.0.1", 0))
+        u.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+        _attach(lst, svc, backend)
+        _attach(u, svc, backend)
+    except BaseException:
+        lst.close()
+        u.close()
+        raise
     return lst, u
 
 
@@ -149,8 +154,11 @@ def loopback_example(seed: int, tally: Tally) -> None:
     sources += fill(rng, V4_LOOP, 30, loopback_usable, set(sources))
     want = expected(svc, sources)
     tally.add(want)
-    socks = {b: loopback_pair(svc, b) for b in BACKENDS}
+    socks: dict[str, tuple[socket.socket, socket.socket]] = {}
     try:
+        for b in BACKENDS:
+            socks[b] = loopback_pair(svc, b)
+
         def measure(lst: socket.socket, u: socket.socket) -> Callable[[], tuple[Verdicts, Verdicts]]:
             return lambda: (tcp_reach({socket.AF_INET: lst.getsockname()}, sources, local_sockets(), wait=1.0, listener=lst),
                             udp_reach(u, {socket.AF_INET: u.getsockname()}, sources, local_sockets(socket.SOCK_DGRAM)))
