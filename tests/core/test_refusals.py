@@ -55,6 +55,22 @@ def test_one_refusal_per_source_per_interval_counted_from_events() -> None:
     assert agg.flush(220 * S, _no_totals) == []
 
 
+def test_a_mapped_source_is_always_forged_never_of_unknown_cause() -> None:
+    """``::ffff:V`` is forged by whoever sends it: recovered from the counters (no event) or
+    reported with another reason by a record, its line says so, and the fail2ban filter
+    ignores it (contrib/fail2ban/filter.d/sockgate.conf)."""
+    m = ipaddress.ip_address("::ffff:192.0.2.44")
+    agg = Aggregator(60 * S, window_start=100 * S)
+    count = Count(3, 110 * S, 130 * S)
+    agg.recover("dns", [(SourceKey.of(m), count)])
+    agg.add("ssh", _ev(120 * S, m, Reason.RATE, 0))
+    out = agg.flush(160 * S, lambda service, key: count if service == "dns" else None)
+    assert [(r.service, r.reason, r.rule, r.recovered) for r in out if isinstance(r, Refusal)] == [
+        ("dns", Reason.FORGED, None, False), ("ssh", Reason.FORGED, None, False)]
+    assert all(describe(r).endswith("forged source)") for r in out if isinstance(r, Refusal))
+    assert all(fields(r, Clock(0, 0))["reason"] == "forged" for r in out if isinstance(r, Refusal))
+
+
 def test_the_kernel_counter_gives_the_count_when_it_can_tell() -> None:
     counters = {A: Count(50, 101 * S, 159 * S)}  # first refused inside the window: all 50 in it
 

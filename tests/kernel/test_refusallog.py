@@ -182,3 +182,28 @@ def test_a_source_whose_events_the_full_ring_dropped_is_still_logged() -> None:
     finally:
         mon.close()
         lo.close()
+
+
+def test_a_forged_mapped_source_without_its_event_is_still_called_forged() -> None:
+    """A ``::ffff:V`` source is forged whatever the ring said: when its refusal has no event in
+    an interval (refused again within its event interval, or the event lost), the line
+    recovered from the counters must still say ``forged source`` — never ``cause unknown``,
+    which the fail2ban filter matches and fail2ban folds to the IPv4 ``V`` (one spoofed IPv6
+    datagram per interval would get an innocent IPv4 host banned)."""
+    svc = parse_policy("service dns udp/53 {\n allow 10.0.0.0/8\n default deny\n}\n", "p.conf").require_service("dns")
+    lo = Loaded(compile_service(svc, options=Options(protocol="udp")))
+    out = io.StringIO()
+    mon = RefusalMonitor(refusal_log("text", stream=out), interval=1.0)
+    try:
+        mon.add("dns", RingBuffer(os.dup(lo.maps["sg_events"])), os.dup(lo.maps["sg_counts"]), os.dup(lo.maps["sg_stats"]))
+        for _ in range(2):  # an event, then (within the event interval) none: recovered from the counter
+            lo.run(frame("::ffff:192.0.2.44", tcp_flags=None))
+            for fd in mon.fds():
+                mon.on_readable(fd)
+            mon.flush()
+        lines = [x for x in out.getvalue().splitlines() if "refused connect from" in x]
+        assert len(lines) == 2, lines
+        assert all(x.endswith("refused connect from ::ffff:c000:22c (1 time in 1 s, forged source)") for x in lines), lines
+    finally:
+        mon.close()
+        lo.close()

@@ -167,7 +167,10 @@ class Aggregator:
             assert address is not None  # add() and recover() key only IPv4 and IPv6 sources
             if p.recovered and count == 0:
                 continue  # its counter did not grow after all (the last report had it)
-            out.append(Refusal(service, address, count, p.first_ns, last, reason, rule, window, p.recovered))
+            if forged(address):  # known from the address alone, whatever the ring said (or lost)
+                reason, rule = Reason.FORGED, None
+            out.append(Refusal(service, address, count, p.first_ns, last, reason, rule, window,
+                               p.recovered and reason is not Reason.FORGED))
         out += [Overflow(s, n, e, window) for s, (n, e) in self._overflow.items()]
         self._pending, self._overflow = {}, {}
         self.window_start = now_ns
@@ -191,6 +194,14 @@ class Aggregator:
         while len(self._reported) > self.memory:
             del self._reported[next(iter(self._reported))]
         return max(p.events, delta), max(p.last_ns, c.last_ns)
+
+
+def forged(address: Address) -> bool:
+    """An IPv4-mapped source (``::ffff:0:0/96``) in an IPv6 header: the program refuses it as
+    forged before any ban or rule (codegen.py), so that is its cause even when no event said so.
+    A line must never name it without ``forged source``: fail2ban reads ``::ffff:V`` as the IPv4
+    ``V``, and one spoofed datagram would ban an innocent host."""
+    return isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None
 
 
 def _classify(reason: Reason, rule: int) -> tuple[Reason, int | None]:
