@@ -71,6 +71,18 @@ def test_a_mapped_source_is_always_forged_never_of_unknown_cause() -> None:
     assert all(fields(r, Clock(0, 0))["reason"] == "forged" for r in out if isinstance(r, Refusal))
 
 
+def test_a_recovered_source_banned_now_is_called_banned() -> None:
+    """A source recovered from the counters that the ban tries hold now: ``banned`` (ignored
+    by the fail2ban filter), never ``cause unknown`` (matched: sockgate's ban would feed
+    fail2ban again); one not banned stays unknown."""
+    count = Count(2, 110 * S, 130 * S)
+    agg = Aggregator(60 * S, window_start=100 * S)
+    agg.recover("ssh", [(SourceKey.of(A), count), (SourceKey.of(B), count)], banned=lambda key: key.address == A)
+    out = [r for r in agg.flush(160 * S, lambda service, key: count) if isinstance(r, Refusal)]
+    assert [(r.source, r.reason, r.recovered) for r in out] == [(A, Reason.BAN, False), (B, Reason.RULE, True)]
+    assert describe(out[0]).endswith("(2 times in 60 s, banned)") and fields(out[0], Clock(0, 0))["reason"] == "ban"
+
+
 def test_the_kernel_counter_gives_the_count_when_it_can_tell() -> None:
     counters = {A: Count(50, 101 * S, 159 * S)}  # first refused inside the window: all 50 in it
 

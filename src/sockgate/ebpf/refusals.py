@@ -27,7 +27,7 @@ from typing import Callable, Iterable, assert_never
 from sockgate.resolve.ranges import BANNED, FORGED
 from sockgate.ebpf import layout
 from sockgate.ebpf.layout import Count, Event, Origin, Reason, SourceKey
-from sockgate.ebpf.maps import ADDR_BYTES, LpmKey
+from sockgate.ebpf.maps import ADDR_BYTES, DEFAULT_RULE, LpmKey
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Totals = Callable[[str, SourceKey], "Count | None"]  # (service, source) → the kernel's counter
@@ -110,6 +110,7 @@ class _Pending:
     reason: Reason
     rule: int
     recovered: bool = False
+    known: bool = False  # recovered, but its cause found elsewhere (its ban)
 
 
 @dataclass
@@ -141,11 +142,14 @@ class Aggregator:
             tally[0] += 1  # (a source seen twice past the memory counts twice: only a bound)
             tally[1] += 1
 
-    def recover(self, service: str, counters: Iterable[tuple[SourceKey, Count]]) -> None:
+    def recover(self, service: str, counters: Iterable[tuple[SourceKey, Count]],
+                banned: Callable[[SourceKey], bool] | None = None) -> None:
         """Sources the kernel's counters show refused in this interval but no event named
         (the ring was full: an attacker hiding among a flood of spoofed sources): added
         without a cause, so ``flush`` logs them with their count too. The counters are the
-        truth; the ring is only the wake-up."""
+        truth; the ring is only the wake-up. ``banned`` (the service's ban tries, asked now)
+        names the cause of a source banned now: a ``cause unknown`` line about it would feed
+        a ban sockgate enforces back to fail2ban, which ignores only ``banned`` lines."""
         for key, c in counters:
             k = (service, key)
             if c.last_ns < self.window_start or k in self._pending or key.address is None:
@@ -154,7 +158,9 @@ class Aggregator:
                 tally = self._overflow.setdefault(service, [0, 0])
                 tally[0] += 1
                 continue
-            self._pending[k] = _Pending(0, max(c.first_ns, self.window_start), c.last_ns, Reason.RULE, -1, recovered=True)
+            ban = banned is not None and banned(key)
+            self._pending[k] = _Pending(0, max(c.first_ns, self.window_start), c.last_ns, Reason.RULE,
+                                        BANNED if ban else DEFAULT_RULE, recovered=True, known=ban)
 
     def flush(self, now_ns: int, totals: Totals) -> list[Refusal | Overflow]:
         """The interval's lines, and a new interval from ``now_ns``."""
@@ -170,7 +176,7 @@ class Aggregator:
             if forged(address):  # known from the address alone, whatever the ring said (or lost)
                 reason, rule = Reason.FORGED, None
             out.append(Refusal(service, address, count, p.first_ns, last, reason, rule, window,
-                               p.recovered and reason is not Reason.FORGED))
+                               p.recovered and not p.known and reason is not Reason.FORGED))
         out += [Overflow(s, n, e, window) for s, (n, e) in self._overflow.items()]
         self._pending, self._overflow = {}, {}
         self.window_start = now_ns
