@@ -93,6 +93,20 @@ def test_a_ban_denies_until_it_expires_and_an_expired_one_is_ignored() -> None:
         assert lo.count("2001:db8::5") is not None and lo.count("2001:db8::5").refused == 1  # type: ignore[union-attr]
 
 
+def test_an_expired_nested_ban_does_not_hide_the_programs_source_ban() -> None:
+    """The program bans a source's /64 on its own, after user space last normalised the trie:
+    an older, shorter ``/128`` ban inside it (fail2ban's, expired now) is the longest match,
+    and must not let that address through while its /64 is banned (the sweep comes later)."""
+    with loaded(ALLOW_ALL) as lo:
+        lo.ban("2001:db8:1::5/128", Ban(now_ns() - 1, Origin.FAIL2BAN).pack())
+        lo.ban("2001:db8:1::/64", Ban(now_ns() + HOUR, Origin.LIMIT).pack())
+        lo.ban("2001:db8:2::5/128", Ban(now_ns() - 1, Origin.FAIL2BAN).pack())  # no cover: passed over
+        assert not lo.run(frame("2001:db8:1::5")) and not lo.run(frame("2001:db8:1::6"))
+        assert lo.run(frame("2001:db8:2::5")) and lo.run(frame("2001:db8:2::6"))
+        lo.ban("2001:db8:1::/64", Ban(now_ns() - 1, Origin.LIMIT).pack())  # both expired: allowed again
+        assert lo.run(frame("2001:db8:1::5"))
+
+
 def test_a_ban_comes_before_an_allow_rule() -> None:
     with loaded(LAB) as lo, ring(lo) as r:
         assert lo.run(frame("10.2.0.1"))
