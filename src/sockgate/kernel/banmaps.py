@@ -36,12 +36,14 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Collection, Iterable, Mapping, NamedTuple, Sequence
 
+from sockgate.bans import check_width
 from sockgate.ebpf import layout
 from sockgate.ebpf.maps import PREFIX_BITS, LpmKey, MapSpec
 from sockgate.errors import AdapterError
 from sockgate.kernel.backend import BanLike
 from sockgate.kernel.bpfops import BpfOps
 from sockgate.linux import sockdiag
+from sockgate.policy.literals import unmap
 from sockgate.policy.source import escape
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -83,6 +85,17 @@ class BanMapError(AdapterError):
 
 def key_of(network: Network) -> Key:
     return network.version, int(network.network_address), network.prefixlen
+
+
+def banned_network(network: Network) -> Network:
+    """``network`` as a ban names it in the tries: an IPv4-mapped network (what a dual-stack
+    socket's peer address gives) folded to IPv4 — written to ``bans6`` it would ban nothing,
+    since the program refuses a mapped IPv6 source as forged before any ban and looks real
+    IPv4 clients up in ``bans4`` — and refused when wider than any ban may be
+    (``bans.check_width``: ``::ffff:0:0/96`` is 0.0.0.0/0). ValueError (``BanTooWide``)."""
+    folded = unmap(network)
+    check_width(folded)
+    return folded
 
 
 def network_of(key: Key) -> Network:
@@ -150,7 +163,7 @@ def entries_of(bans: Iterable[BanLike]) -> Entries:
     out: Entries = {}
     origins: set[int] = set()
     for b in bans:
-        expires, origin, n = b.expires_ns, b.origin, b.network
+        expires, origin, n = b.expires_ns, b.origin, banned_network(b.network)
         if expires < 0:
             raise ValueError(f"{n}: a negative expiry")
         if origin not in origins:
@@ -295,6 +308,7 @@ class BanMaps:
         latest expiry of everything covering it."""
         if expires_ns < 0:
             raise ValueError(f"{network}: a negative expiry")
+        network = banned_network(network)
         ban = Held(expires_ns, _origin(origin))
         k = key_of(network)
         if network.prefixlen == PREFIX_BITS[network.version]:
@@ -320,8 +334,9 @@ class BanMaps:
         return None if raw is None else Held.unpack(raw)
 
     def delete(self, network: Network) -> bool:
-        """Lift the entry for exactly ``network``; False when there was none."""
-        return self._delete_all([key_of(network)]) == 1
+        """Lift the entry for exactly ``network`` (an IPv4-mapped one: its IPv4 network, as
+        ``put`` wrote it); False when there was none."""
+        return self._delete_all([key_of(unmap(network))]) == 1
 
     def sweep(self, now_ns: int | None = None) -> int:
         """Delete every entry expired at ``now_ns`` (the program already ignores them); how
