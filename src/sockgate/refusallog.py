@@ -10,7 +10,7 @@ last_seen, reason, rule; to stderr, syslog (``sockgate`` on LOG_AUTH at LOG_WARN
 tcpd logs refusals) or the journal (``refusal_log``). contrib/fail2ban matches the lines.
 
 Any event loop hosts it: ``fds`` to watch, ``on_readable(fd)`` when one is readable,
-``next_deadline`` (monotonic seconds) and ``on_deadline`` for the timer; ``start(loop)`` does
+``next_deadline`` (seconds on the programs' clock) and ``on_deadline`` for the timer; ``start(loop)`` does
 all of it on a ``supervisor.Loop`` (the selectors loop of ``run`` and inetd, or asyncio's in
 the proxy), and ``start_refusal_log`` opens the pins and the log and starts, in one call. A
 corrupt ring is an error record and a resynchronisation, never the end of the host; ``close``
@@ -32,6 +32,7 @@ from sockgate.ebpf.refusals import (
 )
 from sockgate.errors import SockgateError
 from sockgate.kernel import pins
+from sockgate.kernel.ebpf import ktime_ns
 from sockgate.linux import bpfsys
 from sockgate.linux.ringbuf import RingBuffer, RingError
 from sockgate.log import Log, LogFormat, LogSink
@@ -59,7 +60,7 @@ class RefusalMonitor:
     """Watches the event rings of services, and writes their refusal lines to ``log``."""
 
     def __init__(self, log: Log, interval: float = DEFAULT_INTERVAL, *, labels: Mapping[str, Sequence[str]] | None = None,
-                 mono_ns: Callable[[], int] = time.monotonic_ns, wall_ns: Callable[[], int] = time.time_ns) -> None:
+                 mono_ns: Callable[[], int] = ktime_ns, wall_ns: Callable[[], int] = time.time_ns) -> None:
         self.log = log
         self.interval = interval
         self.labels = dict(labels or {})  # service → its rules' labels (``file:line``), by index
@@ -137,7 +138,8 @@ class RefusalMonitor:
                 self._agg.add(s.name, event)
 
     def next_deadline(self) -> float:
-        """When ``on_deadline`` is due, in ``time.monotonic()`` seconds."""
+        """When ``on_deadline`` is due, in seconds of ``mono_ns`` (the programs' clock,
+        ``kernel.ebpf.ktime_ns``: ``time.monotonic()`` outside a time namespace)."""
         return self._agg.deadline / 1e9
 
     def on_deadline(self) -> None:

@@ -56,6 +56,7 @@ from sockgate.kernel.backend import BanLike, Compiled, Loaded
 from sockgate.kernel.banmaps import BanMaps
 from sockgate.kernel.bpfops import BpfOps
 from sockgate.kernel.reading import Attached, BpfFilter, GuardInfo
+from sockgate.linux import procfs
 from sockgate.policy.needs import Need
 from sockgate.resolve import ResolvedService
 
@@ -86,6 +87,13 @@ def can_carry(pinned: MapSpec, wanted: MapSpec) -> bool:
 
 
 _BAN_MAPS = frozenset(layout.bans_spec(f).name for f in (4, 6))
+
+
+def ktime_ns() -> int:
+    """Now on the clock the programs stamp and compare (``bpf_ktime_get_ns()``: the kernel's
+    CLOCK_MONOTONIC, which no time namespace offsets), so that expiries carried over and the
+    registry's ages mean the same to every loader, whatever time namespace it runs in."""
+    return time.monotonic_ns() - procfs.monotonic_offset_ns()
 
 
 def carried(spec: MapSpec, items: Sequence[tuple[bytes, bytes]], now_ns: int) -> list[tuple[bytes, bytes]]:
@@ -319,7 +327,7 @@ class EbpfBackend:
         return theirs
 
     def _carry(self, old: int, new: int, spec: MapSpec) -> None:
-        items = carried(spec, list(self.ops.map_items(old, spec.key_size, spec.value_size)), time.monotonic_ns())
+        items = carried(spec, list(self.ops.map_items(old, spec.key_size, spec.value_size)), ktime_ns())
         if items:
             self.ops.map_update_many(new, [k for k, _ in items], [v for _, v in items])
 
@@ -336,7 +344,7 @@ class EbpfBackend:
         """Record, then attach; the old record back if the kernel refuses the attach."""
         key = registry.key(self.ops.socket_cookie(fd))
         netns, ino = self.ops.netns_cookie(fd) or 0, self.ops.netns_inode(fd) or 0
-        rec = registry.Record(record.prog_id, record.insns, record.service, record.digest, netns, time.monotonic_ns(), ino)
+        rec = registry.Record(record.prog_id, record.insns, record.service, record.digest, netns, ktime_ns(), ino)
         reg = self._open_or_create(self.paths.registry, registry.spec())
         try:
             before = self.ops.map_lookup(reg, key, registry.RECORD.size)
@@ -466,7 +474,7 @@ class EbpfBackend:
 
     def collect(self) -> tuple[int, int]:
         """Remove stale registry entries, then unreferenced program directories; how many of each."""
-        now_ns = time.monotonic_ns()
+        now_ns = ktime_ns()
         keep: set[str] = set()
         gone = 0
         reg = self.ops.get(self.paths.registry)
