@@ -11,6 +11,13 @@ logs a ban and pushes it into the kernel filter. A reload builds a new ``Admissi
 previous one, which keeps the state (counts, windows, bans) of every limiter whose limits on
 the same match are unchanged.
 
+A decision is a pure function of the peer, so the proxy's accept path may have it remembered:
+``admit(peer, now, memo)`` with a ``memo`` that identifies everything the decision reads (the
+accepted address as the kernel wrote it, for a peer that carries nothing else — no name, no
+server address). The engine then runs once per address, not per connection; the limits and
+bans still run on every admission, and a reload builds a new ``Admission``, so no remembered
+decision outlives the policy that made it.
+
 A decision record names the client and the rule that decided (``peer_label``,
 ``rule_label``), the same for TCP and UDP.
 """
@@ -27,6 +34,7 @@ from sockgate.resolve import ResolvedService, resolve_service
 from sockgate.resolve.kernelpart import assume_unlearned, surely_allowed_service
 from sockgate.proxy.limits import Limiter, source_of
 
+_MEMO_SIZE = 4096  # remembered decisions, at most (then forgotten all at once)
 LimiterKey = tuple[object, Limits]  # what identifies a limiter across a reload: the same limits on the same match
 
 
@@ -59,6 +67,7 @@ class Admission:
         self.surely = resolve_service(surely_allowed_service(decided))  # for a peer whose name lookup was cut short
         kept = {} if previous is None else {_key(r, lim.limits): lim for r, lim in previous.limiters.items()}
         self.limiters: dict[Rule | None, Limiter[Hashable]] = {}
+        self._memo: dict[Hashable, Decision] = {}  # admit's memo → the decision (module docstring)
         if resolved.limits is not None:
             self.limiters[None] = kept.get(_key(None, resolved.limits)) or Limiter(resolved.limits)
         for r in resolved.rules:
@@ -77,10 +86,18 @@ class Admission:
         """The decision for a peer whose host-name lookup was cut short (``decide_unnamed``)."""
         return decide_unnamed(self.decided, self.surely, peer, why)
 
-    def admit(self, peer: Peer, now: float) -> Admitted | Refused:
+    def admit(self, peer: Peer, now: float, memo: Hashable = None) -> Admitted | Refused:
         """The decision, then the limits of the service and of the matched rule (a denied
-        client takes none)."""
-        d = self.decide(peer)
+        client takes none). ``memo``: see the module docstring (None: decide afresh)."""
+        if memo is None:
+            d = self.decide(peer)
+        else:
+            cached = self._memo.get(memo)
+            if cached is None:
+                if len(self._memo) >= _MEMO_SIZE:
+                    self._memo.clear()
+                cached = self._memo[memo] = self.decide(peer)
+            d = cached
         key: Hashable = source_of(peer.address) if peer.address is not None else ("uid", peer.uid)
         if not d.allowed:
             return Refused(d, key, d.reason, rule_label(d.rule), False)
