@@ -140,3 +140,10 @@ def test_a_reload_forgets_the_remembered_decisions() -> None:
     new = Admission(_service(" deny 192.0.2.7\n allow all\n"), old)
     refused = new.admit(Peer(address=A), 1.0, memo="192.0.2.7")
     assert isinstance(refused, Refused) and refused.rule == "p.conf:2"
+
+
+def test_without_limits_the_remembered_outcome_equals_a_fresh_one() -> None:
+    adm = Admission(_service(" deny 192.0.2.8\n allow all\n"))
+    for peer, memo in ((Peer(address=A), "192.0.2.7"), (Peer(address=B), "192.0.2.8")):
+        fresh = adm.admit(peer, 0.0)
+        assert adm.admit(peer, 0.0, memo) == fresh and adm.admit(peer, 1.0, memo) == fresh

@@ -14,9 +14,10 @@ the same match are unchanged.
 A decision is a pure function of the peer, so the proxy's accept path may have it remembered:
 ``admit(peer, now, memo)`` with a ``memo`` that identifies everything the decision reads (the
 accepted address as the kernel wrote it, for a peer that carries nothing else — no name, no
-server address). The engine then runs once per address, not per connection; the limits and
-bans still run on every admission, and a reload builds a new ``Admission``, so no remembered
-decision outlives the policy that made it.
+server address). The engine then runs once per address, not per connection, and where the
+outcome needs no limiter (a denial, or a service and rule without limits) the outcome itself is
+remembered; the limits and bans still run on every admission that has them, and a reload
+builds a new ``Admission``, so nothing remembered outlives the policy that made it.
 
 A decision record names the client and the rule that decided (``peer_label``,
 ``rule_label``), the same for TCP and UDP.
@@ -67,7 +68,8 @@ class Admission:
         self.surely = resolve_service(surely_allowed_service(decided))  # for a peer whose name lookup was cut short
         kept = {} if previous is None else {_key(r, lim.limits): lim for r, lim in previous.limiters.items()}
         self.limiters: dict[Rule | None, Limiter[Hashable]] = {}
-        self._memo: dict[Hashable, Decision] = {}  # admit's memo → the decision (module docstring)
+        # admit's memo → the decision, or the whole outcome where no limiter is consulted
+        self._memo: dict[Hashable, Decision | Admitted | Refused] = {}
         if resolved.limits is not None:
             self.limiters[None] = kept.get(_key(None, resolved.limits)) or Limiter(resolved.limits)
         for r in resolved.rules:
@@ -92,17 +94,15 @@ class Admission:
         if memo is None:
             d = self.decide(peer)
         else:
-            cached = self._memo.get(memo)
-            if cached is None:
-                if len(self._memo) >= _MEMO_SIZE:
-                    self._memo.clear()
-                cached = self._memo[memo] = self.decide(peer)
-            d = cached
-        key: Hashable = source_of(peer.address) if peer.address is not None else ("uid", peer.uid)
-        if not d.allowed:
-            return Refused(d, key, d.reason, rule_label(d.rule), False)
-        if not self.limiters:
-            return Admitted(d, key, ())
+            hit = self._memo.get(memo)
+            if hit is None:
+                hit = self._remember(peer, memo)
+            if not isinstance(hit, Decision):
+                return hit  # denied, or no limits: the outcome is the decision's
+            d = hit
+        key = _source(peer)
+        if not d.allowed or not self.limiters:
+            return _outcome(d, key)
         taken: list[Limiter[Hashable]] = []
         for lim in (self.limiters.get(None), self.limiters.get(d.rule) if d.rule is not None else None):
             if lim is None:
@@ -114,6 +114,14 @@ class Admission:
                 return Refused(d, key, v.reason, "limit", v.banned_until is not None)
             taken.append(lim)
         return Admitted(d, key, tuple(taken))
+
+    def _remember(self, peer: Peer, memo: Hashable) -> Decision | Admitted | Refused:
+        if len(self._memo) >= _MEMO_SIZE:
+            self._memo.clear()
+        d = self.decide(peer)
+        hit: Decision | Admitted | Refused = _outcome(d, _source(peer)) if not d.allowed or not self.limiters else d
+        self._memo[memo] = hit
+        return hit
 
     @staticmethod
     def release(admitted: Admitted) -> None:
@@ -133,6 +141,16 @@ class Admission:
     def next_expiry(self) -> float | None:
         """When the earliest ban ends (None: no ban)."""
         return min((t for lim in self.limiters.values() if (t := lim.next_expiry()) is not None), default=None)
+
+
+def _source(peer: Peer) -> Hashable:
+    """The key of ``peer``'s limits: ``limits.source_of`` its address, or its uid."""
+    return source_of(peer.address) if peer.address is not None else ("uid", peer.uid)
+
+
+def _outcome(d: Decision, key: Hashable) -> Admitted | Refused:
+    """The outcome of a decision when no limiter is consulted (denied, or none to take)."""
+    return Admitted(d, key, ()) if d.allowed else Refused(d, key, d.reason, rule_label(d.rule), False)
 
 
 def _key(rule: Rule | None, limits: Limits) -> LimiterKey:
