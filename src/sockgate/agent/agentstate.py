@@ -3,8 +3,9 @@
 ``runtime.Agent`` is one object (a ``supervisor.Lifecycle``) but its work falls into parts that
 each read and change the same few fields — the policy in force (``built``), the socket rows,
 the retry book, the ban book. Each part is a module with one class, stacked in the order they
-call each other: ``sweeps.Sweeps`` (scans, events, retries, the file watch) on this base,
-``transaction.Transactions`` (load, compile, swap all or nothing; then a sweep) on it,
+call each other: ``sweeps.Sweeps`` (scans, events, retries) on this base,
+``transaction.Transactions`` (load, compile, swap all or nothing, then a sweep; the file watch) on it,
+``hostnames.HostNames`` (host-name answers refreshed, their services recompiled) on that,
 ``banning.Banning`` (the ban book, expiry, CrowdSec; a ban may be a transaction) on that, and
 ``runtime.Agent`` (the lifecycle, the control socket, status) last. This base declares the
 shared state once, so every part is type-checked against the same fields.
@@ -23,13 +24,16 @@ from sockgate.agent.banbook import BanBook
 from sockgate.agent.crowdfeed import CrowdsecFeed
 from sockgate.agent.desired import Desired
 from sockgate.agent.files import FileWatcher, WatchList
+from sockgate.agent.forward import NameBook
 from sockgate.agent.model import Endpoint
+from sockgate.agent.names import NameResolver
 from sockgate.agent.observe import Observer
 from sockgate.bans import BannedPrefix, Origin
 from sockgate.errors import SockgateError
 from sockgate.kernel import BackendChoice, Kernel
 from sockgate.kernel.backend import Loaded
 from sockgate.log import Log
+from sockgate.policy.forward import Lookup
 from sockgate.policy.ir import Policy
 from sockgate.resolve.model import ResolvedService
 from sockgate.supervisor import Cancel, Loop, Notifier
@@ -65,6 +69,7 @@ class Built:
     desired: Desired
     resolved: Mapping[str, ResolvedService]
     loaded: Mapping[str, Loaded]
+    answers: Mapping[str, Lookup] = field(default_factory=dict)  # the host-name answers compiled in
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,10 @@ class AgentState:
     counters: dict[str, int]
     rows: dict[int, Row]
     impostors: dict[int, statusdoc.ImpostorRow]
-    names: Mapping[str, tuple[str, ...]]
+    namebook: NameBook  # the host-name answers (agent/forward.py)
+    resolver: NameResolver | None  # None: no lookups, every name fails (closed)
+    asking: set[str]  # names the resolver's worker is looking up
+    names_error: str | None  # why the last refresh of changed names could not be applied
     events: int
     last_resync: float | None
     built: Built | None

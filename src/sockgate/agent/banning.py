@@ -16,14 +16,15 @@ from typing import Callable
 from sockgate.agent import bansink
 from sockgate.agent.banbook import BanBook
 from sockgate.agent.protocol import Ban
-from sockgate.agent.transaction import Transactions, failure_text
+from sockgate.agent.hostnames import HostNames
+from sockgate.agent.transaction import failure_text
 from sockgate.bans import BannedPrefix
 from sockgate.crowdsec.stream import Report
 from sockgate.errors import SockgateError
 from sockgate.policy.ir import IPNetwork
 
 
-class Banning(Transactions):
+class Banning(HostNames):
     def _set_bans(self, book: BanBook[BannedPrefix]) -> str | None:
         """``book`` in force: eBPF services' maps in place, classic services compiled again
         and applied (bansink.py); the error when nothing changed."""

@@ -81,7 +81,8 @@ def build(policy: Policy, literal_daemons: Iterable[str], maps: Mapping[str, tup
           refusals: Mapping[str, str] | None = None, names: Mapping[str, tuple[str, ...]] | None = None) -> Desired:
     """The desired state of ``policy``; ``literal_daemons`` are the daemon names its hosts_access
     rules name literally, ``maps`` the ``--map`` ports per daemon, ``compile(service_name)``
-    the program of one service. Raises rather than returning part of it."""
+    the program of one service; ``names`` the host names each service uses (read only after
+    that service's ``compile``, so a compile may fill it). Raises rather than returning part of it."""
     natives = [s for s in policy.services if native_endpoints(s)]
     native_names = {fold(s.name) for s in natives}
     for daemon in maps:
@@ -93,7 +94,7 @@ def build(policy: Policy, literal_daemons: Iterable[str], maps: Mapping[str, tup
     for daemon in daemon_names(literal_daemons, maps):
         if fold(daemon) not in native_names:  # native over hosts_access, as policy.merge
             selectors.append((daemon, "hosts_access", Selector(daemon=daemon, mapped=_mapped(maps, daemon))))
-    specs = tuple(_spec(name, origin, sel, compile, refusals or {}, names or {}) for name, origin, sel in selectors)
+    specs = tuple(_spec(name, origin, sel, compile, refusals or {}, {} if names is None else names) for name, origin, sel in selectors)
     return Desired(policy.digest(), specs, loaded_at)
 
 

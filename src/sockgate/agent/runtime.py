@@ -24,7 +24,7 @@ The sequences, and why each step is where it is (docs/agent.md):
 
 The parts live in their own modules, stacked (``agent/agentstate.py`` says why):
 ``sweeps`` (scans, events, retries), ``transaction`` (load, compile, swap; the file watch),
-``banning`` (the ban book, expiry, CrowdSec); this module is the lifecycle, the control socket
+``hostnames`` (host names refreshed by TTL), ``banning`` (the ban book, expiry, CrowdSec); this module is the lifecycle, the control socket
 and status.
 """
 
@@ -42,6 +42,8 @@ from sockgate.agent.applier import Applier
 from sockgate.agent.banbook import BanBook
 from sockgate.agent.banning import Banning
 from sockgate.agent.crowdfeed import CrowdsecFeed
+from sockgate.agent.forward import NameBook
+from sockgate.agent.names import NameResolver
 from sockgate.agent.observe import Observer
 from sockgate.agent.protocol import Ban, Bans, Ping, Reload, Request, Response, Status, Unban, failure, ok
 from sockgate.agent.transaction import watch_set
@@ -60,7 +62,7 @@ class Agent(Banning):
 
     def __init__(self, opts: Options, kernel: Kernel, applier: Applier, log: Log, notifier: Notifier,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
-                 crowdsec: CrowdsecFeed | None = None) -> None:
+                 crowdsec: CrowdsecFeed | None = None, resolver: NameResolver | None = None) -> None:
         self.opts, self.kernel, self.applier, self.log, self.notifier = opts, kernel, applier, log, notifier
         self.crowdsec = crowdsec
         self.clock, self.wall = clock, wall
@@ -71,7 +73,10 @@ class Agent(Banning):
         self.counters: dict[str, int] = {k: 0 for k in statusdoc.COUNTERS}
         self.rows: dict[int, Row] = {}
         self.impostors: dict[int, statusdoc.ImpostorRow] = {}  # by cookie, as the last full scan saw them
-        self.names = {}
+        self.namebook = NameBook()
+        self.resolver = resolver
+        self.asking = set()
+        self.names_error = None
         self.started = wall()
         self.events = 0
         self.last_resync: float | None = None
@@ -105,6 +110,7 @@ class Agent(Banning):
         self.sweep("start")
         self._arm("sweep", self.opts.sweep, self._on_sweep)
         self._arm_expiry()
+        self._start_names(loop)
         if self.crowdsec is not None:  # after the guards: the LAPI's state never delays them
             self._stops.append(self.crowdsec.start(loop, self._on_crowdsec))
 
@@ -171,9 +177,11 @@ class Agent(Banning):
                                     self.opts.control_group, getattr(w, "cgroup", None), self.events,
                                     w.lost if w is not None else 0, self.last_resync, dict(self.counters))
         now_ns = time.monotonic_ns()
+        now, to_wall = self.clock(), self.wall() - self.clock()
         services = [statusdoc.ServiceRow(s, self.built.desired.loaded_at,
                                          tuple(r.row for r in self.rows.values() if r.service == s.name),
                                          None, len(self._effective(self.bans, s.name, now_ns)),
+                                         self.name_rows(s.names, now, to_wall),
                                          bans_in=bansink.bans_in(self.built.loaded.get(s.name)))
                     for s in self.built.desired.services]
         bans = [statusdoc.BanRow(str(e.ban.network), e.ban.origin.name.lower(),
@@ -186,6 +194,7 @@ class Agent(Banning):
             errors += [f"{d}: not watched for changes: {why}" for d, why in sorted(self.files.problems.items())]
         sources = {} if self.crowdsec is None else {"crowdsec": self.crowdsec.status(bansink.mono_to_wall)}
         errors += ([] if self.crowdsec is None else self.crowdsec.errors()) + ([self.save_error] if self.save_error else [])
+        errors += [self.names_error] if self.names_error else []
         return statusdoc.build(agent, self.policy_info, services, bans, sources, errors, tuple(self.impostors.values()))
 
     def _bpffs(self) -> str | None:

@@ -360,6 +360,9 @@ def _service_text(s: Mapping[str, Any]) -> list[str]:
     out = [f"{s['name']} ({what}{eps}): {s['backend']} {s['digest']}, {_count(len(s['sockets']), 'socket')}{refused}{maps}"]
     if s["kernel_refusal"]:
         out.append(f"  in user space only: {s['kernel_refusal']}")
+    for n in s["names"]:
+        said = ", ".join(n["addresses"]) or "no address"
+        out.append(f"  host name {n['name']}: {said}" + (f" ({n['error']})" if n["error"] else ""))
     if s["no_listener"]:
         out.append(f"  no listening socket seen: if inetd, xinetd or systemd socket activation holds its listener, "
                    f"that listener is NOT guarded; map its port: --map {s['daemon']}=tcp/PORT")

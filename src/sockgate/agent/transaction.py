@@ -30,6 +30,7 @@ from sockgate.ebpf.watch import WatchSet
 from sockgate.errors import PolicyError, SockgateError
 from sockgate.kernel.backend import Compiled, Loaded
 from sockgate.loading import load_policy
+from sockgate.policy.forward import Lookup, forward_names, rule_names, substitute
 from sockgate.policy.ir import Policy
 from sockgate.resolve import named_daemons, resolve
 from sockgate.resolve.model import ResolvedService
@@ -43,22 +44,44 @@ class Transactions(Sweeps):
         ``keep`` names, loaded as they are), bring the eBPF ban maps to ``bans``, or raise."""
         if policy is None:
             policy = self._read()
+            self._learn(policy)
         now_ns = time.monotonic_ns()
+        answers = self.namebook.in_force(self.clock())
+        changed = _changed(self.built.answers if self.built is not None else {}, answers)
+        named = substitute(policy, answers) if forward_names(policy) else policy
         resolved: dict[str, ResolvedService] = {}
         compiled: dict[str, Compiled] = {}
+        uses: dict[str, tuple[str, ...]] = {}  # service → the host names it uses (filled by compile_one)
         kept = dict(keep or {})
 
         def compile_one(name: str) -> Compiled:
-            resolved[name] = r = resolve(policy, name)
-            if name in kept:
+            r = resolve(policy, name)
+            uses[name] = names = tuple(sorted(rule_names(r.service.rules)))
+            resolved[name] = r = resolve(named, name) if names else r
+            if name in kept and changed.isdisjoint(names):
                 return kept[name].compiled
+            kept.pop(name, None)
             compiled[name] = c = bansink.compile_for(self.kernel, r, self._effective(bans, name, now_ns), self.opts.backend)
             return c
 
-        desired = build(policy, named_daemons(policy), self.opts.maps, compile_one, self.wall(), names=self.names)
+        desired = build(policy, named_daemons(policy), self.opts.maps, compile_one, self.wall(), names=uses)
         loaded = {**{n: p for n, p in kept.items() if desired.service(n) is not None}, **self.applier.load(compiled)}
         bansink.push(self.kernel, loaded, lambda n: self._effective(bans, n, now_ns))
-        return Built(policy, desired, resolved, loaded)
+        return Built(policy, desired, resolved, loaded, answers)
+
+    def _learn(self, policy: Policy) -> None:
+        """The host names ``policy`` uses, tracked; those never asked looked up now (a policy is
+        compiled with its answers, not without them), the others asked again in the
+        background (a reload is also the moment to notice a changed hosts file)."""
+        names = forward_names(policy)
+        now = self.clock()
+        book = self.namebook.ask_again(now)
+        new = [n for n in names if n not in book.entries]
+        book = book.track([*book.entries, *new])
+        if self.resolver is not None:
+            for answer in self.resolver.lookup_all(new):
+                book, _ = book.update(answer)
+        self.namebook = book
 
     def _read(self) -> Policy:
         """The policy from its files, remembering every file and directory the load asked for."""
@@ -94,6 +117,7 @@ class Transactions(Sweeps):
         self.built = built
         retired = () if old is None else tuple(s.name for s in old.desired.services
                                                 if built.desired.service(s.name) is None)
+        self.namebook = self.namebook.track(forward_names(built.policy))  # only the names in force are asked again
         if self.watcher is not None:
             self.watcher.watch(watch_set(built.desired))
         self.sweep(trigger, retired)
@@ -140,6 +164,11 @@ class Transactions(Sweeps):
             self.notifier.ready()
         else:
             self._arm_files()
+
+
+def _changed(old: Mapping[str, Lookup], new: Mapping[str, Lookup]) -> frozenset[str]:
+    """The names whose answer in force differs (one side may lack it: failed)."""
+    return frozenset(n for n in {*old, *new} if old.get(n) != new.get(n))
 
 
 def watch_set(d: Desired) -> WatchSet:

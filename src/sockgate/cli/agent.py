@@ -41,6 +41,10 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state", metavar="PATH",
                    help="keep the bans in this file, so they outlive the agent (the unit: /var/lib/sockgate/bans.json)")
     p.add_argument("--sweep", type=float, default=300.0, metavar="SECONDS", help="full rescan interval (default 300)")
+    p.add_argument("--resolv-conf", metavar="PATH", default="/etc/resolv.conf",
+                   help="the resolver configuration for host names in rules (default /etc/resolv.conf)")
+    p.add_argument("--hosts-file", metavar="PATH", default="/etc/hosts",
+                   help="the hosts file asked before DNS for host names in rules (default /etc/hosts)")
     p.add_argument("--crowdsec", metavar="URL", help="enforce the decisions of this CrowdSec LAPI (http(s)://host:port)")
     p.add_argument("--crowdsec-key-file", metavar="PATH", help="the bouncer's API key (cscli bouncers add NAME -o raw)")
     p.add_argument("--crowdsec-interval", type=float, default=10.0, metavar="SECONDS",
@@ -86,6 +90,7 @@ def crowdsec_feed(args: argparse.Namespace) -> CrowdsecFeed | None:
 def run(args: argparse.Namespace) -> int:
     from sockgate import __version__
     from sockgate.agent.applier import Applier
+    from sockgate.agent.names import NameResolver
     from sockgate.agent.runtime import Agent, Options
     from sockgate.guard import backend_choice, require_kernel
     from sockgate.kernel import Kernel, default_kernel
@@ -116,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
     notifier = Notifier(args.notify, say)
     kernel = default_kernel() if args.bpffs is None else Kernel(
         [ClassicBackend(LINUX_OPS), EbpfBackend(LinuxBpf(), args.bpffs)], LINUX_OPS)  # eBPF guards pinned there too
-    agent = Agent(opts, kernel, Applier(kernel, destroy_tcp), log, notifier, crowdsec=crowdsec)
+    resolver = NameResolver(args.resolv_conf, args.hosts_file)
+    agent = Agent(opts, kernel, Applier(kernel, destroy_tcp), log, notifier, crowdsec=crowdsec, resolver=resolver)
     sup = Supervisor(agent, notifier)
     loop = SelectorLoop()
     try:
