@@ -66,7 +66,7 @@ class Agent(Banning):
         self.opts, self.kernel, self.applier, self.log, self.notifier = opts, kernel, applier, log, notifier
         self.crowdsec = crowdsec
         self.clock, self.wall = clock, wall
-        self.observer = Observer(kernel, keep=self._wanted)
+        self.observer = Observer(kernel, keep=self._wanted, named=self._named)
         self.bans = BanBook()
         self.save_error: str | None = None  # why the last ban state save failed
         self.retry = reconcile.RetryBook()

@@ -18,8 +18,8 @@ from typing import Container, Literal
 from sockgate.agent import reconcile, statusdoc
 from sockgate.agent.agentstate import AgentState, Row, Trigger
 from sockgate.agent.applier import Outcome
-from sockgate.agent.enrol import impostor_of, select
-from sockgate.agent.model import Observed, SocketEvent, Want
+from sockgate.agent.enrol import impostor_of, name_matches, select
+from sockgate.agent.model import HolderInfo, Observed, SocketEvent, Want
 from sockgate.agent.observe import AllPorts, Look, describe
 from sockgate.errors import SockgateError
 from sockgate.linux import procfs
@@ -33,6 +33,11 @@ class Sweeps(AgentState):
         if self.built is not None and (fake := impostor_of(self.built.desired, sock)) is not None:
             self.impostors[sock.cookie] = statusdoc.ImpostorRow(fake, sock)
         return self.built is not None and (select(self.built.desired, sock) is not None or sock.cookie in self.rows)
+
+    def _named(self, holder: HolderInfo) -> bool:
+        """Whether ``holder`` has an enrolled daemon's name (only then is who it is read)."""
+        return self.built is not None and any(
+            s.selector.daemon is not None and name_matches(s.selector.daemon, holder) for s in self.built.desired.services)
 
     def _ports(self) -> Container[int]:
         assert self.built is not None
