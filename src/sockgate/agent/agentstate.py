@@ -28,6 +28,7 @@ from sockgate.agent.forward import NameBook
 from sockgate.agent.model import Endpoint
 from sockgate.agent.names import NameResolver
 from sockgate.agent.observe import Observer
+from sockgate.agent.superserver import Launch
 from sockgate.bans import BannedPrefix, Origin
 from sockgate.errors import SockgateError
 from sockgate.kernel import BackendChoice, Kernel
@@ -59,6 +60,9 @@ class Options:
     version: str = ""  # for status (the package's, from the command line)
     state: str | None = None  # the ban state file (bans outlive the agent); None: kept in memory only
     crowdsec_exempt: tuple[str, ...] = ()  # services CrowdSec's decisions do not apply to
+    xinetd_conf: str | None = "/etc/xinetd.conf"  # super-servers' configurations (agent/superserver.py)
+    inetd_conf: str | None = "/etc/inetd.conf"
+    services_file: str = "/etc/services"
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,8 @@ class AgentState:
     resolver: NameResolver | None  # None: no lookups, every name fails (closed)
     asking: set[str]  # names the resolver's worker is looking up
     names_error: str | None  # why the last refresh of changed names could not be applied
+    launches: tuple[Launch, ...]  # the daemons super-servers start, as the last good read found
+    superserved: dict[int, statusdoc.SuperservedRow]  # listeners of super-servers for unknown daemons
     events: int
     last_resync: float | None
     built: Built | None

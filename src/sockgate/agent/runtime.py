@@ -77,6 +77,8 @@ class Agent(Banning):
         self.resolver = resolver
         self.asking = set()
         self.names_error = None
+        self.launches = ()
+        self.superserved = {}  # by cookie, as the last full scan saw them
         self.started = wall()
         self.events = 0
         self.last_resync: float | None = None
@@ -195,7 +197,8 @@ class Agent(Banning):
         sources = {} if self.crowdsec is None else {"crowdsec": self.crowdsec.status(bansink.mono_to_wall)}
         errors += ([] if self.crowdsec is None else self.crowdsec.errors()) + ([self.save_error] if self.save_error else [])
         errors += [self.names_error] if self.names_error else []
-        return statusdoc.build(agent, self.policy_info, services, bans, sources, errors, tuple(self.impostors.values()))
+        return statusdoc.build(agent, self.policy_info, services, bans, sources, errors, tuple(self.impostors.values()),
+                               tuple(self.superserved.values()))
 
     def _bpffs(self) -> str | None:
         return self.opts.bpffs or os.environ.get("SOCKGATE_BPFFS") or None

@@ -18,25 +18,39 @@ from typing import Container, Literal
 from sockgate.agent import reconcile, statusdoc
 from sockgate.agent.agentstate import AgentState, Row, Trigger
 from sockgate.agent.applier import Outcome
+from sockgate.agent.desired import Desired
 from sockgate.agent.enrol import impostor_of, name_matches, select
+from sockgate.agent.superserver import SUPERSERVERS, is_superserver
 from sockgate.agent.model import HolderInfo, Observed, SocketEvent, Want
 from sockgate.agent.observe import AllPorts, Look, describe
 from sockgate.errors import SockgateError
 from sockgate.linux import procfs
+from sockgate.policy.hostmatch import fold
 
 _APPLIED = {"attach": "attached", "reload": "reloaded", "replace": "replaced", "detach": "detached"}
 
 
 class Sweeps(AgentState):
     def _wanted(self, sock: Observed) -> bool:
-        """Selected, or guarded by us (to detach it); an impostor's is noted for status only."""
-        if self.built is not None and (fake := impostor_of(self.built.desired, sock)) is not None:
+        """Selected, or guarded by us (to detach it); an impostor's, and a super-server's
+        listener for a daemon no configuration names, are noted for status only."""
+        if self.built is None:
+            return False
+        d = self.built.desired
+        if (fake := impostor_of(d, sock)) is not None:
             self.impostors[sock.cookie] = statusdoc.ImpostorRow(fake, sock)
-        return self.built is not None and (select(self.built.desired, sock) is not None or sock.cookie in self.rows)
+        selected = select(d, sock)
+        if selected is None and _enrols(d) and any(is_superserver(h) for h in sock.holders):
+            self.superserved[sock.cookie] = statusdoc.SuperservedRow(sock)
+        return selected is not None or sock.cookie in self.rows
 
     def _named(self, holder: HolderInfo) -> bool:
-        """Whether ``holder`` has an enrolled daemon's name (only then is who it is read)."""
-        return self.built is not None and any(
+        """Whether ``holder`` has an enrolled daemon's name, or a super-server's while daemons
+        are enrolled (only then is who it is read)."""
+        if self.built is None or not _enrols(self.built.desired):
+            return False
+        names = {fold(holder.comm), fold(holder.argv0 or "")}
+        return not names.isdisjoint(SUPERSERVERS) or any(
             s.selector.daemon is not None and name_matches(s.selector.daemon, holder) for s in self.built.desired.services)
 
     def _ports(self) -> Container[int]:
@@ -51,6 +65,7 @@ class Sweeps(AgentState):
               only: frozenset[int] | None = None) -> None:
         """A full scan (of ``only``'s cookies when given) planned and applied in one transaction."""
         self.impostors = {} if only is None else self.impostors
+        self.superserved = {} if only is None else self.superserved
         with self.observer.scan(self._ports(), only) as look:
             self._cycle(look, full=only is None, retired=retired, trigger=trigger)
             unseen = set() if only is None else only - set(look.held)
@@ -185,3 +200,7 @@ class Sweeps(AgentState):
         self._timers.pop("retry", None)
         due = self.retry.due(self.clock())
         self._guarded(lambda: self.sweep("retry", only=due) if due else self._arm_retry())
+
+
+def _enrols(d: Desired) -> bool:
+    return any(s.selector.daemon is not None for s in d.services)

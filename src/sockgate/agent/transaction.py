@@ -15,15 +15,18 @@ change is a reload with trigger ``file``.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Mapping
 
 from sockgate.agent import bansink, statusdoc
-from sockgate.agent.agentstate import Built, Trigger
+from sockgate.agent.agentstate import Built, Options, Trigger
 from sockgate.agent.banbook import BanBook
 from sockgate.agent.desired import Desired, build
 from sockgate.agent.files import FileWatcher, WatchingReader
 from sockgate.agent.protocol import one_line
+from sockgate.agent.enrol import daemon_names
+from sockgate.agent.superserver import Launch, launches_for, parse_inetd, parse_xinetd
 from sockgate.agent.sweeps import Sweeps
 from sockgate.bans import BannedPrefix
 from sockgate.ebpf.watch import WatchSet
@@ -34,6 +37,7 @@ from sockgate.policy.forward import Lookup, forward_names, rule_names, substitut
 from sockgate.policy.ir import Policy
 from sockgate.resolve import named_daemons, resolve
 from sockgate.resolve.model import ResolvedService
+from sockgate.services_db import read_services
 from sockgate.supervisor import Loop
 
 
@@ -64,7 +68,9 @@ class Transactions(Sweeps):
             compiled[name] = c = bansink.compile_for(self.kernel, r, self._effective(bans, name, now_ns), self.opts.backend)
             return c
 
-        desired = build(policy, named_daemons(policy), self.opts.maps, compile_one, self.wall(), names=uses)
+        daemons = named_daemons(policy)
+        launched = launches_for(self.launches, daemon_names(daemons, self.opts.maps))
+        desired = build(policy, daemons, self.opts.maps, compile_one, self.wall(), names=uses, launched=launched)
         loaded = {**{n: p for n, p in kept.items() if desired.service(n) is not None}, **self.applier.load(compiled)}
         bansink.push(self.kernel, loaded, lambda n: self._effective(bans, n, now_ns))
         return Built(policy, desired, resolved, loaded, answers)
@@ -87,8 +93,11 @@ class Transactions(Sweeps):
         """The policy from its files, remembering every file and directory the load asked for."""
         reader = WatchingReader()
         try:
-            return load_policy(list(self.opts.files), self.opts.hosts_allow, self.opts.hosts_deny,
-                               reader=reader, listdir=reader.listdir)
+            policy = load_policy(list(self.opts.files), self.opts.hosts_allow, self.opts.hosts_deny,
+                                 reader=reader, listdir=reader.listdir)
+            if named_daemons(policy) or self.opts.maps:
+                self.launches = read_launches(self.opts, reader)
+            return policy
         finally:  # a failed load is watched too: fixing the file is the next reload
             self.read_files = tuple(dict.fromkeys(reader.asked))
             self.watch_list = reader.watch_list()
@@ -164,6 +173,33 @@ class Transactions(Sweeps):
             self.notifier.ready()
         else:
             self._arm_files()
+
+
+def read_launches(opts: Options, reader: WatchingReader) -> tuple[Launch, ...]:
+    """The daemons the super-servers' configurations start (a missing file: none), read
+    through ``reader`` so that a change of them reloads too."""
+    services = read_services(opts.services_file)
+    out: list[Launch] = []
+
+    def text(path: str) -> str | None:
+        try:
+            return reader(path)
+        except (OSError, SockgateError):
+            return None
+
+    def include(directory: str) -> list[tuple[str, str]]:
+        try:
+            names = sorted(reader.listdir(directory))
+        except (OSError, SockgateError):
+            return []
+        paths = [os.path.join(directory, n) for n in names if "." not in n and not n.endswith("~")]
+        return [(p, t) for p in paths if (t := text(p)) is not None]
+
+    if opts.xinetd_conf and (xinetd := text(opts.xinetd_conf)) is not None:
+        out += parse_xinetd(xinetd, opts.xinetd_conf, services, include)
+    if opts.inetd_conf and (inetd := text(opts.inetd_conf)) is not None:
+        out += parse_inetd(inetd, opts.inetd_conf, services)
+    return tuple(out)
 
 
 def _changed(old: Mapping[str, Lookup], new: Mapping[str, Lookup]) -> frozenset[str]:

@@ -41,6 +41,10 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state", metavar="PATH",
                    help="keep the bans in this file, so they outlive the agent (the unit: /var/lib/sockgate/bans.json)")
     p.add_argument("--sweep", type=float, default=300.0, metavar="SECONDS", help="full rescan interval (default 300)")
+    p.add_argument("--xinetd-conf", metavar="PATH", default="/etc/xinetd.conf",
+                   help="xinetd's configuration: the ports it listens on for daemons hosts.allow names (default /etc/xinetd.conf)")
+    p.add_argument("--inetd-conf", metavar="PATH", default="/etc/inetd.conf",
+                   help="inetd's configuration, for the same (default /etc/inetd.conf)")
     p.add_argument("--resolv-conf", metavar="PATH", default="/etc/resolv.conf",
                    help="the resolver configuration for host names in rules (default /etc/resolv.conf)")
     p.add_argument("--hosts-file", metavar="PATH", default="/etc/hosts",
@@ -111,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     opts = Options(tuple(args.policy_files), args.hosts_allow, args.hosts_deny, parse_maps(args.map),
                    backend_choice(args.backend), args.control, args.control_group, args.keep_established,
                    args.watch, args.cgroup, args.bpffs, args.sweep, __version__, args.state,
-                   tuple(args.crowdsec_exempt))
+                   tuple(args.crowdsec_exempt), xinetd_conf=args.xinetd_conf, inetd_conf=args.inetd_conf)
     log = Log(args.log_format, sys.stderr, sink=log_sink(args), ident="sockgate-agent")
 
     def say(text: str) -> None:
