@@ -28,14 +28,16 @@ from sockgate.agent.forward import NameBook
 from sockgate.agent.model import Endpoint
 from sockgate.agent.names import NameResolver
 from sockgate.agent.observe import Observer
+from sockgate.agent.refusals import AgentRefusals
 from sockgate.agent.superserver import Launch
 from sockgate.bans import BannedPrefix, Origin
 from sockgate.errors import SockgateError
 from sockgate.kernel import BackendChoice, Kernel
 from sockgate.kernel.backend import Loaded
-from sockgate.log import Log
+from sockgate.log import Log, LogFormat, LogSink
 from sockgate.policy.forward import Lookup
 from sockgate.policy.ir import Policy
+from sockgate.refusallog import DEFAULT_INTERVAL
 from sockgate.resolve.model import ResolvedService
 from sockgate.supervisor import Cancel, Loop, Notifier
 
@@ -63,6 +65,9 @@ class Options:
     xinetd_conf: str | None = "/etc/xinetd.conf"  # super-servers' configurations (agent/superserver.py)
     inetd_conf: str | None = "/etc/inetd.conf"
     services_file: str = "/etc/services"
+    log_format: LogFormat = "text"  # the refusal log of the eBPF services (agent/refusals.py)
+    log_sink: LogSink = "stderr"
+    refusal_interval: float = DEFAULT_INTERVAL  # seconds: one line per refused source per interval
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,7 @@ class AgentState:
     names_error: str | None  # why the last refresh of changed names could not be applied
     launches: tuple[Launch, ...]  # the daemons super-servers start, as the last good read found
     superserved: dict[int, statusdoc.SuperservedRow]  # listeners of super-servers for unknown daemons
+    refusals: AgentRefusals | None  # the refusal log (None until start)
     events: int
     last_resync: float | None
     built: Built | None

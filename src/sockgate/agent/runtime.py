@@ -45,6 +45,7 @@ from sockgate.agent.crowdfeed import CrowdsecFeed
 from sockgate.agent.forward import NameBook
 from sockgate.agent.names import NameResolver
 from sockgate.agent.observe import Observer
+from sockgate.agent.refusals import AgentRefusals
 from sockgate.agent.protocol import Ban, Bans, Ping, Reload, Request, Response, Status, Unban, failure, ok
 from sockgate.agent.transaction import watch_set
 from sockgate.bans import NEVER
@@ -79,6 +80,7 @@ class Agent(Banning):
         self.names_error = None
         self.launches = ()
         self.superserved = {}  # by cookie, as the last full scan saw them
+        self.refusals = None
         self.started = wall()
         self.events = 0
         self.last_resync: float | None = None
@@ -110,6 +112,9 @@ class Agent(Banning):
         self.log.record("notice", message=f"watching: {self.watcher.reason}")
         self._watch_files(loop)
         self.sweep("start")
+        self.refusals = AgentRefusals(loop, self.opts.log_format, self.opts.log_sink, self.opts.refusal_interval,
+                                      lambda text: self.log.record("notice", message=text))
+        self.refusals.update(self.built.loaded, self.built.resolved)
         self._arm("sweep", self.opts.sweep, self._on_sweep)
         self._arm_expiry()
         self._start_names(loop)
@@ -130,6 +135,8 @@ class Agent(Banning):
             self.watcher.close(unpin=False)  # the hooks stay, queueing events for the next agent
         if self.files is not None:
             self.files.close()
+        if self.refusals is not None:
+            self.refusals.close()
         self.log.flush()
 
     def busy(self) -> bool:
@@ -197,6 +204,7 @@ class Agent(Banning):
         sources = {} if self.crowdsec is None else {"crowdsec": self.crowdsec.status(bansink.mono_to_wall)}
         errors += ([] if self.crowdsec is None else self.crowdsec.errors()) + ([self.save_error] if self.save_error else [])
         errors += [self.names_error] if self.names_error else []
+        errors += [self.refusals.error] if self.refusals is not None and self.refusals.error else []
         return statusdoc.build(agent, self.policy_info, services, bans, sources, errors, tuple(self.impostors.values()),
                                tuple(self.superserved.values()))
 

@@ -391,12 +391,18 @@ def _service_text(s: Mapping[str, Any]) -> list[str]:
                    f"that listener is NOT guarded; map its port: --map {s['daemon']}=tcp/PORT")
     for k in s["sockets"]:
         holders = " ".join(f"{h['pid']}/{h['argv0'] or h['comm']}:{h['fd']}" for h in k["holders"]) or "no holder"
-        state = k["state"] if k["state"] in ("guarded", "adopted") else k["state"].upper()
+        state = k["state"] if k["state"] in ("guarded", "adopted") else _stale(k) or k["state"].upper()
         out.append(f"  {state:<9} {k['proto']} {k['local']} {holders}")
         if k["error"]:
             retry = f" (attempt {k['attempts']}, next {k['retry_at']})" if k["retry_at"] else ""
             out.append(f"    {k['error']}{retry}")
     return out
+
+
+def _stale(k: Mapping[str, Any]) -> str | None:
+    """``STALE`` for a socket not guarded as the policy wants that still carries an earlier
+    sockgate program (a locked filter): it is not unfiltered, but not this policy either."""
+    return "STALE" if k["guard"]["state"] == "sockgate" else None
 
 
 def _who(h: Mapping[str, Any]) -> str:

@@ -130,6 +130,8 @@ class Transactions(Sweeps):
         if self.watcher is not None:
             self.watcher.watch(watch_set(built.desired))
         self.sweep(trigger, retired)
+        if self.refusals is not None:
+            self.refusals.update(built.loaded, built.resolved)
 
     def _policy_info(self, trigger: Trigger, ok_: bool, error: str | None) -> statusdoc.PolicyInfo:
         assert self.built is not None

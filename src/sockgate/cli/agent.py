@@ -32,6 +32,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--control-group", metavar="GROUP", help="the group that may use the control socket (default: root only)")
     p.add_argument("--notify", action="store_true", help="report READY/RELOADING/STOPPING to $NOTIFY_SOCKET (systemd)")
     add_log_args(p, "log to syslog (daemon facility) instead of stderr")
+    p.add_argument("--refusal-interval", type=float, default=60.0, metavar="SECONDS",
+                   help="eBPF services: one refusal line per source per SECONDS in the log (default 60)")
     p.add_argument("--keep-established", action="store_true",
                    help="do not end established connections a new or reloaded guard denies (bans still end them)")
     p.add_argument("--watch", choices=("auto", "cgroup-bpf", "poll"), default="auto",
@@ -108,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.policy_files and args.hosts_allow is None and args.hosts_deny is None:
         raise UsageError("agent: no policy: give POLICY files or --hosts-allow/--hosts-deny")
+    if not 0.1 <= args.refusal_interval <= 86400:
+        raise UsageError("agent: --refusal-interval must be between 0.1 and 86400 seconds")
     if args.sweep <= 0:
         raise UsageError("agent: --sweep must be more than 0 seconds")
     crowdsec = crowdsec_feed(args)
@@ -115,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
     opts = Options(tuple(args.policy_files), args.hosts_allow, args.hosts_deny, parse_maps(args.map),
                    backend_choice(args.backend), args.control, args.control_group, args.keep_established,
                    args.watch, args.cgroup, args.bpffs, args.sweep, __version__, args.state,
-                   tuple(args.crowdsec_exempt), xinetd_conf=args.xinetd_conf, inetd_conf=args.inetd_conf)
+                   tuple(args.crowdsec_exempt), xinetd_conf=args.xinetd_conf, inetd_conf=args.inetd_conf,
+                   log_format=args.log_format, log_sink=log_sink(args), refusal_interval=args.refusal_interval)
     log = Log(args.log_format, sys.stderr, sink=log_sink(args), ident="sockgate-agent")
 
     def say(text: str) -> None:
