@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 
-from kernel.test_agent import ALLOWED, BASE, Lab, guard, guarded_by, lab, native, until  # noqa: F401
+from kernel.test_agent import BASE, Lab, guard, guarded_by, lab, native, until  # noqa: F401
 
 # Listens on 0.0.0.0:PORT, prints {"pid","fd"}, and locks its socket's filter on "lock".
 LOCKER = r"""
