@@ -119,3 +119,11 @@ def test_a_super_servers_listener_on_a_launched_port_is_the_daemons_and_nobody_e
     assert select(d, sock(21, holder("nginx", 0))) is None  # someone else on the port: not the daemon's
     assert select(d, sock(22, holder("xinetd", 0))) is None
     assert is_superserver(holder("systemd", 0)) and not is_superserver(holder("systemd", None))
+
+
+def test_hostile_ports_and_names_launch_nothing() -> None:
+    text = ("service x\n{\n port = ²\n type = UNLISTED\n socket_type = stream\n server = /bin/x\n}\n"
+            "service y\n{\n port = 70000\n type = UNLISTED\n socket_type = stream\n server = /bin/y\n}\n"
+            "service z\n{\n port = 9\n socket_type = raw\n server = /bin/z\n}\n")
+    assert parse_xinetd(text, "x", SERVICES) == []
+    assert parse_inetd("²³ stream tcp nowait root /usr/sbin/tcpd d\n", "i", SERVICES) == []

@@ -173,9 +173,8 @@ def parse_inetd(text: str, path: str, services: Services) -> list[Launch]:
 
 def _ports(port: str, service: str, proto: str, services: Services) -> list[Endpoint]:
     """The port given, else the service's in services(5), else the service name as a number."""
-    if port.isdigit() and 1 <= int(port) <= 65535:
-        return [Endpoint("tcp" if proto == "tcp" else "udp", int(port), int(port))]
-    if service.isdigit() and 1 <= int(service) <= 65535:
-        return [Endpoint("tcp" if proto == "tcp" else "udp", int(service), int(service))]
+    for number in (port, service):
+        if number.isascii() and number.isdigit() and 1 <= int(number) <= 65535:
+            return [Endpoint("tcp" if proto == "tcp" else "udp", int(number), int(number))]
     return [Endpoint("tcp" if proto == "tcp" else "udp", a, b)
             for e in services.get(service, ()) if e.proto == proto for a, b in e.ports]
