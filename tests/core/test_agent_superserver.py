@@ -9,7 +9,7 @@ from __future__ import annotations
 from sockgate.agent.desired import ServiceSpec
 from sockgate.agent.enrol import select
 from sockgate.agent.model import Endpoint, GuardState, HolderInfo, Observed, Selector, Want
-from sockgate.agent.superserver import Launch, is_superserver, launches_for, parse_inetd, parse_xinetd
+from sockgate.agent.superserver import Launch, is_superserver, launches_for, parse_inetd, parse_socket_unit, parse_xinetd
 from sockgate.export.ports import parse_services
 
 SERVICES = parse_services("ftp 21/tcp\ntelnet 23/tcp\ntftp 69/udp\n")
@@ -127,3 +127,19 @@ def test_hostile_ports_and_names_launch_nothing() -> None:
             "service z\n{\n port = 9\n socket_type = raw\n server = /bin/z\n}\n")
     assert parse_xinetd(text, "x", SERVICES) == []
     assert parse_inetd("²³ stream tcp nowait root /usr/sbin/tcpd d\n", "i", SERVICES) == []
+
+
+def test_a_socket_unit_names_its_services_argv0_on_its_ports() -> None:
+    units = {
+        "ssh@.service": "[Unit]\nDescription=x\n[Service]\nExecStart=-/usr/sbin/sshd -i\nStandardInput=socket\n",
+        "ftp.service": "[Service]\nExecStart=\nExecStart=@/usr/sbin/tcpd in.ftpd -l\n",
+        "other.service": "[Service]\nExecStart=/usr/bin/otherd\n",
+    }
+    ssh = "[Socket]\nListenStream=22\nListenStream=[::]:2222\nListenStream=/run/x.sock\nAccept=yes\n"
+    ftp = "[Socket]\nListenStream=0.0.0.0:21\nListenDatagram=127.0.0.1:69\nService=other.service\n"
+    assert [(x.daemon, x.endpoint) for x in parse_socket_unit("ssh.socket", ssh, "u", units.get)] == [
+        ("sshd", Endpoint("tcp", 22, 22)), ("sshd", Endpoint("tcp", 2222, 2222))]
+    assert [(x.daemon, x.endpoint) for x in parse_socket_unit("ftp.socket", ftp, "u", units.get)] == [
+        ("otherd", Endpoint("tcp", 21, 21)), ("otherd", Endpoint("udp", 69, 69))]
+    assert [x.daemon for x in parse_socket_unit("ftp.socket", "[Socket]\nListenStream=21\n", "u", units.get)] == ["in.ftpd"]
+    assert parse_socket_unit("gone.socket", "[Socket]\nListenStream=9\n", "u", units.get) == []  # no service: unknown

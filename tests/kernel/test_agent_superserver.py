@@ -3,7 +3,10 @@ with a test configuration, starting ``in.sgtestd`` (an echo script) for connecti
 port and another daemon on a second port; the agent is given a configuration that names only
 the first. The first listener — held by xinetd, never by a process called in.sgtestd — is
 guarded as in.sgtestd's (127.0.0.1 served, 127.0.0.2 dropped); the second is reported as
-held by a super-server for an unknown daemon, never silently left."""
+held by a super-server for an unknown daemon, never silently left. systemd socket activation
+is not run here (systemd is not PID 1 in the lab): a root process named ``systemd`` holds a
+listener that a ``.socket`` unit in a test unit directory describes, and its ``@.service``
+names the daemon."""
 
 from __future__ import annotations
 
@@ -79,3 +82,38 @@ def test_a_listener_xinetd_holds_for_a_named_daemon_is_guarded_and_an_unknown_on
         xinetd.kill()
         xinetd.wait()
         log.close()
+
+
+LISTEN = ("import socket, sys; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+          "s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(); print('up', flush=True); sys.stdin.read()")
+
+
+def test_a_listener_systemd_holds_for_a_socket_unit_is_its_services_daemons(lab: Lab) -> None:
+    port = BASE + 3
+    units = lab.path("units")
+    os.mkdir(units)
+    with open(os.path.join(units, "sgtest.socket"), "w") as f:
+        f.write(f"[Socket]\nListenStream=127.0.0.1:{port}\nAccept=yes\n")
+    with open(os.path.join(units, "sgtest@.service"), "w") as f:
+        f.write("[Service]\nExecStart=-/usr/local/sbin/in.sgtestd -i\nStandardInput=socket\n")
+    fake = lab.path("systemd")
+    os.symlink(os.path.realpath(sys.executable), fake)
+    holder = subprocess.Popen([fake, "-I", "-c", LISTEN, str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "up"
+        allow = lab.path("hosts.allow", f"in.sgtestd: {ALLOWED}\n")
+        deny = lab.path("hosts.deny", "ALL: ALL\n")
+        agent = lab.agent("--hosts-allow", allow, "--hosts-deny", deny, "--systemd-units", units,
+                          "--xinetd-conf", lab.path("no-xinetd.conf"), "--inetd-conf", lab.path("no-inetd.conf"))
+        rows = until("systemd's listener guarded as in.sgtestd's", lambda: [
+            k for svc in agent.status()["services"] if svc["name"] == "in.sgtestd" for k in svc["sockets"]
+            if k["state"] in ("guarded", "adopted")])
+        assert [(k["local"], k["holders"][0]["comm"]) for k in rows] == [(f"127.0.0.1:{port}", "systemd")]
+        assert agent.status()["superserved"] == []
+        assert not connects(DENIED, port)
+    finally:
+        holder.kill()
+        holder.wait()
+        for pipe in (holder.stdin, holder.stdout):
+            if pipe is not None:
+                pipe.close()

@@ -42,6 +42,7 @@ from sockgate.resolve.model import ResolvedService
 from sockgate.supervisor import Cancel, Loop, Notifier
 
 SWEEP = 300.0
+SYSTEMD_UNITS = ("/etc/systemd/system", "/run/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system")
 Trigger = Literal["start", "signal", "file", "request", "names", "bans"]
 
 
@@ -64,6 +65,7 @@ class Options:
     crowdsec_exempt: tuple[str, ...] = ()  # services CrowdSec's decisions do not apply to
     xinetd_conf: str | None = "/etc/xinetd.conf"  # super-servers' configurations (agent/superserver.py)
     inetd_conf: str | None = "/etc/inetd.conf"
+    systemd_units: tuple[str, ...] = SYSTEMD_UNITS  # the unit directories, in systemd's order
     services_file: str = "/etc/services"
     log_format: LogFormat = "text"  # the refusal log of the eBPF services (agent/refusals.py)
     log_sink: LogSink = "stderr"

@@ -37,7 +37,7 @@ from typing import Callable, Literal
 from sockgate.agent import control as control_mod
 from sockgate.agent import bansink, reconcile, statusdoc
 from sockgate.agent import watcher as watcher_mod
-from sockgate.agent.agentstate import SWEEP, Built, Options, Row, Trigger
+from sockgate.agent.agentstate import SWEEP, SYSTEMD_UNITS, Built, Options, Row, Trigger
 from sockgate.agent.applier import Applier
 from sockgate.agent.banbook import BanBook
 from sockgate.agent.banning import Banning
@@ -54,7 +54,7 @@ from sockgate.log import Log
 from sockgate.linux.signalfd import SigInfo
 from sockgate.supervisor import Cancel, Loop, Notifier
 
-__all__ = ["Agent", "Built", "Options", "Row", "SWEEP", "Trigger"]
+__all__ = ["Agent", "Built", "Options", "Row", "SWEEP", "SYSTEMD_UNITS", "Trigger"]
 ORIGINS = bansink.ORIGINS
 
 

@@ -18,11 +18,15 @@ named as libwrap names it:
   daemon is the basename of argv[0] (what tcpd and a libwrap daemon take as their name);
   ``internal`` and RPC services launch none.
 
+* systemd (``systemd.socket(5)``): each ``NAME.socket`` unit's ``ListenStream`` (tcp) and
+  ``ListenDatagram`` (udp) ports; the service it starts is ``Service=``, else ``NAME@.service``
+  with ``Accept=yes``, else ``NAME.service``; the daemon is the basename of that service's
+  ``ExecStart`` argv[0] (the second word with the ``@`` prefix). The unit directories are
+  read in systemd's order, the first file of a name winning; drop-ins are not read.
+
 A listener held by a super-server (``SUPERSERVERS``, by name, from root) whose port no
 configuration maps to a daemon is not silently left: the agent reports it ("held by a
-super-server for an unknown daemon", with the ``--map`` advice). systemd ``.socket`` units are
-not read here (the unit's ``ExecStart`` would give the name): their listeners, held by
-``systemd``, are reported that way.
+super-server for an unknown daemon", with the ``--map`` advice).
 
 Pure: texts in, mappings out; the files are read by the caller (``agent/transaction.py``,
 through the reader that also watches them).
@@ -169,6 +173,56 @@ def parse_inetd(text: str, path: str, services: Services) -> list[Launch]:
         daemon = posixpath.basename(fields[6])
         out += [Launch(daemon, ep, f"inetd {path}") for ep in _ports("", service, proto, services)]
     return out
+
+
+# -- systemd ----------------------------------------------------------------------------------
+
+
+def parse_socket_unit(name: str, text: str, where: str, service_text: Callable[[str], str | None]) -> list[Launch]:
+    """The daemon socket unit ``name`` (``sshd.socket``) starts on each of its IP ports;
+    ``service_text(unit)`` gives a service unit's text (None: not found)."""
+    socket = _unit(text).get("Socket", {})
+    accept = (socket.get("Accept") or ["no"])[-1].lower() in ("yes", "true", "1", "on")
+    stem = name.removesuffix(".socket")
+    service = (socket.get("Service") or [""])[-1] or (f"{stem}@.service" if accept else f"{stem}.service")
+    found = service_text(service)
+    exec_start = [v for v in _unit(found or "").get("Service", {}).get("ExecStart", []) if v]
+    daemon = _argv0(exec_start[0]) if exec_start else ""
+    if not daemon or "@" in stem:
+        return []
+    out: list[Launch] = []
+    for key, proto in (("ListenStream", "tcp"), ("ListenDatagram", "udp")):
+        for value in socket.get(key, []):
+            port = value.rpartition(":")[2] if not value.startswith("/") else ""
+            out += [Launch(daemon, ep, f"systemd {where}") for ep in _ports(port, "", proto, {})]
+    return out
+
+
+def _unit(text: str) -> dict[str, dict[str, list[str]]]:
+    """A unit file's sections → key → values in order (an empty value resets the list, as
+    systemd does for list settings); continuation lines joined."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] | None = None
+    for line in text.replace("\\\n", " ").splitlines():
+        line = line.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+            continue
+        key, sep, value = line.partition("=")
+        if sep and current is not None:
+            value = value.strip()
+            current[key.strip()] = [*current.get(key.strip(), []), value] if value else []
+    return sections
+
+
+def _argv0(exec_start: str) -> str:
+    """The basename of argv[0] of an ``ExecStart`` line (its ``-@:+!`` prefixes read)."""
+    prefix = exec_start[:len(exec_start) - len(exec_start.lstrip("-@:+!"))]
+    words = exec_start[len(prefix):].split()
+    word = words[1] if "@" in prefix and len(words) > 1 else words[0] if words else ""
+    return posixpath.basename(word)
 
 
 def _ports(port: str, service: str, proto: str, services: Services) -> list[Endpoint]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Mapping
+from typing import Callable, Mapping
 
 from sockgate.agent import bansink, statusdoc
 from sockgate.agent.agentstate import Built, Options, Trigger
@@ -26,7 +26,7 @@ from sockgate.agent.desired import Desired, build
 from sockgate.agent.files import FileWatcher, WatchingReader
 from sockgate.agent.protocol import one_line
 from sockgate.agent.enrol import daemon_names
-from sockgate.agent.superserver import Launch, launches_for, parse_inetd, parse_xinetd
+from sockgate.agent.superserver import Launch, launches_for, parse_inetd, parse_socket_unit, parse_xinetd
 from sockgate.agent.sweeps import Sweeps
 from sockgate.bans import BannedPrefix
 from sockgate.ebpf.watch import WatchSet
@@ -201,7 +201,33 @@ def read_launches(opts: Options, reader: WatchingReader) -> tuple[Launch, ...]:
         out += parse_xinetd(xinetd, opts.xinetd_conf, services, include)
     if opts.inetd_conf and (inetd := text(opts.inetd_conf)) is not None:
         out += parse_inetd(inetd, opts.inetd_conf, services)
+    out += _socket_units(opts.systemd_units, reader, text)
     return tuple(out)
+
+
+def _socket_units(dirs: tuple[str, ...], reader: WatchingReader, text: Callable[[str], str | None]) -> list[Launch]:
+    """The launches of every ``.socket`` unit in ``dirs`` (the first of a name wins), each with
+    its service unit found in the same order. Only existing directories are listed (and so
+    watched): a missing one is not a problem to report."""
+    listed = [d for d in dirs if os.path.isdir(d)]
+    names: dict[str, str] = {}
+    for d in listed:
+        try:
+            found = reader.listdir(d)
+        except (OSError, SockgateError):
+            continue
+        for n in sorted(found):
+            names.setdefault(n, d)
+
+    def service_text(unit: str) -> str | None:
+        d = names.get(unit)
+        return None if d is None else text(os.path.join(d, unit))
+
+    out: list[Launch] = []
+    for n, d in sorted(names.items()):
+        if n.endswith(".socket") and (t := text(os.path.join(d, n))) is not None:
+            out += parse_socket_unit(n, t, os.path.join(d, n), service_text)
+    return out
 
 
 def _changed(old: Mapping[str, Lookup], new: Mapping[str, Lookup]) -> frozenset[str]:

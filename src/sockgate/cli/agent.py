@@ -47,6 +47,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help="xinetd's configuration: the ports it listens on for daemons hosts.allow names (default /etc/xinetd.conf)")
     p.add_argument("--inetd-conf", metavar="PATH", default="/etc/inetd.conf",
                    help="inetd's configuration, for the same (default /etc/inetd.conf)")
+    p.add_argument("--systemd-units", action="append", metavar="DIR",
+                   help="a systemd unit directory whose .socket units say which daemon a port starts (repeatable;"
+                        " default the system's, in systemd's order)")
     p.add_argument("--resolv-conf", metavar="PATH", default="/etc/resolv.conf",
                    help="the resolver configuration for host names in rules (default /etc/resolv.conf)")
     p.add_argument("--hosts-file", metavar="PATH", default="/etc/hosts",
@@ -97,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     from sockgate import __version__
     from sockgate.agent.applier import Applier
     from sockgate.agent.names import NameResolver
-    from sockgate.agent.runtime import Agent, Options
+    from sockgate.agent.runtime import SYSTEMD_UNITS, Agent, Options
     from sockgate.guard import backend_choice, require_kernel
     from sockgate.kernel import Kernel, default_kernel
     from sockgate.kernel.bpfops import LinuxBpf
@@ -120,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
                    backend_choice(args.backend), args.control, args.control_group, args.keep_established,
                    args.watch, args.cgroup, args.bpffs, args.sweep, __version__, args.state,
                    tuple(args.crowdsec_exempt), xinetd_conf=args.xinetd_conf, inetd_conf=args.inetd_conf,
+                   systemd_units=tuple(args.systemd_units) if args.systemd_units else SYSTEMD_UNITS,
                    log_format=args.log_format, log_sink=log_sink(args), refusal_interval=args.refusal_interval)
     log = Log(args.log_format, sys.stderr, sink=log_sink(args), ident="sockgate-agent")
 
