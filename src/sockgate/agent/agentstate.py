@@ -81,6 +81,7 @@ class Built:
     resolved: Mapping[str, ResolvedService]
     loaded: Mapping[str, Loaded]
     answers: Mapping[str, Lookup] = field(default_factory=dict)  # the host-name answers compiled in
+    launches: tuple[Launch, ...] = ()  # the daemons super-servers start (agent/superserver.py), as read with it
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,6 @@ class AgentState:
     resolver: NameResolver | None  # None: no lookups, every name fails (closed)
     asking: set[str]  # names the resolver's worker is looking up
     names_error: str | None  # why the last refresh of changed names could not be applied
-    launches: tuple[Launch, ...]  # the daemons super-servers start, as the last good read found
     superserved: dict[int, statusdoc.SuperservedRow]  # listeners of super-servers for unknown daemons
     refusals: AgentRefusals | None  # the refusal log (None until start)
     events: int

@@ -78,7 +78,6 @@ class Agent(Banning):
         self.resolver = resolver
         self.asking = set()
         self.names_error = None
-        self.launches = ()
         self.superserved = {}  # by cookie, as the last full scan saw them
         self.refusals = None
         self.started = wall()

@@ -47,8 +47,10 @@ class Transactions(Sweeps):
         """Read (unless ``policy`` is given), compile and load everything (but the programs
         ``keep`` names, loaded as they are), bring the eBPF ban maps to ``bans``, or raise."""
         if policy is None:
-            policy = self._read()
+            policy, launches = self._read()
             self._learn(policy)
+        else:
+            launches = self.built.launches if self.built is not None else ()
         now_ns = time.monotonic_ns()
         answers = self.namebook.in_force(self.clock())
         changed = _changed(self.built.answers if self.built is not None else {}, answers)
@@ -69,11 +71,11 @@ class Transactions(Sweeps):
             return c
 
         daemons = named_daemons(policy)
-        launched = launches_for(self.launches, daemon_names(daemons, self.opts.maps))
+        launched = launches_for(launches, daemon_names(daemons, self.opts.maps))
         desired = build(policy, daemons, self.opts.maps, compile_one, self.wall(), names=uses, launched=launched)
         loaded = {**{n: p for n, p in kept.items() if desired.service(n) is not None}, **self.applier.load(compiled)}
         bansink.push(self.kernel, loaded, lambda n: self._effective(bans, n, now_ns))
-        return Built(policy, desired, resolved, loaded, answers)
+        return Built(policy, desired, resolved, loaded, answers, launches)
 
     def _learn(self, policy: Policy) -> None:
         """The host names ``policy`` uses, tracked; those never asked looked up now (a policy is
@@ -89,15 +91,15 @@ class Transactions(Sweeps):
                 book, _ = book.update(answer)
         self.namebook = book
 
-    def _read(self) -> Policy:
-        """The policy from its files, remembering every file and directory the load asked for."""
+    def _read(self) -> tuple[Policy, tuple[Launch, ...]]:
+        """The policy from its files, and the daemons super-servers start when it enrols any;
+        every file and directory the load asked for remembered (and watched)."""
         reader = WatchingReader()
         try:
             policy = load_policy(list(self.opts.files), self.opts.hosts_allow, self.opts.hosts_deny,
                                  reader=reader, listdir=reader.listdir)
-            if named_daemons(policy) or self.opts.maps:
-                self.launches = read_launches(self.opts, reader)
-            return policy
+            enrols = bool(named_daemons(policy) or self.opts.maps)
+            return policy, read_launches(self.opts, reader) if enrols else ()
         finally:  # a failed load is watched too: fixing the file is the next reload
             self.read_files = tuple(dict.fromkeys(reader.asked))
             self.watch_list = reader.watch_list()
