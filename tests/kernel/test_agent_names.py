@@ -189,3 +189,15 @@ def test_the_agent_enforces_a_host_name_follows_its_change_within_the_ttl_and_fa
                  if agent.status()["services"][0]["names"][0]["error"] else None)
     assert name["addresses"] == [] and "admits nobody" in name["error"], name
     assert guarded_by(s.info, "web")
+    busy = scheduled(agent.proc.pid)
+    time.sleep(1.0)  # (a measurement window, not a wait for anything)
+    # its loop ran or waited to run for less than half of that second: a failing resolver is
+    # retried with backoff, never in a loop (run + run-queue time, so a loaded machine cannot hide a spin)
+    assert scheduled(agent.proc.pid) - busy < 0.5
+
+
+def scheduled(pid: int) -> float:
+    """Seconds the process's main thread has run or waited on a run queue (schedstat)."""
+    with open(f"/proc/{pid}/task/{pid}/schedstat") as f:
+        run, wait = f.read().split()[:2]
+    return (int(run) + int(wait)) / 1e9

@@ -110,11 +110,12 @@ class NameBook:
         """The names to look up now."""
         return tuple(n for n, e in self.entries.items() if self._next(e) <= now)
 
-    def wake_at(self, asking: Container[str] = ()) -> float | None:
+    def wake_at(self, asking: Container[str] = (), now: float = float("-inf")) -> float | None:
         """The next time something is due or an answer expires (None: nothing tracked); the
-        names in ``asking`` (looked up now) are not due again until their answer comes."""
+        names in ``asking`` (looked up now) are not due again until their answer comes, and
+        answers that expired by ``now`` are past (not a time to wake for again)."""
         times = [self._next(e) for n, e in self.entries.items() if n not in asking]
-        times += [self.expires(e.good) for e in self.entries.values() if e.good is not None]
+        times += [t for e in self.entries.values() if e.good is not None and (t := self.expires(e.good)) > now]
         return min(times, default=None)
 
     def in_force(self, now: float) -> dict[str, Lookup]:

@@ -46,7 +46,7 @@ class HostNames(Transactions):
         self._arm_names()
 
     def _arm_names(self) -> None:
-        wake = self.namebook.wake_at(self.asking)
+        wake = self.namebook.wake_at(self.asking, self.clock())
         if wake is None or self.resolver is None:
             self._disarm("names")
             return
@@ -120,6 +120,8 @@ def _row(r: NameState, to_wall: float) -> statusdoc.NameRow:
             error = f"refreshing fails ({r.error}); the last answer holds until it expires"
         case "failed":
             error = f"lookup failed ({r.error}): admits nobody; a rule refusing by it stays in user space"
+        case "pending" if r.expires is not None:
+            error = "its answer expired and the refresh is not answered yet: admits nobody"
         case "pending":
             error = "not answered yet: admits nobody"
         case _:
