@@ -225,3 +225,12 @@ def test_a_name_that_needs_a_reverse_lookup_is_still_refused_for_the_kernel(tmp_
         return
     with pytest.raises(SockgateError, match="host name"):
         a._build(a.bans)
+
+
+def test_the_same_addresses_in_another_order_are_no_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    names = FakeNames({"web.sg.test": ("127.0.0.5", "127.0.0.6")})
+    a, sweeps = named_agent(tmp_path, monkeypatch, names)
+    names.addresses["web.sg.test"] = ("127.0.0.6", "127.0.0.5")  # round robin
+    a.namebook, _ = a.namebook.update(names.answer("web.sg.test"))
+    a._refresh()
+    assert sweeps == []

@@ -24,7 +24,7 @@ from typing import assert_never
 from sockgate.agent import statusdoc
 from sockgate.agent.agentstate import Built
 from sockgate.agent.forward import Row as NameState
-from sockgate.agent.transaction import Transactions, failure_text
+from sockgate.agent.transaction import Transactions, changed_names, failure_text
 from sockgate.errors import SockgateError
 from sockgate.supervisor import Loop
 
@@ -78,7 +78,7 @@ class HostNames(Transactions):
         if built is None:
             return
         answers = self.namebook.in_force(self.clock())
-        changed = {n for n in {*answers, *built.answers} if answers.get(n) != built.answers.get(n)}
+        changed = changed_names(built.answers, answers)
         if not changed:
             return
         keep = {n: p for n, p in built.loaded.items() if changed.isdisjoint(_uses(built, n))}

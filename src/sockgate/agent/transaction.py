@@ -33,8 +33,8 @@ from sockgate.ebpf.watch import WatchSet
 from sockgate.errors import PolicyError, SockgateError
 from sockgate.kernel.backend import Compiled, Loaded
 from sockgate.loading import load_policy
-from sockgate.policy.forward import Lookup, forward_names, rule_names, substitute
-from sockgate.policy.ir import Policy
+from sockgate.policy.forward import Lookup, admitted, forward_names, matched, rule_names, substitute
+from sockgate.policy.ir import IPAddress, Policy
 from sockgate.resolve import named_daemons, resolve
 from sockgate.resolve.model import ResolvedService
 from sockgate.services_db import read_services
@@ -53,7 +53,7 @@ class Transactions(Sweeps):
             launches = self.built.launches if self.built is not None else ()
         now_ns = time.monotonic_ns()
         answers = self.namebook.in_force(self.clock())
-        changed = _changed(self.built.answers if self.built is not None else {}, answers)
+        changed = changed_names(self.built.answers if self.built is not None else {}, answers)
         named = substitute(policy, answers) if forward_names(policy) else policy
         resolved: dict[str, ResolvedService] = {}
         compiled: dict[str, Compiled] = {}
@@ -232,9 +232,13 @@ def _socket_units(dirs: tuple[str, ...], reader: WatchingReader, text: Callable[
     return out
 
 
-def _changed(old: Mapping[str, Lookup], new: Mapping[str, Lookup]) -> frozenset[str]:
-    """The names whose answer in force differs (one side may lack it: failed)."""
-    return frozenset(n for n in {*old, *new} if old.get(n) != new.get(n))
+def changed_names(old: Mapping[str, Lookup], new: Mapping[str, Lookup]) -> frozenset[str]:
+    """The names whose answer in force differs in what it admits or refuses (one side may lack
+    it: failed). The same addresses in another order — DNS round robin — are no change."""
+    def effect(lk: Lookup | None) -> tuple[tuple[IPAddress, ...], tuple[IPAddress, ...]] | None:
+        return None if lk is None else (admitted(lk), matched(lk))
+
+    return frozenset(n for n in {*old, *new} if effect(old.get(n)) != effect(new.get(n)))
 
 
 def watch_set(d: Desired) -> WatchSet:
