@@ -222,18 +222,20 @@ class Observer:
 
 def _identified(h: HolderInfo, pidfds: pidfd.PidfdCache, proc: str) -> HolderInfo:
     """``h`` with the facts that tell the daemon from a process that took its name, read while
-    a pidfd holds the process: the pidfd is opened first, /proc/PID read, then the pidfd asked
-    whether the process still lives — if it does, the pid named it throughout (a pid is reused
-    only after its process is gone), and the socket is later borrowed through that same pidfd.
-    A process that exited meanwhile (or one we may not open) keeps no identity: never enrolled."""
+    a pidfd holds the process: the pidfd is opened first, /proc/PID read — its names again and
+    who it is — then the pidfd asked whether the process still lives. If it does, the pid named
+    that one process throughout (a pid is reused only after its process is gone), so name and
+    identity are one process's, and the socket is later borrowed through that same pidfd. A
+    process that exited meanwhile (or one we may not open) keeps no identity: never enrolled."""
     try:
         pfd = pidfds.pidfd(h.pid)
     except SockgateError:
         return h
+    n = procfs.names(h.pid, proc)
     i = procfs.identity(h.pid, proc)
-    if pidfd.exited(pfd):
+    if n is None or pidfd.exited(pfd):
         return h
-    return replace(h, euid=i.euid, exe=i.exe, exe_root_owned=i.exe_root_owned)
+    return replace(h, comm=n.comm or "", argv0=n.argv0, euid=i.euid, exe=i.exe, exe_root_owned=i.exe_root_owned)
 
 
 def _named(h: Holder, proc: str) -> Holder | None:
