@@ -140,10 +140,10 @@ def serve(mode: str, spec: dict[str, Any], backlog: int = 4096) -> None:
         lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         lst.bind(("127.0.0.1", 0))
         if g:
-            from sockgate.bpf import compile_service
+            from sockgate.bpf import compile_resolved
             from sockgate.linux import filter as kfilter
 
-            kfilter.attach(lst, compile_service(svc).encode())
+            kfilter.attach(lst, compile_resolved(svc).encode())  # svc is resolved already
         lst.listen(backlog)
         lst.setblocking(False)
         listeners[lst.fileno()] = lst
