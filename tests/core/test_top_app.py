@@ -82,6 +82,8 @@ async def test_filter_by_service_port_user_and_a_bad_filter_is_one_line() -> Non
         await pilot.press("slash", "ctrl+u", *"port:ssh", "enter")
         assert text(a, "message") == "filter 'port:ssh': a port is a number 0-65535"
         assert column(a, "t-services", 0) == ["web"]  # the filter before is kept
+        await pilot.press("slash", "ctrl+u", *"port:443", "escape")  # escape: the prompt closed, nothing changed
+        assert column(a, "t-services", 0) == ["web"] and "filter: user:www-data" in text(a, "title")
         await pilot.press("slash", "ctrl+u", "enter")
         assert column(a, "t-services", 0) == ["ssh", "web"]
 
@@ -154,7 +156,7 @@ async def test_no_color_renders_without_colour(monkeypatch: pytest.MonkeyPatch, 
     assert "0.0.0.0:22" in svg.replace("&#160;", " ")
 
 
-def test_the_documented_screenshots_are_the_current_screens(tmp_path: Path) -> None:
+def test_every_screen_has_its_screenshot_in_the_docs(tmp_path: Path) -> None:
     import asyncio
 
     before = os.environ.get("NO_COLOR")
@@ -162,6 +164,7 @@ def test_the_documented_screenshots_are_the_current_screens(tmp_path: Path) -> N
     docs = Path(__file__).parents[2] / "docs" / "top"
     for p in written:
         assert (docs / p.name).exists(), f"regenerate: python tests/support/topdata.py docs/top ({p.name})"
+        assert f"](top/{p.name})" in (docs.parent / "top.md").read_text()
     assert "NO_COLOR" not in os.environ or os.environ["NO_COLOR"] == before
 
 

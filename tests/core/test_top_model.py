@@ -188,7 +188,7 @@ def test_time_left_is_short_and_never_fails(seconds: float | None) -> None:
 @given(st.integers(0, 10**6), st.integers(0, 10**6), st.floats(-5, 1e6, allow_nan=False))
 def test_rate_is_none_or_the_growth_per_second(a: int, b: int, span: float) -> None:
     r = rate(a, b, span)
-    assert (r is None) == (span <= 0 or b < a)
+    assert (r is None) == (span < model.MIN_SPAN or b < a)
     assert r is None or abs(r * span - (b - a)) <= 1e-6 * max(1, b - a)
 
 

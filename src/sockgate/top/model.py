@@ -134,10 +134,13 @@ def view(cur: Snapshot, prev: Snapshot | None = None) -> View:
     )
 
 
+MIN_SPAN = 0.001  # seconds: below it (or a wall clock stepped back) two readings give no rate
+
+
 def rate(before: int | None, now: int, span: float) -> float | None:
-    """Refusals per second between two readings; None without a reading before, a positive
-    span, or when the counter went down (evicted and counted again)."""
-    if before is None or span <= 0 or now < before:
+    """Refusals per second between two readings; None without a reading before, with a span
+    under ``MIN_SPAN``, or when the counter went down (evicted and counted again)."""
+    if before is None or span < MIN_SPAN or now < before:
         return None
     return (now - before) / span
 

@@ -15,7 +15,7 @@ covering bans passed as ``--banned`` would be.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Literal, Sequence, TypeVar, assert_never
 
 from sockgate.errors import SockgateError, UsageError
@@ -214,7 +214,3 @@ def pane_rows(view: View, pane: Pane) -> Sequence[AnyRow]:
             return view.bans
         case _:
             assert_never(pane)
-
-
-def field_names(row_type: type) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(row_type))
