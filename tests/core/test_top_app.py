@@ -189,3 +189,15 @@ def test_the_parser_takes_the_policy_and_the_control_socket() -> None:
     top_cli.add_parser(p)
     args = p.parse_args(["a.conf", "--hosts-allow", "/etc/hosts.allow", "--control", "/x.sock", "--ban-for", "never"])
     assert (args.policy_files, args.hosts_allow, args.control, args.ban_for) == (["a.conf"], "/etc/hosts.allow", "/x.sock", "never")
+
+
+async def test_two_sockets_on_one_address_are_two_rows() -> None:
+    """SO_REUSEPORT: the same proto, address and holder twice must not collide in the table."""
+    from dataclasses import replace
+
+    snap = replace(topdata.with_agent(), sockets=topdata.SOCKETS + topdata.SOCKETS[:1])
+    a, _ = app(snap)
+    async with a.run_test(size=(80, 24)) as pilot:
+        assert column(a, "t-sockets", 1) == ["0.0.0.0:22", "0.0.0.0:22", "0.0.0.0:53", "0.0.0.0:443", "127.0.0.1:5432"]
+        await pilot.press("down", "g")
+        assert a.screen.query_one("#t-sockets", DataTable).cursor_row == 1

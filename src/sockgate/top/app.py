@@ -26,40 +26,53 @@ from textual.containers import VerticalScroll
 from textual.events import DescendantFocus
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static, TabbedContent, TabPane
+from textual.widgets.data_table import CellDoesNotExist
 
 from sockgate.errors import SockgateError
 from sockgate.policy.ir import Policy
 from sockgate.top.feed import Actions
 from sockgate.top.model import BanView, Snapshot, SourceView, View, view
-from sockgate.top.select import (COLUMNS, Filter, FilterError, Followed, Pane, apply, cells, explain_source, follow,
+from sockgate.top.select import (COLUMNS, AnyRow, Filter, FilterError, Followed, Pane, apply, cells, explain_source, follow,
                                  pane_rows, parse_filter, sort_rows)
 
 TABLES: dict[str, Pane] = {"t-sockets": "sockets", "t-services": "services", "t-sources": "sources", "t-bans": "bans"}
 DEFAULT_SORT: dict[Pane, tuple[int, bool]] = {"sockets": (1, False), "services": (1, True), "sources": (2, True), "bans": (0, False)}
 
 
-def fill(table: DataTable[Text], pane: Pane, rows: Sequence[object], keys: Sequence[str]) -> None:
-    """Refill ``table``, its cursor kept on the row of the same key when that row is still there."""
+def fill(table: DataTable[Text], pane: Pane, rows: Sequence[AnyRow], keys: Sequence[str]) -> dict[str, AnyRow]:
+    """Refill ``table``, its cursor kept on the row of the same key when that row is still there.
+    Keys repeated (two sockets on one address, SO_REUSEPORT) are told apart by their order."""
     old = _cursor_key(table)
     table.clear()
-    for row, key in zip(rows, keys):
-        table.add_row(*[Text(c) for c in cells(row, pane)], key=key)  # type: ignore[arg-type]
-    if old is not None and old in keys:
-        table.move_cursor(row=list(keys).index(old))
+    unique = _unique(keys)
+    for row, key in zip(rows, unique):
+        table.add_row(*[Text(c) for c in cells(row, pane)], key=key)
+    if old is not None and old in unique:
+        table.move_cursor(row=unique.index(old))
+    return dict(zip(unique, rows))
+
+
+def _unique(keys: Sequence[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for k in keys:
+        n = seen[k] = seen.get(k, 0) + 1
+        out.append(k if n == 1 else f"{k}\x00{n}")
+    return out
 
 
 def _cursor_key(table: DataTable[Text]) -> str | None:
     if table.row_count == 0:
         return None
     try:
-        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-    except Exception:  # noqa: BLE001  # textual raises its own CellDoesNotExist when the table moved on
+        return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+    except CellDoesNotExist:  # the cursor is past the rows of a table just refilled
         return None
-    return key
 
 
-def row_key(pane: Pane, row: object) -> str:
-    return "\x00".join(cells(row, pane)[:2]) if pane != "bans" else "\x00".join(cells(row, pane)[:3])  # type: ignore[arg-type]
+def row_key(pane: Pane, row: AnyRow) -> str:
+    """What identifies a row across refreshes: its first cells (a ban: with its services)."""
+    return "\x00".join(cells(row, pane)[:3 if pane == "bans" else 2])
 
 
 def header(table: DataTable[Text], pane: Pane) -> None:
@@ -154,6 +167,7 @@ class TopApp(App[None]):
         self.snapshots: tuple[Snapshot | None, Snapshot | None] = (None, None)
         self.view: View | None = None
         self.filter = Filter()
+        self.shown: dict[Pane, dict[str, AnyRow]] = {}  # each table's rows by key, as last filled
         self.sorts: dict[Pane, tuple[int, bool]] = dict(DEFAULT_SORT)
         self.current: Pane = "sockets"  # the table the keys act on
         self.prompting: str | None = None
@@ -201,7 +215,7 @@ class TopApp(App[None]):
         for table_id, pane in TABLES.items():
             col, rev = self.sorts[pane]
             rows = sort_rows(pane_rows(shown, pane), pane, col, rev)  # type: ignore[type-var]
-            fill(self.query_one(f"#{table_id}", DataTable), pane, rows, [row_key(pane, r) for r in rows])
+            self.shown[pane] = fill(self.query_one(f"#{table_id}", DataTable), pane, rows, [row_key(pane, r) for r in rows])
         self.query_one("#health-text", Static).update(Text(self._health(shown)))
         self.query_one("#notes", Static).update(Text("\n".join(shown.notes)))
         self.query_one("#title", Static).update(Text(self._title(shown)))
@@ -237,14 +251,13 @@ class TopApp(App[None]):
             if self.view is not None:
                 self.query_one("#title", Static).update(Text(self._title(apply(self.view, self.filter))))
 
-    def selected(self) -> object | None:
+    def selected(self) -> AnyRow | None:
         pane = self.pane()
         table = self.query_one(f"#t-{pane}", DataTable)
         key = _cursor_key(table)
-        if key is None or self.view is None:
+        if key is None:
             return None
-        shown = apply(self.view, self.filter)
-        return next((r for r in pane_rows(shown, pane) if row_key(pane, r) == key), None)
+        return self.shown.get(pane, {}).get(key)
 
     def selected_source(self) -> str | None:
         row = self.selected()
