@@ -55,19 +55,28 @@ def bars(path: Path, title: str, groups: Sequence[str], series: dict[str, Sequen
     if plt is None:
         print(f"chart {path.name} skipped: matplotlib is not installed (pip install 'sockgate[bench]')", file=sys.stderr)
         return None
-    fig, ax = plt.subplots(figsize=(8, 4.2))
+    horizontal = len(groups) > 5  # long path names side by side would overlap: one per line instead
+    fig, ax = plt.subplots(figsize=(8, 4.2 if not horizontal else 1.6 + 0.45 * len(groups)))
     width = 0.8 / max(1, len(series))
     for k, (name, values) in enumerate(series.items()):
-        xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(groups))]
-        drawn = ax.bar(xs, values, width, label=name, color=COLOURS[k % len(COLOURS)], hatch=HATCHES[k % len(HATCHES)],
-                       edgecolor="white", linewidth=0.5)
+        at = [i + (k - (len(series) - 1) / 2) * width for i in range(len(groups))]
+        style = dict(label=name, color=COLOURS[k % len(COLOURS)], hatch=HATCHES[k % len(HATCHES)], edgecolor="white",
+                     linewidth=0.5)
+        drawn = ax.barh(at, values, width, **style) if horizontal else ax.bar(at, values, width, **style)
         if labels:
             ax.bar_label(drawn, labels=[_short(v) for v in values], fontsize=7, padding=2)
-    ax.set_xticks(range(len(groups)), [_wrap(g) for g in groups], fontsize=8)
-    ax.set_ylabel(ylabel)
+    if horizontal:
+        ax.set_yticks(range(len(groups)), [_wrap(g, 34) for g in groups], fontsize=8)
+        ax.invert_yaxis()  # the first group on top, as in the table
+        ax.set_xlabel(ylabel)
+        if log:
+            ax.set_xscale("log")
+    else:
+        ax.set_xticks(range(len(groups)), [_wrap(g) for g in groups], fontsize=8)
+        ax.set_ylabel(ylabel)
+        if log:
+            ax.set_yscale("log")
     ax.set_title(title, fontsize=10)
-    if log:
-        ax.set_yscale("log")
     ax.spines[["top", "right"]].set_visible(False)
     if len(series) > 1:
         ax.legend(fontsize=8, frameon=False)

@@ -50,6 +50,9 @@ def test_lines_skip_points_not_measured_and_the_tee_passes_output_through(tmp_pa
     p = charts.lines(tmp_path / "c.png", "cost", [1000, 100000], {"classic": [30.0, None], "eBPF": [20.0, 25.0]},
                      "prefixes", "ns", charts.caption("test"))
     assert p is not None and p.stat().st_size > 1000
+    many = charts.bars(tmp_path / "h.png", "rate", [f"path {i}" for i in range(8)], {"conn/s": [float(i) for i in range(8)]},
+                       "conn/s")
+    assert many is not None and many.read_bytes()[:4] == b"\x89PNG"
     with charts.teed() as tee:
         print("| a | b |\n|---|---|\n| x | 1 |")
     assert capsys.readouterr().out.startswith("| a | b |")
