@@ -174,11 +174,19 @@ def test_without_textual_top_says_how_to_install_it(monkeypatch: pytest.MonkeyPa
     assert capsys.readouterr().err == "sockgate: sockgate top needs textual: pip install 'sockgate[top]'\n"
 
 
+def test_without_a_terminal_top_says_what_to_use_instead(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["top"]) == 2  # pytest's captured stdout is no terminal
+    assert capsys.readouterr().err == f"sockgate: {top_cli.NO_TERMINAL}\n"
+
+
 @pytest.mark.parametrize("args, message", [
     (["--ban-for", "soon"], "sockgate: --ban-for: "),
     (["--interval", "0"], "sockgate: --interval must be 0.2-3600 seconds, got 0"),
 ])
-def test_bad_options_are_one_line(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_options_are_one_line(args: list[str], message: str, capsys: pytest.CaptureFixture[str],
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(top_cli.sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr(top_cli.sys.stdout, "isatty", lambda: True)
     assert main(["top", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import sys
 
 from sockgate.agent.protocol import ProtocolError, parse_duration
 from sockgate.cli.common import add_policy_args, load_from_args
@@ -19,6 +20,7 @@ from sockgate.kernel.ebpf import Paths, default_mount
 from sockgate.top.feed import Feed
 
 INSTALL = "sockgate top needs textual: pip install 'sockgate[top]'"
+NO_TERMINAL = "sockgate top needs a terminal on its input and output; for text, use sockgate status, ls or refused"
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
@@ -34,6 +36,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("textual") is None:
         raise UsageError(INSTALL)
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UsageError(NO_TERMINAL)
     if not 0.2 <= args.interval <= 3600:
         raise UsageError(f"--interval must be 0.2-3600 seconds, got {args.interval:g}")
     try:
