@@ -156,14 +156,15 @@ async def test_no_color_renders_without_colour(monkeypatch: pytest.MonkeyPatch, 
     assert "0.0.0.0:22" in svg.replace("&#160;", " ")
 
 
-def test_every_screen_has_its_screenshot_in_the_docs(tmp_path: Path) -> None:
+def test_the_screenshots_in_the_docs_are_the_current_screens(tmp_path: Path) -> None:
     import asyncio
 
     before = os.environ.get("NO_COLOR")
     written = asyncio.run(topdata.screenshots(tmp_path))
     docs = Path(__file__).parents[2] / "docs" / "top"
     for p in written:
-        assert (docs / p.name).exists(), f"regenerate: python tests/support/topdata.py docs/top ({p.name})"
+        again = f"regenerate: python tests/support/topdata.py docs/top ({p.name})"
+        assert (docs / p.name).exists() and (docs / p.name).read_text() == p.read_text(), again
         assert f"](top/{p.name})" in (docs.parent / "top.md").read_text()
     assert "NO_COLOR" not in os.environ or os.environ["NO_COLOR"] == before
 

@@ -9,6 +9,8 @@ the host and the agent: it serves the snapshots in turn and records bans and unb
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import os
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -128,13 +130,11 @@ def without_agent(scale: int = 1, wall: float = T0) -> Snapshot:
                     refused=Listing(counts, bans, clock))
 
 
-def _ip(text: str) -> Any:
-    import ipaddress
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return ipaddress.ip_address(text)
 
 
-def _net(text: str) -> Any:
-    import ipaddress
+def _net(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     return ipaddress.ip_network(text)
 
 
@@ -163,8 +163,6 @@ class FakeActions:
 
 async def screenshots(out: Path) -> list[Path]:
     """One SVG per screen, as an 80×24 terminal shows them, without colour."""
-    import os
-
     before = os.environ.get("NO_COLOR")
     os.environ["NO_COLOR"] = "1"
     try:
