@@ -71,6 +71,14 @@ def test_a_mapped_source_is_always_forged_never_of_unknown_cause() -> None:
     assert all(fields(r, Clock(0, 0))["reason"] == "forged" for r in out if isinstance(r, Refusal))
 
 
+def test_a_mapped_counter_row_says_forged() -> None:
+    m = ipaddress.ip_address("::ffff:192.0.2.44")
+    row = count_row("dns", SourceKey.of(m).pack(), Count(2, S, 2 * S).pack())
+    assert row is not None and count_json(row, Clock(0, 0))["forged"] is True
+    plain = count_row("dns", SourceKey.of(A).pack(), Count(2, S, 2 * S).pack())
+    assert plain is not None and "forged" not in count_json(plain, Clock(0, 0))
+
+
 def test_a_recovered_source_banned_now_is_called_banned() -> None:
     """A source recovered from the counters that the ban tries hold now: ``banned`` (ignored
     by the fail2ban filter), never ``cause unknown`` (matched: sockgate's ban would feed

@@ -337,8 +337,13 @@ def sort_counts(rows: list[CountRow]) -> list[CountRow]:
 
 
 def count_json(r: CountRow, clock: Clock) -> dict[str, object]:
-    return {"type": "refused", "service": r.service, "source": str(r.source), "count": r.count.refused,
-            "first_seen": clock.iso(r.count.first_ns), "last_seen": clock.iso(r.count.last_ns)}
+    """A counter's row; with ``"forged": true`` when its source is IPv4-mapped (``forged``):
+    a consumer that bans from these rows must not read ``::ffff:V`` as the IPv4 ``V``."""
+    out: dict[str, object] = {"type": "refused", "service": r.service, "source": str(r.source), "count": r.count.refused,
+                              "first_seen": clock.iso(r.count.first_ns), "last_seen": clock.iso(r.count.last_ns)}
+    if forged(r.source):
+        out["forged"] = True
+    return out
 
 
 def ban_json(r: BanRow, clock: Clock) -> dict[str, object]:
