@@ -1,5 +1,5 @@
-"""Fixtures the kernel tests of the proxy share: a loopback echo backend, and proxies that are
-always stopped, even when the test fails."""
+"""Fixtures the kernel tests share: a loopback echo backend, proxies that are always stopped,
+even when the test fails, and a private bpf filesystem for every test."""
 
 from __future__ import annotations
 
@@ -30,10 +30,12 @@ def procs() -> Iterator[list[ProxyProc]]:
         p.close()
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def bpffs(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """An empty directory that sockgate mounts a bpffs on (as it would /sys/fs/bpf), named by
-    $SOCKGATE_BPFFS; unmounted and removed after the test, even when it fails."""
+    $SOCKGATE_BPFFS; unmounted and removed after the test, even when it fails. Every kernel
+    test has one: ``--backend auto`` is eBPF as root, so whatever a test starts pins its
+    objects here and never in the machine's /sys/fs/bpf."""
     d = tempfile.mkdtemp(prefix="sgt-bpffs-")
     monkeypatch.setenv(BPFFS_ENV, d)
     try:

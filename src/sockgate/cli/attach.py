@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         print(printable(f"sockgate attach: note: {note}"), file=sys.stderr)
     guarded, changes, ended = guard_sockets(policy, args.service, targets_from_args(args), force=args.force,
                                             backend=args.backend, keep_established=args.keep_established)
+    print(printable(f"sockgate attach: {guarded.describe()}"), file=sys.stderr)
     for problem in ended.problems:
         print(printable(f"sockgate attach: warning: {problem}"), file=sys.stderr)
     if args.json:
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
                 "digest": guarded.digest,
                 "instructions": guarded.instructions,
                 "backend": guarded.backend,
+                "backend_reason": guarded.why,
                 "sockets": [c.as_dict() for c in changes],
                 "ended_connections": ended.count,
             }

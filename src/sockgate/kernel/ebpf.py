@@ -48,7 +48,7 @@ from typing import Collection, Literal, Sequence
 
 from sockgate.resolve.ranges import Banned
 from sockgate.ebpf import layout, registry
-from sockgate.ebpf.insn import MapType
+from sockgate.ebpf.insn import BPF_F_NO_PREALLOC, MapType, ProgType, encode, exit_, mov64
 from sockgate.ebpf.maps import MapSpec
 from sockgate.ebpf.program import ENFORCES, EbpfProgram, Options, compile_resolved
 from sockgate.errors import AdapterError, SockgateError, UsageError
@@ -62,6 +62,8 @@ from sockgate.resolve import ResolvedService
 GRACE = 60.0  # seconds a fresh registry entry or program directory is safe from ``collect``
 BPFFS_ENV = "SOCKGATE_BPFFS"  # where the bpf filesystem is (default layout.BPFFS)
 OPTIONS = Options(protocol="any")  # layout.py's sizes; the protocol of each packet
+PROBE_MAP = MapSpec("sg_probe", MapType.LPM_TRIE, 8, 4, 1, BPF_F_NO_PREALLOC)  # an IPv4 prefix → u32
+PROBE_PROGRAM = encode([mov64(0, imm=0), exit_()])  # return 0: drop (it is never attached)
 _ITERABLE = frozenset({MapType.HASH, MapType.LRU_HASH, MapType.LPM_TRIE, MapType.PERCPU_HASH, MapType.LRU_PERCPU_HASH})
 
 
@@ -196,14 +198,19 @@ class EbpfBackend:
         return self._why[mount]
 
     def _probe(self) -> str | None:
+        """Why this process may not load what ``load`` loads, found by doing the least of it:
+        an LPM-trie map made (it needs CAP_BPF or CAP_SYS_ADMIN, whatever
+        ``kernel.unprivileged_bpf_disabled`` says, where an array would not) and a trivial
+        socket filter verified, both closed; then the bpffs directories. None: it may."""
         try:
-            self.ops.close(self.ops.map_create(MapSpec("sg_probe", MapType.ARRAY, 4, 4, 1)))
+            self.ops.close(self.ops.map_create(PROBE_MAP))
+            self.ops.close(self.ops.prog_load(ProgType.SOCKET_FILTER, PROBE_PROGRAM, "sg_probe"))
         except AdapterError as e:
             if e.errno == errno.ENOSYS:
                 return "this kernel has no bpf(2) system call"
-            if e.errno in (errno.EPERM, errno.EACCES):
+            if e.errno == errno.EPERM:
                 return "loading eBPF needs root or CAP_BPF (bpf(2): operation not permitted)"
-            return f"bpf(2) does not work here: {e}"
+            return f"bpf(2) does not work here: {e}"  # a verifier's or a security module's refusal too
         try:
             self.ops.ensure_dirs(self.paths.mount, self.paths.relative(self.paths.root))
         except AdapterError as e:
