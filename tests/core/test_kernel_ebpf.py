@@ -354,6 +354,20 @@ def test_probe_loads_a_trivial_socket_filter_once_and_closes_what_it_made() -> N
     assert refused is not None and refused.startswith("bpf(2) does not work here: load BPF program sg_probe: injected (EACCES)")
 
 
+def test_loads_collect_at_most_once_per_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listing the namespace's sockets is what a collection costs; nothing becomes collectable
+    sooner than ``grace``, so loads within it collect once."""
+    _, _, backend, kernel = setup()
+    runs: list[int] = []
+    monkeypatch.setattr(backend, "collect", lambda: runs.append(1) or (0, 0))
+    for policy in (A, B, A):
+        load(kernel, policy)
+    assert runs == [1]
+    backend.grace = 0
+    load(kernel, B)
+    assert runs == [1, 1]
+
+
 def test_guardinfo_describes_an_ebpf_guard() -> None:
     g = GuardInfo("sockgate", 59, "web", "0" * 16, backend="ebpf")
     assert g.describe() == f"sockgate service web (digest {'0' * 16}, 59 instructions, eBPF)"

@@ -127,8 +127,11 @@ def test_attach_auto_names_its_backend(prefix: tuple[str, ...], why: str, backen
     assert r.returncode == 0, r.stderr
     done = json.loads(r.stdout)
     assert done["backend"] == backend and done["sockets"][0]["action"] == "attached"
-    assert f"backend {backend} ({done['backend_reason']})" in r.stderr
-    assert any(re.search(why, line) for line in r.stderr.splitlines()), r.stderr
+    assert re.match(why, f"backend {backend} ({done['backend_reason']})"), done
+    r = sockgate_cli("attach", "--policy", str(policy), "--service", "echo", "--pid", str(pid), "--fd", str(fd),
+                     prefix=prefix)  # again, as text: a reload, the backend and why on its line
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert re.search(f"^reloaded pid {pid} fd {fd} .*, {why}", r.stdout), r.stdout
     assert ls_guard(port)["backend"] == backend
     assert tcp_filtered("127.0.0.2", port)
 

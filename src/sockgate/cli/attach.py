@@ -59,7 +59,6 @@ def run(args: argparse.Namespace) -> int:
         print(printable(f"sockgate attach: note: {note}"), file=sys.stderr)
     guarded, changes, ended = guard_sockets(policy, args.service, targets_from_args(args), force=args.force,
                                             backend=args.backend, keep_established=args.keep_established)
-    print(printable(f"sockgate attach: {guarded.describe()}"), file=sys.stderr)
     for problem in ended.problems:
         print(printable(f"sockgate attach: warning: {problem}"), file=sys.stderr)
     if args.json:
@@ -80,11 +79,7 @@ def run(args: argparse.Namespace) -> int:
         was = "" if c.before.state == "none" else f" (was {c.before.describe()})"
         # was: a filter read back from someone else's socket, its marker's name theirs
         print(escape(f"{c.action} pid {c.pid} fd {c.fd} {c.proto} {c.local}: service {guarded.service}"
-                     f" digest {guarded.digest}, {guarded.instructions} instructions{_via(guarded.backend)}{was}"))
+                     f" digest {guarded.digest}, {guarded.instructions} instructions, {guarded.describe()}{was}"))
     if ended.count:
         print(f"ended {ended.count} established connection(s) the policy denies")
     return 0
-
-
-def _via(backend: str) -> str:
-    return ", backend ebpf" if backend == "ebpf" else ""

@@ -32,7 +32,8 @@ may hold the last reference, so the id is tried first), else from its pin.
 namespace's sock_diag; an entry of another namespace once that namespace no longer exists —
 its nsfs inode held by no process, descriptor or ``ip netns`` mount) and then program
 directories no remaining entry names; both only after ``grace`` seconds, so a program
-loaded but not yet attached, or a socket guarded before it is bound, is not collected. Pins
+loaded but not yet attached, or a socket guarded before it is bound, is not collected. A load
+collects at most once per ``grace`` (listing the namespace's sockets is what costs). Pins
 are only names: a socket keeps its program whatever is unpinned.
 """
 
@@ -176,6 +177,7 @@ class EbpfBackend:
         self.grace = grace
         self._why: dict[str, str | None] = {}  # mount → why unusable (probed once each)
         self._seen: dict[int, registry.Record] = {}  # cookie → record, as recognise read it
+        self._collected_at: float | None = None  # time.monotonic() of the last collection before a load
 
     @property
     def paths(self) -> Paths:
@@ -466,6 +468,14 @@ class EbpfBackend:
     # --- clean-up
 
     def _collect_quietly(self) -> None:
+        """``collect`` before a load, at most once per ``grace`` seconds: nothing becomes
+        collectable sooner, and a collection lists every socket of the namespace (sock_diag:
+        seconds on a host with 100,000 sockets), which a proxy pushing a ban, or a reload,
+        must not pay each time."""
+        now = time.monotonic()
+        if self._collected_at is not None and now - self._collected_at < self.grace:
+            return
+        self._collected_at = now
         try:
             self.collect()
         except AdapterError:
