@@ -11,6 +11,7 @@ from typing import Iterator
 import pytest
 
 from sockgate.kernel.ebpf import BPFFS_ENV
+from sockgate.linux import bpffs as bpffs_mod
 from support.pinned import mounted
 from support.proxyproc import EchoServer, ProxyProc
 
@@ -35,10 +36,13 @@ def bpffs(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """An empty directory that sockgate mounts a bpffs on (as it would /sys/fs/bpf), named by
     $SOCKGATE_BPFFS; unmounted and removed after the test, even when it fails. Every kernel
     test has one: ``--backend auto`` is eBPF as root, so whatever a test starts pins its
-    objects here and never in the machine's /sys/fs/bpf."""
+    objects here and never in the machine's /sys/fs/bpf; mounted before the test starts
+    anything, so that processes in the namespaces a test makes see the same pins."""
     d = tempfile.mkdtemp(prefix="sgt-bpffs-")
     monkeypatch.setenv(BPFFS_ENV, d)
     try:
+        if os.geteuid() == 0:  # mounted now, so that every mount namespace copied from ours (`ip netns exec`) shares it
+            bpffs_mod.ensure_mounted(d)
         yield d
     finally:
         for _ in range(4):  # bounded: a mount stacked twice needs two

@@ -175,7 +175,7 @@ class EbpfBackend:
         self.ops = ops
         self.mount = mount  # None: $SOCKGATE_BPFFS or /sys/fs/bpf, read when used
         self.grace = grace
-        self._why: dict[str, str | None] = {}  # mount → why unusable (probed once each)
+        self._why: dict[tuple[str, int], str | None] = {}  # (mount, euid) → why unusable (probed once each)
         self._seen: dict[int, registry.Record] = {}  # cookie → record, as recognise read it
         self._collected_at: float | None = None  # time.monotonic() of the last collection before a load
 
@@ -194,10 +194,10 @@ class EbpfBackend:
     def unavailable(self) -> str | None:
         if sys.platform != "linux":
             return f"eBPF socket filters need Linux, not {sys.platform}"
-        mount = self.paths.mount
-        if mount not in self._why:
-            self._why[mount] = self._probe()
-        return self._why[mount]
+        key = (self.paths.mount, os.geteuid())  # a process that drops root probes again
+        if key not in self._why:
+            self._why[key] = self._probe()
+        return self._why[key]
 
     def _probe(self) -> str | None:
         """Why this process may not load what ``load`` loads, found by doing the least of it:
