@@ -80,6 +80,10 @@ def test_where_ebpf_may_not_be_loaded_asking_for_it_is_one_line_and_guards_nothi
                      "--listen", "tcp://127.0.0.1:0", "--", "true", prefix=NO_BPF)
     assert r.returncode != 0 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
     assert "--backend ebpf: loading eBPF needs root or CAP_BPF" in r.stderr and "listening" not in r.stderr
+    r = sockgate_cli("proxy", "--listen", "tcp://127.0.0.1:0", "--forward", "tcp://127.0.0.1:9", "--backend", "ebpf",
+                     prefix=NO_BPF)
+    assert r.returncode != 0 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "--backend ebpf: loading eBPF needs root or CAP_BPF" in r.stderr and "listening" not in r.stderr
 
 
 def test_a_policy_too_large_for_classic_bpf_says_ebpf_would_take_it(tmp_path: Path) -> None:

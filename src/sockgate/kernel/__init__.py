@@ -13,9 +13,9 @@ then eBPF (``kernel.ebpf``) over ``linux.bpfsys``/``linux.bpffs``.
 
 Which backend compiles a service (``choose``, then ``compile(..., backend=)``): ``cbpf`` or
 ``ebpf`` as asked (an unusable one is an error naming why); ``auto`` is eBPF when this process
-may load it, else classic BPF. Whether it may is probed once per process and bpf filesystem
-(``EbpfBackend.unavailable``: an LPM-trie map made and a trivial socket filter verified, both
-closed, and the bpffs directories; EPERM, ENOSYS, a verifier's refusal or an unusable bpffs
+may load it, else classic BPF. Whether it may is probed once per process, bpf filesystem and
+effective uid (``EbpfBackend.unavailable``: an LPM-trie map made and a trivial socket filter
+verified, both closed, and the bpffs directories; EPERM, ENOSYS, a verifier's refusal or an unusable bpffs
 send ``auto`` to classic BPF, and ``Chosen.why`` says so on the start-up line). The choice is
 made before anything is compiled and never changes after: when eBPF was chosen and a later
 load fails, that is an error, never a socket left with a weaker filter or none. A service the
