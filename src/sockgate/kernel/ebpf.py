@@ -32,7 +32,8 @@ may hold the last reference, so the id is tried first), else from its pin.
 namespace's sock_diag; an entry of another namespace once that namespace no longer exists —
 its nsfs inode held by no process, descriptor or ``ip netns`` mount) and then program
 directories no remaining entry names; both only after ``grace`` seconds, so a program
-loaded but not yet attached, or a socket guarded before it is bound, is not collected. Pins
+loaded but not yet attached, or a socket guarded before it is bound, is not collected. A load
+collects at most once per ``grace`` (listing the namespace's sockets is what costs). Pins
 are only names: a socket keeps its program whatever is unpinned.
 """
 
@@ -48,7 +49,7 @@ from typing import Collection, Literal, Sequence
 
 from sockgate.resolve.ranges import Banned
 from sockgate.ebpf import layout, registry
-from sockgate.ebpf.insn import MapType
+from sockgate.ebpf.insn import BPF_F_NO_PREALLOC, MapType, ProgType, encode, exit_, mov64
 from sockgate.ebpf.maps import MapSpec
 from sockgate.ebpf.program import ENFORCES, EbpfProgram, Options, compile_resolved
 from sockgate.errors import AdapterError, SockgateError, UsageError
@@ -63,6 +64,8 @@ from sockgate.resolve import ResolvedService
 GRACE = 60.0  # seconds a fresh registry entry or program directory is safe from ``collect``
 BPFFS_ENV = "SOCKGATE_BPFFS"  # where the bpf filesystem is (default layout.BPFFS)
 OPTIONS = Options(protocol="any")  # layout.py's sizes; the protocol of each packet
+PROBE_MAP = MapSpec("sg_probe", MapType.LPM_TRIE, 8, 4, 1, BPF_F_NO_PREALLOC)  # an IPv4 prefix → u32
+PROBE_PROGRAM = encode([mov64(0, imm=0), exit_()])  # return 0: drop (it is never attached)
 _ITERABLE = frozenset({MapType.HASH, MapType.LRU_HASH, MapType.LPM_TRIE, MapType.PERCPU_HASH, MapType.LRU_PERCPU_HASH})
 
 
@@ -180,8 +183,9 @@ class EbpfBackend:
         self.ops = ops
         self.mount = mount  # None: $SOCKGATE_BPFFS or /sys/fs/bpf, read when used
         self.grace = grace
-        self._why: dict[str, str | None] = {}  # mount → why unusable (probed once each)
+        self._why: dict[tuple[str, int], str | None] = {}  # (mount, euid) → why unusable (probed once each)
         self._seen: dict[int, registry.Record] = {}  # cookie → record, as recognise read it
+        self._collected_at: float | None = None  # time.monotonic() of the last collection before a load
 
     @property
     def paths(self) -> Paths:
@@ -198,20 +202,25 @@ class EbpfBackend:
     def unavailable(self) -> str | None:
         if sys.platform != "linux":
             return f"eBPF socket filters need Linux, not {sys.platform}"
-        mount = self.paths.mount
-        if mount not in self._why:
-            self._why[mount] = self._probe()
-        return self._why[mount]
+        key = (self.paths.mount, os.geteuid())  # a process that drops root probes again
+        if key not in self._why:
+            self._why[key] = self._probe()
+        return self._why[key]
 
     def _probe(self) -> str | None:
+        """Why this process may not load what ``load`` loads, found by doing the least of it:
+        an LPM-trie map made (it needs CAP_BPF or CAP_SYS_ADMIN, whatever
+        ``kernel.unprivileged_bpf_disabled`` says, where an array would not) and a trivial
+        socket filter verified, both closed; then the bpffs directories. None: it may."""
         try:
-            self.ops.close(self.ops.map_create(MapSpec("sg_probe", MapType.ARRAY, 4, 4, 1)))
+            self.ops.close(self.ops.map_create(PROBE_MAP))
+            self.ops.close(self.ops.prog_load(ProgType.SOCKET_FILTER, PROBE_PROGRAM, "sg_probe"))
         except AdapterError as e:
             if e.errno == errno.ENOSYS:
                 return "this kernel has no bpf(2) system call"
-            if e.errno in (errno.EPERM, errno.EACCES):
+            if e.errno == errno.EPERM:
                 return "loading eBPF needs root or CAP_BPF (bpf(2): operation not permitted)"
-            return f"bpf(2) does not work here: {e}"
+            return f"bpf(2) does not work here: {e}"  # a verifier's or a security module's refusal too
         try:
             self.ops.ensure_dirs(self.paths.mount, self.paths.relative(self.paths.root))
         except AdapterError as e:
@@ -467,6 +476,14 @@ class EbpfBackend:
     # --- clean-up
 
     def _collect_quietly(self) -> None:
+        """``collect`` before a load, at most once per ``grace`` seconds: nothing becomes
+        collectable sooner, and a collection lists every socket of the namespace (sock_diag:
+        seconds on a host with 100,000 sockets), which a proxy pushing a ban, or a reload,
+        must not pay each time."""
+        now = time.monotonic()
+        if self._collected_at is not None and now - self._collected_at < self.grace:
+            return
+        self._collected_at = now
         try:
             self.collect()
         except AdapterError:
