@@ -234,3 +234,32 @@ def test_the_same_addresses_in_another_order_are_no_change(tmp_path: Path, monke
     a.namebook, _ = a.namebook.update(names.answer("web.sg.test"))
     a._refresh()
     assert sweeps == []
+
+
+def test_crowdsec_decisions_that_could_not_be_applied_are_applied_at_the_next_pull(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The LAPI sends a decision once (a delta is never sent again): when the kernel could not
+    take it, the next pull — even one that changes nothing — applies it, and status says so
+    meanwhile, instead of the decision held and never enforced."""
+    a, _, _, out = agent(tmp_path, monkeypatch)
+    feed = CrowdsecFeed(LapiClient("http://127.0.0.1:8080", "k"), Session(interval_s=1))
+    a.crowdsec = feed
+    build = a._build
+    fail = [True]
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        if fail[0]:
+            raise SockgateError("the program does not fit")
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(a, "_build", flaky)
+    body = b'{"new": [{"id": 1, "type": "ban", "scope": "Ip", "value": "192.0.2.7", "duration": "1h"}], "deleted": []}'
+    a._on_crowdsec(feed.session.received(body, time.monotonic_ns(), startup=True))
+    assert a.bans.entries == ()
+    assert "CrowdSec decisions not applied" in out.getvalue()
+    errors = a.status()["errors"]
+    assert any("CrowdSec" in e and "not applied" in e for e in errors)  # type: ignore[attr-defined]
+    fail[0] = False
+    a._on_crowdsec(feed.session.received(b'{"new": [], "deleted": []}', time.monotonic_ns(), startup=False))
+    assert [str(b.network) for b in a._effective(a.bans, "web", time.monotonic_ns())] == ["192.0.2.7/32"]
+    assert not any("not applied" in e for e in a.status()["errors"])  # type: ignore[attr-defined]

@@ -73,15 +73,23 @@ class Banning(HostNames):
 
     def _on_crowdsec(self, report: Report) -> None:
         """A pull that changed CrowdSec's bans: the origin's entries replaced by the decisions
-        held, in force on every service but the exempt ones, their connections ended."""
-        if not (report.changed or report.startup) or self.crowdsec is None:
+        held, in force on every service but the exempt ones, their connections ended. The LAPI
+        sends a decision once: one the kernel could not take is held, not dropped, and every
+        later pull tries again (whatever it changes) until the decisions held are in force."""
+        if not (report.changed or report.startup or self.crowdsec_error) or self.crowdsec is None:
             return
         book, new = self.crowdsec.book(self.bans, report, time.monotonic_ns())
         error = None if book == self.bans else self._set_bans(book)
         if error is not None:
-            self.log.record("error", message=f"CrowdSec decisions not applied, the previous bans stay: {error}")
-        elif new:
-            self._end_banned(new, lambda s: s not in self.opts.crowdsec_exempt)
+            self.crowdsec_error = (f"CrowdSec decisions not applied ({len(self.crowdsec.session.state)} held, "
+                                   f"retried at each pull), the previous bans stay: {error}")
+            self.log.record("error", message=self.crowdsec_error)
+        else:
+            if self.crowdsec_error is not None:  # the decisions that failed had their connections kept too
+                new = list(self.crowdsec.session.state.bans(time.monotonic_ns()))
+            self.crowdsec_error = None
+            if new:
+                self._end_banned(new, lambda s: s not in self.opts.crowdsec_exempt)
         self.log.flush()
 
     def _end_banned(self, nets: list[IPNetwork], service: str | None | Callable[[str], bool]) -> None:
