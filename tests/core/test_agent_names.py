@@ -7,8 +7,15 @@ from __future__ import annotations
 import ipaddress
 import select
 from pathlib import Path
+from types import SimpleNamespace
 
+import dns.name
+import dns.rdatatype
+import pytest
+
+from sockgate.agent import names
 from sockgate.agent.names import HostsFile, NameResolver
+from sockgate.policy.forward import admitted
 
 A = ipaddress.ip_address
 HOSTS = """\
@@ -49,3 +56,25 @@ def test_the_worker_answers_through_its_descriptor(tmp_path: Path) -> None:
     assert web.lookup is not None and [x.address for x in web.lookup.addresses] == [A("10.0.0.5"), A("10.0.0.6")]
     assert [x.names for x in web.lookup.addresses] == [("web.sg.test",), ("other.sg.test",)]
     assert nowhere.lookup is None and nowhere.error and "no-resolv.conf" in nowhere.error
+
+
+def test_a_cname_in_one_answer_is_not_hidden_by_the_other_family(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The A answer came through a CNAME (canonical name elsewhere), the AAAA answer, asked a
+    moment later, did not (the record changed between the queries, or a resolver answers each
+    type its own way): libwrap would see the other name and admit nobody, so the name's
+    canonical name is the one that differs, whichever family is asked last."""
+    name = dns.name.from_text("web.sg.test")
+    answers = {
+        dns.rdatatype.A: SimpleNamespace(canonical_name=dns.name.from_text("cdn.elsewhere.test"),
+                                         chaining_result=SimpleNamespace(minimum_ttl=300),
+                                         rrset=[SimpleNamespace(to_text=lambda: "203.0.113.9")]),
+        dns.rdatatype.AAAA: SimpleNamespace(canonical_name=name, chaining_result=SimpleNamespace(minimum_ttl=300),
+                                            rrset=None),
+        dns.rdatatype.PTR: SimpleNamespace(canonical_name=name, chaining_result=SimpleNamespace(minimum_ttl=300),
+                                           rrset=[SimpleNamespace(to_text=lambda: "web.sg.test.")]),
+    }
+    monkeypatch.setattr(names, "_ask", lambda res, qname, rdtype, deadline: answers[rdtype])
+    monkeypatch.setattr(NameResolver, "_resolver", lambda self: None)
+    answer = NameResolver(hosts=None).lookup("web.sg.test")
+    assert answer.lookup is not None and answer.lookup.canonical == "cdn.elsewhere.test"
+    assert admitted(answer.lookup) == ()

@@ -16,7 +16,8 @@ consulted for kernel rules. Per name:
 * A and AAAA of the name, as an absolute name (no search list: a rule's name is what libwrap
   compares with the verified name), NXDOMAIN or no data being an empty answer (for the
   zone's negative TTL, ``NEGATIVE_TTL`` at most for NXDOMAIN); the canonical name at the end
-  of the CNAME chain;
+  of the CNAME chain (a chain in either answer counts: the two queries may see the zone change
+  between them, and one answer without the CNAME must not hide it);
 * the PTR names of each address (at most ``MAX_ADDRESSES``: a zone that lists more fails the
   lookup, since a refusing rule must see them all); a PTR lookup that fails marks that address
   unknown (``Reverse.names`` None) rather than failing the name;
@@ -177,7 +178,8 @@ class NameResolver:
             if answer is None:  # NXDOMAIN (some servers say so for one type only)
                 ttl = min(ttl, NEGATIVE_TTL)
                 continue
-            canonical = key(answer.canonical_name.to_text())
+            if canonical == name:  # a CNAME seen in either answer is kept: libwrap would see that name
+                canonical = key(answer.canonical_name.to_text())
             ttl = min(ttl, answer.chaining_result.minimum_ttl)  # (no records: the SOA's negative TTL)
             for rd in answer.rrset or ():
                 a = ipaddress.ip_address(rd.to_text())
