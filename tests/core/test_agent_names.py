@@ -8,6 +8,7 @@ import ipaddress
 import select
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import dns.name
 import dns.rdatatype
@@ -77,4 +78,28 @@ def test_a_cname_in_one_answer_is_not_hidden_by_the_other_family(monkeypatch: py
     monkeypatch.setattr(NameResolver, "_resolver", lambda self: None)
     answer = NameResolver(hosts=None).lookup("web.sg.test")
     assert answer.lookup is not None and answer.lookup.canonical == "cdn.elsewhere.test"
+    assert admitted(answer.lookup) == ()
+
+
+def test_an_ipv4_mapped_answer_is_reverse_looked_up_as_its_ipv4_address(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resolver answers web.sg.test's AAAA with ::ffff:127.0.0.1 and every PTR with
+    web.sg.test. The peer that address stands for is 127.0.0.1, whose name the hosts file
+    gives (localhost, as libwrap's gethostbyaddr would): the mapped form's PTR must not be
+    asked instead, or a lying resolver admits this host's own loopback (any local user)."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n")
+    name = dns.name.from_text("web.sg.test")
+
+    def ask(res: Any, qname: Any, rdtype: Any, deadline: float) -> Any:
+        records = {dns.rdatatype.A: None, dns.rdatatype.AAAA: ["::ffff:127.0.0.1"], dns.rdatatype.PTR: ["web.sg.test."]}
+        rrset = records[rdtype]
+        return SimpleNamespace(canonical_name=name, chaining_result=SimpleNamespace(minimum_ttl=300),
+                               rrset=None if rrset is None else [SimpleNamespace(to_text=lambda t=t: t) for t in rrset])
+
+    monkeypatch.setattr(names, "_ask", ask)
+    monkeypatch.setattr(NameResolver, "_resolver", lambda self: None)
+    answer = NameResolver(hosts=str(hosts)).lookup("web.sg.test")
+    assert answer.lookup is not None
+    assert [(x.address, x.names) for x in answer.lookup.addresses] == [(A("127.0.0.1"), ("localhost",))]
     assert admitted(answer.lookup) == ()

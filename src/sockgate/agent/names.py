@@ -48,7 +48,7 @@ import dns.reversename
 from sockgate.agent.forward import Answer
 from sockgate.loading import read_regular
 from sockgate.lookup import parse_address
-from sockgate.policy.forward import Lookup, Reverse, key
+from sockgate.policy.forward import Lookup, Reverse, key, unmapped_address
 from sockgate.policy.ir import IPAddress
 
 HOSTS_TTL = 3600.0  # an /etc/hosts answer: asked again hourly, or when the file changes
@@ -182,7 +182,9 @@ class NameResolver:
                 canonical = key(answer.canonical_name.to_text())
             ttl = min(ttl, answer.chaining_result.minimum_ttl)  # (no records: the SOA's negative TTL)
             for rd in answer.rrset or ():
-                a = ipaddress.ip_address(rd.to_text())
+                # the peer an IPv4-mapped answer stands for is its IPv4 address, and that is
+                # the address whose name counts (the hosts file's, as gethostbyaddr gives it)
+                a = unmapped_address(ipaddress.ip_address(rd.to_text()))
                 if a not in addrs:
                     addrs.append(a)
         return canonical, tuple(addrs), float(ttl)

@@ -148,11 +148,11 @@ def matched(lookup: Lookup) -> tuple[IPAddress, ...]:
 def _unique(addresses: Iterable[IPAddress]) -> tuple[IPAddress, ...]:
     out: dict[IPAddress, None] = {}
     for a in addresses:
-        out[_unmapped(a)] = None
+        out[unmapped_address(a)] = None
     return tuple(sorted(out, key=lambda a: (a.version, a)))
 
 
-def _unmapped(a: IPAddress) -> IPAddress:
+def unmapped_address(a: IPAddress) -> IPAddress:
     """``::ffff:a.b.c.d`` as the IPv4 address it stands for (a peer arrives as one or the other)."""
     if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped is not None:
         return a.ipv4_mapped
