@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import select
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -103,3 +104,23 @@ def test_an_ipv4_mapped_answer_is_reverse_looked_up_as_its_ipv4_address(
     assert answer.lookup is not None
     assert [(x.address, x.names) for x in answer.lookup.addresses] == [(A("127.0.0.1"), ("localhost",))]
     assert admitted(answer.lookup) == ()
+
+
+def test_many_new_names_are_answered_within_one_timeout_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reload's new names are looked up on the agent's loop (a policy is compiled with its
+    answers): with a resolver that answers each just before the timeout, 40 names must cost
+    about one timeout, not one per batch of workers — meanwhile no new socket is guarded."""
+    timeout = 0.5
+
+    def slow(self: NameResolver, name: str, deadline: float) -> Any:
+        time.sleep(max(0.0, min(timeout * 0.9, deadline - time.monotonic())))
+        raise names.Failed("timed out")
+
+    monkeypatch.setattr(NameResolver, "_lookup", slow)
+    r = NameResolver(hosts=None, timeout=timeout)
+    start = time.monotonic()
+    answers = r.lookup_all([f"n{i}.sg.test" for i in range(40)])
+    elapsed = time.monotonic() - start
+    r.close()
+    assert len(answers) == 40 and all(a.lookup is None for a in answers)
+    assert elapsed < 3 * timeout, f"40 names took {elapsed:.2f} s with a {timeout} s timeout"

@@ -55,7 +55,7 @@ HOSTS_TTL = 3600.0  # an /etc/hosts answer: asked again hourly, or when the file
 NEGATIVE_TTL = 10.0  # NXDOMAIN, or a name or address without records of the type asked
 MAX_ADDRESSES = 64
 HOSTS_LIMIT = 4 << 20  # bytes of /etc/hosts read at most
-PARALLEL = 8  # names looked up at once by lookup_all
+PARALLEL = 64  # names looked up at once by lookup_all (threads that wait on sockets)
 
 
 @dataclass(frozen=True)
@@ -108,11 +108,12 @@ class NameResolver:
 
     # -- in the caller's thread -----------------------------------------------------------
 
-    def lookup(self, name: str) -> Answer:
-        """One name's answer, within ``timeout`` seconds; never raises for DNS trouble."""
+    def lookup(self, name: str, deadline: float | None = None) -> Answer:
+        """One name's answer, within ``timeout`` seconds (by ``deadline``, on time.monotonic,
+        when given); never raises for DNS trouble."""
         fetched = self.clock()
         try:
-            lk, ttl = self._lookup(key(name), time.monotonic() + self.timeout)
+            lk, ttl = self._lookup(key(name), time.monotonic() + self.timeout if deadline is None else deadline)
         except Failed as e:
             return Answer(key(name), None, 0.0, fetched, str(e))
         except (dns.exception.DNSException, ValueError) as e:  # a name DNS cannot carry
@@ -120,17 +121,21 @@ class NameResolver:
         return Answer(key(name), lk, ttl, fetched)
 
     def lookup_all(self, names: Iterable[str]) -> list[Answer]:
-        """Every name's answer at once (a thread each, at most ``PARALLEL``): all within about
-        ``timeout`` seconds, for a policy that needs its names before it can be compiled."""
+        """Every name's answer at once (a thread each, at most ``PARALLEL``), all by one
+        deadline ``timeout`` seconds away: this runs on the agent's loop (a policy is compiled
+        with its names), so however many names and however slow the resolver, the loop — and
+        the guarding of new sockets — waits one timeout, not one per batch of workers. A name
+        still queued at the deadline failed."""
         todo = list(dict.fromkeys(names))
         if not todo:
             return []
+        deadline = time.monotonic() + self.timeout
         with ThreadPoolExecutor(max_workers=min(PARALLEL, len(todo)), thread_name_prefix="sockgate-names") as pool:
-            return list(pool.map(self._answer, todo))
+            return list(pool.map(lambda n: self._answer(n, deadline), todo))
 
-    def _answer(self, name: str) -> Answer:
+    def _answer(self, name: str, deadline: float | None = None) -> Answer:
         try:
-            return self.lookup(name)
+            return self.lookup(name, deadline)
         except Exception as e:  # a bug must not leave a name unanswered: it failed
             return Answer(key(name), None, 0.0, self.clock(), f"lookup failed: {type(e).__name__}: {e}")
 
