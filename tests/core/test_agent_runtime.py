@@ -295,3 +295,17 @@ def test_a_refusing_name_that_stops_answering_keeps_refusing_its_last_addresses_
     assert [str(n) for n in rules[1].nets] == ["192.0.2.50/32"]  # type: ignore[attr-defined]
     row = a.status()["services"][0]["names"][0]  # type: ignore[index]
     assert row["error"] is not None and "last" in row["error"]
+
+
+@pytest.mark.parametrize("origin", ["fail2ban", "hosts_deny"])
+def test_a_tool_ban_covering_this_hosts_loopback_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             origin: str) -> None:
+    """fail2ban and the hosts.deny tools decide from log lines remote clients write: like a
+    CrowdSec decision, their ban never cuts the host off from itself (an operator's manual
+    ban may)."""
+    a, _, _, _ = agent(tmp_path, monkeypatch)
+    for net in ("127.0.0.1", "127.0.0.0/8", "::1"):
+        answer = a._handle(Request(1, Ban(parse_network(net), origin=origin)), None)  # type: ignore[arg-type]
+        assert answer.error is not None and "loopback" in answer.error.message
+    assert a.bans.entries == ()
+    assert a._handle(Request(2, Ban(parse_network("127.0.0.1"))), None).ok  # type: ignore[arg-type]

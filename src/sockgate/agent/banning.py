@@ -18,7 +18,7 @@ from sockgate.agent.banbook import BanBook
 from sockgate.agent.protocol import Ban
 from sockgate.agent.hostnames import HostNames
 from sockgate.agent.transaction import failure_text
-from sockgate.bans import BannedPrefix
+from sockgate.bans import BannedPrefix, touches_loopback
 from sockgate.crowdsec.stream import Report
 from sockgate.errors import SockgateError
 from sockgate.policy.ir import IPNetwork
@@ -51,6 +51,8 @@ class Banning(HostNames):
         assert self.built is not None
         if body.service is not None and self.built.desired.service(body.service) is None:
             return f"no service {body.service} in the agent's policy"
+        if body.origin != "manual" and touches_loopback(body.net):  # decided from what remote clients wrote
+            return f"{body.net} covers this host's loopback: a ban from {body.origin} never cuts the host off from itself"
         error = self._set_bans(self.bans.add(bansink.entry(body.net, body.seconds, body.origin, body.service,
                                                             body.reason, time.monotonic_ns())))
         if error is None:
