@@ -44,6 +44,44 @@ class SystemAccounts:
             return None
 
 
+LOGIN_DEFS = "/etc/login.defs"
+DEFAULT_SYS_UID_MAX = 999  # shadow's default: UID_MIN (1000) - 1
+_LOGIN_DEFS_BYTES = 1 << 20
+_UID_CEILING = 65533  # below nobody (65534) and (uid_t)-1: a value beyond counts every user as a system account
+
+
+def parse_sys_uid_max(text: str) -> int:
+    """The highest uid of a system account by login.defs' ``SYS_UID_MAX``; the default when the
+    key is absent, and when its content is anything but one plain decimal value below nobody
+    (several disagreeing values, signs, octal or hex forms, trailing words): what the file
+    says about accounts decides whose process may be a daemon, so doubt means the default."""
+    values: set[str] = set()
+    for line in text.splitlines():
+        words = line.split("#", 1)[0].split()
+        if words and words[0] == "SYS_UID_MAX":
+            values.add(" ".join(words[1:]))
+    if len(values) != 1:
+        return DEFAULT_SYS_UID_MAX
+    (value,) = values
+    if not value.isascii() or not value.isdigit() or len(value) > 5 or int(value) > _UID_CEILING:
+        return DEFAULT_SYS_UID_MAX
+    return int(value)
+
+
+def system_uid_max(path: str | None = LOGIN_DEFS) -> int:
+    """``parse_sys_uid_max`` of ``path``; the default when it is None, unreadable, not a regular
+    file, too large, or not root's alone (a file another user may write decides nothing)."""
+    if path is None:
+        return DEFAULT_SYS_UID_MAX
+    try:
+        st = os.stat(path)
+        if st.st_uid != 0 or st.st_mode & 0o022:
+            return DEFAULT_SYS_UID_MAX
+        return parse_sys_uid_max(read_regular(path, _LOGIN_DEFS_BYTES))
+    except OSError:
+        return DEFAULT_SYS_UID_MAX
+
+
 MAX_FILE_BYTES = 64 << 20  # one file: a million IPv6 prefixes, one a line, fit
 MAX_TOTAL_BYTES = 256 << 20  # every file of one load together
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)

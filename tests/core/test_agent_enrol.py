@@ -98,13 +98,27 @@ def test_an_unprivileged_holder_without_a_trusted_executable_is_not_enrolled(exe
     assert not plausible("sshd", h) and impostor("sshd", h)
 
 
-@given(st.integers(min_value=1, max_value=2**32 - 1), st.one_of(st.none(), st.text(max_size=40)), st.booleans())
-def test_no_unprivileged_holder_is_enrolled_unless_root_owns_an_executable_of_that_name(
-        euid: int, exe: str | None, owned: bool) -> None:
+@given(st.integers(min_value=1, max_value=2**32 - 1), st.one_of(st.none(), st.text(max_size=40)), st.booleans(),
+       st.integers(min_value=0, max_value=65533))
+def test_no_unprivileged_holder_is_enrolled_unless_a_system_account_runs_roots_executable_of_that_name(
+        euid: int, exe: str | None, owned: bool, sys_uid_max: int) -> None:
+    # The rule changed (REVIEW4 N2): a root-owned executable of the daemon's name enrols only a
+    # system account's process; any user may run /usr/sbin/dropbear with an LD_PRELOAD of theirs.
     h = holder("sshd", "sshd", euid=euid, exe=exe, exe_root_owned=owned)
-    trusted = owned and exe is not None and exe.rsplit("/", 1)[-1].lower() == "sshd"
-    assert process_matches("sshd", h) == trusted
-    assert impostor("sshd", h) == (not trusted)
+    trusted = owned and exe is not None and exe.rsplit("/", 1)[-1].lower() == "sshd" and euid <= sys_uid_max
+    assert process_matches("sshd", h, sys_uid_max) == trusted
+    assert impostor("sshd", h, sys_uid_max) == (not trusted)
+
+
+def test_a_regular_user_running_the_daemons_own_binary_is_an_impostor() -> None:
+    user = holder("dropbear", "dropbear", euid=1000, exe="/usr/sbin/dropbear", exe_root_owned=True)
+    service = spec("dropbear", Selector(daemon="dropbear"), origin="hosts_access")
+    assert impostor("dropbear", user) and not process_matches("dropbear", user)
+    assert select(desired(service), sock(1, 2399, holders=(user,))) is None
+    assert impostor_of(desired(service), sock(1, 2399, holders=(user,))) == "dropbear"
+    system = holder("dropbear", "dropbear", euid=999, exe="/usr/sbin/dropbear", exe_root_owned=True)
+    assert select(desired(service), sock(1, 2399, holders=(system,))) == service.want
+    assert process_matches("dropbear", user, sys_uid_max=1000)  # the host's login.defs decides
 
 
 def test_an_unreadable_uid_is_not_root() -> None:

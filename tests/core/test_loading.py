@@ -149,3 +149,41 @@ def test_an_account_name_with_a_nul_byte_is_unknown_not_a_traceback() -> None:
     from sockgate.loading import SystemAccounts
 
     assert SystemAccounts().uid("root\0x") is None and SystemAccounts().gid("root\0x") is None
+
+
+# -- login.defs' SYS_UID_MAX: who is a system account (the agent's enrolment) -------------------------
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("SYS_UID_MAX 499\n", 499),
+    ("#SYS_UID_MAX 999\nUID_MIN 1000\nSYS_UID_MAX\t\t 750  # local\n", 750),
+    ("SYS_UID_MAX 750\nSYS_UID_MAX 750\n", 750),
+    ("", 999),
+    ("UID_MIN 500\n", 999),
+    ("SYS_UID_MAX 750\nSYS_UID_MAX 60000\n", 999),  # disagreeing values
+    ("SYS_UID_MAX -1\n", 999),
+    ("SYS_UID_MAX 0x3e7\n", 999),
+    ("SYS_UID_MAX 0777x\n", 999),
+    ("SYS_UID_MAX 4294967295\n", 999),
+    ("SYS_UID_MAX 65534\n", 999),  # nobody, and every user below it
+    ("SYS_UID_MAX 99999999999999999999999\n", 999),
+    ("SYS_UID_MAX ١٢٣\n", 999),  # digits, but not ASCII ones
+    ("SYS_UID_MAX 500 600\n", 999),
+    ("SYS_UID_MAX\n", 999),
+    ("SYS_UID_MAX\0 5\n", 999),
+    ("\udcff\udcfe" * 1000 + "\nSYS_UID_MAX 100\n", 100),
+])
+def test_sys_uid_max_is_one_plain_value_or_the_default(text: str, expected: int) -> None:
+    assert loading.parse_sys_uid_max(text) == expected
+
+
+def test_sys_uid_max_of_a_missing_unreadable_or_foreign_file_is_the_default(tmp_path: Path) -> None:
+    assert loading.system_uid_max(str(tmp_path / "absent")) == 999
+    assert loading.system_uid_max(None) == 999
+    assert loading.system_uid_max(str(tmp_path)) == 999  # a directory
+    defs = tmp_path / "login.defs"
+    defs.write_text("SYS_UID_MAX 200\n")
+    defs.chmod(0o644)
+    assert loading.system_uid_max(str(defs)) == (200 if os.getuid() == 0 else 999)  # root's file, or not trusted
+    defs.chmod(0o666)
+    assert loading.system_uid_max(str(defs)) == 999  # anyone may write it

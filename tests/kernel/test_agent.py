@@ -535,6 +535,70 @@ def test_a_user_process_that_takes_the_daemons_name_is_not_enrolled(lab: Lab) ->
             for i in status["impostors"]] == [("sgdaemond", str(port + 1), [fake.info["pid"]], pwd.getpwnam("nobody").pw_uid)]
 
 
+# REVIEW4 N2: a user runs the daemon's own root-owned binary with code of theirs preloaded, which
+# listens on a port and locks its filter (SO_LOCK_FILTER) before dropbear's main ever runs.
+LOCK_C = r"""
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+__attribute__((constructor)) static void hold(void) {
+    int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET; a.sin_port = htons(atoi(getenv("LOCK_PORT"))); a.sin_addr.s_addr = htonl(0x7f000001);
+    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(s, (struct sockaddr *)&a, sizeof a) || listen(s, 8)) _exit(2);
+    setsockopt(s, SOL_SOCKET, SO_LOCK_FILTER, &one, sizeof one);
+    for (;;) pause();
+}
+"""
+USER_UID = 1000 + os.getpid() % 1000  # a regular user's uid, no account made (setpriv takes numbers)
+
+
+def test_a_regular_user_running_the_daemons_own_binary_is_an_impostor_not_unguarded(lab: Lab) -> None:
+    port = BASE + 23
+    os.chmod(lab.tmp, 0o711)  # the user's loader must reach the preload
+    source, lib = lab.path("lock.c", LOCK_C), lab.path("lock.so")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", lib, source], check=True, timeout=60)
+    os.chmod(lib, 0o755)
+    allow = lab.path("hosts.allow", f"dropbear: {ALLOWED}\n")
+    deny = lab.path("hosts.deny", "ALL: ALL\n")
+    agent = lab.agent("--hosts-allow", allow, "--hosts-deny", deny)
+    procs = f"{lab.cgroup}/cgroup.procs"
+
+    def enter() -> None:
+        with open(procs, "w") as f:
+            f.write(str(os.getpid()))
+
+    user = ("setpriv", f"--reuid={USER_UID}", f"--regid={USER_UID}", "--clear-groups", "--")
+    proc = subprocess.Popen([*user, "env", f"LD_PRELOAD={lib}", f"LOCK_PORT={port}",
+                             "/usr/sbin/dropbear", "-F", "-E", "-p", f"127.0.0.1:{port + 1}"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=enter, start_new_session=True, text=True)
+    lab.servers.append(Server(proc, {}))  # stopped (its group killed) with the lab
+
+    def listening() -> bool:
+        with open("/proc/net/tcp") as f:  # local address 0100007F:PORT, state 0A (LISTEN)
+            return any(line.split()[1:4:2] == [f"0100007F:{port:04X}", "0A"] for line in list(f)[1:])
+
+    until("the user's dropbear holds its listener", listening)
+    assert os.readlink(f"/proc/{proc.pid}/exe") == "/usr/sbin/dropbear"
+
+    def listed() -> list[dict[str, Any]]:
+        return list(agent.status()["impostors"])
+
+    impostors = until("the user's dropbear listed as an impostor", listed)
+    assert [(i["service"], i["local"], [h["pid"] for h in i["holders"]], i["holders"][0]["uid"]) for i in impostors] \
+        == [("dropbear", f"127.0.0.1:{port}", [proc.pid], USER_UID)]
+    status = agent.status()
+    assert status["unguarded"] == 0
+    assert [r for svc in status["services"] for r in svc["sockets"]] == []
+    out = subprocess.run([sys.executable, "-m", "sockgate", "status", "--control", agent.control],
+                         capture_output=True, text=True, timeout=START)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
 def test_all_as_the_daemon_list_enrols_nothing(lab: Lab) -> None:
     port = BASE + 3
     s = lab.server("tcp", port, argv0="sgdaemond")

@@ -34,6 +34,7 @@ from sockgate.bans import BannedPrefix, Origin
 from sockgate.errors import SockgateError
 from sockgate.kernel import BackendChoice, Kernel
 from sockgate.kernel.backend import Loaded
+from sockgate.loading import LOGIN_DEFS
 from sockgate.log import Log, LogFormat, LogSink
 from sockgate.policy.forward import Lookup
 from sockgate.policy.ir import Policy
@@ -67,6 +68,7 @@ class Options:
     inetd_conf: str | None = "/etc/inetd.conf"
     systemd_units: tuple[str, ...] = SYSTEMD_UNITS  # the unit directories, in systemd's order
     services_file: str = "/etc/services"
+    login_defs: str | None = LOGIN_DEFS  # its SYS_UID_MAX: who is a system account (enrol.plausible)
     log_format: LogFormat = "text"  # the refusal log of the eBPF services (agent/refusals.py)
     log_sink: LogSink = "stderr"
     refusal_interval: float = DEFAULT_INTERVAL  # seconds: one line per refused source per interval

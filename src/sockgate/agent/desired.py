@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Literal, Mapping, Protocol
 from sockgate.agent.enrol import comm_name, daemon_names
 from sockgate.agent.model import Endpoint, Selector, Want
 from sockgate.errors import Diagnostic, PolicyError, UsageError
+from sockgate.loading import DEFAULT_SYS_UID_MAX
 from sockgate.policy.hostmatch import fold
 from sockgate.policy.ir import Policy, Service
 
@@ -52,6 +53,7 @@ class Desired:
     policy_digest: str
     services: tuple[ServiceSpec, ...]
     loaded_at: float  # wall clock, for status
+    sys_uid_max: int = DEFAULT_SYS_UID_MAX  # the highest system account's uid (enrol.plausible)
 
     @property
     def digest(self) -> str:
@@ -80,12 +82,14 @@ def native_endpoints(service: Service) -> tuple[Endpoint, ...]:
 def build(policy: Policy, literal_daemons: Iterable[str], maps: Mapping[str, tuple[Endpoint, ...]],
           compile: Callable[[str], Program], loaded_at: float,
           refusals: Mapping[str, str] | None = None, names: Mapping[str, tuple[str, ...]] | None = None,
-          launched: Mapping[str, tuple[Endpoint, ...]] | None = None) -> Desired:
+          launched: Mapping[str, tuple[Endpoint, ...]] | None = None,
+          sys_uid_max: int = DEFAULT_SYS_UID_MAX) -> Desired:
     """The desired state of ``policy``; ``literal_daemons`` are the daemon names its hosts_access
     rules name literally, ``maps`` the ``--map`` ports per daemon, ``compile(service_name)``
     the program of one service; ``names`` the host names each service uses (read only after
     that service's ``compile``, so a compile may fill it); ``launched`` the ports super-servers
-    listen on for a daemon (``superserver.launches_for``). Raises rather than returning part of it."""
+    listen on for a daemon (``superserver.launches_for``); ``sys_uid_max`` the highest uid of a
+    system account (``loading.system_uid_max``). Raises rather than returning part of it."""
     natives = [s for s in policy.services if native_endpoints(s)]
     native_names = {fold(s.name) for s in natives}
     for daemon in maps:
@@ -99,7 +103,7 @@ def build(policy: Policy, literal_daemons: Iterable[str], maps: Mapping[str, tup
             selectors.append((daemon, "hosts_access", Selector(daemon=daemon, mapped=_mapped(maps, daemon),
                                                                 launched=(launched or {}).get(daemon, ()))))
     specs = tuple(_spec(name, origin, sel, compile, refusals or {}, {} if names is None else names) for name, origin, sel in selectors)
-    return Desired(policy.digest(), specs, loaded_at)
+    return Desired(policy.digest(), specs, loaded_at, sys_uid_max)
 
 
 def _mapped(maps: Mapping[str, tuple[Endpoint, ...]], daemon: str) -> tuple[Endpoint, ...]:

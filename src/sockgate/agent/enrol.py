@@ -13,8 +13,11 @@ what the resolve pass found) or a ``--map DAEMON=PROTO/PORT``. ``ALL``, a wildca
 process: otherwise one ``ALL: ALL`` line would put every process on the host under guard.
 A name is something any process may take (``/proc/self/comm``, ``argv[0]``), so a name alone
 does not make a process the daemon: a holder is enrolled only when it plausibly is — it runs
-with effective uid 0, or the file it executes has the daemon's name and only root may change
-it. A holder that has the name and neither of those is an impostor (``impostor``): its sockets
+with effective uid 0, or it runs as a system account (uid at most login.defs' ``SYS_UID_MAX``,
+``loading.system_uid_max``) and the file it executes has the daemon's name and only root may
+change it. The executable alone is not enough: every daemon's binary is world-executable and,
+not being setuid, honours ``LD_PRELOAD``, so any user could run ``/usr/sbin/dropbear`` with
+code of their own in it. A holder that has the name and neither of those is an impostor (``impostor``): its sockets
 are never borrowed or guarded under the daemon's name, only reported.
 Pure: names and values in, names and values out.
 """
@@ -26,6 +29,7 @@ from typing import Iterable, Mapping, Protocol, Sequence, Union
 
 from sockgate.agent.model import COMM_LEN, Endpoint, HolderInfo, Observed, Selector, Want
 from sockgate.agent.superserver import is_superserver
+from sockgate.loading import DEFAULT_SYS_UID_MAX
 from sockgate.policy.hostmatch import fold
 
 _KEYWORDS = frozenset({"all", "local", "known", "unknown", "paranoid"})
@@ -62,6 +66,8 @@ class Services(Protocol):
 
     @property
     def services(self) -> Sequence[Claimant]: ...
+    @property
+    def sys_uid_max(self) -> int: ...
 
 
 def enrollable(name: str) -> bool:
@@ -90,10 +96,10 @@ def comm_name(daemon: str) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
-def process_matches(daemon: str, h: HolderInfo) -> bool:
+def process_matches(daemon: str, h: HolderInfo, sys_uid_max: int = DEFAULT_SYS_UID_MAX) -> bool:
     """Whether the process ``h`` is ``daemon`` as libwrap named it (``name_matches``) and
     plausibly is that daemon (``plausible``)."""
-    return name_matches(daemon, h) and plausible(daemon, h)
+    return name_matches(daemon, h) and plausible(daemon, h, sys_uid_max)
 
 
 def name_matches(daemon: str, h: HolderInfo) -> bool:
@@ -104,19 +110,20 @@ def name_matches(daemon: str, h: HolderInfo) -> bool:
     return fold(h.comm) == fold(comm_name(daemon))
 
 
-def plausible(daemon: str, h: HolderInfo) -> bool:
+def plausible(daemon: str, h: HolderInfo, sys_uid_max: int = DEFAULT_SYS_UID_MAX) -> bool:
     """Whether ``h`` could be ``daemon`` and not a user's process that took its name: effective
-    uid 0, or its executable is a root-owned file, writable by root only, of that basename."""
+    uid 0, or a system account's effective uid (at most ``sys_uid_max``) running a root-owned
+    file, writable by root only, of that basename."""
     if h.euid == 0:
         return True
-    if h.exe is None or not h.exe_root_owned:
+    if h.euid is None or h.euid > sys_uid_max or h.exe is None or not h.exe_root_owned:
         return False
     return fold(h.exe.rsplit("/", 1)[-1]) == fold(daemon)
 
 
-def impostor(daemon: str, h: HolderInfo) -> bool:
+def impostor(daemon: str, h: HolderInfo, sys_uid_max: int = DEFAULT_SYS_UID_MAX) -> bool:
     """``h`` has ``daemon``'s name but is not plausibly it (reported, never enrolled)."""
-    return name_matches(daemon, h) and not plausible(daemon, h)
+    return name_matches(daemon, h) and not plausible(daemon, h, sys_uid_max)
 
 
 def select(desired: Services, sock: Observed) -> Selected:
@@ -131,7 +138,7 @@ def select(desired: Services, sock: Observed) -> Selected:
         [s for s in desired.services if any(e.covers(sock.proto, sock.port) for e in s.selector.launched)
          and any(is_superserver(h) for h in sock.holders)],
         [s for s in desired.services if s.selector.daemon is not None
-         and any(process_matches(s.selector.daemon, h) for h in sock.holders)],
+         and any(process_matches(s.selector.daemon, h, desired.sys_uid_max) for h in sock.holders)],
     )
     for claims in levels:
         if len(claims) == 1:
@@ -147,6 +154,6 @@ def impostor_of(desired: Services, sock: Observed) -> str | None:
     if select(desired, sock) is not None:
         return None
     for s in desired.services:
-        if s.selector.daemon is not None and any(impostor(s.selector.daemon, h) for h in sock.holders):
+        if s.selector.daemon is not None and any(impostor(s.selector.daemon, h, desired.sys_uid_max) for h in sock.holders):
             return s.name
     return None

@@ -32,7 +32,7 @@ from sockgate.bans import BannedPrefix
 from sockgate.ebpf.watch import WatchSet
 from sockgate.errors import PolicyError, SockgateError
 from sockgate.kernel.backend import Compiled, Loaded
-from sockgate.loading import load_policy
+from sockgate.loading import load_policy, system_uid_max
 from sockgate.policy.forward import Lookup, admitted, forward_names, matched, rule_names, substitute
 from sockgate.policy.ir import IPAddress, Policy
 from sockgate.resolve import named_daemons, resolve
@@ -72,7 +72,8 @@ class Transactions(Sweeps):
 
         daemons = named_daemons(policy)
         launched = launches_for(launches, daemon_names(daemons, self.opts.maps))
-        desired = build(policy, daemons, self.opts.maps, compile_one, self.wall(), names=uses, launched=launched)
+        desired = build(policy, daemons, self.opts.maps, compile_one, self.wall(), names=uses, launched=launched,
+                        sys_uid_max=system_uid_max(self.opts.login_defs))
         loaded = {**{n: p for n, p in kept.items() if desired.service(n) is not None}, **self.applier.load(compiled)}
         bansink.push(self.kernel, loaded, lambda n: self._effective(bans, n, now_ns))
         return Built(policy, desired, resolved, loaded, answers, launches)
