@@ -19,6 +19,7 @@ from sockgate.agent.crowdfeed import CrowdsecFeed
 from sockgate.agent.forward import Answer
 from sockgate.agent.protocol import Ban, Request, Unban, parse_network
 from sockgate.agent.runtime import Agent, Options
+from sockgate.agent.statusdoc import exit_code
 from sockgate.crowdsec.lapi import LapiClient
 from sockgate.crowdsec.session import Session
 from sockgate.errors import SockgateError
@@ -309,3 +310,38 @@ def test_a_tool_ban_covering_this_hosts_loopback_is_refused(tmp_path: Path, monk
         assert answer.error is not None and "loopback" in answer.error.message
     assert a.bans.entries == ()
     assert a._handle(Request(2, Ban(parse_network("127.0.0.1"))), None).ok  # type: ignore[arg-type]
+
+
+# -- status's exit code: 4 ("degraded") while something wanted is not in force (REVIEW4 N10) ------
+
+
+def test_status_is_degraded_while_a_reload_failed_bans_are_not_saved_or_crowdsec_is_not_in_force(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, policy, _, _ = agent(tmp_path, monkeypatch)
+    assert exit_code(a.status()) == 0 and a.status()["degraded"] == []
+    policy.write_text("service web tcp/80 {\n    allow 127.0.0.1 frobnicate\n}\n")
+    assert a.reload_now("signal") is not None
+    assert exit_code(a.status()) == 4 and a.status()["degraded"] == ["reload"]
+    policy.write_text(GOOD)
+    assert a.reload_now("signal") is None and exit_code(a.status()) == 0
+    a.opts = replace(a.opts, state=str(tmp_path / "gone" / "bans.json"))
+    assert a._handle(Request(1, Ban(parse_network("192.0.2.1"))), None).ok  # type: ignore[arg-type]
+    assert exit_code(a.status()) == 4 and a.status()["degraded"] == ["state"]
+    a.opts = replace(a.opts, state=str(tmp_path / "bans.json"))
+    assert a._handle(Request(2, Ban(parse_network("192.0.2.2"))), None).ok  # type: ignore[arg-type]
+    assert exit_code(a.status()) == 0
+    feed = CrowdsecFeed(LapiClient("http://127.0.0.1:8080", "k"), Session(interval_s=1))
+    a.crowdsec = feed
+    feed.session.failed(time.monotonic_ns(), "connection refused")
+    assert exit_code(a.status()) == 4 and a.status()["degraded"] == ["crowdsec_lapi"]
+    a.crowdsec_error = "CrowdSec decisions not applied (1 held): the program does not fit"
+    assert a.status()["degraded"] == ["crowdsec_bans", "crowdsec_lapi"]
+
+
+def test_status_is_degraded_while_a_host_name_is_not_answered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, _ = named_agent(tmp_path, monkeypatch, FakeNames({}))
+    assert exit_code(a.status()) == 4 and a.status()["degraded"] == ["names"]
+    ok, _ = named_agent(tmp_path, monkeypatch, FakeNames({"web.sg.test": ("127.0.0.5",)}))
+    assert exit_code(ok.status()) == 0
+    ok.names_error = "host names web.sg.test changed; not applied, the previous programs stay in force"
+    assert exit_code(ok.status()) == 4

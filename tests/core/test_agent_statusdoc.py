@@ -80,10 +80,29 @@ def test_an_extra_key_is_refused() -> None:
         check(doc)
 
 
+LOADED = PolicyInfo("0123456789abcdef", T, ("/etc/hosts.allow", "/etc/hosts.deny"), T + 5, True, "file", None)
+
+
 def test_exit_code_three_while_anything_is_unguarded() -> None:
     assert exit_code(_doc()) == 3
-    good = build(AGENT, POLICY, (ServiceRow(SSH, T, (SocketRow(sock(1, 22, guard=ours(SSH)), "guarded", T),)),), [])
+    # (the last reload of POLICY failed: since REVIEW4 N10 that is exit 4, so a loaded policy here)
+    good = build(AGENT, LOADED, (ServiceRow(SSH, T, (SocketRow(sock(1, 22, guard=ours(SSH)), "guarded", T),)),), [])
     assert exit_code(good) == 0 and render(good).endswith("every selected socket is guarded\n")
+
+
+def test_exit_code_four_while_something_wanted_is_not_in_force_and_three_first() -> None:
+    guarded = (ServiceRow(SSH, T, (SocketRow(sock(1, 22, guard=ours(SSH)), "guarded", T),)),)
+    failed = build(AGENT, POLICY, guarded, [])
+    assert failed["degraded"] == ["reload"] and exit_code(failed) == 4
+    assert "DEGRADED, not in force: reload (see above)\n" in render(failed)
+    for kind in ("crowdsec_bans", "crowdsec_lapi", "names", "state"):
+        assert exit_code(build(AGENT, LOADED, guarded, [], degraded=[kind])) == 4
+    stale = (ServiceRow(SSH, T, guarded[0].sockets, names=(NameRow("web.example.com", ("192.0.2.10",), T + 60, True,
+                                                                    "refreshing fails"),)),)
+    assert build(AGENT, LOADED, stale, [])["degraded"] == ["names"]
+    assert exit_code(build(AGENT, LOADED, guarded, [], errors=["watching by polling: no CAP_BPF"])) == 0
+    assert exit_code(_doc(degraded=["state"])) == 3  # an unguarded socket says more
+    assert _doc(degraded=["state", "state"])["degraded"] == ["reload", "state"]
 
 
 def test_text_fits_80_columns_and_escapes_what_processes_chose() -> None:
@@ -117,7 +136,7 @@ def test_an_enrolled_daemon_without_a_listener_is_flagged_with_the_map_advice_bu
     the daemon's own process never holds one, and status must not read as all guarded."""
     sshd = spec("sshd", Selector(daemon="sshd"), origin="hosts_access")
     held = ServiceRow(NGINX, T, (SocketRow(sock(1, 8080, guard=ours(NGINX)), "guarded", T),))
-    doc = build(AGENT, POLICY, (ServiceRow(sshd, T), held, ServiceRow(SSH, T)), [])
+    doc = build(AGENT, LOADED, (ServiceRow(sshd, T), held, ServiceRow(SSH, T)), [])
     assert [s["no_listener"] for s in doc["services"]] == [True, False, False]  # a native service is not a daemon
     assert exit_code(doc) == 0
     text = render(doc)
@@ -129,7 +148,7 @@ def test_an_enrolled_daemon_without_a_listener_is_flagged_with_the_map_advice_bu
 
 def test_an_impostor_is_listed_apart_and_not_in_the_exit_code() -> None:
     fake = holder("sshd", "sshd", 15285, 3, euid=65534, exe="/usr/bin/python3.11")
-    doc = build(AGENT, POLICY, (ServiceRow(SSH, T, (SocketRow(sock(1, 22, guard=ours(SSH)), "guarded", T),)),), [],
+    doc = build(AGENT, LOADED, (ServiceRow(SSH, T, (SocketRow(sock(1, 22, guard=ours(SSH)), "guarded", T),)),), [],
                 impostors=(ImpostorRow("sshd", sock(7, 2310, holders=(fake,))),))
     check(json.loads(json.dumps(doc)))
     assert doc["impostors"] == [{"service": "sshd", "proto": "tcp", "local": "0.0.0.0:2310", "holders": [

@@ -111,6 +111,7 @@ def status(scale: int = 1, bans: list[dict[str, Any]] | None = None) -> dict[str
         "errors": [],
         "impostors": [],
         "superserved": [],
+        "degraded": [],
     }
     statusdoc.check(doc)
     return doc

@@ -207,7 +207,16 @@ class Agent(Banning):
         errors += [self.crowdsec_error] if self.crowdsec_error else []
         errors += [self.refusals.error] if self.refusals is not None and self.refusals.error else []
         return statusdoc.build(agent, self.policy_info, services, bans, sources, errors, tuple(self.impostors.values()),
-                               tuple(self.superserved.values()))
+                               tuple(self.superserved.values()), self._degraded())
+
+    def _degraded(self) -> list[statusdoc.Degraded]:
+        """What is not in force, by kind (``statusdoc.build`` adds a failed reload and names)."""
+        kinds: list[statusdoc.Degraded] = []
+        kinds += ["crowdsec_lapi"] if self.crowdsec is not None and self.crowdsec.errors() else []
+        kinds += ["crowdsec_bans"] if self.crowdsec_error else []
+        kinds += ["names"] if self.names_error else []
+        kinds += ["state"] if self.save_error else []
+        return kinds
 
     def _bpffs(self) -> str | None:
         return self.opts.bpffs or os.environ.get("SOCKGATE_BPFFS") or None

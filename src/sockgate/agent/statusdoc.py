@@ -6,7 +6,11 @@ sockets (held by whom, guarded or not and why), bans and their origins, the ban 
 here from typed values (``build``), checked against the schema (``check``: the client trusts an
 answer no more than the agent trusts a request), rendered for a terminal of 80 columns
 (``render``) and turned into the exit code monitoring wants (``exit_code``: 3 while any
-selected socket is not guarded). An enrolled daemon none of whose listeners is seen is flagged
+selected socket is not guarded, else 4 while something wanted is not in force — ``degraded``:
+a failed reload kept the old policy, CrowdSec's decisions are not applied or its LAPI does not
+answer, host names are not refreshed or failed, the bans are not saved — for a check that only
+reads the exit code must not stay green while sshguard's lines or a fleet's decisions are not
+enforced). An enrolled daemon none of whose listeners is seen is flagged
 (``no_listener``, and a line with the ``--map`` advice) but does not change the exit code: a
 daemon simply not running is not a fault, while a listener a super-server (inetd, xinetd,
 systemd socket activation) holds for it is one only the operator can tell apart. The schema is the ``SCHEMA`` table below, checked by a small
@@ -29,7 +33,12 @@ from sockgate.policy.source import escape
 
 SCHEMA_VERSION = 1
 WIDTH = 80
-EXIT_OK, EXIT_UNGUARDED = 0, 3
+EXIT_OK, EXIT_UNGUARDED, EXIT_DEGRADED = 0, 3, 4
+# What is wanted but not in force (``degraded``), one word each: the last reload failed (the old
+# policy stays), CrowdSec's decisions could not be applied, its LAPI does not answer, a host
+# name is not refreshed, failed or its change not applied, the ban state file is not saved.
+Degraded = Literal["reload", "crowdsec_bans", "crowdsec_lapi", "names", "state"]
+DEGRADED: tuple[Degraded, ...] = ("reload", "crowdsec_bans", "crowdsec_lapi", "names", "state")
 SocketState = Literal["guarded", "adopted", "unguarded", "retrying"]
 ITEMS_MAX = 1000  # bans listed in status; the `bans` request gives them all
 
@@ -147,7 +156,10 @@ COUNTERS = ("adopted", "attached", "reloaded", "replaced", "detached", "destroye
 
 def build(agent: AgentInfo, policy: PolicyInfo, services: Sequence[ServiceRow], bans: Sequence[BanRow],
           sources: Mapping[str, Mapping[str, Any]] | None = None, errors: Sequence[str] = (),
-          impostors: Sequence[ImpostorRow] = (), superserved: Sequence[SuperservedRow] = ()) -> dict[str, Any]:
+          impostors: Sequence[ImpostorRow] = (), superserved: Sequence[SuperservedRow] = (),
+          degraded: Sequence[Degraded] = ()) -> dict[str, Any]:
+    """The document; ``degraded`` the runtime's kinds of what is not in force, to which a failed
+    last reload and any host name that is not plainly answered are added here."""
     doc = {
         "schema": SCHEMA_VERSION,
         "agent": _agent(agent),
@@ -161,9 +173,17 @@ def build(agent: AgentInfo, policy: PolicyInfo, services: Sequence[ServiceRow], 
         "errors": list(errors),
         "impostors": [_impostor(i) for i in impostors],
         "superserved": [_superserved(r) for r in superserved],
+        "degraded": _degraded(policy, services, degraded),
     }
     check(doc)
     return doc
+
+
+def _degraded(policy: PolicyInfo, services: Sequence[ServiceRow], given: Sequence[Degraded]) -> list[str]:
+    kinds = set(given)
+    kinds |= {"reload"} if not policy.reload_ok else set()
+    kinds |= {"names"} if any(n.error is not None or n.stale for s in services for n in s.names) else set()
+    return [k for k in DEGRADED if k in kinds]
 
 
 def _agent(a: AgentInfo) -> dict[str, Any]:
@@ -265,6 +285,7 @@ SCHEMA: dict[str, Any] = {
                    "holders": [{"pid": int, "comm": str, "argv0": ("?", str), "uid": ("?", int), "exe": ("?", str)}]}],
     "superserved": [{"proto": ("tcp", "udp"), "local": str, "port": int,
                      "holders": [{"pid": int, "comm": str, "argv0": ("?", str), "uid": ("?", int), "exe": ("?", str)}]}],
+    "degraded": [DEGRADED],
 }
 
 
@@ -341,8 +362,11 @@ def _json_schema(spec: Any) -> dict[str, Any]:
 
 
 def exit_code(doc: Mapping[str, Any]) -> int:
-    """3 while any selected socket is unguarded or waiting for a retry; else 0."""
-    return EXIT_UNGUARDED if doc["unguarded"] > 0 else EXIT_OK
+    """3 while any selected socket is unguarded or waiting for a retry; else 4 while anything
+    wanted is not in force (``degraded``); else 0."""
+    if doc["unguarded"] > 0:
+        return EXIT_UNGUARDED
+    return EXIT_DEGRADED if doc["degraded"] else EXIT_OK
 
 
 def render(doc: Mapping[str, Any], width: int = WIDTH) -> str:
@@ -368,6 +392,8 @@ def render(doc: Mapping[str, Any], width: int = WIDTH) -> str:
         who = " ".join(_who(h) for h in r["holders"])
         lines.append(f"held by a super-server for an unknown daemon: {r['proto']} {r['local']} {who}; a daemon the "
                      f"policy names started from it is NOT guarded (--map DAEMON={r['proto']}/{r['port']})")
+    if doc["degraded"]:
+        lines.append(f"DEGRADED, not in force: {', '.join(doc['degraded'])} (see above)")
     n = doc["unguarded"]
     seen = "" if a["watch"]["mode"] != "poll" else " (polling: this network namespace only)"
     lines.append(f"{_count(n, 'socket')} NOT guarded" if n else f"every selected socket is guarded{seen}")
