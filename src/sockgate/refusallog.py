@@ -6,7 +6,9 @@ it; a kernel filter refuses silently. The ``RefusalMonitor`` reads each service'
 the service's refusal counters where they tell), and at the end of each interval writes one
 record per refused source through a ``Log``: in text ``ssh: refused connect from 203.0.113.5
 (3 times in 60 s, rule 2)``, in JSON one object with service, source, count, first_seen,
-last_seen, reason, rule; to stderr, syslog (``sockgate`` on LOG_AUTH at LOG_WARNING, as
+last_seen, reason, rule, local; a source that is one of this host's own addresses
+(``linux/netaddrs``, every namespace it may enter) ends ``, local source)`` so that no ban
+tool bans the host itself; to stderr, syslog (``sockgate`` on LOG_AUTH at LOG_WARNING, as
 tcpd logs refusals) or the journal (``refusal_log``). contrib/fail2ban matches the lines.
 
 Any event loop hosts it: ``fds`` to watch, ``on_readable(fd)`` when one is readable,
@@ -33,7 +35,8 @@ from sockgate.ebpf.refusals import (
 from sockgate.errors import SockgateError
 from sockgate.kernel import pins
 from sockgate.kernel.ebpf import ktime_ns
-from sockgate.linux import bpfsys
+from sockgate.linux import bpfsys, netaddrs
+from sockgate.linux.netaddrs import Address
 from sockgate.linux.ringbuf import RingBuffer, RingError
 from sockgate.log import Log, LogFormat, LogSink
 from sockgate.resolve.model import ResolvedService
@@ -61,8 +64,10 @@ class RefusalMonitor:
     """Watches the event rings of services, and writes their refusal lines to ``log``."""
 
     def __init__(self, log: Log, interval: float = DEFAULT_INTERVAL, *, labels: Mapping[str, Sequence[str]] | None = None,
-                 mono_ns: Callable[[], int] = ktime_ns, wall_ns: Callable[[], int] = time.time_ns) -> None:
+                 mono_ns: Callable[[], int] = ktime_ns, wall_ns: Callable[[], int] = time.time_ns,
+                 local: Callable[[], frozenset[Address]] = netaddrs.host_addresses) -> None:
         self.log = log
+        self._local = local  # this host's own addresses, asked once per flush that writes a line
         self.interval = interval
         self.labels = dict(labels or {})  # service → its rules' labels (``file:line``), by index
         self._mono, self._wall = mono_ns, wall_ns
@@ -153,8 +158,10 @@ class RefusalMonitor:
         clock = Clock(self._wall(), now)
         for s in self._by_fd.values():
             self._recover(s)
-        for item in self._agg.flush(now, self._totals):
-            self._write(item, clock)
+        items = self._agg.flush(now, self._totals)
+        own = self._own() if any(isinstance(i, Refusal) for i in items) else frozenset()
+        for item in items:
+            self._write(item, clock, own)
         if self._malformed:
             self.log.error(f"{self._malformed} ring records were not refusal events, skipped")
             self._malformed = 0
@@ -243,12 +250,22 @@ class RefusalMonitor:
             return False
         return raw is not None and layout.Ban.unpack(raw).active(now_ns)
 
-    def _write(self, item: Refusal | Overflow, clock: Clock) -> None:
+    def _own(self) -> frozenset[Address]:
+        """This host's addresses; when they cannot be read, said once per flush and taken as
+        none (a line then names a source as any other)."""
+        try:
+            return self._local()
+        except (OSError, SockgateError) as e:
+            self.log.error(f"this host's own addresses could not be read (local sources not marked): {e}")
+            return frozenset()
+
+    def _write(self, item: Refusal | Overflow, clock: Clock, own: frozenset[Address] = frozenset()) -> None:
         if isinstance(item, Overflow):
             self.log.message("refused", describe_overflow(item), SEVERITY, **overflow_fields(item))
             return
         label = _label(self.labels.get(item.service, ()), item.rule)
-        self.log.message("refused", describe(item, label), SEVERITY, **fields(item, clock))
+        local = item.source in own
+        self.log.message("refused", describe(item, label, local), SEVERITY, **fields(item, clock, local))
 
 
 def start_refusal_log(loop: Loop, services: Iterable[str], fmt: LogFormat = "text", sink: LogSink = "stderr", *,

@@ -207,3 +207,11 @@ def test_no_two_services_share_a_directory_and_each_reads_back() -> None:
         base = d.rsplit("/", 1)[1]
         back = service_of(base)
         assert back == (n if len(n.encode()) <= 120 else base)
+
+
+def test_a_source_that_is_this_hosts_own_address_is_marked_local() -> None:
+    r = Refusal("ssh", A, 3, S, 2 * S, Reason.RULE, 1, 60 * S)
+    assert describe(r, local=True) == "ssh: refused connect from 203.0.113.5 (3 times in 60 s, rule 2, local source)"
+    assert describe(r, "sshd.conf:4", True).endswith("(3 times in 60 s, rule sshd.conf:4, local source)")
+    clock = Clock(1_700_000_000 * S, 100 * S)
+    assert fields(r, clock, local=True)["local"] is True and "local" not in fields(r, clock)

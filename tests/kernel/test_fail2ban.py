@@ -68,3 +68,20 @@ def test_fail2ban_regex_finds_the_refused_sources(tmp_path: Path) -> None:
     assert r.stdout.split() == want + want
     stats = subprocess.run(["fail2ban-regex", str(log), str(conf / "sockgate.conf")], capture_output=True, text=True, timeout=120)
     assert "Lines: 13 lines, 4 ignored, 6 matched, 3 missed" in stats.stdout, stats.stdout
+
+
+def test_lines_about_this_hosts_own_addresses_are_ignored(tmp_path: Path) -> None:
+    """A local user connecting from the host's own address must not get it banned (REVIEW4 N8)."""
+    conf = tmp_path / "filter.d"
+    conf.mkdir()
+    shutil.copy(COMMON, conf / "common.conf")
+    shutil.copy(FILTER, conf / "sockgate.conf")
+    cases = [(r, local) for r, matched in CASES if matched for local in (False, True)]
+    lines = [f"Dec  3 09:20:0{i} host sockgate[4242]: {describe(r, None, local)}" for i, (r, local) in enumerate(cases)]
+    lines.append("Dec  3 09:20:09 host sockgate[4242]: ssh: refused connect from 192.0.2.9 (2 times in 60 s, rule local source)")
+    log = tmp_path / "refusals.log"
+    log.write_text("\n".join(lines) + "\n")
+    r = subprocess.run(["fail2ban-regex", "--out", "ip", str(log), str(conf / "sockgate.conf")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [str(rf.source) for rf, local in cases if not local] + ["192.0.2.9"]  # a rule's label

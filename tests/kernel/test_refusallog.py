@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,7 +23,7 @@ import pytest
 from sockgate.ebpf import Options, compile_service, layout
 from sockgate.ebpf.layout import Count, Reason, SourceKey
 from sockgate.ebpf.maps import LpmKey
-from sockgate.linux import bpfsys
+from sockgate.linux import bpfsys, netaddrs
 from sockgate.linux.journal import Journal
 from sockgate.linux.ringbuf import RingBuffer
 from sockgate.policy.parser import parse_policy
@@ -241,3 +242,45 @@ def test_a_banned_source_without_its_event_is_still_called_banned() -> None:
     finally:
         mon.close()
         lo.close()
+
+
+NS_SCRIPT = "ip link set lo up && ip addr add {addr}/32 dev lo && echo ready && exec sleep 60"
+
+
+def _namespace(prefix: tuple[str, ...], addr: str) -> "subprocess.Popen[str]":
+    """A process in a new network namespace whose loopback carries ``addr``, once it says so."""
+    proc = subprocess.Popen([*prefix, "sh", "-c", NS_SCRIPT.format(addr=addr)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready", "the namespace did not come up"
+    return proc
+
+
+def test_a_source_that_is_this_hosts_own_address_in_any_namespace_is_marked_local_source() -> None:
+    """REVIEW4 N8: a local user connecting from the host's own address (here one a namespace of
+    this host carries) to a port that refuses it must not feed a ban: its line says ``local
+    source``. A namespace a user made (user+network) may carry any address: it does not count."""
+    svc = parse_policy("service ssh tcp/22 {\n allow 10.0.0.0/8\n default deny\n}\n", "p.conf").require_service("ssh")
+    lo = Loaded(compile_service(svc, options=Options(protocol="tcp")))
+    own = _namespace(("unshare", "--net", "--"), "198.51.100.77")
+    users = _namespace(("unshare", "--user", "--map-root-user", "--net", "--"), "198.51.100.78")
+    out = io.StringIO()
+    mon = RefusalMonitor(refusal_log("text", stream=out), interval=1.0)
+    try:
+        assert "198.51.100.77" in {str(a) for a in netaddrs.host_addresses()}
+        assert "198.51.100.78" not in {str(a) for a in netaddrs.host_addresses()}
+        mon.add("ssh", RingBuffer(os.dup(lo.maps["sg_events"])), os.dup(lo.maps["sg_counts"]), os.dup(lo.maps["sg_stats"]))
+        for source in ("198.51.100.77", "198.51.100.78", "127.0.0.1", "203.0.113.5"):
+            assert not lo.run(frame(source))
+        for fd in mon.fds():
+            mon.on_readable(fd)
+        mon.flush()
+        lines = {x.split("refused connect from ")[1] for x in out.getvalue().splitlines() if "refused connect from" in x}
+        assert lines == {"198.51.100.77 (1 time in 1 s, default, local source)", "127.0.0.1 (1 time in 1 s, default, local source)",
+                         "198.51.100.78 (1 time in 1 s, default)", "203.0.113.5 (1 time in 1 s, default)"}
+    finally:
+        mon.close()
+        lo.close()
+        for p in (own, users):
+            p.kill()
+            p.wait(10)
+            if p.stdout is not None:
+                p.stdout.close()

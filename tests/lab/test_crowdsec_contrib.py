@@ -19,9 +19,9 @@ MINUTE = 60 * 10**9
 
 
 def line(minute: int, service: str, addr: str, count: int, reason: Reason = Reason.RULE, rule: int | None = 1,
-         label: str | None = None, program: str = "sockgate") -> str:
+         label: str | None = None, program: str = "sockgate", local: bool = False) -> str:
     r = Refusal(service, ipaddress.ip_address(addr), count, 0, 0, reason, rule, MINUTE)
-    return f"Dec  3 10:{minute:02d}:00 gate {program}[4242]: {describe(r, label)}"
+    return f"Dec  3 10:{minute:02d}:00 gate {program}[4242]: {describe(r, label, local)}"
 
 
 def test_refusals_become_bans_the_bouncer_holds(lapi: crowdsec.Lapi, tmp_path: Path) -> None:
@@ -65,3 +65,20 @@ def test_the_parser_reads_every_field(lapi: crowdsec.Lapi, tmp_path: Path) -> No
     assert metas.get("service") == "web-8080" and metas.get("source_ip") == "2001:db8:0:1::2"
     assert metas.get("sockgate_count") == "40" and metas.get("sockgate_cause") == "rule policy.conf:12"
     assert metas.get("log_type") == "sockgate_refused"
+
+
+def test_refusals_of_this_hosts_own_address_never_become_a_decision(lapi: crowdsec.Lapi, tmp_path: Path) -> None:
+    """A local user knocking from the host's own public address (REVIEW4 N8): no alert, no
+    fleet-wide decision against the host; the same flood from elsewhere is one."""
+    crowdsec.install_items(lapi, CONTRIB)
+    lines = [
+        line(0, "ssh", "192.0.2.80", 40, local=True),  # a flood, rule 1
+        *(line(m, "ssh", "192.0.2.81", 2, rule=None, local=True) for m in (0, 1, 2)),  # back every minute
+        *(line(3, svc, "2001:db8::80", 1, Reason.RATE, None, local=True) for svc in ("ssh", "smtp", "imap")),  # a scan
+        line(0, "ssh", "192.0.2.82", 40),  # the same flood, from elsewhere
+    ]
+    log = tmp_path / "sockgate.log"
+    log.write_text("\n".join(lines) + "\n")
+    crowdsec.replay(lapi, log)
+    alerts = sorted((str(a["source"]["value"]), str(a["scenario"])) for a in lapi.alerts())  # type: ignore[index]
+    assert alerts == [("192.0.2.82", "sockgate/refused-flood")]

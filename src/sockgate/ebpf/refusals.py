@@ -237,13 +237,17 @@ def cause(reason: Reason, rule: int | None, label: str | None = None) -> str:
             assert_never(reason)
 
 
-def describe(r: Refusal, label: str | None = None) -> str:
+def describe(r: Refusal, label: str | None = None, local: bool = False) -> str:
     """The line's message, in the TCP Wrappers spirit (``refused connect from HOST``):
     ``ssh: refused connect from 203.0.113.5 (3 times in 60 s, rule 2)``. ``service`` is
-    written as given: the caller escapes it for its sink."""
+    written as given: the caller escapes it for its sink. ``local``: the source is one of this
+    host's own addresses, which any local user may connect from, so the line ends ``, local
+    source)`` and the shipped fail2ban filter and CrowdSec parser ignore it (a ban would cut
+    the host off from itself, fleet-wide with CrowdSec)."""
     times = "1 time" if r.count == 1 else f"{r.count} times"
     why = "cause unknown: its events were lost" if r.recovered else cause(r.reason, r.rule, label)
-    return f"{r.service}: refused connect from {r.source} ({times} in {_seconds(r.window_ns)} s, {why})"
+    where = ", local source" if local else ""
+    return f"{r.service}: refused connect from {r.source} ({times} in {_seconds(r.window_ns)} s, {why}{where})"
 
 
 def describe_overflow(o: Overflow) -> str:
@@ -255,11 +259,13 @@ def _seconds(ns: int) -> int:
     return max(1, round(ns / 1e9))
 
 
-def fields(r: Refusal, clock: Clock) -> dict[str, object]:
-    """The JSON object of one line (``first_seen``/``last_seen`` wall-clock UTC)."""
+def fields(r: Refusal, clock: Clock, local: bool = False) -> dict[str, object]:
+    """The JSON object of one line (``first_seen``/``last_seen`` wall-clock UTC; ``local``: the
+    source is this host's own address, as in ``describe``: the key is there only then)."""
     return {"service": r.service, "source": str(r.source), "count": r.count, "first_seen": clock.iso(r.first_ns),
             "last_seen": clock.iso(r.last_ns), "reason": "unknown" if r.recovered else r.reason.name.lower(),
-            "rule": None if r.rule is None else r.rule + 1, "interval": _seconds(r.window_ns)}
+            "rule": None if r.rule is None else r.rule + 1, "interval": _seconds(r.window_ns),
+            **({"local": True} if local else {})}
 
 
 def overflow_fields(o: Overflow) -> dict[str, object]:

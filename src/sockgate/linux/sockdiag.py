@@ -155,15 +155,16 @@ _PORTS = struct.Struct("!HH")
 DUMP_TIMEOUT = 10.0
 
 
-def _dump(family: int, request: bytes, dump: bool = True, kind: int = SOCK_DIAG_BY_FAMILY) -> Iterator[tuple[memoryview, int, int]]:
+def _dump(family: int, request: bytes, dump: bool = True, kind: int = SOCK_DIAG_BY_FAMILY,
+          protocol: int = NETLINK_SOCK_DIAG) -> Iterator[tuple[memoryview, int, int]]:
     """Send one SOCK_DIAG_BY_FAMILY request (a dump, or ``dump=False``: one exact socket, which
     the kernel answers with one message and no NLMSG_DONE); yield (buffer, offset, length) per
     answer. Another ``kind`` (SOCK_DESTROY) asks for an acknowledgement and yields nothing.
 
     Raises OSError with the kernel's errno (ENOENT: no diag handler for this family, or no
-    such socket)."""
-    flags = NLM_F_REQUEST | (NLM_F_DUMP if dump else 0) | (NLM_F_ACK if kind != SOCK_DIAG_BY_FAMILY else 0)
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG) as nl:
+    such socket). ``protocol``: another netlink family's dump (``netaddrs``: NETLINK_ROUTE)."""
+    flags = NLM_F_REQUEST | (NLM_F_DUMP if dump else 0) | (NLM_F_ACK if kind != SOCK_DIAG_BY_FAMILY and not dump else 0)
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol) as nl:
         nl.settimeout(DUMP_TIMEOUT)
         nl.bind((0, 0))
         nl.send(NLMSGHDR.pack(NLMSGHDR.size + len(request), kind, flags, 1, 0) + request)
@@ -185,6 +186,16 @@ def _dump(family: int, request: bytes, dump: bool = True, kind: int = SOCK_DIAG_
                 off += (length + 3) & ~3
             if not data:
                 return
+
+
+def netlink_dump(protocol: int, kind: int, request: bytes) -> Iterator[tuple[memoryview, int, int]]:
+    """One netlink dump of ``protocol`` (request type ``kind``): (buffer, offset, length) per answer."""
+    return _dump(socket.AF_UNSPEC, request, True, kind, protocol)
+
+
+def netlink_attrs(data: memoryview, off: int, end: int) -> dict[int, memoryview]:
+    """The attributes (``struct nlattr``) between ``off`` and ``end``, by type."""
+    return _attrs(data, off, end)
 
 
 def _attrs(data: memoryview, off: int, end: int) -> dict[int, memoryview]:
