@@ -10,7 +10,7 @@ import pytest
 
 from sockgate.agent import watcher as wmod
 from sockgate.agent.model import ResyncPacer, SocketEvent, resync
-from sockgate.agent.watcher import PollWatcher, open_watcher, start, to_event
+from sockgate.agent.watcher import POLL_BURST, PollWatcher, open_watcher, start, to_event
 from sockgate.ebpf.watch import Hook, WatchRecord, WatchSet
 from sockgate.errors import AdapterError
 from sockgate.linux import bpfsys, cgroupbpf
@@ -53,6 +53,17 @@ def test_poll_learns_first_then_reports_each_new_socket_once() -> None:
     assert [e.port for e in p.drain()] == [5353]
     assert p.fileno() is None and p.interval() == 2.0 and p.lost == 0
     assert p.reason == "cgroup BPF unavailable (x): polling sock_diag every 2 s, in this network namespace only"
+
+
+def test_a_poll_pass_with_many_new_sockets_is_one_rescan() -> None:
+    table = Table()
+    p = PollWatcher("r", 2.0, table, now=lambda: 9)
+    assert [e.kind for e in p.drain()] == ["resync"]
+    table.socks = [sock("tcp", 8000 + i, 10 + i) for i in range(POLL_BURST)]
+    assert [e.port for e in p.drain()] == list(range(8000, 8000 + POLL_BURST))  # a few: each its own event
+    table.socks += [sock("tcp", 9000 + i, 100 + i) for i in range(POLL_BURST + 1)]
+    assert [e.kind for e in p.drain()] == ["resync"]  # more: one rescan, not a host-wide look each
+    assert p.drain() == []
 
 
 def test_open_watcher_falls_back_to_the_poll_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:

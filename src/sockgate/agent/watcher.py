@@ -30,7 +30,8 @@ link pins (the hooks then die with the agent) or point ``ring`` at another servi
 kernel): a sock_diag dump of TCP listeners and bound UDP sockets at a modest interval, new
 sockets by inode. It reads no pid or comm (and no cookie from the /proc tables sock_diag falls
 back to), sees only its own network namespace, and costs tens of milliseconds per pass on a
-busy host; its ``reason`` says so for the status.
+busy host; its ``reason`` says so for the status. Since its events name no process, each costs
+the agent a host-wide look: a pass with more than ``POLL_BURST`` new sockets is one ``resync``.
 
 Any event loop drives either: ``fileno()`` (None for the poll), ``interval()`` (None for
 events), ``drain()``; ``start(watcher, loop, deliver)`` wires one to a ``supervisor.Loop``.
@@ -55,6 +56,10 @@ from sockgate.supervisor import Cancel, Loop
 
 WatchMode = Literal["cgroup-bpf", "poll"]
 DEFAULT_POLL_INTERVAL = 2.0
+# A poll event carries no pid, so the agent finds its socket with a host-wide inventory — as
+# much work as a full rescan. More new sockets than this in one pass are one rescan instead
+# (10,000 sockets opened at once were 5,000 host-wide inventories: hours, the agent deaf).
+POLL_BURST = 3
 PIN_DIR = "sockgate/watch"  # below the bpffs mount, beside the guards' tree (ebpf/layout.ROOT)
 
 
@@ -448,7 +453,7 @@ class PollWatcher:
             kind: Literal["bind", "listen"] = "listen" if s.proto == "tcp" else "bind"
             family: Family = 6 if s.family == "ipv6" else 4
             out.append(SocketEvent(kind, s.cookie or 0, 0, 0, "", family, _proto(s.proto), s.local_port or 0, now))
-        return out
+        return out if len(out) <= POLL_BURST else [resync(now)]
 
     def _wanted(self, s: sockdiag.Sock) -> bool:
         ws = self._ws
