@@ -11,6 +11,7 @@ bench/bench_agent.py, not a timed assertion here.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pwd
 import signal
@@ -26,8 +27,10 @@ from sockgate.agent.client import call
 from sockgate.agent.protocol import Ban, Reload, Unban, parse_network
 from sockgate.errors import SockgateError
 from sockgate.kernel import default_kernel
+from sockgate.kernel.reading import BpfFilter, GuardInfo
 from sockgate.kernel.transaction import Slot, Step
 from sockgate.linux import pidfd
+from sockgate.socktable import Selection, list_sockets
 from support.agentlab import START, WAIT, Lab, agent_lab, guard, guarded_by, until
 
 pytestmark = [
@@ -97,24 +100,63 @@ def test_a_service_started_after_the_agent_is_guarded_again_after_restarts_and_f
     assert st["unguarded"] == 0
 
 
-def test_an_agent_killed_and_restarted_adopts_without_attaching(lab: Lab) -> None:
+@pytest.mark.parametrize("backend", ["cbpf", "ebpf"])
+def test_an_agent_killed_and_restarted_adopts_without_attaching(lab: Lab, backend: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOCKGATE_BPFFS", lab.bpffs)  # where this process recognises eBPF guards
     port = BASE + 2
     policy = native(lab, port)
     s = lab.server("tcp", port)  # before the agent: found by the scan
-    first = lab.agent(policy)
+    first = lab.agent(policy, "--backend", backend)
     before = until("guarded by the first agent", lambda: guarded_by(s.info, "web"))
+    assert before.backend == backend
+    attached = _attachment(s.info)
     assert first.status()["agent"]["counters"]["attached"] == 1
     first.stop(signal.SIGKILL)
-    assert guarded_by(s.info, "web") == before  # guards never depend on the agent
-    second = lab.agent(policy)  # the stale control socket of the first is replaced
+    assert _uncounted(guarded_by(s.info, "web")) == _uncounted(before)  # guards never depend on the agent
+    deadline = time.monotonic() + 0.5  # while no agent runs, the inventory's view of the port, a few times
+    while True:
+        assert _on_port(port) == [("sockgate", "web", before.digest)]
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    second = lab.agent(policy, "--backend", backend)  # the stale control socket of the first is replaced
     counters = second.status()["agent"]["counters"]
     assert counters["adopted"] == 1
     assert counters["attached"] == counters["reloaded"] == counters["replaced"] == 0
-    assert guarded_by(s.info, "web") == before
+    assert _uncounted(guarded_by(s.info, "web")) == _uncounted(before)
+    assert _attachment(s.info) == attached  # the very program, not the same one attached again
+    assert _on_port(port) == [("sockgate", "web", before.digest)]
     assert not connects(DENIED, port)
     second.stop(signal.SIGTERM)
     assert second.proc.returncode == 0
-    assert guarded_by(s.info, "web") == before  # a clean stop leaves the guards too
+    assert _uncounted(guarded_by(s.info, "web")) == _uncounted(before)  # a clean stop leaves the guards too
+
+
+def _uncounted(g: GuardInfo | None) -> GuardInfo | None:
+    """The guard without what its program counted (an eBPF guard's refusals go on)."""
+    return None if g is None else dataclasses.replace(g, refused=None)
+
+
+def _on_port(port: int) -> list[tuple[str, str | None, str | None]]:
+    """Every TCP listener on ``port`` as the socket inventory (``sockgate ls``) reads it."""
+    rows = list_sockets(Selection(kinds=frozenset({"tcp"}), port=port))
+    return [(r.guard.state, r.guard.service, r.guard.digest) for r in rows]
+
+
+def _attachment(s: dict[str, Any]) -> object:
+    """What tells one attachment from another: the classic program's bytes (a filter attached
+    again reads back the same); for eBPF the registry's record of the socket — program id and
+    the time it was written, which a new attach rewrites."""
+    kernel = default_kernel()
+    with pidfd.borrowed(s["pid"], s["fd"]) as dup:
+        attached = kernel.ops.read(dup)
+        if not isinstance(attached, BpfFilter) or attached.cookie is None:
+            return attached
+        ebpf = next(b for b in kernel.backends if b.name == "ebpf")
+        record = ebpf._lookup(attached.cookie)  # type: ignore[attr-defined]
+        assert record is not None
+        return record
 
 
 def test_connections_a_new_guard_denies_are_ended_and_allowed_ones_kept(lab: Lab) -> None:
