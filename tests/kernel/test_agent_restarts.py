@@ -25,12 +25,12 @@ import signal
 import socket
 import subprocess
 import sys
-import xml.etree.ElementTree as ET
 from typing import Iterator
 
 import pytest
 
 from conftest import needs_netns, needs_tool
+from kernel.test_nmap import nmap
 from support import netlab
 from support.agentlab import WAIT, Lab, Server, agent_lab, guarded_by, in_netns, until
 
@@ -130,15 +130,6 @@ def agents() -> Iterator[Lab]:
         yield the_lab
 
 
-def nmap_state(lab: netlab.Lab, port: int) -> str:
-    """What nmap, a SYN scan from the client namespace's own (denied) address, says of ``port``."""
-    r = lab.client.run("nmap", "-n", "-Pn", "-T4", "--max-retries", "1", "--host-timeout", "60s",
-                       "-S", lab.client_v4, "-e", "veth-c", "-sS", "-p", str(port), "-oX", "-", lab.server_v4,
-                       timeout=120)
-    states = [p.find("state") for p in ET.fromstring(r.stdout).iter("port")]
-    return ",".join(s.get("state", "") for s in states if s is not None)
-
-
 def echoes_from(lab: netlab.Lab, src: str, port: int) -> bool:
     def go() -> bool:
         with socket.socket() as c:
@@ -190,7 +181,7 @@ def test_fifty_restarts_under_a_denied_connect_loop(lab: netlab.Lab, agents: Lab
     assert knocks["survived"] == 0
     assert knocks["ended"] == knocks["connected"]
     assert _closed(s)
-    assert nmap_state(lab, PORT) == "filtered"
+    assert nmap(lab, lab.client_v4, "-sS", "-p", str(PORT)) == {str(PORT): "filtered"}
     assert echoes_from(lab, ALLOWED, PORT)
     st = agent.status()
     assert st["unguarded"] == 0
