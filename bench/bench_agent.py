@@ -2,7 +2,7 @@
 while idle on a host with many sockets.
 
 Usage (root): PYTHONPATH=src python bench/bench_agent.py [gap] [idle] [--restarts 100]
-              [--sockets 10000] [--seconds 30] [--watch cgroup-bpf,poll] [--runs 3]
+              [--sockets 10000] [--seconds 30] [--watch cgroup-bpf,poll] [--udp] [--runs 3]
 
 Both run in the agent lab (tests/support/agentlab.py): the agent is its own process with a
 private bpffs, watching a child cgroup this bench makes; every process the bench starts is put
@@ -16,11 +16,13 @@ in that cgroup; everything is stopped and removed at the end, also on failure.
   bound); then it is killed and started again, RESTARTS
   times. p50, p99 (nearest rank) and max, and the agent's CPU time (utime+stime from
   /proc/PID/stat) per restart — the steadier number on a shared machine.
-* **idle** — a child process opens N sockets (half TCP listeners, half bound UDP sockets, on
+* **idle** — in a network namespace of its own (the agent's "host": other work's sockets on
+  this machine stay out of the poll's view), a child process opens N sockets (half TCP listeners, half bound UDP sockets, on
   127.0.0.1, ephemeral ports) after the agent is ready, so the agent sees them arrive; once it
   has settled (its watcher delivered their events — a ring overflow or a poll's burst is one
   rescan — and then none for QUIET_S; at most SETTLE_S), its CPU time is read over SECONDS. Once per watch mode (``cgroup-bpf``: the ring
-  buffer; ``poll``: the sock_diag poll every 2 s). Settling time and CPU are printed too.
+  buffer; ``poll``: the sock_diag poll every 2 s). Settling time and CPU are printed too. The
+  policy is one TCP service; ``--udp`` adds a UDP one, so the poll dumps the UDP sockets too.
 
 Each measurement runs RUNS times; medians are printed, with every run's value.
 """
@@ -33,14 +35,17 @@ import os
 import resource
 import signal
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from sockgate.errors import SockgateError  # noqa: E402
-from support.agentlab import AgentProc, Lab, agent_lab, guarded_by  # noqa: E402
+from support.agentlab import AgentProc, Lab, agent_lab, guarded_by, in_netns  # noqa: E402
+from support.netlab import Netns  # noqa: E402
 
 PORT = 28080
 TICK = os.sysconf("SC_CLK_TCK")
@@ -121,8 +126,10 @@ def events(agent: AgentProc) -> int:
         return -1
 
 
-def policy(lab: Lab) -> str:
-    return lab.path("web.conf", f"service web tcp/{PORT} {{\n    allow 127.0.0.1\n    default deny\n}}\n")
+def policy(lab: Lab, udp: bool = False) -> str:
+    """One TCP service; ``udp``: and a UDP one, so that the poll must watch bound UDP sockets too."""
+    dns = f"service dns udp/{PORT} {{\n    allow 127.0.0.1\n    default deny\n}}\n" if udp else ""
+    return lab.path("web.conf", f"service web tcp/{PORT} {{\n    allow 127.0.0.1\n    default deny\n}}\n{dns}")
 
 
 def gap_run(restarts: int) -> tuple[list[float], float]:
@@ -141,47 +148,57 @@ def gap_run(restarts: int) -> tuple[list[float], float]:
         return gaps, (cpu_s(agent.proc.pid) - c0) / restarts
 
 
-def idle_run(sockets: int, seconds: float, watch: str) -> tuple[float, float, float]:
+def idle_run(sockets: int, seconds: float, watch: str, udp: bool) -> tuple[float, float, float]:
     """(idle CPU as a fraction of one core, seconds to settle, CPU seconds spent settling)."""
-    with agent_lab() as lab:
-        agent = lab.agent(policy(lab), "--watch", watch)
-        pid = agent.proc.pid
-        guarded = lab.server("tcp", PORT)  # one service guarded, as on a real host
-        base = events(agent)
-        crowd = lab.spawn([sys.executable, "-I", "-c", CROWD, str(sockets)])
-        try:
-            t0, c0 = time.monotonic(), cpu_s(pid)
-            assert crowd.stdout is not None
-            line = crowd.stdout.readline()
-            if not line.startswith("ready"):
-                raise SystemExit(f"the crowd did not open its sockets: {line!r}")
-            last, still, busy = -1, 0.0, 0
-            while True:  # settled: the crowd was noticed, then no event for QUIET_S
-                if time.monotonic() - t0 > SETTLE_S:
-                    raise SystemExit(f"the agent did not settle within {SETTLE_S} s ({events(agent)} events)")
-                time.sleep(0.5)
-                n = events(agent)
-                busy += n < 0
-                still = still + 0.5 if n == last else 0.0
-                last = n
-                if n > base and still >= QUIET_S:
-                    break
-            settle, settle_cpu = time.monotonic() - t0 - QUIET_S, cpu_s(pid) - c0
-            w0, m0 = time.monotonic(), cpu_s(pid)
-            time.sleep(seconds)
-            idle = (cpu_s(pid) - m0) / (time.monotonic() - w0)
-            if not guarded_by(guarded.info, "web"):
-                raise SystemExit("the guarded service lost its guard")
-            if busy:
-                print(f"  (the control socket did not answer {busy} status calls while settling)", flush=True)
-            return idle, settle, settle_cpu
-        finally:
-            if crowd.poll() is None:
-                os.killpg(crowd.pid, signal.SIGKILL)
-            crowd.wait(10)
-            for pipe in (crowd.stdin, crowd.stdout):
-                if pipe is not None:
-                    pipe.close()
+    ns = Netns()  # the agent's "host": other work's sockets on this machine stay out of the poll
+    try:
+        with agent_lab() as lab:
+            here = in_netns(ns.name)
+            agent = lab.agent(policy(lab, udp), "--watch", watch, prefix=here)
+            guarded = lab.server("tcp", PORT, prefix=here)  # one service guarded, as on a real host
+            crowd = lab.spawn([*here, sys.executable, "-I", "-c", CROWD, str(sockets)])
+            try:
+                return _settle_and_measure(agent, guarded.info, crowd, seconds)
+            finally:
+                if crowd.poll() is None:
+                    os.killpg(crowd.pid, signal.SIGKILL)
+                crowd.wait(10)
+                for pipe in (crowd.stdin, crowd.stdout):
+                    if pipe is not None:
+                        pipe.close()
+    finally:
+        ns.delete()
+
+
+def _settle_and_measure(agent: AgentProc, guarded: dict[str, Any], crowd: subprocess.Popen[str],
+                        seconds: float) -> tuple[float, float, float]:
+    pid = agent.proc.pid
+    base = events(agent)
+    t0, c0 = time.monotonic(), cpu_s(pid)
+    assert crowd.stdout is not None
+    line = crowd.stdout.readline()
+    if not line.startswith("ready"):
+        raise SystemExit(f"the crowd did not open its sockets: {line!r}")
+    last, still, busy = -1, 0.0, 0
+    while True:  # settled: the crowd was noticed, then no event for QUIET_S
+        if time.monotonic() - t0 > SETTLE_S:
+            raise SystemExit(f"the agent did not settle within {SETTLE_S} s ({events(agent)} events)")
+        time.sleep(0.5)
+        n = events(agent)
+        busy += n < 0
+        still = still + 0.5 if n == last else 0.0
+        last = n
+        if n > base and still >= QUIET_S:
+            break
+    settle, settle_cpu = time.monotonic() - t0 - QUIET_S, cpu_s(pid) - c0
+    w0, m0 = time.monotonic(), cpu_s(pid)
+    time.sleep(seconds)
+    idle = (cpu_s(pid) - m0) / (time.monotonic() - w0)
+    if not guarded_by(guarded, "web"):
+        raise SystemExit("the guarded service lost its guard")
+    if busy:
+        print(f"  (the control socket did not answer {busy} status calls while settling)", flush=True)
+    return idle, settle, settle_cpu
 
 
 def fmt(values: list[float], unit: str, scale: float = 1.0, digits: int = 2) -> str:
@@ -197,6 +214,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--watch", default="cgroup-bpf,poll")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--udp", action="store_true", help="idle: a UDP service in the policy too (the poll then dumps UDP)")
     a = ap.parse_args()
     a.what = a.what or ["gap", "idle"]
     if set(a.what) - {"gap", "idle"}:
@@ -222,13 +240,13 @@ def main() -> None:
         for watch in a.watch.split(","):
             idles, settles, settle_cpus = [], [], []
             for _ in range(a.runs):
-                idle, settle, settle_cpu = idle_run(a.sockets, a.seconds, watch)
+                idle, settle, settle_cpu = idle_run(a.sockets, a.seconds, watch, a.udp)
                 idles.append(idle)
                 settles.append(settle)
                 settle_cpus.append(settle_cpu)
                 print(f"  run ({watch}): idle {idle * 100:.3f} % of a core, settled in {settle:.1f} s "
                       f"({settle_cpu:.2f} s CPU)", flush=True)
-            print(f"agent idle CPU, {a.sockets} sockets on the host, watch {watch}, {a.seconds:g} s x {a.runs} runs: "
+            print(f"agent idle CPU, {a.sockets} sockets on the host, watch {watch}{' (+udp service)' if a.udp else ''}, {a.seconds:g} s x {a.runs} runs: "
                   f"{fmt(idles, '% of one core', 100, 3)} (target < {IDLE_TARGET * 100:g} %); settling "
                   f"{fmt(settles, 's', 1, 1)}, {fmt(settle_cpus, 's CPU', 1, 2)}", flush=True)
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
