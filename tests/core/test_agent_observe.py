@@ -18,7 +18,6 @@ def fake_proc(root: Path, pid: int, name: str) -> str:
     d.mkdir(parents=True)
     (d / "comm").write_bytes(name.encode() + b"\n")
     (d / "cmdline").write_bytes(f"/usr/sbin/{name}\0-D\0".encode())
-    (d / "status").write_bytes(b"Name:\t" + name.encode() + b"\nUid:\t0\t0\t0\t0\n")
     return str(root)
 
 
@@ -42,7 +41,7 @@ def test_an_event_is_searched_for_only_when_keep_could_want_it(tmp_path: Path, m
         raise AssertionError("stop here: the search began")
 
     monkeypatch.setattr(observe.procfs, "holders", holders)
-    obs = Observer(kernel=None, proc=proc, keep=keep)  # type: ignore[arg-type]
+    obs = Observer(kernel=None, proc=proc, keep=keep, named=lambda h: False)  # type: ignore[arg-type]
     if wanted:
         with pytest.raises(AssertionError, match="the search began"):
             obs.one(listen(4321, 2222))
@@ -53,7 +52,7 @@ def test_an_event_is_searched_for_only_when_keep_could_want_it(tmp_path: Path, m
         assert searched == []
     [o] = asked
     assert (o.cookie, o.proto, o.family, o.port) == (4242, "tcp", 4, 2222)
-    assert [(h.pid, h.comm, h.argv0, h.euid) for h in o.holders] == [(4321, "sgdaemond", "sgdaemond", 0)]
+    assert [(h.pid, h.comm, h.argv0) for h in o.holders] == [(4321, "sgdaemond", "sgdaemond")]
 
 
 def test_an_event_whose_process_is_gone_is_searched_for_everywhere(tmp_path: Path,
@@ -67,7 +66,7 @@ def test_an_event_whose_process_is_gone_is_searched_for_everywhere(tmp_path: Pat
 
     monkeypatch.setattr(observe, "listeners", listeners)
     monkeypatch.setattr(observe.procfs, "holders", lambda proc, pids: type("H", (), {"by_inode": {}})())
-    obs = Observer(kernel=None, proc=str(tmp_path / "proc"), keep=lambda o: False)  # type: ignore[arg-type]
+    obs = Observer(kernel=None, proc=str(tmp_path / "proc"), keep=lambda o: False, named=lambda h: False)  # type: ignore[arg-type]
     with pytest.raises(AssertionError, match="host-wide look"):
         obs.one(listen(999, 2222))
     assert looked == [{2222}]
