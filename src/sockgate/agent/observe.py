@@ -257,6 +257,20 @@ def _borrow(h: HolderInfo, cookie: int, pidfds: pidfd.PidfdCache) -> int | None:
     return dup
 
 
+def still_holds(h: HolderInfo, cookie: int, pidfds: pidfd.PidfdCache) -> bool:
+    """Whether ``h``'s descriptor still is socket ``cookie``, asked through the pidfd cached
+    for its pid (so that what was read under that pidfd is the holder's); False when it cannot
+    be asked."""
+    try:
+        dup = _borrow(h, cookie, pidfds)
+    except SockgateError:
+        return False
+    if dup is None:
+        return False
+    os.close(dup)
+    return True
+
+
 def _netns(holders: Sequence[HolderInfo], proc: str) -> int:
     for h in holders:
         ns = procfs.netns_of(h.pid, proc)

@@ -52,6 +52,7 @@ from sockgate.policy.ir import Endpoint as ServiceEndpoint
 
 SUPERSERVERS = frozenset({"xinetd", "inetd", "systemd", "tcpd"})
 Services = Mapping[str, tuple[ServiceEndpoint, ...]]
+SYSTEMD_UNITS = ("/etc/systemd/system", "/run/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system")  # systemd's order
 WrapBy = Literal["tcpd", "superserver", "never"]
 _WAIT_STREAM = "wait = yes on a stream service: the server accepts connections itself, no address is checked"
 
