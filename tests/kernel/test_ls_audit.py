@@ -31,7 +31,7 @@ import pytest
 from conftest import needs_root
 from sockgate.agent.auditscan import holder_wrap
 from sockgate.agent.model import HolderInfo
-from sockgate.linux import pidfd
+from sockgate.linux import bpfsys, pidfd
 from support.children import reap
 
 pytestmark = [pytest.mark.skipif(sys.platform != "linux", reason="Linux /proc and sockets"), needs_root]
@@ -155,8 +155,6 @@ def test_a_holder_that_exits_while_looked_at_is_unknown_never_another_processes(
     children.append(p)
     fd = next(int(n) for n in os.listdir(f"/proc/{p.pid}/fd")
               if os.readlink(f"/proc/{p.pid}/fd/{n}").startswith("socket:"))
-    from sockgate.linux import bpfsys
-
     with pidfd.PidfdCache() as pidfds:
         dup = pidfds.dup(p.pid, fd)
         cookie = bpfsys.socket_cookie(dup)
