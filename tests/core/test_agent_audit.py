@@ -267,3 +267,32 @@ def test_no_libwrap_an_exited_process_and_an_endless_map(tmp_path: Path, monkeyp
 def test_a_name_like_libwrap_elsewhere_in_the_line_is_not_libwrap(tmp_path: Path) -> None:
     assert procfs.libwrap(9, _proc(tmp_path, _line("/home/u/libwrap.so.0.d/libc.so", 1))).state == "absent"
     assert procfs.libwrap(9, _proc(tmp_path, "7f-80 r-xp 0 08:01 1\n")).state == "absent"
+
+
+# -- the command line: errors are lines, never tracebacks ------------------------------------------------
+
+
+def test_an_error_in_the_files_is_file_line_col_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sockgate.cli.main import main
+
+    allow = tmp_path / "hosts.allow"
+    allow.write_text("sshd: 10.0.0.0/8 EXCEPT\n")
+    assert main(["ls", "--hosts-allow", str(allow), "--hosts-deny", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert f"{allow}:1:18: expected a client pattern after EXCEPT, found nothing" in err
+    assert "does not exist; read as an empty table" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("extra", [["--port", "22"], ["-t"], ["--unguarded"]])
+def test_socket_options_do_not_combine_with_the_audit(extra: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from sockgate.cli.main import main
+
+    assert main(["ls", "--hosts-allow", "/nonexistent", *extra]) == 2
+    assert "does not combine with the audit" in capsys.readouterr().err
+
+
+def test_a_bad_map_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from sockgate.cli.main import main
+
+    assert main(["ls", "--map", "sshd=sctp/22"]) == 2
+    assert "expected DAEMON=PROTO/PORT" in capsys.readouterr().err
