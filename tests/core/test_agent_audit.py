@@ -296,3 +296,8 @@ def test_a_bad_map_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert main(["ls", "--map", "sshd=sctp/22"]) == 2
     assert "expected DAEMON=PROTO/PORT" in capsys.readouterr().err
+
+
+def test_a_maps_range_names_its_map_files_entry() -> None:
+    assert procfs._range_name(b"00400000-00452000") == "400000-452000"
+    assert procfs._range_name(b"7fba2ea7b000-7fba2ea7e000") == "7fba2ea7b000-7fba2ea7e000"

@@ -233,8 +233,8 @@ def _libwrap_line(pid: int, proc: str, line: bytes) -> Libwrap | None:
         return None
     name = os.fsdecode(path)
     try:
-        st = os.stat(f"{proc}/{pid}/map_files/{os.fsdecode(fields[0])}")
-    except OSError:  # map_files takes CAP_SYS_ADMIN: the name, if it still is the inode mapped
+        st = os.stat(f"{proc}/{pid}/map_files/{_range_name(fields[0])}")
+    except (OSError, ValueError):  # map_files takes CAP_SYS_ADMIN: the name, if it still is the inode mapped
         try:
             st = os.stat(path)
         except OSError as e:
@@ -244,6 +244,13 @@ def _libwrap_line(pid: int, proc: str, line: bytes) -> Libwrap | None:
     if st.st_uid != 0 or st.st_mode & 0o022:
         return Libwrap("untrusted", name, f"{name} is not root's, or others may write it")
     return Libwrap("mapped", name)
+
+
+def _range_name(field: bytes) -> str:
+    """A map's ``start-end`` as its /proc/PID/map_files entry is named (``%lx-%lx``: the map
+    pads to 8 digits, the directory does not)."""
+    start, _, end = field.partition(b"-")
+    return f"{int(start, 16):x}-{int(end, 16):x}"
 
 
 def sees_every_process(status: str = "/proc/self/status") -> bool:
