@@ -22,8 +22,7 @@ Pure: names and values in, names and values out.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import assert_never
-from typing import Iterable, Literal, Mapping, Protocol, Sequence, TypeVar, Union
+from typing import Iterable, Literal, Mapping, Protocol, Sequence, TypeVar, Union, assert_never
 
 from sockgate.agent.model import COMM_LEN, Endpoint, HolderInfo, Observed, Selector, Want
 from sockgate.agent.superserver import SUPERSERVERS, is_superserver
