@@ -301,3 +301,35 @@ def test_a_bad_map_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
 def test_a_maps_range_names_its_map_files_entry() -> None:
     assert procfs._range_name(b"00400000-00452000") == "400000-452000"
     assert procfs._range_name(b"7fba2ea7b000-7fba2ea7e000") == "7fba2ea7b000-7fba2ea7e000"
+
+
+_map_line = st.one_of(
+    st.binary(max_size=120).map(lambda b: b.replace(b"\n", b"")),
+    st.builds(lambda a, path: f"{a:x}-{a + 4096:x} r-xp 00000000 08:01 {a % 99} {path}".encode("utf-8", "surrogateescape"),
+              st.integers(0, 2**48), st.sampled_from(["", "libwrap.so.0", "/x/libwrap.so", "/x/libwrap.so.0 (deleted)",
+                                                     "a b/libwrap.so.0", "[vdso]", "/\udcff/libwrap.so.0"])))
+
+
+@given(st.lists(_map_line, max_size=8))
+def test_any_map_a_process_shows_is_read_without_raising(lines: list[bytes]) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        os.mkdir(f"{d}/9")
+        with open(f"{d}/9/maps", "wb") as f:
+            f.write(b"\n".join(lines) + (b"\n" if lines else b""))
+        got = procfs.libwrap(9, d)
+    assert got.state in ("absent", "untrusted", "unknown")  # nothing here is a root-owned libwrap
+
+
+def test_the_terminal_table_colours_enforced_by_and_escapes_names() -> None:
+    from rich.console import Console
+
+    from sockgate.cli.ls import render_audit
+
+    rows = audit.audit([SSHD, FTPD], [seen(sock(1, 22, holders=(holder("sshd", "[red]sshd"),)), absent())], [])
+    console = Console(record=True, width=200, force_terminal=True)
+    render_audit([audit.cells(r) for r in rows], list(audit.HEADERS), console)
+    text = console.export_text(clear=False)
+    assert "NOTHING" in text and "100/[red]sshd" in text and "not running / no listener seen" in text
+    assert "\x1b[1;31mNOTHING" in console.export_text(styles=True)

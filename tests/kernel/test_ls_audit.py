@@ -130,6 +130,25 @@ def test_libwrap_a_sockgate_guard_nothing_and_no_listener_each_named(tmp_path: P
     assert code == 0
 
 
+def test_a_libwrap_anyone_could_have_made_is_never_taken_for_libwrap(tmp_path: Path, children: list[subprocess.Popen[str]]) -> None:
+    name = f"sgau-{secrets.token_hex(3)}"
+    fake = tmp_path / "lib" / "libwrap.so.0"
+    fake.parent.mkdir()
+    shutil.copyfile(LIBWRAP, fake)  # the real library's code, in a file nobody owns
+    os.chown(fake, 65534, 65534)
+    allow = tmp_path / "hosts.allow"
+    allow.write_text(f"{name}: 127.0.0.1\n")
+    deny = tmp_path / "hosts.deny"
+    deny.write_text("ALL: ALL\n")
+    p, port = start(name, env={"LD_PRELOAD": str(fake)})
+    children.append(p)
+    code, rows, _ = audit(allow, deny, *NO_SUPERSERVERS)
+    r, = by_daemon(rows, name)
+    assert (r["enforcement"], r["local"], r["holders"][0]["libwrap"]) == ("unknown", f"127.0.0.1:{port}", "untrusted")
+    assert "not root's" in r["enforced_by"]
+    assert code == 4
+
+
 def test_a_process_taking_a_daemons_name_without_being_it_is_an_impostor_apart(
         tmp_path: Path, children: list[subprocess.Popen[str]]) -> None:
     name = f"sgai-{secrets.token_hex(3)}"

@@ -91,6 +91,8 @@ def run_audit(args: argparse.Namespace) -> int:
         out.writelines(json.dumps(audit.to_json(r), separators=(",", ":")) + "\n" for r in rows)
     elif not rows:
         print("sockgate: the files name no daemon (ALL and patterns enrol none); give --map DAEMON=PROTO/PORT", file=sys.stderr)
+    elif out.isatty():
+        render_audit([[escape(c) for c in audit.cells(r)] for r in rows], list(audit.HEADERS))
     else:
         out.write(columns([list(audit.HEADERS)] + [[escape(c) for c in audit.cells(r)] for r in rows]))
     status = audit.exit_status(rows)
@@ -136,6 +138,26 @@ def render_table(rows: Sequence[Row], with_peer: bool, console: "Console | None"
         c = cells(r, with_peer)
         c[-1] = f"[{style[r.guard.state]}]{_escape(c[-1])}[/]"
         table.add_row(*[_escape(x) for x in c[:-1]], c[-1])
+    (console or Console()).print(table)
+
+
+_AUDIT_STYLE = {"sockgate": "green", "libwrap": "green", "NOTHING": "bold red", "unknown": "yellow"}
+
+
+def render_audit(rows: Sequence[list[str]], headers: list[str], console: "Console | None" = None) -> None:
+    """The audit's terminal table (rich): Enforced by coloured, the Why column wrapping."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 1, 0, 0))
+    for h in headers:
+        table.add_column(h, overflow="fold", no_wrap=h != "Why")
+    by = headers.index("Enforced by")
+    for c in rows:
+        cells = [_escape(x) for x in c]
+        style = _AUDIT_STYLE.get(c[by], "dim")
+        cells[by] = f"[{style}]{cells[by]}[/]"
+        table.add_row(*cells)
     (console or Console()).print(table)
 
 
