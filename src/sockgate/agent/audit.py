@@ -242,14 +242,10 @@ HEADERS = ("Daemon", "Named at", "Proto", "Local", "Process", "Enforced by", "Wh
 _SHOWN: Mapping[Enforcement, str] = {"libwrap": "libwrap", "sockgate": "sockgate", "none": "NOTHING", "unknown": "unknown"}
 
 
-def local_text(o: Observed) -> str:
-    return f"[{o.local_addr}]:{o.port}" if o.family == 6 else f"{o.local_addr}:{o.port}"
-
-
 def cells(r: Row) -> list[str]:
     """The text row (not yet escaped: names are the processes' own)."""
     sock = r.sock
-    where = [sock.proto + ("6" if sock.family == 6 else ""), local_text(sock),
+    where = [sock.proto + ("6" if sock.family == 6 else ""), sock.local_text(),
              ",".join(f"{h.pid}/{h.argv0 or h.comm}" for h in sock.holders) or "?"] if sock else ["-", "-", "-"]
     match r.kind:
         case "socket":
@@ -277,7 +273,7 @@ def to_json(r: Row) -> dict[str, object]:
         "enforced_by": r.verdict.detail if r.verdict else None,
         "via": r.via,
         "proto": o.proto if o else None,
-        "local": local_text(o) if o else None,
+        "local": o.local_text() if o else None,
         "port": o.port if o else None,
         "cookie": o.cookie if o else None,
         "holders": [] if o is None else [

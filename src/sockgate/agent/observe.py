@@ -185,7 +185,7 @@ class Observer:
                         _netns(holders, self.proc), holders, GuardState("none"))
         if not self.keep(base):
             return None
-        label = f"{proto} {_addr(base)} (cookie {s.cookie})"
+        label = f"{proto} {base.local_text()} (cookie {s.cookie})"
         reasons: list[str] = []
         for h in holders:
             try:
@@ -279,10 +279,6 @@ def _netns(holders: Sequence[HolderInfo], proc: str) -> int:
     return 0
 
 
-def _addr(o: Observed) -> str:
-    return f"[{o.local_addr}]:{o.port}" if o.family == 6 else f"{o.local_addr}:{o.port}"
-
-
 def _with_guard(o: Observed, g: GuardState) -> Observed:
     return Observed(o.cookie, o.proto, o.family, o.local_addr, o.port, o.netns, o.holders, g)
 
@@ -294,5 +290,5 @@ def _unreadable(o: Observed, why: str) -> Observed:
 def describe(o: Observed) -> str:
     """``tcp 0.0.0.0:22 (pid 812 sshd)`` for logs and status lines."""
     who = ", ".join(f"pid {h.pid} {h.argv0 or h.comm}" for h in o.holders[:3])
-    return f"{o.proto} {_addr(o)}" + (f" ({who})" if who else "")
+    return f"{o.proto} {o.local_text()}" + (f" ({who})" if who else "")
 
