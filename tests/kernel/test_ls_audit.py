@@ -252,3 +252,14 @@ def test_xinetds_listeners_libwrap_when_it_wraps_nothing_with_nolibwrap_and_unkn
         assert code == 3
     finally:
         log.close()
+
+
+def test_without_seeing_every_process_the_audit_refuses_rather_than_call_a_daemon_not_running(tmp_path: Path) -> None:
+    allow = tmp_path / "hosts.allow"
+    allow.write_text("sshd: 127.0.0.1\n")
+    out = subprocess.run(["setpriv", "--bounding-set=-sys_ptrace", "--inh-caps=-sys_ptrace", *SG, "ls", "--hosts-allow",
+                          str(allow), "--hosts-deny", str(allow)], capture_output=True, text=True, timeout=120, cwd="/",
+                         env={**os.environ, "PYTHONPATH": SRC})
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr == ("sockgate: the audit must see every process's sockets (root, with CAP_SYS_PTRACE);"
+                          " nothing was audited\n"), out.stderr

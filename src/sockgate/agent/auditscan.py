@@ -8,6 +8,8 @@ It is the agent's look, reused: the policy through ``loading.load_policy`` (a ba
 every listener, only the selected ones borrowed (``pidfd_getfd``, the cookie compared), the
 holders whose names match identified under their pidfd, the filter read through the kernel
 seam. Only our network namespace is seen (``ip netns exec NS sockgate ls …`` for another).
+Without CAP_SYS_PTRACE the holders of other users' sockets are hidden, and a daemon would
+look "not running": the audit refuses instead of guessing.
 
 Each holder's map is read under the pidfd the socket was borrowed through (``procfs.libwrap``):
 the pidfd is opened first, the map read, then the pidfd asked whether the process still lives
@@ -17,6 +19,7 @@ whose pid now names another, gives ``unknown``, never another process's librarie
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -28,7 +31,7 @@ from sockgate.agent.launchfiles import read_launches
 from sockgate.agent.model import Endpoint, HolderInfo, Observed
 from sockgate.agent.observe import AllPorts, Observer, still_holds
 from sockgate.agent.superserver import is_superserver, launches_for
-from sockgate.errors import SockgateError
+from sockgate.errors import AdapterError, SockgateError
 from sockgate.kernel import Kernel, default_kernel
 from sockgate.linux import pidfd, procfs
 from sockgate.loading import load_policy
@@ -52,6 +55,10 @@ def run_audit(src: Sources, kernel: Kernel | None = None, proc: str = procfs.PRO
     """The audit's rows (``agent/audit.py``); raises ``PolicyError`` for a bad file."""
     reader = WatchingReader()
     policy = load_policy((), src.hosts_allow, src.hosts_deny, reader=reader, listdir=reader.listdir)
+    if not procfs.sees_every_process(f"{proc}/self/status"):
+        # a daemon whose descriptors are hidden from us would show as "no listener seen"
+        raise AdapterError("the audit must see every process's sockets (root, with CAP_SYS_PTRACE); nothing was audited",
+                           errno=errno.EPERM, target="sockgate ls --hosts-allow/--hosts-deny")
     daemons = named_daemons(policy)
     names = daemon_names(daemons, src.maps)
     if not names:
