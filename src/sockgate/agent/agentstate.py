@@ -103,6 +103,7 @@ class AgentState:
     observer: Observer
     bans: BanBook[BannedPrefix]
     save_error: str | None
+    crowdsec_error: str | None  # why CrowdSec's decisions held are not all in force (retried at each pull)
     retry: reconcile.RetryBook
     counters: dict[str, int]
     rows: dict[int, Row]

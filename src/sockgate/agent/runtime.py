@@ -71,6 +71,7 @@ class Agent(Banning):
         self.observer = Observer(kernel, keep=self._wanted, named=self._named)
         self.bans = BanBook()
         self.save_error: str | None = None  # why the last ban state save failed
+        self.crowdsec_error: str | None = None
         self.retry = reconcile.RetryBook()
         self.counters: dict[str, int] = {k: 0 for k in statusdoc.COUNTERS}
         self.rows: dict[int, Row] = {}
@@ -204,6 +205,7 @@ class Agent(Banning):
         sources = {} if self.crowdsec is None else {"crowdsec": self.crowdsec.status(bansink.mono_to_wall)}
         errors += ([] if self.crowdsec is None else self.crowdsec.errors()) + ([self.save_error] if self.save_error else [])
         errors += [self.names_error] if self.names_error else []
+        errors += [self.crowdsec_error] if self.crowdsec_error else []
         errors += [self.refusals.error] if self.refusals is not None and self.refusals.error else []
         return statusdoc.build(agent, self.policy_info, services, bans, sources, errors, tuple(self.impostors.values()),
                                tuple(self.superserved.values()))

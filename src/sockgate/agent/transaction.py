@@ -53,7 +53,7 @@ class Transactions(Sweeps):
         now_ns = time.monotonic_ns()
         answers = self.namebook.in_force(self.clock())
         changed = changed_names(self.built.answers if self.built is not None else {}, answers)
-        named = substitute(policy, answers) if forward_names(policy) else policy
+        named = substitute(policy, answers, self.namebook.last(self.clock())) if forward_names(policy) else policy
         resolved: dict[str, ResolvedService] = {}
         compiled: dict[str, Compiled] = {}
         uses: dict[str, tuple[str, ...]] = {}  # service → the host names it uses (filled by compile_one)

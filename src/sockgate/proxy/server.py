@@ -130,6 +130,10 @@ class Proxy:
                 lst.close()
             raise
 
+    def backend_text(self) -> str:
+        """The kernel backend of the IP listeners' filters and why (the start-up line)."""
+        return self.kernel.choose(self.options.backend).describe()
+
     def _inherited(self) -> list[tuple[socket.socket, str]]:
         from sockgate.linux import activation
 
@@ -217,7 +221,8 @@ class Proxy:
                 r.start(loop, r.listeners)
             loop.call_later(_TICK, self._tick)
             if not self.is_child:
-                self.log.notice("listening", addresses=" ".join(self.addresses()), loop=type(loop).__module__)
+                self.log.notice("listening", addresses=" ".join(self.addresses()), loop=type(loop).__module__,
+                                backend=self.backend_text())
                 self.log.flush()
                 sup.ready()
             loop.run_until_complete(done)
@@ -363,7 +368,7 @@ class Proxy:
             for r in self.runners.values():
                 for lst in r.listeners:
                     lst.sock.close()  # only the workers accept; the files are unlinked at the end
-            self.log.notice("listening", addresses=" ".join(addresses), workers=len(pids))
+            self.log.notice("listening", addresses=" ".join(addresses), workers=len(pids), backend=self.backend_text())
             self.log.flush()
             sup.ready()
             loop.run()

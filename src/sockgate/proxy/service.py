@@ -40,7 +40,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sockgate.errors import CompileError, SockgateError, UsageError
-from sockgate.kernel import Compiled, Kernel, Loaded, Slot, Step, default_kernel
+from sockgate.kernel import BackendChoice, Compiled, Kernel, Loaded, Slot, Step, default_kernel
 from sockgate.peers import Peer
 from sockgate.policy.ir import Rule, Service
 from sockgate.resolve import resolve_service
@@ -73,6 +73,7 @@ class ProxySettings:
     max_connections_per_source: int = 1024  # an IPv4 address or an IPv6 /64 (limits.source_of)
     max_udp_flows: int = 4096
     max_udp_flows_per_source: int = 256
+    backend: BackendChoice = "auto"  # the kernel backend of the IP listeners' filters (docs/ebpf.md)
 
 
 @dataclass(frozen=True)
@@ -241,11 +242,11 @@ class Runner:
         svc = (resolve_service(service) if service is not None else self.resolved).kernel_part
         nets = [n for n in map(as_network, self.admission.bans(time.monotonic())) if n is not None]
         try:
-            prog = self.kernel.compile(svc, nets)
+            prog = self.kernel.compile(svc, nets, self.options.backend)
         except CompileError as e:
             if not nets:
                 raise
-            prog = self.kernel.compile(svc)  # a CompileError here is the policy's own
+            prog = self.kernel.compile(svc, backend=self.options.backend)  # a CompileError here is the policy's own
             if not self._bans_in_user_space:
                 self.log.error(f"{len(nets)} bans do not fit in the kernel filter, bans enforced in user space: {e}", service=self.name)
             self._bans_in_user_space = True
