@@ -49,7 +49,7 @@ import socket, sys
 s = socket.socket(); s.bind(("127.0.0.1", 0))
 if len(sys.argv) > 3:
     from sockgate.loading import load_policy
-    load_policy([], sys.argv[1], sys.argv[2]).guard(s, sys.argv[3])
+    load_policy([], sys.argv[1], sys.argv[2]).guard(s, sys.argv[3], backend="cbpf")  # nothing pinned to clean
 s.listen(8)
 print(s.getsockname()[1], flush=True)
 sys.stdin.read()
