@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from sockgate.bpf import interp
+
 from sockgate.agent.applier import Applier
 from sockgate.agent.crowdfeed import CrowdsecFeed
 from sockgate.agent.forward import Answer
@@ -345,3 +347,61 @@ def test_status_is_degraded_while_a_host_name_is_not_answered(tmp_path: Path, mo
     assert exit_code(ok.status()) == 0
     ok.names_error = "host names web.sg.test changed; not applied, the previous programs stay in force"
     assert exit_code(ok.status()) == 4
+
+
+# -- the ban lines sshguard and DenyHosts write are bans, not rules (REVIEW4 N7) ------------------
+
+
+def _enforces(a: Agent, service: str, address: str) -> bool:
+    """Whether ``service``'s classic program in force refuses ``address``."""
+    assert a.built is not None
+    program = a.built.loaded[service].compiled
+    return not interp.run(program.insns, interp.Packet.from_address(ipaddress.ip_address(address)))  # type: ignore[attr-defined]
+
+
+def test_nine_hundred_ipv6_ban_lines_do_not_fail_a_classic_reload(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DenyHosts writes one line per address; an attacker with an IPv6 /48 makes it write
+    hundreds. As rules they made the classic program too big and every later reload failed (the
+    operator's edits, the tools' removals); as bans the reload succeeds, the lines that fit are in
+    force (the earliest first) and the rest is reported (status degraded)."""
+    allow, deny = tmp_path / "hosts.allow", tmp_path / "hosts.deny"
+    allow.write_text("sshd: 10.0.0.0/8\n")
+    v6 = [str(ipaddress.IPv6Address((0x20010DB8 << 96) | (i << 64) | 1)) for i in range(900)]
+    deny.write_text("sshd: 192.0.2.50\n" + "".join(f"sshd: [{a}]\n" for a in v6))
+    kernel = fake_kernel(FakeOps())
+    a = Agent(Options(hosts_allow=str(allow), hosts_deny=str(deny), backend="cbpf"), kernel,  # type: ignore[arg-type]
+              Applier(kernel, lambda *a, **k: 0), Log("text", io.StringIO(), flush_interval=0), Notes())  # type: ignore[arg-type]
+    monkeypatch.setattr(a, "sweep", lambda trigger, retired=(), only=None: None)
+    a.built = a._build(a.bans)
+    a.policy_info = a._policy_info("start", True, None)
+    assert [r.rule.text for r in a.built.resolved["sshd"].rules] == ["sshd: 10.0.0.0/8"]  # the lines are not rules
+    assert len(a.built.tools) == 901 and 0 < a.built.unfit["sshd"] < 900
+    assert _enforces(a, "sshd", "192.0.2.50") and _enforces(a, "sshd", v6[0]) and not _enforces(a, "sshd", "10.1.2.3")
+    assert not _enforces(a, "sshd", "192.0.2.51")
+    status = a.status()
+    assert status["degraded"] == ["ban_lines"] and exit_code(status) == 4
+    assert any("ban lines of the hosts files not enforced on sshd" in e for e in status["errors"])  # type: ignore[attr-defined]
+    assert status["bans"]["by_origin"] == {"hosts_deny": 901}  # type: ignore[index]
+    deny.write_text(deny.read_text() + "sshd: 192.0.2.60\n")  # the tool appends a line: the reload succeeds
+    assert a.reload_now("file") is None
+    assert len(a.built.tools) == 902
+
+
+def test_with_few_lines_every_line_is_enforced_and_removing_one_lifts_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    allow, deny = tmp_path / "hosts.allow", tmp_path / "hosts.deny"
+    allow.write_text("###sshguard###\nALL : 192.0.2.9 : DENY\n###sshguard###\nsshd: ALL EXCEPT 192.0.2.77\n")
+    deny.write_text("sshd: 192.0.2.50\nsshd: 192.0.2.77\n")
+    kernel = fake_kernel(FakeOps())
+    a = Agent(Options(hosts_allow=str(allow), hosts_deny=str(deny), backend="cbpf"), kernel,  # type: ignore[arg-type]
+              Applier(kernel, lambda *a, **k: 0), Log("text", io.StringIO(), flush_interval=0), Notes())  # type: ignore[arg-type]
+    monkeypatch.setattr(a, "sweep", lambda trigger, retired=(), only=None: None)
+    a.built = a._build(a.bans)
+    a.policy_info = a._policy_info("start", True, None)
+    # sshguard's line is a ban; DenyHosts' lines come after an allow rule that is not by address:
+    # they stay rules (.50 is allowed there first, .77 refused by its line as libwrap does)
+    assert [str(t.ban.network) for t in a.built.tools] == ["192.0.2.9/32"]
+    assert _enforces(a, "sshd", "192.0.2.9") and _enforces(a, "sshd", "192.0.2.77")
+    assert not _enforces(a, "sshd", "192.0.2.50") and a.built.unfit == {} and exit_code(a.status()) == 0
+    allow.write_text("sshd: ALL EXCEPT 192.0.2.77\n")  # sshguard lifts its ban
+    assert a.reload_now("file") is None
+    assert not _enforces(a, "sshd", "192.0.2.9")

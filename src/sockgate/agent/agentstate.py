@@ -14,13 +14,13 @@ shared state once, so every part is type-checked against the same fields.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Mapping
+from typing import Callable, Literal, Mapping, Sequence
 
 from sockgate.agent import control as control_mod
 from sockgate.agent import reconcile, statusdoc
 from sockgate.agent import watcher as watcher_mod
 from sockgate.agent.applier import Applier
-from sockgate.agent.banbook import BanBook
+from sockgate.agent.banbook import BanBook, BanEntry
 from sockgate.agent.crowdfeed import CrowdsecFeed
 from sockgate.agent.desired import Desired
 from sockgate.agent.files import FileWatcher, WatchList
@@ -83,6 +83,8 @@ class Built:
     loaded: Mapping[str, Loaded]
     answers: Mapping[str, Lookup] = field(default_factory=dict)  # the host-name answers compiled in
     launches: tuple[Launch, ...] = ()  # the daemons super-servers start (agent/superserver.py), as read with it
+    tools: tuple[BanEntry[BannedPrefix], ...] = ()  # the hosts files' ban lines, as bans (agent/toolbans.py)
+    unfit: Mapping[str, int] = field(default_factory=dict)  # classic service → its ban lines that did not fit
 
 
 @dataclass(frozen=True)
@@ -147,7 +149,14 @@ class AgentState:
             self.log.record("error", message=str(e))
             self.log.flush()
 
-    def _effective(self, book: BanBook[BannedPrefix], service: str, now_ns: int) -> tuple[BannedPrefix, ...]:
-        """``service``'s bans: the book's, but CrowdSec's where ``--crowdsec-exempt`` names it."""
+    def _effective(self, book: BanBook[BannedPrefix], service: str, now_ns: int,
+                   tools: Sequence[BanEntry[BannedPrefix]] | None = None) -> tuple[BannedPrefix, ...]:
+        """``service``'s bans: the book's, but CrowdSec's where ``--crowdsec-exempt`` names it,
+        and the ban lines of the hosts files (``tools``; by default those of the policy in
+        force: ``Built.tools``)."""
         exempt = (Origin.CROWDSEC,) if service in self.opts.crowdsec_exempt else ()
+        if tools is None:
+            tools = self.built.tools if self.built is not None else ()
+        if tools:
+            book = BanBook((*book.entries, *tools))
         return book.effective(service, now_ns, exempt)

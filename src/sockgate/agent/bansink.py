@@ -55,6 +55,28 @@ def compile_for(kernel: Kernel, r: ResolvedService, bans: tuple[BannedPrefix, ..
         return kernel.compile(r, bans=(), backend="ebpf")
 
 
+def compile_fitting(kernel: Kernel, r: ResolvedService, bans: tuple[BannedPrefix, ...],
+                    lines: tuple[BannedPrefix, ...], backend: BackendChoice) -> tuple[Compiled, int]:
+    """``compile_for`` with ``bans`` and the hosts files' ban lines ``lines`` (in file order),
+    and how many lines were left out: where a classic program cannot hold them all, the most
+    that fit, earliest first (a binary search over compiles), so a tool's hundredth line does
+    not fail the reload of everything; the caller reports the rest. ``bans`` themselves must
+    fit, as before."""
+    try:
+        return compile_for(kernel, r, (*bans, *lines), backend), 0
+    except CompileError:
+        if not lines:
+            raise
+    best, lo, hi = compile_for(kernel, r, bans, backend), 0, len(lines) - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        try:
+            best, lo = compile_for(kernel, r, (*bans, *lines[:mid]), backend), mid
+        except CompileError:
+            hi = mid - 1
+    return best, len(lines) - lo
+
+
 def push(kernel: Kernel, loaded: Mapping[str, Loaded], effective: Callable[[str], tuple[BannedPrefix, ...]]) -> None:
     """Every eBPF service's ban maps made its ``effective`` bans (in place)."""
     for name, program in loaded.items():

@@ -198,7 +198,7 @@ class Agent(Banning):
                                  None if e.services is None else tuple(sorted(e.services)),
                                  None if e.ban.expires_ns == NEVER else self.wall() + (e.ban.expires_ns - now_ns) / 1e9,
                                  self.wall() - (now_ns - e.added_ns) / 1e9, e.reason)
-                for e in self.bans.entries if e.active(now_ns)]
+                for e in (*self.bans.entries, *self.built.tools) if e.active(now_ns)]
         errors = [] if w is None or w.mode == "cgroup-bpf" else [f"watching by polling: {w.reason}"]
         if self.files is not None:
             errors += [f"{d}: not watched for changes: {why}" for d, why in sorted(self.files.problems.items())]
@@ -207,6 +207,8 @@ class Agent(Banning):
         errors += [self.names_error] if self.names_error else []
         errors += [self.crowdsec_error] if self.crowdsec_error else []
         errors += [self.refusals.error] if self.refusals is not None and self.refusals.error else []
+        errors += [f"ban lines of the hosts files not enforced on {name}: {n} did not fit its classic program (the"
+                   " earliest are in force; eBPF holds them all)" for name, n in sorted(self.built.unfit.items())]
         return statusdoc.build(agent, self.policy_info, services, bans, sources, errors, tuple(self.impostors.values()),
                                tuple(self.superserved.values()), self._degraded())
 
@@ -217,6 +219,7 @@ class Agent(Banning):
         kinds += ["crowdsec_bans"] if self.crowdsec_error else []
         kinds += ["names"] if self.names_error else []
         kinds += ["state"] if self.save_error else []
+        kinds += ["ban_lines"] if self.built is not None and self.built.unfit else []
         return kinds
 
     def _bpffs(self) -> str | None:

@@ -8,7 +8,8 @@ answer no more than the agent trusts a request), rendered for a terminal of 80 c
 (``render``) and turned into the exit code monitoring wants (``exit_code``: 3 while any
 selected socket is not guarded, else 4 while something wanted is not in force — ``degraded``:
 a failed reload kept the old policy, CrowdSec's decisions are not applied or its LAPI does not
-answer, host names are not refreshed or failed, the bans are not saved — for a check that only
+answer, host names are not refreshed or failed, the bans are not saved, ban lines of the hosts
+files do not fit a classic program — for a check that only
 reads the exit code must not stay green while sshguard's lines or a fleet's decisions are not
 enforced). An enrolled daemon none of whose listeners is seen is flagged
 (``no_listener``, and a line with the ``--map`` advice) but does not change the exit code: a
@@ -36,9 +37,10 @@ WIDTH = 80
 EXIT_OK, EXIT_UNGUARDED, EXIT_DEGRADED = 0, 3, 4
 # What is wanted but not in force (``degraded``), one word each: the last reload failed (the old
 # policy stays), CrowdSec's decisions could not be applied, its LAPI does not answer, a host
-# name is not refreshed, failed or its change not applied, the ban state file is not saved.
-Degraded = Literal["reload", "crowdsec_bans", "crowdsec_lapi", "names", "state"]
-DEGRADED: tuple[Degraded, ...] = ("reload", "crowdsec_bans", "crowdsec_lapi", "names", "state")
+# name is not refreshed, failed or its change not applied, the ban state file is not saved,
+# ban lines of the hosts files did not fit a classic program.
+Degraded = Literal["reload", "crowdsec_bans", "crowdsec_lapi", "names", "state", "ban_lines"]
+DEGRADED: tuple[Degraded, ...] = ("reload", "crowdsec_bans", "crowdsec_lapi", "names", "state", "ban_lines")
 SocketState = Literal["guarded", "adopted", "unguarded", "retrying"]
 ITEMS_MAX = 1000  # bans listed in status; the `bans` request gives them all
 

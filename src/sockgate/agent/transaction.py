@@ -16,11 +16,11 @@ change is a reload with trigger ``file``.
 from __future__ import annotations
 
 import time
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from sockgate.agent import bansink, statusdoc
 from sockgate.agent.agentstate import Built, Trigger
-from sockgate.agent.banbook import BanBook
+from sockgate.agent.banbook import BanBook, BanEntry
 from sockgate.agent.desired import Desired, build
 from sockgate.agent.files import FileWatcher, WatchingReader
 from sockgate.agent.protocol import one_line
@@ -28,12 +28,14 @@ from sockgate.agent.enrol import daemon_names
 from sockgate.agent.launchfiles import read_launches
 from sockgate.agent.superserver import Launch, launches_for
 from sockgate.agent.sweeps import Sweeps
-from sockgate.bans import BannedPrefix
+from sockgate.agent.toolbans import split
+from sockgate.bans import NEVER, BannedPrefix, Origin
 from sockgate.ebpf.watch import WatchSet
 from sockgate.errors import PolicyError, SockgateError
 from sockgate.kernel.backend import Compiled, Loaded
 from sockgate.loading import load_policy, system_uid_max
 from sockgate.policy.forward import Lookup, admitted, forward_names, matched, rule_names, substitute
+from sockgate.policy.hostmatch import fold
 from sockgate.policy.ir import IPAddress, Policy
 from sockgate.resolve import named_daemons, resolve
 from sockgate.resolve.model import ResolvedService
@@ -51,31 +53,50 @@ class Transactions(Sweeps):
         else:
             launches = self.built.launches if self.built is not None else ()
         now_ns = time.monotonic_ns()
+        daemons = named_daemons(policy)
+        rules, tools = self._tool_bans(policy, daemons, now_ns)  # the ban lines sshguard, DenyHosts write: bans
         answers = self.namebook.in_force(self.clock())
         changed = changed_names(self.built.answers if self.built is not None else {}, answers)
-        named = substitute(policy, answers, self.namebook.last(self.clock())) if forward_names(policy) else policy
+        named = substitute(rules, answers, self.namebook.last(self.clock())) if forward_names(rules) else rules
         resolved: dict[str, ResolvedService] = {}
         compiled: dict[str, Compiled] = {}
         uses: dict[str, tuple[str, ...]] = {}  # service → the host names it uses (filled by compile_one)
+        unfit: dict[str, int] = {}  # classic service → ban lines its program could not hold
         kept = dict(keep or {})
 
         def compile_one(name: str) -> Compiled:
-            r = resolve(policy, name)
+            r = resolve(rules, name)
             uses[name] = names = tuple(sorted(rule_names(r.service.rules)))
             resolved[name] = r = resolve(named, name) if names else r
             if name in kept and changed.isdisjoint(names):
                 return kept[name].compiled
             kept.pop(name, None)
-            compiled[name] = c = bansink.compile_for(self.kernel, r, self._effective(bans, name, now_ns), self.opts.backend)
-            return c
+            book = self._effective(bans, name, now_ns, ())
+            held = {b.network for b in book}
+            lines = tuple(t.ban for t in tools if t.applies_to(name) and t.ban.network not in held)
+            compiled[name], left = bansink.compile_fitting(self.kernel, r, book, lines, self.opts.backend)
+            unfit.update({name: left} if left else {})
+            return compiled[name]
 
-        daemons = named_daemons(policy)
         launched = launches_for(launches, daemon_names(daemons, self.opts.maps))
         desired = build(policy, daemons, self.opts.maps, compile_one, self.wall(), names=uses, launched=launched,
                         sys_uid_max=system_uid_max(self.opts.login_defs))
         loaded = {**{n: p for n, p in kept.items() if desired.service(n) is not None}, **self.applier.load(compiled)}
-        bansink.push(self.kernel, loaded, lambda n: self._effective(bans, n, now_ns))
-        return Built(policy, desired, resolved, loaded, answers, launches)
+        bansink.push(self.kernel, loaded, lambda n: self._effective(bans, n, now_ns, tools))
+        if self.built is not None and keep:  # services kept as they were keep what did not fit
+            unfit.update({n: c for n, c in self.built.unfit.items() if n in kept and n not in unfit})
+        return Built(policy, desired, resolved, loaded, answers, launches, tools, unfit)
+
+    def _tool_bans(self, policy: Policy, daemons: Sequence[str],
+                   now_ns: int) -> tuple[Policy, tuple[BanEntry[BannedPrefix], ...]]:
+        """``policy`` without the ban lines of its hosts files that are bans exactly
+        (``toolbans.split``, over the hosts_access services this policy enrols), and those lines
+        as ban entries of origin ``hosts_deny`` that never expire (the tool removes the line)."""
+        natives = {fold(s.name) for s in policy.services}
+        enrolled = [d for d in daemon_names(daemons, self.opts.maps) if fold(d) not in natives]
+        rules, lines = split(policy, self.opts.hosts_allow, self.opts.hosts_deny, enrolled)
+        return rules, tuple(BanEntry(BannedPrefix(t.network, NEVER, Origin.HOSTS_DENY), t.services, now_ns,
+                                     f"{t.origin} line {t.at}") for t in lines if t.services)
 
     def _learn(self, policy: Policy) -> None:
         """The host names ``policy`` uses, tracked; those never asked looked up now (a policy is
