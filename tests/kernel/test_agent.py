@@ -12,6 +12,7 @@ bench/bench_agent.py, not a timed assertion here.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import pwd
@@ -31,6 +32,7 @@ from sockgate.kernel import default_kernel
 from sockgate.kernel.reading import BpfFilter, GuardInfo
 from sockgate.kernel.transaction import Slot, Step
 from sockgate.linux import pidfd
+from sockgate.refused import read_refused
 from sockgate.socktable import Selection, list_sockets
 from support.agentlab import START, WAIT, Lab, agent_lab, guard, guarded_by, until
 
@@ -619,9 +621,58 @@ def test_a_line_a_ban_tool_appends_to_hosts_deny_is_enforced_within_a_second_and
     print(f"\nhosts.deny line appended -> enforced: {took * 1000:.0f} ms")
     assert connects(ALLOWED, port)
     assert took < 1.0, f"{took:.2f} s"
-    assert guarded_by(daemon.info, "sgsshd") != before  # a new program, the line compiled in
+    # (REVIEW4 N7 changed this on purpose: the line is a ban now, so an eBPF guard — the lab's
+    # auto backend — takes it as a map update and the program stays; before, it was compiled in)
+    assert guarded_by(daemon.info, "sgsshd") == before
     with open(deny, "w") as f:
         f.write(header)
     t0 = time.monotonic()
     until("the removal enforced", lambda: connects(DENIED, port), timeout=WAIT)
     assert time.monotonic() - t0 < 1.0
+
+
+V6_LINES = 900  # REVIEW4 N7: DenyHosts' lines for an attacker holding an IPv6 /48
+
+
+def _v6_lines() -> tuple[list[str], str]:
+    v6 = [str(ipaddress.IPv6Address((0x20010DB8 << 96) | (i << 64) | 1)) for i in range(V6_LINES)]
+    return v6, f"sgsshd: {DENIED}\n" + "".join(f"sgsshd: [{a}]\n" for a in v6)
+
+
+def test_nine_hundred_ipv6_ban_lines_are_map_bans_with_ebpf_each_in_force(lab: Lab) -> None:
+    port = BASE + 29
+    daemon = lab.server("tcp", port, argv0="sgsshd")
+    allow = lab.path("hosts.allow", f"sgsshd: {ALLOWED}\n")
+    v6, text = _v6_lines()
+    deny = lab.path("hosts.deny", text)
+    agent = lab.agent("--hosts-allow", allow, "--hosts-deny", deny, "--backend", "ebpf")
+    before = until("the daemon's listener guarded", lambda: guarded_by(daemon.info, "sgsshd"))
+    assert not connects(DENIED, port) and connects(ALLOWED, port)
+    held = {r.network for r in read_refused(os.path.join(lab.bpffs, "sockgate"), "sgsshd").bans}
+    assert held == {ipaddress.ip_network(a) for a in (DENIED, *v6)}  # every line in the kernel's ban tries
+    st = agent.status()
+    assert st["bans"]["by_origin"] == {"hosts_deny": V6_LINES + 1} and st["degraded"] == []
+    with open(deny, "a") as f:  # one more, as DenyHosts appends
+        f.write("sgsshd: [2001:db8:ffff::1]\n")
+    until("the appended line in the ban tries", lambda: ipaddress.ip_network("2001:db8:ffff::1") in {
+        r.network for r in read_refused(os.path.join(lab.bpffs, "sockgate"), "sgsshd").bans})
+    assert guarded_by(daemon.info, "sgsshd") == before  # a map update: the same program
+
+
+def test_nine_hundred_ipv6_ban_lines_do_not_fail_a_classic_reload(lab: Lab) -> None:
+    port = BASE + 30
+    daemon = lab.server("tcp", port, argv0="sgsshd")
+    allow = lab.path("hosts.allow", f"sgsshd: {ALLOWED}\n")
+    _, text = _v6_lines()
+    deny = lab.path("hosts.deny", text)
+    agent = lab.agent("--hosts-allow", allow, "--hosts-deny", deny, "--backend", "cbpf")
+    until("the daemon's listener guarded", lambda: guarded_by(daemon.info, "sgsshd"))
+    assert not connects(DENIED, port) and connects(ALLOWED, port)  # the earliest line is in force
+    st = agent.status()
+    assert st["policy"]["last_reload"]["ok"] and st["degraded"] == ["ban_lines"]
+    out = subprocess.run([sys.executable, "-m", "sockgate", "status", "--control", agent.control],
+                         capture_output=True, text=True, timeout=START)
+    assert out.returncode == 4 and "ban lines of the hosts files not enforced on sgsshd" in " ".join(out.stdout.split())
+    with open(allow, "w") as f:  # the operator's edit reloads (before: every reload failed)
+        f.write(f"sgsshd: {ALLOWED} 127.0.0.3\n")
+    until("the operator's edit in force", lambda: connects("127.0.0.3", port, timeout=0.1))
