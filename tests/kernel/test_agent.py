@@ -34,7 +34,7 @@ from sockgate.kernel.transaction import Slot, Step
 from sockgate.linux import pidfd
 from sockgate.refused import read_refused
 from sockgate.socktable import Selection, list_sockets
-from support.agentlab import START, WAIT, Lab, agent_lab, guard, guarded_by, until
+from support.agentlab import START, WAIT, Lab, Server, agent_lab, guard, guarded_by, until
 
 pytestmark = [
     pytest.mark.skipif(sys.platform != "linux", reason="cgroup BPF is Linux-only"),
@@ -352,7 +352,7 @@ USER_UID = 1000 + os.getpid() % 1000  # a regular user's uid, no account made (s
 
 
 def test_a_regular_user_running_the_daemons_own_binary_is_an_impostor_not_unguarded(lab: Lab) -> None:
-    port = BASE + 23
+    port = BASE + 25
     os.chmod(lab.tmp, 0o711)  # the user's loader must reach the preload
     source, lib = lab.path("lock.c", LOCK_C), lab.path("lock.so")
     subprocess.run(["gcc", "-shared", "-fPIC", "-o", lib, source], check=True, timeout=60)
@@ -384,8 +384,8 @@ def test_a_regular_user_running_the_daemons_own_binary_is_an_impostor_not_unguar
         return list(agent.status()["impostors"])
 
     impostors = until("the user's dropbear listed as an impostor", listed)
-    assert [(i["service"], i["local"], [h["pid"] for h in i["holders"]], i["holders"][0]["uid"]) for i in impostors] \
-        == [("dropbear", f"127.0.0.1:{port}", [proc.pid], USER_UID)]
+    assert [(i["service"], i["local"].rsplit(":", 1)[1], [h["pid"] for h in i["holders"]], i["holders"][0]["uid"])
+            for i in impostors] == [("dropbear", str(port), [proc.pid], USER_UID)]
     status = agent.status()
     assert status["unguarded"] == 0
     assert [r for svc in status["services"] for r in svc["sockets"]] == []
