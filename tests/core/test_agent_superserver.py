@@ -104,6 +104,8 @@ def sock(port: int, *holders: HolderInfo) -> Observed:
 
 
 class D:
+    sys_uid_max = 999  # enrol.Services: the highest system account's uid (login.defs' default)
+
     def __init__(self, *services: ServiceSpec) -> None:
         self.services = services
 
