@@ -9,10 +9,11 @@ carries them as a ``NetList``: a ``Sequence`` of networks, equal to (and hashed 
 of the same networks, whose ``ipaddress`` objects are made only if somebody iterates it
 (printing, exporting) — once, then kept.
 
-Each network is one integer key: ``value << 9 | prefixlen << 1 | is_v6``. Keys of one family
-sort by address, then prefix length, so the sorted keys of a family are already the order an
-interval union wants. Per family the union of the networks (``policy.intervals`` form:
-sorted, disjoint, non-adjacent half-open ranges) is computed once, on first use, and answers
+Each network is one integer key: ``value << 8 | prefixlen``, plus ``V6`` (``1 << 136``, above
+any IPv6 value so shifted) for IPv6. So one sort of the keys (in C) puts every IPv4 network
+before every IPv6 one, each family by address and then prefix length: the order an interval
+union wants. Per family the union of the networks (``policy.intervals`` form: sorted,
+disjoint, non-adjacent half-open ranges) is computed once, on first use, and answers
 ``contains`` by bisection.
 
 Hand-written: the standard library has no compact network list, and a third-party interval
@@ -29,31 +30,32 @@ from typing import Iterable, Iterator, Sequence, Union, overload
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 Range = tuple[int, int]
 
-_WIDTH = {4: 32, 6: 128}
+V6 = 1 << 136  # the family bit of an IPv6 key
+_VALUE = (1 << 128) - 1
 
 
 def key_of(net: Network) -> int:
     """The key of ``net``."""
-    return int(net.network_address) << 9 | net.prefixlen << 1 | (net.version == 6)
+    key = int(net.network_address) << 8 | net.prefixlen
+    return key | V6 if net.version == 6 else key
 
 
 def net_of(key: int) -> Network:
     """The network of ``key``."""
-    value, plen = key >> 9, (key >> 1) & 0xFF
-    if key & 1:
+    value, plen = (key >> 8) & _VALUE, key & 0xFF
+    if key >= V6:
         return ipaddress.IPv6Network((value, plen))
     return ipaddress.IPv4Network((value, plen))
 
 
-def _union(keys: list[int], width: int) -> list[Range]:
-    """The addresses of the networks ``keys`` (one family, sorted by start) as
-    ``intervals.union`` gives them: a range that starts in or right after the last one
-    extends it."""
+def _union(keys: Sequence[int], width: int) -> list[Range]:
+    """The addresses of the networks ``keys`` (one family, sorted) as ``intervals.union``
+    gives them: a range that starts in or right after the last one extends it."""
     out: list[Range] = []
     end = -1
     for k in keys:
-        lo = k >> 9
-        hi = lo + (1 << (width - ((k >> 1) & 0xFF)))
+        lo = (k >> 8) & _VALUE
+        hi = lo + (1 << (width - (k & 0xFF)))
         if lo <= end:
             if hi > end:
                 out[-1] = (out[-1][0], hi)
@@ -119,12 +121,12 @@ class NetList(Sequence[Network]):
 
     def ranges(self, version: int) -> tuple[Range, ...]:
         """The addresses of family ``version`` the list holds, as ``intervals.union`` gives them."""
-        got = self._ranges.get(version)
-        if got is None:
-            six = version == 6
-            got = tuple(_union(sorted(k for k in self.keys if (k & 1) == six), _WIDTH[version]))
-            self._ranges[version] = got
-        return got
+        if not self._ranges:
+            keys = sorted(self.keys)
+            cut = bisect.bisect_left(keys, V6)
+            self._ranges[4] = tuple(_union(keys[:cut], 32))
+            self._ranges[6] = tuple(_union(keys[cut:], 128))
+        return self._ranges[version]
 
     def contains(self, value: int, version: int) -> bool:
         """Is the address ``value`` of family ``version`` in one of the networks?"""
@@ -138,5 +140,5 @@ class NetList(Sequence[Network]):
     def content(self) -> str:
         """Each network as ``{version}{address:x}/{prefixlen}``, joined by ``,`` (what
         ``ir._content`` writes for a tuple of the same networks)."""
-        return ",".join([f"{6 if k & 1 else 4}{k >> 9:x}/{(k >> 1) & 0xFF}" for k in self.keys])
+        return ",".join([f"6{(k >> 8) & _VALUE:x}/{k & 0xFF}" if k >= V6 else f"4{k >> 8:x}/{k & 0xFF}" for k in self.keys])
 

@@ -30,7 +30,7 @@ from dataclasses import replace
 from typing import Callable
 
 from sockgate.policy import literals
-from sockgate.policy.netlist import NetList, key_of
+from sockgate.policy.netlist import V6, NetList, key_of
 from sockgate.policy.source import Span, quote
 
 MAX_LIST_ERRORS = 5  # bad lines reported one by one per set file; the rest are counted
@@ -87,7 +87,7 @@ def fast_key(line: str) -> int | None:
     value, plen = int(a) << 24 | int(b) << 16 | int(c) << 8 | int(d), 32 if plen4 is None else int(plen4)
     if value & ((1 << (32 - plen)) - 1):
         return None  # host bits set: the reference says which network was meant
-    return value << 9 | plen << 1
+    return value << 8 | plen
 
 
 def v6_key(text: str, plen_text: str | None) -> int | None:
@@ -112,4 +112,4 @@ def v6_key(text: str, plen_text: str | None) -> int | None:
     plen = 128 if plen_text is None else int(plen_text)
     if value & ((1 << (128 - plen)) - 1) or (plen >= 96 and value >> 32 == _MAPPED):
         return None
-    return value << 9 | plen << 1 | 1
+    return V6 | value << 8 | plen
