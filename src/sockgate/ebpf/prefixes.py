@@ -13,7 +13,7 @@ hits at most one of them, and longest-prefix match equals first match.
 from __future__ import annotations
 
 from sockgate.resolve.ranges import Table, rows
-from sockgate.ebpf.maps import PREFIX_BITS, pack_keys, pack_verdict
+from sockgate.ebpf.maps import ADDR_BYTES, KEY_HEADS, PREFIX_BITS, pack_keys, pack_verdict
 from sockgate.policy.ir import Action
 
 
@@ -41,9 +41,10 @@ def entries(table: Table, default: Action, keep: frozenset[int] = frozenset()) -
     A set file's intervals are mostly single aligned blocks (a host, a /24): those are packed
     at once, without ``split``'s loop, and each verdict is packed once per (action, rule)."""
     bits = PREFIX_BITS[table.family]
-    blocks: list[tuple[int, int]] = []
+    heads, size_bytes = KEY_HEADS[table.family], ADDR_BYTES[table.family]
+    keys: list[bytes] = []
     values: list[bytes] = []
-    add_block, add_value = blocks.append, values.append
+    add_key, add_value = keys.append, values.append
     verdicts: dict[tuple[Action, int | None], bytes] = {}
     for lo, hi, action, rule in rows(table):
         if action is default and rule not in keep:
@@ -53,10 +54,10 @@ def entries(table: Table, default: Action, keep: frozenset[int] = frozenset()) -
             verdict = verdicts[action, rule] = pack_verdict(action, rule)
         size = hi - lo
         if not size & (size - 1) and not lo & (size - 1):  # one aligned block (size >= 1)
-            add_block((lo, bits + 1 - size.bit_length()))
+            add_key(heads[bits + 1 - size.bit_length()] + lo.to_bytes(size_bytes, "big"))
             add_value(verdict)
         else:
             more = split(lo, hi, bits)
-            blocks += more
+            keys += pack_keys(table.family, more)
             values += [verdict] * len(more)
-    return tuple(pack_keys(table.family, blocks)), tuple(values)
+    return tuple(keys), tuple(values)
