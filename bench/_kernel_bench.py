@@ -26,8 +26,9 @@ share an interpreter lock; the roles are this file's subcommands:
     _kernel_bench.py flood PORT SRC START STOP MAX_ATTEMPTS ABANDON_MS WINDOW   the Python
         fallback of flood.c (same arguments and output), used when there is no C compiler
 
-POLICY_JSON describes the policy as data ({"allow": [CIDR...], "default": "deny"}) so every
-process builds the same ``Service`` without a policy file. Traffic stays on 127.0.0.0/8.
+POLICY_JSON describes the policy as data ({"allow": [CIDR...], "default": "deny"}, optionally
+"deny_generated": N prefixes denied first, "backend": "ebpf" with "bpffs": a mounted bpf
+filesystem) so every process builds the same ``Service`` without a policy file. Traffic stays on 127.0.0.0/8.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import errno
 import ipaddress
 import json
 import os
+import random
 import resource
 import select
 import shutil
@@ -57,12 +59,50 @@ PAYLOAD = b"x" * 64
 
 
 def service_from(spec: dict[str, Any]) -> Any:
+    """``allow`` CIDRs then ``default``; with ``"deny_generated": N``, first a rule denying
+    N generated prefixes (``blocklist``) as a set file's ``NetList``."""
     from sockgate.policy.ir import Action, AddrMatch, Rule, Service
+    from sockgate.policy.netlist import NetList
     from sockgate.policy.source import Span
 
     nets = tuple(ipaddress.ip_network(n) for n in spec["allow"])
-    rule = Rule(Action.ALLOW, AddrMatch(nets, "bench"), Span("bench", 1, 1), "allow bench")
-    return Service("bench", (rule,), Action(spec.get("default", "deny")))
+    rules = [Rule(Action.ALLOW, AddrMatch(nets, "bench"), Span("bench", 1, 1), "allow bench")]
+    if spec.get("deny_generated"):
+        keys = blocklist(int(spec["deny_generated"]))
+        rules.insert(0, Rule(Action.DENY, AddrMatch(NetList(keys), "@blocklist"), Span("bench", 1, 1), "deny @blocklist"))
+    return Service("bench", tuple(rules), Action(spec.get("default", "deny")))
+
+
+def blocklist(n: int) -> list[int]:
+    """``NetList`` keys of ``n`` distinct IPv4 prefixes from a fixed seed — a third /24s, the
+    rest hosts, none in 127.0.0.0/8 — plus, in 127.0.0.0/8, the sibling of every prefix of
+    127.0.0.1 from /9 to /32: the trie holds a node at every depth of the path a lookup for
+    127.0.0.1 takes, the longest lookup there is, and still misses."""
+    keys = []
+    for i, p in enumerate(random.Random(13).sample(range(1 << 24), n + n // 200 + 1)):
+        if p >> 16 == 127 or len(keys) == n:
+            continue
+        keys.append((p << 8) << 8 | 24 if i % 3 == 0 else ((p << 8) | 7) << 8 | 32)
+    loopback = 0x7F000001
+    for plen in range(9, 33):
+        sibling = (loopback ^ (1 << (32 - plen))) >> (32 - plen) << (32 - plen)
+        keys.append(sibling << 8 | plen)
+    return keys
+
+
+def attach_ebpf(lst: socket.socket, svc: Any, bpffs: str) -> None:
+    """Guard ``lst`` through the eBPF backend (service state included), pinned under ``bpffs``."""
+    from sockgate.kernel import Kernel, Slot, Step
+    from sockgate.kernel.bpfops import LinuxBpf
+    from sockgate.kernel.ebpf import EbpfBackend
+    from sockgate.kernel.sockets import LINUX_OPS
+
+    kernel = Kernel([EbpfBackend(LinuxBpf(), bpffs)], LINUX_OPS)
+    start = time.process_time()
+    program = kernel.compile(svc, backend="ebpf")
+    kernel.apply([Step(Slot(lst.fileno(), "bench listener"), kernel.load(program))])
+    print(f"eBPF filter: {getattr(program, 'prefixes'):,} trie entries, compiled and loaded in "
+          f"{time.process_time() - start:.1f} s of CPU", file=sys.stderr, flush=True)
 
 
 class Libwrap:
@@ -139,7 +179,9 @@ def serve(mode: str, spec: dict[str, Any], backlog: int = 4096) -> None:
         lst = socket.socket()
         lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         lst.bind(("127.0.0.1", 0))
-        if g:
+        if g and spec.get("backend") == "ebpf":
+            attach_ebpf(lst, svc, spec["bpffs"])
+        elif g:
             from sockgate.bpf import compile_service
             from sockgate.linux import filter as kfilter
 
