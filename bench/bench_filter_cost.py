@@ -36,7 +36,9 @@ import ipaddress
 import os
 import sys
 import time
+from pathlib import Path
 
+import charts
 from _kernel_bench import Server, machine, median, run_alternate, service_from
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
@@ -69,6 +71,8 @@ def main() -> int:
     ap.add_argument("--control", action="store_true", help="A/A check: two plain listeners (ratio should be ~1)")
     ap.add_argument("--backend", choices=("cbpf", "ebpf"), default="cbpf")
     ap.add_argument("--prefixes", type=int, default=0, help="eBPF: prefixes denied first (a set file's worth)")
+    ap.add_argument("--chart", help="the PNG chart written (bench/charts.py; default docs/filter-cost-rate.png,"
+                    " with --backend ebpf filter-cost-ebpf-rate.png)")
     args = ap.parse_args()
     with contextlib.ExitStack() as stack:
         return measure(args, stack)
@@ -121,6 +125,12 @@ def measure(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     print(f"| {what} sockgate filter | {filt:,.0f} | {median(ratios):.3f} |")
     print(f"filter vs no filter: {median(ratios):.3f} (median of per-run ratios; runs {', '.join(f'{x:.3f}' for x in ratios)};"
           " target >= 0.95)")
+    if not args.control:
+        chart = args.chart or str(charts.DOCS / ("filter-cost-ebpf-rate.png" if ebpf else "filter-cost-rate.png"))
+        charts.bars(Path(chart), f"Allowed clients' connection rate with a {what} filter", ["no filter", f"{what} sockgate filter"],
+                    {"conn/s": [none, filt]}, "connections/s (median)",
+                    charts.caption(f"bench/bench_filter_cost.py --runs {args.runs} --seconds {args.seconds:g}{ebpf}; the two"
+                                   " listeners alternate connection by connection"))
     return 0
 
 
