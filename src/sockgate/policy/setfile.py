@@ -72,7 +72,7 @@ def address_list(path: str, text: str, error: Callable[..., None], *, fast: bool
     if hidden is not None:
         error(hidden, f"{bad - MAX_LIST_ERRORS} more lines of this address list are not addresses "
               "or CIDRs (not shown)")
-    return NetList(dict.fromkeys(keys))
+    return NetList.distinct(keys)
 
 
 def fast_key(line: str) -> int | None:
