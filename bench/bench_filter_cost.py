@@ -112,7 +112,7 @@ def measure(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
         print("CONTROL RUN: both listeners are unfiltered")
     if ebpf:
         print(f"filter: the eBPF backend's program, {args.prefixes:,} denied prefixes + 24 next to 127.0.0.1"
-              " in its tries (the server's stderr gives the trie entries), default allow")
+              " in its tries, default allow")
         ranges = args.prefixes
     else:
         print(f"filter: {ranges} IPv4 ranges, {insns} instructions; compile {compile_s * 1000:.0f} ms (median of {args.runs}, target < 500 ms)")
