@@ -42,7 +42,6 @@ from sockgate.policy.ir import Action, AddressSet, Endpoint, IPNetwork, Limits, 
 from sockgate.policy.lexer import Kind, Token, tokenize
 from sockgate.policy.matchparse import MatchParser, Recover
 from sockgate.policy.netlist import NetList
-from sockgate.policy.setfile import MAX_LIST_ERRORS as MAX_LIST_ERRORS  # (where it was)
 from sockgate.policy.setfile import address_list
 from sockgate.policy.source import Span, quote
 from sockgate.urls import parse_url
