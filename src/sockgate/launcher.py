@@ -74,7 +74,7 @@ from sockgate.policy.ir import Policy
 from sockgate.resolve import ResolvedService, resolve
 from sockgate.policy.source import printable
 from sockgate.log import LogFormat, LogSink
-from sockgate.refusallog import DEFAULT_INTERVAL, RefusalMonitor, start_refusal_log
+from sockgate.refusallog import DEFAULT_INTERVAL, RefusalMonitor, rule_labels, start_refusal_log
 from sockgate.supervisor import Cancel, Loop, Notifier, SelectorLoop, Supervisor, failure_text
 from sockgate.urls import SocketURL
 
@@ -317,11 +317,6 @@ class BanSweeper:
             self.cancel = None
 
 
-def rule_labels(resolved: ResolvedService) -> tuple[str, ...]:
-    """Each rule's ``file:line``, by its index in ``Service.rules`` (the refusal log's cause)."""
-    return tuple(f"{r.span.file}:{r.span.line}" for r in resolved.service.rules)
-
-
 def tcp_listener(sock: socket.socket) -> cutoff.TcpListener:
     host, port = sock.getsockname()[:2]
     return cutoff.TcpListener(ipaddress.ip_address(host.split("%", 1)[0]), port)
@@ -407,6 +402,8 @@ def prepare(cfg: RunConfig) -> tuple[Gate, privileges.Credentials | None]:
     privileges.preflight(creds)
     gate = Gate(cfg, policy)
     gate.listeners = open_listeners(cfg.urls, before_listen=gate.guard_socket)
+    if gate.loaded is not None:
+        cfg.say(gate.kernel.choose(cfg.backend).describe())  # which backend guards, and why (auto's probe)
     for i, lst in enumerate(gate.listeners):
         where = "" if cfg.inetd else f" as fd {activation.SD_LISTEN_FDS_START + i} ({lst.name})"
         guard_text = f"guarded: {gate.describe()}" + (", locked" if cfg.lock else "")

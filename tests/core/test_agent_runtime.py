@@ -6,6 +6,7 @@ and sweeps once. (The whole agent runs for real in tests/kernel/test_agent.py.)"
 from __future__ import annotations
 
 import io
+import ipaddress
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -15,11 +16,14 @@ import pytest
 
 from sockgate.agent.applier import Applier
 from sockgate.agent.crowdfeed import CrowdsecFeed
+from sockgate.agent.forward import Answer
 from sockgate.agent.protocol import Ban, Request, Unban, parse_network
 from sockgate.agent.runtime import Agent, Options
 from sockgate.crowdsec.lapi import LapiClient
 from sockgate.crowdsec.session import Session
+from sockgate.errors import SockgateError
 from sockgate.log import Log
+from sockgate.policy.forward import Lookup, Reverse
 from support.fakekernel import FakeOps, fake_kernel
 
 GOOD = "service web tcp/80 {\n    allow 127.0.0.1\n}\nservice mail tcp/25 {\n    allow 10.0.0.0/8\n}\n"
@@ -70,7 +74,7 @@ def test_a_policy_whose_second_service_does_not_compile_keeps_the_running_state(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     a, policy, sweeps, _ = agent(tmp_path, monkeypatch)
     before = a.built
-    policy.write_text(GOOD.replace("allow 10.0.0.0/8", "allow host mail.example.com"))
+    policy.write_text(GOOD.replace("allow 10.0.0.0/8", "allow host .example.com"))  # a reverse lookup: refused
     error = a.reload_now("request")
     assert error is not None
     assert a.built is before and sweeps == []
@@ -136,3 +140,172 @@ def test_unban_of_a_network_another_origin_holds_names_that_origin(
     assert len(a.bans.entries) == 1
     other = a._handle(Request(3, Unban(parse_network("203.0.113.7"))), None)  # type: ignore[arg-type]
     assert other.result is not None and other.result["message"] == "203.0.113.7/32 was not banned"
+
+
+class FakeNames:
+    """A resolver whose answers the test sets (``lookup_all`` is what a build asks)."""
+
+    def __init__(self, addresses: dict[str, tuple[str, ...] | None]) -> None:
+        self.addresses = addresses
+
+    def lookup_all(self, names: Any) -> list[Any]:
+        return [self.answer(n) for n in names]
+
+    def answer(self, name: str) -> Any:
+        got = self.addresses.get(name)
+        if got is None:
+            return Answer(name, None, 0.0, time.monotonic(), "timed out")
+        lookup = Lookup(name, name, tuple(Reverse(ipaddress.ip_address(a), (name,)) for a in got))
+        return Answer(name, lookup, 60.0, time.monotonic())
+
+
+NAMED = GOOD.replace("allow 127.0.0.1", "allow host web.sg.test")
+
+
+def named_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, names: FakeNames) -> tuple[Agent, list[Any]]:
+    policy = tmp_path / "agent.conf"
+    policy.write_text(NAMED)
+    kernel = fake_kernel(FakeOps())
+    a = Agent(Options(files=(str(policy),), backend="cbpf"), kernel, Applier(kernel, lambda *a, **k: 0),  # type: ignore[arg-type]
+              Log("text", io.StringIO(), flush_interval=0), Notes(), resolver=names)  # type: ignore[arg-type]
+    sweeps: list[Any] = []
+    monkeypatch.setattr(a, "sweep", lambda trigger, retired=(), only=None: sweeps.append((trigger, retired)))
+    a.built = a._build(a.bans)
+    a.policy_info = a._policy_info("start", True, None)
+    return a, sweeps
+
+
+def web_digest(a: Agent) -> str:
+    assert a.built is not None
+    spec = a.built.desired.service("web")
+    assert spec is not None and spec.names == ("web.sg.test",)
+    return spec.want.digest
+
+
+def test_a_host_name_is_looked_up_before_the_first_compile_and_a_changed_answer_recompiles_its_services(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    names = FakeNames({"web.sg.test": ("127.0.0.5",)})
+    a, sweeps = named_agent(tmp_path, monkeypatch, names)
+    assert a.built is not None
+    first, mail = web_digest(a), a.built.loaded["mail"]
+    row = a.status()["services"][0]  # type: ignore[index]
+    assert row["names"][0]["addresses"] == ["127.0.0.5"] and row["names"][0]["error"] is None
+    a.namebook, _ = a.namebook.update(names.answer("web.sg.test"))
+    a._refresh()  # the same answer: nothing to do
+    assert sweeps == []
+    names.addresses["web.sg.test"] = ("127.0.0.6",)
+    a.namebook, changed = a.namebook.update(names.answer("web.sg.test"))
+    assert changed
+    a._refresh()
+    assert sweeps == [("names", ())] and web_digest(a) != first
+    assert a.built.loaded["mail"] is mail  # a service without the name keeps its program
+    assert a.policy_info is not None and a.policy_info.trigger == "names"
+
+
+def test_a_failed_lookup_admits_nobody_and_says_so_in_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, _ = named_agent(tmp_path, monkeypatch, FakeNames({}))
+    assert a.built is not None and a.built.answers == {}
+    row = a.status()["services"][0]  # type: ignore[index]
+    assert row["names"][0]["addresses"] == [] and "admits nobody" in row["names"][0]["error"]
+
+
+@pytest.mark.parametrize("pattern", ["PARANOID", ".sg.test", "web.sg.test"])
+def test_a_name_that_needs_a_reverse_lookup_is_still_refused_for_the_kernel(tmp_path: Path, pattern: str) -> None:
+    """hosts_access: PARANOID and a .suffix need the client's name, refused with the reason; an
+    exact name is compiled (its answers; here none: nobody)."""
+    allow, deny = tmp_path / "hosts.allow", tmp_path / "hosts.deny"
+    allow.write_text(f"sshd: {pattern}\n")
+    deny.write_text("ALL: ALL\n")
+    kernel = fake_kernel(FakeOps())
+    a = Agent(Options(hosts_allow=str(allow), hosts_deny=str(deny), backend="cbpf"), kernel,  # type: ignore[arg-type]
+              Applier(kernel, lambda *a, **k: 0), Log("text", io.StringIO(), flush_interval=0), Notes(),  # type: ignore[arg-type]
+              resolver=FakeNames({}))  # type: ignore[arg-type]
+    if pattern == "web.sg.test":
+        assert a._build(a.bans).answers == {}
+        return
+    with pytest.raises(SockgateError, match="host name"):
+        a._build(a.bans)
+
+
+def test_the_same_addresses_in_another_order_are_no_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    names = FakeNames({"web.sg.test": ("127.0.0.5", "127.0.0.6")})
+    a, sweeps = named_agent(tmp_path, monkeypatch, names)
+    names.addresses["web.sg.test"] = ("127.0.0.6", "127.0.0.5")  # round robin
+    a.namebook, _ = a.namebook.update(names.answer("web.sg.test"))
+    a._refresh()
+    assert sweeps == []
+
+
+def test_crowdsec_decisions_that_could_not_be_applied_are_applied_at_the_next_pull(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The LAPI sends a decision once (a delta is never sent again): when the kernel could not
+    take it, the next pull — even one that changes nothing — applies it, and status says so
+    meanwhile, instead of the decision held and never enforced."""
+    a, _, _, out = agent(tmp_path, monkeypatch)
+    feed = CrowdsecFeed(LapiClient("http://127.0.0.1:8080", "k"), Session(interval_s=1))
+    a.crowdsec = feed
+    build = a._build
+    fail = [True]
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        if fail[0]:
+            raise SockgateError("the program does not fit")
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(a, "_build", flaky)
+    body = b'{"new": [{"id": 1, "type": "ban", "scope": "Ip", "value": "192.0.2.7", "duration": "1h"}], "deleted": []}'
+    a._on_crowdsec(feed.session.received(body, time.monotonic_ns(), startup=True))
+    assert a.bans.entries == ()
+    assert "CrowdSec decisions not applied" in out.getvalue()
+    errors = a.status()["errors"]
+    assert any("CrowdSec" in e and "not applied" in e for e in errors)  # type: ignore[attr-defined]
+    fail[0] = False
+    a._on_crowdsec(feed.session.received(b'{"new": [], "deleted": []}', time.monotonic_ns(), startup=False))
+    assert [str(b.network) for b in a._effective(a.bans, "web", time.monotonic_ns())] == ["192.0.2.7/32"]
+    assert not any("not applied" in e for e in a.status()["errors"])  # type: ignore[attr-defined]
+
+
+def test_a_refusing_name_that_stops_answering_keeps_refusing_its_last_addresses_and_blocks_no_reload(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """hosts.deny names a host whose owner is the attacker: its zone answers once, then
+    SERVFAILs for good. The name's last addresses stay refused (closed), and the rest of the
+    policy still reloads — a ban line sshguard or DenyHosts appends is put in force — instead of
+    every reload failing for as long as the attacker's DNS says so."""
+    policy = tmp_path / "agent.conf"
+    text = "service web tcp/80 {\n    deny host evil.sg.test\n    allow 127.0.0.0/8\n}\n"
+    policy.write_text(text)
+    kernel = fake_kernel(FakeOps())
+    now = [1000.0]
+    names = FakeNames({"evil.sg.test": ("127.0.0.9",)})
+    a = Agent(Options(files=(str(policy),), backend="cbpf"), kernel, Applier(kernel, lambda *a, **k: 0),  # type: ignore[arg-type]
+              Log("text", io.StringIO(), flush_interval=0), Notes(), resolver=names, clock=lambda: now[0])  # type: ignore[arg-type]
+    monkeypatch.setattr(a, "sweep", lambda trigger, retired=(), only=None: None)
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])  # (FakeNames stamps its answers with it)
+    a.built = a._build(a.bans)
+    a.policy_info = a._policy_info("start", True, None)
+    now[0] += 3600  # the answer's TTL (60 s) is long past; the refresh fails
+    a.namebook, _ = a.namebook.update(Answer("evil.sg.test", None, 0.0, now[0], "SERVFAIL"))
+    a._refresh()
+    assert a.names_error is None
+    policy.write_text(text.replace("    allow", "    deny 192.0.2.50\n    allow"))  # a ban line appended
+    assert a.reload_now("file") is None
+    assert a.built is not None
+    rules = [r.rule.match for r in a.built.resolved["web"].rules]
+    assert [str(n) for n in rules[0].nets] == ["127.0.0.9/32"]  # type: ignore[attr-defined]
+    assert [str(n) for n in rules[1].nets] == ["192.0.2.50/32"]  # type: ignore[attr-defined]
+    row = a.status()["services"][0]["names"][0]  # type: ignore[index]
+    assert row["error"] is not None and "last" in row["error"]
+
+
+@pytest.mark.parametrize("origin", ["fail2ban", "hosts_deny"])
+def test_a_tool_ban_covering_this_hosts_loopback_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             origin: str) -> None:
+    """fail2ban and the hosts.deny tools decide from log lines remote clients write: like a
+    CrowdSec decision, their ban never cuts the host off from itself (an operator's manual
+    ban may)."""
+    a, _, _, _ = agent(tmp_path, monkeypatch)
+    for net in ("127.0.0.1", "127.0.0.0/8", "::1"):
+        answer = a._handle(Request(1, Ban(parse_network(net), origin=origin)), None)  # type: ignore[arg-type]
+        assert answer.error is not None and "loopback" in answer.error.message
+    assert a.bans.entries == ()
+    assert a._handle(Request(2, Ban(parse_network("127.0.0.1"))), None).ok  # type: ignore[arg-type]

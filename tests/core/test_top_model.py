@@ -77,6 +77,15 @@ def test_health_says_the_last_reload_the_drift_and_the_errors() -> None:
     assert health["error"] == "watching by polling: no cgroup2"
 
 
+def test_health_names_a_super_servers_listener_for_an_unknown_daemon() -> None:
+    doc = topdata.status()
+    doc["superserved"] = [{"proto": "tcp", "local": "0.0.0.0:2296", "port": 2296,
+                           "holders": [{"pid": 1, "comm": "systemd", "argv0": "init", "uid": 0, "exe": "/usr/lib/systemd/systemd"}]}]
+    health = dict(view(Snapshot(topdata.T0, topdata.SOCKETS, status=doc)).health)
+    assert health["super-server"] == ("tcp 0.0.0.0:2296 held for an unknown daemon: NOT guarded if it starts one the policy "
+                                      "names (--map DAEMON=tcp/2296)")
+
+
 def test_without_the_agent_the_pinned_counters_are_read_and_what_is_missing_said() -> None:
     v = view(topdata.without_agent(2, wall=topdata.T0 + 20), topdata.without_agent(1))
     assert not v.agent and v.refusals_from == "eBPF counters" and v.health == ()

@@ -15,6 +15,7 @@ over LATENCY_RUNS restarts.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pwd
@@ -254,7 +255,7 @@ def _answers(a: AgentProc) -> bool:
 
 
 @pytest.fixture
-def lab() -> Iterator[Lab]:
+def lab(monkeypatch: pytest.MonkeyPatch) -> Iterator[Lab]:
     root = cgroupbpf.cgroup2_root()
     assert root is not None, "no cgroup2 mounted"
     cgroup = f"{root}/sg-agent-{uuid.uuid4().hex[:8]}"
@@ -262,6 +263,7 @@ def lab() -> Iterator[Lab]:
     try:
         with tempfile.TemporaryDirectory(prefix="sg-agent-") as tmp, private_bpffs() as bpffs:
             lab = Lab(tmp, cgroup, bpffs)
+            monkeypatch.setenv("SOCKGATE_BPFFS", bpffs)  # where this process recognises the agent's eBPF guards (auto)
             try:
                 yield lab
             finally:
@@ -289,8 +291,10 @@ def guard(pid: int, fd: int) -> GuardInfo:
 
 
 def guarded_by(s: dict[str, Any], service: str) -> GuardInfo | None:
+    """The socket's guard when it is ``service``'s, as compared between readings: without the
+    refusal count an eBPF guard carries (it changes with traffic, the guard does not)."""
     g = guard(s["pid"], s["fd"])
-    return g if g.state == "sockgate" and g.service == service else None
+    return dataclasses.replace(g, refused=None) if g.state == "sockgate" and g.service == service else None
 
 
 def connects(src: str, port: int, timeout: float = 0.4) -> bool:

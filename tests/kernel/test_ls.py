@@ -177,13 +177,14 @@ def _policy(tmp_path: Path) -> Any:
     return sockgate.load(p)
 
 
-def _guard(sock: socket.socket, tmp_path: Path) -> str:
-    """Guard ``sock`` with a compiled sockgate program; its expected guard text."""
+def _guard(sock: socket.socket, tmp_path: Path, backend: str = "cbpf") -> str:
+    """Guard ``sock`` with a compiled sockgate program from ``backend``; its expected guard text."""
     try:
         from sockgate.guard import guard
 
-        g = guard(_policy(tmp_path), sock, "web")
-        return f"sockgate web {g.digest}"
+        g = guard(_policy(tmp_path), sock, "web", backend=backend)
+        assert g.backend == backend
+        return f"sockgate web {g.digest}" + (" (ebpf, 0 refused)" if backend == "ebpf" else "")
     except ImportError:
         from sockgate import bpf
         from sockgate.linux import filter as sockfilter
@@ -195,7 +196,9 @@ def _guard(sock: socket.socket, tmp_path: Path) -> str:
         return f"sockgate web {marker.digest}"
 
 
-def test_guard_column(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["cbpf", "ebpf"])
+def test_guard_column(tmp_path: Path, backend: str) -> None:
+    """Our guard from either backend is named, with ``guard.backend`` in the JSON row."""
     from sockgate.linux import filter as sockfilter
 
     pid = os.getpid()
@@ -203,11 +206,12 @@ def test_guard_column(tmp_path: Path) -> None:
         for s in (guarded, plain, foreign):
             s.bind(("127.0.0.1", 0))
             s.listen(1)
-        expected = _guard(guarded, tmp_path)
+        expected = _guard(guarded, tmp_path, backend)
         sockfilter.attach(foreign, ACCEPT_ALL)
         rows = by_holder(sockgate_ls("-t", "--pid", str(pid)), pid)
         assert rows[(pid, guarded.fileno())]["guard"]["text"] == expected
         assert rows[(pid, guarded.fileno())]["guard"]["status"] == "sockgate"
+        assert rows[(pid, guarded.fileno())]["guard"]["backend"] == backend
         assert rows[(pid, plain.fileno())]["guard"]["text"] == "none"
         assert rows[(pid, foreign.fileno())]["guard"]["text"] == "foreign filter (1 insns)"
         unguarded = by_holder(sockgate_ls("-t", "--unguarded", "--pid", str(pid)), pid)

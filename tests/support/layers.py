@@ -78,7 +78,9 @@ LAYERS: dict[str, int] = {
 AGENT_EDGES = frozenset({
     "sockgate.agent.watcher", "sockgate.agent.observe", "sockgate.agent.applier", "sockgate.agent.control",
     "sockgate.agent.client", "sockgate.agent.names", "sockgate.agent.files", "sockgate.agent.sources",
-    "sockgate.agent.runtime", "sockgate.agent.bansink", "sockgate.agent.crowdfeed",
+    "sockgate.agent.runtime", "sockgate.agent.bansink", "sockgate.agent.crowdfeed", "sockgate.agent.agentstate",
+    "sockgate.agent.sweeps", "sockgate.agent.transaction", "sockgate.agent.banning", "sockgate.agent.hostnames",
+    "sockgate.agent.refusals",
 })
 
 # Adapters are thin: one kernel facility each, no policy logic.

@@ -110,6 +110,7 @@ def status(scale: int = 1, bans: list[dict[str, Any]] | None = None) -> dict[str
         "unguarded": 0,
         "errors": [],
         "impostors": [],
+        "superserved": [],
     }
     statusdoc.check(doc)
     return doc

@@ -29,7 +29,7 @@ def add_backend_arg(p: argparse.ArgumentParser) -> None:
         "--backend",
         choices=("auto", "cbpf", "ebpf"),
         default="auto",
-        help="kernel backend: classic BPF, eBPF, or auto (classic unless the service needs eBPF; default)",
+        help="kernel backend: classic BPF, eBPF, or auto (eBPF when this process may load it, else classic; default)",
     )
 
 

@@ -237,6 +237,24 @@ def _stat_into(inodes: set[int], path: str) -> None:
         pass
 
 
+def monotonic_offset_ns(path: str = "/proc/self/timens_offsets") -> int:
+    """How far this process's CLOCK_MONOTONIC is ahead of the kernel's own (its time
+    namespace's ``monotonic`` offset, time_namespaces(7)); 0 without time namespaces. eBPF
+    programs stamp and compare ``bpf_ktime_get_ns()``, which no time namespace offsets: a
+    ban expiry computed from this process's clock must be moved by this much."""
+    raw = _read(path, 4096)
+    if raw is None:
+        return 0
+    for line in raw.decode("ascii", "replace").splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] in ("monotonic", "1"):  # the clock by name, or CLOCK_MONOTONIC's id
+            try:
+                return int(parts[1]) * 1_000_000_000 + int(parts[2])
+            except ValueError:
+                return 0
+    return 0
+
+
 def pid_exists(pid: int, proc: str = PROC) -> bool:
     """Whether ``pid`` is a process (a thread id is not, though /proc answers for it too)."""
     if pid <= 0:

@@ -323,6 +323,8 @@ def health_rows(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
              for name, s in sorted(doc["sources"].items())]
     rows += [("error", e) for e in doc["errors"]]
     rows += [("impostor", f"{i['proto']} {i['local']} takes {i['service']}'s name; left alone") for i in doc["impostors"]]
+    rows += [("super-server", f"{r['proto']} {r['local']} held for an unknown daemon: NOT guarded if it starts one the "
+                              f"policy names (--map DAEMON={r['proto']}/{r['port']})") for r in doc["superserved"]]
     return [(k, escape(v)) for k, v in rows]
 
 
