@@ -29,7 +29,7 @@ from sockgate.agent.model import Endpoint
 from sockgate.agent.names import NameResolver
 from sockgate.agent.observe import Observer
 from sockgate.agent.refusals import AgentRefusals
-from sockgate.agent.superserver import Launch
+from sockgate.agent.superserver import SYSTEMD_UNITS, Launch
 from sockgate.bans import BannedPrefix, Origin
 from sockgate.errors import SockgateError
 from sockgate.kernel import BackendChoice, Kernel
@@ -42,7 +42,6 @@ from sockgate.resolve.model import ResolvedService
 from sockgate.supervisor import Cancel, Loop, Notifier
 
 SWEEP = 300.0
-SYSTEMD_UNITS = ("/etc/systemd/system", "/run/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system")
 Trigger = Literal["start", "signal", "file", "request", "names", "bans"]
 
 

@@ -37,7 +37,8 @@ from typing import Callable, Literal
 from sockgate.agent import control as control_mod
 from sockgate.agent import bansink, reconcile, statusdoc
 from sockgate.agent import watcher as watcher_mod
-from sockgate.agent.agentstate import SWEEP, SYSTEMD_UNITS, Built, Options, Row, Trigger
+from sockgate.agent.agentstate import SWEEP, Built, Options, Row, Trigger
+from sockgate.agent.superserver import SYSTEMD_UNITS
 from sockgate.agent.applier import Applier
 from sockgate.agent.banbook import BanBook
 from sockgate.agent.banning import Banning
