@@ -112,7 +112,7 @@ class Agent:
         self.clock, self.wall = clock, wall
         self.observer = Observer(kernel, keep=self._wanted)
         self.bans: BanBook[BannedPrefix] = BanBook()
-        self.save_error: str | None = None  # why the last ban state save failed
+        self.saver = bansink.StateSaver(log)  # the ban state file (``saver.error``: why not saved)
         self.retry = reconcile.RetryBook()
         self.counters: dict[str, int] = {k: 0 for k in statusdoc.COUNTERS}
         self.rows: dict[int, Row] = {}
@@ -158,6 +158,7 @@ class Agent:
         self.reload_now("signal")
 
     def stop(self) -> None:
+        self.saver.flush()  # CrowdSec's last changes (saved at most every CROWDSEC_SAVE_S)
         for cancel in (*self._stops, *self._timers.values()):
             cancel()
         self._stops.clear()
@@ -466,9 +467,9 @@ class Agent:
 
     # -- bans ----------------------------------------------------------------------------------
 
-    def _set_bans(self, book: BanBook[BannedPrefix]) -> str | None:
+    def _set_bans(self, book: BanBook[BannedPrefix], save_within: float = 0.0) -> str | None:
         """``book`` in force: eBPF services' maps in place, classic services compiled again
-        and applied (bansink.py); the error when nothing changed."""
+        and applied (bansink.py); the error when nothing changed. Saved within ``save_within`` s."""
         assert self.built is not None
         old = self.built
         now_ns = time.monotonic_ns()
@@ -485,7 +486,7 @@ class Agent:
         if built is not old:
             self._swap(built, "bans")
         self._arm_expiry()
-        self.save_error = bansink.save_book(self.opts.state, book, self.log)
+        self.saver.save(self.opts.state, book, self.loop, save_within)
         return None
 
     def _ban(self, body: Ban) -> str | None:
@@ -509,7 +510,7 @@ class Agent:
         if not (report.changed or report.startup) or self.crowdsec is None:
             return
         book, new = self.crowdsec.book(self.bans, report, time.monotonic_ns())
-        error = None if book == self.bans else self._set_bans(book)
+        error = None if book == self.bans else self._set_bans(book, bansink.CROWDSEC_SAVE_S)
         if error is not None:
             self.log.record("error", message=f"CrowdSec decisions not applied, the previous bans stay: {error}")
         elif new:
@@ -575,7 +576,7 @@ class Agent:
         if self.files is not None:
             errors += [f"{d}: not watched for changes: {why}" for d, why in sorted(self.files.problems.items())]
         sources = {} if self.crowdsec is None else {"crowdsec": self.crowdsec.status(bansink.mono_to_wall)}
-        errors += ([] if self.crowdsec is None else self.crowdsec.errors()) + ([self.save_error] if self.save_error else [])
+        errors += ([] if self.crowdsec is None else self.crowdsec.errors()) + ([self.saver.error] if self.saver.error else [])
         return statusdoc.build(agent, self.policy_info, services, bans, sources, errors, tuple(self.impostors.values()))
 
     # -- helpers -------------------------------------------------------------------------------
