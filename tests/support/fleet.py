@@ -92,9 +92,6 @@ class Host:
         except (SockgateError, KeyError, TypeError):
             return False
 
-    def agent_log(self) -> str:
-        return Path(self.log).read_text(errors="replace")[-2000:] if os.path.exists(self.log) else ""
-
 
 @dataclass
 class Fleet:
@@ -105,7 +102,7 @@ class Fleet:
 
     def reachable(self, hosts: list[Host], src: str, wait: float) -> dict[int, bool]:
         """Which of ``hosts`` answer a TCP connect from ``src`` within ``wait`` s (probed at once)."""
-        return netlab.inside(self.lan, lambda: _probe([(h.index, h.addr) for h in hosts], src, wait))
+        return probe(self.lan, [(h.index, h.addr) for h in hosts], src, wait)
 
     def dropped(self, hosts: list[Host], src: str = ATTACKER, wait: float = 0.05, confirm: float = 0.5) -> set[int]:
         """The hosts whose guard drops ``src``: silent for ``wait`` s, and again for ``confirm`` s."""
@@ -143,7 +140,13 @@ class Fleet:
         return _cpu_s(self.lapi.proc.pid)
 
 
-def _probe(targets: list[tuple[int, str]], src: str, wait: float) -> dict[int, bool]:
+def probe(netns: str, targets: list[tuple[int, str]], src: str, wait: float, port: int = PORT) -> dict[int, bool]:
+    """From ``netns``: which ``(key, address)`` targets answer a TCP connect from ``src`` to
+    ``port`` within ``wait`` s (connected or reset), all probed at once."""
+    return netlab.inside(netns, lambda: _probe(targets, src, wait, port))
+
+
+def _probe(targets: list[tuple[int, str]], src: str, wait: float, port: int) -> dict[int, bool]:
     socks: dict[int, socket.socket] = {}
     out = {i: False for i, _ in targets}
     sel = selectors.DefaultSelector()
@@ -152,7 +155,7 @@ def _probe(targets: list[tuple[int, str]], src: str, wait: float) -> dict[int, b
             s = socket.socket()
             s.setblocking(False)
             s.bind((src, 0))
-            code = s.connect_ex((addr, PORT))
+            code = s.connect_ex((addr, port))
             socks[i] = s
             if code in (0, errno.ECONNREFUSED):
                 out[i] = True
@@ -226,12 +229,32 @@ def _in_cgroup(cgroup: str) -> None:
         f.write(str(os.getpid()))
 
 
-def _start_service(h: Host) -> None:
-    h.service = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{h.netns}", sys.executable, "-c", SERVICE, str(PORT)],
-                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                 preexec_fn=lambda: _in_cgroup(h.cgroup), start_new_session=True)
-    assert h.service.stdout is not None
-    assert h.service.stdout.readline().strip(), f"the service of host {h.index} did not start"
+def start_service(netns: str, cgroup: str, port: int = PORT, argv0: str | None = None) -> subprocess.Popen[bytes]:
+    """The TCP service (accepts and closes) on ``port`` in ``netns``, its process in ``cgroup``;
+    returns once it listens. ``argv0``: the name it runs under."""
+    exe = ["bash", "-c", f'exec -a {argv0} "$0" "$@"', sys.executable] if argv0 else [sys.executable]
+    p = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{netns}", *exe, "-c", SERVICE, str(port)],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                         preexec_fn=lambda: _in_cgroup(cgroup), start_new_session=True)
+    assert p.stdout is not None
+    assert p.stdout.readline().strip(), f"the service in {netns} did not start"
+    return p
+
+
+def start_agent(netns: str, args: list[str], control: str, bpffs: str, cgroup: str, log: str,
+                notify_path: str) -> tuple[subprocess.Popen[bytes], socket.socket]:
+    """``sockgate agent ARGS`` in ``netns`` (``nsenter --net``: the mount namespace stays), and
+    the socket its ``READY=1`` arrives on (``wait_ready``)."""
+    os.makedirs(bpffs, exist_ok=True)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(notify_path)
+    with open(log, "wb") as err:
+        p = subprocess.Popen(
+            ["nsenter", f"--net=/var/run/netns/{netns}", sys.executable, "-m", "sockgate", "agent", *args,
+             "--control", control, "--bpffs", bpffs, "--cgroup", cgroup, "--notify"],
+            stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "NOTIFY_SOCKET": notify_path},
+            start_new_session=True)
+    return p, notify
 
 
 def _start_agent(h: Host, lapi: crowdsec.Lapi, interval: float, policy: str, bpffs: str, root: str) -> socket.socket:
@@ -239,45 +262,43 @@ def _start_agent(h: Host, lapi: crowdsec.Lapi, interval: float, policy: str, bpf
     fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(lapi.bouncer_key(f"fleet-host-{h.index}"))
-    os.mkdir(f"{bpffs}/h{h.index}")
-    notify_path = f"{root}/notify-{h.index}"
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(notify_path)
-    with open(h.log, "wb") as err:
-        h.agent = subprocess.Popen(
-            ["nsenter", f"--net=/var/run/netns/{h.netns}", sys.executable, "-m", "sockgate", "agent", policy,
-             "--backend", "ebpf", "--crowdsec", lapi.url, "--crowdsec-key-file", key,
-             "--crowdsec-interval", f"{interval:g}", "--control", h.control, "--bpffs", f"{bpffs}/h{h.index}",
-             "--cgroup", h.cgroup, "--notify"],
-            stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "NOTIFY_SOCKET": notify_path},
-            start_new_session=True)
+    h.agent, notify = start_agent(h.netns, [policy, "--backend", "ebpf", "--crowdsec", lapi.url, "--crowdsec-key-file", key,
+                                            "--crowdsec-interval", f"{interval:g}"],
+                                  h.control, f"{bpffs}/h{h.index}", h.cgroup, h.log, f"{root}/notify-{h.index}")
     return notify
 
 
-def _wait_ready(hosts: list[Host], notifies: list[socket.socket]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    waiting = dict(zip(range(len(hosts)), notifies))
+def wait_ready(agents: list[tuple[subprocess.Popen[bytes], socket.socket, str]], timeout: float = START_TIMEOUT) -> None:
+    """Every agent's ``READY=1`` (``(process, notify socket, log path)``), within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    waiting = dict(enumerate(agents))
     got = {i: b"" for i in waiting}
     while waiting:
         left = deadline - time.monotonic()
-        for i in waiting:
-            h = hosts[i]
-            assert h.agent is not None and h.agent.poll() is None, \
-                f"the agent of host {i} exited ({h.agent and h.agent.poll()}): {h.agent_log()}"
-        assert left > 0, f"agents {sorted(waiting)} not ready within {START_TIMEOUT} s: {hosts[min(waiting)].agent_log()}"
+        for i, (p, _, log) in waiting.items():
+            assert p.poll() is None, f"agent {i} exited ({p.poll()}): {_tail(log)}"
+        assert left > 0, f"agents {sorted(waiting)} not ready within {timeout} s: {_tail(agents[min(waiting)][2])}"
         with selectors.DefaultSelector() as sel:
-            for i, s in waiting.items():
+            for i, (_, s, _) in waiting.items():
                 sel.register(s, selectors.EVENT_READ, i)
             for key, _ in sel.select(min(left, 0.5)):
-                got[key.data] += notifies[key.data].recv(4096) + b"\n"
-        waiting = {i: s for i, s in waiting.items() if b"READY=1" not in got[i]}
+                got[key.data] += agents[key.data][1].recv(4096) + b"\n"
+        waiting = {i: a for i, a in waiting.items() if b"READY=1" not in got[i]}
+
+
+def _tail(log: str) -> str:
+    return Path(log).read_text(errors="replace")[-2000:] if os.path.exists(log) else ""
+
+
+def _wait_pulling(hosts: list[Host]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
     while not all(h.pulling() for h in hosts):
         assert time.monotonic() < deadline, \
             f"hosts {[h.index for h in hosts if not h.pulling()]} not pulling from the LAPI within {START_TIMEOUT} s"
         time.sleep(0.05)
 
 
-def _stop(p: subprocess.Popen[bytes] | None) -> None:
+def stop(p: subprocess.Popen[bytes] | None) -> None:
     if p is None or p.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):
@@ -310,14 +331,15 @@ def fleet(n: int, interval: float = 1.0) -> Iterator[Fleet]:
                         policy = _policy(root)
                         for i in range(n):
                             hosts.append(_host(i, lan, cgroups, root))
-                            _start_service(hosts[-1])
+                            hosts[-1].service = start_service(hosts[-1].netns, hosts[-1].cgroup)
                         notifies = [_start_agent(h, lapi, interval, policy, bpffs, root) for h in hosts]
-                        _wait_ready(hosts, notifies)
+                        wait_ready([(h.agent, s, h.log) for h, s in zip(hosts, notifies) if h.agent is not None])
+                        _wait_pulling(hosts)
                         yield the_fleet
                     finally:
                         for h in hosts:
-                            _stop(h.agent)
-                            _stop(h.service)
+                            stop(h.agent)
+                            stop(h.service)
                             if h.service is not None and h.service.stdout is not None:
                                 h.service.stdout.close()
                         for s in notifies:

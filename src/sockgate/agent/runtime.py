@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Container, Literal, Mapping
 
 from sockgate.agent import control as control_mod
-from sockgate.agent import bansink, reconcile, statusdoc
+from sockgate.agent import bansink, reconcile, statusdoc, toolbans
 from sockgate.agent import watcher as watcher_mod
 from sockgate.agent.applier import Applier, Outcome
 from sockgate.agent.banbook import BanBook
@@ -63,7 +63,6 @@ from sockgate.supervisor import Cancel, Loop, Notifier
 
 SWEEP = 300.0
 Trigger = Literal["start", "signal", "file", "request", "names", "bans"]
-ORIGINS = bansink.ORIGINS
 
 
 @dataclass(frozen=True)
@@ -247,7 +246,8 @@ class Agent:
         prev = self.policy_info
         loaded = self.built.desired.loaded_at if ok_ or prev is None else prev.loaded
         files = self.read_files or tuple(f for f in (*self.opts.files, self.opts.hosts_allow, self.opts.hosts_deny) if f)
-        return statusdoc.PolicyInfo(self.built.desired.policy_digest, loaded, files, self.wall(), ok_, trigger, error)
+        bans = toolbans.rows(self.built.policy, self.opts.hosts_allow, self.opts.hosts_deny, loaded)  # sshguard's, DenyHosts'
+        return statusdoc.PolicyInfo(self.built.desired.policy_digest, loaded, files, self.wall(), ok_, trigger, error, bans)
 
     # -- scanning and applying -----------------------------------------------------------------
 
@@ -545,7 +545,7 @@ class Agent:
                 error = self._ban(body)
                 return failure(req.id, "usage", error) if error else ok(req.id, {"message": f"banned {body.net}"})
             case Unban():
-                book = self.bans.remove(body.net, None if body.origin == "any" else ORIGINS.get(body.origin), body.service)
+                book = self.bans.remove(body.net, None if body.origin == "any" else bansink.ORIGINS.get(body.origin), body.service)
                 if book == self.bans:
                     return ok(req.id, {"message": bansink.not_banned(self.bans, body.net, body.origin)})
                 error = self._set_bans(book)
