@@ -12,7 +12,8 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-# Python dependencies come from pyproject.toml (the project and its `test` extra).
+# Python dependencies come from pyproject.toml (the project and its `test` extra, which takes in
+# the `top` extra (textual, for `sockgate top` and its tests) and the `bench` extra (matplotlib)).
 setup: $(PY) system-packages
 	$(PY) -m pip install -q -e '.[test]'
 

@@ -7,6 +7,9 @@ share an interpreter lock; the roles are this file's subcommands:
         listen(BACKLOG) (default 4096); prints its port(s)
         MODE plain         accept everything
              kernel        the listener carries the compiled sockgate filter
+             ebpf          the listener guarded by sockgate's eBPF backend (library
+                           ``guard(..., backend="ebpf")``; pinned under $SOCKGATE_BPFFS),
+                           which enforces POLICY_JSON's "rate_per_source" in the kernel
              pair          two listeners in one event loop, plain and guarded (prints both)
              pair-control  the same with two plain listeners (an A/A check of the method)
              accept-close  accept, decide the peer with sockgate's engine in user space,
@@ -21,13 +24,15 @@ share an interpreter lock; the roles are this file's subcommands:
     _kernel_bench.py alternate PORT,PORT SECONDS THREADS   THREADS loops of connect / 64-byte
         echo / close from 127.0.0.1, each thread taking the servers in turn, connection by
         connection; prints per server the count and the seconds spent
-    _kernel_bench.py clients PORT SECONDS THREADS T0   the same loop against one server from
-        CLOCK_MONOTONIC time T0; prints rate, p50/p99 latency and failures
+    _kernel_bench.py clients PORT SECONDS THREADS T0 [SOURCES]   the same loop against one
+        server from CLOCK_MONOTONIC time T0 (from 127.0.0.1, or from each address of the
+        loopback network SOURCES in turn); prints rate, p50/p99 latency and failures
     _kernel_bench.py flood PORT SRC START STOP MAX_ATTEMPTS ABANDON_MS WINDOW   the Python
         fallback of flood.c (same arguments and output), used when there is no C compiler
 
-POLICY_JSON describes the policy as data ({"allow": [CIDR...], "default": "deny"}) so every
-process builds the same ``Service`` without a policy file. Traffic stays on 127.0.0.0/8.
+POLICY_JSON describes the policy as data ({"allow": [CIDR...], "default": "deny"}, optionally
+"rate_per_source": [N, SECONDS] for ``limit rate N/SECONDS per source``) so every process
+builds the same ``Service`` without a policy file. Traffic stays on 127.0.0.0/8.
 """
 
 from __future__ import annotations
@@ -57,12 +62,14 @@ PAYLOAD = b"x" * 64
 
 
 def service_from(spec: dict[str, Any]) -> Any:
-    from sockgate.policy.ir import Action, AddrMatch, Rule, Service
+    from sockgate.policy.ir import Action, AddrMatch, Limits, Rate, Rule, Service
     from sockgate.policy.source import Span
 
     nets = tuple(ipaddress.ip_network(n) for n in spec["allow"])
     rule = Rule(Action.ALLOW, AddrMatch(nets, "bench"), Span("bench", 1, 1), "allow bench")
-    return Service("bench", (rule,), Action(spec.get("default", "deny")))
+    rate = spec.get("rate_per_source")
+    limits = Limits(rate_per_source=Rate(int(rate[0]), float(rate[1]))) if rate else None
+    return Service("bench", (rule,), Action(spec.get("default", "deny")), limits=limits)
 
 
 class Libwrap:
@@ -133,17 +140,23 @@ def serve(mode: str, spec: dict[str, Any], backlog: int = 4096) -> None:
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
     # "pair": one process, one event loop, two listeners (plain first, then guarded), so the
     # two differ only by the filter and share the server's CPU exactly
-    guarded = {"plain": [False], "kernel": [True], "pair": [False, True], "pair-control": [False, False]}.get(mode, [False])
+    guarded = {"plain": [False], "kernel": [True], "ebpf": [True], "pair": [False, True],
+               "pair-control": [False, False]}.get(mode, [False])
     listeners = {}
     for g in guarded:
         lst = socket.socket()
         lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         lst.bind(("127.0.0.1", 0))
-        if g:
-            from sockgate.bpf import compile_service
+        if g and mode == "ebpf":
+            from sockgate.guard import guard
+            from sockgate.policy.ir import Policy
+
+            guard(Policy(services=(service_from(spec),)), lst, "bench", backend="ebpf")
+        elif g:
+            from sockgate.bpf import compile_resolved
             from sockgate.linux import filter as kfilter
 
-            kfilter.attach(lst, compile_service(svc).encode())
+            kfilter.attach(lst, compile_resolved(svc).encode())  # (svc is resolved already)
         lst.listen(backlog)
         lst.setblocking(False)
         listeners[lst.fileno()] = lst
@@ -217,9 +230,11 @@ def _echo(conns: dict[int, socket.socket], fd: int, ep: Any) -> None:
     c.close()
 
 
-def echo_once(port: int, timeout: float) -> None:
-    """One short connection: connect to 127.0.0.1:port, send PAYLOAD, read the echo, close."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+def echo_once(port: int, timeout: float, source: str | None = None) -> None:
+    """One short connection: connect to 127.0.0.1:port (from ``source``), send PAYLOAD, read
+    the echo, close."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                  source_address=(source, 0) if source else None) as s:
         s.sendall(PAYLOAD)
         got = 0
         while got < len(PAYLOAD):
@@ -298,8 +313,20 @@ def flood(port: int, start: float, stop: float, max_attempts: int, abandon: floa
             "cpu_share": (ru.ru_utime + ru.ru_stime) / span if span > 0 else 0.0}
 
 
-def clients(port: int, seconds: float, threads: int, t0: float) -> dict[str, float]:
-    """THREADS loops of connect / 64-byte echo / close from 127.0.0.1 between the
+def loopback_sources(cidr: str | None) -> list[str]:
+    """The usable addresses of a loopback network (only 127.0.0.0/8 is accepted)."""
+    if not cidr:
+        return []
+    net = ipaddress.ip_network(cidr)
+    if not isinstance(net, ipaddress.IPv4Network) or not net.subnet_of(ipaddress.IPv4Network("127.0.0.0/8")) \
+            or net.num_addresses > 65536:
+        raise ValueError(f"client sources: a loopback network of at most 65,536 addresses, not {cidr}")
+    return [str(a) for a in (net.hosts() if net.num_addresses > 2 else net)]
+
+
+def clients(port: int, seconds: float, threads: int, t0: float, sources: str | None = None) -> dict[str, float]:
+    """THREADS loops of connect / 64-byte echo / close from 127.0.0.1 (or from the addresses of
+    ``sources`` in turn, thread i starting at the i-th) between the
     CLOCK_MONOTONIC times ``t0`` and ``t0 + seconds``; the rate counts the connections that
     completed in that window, the latency percentiles are theirs. ``stalls`` counts those
     that took >= 0.9 s: their SYN was dropped (a full accept queue drops SYNs) and resent
@@ -311,10 +338,15 @@ def clients(port: int, seconds: float, threads: int, t0: float) -> dict[str, flo
     lats: list[list[float]] = [[] for _ in range(threads)]
     fails = [0] * threads
 
+    addrs = loopback_sources(sources)
+
     def loop(i: int) -> None:
+        k = i
         while (t1 := time.monotonic()) < stop:
+            src = addrs[k % len(addrs)] if addrs else None
+            k += threads
             try:
-                echo_once(port, timeout=2)
+                echo_once(port, timeout=2, source=src)
             except OSError:
                 fails[i] += 1
                 continue
@@ -386,7 +418,7 @@ def python_flood() -> list[str]:
 
 
 def run_clients(port: int, seconds: float, threads: int = 4, flood_cmd: list[str] | None = None,
-                max_attempts: int = 20_000_000, window: int = 16384) -> dict[str, float]:
+                max_attempts: int = 20_000_000, window: int = 16384, sources: str | None = None) -> dict[str, float]:
     """The client loop for ``seconds`` against ``port``; with ``flood_cmd``, under a flood
     that starts 0.5 s before the clients (so they meet it in its steady state) and stops
     0.2 s after them. Returns the clients' numbers, the flood's, and the listen-queue
@@ -399,7 +431,8 @@ def run_clients(port: int, seconds: float, threads: int = 4, flood_cmd: list[str
     before = tcp_ext("ListenOverflows", "ListenDrops")
     try:
         out = subprocess.run(
-            [sys.executable, os.path.join(HERE, "_kernel_bench.py"), "clients", str(port), str(seconds), str(threads), repr(t0)],
+            [sys.executable, os.path.join(HERE, "_kernel_bench.py"), "clients", str(port), str(seconds), str(threads), repr(t0),
+             *([sources] if sources else [])],
             capture_output=True, text=True, check=True, timeout=seconds + 60,
         )
         result: dict[str, float] = json.loads(out.stdout)
@@ -451,7 +484,7 @@ def main(argv: list[str]) -> None:
     elif role == "alternate":
         print(json.dumps(alternate([int(p) for p in argv[1].split(",")], float(argv[2]), int(argv[3]))))
     elif role == "clients":
-        print(json.dumps(clients(int(argv[1]), float(argv[2]), int(argv[3]), float(argv[4]))))
+        print(json.dumps(clients(int(argv[1]), float(argv[2]), int(argv[3]), float(argv[4]), argv[5] if len(argv) > 5 else None)))
     elif role == "flood":  # the same arguments as flood.c; only 127.0.0.0/8 accepted
         a = argv[1:]
         if not (a[1].startswith("127.") and len(a) == 7):

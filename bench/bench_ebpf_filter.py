@@ -38,11 +38,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
+import charts  # noqa: E402
 from sockgate import bpf  # noqa: E402
 from sockgate.ebpf import Options, compile_service  # noqa: E402
 from sockgate.errors import CompileError  # noqa: E402
@@ -126,12 +128,21 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=100_000)
     ap.add_argument("--datagrams", type=int, default=200_000)
     ap.add_argument("--sizes", default="1000,100000")
+    ap.add_argument("--chart", default=str(charts.DOCS / "filter-cost.png"), help="the PNG chart written (bench/charts.py)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        run(a, build_sender(tmp))
+        points = run(a, build_sender(tmp))
+    sizes = sorted({n for p in points.values() for n in p})
+    charts.lines(Path(a.chart), "Per-packet cost of a refused packet against the number of prefixes", sizes,
+                 {name: [p.get(n) for n in sizes] for name, p in points.items()}, "prefixes in the policy",
+                 "ns per refused packet (median)",
+                 charts.caption(f"bench/bench_ebpf_filter.py --runs {a.runs} --sizes {a.sizes}; test run: BPF_PROG_TEST_RUN,"
+                                " no socket; on a socket: over a `ret 0` filter"))
 
 
-def run(a: argparse.Namespace, sender: str) -> None:
+def run(a: argparse.Namespace, sender: str) -> dict[str, dict[int, float]]:
+    """Prints the results; returns the per-packet costs of a refused packet by series and size."""
+    points: dict[str, dict[int, float]] = {}
     print(f"kernel {os.uname().release}, {os.cpu_count()} CPUs; medians of {a.runs} runs")
     for n in (int(x) for x in a.sizes.split(",")):
         svc = policy(n)
@@ -148,6 +159,7 @@ def run(a: argparse.Namespace, sender: str) -> None:
                 ok = median_of(a.runs, lambda: test_run_ns(lo, "127.0.0.1", a.repeat))
                 no = median_of(a.runs, lambda: test_run_ns(lo, "10.0.0.2", a.repeat))
                 print(f"  test run, {name}: allowed {ok:.0f} ns, refused {no:.0f} ns per packet")
+                points.setdefault(f"test run, {name}", {})[n] = no
             filters: dict[str, Callable[[socket.socket], None]] = {
                 name: (lambda u, fd=lo.fd: bpfsys.attach(u, fd)) for name, lo in loaded.items()}
             if cprog is not None:
@@ -160,6 +172,8 @@ def run(a: argparse.Namespace, sender: str) -> None:
             print("  on a socket, per refused datagram over `ret 0` (median [min, max]): "
                   + ", ".join(f"{name} {statistics.median(d):+.0f} [{min(d):+.0f}, {max(d):+.0f}] ns"
                               for name, d in diffs.items()))
+            for name, d in diffs.items():
+                points.setdefault(f"on a socket, {name}", {})[n] = statistics.median(d)
         finally:
             for lo in loaded.values():
                 lo.close()
@@ -167,6 +181,7 @@ def run(a: argparse.Namespace, sender: str) -> None:
               f"{median_of(a.runs, lambda: load_ebpf(svc, Options(protocol='udp'))) * 1000:.0f} ms (with state); "
               f"classic {f'{median_of(a.runs, lambda: load_cbpf(svc)) * 1000:.0f} ms' if cprog else 'does not fit'}; "
               f"nft -f {median_of(a.runs, lambda: load_nft(svc)) * 1000:.0f} ms")
+    return points
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ import argparse
 import ipaddress
 import sys
 import time
+from pathlib import Path
 
+import charts
 from _kernel_bench import Server, machine, median, run_alternate, service_from
 
 
@@ -51,6 +53,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--control", action="store_true", help="A/A check: two plain listeners (ratio should be ~1)")
+    ap.add_argument("--chart", default=str(charts.DOCS / "filter-cost-rate.png"), help="the PNG chart written (bench/charts.py)")
     args = ap.parse_args()
     spec = policy()
     compile_s, ranges, insns = compile_times(spec, args.runs)
@@ -86,6 +89,11 @@ def main() -> int:
     print(f"| {ranges}-range sockgate filter | {filt:,.0f} | {median(ratios):.3f} |")
     print(f"filter vs no filter: {median(ratios):.3f} (median of per-run ratios; runs {', '.join(f'{x:.3f}' for x in ratios)};"
           " target >= 0.95)")
+    if not args.control:
+        charts.bars(Path(args.chart), f"Allowed clients' connection rate with a {ranges}-range filter", ["no filter", f"{ranges}-range sockgate filter"],
+                    {"conn/s": [none, filt]}, "connections/s (median)",
+                    charts.caption(f"bench/bench_filter_cost.py --runs {args.runs} --seconds {args.seconds:g}; the two listeners"
+                                   " alternate connection by connection"))
     return 0
 
 

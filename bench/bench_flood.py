@@ -43,7 +43,9 @@ import argparse
 import os
 import sys
 import tempfile
+from pathlib import Path
 
+import charts
 from _kernel_bench import (
     Libwrap,
     Server,
@@ -76,6 +78,7 @@ def main() -> int:
     ap.add_argument("--window", type=int, default=16384, help="most flood connects in flight")
     ap.add_argument("--python-flood", action="store_true", help="use the Python flood even if cc exists")
     ap.add_argument("--modes", default=",".join(MODES), help="servers to measure, comma-separated")
+    ap.add_argument("--chart", default=str(charts.DOCS / "flood.png"), help="the PNG chart written (bench/charts.py)")
     args = ap.parse_args()
     modes = [m for m in args.modes.split(",") if m]
     if not 0 < args.seconds <= 60 or args.runs < 1 or any(m not in MODES for m in modes):
@@ -93,6 +96,7 @@ def main() -> int:
         runs = measure(args, modes, flood_cmd)
     load.append(os.getloadavg())
     report(args, modes, runs, "python" if flood_cmd[0] == sys.executable else "flood.c", load)
+    chart(args, modes, runs)
     if "libwrap" in modes:
         print(decision_costs())
     return 0
@@ -184,6 +188,19 @@ def report(args: argparse.Namespace, modes: list[str], runs: dict[str, list[Run]
         vs = [a / b if b else float("inf") for a, b in pairs]
         print(f"sockgate vs {NAMES[m]} under the same flood: {median(vs):.1f}x"
               f" (per run {', '.join(f'{v:.1f}' for v in vs)}; target >= 10x)")
+
+
+SHORT = {"kernel": "sockgate (kernel filter)", "libwrap": "accept-then-close (libwrap)",
+         "accept-close": "accept-then-close (sockgate engine)", "inetd-fork": "inetd + tcpd (fork per connection)"}
+
+
+def chart(args: argparse.Namespace, modes: list[str], runs: dict[str, list[Run]]) -> None:
+    """The table's first two columns as bars: allowed clients without and under the flood."""
+    rates = {kind: [median([x[kind]["rate"] for x in runs[m]]) for m in modes] for kind in ("quiet", "flood")}
+    charts.bars(Path(args.chart), "Allowed clients under a denied connect flood", [SHORT[m] for m in modes],
+                {"no flood": rates["quiet"], "under flood": rates["flood"]}, "allowed connections/s (median)",
+                charts.caption(f"bench/bench_flood.py --runs {args.runs} --seconds {args.seconds:g}, {args.threads} client"
+                               f" threads, backlog {args.backlog}, flood from 127.0.0.2 on the same CPUs"))
 
 
 if __name__ == "__main__":

@@ -492,4 +492,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import charts  # the tables printed, drawn as PNG charts in docs/bench/ (bench/charts.py)
+
+    with charts.teed() as tee:
+        code = main()
+    charts.proxy_charts(tee.tables())
+    sys.exit(code)

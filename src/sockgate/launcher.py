@@ -74,7 +74,7 @@ from sockgate.policy.ir import Policy
 from sockgate.resolve import ResolvedService, resolve
 from sockgate.policy.source import printable
 from sockgate.log import LogFormat, LogSink
-from sockgate.refusallog import DEFAULT_INTERVAL, RefusalMonitor, start_refusal_log
+from sockgate.refusallog import DEFAULT_INTERVAL, RefusalMonitor, rule_labels, start_refusal_log
 from sockgate.supervisor import Cancel, Loop, Notifier, SelectorLoop, Supervisor, failure_text
 from sockgate.urls import SocketURL
 
@@ -315,11 +315,6 @@ class BanSweeper:
         if self.cancel is not None:
             self.cancel()
             self.cancel = None
-
-
-def rule_labels(resolved: ResolvedService) -> tuple[str, ...]:
-    """Each rule's ``file:line``, by its index in ``Service.rules`` (the refusal log's cause)."""
-    return tuple(f"{r.span.file}:{r.span.line}" for r in resolved.service.rules)
 
 
 def tcp_listener(sock: socket.socket) -> cutoff.TcpListener:

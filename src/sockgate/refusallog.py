@@ -34,6 +34,7 @@ from sockgate.kernel import pins
 from sockgate.linux import bpfsys
 from sockgate.linux.ringbuf import RingBuffer, RingError
 from sockgate.log import Log, LogFormat, LogSink
+from sockgate.resolve.model import ResolvedService
 from sockgate.supervisor import Cancel, Loop
 
 DEFAULT_INTERVAL = 60.0  # seconds per line per source, as fail2ban's findtime thinks in minutes
@@ -235,6 +236,11 @@ def start_refusal_log(loop: Loop, services: Iterable[str], fmt: LogFormat = "tex
     monitor = RefusalMonitor.pinned(services, refusal_log(fmt, sink, stream), root=root, interval=interval, labels=labels)
     monitor.start(loop)
     return monitor
+
+
+def rule_labels(resolved: ResolvedService) -> tuple[str, ...]:
+    """Each rule's ``file:line``, by its index in ``Service.rules`` (the refusal log's cause)."""
+    return tuple(f"{r.span.file}:{r.span.line}" for r in resolved.service.rules)
 
 
 def _label(labels: Sequence[str], rule: int | None) -> str | None:

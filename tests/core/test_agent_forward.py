@@ -90,3 +90,12 @@ def test_ask_again_makes_every_name_due_and_keeps_the_answers() -> None:
     assert book.due(1) == ("web.test",) and book.in_force(1) == {"web.test": lk("10.0.0.1")}
     book, _ = book.update(ok(1.1, "10.0.0.1"))
     assert book.due(2) == ()
+
+
+def test_an_expired_answer_is_no_time_to_wake_again_and_names_being_asked_are_not_due() -> None:
+    book = NameBook(floor=2).track(["a.test"])
+    assert book.wake_at() == float("-inf") and book.wake_at(asking={"a.test"}) is None
+    book, _ = book.update(Answer("a.test", Lookup("a.test", "a.test", ()), 2.0, 100.0))
+    book, _ = book.update(Answer("a.test", None, 0.0, 101.0, "timed out"))  # refreshing fails
+    assert book.wake_at(now=101.0) == 102.0  # the retry (and the expiry at 102)
+    assert book.wake_at(asking={"a.test"}, now=103.0) is None  # expired, being asked: sleep until the answer

@@ -191,3 +191,10 @@ def test_a_plan_carried_out_leaves_nothing_to_do(socks: list[Observed]) -> None:
     assert second.changes == ()
     assert {u.cookie for u in second.unguarded} == {u.cookie for u in first.unguarded}
     assert set(second.adopted) == set(first.adopted) | {c.cookie for c in first.changes if c.want is not None}
+
+
+def test_a_locked_socket_with_an_earlier_program_of_ours_is_a_stale_guard_with_its_digest() -> None:
+    p = plan(D, [sock(1, 22, guard=GuardState("sockgate", "ssh", "ssh-0", "cbpf", locked=True))], RetryBook(), 0.0)
+    assert p.changes == () and [(u.kind, u.retry_at) for u in p.unguarded] == [("locked", None)]
+    assert p.unguarded[0].reason == ("stale guard: locked (SO_LOCK_FILTER) with sockgate's earlier program (ssh ssh-0), "
+                                     "which stays in force until the socket closes")

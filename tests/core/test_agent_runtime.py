@@ -6,6 +6,7 @@ and sweeps once. (The whole agent runs for real in tests/kernel/test_agent.py.)"
 from __future__ import annotations
 
 import io
+import ipaddress
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -15,11 +16,14 @@ import pytest
 
 from sockgate.agent.applier import Applier
 from sockgate.agent.crowdfeed import CrowdsecFeed
+from sockgate.agent.forward import Answer
 from sockgate.agent.protocol import Ban, Request, Unban, parse_network
 from sockgate.agent.runtime import Agent, Options
 from sockgate.crowdsec.lapi import LapiClient
 from sockgate.crowdsec.session import Session
+from sockgate.errors import SockgateError
 from sockgate.log import Log
+from sockgate.policy.forward import Lookup, Reverse
 from support.fakekernel import FakeOps, fake_kernel
 
 GOOD = "service web tcp/80 {\n    allow 127.0.0.1\n}\nservice mail tcp/25 {\n    allow 10.0.0.0/8\n}\n"
@@ -70,7 +74,7 @@ def test_a_policy_whose_second_service_does_not_compile_keeps_the_running_state(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     a, policy, sweeps, _ = agent(tmp_path, monkeypatch)
     before = a.built
-    policy.write_text(GOOD.replace("allow 10.0.0.0/8", "allow host mail.example.com"))
+    policy.write_text(GOOD.replace("allow 10.0.0.0/8", "allow host .example.com"))  # a reverse lookup: refused
     error = a.reload_now("request")
     assert error is not None
     assert a.built is before and sweeps == []
@@ -136,3 +140,97 @@ def test_unban_of_a_network_another_origin_holds_names_that_origin(
     assert len(a.bans.entries) == 1
     other = a._handle(Request(3, Unban(parse_network("203.0.113.7"))), None)  # type: ignore[arg-type]
     assert other.result is not None and other.result["message"] == "203.0.113.7/32 was not banned"
+
+
+class FakeNames:
+    """A resolver whose answers the test sets (``lookup_all`` is what a build asks)."""
+
+    def __init__(self, addresses: dict[str, tuple[str, ...] | None]) -> None:
+        self.addresses = addresses
+
+    def lookup_all(self, names: Any) -> list[Any]:
+        return [self.answer(n) for n in names]
+
+    def answer(self, name: str) -> Any:
+        got = self.addresses.get(name)
+        if got is None:
+            return Answer(name, None, 0.0, time.monotonic(), "timed out")
+        lookup = Lookup(name, name, tuple(Reverse(ipaddress.ip_address(a), (name,)) for a in got))
+        return Answer(name, lookup, 60.0, time.monotonic())
+
+
+NAMED = GOOD.replace("allow 127.0.0.1", "allow host web.sg.test")
+
+
+def named_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, names: FakeNames) -> tuple[Agent, list[Any]]:
+    policy = tmp_path / "agent.conf"
+    policy.write_text(NAMED)
+    kernel = fake_kernel(FakeOps())
+    a = Agent(Options(files=(str(policy),), backend="cbpf"), kernel, Applier(kernel, lambda *a, **k: 0),  # type: ignore[arg-type]
+              Log("text", io.StringIO(), flush_interval=0), Notes(), resolver=names)  # type: ignore[arg-type]
+    sweeps: list[Any] = []
+    monkeypatch.setattr(a, "sweep", lambda trigger, retired=(), only=None: sweeps.append((trigger, retired)))
+    a.built = a._build(a.bans)
+    a.policy_info = a._policy_info("start", True, None)
+    return a, sweeps
+
+
+def web_digest(a: Agent) -> str:
+    assert a.built is not None
+    spec = a.built.desired.service("web")
+    assert spec is not None and spec.names == ("web.sg.test",)
+    return spec.want.digest
+
+
+def test_a_host_name_is_looked_up_before_the_first_compile_and_a_changed_answer_recompiles_its_services(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    names = FakeNames({"web.sg.test": ("127.0.0.5",)})
+    a, sweeps = named_agent(tmp_path, monkeypatch, names)
+    assert a.built is not None
+    first, mail = web_digest(a), a.built.loaded["mail"]
+    row = a.status()["services"][0]  # type: ignore[index]
+    assert row["names"][0]["addresses"] == ["127.0.0.5"] and row["names"][0]["error"] is None
+    a.namebook, _ = a.namebook.update(names.answer("web.sg.test"))
+    a._refresh()  # the same answer: nothing to do
+    assert sweeps == []
+    names.addresses["web.sg.test"] = ("127.0.0.6",)
+    a.namebook, changed = a.namebook.update(names.answer("web.sg.test"))
+    assert changed
+    a._refresh()
+    assert sweeps == [("names", ())] and web_digest(a) != first
+    assert a.built.loaded["mail"] is mail  # a service without the name keeps its program
+    assert a.policy_info is not None and a.policy_info.trigger == "names"
+
+
+def test_a_failed_lookup_admits_nobody_and_says_so_in_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, _ = named_agent(tmp_path, monkeypatch, FakeNames({}))
+    assert a.built is not None and a.built.answers == {}
+    row = a.status()["services"][0]  # type: ignore[index]
+    assert row["names"][0]["addresses"] == [] and "admits nobody" in row["names"][0]["error"]
+
+
+@pytest.mark.parametrize("pattern", ["PARANOID", ".sg.test", "web.sg.test"])
+def test_a_name_that_needs_a_reverse_lookup_is_still_refused_for_the_kernel(tmp_path: Path, pattern: str) -> None:
+    """hosts_access: PARANOID and a .suffix need the client's name, refused with the reason; an
+    exact name is compiled (its answers; here none: nobody)."""
+    allow, deny = tmp_path / "hosts.allow", tmp_path / "hosts.deny"
+    allow.write_text(f"sshd: {pattern}\n")
+    deny.write_text("ALL: ALL\n")
+    kernel = fake_kernel(FakeOps())
+    a = Agent(Options(hosts_allow=str(allow), hosts_deny=str(deny), backend="cbpf"), kernel,  # type: ignore[arg-type]
+              Applier(kernel, lambda *a, **k: 0), Log("text", io.StringIO(), flush_interval=0), Notes(),  # type: ignore[arg-type]
+              resolver=FakeNames({}))  # type: ignore[arg-type]
+    if pattern == "web.sg.test":
+        assert a._build(a.bans).answers == {}
+        return
+    with pytest.raises(SockgateError, match="host name"):
+        a._build(a.bans)
+
+
+def test_the_same_addresses_in_another_order_are_no_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    names = FakeNames({"web.sg.test": ("127.0.0.5", "127.0.0.6")})
+    a, sweeps = named_agent(tmp_path, monkeypatch, names)
+    names.addresses["web.sg.test"] = ("127.0.0.6", "127.0.0.5")  # round robin
+    a.namebook, _ = a.namebook.update(names.answer("web.sg.test"))
+    a._refresh()
+    assert sweeps == []

@@ -138,3 +138,13 @@ def test_an_impostor_is_listed_apart_and_not_in_the_exit_code() -> None:
     words = " ".join(render(doc).split())
     assert "impostor (name only, not sshd, left alone): tcp 0.0.0.0:2310 15285/sshd uid 65534 exe /usr/bin/python3.11" in words
     assert words.endswith("every selected socket is guarded")
+
+
+def test_a_locked_socket_with_our_earlier_program_reads_stale_not_unguarded_and_names_appear() -> None:
+    stale = GuardState("sockgate", "ssh", "ssh-0", "cbpf", locked=True)
+    why = "stale guard: locked (SO_LOCK_FILTER) with sockgate's earlier program (ssh ssh-0), which stays in force until the socket closes"
+    rows = (ServiceRow(SSH, T, (SocketRow(sock(1, 22, guard=stale, holders=(holder("sshd", "sshd", 812, 3),)), "unguarded", None, why, 1),),
+                       names=(NameRow("web.example.com", (), T + 60, False, "lookup failed (timed out): admits nobody"),)),)
+    text = render(build(AGENT, POLICY, rows, []), width=200)
+    assert "  STALE     tcp 0.0.0.0:22 812/sshd:3\n" in text and why in text
+    assert "  host name web.example.com: no address (lookup failed (timed out): admits nobody)\n" in text

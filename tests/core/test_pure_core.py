@@ -11,7 +11,7 @@ from pathlib import Path
 
 SRC = Path(__file__).parents[2] / "src"
 CORE_PACKAGES = ("sockgate.policy", "sockgate.bpf", "sockgate.ebpf", "sockgate.export")
-CORE_MODULES = ("sockgate.decide", "sockgate.peers", "sockgate.proxy.admission", "sockgate.bans",
+CORE_MODULES = ("sockgate.decide", "sockgate.explain", "sockgate.peers", "sockgate.proxy.admission", "sockgate.bans",
                 "sockgate.crowdsec", "sockgate.crowdsec.stream", "sockgate.crowdsec.session")
 FORBIDDEN_LOADED = ("socket", "_socket", "ctypes", "_ctypes", "asyncio", "select", "selectors", "subprocess")
 FORBIDDEN_IMPORTS = FORBIDDEN_LOADED + ("os", "pathlib", "shutil", "pwd", "grp", "io", "sockgate.linux", "sockgate.loading", "sockgate.guard")

@@ -1,7 +1,8 @@
 """Host names in the kernel against a real resolver (dnsmasq on loopback): an exact name is
 enforced as its forward-then-reverse-confirmed addresses, a changed record is picked up
 within its TTL, a PTR that names someone else keeps an address out, NXDOMAIN admits nobody,
-and a silent or absent resolver fails the lookup within its timeout — closed both ways."""
+and a silent or absent resolver fails the lookup within its timeout — closed both ways.
+The last test is the whole path: a real agent, a real service, real connections."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from sockgate.agent.names import NameResolver
 from sockgate.policy.forward import substitute
 from sockgate.policy.ir import AddrMatch, HostPattern, Policy
 from sockgate.policy.parser import parse_policy
+from kernel.test_agent import BASE, Lab, connects, guarded_by, lab, until  # noqa: F401
 from support.dnslab import Dnsmasq, Silent
 from support.verdicts import local_sockets, tcp_reach
 
@@ -159,3 +161,43 @@ def test_etc_hosts_answers_before_dns(tmp_path: Path, dnsmasq: Dnsmasq) -> None:
     assert web.lookup is not None and [(x.address, x.names) for x in web.lookup.addresses] == [
         (A("127.0.0.7"), ("other.sg.test",))]
     assert substitute(Policy(), {}).rules == ()
+
+
+def test_the_agent_enforces_a_host_name_follows_its_change_within_the_ttl_and_fails_closed(
+        lab: Lab, dnsmasq: Dnsmasq) -> None:
+    dnsmasq.hosts("127.0.0.5 web.sg.test\n")
+    port = BASE + 3
+    policy = lab.path("agent.conf", f"service web tcp/{port} {{\n    allow host web.sg.test\n    default deny\n}}\n")
+    agent = lab.agent(policy, "--resolv-conf", str(dnsmasq.resolv_conf), "--hosts-file", lab.path("hosts", ""))
+    s = lab.server("tcp", port)
+    until("guarded", lambda: guarded_by(s.info, "web"))
+    assert (connects("127.0.0.5", port), connects("127.0.0.6", port), connects("127.0.0.1", port)) == (True, False, False)
+    name = agent.status()["services"][0]["names"][0]
+    assert (name["name"], name["addresses"], name["error"]) == ("web.sg.test", ["127.0.0.5"], None)
+
+    dnsmasq.hosts("127.0.0.6 web.sg.test\n")
+    changed = time.monotonic()
+    until("the new address admitted", lambda: connects("127.0.0.6", port, timeout=0.2), timeout=TTL + 3)
+    took = time.monotonic() - changed
+    assert not connects("127.0.0.5", port) and not connects("127.0.0.1", port)
+    assert took <= TTL + 1.5, took  # refreshed at 90 % of the TTL; 1.5 s for the lookup, compile and attach
+    assert agent.status()["policy"]["last_reload"]["trigger"] == "names"
+
+    dnsmasq.close()  # the resolver goes away: once the answer expires, the name admits nobody
+    until("the name failed closed", lambda: not connects("127.0.0.6", port, timeout=0.2), timeout=TTL + 5)
+    name = until("status says so", lambda: agent.status()["services"][0]["names"][0]
+                 if agent.status()["services"][0]["names"][0]["error"] else None)
+    assert name["addresses"] == [] and "admits nobody" in name["error"], name
+    assert guarded_by(s.info, "web")
+    busy = scheduled(agent.proc.pid)
+    time.sleep(1.0)  # (a measurement window, not a wait for anything)
+    # its loop ran or waited to run for less than half of that second: a failing resolver is
+    # retried with backoff, never in a loop (run + run-queue time, so a loaded machine cannot hide a spin)
+    assert scheduled(agent.proc.pid) - busy < 0.5
+
+
+def scheduled(pid: int) -> float:
+    """Seconds the process's main thread has run or waited on a run queue (schedstat)."""
+    with open(f"/proc/{pid}/task/{pid}/schedstat") as f:
+        run, wait = f.read().split()[:2]
+    return (int(run) + int(wait)) / 1e9

@@ -1,6 +1,7 @@
 """A real scanner's view: a guarded port is `filtered` to a denied host and `open` to an
 allowed one, while the same service behind accept-then-close (the TCP Wrappers way) shows
-`open` to everybody. UDP: a denied host gets no reply, an allowed one gets its echo."""
+`open` to everybody. UDP: a denied host gets no reply, an allowed one gets its echo. Every
+case runs with each backend guarding the port: classic BPF and eBPF."""
 
 from __future__ import annotations
 
@@ -90,15 +91,19 @@ def udp_echo(sock: socket.socket) -> None:
     sock.sendto(data, addr)
 
 
-@pytest.fixture
-def servers(lab: netlab.Lab) -> Iterator[tuple[int, int, int]]:
-    """(guarded tcp port, accept-then-close tcp port, guarded udp echo port) on the server."""
+@pytest.fixture(params=["cbpf", "ebpf"])
+def servers(lab: netlab.Lab, request: pytest.FixtureRequest) -> Iterator[tuple[int, int, int]]:
+    """(guarded tcp port, accept-then-close tcp port, guarded udp echo port) on the server,
+    guarded by each backend in turn (eBPF pinned in the test's own bpffs)."""
+    backend: str = request.param
+    if backend == "ebpf":
+        request.getfixturevalue("bpffs")
     lab.add_client_addresses([ALLOWED])
 
     def make() -> tuple[socket.socket, socket.socket, socket.socket]:
         g = socket.socket()
         g.bind((lab.server_v4, 0))
-        guard(POLICY, g, "scanme")
+        assert guard(POLICY, g, "scanme", backend=backend).backend == backend
         g.listen(64)
         t = socket.socket()
         t.bind((lab.server_v4, 0))
@@ -106,7 +111,7 @@ def servers(lab: netlab.Lab) -> Iterator[tuple[int, int, int]]:
         t.setblocking(False)
         u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         u.bind((lab.server_v4, 0))
-        guard(POLICY, u, "scanme")
+        assert guard(POLICY, u, "scanme", backend=backend).backend == backend
         u.setblocking(False)
         return g, t, u
 

@@ -30,6 +30,7 @@ LAYERS: dict[str, int] = {
     "sockgate.resolve": RESOLVE,  # the resolve pass: model, kernelpart, ranges
     "sockgate.bans": RESOLVE,  # the backend-neutral ban every source and backend shares
     "sockgate.decide": CORE,
+    "sockgate.explain": CORE,  # `explain` as a value: the program, a client's path, the deciding rule
     "sockgate.bpf": CORE,
     "sockgate.export": CORE,
     "sockgate.ebpf": CORE,
@@ -62,6 +63,8 @@ LAYERS: dict[str, int] = {
     "sockgate.probe": ENFORCE,
     "sockgate.agent": ENFORCE,  # `sockgate agent`: pure planners (model …) and edges (watcher …)
     "sockgate.demo": ENFORCE,
+    "sockgate.top": ENFORCE,  # `sockgate top`: pure model and select (snapshots in, rows out), feed (I/O)
+    "sockgate.top.app": ENTRY,  # the textual application over them (the optional `top` extra)
     "sockgate.proxy": ENFORCE,
     "sockgate": ENTRY,
     "sockgate.__main__": ENTRY,
@@ -73,7 +76,9 @@ LAYERS: dict[str, int] = {
 AGENT_EDGES = frozenset({
     "sockgate.agent.watcher", "sockgate.agent.observe", "sockgate.agent.applier", "sockgate.agent.control",
     "sockgate.agent.client", "sockgate.agent.names", "sockgate.agent.files", "sockgate.agent.sources",
-    "sockgate.agent.runtime", "sockgate.agent.bansink", "sockgate.agent.crowdfeed",
+    "sockgate.agent.runtime", "sockgate.agent.bansink", "sockgate.agent.crowdfeed", "sockgate.agent.agentstate",
+    "sockgate.agent.sweeps", "sockgate.agent.transaction", "sockgate.agent.banning", "sockgate.agent.hostnames",
+    "sockgate.agent.refusals",
 })
 
 # Adapters are thin: one kernel facility each, no policy logic.

@@ -202,7 +202,8 @@ def udp_reach(
     batch: int = 100,
 ) -> dict[str, bool]:
     """One datagram from each source to ``dest[family]`` (payload = the source); True = the
-    server received it."""
+    server received it. Datagrams already on their way (forged ones sent just before) are
+    read too, and recorded under their payload."""
     result = {s: False for s in sources}
     server.setblocking(False)
     for chunk in _chunks(sources, batch):
@@ -226,11 +227,15 @@ def _drain_udp(server: socket.socket, result: dict[str, bool], quiet: float = 0.
         except BlockingIOError:
             continue
         src = data.decode()
-        seen = ipaddress.ip_address(addr[0].split("%", 1)[0])
-        if isinstance(seen, ipaddress.IPv6Address) and seen.ipv4_mapped is not None:
-            seen = seen.ipv4_mapped
-        assert seen == ipaddress.ip_address(src), f"datagram says {src} but came from {seen}"
+        seen = unmapped(ipaddress.ip_address(addr[0].split("%", 1)[0]))
+        # a forged ::ffff:a.b.c.d source reads as a.b.c.d, like a genuine IPv4 client's
+        assert seen == unmapped(ipaddress.ip_address(src)), f"datagram says {src} but came from {seen}"
         result[src] = True
+
+
+def unmapped(a: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """``a``, or the IPv4 address an IPv4-mapped IPv6 address carries."""
+    return a.ipv4_mapped if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped is not None else a
 
 
 def loopback_usable(a: ipaddress._BaseAddress) -> bool:

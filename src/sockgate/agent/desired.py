@@ -65,7 +65,8 @@ class Desired:
     def watch_sets(self) -> tuple[frozenset[tuple[str, int]], frozenset[str]]:
         """The watcher's filter: (protocol, port) of every endpoint and map; every daemon's
         name as a comm (at most 15 bytes)."""
-        ports = frozenset((e.proto, p) for s in self.services for e in (*s.selector.endpoints, *s.selector.mapped)
+        ports = frozenset((e.proto, p) for s in self.services
+                          for e in (*s.selector.endpoints, *s.selector.mapped, *s.selector.launched)
                           for p in range(e.first, e.last + 1))
         comms = frozenset(comm_name(s.selector.daemon) for s in self.services if s.selector.daemon is not None)
         return ports, comms
@@ -78,10 +79,13 @@ def native_endpoints(service: Service) -> tuple[Endpoint, ...]:
 
 def build(policy: Policy, literal_daemons: Iterable[str], maps: Mapping[str, tuple[Endpoint, ...]],
           compile: Callable[[str], Program], loaded_at: float,
-          refusals: Mapping[str, str] | None = None, names: Mapping[str, tuple[str, ...]] | None = None) -> Desired:
+          refusals: Mapping[str, str] | None = None, names: Mapping[str, tuple[str, ...]] | None = None,
+          launched: Mapping[str, tuple[Endpoint, ...]] | None = None) -> Desired:
     """The desired state of ``policy``; ``literal_daemons`` are the daemon names its hosts_access
     rules name literally, ``maps`` the ``--map`` ports per daemon, ``compile(service_name)``
-    the program of one service. Raises rather than returning part of it."""
+    the program of one service; ``names`` the host names each service uses (read only after
+    that service's ``compile``, so a compile may fill it); ``launched`` the ports super-servers
+    listen on for a daemon (``superserver.launches_for``). Raises rather than returning part of it."""
     natives = [s for s in policy.services if native_endpoints(s)]
     native_names = {fold(s.name) for s in natives}
     for daemon in maps:
@@ -92,8 +96,9 @@ def build(policy: Policy, literal_daemons: Iterable[str], maps: Mapping[str, tup
         (s.name, "native", Selector(endpoints=native_endpoints(s))) for s in natives]
     for daemon in daemon_names(literal_daemons, maps):
         if fold(daemon) not in native_names:  # native over hosts_access, as policy.merge
-            selectors.append((daemon, "hosts_access", Selector(daemon=daemon, mapped=_mapped(maps, daemon))))
-    specs = tuple(_spec(name, origin, sel, compile, refusals or {}, names or {}) for name, origin, sel in selectors)
+            selectors.append((daemon, "hosts_access", Selector(daemon=daemon, mapped=_mapped(maps, daemon),
+                                                                launched=(launched or {}).get(daemon, ()))))
+    specs = tuple(_spec(name, origin, sel, compile, refusals or {}, {} if names is None else names) for name, origin, sel in selectors)
     return Desired(policy.digest(), specs, loaded_at)
 
 

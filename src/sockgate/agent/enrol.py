@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Protocol, Sequence, Union
 
 from sockgate.agent.model import COMM_LEN, Endpoint, HolderInfo, Observed, Selector, Want
+from sockgate.agent.superserver import is_superserver
 from sockgate.policy.hostmatch import fold
 
 _KEYWORDS = frozenset({"all", "local", "known", "unknown", "paranoid"})
@@ -120,12 +121,15 @@ def impostor(daemon: str, h: HolderInfo) -> bool:
 
 def select(desired: Services, sock: Observed) -> Selected:
     """The service ``sock`` belongs to. Precedence: a native service's endpoint, then a
-    ``--map`` endpoint, then a holder that is an enrolled daemon; two claims at the first
+    ``--map`` endpoint, then a port a super-server (``superserver.is_superserver``) holds for
+    a daemon, then a holder that is an enrolled daemon; two claims at the first
     level that has any are a ``Conflict``. (The build refuses two native services or two maps
     on one port, so in practice only holders conflict.)"""
     levels = (
         [s for s in desired.services if any(e.covers(sock.proto, sock.port) for e in s.selector.endpoints)],
         [s for s in desired.services if any(e.covers(sock.proto, sock.port) for e in s.selector.mapped)],
+        [s for s in desired.services if any(e.covers(sock.proto, sock.port) for e in s.selector.launched)
+         and any(is_superserver(h) for h in sock.holders)],
         [s for s in desired.services if s.selector.daemon is not None
          and any(process_matches(s.selector.daemon, h) for h in sock.holders)],
     )

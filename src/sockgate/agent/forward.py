@@ -17,7 +17,7 @@ Pure: the clock is passed in (``now``, seconds on any monotonic scale); the look
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -110,10 +110,12 @@ class NameBook:
         """The names to look up now."""
         return tuple(n for n, e in self.entries.items() if self._next(e) <= now)
 
-    def wake_at(self) -> float | None:
-        """The next time something is due or an answer expires (None: nothing tracked)."""
-        times = [self._next(e) for e in self.entries.values()]
-        times += [self.expires(e.good) for e in self.entries.values() if e.good is not None]
+    def wake_at(self, asking: Container[str] = (), now: float = float("-inf")) -> float | None:
+        """The next time something is due or an answer expires (None: nothing tracked); the
+        names in ``asking`` (looked up now) are not due again until their answer comes, and
+        answers that expired by ``now`` are past (not a time to wake for again)."""
+        times = [self._next(e) for n, e in self.entries.items() if n not in asking]
+        times += [t for e in self.entries.values() if e.good is not None and (t := self.expires(e.good)) > now]
         return min(times, default=None)
 
     def in_force(self, now: float) -> dict[str, Lookup]:

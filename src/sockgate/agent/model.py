@@ -58,6 +58,7 @@ class Selector:
     endpoints: tuple[Endpoint, ...] = ()
     daemon: str | None = None
     mapped: tuple[Endpoint, ...] = ()
+    launched: tuple[Endpoint, ...] = ()  # ports a super-server listens on for the daemon (agent/superserver.py)
 
     def covers_port(self, proto: str, port: int) -> bool:
         """Whether the port alone puts a socket in this service (the daemon needs its holder)."""

@@ -35,6 +35,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import dns.exception
@@ -53,6 +54,7 @@ HOSTS_TTL = 3600.0  # an /etc/hosts answer: asked again hourly, or when the file
 NEGATIVE_TTL = 10.0  # NXDOMAIN, or a name or address without records of the type asked
 MAX_ADDRESSES = 64
 HOSTS_LIMIT = 4 << 20  # bytes of /etc/hosts read at most
+PARALLEL = 8  # names looked up at once by lookup_all
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,21 @@ class NameResolver:
         except (dns.exception.DNSException, ValueError) as e:  # a name DNS cannot carry
             return Answer(key(name), None, 0.0, fetched, str(e) or type(e).__name__)
         return Answer(key(name), lk, ttl, fetched)
+
+    def lookup_all(self, names: Iterable[str]) -> list[Answer]:
+        """Every name's answer at once (a thread each, at most ``PARALLEL``): all within about
+        ``timeout`` seconds, for a policy that needs its names before it can be compiled."""
+        todo = list(dict.fromkeys(names))
+        if not todo:
+            return []
+        with ThreadPoolExecutor(max_workers=min(PARALLEL, len(todo)), thread_name_prefix="sockgate-names") as pool:
+            return list(pool.map(self._answer, todo))
+
+    def _answer(self, name: str) -> Answer:
+        try:
+            return self.lookup(name)
+        except Exception as e:  # a bug must not leave a name unanswered: it failed
+            return Answer(key(name), None, 0.0, self.clock(), f"lookup failed: {type(e).__name__}: {e}")
 
     def _lookup(self, name: str, deadline: float) -> tuple[Lookup, float]:
         hosts = self._hosts()
@@ -216,10 +233,7 @@ class NameResolver:
 
     def _work(self) -> None:
         while (name := self._queue.get()) is not None:
-            try:
-                answer = self.lookup(name)
-            except Exception as e:  # a bug must not leave a name unanswered forever: it failed
-                answer = Answer(key(name), None, 0.0, self.clock(), f"lookup failed: {type(e).__name__}: {e}")
+            answer = self._answer(name)
             with self._lock:
                 if self._event < 0:
                     return

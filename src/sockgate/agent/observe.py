@@ -22,7 +22,7 @@ sock_diag answers for the reader's namespace (a per-namespace scan is the invent
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Container, Literal, Sequence
 
 from sockgate.agent.model import Family, GuardState, HolderInfo, Observed, Proto, SocketEvent
@@ -59,9 +59,11 @@ class Held:
 
 @dataclass
 class Look:
-    """One look's sockets by cookie; closes every duplicate on exit."""
+    """One look's sockets by cookie; closes every duplicate, and the pidfds they were borrowed
+    through, on exit."""
 
     held: dict[int, Held] = field(default_factory=dict)
+    pidfds: pidfd.PidfdCache = field(default_factory=pidfd.PidfdCache)
 
     def __enter__(self) -> Look:
         return self
@@ -73,6 +75,7 @@ class Look:
         for h in self.held.values():
             h.close()
         self.held.clear()
+        self.pidfds.close()
 
     @property
     def observed(self) -> list[Observed]:
@@ -91,13 +94,18 @@ def guard_state(info: GuardInfo) -> GuardState:
 
 
 class Observer:
-    def __init__(self, kernel: Kernel, proc: str = procfs.PROC, keep: Callable[[Observed], bool] = lambda o: True) -> None:
+    def __init__(self, kernel: Kernel, proc: str = procfs.PROC, keep: Callable[[Observed], bool] = lambda o: True,
+                 named: Callable[[HolderInfo], bool] = lambda h: True) -> None:
         """``keep``: whether a socket (its address and holders, before anything is read from it)
         is worth borrowing — the policy selects it, or it carries our program — so that a
-        daemon's scan of every port does not reach into every other process's sockets."""
+        daemon's scan of every port does not reach into every other process's sockets.
+        ``named``: whether a holder has the name of a daemon the policy enrols — only then are
+        its uid and executable read (``_identified``), which ``keep`` needs to tell the daemon
+        from a process that took its name."""
         self.kernel = kernel
         self.proc = proc
         self.keep = keep
+        self.named = named
 
     def scan(self, ports: Container[int], only: Container[int] | None = None) -> Look:
         """Every listener on ``ports`` (``only``: of these cookies), borrowed."""
@@ -106,7 +114,7 @@ class Observer:
             for f in listeners(ports, PROTOS, proc=self.proc).found:
                 if f.sock.cookie is None or (only is not None and f.sock.cookie not in only):
                     continue
-                held = self._hold(f)
+                held = self._hold(f, look.pidfds)
                 if held is not None:
                     look.held[held.observed.cookie] = held
         except BaseException:
@@ -124,7 +132,7 @@ class Observer:
                 f for f in listeners({ev.port}, (ev.proto,), proc=self.proc).found
                 if f.sock.cookie == ev.cookie or not ev.cookie]  # no cookie: every socket on the port
             for f in candidates:
-                held = self._hold(f)
+                held = self._hold(f, look.pidfds)
                 if held is not None:
                     look.held[held.observed.cookie] = held
             if not look.held and isinstance(found, str):
@@ -137,7 +145,7 @@ class Observer:
     def _denied(self, ev: SocketEvent, why: str, look: Look) -> None:
         """The event's socket as the event tells it, unreadable (the planner reports and retries
         it): its process may not be looked into, and no scan of ours sees it either."""
-        holders = tuple(h for h in [_holder_info(ev.pid, self.proc)] if h is not None)
+        holders = tuple(h for h in [self._holder_info(ev.pid, look.pidfds)] if h is not None)
         o = Observed(ev.cookie, ev.proto, ev.family, "", ev.port, _netns(holders, self.proc), holders,
                      GuardState("none"), why)
         if self.keep(o):
@@ -165,11 +173,12 @@ class Observer:
                 return Found(sock, (named,)) if named is not None and guardable(sock) else None
         return None
 
-    def _hold(self, f: Found) -> Held | None:
+    def _hold(self, f: Found, pidfds: pidfd.PidfdCache) -> Held | None:
         s = f.sock
         if s.cookie is None or s.local_port is None or s.proto not in PROTOS:
             return None
-        holders = tuple(_info(h.pid, h.fds[0], h.name or "", h.argv0, self.proc) for h in f.holders if h.fds)
+        holders = tuple(self._holder(HolderInfo(h.pid, h.fds[0], h.name or "", h.argv0), pidfds)
+                        for h in f.holders if h.fds)
         family: Family = 6 if s.family == "ipv6" else 4
         proto: Proto = "tcp" if s.proto == "tcp" else "udp"
         base = Observed(s.cookie, proto, family, s.local_addr or "", s.local_port,
@@ -180,7 +189,7 @@ class Observer:
         reasons: list[str] = []
         for h in holders:
             try:
-                dup = _borrow(h, s.cookie)
+                dup = _borrow(h, s.cookie, pidfds)
             except SockgateError as e:
                 reasons.append(str(e))
                 continue
@@ -201,25 +210,43 @@ class Observer:
         return Held(_unreadable(base, why), None, label)
 
 
+    def _holder_info(self, pid: int, pidfds: pidfd.PidfdCache) -> HolderInfo | None:
+        n = procfs.names(pid, self.proc)
+        return None if n is None else self._holder(HolderInfo(pid, -1, n.comm or "", n.argv0), pidfds)
+
+    def _holder(self, h: HolderInfo, pidfds: pidfd.PidfdCache) -> HolderInfo:
+        """``h`` with its uid and executable when its name is an enrolled daemon's; a holder
+        no daemon name matches is never looked into further."""
+        return _identified(h, pidfds, self.proc) if self.named(h) else h
+
+
+def _identified(h: HolderInfo, pidfds: pidfd.PidfdCache, proc: str) -> HolderInfo:
+    """``h`` with the facts that tell the daemon from a process that took its name, read while
+    a pidfd holds the process: the pidfd is opened first, /proc/PID read — its names again and
+    who it is — then the pidfd asked whether the process still lives. If it does, the pid named
+    that one process throughout (a pid is reused only after its process is gone), so name and
+    identity are one process's, and the socket is later borrowed through that same pidfd. A
+    process that exited meanwhile (or one we may not open) keeps no identity: never enrolled."""
+    try:
+        pfd = pidfds.pidfd(h.pid)
+    except SockgateError:
+        return h
+    n = procfs.names(h.pid, proc)
+    i = procfs.identity(h.pid, proc)
+    if n is None or pidfd.exited(pfd):
+        return h
+    return replace(h, comm=n.comm or "", argv0=n.argv0, euid=i.euid, exe=i.exe, exe_root_owned=i.exe_root_owned)
+
+
 def _named(h: Holder, proc: str) -> Holder | None:
     n = procfs.names(h.pid, proc)
     return None if n is None else Holder(h.pid, n.comm, None, h.fds, n.argv0)
 
 
-def _holder_info(pid: int, proc: str) -> HolderInfo | None:
-    n = procfs.names(pid, proc)
-    return None if n is None else _info(pid, -1, n.comm or "", n.argv0, proc)
-
-
-def _info(pid: int, fd: int, comm: str, argv0: str | None, proc: str) -> HolderInfo:
-    """A holder with the facts that tell the daemon from a process that took its name."""
-    i = procfs.identity(pid, proc)
-    return HolderInfo(pid, fd, comm, argv0, i.euid, i.exe, i.exe_root_owned)
-
-
-def _borrow(h: HolderInfo, cookie: int) -> int | None:
-    """Our duplicate of ``h``'s descriptor when it still is socket ``cookie``."""
-    dup = pidfd.getfd(h.pid, h.fd)
+def _borrow(h: HolderInfo, cookie: int, pidfds: pidfd.PidfdCache) -> int | None:
+    """Our duplicate of ``h``'s descriptor when it still is socket ``cookie`` — through the
+    pidfd its identity was read under, so both are the same process's."""
+    dup = pidfds.dup(h.pid, h.fd)
     try:
         same = bpfsys.socket_cookie(dup) == cookie
     except SockgateError:

@@ -207,7 +207,10 @@ def _stuck_reason(g: GuardState) -> tuple[UnguardedKind, str] | None:
             return "foreign", f"carries a filter sockgate did not put there{lock}; left as it is"
         case "modified":
             return "modified", f"carries a modified sockgate filter (claims {g.service} {g.digest}){lock}; left as it is"
-        case "none" | "sockgate":
+        case "sockgate":
+            return ("locked", f"stale guard: locked (SO_LOCK_FILTER) with sockgate's earlier program ({g.service} "
+                              f"{g.digest}), which stays in force until the socket closes") if g.locked else None
+        case "none":
             return ("locked", "its filter is locked (SO_LOCK_FILTER): it cannot be changed until the socket closes") if g.locked else None
         case _ as unreachable:
             assert_never(unreachable)

@@ -67,6 +67,15 @@ class ImpostorRow:
 
 
 @dataclass(frozen=True)
+class SuperservedRow:
+    """A listener a super-server (xinetd, inetd, systemd) holds on a port no configuration the
+    agent read maps to a daemon: if it starts a daemon the policy names, that daemon is NOT
+    guarded there. Listed apart; not in the exit code (it may well run nothing the policy names)."""
+
+    sock: Observed
+
+
+@dataclass(frozen=True)
 class Refusals:
     total: int
     sources: int
@@ -139,7 +148,7 @@ COUNTERS = ("adopted", "attached", "reloaded", "replaced", "detached", "destroye
 
 def build(agent: AgentInfo, policy: PolicyInfo, services: Sequence[ServiceRow], bans: Sequence[BanRow],
           sources: Mapping[str, Mapping[str, Any]] | None = None, errors: Sequence[str] = (),
-          impostors: Sequence[ImpostorRow] = ()) -> dict[str, Any]:
+          impostors: Sequence[ImpostorRow] = (), superserved: Sequence[SuperservedRow] = ()) -> dict[str, Any]:
     doc = {
         "schema": SCHEMA_VERSION,
         "agent": _agent(agent),
@@ -152,6 +161,7 @@ def build(agent: AgentInfo, policy: PolicyInfo, services: Sequence[ServiceRow], 
         "unguarded": sum(1 for s in services for r in s.sockets if r.state in ("unguarded", "retrying")),
         "errors": list(errors),
         "impostors": [_impostor(i) for i in impostors],
+        "superserved": [_superserved(r) for r in superserved],
     }
     check(doc)
     return doc
@@ -203,6 +213,13 @@ def _impostor(i: ImpostorRow) -> dict[str, Any]:
             "holders": [{"pid": h.pid, "comm": h.comm, "argv0": h.argv0, "uid": h.euid, "exe": h.exe} for h in o.holders]}
 
 
+def _superserved(r: SuperservedRow) -> dict[str, Any]:
+    o = r.sock
+    host = f"[{o.local_addr}]" if o.family == 6 else o.local_addr
+    return {"proto": o.proto, "local": f"{host}:{o.port}", "port": o.port,
+            "holders": [{"pid": h.pid, "comm": h.comm, "argv0": h.argv0, "uid": h.euid, "exe": h.exe} for h in o.holders]}
+
+
 def _bans(rows: Sequence[BanRow]) -> dict[str, Any]:
     by: dict[str, int] = {}
     for b in rows:
@@ -247,6 +264,8 @@ SCHEMA: dict[str, Any] = {
     "errors": [str],
     "impostors": [{"service": str, "proto": ("tcp", "udp"), "local": str,
                    "holders": [{"pid": int, "comm": str, "argv0": ("?", str), "uid": ("?", int), "exe": ("?", str)}]}],
+    "superserved": [{"proto": ("tcp", "udp"), "local": str, "port": int,
+                     "holders": [{"pid": int, "comm": str, "argv0": ("?", str), "uid": ("?", int), "exe": ("?", str)}]}],
 }
 
 
@@ -346,6 +365,10 @@ def render(doc: Mapping[str, Any], width: int = WIDTH) -> str:
     for i in doc["impostors"]:
         who = " ".join(_who(h) for h in i["holders"])
         lines.append(f"impostor (name only, not {i['service']}, left alone): {i['proto']} {i['local']} {who}")
+    for r in doc["superserved"]:
+        who = " ".join(_who(h) for h in r["holders"])
+        lines.append(f"held by a super-server for an unknown daemon: {r['proto']} {r['local']} {who}; a daemon the "
+                     f"policy names started from it is NOT guarded (--map DAEMON={r['proto']}/{r['port']})")
     n = doc["unguarded"]
     seen = "" if a["watch"]["mode"] != "poll" else " (polling: this network namespace only)"
     lines.append(f"{_count(n, 'socket')} NOT guarded" if n else f"every selected socket is guarded{seen}")
@@ -361,17 +384,26 @@ def _service_text(s: Mapping[str, Any]) -> list[str]:
     out = [f"{s['name']} ({what}{eps}): {s['backend']} {s['digest']}, {_count(len(s['sockets']), 'socket')}{refused}{maps}"]
     if s["kernel_refusal"]:
         out.append(f"  in user space only: {s['kernel_refusal']}")
+    for n in s["names"]:
+        said = ", ".join(n["addresses"]) or "no address"
+        out.append(f"  host name {n['name']}: {said}" + (f" ({n['error']})" if n["error"] else ""))
     if s["no_listener"]:
         out.append(f"  no listening socket seen: if inetd, xinetd or systemd socket activation holds its listener, "
                    f"that listener is NOT guarded; map its port: --map {s['daemon']}=tcp/PORT")
     for k in s["sockets"]:
         holders = " ".join(f"{h['pid']}/{h['argv0'] or h['comm']}:{h['fd']}" for h in k["holders"]) or "no holder"
-        state = k["state"] if k["state"] in ("guarded", "adopted") else k["state"].upper()
+        state = k["state"] if k["state"] in ("guarded", "adopted") else _stale(k) or k["state"].upper()
         out.append(f"  {state:<9} {k['proto']} {k['local']} {holders}")
         if k["error"]:
             retry = f" (attempt {k['attempts']}, next {k['retry_at']})" if k["retry_at"] else ""
             out.append(f"    {k['error']}{retry}")
     return out
+
+
+def _stale(k: Mapping[str, Any]) -> str | None:
+    """``STALE`` for a socket not guarded as the policy wants that still carries an earlier
+    sockgate program (a locked filter): it is not unfiltered, but not this policy either."""
+    return "STALE" if k["guard"]["state"] == "sockgate" else None
 
 
 def _who(h: Mapping[str, Any]) -> str:

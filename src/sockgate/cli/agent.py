@@ -32,6 +32,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--control-group", metavar="GROUP", help="the group that may use the control socket (default: root only)")
     p.add_argument("--notify", action="store_true", help="report READY/RELOADING/STOPPING to $NOTIFY_SOCKET (systemd)")
     add_log_args(p, "log to syslog (daemon facility) instead of stderr")
+    p.add_argument("--refusal-interval", type=float, default=60.0, metavar="SECONDS",
+                   help="eBPF services: one refusal line per source per SECONDS in the log (default 60)")
     p.add_argument("--keep-established", action="store_true",
                    help="do not end established connections a new or reloaded guard denies (bans still end them)")
     p.add_argument("--watch", choices=("auto", "cgroup-bpf", "poll"), default="auto",
@@ -41,6 +43,17 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state", metavar="PATH",
                    help="keep the bans in this file, so they outlive the agent (the unit: /var/lib/sockgate/bans.json)")
     p.add_argument("--sweep", type=float, default=300.0, metavar="SECONDS", help="full rescan interval (default 300)")
+    p.add_argument("--xinetd-conf", metavar="PATH", default="/etc/xinetd.conf",
+                   help="xinetd's configuration: the ports it listens on for daemons hosts.allow names (default /etc/xinetd.conf)")
+    p.add_argument("--inetd-conf", metavar="PATH", default="/etc/inetd.conf",
+                   help="inetd's configuration, for the same (default /etc/inetd.conf)")
+    p.add_argument("--systemd-units", action="append", metavar="DIR",
+                   help="a systemd unit directory whose .socket units say which daemon a port starts (repeatable;"
+                        " default the system's, in systemd's order)")
+    p.add_argument("--resolv-conf", metavar="PATH", default="/etc/resolv.conf",
+                   help="the resolver configuration for host names in rules (default /etc/resolv.conf)")
+    p.add_argument("--hosts-file", metavar="PATH", default="/etc/hosts",
+                   help="the hosts file asked before DNS for host names in rules (default /etc/hosts)")
     p.add_argument("--crowdsec", metavar="URL", help="enforce the decisions of this CrowdSec LAPI (http(s)://host:port)")
     p.add_argument("--crowdsec-key-file", metavar="PATH", help="the bouncer's API key (cscli bouncers add NAME -o raw)")
     p.add_argument("--crowdsec-interval", type=float, default=10.0, metavar="SECONDS",
@@ -86,7 +99,8 @@ def crowdsec_feed(args: argparse.Namespace) -> CrowdsecFeed | None:
 def run(args: argparse.Namespace) -> int:
     from sockgate import __version__
     from sockgate.agent.applier import Applier
-    from sockgate.agent.runtime import Agent, Options
+    from sockgate.agent.names import NameResolver
+    from sockgate.agent.runtime import SYSTEMD_UNITS, Agent, Options
     from sockgate.guard import backend_choice, require_kernel
     from sockgate.kernel import Kernel, default_kernel
     from sockgate.kernel.bpfops import LinuxBpf
@@ -99,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.policy_files and args.hosts_allow is None and args.hosts_deny is None:
         raise UsageError("agent: no policy: give POLICY files or --hosts-allow/--hosts-deny")
+    if not 0.1 <= args.refusal_interval <= 86400:
+        raise UsageError("agent: --refusal-interval must be between 0.1 and 86400 seconds")
     if args.sweep <= 0:
         raise UsageError("agent: --sweep must be more than 0 seconds")
     crowdsec = crowdsec_feed(args)
@@ -106,7 +122,9 @@ def run(args: argparse.Namespace) -> int:
     opts = Options(tuple(args.policy_files), args.hosts_allow, args.hosts_deny, parse_maps(args.map),
                    backend_choice(args.backend), args.control, args.control_group, args.keep_established,
                    args.watch, args.cgroup, args.bpffs, args.sweep, __version__, args.state,
-                   tuple(args.crowdsec_exempt))
+                   tuple(args.crowdsec_exempt), xinetd_conf=args.xinetd_conf, inetd_conf=args.inetd_conf,
+                   systemd_units=tuple(args.systemd_units) if args.systemd_units else SYSTEMD_UNITS,
+                   log_format=args.log_format, log_sink=log_sink(args), refusal_interval=args.refusal_interval)
     log = Log(args.log_format, sys.stderr, sink=log_sink(args), ident="sockgate-agent")
 
     def say(text: str) -> None:
@@ -116,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
     notifier = Notifier(args.notify, say)
     kernel = default_kernel() if args.bpffs is None else Kernel(
         [ClassicBackend(LINUX_OPS), EbpfBackend(LinuxBpf(), args.bpffs)], LINUX_OPS)  # eBPF guards pinned there too
-    agent = Agent(opts, kernel, Applier(kernel, destroy_tcp), log, notifier, crowdsec=crowdsec)
+    resolver = NameResolver(args.resolv_conf, args.hosts_file)
+    agent = Agent(opts, kernel, Applier(kernel, destroy_tcp), log, notifier, crowdsec=crowdsec, resolver=resolver)
     sup = Supervisor(agent, notifier)
     loop = SelectorLoop()
     try:

@@ -37,6 +37,7 @@ COMMANDS: dict[str, str] = {
     "status": "what the running agent guards, and what it could not",
     "ban": "refuse a source on the agent's services, for a while or until unbanned",
     "unban": "lift a ban set with sockgate ban",
+    "top": "a live view of sockets, refusals, bans and the agent's health",
 }
 
 class _Parser(argparse.ArgumentParser):

@@ -13,6 +13,7 @@ import ctypes
 import errno
 import os
 import platform
+import select
 from typing import Iterator
 
 from sockgate.errors import AdapterError
@@ -66,6 +67,13 @@ def getfd_from(pfd: int, pid: int, target_fd: int) -> int:
     return int(res)
 
 
+def exited(pfd: int) -> bool:
+    """Whether the process of pidfd ``pfd`` has exited (its pid may then be another's)."""
+    poller = select.poll()
+    poller.register(pfd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 @contextlib.contextmanager
 def borrowed(pid: int, target_fd: int) -> Iterator[int]:
     """``with borrowed(pid, fd) as ours:`` — the duplicate is closed on exit."""
@@ -96,6 +104,10 @@ class PidfdCache:
         if pid == os.getpid():
             with translated(f"dup fd {target_fd}"):
                 return os.dup(target_fd)
+        return getfd_from(self.pidfd(pid), pid, target_fd)
+
+    def pidfd(self, pid: int) -> int:
+        """The pidfd of ``pid``, opened on first use (it names that process for its life)."""
         got = self._pidfds.get(pid)
         if got is None:
             try:
@@ -106,7 +118,7 @@ class PidfdCache:
             self._pidfds[pid] = got
         if isinstance(got, AdapterError):
             raise got
-        return getfd_from(got, pid, target_fd)
+        return got
 
     def close(self) -> None:
         for v in self._pidfds.values():

@@ -1,0 +1,96 @@
+"""The agent's ban book in force: manual bans and unbans, expiry, CrowdSec's decisions.
+
+A changed book goes to the kernel in one of two ways (``agent/bansink.py``): eBPF services
+take it in their ban maps in place (no compile, no re-attach); classic services are compiled
+again with their effective bans and swapped in through the same all-or-nothing transaction as
+a reload (trigger ``bans``). Only when that worked is the book the agent's, saved to the state
+file, and the banned sources' established connections ended; otherwise the previous bans stay
+and the caller gets the reason.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from sockgate.agent import bansink
+from sockgate.agent.banbook import BanBook
+from sockgate.agent.protocol import Ban
+from sockgate.agent.hostnames import HostNames
+from sockgate.agent.transaction import failure_text
+from sockgate.bans import BannedPrefix
+from sockgate.crowdsec.stream import Report
+from sockgate.errors import SockgateError
+from sockgate.policy.ir import IPNetwork
+
+
+class Banning(HostNames):
+    def _set_bans(self, book: BanBook[BannedPrefix], save_within: float = 0.0) -> str | None:
+        """``book`` in force: eBPF services' maps in place, classic services compiled again
+        and applied (bansink.py); the error when nothing changed. Saved within ``save_within``
+        seconds (now by default; CrowdSec's changes: ``bansink.CROWDSEC_SAVE_S`` says why)."""
+        assert self.built is not None
+        old = self.built
+        now_ns = time.monotonic_ns()
+        try:
+            if bansink.needs_program(old.loaded):
+                maps = {n: p for n, p in old.loaded.items() if bansink.bans_in(p) == "maps"}
+                built = self._build(book, old.policy, keep=maps)
+            else:
+                bansink.push(self.kernel, old.loaded, lambda n: self._effective(book, n, now_ns))
+                built = old
+        except SockgateError as e:
+            return failure_text(e)
+        self.bans = book
+        if built is not old:
+            self._swap(built, "bans")
+        self._arm_expiry()
+        self.saver.save(self.opts.state, book, self.loop, save_within)
+        return None
+
+    def _ban(self, body: Ban) -> str | None:
+        assert self.built is not None
+        if body.service is not None and self.built.desired.service(body.service) is None:
+            return f"no service {body.service} in the agent's policy"
+        error = self._set_bans(self.bans.add(bansink.entry(body.net, body.seconds, body.origin, body.service,
+                                                            body.reason, time.monotonic_ns())))
+        if error is None:
+            self._end_banned([body.net], body.service)
+        return error
+
+    def _arm_expiry(self) -> None:
+        end = self.bans.next_expiry()
+        if end is not None:
+            self._arm("bans", (end - time.monotonic_ns()) / 1e9 + 0.01, self._on_expiry)
+
+    def _on_expiry(self) -> None:
+        self._timers.pop("bans", None)
+        self._guarded(lambda: self._expire())
+
+    def _expire(self) -> None:
+        error = self._set_bans(self.bans.expire(time.monotonic_ns()))
+        if error is not None:
+            self.log.record("error", message=f"lifting expired bans: {error}")
+
+    def _on_crowdsec(self, report: Report) -> None:
+        """A pull that changed CrowdSec's bans: the origin's entries replaced by the decisions
+        held, in force on every service but the exempt ones, their connections ended."""
+        if not (report.changed or report.startup) or self.crowdsec is None:
+            return
+        book, new = self.crowdsec.book(self.bans, report, time.monotonic_ns())
+        error = None if book == self.bans else self._set_bans(book, bansink.CROWDSEC_SAVE_S)
+        if error is not None:
+            self.log.record("error", message=f"CrowdSec decisions not applied, the previous bans stay: {error}")
+        elif new:
+            self._end_banned(new, lambda s: s not in self.opts.crowdsec_exempt)
+        self.log.flush()
+
+    def _end_banned(self, nets: list[IPNetwork], service: str | None | Callable[[str], bool]) -> None:
+        wanted = service if callable(service) else (lambda s: service is None or s == service)
+        socks = [r.row.sock for r in self.rows.values() if wanted(r.service)]
+        try:
+            n = self.applier.end_banned(socks, nets)
+        except SockgateError as e:
+            self.log.record("error", message=f"could not end the banned source's connections: {e}")
+            return
+        self.counters["destroyed"] += n
