@@ -63,7 +63,10 @@ s.bind(("0.0.0.0", int(sys.argv[1])))
 s.listen(1024)
 print(os.getpid(), flush=True)
 while True:
-    c, _ = s.accept()
+    try:
+        c, _ = s.accept()
+    except OSError:  # ended before its accept (a ban's SOCK_DESTROY)
+        continue
     c.close()
 """
 
@@ -85,6 +88,14 @@ class Host:
 
     def status(self) -> dict[str, Any]:
         return dict(call(self.control, Status()).result or {})
+
+    def bouncer(self) -> dict[str, Any]:
+        """What the agent's status says of its bouncer and bans (for a failure's message)."""
+        try:
+            st = self.status()
+            return {"crowdsec": st["sources"]["crowdsec"], "bans": st["bans"]["items"]}
+        except (SockgateError, KeyError, TypeError) as e:
+            return {"status": str(e)}
 
     def pulling(self) -> bool:
         try:
@@ -122,7 +133,7 @@ class Fleet:
         while left:
             at = time.monotonic()
             assert at < deadline, f"hosts {[h.index for h in left]} did not {'drop' if banned else 'readmit'} {src}" \
-                                  f" within {timeout} s"
+                                  f" within {timeout} s: {[h.bouncer() for h in left]}"
             if banned:
                 hit = self.dropped(left, src)
             else:
