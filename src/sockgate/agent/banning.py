@@ -24,6 +24,9 @@ from sockgate.errors import SockgateError
 from sockgate.policy.ir import IPNetwork
 
 
+TIDY_S = 5.0  # how often ended bans are tidied away when the programs end them on time themselves
+
+
 class Banning(HostNames):
     def _set_bans(self, book: BanBook[BannedPrefix], save_within: float = 0.0) -> str | None:
         """``book`` in force: eBPF services' maps in place, classic services compiled again
@@ -59,16 +62,27 @@ class Banning(HostNames):
         return error
 
     def _arm_expiry(self) -> None:
+        """The timer that lifts the next ban to end. Exact while a service holds its bans in its
+        program (lifting one is a recompile). When every service holds them in maps, the
+        program ends each ban on time itself and the timer only tidies the book and the maps:
+        then it runs at most every ``TIDY_S`` and is never pushed back — 100,000 CrowdSec
+        decisions end several times a second, and each tidy reads and writes all of them."""
         end = self.bans.next_expiry()
-        if end is not None:
-            self._arm("bans", (end - time.monotonic_ns()) / 1e9 + 0.01, self._on_expiry)
+        if end is None:
+            return
+        now = time.monotonic_ns()
+        if self.built is not None and not bansink.needs_program(self.built.loaded):
+            if "bans" in self._timers:
+                return
+            end = max(end, now + int(TIDY_S * 1e9))
+        self._arm("bans", (end - now) / 1e9 + 0.01, self._on_expiry)
 
     def _on_expiry(self) -> None:
         self._timers.pop("bans", None)
         self._guarded(lambda: self._expire())
 
-    def _expire(self) -> None:
-        error = self._set_bans(self.bans.expire(time.monotonic_ns()))
+    def _expire(self) -> None:  # (saved later: a state file's ended bans are dropped when it is read)
+        error = self._set_bans(self.bans.expire(time.monotonic_ns()), bansink.CROWDSEC_SAVE_S)
         if error is not None:
             self.log.record("error", message=f"lifting expired bans: {error}")
 

@@ -37,7 +37,8 @@ BansIn = Literal["maps", "program"]
 # CrowdSec's changes are saved at most this often: every pull may change a few of 100,000
 # decisions, and each save rewrites them all (a second of CPU). The LAPI keeps them anyway: an
 # agent restarted reads them again at its startup pull; the file only bridges a restart while
-# the LAPI is down, and is then at most this old. Other origins' bans are saved at once.
+# the LAPI is down, and is then at most this old. Other origins' bans are saved at once; ended
+# bans are tidied away within the same delay (a state file's ended bans are dropped when read).
 CROWDSEC_SAVE_S = 30.0
 
 
