@@ -27,14 +27,13 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from support import fleet  # noqa: E402
 
 WAIT = 20.0  # seconds: the bound on one sample's propagation
-CSCLI_TRIES = 5
 STUCK_WAIT = 330.0  # a deletion a host missed: the ban's own 5 minutes end it
 
 
@@ -43,38 +42,23 @@ def quantile(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(len(s) * q))]
 
 
-def operator(call: Callable[[], None]) -> int:
-    """A cscli command run as an operator would: again while the LAPI's SQLite answers
-    "database is locked" (its writers collide with the bouncers' last-pull updates), up to
-    ``CSCLI_TRIES`` times; how many retries it took (the time they took counts)."""
-    for attempt in range(CSCLI_TRIES):
-        try:
-            call()
-            return attempt
-        except RuntimeError as e:
-            if "database is locked" not in str(e) or attempt == CSCLI_TRIES - 1:
-                raise
-    raise AssertionError("unreachable")
-
-
 def configuration(n: int, interval: float, samples: int, rng: random.Random) -> dict[str, Any]:
     with fleet.fleet(n, interval) as f:
         all_hosts: list[float] = []
         per_host: list[float] = []
         lifted: list[float] = []
-        retries = 0
         stuck: list[str] = []  # deletions some host had not applied after WAIT s, with its status
         cpu0, t_start = f.lapi_cpu_s(), time.monotonic()
         for _ in range(samples):
             time.sleep(rng.uniform(0, interval))  # a random phase against the pulls (not a synchronisation)
             t0 = time.monotonic()
-            retries += operator(lambda: f.lapi.add(fleet.ATTACKER, "5m"))
+            f.lapi.add(fleet.ATTACKER, "5m")
             dropped = f.until(True, t0, WAIT)
             all_hosts.append(max(dropped.values()))
             per_host.extend(dropped.values())
             assert all(f.reachable(f.hosts, fleet.BYSTANDER, 2.0).values()), "a bystander was dropped"
             t1 = time.monotonic()
-            retries += operator(lambda: f.lapi.delete(fleet.ATTACKER))
+            f.lapi.delete(fleet.ATTACKER)
             try:
                 lifted.append(max(f.until(False, t1, WAIT).values()))
             except AssertionError as e:  # a host kept the ban: said, and waited out (bounded)
@@ -84,8 +68,10 @@ def configuration(n: int, interval: float, samples: int, rng: random.Random) -> 
     pulls = n * elapsed / interval
     return {"hosts": n, "interval": interval, "samples": all_hosts, "per_host": per_host, "lifted": lifted,
             "p50": quantile(all_hosts, 0.5), "p99": quantile(all_hosts, 0.99), "max": max(all_hosts),
-            "per_host_p50": quantile(per_host, 0.5), "lift_p50": quantile(lifted, 0.5) if lifted else None, "lift_p99": quantile(lifted, 0.99) if lifted else None,
-            "lapi_cpu_s": cpu, "cscli_retries": retries, "stuck": stuck, "seconds": elapsed, "lapi_cpu_ms_per_pull": 1e3 * cpu / pulls if pulls else None}
+            "per_host_p50": quantile(per_host, 0.5), "lift_p50": quantile(lifted, 0.5) if lifted else None,
+            "lift_p99": quantile(lifted, 0.99) if lifted else None, "lapi_cpu_s": cpu,
+            "cscli_retries": f.lapi.locked, "stuck": stuck, "seconds": elapsed,
+            "lapi_cpu_ms_per_pull": 1e3 * cpu / pulls if pulls else None}
 
 
 def main() -> None:

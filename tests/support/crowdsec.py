@@ -37,6 +37,7 @@ CROWDSEC = "crowdsec"
 CSCLI = "cscli"
 READY_TIMEOUT = 30.0  # seconds: start-up on a loaded 2-core machine stays well under this
 CSCLI_TIMEOUT = 60.0
+CSCLI_TRIES = 5
 
 
 def available() -> str | None:
@@ -158,6 +159,7 @@ class Lapi:
         self.config = root / "config.yaml"
         self.log = root / "lapi.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.locked = 0  # cscli commands run again after "database is locked"
         for d in ("data", "hub", "notifications"):
             (root / d).mkdir(parents=True, exist_ok=True)
         (root / "simulation.yaml").write_text("simulation: off\n")
@@ -265,11 +267,18 @@ class Lapi:
     # -- the operator's side ---------------------------------------------------------------
 
     def cscli(self, *args: str) -> str:
-        out = subprocess.run([*self.prefix, CSCLI, "-c", str(self.config), *args], capture_output=True, text=True,
-                             timeout=CSCLI_TIMEOUT, cwd=self.root)
-        if out.returncode != 0:
-            raise RuntimeError(f"cscli {' '.join(args)} failed ({out.returncode}): {out.stderr.strip()[-2000:]}")
-        return out.stdout
+        """``cscli ARGS``; run again, as an operator would, while the LAPI answers "database is
+        locked" (SQLite admits one writer, and every bouncer's pull writes its last-pull time),
+        at most ``CSCLI_TRIES`` times — counted in ``locked``."""
+        for attempt in range(CSCLI_TRIES):
+            out = subprocess.run([*self.prefix, CSCLI, "-c", str(self.config), *args], capture_output=True, text=True,
+                                 timeout=CSCLI_TIMEOUT, cwd=self.root)
+            if out.returncode == 0:
+                return out.stdout
+            if "database is locked" not in out.stderr or attempt == CSCLI_TRIES - 1:
+                break
+            self.locked += 1
+        raise RuntimeError(f"cscli {' '.join(args)} failed ({out.returncode}): {out.stderr.strip()[-2000:]}")
 
     def bouncer_key(self, name: str, key: str | None = None) -> str:
         """Register a bouncer and return its API key (``cscli bouncers add NAME -o raw``);
