@@ -4,13 +4,14 @@
 
 * Bulk: ``iperf3 -c 127.0.0.1 -p PORT -t 4 -O 1 -P {1,4} -J`` (receiver-side bits/s) through
   each path in front of ``iperf3 -s``: direct, sockgate proxy (1 and 2 workers, and 1 worker
-  without splice / without uvloop, to show what each gave), haproxy 2.6 ``mode tcp`` with no
+  without splice / on uvloop, to show what each gives), haproxy 2.6 ``mode tcp`` with no
   tune settings (and, as the ceiling of a splice relay in C, with ``option splice-request`` and
   ``option splice-response``), the bare Python relay of PEERS.md (bench/splice_relay.py: a
   thread per direction, blocking splice, nothing else), socat ``TCP-LISTEN,fork``.
 * Short connections: 4 client threads loop connect / 64-byte echo / close for 5 s against a
   small C epoll echo server, directly or through each path (the same ones, plus xinetd
-  ``redirect`` and xinetd → tcpd → cat, the TCP Wrappers deployment); conn/s and p50/p99
+  ``redirect`` and xinetd → tcpd → cat, the TCP Wrappers deployment, and haproxy with one
+  thread, as many as the 1-worker proxy has processes); conn/s and p50/p99
   latency, and the p50 added over direct; each relay's CPU per connection, and (with
   ``perf``) its system calls, epoll waits and context switches per connection over one more
   run — exact counts, where CPU time on a shared machine swings with the neighbours.
@@ -114,14 +115,16 @@ class Bench:
         path.write_text(policy.format(port=port, backend=self.backend))
         return self._add(Proc([PY, "-m", "sockgate", "proxy", str(path)], port, log=self.tmp / f"p{port}.log"))
 
-    def haproxy(self, splice: bool = False) -> Proc:
-        """haproxy 2.6 ``mode tcp`` with no tune settings; ``splice`` forces splice(2) both
-        ways (PEERS.md's "splice forced" row: the ceiling of a C splice relay here)."""
+    def haproxy(self, splice: bool = False, nbthread: int | None = None) -> Proc:
+        """haproxy 2.6 ``mode tcp`` with no tune settings (so one thread per CPU); ``splice``
+        forces splice(2) both ways (PEERS.md's "splice forced" row: the ceiling of a C splice
+        relay here); ``nbthread`` sets its threads (the same as the proxy's workers)."""
         port = free_port()
         cfg = self.tmp / f"haproxy{port}.cfg"
         forced = "    option splice-request\n    option splice-response\n" if splice else ""
+        threads = f"    nbthread {nbthread}\n" if nbthread else ""
         cfg.write_text(
-            "global\n    maxconn 4000\ndefaults\n    mode tcp\n    timeout connect 5s\n    timeout client 60s\n"
+            f"global\n    maxconn 4000\n{threads}defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 60s\n"
             f"    timeout server 60s\nfrontend f\n    bind 127.0.0.1:{port}\n    default_backend b\n"
             f"backend b\n{forced}    server s1 127.0.0.1:{self.backend}\n"
         )
@@ -274,11 +277,12 @@ def echo_server(tools: str) -> tuple[subprocess.Popen[str], int]:
     return p, port
 
 
+HAPROXY_1 = "haproxy 2.6 mode tcp, nbthread 1"
 SG = {
     "sockgate proxy, 2 workers": ("--workers", "2"),
     "sockgate proxy, 1 worker": (),
     "sockgate, 1 worker, no splice": ("--no-splice",),
-    "sockgate, 1 worker, no uvloop": ("--no-uvloop",),
+    "sockgate, 1 worker, uvloop": ("--uvloop",),
 }
 
 
@@ -325,6 +329,7 @@ def bulk(args: argparse.Namespace, tools: str, tmp: Path) -> None:
                 h = res[("haproxy 2.6 mode tcp", streams)]
                 cells += [f"{med(xs):.2f}", f"{med([x / y for x, y in zip(xs, d)]):.2f}", f"{med([x / y for x, y in zip(xs, h)]):.2f}"]
             print("| " + " | ".join(cells) + " |")
+        _bulk_targets(res)
         print("\nWhere the CPU went (medians): the relay's own CPU time (user + system, its workers and"
               " children included) per GB moved, and how much of the two CPUs stayed idle during the run.\n")
         print("| path | relay CPU ms/GB, 1 stream | idle %, 1 stream | relay CPU ms/GB, 4 streams | idle %, 4 streams |")
@@ -338,6 +343,22 @@ def bulk(args: argparse.Namespace, tools: str, tmp: Path) -> None:
         b.close()
         srv.terminate()
         srv.wait()
+
+
+def _bulk_targets(res: dict[tuple[str, int], list[float]]) -> None:
+    """Issue 16's bulk targets, per run: the 1-worker proxy within 5 % of the best other relay
+    of that run (any kind: haproxy with or without splice, the thread relay, socat) for 1 and
+    4 streams, and 1-stream bulk >= 1.5x haproxy's default."""
+    sg = "sockgate proxy, 1 worker"
+    others = [n for (n, k) in res if k == 1 and n != "direct" and not n.startswith("sockgate")]
+    print()
+    for streams in (1, 4):
+        runs = range(len(res[(sg, streams)]))
+        best = [max(res[(n, streams)][i] for n in others) for i in runs]
+        ratio = med([res[(sg, streams)][i] / best[i] for i in runs])
+        print(f"- {sg}, {streams} stream{'s' if streams > 1 else ''} / the best other relay of the run: {ratio:.2f}x (target >= 0.95x)")
+    h = med([x / y for x, y in zip(res[(sg, 1)], res[("haproxy 2.6 mode tcp", 1)])])
+    print(f"- {sg}, 1 stream / haproxy 2.6 mode tcp: {h:.2f}x (target >= 1.5x)")
 
 
 def _port_and_group(p: Proc) -> tuple[int, int]:
@@ -354,6 +375,7 @@ def short_conns(args: argparse.Namespace, tools: str, tmp: Path) -> None:
         for name, extra in SG.items():
             paths[name], group[name] = _port_and_group(b.sockgate(*extra))
         paths["haproxy 2.6 mode tcp"], group["haproxy 2.6 mode tcp"] = _port_and_group(b.haproxy())
+        paths[HAPROXY_1], group[HAPROXY_1] = _port_and_group(b.haproxy(nbthread=1))
         paths["socat fork"], group["socat fork"] = _port_and_group(b.socat())
         paths["xinetd redirect"], group["xinetd redirect"] = _port_and_group(b.xinetd(tcpd=False))
         paths["xinetd -> tcpd -> cat"], group["xinetd -> tcpd -> cat"] = _port_and_group(b.xinetd(tcpd=True))
@@ -400,6 +422,11 @@ def short_conns(args: argparse.Namespace, tools: str, tmp: Path) -> None:
         for peer, (for_best, for_one) in targets.items():
             for sg, target in ((best, for_best), ("sockgate proxy, 1 worker", for_one)):
                 print(f"- {sg} / {peer}: {per_run(sg, peer):.2f}x (target >= {target}x)")
+        # the same thread count on both sides: haproxy's default is one thread per CPU
+        print(f"- sockgate proxy, 1 worker / {HAPROXY_1}: {per_run('sockgate proxy, 1 worker', HAPROXY_1):.2f}x (no target; same threads)")
+        hcpu = med(cpu["haproxy 2.6 mode tcp"])
+        for sg in ("sockgate proxy, 1 worker", best):
+            print(f"- {sg}: relay CPU per connection {med(cpu[sg]) / hcpu:.2f}x haproxy's (same run)")
     finally:
         b.close()
         echo.terminate()

@@ -18,7 +18,7 @@ from typing import Any, Iterator, Sequence
 
 from sockgate import cutoff
 from sockgate.errors import AdapterError, SockgateError, UsageError
-from sockgate.guard import Guarded, compile_guard, require_kernel
+from sockgate.guard import Guarded, chosen_backend, compile_guard, require_kernel
 from sockgate.kernel import Applied, GuardInfo, Kernel, Loaded, Slot, Step, default_kernel
 from sockgate.kernel.transaction import locked_error
 from sockgate.inventory import Target, same_address
@@ -70,6 +70,7 @@ def guard_sockets(
     TCP listeners among them whose peer the policy denies (sockgate.cutoff)."""
     require_kernel()
     kernel = default_kernel()
+    why = chosen_backend(backend).why
     program = kernel.load(compile_guard(policy, service, backend))
     if not targets:
         raise UsageError("no sockets to guard")
@@ -78,7 +79,7 @@ def guard_sockets(
         _refuse_partial_groups(held)
         applied = _apply(kernel, held, program)
         ended = Ended() if keep_established else _end_denied(resolve(policy, service), held)
-    return Guarded.of(program.compiled), applied, ended
+    return Guarded.of(program.compiled, why), applied, ended
 
 
 def _end_denied(service: ResolvedService, held: Sequence[_Held]) -> Ended:

@@ -10,7 +10,9 @@ binding a client to any 127/8 address needs no privilege on Linux — and shows 
 * what the kernel does: a probe (``sockgate.probe``: open / filtered for TCP, open /
   open|filtered for UDP, with the round trip or the time waited) and, when open, one echo.
 
-It also reads each filter back from its socket (``guard_of``). Kernels with Linux commit
+The filters are classic BPF whatever this process may load (``backend="cbpf"``): a demo leaves
+nothing behind, where eBPF would pin its maps and program in the bpf filesystem under the demo's
+service name. It also reads each filter back from its socket (``guard_of``). Kernels with Linux commit
 5d39580f68e6 let only CAP_NET_ADMIN attach a filter to a TCP socket; without it the demo says
 so and shows UDP alone. The exit status is 0 when the kernel did what the engine said for every
 source, 1 otherwise. Everything is closed on the way out, even on errors.
@@ -130,7 +132,7 @@ def _one_service(policy: Policy, proto: str, timeout: float) -> tuple[Shown, lis
     from sockgate.urls import parse_url
 
     try:
-        lst = open_listener(parse_url(f"{proto}://127.0.0.1:0"), before_listen=lambda s: guard(policy, s, DEMO_SERVICE))
+        lst = open_listener(parse_url(f"{proto}://127.0.0.1:0"), before_listen=lambda s: guard(policy, s, DEMO_SERVICE, backend="cbpf"))
     except AdapterError as e:
         if e.errno != errno.EPERM:
             raise

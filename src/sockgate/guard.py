@@ -23,7 +23,7 @@ import socket
 from dataclasses import dataclass
 
 from sockgate.errors import UnsupportedPlatform, UsageError
-from sockgate.kernel import BACKEND_CHOICES, BackendChoice, ChangeKind, Compiled, GuardInfo, Slot, Step, default_kernel
+from sockgate.kernel import BACKEND_CHOICES, BackendChoice, ChangeKind, Chosen, Compiled, GuardInfo, Slot, Step, default_kernel
 from sockgate.kernel.cbpf import UNSUPPORTED
 from sockgate.linux import peercred
 from sockgate.linux.fd import Sockish, fileno
@@ -38,7 +38,7 @@ LIBRARY_ADVICE = (
     " as root and then drops privileges"
 )
 
-__all__ = ["GuardInfo", "Guarded", "compile_guard", "guard", "guard_of", "peer", "unguard"]
+__all__ = ["GuardInfo", "Guarded", "chosen_backend", "compile_guard", "guard", "guard_of", "peer", "unguard"]
 
 
 @dataclass(frozen=True)
@@ -49,10 +49,15 @@ class Guarded:
     digest: str
     instructions: int
     backend: str = "cbpf"  # "cbpf" or "ebpf"
+    why: str = ""  # why that backend: "auto: this process may load ebpf", "--backend cbpf", ...
 
     @classmethod
-    def of(cls, program: Compiled) -> Guarded:
-        return cls(program.service, program.digest, program.instructions, program.backend)
+    def of(cls, program: Compiled, why: str = "") -> Guarded:
+        return cls(program.service, program.digest, program.instructions, program.backend, why)
+
+    def describe(self) -> str:
+        """``backend NAME (why)``, as start-up lines say it."""
+        return f"backend {self.backend} ({self.why})" if self.why else f"backend {self.backend}"
 
 
 def require_kernel() -> None:
@@ -75,18 +80,27 @@ def compile_guard(policy: Policy, service: str, backend: str = "auto") -> Compil
     return default_kernel().compile(resolve(policy, service), backend=backend_choice(backend))
 
 
+def chosen_backend(backend: str = "auto") -> Chosen:
+    """The backend ``backend`` comes to in this process, and why (``Kernel.choose``: for
+    ``auto``, eBPF when this process may load it, probed once)."""
+    return default_kernel().choose(backend_choice(backend))
+
+
 def guard(policy: Policy, sock: Sockish, service: str, backend: str = "auto") -> Guarded:
     """Attach ``policy``'s filter for ``service`` to ``sock`` (a socket object or an fd).
 
     Replaces whatever filter the socket had, in one atomic step; raises ``AdapterError`` when
     the socket's filter is locked. Nothing is attached if compiling fails. ``backend``
-    chooses classic BPF or eBPF (``"auto"``: classic unless the service needs eBPF)."""
+    chooses classic BPF or eBPF (``"auto"``: eBPF when this process may load it, else
+    classic; ``Guarded.backend`` and ``Guarded.why`` say which and why). When eBPF was chosen
+    and loading fails, that raises: the socket is never left with a weaker filter."""
     require_kernel()
     kernel = default_kernel()
+    why = chosen_backend(backend).why
     program = kernel.load(compile_guard(policy, service, backend))
     fd = fileno(sock)
     kernel.apply([Step(Slot(fd, f"fd {fd}", LIBRARY_ADVICE), program)])
-    return Guarded.of(program.compiled)
+    return Guarded.of(program.compiled, why)
 
 
 def unguard(sock: Sockish) -> bool:

@@ -402,6 +402,8 @@ def prepare(cfg: RunConfig) -> tuple[Gate, privileges.Credentials | None]:
     privileges.preflight(creds)
     gate = Gate(cfg, policy)
     gate.listeners = open_listeners(cfg.urls, before_listen=gate.guard_socket)
+    if gate.loaded is not None:
+        cfg.say(gate.kernel.choose(cfg.backend).describe())  # which backend guards, and why (auto's probe)
     for i, lst in enumerate(gate.listeners):
         where = "" if cfg.inetd else f" as fd {activation.SD_LISTEN_FDS_START + i} ({lst.name})"
         guard_text = f"guarded: {gate.describe()}" + (", locked" if cfg.lock else "")

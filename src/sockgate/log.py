@@ -142,23 +142,29 @@ class Log:
     # each when the output is text to a stream: the generic path costs about twice as much,
     # a visible share of a short connection's time in the proxy.
 
-    def allowed(self, service: str, peer: str, rule: str, reason: str) -> None:
+    def allowed(self, service: str, peer: str, rule: str, reason: str, plain: bool = False) -> None:
+        """``plain``: the caller vouches that ``peer`` needs no quoting (an address and port
+        as the kernel wrote them); it is then not rendered through the quoting cache, which
+        per-connection labels would only churn."""
         if self.fmt != "text" or self.use_syslog:
             self.record("decision", service=service, peer=peer, decision="allow", rule=rule, reason=reason)
             return
         t, stamp = self._now()
         q = _QUOTED.get
-        self._add(t, f"{stamp} event=decision service={q(service) or _quote(service)} peer={q(peer) or _quote(peer)}"
+        p = peer if plain else q(peer) or _quote(peer)
+        self._add(t, f"{stamp} event=decision service={q(service) or _quote(service)} peer={p}"
                      f" decision=allow rule={q(rule) or _quote(rule)} reason={q(reason) or _quote(reason)}\n")
 
-    def closed(self, service: str, peer: str, rule: str, up: int, down: int, duration: float, end: str) -> None:
+    def closed(self, service: str, peer: str, rule: str, up: int, down: int, duration: float, end: str,
+               plain: bool = False) -> None:
         if self.fmt != "text" or self.use_syslog:
             self.record("close", service=service, peer=peer, decision="allow", rule=rule, bytes_up=up,
                         bytes_down=down, duration=duration, end=end)
             return
         t, stamp = self._now()
         q = _QUOTED.get
-        self._add(t, f"{stamp} event=close service={q(service) or _quote(service)} peer={q(peer) or _quote(peer)}"
+        p = peer if plain else q(peer) or _quote(peer)
+        self._add(t, f"{stamp} event=close service={q(service) or _quote(service)} peer={p}"
                      f" decision=allow rule={q(rule) or _quote(rule)} bytes_up={up} bytes_down={down}"
                      f" duration={duration!r} end={q(end) or _quote(end)}\n")
 

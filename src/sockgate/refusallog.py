@@ -10,7 +10,7 @@ last_seen, reason, rule; to stderr, syslog (``sockgate`` on LOG_AUTH at LOG_WARN
 tcpd logs refusals) or the journal (``refusal_log``). contrib/fail2ban matches the lines.
 
 Any event loop hosts it: ``fds`` to watch, ``on_readable(fd)`` when one is readable,
-``next_deadline`` (monotonic seconds) and ``on_deadline`` for the timer; ``start(loop)`` does
+``next_deadline`` (seconds on the programs' clock) and ``on_deadline`` for the timer; ``start(loop)`` does
 all of it on a ``supervisor.Loop`` (the selectors loop of ``run`` and inetd, or asyncio's in
 the proxy), and ``start_refusal_log`` opens the pins and the log and starts, in one call. A
 corrupt ring is an error record and a resynchronisation, never the end of the host; ``close``
@@ -26,11 +26,13 @@ import time
 from typing import Callable, Iterable, Mapping, Sequence, TextIO
 
 from sockgate.ebpf import layout
+from sockgate.ebpf.maps import LpmKey
 from sockgate.ebpf.refusals import (
     Aggregator, Clock, Overflow, Refusal, decode_event, describe, describe_overflow, fields, overflow_fields,
 )
 from sockgate.errors import SockgateError
 from sockgate.kernel import pins
+from sockgate.kernel.ebpf import ktime_ns
 from sockgate.linux import bpfsys
 from sockgate.linux.ringbuf import RingBuffer, RingError
 from sockgate.log import Log, LogFormat, LogSink
@@ -47,9 +49,11 @@ def refusal_log(fmt: LogFormat = "text", sink: LogSink = "stderr", stream: TextI
 
 
 class _Service:
-    def __init__(self, name: str, ring: RingBuffer, counts: int | None, stats: int | None = None) -> None:
+    def __init__(self, name: str, ring: RingBuffer, counts: int | None, stats: int | None = None,
+                 bans: Mapping[int, int] | None = None) -> None:
         self.name, self.ring, self.counts = name, ring, counts
         self.stats = stats  # its sg_stats map's fd (events lost)
+        self.bans = dict(bans or {})  # family → its ban trie's fd
         self.lost = 0  # events lost as of the last flush
 
 
@@ -57,7 +61,7 @@ class RefusalMonitor:
     """Watches the event rings of services, and writes their refusal lines to ``log``."""
 
     def __init__(self, log: Log, interval: float = DEFAULT_INTERVAL, *, labels: Mapping[str, Sequence[str]] | None = None,
-                 mono_ns: Callable[[], int] = time.monotonic_ns, wall_ns: Callable[[], int] = time.time_ns) -> None:
+                 mono_ns: Callable[[], int] = ktime_ns, wall_ns: Callable[[], int] = time.time_ns) -> None:
         self.log = log
         self.interval = interval
         self.labels = dict(labels or {})  # service → its rules' labels (``file:line``), by index
@@ -80,26 +84,32 @@ class RefusalMonitor:
                 d = layout.service_dir(name, root)
                 path = f"{d}/{pins.map_name(events)}"
                 ring = RingBuffer(pins.open_map(path, events, readonly=False), path)
-                counts_fd: int | None = None
+                opened: list[int] = []
                 try:
                     counts_fd = pins.open_map(f"{d}/{pins.map_name(counts)}", counts)
+                    opened.append(counts_fd)
                     stats_fd = pins.open_stats(d)
+                    opened += [stats_fd] if stats_fd is not None else []
+                    bans = pins.open_bans(d)
+                    opened += bans.values()
                 except BaseException:
                     ring.close()
-                    if counts_fd is not None:
-                        os.close(counts_fd)
+                    for fd in opened:
+                        os.close(fd)
                     raise
-                monitor.add(name, ring, counts_fd, stats_fd)
+                monitor.add(name, ring, counts_fd, stats_fd, bans=bans)
         except BaseException:
             monitor.close(flush=False)
             raise
         return monitor
 
-    def add(self, service: str, ring: RingBuffer, counts_fd: int | None = None, stats_fd: int | None = None) -> None:
+    def add(self, service: str, ring: RingBuffer, counts_fd: int | None = None, stats_fd: int | None = None, *,
+            bans: Mapping[int, int] | None = None) -> None:
         """Watch ``ring`` for ``service``; ``counts_fd`` (its counter map) gives exact counts
         and names the sources whose events were lost; ``stats_fd`` (its ``sg_stats``) says
-        how many were. The monitor owns the fds."""
-        s = _Service(service, ring, counts_fd, stats_fd)
+        how many were; ``bans`` (family → its ban trie) names the cause of a recovered source
+        that is banned. The monitor owns the fds."""
+        s = _Service(service, ring, counts_fd, stats_fd, bans)
         s.lost = self._lost(s)
         self._by_fd[ring.fileno()] = s
         if counts_fd is not None:
@@ -129,7 +139,8 @@ class RefusalMonitor:
                 self._agg.add(s.name, event)
 
     def next_deadline(self) -> float:
-        """When ``on_deadline`` is due, in ``time.monotonic()`` seconds."""
+        """When ``on_deadline`` is due, in seconds of ``mono_ns`` (the programs' clock,
+        ``kernel.ebpf.ktime_ns``: ``time.monotonic()`` outside a time namespace)."""
         return self._agg.deadline / 1e9
 
     def on_deadline(self) -> None:
@@ -171,7 +182,7 @@ class RefusalMonitor:
             self.flush()
         for s in self._by_fd.values():
             s.ring.close()
-            for owned in (s.counts, s.stats):
+            for owned in (s.counts, s.stats, *s.bans.values()):
                 if owned is not None:
                     os.close(owned)
         self._by_fd.clear()
@@ -217,7 +228,20 @@ class RefusalMonitor:
         except SockgateError as e:
             self.log.error(f"refusal counters not read: {e}", service=s.name)
             return
-        self._agg.recover(s.name, [(k, c) for k, c in rows if k.scope == layout.SERVICE_SCOPE])
+        self._agg.recover(s.name, [(k, c) for k, c in rows if k.scope == layout.SERVICE_SCOPE],
+                          functools.partial(self._banned, s, self._mono()))
+
+    def _banned(self, s: _Service, now_ns: int, key: layout.SourceKey) -> bool:
+        """Whether ``key``'s address is banned now, as the program would find it (the longest
+        matching entry of its family's trie, not expired)."""
+        address, fd = key.address, s.bans.get(key.family)
+        if address is None or fd is None:
+            return False
+        try:
+            raw = bpfsys.map_lookup(fd, LpmKey.host(address).pack(), layout.BAN_VALUE.size)
+        except SockgateError:
+            return False
+        return raw is not None and layout.Ban.unpack(raw).active(now_ns)
 
     def _write(self, item: Refusal | Overflow, clock: Clock) -> None:
         if isinstance(item, Overflow):

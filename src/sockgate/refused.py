@@ -23,6 +23,7 @@ from sockgate.ebpf import layout
 from sockgate.ebpf.refusals import BanRow, Clock, CountRow, active, ban_row, count_row, sort_counts
 from sockgate.errors import SockgateError
 from sockgate.kernel import pins
+from sockgate.kernel.ebpf import ktime_ns
 from sockgate.policy.source import escape
 
 
@@ -37,7 +38,7 @@ class Listing:
 def read_refused(root: str = layout.ROOT, service: str | None = None) -> Listing:
     """Counters (most refused first) and active bans of every service, or of ``service``.
     Raises ``PinError`` when nothing readable is pinned."""
-    clock = Clock(time.time_ns(), time.monotonic_ns())
+    clock = Clock(time.time_ns(), ktime_ns())  # the programs' clock: their stamps and expiries
     dirs, problems = pins.services(root)
     if service is not None:
         dirs = [d for d in dirs if d.service == service]

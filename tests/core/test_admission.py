@@ -118,3 +118,32 @@ def test_the_decision_names_the_rule_as_written_and_a_cut_short_lookup_fails_clo
     assert d.allowed and d.rule is not None and d.rule.span.line == 3
     assert not adm.decide(Peer(address=A, name="x.evil.example")).allowed
     assert not adm.unnamed(Peer(address=A), "late").allowed  # some name would be denied
+
+
+def test_a_remembered_decision_still_takes_the_limits_and_meets_the_bans() -> None:
+    adm = Admission(_service(" deny 192.0.2.8\n allow all limit concurrent 1 per source\n limit rate 1/minute per source ban 10m\n"))
+    first = adm.admit(Peer(address=A), 0.0, memo="192.0.2.7")
+    assert isinstance(first, Admitted) and first.decision == adm.decide(Peer(address=A))
+    again = adm.admit(Peer(address=A), 1.0, memo="192.0.2.7")  # decided from the memo, limited all the same
+    assert isinstance(again, Refused) and again.rule == "limit"
+    Admission.release(first)
+    banned = adm.admit(Peer(address=A), 2.0, memo="192.0.2.7")
+    assert isinstance(banned, Refused) and "banned" in banned.reason
+    denied = adm.admit(Peer(address=B), 0.0, memo="192.0.2.8")
+    assert isinstance(denied, Refused) and denied.rule == "p.conf:2"
+    assert isinstance(adm.admit(Peer(address=B), 1.0, memo="192.0.2.8"), Refused)
+
+
+def test_a_reload_forgets_the_remembered_decisions() -> None:
+    old = Admission(_service(" allow all\n"))
+    assert isinstance(old.admit(Peer(address=A), 0.0, memo="192.0.2.7"), Admitted)
+    new = Admission(_service(" deny 192.0.2.7\n allow all\n"), old)
+    refused = new.admit(Peer(address=A), 1.0, memo="192.0.2.7")
+    assert isinstance(refused, Refused) and refused.rule == "p.conf:2"
+
+
+def test_without_limits_the_remembered_outcome_equals_a_fresh_one() -> None:
+    adm = Admission(_service(" deny 192.0.2.8\n allow all\n"))
+    for peer, memo in ((Peer(address=A), "192.0.2.7"), (Peer(address=B), "192.0.2.8")):
+        fresh = adm.admit(peer, 0.0)
+        assert adm.admit(peer, 0.0, memo) == fresh and adm.admit(peer, 1.0, memo) == fresh

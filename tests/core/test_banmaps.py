@@ -291,3 +291,23 @@ def test_apply_sweeps_the_programs_expired_bans_when_they_take_the_room() -> Non
     maps.put(net("192.0.2.2/32"), NOW - 1, Origin.LIMIT)
     maps.apply(bans(("198.51.100.1/32", 0), ("198.51.100.2/32", 0)))
     assert [n for n, _ in maps.list()] == [net("198.51.100.1/32"), net("198.51.100.2/32")]
+
+
+def test_an_ipv4_mapped_ban_is_the_ipv4_clients_ban_and_never_wider_than_allowed() -> None:
+    """What a dual-stack socket's ``getpeername`` gives (``::ffff:a.b.c.d``) names an IPv4
+    client: written into ``bans6`` it would never be looked at (the program refuses a mapped
+    IPv6 source as forged, before any ban, and looks IPv4 clients up in ``bans4``) — a ban
+    that bans nothing. It is folded to IPv4, and ``::ffff:0:0/96`` (0.0.0.0/0) refused."""
+    _, _, _, _, maps, ends = setup()
+    maps.put(net("::ffff:192.0.2.7/128"), 0, Origin.MANUAL, ports=[22])
+    maps.apply(bans(("::ffff:192.0.2.7/128", 0), ("::ffff:198.51.100.0/120", NOW + 5)), ports=[22])
+    assert maps.list() == [(net("192.0.2.7/32"), Ban(0, Origin.MANUAL)), (net("198.51.100.0/24"), Ban(NOW + 5, Origin.MANUAL))]
+    assert ends.calls[0] == ([22], [net("192.0.2.7/32")])
+    assert entries_of(bans(("::ffff:192.0.2.7/128", 0))) == {k("192.0.2.7/32"): H(0, Origin.MANUAL)}
+    for wide in ("::ffff:0:0/96", "::ffff:0:0/100"):
+        with pytest.raises(ValueError, match="too wide"):
+            maps.put(net(wide), 0, Origin.MANUAL)
+        with pytest.raises(ValueError, match="too wide"):
+            maps.apply(bans((wide, 0)))
+    assert len(maps.list()) == 2
+    assert maps.delete(net("::ffff:192.0.2.7/128")) and maps.list() == [(net("198.51.100.0/24"), Ban(NOW + 5, Origin.MANUAL))]

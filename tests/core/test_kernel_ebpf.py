@@ -299,15 +299,29 @@ def choose(classic: Stub, ebpf: Stub, backend: Any = "auto") -> Any:
     return Kernel([classic, ebpf], FakeOps()).compile(A, backend=backend)  # type: ignore[list-item]
 
 
-def test_auto_is_classic_when_classic_carries_the_service() -> None:
-    ebpf = Stub("ebpf")
+def test_auto_is_ebpf_when_this_process_may_load_it() -> None:
+    classic = Stub("cbpf")
+    assert choose(classic, Stub("ebpf")) == "ebpf" and classic.compiled == 0
+    k = Kernel([Stub("cbpf"), Stub("ebpf")], FakeOps())  # type: ignore[list-item]
+    assert (k.choose("auto").name, k.choose("auto").why) == ("ebpf", "auto: this process may load ebpf")
+    assert k.choose("cbpf").describe() == "backend cbpf (--backend cbpf)"
+
+
+def test_auto_is_classic_when_ebpf_may_not_be_loaded_and_says_why() -> None:
+    ebpf = Stub("ebpf", why="loading eBPF needs root or CAP_BPF")
     assert choose(Stub("cbpf"), ebpf) == "cbpf" and ebpf.compiled == 0
+    chosen = Kernel([Stub("cbpf"), ebpf], FakeOps()).choose("auto")  # type: ignore[list-item]
+    assert chosen.describe() == "backend cbpf (auto: ebpf unavailable: loading eBPF needs root or CAP_BPF)"
+    with pytest.raises(UnsupportedPlatform, match="^ebpf unavailable: no bpf; cbpf unavailable: not Linux$"):
+        Kernel([Stub("cbpf", why="not Linux"), Stub("ebpf", why="no bpf")], FakeOps()).choose("auto")  # type: ignore[list-item]
 
 
-def test_auto_takes_ebpf_for_what_classic_refuses_and_ebpf_compiles() -> None:
-    assert choose(Stub("cbpf", CompileError), Stub("ebpf")) == "ebpf"
-    assert choose(Stub("cbpf", UnsupportedInKernel), Stub("ebpf")) == "ebpf"
-    with pytest.raises(UnsupportedInKernel, match="cbpf refuses"):  # neither takes it: classic's words
+def test_auto_never_falls_back_from_its_choice() -> None:
+    """What the chosen backend refuses is refused, in its words, with the other backend named
+    when it would take it: never a weaker program chosen behind the caller's back."""
+    with pytest.raises(UnsupportedInKernel, match=r"^ebpf refuses\ncbpf would take it \(--backend cbpf\)$"):
+        choose(Stub("cbpf"), Stub("ebpf", UnsupportedInKernel))
+    with pytest.raises(UnsupportedInKernel, match="^ebpf refuses$"):  # neither takes it: the chosen one's words
         choose(Stub("cbpf", UnsupportedInKernel), Stub("ebpf", UnsupportedInKernel))
 
 
@@ -327,6 +341,31 @@ def test_probe_names_missing_privileges() -> None:
     backend = EbpfBackend(FakeBpf(FakeOps(), refuse_create=errno.EPERM), MOUNT)
     assert backend.unavailable() == "loading eBPF needs root or CAP_BPF (bpf(2): operation not permitted)"
     assert EbpfBackend(FakeBpf(FakeOps()), MOUNT).unavailable() is None
+    assert EbpfBackend(FakeBpf(FakeOps(), refuse_create=errno.ENOSYS), MOUNT).unavailable() == "this kernel has no bpf(2) system call"
+
+
+def test_probe_loads_a_trivial_socket_filter_once_and_closes_what_it_made() -> None:
+    bpf = FakeBpf(FakeOps())
+    backend = EbpfBackend(bpf, MOUNT)
+    assert backend.unavailable() is None and backend.unavailable() is None
+    assert [(p.name, p.insns) for p in bpf.progs.values()] == [("sg_probe", bytes.fromhex("b700000000000000" "9500000000000000"))]
+    assert bpf.fds == {}  # the map and the program closed
+    refused = EbpfBackend(FakeBpf(FakeOps(), refuse_load=errno.EACCES), MOUNT).unavailable()
+    assert refused is not None and refused.startswith("bpf(2) does not work here: load BPF program sg_probe: injected (EACCES)")
+
+
+def test_loads_collect_at_most_once_per_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listing the namespace's sockets is what a collection costs; nothing becomes collectable
+    sooner than ``grace``, so loads within it collect once."""
+    _, _, backend, kernel = setup()
+    runs: list[int] = []
+    monkeypatch.setattr(backend, "collect", lambda: runs.append(1) or (0, 0))
+    for policy in (A, B, A):
+        load(kernel, policy)
+    assert runs == [1]
+    backend.grace = 0
+    load(kernel, B)
+    assert runs == [1, 1]
 
 
 def test_guardinfo_describes_an_ebpf_guard() -> None:

@@ -148,7 +148,7 @@ POLICY = parse_policy(
 
 def test_with_tcp_or_udp_listeners_what_the_kernel_cannot_enforce_is_refused() -> None:
     with pytest.raises(UnsupportedInKernel) as e:
-        check_service(POLICY, "web", inet=True)
+        check_service(POLICY, "web", inet=True, backend="cbpf")  # classic BPF's words
     assert str(e.value) == (
         "service 'web': a kernel filter sees only the source address, and these 2 rules and the"
         " service-wide limits need more:\n"

@@ -92,6 +92,27 @@ def test_the_per_connection_records_are_written_as_record_writes_them(
     assert lines(fast=True) == lines(fast=False)
 
 
+@given(st.ip_addresses(v=4), st.integers(0, 65535), st.sampled_from(["text", "json"]))
+def test_a_plain_peer_label_is_written_as_record_writes_it(address: object, port: int, fmt: str) -> None:
+    """The proxy passes an IPv4 client's ``a.b.c.d:port`` as ``plain`` (no quoting pass)."""
+    peer = f"{address}:{port}"
+
+    def lines(plain: bool) -> list[str]:
+        out = io.StringIO()
+        log = Log(fmt, out)  # type: ignore[arg-type]
+        if plain:
+            log.allowed("web", peer, "default", "no rule matched", True)
+            log.closed("web", peer, "default", 1, 2, 0.5, "closed", True)
+        else:
+            log.record("decision", service="web", peer=peer, decision="allow", rule="default", reason="no rule matched")
+            log.record("close", service="web", peer=peer, decision="allow", rule="default", bytes_up=1,
+                       bytes_down=2, duration=0.5, end="closed")
+        log.flush()
+        return [x.split(" ", 1)[1] if fmt == "text" else x.split(",", 1)[1] for x in out.getvalue().splitlines()]
+
+    assert lines(plain=True) == lines(plain=False)
+
+
 def test_a_clock_stepped_back_does_not_hold_records(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import time
 

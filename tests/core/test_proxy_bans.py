@@ -36,7 +36,7 @@ def _service(text: str) -> Service:
 
 def _runner(out: io.StringIO) -> Runner:
     plan = ProxySpec(_service(OLD), (parse_url("tcp://127.0.0.1:0"),), parse_url("tcp://127.0.0.1:9"))
-    r = Runner(plan, ProxySettings(), Log("json", out), PipePool(), None)
+    r = Runner(plan, ProxySettings(backend="cbpf"), Log("json", out), PipePool(), None)  # the classic program
     now_plus = 1e12  # far in the future: every ban is active
     for i in range(BANNED):
         peer = ipaddress.IPv6Address((0x20010DB8 << 96) | ((2 * i) << 64) | 1)

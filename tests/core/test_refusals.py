@@ -55,6 +55,42 @@ def test_one_refusal_per_source_per_interval_counted_from_events() -> None:
     assert agg.flush(220 * S, _no_totals) == []
 
 
+def test_a_mapped_source_is_always_forged_never_of_unknown_cause() -> None:
+    """``::ffff:V`` is forged by whoever sends it: recovered from the counters (no event) or
+    reported with another reason by a record, its line says so, and the fail2ban filter
+    ignores it (contrib/fail2ban/filter.d/sockgate.conf)."""
+    m = ipaddress.ip_address("::ffff:192.0.2.44")
+    agg = Aggregator(60 * S, window_start=100 * S)
+    count = Count(3, 110 * S, 130 * S)
+    agg.recover("dns", [(SourceKey.of(m), count)])
+    agg.add("ssh", _ev(120 * S, m, Reason.RATE, 0))
+    out = agg.flush(160 * S, lambda service, key: count if service == "dns" else None)
+    assert [(r.service, r.reason, r.rule, r.recovered) for r in out if isinstance(r, Refusal)] == [
+        ("dns", Reason.FORGED, None, False), ("ssh", Reason.FORGED, None, False)]
+    assert all(describe(r).endswith("forged source)") for r in out if isinstance(r, Refusal))
+    assert all(fields(r, Clock(0, 0))["reason"] == "forged" for r in out if isinstance(r, Refusal))
+
+
+def test_a_mapped_counter_row_says_forged() -> None:
+    m = ipaddress.ip_address("::ffff:192.0.2.44")
+    row = count_row("dns", SourceKey.of(m).pack(), Count(2, S, 2 * S).pack())
+    assert row is not None and count_json(row, Clock(0, 0))["forged"] is True
+    plain = count_row("dns", SourceKey.of(A).pack(), Count(2, S, 2 * S).pack())
+    assert plain is not None and "forged" not in count_json(plain, Clock(0, 0))
+
+
+def test_a_recovered_source_banned_now_is_called_banned() -> None:
+    """A source recovered from the counters that the ban tries hold now: ``banned`` (ignored
+    by the fail2ban filter), never ``cause unknown`` (matched: sockgate's ban would feed
+    fail2ban again); one not banned stays unknown."""
+    count = Count(2, 110 * S, 130 * S)
+    agg = Aggregator(60 * S, window_start=100 * S)
+    agg.recover("ssh", [(SourceKey.of(A), count), (SourceKey.of(B), count)], banned=lambda key: key.address == A)
+    out = [r for r in agg.flush(160 * S, lambda service, key: count) if isinstance(r, Refusal)]
+    assert [(r.source, r.reason, r.recovered) for r in out] == [(A, Reason.BAN, False), (B, Reason.RULE, True)]
+    assert describe(out[0]).endswith("(2 times in 60 s, banned)") and fields(out[0], Clock(0, 0))["reason"] == "ban"
+
+
 def test_the_kernel_counter_gives_the_count_when_it_can_tell() -> None:
     counters = {A: Count(50, 101 * S, 159 * S)}  # first refused inside the window: all 50 in it
 

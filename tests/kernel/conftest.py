@@ -1,5 +1,5 @@
-"""Fixtures the kernel tests of the proxy share: a loopback echo backend, and proxies that are
-always stopped, even when the test fails."""
+"""Fixtures the kernel tests share: a loopback echo backend, proxies that are always stopped,
+even when the test fails, and a private bpf filesystem for every test."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Iterator
 import pytest
 
 from sockgate.kernel.ebpf import BPFFS_ENV
+from sockgate.linux import bpffs as bpffs_mod
 from support.pinned import mounted
 from support.proxyproc import EchoServer, ProxyProc
 
@@ -30,13 +31,18 @@ def procs() -> Iterator[list[ProxyProc]]:
         p.close()
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def bpffs(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """An empty directory that sockgate mounts a bpffs on (as it would /sys/fs/bpf), named by
-    $SOCKGATE_BPFFS; unmounted and removed after the test, even when it fails."""
+    $SOCKGATE_BPFFS; unmounted and removed after the test, even when it fails. Every kernel
+    test has one: ``--backend auto`` is eBPF as root, so whatever a test starts pins its
+    objects here and never in the machine's /sys/fs/bpf; mounted before the test starts
+    anything, so that processes in the namespaces a test makes see the same pins."""
     d = tempfile.mkdtemp(prefix="sgt-bpffs-")
     monkeypatch.setenv(BPFFS_ENV, d)
     try:
+        if os.geteuid() == 0:  # mounted now, so that every mount namespace copied from ours (`ip netns exec`) shares it
+            bpffs_mod.ensure_mounted(d)
         yield d
     finally:
         for _ in range(4):  # bounded: a mount stacked twice needs two

@@ -257,14 +257,15 @@ def test_port_group_all_or_nothing(capsys: Any, spawn: Spawn, policy_file: str, 
     with pidfd.borrowed(b.pid, sb["fd"]) as dup:
         kfilter.attach(dup, kfilter.SOCK_FILTER.pack(0x06, 0, 0, 0xFFFFFFFF))
     # refused before anything is touched
-    rc, _, err = sockgate(capsys, "attach", "--policy", policy_file, "--service", "strict", "--port", port)
+    rc, _, err = sockgate(capsys, "attach", "--policy", policy_file, "--service", "strict", "--backend", "cbpf", "--port", port)
     assert rc == 1 and "foreign filter" in err and "--force" in err and err.count("\n") == 1
     assert state(a.pid, sa["fd"]).state == "none" and state(b.pid, sb["fd"]).state == "foreign"
 
-    # a failure half-way is rolled back: every socket gets its previous program back
+    # a failure half-way is rolled back: every socket gets its previous program back (classic
+    # programs: the failure is injected into the classic backend)
     # (a's "web" filter is put on through the library: attach refuses part of a group)
     with pidfd.borrowed(a.pid, sa["fd"]) as dup:
-        guard_mod.guard(sockgate_load(policy_file), dup, "web")
+        guard_mod.guard(sockgate_load(policy_file), dup, "web", backend="cbpf")
     real = ClassicBackend.attach
     calls = []
 
@@ -275,12 +276,12 @@ def test_port_group_all_or_nothing(capsys: Any, spawn: Spawn, policy_file: str, 
         real(self, fd, program, what)
 
     monkeypatch.setattr(ClassicBackend, "attach", flaky)
-    rc, _, err = sockgate(capsys, "attach", "--policy", policy_file, "--service", "strict", "--port", port, "--force")
+    rc, _, err = sockgate(capsys, "attach", "--policy", policy_file, "--service", "strict", "--backend", "cbpf", "--port", port, "--force")
     assert rc == 1 and "injected failure" in err and len(calls) == 2
     assert state(a.pid, sa["fd"]).service == "web" and state(b.pid, sb["fd"]).state == "foreign"
     monkeypatch.setattr(ClassicBackend, "attach", real)
 
-    rc, out, _ = sockgate(capsys, "attach", "--policy", policy_file, "--service", "strict", "--port", port, "--force")
+    rc, out, _ = sockgate(capsys, "attach", "--policy", policy_file, "--service", "strict", "--backend", "cbpf", "--port", port, "--force")
     assert rc == 0 and "replaced" in out and "reloaded" in out
     # detach leaves foreign filters alone unless forced; ours is sockgate's now
     rc, out, _ = sockgate(capsys, "detach", "--port", port)

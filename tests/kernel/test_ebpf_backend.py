@@ -29,7 +29,7 @@ from sockgate.kernel.sockets import LINUX_OPS
 from sockgate.linux import bpfsys
 from sockgate.policy.parser import parse_policy
 from sockgate.resolve import resolve
-from support.launch import ECHO_SERVICE, SRC, Launched, port_of, tcp_echo, tcp_filtered, udp_echo, wait_for_file
+from support.launch import ECHO_SERVICE, SRC, Launched, ls_guard, port_of, sockgate_cli, tcp_echo, tcp_filtered, udp_echo, wait_for_file
 from support.pinned import mounted
 
 pytestmark = [
@@ -41,22 +41,6 @@ pytestmark = [
 POLICY = "service echo {\n    allow 127.0.0.1\n    default deny\n}\n"
 SWAPPED = "service echo {\n    allow 127.0.0.2\n    default deny\n}\n"
 NOBODY = 65534
-
-
-def sockgate_cli(*argv: str, user: int | None = None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=SRC)
-    prefix = [] if user is None else ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"]
-    return subprocess.run([*prefix, sys.executable, "-m", "sockgate", *argv], capture_output=True, text=True,
-                          timeout=60, env=env, cwd="/")
-
-
-def ls_guard(port: int, proto: str = "-t") -> dict[str, Any]:
-    r = sockgate_cli("ls", "--json", proto, "--port", str(port))
-    assert r.returncode == 0, r.stderr
-    rows = [json.loads(line) for line in r.stdout.splitlines()]
-    assert len(rows) == 1, rows
-    guard: dict[str, Any] = rows[0]["guard"]
-    return guard
 
 
 def pins(root: str) -> list[str]:
@@ -474,10 +458,11 @@ def test_run_writes_the_refusal_log(fmt: str, bpffs: str, tmp_path: Path, launch
 
 
 @pytest.mark.parametrize("inetd", [False, True], ids=["activation", "inetd"])
-def test_a_reload_that_takes_ebpf_starts_the_refusal_log(inetd: bool, bpffs: str, tmp_path: Path,
-                                                        launch: Callable[..., Launched]) -> None:
-    """Classic first (``auto``, no limits: silent), then a reload adds a rate limit: the guard
-    becomes eBPF and the refusal log starts, in both process models."""
+def test_the_refusal_log_runs_from_the_start_and_through_a_reload(inetd: bool, bpffs: str, tmp_path: Path,
+                                                                  launch: Callable[..., Launched]) -> None:
+    """``auto`` is eBPF from the start (no limits needed), so the refusal log runs from the
+    start; a reload that adds a rate limit keeps the backend and the log, in both process
+    models."""
     policy = tmp_path / "p.conf"
     policy.write_text(POLICY)
     lr = launch("--policy", str(policy), "--service", "echo", "--refusal-interval", "1", "--listen", "tcp://127.0.0.1:0",
@@ -485,12 +470,12 @@ def test_a_reload_that_takes_ebpf_starts_the_refusal_log(inetd: bool, bpffs: str
     (addr,), _ = lr.started(1, supervised=not inetd)
     if inetd:
         lr.wait_line(r"running cat per connection")  # the server's signals are set up
-    assert not any("backend ebpf" in line for line in lr.lines), lr.lines
+    assert any("backend ebpf" in line for line in lr.lines if "listening on" in line), lr.lines
+    lr.seen_line(r"refusal log: text to stderr, one line per refused source per 1 s")  # the reader is there
     port = port_of(addr)
     policy.write_text(POLICY.replace("    default", "    limit rate 100/minute per source\n    default"))
     lr.signal(signal.SIGHUP)
     lr.wait_line(r"reloaded: service echo, digest [0-9a-f]+, \d+ instructions, backend ebpf, on 1 socket")
-    lr.wait_line(r"refusal log: text to stderr, one line per refused source per 1 s")  # the reader is there
     for _ in range(3):
         knock("127.0.0.3", port)
     m = lr.wait_line(r"echo: refused connect from 127\.0\.0\.3 \((\d+) times? in \d+ s, default\)")

@@ -18,6 +18,7 @@ import os
 import select
 import socket
 import statistics
+import subprocess
 import sys
 import time
 from typing import Callable, Iterator
@@ -250,3 +251,41 @@ def test_a_ban_into_a_trie_full_of_expired_bans_sweeps_and_lands() -> None:
         finally:
             for fd in fds:
                 os.close(fd)
+
+
+IN_A_TIME_NAMESPACE = """
+import ipaddress, os, sys, time
+from test_ebpf_bans import NOT_CONNECTED, attempt, guarded_listener, maps_of
+from sockgate.ebpf.layout import BAN_VALUE, Origin
+from sockgate.ebpf.maps import LpmKey
+from sockgate.linux import bpfsys
+bpffs, offset = sys.argv[1], int(sys.argv[2]) * 10**9
+with guarded_listener() as srv:
+    maps = maps_of(bpffs)
+    expires = time.monotonic_ns() + 600 * 10**9
+    maps.put(ipaddress.ip_network("127.0.0.2/32"), expires, Origin.FAIL2BAN)
+    # what the program writes after a rate excess: its own clock (the host's), 600 s ahead
+    fd = bpfsys.get_pinned(maps.directory + "/bans4")
+    key = LpmKey.host(ipaddress.IPv4Address("127.0.0.3")).pack()
+    bpfsys.map_update(fd, key, BAN_VALUE.pack(time.monotonic_ns() - offset + 600 * 10**9, int(Origin.LIMIT), 0))
+    os.close(fd)
+    swept = maps.sweep()
+    banned = [not attempt(srv, s, NOT_CONNECTED) for s in ("127.0.0.2", "127.0.0.3")] + [attempt(srv, "127.0.0.1")]
+    listed = dict(maps.list())
+    print(all(banned), swept, abs(listed[ipaddress.ip_network("127.0.0.2/32")].expires_ns - expires) < 10**9)
+"""
+
+
+@pytest.mark.parametrize("offset", [-1000, 1000])
+def test_a_ban_written_from_a_time_namespace_lasts_as_long_as_asked(bpffs: str, offset: int) -> None:
+    """The program compares ``bpf_ktime_get_ns()``, which no time namespace offsets; a loader
+    in one (a restored container) reads an offset CLOCK_MONOTONIC. A 10-minute ban must bite
+    (behind: it had expired before it was written) and survive a sweep (ahead: the sweep took
+    it for expired), and read back in the writer's own clock."""
+    here = os.path.dirname(__file__)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([here, os.path.dirname(here), *sys.path]))
+    out = subprocess.run(["unshare", "--time", f"--monotonic={offset}", sys.executable, "-c", IN_A_TIME_NAMESPACE, bpffs,
+                          str(offset)],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "0", "True"]

@@ -93,6 +93,20 @@ def test_a_ban_denies_until_it_expires_and_an_expired_one_is_ignored() -> None:
         assert lo.count("2001:db8::5") is not None and lo.count("2001:db8::5").refused == 1  # type: ignore[union-attr]
 
 
+def test_an_expired_nested_ban_does_not_hide_the_programs_source_ban() -> None:
+    """The program bans a source's /64 on its own, after user space last normalised the trie:
+    an older, shorter ``/128`` ban inside it (fail2ban's, expired now) is the longest match,
+    and must not let that address through while its /64 is banned (the sweep comes later)."""
+    with loaded(ALLOW_ALL) as lo:
+        lo.ban("2001:db8:1::5/128", Ban(now_ns() - 1, Origin.FAIL2BAN).pack())
+        lo.ban("2001:db8:1::/64", Ban(now_ns() + HOUR, Origin.LIMIT).pack())
+        lo.ban("2001:db8:2::5/128", Ban(now_ns() - 1, Origin.FAIL2BAN).pack())  # no cover: passed over
+        assert not lo.run(frame("2001:db8:1::5")) and not lo.run(frame("2001:db8:1::6"))
+        assert lo.run(frame("2001:db8:2::5")) and lo.run(frame("2001:db8:2::6"))
+        lo.ban("2001:db8:1::/64", Ban(now_ns() - 1, Origin.LIMIT).pack())  # both expired: allowed again
+        assert lo.run(frame("2001:db8:1::5"))
+
+
 def test_a_ban_comes_before_an_allow_rule() -> None:
     with loaded(LAB) as lo, ring(lo) as r:
         assert lo.run(frame("10.2.0.1"))
@@ -314,6 +328,58 @@ def test_real_tcp_rate_limit_bans_the_source() -> None:
         assert lo.count("127.0.0.7").refused >= 1  # type: ignore[union-attr]
 
 
+IPV6_DSTOPTS = 59  # <linux/in6.h>: the sender's Destination Options header
+DSTOPTS = bytes([17, 0, 1, 4, 0, 0, 0, 0])  # next header UDP (the kernel rewrites it), PadN: 8 bytes
+
+
+@pytest.mark.parametrize("dstopts", [False, True], ids=["plain", "dstopts"])
+def test_a_udp_source_over_its_rate_is_banned_whatever_headers_it_adds(dstopts: bool) -> None:
+    """A datagram is the ban's trigger on a UDP socket (the backend's ``any`` program): a
+    Destination Options header between the IPv6 header and UDP must not make the source
+    escape its ``ban`` and keep its rate instead. The program cannot read past the header
+    chain, so it asks the socket: an unconnected IPv6 UDP socket's packets are UDP."""
+    svc = with_limits(ALLOW_ALL, Limits(rate_per_source=Rate(2, 60), ban_seconds=3600))
+    with loaded(svc, protocol="any") as lo, socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as u, \
+            socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as c:
+        u.bind(("::1", 0))
+        u.settimeout(0.3)
+        bpfsys.attach(u, lo.fd)
+        if dstopts:
+            c.setsockopt(socket.IPPROTO_IPV6, IPV6_DSTOPTS, DSTOPTS)
+        got = []
+        for i in range(4):
+            c.sendto(b"%d" % i, u.getsockname()[:2])
+            try:
+                got.append(u.recv(16) == b"%d" % i)
+            except socket.timeout:
+                got.append(False)
+        assert got == [True, True, False, False]
+        raw = bpfsys.map_lookup(lo.maps["sg_bans6"], LpmKey.host(ipaddress.IPv6Address("::1")).pack(), BAN_VALUE.size)
+        assert raw is not None and Ban.unpack(raw).origin is Origin.LIMIT
+
+
+def test_a_tcp_syn_with_dstopts_over_its_rate_still_bans_nobody() -> None:
+    """The other side of the same question: on a TCP listener an extension-header SYN is
+    rate-limited (fail closed) but never a ban, since its source is unverified."""
+    svc = with_limits(ALLOW_ALL, Limits(rate_per_source=Rate(1, 3600), ban_seconds=3600))
+    with loaded(svc, protocol="any") as lo, socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as lst:
+        lst.bind(("::1", 0))
+        lst.listen(8)
+        bpfsys.attach(lst, lo.fd)
+        done = []
+        for _ in range(2):
+            with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as c:
+                c.setsockopt(socket.IPPROTO_IPV6, IPV6_DSTOPTS, bytes([6]) + DSTOPTS[1:])
+                c.settimeout(1.0)
+                try:
+                    c.connect(lst.getsockname()[:2])
+                    done.append(True)
+                except OSError:
+                    done.append(False)
+        assert done == [True, False]
+        assert bpfsys.map_lookup(lo.maps["sg_bans6"], LpmKey.host(ipaddress.IPv6Address("::1")).pack(), BAN_VALUE.size) is None
+
+
 def new_frame(src: str, protocol: str, rng: random.Random) -> bytes:
     """A new connection from ``src``: a datagram, or with ``protocol`` "any" (the backend's
     program, which reads the protocol from the packet) a TCP SYN or a datagram at random."""
@@ -451,7 +517,7 @@ from sockgate.ebpf import Options, compile_service
 from sockgate.policy.ir import Action, Limits, Rate
 svc = service("s", [(Action.DENY, nets("10.1.0.0/16")), (Action.ALLOW, nets("10.0.0.0/8", "2001:db8::/32"))], Action.DENY)
 svc = replace(svc, limits=Limits(rate_per_source=Rate(3, 60), rate_total=Rate(10, 1), ban_seconds=60))
-for proto in ("tcp", "udp"):
+for proto in sys.argv[1:] or ("tcp", "udp"):
     lo = Loaded(compile_service(svc, options=Options(protocol=proto)))
     flags = 2 if proto == "tcp" else None
     print(proto, [lo.run(frame(s, tcp_flags=flags)) for s in ("10.2.0.1", "10.1.0.1", "2001:db8::1")])
@@ -471,6 +537,17 @@ def test_the_program_loads_with_cap_bpf_alone() -> None:
     cap_eff = int(out.stdout.split()[1], 16)
     assert not cap_eff & (1 << 21) and not cap_eff & (1 << 38)  # CAP_SYS_ADMIN, CAP_PERFMON gone
     assert out.stdout.splitlines()[1:] == ["tcp [True, False, True]", "udp [True, False, True]"]
+
+
+def test_the_backends_program_asks_its_socket_with_cap_bpf_alone() -> None:
+    """The ``any`` program (the backend's) reads ``skb->sk`` to tell a UDP socket behind IPv6
+    extension headers: that read needs no CAP_PERFMON either."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(__file__)), *sys.path]))
+    out = subprocess.run(["capsh", "--drop=cap_sys_admin,cap_perfmon", "--", "-c",
+                          f"exec {sys.executable} -c '{LOAD_WITHOUT_PERFMON}' any"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["any [True, False, True]"]
 
 
 def test_a_steady_flood_yields_one_event_per_interval() -> None:

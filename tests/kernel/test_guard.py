@@ -15,8 +15,9 @@ import pytest
 
 import sockgate
 from sockgate import guard as guard_mod
-from sockgate.bpf import compile_service
+from sockgate.ebpf.program import compile_service
 from sockgate.errors import AdapterError, UnsupportedInKernel, UnsupportedPlatform, UsageError
+from sockgate.kernel.ebpf import OPTIONS
 from sockgate.linux import filter as kfilter
 from sockgate.policy.parser import parse_policy
 from support.verdicts import local_sockets, tcp_reach, udp_reach
@@ -63,9 +64,9 @@ def reach(listener: socket.socket, *sources: str) -> dict[str, bool]:
 
 def test_guard_round_trip(policy: sockgate.Policy, listener: socket.socket) -> None:
     assert sockgate.guard_of(listener).state == "none"
-    g = policy.guard(listener, "web")
+    g = policy.guard(listener, "web")  # auto, as root: eBPF
     assert isinstance(g, guard_mod.Guarded)
-    assert (g.service, g.digest) == ("web", compile_service(policy.service("web")).digest)
+    assert (g.service, g.digest, g.backend) == ("web", compile_service(policy.service("web"), options=OPTIONS).digest, "ebpf")
     info = sockgate.guard_of(listener.fileno())  # a bare fd works too
     assert (info.state, info.service, info.digest, info.instructions) == ("sockgate", "web", g.digest, g.instructions)
     assert reach(listener, "127.0.0.1", "127.0.0.2", "127.0.0.3", "127.1.2.3") == {
@@ -115,7 +116,7 @@ def test_reload_swaps_in_place(policy: sockgate.Policy, listener: socket.socket)
 
 
 def test_bad_policy_leaves_old_filter(policy: sockgate.Policy, listener: socket.socket) -> None:
-    policy.guard(listener, "web")
+    policy.guard(listener, "web", backend="cbpf")  # a classic filter, read back whole below
     before = kfilter.get(listener)
     with pytest.raises(UsageError, match="no service 'nope'.*web, strict, named"):
         policy.guard(listener, "nope")

@@ -177,13 +177,14 @@ def _policy(tmp_path: Path) -> Any:
     return sockgate.load(p)
 
 
-def _guard(sock: socket.socket, tmp_path: Path) -> str:
-    """Guard ``sock`` with a compiled sockgate program; its expected guard text."""
+def _guard(sock: socket.socket, tmp_path: Path, backend: str = "cbpf") -> str:
+    """Guard ``sock`` with a compiled sockgate program from ``backend``; its expected guard text."""
     try:
         from sockgate.guard import guard
 
-        g = guard(_policy(tmp_path), sock, "web")
-        return f"sockgate web {g.digest}"
+        g = guard(_policy(tmp_path), sock, "web", backend=backend)
+        assert g.backend == backend
+        return f"sockgate web {g.digest}" + (" (ebpf, 0 refused)" if backend == "ebpf" else "")
     except ImportError:
         from sockgate import bpf
         from sockgate.linux import filter as sockfilter
@@ -195,7 +196,9 @@ def _guard(sock: socket.socket, tmp_path: Path) -> str:
         return f"sockgate web {marker.digest}"
 
 
-def test_guard_column(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["cbpf", "ebpf"])
+def test_guard_column(tmp_path: Path, backend: str) -> None:
+    """Our guard from either backend is named, with ``guard.backend`` in the JSON row."""
     from sockgate.linux import filter as sockfilter
 
     pid = os.getpid()
@@ -203,11 +206,12 @@ def test_guard_column(tmp_path: Path) -> None:
         for s in (guarded, plain, foreign):
             s.bind(("127.0.0.1", 0))
             s.listen(1)
-        expected = _guard(guarded, tmp_path)
+        expected = _guard(guarded, tmp_path, backend)
         sockfilter.attach(foreign, ACCEPT_ALL)
         rows = by_holder(sockgate_ls("-t", "--pid", str(pid)), pid)
         assert rows[(pid, guarded.fileno())]["guard"]["text"] == expected
         assert rows[(pid, guarded.fileno())]["guard"]["status"] == "sockgate"
+        assert rows[(pid, guarded.fileno())]["guard"]["backend"] == backend
         assert rows[(pid, plain.fileno())]["guard"]["text"] == "none"
         assert rows[(pid, foreign.fileno())]["guard"]["text"] == "foreign filter (1 insns)"
         unguarded = by_holder(sockgate_ls("-t", "--unguarded", "--pid", str(pid)), pid)
@@ -376,3 +380,30 @@ def test_a_genuine_marker_in_front_of_allow_all_is_modified(tmp_path: Path) -> N
         sockfilter.attach(s, program.encode())  # the genuine program is recognised as such
         assert guard_of(s).state == "sockgate"
         assert by_holder(sockgate_ls("-u", "--pid", str(pid)), pid)[(pid, s.fileno())]["guard"]["status"] == "sockgate"
+
+
+def test_identities_are_the_bound_sockets_the_inventory_lists(lab: Any) -> None:
+    """``sockdiag.identities`` (the poll's cheap look) names exactly the sockets ``inventory``
+    lists with a local port, in a namespace holding only this test's sockets."""
+    from sockgate.linux import sockdiag
+
+    states = {"tcp": 1 << sockdiag.TCP_LISTEN, "udp": 1 << sockdiag.TCP_CLOSE}
+    made = []
+    for family, kind, addr in ((socket.AF_INET, socket.SOCK_STREAM, lab.client_v4), (socket.AF_INET6, socket.SOCK_STREAM, "::"),
+                               (socket.AF_INET, socket.SOCK_DGRAM, "127.0.0.1"), (socket.AF_INET6, socket.SOCK_DGRAM, "::1")):
+        s = lab.client.socket(family, kind)
+        s.bind((addr, 0))
+        if kind == socket.SOCK_STREAM:
+            s.listen(1)
+        made.append(s)
+    made.append(lab.client.socket(socket.AF_INET, socket.SOCK_STREAM))  # not listening: not listed
+    try:
+        got = lab.client.call(lambda: sockdiag.identities(["tcp", "udp"], states))
+        listed = lab.client.call(lambda: {(s.proto, s.family, s.inode) for s in sockdiag.inventory(["tcp", "udp"], states)
+                                          if s.local_port})
+        assert got == listed
+        assert {inode for _, _, inode in got} == {os.fstat(s.fileno()).st_ino for s in made[:4]}
+        assert sorted((p, f) for p, f, _ in got) == [("tcp", "ipv4"), ("tcp", "ipv6"), ("udp", "ipv4"), ("udp", "ipv6")]
+    finally:
+        for s in made:
+            s.close()

@@ -246,7 +246,8 @@ def detach(lab: netlab.Lab, pid: int) -> None:
     """Take the kernel filter off the proxy's listeners, leaving user space on its own."""
     from support.proxyproc import SRC
 
-    out = lab.server.run(sys.executable, "-m", "sockgate", "detach", "--pid", str(pid), env={"PYTHONPATH": SRC})
+    out = lab.server.run(sys.executable, "-m", "sockgate", "detach", "--pid", str(pid),
+                         env={**os.environ, "PYTHONPATH": SRC})  # $SOCKGATE_BPFFS: where the proxy's eBPF guard is recorded
     assert "detached" in out.stdout, out.stdout + out.stderr
 
 

@@ -16,6 +16,7 @@ from typing import Iterator
 import pytest
 
 from support import netlab
+from support.launch import ls_guard
 from support.proxyproc import EchoServer, ProxyProc, connect, is_filtered, lab_round_trip, roundtrip, wait_for
 
 pytestmark = [
@@ -204,7 +205,8 @@ def test_connect_and_idle_timeouts(tmp_path: Path, echo: EchoServer, procs: list
     assert q.wait_record(event="close")["end"] == "idle timeout"
 
 
-def test_denied_sources_are_dropped_in_the_kernel(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc]) -> None:
+@pytest.mark.parametrize("backend", ["cbpf", "ebpf"])  # the proxy's kernel part on both backends
+def test_denied_sources_are_dropped_in_the_kernel(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc], backend: str) -> None:
     pol = policy(
         tmp_path,
         f"""
@@ -217,8 +219,9 @@ def test_denied_sources_are_dropped_in_the_kernel(tmp_path: Path, echo: EchoServ
         }}
         """,
     )
-    p = start(procs, tmp_path, str(pol))
+    p = start(procs, tmp_path, str(pol), "--backend", backend)
     port = p.tcp_port()
+    assert ls_guard(port)["backend"] == backend
     assert is_filtered(port, "127.0.0.2")  # no SYN-ACK: the kernel dropped it
     with connect(port, "127.0.0.1") as s:
         assert roundtrip(s, b"ok") == b"ok"
@@ -227,7 +230,8 @@ def test_denied_sources_are_dropped_in_the_kernel(tmp_path: Path, echo: EchoServ
     assert p.find(event="decision", decision="allow")
 
 
-def test_rate_ban_is_pushed_into_the_kernel_and_lifted(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc]) -> None:
+@pytest.mark.parametrize("backend", ["cbpf", "ebpf"])  # the proxy's kernel part on both backends
+def test_rate_ban_is_pushed_into_the_kernel_and_lifted(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc], backend: str) -> None:
     pol = policy(
         tmp_path,
         f"""
@@ -239,7 +243,7 @@ def test_rate_ban_is_pushed_into_the_kernel_and_lifted(tmp_path: Path, echo: Ech
         }}
         """,
     )
-    p = start(procs, tmp_path, str(pol))
+    p = start(procs, tmp_path, str(pol), "--backend", backend)
     port = p.tcp_port()
     for _ in range(3):
         with connect(port, "127.0.0.3") as s:
@@ -262,7 +266,9 @@ def test_rate_ban_is_pushed_into_the_kernel_and_lifted(tmp_path: Path, echo: Ech
         assert roundtrip(s, b"c") == b"c"
 
 
-def test_sighup_swaps_policy_and_filter_keeping_live_connections(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc]) -> None:
+@pytest.mark.parametrize("backend", ["cbpf", "ebpf"])  # the proxy's kernel part on both backends
+def test_sighup_swaps_policy_and_filter_keeping_live_connections(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc],
+                                                                 backend: str) -> None:
     text = """
         service web tcp/80 {{
             listen tcp://127.0.0.1:0
@@ -273,7 +279,7 @@ def test_sighup_swaps_policy_and_filter_keeping_live_connections(tmp_path: Path,
         }}
         """
     pol = policy(tmp_path, text.format(port=echo.port, rule="allow"))
-    p = start(procs, tmp_path, str(pol))
+    p = start(procs, tmp_path, str(pol), "--backend", backend)
     port = p.tcp_port()
     live = connect(port, "127.0.0.4")
     try:
@@ -288,6 +294,7 @@ def test_sighup_swaps_policy_and_filter_keeping_live_connections(tmp_path: Path,
         assert is_filtered(port, "127.0.0.4")  # new ones are dropped by the new filter
         with connect(port, "127.0.0.5") as s:
             assert roundtrip(s, b"3") == b"3"
+        assert ls_guard(port)["backend"] == backend
     finally:
         live.close()
 

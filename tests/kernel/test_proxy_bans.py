@@ -46,7 +46,7 @@ def _refused(port: int, source: str) -> None:
 def test_reload_adding_a_deny_takes_effect_despite_too_many_bans(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc]) -> None:
     pol = tmp_path / "p.conf"
     pol.write_text(_policy(echo.port))
-    p = ProxyProc([str(pol)], tmp_path / "proxy.log")
+    p = ProxyProc([str(pol), "--backend", "cbpf"], tmp_path / "proxy.log")  # classic BPF's capacity
     procs.append(p)
     p.ready(timeout=60)
     port = p.tcp_port()

@@ -21,6 +21,7 @@ import pytest
 
 from sockgate.ebpf import Options, compile_service, layout
 from sockgate.ebpf.layout import Count, Reason, SourceKey
+from sockgate.ebpf.maps import LpmKey
 from sockgate.linux import bpfsys
 from sockgate.linux.journal import Journal
 from sockgate.linux.ringbuf import RingBuffer
@@ -179,6 +180,64 @@ def test_a_source_whose_events_the_full_ring_dropped_is_still_logged() -> None:
                                  " lost)") for line in lines), lines[-3:]
         assert any("refusal events lost (the event ring was full)" in line for line in lines)
         assert sum("refused connect from" in line for line in lines) == 301  # every source, once
+    finally:
+        mon.close()
+        lo.close()
+
+
+def test_a_forged_mapped_source_without_its_event_is_still_called_forged() -> None:
+    """A ``::ffff:V`` source is forged whatever the ring said: when its refusal has no event in
+    an interval (refused again within its event interval, or the event lost), the line
+    recovered from the counters must still say ``forged source`` — never ``cause unknown``,
+    which the fail2ban filter matches and fail2ban folds to the IPv4 ``V`` (one spoofed IPv6
+    datagram per interval would get an innocent IPv4 host banned)."""
+    svc = parse_policy("service dns udp/53 {\n allow 10.0.0.0/8\n default deny\n}\n", "p.conf").require_service("dns")
+    lo = Loaded(compile_service(svc, options=Options(protocol="udp")))
+    out = io.StringIO()
+    mon = RefusalMonitor(refusal_log("text", stream=out), interval=1.0)
+    try:
+        mon.add("dns", RingBuffer(os.dup(lo.maps["sg_events"])), os.dup(lo.maps["sg_counts"]), os.dup(lo.maps["sg_stats"]))
+        for _ in range(2):  # an event, then (within the event interval) none: recovered from the counter
+            lo.run(frame("::ffff:192.0.2.44", tcp_flags=None))
+            for fd in mon.fds():
+                mon.on_readable(fd)
+            mon.flush()
+        lines = [x for x in out.getvalue().splitlines() if "refused connect from" in x]
+        assert len(lines) == 2, lines
+        assert all(x.endswith("refused connect from ::ffff:c000:22c (1 time in 1 s, forged source)") for x in lines), lines
+    finally:
+        mon.close()
+        lo.close()
+
+
+def test_a_banned_source_without_its_event_is_still_called_banned() -> None:
+    """A banned source keeps knocking; refusals without an event in an interval (within its
+    event interval, or lost) must not come back as ``cause unknown``, which the fail2ban
+    filter matches: sockgate's own ban would feed fail2ban again and again (its bans grow
+    with ``bantime.increment``), which the filter ignores ``banned`` lines to prevent. The
+    monitor asks the service's ban tries about each source it recovers from the counters."""
+    svc = parse_policy("service dns udp/53 {\n allow all\n default deny\n}\n", "p.conf").require_service("dns")
+    lo = Loaded(compile_service(svc, options=Options(protocol="udp")))
+    out = io.StringIO()
+    mon = RefusalMonitor(refusal_log("text", stream=out), interval=1.0)
+    try:
+        bans = {4: os.dup(lo.maps["sg_bans4"]), 6: os.dup(lo.maps["sg_bans6"])}
+        mon.add("dns", RingBuffer(os.dup(lo.maps["sg_events"])), os.dup(lo.maps["sg_counts"]), os.dup(lo.maps["sg_stats"]),
+                bans=bans)
+        for source in ("192.0.2.9", "2001:db8::9"):
+            a = ipaddress.ip_address(source)
+            bpfsys.map_update(lo.maps[f"sg_bans{a.version}"], LpmKey.host(a).pack(), layout.BAN_VALUE.pack(0, 2, 0))
+        for _ in range(2):  # an event each, then (within the event interval) none: recovered from the counters
+            assert not lo.run(frame("192.0.2.9", tcp_flags=None)) and not lo.run(frame("2001:db8::9", tcp_flags=None))
+            for fd in mon.fds():
+                mon.on_readable(fd)
+            mon.flush()
+        lines = [x for x in out.getvalue().splitlines() if "refused connect from" in x]
+        assert len(lines) == 4 and all(x.endswith("(1 time in 1 s, banned)") for x in lines), lines
+        bpfsys.map_delete(lo.maps["sg_bans4"], LpmKey.host(ipaddress.ip_address("192.0.2.9")).pack())
+        mon.flush()  # nothing new: no line
+        assert lo.run(frame("192.0.2.9", tcp_flags=None))  # lifted: allowed, no refusal
+        assert len([x for x in out.getvalue().splitlines() if "refused connect from" in x]) == 4
     finally:
         mon.close()
         lo.close()

@@ -10,14 +10,17 @@ from typing import Any, Iterator
 
 import pytest
 
+from sockgate.proxy.loop import ProxyLoop
 from sockgate.proxy.relay import PipePool, Relay
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the relay's splice pumps are Linux-only")
 
 
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    lp = asyncio.new_event_loop()
+@pytest.fixture(params=["proxy", "asyncio"])
+def loop(request: pytest.FixtureRequest) -> Iterator[asyncio.AbstractEventLoop]:
+    """The proxy's own loop (relay sockets in the loop's epoll set) and a plain asyncio loop
+    (the relays' own set, watched as one descriptor)."""
+    lp = ProxyLoop() if request.param == "proxy" else asyncio.new_event_loop()
     errors: list[dict[str, Any]] = []
     lp.set_exception_handler(lambda _, ctx: errors.append(ctx))
     yield lp

@@ -111,7 +111,7 @@ def test_fifty_reloads_under_load_then_a_removed_source_is_dropped(tmp_path: Pat
         for i in range(1, RELOADS + 1):
             write_atomic(policy, policy_text(i))
             lr.signal(signal.SIGHUP)
-            digests.add(lr.wait_line(r"reloaded: service echo, digest ([0-9a-f]+), \d+ instructions, on 1 socket\(s\)").group(1))
+            digests.add(lr.wait_line(r"reloaded: service echo, digest ([0-9a-f]+), \d+ instructions, backend ebpf, on 1 socket\(s\)").group(1))
             before = hammer.ok
             deadline = time.monotonic() + 5
             while hammer.ok == before and time.monotonic() < deadline and not hammer.failures:
@@ -136,7 +136,7 @@ def test_fifty_reloads_under_load_then_a_removed_source_is_dropped(tmp_path: Pat
         ("service other {\n    allow 127.0.0.1\n}\n", r"the policy has no service 'echo' \(services: other\)"),
         ("service echo {\n    allow host .example.com\n    default deny\n}\n", r"host name"),
         ("service echo {\n    allow 127.0.0.0/8\n    limit concurrent 5\n    default deny\n}\n",
-         r"service echo: limit concurrent 5: service-wide connection limits"),
+         r"concurrent connection limits \(the service\) count open connections"),  # eBPF's words (auto)
     ],
     ids=["syntax", "no-such-service", "needs-user-space", "service-wide-limits"],
 )

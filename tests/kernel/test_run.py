@@ -415,7 +415,7 @@ LIMITED = "service echo {\n    allow uid 0\n    allow 127.0.0.1\n    limit concu
 @pytest.mark.parametrize(
     ("listen", "extra", "message"),
     [
-        ("udp://127.0.0.1:0", [], "service echo: limit concurrent 5: service-wide connection limits"),
+        ("udp://127.0.0.1:0", [], "concurrent connection limits (the service) count open connections"),  # eBPF's words (auto)
         ("unix:{dir}/lim.sock", ["--inetd"], "service echo: service-wide limits"),
         ("unix:{dir}/lim.sock", [], "service echo: service-wide limits"),
     ],

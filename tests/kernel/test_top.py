@@ -42,7 +42,7 @@ async def test_ban_and_unban_from_top_go_through_the_agent_into_the_kernel(lab: 
     app = TopApp(Feed(agent.control, lab.bpffs), interval=3600, ban_for=600)
     async with app.run_test(size=(80, 24)) as pilot:
         mine = [r for r in rows(app, "t-sockets") if r[1] == f"0.0.0.0:{port}"]
-        assert [(r[5], r[6]) for r in mine] == [("web/cbpf", "guarded")]
+        assert [(r[5], r[6]) for r in mine] == [("web/ebpf", "guarded")]  # the agent under auto, as root: eBPF
         await pilot.press("f", *DENIED, "enter")
         assert isinstance(app.screen, FollowScreen)
         await pilot.press("b")

@@ -49,6 +49,7 @@ class FakeBpf:
     fail_attach: set[int] = field(default_factory=set)  # indexes of attach calls (0-based) that fail
     attaches: list[tuple[int, int]] = field(default_factory=list)  # (socket fd, program id) tried
     refuse_create: int | None = None  # errno every map_create fails with
+    refuse_load: int | None = None  # errno every prog_load fails with (EACCES: as the verifier refuses)
     _next: Any = field(default_factory=lambda: itertools.count(100))
 
     def _fd(self, obj: Any) -> int:
@@ -127,6 +128,8 @@ class FakeBpf:
 
     # programs
     def prog_load(self, prog_type: int, insns: bytes, name: str) -> int:
+        if self.refuse_load is not None:
+            raise _err(self.refuse_load, f"load BPF program {name}")
         p = FakeProg(len(self.progs) + 1, name, insns)
         self.progs[p.id] = p
         return self._fd(p)

@@ -11,6 +11,7 @@ stream socket and answers every datagram.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -21,7 +22,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -77,12 +78,18 @@ LISTENING = re.compile(r"listening on (\S+?)(?: as fd \d+ \([^)]*\))?, ")
 RUNNING = re.compile(r"running .* as pid (\d+)")
 
 
+# A child that may not load eBPF: without CAP_BPF and CAP_SYS_ADMIN in its bounding set (root's
+# capabilities after exec), bpf(2) refuses it an LPM trie whatever kernel.unprivileged_bpf_disabled
+# says (kernel/bpf/syscall.c: map_create, bpf_capable()); CAP_NET_ADMIN and the rest stay.
+NO_BPF = ("setpriv", "--bounding-set=-bpf,-sys_admin", "--")
+
+
 class Launched:
-    def __init__(self, argv: Sequence[str], env: dict[str, str] | None = None) -> None:
+    def __init__(self, argv: Sequence[str], env: dict[str, str] | None = None, prefix: Sequence[str] = ()) -> None:
         full_env = dict(os.environ if env is None else env)
         full_env["PYTHONPATH"] = SRC + os.pathsep + full_env.get("PYTHONPATH", "")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sockgate", "run", *argv],
+            [*prefix, sys.executable, "-m", "sockgate", "run", *argv],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -229,6 +236,24 @@ def udp_echo(source: str, port: int, payload: bytes = b"dgram", timeout: float =
             return c.recv(65536)
         except TimeoutError:
             return None
+
+
+def sockgate_cli(*argv: str, user: int | None = None, prefix: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+    """``sockgate ARGV`` run to its end (as ``user``, or under ``prefix``), output captured."""
+    env = dict(os.environ, PYTHONPATH=SRC)
+    who = [] if user is None else ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"]
+    return subprocess.run([*prefix, *who, sys.executable, "-m", "sockgate", *argv], capture_output=True, text=True,
+                          timeout=60, env=env, cwd="/")
+
+
+def ls_guard(port: int, proto: str = "-t") -> dict[str, Any]:
+    """The ``guard`` object of ``sockgate ls --json``'s one row for ``port``."""
+    r = sockgate_cli("ls", "--json", proto, "--port", str(port))
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(rows) == 1, rows
+    guard: dict[str, Any] = rows[0]["guard"]
+    return guard
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -78,7 +78,7 @@ AGENT_EDGES = frozenset({
     "sockgate.agent.client", "sockgate.agent.names", "sockgate.agent.files", "sockgate.agent.sources",
     "sockgate.agent.runtime", "sockgate.agent.bansink", "sockgate.agent.crowdfeed", "sockgate.agent.agentstate",
     "sockgate.agent.sweeps", "sockgate.agent.transaction", "sockgate.agent.banning", "sockgate.agent.hostnames",
-    "sockgate.agent.refusals",
+    "sockgate.agent.refusals", "sockgate.agent.launchfiles", "sockgate.agent.auditscan",
 })
 
 # Adapters are thin: one kernel facility each, no policy logic.

@@ -29,7 +29,7 @@ from sockgate.agent.model import Endpoint
 from sockgate.agent.names import NameResolver
 from sockgate.agent.observe import Observer
 from sockgate.agent.refusals import AgentRefusals
-from sockgate.agent.superserver import Launch
+from sockgate.agent.superserver import SYSTEMD_UNITS, Launch
 from sockgate.bans import BannedPrefix, Origin
 from sockgate.errors import SockgateError
 from sockgate.kernel import BackendChoice, Kernel
@@ -42,7 +42,6 @@ from sockgate.resolve.model import ResolvedService
 from sockgate.supervisor import Cancel, Loop, Notifier
 
 SWEEP = 300.0
-SYSTEMD_UNITS = ("/etc/systemd/system", "/run/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system")
 Trigger = Literal["start", "signal", "file", "request", "names", "bans"]
 
 
@@ -104,6 +103,7 @@ class AgentState:
     observer: Observer
     bans: BanBook[BannedPrefix]
     saver: bansink.StateSaver  # the ban state file (``saver.error``: why the last save failed)
+    crowdsec_error: str | None  # why CrowdSec's decisions held are not all in force (retried at each pull)
     retry: reconcile.RetryBook
     counters: dict[str, int]
     rows: dict[int, Row]

@@ -18,7 +18,7 @@ from sockgate.agent.banbook import BanBook
 from sockgate.agent.protocol import Ban
 from sockgate.agent.hostnames import HostNames
 from sockgate.agent.transaction import failure_text
-from sockgate.bans import BannedPrefix
+from sockgate.bans import BannedPrefix, touches_loopback
 from sockgate.crowdsec.stream import Report
 from sockgate.errors import SockgateError
 from sockgate.policy.ir import IPNetwork
@@ -55,6 +55,8 @@ class Banning(HostNames):
         assert self.built is not None
         if body.service is not None and self.built.desired.service(body.service) is None:
             return f"no service {body.service} in the agent's policy"
+        if body.origin != "manual" and touches_loopback(body.net):  # decided from what remote clients wrote
+            return f"{body.net} covers this host's loopback: a ban from {body.origin} never cuts the host off from itself"
         error = self._set_bans(self.bans.add(bansink.entry(body.net, body.seconds, body.origin, body.service,
                                                             body.reason, time.monotonic_ns())))
         if error is None:
@@ -88,15 +90,23 @@ class Banning(HostNames):
 
     def _on_crowdsec(self, report: Report) -> None:
         """A pull that changed CrowdSec's bans: the origin's entries replaced by the decisions
-        held, in force on every service but the exempt ones, their connections ended."""
-        if not (report.changed or report.startup) or self.crowdsec is None:
+        held, in force on every service but the exempt ones, their connections ended. The LAPI
+        sends a decision once: one the kernel could not take is held, not dropped, and every
+        later pull tries again (whatever it changes) until the decisions held are in force."""
+        if not (report.changed or report.startup or self.crowdsec_error) or self.crowdsec is None:
             return
         book, new = self.crowdsec.book(self.bans, report, time.monotonic_ns())
         error = None if book == self.bans else self._set_bans(book, bansink.CROWDSEC_SAVE_S)
         if error is not None:
-            self.log.record("error", message=f"CrowdSec decisions not applied, the previous bans stay: {error}")
-        elif new:
-            self._end_banned(new, lambda s: s not in self.opts.crowdsec_exempt)
+            self.crowdsec_error = (f"CrowdSec decisions not applied ({len(self.crowdsec.session.state)} held, "
+                                   f"retried at each pull), the previous bans stay: {error}")
+            self.log.record("error", message=self.crowdsec_error)
+        else:
+            if self.crowdsec_error is not None:  # the decisions that failed had their connections kept too
+                new = list(self.crowdsec.session.state.bans(time.monotonic_ns()))
+            self.crowdsec_error = None
+            if new:
+                self._end_banned(new, lambda s: s not in self.opts.crowdsec_exempt)
         self.log.flush()
 
     def _end_banned(self, nets: list[IPNetwork], service: str | None | Callable[[str], bool]) -> None:

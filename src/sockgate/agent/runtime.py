@@ -37,7 +37,8 @@ from typing import Callable, Literal
 from sockgate.agent import control as control_mod
 from sockgate.agent import bansink, reconcile, statusdoc
 from sockgate.agent import watcher as watcher_mod
-from sockgate.agent.agentstate import SWEEP, SYSTEMD_UNITS, Built, Options, Row, Trigger
+from sockgate.agent.agentstate import SWEEP, Built, Options, Row, Trigger
+from sockgate.agent.superserver import SYSTEMD_UNITS
 from sockgate.agent.applier import Applier
 from sockgate.agent.banbook import BanBook
 from sockgate.agent.banning import Banning
@@ -70,6 +71,7 @@ class Agent(Banning):
         self.observer = Observer(kernel, keep=self._wanted, named=self._named)
         self.bans = BanBook()
         self.saver = bansink.StateSaver(log)  # the ban state file (``saver.error``: why not saved)
+        self.crowdsec_error: str | None = None
         self.retry = reconcile.RetryBook()
         self.counters: dict[str, int] = {k: 0 for k in statusdoc.COUNTERS}
         self.rows: dict[int, Row] = {}
@@ -204,6 +206,7 @@ class Agent(Banning):
         sources = {} if self.crowdsec is None else {"crowdsec": self.crowdsec.status(bansink.mono_to_wall)}
         errors += ([] if self.crowdsec is None else self.crowdsec.errors()) + ([self.saver.error] if self.saver.error else [])
         errors += [self.names_error] if self.names_error else []
+        errors += [self.crowdsec_error] if self.crowdsec_error else []
         errors += [self.refusals.error] if self.refusals is not None and self.refusals.error else []
         return statusdoc.build(agent, self.policy_info, services, bans, sources, errors, tuple(self.impostors.values()),
                                tuple(self.superserved.values()))

@@ -196,9 +196,8 @@ def _service(s: ServiceRow) -> dict[str, Any]:
 
 def _socket(r: SocketRow) -> dict[str, Any]:
     o, g = r.sock, r.sock.guard
-    host = f"[{o.local_addr}]" if o.family == 6 else o.local_addr
     return {
-        "cookie": o.cookie, "proto": o.proto, "family": o.family, "local": f"{host}:{o.port}", "netns": f"net:[{o.netns}]",
+        "cookie": o.cookie, "proto": o.proto, "family": o.family, "local": o.local_text(), "netns": f"net:[{o.netns}]",
         "holders": [{"pid": h.pid, "comm": h.comm, "argv0": h.argv0, "fd": h.fd} for h in o.holders],
         "state": r.state,
         "guard": {"state": g.state, "service": g.service, "digest": g.digest, "backend": g.backend, "locked": g.locked},
@@ -208,15 +207,13 @@ def _socket(r: SocketRow) -> dict[str, Any]:
 
 def _impostor(i: ImpostorRow) -> dict[str, Any]:
     o = i.sock
-    host = f"[{o.local_addr}]" if o.family == 6 else o.local_addr
-    return {"service": i.service, "proto": o.proto, "local": f"{host}:{o.port}",
+    return {"service": i.service, "proto": o.proto, "local": o.local_text(),
             "holders": [{"pid": h.pid, "comm": h.comm, "argv0": h.argv0, "uid": h.euid, "exe": h.exe} for h in o.holders]}
 
 
 def _superserved(r: SuperservedRow) -> dict[str, Any]:
     o = r.sock
-    host = f"[{o.local_addr}]" if o.family == 6 else o.local_addr
-    return {"proto": o.proto, "local": f"{host}:{o.port}", "port": o.port,
+    return {"proto": o.proto, "local": o.local_text(), "port": o.port,
             "holders": [{"pid": h.pid, "comm": h.comm, "argv0": h.argv0, "uid": h.euid, "exe": h.exe} for h in o.holders]}
 
 

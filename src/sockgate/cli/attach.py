@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
                 "digest": guarded.digest,
                 "instructions": guarded.instructions,
                 "backend": guarded.backend,
+                "backend_reason": guarded.why,
                 "sockets": [c.as_dict() for c in changes],
                 "ended_connections": ended.count,
             }
@@ -78,11 +79,7 @@ def run(args: argparse.Namespace) -> int:
         was = "" if c.before.state == "none" else f" (was {c.before.describe()})"
         # was: a filter read back from someone else's socket, its marker's name theirs
         print(escape(f"{c.action} pid {c.pid} fd {c.fd} {c.proto} {c.local}: service {guarded.service}"
-                     f" digest {guarded.digest}, {guarded.instructions} instructions{_via(guarded.backend)}{was}"))
+                     f" digest {guarded.digest}, {guarded.instructions} instructions, {guarded.describe()}{was}"))
     if ended.count:
         print(f"ended {ended.count} established connection(s) the policy denies")
     return 0
-
-
-def _via(backend: str) -> str:
-    return ", backend ebpf" if backend == "ebpf" else ""

@@ -15,7 +15,7 @@ import argparse
 import sys
 from dataclasses import replace
 
-from sockgate.cli.common import add_log_args, add_policy_args, log_sink
+from sockgate.cli.common import add_backend_arg, add_log_args, add_policy_args, log_sink
 from sockgate.errors import UsageError
 from sockgate.policy.ir import Action, Policy, Service
 from sockgate.proxy.service import ProxySettings, ProxySpec
@@ -27,8 +27,11 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--forward", metavar="URL", help="forward to this tcp://, udp:// or unix: URL")
     p.add_argument("--service", metavar="S", help="the policy service deciding --listen clients")
     add_log_args(p, "log to syslog (daemon facility) instead of stderr")
+    add_backend_arg(p)
     p.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes sharing the listeners (default 1)")
-    p.add_argument("--no-uvloop", action="store_true", help="use the standard asyncio loop even if uvloop is installed")
+    loops = p.add_mutually_exclusive_group()
+    loops.add_argument("--uvloop", action="store_true", help="run on uvloop (if installed) instead of the proxy's own epoll loop")
+    loops.add_argument("--no-uvloop", action="store_true", help="the proxy's own epoll loop (the default; kept for scripts)")
     p.add_argument("--no-splice", action="store_true", help="copy through user space instead of splice(2)")
     p.add_argument("--idle-timeout", type=float, default=300.0, metavar="S", help="close connections idle this long (300)")
     p.add_argument("--connect-timeout", type=float, default=5.0, metavar="S", help="give up connecting to the backend after S (5)")
@@ -91,6 +94,7 @@ def plans_from_args(args: argparse.Namespace) -> list[ProxySpec]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sockgate.guard import backend_choice
     from sockgate.proxy import reverse_lookup
     from sockgate.log import Log
     from sockgate.proxy.server import Proxy
@@ -111,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         max_connections_per_source=args.max_connections_per_source,
         max_udp_flows=args.max_udp_flows,
         max_udp_flows_per_source=args.max_udp_flows_per_source,
+        backend=backend_choice(args.backend),
     )
     log = Log(args.log_format, sys.stderr, sink=log_sink(args))
     proxy = Proxy(
@@ -120,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         loader=lambda: plans_from_args(args),
         workers=args.workers,
         reverse_lookup=reverse_lookup(args.name_timeout, args.name_queue),
-        use_uvloop=not args.no_uvloop,
+        use_uvloop=args.uvloop,
         splice=not args.no_splice,
     )
     return proxy.serve()

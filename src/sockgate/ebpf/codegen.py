@@ -80,6 +80,7 @@ from sockgate.policy.ir import Action
 
 SRC_OFFSET = {4: 12, 6: 8}  # RFC 791, RFC 8200: the source address in the network header
 ADDR_LEN = {4: 4, 6: 16}
+SOURCE_PREFIX6 = 64  # an IPv6 source's prefix as rates.py bans it (limits.source_of)
 RETURN = {Action.DENY: 0, Action.ALLOW: -1}  # as w0: 0 or 0xffffffff
 MAP_FD_PLACEHOLDER = frame.MAP_FD_PLACEHOLDER
 
@@ -157,6 +158,7 @@ def generate(shape: Shape, map4: str, map6: str) -> Generated:
     if state is not None:
         counting.refused(em, state.protocol, state.event_interval_ns)
         rates.allowed(em, state.protocol, state.limits, state.tcp_bans)
+        _ban6_cover(em)
     out = asm.assemble()
     relocs = tuple((out.labels[k], name) for k, name in em.relocs)
     return Generated(out.insns, relocs, out.labels, tuple(em.used))
@@ -199,10 +201,35 @@ def _source(em: Emitter, fam: int) -> None:
 
 def _bans(em: Emitter, fam: int) -> None:
     """A source in ``sg_bans<fam>`` whose ban has not expired (``expires_ns`` 0, or later
-    than now) is banned; an expired entry is passed over (user space sweeps it)."""
+    than now) is banned; an expired entry is passed over (user space sweeps it).
+
+    IPv6: an expired longest match is asked once more at /64. User space keeps nested entries
+    consistent when it writes (kernel/banmaps.py ``normalise``), but the program bans a
+    source's /64 on its own later (rates.py), over an older, shorter-lived ``/128`` that
+    fail2ban put there: that expired entry would hide the active /64 until the sweep. (IPv4
+    needs no second look: the program's ban is the /32 itself.)"""
     em.load_map(BPF_REG_1, bans_spec(fam).name)
     em.emit(mov64(BPF_REG_2, BPF_REG_10), alu64(BPF_ADD, BPF_REG_2, imm=KEY), call(Helper.map_lookup_elem))
     em.asm.jump(BPF_JEQ, BPF_REG_0, f"lookup{fam}", imm=0)
+    _ban_holds(em)
+    if fam == 6:
+        em.asm.ja("ban6_cover")  # out of line, at the end (``_ban6_cover``): rarely taken
+
+
+def _ban6_cover(em: Emitter) -> None:
+    """The second look of an IPv6 source whose longest ban entry has expired: at /64."""
+    em.asm.label("ban6_cover")
+    em.emit(st(BPF_W, BPF_REG_10, KEY, SOURCE_PREFIX6))
+    em.load_map(BPF_REG_1, bans_spec(6).name)
+    em.emit(mov64(BPF_REG_2, BPF_REG_10), alu64(BPF_ADD, BPF_REG_2, imm=KEY), call(Helper.map_lookup_elem))
+    em.emit(st(BPF_W, BPF_REG_10, KEY, PREFIX_BITS[6]))
+    em.asm.jump(BPF_JEQ, BPF_REG_0, "lookup6", imm=0)
+    _ban_holds(em)
+    em.asm.ja("lookup6")
+
+
+def _ban_holds(em: Emitter) -> None:
+    """To ``banned`` when the ban entry in R0 has not expired; clobbers R0-R5, R9."""
     em.emit(ldx(BPF_DW, BPF_REG_9, BPF_REG_0, 0))
     em.asm.jump(BPF_JEQ, BPF_REG_9, "banned", imm=0)
     em.emit(call(Helper.ktime_get_ns))

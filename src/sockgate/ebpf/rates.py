@@ -78,6 +78,7 @@ from sockgate.ebpf.insn import (
     BPF_REG_2,
     BPF_REG_3,
     BPF_REG_4,
+    BPF_REG_6,
     BPF_REG_7,
     BPF_REG_8,
     BPF_REG_9,
@@ -97,7 +98,7 @@ from sockgate.ebpf.insn import (
 )
 from sockgate.ebpf.layout import Origin, Reason, Stat, bans_spec, buckets_spec
 from sockgate.ebpf.counting import (
-    BPF_NOEXIST, IPPROTO_UDP, IPV4_PROTOCOL, IPV6_NEXT_HEADER, Protocol, load_byte, stat, syn_check,
+    BPF_NOEXIST, IPPROTO_TCP, IPPROTO_UDP, IPV4_PROTOCOL, IPV6_NEXT_HEADER, Protocol, load_byte, stat, syn_check,
 )
 from sockgate.errors import UnsupportedInKernel
 from sockgate.policy.ir import Action, Limits, Rate
@@ -105,6 +106,10 @@ from sockgate.resolve import ResolvedService
 
 NS = 1_000_000_000
 CLAIMS = 3  # compare-and-exchange tries on one bucket before refusing
+# <linux/bpf.h>: offsetof(struct __sk_buff, sk); offsetof(struct bpf_sock, family, src_port, state)
+SKB_SK, SOCK_FAMILY, SOCK_SRC_PORT, SOCK_STATE = 168, 4, 44, 72
+AF_INET6 = 10  # <linux/socket.h>
+TCP_CLOSE = 7  # include/net/tcp_states.h (UDP sockets use the TCP states: unconnected is TCP_CLOSE)
 _NAT64_WORD = int.from_bytes(bytes([0x00, 0x64, 0xFF, 0x9B]), sys.byteorder)  # 64:ff9b::/96, first word
 
 
@@ -339,20 +344,49 @@ def _lookup(em: Emitter, name: str, key: int) -> None:
 
 
 def _only_udp(em: Emitter, otherwise: str) -> None:
-    """Go on only when the packet is provably UDP (the IPv4 protocol byte, or the IPv6 fixed
-    header's next header, is 17); TCP, an extension header or an unreadable header go to
-    ``otherwise`` — failing towards no ban, the safe side of a spoofable trigger."""
+    """Go on only when the packet is provably UDP: the IPv4 protocol byte is 17; or the IPv6
+    fixed header's next header is 17; or, behind IPv6 extension headers (which the program
+    does not walk), the socket is an unconnected IPv6 UDP socket (``_udp_socket``). TCP, an
+    unreadable header or any other socket go to ``otherwise`` — failing towards no ban, the
+    safe side of a spoofable trigger. Without the socket's word a datagram carrying a
+    Destination Options header would escape its ``ban`` and keep its rate."""
     asm = em.asm
-    v6, check = asm.fresh("udp6_"), asm.fresh("udp_check_")
+    v6, check, done = asm.fresh("udp6_"), asm.fresh("udp_check_"), asm.fresh("udp_sure_")
     em.emit(ldx(BPF_B, BPF_REG_1, BPF_REG_10, SRC))
     asm.jump(BPF_JEQ, BPF_REG_1, v6, imm=6)
     load_byte(em, IPV4_PROTOCOL, otherwise)
     asm.ja(check)
     asm.label(v6)
     load_byte(em, IPV6_NEXT_HEADER, otherwise)
+    em.emit(ldx(BPF_B, BPF_REG_1, BPF_REG_10, TCP_FLAGS))
+    asm.jump(BPF_JEQ, BPF_REG_1, done, imm=IPPROTO_UDP)
+    asm.jump(BPF_JEQ, BPF_REG_1, otherwise, imm=IPPROTO_TCP)
+    _udp_socket(em, otherwise)
+    asm.ja(done)
     asm.label(check)
     em.emit(ldx(BPF_B, BPF_REG_1, BPF_REG_10, TCP_FLAGS))
     asm.jump(BPF_JNE, BPF_REG_1, otherwise, imm=IPPROTO_UDP)
+    asm.label(done)
+
+
+def _udp_socket(em: Emitter, otherwise: str) -> None:
+    """Go on only when the socket the filter runs on (``skb->sk``, a ``struct bpf_sock`` whose
+    common fields a socket filter may read without CAP_PERFMON) is a bound IPv6 socket in
+    ``TCP_CLOSE``: an unconnected UDP socket, whose packets are UDP whatever headers precede
+    the datagram. A TCP socket that receives is listening or connected, not closed (only a
+    packet racing the socket's own close could see it so, and would cost at worst one ban); a
+    connected UDP socket (``TCP_ESTABLISHED``) goes to ``otherwise`` (no ban: the safe side);
+    ``BPF_PROG_TEST_RUN``'s stand-in socket is bound to no port. (``bpf_skc_to_udp6_sock``
+    would say it outright, but needs CAP_PERFMON, which the loader may not have.)"""
+    asm = em.asm
+    em.emit(ldx(BPF_DW, BPF_REG_1, BPF_REG_6, SKB_SK))
+    asm.jump(BPF_JEQ, BPF_REG_1, otherwise, imm=0)
+    em.emit(ldx(BPF_W, BPF_REG_2, BPF_REG_1, SOCK_FAMILY))
+    asm.jump(BPF_JNE, BPF_REG_2, otherwise, imm=AF_INET6)
+    em.emit(ldx(BPF_W, BPF_REG_2, BPF_REG_1, SOCK_STATE))
+    asm.jump(BPF_JNE, BPF_REG_2, otherwise, imm=TCP_CLOSE)
+    em.emit(ldx(BPF_W, BPF_REG_2, BPF_REG_1, SOCK_SRC_PORT))
+    asm.jump(BPF_JEQ, BPF_REG_2, otherwise, imm=0)
 
 
 def _ban(em: Emitter) -> None:

@@ -27,7 +27,7 @@ from typing import Callable, Iterable, assert_never
 from sockgate.resolve.ranges import BANNED, FORGED
 from sockgate.ebpf import layout
 from sockgate.ebpf.layout import Count, Event, Origin, Reason, SourceKey
-from sockgate.ebpf.maps import ADDR_BYTES, LpmKey
+from sockgate.ebpf.maps import ADDR_BYTES, DEFAULT_RULE, LpmKey
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Totals = Callable[[str, SourceKey], "Count | None"]  # (service, source) → the kernel's counter
@@ -110,6 +110,7 @@ class _Pending:
     reason: Reason
     rule: int
     recovered: bool = False
+    known: bool = False  # recovered, but its cause found elsewhere (its ban)
 
 
 @dataclass
@@ -141,11 +142,14 @@ class Aggregator:
             tally[0] += 1  # (a source seen twice past the memory counts twice: only a bound)
             tally[1] += 1
 
-    def recover(self, service: str, counters: Iterable[tuple[SourceKey, Count]]) -> None:
+    def recover(self, service: str, counters: Iterable[tuple[SourceKey, Count]],
+                banned: Callable[[SourceKey], bool] | None = None) -> None:
         """Sources the kernel's counters show refused in this interval but no event named
         (the ring was full: an attacker hiding among a flood of spoofed sources): added
         without a cause, so ``flush`` logs them with their count too. The counters are the
-        truth; the ring is only the wake-up."""
+        truth; the ring is only the wake-up. ``banned`` (the service's ban tries, asked now)
+        names the cause of a source banned now: a ``cause unknown`` line about it would feed
+        a ban sockgate enforces back to fail2ban, which ignores only ``banned`` lines."""
         for key, c in counters:
             k = (service, key)
             if c.last_ns < self.window_start or k in self._pending or key.address is None:
@@ -154,7 +158,9 @@ class Aggregator:
                 tally = self._overflow.setdefault(service, [0, 0])
                 tally[0] += 1
                 continue
-            self._pending[k] = _Pending(0, max(c.first_ns, self.window_start), c.last_ns, Reason.RULE, -1, recovered=True)
+            ban = banned is not None and banned(key)
+            self._pending[k] = _Pending(0, max(c.first_ns, self.window_start), c.last_ns, Reason.RULE,
+                                        BANNED if ban else DEFAULT_RULE, recovered=True, known=ban)
 
     def flush(self, now_ns: int, totals: Totals) -> list[Refusal | Overflow]:
         """The interval's lines, and a new interval from ``now_ns``."""
@@ -167,7 +173,10 @@ class Aggregator:
             assert address is not None  # add() and recover() key only IPv4 and IPv6 sources
             if p.recovered and count == 0:
                 continue  # its counter did not grow after all (the last report had it)
-            out.append(Refusal(service, address, count, p.first_ns, last, reason, rule, window, p.recovered))
+            if forged(address):  # known from the address alone, whatever the ring said (or lost)
+                reason, rule = Reason.FORGED, None
+            out.append(Refusal(service, address, count, p.first_ns, last, reason, rule, window,
+                               p.recovered and not p.known and reason is not Reason.FORGED))
         out += [Overflow(s, n, e, window) for s, (n, e) in self._overflow.items()]
         self._pending, self._overflow = {}, {}
         self.window_start = now_ns
@@ -191,6 +200,14 @@ class Aggregator:
         while len(self._reported) > self.memory:
             del self._reported[next(iter(self._reported))]
         return max(p.events, delta), max(p.last_ns, c.last_ns)
+
+
+def forged(address: Address) -> bool:
+    """An IPv4-mapped source (``::ffff:0:0/96``) in an IPv6 header: the program refuses it as
+    forged before any ban or rule (codegen.py), so that is its cause even when no event said so.
+    A line must never name it without ``forged source``: fail2ban reads ``::ffff:V`` as the IPv4
+    ``V``, and one spoofed datagram would ban an innocent host."""
+    return isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None
 
 
 def _classify(reason: Reason, rule: int) -> tuple[Reason, int | None]:
@@ -320,8 +337,13 @@ def sort_counts(rows: list[CountRow]) -> list[CountRow]:
 
 
 def count_json(r: CountRow, clock: Clock) -> dict[str, object]:
-    return {"type": "refused", "service": r.service, "source": str(r.source), "count": r.count.refused,
-            "first_seen": clock.iso(r.count.first_ns), "last_seen": clock.iso(r.count.last_ns)}
+    """A counter's row; with ``"forged": true`` when its source is IPv4-mapped (``forged``):
+    a consumer that bans from these rows must not read ``::ffff:V`` as the IPv4 ``V``."""
+    out: dict[str, object] = {"type": "refused", "service": r.service, "source": str(r.source), "count": r.count.refused,
+                              "first_seen": clock.iso(r.count.first_ns), "last_seen": clock.iso(r.count.last_ns)}
+    if forged(r.source):
+        out["forged"] = True
+    return out
 
 
 def ban_json(r: BanRow, clock: Clock) -> dict[str, object]:

@@ -11,18 +11,21 @@ many sockets all-or-nothing (``transaction.apply``), ``read`` what a socket carr
 ``default_kernel()`` is the real one, chosen once at import: classic BPF over ``linux.filter``,
 then eBPF (``kernel.ebpf``) over ``linux.bpfsys``/``linux.bpffs``.
 
-Which backend compiles a service (``compile(..., backend=)``): ``cbpf`` or ``ebpf`` as asked
-(an unusable one is an error naming why); ``auto`` takes classic BPF when it can carry the
-service, and the next backend only when classic refuses a service that backend compiles (more
-ranges than one classic program holds; rate limits, which only eBPF enforces:
-``Backend.enforces``): the pure compile is tried first, so a policy no backend takes never
-touches bpf(2) or bpffs. A service too large for classic BPF, or with rate limits, says that
-eBPF would take it (and, when this process cannot load eBPF, why not). No choice (None, the proxy's) is the first usable
-backend, classic BPF.
+Which backend compiles a service (``choose``, then ``compile(..., backend=)``): ``cbpf`` or
+``ebpf`` as asked (an unusable one is an error naming why); ``auto`` is eBPF when this process
+may load it, else classic BPF. Whether it may is probed once per process, bpf filesystem and
+effective uid (``EbpfBackend.unavailable``: an LPM-trie map made and a trivial socket filter
+verified, both closed, and the bpffs directories; EPERM, ENOSYS, a verifier's refusal or an unusable bpffs
+send ``auto`` to classic BPF, and ``Chosen.why`` says so on the start-up line). The choice is
+made before anything is compiled and never changes after: when eBPF was chosen and a later
+load fails, that is an error, never a socket left with a weaker filter or none. A service the
+chosen backend refuses says which other backend would take it (``--backend ebpf``, or why it
+cannot here): a policy too large for classic BPF, or with rate limits, names eBPF.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Collection, Literal, Sequence, assert_never
 
 from sockgate.resolve.ranges import Banned
@@ -41,20 +44,24 @@ BackendChoice = Literal["auto", "cbpf", "ebpf"]
 BACKEND_CHOICES: tuple[BackendChoice, ...] = ("auto", "cbpf", "ebpf")
 
 
+@dataclass(frozen=True)
+class Chosen:
+    """The backend a ``BackendChoice`` came to, and why (the start-up line's words)."""
+
+    name: BackendName
+    why: str
+
+    def describe(self) -> str:
+        return f"backend {self.name} ({self.why})"
+
+
 class Kernel:
-    def __init__(self, backends: Sequence[Backend], ops: FilterOps) -> None:
+    def __init__(self, backends: Sequence[Backend], ops: FilterOps, prefer: Sequence[str] = ("ebpf",)) -> None:
+        """``backends`` in the order a filter is recognised (``read``); ``prefer``: the
+        names ``auto`` tries first, the rest following in list order."""
         self.backends = tuple(backends)
         self.ops = ops
-
-    def backend(self) -> Backend:
-        """The first backend this process can use; UnsupportedPlatform naming why none."""
-        reasons = []
-        for b in self.backends:
-            why = b.unavailable()
-            if why is None:
-                return b
-            reasons.append(why)
-        raise UnsupportedPlatform("; ".join(reasons) or "no kernel backend")
+        self.prefer = tuple(prefer)
 
     def usable(self, name: str) -> Backend:
         """Backend ``name``, or UnsupportedPlatform saying why this process cannot use it."""
@@ -64,46 +71,50 @@ class Kernel:
             raise UnsupportedPlatform(f"--backend {name}: {why}")
         return b
 
-    def compile(self, service: ResolvedService, bans: Sequence[Banned] = (), backend: BackendChoice | None = None) -> Compiled:
-        """The program for ``service`` from the backend ``backend`` names (module docstring);
-        None: the first usable backend, for callers that offer no choice (the proxy)."""
+    def choose(self, backend: BackendChoice = "auto") -> Chosen:
+        """The backend ``backend`` names (module docstring); UnsupportedPlatform naming why
+        when ``auto`` finds none usable. Asked by name, usability is checked by ``compile``."""
         match backend:
-            case None:
-                return self.backend().compile(service, bans)
-            case "auto":
-                return self._compile_auto(service, bans)
             case "cbpf" | "ebpf":
-                b = self.usable(backend)
-                try:
-                    return b.compile(service, bans)
-                except CompileError as e:
-                    raise CompileError(f"{e}{self._others_would_take(b, service, bans)}") from None
-                except UnsupportedInKernel as e:
-                    raise UnsupportedInKernel(f"{e}{self._others_would_take(b, service, bans, chr(10))}") from None
+                return Chosen(backend, f"--backend {backend}")
+            case "auto":
+                return self._auto()
             case _:
                 assert_never(backend)
 
-    def _compile_auto(self, service: ResolvedService, bans: Sequence[Banned]) -> Compiled:
-        first = self.backend()
-        try:
-            return first.compile(service, bans)
-        except (CompileError, UnsupportedInKernel) as e:
-            refused = e
-        for b in self.backends:
-            program = None if b is first else _try_compile(b, service, bans)
-            if program is None:
-                continue
+    def _auto(self) -> Chosen:
+        order = sorted(self.backends, key=lambda b: self.prefer.index(b.name) if b.name in self.prefer else len(self.prefer))
+        passed: list[str] = []
+        for b in order:
             why = b.unavailable()
             if why is None:
-                return program
-            if isinstance(refused, CompileError):
-                raise CompileError(f"{refused}; {b.name} would take it, but not here: {why}") from None
-            raise UnsupportedInKernel(f"{refused}\n{b.name} would take it, but not here: {why}") from None
-        raise refused
+                return Chosen(b.name, f"auto: {'; '.join(passed)}" if passed else f"auto: this process may load {b.name}")
+            passed.append(f"{b.name} unavailable: {why}")
+        raise UnsupportedPlatform("; ".join(passed) or "no kernel backend")
+
+    def compile(self, service: ResolvedService, bans: Sequence[Banned] = (), backend: BackendChoice = "auto") -> Compiled:
+        """The program for ``service`` from the backend ``backend`` names (``choose``)."""
+        chosen = self.choose(backend)
+        b = self.usable(chosen.name) if backend != "auto" else transaction.named(self.backends, chosen.name)
+        try:
+            return b.compile(service, bans)
+        except CompileError as e:
+            raise CompileError(f"{e}{self._others_would_take(b, service, bans)}") from None
+        except UnsupportedInKernel as e:
+            raise UnsupportedInKernel(f"{e}{self._others_would_take(b, service, bans, chr(10))}") from None
 
     def _others_would_take(self, tried: Backend, service: ResolvedService, bans: Sequence[Banned], sep: str = "; ") -> str:
-        takers = [b.name for b in self.backends if b is not tried and _try_compile(b, service, bans) is not None]
-        return f"{sep}{takers[0]} would take it (--backend {takers[0]} or auto)" if takers else ""
+        """Which other backend compiles what ``tried`` refused, and how to ask for it (or why
+        this process cannot); empty when none does."""
+        for b in self.backends:
+            if b is tried or _try_compile(b, service, bans) is None:
+                continue
+            why = b.unavailable()
+            if why is not None:
+                return f"{sep}{b.name} would take it, but not here: {why}"
+            auto = " or auto" if self._auto().name == b.name else ""
+            return f"{sep}{b.name} would take it (--backend {b.name}{auto})"
+        return ""
 
     def load(self, program: Compiled) -> Loaded:
         return transaction.named(self.backends, program.backend).load(program)
@@ -147,7 +158,8 @@ def default_kernel() -> Kernel:
 
 
 __all__ = [
-    "BACKEND_CHOICES", "Applied", "Attached", "Backend", "BackendChoice", "BanLike", "BackendName", "BpfFilter", "ChangeKind", "ClassicFilter",
+    "BACKEND_CHOICES", "Applied", "Attached", "Backend", "BackendChoice", "BanLike", "BackendName", "BpfFilter", "ChangeKind", "Chosen",
+    "ClassicFilter",
     "Compiled", "FilterOps", "GuardInfo", "GuardState", "Kernel", "Loaded", "NoFilter", "Slot",
     "Step", "default_kernel",
 ]

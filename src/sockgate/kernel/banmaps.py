@@ -36,12 +36,14 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Collection, Iterable, Mapping, NamedTuple, Sequence
 
+from sockgate.bans import check_width
 from sockgate.ebpf import layout
 from sockgate.ebpf.maps import PREFIX_BITS, LpmKey, MapSpec
 from sockgate.errors import AdapterError
 from sockgate.kernel.backend import BanLike
 from sockgate.kernel.bpfops import BpfOps
-from sockgate.linux import sockdiag
+from sockgate.linux import procfs, sockdiag
+from sockgate.policy.literals import unmap
 from sockgate.policy.source import escape
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -83,6 +85,17 @@ class BanMapError(AdapterError):
 
 def key_of(network: Network) -> Key:
     return network.version, int(network.network_address), network.prefixlen
+
+
+def banned_network(network: Network) -> Network:
+    """``network`` as a ban names it in the tries: an IPv4-mapped network (what a dual-stack
+    socket's peer address gives) folded to IPv4 — written to ``bans6`` it would ban nothing,
+    since the program refuses a mapped IPv6 source as forged before any ban and looks real
+    IPv4 clients up in ``bans4`` — and refused when wider than any ban may be
+    (``bans.check_width``: ``::ffff:0:0/96`` is 0.0.0.0/0). ValueError (``BanTooWide``)."""
+    folded = unmap(network)
+    check_width(folded)
+    return folded
 
 
 def network_of(key: Key) -> Network:
@@ -150,7 +163,7 @@ def entries_of(bans: Iterable[BanLike]) -> Entries:
     out: Entries = {}
     origins: set[int] = set()
     for b in bans:
-        expires, origin, n = b.expires_ns, b.origin, b.network
+        expires, origin, n = b.expires_ns, b.origin, banned_network(b.network)
         if expires < 0:
             raise ValueError(f"{n}: a negative expiry")
         if origin not in origins:
@@ -246,17 +259,35 @@ class BanMaps:
     """The ban tries pinned in one service directory (``layout.service_dir``)."""
 
     def __init__(self, ops: BpfOps, directory: str, destroy: Destroy = sockdiag.destroy_tcp,
-                 clock: Callable[[], int] = time.monotonic_ns) -> None:
+                 clock: Callable[[], int] = time.monotonic_ns, offset_ns: int | None = None) -> None:
+        """``clock``: this process's CLOCK_MONOTONIC, the clock of every ``expires_ns`` and
+        ``now_ns`` given and returned here. The program compares ``bpf_ktime_get_ns()``, which
+        no time namespace offsets: in one whose ``monotonic`` offset is ``offset_ns`` (read from
+        /proc/self/timens_offsets when None) every expiry is moved by it on the way in and out
+        — else a 10-minute ban written from a namespace 50 minutes behind would have expired
+        before it was written, and a sweep from one ahead would delete active bans."""
         self.ops = ops
         self.directory = directory
         self.destroy = destroy
         self.clock = clock
+        self.offset_ns = procfs.monotonic_offset_ns() if offset_ns is None else offset_ns
+
+    def _kernel(self, held: Held) -> Held:
+        """``held`` (this process's clock) as the program reads it; 0 (never) stays 0."""
+        return held if held.expires_ns == 0 else Held(max(1, held.expires_ns - self.offset_ns), held.origin)
+
+    def _user(self, held: Held) -> Held:
+        return held if held.expires_ns == 0 else Held(max(1, held.expires_ns + self.offset_ns), held.origin)
+
+    def _now(self) -> int:
+        """Now on the program's clock."""
+        return self.clock() - self.offset_ns
 
     # --- reading
 
     def list(self) -> list[tuple[Network, layout.Ban]]:
         """Every entry, decoded, in address order."""
-        return [(network_of(k), b.ban()) for k, b in sorted(self._current().items())]
+        return [(network_of(k), self._user(b).ban()) for k, b in sorted(self._current().items())]
 
     def _current(self) -> Entries:
         out: Entries = {}
@@ -295,7 +326,8 @@ class BanMaps:
         latest expiry of everything covering it."""
         if expires_ns < 0:
             raise ValueError(f"{network}: a negative expiry")
-        ban = Held(expires_ns, _origin(origin))
+        network = banned_network(network)
+        ban = self._kernel(Held(expires_ns, _origin(origin)))
         k = key_of(network)
         if network.prefixlen == PREFIX_BITS[network.version]:
             before = self._answering(k)
@@ -320,8 +352,9 @@ class BanMaps:
         return None if raw is None else Held.unpack(raw)
 
     def delete(self, network: Network) -> bool:
-        """Lift the entry for exactly ``network``; False when there was none."""
-        return self._delete_all([key_of(network)]) == 1
+        """Lift the entry for exactly ``network`` (an IPv4-mapped one: its IPv4 network, as
+        ``put`` wrote it); False when there was none."""
+        return self._delete_all([key_of(unmap(network))]) == 1
 
     def sweep(self, now_ns: int | None = None) -> int:
         """Delete every entry expired at ``now_ns`` (the program already ignores them); how
@@ -331,7 +364,7 @@ class BanMaps:
         refresh between that lookup and the delete is still lost — the kernel has no
         compare-and-delete for maps; the window is one system call wide, and the program
         bans the source again on its next excess."""
-        now = self.clock() if now_ns is None else now_ns
+        now = (self.clock() if now_ns is None else now_ns) - self.offset_ns
         gone = 0
         for family in (4, 6):
             expired = sorted((k, b) for k, b in self._current().items() if k[0] == family and not active(b, now))
@@ -354,7 +387,7 @@ class BanMaps:
         batches; then end the newly banned networks' connections on ``ports``. A set larger
         than the maps hold is refused before anything is written — after a sweep, when the
         program's expired bans are what takes the room."""
-        wanted = entries_of(bans)
+        wanted = {k: self._kernel(b) for k, b in entries_of(bans).items()}
         current = self._current()
         p = plan(current, wanted)
         try:
@@ -395,7 +428,7 @@ class BanMaps:
                 self._put_batches(family, items)
         ended = 0
         if ports:
-            fresh = newly_banned(current, p.puts, self.clock())
+            fresh = newly_banned(current, p.puts, self._now())
             if fresh:
                 ended = self.destroy(ports, [network_of(k) for k in fresh])
         return Applied(len(p.puts), 0, ended)

@@ -32,7 +32,8 @@ may hold the last reference, so the id is tried first), else from its pin.
 namespace's sock_diag; an entry of another namespace once that namespace no longer exists —
 its nsfs inode held by no process, descriptor or ``ip netns`` mount) and then program
 directories no remaining entry names; both only after ``grace`` seconds, so a program
-loaded but not yet attached, or a socket guarded before it is bound, is not collected. Pins
+loaded but not yet attached, or a socket guarded before it is bound, is not collected. A load
+collects at most once per ``grace`` (listing the namespace's sockets is what costs). Pins
 are only names: a socket keeps its program whatever is unpinned.
 """
 
@@ -48,7 +49,7 @@ from typing import Collection, Literal, Sequence
 
 from sockgate.resolve.ranges import Banned
 from sockgate.ebpf import layout, registry
-from sockgate.ebpf.insn import MapType
+from sockgate.ebpf.insn import BPF_F_NO_PREALLOC, MapType, ProgType, encode, exit_, mov64
 from sockgate.ebpf.maps import MapSpec
 from sockgate.ebpf.program import ENFORCES, EbpfProgram, Options, compile_resolved
 from sockgate.errors import AdapterError, SockgateError, UsageError
@@ -56,12 +57,15 @@ from sockgate.kernel.backend import BanLike, Compiled, Loaded
 from sockgate.kernel.banmaps import BanMaps
 from sockgate.kernel.bpfops import BpfOps
 from sockgate.kernel.reading import Attached, BpfFilter, GuardInfo
+from sockgate.linux import procfs
 from sockgate.policy.needs import Need
 from sockgate.resolve import ResolvedService
 
 GRACE = 60.0  # seconds a fresh registry entry or program directory is safe from ``collect``
 BPFFS_ENV = "SOCKGATE_BPFFS"  # where the bpf filesystem is (default layout.BPFFS)
 OPTIONS = Options(protocol="any")  # layout.py's sizes; the protocol of each packet
+PROBE_MAP = MapSpec("sg_probe", MapType.LPM_TRIE, 8, 4, 1, BPF_F_NO_PREALLOC)  # an IPv4 prefix → u32
+PROBE_PROGRAM = encode([mov64(0, imm=0), exit_()])  # return 0: drop (it is never attached)
 _ITERABLE = frozenset({MapType.HASH, MapType.LRU_HASH, MapType.LPM_TRIE, MapType.PERCPU_HASH, MapType.LRU_PERCPU_HASH})
 
 
@@ -86,6 +90,13 @@ def can_carry(pinned: MapSpec, wanted: MapSpec) -> bool:
 
 
 _BAN_MAPS = frozenset(layout.bans_spec(f).name for f in (4, 6))
+
+
+def ktime_ns() -> int:
+    """Now on the clock the programs stamp and compare (``bpf_ktime_get_ns()``: the kernel's
+    CLOCK_MONOTONIC, which no time namespace offsets), so that expiries carried over and the
+    registry's ages mean the same to every loader, whatever time namespace it runs in."""
+    return time.monotonic_ns() - procfs.monotonic_offset_ns()
 
 
 def carried(spec: MapSpec, items: Sequence[tuple[bytes, bytes]], now_ns: int) -> list[tuple[bytes, bytes]]:
@@ -172,8 +183,9 @@ class EbpfBackend:
         self.ops = ops
         self.mount = mount  # None: $SOCKGATE_BPFFS or /sys/fs/bpf, read when used
         self.grace = grace
-        self._why: dict[str, str | None] = {}  # mount → why unusable (probed once each)
+        self._why: dict[tuple[str, int], str | None] = {}  # (mount, euid) → why unusable (probed once each)
         self._seen: dict[int, registry.Record] = {}  # cookie → record, as recognise read it
+        self._collected_at: float | None = None  # time.monotonic() of the last collection before a load
 
     @property
     def paths(self) -> Paths:
@@ -190,20 +202,25 @@ class EbpfBackend:
     def unavailable(self) -> str | None:
         if sys.platform != "linux":
             return f"eBPF socket filters need Linux, not {sys.platform}"
-        mount = self.paths.mount
-        if mount not in self._why:
-            self._why[mount] = self._probe()
-        return self._why[mount]
+        key = (self.paths.mount, os.geteuid())  # a process that drops root probes again
+        if key not in self._why:
+            self._why[key] = self._probe()
+        return self._why[key]
 
     def _probe(self) -> str | None:
+        """Why this process may not load what ``load`` loads, found by doing the least of it:
+        an LPM-trie map made (it needs CAP_BPF or CAP_SYS_ADMIN, whatever
+        ``kernel.unprivileged_bpf_disabled`` says, where an array would not) and a trivial
+        socket filter verified, both closed; then the bpffs directories. None: it may."""
         try:
-            self.ops.close(self.ops.map_create(MapSpec("sg_probe", MapType.ARRAY, 4, 4, 1)))
+            self.ops.close(self.ops.map_create(PROBE_MAP))
+            self.ops.close(self.ops.prog_load(ProgType.SOCKET_FILTER, PROBE_PROGRAM, "sg_probe"))
         except AdapterError as e:
             if e.errno == errno.ENOSYS:
                 return "this kernel has no bpf(2) system call"
-            if e.errno in (errno.EPERM, errno.EACCES):
+            if e.errno == errno.EPERM:
                 return "loading eBPF needs root or CAP_BPF (bpf(2): operation not permitted)"
-            return f"bpf(2) does not work here: {e}"
+            return f"bpf(2) does not work here: {e}"  # a verifier's or a security module's refusal too
         try:
             self.ops.ensure_dirs(self.paths.mount, self.paths.relative(self.paths.root))
         except AdapterError as e:
@@ -319,7 +336,7 @@ class EbpfBackend:
         return theirs
 
     def _carry(self, old: int, new: int, spec: MapSpec) -> None:
-        items = carried(spec, list(self.ops.map_items(old, spec.key_size, spec.value_size)), time.monotonic_ns())
+        items = carried(spec, list(self.ops.map_items(old, spec.key_size, spec.value_size)), ktime_ns())
         if items:
             self.ops.map_update_many(new, [k for k, _ in items], [v for _, v in items])
 
@@ -336,7 +353,7 @@ class EbpfBackend:
         """Record, then attach; the old record back if the kernel refuses the attach."""
         key = registry.key(self.ops.socket_cookie(fd))
         netns, ino = self.ops.netns_cookie(fd) or 0, self.ops.netns_inode(fd) or 0
-        rec = registry.Record(record.prog_id, record.insns, record.service, record.digest, netns, time.monotonic_ns(), ino)
+        rec = registry.Record(record.prog_id, record.insns, record.service, record.digest, netns, ktime_ns(), ino)
         reg = self._open_or_create(self.paths.registry, registry.spec())
         try:
             before = self.ops.map_lookup(reg, key, registry.RECORD.size)
@@ -459,6 +476,14 @@ class EbpfBackend:
     # --- clean-up
 
     def _collect_quietly(self) -> None:
+        """``collect`` before a load, at most once per ``grace`` seconds: nothing becomes
+        collectable sooner, and a collection lists every socket of the namespace (sock_diag:
+        seconds on a host with 100,000 sockets), which a proxy pushing a ban, or a reload,
+        must not pay each time."""
+        now = time.monotonic()
+        if self._collected_at is not None and now - self._collected_at < self.grace:
+            return
+        self._collected_at = now
         try:
             self.collect()
         except AdapterError:
@@ -466,7 +491,7 @@ class EbpfBackend:
 
     def collect(self) -> tuple[int, int]:
         """Remove stale registry entries, then unreferenced program directories; how many of each."""
-        now_ns = time.monotonic_ns()
+        now_ns = ktime_ns()
         keep: set[str] = set()
         gone = 0
         reg = self.ops.get(self.paths.registry)

@@ -93,6 +93,22 @@ def open_stats(directory: str) -> int | None:
     return open_map(path, spec) if os.path.lexists(path) else None
 
 
+def open_bans(directory: str) -> dict[int, int]:
+    """Family → an fd for a service's ban trie (checked as ``open_map``), for those pinned."""
+    out: dict[int, int] = {}
+    try:
+        for family in (4, 6):
+            spec = layout.bans_spec(family)
+            path = f"{directory}/{map_name(spec)}"
+            if os.path.lexists(path):
+                out[family] = open_map(path, spec)
+    except BaseException:
+        for fd in out.values():
+            os.close(fd)
+        raise
+    return out
+
+
 def read_stats(fd: int) -> dict[layout.Stat, int]:
     """The counters of an ``sg_stats`` map (layout.Stat: events lost, program bans failed)."""
     out: dict[layout.Stat, int] = {}

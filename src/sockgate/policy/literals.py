@@ -38,8 +38,10 @@ class LiteralError(ValueError):
 
 
 def looks_like_address(text: str) -> bool:
-    """Is this word meant as an address or CIDR (so it gets address messages)?"""
-    return _ADDRESS_LIKE.fullmatch(text) is not None and any(c.isdigit() for c in text)
+    """Is this word meant as an address or CIDR (so it gets address messages)? A decimal
+    digit or a colon says so: ``ffff::ffff`` has no digit, and no host name or keyword has
+    a colon."""
+    return _ADDRESS_LIKE.fullmatch(text) is not None and any(c.isdigit() or c == ":" for c in text)
 
 
 def network(text: str) -> IPNetwork:

@@ -11,6 +11,14 @@ logs a ban and pushes it into the kernel filter. A reload builds a new ``Admissi
 previous one, which keeps the state (counts, windows, bans) of every limiter whose limits on
 the same match are unchanged.
 
+A decision is a pure function of the peer, so the proxy's accept path may have it remembered:
+``admit(peer, now, memo)`` with a ``memo`` that identifies everything the decision reads (the
+accepted address as the kernel wrote it, for a peer that carries nothing else — no name, no
+server address). The engine then runs once per address, not per connection, and where the
+outcome needs no limiter (a denial, or a service and rule without limits) the outcome itself is
+remembered; the limits and bans still run on every admission that has them, and a reload
+builds a new ``Admission``, so nothing remembered outlives the policy that made it.
+
 A decision record names the client and the rule that decided (``peer_label``,
 ``rule_label``), the same for TCP and UDP.
 """
@@ -27,6 +35,7 @@ from sockgate.resolve import ResolvedService, resolve_service
 from sockgate.resolve.kernelpart import assume_unlearned, surely_allowed_service
 from sockgate.proxy.limits import Limiter, source_of
 
+_MEMO_SIZE = 4096  # remembered decisions, at most (then forgotten all at once)
 LimiterKey = tuple[object, Limits]  # what identifies a limiter across a reload: the same limits on the same match
 
 
@@ -59,6 +68,8 @@ class Admission:
         self.surely = resolve_service(surely_allowed_service(decided))  # for a peer whose name lookup was cut short
         kept = {} if previous is None else {_key(r, lim.limits): lim for r, lim in previous.limiters.items()}
         self.limiters: dict[Rule | None, Limiter[Hashable]] = {}
+        # admit's memo → the decision, or the whole outcome where no limiter is consulted
+        self._memo: dict[Hashable, Decision | Admitted | Refused] = {}
         if resolved.limits is not None:
             self.limiters[None] = kept.get(_key(None, resolved.limits)) or Limiter(resolved.limits)
         for r in resolved.rules:
@@ -77,15 +88,21 @@ class Admission:
         """The decision for a peer whose host-name lookup was cut short (``decide_unnamed``)."""
         return decide_unnamed(self.decided, self.surely, peer, why)
 
-    def admit(self, peer: Peer, now: float) -> Admitted | Refused:
+    def admit(self, peer: Peer, now: float, memo: Hashable = None) -> Admitted | Refused:
         """The decision, then the limits of the service and of the matched rule (a denied
-        client takes none)."""
-        d = self.decide(peer)
-        key: Hashable = source_of(peer.address) if peer.address is not None else ("uid", peer.uid)
-        if not d.allowed:
-            return Refused(d, key, d.reason, rule_label(d.rule), False)
-        if not self.limiters:
-            return Admitted(d, key, ())
+        client takes none). ``memo``: see the module docstring (None: decide afresh)."""
+        if memo is None:
+            d = self.decide(peer)
+        else:
+            hit = self._memo.get(memo)
+            if hit is None:
+                hit = self._remember(peer, memo)
+            if not isinstance(hit, Decision):
+                return hit  # denied, or no limits: the outcome is the decision's
+            d = hit
+        key = _source(peer)
+        if not d.allowed or not self.limiters:
+            return _outcome(d, key)
         taken: list[Limiter[Hashable]] = []
         for lim in (self.limiters.get(None), self.limiters.get(d.rule) if d.rule is not None else None):
             if lim is None:
@@ -97,6 +114,14 @@ class Admission:
                 return Refused(d, key, v.reason, "limit", v.banned_until is not None)
             taken.append(lim)
         return Admitted(d, key, tuple(taken))
+
+    def _remember(self, peer: Peer, memo: Hashable) -> Decision | Admitted | Refused:
+        if len(self._memo) >= _MEMO_SIZE:
+            self._memo.clear()
+        d = self.decide(peer)
+        hit: Decision | Admitted | Refused = _outcome(d, _source(peer)) if not d.allowed or not self.limiters else d
+        self._memo[memo] = hit
+        return hit
 
     @staticmethod
     def release(admitted: Admitted) -> None:
@@ -116,6 +141,16 @@ class Admission:
     def next_expiry(self) -> float | None:
         """When the earliest ban ends (None: no ban)."""
         return min((t for lim in self.limiters.values() if (t := lim.next_expiry()) is not None), default=None)
+
+
+def _source(peer: Peer) -> Hashable:
+    """The key of ``peer``'s limits: ``limits.source_of`` its address, or its uid."""
+    return source_of(peer.address) if peer.address is not None else ("uid", peer.uid)
+
+
+def _outcome(d: Decision, key: Hashable) -> Admitted | Refused:
+    """The outcome of a decision when no limiter is consulted (denied, or none to take)."""
+    return Admitted(d, key, ()) if d.allowed else Refused(d, key, d.reason, rule_label(d.rule), False)
 
 
 def _key(rule: Rule | None, limits: Limits) -> LimiterKey:

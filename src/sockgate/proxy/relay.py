@@ -80,6 +80,8 @@ import struct
 import time
 from typing import Any, Callable
 
+from sockgate.proxy.loop import ProxyLoop
+
 F_SETPIPE_SZ = 1031  # <linux/fcntl.h> (F_LINUX_SPECIFIC_BASE + 7)
 SIOCATMARK = 0x8905  # <asm-generic/sockios.h>
 SPLICE_F_MOVE = 1  # <linux/splice.h>
@@ -170,19 +172,24 @@ class PipePool:
 
 
 class Poller:
-    """One edge-triggered epoll set for every relay socket of a loop; the loop watches its fd.
+    """One edge-triggered epoll set for every relay socket of a loop.
 
     A socket is registered once (input, output, peer hang-up; edge-triggered) with a handler
     taking the event mask; closing the socket removes it from the set (the relay owns the only
     reference to the file), so ``forget`` only drops the handler. Events for a descriptor
     whose handler is gone are ignored, which also covers a descriptor closed by an earlier
-    handler of the same batch."""
+    handler of the same batch. On the proxy's own loop (``loop.ProxyLoop``) the set is the
+    loop's: one wait per wake-up, handlers called from it; on any other loop the set is this
+    poller's, and the loop watches its descriptor."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.ep = select.epoll()
-        self.handlers: dict[int, Callable[[int], None]] = {}
-        loop.add_reader(self.ep.fileno(), self._dispatch)
+        self.own = not isinstance(loop, ProxyLoop)
+        if isinstance(loop, ProxyLoop):
+            self.ep, self.handlers = loop.epoll, loop.handlers
+        else:
+            self.ep, self.handlers = select.epoll(), {}
+            loop.add_reader(self.ep.fileno(), self._dispatch)
 
     def register(self, fd: int, handler: Callable[[int], None]) -> None:
         self.handlers[fd] = handler
@@ -199,7 +206,7 @@ class Poller:
                 h(ev)
 
     def close(self) -> None:
-        if self.ep.closed:
+        if not self.own or self.ep.closed:  # (the loop's set is the loop's to close)
             return
         if not self.loop.is_closed():
             self.loop.remove_reader(self.ep.fileno())

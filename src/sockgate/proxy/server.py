@@ -9,7 +9,7 @@ Life cycle of ``Proxy.serve()``:
    listen URLs by name (the URL's ``name=``, default its scheme), else taken in order; the rest
    are opened (``sockgate.linux.listen``), with the filter attached *before* ``listen()`` so no
    SYN is ever queued on an unguarded socket.
-3. **Serve** on one event loop per process (uvloop when installed). ``--workers N`` forks N
+3. **Serve** on one event loop per process (``loop.ProxyLoop``; uvloop if asked). ``--workers N`` forks N
    processes after the listeners exist; they share the listening sockets (and so the one
    filter on each), and the kernel hands each connection to one of them. Limits count per
    process, so services with limits or bans refuse ``--workers`` > 1.
@@ -42,6 +42,7 @@ from sockgate.kernel import Kernel, Loaded, Slot, Step, default_kernel
 from sockgate.linux.listen import Listener, open_listener, take_over
 from sockgate.linux.signalfd import SigInfo
 from sockgate.log import Log
+from sockgate.proxy.loop import ProxyLoop, remove_reader
 from sockgate.proxy.relay import PipePool
 from sockgate.proxy.namecache import ReverseLookup
 from sockgate.proxy.reload import Handover, Key, UnixName, run as run_reload, unix_name
@@ -55,7 +56,9 @@ _TICK = 0.5
 _GC_THRESHOLD = 20000
 
 
-def new_loop(use_uvloop: bool = True) -> asyncio.AbstractEventLoop:
+def new_loop(use_uvloop: bool = False) -> asyncio.AbstractEventLoop:
+    """The proxy's own loop (``loop.ProxyLoop``: fewer wake-ups and less Python per connection
+    than uvloop or the standard loop, docs/benchmarks.md), or uvloop when asked and installed."""
     if use_uvloop:
         try:
             import uvloop
@@ -63,7 +66,7 @@ def new_loop(use_uvloop: bool = True) -> asyncio.AbstractEventLoop:
             return uvloop.new_event_loop()
         except ImportError:
             pass
-    return asyncio.new_event_loop()
+    return ProxyLoop()
 
 
 class Proxy:
@@ -75,7 +78,7 @@ class Proxy:
         loader: Loader | None = None,
         workers: int = 1,
         reverse_lookup: ReverseLookup | None = None,
-        use_uvloop: bool = True,
+        use_uvloop: bool = False,
         inherit: bool = True,
         splice: bool = True,
         kernel: Kernel | None = None,
@@ -126,6 +129,10 @@ class Proxy:
             for lst in opened:
                 lst.close()
             raise
+
+    def backend_text(self) -> str:
+        """The kernel backend of the IP listeners' filters and why (the start-up line)."""
+        return self.kernel.choose(self.options.backend).describe()
 
     def _inherited(self) -> list[tuple[socket.socket, str]]:
         from sockgate.linux import activation
@@ -214,7 +221,8 @@ class Proxy:
                 r.start(loop, r.listeners)
             loop.call_later(_TICK, self._tick)
             if not self.is_child:
-                self.log.notice("listening", addresses=" ".join(self.addresses()), loop=type(loop).__module__)
+                self.log.notice("listening", addresses=" ".join(self.addresses()), loop=type(loop).__module__,
+                                backend=self.backend_text())
                 self.log.flush()
                 sup.ready()
             loop.run_until_complete(done)
@@ -279,7 +287,7 @@ class Proxy:
                 self.log.error(f"service {h.to.service.name}: {h.url.display()} not taken over: {e}")
                 continue
             if self.loop is not None and old.accepting:
-                self.loop.remove_reader(lst.sock.fileno())
+                remove_reader(self.loop, lst.sock.fileno())
             old.listeners.remove(lst)
             out.setdefault(h.to.key, {})[h.name] = new
         return out
@@ -360,7 +368,7 @@ class Proxy:
             for r in self.runners.values():
                 for lst in r.listeners:
                     lst.sock.close()  # only the workers accept; the files are unlinked at the end
-            self.log.notice("listening", addresses=" ".join(addresses), workers=len(pids))
+            self.log.notice("listening", addresses=" ".join(addresses), workers=len(pids), backend=self.backend_text())
             self.log.flush()
             sup.ready()
             loop.run()

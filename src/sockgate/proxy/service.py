@@ -35,18 +35,19 @@ import ipaddress
 import os
 import socket
 import time
-from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Hashable
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from sockgate.errors import CompileError, SockgateError, UsageError
-from sockgate.kernel import Compiled, Kernel, Loaded, Slot, Step, default_kernel
+from sockgate.kernel import BackendChoice, Compiled, Kernel, Loaded, Slot, Step, default_kernel
 from sockgate.peers import Peer
 from sockgate.policy.ir import Rule, Service
 from sockgate.resolve import resolve_service
 from sockgate.proxy.admission import Admission, Admitted, Refused, peer_label, rule_label
 from sockgate.proxy.limits import as_network, source_of
 from sockgate.log import Log
+from sockgate.proxy.loop import add_reader, remove_reader
 from sockgate.proxy.namecache import LATE, LookupRefused, ReverseLookup
 from sockgate.proxy.relay import PipePool, Relay, reset_close
 from sockgate.proxy.udp import UdpRelay
@@ -72,6 +73,7 @@ class ProxySettings:
     max_connections_per_source: int = 1024  # an IPv4 address or an IPv6 /64 (limits.source_of)
     max_udp_flows: int = 4096
     max_udp_flows_per_source: int = 256
+    backend: BackendChoice = "auto"  # the kernel backend of the IP listeners' filters (docs/ebpf.md)
 
 
 @dataclass(frozen=True)
@@ -125,19 +127,29 @@ class Conn:
     relay: Relay | None = None
     started: float = field(default_factory=time.monotonic)
     label: str = ""  # peer_label(peer), rendered once for both records
+    source: str | None = None  # its key in Runner.per_source (None: a Unix peer, not counted)
+    plain: bool = False  # the label needs no quoting in a record (Log.allowed)
 
 
-_ADDRESSES: dict[str, Any] = {}
+_ADDRESSES: dict[str, tuple[Any, str]] = {}
 
 
-def _address(text: str) -> Any:
-    """``ip_address`` with a small cache: parsing is a visible cost per connection."""
-    a = _ADDRESSES.get(text)
-    if a is None:
+def _address(text: str) -> tuple[Any, str]:
+    """``ip_address`` of an accepted address, and the text of its ``limits.source_of`` (the
+    per-source count's key: a string hashes in C, an ``ipaddress`` object in Python, which
+    showed per connection), with a small cache: parsing is a visible cost per connection."""
+    hit = _ADDRESSES.get(text)
+    if hit is None:
         if len(_ADDRESSES) > 4096:
             _ADDRESSES.clear()
-        a = _ADDRESSES[text] = ipaddress.ip_address(text.split("%", 1)[0])
-    return a
+        a = ipaddress.ip_address(text.split("%", 1)[0])
+        hit = _ADDRESSES[text] = (a, source_key(a))
+    return hit
+
+
+def source_key(address: Any) -> str:
+    """The key of ``address`` in ``Runner.per_source``: its source's text (one per source)."""
+    return str(source_of(address))
 
 
 def check_plan(plan: ProxySpec) -> None:
@@ -195,7 +207,7 @@ class Runner:
         self.target = Upstream.of(plan.forward)
         self.listeners: list[Listener] = []
         self.conns: dict[_socket.socket, Conn] = {}
-        self.per_source: Counter[Hashable] = Counter()  # open connections per limits.source_of
+        self.per_source: dict[str, int] = {}  # open connections per source (source_key)
         self.tasks: set[asyncio.Task[None]] = set()
         self.accepting = False
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -230,11 +242,11 @@ class Runner:
         svc = (resolve_service(service) if service is not None else self.resolved).kernel_part
         nets = [n for n in map(as_network, self.admission.bans(time.monotonic())) if n is not None]
         try:
-            prog = self.kernel.compile(svc, nets)
+            prog = self.kernel.compile(svc, nets, self.options.backend)
         except CompileError as e:
             if not nets:
                 raise
-            prog = self.kernel.compile(svc)  # a CompileError here is the policy's own
+            prog = self.kernel.compile(svc, backend=self.options.backend)  # a CompileError here is the policy's own
             if not self._bans_in_user_space:
                 self.log.error(f"{len(nets)} bans do not fit in the kernel filter, bans enforced in user space: {e}", service=self.name)
             self._bans_in_user_space = True
@@ -306,7 +318,7 @@ class Runner:
         self.accepting = True
         for lst in self.listeners:
             if lst.sock.type == socket.SOCK_STREAM:
-                self.loop.add_reader(lst.sock.fileno(), self._on_accept, lst.sock)
+                add_reader(self.loop, lst.sock.fileno(), partial(self._on_accept, lst.sock))
         for u in self.udp:
             u.start()
 
@@ -316,7 +328,7 @@ class Runner:
         self.accepting = False
         for lst in self.listeners:
             if lst.sock.fileno() >= 0:
-                self.loop.remove_reader(lst.sock.fileno())
+                remove_reader(self.loop, lst.sock.fileno())
         for u in self.udp:
             u.stop()
         for lst in self.listeners:
@@ -366,11 +378,13 @@ class Runner:
     def _forget(self, conn: _socket.socket) -> None:
         """Drop a client from the table and from its source's count."""
         c = self.conns.pop(conn, None)
-        if c is not None and c.peer.address is not None:  # the key is its limits.source_of
-            key = c.admitted.key
-            self.per_source[key] -= 1
-            if not self.per_source[key]:
-                del self.per_source[key]
+        if c is not None and c.source is not None:
+            per_source, key = self.per_source, c.source
+            n = per_source[key] - 1
+            if n:
+                per_source[key] = n
+            else:
+                del per_source[key]
 
     def _accept_failed(self, lsock: socket.socket, e: OSError) -> None:
         if e.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
@@ -378,19 +392,19 @@ class Runner:
         self.log.error(f"accept: {e.strerror}", service=self.name)
         if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM) and self.loop is not None:
             # Out of descriptors: stop accepting for a moment instead of spinning.
-            self.loop.remove_reader(lsock.fileno())
+            remove_reader(self.loop, lsock.fileno())
             self.loop.call_later(0.1, self._reaccept, lsock)
 
     def _reaccept(self, lsock: socket.socket) -> None:
         if self.accepting and self.loop is not None and lsock.fileno() >= 0:
-            self.loop.add_reader(lsock.fileno(), self._on_accept, lsock)
+            add_reader(self.loop, lsock.fileno(), partial(self._on_accept, lsock))
 
     # -- deciding -------------------------------------------------------------------------
 
     def handle(self, conn: _socket.socket, addr: Any) -> None:
         # conn stays blocking: the relay reads and writes it with MSG_DONTWAIT (relay.py)
         try:
-            peer = self._peer(conn, addr)
+            peer, source = self._peer(conn, addr)
         except (SockgateError, OSError) as e:
             self.log.record("decision", service=self.name, peer="unknown", decision="deny", reason=f"peer: {e}")
             reset_close(conn)
@@ -398,27 +412,34 @@ class Runner:
         if len(self.conns) + len(self.tasks) >= self.options.max_connections:  # waiting for a name too
             self._refuse(conn, peer, None, f"over the proxy's limit of {self.options.max_connections} connections")
             return
-        if peer.address is not None and self.per_source[source_of(peer.address)] >= self.options.max_connections_per_source:
+        if source is not None and self.per_source.get(source, 0) >= self.options.max_connections_per_source:
             # one source cannot take the whole table from everybody else
             self._refuse(conn, peer, None, f"over the limit of {self.options.max_connections_per_source} connections from one source", limit=True)
             return
         if self.needs_name and self.reverse_lookup is not None and peer.address is not None:
-            task = asyncio.ensure_future(self._slow(conn, peer))
+            task = asyncio.ensure_future(self._slow(conn, peer, source))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
             return
+        # An IP peer here carries its address and port alone (no name, and no server address
+        # unless a rule needs one), and no decision reads the port: the address decides, and
+        # the decision is remembered under it (admission module docstring). A Unix peer's
+        # credentials are not in ``addr``: decided afresh.
+        memo = addr[0] if source is not None and not self.needs_server else None
         # an IPv4 peer's label is the accepted address as the kernel wrote it (canonical)
-        self._admit(conn, peer, f"{addr[0]}:{addr[1]}" if _family(conn) == socket.AF_INET else None)
+        self._admit(conn, peer, source, f"{addr[0]}:{addr[1]}" if _family(conn) == socket.AF_INET else None, memo)
 
-    def _peer(self, conn: _socket.socket, addr: Any) -> Peer:
+    def _peer(self, conn: _socket.socket, addr: Any) -> tuple[Peer, str | None]:
+        """The peer, and its key in ``per_source`` (None for a Unix peer: not counted)."""
         if _family(conn) == socket.AF_UNIX:
             from sockgate.linux.peercred import unix_peer
 
-            return unix_peer(conn)
+            return unix_peer(conn), None
         server = None  # (TCP_NODELAY comes from the listener, see start)
         if self.needs_server:
             server = ipaddress.ip_address(conn.getsockname()[0].split("%", 1)[0])
-        return Peer.of_ip(_address(addr[0]), addr[1], server)
+        address, source = _address(addr[0])
+        return Peer.of_ip(address, addr[1], server), source
 
     async def named(self, peer: Peer) -> Peer | str:
         """``peer`` with the host name its lookup found (None: it has none), or why it is
@@ -439,7 +460,7 @@ class Runner:
         d = self.admission.unnamed(peer, why)
         return peer if d.allowed else f"{why}, and some host name would be denied"
 
-    async def _slow(self, conn: _socket.socket, peer: Peer) -> None:
+    async def _slow(self, conn: _socket.socket, peer: Peer, source: str | None) -> None:
         try:
             named = await self.named(peer)
         except asyncio.CancelledError:
@@ -450,28 +471,31 @@ class Runner:
         if isinstance(named, str):
             self._refuse(conn, peer, None, named, limit=True)
             return
-        self._admit(conn, named)
+        self._admit(conn, named, source)
 
-    def admit(self, peer: Peer) -> Admitted | Refused:
+    def admit(self, peer: Peer, memo: str | None = None) -> Admitted | Refused:
         """``Admission.admit`` now; a ban it starts is logged and put into the kernel filter."""
-        a = self.admission.admit(peer, time.monotonic())
+        a = self.admission.admit(peer, time.monotonic(), memo)
         if isinstance(a, Refused) and a.ban_started:
             self.log.record("ban", service=self.name, peer=str(a.key), reason=a.reason)
             self.push_bans()
         return a
 
-    def _admit(self, conn: _socket.socket, peer: Peer, label: str | None = None) -> None:
-        a = self.admit(peer)
+    def _admit(self, conn: _socket.socket, peer: Peer, source: str | None, label: str | None = None,
+               memo: str | None = None) -> None:
+        a = self.admit(peer, memo)
         if isinstance(a, Refused):
             self._refuse(conn, peer, a.rule, a.reason)
             return
         d = a.decision
-        label = label or peer_label(peer)
-        self.log.allowed(self.name, label, rule_label(d.rule), d.reason)
-        c = Conn(peer, a, conn, label=label)
+        plain = label is not None  # the kernel's a.b.c.d:port: printable, nothing to quote
+        if label is None:
+            label = peer_label(peer)
+        self.log.allowed(self.name, label, rule_label(d.rule), d.reason, plain)
+        c = Conn(peer, a, conn, label=label, source=source, plain=plain)
         self.conns[conn] = c
-        if peer.address is not None:
-            self.per_source[a.key] += 1  # (the admission's key: limits.source_of of the address)
+        if source is not None:
+            self.per_source[source] = self.per_source.get(source, 0) + 1
         self._connect(c)
 
     def _refuse(self, conn: _socket.socket, peer: Peer, rule: Rule | str | None, reason: str, limit: bool = False) -> None:
@@ -556,4 +580,4 @@ class Runner:
         self._forget(c.client)
         Admission.release(c.admitted)
         duration = round(time.monotonic() - c.started, 6)
-        self.log.closed(self.name, c.label, rule_label(c.admitted.decision.rule), up, down, duration, how)
+        self.log.closed(self.name, c.label, rule_label(c.admitted.decision.rule), up, down, duration, how, c.plain)

@@ -1,0 +1,129 @@
+"""The proxy's event loop: asyncio's selector loop on one epoll set that also carries the
+relays' sockets, dispatched without asyncio's handles.
+
+Why. With one worker the proxy's process is the short-connection path's bottleneck, and what
+it spends over a C relay is Python time per wake-up and per connection, not system calls
+(docs/benchmarks.md, issue 16). An asyncio loop watching the relays' own epoll set as one
+descriptor costs two epoll waits per wake-up (the loop's, then the set's) and, per event batch,
+a handle queued, popped and run through ``Context.run``; uvloop adds its own wait and, as
+measured here, more context switches per connection than the standard loop. This loop keeps
+asyncio for what needs it (the supervisor's signalfd, timers, the name-lookup tasks, UDP) and
+lets the proxy put its hot descriptors — listeners and relay sockets — into the very epoll set
+asyncio waits on, each with a handler taking the event mask, called from ``select`` itself:
+one ``epoll_wait`` per wake-up, a dictionary look-up and a call per event.
+
+A descriptor is either asyncio's (``add_reader``/``add_writer``) or the proxy's (``watch``),
+never both at once. A watched socket that is closed leaves the set by itself (the relay holds
+the only reference to its file); ``forget`` drops its handler, and an event for a descriptor
+without a handler is ignored, which also covers one closed by an earlier handler of the same
+batch. A handler that raises is reported through the loop's exception handler, as asyncio
+reports a callback that raises, and the batch goes on.
+
+Hand-written rather than a library: the standard library's ``selectors.EpollSelector`` is the
+base; what it lacks is only the direct dispatch, a few lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import select
+import selectors
+from typing import Callable
+
+Handler = Callable[[int], None]
+_EPOLLIN = select.EPOLLIN
+_EPOLLOUT = select.EPOLLOUT
+_MAX_EVENTS = 256
+
+
+class _Selector(selectors.EpollSelector):
+    """``EpollSelector`` whose ``select`` also runs the proxy's handlers (module doc)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handlers: dict[int, Handler] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if timeout is None:
+            timeout = -1
+        elif timeout <= 0:
+            timeout = 0
+        else:
+            timeout = math.ceil(timeout * 1e3) * 1e-3  # (as EpollSelector: never wake early)
+        ready: list[tuple[selectors.SelectorKey, int]] = []
+        try:
+            events = self._selector.poll(timeout, _MAX_EVENTS)  # type: ignore[attr-defined]
+        except InterruptedError:
+            return ready
+        handlers = self.handlers
+        keys = self._fd_to_key  # type: ignore[attr-defined]
+        for fd, ev in events:
+            h = handlers.get(fd)
+            if h is not None:
+                try:
+                    h(ev)
+                except Exception as e:  # a bug costs that event, not the loop
+                    self._report(fd, e)
+                continue
+            key = keys.get(fd)
+            if key is not None:
+                mask = (selectors.EVENT_WRITE if ev & ~_EPOLLIN else 0) | (selectors.EVENT_READ if ev & ~_EPOLLOUT else 0)
+                ready.append((key, mask & key.events))
+        return ready
+
+    def _report(self, fd: int, e: Exception) -> None:
+        if self.loop is not None:
+            self.loop.call_exception_handler({"message": f"proxy handler for fd {fd} failed", "exception": e})
+
+
+
+
+class ProxyLoop(asyncio.SelectorEventLoop):
+    """asyncio's loop with ``watch``/``forget`` for the proxy's own descriptors (module doc)."""
+
+    def __init__(self) -> None:
+        self._proxy_selector = _Selector()
+        super().__init__(self._proxy_selector)
+        self._proxy_selector.loop = self
+        # the set and the handlers, for relay.Poller to register in directly (its hot path)
+        self.epoll: select.epoll = self._proxy_selector._selector  # type: ignore[attr-defined]
+        self.handlers = self._proxy_selector.handlers
+
+    def watch(self, fd: int, handler: Handler, events: int) -> None:
+        """Call ``handler(event mask)`` from the loop's wait for ``fd`` (``events``: epoll
+        flags, edge-triggered or not)."""
+        sel = self._proxy_selector
+        sel._selector.register(fd, events)  # type: ignore[attr-defined]
+        sel.handlers[fd] = handler
+
+    def unwatch(self, fd: int) -> None:
+        """Stop watching an open ``fd``."""
+        sel = self._proxy_selector
+        if sel.handlers.pop(fd, None) is not None:
+            try:
+                sel._selector.unregister(fd)  # type: ignore[attr-defined]
+            except OSError:
+                pass  # already closed: the kernel dropped it
+
+    def forget(self, fd: int) -> None:
+        """Drop the handler of a descriptor that was (or is about to be) closed."""
+        self._proxy_selector.handlers.pop(fd, None)
+
+
+def add_reader(loop: asyncio.AbstractEventLoop, fd: int, callback: Callable[[], None]) -> None:
+    """``loop.add_reader(fd, callback)``; on a ``ProxyLoop`` a level-triggered ``watch``, so
+    an accept wake-up costs no asyncio handle (listeners)."""
+    if isinstance(loop, ProxyLoop):
+        loop.watch(fd, lambda _ev: callback(), _EPOLLIN)
+    else:
+        loop.add_reader(fd, callback)
+
+
+def remove_reader(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    """Undo ``add_reader``."""
+    if isinstance(loop, ProxyLoop):
+        loop.unwatch(fd)
+    else:
+        loop.remove_reader(fd)
