@@ -70,7 +70,7 @@ class Agent(Banning):
         self.clock, self.wall = clock, wall
         self.observer = Observer(kernel, keep=self._wanted, named=self._named)
         self.bans = BanBook()
-        self.save_error: str | None = None  # why the last ban state save failed
+        self.saver = bansink.StateSaver(log)  # the ban state file (``saver.error``: why not saved)
         self.crowdsec_error: str | None = None
         self.retry = reconcile.RetryBook()
         self.counters: dict[str, int] = {k: 0 for k in statusdoc.COUNTERS}
@@ -126,6 +126,7 @@ class Agent(Banning):
         self.reload_now("signal")
 
     def stop(self) -> None:
+        self.saver.flush()  # CrowdSec's last changes (saved at most every CROWDSEC_SAVE_S)
         for cancel in (*self._stops, *self._timers.values()):
             cancel()
         self._stops.clear()
@@ -203,7 +204,7 @@ class Agent(Banning):
         if self.files is not None:
             errors += [f"{d}: not watched for changes: {why}" for d, why in sorted(self.files.problems.items())]
         sources = {} if self.crowdsec is None else {"crowdsec": self.crowdsec.status(bansink.mono_to_wall)}
-        errors += ([] if self.crowdsec is None else self.crowdsec.errors()) + ([self.save_error] if self.save_error else [])
+        errors += ([] if self.crowdsec is None else self.crowdsec.errors()) + ([self.saver.error] if self.saver.error else [])
         errors += [self.names_error] if self.names_error else []
         errors += [self.crowdsec_error] if self.crowdsec_error else []
         errors += [self.refusals.error] if self.refusals is not None and self.refusals.error else []
