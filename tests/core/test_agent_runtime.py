@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from sockgate.bpf import interp
-
+from sockgate.agent import banning
 from sockgate.agent.applier import Applier
 from sockgate.agent.crowdfeed import CrowdsecFeed
 from sockgate.agent.forward import Answer
 from sockgate.agent.protocol import Ban, Request, Unban, parse_network
 from sockgate.agent.runtime import Agent, Options
+from sockgate.bpf import interp
 from sockgate.agent.statusdoc import exit_code
 from sockgate.crowdsec.lapi import LapiClient
 from sockgate.crowdsec.session import Session
@@ -405,3 +405,27 @@ def test_with_few_lines_every_line_is_enforced_and_removing_one_lifts_it(tmp_pat
     allow.write_text("sshd: ALL EXCEPT 192.0.2.77\n")  # sshguard lifts its ban
     assert a.reload_now("file") is None
     assert not _enforces(a, "sshd", "192.0.2.9")
+class Timers:
+    def __init__(self) -> None:
+        self.armed: list[float] = []
+
+    def call_later(self, delay: float, callback: Any) -> Any:
+        self.armed.append(delay)
+        return lambda: None
+
+
+def test_ended_bans_are_lifted_on_time_from_programs_and_tidied_in_batches_from_maps(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, _, _, _ = agent(tmp_path, monkeypatch)
+    timers = Timers()
+    a.loop = timers  # type: ignore[assignment]
+    soon = [Request(i, Ban(parse_network(f"192.0.2.{i}"), seconds=1)) for i in (1, 2)]
+    assert a._handle(soon[0], None).ok  # type: ignore[arg-type]
+    assert 0 < timers.armed[-1] <= 1.01  # classic: the ban is in the program, lifted by a recompile on time
+    monkeypatch.setattr(banning.bansink, "needs_program", lambda loaded: False)  # as when every service is eBPF
+    a._timers.clear()
+    timers.armed.clear()
+    assert a._handle(soon[1], None).ok  # type: ignore[arg-type]
+    assert timers.armed == [pytest.approx(banning.TIDY_S + 0.01, abs=0.05)]
+    assert a._handle(Request(3, Ban(parse_network("192.0.2.3"), seconds=1)), None).ok  # type: ignore[arg-type]
+    assert len(timers.armed) == 1  # armed once: a stream of changes never pushes the tidy back

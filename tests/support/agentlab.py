@@ -86,7 +86,10 @@ def serve(s, commands=True):
                 if cmd[0] == "fork" and os.fork() == 0:
                     serve(listen(int(cmd[1])), False)
             elif x is s and proto == "tcp":
-                conns.append(s.accept()[0])
+                try:
+                    conns.append(s.accept()[0])
+                except OSError:  # ended before its accept (a ban's SOCK_DESTROY): not the service's end
+                    pass
             elif x is s:
                 data, addr = s.recvfrom(2048)
                 s.sendto(data, addr)

@@ -27,6 +27,8 @@ LAYERS: dict[str, int] = {
     "sockgate.policy": POLICY,
     "sockgate.peers": POLICY,
     "sockgate.policy.forward": POLICY,  # exact host names → their confirmed address sets (pure)
+    "sockgate.policy.netlist": POLICY,  # a set file's networks kept as integers (pure)
+    "sockgate.policy.setfile": POLICY,  # set files parsed straight into integers (pure)
     "sockgate.resolve": RESOLVE,  # the resolve pass: model, kernelpart, ranges
     "sockgate.bans": RESOLVE,  # the backend-neutral ban every source and backend shares
     "sockgate.decide": CORE,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Literal, Mapping, Sequence
 
 from sockgate.agent import control as control_mod
-from sockgate.agent import reconcile, statusdoc
+from sockgate.agent import bansink, reconcile, statusdoc
 from sockgate.agent import watcher as watcher_mod
 from sockgate.agent.applier import Applier
 from sockgate.agent.banbook import BanBook, BanEntry
@@ -106,7 +106,7 @@ class AgentState:
     wall: Callable[[], float]
     observer: Observer
     bans: BanBook[BannedPrefix]
-    save_error: str | None
+    saver: bansink.StateSaver  # the ban state file (``saver.error``: why the last save failed)
     crowdsec_error: str | None  # why CrowdSec's decisions held are not all in force (retried at each pull)
     retry: reconcile.RetryBook
     counters: dict[str, int]

@@ -24,10 +24,14 @@ from sockgate.errors import SockgateError
 from sockgate.policy.ir import IPNetwork
 
 
+TIDY_S = 5.0  # how often ended bans are tidied away when the programs end them on time themselves
+
+
 class Banning(HostNames):
-    def _set_bans(self, book: BanBook[BannedPrefix]) -> str | None:
+    def _set_bans(self, book: BanBook[BannedPrefix], save_within: float = 0.0) -> str | None:
         """``book`` in force: eBPF services' maps in place, classic services compiled again
-        and applied (bansink.py); the error when nothing changed."""
+        and applied (bansink.py); the error when nothing changed. Saved within ``save_within``
+        seconds (now by default; CrowdSec's changes: ``bansink.CROWDSEC_SAVE_S`` says why)."""
         assert self.built is not None
         old = self.built
         now_ns = time.monotonic_ns()
@@ -44,7 +48,7 @@ class Banning(HostNames):
         if built is not old:
             self._swap(built, "bans")
         self._arm_expiry()
-        self.save_error = bansink.save_book(self.opts.state, book, self.log)
+        self.saver.save(self.opts.state, book, self.loop, save_within)
         return None
 
     def _ban(self, body: Ban) -> str | None:
@@ -60,16 +64,27 @@ class Banning(HostNames):
         return error
 
     def _arm_expiry(self) -> None:
+        """The timer that lifts the next ban to end. Exact while a service holds its bans in its
+        program (lifting one is a recompile). When every service holds them in maps, the
+        program ends each ban on time itself and the timer only tidies the book and the maps:
+        then it runs at most every ``TIDY_S`` and is never pushed back — 100,000 CrowdSec
+        decisions end several times a second, and each tidy reads and writes all of them."""
         end = self.bans.next_expiry()
-        if end is not None:
-            self._arm("bans", (end - time.monotonic_ns()) / 1e9 + 0.01, self._on_expiry)
+        if end is None:
+            return
+        now = time.monotonic_ns()
+        if self.built is not None and not bansink.needs_program(self.built.loaded):
+            if "bans" in self._timers:
+                return
+            end = max(end, now + int(TIDY_S * 1e9))
+        self._arm("bans", (end - now) / 1e9 + 0.01, self._on_expiry)
 
     def _on_expiry(self) -> None:
         self._timers.pop("bans", None)
         self._guarded(lambda: self._expire())
 
-    def _expire(self) -> None:
-        error = self._set_bans(self.bans.expire(time.monotonic_ns()))
+    def _expire(self) -> None:  # (saved later: a state file's ended bans are dropped when it is read)
+        error = self._set_bans(self.bans.expire(time.monotonic_ns()), bansink.CROWDSEC_SAVE_S)
         if error is not None:
             self.log.record("error", message=f"lifting expired bans: {error}")
 
@@ -81,7 +96,7 @@ class Banning(HostNames):
         if not (report.changed or report.startup or self.crowdsec_error) or self.crowdsec is None:
             return
         book, new = self.crowdsec.book(self.bans, report, time.monotonic_ns())
-        error = None if book == self.bans else self._set_bans(book)
+        error = None if book == self.bans else self._set_bans(book, bansink.CROWDSEC_SAVE_S)
         if error is not None:
             self.crowdsec_error = (f"CrowdSec decisions not applied ({len(self.crowdsec.session.state)} held, "
                                    f"retried at each pull), the previous bans stay: {error}")

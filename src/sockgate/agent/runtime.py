@@ -70,7 +70,7 @@ class Agent(Banning):
         self.clock, self.wall = clock, wall
         self.observer = Observer(kernel, keep=self._wanted, named=self._named)
         self.bans = BanBook()
-        self.save_error: str | None = None  # why the last ban state save failed
+        self.saver = bansink.StateSaver(log)  # the ban state file (``saver.error``: why not saved)
         self.crowdsec_error: str | None = None
         self.retry = reconcile.RetryBook()
         self.counters: dict[str, int] = {k: 0 for k in statusdoc.COUNTERS}
@@ -126,6 +126,7 @@ class Agent(Banning):
         self.reload_now("signal")
 
     def stop(self) -> None:
+        self.saver.flush()  # CrowdSec's last changes (saved at most every CROWDSEC_SAVE_S)
         for cancel in (*self._stops, *self._timers.values()):
             cancel()
         self._stops.clear()
@@ -198,12 +199,12 @@ class Agent(Banning):
                                  None if e.services is None else tuple(sorted(e.services)),
                                  None if e.ban.expires_ns == NEVER else self.wall() + (e.ban.expires_ns - now_ns) / 1e9,
                                  self.wall() - (now_ns - e.added_ns) / 1e9, e.reason)
-                for e in (*self.bans.entries, *self.built.tools) if e.active(now_ns)]
+                for e in self.bans.entries if e.active(now_ns)]  # (the hosts files' ban lines: PolicyInfo.tool_bans)
         errors = [] if w is None or w.mode == "cgroup-bpf" else [f"watching by polling: {w.reason}"]
         if self.files is not None:
             errors += [f"{d}: not watched for changes: {why}" for d, why in sorted(self.files.problems.items())]
         sources = {} if self.crowdsec is None else {"crowdsec": self.crowdsec.status(bansink.mono_to_wall)}
-        errors += ([] if self.crowdsec is None else self.crowdsec.errors()) + ([self.save_error] if self.save_error else [])
+        errors += ([] if self.crowdsec is None else self.crowdsec.errors()) + ([self.saver.error] if self.saver.error else [])
         errors += [self.names_error] if self.names_error else []
         errors += [self.crowdsec_error] if self.crowdsec_error else []
         errors += [self.refusals.error] if self.refusals is not None and self.refusals.error else []
@@ -218,7 +219,7 @@ class Agent(Banning):
         kinds += ["crowdsec_lapi"] if self.crowdsec is not None and self.crowdsec.errors() else []
         kinds += ["crowdsec_bans"] if self.crowdsec_error else []
         kinds += ["names"] if self.names_error else []
-        kinds += ["state"] if self.save_error else []
+        kinds += ["state"] if self.saver.error else []
         kinds += ["ban_lines"] if self.built is not None and self.built.unfit else []
         return kinds
 

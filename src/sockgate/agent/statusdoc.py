@@ -148,6 +148,7 @@ class PolicyInfo:
     reload_ok: bool
     trigger: Literal["start", "signal", "file", "request", "names", "bans"]
     reload_error: str | None = None
+    tool_bans: tuple[BanRow, ...] = ()  # the policy's own ban lines: sshguard's, DenyHosts' (agent/toolbans.py)
 
 
 COUNTERS = ("adopted", "attached", "reloaded", "replaced", "detached", "destroyed")
@@ -169,7 +170,7 @@ def build(agent: AgentInfo, policy: PolicyInfo, services: Sequence[ServiceRow], 
                    "last_reload": {"at": rfc3339(policy.reload_at), "ok": policy.reload_ok, "trigger": policy.trigger,
                                    "error": policy.reload_error}},
         "services": [_service(s) for s in services],
-        "bans": _bans(bans),
+        "bans": _bans([*bans, *policy.tool_bans]),
         "sources": {k: dict(v) for k, v in (sources or {}).items()},
         "unguarded": sum(1 for s in services for r in s.sockets if r.state in ("unguarded", "retrying")),
         "errors": list(errors),

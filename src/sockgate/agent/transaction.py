@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from typing import Mapping, Sequence
 
-from sockgate.agent import bansink, statusdoc
+from sockgate.agent import bansink, statusdoc, toolbans
 from sockgate.agent.agentstate import Built, Trigger
 from sockgate.agent.banbook import BanBook, BanEntry
 from sockgate.agent.desired import Desired, build
@@ -162,7 +162,8 @@ class Transactions(Sweeps):
         prev = self.policy_info
         loaded = self.built.desired.loaded_at if ok_ or prev is None else prev.loaded
         files = self.read_files or tuple(f for f in (*self.opts.files, self.opts.hosts_allow, self.opts.hosts_deny) if f)
-        return statusdoc.PolicyInfo(self.built.desired.policy_digest, loaded, files, self.wall(), ok_, trigger, error)
+        bans = toolbans.rows(self.built.policy, self.opts.hosts_allow, self.opts.hosts_deny, loaded)  # sshguard's, DenyHosts'
+        return statusdoc.PolicyInfo(self.built.desired.policy_digest, loaded, files, self.wall(), ok_, trigger, error, bans)
 
     def summary(self) -> str:
         bad = sum(1 for r in self.rows.values() if r.row.state in ("unguarded", "retrying"))
