@@ -21,7 +21,7 @@ from sockgate.ebpf.program import EbpfProgram, compile_service
 from sockgate.errors import AdapterError, CompileError, UnsupportedInKernel, UnsupportedPlatform, UsageError
 from sockgate.kernel import Kernel, Slot, Step
 from sockgate.kernel.cbpf import ClassicBackend
-from sockgate.kernel.ebpf import EbpfBackend, EbpfLoaded, can_carry, same_shape, stale
+from sockgate.kernel.ebpf import probe_program, EbpfBackend, EbpfLoaded, can_carry, same_shape, stale
 from sockgate.kernel.reading import BpfFilter, GuardInfo
 from sockgate.linux.bpffs import components, trust_problem
 from sockgate.policy.ir import Service
@@ -344,11 +344,15 @@ def test_probe_names_missing_privileges() -> None:
     assert EbpfBackend(FakeBpf(FakeOps(), refuse_create=errno.ENOSYS), MOUNT).unavailable() == "this kernel has no bpf(2) system call"
 
 
-def test_probe_loads_a_trivial_socket_filter_once_and_closes_what_it_made() -> None:
+def test_probe_loads_the_program_a_service_loads_once_and_closes_what_it_made() -> None:
+    """The probe is the program (REVIEW3 R6): a kernel that takes a trivial filter but not
+    sockgate's must send ``auto`` to classic BPF at choice time, not fail at load."""
     bpf = FakeBpf(FakeOps())
     backend = EbpfBackend(bpf, MOUNT)
     assert backend.unavailable() is None and backend.unavailable() is None
-    assert [(p.name, p.insns) for p in bpf.progs.values()] == [("sg_probe", bytes.fromhex("b700000000000000" "9500000000000000"))]
+    probe = probe_program()
+    assert [p.name for p in bpf.progs.values()] == ["sg_probe"] and len(probe.insns) > 100
+    assert {s.name for s in probe.service_maps} >= {"sg_counts", "sg_buckets", "sg_bans4", "sg_bans6", "sg_events", "sg_stats"}
     assert bpf.fds == {}  # the map and the program closed
     refused = EbpfBackend(FakeBpf(FakeOps(), refuse_load=errno.EACCES), MOUNT).unavailable()
     assert refused is not None and refused.startswith("bpf(2) does not work here: load BPF program sg_probe: injected (EACCES)")

@@ -39,7 +39,9 @@ are only names: a socket keeps its program whatever is unpinned.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import functools
 import os
 import sys
 import time
@@ -49,9 +51,9 @@ from typing import Collection, Literal, Sequence
 
 from sockgate.resolve.ranges import Banned
 from sockgate.ebpf import layout, registry
-from sockgate.ebpf.insn import BPF_F_NO_PREALLOC, MapType, ProgType, encode, exit_, mov64
+from sockgate.ebpf.insn import MapType
 from sockgate.ebpf.maps import MapSpec
-from sockgate.ebpf.program import ENFORCES, EbpfProgram, Options, compile_resolved
+from sockgate.ebpf.program import ENFORCES, EbpfProgram, Options, compile_resolved, compile_service
 from sockgate.errors import AdapterError, SockgateError, UsageError
 from sockgate.kernel.backend import BanLike, Compiled, Loaded
 from sockgate.kernel.banmaps import BanMaps
@@ -59,13 +61,25 @@ from sockgate.kernel.bpfops import BpfOps
 from sockgate.kernel.reading import Attached, BpfFilter, GuardInfo
 from sockgate.linux import procfs
 from sockgate.policy.needs import Need
+from sockgate.policy.parser import parse_policy
 from sockgate.resolve import ResolvedService
 
 GRACE = 60.0  # seconds a fresh registry entry or program directory is safe from ``collect``
 BPFFS_ENV = "SOCKGATE_BPFFS"  # where the bpf filesystem is (default layout.BPFFS)
 OPTIONS = Options(protocol="any")  # layout.py's sizes; the protocol of each packet
-PROBE_MAP = MapSpec("sg_probe", MapType.LPM_TRIE, 8, 4, 1, BPF_F_NO_PREALLOC)  # an IPv4 prefix → u32
-PROBE_PROGRAM = encode([mov64(0, imm=0), exit_()])  # return 0: drop (it is never attached)
+# What ``unavailable`` verifies: the program ``load`` would load for a service with IPv4 and
+# IPv6 rules and a per-source rate limit with a ban — every map type and helper a real service
+# uses (LPM tries, LRU hashes, the ring buffer, the stats array; ringbuf output, cmpxchg,
+# skb_load_bytes_relative, skb->sk) — with maps of the least capacity (the code does not
+# depend on capacities), so ``auto`` means "this kernel takes sockgate's program".
+PROBE_POLICY = """service sg-probe {
+    allow 192.0.2.1
+    deny 2001:db8::/32
+    limit rate 1/minute per source ban 1m
+    default deny
+}
+"""
+PROBE_OPTIONS = dataclasses.replace(OPTIONS, counters=1, buckets=1, bans=1, ring_bytes=4096)
 _ITERABLE = frozenset({MapType.HASH, MapType.LRU_HASH, MapType.LPM_TRIE, MapType.PERCPU_HASH, MapType.LRU_PERCPU_HASH})
 
 
@@ -111,6 +125,13 @@ def carried(spec: MapSpec, items: Sequence[tuple[bytes, bytes]], now_ns: int) ->
         raise UsageError(f"{spec.name}: {len(active)} active bans do not fit the new capacity of {spec.max_entries};"
                          " nothing was changed (raise the capacity, or lift bans first)")
     return active
+
+
+@functools.cache
+def probe_program() -> EbpfProgram:
+    """The program ``unavailable`` verifies (``PROBE_POLICY``), compiled once per process."""
+    (service,) = parse_policy(PROBE_POLICY, "<probe>").services
+    return compile_service(service, options=PROBE_OPTIONS)
 
 
 def program_name(digest: str) -> str:
@@ -208,13 +229,13 @@ class EbpfBackend:
         return self._why[key]
 
     def _probe(self) -> str | None:
-        """Why this process may not load what ``load`` loads, found by doing the least of it:
-        an LPM-trie map made (it needs CAP_BPF or CAP_SYS_ADMIN, whatever
-        ``kernel.unprivileged_bpf_disabled`` says, where an array would not) and a trivial
-        socket filter verified, both closed; then the bpffs directories. None: it may."""
+        """Why this process may not load what ``load`` loads, found by doing it once with
+        throw-away maps (``probe_program``: the LPM tries need CAP_BPF or CAP_SYS_ADMIN,
+        whatever ``kernel.unprivileged_bpf_disabled`` says; the verifier must take every
+        helper and instruction a service's program uses), all closed; then the bpffs
+        directories. None: it may."""
         try:
-            self.ops.close(self.ops.map_create(PROBE_MAP))
-            self.ops.close(self.ops.prog_load(ProgType.SOCKET_FILTER, PROBE_PROGRAM, "sg_probe"))
+            self._verify(probe_program())
         except AdapterError as e:
             if e.errno == errno.ENOSYS:
                 return "this kernel has no bpf(2) system call"
@@ -226,6 +247,17 @@ class EbpfBackend:
         except AdapterError as e:
             return f"no usable bpf filesystem at {self.paths.mount}: {e}"
         return None
+
+    def _verify(self, program: EbpfProgram) -> None:
+        """Load ``program`` with fresh, unpinned maps of its shapes; close everything."""
+        fds: dict[str, int] = {}
+        try:
+            for spec in (*program.service_maps, *(m.spec for m in program.maps)):
+                fds[spec.name] = self.ops.map_create(spec)
+            self.ops.close(self.ops.prog_load(program.prog_type, program.link(fds), "sg_probe"))
+        finally:
+            for fd in fds.values():
+                self.ops.close(fd)
 
     def compile(self, service: ResolvedService, bans: Sequence[Banned] = ()) -> EbpfProgram:
         """With service state (counters, events, bans, rate limits), the protocol read from
