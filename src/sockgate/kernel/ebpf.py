@@ -47,7 +47,7 @@ import sys
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Collection, Literal, Sequence
+from typing import Collection, Literal, Mapping, Sequence
 
 from sockgate.resolve.ranges import Banned
 from sockgate.ebpf import layout, registry
@@ -67,6 +67,8 @@ from sockgate.resolve import ResolvedService
 GRACE = 60.0  # seconds a fresh registry entry or program directory is safe from ``collect``
 BPFFS_ENV = "SOCKGATE_BPFFS"  # where the bpf filesystem is (default layout.BPFFS)
 OPTIONS = Options(protocol="any")  # layout.py's sizes; the protocol of each packet
+COUNTERS_ENV = "SOCKGATE_COUNTERS"  # sources counted per service (layout.DEFAULT_COUNTERS)
+COUNTERS_RANGE = (64, 1 << 24)
 # What ``unavailable`` verifies: the program ``load`` would load for a service with IPv4 and
 # IPv6 rules and a per-source rate limit with a ban — every map type and helper a real service
 # uses (LPM tries, LRU hashes, the ring buffer, the stats array; ringbuf output, cmpxchg,
@@ -132,6 +134,18 @@ def probe_program() -> EbpfProgram:
     """The program ``unavailable`` verifies (``PROBE_POLICY``), compiled once per process."""
     (service,) = parse_policy(PROBE_POLICY, "<probe>").services
     return compile_service(service, options=PROBE_OPTIONS)
+
+
+def options(environ: Mapping[str, str]) -> Options:
+    """``OPTIONS`` with the counters sized by ``$SOCKGATE_COUNTERS`` when set; a value that is
+    not a whole number in ``COUNTERS_RANGE`` is a one-line ``UsageError``."""
+    raw = environ.get(COUNTERS_ENV)
+    if raw is None:
+        return OPTIONS
+    low, high = COUNTERS_RANGE
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise UsageError(f"${COUNTERS_ENV}={raw[:20]!r}: the sources counted per service, a number from {low} to {high}")
+    return dataclasses.replace(OPTIONS, counters=int(raw))
 
 
 def program_name(digest: str) -> str:
@@ -262,7 +276,7 @@ class EbpfBackend:
     def compile(self, service: ResolvedService, bans: Sequence[Banned] = ()) -> EbpfProgram:
         """With service state (counters, events, bans, rate limits), the protocol read from
         each packet: one program for the service's TCP and UDP sockets."""
-        return compile_resolved(service, banned=bans, options=OPTIONS)
+        return compile_resolved(service, banned=bans, options=options(os.environ))
 
     # --- load
 
@@ -287,6 +301,7 @@ class EbpfBackend:
             prog_fd = self.ops.prog_load(program.prog_type, program.link(fds), program.name)
             try:
                 directory = self._pin_program(program, prog_fd, {m.spec.name: fds[m.spec.name] for m in program.maps})
+                self._repin(svc_dir, program.service_maps, fds)
                 prog_id, _ = self.ops.prog_id_name(prog_fd)
             except BaseException:
                 self.ops.close(prog_fd)
@@ -295,6 +310,22 @@ class EbpfBackend:
             for fd in fds.values():
                 self.ops.close(fd)
         return EbpfLoaded(program, prog_fd, prog_id, directory, self.ops, self.paths.root)
+
+    def _repin(self, svc_dir: str, specs: Sequence[MapSpec], fds: dict[str, int]) -> None:
+        """Pin again any service map another process's ``collect`` unpinned between our
+        opening it and our program directory appearing (which keeps them from then on), so
+        the maps the program uses stay the ones its bans and counters are read from."""
+        for spec in specs:
+            path = f"{svc_dir}/{pin_name(spec)}"
+            held = self.ops.get(path)
+            if held is not None:
+                self.ops.close(held)
+                continue
+            try:
+                self.ops.pin(fds[spec.name], path)
+            except AdapterError as e:
+                if e.errno != errno.EEXIST:
+                    raise
 
     def _pin_program(self, program: EbpfProgram, prog_fd: int, maps: dict[str, int]) -> str:
         """Pin into a fresh directory, then rename it into place (replacing an older copy of
@@ -549,15 +580,41 @@ class EbpfBackend:
         return len(dead), keep
 
     def _collect_programs(self, keep: set[str]) -> int:
+        """Program directories no kept registry entry names, after ``grace``; then the
+        service directories that held no program already (``_collect_service``)."""
         services = f"{self.paths.root}/services"
         removed = 0
         for svc in self.ops.listdir(services):
+            left = gone = 0
             for name in self.ops.listdir(f"{services}/{svc}"):
                 path = f"{services}/{svc}/{name}"
-                if not name.startswith("prog-") or path in keep:
+                if not name.startswith("prog-"):
                     continue
                 age = self.ops.age(path)
-                if age is not None and age >= self.grace:
+                if path not in keep and age is not None and age >= self.grace:
                     self.ops.remove_tree(path)
-                    removed += 1
+                    gone += 1
+                else:
+                    left += 1
+            removed += gone
+            if not left and not gone:  # the last program went now: the directory goes next time at the earliest
+                self._collect_service(f"{services}/{svc}")
         return removed
+
+    def _collect_service(self, path: str) -> None:
+        """Unpin a service directory that holds no program (so no socket's registry entry
+        names it: a live guard keeps its program directory, and with it its counters and
+        bans) once it has been unchanged for ``grace`` — its last program was collected at
+        least that long ago — and it holds no active ban (a ban written for a service that is
+        not guarded now is for its next guard). Its maps are freed when nothing else holds
+        them; counters of a service no longer guarded go with them (REVIEW3 R10)."""
+        age = self.ops.age(path)
+        if age is None or age < self.grace:
+            return
+        try:
+            now = time.monotonic_ns()
+            if any(ban.active(now) for _, ban in BanMaps(self.ops, path).list()):
+                return
+        except (SockgateError, ValueError):
+            return  # unreadable bans: kept, never lifted by a clean-up
+        self.ops.remove_tree(path)
