@@ -49,7 +49,7 @@ from sockgate.agent.refusals import AgentRefusals
 from sockgate.agent.protocol import Ban, Bans, Ping, Reload, Request, Response, Status, Unban, failure, ok
 from sockgate.agent.transaction import watch_set
 from sockgate.bans import NEVER
-from sockgate.kernel import Kernel
+from sockgate.kernel import Chosen, Kernel
 from sockgate.log import Log
 from sockgate.linux.signalfd import SigInfo
 from sockgate.supervisor import Cancel, Loop, Notifier
@@ -81,6 +81,7 @@ class Agent(Banning):
         self.superserved = {}  # by cookie, as the last full scan saw them
         self.refusals = None
         self.started = wall()
+        self.chosen: Chosen | None = None  # the backend --backend came to, once started
         self.events = 0
         self.last_resync: float | None = None
         self.built: Built | None = None
@@ -99,6 +100,8 @@ class Agent(Banning):
     def start(self, loop: Loop) -> None:
         """Everything up to the first transaction; raises (nothing touched) on a bad policy."""
         self.loop = loop
+        self.chosen = self.kernel.choose(self.opts.backend)  # probed once; UnsupportedPlatform: nothing touched
+        self.log.record("notice", message=self.chosen.describe())
         self.bans = bansink.load_book(self.opts.state)
         self.built = self._build(self.bans)
         self.policy_info = self._policy_info("start", True, None)
@@ -181,9 +184,11 @@ class Agent(Banning):
         assert self.built is not None and self.policy_info is not None
         w = self.watcher
         mode: Literal["cgroup-bpf", "poll"] = "cgroup-bpf" if w is not None and w.mode == "cgroup-bpf" else "poll"
-        agent = statusdoc.AgentInfo(os.getpid(), self.opts.version, self.started, self.opts.backend, mode, self.opts.control,
+        chosen = self.chosen or Chosen("cbpf", "not started")
+        agent = statusdoc.AgentInfo(os.getpid(), self.opts.version, self.started, chosen.name, mode, self.opts.control,
                                     self.opts.control_group, getattr(w, "cgroup", None), self.events,
-                                    w.lost if w is not None else 0, self.last_resync, dict(self.counters))
+                                    w.lost if w is not None else 0, self.last_resync, dict(self.counters),
+                                    backend_why=chosen.why)
         now_ns = time.monotonic_ns()
         now, to_wall = self.clock(), self.wall() - self.clock()
         services = [statusdoc.ServiceRow(s, self.built.desired.loaded_at,
