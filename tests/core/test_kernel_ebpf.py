@@ -21,7 +21,10 @@ from sockgate.ebpf.program import EbpfProgram, compile_service
 from sockgate.errors import AdapterError, CompileError, UnsupportedInKernel, UnsupportedPlatform, UsageError
 from sockgate.kernel import Kernel, Slot, Step
 from sockgate.kernel.cbpf import ClassicBackend
-from sockgate.kernel.ebpf import probe_program, EbpfBackend, EbpfLoaded, can_carry, same_shape, stale
+from sockgate.ebpf.program import compile_service as compile_with_options
+from sockgate.kernel.ebpfopts import OPTIONS as EBPF_OPTIONS, options as ebpf_options, probe_program
+from sockgate.policy.parser import parse_policy as parse_text
+from sockgate.kernel.ebpf import EbpfBackend, EbpfLoaded, can_carry, same_shape, stale
 from sockgate.kernel.reading import BpfFilter, GuardInfo
 from sockgate.linux.bpffs import components, trust_problem
 from sockgate.policy.ir import Service
@@ -391,3 +394,21 @@ def test_a_full_registry_makes_room_from_sockets_that_are_gone_or_refuses(monkey
     with pytest.raises(AdapterError, match="registry of eBPF guards is full .* nothing was attached"):
         kernel.apply([Step(Slot(4, "fd 4"), lo)])
     assert 4 not in bpf.on_socket
+
+
+def test_counters_are_sized_by_configuration_and_buckets_by_the_policy() -> None:
+    """REVIEW3 R10: every eBPF service pins its state, so it is sized by what it needs."""
+    assert ebpf_options({}) == EBPF_OPTIONS and EBPF_OPTIONS.counters == layout.DEFAULT_COUNTERS == 16384
+    assert ebpf_options({"SOCKGATE_COUNTERS": "4096"}).counters == 4096
+    for bad in ("0", "-5", "1e6", "99999999999", " 64", ""):
+        with pytest.raises(UsageError, match=r"^\$SOCKGATE_COUNTERS="):
+            ebpf_options({"SOCKGATE_COUNTERS": bad})
+
+    def maps(limit: str) -> dict[str, int]:
+        svc = parse_text(f"service a {{\n    allow 127.0.0.1\n{limit}    default deny\n}}\n").services[0]
+        return {m.name: m.max_entries for m in compile_with_options(svc, options=EBPF_OPTIONS).service_maps}
+
+    assert "sg_buckets" not in maps("")
+    assert maps("    limit rate 5/minute\n")["sg_buckets"] == layout.TOTAL_BUCKETS
+    assert maps("    limit rate 5/minute per source\n")["sg_buckets"] == layout.DEFAULT_BUCKETS
+    assert maps("")["sg_counts"] == 16384

@@ -26,7 +26,8 @@ from sockgate.errors import AdapterError, UnsupportedPlatform
 from sockgate.kernel import Kernel, Slot, Step
 from sockgate.kernel.bpfops import LinuxBpf
 from sockgate.kernel.cbpf import ClassicBackend
-from sockgate.kernel.ebpf import OPTIONS, EbpfBackend, probe_program
+from sockgate.kernel.ebpf import EbpfBackend
+from sockgate.kernel.ebpfopts import OPTIONS, probe_program
 from sockgate.kernel.sockets import LINUX_OPS
 from sockgate.policy.parser import parse_policy
 from sockgate.resolve import resolve_service

@@ -28,7 +28,6 @@ from sockgate.agent.forward import NameBook
 from sockgate.agent.model import Endpoint
 from sockgate.agent.names import NameResolver
 from sockgate.agent.observe import Observer
-from sockgate.agent.refusals import AgentRefusals
 from sockgate.agent.superserver import Launch
 from sockgate.bans import BannedPrefix, Origin
 from sockgate.errors import SockgateError
@@ -37,7 +36,7 @@ from sockgate.kernel.backend import Loaded
 from sockgate.log import Log, LogFormat, LogSink
 from sockgate.policy.forward import Lookup
 from sockgate.policy.ir import Policy
-from sockgate.refusallog import DEFAULT_INTERVAL
+from sockgate.refusallog import DEFAULT_INTERVAL, RefusalLogs
 from sockgate.resolve.model import ResolvedService
 from sockgate.supervisor import Cancel, Loop, Notifier
 
@@ -67,7 +66,7 @@ class Options:
     inetd_conf: str | None = "/etc/inetd.conf"
     systemd_units: tuple[str, ...] = SYSTEMD_UNITS  # the unit directories, in systemd's order
     services_file: str = "/etc/services"
-    log_format: LogFormat = "text"  # the refusal log of the eBPF services (agent/refusals.py)
+    log_format: LogFormat = "text"  # the refusal log of the eBPF services (refusallog.RefusalLogs)
     log_sink: LogSink = "stderr"
     refusal_interval: float = DEFAULT_INTERVAL  # seconds: one line per refused source per interval
 
@@ -113,7 +112,7 @@ class AgentState:
     asking: set[str]  # names the resolver's worker is looking up
     names_error: str | None  # why the last refresh of changed names could not be applied
     superserved: dict[int, statusdoc.SuperservedRow]  # listeners of super-servers for unknown daemons
-    refusals: AgentRefusals | None  # the refusal log (None until start)
+    refusals: RefusalLogs | None  # the refusal log (None until start)
     events: int
     last_resync: float | None
     built: Built | None

@@ -45,7 +45,7 @@ from sockgate.agent.crowdfeed import CrowdsecFeed
 from sockgate.agent.forward import NameBook
 from sockgate.agent.names import NameResolver
 from sockgate.agent.observe import Observer
-from sockgate.agent.refusals import AgentRefusals
+from sockgate.refusallog import RefusalLogs
 from sockgate.agent.protocol import Ban, Bans, Ping, Reload, Request, Response, Status, Unban, failure, ok
 from sockgate.agent.transaction import watch_set
 from sockgate.bans import NEVER
@@ -114,7 +114,7 @@ class Agent(Banning):
         self.log.record("notice", message=f"watching: {self.watcher.reason}")
         self._watch_files(loop)
         self.sweep("start")
-        self.refusals = AgentRefusals(loop, self.opts.log_format, self.opts.log_sink, self.opts.refusal_interval,
+        self.refusals = RefusalLogs(loop, self.opts.log_format, self.opts.log_sink, self.opts.refusal_interval,
                                       lambda text: self.log.record("notice", message=text))
         self.refusals.update(self.built.loaded, self.built.resolved)
         self._arm("sweep", self.opts.sweep, self._on_sweep)

@@ -39,49 +39,31 @@ are only names: a socket keeps its program whatever is unpinned.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
-import functools
 import os
 import sys
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Collection, Literal, Mapping, Sequence
+from typing import Collection, Literal, Sequence
 
 from sockgate.resolve.ranges import Banned
 from sockgate.ebpf import layout, registry
 from sockgate.ebpf.insn import MapType
 from sockgate.ebpf.maps import MapSpec
-from sockgate.ebpf.program import ENFORCES, EbpfProgram, Options, compile_resolved, compile_service
+from sockgate.ebpf.program import ENFORCES, EbpfProgram, compile_resolved
 from sockgate.errors import AdapterError, SockgateError, UsageError
 from sockgate.kernel.backend import BanLike, Compiled, Loaded
 from sockgate.kernel.banmaps import BanMaps
 from sockgate.kernel.bpfops import BpfOps
+from sockgate.kernel.ebpfopts import OPTIONS as OPTIONS, options, probe_program as probe_program
 from sockgate.kernel.reading import Attached, BpfFilter, GuardInfo
 from sockgate.linux import procfs
 from sockgate.policy.needs import Need
-from sockgate.policy.parser import parse_policy
 from sockgate.resolve import ResolvedService
 
 GRACE = 60.0  # seconds a fresh registry entry or program directory is safe from ``collect``
 BPFFS_ENV = "SOCKGATE_BPFFS"  # where the bpf filesystem is (default layout.BPFFS)
-OPTIONS = Options(protocol="any")  # layout.py's sizes; the protocol of each packet
-COUNTERS_ENV = "SOCKGATE_COUNTERS"  # sources counted per service (layout.DEFAULT_COUNTERS)
-COUNTERS_RANGE = (64, 1 << 24)
-# What ``unavailable`` verifies: the program ``load`` would load for a service with IPv4 and
-# IPv6 rules and a per-source rate limit with a ban — every map type and helper a real service
-# uses (LPM tries, LRU hashes, the ring buffer, the stats array; ringbuf output, cmpxchg,
-# skb_load_bytes_relative, skb->sk) — with maps of the least capacity (the code does not
-# depend on capacities), so ``auto`` means "this kernel takes sockgate's program".
-PROBE_POLICY = """service sg-probe {
-    allow 192.0.2.1
-    deny 2001:db8::/32
-    limit rate 1/minute per source ban 1m
-    default deny
-}
-"""
-PROBE_OPTIONS = dataclasses.replace(OPTIONS, counters=1, buckets=1, bans=1, ring_bytes=4096)
 _ITERABLE = frozenset({MapType.HASH, MapType.LRU_HASH, MapType.LPM_TRIE, MapType.PERCPU_HASH, MapType.LRU_PERCPU_HASH})
 
 
@@ -127,25 +109,6 @@ def carried(spec: MapSpec, items: Sequence[tuple[bytes, bytes]], now_ns: int) ->
         raise UsageError(f"{spec.name}: {len(active)} active bans do not fit the new capacity of {spec.max_entries};"
                          " nothing was changed (raise the capacity, or lift bans first)")
     return active
-
-
-@functools.cache
-def probe_program() -> EbpfProgram:
-    """The program ``unavailable`` verifies (``PROBE_POLICY``), compiled once per process."""
-    (service,) = parse_policy(PROBE_POLICY, "<probe>").services
-    return compile_service(service, options=PROBE_OPTIONS)
-
-
-def options(environ: Mapping[str, str]) -> Options:
-    """``OPTIONS`` with the counters sized by ``$SOCKGATE_COUNTERS`` when set; a value that is
-    not a whole number in ``COUNTERS_RANGE`` is a one-line ``UsageError``."""
-    raw = environ.get(COUNTERS_ENV)
-    if raw is None:
-        return OPTIONS
-    low, high = COUNTERS_RANGE
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise UsageError(f"${COUNTERS_ENV}={raw[:20]!r}: the sources counted per service, a number from {low} to {high}")
-    return dataclasses.replace(OPTIONS, counters=int(raw))
 
 
 def program_name(digest: str) -> str:
