@@ -1,7 +1,7 @@
 # sockgate: `make demo` and `make test` do all the set-up on a fresh machine.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-APT_PACKAGES := tcpd nmap iproute2 nftables socat haproxy xinetd iperf3 procps openssl crowdsec fail2ban sshguard dnsmasq-base
+APT_PACKAGES := tcpd nmap iproute2 nftables socat haproxy xinetd iperf3 procps openssl crowdsec fail2ban sshguard dnsmasq-base dropbear-bin
 # crowdsec's postinst registers with CrowdSec's online API unless this file exists and is not
 # empty before the install; only the package registries are reachable, so it must exist first.
 CROWDSEC_CAPI := /etc/crowdsec/online_api_credentials.yaml
@@ -18,7 +18,9 @@ setup: $(PY) system-packages
 	$(PY) -m pip install -q -e '.[test]'
 
 # Debian packages the kernel tests use as oracles and peers (tcpdmatch, nmap, ss, nft, fail2ban-regex,
-# dnsmasq as a real resolver on loopback...).
+# dnsmasq as a real resolver on loopback, dropbear as a real daemon that does not link libwrap...).
+# dropbear-bin is the server binary alone (no init script, no unit: `dropbear`/`dropbear-run`
+# would start a server on port 22); the policy-rc.d below keeps any other packaged daemon down.
 # Installed only when missing, and only when we may (root with apt-get); under CI a package
 # that cannot be installed stops the run, and tests/support/strict_ci.py fails any skip.
 system-packages:

@@ -31,8 +31,9 @@ share an interpreter lock; the roles are this file's subcommands:
         fallback of flood.c (same arguments and output), used when there is no C compiler
 
 POLICY_JSON describes the policy as data ({"allow": [CIDR...], "default": "deny"}, optionally
-"rate_per_source": [N, SECONDS] for ``limit rate N/SECONDS per source``) so every process
-builds the same ``Service`` without a policy file. Traffic stays on 127.0.0.0/8.
+"rate_per_source": [N, SECONDS] for ``limit rate N/SECONDS per source``, "deny_generated": N
+prefixes denied first, "backend": "ebpf" in pair mode with "bpffs": a mounted bpf filesystem)
+so every process builds the same ``Service`` without a policy file. Traffic stays on 127.0.0.0/8.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import errno
 import ipaddress
 import json
 import os
+import random
 import resource
 import select
 import shutil
@@ -62,14 +64,51 @@ PAYLOAD = b"x" * 64
 
 
 def service_from(spec: dict[str, Any]) -> Any:
+    """``allow`` CIDRs then ``default`` (and ``rate_per_source``); with ``"deny_generated": N``,
+    first a rule denying N generated prefixes (``blocklist``) as a set file's ``NetList``."""
     from sockgate.policy.ir import Action, AddrMatch, Limits, Rate, Rule, Service
+    from sockgate.policy.netlist import NetList
     from sockgate.policy.source import Span
 
     nets = tuple(ipaddress.ip_network(n) for n in spec["allow"])
-    rule = Rule(Action.ALLOW, AddrMatch(nets, "bench"), Span("bench", 1, 1), "allow bench")
+    rules = [Rule(Action.ALLOW, AddrMatch(nets, "bench"), Span("bench", 1, 1), "allow bench")]
+    if spec.get("deny_generated"):
+        keys = blocklist(int(spec["deny_generated"]))
+        rules.insert(0, Rule(Action.DENY, AddrMatch(NetList(keys), "@blocklist"), Span("bench", 1, 1), "deny @blocklist"))
     rate = spec.get("rate_per_source")
     limits = Limits(rate_per_source=Rate(int(rate[0]), float(rate[1]))) if rate else None
-    return Service("bench", (rule,), Action(spec.get("default", "deny")), limits=limits)
+    return Service("bench", tuple(rules), Action(spec.get("default", "deny")), limits=limits)
+
+
+def blocklist(n: int) -> list[int]:
+    """``NetList`` keys of ``n`` distinct IPv4 prefixes from a fixed seed — a third /24s, the
+    rest hosts, none in 127.0.0.0/8 — plus, in 127.0.0.0/8, the sibling of every prefix of
+    127.0.0.1 from /9 to /32: the trie holds a node at every depth of the path a lookup for
+    127.0.0.1 takes, the longest lookup there is, and still misses."""
+    keys = []
+    for i, p in enumerate(random.Random(13).sample(range(1 << 24), n + n // 200 + 1)):
+        if p >> 16 == 127 or len(keys) == n:
+            continue
+        keys.append((p << 8) << 8 | 24 if i % 3 == 0 else ((p << 8) | 7) << 8 | 32)
+    loopback = 0x7F000001
+    for plen in range(9, 33):
+        sibling = (loopback ^ (1 << (32 - plen))) >> (32 - plen) << (32 - plen)
+        keys.append(sibling << 8 | plen)
+    return keys
+
+
+def attach_ebpf(lst: socket.socket, service: Any, bpffs: str | None) -> None:
+    """Guard ``lst`` as the library does with ``backend="ebpf"`` (service state included), pinned
+    under ``bpffs`` (else $SOCKGATE_BPFFS)."""
+    from sockgate.guard import guard
+    from sockgate.policy.ir import Policy
+
+    if bpffs:
+        os.environ["SOCKGATE_BPFFS"] = bpffs
+    start = time.process_time()
+    got = guard(Policy(services=(service,)), lst, "bench", backend="ebpf")
+    print(f"eBPF filter {got.digest}: compiled, loaded and attached in {time.process_time() - start:.1f} s of CPU",
+          file=sys.stderr, flush=True)
 
 
 class Libwrap:
@@ -147,11 +186,8 @@ def serve(mode: str, spec: dict[str, Any], backlog: int = 4096) -> None:
         lst = socket.socket()
         lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         lst.bind(("127.0.0.1", 0))
-        if g and mode == "ebpf":
-            from sockgate.guard import guard
-            from sockgate.policy.ir import Policy
-
-            guard(Policy(services=(service_from(spec),)), lst, "bench", backend="ebpf")
+        if g and (mode == "ebpf" or spec.get("backend") == "ebpf"):
+            attach_ebpf(lst, svc.service, spec.get("bpffs"))
         elif g:
             from sockgate.bpf import compile_resolved
             from sockgate.linux import filter as kfilter

@@ -77,7 +77,7 @@ def median(xs: list[float]) -> float:
 
 def ebpf(addrs: list[ipaddress.IPv4Address], runs: int) -> dict[str, float]:
     mount = tempfile.mkdtemp(prefix="sg-bench-bpffs-")
-    backend = EbpfBackend(LinuxBpf(), mount, state=True)
+    backend = EbpfBackend(LinuxBpf(), mount)
     kernel = Kernel([ClassicBackend(LINUX_OPS), backend], LINUX_OPS)
     try:
         kernel.load(kernel.compile(resolve_service(parse_policy(POLICY).require_service("bench")), backend="ebpf"))

@@ -79,4 +79,5 @@ def touches_loopback(net: IPNetwork) -> bool:
     """Whether ``net`` holds this host's own loopback address (127.0.0.1 or ::1): no remote
     source of bans may cut the host off from itself. (Other 127.x addresses cannot come from
     outside — the kernel drops them as martians — so a ban on one harms nothing.)"""
-    return any(lo.version == net.version and lo in net for lo in LOOPBACK)
+    bits = net.max_prefixlen - net.prefixlen  # on integers: 100,000 decisions pass here
+    return int(LOOPBACK[net.version == 6]) >> bits == int(net.network_address) >> bits

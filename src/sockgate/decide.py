@@ -29,6 +29,7 @@ from typing import assert_never
 
 from sockgate.peers import Peer
 from sockgate.policy import hostmatch
+from sockgate.policy.netlist import NetList
 from sockgate.policy.ir import (
     Action,
     AddrMatch,
@@ -134,6 +135,8 @@ def matches(m: Match, peer: Peer) -> bool:
         return False
     if isinstance(m, AddrMatch):
         a = peer.address
+        if a is not None and isinstance(m.nets, NetList):  # a set file: a bisection of its union
+            return m.nets.contains(int(a), a.version)
         return a is not None and any(a in n for n in m.nets)  # `in` is False across families
     if isinstance(m, AnyOf):
         return any(matches(i, peer) for i in m.items)

@@ -62,3 +62,44 @@ def test_a_failed_save_says_why_and_leaves_no_temporary_file(tmp_path: Path) -> 
     (tmp_path / "bans.json").mkdir()  # rename over a directory fails after the temporary file was written
     assert bansink.save_book(str(tmp_path / "bans.json"), book(), log()) is not None
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+class Timers:
+    """A loop's ``call_later`` only, fired by the test."""
+
+    def __init__(self) -> None:
+        self.due: list[tuple[float, object]] = []
+
+    def call_later(self, delay: float, callback: object) -> object:
+        entry = (delay, callback)
+        self.due.append(entry)
+        return lambda: self.due.remove(entry) if entry in self.due else None
+
+
+def test_crowdsec_changes_are_saved_once_within_the_delay_others_at_once_and_a_stop_flushes(tmp_path: Path) -> None:
+    path, timers = str(tmp_path / "bans.json"), Timers()
+    saver = bansink.StateSaver(log())
+    first, second = book(), book().add(bansink.entry(parse_network("192.0.2.2"), None, "manual", None, None, 0))
+    saver.save(path, first, timers, bansink.CROWDSEC_SAVE_S)  # type: ignore[arg-type]
+    saver.save(path, second, timers, bansink.CROWDSEC_SAVE_S)  # type: ignore[arg-type]
+    assert not os.path.exists(path) and [d for d, _ in timers.due] == [bansink.CROWDSEC_SAVE_S]
+    timers.due.pop()[1]()  # type: ignore[operator]
+    assert [b["net"] for b in json.loads(Path(path).read_text())["bans"]] == ["192.0.2.1/32", "192.0.2.2/32"]
+    saver.save(path, first, timers, bansink.CROWDSEC_SAVE_S)  # type: ignore[arg-type]
+    saver.flush()
+    assert timers.due == [] and len(json.loads(Path(path).read_text())["bans"]) == 1
+    saver.save(path, second, timers)  # type: ignore[arg-type]
+    assert timers.due == [] and len(json.loads(Path(path).read_text())["bans"]) == 2
+    saver.save(str(tmp_path / "gone" / "bans.json"), first, timers)  # type: ignore[arg-type]
+    assert saver.error is not None and "bans not persisted" in saver.error
+
+
+def test_a_state_file_of_many_bans_loads_in_one_pass_the_last_of_a_repeated_entry_kept(tmp_path: Path) -> None:
+    path = tmp_path / "bans.json"
+    entries = [{"net": f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}/32", "origin": "crowdsec", "expires": None,
+                "services": None, "added": 1.0, "reason": None} for i in range(20_000)]
+    entries.append({**entries[0], "reason": "again"})
+    path.write_text(json.dumps({"version": 1, "bans": entries}))
+    loaded = bansink.load_book(str(path))
+    assert len(loaded.entries) == 20_000
+    assert loaded.entries[-1].reason == "again" and str(loaded.entries[-1].ban.network) == "10.0.0.0/32"

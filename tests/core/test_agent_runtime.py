@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from sockgate.agent import banning
 from sockgate.agent.applier import Applier
 from sockgate.agent.crowdfeed import CrowdsecFeed
 from sockgate.agent.forward import Answer
@@ -234,3 +235,104 @@ def test_the_same_addresses_in_another_order_are_no_change(tmp_path: Path, monke
     a.namebook, _ = a.namebook.update(names.answer("web.sg.test"))
     a._refresh()
     assert sweeps == []
+
+
+def test_crowdsec_decisions_that_could_not_be_applied_are_applied_at_the_next_pull(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The LAPI sends a decision once (a delta is never sent again): when the kernel could not
+    take it, the next pull — even one that changes nothing — applies it, and status says so
+    meanwhile, instead of the decision held and never enforced."""
+    a, _, _, out = agent(tmp_path, monkeypatch)
+    feed = CrowdsecFeed(LapiClient("http://127.0.0.1:8080", "k"), Session(interval_s=1))
+    a.crowdsec = feed
+    build = a._build
+    fail = [True]
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        if fail[0]:
+            raise SockgateError("the program does not fit")
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(a, "_build", flaky)
+    body = b'{"new": [{"id": 1, "type": "ban", "scope": "Ip", "value": "192.0.2.7", "duration": "1h"}], "deleted": []}'
+    a._on_crowdsec(feed.session.received(body, time.monotonic_ns(), startup=True))
+    assert a.bans.entries == ()
+    assert "CrowdSec decisions not applied" in out.getvalue()
+    errors = a.status()["errors"]
+    assert any("CrowdSec" in e and "not applied" in e for e in errors)  # type: ignore[attr-defined]
+    fail[0] = False
+    a._on_crowdsec(feed.session.received(b'{"new": [], "deleted": []}', time.monotonic_ns(), startup=False))
+    assert [str(b.network) for b in a._effective(a.bans, "web", time.monotonic_ns())] == ["192.0.2.7/32"]
+    assert not any("not applied" in e for e in a.status()["errors"])  # type: ignore[attr-defined]
+
+
+def test_a_refusing_name_that_stops_answering_keeps_refusing_its_last_addresses_and_blocks_no_reload(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """hosts.deny names a host whose owner is the attacker: its zone answers once, then
+    SERVFAILs for good. The name's last addresses stay refused (closed), and the rest of the
+    policy still reloads — a ban line sshguard or DenyHosts appends is put in force — instead of
+    every reload failing for as long as the attacker's DNS says so."""
+    policy = tmp_path / "agent.conf"
+    text = "service web tcp/80 {\n    deny host evil.sg.test\n    allow 127.0.0.0/8\n}\n"
+    policy.write_text(text)
+    kernel = fake_kernel(FakeOps())
+    now = [1000.0]
+    names = FakeNames({"evil.sg.test": ("127.0.0.9",)})
+    a = Agent(Options(files=(str(policy),), backend="cbpf"), kernel, Applier(kernel, lambda *a, **k: 0),  # type: ignore[arg-type]
+              Log("text", io.StringIO(), flush_interval=0), Notes(), resolver=names, clock=lambda: now[0])  # type: ignore[arg-type]
+    monkeypatch.setattr(a, "sweep", lambda trigger, retired=(), only=None: None)
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])  # (FakeNames stamps its answers with it)
+    a.built = a._build(a.bans)
+    a.policy_info = a._policy_info("start", True, None)
+    now[0] += 3600  # the answer's TTL (60 s) is long past; the refresh fails
+    a.namebook, _ = a.namebook.update(Answer("evil.sg.test", None, 0.0, now[0], "SERVFAIL"))
+    a._refresh()
+    assert a.names_error is None
+    policy.write_text(text.replace("    allow", "    deny 192.0.2.50\n    allow"))  # a ban line appended
+    assert a.reload_now("file") is None
+    assert a.built is not None
+    rules = [r.rule.match for r in a.built.resolved["web"].rules]
+    assert [str(n) for n in rules[0].nets] == ["127.0.0.9/32"]  # type: ignore[attr-defined]
+    assert [str(n) for n in rules[1].nets] == ["192.0.2.50/32"]  # type: ignore[attr-defined]
+    row = a.status()["services"][0]["names"][0]  # type: ignore[index]
+    assert row["error"] is not None and "last" in row["error"]
+
+
+@pytest.mark.parametrize("origin", ["fail2ban", "hosts_deny"])
+def test_a_tool_ban_covering_this_hosts_loopback_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             origin: str) -> None:
+    """fail2ban and the hosts.deny tools decide from log lines remote clients write: like a
+    CrowdSec decision, their ban never cuts the host off from itself (an operator's manual
+    ban may)."""
+    a, _, _, _ = agent(tmp_path, monkeypatch)
+    for net in ("127.0.0.1", "127.0.0.0/8", "::1"):
+        answer = a._handle(Request(1, Ban(parse_network(net), origin=origin)), None)  # type: ignore[arg-type]
+        assert answer.error is not None and "loopback" in answer.error.message
+    assert a.bans.entries == ()
+    assert a._handle(Request(2, Ban(parse_network("127.0.0.1"))), None).ok  # type: ignore[arg-type]
+
+
+class Timers:
+    def __init__(self) -> None:
+        self.armed: list[float] = []
+
+    def call_later(self, delay: float, callback: Any) -> Any:
+        self.armed.append(delay)
+        return lambda: None
+
+
+def test_ended_bans_are_lifted_on_time_from_programs_and_tidied_in_batches_from_maps(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, _, _, _ = agent(tmp_path, monkeypatch)
+    timers = Timers()
+    a.loop = timers  # type: ignore[assignment]
+    soon = [Request(i, Ban(parse_network(f"192.0.2.{i}"), seconds=1)) for i in (1, 2)]
+    assert a._handle(soon[0], None).ok  # type: ignore[arg-type]
+    assert 0 < timers.armed[-1] <= 1.01  # classic: the ban is in the program, lifted by a recompile on time
+    monkeypatch.setattr(banning.bansink, "needs_program", lambda loaded: False)  # as when every service is eBPF
+    a._timers.clear()
+    timers.armed.clear()
+    assert a._handle(soon[1], None).ok  # type: ignore[arg-type]
+    assert timers.armed == [pytest.approx(banning.TIDY_S + 0.01, abs=0.05)]
+    assert a._handle(Request(3, Ban(parse_network("192.0.2.3"), seconds=1)), None).ok  # type: ignore[arg-type]
+    assert len(timers.armed) == 1  # armed once: a stream of changes never pushes the tidy back

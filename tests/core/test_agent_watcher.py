@@ -10,7 +10,7 @@ import pytest
 
 from sockgate.agent import watcher as wmod
 from sockgate.agent.model import ResyncPacer, SocketEvent, resync
-from sockgate.agent.watcher import PollWatcher, open_watcher, start, to_event
+from sockgate.agent.watcher import POLL_BURST, PollWatcher, open_watcher, start, to_event
 from sockgate.ebpf.watch import Hook, WatchRecord, WatchSet
 from sockgate.errors import AdapterError
 from sockgate.linux import bpfsys, cgroupbpf
@@ -53,6 +53,59 @@ def test_poll_learns_first_then_reports_each_new_socket_once() -> None:
     assert [e.port for e in p.drain()] == [5353]
     assert p.fileno() is None and p.interval() == 2.0 and p.lost == 0
     assert p.reason == "cgroup BPF unavailable (x): polling sock_diag every 2 s, in this network namespace only"
+
+
+def test_a_poll_pass_with_many_new_sockets_is_one_rescan() -> None:
+    table = Table()
+    p = PollWatcher("r", 2.0, table, now=lambda: 9)
+    assert [e.kind for e in p.drain()] == ["resync"]
+    table.socks = [sock("tcp", 8000 + i, 10 + i) for i in range(POLL_BURST)]
+    assert [e.port for e in p.drain()] == list(range(8000, 8000 + POLL_BURST))  # a few: each its own event
+    table.socks += [sock("tcp", 9000 + i, 100 + i) for i in range(POLL_BURST + 1)]
+    assert [e.kind for e in p.drain()] == ["resync"]  # more: one rescan, not a host-wide look each
+    assert p.drain() == []
+
+
+def test_the_poll_reads_full_records_only_when_its_cheap_look_sees_something_new() -> None:
+    table = Table()
+    table.socks = [sock("tcp", 22, 1)]
+    looks: list[int] = []
+
+    def identities(kinds: list[str], states: dict[str, int]) -> set[tuple[str, str, int]]:
+        looks.append(1)
+        return {(s.proto, s.family, s.inode) for s in table.socks}
+
+    p = PollWatcher("r", 2.0, table, now=lambda: 9, identities=identities)
+    assert [e.kind for e in p.drain()] == ["resync"]
+    assert p.drain() == [] and p.drain() == []
+    assert (len(looks), table.asked) == (3, [])  # nothing new: no record read
+    table.socks.append(sock("tcp", 80, 3))
+    assert p.drain() == [SocketEvent("listen", 1003, 0, 0, "", 4, "tcp", 80, 9)]
+    assert len(table.asked) == 1
+    table.socks = table.socks[1:]  # a close only: nothing to read
+    assert p.drain() == [] and len(table.asked) == 1
+
+
+def test_the_poll_dumps_udp_only_when_a_udp_socket_could_be_wanted() -> None:
+    asked: list[list[str]] = []
+    p = PollWatcher("r", 2.0, Table(), identities=lambda kinds, states: asked.append(kinds) or set())
+    for ws in (WatchSet.of([("tcp", 22)], []), WatchSet.of([("tcp", 22), ("udp", 53)], []), WatchSet.of([], ["sshd"]),
+               WatchSet(all=True)):
+        p.watch(ws)
+        p.drain()
+    assert asked == [["tcp"], ["tcp", "udp"], ["tcp", "udp"], ["tcp", "udp"]]
+
+
+def test_a_socket_bound_between_the_cheap_look_and_the_records_is_reported_once() -> None:
+    table = Table()
+    early = [sock("tcp", 22, 1)]
+    p = PollWatcher("r", 2.0, table, now=lambda: 9, identities=lambda k, s: {(x.proto, x.family, x.inode) for x in early})
+    p.drain()
+    early.append(sock("tcp", 80, 3))
+    table.socks = [*early, sock("tcp", 443, 5)]  # 443 came after the cheap look
+    assert [e.port for e in p.drain()] == [80, 443]
+    early.append(table.socks[2])
+    assert p.drain() == []
 
 
 def test_open_watcher_falls_back_to_the_poll_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -213,6 +213,19 @@ def test_collect_removes_what_no_live_socket_of_this_namespace_uses() -> None:
     assert kernel.read(1).digest == a.compiled.digest
 
 
+def test_collect_lists_sockets_and_namespaces_only_when_an_entry_is_old_enough(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listing every socket (sock_diag) and namespace costs with the host's socket count: a load
+    whose registry holds only entries younger than the grace skips it."""
+    ops, bpf, backend, kernel = setup()
+    kernel.apply([Step(Slot(1, "fd 1"), load(kernel, A))])
+    asked: list[str] = []
+    for name in ("live_cookies", "here", "live_netns"):
+        monkeypatch.setattr(bpf, name, lambda name=name: asked.append(name))
+    assert backend.collect() == (0, 0) and asked == []
+    backend.grace = 0
+    assert backend.collect() == (0, 0) and asked == ["live_cookies", "here", "live_netns"]
+
+
 def test_stale_needs_this_namespace_an_absent_cookie_and_age() -> None:
     rec = registry.Record(1, 1, "web", "0" * 16, netns=7, written_ns=0)
     assert stale(rec, 5, set(), 7, 10**12, 60)

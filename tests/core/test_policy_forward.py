@@ -86,6 +86,21 @@ def test_substitute_keeps_spans_and_labels_and_fails_closed_by_polarity() -> Non
     assert failed.services[0].rules[0].match == AddrMatch((), "a.test")  # an allow without answers: nobody
 
 
+def test_the_last_answer_of_a_name_without_one_in_force_refuses_and_never_admits() -> None:
+    """``last``: a deny by a name whose lookups now fail keeps refusing its last addresses (the
+    service stays compilable); an allow by it still admits nobody; a name answered now uses
+    that answer, not the last one."""
+    p = parse_policy("service s tcp/1 {\n allow host a.test\n deny host b.test\n"
+                     " allow 10.0.0.0/8 except host c.test\n deny host d.test\n}\n")
+    last = {n: lookup(n, ("10.0.0.9", (n,))) for n in ("a.test", "b.test", "c.test", "d.test")}
+    now = {"d.test": lookup("d.test", ("10.0.0.4", ("d.test",)))}
+    rules = substitute(p, now, last).services[0].rules
+    assert rules[0].match == AddrMatch((), "a.test")
+    assert rules[1].match == AddrMatch((N("10.0.0.9/32"),), "b.test")
+    assert rules[2].match == Except(AddrMatch((N("10.0.0.0/8"),), "10.0.0.0/8"), AddrMatch((N("10.0.0.9/32"),), "c.test"))
+    assert rules[3].match == AddrMatch((N("10.0.0.4/32"),), "d.test")
+
+
 def test_substitute_a_hosts_access_policy_and_its_except() -> None:
     h = parse_hosts_access("a", "d", read={"a": "sshd: ALL EXCEPT bad.test\n", "d": ""}.__getitem__)
     out = substitute(h, {"bad.test": lookup("bad.test", ("10.0.0.9", None))})

@@ -52,11 +52,15 @@ span = st.tuples(st.integers(0, SPACE), st.integers(1, 8)).map(lambda t: (t[0], 
 labelled = st.tuples(st.lists(span, max_size=6), st.sampled_from(list(Action)), st.integers(-2, 20) | st.none())
 
 
+@pytest.mark.parametrize("overlay_min", [0, 3, 10**9], ids=["overlay-always", "overlay-big", "sweep-only"])
 @settings(max_examples=400)
-@given(st.lists(labelled, max_size=8), st.sampled_from(list(Action)))
-def test_sweep_equals_the_reference(raw: list[tuple[list[tuple[int, int]], Action, int | None]], default: Action) -> None:
+@given(raw=st.lists(labelled, max_size=8), default=st.sampled_from(list(Action)))
+def test_sweep_equals_the_reference(raw: list[tuple[list[tuple[int, int]], Action, int | None]], default: Action,
+                                    overlay_min: int) -> None:
+    """Whether the largest set is laid over the others' sweep (``_overlay``) or swept with
+    them, the intervals are the reference's, rules included."""
     sets: list[Labelled] = [(union(s for s in spans if s[0] < s[1]), a, r) for spans, a, r in raw]
-    assert _first_match(sets, default, SPACE) == reference(sets, default, SPACE)
+    assert _first_match(sets, default, SPACE, overlay_min) == reference(sets, default, SPACE)
 
 
 def test_sweep_of_nothing_is_the_default() -> None:

@@ -12,6 +12,7 @@ from sockgate.cli import refused as cli
 from sockgate.cli.main import build_parser, main
 from sockgate.ebpf.layout import Ban, Count, Origin
 from sockgate.ebpf.refusals import BanRow, Clock, CountRow
+from sockgate.kernel.ebpf import BPFFS_ENV
 from sockgate.kernel.pins import PinError
 from sockgate.refused import Listing
 
@@ -24,7 +25,8 @@ LISTING = Listing(
     CLOCK, ["services/x: skipped"])
 
 
-def test_arguments_and_the_hidden_root() -> None:
+def test_arguments_and_the_hidden_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(BPFFS_ENV)  # the default root, as a user without the variable gets it
     args = build_parser().parse_args(["refused", "--service", "ssh", "--json", "--root", "/tmp/r"])
     assert (args.service, args.json, args.root) == ("ssh", True, "/tmp/r")
     assert build_parser().parse_args(["refused"]).root == "/sys/fs/bpf/sockgate"

@@ -380,3 +380,30 @@ def test_a_genuine_marker_in_front_of_allow_all_is_modified(tmp_path: Path) -> N
         sockfilter.attach(s, program.encode())  # the genuine program is recognised as such
         assert guard_of(s).state == "sockgate"
         assert by_holder(sockgate_ls("-u", "--pid", str(pid)), pid)[(pid, s.fileno())]["guard"]["status"] == "sockgate"
+
+
+def test_identities_are_the_bound_sockets_the_inventory_lists(lab: Any) -> None:
+    """``sockdiag.identities`` (the poll's cheap look) names exactly the sockets ``inventory``
+    lists with a local port, in a namespace holding only this test's sockets."""
+    from sockgate.linux import sockdiag
+
+    states = {"tcp": 1 << sockdiag.TCP_LISTEN, "udp": 1 << sockdiag.TCP_CLOSE}
+    made = []
+    for family, kind, addr in ((socket.AF_INET, socket.SOCK_STREAM, lab.client_v4), (socket.AF_INET6, socket.SOCK_STREAM, "::"),
+                               (socket.AF_INET, socket.SOCK_DGRAM, "127.0.0.1"), (socket.AF_INET6, socket.SOCK_DGRAM, "::1")):
+        s = lab.client.socket(family, kind)
+        s.bind((addr, 0))
+        if kind == socket.SOCK_STREAM:
+            s.listen(1)
+        made.append(s)
+    made.append(lab.client.socket(socket.AF_INET, socket.SOCK_STREAM))  # not listening: not listed
+    try:
+        got = lab.client.call(lambda: sockdiag.identities(["tcp", "udp"], states))
+        listed = lab.client.call(lambda: {(s.proto, s.family, s.inode) for s in sockdiag.inventory(["tcp", "udp"], states)
+                                          if s.local_port})
+        assert got == listed
+        assert {inode for _, _, inode in got} == {os.fstat(s.fileno()).st_ino for s in made[:4]}
+        assert sorted((p, f) for p, f, _ in got) == [("tcp", "ipv4"), ("tcp", "ipv6"), ("udp", "ipv4"), ("udp", "ipv6")]
+    finally:
+        for s in made:
+            s.close()

@@ -31,10 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from support import netlab
+
 CROWDSEC = "crowdsec"
 CSCLI = "cscli"
 READY_TIMEOUT = 30.0  # seconds: start-up on a loaded 2-core machine stays well under this
 CSCLI_TIMEOUT = 60.0
+CSCLI_TRIES = 5
 
 
 def available() -> str | None:
@@ -80,7 +83,7 @@ def _q(value: object) -> str:
     return json.dumps(str(value))  # a JSON string is a YAML string
 
 
-def config_text(root: Path, port: int, tls: Tls | None) -> str:
+def config_text(root: Path, port: int, tls: Tls | None, host: str = "127.0.0.1") -> str:
     tls_part = f"    tls:\n      cert_file: {_q(tls.cert)}\n      key_file: {_q(tls.key)}\n" if tls else ""
     return f"""\
 common:
@@ -116,10 +119,10 @@ api:
     credentials_path: {_q(root / "local_api_credentials.yaml")}
   server:
     log_level: info
-    listen_uri: "127.0.0.1:{port}"
+    listen_uri: "{host}:{port}"
     profiles_path: {_q(root / "profiles.yaml")}
 {tls_part}    trusted_ips:
-      - 127.0.0.1
+      - {host}
       - ::1
 prometheus:
   enabled: false
@@ -141,15 +144,22 @@ on_success: break
 
 
 class Lapi:
-    """One LAPI process and the cscli that manages it. Use ``lapi()``, which always cleans up."""
+    """One LAPI process and the cscli that manages it. Use ``lapi()``, which always cleans up.
+    ``netns``: run it (and cscli) in that network namespace (``ip netns`` name), listening on
+    ``host`` there — the LAPI of a simulated fleet (tests/support/fleet.py)."""
 
-    def __init__(self, root: Path, tls: Tls | None = None, port: int | None = None) -> None:
+    def __init__(self, root: Path, tls: Tls | None = None, port: int | None = None,
+                 host: str = "127.0.0.1", netns: str | None = None) -> None:
         self.root = root
         self.tls = tls
+        self.host = host
+        self.netns = netns
+        self.prefix: tuple[str, ...] = () if netns is None else ("nsenter", f"--net=/var/run/netns/{netns}")
         self.port = port or free_port()
         self.config = root / "config.yaml"
         self.log = root / "lapi.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.locked = 0  # cscli commands run again after "database is locked"
         for d in ("data", "hub", "notifications"):
             (root / d).mkdir(parents=True, exist_ok=True)
         (root / "simulation.yaml").write_text("simulation: off\n")
@@ -162,10 +172,10 @@ class Lapi:
 
     @property
     def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     def _write_config(self) -> None:
-        self.config.write_text(config_text(self.root, self.port, self.tls))
+        self.config.write_text(config_text(self.root, self.port, self.tls, self.host))
         creds = self.root / "local_api_credentials.yaml"
         if creds.exists():  # the machine login follows the port
             lines = [f"url: {self.url}" if ln.startswith("url:") else ln for ln in creds.read_text().splitlines()]
@@ -179,7 +189,7 @@ class Lapi:
         assert self.proc is None, "already running"
         for attempt in range(3):
             with open(self.log, "ab") as log:
-                self.proc = subprocess.Popen([CROWDSEC, "-c", str(self.config), "-no-cs", "-info"],
+                self.proc = subprocess.Popen([*self.prefix, CROWDSEC, "-c", str(self.config), "-no-cs", "-info"],
                                              stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
                                              start_new_session=True)
             if self._wait_ready(timeout):
@@ -205,12 +215,15 @@ class Lapi:
 
     def answers(self) -> bool:
         """Whether the LAPI answers an HTTP request (any status: 403 without a key is fine)."""
+        return self._answers() if self.netns is None else netlab.inside(self.netns, self._answers)
+
+    def _answers(self) -> bool:
         conn: http.client.HTTPConnection
         if self.tls:
             ctx = ssl.create_default_context(cafile=str(self.tls.ca))
-            conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=2, context=ctx)
+            conn = http.client.HTTPSConnection(self.host, self.port, timeout=2, context=ctx)
         else:
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=2)
         try:
             conn.request("GET", "/v1/decisions/stream")
             return conn.getresponse().status > 0
@@ -254,11 +267,18 @@ class Lapi:
     # -- the operator's side ---------------------------------------------------------------
 
     def cscli(self, *args: str) -> str:
-        out = subprocess.run([CSCLI, "-c", str(self.config), *args], capture_output=True, text=True,
-                             timeout=CSCLI_TIMEOUT, cwd=self.root)
-        if out.returncode != 0:
-            raise RuntimeError(f"cscli {' '.join(args)} failed ({out.returncode}): {out.stderr.strip()[-2000:]}")
-        return out.stdout
+        """``cscli ARGS``; run again, as an operator would, while the LAPI answers "database is
+        locked" (SQLite admits one writer, and every bouncer's pull writes its last-pull time),
+        at most ``CSCLI_TRIES`` times — counted in ``locked``."""
+        for attempt in range(CSCLI_TRIES):
+            out = subprocess.run([*self.prefix, CSCLI, "-c", str(self.config), *args], capture_output=True, text=True,
+                                 timeout=CSCLI_TIMEOUT, cwd=self.root)
+            if out.returncode == 0:
+                return out.stdout
+            if "database is locked" not in out.stderr or attempt == CSCLI_TRIES - 1:
+                break
+            self.locked += 1
+        raise RuntimeError(f"cscli {' '.join(args)} failed ({out.returncode}): {out.stderr.strip()[-2000:]}")
 
     def bouncer_key(self, name: str, key: str | None = None) -> str:
         """Register a bouncer and return its API key (``cscli bouncers add NAME -o raw``);
@@ -326,9 +346,10 @@ def _flag(target: str) -> str:
 
 
 @contextlib.contextmanager
-def lapi(root: Path, tls: Tls | None = None, start: bool = True, port: int | None = None) -> Iterator[Lapi]:
+def lapi(root: Path, tls: Tls | None = None, start: bool = True, port: int | None = None,
+         host: str = "127.0.0.1", netns: str | None = None) -> Iterator[Lapi]:
     """A LAPI in ``root``, started (unless ``start`` is False) and always stopped."""
-    the_lapi = Lapi(root, tls, port)
+    the_lapi = Lapi(root, tls, port, host, netns)
     try:
         if start:
             the_lapi.start()

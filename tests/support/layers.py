@@ -27,6 +27,8 @@ LAYERS: dict[str, int] = {
     "sockgate.policy": POLICY,
     "sockgate.peers": POLICY,
     "sockgate.policy.forward": POLICY,  # exact host names → their confirmed address sets (pure)
+    "sockgate.policy.netlist": POLICY,  # a set file's networks kept as integers (pure)
+    "sockgate.policy.setfile": POLICY,  # set files parsed straight into integers (pure)
     "sockgate.resolve": RESOLVE,  # the resolve pass: model, kernelpart, ranges
     "sockgate.bans": RESOLVE,  # the backend-neutral ban every source and backend shares
     "sockgate.decide": CORE,
@@ -80,6 +82,7 @@ AGENT_EDGES = frozenset({
     "sockgate.agent.client", "sockgate.agent.names", "sockgate.agent.files", "sockgate.agent.sources",
     "sockgate.agent.runtime", "sockgate.agent.bansink", "sockgate.agent.crowdfeed", "sockgate.agent.agentstate",
     "sockgate.agent.sweeps", "sockgate.agent.transaction", "sockgate.agent.banning", "sockgate.agent.hostnames",
+    "sockgate.agent.launchfiles", "sockgate.agent.auditscan",
 })
 
 # Adapters are thin: one kernel facility each, no policy logic.

@@ -45,6 +45,32 @@ def sh(*argv: str, check: bool = True, timeout: float = 30, **kw: Any) -> subpro
     return subprocess.run(list(argv), check=check, capture_output=True, text=True, timeout=timeout, **kw)
 
 
+def inside(name: str, fn: Callable[[], T]) -> T:
+    """Run ``fn`` in a thread that has entered the namespace ``name`` (``ip netns``); sockets
+    it creates live there."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
+            try:
+                if _libc.setns(fd, CLONE_NEWNET) != 0:
+                    e = ctypes.get_errno()
+                    raise OSError(e, os.strerror(e))
+            finally:
+                os.close(fd)
+            box["value"] = fn()
+        except BaseException as exc:  # re-raised in the caller
+            box["error"] = exc
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
+
+
 def cleanup_stale(prefix: str = "sgt") -> None:
     out = sh("ip", "netns", "list", check=False).stdout
     for line in out.splitlines():
@@ -74,27 +100,7 @@ class Netns:
 
     def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` in a thread that has entered this namespace; sockets it creates live here."""
-        box: dict[str, Any] = {}
-
-        def target() -> None:
-            try:
-                fd = os.open(f"/var/run/netns/{self.name}", os.O_RDONLY)
-                try:
-                    if _libc.setns(fd, CLONE_NEWNET) != 0:
-                        e = ctypes.get_errno()
-                        raise OSError(e, os.strerror(e))
-                finally:
-                    os.close(fd)
-                box["value"] = fn()
-            except BaseException as exc:  # re-raised in the caller
-                box["error"] = exc
-
-        t = threading.Thread(target=target)
-        t.start()
-        t.join()
-        if "error" in box:
-            raise box["error"]
-        return box["value"]  # type: ignore[no-any-return]
+        return inside(self.name, fn)
 
     def socket(self, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM, proto: int = 0) -> socket.socket:
         return self.call(lambda: socket.socket(family, type, proto))

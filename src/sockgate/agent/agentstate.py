@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Literal, Mapping
 
 from sockgate.agent import control as control_mod
-from sockgate.agent import reconcile, statusdoc
+from sockgate.agent import bansink, reconcile, statusdoc
 from sockgate.agent import watcher as watcher_mod
 from sockgate.agent.applier import Applier
 from sockgate.agent.banbook import BanBook
@@ -28,7 +28,7 @@ from sockgate.agent.forward import NameBook
 from sockgate.agent.model import Endpoint
 from sockgate.agent.names import NameResolver
 from sockgate.agent.observe import Observer
-from sockgate.agent.superserver import Launch
+from sockgate.agent.superserver import SYSTEMD_UNITS, Launch
 from sockgate.bans import BannedPrefix, Origin
 from sockgate.errors import SockgateError
 from sockgate.kernel import BackendChoice, Kernel
@@ -41,7 +41,6 @@ from sockgate.resolve.model import ResolvedService
 from sockgate.supervisor import Cancel, Loop, Notifier
 
 SWEEP = 300.0
-SYSTEMD_UNITS = ("/etc/systemd/system", "/run/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system")
 Trigger = Literal["start", "signal", "file", "request", "names", "bans"]
 
 
@@ -102,7 +101,8 @@ class AgentState:
     wall: Callable[[], float]
     observer: Observer
     bans: BanBook[BannedPrefix]
-    save_error: str | None
+    saver: bansink.StateSaver  # the ban state file (``saver.error``: why the last save failed)
+    crowdsec_error: str | None  # why CrowdSec's decisions held are not all in force (retried at each pull)
     retry: reconcile.RetryBook
     counters: dict[str, int]
     rows: dict[int, Row]

@@ -29,10 +29,17 @@ from sockgate.loading import read_regular
 from sockgate.log import Log
 from sockgate.policy.ir import IPNetwork
 from sockgate.resolve.model import ResolvedService
+from sockgate.supervisor import Cancel, Loop
 
 ORIGINS: Mapping[str, Origin] = {"manual": Origin.MANUAL, "fail2ban": Origin.FAIL2BAN, "hosts_deny": Origin.HOSTS_DENY,
                                  "crowdsec": Origin.CROWDSEC}
 BansIn = Literal["maps", "program"]
+# CrowdSec's changes are saved at most this often: every pull may change a few of 100,000
+# decisions, and each save rewrites them all (a second of CPU). The LAPI keeps them anyway: an
+# agent restarted reads them again at its startup pull; the file only bridges a restart while
+# the LAPI is down, and is then at most this old. Other origins' bans are saved at once; ended
+# bans are tidied away within the same delay (a state file's ended bans are dropped when read).
+CROWDSEC_SAVE_S = 30.0
 
 
 def bans_in(loaded: Loaded | None) -> BansIn:
@@ -81,7 +88,7 @@ def load_book(path: str | None) -> BanBook[BannedPrefix]:
         return BanBook()
     try:
         doc = json.loads(read_regular(path))
-        return BanBook.from_json(doc, wall_to_mono, _ban).expire(time.monotonic_ns())
+        return BanBook.from_json(doc, mono_clock(), _ban).expire(time.monotonic_ns())
     except ValueError as e:
         raise BanStateError(f"{path}: {e}") from None
     except SockgateError as e:
@@ -102,7 +109,10 @@ def save_book(path: str | None, book: BanBook[BannedPrefix], log: Log) -> str | 
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
         try:
             with os.fdopen(fd, "w") as f:
-                json.dump(book.to_json(mono_to_wall), f)
+                # dumps, not dump: dump encodes in Python a token at a time (100,000 CrowdSec
+                # decisions: seconds); dumps is the C encoder, one write. One clock reading
+                # converts every time.
+                f.write(json.dumps(book.to_json(wall_clock())))
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -122,6 +132,37 @@ def save_book(path: str | None, book: BanBook[BannedPrefix], log: Log) -> str | 
     return None
 
 
+class StateSaver:
+    """The state file written now, or once within a delay (``CROWDSEC_SAVE_S``): the last
+    book handed in is what a due save writes; ``flush`` writes it at once (the agent's stop)."""
+
+    def __init__(self, log: Log) -> None:
+        self.log = log
+        self.path: str | None = None
+        self.error: str | None = None  # why the last save failed (status)
+        self._book: BanBook[BannedPrefix] | None = None
+        self._pending: Cancel | None = None
+
+    def save(self, path: str | None, book: BanBook[BannedPrefix], loop: Loop | None, within: float = 0.0) -> None:
+        self.path, self._book = path, book
+        if within <= 0 or loop is None:
+            self.flush()
+        elif self._pending is None:
+            self._pending = loop.call_later(within, self._due)
+
+    def _due(self) -> None:
+        self._pending = None
+        self.flush()
+
+    def flush(self) -> None:
+        if self._pending is not None:
+            self._pending()
+            self._pending = None
+        if self._book is not None:
+            self.error = save_book(self.path, self._book, self.log)
+            self._book = None
+
+
 def not_banned(book: BanBook[BannedPrefix], net: IPNetwork, origin: str) -> str:
     """The answer to an unban that lifted nothing: which origins hold ``net``, if any."""
     held = sorted({e.ban.origin.name.lower() for e in book.entries if e.ban.network == net})
@@ -135,8 +176,16 @@ def mono_to_wall(ns: int) -> float:
     return time.time() + (ns - time.monotonic_ns()) / 1e9
 
 
-def wall_to_mono(t: float) -> int:
-    return time.monotonic_ns() + int((t - time.time()) * 1e9)
+def wall_clock() -> Callable[[int], float]:
+    """``mono_to_wall`` with both clocks read once, for converting many times together."""
+    wall, mono = time.time(), time.monotonic_ns()
+    return lambda ns: wall + (ns - mono) / 1e9
+
+
+def mono_clock() -> Callable[[float], int]:
+    """Wall-clock seconds → CLOCK_MONOTONIC ns, both clocks read once (a state file's times)."""
+    wall, mono = time.time(), time.monotonic_ns()
+    return lambda t: mono + int((t - wall) * 1e9)
 
 
 def _ban(net: IPNetwork, expires_ns: int, origin: str) -> BannedPrefix:

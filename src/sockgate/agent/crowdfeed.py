@@ -24,6 +24,7 @@ from typing import Any, Callable
 from sockgate.agent.banbook import BanBook, BanEntry
 from sockgate.agent.statusdoc import rfc3339
 from sockgate.bans import BannedPrefix, Origin
+from sockgate.bulk import no_cycle_collection
 from sockgate.crowdsec.lapi import LapiClient, LapiError
 from sockgate.crowdsec.session import Session
 from sockgate.crowdsec.stream import Report, StreamError
@@ -108,11 +109,14 @@ class CrowdsecFeed:
         if a.body is None:
             self.session.failed(now, a.error or "no answer")
             return
-        try:
-            report = self.session.received(a.body, now, startup=a.startup)
-        except StreamError:
-            return  # recorded by the session as a failed pull
-        self._on_report(report)
+        # A startup answer is 100,000 decisions, each a handful of small acyclic objects: the
+        # cycle collector would walk them all again and again and free nothing (bulk.py).
+        with no_cycle_collection():
+            try:
+                report = self.session.received(a.body, now, startup=a.startup)
+            except StreamError:
+                return  # recorded by the session as a failed pull
+            self._on_report(report)
 
     def _ask(self) -> None:
         self._timer = None

@@ -86,20 +86,31 @@ def build(policy: Policy, literal_daemons: Iterable[str], maps: Mapping[str, tup
     the program of one service; ``names`` the host names each service uses (read only after
     that service's ``compile``, so a compile may fill it); ``launched`` the ports super-servers
     listen on for a daemon (``superserver.launches_for``). Raises rather than returning part of it."""
+    specs = tuple(_spec(name, origin, sel, compile, refusals or {}, {} if names is None else names)
+                  for name, origin, sel in selectors(policy, literal_daemons, maps, launched))
+    return Desired(policy.digest(), specs, loaded_at)
+
+
+Origin = Literal["native", "hosts_access"]
+
+
+def selectors(policy: Policy, literal_daemons: Iterable[str], maps: Mapping[str, tuple[Endpoint, ...]],
+              launched: Mapping[str, tuple[Endpoint, ...]] | None = None) -> list[tuple[str, Origin, Selector]]:
+    """Each service ``build`` compiles, with what it selects (``build``'s arguments); the audit
+    (``agent/audit.py``) enrols by the same. Raises on a map of a native service, or two
+    services on one port."""
     natives = [s for s in policy.services if native_endpoints(s)]
     native_names = {fold(s.name) for s in natives}
     for daemon in maps:
         if fold(daemon) in native_names:
             raise UsageError(f"--map {daemon}=...: {daemon} is a native service; give its ports in the policy")
     _check_overlaps(natives, maps)
-    selectors: list[tuple[str, Literal["native", "hosts_access"], Selector]] = [
-        (s.name, "native", Selector(endpoints=native_endpoints(s))) for s in natives]
+    out: list[tuple[str, Origin, Selector]] = [(s.name, "native", Selector(endpoints=native_endpoints(s))) for s in natives]
     for daemon in daemon_names(literal_daemons, maps):
         if fold(daemon) not in native_names:  # native over hosts_access, as policy.merge
-            selectors.append((daemon, "hosts_access", Selector(daemon=daemon, mapped=_mapped(maps, daemon),
-                                                                launched=(launched or {}).get(daemon, ()))))
-    specs = tuple(_spec(name, origin, sel, compile, refusals or {}, {} if names is None else names) for name, origin, sel in selectors)
-    return Desired(policy.digest(), specs, loaded_at)
+            out.append((daemon, "hosts_access", Selector(daemon=daemon, mapped=_mapped(maps, daemon),
+                                                         launched=(launched or {}).get(daemon, ()))))
+    return out
 
 
 def _mapped(maps: Mapping[str, tuple[Endpoint, ...]], daemon: str) -> tuple[Endpoint, ...]:

@@ -22,10 +22,10 @@ Pure: names and values in, names and values out.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Protocol, Sequence, Union
+from typing import Iterable, Literal, Mapping, Protocol, Sequence, TypeVar, Union, assert_never
 
 from sockgate.agent.model import COMM_LEN, Endpoint, HolderInfo, Observed, Selector, Want
-from sockgate.agent.superserver import is_superserver
+from sockgate.agent.superserver import SUPERSERVERS, is_superserver
 from sockgate.policy.hostmatch import fold
 
 _KEYWORDS = frozenset({"all", "local", "known", "unknown", "paranoid"})
@@ -46,15 +46,26 @@ class Conflict:
 Selected = Union[Want, Conflict, None]
 
 
-class Claimant(Protocol):
-    """A service as selection sees it (``desired.ServiceSpec``)."""
+class Selecting(Protocol):
+    """A service as selection sees it: a name and what it selects (``desired.ServiceSpec``,
+    ``audit.Enrolled``)."""
 
     @property
     def name(self) -> str: ...
     @property
     def selector(self) -> Selector: ...
+
+
+class Claimant(Selecting, Protocol):
+    """A service the agent guards with a program."""
+
     @property
     def want(self) -> Want: ...
+
+
+S = TypeVar("S", bound=Selecting)
+Level = Literal["endpoint", "map", "superserver", "name"]
+LEVELS: tuple[Level, ...] = ("endpoint", "map", "superserver", "name")
 
 
 class Services(Protocol):
@@ -120,33 +131,65 @@ def impostor(daemon: str, h: HolderInfo) -> bool:
 
 
 def select(desired: Services, sock: Observed) -> Selected:
-    """The service ``sock`` belongs to. Precedence: a native service's endpoint, then a
-    ``--map`` endpoint, then a port a super-server (``superserver.is_superserver``) holds for
-    a daemon, then a holder that is an enrolled daemon; two claims at the first
-    level that has any are a ``Conflict``. (The build refuses two native services or two maps
-    on one port, so in practice only holders conflict.)"""
-    levels = (
-        [s for s in desired.services if any(e.covers(sock.proto, sock.port) for e in s.selector.endpoints)],
-        [s for s in desired.services if any(e.covers(sock.proto, sock.port) for e in s.selector.mapped)],
-        [s for s in desired.services if any(e.covers(sock.proto, sock.port) for e in s.selector.launched)
-         and any(is_superserver(h) for h in sock.holders)],
-        [s for s in desired.services if s.selector.daemon is not None
-         and any(process_matches(s.selector.daemon, h) for h in sock.holders)],
-    )
-    for claims in levels:
-        if len(claims) == 1:
-            return claims[0].want
-        if claims:
-            return Conflict(tuple(sorted(s.name for s in claims)))
+    """The service ``sock`` belongs to (``claims``); two claims at one level are a ``Conflict``.
+    (The build refuses two native services or two maps on one port, so in practice only
+    holders conflict.)"""
+    level = claims(desired.services, sock)
+    if level is None:
+        return None
+    _, found = level
+    return found[0].want if len(found) == 1 else Conflict(tuple(sorted(s.name for s in found)))
+
+
+def claims(services: Sequence[S], sock: Observed) -> tuple[Level, tuple[S, ...]] | None:
+    """The services claiming ``sock`` at the first level that has any, and that level.
+    Precedence: a native service's endpoint, then a ``--map`` endpoint, then a port a
+    super-server (``superserver.is_superserver``) holds for a daemon, then a holder that is an
+    enrolled daemon."""
+    for level in LEVELS:
+        found = tuple(s for s in services if _claims_at(level, s.selector, sock))
+        if found:
+            return level, found
     return None
+
+
+def _claims_at(level: Level, sel: Selector, sock: Observed) -> bool:
+    match level:
+        case "endpoint":
+            return any(e.covers(sock.proto, sock.port) for e in sel.endpoints)
+        case "map":
+            return any(e.covers(sock.proto, sock.port) for e in sel.mapped)
+        case "superserver":
+            return (any(e.covers(sock.proto, sock.port) for e in sel.launched)
+                    and any(is_superserver(h) for h in sock.holders))
+        case "name":
+            return sel.daemon is not None and any(process_matches(sel.daemon, h) for h in sock.holders)
+        case _:
+            assert_never(level)
+
+
+def identifies(daemons: Iterable[str], holder: HolderInfo) -> bool:
+    """Whether who ``holder`` is (uid, executable) is worth reading: it has the name of one of
+    ``daemons``, or a super-server's while any daemon is enrolled."""
+    names = list(daemons)
+    if not names:
+        return False
+    if not {fold(holder.comm), fold(holder.argv0 or "")}.isdisjoint(SUPERSERVERS):
+        return True
+    return any(name_matches(d, holder) for d in names)
 
 
 def impostor_of(desired: Services, sock: Observed) -> str | None:
     """The enrolled daemon whose name a holder of ``sock`` took without plausibly being it,
     when nothing selects ``sock`` (status lists it apart; it is never touched)."""
-    if select(desired, sock) is not None:
+    return impostor_among(desired.services, sock)
+
+
+def impostor_among(services: Sequence[Selecting], sock: Observed) -> str | None:
+    """``impostor_of`` over any services that select."""
+    if claims(services, sock) is not None:
         return None
-    for s in desired.services:
+    for s in services:
         if s.selector.daemon is not None and any(impostor(s.selector.daemon, h) for h in sock.holders):
             return s.name
     return None

@@ -7,9 +7,11 @@ asked again at 90 % of that time, at least once an hour, so a working resolver r
 before it expires. A lookup that *fails* (timeout, SERVFAIL, no resolver — not NXDOMAIN, which
 is an answer: no addresses) is retried with a doubling delay (``retry`` up to ``retry_max``);
 the last good answer stays in force only until it expires. After that the name has no answer:
-a match that admits by it admits nobody and one that refuses by it keeps the rule in user
-space (``policy/forward.substitute``) — fail closed both ways, and never an answer libwrap
-could no longer get.
+a match that admits by it admits nobody, and one that refuses by it keeps refusing the last
+answer's addresses (``last``) — fail closed both ways: an answer libwrap could no longer get
+never admits, and a name whose DNS stops answering (its owner is the one the rule refuses)
+cannot make the service uncompilable and so freeze every later reload. A refusing name never
+answered keeps its rule in user space (``policy/forward.substitute``).
 
 Pure: the clock is passed in (``now``, seconds on any monotonic scale); the lookups happen in
 ``agent/names.py``. Values, never mutated: every change returns a new book.
@@ -126,6 +128,12 @@ class NameBook:
             if lk is not None:
                 out[n] = lk
         return out
+
+    def last(self, now: float) -> dict[str, Lookup]:
+        """The last good answers of the names with none in force at ``now`` (expired, the
+        refresh failing): what a match that refuses by such a name keeps refusing."""
+        return {n: e.good.lookup for n, e in self.entries.items()
+                if e.good is not None and e.good.lookup is not None and self._force(e, now) is None}
 
     def rows(self, now: float) -> tuple[Row, ...]:
         return tuple(self._row(n, e, now) for n, e in sorted(self.entries.items()))

@@ -118,10 +118,12 @@ def _row(r: NameState, to_wall: float) -> statusdoc.NameRow:
             error = None
         case "stale":
             error = f"refreshing fails ({r.error}); the last answer holds until it expires"
+        case "failed" if r.expires is not None:
+            error = f"lookup failed ({r.error}): admits nobody; a rule refusing by it refuses its last addresses"
         case "failed":
             error = f"lookup failed ({r.error}): admits nobody; a rule refusing by it stays in user space"
         case "pending" if r.expires is not None:
-            error = "its answer expired and the refresh is not answered yet: admits nobody"
+            error = "its answer expired and the refresh is not answered yet: admits nobody; refuses its last addresses"
         case "pending":
             error = "not answered yet: admits nobody"
         case _:

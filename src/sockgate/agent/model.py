@@ -113,6 +113,10 @@ class Observed:
     guard: GuardState
     unreadable: str | None = None  # why holders or guard could not be read (EPERM, gone)
 
+    def local_text(self) -> str:
+        """``0.0.0.0:22``, ``[::]:22``: the local address as logs, status and the audit show it."""
+        return f"[{self.local_addr}]:{self.port}" if self.family == 6 else f"{self.local_addr}:{self.port}"
+
 
 @dataclass(frozen=True)
 class SocketEvent:

@@ -16,7 +16,8 @@ consulted for kernel rules. Per name:
 * A and AAAA of the name, as an absolute name (no search list: a rule's name is what libwrap
   compares with the verified name), NXDOMAIN or no data being an empty answer (for the
   zone's negative TTL, ``NEGATIVE_TTL`` at most for NXDOMAIN); the canonical name at the end
-  of the CNAME chain;
+  of the CNAME chain (a chain in either answer counts: the two queries may see the zone change
+  between them, and one answer without the CNAME must not hide it);
 * the PTR names of each address (at most ``MAX_ADDRESSES``: a zone that lists more fails the
   lookup, since a refusing rule must see them all); a PTR lookup that fails marks that address
   unknown (``Reverse.names`` None) rather than failing the name;
@@ -47,14 +48,14 @@ import dns.reversename
 from sockgate.agent.forward import Answer
 from sockgate.loading import read_regular
 from sockgate.lookup import parse_address
-from sockgate.policy.forward import Lookup, Reverse, key
+from sockgate.policy.forward import Lookup, Reverse, key, unmapped_address
 from sockgate.policy.ir import IPAddress
 
 HOSTS_TTL = 3600.0  # an /etc/hosts answer: asked again hourly, or when the file changes
 NEGATIVE_TTL = 10.0  # NXDOMAIN, or a name or address without records of the type asked
 MAX_ADDRESSES = 64
 HOSTS_LIMIT = 4 << 20  # bytes of /etc/hosts read at most
-PARALLEL = 8  # names looked up at once by lookup_all
+PARALLEL = 64  # names looked up at once by lookup_all (threads that wait on sockets)
 
 
 @dataclass(frozen=True)
@@ -107,11 +108,12 @@ class NameResolver:
 
     # -- in the caller's thread -----------------------------------------------------------
 
-    def lookup(self, name: str) -> Answer:
-        """One name's answer, within ``timeout`` seconds; never raises for DNS trouble."""
+    def lookup(self, name: str, deadline: float | None = None) -> Answer:
+        """One name's answer, within ``timeout`` seconds (by ``deadline``, on time.monotonic,
+        when given); never raises for DNS trouble."""
         fetched = self.clock()
         try:
-            lk, ttl = self._lookup(key(name), time.monotonic() + self.timeout)
+            lk, ttl = self._lookup(key(name), time.monotonic() + self.timeout if deadline is None else deadline)
         except Failed as e:
             return Answer(key(name), None, 0.0, fetched, str(e))
         except (dns.exception.DNSException, ValueError) as e:  # a name DNS cannot carry
@@ -119,17 +121,21 @@ class NameResolver:
         return Answer(key(name), lk, ttl, fetched)
 
     def lookup_all(self, names: Iterable[str]) -> list[Answer]:
-        """Every name's answer at once (a thread each, at most ``PARALLEL``): all within about
-        ``timeout`` seconds, for a policy that needs its names before it can be compiled."""
+        """Every name's answer at once (a thread each, at most ``PARALLEL``), all by one
+        deadline ``timeout`` seconds away: this runs on the agent's loop (a policy is compiled
+        with its names), so however many names and however slow the resolver, the loop — and
+        the guarding of new sockets — waits one timeout, not one per batch of workers. A name
+        still queued at the deadline failed."""
         todo = list(dict.fromkeys(names))
         if not todo:
             return []
+        deadline = time.monotonic() + self.timeout
         with ThreadPoolExecutor(max_workers=min(PARALLEL, len(todo)), thread_name_prefix="sockgate-names") as pool:
-            return list(pool.map(self._answer, todo))
+            return list(pool.map(lambda n: self._answer(n, deadline), todo))
 
-    def _answer(self, name: str) -> Answer:
+    def _answer(self, name: str, deadline: float | None = None) -> Answer:
         try:
-            return self.lookup(name)
+            return self.lookup(name, deadline)
         except Exception as e:  # a bug must not leave a name unanswered: it failed
             return Answer(key(name), None, 0.0, self.clock(), f"lookup failed: {type(e).__name__}: {e}")
 
@@ -177,10 +183,13 @@ class NameResolver:
             if answer is None:  # NXDOMAIN (some servers say so for one type only)
                 ttl = min(ttl, NEGATIVE_TTL)
                 continue
-            canonical = key(answer.canonical_name.to_text())
+            if canonical == name:  # a CNAME seen in either answer is kept: libwrap would see that name
+                canonical = key(answer.canonical_name.to_text())
             ttl = min(ttl, answer.chaining_result.minimum_ttl)  # (no records: the SOA's negative TTL)
             for rd in answer.rrset or ():
-                a = ipaddress.ip_address(rd.to_text())
+                # the peer an IPv4-mapped answer stands for is its IPv4 address, and that is
+                # the address whose name counts (the hosts file's, as gethostbyaddr gives it)
+                a = unmapped_address(ipaddress.ip_address(rd.to_text()))
                 if a not in addrs:
                     addrs.append(a)
         return canonical, tuple(addrs), float(ttl)

@@ -37,7 +37,8 @@ from typing import Callable, Literal
 from sockgate.agent import control as control_mod
 from sockgate.agent import bansink, reconcile, statusdoc
 from sockgate.agent import watcher as watcher_mod
-from sockgate.agent.agentstate import SWEEP, SYSTEMD_UNITS, Built, Options, Row, Trigger
+from sockgate.agent.agentstate import SWEEP, Built, Options, Row, Trigger
+from sockgate.agent.superserver import SYSTEMD_UNITS
 from sockgate.agent.applier import Applier
 from sockgate.agent.banbook import BanBook
 from sockgate.agent.banning import Banning
@@ -69,7 +70,8 @@ class Agent(Banning):
         self.clock, self.wall = clock, wall
         self.observer = Observer(kernel, keep=self._wanted, named=self._named)
         self.bans = BanBook()
-        self.save_error: str | None = None  # why the last ban state save failed
+        self.saver = bansink.StateSaver(log)  # the ban state file (``saver.error``: why not saved)
+        self.crowdsec_error: str | None = None
         self.retry = reconcile.RetryBook()
         self.counters: dict[str, int] = {k: 0 for k in statusdoc.COUNTERS}
         self.rows: dict[int, Row] = {}
@@ -127,6 +129,7 @@ class Agent(Banning):
         self.reload_now("signal")
 
     def stop(self) -> None:
+        self.saver.flush()  # CrowdSec's last changes (saved at most every CROWDSEC_SAVE_S)
         for cancel in (*self._stops, *self._timers.values()):
             cancel()
         self._stops.clear()
@@ -206,8 +209,9 @@ class Agent(Banning):
         if self.files is not None:
             errors += [f"{d}: not watched for changes: {why}" for d, why in sorted(self.files.problems.items())]
         sources = {} if self.crowdsec is None else {"crowdsec": self.crowdsec.status(bansink.mono_to_wall)}
-        errors += ([] if self.crowdsec is None else self.crowdsec.errors()) + ([self.save_error] if self.save_error else [])
+        errors += ([] if self.crowdsec is None else self.crowdsec.errors()) + ([self.saver.error] if self.saver.error else [])
         errors += [self.names_error] if self.names_error else []
+        errors += [self.crowdsec_error] if self.crowdsec_error else []
         errors += [self.refusals.error] if self.refusals is not None and self.refusals.error else []
         return statusdoc.build(agent, self.policy_info, services, bans, sources, errors, tuple(self.impostors.values()),
                                tuple(self.superserved.values()))

@@ -138,6 +138,7 @@ class PolicyInfo:
     reload_ok: bool
     trigger: Literal["start", "signal", "file", "request", "names", "bans"]
     reload_error: str | None = None
+    tool_bans: tuple[BanRow, ...] = ()  # the policy's own ban lines: sshguard's, DenyHosts' (agent/toolbans.py)
 
 
 COUNTERS = ("adopted", "attached", "reloaded", "replaced", "detached", "destroyed")
@@ -156,7 +157,7 @@ def build(agent: AgentInfo, policy: PolicyInfo, services: Sequence[ServiceRow], 
                    "last_reload": {"at": rfc3339(policy.reload_at), "ok": policy.reload_ok, "trigger": policy.trigger,
                                    "error": policy.reload_error}},
         "services": [_service(s) for s in services],
-        "bans": _bans(bans),
+        "bans": _bans([*bans, *policy.tool_bans]),
         "sources": {k: dict(v) for k, v in (sources or {}).items()},
         "unguarded": sum(1 for s in services for r in s.sockets if r.state in ("unguarded", "retrying")),
         "errors": list(errors),
@@ -197,9 +198,8 @@ def _service(s: ServiceRow) -> dict[str, Any]:
 
 def _socket(r: SocketRow) -> dict[str, Any]:
     o, g = r.sock, r.sock.guard
-    host = f"[{o.local_addr}]" if o.family == 6 else o.local_addr
     return {
-        "cookie": o.cookie, "proto": o.proto, "family": o.family, "local": f"{host}:{o.port}", "netns": f"net:[{o.netns}]",
+        "cookie": o.cookie, "proto": o.proto, "family": o.family, "local": o.local_text(), "netns": f"net:[{o.netns}]",
         "holders": [{"pid": h.pid, "comm": h.comm, "argv0": h.argv0, "fd": h.fd} for h in o.holders],
         "state": r.state,
         "guard": {"state": g.state, "service": g.service, "digest": g.digest, "backend": g.backend, "locked": g.locked},
@@ -209,15 +209,13 @@ def _socket(r: SocketRow) -> dict[str, Any]:
 
 def _impostor(i: ImpostorRow) -> dict[str, Any]:
     o = i.sock
-    host = f"[{o.local_addr}]" if o.family == 6 else o.local_addr
-    return {"service": i.service, "proto": o.proto, "local": f"{host}:{o.port}",
+    return {"service": i.service, "proto": o.proto, "local": o.local_text(),
             "holders": [{"pid": h.pid, "comm": h.comm, "argv0": h.argv0, "uid": h.euid, "exe": h.exe} for h in o.holders]}
 
 
 def _superserved(r: SuperservedRow) -> dict[str, Any]:
     o = r.sock
-    host = f"[{o.local_addr}]" if o.family == 6 else o.local_addr
-    return {"proto": o.proto, "local": f"{host}:{o.port}", "port": o.port,
+    return {"proto": o.proto, "local": o.local_text(), "port": o.port,
             "holders": [{"pid": h.pid, "comm": h.comm, "argv0": h.argv0, "uid": h.euid, "exe": h.exe} for h in o.holders]}
 
 

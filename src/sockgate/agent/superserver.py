@@ -24,6 +24,14 @@ named as libwrap names it:
   ``ExecStart`` argv[0] (the second word with the ``@`` prefix). The unit directories are
   read in systemd's order, the first file of a name winning; drop-ins are not read.
 
+Each launch also says who would call libwrap for it (``Launch.wrap``), for the audit
+(``agent/audit.py``): ``tcpd`` when tcpd is the server in front of the daemon; ``superserver``
+when xinetd itself calls it (xinetd built with libwrap, as Debian's: the audit checks that the
+process maps it), unless ``flags = NOLIBWRAP``; ``never`` for inetd without tcpd (its own
+libwrap support, where built in, names the service, not the daemon), for systemd (no libwrap
+since v214) and for a ``wait = yes`` stream service (the server accepts the connections itself:
+no address is checked, xinetd.conf(5)).
+
 A listener held by a super-server (``SUPERSERVERS``, by name, from root) whose port no
 configuration maps to a daemon is not silently left: the agent reports it ("held by a
 super-server for an unknown daemon", with the ``--map`` advice).
@@ -36,7 +44,7 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Literal, Mapping
 
 from sockgate.agent.model import Endpoint, HolderInfo
 from sockgate.policy.hostmatch import fold
@@ -44,6 +52,9 @@ from sockgate.policy.ir import Endpoint as ServiceEndpoint
 
 SUPERSERVERS = frozenset({"xinetd", "inetd", "systemd", "tcpd"})
 Services = Mapping[str, tuple[ServiceEndpoint, ...]]
+SYSTEMD_UNITS = ("/etc/systemd/system", "/run/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system")  # systemd's order
+WrapBy = Literal["tcpd", "superserver", "never"]
+_WAIT_STREAM = "wait = yes on a stream service: the server accepts connections itself, no address is checked"
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,8 @@ class Launch:
     daemon: str
     endpoint: Endpoint
     where: str  # "xinetd /etc/xinetd.d/ftp", for messages
+    wrap: WrapBy = "never"  # who calls libwrap for its connections (the module's docstring)
+    why: str = ""  # why nobody does (``never``), or the limit of the check
 
 
 def is_superserver(h: HolderInfo) -> bool:
@@ -153,7 +166,20 @@ def _xinetd_service(name: str, a: Mapping[str, list[str]], where: str, services:
     proto = first("protocol").lower() or {"stream": "tcp", "dgram": "udp"}.get(socket_type, "")
     if not daemon or proto not in ("tcp", "udp") or "RPC" in types:
         return []
-    return [Launch(daemon, ep, where) for ep in _ports(first("port"), name, proto, services)]
+    wait = first("wait").lower() == "yes"
+    wrap, why = _xinetd_wrap(flags, posixpath.basename(first("server")), wait and socket_type == "stream",
+                             wait and proto == "udp")
+    return [Launch(daemon, ep, where, wrap, why) for ep in _ports(first("port"), name, proto, services)]
+
+
+def _xinetd_wrap(flags: set[str], server: str, wait_stream: bool, wait_dgram: bool) -> tuple[WrapBy, str]:
+    if wait_stream:
+        return "never", _WAIT_STREAM
+    if "NAMEINARGS" in flags and server == "tcpd":
+        return "tcpd", "tcpd is its server"
+    if "NOLIBWRAP" in flags:
+        return "never", "flags = NOLIBWRAP: xinetd calls no libwrap for it"
+    return "superserver", "the first datagram only (wait = yes)" if wait_dgram else ""
 
 
 # -- inetd ------------------------------------------------------------------------------------
@@ -171,8 +197,17 @@ def parse_inetd(text: str, path: str, services: Services) -> list[Launch]:
         if proto not in ("tcp", "udp"):
             continue  # rpc/tcp, unix, ...
         daemon = posixpath.basename(fields[6])
-        out += [Launch(daemon, ep, f"inetd {path}") for ep in _ports("", service, proto, services)]
+        wrap, why = _inetd_wrap(fields[1] == "stream" and fields[3].split(".")[0] == "wait", fields[5])
+        out += [Launch(daemon, ep, f"inetd {path}", wrap, why) for ep in _ports("", service, proto, services)]
     return out
+
+
+def _inetd_wrap(wait_stream: bool, server: str) -> tuple[WrapBy, str]:
+    if wait_stream:
+        return "never", _WAIT_STREAM
+    if posixpath.basename(server) == "tcpd":
+        return "tcpd", "tcpd is its server"
+    return "never", "tcpd is not its server"
 
 
 # -- systemd ----------------------------------------------------------------------------------
@@ -194,7 +229,8 @@ def parse_socket_unit(name: str, text: str, where: str, service_text: Callable[[
     for key, proto in (("ListenStream", "tcp"), ("ListenDatagram", "udp")):
         for value in socket.get(key, []):
             port = value.rpartition(":")[2] if not value.startswith("/") else ""
-            out += [Launch(daemon, ep, f"systemd {where}") for ep in _ports(port, "", proto, {})]
+            out += [Launch(daemon, ep, f"systemd {where}", "never", "systemd calls no libwrap")
+                    for ep in _ports(port, "", proto, {})]
     return out
 
 

@@ -19,13 +19,12 @@ from sockgate.agent import reconcile, statusdoc
 from sockgate.agent.agentstate import AgentState, Row, Trigger
 from sockgate.agent.applier import Outcome
 from sockgate.agent.desired import Desired
-from sockgate.agent.enrol import impostor_of, name_matches, select
-from sockgate.agent.superserver import SUPERSERVERS, is_superserver
+from sockgate.agent.enrol import identifies, impostor_of, select
+from sockgate.agent.superserver import is_superserver
 from sockgate.agent.model import HolderInfo, Observed, SocketEvent, Want
 from sockgate.agent.observe import AllPorts, Look, describe
 from sockgate.errors import SockgateError
 from sockgate.linux import procfs
-from sockgate.policy.hostmatch import fold
 
 _APPLIED = {"attach": "attached", "reload": "reloaded", "replace": "replaced", "detach": "detached"}
 
@@ -47,11 +46,9 @@ class Sweeps(AgentState):
     def _named(self, holder: HolderInfo) -> bool:
         """Whether ``holder`` has an enrolled daemon's name, or a super-server's while daemons
         are enrolled (only then is who it is read)."""
-        if self.built is None or not _enrols(self.built.desired):
+        if self.built is None:
             return False
-        names = {fold(holder.comm), fold(holder.argv0 or "")}
-        return not names.isdisjoint(SUPERSERVERS) or any(
-            s.selector.daemon is not None and name_matches(s.selector.daemon, holder) for s in self.built.desired.services)
+        return identifies((s.selector.daemon for s in self.built.desired.services if s.selector.daemon is not None), holder)
 
     def _ports(self) -> Container[int]:
         assert self.built is not None

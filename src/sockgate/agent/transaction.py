@@ -15,18 +15,18 @@ change is a reload with trigger ``file``.
 
 from __future__ import annotations
 
-import os
 import time
-from typing import Callable, Mapping
+from typing import Mapping
 
-from sockgate.agent import bansink, statusdoc
-from sockgate.agent.agentstate import Built, Options, Trigger
+from sockgate.agent import bansink, statusdoc, toolbans
+from sockgate.agent.agentstate import Built, Trigger
 from sockgate.agent.banbook import BanBook
 from sockgate.agent.desired import Desired, build
 from sockgate.agent.files import FileWatcher, WatchingReader
 from sockgate.agent.protocol import one_line
 from sockgate.agent.enrol import daemon_names
-from sockgate.agent.superserver import Launch, launches_for, parse_inetd, parse_socket_unit, parse_xinetd
+from sockgate.agent.launchfiles import read_launches
+from sockgate.agent.superserver import Launch, launches_for
 from sockgate.agent.sweeps import Sweeps
 from sockgate.bans import BannedPrefix
 from sockgate.ebpf.watch import WatchSet
@@ -37,7 +37,6 @@ from sockgate.policy.forward import Lookup, admitted, forward_names, matched, ru
 from sockgate.policy.ir import IPAddress, Policy
 from sockgate.resolve import named_daemons, resolve
 from sockgate.resolve.model import ResolvedService
-from sockgate.services_db import read_services
 from sockgate.supervisor import Loop
 
 
@@ -54,7 +53,7 @@ class Transactions(Sweeps):
         now_ns = time.monotonic_ns()
         answers = self.namebook.in_force(self.clock())
         changed = changed_names(self.built.answers if self.built is not None else {}, answers)
-        named = substitute(policy, answers) if forward_names(policy) else policy
+        named = substitute(policy, answers, self.namebook.last(self.clock())) if forward_names(policy) else policy
         resolved: dict[str, ResolvedService] = {}
         compiled: dict[str, Compiled] = {}
         uses: dict[str, tuple[str, ...]] = {}  # service → the host names it uses (filled by compile_one)
@@ -99,7 +98,8 @@ class Transactions(Sweeps):
             policy = load_policy(list(self.opts.files), self.opts.hosts_allow, self.opts.hosts_deny,
                                  reader=reader, listdir=reader.listdir)
             enrols = bool(named_daemons(policy) or self.opts.maps)
-            return policy, read_launches(self.opts, reader) if enrols else ()
+            return policy, read_launches(reader, self.opts.xinetd_conf, self.opts.inetd_conf, self.opts.systemd_units,
+                                                 self.opts.services_file) if enrols else ()
         finally:  # a failed load is watched too: fixing the file is the next reload
             self.read_files = tuple(dict.fromkeys(reader.asked))
             self.watch_list = reader.watch_list()
@@ -140,7 +140,8 @@ class Transactions(Sweeps):
         prev = self.policy_info
         loaded = self.built.desired.loaded_at if ok_ or prev is None else prev.loaded
         files = self.read_files or tuple(f for f in (*self.opts.files, self.opts.hosts_allow, self.opts.hosts_deny) if f)
-        return statusdoc.PolicyInfo(self.built.desired.policy_digest, loaded, files, self.wall(), ok_, trigger, error)
+        bans = toolbans.rows(self.built.policy, self.opts.hosts_allow, self.opts.hosts_deny, loaded)  # sshguard's, DenyHosts'
+        return statusdoc.PolicyInfo(self.built.desired.policy_digest, loaded, files, self.wall(), ok_, trigger, error, bans)
 
     def summary(self) -> str:
         bad = sum(1 for r in self.rows.values() if r.row.state in ("unguarded", "retrying"))
@@ -177,59 +178,6 @@ class Transactions(Sweeps):
             self.notifier.ready()
         else:
             self._arm_files()
-
-
-def read_launches(opts: Options, reader: WatchingReader) -> tuple[Launch, ...]:
-    """The daemons the super-servers' configurations start (a missing file: none), read
-    through ``reader`` so that a change of them reloads too."""
-    services = read_services(opts.services_file)
-    out: list[Launch] = []
-
-    def text(path: str) -> str | None:
-        try:
-            return reader(path)
-        except (OSError, SockgateError):
-            return None
-
-    def include(directory: str) -> list[tuple[str, str]]:
-        try:
-            names = sorted(reader.listdir(directory))
-        except (OSError, SockgateError):
-            return []
-        paths = [os.path.join(directory, n) for n in names if "." not in n and not n.endswith("~")]
-        return [(p, t) for p in paths if (t := text(p)) is not None]
-
-    if opts.xinetd_conf and (xinetd := text(opts.xinetd_conf)) is not None:
-        out += parse_xinetd(xinetd, opts.xinetd_conf, services, include)
-    if opts.inetd_conf and (inetd := text(opts.inetd_conf)) is not None:
-        out += parse_inetd(inetd, opts.inetd_conf, services)
-    out += _socket_units(opts.systemd_units, reader, text)
-    return tuple(out)
-
-
-def _socket_units(dirs: tuple[str, ...], reader: WatchingReader, text: Callable[[str], str | None]) -> list[Launch]:
-    """The launches of every ``.socket`` unit in ``dirs`` (the first of a name wins), each with
-    its service unit found in the same order. Only existing directories are listed (and so
-    watched): a missing one is not a problem to report."""
-    listed = [d for d in dirs if os.path.isdir(d)]
-    names: dict[str, str] = {}
-    for d in listed:
-        try:
-            found = reader.listdir(d)
-        except (OSError, SockgateError):
-            continue
-        for n in sorted(found):
-            names.setdefault(n, d)
-
-    def service_text(unit: str) -> str | None:
-        d = names.get(unit)
-        return None if d is None else text(os.path.join(d, unit))
-
-    out: list[Launch] = []
-    for n, d in sorted(names.items()):
-        if n.endswith(".socket") and (t := text(os.path.join(d, n))) is not None:
-            out += parse_socket_unit(n, t, os.path.join(d, n), service_text)
-    return out
 
 
 def changed_names(old: Mapping[str, Lookup], new: Mapping[str, Lookup]) -> frozenset[str]:

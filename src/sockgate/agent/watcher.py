@@ -30,7 +30,8 @@ link pins (the hooks then die with the agent) or point ``ring`` at another servi
 kernel): a sock_diag dump of TCP listeners and bound UDP sockets at a modest interval, new
 sockets by inode. It reads no pid or comm (and no cookie from the /proc tables sock_diag falls
 back to), sees only its own network namespace, and costs tens of milliseconds per pass on a
-busy host; its ``reason`` says so for the status.
+busy host; its ``reason`` says so for the status. Since its events name no process, each costs
+the agent a host-wide look: a pass with more than ``POLL_BURST`` new sockets is one ``resync``.
 
 Any event loop drives either: ``fileno()`` (None for the poll), ``interval()`` (None for
 events), ``drain()``; ``start(watcher, loop, deliver)`` wires one to a ``supervisor.Loop``.
@@ -55,6 +56,10 @@ from sockgate.supervisor import Cancel, Loop
 
 WatchMode = Literal["cgroup-bpf", "poll"]
 DEFAULT_POLL_INTERVAL = 2.0
+# A poll event carries no pid, so the agent finds its socket with a host-wide inventory — as
+# much work as a full rescan. More new sockets than this in one pass are one rescan instead
+# (10,000 sockets opened at once were 5,000 host-wide inventories: hours, the agent deaf).
+POLL_BURST = 3
 PIN_DIR = "sockgate/watch"  # below the bpffs mount, beside the guards' tree (ebpf/layout.ROOT)
 
 
@@ -396,6 +401,7 @@ def _unlink(path: str) -> None:
 
 _STATES = {"tcp": 1 << sockdiag.TCP_LISTEN, "udp": 1 << sockdiag.TCP_CLOSE}  # listeners; bound, unconnected UDP
 Inventory = Callable[[list[str], dict[str, int]], list[sockdiag.Sock]]
+Identities = Callable[[list[str], dict[str, int]], set[tuple[str, str, int]]]
 
 
 class PollWatcher:
@@ -403,9 +409,13 @@ class PollWatcher:
     releases = False
 
     def __init__(self, reason: str, period: float = DEFAULT_POLL_INTERVAL, inventory: Inventory = sockdiag.inventory,
-                 now: Callable[[], int] = time.monotonic_ns) -> None:
+                 now: Callable[[], int] = time.monotonic_ns, identities: Identities | None = None) -> None:
+        """``identities``: the look each pass takes — (proto, family, inode) of every socket,
+        by default those of ``inventory``'s records; ``inventory`` itself is asked only when
+        something is new (``sockdiag.identities`` costs a third of it: ``open_watcher``)."""
         self.reason = f"{reason}: polling sock_diag every {period:g} s, in this network namespace only"
         self.period, self._inventory, self._now = period, inventory, now
+        self._identities = identities or (lambda kinds, states: {_identity(s) for s in _bound(inventory(kinds, states))})
         self._seen: set[tuple[str, str, int]] | None = None
         self._ws = w.WatchSet()
 
@@ -435,20 +445,30 @@ class PollWatcher:
         """New listeners and new bound UDP sockets since the last call (TCP always; UDP when
         watched by port, or by name — the poll cannot tell names — or all). The first call
         only learns what exists, and asks for a rescan."""
-        socks = [s for s in self._inventory(["tcp", "udp"], dict(_STATES)) if s.local_port and s.family in ("ipv4", "ipv6")]
-        current = {(s.proto, s.family, s.inode) for s in socks}
+        kinds = self._kinds()
+        current = self._identities(kinds, dict(_STATES))
         first, self._seen, seen = self._seen is None, current, self._seen or set()
         now = self._now()
         if first:
             return [resync(now)]
+        if current <= seen:
+            return []
+        socks = _bound(self._inventory(kinds, dict(_STATES)))
+        self._seen = current | {_identity(s) for s in socks}  # one bound between the two looks: reported once
         out = []
         for s in socks:
-            if (s.proto, s.family, s.inode) in seen or not self._wanted(s):
+            if _identity(s) in seen or not self._wanted(s):
                 continue
             kind: Literal["bind", "listen"] = "listen" if s.proto == "tcp" else "bind"
             family: Family = 6 if s.family == "ipv6" else 4
             out.append(SocketEvent(kind, s.cookie or 0, 0, 0, "", family, _proto(s.proto), s.local_port or 0, now))
-        return out
+        return out if len(out) <= POLL_BURST else [resync(now)]
+
+    def _kinds(self) -> list[str]:
+        """TCP always; UDP only when some UDP socket could be wanted (``_wanted``): a policy of
+        TCP services alone spares the dump of every bound UDP socket on the host."""
+        ws = self._ws
+        return ["tcp", "udp"] if ws.all or ws.comms or any(p == "udp" for p, _ in ws.ports) else ["tcp"]
 
     def _wanted(self, s: sockdiag.Sock) -> bool:
         ws = self._ws
@@ -458,6 +478,14 @@ class PollWatcher:
         self._seen = None
 
 
+def _bound(socks: list[sockdiag.Sock]) -> list[sockdiag.Sock]:
+    return [s for s in socks if s.local_port and s.family in ("ipv4", "ipv6")]
+
+
+def _identity(s: sockdiag.Sock) -> tuple[str, str, int]:
+    return (s.proto, s.family, s.inode)
+
+
 # -- choosing and driving --------------------------------------------------------------------------
 
 
@@ -465,13 +493,13 @@ def open_watcher(mode: Literal["auto", "cgroup-bpf", "poll"] = "auto", cgroup: s
                  period: float = DEFAULT_POLL_INTERVAL) -> Watcher:
     """Cgroup BPF when it can start (``auto``), else the poll, whose reason says why."""
     if mode == "poll":
-        return PollWatcher("polling chosen", period)
+        return PollWatcher("polling chosen", period, identities=sockdiag.identities)
     try:
         return CgroupWatcher.open(cgroup, bpffs)
     except AdapterError as e:
         if mode == "cgroup-bpf":
             raise
-        return PollWatcher(f"cgroup BPF unavailable ({e})", period)
+        return PollWatcher(f"cgroup BPF unavailable ({e})", period, identities=sockdiag.identities)
 
 
 def _start_ring(watcher: Watcher, fd: int, loop: Loop, deliver: Callable[[list[SocketEvent]], None]) -> Cancel:

@@ -13,14 +13,10 @@ import sys
 
 from sockgate.agent.control import DEFAULT_PATH
 from sockgate.agent.crowdfeed import CrowdsecFeed
-from sockgate.agent.model import Endpoint
 from sockgate.crowdsec.lapi import LapiClient, read_key
 from sockgate.crowdsec.session import Session
-from sockgate.cli.common import add_backend_arg, add_log_args, log_sink
+from sockgate.cli.common import MAP_HELP, add_backend_arg, add_log_args, add_superserver_args, log_sink, parse_maps, unit_dirs
 from sockgate.errors import UsageError
-
-MAP_HELP = "guard PROTO/PORT (or PORT-PORT) as DAEMON's, whoever holds it (repeatable)"
-
 
 def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("policy_files", nargs="*", metavar="POLICY", help="native policy files")
@@ -43,13 +39,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state", metavar="PATH",
                    help="keep the bans in this file, so they outlive the agent (the unit: /var/lib/sockgate/bans.json)")
     p.add_argument("--sweep", type=float, default=300.0, metavar="SECONDS", help="full rescan interval (default 300)")
-    p.add_argument("--xinetd-conf", metavar="PATH", default="/etc/xinetd.conf",
-                   help="xinetd's configuration: the ports it listens on for daemons hosts.allow names (default /etc/xinetd.conf)")
-    p.add_argument("--inetd-conf", metavar="PATH", default="/etc/inetd.conf",
-                   help="inetd's configuration, for the same (default /etc/inetd.conf)")
-    p.add_argument("--systemd-units", action="append", metavar="DIR",
-                   help="a systemd unit directory whose .socket units say which daemon a port starts (repeatable;"
-                        " default the system's, in systemd's order)")
+    add_superserver_args(p, "the ports it listens on for daemons hosts.allow names")
     p.add_argument("--resolv-conf", metavar="PATH", default="/etc/resolv.conf",
                    help="the resolver configuration for host names in rules (default /etc/resolv.conf)")
     p.add_argument("--hosts-file", metavar="PATH", default="/etc/hosts",
@@ -61,23 +51,6 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crowdsec-ca-file", metavar="PATH", help="the CA that signed an https LAPI's certificate")
     p.add_argument("--crowdsec-exempt", action="append", default=[], metavar="SERVICE",
                    help="a service CrowdSec's decisions do not apply to (repeatable)")
-
-
-def parse_maps(items: list[str]) -> dict[str, tuple[Endpoint, ...]]:
-    """``--map DAEMON=PROTO/PORT[-PORT]`` values by daemon; a UsageError naming a bad one."""
-    maps: dict[str, list[Endpoint]] = {}
-    for item in items:
-        daemon, sep, spec = item.partition("=")
-        proto, slash, ports = spec.partition("/")
-        first, dash, last = ports.partition("-")
-        try:
-            if not (sep and slash and daemon) or proto not in ("tcp", "udp"):
-                raise ValueError
-            endpoint = Endpoint("tcp" if proto == "tcp" else "udp", int(first), int(last if dash else first))
-        except ValueError:
-            raise UsageError(f"--map {item[:60]!r}: expected DAEMON=PROTO/PORT, as sshd=tcp/22 or ntpd=udp/123") from None
-        maps.setdefault(daemon, []).append(endpoint)
-    return {d: tuple(eps) for d, eps in maps.items()}
 
 
 def crowdsec_feed(args: argparse.Namespace) -> CrowdsecFeed | None:
@@ -100,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from sockgate import __version__
     from sockgate.agent.applier import Applier
     from sockgate.agent.names import NameResolver
-    from sockgate.agent.runtime import SYSTEMD_UNITS, Agent, Options
+    from sockgate.agent.runtime import Agent, Options
     from sockgate.guard import backend_choice, require_kernel
     from sockgate.kernel import Kernel, default_kernel
     from sockgate.kernel.bpfops import LinuxBpf
@@ -123,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
                    backend_choice(args.backend), args.control, args.control_group, args.keep_established,
                    args.watch, args.cgroup, args.bpffs, args.sweep, __version__, args.state,
                    tuple(args.crowdsec_exempt), xinetd_conf=args.xinetd_conf, inetd_conf=args.inetd_conf,
-                   systemd_units=tuple(args.systemd_units) if args.systemd_units else SYSTEMD_UNITS,
+                   systemd_units=unit_dirs(args),
                    log_format=args.log_format, log_sink=log_sink(args), refusal_interval=args.refusal_interval)
     log = Log(args.log_format, sys.stderr, sink=log_sink(args), ident="sockgate-agent")
 

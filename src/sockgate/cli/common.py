@@ -8,6 +8,8 @@ import os
 import sys
 from typing import Any, Sequence
 
+from sockgate.agent.superserver import SYSTEMD_UNITS
+from sockgate.agent.model import Endpoint
 from sockgate.errors import UsageError
 from sockgate.log import LogSink
 from sockgate.policy.ir import Policy
@@ -39,11 +41,51 @@ def load_from_args(args: argparse.Namespace) -> Policy:
     files = list(getattr(args, "policy_files", None) or []) + list(args.policy or [])
     if not files and args.hosts_allow is None and args.hosts_deny is None:
         raise UsageError("no policy: give POLICY files, --policy, or --hosts-allow/--hosts-deny")
-    for path in (args.hosts_allow, args.hosts_deny):
-        if path is not None and not os.path.exists(path):
-            # libwrap reads a missing table as empty (so a typo grants everyone): say so.
-            print(printable(f"sockgate: warning: {path} does not exist; read as an empty table, as libwrap does"), file=sys.stderr)
+    warn_missing(args.hosts_allow, args.hosts_deny)
     return load_policy(files, args.hosts_allow, args.hosts_deny)
+
+
+MAP_HELP = "guard PROTO/PORT (or PORT-PORT) as DAEMON's, whoever holds it (repeatable)"
+
+
+def parse_maps(items: list[str]) -> dict[str, tuple[Endpoint, ...]]:
+    """``--map DAEMON=PROTO/PORT[-PORT]`` values by daemon; a UsageError naming a bad one."""
+    maps: dict[str, list[Endpoint]] = {}
+    for item in items:
+        daemon, sep, spec = item.partition("=")
+        proto, slash, ports = spec.partition("/")
+        first, dash, last = ports.partition("-")
+        try:
+            if not (sep and slash and daemon) or proto not in ("tcp", "udp"):
+                raise ValueError
+            endpoint = Endpoint("tcp" if proto == "tcp" else "udp", int(first), int(last if dash else first))
+        except ValueError:
+            raise UsageError(f"--map {item[:60]!r}: expected DAEMON=PROTO/PORT, as sshd=tcp/22 or ntpd=udp/123") from None
+        maps.setdefault(daemon, []).append(endpoint)
+    return {d: tuple(eps) for d, eps in maps.items()}
+
+
+def add_superserver_args(p: "argparse._ActionsContainer", what: str) -> None:
+    """``--xinetd-conf``, ``--inetd-conf``, ``--systemd-units``: where super-servers say which
+    daemon a port starts (agent/superserver.py)."""
+    p.add_argument("--xinetd-conf", metavar="PATH", default="/etc/xinetd.conf",
+                   help=f"xinetd's configuration: {what} (default /etc/xinetd.conf)")
+    p.add_argument("--inetd-conf", metavar="PATH", default="/etc/inetd.conf",
+                   help="inetd's configuration, for the same (default /etc/inetd.conf)")
+    p.add_argument("--systemd-units", action="append", metavar="DIR",
+                   help="a systemd unit directory whose .socket units say which daemon a port starts (repeatable;"
+                        " default the system's, in systemd's order)")
+
+
+def unit_dirs(args: argparse.Namespace) -> tuple[str, ...]:
+    return tuple(args.systemd_units) if args.systemd_units else SYSTEMD_UNITS
+
+
+def warn_missing(*paths: str | None) -> None:
+    """libwrap reads a missing table as empty (so a typo grants everyone): say so."""
+    for path in paths:
+        if path is not None and not os.path.exists(path):
+            print(printable(f"sockgate: warning: {path} does not exist; read as an empty table, as libwrap does"), file=sys.stderr)
 
 
 def print_json(obj: Any) -> None:

@@ -296,21 +296,26 @@ class StreamState:
 
     def apply(self, batch: Batch) -> Report:
         """A startup batch replaces everything held; a delta adds ``new``, then removes ``deleted``."""
-        touched: set[IPNetwork] = {d.network for d in batch.new} | {d.network for d in batch.deleted}
-        touched |= {self._by_id[d.id].network for d in batch.new if d.id in self._by_id}  # an id re-sent elsewhere
-        if batch.startup:
-            touched |= self._by_net.keys()
-        before = {n: self._end(n) for n in touched if n in self._by_net}  # the others had none
-        if batch.startup:
+        if batch.startup:  # every network may change: the ends before and after, compared once each
+            before = self._end_of.copy()  # (a copy keeps the hashes: networks hash slowly)
             self._by_id.clear()
             self._by_net.clear()
             self._end_of.clear()
             self._heap.clear()
+        else:
+            touched: set[IPNetwork] = {d.network for d in batch.new} | {d.network for d in batch.deleted}
+            touched |= {self._by_id[d.id].network for d in batch.new if d.id in self._by_id}  # an id re-sent elsewhere
+            before = {n: end for n in touched if (end := self._end_of.get(n)) is not None}  # the others had none
         added, over = self._add(batch.new)
         deleted, unknown, mismatched = self._delete(batch.deleted)
         problems = (list(batch.tally.problems) + mismatched)[:MAX_PROBLEMS]
         rejected = batch.tally.rejected + len(mismatched)
-        changed = frozenset(n for n in touched if self._end(n) != before.get(n))
+        if batch.startup:
+            after = self._end_of
+            changed = frozenset([*(n for n, end in after.items() if before.get(n) != end),
+                                 *(n for n in before if n not in after)])
+        else:
+            changed = frozenset(n for n in touched if self._end(n) != before.get(n))
         return Report(batch.startup, added, deleted, unknown, over, rejected, tuple(problems),
                       tuple(sorted(batch.tally.ignored.items())), batch.tally.expired, changed)
 

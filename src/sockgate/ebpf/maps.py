@@ -80,14 +80,15 @@ class Verdict:
 
 
 VERDICT_SIZE = _VERDICT.size
-_KEY_HEADS = {fam: [_PREFIXLEN.pack(n) for n in range(bits + 1)] for fam, bits in PREFIX_BITS.items()}
+# the packed ``prefixlen`` head of every key, by family and length
+KEY_HEADS = {fam: [_PREFIXLEN.pack(n) for n in range(bits + 1)] for fam, bits in PREFIX_BITS.items()}
 
 
 def pack_keys(family: int, blocks: Iterable[tuple[int, int]]) -> list[bytes]:
     """The packed ``LpmKey`` of each ``(network, prefixlen)`` block, in bulk: no ``LpmKey`` per
     entry on the path of a million prefixes (the blocks come from ``prefixes.split``, aligned
     by construction; ``LpmKey`` checks one it is given)."""
-    heads, size = _KEY_HEADS[family], ADDR_BYTES[family]
+    heads, size = KEY_HEADS[family], ADDR_BYTES[family]
     return [heads[plen] + net.to_bytes(size, "big") for net, plen in blocks]
 
 

@@ -13,7 +13,7 @@ hits at most one of them, and longest-prefix match equals first match.
 from __future__ import annotations
 
 from sockgate.resolve.ranges import Table, rows
-from sockgate.ebpf.maps import PREFIX_BITS, pack_keys, pack_verdict
+from sockgate.ebpf.maps import ADDR_BYTES, KEY_HEADS, PREFIX_BITS, pack_keys, pack_verdict
 from sockgate.policy.ir import Action
 
 
@@ -36,14 +36,28 @@ def entries(table: Table, default: Action, keep: frozenset[int] = frozenset()) -
     not ``default`` (a lookup that finds nothing returns the default), split into prefixes;
     and those decided by a rule in ``keep`` whatever their action (the program must know the
     rule: its rate limits apply to its matches). One packed verdict per interval, shared by
-    its prefixes."""
+    its prefixes.
+
+    A set file's intervals are mostly single aligned blocks (a host, a /24): those are packed
+    at once, without ``split``'s loop, and each verdict is packed once per (action, rule)."""
     bits = PREFIX_BITS[table.family]
-    blocks: list[tuple[int, int]] = []
+    heads, size_bytes = KEY_HEADS[table.family], ADDR_BYTES[table.family]
+    keys: list[bytes] = []
     values: list[bytes] = []
+    add_key, add_value = keys.append, values.append
+    verdicts: dict[tuple[Action, int | None], bytes] = {}
     for lo, hi, action, rule in rows(table):
         if action is default and rule not in keep:
             continue
-        more = split(lo, hi, bits)
-        blocks += more
-        values += [pack_verdict(action, rule)] * len(more)
-    return tuple(pack_keys(table.family, blocks)), tuple(values)
+        verdict = verdicts.get((action, rule))
+        if verdict is None:
+            verdict = verdicts[action, rule] = pack_verdict(action, rule)
+        size = hi - lo
+        if not size & (size - 1) and not lo & (size - 1):  # one aligned block (size >= 1)
+            add_key(heads[bits + 1 - size.bit_length()] + lo.to_bytes(size_bytes, "big"))
+            add_value(verdict)
+        else:
+            more = split(lo, hi, bits)
+            keys += pack_keys(table.family, more)
+            values += [verdict] * len(more)
+    return tuple(keys), tuple(values)

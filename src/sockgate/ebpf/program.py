@@ -22,6 +22,7 @@ service's bpffs directory and passes their fds to ``link`` with the tries'.
 from __future__ import annotations
 
 import hashlib
+from itertools import chain
 from dataclasses import dataclass
 from typing import Literal, Mapping, Sequence
 
@@ -170,5 +171,5 @@ def _digest(service: str, insns: Sequence[Insn], maps: Sequence[MapContents], se
         h.update(f"{s.name}:{s.map_type}:{s.key_size}:{s.value_size}:{s.max_entries}:{s.flags}\0".encode())
     for m in maps:
         h.update(m.spec.name.encode() + b"\0")
-        h.update(b"".join(map(bytes.__add__, m.keys, m.values)))  # as k + v one entry at a time
+        h.update(b"".join(chain.from_iterable(zip(m.keys, m.values))))  # k + v, one entry after another
     return h.hexdigest()[:16]

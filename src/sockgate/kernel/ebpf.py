@@ -529,11 +529,13 @@ class EbpfBackend:
         return gone, self._collect_programs(keep)
 
     def _collect_registry(self, reg: int, now_ns: int) -> tuple[int, set[str]]:
-        live, here, namespaces = self.ops.live_cookies(), self.ops.here(), self.ops.live_netns()
+        records = [(k, registry.Record.unpack(v)) for k, v in self.ops.map_items(reg, registry.KEY.size, registry.RECORD.size)]
+        live = here = namespaces = None  # (a dump of every socket and namespace: only when one could be stale)
+        if any(now_ns - rec.written_ns >= self.grace * 1e9 for _, rec in records):
+            live, here, namespaces = self.ops.live_cookies(), self.ops.here(), self.ops.live_netns()
         keep: set[str] = set()
         dead = []
-        for k, v in list(self.ops.map_items(reg, registry.KEY.size, registry.RECORD.size)):
-            rec = registry.Record.unpack(v)
+        for k, rec in records:
             if stale(rec, registry.cookie(k), live, here, now_ns, self.grace, namespaces):
                 dead.append(k)
             else:

@@ -96,6 +96,12 @@ class _MapElem(ctypes.Structure):
 
 
 class _MapBatch(ctypes.Structure):
+    """``union bpf_attr``'s ``struct { /* struct used by BPF_MAP_*_BATCH commands */ } batch``
+    (include/uapi/linux/bpf.h, Linux 5.6): ``in_batch``, ``out_batch``, ``keys``, ``values``,
+    ``count`` (in: elements given; out: elements done), ``map_fd``, ``elem_flags``, ``flags``.
+    LPM tries take ``BPF_MAP_UPDATE_BATCH`` through ``generic_map_update_batch``
+    (kernel/bpf/lpm_trie.c ``trie_map_ops``): one system call for a whole trie."""
+
     _fields_ = [("in_batch", ctypes.c_uint64), ("out_batch", ctypes.c_uint64), ("keys", ctypes.c_uint64),
                 ("values", ctypes.c_uint64), ("count", ctypes.c_uint32), ("map_fd", ctypes.c_uint32),
                 ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64)]

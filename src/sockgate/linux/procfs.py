@@ -22,7 +22,7 @@ from __future__ import annotations
 import errno
 import os
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Iterable, Literal, Mapping
 
 from sockgate.errors import AdapterError
 
@@ -172,6 +172,85 @@ def _read(path: str, limit: int, until: bytes | None = None) -> bytes | None:
     except OSError:
         return None
     return b"".join(chunks)
+
+
+MAPS_LIMIT = 64 << 20  # bytes of /proc/PID/maps read at most: 65530 maps (vm.max_map_count) of long names
+_LIBWRAP = b"libwrap.so"
+_DELETED = b" (deleted)"
+
+
+@dataclass(frozen=True)
+class Libwrap:
+    """Whether a process maps libwrap: ``mapped`` (a file named ``libwrap.so*``, root's and
+    writable by root only, checked on the very inode mapped), ``absent``, ``untrusted`` (a
+    ``libwrap.so*`` that is someone else's file, or whose inode could not be checked) or
+    ``unknown`` (the map could not be read whole: gone, hidden, or longer than ``MAPS_LIMIT``).
+    ``path``: the library's name as the map gives it; ``why``: for unknown and untrusted."""
+
+    state: Literal["mapped", "absent", "untrusted", "unknown"]
+    path: str | None = None
+    why: str | None = None
+
+
+def libwrap(pid: int, proc: str = PROC) -> Libwrap:
+    """Whether ``pid`` maps libwrap (/proc/PID/maps, read line by line up to ``MAPS_LIMIT``).
+
+    The names in the map are the process's to choose (any file may be called libwrap.so.0),
+    so the file mapped is stat'ed through /proc/PID/map_files (the very mapping), else by its
+    name with the map's inode compared, and taken only when root owns it and only root may
+    write it. An exited process's map reads empty: that is ``unknown``, never ``absent``. The
+    caller holds a pidfd across the read to know the pid still named the same process."""
+    try:
+        f = open(f"{proc}/{pid}/maps", "rb")
+    except OSError as e:
+        return Libwrap("unknown", why=f"cannot read its memory map: {e.strerror}")
+    seen = 0
+    untrusted: Libwrap | None = None
+    with f:
+        try:
+            for line in f:
+                seen += len(line)
+                if seen > MAPS_LIMIT:
+                    return Libwrap("unknown", why=f"its memory map is longer than {MAPS_LIMIT >> 20} MiB")
+                found = _libwrap_line(pid, proc, line)
+                if found is not None and found.state == "mapped":
+                    return found
+                untrusted = untrusted or found
+        except OSError as e:
+            return Libwrap("unknown", why=f"cannot read its memory map: {e.strerror}")
+    if seen == 0:
+        return Libwrap("unknown", why="its memory map is empty (the process exited)")
+    return untrusted or Libwrap("absent")
+
+
+def _libwrap_line(pid: int, proc: str, line: bytes) -> Libwrap | None:
+    """One map line (``start-end perms offset dev inode path``) naming a libwrap.so*, judged."""
+    fields = line.rstrip(b"\n").split(maxsplit=5)
+    if len(fields) < 6:
+        return None
+    path = fields[5].removesuffix(_DELETED)
+    if not path.rsplit(b"/", 1)[-1].startswith(_LIBWRAP):
+        return None
+    name = os.fsdecode(path)
+    try:
+        st = os.stat(f"{proc}/{pid}/map_files/{_range_name(fields[0])}")
+    except (OSError, ValueError):  # map_files takes CAP_SYS_ADMIN: the name, if it still is the inode mapped
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            return Libwrap("untrusted", name, f"{name}: {e.strerror}")
+        if not fields[4].isdigit() or st.st_ino != int(fields[4]):
+            return Libwrap("untrusted", name, f"{name} is no longer the file mapped")
+    if st.st_uid != 0 or st.st_mode & 0o022:
+        return Libwrap("untrusted", name, f"{name} is not root's, or others may write it")
+    return Libwrap("mapped", name)
+
+
+def _range_name(field: bytes) -> str:
+    """A map's ``start-end`` as its /proc/PID/map_files entry is named (``%lx-%lx``: the map
+    pads to 8 digits, the directory does not)."""
+    start, _, end = field.partition(b"-")
+    return f"{int(start, 16):x}-{int(end, 16):x}"
 
 
 def sees_every_process(status: str = "/proc/self/status") -> bool:

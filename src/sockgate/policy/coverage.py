@@ -44,6 +44,7 @@ from sockgate.policy.ir import (
     Principal,
     UserAt,
 )
+from sockgate.policy.netlist import NetList
 
 V4_BASE = 1 << 128
 NO_ADDRESS = -1
@@ -55,6 +56,16 @@ def _line_range(net: IPNetwork) -> tuple[int, int]:
     base = V4_BASE if net.version == 4 else 0
     lo, hi = net_range(net)
     return base + lo, base + hi
+
+
+def _line_spans(nets: NetList) -> Spans:
+    """The spans of ``nets`` on the one number line: IPv6 first, then IPv4 moved up by
+    ``V4_BASE`` (a range ending at the top of IPv6 and one starting at 0.0.0.0 join)."""
+    six = list(nets.ranges(6))
+    four = [(V4_BASE + lo, V4_BASE + hi) for lo, hi in nets.ranges(4)]
+    if six and four and six[-1][1] == four[0][0]:
+        four[0] = (six.pop()[0], four[0][1])
+    return tuple(six + four)
 
 
 def describe_point(spans: Spans) -> str:
@@ -113,6 +124,8 @@ def _cover(m: Match) -> Cover:
         case MatchNone():
             return Cover()
         case AddrMatch(nets=nets):
+            if isinstance(nets, NetList):  # a set file: its unions per family, from integers
+                return Cover(_line_spans(nets))
             if len(nets) == 1:  # most rules: nothing to sort or merge
                 return Cover((_line_range(nets[0]),))
             return Cover(union(_line_range(n) for n in nets))

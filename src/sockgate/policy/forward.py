@@ -24,9 +24,12 @@ that the kernel never admits a peer libwrap would refuse at those answers:
   reverse lookup failed is kept in.
 
 A name without answers (its lookup failed, or its answers expired without a refresh): an
-admitting match becomes ``AddrMatch(())`` (nobody), a refusing match stays the
-``HostPattern`` — the rule then still needs a name lookup, the kernel refuses it, and the
-agent reports the service, as for any rule that needs user space. Only exact names are
+admitting match becomes ``AddrMatch(())`` (nobody); a refusing match takes the ``matched``
+set of the name's last answer when the caller has one (``last``: refusing more than libwrap
+could now, never less — and a name whose owner stops its DNS cannot make the service
+uncompilable), else it stays the ``HostPattern`` — the rule then still needs a name lookup,
+the kernel refuses it, and the agent reports the service, as for any rule that needs user
+space. Only exact names are
 replaced: ``.suffix``, wildcards, KNOWN/UNKNOWN/PARANOID/LOCAL and ``user@host`` keep their
 refusal with its reason, and ``daemon@host`` server parts are not touched.
 
@@ -148,11 +151,11 @@ def matched(lookup: Lookup) -> tuple[IPAddress, ...]:
 def _unique(addresses: Iterable[IPAddress]) -> tuple[IPAddress, ...]:
     out: dict[IPAddress, None] = {}
     for a in addresses:
-        out[_unmapped(a)] = None
+        out[unmapped_address(a)] = None
     return tuple(sorted(out, key=lambda a: (a.version, a)))
 
 
-def _unmapped(a: IPAddress) -> IPAddress:
+def unmapped_address(a: IPAddress) -> IPAddress:
     """``::ffff:a.b.c.d`` as the IPv4 address it stands for (a peer arrives as one or the other)."""
     if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped is not None:
         return a.ipv4_mapped
@@ -163,40 +166,57 @@ def _routes(addresses: tuple[IPAddress, ...]) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(a) for a in addresses)
 
 
-def substitute(policy: Policy, lookups: Mapping[str, Lookup]) -> Policy:
+def substitute(policy: Policy, lookups: Mapping[str, Lookup], last: Mapping[str, Lookup] | None = None) -> Policy:
     """``policy`` with every exact name replaced by its address set (``lookups`` keyed by
-    ``key``; a name missing from it failed). Services keep their spans; the digest follows
+    ``key``; a name missing from it failed). ``last``: the last answers of names that have none
+    in force now — a match that *refuses* by such a name keeps refusing those addresses (closed:
+    it refuses more than libwrap could now, never less), where it would otherwise stay in user
+    space and make its service uncompilable. Services keep their spans; the digest follows
     the addresses, so a changed answer is a changed program."""
-    services = tuple(_service(s, lookups) for s in policy.services)
-    rules = tuple(_rule(r, lookups) for r in policy.rules)
+    answers = _Answers(lookups, last or {})
+    services = tuple(_service(s, answers) for s in policy.services)
+    rules = tuple(_rule(r, answers) for r in policy.rules)
     out = replace(policy, services=services, rules=rules)
     digest = out.digest()
     return replace(out, services=tuple(replace(s, policy_digest=digest) for s in services))
 
 
-def substitute_service(service: Service, lookups: Mapping[str, Lookup]) -> Service:
+def substitute_service(service: Service, lookups: Mapping[str, Lookup],
+                       last: Mapping[str, Lookup] | None = None) -> Service:
     """One service with its exact names replaced (``Policy.service`` of a substituted policy)."""
-    return _service(service, lookups)
+    return _service(service, _Answers(lookups, last or {}))
 
 
-def _service(s: Service, lookups: Mapping[str, Lookup]) -> Service:
+@dataclass(frozen=True)
+class _Answers:
+    """The answers in force, and the last answers of the names without one (refusing side)."""
+
+    now: Mapping[str, Lookup]
+    last: Mapping[str, Lookup]
+
+    def get(self, name: str, deny: bool) -> Lookup | None:
+        found = self.now.get(name)
+        return self.last.get(name) if found is None and deny else found
+
+
+def _service(s: Service, lookups: _Answers) -> Service:
     rules = tuple(_rule(r, lookups) for r in s.rules)
     return s if all(a is b for a, b in zip(rules, s.rules)) else replace(s, rules=rules)
 
 
-def _rule(r: Rule, lookups: Mapping[str, Lookup]) -> Rule:
+def _rule(r: Rule, lookups: _Answers) -> Rule:
     m = _sub(r.match, r.action is Action.DENY, lookups)
     return r if m is r.match else replace(r, match=m)
 
 
-def _sub(m: Match, deny: bool, lookups: Mapping[str, Lookup]) -> Match:
+def _sub(m: Match, deny: bool, lookups: _Answers) -> Match:
     """``m`` with its exact names replaced; ``deny``: whether a match here refuses."""
     match m:
         case HostPattern():
             name = exact_name(m)
             if name is None:
                 return m
-            found = lookups.get(name)
+            found = lookups.get(name, deny)
             if found is None:
                 return m if deny else AddrMatch((), m.pattern)
             return AddrMatch(_routes(matched(found) if deny else admitted(found)), m.pattern)

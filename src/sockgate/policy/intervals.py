@@ -35,6 +35,7 @@ from sockgate.policy.ir import (
     Principal,
     UserAt,
 )
+from sockgate.policy.netlist import NetList
 
 Range = tuple[int, int]  # half-open: addresses lo .. hi - 1
 Ranges = tuple[Range, ...]
@@ -99,6 +100,8 @@ def match_ranges(m: Match, version: int) -> Ranges:
         case MatchAll():
             return ((0, SPACE[version]),)
         case AddrMatch(nets=nets):
+            if isinstance(nets, NetList):  # a set file: its union, computed once from integers
+                return nets.ranges(version)
             return union(net_range(n) for n in nets if n.version == version)
         case AnyOf(items=items):
             return union(r for i in items for r in match_ranges(i, version))

@@ -28,10 +28,11 @@ import hashlib
 import ipaddress
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Generic, Literal, Protocol, TypeVar, Union, assert_never
+from typing import Any, Generic, Literal, Protocol, Sequence, TypeVar, Union, assert_never
 
 from sockgate.errors import UsageError
 from sockgate.policy import hostmatch
+from sockgate.policy.netlist import NetList
 from sockgate.policy.source import Span
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -63,9 +64,11 @@ class MatchNone:
 @dataclass(frozen=True)
 class AddrMatch:
     """Peer address inside any of ``nets``. ``label`` is how it was written (``@office``,
-    ``10.0.0.0/8``, ``192.168.``) for messages and printing; it does not affect matching."""
+    ``10.0.0.0/8``, ``192.168.``) for messages and printing; it does not affect matching.
+    ``nets`` is a tuple, or a ``NetList`` (a set file's networks kept as integers) equal to
+    the tuple of the same networks."""
 
-    nets: tuple[IPNetwork, ...]
+    nets: Sequence[IPNetwork]
     label: str = ""
 
 
@@ -288,7 +291,7 @@ class Service:
 @dataclass(frozen=True)
 class AddressSet:
     name: str
-    nets: tuple[IPNetwork, ...]
+    nets: Sequence[IPNetwork]  # a tuple, or a set file's ``NetList``
     span: Span
     path: str | None = None  # loaded from this file (`set NAME < "path"`)
 
@@ -390,7 +393,10 @@ def _content(parts: list[str], m: object) -> None:
     of each network — a set file has 100,000, and ``repr`` of each costs more than the rest of
     loading it — the rest as ``repr``."""
     if isinstance(m, AddrMatch):
-        nets = ",".join([f"{n.version}{int(n.network_address):x}/{n.prefixlen}" for n in m.nets])
+        if isinstance(m.nets, NetList):  # from the integers, without an object per network
+            nets = m.nets.content()
+        else:
+            nets = ",".join([f"{n.version}{int(n.network_address):x}/{n.prefixlen}" for n in m.nets])
         parts.append(f"A({m.label!r},{len(m.nets)}:{nets})")
     elif isinstance(m, AnyOf):
         parts.append(f"O({len(m.items)}:")

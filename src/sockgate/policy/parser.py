@@ -41,6 +41,8 @@ from sockgate.policy.coverage import Cover, cover
 from sockgate.policy.ir import Action, AddressSet, Endpoint, IPNetwork, Limits, Policy, Rule, Service
 from sockgate.policy.lexer import Kind, Token, tokenize
 from sockgate.policy.matchparse import MatchParser, Recover
+from sockgate.policy.netlist import NetList
+from sockgate.policy.setfile import address_list
 from sockgate.policy.source import Span, quote
 from sockgate.urls import parse_url
 
@@ -51,7 +53,6 @@ TOP_KEYWORDS = ("default", "include", "service", "set")
 SERVICE_KEYWORDS = ("allow", "ban", "default", "deny", "forward", "limit", "listen")
 PROTOCOLS = ("tcp", "udp", "unix")
 MAX_INCLUDE_DEPTH = 16
-MAX_LIST_ERRORS = 5  # bad lines reported one by one per set file; the rest are counted
 
 
 def parse_policy(
@@ -105,7 +106,7 @@ class _Context:
     default_span: Span | None = None
     stack: list[str] = field(default_factory=list)
     parsed: set[str] = field(default_factory=set)  # policy files, by normal path
-    lists: dict[str, tuple[IPNetwork, ...]] = field(default_factory=dict)  # set files, parsed
+    lists: dict[str, NetList] = field(default_factory=dict)  # set files, parsed
 
     def error(self, span: Span | None, message: str, related: tuple[tuple[Span, str], ...] = ()) -> None:
         self.diags.append(Diagnostic(span, message, "error", related, context=False))  # see Diagnostic
@@ -294,6 +295,7 @@ class _FileParser(MatchParser):
         name_tok = self.word("a set name after 'set'")
         name = self.checked(name_tok, lambda t: literals.name(t, "a set name"))
         op = self.advance()
+        nets: Sequence[IPNetwork]
         if op.kind is Kind.EQUALS:
             nets, path = self.set_items(), None
         elif op.kind is Kind.LT:
@@ -331,9 +333,9 @@ class _FileParser(MatchParser):
         self.advance()
         return tuple(dict.fromkeys(nets))
 
-    def set_file(self, path: str, at: Span) -> tuple[IPNetwork, ...]:
+    def set_file(self, path: str, at: Span) -> NetList:
         if path not in self.ctx.lists:
-            self.ctx.lists[path] = _address_list(path, self.ctx.load(path, at, "address list") or "", self.ctx.error)
+            self.ctx.lists[path] = address_list(path, self.ctx.load(path, at, "address list") or "", self.ctx.error)
         return self.ctx.lists[path]
 
     # 'service' NAME { endpoint } '{' { svc_stmt } '}'
@@ -516,35 +518,6 @@ class _ServiceBody:
             listen=tuple(self.listen),
             forward=self.forward,
         )
-
-
-def _address_list(path: str, text: str, error: Callable[..., None]) -> tuple[IPNetwork, ...]:
-    """The addresses of a set file, one a line, ``#`` comments. A file that is not an address
-    list at all (someone else's file, named by mistake) gets its first few bad lines reported
-    and then one line that counts the rest, so its contents do not flood the output or a log."""
-    nets: list[IPNetwork] = []
-    bad = 0
-    hidden: Span | None = None  # where the first bad line not reported one by one is
-    for lineno, raw in enumerate(text.split("\n"), 1):  # as the lexer counts lines
-        body = raw.split("#", 1)[0] if "#" in raw else raw
-        word = body.strip()
-        if not word:
-            continue
-        try:
-            nets.append(literals.network(word))
-            continue
-        except literals.LiteralError as e:
-            bad += 1
-            msg = str(e) if literals.looks_like_address(word) else f"expected an address or CIDR, found {quote(word)}"
-            span = Span(path, lineno, body.index(word) + 1, len(word))
-            if bad <= MAX_LIST_ERRORS:
-                error(span, msg)
-            elif hidden is None:
-                hidden = replace(span, length=1)
-    if hidden is not None:
-        error(hidden, f"{bad - MAX_LIST_ERRORS} more lines of this address list are not addresses "
-              "or CIDRs (not shown)")
-    return tuple(dict.fromkeys(nets))
 
 
 _BAN_NEEDS_RATE = "a ban needs a per-source rate to trigger it (add 'limit rate N/minute per source')"

@@ -6,7 +6,8 @@ space (IPv4: 0..2**32, IPv6: 0..2**128) by the interval algebra of ``policy.inte
 active at each point in a heap, labels each elementary segment with the earliest active
 rule, or with the default where none is. Adjacent segments with the same action merge, so
 the labels of a table alternate between allow and deny. The sweep costs O(N log N) in the
-number of CIDRs, whatever the number of rules.
+number of CIDRs, whatever the number of rules; a set holding most of them (a set file of a
+million lines) is laid over the sweep of the others in one linear pass instead (``_overlay``).
 
 Semantics are those of ``decide``: an address matches a network of its own family only, and
 a forged source is denied before any rule. A real IPv4 client of a dual-stack socket arrives
@@ -28,7 +29,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Iterator, Sequence, Union, assert_never
 
-from sockgate.policy.intervals import SPACE, Ranges, match_ranges, net_range, union
+from sockgate.policy.intervals import SPACE, Range, Ranges, difference, match_ranges, net_range, union
 from sockgate.policy.ir import (
     Action,
     AddrMatch,
@@ -174,11 +175,75 @@ def _matches_no_address(m: Match) -> bool:
             assert_never(m)
 
 
-def _first_match(
-    sets: list[Labelled], default: Action, space: int
-) -> IntervalColumns:
+OVERLAY_MIN = 4096  # ranges in the largest set from which it is laid over the others' sweep
+
+
+def _first_match(sets: list[Labelled], default: Action, space: int, overlay_min: int = OVERLAY_MIN) -> IntervalColumns:
     """Label the space by the first of ``sets`` (ranges, action, rule index) holding at each
-    point, or ``default``.
+    point, or ``default``; adjacent intervals of one action merged (their rule: ``_mixed``).
+
+    A set file makes one set hold nearly every range. Sweeping its million ranges through
+    the heap cost more than anything else in a compile; instead the other sets are swept
+    alone (``_sweep``, merging only equal labels, so no rule is lost), the big set's ranges
+    not decided by an earlier set are laid over that partition in one merge pass
+    (``_overlay``), and the result is the sweep's, interval for interval
+    (tests/core/test_ranges_sweep.py)."""
+    big = max(range(len(sets)), key=lambda i: len(sets[i][0]), default=-1)
+    if big < 0 or len(sets[big][0]) < overlay_min:
+        return _sweep(sets, default, space, exact=False)
+    spans, action, rule = sets[big]
+    earlier = union(r for s, _, _ in sets[:big] for r in s)
+    mine = difference(spans, earlier) if earlier else spans
+    rest = [((), a, r) if i == big else (s, a, r) for i, (s, a, r) in enumerate(sets)]
+    return _overlay(_sweep(rest, default, space, exact=True), mine, action, rule, space)
+
+
+def _overlay(base: IntervalColumns, mine: Sequence[Range], action: Action, rule: int | None,
+             space: int) -> IntervalColumns:
+    """``base`` (a partition of the space, equal labels merged) with ``mine`` (sorted, disjoint
+    ranges) labelled ``action``/``rule`` over it; adjacent intervals of one action merged."""
+    blos, bacts, brules = base.los, base.actions, base.rules
+    nb = len(blos)
+    los: list[int] = []
+    actions: list[Action] = []
+    rules: list[int | None] = []
+    j, at = 0, 0  # base interval j holds the point ``at``
+    end = blos[1] if nb > 1 else space  # where base interval j ends
+    # (each label appended or merged inline: twice per range of a million, a call each cost more)
+    for lo, hi in [*mine, (space, space)]:
+        while at < lo:  # the base's labels up to ``lo``
+            a, r = bacts[j], brules[j]
+            if actions and actions[-1] is a:
+                if rules[-1] != r:
+                    rules[-1] = _mixed(rules[-1], r)
+            else:
+                los.append(at)
+                actions.append(a)
+                rules.append(r)
+            if end <= lo:
+                at, j = end, j + 1
+                end = blos[j + 1] if j + 1 < nb else space
+            else:
+                at = lo
+        if lo < hi:  # ours
+            if actions and actions[-1] is action:
+                if rules[-1] != rule:
+                    rules[-1] = _mixed(rules[-1], rule)
+            else:
+                los.append(lo)
+                actions.append(action)
+                rules.append(rule)
+            at = hi
+            while end <= at and j + 1 < nb:
+                j += 1
+                end = blos[j + 1] if j + 1 < nb else space
+    return IntervalColumns(los, los[1:] + [space], actions, rules)
+
+
+def _sweep(sets: list[Labelled], default: Action, space: int, exact: bool) -> IntervalColumns:
+    """Label the space by the first of ``sets`` holding at each point, or ``default``;
+    adjacent intervals merged when their actions are equal, or with ``exact`` only when
+    their rules are too.
 
     Every end point is one integer event, ``point << shift | kind | index`` (an end sorts
     before a start at the same point), so the events sort as plain ints, in C, and the sweep
@@ -214,7 +279,7 @@ def _first_match(
         while heap and not active[heap[0]]:
             heapq.heappop(heap)
         action, rule = labels[heap[0]] if heap else (default, None)
-        if actions and actions[-1] is action:
+        if actions and actions[-1] is action and (not exact or rules[-1] == rule):
             if rules[-1] != rule:
                 rules[-1] = _mixed(rules[-1], rule)
         else:

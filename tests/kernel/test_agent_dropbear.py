@@ -1,0 +1,132 @@
+"""A real daemon that does not link libwrap, guarded by the agent from the hosts.allow /
+hosts.deny pair that names it: the silent fail-open of TCP Wrappers, closed.
+
+dropbear (Debian's ``dropbear-bin``: the server binary without an init script or unit, so its
+install starts nothing; ``make setup`` installs it) is checked with ``ldd`` to load no
+libwrap, so its own hosts_access check does not exist: without sockgate, ``dropbear: ...`` in
+hosts.allow protects nothing. It runs as root on a test port in the server namespace of a netns
+lab, in the agent lab's cgroup; the agent runs in the same namespace (``nsenter --net``) with
+only the two files. From the client namespace, 198.18.0.2 (denied by hosts.deny's ``ALL: ALL``)
+gets nothing — nmap says filtered — and 198.19.7.7 (allowed by hosts.allow) gets dropbear's SSH
+banner. The daemon is then restarted (a new pid, new sockets) and guarded again by its event.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from typing import Iterator
+
+import pytest
+
+from conftest import needs_netns, needs_tool
+from kernel.test_nmap import nmap
+from support import netlab
+from support.agentlab import WAIT, Lab, Server, agent_lab, guard, in_netns, until
+
+pytestmark = [
+    pytest.mark.skipif(sys.platform != "linux", reason="cgroup BPF is Linux-only"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="the agent needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_PTRACE)"),
+    pytest.mark.root,
+    needs_netns,
+    needs_tool("dropbear"),
+    needs_tool("dropbearkey"),
+    needs_tool("ldd"),
+    needs_tool("ss"),
+    needs_tool("nmap"),
+    needs_tool("nsenter"),
+]
+
+PORT = 2222
+ALLOWED = "198.19.7.7"  # outside 198.18.0.0/16: the client namespace's preferred source stays .0.2
+
+
+@pytest.fixture
+def agents() -> Iterator[Lab]:
+    with agent_lab() as the_lab:
+        yield the_lab
+
+
+def listeners(lab: netlab.Lab, port: int) -> list[tuple[int, int]]:
+    """(pid, fd) of every process holding a TCP listener on ``port`` in the server namespace."""
+    out = lab.server.run("ss", "-Htlnp", f"sport = :{port}").stdout
+    found = []
+    for users in (line.split("users:(", 1)[1] for line in out.splitlines() if "users:(" in line):
+        for holder in users.split("),("):
+            fields = dict(f.split("=", 1) for f in holder.strip("()").split(",") if "=" in f)
+            found.append((int(fields["pid"]), int(fields["fd"])))
+    return found
+
+
+def dropbear(agents: Lab, lab: netlab.Lab, key: str) -> tuple[Server, list[tuple[int, int]]]:
+    """dropbear in the foreground on PORT (IPv4 and IPv6), in the server namespace and the agent
+    lab's cgroup; with its listeners once both are up."""
+    exe = shutil.which("dropbear")
+    assert exe is not None
+    argv = [*in_netns(lab.server.name), exe, "-F", "-E", "-s", "-p", str(PORT), "-r", key,
+            "-P", agents.path("dropbear.pid")]
+    d = Server(agents.spawn(argv), {}, agents.path(f"server-{len(agents.servers)}.log"))
+    agents.servers.append(d)
+
+    def up() -> list[tuple[int, int]] | None:
+        assert d.proc.poll() is None, f"dropbear exited ({d.proc.returncode})"
+        found = [(pid, fd) for pid, fd in listeners(lab, PORT) if pid == d.proc.pid]
+        return found if len(found) == 2 else None
+
+    return d, until("dropbear listens on IPv4 and IPv6", up)
+
+
+def banner_from(lab: netlab.Lab, src: str, timeout: float) -> bytes:
+    """The first bytes the server sends to a client at ``src``; b"" when the connect times out."""
+    def go() -> bytes:
+        with socket.socket() as c:
+            c.bind((src, 0))
+            c.settimeout(timeout)
+            try:
+                c.connect((lab.server_v4, PORT))
+            except TimeoutError:
+                return b""
+            return c.recv(64)
+
+    return lab.client.call(go)
+
+
+def all_guarded(found: list[tuple[int, int]]) -> bool:
+    return all((g := guard(pid, fd)).state == "sockgate" and g.service == "dropbear" for pid, fd in found)
+
+
+def test_dropbear_without_libwrap_is_guarded_from_hosts_allow(lab: netlab.Lab, agents: Lab) -> None:
+    exe = shutil.which("dropbear")
+    assert exe is not None
+    linked = subprocess.run(["ldd", exe], capture_output=True, text=True, check=True, timeout=WAIT).stdout
+    assert "libdl" in linked or "libc.so" in linked, linked  # ldd read it
+    assert "libwrap" not in linked, f"{exe} links libwrap: it would enforce hosts.allow itself"
+    lab.add_client_addresses([ALLOWED])
+    key = agents.path("dropbear_ed25519_host_key")
+    subprocess.run(["dropbearkey", "-t", "ed25519", "-f", key], capture_output=True, check=True, timeout=30)
+
+    first, found = dropbear(agents, lab, key)  # before the agent: found by its scan
+    assert not all_guarded(found)
+    assert banner_from(lab, lab.client_v4, WAIT).startswith(b"SSH-2.0-dropbear")  # open to all, unguarded
+    allow = agents.path("hosts.allow", f"dropbear: {ALLOWED}\n")
+    deny = agents.path("hosts.deny", "ALL: ALL\n")
+    agent = agents.agent("--hosts-allow", allow, "--hosts-deny", deny, prefix=in_netns(lab.server.name))
+    until("dropbear's listeners guarded", lambda: all_guarded(found))
+    assert banner_from(lab, ALLOWED, WAIT).startswith(b"SSH-2.0-dropbear")
+    assert banner_from(lab, lab.client_v4, 0.5) == b""
+    assert nmap(lab, lab.client_v4, "-sS", "-p", str(PORT)) == {str(PORT): "filtered"}
+    assert nmap(lab, ALLOWED, "-sS", "-p", str(PORT)) == {str(PORT): "open"}
+
+    first.stop()  # a restart: a new process, new sockets, seen by their listen events
+    agents.servers.remove(first)
+    second, found = dropbear(agents, lab, key)
+    until("the restarted dropbear's listeners guarded", lambda: all_guarded(found))
+    assert banner_from(lab, lab.client_v4, 0.5) == b""
+    assert banner_from(lab, ALLOWED, WAIT).startswith(b"SSH-2.0-dropbear")
+    st = agent.status()
+    assert [s["name"] for s in st["services"]] == ["dropbear"]
+    assert st["unguarded"] == 0
+    assert st["agent"]["counters"]["attached"] == 4
