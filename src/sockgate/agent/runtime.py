@@ -187,11 +187,10 @@ class Agent(Banning):
         assert self.built is not None and self.policy_info is not None
         w = self.watcher
         mode: Literal["cgroup-bpf", "poll"] = "cgroup-bpf" if w is not None and w.mode == "cgroup-bpf" else "poll"
-        chosen = self.chosen or Chosen("cbpf", "not started")
-        agent = statusdoc.AgentInfo(os.getpid(), self.opts.version, self.started, chosen.name, mode, self.opts.control,
+        backend = self.chosen.name if self.chosen is not None else self.opts.backend  # (the option until start chose)
+        agent = statusdoc.AgentInfo(os.getpid(), self.opts.version, self.started, backend, mode, self.opts.control,
                                     self.opts.control_group, getattr(w, "cgroup", None), self.events,
-                                    w.lost if w is not None else 0, self.last_resync, dict(self.counters),
-                                    backend_why=chosen.why)
+                                    w.lost if w is not None else 0, self.last_resync, dict(self.counters))
         now_ns = time.monotonic_ns()
         now, to_wall = self.clock(), self.wall() - self.clock()
         services = [statusdoc.ServiceRow(s, self.built.desired.loaded_at,

@@ -126,7 +126,6 @@ class AgentInfo:
     lost: int = 0
     last_resync: float | None = None
     counters: Mapping[str, int] = field(default_factory=dict)
-    backend_why: str = ""  # how --backend came to ``backend`` (kernel.Chosen.why)
 
 
 @dataclass(frozen=True)
@@ -170,7 +169,6 @@ def build(agent: AgentInfo, policy: PolicyInfo, services: Sequence[ServiceRow], 
 
 def _agent(a: AgentInfo) -> dict[str, Any]:
     return {"pid": a.pid, "version": a.version, "started": rfc3339(a.started), "backend": a.backend,
-            "backend_why": a.backend_why,
             "watch": {"mode": a.watch_mode, "cgroup": a.watch_cgroup, "events": a.events, "lost": a.lost,
                       "last_resync": rfc3339(a.last_resync)},
             "control": {"path": a.control_path, "group": a.control_group},
@@ -249,7 +247,7 @@ _REFUSALS = {"counted": bool, "total": int, "sources": int,
              "top": [{"source": str, "count": int, "first": _TIME, "last": _TIME}]}
 SCHEMA: dict[str, Any] = {
     "schema": (SCHEMA_VERSION,),
-    "agent": {"pid": int, "version": str, "started": _TIME, "backend": str, "backend_why": str,
+    "agent": {"pid": int, "version": str, "started": _TIME, "backend": str,
               "watch": {"mode": ("cgroup-bpf", "poll"), "cgroup": ("?", str), "events": int, "lost": int, "last_resync": _TIME},
               "control": {"path": str, "group": ("?", str)}, "counters": {k: int for k in COUNTERS}},
     "policy": {"digest": str, "loaded": _TIME, "files": [str],
