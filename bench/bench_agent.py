@@ -44,7 +44,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from sockgate.errors import SockgateError  # noqa: E402
-from support.agentlab import AgentProc, Lab, agent_lab, guarded_by, in_netns  # noqa: E402
+from support.agentlab import AgentProc, Lab, agent_lab, guard, guarded_by, in_netns  # noqa: E402
 from support.netlab import Netns  # noqa: E402
 
 PORT = 28080
@@ -195,7 +195,7 @@ def _settle_and_measure(agent: AgentProc, guarded: dict[str, Any], crowd: subpro
     time.sleep(seconds)
     idle = (cpu_s(pid) - m0) / (time.monotonic() - w0)
     if not guarded_by(guarded, "web"):
-        raise SystemExit("the guarded service lost its guard")
+        raise SystemExit(f"the guarded service lost its guard: {guard(guarded['pid'], guarded['fd'])}")
     if busy:
         print(f"  (the control socket did not answer {busy} status calls while settling)", flush=True)
     return idle, settle, settle_cpu
