@@ -33,6 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from support import fleet  # noqa: E402
 
+import charts  # noqa: E402
+
 WAIT = 20.0  # seconds: the bound on one sample's propagation
 STUCK_WAIT = 330.0  # a deletion a host missed: the ban's own 5 minutes end it
 
@@ -81,6 +83,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=20)
     ap.add_argument("--seed", type=int, default=15)
     ap.add_argument("--json", metavar="PATH")
+    ap.add_argument("--chart", default=str(charts.DOCS / "fleet.png"), help="the PNG chart written (bench/charts.py); '' for none")
     a = ap.parse_args()
     if (reason := fleet.available()) is not None:
         sys.exit(f"bench_fleet: {reason}")
@@ -105,6 +108,8 @@ def main() -> None:
     print(f"({a.samples} decisions each; p50/p99: until the last host drops, from the start of cscli decisions add;"
           f" machine: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f})")
     print(f"reproduce: {command}")
+    if a.chart:
+        charts.fleet_chart(rows, Path(a.chart), command)
     if a.json:
         Path(a.json).write_text(json.dumps({"command": command, "cpus": os.cpu_count(), "load": os.getloadavg(),
                                             "configurations": rows}, indent=1))

@@ -234,3 +234,18 @@ def proxy_charts(found: Sequence[Table], out: Path = DOCS, command: str = "bench
 
 def _zeros(values: Sequence[float | None]) -> list[float]:
     return [0.0 if v is None else v for v in values]
+
+
+def fleet_chart(configurations: Sequence[dict[str, object]], out: Path, command: str) -> Path | None:
+    """bench_fleet's propagation (decision added → dropped on every host): p50 and p99 against the
+    fleet's size, one pair of lines per stream interval."""
+    intervals = sorted({float(str(c["interval"])) for c in configurations})
+    sizes = sorted({int(str(c["hosts"])) for c in configurations})
+    series: dict[str, list[float | None]] = {}
+    for interval in intervals:
+        at = {int(str(c["hosts"])): c for c in configurations if float(str(c["interval"])) == interval}
+        for q in ("p50", "p99"):
+            series[f"{q}, interval {interval:g} s"] = [
+                float(str(at[n][q])) if n in at else None for n in sizes]
+    return lines(out, "CrowdSec decision → dropped on every host of a simulated fleet", sizes, series,
+                 "hosts (network namespaces, one agent each)", "seconds", caption(command), logx=False)
