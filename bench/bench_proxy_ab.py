@@ -77,7 +77,7 @@ def main() -> int:
                     cpu.setdefault(name, []).append((group_cpu(p.p.pid) - c0) * 1e6 / max(1.0, r * args.seconds))
                     rate.setdefault(name, []).append(r)
                     print(f"run {run + 1} {name}: {r:.0f} conn/s, {cpu[name][-1]:.1f} µs CPU per connection", file=sys.stderr)
-            print(f"\n| proxy | conn/s | × haproxy (per run) | × haproxy (median) | CPU µs per connection |")
+            print("\n| proxy | conn/s | × haproxy (per run) | × haproxy (median) | CPU µs per connection |")
             print("|---|---|---|---|---|")
             for name in ("old", "new", "haproxy"):
                 ratios = [x / h for x, h in zip(rate[name], rate["haproxy"])]

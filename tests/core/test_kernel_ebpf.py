@@ -15,7 +15,6 @@ import pytest
 
 from sockgate.resolve.ranges import Banned
 from sockgate.ebpf import layout, registry
-from sockgate.ebpf.insn import MapType
 from sockgate.ebpf.maps import LpmKey
 from sockgate.ebpf.program import EbpfProgram, compile_service
 from sockgate.errors import AdapterError, CompileError, UnsupportedInKernel, UnsupportedPlatform, UsageError
@@ -122,7 +121,8 @@ def test_a_failed_transaction_restores_every_ebpf_program_by_id() -> None:
 
 def test_restore_falls_back_to_the_pin_when_the_id_is_gone() -> None:
     ops, bpf, backend, kernel = setup()
-    old, new = load(kernel, A), load(kernel, B)
+    old = load(kernel, A)
+    load(kernel, B)  # a second program loaded beside it
     kernel.apply([Step(Slot(1, "fd 1"), old)])
     read = backend.recognise(ops.read(1))
     assert read is not None and read.digest == old.compiled.digest

@@ -47,19 +47,6 @@ ROOT_WHY = r"backend ebpf \(auto: this process may load ebpf\)"
 NO_BPF_WHY = r"backend cbpf \(auto: ebpf unavailable: loading eBPF needs root or CAP_BPF"
 
 
-@pytest.fixture
-def launch() -> Iterator[Callable[..., Launched]]:
-    started: list[Launched] = []
-
-    def start(*argv: str, prefix: tuple[str, ...] = ()) -> Launched:
-        lr = Launched(list(argv), prefix=prefix)
-        started.append(lr)
-        return lr
-
-    yield start
-    for lr in started:
-        lr.stop()
-
 
 @pytest.fixture
 def policy(tmp_path: Path) -> Path:
