@@ -433,7 +433,8 @@ def test_tcp_without_cap_net_admin_is_refused_once_with_the_url_and_what_to_do(p
     env = {**os.environ, "PYTHONPATH": SRC}
     r = subprocess.run(
         ["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin", sys.executable, "-m", "sockgate", "run",
-         "--policy", str(policy), "--service", "echo", "--listen", "tcp://127.0.0.1:0", "--", "true"],
+         "--policy", str(policy), "--service", "echo", "--backend", "cbpf", "--listen", "tcp://127.0.0.1:0", "--",
+         "true"],
         capture_output=True, text=True, timeout=60, env=env,
     )
     if r.returncode == 0:
