@@ -169,9 +169,10 @@ def serve(mode: str, spec: dict[str, Any], backlog: int = 4096) -> None:
 
     svc = resolve_service(service_from(spec))  # resolved once, as a daemon would
 
-    def allowed(addr: str) -> bool:  # the user-space check of accept-close and inetd-fork
+    def by_policy(addr: str) -> bool:  # the user-space check of accept-close and inetd-fork
         return bool(decide_resolved(svc, Peer.parse(addr)).allowed)
 
+    allowed = by_policy
     if mode == "libwrap":
         tmp = tempfile.TemporaryDirectory(prefix="sockgate-libwrap-")  # removed when serve returns
         allowed = Libwrap(spec, tmp.name).allowed

@@ -44,7 +44,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from sockgate.errors import SockgateError  # noqa: E402
-from support.agentlab import AgentProc, Lab, agent_lab, guarded_by, in_netns  # noqa: E402
+from sockgate.kernel.ebpf import BPFFS_ENV  # noqa: E402
+from support.agentlab import AgentProc, Lab, agent_lab, guard, guarded_by, in_netns  # noqa: E402
 from support.netlab import Netns  # noqa: E402
 
 PORT = 28080
@@ -153,6 +154,7 @@ def idle_run(sockets: int, seconds: float, watch: str, udp: bool) -> tuple[float
     ns = Netns()  # the agent's "host": other work's sockets on this machine stay out of the poll
     try:
         with agent_lab() as lab:
+            os.environ[BPFFS_ENV] = lab.bpffs  # this process reads the guard the agent pinned there
             here = in_netns(ns.name)
             agent = lab.agent(policy(lab, udp), "--watch", watch, prefix=here)
             guarded = lab.server("tcp", PORT, prefix=here)  # one service guarded, as on a real host
@@ -195,7 +197,7 @@ def _settle_and_measure(agent: AgentProc, guarded: dict[str, Any], crowd: subpro
     time.sleep(seconds)
     idle = (cpu_s(pid) - m0) / (time.monotonic() - w0)
     if not guarded_by(guarded, "web"):
-        raise SystemExit("the guarded service lost its guard")
+        raise SystemExit(f"the guarded service lost its guard: {guard(guarded['pid'], guarded['fd'])}")
     if busy:
         print(f"  (the control socket did not answer {busy} status calls while settling)", flush=True)
     return idle, settle, settle_cpu

@@ -2,7 +2,7 @@
 (kernel/banmaps.py) against ``nft -f`` loading the same addresses into an nftables set, and how
 many bans classic BPF holds at all and what its recompile costs.
 
-Usage (root): PYTHONPATH=src python bench/bench_bans.py [--bans 100000] [--runs 5]
+Usage (root): python bench/bench_bans.py [--bans 100000] [--runs 5]
 
 * eBPF: a service program is loaded (not attached; the maps are what a ban writes) in a private
   bpf filesystem mounted on a temporary directory; ``apply`` of N bans into the empty tries, of
@@ -28,23 +28,28 @@ import random
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
-from sockgate.bpf import program as cbpf_program
-from sockgate.ebpf.layout import Origin
-from sockgate.errors import CompileError
-from sockgate.kernel import Kernel
-from sockgate.kernel.banmaps import BanMaps
-from sockgate.kernel.bpfops import LinuxBpf
-from sockgate.kernel.cbpf import ClassicBackend
-from sockgate.kernel.ebpf import EbpfBackend
-from sockgate.kernel.sockets import LINUX_OPS
-from sockgate.policy.parser import parse_policy
-from sockgate.resolve import resolve_service
+SRC = Path(__file__).resolve().parent.parent / "src"
+sys.path[:0] = [str(SRC), str(SRC.parent / "tests")]
+
+from sockgate.bpf import program as cbpf_program  # noqa: E402
+from sockgate.ebpf.layout import Origin  # noqa: E402
+from sockgate.errors import CompileError  # noqa: E402
+from sockgate.kernel import Kernel  # noqa: E402
+from sockgate.kernel.bpfops import LinuxBpf  # noqa: E402
+from sockgate.kernel.cbpf import ClassicBackend  # noqa: E402
+from sockgate.kernel.ebpf import EbpfBackend  # noqa: E402
+from sockgate.kernel.sockets import LINUX_OPS  # noqa: E402
+from sockgate.policy.parser import parse_policy  # noqa: E402
+from sockgate.resolve import resolve_service  # noqa: E402
+from support.pinned import private_bpffs  # noqa: E402
 
 POLICY = "service bench {\n    allow 0.0.0.0/0\n    default deny\n}\n"
 HOUR_NS = 3600 * 10**9
@@ -76,10 +81,9 @@ def median(xs: list[float]) -> float:
 
 
 def ebpf(addrs: list[ipaddress.IPv4Address], runs: int) -> dict[str, float]:
-    mount = tempfile.mkdtemp(prefix="sg-bench-bpffs-")
-    backend = EbpfBackend(LinuxBpf(), mount)
-    kernel = Kernel([ClassicBackend(LINUX_OPS), backend], LINUX_OPS)
-    try:
+    with private_bpffs() as mount:
+        backend = EbpfBackend(LinuxBpf(), mount)
+        kernel = Kernel([ClassicBackend(LINUX_OPS), backend], LINUX_OPS)
         kernel.load(kernel.compile(resolve_service(parse_policy(POLICY).require_service("bench")), backend="ebpf"))
         maps = backend.bans("bench")
         now = time.monotonic_ns()
@@ -100,9 +104,6 @@ def ebpf(addrs: list[ipaddress.IPv4Address], runs: int) -> dict[str, float]:
                    for i in range(50)]
             out["one"].append(median(one))  # one more ban into 100,000: what fail2ban's action costs in the kernel
         return {k: median(v) for k, v in out.items()}
-    finally:
-        subprocess.run(["umount", "-l", mount], check=False)
-        os.rmdir(mount)
 
 
 def nft(addrs: list[ipaddress.IPv4Address], runs: int) -> tuple[float, float] | None:

@@ -71,8 +71,8 @@ def main() -> int:
     ap.add_argument("--control", action="store_true", help="A/A check: two plain listeners (ratio should be ~1)")
     ap.add_argument("--backend", choices=("cbpf", "ebpf"), default="cbpf")
     ap.add_argument("--prefixes", type=int, default=0, help="eBPF: prefixes denied first (a set file's worth)")
-    ap.add_argument("--chart", help="the PNG chart written (bench/charts.py; default docs/filter-cost-rate.png,"
-                    " with --backend ebpf filter-cost-ebpf-rate.png)")
+    ap.add_argument("--chart", help="the PNG chart written (bench/charts.py; default docs/bench/filter-cost-rate.png,"
+                    " with --backend ebpf docs/bench/filter-cost-ebpf-rate.png)")
     args = ap.parse_args()
     with contextlib.ExitStack() as stack:
         return measure(args, stack)

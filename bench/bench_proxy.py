@@ -1,6 +1,11 @@
 """The guard proxy against what people use instead, measured the way PEERS.md measured them.
 
-    .venv/bin/python bench/bench_proxy.py [--runs 5] [--quick] [--only bulk,short,flood]
+    .venv/bin/python bench/bench_proxy.py [--runs 5] [--quick] [--only bulk,short,flood] [--backend cbpf|ebpf]
+
+Every sockgate proxy runs with an explicit ``--backend`` (default: ``ebpf`` as root, where
+``auto`` would choose it, else ``cbpf``; printed with the results) and a private bpf
+filesystem (``$SOCKGATE_BPFFS`` on a temporary directory, unmounted afterwards), so no pin
+lands in the host's /sys/fs/bpf.
 
 * Bulk: ``iperf3 -c 127.0.0.1 -p PORT -t 4 -O 1 -P {1,4} -J`` (receiver-side bits/s) through
   each path in front of ``iperf3 -s``: direct, sockgate proxy (1 and 2 workers, and 1 worker
@@ -29,6 +34,7 @@ every loop is bounded by its duration.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -41,7 +47,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -102,18 +108,20 @@ class Bench:
     tools: str
     tmp: Path
     backend: int  # port of the thing being relayed to
+    kernel: str = "cbpf"  # the proxy's --backend, always given (private_bpffs: pins never in /sys/fs/bpf)
     procs: list[Proc] = field(default_factory=list)
 
     def sockgate(self, *extra: str) -> Proc:
         port = free_port()
-        argv = [PY, "-m", "sockgate", "proxy", "--listen", f"tcp://127.0.0.1:{port}?backlog=4096", "--forward", f"tcp://127.0.0.1:{self.backend}", *extra]
+        argv = [PY, "-m", "sockgate", "proxy", "--listen", f"tcp://127.0.0.1:{port}?backlog=4096", "--forward", f"tcp://127.0.0.1:{self.backend}",
+                "--backend", self.kernel, *extra]
         return self._add(Proc(argv, port))
 
     def policy_proxy(self, policy: str) -> Proc:
         port = free_port()
         path = self.tmp / f"p{port}.conf"
         path.write_text(policy.format(port=port, backend=self.backend))
-        return self._add(Proc([PY, "-m", "sockgate", "proxy", str(path)], port, log=self.tmp / f"p{port}.log"))
+        return self._add(Proc([PY, "-m", "sockgate", "proxy", "--backend", self.kernel, str(path)], port, log=self.tmp / f"p{port}.log"))
 
     def haproxy(self, splice: bool = False, nbthread: int | None = None) -> Proc:
         """haproxy 2.6 ``mode tcp`` with no tune settings (so one thread per CPU); ``splice``
@@ -255,6 +263,36 @@ def med(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
+def add_backend_arg(ap: argparse.ArgumentParser) -> None:
+    """``--backend``: the proxy's kernel filter, given to it explicitly (default: eBPF as root,
+    where ``auto`` would choose it, else classic BPF)."""
+    ap.add_argument("--backend", choices=("cbpf", "ebpf"), default="ebpf" if os.geteuid() == 0 else "cbpf",
+                    help="the proxies' kernel filter (default: ebpf as root, else cbpf)")
+
+
+@contextlib.contextmanager
+def private_bpffs() -> Iterator[str]:
+    """A bpf filesystem of the benchmark's own, named to every proxy it starts by
+    ``$SOCKGATE_BPFFS`` (sockgate mounts it there when it pins): nothing lands in the host's
+    /sys/fs/bpf. Unmounted and removed afterwards, whatever happened."""
+    d = tempfile.mkdtemp(prefix="sgbench-bpffs-")
+    old = os.environ.get("SOCKGATE_BPFFS")
+    os.environ["SOCKGATE_BPFFS"] = d
+    try:
+        yield d
+    finally:
+        if old is None:
+            del os.environ["SOCKGATE_BPFFS"]
+        else:
+            os.environ["SOCKGATE_BPFFS"] = old
+        for _ in range(4):  # bounded: a mount stacked twice needs two
+            with open("/proc/self/mountinfo") as f:
+                if not any(line.split()[4] == d for line in f):
+                    break
+            subprocess.run(["umount", "-l", d], check=False)
+        os.rmdir(d)
+
+
 def machine() -> str:
     cpu = "?"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -289,7 +327,7 @@ SG = {
 def bulk(args: argparse.Namespace, tools: str, tmp: Path) -> None:
     srv_port = free_port()
     srv = subprocess.Popen(["iperf3", "-s", "-p", str(srv_port), "-B", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    b = Bench(tools, tmp, srv_port)
+    b = Bench(tools, tmp, srv_port, args.backend)
     try:
         wait_port(srv_port)
         paths: dict[str, int] = {"direct": srv_port}
@@ -368,7 +406,7 @@ def _port_and_group(p: Proc) -> tuple[int, int]:
 
 def short_conns(args: argparse.Namespace, tools: str, tmp: Path) -> None:
     echo, echo_port = echo_server(tools)
-    b = Bench(tools, tmp, echo_port)
+    b = Bench(tools, tmp, echo_port, args.backend)
     try:
         paths: dict[str, int] = {"direct": echo_port}
         group: dict[str, int] = {}
@@ -446,7 +484,7 @@ service bench tcp/1 {{
 
 def flood(args: argparse.Namespace, tools: str, tmp: Path) -> None:
     echo, echo_port = echo_server(tools)
-    b = Bench(tools, tmp, echo_port)
+    b = Bench(tools, tmp, echo_port, args.backend)
     try:
         port = b.policy_proxy(FLOOD_POLICY).port
         for _ in range(3):  # the second connection from 127.0.0.2 is over its rate: banned
@@ -500,6 +538,7 @@ def main() -> int:
     ap.add_argument("--iperf-seconds", type=int, default=4)
     ap.add_argument("--quick", action="store_true", help="3 runs of 2 s (a smoke test, not a result)")
     ap.add_argument("--only", default="bulk,short,flood")
+    add_backend_arg(ap)
     args = ap.parse_args()
     if args.quick:
         args.runs, args.seconds, args.iperf_seconds = 3, 2.0, 2
@@ -508,8 +547,9 @@ def main() -> int:
         print(f"bench_proxy: missing tools: {', '.join(missing)}", file=sys.stderr)
         return 2
     print(f"machine: {machine()}")
-    print(f"command: .venv/bin/python bench/bench_proxy.py --runs {args.runs} --seconds {args.seconds:g} --iperf-seconds {args.iperf_seconds} --only {args.only}")
-    with tempfile.TemporaryDirectory(prefix="sgbench") as d:
+    print(f"command: .venv/bin/python bench/bench_proxy.py --runs {args.runs} --seconds {args.seconds:g} --iperf-seconds {args.iperf_seconds} --only {args.only} --backend {args.backend}")
+    print(f"proxy kernel filter: --backend {args.backend}")
+    with private_bpffs(), tempfile.TemporaryDirectory(prefix="sgbench") as d:
         tmp = Path(d)
         tools = build_tools(tmp)
         parts: dict[str, Callable[[argparse.Namespace, str, Path], None]] = {"bulk": bulk, "short": short_conns, "flood": flood}

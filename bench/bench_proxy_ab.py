@@ -4,7 +4,9 @@
 
 Measures what a change to the per-connection path gave. ``REV`` is a git revision of this
 repository; its ``src/`` is taken with ``git archive`` into a temporary directory (``--new``
-defaults to the working tree). Both proxies (one worker each, ``--listen``/``--forward`` in
+defaults to the working tree). Both proxies run with the same explicit ``--backend`` (default
+``ebpf`` as root, else ``cbpf``; printed) and a private bpf filesystem (bench_proxy.py's
+``private_bpffs``: nothing pinned in the host's /sys/fs/bpf). Both proxies (one worker each, ``--listen``/``--forward`` in
 front of the C echo server of bench/proxy_tools.c) and haproxy run at the same time; each run
 measures them one after the other with the same 4-thread connect / 64-byte echo / close loop
 as bench_proxy.py, and the ratios to haproxy are taken per run, so the machine's drift
@@ -23,7 +25,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_proxy import PY, ROOT, Bench, Proc, build_tools, echo_server, free_port, group_cpu, machine, med, short  # noqa: E402
+from bench_proxy import (PY, ROOT, Bench, Proc, add_backend_arg, build_tools, echo_server, free_port, group_cpu,  # noqa: E402
+                         machine, med, private_bpffs, short)
 
 
 def checkout(rev: str, into: Path) -> Path:
@@ -36,7 +39,8 @@ def checkout(rev: str, into: Path) -> Path:
 
 def proxy(b: Bench, src: Path) -> Proc:
     port = free_port()
-    argv = [PY, "-m", "sockgate", "proxy", "--listen", f"tcp://127.0.0.1:{port}?backlog=4096", "--forward", f"tcp://127.0.0.1:{b.backend}"]
+    argv = [PY, "-m", "sockgate", "proxy", "--listen", f"tcp://127.0.0.1:{port}?backlog=4096", "--forward", f"tcp://127.0.0.1:{b.backend}",
+            "--backend", b.kernel]
     p = Proc(argv, port, env={"PYTHONPATH": str(src)})
     b.procs.append(p.start())
     return p
@@ -48,16 +52,18 @@ def main() -> int:
     ap.add_argument("--new", help="git revision (default: the working tree)")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=3.0)
+    add_backend_arg(ap)
     args = ap.parse_args()
     print(f"machine: {machine()}")
     print(f"command: .venv/bin/python bench/bench_proxy_ab.py --old {args.old}"
-          f"{f' --new {args.new}' if args.new else ''} --runs {args.runs} --seconds {args.seconds:g}")
-    with tempfile.TemporaryDirectory(prefix="sgab") as d:
+          f"{f' --new {args.new}' if args.new else ''} --runs {args.runs} --seconds {args.seconds:g} --backend {args.backend}")
+    print(f"proxy kernel filter: --backend {args.backend} (both versions)")
+    with private_bpffs(), tempfile.TemporaryDirectory(prefix="sgab") as d:
         tmp = Path(d)
         tools = build_tools(tmp)
         srcs = {"old": checkout(args.old, tmp / "old"), "new": checkout(args.new, tmp / "new") if args.new else ROOT / "src"}
         echo, echo_port = echo_server(tools)
-        b = Bench(tools, tmp, echo_port)
+        b = Bench(tools, tmp, echo_port, args.backend)
         try:
             procs = {name: proxy(b, src) for name, src in srcs.items()}
             procs["haproxy"] = b.haproxy()
@@ -71,7 +77,7 @@ def main() -> int:
                     cpu.setdefault(name, []).append((group_cpu(p.p.pid) - c0) * 1e6 / max(1.0, r * args.seconds))
                     rate.setdefault(name, []).append(r)
                     print(f"run {run + 1} {name}: {r:.0f} conn/s, {cpu[name][-1]:.1f} µs CPU per connection", file=sys.stderr)
-            print(f"\n| proxy | conn/s | × haproxy (per run) | × haproxy (median) | CPU µs per connection |")
+            print("\n| proxy | conn/s | × haproxy (per run) | × haproxy (median) | CPU µs per connection |")
             print("|---|---|---|---|---|")
             for name in ("old", "new", "haproxy"):
                 ratios = [x / h for x, h in zip(rate[name], rate["haproxy"])]

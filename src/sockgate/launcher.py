@@ -173,7 +173,7 @@ class Gate:
         """Re-read, compile, swap. On any error the old filters stay; False is returned."""
         cfg = self.cfg
         if cfg.lock and self.inet:
-            cfg.say(f"reload refused: the sockets' filters are locked (--lock), the policy they started with stays;"
+            cfg.say("reload refused: the sockets' filters are locked (--lock), the policy they started with stays;"
                     " restart sockgate run to change it")
             return False
         try:

@@ -34,7 +34,8 @@ from sockgate.ebpf.refusals import (
 )
 from sockgate.errors import SockgateError
 from sockgate.kernel import pins
-from sockgate.kernel.ebpf import ktime_ns
+from sockgate.kernel.backend import Loaded
+from sockgate.kernel.ebpf import EbpfLoaded, ktime_ns
 from sockgate.linux import bpfsys, netaddrs
 from sockgate.linux.netaddrs import Address
 from sockgate.linux.ringbuf import RingBuffer, RingError
@@ -277,6 +278,56 @@ def start_refusal_log(loop: Loop, services: Iterable[str], fmt: LogFormat = "tex
     monitor = RefusalMonitor.pinned(services, refusal_log(fmt, sink, stream), root=root, interval=interval, labels=labels)
     monitor.start(loop)
     return monitor
+
+
+class RefusalLogs:
+    """The refusal log of a command hosting several services (the agent, the proxy): which
+    services are eBPF changes with a reload (a backend chosen by ``auto``, a service added or
+    dropped), so after every swap ``update`` brings the monitor to the services in force. The
+    same services keep their monitor (the rings are pinned per service, not per program, and
+    outlive a reload) with the new rules' labels; another set closes the old monitor (writing
+    what is pending) and starts one over the new set. A log that cannot start is said (and kept
+    in ``error``), and the guards stay: the log is what is lost, never a filter."""
+
+    def __init__(self, loop: Loop, fmt: LogFormat = "text", sink: LogSink = "stderr",
+                 interval: float = DEFAULT_INTERVAL, say: Callable[[str], None] = lambda text: None) -> None:
+        self.loop, self.fmt, self.sink, self.interval, self.say = loop, fmt, sink, interval, say
+        self.monitor: RefusalMonitor | None = None
+        self.watching: tuple[str, frozenset[str]] | None = None  # (pin root, services)
+        self.error: str | None = None  # why the log is not running
+
+    def update(self, loaded: Mapping[str, Loaded], resolved: Mapping[str, ResolvedService]) -> None:
+        """The log over the eBPF services of ``loaded`` (the policy in force)."""
+        ebpf = {n: p for n, p in loaded.items() if isinstance(p, EbpfLoaded)}
+        labels: dict[str, Sequence[str]] = {n: rule_labels(resolved[n]) for n in ebpf if n in resolved}
+        roots = {p.root for p in ebpf.values()}
+        want = (min(roots), frozenset(ebpf)) if ebpf else None
+        if want == self.watching and self.monitor is not None:
+            self.monitor.labels = labels
+            return
+        self.close()
+        if want is None:
+            return
+        if len(roots) > 1:  # (one kernel, one bpffs: never so today)
+            self.error = f"no refusal log: eBPF services pinned under several roots ({', '.join(sorted(roots))})"
+            self.say(self.error)
+            return
+        try:
+            self.monitor = start_refusal_log(self.loop, sorted(want[1]), self.fmt, self.sink, root=want[0],
+                                             interval=self.interval, labels=labels)
+        except SockgateError as e:
+            self.error = f"no refusal log: {e}"
+            self.say(self.error)
+            return
+        self.watching, self.error = want, None
+        self.say(f"refusal log of {', '.join(sorted(want[1]))}: {self.fmt} to {self.sink}, "
+                 f"one line per refused source per {self.interval:g} s")
+
+    def close(self) -> None:
+        """Write what is pending and stop."""
+        if self.monitor is not None:
+            self.monitor.close()
+        self.monitor, self.watching, self.error = None, None, None
 
 
 def rule_labels(resolved: ResolvedService) -> tuple[str, ...]:

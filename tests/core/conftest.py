@@ -5,7 +5,6 @@ unprivileged user (its probe finds no bpf filesystem), and no core test touches 
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 

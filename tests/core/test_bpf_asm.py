@@ -39,7 +39,7 @@ def _prog_with_far_targets(distance: int) -> tuple[Insn, ...]:
     asm = Assembler()
     asm.ret(22, "r22")
     asm.emit(stmt(BPF_RET | BPF_K, 11))
-    far = asm.label("far")
+    asm.label("far")
     asm.ret(0, "r0")
     _padding(asm, distance)
     asm.jump(JEQ, 1, "far", "r22")

@@ -15,12 +15,14 @@ import pytest
 
 from sockgate.resolve.ranges import Banned
 from sockgate.ebpf import layout, registry
-from sockgate.ebpf.insn import MapType
 from sockgate.ebpf.maps import LpmKey
 from sockgate.ebpf.program import EbpfProgram, compile_service
 from sockgate.errors import AdapterError, CompileError, UnsupportedInKernel, UnsupportedPlatform, UsageError
 from sockgate.kernel import Kernel, Slot, Step
 from sockgate.kernel.cbpf import ClassicBackend
+from sockgate.ebpf.program import compile_service as compile_with_options
+from sockgate.kernel.ebpfopts import OPTIONS as EBPF_OPTIONS, options as ebpf_options, probe_program
+from sockgate.policy.parser import parse_policy as parse_text
 from sockgate.kernel.ebpf import EbpfBackend, EbpfLoaded, can_carry, same_shape, stale
 from sockgate.kernel.reading import BpfFilter, GuardInfo
 from sockgate.linux.bpffs import components, trust_problem
@@ -119,7 +121,8 @@ def test_a_failed_transaction_restores_every_ebpf_program_by_id() -> None:
 
 def test_restore_falls_back_to_the_pin_when_the_id_is_gone() -> None:
     ops, bpf, backend, kernel = setup()
-    old, new = load(kernel, A), load(kernel, B)
+    old = load(kernel, A)
+    load(kernel, B)  # a second program loaded beside it
     kernel.apply([Step(Slot(1, "fd 1"), old)])
     read = backend.recognise(ops.read(1))
     assert read is not None and read.digest == old.compiled.digest
@@ -357,11 +360,15 @@ def test_probe_names_missing_privileges() -> None:
     assert EbpfBackend(FakeBpf(FakeOps(), refuse_create=errno.ENOSYS), MOUNT).unavailable() == "this kernel has no bpf(2) system call"
 
 
-def test_probe_loads_a_trivial_socket_filter_once_and_closes_what_it_made() -> None:
+def test_probe_loads_the_program_a_service_loads_once_and_closes_what_it_made() -> None:
+    """The probe is the program (REVIEW3 R6): a kernel that takes a trivial filter but not
+    sockgate's must send ``auto`` to classic BPF at choice time, not fail at load."""
     bpf = FakeBpf(FakeOps())
     backend = EbpfBackend(bpf, MOUNT)
     assert backend.unavailable() is None and backend.unavailable() is None
-    assert [(p.name, p.insns) for p in bpf.progs.values()] == [("sg_probe", bytes.fromhex("b700000000000000" "9500000000000000"))]
+    probe = probe_program()
+    assert [p.name for p in bpf.progs.values()] == ["sg_probe"] and len(probe.insns) > 100
+    assert {s.name for s in probe.service_maps} >= {"sg_counts", "sg_buckets", "sg_bans4", "sg_bans6", "sg_events", "sg_stats"}
     assert bpf.fds == {}  # the map and the program closed
     refused = EbpfBackend(FakeBpf(FakeOps(), refuse_load=errno.EACCES), MOUNT).unavailable()
     assert refused is not None and refused.startswith("bpf(2) does not work here: load BPF program sg_probe: injected (EACCES)")
@@ -400,3 +407,21 @@ def test_a_full_registry_makes_room_from_sockets_that_are_gone_or_refuses(monkey
     with pytest.raises(AdapterError, match="registry of eBPF guards is full .* nothing was attached"):
         kernel.apply([Step(Slot(4, "fd 4"), lo)])
     assert 4 not in bpf.on_socket
+
+
+def test_counters_are_sized_by_configuration_and_buckets_by_the_policy() -> None:
+    """REVIEW3 R10: every eBPF service pins its state, so it is sized by what it needs."""
+    assert ebpf_options({}) == EBPF_OPTIONS and EBPF_OPTIONS.counters == layout.DEFAULT_COUNTERS == 16384
+    assert ebpf_options({"SOCKGATE_COUNTERS": "4096"}).counters == 4096
+    for bad in ("0", "-5", "1e6", "99999999999", " 64", ""):
+        with pytest.raises(UsageError, match=r"^\$SOCKGATE_COUNTERS="):
+            ebpf_options({"SOCKGATE_COUNTERS": bad})
+
+    def maps(limit: str) -> dict[str, int]:
+        svc = parse_text(f"service a {{\n    allow 127.0.0.1\n{limit}    default deny\n}}\n").services[0]
+        return {m.name: m.max_entries for m in compile_with_options(svc, options=EBPF_OPTIONS).service_maps}
+
+    assert "sg_buckets" not in maps("")
+    assert maps("    limit rate 5/minute\n")["sg_buckets"] == layout.TOTAL_BUCKETS
+    assert maps("    limit rate 5/minute per source\n")["sg_buckets"] == layout.DEFAULT_BUCKETS
+    assert maps("")["sg_counts"] == 16384

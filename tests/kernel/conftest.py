@@ -12,6 +12,7 @@ import pytest
 
 from sockgate.kernel.ebpf import BPFFS_ENV
 from sockgate.linux import bpffs as bpffs_mod
+from support.launch import Launch, Launched
 from support.pinned import mounted
 from support.proxyproc import EchoServer, ProxyProc
 
@@ -21,6 +22,21 @@ def echo() -> Iterator[EchoServer]:
     e = EchoServer()
     yield e
     e.close()
+
+
+@pytest.fixture
+def launch() -> Iterator[Launch]:
+    """Starts ``sockgate run ARGV`` (``Launched``); every one started is stopped after the test."""
+    started: list[Launched] = []
+
+    def start(*argv: str, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()) -> Launched:
+        lr = Launched(list(argv), env=env, prefix=prefix)
+        started.append(lr)
+        return lr
+
+    yield start
+    for lr in started:
+        lr.stop()
 
 
 @pytest.fixture

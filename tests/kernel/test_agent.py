@@ -102,6 +102,10 @@ def test_a_service_started_after_the_agent_is_guarded_again_after_restarts_and_f
     assert st["agent"]["watch"]["mode"] == "cgroup-bpf"
     assert st["agent"]["counters"]["attached"] >= 3
     assert st["unguarded"] == 0
+    # the backend auto came to (root: eBPF), named on start-up and in status, never "auto"
+    assert st["agent"]["backend"] == "ebpf"
+    assert "backend ebpf (auto: this process may load ebpf)" in agent.stderr()
+    assert [s["backend"] for s in st["services"]] == ["ebpf"]
 
 
 @pytest.mark.parametrize("backend", ["cbpf", "ebpf"])

@@ -8,9 +8,11 @@ says that eBPF would take it, or why it cannot here. Every test has its own bpff
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +20,17 @@ from typing import Callable, Iterator
 
 import pytest
 
+from sockgate.ebpf.insn import BPF_CALL, BPF_JMP
+from sockgate.ebpf.program import compile_service
+from sockgate.errors import AdapterError, UnsupportedPlatform
+from sockgate.kernel import Kernel, Slot, Step
+from sockgate.kernel.bpfops import LinuxBpf
+from sockgate.kernel.cbpf import ClassicBackend
+from sockgate.kernel.ebpf import EbpfBackend
+from sockgate.kernel.ebpfopts import OPTIONS, probe_program
+from sockgate.kernel.sockets import LINUX_OPS
+from sockgate.policy.parser import parse_policy
+from sockgate.resolve import resolve_service
 from support.children import reap
 from support.launch import (ECHO_SERVICE, NO_BPF, SRC, Launched, ls_guard, port_of, sockgate_cli, tcp_echo, tcp_filtered,
                             wait_for_file)
@@ -33,19 +46,6 @@ POLICY = "service echo {\n    allow 127.0.0.1\n    default deny\n}\n"
 ROOT_WHY = r"backend ebpf \(auto: this process may load ebpf\)"
 NO_BPF_WHY = r"backend cbpf \(auto: ebpf unavailable: loading eBPF needs root or CAP_BPF"
 
-
-@pytest.fixture
-def launch() -> Iterator[Callable[..., Launched]]:
-    started: list[Launched] = []
-
-    def start(*argv: str, prefix: tuple[str, ...] = ()) -> Launched:
-        lr = Launched(list(argv), prefix=prefix)
-        started.append(lr)
-        return lr
-
-    yield start
-    for lr in started:
-        lr.stop()
 
 
 @pytest.fixture
@@ -196,3 +196,60 @@ def test_the_library_chooses_as_the_commands_do() -> None:
     r = subprocess.run([sys.executable, "-c", LIBRARY % POLICY], capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[0] == "ebpf|ebpf|auto: this process may load ebpf"
+
+
+# ------------------------------------------------ the probe is the program (REVIEW3 R6)
+
+
+class OldKernel(LinuxBpf):
+    """bpf(2) as a kernel that verifies a trivial socket filter but refuses what a service's
+    program uses (a ring buffer, cmpxchg: Linux < 5.12): any program longer than two
+    instructions is refused as its verifier would."""
+
+    def prog_load(self, prog_type: int, insns: bytes, name: str) -> int:
+        if len(insns) > 16:
+            raise AdapterError(f"load BPF program {name}: invalid argument (EINVAL)", errno=errno.EINVAL)
+        return super().prog_load(prog_type, insns, name)
+
+
+def test_the_probe_verifies_the_program_a_service_loads(bpffs: str) -> None:
+    """``auto`` probes with the program ``load`` loads — every map type and helper of a rated
+    service's — so it passes here, and on a kernel that takes a trivial filter but refuses the
+    real one it falls back to classic BPF, which then guards a real socket; eBPF asked for by
+    name stays a one-line error."""
+    loads: list[int] = []
+
+    class Counting(LinuxBpf):
+        def prog_load(self, prog_type: int, insns: bytes, name: str) -> int:
+            loads.append(len(insns) // 8)
+            return super().prog_load(prog_type, insns, name)
+
+    probe = EbpfBackend(Counting(), bpffs)
+    assert probe.unavailable() is None and probe.unavailable() is None
+    rated = compile_service(parse_policy(RATED_PROBE).services[0], options=OPTIONS)
+    assert loads == [len(probe_program().insns)]  # once per process
+    assert {m.name for m in probe_program().service_maps} == {m.name for m in rated.service_maps}
+    assert [i for i in probe_program().insns if i.code == BPF_JMP | BPF_CALL] == [i for i in rated.insns if i.code == BPF_JMP | BPF_CALL]
+
+    old = EbpfBackend(OldKernel(), bpffs)
+    assert (old.unavailable() or "").startswith("bpf(2) does not work here: load BPF program sg_probe")
+    kernel = Kernel([ClassicBackend(LINUX_OPS), old], LINUX_OPS)
+    assert kernel.choose("auto").name == "cbpf"
+    with pytest.raises(UnsupportedPlatform, match="^--backend ebpf: bpf\\(2\\) does not work here"):
+        kernel.compile(resolve_service(parse_policy(POLICY).services[0]), backend="ebpf")
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        program = kernel.compile(resolve_service(parse_policy(POLICY.replace("127.0.0.1", "127.0.0.2")).services[0]))
+        assert program.backend == "cbpf"
+        kernel.apply([Step(Slot(srv.fileno(), "the test's socket"), kernel.load(program))])
+        assert tcp_filtered("127.0.0.1", srv.getsockname()[1])  # guarded, by classic BPF
+
+
+RATED_PROBE = """\
+service echo {
+    allow 127.0.0.1
+    limit rate 4/minute per source ban 10m
+    default deny
+}
+"""

@@ -47,19 +47,6 @@ def pins(root: str) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in Path(root).rglob("*") if "debug" not in p.name)
 
 
-@pytest.fixture
-def launch() -> Iterator[Callable[..., Launched]]:
-    started: list[Launched] = []
-
-    def start(*argv: str) -> Launched:
-        lr = Launched(list(argv))
-        started.append(lr)
-        return lr
-
-    yield start
-    for lr in started:
-        lr.stop()
-
 
 # ------------------------------------------------------------------------------- run
 

@@ -182,18 +182,7 @@ def _lab_usable(a: Any) -> bool:
     return (a.version == 4 and a in V4_LAB) or (a.version == 6 and a in V6_LAB)
 
 
-def v6_only_server(kind: int) -> socket.socket:
-    s = socket.socket(socket.AF_INET6, kind)
-    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    s.bind(("::", 0))
-    if kind == socket.SOCK_STREAM:
-        s.listen(1024)
-    else:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
-    return s
-
-
-STACKS = {"dual-stack": netlab.dual_stack_server, "v6only": v6_only_server}
+STACKS = {"dual-stack": netlab.dual_stack_server, "v6only": netlab.v6_only_server}
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
@@ -22,7 +22,7 @@ from sockgate.ebpf import layout
 from sockgate.ebpf.insn import ProgType, encode, exit_, mov64
 from sockgate.ebpf.layout import Ban, Count, Origin
 from sockgate.linux import bpfsys
-from support.pinned import PinnedService, create, pin_map, private_bpffs
+from support.pinned import PinnedService, pin_map, private_bpffs
 
 pytestmark = [
     pytest.mark.skipif(sys.platform != "linux", reason="bpffs is Linux-only"),

@@ -11,11 +11,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
-from support.launch import ECHO_SERVICE, Launched, port_of, tcp_echo, tcp_filtered, wait_for_file, write_atomic
+from support.launch import ECHO_SERVICE, Launch, Launched, port_of, tcp_echo, tcp_filtered, wait_for_file, write_atomic
 
 pytestmark = [
     pytest.mark.skipif(sys.platform != "linux", reason="kernel enforcement is Linux-only"),
@@ -33,21 +32,6 @@ def policy_text(i: int, with_five: bool = True) -> str:
     return f"service echo {{\n    allow 127.0.0.1\n{five}    allow 10.{i % 256}.0.0/16\n    default deny\n}}\n"
 
 
-Launch = Callable[..., Launched]
-
-
-@pytest.fixture
-def launch() -> Iterator[Launch]:
-    started: list[Launched] = []
-
-    def start(*argv: str, env: dict[str, str] | None = None) -> Launched:
-        lr = Launched(list(argv), env=env)
-        started.append(lr)
-        return lr
-
-    yield start
-    for lr in started:
-        lr.stop()
 
 
 def _start_echo(tmp_path: Path, launch: Launch, *extra: str, env: dict[str, str] | None = None) -> tuple[Launched, Path, int]:

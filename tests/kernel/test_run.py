@@ -15,9 +15,8 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
 
@@ -25,6 +24,7 @@ from support.pinned import private_bpffs
 from support.launch import (
     ECHO_SERVICE,
     SRC,
+    Launch,
     Launched,
     port_of,
     open_from,
@@ -49,8 +49,6 @@ service echo {
 }
 """
 
-Launch = Callable[..., Launched]
-
 
 @pytest.fixture
 def policy(tmp_path: Path) -> Path:
@@ -58,19 +56,6 @@ def policy(tmp_path: Path) -> Path:
     p.write_text(POLICY)
     return p
 
-
-@pytest.fixture
-def launch() -> Iterator[Launch]:
-    started: list[Launched] = []
-
-    def start(*argv: str) -> Launched:
-        lr = Launched(list(argv))
-        started.append(lr)
-        return lr
-
-    yield start
-    for lr in started:
-        lr.stop()
 
 
 @pytest.fixture
@@ -448,7 +433,8 @@ def test_tcp_without_cap_net_admin_is_refused_once_with_the_url_and_what_to_do(p
     env = {**os.environ, "PYTHONPATH": SRC}
     r = subprocess.run(
         ["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin", sys.executable, "-m", "sockgate", "run",
-         "--policy", str(policy), "--service", "echo", "--listen", "tcp://127.0.0.1:0", "--", "true"],
+         "--policy", str(policy), "--service", "echo", "--backend", "cbpf", "--listen", "tcp://127.0.0.1:0", "--",
+         "true"],
         capture_output=True, text=True, timeout=60, env=env,
     )
     if r.returncode == 0:

@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -268,3 +268,6 @@ def wait_for_file(path: Path, timeout: float = 15.0, lines: Sequence[str] = ()) 
         if time.monotonic() > deadline:
             raise AssertionError(f"{path} did not appear in {timeout} s\n" + "\n".join(lines))
         time.sleep(0.02)
+
+
+Launch = Callable[..., Launched]  # the ``launch`` fixture (tests/kernel/conftest.py)

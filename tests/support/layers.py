@@ -51,6 +51,7 @@ LAYERS: dict[str, int] = {
     "sockgate.inventory": EDGE,
     "sockgate.kernel": SEAM,
     "sockgate.kernel.ebpf": SEAM,  # the eBPF backend (loads, pins, recognises by cookie)
+    "sockgate.kernel.ebpfopts": SEAM,  # what it compiles with ($SOCKGATE_COUNTERS) and the program auto probes
     "sockgate.kernel.bpfops": SEAM,  # its port to bpffs/bpf(2)/sock_diag (a fake in tests/core)
     "sockgate.kernel.banmaps": SEAM,  # a service's pinned ban tries: put, sweep, apply a wanted set
     "sockgate.guard": ENFORCE,
@@ -68,6 +69,7 @@ LAYERS: dict[str, int] = {
     "sockgate.top": ENFORCE,  # `sockgate top`: pure model and select (snapshots in, rows out), feed (I/O)
     "sockgate.top.app": ENTRY,  # the textual application over them (the optional `top` extra)
     "sockgate.proxy": ENFORCE,
+    "sockgate.proxy.kernelbans": ENFORCE,  # the proxy's bans as eBPF map updates
     "sockgate": ENTRY,
     "sockgate.__main__": ENTRY,
     "sockgate.cli": ENTRY,
@@ -80,7 +82,7 @@ AGENT_EDGES = frozenset({
     "sockgate.agent.client", "sockgate.agent.names", "sockgate.agent.files", "sockgate.agent.sources",
     "sockgate.agent.runtime", "sockgate.agent.bansink", "sockgate.agent.crowdfeed", "sockgate.agent.agentstate",
     "sockgate.agent.sweeps", "sockgate.agent.transaction", "sockgate.agent.banning", "sockgate.agent.hostnames",
-    "sockgate.agent.refusals", "sockgate.agent.launchfiles", "sockgate.agent.auditscan",
+    "sockgate.agent.launchfiles", "sockgate.agent.auditscan",
 })
 
 # Adapters are thin: one kernel facility each, no policy logic.

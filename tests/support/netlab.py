@@ -165,8 +165,17 @@ def lab() -> Iterator[Lab]:
 def dual_stack_server(kind: int) -> socket.socket:
     """An AF_INET6 socket on every address, IPv4 clients too (``IPV6_V6ONLY`` off): a listener
     for TCP, a UDP socket with room for a burst of datagrams."""
+    return v6_server(kind, v6only=False)
+
+
+def v6_only_server(kind: int) -> socket.socket:
+    """As ``dual_stack_server``, IPv6 clients only (``IPV6_V6ONLY`` on)."""
+    return v6_server(kind, v6only=True)
+
+
+def v6_server(kind: int, *, v6only: bool) -> socket.socket:
     s = socket.socket(socket.AF_INET6, kind)
-    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
     s.bind(("::", 0))
     if kind == socket.SOCK_STREAM:
         s.listen(1024)

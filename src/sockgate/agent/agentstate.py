@@ -28,7 +28,6 @@ from sockgate.agent.forward import NameBook
 from sockgate.agent.model import Endpoint
 from sockgate.agent.names import NameResolver
 from sockgate.agent.observe import Observer
-from sockgate.agent.refusals import AgentRefusals
 from sockgate.agent.superserver import SYSTEMD_UNITS, Launch
 from sockgate.bans import BannedPrefix, Origin
 from sockgate.errors import SockgateError
@@ -38,7 +37,7 @@ from sockgate.loading import LOGIN_DEFS
 from sockgate.log import Log, LogFormat, LogSink
 from sockgate.policy.forward import Lookup
 from sockgate.policy.ir import Policy
-from sockgate.refusallog import DEFAULT_INTERVAL
+from sockgate.refusallog import DEFAULT_INTERVAL, RefusalLogs
 from sockgate.resolve.model import ResolvedService
 from sockgate.supervisor import Cancel, Loop, Notifier
 
@@ -68,7 +67,7 @@ class Options:
     systemd_units: tuple[str, ...] = SYSTEMD_UNITS  # the unit directories, in systemd's order
     services_file: str = "/etc/services"
     login_defs: str | None = LOGIN_DEFS  # its SYS_UID_MAX: who is a system account (enrol.plausible)
-    log_format: LogFormat = "text"  # the refusal log of the eBPF services (agent/refusals.py)
+    log_format: LogFormat = "text"  # the refusal log of the eBPF services (refusallog.RefusalLogs)
     log_sink: LogSink = "stderr"
     refusal_interval: float = DEFAULT_INTERVAL  # seconds: one line per refused source per interval
 
@@ -117,7 +116,7 @@ class AgentState:
     asking: set[str]  # names the resolver's worker is looking up
     names_error: str | None  # why the last refresh of changed names could not be applied
     superserved: dict[int, statusdoc.SuperservedRow]  # listeners of super-servers for unknown daemons
-    refusals: AgentRefusals | None  # the refusal log (None until start)
+    refusals: RefusalLogs | None  # the refusal log (None until start)
     events: int
     last_resync: float | None
     built: Built | None

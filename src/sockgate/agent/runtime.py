@@ -46,11 +46,11 @@ from sockgate.agent.crowdfeed import CrowdsecFeed
 from sockgate.agent.forward import NameBook
 from sockgate.agent.names import NameResolver
 from sockgate.agent.observe import Observer
-from sockgate.agent.refusals import AgentRefusals
+from sockgate.refusallog import RefusalLogs
 from sockgate.agent.protocol import Ban, Bans, Ping, Reload, Request, Response, Status, Unban, failure, ok
 from sockgate.agent.transaction import watch_set
 from sockgate.bans import NEVER
-from sockgate.kernel import Kernel
+from sockgate.kernel import Chosen, Kernel
 from sockgate.log import Log
 from sockgate.linux.signalfd import SigInfo
 from sockgate.supervisor import Cancel, Loop, Notifier
@@ -83,6 +83,7 @@ class Agent(Banning):
         self.superserved = {}  # by cookie, as the last full scan saw them
         self.refusals = None
         self.started = wall()
+        self.chosen: Chosen | None = None  # the backend --backend came to, once started
         self.events = 0
         self.last_resync: float | None = None
         self.built: Built | None = None
@@ -101,6 +102,8 @@ class Agent(Banning):
     def start(self, loop: Loop) -> None:
         """Everything up to the first transaction; raises (nothing touched) on a bad policy."""
         self.loop = loop
+        self.chosen = self.kernel.choose(self.opts.backend)  # probed once; UnsupportedPlatform: nothing touched
+        self.log.record("notice", message=self.chosen.describe())
         self.bans = bansink.load_book(self.opts.state)
         self.built = self._build(self.bans)
         self.policy_info = self._policy_info("start", True, None)
@@ -113,7 +116,7 @@ class Agent(Banning):
         self.log.record("notice", message=f"watching: {self.watcher.reason}")
         self._watch_files(loop)
         self.sweep("start")
-        self.refusals = AgentRefusals(loop, self.opts.log_format, self.opts.log_sink, self.opts.refusal_interval,
+        self.refusals = RefusalLogs(loop, self.opts.log_format, self.opts.log_sink, self.opts.refusal_interval,
                                       lambda text: self.log.record("notice", message=text))
         self.refusals.update(self.built.loaded, self.built.resolved)
         self._arm("sweep", self.opts.sweep, self._on_sweep)
@@ -184,7 +187,8 @@ class Agent(Banning):
         assert self.built is not None and self.policy_info is not None
         w = self.watcher
         mode: Literal["cgroup-bpf", "poll"] = "cgroup-bpf" if w is not None and w.mode == "cgroup-bpf" else "poll"
-        agent = statusdoc.AgentInfo(os.getpid(), self.opts.version, self.started, self.opts.backend, mode, self.opts.control,
+        backend = self.chosen.name if self.chosen is not None else self.opts.backend  # (the option until start chose)
+        agent = statusdoc.AgentInfo(os.getpid(), self.opts.version, self.started, backend, mode, self.opts.control,
                                     self.opts.control_group, getattr(w, "cgroup", None), self.events,
                                     w.lost if w is not None else 0, self.last_resync, dict(self.counters))
         now_ns = time.monotonic_ns()

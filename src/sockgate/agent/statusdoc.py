@@ -128,7 +128,7 @@ class AgentInfo:
     pid: int
     version: str
     started: float
-    backend: str
+    backend: str  # cbpf or ebpf: what --backend came to in this agent (never "auto")
     watch_mode: Literal["cgroup-bpf", "poll"]
     control_path: str
     control_group: str | None = None

@@ -190,7 +190,7 @@ def _leaf(asm: Assembler, leaf: Leaf) -> str:
     ws = _word_level(leaf.segs, leaf.base, leaf.bits - 32, leaf.word)
     if len(ws) == 1:  # this word does not matter here
         return _leaf(asm, ws[0].leaf)
-    root = _search(asm, ws)
+    _search(asm, ws)  # emitted backwards: the load below falls through into it
     asm.emit(Insn(BPF_LD | BPF_MEM, 0, 0, leaf.word))
     return asm.label(asm.fresh("w"))
 
@@ -213,7 +213,7 @@ def _split(asm: Assembler, ws: list[_WSeg]) -> str:
     upper = [w for w in ws if w.lo >= HALF]
     if upper[0].lo != HALF:  # the value range straddling 2**31 is one action (never a _Sub)
         upper.insert(0, _WSeg(HALF, lower[-1].leaf))
-    hi_root = _tree(asm, upper, 0, len(upper) - 1, HALF)
+    _tree(asm, upper, 0, len(upper) - 1, HALF)  # emitted backwards: the SUB below falls through into it
     asm.emit(Insn(BPF_ALU | BPF_SUB | BPF_K, 0, 0, HALF))
     hi_entry = asm.label(asm.fresh("hi_"))
     lo_root = _tree(asm, lower, 0, len(lower) - 1, 0)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from sockgate.errors import CompileError, PolicyError, SockgateError, UnsupportedInKernel, UsageError
 from sockgate.policy.source import printable
@@ -41,7 +41,7 @@ COMMANDS: dict[str, str] = {
 }
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
+    def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message}")
 
 

@@ -28,6 +28,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--service", metavar="S", help="the policy service deciding --listen clients")
     add_log_args(p, "log to syslog (daemon facility) instead of stderr")
     add_backend_arg(p)
+    p.add_argument("--refusal-interval", type=float, default=60.0, metavar="SECONDS",
+                   help="eBPF filters: one refusal log line per refused source per SECONDS (60)")
     p.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes sharing the listeners (default 1)")
     loops = p.add_mutually_exclusive_group()
     loops.add_argument("--uvloop", action="store_true", help="run on uvloop (if installed) instead of the proxy's own epoll loop")
@@ -104,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--{opt.replace('_', '-')} must be at least 1")
     if args.name_queue < 0:
         raise UsageError("--name-queue must be 0 or more")
+    if not 0.1 <= args.refusal_interval <= 86400:
+        raise UsageError("proxy: --refusal-interval must be between 0.1 and 86400 seconds")
     plans = plans_from_args(args)
     options = ProxySettings(
         idle_timeout=args.idle_timeout,
@@ -116,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         max_udp_flows=args.max_udp_flows,
         max_udp_flows_per_source=args.max_udp_flows_per_source,
         backend=backend_choice(args.backend),
+        refusal_interval=args.refusal_interval,
     )
     log = Log(args.log_format, sys.stderr, sink=log_sink(args))
     proxy = Proxy(

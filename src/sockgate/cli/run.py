@@ -10,7 +10,6 @@ from sockgate.errors import UsageError
 from sockgate.urls import parse_urls
 
 if TYPE_CHECKING:
-    from sockgate.guard import backend_choice
     from sockgate.launcher import RunConfig
 
 

@@ -22,7 +22,7 @@ from typing import Iterable
 
 # <linux/bpf_common.h>: the fields eBPF shares with classic BPF (sockgate.bpf.insn names them)
 from sockgate.bpf.insn import (  # re-exported: `X as X`
-    # noqa: E402     BPF_ABS as # noqa: E402     BPF_ABS,
+    BPF_ABS as BPF_ABS,
     BPF_ADD as BPF_ADD,
     BPF_ALU as BPF_ALU,
     BPF_AND as BPF_AND,

@@ -97,7 +97,10 @@ class Count:
         return cls(*COUNT_VALUE.unpack(raw))
 
 
-DEFAULT_COUNTERS = 65536  # sources remembered per service; the least recently refused go first
+DEFAULT_COUNTERS = 16384
+"""Sources remembered per service; the least recently refused go first. A preallocated LRU
+costs about 120 bytes an entry whether used or not (about 2 MiB here; 7.5 MiB at 65,536),
+and every eBPF-guarded service has one: ``SOCKGATE_COUNTERS`` sizes it (kernel/ebpf.py)."""
 
 
 def counts_spec(capacity: int = DEFAULT_COUNTERS) -> MapSpec:
@@ -115,6 +118,11 @@ DEFAULT_BUCKETS = 262144
 """Generous on purpose: an LRU bucket evicted by SYNs from other (forgeable) sources comes
 back with a full burst, so a fresh burst should cost a flooder a quarter of a million SYNs
 (about 20 MiB of kernel memory per rate-limited service; docs/ebpf.md, *Bucket eviction*)."""
+
+
+TOTAL_BUCKETS = 1024
+"""The buckets of a service whose limits are all totals: one per limited scope, in an LRU
+with room enough that its per-CPU free lists never evict one (about 100 KiB)."""
 
 
 def buckets_spec(capacity: int = DEFAULT_BUCKETS) -> MapSpec:

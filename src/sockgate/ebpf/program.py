@@ -62,10 +62,14 @@ class Options:
         if self.ring_bytes < 4096 or self.ring_bytes & (self.ring_bytes - 1):
             raise ValueError(f"ring of {self.ring_bytes} bytes: a power of two of at least one page (4096)")
 
-    def specs(self) -> dict[str, MapSpec]:
-        """Every service map by name, sized by these options."""
+    def specs(self, limits: Sequence[rates.Limit] | None = None) -> dict[str, MapSpec]:
+        """Every service map by name, sized by these options; when ``limits`` has no
+        per-source limit the buckets hold its totals alone (``layout.TOTAL_BUCKETS``)."""
+        buckets = self.buckets
+        if limits is not None and not any(lim.per_source for lim in limits):
+            buckets = min(self.buckets, max(layout.TOTAL_BUCKETS, 4 * len(limits)))
         specs = (layout.bans_spec(4, self.bans), layout.bans_spec(6, self.bans), layout.counts_spec(self.counters),
-                 layout.events_spec(self.ring_bytes), layout.buckets_spec(self.buckets), layout.stats_spec())
+                 layout.events_spec(self.ring_bytes), layout.buckets_spec(buckets), layout.stats_spec())
         return {s.name: s for s in specs}
 
 
@@ -145,7 +149,7 @@ def _compile(service: ResolvedService, banned: Sequence[_ranges.Banned], spare: 
         keys, values = prefixes.entries(table, default, limited)
         maps.append(MapContents(lpm_spec(table.family, len(keys) + spare), keys, values))
     gen = generate(Shape(default, tables.other, state), maps[0].spec.name, maps[1].spec.name)
-    specs = options.specs() if options is not None else {}
+    specs = options.specs(state.limits) if options is not None and state is not None else {}
     service_maps = tuple(specs[name] for name in gen.maps if name in specs)
     digest = _digest(service.name, gen.insns, maps, service_maps)
     return EbpfProgram(service.name, digest, gen.insns, gen.relocations, tuple(maps), default, tables.other,

@@ -49,13 +49,14 @@ from typing import Collection, Literal, Sequence
 
 from sockgate.resolve.ranges import Banned
 from sockgate.ebpf import layout, registry
-from sockgate.ebpf.insn import BPF_F_NO_PREALLOC, MapType, ProgType, encode, exit_, mov64
+from sockgate.ebpf.insn import MapType
 from sockgate.ebpf.maps import MapSpec
-from sockgate.ebpf.program import ENFORCES, EbpfProgram, Options, compile_resolved
+from sockgate.ebpf.program import ENFORCES, EbpfProgram, compile_resolved
 from sockgate.errors import AdapterError, SockgateError, UsageError
 from sockgate.kernel.backend import BanLike, Compiled, Loaded
 from sockgate.kernel.banmaps import BanMaps
 from sockgate.kernel.bpfops import BpfOps
+from sockgate.kernel.ebpfopts import OPTIONS as OPTIONS, options, probe_program as probe_program
 from sockgate.kernel.reading import Attached, BpfFilter, GuardInfo
 from sockgate.linux import procfs
 from sockgate.policy.needs import Need
@@ -63,9 +64,6 @@ from sockgate.resolve import ResolvedService
 
 GRACE = 60.0  # seconds a fresh registry entry or program directory is safe from ``collect``
 BPFFS_ENV = "SOCKGATE_BPFFS"  # where the bpf filesystem is (default layout.BPFFS)
-OPTIONS = Options(protocol="any")  # layout.py's sizes; the protocol of each packet
-PROBE_MAP = MapSpec("sg_probe", MapType.LPM_TRIE, 8, 4, 1, BPF_F_NO_PREALLOC)  # an IPv4 prefix → u32
-PROBE_PROGRAM = encode([mov64(0, imm=0), exit_()])  # return 0: drop (it is never attached)
 _ITERABLE = frozenset({MapType.HASH, MapType.LRU_HASH, MapType.LPM_TRIE, MapType.PERCPU_HASH, MapType.LRU_PERCPU_HASH})
 
 
@@ -208,13 +206,13 @@ class EbpfBackend:
         return self._why[key]
 
     def _probe(self) -> str | None:
-        """Why this process may not load what ``load`` loads, found by doing the least of it:
-        an LPM-trie map made (it needs CAP_BPF or CAP_SYS_ADMIN, whatever
-        ``kernel.unprivileged_bpf_disabled`` says, where an array would not) and a trivial
-        socket filter verified, both closed; then the bpffs directories. None: it may."""
+        """Why this process may not load what ``load`` loads, found by doing it once with
+        throw-away maps (``probe_program``: the LPM tries need CAP_BPF or CAP_SYS_ADMIN,
+        whatever ``kernel.unprivileged_bpf_disabled`` says; the verifier must take every
+        helper and instruction a service's program uses), all closed; then the bpffs
+        directories. None: it may."""
         try:
-            self.ops.close(self.ops.map_create(PROBE_MAP))
-            self.ops.close(self.ops.prog_load(ProgType.SOCKET_FILTER, PROBE_PROGRAM, "sg_probe"))
+            self._verify(probe_program())
         except AdapterError as e:
             if e.errno == errno.ENOSYS:
                 return "this kernel has no bpf(2) system call"
@@ -227,10 +225,21 @@ class EbpfBackend:
             return f"no usable bpf filesystem at {self.paths.mount}: {e}"
         return None
 
+    def _verify(self, program: EbpfProgram) -> None:
+        """Load ``program`` with fresh, unpinned maps of its shapes; close everything."""
+        fds: dict[str, int] = {}
+        try:
+            for spec in (*program.service_maps, *(m.spec for m in program.maps)):
+                fds[spec.name] = self.ops.map_create(spec)
+            self.ops.close(self.ops.prog_load(program.prog_type, program.link(fds), "sg_probe"))
+        finally:
+            for fd in fds.values():
+                self.ops.close(fd)
+
     def compile(self, service: ResolvedService, bans: Sequence[Banned] = ()) -> EbpfProgram:
         """With service state (counters, events, bans, rate limits), the protocol read from
         each packet: one program for the service's TCP and UDP sockets."""
-        return compile_resolved(service, banned=bans, options=OPTIONS)
+        return compile_resolved(service, banned=bans, options=options(os.environ))
 
     # --- load
 
@@ -255,6 +264,7 @@ class EbpfBackend:
             prog_fd = self.ops.prog_load(program.prog_type, program.link(fds), program.name)
             try:
                 directory = self._pin_program(program, prog_fd, {m.spec.name: fds[m.spec.name] for m in program.maps})
+                self._repin(svc_dir, program.service_maps, fds)
                 prog_id, _ = self.ops.prog_id_name(prog_fd)
             except BaseException:
                 self.ops.close(prog_fd)
@@ -263,6 +273,22 @@ class EbpfBackend:
             for fd in fds.values():
                 self.ops.close(fd)
         return EbpfLoaded(program, prog_fd, prog_id, directory, self.ops, self.paths.root)
+
+    def _repin(self, svc_dir: str, specs: Sequence[MapSpec], fds: dict[str, int]) -> None:
+        """Pin again any service map another process's ``collect`` unpinned between our
+        opening it and our program directory appearing (which keeps them from then on), so
+        the maps the program uses stay the ones its bans and counters are read from."""
+        for spec in specs:
+            path = f"{svc_dir}/{pin_name(spec)}"
+            held = self.ops.get(path)
+            if held is not None:
+                self.ops.close(held)
+                continue
+            try:
+                self.ops.pin(fds[spec.name], path)
+            except AdapterError as e:
+                if e.errno != errno.EEXIST:
+                    raise
 
     def _pin_program(self, program: EbpfProgram, prog_fd: int, maps: dict[str, int]) -> str:
         """Pin into a fresh directory, then rename it into place (replacing an older copy of
@@ -519,15 +545,41 @@ class EbpfBackend:
         return len(dead), keep
 
     def _collect_programs(self, keep: set[str]) -> int:
+        """Program directories no kept registry entry names, after ``grace``; then the
+        service directories that held no program already (``_collect_service``)."""
         services = f"{self.paths.root}/services"
         removed = 0
         for svc in self.ops.listdir(services):
+            left = gone = 0
             for name in self.ops.listdir(f"{services}/{svc}"):
                 path = f"{services}/{svc}/{name}"
-                if not name.startswith("prog-") or path in keep:
+                if not name.startswith("prog-"):
                     continue
                 age = self.ops.age(path)
-                if age is not None and age >= self.grace:
+                if path not in keep and age is not None and age >= self.grace:
                     self.ops.remove_tree(path)
-                    removed += 1
+                    gone += 1
+                else:
+                    left += 1
+            removed += gone
+            if not left and not gone:  # the last program went now: the directory goes next time at the earliest
+                self._collect_service(f"{services}/{svc}")
         return removed
+
+    def _collect_service(self, path: str) -> None:
+        """Unpin a service directory that holds no program (so no socket's registry entry
+        names it: a live guard keeps its program directory, and with it its counters and
+        bans) once it has been unchanged for ``grace`` — its last program was collected at
+        least that long ago — and it holds no active ban (a ban written for a service that is
+        not guarded now is for its next guard). Its maps are freed when nothing else holds
+        them; counters of a service no longer guarded go with them (REVIEW3 R10)."""
+        age = self.ops.age(path)
+        if age is None or age < self.grace:
+            return
+        try:
+            now = time.monotonic_ns()
+            if any(ban.active(now) for _, ban in BanMaps(self.ops, path).list()):
+                return
+        except (SockgateError, ValueError):
+            return  # unreadable bans: kept, never lifted by a clean-up
+        self.ops.remove_tree(path)

@@ -138,6 +138,14 @@ class Admission:
         """The sources banned at ``now``, in a stable order."""
         return sorted({s for lim in self.limiters.values() for s in lim.active_bans(now)}, key=str)
 
+    def banned_until(self, now: float) -> dict[Hashable, float]:
+        """Each source banned at ``now`` and when its ban ends (the latest of its limits')."""
+        out: dict[Hashable, float] = {}
+        for lim in self.limiters.values():
+            for s in lim.active_bans(now):
+                out[s] = max(lim.bans[s], out.get(s, 0.0))
+        return out
+
     def next_expiry(self) -> float | None:
         """When the earliest ban ends (None: no ban)."""
         return min((t for lim in self.limiters.values() if (t := lim.next_expiry()) is not None), default=None)

@@ -42,11 +42,13 @@ from sockgate.kernel import Kernel, Loaded, Slot, Step, default_kernel
 from sockgate.linux.listen import Listener, open_listener, take_over
 from sockgate.linux.signalfd import SigInfo
 from sockgate.log import Log
+from sockgate.proxy import kernelbans
 from sockgate.proxy.loop import ProxyLoop, remove_reader
 from sockgate.proxy.relay import PipePool
 from sockgate.proxy.namecache import ReverseLookup
 from sockgate.proxy.reload import Handover, Key, UnixName, run as run_reload, unix_name
 from sockgate.proxy.service import PROXY_ADVICE, ProxySettings, ProxySpec, Runner, tune_listener
+from sockgate.refusallog import RefusalLogs
 from sockgate.supervisor import AsyncioLoop, ForwardingLifecycle, Notifier, SelectorLoop, Supervisor
 from sockgate.urls import SocketURL, parse_url
 
@@ -97,6 +99,7 @@ class Proxy:
         self.runners: dict[Key, Runner] = {}
         self.retired: list[Runner] = []
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.refusals: RefusalLogs | None = None  # the eBPF services' refusal log (run_loop)
         self.stopping = False
         self.is_child = False
         self.worker_index = 0  # in a worker: its number (0 is the first)
@@ -115,6 +118,7 @@ class Proxy:
         runners = [self.new_runner(p) for p in self.plans]
         for r in runners:
             r.loaded = self.kernel.load(r.compile())
+            kernelbans.sync(self.kernel, r.loaded, r.admission)  # eBPF: its maps hold no ban of an earlier run
         inherited = self._inherited() if self.inherit else []
         opened: list[Listener] = []
         try:
@@ -216,9 +220,13 @@ class Proxy:
         # The supervisor starts before any thread (name lookups): threads inherit the mask.
         sup = Supervisor(self, Notifier(not self.is_child, self.log.error), _SIGNALS)
         sup.start(AsyncioLoop(loop, done))
+        if self.worker_index == 0:  # one refusal log, however many workers
+            self.refusals = RefusalLogs(AsyncioLoop(loop, done), self.log.fmt, self.log.sink, self.options.refusal_interval,
+                                        self.log.notice)
         try:
             for r in self.runners.values():
                 r.start(loop, r.listeners)
+            self._log_refusals()
             loop.call_later(_TICK, self._tick)
             if not self.is_child:
                 self.log.notice("listening", addresses=" ".join(self.addresses()), loop=type(loop).__module__,
@@ -229,6 +237,8 @@ class Proxy:
             self.log.notice("stopped")
             return sup.status or 0
         finally:
+            if self.refusals is not None:
+                self.refusals.close()
             self.log.flush()
             sup.close()
             self.pipes.close()  # also the relays' epoll set, which the loop watches
@@ -260,6 +270,13 @@ class Proxy:
     def reload(self) -> None:
         if self.loader is not None:
             run_reload(self, self.kernel, self._wanted)
+            self._log_refusals()
+
+    def _log_refusals(self) -> None:
+        """The refusal log brought to the services in force (those whose filter is eBPF)."""
+        if self.refusals is not None:
+            loaded = {r.name: r.loaded for r in self.runners.values() if r.loaded is not None}
+            self.refusals.update(loaded, {r.name: r.resolved for r in self.runners.values()})
 
     def _wanted(self) -> Sequence[ProxySpec]:
         assert self.loader is not None

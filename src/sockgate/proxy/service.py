@@ -15,15 +15,14 @@ forwards to). Per accepted connection it:
 5. logs the finished connection with its byte counts, duration and how it ended.
 
 Kernel filter. Every IP listener carries the program compiled from the resolved service's
-``kernel_part`` (``resolve.kernelpart``: the address-only part the kernel may enforce) plus the
-sources currently banned.
-A ban recompiles it and replaces it on every listener in one transaction of the kernel seam
-(``sockgate.kernel``: a ``setsockopt`` each, atomic under RCU), so the banned source's SYNs and
-datagrams are dropped before the proxy wakes; when the ban ends the program is rebuilt without
-it. Bans never keep a policy out of the kernel: when the policy and its bans do not fit in one program
-together, the program carries the policy alone and every ban is enforced here, in user space
-(a ban lives in its ``Limiter``, which refuses the banned source on admission), exactly as
-before the kernel knew of it. Only a policy that does not fit by itself is an error.
+``kernel_part`` (``resolve.kernelpart``: the address-only part the kernel may enforce) and the
+sources its limits ban, so their SYNs and datagrams are dropped before the proxy wakes. On eBPF
+a ban is an update of the service's ban maps (``kernelbans``). On classic BPF it recompiles the
+program and replaces it on every listener in one transaction of the kernel seam (a
+``setsockopt`` each, atomic under RCU), and when the policy and its bans do not fit in one
+program together, the program carries the policy alone and every ban is enforced here, in user
+space (a ban lives in its ``Limiter``, which refuses the banned source on admission). Only a
+policy that does not fit by itself is an error.
 """
 
 from __future__ import annotations
@@ -44,6 +43,7 @@ from sockgate.kernel import BackendChoice, Compiled, Kernel, Loaded, Slot, Step,
 from sockgate.peers import Peer
 from sockgate.policy.ir import Rule, Service
 from sockgate.resolve import resolve_service
+from sockgate.proxy import kernelbans
 from sockgate.proxy.admission import Admission, Admitted, Refused, peer_label, rule_label
 from sockgate.proxy.limits import as_network, source_of
 from sockgate.log import Log
@@ -74,6 +74,7 @@ class ProxySettings:
     max_udp_flows: int = 4096
     max_udp_flows_per_source: int = 256
     backend: BackendChoice = "auto"  # the kernel backend of the IP listeners' filters (docs/ebpf.md)
+    refusal_interval: float = 60.0  # seconds: the eBPF refusal log's interval (refusallog.py)
 
 
 @dataclass(frozen=True)
@@ -240,6 +241,8 @@ class Runner:
         """The kernel filter for the IP listeners of ``service`` (default: the running one), with
         the bans when they fit, else none (module docstring); CompileError: the policy does not."""
         svc = (resolve_service(service) if service is not None else self.resolved).kernel_part
+        if self.kernel.choose(self.options.backend).name == "ebpf":
+            return self.kernel.compile(svc, backend=self.options.backend)  # its bans: maps (push_bans)
         nets = [n for n in map(as_network, self.admission.bans(time.monotonic())) if n is not None]
         try:
             prog = self.kernel.compile(svc, nets, self.options.backend)
@@ -261,13 +264,17 @@ class Runner:
         """A reload's new ``plan`` (same key), whose program ``loaded`` is on the listeners."""
         self.install(plan.service)
         self.plan, self.loaded, self.target = plan, loaded, target
+        if kernelbans.in_maps(loaded):
+            self.push_bans()  # the bans kept over the reload, into its maps
 
     def push_bans(self) -> None:
-        """Rebuild the kernel filter with the current bans and schedule the next lift."""
+        """The kernel filter's bans made the current ones — the eBPF maps updated, or the
+        classic program rebuilt — and the next lift scheduled."""
         try:
-            loaded = self.kernel.load(self.compile())
-            self.kernel.apply([Step(slot, loaded) for slot in self.ip_slots()])
-            self.loaded = loaded
+            if not kernelbans.sync(self.kernel, self.loaded, self.admission):
+                loaded = self.kernel.load(self.compile())
+                self.kernel.apply([Step(slot, loaded) for slot in self.ip_slots()])
+                self.loaded = loaded
         except SockgateError as e:
             self.log.error(f"kernel filter not updated, bans enforced in user space: {e}", service=self.name)
         self._schedule_lift()
