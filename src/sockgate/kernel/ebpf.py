@@ -57,6 +57,7 @@ from sockgate.kernel.backend import BanLike, Compiled, Loaded
 from sockgate.kernel.banmaps import BanMaps
 from sockgate.kernel.bpfops import BpfOps
 from sockgate.kernel.ebpfopts import OPTIONS as OPTIONS, options, probe_program as probe_program
+from sockgate.kernel.pins import map_name
 from sockgate.kernel.reading import Attached, BpfFilter, GuardInfo
 from sockgate.linux import procfs
 from sockgate.policy.needs import Need
@@ -68,11 +69,6 @@ _ITERABLE = frozenset({MapType.HASH, MapType.LRU_HASH, MapType.LPM_TRIE, MapType
 
 
 # -------------------------------------------------------------------- pure decisions
-
-
-def pin_name(spec: MapSpec) -> str:
-    """A map's file name in its directory: its name without ``sg_``."""
-    return spec.name.removeprefix("sg_")
 
 
 def same_shape(pinned: MapSpec, wanted: MapSpec) -> bool:
@@ -256,7 +252,7 @@ class EbpfBackend:
         fds: dict[str, int] = {}
         try:
             for spec in program.service_maps:
-                fds[spec.name] = self._open_or_create(f"{svc_dir}/{pin_name(spec)}", spec)
+                fds[spec.name] = self._open_or_create(f"{svc_dir}/{map_name(spec)}", spec)
             self.sweep_bans(program.service)
             for m in program.maps:
                 fds[m.spec.name] = self.ops.map_create(m.spec)
@@ -279,7 +275,7 @@ class EbpfBackend:
         opening it and our program directory appearing (which keeps them from then on), so
         the maps the program uses stay the ones its bans and counters are read from."""
         for spec in specs:
-            path = f"{svc_dir}/{pin_name(spec)}"
+            path = f"{svc_dir}/{map_name(spec)}"
             held = self.ops.get(path)
             if held is not None:
                 self.ops.close(held)
@@ -298,7 +294,7 @@ class EbpfBackend:
         self.ops.ensure_dirs(self.paths.mount, self.paths.relative(tmp))
         try:
             for m in program.maps:
-                self.ops.pin(maps[m.spec.name], f"{tmp}/{pin_name(m.spec)}")
+                self.ops.pin(maps[m.spec.name], f"{tmp}/{map_name(m.spec)}")
             self.ops.pin(prog_fd, f"{tmp}/prog")
             self._swap_dir(tmp, final)
         except BaseException:
@@ -450,7 +446,7 @@ class EbpfBackend:
     def refused(self, service: str) -> int | None:
         """Refusals counted for ``service`` (the sum of its pinned counts map), or None."""
         spec = layout.counts_spec()
-        fd = self.ops.get(f"{self.paths.service(service)}/{pin_name(spec)}")
+        fd = self.ops.get(f"{self.paths.service(service)}/{map_name(spec)}")
         if fd is None:
             return None
         try:
