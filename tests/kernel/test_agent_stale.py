@@ -28,7 +28,7 @@ for line in sys.stdin:
 def test_a_locked_socket_with_the_earlier_program_is_a_stale_guard(lab: Lab) -> None:
     port = BASE + 3
     policy = native(lab, port)
-    agent = lab.agent(policy)
+    agent = lab.agent(policy, "--backend", "cbpf")  # a stale *classic* program (eBPF: test_agent's adoption)
     procs = f"{lab.cgroup}/cgroup.procs"
 
     def enter() -> None:

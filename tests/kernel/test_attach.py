@@ -411,7 +411,7 @@ def test_attach_tcp_without_cap_net_admin_says_so_once(policy_file: str) -> None
         "import socket, subprocess, sys, os\n"
         "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n"
         "r = subprocess.run([sys.argv[1], 'attach', '--policy', sys.argv[2], '--service', 'web',"
-        " '--pid', str(os.getpid())], capture_output=True, text=True, timeout=60)\n"
+        " '--backend', 'cbpf', '--pid', str(os.getpid())], capture_output=True, text=True, timeout=60)\n"
         "print(r.returncode); sys.stdout.write(r.stderr)\n"
     )
     exe = shutil.which("sockgate") or str(Path(sys.executable).with_name("sockgate"))

@@ -267,9 +267,15 @@ def agent_lab() -> Iterator[Lab]:
     try:
         with tempfile.TemporaryDirectory(prefix="sg-agent-") as tmp, private_bpffs() as bpffs:
             lab = Lab(tmp, cgroup, bpffs)
+            saved = os.environ.get("SOCKGATE_BPFFS")
+            os.environ["SOCKGATE_BPFFS"] = bpffs  # where this process recognises the agent's eBPF guards (auto)
             try:
                 yield lab
             finally:
+                if saved is None:
+                    os.environ.pop("SOCKGATE_BPFFS", None)
+                else:
+                    os.environ["SOCKGATE_BPFFS"] = saved
                 for s in lab.servers:
                     s.stop()
                 for a in lab.agents:
