@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 import stat
 import time
 from dataclasses import replace
@@ -425,3 +426,34 @@ def test_counters_are_sized_by_configuration_and_buckets_by_the_policy() -> None
     assert maps("    limit rate 5/minute\n")["sg_buckets"] == layout.TOTAL_BUCKETS
     assert maps("    limit rate 5/minute per source\n")["sg_buckets"] == layout.DEFAULT_BUCKETS
     assert maps("")["sg_counts"] == 16384
+
+
+
+class RacingBpf(FakeBpf):
+    """Another loader of the same digest interleaved with this one's rename into place: it lands
+    its copy first, then moves it aside again (as a second proxy worker reloading at once)."""
+
+    def __init__(self, ops: FakeOps, script: list[str]) -> None:
+        super().__init__(ops)
+        self.script = script
+
+    def rename(self, src: str, dst: str) -> None:
+        step = self.script.pop(0) if self.script else ""
+        if step == "other lands first":
+            for p in [p for p in self.pins if p.startswith(src + "/")]:
+                self.pins[dst + p[len(src):]] = self.pins[p]
+        elif step == "other moved it aside":
+            for p in [p for p in self.pins if p.startswith(src + "/")]:
+                del self.pins[p]
+            raise AdapterError(f"rename {src}: {os.strerror(errno.ENOENT)}", errno.ENOENT)
+        super().rename(src, dst)
+
+
+def test_concurrent_loaders_of_one_digest_both_succeed_and_leave_one_copy() -> None:
+    ops = FakeOps()
+    bpf = RacingBpf(ops, ["other lands first", "other moved it aside"])
+    kernel = Kernel([ClassicBackend(ops), EbpfBackend(bpf, MOUNT)], ops)
+    lo = load(kernel, A)
+    d = f"{MOUNT}/sockgate/services/web/prog-{lo.compiled.digest}"
+    assert sorted(p for p in bpf.pins if p.startswith(d + "/")) == [f"{d}/lpm4", f"{d}/lpm6", f"{d}/prog"]
+    assert not [p for p in bpf.pins if "-old-" in p or "-new-" in p] and bpf.script == []

@@ -128,6 +128,9 @@ def stale(record: registry.Record, cookie: int, live: set[int] | None, here: int
 # ------------------------------------------------------------------------------ values
 
 
+_SWAP_TRIES = 8  # renames tried against concurrent loaders of one digest (_swap_dir)
+
+
 class EbpfLoaded:
     """A loaded program: its fd (closed when this is dropped), id and pinned directory, and
     the root its service's state is pinned under (``layout.service_dir(service, root)``: the
@@ -303,16 +306,29 @@ class EbpfBackend:
         return final
 
     def _swap_dir(self, tmp: str, final: str) -> None:
+        """``tmp`` renamed to ``final``, an existing ``final`` moved aside first. Loaders of the
+        same digest (the proxy's workers reloading at once) race here: one moving ``final``
+        away under another, or putting its own in place in between, is met by trying again —
+        every copy of one digest is the same program, so whichever lands serves."""
+        olds: list[str] = []
         try:
-            self.ops.rename(tmp, final)
-            return
-        except AdapterError as e:
-            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                raise
-        old = f"{final}-old-{os.getpid()}-{time.monotonic_ns()}"
-        self.ops.rename(final, old)
-        self.ops.rename(tmp, final)
-        self.ops.remove_tree(old)
+            for attempt in range(_SWAP_TRIES):
+                try:
+                    self.ops.rename(tmp, final)
+                    return
+                except AdapterError as e:
+                    if e.errno not in (errno.EEXIST, errno.ENOTEMPTY) or attempt == _SWAP_TRIES - 1:
+                        raise
+                old = f"{final}-old-{os.getpid()}-{time.monotonic_ns()}"
+                try:
+                    self.ops.rename(final, old)
+                    olds.append(old)
+                except AdapterError as e:
+                    if e.errno != errno.ENOENT:  # (ENOENT: another loader moved it aside first)
+                        raise
+        finally:
+            for old in olds:
+                self.ops.remove_tree(old)
 
     def _open_or_create(self, path: str, spec: MapSpec) -> int:
         """The map pinned at ``path`` if it has ``spec``'s shape; else a new one pinned there
