@@ -14,6 +14,7 @@ banner. The daemon is then restarted (a new pid, new sockets) and guarded again 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -53,12 +54,9 @@ def agents() -> Iterator[Lab]:
 def listeners(lab: netlab.Lab, port: int) -> list[tuple[int, int]]:
     """(pid, fd) of every process holding a TCP listener on ``port`` in the server namespace."""
     out = lab.server.run("ss", "-Htlnp", f"sport = :{port}").stdout
-    found = []
-    for users in (line.split("users:(", 1)[1] for line in out.splitlines() if "users:(" in line):
-        for holder in users.split("),("):
-            fields = dict(f.split("=", 1) for f in holder.strip("()").split(",") if "=" in f)
-            found.append((int(fields["pid"]), int(fields["fd"])))
-    return found
+    # (ss pads its lines with blanks when not on a terminal: read the pid=,fd= pairs only)
+    return [(int(pid), int(fd)) for line in out.splitlines() if "users:(" in line
+            for pid, fd in re.findall(r"pid=(\d+),fd=(\d+)", line.split("users:(", 1)[1])]
 
 
 def dropbear(agents: Lab, lab: netlab.Lab, key: str) -> tuple[Server, list[tuple[int, int]]]:

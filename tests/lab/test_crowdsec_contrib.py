@@ -16,12 +16,16 @@ from support import crowdsec
 
 CONTRIB = Path(__file__).resolve().parents[2] / "contrib" / "crowdsec"
 MINUTE = 60 * 10**9
+# The lines' syslog times: minutes 0-3 of an interval that began ten minutes ago (the decisions
+# a replay makes run from the lines' times, so a fixed date would have them expire already).
+START = (int(time.time()) // 60 - 10) * 60
 
 
 def line(minute: int, service: str, addr: str, count: int, reason: Reason = Reason.RULE, rule: int | None = 1,
          label: str | None = None, program: str = "sockgate", local: bool = False) -> str:
     r = Refusal(service, ipaddress.ip_address(addr), count, 0, 0, reason, rule, MINUTE)
-    return f"Dec  3 10:{minute:02d}:00 gate {program}[4242]: {describe(r, label, local)}"
+    stamp = time.strftime("%b %e %H:%M:%S", time.localtime(START + minute * 60))
+    return f"{stamp} gate {program}[4242]: {describe(r, label, local)}"
 
 
 def test_refusals_become_bans_the_bouncer_holds(lapi: crowdsec.Lapi, tmp_path: Path) -> None:
