@@ -94,13 +94,13 @@ def serve(s, commands=True):
                 data, addr = s.recvfrom(2048)
                 s.sendto(data, addr)
             else:
-                try:
+                try:  # (a ban's SOCK_DESTROY may end it between recv and send: not the service's end)
                     data = x.recv(2048)
+                    if data:
+                        x.sendall(data)
                 except OSError:
                     data = b""
-                if data:
-                    x.sendall(data)
-                else:
+                if not data:
                     conns.remove(x)
                     x.close()
 serve(listen(port))
