@@ -16,7 +16,7 @@ from textual.widgets import DataTable, Static
 from sockgate.cli import top as top_cli
 from sockgate.cli.main import main
 from sockgate.policy.parser import parse_policy
-from sockgate.top.app import FollowScreen, TopApp
+from sockgate.top.app import CELL_MAX, FollowScreen, TopApp, safe
 from support import topdata
 from support.topdata import FakeActions
 
@@ -210,3 +210,26 @@ async def test_two_sockets_on_one_address_are_two_rows() -> None:
         assert column(a, "t-sockets", 1) == ["0.0.0.0:22", "0.0.0.0:22", "0.0.0.0:53", "0.0.0.0:443", "127.0.0.1:5432"]
         await pilot.press("down", "g")
         assert a.screen.query_one("#t-sockets", DataTable).cursor_row == 1
+
+
+async def test_text_a_hostile_agent_fills_never_reaches_the_terminal_raw() -> None:
+    """Fields the model does not escape (a tally's time, a source's name in health) carry no
+    terminal sequence to the screen: every string drawn goes through one backstop."""
+    snap = topdata.with_agent(1)
+    doc = snap.status  # type: ignore[attr-defined]
+    doc["services"][0]["refusals"]["top"][0]["last"] = "\x1b]0;pwned\x1b\\X"
+    doc["sources"]["\x1b]52;c;ZWNobw==\x07x"] = {"state": "ok"}
+    a, _ = app(snap, snap)
+    async with a.run_test(size=(80, 24)) as pilot:
+        await pilot.press("g", "2")
+        shown = [str(c) for i in range(a.screen.query_one("#t-sources", DataTable).row_count)
+                 for c in a.screen.query_one("#t-sources", DataTable).get_row_at(i)]
+        await pilot.press("4")
+        drawn = "\n".join(shown) + text(a, "health-text")
+        assert "\x1b" not in drawn and "\x07" not in drawn
+        assert "\\x1b]0;pwned" in drawn and "\\x1b]52;c;" in drawn
+
+
+def test_safe_shows_controls_as_escapes_and_cuts_long_text() -> None:
+    assert safe("a\x1b[31mb\u202ec\n", None).plain == "a\\x1b[31mb\\u202ec\n"
+    assert safe("x" * 500, CELL_MAX).plain == "x" * (CELL_MAX - 1) + "…"

@@ -16,6 +16,7 @@ The screen fits 80×24 and says everything in words, so no colour is needed.
 from __future__ import annotations
 
 import asyncio
+import re
 import textwrap
 from typing import Callable, ClassVar, Sequence
 
@@ -39,6 +40,22 @@ TABLES: dict[str, Pane] = {"t-sockets": "sockets", "t-services": "services", "t-
 DEFAULT_SORT: dict[Pane, tuple[int, bool]] = {"sockets": (1, False), "services": (1, True), "sources": (2, True), "bans": (0, False)}
 
 
+# Control characters (C0 but tab and newline, DEL, C1), zero-width and bidi controls: never sent to
+# the terminal, whatever field they arrive in. The model escapes what it knows to be foreign text;
+# this is the backstop for every string drawn, so a field a hostile agent or peer fills and the
+# model did not foresee cannot carry a terminal sequence (ESC, OSC 52 ...) to the screen.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+CELL_MAX = 200  # characters a table cell shows (a 100 KB argv0 is a long name, not a layout)
+
+
+def safe(text: str, limit: int | None = None) -> Text:
+    """``text`` as drawn: unsafe characters shown as escapes, cut to ``limit`` with an ellipsis."""
+    shown = _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", text)
+    if limit is not None and len(shown) > limit:
+        shown = shown[:limit - 1] + "…"
+    return Text(shown)
+
+
 def fill(table: DataTable[Text], pane: Pane, rows: Sequence[AnyRow], keys: Sequence[str]) -> dict[str, AnyRow]:
     """Refill ``table``, its cursor kept on the row of the same key when that row is still there.
     Keys repeated (two sockets on one address, SO_REUSEPORT) are told apart by their order."""
@@ -46,7 +63,7 @@ def fill(table: DataTable[Text], pane: Pane, rows: Sequence[AnyRow], keys: Seque
     table.clear()
     unique = _unique(keys)
     for row, key in zip(rows, unique):
-        table.add_row(*[Text(c) for c in cells(row, pane)], key=key)
+        table.add_row(*[safe(c, CELL_MAX) for c in cells(row, pane)], key=key)
     if old is not None and old in unique:
         table.move_cursor(row=unique.index(old))
     return dict(zip(unique, rows))
@@ -112,7 +129,7 @@ class FollowScreen(Screen[None]):
 
     def show(self, followed: Followed) -> None:
         self.followed = followed
-        self.query_one("#f-title", Static).update(Text(f"following {followed.source}  ({len(followed.refusals)} "
+        self.query_one("#f-title", Static).update(safe(f"following {followed.source}  ({len(followed.refusals)} "
                                                        f"refusal row(s), {len(followed.bans)} ban(s))"))
         fill(self.query_one("#f-refusals", DataTable), "sources", followed.refusals,
              [row_key("sources", r) for r in followed.refusals])
@@ -124,7 +141,7 @@ class FollowScreen(Screen[None]):
         self.explained = True
         app = self.app
         assert isinstance(app, TopApp)
-        self.query_one("#f-explain", Static).update(Text(explain_source(app.policy, self.followed)))
+        self.query_one("#f-explain", Static).update(safe(explain_source(app.policy, self.followed)))
 
 
 class TopApp(App[None]):
@@ -216,10 +233,10 @@ class TopApp(App[None]):
             col, rev = self.sorts[pane]
             rows = sort_rows(pane_rows(shown, pane), pane, col, rev)  # type: ignore[type-var]
             self.shown[pane] = fill(self.query_one(f"#{table_id}", DataTable), pane, rows, [row_key(pane, r) for r in rows])
-        self.query_one("#health-text", Static).update(Text(self._health(shown)))
-        self.query_one("#notes", Static).update(Text("\n".join(shown.notes)))
-        self.query_one("#title", Static).update(Text(self._title(shown)))
-        self.query_one("#message", Static).update(Text(self.message))
+        self.query_one("#health-text", Static).update(safe(self._health(shown)))
+        self.query_one("#notes", Static).update(safe("\n".join(shown.notes)))
+        self.query_one("#title", Static).update(safe(self._title(shown)))
+        self.query_one("#message", Static).update(safe(self.message))
         if isinstance(self.screen, FollowScreen):
             self.screen.show(follow(shown, self.screen.followed.source))
 
@@ -249,7 +266,7 @@ class TopApp(App[None]):
         if isinstance(event.widget, DataTable) and event.widget.id in TABLES:
             self.current = TABLES[event.widget.id]
             if self.view is not None:
-                self.query_one("#title", Static).update(Text(self._title(apply(self.view, self.filter))))
+                self.query_one("#title", Static).update(safe(self._title(apply(self.view, self.filter))))
 
     def selected(self) -> AnyRow | None:
         pane = self.pane()
@@ -269,7 +286,7 @@ class TopApp(App[None]):
 
     def say(self, text: str) -> None:
         self.message = text
-        self.query_one("#message", Static).update(Text(text))
+        self.query_one("#message", Static).update(safe(text))
 
     # -- actions -----------------------------------------------------------------------------
 
@@ -378,4 +395,4 @@ class TopApp(App[None]):
         self.say(line)
         await self.action_refresh()
         if isinstance(self.screen, FollowScreen):
-            self.screen.query_one("#f-message", Static).update(Text(line))
+            self.screen.query_one("#f-message", Static).update(safe(line))
