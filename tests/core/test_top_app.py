@@ -233,3 +233,30 @@ async def test_text_a_hostile_agent_fills_never_reaches_the_terminal_raw() -> No
 def test_safe_shows_controls_as_escapes_and_cuts_long_text() -> None:
     assert safe("a\x1b[31mb\u202ec\n", None).plain == "a\\x1b[31mb\\u202ec\n"
     assert safe("x" * 500, CELL_MAX).plain == "x" * (CELL_MAX - 1) + "…"
+
+
+async def test_a_row_a_refresh_takes_away_leaves_nothing_selected_for_ban() -> None:
+    """The chosen source leaves the agent's top list: the cursor's new row 0 (the most refused
+    source, which a flooder chooses) is nobody's choice — `b` bans nothing until the user moves."""
+    first, later = topdata.with_agent(1), topdata.with_agent(3)
+    for svc in later.status["services"]:  # type: ignore[index]
+        svc["refusals"]["top"] = [t for t in svc["refusals"]["top"] if t["source"] != "198.51.100.7"]
+    a, actions = app(first, later, later)
+    async with a.run_test(size=(80, 24)) as pilot:
+        await pilot.press("2", "down")
+        assert a.selected_source() == "198.51.100.7"
+        await pilot.press("g", "b")
+        assert actions.bans == [] and "select a source" in text(a, "message")
+        await pilot.press("down", "up", "b")  # chosen again by the user
+        assert [net for net, _ in actions.bans] == [column(a, "t-sources", 0)[0]]
+
+
+async def test_unban_on_the_follow_screen_lifts_only_the_sources_own_ban() -> None:
+    """A wider ban covering the followed source (a manual /24) is not lifted by `u` there: the
+    user lifts it from the bans pane, choosing it by its network."""
+    wide = [topdata._ban("198.51.100.0/24", "manual", None, "by hand")]
+    snap = topdata.with_agent(1, bans=wide)
+    a, actions = app(snap, snap)
+    async with a.run_test(size=(80, 24)) as pilot:
+        await pilot.press("2", "down", "f", "u")
+        assert actions.unbans == [] and "wider network" in a.message

@@ -16,8 +16,10 @@ The screen fits 80×24 and says everything in words, so no colour is needed.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import re
 import textwrap
+import weakref
 from typing import Callable, ClassVar, Sequence
 
 from rich.text import Text
@@ -66,7 +68,15 @@ def fill(table: DataTable[Text], pane: Pane, rows: Sequence[AnyRow], keys: Seque
         table.add_row(*[safe(c, CELL_MAX) for c in cells(row, pane)], key=key)
     if old is not None and old in unique:
         table.move_cursor(row=unique.index(old))
+    elif old is not None:  # the row the user chose is gone: the cursor's row 0 is nobody's choice
+        LOST.add(table)
     return dict(zip(unique, rows))
+
+
+# Tables whose chosen row left at a refresh: nothing is selected there (ban, unban and follow act
+# on nothing) until the user moves the cursor — else the row a refresh put under it (the most
+# refused source, which whoever sends the most refusals chooses) would be banned by one key.
+LOST: "weakref.WeakSet[DataTable[Text]]" = weakref.WeakSet()
 
 
 def _unique(keys: Sequence[str]) -> list[str]:
@@ -76,6 +86,15 @@ def _unique(keys: Sequence[str]) -> list[str]:
         n = seen[k] = seen.get(k, 0) + 1
         out.append(k if n == 1 else f"{k}\x00{n}")
     return out
+
+
+def _same_net(net: str, source: str) -> bool:
+    """Whether ``net`` is exactly the one address ``source``."""
+    try:
+        n = ipaddress.ip_network(net, strict=False)
+        return n.num_addresses == 1 and n.network_address == ipaddress.ip_address(source)
+    except ValueError:
+        return False
 
 
 def _cursor_key(table: DataTable[Text]) -> str | None:
@@ -272,9 +291,15 @@ class TopApp(App[None]):
         pane = self.pane()
         table = self.query_one(f"#t-{pane}", DataTable)
         key = _cursor_key(table)
-        if key is None:
+        if key is None or table in LOST:
             return None
         return self.shown.get(pane, {}).get(key)
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        """The user moved the cursor: the row under it is chosen again (the move to row 0 that
+        a refill makes is not a choice)."""
+        if event.cursor_row != 0:
+            LOST.discard(event.data_table)
 
     def selected_source(self) -> str | None:
         row = self.selected()
@@ -373,7 +398,13 @@ class TopApp(App[None]):
     async def action_unban_followed(self) -> None:
         if isinstance(self.screen, FollowScreen):
             f = self.screen.followed
-            await self._unban(f.bans[0].net if f.bans else f.source, f.bans[0].unban_origin if f.bans else "manual")
+            # only the followed address's own ban: a wider one covering it (a manual /16) is lifted
+            # from the bans pane, where the user chooses it by its network
+            own = [b for b in f.bans if _same_net(b.net, f.source)]
+            if f.bans and not own:
+                self.say(f"{f.source} is banned by a wider network: lift it in the bans pane (3)")
+                return
+            await self._unban(own[0].net if own else f.source, own[0].unban_origin if own else "manual")
 
     async def _ban(self, source: str | None) -> None:
         if source is None:
