@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -23,7 +24,7 @@ from typing import Any, Iterator
 import pytest
 
 from sockgate.agent import statusdoc
-from sockgate.agent.client import AgentError, call
+from sockgate.agent.client import AgentError, AgentUnreachable, call
 from sockgate.agent.control import ControlServer, PeerCred, start
 from sockgate.agent.model import GuardState
 from sockgate.agent.protocol import Ban, Ping, Reload, Request, Response, Status, Unban, failure, ok
@@ -320,3 +321,27 @@ def test_a_missing_directory_is_made_for_the_group(rundir: str) -> None:
         assert as_user(path, NOBODY, NOBODY, []) == {"unreachable": f"no access to the agent at {path}: root or the control group only"}
     finally:
         running.stop()
+
+
+def test_a_socket_served_by_another_user_is_not_believed() -> None:
+    """`--control` pointed into a directory a user may write: the user's own server there, answering
+    like the agent, is refused by the client before anything it says is read."""
+    where = tempfile.mkdtemp(prefix="sg-impostor-")
+    os.chmod(where, 0o777)
+    path = os.path.join(where, "agent.sock")
+    serve = ("import socket, sys\n"
+             "s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1); print('ready', flush=True)\n"
+             "c, _ = s.accept(); c.recv(4096)\n"
+             "c.sendall(b'{\"id\": 0, \"result\": {\"message\": \"banned\"}}\\n')\n")
+    p = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", serve, path],
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        with pytest.raises(AgentUnreachable, match="served by uid 65534, not by root"):
+            call(path, Status())
+    finally:
+        p.kill()
+        p.wait()
+        assert p.stdout is not None
+        p.stdout.close()
+        shutil.rmtree(where)

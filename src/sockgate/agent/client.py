@@ -16,6 +16,7 @@ import time
 
 from sockgate.agent.protocol import MAX_RESPONSE, Body, LineBuffer, ProtocolError, Request, Response, encode, parse_response
 from sockgate.errors import SockgateError
+from sockgate.linux.peercred import credentials
 
 TIMEOUT = 5.0
 
@@ -40,6 +41,7 @@ def call(path: str, body: Body, timeout: float = TIMEOUT) -> Response:
         try:
             s.settimeout(timeout)
             s.connect(path)
+            _served_by_root_or_us(s, path)
             try:
                 s.sendall(encode(Request(rid, body)))
             except (BrokenPipeError, ConnectionResetError):
@@ -58,6 +60,15 @@ def call(path: str, body: Body, timeout: float = TIMEOUT) -> Response:
     if response.id != rid:
         raise AgentUnreachable(f"the agent at {path} answered another request (id {response.id}, not {rid})")
     return response
+
+
+def _served_by_root_or_us(s: socket.socket, path: str) -> None:
+    """The socket at ``path`` is served by root (the agent) or by this user: anything else is an
+    impostor that planted a socket where we looked (``--control`` into a writable directory),
+    whose answers — statuses, "banned" — must not be believed."""
+    _pid, uid, _gid, _groups = credentials(s)
+    if uid not in (0, os.geteuid()):
+        raise AgentUnreachable(f"the socket at {path} is served by uid {uid}, not by root: not the agent")
 
 
 def _read_line(s: socket.socket, deadline: float, path: str) -> bytes:
