@@ -63,14 +63,7 @@ import json, os, socket, sys, time
 port = int(sys.argv[2])
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-for _ in range(500):
-    try:
-        s.bind(("0.0.0.0", port))
-        break
-    except OSError as e:
-        if e.errno != 98:
-            raise
-        time.sleep(0.01)
+bind_retry(s, port, 500)
 t0 = time.monotonic()  # before listen(): the agent's wake-up may preempt us right after it
 s.listen(64)
 gap = None

@@ -58,14 +58,7 @@ import json, os, select, socket, sys, time
 port, watched = int(sys.argv[2]), "%s"
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-for _ in range(200):  # the agent may hold its duplicate of the old socket for a moment
-    try:
-        s.bind(("0.0.0.0", port))
-        break
-    except OSError as e:
-        if e.errno != 98:
-            raise
-        time.sleep(0.01)
+bind_retry(s, port)
 s.listen(64)
 print(json.dumps({"pid": os.getpid(), "fd": s.fileno(), "t": time.monotonic()}), flush=True)
 conns, accepted = {}, 0

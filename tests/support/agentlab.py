@@ -47,6 +47,22 @@ from support.pinned import private_bpffs
 WAIT = 5.0  # seconds: the bound on any wait for the agent to act
 START = 15.0  # seconds: the bound on the agent's start (imports, compile, hooks)
 
+# Prepended to every service script: bind, retried while the port is still held — the agent may
+# hold its duplicate of the old socket for a moment after a restart.
+BIND_RETRY = r"""
+import time as _time
+def bind_retry(s, port, tries=200):
+    for _ in range(tries):
+        try:
+            s.bind(("0.0.0.0", port))
+            return
+        except OSError as e:
+            if e.errno != 98:
+                raise
+            _time.sleep(0.01)
+    s.bind(("0.0.0.0", port))
+"""
+
 # A service: listens (tcp) or binds (udp) on 0.0.0.0:PORT, prints {"pid","fd","t"} (t: the
 # CLOCK_MONOTONIC time right after listen), echoes; "fork PORT" on stdin makes a child that
 # listens on PORT too (and prints its own line).
@@ -61,14 +77,7 @@ def listen(port):
         code = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, 0xFFFFFFFF))
         s.setsockopt(socket.SOL_SOCKET, 26, struct.pack("HL", 1, ctypes.addressof(code)))
         s.setsockopt(socket.SOL_SOCKET, 44, 1)
-    for _ in range(200):  # the agent may hold its duplicate of the old socket for a moment
-        try:
-            s.bind(("0.0.0.0", port))
-            break
-        except OSError as e:
-            if e.errno != 98:
-                raise
-            time.sleep(0.01)
+    bind_retry(s, port)
     if proto == "tcp":
         s.listen(64)
     print(json.dumps({"pid": os.getpid(), "fd": s.fileno(), "t": time.monotonic()}), flush=True)
@@ -205,7 +214,7 @@ class Lab:
             exe = self.path(argv0)
             if not os.path.exists(exe):
                 os.symlink(os.path.realpath(sys.executable), exe)
-        argv = [*prefix, exe, "-I", "-c", script, proto, str(port), *(["lock"] if lock else [])]
+        argv = [*prefix, exe, "-I", "-c", BIND_RETRY + script, proto, str(port), *(["lock"] if lock else [])]
         s = Server(self.spawn(argv), {}, self.path(f"server-{len(self.servers)}.log"))
         self.servers.append(s)
         s.info = s.line()
