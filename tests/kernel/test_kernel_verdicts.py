@@ -37,7 +37,7 @@ from sockgate.guard import guard, guard_of
 from sockgate.peers import Peer
 from sockgate.policy.ir import Policy, Service
 from support import netlab
-from support.forge import Wire, syn6, syn_received, udp6
+from support.forge import Wire, ip6_in_hdr_errors, syn6, syn_received, udp6, wire  # noqa: F401 (wire: a fixture)
 from support.verdicts import (
     SocketFactory,
     boundary_sources,
@@ -183,24 +183,6 @@ def _lab_usable(a: Any) -> bool:
 
 
 STACKS = {"dual-stack": netlab.dual_stack_server, "v6only": netlab.v6_only_server}
-
-
-@pytest.fixture
-def wire(lab: netlab.Lab) -> Iterator[Wire]:
-    w = Wire(lab)
-    try:
-        w.ready()
-        yield w
-    finally:
-        w.close()
-
-
-def ip6_in_hdr_errors(ns: netlab.Netns) -> int:
-    for line in ns.run("cat", "/proc/net/snmp6").stdout.splitlines():
-        name, _, value = line.partition(" ")
-        if name == "Ip6InHdrErrors":
-            return int(value)
-    raise AssertionError("no Ip6InHdrErrors in /proc/net/snmp6")
 
 
 def test_lab_dual_stack(bpffs: str, lab: netlab.Lab, wire: Wire) -> None:

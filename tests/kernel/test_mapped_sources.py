@@ -28,7 +28,7 @@ from sockgate.peers import Peer
 from sockgate.policy.ir import Action, Policy
 from sockgate.policy.parser import parse_policy
 from support import netlab
-from support.forge import Wire, syn6, syn_received, udp6
+from support.forge import Wire, ip6_in_hdr_errors, syn6, syn_received, udp6, wire  # noqa: F401 (wire: a fixture)
 from support.verdicts import boundary_sources, nets, random_service, rule
 from support.launch import ECHO_SERVICE, Launched, port_of
 from support.proxyproc import ProxyProc, wait_for
@@ -47,16 +47,6 @@ ANY = "service dns {\n    allow all\n}\n"
 CLIENT_PORT = 4444
 # Mapped sources the policy allows as IPv4: the server's own loopback and the client host.
 FORGED = ("::ffff:127.0.0.1", "::ffff:198.18.0.2")
-
-
-@pytest.fixture
-def wire(lab: netlab.Lab) -> Iterator[Wire]:
-    w = Wire(lab)
-    try:
-        w.ready()
-        yield w
-    finally:
-        w.close()
 
 
 def dual_stack(lab: netlab.Lab, kind: int) -> socket.socket:
@@ -133,14 +123,6 @@ def assert_syns_refused(lab: netlab.Lab, wire: Wire, port: int, lost: str = "fd5
     wait_for(lambda: lost in syn_received(lab.server, port), timeout=5)
     half_open = syn_received(lab.server, port)
     assert lost in half_open and not [a for a in half_open if a.startswith("::ffff:")], half_open
-
-
-def ip6_in_hdr_errors(ns: netlab.Netns) -> int:
-    for line in ns.run("cat", "/proc/net/snmp6").stdout.splitlines():
-        name, _, value = line.partition(" ")
-        if name == "Ip6InHdrErrors":
-            return int(value)
-    raise AssertionError("no Ip6InHdrErrors in /proc/net/snmp6")
 
 
 # ------------------------------------------------------------------------------ the filter

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import select
 import socket
-from typing import Iterable
+from typing import Iterable, Iterator
 
+import pytest
 from scapy.layers.inet import TCP, UDP
 from scapy.layers.inet6 import IPv6
 
@@ -71,3 +72,21 @@ def syn_received(ns: netlab.Netns, port: int) -> set[str]:
         if len(fields) >= 4:
             peers.add(fields[-1].rsplit(":", 1)[0].strip("[]"))
     return peers
+
+
+@pytest.fixture
+def wire(lab: netlab.Lab) -> Iterator[Wire]:
+    w = Wire(lab)
+    try:
+        w.ready()
+        yield w
+    finally:
+        w.close()
+
+
+def ip6_in_hdr_errors(ns: netlab.Netns) -> int:
+    for line in ns.run("cat", "/proc/net/snmp6").stdout.splitlines():
+        name, _, value = line.partition(" ")
+        if name == "Ip6InHdrErrors":
+            return int(value)
+    raise AssertionError("no Ip6InHdrErrors in /proc/net/snmp6")
