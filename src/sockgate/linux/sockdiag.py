@@ -29,7 +29,9 @@ inode names a file that may be reused.
 Ending connections. ``destroy_tcp`` aborts the established TCP connections of given local
 ports whose peer lies in given prefixes (``SOCK_DESTROY``, Linux 4.5, CONFIG_INET_DIAG_DESTROY,
 as ``ss -K``): when a ban lands, the banned source's open connections end too — a filter sees
-only new packets, and firewall-based banning famously leaves them open.
+only new packets, and firewall-based banning famously leaves them open. It, and
+``tcp_on_ports`` (what ``cutoff.end_denied`` looks at), send a local-port filter with the
+request (``linux/diagbc.py``), so a busy host's other connections are never decoded here.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from sockgate.errors import AdapterError
+from sockgate.linux.diagbc import sport_attribute
 from sockgate.linux.procfs import PROC
 
 # <net/tcp_states.h>
@@ -209,14 +212,19 @@ def _attrs(data: memoryview, off: int, end: int) -> dict[int, memoryview]:
     return out
 
 
-def _inet_dump(family: int, protocol: int, proto: str, states: int) -> list[Sock]:
+def _inet_dump(family: int, protocol: int, proto: str, states: int, ports: frozenset[int] | None = None) -> list[Sock]:
+    """The sockets of one family and protocol in ``states`` (and, given ``ports``, with one of
+    those local ports: a kernel-side filter, ``linux/diagbc.py``, checked again here)."""
     fname = "ipv6" if family == socket.AF_INET6 else "ipv4"
     width = 16 if family == socket.AF_INET6 else 4
     kind = {"tcp": "stream", "udp": "dgram"}.get(proto, "raw")
     out = []
-    for data, off, length in _dump(family, INET_DIAG_REQ_V2.pack(family, protocol, 0, states)):
-        fam, state, ports, src, dst, ifindex, c0, c1, _exp, _rq, _wq, uid, inode = INET_DIAG_MSG.unpack_from(data, off)
-        sport, dport = _PORTS.unpack(ports)
+    request = INET_DIAG_REQ_V2.pack(family, protocol, 0, states) + (b"" if ports is None else sport_attribute(ports))
+    for data, off, length in _dump(family, request):
+        fam, state, raw_ports, src, dst, ifindex, c0, c1, _exp, _rq, _wq, uid, inode = INET_DIAG_MSG.unpack_from(data, off)
+        sport, dport = _PORTS.unpack(raw_ports)
+        if ports is not None and sport not in ports:
+            continue
         v6only = None
         if fam == socket.AF_INET6:
             flag = _attrs(data, off + INET_DIAG_MSG.size, off + length).get(INET_DIAG_SKV6ONLY)
@@ -339,7 +347,8 @@ def _victims(family: int, ports: frozenset[int], local: frozenset[Address] | Non
     width = 16 if family == socket.AF_INET6 else 4
     out = []
     try:
-        for data, off, _length in _dump(family, INET_DIAG_REQ_V2.pack(family, socket.IPPROTO_TCP, 0, states)):
+        request = INET_DIAG_REQ_V2.pack(family, socket.IPPROTO_TCP, 0, states) + sport_attribute(ports)
+        for data, off, _length in _dump(family, request):
             fam, _state, raw_ports, src, dst = INET_DIAG_MSG.unpack_from(data, off)[:5]
             sport, _dport = _PORTS.unpack(raw_ports)
             if sport not in ports or fam != family:
@@ -465,6 +474,22 @@ def identities(kinds: Iterable[str], states: dict[str, int], proc: str = PROC) -
             except OSError:  # no tcp_diag / udp_diag here
                 out.update((kind, fname, x.inode) for x in parse_proc_inet(_read_proc(kind + suffix, proc), kind, fname,
                                                                            states[kind]) if x.local_port)
+    return out
+
+
+def tcp_on_ports(ports: Iterable[int], states: int, proc: str = PROC) -> list[Sock]:
+    """The TCP sockets, IPv4 and IPv6, in ``states`` whose local port is one of ``ports``: the
+    kernel filters (``linux/diagbc.py``), so a busy host's other connections cost nothing."""
+    wanted = frozenset(ports)
+    if not wanted:
+        return []
+    out: list[Sock] = []
+    for fam, fname, suffix in _FAMILIES:
+        try:
+            out.extend(_inet_dump(fam, socket.IPPROTO_TCP, "tcp", states, wanted))
+        except OSError:  # no tcp_diag here
+            out.extend(s for s in parse_proc_inet(_read_proc("tcp" + suffix, proc), "tcp", fname, states)
+                       if s.local_port in wanted)
     return out
 
 
