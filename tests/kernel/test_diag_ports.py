@@ -101,7 +101,13 @@ def test_the_largest_program_passes_the_kernels_audit(mine: dict[int, int]) -> N
 def test_the_cutoff_ends_denied_connections_without_dumping_the_whole_table(monkeypatch: pytest.MonkeyPatch) -> None:
     """cutoff.end_denied asks the kernel for its listeners' ports only, and still ends the
     denied connection (127.0.0.2) and keeps the allowed one (127.0.0.1)."""
-    monkeypatch.setattr(sockdiag, "inventory", lambda *a, **k: pytest.fail("the whole table was dumped"))
+    real = sockdiag._inet_dump
+
+    def filtered_only(family: int, protocol: int, proto: str, states: int, ports: frozenset[int] | None = None) -> list[sockdiag.Sock]:
+        assert ports, "the whole table was dumped"
+        return real(family, protocol, proto, states, ports)
+
+    monkeypatch.setattr(sockdiag, "_inet_dump", filtered_only)
     svc = resolve(parse_policy("service web {\n    allow 127.0.0.1\n    default deny\n}\n"), "web")
     with socket.socket() as srv:
         srv.bind(("127.0.0.1", 0))
@@ -125,3 +131,26 @@ def test_the_cutoff_ends_denied_connections_without_dumping_the_whole_table(monk
             for c, s_ in pairs:
                 c.close()
                 s_.close()
+
+
+def test_identities_of_udp_by_port_are_those_a_full_look_finds_on_the_ports() -> None:
+    """The poll's cheap look with a UDP port filter: bound UDP sockets of those ports only,
+    IPv4 and IPv6, the same the unfiltered look finds there."""
+    made = []
+    try:
+        for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")) * 3:
+            u = socket.socket(family, socket.SOCK_DGRAM)
+            made.append(u)
+            u.bind((host, 0))
+        ports = {u.getsockname()[1]: u for u in made}
+        chosen = frozenset(list(ports)[:3])
+        states = {"udp": 1 << sockdiag.TCP_CLOSE}
+        inodes = {os.fstat(u.fileno()).st_ino: p for p, u in ports.items()}
+        full = {i for _k, _f, i in sockdiag.identities(["udp"], states) if i in inodes}
+        assert full == set(inodes)
+        got = {i for _k, _f, i in sockdiag.identities(["udp"], states, ports={"udp": chosen}) if i in inodes}
+        assert got == {i for i, p in inodes.items() if p in chosen}
+        assert sockdiag.identities(["udp"], states, ports={"udp": frozenset()}) == set()
+    finally:
+        for u in made:
+            u.close()

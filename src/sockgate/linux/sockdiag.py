@@ -42,7 +42,7 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Mapping
 
 from sockgate.errors import AdapterError
 from sockgate.linux.diagbc import sport_attribute
@@ -444,11 +444,16 @@ _INET = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "raw": IPPROTO_RA
 _FAMILIES = ((socket.AF_INET, "ipv4", ""), (socket.AF_INET6, "ipv6", "6"))
 
 
-def inventory(kinds: Iterable[str], states: dict[str, int], proc: str = PROC) -> list[Sock]:
-    """Sockets of ``kinds`` (tcp, udp, raw, icmp, unix), each in the state mask given for it."""
+def inventory(kinds: Iterable[str], states: dict[str, int], proc: str = PROC, *,
+              ports: Mapping[str, frozenset[int]] | None = None) -> list[Sock]:
+    """Sockets of ``kinds`` (tcp, udp, raw, icmp, unix), each in the state mask given for it;
+    a kind named in ``ports`` only with one of those local ports (the kernel filters:
+    ``linux/diagbc.py``)."""
     out: list[Sock] = []
     for kind in kinds:
-        out.extend(_one_kind(kind, states[kind], proc))
+        wanted = None if ports is None else ports.get(kind)
+        if wanted is None or wanted:
+            out.extend(_one_kind(kind, states[kind], proc, wanted))
     return out
 
 
@@ -457,43 +462,40 @@ def inventory(kinds: Iterable[str], states: dict[str, int], proc: str = PROC) ->
 _IDENTITY = struct.Struct("=4xH62xI")
 
 
-def identities(kinds: Iterable[str], states: dict[str, int], proc: str = PROC) -> set[tuple[str, str, int]]:
+def identities(kinds: Iterable[str], states: dict[str, int], proc: str = PROC, *,
+               ports: Mapping[str, frozenset[int]] | None = None) -> set[tuple[str, str, int]]:
     """(proto, family, inode) of every socket of ``kinds`` (tcp, udp) in its ``states`` with a
-    local port, IPv4 and IPv6: the cheap answer to "is anything new since the last look?". One
-    unpack per message and no record built, since a poller asks it every few seconds (10,000
-    sockets: about a third of ``inventory``'s CPU). A family without a diag handler is read from
-    /proc, as ``inventory`` does."""
+    local port, IPv4 and IPv6 (a kind named in ``ports``: with one of those, as ``inventory``):
+    the cheap answer to "is anything new since the last look?". One unpack per message and no
+    record built, since a poller asks it every few seconds (10,000 sockets: about a third of
+    ``inventory``'s CPU). A family without a diag handler is read from /proc, as ``inventory``
+    does."""
     out: set[tuple[str, str, int]] = set()
     for kind in kinds:
+        wanted = None if ports is None else ports.get(kind)
+        if wanted is not None and not wanted:
+            continue
+        bc = b"" if wanted is None else sport_attribute(wanted)
         for fam, fname, suffix in _FAMILIES:
             try:
-                for data, off, _length in _dump(fam, INET_DIAG_REQ_V2.pack(fam, _INET[kind], 0, states[kind])):
+                for data, off, _length in _dump(fam, INET_DIAG_REQ_V2.pack(fam, _INET[kind], 0, states[kind]) + bc):
                     port, inode = _IDENTITY.unpack_from(data, off)
-                    if port:
+                    if port and (wanted is None or socket.ntohs(port) in wanted):
                         out.add((kind, fname, inode))
             except OSError:  # no tcp_diag / udp_diag here
                 out.update((kind, fname, x.inode) for x in parse_proc_inet(_read_proc(kind + suffix, proc), kind, fname,
-                                                                           states[kind]) if x.local_port)
+                                                                           states[kind])
+                           if x.local_port and (wanted is None or x.local_port in wanted))
     return out
 
 
 def tcp_on_ports(ports: Iterable[int], states: int, proc: str = PROC) -> list[Sock]:
     """The TCP sockets, IPv4 and IPv6, in ``states`` whose local port is one of ``ports``: the
     kernel filters (``linux/diagbc.py``), so a busy host's other connections cost nothing."""
-    wanted = frozenset(ports)
-    if not wanted:
-        return []
-    out: list[Sock] = []
-    for fam, fname, suffix in _FAMILIES:
-        try:
-            out.extend(_inet_dump(fam, socket.IPPROTO_TCP, "tcp", states, wanted))
-        except OSError:  # no tcp_diag here
-            out.extend(s for s in parse_proc_inet(_read_proc("tcp" + suffix, proc), "tcp", fname, states)
-                       if s.local_port in wanted)
-    return out
+    return inventory(["tcp"], {"tcp": states}, proc, ports={"tcp": frozenset(ports)})
 
 
-def _one_kind(kind: str, mask: int, proc: str) -> list[Sock]:
+def _one_kind(kind: str, mask: int, proc: str, ports: frozenset[int] | None = None) -> list[Sock]:
     if kind == "unix":
         try:
             return _unix_dump(mask)
@@ -504,9 +506,10 @@ def _one_kind(kind: str, mask: int, proc: str) -> list[Sock]:
         try:
             if kind == "icmp":  # ping sockets have no diag family
                 raise OSError(errno.ENOENT, "no diag family for ICMP ping sockets")
-            out.extend(_inet_dump(fam, _INET[kind], kind, mask))
+            out.extend(_inet_dump(fam, _INET[kind], kind, mask, ports))
         except OSError:  # no tcp_diag / udp_diag / raw_diag here
-            out.extend(parse_proc_inet(_read_proc(kind + suffix, proc), kind, fname, mask))
+            out.extend(s for s in parse_proc_inet(_read_proc(kind + suffix, proc), kind, fname, mask)
+                       if ports is None or s.local_port in ports)
     return out
 
 
