@@ -170,6 +170,22 @@ def list_files(directory: str) -> list[str]:
         return [e.name for e in it if e.is_file()]
 
 
+def list_entries(directory: str) -> list[tuple[str, str]]:
+    """Every name in ``directory`` with the kind of the entry itself (``file``, ``link``,
+    ``dir``, ``other``), links not followed."""
+    _check_name(directory)
+    with os.scandir(directory) as it:
+        return [(e.name, _kind(e)) for e in it]
+
+
+def _kind(e: os.DirEntry[str]) -> str:
+    if e.is_symlink():
+        return "link"
+    if e.is_dir(follow_symlinks=False):
+        return "dir"
+    return "file" if e.is_file(follow_symlinks=False) else "other"
+
+
 def load(path: str | os.PathLike[str]) -> Policy:
     """Load a native policy file (with its includes and set files)."""
     return load_policy([os.fspath(path)])

@@ -6,12 +6,14 @@ guarded as in.sgtestd's (127.0.0.1 served, 127.0.0.2 dropped); the second is rep
 held by a super-server for an unknown daemon, never silently left. systemd socket activation
 is not run here (systemd is not PID 1 in the lab): a root process named ``systemd`` holds a
 listener that a ``.socket`` unit in a test unit directory describes, and its ``@.service``
-names the daemon."""
+names the daemon; a vendor drop-in masked in /etc is not applied (the rules are those of the
+daemon systemd runs)."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from typing import Any
@@ -111,6 +113,61 @@ def test_a_listener_systemd_holds_for_a_socket_unit_is_its_services_daemons(lab:
         assert [(k["local"], k["holders"][0]["comm"]) for k in rows] == [(f"127.0.0.1:{port}", "systemd")]
         assert agent.status()["superserved"] == []
         assert not connects(DENIED, port)
+    finally:
+        holder.kill()
+        holder.wait()
+        for pipe in (holder.stdin, holder.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+def handshakes(src: str, port: int, timeout: float = 1.0) -> bool:
+    """The listener's filter let ``src``'s SYN in (the holder never accepts: the handshake is
+    the test; a dropped SYN times out)."""
+    with socket.socket() as c:
+        c.bind((src, 0))
+        c.settimeout(timeout)
+        try:
+            c.connect((ALLOWED, port))
+        except (TimeoutError, socket.timeout):
+            return False
+        return True
+
+
+def test_a_masked_vendor_drop_in_does_not_choose_the_rules(lab: Lab) -> None:
+    """A vendor service drop-in masked in /etc (a link to /dev/null, systemd.unit(5)) is not
+    applied: the listener pid 1 holds is guarded with the rules of the daemon systemd runs
+    (in.sgstrict: 127.0.0.2's SYN dropped), not the masked drop-in's (in.sgopen: ALL)."""
+    port = BASE + 4
+    etc, lib = lab.path("etc"), lab.path("lib")
+    files = {
+        f"{lib}/sgtest.socket": f"[Socket]\nListenStream=127.0.0.1:{port}\n",
+        f"{lib}/sgtest.service": "[Service]\nExecStart=/usr/local/sbin/in.sgstrict\n",
+        f"{lib}/sgtest.service.d/10-vendor.conf": "[Service]\nExecStart=\nExecStart=/usr/local/sbin/in.sgopen\n",
+    }
+    for path, text in files.items():
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+    os.makedirs(f"{etc}/sgtest.service.d")
+    os.symlink("/dev/null", f"{etc}/sgtest.service.d/10-vendor.conf")  # the admin's mask
+    fake = lab.path("systemd")
+    os.symlink(os.path.realpath(sys.executable), fake)
+    holder = subprocess.Popen([fake, "-I", "-c", LISTEN, str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "up"
+        allow = lab.path("hosts.allow", f"in.sgstrict: {ALLOWED}\nin.sgopen: ALL\n")
+        deny = lab.path("hosts.deny", "ALL: ALL\n")
+        agent = lab.agent("--hosts-allow", allow, "--hosts-deny", deny, "--systemd-units", etc, "--systemd-units", lib,
+                          "--xinetd-conf", lab.path("no-xinetd.conf"), "--inetd-conf", lab.path("no-inetd.conf"))
+        rows = until("systemd's listener enrolled", lambda: [
+            (svc["name"], k["state"]) for svc in agent.status()["services"] for k in svc["sockets"]
+            if k["state"] in ("guarded", "adopted")])
+        # systemd runs in.sgstrict here (the vendor drop-in is masked): its rules, not in.sgopen's
+        opened = handshakes(DENIED, port)
+        assert handshakes(ALLOWED, port)
+        assert not opened and [name for name, _ in rows] == ["in.sgstrict"], \
+            f"guarded as {rows}; {DENIED} connects: {opened}"
     finally:
         holder.kill()
         holder.wait()

@@ -65,6 +65,8 @@ LAYERS: dict[str, int] = {
     "sockgate.refusallog": ENFORCE,  # the refusal log a long-running command hosts
     "sockgate.probe": ENFORCE,
     "sockgate.agent": ENFORCE,  # `sockgate agent`: pure planners (model …) and edges (watcher …)
+    "sockgate.agent.unitsyntax": ENFORCE,  # systemd's unit file syntax and names, as systemd reads them (pure)
+    "sockgate.agent.systemdunits": ENFORCE,  # systemd's unit loader: names, masks, aliases, drop-ins (through the reader)
     "sockgate.demo": ENFORCE,
     "sockgate.top": ENFORCE,  # `sockgate top`: pure model and select (snapshots in, rows out), feed (I/O)
     "sockgate.top.app": ENTRY,  # the textual application over them (the optional `top` extra)
@@ -82,7 +84,7 @@ AGENT_EDGES = frozenset({
     "sockgate.agent.client", "sockgate.agent.names", "sockgate.agent.files", "sockgate.agent.sources",
     "sockgate.agent.runtime", "sockgate.agent.bansink", "sockgate.agent.crowdfeed", "sockgate.agent.agentstate",
     "sockgate.agent.sweeps", "sockgate.agent.transaction", "sockgate.agent.banning", "sockgate.agent.hostnames",
-    "sockgate.agent.launchfiles", "sockgate.agent.auditscan",
+    "sockgate.agent.launchfiles", "sockgate.agent.auditscan", "sockgate.agent.systemdunits",
 })
 
 # Adapters are thin: one kernel facility each, no policy logic.

@@ -34,7 +34,7 @@ from typing import Iterable, Literal, Mapping, Sequence, assert_never
 from sockgate.agent.desired import selectors
 from sockgate.agent.enrol import Level, claims
 from sockgate.agent.model import Endpoint, GuardState, Observed, Selector
-from sockgate.agent.superserver import Launch
+from sockgate.agent.superserver import Launch, unknown_why
 from sockgate.loading import DEFAULT_SYS_UID_MAX
 from sockgate.policy.hostmatch import fold
 from sockgate.policy.ir import Policy
@@ -134,11 +134,16 @@ def audit(services: Sequence[Enrolled], seen: Iterable[Seen], launches: Sequence
         rows += by_daemon[s.name] or [Row("no-listener", s.name, s.named_at, note="not running / no listener seen")]
     rows += [Row("impostor", d, at.get(d, ()), o, note="has the name, is not plausibly the daemon: not its socket")
              for d, o in sorted(impostors, key=lambda i: _sock_key(i[1]))]
-    rows += [Row("superserved", None, (), o, note=SUPERSERVED) for o in sorted(superserved, key=_sock_key)]
+    rows += [Row("superserved", None, (), o, note=_superserved_note(launches, o)) for o in sorted(superserved, key=_sock_key)]
     return tuple(rows)
 
 
 SUPERSERVED = "held by a super-server for a daemon no configuration read names (--map DAEMON=PROTO/PORT)"
+
+
+def _superserved_note(launches: Sequence[Launch], o: Observed) -> str:
+    why = unknown_why(launches, o.proto, o.port)
+    return SUPERSERVED + (f"; not settled: {why}" if why else "")
 
 
 def exit_status(rows: Iterable[Row]) -> int:

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from sockgate.linux.inotify import Change, Inotify
-from sockgate.loading import FileReader, list_files
+from sockgate.loading import FileReader, list_entries, list_files
 from sockgate.errors import AdapterError
 
 
@@ -34,6 +34,8 @@ class WatchingReader(FileReader):
         super().__init__()
         self.asked: list[str] = []
         self.listed: list[str] = []
+        self.awaited: list[str] = []  # paths that matter though they do not exist (yet)
+        self.first_missing: list[str] = []  # for each, its first component that does not exist
 
     def __call__(self, path: str) -> str:
         self.asked.append(path)
@@ -43,15 +45,44 @@ class WatchingReader(FileReader):
         self.listed.append(directory)
         return list_files(directory)
 
+    def entries(self, directory: str) -> list[tuple[str, str]]:
+        """Every name in ``directory`` with its kind (``file``, ``link``, ``dir``, ``other``:
+        the entry's own, a link not followed), hidden ones too (systemd's units). A missing
+        directory raises ``FileNotFoundError`` and is not recorded (``await_path`` it)."""
+        found = list_entries(directory)
+        self.listed.append(directory)
+        return found
+
+    def await_path(self, path: str) -> None:
+        """``path`` does not exist yet and matters when it appears: the nearest existing
+        ancestor is watched for the next name towards it (so a created unit directory
+        reloads, and nothing else there does)."""
+        path = os.path.abspath(path)
+        first = path
+        while (parent := os.path.dirname(first)) != first and not os.path.isdir(parent):
+            first = parent
+        self.awaited.append(path)
+        self.first_missing.append(first)
+
+    def apart(self) -> WatchingReader:
+        """A reader with a budget of its own that records what it reads into this one's
+        lists (the super-servers' files do not spend the policy's budget)."""
+        other = WatchingReader()
+        other.asked, other.listed, other.awaited, other.first_missing = \
+            self.asked, self.listed, self.awaited, self.first_missing
+        return other
+
     def watch_list(self, extra: Iterable[str] = ()) -> WatchList:
         """What this load depends on (``extra``: more files, e.g. the hosts file for names)."""
-        return watch_list([*self.asked, *extra], self.listed)
+        w = watch_list([*self.asked, *self.first_missing, *extra], self.listed)
+        return replace(w, awaited=frozenset(self.awaited))
 
 
 @dataclass(frozen=True)
 class WatchList:
     files: frozenset[str]  # absolute names: as asked for, and where symbolic links lead
     listed: frozenset[str]  # directories whose every name matters
+    awaited: frozenset[str] = frozenset()  # paths that do not exist: any step towards one matters
 
     def directories(self) -> frozenset[str]:
         return frozenset(os.path.dirname(f) for f in self.files) | self.listed
@@ -62,7 +93,8 @@ class WatchList:
             return True
         if not change.name:  # the directory itself was moved or removed
             return any(f.startswith(change.directory + os.sep) for f in self.files)
-        return os.path.join(change.directory, change.name) in self.files
+        path = os.path.join(change.directory, change.name)
+        return path in self.files or any(a == path or a.startswith(path + os.sep) for a in self.awaited)
 
 
 def watch_list(files: Iterable[str], listed: Iterable[str] = ()) -> WatchList:

@@ -10,10 +10,10 @@ configuration, not an error: most hosts run none of these super-servers.
 from __future__ import annotations
 
 import os
-from typing import Callable
-
 from sockgate.agent.files import WatchingReader
-from sockgate.agent.superserver import Launch, UnitText, dropin_dirs, parse_inetd, parse_socket_unit, parse_xinetd
+from sockgate.agent.superserver import Launch, parse_inetd, parse_xinetd, socket_launches, unknown_launches
+from sockgate.agent.systemdunits import UnitLoader
+from sockgate.agent.unitsyntax import Masked, Unsettled, unit_name
 from sockgate.errors import SockgateError
 from sockgate.services_db import read_services
 
@@ -23,6 +23,7 @@ def read_launches(reader: WatchingReader, xinetd_conf: str | None, inetd_conf: s
     """The daemons the super-servers' configurations start (a missing file: none), read
     through ``reader`` (the agent's: a change of them reloads too)."""
     services = read_services(services_file)
+    reader = reader.apart()  # a budget of their own: the policy's files cannot crowd them out
     out: list[Launch] = []
 
     def text(path: str) -> str | None:
@@ -43,49 +44,33 @@ def read_launches(reader: WatchingReader, xinetd_conf: str | None, inetd_conf: s
         out += parse_xinetd(xinetd, xinetd_conf, services, include)
     if inetd_conf and (inetd := text(inetd_conf)) is not None:
         out += parse_inetd(inetd, inetd_conf, services)
-    out += _socket_units(systemd_units, reader, text)
+    out += _socket_units(systemd_units, reader)
     return tuple(out)
 
 
-def _socket_units(dirs: tuple[str, ...], reader: WatchingReader, text: Callable[[str], str | None]) -> list[Launch]:
-    """The launches of every ``.socket`` unit in ``dirs`` (the first of a name wins), each with
-    its service unit found in the same order, both with their drop-ins. Only existing
-    directories are listed (and so watched): a missing one is not a problem to report, and
-    creating one changes its parent's listing, which is watched."""
-    listed = [d for d in dirs if os.path.isdir(d)]
-    names: dict[str, str] = {}
-    for d in listed:
-        for n in sorted(_listdir(reader, d)):
-            names.setdefault(n, d)
-
-    def unit_text(unit: str) -> UnitText | None:
-        d = names.get(unit)
-        main = None if d is None else text(os.path.join(d, unit))
-        return None if main is None else [main, *_dropins(unit, listed, reader, text)]
-
-    out: list[Launch] = []
-    for n, d in sorted(names.items()):
-        if n.endswith(".socket") and (t := unit_text(n)) is not None:
-            out += parse_socket_unit(n, t, os.path.join(d, n), unit_text)
-    return out
-
-
-def _dropins(unit: str, dirs: list[str], reader: WatchingReader, text: Callable[[str], str | None]) -> list[str]:
-    """The texts of ``unit``'s drop-ins in the order they apply (``superserver`` module doc:
-    a name is taken from the first directory having it, the files applied by name)."""
-    chosen: dict[str, str] = {}
-    for d in dirs:
-        for sub in dropin_dirs(unit):
-            where = os.path.join(d, sub)
-            if os.path.isdir(where):
-                for n in _listdir(reader, where):
-                    if n.endswith(".conf"):
-                        chosen.setdefault(n, os.path.join(where, n))
-    return [t for n in sorted(chosen) if (t := text(chosen[n])) is not None]
-
-
-def _listdir(reader: WatchingReader, directory: str) -> list[str]:
+def _socket_units(dirs: tuple[str, ...], reader: WatchingReader) -> list[Launch]:
+    """The launches of every socket unit in ``dirs`` (systemd's search path) as systemd loads
+    it (``agent/systemdunits.py``): one per loaded unit (an alias is its target), a masked
+    one none, an unsettled one unknown launches saying why."""
     try:
-        return reader.listdir(directory)
-    except (OSError, SockgateError):
-        return []
+        units = UnitLoader(dirs, reader)
+        names = units.sockets()
+    except Unsettled as e:
+        return unknown_launches(", ".join(dirs), str(e))
+    out: list[Launch] = []
+    done: set[str] = set()
+    for n in names:
+        u = unit_name(n)
+        assert u is not None
+        try:
+            loaded = units.load(u)
+        except Masked:
+            continue
+        except Unsettled as e:
+            out += unknown_launches(n, f"systemd unit {n}: {e}" if n not in str(e) else str(e))
+            continue
+        if str(loaded.name) in done:
+            continue
+        done.add(str(loaded.name))
+        out += socket_launches(loaded.name, loaded.settings, loaded.path, lambda s: units.load(s).settings)
+    return out

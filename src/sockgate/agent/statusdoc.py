@@ -84,6 +84,7 @@ class SuperservedRow:
     guarded there. Listed apart; not in the exit code (it may well run nothing the policy names)."""
 
     sock: Observed
+    why: str = ""  # why the configurations read could not say which daemon (an unreadable unit, ...)
 
 
 @dataclass(frozen=True)
@@ -235,7 +236,7 @@ def _impostor(i: ImpostorRow) -> dict[str, Any]:
 
 def _superserved(r: SuperservedRow) -> dict[str, Any]:
     o = r.sock
-    return {"proto": o.proto, "local": o.local_text(), "port": o.port,
+    return {"proto": o.proto, "local": o.local_text(), "port": o.port, "why": r.why,
             "holders": [{"pid": h.pid, "comm": h.comm, "argv0": h.argv0, "uid": h.euid, "exe": h.exe} for h in o.holders]}
 
 
@@ -283,7 +284,7 @@ SCHEMA: dict[str, Any] = {
     "errors": [str],
     "impostors": [{"service": str, "proto": ("tcp", "udp"), "local": str,
                    "holders": [{"pid": int, "comm": str, "argv0": ("?", str), "uid": ("?", int), "exe": ("?", str)}]}],
-    "superserved": [{"proto": ("tcp", "udp"), "local": str, "port": int,
+    "superserved": [{"proto": ("tcp", "udp"), "local": str, "port": int, "why": str,
                      "holders": [{"pid": int, "comm": str, "argv0": ("?", str), "uid": ("?", int), "exe": ("?", str)}]}],
     "degraded": [DEGRADED],
 }
@@ -391,7 +392,8 @@ def render(doc: Mapping[str, Any], width: int = WIDTH) -> str:
     for r in doc["superserved"]:
         who = " ".join(_who(h) for h in r["holders"])
         lines.append(f"held by a super-server for an unknown daemon: {r['proto']} {r['local']} {who}; a daemon the "
-                     f"policy names started from it is NOT guarded (--map DAEMON={r['proto']}/{r['port']})")
+                     f"policy names started from it is NOT guarded (--map DAEMON={r['proto']}/{r['port']})"
+                     + (f"; not settled: {r['why']}" if r["why"] else ""))
     if doc["degraded"]:
         lines.append(f"DEGRADED, not in force: {', '.join(doc['degraded'])} (see above)")
     n = doc["unguarded"]

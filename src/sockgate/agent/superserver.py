@@ -18,17 +18,16 @@ named as libwrap names it:
   daemon is the basename of argv[0] (what tcpd and a libwrap daemon take as their name);
   ``internal`` and RPC services launch none.
 
-* systemd (``systemd.socket(5)``): each ``NAME.socket`` unit's ``ListenStream`` (tcp) and
-  ``ListenDatagram`` (udp) ports; the service it starts is ``Service=``, else ``NAME@.service``
-  with ``Accept=yes``, else ``NAME.service``; the daemon is the basename of that service's
-  ``ExecStart`` argv[0] (the second word with the ``@`` prefix). The unit directories are
-  read in systemd's order, the first file of a name winning. Drop-ins (``systemd.unit(5)``)
-  apply to both units: ``*.conf`` in ``NAME.d/``, the template's ``PREFIX@.socket.d/``, each
-  dash prefix's ``a-b-.socket.d/`` and the type's ``socket.d/``, in every unit directory; a
-  file name found twice is taken from the first directory in that order (``/etc`` before
-  ``/run`` before ``/lib``, then the more specific name), and the files are applied after the
-  unit in the order of their names — so ``ListenStream=`` (empty) in an override clears the
-  unit's ports, as systemd does.
+* systemd (``systemd.socket(5)``): each socket unit's ``ListenStream`` (tcp) and
+  ``ListenDatagram`` (udp) ports (``%i`` expanded for an enabled template instance); the
+  service it starts is ``Service=``, else ``NAME@.service`` (an instance per connection) with
+  ``Accept=yes``, else ``NAME.service``; the daemon is the basename of that service's
+  ``ExecStart`` argv[0] (unquoted; the second word with the ``@`` prefix). Which file, with
+  which drop-ins, a name loads is systemd's loader (``agent/systemdunits.py``: search path,
+  masks, aliases, drop-in order), the syntax systemd's parser (``agent/unitsyntax.py``).
+  Whatever cannot be settled exactly gives launches of an *unknown* daemon (``daemon`` empty,
+  ``why`` the reason) on the unit's ports (every port when those are unsettled too): they
+  claim nothing, and status shows the reason at a listener pid 1 holds there.
 
 Each launch also says who would call libwrap for it (``Launch.wrap``), for the audit
 (``agent/audit.py``): ``tcpd`` when tcpd is the server in front of the daemon; ``superserver``
@@ -49,16 +48,23 @@ through the reader that also watches them).
 from __future__ import annotations
 
 import posixpath
+import re
 from dataclasses import dataclass
 from typing import Callable, Iterable, Literal, Mapping, Sequence
 
-from sockgate.agent.model import Endpoint, HolderInfo
+from sockgate.agent.model import MAX_PORT, Endpoint, HolderInfo
+from sockgate.agent.unitsyntax import (ANY_INSTANCE, Assignments, Masked, UnitName, Unsettled, dropin_names, exec_argv0,
+                                       expand_instance, parse_boolean, parse_config, unit_name)
 from sockgate.policy.hostmatch import fold
 from sockgate.policy.ir import Endpoint as ServiceEndpoint
 
 SUPERSERVERS = frozenset({"xinetd", "inetd", "systemd", "tcpd"})
 Services = Mapping[str, tuple[ServiceEndpoint, ...]]
-SYSTEMD_UNITS = ("/etc/systemd/system", "/run/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system")  # systemd's order
+SYSTEMD_UNITS = (  # the system manager's unit search path, in its order (``systemd-analyze unit-paths``, systemd 252)
+    "/etc/systemd/system.control", "/run/systemd/system.control", "/run/systemd/transient",
+    "/run/systemd/generator.early", "/etc/systemd/system", "/etc/systemd/system.attached", "/run/systemd/system",
+    "/run/systemd/system.attached", "/run/systemd/generator", "/usr/local/lib/systemd/system", "/lib/systemd/system",
+    "/usr/lib/systemd/system", "/run/systemd/generator.late")
 WrapBy = Literal["tcpd", "superserver", "never"]
 _WAIT_STREAM = "wait = yes on a stream service: the server accepts connections itself, no address is checked"
 
@@ -220,75 +226,123 @@ def _inetd_wrap(wait_stream: bool, server: str) -> tuple[WrapBy, str]:
 
 
 UnitText = str | Sequence[str]  # a unit file, or it and its drop-ins in the order they apply
+_ALL = (Endpoint("tcp", 1, MAX_PORT), Endpoint("udp", 1, MAX_PORT))
+_LISTEN = {"ListenStream": "tcp", "ListenDatagram": "udp"}
+_RESETS = frozenset({"ListenStream", "ListenDatagram", "ListenSequentialPacket", "ListenFIFO", "ListenSpecial",
+                     "ListenNetlink", "ListenMessageQueue", "ListenUSBFunction"})
+_IPV4_PORT = re.compile(r"[0-9.]+:([0-9]+)")
+_IPV6_PORT = re.compile(r"\[[0-9A-Fa-f:.]+(?:%[^\]]+)?\](?:%[A-Za-z0-9_.:-]+)?:([0-9]+)")
 
 
 def dropin_dirs(unit: str) -> list[str]:
-    """The drop-in directory names of ``unit``, most specific first (module doc)."""
-    stem, dot, kind = unit.rpartition(".")
-    if not dot or not stem:
+    """The drop-in directory names one unit directory has for ``unit``, in systemd's order;
+    the type's last (``unitsyntax.dropin_names``; ``agent/systemdunits.py`` puts every unit
+    directory's names before any type directory)."""
+    u = unit_name(unit)
+    if u is None:
         return []
-    out = [f"{unit}.d"]
-    at = stem.find("@")
-    if 0 < at < len(stem) - 1:
-        out.append(f"{stem[:at + 1]}.{kind}.d")
-    out += [f"{stem[:i + 1]}.{kind}.d" for i in range(len(stem) - 1, 0, -1) if stem[i] == "-"]
-    out.append(f"{kind}.d")
-    return out
+    return [*dict.fromkeys(f"{n}.d" for n in dropin_names(u)), f"{u.kind}.d"]
 
 
 def parse_socket_unit(name: str, text: UnitText, where: str, service_text: Callable[[str], UnitText | None]) -> list[Launch]:
-    """The daemon socket unit ``name`` (``sshd.socket``) starts on each of its IP ports;
-    ``text`` the unit (with its drop-ins), ``service_text(unit)`` a service unit's (None: not
-    found)."""
-    socket = _unit(text).get("Socket", {})
-    accept = (socket.get("Accept") or ["no"])[-1].lower() in ("yes", "true", "1", "on")
-    stem = name.removesuffix(".socket")
-    service = (socket.get("Service") or [""])[-1] or (f"{stem}@.service" if accept else f"{stem}.service")
-    found = service_text(service)
-    exec_start = [v for v in _unit(found or "").get("Service", {}).get("ExecStart", []) if v]
-    daemon = _argv0(exec_start[0]) if exec_start else ""
-    if not daemon or "@" in stem:
+    """The daemon socket unit ``name`` (``sshd.socket``) starts on each of its IP ports, when
+    it is settled; ``text`` the unit (with its drop-ins), ``service_text(unit)`` a service
+    unit's (None: not found)."""
+    u = unit_name(name)
+    if u is None or u.kind != "socket":
         return []
-    out: list[Launch] = []
-    for key, proto in (("ListenStream", "tcp"), ("ListenDatagram", "udp")):
-        for value in socket.get(key, []):
-            port = value.rpartition(":")[2] if not value.startswith("/") else ""
-            out += [Launch(daemon, ep, f"systemd {where}", "never", "systemd calls no libwrap")
-                    for ep in _ports(port, "", proto, {})]
-    return out
+
+    def settings(t: UnitText, at: str) -> Assignments:
+        return [a for x in ([t] if isinstance(t, str) else t) for a in parse_config(x, at)]
+
+    def service(n: UnitName) -> Assignments:
+        found = service_text(str(n if n.instance != ANY_INSTANCE else n.template()))
+        if found is None:
+            raise Unsettled(f"systemd unit {n} not found")
+        return settings(found, str(n))
+
+    try:
+        own = settings(text, where)
+    except Unsettled:
+        return []
+    return [x for x in socket_launches(u, own, where, service) if x.daemon]
 
 
-def _unit(texts: UnitText) -> dict[str, dict[str, list[str]]]:
-    """A unit file's sections (and its drop-ins', in order) → key → values in order (an empty
-    value resets the list, as systemd does for list settings); continuation lines joined; a
-    line before a file's first section header belongs to no section."""
-    sections: dict[str, dict[str, list[str]]] = {}
-    for text in [texts] if isinstance(texts, str) else texts:
-        _sections(text, sections)
-    return sections
+def socket_launches(name: UnitName, settings: Assignments, where: str,
+                    service: Callable[[UnitName], Assignments]) -> list[Launch]:
+    """The launches of socket unit ``name`` loaded with ``settings``; ``service(name)`` the
+    settings of a service unit (raises ``Unsettled``/``Masked``). What cannot be settled gives
+    *unknown* launches (``daemon`` empty, ``why`` the reason) on the unit's ports, or on every
+    port when even those are unsettled: never a guessed daemon."""
+    try:
+        ports = _listen(settings, name.instance)
+    except Unsettled as e:
+        return unknown_launches(where, f"systemd unit {name}: {e}")
+    try:
+        daemon = _daemon(name, settings, service)
+    except Unsettled as e:
+        return unknown_launches(where, f"systemd unit {name}: {e}", ports)
+    except Masked as e:
+        return unknown_launches(where, f"systemd unit {name}: its service is masked ({e})", ports)
+    return [Launch(daemon, ep, f"systemd {where}", "never", "systemd calls no libwrap") for ep in ports]
 
 
-def _sections(text: str, sections: dict[str, dict[str, list[str]]]) -> None:
-    current: dict[str, list[str]] | None = None
-    for line in text.replace("\\\n", " ").splitlines():
-        line = line.strip()
-        if not line or line[0] in "#;":
+def unknown_launches(where: str, why: str, ports: Sequence[Endpoint] = _ALL) -> list[Launch]:
+    """Launches of an unknown daemon (``Launch.daemon`` empty) on ``ports``, saying why."""
+    return [Launch("", ep, f"systemd {where}", "never", why) for ep in ports]
+
+
+def unknown_why(launches: Iterable[Launch], proto: str, port: int) -> str:
+    """Why the super-servers' configurations could not say which daemon ``proto/port`` starts
+    (empty: nothing unsettled there)."""
+    return "; ".join(dict.fromkeys(x.why for x in launches if not x.daemon and x.endpoint.covers(proto, port)))
+
+
+def _listen(settings: Assignments, instance: str | None) -> list[Endpoint]:
+    """The IP ports of ``ListenStream=``/``ListenDatagram=`` (an empty ``Listen*=`` clears
+    every port, as systemd's ``socket_free_ports``)."""
+    ports: list[Endpoint] = []
+    for section, key, value in settings:
+        if section != "Socket" or key not in _RESETS:
             continue
-        if line.startswith("[") and line.endswith("]"):
-            current = sections.setdefault(line[1:-1], {})
-            continue
-        key, sep, value = line.partition("=")
-        if sep and current is not None:
-            value = value.strip()
-            current[key.strip()] = [*current.get(key.strip(), []), value] if value else []
+        if not value:
+            ports = []
+        elif key in _LISTEN:
+            ports += _address_port(expand_instance(value, instance), _LISTEN[key])
+    return list(dict.fromkeys(ports))
 
 
-def _argv0(exec_start: str) -> str:
-    """The basename of argv[0] of an ``ExecStart`` line (its ``-@:+!`` prefixes read)."""
-    prefix = exec_start[:len(exec_start) - len(exec_start.lstrip("-@:+!"))]
-    words = exec_start[len(prefix):].split()
-    word = words[1] if "@" in prefix and len(words) > 1 else words[0] if words else ""
-    return posixpath.basename(word)
+def _address_port(value: str, proto: str) -> list[Endpoint]:
+    if value.startswith(("/", "@", "vsock:")):
+        return []  # AF_UNIX, abstract, AF_VSOCK
+    m = _IPV6_PORT.fullmatch(value) or _IPV4_PORT.fullmatch(value)
+    port = m.group(1) if m else value
+    if not (port.isascii() and port.isdigit() and len(port) <= 5 and 1 <= int(port) <= MAX_PORT):
+        raise Unsettled(f"the address {value!r} is not read here")
+    return [Endpoint("tcp" if proto == "tcp" else "udp", int(port), int(port))]
+
+
+def _daemon(name: UnitName, settings: Assignments, service: Callable[[UnitName], Assignments]) -> str:
+    accept, chosen = False, None
+    for section, key, value in settings:
+        if section == "Socket" and key == "Accept":
+            accept = parse_boolean(value)
+        elif section == "Socket" and key == "Service":
+            chosen = unit_name(value)
+            if chosen is None or chosen.kind != "service" or chosen.instance == "" or "%" in value:
+                raise Unsettled(f"Service={value!r} is no service unit name read here")
+    if accept and chosen is not None:
+        raise Unsettled("Service= with Accept=yes: systemd refuses the socket")
+    if accept:
+        chosen = UnitName(name.prefix, ANY_INSTANCE, "service")
+    target = chosen or name.with_kind("service")
+    commands: list[str] = []
+    for section, key, value in service(target):
+        if section == "Service" and key == "ExecStart":
+            commands = [*commands, value] if value else []
+    if len(commands) != 1 or ";" in commands[0].split():
+        raise Unsettled(f"{target} has {len(commands)} ExecStart= commands, or several in one")
+    return exec_argv0(commands[0])
 
 
 def _ports(port: str, service: str, proto: str, services: Services) -> list[Endpoint]:

@@ -20,7 +20,7 @@ from sockgate.agent.agentstate import AgentState, Row, Trigger
 from sockgate.agent.applier import Outcome
 from sockgate.agent.desired import Desired
 from sockgate.agent.enrol import identifies, impostor_of, select
-from sockgate.agent.superserver import is_superserver
+from sockgate.agent.superserver import is_superserver, unknown_why
 from sockgate.agent.model import HolderInfo, Observed, SocketEvent, Want
 from sockgate.agent.observe import AllPorts, Look, describe
 from sockgate.errors import SockgateError
@@ -40,7 +40,8 @@ class Sweeps(AgentState):
             self.impostors[sock.cookie] = statusdoc.ImpostorRow(fake, sock)
         selected = select(d, sock)
         if selected is None and _enrols(d) and any(is_superserver(h) for h in sock.holders):
-            self.superserved[sock.cookie] = statusdoc.SuperservedRow(sock)
+            self.superserved[sock.cookie] = statusdoc.SuperservedRow(
+                sock, unknown_why(self.built.launches, sock.proto, sock.port))
         return selected is not None or sock.cookie in self.rows
 
     def _named(self, holder: HolderInfo) -> bool:

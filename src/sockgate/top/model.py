@@ -324,7 +324,8 @@ def health_rows(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
     rows += [("error", e) for e in doc["errors"]]
     rows += [("impostor", f"{i['proto']} {i['local']} takes {i['service']}'s name; left alone") for i in doc["impostors"]]
     rows += [("super-server", f"{r['proto']} {r['local']} held for an unknown daemon: NOT guarded if it starts one the "
-                              f"policy names (--map DAEMON={r['proto']}/{r['port']})") for r in doc["superserved"]]
+                              f"policy names (--map DAEMON={r['proto']}/{r['port']})"
+                              + (f"; not settled: {r['why']}" if r.get("why") else "")) for r in doc["superserved"]]
     return [(k, escape(v)) for k, v in rows]
 
 
