@@ -1,7 +1,7 @@
 # sockgate: `make demo` and `make test` do all the set-up on a fresh machine.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-APT_PACKAGES := tcpd nmap iproute2 nftables socat haproxy xinetd iperf3 procps openssl crowdsec fail2ban sshguard dnsmasq-base dropbear-bin
+APT_PACKAGES := systemd tcpd nmap iproute2 nftables socat haproxy xinetd iperf3 procps openssl crowdsec fail2ban sshguard dnsmasq-base dropbear-bin
 # crowdsec's postinst registers with CrowdSec's online API unless this file exists and is not
 # empty before the install; only the package registries are reachable, so it must exist first.
 CROWDSEC_CAPI := /etc/crowdsec/online_api_credentials.yaml
