@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from sockgate.agent.model import GuardState
-from sockgate.agent.statusdoc import (AgentInfo, BanRow, ImpostorRow, NameRow, PolicyInfo, Refusals, ServiceRow, SocketRow, StatusError, build,
+from sockgate.agent.statusdoc import (AgentInfo, BanRow, ImpostorRow, NameRow, PolicyInfo, Refusals, ServiceRow, SocketRow, StatusError,
+                                      SuperservedRow, build,
                                       check, exit_code, json_schema, render)
 from sockgate.agent.model import Selector
 from support.agentcore import DNS, NGINX, SSH, holder, ours, sock, spec
@@ -167,3 +168,15 @@ def test_a_locked_socket_with_our_earlier_program_reads_stale_not_unguarded_and_
     text = render(build(AGENT, POLICY, rows, []), width=200)
     assert "  STALE     tcp 0.0.0.0:22 812/sshd:3\n" in text and why in text
     assert "  host name web.example.com: no address (lookup failed (timed out): admits nobody)\n" in text
+
+
+def test_a_super_servers_listener_says_why_its_daemon_is_not_settled() -> None:
+    """A listener pid 1 holds where a systemd unit could not be read: status says which unit
+    and why (the operator fixes that, not a --map)."""
+    pid1 = holder("systemd", "systemd", 1, 40, euid=0)
+    why = "systemd unit demo.socket: systemd drop-in /etc/x.conf unreadable: Permission denied"
+    doc = build(AGENT, LOADED, (), [], superserved=(SuperservedRow(sock(7, 2323, holders=(pid1,)), why),))
+    check(json.loads(json.dumps(doc)))
+    assert doc["superserved"][0]["why"] == why
+    words = " ".join(render(doc, width=400).split())
+    assert f"not settled: {why}" in words

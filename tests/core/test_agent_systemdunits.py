@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sockgate.agent.files import WatchingReader
 from sockgate.agent.launchfiles import read_launches
-from sockgate.agent.superserver import SYSTEMD_UNITS
+from sockgate.agent.superserver import SYSTEMD_UNITS, launches_for, unknown_why
 from sockgate.linux.inotify import Change
 
 
@@ -193,3 +193,86 @@ def test_an_accepted_connections_instance_takes_the_template_prefix_drop_ins(tmp
         tmp_path / "lib/ssh-@.service.d/b.conf": "[Service]\nExecStart=\nExecStart=/usr/sbin/sshd -i\n",
     })
     assert _daemons(tmp_path) == {"sshd"}
+
+
+def _launches(tmp_path: Path, reader: WatchingReader | None = None) -> list[tuple[str, int, str]]:
+    launches = read_launches(reader or WatchingReader(), None, None, (str(tmp_path / "etc"), str(tmp_path / "lib")),
+                             services_file=str(tmp_path / "none"))
+    return sorted((x.daemon, x.endpoint.first, x.why) for x in launches)
+
+
+def test_an_unreadable_drop_in_makes_the_launches_unknown_and_says_why(tmp_path: Path) -> None:
+    """A drop-in that exists but cannot be read (here a FIFO: systemd would block on it) leaves
+    the unit unsettled: the port's launch names no daemon and says which file, never the
+    daemon without it; ``unknown_why`` is what status shows at the listener."""
+    _tree({tmp_path / p: t for p, t in BASE.items()})
+    (tmp_path / "etc/demo.socket.d").mkdir(parents=True)
+    os.mkfifo(tmp_path / "etc/demo.socket.d/svc.conf")
+    got = _launches(tmp_path)  # a socket's drop-in may set any port: all of them are unsettled
+    assert [(d, p) for d, p, _ in got] == [("", 1), ("", 1)]
+    assert {why for _, _, why in got} == {
+        f"systemd unit demo.socket: drop-in {tmp_path}/etc/demo.socket.d/svc.conf unreadable: "
+        "a FIFO, not a regular file; only regular files are read"}
+    os.unlink(tmp_path / "etc/demo.socket.d/svc.conf")
+    (tmp_path / "etc/demo.service.d").mkdir(parents=True)
+    os.mkfifo(tmp_path / "etc/demo.service.d/svc.conf")  # the service's: the socket's ports are known
+    launches = read_launches(WatchingReader(), None, None, (str(tmp_path / "etc"), str(tmp_path / "lib")),
+                             services_file=str(tmp_path / "none"))
+    assert "demo.service.d/svc.conf unreadable" in unknown_why(launches, "tcp", 2323)
+    assert unknown_why(launches, "tcp", 22) == ""
+    assert launches_for(launches, ["in.telnetd", "sshd"]) == {}
+
+
+def test_a_dangling_drop_in_link_hides_the_lower_one_as_systemd_does(tmp_path: Path) -> None:
+    """systemd takes a drop-in name from the first directory having it and skips it when it
+    cannot be opened for ENOENT (checked with systemd-analyze verify 252)."""
+    _tree({tmp_path / p: t for p, t in BASE.items()} | {
+        tmp_path / "lib/demo.socket.d/svc.conf": "[Socket]\nService=other.service\n"})
+    (tmp_path / "etc/demo.socket.d").mkdir(parents=True)
+    os.symlink("/nonexistent/svc.conf", tmp_path / "etc/demo.socket.d/svc.conf")
+    assert _launches(tmp_path) == [("in.telnetd", 2323, "systemd calls no libwrap")]
+
+
+def test_a_masked_socket_launches_nothing_and_an_empty_unit_masks_too(tmp_path: Path) -> None:
+    _tree({tmp_path / p: t for p, t in BASE.items()} | {tmp_path / "etc/demo.socket": None})
+    assert _launches(tmp_path) == []
+    (tmp_path / "etc/demo.socket").unlink()
+    (tmp_path / "etc/demo.socket").write_text("")
+    assert _launches(tmp_path) == []
+
+
+def test_what_systemd_would_refuse_or_is_not_read_here_is_unknown(tmp_path: Path) -> None:
+    """A boolean systemd does not take, a specifier, an empty Service=, Service= with Accept=yes,
+    two ExecStart= commands: unknown launches with the reason, never a default."""
+    for conf, reason in [("[Socket]\nAccept=maybe\n", "not a boolean"),
+                         ("[Socket]\nService=%p.service\n", "Service="),
+                         ("[Socket]\nService=\n", "Service="),
+                         ("[Socket]\nAccept=yes\nService=other.service\n", "Accept=yes"),
+                         ("[Socket]\nListenStream=\nListenStream=%n\n", "specifier")]:
+        _tree({tmp_path / p: t for p, t in BASE.items()} | {tmp_path / "etc/demo.socket.d/x.conf": conf})
+        got = _launches(tmp_path)
+        assert got and all(d == "" and reason in why for d, _, why in got), (conf, got)
+    (tmp_path / "etc/demo.socket.d/x.conf").unlink()
+    _tree({tmp_path / "etc/demo.service.d/x.conf": "[Service]\nExecStart=/usr/sbin/other\n"})
+    assert [(d, p) for d, p, _ in _launches(tmp_path)] == [("", 2323)]
+
+
+def test_a_template_instance_expands_only_the_instance(tmp_path: Path) -> None:
+    _tree({tmp_path / p: t for p, t in BASE.items()} | {
+        tmp_path / "lib/demo@.socket": "[Socket]\nListenStream=127.0.0.1:%i\n",
+        tmp_path / "lib/odd@.socket": "[Socket]\nListenStream=%n\n"})
+    wants = tmp_path / "etc/sockets.target.wants"
+    wants.mkdir(parents=True)
+    os.symlink(tmp_path / "lib/demo@.socket", wants / "demo@2424.socket")
+    os.symlink(tmp_path / "lib/odd@.socket", wants / "odd@1.socket")
+    got = _launches(tmp_path)
+    assert [(d, p) for d, p, _ in got if d] == [("in.telnetd", 2323), ("in.telnetd-accept", 2424)]
+    assert {why for d, _, why in got if not d} == {"systemd unit odd@1.socket: the specifier %n in '%n'"}
+
+
+def test_the_units_have_a_read_budget_of_their_own(tmp_path: Path) -> None:
+    _tree({tmp_path / p: t for p, t in BASE.items()})
+    reader = WatchingReader()
+    reader.left = 0
+    assert [d for d, _, _ in _launches(tmp_path, reader)] == ["in.telnetd"]
+    assert str(tmp_path / "lib/demo.socket") in reader.asked  # still watched through the policy's reader

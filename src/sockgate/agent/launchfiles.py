@@ -56,7 +56,7 @@ def _socket_units(dirs: tuple[str, ...], reader: WatchingReader) -> list[Launch]
         units = UnitLoader(dirs, reader)
         names = units.sockets()
     except Unsettled as e:
-        return unknown_launches(", ".join(dirs), str(e))
+        return unknown_launches(", ".join(dirs), f"systemd units: {e}")
     out: list[Launch] = []
     done: set[str] = set()
     for n in names:
@@ -67,7 +67,7 @@ def _socket_units(dirs: tuple[str, ...], reader: WatchingReader) -> list[Launch]
         except Masked:
             continue
         except Unsettled as e:
-            out += unknown_launches(n, f"systemd unit {n}: {e}" if n not in str(e) else str(e))
+            out += unknown_launches(n, f"systemd unit {n}: {e}")
             continue
         if str(loaded.name) in done:
             continue

@@ -258,7 +258,7 @@ def parse_socket_unit(name: str, text: UnitText, where: str, service_text: Calla
     def service(n: UnitName) -> Assignments:
         found = service_text(str(n if n.instance != ANY_INSTANCE else n.template()))
         if found is None:
-            raise Unsettled(f"systemd unit {n} not found")
+            raise Unsettled(f"unit {n} not found")
         return settings(found, str(n))
 
     try:

@@ -78,7 +78,7 @@ class UnitLoader:
             self.reader.await_path(d)
             return {}
         except (OSError, SockgateError) as e:
-            raise Unsettled(f"systemd unit directory {d} cannot be listed: {_why(e)}") from e
+            raise Unsettled(f"unit directory {d} cannot be listed: {_why(e)}") from e
 
     # -- which units ---------------------------------------------------------------------------
 
@@ -129,21 +129,21 @@ class UnitLoader:
         """The file the name map gives ``name`` and the unit name it loads as (aliases
         followed by name); raises ``Masked`` or ``Unsettled`` (not found included)."""
         if hops > _MAX_HOPS:
-            raise Unsettled(f"systemd unit {name}: too many alias links")
+            raise Unsettled(f"unit {name}: too many alias links")
         d = self.names.get(name)
         u = unit_name(name)
         if d is None or u is None:
-            raise Unsettled(f"systemd unit {name} not found")
+            raise Unsettled(f"unit {name} not found")
         path = os.path.join(d, name)
         kind = self.listing[d][name]
         if kind == "file":
             return path, u
         if kind != "link":
-            raise Unsettled(f"systemd unit {path} is not a file")
+            raise Unsettled(f"unit {path} is not a file")
         try:
             target = os.path.normpath(os.path.join(d, os.readlink(path)))
         except OSError as e:
-            raise Unsettled(f"systemd unit {path}: {_why(e)}") from e
+            raise Unsettled(f"unit {path}: {_why(e)}") from e
         base = os.path.basename(target)
         if target == "/dev/null" or _is_char_device(target):
             raise Masked(path)
@@ -152,7 +152,7 @@ class UnitLoader:
         t = unit_name(base)
         if os.path.dirname(target) not in self.dirs or t is None or t.kind != u.kind \
                 or (t.instance is None) != (u.instance is None) or (t.instance or u.instance):
-            raise Unsettled(f"systemd unit {path}: a link to {target} is no alias read here")
+            raise Unsettled(f"unit {path}: a link to {target} is no alias read here")
         return self._resolve(base, hops + 1)
 
     def aliases(self, name: UnitName) -> list[UnitName]:
@@ -185,10 +185,10 @@ class UnitLoader:
         """The drop-in files of the unit loaded as ``name``, in the order they apply."""
         aliases = self.aliases(name)
         if len(aliases) > _MAX_ALIASES:
-            raise Unsettled(f"systemd unit {name}: more than {_MAX_ALIASES} aliases")
+            raise Unsettled(f"unit {name}: more than {_MAX_ALIASES} aliases")
         orders = {tuple(self._conf_files([name, *order])) for order in itertools.permutations(aliases)}
         if len(orders) != 1:
-            raise Unsettled(f"systemd unit {name}: its aliases' drop-ins apply in an order systemd does not fix")
+            raise Unsettled(f"unit {name}: its aliases' drop-ins apply in an order systemd does not fix")
         return list(orders.pop())
 
     def _conf_files(self, names: list[UnitName]) -> list[str]:
@@ -201,10 +201,7 @@ class UnitLoader:
             dirs += self._dropin_dir(d, f"{names[0].kind}.d")
         chosen: dict[str, str] = {}
         for d in dirs:
-            try:
-                listed = self._entries(d)
-            except Unsettled as e:
-                raise Unsettled(f"systemd unit {names[0]}: {e}") from e
+            listed = self._entries(d)
             for f in listed:
                 if f.endswith(".conf") and not f.startswith("."):
                     chosen.setdefault(f, os.path.join(d, f))
@@ -226,7 +223,7 @@ class UnitLoader:
         if not os.path.exists(resolved):
             return []  # a dangling link: no directory
         if not os.path.isdir(resolved):
-            raise Unsettled(f"systemd drop-in directory {path} is not a directory")
+            raise Unsettled(f"drop-in directory {path} is not a directory")
         return [resolved]
 
     # -- reading -------------------------------------------------------------------------------
@@ -248,15 +245,15 @@ class UnitLoader:
             st = os.stat(path)
             if stat.S_ISCHR(st.st_mode):
                 if what == "drop-in" and st.st_rdev != os.makedev(1, 3):
-                    raise Unsettled(f"systemd {what} {path} is a device")
+                    raise Unsettled(f"{what} {path} is a device")
                 return None
             return self.reader(path)
         except FileNotFoundError:
             if what == "drop-in":
                 return ""
-            raise Unsettled(f"systemd {what} {path} not found") from None
+            raise Unsettled(f"{what} {path} not found") from None
         except (OSError, SockgateError) as e:
-            raise Unsettled(f"systemd {what} {path} unreadable: {_why(e)}") from e
+            raise Unsettled(f"{what} {path} unreadable: {_why(e)}") from e
 
 
 def _is_char_device(path: str) -> bool:
