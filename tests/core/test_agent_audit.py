@@ -333,3 +333,11 @@ def test_the_terminal_table_colours_enforced_by_and_escapes_names() -> None:
     text = console.export_text(clear=False)
     assert "NOTHING" in text and "100/[red]sshd" in text and "not running / no listener seen" in text
     assert "\x1b[1;31mNOTHING" in console.export_text(styles=True)
+
+
+def test_a_super_servers_listener_for_an_unsettled_unit_says_why() -> None:
+    o = sock(8, 2323, holders=(holder("systemd", "systemd", pid=1, euid=0),))
+    why = "systemd unit demo.socket: drop-in /etc/x.conf unreadable: Permission denied"
+    unknown = Launch("", Endpoint("tcp", 2323, 2323), "systemd demo.socket", "never", why)
+    (row,) = [r for r in audit.audit([SSHD], [], [unknown], [], [o]) if r.kind == "superserved"]
+    assert row.note == f"{audit.SUPERSERVED}; not settled: {why}"
