@@ -9,9 +9,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from sockgate.agent.files import WatchingReader
 from sockgate.agent.launchfiles import read_launches
 from sockgate.agent.superserver import SYSTEMD_UNITS, launches_for, unknown_why
+from sockgate.agent.unitsyntax import (UnitName, Unsettled, dropin_names, exec_argv0, parse_boolean, parse_config, read_lines,
+                                       unit_name)
 from sockgate.linux.inotify import Change
 
 
@@ -276,3 +280,37 @@ def test_the_units_have_a_read_budget_of_their_own(tmp_path: Path) -> None:
     reader.left = 0
     assert [d for d, _, _ in _launches(tmp_path, reader)] == ["in.telnetd"]
     assert str(tmp_path / "lib/demo.socket") in reader.asked  # still watched through the policy's reader
+
+
+def test_lines_comments_and_continuations_as_config_parse() -> None:
+    assert read_lines("a\nb\r\nc\rd\0e\n\rf\n\ng\0\nh") == ["a", "b", "c", "d", "e", "f", "", "g", "", "h"]
+    text = "[Socket]\n# c \\\nA=1 \\\n  ; inside \\\n  B\nC=2\\\\\n\nD=3 \\\n\nE=\\"
+    assert parse_config(text, "u") == [("Socket", "A", "1    B"), ("Socket", "C", "2\\\\"), ("Socket", "D", "3"),
+                                       ("Socket", "E", "")]
+    assert parse_config("A=1\n[X-Any]\nB=2\n", "u") == [("X-Any", "B", "2")]  # nothing before a section
+    for bad in ("[Socket\n", "[So\\cket]\n", "[Socket]\nA=\udcff\n", "[Socket]\nA=" + "x" * (1 << 20) + "\n"):
+        with pytest.raises(Unsettled):
+            parse_config(bad, "u")
+
+
+def test_argv0_is_unquoted_and_anything_unsettled_refused() -> None:
+    assert exec_argv0('"/usr/sbin/in.telnetd" -h') == "in.telnetd"
+    assert exec_argv0("-@/usr/sbin/tcpd in.ftpd -l") == "in.ftpd"
+    assert exec_argv0("+/usr/sbin/sshd -i") == exec_argv0("!!/usr/sbin/sshd") == "sshd"
+    assert exec_argv0("/usr/sbin/a'b c'") == "ab c" and exec_argv0("/usr/sbin/in\\x2etelnetd") == "in.telnetd"
+    assert exec_argv0("sshd -i") == "sshd"
+    for bad in ("/usr/sbin/%N", "@/bin/tcpd $NAME", "'/usr/sbin/x", "/usr/sbin/x\\q", "usr/sbin/x", "/usr/sbin/",
+                "", " ; /bin/x", "@/bin/tcpd", "/bin/\\x01x", "!!+/usr/sbin/sshd"):  # "+" after "!!": the path
+        with pytest.raises(Unsettled):
+            exec_argv0(bad)
+
+
+def test_booleans_and_names_as_systemd() -> None:
+    assert all(parse_boolean(v) for v in ("1", "yes", "Y", "true", "T", "on"))
+    assert not any(parse_boolean(v) for v in ("0", "NO", "n", "false", "f", "Off"))
+    for bad in ("", "2", "yess", "enable"):
+        with pytest.raises(Unsettled):
+            parse_boolean(bad)
+    assert str(unit_name("a-b@x@y.service")) == "a-b@x@y.service" and unit_name("a b.socket") is None
+    assert [str(n) for n in dropin_names(UnitName("a-b", "x", "service"))] == [
+        "a-b@x.service", "a-b@.service", "a-@.service", "a-@x.service", "a-@.service"]

@@ -47,6 +47,7 @@ through the reader that also watches them).
 
 from __future__ import annotations
 
+import ipaddress
 import posixpath
 import re
 from dataclasses import dataclass
@@ -230,8 +231,8 @@ _ALL = (Endpoint("tcp", 1, MAX_PORT), Endpoint("udp", 1, MAX_PORT))
 _LISTEN = {"ListenStream": "tcp", "ListenDatagram": "udp"}
 _RESETS = frozenset({"ListenStream", "ListenDatagram", "ListenSequentialPacket", "ListenFIFO", "ListenSpecial",
                      "ListenNetlink", "ListenMessageQueue", "ListenUSBFunction"})
-_IPV4_PORT = re.compile(r"[0-9.]+:([0-9]+)")
-_IPV6_PORT = re.compile(r"\[[0-9A-Fa-f:.]+(?:%[^\]]+)?\](?:%[A-Za-z0-9_.:-]+)?:([0-9]+)")
+_IPV4_PORT = re.compile(r"([0-9.]+):([0-9]+)")
+_IPV6_PORT = re.compile(r"\[([0-9A-Fa-f:.]+)(?:%[A-Za-z0-9_.-]+)?\]:([0-9]+)")
 
 
 def dropin_dirs(unit: str) -> list[str]:
@@ -316,10 +317,19 @@ def _address_port(value: str, proto: str) -> list[Endpoint]:
     if value.startswith(("/", "@", "vsock:")):
         return []  # AF_UNIX, abstract, AF_VSOCK
     m = _IPV6_PORT.fullmatch(value) or _IPV4_PORT.fullmatch(value)
-    port = m.group(1) if m else value
-    if not (port.isascii() and port.isdigit() and len(port) <= 5 and 1 <= int(port) <= MAX_PORT):
+    port = m.group(2) if m else value
+    if m and not _is_address(m.group(1)) or not (port.isascii() and port.isdigit() and len(port) <= 5
+                                                 and 1 <= int(port) <= MAX_PORT):
         raise Unsettled(f"the address {value!r} is not read here")
     return [Endpoint("tcp" if proto == "tcp" else "udp", int(port), int(port))]
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _daemon(name: UnitName, settings: Assignments, service: Callable[[UnitName], Assignments]) -> str:

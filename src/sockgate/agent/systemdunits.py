@@ -66,10 +66,11 @@ class UnitLoader:
         for d in self.dirs:
             self.listing[d] = self._entries(d)
             for n in sorted(self.listing[d]):
-                if unit_name(n) is not None and not n.startswith("."):
+                if unit_name(n) is not None:  # hidden names too: systemd loads them
                     self.names.setdefault(n, d)
         self._aliases: dict[str, set[str]] | None = None
         self._broken: dict[str, str] = {}  # a link that resolves to nothing → its target's name
+        self._listed: dict[str, dict[str, str]] = {}  # drop-in directories listed so far
 
     def _entries(self, d: str) -> dict[str, str]:
         try:
@@ -201,7 +202,9 @@ class UnitLoader:
             dirs += self._dropin_dir(d, f"{names[0].kind}.d")
         chosen: dict[str, str] = {}
         for d in dirs:
-            listed = self._entries(d)
+            if d not in self._listed:
+                self._listed[d] = self._entries(d)
+            listed = self._listed[d]
             for f in listed:
                 if f.endswith(".conf") and not f.startswith("."):
                     chosen.setdefault(f, os.path.join(d, f))

@@ -23,7 +23,7 @@ _WHITESPACE = " \t\n\r"
 _COMMENTS = "#;"
 _BOM = "\ufeff"
 _UNIT_CHARS = r"[A-Za-z0-9:_.\\-]"
-_UNIT_NAME = re.compile(rf"({_UNIT_CHARS}+)(?:@({_UNIT_CHARS}*))?\.(socket|service)")
+_UNIT_NAME = re.compile(rf"({_UNIT_CHARS}+)(?:@((?:{_UNIT_CHARS}|@)*))?\.(socket|service)")
 _TRUE = frozenset({"1", "yes", "y", "true", "t", "on"})
 _FALSE = frozenset({"0", "no", "n", "false", "f", "off"})
 _SIMPLE_ESCAPES = {"\\": "\\", '"': '"', "'": "'", "s": " "}
@@ -207,7 +207,8 @@ def exec_argv0(value: str) -> str:
             break
         i += 1
     path = first[i:]
-    if not path or any(ord(c) < 32 or c in "\"'\\\x7f" for c in path) or path.endswith("/"):
+    if not path or any(ord(c) < 32 or c in "\"'\\\x7f" for c in path) or path.endswith(("/", "/.", "/..")) \
+            or path in (".", "..") or ("/" in path and not path.startswith("/")):
         raise Unsettled(f"ExecStart={value!r}: an executable systemd refuses")
     argv0 = path
     if at:
