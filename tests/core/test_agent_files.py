@@ -61,3 +61,20 @@ def test_debounce_waits_for_quiet_but_not_forever() -> None:
         d = d.touch(t)
     assert d.fire_at() == 11.0  # a writer that never stops still gets a reload a second in
     assert d.reset().fire_at() is None
+
+
+def test_a_missing_directory_is_awaited_in_its_nearest_existing_parent_and_only_there(tmp_path: Path) -> None:
+    """A unit directory that does not exist yet: its nearest existing ancestor is watched for
+    the next name towards it; other names there reload nothing; the super-servers' reader
+    records into the policy's lists with a budget of its own."""
+    reader = WatchingReader()
+    units = reader.apart()
+    units.await_path(str(tmp_path / "run/systemd/transient"))
+    (tmp_path / "x").write_text("x")
+    units("%s/x" % tmp_path)
+    w = reader.watch_list()
+    assert str(tmp_path) in w.directories() and str(tmp_path / "run") not in w.directories()
+    assert w.concerns(Change(str(tmp_path), "run", IN_MOVED_TO))
+    assert w.concerns(Change(str(tmp_path / "run/systemd"), "transient", IN_MOVED_TO))
+    assert not w.concerns(Change(str(tmp_path), "other", IN_MOVED_TO))
+    assert reader.asked == [f"{tmp_path}/x"] and reader.left == reader.total and units.left < units.total
