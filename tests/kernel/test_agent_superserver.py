@@ -174,3 +174,40 @@ def test_a_masked_vendor_drop_in_does_not_choose_the_rules(lab: Lab) -> None:
         for pipe in (holder.stdin, holder.stdout):
             if pipe is not None:
                 pipe.close()
+
+
+def test_an_unreadable_drop_in_is_reported_at_the_listener_and_fixing_it_guards_it(lab: Lab) -> None:
+    """A service drop-in that cannot be read (a FIFO) leaves the daemon unsettled: the listener
+    pid 1 holds is not guarded under a guessed daemon, and status says which file and why;
+    removing the file reloads (the drop-in directory is watched) and the listener is guarded."""
+    port = BASE + 5
+    units = lab.path("units")
+    os.makedirs(f"{units}/sgtest.service.d")
+    with open(f"{units}/sgtest.socket", "w") as f:
+        f.write(f"[Socket]\nListenStream=127.0.0.1:{port}\n")
+    with open(f"{units}/sgtest.service", "w") as f:
+        f.write("[Service]\nExecStart=/usr/local/sbin/in.sgstrict\n")
+    os.mkfifo(f"{units}/sgtest.service.d/override.conf")
+    fake = lab.path("systemd")
+    os.symlink(os.path.realpath(sys.executable), fake)
+    holder = subprocess.Popen([fake, "-I", "-c", LISTEN, str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "up"
+        allow = lab.path("hosts.allow", f"in.sgstrict: {ALLOWED}\n")
+        deny = lab.path("hosts.deny", "ALL: ALL\n")
+        agent = lab.agent("--hosts-allow", allow, "--hosts-deny", deny, "--systemd-units", units,
+                          "--xinetd-conf", lab.path("no-xinetd.conf"), "--inetd-conf", lab.path("no-inetd.conf"))
+        (row,) = until("the listener reported with its reason", lambda: agent.status()["superserved"])
+        assert row["port"] == port and "sgtest.service.d/override.conf unreadable" in row["why"], row
+        assert [k for svc in agent.status()["services"] for k in svc["sockets"]] == []
+        os.unlink(f"{units}/sgtest.service.d/override.conf")
+        until("guarded once the file is gone", lambda: [
+            k for svc in agent.status()["services"] if svc["name"] == "in.sgstrict" for k in svc["sockets"]
+            if k["state"] in ("guarded", "adopted")])
+        assert agent.status()["superserved"] == [] and not handshakes(DENIED, port)
+    finally:
+        holder.kill()
+        holder.wait()
+        for pipe in (holder.stdin, holder.stdout):
+            if pipe is not None:
+                pipe.close()
