@@ -10,7 +10,7 @@ from typing import Iterator
 
 import pytest
 
-from sockgate.kernel.ebpf import BPFFS_ENV
+from sockgate.kernel.ebpfstore import BPFFS_ENV
 from sockgate.linux import bpffs as bpffs_mod
 from support.launch import Launch, Launched
 from support.pinned import mounted

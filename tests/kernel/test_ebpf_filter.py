@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from sockgate.decide import decide_service
 from sockgate.ebpf import EbpfProgram, LpmKey, Verdict, compile_service
-from sockgate.kernel.ebpf import OPTIONS
+from sockgate.kernel.ebpfopts import OPTIONS
 from sockgate.errors import AdapterError
 from sockgate.ebpf.insn import BPF_REG_0, BPF_REG_2, ProgType, encode, exit_, mov64
 from sockgate.linux import bpfsys
@@ -127,7 +127,7 @@ def test_loopback_ipv4_agrees_with_the_engine(seed: int) -> None:
 @given(st.integers(0, 2**32 - 1))
 def test_the_backends_program_agrees_with_the_engine_on_tcp_and_udp(seed: int) -> None:
     """The program the backend loads (service state, the protocol read from each packet:
-    ``kernel.ebpf.OPTIONS``) on a TCP and a UDP socket at once decides as the engine."""
+    ``kernel.ebpfopts.OPTIONS``) on a TCP and a UDP socket at once decides as the engine."""
     rng = random.Random(seed)
     svc = random_service(rng, "loop", V4_LOOP, None, n_rules=10)
     sources = sorted(set(boundary_sources(svc, rng, loopback_usable, extra=20)))
