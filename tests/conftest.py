@@ -26,6 +26,12 @@ def _reason_root() -> str | None:
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 needs_netns = pytest.mark.skipif(netlab.can_netns() is not None, reason=str(netlab.can_netns()))
 needs_linux = pytest.mark.skipif(sys.platform != "linux", reason="kernel enforcement is Linux-only")
+# ``sockgate agent`` for real (tests/support/agentlab.py): cgroup BPF hooks, pidfd_getfd, bpffs.
+needs_agent = [
+    pytest.mark.skipif(sys.platform != "linux", reason="cgroup BPF is Linux-only"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="the agent needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_PTRACE)"),
+    pytest.mark.root,
+]
 
 
 def needs_tool(name: str) -> pytest.MarkDecorator:

@@ -233,6 +233,12 @@ class Lab:
             return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
                                     preexec_fn=enter, start_new_session=True)
 
+    def hosts_agent(self, allow: str, deny: str = "ALL: ALL\n", *args: str, prefix: tuple[str, ...] = ()) -> AgentProc:
+        """The agent over the lab's hosts.allow and hosts.deny, written first with ``allow`` and
+        ``deny`` (``path("hosts.allow")``, ``path("hosts.deny")``: theirs to edit later)."""
+        files = ("--hosts-allow", self.path("hosts.allow", allow), "--hosts-deny", self.path("hosts.deny", deny))
+        return self.agent(*files, *args, prefix=prefix)
+
     def agent(self, *args: str, ready: bool = True, prefix: tuple[str, ...] = ()) -> AgentProc:
         control = os.path.join(self.tmp, "run", "agent.sock")
         notify_path = self.path(f"notify-{uuid.uuid4().hex[:6]}")
