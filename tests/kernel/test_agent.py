@@ -34,7 +34,7 @@ from sockgate.kernel.transaction import Slot, Step
 from sockgate.linux import pidfd
 from sockgate.refused import read_refused
 from sockgate.socktable import Selection, list_sockets
-from support.agentlab import START, WAIT, AgentProc, Lab, Server, guard, guarded_by, until
+from support.agentlab import START, WAIT, AgentProc, Lab, Server, guard, guarded_by, joining, until
 
 pytestmark = needs_agent
 
@@ -351,17 +351,11 @@ def test_a_regular_user_running_the_daemons_own_binary_is_an_impostor_not_unguar
     subprocess.run(["gcc", "-shared", "-fPIC", "-o", lib, source], check=True, timeout=60)
     os.chmod(lib, 0o755)
     agent = lab.hosts_agent(f"dropbear: {ALLOWED}\n")
-    procs = f"{lab.cgroup}/cgroup.procs"
-
-    def enter() -> None:
-        with open(procs, "w") as f:
-            f.write(str(os.getpid()))
-
     user = ("setpriv", f"--reuid={USER_UID}", f"--regid={USER_UID}", "--clear-groups", "--")
     proc = subprocess.Popen([*user, "env", f"LD_PRELOAD={lib}", f"LOCK_PORT={port}",
                              "/usr/sbin/dropbear", "-F", "-E", "-p", f"127.0.0.1:{port + 1}"],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            preexec_fn=enter, start_new_session=True, text=True)
+                            preexec_fn=joining(lab.cgroup), start_new_session=True, text=True)
     lab.servers.append(Server(proc, {}))  # stopped (its group killed) with the lab
 
     def listening() -> bool:
