@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from sockgate.agent.files import WatchingReader
 from sockgate.agent.superserver import socket_launches
 from sockgate.agent.systemdunits import UnitLoader
-from sockgate.agent.unitsyntax import Masked, UnitName, Unsettled, exec_argv0
+from sockgate.agent.unitsyntax import ANY_INSTANCE, Masked, UnitName, Unsettled, exec_argv0
 
 ANALYZE = shutil.which("systemd-analyze")
 pytestmark = pytest.mark.skipif(ANALYZE is None, reason="needs systemd-analyze (make setup installs systemd)")
@@ -83,7 +83,7 @@ def _loader(root: Path) -> UnitLoader:
     return UnitLoader((f"{root}/etc", f"{root}/lib"), WatchingReader())
 
 
-SETTLED = {"service": 0, "socket": 0, "all": 0}
+SETTLED = {"service": 0, "socket": 0, "instance": 0, "all": 0}
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -152,6 +152,37 @@ def test_accept_and_service_as_sockgate_settles_them_are_systemds(dropins: dict[
         elif all(x.daemon for x in launches):
             SETTLED["socket"] += 1
             assert not refused, (launches, said, dropins)
+
+
+INSTANCE_DIRS = ("lib/ss-x@.service.d", "etc/ss-x@.service.d", "lib/ss-@.service.d", "etc/ss-.service.d",
+                 "lib/ss-x.service.d", "lib/service.d")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(dropins=_dropins(INSTANCE_DIRS, _exec_lines("i")))
+def test_an_accepted_connections_instance_is_loaded_as_systemd_loads_one(dropins: dict[str, str | None]) -> None:
+    """With Accept=yes each connection runs ``ss-x@N.service``: the template's file with the
+    instance's drop-ins (the template's, the prefixes' with the instance and their templates,
+    the type's) — never ``ss-x.service.d``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        _write(root, {"lib/ss-x@.service": "[Service]\nExecStart=/nonexistent/base\n"} | dropins)
+        (root / "etc").mkdir(exist_ok=True)
+        said = _analyze(root, "ss-x@7.service")
+        try:
+            loaded = _loader(root).load(UnitName("ss-x", ANY_INSTANCE, "service"))
+            commands: list[str] = []
+            for section, key, value in loaded.settings:
+                if section == "Service" and key == "ExecStart":
+                    commands = [*commands, value] if value else []
+            if len(commands) != 1:
+                raise Unsettled("not one command")
+            mine = exec_argv0(commands[0])
+        except (Masked, Unsettled):
+            return
+        SETTLED["instance"] += 1
+        ran = re.findall(r"Command (.+) is not executable", said)
+        assert ran and os.path.basename(ran[0]) == mine, (mine, said, dropins)
 
 
 def test_the_oracle_tests_settle_most_examples() -> None:
