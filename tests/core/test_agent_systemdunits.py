@@ -269,6 +269,7 @@ def test_a_template_instance_expands_only_the_instance(tmp_path: Path) -> None:
     wants.mkdir(parents=True)
     os.symlink(tmp_path / "lib/demo@.socket", wants / "demo@2424.socket")
     os.symlink(tmp_path / "lib/odd@.socket", wants / "odd@1.socket")
+    os.symlink(tmp_path / "lib/gone@.socket", wants / "gone@1.socket")  # a stale link: no unit, no launch
     got = _launches(tmp_path)
     assert [(d, p) for d, p, _ in got if d] == [("in.telnetd", 2323), ("in.telnetd-accept", 2424)]
     assert {why for d, _, why in got if not d} == {"systemd unit odd@1.socket: the specifier %n in '%n'"}

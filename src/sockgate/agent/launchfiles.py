@@ -13,7 +13,7 @@ import os
 from sockgate.agent.files import WatchingReader
 from sockgate.agent.superserver import Launch, parse_inetd, parse_xinetd, socket_launches, unknown_launches
 from sockgate.agent.systemdunits import UnitLoader
-from sockgate.agent.unitsyntax import Masked, Unsettled, unit_name
+from sockgate.agent.unitsyntax import Masked, NotFound, Unsettled, unit_name
 from sockgate.errors import SockgateError
 from sockgate.services_db import read_services
 
@@ -64,7 +64,7 @@ def _socket_units(dirs: tuple[str, ...], reader: WatchingReader) -> list[Launch]
         assert u is not None
         try:
             loaded = units.load(u)
-        except Masked:
+        except (Masked, NotFound):  # systemd listens for neither (a stale link in a .wants/ is no unit)
             continue
         except Unsettled as e:
             out += unknown_launches(n, f"systemd unit {n}: {e}")

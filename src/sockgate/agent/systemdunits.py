@@ -36,8 +36,8 @@ import stat
 from dataclasses import dataclass
 
 from sockgate.agent.files import WatchingReader
-from sockgate.agent.unitsyntax import (ANY_INSTANCE, Assignments, Masked, UnitName, Unsettled, dropin_names, parse_config,
-                                       unit_name)
+from sockgate.agent.unitsyntax import (ANY_INSTANCE, Assignments, Masked, NotFound, UnitName, Unsettled, dropin_names,
+                                       parse_config, unit_name)
 from sockgate.errors import SockgateError
 
 _WANTS = (".wants", ".requires", ".upholds")
@@ -134,7 +134,7 @@ class UnitLoader:
         d = self.names.get(name)
         u = unit_name(name)
         if d is None or u is None:
-            raise Unsettled(f"unit {name} not found")
+            raise NotFound(f"unit {name} not found")
         path = os.path.join(d, name)
         kind = self.listing[d][name]
         if kind == "file":
@@ -254,7 +254,7 @@ class UnitLoader:
         except FileNotFoundError:
             if what == "drop-in":
                 return ""
-            raise Unsettled(f"{what} {path} not found") from None
+            raise NotFound(f"{what} {path} not found") from None
         except (OSError, SockgateError) as e:
             raise Unsettled(f"{what} {path} unreadable: {_why(e)}") from e
 

@@ -35,6 +35,10 @@ class Unsettled(Exception):
     """What systemd does with this input is not settled exactly here (the message says why)."""
 
 
+class NotFound(Unsettled):
+    """No file loads this unit name (systemd loads nothing for it either)."""
+
+
 class Masked(Exception):
     """The unit is masked (systemd loads nothing for it)."""
 
