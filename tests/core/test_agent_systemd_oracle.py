@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from sockgate.agent.files import WatchingReader
 from sockgate.agent.superserver import socket_launches
 from sockgate.agent.systemdunits import UnitLoader
-from sockgate.agent.unitsyntax import ANY_INSTANCE, Masked, UnitName, Unsettled, exec_argv0
+from sockgate.agent.unitsyntax import ANY_INSTANCE, Masked, NotFound, UnitName, Unsettled, exec_argv0
 
 ANALYZE = shutil.which("systemd-analyze")
 pytestmark = pytest.mark.skipif(ANALYZE is None, reason="needs systemd-analyze (make setup installs systemd)")
@@ -83,7 +83,7 @@ def _loader(root: Path) -> UnitLoader:
     return UnitLoader((f"{root}/etc", f"{root}/lib"), WatchingReader())
 
 
-SETTLED = {"service": 0, "socket": 0, "instance": 0, "all": 0}
+SETTLED = {"service": 0, "socket": 0, "instance": 0, "chosen": 0, "all": 0}
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -152,6 +152,40 @@ def test_accept_and_service_as_sockgate_settles_them_are_systemds(dropins: dict[
         elif all(x.daemon for x in launches):
             SETTLED["socket"] += 1
             assert not refused, (launches, said, dropins)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(dropins=_dropins((*SOCKET_DIRS, "etc/al-ias.socket.d"), _accept_lines()), alias=st.booleans(),
+       by_alias=st.booleans())
+def test_the_service_a_socket_starts_is_systemds(dropins: dict[str, str | None], alias: bool, by_alias: bool) -> None:
+    """No service exists, so systemd names the one it chose ("service X not loaded"): Service=,
+    else NAME@.service's instance with Accept=yes, else NAME.service — NAME the unit's own
+    name when loaded by an alias's."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        _write(root, {"lib/de-mo.socket": "[Unit]\nDefaultDependencies=no\n[Socket]\nListenStream=2323\n"} | dropins)
+        (root / "etc").mkdir(exist_ok=True)
+        if alias:
+            os.symlink(root / "lib/de-mo.socket", root / "etc/al-ias.socket")
+        name = "al-ias" if alias and by_alias else "de-mo"
+        said = _analyze(root, f"{name}.socket")
+        asked: list[UnitName] = []
+
+        def service(n: UnitName) -> list[tuple[str, str, str]]:
+            asked.append(n)
+            raise NotFound(f"unit {n} not found")
+
+        try:
+            loaded = _loader(root).load(UnitName(name, None, "socket"))
+        except (Masked, Unsettled):
+            return
+        launches = socket_launches(loaded.name, loaded.settings, loaded.path, service)
+        if any("Service= with Accept=yes" in x.why for x in launches):
+            assert "Explicit service configuration for accepting socket units not supported" in said, said
+        elif asked and launches:  # no port: systemd refuses the socket before choosing
+            SETTLED["chosen"] += 1
+            chosen = re.findall(r"service (\S+) not loaded, socket cannot be started", said)
+            assert chosen == [str(asked[0]).replace(ANY_INSTANCE, "internal")], (asked, said, dropins)
 
 
 INSTANCE_DIRS = ("lib/ss-x@.service.d", "etc/ss-x@.service.d", "lib/ss-@.service.d", "etc/ss-.service.d",
