@@ -224,7 +224,8 @@ class UnitLoader:
         path = os.path.join(d, sub)
         resolved = os.path.realpath(path)
         if not os.path.exists(resolved):
-            return []  # a dangling link: no directory
+            self.reader.await_path(resolved)
+            return []  # a dangling link: no directory (yet)
         if not os.path.isdir(resolved):
             raise Unsettled(f"drop-in directory {path} is not a directory")
         return [resolved]
