@@ -87,7 +87,7 @@ SETTLED = {"service": 0, "socket": 0, "instance": 0, "chosen": 0, "all": 0}
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(etc_unit=st.sampled_from(["absent", "mask", "empty", "unit"]), alias=st.booleans(), by_alias=st.booleans(),
+@given(etc_unit=st.sampled_from(["absent", "mask", "empty", "unit", "linked"]), alias=st.booleans(), by_alias=st.booleans(),
        dropins=_dropins(DROPIN_DIRS, _exec_lines("d")))
 def test_the_exec_start_sockgate_settles_is_systemds(etc_unit: str, alias: bool, by_alias: bool,
                                                       dropins: dict[str, str | None]) -> None:
@@ -95,9 +95,12 @@ def test_the_exec_start_sockgate_settles_is_systemds(etc_unit: str, alias: bool,
         root = Path(tmp)
         files: dict[str, str | None] = {"lib/de-mo.service": "[Service]\nExecStart=/nonexistent/base\n"}
         files |= {"absent": {}, "mask": {"etc/de-mo.service": None}, "empty": {"etc/de-mo.service": ""},
-                  "unit": {"etc/de-mo.service": "[Service]\nExecStart=/nonexistent/etcunit\n"}}[etc_unit]
+                  "unit": {"etc/de-mo.service": "[Service]\nExecStart=/nonexistent/etcunit\n"},
+                  "linked": {"opt/x-y.service": "[Service]\nExecStart=/nonexistent/linked\n"}}.get(etc_unit, {})
         _write(root, files | dropins)
         (root / "etc").mkdir(exist_ok=True)
+        if etc_unit == "linked":  # systemctl link: a file outside the unit directories
+            os.symlink(root / "opt/x-y.service", root / "etc/de-mo.service")
         if alias:  # an alias: its drop-ins apply to de-mo.service, loaded under that name
             os.symlink(root / "lib/de-mo.service", root / "etc/al-ias.service")
         name = "al-ias" if alias and by_alias else "de-mo"

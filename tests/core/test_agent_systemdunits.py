@@ -315,3 +315,14 @@ def test_booleans_and_names_as_systemd() -> None:
     assert str(unit_name("a-b@x@y.service")) == "a-b@x@y.service" and unit_name("a b.socket") is None
     assert [str(n) for n in dropin_names(UnitName("a-b", "x", "service"))] == [
         "a-b@x.service", "a-b@.service", "a-@.service", "a-@x.service", "a-@.service"]
+
+
+def test_a_link_out_of_the_unit_directories_is_a_linked_unit_of_its_own_name(tmp_path: Path) -> None:
+    """``systemctl link``: a link to a file outside the unit directories is loaded under the
+    link's name with that name's drop-ins, whatever the file is called (checked with
+    systemd-analyze verify 252); the unit named like the file is another unit."""
+    _tree({tmp_path / p: t for p, t in BASE.items()} | {
+        tmp_path / "opt/demo.socket": "[Socket]\nListenStream=9\n",
+        tmp_path / "etc/demo2.socket.d/s.conf": "[Socket]\nService=other.service\n"})
+    os.symlink(tmp_path / "opt/demo.socket", tmp_path / "etc/demo2.socket")
+    assert [(d, p) for d, p, _ in _launches(tmp_path)] == [("in.telnetd", 2323), ("sshd", 9)]

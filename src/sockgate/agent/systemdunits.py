@@ -7,7 +7,7 @@
   character device), or an empty file, masks the name — and so every lower copy. A link to a
   unit of another name in a unit directory is an alias: the name loads its target's unit (by
   name), under the target's name, and the alias's drop-ins apply to it. A link out of the unit
-  directories under the same name is a linked unit file.
+  directories is a linked unit file, loaded under the link's name with that name's drop-ins.
 * Drop-in directories, for the unit's name and then each alias, in every unit directory in
   turn: ``NAME.d``, the template's, each dash prefix's (with the instance kept, and its
   template); then the type's (``socket.d``) in every unit directory. Across them, a ``.conf``
@@ -84,10 +84,11 @@ class UnitLoader:
     # -- which units ---------------------------------------------------------------------------
 
     def sockets(self) -> list[str]:
-        """The socket names to load: every socket unit name in the directories (aliases
-        included: the caller loads each and keeps one per loaded name), then the enabled
-        instances of templates."""
-        out = [n for n in sorted(self.names) if (u := unit_name(n)) and u.kind == "socket" and u.instance is None]
+        """The socket names to load: every socket unit name in the directories but an alias
+        (its target is the unit, loaded once), then the enabled instances of templates."""
+        aliases = {a for names in self._alias_map().values() for a in names}
+        out = [n for n in sorted(self.names)
+               if (u := unit_name(n)) and u.kind == "socket" and u.instance is None and n not in aliases]
         for d in self.dirs:
             for n, kind in sorted(self.listing[d].items()):
                 if n.endswith(_WANTS) and kind in ("dir", "link") and not n.startswith("."):
@@ -148,17 +149,17 @@ class UnitLoader:
         base = os.path.basename(target)
         if target == "/dev/null" or _is_char_device(target):
             raise Masked(path)
-        if base == name:
-            return target, u  # the same name elsewhere: a linked unit file
         t = unit_name(base)
+        if base == name or (os.path.dirname(target) not in self.dirs and t is not None and t.kind == u.kind
+                            and (t.instance is None) == (u.instance is None)):
+            return target, u  # a linked unit file: loaded under the link's name, with its drop-ins
         if os.path.dirname(target) not in self.dirs or t is None or t.kind != u.kind \
                 or (t.instance is None) != (u.instance is None) or (t.instance or u.instance):
             raise Unsettled(f"unit {path}: a link to {target} is no alias read here")
         return self._resolve(base, hops + 1)
 
-    def aliases(self, name: UnitName) -> list[UnitName]:
-        """The names that are aliases of ``name``'s unit (an instance: its template's
-        aliases, with its instance)."""
+    def _alias_map(self) -> dict[str, set[str]]:
+        """Each unit name → the names that are aliases of it (links resolving to it)."""
         if self._aliases is None:
             self._aliases = {}
             for n, d in self.names.items():
@@ -173,11 +174,17 @@ class UnitLoader:
                     continue
                 if str(f) != n:
                     self._aliases.setdefault(str(f), set()).add(n)
+        return self._aliases
+
+    def aliases(self, name: UnitName) -> list[UnitName]:
+        """The names that are aliases of ``name``'s unit (an instance: its template's
+        aliases, with its instance)."""
         key = str(name if name.instance is None else name.template())
+        found = self._alias_map().get(key, set())
         for n, why in self._broken.items():
             if _link_base(os.path.join(self.names[n], n)) == key:
                 raise Unsettled(why)
-        out = [unit_name(a) for a in sorted(self._aliases.get(key, ()))]
+        out = [unit_name(a) for a in sorted(found)]
         return [UnitName(a.prefix, name.instance, a.kind) for a in out if a is not None]
 
     # -- drop-ins ------------------------------------------------------------------------------
