@@ -3,13 +3,17 @@
 
 Every file goes through the caller's reader (``agent/files.WatchingReader``: the project's
 one reader, same limits), so the agent watches them and reloads when one changes; the audit
-(``sockgate/audit.py``) reads them the same way once. A missing or unreadable file is no
-configuration, not an error: most hosts run none of these super-servers.
+(``sockgate/audit.py``) reads them the same way once — each load with a read budget of its
+own, not the policy's. A missing or unreadable xinetd or inetd file is no configuration, not
+an error: most hosts run none of these super-servers. systemd's units are read as systemd
+loads them (``agent/systemdunits.py``): one that exists but cannot be read or settled gives
+launches of an unknown daemon with the reason, which status shows at the listener.
 """
 
 from __future__ import annotations
 
 import os
+
 from sockgate.agent.files import WatchingReader
 from sockgate.agent.superserver import Launch, parse_inetd, parse_xinetd, socket_launches, unknown_launches
 from sockgate.agent.systemdunits import UnitLoader
