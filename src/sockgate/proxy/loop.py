@@ -19,6 +19,10 @@ without a handler is ignored, which also covers one closed by an earlier handler
 batch. A handler that raises is reported through the loop's exception handler, as asyncio
 reports a callback that raises, and the batch goes on.
 
+With the C relay (``proxy/lane.py``, ``_lane.c``) attached, the wait itself is the lane's
+``poll``: it handles the events of the descriptors the lane owns (its listeners, relay and
+connecting sockets) in C and returns the others, which ``select`` dispatches as above.
+
 Hand-written rather than a library: the standard library's ``selectors.EpollSelector`` is the
 base; what it lacks is only the direct dispatch, a few lines.
 """
@@ -29,12 +33,20 @@ import asyncio
 import math
 import select
 import selectors
-from typing import Callable
+from typing import Callable, Protocol
 
 Handler = Callable[[int], None]
 _EPOLLIN = select.EPOLLIN
 _EPOLLOUT = select.EPOLLOUT
 _MAX_EVENTS = 256
+
+
+class Poll(Protocol):
+    """What the loop needs of an attached lane (``_lane.Lane``)."""
+
+    def poll(self, timeout_ms: int, /) -> list[tuple[int, int]]: ...
+
+    def close(self) -> None: ...
 
 
 class _Selector(selectors.EpollSelector):
@@ -44,17 +56,16 @@ class _Selector(selectors.EpollSelector):
         super().__init__()
         self.handlers: dict[int, Handler] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.lane: Poll | None = None  # the C relay's wait, when attached (module doc)
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        if timeout is None:
-            timeout = -1
-        elif timeout <= 0:
-            timeout = 0
-        else:
-            timeout = math.ceil(timeout * 1e3) * 1e-3  # (as EpollSelector: never wake early)
         ready: list[tuple[selectors.SelectorKey, int]] = []
+        ms = -1 if timeout is None else 0 if timeout <= 0 else math.ceil(timeout * 1e3)  # (never wake early)
         try:
-            events = self._selector.poll(timeout, _MAX_EVENTS)  # type: ignore[attr-defined]
+            if self.lane is not None:
+                events = self.lane.poll(ms)
+            else:
+                events = self._selector.poll(ms * 1e-3 if ms > 0 else ms, _MAX_EVENTS)  # type: ignore[attr-defined]
         except InterruptedError:
             return ready
         handlers = self.handlers
@@ -90,6 +101,20 @@ class ProxyLoop(asyncio.SelectorEventLoop):
         # the set and the handlers, for relay.Poller to register in directly (its hot path)
         self.epoll: select.epoll = self._proxy_selector._selector  # type: ignore[attr-defined]
         self.handlers = self._proxy_selector.handlers
+
+    def attach(self, lane: Poll) -> None:
+        """Wait through ``lane`` from now on (module doc); closed with the loop."""
+        self._proxy_selector.lane = lane
+
+    @property
+    def lane(self) -> Poll | None:
+        return self._proxy_selector.lane
+
+    def close(self) -> None:
+        lane, self._proxy_selector.lane = self._proxy_selector.lane, None
+        if lane is not None:
+            lane.close()
+        super().close()
 
     def watch(self, fd: int, handler: Handler, events: int) -> None:
         """Call ``handler(event mask)`` from the loop's wait for ``fd`` (``events``: epoll
