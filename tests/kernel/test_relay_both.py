@@ -10,6 +10,7 @@ import asyncio
 import os
 import socket
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -550,3 +551,36 @@ def test_callbacks_that_raise_are_reported_and_cost_one_connection(ch: Harness) 
     ch.lane.unlisten(ls.fileno())
     ls.close()
     backend.close()
+
+
+@pytest.mark.parametrize("how", ["call_soon", "call_later"])
+def test_work_a_lane_callback_queues_runs_without_waiting_for_the_next_timer(ch: Harness, how: str) -> None:
+    """The loop stays in the lane's wait while only the lane has work (loop._Selector's
+    _lane_wait); a callback that queues asyncio work must end that wait."""
+    assert ch.lane is not None
+    done: asyncio.Future[bool] = ch.loop.create_future()
+    far = ch.loop.call_later(60, lambda: None)  # the loop's next timer, far away
+
+    def admit(fd: int, addr: Any) -> bool:
+        if how == "call_soon":
+            ch.loop.call_soon(done.set_result, True)
+        else:
+            ch.loop.call_later(0.05, done.set_result, True)
+        return False
+
+    ls = socket.create_server(("127.0.0.1", 0))
+    ls.setblocking(False)
+    ch.lane.listen(ls.fileno(), admit, lambda e: None, ch._finished, socket.AF_INET,
+                   lanes.sockaddr(socket.AF_INET, ("127.0.0.1", 9)), True)
+    clients: list[socket.socket] = []
+    # the client comes while the loop waits in the lane (wait_for's 5 s being its next timer)
+    dial = threading.Timer(0.2, lambda: clients.append(socket.create_connection(ls.getsockname())))
+    dial.start()
+    t0 = ch.loop.time()
+    ch.loop.run_until_complete(asyncio.wait_for(done, 5))
+    assert ch.loop.time() - t0 < 2.0
+    dial.join()
+    far.cancel()
+    clients[0].close()
+    ch.lane.unlisten(ls.fileno())
+    ls.close()

@@ -21,7 +21,9 @@ reports a callback that raises, and the batch goes on.
 
 With the C relay (``proxy/lane.py``, ``_lane.c``) attached, the wait itself is the lane's
 ``poll``: it handles the events of the descriptors the lane owns (its listeners, relay and
-connecting sockets) in C and returns the others, which ``select`` dispatches as above.
+connecting sockets) in C and returns the others, which ``select`` dispatches as above; while
+a wake-up was the lane's alone and asyncio has nothing to run, ``select`` waits again without
+returning to asyncio's loop turn (``_lane_wait``).
 
 Hand-written rather than a library: the standard library's ``selectors.EpollSelector`` is the
 base; what it lacks is only the direct dispatch, a few lines.
@@ -33,12 +35,14 @@ import asyncio
 import math
 import select
 import selectors
+import time
 from typing import Callable, Protocol
 
 Handler = Callable[[int], None]
 _EPOLLIN = select.EPOLLIN
 _EPOLLOUT = select.EPOLLOUT
 _MAX_EVENTS = 256
+_monotonic = time.monotonic
 
 
 class Poll(Protocol):
@@ -63,7 +67,7 @@ class _Selector(selectors.EpollSelector):
         ms = -1 if timeout is None else 0 if timeout <= 0 else math.ceil(timeout * 1e3)  # (never wake early)
         try:
             if self.lane is not None:
-                events = self.lane.poll(ms)
+                events = self._lane_wait(self.lane, ms)
             else:
                 events = self._selector.poll(ms * 1e-3 if ms > 0 else ms, _MAX_EVENTS)  # type: ignore[attr-defined]
         except InterruptedError:
@@ -83,6 +87,28 @@ class _Selector(selectors.EpollSelector):
                 mask = (selectors.EVENT_WRITE if ev & ~_EPOLLIN else 0) | (selectors.EVENT_READ if ev & ~_EPOLLOUT else 0)
                 ready.append((key, mask & key.events))
         return ready
+
+    def _lane_wait(self, lane: Poll, ms: int) -> list[tuple[int, int]]:
+        """``lane.poll`` again while it handled everything itself, until a descriptor of
+        Python's is ready, the loop has work (a callback the lane's callbacks queued, a timer
+        due, a stop) or ``ms`` ran out: a turn of asyncio's loop (``_run_once``) costs more
+        than a wake-up of the lane, and most wake-ups of a busy proxy are the lane's alone.
+        Reads asyncio's ``_ready``/``_scheduled``/``_stopping`` (the base loop's own state)."""
+        loop = self.loop
+        assert isinstance(loop, asyncio.base_events.BaseEventLoop)
+        end = None if ms < 0 else _monotonic() + ms * 1e-3
+        while True:
+            events = lane.poll(ms)
+            if events or ms == 0 or loop._ready or loop._stopping:  # type: ignore[attr-defined]
+                return events
+            if loop._scheduled:  # type: ignore[attr-defined]
+                when = loop._scheduled[0].when()  # type: ignore[attr-defined]
+                end = when if end is None else min(end, when)
+            if end is not None:
+                left = end - _monotonic()
+                if left <= 0:
+                    return events
+                ms = math.ceil(left * 1e3)
 
     def _report(self, fd: int, e: Exception) -> None:
         if self.loop is not None:
