@@ -330,13 +330,20 @@ class Runner:
                 self._forget(fd)
                 reset_close(conn)
             return None
-        address, source = _address(addr[0])
-        peer = Peer.of_ip(address, addr[1], None)
+        host = addr[0]
+        address, source = _address(host)
         over = self._over_limits(source)
+        if over is None and len(addr) == 2:  # IPv4 (its label as the kernel wrote it)
+            a = self.admission.remembered(host)
+            if a is not None:  # admitted as last time, nothing to count: no peer to build
+                fast = self._allow(None, fd, None, a, source, f"{host}:{addr[1]}", True)
+                fast.in_lane = True
+                return fast
+        peer = Peer.of_ip(address, addr[1], None)
         if over is not None:
             self._refusal(peer, None, *over)
             return False
-        c = self._admitted(None, fd, peer, source, f"{addr[0]}:{addr[1]}" if len(addr) == 2 else None, addr[0])
+        c = self._admitted(None, fd, peer, source, f"{host}:{addr[1]}" if len(addr) == 2 else None, host)
         if c is None:
             return False
         c.in_lane = True
@@ -452,12 +459,16 @@ class Runner:
         if isinstance(a, Refused):
             self._refusal(peer, a.rule, a.reason)
             return None
-        d = a.decision
         plain = label is not None  # the kernel's a.b.c.d:port: printable, nothing to quote
-        if label is None:
-            label = peer_label(peer)
-        self.log.allowed(self.name, label, rule_label(d.rule), d.reason, plain)
-        c = Conn(peer, a, conn, fd, label=label, source=source, plain=plain)
+        return self._allow(conn, fd, peer, a, source, label if label is not None else peer_label(peer), plain)
+
+    def _allow(self, conn: _socket.socket | None, fd: int, peer: Peer | None, a: Admitted, source: str | None,
+               label: str, plain: bool) -> Conn:
+        """An admitted client logged and put in the table (``peer``: None when not built)."""
+        d = a.decision
+        rule = rule_label(d.rule)
+        self.log.allowed(self.name, label, rule, d.reason, plain)
+        c = Conn(peer, a, conn, fd, label=label, source=source, plain=plain, rule=rule)
         self.conns[fd] = c
         if source is not None:
             self.per_source[source] = self.per_source.get(source, 0) + 1
@@ -552,6 +563,6 @@ class Runner:
 
     def _finished(self, c: Conn, how: str, up: int, down: int) -> None:
         self._forget(c.fd)
-        Admission.release(c.admitted)
-        duration = round(time.monotonic() - c.started, 6)
-        self.log.closed(self.name, c.label, rule_label(c.admitted.decision.rule), up, down, duration, how, c.plain)
+        if c.admitted.limiters:
+            Admission.release(c.admitted)
+        self.log.closed(self.name, c.label, c.rule, up, down, round(time.monotonic() - c.started, 6), how, c.plain)

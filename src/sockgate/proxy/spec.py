@@ -82,7 +82,7 @@ class Upstream:
 class Conn:
     """Book-keeping for one client connection."""
 
-    peer: Peer
+    peer: Peer | None  # None: admitted on the lane's shortcut, where no peer is built (not read after)
     admitted: Admitted
     client: _socket.socket | None  # None: the lane has had it from the accept on
     fd: int  # the client's descriptor: its key in Runner.conns
@@ -94,6 +94,7 @@ class Conn:
     source: str | None = None  # its key in Runner.per_source (None: a Unix peer, not counted)
     plain: bool = False  # the label needs no quoting in a record (Log.allowed)
     in_lane: bool = False  # the lane connects and relays it (lane.py)
+    rule: str = ""  # rule_label of the deciding rule, rendered once for both records
 
 
 _ADDRESSES: dict[str, tuple[Any, str]] = {}
