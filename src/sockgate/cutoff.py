@@ -65,7 +65,7 @@ def end_denied(service: ResolvedService, listeners: Sequence[TcpListener]) -> in
     many were ended. Raises ``AdapterError`` (no CAP_NET_ADMIN, no SOCK_DESTROY in this kernel)."""
     if not listeners:
         return 0
-    conns = sockdiag.inventory(["tcp"], {"tcp": STATES})
+    conns = sockdiag.tcp_on_ports({lst.port for lst in listeners}, STATES)
     ended = 0
     for (port, local), peers in sorted(denied(service, listeners, conns).items(), key=str):
         ended += sockdiag.destroy_tcp([port], [ipaddress.ip_network(p) for p in sorted(peers, key=str)], STATES,

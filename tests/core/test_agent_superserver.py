@@ -6,10 +6,15 @@ process named xinetd is not a super-server."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sockgate.agent.desired import ServiceSpec
 from sockgate.agent.enrol import select
 from sockgate.agent.model import Endpoint, GuardState, HolderInfo, Observed, Selector, Want
-from sockgate.agent.superserver import Launch, is_superserver, launches_for, parse_inetd, parse_socket_unit, parse_xinetd
+from sockgate.agent.files import WatchingReader
+from sockgate.agent.launchfiles import read_launches
+from sockgate.agent.superserver import (Launch, dropin_dirs, is_superserver, launches_for, parse_inetd, parse_socket_unit,
+                                        parse_xinetd)
 from sockgate.export.ports import parse_services
 
 SERVICES = parse_services("ftp 21/tcp\ntelnet 23/tcp\ntftp 69/udp\n")
@@ -145,3 +150,33 @@ def test_a_socket_unit_names_its_services_argv0_on_its_ports() -> None:
         ("otherd", Endpoint("tcp", 21, 21)), ("otherd", Endpoint("udp", 69, 69))]
     assert [x.daemon for x in parse_socket_unit("ftp.socket", "[Socket]\nListenStream=21\n", "u", units.get)] == ["in.ftpd"]
     assert parse_socket_unit("gone.socket", "[Socket]\nListenStream=9\n", "u", units.get) == []  # no service: unknown
+
+
+def test_drop_in_directories_most_specific_first() -> None:
+    assert dropin_dirs("a-b-c.socket") == ["a-b-c.socket.d", "a-b-.socket.d", "a-.socket.d", "socket.d"]
+    assert dropin_dirs("getty@tty1.service") == ["getty@tty1.service.d", "getty@.service.d", "service.d"]
+    assert dropin_dirs("ssh@.service") == ["ssh@.service.d", "service.d"]
+    assert dropin_dirs("-.socket") == ["-.socket.d", "socket.d"] and dropin_dirs("noext") == []
+
+
+def test_drop_ins_change_the_ports_and_the_daemon(tmp_path: Path) -> None:
+    """An override that clears ``ListenStream=`` and sets another port, a service drop-in
+    that replaces ``ExecStart``: the launches are systemd's, not the unit files'."""
+    etc, lib = tmp_path / "etc", tmp_path / "lib"
+    files = {
+        lib / "ftp.socket": "[Socket]\nListenStream=21\n",
+        lib / "ftp.service": "[Service]\nExecStart=/usr/sbin/in.ftpd\n",
+        lib / "ftp.socket.d" / "10-v.conf": "[Socket]\nListenStream=2121\n",
+        etc / "ftp.socket.d" / "50-local.conf": "ListenStream=9\n[Socket]\nListenStream=\nListenStream=[::]:990\n",
+        lib / "ftp.socket.d" / "50-local.conf": "[Socket]\nListenStream=4444\n",  # shadowed by /etc's
+        lib / "socket.d" / "99-all.conf": "[Socket]\nListenDatagram=69\n",
+        etc / "ftp.service.d" / "override.conf": "[Service]\nExecStart=\nExecStart=/usr/sbin/vsftpd\n",
+        etc / "ftp.service.d" / "notes.txt": "[Service]\nExecStart=/usr/sbin/ignored\n",
+    }
+    for path, content in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+    launches = read_launches(WatchingReader(), None, None, (str(etc), str(lib)), services_file=str(tmp_path / "none"))
+    assert {(x.daemon, x.endpoint) for x in launches} == {
+        ("vsftpd", Endpoint("tcp", 990, 990)), ("vsftpd", Endpoint("udp", 69, 69))}
+    assert len(launches) == 2

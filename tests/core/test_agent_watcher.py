@@ -32,10 +32,12 @@ class Table:
     def __init__(self) -> None:
         self.socks: list[Sock] = []
         self.asked: list[tuple[list[str], dict[str, int]]] = []
+        self.ports: list[dict[str, frozenset[int]]] = []
 
-    def __call__(self, kinds: list[str], states: dict[str, int]) -> list[Sock]:
+    def __call__(self, kinds: list[str], states: dict[str, int], *, ports: dict[str, frozenset[int]]) -> list[Sock]:
         self.asked.append((kinds, states))
-        return list(self.socks)
+        self.ports.append(ports)
+        return [s for s in self.socks if s.proto not in ports or s.local_port in ports[s.proto]]
 
 
 def test_poll_learns_first_then_reports_each_new_socket_once() -> None:
@@ -50,7 +52,9 @@ def test_poll_learns_first_then_reports_each_new_socket_once() -> None:
     assert p.drain() == []
     table.socks.append(sock("udp", 5353, 5))  # a new socket on an unwatched port: only when names are watched
     p.watch(WatchSet.of([], ["avahi-daemon"]))
-    assert [e.port for e in p.drain()] == [5353]
+    # the earlier one on 5353 was never dumped (UDP by port: the kernel filtered it out), so it
+    # is new to the poll too: reported once, never missed
+    assert [(e.port, e.cookie) for e in p.drain()] == [(5353, 0), (5353, 1005)]
     assert p.fileno() is None and p.interval() == 2.0 and p.lost == 0
     assert p.reason == "cgroup BPF unavailable (x): polling sock_diag every 2 s, in this network namespace only"
 
@@ -71,7 +75,7 @@ def test_the_poll_reads_full_records_only_when_its_cheap_look_sees_something_new
     table.socks = [sock("tcp", 22, 1)]
     looks: list[int] = []
 
-    def identities(kinds: list[str], states: dict[str, int]) -> set[tuple[str, str, int]]:
+    def identities(kinds: list[str], states: dict[str, int], *, ports: object) -> set[tuple[str, str, int]]:
         looks.append(1)
         return {(s.proto, s.family, s.inode) for s in table.socks}
 
@@ -88,7 +92,7 @@ def test_the_poll_reads_full_records_only_when_its_cheap_look_sees_something_new
 
 def test_the_poll_dumps_udp_only_when_a_udp_socket_could_be_wanted() -> None:
     asked: list[list[str]] = []
-    p = PollWatcher("r", 2.0, Table(), identities=lambda kinds, states: asked.append(kinds) or set())
+    p = PollWatcher("r", 2.0, Table(), identities=lambda kinds, states, ports: asked.append(kinds) or set())
     for ws in (WatchSet.of([("tcp", 22)], []), WatchSet.of([("tcp", 22), ("udp", 53)], []), WatchSet.of([], ["sshd"]),
                WatchSet(all=True)):
         p.watch(ws)
@@ -99,7 +103,7 @@ def test_the_poll_dumps_udp_only_when_a_udp_socket_could_be_wanted() -> None:
 def test_a_socket_bound_between_the_cheap_look_and_the_records_is_reported_once() -> None:
     table = Table()
     early = [sock("tcp", 22, 1)]
-    p = PollWatcher("r", 2.0, table, now=lambda: 9, identities=lambda k, s: {(x.proto, x.family, x.inode) for x in early})
+    p = PollWatcher("r", 2.0, table, now=lambda: 9, identities=lambda k, s, ports: {(x.proto, x.family, x.inode) for x in early})
     p.drain()
     early.append(sock("tcp", 80, 3))
     table.socks = [*early, sock("tcp", 443, 5)]  # 443 came after the cheap look
@@ -244,3 +248,20 @@ def test_the_pacer_coalesces_spaces_with_backoff_and_never_drops() -> None:
     p.ask()
     assert p.take(100 * s) and p.spacing == 1.0  # after a quiet time: back to the start
     assert p.due_in(200 * s) is None and not p.take(200 * s)  # nothing asked: nothing due
+
+
+def test_udp_watched_by_port_alone_is_dumped_for_those_ports_only() -> None:
+    """Only the policy's UDP ports are asked of the kernel while no name and not everything is
+    watched; names (any port) or everything ask for every bound UDP socket again."""
+    table = Table()
+    p = PollWatcher("r", 2.0, table, now=lambda: 9)
+    p.watch(WatchSet.of([("tcp", 22), ("udp", 53), ("udp", 123)], []))
+    p.drain()
+    assert table.ports[-1] == {"udp": frozenset({53, 123})}
+    table.socks += [sock("udp", 53, 3), sock("udp", 5353, 5)]
+    assert [e.port for e in p.drain()] == [53]
+    p.watch(WatchSet.of([("udp", 53)], ["avahi-daemon"]))
+    assert [e.port for e in p.drain()] == [5353] and table.ports[-1] == {}
+    p.watch(WatchSet(all=True))
+    p.drain()
+    assert table.ports[-1] == {}

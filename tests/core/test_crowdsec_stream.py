@@ -295,3 +295,18 @@ def test_a_decision_too_wide_or_on_loopback_is_rejected(scope: str, value: str, 
                       {"id": 2, "type": "ban", "scope": "Ip", "value": "192.0.2.9", "duration": "1h"}]), NOW, startup=True)
     assert [str(d.network) for d in got.new] == ["192.0.2.9/32"]
     assert got.tally.rejected == 1 and why in got.tally.problems[0]
+
+
+def test_session_resyncs_in_full_every_resync_interval() -> None:
+    session = Session(interval_s=2, resync_s=60)
+    assert session.request(NOW) is True
+    session.received(body([entry(1, "192.0.2.1")]), NOW, startup=True)
+    assert session.request(NOW + 59 * S) is False and session.request() is False
+    session.received(body([entry(2, "192.0.2.2")], deleted=[]), NOW + 30 * S, startup=False)  # a delta
+    assert session.request(NOW + 59 * S) is False  # deltas do not move the resync
+    assert session.request(NOW + 60 * S) is True
+    session.received(body([entry(2, "192.0.2.2")]), NOW + 61 * S, startup=True)
+    assert set(session.state.bans(NOW + 61 * S)) == {net("192.0.2.2/32")}  # the missed deletion of 1
+    assert session.request(NOW + 120 * S) is False and session.request(NOW + 121 * S) is True
+    with pytest.raises(ValueError):
+        Session(resync_s=0)

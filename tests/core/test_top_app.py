@@ -33,6 +33,10 @@ def column(a: TopApp, table: str, index: int) -> list[str]:
     return [str(t.get_row_at(i)[index]) for i in range(t.row_count)]
 
 
+def question(a: TopApp) -> str:
+    return str(a.screen.query_one("#question", Static).render())
+
+
 def text(a: TopApp, widget: str) -> str:
     content = a.screen.query_one(f"#{widget}", Static).render()
     return str(content.plain if isinstance(content, Text) else content)
@@ -127,13 +131,15 @@ async def test_ban_and_unban_go_to_the_agent_and_its_answer_is_shown() -> None:
     a, actions = app()
     async with a.run_test(size=(80, 24)) as pilot:
         await pilot.press("2", "down", "b")
+        assert actions.bans == [] and "ban 198.51.100.7 on every service for 3600 s?" in question(a)
+        await pilot.press("y")
         assert actions.bans == [("198.51.100.7", 3600)]
         assert text(a, "message") == "banned 198.51.100.7"
-        await pilot.press("3", "down", "u")  # the fail2ban ban, lifted as fail2ban's
+        await pilot.press("3", "down", "u", "y")  # the fail2ban ban, lifted as fail2ban's
         assert actions.unbans == [("192.0.2.66/32", "fail2ban")]
         await pilot.press("1", "b")
         assert text(a, "message") == "select a source (refusals) or a ban first" and len(actions.bans) == 1
-        await pilot.press("2", "up", "f", "b", "u")
+        await pilot.press("2", "up", "f", "b", "y", "u", "y")
         assert actions.bans[-1] == ("203.0.113.9", 3600) and actions.unbans[-1] == ("203.0.113.9/32", "manual")
 
 
@@ -247,7 +253,7 @@ async def test_a_row_a_refresh_takes_away_leaves_nothing_selected_for_ban() -> N
         assert a.selected_source() == "198.51.100.7"
         await pilot.press("g", "b")
         assert actions.bans == [] and "select a source" in text(a, "message")
-        await pilot.press("down", "up", "b")  # chosen again by the user
+        await pilot.press("down", "up", "b", "y")  # chosen again by the user
         assert [net for net, _ in actions.bans] == [column(a, "t-sources", 0)[0]]
 
 
@@ -260,3 +266,18 @@ async def test_unban_on_the_follow_screen_lifts_only_the_sources_own_ban() -> No
     async with a.run_test(size=(80, 24)) as pilot:
         await pilot.press("2", "down", "f", "u")
         assert actions.unbans == [] and "wider network" in a.message
+
+
+async def test_ban_and_unban_need_a_yes_any_other_key_cancels() -> None:
+    a, actions = app()
+    async with a.run_test(size=(80, 24)) as pilot:
+        await pilot.press("2", "down", "b")
+        assert "198.51.100.7" in question(a)
+        await pilot.press("u")  # not a yes, and not an unban either
+        assert actions.bans == [] and actions.unbans == [] and text(a, "message") == "not banned"
+        await pilot.press("b", "escape")
+        assert actions.bans == [] and text(a, "message") == "not banned"
+        await pilot.press("3", "down", "u")
+        assert "lift the fail2ban ban on 192.0.2.66/32?" in question(a)
+        await pilot.press("n")
+        assert actions.unbans == [] and text(a, "message") == "not lifted"

@@ -45,7 +45,7 @@ async def test_ban_and_unban_from_top_go_through_the_agent_into_the_kernel(lab: 
         assert [(r[5], r[6]) for r in mine] == [("web/ebpf", "guarded")]  # the agent under auto, as root: eBPF
         await pilot.press("f", *DENIED, "enter")
         assert isinstance(app.screen, FollowScreen)
-        await pilot.press("b")
+        await pilot.press("b", "y")
         assert "failed" not in str(app.message), app.message
         until("the banned source's SYN dropped", lambda: not connects(DENIED, port))
         assert connects(ALLOWED, port)
@@ -54,7 +54,7 @@ async def test_ban_and_unban_from_top_go_through_the_agent_into_the_kernel(lab: 
         assert left == "10m00s" or re.fullmatch(r"9m[0-5]\ds", left), left
         assert [(b["net"], b["origin"], b["reason"]) for b in agent.status()["bans"]["items"]] == [
             (f"{DENIED}/32", "manual", "sockgate top")]
-        await pilot.press("u")
+        await pilot.press("u", "y")
         until("the unbanned source connects again", lambda: connects(DENIED, port))
         assert agent.status()["bans"]["items"] == [] and rows(app, "f-bans") == []
 
@@ -68,5 +68,5 @@ async def test_without_the_agent_top_shows_the_sockets_and_says_what_is_missing(
         assert [(r[2].split("/")[0], r[5], r[6]) for r in mine] == [(str(s.info["pid"]), "NONE", "-")]
         assert app.view is not None and not app.view.agent
         assert app.view.notes[0].startswith(f"no agent (no agent at {lab.tmp}/no-agent.sock)")
-        await pilot.press("f", *DENIED, "enter", "b")
+        await pilot.press("f", *DENIED, "enter", "b", "y")
         assert str(app.message).startswith(f"failed: no agent at {lab.tmp}/no-agent.sock")

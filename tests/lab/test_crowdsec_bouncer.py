@@ -144,3 +144,30 @@ def test_a_wrong_key_is_named(lapi: crowdsec.Lapi) -> None:
     client = LapiClient(lapi.url, "0" * 32, timeout_s=5)
     with pytest.raises(LapiError, match=r"refused the API key \(HTTP 403\)"):
         client.pull(True)
+
+
+def test_a_delta_lost_on_the_way_is_repaired_by_the_periodic_resync(lapi: crowdsec.Lapi) -> None:
+    """The LAPI moves a bouncer's "last pull" when it has written an answer: an answer that
+    never reached the bouncer (here a second client with the same key takes it, as a proxy
+    that ate a response would) is a delta nobody sends again. The full pull every
+    ``resync_s`` brings the missed ban, and a missed deletion lifts."""
+    key = lapi.bouncer_key("sockgate")
+    b = Bouncer(LapiClient(lapi.url, key, timeout_s=5), Session(interval_s=1, resync_s=6), draw=lambda: 0.5)
+    thief = LapiClient(lapi.url, key, timeout_s=5)
+    lapi.add("192.0.2.1", "1h")
+    report, _ = b.poll()
+    assert report is not None and report.startup and banned(b) == {net("192.0.2.1/32")}
+    started = time.monotonic()
+    lapi.add("192.0.2.2", "1h")
+    lapi.delete("192.0.2.1")
+    # The LAPI answers a delta with what changed since the last pull less a 2-second overlap:
+    # the thief pulls once both changes are older than that, so no later delta repeats them.
+    time.sleep(2.5)
+    thief.pull(False)
+    report, _ = b.poll()
+    assert report is not None and not report.startup
+    assert banned(b) == {net("192.0.2.1/32")}, "the lost delta reached the bouncer: the test proves nothing"
+    assert time.monotonic() - started < 5, "the machine is too slow for this test's 6 s resync"
+    poll_until(b, lambda b: banned(b) == {net("192.0.2.2/32")})
+    assert b.session.status().last_report is not None and b.session.status().last_report.startup
+    assert time.monotonic() - started >= 5

@@ -58,7 +58,7 @@ class CrowdsecFeed:
         self._on_report = on_report
         self._thread.start()
         loop.watch(self._r, self._on_answer)
-        self._asks.put(self.session.request())
+        self._asks.put(self.session.request(self.clock()))
         return self._stop
 
     def _stop(self) -> None:
@@ -120,7 +120,7 @@ class CrowdsecFeed:
 
     def _ask(self) -> None:
         self._timer = None
-        self._asks.put(self.session.request())
+        self._asks.put(self.session.request(self.clock()))
 
     def book(self, book: BanBook[BannedPrefix], report: Report, now_ns: int) -> tuple[BanBook[BannedPrefix], list[IPNetwork]]:
         """``book`` with its CrowdSec entries replaced by the decisions held (each network for
@@ -144,4 +144,4 @@ class CrowdsecFeed:
                 "since": None if s.since_ns is None else rfc3339(mono_to_wall(s.since_ns)),
                 "failures": s.failures, "error": s.last_error, "decisions": s.decisions, "pulls": self.pulls,
                 "last_success": None if s.last_success_ns is None else rfc3339(mono_to_wall(s.last_success_ns)),
-                "interval": self.session.interval_s, "exempt": list(self.exempt)}
+                "interval": self.session.interval_s, "resync": self.session.resync_s, "exempt": list(self.exempt)}

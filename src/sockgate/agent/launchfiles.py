@@ -13,7 +13,7 @@ import os
 from typing import Callable
 
 from sockgate.agent.files import WatchingReader
-from sockgate.agent.superserver import Launch, parse_inetd, parse_socket_unit, parse_xinetd
+from sockgate.agent.superserver import Launch, UnitText, dropin_dirs, parse_inetd, parse_socket_unit, parse_xinetd
 from sockgate.errors import SockgateError
 from sockgate.services_db import read_services
 
@@ -49,24 +49,43 @@ def read_launches(reader: WatchingReader, xinetd_conf: str | None, inetd_conf: s
 
 def _socket_units(dirs: tuple[str, ...], reader: WatchingReader, text: Callable[[str], str | None]) -> list[Launch]:
     """The launches of every ``.socket`` unit in ``dirs`` (the first of a name wins), each with
-    its service unit found in the same order. Only existing directories are listed (and so
-    watched): a missing one is not a problem to report."""
+    its service unit found in the same order, both with their drop-ins. Only existing
+    directories are listed (and so watched): a missing one is not a problem to report, and
+    creating one changes its parent's listing, which is watched."""
     listed = [d for d in dirs if os.path.isdir(d)]
     names: dict[str, str] = {}
     for d in listed:
-        try:
-            found = reader.listdir(d)
-        except (OSError, SockgateError):
-            continue
-        for n in sorted(found):
+        for n in sorted(_listdir(reader, d)):
             names.setdefault(n, d)
 
-    def service_text(unit: str) -> str | None:
+    def unit_text(unit: str) -> UnitText | None:
         d = names.get(unit)
-        return None if d is None else text(os.path.join(d, unit))
+        main = None if d is None else text(os.path.join(d, unit))
+        return None if main is None else [main, *_dropins(unit, listed, reader, text)]
 
     out: list[Launch] = []
     for n, d in sorted(names.items()):
-        if n.endswith(".socket") and (t := text(os.path.join(d, n))) is not None:
-            out += parse_socket_unit(n, t, os.path.join(d, n), service_text)
+        if n.endswith(".socket") and (t := unit_text(n)) is not None:
+            out += parse_socket_unit(n, t, os.path.join(d, n), unit_text)
     return out
+
+
+def _dropins(unit: str, dirs: list[str], reader: WatchingReader, text: Callable[[str], str | None]) -> list[str]:
+    """The texts of ``unit``'s drop-ins in the order they apply (``superserver`` module doc:
+    a name is taken from the first directory having it, the files applied by name)."""
+    chosen: dict[str, str] = {}
+    for d in dirs:
+        for sub in dropin_dirs(unit):
+            where = os.path.join(d, sub)
+            if os.path.isdir(where):
+                for n in _listdir(reader, where):
+                    if n.endswith(".conf"):
+                        chosen.setdefault(n, os.path.join(where, n))
+    return [t for n in sorted(chosen) if (t := text(chosen[n])) is not None]
+
+
+def _listdir(reader: WatchingReader, directory: str) -> list[str]:
+    try:
+        return reader.listdir(directory)
+    except (OSError, SockgateError):
+        return []

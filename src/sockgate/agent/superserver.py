@@ -22,7 +22,13 @@ named as libwrap names it:
   ``ListenDatagram`` (udp) ports; the service it starts is ``Service=``, else ``NAME@.service``
   with ``Accept=yes``, else ``NAME.service``; the daemon is the basename of that service's
   ``ExecStart`` argv[0] (the second word with the ``@`` prefix). The unit directories are
-  read in systemd's order, the first file of a name winning; drop-ins are not read.
+  read in systemd's order, the first file of a name winning. Drop-ins (``systemd.unit(5)``)
+  apply to both units: ``*.conf`` in ``NAME.d/``, the template's ``PREFIX@.socket.d/``, each
+  dash prefix's ``a-b-.socket.d/`` and the type's ``socket.d/``, in every unit directory; a
+  file name found twice is taken from the first directory in that order (``/etc`` before
+  ``/run`` before ``/lib``, then the more specific name), and the files are applied after the
+  unit in the order of their names — so ``ListenStream=`` (empty) in an override clears the
+  unit's ports, as systemd does.
 
 Each launch also says who would call libwrap for it (``Launch.wrap``), for the audit
 (``agent/audit.py``): ``tcpd`` when tcpd is the server in front of the daemon; ``superserver``
@@ -44,7 +50,7 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass
-from typing import Callable, Iterable, Literal, Mapping
+from typing import Callable, Iterable, Literal, Mapping, Sequence
 
 from sockgate.agent.model import Endpoint, HolderInfo
 from sockgate.policy.hostmatch import fold
@@ -213,9 +219,27 @@ def _inetd_wrap(wait_stream: bool, server: str) -> tuple[WrapBy, str]:
 # -- systemd ----------------------------------------------------------------------------------
 
 
-def parse_socket_unit(name: str, text: str, where: str, service_text: Callable[[str], str | None]) -> list[Launch]:
+UnitText = str | Sequence[str]  # a unit file, or it and its drop-ins in the order they apply
+
+
+def dropin_dirs(unit: str) -> list[str]:
+    """The drop-in directory names of ``unit``, most specific first (module doc)."""
+    stem, dot, kind = unit.rpartition(".")
+    if not dot or not stem:
+        return []
+    out = [f"{unit}.d"]
+    at = stem.find("@")
+    if 0 < at < len(stem) - 1:
+        out.append(f"{stem[:at + 1]}.{kind}.d")
+    out += [f"{stem[:i + 1]}.{kind}.d" for i in range(len(stem) - 1, 0, -1) if stem[i] == "-"]
+    out.append(f"{kind}.d")
+    return out
+
+
+def parse_socket_unit(name: str, text: UnitText, where: str, service_text: Callable[[str], UnitText | None]) -> list[Launch]:
     """The daemon socket unit ``name`` (``sshd.socket``) starts on each of its IP ports;
-    ``service_text(unit)`` gives a service unit's text (None: not found)."""
+    ``text`` the unit (with its drop-ins), ``service_text(unit)`` a service unit's (None: not
+    found)."""
     socket = _unit(text).get("Socket", {})
     accept = (socket.get("Accept") or ["no"])[-1].lower() in ("yes", "true", "1", "on")
     stem = name.removesuffix(".socket")
@@ -234,10 +258,17 @@ def parse_socket_unit(name: str, text: str, where: str, service_text: Callable[[
     return out
 
 
-def _unit(text: str) -> dict[str, dict[str, list[str]]]:
-    """A unit file's sections → key → values in order (an empty value resets the list, as
-    systemd does for list settings); continuation lines joined."""
+def _unit(texts: UnitText) -> dict[str, dict[str, list[str]]]:
+    """A unit file's sections (and its drop-ins', in order) → key → values in order (an empty
+    value resets the list, as systemd does for list settings); continuation lines joined; a
+    line before a file's first section header belongs to no section."""
     sections: dict[str, dict[str, list[str]]] = {}
+    for text in [texts] if isinstance(texts, str) else texts:
+        _sections(text, sections)
+    return sections
+
+
+def _sections(text: str, sections: dict[str, dict[str, list[str]]]) -> None:
     current: dict[str, list[str]] | None = None
     for line in text.replace("\\\n", " ").splitlines():
         line = line.strip()
@@ -250,7 +281,6 @@ def _unit(text: str) -> dict[str, dict[str, list[str]]]:
         if sep and current is not None:
             value = value.strip()
             current[key.strip()] = [*current.get(key.strip(), []), value] if value else []
-    return sections
 
 
 def _argv0(exec_start: str) -> str:

@@ -400,8 +400,15 @@ def _unlink(path: str) -> None:
 # -- the sock_diag fallback ------------------------------------------------------------------------
 
 _STATES = {"tcp": 1 << sockdiag.TCP_LISTEN, "udp": 1 << sockdiag.TCP_CLOSE}  # listeners; bound, unconnected UDP
-Inventory = Callable[[list[str], dict[str, int]], list[sockdiag.Sock]]
-Identities = Callable[[list[str], dict[str, int]], set[tuple[str, str, int]]]
+Ports = dict[str, frozenset[int]]  # a kind named: only sockets on those local ports (sockdiag.inventory)
+
+
+class Inventory(Protocol):
+    def __call__(self, kinds: list[str], states: dict[str, int], *, ports: Ports) -> list[sockdiag.Sock]: ...
+
+
+class Identities(Protocol):
+    def __call__(self, kinds: list[str], states: dict[str, int], *, ports: Ports) -> set[tuple[str, str, int]]: ...
 
 
 class PollWatcher:
@@ -415,7 +422,7 @@ class PollWatcher:
         something is new (``sockdiag.identities`` costs a third of it: ``open_watcher``)."""
         self.reason = f"{reason}: polling sock_diag every {period:g} s, in this network namespace only"
         self.period, self._inventory, self._now = period, inventory, now
-        self._identities = identities or (lambda kinds, states: {_identity(s) for s in _bound(inventory(kinds, states))})
+        self._identities = identities or (lambda kinds, states, *, ports: {_identity(s) for s in _bound(inventory(kinds, states, ports=ports))})
         self._seen: set[tuple[str, str, int]] | None = None
         self._ws = w.WatchSet()
 
@@ -445,15 +452,15 @@ class PollWatcher:
         """New listeners and new bound UDP sockets since the last call (TCP always; UDP when
         watched by port, or by name — the poll cannot tell names — or all). The first call
         only learns what exists, and asks for a rescan."""
-        kinds = self._kinds()
-        current = self._identities(kinds, dict(_STATES))
+        kinds, ports = self._kinds(), self._ports()
+        current = self._identities(kinds, dict(_STATES), ports=ports)
         first, self._seen, seen = self._seen is None, current, self._seen or set()
         now = self._now()
         if first:
             return [resync(now)]
         if current <= seen:
             return []
-        socks = _bound(self._inventory(kinds, dict(_STATES)))
+        socks = _bound(self._inventory(kinds, dict(_STATES), ports=ports))
         self._seen = current | {_identity(s) for s in socks}  # one bound between the two looks: reported once
         out = []
         for s in socks:
@@ -469,6 +476,15 @@ class PollWatcher:
         TCP services alone spares the dump of every bound UDP socket on the host."""
         ws = self._ws
         return ["tcp", "udp"] if ws.all or ws.comms or any(p == "udp" for p, _ in ws.ports) else ["tcp"]
+
+    def _ports(self) -> Ports:
+        """UDP watched by port alone (no names, not all): only those ports' sockets are dumped,
+        the kernel filtering the rest (a host's thousands of bound UDP sockets are never
+        decoded). TCP listeners are always dumped whole: any new one is looked at."""
+        ws = self._ws
+        if ws.all or ws.comms:
+            return {}
+        return {"udp": frozenset(p for proto, p in ws.ports if proto == "udp")}
 
     def _wanted(self, s: sockdiag.Sock) -> bool:
         ws = self._ws

@@ -48,6 +48,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crowdsec-key-file", metavar="PATH", help="the bouncer's API key (cscli bouncers add NAME -o raw)")
     p.add_argument("--crowdsec-interval", type=float, default=10.0, metavar="SECONDS",
                    help="seconds between pulls of the decision stream (default 10)")
+    p.add_argument("--crowdsec-resync", type=float, default=3600.0, metavar="SECONDS",
+                   help="seconds between full pulls of every decision, which repair any delta missed (default 3600)")
     p.add_argument("--crowdsec-ca-file", metavar="PATH", help="the CA that signed an https LAPI's certificate")
     p.add_argument("--crowdsec-exempt", action="append", default=[], metavar="SERVICE",
                    help="a service CrowdSec's decisions do not apply to (repeatable)")
@@ -65,8 +67,10 @@ def crowdsec_feed(args: argparse.Namespace) -> CrowdsecFeed | None:
         raise UsageError("agent: --crowdsec needs --crowdsec-key-file PATH (cscli bouncers add NAME -o raw > PATH)")
     if not 0.1 <= args.crowdsec_interval <= 86400:
         raise UsageError("agent: --crowdsec-interval must be between 0.1 and 86400 seconds")
+    if not 1 <= args.crowdsec_resync <= 7 * 86400:
+        raise UsageError("agent: --crowdsec-resync must be between 1 and 604800 seconds")
     client = LapiClient(args.crowdsec, read_key(args.crowdsec_key_file), ca_file=args.crowdsec_ca_file)
-    return CrowdsecFeed(client, Session(interval_s=args.crowdsec_interval), tuple(args.crowdsec_exempt))
+    return CrowdsecFeed(client, Session(interval_s=args.crowdsec_interval, resync_s=args.crowdsec_resync), tuple(args.crowdsec_exempt))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -211,7 +211,7 @@ class Bouncer:
 
     def poll(self) -> tuple[Report | None, float]:
         """One pull: its report (None when it failed) and the seconds until the next one."""
-        startup = self.session.request()
+        startup = self.session.request(self.clock())
         report = None
         try:
             body = self.client.pull(startup)

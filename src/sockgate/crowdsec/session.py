@@ -9,6 +9,15 @@ fleet whose LAPI came back does not return in one wave, and no bouncer polls a d
 than half a step. During an outage the decisions held stay enforced (they still expire on
 their own clock: a ban the LAPI would have lifted ends no later than its duration said), and
 the next successful pull is a startup pull (stream.py says why).
+
+A full resync also comes every ``resync_s`` (an hour by default) while the LAPI answers: the
+stream is deltas, and a delta the LAPI never sends — a deletion it made while writing another
+answer that got lost without an error, a database restored from a backup, a LAPI replaced
+behind the same address on a fresh database without a failed pull in between — would
+otherwise last until the decision ends or the agent restarts. A startup answer replaces the
+state (stream.py), so whatever was missed is right again within ``resync_s``. At 100,000
+decisions a full answer costs the agent about 3.5 s of CPU (docs/benchmarks.md): once an
+hour, 0.1 %.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from sockgate.crowdsec.stream import (
 from sockgate.policy.source import escape
 
 DEFAULT_INTERVAL_S = 10.0  # crowdsec-firewall-bouncer's default update_frequency
+DEFAULT_RESYNC_S = 3600.0  # a full (startup) pull this often while the LAPI answers
 MAX_REASON = 200  # characters of a failure kept for status
 
 
@@ -55,10 +65,15 @@ class Status:
 
 class Session:
     def __init__(self, *, interval_s: float = DEFAULT_INTERVAL_S, backoff: Backoff = Backoff(),
-                 capacity: int = DEFAULT_CAPACITY, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+                 capacity: int = DEFAULT_CAPACITY, max_entries: int = DEFAULT_MAX_ENTRIES,
+                 resync_s: float = DEFAULT_RESYNC_S) -> None:
         if not interval_s > 0:
             raise ValueError(f"the stream interval must be positive, not {interval_s}")
+        if not resync_s > 0:
+            raise ValueError(f"the resync interval must be positive, not {resync_s}")
         self.interval_s = interval_s
+        self.resync_s = resync_s
+        self._full: int | None = None  # when the last startup answer was taken (ns)
         self.backoff = backoff
         self.max_entries = max_entries
         self.state = StreamState(capacity)
@@ -70,9 +85,12 @@ class Session:
         self._success: int | None = None
         self._report: Report | None = None
 
-    def request(self) -> bool:
-        """Whether the next pull is ``startup=true``."""
-        return self._startup
+    def request(self, now_ns: int | None = None) -> bool:
+        """Whether the next pull is ``startup=true``: after a failure, at the start, and
+        ``resync_s`` after the last full answer (module doc; ``now_ns`` None: not yet due)."""
+        if self._startup:
+            return True
+        return now_ns is not None and self._full is not None and now_ns - self._full >= self.resync_s * 1e9
 
     def received(self, body: bytes, now_ns: int, *, startup: bool) -> Report:
         """An answer to a pull made with ``startup``. A body that is no stream answer counts as
@@ -84,6 +102,8 @@ class Session:
             raise
         self.state.expire(now_ns)
         report = self.state.apply(batch)
+        if startup:
+            self._full = now_ns
         self._startup = False
         self._failures = 0
         self._error = None

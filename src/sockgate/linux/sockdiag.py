@@ -29,7 +29,9 @@ inode names a file that may be reused.
 Ending connections. ``destroy_tcp`` aborts the established TCP connections of given local
 ports whose peer lies in given prefixes (``SOCK_DESTROY``, Linux 4.5, CONFIG_INET_DIAG_DESTROY,
 as ``ss -K``): when a ban lands, the banned source's open connections end too — a filter sees
-only new packets, and firewall-based banning famously leaves them open.
+only new packets, and firewall-based banning famously leaves them open. It, and
+``tcp_on_ports`` (what ``cutoff.end_denied`` looks at), send a local-port filter with the
+request (``linux/diagbc.py``), so a busy host's other connections are never decoded here.
 """
 
 from __future__ import annotations
@@ -40,9 +42,10 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Mapping
 
 from sockgate.errors import AdapterError
+from sockgate.linux.diagbc import sport_attribute
 from sockgate.linux.procfs import PROC
 
 # <net/tcp_states.h>
@@ -209,14 +212,19 @@ def _attrs(data: memoryview, off: int, end: int) -> dict[int, memoryview]:
     return out
 
 
-def _inet_dump(family: int, protocol: int, proto: str, states: int) -> list[Sock]:
+def _inet_dump(family: int, protocol: int, proto: str, states: int, ports: frozenset[int] | None = None) -> list[Sock]:
+    """The sockets of one family and protocol in ``states`` (and, given ``ports``, with one of
+    those local ports: a kernel-side filter, ``linux/diagbc.py``, checked again here)."""
     fname = "ipv6" if family == socket.AF_INET6 else "ipv4"
     width = 16 if family == socket.AF_INET6 else 4
     kind = {"tcp": "stream", "udp": "dgram"}.get(proto, "raw")
     out = []
-    for data, off, length in _dump(family, INET_DIAG_REQ_V2.pack(family, protocol, 0, states)):
-        fam, state, ports, src, dst, ifindex, c0, c1, _exp, _rq, _wq, uid, inode = INET_DIAG_MSG.unpack_from(data, off)
-        sport, dport = _PORTS.unpack(ports)
+    request = INET_DIAG_REQ_V2.pack(family, protocol, 0, states) + (b"" if ports is None else sport_attribute(ports))
+    for data, off, length in _dump(family, request):
+        fam, state, raw_ports, src, dst, ifindex, c0, c1, _exp, _rq, _wq, uid, inode = INET_DIAG_MSG.unpack_from(data, off)
+        sport, dport = _PORTS.unpack(raw_ports)
+        if ports is not None and sport not in ports:
+            continue
         v6only = None
         if fam == socket.AF_INET6:
             flag = _attrs(data, off + INET_DIAG_MSG.size, off + length).get(INET_DIAG_SKV6ONLY)
@@ -339,7 +347,8 @@ def _victims(family: int, ports: frozenset[int], local: frozenset[Address] | Non
     width = 16 if family == socket.AF_INET6 else 4
     out = []
     try:
-        for data, off, _length in _dump(family, INET_DIAG_REQ_V2.pack(family, socket.IPPROTO_TCP, 0, states)):
+        request = INET_DIAG_REQ_V2.pack(family, socket.IPPROTO_TCP, 0, states) + sport_attribute(ports)
+        for data, off, _length in _dump(family, request):
             fam, _state, raw_ports, src, dst = INET_DIAG_MSG.unpack_from(data, off)[:5]
             sport, _dport = _PORTS.unpack(raw_ports)
             if sport not in ports or fam != family:
@@ -435,11 +444,16 @@ _INET = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "raw": IPPROTO_RA
 _FAMILIES = ((socket.AF_INET, "ipv4", ""), (socket.AF_INET6, "ipv6", "6"))
 
 
-def inventory(kinds: Iterable[str], states: dict[str, int], proc: str = PROC) -> list[Sock]:
-    """Sockets of ``kinds`` (tcp, udp, raw, icmp, unix), each in the state mask given for it."""
+def inventory(kinds: Iterable[str], states: dict[str, int], proc: str = PROC, *,
+              ports: Mapping[str, frozenset[int]] | None = None) -> list[Sock]:
+    """Sockets of ``kinds`` (tcp, udp, raw, icmp, unix), each in the state mask given for it;
+    a kind named in ``ports`` only with one of those local ports (the kernel filters:
+    ``linux/diagbc.py``)."""
     out: list[Sock] = []
     for kind in kinds:
-        out.extend(_one_kind(kind, states[kind], proc))
+        wanted = None if ports is None else ports.get(kind)
+        if wanted is None or wanted:
+            out.extend(_one_kind(kind, states[kind], proc, wanted))
     return out
 
 
@@ -448,27 +462,40 @@ def inventory(kinds: Iterable[str], states: dict[str, int], proc: str = PROC) ->
 _IDENTITY = struct.Struct("=4xH62xI")
 
 
-def identities(kinds: Iterable[str], states: dict[str, int], proc: str = PROC) -> set[tuple[str, str, int]]:
+def identities(kinds: Iterable[str], states: dict[str, int], proc: str = PROC, *,
+               ports: Mapping[str, frozenset[int]] | None = None) -> set[tuple[str, str, int]]:
     """(proto, family, inode) of every socket of ``kinds`` (tcp, udp) in its ``states`` with a
-    local port, IPv4 and IPv6: the cheap answer to "is anything new since the last look?". One
-    unpack per message and no record built, since a poller asks it every few seconds (10,000
-    sockets: about a third of ``inventory``'s CPU). A family without a diag handler is read from
-    /proc, as ``inventory`` does."""
+    local port, IPv4 and IPv6 (a kind named in ``ports``: with one of those, as ``inventory``):
+    the cheap answer to "is anything new since the last look?". One unpack per message and no
+    record built, since a poller asks it every few seconds (10,000 sockets: about a third of
+    ``inventory``'s CPU). A family without a diag handler is read from /proc, as ``inventory``
+    does."""
     out: set[tuple[str, str, int]] = set()
     for kind in kinds:
+        wanted = None if ports is None else ports.get(kind)
+        if wanted is not None and not wanted:
+            continue
+        bc = b"" if wanted is None else sport_attribute(wanted)
         for fam, fname, suffix in _FAMILIES:
             try:
-                for data, off, _length in _dump(fam, INET_DIAG_REQ_V2.pack(fam, _INET[kind], 0, states[kind])):
+                for data, off, _length in _dump(fam, INET_DIAG_REQ_V2.pack(fam, _INET[kind], 0, states[kind]) + bc):
                     port, inode = _IDENTITY.unpack_from(data, off)
-                    if port:
+                    if port and (wanted is None or socket.ntohs(port) in wanted):
                         out.add((kind, fname, inode))
             except OSError:  # no tcp_diag / udp_diag here
                 out.update((kind, fname, x.inode) for x in parse_proc_inet(_read_proc(kind + suffix, proc), kind, fname,
-                                                                           states[kind]) if x.local_port)
+                                                                           states[kind])
+                           if x.local_port and (wanted is None or x.local_port in wanted))
     return out
 
 
-def _one_kind(kind: str, mask: int, proc: str) -> list[Sock]:
+def tcp_on_ports(ports: Iterable[int], states: int, proc: str = PROC) -> list[Sock]:
+    """The TCP sockets, IPv4 and IPv6, in ``states`` whose local port is one of ``ports``: the
+    kernel filters (``linux/diagbc.py``), so a busy host's other connections cost nothing."""
+    return inventory(["tcp"], {"tcp": states}, proc, ports={"tcp": frozenset(ports)})
+
+
+def _one_kind(kind: str, mask: int, proc: str, ports: frozenset[int] | None = None) -> list[Sock]:
     if kind == "unix":
         try:
             return _unix_dump(mask)
@@ -479,9 +506,10 @@ def _one_kind(kind: str, mask: int, proc: str) -> list[Sock]:
         try:
             if kind == "icmp":  # ping sockets have no diag family
                 raise OSError(errno.ENOENT, "no diag family for ICMP ping sockets")
-            out.extend(_inet_dump(fam, _INET[kind], kind, mask))
+            out.extend(_inet_dump(fam, _INET[kind], kind, mask, ports))
         except OSError:  # no tcp_diag / udp_diag / raw_diag here
-            out.extend(parse_proc_inet(_read_proc(kind + suffix, proc), kind, fname, mask))
+            out.extend(s for s in parse_proc_inet(_read_proc(kind + suffix, proc), kind, fname, mask)
+                       if ports is None or s.local_port in ports)
     return out
 
 

@@ -8,7 +8,8 @@ extra (``sockgate[top]``): nothing else of sockgate needs it.
 Nothing here decides anything: a timer takes a snapshot on a thread (``Actions.snapshot``), the
 pure model turns it and the one before into rows, the filter and sort of the moment select and
 order them, and the tables are refilled with the cursor kept on the same row. Ban and unban are
-one agent request each, on a thread; their one line of outcome is shown, never a traceback.
+one agent request each, on a thread, asked only after the user confirms what will be banned or
+lifted (``y``; anything else cancels); their one line of outcome is shown, never a traceback.
 Every cell is a ``rich.text.Text``, so text a process or a peer chose is never read as markup.
 The screen fits 80×24 and says everything in words, so no colour is needed.
 """
@@ -19,15 +20,14 @@ import asyncio
 import ipaddress
 import re
 import textwrap
-import weakref
 from typing import Callable, ClassVar, Sequence
 
 from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
-from textual.events import DescendantFocus
-from textual.screen import Screen
+from textual.events import DescendantFocus, Key
+from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Input, Static, TabbedContent, TabPane
 from textual.widgets.data_table import CellDoesNotExist
 
@@ -58,6 +58,15 @@ def safe(text: str, limit: int | None = None) -> Text:
     return Text(shown)
 
 
+class Rows(DataTable[Text]):
+    """A pane's table. ``lost``: the row the user chose left at a refresh, so nothing is selected
+    (ban, unban and follow act on nothing) until the user moves the cursor — else the row a
+    refresh put under it (the most refused source, which whoever sends the most refusals
+    chooses) would be banned by one key."""
+
+    lost = False
+
+
 def fill(table: DataTable[Text], pane: Pane, rows: Sequence[AnyRow], keys: Sequence[str]) -> dict[str, AnyRow]:
     """Refill ``table``, its cursor kept on the row of the same key when that row is still there.
     Keys repeated (two sockets on one address, SO_REUSEPORT) are told apart by their order."""
@@ -68,15 +77,9 @@ def fill(table: DataTable[Text], pane: Pane, rows: Sequence[AnyRow], keys: Seque
         table.add_row(*[safe(c, CELL_MAX) for c in cells(row, pane)], key=key)
     if old is not None and old in unique:
         table.move_cursor(row=unique.index(old))
-    elif old is not None:  # the row the user chose is gone: the cursor's row 0 is nobody's choice
-        LOST.add(table)
+    elif old is not None and isinstance(table, Rows):  # the row the user chose is gone: the
+        table.lost = True  # cursor's row 0 is nobody's choice
     return dict(zip(unique, rows))
-
-
-# Tables whose chosen row left at a refresh: nothing is selected there (ban, unban and follow act
-# on nothing) until the user moves the cursor — else the row a refresh put under it (the most
-# refused source, which whoever sends the most refusals chooses) would be banned by one key.
-LOST: "weakref.WeakSet[DataTable[Text]]" = weakref.WeakSet()
 
 
 def _unique(keys: Sequence[str]) -> list[str]:
@@ -134,8 +137,8 @@ class FollowScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Static(id="f-title")
-        yield DataTable(id="f-refusals")
-        yield DataTable(id="f-bans")
+        yield Rows(id="f-refusals")
+        yield Rows(id="f-bans")
         with VerticalScroll(id="f-scroll"):
             yield Static(id="f-explain")
         yield Static(id="f-message")
@@ -161,6 +164,28 @@ class FollowScreen(Screen[None]):
         app = self.app
         assert isinstance(app, TopApp)
         self.query_one("#f-explain", Static).update(safe(explain_source(app.policy, self.followed)))
+
+
+class Confirm(ModalScreen[bool]):
+    """One yes/no question over the screen: ``y`` is yes, any other key no (a ban is one key
+    away from the wrong row; a stray key must not make it)."""
+
+    DEFAULT_CSS = """
+    Confirm { align: center middle; }
+    #question { width: 76; height: auto; border: solid $accent; padding: 0 1; }
+    """
+
+    def __init__(self, question: str) -> None:
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        yield Static(safe(f"{self.question}  (y: yes, any other key: no)", CELL_MAX), id="question")
+
+    def on_key(self, event: Key) -> None:
+        event.stop()
+        event.prevent_default()
+        self.dismiss(event.key == "y")
 
 
 class TopApp(App[None]):
@@ -215,12 +240,12 @@ class TopApp(App[None]):
         yield Static(id="title")
         with TabbedContent(initial="sockets", id="tabs"):
             with TabPane("1 sockets", id="sockets"):
-                yield DataTable(id="t-sockets")
+                yield Rows(id="t-sockets")
             with TabPane("2 refusals", id="refusals"):
-                yield DataTable(id="t-services")
-                yield DataTable(id="t-sources")
+                yield Rows(id="t-services")
+                yield Rows(id="t-sources")
             with TabPane("3 bans", id="bans"):
-                yield DataTable(id="t-bans")
+                yield Rows(id="t-bans")
             with TabPane("4 health", id="health"):
                 with VerticalScroll():
                     yield Static(id="health-text")
@@ -291,15 +316,15 @@ class TopApp(App[None]):
         pane = self.pane()
         table = self.query_one(f"#t-{pane}", DataTable)
         key = _cursor_key(table)
-        if key is None or table in LOST:
+        if key is None or isinstance(table, Rows) and table.lost:
             return None
         return self.shown.get(pane, {}).get(key)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         """The user moved the cursor: the row under it is chosen again (the move to row 0 that
         a refill makes is not a choice)."""
-        if event.cursor_row != 0:
-            LOST.discard(event.data_table)
+        if event.cursor_row != 0 and isinstance(event.data_table, Rows):
+            event.data_table.lost = False
 
     def selected_source(self) -> str | None:
         row = self.selected()
@@ -410,13 +435,24 @@ class TopApp(App[None]):
         if source is None:
             self.say("select a source (refusals) or a ban first")
             return
-        await self._request(lambda: self.actions.ban(source, self.ban_for))
+        span = f"for {self.ban_for} s" if self.ban_for else "until lifted"
+        self._confirm(f"ban {source} on every service {span}?", lambda: self.actions.ban(source, self.ban_for), "not banned")
 
     async def _unban(self, source: str | None, origin: str) -> None:
         if source is None:
             self.say("select a ban (bans) or a source first")
             return
-        await self._request(lambda: self.actions.unban(source, origin))  # type: ignore[arg-type]
+        self._confirm(f"lift the {origin} ban on {source}?", lambda: self.actions.unban(source, origin),  # type: ignore[arg-type]
+                      "not lifted")
+
+    def _confirm(self, question: str, call: Callable[[], str], cancelled: str) -> None:
+        """Ask ``question``; ``y`` makes the request, anything else says ``cancelled``."""
+        async def answered(yes: bool | None) -> None:
+            if yes:
+                await self._request(call)
+            else:
+                self.say(cancelled)
+        self.push_screen(Confirm(question), answered)
 
     async def _request(self, call: Callable[[], str]) -> None:
         try:
