@@ -485,6 +485,13 @@ def test_connect_refused_and_connect_timeout(ch: Harness) -> None:
     assert ch.ends == [] and ch.lane.count() == 1  # not overdue yet
     ch.lane.sweep(0.1, 60.0)
     assert ch.ends == [("connect timeout", -1, -1)] and ch.lane.count() == 0
+    cp.close()
+    cp, c = _tcp_pair()  # a connecting client ended by abort (drain's deadline): a plain close
+    fd = c.fileno()
+    ch.lane.start(c.detach(), "t", ch._finished, socket.AF_INET, lanes.sockaddr(socket.AF_INET, stuck.getsockname()), True)
+    assert ch.lane.abort(fd, "shutdown") and not ch.lane.abort(fd, "shutdown")
+    assert ch.ends[-1] == ("shutdown", 0, 0) and ch.lane.count() == 0
+    assert ch.read(cp, 10) == b""
     for s in [cp, stuck, *fillers]:
         s.close()
 

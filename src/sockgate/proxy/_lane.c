@@ -135,6 +135,8 @@ typedef struct {
     int closed;
 } Lane;
 
+static int check_open(Lane *L);
+
 /* -- small helpers ------------------------------------------------------------------------ */
 
 static int64_t now_ns(void) {
@@ -389,6 +391,9 @@ static Conn *conn_new(Lane *L, int cfd, PyObject *token, PyObject *finished) {
     c->up.pr = c->up.pw = c->down.pr = c->down.pw = -1;
     conn_link(&L->live, c);
     L->count++;
+    /* the client's slot from the start, unwatched until the relay begins: abort and find
+     * reach a connecting client in one look-up (no slot: find's scan still does) */
+    (void)slot_claim(L, cfd, S_CLIENT, c);
     return c;
 }
 
@@ -863,10 +868,8 @@ static PyObject *Lane_poll(Lane *L, PyObject *arg) {
     if (t == -1 && PyErr_Occurred())
         return NULL;
     int timeout = t > INT32_MAX ? INT32_MAX : t < 0 ? -1 : (int)t;
-    if (L->closed) {
-        PyErr_SetString(PyExc_ValueError, "the lane is closed");
+    if (check_open(L) < 0)
         return NULL;
-    }
     if (L->queue.qnext != &L->queue)
         timeout = 0;
     struct epoll_event evs[MAX_EVENTS];
@@ -937,7 +940,7 @@ static int parse_target(Py_buffer *b, int family, struct sockaddr_storage *ss, s
 }
 
 static int check_open(Lane *L) {
-    if (L->closed) {
+    if (L->closed || L->scratch == NULL) {
         PyErr_SetString(PyExc_ValueError, "the lane is closed");
         return -1;
     }
