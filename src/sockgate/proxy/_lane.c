@@ -359,7 +359,15 @@ static void conn_close(Lane *L, Conn *c, const char *how, int reset, int failed_
     long long down = failed_connect ? -1 : (long long)c->down.bytes;
     PyObject *token = c->token, *finished = c->finished;
     c->token = c->finished = NULL;
-    PyObject *r = PyObject_CallFunction(finished, "OsLL", token, how, up, down);
+    PyObject *h = PyUnicode_FromString(how), *u = PyLong_FromLongLong(up), *d = PyLong_FromLongLong(down);
+    PyObject *r = NULL;
+    if (h != NULL && u != NULL && d != NULL) {
+        PyObject *stack[5] = {NULL, token, h, u, d}; /* (slot 0: room for a bound method's self) */
+        r = PyObject_Vectorcall(finished, stack + 1, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    Py_XDECREF(h);
+    Py_XDECREF(u);
+    Py_XDECREF(d);
     if (r == NULL)
         report(L, "the proxy's finished callback failed");
     else
@@ -776,9 +784,14 @@ static PyObject *address(const struct sockaddr_storage *ss, socklen_t len) {
 
 /* One accepted client: ask Python, then relay, refuse, or let go. */
 static void admit_one(Lane *L, Listener *l, int fd, const struct sockaddr_storage *ss, socklen_t len) {
-    PyObject *addr = address(ss, len);
-    PyObject *r = addr != NULL ? PyObject_CallFunction(l->admit, "iO", fd, addr) : NULL;
+    PyObject *addr = address(ss, len), *f = PyLong_FromLong(fd);
+    PyObject *r = NULL;
+    if (addr != NULL && f != NULL) {
+        PyObject *stack[3] = {NULL, f, addr};
+        r = PyObject_Vectorcall(l->admit, stack + 1, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
     Py_XDECREF(addr);
+    Py_XDECREF(f);
     if (r == NULL) {
         report(L, "the proxy's admit callback failed");
         reset_close(fd);
