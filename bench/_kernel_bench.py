@@ -80,6 +80,26 @@ def service_from(spec: dict[str, Any]) -> Any:
     return Service("bench", tuple(rules), Action(spec.get("default", "deny")), limits=limits)
 
 
+def classic_capacity(svc: Any, banned: list[Any]) -> int:
+    """How many of ``banned``, from the first, one classic program of ``svc`` holds (a binary
+    search over compiles: a prefix that fits says every shorter one does)."""
+    from sockgate.bpf import program as cbpf_program
+    from sockgate.errors import CompileError
+
+    def fits(n: int) -> bool:
+        try:
+            cbpf_program.compile_service(svc, banned=banned[:n])
+            return True
+        except CompileError:
+            return False
+
+    lo, hi = 0, len(banned)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
+
+
 def blocklist(n: int) -> list[int]:
     """``NetList`` keys of ``n`` distinct IPv4 prefixes from a fixed seed — a third /24s, the
     rest hosts, none in 127.0.0.0/8 — plus, in 127.0.0.0/8, the sibling of every prefix of

@@ -44,7 +44,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from sockgate.errors import SockgateError  # noqa: E402
-from sockgate.kernel.ebpf import BPFFS_ENV  # noqa: E402
+from sockgate.kernel.ebpfstore import BPFFS_ENV  # noqa: E402
 from support.agentlab import AgentProc, Lab, agent_lab, guard, guarded_by, in_netns  # noqa: E402
 from support.netlab import Netns  # noqa: E402
 

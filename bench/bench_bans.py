@@ -39,9 +39,9 @@ from typing import Callable
 SRC = Path(__file__).resolve().parent.parent / "src"
 sys.path[:0] = [str(SRC), str(SRC.parent / "tests")]
 
+from _kernel_bench import classic_capacity  # noqa: E402
 from sockgate.bpf import program as cbpf_program  # noqa: E402
 from sockgate.ebpf.layout import Origin  # noqa: E402
-from sockgate.errors import CompileError  # noqa: E402
 from sockgate.kernel import Kernel  # noqa: E402
 from sockgate.kernel.bpfops import LinuxBpf  # noqa: E402
 from sockgate.kernel.cbpf import ClassicBackend  # noqa: E402
@@ -138,18 +138,7 @@ def nft(addrs: list[ipaddress.IPv4Address], runs: int) -> tuple[float, float] | 
 def classic(addrs: list[ipaddress.IPv4Address], runs: int) -> tuple[int, float, float]:
     """The most bans one classic program holds, its recompile time, and its attach time."""
     svc = parse_policy(POLICY).require_service("bench")
-
-    def fits(n: int) -> bool:
-        try:
-            cbpf_program.compile_service(svc, banned=addrs[:n])
-            return True
-        except CompileError:
-            return False
-
-    lo, hi = 0, len(addrs)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    lo = classic_capacity(svc, list(addrs))
     compile_times = [timed(lambda: cbpf_program.compile_service(svc, banned=addrs[:lo]).encode()) for _ in range(runs)]
     raw = cbpf_program.compile_service(svc, banned=addrs[:lo]).encode()
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

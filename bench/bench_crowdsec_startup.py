@@ -40,6 +40,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _kernel_bench import classic_capacity  # noqa: E402
 from bench_crowdsec_stream import body  # noqa: E402
 
 from sockgate.agent import bansink  # noqa: E402
@@ -48,7 +49,6 @@ from sockgate.bans import BannedPrefix, Origin  # noqa: E402
 from sockgate.bpf import program as cbpf_program  # noqa: E402
 from sockgate.crowdsec.session import Session  # noqa: E402
 from sockgate.crowdsec.stream import Report  # noqa: E402
-from sockgate.errors import CompileError  # noqa: E402
 from sockgate.kernel import Kernel  # noqa: E402
 from sockgate.kernel.bpfops import LinuxBpf  # noqa: E402
 from sockgate.kernel.cbpf import ClassicBackend  # noqa: E402
@@ -133,18 +133,7 @@ def uncovered(nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> list
 
 def classic_fit(nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> tuple[int, float]:
     svc = parse_policy(POLICY).require_service("web")
-
-    def fits(n: int) -> bool:
-        try:
-            cbpf_program.compile_service(svc, banned=nets[:n])
-            return True
-        except CompileError:
-            return False
-
-    lo, hi = 0, min(len(nets), 20_000)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    lo = classic_capacity(svc, nets[:20_000])
     _, took = cpu(lambda: cbpf_program.compile_service(svc, banned=nets[:lo]).encode())
     return lo, took
 

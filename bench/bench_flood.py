@@ -46,17 +46,8 @@ import tempfile
 from pathlib import Path
 
 import charts
-from _kernel_bench import (
-    Libwrap,
-    Server,
-    build_flood,
-    has_libwrap,
-    machine,
-    median,
-    python_flood,
-    run_clients,
-    service_from,
-)
+from _flood_runs import Run, flood_command, flood_name, measure, med, preamble, ratio, table
+from _kernel_bench import Libwrap, Server, has_libwrap, median, service_from
 
 POLICY = {"allow": ["127.0.0.1/32"], "default": "deny"}
 MODES = ("kernel", "libwrap", "accept-close", "inetd-fork")
@@ -66,7 +57,6 @@ NAMES = {
     "accept-close": "accept-then-close in the daemon, sockgate's engine",
     "inetd-fork": "fork per connection, then check (inetd + tcpd)",
 }
-Run = dict[str, dict[str, float]]  # "quiet" / "flood" -> the numbers of that run
 
 
 def main() -> int:
@@ -88,14 +78,11 @@ def main() -> int:
                  " or leave libwrap out of --modes")
     load = [os.getloadavg()]
     with tempfile.TemporaryDirectory(prefix="sockgate-flood-") as tmp:
-        flood_cmd = None if args.python_flood else build_flood(tmp)
-        if flood_cmd is None:
-            print("WARNING: no C compiler (or --python-flood): using the Python flood, which reached"
-                  " about 3/4 of flood.c's connects/s here; the flood's rate is in the output", file=sys.stderr)
-            flood_cmd = python_flood()
-        runs = measure(args, modes, flood_cmd)
+        flood_cmd = flood_command(tmp, args.python_flood, "using the Python flood, which reached about 3/4 of"
+                                  " flood.c's connects/s here; the flood's rate is in the output")
+        runs = measure(args, modes, lambda m: Server(m, POLICY, args.backlog), flood_cmd)
     load.append(os.getloadavg())
-    report(args, modes, runs, "python" if flood_cmd[0] == sys.executable else "flood.c", load)
+    report(args, modes, runs, flood_name(flood_cmd), load)
     chart(args, modes, runs)
     if "libwrap" in modes:
         print(decision_costs())
@@ -124,60 +111,14 @@ def decision_costs(calls: int = 20_000, repeats: int = 7) -> str:
         repeats, calls, ", ".join(f"{k} {v:.1f} us" for k, v in cost.items()))
 
 
-def measure(args: argparse.Namespace, modes: list[str], flood_cmd: list[str]) -> dict[str, list[Run]]:
-    servers: dict[str, Server] = {}
-    runs: dict[str, list[Run]] = {m: [] for m in modes}
-    budget = int(200_000 * (args.seconds + 1))
-    try:
-        for m in modes:
-            servers[m] = Server(m, POLICY, args.backlog)
-        for r in range(args.runs):
-            for m in modes:
-                res: Run = {}
-                for kind in (("quiet", "flood") if r % 2 == 0 else ("flood", "quiet")):
-                    cmd = flood_cmd if kind == "flood" else None
-                    res[kind] = run_clients(servers[m].port, args.seconds, args.threads, cmd, budget, args.window)
-                runs[m].append(res)
-                q, f = res["quiet"], res["flood"]
-                print(f"run {r + 1}/{args.runs} {m:13} no flood {q['rate']:6.0f}/s p99 {q['p99_us'] / 1000:5.1f} ms |"
-                      f" flood {f['rate']:6.0f}/s p99 {f['p99_us'] / 1000:6.1f} ms stalls {f['stalls']:.0f}"
-                      f" fail {f['failures']:.0f} | ratio {ratio(res):.2f} | flood {f['flood_rate']:6.0f}/s"
-                      f" ({f['flood_cpu_share']:.0%} of a CPU)"
-                      f" listen overflows {f['ListenOverflows']:.0f}", file=sys.stderr)
-    finally:
-        for s in servers.values():
-            s.close()
-    return runs
-
-
-def ratio(res: Run) -> float:
-    return res["flood"]["rate"] / res["quiet"]["rate"] if res["quiet"]["rate"] else 0.0
-
-
 def report(args: argparse.Namespace, modes: list[str], runs: dict[str, list[Run]], flood: str,
            load: list[tuple[float, float, float]]) -> None:
-    def med(m: str, kind: str, key: str) -> float:
-        return median([x[kind][key] for x in runs[m]])
-
-    print(f"machine: {machine()}")
-    print("load average (1/5/15 min) before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} {:.2f}".format(*load[0], *load[1]))
-    print(f"command: .venv/bin/python bench/bench_flood.py --runs {args.runs} --seconds {args.seconds:g}"
-          f" --threads {args.threads} --backlog {args.backlog} --window {args.window}"
-          + (" --python-flood" if args.python_flood else "") + (f" --modes {','.join(modes)}" if modes != list(MODES) else ""))
+    preamble(f".venv/bin/python bench/bench_flood.py --runs {args.runs} --seconds {args.seconds:g}"
+             f" --threads {args.threads} --backlog {args.backlog}", args, modes, MODES, load)
     print(f"flood: {flood}, one process, unpaced, each connect abandoned after 20 ms, at most {args.window} in flight;"
           f" listen backlog {args.backlog} on every server")
     print(f"medians of {args.runs} runs of {args.seconds:g} s without and {args.seconds:g} s with flood, {args.threads} client threads")
-    print("| enforcement | no flood conn/s | under flood conn/s | ratio (per run) | p99 no flood / flood |"
-          " stalled ≥ 0.9 s + failed per run | flood attempts/s (its CPU) | listen overflows per run |")
-    print("|---|---|---|---|---|---|---|---|")
-    for m in modes:
-        per = ", ".join(f"{ratio(x):.2f}" for x in runs[m])
-        stalls = median([x["flood"]["stalls"] + x["flood"]["failures"] for x in runs[m]])
-        print(f"| {NAMES[m]} | {med(m, 'quiet', 'rate'):,.0f} | {med(m, 'flood', 'rate'):,.0f} |"
-              f" {median([ratio(x) for x in runs[m]]):.2f} ({per}) |"
-              f" {med(m, 'quiet', 'p99_us') / 1000:.1f} / {med(m, 'flood', 'p99_us') / 1000:.1f} ms | {stalls:.0f} |"
-              f" {med(m, 'flood', 'flood_rate'):,.0f} ({med(m, 'flood', 'flood_cpu_share'):.0%}) |"
-              f" {med(m, 'flood', 'ListenOverflows'):,.0f} |")
+    table("enforcement", "listen overflows per run", NAMES, runs, lambda m: f"{med(runs[m], 'flood', 'ListenOverflows'):,.0f}")
     if "kernel" not in modes:
         return
     print(f"sockgate under flood vs no flood: {median([ratio(x) for x in runs['kernel']]):.2f} (target >= 0.8)")
@@ -196,7 +137,7 @@ SHORT = {"kernel": "sockgate (kernel filter)", "libwrap": "accept-then-close (li
 
 def chart(args: argparse.Namespace, modes: list[str], runs: dict[str, list[Run]]) -> None:
     """The table's first two columns as bars: allowed clients without and under the flood."""
-    rates = {kind: [median([x[kind]["rate"] for x in runs[m]]) for m in modes] for kind in ("quiet", "flood")}
+    rates = {kind: [med(runs[m], kind, "rate") for m in modes] for kind in ("quiet", "flood")}
     charts.bars(Path(args.chart), "Allowed clients under a denied connect flood", [SHORT[m] for m in modes],
                 {"no flood": rates["quiet"], "under flood": rates["flood"]}, "allowed connections/s (median)",
                 charts.caption(f"bench/bench_flood.py --runs {args.runs} --seconds {args.seconds:g}, {args.threads} client"

@@ -35,18 +35,23 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
-import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
-from _kernel_bench import Server, build_flood, machine, median, python_flood, run_clients
+from _flood_runs import Run, flood_command, flood_name, measure, preamble, ratio, table
+from _kernel_bench import Server, median
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+sys.path[:0] = [str(SRC), str(SRC.parent / "tests")]
+from sockgate.refused import read_refused  # noqa: E402
+from support.pinned import private_bpffs  # noqa: E402
 
 CLIENTS = "127.1.0.0/16"
 FLOOD_SOURCE = "127.0.0.2"  # run_clients' flood source
 MODES = ("ebpf-rate", "ebpf-open", "cbpf-deny")
 NAMES = {"ebpf-rate": "eBPF, limit rate per source", "ebpf-open": "eBPF, no limit",
          "cbpf-deny": "classic BPF, the flood's source denied"}
-Run = dict[str, dict[str, float]]  # "quiet" / "flood" -> the numbers of that run
 
 
 def server(mode: str, rate: int, backlog: int) -> Server:
@@ -77,52 +82,18 @@ def main() -> int:
         ap.error("needs root: the eBPF backend loads programs and mounts a bpffs")
     load = [os.getloadavg()]
     with tempfile.TemporaryDirectory(prefix="sockgate-rate-flood-") as tmp:
-        flood_cmd = None if args.python_flood else build_flood(tmp)
-        if flood_cmd is None:
-            print("WARNING: no C compiler (or --python-flood): using the Python flood", file=sys.stderr)
-            flood_cmd = python_flood()
-        runs, counted = measure(args, modes, flood_cmd)
+        flood_cmd = flood_command(tmp, args.python_flood, "using the Python flood")
+        with private_bpffs() as bpffs:
+            os.environ["SOCKGATE_BPFFS"] = bpffs  # the servers (children) and the counters' reader use it
+            runs = measure(args, modes, lambda m: server(m, args.rate, args.backlog), flood_cmd, CLIENTS)
+            counted = refusals(bpffs) if "ebpf-rate" in modes else {}
     load.append(os.getloadavg())
-    report(args, modes, runs, counted, "python" if flood_cmd[0] == sys.executable else "flood.c", load)
+    report(args, modes, runs, counted, flood_name(flood_cmd), load)
     return 0
-
-
-def measure(args: argparse.Namespace, modes: list[str], flood_cmd: list[str]) -> tuple[dict[str, list[Run]], dict[str, int]]:
-    """Servers interleaved, as bench_flood.py: per run each server gets its no-flood and its
-    flood run back to back. The eBPF servers share one fresh bpffs and service: only
-    ebpf-rate refuses anything there, so the counters are its own."""
-    runs: dict[str, list[Run]] = {m: [] for m in modes}
-    budget = int(200_000 * (args.seconds + 1))
-    bpffs = tempfile.mkdtemp(prefix="sockgate-bpffs-")
-    os.environ["SOCKGATE_BPFFS"] = bpffs  # the servers (children) and the counters' reader use it
-    servers: dict[str, Server] = {}
-    try:
-        for m in modes:
-            servers[m] = server(m, args.rate, args.backlog)
-        for r in range(args.runs):
-            for m in modes:
-                res: Run = {}
-                for kind in (("quiet", "flood") if r % 2 == 0 else ("flood", "quiet")):
-                    cmd = flood_cmd if kind == "flood" else None
-                    res[kind] = run_clients(servers[m].port, args.seconds, args.threads, cmd, budget, args.window, CLIENTS)
-                runs[m].append(res)
-                q, f = res["quiet"], res["flood"]
-                print(f"run {r + 1}/{args.runs} {m:9} no flood {q['rate']:6.0f}/s p99 {q['p99_us'] / 1000:5.1f} ms |"
-                      f" flood {f['rate']:6.0f}/s p99 {f['p99_us'] / 1000:6.1f} ms stalls {f['stalls']:.0f}"
-                      f" fail {f['failures']:.0f} | ratio {ratio(res):.2f} | flood {f['flood_rate']:6.0f}/s"
-                      f" ({f['flood_cpu_share']:.0%} of a CPU)", file=sys.stderr)
-        counted = refusals(bpffs) if "ebpf-rate" in modes else {}
-    finally:
-        for srv in servers.values():
-            srv.close()
-        unmount(bpffs)
-    return runs, counted
 
 
 def refusals(bpffs: str) -> dict[str, int]:
     """Refused connections by kind of source, from the service's pinned counters."""
-    from sockgate.refused import read_refused
-
     clients = ipaddress.ip_network(CLIENTS)
     out = {"flood": 0, "clients": 0, "other": 0}
     for row in read_refused(f"{bpffs}/sockgate", "bench").counts:
@@ -131,48 +102,18 @@ def refusals(bpffs: str) -> dict[str, int]:
     return out
 
 
-def unmount(bpffs: str) -> None:
-    for _ in range(4):  # bounded: a mount stacked twice needs two
-        with open("/proc/self/mountinfo") as f:
-            if not any(line.split()[4] == bpffs for line in f):
-                break
-        subprocess.run(["umount", "-l", bpffs], check=False)
-    os.rmdir(bpffs)
-
-
-def ratio(res: Run) -> float:
-    return res["flood"]["rate"] / res["quiet"]["rate"] if res["quiet"]["rate"] else 0.0
-
-
 def report(args: argparse.Namespace, modes: list[str], runs: dict[str, list[Run]], counted: dict[str, int],
            flood: str, load: list[tuple[float, float, float]]) -> None:
-    def med(m: str, kind: str, key: str) -> float:
-        return median([x[kind][key] for x in runs[m]])
-
-    print(f"machine: {machine()}")
-    print("load average (1/5/15 min) before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} {:.2f}".format(*load[0], *load[1]))
-    print(f"command: PYTHONPATH=src .venv/bin/python bench/bench_rate_flood.py --runs {args.runs} --seconds {args.seconds:g}"
-          f" --threads {args.threads} --rate {args.rate} --backlog {args.backlog} --window {args.window}"
-          + (" --python-flood" if args.python_flood else "") + (f" --modes {','.join(modes)}" if modes != list(MODES) else ""))
+    preamble(f"PYTHONPATH=src .venv/bin/python bench/bench_rate_flood.py --runs {args.runs} --seconds {args.seconds:g}"
+             f" --threads {args.threads} --rate {args.rate} --backlog {args.backlog}", args, modes, MODES, load)
     print(f"flood: {flood} from {FLOOD_SOURCE}, one process, unpaced, each connect abandoned after 20 ms;"
           f" clients from {CLIENTS}; eBPF: allow 127.0.0.0/8 (ebpf-rate: limit rate {args.rate}/second per source),"
           f" classic: allow {CLIENTS}; listen backlog {args.backlog}")
     print(f"medians of {args.runs} runs of {args.seconds:g} s without and {args.seconds:g} s with flood, {args.threads} client threads")
-    print("| guard | no flood conn/s | under flood conn/s | ratio (per run) | p99 no flood / flood |"
-          " stalled + failed per run | flood attempts/s (its CPU) | refused: flood / clients |")
-    print("|---|---|---|---|---|---|---|---|")
-    for m in modes:
-        per = ", ".join(f"{ratio(x):.2f}" for x in runs[m])
-        stalls = median([x["flood"]["stalls"] + x["flood"]["failures"] for x in runs[m]])
-        c = counted
-        refused = f"{c['flood']:,} / {c['clients'] + c['other']:,}" if m == "ebpf-rate" else "none counted"
-        print(f"| {NAMES[m]} | {med(m, 'quiet', 'rate'):,.0f} | {med(m, 'flood', 'rate'):,.0f} |"
-              f" {median([ratio(x) for x in runs[m]]):.2f} ({per}) |"
-              f" {med(m, 'quiet', 'p99_us') / 1000:.1f} / {med(m, 'flood', 'p99_us') / 1000:.1f} ms | {stalls:.0f} |"
-              f" {med(m, 'flood', 'flood_rate'):,.0f} ({med(m, 'flood', 'flood_cpu_share'):.0%}) |"
-              f" {refused} |")
+    c = counted
+    table("guard", "refused: flood / clients", NAMES, runs,
+          lambda m: f"{c['flood']:,} / {c['clients'] + c['other']:,}" if m == "ebpf-rate" else "none counted")
     if "ebpf-rate" in modes:
-        c = counted
         print(f"clients under a rate-limited flood vs no flood: {median([ratio(x) for x in runs['ebpf-rate']]):.2f}"
               " (target >= 0.8)")
         if c["clients"] or c["other"]:

@@ -12,6 +12,7 @@ Public API::
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from sockgate.decide import Decision, decide
@@ -61,7 +62,7 @@ def check(policy: Policy, service: str, client: str | Peer) -> Decision:
 def _guard(policy: Policy, sock: Any, service: str, backend: str = "auto") -> Any:
     """``Policy.guard``: the kernel-facing module is imported when first used, so that
     ``import sockgate`` stays cheap and works on every platform."""
-    from sockgate.guard import guard
+    from sockgate.guard import guard  # lazy on purpose: the kernel-facing module, see above
 
     return guard(policy, sock, service) if backend == "auto" else guard(policy, sock, service, backend=backend)
 
@@ -73,7 +74,5 @@ def __getattr__(name: str) -> Any:
     # The kernel-facing API lives in sockgate.guard; import it only when asked for so that
     # `import sockgate` stays cheap and works on every platform.
     if name in ("unguard", "guard_of", "peer"):
-        import importlib
-
         return getattr(importlib.import_module("sockgate.guard"), name)
     raise AttributeError(name)

@@ -29,8 +29,14 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from sockgate.decide import Decision, decide
+from sockgate.errors import AdapterError
+from sockgate.guard import guard, guard_of
+from sockgate.linux.listen import open_listener
 from sockgate.peers import Peer
 from sockgate.policy.ir import Policy
+from sockgate.policy.parser import parse_policy
+from sockgate.probe import probe_tcp, probe_udp
+from sockgate.urls import parse_url
 
 DEMO_FILE = "demo.policy"
 DEMO_SERVICE = "echo"
@@ -99,8 +105,6 @@ class Report:
 
 
 def demo_policy() -> Policy:
-    from sockgate.policy.parser import parse_policy
-
     return parse_policy(DEMO_POLICY, DEMO_FILE)
 
 
@@ -126,11 +130,6 @@ def run(timeout: float = 0.5) -> Report:
 
 
 def _one_service(policy: Policy, proto: str, timeout: float) -> tuple[Shown, list[Look]]:
-    from sockgate.errors import AdapterError
-    from sockgate.guard import guard, guard_of
-    from sockgate.linux.listen import open_listener
-    from sockgate.urls import parse_url
-
     try:
         lst = open_listener(parse_url(f"{proto}://127.0.0.1:0"), before_listen=lambda s: guard(policy, s, DEMO_SERVICE, backend="cbpf"))
     except AdapterError as e:
@@ -145,8 +144,6 @@ def _one_service(policy: Policy, proto: str, timeout: float) -> tuple[Shown, lis
 
 
 def _look(policy: Policy, proto: str, source: str, port: int, timeout: float) -> Look:
-    from sockgate.probe import probe_tcp, probe_udp
-
     d = decide(policy, DEMO_SERVICE, Peer.parse(source))
     t0 = time.monotonic()
     if proto == "tcp":

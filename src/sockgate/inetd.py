@@ -39,7 +39,7 @@ import subprocess
 from sockgate.decide import decide_resolved
 from sockgate.resolve.kernelpart import assume_unlearned
 from sockgate.launcher import Gate, RefusalHost
-from sockgate.linux import activation, privileges
+from sockgate.linux import activation, peercred, privileges
 from sockgate.linux.listen import Listener
 from sockgate.linux.signalfd import SigInfo
 from sockgate.peers import Peer
@@ -56,9 +56,7 @@ def peer_env(conn: socket.socket, service: str, peer: Peer | None = None) -> dic
     peer's credentials when already read)."""
     env = {"SOCKGATE_SERVICE": service}
     if conn.family == socket.AF_UNIX:
-        from sockgate.linux.peercred import peer_of
-
-        p = peer if peer is not None else peer_of(conn.fileno())
+        p = peer if peer is not None else peercred.peer_of(conn.fileno())
         env.update(PROTO="UNIX", UNIXLOCALPATH=_unix_name(conn.getsockname()))
         if p.pid is not None:
             env["UNIXREMOTEPID"] = str(p.pid)
@@ -216,9 +214,7 @@ class _Server:
             privileges.drop(self.creds)
 
     def _unix_peer_if_allowed(self, conn: socket.socket) -> Peer | None:
-        from sockgate.linux.peercred import peer_of
-
-        peer = peer_of(conn.fileno())
+        peer = peercred.peer_of(conn.fileno())
         d = decide_resolved(self._unlearned(), peer)
         if not d.allowed:
             self.gate.cfg.say(f"denied Unix peer {escape(peer.describe())}: {d.reason}")  # exe: the peer's choice

@@ -188,6 +188,8 @@ def load_policy(
     Several native files are read as if concatenated in order. Native service blocks win for
     the services they declare; hosts_access rules cover the rest. ``reader`` and ``listdir``
     let a caller see every file read and directory listed (the agent watches them)."""
+    # The parsers load with the first policy, not with `import sockgate` (a third of its
+    # import time), which every command and library user pays.
     from sockgate.policy.hostsaccess import parse_hosts_access
     from sockgate.policy.merge import merge
     from sockgate.policy.parser import parse_policy_files

@@ -35,7 +35,8 @@ from sockgate.ebpf.refusals import (
 from sockgate.errors import SockgateError
 from sockgate.kernel import pins
 from sockgate.kernel.backend import Loaded
-from sockgate.kernel.ebpf import EbpfLoaded, ktime_ns
+from sockgate.kernel.ebpf import EbpfLoaded
+from sockgate.kernel.ebpfstore import ktime_ns
 from sockgate.linux import bpfsys, netaddrs
 from sockgate.linux.netaddrs import Address
 from sockgate.linux.ringbuf import RingBuffer, RingError
@@ -146,7 +147,7 @@ class RefusalMonitor:
 
     def next_deadline(self) -> float:
         """When ``on_deadline`` is due, in seconds of ``mono_ns`` (the programs' clock,
-        ``kernel.ebpf.ktime_ns``: ``time.monotonic()`` outside a time namespace)."""
+        ``kernel.ebpfstore.ktime_ns``: ``time.monotonic()`` outside a time namespace)."""
         return self._agg.deadline / 1e9
 
     def on_deadline(self) -> None:

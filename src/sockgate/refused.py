@@ -23,7 +23,7 @@ from sockgate.ebpf import layout
 from sockgate.ebpf.refusals import BanRow, Clock, CountRow, active, ban_row, count_row, sort_counts
 from sockgate.errors import SockgateError
 from sockgate.kernel import pins
-from sockgate.kernel.ebpf import ktime_ns
+from sockgate.kernel.ebpfstore import ktime_ns
 from sockgate.policy.source import escape
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from sockgate.kernel.ebpf import BPFFS_ENV
+from sockgate.kernel.ebpfstore import BPFFS_ENV
 
 
 @pytest.fixture(autouse=True)

@@ -46,18 +46,29 @@ class Notes:
         self.said.append("READY")
 
 
-def agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str = GOOD) -> tuple[Agent, Path, list[Any], io.StringIO]:
-    policy = tmp_path / "agent.conf"
-    policy.write_text(text)
+def fake_agent(options: Options, out: io.StringIO | None = None, **kw: Any) -> Agent:
+    """An agent over a fake kernel (``tests/support/fakekernel.py``), logging to ``out``."""
     kernel = fake_kernel(FakeOps())
-    out = io.StringIO()
-    a = Agent(Options(files=(str(policy),), backend="cbpf"), kernel, Applier(kernel, lambda *a, **k: 0),  # type: ignore[arg-type]
-              Log("text", out, flush_interval=0), Notes())  # type: ignore[arg-type]
+    return Agent(options, kernel, Applier(kernel, lambda *a, **k: 0),  # type: ignore[arg-type]
+                 Log("text", out or io.StringIO(), flush_interval=0), Notes(), **kw)  # type: ignore[arg-type]
+
+
+def started(a: Agent, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """``a`` built and in force as its start leaves it, with the sweeps it asks for recorded
+    (not run)."""
     sweeps: list[Any] = []
     monkeypatch.setattr(a, "sweep", lambda trigger, retired=(), only=None: sweeps.append((trigger, retired)))
     a.built = a._build(a.bans)
     a.policy_info = a._policy_info("start", True, None)
-    return a, policy, sweeps, out
+    return sweeps
+
+
+def agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str = GOOD) -> tuple[Agent, Path, list[Any], io.StringIO]:
+    policy = tmp_path / "agent.conf"
+    policy.write_text(text)
+    out = io.StringIO()
+    a = fake_agent(Options(files=(str(policy),), backend="cbpf"), out)
+    return a, policy, started(a, monkeypatch), out
 
 
 def test_a_policy_that_does_not_parse_keeps_the_running_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -168,14 +179,8 @@ NAMED = GOOD.replace("allow 127.0.0.1", "allow host web.sg.test")
 def named_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, names: FakeNames) -> tuple[Agent, list[Any]]:
     policy = tmp_path / "agent.conf"
     policy.write_text(NAMED)
-    kernel = fake_kernel(FakeOps())
-    a = Agent(Options(files=(str(policy),), backend="cbpf"), kernel, Applier(kernel, lambda *a, **k: 0),  # type: ignore[arg-type]
-              Log("text", io.StringIO(), flush_interval=0), Notes(), resolver=names)  # type: ignore[arg-type]
-    sweeps: list[Any] = []
-    monkeypatch.setattr(a, "sweep", lambda trigger, retired=(), only=None: sweeps.append((trigger, retired)))
-    a.built = a._build(a.bans)
-    a.policy_info = a._policy_info("start", True, None)
-    return a, sweeps
+    a = fake_agent(Options(files=(str(policy),), backend="cbpf"), resolver=names)
+    return a, started(a, monkeypatch)
 
 
 def web_digest(a: Agent) -> str:
@@ -219,10 +224,7 @@ def test_a_name_that_needs_a_reverse_lookup_is_still_refused_for_the_kernel(tmp_
     allow, deny = tmp_path / "hosts.allow", tmp_path / "hosts.deny"
     allow.write_text(f"sshd: {pattern}\n")
     deny.write_text("ALL: ALL\n")
-    kernel = fake_kernel(FakeOps())
-    a = Agent(Options(hosts_allow=str(allow), hosts_deny=str(deny), backend="cbpf"), kernel,  # type: ignore[arg-type]
-              Applier(kernel, lambda *a, **k: 0), Log("text", io.StringIO(), flush_interval=0), Notes(),  # type: ignore[arg-type]
-              resolver=FakeNames({}))  # type: ignore[arg-type]
+    a = fake_agent(Options(hosts_allow=str(allow), hosts_deny=str(deny), backend="cbpf"), resolver=FakeNames({}))
     if pattern == "web.sg.test":
         assert a._build(a.bans).answers == {}
         return
@@ -277,15 +279,11 @@ def test_a_refusing_name_that_stops_answering_keeps_refusing_its_last_addresses_
     policy = tmp_path / "agent.conf"
     text = "service web tcp/80 {\n    deny host evil.sg.test\n    allow 127.0.0.0/8\n}\n"
     policy.write_text(text)
-    kernel = fake_kernel(FakeOps())
     now = [1000.0]
     names = FakeNames({"evil.sg.test": ("127.0.0.9",)})
-    a = Agent(Options(files=(str(policy),), backend="cbpf"), kernel, Applier(kernel, lambda *a, **k: 0),  # type: ignore[arg-type]
-              Log("text", io.StringIO(), flush_interval=0), Notes(), resolver=names, clock=lambda: now[0])  # type: ignore[arg-type]
-    monkeypatch.setattr(a, "sweep", lambda trigger, retired=(), only=None: None)
+    a = fake_agent(Options(files=(str(policy),), backend="cbpf"), resolver=names, clock=lambda: now[0])
     monkeypatch.setattr(time, "monotonic", lambda: now[0])  # (FakeNames stamps its answers with it)
-    a.built = a._build(a.bans)
-    a.policy_info = a._policy_info("start", True, None)
+    started(a, monkeypatch)
     now[0] += 3600  # the answer's TTL (60 s) is long past; the refresh fails
     a.namebook, _ = a.namebook.update(Answer("evil.sg.test", None, 0.0, now[0], "SERVFAIL"))
     a._refresh()
@@ -368,12 +366,8 @@ def test_nine_hundred_ipv6_ban_lines_do_not_fail_a_classic_reload(tmp_path: Path
     allow.write_text("sshd: 10.0.0.0/8\n")
     v6 = [str(ipaddress.IPv6Address((0x20010DB8 << 96) | (i << 64) | 1)) for i in range(900)]
     deny.write_text("sshd: 192.0.2.50\n" + "".join(f"sshd: [{a}]\n" for a in v6))
-    kernel = fake_kernel(FakeOps())
-    a = Agent(Options(hosts_allow=str(allow), hosts_deny=str(deny), backend="cbpf"), kernel,  # type: ignore[arg-type]
-              Applier(kernel, lambda *a, **k: 0), Log("text", io.StringIO(), flush_interval=0), Notes())  # type: ignore[arg-type]
-    monkeypatch.setattr(a, "sweep", lambda trigger, retired=(), only=None: None)
-    a.built = a._build(a.bans)
-    a.policy_info = a._policy_info("start", True, None)
+    a = fake_agent(Options(hosts_allow=str(allow), hosts_deny=str(deny), backend="cbpf"))
+    started(a, monkeypatch)
     assert [r.rule.text for r in a.built.resolved["sshd"].rules] == ["sshd: 10.0.0.0/8"]  # the lines are not rules
     assert len(a.built.tools) == 901 and 0 < a.built.unfit["sshd"] < 900
     assert _enforces(a, "sshd", "192.0.2.50") and _enforces(a, "sshd", v6[0]) and not _enforces(a, "sshd", "10.1.2.3")
@@ -391,12 +385,8 @@ def test_with_few_lines_every_line_is_enforced_and_removing_one_lifts_it(tmp_pat
     allow, deny = tmp_path / "hosts.allow", tmp_path / "hosts.deny"
     allow.write_text("###sshguard###\nALL : 192.0.2.9 : DENY\n###sshguard###\nsshd: ALL EXCEPT 192.0.2.77\n")
     deny.write_text("sshd: 192.0.2.50\nsshd: 192.0.2.77\n")
-    kernel = fake_kernel(FakeOps())
-    a = Agent(Options(hosts_allow=str(allow), hosts_deny=str(deny), backend="cbpf"), kernel,  # type: ignore[arg-type]
-              Applier(kernel, lambda *a, **k: 0), Log("text", io.StringIO(), flush_interval=0), Notes())  # type: ignore[arg-type]
-    monkeypatch.setattr(a, "sweep", lambda trigger, retired=(), only=None: None)
-    a.built = a._build(a.bans)
-    a.policy_info = a._policy_info("start", True, None)
+    a = fake_agent(Options(hosts_allow=str(allow), hosts_deny=str(deny), backend="cbpf"))
+    started(a, monkeypatch)
     # sshguard's line is a ban; DenyHosts' lines come after an allow rule that is not by address:
     # they stay rules (.50 is allowed there first, .77 refused by its line as libwrap does)
     assert [str(t.ban.network) for t in a.built.tools] == ["192.0.2.9/32"]

@@ -4,10 +4,6 @@ loads nothing that touches sockets."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,8 +12,7 @@ import sockgate
 from sockgate import guard as guard_module
 from sockgate.policy import ir
 from sockgate.policy.parser import parse_policy
-
-SRC = Path(__file__).parents[2] / "src"
+from support.purity import loaded_after
 
 
 def test_importing_sockgate_binds_the_guard_port() -> None:
@@ -49,14 +44,9 @@ def test_a_bound_port_is_what_guard_calls() -> None:
 
 
 def test_import_sockgate_and_the_policy_load_no_socket_module() -> None:
-    code = (
-        "import json, sys\n"
+    loaded = loaded_after(
         "import sockgate\n"
         "from sockgate.policy.parser import parse_policy\n"
         "parse_policy('service ssh {\\n  default deny\\n}\\n', 'p.conf').service('ssh')\n"
-        "print(json.dumps(sorted(sys.modules)))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         env={"PYTHONPATH": str(SRC)}, check=True)
-    loaded = set(json.loads(out.stdout))
     assert sorted(loaded & {"socket", "_socket", "ctypes", "_ctypes", "sockgate.guard"}) == []

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sockgate.agent.banbook import BanBook
+from sockgate.agent.crowdfeed import CrowdsecFeed
 from sockgate.bans import BannedPrefix, Origin
 from sockgate.crowdsec.session import Backoff, Session
 from sockgate.crowdsec.stream import (
@@ -310,3 +313,64 @@ def test_session_resyncs_in_full_every_resync_interval() -> None:
     assert session.request(NOW + 120 * S) is False and session.request(NOW + 121 * S) is True
     with pytest.raises(ValueError):
         Session(resync_s=0)
+
+
+def test_a_periodic_resync_lifting_most_bans_is_asked_again_before_it_applies() -> None:
+    """A LAPI answering its full list from an empty or stale database for a moment must not lift
+    every ban once an hour: the periodic answer lifting over half (and at least MASS_LIFT) is
+    held back, the whole list asked again at once, and that second answer applied."""
+    many = [entry(i, f"192.0.2.{i}") for i in range(1, 201)]
+    session = Session(interval_s=2, resync_s=60)
+    session.received(body(many), NOW, startup=True)
+    assert len(session.state) == 200
+    assert session.request(NOW + 60 * S) is True
+    report = session.received(body([]), NOW + 60 * S, startup=True)  # periodic, empty
+    assert not report.startup and report.changed == frozenset() and len(session.state) == 200
+    assert session.doubted is not None and "lift 200 of 200" in session.doubted
+    assert session.request(NOW + 62 * S) is True  # asked again at the next pull
+    report = session.received(body([]), NOW + 62 * S, startup=True)
+    assert report.startup and len(session.state) == 0 and session.doubted is None  # confirmed: applied
+    # a periodic resync lifting fewer than MASS_LIFT, or half or less, applies at once
+    session.received(body(many), NOW + 70 * S, startup=True)
+    assert session.request(NOW + 130 * S) is True
+    report = session.received(body(many[:100]), NOW + 130 * S, startup=True)
+    assert report.startup and len(session.state) == 100
+    # after a failure the full answer is the truth at once, whatever it lifts
+    session.failed(NOW + 131 * S, "timeout")
+    assert session.received(body([]), NOW + 133 * S, startup=True).startup and len(session.state) == 0
+
+
+# -- a resync that changed nothing changes nothing -------------------------------------------
+
+
+def _one_decision(duration: str) -> bytes:
+    return json.dumps({"new": [{"id": 1, "value": "192.0.2.1", "duration": duration, "scope": "Ip", "type": "ban",
+                                "origin": "cscli", "scenario": "t"}], "deleted": None}).encode()
+
+
+def test_a_resync_that_changes_nothing_reports_nothing_changed() -> None:
+    session = Session(interval_s=10, resync_s=3600)
+    session.received(_one_decision("4h"), NOW, startup=True)
+    assert session.request(NOW + 3600 * S) is True
+    # an hour later the LAPI says 3h are left; its answer took 37 ms to arrive
+    report = session.received(_one_decision("3h0m0s"), NOW + 3600 * S + 37_000_000, startup=True)
+    assert report.changed == frozenset(), sorted(map(str, report.changed))
+
+
+def test_a_resync_that_changes_nothing_leaves_the_book_as_it_was() -> None:
+    """``banning._on_crowdsec`` runs for every startup report (``report.startup``) and applies
+    the book unless ``book == self.bans``. ``CrowdsecFeed.book`` stamps every entry with the
+    time of the call (``added_ns=now_ns``), so the books never compare equal: even with
+    identical decisions, every resync re-applies (classic services recompiled and swapped,
+    the state file saved)."""
+    session = Session(interval_s=10, resync_s=3600)
+    feed = CrowdsecFeed(None, session)  # type: ignore[arg-type]  # no pull is made here
+    try:
+        report = session.received(_one_decision("4h"), NOW, startup=True)
+        first, _ = feed.book(BanBook(), report, NOW)
+        report = session.received(_one_decision("4h"), NOW, startup=True)  # the very same answer, same instant
+        again, new = feed.book(first, report, NOW + 3600 * S)
+        assert again == first and new == []
+    finally:
+        os.close(feed._r)
+        os.close(feed._w)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -46,6 +44,7 @@ from support.export_policies import (
     load_native,
     policies,
 )
+from support.purity import loaded_by
 
 
 def test_nft_golden_hosts_access() -> None:
@@ -305,13 +304,9 @@ def test_cli_refuses_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_export_core_imports_no_io_modules() -> None:
-    code = (
-        "import sys, sockgate.export, sockgate.export.nft, sockgate.export.pf\n"
-        "bad = {'socket', 'ctypes', 'asyncio', 'subprocess', 'sockgate.linux', 'sockgate.services_db'}\n"
-        "print(sorted(bad & set(sys.modules)))\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert r.stdout.strip() == "[]"
+    loaded = loaded_by(["sockgate.export", "sockgate.export.nft", "sockgate.export.pf"])
+    bad = {'socket', 'ctypes', 'asyncio', 'subprocess', 'sockgate.linux', 'sockgate.services_db'}
+    assert sorted(bad & loaded) == []
 
 
 def test_probe_lists_are_inside_the_lab() -> None:

@@ -24,7 +24,9 @@ from sockgate.kernel.cbpf import ClassicBackend
 from sockgate.ebpf.program import compile_service as compile_with_options
 from sockgate.kernel.ebpfopts import OPTIONS as EBPF_OPTIONS, options as ebpf_options, probe_program
 from sockgate.policy.parser import parse_policy as parse_text
-from sockgate.kernel.ebpf import EbpfBackend, EbpfLoaded, can_carry, same_shape, stale
+from sockgate.kernel.ebpf import EbpfBackend, EbpfLoaded
+from sockgate.kernel.ebpfcollect import stale
+from sockgate.kernel.ebpfstore import can_carry, same_shape
 from sockgate.kernel.reading import BpfFilter, GuardInfo
 from sockgate.linux.bpffs import components, trust_problem
 from sockgate.policy.ir import Service

@@ -6,8 +6,6 @@ import io
 import json
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
@@ -16,6 +14,7 @@ from sockgate.cli.main import build_parser
 from sockgate.errors import UsageError
 from sockgate.linux.journal import encode, field_name
 from sockgate.log import Log
+from support.purity import loaded_by
 
 
 def test_text_records_quote_only_what_needs_it() -> None:
@@ -53,13 +52,8 @@ def test_records_wait_in_the_buffer_until_flushed() -> None:
 
 
 def test_limits_and_kernelpart_do_no_io() -> None:
-    code = (
-        "import sys; import sockgate.proxy.limits, sockgate.resolve.kernelpart\n"
-        "bad = [m for m in ('socket', 'asyncio', 'ctypes', 'sockgate.linux') if m in sys.modules]\n"
-        "print(bad)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    loaded = loaded_by(["sockgate.proxy.limits", "sockgate.resolve.kernelpart"])
+    assert [m for m in ('socket', 'asyncio', 'ctypes', 'sockgate.linux') if m in loaded] == []
 
 
 from hypothesis import given

@@ -3,13 +3,8 @@ interpreter and by reading its imports."""
 
 from __future__ import annotations
 
-import ast
-import json
-import subprocess
-import sys
-from pathlib import Path
+from support.purity import SRC, imported, loaded_by, under
 
-SRC = Path(__file__).parents[2] / "src"
 CORE_PACKAGES = ("sockgate.policy", "sockgate.bpf", "sockgate.ebpf", "sockgate.export")
 CORE_MODULES = ("sockgate.decide", "sockgate.explain", "sockgate.peers", "sockgate.proxy.admission", "sockgate.bans",
                 "sockgate.crowdsec", "sockgate.crowdsec.stream", "sockgate.crowdsec.session")
@@ -31,15 +26,7 @@ def core_modules() -> list[str]:
 def test_importing_the_core_loads_no_io_module() -> None:
     modules = core_modules()
     assert "sockgate.policy.parser" in modules and "sockgate.policy.lint" in modules
-    code = (
-        "import importlib, json, sys\n"
-        f"for m in {modules!r}:\n"
-        "    importlib.import_module(m)\n"
-        "print(json.dumps(sorted(sys.modules)))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         env={"PYTHONPATH": str(SRC)}, check=True)
-    loaded = set(json.loads(out.stdout))
+    loaded = loaded_by(modules)
     bad = sorted(m for m in loaded if m in FORBIDDEN_LOADED or m.startswith("sockgate.linux"))
     assert bad == []
 
@@ -49,14 +36,5 @@ def test_core_sources_import_no_io_module() -> None:
     for name in core_modules():
         path = SRC / name.replace(".", "/")
         file = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
-        for node in ast.walk(ast.parse(file.read_text())):
-            if isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                targets = [node.module]
-            else:
-                continue
-            for t in targets:
-                if any(t == f or t.startswith(f + ".") for f in FORBIDDEN_IMPORTS):
-                    offenders.append(f"{name}: import {t}")
+        offenders += [f"{name}: import {t}" for t in imported(file) if under([t], FORBIDDEN_IMPORTS)]
     assert offenders == []

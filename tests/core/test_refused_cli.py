@@ -12,7 +12,7 @@ from sockgate.cli import refused as cli
 from sockgate.cli.main import build_parser, main
 from sockgate.ebpf.layout import Ban, Count, Origin
 from sockgate.ebpf.refusals import BanRow, Clock, CountRow
-from sockgate.kernel.ebpf import BPFFS_ENV
+from sockgate.kernel.ebpfstore import BPFFS_ENV
 from sockgate.kernel.pins import PinError
 from sockgate.refused import Listing
 

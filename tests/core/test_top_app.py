@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import copy
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.text import Text
@@ -281,3 +283,32 @@ async def test_ban_and_unban_need_a_yes_any_other_key_cancels() -> None:
         assert "lift the fail2ban ban on 192.0.2.66/32?" in question(a)
         await pilot.press("n")
         assert actions.unbans == [] and text(a, "message") == "not lifted"
+
+
+def _top(snap: Any, sources: list[tuple[str, int]]) -> Any:
+    out = copy.deepcopy(snap)
+    for svc in out.status["services"]:
+        svc["refusals"]["top"] = [{"source": s, "count": n, "first": topdata.T, "last": topdata.T} for s, n in sources]
+        svc["refusals"]["sources"] = len(sources)
+    return out
+
+
+async def test_a_refresh_does_not_choose_the_row_for_the_user() -> None:
+    base = topdata.with_agent(1)
+    first = _top(base, [("203.0.113.9", 50), ("198.51.100.7", 40)])
+    gone = _top(base, [("203.0.113.9", 60)])  # the user's row left: nothing is selected
+    flood = _top(base, [("192.0.2.200", 900), ("203.0.113.9", 70)])  # a new source sorts above
+    a, actions = app(first, gone, flood, flood)
+    async with a.run_test(size=(80, 24)) as pilot:
+        await pilot.press("2")
+        rows = column(a, "t-sources", 0)
+        await pilot.press(*["down"] * rows.index("198.51.100.7"))
+        assert a.selected_source() == "198.51.100.7", rows
+        await pilot.press("g")
+        await pilot.pause()
+        assert a.selected_source() is None  # lost: as documented
+        await pilot.press("g")
+        await pilot.pause()
+        assert column(a, "t-sources", 0)[0] == "192.0.2.200", column(a, "t-sources", 0)
+        # nobody moved the cursor since the selection was lost: still nothing selected
+        assert a.selected_source() is None, f"a refresh selected {a.selected_source()}"

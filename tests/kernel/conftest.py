@@ -1,5 +1,5 @@
 """Fixtures the kernel tests share: a loopback echo backend, proxies that are always stopped,
-even when the test fails, and a private bpf filesystem for every test."""
+even when the test fails, an agent lab, and a private bpf filesystem for every test."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from typing import Iterator
 
 import pytest
 
-from sockgate.kernel.ebpf import BPFFS_ENV
+from sockgate.kernel.ebpfstore import BPFFS_ENV
 from sockgate.linux import bpffs as bpffs_mod
+from support.agentlab import Lab, agent_lab
 from support.launch import Launch, Launched
 from support.pinned import mounted
 from support.proxyproc import EchoServer, ProxyProc
@@ -37,6 +38,14 @@ def launch() -> Iterator[Launch]:
     yield start
     for lr in started:
         lr.stop()
+
+
+@pytest.fixture
+def agents() -> Iterator[Lab]:
+    """An agent lab (tests/support/agentlab.py): its cgroup, bpffs, agents and services, all
+    torn down after the test; beside ``lab`` (the netns lab) where a test needs both."""
+    with agent_lab() as the_lab:
+        yield the_lab
 
 
 @pytest.fixture

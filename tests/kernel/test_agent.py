@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import json
 import os
 import pwd
 import signal
@@ -21,10 +20,11 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
+from conftest import needs_agent
 from sockgate.agent.client import call
 from sockgate.agent.protocol import Ban, Reload, Unban, parse_network
 from sockgate.errors import SockgateError
@@ -34,23 +34,18 @@ from sockgate.kernel.transaction import Slot, Step
 from sockgate.linux import pidfd
 from sockgate.refused import read_refused
 from sockgate.socktable import Selection, list_sockets
-from support.agentlab import START, WAIT, Lab, Server, agent_lab, guard, guarded_by, until
+from support.agentlab import START, WAIT, AgentProc, Lab, Server, guard, guarded_by, joining, until
 
-pytestmark = [
-    pytest.mark.skipif(sys.platform != "linux", reason="cgroup BPF is Linux-only"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="the agent needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_PTRACE)"),
-    pytest.mark.root,
-]
+pytestmark = needs_agent
 
 BASE = 21000 + (os.getpid() % 400) * 5  # ports of this run
 ALLOWED, DENIED = "127.0.0.1", "127.0.0.2"
 
 
 @pytest.fixture
-def lab(monkeypatch: pytest.MonkeyPatch) -> Iterator[Lab]:
-    with agent_lab() as the_lab:
-        monkeypatch.setenv("SOCKGATE_BPFFS", the_lab.bpffs)  # where this process recognises the agent's eBPF guards (auto)
-        yield the_lab
+def lab(agents: Lab) -> Lab:
+    """This file's lab is the agent lab (tests/kernel/conftest.py), under the shorter name."""
+    return agents
 
 
 def connects(src: str, port: int, timeout: float = 0.4) -> bool:
@@ -213,9 +208,7 @@ def test_a_filter_removed_behind_the_agents_back_is_put_back_by_the_sweep(lab: L
 
 def test_map_guards_a_port_as_the_daemons_whoever_holds_it(lab: Lab) -> None:
     port = BASE + 20
-    allow = lab.path("hosts.allow", f"sgmapd: {ALLOWED}\n")
-    deny = lab.path("hosts.deny", "ALL: ALL\n")
-    lab.agent("--hosts-allow", allow, "--hosts-deny", deny, "--map", f"sgmapd=tcp/{port}")
+    lab.hosts_agent(f"sgmapd: {ALLOWED}\n", "ALL: ALL\n", "--map", f"sgmapd=tcp/{port}")
     s = lab.server("tcp", port, argv0="sgsomeone")
     until("the mapped port guarded as the daemon's", lambda: guarded_by(s.info, "sgmapd"))
     assert connects(ALLOWED, port) and not connects(DENIED, port)
@@ -298,9 +291,7 @@ def test_hosts_access_enrols_the_daemon_by_name_and_nothing_else(lab: Lab) -> No
     port = BASE + 3
     daemon = lab.server("tcp", port, argv0="sgdaemond")
     other = lab.server("tcp", port + 1, argv0="sgotherd")
-    allow = lab.path("hosts.allow", f"sgdaemond: {ALLOWED}\n")
-    deny = lab.path("hosts.deny", "ALL: ALL\n")
-    agent = lab.agent("--hosts-allow", allow, "--hosts-deny", deny)
+    agent = lab.hosts_agent(f"sgdaemond: {ALLOWED}\n")
     until("the daemon's listener guarded", lambda: guarded_by(daemon.info, "sgdaemond"))
     assert guard(other.info["pid"], other.info["fd"]).state == "none"
     assert connects(ALLOWED, port) and not connects(DENIED, port)
@@ -321,9 +312,7 @@ def test_a_user_process_that_takes_the_daemons_name_is_not_enrolled(lab: Lab) ->
     fake = lab.server("tcp", port + 1, prefix=(*as_nobody, "bash", "-c", 'exec -a sgdaemond "$0" "${@:2}"', USER_PYTHON))
     with open(f"/proc/{fake.info['pid']}/cmdline", "rb") as f:
         assert f.read().split(b"\0")[0] == b"sgdaemond"
-    allow = lab.path("hosts.allow", f"sgdaemond: {ALLOWED}\n")
-    deny = lab.path("hosts.deny", "ALL: ALL\n")
-    agent = lab.agent("--hosts-allow", allow, "--hosts-deny", deny)
+    agent = lab.hosts_agent(f"sgdaemond: {ALLOWED}\n")
     until("the root daemon's listener guarded", lambda: guarded_by(daemon.info, "sgdaemond"))
     assert guard(fake.info["pid"], fake.info["fd"]).state == "none"
     rows = [r for svc in agent.status()["services"] for r in svc["sockets"]]
@@ -361,20 +350,12 @@ def test_a_regular_user_running_the_daemons_own_binary_is_an_impostor_not_unguar
     source, lib = lab.path("lock.c", LOCK_C), lab.path("lock.so")
     subprocess.run(["gcc", "-shared", "-fPIC", "-o", lib, source], check=True, timeout=60)
     os.chmod(lib, 0o755)
-    allow = lab.path("hosts.allow", f"dropbear: {ALLOWED}\n")
-    deny = lab.path("hosts.deny", "ALL: ALL\n")
-    agent = lab.agent("--hosts-allow", allow, "--hosts-deny", deny)
-    procs = f"{lab.cgroup}/cgroup.procs"
-
-    def enter() -> None:
-        with open(procs, "w") as f:
-            f.write(str(os.getpid()))
-
+    agent = lab.hosts_agent(f"dropbear: {ALLOWED}\n")
     user = ("setpriv", f"--reuid={USER_UID}", f"--regid={USER_UID}", "--clear-groups", "--")
     proc = subprocess.Popen([*user, "env", f"LD_PRELOAD={lib}", f"LOCK_PORT={port}",
                              "/usr/sbin/dropbear", "-F", "-E", "-p", f"127.0.0.1:{port + 1}"],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            preexec_fn=enter, start_new_session=True, text=True)
+                            preexec_fn=joining(lab.cgroup), start_new_session=True, text=True)
     lab.servers.append(Server(proc, {}))  # stopped (its group killed) with the lab
 
     def listening() -> bool:
@@ -401,9 +382,7 @@ def test_a_regular_user_running_the_daemons_own_binary_is_an_impostor_not_unguar
 def test_all_as_the_daemon_list_enrols_nothing(lab: Lab) -> None:
     port = BASE + 3
     s = lab.server("tcp", port, argv0="sgdaemond")
-    allow = lab.path("hosts.allow", f"ALL: {ALLOWED}\n")
-    deny = lab.path("hosts.deny", "ALL: ALL\n")
-    agent = lab.agent("--hosts-allow", allow, "--hosts-deny", deny)
+    agent = lab.hosts_agent(f"ALL: {ALLOWED}\n")
     assert agent.status()["services"] == []
     assert guard(s.info["pid"], s.info["fd"]).state == "none"
 
@@ -610,10 +589,9 @@ def test_a_classic_ban_is_a_recompile_and_says_so(lab: Lab) -> None:
 def test_a_line_a_ban_tool_appends_to_hosts_deny_is_enforced_within_a_second_and_its_removal_too(lab: Lab, line: str) -> None:
     port = BASE + 28
     daemon = lab.server("tcp", port, argv0="sgsshd")
-    allow = lab.path("hosts.allow", f"sgsshd: {ALLOWED}\n")
     header = "# DenyHosts: Thu Dec  3 10:00:00 2026 | sgsshd: 192.0.2.1\nsgsshd: 192.0.2.1\n"
-    deny = lab.path("hosts.deny", header)
-    lab.agent("--hosts-allow", allow, "--hosts-deny", deny)
+    lab.hosts_agent(f"sgsshd: {ALLOWED}\n", header)
+    deny = lab.path("hosts.deny")
     until("the daemon's listener guarded", lambda: guarded_by(daemon.info, "sgsshd"))
     assert connects(DENIED, port)
     before = guarded_by(daemon.info, "sgsshd")
@@ -638,38 +616,37 @@ def test_a_line_a_ban_tool_appends_to_hosts_deny_is_enforced_within_a_second_and
 V6_LINES = 900  # REVIEW4 N7: DenyHosts' lines for an attacker holding an IPv6 /48
 
 
-def _v6_lines() -> tuple[list[str], str]:
+def _v6_ban_lines(lab: Lab, port: int, backend: str) -> tuple[Server, AgentProc, list[str]]:
+    """sgsshd on ``port`` under the agent (``backend``) with DENIED and V6_LINES IPv6 addresses
+    in hosts.deny, one line each; with the addresses."""
     v6 = [str(ipaddress.IPv6Address((0x20010DB8 << 96) | (i << 64) | 1)) for i in range(V6_LINES)]
-    return v6, f"sgsshd: {DENIED}\n" + "".join(f"sgsshd: [{a}]\n" for a in v6)
+    daemon = lab.server("tcp", port, argv0="sgsshd")
+    deny = f"sgsshd: {DENIED}\n" + "".join(f"sgsshd: [{a}]\n" for a in v6)
+    return daemon, lab.hosts_agent(f"sgsshd: {ALLOWED}\n", deny, "--backend", backend), v6
+
+
+def _held_bans(lab: Lab) -> set[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The networks in sgsshd's pinned ban tries."""
+    return {r.network for r in read_refused(os.path.join(lab.bpffs, "sockgate"), "sgsshd").bans}
 
 
 def test_nine_hundred_ipv6_ban_lines_are_map_bans_with_ebpf_each_in_force(lab: Lab) -> None:
     port = BASE + 29
-    daemon = lab.server("tcp", port, argv0="sgsshd")
-    allow = lab.path("hosts.allow", f"sgsshd: {ALLOWED}\n")
-    v6, text = _v6_lines()
-    deny = lab.path("hosts.deny", text)
-    agent = lab.agent("--hosts-allow", allow, "--hosts-deny", deny, "--backend", "ebpf")
+    daemon, agent, v6 = _v6_ban_lines(lab, port, "ebpf")
     before = until("the daemon's listener guarded", lambda: guarded_by(daemon.info, "sgsshd"))
     assert not connects(DENIED, port) and connects(ALLOWED, port)
-    held = {r.network for r in read_refused(os.path.join(lab.bpffs, "sockgate"), "sgsshd").bans}
-    assert held == {ipaddress.ip_network(a) for a in (DENIED, *v6)}  # every line in the kernel's ban tries
+    assert _held_bans(lab) == {ipaddress.ip_network(a) for a in (DENIED, *v6)}  # every line in the kernel's ban tries
     st = agent.status()
     assert st["bans"]["by_origin"] == {"hosts_deny": V6_LINES + 1} and st["degraded"] == []
-    with open(deny, "a") as f:  # one more, as DenyHosts appends
+    with open(lab.path("hosts.deny"), "a") as f:  # one more, as DenyHosts appends
         f.write("sgsshd: [2001:db8:ffff::1]\n")
-    until("the appended line in the ban tries", lambda: ipaddress.ip_network("2001:db8:ffff::1") in {
-        r.network for r in read_refused(os.path.join(lab.bpffs, "sockgate"), "sgsshd").bans})
+    until("the appended line in the ban tries", lambda: ipaddress.ip_network("2001:db8:ffff::1") in _held_bans(lab))
     assert guarded_by(daemon.info, "sgsshd") == before  # a map update: the same program
 
 
 def test_nine_hundred_ipv6_ban_lines_do_not_fail_a_classic_reload(lab: Lab) -> None:
     port = BASE + 30
-    daemon = lab.server("tcp", port, argv0="sgsshd")
-    allow = lab.path("hosts.allow", f"sgsshd: {ALLOWED}\n")
-    _, text = _v6_lines()
-    deny = lab.path("hosts.deny", text)
-    agent = lab.agent("--hosts-allow", allow, "--hosts-deny", deny, "--backend", "cbpf")
+    daemon, agent, _ = _v6_ban_lines(lab, port, "cbpf")
     until("the daemon's listener guarded", lambda: guarded_by(daemon.info, "sgsshd"))
     assert not connects(DENIED, port) and connects(ALLOWED, port)  # the earliest line is in force
     st = agent.status()
@@ -677,6 +654,6 @@ def test_nine_hundred_ipv6_ban_lines_do_not_fail_a_classic_reload(lab: Lab) -> N
     out = subprocess.run([sys.executable, "-m", "sockgate", "status", "--control", agent.control],
                          capture_output=True, text=True, timeout=START)
     assert out.returncode == 4 and "ban lines of the hosts files not enforced on sgsshd" in " ".join(out.stdout.split())
-    with open(allow, "w") as f:  # the operator's edit reloads (before: every reload failed)
+    with open(lab.path("hosts.allow"), "w") as f:  # the operator's edit reloads (before: every reload failed)
         f.write(f"sgsshd: {ALLOWED} 127.0.0.3\n")
     until("the operator's edit in force", lambda: connects("127.0.0.3", port, timeout=0.1))

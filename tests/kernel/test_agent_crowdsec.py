@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import random
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,15 +17,6 @@ from support import crowdsec
 
 DECISION_WAIT = 10.0  # seconds: a 1 s interval, a loaded machine, cscli's own time
 SAMPLES = 20
-
-
-@pytest.fixture
-def lapi(tmp_path: Path) -> Any:
-    reason = crowdsec.available()
-    if reason is not None:
-        pytest.skip(reason)
-    with crowdsec.lapi(tmp_path / "lapi") as the_lapi:
-        yield the_lapi
 
 
 def reaches(agent: Any, src: str, port: int, timeout: float = 0.4) -> bool:

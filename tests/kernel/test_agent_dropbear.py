@@ -13,25 +13,17 @@ banner. The daemon is then restarted (a new pid, new sockets) and guarded again 
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
-from typing import Iterator
 
-import pytest
-
-from conftest import needs_netns, needs_tool
+from conftest import needs_agent, needs_netns, needs_tool
 from kernel.test_nmap import nmap
 from support import netlab
-from support.agentlab import WAIT, Lab, Server, agent_lab, guard, in_netns, until
+from support.agentlab import WAIT, Lab, Server, guard, in_netns, until
 
 pytestmark = [
-    pytest.mark.skipif(sys.platform != "linux", reason="cgroup BPF is Linux-only"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="the agent needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_PTRACE)"),
-    pytest.mark.root,
+    *needs_agent,
     needs_netns,
     needs_tool("dropbear"),
     needs_tool("dropbearkey"),
@@ -42,13 +34,7 @@ pytestmark = [
 ]
 
 PORT = 2222
-ALLOWED = "198.19.7.7"  # outside 198.18.0.0/16: the client namespace's preferred source stays .0.2
-
-
-@pytest.fixture
-def agents() -> Iterator[Lab]:
-    with agent_lab() as the_lab:
-        yield the_lab
+ALLOWED = netlab.OTHER_HOST
 
 
 def listeners(lab: netlab.Lab, port: int) -> list[tuple[int, int]]:
@@ -79,17 +65,7 @@ def dropbear(agents: Lab, lab: netlab.Lab, key: str) -> tuple[Server, list[tuple
 
 def banner_from(lab: netlab.Lab, src: str, timeout: float) -> bytes:
     """The first bytes the server sends to a client at ``src``; b"" when the connect times out."""
-    def go() -> bytes:
-        with socket.socket() as c:
-            c.bind((src, 0))
-            c.settimeout(timeout)
-            try:
-                c.connect((lab.server_v4, PORT))
-            except TimeoutError:
-                return b""
-            return c.recv(64)
-
-    return lab.client.call(go)
+    return lab.exchange(src, PORT, timeout) or b""
 
 
 def all_guarded(found: list[tuple[int, int]]) -> bool:
@@ -109,9 +85,7 @@ def test_dropbear_without_libwrap_is_guarded_from_hosts_allow(lab: netlab.Lab, a
     first, found = dropbear(agents, lab, key)  # before the agent: found by its scan
     assert not all_guarded(found)
     assert banner_from(lab, lab.client_v4, WAIT).startswith(b"SSH-2.0-dropbear")  # open to all, unguarded
-    allow = agents.path("hosts.allow", f"dropbear: {ALLOWED}\n")
-    deny = agents.path("hosts.deny", "ALL: ALL\n")
-    agent = agents.agent("--hosts-allow", allow, "--hosts-deny", deny, prefix=in_netns(lab.server.name))
+    agent = agents.hosts_agent(f"dropbear: {ALLOWED}\n", prefix=in_netns(lab.server.name))
     until("dropbear's listeners guarded", lambda: all_guarded(found))
     assert banner_from(lab, ALLOWED, WAIT).startswith(b"SSH-2.0-dropbear")
     assert banner_from(lab, lab.client_v4, 0.5) == b""

@@ -22,22 +22,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-from typing import Iterator
 
-import pytest
-
-from conftest import needs_netns, needs_tool
+from conftest import needs_agent, needs_netns, needs_tool
 from kernel.test_nmap import nmap
 from support import netlab
-from support.agentlab import WAIT, Lab, Server, agent_lab, guarded_by, in_netns, until
+from support.agentlab import WAIT, Lab, Server, guarded_by, in_netns, until
 
 pytestmark = [
-    pytest.mark.skipif(sys.platform != "linux", reason="cgroup BPF is Linux-only"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="the agent needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_PTRACE)"),
-    pytest.mark.root,
+    *needs_agent,
     needs_netns,
     needs_tool("nmap"),
     needs_tool("nsenter"),
@@ -45,7 +39,7 @@ pytestmark = [
 
 PORT = 8022
 RESTARTS = 50
-ALLOWED = "198.19.7.7"  # outside 198.18.0.0/16: the client namespace's preferred source stays .0.2
+ALLOWED = netlab.OTHER_HOST
 KNOCKS = 100_000  # the denied loop's bound on attempts (it also stops when told, or after LOOP_S)
 LOOP_S = 600.0
 HOLD_S = 3 * WAIT  # a denied connection still open after this has survived its guard
@@ -117,24 +111,6 @@ print(json.dumps(n), flush=True)
 """
 
 
-@pytest.fixture
-def agents() -> Iterator[Lab]:
-    with agent_lab() as the_lab:
-        yield the_lab
-
-
-def echoes_from(lab: netlab.Lab, src: str, port: int) -> bool:
-    def go() -> bool:
-        with socket.socket() as c:
-            c.bind((src, 0))
-            c.settimeout(WAIT)
-            c.connect((lab.server_v4, port))
-            c.sendall(b"a")
-            return c.recv(1) == b"a"
-
-    return lab.client.call(go)
-
-
 def test_fifty_restarts_under_a_denied_connect_loop(lab: netlab.Lab, agents: Lab) -> None:
     lab.add_client_addresses([ALLOWED])
     policy = agents.path("web.conf", f"service web tcp/{PORT} {{\n    allow {ALLOWED}\n    default deny\n}}\n")
@@ -175,7 +151,7 @@ def test_fifty_restarts_under_a_denied_connect_loop(lab: netlab.Lab, agents: Lab
     assert knocks["ended"] == knocks["connected"]
     assert _closed(s)
     assert nmap(lab, lab.client_v4, "-sS", "-p", str(PORT)) == {str(PORT): "filtered"}
-    assert echoes_from(lab, ALLOWED, PORT)
+    assert lab.exchange(ALLOWED, PORT, WAIT, b"a", 1) == b"a"  # the allowed host is echoed
     st = agent.status()
     assert st["unguarded"] == 0
     assert st["agent"]["counters"]["attached"] >= RESTARTS

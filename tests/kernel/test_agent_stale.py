@@ -5,11 +5,11 @@ kernel keeps the earlier program, and ``status`` says so — a stale guard namin
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 from kernel.test_agent import BASE, Lab, guard, guarded_by, lab, native, until  # noqa: F401
+from support.agentlab import joining
 
 # Listens on 0.0.0.0:PORT, prints {"pid","fd"}, and locks its socket's filter on "lock".
 LOCKER = r"""
@@ -29,14 +29,8 @@ def test_a_locked_socket_with_the_earlier_program_is_a_stale_guard(lab: Lab) -> 
     port = BASE + 3
     policy = native(lab, port)
     agent = lab.agent(policy, "--backend", "cbpf")  # a stale *classic* program (eBPF: test_agent's adoption)
-    procs = f"{lab.cgroup}/cgroup.procs"
-
-    def enter() -> None:
-        with open(procs, "w") as f:
-            f.write(str(os.getpid()))
-
     p = subprocess.Popen([sys.executable, "-I", "-c", LOCKER, str(port)], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, text=True, preexec_fn=enter)
+                         stdout=subprocess.PIPE, text=True, preexec_fn=joining(lab.cgroup))
     try:
         assert p.stdin is not None and p.stdout is not None
         info = json.loads(p.stdout.readline())

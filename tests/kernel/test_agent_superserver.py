@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from kernel.test_agent import ALLOWED, BASE, DENIED, Lab, connects, lab, until  # noqa: F401
+from support.agentlab import joining
 
 pytestmark = [
     pytest.mark.skipif(sys.platform != "linux", reason="cgroup BPF is Linux-only"),
@@ -46,21 +47,13 @@ def test_a_listener_xinetd_holds_for_a_named_daemon_is_guarded_and_an_unknown_on
     known = service("sgtest", port, script)
     full = lab.path("xinetd.conf", "defaults\n{\n}\n" + known + service("sgother", other, script))
     agents_view = lab.path("xinetd-agent.conf", known)
-    procs = f"{lab.cgroup}/cgroup.procs"
-
-    def enter() -> None:
-        with open(procs, "w") as f:
-            f.write(str(os.getpid()))
-
     log = open(lab.path("xinetd.log", ""), "wb")
     xinetd = subprocess.Popen(["xinetd", "-dontfork", "-f", full, "-pidfile", lab.path("xinetd.pid")],
-                              stdin=subprocess.DEVNULL, stdout=log, stderr=log, preexec_fn=enter)
+                              stdin=subprocess.DEVNULL, stdout=log, stderr=log, preexec_fn=joining(lab.cgroup))
     try:
         until("xinetd listens", lambda: listening(port) and listening(other))
-        allow = lab.path("hosts.allow", f"in.sgtestd: {ALLOWED}\n")
-        deny = lab.path("hosts.deny", "ALL: ALL\n")
-        agent = lab.agent("--hosts-allow", allow, "--hosts-deny", deny, "--xinetd-conf", agents_view,
-                          "--inetd-conf", lab.path("no-inetd.conf"))
+        agent = lab.hosts_agent(f"in.sgtestd: {ALLOWED}\n", "ALL: ALL\n", "--xinetd-conf", agents_view,
+                                "--inetd-conf", lab.path("no-inetd.conf"))
 
         def guarded() -> Any:
             doc = agent.status()
@@ -101,10 +94,8 @@ def test_a_listener_systemd_holds_for_a_socket_unit_is_its_services_daemons(lab:
     holder = subprocess.Popen([fake, "-I", "-c", LISTEN, str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "up"
-        allow = lab.path("hosts.allow", f"in.sgtestd: {ALLOWED}\n")
-        deny = lab.path("hosts.deny", "ALL: ALL\n")
-        agent = lab.agent("--hosts-allow", allow, "--hosts-deny", deny, "--systemd-units", units,
-                          "--xinetd-conf", lab.path("no-xinetd.conf"), "--inetd-conf", lab.path("no-inetd.conf"))
+        agent = lab.hosts_agent(f"in.sgtestd: {ALLOWED}\n", "ALL: ALL\n", "--systemd-units", units,
+                                "--xinetd-conf", lab.path("no-xinetd.conf"), "--inetd-conf", lab.path("no-inetd.conf"))
         rows = until("systemd's listener guarded as in.sgtestd's", lambda: [
             k for svc in agent.status()["services"] if svc["name"] == "in.sgtestd" for k in svc["sockets"]
             if k["state"] in ("guarded", "adopted")])

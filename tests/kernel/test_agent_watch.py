@@ -19,7 +19,6 @@ import struct
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -33,6 +32,7 @@ from sockgate.errors import AdapterError
 from sockgate.linux import bpfsys, cgroupbpf
 from sockgate.supervisor import SelectorLoop
 from support import netlab
+from support.agentlab import assert_detached, child_cgroup, joining
 from support.pinned import private_bpffs
 
 pytestmark = [
@@ -102,14 +102,8 @@ for line in sys.stdin:
 
 class Child:
     def __init__(self, argv_prefix: list[str], cgroup: str) -> None:
-        procs = f"{cgroup}/cgroup.procs"
-
-        def enter() -> None:
-            with open(procs, "w") as f:
-                f.write(str(os.getpid()))
-
         self.proc = subprocess.Popen([*argv_prefix, sys.executable, "-c", CHILD], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, preexec_fn=enter)
+                                     stdout=subprocess.PIPE, text=True, preexec_fn=joining(cgroup))
 
     def do(self, *cmd: object) -> dict[str, object]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -144,35 +138,15 @@ class Lab:
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    root = cgroupbpf.cgroup2_root()
-    assert root is not None, "no cgroup2 mounted"
-    cgroup = f"{root}/sg-watch-{uuid.uuid4().hex[:8]}"
-    os.mkdir(cgroup)
-    try:
-        with private_bpffs() as bpffs:
-            lab = Lab(cgroup, bpffs, [])
-            try:
-                yield lab
-            finally:
-                for c in lab.children:
-                    c.close()
-                _assert_detached(cgroup)
-                assert not os.path.exists(f"{bpffs}/sockgate/watch"), "pins left behind"
-    finally:
-        os.rmdir(cgroup)
-
-
-def _assert_detached(cgroup: str) -> None:
-    """No program left on the cgroup's hooks. A link whose last pin is removed is released by
-    a kernel work item (bpf_link_put), so its detachment is awaited, bounded."""
-    fd = cgroupbpf.open_cgroup(cgroup)
-    try:
-        end = time.monotonic() + WAIT
-        while (left := {h.name: cgroupbpf.attached(fd, h.attach_type) for h in HOOKS}) != {h.name: [] for h in HOOKS}:
-            assert time.monotonic() < end, f"still attached: {left}"
-            time.sleep(0.01)
-    finally:
-        os.close(fd)
+    with child_cgroup("sg-watch") as cgroup, private_bpffs() as bpffs:
+        lab = Lab(cgroup, bpffs, [])
+        try:
+            yield lab
+        finally:
+            for c in lab.children:
+                c.close()
+            assert_detached(cgroup, WAIT)
+            assert not os.path.exists(f"{bpffs}/sockgate/watch"), "pins left behind"
 
 
 @pytest.fixture

@@ -17,11 +17,11 @@ import pytest
 from sockgate import guard as guard_mod
 from sockgate import load as sockgate_load
 from sockgate.cli.main import main
-from sockgate.errors import AdapterError
 from sockgate.kernel.cbpf import ClassicBackend
 from sockgate.linux import filter as kfilter
 from sockgate.linux import pidfd
 from support.children import reap
+from support.fakekernel import failing_attach
 from support.launch import open_from, still_echoes
 from support.pinned import private_bpffs
 from support.verdicts import local_sockets, tcp_reach
@@ -250,7 +250,7 @@ def test_listener_shared_by_forked_workers_counted_once(capsys: Any, spawn: Spaw
     assert state(p.pid, s["fd"]).service == "web"
 
 
-def test_port_group_all_or_nothing(capsys: Any, spawn: Spawn, policy_file: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_port_group_all_or_nothing(capsys: Any, spawn: Spawn, policy_file: str) -> None:
     a, (sa,) = spawn("tcp,reuseport")
     b, (sb,) = spawn(f"tcp,reuseport,port={sa['port']}")
     port = str(sa["port"])
@@ -266,20 +266,10 @@ def test_port_group_all_or_nothing(capsys: Any, spawn: Spawn, policy_file: str, 
     # (a's "web" filter is put on through the library: attach refuses part of a group)
     with pidfd.borrowed(a.pid, sa["fd"]) as dup:
         guard_mod.guard(sockgate_load(policy_file), dup, "web", backend="cbpf")
-    real = ClassicBackend.attach
-    calls = []
-
-    def flaky(self: ClassicBackend, fd: int, program: Any, what: str) -> None:
-        calls.append(what)
-        if len(calls) == 2:
-            raise AdapterError(f"{what}: injected failure")
-        real(self, fd, program, what)
-
-    monkeypatch.setattr(ClassicBackend, "attach", flaky)
-    rc, _, err = sockgate(capsys, "attach", "--policy", policy_file, "--service", "strict", "--backend", "cbpf", "--port", port, "--force")
+    with failing_attach(ClassicBackend, 2) as calls:
+        rc, _, err = sockgate(capsys, "attach", "--policy", policy_file, "--service", "strict", "--backend", "cbpf", "--port", port, "--force")
     assert rc == 1 and "injected failure" in err and len(calls) == 2
     assert state(a.pid, sa["fd"]).service == "web" and state(b.pid, sb["fd"]).state == "foreign"
-    monkeypatch.setattr(ClassicBackend, "attach", real)
 
     rc, out, _ = sockgate(capsys, "attach", "--policy", policy_file, "--service", "strict", "--backend", "cbpf", "--port", port, "--force")
     assert rc == 0 and "replaced" in out and "reloaded" in out

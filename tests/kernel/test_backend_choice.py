@@ -32,7 +32,7 @@ from sockgate.kernel.sockets import LINUX_OPS
 from sockgate.policy.parser import parse_policy
 from sockgate.resolve import resolve_service
 from support.children import reap
-from support.launch import (ECHO_SERVICE, NO_BPF, SRC, Launched, ls_guard, port_of, sockgate_cli, tcp_echo, tcp_filtered,
+from support.launch import (NO_BPF, SRC, Launched, echo_command, ls_guard, port_of, sockgate_cli, tcp_echo, tcp_filtered,
                             wait_for_file)
 from support.proxyproc import EchoServer, ProxyProc, connect, is_filtered, roundtrip
 
@@ -62,10 +62,8 @@ def policy(tmp_path: Path) -> Path:
                          ids=["root", "no-bpf-caps"])
 def test_run_auto_names_its_backend_on_start_up_and_guards_with_it(
         prefix: tuple[str, ...], why: str, backend: str, tmp_path: Path, policy: Path, launch: Callable[..., Launched]) -> None:
-    script, report = tmp_path / "echo.py", tmp_path / "report.json"
-    script.write_text(ECHO_SERVICE)
-    lr = launch("--policy", str(policy), "--service", "echo", "--listen", "tcp://127.0.0.1:0",
-                "--", sys.executable, str(script), str(report), prefix=prefix)
+    command, report = echo_command(tmp_path)
+    lr = launch("--policy", str(policy), "--service", "echo", "--listen", "tcp://127.0.0.1:0", *command, prefix=prefix)
     lr.wait_line(why)
     (addr,), _ = lr.started(1)
     wait_for_file(report, lines=lr.lines)

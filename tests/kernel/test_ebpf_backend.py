@@ -29,7 +29,8 @@ from sockgate.kernel.sockets import LINUX_OPS
 from sockgate.linux import bpfsys
 from sockgate.policy.parser import parse_policy
 from sockgate.resolve import resolve
-from support.launch import ECHO_SERVICE, SRC, Launched, ls_guard, port_of, sockgate_cli, tcp_echo, tcp_filtered, udp_echo, wait_for_file
+from support.fakekernel import failing_attach
+from support.launch import SRC, Launched, echo_command, ls_guard, port_of, sockgate_cli, tcp_echo, tcp_filtered, udp_echo, wait_for_file
 from support.pinned import mounted
 
 pytestmark = [
@@ -51,14 +52,18 @@ def pins(root: str) -> list[str]:
 # ------------------------------------------------------------------------------- run
 
 
-def test_run_backend_ebpf_guards_reloads_and_ls_names_it(bpffs: str, tmp_path: Path, launch: Callable[..., Launched]) -> None:
+def run_echo(tmp_path: Path, launch: Callable[..., Launched], text: str, *args: str) -> tuple[Launched, Path, Path]:
+    """``sockgate run`` of the echo service under the policy ``text`` (service echo) with
+    ``args``; with the policy file and the service's report file."""
     policy = tmp_path / "p.conf"
-    policy.write_text(POLICY)
-    script, report = tmp_path / "echo.py", tmp_path / "report.json"
-    script.write_text(ECHO_SERVICE)
-    lr = launch("--policy", str(policy), "--service", "echo", "--backend", "ebpf",
-                "--listen", "tcp://127.0.0.1:0", "--listen", "udp://127.0.0.1:0",
-                "--", sys.executable, str(script), str(report))
+    policy.write_text(text)
+    command, report = echo_command(tmp_path)
+    return launch("--policy", str(policy), "--service", "echo", *args, *command), policy, report
+
+
+def test_run_backend_ebpf_guards_reloads_and_ls_names_it(bpffs: str, tmp_path: Path, launch: Callable[..., Launched]) -> None:
+    lr, policy, report = run_echo(tmp_path, launch, POLICY, "--backend", "ebpf",
+                                  "--listen", "tcp://127.0.0.1:0", "--listen", "udp://127.0.0.1:0")
     addrs, _ = lr.started(2)
     assert all("backend ebpf" in line for line in lr.lines if "listening on" in line), lr.lines
     wait_for_file(report)
@@ -84,12 +89,7 @@ def test_run_backend_ebpf_guards_reloads_and_ls_names_it(bpffs: str, tmp_path: P
 def test_the_guard_outlives_a_killed_run(bpffs: str, tmp_path: Path, launch: Callable[..., Launched]) -> None:
     """``run`` (the loader) killed outright: the command keeps the sockets, the program stays
     on them, and ls in another process still names it."""
-    policy = tmp_path / "p.conf"
-    policy.write_text(POLICY)
-    script, report = tmp_path / "echo.py", tmp_path / "report.json"
-    script.write_text(ECHO_SERVICE)
-    lr = launch("--policy", str(policy), "--service", "echo", "--backend", "ebpf",
-                "--listen", "tcp://127.0.0.1:0", "--", sys.executable, str(script), str(report))
+    lr, policy, report = run_echo(tmp_path, launch, POLICY, "--backend", "ebpf", "--listen", "tcp://127.0.0.1:0")
     (addr,), pid = lr.started(1)
     assert pid is not None
     try:
@@ -211,7 +211,7 @@ def tcp_echo_or_accept(port: int, source: str) -> bool:
 # ------------------------------------------------------------------------ transaction
 
 
-def test_a_failed_transaction_puts_the_ebpf_programs_back(bpffs: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_transaction_puts_the_ebpf_programs_back(bpffs: str) -> None:
     backend = EbpfBackend(LinuxBpf(), bpffs)
     kernel = Kernel([ClassicBackend(LINUX_OPS), backend], LINUX_OPS)
     old = kernel.load(kernel.compile(resolve(parse_policy(POLICY), "echo"), backend="ebpf"))
@@ -221,18 +221,8 @@ def test_a_failed_transaction_puts_the_ebpf_programs_back(bpffs: str, monkeypatc
         for s in socks:
             s.bind(("127.0.0.1", 0))
         kernel.apply([Step(Slot(s.fileno(), f"sock {i}"), old) for i, s in enumerate(socks)])
-        real, calls = EbpfBackend.attach, []
-
-        def flaky(self: EbpfBackend, fd: int, program: Any, label: str) -> None:
-            calls.append(label)
-            if len(calls) == 3:
-                raise AdapterError(f"{label}: injected failure")
-            real(self, fd, program, label)
-
-        monkeypatch.setattr(EbpfBackend, "attach", flaky)
-        with pytest.raises(AdapterError, match="injected failure"):
+        with failing_attach(EbpfBackend, 3) as calls, pytest.raises(AdapterError, match="injected failure"):
             kernel.apply([Step(Slot(s.fileno(), f"sock {i}"), new) for i, s in enumerate(socks)])
-        monkeypatch.setattr(EbpfBackend, "attach", real)
         assert len(calls) == 3
         assert [kernel.read(s.fileno()).digest for s in socks] == [old.compiled.digest] * 3
         for s in socks:  # the old program decides again: 127.0.0.1 in, 127.0.0.2 out
@@ -362,12 +352,7 @@ def test_run_enforces_rate_limits_and_bans_in_the_kernel(bpffs: str, tmp_path: P
     """``auto`` takes eBPF for a rate-limited service; one program guards the TCP and the UDP
     socket. A burst from 127.0.0.2 past its rate is dropped and bans it (TCP and UDP alike);
     127.0.0.1 keeps its own bucket; ``ls`` and ``refused`` show the guard's counts and the ban."""
-    policy = tmp_path / "p.conf"
-    policy.write_text(RATED)
-    script, report = tmp_path / "echo.py", tmp_path / "report.json"
-    script.write_text(ECHO_SERVICE)
-    lr = launch("--policy", str(policy), "--service", "echo", "--listen", "tcp://127.0.0.1:0",
-                "--listen", "udp://127.0.0.1:0", "--", sys.executable, str(script), str(report))
+    lr, policy, report = run_echo(tmp_path, launch, RATED, "--listen", "tcp://127.0.0.1:0", "--listen", "udp://127.0.0.1:0")
     addrs, _ = lr.started(2)
     assert all("backend ebpf" in line for line in lr.lines if "listening on" in line), lr.lines
     wait_for_file(report)

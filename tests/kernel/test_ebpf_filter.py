@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from sockgate.decide import decide_service
 from sockgate.ebpf import EbpfProgram, LpmKey, Verdict, compile_service
-from sockgate.kernel.ebpf import OPTIONS
+from sockgate.kernel.ebpfopts import OPTIONS
 from sockgate.errors import AdapterError
 from sockgate.ebpf.insn import BPF_REG_0, BPF_REG_2, ProgType, encode, exit_, mov64
 from sockgate.linux import bpfsys
@@ -99,6 +99,21 @@ def mismatches(want: dict[str, bool], got: dict[str, bool]) -> list[str]:
 # ------------------------------------------------------------------------ differentials
 
 
+def loopback_reach(prog_fd: int, sources: list[str]) -> tuple[dict[str, bool], dict[str, bool]]:
+    """What each of ``sources`` reaches of a TCP listener and of a UDP socket on 127.0.0.1, both
+    carrying the program ``prog_fd``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as lst, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(1024)
+        u.bind(("127.0.0.1", 0))
+        u.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+        for s in (lst, u):
+            bpfsys.attach(s, prog_fd)
+            assert bpfsys.filter_kind(s) == "ebpf"
+        tcp = tcp_reach({socket.AF_INET: lst.getsockname()}, sources, local_sockets(), wait=1.0, listener=lst)
+        return tcp, udp_reach(u, {socket.AF_INET: u.getsockname()}, sources, local_sockets(socket.SOCK_DGRAM))
+
+
 @FEW
 @given(st.integers(0, 2**32 - 1))
 def test_loopback_ipv4_agrees_with_the_engine(seed: int) -> None:
@@ -108,17 +123,8 @@ def test_loopback_ipv4_agrees_with_the_engine(seed: int) -> None:
     sources += [str(V4_LOOP[rng.randrange(V4_LOOP.num_addresses)]) for _ in range(20)]
     sources = sorted(set(sources))
     want = expected(svc, sources)
-    with loaded(svc) as lo, socket.socket(socket.AF_INET, socket.SOCK_STREAM) as lst, \
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-        lst.bind(("127.0.0.1", 0))
-        lst.listen(1024)
-        u.bind(("127.0.0.1", 0))
-        u.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
-        for s in (lst, u):
-            bpfsys.attach(s, lo.fd)
-            assert bpfsys.filter_kind(s) == "ebpf"
-        tcp = tcp_reach({socket.AF_INET: lst.getsockname()}, sources, local_sockets(), wait=1.0, listener=lst)
-        udp = udp_reach(u, {socket.AF_INET: u.getsockname()}, sources, local_sockets(socket.SOCK_DGRAM))
+    with loaded(svc) as lo:
+        tcp, udp = loopback_reach(lo.fd, sources)
     assert mismatches(want, tcp) == [], f"TCP, seed {seed}: {svc}"
     assert mismatches(want, udp) == [], f"UDP, seed {seed}: {svc}"
 
@@ -127,22 +133,14 @@ def test_loopback_ipv4_agrees_with_the_engine(seed: int) -> None:
 @given(st.integers(0, 2**32 - 1))
 def test_the_backends_program_agrees_with_the_engine_on_tcp_and_udp(seed: int) -> None:
     """The program the backend loads (service state, the protocol read from each packet:
-    ``kernel.ebpf.OPTIONS``) on a TCP and a UDP socket at once decides as the engine."""
+    ``kernel.ebpfopts.OPTIONS``) on a TCP and a UDP socket at once decides as the engine."""
     rng = random.Random(seed)
     svc = random_service(rng, "loop", V4_LOOP, None, n_rules=10)
     sources = sorted(set(boundary_sources(svc, rng, loopback_usable, extra=20)))
     want = expected(svc, sources)
     lo = StateLoaded(compile_service(svc, options=OPTIONS))
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as lst, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            lst.bind(("127.0.0.1", 0))
-            lst.listen(1024)
-            u.bind(("127.0.0.1", 0))
-            u.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
-            for s in (lst, u):
-                bpfsys.attach(s, lo.fd)
-            tcp = tcp_reach({socket.AF_INET: lst.getsockname()}, sources, local_sockets(), wait=1.0, listener=lst)
-            udp = udp_reach(u, {socket.AF_INET: u.getsockname()}, sources, local_sockets(socket.SOCK_DGRAM))
+        tcp, udp = loopback_reach(lo.fd, sources)
     finally:
         lo.close()
     assert mismatches(want, tcp) == [], f"TCP, seed {seed}: {svc}"

@@ -17,7 +17,7 @@ import sockgate
 from sockgate import guard as guard_mod
 from sockgate.ebpf.program import compile_service
 from sockgate.errors import AdapterError, UnsupportedInKernel, UnsupportedPlatform, UsageError
-from sockgate.kernel.ebpf import OPTIONS
+from sockgate.kernel.ebpfopts import OPTIONS
 from sockgate.linux import filter as kfilter
 from sockgate.policy.parser import parse_policy
 from support.verdicts import local_sockets, tcp_reach, udp_reach

@@ -30,7 +30,7 @@ from sockgate.policy.parser import parse_policy
 from support import netlab
 from support.forge import Wire, ip6_in_hdr_errors, syn6, syn_received, udp6, wire  # noqa: F401 (wire: a fixture)
 from support.verdicts import boundary_sources, nets, random_service, rule
-from support.launch import ECHO_SERVICE, Launched, port_of
+from support.launch import Launched, echo_command, port_of
 from support.proxyproc import ProxyProc, wait_for
 
 pytestmark = [pytest.mark.skipif(sys.platform != "linux", reason="kernel enforcement is Linux-only"), pytest.mark.netns]
@@ -190,10 +190,10 @@ def test_random_policies_let_no_forged_mapped_source_in(lab: netlab.Lab, wire: W
 def test_run_udp_service_never_answers_forged_mapped_sources(lab: netlab.Lab, wire: Wire, tmp_path: Path) -> None:
     """The echo service behind `run` would send its answers to 127.0.0.1 (here) and to the
     client host's IPv4 address; the filter on the passed socket keeps them from it."""
-    policy, script, report = tmp_path / "p.conf", tmp_path / "echo.py", tmp_path / "report.json"
+    policy = tmp_path / "p.conf"
     policy.write_text(POLICY)
-    script.write_text(ECHO_SERVICE)
-    argv = ["--policy", str(policy), "--service", "dns", "--listen", "udp://:0", "--", sys.executable, str(script), str(report)]
+    command, report = echo_command(tmp_path)
+    argv = ["--policy", str(policy), "--service", "dns", "--listen", "udp://:0", *command]
     lr = lab.server.call(lambda: Launched(argv))  # started from inside the server namespace
     local = lab.server.socket(socket.AF_INET, socket.SOCK_DGRAM)
     client = lab.client.socket(socket.AF_INET, socket.SOCK_DGRAM)

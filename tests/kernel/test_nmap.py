@@ -24,9 +24,7 @@ from support import netlab
 
 pytestmark = [pytest.mark.skipif(sys.platform != "linux", reason="kernel enforcement is Linux-only"), needs_tool("nmap")]
 
-# An extra client address outside 198.18.0.0/16, so that it does not become the preferred
-# source towards the server; the client's own 198.18.0.2 is denied.
-ALLOWED = "198.19.7.7"
+ALLOWED = netlab.OTHER_HOST  # an extra client address; the client's own 198.18.0.2 is denied
 POLICY = parse_policy(
     f"""
 service scanme {{

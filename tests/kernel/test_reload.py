@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from support.launch import ECHO_SERVICE, Launch, Launched, port_of, tcp_echo, tcp_filtered, wait_for_file, write_atomic
+from support.launch import Launch, Launched, echo_command, port_of, tcp_echo, tcp_filtered, wait_for_file, write_atomic
 
 pytestmark = [
     pytest.mark.skipif(sys.platform != "linux", reason="kernel enforcement is Linux-only"),
@@ -37,13 +37,8 @@ def policy_text(i: int, with_five: bool = True) -> str:
 def _start_echo(tmp_path: Path, launch: Launch, *extra: str, env: dict[str, str] | None = None) -> tuple[Launched, Path, int]:
     policy = tmp_path / "policy.conf"
     policy.write_text(policy_text(0))
-    script = tmp_path / "echo_service.py"
-    script.write_text(ECHO_SERVICE)
-    report = tmp_path / "report.json"
-    lr = launch(
-        "--policy", str(policy), "--service", "echo", "--listen", "tcp://127.0.0.1:0", *extra,
-        "--", sys.executable, str(script), str(report), env=env,
-    )
+    command, report = echo_command(tmp_path)
+    lr = launch("--policy", str(policy), "--service", "echo", "--listen", "tcp://127.0.0.1:0", *extra, *command, env=env)
     addrs, _ = lr.started(1)
     wait_for_file(report, lines=lr.lines)
     return lr, policy, port_of(addrs[0])

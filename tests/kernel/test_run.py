@@ -22,10 +22,11 @@ import pytest
 
 from support.pinned import private_bpffs
 from support.launch import (
-    ECHO_SERVICE,
     SRC,
     Launch,
     Launched,
+    echo_command,
+    echo_service,
     port_of,
     open_from,
     still_echoes,
@@ -67,22 +68,15 @@ def public_dir() -> Iterator[Path]:
     shutil.rmtree(d, ignore_errors=True)
 
 
-def _service(tmp_path: Path) -> tuple[Path, Path]:
-    script = tmp_path / "echo_service.py"
-    script.write_text(ECHO_SERVICE)
-    return script, tmp_path / "report.json"
-
-
 @needs_tcp_filter
 def test_socket_activation_contract_and_filter(tmp_path: Path, policy: Path, launch: Launch) -> None:
-    script, report = _service(tmp_path)
+    command, report = echo_command(tmp_path)
     sock_path = tmp_path / "ctl.sock"
     lr = launch(
         "--policy", str(policy), "--service", "echo",
         "--listen", "tcp://127.0.0.1:0?name=web",
         "--listen", f"unix:{sock_path}?name=ctl&mode=0600",
-        "--listen", "udp://127.0.0.1:0?name=dns",
-        "--", sys.executable, str(script), str(report),
+        "--listen", "udp://127.0.0.1:0?name=dns", *command,
     )
     addrs, pid = lr.started(3)
     wait_for_file(report)
@@ -155,7 +149,7 @@ def _python_for_nobody() -> str:
 
 @needs_root
 def test_privileged_port_then_drop_to_nobody(public_dir: Path, policy: Path, launch: Launch) -> None:
-    script, report = _service(public_dir)
+    script, report = echo_service(public_dir)
     os.chmod(script, 0o644)
     out_dir = public_dir / "out"
     out_dir.mkdir()
@@ -574,11 +568,11 @@ def test_a_reload_that_denies_a_source_ends_its_established_connections(tmp_path
                                                                         keep: bool) -> None:
     """Accepted connections keep the filter they were accepted under, so a reload denying
     127.0.0.4 ends .4's open connection (only that one) — unless --keep-established."""
-    script, report = _service(tmp_path)
+    command, report = echo_command(tmp_path)
     with private_bpffs() as bpffs:
         lr = Launched(["--policy", str(policy), "--service", "echo", "--backend", backend,
-                       *(["--keep-established"] if keep else []), "--listen", "tcp://127.0.0.1:0",
-                       "--", sys.executable, str(script), str(report)], env=dict(os.environ, SOCKGATE_BPFFS=bpffs))
+                       *(["--keep-established"] if keep else []), "--listen", "tcp://127.0.0.1:0", *command],
+                      env=dict(os.environ, SOCKGATE_BPFFS=bpffs))
         try:
             addrs, _ = lr.started(1)
             wait_for_file(report, lines=lr.lines)
@@ -635,10 +629,10 @@ def test_hosts_access_files_with_the_daemon_name(tmp_path: Path, launch: Launch)
     deny = tmp_path / "hosts.deny"
     allow.write_text("in.echod: 127.0.0.1\n")
     deny.write_text("ALL: ALL\n")
-    script, report = _service(tmp_path)
+    command, report = echo_command(tmp_path)
     lr = launch(
         "--hosts-allow", str(allow), "--hosts-deny", str(deny), "--service", "in.echod",
-        "--listen", "udp://127.0.0.1:0", "--", sys.executable, str(script), str(report),
+        "--listen", "udp://127.0.0.1:0", *command,
     )
     addrs, _ = lr.started(1)
     wait_for_file(report, lines=lr.lines)

@@ -12,20 +12,15 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 
-import pytest
 from textual.widgets import DataTable
 
+from conftest import needs_agent
 from kernel.test_agent import ALLOWED, BASE, DENIED, Lab, connects, guarded_by, lab, native, until  # noqa: F401
 from sockgate.top.app import FollowScreen, TopApp
 from sockgate.top.feed import Feed
 
-pytestmark = [
-    pytest.mark.skipif(sys.platform != "linux", reason="cgroup BPF is Linux-only"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="the agent needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_PTRACE)"),
-    pytest.mark.root,
-]
+pytestmark = needs_agent
 
 
 def rows(a: TopApp, table: str) -> list[list[str]]:

@@ -171,3 +171,15 @@ def test_a_delta_lost_on_the_way_is_repaired_by_the_periodic_resync(lapi: crowds
     poll_until(b, lambda b: banned(b) == {net("192.0.2.2/32")})
     assert b.session.status().last_report is not None and b.session.status().last_report.startup
     assert time.monotonic() - started >= 5
+
+
+def test_a_resync_of_unchanged_decisions_reports_nothing_changed(lapi: crowdsec.Lapi) -> None:
+    b = Bouncer(LapiClient(lapi.url, lapi.bouncer_key("sockgate"), timeout_s=5), Session(interval_s=1, resync_s=1),
+                draw=lambda: 0.5)
+    lapi.add("192.0.2.1", "1h")
+    first, _ = b.poll()
+    assert first is not None and first.startup
+    time.sleep(1.2)
+    again, _ = b.poll()
+    assert again is not None and again.startup, "no resync was made: the test proves nothing"
+    assert again.changed == frozenset(), f"a resync that changed nothing changed {sorted(map(str, again.changed))}"

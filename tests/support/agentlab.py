@@ -223,15 +223,15 @@ class Lab:
     def spawn(self, argv: list[str]) -> subprocess.Popen[str]:
         """A process in the lab's cgroup, in a session of its own (``Server.stop`` kills the
         group), stdin and stdout piped, stderr to the next server log."""
-        procs = f"{self.cgroup}/cgroup.procs"
-
-        def enter() -> None:
-            with open(procs, "w") as f:
-                f.write(str(os.getpid()))
-
         with open(self.path(f"server-{len(self.servers)}.log"), "wb") as err:
             return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
-                                    preexec_fn=enter, start_new_session=True)
+                                    preexec_fn=joining(self.cgroup), start_new_session=True)
+
+    def hosts_agent(self, allow: str, deny: str = "ALL: ALL\n", *args: str, prefix: tuple[str, ...] = ()) -> AgentProc:
+        """The agent over the lab's hosts.allow and hosts.deny, written first with ``allow`` and
+        ``deny`` (``path("hosts.allow")``, ``path("hosts.deny")``: theirs to edit later)."""
+        files = ("--hosts-allow", self.path("hosts.allow", allow), "--hosts-deny", self.path("hosts.deny", deny))
+        return self.agent(*files, *args, prefix=prefix)
 
     def agent(self, *args: str, ready: bool = True, prefix: tuple[str, ...] = ()) -> AgentProc:
         control = os.path.join(self.tmp, "run", "agent.sock")
@@ -268,12 +268,33 @@ def _answers(a: AgentProc) -> bool:
 
 
 @contextlib.contextmanager
-def agent_lab() -> Iterator[Lab]:
+def child_cgroup(prefix: str) -> Iterator[str]:
+    """A fresh child of the cgroup2 root (``prefix`` and a random suffix), removed afterwards:
+    what a test watches, so that the host's other processes never are."""
     root = cgroupbpf.cgroup2_root()
     assert root is not None, "no cgroup2 mounted"
-    cgroup = f"{root}/sg-agent-{uuid.uuid4().hex[:8]}"
+    cgroup = f"{root}/{prefix}-{uuid.uuid4().hex[:8]}"
     os.mkdir(cgroup)
     try:
+        yield cgroup
+    finally:
+        os.rmdir(cgroup)
+
+
+def joining(cgroup: str) -> Callable[[], None]:
+    """A ``preexec_fn`` that moves the new process into ``cgroup`` before it runs anything."""
+    procs = f"{cgroup}/cgroup.procs"
+
+    def enter() -> None:
+        with open(procs, "w") as f:
+            f.write(str(os.getpid()))
+
+    return enter
+
+
+@contextlib.contextmanager
+def agent_lab() -> Iterator[Lab]:
+    with child_cgroup("sg-agent") as cgroup:
         with tempfile.TemporaryDirectory(prefix="sg-agent-") as tmp, private_bpffs() as bpffs:
             lab = Lab(tmp, cgroup, bpffs)
             saved = os.environ.get("SOCKGATE_BPFFS")
@@ -289,16 +310,17 @@ def agent_lab() -> Iterator[Lab]:
                     s.stop()
                 for a in lab.agents:
                     a.stop(signal.SIGKILL)
-        _assert_detached(cgroup)
-    finally:
-        os.rmdir(cgroup)
+        assert_detached(cgroup)
 
 
-def _assert_detached(cgroup: str) -> None:
-    """The bpffs is gone with its pins, so the links are released (asynchronously)."""
+def assert_detached(cgroup: str, timeout: float = WAIT) -> None:
+    """No program left on the cgroup's watch hooks. A link whose last pin is removed (the
+    bpffs gone with its pins) is released by a kernel work item (bpf_link_put), so its
+    detachment is awaited, bounded."""
     fd = cgroupbpf.open_cgroup(cgroup)
     try:
-        until("the watch hooks released", lambda: all(not cgroupbpf.attached(fd, h.attach_type) for h in HOOKS))
+        until("the watch hooks released", lambda: all(not cgroupbpf.attached(fd, h.attach_type) for h in HOOKS),
+              timeout)
     finally:
         os.close(fd)
 

@@ -1,10 +1,13 @@
 """A ``FilterOps`` without sockets: fd -> (what is attached, locked), a log of every change,
-and failures injected at chosen changes (tests/core/test_kernel_*.py, test_guard.py)."""
+and failures injected at chosen changes (tests/core/test_kernel_*.py, test_guard.py); and a
+real backend's attach made to fail once (``failing_attach``, for the kernel tests' rollbacks)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from dataclasses import dataclass, field
+from typing import Any, Iterator
 
 from sockgate.errors import AdapterError
 from sockgate.kernel import Attached, ClassicFilter, Kernel, NoFilter
@@ -51,6 +54,27 @@ class FakeOps:
         had = not isinstance(self.attached.get(fd, NoFilter()), NoFilter)
         self.attached[fd] = NoFilter()
         return had
+
+
+@contextlib.contextmanager
+def failing_attach(backend: type[Any], nth: int) -> Iterator[list[str]]:
+    """``backend.attach`` (a class's: every instance) raising ``AdapterError("LABEL: injected
+    failure")`` on its ``nth`` call from now, the others attaching for real; yields the labels
+    of the calls, and puts the real ``attach`` back on exit."""
+    real = backend.attach
+    calls: list[str] = []
+
+    def flaky(self: Any, fd: int, program: Any, label: str) -> None:
+        calls.append(label)
+        if len(calls) == nth:
+            raise AdapterError(f"{label}: injected failure")
+        real(self, fd, program, label)
+
+    backend.attach = flaky
+    try:
+        yield calls
+    finally:
+        backend.attach = real
 
 
 def fake_kernel(ops: FakeOps) -> Kernel:

@@ -45,6 +45,7 @@ from sockgate.agent.protocol import Status
 from sockgate.errors import SockgateError
 from sockgate.linux import cgroupbpf
 from support import crowdsec, netlab
+from support.agentlab import joining
 from support.pinned import private_bpffs
 
 LAN_ADDR = "198.18.0.1"
@@ -235,18 +236,13 @@ def _host(i: int, lan: str, cgroups: str, root: str) -> Host:
     return h
 
 
-def _in_cgroup(cgroup: str) -> None:
-    with open(f"{cgroup}/cgroup.procs", "w") as f:
-        f.write(str(os.getpid()))
-
-
 def start_service(netns: str, cgroup: str, port: int = PORT, argv0: str | None = None) -> subprocess.Popen[bytes]:
     """The TCP service (accepts and closes) on ``port`` in ``netns``, its process in ``cgroup``;
     returns once it listens. ``argv0``: the name it runs under."""
     exe = ["bash", "-c", f'exec -a {argv0} "$0" "$@"', sys.executable] if argv0 else [sys.executable]
     p = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{netns}", *exe, "-c", SERVICE, str(port)],
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                         preexec_fn=lambda: _in_cgroup(cgroup), start_new_session=True)
+                         preexec_fn=joining(cgroup), start_new_session=True)
     assert p.stdout is not None
     assert p.stdout.readline().strip(), f"the service in {netns} did not start"
     return p

@@ -165,6 +165,20 @@ class Launched:
             self.proc.stderr.close()
 
 
+def echo_service(tmp: Path) -> tuple[Path, Path]:
+    """``ECHO_SERVICE`` written into ``tmp``, and the report file it writes once it has its sockets."""
+    script, report = tmp / "echo.py", tmp / "report.json"
+    script.write_text(ECHO_SERVICE)
+    return script, report
+
+
+def echo_command(tmp: Path) -> tuple[list[str], Path]:
+    """``echo_service``: the end of a ``sockgate run`` command line that runs it (``--`` and
+    the command), and its report file."""
+    script, report = echo_service(tmp)
+    return ["--", sys.executable, str(script), str(report)], report
+
+
 def port_of(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
 

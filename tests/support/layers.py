@@ -51,6 +51,8 @@ LAYERS: dict[str, int] = {
     "sockgate.inventory": EDGE,
     "sockgate.kernel": SEAM,
     "sockgate.kernel.ebpf": SEAM,  # the eBPF backend (loads, pins, recognises by cookie)
+    "sockgate.kernel.ebpfstore": SEAM,  # what a load pins in bpffs (maps carried over, programs renamed in)
+    "sockgate.kernel.ebpfcollect": SEAM,  # its clean-up: stale registry entries, unnamed directories
     "sockgate.kernel.ebpfopts": SEAM,  # what it compiles with ($SOCKGATE_COUNTERS) and the program auto probes
     "sockgate.kernel.bpfops": SEAM,  # its port to bpffs/bpf(2)/sock_diag (a fake in tests/core)
     "sockgate.kernel.banmaps": SEAM,  # a service's pinned ban tries: put, sweep, apply a wanted set

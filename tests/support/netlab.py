@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 T = TypeVar("T")
+# A client address outside 198.18.0.0/16 (``Lab.add_client_addresses``), so that it does not
+# become the preferred source towards the server: a second "host" beside the client's 198.18.0.2.
+OTHER_HOST = "198.19.7.7"
 CLONE_NEWNET = 0x40000000  # <linux/sched.h>
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -134,6 +137,23 @@ class Lab:
             self.extra.append(a)
         if batch:
             sh("ip", "-n", self.client.name, "-batch", "-", input="\n".join(batch) + "\n")
+
+    def exchange(self, src: str, port: int, timeout: float, send: bytes = b"", size: int = 64) -> bytes | None:
+        """From ``src`` in the client namespace to the server's ``port`` (IPv4): connect, send
+        ``send``, and the first bytes back (at most ``size``); None when the connect times out
+        (a dropped SYN)."""
+        def go() -> bytes | None:
+            with socket.socket() as c:
+                c.bind((src, 0))
+                c.settimeout(timeout)
+                try:
+                    c.connect((self.server_v4, port))
+                except TimeoutError:
+                    return None
+                c.sendall(send)
+                return c.recv(size)
+
+        return self.client.call(go)
 
     def delete(self) -> None:
         self.client.delete()

@@ -111,9 +111,13 @@ class BanBook(Generic[B]):
         return BanBook(tuple(out))
 
     def replace_origin(self, origin: Hashable, entries: Iterable[BanEntry[B]]) -> BanBook[B]:
-        """Every entry of ``origin`` replaced by ``entries`` (a source's full snapshot)."""
+        """Every entry of ``origin`` replaced by ``entries`` (a source's full snapshot). An entry
+        the snapshot gives again unchanged (same key, same ban) stays as it was, its ``added_ns``
+        too, so a snapshot that changed nothing gives an equal book (nothing re-applied)."""
         others = tuple(x for x in self.entries if x.ban.origin != origin)  # never a key of ``entries``
-        fresh = tuple(entries)
+        held = {x.key: x for x in self.entries if x.ban.origin == origin}
+        fresh = tuple(e if (old := held.get(e.key)) is None or old.ban != e.ban or old.reason != e.reason else old
+                      for e in entries)
         by_key: dict[tuple[IPNetwork, Hashable, frozenset[str] | None], BanEntry[B]] = {}
         for e in fresh:  # one pass, one hash each (100,000 decisions; networks hash slowly)
             if e.ban.origin != origin:

@@ -1,5 +1,5 @@
-"""One request to the agent and its answer: what ``sockgate status``, ``ban``, ``unban`` (and
-fail2ban's action, through them) do.
+"""One request to the agent and its answer: what ``sockgate status``, ``ban``, ``unban``, ``top``
+(and fail2ban's action, through them) do; ``status`` is the status document, checked.
 
 Blocking with one deadline for the whole exchange, since a command line waits for its answer
 anyway; the answer is read through the same framing and checked as strictly as the agent
@@ -14,7 +14,11 @@ import os
 import socket
 import time
 
-from sockgate.agent.protocol import MAX_RESPONSE, Body, LineBuffer, ProtocolError, Request, Response, encode, parse_response
+from typing import Any
+
+from sockgate.agent import statusdoc
+from sockgate.agent.protocol import (MAX_RESPONSE, Body, LineBuffer, ProtocolError, Request, Response, Status, encode,
+                                     parse_response)
 from sockgate.errors import SockgateError
 from sockgate.linux.peercred import credentials
 
@@ -60,6 +64,16 @@ def call(path: str, body: Body, timeout: float = TIMEOUT) -> Response:
     if response.id != rid:
         raise AgentUnreachable(f"the agent at {path} answered another request (id {response.id}, not {rid})")
     return response
+
+
+def status(path: str) -> dict[str, Any]:
+    """The agent's status document, checked to be one this version reads (``statusdoc.check``)."""
+    doc = dict(call(path, Status()).result or {})
+    try:
+        statusdoc.check(doc)
+    except statusdoc.StatusError as e:
+        raise SockgateError(f"the agent at {path} sent a status this version cannot read: {e}") from None
+    return doc
 
 
 def _served_by_root_or_us(s: socket.socket, path: str) -> None:

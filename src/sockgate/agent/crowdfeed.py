@@ -144,4 +144,4 @@ class CrowdsecFeed:
                 "since": None if s.since_ns is None else rfc3339(mono_to_wall(s.since_ns)),
                 "failures": s.failures, "error": s.last_error, "decisions": s.decisions, "pulls": self.pulls,
                 "last_success": None if s.last_success_ns is None else rfc3339(mono_to_wall(s.last_success_ns)),
-                "interval": self.session.interval_s, "resync": self.session.resync_s, "exempt": list(self.exempt)}
+                "interval": self.session.interval_s, "resync": self.session.resync_s, "doubted": self.session.doubted, "exempt": list(self.exempt)}

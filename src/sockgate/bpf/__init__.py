@@ -68,7 +68,7 @@ from sockgate.bpf.insn import (
     stmt,
 )
 from sockgate.bpf.interp import Packet
-from sockgate.bpf.marker import FilterState, Marker, Reading, classify, program_digest
+from sockgate.bpf.marker import FilterState, Marker, Reading, classify, program_digest, read
 from sockgate.bpf.program import (
     Program,
     compile_resolved,
@@ -81,8 +81,6 @@ from sockgate.bpf.program import (
 def identify(insns: Sequence[Insn]) -> Marker | None:
     """The marker of a sockgate program (e.g. read back with SO_GET_FILTER), or None for a
     program sockgate did not make."""
-    from sockgate.bpf.marker import read
-
     return read(insns)
 
 

@@ -11,12 +11,22 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sockgate import __version__
 from sockgate.agent.control import DEFAULT_PATH
 from sockgate.agent.crowdfeed import CrowdsecFeed
 from sockgate.crowdsec.lapi import LapiClient, read_key
 from sockgate.crowdsec.session import Session
 from sockgate.cli.common import MAP_HELP, add_backend_arg, add_log_args, add_superserver_args, log_sink, parse_maps, unit_dirs
 from sockgate.errors import UsageError
+from sockgate.guard import backend_choice, require_kernel
+from sockgate.kernel import Kernel, default_kernel
+from sockgate.kernel.bpfops import LinuxBpf
+from sockgate.kernel.cbpf import ClassicBackend
+from sockgate.kernel.ebpf import EbpfBackend
+from sockgate.kernel.sockets import LINUX_OPS
+from sockgate.linux.sockdiag import destroy_tcp
+from sockgate.log import Log
+from sockgate.supervisor import Notifier, SelectorLoop, Supervisor
 
 def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("policy_files", nargs="*", metavar="POLICY", help="native policy files")
@@ -74,19 +84,11 @@ def crowdsec_feed(args: argparse.Namespace) -> CrowdsecFeed | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sockgate import __version__
+    # The agent's own modules (about 100 ms of imports) load only when it runs: building the
+    # full parser (`sockgate --help`, `--version`) imports every command module.
     from sockgate.agent.applier import Applier
     from sockgate.agent.names import NameResolver
     from sockgate.agent.runtime import Agent, Options
-    from sockgate.guard import backend_choice, require_kernel
-    from sockgate.kernel import Kernel, default_kernel
-    from sockgate.kernel.bpfops import LinuxBpf
-    from sockgate.kernel.cbpf import ClassicBackend
-    from sockgate.kernel.ebpf import EbpfBackend
-    from sockgate.kernel.sockets import LINUX_OPS
-    from sockgate.linux.sockdiag import destroy_tcp
-    from sockgate.log import Log
-    from sockgate.supervisor import Notifier, SelectorLoop, Supervisor
 
     if not args.policy_files and args.hosts_allow is None and args.hosts_deny is None:
         raise UsageError("agent: no policy: give POLICY files or --hosts-allow/--hosts-deny")

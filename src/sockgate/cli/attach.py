@@ -13,8 +13,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sockgate import inventory
 from sockgate.cli.common import add_backend_arg, add_policy_args, load_from_args, print_json
+from sockgate.errors import UsageError
+from sockgate.guard import compile_guard
 from sockgate.policy.source import escape, printable
+from sockgate.resolve import resolve
 
 
 def add_target_args(p: argparse.ArgumentParser) -> None:
@@ -28,9 +32,6 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
 
 
 def targets_from_args(args: argparse.Namespace) -> list[tuple[int, int]]:
-    from sockgate.errors import UsageError
-    from sockgate import inventory
-
     if args.fd is not None and args.pid is None:
         raise UsageError("--fd needs --pid")
     if args.port is not None and not 0 < args.port < 65536:
@@ -49,9 +50,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported when run: building the full parser (`sockgate --help`) imports every command module
     from sockgate.attach import guard_sockets
-    from sockgate.guard import compile_guard
-    from sockgate.resolve import resolve
 
     policy = load_from_args(args)
     compile_guard(policy, args.service, args.backend)  # refuse a bad policy (or backend) before looking at any process

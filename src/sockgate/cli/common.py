@@ -11,6 +11,7 @@ from typing import Any, Sequence
 from sockgate.agent.superserver import SYSTEMD_UNITS
 from sockgate.agent.model import Endpoint
 from sockgate.errors import UsageError
+from sockgate.loading import load_policy
 from sockgate.log import LogSink
 from sockgate.policy.ir import Policy
 from sockgate.policy.source import printable
@@ -36,8 +37,6 @@ def add_backend_arg(p: argparse.ArgumentParser) -> None:
 
 
 def load_from_args(args: argparse.Namespace) -> Policy:
-    from sockgate.loading import load_policy
-
     files = list(getattr(args, "policy_files", None) or []) + list(args.policy or [])
     if not files and args.hosts_allow is None and args.hosts_deny is None:
         raise UsageError("no policy: give POLICY files, --policy, or --hosts-allow/--hosts-deny")

@@ -18,6 +18,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported when run: building the full parser (`sockgate --help`) imports every command module
     from sockgate import demo
 
     if not 0.05 <= args.timeout <= 60:

@@ -19,6 +19,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported when run: building the full parser (`sockgate --help`) imports every command module
     from sockgate.attach import unguard_sockets
 
     changes = unguard_sockets(targets_from_args(args), force=args.force)

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 from sockgate.cli.common import add_policy_args, load_from_args, print_json
 from sockgate.errors import Diagnostic, PolicyError
+from sockgate.policy.lint import lint
 from sockgate.policy.source import printable
 
 
@@ -23,8 +24,6 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sockgate.policy.lint import lint
-
     try:
         policy = load_from_args(args)
     except PolicyError as e:

@@ -21,7 +21,7 @@ from sockgate.errors import UsageError
 from sockgate.socktable import Row, Selection, list_sockets, netid, peer_text
 from sockgate.policy.source import escape
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # rich (tens of ms of imports) loads only to draw a terminal table: never for --json or a pipe
     from rich.console import Console
 
 HEADERS = ("Proto", "State", "Local", "Peer", "Process", "User", "Exposure", "Guard")
@@ -77,6 +77,7 @@ _SOCKET_OPTIONS = (("all", "--all"), ("kinds", "-t/-u/-x/-w"), ("port", "--port"
 
 def run_audit(args: argparse.Namespace) -> int:
     """The audit: rows, then the exit status (3: a socket enforced by nothing; 4: unknown)."""
+    # imported for the audit only: building the full parser (`sockgate --help`) imports every command module
     from sockgate.agent import audit
     from sockgate.agent.auditscan import Sources, run_audit as scan
 
@@ -124,7 +125,7 @@ def plain(rows: Sequence[Row], with_peer: bool) -> str:
 
 def render_table(rows: Sequence[Row], with_peer: bool, console: "Console | None" = None) -> None:
     """The terminal table (rich), the guard coloured."""
-    from rich.console import Console
+    from rich.console import Console  # (rich: see the TYPE_CHECKING import above)
     from rich.table import Table
 
     table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 1, 0, 0))
@@ -146,7 +147,7 @@ _AUDIT_STYLE = {"sockgate": "green", "libwrap": "green", "NOTHING": "bold red", 
 
 def render_audit(rows: Sequence[list[str]], headers: list[str], console: "Console | None" = None) -> None:
     """The audit's terminal table (rich): Enforced by coloured, the Why column wrapping."""
-    from rich.console import Console
+    from rich.console import Console  # (rich: see the TYPE_CHECKING import above)
     from rich.table import Table
 
     table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 1, 0, 0))
@@ -162,6 +163,6 @@ def render_audit(rows: Sequence[list[str]], headers: list[str], console: "Consol
 
 
 def _escape(text: str) -> str:
-    from rich.markup import escape
+    from rich.markup import escape  # (rich: see the TYPE_CHECKING import above)
 
     return escape(text)

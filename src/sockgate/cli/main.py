@@ -1,7 +1,9 @@
 """``sockgate`` command line: parse arguments, call one library function, render the result.
 
 Each subcommand is a module of this package with ``add_parser(subparsers)`` and
-``run(args) -> int``; it is imported only when used. The one broad ``except SockgateError``
+``run(args) -> int``; it is imported only when used. Building the full parser (``sockgate
+--help``, ``--version``) imports every command module, so a command's heavy modules (the
+agent's runtime, the proxy's server, rich, textual) are imported in its ``run``. The one broad ``except SockgateError``
 lives here: a one-line reason on stderr, escaped (it may quote a peer's executable, a process
 name or a filter read back from someone else's socket) (a policy error shows its ``file:line:col`` lines and
 carets), exit 2 for usage and policy errors (a policy this mode cannot enforce, or too large for
@@ -16,6 +18,7 @@ import importlib
 import sys
 from typing import NoReturn, Sequence
 
+from sockgate import __version__
 from sockgate.errors import CompileError, PolicyError, SockgateError, UnsupportedInKernel, UsageError
 from sockgate.policy.source import printable
 
@@ -48,7 +51,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = _Parser(prog="sockgate", description="Decide who may talk to a socket; the kernel enforces it.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser.add_argument("--version", action="version", version=f"sockgate {_version()}")
+    parser.add_argument("--version", action="version", version=f"sockgate {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, help_text in COMMANDS.items():
         if only is not None and name != only:
@@ -62,12 +65,6 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def _module(name: str):  # type: ignore[no-untyped-def]
     return importlib.import_module(f"sockgate.cli.{name}")
-
-
-def _version() -> str:
-    from sockgate import __version__
-
-    return __version__
 
 
 def main(argv: Sequence[str] | None = None) -> int:

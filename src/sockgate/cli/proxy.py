@@ -15,10 +15,14 @@ import argparse
 import sys
 from dataclasses import replace
 
-from sockgate.cli.common import add_backend_arg, add_log_args, add_policy_args, log_sink
+from sockgate.cli.common import add_backend_arg, add_log_args, add_policy_args, load_from_args, log_sink
 from sockgate.errors import UsageError
+from sockgate.guard import backend_choice
+from sockgate.log import Log
 from sockgate.policy.ir import Action, Policy, Service
+from sockgate.proxy.namecache import reverse_lookup
 from sockgate.proxy.spec import ProxySettings, ProxySpec
+from sockgate.urls import parse_url, parse_urls
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
@@ -56,8 +60,6 @@ def _has_policy(args: argparse.Namespace) -> bool:
 
 
 def _load(args: argparse.Namespace) -> Policy | None:
-    from sockgate.cli.common import load_from_args
-
     return load_from_args(args) if _has_policy(args) else None
 
 
@@ -77,8 +79,6 @@ def _one_off_service(args: argparse.Namespace, policy: Policy | None) -> Service
 
 def plans_from_args(args: argparse.Namespace) -> list[ProxySpec]:
     """What to run, from the command line (and the policy files it names)."""
-    from sockgate.urls import parse_url, parse_urls
-
     policy = _load(args)
     if args.listen or args.forward:
         if not args.forward:
@@ -98,9 +98,7 @@ def plans_from_args(args: argparse.Namespace) -> list[ProxySpec]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sockgate.guard import backend_choice
-    from sockgate.proxy import reverse_lookup
-    from sockgate.log import Log
+    # imported when run: building the full parser (`sockgate --help`) imports every command module
     from sockgate.proxy.server import Proxy
 
     for opt in ("workers", "max_connections_per_source", "max_udp_flows", "max_udp_flows_per_source"):

@@ -15,7 +15,7 @@ import sys
 
 from sockgate.cli.common import columns
 from sockgate.ebpf.refusals import ban_json, count_json, origin_name
-from sockgate.kernel.ebpf import Paths, default_mount
+from sockgate.kernel.ebpfstore import Paths, default_mount
 from sockgate.policy.source import escape, printable
 from sockgate.refused import Listing, read_refused
 

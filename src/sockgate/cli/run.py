@@ -7,8 +7,11 @@ from typing import TYPE_CHECKING
 
 from sockgate.cli.common import add_backend_arg, add_log_args, add_policy_args, load_from_args, log_sink
 from sockgate.errors import UsageError
+from sockgate.guard import backend_choice
 from sockgate.urls import parse_urls
 
+# sockgate.launcher is imported when run: building the full parser (`sockgate --help`) imports
+# every command module
 if TYPE_CHECKING:
     from sockgate.launcher import RunConfig
 
@@ -45,8 +48,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sockgate.guard import backend_choice
-    from sockgate.launcher import RunConfig
+    from sockgate.launcher import RunConfig  # (see the TYPE_CHECKING import above)
 
     command = list(args.service_argv)
     if command and command[0] == "--":
@@ -86,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
 def launch(cfg: "RunConfig") -> int:
     """Prepare (load, check, bind, guard), then supervise the command or serve inetd-style;
     the listeners are closed however that ends."""
-    from sockgate import inetd, launcher
+    from sockgate import inetd, launcher  # (see the TYPE_CHECKING import above)
 
     gate, creds = launcher.prepare(cfg)
     try:

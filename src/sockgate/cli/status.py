@@ -4,8 +4,8 @@
 Exit 0 when every selected socket is guarded and everything wanted is in force, 3 while any
 socket is not guarded, 4 ("degraded") while none is unguarded but something wanted is not in
 force (a failed reload kept the old policy, CrowdSec's decisions not applied or its LAPI down,
-host names not refreshed or failed, the bans not saved), 1 when no agent answers. The work is one request (``agent.client.call``); the answer is checked against
-the schema before anything of it is shown.
+host names not refreshed or failed, the bans not saved), 1 when no agent answers. The work is one request (``agent.client.status``); the answer is checked
+against the schema before anything of it is shown.
 """
 
 from __future__ import annotations
@@ -15,10 +15,8 @@ import json
 import sys
 
 from sockgate.agent import statusdoc
-from sockgate.agent.client import call
+from sockgate.agent.client import status
 from sockgate.agent.control import DEFAULT_PATH
-from sockgate.agent.protocol import Status
-from sockgate.errors import SockgateError
 
 
 EPILOG = ("exit status: 0 every selected socket guarded and everything in force; 3 a socket not guarded; "
@@ -37,10 +35,6 @@ def add_control(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    doc = dict(call(args.control, Status()).result or {})
-    try:
-        statusdoc.check(doc)
-    except statusdoc.StatusError as e:
-        raise SockgateError(f"the agent at {args.control} sent a status this version cannot read: {e}") from None
+    doc = status(args.control)
     sys.stdout.write(json.dumps(doc) + "\n" if args.json else statusdoc.render(doc))
     return statusdoc.exit_code(doc)

@@ -16,7 +16,7 @@ from sockgate.agent.protocol import ProtocolError, parse_duration
 from sockgate.cli.common import add_policy_args, load_from_args
 from sockgate.cli.status import add_control
 from sockgate.errors import UsageError
-from sockgate.kernel.ebpf import Paths, default_mount
+from sockgate.kernel.ebpfstore import Paths, default_mount
 from sockgate.top.feed import Feed
 
 INSTALL = "sockgate top needs textual: pip install 'sockgate[top]'"

@@ -17,7 +17,12 @@ behind the same address on a fresh database without a failed pull in between —
 otherwise last until the decision ends or the agent restarts. A startup answer replaces the
 state (stream.py), so whatever was missed is right again within ``resync_s``. At 100,000
 decisions a full answer costs the agent about 3.5 s of CPU (docs/benchmarks.md): once an
-hour, 0.1 %.
+hour, 0.1 %. A decision sent again keeps its end (stream.py), so a resync that changed nothing
+changes nothing downstream. A *periodic* full answer that would lift more than half of the
+decisions held (and at least ``MASS_LIFT``) is not applied at once: a LAPI answering from an
+empty or stale database for a moment (a restore, a replica behind) would otherwise lift every
+ban once an hour. The whole list is asked again at the next pull, and that answer is applied,
+whatever it says (a real mass deletion costs one interval).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from dataclasses import dataclass
 
 from sockgate.crowdsec.stream import (
     DEFAULT_CAPACITY,
+    Batch,
     DEFAULT_MAX_ENTRIES,
     Report,
     StreamError,
@@ -37,6 +43,7 @@ from sockgate.policy.source import escape
 DEFAULT_INTERVAL_S = 10.0  # crowdsec-firewall-bouncer's default update_frequency
 DEFAULT_RESYNC_S = 3600.0  # a full (startup) pull this often while the LAPI answers
 MAX_REASON = 200  # characters of a failure kept for status
+MASS_LIFT = 100  # a periodic resync lifting at least this many, and over half, is asked again first
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,7 @@ class Session:
         self._error: str | None = None
         self._success: int | None = None
         self._report: Report | None = None
+        self.doubted: str | None = None  # a periodic resync held back (module doc), for status
 
     def request(self, now_ns: int | None = None) -> bool:
         """Whether the next pull is ``startup=true``: after a failure, at the start, and
@@ -101,6 +109,13 @@ class Session:
             self.failed(now_ns, str(e))
             raise
         self.state.expire(now_ns)
+        if startup and not self._startup and (doubt := self._doubt(batch)) is not None:
+            self.doubted = doubt
+            self._startup = True  # the whole list again at the next pull, applied then
+            self._success, self._failures, self._error = now_ns, 0, None
+            self._mark(True, now_ns)
+            return Report(False, 0, 0, 0, 0, 0, (doubt,), (), 0, frozenset())
+        self.doubted = None
         report = self.state.apply(batch)
         if startup:
             self._full = now_ns
@@ -111,6 +126,14 @@ class Session:
         self._report = report
         self._mark(True, now_ns)
         return report
+
+    def _doubt(self, batch: Batch) -> str | None:
+        """Why a periodic full answer is held back, or None (module doc)."""
+        held = len(self.state)
+        lifted = held - sum(1 for d in batch.new if self.state.holds(d.id))
+        if lifted < MASS_LIFT or 2 * lifted <= held:
+            return None
+        return f"a full resync would lift {lifted} of {held} decisions: asked again before applying it"
 
     def failed(self, now_ns: int, reason: str) -> None:
         """A pull that got no usable answer: keep the decisions, resync at the next one."""

@@ -263,6 +263,15 @@ def prefix(scope: str, value: str) -> IPNetwork:
 
 # -- the state --------------------------------------------------------------------------------
 
+SAME_END_NS = 2 * 10**9  # a startup answer's end within this of the held one: the same end
+
+
+def _same_end(d: Decision, held: Decision | None) -> Decision:
+    if held is not None and held.network == d.network and abs(held.expires_ns - d.expires_ns) <= SAME_END_NS:
+        return held
+    return d
+
+
 
 @dataclass(frozen=True)
 class Report:
@@ -294,19 +303,26 @@ class StreamState:
     def __len__(self) -> int:
         return len(self._by_id)
 
+    def holds(self, ident: int) -> bool:
+        return ident in self._by_id
+
     def apply(self, batch: Batch) -> Report:
-        """A startup batch replaces everything held; a delta adds ``new``, then removes ``deleted``."""
+        """A startup batch replaces everything held; a delta adds ``new``, then removes ``deleted``.
+        A decision a startup batch sends again (same id and network) keeps the end held when the
+        new one is within ``SAME_END_NS`` of it: its end is the receipt time plus the duration
+        left, so each answer moves it by its own latency, and a resync that changed nothing must
+        change nothing (no ban rewritten, no program rebuilt)."""
+        new = batch.new
         if batch.startup:  # every network may change: the ends before and after, compared once each
-            before = self._end_of.copy()  # (a copy keeps the hashes: networks hash slowly)
-            self._by_id.clear()
-            self._by_net.clear()
-            self._end_of.clear()
-            self._heap.clear()
+            before = self._end_of  # (the old tables kept whole: networks hash slowly)
+            held = self._by_id
+            self._by_id, self._by_net, self._end_of, self._heap = {}, {}, {}, []
+            new = tuple(_same_end(d, held.get(d.id)) for d in new)
         else:
             touched: set[IPNetwork] = {d.network for d in batch.new} | {d.network for d in batch.deleted}
             touched |= {self._by_id[d.id].network for d in batch.new if d.id in self._by_id}  # an id re-sent elsewhere
             before = {n: end for n in touched if (end := self._end_of.get(n)) is not None}  # the others had none
-        added, over = self._add(batch.new)
+        added, over = self._add(new)
         deleted, unknown, mismatched = self._delete(batch.deleted)
         problems = (list(batch.tally.problems) + mismatched)[:MAX_PROBLEMS]
         rejected = batch.tally.rejected + len(mismatched)

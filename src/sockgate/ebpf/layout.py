@@ -3,7 +3,7 @@ map names and layouts, record formats, and where each object is pinned in bpffs.
 
 Written down once because three parties must agree on every byte: the generated program
 (ebpf/codegen.py) writes counters, token buckets, bans and refusal events; the loader
-(kernel/ebpf.py) creates and pins the maps; and readers in other processes (``sockgate
+(kernel/ebpfstore.py) creates and pins the maps; and readers in other processes (``sockgate
 refused``, the refusal log, the agent) find them by path and decode them. Pure: names,
 ``struct`` layouts and path strings, no I/O.
 
@@ -100,7 +100,7 @@ class Count:
 DEFAULT_COUNTERS = 16384
 """Sources remembered per service; the least recently refused go first. A preallocated LRU
 costs about 120 bytes an entry whether used or not (about 2 MiB here; 7.5 MiB at 65,536),
-and every eBPF-guarded service has one: ``SOCKGATE_COUNTERS`` sizes it (kernel/ebpf.py)."""
+and every eBPF-guarded service has one: ``SOCKGATE_COUNTERS`` sizes it (kernel/ebpfopts.py)."""
 
 
 def counts_spec(capacity: int = DEFAULT_COUNTERS) -> MapSpec:

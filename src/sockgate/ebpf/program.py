@@ -39,6 +39,12 @@ from sockgate.policy.needs import Need
 LICENSE = "GPL"  # socket filters need no GPL-only helper; any string works, this one always does
 
 
+def program_name(digest: str) -> str:
+    """The kernel object name of the program of ``digest`` (``BPF_OBJ_NAME_LEN``): ``sg_`` and
+    the digest's start; what a reader matches a loaded program id against."""
+    return ("sg_" + digest)[: BPF_OBJ_NAME_LEN - 1]
+
+
 @dataclass(frozen=True)
 class Options:
     """The service state a program keeps, sized by configuration (layout.py's defaults).
@@ -97,8 +103,7 @@ class EbpfProgram:
 
     @property
     def name(self) -> str:
-        """The kernel object name (``BPF_OBJ_NAME_LEN``): ``sg_`` and the digest's start."""
-        return ("sg_" + self.digest)[: BPF_OBJ_NAME_LEN - 1]
+        return program_name(self.digest)
 
     def link(self, fds: Mapping[str, int]) -> bytes:
         """The encoded program with each map load pointing at ``fds[map name]``."""

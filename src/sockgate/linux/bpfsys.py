@@ -26,13 +26,15 @@ import fcntl
 import os
 import platform
 import socket
-from typing import Iterator, Sequence
+from typing import Iterator, Sequence, TypeVar
 
 from sockgate.errors import AdapterError
 from sockgate.linux._errors import translated
 from sockgate.linux.fd import Sockish, fileno
 from sockgate.linux.filter import SO_GET_FILTER, _setsockopt
 from sockgate.linux.filter import detach as detach  # SO_DETACH_BPF is SO_DETACH_FILTER: one detach for both
+
+_S = TypeVar("_S", bound=ctypes.Structure)
 
 # <linux/bpf.h> enum bpf_cmd
 BPF_MAP_CREATE = 0
@@ -291,12 +293,17 @@ def _items_batched(fd: int, key_size: int, value_size: int, limit: int) -> Itera
         first = False
 
 
-def map_info(fd: int) -> MapInfo:
-    """The type, sizes, flags and name of a map (BPF_OBJ_GET_INFO_BY_FD)."""
-    info = MapInfo()
-    with translated(f"read BPF map info of fd {fd}"):
+def _obj_info(fd: int, info: _S, kind: str) -> _S:
+    """``info`` (the struct of a map's, a program's or a link's info) filled for ``fd`` by
+    BPF_OBJ_GET_INFO_BY_FD."""
+    with translated(f"read BPF {kind} info of fd {fd}"):
         _bpf(BPF_OBJ_GET_INFO_BY_FD, _Info(fd, ctypes.sizeof(info), ctypes.addressof(info)))
     return info
+
+
+def map_info(fd: int) -> MapInfo:
+    """The type, sizes, flags and name of a map (BPF_OBJ_GET_INFO_BY_FD)."""
+    return _obj_info(fd, MapInfo(), "map")
 
 
 def object_kind(fd: int) -> str:
@@ -356,10 +363,7 @@ def prog_test_run(fd: int, frame: bytes, repeat: int = 1) -> tuple[int, int]:
 
 def prog_info(fd: int) -> ProgInfo:
     """The id, tag, name and type of a loaded program."""
-    info = ProgInfo()
-    with translated(f"read BPF program info of fd {fd}"):
-        _bpf(BPF_OBJ_GET_INFO_BY_FD, _Info(fd, ctypes.sizeof(info), ctypes.addressof(info)))
-    return info
+    return _obj_info(fd, ProgInfo(), "program")
 
 
 def prog_by_id(prog_id: int) -> int | None:
@@ -500,10 +504,7 @@ def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
 
 def link_info(fd: int) -> LinkInfo:
     """Type, id, program id and (for a cgroup link) cgroup id and hook of a link."""
-    info = LinkInfo()
-    with translated(f"read BPF link info of fd {fd}"):
-        _bpf(BPF_OBJ_GET_INFO_BY_FD, _Info(fd, ctypes.sizeof(info), ctypes.addressof(info)))
-    return info
+    return _obj_info(fd, LinkInfo(), "link")
 
 
 BPF_PROG_QUERY = 16  # <linux/bpf.h> enum bpf_cmd

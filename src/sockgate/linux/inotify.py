@@ -23,6 +23,7 @@ import struct
 from dataclasses import dataclass
 
 from sockgate.linux._errors import translated
+from sockgate.linux.fd import drain
 
 # <linux/inotify.h>
 IN_MODIFY = 0x00000002
@@ -95,18 +96,7 @@ class Inotify:
         return frozenset(d for names in self._dirs.values() for d in names)
 
     def read(self) -> list[Change]:
-        out: list[Change] = []
-        while True:
-            try:
-                data = os.read(self.fd, _READ_SIZE)
-            except BlockingIOError:
-                return out
-            except InterruptedError:
-                continue
-            except OSError as e:
-                with translated("read inotify"):
-                    raise e
-            out.extend(self._decode(data))
+        return [c for data in drain(self.fd, _READ_SIZE, "read inotify") for c in self._decode(data)]
 
     def _decode(self, data: bytes) -> list[Change]:
         out: list[Change] = []

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from sockgate.linux._errors import translated
+from sockgate.linux.fd import drain
 
 # <linux/signalfd.h>: the flags are O_CLOEXEC and O_NONBLOCK
 SFD_CLOEXEC = os.O_CLOEXEC
@@ -65,18 +66,8 @@ def open_signalfd(signals: Iterable[int]) -> int:
 def read_pending(fd: int) -> list[SigInfo]:
     """Every signal queued on ``fd`` now (empty when none is)."""
     out: list[SigInfo] = []
-    while True:
-        try:
-            data = os.read(fd, SIGNALFD_SIGINFO.size * 16)
-        except BlockingIOError:
-            return out
-        except InterruptedError:
-            continue
-        except OSError as e:
-            with translated("read signalfd"):
-                raise e
-        if not data:
-            return out
+    for data in drain(fd, SIGNALFD_SIGINFO.size * 16, "read signalfd"):
         for off in range(0, len(data) - SIGNALFD_SIGINFO.size + 1, SIGNALFD_SIGINFO.size):
             f = SIGNALFD_SIGINFO.unpack_from(data, off)
             out.append(SigInfo(signo=f[0], code=f[2], pid=f[3], uid=f[4], status=f[10]))
+    return out

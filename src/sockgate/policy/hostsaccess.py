@@ -258,11 +258,7 @@ def _daemon_item(st: _State, file: str, tok: _Tok) -> DaemonMatch | None:
     at = hostmatch.split_at(tok.text, "@", 1)
     if at < 0:
         return MatchAll() if hostmatch.fold(tok.text) == "all" else DaemonPattern(tok.text)
-    host = _sub(tok, at + 1)
-    if not host.text:
-        st.error(tok.span, f"expected a host after '@' in {quote(tok.text)}")
-        return None
-    server = host_item(st, file, host)
+    server = _host_after(st, file, tok, at)
     return None if server is None else DaemonPattern(tok.text[:at], server)
 
 
@@ -271,12 +267,17 @@ def _client_item(st: _State, file: str, tok: _Tok) -> Match | None:
     at = hostmatch.split_at(tok.text, "@", 1)
     if at < 0:
         return host_item(st, file, tok)
+    m = _host_after(st, file, tok, at)
+    return None if m is None else UserAt(tok.text[:at], m)
+
+
+def _host_after(st: _State, file: str, tok: _Tok, at: int) -> Match | None:
+    """The host pattern after the '@' at ``at`` of ``tok`` (a daemon's server, a client's host)."""
     host = _sub(tok, at + 1)
     if not host.text:
         st.error(tok.span, f"expected a host after '@' in {quote(tok.text)}")
         return None
-    m = host_item(st, file, host)
-    return None if m is None else UserAt(tok.text[:at], m)
+    return host_item(st, file, host)
 
 
 def _sub(tok: _Tok, start: int) -> _Tok:

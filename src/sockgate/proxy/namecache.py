@@ -38,7 +38,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Hashable
 
-from sockgate.lookup import NameService
+from sockgate.lookup import NameService, SystemNameService
 from sockgate.policy.ir import IPAddress
 from sockgate.proxy.limits import source_of
 
@@ -199,3 +199,11 @@ class NameCache:
         lane.cache.move_to_end(address)
         while len(lane.cache) > self.max_entries:
             lane.cache.popitem(last=False)
+
+
+def reverse_lookup(timeout: float, queue: int = 64) -> ReverseLookup:
+    """The host-name lookup the proxy uses: ``sockgate.lookup.SystemNameService`` (reverse
+    lookup confirmed forward) behind a ``NameCache`` (a bounded lane per service, a cache, a
+    caller's wait bounded by ``timeout``). Its calls are made in the lane's own threads, so
+    that a slow lookup holds its lane's slot and no thread is left behind."""
+    return NameCache(SystemNameService(None), timeout, queue=queue)

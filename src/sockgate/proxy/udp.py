@@ -38,15 +38,13 @@ import ipaddress
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Hashable, Protocol
+from typing import Any, Hashable, Protocol
 
+from sockgate.linux.listen import Listener
 from sockgate.peers import Peer
 from sockgate.policy.ir import IPAddress
 from sockgate.proxy.admission import Admission, Admitted, Refused, peer_label, rule_label
 from sockgate.proxy.limits import FlowTable, source_of
-
-if TYPE_CHECKING:
-    from sockgate.linux.listen import Listener
 
 _BURST = 64
 _MAX_DGRAM = 65535
@@ -132,7 +130,7 @@ class _FlowTarget(Protocol):
 
 
 class UdpRelay:
-    def __init__(self, runner: FlowOwner, listener: "Listener") -> None:
+    def __init__(self, runner: FlowOwner, listener: Listener) -> None:
         self.runner = runner
         self.listener = listener
         self.sock = listener.sock

@@ -75,10 +75,12 @@ def fill(table: DataTable[Text], pane: Pane, rows: Sequence[AnyRow], keys: Seque
     unique = _unique(keys)
     for row, key in zip(rows, unique):
         table.add_row(*[safe(c, CELL_MAX) for c in cells(row, pane)], key=key)
-    if old is not None and old in unique:
+    lost = isinstance(table, Rows) and table.lost
+    if old is not None and old in unique and not lost:
         table.move_cursor(row=unique.index(old))
-    elif old is not None and isinstance(table, Rows):  # the row the user chose is gone: the
-        table.lost = True  # cursor's row 0 is nobody's choice
+    elif old is not None and isinstance(table, Rows):  # the row the user chose is gone (or was
+        table.lost = True  # already): the cursor stays on row 0, nobody's choice — a move here
+        # would read as the user's (on_data_table_row_highlighted) and choose for them
     return dict(zip(unique, rows))
 
 

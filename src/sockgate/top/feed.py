@@ -15,9 +15,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from sockgate.agent import statusdoc
-from sockgate.agent.client import call
-from sockgate.agent.protocol import Ban, Body, ProtocolError, Status, Unban, UnbanOrigin, parse_network
+from sockgate.agent.client import call, status
+from sockgate.agent.protocol import Ban, Body, ProtocolError, Unban, UnbanOrigin, parse_network
 from sockgate.bans import IPNetwork
 from sockgate.errors import SockgateError, UsageError
 from sockgate.refused import read_refused
@@ -61,12 +60,7 @@ class Feed:
         return snap
 
     def _status(self) -> dict[str, Any]:
-        doc = dict(call(self.control, Status()).result or {})
-        try:
-            statusdoc.check(doc)
-        except statusdoc.StatusError as e:
-            raise SockgateError(f"the agent at {self.control} sent a status this version cannot read: {e}") from None
-        return doc
+        return status(self.control)
 
     def ban(self, source: str, duration: int | None) -> str:
         net = _network(source)
