@@ -7,7 +7,9 @@ connections."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import resource
 import socket
 import sys
 import threading
@@ -590,4 +592,40 @@ def test_work_a_lane_callback_queues_runs_without_waiting_for_the_next_timer(ch:
     far.cancel()
     clients[0].close()
     ch.lane.unlisten(ls.fileno())
+    ls.close()
+
+
+def test_out_of_descriptors_is_handed_to_python_once_not_spun(ch: Harness) -> None:
+    """accept failing with EMFILE: the lane calls ``failed`` (the runner stops accepting for
+    a moment, service._accept_failed) instead of waking again and again."""
+    assert ch.lane is not None
+    ls = socket.create_server(("127.0.0.1", 0))
+    ls.setblocking(False)
+    failures: list[int] = []
+
+    def failed(err: int) -> None:
+        failures.append(err)
+        assert ch.lane is not None
+        ch.lane.unlisten(ls.fileno())
+
+    ch.lane.listen(ls.fileno(), lambda fd, addr: False, failed, ch._finished, socket.AF_INET,
+                   lanes.sockaddr(socket.AF_INET, ("127.0.0.1", 9)), True)
+    client = socket.create_connection(ls.getsockname())
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    filler: list[int] = []
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(int(n) for n in os.listdir("/proc/self/fd")) + 1, hard))
+        try:
+            while True:  # the holes below the limit too
+                filler.append(os.open("/dev/null", os.O_RDONLY))
+        except OSError:
+            pass
+        for _ in range(20):
+            ch.loop.run_until_complete(asyncio.sleep(0.005))
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert failures == [errno.EMFILE]
+    client.close()
     ls.close()
