@@ -321,6 +321,7 @@ SG = {
     "sockgate proxy, 1 worker": (),
     "sockgate, 1 worker, no splice": ("--no-splice",),
     "sockgate, 1 worker, uvloop": ("--uvloop",),
+    "sockgate, 1 worker, Python relay": ("--relay", "python"),
 }
 
 

@@ -147,3 +147,18 @@ def test_without_limits_the_remembered_outcome_equals_a_fresh_one() -> None:
     for peer, memo in ((Peer(address=A), "192.0.2.7"), (Peer(address=B), "192.0.2.8")):
         fresh = adm.admit(peer, 0.0)
         assert adm.admit(peer, 0.0, memo) == fresh and adm.admit(peer, 1.0, memo) == fresh
+
+
+def test_only_an_admission_with_nothing_to_count_is_remembered_whole() -> None:
+    """``remembered`` (the lane's accept shortcut, no peer built) answers only where ``admit``
+    would return the remembered outcome itself: allowed with no limiter to take."""
+    plain = Admission(_service(" deny 192.0.2.8\n allow all\n"))
+    assert plain.remembered("192.0.2.7") is None  # not decided yet
+    first = plain.admit(Peer(address=A), 0.0, memo="192.0.2.7")
+    assert plain.remembered("192.0.2.7") is first
+    assert isinstance(plain.admit(Peer(address=B), 0.0, memo="192.0.2.8"), Refused)
+    assert plain.remembered("192.0.2.8") is None  # denied: the refusal path logs it
+    limited = Admission(_service(" allow all limit concurrent 1 per source\n"))
+    assert isinstance(limited.admit(Peer(address=A), 0.0, memo="192.0.2.7"), Admitted)
+    assert limited.remembered("192.0.2.7") is None  # limits to take: admit every time
+    assert Admission(_service(" deny 192.0.2.7\n allow all\n"), plain).remembered("192.0.2.7") is None  # a reload forgets

@@ -22,7 +22,8 @@ from sockgate.policy.ir import Service
 from sockgate.policy.parser import parse_policy
 from sockgate.proxy.admission import Refused
 from sockgate.proxy.relay import PipePool
-from sockgate.proxy.service import ProxySettings, ProxySpec, Runner
+from sockgate.proxy.service import Runner
+from sockgate.proxy.spec import ProxySettings, ProxySpec
 from sockgate.urls import parse_url
 
 BANNED = 2100  # non-adjacent /64s: 4,200 IPv6 ranges, over the 1,999 /64s one program holds

@@ -16,7 +16,7 @@ from sockgate.log import Log
 from sockgate.policy.ir import Service
 from sockgate.policy.parser import parse_policy
 from sockgate.proxy.reload import FAILED, Handover, Key, ReloadPlan, UnixName, plan_reload, run
-from sockgate.proxy.service import ProxySpec, Upstream
+from sockgate.proxy.spec import ProxySpec, Upstream
 from sockgate.resolve import resolve_service
 from sockgate.urls import SocketURL, parse_url
 from support.fakekernel import FakeOps, fake_kernel

@@ -15,6 +15,7 @@ from typing import Iterator
 
 import pytest
 
+from sockgate.proxy.lane import LANE_BUILT
 from support import netlab
 from support.launch import ls_guard
 from support.proxyproc import EchoServer, ProxyProc, connect, is_filtered, lab_round_trip, roundtrip, wait_for
@@ -22,6 +23,10 @@ from support.proxyproc import EchoServer, ProxyProc, connect, is_filtered, lab_r
 pytestmark = [
     pytest.mark.skipif(sys.platform != "linux", reason="the proxy's kernel filter is Linux-only"),
 ]
+
+
+# the relay paths: the C lane (the default where built) and the Python one (its fallback)
+RELAYS = ["c", "python"] if LANE_BUILT else ["python"]  # (test_relay_both: CI fails without the lane)
 
 
 def start(procs: list[ProxyProc], tmp_path: Path, *args: str, **kw: object) -> ProxyProc:
@@ -100,10 +105,11 @@ def test_server_speaks_first(tmp_path: Path, procs: list[ProxyProc]) -> None:
         lsock.close()
 
 
-def test_half_close_is_propagated_both_ways(tmp_path: Path, procs: list[ProxyProc]) -> None:
+@pytest.mark.parametrize("relay", RELAYS)
+def test_half_close_is_propagated_both_ways(tmp_path: Path, procs: list[ProxyProc], relay: str) -> None:
     backend = EchoServer(on_eof=b"bye")  # answers EOF with a last word, then closes
     try:
-        p = start(procs, tmp_path, "--listen", "tcp://127.0.0.1:0", "--forward", f"tcp://127.0.0.1:{backend.port}")
+        p = start(procs, tmp_path, "--relay", relay, "--listen", "tcp://127.0.0.1:0", "--forward", f"tcp://127.0.0.1:{backend.port}")
         with connect(p.tcp_port()) as s:
             s.sendall(b"ping")
             assert s.recv(4) == b"ping"
@@ -116,11 +122,12 @@ def test_half_close_is_propagated_both_ways(tmp_path: Path, procs: list[ProxyPro
         backend.close()
 
 
-def test_resets_are_propagated(tmp_path: Path, procs: list[ProxyProc]) -> None:
+@pytest.mark.parametrize("relay", RELAYS)
+def test_resets_are_propagated(tmp_path: Path, procs: list[ProxyProc], relay: str) -> None:
     lsock = socket.create_server(("127.0.0.1", 0))
     try:
         port = lsock.getsockname()[1]
-        p = start(procs, tmp_path, "--listen", "tcp://127.0.0.1:0", "--forward", f"tcp://127.0.0.1:{port}")
+        p = start(procs, tmp_path, "--relay", relay, "--listen", "tcp://127.0.0.1:0", "--forward", f"tcp://127.0.0.1:{port}")
         # backend resets -> client sees a reset
         with connect(p.tcp_port()) as s:
             b, _ = lsock.accept()
@@ -149,12 +156,13 @@ def test_resets_are_propagated(tmp_path: Path, procs: list[ProxyProc]) -> None:
         lsock.close()
 
 
-def test_backend_down_closes_the_client_promptly(tmp_path: Path, procs: list[ProxyProc]) -> None:
+@pytest.mark.parametrize("relay", RELAYS)
+def test_backend_down_closes_the_client_promptly(tmp_path: Path, procs: list[ProxyProc], relay: str) -> None:
     free = socket.socket()
     free.bind(("127.0.0.1", 0))
     port = free.getsockname()[1]
     free.close()  # nothing listens there now
-    p = start(procs, tmp_path, "--listen", "tcp://127.0.0.1:0", "--forward", f"tcp://127.0.0.1:{port}")
+    p = start(procs, tmp_path, "--relay", relay, "--listen", "tcp://127.0.0.1:0", "--forward", f"tcp://127.0.0.1:{port}")
     t0 = time.monotonic()
     with connect(p.tcp_port()) as s:
         s.sendall(b"x")
@@ -172,7 +180,8 @@ def _established(s: socket.socket) -> bool:
     return s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == 1
 
 
-def test_connect_and_idle_timeouts(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc]) -> None:
+@pytest.mark.parametrize("relay", RELAYS)
+def test_connect_and_idle_timeouts(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc], relay: str) -> None:
     # A backend whose accept queue is full never answers a SYN: the connect must time out.
     stuck = socket.socket()
     stuck.bind(("127.0.0.1", 0))
@@ -185,7 +194,7 @@ def test_connect_and_idle_timeouts(tmp_path: Path, echo: EchoServer, procs: list
             f.connect_ex(stuck.getsockname())
             fillers.append(f)
         wait_for(lambda: any(_established(f) for f in fillers))  # the accept queue is full
-        p = start(procs, tmp_path, "--listen", "tcp://127.0.0.1:0", "--forward", f"tcp://127.0.0.1:{stuck.getsockname()[1]}", "--connect-timeout", "0.5")
+        p = start(procs, tmp_path, "--relay", relay, "--listen", "tcp://127.0.0.1:0", "--forward", f"tcp://127.0.0.1:{stuck.getsockname()[1]}", "--connect-timeout", "0.5")
         t0 = time.monotonic()
         with connect(p.tcp_port(), timeout=5) as s:
             assert s.recv(10) == b""
@@ -195,7 +204,7 @@ def test_connect_and_idle_timeouts(tmp_path: Path, echo: EchoServer, procs: list
         for f in fillers:
             f.close()
         stuck.close()
-    q = start(procs, tmp_path, "--listen", "tcp://127.0.0.1:0", "--forward", f"tcp://127.0.0.1:{echo.port}", "--idle-timeout", "1")
+    q = start(procs, tmp_path, "--relay", relay, "--listen", "tcp://127.0.0.1:0", "--forward", f"tcp://127.0.0.1:{echo.port}", "--idle-timeout", "1")
     with connect(q.tcp_port(), timeout=5) as s:
         assert roundtrip(s, b"hi") == b"hi"
         t0 = time.monotonic()

@@ -23,7 +23,7 @@ from sockgate.linux import filter as kfilter
 from sockgate.log import Log
 from sockgate.policy.parser import parse_policy
 from sockgate.proxy.server import Proxy, new_loop
-from sockgate.proxy.service import ProxySpec
+from sockgate.proxy.spec import ProxySpec
 from sockgate.resolve import resolve_service
 from sockgate.urls import parse_url
 

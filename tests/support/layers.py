@@ -74,6 +74,8 @@ LAYERS: dict[str, int] = {
     "sockgate.top.app": ENTRY,  # the textual application over them (the optional `top` extra)
     "sockgate.proxy": ENFORCE,
     "sockgate.proxy.kernelbans": ENFORCE,  # the proxy's bans as eBPF map updates
+    "sockgate.proxy._lane": ENFORCE,  # the C relay: accept, connect, relay (syscalls, as sockgate.proxy)
+    "sockgate.proxy.lane": ENFORCE,  # its attachment to the proxy's loop
     "sockgate": ENTRY,
     "sockgate.__main__": ENTRY,
     "sockgate.cli": ENTRY,

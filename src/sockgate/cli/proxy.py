@@ -21,7 +21,7 @@ from sockgate.guard import backend_choice
 from sockgate.log import Log
 from sockgate.policy.ir import Action, Policy, Service
 from sockgate.proxy.namecache import reverse_lookup
-from sockgate.proxy.service import ProxySettings, ProxySpec
+from sockgate.proxy.spec import ProxySettings, ProxySpec
 from sockgate.urls import parse_url, parse_urls
 
 
@@ -39,6 +39,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     loops.add_argument("--uvloop", action="store_true", help="run on uvloop (if installed) instead of the proxy's own epoll loop")
     loops.add_argument("--no-uvloop", action="store_true", help="the proxy's own epoll loop (the default; kept for scripts)")
     p.add_argument("--no-splice", action="store_true", help="copy through user space instead of splice(2)")
+    p.add_argument("--relay", choices=("c", "python"), default="auto",
+                   help="accept, connect and relay in C (the default where it was built) or in Python")
     p.add_argument("--idle-timeout", type=float, default=300.0, metavar="S", help="close connections idle this long (300)")
     p.add_argument("--connect-timeout", type=float, default=5.0, metavar="S", help="give up connecting to the backend after S (5)")
     p.add_argument("--drain-timeout", type=float, default=10.0, metavar="S", help="on SIGTERM wait this long for connections (10)")
@@ -130,5 +132,6 @@ def run(args: argparse.Namespace) -> int:
         reverse_lookup=reverse_lookup(args.name_timeout, args.name_queue),
         use_uvloop=args.uvloop,
         splice=not args.no_splice,
+        relay=args.relay,
     )
     return proxy.serve()

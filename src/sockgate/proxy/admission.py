@@ -115,6 +115,13 @@ class Admission:
             taken.append(lim)
         return Admitted(d, key, tuple(taken))
 
+    def remembered(self, memo: Hashable) -> Admitted | None:
+        """The whole outcome remembered under ``memo`` when it admits with no limiter to
+        consult (nothing to count, nothing to ban): the accept path then needs no peer built.
+        None otherwise (not remembered, denied, or limits to take: ``admit``)."""
+        hit = self._memo.get(memo)
+        return hit if type(hit) is Admitted else None
+
     def _remember(self, peer: Peer, memo: Hashable) -> Decision | Admitted | Refused:
         if len(self._memo) >= _MEMO_SIZE:
             self._memo.clear()

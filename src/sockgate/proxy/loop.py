@@ -19,6 +19,12 @@ without a handler is ignored, which also covers one closed by an earlier handler
 batch. A handler that raises is reported through the loop's exception handler, as asyncio
 reports a callback that raises, and the batch goes on.
 
+With the C relay (``proxy/lane.py``, ``_lane.c``) attached, the wait itself is the lane's
+``poll``: it handles the events of the descriptors the lane owns (its listeners, relay and
+connecting sockets) in C and returns the others, which ``select`` dispatches as above; while
+a wake-up was the lane's alone and asyncio has nothing to run, ``select`` waits again without
+returning to asyncio's loop turn (``_lane_wait``).
+
 Hand-written rather than a library: the standard library's ``selectors.EpollSelector`` is the
 base; what it lacks is only the direct dispatch, a few lines.
 """
@@ -29,12 +35,22 @@ import asyncio
 import math
 import select
 import selectors
-from typing import Callable
+import time
+from typing import Callable, Protocol
 
 Handler = Callable[[int], None]
 _EPOLLIN = select.EPOLLIN
 _EPOLLOUT = select.EPOLLOUT
 _MAX_EVENTS = 256
+_monotonic = time.monotonic
+
+
+class Poll(Protocol):
+    """What the loop needs of an attached lane (``_lane.Lane``)."""
+
+    def poll(self, timeout_ms: int, /) -> list[tuple[int, int]]: ...
+
+    def close(self) -> None: ...
 
 
 class _Selector(selectors.EpollSelector):
@@ -44,17 +60,16 @@ class _Selector(selectors.EpollSelector):
         super().__init__()
         self.handlers: dict[int, Handler] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.lane: Poll | None = None  # the C relay's wait, when attached (module doc)
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        if timeout is None:
-            timeout = -1
-        elif timeout <= 0:
-            timeout = 0
-        else:
-            timeout = math.ceil(timeout * 1e3) * 1e-3  # (as EpollSelector: never wake early)
         ready: list[tuple[selectors.SelectorKey, int]] = []
+        ms = -1 if timeout is None else 0 if timeout <= 0 else math.ceil(timeout * 1e3)  # (never wake early)
         try:
-            events = self._selector.poll(timeout, _MAX_EVENTS)  # type: ignore[attr-defined]
+            if self.lane is not None:
+                events = self._lane_wait(self.lane, ms)
+            else:
+                events = self._selector.poll(ms * 1e-3 if ms > 0 else ms, _MAX_EVENTS)  # type: ignore[attr-defined]
         except InterruptedError:
             return ready
         handlers = self.handlers
@@ -73,6 +88,28 @@ class _Selector(selectors.EpollSelector):
                 ready.append((key, mask & key.events))
         return ready
 
+    def _lane_wait(self, lane: Poll, ms: int) -> list[tuple[int, int]]:
+        """``lane.poll`` again while it handled everything itself, until a descriptor of
+        Python's is ready, the loop has work (a callback the lane's callbacks queued, a timer
+        due, a stop) or ``ms`` ran out: a turn of asyncio's loop (``_run_once``) costs more
+        than a wake-up of the lane, and most wake-ups of a busy proxy are the lane's alone.
+        Reads asyncio's ``_ready``/``_scheduled``/``_stopping`` (the base loop's own state)."""
+        loop = self.loop
+        assert isinstance(loop, asyncio.base_events.BaseEventLoop)
+        end = None if ms < 0 else _monotonic() + ms * 1e-3
+        while True:
+            events = lane.poll(ms)
+            if events or ms == 0 or loop._ready or loop._stopping:  # type: ignore[attr-defined]
+                return events
+            if loop._scheduled:  # type: ignore[attr-defined]
+                when = loop._scheduled[0].when()  # type: ignore[attr-defined]
+                end = when if end is None else min(end, when)
+            if end is not None:
+                left = end - _monotonic()
+                if left <= 0:
+                    return events
+                ms = math.ceil(left * 1e3)
+
     def _report(self, fd: int, e: Exception) -> None:
         if self.loop is not None:
             self.loop.call_exception_handler({"message": f"proxy handler for fd {fd} failed", "exception": e})
@@ -90,6 +127,20 @@ class ProxyLoop(asyncio.SelectorEventLoop):
         # the set and the handlers, for relay.Poller to register in directly (its hot path)
         self.epoll: select.epoll = self._proxy_selector._selector  # type: ignore[attr-defined]
         self.handlers = self._proxy_selector.handlers
+
+    def attach(self, lane: Poll) -> None:
+        """Wait through ``lane`` from now on (module doc); closed with the loop."""
+        self._proxy_selector.lane = lane
+
+    @property
+    def lane(self) -> Poll | None:
+        return self._proxy_selector.lane
+
+    def close(self) -> None:
+        lane, self._proxy_selector.lane = self._proxy_selector.lane, None
+        if lane is not None:
+            lane.close()
+        super().close()
 
     def watch(self, fd: int, handler: Handler, events: int) -> None:
         """Call ``handler(event mask)`` from the loop's wait for ``fd`` (``events``: epoll

@@ -65,6 +65,9 @@ Correctness rules the pumps keep:
 
 Every loop is bounded (``_BURST`` operations per callback; a pump that used its burst up
 continues from ``call_soon``) so one busy connection cannot starve the others.
+
+The proxy's default relay is the C port of this module (``_lane.c``, ``lane.py``); this one is
+its fallback and the oracle its tests compare it with: a rule changed here is changed there.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from sockgate.kernel.transaction import Slot
 from sockgate.linux.listen import Listener
 from sockgate.log import Log
 from sockgate.policy.ir import Service
-from sockgate.proxy.service import ProxySpec, Upstream
+from sockgate.proxy.spec import ProxySpec, Upstream
 from sockgate.urls import SocketURL
 
 Key = tuple[str, tuple[str, ...]]  # ProxySpec.key: the service and its listen URLs

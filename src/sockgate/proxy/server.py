@@ -43,11 +43,13 @@ from sockgate.linux.listen import Listener, open_listener, take_over
 from sockgate.linux.signalfd import SigInfo
 from sockgate.log import Log
 from sockgate.proxy import kernelbans
-from sockgate.proxy.loop import ProxyLoop, remove_reader
+from sockgate.proxy import lane as lanes
+from sockgate.proxy.loop import ProxyLoop
 from sockgate.proxy.relay import PipePool
 from sockgate.proxy.namecache import ReverseLookup
 from sockgate.proxy.reload import Handover, Key, UnixName, run as run_reload, unix_name
-from sockgate.proxy.service import PROXY_ADVICE, ProxySettings, ProxySpec, Runner, tune_listener
+from sockgate.proxy.service import PROXY_ADVICE, Runner
+from sockgate.proxy.spec import ProxySettings, ProxySpec, tune_listener
 from sockgate.refusallog import RefusalLogs
 from sockgate.supervisor import AsyncioLoop, ForwardingLifecycle, Notifier, SelectorLoop, Supervisor
 from sockgate.urls import SocketURL, parse_url
@@ -84,6 +86,7 @@ class Proxy:
         inherit: bool = True,
         splice: bool = True,
         kernel: Kernel | None = None,
+        relay: lanes.RelayChoice = "auto",
     ) -> None:
         if not plans:
             raise UsageError("nothing to proxy: no service has both `listen` and `forward`")
@@ -93,6 +96,7 @@ class Proxy:
         self.workers = workers
         self.reverse_lookup = reverse_lookup
         self.use_uvloop = use_uvloop
+        self.relay = lanes.choose(relay, use_uvloop)  # "c": the lane (proxy/lane.py), or "python"
         self.inherit = inherit
         self.pipes = PipePool(splice=splice)
         self.kernel = kernel or default_kernel()
@@ -212,6 +216,10 @@ class Proxy:
         gc.freeze()
         gc.set_threshold(_GC_THRESHOLD, 20, 20)
         loop = new_loop(self.use_uvloop)
+        relay = "python"
+        if self.relay == "c" and isinstance(loop, ProxyLoop):
+            lanes.attach(loop, self.pipes)
+            relay = "c"
         asyncio.set_event_loop(loop)
         self.loop = loop
         done: asyncio.Future[None] = loop.create_future()
@@ -229,7 +237,7 @@ class Proxy:
             self._log_refusals()
             loop.call_later(_TICK, self._tick)
             if not self.is_child:
-                self.log.notice("listening", addresses=" ".join(self.addresses()), loop=type(loop).__module__,
+                self.log.notice("listening", addresses=" ".join(self.addresses()), loop=type(loop).__module__, relay=relay,
                                 backend=self.backend_text())
                 self.log.flush()
                 sup.ready()
@@ -248,6 +256,9 @@ class Proxy:
     def _tick(self) -> None:
         for r in list(self.runners.values()) + self.retired:
             r.housekeeping()
+        lane = lanes.lane_of(self.loop)
+        if lane is not None:  # the lane's connections, all services at once
+            lane.sweep(self.options.connect_timeout, self.options.idle_timeout)
         self.retired = [r for r in self.retired if r.busy()]
         self.log.tick()
         if self.loop is not None and not self.loop.is_closed():
@@ -303,8 +314,8 @@ class Proxy:
             except SockgateError as e:  # it stays with the removed service, which closes it
                 self.log.error(f"service {h.to.service.name}: {h.url.display()} not taken over: {e}")
                 continue
-            if self.loop is not None and old.accepting:
-                remove_reader(self.loop, lst.sock.fileno())
+            if old.accepting:
+                old.unwatch(lst.sock)
             old.listeners.remove(lst)
             out.setdefault(h.to.key, {})[h.name] = new
         return out

@@ -14,6 +14,11 @@ forwards to). Per accepted connection it:
    (non-blocking connect with a deadline) and handed to a ``relay.Relay``;
 5. logs the finished connection with its byte counts, duration and how it ended.
 
+With the C relay (``lane.py``) the lane accepts, connects and relays, and calls ``_lane_admit``
+once per client (steps 1-4, the common case decided right there; a Unix peer, a host-name or
+server-address rule take the descriptor back to the path above, which hands an allowed client
+to the lane with ``Lane.start``) and ``_lane_finished`` once per ended connection (step 5).
+
 Kernel filter. Every IP listener carries the program compiled from the resolved service's
 ``kernel_part`` (``resolve.kernelpart``: the address-only part the kernel may enforce) and the
 sources its limits ban, so their SYNs and datagrams are dropped before the proxy wakes. On eBPF
@@ -34,160 +39,36 @@ import ipaddress
 import os
 import socket
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from sockgate.errors import CompileError, SockgateError, UsageError
-from sockgate.kernel import BackendChoice, Compiled, Kernel, Loaded, Slot, Step, default_kernel
+from sockgate.errors import CompileError, SockgateError
+from sockgate.kernel import Compiled, Kernel, Loaded, Slot, Step, default_kernel
 from sockgate.peers import Peer
 from sockgate.policy.ir import Rule, Service
 from sockgate.resolve import resolve_service
 from sockgate.proxy import kernelbans
 from sockgate.proxy.admission import Admission, Admitted, Refused, peer_label, rule_label
-from sockgate.proxy.limits import as_network, source_of
+from sockgate.proxy.limits import as_network
 from sockgate.log import Log
+from sockgate.proxy.lane import lane_of
 from sockgate.proxy.loop import add_reader, remove_reader
 from sockgate.proxy.namecache import LATE, LookupRefused, ReverseLookup
 from sockgate.proxy.relay import PipePool, Relay, reset_close
 from sockgate.proxy.udp import UdpRelay
-from sockgate.urls import SocketURL
+from sockgate.proxy.spec import (
+    Conn, ProxySettings, ProxySpec, Upstream, _address, _established, _family, check_plan, tune_listener,
+)
 
 if TYPE_CHECKING:
     from sockgate.linux.listen import Listener
+    from sockgate.proxy._lane import Lane
 
 _ACCEPT_BURST = 64
 # What to do when the kernel lets only CAP_NET_ADMIN filter a TCP socket (kernel.transaction).
 PROXY_ADVICE = "start `sockgate proxy` as root or with that capability"
 _NONBLOCKING_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
-
-
-@dataclass(frozen=True)
-class ProxySettings:
-    idle_timeout: float = 300.0
-    connect_timeout: float = 5.0
-    drain_timeout: float = 10.0
-    udp_idle_timeout: float = 30.0
-    name_timeout: float = 2.0
-    max_connections: int = 20000
-    max_connections_per_source: int = 1024  # an IPv4 address or an IPv6 /64 (limits.source_of)
-    max_udp_flows: int = 4096
-    max_udp_flows_per_source: int = 256
-    backend: BackendChoice = "auto"  # the kernel backend of the IP listeners' filters (docs/ebpf.md)
-    refusal_interval: float = 60.0  # seconds: the eBPF refusal log's interval (refusallog.py)
-
-
-@dataclass(frozen=True)
-class ProxySpec:
-    """What to run: a service, where it listens, where it forwards."""
-
-    service: Service
-    listen: tuple[SocketURL, ...]
-    forward: SocketURL
-
-    @property
-    def key(self) -> tuple[str, tuple[str, ...]]:
-        return self.service.name, tuple(u.display() for u in self.listen)
-
-
-@dataclass(frozen=True)
-class Upstream:
-    """A resolved forward address."""
-
-    family: int
-    kind: int
-    address: Any
-    text: str
-
-    @classmethod
-    def of(cls, url: SocketURL) -> "Upstream":
-        kind = socket.SOCK_STREAM if url.is_stream else socket.SOCK_DGRAM
-        if url.is_unix:
-            assert url.path is not None
-            addr: Any = b"\0" + url.path.encode() if url.abstract else url.path
-            return cls(socket.AF_UNIX, kind, addr, url.display())
-        if url.host is None:
-            raise UsageError(f"forward {url.text!r}: needs a host (e.g. tcp://127.0.0.1:{url.port})")
-        try:
-            info = socket.getaddrinfo(url.zone and f"{url.host}%{url.zone}" or url.host, url.port, type=kind)
-        except OSError as e:
-            raise UsageError(f"forward {url.text!r}: cannot resolve {url.host!r}: {e}") from None
-        family, _, _, _, sockaddr = info[0]
-        return cls(family, kind, sockaddr, url.display())
-
-
-@dataclass(slots=True)
-class Conn:
-    """Book-keeping for one client connection."""
-
-    peer: Peer
-    admitted: Admitted
-    client: _socket.socket
-    backend: _socket.socket | None = None
-    timer: asyncio.TimerHandle | None = None
-    relay: Relay | None = None
-    started: float = field(default_factory=time.monotonic)
-    label: str = ""  # peer_label(peer), rendered once for both records
-    source: str | None = None  # its key in Runner.per_source (None: a Unix peer, not counted)
-    plain: bool = False  # the label needs no quoting in a record (Log.allowed)
-
-
-_ADDRESSES: dict[str, tuple[Any, str]] = {}
-
-
-def _address(text: str) -> tuple[Any, str]:
-    """``ip_address`` of an accepted address, and the text of its ``limits.source_of`` (the
-    per-source count's key: a string hashes in C, an ``ipaddress`` object in Python, which
-    showed per connection), with a small cache: parsing is a visible cost per connection."""
-    hit = _ADDRESSES.get(text)
-    if hit is None:
-        if len(_ADDRESSES) > 4096:
-            _ADDRESSES.clear()
-        a = ipaddress.ip_address(text.split("%", 1)[0])
-        hit = _ADDRESSES[text] = (a, source_key(a))
-    return hit
-
-
-def source_key(address: Any) -> str:
-    """The key of ``address`` in ``Runner.per_source``: its source's text (one per source)."""
-    return str(source_of(address))
-
-
-def check_plan(plan: ProxySpec) -> None:
-    """Listen and forward URLs that fit together; ``UsageError`` otherwise."""
-    fwd = plan.forward
-    for url in plan.listen:
-        if url.scheme == "unix+dgram":
-            raise UsageError(f"service {plan.service.name}: the proxy listens on tcp, udp and unix (stream) sockets, not {url.text!r}")
-        if url.is_stream and not fwd.is_stream:
-            raise UsageError(f"service {plan.service.name}: {url.text!r} is a stream socket; forward it to tcp:// or unix:, not {fwd.text!r}")
-        if not url.is_stream and fwd.scheme != "udp":
-            raise UsageError(f"service {plan.service.name}: {url.text!r} is UDP; forward it to udp://, not {fwd.text!r}")
-
-
-def tune_listener(sock: socket.socket) -> None:
-    """What accepted TCP sockets inherit, so that no connection pays a ``setsockopt`` for it:
-    urgent bytes in line (``relay.Relay``'s ``client_inline``) and no Nagle delay. Done before
-    ``listen`` on the sockets the proxy opens (a connection queued before would lack them),
-    and again when a runner starts (passed sockets). OSError: not TCP."""
-    if sock.type == socket.SOCK_STREAM and _family(sock) != socket.AF_UNIX:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def _established(s: _socket.socket) -> bool:
-    """``getpeername`` fails with ENOTCONN until the handshake is done (inet_getname)."""
-    try:
-        s.getpeername()
-    except OSError:
-        return False
-    return True
-
-
-def _family(s: _socket.socket) -> int:
-    """``s.family`` as a plain int: the ``socket.socket`` property converts it to an enum on
-    every call, which showed in the per-connection profile."""
-    return int(_socket.socket.family.__get__(s))
 
 
 class Runner:
@@ -207,7 +88,7 @@ class Runner:
         check_plan(plan)
         self.target = Upstream.of(plan.forward)
         self.listeners: list[Listener] = []
-        self.conns: dict[_socket.socket, Conn] = {}
+        self.conns: dict[int, Conn] = {}  # by the client's descriptor
         self.per_source: dict[str, int] = {}  # open connections per source (source_key)
         self.tasks: set[asyncio.Task[None]] = set()
         self.accepting = False
@@ -217,6 +98,7 @@ class Runner:
         self._bans_in_user_space = False  # the last program left the bans out (logged once)
         self.opened_by_reload = False  # its listeners were opened by a reload (see Proxy._owns_files)
         self.clients_inline = True  # accepted IP sockets have SO_OOBINLINE (tune_listener)
+        self.lane: Lane | None = None  # the loop's C relay, if it has one (start)
         self.install(plan.service)
 
     # -- policy ---------------------------------------------------------------------------
@@ -264,6 +146,10 @@ class Runner:
         """A reload's new ``plan`` (same key), whose program ``loaded`` is on the listeners."""
         self.install(plan.service)
         self.plan, self.loaded, self.target = plan, loaded, target
+        if self.accepting and self.lane is not None:
+            for lst in self.listeners:  # the lane's listeners connect to the new target
+                if lst.sock.type == socket.SOCK_STREAM and lst.sock.fileno() >= 0:
+                    self._watch(lst.sock)
         if kernelbans.in_maps(loaded):
             self.push_bans()  # the bans kept over the reload, into its maps
 
@@ -307,6 +193,7 @@ class Runner:
 
     def start(self, loop: asyncio.AbstractEventLoop, listeners: list["Listener"]) -> None:
         self.loop = loop
+        self.lane = lane_of(loop)
         self.listeners = listeners
         for lst in listeners:
             lst.sock.setblocking(False)
@@ -325,17 +212,34 @@ class Runner:
         self.accepting = True
         for lst in self.listeners:
             if lst.sock.type == socket.SOCK_STREAM:
-                add_reader(self.loop, lst.sock.fileno(), partial(self._on_accept, lst.sock))
+                self._watch(lst.sock)
         for u in self.udp:
             u.start()
+
+    def _watch(self, lsock: socket.socket) -> None:
+        """Accept on ``lsock``: in the lane, or from the loop."""
+        assert self.loop is not None
+        t = self.target
+        if self.lane is not None and t.raw:
+            self.lane.listen(lsock.fileno(), self._lane_admit, partial(self._lane_accept_failed, lsock),
+                             self._lane_finished, t.family, t.raw, self.clients_inline)
+        else:
+            add_reader(self.loop, lsock.fileno(), partial(self._on_accept, lsock))
+
+    def unwatch(self, lsock: socket.socket) -> None:
+        """Stop accepting on ``lsock`` (left open)."""
+        if self.loop is None or lsock.fileno() < 0:
+            return
+        if self.lane is None or not self.lane.unlisten(lsock.fileno()):
+            remove_reader(self.loop, lsock.fileno())
 
     def stop_accepting(self, unlink: bool = True) -> None:
         if self.loop is None:
             return
         self.accepting = False
         for lst in self.listeners:
-            if lst.sock.fileno() >= 0:
-                remove_reader(self.loop, lst.sock.fileno())
+            if lst.sock.type == socket.SOCK_STREAM:
+                self.unwatch(lst.sock)
         for u in self.udp:
             u.stop()
         for lst in self.listeners:
@@ -356,6 +260,9 @@ class Runner:
         for c in list(self.conns.values()):
             if c.relay is not None:
                 c.relay.abort(reason)
+            elif c.in_lane:
+                assert self.lane is not None
+                self.lane.abort(c.fd, reason)
             else:
                 self._drop(c, reason)
         for u in self.udp:
@@ -379,12 +286,12 @@ class Runner:
                 self.handle(conn, addr)
             except Exception as e:  # a bug must cost one connection, not the listener
                 self.log.error(f"internal error handling a connection: {e!r}", service=self.name)
-                self._forget(conn)
+                self._forget(fd)
                 reset_close(conn)
 
-    def _forget(self, conn: _socket.socket) -> None:
+    def _forget(self, fd: int) -> None:
         """Drop a client from the table and from its source's count."""
-        c = self.conns.pop(conn, None)
+        c = self.conns.pop(fd, None)
         if c is not None and c.source is not None:
             per_source, key = self.per_source, c.source
             n = per_source[key] - 1
@@ -399,12 +306,54 @@ class Runner:
         self.log.error(f"accept: {e.strerror}", service=self.name)
         if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM) and self.loop is not None:
             # Out of descriptors: stop accepting for a moment instead of spinning.
-            remove_reader(self.loop, lsock.fileno())
+            self.unwatch(lsock)
             self.loop.call_later(0.1, self._reaccept, lsock)
+
+    def _lane_accept_failed(self, lsock: socket.socket, err: int) -> None:
+        self._accept_failed(lsock, OSError(err, os.strerror(err)))
 
     def _reaccept(self, lsock: socket.socket) -> None:
         if self.accepting and self.loop is not None and lsock.fileno() >= 0:
-            add_reader(self.loop, lsock.fileno(), partial(self._on_accept, lsock))
+            self._watch(lsock)
+
+    # -- the lane's callbacks (lane.py): the hot path, kept lean ---------------------------
+
+    def _lane_admit(self, fd: int, addr: Any) -> Conn | bool | None:
+        """A client the lane accepted: a ``Conn`` (the lane connects and relays it), False (the
+        lane resets it) or None (taken: decided on the path of ``handle``)."""
+        if type(addr) is not tuple or self.needs_server or (self.needs_name and self.reverse_lookup is not None):
+            conn = _socket.socket(fileno=fd)  # a Unix peer, or a rule that needs more than the address
+            try:
+                self.handle(conn, addr)
+            except Exception as e:  # a bug must cost one connection, not the listener
+                self.log.error(f"internal error handling a connection: {e!r}", service=self.name)
+                self._forget(fd)
+                reset_close(conn)
+            return None
+        host = addr[0]
+        address, source = _address(host)
+        over = self._over_limits(source)
+        if over is None and len(addr) == 2:  # IPv4 (its label as the kernel wrote it)
+            a = self.admission.remembered(host)
+            if a is not None:  # admitted as last time, nothing to count: no peer to build
+                fast = self._allow(None, fd, None, a, source, f"{host}:{addr[1]}", True)
+                fast.in_lane = True
+                return fast
+        peer = Peer.of_ip(address, addr[1], None)
+        if over is not None:
+            self._refusal(peer, None, *over)
+            return False
+        c = self._admitted(None, fd, peer, source, f"{host}:{addr[1]}" if len(addr) == 2 else None, host)
+        if c is None:
+            return False
+        c.in_lane = True
+        return c
+
+    def _lane_finished(self, c: Conn, how: str, up: int, down: int) -> None:
+        """A connection of the lane ended; ``up`` < 0: the backend connection failed (``how``: why)."""
+        if up < 0:
+            how, up, down = f"backend {self.target.text}: {how}", 0, 0
+        self._finished(c, how, up, down)
 
     # -- deciding -------------------------------------------------------------------------
 
@@ -416,12 +365,9 @@ class Runner:
             self.log.record("decision", service=self.name, peer="unknown", decision="deny", reason=f"peer: {e}")
             reset_close(conn)
             return
-        if len(self.conns) + len(self.tasks) >= self.options.max_connections:  # waiting for a name too
-            self._refuse(conn, peer, None, f"over the proxy's limit of {self.options.max_connections} connections")
-            return
-        if source is not None and self.per_source.get(source, 0) >= self.options.max_connections_per_source:
-            # one source cannot take the whole table from everybody else
-            self._refuse(conn, peer, None, f"over the limit of {self.options.max_connections_per_source} connections from one source", limit=True)
+        over = self._over_limits(source)
+        if over is not None:
+            self._refuse(conn, peer, None, *over)
             return
         if self.needs_name and self.reverse_lookup is not None and peer.address is not None:
             task = asyncio.ensure_future(self._slow(conn, peer, source))
@@ -435,6 +381,16 @@ class Runner:
         memo = addr[0] if source is not None and not self.needs_server else None
         # an IPv4 peer's label is the accepted address as the kernel wrote it (canonical)
         self._admit(conn, peer, source, f"{addr[0]}:{addr[1]}" if _family(conn) == socket.AF_INET else None, memo)
+
+    def _over_limits(self, source: str | None) -> tuple[str, bool] | None:
+        """Why a new client from ``source`` is over a connection limit (and whether the
+        limit is per source), or None."""
+        if len(self.conns) + len(self.tasks) >= self.options.max_connections:  # waiting for a name too
+            return f"over the proxy's limit of {self.options.max_connections} connections", False
+        if source is not None and self.per_source.get(source, 0) >= self.options.max_connections_per_source:
+            # one source cannot take the whole table from everybody else
+            return f"over the limit of {self.options.max_connections_per_source} connections from one source", True
+        return None
 
     def _peer(self, conn: _socket.socket, addr: Any) -> tuple[Peer, str | None]:
         """The peer, and its key in ``per_source`` (None for a Unix peer: not counted)."""
@@ -490,22 +446,39 @@ class Runner:
 
     def _admit(self, conn: _socket.socket, peer: Peer, source: str | None, label: str | None = None,
                memo: str | None = None) -> None:
+        c = self._admitted(conn, conn.fileno(), peer, source, label, memo)
+        if c is None:
+            reset_close(conn)
+        else:
+            self._connect(c)
+
+    def _admitted(self, conn: _socket.socket | None, fd: int, peer: Peer, source: str | None, label: str | None,
+                  memo: str | None) -> Conn | None:
+        """The decision on ``peer``, logged; allowed: its ``Conn``, in the table."""
         a = self.admit(peer, memo)
         if isinstance(a, Refused):
-            self._refuse(conn, peer, a.rule, a.reason)
-            return
-        d = a.decision
+            self._refusal(peer, a.rule, a.reason)
+            return None
         plain = label is not None  # the kernel's a.b.c.d:port: printable, nothing to quote
-        if label is None:
-            label = peer_label(peer)
-        self.log.allowed(self.name, label, rule_label(d.rule), d.reason, plain)
-        c = Conn(peer, a, conn, label=label, source=source, plain=plain)
-        self.conns[conn] = c
+        return self._allow(conn, fd, peer, a, source, label if label is not None else peer_label(peer), plain)
+
+    def _allow(self, conn: _socket.socket | None, fd: int, peer: Peer | None, a: Admitted, source: str | None,
+               label: str, plain: bool) -> Conn:
+        """An admitted client logged and put in the table (``peer``: None when not built)."""
+        d = a.decision
+        rule = rule_label(d.rule)
+        self.log.allowed(self.name, label, rule, d.reason, plain)
+        c = Conn(peer, a, conn, fd, label=label, source=source, plain=plain, rule=rule)
+        self.conns[fd] = c
         if source is not None:
             self.per_source[source] = self.per_source.get(source, 0) + 1
-        self._connect(c)
+        return c
 
     def _refuse(self, conn: _socket.socket, peer: Peer, rule: Rule | str | None, reason: str, limit: bool = False) -> None:
+        self._refusal(peer, rule, reason, limit)
+        reset_close(conn)
+
+    def _refusal(self, peer: Peer, rule: Rule | str | None, reason: str, limit: bool = False) -> None:
         self.log.record(
             "decision",
             service=self.name,
@@ -514,13 +487,17 @@ class Runner:
             rule="limit" if limit else rule_label(rule),
             reason=reason,
         )
-        reset_close(conn)
 
     # -- connecting and relaying ------------------------------------------------------------
 
     def _connect(self, c: Conn) -> None:
-        assert self.loop is not None
+        assert self.loop is not None and c.client is not None
         t = self.target
+        if self.lane is not None and t.raw:  # the lane connects and relays (it owns the client now)
+            c.in_lane = True
+            inline = self.clients_inline and _family(c.client) != socket.AF_UNIX
+            self.lane.start(c.client.detach(), c, self._lane_finished, t.family, t.raw, inline)
+            return
         try:
             b = _socket.socket(t.family, _NONBLOCKING_STREAM)  # non-blocking from the start
         except OSError as e:
@@ -566,11 +543,12 @@ class Runner:
             if self.loop is not None and c.backend.fileno() >= 0:
                 self.loop.remove_writer(c.backend.fileno())
             c.backend.close()
-        c.client.close()
+        if c.client is not None:
+            c.client.close()
         self._finished(c, how, 0, 0)
 
     def _relay(self, c: Conn) -> None:
-        assert self.loop is not None and c.backend is not None
+        assert self.loop is not None and c.backend is not None and c.client is not None
         # a TCP client has SO_OOBINLINE from the listener (start)
         inline = self.clients_inline and _family(c.client) != socket.AF_UNIX
         relay = Relay(self.loop, c.client, c.backend, self.pipes, self._relay_closed, inline)
@@ -584,7 +562,7 @@ class Runner:
         self._finished(c, how, relay.up, relay.down)
 
     def _finished(self, c: Conn, how: str, up: int, down: int) -> None:
-        self._forget(c.client)
-        Admission.release(c.admitted)
-        duration = round(time.monotonic() - c.started, 6)
-        self.log.closed(self.name, c.label, rule_label(c.admitted.decision.rule), up, down, duration, how, c.plain)
+        self._forget(c.fd)
+        if c.admitted.limiters:
+            Admission.release(c.admitted)
+        self.log.closed(self.name, c.label, c.rule, up, down, round(time.monotonic() - c.started, 6), how, c.plain)
