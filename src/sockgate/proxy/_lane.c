@@ -192,19 +192,32 @@ static Slot *slot_of(Lane *L, int fd) {
 
 static void listener_free(Listener *l);
 
+/* The slot of descriptor fd (the table grown to hold it), now holding p; NULL with errno set:
+ * EBADF for a number that is no open descriptor (checked only when the table must grow, so a
+ * made-up number can never size it), ENOMEM. */
 static Slot *slot_claim(Lane *L, int fd, uint8_t kind, void *p) {
-    if (fd < 0)
+    if (fd < 0) {
+        errno = EBADF;
         return NULL;
+    }
     if (fd >= L->nslots) {
-        int n = L->nslots ? L->nslots : 1024;
-        while (n <= fd)
-            n *= 2;
-        Slot *s = PyMem_Realloc(L->slots, (size_t)n * sizeof(Slot));
-        if (s == NULL)
+        if (fcntl(fd, F_GETFD) < 0) {
+            errno = EBADF;
             return NULL;
-        memset(s + L->nslots, 0, (size_t)(n - L->nslots) * sizeof(Slot));
+        }
+        size_t n = L->nslots ? (size_t)L->nslots : 1024;
+        while (n <= (size_t)fd) /* fd < INT_MAX: n stays below 2^32 in a size_t */
+            n *= 2;
+        if (n > (size_t)INT_MAX)
+            n = (size_t)fd + 1;
+        Slot *s = PyMem_Realloc(L->slots, n * sizeof(Slot));
+        if (s == NULL) {
+            errno = ENOMEM;
+            return NULL;
+        }
+        memset(s + L->nslots, 0, (n - (size_t)L->nslots) * sizeof(Slot));
         L->slots = s;
-        L->nslots = n;
+        L->nslots = (int)n;
     }
     Slot *s = &L->slots[fd];
     if (s->kind == S_LISTENER) {
@@ -652,12 +665,12 @@ static void relay_begin(Lane *L, Conn *c, int backend_tcp, int backend_watched) 
     pump_init(L, c, &c->down, c->bfd, c->cfd, backend_tcp, 0);
     Slot *s = slot_claim(L, c->cfd, S_CLIENT, c);
     if (s == NULL || watch(L, c->cfd, s->gen, WATCH) < 0)
-        return conn_fail(L, c, s == NULL ? ENOMEM : errno, c->cfd);
+        return conn_fail(L, c, errno, c->cfd);
     c->cgen = s->gen;
     if (!backend_watched) {
         s = slot_claim(L, c->bfd, S_BACKEND, c);
         if (s == NULL || watch(L, c->bfd, s->gen, WATCH) < 0)
-            return conn_fail(L, c, s == NULL ? ENOMEM : errno, c->bfd);
+            return conn_fail(L, c, errno, c->bfd);
         c->bgen = s->gen;
     }
     if (!c->up.inl) {
@@ -731,7 +744,7 @@ static void conn_connect(Lane *L, Conn *c, int family, const struct sockaddr *ad
         return connect_failed(L, c, strerror(err));
     Slot *s = slot_claim(L, b, S_BACKEND, c);
     if (s == NULL || watch(L, b, s->gen, WATCH) < 0)
-        return connect_failed(L, c, strerror(s == NULL ? ENOMEM : errno));
+        return connect_failed(L, c, strerror(errno));
     c->bgen = s->gen;
     c->connecting = 1;
     c->down.tcp = tcp ? 1 : 0; /* (read by relay_begin once connected) */
@@ -821,7 +834,7 @@ static void admit_one(Lane *L, Listener *l, int fd, const struct sockaddr_storag
 }
 
 static void listener_event(Lane *L, Listener *l) {
-    l->busy = 1;
+    l->busy++; /* a count: a callback may reach another burst of it (never through poll, refused) */
     for (int i = 0; i < ACCEPT_BURST && !l->dead; i++) {
         struct sockaddr_storage ss;
         socklen_t len = sizeof ss;
@@ -843,8 +856,7 @@ static void listener_event(Lane *L, Listener *l) {
         }
         admit_one(L, l, fd, &ss, len);
     }
-    l->busy = 0;
-    if (l->dead)
+    if (--l->busy == 0 && l->dead)
         listener_free(l);
 }
 
@@ -883,6 +895,10 @@ static PyObject *Lane_poll(Lane *L, PyObject *arg) {
     int timeout = t > INT32_MAX ? INT32_MAX : t < 0 ? -1 : (int)t;
     if (check_open(L) < 0)
         return NULL;
+    if (L->depth > 0) { /* from one of its callbacks: the state under it is mid-change */
+        PyErr_SetString(PyExc_RuntimeError, "lane.poll called from a lane callback");
+        return NULL;
+    }
     if (L->queue.qnext != &L->queue)
         timeout = 0;
     struct epoll_event evs[MAX_EVENTS];
@@ -996,8 +1012,10 @@ static PyObject *Lane_listen(Lane *L, PyObject *args) {
     }
     s = slot_claim(L, fd, S_LISTENER, l); /* (a listener there before: replaced, its target too) */
     if (s == NULL) {
+        int err = errno;
         listener_free(l);
-        return PyErr_NoMemory();
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
     }
     l->gen = s->gen;
     struct epoll_event ev;
@@ -1014,9 +1032,22 @@ static PyObject *Lane_listen(Lane *L, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* A descriptor number from Python: an int in [0, INT_MAX], else ValueError/OverflowError. */
+static int fd_arg(PyObject *arg, int *fd) {
+    long v = PyLong_AsLong(arg);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (v < 0 || v > INT_MAX) {
+        PyErr_Format(PyExc_ValueError, "not a descriptor: %ld", v);
+        return -1;
+    }
+    *fd = (int)v;
+    return 0;
+}
+
 static PyObject *Lane_unlisten(Lane *L, PyObject *arg) {
-    int fd = PyLong_AsLong(arg);
-    if (fd == -1 && PyErr_Occurred())
+    int fd;
+    if (fd_arg(arg, &fd) < 0)
         return NULL;
     Slot *s = slot_of(L, fd);
     if (s == NULL || s->kind != S_LISTENER)
@@ -1173,8 +1204,8 @@ static PyObject *Lane_pipes(Lane *L, PyObject *Py_UNUSED(ignored)) {
 
 /* stats(client_fd): (up, down, splicing up, splicing down) of a live connection, or None. */
 static PyObject *Lane_stats(Lane *L, PyObject *arg) {
-    int fd = PyLong_AsLong(arg);
-    if (fd == -1 && PyErr_Occurred())
+    int fd;
+    if (fd_arg(arg, &fd) < 0)
         return NULL;
     Conn *c = find(L, fd);
     if (c == NULL)

@@ -59,7 +59,7 @@ def lane_of(loop: asyncio.AbstractEventLoop | None) -> "Lane | None":
     return lane if LANE_BUILT and isinstance(lane, Lane) else None
 
 
-_SUN_PATH = 108  # sizeof(sockaddr_un.sun_path) on Linux
+SUN_PATH = 108  # sizeof(sockaddr_un.sun_path) on Linux
 
 
 def sockaddr(family: int, address: Any) -> bytes:
@@ -76,7 +76,7 @@ def sockaddr(family: int, address: Any) -> bytes:
         return head + struct.pack("!HI", port, flowinfo) + socket.inet_pton(family, host) + struct.pack("=I", scope)
     if family == socket.AF_UNIX:
         path = address if isinstance(address, bytes) else address.encode()
-        if len(path) >= _SUN_PATH + (path[:1] == b"\0"):
+        if len(path) >= SUN_PATH + (path[:1] == b"\0"):
             return b""
         return head + path + (b"" if path[:1] == b"\0" else b"\0")
     return b""

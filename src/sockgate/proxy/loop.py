@@ -137,6 +137,8 @@ class ProxyLoop(asyncio.SelectorEventLoop):
         return self._proxy_selector.lane
 
     def close(self) -> None:
+        if self.is_running():  # asyncio refuses below: refuse before the lane is touched
+            raise RuntimeError("Cannot close a running event loop")
         lane, self._proxy_selector.lane = self._proxy_selector.lane, None
         if lane is not None:
             lane.close()

@@ -147,9 +147,9 @@ class Runner:
         self.install(plan.service)
         self.plan, self.loaded, self.target = plan, loaded, target
         if self.accepting and self.lane is not None:
-            for lst in self.listeners:  # the lane's listeners connect to the new target
+            for lst in self.listeners:  # accept again for the new target (in the lane or the loop)
                 if lst.sock.type == socket.SOCK_STREAM and lst.sock.fileno() >= 0:
-                    self._watch(lst.sock)
+                    self._rewatch(lst.sock)
         if kernelbans.in_maps(loaded):
             self.push_bans()  # the bans kept over the reload, into its maps
 
@@ -225,6 +225,18 @@ class Runner:
                              self._lane_finished, t.family, t.raw, self.clients_inline)
         else:
             add_reader(self.loop, lsock.fileno(), partial(self._on_accept, lsock))
+
+    def _rewatch(self, lsock: socket.socket) -> None:
+        """``lsock`` accepting for the current target: whatever registration it had (the lane's,
+        or the loop's reader) removed first, then the one the target calls for. A reload's
+        commit must not fail half-way: if this fails anyway, the service stops accepting on
+        ``lsock`` (closed to new clients, never served under the old target) and says so."""
+        self.unwatch(lsock)
+        try:
+            self._watch(lsock)
+        except OSError as e:
+            self.log.error(f"a listener (descriptor {lsock.fileno()}) stopped accepting at the reload: {e.strerror or e}",
+                           service=self.name)
 
     def unwatch(self, lsock: socket.socket) -> None:
         """Stop accepting on ``lsock`` (left open)."""

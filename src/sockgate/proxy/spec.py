@@ -18,7 +18,7 @@ from sockgate.kernel import BackendChoice
 from sockgate.peers import Peer
 from sockgate.policy.ir import Service
 from sockgate.proxy.admission import Admitted
-from sockgate.proxy.lane import sockaddr
+from sockgate.proxy.lane import SUN_PATH, sockaddr
 from sockgate.proxy.limits import source_of
 from sockgate.proxy.relay import Relay
 from sockgate.urls import SocketURL
@@ -67,7 +67,11 @@ class Upstream:
         if url.is_unix:
             assert url.path is not None
             addr: Any = b"\0" + url.path.encode() if url.abstract else url.path
-            return cls(socket.AF_UNIX, kind, addr, url.display(), sockaddr(socket.AF_UNIX, addr))
+            raw = sockaddr(socket.AF_UNIX, addr)
+            if not raw:  # no connect could ever reach it: a user's error, said once, not per client
+                raise UsageError(f"forward {url.text!r}: a Unix socket path holds at most {SUN_PATH - 1} bytes"
+                                 f" ({len(url.path.encode())} given)")
+            return cls(socket.AF_UNIX, kind, addr, url.display(), raw)
         if url.host is None:
             raise UsageError(f"forward {url.text!r}: needs a host (e.g. tcp://127.0.0.1:{url.port})")
         try:
