@@ -26,7 +26,8 @@ lands in the host's /sys/fs/bpf.
 
 The load tools (echo server, clients, flood) are C (bench/proxy_tools.c, compiled here with
 cc): Python clients saturate near the rates being measured and would compress every ratio.
-Every path of a run is measured back to back in the same order, runs repeat ``--runs``
+Every path of a run is measured back to back (bulk in the same order; short connections in
+an order rotated by one each run, so no path always follows the same one), runs repeat ``--runs``
 times, and ratios are computed per run and reported as medians. Traffic: 127.0.0.0/8 only;
 every loop is bounded by its duration.
 """
@@ -420,8 +421,11 @@ def short_conns(args: argparse.Namespace, tools: str, tmp: Path) -> None:
         paths["xinetd -> tcpd -> cat"], group["xinetd -> tcpd -> cat"] = _port_and_group(b.xinetd(tcpd=True))
         res: dict[str, list[tuple[float, float, float, int]]] = {}
         cpu: dict[str, list[float]] = {}  # relay CPU µs per connection
+        order = list(paths.items())
         for run in range(args.runs):
-            for name, port in paths.items():
+            # rotated by one each run: no path always follows the same one (a run leaves tens of
+            # thousands of TIME-WAIT sockets behind, which weigh on the connects of the next)
+            for name, port in order[run % len(order):] + order[:run % len(order)]:
                 c0 = group_cpu(group[name]) if name in group else 0.0
                 r = short(tools, port, args.seconds)
                 if name in group:
