@@ -11,12 +11,13 @@ daemon systemd runs)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import sys
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -83,6 +84,24 @@ LISTEN = ("import socket, sys; s = socket.socket(); s.setsockopt(socket.SOL_SOCK
           "s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(); print('up', flush=True); sys.stdin.read()")
 
 
+@contextlib.contextmanager
+def pid1_listener(lab: Lab, port: int) -> Iterator[None]:
+    """A root process named ``systemd`` holding a listener on 127.0.0.1:``port`` (systemd is not
+    PID 1 in the lab), until the block ends."""
+    fake = lab.path("systemd")
+    os.symlink(os.path.realpath(sys.executable), fake)
+    holder = subprocess.Popen([fake, "-I", "-c", LISTEN, str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "up"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
+        for pipe in (holder.stdin, holder.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
 def test_a_listener_systemd_holds_for_a_socket_unit_is_its_services_daemons(lab: Lab) -> None:
     port = BASE + 3
     units = lab.path("units")
@@ -91,11 +110,7 @@ def test_a_listener_systemd_holds_for_a_socket_unit_is_its_services_daemons(lab:
         f.write(f"[Socket]\nListenStream=127.0.0.1:{port}\nAccept=yes\n")
     with open(os.path.join(units, "sgtest@.service"), "w") as f:
         f.write("[Service]\nExecStart=-/usr/local/sbin/in.sgtestd -i\nStandardInput=socket\n")
-    fake = lab.path("systemd")
-    os.symlink(os.path.realpath(sys.executable), fake)
-    holder = subprocess.Popen([fake, "-I", "-c", LISTEN, str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "up"
+    with pid1_listener(lab, port):
         agent = lab.hosts_agent(f"in.sgtestd: {ALLOWED}\n", "ALL: ALL\n", "--systemd-units", units,
                                 "--xinetd-conf", lab.path("no-xinetd.conf"), "--inetd-conf", lab.path("no-inetd.conf"))
         rows = until("systemd's listener guarded as in.sgtestd's", lambda: [
@@ -104,12 +119,6 @@ def test_a_listener_systemd_holds_for_a_socket_unit_is_its_services_daemons(lab:
         assert [(k["local"], k["holders"][0]["comm"]) for k in rows] == [(f"127.0.0.1:{port}", "systemd")]
         assert agent.status()["superserved"] == []
         assert not connects(DENIED, port)
-    finally:
-        holder.kill()
-        holder.wait()
-        for pipe in (holder.stdin, holder.stdout):
-            if pipe is not None:
-                pipe.close()
 
 
 def handshakes(src: str, port: int, timeout: float = 1.0) -> bool:
@@ -142,11 +151,7 @@ def test_a_masked_vendor_drop_in_does_not_choose_the_rules(lab: Lab) -> None:
             f.write(text)
     os.makedirs(f"{etc}/sgtest.service.d")
     os.symlink("/dev/null", f"{etc}/sgtest.service.d/10-vendor.conf")  # the admin's mask
-    fake = lab.path("systemd")
-    os.symlink(os.path.realpath(sys.executable), fake)
-    holder = subprocess.Popen([fake, "-I", "-c", LISTEN, str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "up"
+    with pid1_listener(lab, port):
         allow = lab.path("hosts.allow", f"in.sgstrict: {ALLOWED}\nin.sgopen: ALL\n")
         deny = lab.path("hosts.deny", "ALL: ALL\n")
         agent = lab.agent("--hosts-allow", allow, "--hosts-deny", deny, "--systemd-units", etc, "--systemd-units", lib,
@@ -159,12 +164,6 @@ def test_a_masked_vendor_drop_in_does_not_choose_the_rules(lab: Lab) -> None:
         assert handshakes(ALLOWED, port)
         assert not opened and [name for name, _ in rows] == ["in.sgstrict"], \
             f"guarded as {rows}; {DENIED} connects: {opened}"
-    finally:
-        holder.kill()
-        holder.wait()
-        for pipe in (holder.stdin, holder.stdout):
-            if pipe is not None:
-                pipe.close()
 
 
 def test_an_unreadable_drop_in_is_reported_at_the_listener_and_fixing_it_guards_it(lab: Lab) -> None:
@@ -179,11 +178,7 @@ def test_an_unreadable_drop_in_is_reported_at_the_listener_and_fixing_it_guards_
     with open(f"{units}/sgtest.service", "w") as f:
         f.write("[Service]\nExecStart=/usr/local/sbin/in.sgstrict\n")
     os.mkfifo(f"{units}/sgtest.service.d/override.conf")
-    fake = lab.path("systemd")
-    os.symlink(os.path.realpath(sys.executable), fake)
-    holder = subprocess.Popen([fake, "-I", "-c", LISTEN, str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "up"
+    with pid1_listener(lab, port):
         allow = lab.path("hosts.allow", f"in.sgstrict: {ALLOWED}\n")
         deny = lab.path("hosts.deny", "ALL: ALL\n")
         agent = lab.agent("--hosts-allow", allow, "--hosts-deny", deny, "--systemd-units", units,
@@ -197,9 +192,3 @@ def test_an_unreadable_drop_in_is_reported_at_the_listener_and_fixing_it_guards_
             k for svc in agent.status()["services"] if svc["name"] == "in.sgstrict" for k in svc["sockets"]
             if k["state"] in ("guarded", "adopted")])
         assert port not in [r["port"] for r in agent.status()["superserved"]] and not handshakes(DENIED, port)
-    finally:
-        holder.kill()
-        holder.wait()
-        for pipe in (holder.stdin, holder.stdout):
-            if pipe is not None:
-                pipe.close()

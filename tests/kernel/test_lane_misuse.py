@@ -7,6 +7,7 @@ the lane's table."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import socket
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -29,6 +30,27 @@ from sockgate.urls import parse_url
 
 pytestmark = pytest.mark.skipif(not lanes.LANE_BUILT, reason="the C relay was not built")
 SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+@contextlib.contextmanager
+def lane_proxy(wanted: list[ProxySpec], out: io.StringIO) -> Iterator[tuple[Proxy, Any]]:
+    """An in-process proxy serving ``wanted`` on its own loop with the lane attached; a reload
+    loads ``wanted`` as it is then (change it in place). Everything stopped at the end."""
+    proxy = Proxy(wanted, log=Log("json", out), loader=lambda: list(wanted), inherit=False)
+    proxy.open()
+    loop = new_loop(False)
+    assert isinstance(loop, ProxyLoop)
+    proxy.loop = loop
+    lane = lanes.attach(loop, proxy.pipes)
+    try:
+        for r in proxy.runners.values():
+            r.start(loop, r.listeners)
+        yield proxy, lane
+    finally:
+        for r in proxy._all():
+            r.stop_accepting()
+        proxy.pipes.close()
+        loop.close()
 
 
 @pytest.fixture
@@ -61,18 +83,10 @@ def test_a_reload_moves_a_kept_services_listeners_whole_or_not_at_all(old_backen
     listen = (parse_url("tcp://127.0.0.1:0"),)
     wanted = [ProxySpec(svc, listen, tcp_fwd)]
     out = io.StringIO()
-    proxy = Proxy(wanted, log=Log("json", out), loader=lambda: wanted, inherit=False)
-    proxy.open()
-    loop = new_loop(False)
-    assert isinstance(loop, ProxyLoop)
-    proxy.loop = loop
-    lane = lanes.attach(loop, proxy.pipes)
-    try:
-        for r in proxy.runners.values():
-            r.start(loop, r.listeners)
+    with lane_proxy(wanted, out) as (proxy, lane):
         [runner] = proxy.runners.values()
         port = runner.listeners[0].sock.getsockname()[1]
-        wanted = [ProxySpec(svc, listen, then)]
+        wanted[:] = [ProxySpec(svc, listen, then)]
         proxy.reload()  # never raises
         expected = old_backend if direction in ("unchanged", "too-long-path") else new_backend
         if direction == "too-long-path":
@@ -88,12 +102,7 @@ def test_a_reload_moves_a_kept_services_listeners_whole_or_not_at_all(old_backen
                     continue
             else:
                 pytest.fail(f"no connection reached the {'old' if expected is old_backend else 'new'} backend")
-    finally:
-        for r in proxy._all():
-            r.stop_accepting()
-        proxy.pipes.close()
-        loop.close()
-        new_backend.close()
+    new_backend.close()
 
 
 NESTED = textwrap.dedent("""
@@ -199,27 +208,15 @@ def test_a_reload_removing_a_service_retires_it_while_moving_another(old_backend
     listen = (parse_url("tcp://127.0.0.1:0"),)
     tcp_fwd = parse_url(f"tcp://127.0.0.1:{old_backend.getsockname()[1]}")
     wanted = [ProxySpec(svcs[0], listen, tcp_fwd), ProxySpec(svcs[1], listen, tcp_fwd)]
-    proxy = Proxy(wanted, log=Log("json", io.StringIO()), loader=lambda: wanted, inherit=False)
-    proxy.open()
-    loop = new_loop(False)
-    assert isinstance(loop, ProxyLoop)
-    proxy.loop = loop
-    lane = lanes.attach(loop, proxy.pipes)
-    try:
-        for r in proxy.runners.values():
-            r.start(loop, r.listeners)
+    with lane_proxy(wanted, io.StringIO()) as (proxy, lane):
         b_port = proxy.runners[wanted[1].key].listeners[0].sock.getsockname()[1]
-        wanted = [ProxySpec(svcs[0], listen, parse_url("unix:" + str(tmp_path / "a.sock")))]  # b removed
+        wanted[:] = [ProxySpec(svcs[0], listen, parse_url("unix:" + str(tmp_path / "a.sock")))]  # b removed
         proxy.reload()
         assert [r.name for r in proxy.runners.values()] == ["a"]
-        with socket.create_connection(("127.0.0.1", b_port), timeout=0.5):
-            lane.poll(200)
-            with pytest.raises(socket.timeout):
-                old_backend.accept()[0].close()  # b is gone: nobody relays for it
-    except ConnectionRefusedError:
-        pass  # b's listener closed: the safe outcome
-    finally:
-        for r in proxy._all():
-            r.stop_accepting()
-        proxy.pipes.close()
-        loop.close()
+        try:
+            with socket.create_connection(("127.0.0.1", b_port), timeout=0.5):
+                lane.poll(200)
+                with pytest.raises(socket.timeout):
+                    old_backend.accept()[0].close()  # b is gone: nobody relays for it
+        except ConnectionRefusedError:
+            pass  # b's listener closed: the safe outcome

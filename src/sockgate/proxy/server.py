@@ -39,6 +39,7 @@ from typing import Callable, Sequence
 
 from sockgate.errors import SockgateError, UsageError
 from sockgate.kernel import Kernel, Loaded, Slot, Step, default_kernel
+from sockgate.linux import activation
 from sockgate.linux.listen import Listener, open_listener, take_over
 from sockgate.linux.signalfd import SigInfo
 from sockgate.log import Log
@@ -143,8 +144,6 @@ class Proxy:
         return self.kernel.choose(self.options.backend).describe()
 
     def _inherited(self) -> list[tuple[socket.socket, str]]:
-        from sockgate.linux import activation
-
         return [(socket.socket(fileno=fd), name) for fd, name in activation.listen_fds()]
 
     def new_runner(self, spec: ProxySpec) -> Runner:

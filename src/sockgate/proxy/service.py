@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from sockgate.errors import CompileError, SockgateError
 from sockgate.kernel import Compiled, Kernel, Loaded, Slot, Step, default_kernel
+from sockgate.linux.peercred import unix_peer
 from sockgate.peers import Peer
 from sockgate.policy.ir import Rule, Service
 from sockgate.resolve import resolve_service
@@ -407,8 +408,6 @@ class Runner:
     def _peer(self, conn: _socket.socket, addr: Any) -> tuple[Peer, str | None]:
         """The peer, and its key in ``per_source`` (None for a Unix peer: not counted)."""
         if _family(conn) == socket.AF_UNIX:
-            from sockgate.linux.peercred import unix_peer
-
             return unix_peer(conn), None
         server = None  # (TCP_NODELAY comes from the listener, see start)
         if self.needs_server:
