@@ -48,8 +48,9 @@ def lab(agents: Lab) -> Lab:
     return agents
 
 
-def connects(src: str, port: int, timeout: float = 0.4) -> bool:
-    """A TCP connection from ``src`` completes (a filtered SYN is dropped: it times out)."""
+def connects(src: str, port: int, timeout: float = 0.4, echo: bool = True) -> bool:
+    """A TCP connection from ``src`` completes (a filtered SYN is dropped: it times out) and,
+    with ``echo``, a byte comes back (``echo=False``: a holder that never accepts)."""
     with socket.socket() as c:
         c.bind((src, 0))
         c.settimeout(timeout)
@@ -57,6 +58,8 @@ def connects(src: str, port: int, timeout: float = 0.4) -> bool:
             c.connect((ALLOWED, port))
         except (TimeoutError, socket.timeout):
             return False
+        if not echo:
+            return True
         c.sendall(b"x")
         return c.recv(1) == b"x"
 

@@ -124,14 +124,7 @@ def test_a_listener_systemd_holds_for_a_socket_unit_is_its_services_daemons(lab:
 def handshakes(src: str, port: int, timeout: float = 1.0) -> bool:
     """The listener's filter let ``src``'s SYN in (the holder never accepts: the handshake is
     the test; a dropped SYN times out)."""
-    with socket.socket() as c:
-        c.bind((src, 0))
-        c.settimeout(timeout)
-        try:
-            c.connect((ALLOWED, port))
-        except (TimeoutError, socket.timeout):
-            return False
-        return True
+    return connects(src, port, timeout, echo=False)
 
 
 def test_a_masked_vendor_drop_in_does_not_choose_the_rules(lab: Lab) -> None:

@@ -563,21 +563,28 @@ static void pump_finish(Lane *L, Pump *p) {
         conn_close(L, c, "closed", 0, 0);
 }
 
+/* What is pending written to the destination: 1 when all of it went, 0 when the pump stopped
+ * (the destination would block: it waits for its output edge; or it failed: closed). */
+static int pump_flush(Lane *L, Pump *p) {
+    int r = pump_drain(p, L);
+    if (r == R_ERROR) {
+        conn_fail(L, p->conn, errno, p->dfd);
+        return 0;
+    }
+    if (r == 0) {
+        p->blocked = 1;
+        return 0;
+    }
+    return 1;
+}
+
 static void pump_run(Lane *L, Pump *p) {
     Conn *c = p->conn;
     if (p->done || c->closed)
         return;
     c->last = now_ns();
-    int r;
-    if (p->pending) {
-        r = pump_drain(p, L);
-        if (r == R_ERROR)
-            return conn_fail(L, c, errno, p->dfd);
-        if (r == 0) {
-            p->blocked = 1;
-            return;
-        }
-    }
+    if (p->pending && !pump_flush(L, p))
+        return;
     int i;
     for (i = 0; i < BURST; i++) {
         if (!p->readable || p->eof)
@@ -610,13 +617,8 @@ static void pump_run(Lane *L, Pump *p) {
             p->eof = 1;
             break;
         }
-        r = pump_drain(p, L);
-        if (r == R_ERROR)
-            return conn_fail(L, c, errno, p->dfd);
-        if (r == 0) {
-            p->blocked = 1;
+        if (!pump_flush(L, p))
             return;
-        }
         if (n == COPY_SIZE && !p->splice && p->may_splice && !p->urgent)
             pump_to_splice(p); /* a full buffer: enough traffic to pay for a pipe */
         if (!p->hangup && (size_t)n < empty_below(p)) {

@@ -294,13 +294,16 @@ class Runner:
                 return
             # the C socket type: socket.socket's Python wrapper adds frames to every
             # creation and close, for a reference count this code does not use (makefile)
-            conn = _socket.socket(family, kind, 0, fd)
-            try:
-                self.handle(conn, addr)
-            except Exception as e:  # a bug must cost one connection, not the listener
-                self.log.error(f"internal error handling a connection: {e!r}", service=self.name)
-                self._forget(fd)
-                reset_close(conn)
+            self._handle_guarded(_socket.socket(family, kind, 0, fd), fd, addr)
+
+    def _handle_guarded(self, conn: _socket.socket, fd: int, addr: Any) -> None:
+        """``handle``, where a bug costs one connection (reset), never the listener."""
+        try:
+            self.handle(conn, addr)
+        except Exception as e:
+            self.log.error(f"internal error handling a connection: {e!r}", service=self.name)
+            self._forget(fd)
+            reset_close(conn)
 
     def _forget(self, fd: int) -> None:
         """Drop a client from the table and from its source's count."""
@@ -335,13 +338,8 @@ class Runner:
         """A client the lane accepted: a ``Conn`` (the lane connects and relays it), False (the
         lane resets it) or None (taken: decided on the path of ``handle``)."""
         if type(addr) is not tuple or self.needs_server or (self.needs_name and self.reverse_lookup is not None):
-            conn = _socket.socket(fileno=fd)  # a Unix peer, or a rule that needs more than the address
-            try:
-                self.handle(conn, addr)
-            except Exception as e:  # a bug must cost one connection, not the listener
-                self.log.error(f"internal error handling a connection: {e!r}", service=self.name)
-                self._forget(fd)
-                reset_close(conn)
+            # a Unix peer, or a rule that needs more than the address
+            self._handle_guarded(_socket.socket(fileno=fd), fd, addr)
             return None
         host = addr[0]
         address, source = _address(host)
