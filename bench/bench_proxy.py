@@ -8,15 +8,16 @@ filesystem (``$SOCKGATE_BPFFS`` on a temporary directory, unmounted afterwards),
 lands in the host's /sys/fs/bpf.
 
 * Bulk: ``iperf3 -c 127.0.0.1 -p PORT -t 4 -O 1 -P {1,4} -J`` (receiver-side bits/s) through
-  each path in front of ``iperf3 -s``: direct, sockgate proxy (1 and 2 workers, and 1 worker
+  each path in front of ``iperf3 -s``: direct, sockgate proxy (1 and 2 pinned workers, and 1 worker
   without splice / on uvloop, to show what each gives), haproxy 2.6 ``mode tcp`` with no
   tune settings (and, as the ceiling of a splice relay in C, with ``option splice-request`` and
   ``option splice-response``), the bare Python relay of PEERS.md (bench/splice_relay.py: a
   thread per direction, blocking splice, nothing else), socat ``TCP-LISTEN,fork``.
 * Short connections: 4 client threads loop connect / 64-byte echo / close for 5 s against a
   small C epoll echo server, directly or through each path (the same ones, plus xinetd
-  ``redirect`` and xinetd → tcpd → cat, the TCP Wrappers deployment, and haproxy with one
-  thread, as many as the 1-worker proxy has processes); conn/s and p50/p99
+  ``redirect`` and xinetd → tcpd → cat, the TCP Wrappers deployment, haproxy with one
+  thread, as many as the 1-worker proxy has processes, and with a thread pinned per CPU as
+  the proxy's workers are; and 2 workers unpinned, ``--cpu-affinity none``); conn/s and p50/p99
   latency, and the p50 added over direct; each relay's CPU per connection, and (with
   ``perf``) its system calls, epoll waits and context switches per connection over one more
   run — exact counts, where CPU time on a shared machine swings with the neighbours.
@@ -124,14 +125,18 @@ class Bench:
         path.write_text(policy.format(port=port, backend=self.backend))
         return self._add(Proc([PY, "-m", "sockgate", "proxy", "--backend", self.kernel, str(path)], port, log=self.tmp / f"p{port}.log"))
 
-    def haproxy(self, splice: bool = False, nbthread: int | None = None) -> Proc:
+    def haproxy(self, splice: bool = False, nbthread: int | None = None, cpu_map: bool = False) -> Proc:
         """haproxy 2.6 ``mode tcp`` with no tune settings (so one thread per CPU); ``splice``
         forces splice(2) both ways (PEERS.md's "splice forced" row: the ceiling of a C splice
-        relay here); ``nbthread`` sets its threads (the same as the proxy's workers)."""
+        relay here); ``nbthread`` sets its threads (the same as the proxy's workers); ``cpu_map``
+        pins thread i to CPU i (``cpu-map auto:1/1-N``, what the proxy's workers do by default)."""
         port = free_port()
         cfg = self.tmp / f"haproxy{port}.cfg"
         forced = "    option splice-request\n    option splice-response\n" if splice else ""
         threads = f"    nbthread {nbthread}\n" if nbthread else ""
+        if cpu_map:
+            n = len(os.sched_getaffinity(0))
+            threads = f"    nbthread {n}\n    cpu-map auto:1/1-{n} {','.join(map(str, sorted(os.sched_getaffinity(0))))}\n"
         cfg.write_text(
             f"global\n    maxconn 4000\n{threads}defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 60s\n"
             f"    timeout server 60s\nfrontend f\n    bind 127.0.0.1:{port}\n    default_backend b\n"
@@ -317,8 +322,11 @@ def echo_server(tools: str) -> tuple[subprocess.Popen[str], int]:
 
 
 HAPROXY_1 = "haproxy 2.6 mode tcp, nbthread 1"
+HAPROXY_MAP = "haproxy 2.6 mode tcp, a thread pinned per CPU"
+UNPINNED = "sockgate proxy, 2 workers, unpinned"
 SG = {
     "sockgate proxy, 2 workers": ("--workers", "2"),
+    UNPINNED: ("--workers", "2", "--cpu-affinity", "none"),
     "sockgate proxy, 1 worker": (),
     "sockgate, 1 worker, no splice": ("--no-splice",),
     "sockgate, 1 worker, uvloop": ("--uvloop",),
@@ -335,7 +343,8 @@ def bulk(args: argparse.Namespace, tools: str, tmp: Path) -> None:
         paths: dict[str, int] = {"direct": srv_port}
         group: dict[str, int] = {}  # the relay's process group, for its CPU time
         for name, extra in SG.items():
-            paths[name], group[name] = _port_and_group(b.sockgate(*extra))
+            if name != UNPINNED:  # (a short-connection row: bulk has no per-connection wake-ups)
+                paths[name], group[name] = _port_and_group(b.sockgate(*extra))
         paths["haproxy 2.6 mode tcp"], group["haproxy 2.6 mode tcp"] = _port_and_group(b.haproxy())
         name = "haproxy 2.6 mode tcp, splice forced"
         paths[name], group[name] = _port_and_group(b.haproxy(splice=True))
@@ -388,7 +397,8 @@ def bulk(args: argparse.Namespace, tools: str, tmp: Path) -> None:
 def _bulk_targets(res: dict[tuple[str, int], list[float]]) -> None:
     """Issue 16's bulk targets, per run: the 1-worker proxy within 5 % of the best other relay
     of that run (any kind: haproxy with or without splice, the thread relay, socat) for 1 and
-    4 streams, and 1-stream bulk >= 1.5x haproxy's default."""
+    4 streams, and 1-stream bulk >= 1.5x haproxy's default. (Two pinned workers do not help
+    bulk on loopback: one client's streams are all made on its CPU, so one worker takes them.)"""
     sg = "sockgate proxy, 1 worker"
     others = [n for (n, k) in res if k == 1 and n != "direct" and not n.startswith("sockgate")]
     print()
@@ -416,6 +426,7 @@ def short_conns(args: argparse.Namespace, tools: str, tmp: Path) -> None:
             paths[name], group[name] = _port_and_group(b.sockgate(*extra))
         paths["haproxy 2.6 mode tcp"], group["haproxy 2.6 mode tcp"] = _port_and_group(b.haproxy())
         paths[HAPROXY_1], group[HAPROXY_1] = _port_and_group(b.haproxy(nbthread=1))
+        paths[HAPROXY_MAP], group[HAPROXY_MAP] = _port_and_group(b.haproxy(cpu_map=True))
         paths["socat fork"], group["socat fork"] = _port_and_group(b.socat())
         paths["xinetd redirect"], group["xinetd redirect"] = _port_and_group(b.xinetd(tcpd=False))
         paths["xinetd -> tcpd -> cat"], group["xinetd -> tcpd -> cat"] = _port_and_group(b.xinetd(tcpd=True))
@@ -467,6 +478,7 @@ def short_conns(args: argparse.Namespace, tools: str, tmp: Path) -> None:
                 print(f"- {sg} / {peer}: {per_run(sg, peer):.2f}x (target >= {target}x)")
         # the same thread count on both sides: haproxy's default is one thread per CPU
         print(f"- sockgate proxy, 1 worker / {HAPROXY_1}: {per_run('sockgate proxy, 1 worker', HAPROXY_1):.2f}x (no target; same threads)")
+        print(f"- {best} / {HAPROXY_MAP}: {per_run(best, HAPROXY_MAP):.2f}x (no target; both pinned per CPU)")
         hcpu = med(cpu["haproxy 2.6 mode tcp"])
         for sg in ("sockgate proxy, 1 worker", best):
             print(f"- {sg}: relay CPU per connection {med(cpu[sg]) / hcpu:.2f}x haproxy's (same run)")

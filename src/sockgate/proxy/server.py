@@ -12,7 +12,9 @@ Life cycle of ``Proxy.serve()``:
 3. **Serve** on one event loop per process (``loop.ProxyLoop``; uvloop if asked). ``--workers N`` forks N
    processes after the listeners exist; they share the listening sockets (and so the one
    filter on each), and the kernel hands each connection to one of them. Limits count per
-   process, so services with limits or bans refuse ``--workers`` > 1.
+   process, so services with limits or bans refuse ``--workers`` > 1. Each worker is pinned
+   to one CPU and asks for the connections that CPU processed (``--cpu-affinity``,
+   ``linux.cpus``).
 4. **SIGHUP**: ``RELOADING=1``; the policy is loaded and every program compiled and loaded
    again; only if all of that succeeds are the filters replaced, on the same sockets, in one
    transaction of the kernel seam (all of them or none); only then are the services swapped,
@@ -39,7 +41,7 @@ from typing import Callable, Sequence
 
 from sockgate.errors import SockgateError, UsageError
 from sockgate.kernel import Kernel, Loaded, Slot, Step, default_kernel
-from sockgate.linux import activation
+from sockgate.linux import activation, cpus
 from sockgate.linux.listen import Listener, open_listener, take_over
 from sockgate.linux.signalfd import SigInfo
 from sockgate.log import Log
@@ -82,6 +84,7 @@ class Proxy:
         log: Log | None = None,
         loader: Loader | None = None,
         workers: int = 1,
+        cpu_affinity: cpus.Affinity = "auto",
         reverse_lookup: ReverseLookup | None = None,
         use_uvloop: bool = False,
         inherit: bool = True,
@@ -95,6 +98,8 @@ class Proxy:
         self.log = log or Log()
         self.loader = loader
         self.workers = workers
+        self.cpus = cpus.worker_cpus(cpu_affinity, workers)  # worker i on cpus[i % len]; () unpinned
+        self.cpu: int | None = None  # the CPU this process is pinned to (_pin)
         self.reverse_lookup = reverse_lookup
         self.use_uvloop = use_uvloop
         self.relay = lanes.choose(relay, use_uvloop)  # "c": the lane (proxy/lane.py), or "python"
@@ -201,6 +206,8 @@ class Proxy:
     def serve(self) -> int:
         self.open()
         if self.workers <= 1:
+            if self.cpus:  # a list given with one worker: the proxy itself
+                self._pin(self.cpus[0])
             return self.run_loop()
         return self._fork_workers()
 
@@ -232,6 +239,7 @@ class Proxy:
                                         self.log.notice)
         try:
             for r in self.runners.values():
+                self._steer(r.listeners)
                 r.start(loop, r.listeners)
             self._log_refusals()
             loop.call_later(_TICK, self._tick)
@@ -342,6 +350,7 @@ class Proxy:
             self.log.notice(f"service {r.name}: its new Unix listeners are served by the first worker only")
         r.opened_by_reload = True
         self.runners[r.plan.key] = r
+        self._steer(r.listeners)
         r.start(self.loop, r.listeners)
 
     def _owns_files(self, r: Runner) -> bool:
@@ -395,7 +404,8 @@ class Proxy:
             for r in self.runners.values():
                 for lst in r.listeners:
                     lst.sock.close()  # only the workers accept; the files are unlinked at the end
-            self.log.notice("listening", addresses=" ".join(addresses), workers=len(pids), backend=self.backend_text())
+            self.log.notice("listening", addresses=" ".join(addresses), workers=len(pids), backend=self.backend_text(),
+                            cpus=",".join(map(str, self.cpus)) or None)
             self.log.flush()
             sup.ready()
             loop.run()
@@ -422,9 +432,34 @@ class Proxy:
             _die_with_parent()
             if index > 0:
                 self._own_listeners()
+            if self.cpus:
+                self._pin(self.cpus[index % len(self.cpus)])
             code = self.run_loop()
         finally:
             os._exit(code)
+
+    def _pin(self, cpu: int) -> None:
+        """This worker on ``cpu`` alone; a pin the kernel refuses (the CPU went offline, a
+        cpuset changed under us) leaves the worker unpinned and says so: it serves all the
+        same, at the unpinned rate."""
+        try:
+            cpus.pin(cpu)
+        except OSError as e:
+            self.log.error(f"worker {self.worker_index}: not pinned to CPU {cpu}: {e.strerror or e}")
+            return
+        self.cpu = cpu
+
+    def _steer(self, listeners: list[Listener]) -> None:
+        """A pinned worker's own ``SO_REUSEPORT`` listeners ask for the connections its CPU
+        processed (``linux.cpus``); shared listeners (Unix, passed) are left as they are."""
+        if self.cpu is None:
+            return
+        for lst in listeners:
+            if lst.url.reuseport and not lst.url.is_unix:
+                try:
+                    cpus.steer(lst.sock, self.cpu)
+                except OSError as e:  # the kernel's hash then spreads them, as unpinned
+                    self.log.error(f"worker {self.worker_index}: {lst.address()} not steered to CPU {self.cpu}: {e.strerror or e}")
 
     def _own_listeners(self) -> None:
         """Workers after the first open their own SO_REUSEPORT socket for each TCP/UDP listener
