@@ -8,7 +8,7 @@ filesystem (``$SOCKGATE_BPFFS`` on a temporary directory, unmounted afterwards),
 lands in the host's /sys/fs/bpf.
 
 * Bulk: ``iperf3 -c 127.0.0.1 -p PORT -t 4 -O 1 -P {1,4} -J`` (receiver-side bits/s) through
-  each path in front of ``iperf3 -s``: direct, sockgate proxy (1 and 2 pinned workers, and 1 worker
+  each path in front of ``iperf3 -s``: direct, sockgate proxy (1 and 2 workers, and 1 worker
   without splice / on uvloop, to show what each gives), haproxy 2.6 ``mode tcp`` with no
   tune settings (and, as the ceiling of a splice relay in C, with ``option splice-request`` and
   ``option splice-response``), the bare Python relay of PEERS.md (bench/splice_relay.py: a
@@ -17,7 +17,7 @@ lands in the host's /sys/fs/bpf.
   small C epoll echo server, directly or through each path (the same ones, plus xinetd
   ``redirect`` and xinetd → tcpd → cat, the TCP Wrappers deployment, haproxy with one
   thread, as many as the 1-worker proxy has processes, and with a thread pinned per CPU as
-  the proxy's workers are; and 2 workers unpinned, ``--cpu-affinity none``); conn/s and p50/p99
+  the proxy's workers are; and 2 workers a CPU each, ``--cpu-affinity auto --accept-by-cpu``); conn/s and p50/p99
   latency, and the p50 added over direct; each relay's CPU per connection, and (with
   ``perf``) its system calls, epoll waits and context switches per connection over one more
   run — exact counts, where CPU time on a shared machine swings with the neighbours.
@@ -129,7 +129,7 @@ class Bench:
         """haproxy 2.6 ``mode tcp`` with no tune settings (so one thread per CPU); ``splice``
         forces splice(2) both ways (PEERS.md's "splice forced" row: the ceiling of a C splice
         relay here); ``nbthread`` sets its threads (the same as the proxy's workers); ``cpu_map``
-        pins thread i to CPU i (``cpu-map auto:1/1-N``, what the proxy's workers do by default)."""
+        pins thread i to CPU i (``cpu-map auto:1/1-N``, as ``--cpu-affinity auto`` pins the proxy's workers)."""
         port = free_port()
         cfg = self.tmp / f"haproxy{port}.cfg"
         forced = "    option splice-request\n    option splice-response\n" if splice else ""
@@ -323,10 +323,10 @@ def echo_server(tools: str) -> tuple[subprocess.Popen[str], int]:
 
 HAPROXY_1 = "haproxy 2.6 mode tcp, nbthread 1"
 HAPROXY_MAP = "haproxy 2.6 mode tcp, a thread pinned per CPU"
-UNPINNED = "sockgate proxy, 2 workers, unpinned"
+PER_CPU = "sockgate proxy, 2 workers, a CPU each"
 SG = {
+    PER_CPU: ("--workers", "2", "--cpu-affinity", "auto", "--accept-by-cpu"),
     "sockgate proxy, 2 workers": ("--workers", "2"),
-    UNPINNED: ("--workers", "2", "--cpu-affinity", "none"),
     "sockgate proxy, 1 worker": (),
     "sockgate, 1 worker, no splice": ("--no-splice",),
     "sockgate, 1 worker, uvloop": ("--uvloop",),
@@ -343,7 +343,7 @@ def bulk(args: argparse.Namespace, tools: str, tmp: Path) -> None:
         paths: dict[str, int] = {"direct": srv_port}
         group: dict[str, int] = {}  # the relay's process group, for its CPU time
         for name, extra in SG.items():
-            if name != UNPINNED:  # (a short-connection row: bulk has no per-connection wake-ups)
+            if name != PER_CPU:  # (on loopback one client's streams are all made on its CPU: one worker)
                 paths[name], group[name] = _port_and_group(b.sockgate(*extra))
         paths["haproxy 2.6 mode tcp"], group["haproxy 2.6 mode tcp"] = _port_and_group(b.haproxy())
         name = "haproxy 2.6 mode tcp, splice forced"
@@ -397,8 +397,7 @@ def bulk(args: argparse.Namespace, tools: str, tmp: Path) -> None:
 def _bulk_targets(res: dict[tuple[str, int], list[float]]) -> None:
     """Issue 16's bulk targets, per run: the 1-worker proxy within 5 % of the best other relay
     of that run (any kind: haproxy with or without splice, the thread relay, socat) for 1 and
-    4 streams, and 1-stream bulk >= 1.5x haproxy's default. (Two pinned workers do not help
-    bulk on loopback: one client's streams are all made on its CPU, so one worker takes them.)"""
+    4 streams, and 1-stream bulk >= 1.5x haproxy's default."""
     sg = "sockgate proxy, 1 worker"
     others = [n for (n, k) in res if k == 1 and n != "direct" and not n.startswith("sockgate")]
     print()
@@ -469,7 +468,7 @@ def short_conns(args: argparse.Namespace, tools: str, tmp: Path) -> None:
                 print(f"| {n} | {k['syscalls']:.1f} | {k['epoll waits']:.2f} | {k['switches']:.2f} |")
         else:
             print("\n(no system-call counts: perf, or its syscall tracepoints, not available)")
-        best = "sockgate proxy, 2 workers"
+        best = PER_CPU  # one worker per core: --cpu-affinity auto --accept-by-cpu
         print()
         # issue 16: haproxy's rate, 0.9x with one worker and 1.0x with one worker per core
         targets = {"haproxy 2.6 mode tcp": (1.0, 0.9), "socat fork": (3, 3), "xinetd redirect": (3, 3), "xinetd -> tcpd -> cat": (8, 8)}

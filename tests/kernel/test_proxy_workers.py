@@ -1,11 +1,12 @@
-"""``sockgate proxy --workers``: each worker pinned to one CPU, and handed the connections
-that CPU processed (``SO_INCOMING_CPU`` on its own ``SO_REUSEPORT`` listener) — checked in
-the real kernel with clients pinned to each CPU, and the worker holding each accepted
-socket found through /proc."""
+"""``sockgate proxy --workers --cpu-affinity --accept-by-cpu``: workers pinned to one CPU
+each, and (opt-in) handed the TCP connections their CPU processed (``SO_INCOMING_CPU`` on
+their own ``SO_REUSEPORT`` listeners) — checked in the real kernel with clients pinned to
+each CPU, and the worker holding each accepted socket found through /proc."""
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -85,64 +86,160 @@ def from_cpu(cpu: int, port: int, count: int) -> list[socket.socket]:
     return out
 
 
-def test_each_worker_is_pinned_and_gets_its_cpus_connections(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc]) -> None:
-    n = max(2, len(ALLOWED))
-    p = start(procs, tmp_path, echo, "--workers", str(n))
-    pids = workers(p, n)
-    notice = p.find(event="notice", message="listening")[0]
-    assert notice["cpus"] == ",".join(map(str, ALLOWED))
-    pinned = {}
-    for pid in pids:
-        wait_for(lambda: len(affinity(pid)) == 1)  # pinned right after the fork
-        pinned[pid] = next(iter(affinity(pid)))
-    assert sorted(pinned.values()) == sorted(ALLOWED[i % len(ALLOWED)] for i in range(n))
-    assert affinity(p.pid) == set(ALLOWED)  # the parent, which only forwards signals, is not
+def pinned_workers(p: ProxyProc, n: int) -> dict[int, int]:
+    """Each worker's CPU, once every one of the ``n`` has pinned itself (right after its fork)."""
+    out = {}
+    for pid in workers(p, n):
+        wait_for(lambda: len(affinity(pid)) == 1)
+        out[pid] = next(iter(affinity(pid)))
+    return out
+
+
+def assert_steered(pinned: dict[int, int], port: int, per_cpu: int = 12) -> None:
     for cpu in ALLOWED[:4]:
-        conns = from_cpu(cpu, p.tcp_port(), 12)
+        conns = from_cpu(cpu, port, per_cpu)
         try:
             for s in conns:
-                w = holder(pids, s.getsockname()[1])
+                w = holder(list(pinned), s.getsockname()[1])
                 assert pinned[w] == cpu, f"a connection made on CPU {cpu} went to the worker on CPU {pinned[w]}"
         finally:
             for s in conns:
                 s.close()
+
+
+def test_pinned_workers_accept_by_cpu(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc]) -> None:
+    n = max(2, len(ALLOWED))
+    p = start(procs, tmp_path, echo, "--workers", str(n), "--cpu-affinity", "auto", "--accept-by-cpu")
+    pinned = pinned_workers(p, n)
+    want = [ALLOWED[i % len(ALLOWED)] for i in range(n)]
+    notice = p.find(event="notice", message="listening")[0]
+    assert notice["cpus"] == ",".join(map(str, want)) and notice["accept"] == "by-cpu"
+    assert sorted(pinned.values()) == sorted(want)
+    assert affinity(p.pid) == set(ALLOWED)  # the parent, which only forwards signals, is not
+    assert_steered(pinned, p.tcp_port())
     assert p.stop() == 0
 
 
-def test_none_leaves_workers_unpinned_and_one_worker_is_never_pinned(tmp_path: Path, echo: EchoServer,
-                                                                    procs: list[ProxyProc]) -> None:
-    p = start(procs, tmp_path, echo, "--workers", "2", "--cpu-affinity", "none")
+def test_pinned_without_accept_by_cpu_the_hash_spreads(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc]) -> None:
+    """Pinning alone does not steer: one CPU's connections reach every worker (the hash)."""
+    p = start(procs, tmp_path, echo, "--workers", "2", "--cpu-affinity", "auto")
+    pinned = pinned_workers(p, 2)
+    conns = from_cpu(ALLOWED[0], p.tcp_port(), 24)
+    try:
+        assert {holder(list(pinned), s.getsockname()[1]) for s in conns} == set(pinned)
+    finally:
+        for s in conns:
+            s.close()
+
+
+def test_default_is_unpinned_and_a_list_pins_even_one(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc]) -> None:
+    p = start(procs, tmp_path, echo, "--workers", "2")
     for pid in workers(p, 2):
         assert affinity(pid) == set(ALLOWED)
     assert "cpus" not in p.find(event="notice", message="listening")[0]
-    one = start(procs, tmp_path, echo)
+    one = start(procs, tmp_path, echo, "--cpu-affinity", "auto")  # auto: pins only workers
     with connect(one.tcp_port()) as s:
         assert roundtrip(s, b"x") == b"x"
     assert affinity(one.pid) == set(ALLOWED)
-    last = start(procs, tmp_path, echo, "--cpu-affinity", str(ALLOWED[-1]))  # a list: pinned even alone
+    last = start(procs, tmp_path, echo, "--cpu-affinity", str(ALLOWED[-1]))
     assert affinity(last.pid) == {ALLOWED[-1]}
+    assert last.find(event="notice", message="listening")[0]["cpus"] == str(ALLOWED[-1])
     with connect(last.tcp_port()) as s:
         assert roundtrip(s, b"z") == b"z"
 
 
-def test_a_list_pins_in_its_order_and_auto_counts_the_cpus(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc]) -> None:
+def test_a_list_pins_in_its_order_and_auto_counts_it(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc]) -> None:
     order = list(reversed(ALLOWED))
     p = start(procs, tmp_path, echo, "--workers", "auto", "--cpu-affinity", ",".join(map(str, order)))
-    pids = workers(p, len(ALLOWED))
-    for pid in pids:
-        wait_for(lambda: len(affinity(pid)) == 1)
-    assert sorted(next(iter(affinity(pid))) for pid in pids) == sorted(order)
+    assert sorted(pinned_workers(p, len(order)).values()) == sorted(order)
+    assert p.find(event="notice", message="listening")[0]["cpus"] == ",".join(map(str, order))
     with connect(p.tcp_port()) as s:
         assert roundtrip(s, b"y") == b"y"
+    single = start(procs, tmp_path, echo, "--workers", "auto", "--cpu-affinity", str(ALLOWED[0]))
+    assert single.find(event="notice", message="listening")[0].get("workers") is None  # one: no fork
+    assert affinity(single.pid) == {ALLOWED[0]}
+
+
+def test_a_cpu_with_no_worker_is_still_served(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc]) -> None:
+    """Every worker steered to one CPU: connections another CPU processed match no socket and
+    the kernel hashes them over the group — none is black-holed."""
+    p = start(procs, tmp_path, echo, "--workers", "2", "--cpu-affinity", str(ALLOWED[0]), "--accept-by-cpu")
+    pinned = pinned_workers(p, 2)
+    conns = from_cpu(ALLOWED[-1], p.tcp_port(), 24)  # each echoed: accepted and served
+    try:
+        assert {holder(list(pinned), s.getsockname()[1]) for s in conns} == set(pinned)
+    finally:
+        for s in conns:
+            s.close()
+
+
+def test_a_service_added_by_reload_is_steered_in_each_worker(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc]) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    body = f"service t tcp/1 {{\n listen tcp://127.0.0.1:0\n forward tcp://127.0.0.1:{echo.port}\n allow all\n}}\n"
+    pol = tmp_path / "w.conf"
+    pol.write_text(body)
+    p = ProxyProc([str(pol), "--workers", "2", "--cpu-affinity", "auto", "--accept-by-cpu"], tmp_path / "reload.log")
+    procs.append(p)
+    p.ready()
+    pinned = pinned_workers(p, 2)
+    pol.write_text(body + f"service a tcp/2 {{\n listen tcp://127.0.0.1:{port}\n forward tcp://127.0.0.1:{echo.port}\n"
+                          " allow 127.0.0.1\n default deny\n}\n")
+    p.signal(signal.SIGHUP)
+    wait_for(lambda: len(p.find(event="notice", message="policy reloaded")) == 2)
+    assert_steered(pinned, port, 8)
+    assert p.find(event="error") == []
+
+
+def test_udp_is_not_steered_a_flow_stays_one(tmp_path: Path, procs: list[ProxyProc]) -> None:
+    """A UDP reuseport group picks a socket per datagram: steered, one client's datagrams
+    processed on two CPUs would become two upstream flows. UDP listeners keep the hash."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as backend, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+        backend.bind(("127.0.0.1", 0))
+        backend.settimeout(3)
+        p = ProxyProc(["--listen", "udp://127.0.0.1:0", "--forward", f"udp://127.0.0.1:{backend.getsockname()[1]}",
+                       "--workers", "2", "--cpu-affinity", "auto", "--accept-by-cpu"], tmp_path / "udp.log")
+        procs.append(p)
+        p.ready()
+        pinned_workers(p, 2)
+        port = p.tcp_port()
+        c.bind(("127.0.0.1", 0))
+        c.settimeout(3)
+        sources = set()
+        for i in range(8):
+            send_from(ALLOWED[i % len(ALLOWED)], c, ("127.0.0.1", port), b"d%d" % i)
+            data, src = backend.recvfrom(100)
+            assert data == b"d%d" % i
+            sources.add(src)
+            backend.sendto(data, src)
+            assert c.recv(100) == data
+        assert len(sources) == 1, f"one client became {len(sources)} upstream flows"
+
+
+def send_from(cpu: int, sock: socket.socket, to: tuple[str, int], data: bytes) -> None:
+    def run() -> None:
+        os.sched_setaffinity(0, {cpu})  # this thread: on loopback the datagram is processed here
+        sock.sendto(data, to)
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(5)
+    assert not t.is_alive()
 
 
 @pytest.mark.parametrize(("args", "why"), [
     (["--cpu-affinity", str(max(ALLOWED) + 1)], "is not one this process may run on"),
-    (["--cpu-affinity", "1-0"], "is not a range of CPUs"),
-    (["--cpu-affinity", "0,,1"], "is not auto, none or a CPU list"),
-    (["--cpu-affinity", "\u00b2"], "is not auto, none or a CPU list"),
-    (["--workers", "two"], "expected a number or auto"),
-    (["--workers", "0"], "must be at least 1"),
+    (["--cpu-affinity", "1-0"], "is not within 0-8191 (low to high)"),
+    (["--cpu-affinity", "0,,1"], "expected a CPU or CPU range"),
+    (["--cpu-affinity", "\u00b2"], "expected a CPU or CPU range"),
+    (["--cpu-affinity", "1" * 5000], "is not within 0-8191"),
+    (["--cpu-affinity", ",".join(["0-8191"] * 5)], "more than 32768 CPUs"),
+    (["--workers", "two"], "expected a number from 1 to 1024 or auto"),
+    (["--workers", "0"], "expected a number from 1 to 1024 or auto"),
+    (["--workers", "1" * 5000], "expected a number from 1 to 1024 or auto"),
+    (["--workers", "1", "--cpu-affinity", "auto", "--accept-by-cpu"], "--accept-by-cpu needs pinned workers"),
+    (["--accept-by-cpu"], "--accept-by-cpu needs pinned workers"),
 ])
 def test_bad_affinity_or_workers_is_a_one_line_refusal(echo: EchoServer, args: list[str], why: str) -> None:
     out = subprocess.run([sys.executable, "-m", "sockgate", "proxy", "--listen", "tcp://127.0.0.1:0", "--forward",

@@ -39,6 +39,8 @@ LAYERS: dict[str, int] = {
     "sockgate.ebpf.registry": CORE,  # the cookie registry's record layout (pure)
     "sockgate.proxy.limits": CORE,
     "sockgate.proxy.admission": CORE,
+    "sockgate.proxy.affinity": CORE,  # which CPU each worker runs on (pure)
+    "sockgate.intlist": CORE,  # "0,2-3" lists: ports, CPUs (pure)
     "sockgate.crowdsec": CORE,  # the decision stream, sans I/O
     "sockgate.linux": EDGE,
     "sockgate.linux.bpffs": EDGE,  # the bpf filesystem: mount, trusted directories, pins

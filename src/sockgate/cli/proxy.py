@@ -19,6 +19,7 @@ from sockgate.cli.common import add_backend_arg, add_log_args, add_policy_args, 
 from sockgate.errors import UsageError
 from sockgate.guard import backend_choice
 from sockgate.linux import cpus
+from sockgate.proxy import affinity
 from sockgate.log import Log
 from sockgate.policy.ir import Action, Policy, Service
 from sockgate.proxy.namecache import reverse_lookup
@@ -37,9 +38,12 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help="eBPF filters: one refusal log line per refused source per SECONDS (60)")
     p.add_argument("--workers", default="1", metavar="N|auto",
                    help="worker processes sharing the listeners (default 1; auto: one per CPU this process may run on)")
-    p.add_argument("--cpu-affinity", default="auto", metavar="auto|none|LIST",
-                   help="with workers: pin worker i to the i-th CPU (auto: those this process may run on; LIST: 0,2-3)"
-                        " and hand it the connections that CPU processed; none: unpinned (default auto)")
+    p.add_argument("--cpu-affinity", default="none", metavar="none|auto|LIST",
+                   help="pin worker i to one CPU: auto (with workers) the i-th this process may run on, or the i-th of"
+                        " LIST (0,2-3); none: unpinned (the default)")
+    p.add_argument("--accept-by-cpu", action="store_true",
+                   help="each pinned worker takes the TCP connections its CPU processed (SO_INCOMING_CPU); for clients"
+                        " spread over the CPUs (loopback, RSS/RPS), not for one receive queue on one CPU")
     loops = p.add_mutually_exclusive_group()
     loops.add_argument("--uvloop", action="store_true", help="run on uvloop (if installed) instead of the proxy's own epoll loop")
     loops.add_argument("--no-uvloop", action="store_true", help="the proxy's own epoll loop (the default; kept for scripts)")
@@ -102,21 +106,16 @@ def plans_from_args(args: argparse.Namespace) -> list[ProxySpec]:
     return plans
 
 
-def _workers(text: str) -> int:
-    """``--workers``: a count, or ``auto`` for one per CPU this process may run on."""
-    if text == "auto":
-        return len(cpus.allowed())
-    if not text.isascii() or not text.isdigit():
-        raise UsageError(f"--workers: expected a number or auto, found {text!r}")
-    return int(text)
-
-
 def run(args: argparse.Namespace) -> int:
     # imported when run: building the full parser (`sockgate --help`) imports every command module
     from sockgate.proxy.server import Proxy
 
-    args.workers = _workers(args.workers)
-    args.cpu_affinity = cpus.parse_affinity(args.cpu_affinity)
+    allowed = cpus.allowed()
+    pinning = affinity.parse_affinity(args.cpu_affinity)
+    args.workers = affinity.parse_workers(args.workers, pinning, allowed)
+    per_worker = affinity.worker_cpus(pinning, args.workers, allowed)
+    if args.accept_by_cpu and not per_worker:
+        raise UsageError("--accept-by-cpu needs pinned workers: more than one with --cpu-affinity auto, or a CPU list")
     for opt in ("workers", "max_connections_per_source", "max_udp_flows", "max_udp_flows_per_source"):
         if getattr(args, opt) < 1:
             raise UsageError(f"--{opt.replace('_', '-')} must be at least 1")
@@ -145,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
         log,
         loader=lambda: plans_from_args(args),
         workers=args.workers,
-        cpu_affinity=args.cpu_affinity,
+        cpus=per_worker,
+        accept_by_cpu=args.accept_by_cpu,
         reverse_lookup=reverse_lookup(args.name_timeout, args.name_queue),
         use_uvloop=args.uvloop,
         splice=not args.no_splice,

@@ -33,6 +33,7 @@ from typing import Callable, Generic, Hashable, Literal, Mapping, TypeVar, Union
 from sockgate.errors import Diagnostic, PolicyError, UsageError
 from sockgate.export.addrs import MAPPED_V6, AddrSpace, flatten
 from sockgate.export.ports import PortRange, Proto, lookup, port_table
+from sockgate.intlist import items
 from sockgate.policy.ir import Action, AddrMatch, Endpoint, Policy, Rule, Service
 from sockgate.policy.source import Span
 from sockgate.resolve import ResolvedService, named_daemons, resolve_service
@@ -231,13 +232,11 @@ def _meets(lo: int, hi: int, other: PortRange) -> bool:
     return lo <= other[1] and other[0] <= hi
 
 
-def port_items(ranges: tuple[PortRange, ...], dash: str = "-") -> list[str]:
-    """Each port range as ``22`` or ``8000{dash}8099``."""
-    return [str(lo) if lo == hi else f"{lo}{dash}{hi}" for lo, hi in ranges]
-
-
 def ranges_text(ranges: tuple[PortRange, ...]) -> str:
     return ",".join(port_items(ranges))
+
+
+port_items = items  # each port range as ``22`` or ``8000-8099`` (a dash of the target's own)
 
 
 def _eps(endpoints: tuple[Endpoint, ...]) -> str:

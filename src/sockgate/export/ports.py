@@ -17,6 +17,7 @@ from typing import Iterable, Literal, Mapping, cast
 
 from sockgate.errors import UsageError
 from sockgate.policy.intervals import union
+from sockgate.intlist import ListError, parse_spans
 from sockgate.policy.ir import Endpoint
 
 PortRange = tuple[int, int]
@@ -33,16 +34,10 @@ def merge_ranges(ranges: Iterable[PortRange]) -> tuple[PortRange, ...]:
 
 def parse_ports(text: str, where: str) -> tuple[PortRange, ...]:
     """``22``, ``53,5353``, ``8000-8099`` → inclusive ranges; ``where`` names the argument."""
-    out: list[PortRange] = []
-    for part in text.split(","):
-        lo_s, dash, hi_s = part.partition("-")
-        if not lo_s.isdigit() or (dash and not hi_s.isdigit()):
-            raise UsageError(f"{where}: expected a port or port range (1-65535), found {part!r}")
-        lo, hi = int(lo_s), int(hi_s or lo_s)
-        if not 1 <= lo <= hi <= 65535:
-            raise UsageError(f"{where}: port range {part!r} is not within 1-65535 (low to high)")
-        out.append((lo, hi))
-    return merge_ranges(out)
+    try:
+        return merge_ranges(parse_spans(text, 1, 65535, "port"))
+    except ListError as e:
+        raise UsageError(f"{where}: {e}") from None
 
 
 def parse_map(args: Iterable[str]) -> dict[str, tuple[Endpoint, ...]]:

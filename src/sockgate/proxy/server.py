@@ -12,9 +12,9 @@ Life cycle of ``Proxy.serve()``:
 3. **Serve** on one event loop per process (``loop.ProxyLoop``; uvloop if asked). ``--workers N`` forks N
    processes after the listeners exist; they share the listening sockets (and so the one
    filter on each), and the kernel hands each connection to one of them. Limits count per
-   process, so services with limits or bans refuse ``--workers`` > 1. Each worker is pinned
-   to one CPU and asks for the connections that CPU processed (``--cpu-affinity``,
-   ``linux.cpus``).
+   process, so services with limits or bans refuse ``--workers`` > 1. Workers may be pinned
+   to a CPU each (``--cpu-affinity``, ``proxy.affinity``) and ask for the TCP connections their
+   CPU processed (``--accept-by-cpu``, ``linux.cpus``).
 4. **SIGHUP**: ``RELOADING=1``; the policy is loaded and every program compiled and loaded
    again; only if all of that succeeds are the filters replaced, on the same sockets, in one
    transaction of the kernel seam (all of them or none); only then are the services swapped,
@@ -84,7 +84,8 @@ class Proxy:
         log: Log | None = None,
         loader: Loader | None = None,
         workers: int = 1,
-        cpu_affinity: cpus.Affinity = "auto",
+        cpus: Sequence[int] = (),
+        accept_by_cpu: bool = False,
         reverse_lookup: ReverseLookup | None = None,
         use_uvloop: bool = False,
         inherit: bool = True,
@@ -98,7 +99,8 @@ class Proxy:
         self.log = log or Log()
         self.loader = loader
         self.workers = workers
-        self.cpus = cpus.worker_cpus(cpu_affinity, workers)  # worker i on cpus[i % len]; () unpinned
+        self.cpus = tuple(cpus)  # the CPU of each worker in order (proxy.affinity); () unpinned
+        self.accept_by_cpu = accept_by_cpu  # pinned workers steer their TCP listeners (_steer)
         self.cpu: int | None = None  # the CPU this process is pinned to (_pin)
         self.reverse_lookup = reverse_lookup
         self.use_uvloop = use_uvloop
@@ -245,7 +247,7 @@ class Proxy:
             loop.call_later(_TICK, self._tick)
             if not self.is_child:
                 self.log.notice("listening", addresses=" ".join(self.addresses()), loop=type(loop).__module__, relay=relay,
-                                backend=self.backend_text())
+                                backend=self.backend_text(), **self._cpu_fields())
                 self.log.flush()
                 sup.ready()
             loop.run_until_complete(done)
@@ -395,7 +397,10 @@ class Proxy:
         sup.start(loop)
         try:
             for index in range(self.workers):
-                pid = os.fork()
+                try:
+                    pid = os.fork()
+                except OSError as e:  # (the finally stops the workers started)
+                    raise SockgateError(f"cannot start worker {index + 1} of {self.workers}: {e.strerror or e}") from None
                 if pid == 0:
                     sup.forget()
                     loop.close()
@@ -405,7 +410,7 @@ class Proxy:
                 for lst in r.listeners:
                     lst.sock.close()  # only the workers accept; the files are unlinked at the end
             self.log.notice("listening", addresses=" ".join(addresses), workers=len(pids), backend=self.backend_text(),
-                            cpus=",".join(map(str, self.cpus)) or None)
+                            **self._cpu_fields())
             self.log.flush()
             sup.ready()
             loop.run()
@@ -433,33 +438,40 @@ class Proxy:
             if index > 0:
                 self._own_listeners()
             if self.cpus:
-                self._pin(self.cpus[index % len(self.cpus)])
+                self._pin(self.cpus[index])
             code = self.run_loop()
         finally:
             os._exit(code)
 
+    def _cpu_fields(self) -> dict[str, str]:
+        """The ``listening`` record's word on pinning: each worker's CPU, in order."""
+        if not self.cpus:
+            return {}
+        return {"cpus": ",".join(map(str, self.cpus)), **({"accept": "by-cpu"} if self.accept_by_cpu else {})}
+
     def _pin(self, cpu: int) -> None:
-        """This worker on ``cpu`` alone; a pin the kernel refuses (the CPU went offline, a
-        cpuset changed under us) leaves the worker unpinned and says so: it serves all the
-        same, at the unpinned rate."""
+        """This process on ``cpu`` alone; a pin the kernel refuses (the CPU went offline, a
+        cpuset changed since the start) leaves it unpinned and unsteered, and says so: it
+        serves all the same. (A CPU taken offline later moves it: the kernel's doing.)"""
         try:
             cpus.pin(cpu)
-        except OSError as e:
-            self.log.error(f"worker {self.worker_index}: not pinned to CPU {cpu}: {e.strerror or e}")
+        except SockgateError as e:
+            self.log.error(f"worker {self.worker_index}: not pinned: {e}")
             return
         self.cpu = cpu
 
     def _steer(self, listeners: list[Listener]) -> None:
-        """A pinned worker's own ``SO_REUSEPORT`` listeners ask for the connections its CPU
-        processed (``linux.cpus``); shared listeners (Unix, passed) are left as they are."""
-        if self.cpu is None:
+        """With ``--accept-by-cpu``, a pinned worker's own TCP ``SO_REUSEPORT`` listeners ask
+        for the connections its CPU processed (``linux.cpus``: not UDP, where a flow would be
+        split); shared listeners (Unix, passed) are left as they are."""
+        if self.cpu is None or not self.accept_by_cpu:
             return
         for lst in listeners:
-            if lst.url.reuseport and not lst.url.is_unix:
+            if lst.url.reuseport and lst.sock.type == socket.SOCK_STREAM and lst.sock.family != socket.AF_UNIX:
                 try:
                     cpus.steer(lst.sock, self.cpu)
-                except OSError as e:  # the kernel's hash then spreads them, as unpinned
-                    self.log.error(f"worker {self.worker_index}: {lst.address()} not steered to CPU {self.cpu}: {e.strerror or e}")
+                except SockgateError as e:  # the kernel's hash then spreads them, as unsteered
+                    self.log.error(f"worker {self.worker_index}: {lst.address()} not steered: {e}")
 
     def _own_listeners(self) -> None:
         """Workers after the first open their own SO_REUSEPORT socket for each TCP/UDP listener
