@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 
 from sockgate.bulk import no_cycle_collection
 from sockgate.errors import PolicyError, UsageError
+from sockgate.intlist import number
 from sockgate.policy.ir import Policy
 
 
@@ -63,9 +64,8 @@ def parse_sys_uid_max(text: str) -> int:
     if len(values) != 1:
         return DEFAULT_SYS_UID_MAX
     (value,) = values
-    if not value.isascii() or not value.isdigit() or len(value) > 5 or int(value) > _UID_CEILING:
-        return DEFAULT_SYS_UID_MAX
-    return int(value)
+    n = number(value, 0, _UID_CEILING)
+    return DEFAULT_SYS_UID_MAX if n is None else n
 
 
 def system_uid_max(path: str | None = LOGIN_DEFS) -> int:

@@ -38,6 +38,7 @@ from typing import Any, Callable, Final, Iterable, Sequence
 
 from sockgate import inventory
 from sockgate.errors import AdapterError, UsageError
+from sockgate.intlist import is_number
 from sockgate.inventory import Holder
 from sockgate.kernel import GuardInfo, Kernel, default_kernel
 from sockgate.linux import pidfd, sockdiag
@@ -231,7 +232,7 @@ def check_selection(sel: Selection, getpwnam: Callable[[str], Any] = pwd.getpwna
     would otherwise list nothing, as if that user had no sockets)."""
     if sel.port is not None and not 0 <= sel.port < 65536:
         raise UsageError(f"--port must be 0-65535, got {sel.port}")
-    if sel.user is not None and not sel.user.isdigit():
+    if sel.user is not None and not is_number(sel.user):
         try:
             getpwnam(sel.user)
         except KeyError:

@@ -34,6 +34,7 @@ from typing import Literal
 from urllib.parse import unquote
 
 from sockgate.errors import UsageError
+from sockgate.intlist import is_number, number
 
 Scheme = Literal["tcp", "udp", "unix", "unix+dgram"]
 SCHEMES: tuple[Scheme, ...] = ("tcp", "udp", "unix", "unix+dgram")
@@ -196,11 +197,11 @@ def _parse_inet(text: str, scheme: Literal["tcp", "udp"], body: str, opts: dict[
 
 
 def _port(text: str, port_text: str) -> int:
-    if not port_text.isascii() or not port_text.isdigit():
-        raise UsageError(f"{text!r}: expected a port number 0-65535, found {port_text!r}")
-    port = int(port_text)
-    if port > 65535:
-        raise UsageError(f"{text!r}: port {port} out of range 0-65535")
+    if not is_number(port_text):
+        raise UsageError(f"{text[:80]!r}: expected a port number 0-65535, found {port_text[:20]!r}")
+    port = number(port_text, 0, 65535)
+    if port is None:
+        raise UsageError(f"{text[:80]!r}: port {port_text[:20]} out of range 0-65535")
     return port
 
 
@@ -270,9 +271,10 @@ def _int_opt(text: str, opts: dict[str, str], key: str, default: int, lo: int, h
     v = opts.get(key)
     if v is None:
         return default
-    if not v.isascii() or not v.isdigit() or not lo <= int(v) <= hi:
-        raise UsageError(f"{text!r}: {key} must be a number {lo}-{hi}, found {v!r}")
-    return int(v)
+    n = number(v, lo, hi)
+    if n is None:
+        raise UsageError(f"{text[:80]!r}: {key} must be a number {lo}-{hi}, found {v[:20]!r}")
+    return n
 
 
 def _bool_opt(text: str, opts: dict[str, str], key: str, default: bool | None) -> bool | None:

@@ -23,6 +23,12 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux CPU affin
 ALLOWED = cpus.allowed()
 
 
+@pytest.fixture(autouse=True)
+def two_cpus() -> None:
+    """Steering and pinning show only with two CPUs to choose from (the CI machine has two)."""
+    assert len(ALLOWED) >= 2, f"these tests need two CPUs in the affinity mask, found {ALLOWED}"
+
+
 def start(procs: list[ProxyProc], tmp_path: Path, echo: EchoServer, *args: str) -> ProxyProc:
     p = ProxyProc(["--listen", "tcp://127.0.0.1:0", "--forward", f"tcp://127.0.0.1:{echo.port}", *args],
                   tmp_path / f"proxy{len(procs)}.log")

@@ -23,6 +23,7 @@ LAYERS: dict[str, int] = {
     "sockgate.errors": BASE,
     "sockgate.policy.source": BASE,
     "sockgate.urls": BASE,
+    "sockgate.intlist": BASE,  # numbers from outside, bounded; "0,2-3" lists (pure)
     "sockgate.bulk": BASE,  # a pause of the cycle collector for passes over a million values
     "sockgate.policy": POLICY,
     "sockgate.peers": POLICY,
@@ -40,7 +41,6 @@ LAYERS: dict[str, int] = {
     "sockgate.proxy.limits": CORE,
     "sockgate.proxy.admission": CORE,
     "sockgate.proxy.affinity": CORE,  # which CPU each worker runs on (pure)
-    "sockgate.intlist": CORE,  # "0,2-3" lists: ports, CPUs (pure)
     "sockgate.crowdsec": CORE,  # the decision stream, sans I/O
     "sockgate.linux": EDGE,
     "sockgate.linux.bpffs": EDGE,  # the bpf filesystem: mount, trusted directories, pins
@@ -95,7 +95,7 @@ AGENT_EDGES = frozenset({
 
 # Adapters are thin: one kernel facility each, no policy logic.
 THIN = "sockgate.linux"
-THIN_MAY_IMPORT = ("sockgate.errors", "sockgate.urls", "sockgate.peers", "sockgate.linux")
+THIN_MAY_IMPORT = ("sockgate.errors", "sockgate.urls", "sockgate.peers", "sockgate.intlist", "sockgate.linux")
 
 # One seam: only the kernel package puts filters on sockets or reads them back.
 SEAM_ONLY = {"sockgate.linux.filter": "sockgate.kernel"}

@@ -42,6 +42,7 @@ from typing import Callable
 from sockgate.agent.protocol import (MAX_REQUEST, MAX_RESPONSE, ErrorKind, LineBuffer, ProtocolError, Request, Response, encode, failure,
                                      parse_request)
 from sockgate.errors import AdapterError, PeerError, SockgateError, UsageError
+from sockgate.intlist import numeric_id
 from sockgate.linux.peercred import credentials
 from sockgate.supervisor import Cancel, Loop, failure_text
 
@@ -66,8 +67,9 @@ def group_id(group: str | None) -> int | None:
     """The control group's id (a name or a number); None: root only."""
     if group is None:
         return None
-    if group.isdigit():
-        return int(group)
+    gid = numeric_id(group, "group id")
+    if gid is not None:
+        return gid
     try:
         return grp.getgrnam(group).gr_gid
     except KeyError:

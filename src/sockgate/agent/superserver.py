@@ -56,6 +56,7 @@ from typing import Callable, Iterable, Literal, Mapping, Sequence
 from sockgate.agent.model import MAX_PORT, Endpoint, HolderInfo
 from sockgate.agent.unitsyntax import (ANY_INSTANCE, Assignments, Masked, UnitName, Unsettled, dropin_names, exec_argv0,
                                        expand_instance, parse_boolean, parse_config, unit_name)
+from sockgate.intlist import number
 from sockgate.policy.hostmatch import fold
 from sockgate.policy.ir import Endpoint as ServiceEndpoint
 
@@ -318,10 +319,10 @@ def _address_port(value: str, proto: str) -> list[Endpoint]:
         return []  # AF_UNIX, abstract, AF_VSOCK
     m = _IPV6_PORT.fullmatch(value) or _IPV4_PORT.fullmatch(value)
     port = m.group(2) if m else value
-    if m and not _is_address(m.group(1)) or not (port.isascii() and port.isdigit() and len(port) <= 5
-                                                 and 1 <= int(port) <= MAX_PORT):
+    n = number(port, 1, MAX_PORT)
+    if m and not _is_address(m.group(1)) or n is None:
         raise Unsettled(f"the address {value!r} is not read here")
-    return [Endpoint("tcp" if proto == "tcp" else "udp", int(port), int(port))]
+    return [Endpoint("tcp" if proto == "tcp" else "udp", n, n)]
 
 
 def _is_address(text: str) -> bool:
@@ -357,8 +358,9 @@ def _daemon(name: UnitName, settings: Assignments, service: Callable[[UnitName],
 
 def _ports(port: str, service: str, proto: str, services: Services) -> list[Endpoint]:
     """The port given, else the service's in services(5), else the service name as a number."""
-    for number in (port, service):
-        if number.isascii() and number.isdigit() and 1 <= int(number) <= 65535:
-            return [Endpoint("tcp" if proto == "tcp" else "udp", int(number), int(number))]
+    for text in (port, service):
+        n = number(text, 1, 65535)
+        if n is not None:
+            return [Endpoint("tcp" if proto == "tcp" else "udp", n, n)]
     return [Endpoint("tcp" if proto == "tcp" else "udp", a, b)
             for e in services.get(service, ()) if e.proto == proto for a, b in e.ports]

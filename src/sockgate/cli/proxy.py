@@ -37,7 +37,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refusal-interval", type=float, default=60.0, metavar="SECONDS",
                    help="eBPF filters: one refusal log line per refused source per SECONDS (60)")
     p.add_argument("--workers", default="1", metavar="N|auto",
-                   help="worker processes sharing the listeners (default 1; auto: one per CPU this process may run on)")
+                   help="worker processes sharing the listeners, 1-1024 (default 1; auto: one per CPU of --cpu-affinity's"
+                        " list, else per CPU this process may run on)")
     p.add_argument("--cpu-affinity", default="none", metavar="none|auto|LIST",
                    help="pin worker i to one CPU: auto (with workers) the i-th this process may run on, or the i-th of"
                         " LIST (0,2-3); none: unpinned (the default)")

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 from sockgate.crowdsec.session import Session
 from sockgate.crowdsec.stream import Report, StreamError
 from sockgate.errors import AdapterError, UsageError
+from sockgate.intlist import is_number, number
 from sockgate.policy.source import escape, quote
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -141,8 +142,8 @@ class LapiClient:
             if resp.status != 200:
                 raise LapiError(_status_message(resp.status, resp.reason), target=self.url)
             length = resp.getheader("Content-Length")
-            if length is not None and length.isdigit() and int(length) > self.max_body:
-                raise LapiError(f"the LAPI's answer is {length} bytes, over the bound of {self.max_body}", target=self.url)
+            if length is not None and is_number(length) and number(length, 0, self.max_body) is None:
+                raise LapiError(f"the LAPI's answer is {length[:24]} bytes, over the bound of {self.max_body}", target=self.url)
             return self._read(resp, deadline, cut)
         except (OSError, http.client.HTTPException) as e:
             if cut.is_set():

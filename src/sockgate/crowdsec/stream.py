@@ -46,6 +46,7 @@ from typing import Any
 
 from sockgate.bans import BannedPrefix, IPNetwork, Origin, check_width, touches_loopback
 from sockgate.errors import PeerError
+from sockgate.intlist import is_number
 from sockgate.policy.literals import LiteralError, network, unmap
 from sockgate.policy.source import quote
 
@@ -253,7 +254,7 @@ def prefix(scope: str, value: str) -> IPNetwork:
         except LiteralError as e:
             raise ValueError(str(e)) from None
     addr, slash, bits = value.partition("/")
-    if not slash or not bits.isascii() or not bits.isdigit():
+    if not slash or not is_number(bits):
         raise ValueError(f"a Range decision needs a prefix length, found {quote(value)}")
     try:
         return unmap(ipaddress.ip_network(value, strict=False))

@@ -17,7 +17,7 @@ from typing import Iterable, Literal, Mapping, cast
 
 from sockgate.errors import UsageError
 from sockgate.policy.intervals import union
-from sockgate.intlist import ListError, parse_spans
+from sockgate.intlist import ListError, number, parse_spans
 from sockgate.policy.ir import Endpoint
 
 PortRange = tuple[int, int]
@@ -66,9 +66,10 @@ def parse_services(text: str) -> dict[str, tuple[Endpoint, ...]]:
         if len(fields) < 2:
             continue
         port_s, _, proto = fields[1].partition("/")
-        if not port_s.isdigit() or proto not in ("tcp", "udp") or not 1 <= int(port_s) <= 65535:
+        port = number(port_s, 1, 65535)
+        if port is None or proto not in ("tcp", "udp"):
             continue
-        ep = Endpoint(proto=cast(Proto, proto), ports=((int(port_s), int(port_s)),))
+        ep = Endpoint(proto=cast(Proto, proto), ports=((port, port),))
         for name in [fields[0], *fields[2:]]:
             eps = found.setdefault(name, [])
             if ep not in eps:

@@ -12,6 +12,7 @@ from typing import Mapping
 
 from sockgate.ebpf.program import EbpfProgram, Options, compile_service
 from sockgate.errors import UsageError
+from sockgate.intlist import number
 from sockgate.policy.parser import parse_policy
 
 OPTIONS = Options(protocol="any")  # layout.py's sizes; the protocol of each packet
@@ -46,6 +47,7 @@ def options(environ: Mapping[str, str]) -> Options:
     if raw is None:
         return OPTIONS
     low, high = COUNTERS_RANGE
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    counters = number(raw, low, high)
+    if counters is None:
         raise UsageError(f"${COUNTERS_ENV}={raw[:20]!r}: the sources counted per service, a number from {low} to {high}")
-    return dataclasses.replace(OPTIONS, counters=int(raw))
+    return dataclasses.replace(OPTIONS, counters=counters)

@@ -27,7 +27,10 @@ import time
 from typing import Mapping, MutableMapping, Sequence
 
 from sockgate.errors import UsageError
+from sockgate.intlist import MAX_ID, number
 from sockgate.linux._errors import translated
+
+MAX_LISTEN_FDS = 65536  # more descriptors than any unit passes: a typo or a hostile environment
 
 SD_LISTEN_FDS_START = 3  # <systemd/sd-daemon.h>
 MAX_FD = 2**31 - 1  # close_range(2) takes ~0U; descriptors are ints
@@ -89,11 +92,11 @@ def listen_fds(unset_environment: bool = True, environ: MutableMapping[str, str]
         count_text = env.get("LISTEN_FDS")
         if pid_text is None or count_text is None:
             return []
-        if not pid_text.isdigit() or int(pid_text) != os.getpid():
+        if number(pid_text, 1, MAX_ID) != os.getpid():
             return []
-        if not count_text.isdigit():
-            raise UsageError(f"LISTEN_FDS={count_text!r} is not a number")
-        count = int(count_text)
+        count = number(count_text, 0, MAX_LISTEN_FDS)
+        if count is None:
+            raise UsageError(f"LISTEN_FDS={count_text[:20]!r} is not a number from 0 to {MAX_LISTEN_FDS}")
         names = env.get("LISTEN_FDNAMES", "").split(":") if env.get("LISTEN_FDNAMES") else []
         if names and len(names) != count:
             raise UsageError(f"LISTEN_FDNAMES has {len(names)} names for LISTEN_FDS={count}")

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
 from sockgate.errors import AdapterError, UsageError
+from sockgate.intlist import is_number, number, numeric_id
 from sockgate.linux import sockfile
 from sockgate.linux._errors import translated
 from sockgate.linux.sockfile import FileId
@@ -185,8 +186,11 @@ def _inet_target(url: SocketURL, kind: int) -> tuple[socket.AddressFamily, tuple
 
 def _scope_id(url: SocketURL) -> int:
     zone = url.zone or ""
-    if zone.isdigit():
-        return int(zone)
+    if is_number(zone):
+        index = number(zone, 0, 0xFFFFFFFF)  # sin6_scope_id: 32 bits
+        if index is None:
+            raise UsageError(f"{url.display()}: zone {zone[:20]!r} is not an interface index")
+        return index
     try:
         return socket.if_nametoindex(zone)
     except OSError:
@@ -283,8 +287,9 @@ def _owner_ids(url: SocketURL) -> tuple[int, int]:
 
 
 def _lookup(name: str, getter: Callable[[str], object], what: str, field: Callable[..., int]) -> int:
-    if name.isdigit():
-        return int(name)
+    n = numeric_id(name, what)
+    if n is not None:
+        return n
     try:
         return field(getter(name))
     except KeyError:

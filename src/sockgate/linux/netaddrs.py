@@ -31,6 +31,7 @@ import struct
 import threading
 from typing import Iterator, Union
 
+from sockgate.intlist import is_number
 from sockgate.linux.procfs import PROC
 from sockgate.linux.sockdiag import netlink_attrs, netlink_dump
 
@@ -83,7 +84,7 @@ def _other_namespaces(proc: str) -> Iterator[str]:
     """One ``/proc/PID/ns/net`` path per network namespace but ours."""
     try:
         seen = {os.stat(f"{proc}/self/ns/net").st_ino}
-        pids = [p for p in os.listdir(proc) if p.isdigit()]
+        pids = [p for p in os.listdir(proc) if is_number(p)]
     except OSError:
         return
     for pid in pids:

@@ -21,6 +21,7 @@ import pwd
 from dataclasses import dataclass
 
 from sockgate.errors import AdapterError, UsageError
+from sockgate.intlist import numeric_id
 from sockgate.linux._errors import translated
 
 
@@ -51,14 +52,16 @@ def credentials(user: str | None, group: str | None) -> Credentials | None:
 
 def _user(name: str) -> pwd.struct_passwd:
     try:
-        return pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+        uid = numeric_id(name, "uid")
+        return pwd.getpwuid(uid) if uid is not None else pwd.getpwnam(name)
     except KeyError:
         raise UsageError(f"no such user: {name!r}") from None
 
 
 def _group(name: str) -> int:
-    if name.isdigit():
-        return int(name)
+    gid = numeric_id(name, "gid")
+    if gid is not None:
+        return gid
     try:
         return grp.getgrnam(name).gr_gid
     except KeyError:

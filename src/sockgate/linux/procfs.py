@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Literal, Mapping
 
 from sockgate.errors import AdapterError
+from sockgate.intlist import is_number
 
 PROC = "/proc"
 CAP_SYS_PTRACE = 19  # <uapi/linux/capability.h>
@@ -90,12 +91,12 @@ def _socket_inode(link: str) -> int | None:
     if not target.startswith(_SOCKET_LINK) or not target.endswith("]"):
         return None
     digits = target[len(_SOCKET_LINK) : -1]
-    return int(digits) if digits.isdigit() else None
+    return int(digits) if is_number(digits) else None
 
 
 def all_pids(proc: str = PROC) -> list[int]:
     try:
-        return [int(n) for n in os.listdir(proc) if n.isdigit()]
+        return [int(n) for n in os.listdir(proc) if is_number(n)]
     except OSError as e:
         raise AdapterError(f"list processes in {proc}: {e.strerror}", errno=e.errno, target=proc) from e
 
@@ -294,7 +295,7 @@ def live_netns(proc: str = PROC, mounts: Iterable[str] = NETNS_MOUNTS) -> set[in
                 link = os.readlink(f"{proc}/{pid}/fd/{fd}")
             except OSError:
                 continue
-            if link.startswith(_NET_LINK) and link.endswith("]") and link[len(_NET_LINK):-1].isdigit():
+            if link.startswith(_NET_LINK) and link.endswith("]") and is_number(link[len(_NET_LINK):-1]):
                 inodes.add(int(link[len(_NET_LINK):-1]))
     for d in mounts:
         for name in _listdir(d):

@@ -28,6 +28,8 @@ import ipaddress
 import re
 from typing import Protocol, Union
 
+from sockgate.intlist import c_value
+
 # This module imports nothing of sockgate: the policy IR selects daemons with it. The address
 # alias is policy.ir's, and a host pattern is what policy.ir.HostPattern holds.
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -154,7 +156,7 @@ def _c_integer(s: str) -> tuple[int, bool] | None:
     m = re.match(r"[ \t\n\v\f\r]*([+-]?)([0-9]+)", s)
     if m is None:
         return None
-    return int(m.group(2)), m.group(1) == "-"
+    return c_value(m.group(2)), m.group(1) == "-"  # (saturated past 2^64: callers clamp)
 
 
 def cidr_mask_addr(s: str) -> int | None:

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from sockgate.errors import Diagnostic, PolicyError
+from sockgate.intlist import number
 from sockgate.policy import hostmatch
 from sockgate.policy.accounts import Accounts, StaticAccounts
 from sockgate.policy.ir import (
@@ -318,7 +319,7 @@ def _v4_text(t: str) -> AddrMatch:
     label = t
     body = t[:-1] if t.endswith(".") else t
     parts = body.split(".")
-    canonical = all(p.isdigit() and str(int(p)) == p and int(p) <= 255 for p in parts)
+    canonical = all((n := number(p, 0, 255)) is not None and str(n) == p for p in parts)
     if t.endswith("."):
         if canonical and 1 <= len(parts) <= 3:
             ip = ".".join(parts + ["0"] * (4 - len(parts)))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from sockgate.intlist import MAX_ID, number
 from sockgate.policy.ir import IPNetwork, Rate
 from sockgate.policy.source import quote
 
@@ -64,9 +65,10 @@ def network(text: str) -> IPNetwork:
     elif not _DIGITS.fullmatch(prefix_text):
         raise LiteralError(f"expected a prefix length 0-{width} after '/', found {quote(prefix_text)}")
     else:
-        prefix = int(prefix_text)
-        if prefix > width:
-            raise LiteralError(f"prefix length /{prefix} is too long for IPv{addr.version} (at most /{width})")
+        got = number(prefix_text, 0, width)
+        if got is None:
+            raise LiteralError(f"prefix length /{_digits(prefix_text)} is too long for IPv{addr.version} (at most /{width})")
+        prefix = got
     # Built from the integer: a network built from the address object would parse its text
     # again (set files of 100,000 lines go through here).
     n = int(addr)
@@ -86,16 +88,23 @@ def unmap(net: IPNetwork) -> IPNetwork:
     return net
 
 
+def _digits(text: str) -> str:
+    """Digits as a message shows them: without leading zeros, a long run cut short."""
+    d = text.lstrip("0") or "0"
+    return d if len(d) <= 24 else d[:20] + "..."
+
+
 def port_range(text: str) -> tuple[int, int]:
     """``22`` or ``8000-8099``: ports 1-65535, a non-empty range."""
     lo_text, dash, hi_text = text.partition("-")
     if not _DIGITS.fullmatch(lo_text) or (dash and not _DIGITS.fullmatch(hi_text)):
         raise LiteralError(f"expected a port or port range, found {quote(text)}")
-    lo = int(lo_text)
-    hi = int(hi_text) if dash else lo
-    for p in (lo, hi):
-        if not 1 <= p <= MAX_PORT:
-            raise LiteralError(f"port {p} is out of range (1-{MAX_PORT})")
+    texts = (lo_text, hi_text if dash else lo_text)
+    lo, hi = (number(p, 1, MAX_PORT) for p in texts)
+    for p, v in zip(texts, (lo, hi)):
+        if v is None:
+            raise LiteralError(f"port {_digits(p)} is out of range (1-{MAX_PORT})")
+    assert lo is not None and hi is not None
     if hi < lo:
         raise LiteralError(f"port range {lo}-{hi} is empty (the first port must not exceed the last)")
     return lo, hi
@@ -104,19 +113,20 @@ def port_range(text: str) -> tuple[int, int]:
 def positive(text: str, what: str) -> int:
     if not _DIGITS.fullmatch(text):
         raise LiteralError(f"expected {what} (a positive whole number), found {quote(text)}")
-    n = int(text)
-    if n < 1:
+    n = number(text, 1, MAX_COUNT)
+    if n is None and number(text, 0, 0) == 0:
         raise LiteralError(f"{what} must be at least 1, found {quote(text)}")
-    if n > MAX_COUNT:
+    if n is None:
         raise LiteralError(f"{what} must be at most {MAX_COUNT}, found {quote(text)}")
     return n
 
 
 def ident(text: str, what: str) -> int:
     """A uid or gid: 0 to 2^32-2 (2^32-1 is the kernel's "no id")."""
-    if not _DIGITS.fullmatch(text) or int(text) > 0xFFFFFFFE:
-        raise LiteralError(f"expected a numeric {what} (0-4294967294), found {quote(text)}")
-    return int(text)
+    n = number(text, 0, MAX_ID)
+    if n is None:
+        raise LiteralError(f"expected a numeric {what} (0-{MAX_ID}), found {quote(text)}")
+    return n
 
 
 def duration(text: str) -> int:
@@ -124,10 +134,10 @@ def duration(text: str) -> int:
     m = re.fullmatch(r"([0-9]+)([a-z]*)", text, re.ASCII)
     if m is None or m.group(2) not in DURATION_UNITS:
         raise LiteralError(f"expected a duration like 30s, 10m, 2h or 1d, found {quote(text)}")
-    n = int(m.group(1))
-    if n < 1:
+    if number(m.group(1), 0, 0) == 0:
         raise LiteralError(f"a duration must be positive, found {quote(text)}")
-    seconds = n * DURATION_UNITS[m.group(2)]
+    n = number(m.group(1), 1, MAX_SECONDS)
+    seconds = MAX_SECONDS + 1 if n is None else n * DURATION_UNITS[m.group(2)]
     if seconds > MAX_SECONDS:
         raise LiteralError(f"a duration must be at most {MAX_SECONDS // 86400}d, found {quote(text)}")
     return seconds

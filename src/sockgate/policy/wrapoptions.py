@@ -34,6 +34,7 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
+from sockgate.intlist import c_value
 from sockgate.policy.accounts import Accounts
 from sockgate.policy.ir import Option
 from sockgate.policy.source import quote
@@ -51,7 +52,7 @@ def scanf_int(text: str, base: int, signed: bool) -> int | None:
     m = _DIGITS[base].fullmatch(text.lstrip(_C_SPACE))
     if m is None:
         return None
-    n = int(m.group(2), base)
+    n = c_value(m.group(2), base)  # past ULONG_MAX: saturated below
     if signed:  # strtol saturates at LONG_MIN / LONG_MAX
         v = max(-_LONG, min(_LONG - 1, -n if m.group(1) == "-" else n))
     else:  # strtoul negates in unsigned arithmetic; out of range it gives ULONG_MAX

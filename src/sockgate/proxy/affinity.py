@@ -12,10 +12,10 @@ every connection (docs/proxy.md, Performance).
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Literal, Sequence, assert_never
 
 from sockgate.errors import UsageError
-from sockgate.intlist import ListError, items, parse_spans, spans_of
+from sockgate.intlist import ListError, items, number, parse_spans, spans_of
 
 MAX_CPU = 8191  # CONFIG_NR_CPUS's upper bound: a larger number is a typo, not a CPU
 MAX_WORKERS = 1024
@@ -41,12 +41,13 @@ def parse_affinity(text: str) -> Affinity:
 
 def parse_workers(text: str, affinity: Affinity, allowed: Sequence[int]) -> int:
     """``--workers``: 1 to MAX_WORKERS, or ``auto``: one per CPU of the affinity list, else
-    one per CPU the proxy may run on."""
+    one per CPU the proxy may run on (at most MAX_WORKERS)."""
     if text == "auto":
-        return len(affinity) if isinstance(affinity, tuple) else len(allowed)
-    if not text.isascii() or not text.isdigit() or len(text) > len(str(MAX_WORKERS)) or not 1 <= int(text) <= MAX_WORKERS:
-        raise UsageError(f"--workers: expected a number from 1 to {MAX_WORKERS} or auto, found {text!r}")
-    return int(text)
+        return min(MAX_WORKERS, len(affinity) if isinstance(affinity, tuple) else len(allowed))
+    n = number(text, 1, MAX_WORKERS)
+    if n is None:
+        raise UsageError(f"--workers: expected a number from 1 to {MAX_WORKERS} or auto, found {text[:20]!r}")
+    return n
 
 
 def worker_cpus(affinity: Affinity, workers: int, allowed: Sequence[int]) -> tuple[int, ...]:
@@ -59,11 +60,13 @@ def worker_cpus(affinity: Affinity, workers: int, allowed: Sequence[int]) -> tup
         case tuple():
             outside = [c for c in affinity if c not in allowed]
             if outside:
-                raise UsageError(f"--cpu-affinity: CPU {outside[0]} is not one this process may run on ({text(allowed)})")
+                raise UsageError(f"--cpu-affinity: CPU {outside[0]} is not one this process may run on ({cpu_list(allowed)})")
             cpus = affinity
+        case _:
+            assert_never(affinity)
     return tuple(cpus[i % len(cpus)] for i in range(workers)) if cpus else ()
 
 
-def text(cpus: Sequence[int]) -> str:
+def cpu_list(cpus: Sequence[int]) -> str:
     """CPUs as a list reads them: 0-3,6."""
     return ",".join(items(spans_of(cpus)))

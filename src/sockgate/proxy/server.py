@@ -99,6 +99,8 @@ class Proxy:
         self.log = log or Log()
         self.loader = loader
         self.workers = workers
+        if cpus and len(cpus) != max(1, workers):
+            raise UsageError(f"{len(cpus)} CPUs for {workers} workers: one each (proxy.affinity.worker_cpus)")
         self.cpus = tuple(cpus)  # the CPU of each worker in order (proxy.affinity); () unpinned
         self.accept_by_cpu = accept_by_cpu  # pinned workers steer their TCP listeners (_steer)
         self.cpu: int | None = None  # the CPU this process is pinned to (_pin)

@@ -20,6 +20,7 @@ from typing import Any, Literal, Sequence, TypeVar, assert_never
 
 from sockgate.errors import SockgateError, UsageError
 from sockgate.explain import explain, render
+from sockgate.intlist import number
 from sockgate.policy.ir import Policy
 from sockgate.policy.source import escape, printable
 from sockgate.top.model import BanView, ServiceView, SocketView, SourceView, View, address_of
@@ -74,9 +75,10 @@ def parse_filter(text: str) -> Filter:
         if key not in ("service", "port", "user") or not value:
             raise FilterError(f"filter {escape(term)!r}: expected service:NAME, port:N, user:NAME or a word")
         if key == "port":
-            if not value.isdigit() or int(value) > 65535:
+            port = number(value, 0, 65535)
+            if port is None:
                 raise FilterError(f"filter {escape(term)!r}: a port is a number 0-65535")
-            f[key] = int(value)
+            f[key] = port
         else:
             f[key] = value
     return Filter(f.get("service"), f.get("port"), f.get("user"), tuple(words))
