@@ -101,16 +101,20 @@ def pinned_workers(p: ProxyProc, n: int) -> dict[int, int]:
     return out
 
 
+def holders_of(cpu: int, port: int, pids: list[int], count: int) -> list[int]:
+    """The worker holding each of ``count`` connections made (and echoed) on ``cpu``."""
+    conns = from_cpu(cpu, port, count)
+    try:
+        return [holder(pids, s.getsockname()[1]) for s in conns]
+    finally:
+        for s in conns:
+            s.close()
+
+
 def assert_steered(pinned: dict[int, int], port: int, per_cpu: int = 12) -> None:
     for cpu in ALLOWED[:4]:
-        conns = from_cpu(cpu, port, per_cpu)
-        try:
-            for s in conns:
-                w = holder(list(pinned), s.getsockname()[1])
-                assert pinned[w] == cpu, f"a connection made on CPU {cpu} went to the worker on CPU {pinned[w]}"
-        finally:
-            for s in conns:
-                s.close()
+        for w in holders_of(cpu, port, list(pinned), per_cpu):
+            assert pinned[w] == cpu, f"a connection made on CPU {cpu} went to the worker on CPU {pinned[w]}"
 
 
 def test_pinned_workers_accept_by_cpu(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc]) -> None:
@@ -130,12 +134,7 @@ def test_pinned_without_accept_by_cpu_the_hash_spreads(tmp_path: Path, echo: Ech
     """Pinning alone does not steer: one CPU's connections reach every worker (the hash)."""
     p = start(procs, tmp_path, echo, "--workers", "2", "--cpu-affinity", "auto")
     pinned = pinned_workers(p, 2)
-    conns = from_cpu(ALLOWED[0], p.tcp_port(), 24)
-    try:
-        assert {holder(list(pinned), s.getsockname()[1]) for s in conns} == set(pinned)
-    finally:
-        for s in conns:
-            s.close()
+    assert set(holders_of(ALLOWED[0], p.tcp_port(), list(pinned), 24)) == set(pinned)
 
 
 def test_default_is_unpinned_and_a_list_pins_even_one(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc]) -> None:
@@ -171,12 +170,7 @@ def test_a_cpu_with_no_worker_is_still_served(tmp_path: Path, echo: EchoServer, 
     the kernel hashes them over the group — none is black-holed."""
     p = start(procs, tmp_path, echo, "--workers", "2", "--cpu-affinity", str(ALLOWED[0]), "--accept-by-cpu")
     pinned = pinned_workers(p, 2)
-    conns = from_cpu(ALLOWED[-1], p.tcp_port(), 24)  # each echoed: accepted and served
-    try:
-        assert {holder(list(pinned), s.getsockname()[1]) for s in conns} == set(pinned)
-    finally:
-        for s in conns:
-            s.close()
+    assert set(holders_of(ALLOWED[-1], p.tcp_port(), list(pinned), 24)) == set(pinned)  # each echoed: served
 
 
 def test_a_service_added_by_reload_is_steered_in_each_worker(tmp_path: Path, echo: EchoServer, procs: list[ProxyProc]) -> None:
