@@ -19,9 +19,9 @@ from sockgate.cli.common import add_backend_arg, add_log_args, add_policy_args, 
 from sockgate.errors import UsageError
 from sockgate.guard import backend_choice
 from sockgate.linux import cpus
-from sockgate.proxy import affinity
 from sockgate.log import Log
 from sockgate.policy.ir import Action, Policy, Service
+from sockgate.proxy import affinity
 from sockgate.proxy.namecache import reverse_lookup
 from sockgate.proxy.spec import ProxySettings, ProxySpec
 from sockgate.urls import parse_url, parse_urls
