@@ -50,15 +50,15 @@ def affinity(pid: int) -> set[int]:
     return os.sched_getaffinity(pid)
 
 
-def holder(workers: list[int], client_port: int) -> int:
-    """The worker holding the accepted end of the client connection from ``client_port``."""
-    inode = None
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        f = line.split()
-        local, remote = f[1], f[2]
-        if int(remote.split(":")[1], 16) == client_port and remote.startswith("0100007F") and local.startswith("0100007F"):
-            inode = f[9]  # the proxy's end: its peer is the client's port
-    assert inode is not None and inode != "0", f"no accepted socket for client port {client_port}"
+def holder(workers: list[int], client_port: int, server_port: int) -> int:
+    """The worker holding the accepted end of the live connection 127.0.0.1:``client_port``
+    → 127.0.0.1:``server_port`` (an earlier connection from the same port may linger in
+    TIME-WAIT, with no socket behind it)."""
+    loopback = "0100007F"
+    found = [f[9] for f in (line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:])
+             if f[1] == f"{loopback}:{server_port:04X}" and f[2] == f"{loopback}:{client_port:04X}" and f[3] == "01"]
+    assert len(found) == 1 and found[0] != "0", f"no one accepted socket for client port {client_port}: {found}"
+    inode = found[0]
     for pid in workers:
         for fd in os.listdir(f"/proc/{pid}/fd"):
             try:
@@ -105,7 +105,7 @@ def holders_of(cpu: int, port: int, pids: list[int], count: int) -> list[int]:
     """The worker holding each of ``count`` connections made (and echoed) on ``cpu``."""
     conns = from_cpu(cpu, port, count)
     try:
-        return [holder(pids, s.getsockname()[1]) for s in conns]
+        return [holder(pids, s.getsockname()[1], port) for s in conns]
     finally:
         for s in conns:
             s.close()

@@ -200,6 +200,19 @@ def is_filtered(port: int, source: str, timeout: float = 0.7) -> bool:
     return False
 
 
+def is_reset(port: int, source: str = "127.0.0.1", timeout: float = 3.0) -> bool:
+    """Whether the proxy resets a client from ``source`` (refused after accept): at its first
+    exchange, or already in ``connect`` — on a busy machine the reset can arrive before the
+    connecting thread runs again, and ``connect`` then reports it."""
+    try:
+        with connect(port, source, timeout) as s:
+            s.sendall(b"x")
+            s.recv(1)
+    except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError):
+        return True
+    return False
+
+
 def lab_round_trip(lab: Any, src: str, port: int) -> bytes | str:
     """A round trip from ``src`` in the lab's client namespace to its server's IPv6 address:
     the echo, "filtered" when no SYN-ACK comes, "reset" when refused."""
