@@ -19,6 +19,7 @@ from sockgate.agent import observe
 from sockgate.agent.model import HolderInfo
 from sockgate.kernel import default_kernel
 from sockgate.linux import pidfd, procfs
+from support.children import reap
 
 pytestmark = [
     pytest.mark.skipif(sys.platform != "linux", reason="pidfd and sock_diag are Linux-only"),
@@ -44,12 +45,7 @@ def two(tmp_path: Path) -> Iterator[tuple[tuple[subprocess.Popen[str], int], tup
     try:
         yield procs[0], procs[1]
     finally:
-        for p, _ in procs:
-            p.kill()
-            p.wait()
-            for pipe in (p.stdin, p.stdout):
-                if pipe is not None:
-                    pipe.close()
+        reap(p for p, _ in procs)
 
 
 def test_who_a_holder_is_is_read_only_after_its_name_matched(

@@ -10,6 +10,7 @@ import sys
 
 from kernel.test_agent import BASE, Lab, guard, guarded_by, lab, native, until  # noqa: F401
 from support.agentlab import joining
+from support.children import reap
 
 # Listens on 0.0.0.0:PORT, prints {"pid","fd"}, and locks its socket's filter on "lock".
 LOCKER = r"""
@@ -53,8 +54,4 @@ def test_a_locked_socket_with_the_earlier_program_is_a_stale_guard(lab: Lab) -> 
                               capture_output=True, text=True, check=False)
         assert f"  STALE     tcp 0.0.0.0:{port}" in text.stdout and text.returncode == 3, text.stdout
     finally:
-        p.kill()
-        p.wait()
-        for pipe in (p.stdin, p.stdout):
-            if pipe is not None:
-                pipe.close()
+        reap([p])

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from typing import Any, Iterator
@@ -23,6 +22,7 @@ import pytest
 
 from kernel.test_agent import ALLOWED, BASE, DENIED, Lab, connects, lab, until  # noqa: F401
 from support.agentlab import joining
+from support.children import reap
 
 pytestmark = [
     pytest.mark.skipif(sys.platform != "linux", reason="cgroup BPF is Linux-only"),
@@ -95,11 +95,7 @@ def pid1_listener(lab: Lab, port: int) -> Iterator[None]:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "up"
         yield
     finally:
-        holder.kill()
-        holder.wait()
-        for pipe in (holder.stdin, holder.stdout):
-            if pipe is not None:
-                pipe.close()
+        reap([holder])
 
 
 def test_a_listener_systemd_holds_for_a_socket_unit_is_its_services_daemons(lab: Lab) -> None:

@@ -33,6 +33,7 @@ from sockgate.linux import bpfsys, cgroupbpf
 from sockgate.supervisor import SelectorLoop
 from support import netlab
 from support.agentlab import assert_detached, child_cgroup, joining
+from support.children import reap
 from support.pinned import private_bpffs
 
 pytestmark = [
@@ -117,11 +118,7 @@ class Child:
         return answer
 
     def close(self) -> None:
-        self.proc.kill()
-        self.proc.wait(10)
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            if pipe is not None:
-                pipe.close()
+        reap([self.proc])
 
 
 @dataclass

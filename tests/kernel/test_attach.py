@@ -388,11 +388,7 @@ def test_port_owned_by_another_user_without_cap_sys_ptrace_is_a_permission_error
         assert "permission denied (needs root with CAP_SYS_PTRACE" in r.stderr, r.stderr
         assert "belongs to no process" not in r.stderr
     finally:
-        p.kill()
-        p.wait()
-        for f in (p.stdin, p.stdout):
-            if f is not None:
-                f.close()
+        reap([p])
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv to drop CAP_NET_ADMIN")

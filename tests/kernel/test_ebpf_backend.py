@@ -29,6 +29,7 @@ from sockgate.kernel.sockets import LINUX_OPS
 from sockgate.linux import bpfsys
 from sockgate.policy.parser import parse_policy
 from sockgate.resolve import resolve
+from support.children import reap
 from support.fakekernel import failing_attach
 from support.launch import SRC, Launched, echo_command, ls_guard, port_of, sockgate_cli, tcp_echo, tcp_filtered, udp_echo, wait_for_file
 from support.pinned import mounted
@@ -151,11 +152,7 @@ def holder() -> Iterator[tuple[int, int, int]]:
         fd, port = map(int, p.stdout.readline().split())
         yield p.pid, fd, port
     finally:
-        p.kill()
-        p.wait()
-        for f in (p.stdin, p.stdout):
-            if f is not None:
-                f.close()
+        reap([p])
 
 
 def test_attach_ebpf_outlives_its_loader(bpffs: str, tmp_path: Path, holder: tuple[int, int, int]) -> None:
