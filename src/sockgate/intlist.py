@@ -7,7 +7,7 @@ back the same way.
 Every number read from text goes through ``number`` (or ``c_value`` for the C library's
 saturating conversions), never ``isdigit()`` and ``int()``: ``"²".isdigit()`` is true and
 ``int("²")`` raises, and ``int()`` of more than 4,300 digits raises — each a traceback where a
-user or a peer gets to choose the text. (tests/core/test_cpus.py holds the count of the
+user or a peer gets to choose the text. (tests/core/test_numbers.py holds the count of the
 ``isdigit()`` calls left, each on text that is not turned into a number.) Hand-written: a
 dozen lines, and no library among the dependencies reads these.
 """
@@ -58,17 +58,9 @@ def c_value(digits: str, base: int = 10, past: int = 1 << 64) -> int:
     """ASCII ``digits`` in ``base`` as ``strtoul`` reads them before it saturates: their value,
     or ``past`` when it is at least that (the caller saturates as its C function does)."""
     digits = digits.lstrip("0") or "0"
-    if len(digits) > len(_in_base(past, base)):
+    if len(digits) > past.bit_length():  # (in any base, more digits than past has bits is more)
         return past
     return min(int(digits, base), past)
-
-
-def _in_base(n: int, base: int) -> str:
-    out = ""
-    while n:
-        n, d = divmod(n, base)
-        out = str(d) + out
-    return out or "0"
 
 
 def parse_spans(text: str, lo: int, hi: int, noun: str) -> list[Span]:

@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     per_worker = affinity.worker_cpus(pinning, args.workers, allowed)
     if args.accept_by_cpu and not per_worker:
         raise UsageError("--accept-by-cpu needs pinned workers: more than one with --cpu-affinity auto, or a CPU list")
-    for opt in ("workers", "max_connections_per_source", "max_udp_flows", "max_udp_flows_per_source"):
+    for opt in ("max_connections_per_source", "max_udp_flows", "max_udp_flows_per_source"):
         if getattr(args, opt) < 1:
             raise UsageError(f"--{opt.replace('_', '-')} must be at least 1")
     if args.name_queue < 0:

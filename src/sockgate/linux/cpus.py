@@ -7,8 +7,9 @@ prefers it for the connections whose handshake the kernel processed on that CPU,
 over all of its sockets when none matches. Kernels from 4.6 until the fix of November 2022
 ("soreuseport: Fix socket selection for SO_INCOMING_CPU", carried by the stable kernels too)
 ignore it inside a group and hash: the option then changes nothing, and nothing here probes
-for it (tests/kernel/test_proxy_workers.py shows it on the kernel the tests run on). Not for UDP: there the group picks a socket per
-datagram, and one flow's datagrams processed on two CPUs would become two flows.
+for it (tests/kernel/test_proxy_workers.py shows it on the kernel the tests run on). Not for
+UDP: there the group picks a socket per datagram, and one flow's datagrams processed on two
+CPUs would become two flows.
 """
 
 from __future__ import annotations

@@ -99,25 +99,27 @@ def port_range(text: str) -> tuple[int, int]:
     lo_text, dash, hi_text = text.partition("-")
     if not _DIGITS.fullmatch(lo_text) or (dash and not _DIGITS.fullmatch(hi_text)):
         raise LiteralError(f"expected a port or port range, found {quote(text)}")
-    texts = (lo_text, hi_text if dash else lo_text)
-    lo, hi = (number(p, 1, MAX_PORT) for p in texts)
-    for p, v in zip(texts, (lo, hi)):
-        if v is None:
-            raise LiteralError(f"port {_digits(p)} is out of range (1-{MAX_PORT})")
-    assert lo is not None and hi is not None
+    lo = _port(lo_text)
+    hi = _port(hi_text) if dash else lo
     if hi < lo:
         raise LiteralError(f"port range {lo}-{hi} is empty (the first port must not exceed the last)")
     return lo, hi
+
+
+def _port(digits: str) -> int:
+    n = number(digits, 1, MAX_PORT)
+    if n is None:
+        raise LiteralError(f"port {_digits(digits)} is out of range (1-{MAX_PORT})")
+    return n
 
 
 def positive(text: str, what: str) -> int:
     if not _DIGITS.fullmatch(text):
         raise LiteralError(f"expected {what} (a positive whole number), found {quote(text)}")
     n = number(text, 1, MAX_COUNT)
-    if n is None and number(text, 0, 0) == 0:
-        raise LiteralError(f"{what} must be at least 1, found {quote(text)}")
     if n is None:
-        raise LiteralError(f"{what} must be at most {MAX_COUNT}, found {quote(text)}")
+        bound = "at least 1" if not text.strip("0") else f"at most {MAX_COUNT}"
+        raise LiteralError(f"{what} must be {bound}, found {quote(text)}")
     return n
 
 
@@ -134,7 +136,7 @@ def duration(text: str) -> int:
     m = re.fullmatch(r"([0-9]+)([a-z]*)", text, re.ASCII)
     if m is None or m.group(2) not in DURATION_UNITS:
         raise LiteralError(f"expected a duration like 30s, 10m, 2h or 1d, found {quote(text)}")
-    if number(m.group(1), 0, 0) == 0:
+    if not m.group(1).strip("0"):
         raise LiteralError(f"a duration must be positive, found {quote(text)}")
     n = number(m.group(1), 1, MAX_SECONDS)
     seconds = MAX_SECONDS + 1 if n is None else n * DURATION_UNITS[m.group(2)]
