@@ -27,10 +27,16 @@ lands in the host's /sys/fs/bpf.
 
 The load tools (echo server, clients, flood) are C (bench/proxy_tools.c, compiled here with
 cc): Python clients saturate near the rates being measured and would compress every ratio.
-Every path of a run is measured back to back (bulk in the same order; short connections in
-an order rotated by one each run, so no path always follows the same one), runs repeat ``--runs``
-times, and ratios are computed per run and reported as medians. Traffic: 127.0.0.0/8 only;
-every loop is bounded by its duration.
+Every path of a run is measured back to back (bulk in the same order), runs repeat ``--runs``
+times, and ratios are computed per run and reported as medians. Short connections interleave:
+a run gives each path ``--seconds`` in slices of ``--slice`` (0.5 s), one slice of every path
+after the other, in an order shuffled each slice (seeded; no path always follows the same one),
+and a path's rate in the run is its connections over all its slices. On a shared virtual
+machine the rate of every path drifts over seconds (steal, the neighbours, where the scheduler
+puts a single process); measured back to back for 3 s each, one path's run met a slow stretch
+the other's did not, and the per-run ratio of the 1-worker proxy to haproxy swung from 0.88 to
+1.28 over six runs of one build. Interleaved, both sides of a ratio sample the same stretch of
+the machine. Traffic: 127.0.0.0/8 only; every loop is bounded by its duration.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -228,6 +235,13 @@ def short(tools: str, port: int, seconds: float, threads: int = 4, src: str = "1
     out = subprocess.run([tools, "short", str(port), str(seconds), str(threads), src], capture_output=True, text=True, timeout=seconds + 30)
     count, fail, p50, p99 = out.stdout.split()
     return int(count) / seconds, float(p50), float(p99), int(fail)
+
+
+def interleaved(slices: list[tuple[float, float, float, int]]) -> tuple[float, float, float, int]:
+    """One run of a path from its equally long slices: the mean rate (all connections over all
+    the time), the median of the slices' p50 and p99 latencies, the failures summed."""
+    return (statistics.fmean(r[0] for r in slices), med([r[1] for r in slices]), med([r[2] for r in slices]),
+            sum(r[3] for r in slices))
 
 
 def kernel_counts(tools: str, port: int, pgid: int, seconds: float) -> dict[str, float] | None:
@@ -432,14 +446,24 @@ def short_conns(args: argparse.Namespace, tools: str, tmp: Path) -> None:
         res: dict[str, list[tuple[float, float, float, int]]] = {}
         cpu: dict[str, list[float]] = {}  # relay CPU µs per connection
         order = list(paths.items())
+        slices = max(1, round(args.seconds / args.slice))
         for run in range(args.runs):
-            # rotated by one each run: no path always follows the same one (a run leaves tens of
-            # thousands of TIME-WAIT sockets behind, which weigh on the connects of the next)
-            for name, port in order[run % len(order):] + order[:run % len(order)]:
-                c0 = group_cpu(group[name]) if name in group else 0.0
-                r = short(tools, port, args.seconds)
+            # a run gives every path --seconds in slices, interleaved (module docstring)
+            got: dict[str, list[tuple[float, float, float, int]]] = {}
+            used: dict[str, float] = {}
+            for i in range(slices):
+                # shuffled each slice (seeded: a rerun shuffles the same way), so no path always
+                # follows the same one: a rotation would keep every path's neighbours
+                random.Random(run * slices + i).shuffle(order)
+                for name, port in order:
+                    c0 = group_cpu(group[name]) if name in group else 0.0
+                    got.setdefault(name, []).append(short(tools, port, args.seconds / slices))
+                    if name in group:
+                        used[name] = used.get(name, 0.0) + group_cpu(group[name]) - c0
+            for name, rs in got.items():
+                r = interleaved(rs)
                 if name in group:
-                    cpu.setdefault(name, []).append((group_cpu(group[name]) - c0) * 1e6 / max(1.0, r[0] * args.seconds))
+                    cpu.setdefault(name, []).append(used[name] * 1e6 / max(1.0, r[0] * args.seconds))
                 res.setdefault(name, []).append(r)
                 print(f"short run {run + 1} {name}: {r[0]:.0f} conn/s p50 {r[1]:.0f} us p99 {r[2]:.0f} us fail {r[3]}", file=sys.stderr)
         rate = {n: [r[0] for r in rs] for n, rs in res.items()}
@@ -447,7 +471,8 @@ def short_conns(args: argparse.Namespace, tools: str, tmp: Path) -> None:
         def per_run(n: str, m: str) -> float:
             return med([x / y for x, y in zip(rate[n], rate[m])])
 
-        print(f"\n### Short connections (4 threads, connect / 64-byte echo / close, {args.seconds:g} s; medians of {args.runs} runs)\n")
+        print(f"\n### Short connections (4 threads, connect / 64-byte echo / close, {args.seconds:g} s a run in"
+              f" {slices} interleaved slices; medians of {args.runs} runs)\n")
         print("| path | conn/s | ratio to direct | p50 µs | p99 µs | p50 added µs | p99 added µs | failures | relay CPU µs/conn |")
         print("|---|---|---|---|---|---|---|---|---|")
         p50d, p99d = (med([r[i] for r in res["direct"]]) for i in (1, 2))
@@ -551,11 +576,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=5.0, help="short-connection run length")
+    ap.add_argument("--slice", type=float, default=0.5,
+                    help="short connections: a run gives each path --seconds in slices this long, interleaved")
     ap.add_argument("--iperf-seconds", type=int, default=4)
     ap.add_argument("--quick", action="store_true", help="3 runs of 2 s (a smoke test, not a result)")
     ap.add_argument("--only", default="bulk,short,flood")
     add_backend_arg(ap)
     args = ap.parse_args()
+    if args.slice <= 0 or args.seconds <= 0:
+        print("bench_proxy: --seconds and --slice must be positive", file=sys.stderr)
+        return 2
     if args.quick:
         args.runs, args.seconds, args.iperf_seconds = 3, 2.0, 2
     missing = [t for t in ("cc", "iperf3", "haproxy", "socat", "xinetd") if shutil.which(t) is None]
@@ -563,7 +593,7 @@ def main() -> int:
         print(f"bench_proxy: missing tools: {', '.join(missing)}", file=sys.stderr)
         return 2
     print(f"machine: {machine()}")
-    print(f"command: .venv/bin/python bench/bench_proxy.py --runs {args.runs} --seconds {args.seconds:g} --iperf-seconds {args.iperf_seconds} --only {args.only} --backend {args.backend}")
+    print(f"command: .venv/bin/python bench/bench_proxy.py --runs {args.runs} --seconds {args.seconds:g} --slice {args.slice:g} --iperf-seconds {args.iperf_seconds} --only {args.only} --backend {args.backend}")
     print(f"proxy kernel filter: --backend {args.backend}")
     with private_bpffs(), tempfile.TemporaryDirectory(prefix="sgbench") as d:
         tmp = Path(d)
