@@ -460,8 +460,8 @@ def short_conns(args: argparse.Namespace, tools: str, tmp: Path) -> None:
                     got.setdefault(name, []).append(short(tools, port, args.seconds / slices))
                     if name in group:
                         used[name] = used.get(name, 0.0) + group_cpu(group[name]) - c0
-            for name, rs in got.items():
-                r = interleaved(rs)
+            for name in paths:  # (reported in the order the paths were started)
+                r = interleaved(got[name])
                 if name in group:
                     cpu.setdefault(name, []).append(used[name] * 1e6 / max(1.0, r[0] * args.seconds))
                 res.setdefault(name, []).append(r)
