@@ -27,16 +27,21 @@ lands in the host's /sys/fs/bpf.
 
 The load tools (echo server, clients, flood) are C (bench/proxy_tools.c, compiled here with
 cc): Python clients saturate near the rates being measured and would compress every ratio.
-Every path of a run is measured back to back (bulk in the same order), runs repeat ``--runs``
-times, and ratios are computed per run and reported as medians. Short connections interleave:
-a run gives each path ``--seconds`` in slices of ``--slice`` (0.5 s), one slice of every path
-after the other, in an order shuffled each slice (seeded; no path always follows the same one),
-and a path's rate in the run is its connections over all its slices. On a shared virtual
-machine the rate of every path drifts over seconds (steal, the neighbours, where the scheduler
-puts a single process); measured back to back for 3 s each, one path's run met a slow stretch
-the other's did not, and the per-run ratio of the 1-worker proxy to haproxy swung from 0.88 to
-1.28 over six runs of one build. Interleaved, both sides of a ratio sample the same stretch of
-the machine. Traffic: 127.0.0.0/8 only; every loop is bounded by its duration.
+Bulk measures every path of a run back to back, in the same order each run; runs repeat ``--runs``
+times, and ratios are computed per run and reported as medians (each run's ratio is printed with
+the targets). Short connections interleave (``measure_interleaved``): a run gives each path
+``--seconds`` in ``round(seconds / slice)`` slices (``--slice`` 0.5 s: six of 0.5 s for 3 s), one
+slice of every path after the other, in an order shuffled each slice (``--seed``, printed with the
+command: a rerun with it shuffles the same way); a path's rate in a run is all its connections
+over all its time (the client's clock runs to the last connection's end), its p50 and p99 the
+medians of its slices'. On a shared virtual machine the rate of every path drifts over seconds
+(steal, the neighbours, where the scheduler puts a single process): measured back to back, 3 s
+each, one path's run met a slow stretch the other's did not, and the per-run ratio of the
+1-worker proxy to haproxy went from 0.88 to 1.28 over six runs of one build; and a rotation by
+one per run kept every path's neighbours (docs/benchmarks.md, "Issue 16: interleaved, on a
+fresh clone"). Interleaved, the two sides of a ratio alternate every few seconds over the same
+minute, so a drift slower than that is averaged over both alike. Traffic: 127.0.0.0/8 only;
+every loop is bounded by its duration.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import random
 import shutil
@@ -56,7 +62,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -231,17 +237,73 @@ def iperf(port: int, streams: int, seconds: int) -> float:
     raise RuntimeError(data["error"])
 
 
-def short(tools: str, port: int, seconds: float, threads: int = 4, src: str = "127.0.0.1") -> tuple[float, float, float, int]:
+class Short(NamedTuple):
+    """One measurement of the short-connection client (``proxy_tools short``)."""
+
+    rate: float  # connections per second: all of them over the time up to the last one's end
+    p50: float  # µs
+    p99: float
+    fail: int
+    conns: int
+    elapsed: float  # s
+
+
+def short(tools: str, port: int, seconds: float, threads: int = 4, src: str = "127.0.0.1") -> Short:
     out = subprocess.run([tools, "short", str(port), str(seconds), str(threads), src], capture_output=True, text=True, timeout=seconds + 30)
-    count, fail, p50, p99 = out.stdout.split()
-    return int(count) / seconds, float(p50), float(p99), int(fail)
+    count, fail, p50, p99, elapsed = out.stdout.split()
+    return Short(int(count) / float(elapsed), float(p50), float(p99), int(fail), int(count), float(elapsed))
 
 
-def interleaved(slices: list[tuple[float, float, float, int]]) -> tuple[float, float, float, int]:
-    """One run of a path from its equally long slices: the mean rate (all connections over all
-    the time), the median of the slices' p50 and p99 latencies, the failures summed."""
-    return (statistics.fmean(r[0] for r in slices), med([r[1] for r in slices]), med([r[2] for r in slices]),
-            sum(r[3] for r in slices))
+def interleaved(slices: list[Short]) -> Short:
+    """One run of a path from its slices: all its connections over all its time, the medians
+    of the slices' p50 and p99 latencies (not the percentiles of the run: a tail confined to
+    one slice weighs less than in one long measurement), the failures summed."""
+    conns, elapsed = sum(r.conns for r in slices), sum(r.elapsed for r in slices)
+    return Short(conns / elapsed, med([r.p50 for r in slices]), med([r.p99 for r in slices]), sum(r.fail for r in slices),
+                 conns, elapsed)
+
+
+def measure_interleaved(tools: str, ports: dict[str, int], groups: dict[str, int], seconds: float, slices: int,
+                        seed: int) -> tuple[dict[str, Short], dict[str, float]]:
+    """One run: every path of ``ports`` gets ``seconds`` in ``slices`` slices, one slice of each
+    path after the other, in an order shuffled per slice by ``random.Random(seed)`` (module
+    docstring). Each path's ``Short`` over its slices, and the CPU seconds used by the process
+    group of each path in ``groups`` (path -> process group) during its slices."""
+    got: dict[str, list[Short]] = {n: [] for n in ports}
+    used = {n: 0.0 for n in groups}
+    order = list(ports.items())
+    rng = random.Random(seed)
+    for _ in range(slices):
+        rng.shuffle(order)  # no path always follows the same one (a rotation keeps the neighbours)
+        for name, port in order:
+            c0 = group_cpu(groups[name]) if name in groups else 0.0
+            got[name].append(short(tools, port, seconds / slices))
+            if name in groups:
+                used[name] += group_cpu(groups[name]) - c0
+    return {n: interleaved(rs) for n, rs in got.items()}, used
+
+
+def add_slice_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--slice", type=float, default=0.5,
+                    help="short connections: a run gives each path --seconds in round(seconds / slice) slices, interleaved")
+    ap.add_argument("--seed", type=int, default=None, help="the shuffles' seed (default: a new one, printed)")
+
+
+def slice_args_error(args: argparse.Namespace) -> str | None:
+    """Why ``--runs``/``--seconds``/``--slice`` cannot be measured with, or None; fills in ``--seed``."""
+    if args.seed is None:
+        args.seed = random.randrange(1 << 32)
+    if args.runs < 1:
+        return "--runs must be at least 1"
+    if not (math.isfinite(args.seconds) and args.seconds > 0):
+        return "--seconds must be a positive number"
+    if not (math.isfinite(args.slice) and args.slice >= 0.1):
+        return "--slice must be at least 0.1 (s): each slice starts the client once"
+    return None
+
+
+def slices_of(args: argparse.Namespace) -> int:
+    return max(1, round(float(args.seconds) / float(args.slice)))
 
 
 def kernel_counts(tools: str, port: int, pgid: int, seconds: float) -> dict[str, float] | None:
@@ -443,36 +505,26 @@ def short_conns(args: argparse.Namespace, tools: str, tmp: Path) -> None:
         paths["socat fork"], group["socat fork"] = _port_and_group(b.socat())
         paths["xinetd redirect"], group["xinetd redirect"] = _port_and_group(b.xinetd(tcpd=False))
         paths["xinetd -> tcpd -> cat"], group["xinetd -> tcpd -> cat"] = _port_and_group(b.xinetd(tcpd=True))
-        res: dict[str, list[tuple[float, float, float, int]]] = {}
+        res: dict[str, list[Short]] = {}
         cpu: dict[str, list[float]] = {}  # relay CPU µs per connection
-        order = list(paths.items())
-        slices = max(1, round(args.seconds / args.slice))
+        slices = slices_of(args)
         for run in range(args.runs):
-            # a run gives every path --seconds in slices, interleaved (module docstring)
-            got: dict[str, list[tuple[float, float, float, int]]] = {}
-            used: dict[str, float] = {}
-            for i in range(slices):
-                # shuffled each slice (seeded: a rerun shuffles the same way), so no path always
-                # follows the same one: a rotation would keep every path's neighbours
-                random.Random(run * slices + i).shuffle(order)
-                for name, port in order:
-                    c0 = group_cpu(group[name]) if name in group else 0.0
-                    got.setdefault(name, []).append(short(tools, port, args.seconds / slices))
-                    if name in group:
-                        used[name] = used.get(name, 0.0) + group_cpu(group[name]) - c0
-            for name in paths:  # (reported in the order the paths were started)
-                r = interleaved(got[name])
+            got, used = measure_interleaved(tools, paths, group, args.seconds, slices, args.seed + run)
+            for name, r in got.items():  # (in the order the paths were started)
                 if name in group:
-                    cpu.setdefault(name, []).append(used[name] * 1e6 / max(1.0, r[0] * args.seconds))
+                    cpu.setdefault(name, []).append(used[name] * 1e6 / max(1, r.conns))
                 res.setdefault(name, []).append(r)
-                print(f"short run {run + 1} {name}: {r[0]:.0f} conn/s p50 {r[1]:.0f} us p99 {r[2]:.0f} us fail {r[3]}", file=sys.stderr)
-        rate = {n: [r[0] for r in rs] for n, rs in res.items()}
+                print(f"short run {run + 1} {name}: {r.rate:.0f} conn/s p50 {r.p50:.0f} us p99 {r.p99:.0f} us fail {r.fail}", file=sys.stderr)
+        rate = {n: [r.rate for r in rs] for n, rs in res.items()}
+
+        def runs_of(n: str, m: str) -> list[float]:
+            return [x / y for x, y in zip(rate[n], rate[m])]
 
         def per_run(n: str, m: str) -> float:
-            return med([x / y for x, y in zip(rate[n], rate[m])])
+            return med(runs_of(n, m))
 
         print(f"\n### Short connections (4 threads, connect / 64-byte echo / close, {args.seconds:g} s a run in"
-              f" {slices} interleaved slices; medians of {args.runs} runs)\n")
+              f" {slices} interleaved slices, p50/p99 the medians of the slices'; medians of {args.runs} runs)\n")
         print("| path | conn/s | ratio to direct | p50 µs | p99 µs | p50 added µs | p99 added µs | failures | relay CPU µs/conn |")
         print("|---|---|---|---|---|---|---|---|---|")
         p50d, p99d = (med([r[i] for r in res["direct"]]) for i in (1, 2))
@@ -499,7 +551,8 @@ def short_conns(args: argparse.Namespace, tools: str, tmp: Path) -> None:
         targets = {"haproxy 2.6 mode tcp": (1.0, 0.9), "socat fork": (3, 3), "xinetd redirect": (3, 3), "xinetd -> tcpd -> cat": (8, 8)}
         for peer, (for_best, for_one) in targets.items():
             for sg, target in ((best, for_best), ("sockgate proxy, 1 worker", for_one)):
-                print(f"- {sg} / {peer}: {per_run(sg, peer):.2f}x (target >= {target}x)")
+                each = ", ".join(f"{x:.2f}" for x in runs_of(sg, peer))
+                print(f"- {sg} / {peer}: {per_run(sg, peer):.2f}x (target >= {target}x; runs {each})")
         # the same thread count on both sides: haproxy's default is one thread per CPU
         print(f"- sockgate proxy, 1 worker / {HAPROXY_1}: {per_run('sockgate proxy, 1 worker', HAPROXY_1):.2f}x (no target; same threads)")
         print(f"- {best} / {HAPROXY_MAP}: {per_run(best, HAPROXY_MAP):.2f}x (no target; both pinned per CPU)")
@@ -576,24 +629,24 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=5.0, help="short-connection run length")
-    ap.add_argument("--slice", type=float, default=0.5,
-                    help="short connections: a run gives each path --seconds in slices this long, interleaved")
     ap.add_argument("--iperf-seconds", type=int, default=4)
     ap.add_argument("--quick", action="store_true", help="3 runs of 2 s (a smoke test, not a result)")
     ap.add_argument("--only", default="bulk,short,flood")
     add_backend_arg(ap)
+    add_slice_args(ap)
     args = ap.parse_args()
-    if args.slice <= 0 or args.seconds <= 0:
-        print("bench_proxy: --seconds and --slice must be positive", file=sys.stderr)
-        return 2
     if args.quick:
         args.runs, args.seconds, args.iperf_seconds = 3, 2.0, 2
+    error = slice_args_error(args)
+    if error is not None:
+        print(f"bench_proxy: {error}", file=sys.stderr)
+        return 2
     missing = [t for t in ("cc", "iperf3", "haproxy", "socat", "xinetd") if shutil.which(t) is None]
     if missing:
         print(f"bench_proxy: missing tools: {', '.join(missing)}", file=sys.stderr)
         return 2
     print(f"machine: {machine()}")
-    print(f"command: .venv/bin/python bench/bench_proxy.py --runs {args.runs} --seconds {args.seconds:g} --slice {args.slice:g} --iperf-seconds {args.iperf_seconds} --only {args.only} --backend {args.backend}")
+    print(f"command: .venv/bin/python bench/bench_proxy.py --runs {args.runs} --seconds {args.seconds:g} --slice {args.slice:g} --seed {args.seed} --iperf-seconds {args.iperf_seconds} --only {args.only} --backend {args.backend}")
     print(f"proxy kernel filter: --backend {args.backend}")
     with private_bpffs(), tempfile.TemporaryDirectory(prefix="sgbench") as d:
         tmp = Path(d)

@@ -8,9 +8,9 @@ defaults to the working tree). Both proxies run with the same explicit ``--backe
 ``ebpf`` as root, else ``cbpf``; printed) and a private bpf filesystem (bench_proxy.py's
 ``private_bpffs``: nothing pinned in the host's /sys/fs/bpf). Both proxies (one worker each, ``--listen``/``--forward`` in
 front of the C echo server of bench/proxy_tools.c) and haproxy run at the same time; each run
-measures them one after the other with the same 4-thread connect / 64-byte echo / close loop
-as bench_proxy.py, and the ratios to haproxy are taken per run, so the machine's drift
-between runs cancels. Also reported: each proxy's CPU time (user + system) per connection.
+measures them with the same 4-thread connect / 64-byte echo / close loop, interleaved in slices
+shuffled per slice (``--slice``, ``--seed``: bench_proxy.py's ``measure_interleaved``), and the
+ratios to haproxy are taken per run, so the machine's drift cancels. Also reported: each proxy's CPU time (user + system) per connection.
 Traffic: 127.0.0.1 only; every loop is bounded by its duration.
 """
 
@@ -20,20 +20,27 @@ import argparse
 import io
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_proxy import (PY, ROOT, Bench, Proc, add_backend_arg, build_tools, echo_server, free_port, group_cpu,  # noqa: E402
-                         machine, med, private_bpffs, short)
+from bench_proxy import (PY, ROOT, Bench, Proc, add_backend_arg, add_slice_args, build_tools, echo_server,  # noqa: E402
+                         free_port, machine, measure_interleaved, med, private_bpffs, slice_args_error, slices_of)
 
 
 def checkout(rev: str, into: Path) -> Path:
-    """``src/`` of ``rev``, extracted under ``into``."""
+    """``src/`` of ``rev``, extracted under ``into``, with its C relay built as setup.py builds it
+    (an archive holds no compiled module: without it that proxy would relay in Python)."""
     data = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev, "src"], capture_output=True, check=True).stdout
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         tar.extractall(into, filter="data")
+    lane = into / "src" / "sockgate" / "proxy" / "_lane.c"
+    if lane.exists():
+        out = lane.with_name("_lane" + str(sysconfig.get_config_var("EXT_SUFFIX")))
+        subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-std=gnu11", f"-I{sysconfig.get_paths()['include']}",
+                        str(lane), "-o", str(out)], check=True)
     return into / "src"
 
 
@@ -53,10 +60,16 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=3.0)
     add_backend_arg(ap)
+    add_slice_args(ap)
     args = ap.parse_args()
+    error = slice_args_error(args)
+    if error is not None:
+        print(f"bench_proxy_ab: {error}", file=sys.stderr)
+        return 2
     print(f"machine: {machine()}")
     print(f"command: .venv/bin/python bench/bench_proxy_ab.py --old {args.old}"
-          f"{f' --new {args.new}' if args.new else ''} --runs {args.runs} --seconds {args.seconds:g} --backend {args.backend}")
+          f"{f' --new {args.new}' if args.new else ''} --runs {args.runs} --seconds {args.seconds:g}"
+          f" --slice {args.slice:g} --seed {args.seed} --backend {args.backend}")
     print(f"proxy kernel filter: --backend {args.backend} (both versions)")
     with private_bpffs(), tempfile.TemporaryDirectory(prefix="sgab") as d:
         tmp = Path(d)
@@ -69,14 +82,14 @@ def main() -> int:
             procs["haproxy"] = b.haproxy()
             rate: dict[str, list[float]] = {}
             cpu: dict[str, list[float]] = {}
+            ports = {name: p.port for name, p in procs.items()}
+            groups = {name: p.p.pid for name, p in procs.items() if p.p is not None}
             for run in range(args.runs):
-                for name, p in procs.items():
-                    assert p.p is not None
-                    c0 = group_cpu(p.p.pid)
-                    r = short(tools, p.port, args.seconds)[0]
-                    cpu.setdefault(name, []).append((group_cpu(p.p.pid) - c0) * 1e6 / max(1.0, r * args.seconds))
-                    rate.setdefault(name, []).append(r)
-                    print(f"run {run + 1} {name}: {r:.0f} conn/s, {cpu[name][-1]:.1f} µs CPU per connection", file=sys.stderr)
+                got, used = measure_interleaved(tools, ports, groups, args.seconds, slices_of(args), args.seed + run)
+                for name, r in got.items():
+                    cpu.setdefault(name, []).append(used[name] * 1e6 / max(1, r.conns))
+                    rate.setdefault(name, []).append(r.rate)
+                    print(f"run {run + 1} {name}: {r.rate:.0f} conn/s, {cpu[name][-1]:.1f} µs CPU per connection", file=sys.stderr)
             print("\n| proxy | conn/s | × haproxy (per run) | × haproxy (median) | CPU µs per connection |")
             print("|---|---|---|---|---|")
             for name in ("old", "new", "haproxy"):

@@ -4,7 +4,9 @@
  *   proxy_tools echo  PORT                      epoll echo server on 127.0.0.1:PORT (0: any);
  *                                               prints the port, serves until killed
  *   proxy_tools short PORT SECONDS THREADS SRC  THREADS loops of connect / 64-byte echo /
- *                                               close from SRC; prints "count fail p50 p99" (us)
+ *                                               close from SRC; prints "count fail p50 p99 elapsed"
+ *                                               (us; elapsed: seconds from the start to
+ *                                               the last connection's end)
  *   proxy_tools tcpd-cat                        exec tcpd as an inetd would for /bin/cat
  *   proxy_tools flood PORT SECONDS SRC [RATE]   non-blocking connects from SRC, each abandoned
  *                                               (RST) after 20 ms, at most 4096 in flight;
@@ -114,7 +116,7 @@ static int cmp(const void *a, const void *b) {
 static int short_clients(int port, double secs, int threads, const char *src) {
     pthread_t t[64];
     struct job jobs[64];
-    double until = now() + secs;
+    double start = now(), until = start + secs;
     if (threads > 64) threads = 64;
     for (int i = 0; i < threads; i++) {
         jobs[i] = (struct job){port, until, src, 0, 0, malloc(sizeof(double) * 400000), 400000};
@@ -131,7 +133,7 @@ static int short_clients(int port, double secs, int threads, const char *src) {
         for (long k = 0; k < jobs[i].count && k < jobs[i].cap; k++) all[n++] = jobs[i].lat[k];
     qsort(all, n, sizeof(double), cmp);
     double p50 = n ? all[n / 2] : 0, p99 = n ? all[(long)(n * 0.99)] : 0;
-    printf("%ld %ld %.1f %.1f\n", count, fail, p50, p99);
+    printf("%ld %ld %.1f %.1f %.6f\n", count, fail, p50, p99, now() - start); /* the last loop ends after until */
     return 0;
 }
 
