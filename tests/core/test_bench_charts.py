@@ -21,7 +21,7 @@ machine: 2 vCPU
 | sockgate proxy | 20.5 | 0.50 (0.48, 0.52) | 1.10 | 30.0 | 0.50 | 1.02 |
 | haproxy | 18.6 | 0.45 | 1.00 | 29.4 | 0.49 | 1.00 |
 
-### Short connections (4 threads, connect / 64-byte echo / close, 5 s; medians of 5 runs)
+### Short connections (4 threads, connect / 64-byte echo / close, 5 s a run in 10 interleaved slices, p50/p99 the medians of the slices'; medians of 5 runs)
 
 | path | conn/s | ratio to direct | p50 µs | p99 µs | p50 added µs | p99 added µs | failures | relay CPU µs/conn |
 |---|---|---|---|---|---|---|---|---|
