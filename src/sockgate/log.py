@@ -67,6 +67,25 @@ def _quote(v: Any) -> str:
     return q
 
 
+def allowed_parts(service: str, rule: str, reason: str) -> tuple[str, str]:
+    """``Log.allowed``'s text line after the stamp, around the peer's label: (head, tail)."""
+    q = _QUOTED.get
+    return (f" event=decision service={q(service) or _quote(service)} peer=",
+            f" decision=allow rule={q(rule) or _quote(rule)} reason={q(reason) or _quote(reason)}\n")
+
+
+def closed_parts(service: str, rule: str) -> tuple[str, str]:
+    """``Log.closed``'s text line after the stamp and up to its byte counts, around the peer's
+    label: (head, middle)."""
+    q = _QUOTED.get
+    return f" event=close service={q(service) or _quote(service)} peer=", f" decision=allow rule={q(rule) or _quote(rule)} bytes_up="
+
+
+def ending(end: str) -> str:
+    """The ``end=`` value of a close record as text."""
+    return _QUOTED.get(end) or _quote(end)
+
+
 class Log:
     def __init__(
         self,
@@ -146,29 +165,31 @@ class Log:
         """``plain``: the caller vouches that ``peer`` needs no quoting (an address and port
         as the kernel wrote them); it is then not rendered through the quoting cache, which
         per-connection labels would only churn."""
-        if self.fmt != "text" or self.use_syslog:
+        if not self.lines():
             self.record("decision", service=service, peer=peer, decision="allow", rule=rule, reason=reason)
             return
         t, stamp = self._now()
-        q = _QUOTED.get
-        p = peer if plain else q(peer) or _quote(peer)
-        self._add(t, f"{stamp} event=decision service={q(service) or _quote(service)} peer={p}"
-                     f" decision=allow rule={q(rule) or _quote(rule)} reason={q(reason) or _quote(reason)}\n")
+        head, tail = allowed_parts(service, rule, reason)
+        self.add_line(t, f"{stamp}{head}{peer if plain else _QUOTED.get(peer) or _quote(peer)}{tail}")
 
     def closed(self, service: str, peer: str, rule: str, up: int, down: int, duration: float, end: str,
                plain: bool = False) -> None:
-        if self.fmt != "text" or self.use_syslog:
+        if not self.lines():
             self.record("close", service=service, peer=peer, decision="allow", rule=rule, bytes_up=up,
                         bytes_down=down, duration=duration, end=end)
             return
         t, stamp = self._now()
-        q = _QUOTED.get
-        p = peer if plain else q(peer) or _quote(peer)
-        self._add(t, f"{stamp} event=close service={q(service) or _quote(service)} peer={p}"
-                     f" decision=allow rule={q(rule) or _quote(rule)} bytes_up={up} bytes_down={down}"
-                     f" duration={duration!r} end={q(end) or _quote(end)}\n")
+        head, middle = closed_parts(service, rule)
+        p = peer if plain else _QUOTED.get(peer) or _quote(peer)
+        self.add_line(t, f"{stamp}{head}{p}{middle}{up} bytes_down={down} duration={duration!r} end={ending(end)}\n")
 
-    def _add(self, t: float, line: str) -> None:
+    def lines(self) -> bool:
+        """Records are text lines added to this log's own buffer (``add_line``): what the proxy's C
+        relay may write itself (``_lane.c``, "the remembered path")."""
+        return self.fmt == "text" and not self.use_syslog
+
+    def add_line(self, t: float, line: str) -> None:
+        """A rendered line (ending in a newline) at monotonic time ``t``, buffered and flushed as every record."""
         self._buf.append(line)
         self._size += len(line)
         if len(self._buf) == 1:
@@ -186,7 +207,7 @@ class Log:
         if self.use_syslog:
             self._emit(severity, line, rec)
             return
-        self._add(t, f"{stamp} {self.ident}[{os.getpid()}]: {line}\n" if self.fmt == "text" else line + "\n")
+        self.add_line(t, f"{stamp} {self.ident}[{os.getpid()}]: {line}\n" if self.fmt == "text" else line + "\n")
 
     def _emit(self, severity: int, line: str, rec: Mapping[str, Any]) -> None:
         """One record to syslog or the journal; a journal that went away loses the record, as

@@ -91,6 +91,8 @@ typedef struct Conn {
     unsigned connecting : 1, closed : 1, nonblock : 1, client_inline : 1, client_tcp : 1;
     int64_t started, last; /* CLOCK_MONOTONIC ns */
     PyObject *token, *finished;
+    struct Book *book; /* admitted from its memo (token: the memo's entry), else NULL */
+    PyObject *key, *label; /* with a book: the source's text and "a.b.c.d:port" */
     Pump up, down;
 } Conn;
 
@@ -103,7 +105,28 @@ typedef struct Listener {
     socklen_t alen;
     struct sockaddr_storage addr; /* the backend */
     PyObject *admit, *failed, *finished;
+    struct Book *book; /* NULL: every client goes to admit */
 } Listener;
+
+/* The remembered admissions of one proxied service (service.Runner), replayed here without a
+ * call into Python: see "The remembered path" below. */
+typedef struct Book {
+    PyObject_HEAD
+    PyObject *memo;       /* dict: IPv4 text -> the records' parts (book_admit), filled by Python */
+    PyObject *conns;      /* the runner's connections (dict) and name lookups (set): counted */
+    PyObject *tasks;
+    PyObject *per_source; /* dict: source text -> open connections, shared with the runner */
+    PyObject *add;        /* Log.add_line(t, line) */
+    PyObject *ending;     /* ending(how, failed_connect) -> the end= value of a close record */
+    long max_conns, max_per_source;
+    PyObject *closed;     /* ending("closed", False), once known */
+    PyObject *pending;    /* lines written and not yet handed to add (lane_flush) */
+    struct Book *next;    /* the lane's books with pending lines */
+    int queued;
+    long open;            /* connections admitted here and not closed yet */
+    int64_t stamp_ms;
+    char stamp[40];
+} Book;
 
 typedef struct {
     uint32_t gen;
@@ -133,9 +156,14 @@ typedef struct {
     int pipe_size, keep, big, in_use, nidle;
     Pipe *idle;
     int closed;
+    Book *books; /* books with lines to hand to their logs (lane_flush) */
 } Lane;
 
 static int check_open(Lane *L);
+static PyTypeObject BookType;
+static void lane_flush(Lane *L);
+static void book_closed(Lane *L, Conn *c, const char *how, int failed_connect);
+static void book_release(Conn *c);
 
 /* -- small helpers ------------------------------------------------------------------------ */
 
@@ -163,6 +191,7 @@ static int is_reset(int err) {
 
 static void report(Lane *L, const char *what) {
     /* A callback raised: hand the exception to Python's report(message, exception). */
+    lane_flush(L); /* (a call into Python) */
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
     PyErr_NormalizeException(&type, &value, &tb);
@@ -368,8 +397,14 @@ static void conn_close(Lane *L, Conn *c, const char *how, int reset, int failed_
     conn_unlink(c);
     conn_link(&L->grave, c);
     L->count--;
+    if (c->book != NULL) {
+        book_closed(L, c, how, failed_connect);
+        book_release(c);
+        return;
+    }
     long long up = failed_connect ? -1 : (long long)c->up.bytes;
     long long down = failed_connect ? -1 : (long long)c->down.bytes;
+    lane_flush(L); /* (a call into Python) */
     PyObject *token = c->token, *finished = c->finished;
     c->token = c->finished = NULL;
     PyObject *h = PyUnicode_FromString(how), *u = PyLong_FromLongLong(up), *d = PyLong_FromLongLong(down);
@@ -758,6 +793,7 @@ static void listener_free(Listener *l) {
     Py_XDECREF(l->admit);
     Py_XDECREF(l->failed);
     Py_XDECREF(l->finished);
+    Py_XDECREF(l->book);
     PyMem_Free(l);
 }
 
@@ -797,8 +833,313 @@ static PyObject *address(const struct sockaddr_storage *ss, socklen_t len) {
     return Py_BuildValue("");
 }
 
+
+/* -- the remembered path (a Book) ------------------------------------------------------------------
+ *
+ * Python decides; this replays a decision it made. service.Runner puts into a Book's memo an
+ * IPv4 source whose admission it remembered as "allowed, no limiter to consult" (the address
+ * alone decided it: admission.Admission.remembered), with the two records' rendered middles, and
+ * empties the memo whenever the policy changes (Runner.install). A client from a source in the
+ * memo is admitted here: the runner's connection limits are checked on the runner's own counts
+ * (its table, its name lookups, its per-source dict, which this path keeps too) plus this path's,
+ * its decision and close records are written through the runner's Log as Log.allowed and
+ * Log.closed write them, and Python is not called. Anything else, or any failure before the
+ * client is taken (a full table, a source at its limit, memory), goes to the admit callback as
+ * before, which decides, refuses and logs. So this path admits nothing Python would not. */
+
+static int book_traverse(Book *B, visitproc visit, void *arg) {
+    PyObject *v[8] = {B->memo, B->conns, B->tasks, B->per_source, B->add, B->ending, B->closed, B->pending};
+    for (int i = 0; i < 8; i++)
+        Py_VISIT(v[i]);
+    return 0;
+}
+
+static int book_clear(Book *B) {
+    Py_CLEAR(B->memo);
+    Py_CLEAR(B->conns);
+    Py_CLEAR(B->tasks);
+    Py_CLEAR(B->per_source);
+    Py_CLEAR(B->add);
+    Py_CLEAR(B->ending);
+    Py_CLEAR(B->closed);
+    Py_CLEAR(B->pending);
+    return 0;
+}
+
+static void book_dealloc(Book *B) {
+    PyObject_GC_UnTrack(B);
+    book_clear(B);
+    Py_TYPE(B)->tp_free((PyObject *)B);
+}
+
+static int book_init(Book *B, PyObject *args, PyObject *kw) {
+    static char *names[] = {"memo", "conns", "tasks", "per_source", "add", "ending", "max_connections",
+                            "max_per_source", NULL};
+    PyObject *memo, *conns, *tasks, *per_source, *add, *ending;
+    long mc, mps;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!O!O!OOll", names, &PyDict_Type, &memo, &PyDict_Type, &conns,
+                                     &PySet_Type, &tasks, &PyDict_Type, &per_source, &add, &ending, &mc, &mps))
+        return -1;
+    if (B->memo != NULL) {
+        PyErr_SetString(PyExc_TypeError, "a Book is set up once");
+        return -1;
+    }
+    PyObject *v[6] = {memo, conns, tasks, per_source, add, ending};
+    for (int i = 0; i < 6; i++)
+        Py_INCREF(v[i]);
+    B->memo = memo, B->conns = conns, B->tasks = tasks, B->per_source = per_source;
+    B->add = add, B->ending = ending;
+    B->max_conns = mc, B->max_per_source = mps;
+    B->stamp_ms = -1;
+    return 0;
+}
+
+static PyObject *book_count(Book *B, PyObject *Py_UNUSED(ignored)) { return PyLong_FromLong(B->open); }
+
+/* The wall-clock stamp as Log._now renders it (UTC, milliseconds), once per millisecond. */
+static const char *book_stamp(Book *B) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    if (ms != B->stamp_ms) {
+        time_t sec = (time_t)(ms / 1000);
+        struct tm tm;
+        char day[32];
+        if (gmtime_r(&sec, &tm) == NULL || strftime(day, sizeof day, "%Y-%m-%dT%H:%M:%S", &tm) == 0)
+            day[0] = 0;
+        snprintf(B->stamp, sizeof B->stamp, "%s.%03dZ", day, (int)(ms % 1000));
+        B->stamp_ms = ms;
+    }
+    return B->stamp;
+}
+
+/* One record, queued for Log.add_line: the lane hands a book's lines over in one call before it
+ * calls into Python for anything else and before it returns to Python (lane_flush), so the
+ * log's order is the order things happened in. 0, or -1 with a Python error set. */
+static int book_write(Lane *L, Book *B, PyObject *line) {
+    if (line == NULL)
+        return -1;
+    if (B->pending == NULL && (B->pending = PyList_New(0)) == NULL)
+        return -1;
+    if (PyList_Append(B->pending, line) < 0)
+        return -1;
+    if (!B->queued) {
+        B->queued = 1;
+        Py_INCREF(B);
+        B->next = L->books;
+        L->books = B;
+    }
+    return 0;
+}
+
+/* Every queued line to its log (see book_write); a log that fails loses them, nothing else. */
+static void lane_flush(Lane *L) {
+    if (L->books == NULL)
+        return;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb); /* (report flushes with an exception being handled) */
+    while (L->books != NULL) {
+        Book *B = L->books;
+        L->books = B->next;
+        B->queued = 0;
+        PyObject *empty = PyUnicode_New(0, 0), *text = NULL, *t = PyFloat_FromDouble((double)now_ns() / 1e9);
+        if (empty != NULL && B->pending != NULL)
+            text = PyUnicode_Join(empty, B->pending);
+        if (B->pending != NULL && PyList_SetSlice(B->pending, 0, PY_SSIZE_T_MAX, NULL) < 0)
+            Py_CLEAR(B->pending);
+        PyObject *r = NULL;
+        if (text != NULL && t != NULL) {
+            PyObject *stack[3] = {NULL, t, text};
+            r = PyObject_Vectorcall(B->add, stack + 1, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        }
+        if (r == NULL)
+            PyErr_Clear();
+        Py_XDECREF(r), Py_XDECREF(empty), Py_XDECREF(text), Py_XDECREF(t);
+        Py_DECREF(B);
+    }
+    PyErr_Restore(type, value, tb);
+}
+
+/* repr(round(secs, 6)), as Log.closed writes a duration: PyOS_double_to_string's 'f' rounds
+ * correctly to 6 places as round() does (both _Py_dg_dtoa mode 3), 'r' is repr. */
+static PyObject *duration_text(double secs) {
+    char *f = PyOS_double_to_string(secs, 'f', 6, 0, NULL);
+    if (f == NULL)
+        return NULL;
+    double rounded = PyOS_string_to_double(f, NULL, NULL);
+    PyMem_Free(f);
+    if (rounded == -1.0 && PyErr_Occurred())
+        return NULL;
+    char *r = PyOS_double_to_string(rounded, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+    if (r == NULL)
+        return NULL;
+    PyObject *out = PyUnicode_FromString(r);
+    PyMem_Free(r);
+    return out;
+}
+
+static PyObject *lane_duration(PyObject *Py_UNUSED(module), PyObject *arg) {
+    double secs = PyFloat_AsDouble(arg);
+    if (secs == -1.0 && PyErr_Occurred())
+        return NULL;
+    return duration_text(secs);
+}
+
+/* The per-source count of `key` moved by `by` (an entry at 0 is removed, as Runner._forget does). */
+static int book_source(Book *B, PyObject *key, long by) {
+    PyObject *cur = PyDict_GetItemWithError(B->per_source, key);
+    if (cur == NULL && PyErr_Occurred())
+        return -1;
+    long n = cur == NULL ? 0 : PyLong_AsLong(cur);
+    if (n == -1 && PyErr_Occurred())
+        return -1;
+    n += by;
+    if (n <= 0)
+        return cur == NULL ? 0 : PyDict_DelItem(B->per_source, key);
+    PyObject *v = PyLong_FromLong(n);
+    int r = v == NULL ? -1 : PyDict_SetItem(B->per_source, key, v);
+    Py_XDECREF(v);
+    return r;
+}
+
+/* A memo entry: four strings. */
+static int parts(PyObject *hit) {
+    if (hit == NULL || !PyTuple_CheckExact(hit) || PyTuple_GET_SIZE(hit) != 4)
+        return 0;
+    for (int i = 0; i < 4; i++)
+        if (!PyUnicode_CheckExact(PyTuple_GET_ITEM(hit, i)))
+            return 0;
+    return 1;
+}
+
+/* A client from a remembered source, admitted here: its Conn (connect it), NULL with *taken 0
+ * (ask Python: not remembered, over a limit, or a failure, with no trace left), or NULL with
+ * *taken 1 (admitted and logged, but out of memory: reset, as admit_one does). */
+static Conn *book_admit(Lane *L, Book *B, int fd, const struct sockaddr_in *a, int *taken) {
+    char host[INET_ADDRSTRLEN];
+    *taken = 0;
+    if (inet_ntop(AF_INET, &a->sin_addr, host, sizeof host) == NULL)
+        return NULL;
+    PyObject *key = PyUnicode_FromString(host), *hit = NULL, *label = NULL, *line = NULL;
+    if (key == NULL)
+        goto no;
+    /* the memo's entry: Log.allowed's line around the peer's label (head, tail) and Log.closed's
+     * up to its byte counts (head, middle) */
+    hit = PyDict_GetItemWithError(B->memo, key); /* (borrowed until the INCREF below) */
+    if (!parts(hit)) {
+        hit = NULL;
+        goto no;
+    }
+    Py_INCREF(hit);
+    /* Runner._over_limits, on the runner's counts and this path's */
+    if (PyDict_GET_SIZE(B->conns) + PySet_GET_SIZE(B->tasks) + B->open >= B->max_conns)
+        goto no;
+    PyObject *cur = PyDict_GetItemWithError(B->per_source, key);
+    long n = cur == NULL ? 0 : PyLong_AsLong(cur);
+    if (PyErr_Occurred() || n >= B->max_per_source)
+        goto no;
+    label = PyUnicode_FromFormat("%s:%d", host, (int)ntohs(a->sin_port));
+    if (label == NULL)
+        goto no;
+    line = PyUnicode_FromFormat("%s%U%U%U", book_stamp(B), PyTuple_GET_ITEM(hit, 0), label, PyTuple_GET_ITEM(hit, 1));
+    if (line == NULL || book_source(B, key, 1) < 0)
+        goto no;
+    if (book_write(L, B, line) < 0) { /* not written: Python decides (and logs) */
+        (void)book_source(B, key, -1);
+        goto no;
+    }
+    Py_CLEAR(line);
+    *taken = 1;
+    Conn *c = conn_new(L, fd, hit, Py_None);
+    Py_DECREF(hit);
+    if (c == NULL) {
+        (void)book_source(B, key, -1);
+        PyErr_Clear();
+        Py_DECREF(key);
+        Py_DECREF(label);
+        return NULL;
+    }
+    Py_INCREF(B);
+    c->book = B, c->key = key, c->label = label;
+    B->open++;
+    return c;
+no:
+    PyErr_Clear();
+    Py_XDECREF(key);
+    Py_XDECREF(hit);
+    Py_XDECREF(label);
+    Py_XDECREF(line);
+    return NULL;
+}
+
+/* The close record of a connection admitted from a book (Log.closed's line), its counts given
+ * back. A failure here loses the record (reported), never the connection's accounting. */
+static void book_closed(Lane *L, Conn *c, const char *how, int failed_connect) {
+    Book *B = c->book;
+    B->open--;
+    if (book_source(B, c->key, -1) < 0)
+        report(L, "the proxy's per-source count failed");
+    long long up = failed_connect ? 0 : (long long)c->up.bytes, down = failed_connect ? 0 : (long long)c->down.bytes;
+    double secs = (double)(now_ns() - c->started) / 1e9;
+    PyObject *end = NULL, *text = duration_text(secs), *line = NULL;
+    if (!failed_connect && strcmp(how, "closed") == 0 && B->closed != NULL) {
+        end = B->closed;
+        Py_INCREF(end);
+    } else {
+        lane_flush(L); /* (a call into Python) */
+        PyObject *h = PyUnicode_FromString(how), *f = PyBool_FromLong(failed_connect);
+        if (h != NULL && f != NULL) {
+            PyObject *stack[3] = {NULL, h, f};
+            end = PyObject_Vectorcall(B->ending, stack + 1, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        }
+        Py_XDECREF(h), Py_XDECREF(f);
+        if (end != NULL && !failed_connect && strcmp(how, "closed") == 0 && B->closed == NULL) {
+            Py_INCREF(end);
+            B->closed = end;
+        }
+    }
+    if (end != NULL && text != NULL)
+        line = PyUnicode_FromFormat("%s%U%U%U%lld bytes_down=%lld duration=%U end=%S\n", book_stamp(B),
+                                    PyTuple_GET_ITEM(c->token, 2), c->label, PyTuple_GET_ITEM(c->token, 3), up, down, text, end);
+    if (line == NULL || book_write(L, B, line) < 0)
+        report(L, "the proxy's close record failed");
+    Py_XDECREF(end), Py_XDECREF(text), Py_XDECREF(line);
+}
+
+static void book_release(Conn *c) {
+    PyObject *token = c->token, *finished = c->finished;
+    Book *B = c->book;
+    c->token = c->finished = NULL, c->book = NULL;
+    Py_CLEAR(c->key);
+    Py_CLEAR(c->label);
+    Py_XDECREF(token);
+    Py_XDECREF(finished);
+    Py_DECREF(B);
+}
+
+/* An admitted client: connect its backend. */
+static void admitted(Lane *L, Listener *l, Conn *c, const struct sockaddr_storage *ss) {
+    c->client_tcp = ss->ss_family != AF_UNIX;
+    c->client_inline = c->client_tcp && l->client_inline;
+    c->nonblock = 1; /* accepted with SOCK_NONBLOCK, and so is the backend made */
+    conn_connect(L, c, l->family, (const struct sockaddr *)&l->addr, l->alen);
+}
+
 /* One accepted client: ask Python, then relay, refuse, or let go. */
 static void admit_one(Lane *L, Listener *l, int fd, const struct sockaddr_storage *ss, socklen_t len) {
+    if (l->book != NULL && ss->ss_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in)) {
+        int taken;
+        Conn *c = book_admit(L, l->book, fd, (const struct sockaddr_in *)ss, &taken);
+        if (c != NULL)
+            return admitted(L, l, c, ss);
+        if (taken) {
+            PyErr_NoMemory();
+            report(L, "the lane is out of memory");
+            reset_close(fd);
+            return;
+        }
+    }
+    lane_flush(L); /* (a call into Python) */
     PyObject *addr = address(ss, len), *f = PyLong_FromLong(fd);
     PyObject *r = NULL;
     if (addr != NULL && f != NULL) {
@@ -829,10 +1170,7 @@ static void admit_one(Lane *L, Listener *l, int fd, const struct sockaddr_storag
         reset_close(fd);
         return;
     }
-    c->client_tcp = ss->ss_family != AF_UNIX;
-    c->client_inline = c->client_tcp && l->client_inline;
-    c->nonblock = 1; /* accepted with SOCK_NONBLOCK, and so is the backend made */
-    conn_connect(L, c, l->family, (const struct sockaddr *)&l->addr, l->alen);
+    admitted(L, l, c, ss);
 }
 
 static void listener_event(Lane *L, Listener *l) {
@@ -849,6 +1187,7 @@ static void listener_event(Lane *L, Listener *l) {
             if (err == EAGAIN)
                 break;
             /* out of descriptors or memory, or worse: Python decides (stop for a moment) */
+            lane_flush(L);
             PyObject *r = PyObject_CallFunction(l->failed, "i", err);
             if (r == NULL)
                 report(L, "the proxy's accept-failed callback failed");
@@ -886,6 +1225,8 @@ static void run_queue(Lane *L) {
 static void enter(Lane *L) { L->depth++; }
 
 static void leave(Lane *L) {
+    if (L->depth == 1)
+        lane_flush(L); /* back to Python: every line written so far to its log */
     if (--L->depth == 0)
         grave_empty(L);
 }
@@ -980,10 +1321,14 @@ static int check_open(Lane *L) {
 
 static PyObject *Lane_listen(Lane *L, PyObject *args) {
     int fd, family, inl;
-    PyObject *admit, *failed, *finished;
+    PyObject *admit, *failed, *finished, *book = Py_None;
     Py_buffer b;
-    if (!PyArg_ParseTuple(args, "iOOOiy*p", &fd, &admit, &failed, &finished, &family, &b, &inl))
+    if (!PyArg_ParseTuple(args, "iOOOiy*p|O", &fd, &admit, &failed, &finished, &family, &b, &inl, &book))
         return NULL;
+    if (book != Py_None && !PyObject_TypeCheck(book, &BookType)) {
+        PyBuffer_Release(&b);
+        return PyErr_Format(PyExc_TypeError, "book: a Book or None");
+    }
     if (check_open(L) < 0 || fd < 0) {
         PyBuffer_Release(&b);
         if (!PyErr_Occurred())
@@ -1006,6 +1351,10 @@ static PyObject *Lane_listen(Lane *L, PyObject *args) {
     l->client_inline = inl;
     Py_INCREF(admit), Py_INCREF(failed), Py_INCREF(finished);
     l->admit = admit, l->failed = failed, l->finished = finished;
+    if (book != Py_None) {
+        Py_INCREF(book);
+        l->book = (Book *)book;
+    }
     Slot *s = slot_of(L, fd);
     int known = s != NULL && s->kind == S_LISTENER;
     if (s != NULL && (s->kind == S_CLIENT || s->kind == S_BACKEND)) {
@@ -1196,6 +1545,27 @@ static PyObject *Lane_sweep(Lane *L, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* abort_book(book, reason): end every connection admitted from that book now (as abort). */
+static PyObject *Lane_abort_book(Lane *L, PyObject *args) {
+    PyObject *book;
+    const char *reason;
+    if (!PyArg_ParseTuple(args, "O!s", &BookType, &book, &reason))
+        return NULL;
+    Py_ssize_t n;
+    enter(L);
+    Conn **v = snapshot(L, &n);
+    if (v == NULL) {
+        leave(L);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!v[i]->closed && v[i]->book == (Book *)book)
+            conn_close(L, v[i], reason, !v[i]->connecting, 0);
+    PyMem_Free(v);
+    leave(L);
+    Py_RETURN_NONE;
+}
+
 static PyObject *Lane_count(Lane *L, PyObject *Py_UNUSED(ignored)) {
     return PyLong_FromSsize_t(L->count);
 }
@@ -1223,6 +1593,7 @@ static void lane_shutdown(Lane *L) {
         return;
     L->closed = 1;
     enter(L);
+    lane_flush(L);
     while (L->live.next != &L->live) {
         Conn *c = L->live.next;
         c->closed = 1;
@@ -1233,6 +1604,12 @@ static void lane_shutdown(Lane *L) {
         if (c->bfd >= 0) {
             slot_release(L, c->bfd, c);
             reset_close(c->bfd);
+        }
+        if (c->book != NULL) { /* no record ("no callbacks"), but the counts given back */
+            c->book->open--;
+            if (book_source(c->book, c->key, -1) < 0)
+                PyErr_Clear();
+            book_release(c);
         }
         Py_CLEAR(c->token);
         Py_CLEAR(c->finished);
@@ -1311,6 +1688,12 @@ static PyObject *Lane_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObjec
 static void Lane_dealloc(Lane *L) {
     if (L->scratch != NULL)
         lane_shutdown(L);
+    while (L->books != NULL) { /* (never set up, or closed: nothing queued is left to write) */
+        Book *B = L->books;
+        L->books = B->next;
+        B->queued = 0;
+        Py_DECREF(B);
+    }
     grave_empty(L);
     Py_CLEAR(L->report);
     PyMem_Free(L->slots);
@@ -1321,11 +1704,12 @@ static void Lane_dealloc(Lane *L) {
 
 static PyMethodDef Lane_methods[] = {
     {"poll", (PyCFunction)Lane_poll, METH_O, "poll(timeout_ms) -> [(fd, events)]: wait, handle the lane's events, return the rest"},
-    {"listen", (PyCFunction)Lane_listen, METH_VARARGS, "listen(fd, admit, failed, finished, family, backend_sockaddr, client_inline)"},
+    {"listen", (PyCFunction)Lane_listen, METH_VARARGS, "listen(fd, admit, failed, finished, family, backend_sockaddr, client_inline, book=None)"},
     {"unlisten", (PyCFunction)Lane_unlisten, METH_O, "unlisten(fd) -> bool: stop accepting on fd (not closed)"},
     {"start", (PyCFunction)Lane_start, METH_VARARGS, "start(client_fd, token, finished, family, backend_sockaddr, client_inline)"},
     {"relay", (PyCFunction)Lane_relay, METH_VARARGS, "relay(client_fd, backend_fd, token, finished, client_inline)"},
     {"abort", (PyCFunction)Lane_abort, METH_VARARGS, "abort(client_fd, reason) -> bool"},
+    {"abort_book", (PyCFunction)Lane_abort_book, METH_VARARGS, "abort_book(book, reason): abort every connection of the book"},
     {"sweep", (PyCFunction)Lane_sweep, METH_VARARGS, "sweep(connect_timeout, idle_timeout)"},
     {"count", (PyCFunction)Lane_count, METH_NOARGS, "count() -> live connections"},
     {"pipes", (PyCFunction)Lane_pipes, METH_NOARGS, "pipes() -> (in use, idle)"},
@@ -1345,14 +1729,38 @@ static PyTypeObject LaneType = {
     .tp_new = Lane_new,
 };
 
+static PyMethodDef Book_methods[] = {
+    {"open", (PyCFunction)book_count, METH_NOARGS, "open() -> connections admitted from this book, not closed yet"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject BookType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "sockgate.proxy._lane.Book",
+    .tp_basicsize = sizeof(Book),
+    .tp_dealloc = (destructor)book_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Book(memo, conns, tasks, per_source, add, ending, max_connections, max_per_source): a service's "
+              "remembered admissions, replayed by the lane",
+    .tp_traverse = (traverseproc)book_traverse,
+    .tp_clear = (inquiry)book_clear,
+    .tp_methods = Book_methods,
+    .tp_init = (initproc)book_init,
+    .tp_new = PyType_GenericNew,
+};
+
+static PyMethodDef lane_functions[] = {
+    {"duration", (PyCFunction)lane_duration, METH_O, "duration(seconds) -> repr(round(seconds, 6)), as a close record says it"},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef lanemodule = {
     PyModuleDef_HEAD_INIT, "_lane",
     "The proxy's per-connection path (accept, connect, relay) in C: see the comment at the top of _lane.c.", -1,
-    NULL, NULL, NULL, NULL, NULL,
+    lane_functions, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__lane(void) {
-    if (PyType_Ready(&LaneType) < 0)
+    if (PyType_Ready(&LaneType) < 0 || PyType_Ready(&BookType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&lanemodule);
     if (m == NULL)
@@ -1360,6 +1768,12 @@ PyMODINIT_FUNC PyInit__lane(void) {
     Py_INCREF(&LaneType);
     if (PyModule_AddObject(m, "Lane", (PyObject *)&LaneType) < 0) {
         Py_DECREF(&LaneType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&BookType);
+    if (PyModule_AddObject(m, "Book", (PyObject *)&BookType) < 0) {
+        Py_DECREF(&BookType);
         Py_DECREF(m);
         return NULL;
     }

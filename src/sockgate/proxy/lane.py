@@ -4,7 +4,10 @@ attached to the proxy's loop, and the backend addresses it connects to as raw by
 Why a C part at all: the interpreter is the short-connection path's bottleneck (the top
 comment of ``_lane.c``, docs/benchmarks.md "Issue 16: the per-connection path in C"). Python
 keeps every decision: the lane calls the runner's ``admit`` once per accepted client and its
-``finished`` once per ended connection (``service.Runner``). Without the compiled module (a
+``finished`` once per ended connection (``service.Runner``), except for a client from an IPv4
+source whose admission Python remembered (nothing to count, nothing to ban) and handed to the
+lane's ``Book``: the lane replays it, counts it and writes its two records itself (the comment
+"the remembered path" in ``_lane.c``). Without the compiled module (a
 build without a C compiler), on uvloop, or with ``--relay python``, the proxy accepts,
 connects and relays in Python (``relay.py``), which the tests also use as the oracle.
 """
@@ -14,14 +17,14 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from sockgate.errors import UsageError
 from sockgate.proxy.loop import ProxyLoop
 from sockgate.proxy.relay import PipePool
 
 try:
-    from sockgate.proxy._lane import Lane
+    from sockgate.proxy._lane import Book, Lane
 except ImportError:  # built without a C compiler: the Python relay
     LANE_BUILT = False
 else:
@@ -51,6 +54,15 @@ def attach(loop: ProxyLoop, pipes: PipePool) -> "Lane":
     lane = Lane(loop.epoll.fileno(), report, pipes.splice, pipes.size, pipes.keep, pipes.big)
     loop.attach(lane)
     return lane
+
+
+def new_book(memo: dict[str, tuple[str, str, str, str]], conns: dict[int, Any], tasks: set[Any], per_source: dict[str, int],
+             add: Callable[[float, str], None], ending: Callable[[str, bool], str], max_connections: int,
+             max_per_source: int) -> "Book":
+    """The lane's view of one service's remembered admissions and of its counts (where the
+    lane runs): ``memo`` maps an IPv4 source to its records' parts (``log.allowed_parts``,
+    ``log.closed_parts``); ``conns``, ``tasks`` and ``per_source`` are the service's own."""
+    return Book(memo, conns, tasks, per_source, add, ending, max_connections, max_per_source)
 
 
 def lane_of(loop: asyncio.AbstractEventLoop | None) -> "Lane | None":

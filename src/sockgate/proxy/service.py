@@ -52,8 +52,8 @@ from sockgate.resolve import resolve_service
 from sockgate.proxy import kernelbans
 from sockgate.proxy.admission import Admission, Admitted, Refused, peer_label, rule_label
 from sockgate.proxy.limits import as_network
-from sockgate.log import Log
-from sockgate.proxy.lane import lane_of
+from sockgate.log import Log, allowed_parts, closed_parts, ending
+from sockgate.proxy.lane import lane_of, new_book
 from sockgate.proxy.loop import add_reader, remove_reader
 from sockgate.proxy.namecache import LATE, LookupRefused, ReverseLookup
 from sockgate.proxy.relay import PipePool, Relay, reset_close
@@ -64,9 +64,10 @@ from sockgate.proxy.spec import (
 
 if TYPE_CHECKING:
     from sockgate.linux.listen import Listener
-    from sockgate.proxy._lane import Lane
+    from sockgate.proxy._lane import Book, Lane
 
 _ACCEPT_BURST = 64
+_MEMO_SIZE = 4096  # replayed sources: at most this many (then forgotten, and learnt again)
 # What to do when the kernel lets only CAP_NET_ADMIN filter a TCP socket (kernel.transaction).
 PROXY_ADVICE = "start `sockgate proxy` as root or with that capability"
 _NONBLOCKING_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
@@ -100,6 +101,10 @@ class Runner:
         self.opened_by_reload = False  # its listeners were opened by a reload (see Proxy._owns_files)
         self.clients_inline = True  # accepted IP sockets have SO_OOBINLINE (tune_listener)
         self.lane: Lane | None = None  # the loop's C relay, if it has one (start)
+        # IPv4 sources the lane admits without calling back (_lane.c, "the remembered path"):
+        # their records' parts (log.allowed_parts, log.closed_parts), emptied by install
+        self.memo: dict[str, tuple[str, str, str, str]] = {}
+        self.book: Book | None = None  # the lane's view of memo and of the counts (start)
         self.install(plan.service)
 
     # -- policy ---------------------------------------------------------------------------
@@ -111,6 +116,7 @@ class Runner:
     def install(self, service: Service) -> None:
         """Use ``service`` for new connections (limiter state is kept where limits are equal)."""
         self.service = service
+        self.memo.clear()  # a new policy: nothing decided under the old one is replayed
         self.resolved = resolve_service(service)
         self.admission = Admission(self.resolved, getattr(self, "admission", None))
         self.needs_name = self.resolved.needs_host_name  # (plain attributes: read per connection)
@@ -195,6 +201,9 @@ class Runner:
     def start(self, loop: asyncio.AbstractEventLoop, listeners: list["Listener"]) -> None:
         self.loop = loop
         self.lane = lane_of(loop)
+        if self.lane is not None and self.log.lines():
+            self.book = new_book(self.memo, self.conns, self.tasks, self.per_source, self.log.add_line, self._ending,
+                                 self.options.max_connections, self.options.max_connections_per_source)
         self.listeners = listeners
         for lst in listeners:
             lst.sock.setblocking(False)
@@ -223,7 +232,7 @@ class Runner:
         t = self.target
         if self.lane is not None and t.raw:
             self.lane.listen(lsock.fileno(), self._lane_admit, partial(self._lane_accept_failed, lsock),
-                             self._lane_finished, t.family, t.raw, self.clients_inline)
+                             self._lane_finished, t.family, t.raw, self.clients_inline, self.book)
         else:
             add_reader(self.loop, lsock.fileno(), partial(self._on_accept, lsock))
 
@@ -261,7 +270,11 @@ class Runner:
             self._ban_timer.cancel()
 
     def busy(self) -> int:
-        return len(self.conns) + len(self.tasks) + sum(len(u.flows) for u in self.udp)
+        return len(self.conns) + len(self.tasks) + self._replayed() + sum(len(u.flows) for u in self.udp)
+
+    def _replayed(self) -> int:
+        """Connections the lane admitted from the memo, not in ``conns`` (still open)."""
+        return self.book.open() if self.book is not None else 0
 
     def cancel_lookups(self) -> None:
         """Give up on the clients still waiting for a host-name lookup (TCP ones are reset)."""
@@ -278,6 +291,8 @@ class Runner:
                 self.lane.abort(c.fd, reason)
             else:
                 self._drop(c, reason)
+        if self.book is not None and self.lane is not None:
+            self.lane.abort_book(self.book, reason)
         for u in self.udp:
             u.close_all(reason)
 
@@ -349,6 +364,8 @@ class Runner:
             if a is not None:  # admitted as last time, nothing to count: no peer to build
                 fast = self._allow(None, fd, None, a, source, f"{host}:{addr[1]}", True)
                 fast.in_lane = True
+                if self.book is not None:  # from now on the lane replays it
+                    self._replay(host, fast.rule, a.decision.reason)
                 return fast
         peer = Peer.of_ip(address, addr[1], None)
         if over is not None:
@@ -359,6 +376,15 @@ class Runner:
             return False
         c.in_lane = True
         return c
+
+    def _replay(self, host: str, rule: str, reason: str) -> None:
+        if len(self.memo) >= _MEMO_SIZE:
+            self.memo.clear()
+        self.memo[host] = (*allowed_parts(self.name, rule, reason), *closed_parts(self.name, rule))
+
+    def _ending(self, how: str, failed_connect: bool) -> str:
+        """The ``end=`` of a replayed connection's close record, as ``_lane_finished`` words it."""
+        return ending(f"backend {self.target.text}: {how}" if failed_connect else how)
 
     def _lane_finished(self, c: Conn, how: str, up: int, down: int) -> None:
         """A connection of the lane ended; ``up`` < 0: the backend connection failed (``how``: why)."""
@@ -396,7 +422,7 @@ class Runner:
     def _over_limits(self, source: str | None) -> tuple[str, bool] | None:
         """Why a new client from ``source`` is over a connection limit (and whether the
         limit is per source), or None."""
-        if len(self.conns) + len(self.tasks) >= self.options.max_connections:  # waiting for a name too
+        if len(self.conns) + len(self.tasks) + self._replayed() >= self.options.max_connections:  # waiting for a name too
             return f"over the proxy's limit of {self.options.max_connections} connections", False
         if source is not None and self.per_source.get(source, 0) >= self.options.max_connections_per_source:
             # one source cannot take the whole table from everybody else
