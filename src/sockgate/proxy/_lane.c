@@ -11,7 +11,12 @@
  * Python stays the sole authority on decisions: for every accepted client this module calls
  * ONE Python callback, admit(fd, addr), whose answer says relay it (a token, kept while the
  * connection lives), refuse it (False: reset and close here) or "Python took the descriptor"
- * (None). When a connection ends, finished(token, how, up, down) is called once.
+ * (None). When a connection ends, finished(token, how, up, down) is called once. The one
+ * exception is a decision Python made before and handed over: a client from an IPv4 source in
+ * its service's Book (Python's memo of admissions that only the address decided) is admitted,
+ * counted and logged here without either call ("the remembered path" below): the interpreter was
+ * what a single-process proxy spent over haproxy on a short connection (docs/benchmarks.md,
+ * "Issue 16: the remembered path in C").
  *
  * A Lane works on the epoll set of the proxy's loop (proxy/loop.py): poll() waits on it,
  * handles every event of a descriptor the lane owns (listeners, relay sockets, connecting

@@ -5,19 +5,18 @@ forwards to). Per accepted connection it:
 
 1. learns the peer — the address for IP, the kernel's credentials for Unix
    (``sockgate.linux.peercred``: SO_PEERCRED, SO_PEERGROUPS, SO_PEERPIDFD);
-2. when a rule needs it, looks the host name up (forward-confirmed, with a timeout and a cache,
-   in this service's own bounded lane: ``names``) on a slow path — a lookup cut short (late,
-   over its bounds) refuses the client unless every name would let it in; every other
-   connection is decided synchronously in the accept callback;
+2. when a rule needs it, looks the host name up (forward-confirmed, timeout, cache, in its own
+   bounded lane: ``names``) on a slow path — a lookup cut short refuses the client unless every
+   name would let it in; every other connection is decided in the accept callback;
 3. asks its ``admission.Admission``: the engine's decision, then the limits and bans;
-4. logs the decision; a denied client is reset, an allowed one is connected to the backend
-   (non-blocking connect with a deadline) and handed to a ``relay.Relay``;
+4. logs the decision; resets a denied client, connects an allowed one to the backend
+   (non-blocking, with a deadline) and hands it to a ``relay.Relay``;
 5. logs the finished connection with its byte counts, duration and how it ended.
 
-With the C relay (``lane.py``) the lane accepts, connects and relays, and calls ``_lane_admit``
-once per client (steps 1-4, the common case decided right there; a Unix peer, a host-name or
-server-address rule take the descriptor back to the path above, which hands an allowed client
-to the lane with ``Lane.start``) and ``_lane_finished`` once per ended connection (step 5).
+With the C relay (``lane.py``) the lane accepts, connects, relays and calls ``_lane_admit`` per
+client (steps 1-4; a Unix peer, a host-name or server-address rule go back to the path above,
+which hands an allowed client over with ``Lane.start``) and ``_lane_finished`` per ended one;
+a source in ``memo`` it admits, counts and logs itself (lane.py, ``_lane.c``).
 
 Kernel filter. Every IP listener carries the program compiled from the resolved service's
 ``kernel_part`` (``resolve.kernelpart``: the address-only part the kernel may enforce) and the
@@ -272,8 +271,7 @@ class Runner:
     def busy(self) -> int:
         return len(self.conns) + len(self.tasks) + self._replayed() + sum(len(u.flows) for u in self.udp)
 
-    def _replayed(self) -> int:
-        """Connections the lane admitted from the memo, not in ``conns`` (still open)."""
+    def _replayed(self) -> int:  # connections the lane admitted from the memo, still open
         return self.book.open() if self.book is not None else 0
 
     def cancel_lookups(self) -> None:
@@ -383,14 +381,12 @@ class Runner:
         self.memo[host] = (*allowed_parts(self.name, rule, reason), *closed_parts(self.name, rule))
 
     def _ending(self, how: str, failed_connect: bool) -> str:
-        """The ``end=`` of a replayed connection's close record, as ``_lane_finished`` words it."""
-        return ending(f"backend {self.target.text}: {how}" if failed_connect else how)
+        """The ``end=`` of a replayed connection's close record (``_lane_finished``'s words)."""
+        return ending(self._backend(how) if failed_connect else how)
 
     def _lane_finished(self, c: Conn, how: str, up: int, down: int) -> None:
         """A connection of the lane ended; ``up`` < 0: the backend connection failed (``how``: why)."""
-        if up < 0:
-            how, up, down = f"backend {self.target.text}: {how}", 0, 0
-        self._finished(c, how, up, down)
+        self._finished(c, self._backend(how) if up < 0 else how, max(up, 0), max(down, 0))
 
     # -- deciding -------------------------------------------------------------------------
 
@@ -514,14 +510,8 @@ class Runner:
         reset_close(conn)
 
     def _refusal(self, peer: Peer, rule: Rule | str | None, reason: str, limit: bool = False) -> None:
-        self.log.record(
-            "decision",
-            service=self.name,
-            peer=peer_label(peer),
-            decision="deny",
-            rule="limit" if limit else rule_label(rule),
-            reason=reason,
-        )
+        self.log.record("decision", service=self.name, peer=peer_label(peer), decision="deny",
+                        rule="limit" if limit else rule_label(rule), reason=reason)
 
     # -- connecting and relaying ------------------------------------------------------------
 
@@ -569,7 +559,10 @@ class Runner:
 
     def _backend_failed(self, c: Conn, why: str) -> None:
         """Backend down: close the client at once (a plain close) and say so."""
-        self._drop(c, f"backend {self.target.text}: {why}")
+        self._drop(c, self._backend(why))
+
+    def _backend(self, why: str) -> str:
+        return f"backend {self.target.text}: {why}"
 
     def _drop(self, c: Conn, how: str) -> None:
         if c.timer is not None:
