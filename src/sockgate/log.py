@@ -120,7 +120,7 @@ class Log:
     def _now(self) -> tuple[float, str]:
         """The monotonic time (for flushing: a clock step must not hold lines back), and the
         wall-clock stamp (UTC, milliseconds), rendered once per millisecond."""
-        ms = int(time.time() * 1000)
+        ms = time.time_ns() // 1_000_000  # (as _lane.c stamps its records)
         if ms != self._stamp_ms:
             self._stamp_ms = ms
             sec = ms // 1000

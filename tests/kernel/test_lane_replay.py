@@ -9,6 +9,7 @@ import asyncio
 import io
 import json
 import re
+import select
 import socket
 import threading
 from typing import Any, Callable, Iterator
@@ -47,27 +48,24 @@ class Served:
     loop until ``cond()`` holds, clients run in threads."""
 
     def __init__(self, policy: str, echo: EchoServer, options: ProxySettings, calls: list[str]) -> None:
-        svc = parse_policy(policy, "p.conf").services[0]
         self.out = io.StringIO()
         self.log = Log("text", self.out, flush_interval=0.0)
-        spec = ProxySpec(svc, (parse_url("tcp://127.0.0.1:0"),), parse_url(f"tcp://127.0.0.1:{echo.port}"))
-        self.proxy = Proxy([spec], options=options, log=self.log, loader=lambda: [spec], inherit=False)
+        specs = [ProxySpec(svc, (parse_url("tcp://127.0.0.1:0"),), parse_url(f"tcp://127.0.0.1:{echo.port}"))
+                 for svc in parse_policy(policy, "p.conf").services]
+        self.proxy = Proxy(specs, options=options, log=self.log, loader=lambda: list(specs), inherit=False)
         self.proxy.open()
         loop = new_loop(False)
         assert isinstance(loop, ProxyLoop)
         self.loop = loop
         self.proxy.loop = loop
         lanes.attach(loop, self.proxy.pipes)
-        (self.runner,) = self.proxy.runners.values()
-        admit = self.runner._lane_admit
-
-        def counted(fd: int, addr: Any) -> Any:
-            calls.append(addr[0] if isinstance(addr, tuple) else "unix")
-            return admit(fd, addr)
-
-        self.runner._lane_admit = counted  # type: ignore[method-assign]
-        self.runner.start(loop, self.runner.listeners)
-        self.port = self.runner.listeners[0].sock.getsockname()[1]
+        self.runners = list(self.proxy.runners.values())
+        self.runner = self.runners[0]
+        for r in self.runners:
+            r._lane_admit = counting(r._lane_admit, calls)  # type: ignore[method-assign]
+            r.start(loop, r.listeners)
+        self.ports = [r.listeners[0].sock.getsockname()[1] for r in self.runners]
+        self.port = self.ports[0]
 
     def run(self, cond: Callable[[], bool], timeout: float = 10.0) -> None:
         async def until() -> None:
@@ -82,9 +80,17 @@ class Served:
         return [r for r in records(self.out.getvalue()) if r["event"] in ("decision", "close")]
 
     def close(self) -> None:
-        self.runner.stop_accepting()
+        for r in self.runners:
+            r.stop_accepting()
         self.proxy.pipes.close()
         self.loop.close()
+
+
+def counting(admit: Callable[[int, Any], Any], calls: list[str]) -> Callable[[int, Any], Any]:
+    def counted(fd: int, addr: Any) -> Any:
+        calls.append(addr[0] if isinstance(addr, tuple) else "unix")
+        return admit(fd, addr)
+    return counted
 
 
 @pytest.fixture
@@ -211,3 +217,45 @@ def test_a_duration_is_written_as_python_writes_it(x: float) -> None:
     from sockgate.proxy import _lane
 
     assert _lane.duration(x) == repr(round(x, 6))
+
+
+def test_the_log_keeps_the_order_of_events_across_services_and_python(served: Callable[..., Served]) -> None:
+    """Records the lane writes are handed to the log before Python writes its own, and in the
+    order they were written whichever service wrote them."""
+    s = served("service a {\n allow 127.0.0.1\n allow 127.0.0.3\n}\nservice b {\n allow 127.0.0.1\n}\n")
+    for n, port in ((2, s.ports[0]), (4, s.ports[0]), (6, s.ports[1]), (8, s.ports[1])):  # learnt, one at a time
+        done = in_thread(lambda: exchange(port) and None)
+        s.run(lambda: done() and len(s.records()) == n)
+    # all queued before the loop turns: a's listener ready first, then b's; on a, a source not
+    # learnt yet (Python writes its record) between two remembered ones (the lane writes theirs)
+    held = [socket.create_connection(("127.0.0.1", s.ports[0]), timeout=5),
+            socket.create_connection(("127.0.0.1", s.ports[1]), timeout=5),
+            socket.create_connection(("127.0.0.1", s.ports[0]), timeout=5, source_address=("127.0.0.3", 0)),
+            socket.create_connection(("127.0.0.1", s.ports[0]), timeout=5)]
+    try:
+        s.run(lambda: len([r for r in s.records() if r["event"] == "decision"]) == 8)
+        got = [(r["service"], r["peer"].split(":")[0]) for r in s.records() if r["event"] == "decision"][4:]
+        assert got == [("a", "127.0.0.1"), ("a", "127.0.0.3"), ("a", "127.0.0.1"), ("b", "127.0.0.1")], got
+    finally:
+        for h in held:
+            h.close()
+
+
+def test_a_book_that_was_not_set_up_is_refused(echo: EchoServer) -> None:
+    from sockgate.proxy._lane import Book, Lane
+
+    ep = select.epoll()
+    lane = Lane(ep.fileno(), lambda message, exc: None)
+    with ep, socket.socket() as ls:
+        ls.bind(("127.0.0.1", 0))
+        ls.listen()
+        with pytest.raises(TypeError):
+            lane.listen(ls.fileno(), print, print, print, socket.AF_INET, lanes.sockaddr(socket.AF_INET, ("127.0.0.1", echo.port)),
+                        True, Book.__new__(Book))
+
+
+def test_limits_beyond_a_c_long_mean_no_limit(served: Callable[..., Served]) -> None:
+    s = served(max_connections=10**30, max_connections_per_source=10**30)
+    done = in_thread(lambda: [exchange(s.port) for _ in range(3)] and None)
+    s.run(lambda: done() and len(s.records()) == 6)
+    assert all(r["decision"] == "allow" for r in s.records())

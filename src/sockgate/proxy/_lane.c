@@ -125,9 +125,6 @@ typedef struct Book {
     PyObject *ending;     /* ending(how, failed_connect) -> the end= value of a close record */
     long max_conns, max_per_source;
     PyObject *closed;     /* ending("closed", False), once known */
-    PyObject *pending;    /* lines written and not yet handed to add (lane_flush) */
-    struct Book *next;    /* the lane's books with pending lines */
-    int queued;
     long open;            /* connections admitted here and not closed yet */
     int64_t stamp_ms;
     char stamp[40];
@@ -161,7 +158,8 @@ typedef struct {
     int pipe_size, keep, big, in_use, nidle;
     Pipe *idle;
     int closed;
-    Book *books; /* books with lines to hand to their logs (lane_flush) */
+    PyObject *lines;     /* records written by books, in order, not yet handed to lines_add */
+    PyObject *lines_add; /* the Log.add_line they go to (book_write) */
 } Lane;
 
 static int check_open(Lane *L);
@@ -853,8 +851,8 @@ static PyObject *address(const struct sockaddr_storage *ss, socklen_t len) {
  * before, which decides, refuses and logs. So this path admits nothing Python would not. */
 
 static int book_traverse(Book *B, visitproc visit, void *arg) {
-    PyObject *v[8] = {B->memo, B->conns, B->tasks, B->per_source, B->add, B->ending, B->closed, B->pending};
-    for (int i = 0; i < 8; i++)
+    PyObject *v[7] = {B->memo, B->conns, B->tasks, B->per_source, B->add, B->ending, B->closed};
+    for (int i = 0; i < 7; i++)
         Py_VISIT(v[i]);
     return 0;
 }
@@ -867,7 +865,6 @@ static int book_clear(Book *B) {
     Py_CLEAR(B->add);
     Py_CLEAR(B->ending);
     Py_CLEAR(B->closed);
-    Py_CLEAR(B->pending);
     return 0;
 }
 
@@ -918,50 +915,51 @@ static const char *book_stamp(Book *B) {
     return B->stamp;
 }
 
-/* One record, queued for Log.add_line: the lane hands a book's lines over in one call before it
- * calls into Python for anything else and before it returns to Python (lane_flush), so the
- * log's order is the order things happened in. 0, or -1 with a Python error set. */
+/* One record, queued for Log.add_line: the lane hands its lines over, in the order they were
+ * written, before it calls into Python for anything else and whenever it returns to Python
+ * (lane_flush), so the log's order is the order things happened in; lines for another log
+ * first hand over those queued. 0, or -1 with a Python error set. */
 static int book_write(Lane *L, Book *B, PyObject *line) {
     if (line == NULL)
         return -1;
-    if (B->pending == NULL && (B->pending = PyList_New(0)) == NULL)
+    if (L->lines_add != NULL && L->lines_add != B->add) {
+        int same = PyObject_RichCompareBool(L->lines_add, B->add, Py_EQ); /* (bound methods of one log) */
+        if (same < 0)
+            return -1;
+        if (!same)
+            lane_flush(L);
+    }
+    if (L->lines == NULL && (L->lines = PyList_New(0)) == NULL)
         return -1;
-    if (PyList_Append(B->pending, line) < 0)
+    if (PyList_Append(L->lines, line) < 0)
         return -1;
-    if (!B->queued) {
-        B->queued = 1;
-        Py_INCREF(B);
-        B->next = L->books;
-        L->books = B;
+    if (L->lines_add == NULL) {
+        Py_INCREF(B->add);
+        L->lines_add = B->add;
     }
     return 0;
 }
 
-/* Every queued line to its log (see book_write); a log that fails loses them, nothing else. */
+/* Every queued line to its log (see book_write), in one call; a log that raises is reported
+ * (its lines are lost, nothing else is). Any exception being handled is kept. */
 static void lane_flush(Lane *L) {
-    if (L->books == NULL)
+    if (L->lines_add == NULL)
         return;
     PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb); /* (report flushes with an exception being handled) */
-    while (L->books != NULL) {
-        Book *B = L->books;
-        L->books = B->next;
-        B->queued = 0;
-        PyObject *empty = PyUnicode_New(0, 0), *text = NULL, *t = PyFloat_FromDouble((double)now_ns() / 1e9);
-        if (empty != NULL && B->pending != NULL)
-            text = PyUnicode_Join(empty, B->pending);
-        if (B->pending != NULL && PyList_SetSlice(B->pending, 0, PY_SSIZE_T_MAX, NULL) < 0)
-            Py_CLEAR(B->pending);
-        PyObject *r = NULL;
-        if (text != NULL && t != NULL) {
-            PyObject *stack[3] = {NULL, t, text};
-            r = PyObject_Vectorcall(B->add, stack + 1, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-        }
-        if (r == NULL)
-            PyErr_Clear();
-        Py_XDECREF(r), Py_XDECREF(empty), Py_XDECREF(text), Py_XDECREF(t);
-        Py_DECREF(B);
+    PyErr_Fetch(&type, &value, &tb);
+    PyObject *add = L->lines_add, *lines = L->lines, *r = NULL;
+    L->lines_add = NULL, L->lines = NULL; /* detached: a report from here finds nothing queued */
+    PyObject *empty = PyUnicode_New(0, 0), *text = NULL, *t = PyFloat_FromDouble((double)now_ns() / 1e9);
+    if (empty != NULL && lines != NULL && t != NULL)
+        text = PyUnicode_Join(empty, lines);
+    if (text != NULL) {
+        PyObject *stack[3] = {NULL, t, text};
+        r = PyObject_Vectorcall(add, stack + 1, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     }
+    if (r == NULL)
+        report(L, "the proxy's log failed");
+    Py_XDECREF(r), Py_XDECREF(empty), Py_XDECREF(text), Py_XDECREF(t), Py_XDECREF(lines);
+    Py_DECREF(add);
     PyErr_Restore(type, value, tb);
 }
 
@@ -1050,20 +1048,27 @@ static Conn *book_admit(Lane *L, Book *B, int fd, const struct sockaddr_in *a, i
     if (line == NULL || book_source(B, key, 1) < 0)
         goto no;
     if (book_write(L, B, line) < 0) { /* not written: Python decides (and logs) */
+        PyErr_Clear();
         (void)book_source(B, key, -1);
         goto no;
     }
     Py_CLEAR(line);
     *taken = 1;
     Conn *c = conn_new(L, fd, hit, Py_None);
-    Py_DECREF(hit);
-    if (c == NULL) {
-        (void)book_source(B, key, -1);
+    if (c == NULL) { /* admitted and logged: its close record too (admit_one resets it) */
         PyErr_Clear();
+        (void)book_source(B, key, -1);
+        PyObject *end = PyUnicode_FromFormat("%s%U%U%U0 bytes_down=0 duration=0.0 end=\"error: out of memory\"\n",
+                                             book_stamp(B), PyTuple_GET_ITEM(hit, 2), label, PyTuple_GET_ITEM(hit, 3));
+        if (book_write(L, B, end) < 0)
+            PyErr_Clear();
+        Py_XDECREF(end);
+        Py_DECREF(hit);
         Py_DECREF(key);
         Py_DECREF(label);
         return NULL;
     }
+    Py_DECREF(hit);
     Py_INCREF(B);
     c->book = B, c->key = key, c->label = label;
     B->open++;
@@ -1086,7 +1091,7 @@ static void book_closed(Lane *L, Conn *c, const char *how, int failed_connect) {
         report(L, "the proxy's per-source count failed");
     long long up = failed_connect ? 0 : (long long)c->up.bytes, down = failed_connect ? 0 : (long long)c->down.bytes;
     double secs = (double)(now_ns() - c->started) / 1e9;
-    PyObject *end = NULL, *text = duration_text(secs), *line = NULL;
+    PyObject *end = NULL, *text = NULL, *line = NULL;
     if (!failed_connect && strcmp(how, "closed") == 0 && B->closed != NULL) {
         end = B->closed;
         Py_INCREF(end);
@@ -1103,6 +1108,8 @@ static void book_closed(Lane *L, Conn *c, const char *how, int failed_connect) {
             B->closed = end;
         }
     }
+    if (end != NULL)
+        text = duration_text(secs);
     if (end != NULL && text != NULL)
         line = PyUnicode_FromFormat("%s%U%U%U%lld bytes_down=%lld duration=%U end=%S\n", book_stamp(B),
                                     PyTuple_GET_ITEM(c->token, 2), c->label, PyTuple_GET_ITEM(c->token, 3), up, down, text, end);
@@ -1230,8 +1237,7 @@ static void run_queue(Lane *L) {
 static void enter(Lane *L) { L->depth++; }
 
 static void leave(Lane *L) {
-    if (L->depth == 1)
-        lane_flush(L); /* back to Python: every line written so far to its log */
+    lane_flush(L); /* back to Python: every line written so far to its log */
     if (--L->depth == 0)
         grave_empty(L);
 }
@@ -1330,9 +1336,9 @@ static PyObject *Lane_listen(Lane *L, PyObject *args) {
     Py_buffer b;
     if (!PyArg_ParseTuple(args, "iOOOiy*p|O", &fd, &admit, &failed, &finished, &family, &b, &inl, &book))
         return NULL;
-    if (book != Py_None && !PyObject_TypeCheck(book, &BookType)) {
+    if (book != Py_None && (!PyObject_TypeCheck(book, &BookType) || ((Book *)book)->memo == NULL)) {
         PyBuffer_Release(&b);
-        return PyErr_Format(PyExc_TypeError, "book: a Book or None");
+        return PyErr_Format(PyExc_TypeError, "book: a Book set up by its constructor, or None");
     }
     if (check_open(L) < 0 || fd < 0) {
         PyBuffer_Release(&b);
@@ -1693,12 +1699,8 @@ static PyObject *Lane_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObjec
 static void Lane_dealloc(Lane *L) {
     if (L->scratch != NULL)
         lane_shutdown(L);
-    while (L->books != NULL) { /* (never set up, or closed: nothing queued is left to write) */
-        Book *B = L->books;
-        L->books = B->next;
-        B->queued = 0;
-        Py_DECREF(B);
-    }
+    Py_CLEAR(L->lines); /* (closed: nothing queued is left to write) */
+    Py_CLEAR(L->lines_add);
     grave_empty(L);
     Py_CLEAR(L->report);
     PyMem_Free(L->slots);

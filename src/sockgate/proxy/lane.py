@@ -62,7 +62,10 @@ def new_book(memo: dict[str, tuple[str, str, str, str]], conns: dict[int, Any], 
     """The lane's view of one service's remembered admissions and of its counts (where the
     lane runs): ``memo`` maps an IPv4 source to its records' parts (``log.allowed_parts``,
     ``log.closed_parts``); ``conns``, ``tasks`` and ``per_source`` are the service's own."""
-    return Book(memo, conns, tasks, per_source, add, ending, max_connections, max_per_source)
+    def bounded(n: int) -> int:  # (a C long; more than any table could hold means no limit)
+        return max(0, min(n, 1 << 62))
+
+    return Book(memo, conns, tasks, per_source, add, ending, bounded(max_connections), bounded(max_per_source))
 
 
 def lane_of(loop: asyncio.AbstractEventLoop | None) -> "Lane | None":
