@@ -1772,15 +1772,7 @@ PyMODINIT_FUNC PyInit__lane(void) {
     PyObject *m = PyModule_Create(&lanemodule);
     if (m == NULL)
         return NULL;
-    Py_INCREF(&LaneType);
-    if (PyModule_AddObject(m, "Lane", (PyObject *)&LaneType) < 0) {
-        Py_DECREF(&LaneType);
-        Py_DECREF(m);
-        return NULL;
-    }
-    Py_INCREF(&BookType);
-    if (PyModule_AddObject(m, "Book", (PyObject *)&BookType) < 0) {
-        Py_DECREF(&BookType);
+    if (PyModule_AddType(m, &LaneType) < 0 || PyModule_AddType(m, &BookType) < 0) { /* (named after tp_name) */
         Py_DECREF(m);
         return NULL;
     }
