@@ -27,9 +27,10 @@ lands in the host's /sys/fs/bpf.
 
 The load tools (echo server, clients, flood) are C (bench/proxy_tools.c, compiled here with
 cc): Python clients saturate near the rates being measured and would compress every ratio.
-Bulk measures every path of a run back to back, in the same order each run; runs repeat ``--runs``
-times, and ratios are computed per run and reported as medians (each run's ratio is printed with
-the targets). Short connections interleave (``measure_interleaved``): a run gives each path
+Bulk measures every path of a run back to back, in an order shuffled per run and stream count
+(``--seed``: no path always runs right after the same one); runs repeat ``--runs`` times, and
+ratios are computed per run and reported as medians (each run's ratio is printed with the
+targets). Short connections interleave (``measure_interleaved``): a run gives each path
 ``--seconds`` in ``round(seconds / slice)`` slices (``--slice`` 0.5 s: six of 0.5 s for 3 s), one
 slice of every path after the other, in an order shuffled each slice (``--seed``, printed with the
 command: a rerun with it shuffles the same way); a path's rate in a run is all its connections
@@ -430,9 +431,12 @@ def bulk(args: argparse.Namespace, tools: str, tmp: Path) -> None:
         res: dict[tuple[str, int], list[float]] = {}
         cpu: dict[tuple[str, int], list[float]] = {}  # relay CPU ms per GB moved
         idle: dict[tuple[str, int], list[float]] = {}  # % of both CPUs idle during the run
+        rng = random.Random(args.seed)
         for run in range(args.runs):
             for streams in (1, 4):
-                for name, port in paths.items():
+                order = list(paths.items())
+                rng.shuffle(order)  # no path always runs right after the same one (module docstring)
+                for name, port in order:
                     c0 = group_cpu(group[name]) if name in group else 0.0
                     i0, t0 = idle_ticks()
                     g = iperf(port, streams, args.iperf_seconds)
