@@ -12,7 +12,10 @@ lands in the host's /sys/fs/bpf.
   without splice / on uvloop, to show what each gives), haproxy 2.6 ``mode tcp`` with no
   tune settings (and, as the ceiling of a splice relay in C, with ``option splice-request`` and
   ``option splice-response``), the bare Python relay of PEERS.md (bench/splice_relay.py: a
-  thread per direction, blocking splice, nothing else), socat ``TCP-LISTEN,fork``.
+  thread per direction, blocking splice, nothing else), socat ``TCP-LISTEN,fork``. The proxy
+  takes its loopback legs off BBR once they carry bulk data (``--loopback-cc``, proxy/relay.py);
+  every other path keeps the system's congestion control, so one more row, the proxy with
+  ``--loopback-cc keep``, shows the relay alone with everything paced alike.
 * Short connections: 4 client threads loop connect / 64-byte echo / close for 5 s against a
   small C epoll echo server, directly or through each path (the same ones, plus xinetd
   ``redirect`` and xinetd → tcpd → cat, the TCP Wrappers deployment, haproxy with one
@@ -399,6 +402,7 @@ def echo_server(tools: str) -> tuple[subprocess.Popen[str], int]:
 
 
 HAPROXY_1 = "haproxy 2.6 mode tcp, nbthread 1"
+PACED = "sockgate, 1 worker, --loopback-cc keep"  # (bulk only: a short exchange never switches)
 HAPROXY_MAP = "haproxy 2.6 mode tcp, a thread pinned per CPU"
 PER_CPU = "sockgate proxy, 2 workers, a CPU each"
 SG = {
@@ -422,6 +426,7 @@ def bulk(args: argparse.Namespace, tools: str, tmp: Path) -> None:
         for name, extra in SG.items():
             if name != PER_CPU:  # (on loopback one client's streams are all made on its CPU: one worker)
                 paths[name], group[name] = _port_and_group(b.sockgate(*extra))
+        paths[PACED], group[PACED] = _port_and_group(b.sockgate("--loopback-cc", "keep"))
         paths["haproxy 2.6 mode tcp"], group["haproxy 2.6 mode tcp"] = _port_and_group(b.haproxy())
         name = "haproxy 2.6 mode tcp, splice forced"
         paths[name], group[name] = _port_and_group(b.haproxy(splice=True))
@@ -477,17 +482,23 @@ def bulk(args: argparse.Namespace, tools: str, tmp: Path) -> None:
 def _bulk_targets(res: dict[tuple[str, int], list[float]]) -> None:
     """Issue 16's bulk targets, per run: the 1-worker proxy within 5 % of the best other relay
     of that run (any kind: haproxy with or without splice, the thread relay, socat) for 1 and
-    4 streams, and 1-stream bulk >= 1.5x haproxy's default."""
+    4 streams, and 1-stream bulk >= 1.5x haproxy's default. Also the proxy with every leg
+    paced as the others' are (PACED) against the same best: the relay alone."""
     sg = "sockgate proxy, 1 worker"
     others = [n for (n, k) in res if k == 1 and n != "direct" and not n.startswith("sockgate")]
     print()
+    def each(xs: list[float]) -> str:
+        return f"{med(xs):.2f}x (runs " + ", ".join(f"{x:.2f}" for x in xs) + ")"
+
     for streams in (1, 4):
         runs = range(len(res[(sg, streams)]))
         best = [max(res[(n, streams)][i] for n in others) for i in runs]
-        ratio = med([res[(sg, streams)][i] / best[i] for i in runs])
-        print(f"- {sg}, {streams} stream{'s' if streams > 1 else ''} / the best other relay of the run: {ratio:.2f}x (target >= 0.95x)")
-    h = med([x / y for x, y in zip(res[(sg, 1)], res[("haproxy 2.6 mode tcp", 1)])])
-    print(f"- {sg}, 1 stream / haproxy 2.6 mode tcp: {h:.2f}x (target >= 1.5x)")
+        ratio = [res[(sg, streams)][i] / best[i] for i in runs]
+        print(f"- {sg}, {streams} stream{'s' if streams > 1 else ''} / the best other relay of the run: {each(ratio)} (target >= 0.95x)")
+        alike = [res[(PACED, streams)][i] / best[i] for i in runs]
+        print(f"  ({PACED}, every relay paced alike: {each(alike)})")
+    h = [x / y for x, y in zip(res[(sg, 1)], res[("haproxy 2.6 mode tcp", 1)])]
+    print(f"- {sg}, 1 stream / haproxy 2.6 mode tcp: {each(h)} (target >= 1.5x)")
 
 
 def _port_and_group(p: Proc) -> tuple[int, int]:

@@ -43,14 +43,14 @@ class Harness:
     """One relay implementation on a ``ProxyLoop``: ``relay`` hands it a socket pair, ``ends``
     collects (how, up, down) once per connection."""
 
-    def __init__(self, impl: str, splice: bool) -> None:
+    def __init__(self, impl: str, splice: bool, cc: bytes = b"") -> None:
         if impl == "c" and not lanes.LANE_BUILT:
             pytest.skip("the C relay was not built")
         self.impl = impl
         self.loop = ProxyLoop()
         self.errors: list[dict[str, Any]] = []
         self.loop.set_exception_handler(lambda _, ctx: self.errors.append(ctx))
-        self.pipes = PipePool(splice=splice)
+        self.pipes = PipePool(splice=splice, cc=cc)
         self.lane = lanes.attach(self.loop, self.pipes) if impl == "c" else None
         self.ends: list[tuple[str, int, int]] = []
         self.relays: dict[int, Relay] = {}

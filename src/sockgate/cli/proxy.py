@@ -49,6 +49,10 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     loops.add_argument("--uvloop", action="store_true", help="run on uvloop (if installed) instead of the proxy's own epoll loop")
     loops.add_argument("--no-uvloop", action="store_true", help="the proxy's own epoll loop (the default; kept for scripts)")
     p.add_argument("--no-splice", action="store_true", help="copy through user space instead of splice(2)")
+    p.add_argument("--loopback-cc", default="auto", metavar="auto|keep|NAME",
+                   help="a TCP leg to this host that carries bulk data and is paced by BBR switches to this congestion"
+                        " control (auto: cubic, else reno; keep: the system's choice); BBR's pacing costs a loopback"
+                        " stream about a third of its rate and buys nothing there")
     p.add_argument("--relay", choices=("c", "python"), default="auto",
                    help="accept, connect and relay in C (the default where it was built) or in Python")
     p.add_argument("--idle-timeout", type=float, default=300.0, metavar="S", help="close connections idle this long (300)")
@@ -151,5 +155,6 @@ def run(args: argparse.Namespace) -> int:
         use_uvloop=args.uvloop,
         splice=not args.no_splice,
         relay=args.relay,
+        loopback_cc=args.loopback_cc,
     )
     return proxy.serve()

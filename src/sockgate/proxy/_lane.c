@@ -85,7 +85,7 @@ typedef struct Pump {
     char *own; /* copy: unsent bytes kept here; NULL: they are in the scratch buffer */
     uint64_t bytes;
     unsigned readable : 1, hangup : 1, blocked : 1, queued : 1, eof : 1, done : 1, urgent : 1, plain_end : 1,
-        clean_end : 1, splice : 1, may_splice : 1, inl : 1, tcp : 1;
+        clean_end : 1, splice : 1, may_splice : 1, inl : 1, tcp : 1, bulk : 1;
     struct Pump *qnext, *qprev; /* the continuation queue */
 } Pump;
 
@@ -155,6 +155,7 @@ typedef struct {
     char *scratch;
     /* the pipe pool (relay.PipePool) */
     int splice;
+    char cc[16]; /* a bulk loopback leg's congestion control (pacing.py); "": keep */
     int pipe_size, keep, big, in_use, nidle;
     Pipe *idle;
     int closed;
@@ -489,6 +490,45 @@ static void pump_to_splice(Pump *p) {
     p->splice = 1;
 }
 
+/* A loopback leg BBR paces switches to L->cc once it carries bulk data (pacing.py). */
+static int same_host(int fd) {
+    struct sockaddr_storage peer, self;
+    socklen_t plen = sizeof peer, slen = sizeof self;
+    if (getpeername(fd, (struct sockaddr *)&peer, &plen) < 0 || plen > sizeof peer)
+        return 0;
+    if (peer.ss_family == AF_INET && plen >= sizeof(struct sockaddr_in)) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)&peer;
+        if ((ntohl(a->sin_addr.s_addr) >> 24) == 127)
+            return 1;
+    } else if (peer.ss_family == AF_INET6 && plen >= sizeof(struct sockaddr_in6)) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)&peer)->sin6_addr;
+        if (IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127))
+            return 1;
+    } else {
+        return 0;
+    }
+    if (getsockname(fd, (struct sockaddr *)&self, &slen) < 0 || slen != plen || self.ss_family != peer.ss_family)
+        return 0;
+    if (peer.ss_family == AF_INET)
+        return ((const struct sockaddr_in *)&peer)->sin_addr.s_addr == ((const struct sockaddr_in *)&self)->sin_addr.s_addr;
+    return memcmp(&((const struct sockaddr_in6 *)&peer)->sin6_addr, &((const struct sockaddr_in6 *)&self)->sin6_addr,
+                  sizeof(struct in6_addr)) == 0;
+}
+
+static void pump_bulk(Lane *L, Pump *p) {
+    Conn *c = p->conn;
+    Pump *other = p == &c->up ? &c->down : &c->up;
+    char now[16] = {0};
+    socklen_t len = sizeof now - 1;
+    p->bulk = 1;
+    if (!L->cc[0] || !other->tcp)
+        return;
+    if (getsockopt(p->dfd, IPPROTO_TCP, TCP_CONGESTION, now, &len) < 0 || strncmp(now, "bbr", 3) != 0)
+        return;
+    if (same_host(p->dfd)) /* failing: the socket keeps what it had (speed only, not safety) */
+        (void)setsockopt(p->dfd, IPPROTO_TCP, TCP_CONGESTION, L->cc, (socklen_t)strlen(L->cc));
+}
+
 /* Read once from src: bytes read, 0 at EOF, R_AGAIN, or R_ERROR (errno set). */
 static ssize_t pump_fill(Lane *L, Pump *p) {
     ssize_t n;
@@ -657,8 +697,10 @@ static void pump_run(Lane *L, Pump *p) {
         }
         if (!pump_flush(L, p))
             return;
+        if (n == COPY_SIZE && !p->bulk)
+            pump_bulk(L, p); /* a full buffer: a bulk transfer */
         if (n == COPY_SIZE && !p->splice && p->may_splice && !p->urgent)
-            pump_to_splice(p); /* a full buffer: enough traffic to pay for a pipe */
+            pump_to_splice(p); /* ... enough traffic to pay for a pipe */
         if (!p->hangup && (size_t)n < empty_below(p)) {
             p->readable = 0; /* the read emptied the socket */
             break;
@@ -1658,11 +1700,17 @@ static PyObject *Lane_close(Lane *L, PyObject *Py_UNUSED(ignored)) {
 }
 
 static int Lane_init(Lane *L, PyObject *args, PyObject *kw) {
-    static char *names[] = {"epfd", "report", "splice", "pipe_size", "keep", "big", NULL};
+    static char *names[] = {"epfd", "report", "splice", "pipe_size", "keep", "big", "cc", NULL};
     int epfd, splice = 1, size = 1 << 20, keep = 64, big = 256;
+    const char *cc = "";
+    Py_ssize_t cclen = 0;
     PyObject *rep;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "iO|piii", names, &epfd, &rep, &splice, &size, &keep, &big))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iO|piiiy#", names, &epfd, &rep, &splice, &size, &keep, &big, &cc, &cclen))
         return -1;
+    if (cclen >= (Py_ssize_t)sizeof L->cc || (Py_ssize_t)strlen(cc) != cclen) {
+        PyErr_SetString(PyExc_ValueError, "bad congestion control name");
+        return -1;
+    }
     if (L->scratch != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "a lane is set up once");
         return -1;
@@ -1682,6 +1730,8 @@ static int Lane_init(Lane *L, PyObject *args, PyObject *kw) {
     L->report = rep;
     L->splice = splice;
     L->pipe_size = size, L->keep = keep, L->big = big;
+    memcpy(L->cc, cc, (size_t)cclen);
+    L->cc[cclen] = '\0';
     return 0;
 }
 
@@ -1730,7 +1780,7 @@ static PyTypeObject LaneType = {
     .tp_basicsize = sizeof(Lane),
     .tp_dealloc = (destructor)Lane_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Lane(epfd, report, splice=True, pipe_size=1<<20, keep=64, big=256): the per-connection path in C",
+    .tp_doc = "Lane(epfd, report, splice=True, pipe_size=1<<20, keep=64, big=256, cc=b''): the per-connection path in C",
     .tp_methods = Lane_methods,
     .tp_init = (initproc)Lane_init,
     .tp_new = Lane_new,

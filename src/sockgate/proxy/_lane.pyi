@@ -14,7 +14,7 @@ class Book:
 class Lane:
     def __init__(
         self, epfd: int, report: Callable[[str, BaseException | None], object], splice: bool = True,
-        pipe_size: int = 1 << 20, keep: int = 64, big: int = 256,
+        pipe_size: int = 1 << 20, keep: int = 64, big: int = 256, cc: bytes = b"",
     ) -> None: ...
     def poll(self, timeout_ms: int, /) -> list[tuple[int, int]]: ...
     def listen(

@@ -51,7 +51,7 @@ def attach(loop: ProxyLoop, pipes: PipePool) -> "Lane":
     def report(message: str, exc: BaseException | None) -> None:
         loop.call_exception_handler({"message": message, "exception": exc})
 
-    lane = Lane(loop.epoll.fileno(), report, pipes.splice, pipes.size, pipes.keep, pipes.big)
+    lane = Lane(loop.epoll.fileno(), report, pipes.splice, pipes.size, pipes.keep, pipes.big, pipes.cc)
     loop.attach(lane)
     return lane
 

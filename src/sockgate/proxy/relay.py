@@ -24,6 +24,9 @@ touches a pipe. Pipes come from a ``PipePool`` and are held only while they carr
 an idle connection holds none. Without splice (other systems, ``--no-splice``, a socket
 type that refuses it) a pump keeps copying.
 
+The same first full read marks the direction as a bulk transfer: a destination socket to
+this host that BBR paces then leaves BBR (``proxy/pacing.py``).
+
 Copying reads and writes pass ``MSG_DONTWAIT``, so an accepted socket needs no ``O_NONBLOCK``
 (one ``ioctl`` per connection saved); a pump that switches to splice makes both sockets
 non-blocking first: ``SPLICE_F_NONBLOCK`` makes only the pipe end non-blocking, and a splice
@@ -84,6 +87,7 @@ import time
 from typing import Any, Callable
 
 from sockgate.proxy.loop import ProxyLoop
+from sockgate.proxy.pacing import unpace
 
 F_SETPIPE_SZ = 1031  # <linux/fcntl.h> (F_LINUX_SPECIFIC_BASE + 7)
 SIOCATMARK = 0x8905  # <asm-generic/sockios.h>
@@ -116,13 +120,16 @@ Pipe = tuple[int, int, int]  # read end, write end, buffer slots
 
 class PipePool:
     """Non-blocking pipes of ``size`` bytes, reused; at most ``keep`` kept idle. With
-    ``splice=False`` the relays only copy (measuring, or a kernel whose splice misbehaves).
+    ``splice=False`` the relays only copy (measuring, or a kernel whose splice misbehaves);
+    ``cc`` is the congestion control a bulk loopback leg gets (``pacing.choose_cc``).
     Also holds the ``Poller`` of the process's event loop and the scratch buffer its pumps
     copy through (one loop, one thread: a pump uses it only between a read and the write
     that follows it)."""
 
-    def __init__(self, size: int = PIPE_SIZE, keep: int = 64, splice: bool = _SPLICE, big: int = 256) -> None:
+    def __init__(self, size: int = PIPE_SIZE, keep: int = 64, splice: bool = _SPLICE, big: int = 256,
+                 cc: bytes = b"") -> None:
         self.size = size
+        self.cc = cc  # a bulk loopback leg's congestion control (pacing.py); b"": keep the system's
         self.keep = keep
         self.splice = splice and _SPLICE
         self.big = big  # at most this many large pipes in use: bounds the kernel memory pinned
@@ -222,7 +229,7 @@ class _Pump:
     __slots__ = (
         "relay", "src", "dst", "sfd", "dfd", "tcp", "pipe", "pending", "buf", "off", "readable", "hangup",
         "blocked", "queued", "eof", "done", "urgent", "plain_end", "bytes", "splice", "may_splice", "chunk",
-        "inline", "clean_end",
+        "inline", "clean_end", "bulk", "dst_tcp",
     )  # two per connection, their fields read on every event
 
     def __init__(self, relay: "Relay", src: _socket.socket, dst: _socket.socket, inline: bool = False) -> None:
@@ -232,6 +239,8 @@ class _Pump:
         self.sfd = src.fileno()
         self.dfd = dst.fileno()
         self.tcp = _socket.socket.family.__get__(src) != socket.AF_UNIX
+        self.dst_tcp = _socket.socket.family.__get__(dst) != socket.AF_UNIX
+        self.bulk = False  # a read filled the copy buffer (unpace)
         self.pipe: Pipe | None = None
         self.pending = 0  # bytes in the pipe (splice) or in buf (copy)
         self.buf: memoryview | None = None  # copy: the pending bytes (the pool's scratch or our own)
@@ -327,8 +336,12 @@ class _Pump:
                 if not self._drain():
                     self.blocked = True
                     return
+                if n == COPY_SIZE and not self.bulk:
+                    self.bulk = True  # a full buffer: a bulk transfer
+                    if self.dst_tcp and relay.pipes.cc:
+                        unpace(self.dst, relay.pipes.cc)
                 if n == COPY_SIZE and not self.splice and self.may_splice and not self.urgent:
-                    self._to_splice()  # a full buffer: enough traffic to pay for a pipe
+                    self._to_splice()  # ... enough traffic to pay for a pipe
                 if not self.hangup and n < self._empty_below():
                     self.readable = False  # the read emptied the socket: skip the EAGAIN read
                     break

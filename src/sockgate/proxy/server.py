@@ -48,6 +48,7 @@ from sockgate.log import Log
 from sockgate.proxy import kernelbans
 from sockgate.proxy import lane as lanes
 from sockgate.proxy.loop import ProxyLoop
+from sockgate.proxy.pacing import choose_cc
 from sockgate.proxy.relay import PipePool
 from sockgate.proxy.namecache import ReverseLookup
 from sockgate.proxy.reload import Handover, Key, UnixName, run as run_reload, unix_name
@@ -92,6 +93,7 @@ class Proxy:
         splice: bool = True,
         kernel: Kernel | None = None,
         relay: lanes.RelayChoice = "auto",
+        loopback_cc: str = "auto",
     ) -> None:
         if not plans:
             raise UsageError("nothing to proxy: no service has both `listen` and `forward`")
@@ -108,7 +110,7 @@ class Proxy:
         self.use_uvloop = use_uvloop
         self.relay = lanes.choose(relay, use_uvloop)  # "c": the lane (proxy/lane.py), or "python"
         self.inherit = inherit
-        self.pipes = PipePool(splice=splice)
+        self.pipes = PipePool(splice=splice, cc=choose_cc(loopback_cc))  # (relay.unpace)
         self.kernel = kernel or default_kernel()
         self.runners: dict[Key, Runner] = {}
         self.retired: list[Runner] = []
