@@ -490,29 +490,57 @@ static void pump_to_splice(Pump *p) {
     p->splice = 1;
 }
 
-/* A loopback leg BBR paces switches to L->cc once it carries bulk data (pacing.py). */
+/* A loopback leg BBR paces switches to L->cc once it carries bulk data (pacing.py). Whether
+ * a peer is this host, from the two addresses of a socket (pacing.same_host: a loopback
+ * address, IPv4-mapped or not, or the socket's own address; zones are not compared). */
+static int addr_same_host(const struct sockaddr_storage *peer, socklen_t plen, const struct sockaddr_storage *self,
+                          socklen_t slen) {
+    if (plen > sizeof *peer || slen > sizeof *self)
+        return 0;
+    if (peer->ss_family == AF_INET && plen >= sizeof(struct sockaddr_in)) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)peer;
+        if ((ntohl(a->sin_addr.s_addr) >> 24) == 127)
+            return 1;
+        if (self->ss_family != AF_INET || slen < sizeof(struct sockaddr_in))
+            return 0;
+        return a->sin_addr.s_addr == ((const struct sockaddr_in *)self)->sin_addr.s_addr;
+    }
+    if (peer->ss_family == AF_INET6 && plen >= sizeof(struct sockaddr_in6)) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)peer)->sin6_addr;
+        if (IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127))
+            return 1;
+        if (self->ss_family != AF_INET6 || slen < sizeof(struct sockaddr_in6))
+            return 0;
+        return memcmp(a, &((const struct sockaddr_in6 *)self)->sin6_addr, sizeof *a) == 0;
+    }
+    return 0;
+}
+
 static int same_host(int fd) {
     struct sockaddr_storage peer, self;
     socklen_t plen = sizeof peer, slen = sizeof self;
-    if (getpeername(fd, (struct sockaddr *)&peer, &plen) < 0 || plen > sizeof peer)
+    if (getpeername(fd, (struct sockaddr *)&peer, &plen) < 0 || getsockname(fd, (struct sockaddr *)&self, &slen) < 0)
         return 0;
-    if (peer.ss_family == AF_INET && plen >= sizeof(struct sockaddr_in)) {
-        const struct sockaddr_in *a = (const struct sockaddr_in *)&peer;
-        if ((ntohl(a->sin_addr.s_addr) >> 24) == 127)
-            return 1;
-    } else if (peer.ss_family == AF_INET6 && plen >= sizeof(struct sockaddr_in6)) {
-        const struct in6_addr *a = &((const struct sockaddr_in6 *)&peer)->sin6_addr;
-        if (IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127))
-            return 1;
-    } else {
-        return 0;
+    return addr_same_host(&peer, plen, &self, slen);
+}
+
+/* The same decision on two addresses given as struct sockaddr bytes (lane.sockaddr): the
+ * tests hold it to pacing.same_host. */
+static PyObject *lane_same_host(PyObject *Py_UNUSED(mod), PyObject *args) {
+    const char *p, *q;
+    Py_ssize_t plen, qlen;
+    struct sockaddr_storage peer, self;
+    if (!PyArg_ParseTuple(args, "y#y#", &p, &plen, &q, &qlen))
+        return NULL;
+    if (plen > (Py_ssize_t)sizeof peer || qlen > (Py_ssize_t)sizeof self || plen < 2 || qlen < 2) {
+        PyErr_SetString(PyExc_ValueError, "not a socket address");
+        return NULL;
     }
-    if (getsockname(fd, (struct sockaddr *)&self, &slen) < 0 || slen != plen || self.ss_family != peer.ss_family)
-        return 0;
-    if (peer.ss_family == AF_INET)
-        return ((const struct sockaddr_in *)&peer)->sin_addr.s_addr == ((const struct sockaddr_in *)&self)->sin_addr.s_addr;
-    return memcmp(&((const struct sockaddr_in6 *)&peer)->sin6_addr, &((const struct sockaddr_in6 *)&self)->sin6_addr,
-                  sizeof(struct in6_addr)) == 0;
+    memset(&peer, 0, sizeof peer);
+    memset(&self, 0, sizeof self);
+    memcpy(&peer, p, (size_t)plen);
+    memcpy(&self, q, (size_t)qlen);
+    return PyBool_FromLong(addr_same_host(&peer, (socklen_t)plen, &self, (socklen_t)qlen));
 }
 
 static void pump_bulk(Lane *L, Pump *p) {
@@ -1707,9 +1735,16 @@ static int Lane_init(Lane *L, PyObject *args, PyObject *kw) {
     PyObject *rep;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "iO|piiiy#", names, &epfd, &rep, &splice, &size, &keep, &big, &cc, &cclen))
         return -1;
-    if (cclen >= (Py_ssize_t)sizeof L->cc || (Py_ssize_t)strlen(cc) != cclen) {
+    if (cclen >= (Py_ssize_t)sizeof L->cc) {
         PyErr_SetString(PyExc_ValueError, "bad congestion control name");
         return -1;
+    }
+    for (Py_ssize_t i = 0; i < cclen; i++) { /* pacing._CC_NAME: [a-z0-9_], no NUL */
+        char ch = cc[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '_')) {
+            PyErr_SetString(PyExc_ValueError, "bad congestion control name");
+            return -1;
+        }
     }
     if (L->scratch != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "a lane is set up once");
@@ -1807,6 +1842,7 @@ static PyTypeObject BookType = {
 
 static PyMethodDef lane_functions[] = {
     {"duration", (PyCFunction)lane_duration, METH_O, "duration(seconds) -> repr(round(seconds, 6)), as a close record says it"},
+    {"same_host", (PyCFunction)lane_same_host, METH_VARARGS, "same_host(peer, local) -> bool: sockaddr bytes, pacing.same_host's decision"},
     {NULL, NULL, 0, NULL},
 };
 

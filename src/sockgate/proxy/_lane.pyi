@@ -3,6 +3,7 @@
 from typing import Any, Callable
 
 def duration(seconds: float, /) -> str: ...
+def same_host(peer: bytes, local: bytes, /) -> bool: ...
 
 class Book:
     def __init__(

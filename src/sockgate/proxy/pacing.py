@@ -8,14 +8,21 @@ else reno; ``keep``: never). BBR paces every segment with a timer (on a device w
 qdisc of its own, as loopback, TCP paces internally); on a path with no queue and no loss to
 protect, that buys nothing and costs a stream most of its rate: on a 2-CPU machine one
 relayed 1-stream transfer made 19–20 Gbit/s paced and 29–32 unpaced, and a direct loopback
-stream 33 against 70 (docs/benchmarks.md, "Pacing on loopback"). Short exchanges, remote legs
-and every other congestion control keep what the system or the operator chose; a switch the
-kernel refuses leaves the socket as it was: it is a matter of speed, not of safety. Remote
-peers cannot pose as this host: the kernel drops packets from loopback or local source
-addresses that arrive on another interface (martians), and IPv4-mapped IPv6 sources.
+stream 33 against 70 (docs/benchmarks.md, "Issue 16: pacing on loopback"). Short exchanges,
+remote legs and every other congestion control keep what the system or the operator chose
+(a route's ``congctl`` too, unless it is locked: then the kernel refuses the switch); a
+switch the kernel refuses leaves the socket as it was.
 
-The C relay (``_lane.c``, ``same_host`` and ``pump_bulk``) does the same; the tests hold both
-to it on real sockets (tests/kernel/test_relay_pacing.py).
+The decision reads the addresses the socket shows, which are those before any NAT: a
+loopback or own address that netfilter rewrites to another machine (``route_localnet`` with
+a DNAT, a container platform's hairpin) counts as this host, and that leg loses BBR; run
+such a proxy with ``--loopback-cc keep``. What a wrong guess can cost is a congestion
+control, never a byte or a decision. A peer elsewhere cannot make the guess for its own
+connection: a SYN that claims a loopback or own source address gets its SYN-ACK sent over
+loopback, so the handshake never completes.
+
+The C relay (``_lane.c``: ``same_host``, ``pump_bulk``) does the same; the tests hold both
+to it, on real sockets and over generated addresses (tests/kernel/test_relay_pacing.py).
 """
 
 from __future__ import annotations
@@ -29,14 +36,15 @@ import socket
 
 from sockgate.errors import UsageError
 
-_CC_NAME = re.compile(r"[a-z0-9_]{1,15}")  # TCP_CA_NAME_MAX 16 with the NUL
+_CC_NAME = re.compile(r"[a-z0-9_]{1,15}")  # TCP_CA_NAME_MAX 16 with the NUL (_lane.c checks it too)
+_AVAILABLE = "/proc/sys/net/ipv4/tcp_available_congestion_control"
+LOOPBACK_CC_AUTO = ("cubic", "reno")  # --loopback-cc auto: the first of these this process may set
 
 
 def same_host(peer: str, local: str) -> bool:
     """A TCP peer at ``peer`` reached from ``local`` (address texts, as ``getpeername`` and
     ``getsockname`` give them) is this host: a loopback address, IPv4-mapped or not, or the
-    socket's own address. (Packets from elsewhere cannot carry either: the kernel drops
-    loopback and local sources arriving on other interfaces as martians.)"""
+    socket's own address (zones not compared: both ends of a connection share one)."""
     try:
         p = ipaddress.ip_address(peer.partition("%")[0])
     except ValueError:
@@ -44,7 +52,12 @@ def same_host(peer: str, local: str) -> bool:
     if isinstance(p, ipaddress.IPv6Address) and p.ipv4_mapped is not None:
         if p.ipv4_mapped.is_loopback:
             return True
-    return p.is_loopback or peer == local
+    if p.is_loopback:
+        return True
+    try:
+        return p == ipaddress.ip_address(local.partition("%")[0])
+    except ValueError:
+        return False
 
 
 def unpace(s: _socket.socket, cc: bytes) -> bool:
@@ -61,20 +74,36 @@ def unpace(s: _socket.socket, cc: bytes) -> bool:
     return True
 
 
-LOOPBACK_CC_AUTO = ("cubic", "reno")  # --loopback-cc auto: the first of these this process may set
+def available() -> frozenset[str] | None:
+    """The congestion controls the kernel has loaded; None if it does not say."""
+    try:
+        with open(_AVAILABLE, encoding="ascii") as f:
+            return frozenset(f.read(4096).split())
+    except (OSError, ValueError):
+        return None
 
 
-def choose_cc(wanted: str) -> bytes:
-    """The congestion control name ``--loopback-cc`` means (``keep``: b"", none), tried on a
-    throwaway socket: ``auto`` the first of ``LOOPBACK_CC_AUTO`` the kernel lets this process
-    set (b"" if none), a name that must be settable. ``UsageError`` for a name that is not."""
+def choose_cc(wanted: str, auto: tuple[str, ...] = LOOPBACK_CC_AUTO) -> bytes:
+    """The congestion control name ``--loopback-cc`` means, b"" for none (``keep``): ``auto``
+    the first of ``auto`` the kernel lets this process set (none: b""), else a name that must
+    be loaded (``tcp_available_congestion_control``: a name is never a reason for the kernel
+    to load a module) and settable, tried on a throwaway socket. ``UsageError`` otherwise."""
     if wanted == "keep":
         return b""
-    names = LOOPBACK_CC_AUTO if wanted == "auto" else (wanted,)
-    if wanted != "auto" and not _CC_NAME.fullmatch(wanted):
-        raise UsageError(f"--loopback-cc {wanted!r}: not a congestion control name (auto, keep, or e.g. cubic, reno)")
+    names = auto if wanted == "auto" else (wanted,)
+    if wanted != "auto":
+        if not _CC_NAME.fullmatch(wanted):
+            raise UsageError(f"--loopback-cc {wanted!r}: not a congestion control name (auto, keep, or e.g. cubic, reno)")
+        if wanted.startswith("bbr"):
+            raise UsageError(f"--loopback-cc {wanted}: paces as BBR does; use keep to leave BBR in place")
+    loaded = available()
+    names = tuple(n for n in names if loaded is None or n in loaded)
     last: OSError | None = None
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+    try:
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    except OSError as e:
+        raise UsageError(f"--loopback-cc {wanted}: cannot try it: {os.strerror(e.errno or 0)}") from None
+    with probe:
         for name in names:
             try:
                 probe.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, name.encode())
@@ -83,7 +112,8 @@ def choose_cc(wanted: str) -> bytes:
                 last = e
     if wanted == "auto":
         return b""
-    why = "not available in this kernel" if last is not None and last.errno == errno.ENOENT else (
-        os.strerror(last.errno) if last is not None and last.errno else "refused")
-    raise UsageError(f"--loopback-cc {wanted}: {why} (net.ipv4.tcp_available_congestion_control, "
-                     "tcp_allowed_congestion_control)")
+    if last is None or last.errno == errno.ENOENT:
+        raise UsageError(f"--loopback-cc {wanted}: not loaded in this kernel (net.ipv4.tcp_available_congestion_control;"
+                         f" modprobe tcp_{wanted} first)")
+    raise UsageError(f"--loopback-cc {wanted}: {os.strerror(last.errno or 0)} (net.ipv4.tcp_allowed_congestion_control"
+                     " lists what a process without CAP_NET_ADMIN may set)")

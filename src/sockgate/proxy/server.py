@@ -251,7 +251,8 @@ class Proxy:
             loop.call_later(_TICK, self._tick)
             if not self.is_child:
                 self.log.notice("listening", addresses=" ".join(self.addresses()), loop=type(loop).__module__, relay=relay,
-                                backend=self.backend_text(), **self._cpu_fields())
+                                backend=self.backend_text(), loopback_cc=self.pipes.cc.decode() or "keep",
+                                **self._cpu_fields())
                 self.log.flush()
                 sup.ready()
             loop.run_until_complete(done)
@@ -414,7 +415,7 @@ class Proxy:
                 for lst in r.listeners:
                     lst.sock.close()  # only the workers accept; the files are unlinked at the end
             self.log.notice("listening", addresses=" ".join(addresses), workers=len(pids), backend=self.backend_text(),
-                            **self._cpu_fields())
+                            loopback_cc=self.pipes.cc.decode() or "keep", **self._cpu_fields())
             self.log.flush()
             sup.ready()
             loop.run()
