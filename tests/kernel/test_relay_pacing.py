@@ -194,10 +194,23 @@ def _sockaddr(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) ->
     return lanes.sockaddr(socket.AF_INET6, (str(addr), port, 0, 0))
 
 
-_LOOPBACKISH = st.sampled_from([ipaddress.ip_address(a) for a in (
-    "127.0.0.1", "127.255.255.254", "126.255.255.255", "128.0.0.0", "::1", "::2", "::", "0.0.0.0",
-    "::ffff:127.0.0.1", "::ffff:126.0.0.1", "::ffff:128.0.0.1", "::127.0.0.1", "fe80::1", "2001:db8::1")])
+_EDGE_TEXTS = ("127.0.0.1", "127.255.255.254", "126.255.255.255", "128.0.0.0", "127.0.0.2", "::1", "::2", "::", "0.0.0.0",
+               "::ffff:127.0.0.1", "::ffff:127.0.0.2", "::ffff:126.0.0.1", "::ffff:128.0.0.1", "::127.0.0.1", "::ffff:7f00:1",
+               "1::1", "::1:0:0:1", "fe80::1", "2001:db8::1", "192.0.2.1", "::ffff:192.0.2.1")
+_LOOPBACKISH = st.sampled_from([ipaddress.ip_address(a) for a in _EDGE_TEXTS])
 _ADDRESSES = st.one_of(st.ip_addresses(), _LOOPBACKISH)
+
+
+@pytest.mark.skipif(not lanes.LANE_BUILT, reason="the C relay was not built (test_relay_both fails under CI then)")
+def test_the_lane_decides_as_same_host_on_every_edge_pair() -> None:
+    """Every pair of the edge addresses, both ways (deterministic; the property below adds
+    random ones)."""
+    from sockgate.proxy._lane import same_host as lane_same_host
+
+    edges = [ipaddress.ip_address(a) for a in _EDGE_TEXTS]
+    for peer in edges:
+        for mine in edges:
+            assert lane_same_host(_sockaddr(peer, 1), _sockaddr(mine, 2)) == same_host(str(peer), str(mine)), (peer, mine)
 
 
 @pytest.mark.skipif(not lanes.LANE_BUILT, reason="the C relay was not built (test_relay_both fails under CI then)")
@@ -228,6 +241,9 @@ def test_the_lane_takes_only_a_name() -> None:
         Lane(ep.fileno(), lambda m, e: None, cc=b"cubic").close()
 
 
+# These assume a kernel of this machine's kind: cubic and reno built in, bbr loaded and the
+# default, net.ipv4.tcp_allowed_congestion_control "reno bbr" (so cubic is restricted).
+
 @pytest.mark.root
 def test_choose_cc() -> None:
     assert choose_cc("keep") == b""
@@ -242,6 +258,27 @@ def test_choose_cc() -> None:
         choose_cc("bbr")
     assert choose_cc("auto", auto=("nosuchcc", "reno")) == b"reno"
     assert choose_cc("auto", auto=("nosuchcc",)) == b""
+
+
+def test_choose_cc_without_its_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No readable list of loaded names: a NAME is refused (as root the kernel would load a
+    module for it), ``auto`` still tries its own. No IPv4 socket (a Unix-only proxy under
+    ``RestrictAddressFamilies=AF_UNIX``): ``auto`` is nothing to do, a NAME an error."""
+    from sockgate.proxy import pacing
+
+    monkeypatch.setattr(pacing, "_AVAILABLE", "/nonexistent/tcp_available_congestion_control")
+    with pytest.raises(UsageError, match="cannot read .* use auto or keep"):
+        choose_cc("reno")
+    assert choose_cc("auto", auto=("reno",)) == b"reno"
+    monkeypatch.undo()
+
+    def no_inet(*a: object, **k: object) -> socket.socket:
+        raise OSError(97, os.strerror(97))  # EAFNOSUPPORT
+
+    monkeypatch.setattr(pacing.socket, "socket", no_inet)
+    assert choose_cc("auto") == b""
+    with pytest.raises(UsageError, match="reno: cannot try it: Address family not supported"):
+        choose_cc("reno")
 
 
 def test_choose_cc_auto_falls_back_to_what_this_user_may_set() -> None:

@@ -9,9 +9,9 @@ qdisc of its own, as loopback, TCP paces internally); on a path with no queue an
 protect, that buys nothing and costs a stream most of its rate: on a 2-CPU machine one
 relayed 1-stream transfer made 19–20 Gbit/s paced and 29–32 unpaced, and a direct loopback
 stream 33 against 70 (docs/benchmarks.md, "Issue 16: pacing on loopback"). Short exchanges,
-remote legs and every other congestion control keep what the system or the operator chose
-(a route's ``congctl`` too, unless it is locked: then the kernel refuses the switch); a
-switch the kernel refuses leaves the socket as it was.
+remote legs and every other congestion control keep what the system or the operator chose (a
+route's ``congctl bbr`` is switched like any BBR, unless the route locks it: then the kernel
+refuses); a switch the kernel refuses leaves the socket as it was.
 
 The decision reads the addresses the socket shows, which are those before any NAT: a
 loopback or own address that netfilter rewrites to another machine (``route_localnet`` with
@@ -85,9 +85,11 @@ def available() -> frozenset[str] | None:
 
 def choose_cc(wanted: str, auto: tuple[str, ...] = LOOPBACK_CC_AUTO) -> bytes:
     """The congestion control name ``--loopback-cc`` means, b"" for none (``keep``): ``auto``
-    the first of ``auto`` the kernel lets this process set (none: b""), else a name that must
-    be loaded (``tcp_available_congestion_control``: a name is never a reason for the kernel
-    to load a module) and settable, tried on a throwaway socket. ``UsageError`` otherwise."""
+    the first of ``auto`` that is loaded and that the kernel lets this process set (none, or
+    no IPv4 socket to try it on: b""), else a name that must be loaded
+    (``tcp_available_congestion_control``, which must be readable: a name is never a reason
+    for the kernel to load a module) and settable, tried on a throwaway socket. ``UsageError``
+    otherwise."""
     if wanted == "keep":
         return b""
     names = auto if wanted == "auto" else (wanted,)
@@ -97,11 +99,15 @@ def choose_cc(wanted: str, auto: tuple[str, ...] = LOOPBACK_CC_AUTO) -> bytes:
         if wanted.startswith("bbr"):
             raise UsageError(f"--loopback-cc {wanted}: paces as BBR does; use keep to leave BBR in place")
     loaded = available()
+    if loaded is None and wanted != "auto":
+        raise UsageError(f"--loopback-cc {wanted}: cannot read {_AVAILABLE} to see that it is loaded; use auto or keep")
     names = tuple(n for n in names if loaded is None or n in loaded)
     last: OSError | None = None
     try:
         probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     except OSError as e:
+        if wanted == "auto":
+            return b""  # no IPv4 here (RestrictAddressFamilies=AF_UNIX): no TCP leg to unpace either
         raise UsageError(f"--loopback-cc {wanted}: cannot try it: {os.strerror(e.errno or 0)}") from None
     with probe:
         for name in names:
