@@ -13,7 +13,7 @@ lands in the host's /sys/fs/bpf.
   tune settings (and, as the ceiling of a splice relay in C, with ``option splice-request`` and
   ``option splice-response``), the bare Python relay of PEERS.md (bench/splice_relay.py: a
   thread per direction, blocking splice, nothing else), socat ``TCP-LISTEN,fork``. The proxy
-  takes its loopback legs off BBR once they carry bulk data (``--loopback-cc``, proxy/relay.py);
+  takes its loopback legs off BBR once they carry bulk data (``--loopback-cc``, proxy/pacing.py);
   every other path keeps the system's congestion control, so one more row, the proxy with
   ``--loopback-cc keep``, shows the relay alone with everything paced alike.
 * Short connections: 4 client threads loop connect / 64-byte echo / close for 5 s against a
@@ -486,10 +486,11 @@ def _bulk_targets(res: dict[tuple[str, int], list[float]]) -> None:
     paced as the others' are (PACED) against the same best: the relay alone."""
     sg = "sockgate proxy, 1 worker"
     others = [n for (n, k) in res if k == 1 and n != "direct" and not n.startswith("sockgate")]
-    print()
+
     def each(xs: list[float]) -> str:
         return f"{med(xs):.2f}x (runs " + ", ".join(f"{x:.2f}" for x in xs) + ")"
 
+    print()
     for streams in (1, 4):
         runs = range(len(res[(sg, streams)]))
         best = [max(res[(n, streams)][i] for n in others) for i in runs]

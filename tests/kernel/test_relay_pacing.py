@@ -146,6 +146,22 @@ def test_only_bbr_is_switched(harness: Callable[[bytes], Harness]) -> None:
     assert relay_and_look(h, client, backend, os.urandom(BULK), os.urandom(BULK)) == ("cubic", "reno")
 
 
+def test_a_unix_leg_is_not_touched(harness: Callable[[bytes], Harness]) -> None:
+    """A Unix stream destination has no congestion control: the bulk transfer goes through
+    as ever (the Python relay's getsockopt fails and is ignored; the lane does not ask)."""
+    h = harness(b"cubic")
+    cp, c = socket.socketpair()
+    bp, b = socket.socketpair()
+    b.setblocking(False)
+    up, down = os.urandom(BULK), os.urandom(BULK)
+    h.relay(c, b)
+    _exchange(h, cp, bp, up, down)
+    cp.close()
+    bp.close()
+    h.spin(lambda: bool(h.ends))
+    assert h.ends == [("closed", len(up), len(down))]
+
+
 @pytest.mark.root
 @pytest.mark.netns
 def test_own_address_switches_another_host_does_not(harness: Callable[[bytes], Harness], lab: netlab.Lab) -> None:

@@ -35,6 +35,7 @@ import re
 import socket
 
 from sockgate.errors import UsageError
+from sockgate.policy.forward import unmapped_address
 
 _CC_NAME = re.compile(r"[a-z0-9_]{1,15}")  # TCP_CA_NAME_MAX 16 with the NUL (_lane.c checks it too)
 _AVAILABLE = "/proc/sys/net/ipv4/tcp_available_congestion_control"
@@ -47,15 +48,7 @@ def same_host(peer: str, local: str) -> bool:
     socket's own address (zones not compared: both ends of a connection share one)."""
     try:
         p = ipaddress.ip_address(peer.partition("%")[0])
-    except ValueError:
-        return False
-    if isinstance(p, ipaddress.IPv6Address) and p.ipv4_mapped is not None:
-        if p.ipv4_mapped.is_loopback:
-            return True
-    if p.is_loopback:
-        return True
-    try:
-        return p == ipaddress.ip_address(local.partition("%")[0])
+        return unmapped_address(p).is_loopback or p == ipaddress.ip_address(local.partition("%")[0])
     except ValueError:
         return False
 

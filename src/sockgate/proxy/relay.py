@@ -229,7 +229,7 @@ class _Pump:
     __slots__ = (
         "relay", "src", "dst", "sfd", "dfd", "tcp", "pipe", "pending", "buf", "off", "readable", "hangup",
         "blocked", "queued", "eof", "done", "urgent", "plain_end", "bytes", "splice", "may_splice", "chunk",
-        "inline", "clean_end", "bulk", "dst_tcp",
+        "inline", "clean_end", "bulk",
     )  # two per connection, their fields read on every event
 
     def __init__(self, relay: "Relay", src: _socket.socket, dst: _socket.socket, inline: bool = False) -> None:
@@ -239,7 +239,6 @@ class _Pump:
         self.sfd = src.fileno()
         self.dfd = dst.fileno()
         self.tcp = _socket.socket.family.__get__(src) != socket.AF_UNIX
-        self.dst_tcp = _socket.socket.family.__get__(dst) != socket.AF_UNIX
         self.bulk = False  # a read filled the copy buffer (unpace)
         self.pipe: Pipe | None = None
         self.pending = 0  # bytes in the pipe (splice) or in buf (copy)
@@ -338,8 +337,8 @@ class _Pump:
                     return
                 if n == COPY_SIZE and not self.bulk:
                     self.bulk = True  # a full buffer: a bulk transfer
-                    if self.dst_tcp and relay.pipes.cc:
-                        unpace(self.dst, relay.pipes.cc)
+                    if relay.pipes.cc:
+                        unpace(self.dst, relay.pipes.cc)  # (a Unix socket refuses the getsockopt: kept)
                 if n == COPY_SIZE and not self.splice and self.may_splice and not self.urgent:
                     self._to_splice()  # ... enough traffic to pay for a pipe
                 if not self.hangup and n < self._empty_below():

@@ -110,7 +110,7 @@ class Proxy:
         self.use_uvloop = use_uvloop
         self.relay = lanes.choose(relay, use_uvloop)  # "c": the lane (proxy/lane.py), or "python"
         self.inherit = inherit
-        self.pipes = PipePool(splice=splice, cc=choose_cc(loopback_cc))  # (relay.unpace)
+        self.pipes = PipePool(splice=splice, cc=choose_cc(loopback_cc))  # (proxy/pacing.py)
         self.kernel = kernel or default_kernel()
         self.runners: dict[Key, Runner] = {}
         self.retired: list[Runner] = []
@@ -149,6 +149,10 @@ class Proxy:
             for lst in opened:
                 lst.close()
             raise
+
+    def loopback_cc(self) -> str:
+        """The ``listening`` record's word on ``--loopback-cc``: what a bulk loopback leg gets."""
+        return self.pipes.cc.decode() or "keep"
 
     def backend_text(self) -> str:
         """The kernel backend of the IP listeners' filters and why (the start-up line)."""
@@ -251,8 +255,7 @@ class Proxy:
             loop.call_later(_TICK, self._tick)
             if not self.is_child:
                 self.log.notice("listening", addresses=" ".join(self.addresses()), loop=type(loop).__module__, relay=relay,
-                                backend=self.backend_text(), loopback_cc=self.pipes.cc.decode() or "keep",
-                                **self._cpu_fields())
+                                backend=self.backend_text(), loopback_cc=self.loopback_cc(), **self._cpu_fields())
                 self.log.flush()
                 sup.ready()
             loop.run_until_complete(done)
@@ -415,7 +418,7 @@ class Proxy:
                 for lst in r.listeners:
                     lst.sock.close()  # only the workers accept; the files are unlinked at the end
             self.log.notice("listening", addresses=" ".join(addresses), workers=len(pids), backend=self.backend_text(),
-                            loopback_cc=self.pipes.cc.decode() or "keep", **self._cpu_fields())
+                            loopback_cc=self.loopback_cc(), **self._cpu_fields())
             self.log.flush()
             sup.ready()
             loop.run()
