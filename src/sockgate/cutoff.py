@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from sockgate.decide import decide_resolved
 from sockgate.linux import bpfsys, procfs, sockdiag
 from sockgate.peers import Peer
+from sockgate.policy.forward import unmapped_address
 from sockgate.resolve import ResolvedService
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -37,11 +38,7 @@ class TcpListener:
     port: int
 
     def holds(self, local: Address, port: int) -> bool:
-        return port == self.port and (self.address.is_unspecified or _unmapped(self.address) == _unmapped(local))
-
-
-def _unmapped(a: Address) -> Address:
-    return a.ipv4_mapped if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped is not None else a
+        return port == self.port and (self.address.is_unspecified or unmapped_address(self.address) == unmapped_address(local))
 
 
 def denied(service: ResolvedService, listeners: Sequence[TcpListener],
@@ -56,7 +53,7 @@ def denied(service: ResolvedService, listeners: Sequence[TcpListener],
         if not any(lst.holds(local, c.local_port) for lst in listeners):
             continue
         if not decide_resolved(service, Peer(address=peer, port=c.peer_port, server_address=local)).allowed:
-            out.setdefault((c.local_port, _unmapped(local)), set()).add(_unmapped(peer))
+            out.setdefault((c.local_port, unmapped_address(local)), set()).add(unmapped_address(peer))
     return out
 
 

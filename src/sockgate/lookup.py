@@ -37,6 +37,7 @@ from typing import Callable, Protocol, TypeVar
 
 from sockgate.errors import SockgateError, UsageError
 from sockgate.peers import Peer
+from sockgate.policy.forward import unmapped_address
 from sockgate.policy.ir import IPAddress
 
 T = TypeVar("T")
@@ -116,13 +117,7 @@ class SystemNameService:
         canonical, addrs = found
         if canonical and canonical.lower() != name.lower() and name.lower() != "localhost":
             return HostName(name, False)
-        return HostName(name, _normal(address) in {_normal(a) for a in addrs})
-
-
-def _normal(a: IPAddress) -> IPAddress:
-    if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped is not None:
-        return a.ipv4_mapped
-    return a
+        return HostName(name, unmapped_address(address) in {unmapped_address(a) for a in addrs})
 
 
 def _getaddrinfo(name: str) -> tuple[str, tuple[IPAddress, ...]] | None:
@@ -134,7 +129,7 @@ def _getaddrinfo(name: str) -> tuple[str, tuple[IPAddress, ...]] | None:
     out: list[IPAddress] = []
     for family, _, _, _, sa in infos:
         if family in (socket.AF_INET, socket.AF_INET6):
-            a = _normal(ipaddress.ip_address(str(sa[0]).split("%", 1)[0]))
+            a = unmapped_address(ipaddress.ip_address(str(sa[0]).split("%", 1)[0]))
             if a not in out:
                 out.append(a)
     return canonical, tuple(out)
